@@ -1,0 +1,50 @@
+"""One exception family, each member carrying the process exit code it maps to.
+
+The CLI and the in-image entrypoint map these to a single line on stderr and the
+exit code below; nothing else in flowrig calls ``sys.exit``.
+"""
+
+from __future__ import annotations
+
+
+class FlowrigError(Exception):
+    """Base class for every error flowrig reports to a user.
+
+    Parameters
+    ----------
+    message
+        One line that names the problem and, where there is one, the fix.
+    """
+
+    exit_code: int = 3
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class FlowRunFailed(FlowrigError):
+    """The flow ran and ended in a non-completed state (exit 1)."""
+
+    exit_code = 1
+
+
+class BadInput(FlowrigError):
+    """Usage, config, parameters, certificates or flow path are wrong (exit 2)."""
+
+    exit_code = 2
+
+
+class InfrastructureError(FlowrigError):
+    """A cluster, container, server or cloud resource could not start or timed out (exit 3)."""
+
+    exit_code = 3
+
+
+EXIT_OK = 0
+EXIT_FLOW_FAILED = FlowRunFailed.exit_code
+EXIT_BAD_INPUT = BadInput.exit_code
+EXIT_INFRASTRUCTURE = InfrastructureError.exit_code
