@@ -1,0 +1,76 @@
+"""``local``: a ``distributed.LocalCluster`` on this machine, over mutual TLS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowrig.backends.base import Backend, ClusterSpec, StartedCluster
+from flowrig.errors import BadInput, InfrastructureError
+
+
+#: Modules a worker needs for its first Prefect task. Worker processes are forked
+#: from a server that imported them once, instead of each importing them on its own.
+_WORKER_PRELOAD = ["distributed", "prefect", "prefect_dask", "prefect.task_engine", "cloudpickle"]
+
+
+def _fork_workers_from_preloaded_server() -> None:
+    import multiprocessing
+
+    import dask
+
+    dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+    multiprocessing.get_context("forkserver").set_forkserver_preload(_WORKER_PRELOAD)
+
+
+class LocalBackend(Backend):
+    """Worker processes on this machine, listening on loopback only."""
+
+    name = "local"
+
+    def start(self, spec: ClusterSpec) -> StartedCluster:
+        from distributed import LocalCluster
+
+        _fork_workers_from_preloaded_server()
+        options: dict[str, Any] = {
+            "n_workers": spec.size.n_workers,
+            "threads_per_worker": spec.worker_threads,
+            "processes": True,
+            "host": "127.0.0.1",
+            # A fixed dashboard port collides between parallel runs; any free port will do.
+            "dashboard_address": "127.0.0.1:0",
+            **spec.options,
+        }
+        # Mutual TLS and the run's environment are not options a project may drop.
+        options.update(protocol="tls://", security=spec.tls.to_security(), env=dict(spec.worker_env))
+        try:
+            cluster = LocalCluster(**options)
+        except TypeError as exc:
+            raise BadInput(f"[cluster.options] not accepted by LocalCluster: {exc}") from None
+        except Exception as exc:
+            raise InfrastructureError(f"the local cluster could not start: {exc}") from None
+        if spec.size.adapt:
+            cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
+        return StartedCluster(
+            scheduler_address=cluster.scheduler_address,
+            dashboard_link=cluster.dashboard_link,
+            close=cluster.close,
+            cluster=cluster,
+        )
+
+
+class AddressBackend(Backend):
+    """``address``: a scheduler that is already running (``--scheduler-address``).
+
+    The runner only connects; the cluster belongs to whoever started it.
+    """
+
+    name = "address"
+
+    def start(self, spec: ClusterSpec) -> StartedCluster:
+        address = spec.options.get("address")
+        if not address or not str(address).startswith("tls://"):
+            raise BadInput(
+                f"the address backend needs a tls:// scheduler address, got {address!r}: "
+                "pass --scheduler-address tls://HOST:8786"
+            )
+        return StartedCluster(scheduler_address=str(address), dashboard_link=None, close=lambda: None)

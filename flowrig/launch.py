@@ -1,0 +1,154 @@
+"""From a project on disk and a command line to a :class:`~flowrig.runner.RunConfig`.
+
+Shared by ``flowrig run`` on the host and the image's ``run`` role.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any, Iterable
+
+from flowrig import defaults
+from flowrig.errors import BadInput
+from flowrig.runner import RunConfig, RunOutcome
+
+
+def parameters_of_flow_run(flow_run_id: str) -> dict[str, Any]:
+    """Parameters of an existing flow run, read from the configured Prefect API.
+
+    This is how a container started by a Prefect worker for a deployment's flow run
+    (``PREFECT__FLOW_RUN_ID`` set) learns its parameters.
+    """
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            flow_run = client.read_flow_run(flow_run_id)
+        except Exception as exc:
+            raise BadInput(
+                f"cannot read flow run {flow_run_id} from the Prefect API: {exc}"
+            ) from None
+    return dict(flow_run.parameters or {})
+
+
+def config_from_project(
+    project_dir: str | Path,
+    *,
+    params: Iterable[str] = (),
+    params_file: str | Path | None = None,
+    backend: str | None = None,
+    image: str | None = None,
+    certs: str | Path | None = None,
+    scheduler_address: str | None = None,
+) -> RunConfig:
+    """Load a project and the run's inputs into a :class:`RunConfig`.
+
+    Raises
+    ------
+    BadInput
+        For a missing or invalid project, flow, sizing hook, parameters or certificates.
+    """
+    from flowrig import loader
+    from flowrig import parameters as params_mod
+    from flowrig.project import load_project
+
+    project = load_project(project_dir)
+    flow = loader.load_flow(project.flow_path, project.flow_function)
+    flow_run_id = os.environ.get("PREFECT__FLOW_RUN_ID")
+    raw = params_mod.gather(params, params_file)
+    if flow_run_id:
+        raw = {**parameters_of_flow_run(flow_run_id), **raw}
+    hook = None
+    if project.cluster.sizing:
+        path, _, name = project.cluster.sizing.rpartition(":")
+        hook = loader.load_function(project.root / path, name, "sizing hook")
+    tls = None
+    if certs is not None:
+        from flowrig.certs import TLSMaterial
+
+        tls = TLSMaterial.from_dir(Path(certs))
+    options = dict(project.cluster.options)
+    chosen = backend or project.cluster.backend
+    if scheduler_address:
+        chosen, options = "address", {"address": scheduler_address}
+    adapt = project.cluster.adapt
+    return RunConfig(
+        flow=flow,
+        parameters=raw,
+        backend=chosen,
+        n_workers=project.cluster.n_workers,
+        adapt=(adapt.minimum, adapt.maximum) if adapt else None,
+        min_workers=project.cluster.min_workers,
+        max_workers=project.cluster.max_workers,
+        sizing_hook=hook,
+        sizing_hook_name=project.cluster.sizing or "sizing hook",
+        options=options,
+        tls=tls,
+        image=image or project.cluster.image or os.environ.get("FLOWRIG_IMAGE"),
+        worker_threads=project.cluster.worker_threads,
+        flow_run_id=flow_run_id,
+    )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered as an exception so every ``finally`` tears down."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def run_project(
+    project_dir: str | Path,
+    *,
+    output: str = "text",
+    backend: str | None = None,
+    scheduler_address: str | None = None,
+    **inputs: Any,
+) -> RunOutcome:
+    """Run a project from a command line.
+
+    SIGTERM tears down like Ctrl-C, logs go to stderr, and the outcome is printed
+    (JSON as the last stdout line). The run's Prefect API starts first, so that its
+    start-up overlaps with importing the flow; it is stopped on every path.
+
+    Parameters
+    ----------
+    inputs
+        ``params``, ``params_file``, ``image``, ``certs``: see :func:`config_from_project`.
+    """
+    import sys
+
+    from flowrig.project import load_project
+    from flowrig.runner import execute, print_outcome, start_prefect_api
+
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    early = load_project(project_dir)
+    chosen = "address" if scheduler_address else (backend or early.cluster.backend)
+    api = start_prefect_api(chosen)
+    try:
+        config = config_from_project(
+            project_dir, backend=backend, scheduler_address=scheduler_address, **inputs
+        )
+    except BaseException:
+        if api is not None:
+            api.stop()
+        raise
+    outcome = execute(
+        config, api=api, announce=lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    print_outcome(outcome, output)
+    return outcome
+
+
+def default_project_dir() -> Path:
+    """The baked project in the image, else the current directory."""
+    if os.environ.get("FLOWRIG_IN_IMAGE") and defaults.IMAGE_PROJECT_DIR.is_dir():
+        return defaults.IMAGE_PROJECT_DIR
+    return Path.cwd()

@@ -1,0 +1,265 @@
+"""The run's embedded Prefect API.
+
+With no ``PREFECT_API_URL``, Prefect would start a temporary API in every process that
+needs one, Dask worker processes included, each paying for imports and migrations. A
+run instead starts exactly one API here and hands its URL to the runner and every
+worker. Its SQLite database is a copy of a template migrated once per Prefect version
+(at image build time in the image), so a run never migrates.
+
+The server runs in a child process that exits on its own when the runner dies, so not
+even ``kill -9`` of the runner leaves it behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from flowrig import defaults
+from flowrig.errors import InfrastructureError
+
+#: Settings that make the throwaway server quiet, offline and quick to start.
+_SERVER_ENV = {
+    "PREFECT__SERVER_EPHEMERAL": "1",
+    "PREFECT__SERVER_FINAL": "1",
+    "PREFECT_UI_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+}
+
+
+def _sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def _prefect_version() -> str:
+    from importlib.metadata import version
+
+    return version("prefect")
+
+
+def template_path() -> Path:
+    """Where the migrated database template for the installed Prefect lives."""
+    return defaults.cache_dir() / f"prefect-{_prefect_version()}" / "template.db"
+
+
+def ensure_template() -> Path:
+    """Create the migrated database template once; later calls return at once.
+
+    Concurrent runs wait on a file lock instead of migrating side by side.
+    """
+    path = template_path()
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            return path
+        partial = path.with_suffix(".partial")
+        partial.unlink(missing_ok=True)
+        env = _clean_env()
+        env.update(
+            PREFECT_HOME=str(path.parent),
+            PREFECT_SERVER_DATABASE_CONNECTION_URL=_sqlite_url(partial),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "flowrig.prefect_api", "make-template"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise InfrastructureError(f"could not create the Prefect database: {tail}")
+        partial.rename(path)
+    return path
+
+
+def _clean_env() -> dict[str, str]:
+    # The server must never talk to another API, nor read the caller's database URL.
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PREFECT_API_URL", "PREFECT_API_KEY")
+        and not k.startswith(("PREFECT_SERVER_DATABASE", "PREFECT_API_DATABASE"))
+    }
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class EmbeddedPrefectAPI:
+    """One Prefect API for one run.
+
+    Parameters
+    ----------
+    bind_host
+        Address the server listens on (loopback, or ``0.0.0.0`` in a runner container).
+    advertised_host
+        Host name workers use to reach it.
+    port
+        Fixed port, or ``None`` for a free one.
+    """
+
+    def __init__(
+        self,
+        bind_host: str = "127.0.0.1",
+        advertised_host: str = "127.0.0.1",
+        port: int | None = None,
+    ) -> None:
+        self.bind_host = bind_host
+        self.advertised_host = advertised_host
+        self.port = port or _free_port(bind_host)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._workdir: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """``PREFECT_API_URL`` for the runner and every worker."""
+        return f"http://{self.advertised_host}:{self.port}/api"
+
+    @property
+    def local_url(self) -> str:
+        """URL the runner itself uses (always reachable from its own process)."""
+        host = "127.0.0.1" if self.bind_host in ("0.0.0.0", "") else self.bind_host
+        return f"http://{host}:{self.port}/api"
+
+    def start(self) -> "EmbeddedPrefectAPI":
+        """Start the server without waiting for it (see :meth:`wait_ready`)."""
+        template = ensure_template()
+        self._workdir = Path(tempfile.mkdtemp(prefix="flowrig-prefect-"))
+        database = self._workdir / "prefect.db"
+        shutil.copyfile(template, database)
+        env = _clean_env()
+        env.update(_SERVER_ENV)
+        env.update(
+            PREFECT_HOME=str(self._workdir),
+            PREFECT_SERVER_DATABASE_CONNECTION_URL=_sqlite_url(database),
+            PREFECT_LOGGING_LEVEL=os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+        )
+        self._process = subprocess.Popen(
+            [
+                sys.executable, "-m", "flowrig.prefect_api", "serve",
+                "--host", self.bind_host, "--port", str(self.port),
+                "--parent", str(os.getpid()),
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = defaults.PREFECT_API_START_TIMEOUT) -> None:
+        """Block until ``/api/health`` answers.
+
+        Raises
+        ------
+        InfrastructureError
+            When the server exits or does not answer within ``timeout`` seconds.
+        """
+        assert self._process is not None, "start() first"
+        deadline = time.monotonic() + timeout
+        health = self.local_url + "/health"
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                tail = (err.strip().splitlines() or ["no output"])[-1]
+                raise InfrastructureError(f"the embedded Prefect API exited at start: {tail}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(health, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            time.sleep(0.1)
+        raise InfrastructureError(
+            f"the embedded Prefect API did not answer within {timeout:.0f} s; "
+            "set PREFECT_API_URL to use a running Prefect server instead"
+        )
+
+    def stop(self) -> None:
+        """Stop the server and delete its database; safe to call more than once."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process is not None and process.stderr:
+            process.stderr.close()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+
+def _exit_with_parent(parent: int) -> None:
+    # Runs in a daemon thread of the server: when the runner is gone (even by SIGKILL)
+    # the server has no one to serve and must not linger.
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def _make_template() -> None:
+    import asyncio
+
+    async def build() -> None:
+        from prefect.server.database import provide_database_interface
+        from prefect.server.models.block_registration import run_block_auto_registration
+
+        db = provide_database_interface()
+        await db.create_db()
+        # The same steps the server's own start-up takes when asked to migrate.
+        session = await db.session()
+        async with session:
+            await run_block_auto_registration(session=session)
+
+    asyncio.run(build())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m flowrig.prefect_api serve|make-template`` (internal)."""
+    parser = argparse.ArgumentParser(prog="python -m flowrig.prefect_api")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve")
+    serve.add_argument("--host", required=True)
+    serve.add_argument("--port", type=int, required=True)
+    serve.add_argument("--parent", type=int, required=True)
+    sub.add_parser("make-template")
+    args = parser.parse_args(argv)
+    if args.command == "make-template":
+        _make_template()
+        return
+    threading.Thread(target=_exit_with_parent, args=(args.parent,), daemon=True).start()
+    import uvicorn
+
+    uvicorn.run(
+        "prefect.server.api.server:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level="error",
+        lifespan="on",
+    )
+
+
+if __name__ == "__main__":
+    main()
