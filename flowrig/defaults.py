@@ -40,9 +40,6 @@ LEAF_HOSTS = ("dask-scheduler", "dask-worker", "flowrig-runner", "localhost", "1
 #: Subject common names of a generated CA and of its role leaf.
 CA_COMMON_NAME = "flowrig CA"
 LEAF_COMMON_NAME = "flowrig dask"
-#: Validity of the in-memory CA and leaf made for one run when no certificates are
-#: given; longer than any sensible run, so a long run never outlives its certificates.
-EPHEMERAL_DAYS = 30
 #: Certificates start this many seconds in the past, so a container whose clock runs a
 #: little behind the host's still accepts a certificate made a moment ago.
 CERT_BACKDATE_SECONDS = 300
@@ -136,3 +133,58 @@ AWS_CONNECT_TIMEOUT = 10
 #: Docker network ``flowrig ecs run-local`` puts containers on when none is named; it
 #: outlives a run, so separate invocations (scheduler, workers, runner) meet on it.
 ECS_RUN_LOCAL_NETWORK = "flowrig-ecs-local"
+
+# --- docker backend -------------------------------------------------------------
+#: Labels on every container and network the docker backend creates. The run id label
+#: is how a run's leftovers are found after the process that made them was killed.
+DOCKER_LABEL_RUN_ID = "flowrig.run-id"
+DOCKER_LABEL_ROLE = "flowrig.role"
+#: Names are ``<prefix>-<run id>`` (the network) and ``<prefix>-<run id>-<role>``.
+DOCKER_NAME_PREFIX = "flowrig"
+#: Seconds a scheduler container may take to log "Scheduler at:"; imports alone take
+#: about 5 s in the image, more on a busy machine.
+DOCKER_SCHEDULER_START_TIMEOUT = 60.0
+#: Seconds ``docker stop`` waits before SIGKILL. Every role stops on SIGTERM in well
+#: under a second, so this only bounds a stuck container.
+DOCKER_STOP_TIMEOUT = 5
+#: Seconds the host gives a runner container to tear its cluster down after Ctrl-C or
+#: SIGTERM, before everything of the run is removed by force.
+DOCKER_RUNNER_STOP_TIMEOUT = 20
+#: Path of the Docker socket inside a runner container (it starts the run's scheduler
+#: and workers as sibling containers through it).
+DOCKER_SOCKET = "/var/run/docker.sock"
+#: Where a scheduler or worker container gets the run's TLS files; copied in before the
+#: container starts, so they do not have to be the image's baked ones.
+DOCKER_TLS_DIR = "/tmp/flowrig-tls"
+#: Host environment variables a runner container inherits when they are set.
+DOCKER_PASSTHROUGH_ENV = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_LOGGING_LEVEL", "FLOWRIG_DEBUG")
+#: Last log lines of a failed container folded into its one-line error message.
+DOCKER_LOG_TAIL = 5
+
+
+# --- the builder ------------------------------------------------------------------
+#: Image label holding the content hash of the build context an image was built from;
+#: an image whose label matches a freshly rendered context needs no rebuild.
+IMAGE_CONTEXT_LABEL = "flowrig.context-hash"
+#: Where a rendered build context keeps the flow project and the TLS files (the
+#: Dockerfile's PROJECT build argument and its ``tls/`` source).
+CONTEXT_PROJECT_DIR = "project"
+CONTEXT_TLS_DIR = "tls"
+#: Modification time (seconds since the epoch, 2000-01-01) given to every file of a
+#: rendered context, so identical inputs give identical contexts and a warm cache.
+CONTEXT_MTIME = 946684800
+#: Names never copied from a flow project into a context (caches, VCS data, virtual
+#: environments, and ``.env`` files, which usually hold secrets), besides what the
+#: project's own ``.dockerignore`` excludes.
+CONTEXT_SKIP_NAMES = (
+    "__pycache__", ".git", ".hg", ".svn", ".venv", "venv", ".tox", ".nox",
+    ".pytest_cache", ".mypy_cache", ".ruff_cache", ".ipynb_checkpoints", ".DS_Store", ".env",
+)
+CONTEXT_SKIP_SUFFIXES = (".pyc", ".pyo", ".egg-info", "~", ".swp")
+#: BuildKit secret id under which pip's CA bundle reaches the build (``--pip-ca``).
+PIP_CA_SECRET_ID = "pip-ca"
+#: Docker client the builder prefers; ``FLOWRIG_DOCKER`` names another. When it cannot
+#: use BuildKit, other ``docker`` executables on PATH are tried before the legacy builder.
+DOCKER_CLIENT = "docker"
+#: Output lines of a failed ``docker build`` shown above its one-line error.
+BUILD_LOG_TAIL = 25
