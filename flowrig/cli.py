@@ -31,3 +31,7 @@ def main() -> None:
     from flowrig.exits import run_and_exit
 
     run_and_exit(lambda: app(standalone_mode=False), "flowrig")
+
+
+if __name__ == "__main__":
+    main()

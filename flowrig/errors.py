@@ -44,6 +44,18 @@ class InfrastructureError(FlowrigError):
     exit_code = 3
 
 
+class Terminated(BaseException):
+    """A termination signal, raised in the main thread so every ``finally`` tears down.
+
+    It is not a ``KeyboardInterrupt`` on purpose: click turns those into a plain
+    return code, which would skip the exit code of the signal (128 + N).
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 EXIT_OK = 0
 EXIT_FLOW_FAILED = FlowRunFailed.exit_code
 EXIT_BAD_INPUT = BadInput.exit_code

@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import Any, Callable, NoReturn
 
-from flowrig.errors import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, FlowrigError
+from flowrig.errors import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, FlowrigError, Terminated
 
 
 def run_and_exit(command: Callable[[], Any], prog: str) -> NoReturn:
@@ -20,27 +20,33 @@ def run_and_exit(command: Callable[[], Any], prog: str) -> NoReturn:
     An unexpected exception is a bug, not a user error: it still gets one line (and
     exit 3); ``FLOWRIG_DEBUG=1`` shows the traceback.
     """
-    import click
+    import typer
 
     try:
         code = command()
     except FlowrigError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print(f"{prog}: aborted", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt as exc:
-        # SIGTERM arrives as flowrig.launch.Terminated (a KeyboardInterrupt), after teardown.
-        sys.exit(128 + getattr(exc, "signum", 2))
+    except Terminated as exc:
+        # Raised by the SIGTERM handler; teardown has already happened in finally blocks.
+        sys.exit(128 + exc.signum)
+    except KeyboardInterrupt:
+        sys.exit(130)
     except SystemExit:
         raise
     except BaseException as exc:
+        # typer vendors its own click, so usage errors are recognised by shape.
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            sys.exit(EXIT_BAD_INPUT)
+        # Prefect turns SIGTERM during a flow run into its TerminationSignal.
+        if isinstance(getattr(exc, "signal", None), int):
+            sys.exit(128 + exc.signal)
         if os.environ.get("FLOWRIG_DEBUG"):
             traceback.print_exc()
         print(

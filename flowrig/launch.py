@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from flowrig import defaults
-from flowrig.errors import BadInput
+from flowrig.errors import BadInput, Terminated
 from flowrig.runner import RunConfig, RunOutcome
 
 
@@ -90,14 +90,6 @@ def config_from_project(
         worker_threads=project.cluster.worker_threads,
         flow_run_id=flow_run_id,
     )
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, delivered as an exception so every ``finally`` tears down."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:

@@ -1,0 +1,104 @@
+"""Helpers for tests that run flows: tiny projects on disk, the CLI as a subprocess,
+and a check that a run left no process or listening port behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = REPO / "examples" / "seed"
+FLOWRIG = [sys.executable, "-m", "flowrig.cli"]
+TEN = "x=[0,1,2,3,4,5,6,7,8,9]"
+
+
+def write_project(root: Path, flow_source: str, toml: str = "") -> Path:
+    """Write a project with ``flow.py`` and a ``flowrig.toml`` (default: flow ``main``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "flow.py").write_text(textwrap.dedent(flow_source))
+    (root / "flowrig.toml").write_text(textwrap.dedent(toml) or 'flow = "flow.py:main"\n')
+    return root
+
+
+@dataclass
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+    marker: str
+
+    @property
+    def json(self) -> dict:
+        return json.loads(self.stdout.strip().splitlines()[-1])
+
+
+def marked_env(marker: str) -> dict[str, str]:
+    """Environment for a run whose every descendant process carries ``marker``."""
+    env = dict(os.environ)
+    env["FLOWRIG_TEST_MARK"] = marker
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def run_cli(*args: str, timeout: float = 240) -> Completed:
+    """Run ``flowrig ARGS`` in a subprocess whose descendants carry a unique marker."""
+    marker = uuid.uuid4().hex
+    done = subprocess.run(
+        [*FLOWRIG, *args], env=marked_env(marker), capture_output=True, text=True, timeout=timeout
+    )
+    return Completed(done.returncode, done.stdout, done.stderr, marker)
+
+
+def processes_with_marker(marker: str) -> list[psutil.Process]:
+    """Live processes whose environment holds ``FLOWRIG_TEST_MARK=marker``."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("FLOWRIG_TEST_MARK") == marker and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def listening(address: str) -> bool:
+    """Whether anything accepts connections at ``tls://host:port`` or ``http://host:port/...``."""
+    hostport = address.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, int(port))) == 0
+
+
+def assert_nothing_left(marker: str, *addresses: str | None) -> None:
+    """No process of the run is alive and none of its addresses still listens."""
+    import time
+
+    deadline = time.monotonic() + 15
+    while processes_with_marker(marker) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    left = processes_with_marker(marker)
+    assert not left, f"processes left running: {[(p.pid, p.cmdline()[:4]) for p in left]}"
+    for address in addresses:
+        if address:
+            assert not listening(address), f"{address} still listens after the run"
+
+
+@pytest.fixture
+def project_factory(tmp_path):
+    """Write small flow projects under the test's temporary directory."""
+
+    def make(flow_source: str, toml: str = "", name: str = "project") -> Path:
+        return write_project(tmp_path / name, flow_source, toml)
+
+    return make
