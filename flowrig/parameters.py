@@ -29,14 +29,21 @@ def parse_param(item: str) -> tuple[str, Any]:
     if not sep or not key:
         raise BadInput(f"--param {item!r} must look like key=value, e.g. --param 'x=[1,2,3]'")
     try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError as exc:
+        return key, json.loads(raw, parse_constant=_not_json)
+    except ValueError as exc:
+        if not isinstance(exc, json.JSONDecodeError):
+            return key, raw  # NaN / Infinity: not JSON, so the string itself
         if raw.lstrip()[:1] in ("[", "{", '"'):
             raise BadInput(
                 f"--param {key}: malformed JSON ({exc.msg} at column {exc.colno}); "
                 f"quote it for the shell, e.g. --param '{key}=[1,2,3]'"
             ) from None
         return key, raw
+
+
+def _not_json(constant: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON does not, so they stay strings.
+    raise ValueError(constant)
 
 
 def _object(text: str, source: str) -> dict[str, Any]:

@@ -158,7 +158,7 @@ class EmbeddedPrefectAPI:
             [
                 sys.executable, "-m", "flowrig.prefect_api", "serve",
                 "--host", self.bind_host, "--port", str(self.port),
-                "--parent", str(os.getpid()),
+                "--parent", str(os.getpid()), "--workdir", str(self._workdir),
             ],
             env=env,
             stdin=subprocess.DEVNULL,
@@ -181,8 +181,7 @@ class EmbeddedPrefectAPI:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
-                tail = (err.strip().splitlines() or ["no output"])[-1]
-                raise InfrastructureError(f"the embedded Prefect API exited at start: {tail}")
+                raise InfrastructureError(f"the embedded Prefect API exited at start: {_cause(err)}")
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(health, timeout=2) as response:
                     if response.status == 200:
@@ -210,11 +209,23 @@ class EmbeddedPrefectAPI:
             self._workdir = None
 
 
-def _exit_with_parent(parent: int) -> None:
+def _cause(stderr: str) -> str:
+    # uvicorn ends with "Application shutdown failed"; the line that names the cause
+    # (a port in use, a database error) comes earlier.
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if "[Errno" in line or "ERROR" in line or "Error:" in line:
+            return line
+    return lines[-1] if lines else "no output"
+
+
+def _exit_with_parent(parent: int, workdir: str | None) -> None:
     # Runs in a daemon thread of the server: when the runner is gone (even by SIGKILL)
-    # the server has no one to serve and must not linger.
+    # the server has no one to serve and must not linger, nor leave its database.
     while os.getppid() == parent:
         time.sleep(0.5)
+    if workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
     os._exit(0)
 
 
@@ -243,12 +254,13 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", required=True)
     serve.add_argument("--port", type=int, required=True)
     serve.add_argument("--parent", type=int, required=True)
+    serve.add_argument("--workdir", help="removed when the parent dies")
     sub.add_parser("make-template")
     args = parser.parse_args(argv)
     if args.command == "make-template":
         _make_template()
         return
-    threading.Thread(target=_exit_with_parent, args=(args.parent,), daemon=True).start()
+    threading.Thread(target=_exit_with_parent, args=(args.parent, args.workdir), daemon=True).start()
     import uvicorn
 
     uvicorn.run(

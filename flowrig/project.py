@@ -177,7 +177,7 @@ def parse_project(data: Mapping[str, Any], root: Path) -> Project:
         min_workers=min_workers,
         max_workers=max_workers,
         worker_threads=threads,
-        image=table.get("image") and _expect(table["image"], str, "cluster.image", "an image tag"),
+        image=_expect(table["image"], str, "cluster.image", "an image tag") if "image" in table else None,
         options=dict(_expect(table.get("options", {}), dict, "cluster.options", "a table")),
     )
     return Project(root=root, flow=flow, requirements=requirements, cluster=cluster, raw=data)

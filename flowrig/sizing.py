@@ -104,6 +104,7 @@ def decide(
         kwargs[ADAPT_MIN], kwargs[ADAPT_MAX] = adapt
     else:
         kwargs[N_WORKERS] = 1 if n_workers is None else n_workers
+    before = dict(kwargs)
 
     source = "the project"
     if hook is not None:
@@ -115,8 +116,17 @@ def decide(
         if returned is not None:
             # A hook that returns a count instead of mutating is a common slip; honour it.
             kwargs[N_WORKERS] = _count(returned, "its return value", source)
-            kwargs.pop(ADAPT_MIN, None)
-            kwargs.pop(ADAPT_MAX, None)
+        hook_sized = N_WORKERS in kwargs and kwargs.get(N_WORKERS) != before.get(N_WORKERS)
+        adapt_untouched = all(kwargs.get(k) == before.get(k) for k in (ADAPT_MIN, ADAPT_MAX))
+        if hook_sized and adapt_untouched and ADAPT_MIN in kwargs:
+            # The hook asked for a number of workers: that is a fixed size, and it wins
+            # over the project's adaptive range (say so, since the range is dropped).
+            logger.warning(
+                "%s set n_workers=%r: the cluster has a fixed size instead of adapting %s-%s",
+                source, kwargs[N_WORKERS], kwargs[ADAPT_MIN], kwargs[ADAPT_MAX],
+            )
+            kwargs.pop(ADAPT_MIN)
+            kwargs.pop(ADAPT_MAX)
 
     def clamp(value: int, key: str) -> int:
         clamped = max(min_workers, min(max_workers, value))

@@ -3,6 +3,9 @@
 One image, many roles::
 
     run [PROJECT] [--param k=v]...   the flow runner (default CMD)
+    prefect flow-run execute [ID] / python -m prefect.engine
+                                     what a Prefect worker sends for a deployment's
+                                     flow run: runs the baked project as that flow run
     scheduler [dask args]            Dask scheduler over mutual TLS
     worker ADDRESS [dask args]       Dask worker over mutual TLS
     dask-scheduler ... / dask-worker ... / dask scheduler|worker ...
@@ -39,11 +42,32 @@ def _exec(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
         raise BadInput(f"command not found in the image: {argv[0]}") from None
 
 
+def _prefect_flow_run_id(argv: list[str]) -> str | None:
+    """The flow run id when ``argv`` is a Prefect worker's command for a flow run.
+
+    Prefect workers (ECS included) start a deployment's container with
+    ``prefect flow-run execute [ID]`` (older ones: ``python -m prefect.engine``) and
+    ``PREFECT__FLOW_RUN_ID`` set. Executed as is, Prefect would run the flow without
+    a cluster of its own; flowrig runs it as that flow run instead.
+    """
+    words = [os.path.basename(a) for a in argv[:3]]
+    if words[:3] == ["prefect", "flow-run", "execute"]:
+        explicit = argv[3] if len(argv) > 3 and not argv[3].startswith("-") else None
+        return explicit or os.environ.get("PREFECT__FLOW_RUN_ID")
+    if words[:1] and words[0].startswith("python") and argv[1:3] == ["-m", "prefect.engine"]:
+        return os.environ.get("PREFECT__FLOW_RUN_ID")
+    return None
+
+
 def dispatch(argv: list[str]) -> int | None:
     """Run the role named by ``argv`` (without the program name)."""
     from flowrig.entrypoint import dask_commands
 
     if not argv:
+        argv = ["run"]
+    flow_run_id = _prefect_flow_run_id(argv)
+    if flow_run_id:
+        os.environ["PREFECT__FLOW_RUN_ID"] = flow_run_id
         argv = ["run"]
     head = argv[0]
     if head == "dask" and len(argv) > 1 and argv[1] in ("scheduler", "worker"):

@@ -67,8 +67,11 @@ def command_for(role: str, args: list[str], directory: Path | None = None) -> li
     directory = directory or tls_dir()
     args = list(args)
     extra: list[str] = []
-    if not all(_has(args, f) for f in ("--tls-ca-file", "--tls-cert", "--tls-key")):
-        extra += tls_flags(directory)
+    missing = [f for f in ("--tls-ca-file", "--tls-cert", "--tls-key") if not _has(args, f)]
+    if missing:
+        defaults_for = dict(zip(*[iter(tls_flags(directory))] * 2))
+        for flag in missing:
+            extra += [flag, defaults_for[flag]]
     if role == "scheduler":
         if not _has(args, "--protocol"):
             extra += ["--protocol", "tls"]
