@@ -121,10 +121,13 @@ def run_project(
     from flowrig.runner import execute, print_outcome, start_prefect_api
 
     signal.signal(signal.SIGTERM, _raise_terminated)
+    from flowrig.backends import get_backend
+
     early = load_project(project_dir)
-    chosen = "address" if scheduler_address else (backend or early.cluster.backend)
+    chosen = get_backend("address" if scheduler_address else (backend or early.cluster.backend))
     api = start_prefect_api(chosen)
     try:
+        chosen.warm_up()
         config = config_from_project(
             project_dir, backend=backend, scheduler_address=scheduler_address, **inputs
         )
@@ -132,6 +135,7 @@ def run_project(
         if api is not None:
             api.stop()
         raise
+    config.backend = chosen
     outcome = execute(
         config, api=api, announce=lambda line: print(line, file=sys.stderr, flush=True)
     )

@@ -135,6 +135,23 @@ class EmbeddedPrefectAPI:
         """``PREFECT_API_URL`` for the runner and every worker."""
         return f"http://{self.advertised_host}:{self.port}/api"
 
+    def small_ca_file(self, ca_pem: bytes) -> str:
+        """A CA file for ``PREFECT_API_SSL_CERT_FILE`` that is cheap to load.
+
+        Every Prefect client builds an SSL context, even for an ``http://`` API, and
+        with no CA file it loads the whole system bundle: tens of milliseconds per
+        client, and a task run on a worker makes a client. The run's own CA (one
+        certificate) is also the right CA should the API ever be served over TLS.
+        Inside the image the baked ``ca.crt`` is used, which every container has.
+        """
+        baked = defaults.IMAGE_TLS_DIR / defaults.CA_CERT
+        if os.environ.get("FLOWRIG_IN_IMAGE") and baked.is_file() and baked.read_bytes() == ca_pem:
+            return str(baked)
+        assert self._workdir is not None, "start() first"
+        path = self._workdir / defaults.CA_CERT
+        path.write_bytes(ca_pem)
+        return str(path)
+
     @property
     def local_url(self) -> str:
         """URL the runner itself uses (always reachable from its own process)."""

@@ -170,7 +170,10 @@ def start_prefect_api(backend: "str | Backend") -> Any:
     from flowrig.backends import get_backend
     from flowrig.prefect_api import EmbeddedPrefectAPI
 
-    if os.environ.get("PREFECT_API_URL") or _api_url_configured():
+    # Only the environment is read here: Prefect's own settings (profiles, .env) need
+    # an import of prefect that takes seconds. execute() checks them once prefect is
+    # imported anyway, and stops this server if they name an API after all.
+    if os.environ.get("PREFECT_API_URL"):
         return None
     resolved = get_backend(backend) if isinstance(backend, str) else backend
     return EmbeddedPrefectAPI(*resolved.prefect_api_hosts()).start()
@@ -218,6 +221,9 @@ def execute(
         backend = get_backend(config.backend) if isinstance(config.backend, str) else config.backend
         if api is None:
             api = start_prefect_api(backend)
+        if api is not None and _api_url_configured():
+            api.stop()  # a Prefect profile names an API: use it, not a server of our own
+            api = None
         parameters = params_mod.validate(config.flow, config.parameters)
         decided = sizing.decide(
             parameters,
@@ -236,8 +242,11 @@ def execute(
         }
         if api is not None:
             worker_env["PREFECT_API_URL"] = api.url
-        elif os.environ.get("PREFECT_API_URL"):
-            worker_env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
+            worker_env["PREFECT_API_SSL_CERT_FILE"] = api.small_ca_file(tls.ca_pem)
+        else:
+            from prefect.settings import PREFECT_API_URL
+
+            worker_env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
         spec = ClusterSpec(
             run_id=run_id,
             size=decided.size,
@@ -261,7 +270,7 @@ def execute(
         if api is not None:
             api.wait_ready()
         t = timer.mark("api_wait", t)
-        state = _run_flow(config, parameters, started.scheduler_address, tls, api)
+        state = _run_flow(config, parameters, started.scheduler_address, tls, worker_env)
         t = timer.mark("flow", t)
         result, message = _result_of(state)
         return RunOutcome(
@@ -313,13 +322,22 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _run_flow(config: RunConfig, parameters: dict[str, Any], address: str, tls: Any, api: Any) -> Any:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+def _run_flow(
+    config: RunConfig, parameters: dict[str, Any], address: str, tls: Any, worker_env: Mapping[str, str]
+) -> Any:
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_URL, temporary_settings
     from prefect_dask import DaskTaskRunner
 
     runner = DaskTaskRunner(address=address, client_kwargs={"security": tls.to_security()})
     flow = config.flow.with_options(task_runner=runner)
-    updates = {PREFECT_API_URL: api.url} if api is not None else {}
+    # prefect-dask ships the runner's settings to every task on the workers, so the
+    # workers use the same API (and the same cheap CA file) as the runner.
+    updates = {}
+    if "PREFECT_API_SSL_CERT_FILE" in worker_env:
+        updates = {
+            PREFECT_API_URL: worker_env["PREFECT_API_URL"],
+            PREFECT_API_SSL_CERT_FILE: worker_env["PREFECT_API_SSL_CERT_FILE"],
+        }
     with temporary_settings(updates=updates):
         try:
             if config.flow_run_id:

@@ -13,19 +13,27 @@ from flowrig.errors import BadInput, InfrastructureError
 _WORKER_PRELOAD = ["distributed", "prefect", "prefect_dask", "prefect.task_engine", "cloudpickle"]
 
 
-def _fork_workers_from_preloaded_server() -> None:
+def _fork_workers_from_preloaded_server(start_now: bool = False) -> None:
     import multiprocessing
+    from multiprocessing import forkserver
 
     import dask
 
     dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
     multiprocessing.get_context("forkserver").set_forkserver_preload(_WORKER_PRELOAD)
+    if start_now:
+        # The server imports Prefect while the runner imports the flow and the API
+        # starts: three imports side by side instead of one after the other.
+        forkserver.ensure_running()
 
 
 class LocalBackend(Backend):
     """Worker processes on this machine, listening on loopback only."""
 
     name = "local"
+
+    def warm_up(self) -> None:
+        _fork_workers_from_preloaded_server(start_now=True)
 
     def start(self, spec: ClusterSpec) -> StartedCluster:
         from distributed import LocalCluster
