@@ -121,6 +121,9 @@ ECS_NOFILE_LIMIT = 65535
 #: first worker has joined (exit 3 after that). Fargate needs about a minute per task to
 #: pull the image and start; the rest is margin for capacity shortages.
 ECS_PROVISION_TIMEOUT = 600.0
+#: Seconds closing the Dask side of an ECS cluster (retiring workers, stopping their
+#: tasks) may take before flowrig's own sweep stops whatever is left.
+ECS_CLOSE_TIMEOUT = 60.0
 #: Seconds teardown keeps retrying while stopped tasks release their network interfaces
 #: (AWS refuses to delete a security group or cluster still in use until then).
 ECS_CLEANUP_TIMEOUT = 300.0
@@ -160,6 +163,10 @@ DOCKER_TLS_DIR = "/tmp/flowrig-tls"
 DOCKER_PASSTHROUGH_ENV = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_LOGGING_LEVEL", "FLOWRIG_DEBUG")
 #: Last log lines of a failed container folded into its one-line error message.
 DOCKER_LOG_TAIL = 5
+#: Modules a worker container imports before it joins the scheduler. The first Prefect
+#: task on a worker would import them anyway; importing them at start-up overlaps that
+#: with the runner's own start instead of delaying the flow's first tasks.
+DOCKER_WORKER_PRELOAD = ("prefect.task_engine", "prefect_dask")
 
 
 # --- the builder ------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from flowrig.backends.base import Backend, ClusterSpec, StartedCluster
@@ -73,6 +75,20 @@ class AddressBackend(Backend):
     """
 
     name = "address"
+
+    def prefect_api_hosts(self) -> tuple[str, str]:
+        """In a runner container the workers are elsewhere: listen on all interfaces and
+        advertise this container (``FLOWRIG_RUNNER_HOST``, else its own address); on a
+        host machine stay on loopback."""
+        if not os.environ.get("FLOWRIG_IN_IMAGE"):
+            return super().prefect_api_hosts()
+        host = os.environ.get("FLOWRIG_RUNNER_HOST")
+        if not host:
+            try:
+                host = socket.gethostbyname(socket.gethostname())
+            except OSError:
+                host = socket.gethostname()
+        return "0.0.0.0", host
 
     def start(self, spec: ClusterSpec) -> StartedCluster:
         address = spec.options.get("address")

@@ -1,0 +1,173 @@
+"""Checks on ECS inputs, run before anything is written or sent to AWS.
+
+Fargate accepts only some CPU/memory pairs, and AWS reports a wrong one only at
+registration time; a task definition that does not match the ECS API is caught here
+against botocore's own service model, so a bad file is never written.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from flowrig.errors import BadInput
+
+#: The roles a task definition can be rendered for.
+ROLES = ("runner", "scheduler", "worker")
+
+
+def _steps(first: int, last: int, step: int) -> tuple[int, ...]:
+    return tuple(range(first, last + 1, step))
+
+
+#: Fargate (Linux) task sizes: CPU units -> the memory values (MiB) allowed with it.
+#: https://docs.aws.amazon.com/AmazonECS/latest/developerguide/fargate-tasks-services.html
+FARGATE_MEMORY: Mapping[int, tuple[int, ...]] = {
+    256: (512, 1024, 2048),
+    512: _steps(1024, 4096, 1024),
+    1024: _steps(2048, 8192, 1024),
+    2048: _steps(4096, 16384, 1024),
+    4096: _steps(8192, 30720, 1024),
+    8192: _steps(16384, 61440, 4096),
+    16384: _steps(32768, 122880, 8192),
+}
+
+#: Family names: up to 255 letters, digits, hyphens and underscores (ECS's rule).
+_FAMILY = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+#: Secret and environment names as ECS and shells accept them.
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_role(role: str) -> str:
+    """Return ``role`` when it is one of :data:`ROLES`.
+
+    Raises
+    ------
+    BadInput
+        For any other name.
+    """
+    if role not in ROLES:
+        raise BadInput(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    return role
+
+
+def check_fargate_size(role: str, cpu: int, memory: int) -> None:
+    """Check that ``cpu`` and ``memory`` form a task size Fargate accepts.
+
+    Raises
+    ------
+    BadInput
+        Naming the valid CPU values, or the valid memory values for ``cpu``.
+    """
+    if cpu not in FARGATE_MEMORY:
+        valid = ", ".join(str(value) for value in FARGATE_MEMORY)
+        raise BadInput(f"{role} cpu {cpu} is not a Fargate size: use one of {valid} (CPU units)")
+    allowed = FARGATE_MEMORY[cpu]
+    if memory not in allowed:
+        valid = ", ".join(str(value) for value in allowed)
+        raise BadInput(
+            f"{role} memory {memory} MiB does not go with cpu {cpu} on Fargate: "
+            f"use one of {valid} (MiB)"
+        )
+
+
+def check_family(family: str) -> str:
+    """Return ``family`` when ECS accepts it as a task definition family.
+
+    Raises
+    ------
+    BadInput
+        When it has characters other than letters, digits, ``-`` and ``_`` or is too long.
+    """
+    if not _FAMILY.match(family):
+        raise BadInput(
+            f"task definition family {family!r} is not valid: use up to 255 letters, "
+            "digits, '-' and '_' (set --project to change it)"
+        )
+    return family
+
+
+def check_role_arn(option: str, arn: str | None) -> str | None:
+    """Return ``arn`` when it looks like an IAM role ARN (or is ``None``).
+
+    Raises
+    ------
+    BadInput
+        Naming ``option`` and the expected form.
+    """
+    if arn is not None and not _ROLE_ARN.match(arn):
+        raise BadInput(f"{option} {arn!r} is not an IAM role ARN: use arn:aws:iam::ACCOUNT:role/NAME")
+    return arn
+
+
+def check_env_name(kind: str, name: str) -> str:
+    """Return ``name`` when it can be an environment variable name.
+
+    Raises
+    ------
+    BadInput
+        For names a container could not receive.
+    """
+    if not _ENV_NAME.match(name):
+        raise BadInput(f"{kind} name {name!r} is not a valid environment variable name")
+    return name
+
+
+def parse_pairs(kind: str, pairs: list[str] | tuple[str, ...] | None) -> dict[str, str]:
+    """Parse ``NAME=VALUE`` command line items into a dict (later items win).
+
+    Raises
+    ------
+    BadInput
+        For an item without ``=`` or with an empty name.
+    """
+    result: dict[str, str] = {}
+    for item in pairs or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise BadInput(f"{kind} {item!r} is not NAME=VALUE")
+        result[name] = value
+    return result
+
+
+def _shape(operation: str, member: str | None = None) -> Any:
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("ecs")
+    shape = model.operation_model(operation).input_shape
+    return shape.members[member] if member else shape
+
+
+def _check(params: Mapping[str, Any], shape: Any, what: str) -> None:
+    from botocore.validate import ParamValidator
+
+    report = ParamValidator().validate(dict(params), shape)
+    if report.has_errors():
+        # The report has one line per problem; a user gets them on one line.
+        problems = "; ".join(
+            line.strip() for line in report.generate_report().splitlines() if line.strip()
+        )
+        raise BadInput(f"{what} does not match the ECS API: {problems}")
+
+
+def check_task_definition(params: Mapping[str, Any]) -> None:
+    """Validate ``RegisterTaskDefinition`` parameters against botocore's ECS model.
+
+    Raises
+    ------
+    BadInput
+        With every mismatch (unknown key, wrong type, missing required key) on one line.
+    """
+    _check(params, _shape("RegisterTaskDefinition"), f"task definition {params.get('family')!r}")
+
+
+def check_task_overrides(overrides: Mapping[str, Any]) -> None:
+    """Validate a ``RunTask`` ``overrides`` object against botocore's ECS model.
+
+    Raises
+    ------
+    BadInput
+        With every mismatch on one line.
+    """
+    _check(overrides, _shape("RunTask", "overrides"), "the task overrides")

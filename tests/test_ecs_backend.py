@@ -1,0 +1,385 @@
+"""The ``fargate`` and ``ecs`` backends against a real moto server, and the backend for
+``package.module:ClusterClass``.
+
+Moto runs no containers and gives tasks made-up private addresses, which nothing here
+may connect to. The clusters are therefore pointed at a real mutual-TLS scheduler on
+127.0.0.1 (``scheduler_address``, which dask-cloudprovider supports), or their tasks
+stay PENDING so that no address is ever handed out.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+import pytest
+
+from flowrig.backends.base import ClusterSpec
+from flowrig.backends.ecs import ClassPathBackend, ECSBackend, FargateBackend
+from flowrig.certs.material import TLSMaterial
+from flowrig.errors import BadInput, InfrastructureError
+from flowrig.sizing import ClusterSize
+from tests.aws_support import aws_env_without_credentials
+
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/seed:run-image"
+# The ECS cluster object and the stand-in scheduler's own cluster both watch one scheduler.
+pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
+
+TLS_FLAGS = ["--tls-ca-file", "/etc/flowrig/tls/ca.crt", "--tls-cert", "/etc/flowrig/tls/tls.crt",
+             "--tls-key", "/etc/flowrig/tls/tls.key"]
+
+
+@pytest.fixture(scope="module")
+def tls() -> TLSMaterial:
+    return TLSMaterial.ephemeral()
+
+
+def local_scheduler(tls: TLSMaterial, workers: int):
+    """A real mutual-TLS scheduler on loopback, with ``workers`` in-process workers.
+
+    Worker names must differ from the ECS workers' (0, 1, ...), which the ECS cluster
+    retires by name when it closes.
+    """
+    from distributed import Scheduler, SpecCluster, Worker
+
+    security = tls.to_security()
+    return SpecCluster(
+        scheduler={"cls": Scheduler, "options": {"protocol": "tls", "host": "127.0.0.1",
+                                                 "security": security, "dashboard_address": None}},
+        workers={f"local-{i}": {"cls": Worker, "options": {"nthreads": 1, "host": "127.0.0.1",
+                                                            "security": security}} for i in range(workers)},
+        security=security,
+    )
+
+
+def spec(tls, run_id, size=ClusterSize(2), **options) -> ClusterSpec:
+    return ClusterSpec(
+        run_id=run_id,
+        size=size,
+        tls=tls,
+        image=IMAGE,
+        worker_env={"PREFECT_API_URL": "http://10.0.0.5:4200/api", "FLOWRIG_RUN_ID": run_id},
+        options=options,
+        worker_threads=2,
+    )
+
+
+def tags(items) -> dict[str, str]:
+    return {(t.get("key") or t.get("Key")): (t.get("value") or t.get("Value")) for t in items}
+
+
+def snapshot(run_id: str) -> dict[str, list]:
+    """What AWS holds for a run, found by its tag or name (as an operator would)."""
+    import boto3
+
+    ecs, ec2, iam, logs = (boto3.client(s) for s in ("ecs", "ec2", "iam", "logs"))
+    clusters = ecs.describe_clusters(clusters=[f"flowrig-{run_id}"], include=["TAGS"])["clusters"]
+    definitions = []
+    for role in ("runner", "scheduler", "worker"):
+        # familyPrefix is a whole family name, as the ECS API documents it.
+        family = f"flowrig-{run_id}-{role}"
+        for arn in ecs.list_task_definitions(familyPrefix=family, status="ACTIVE")["taskDefinitionArns"]:
+            definitions.append(ecs.describe_task_definition(taskDefinition=arn, include=["TAGS"]))
+    groups = ec2.describe_security_groups(
+        Filters=[{"Name": "tag:flowrig-run-id", "Values": [run_id]}]
+    )["SecurityGroups"]
+    roles = [r for r in iam.list_roles()["Roles"] if r["RoleName"].startswith(f"flowrig-{run_id}")]
+    log_groups = logs.describe_log_groups(logGroupNamePrefix=f"/flowrig/{run_id}")["logGroups"]
+    return {
+        "clusters": [c for c in clusters if c["status"] == "ACTIVE"],
+        "task_definitions": definitions,
+        "security_groups": groups,
+        "roles": roles,
+        "log_groups": log_groups,
+    }
+
+
+def running_tasks(cluster: str) -> list[dict]:
+    import boto3
+
+    ecs = boto3.client("ecs")
+    arns = ecs.list_tasks(cluster=cluster)["taskArns"]
+    if not arns:
+        return []
+    return [t for t in ecs.describe_tasks(cluster=cluster, tasks=arns)["tasks"] if t["lastStatus"] != "STOPPED"]
+
+
+# --- fargate: the whole life of a run ----------------------------------------------
+@pytest.mark.aws
+def test_fargate_run_creates_tagged_private_resources_and_removes_them(aws, tls):
+    import boto3
+
+    with local_scheduler(tls, workers=1) as scheduler:
+        started = FargateBackend().start(
+            spec(tls, "fg1", scheduler_address=scheduler.scheduler_address, provision_timeout=120)
+        )
+        try:
+            assert started.scheduler_address == scheduler.scheduler_address
+            held = snapshot("fg1")
+
+            [cluster] = held["clusters"]
+            assert tags(cluster["tags"])["flowrig-run-id"] == "fg1"
+
+            by_family = {d["taskDefinition"]["family"]: d for d in held["task_definitions"]}
+            assert sorted(by_family) == ["flowrig-fg1-scheduler", "flowrig-fg1-worker"]
+            for described in by_family.values():
+                [container] = described["taskDefinition"]["containerDefinitions"]
+                assert container["image"] == IMAGE
+                assert container["command"][-6:] == TLS_FLAGS
+                assert container["linuxParameters"]["initProcessEnabled"] is True
+                assert described["taskDefinition"]["requiresCompatibilities"] == ["FARGATE"]
+                assert tags(described["tags"])["flowrig-run-id"] == "fg1"
+            scheduler_command = by_family["flowrig-fg1-scheduler"]["taskDefinition"]["containerDefinitions"][0]["command"]
+            assert scheduler_command[:5] == ["dask-scheduler", "--idle-timeout", "15 minutes", "--protocol", "tls"]
+
+            [group] = held["security_groups"]
+            vpc = boto3.client("ec2").describe_vpcs(VpcIds=[group["VpcId"]])["Vpcs"][0]
+            for permission in group["IpPermissions"]:
+                cidrs = [r["CidrIp"] for r in permission.get("IpRanges", [])]
+                assert "0.0.0.0/0" not in cidrs and not permission.get("Ipv6Ranges")
+                assert cidrs in ([], [vpc["CidrBlock"]])
+                if not cidrs:
+                    assert [p["GroupId"] for p in permission["UserIdGroupPairs"]] == [group["GroupId"]]
+
+            [role] = held["roles"]
+            assert tags(boto3.client("iam").list_role_tags(RoleName=role["RoleName"])["Tags"])["flowrig-run-id"] == "fg1"
+            [log_group] = held["log_groups"]
+            assert boto3.client("logs").list_tags_log_group(logGroupName=log_group["logGroupName"])["tags"]["flowrig-run-id"] == "fg1"
+
+            # What dask-cloudprovider asked ECS to run: two workers, private addresses only.
+            requests = aws.requests("RunTask")
+            assert len(requests) == 2
+            for request in requests:
+                body = request["body"]
+                network = body["networkConfiguration"]["awsvpcConfiguration"]
+                assert network["assignPublicIp"] == "DISABLED"
+                assert network["securityGroups"] == [group["GroupId"]]
+                assert body["launchType"] == "FARGATE"
+                assert body["startedBy"] == "flowrig-fg1"
+                assert tags(body["tags"])["flowrig-run-id"] == "fg1"
+                [override] = body["overrides"]["containerOverrides"]
+                assert override["name"] == "dask-worker"
+                command = override["command"]
+                assert command[:2] == ["dask-worker", scheduler.scheduler_address]
+                assert command[command.index("--nthreads") + 1] == "2"
+                assert command[-6:] == TLS_FLAGS
+                assert tags_env(override["environment"]) == {
+                    "PREFECT_API_URL": "http://10.0.0.5:4200/api", "FLOWRIG_RUN_ID": "fg1"}
+            assert len(running_tasks(cluster["clusterArn"])) == 2
+        finally:
+            started.close()
+        started.close()  # a second close does nothing
+
+        after = snapshot("fg1")
+        assert after == {k: [] for k in after}, after
+        assert running_tasks(cluster["clusterArn"]) == []
+        # An existing scheduler is someone else's: it is still serving its own worker.
+        assert list(scheduler.scheduler_info["workers"].values())[0]["name"] == "local-0"
+
+
+def tags_env(items) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in items}
+
+
+@pytest.mark.aws
+def test_provisioning_timeout_while_tasks_stay_pending(ecs_tasks_pending, tls):
+    aws = ecs_tasks_pending
+    began = time.monotonic()
+    with pytest.raises(InfrastructureError) as info:
+        FargateBackend().start(spec(tls, "pend1", size=ClusterSize(1), provision_timeout=15))
+    took = time.monotonic() - began
+    assert info.value.exit_code == 3
+    message = str(info.value)
+    assert "\n" not in message
+    assert "did not start within 15 s" in message and "scheduler task PENDING" in message
+    assert 15 <= took < 60
+
+    # The scheduler task was asked for, with TLS, and never got an address to connect to.
+    [request] = aws.requests("RunTask")
+    [override] = request["body"]["overrides"]["containerOverrides"]
+    assert override["name"] == "dask-scheduler"
+    assert override["command"][:5] == ["dask-scheduler", "--idle-timeout", "15 minutes", "--protocol", "tls"]
+    assert request["body"]["networkConfiguration"]["awsvpcConfiguration"]["assignPublicIp"] == "DISABLED"
+    assert "DescribeNetworkInterfaces" not in aws.operations()
+
+    after = snapshot("pend1")
+    assert after == {k: [] for k in after}, after
+    import boto3
+
+    task_arn = aws.requests("DescribeTasks")[0]["body"]["tasks"][0]
+    [task] = boto3.client("ecs").describe_tasks(cluster=request["body"]["cluster"], tasks=[task_arn])["tasks"]
+    assert task["lastStatus"] == "STOPPED"
+
+
+@pytest.mark.aws
+def test_no_worker_joining_in_time_is_an_infrastructure_error(aws, tls):
+    with local_scheduler(tls, workers=0) as scheduler:
+        with pytest.raises(InfrastructureError) as info:
+            FargateBackend().start(
+                spec(tls, "nowk1", size=ClusterSize(1), scheduler_address=scheduler.scheduler_address,
+                     provision_timeout=20)
+            )
+    assert "had no worker within 20 s" in str(info.value)
+    after = snapshot("nowk1")
+    assert after == {k: [] for k in after}, after
+
+
+@pytest.mark.aws
+def test_ecs_backend_uses_the_given_cluster_and_leaves_it(aws, tls):
+    import boto3
+
+    ecs = boto3.client("ecs")
+    own = ecs.create_cluster(clusterName="team-cluster", capacityProviders=["FARGATE"])["cluster"]["clusterArn"]
+    with local_scheduler(tls, workers=1) as scheduler:
+        started = ECSBackend().start(
+            spec(tls, "ecs1", size=ClusterSize(1, adapt=(1, 3)), cluster_arn=own,
+                 fargate_scheduler=True, fargate_workers=True, scheduler_address=scheduler.scheduler_address,
+                 tags={"team": "data"}, scheduler_extra_args=["--no-show"], worker_extra_args=["--no-dashboard"])
+        )
+        try:
+            adaptive = started.cluster._adaptive
+            assert (adaptive.minimum, adaptive.maximum) == (1, 3)
+            [request] = aws.requests("RunTask")
+            assert request["body"]["cluster"] == own
+            command = request["body"]["overrides"]["containerOverrides"][0]["command"]
+            # Project flags first, TLS flags appended after them.
+            assert command[-7:] == ["--no-dashboard", *TLS_FLAGS]
+            assert snapshot("ecs1")["clusters"] == []  # no cluster of its own
+            definitions = snapshot("ecs1")["task_definitions"]
+            scheduler_def = [d for d in definitions if d["taskDefinition"]["family"].endswith("scheduler")][0]
+            assert scheduler_def["taskDefinition"]["containerDefinitions"][0]["command"][3:] == [
+                "--no-show", "--protocol", "tls", *TLS_FLAGS]
+            assert tags(scheduler_def["tags"])["team"] == "data"
+        finally:
+            started.close()
+    [cluster] = ecs.describe_clusters(clusters=[own])["clusters"]
+    assert cluster["status"] == "ACTIVE"
+    assert running_tasks(own) == []
+    after = snapshot("ecs1")
+    assert after == {k: [] for k in after}, after
+
+
+# --- bad input -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "backend, changes, words",
+    [
+        (FargateBackend, {"image": None}, "needs an image: pass --image or build one with flowrig build"),
+        (FargateBackend, {"options": {"n_workers": 3}}, "n_workers is not accepted"),
+        (FargateBackend, {"options": {"worker_cpu": 1024, "worker_mem": 512}}, "use one of 2048, 3072"),
+        (FargateBackend, {"options": {"fargate_workers": False}}, "use the ecs backend"),
+        (FargateBackend, {"options": {"provision_timeout": "soon"}}, "provision_timeout"),
+        (ECSBackend, {}, "needs an existing cluster: set cluster_arn"),
+    ],
+)
+def test_bad_options_are_bad_input_before_any_aws_call(tls, backend, changes, words, monkeypatch):
+    # Any AWS call would fail with "cannot reach AWS" (exit 3) instead.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    values = dict(run_id="bad1", size=ClusterSize(1), tls=tls, image=IMAGE, options={})
+    values.update(changes)
+    with pytest.raises(BadInput) as info:
+        backend().start(ClusterSpec(**values))
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unreachable_aws_is_an_infrastructure_error(tls, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with pytest.raises(InfrastructureError) as info:
+        FargateBackend().start(spec(tls, "unreach", size=ClusterSize(1)))
+    assert "cannot reach AWS while creating ECS cluster flowrig-unreach" in str(info.value)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_no_credentials_is_bad_input(tls, tmp_path, monkeypatch):
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in aws_env_without_credentials(tmp_path).items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    with pytest.raises(BadInput) as info:
+        FargateBackend().start(spec(tls, "nocred", size=ClusterSize(1)))
+    assert "credentials" in str(info.value)
+
+
+def test_missing_dask_cloudprovider_names_the_install_command(tls, monkeypatch):
+    # A None entry makes the import fail as it does when the package is not installed.
+    monkeypatch.setitem(sys.modules, "dask_cloudprovider.aws", None)
+    with pytest.raises(BadInput) as info:
+        FargateBackend().start(spec(tls, "nodcp", size=ClusterSize(1)))
+    assert str(info.value) == "the fargate backend needs dask-cloudprovider: pip install 'flowrig[aws]'"
+
+
+def test_prefect_api_stays_on_loopback_outside_ecs(monkeypatch):
+    monkeypatch.delenv("ECS_CONTAINER_METADATA_URI_V4", raising=False)
+    assert FargateBackend().prefect_api_hosts() == ("127.0.0.1", "127.0.0.1")
+    monkeypatch.setenv("ECS_CONTAINER_METADATA_URI_V4", "http://169.254.170.2/v4/x")
+    bind, advertised = FargateBackend().prefect_api_hosts()
+    assert bind == "0.0.0.0" and advertised != "0.0.0.0"
+
+
+# --- package.module:ClusterClass ----------------------------------------------------
+def test_class_path_backend_starts_any_cluster_class_with_tls(tls):
+    backend = ClassPathBackend("distributed:LocalCluster")
+    started = backend.start(
+        ClusterSpec(run_id="cp1", size=ClusterSize(2), tls=tls,
+                    options={"processes": False, "host": "127.0.0.1", "dashboard_address": ":0"})
+    )
+    try:
+        assert started.scheduler_address.startswith("tls://127.0.0.1:")
+        assert len(started.cluster.scheduler_info["workers"]) == 2
+        from distributed import Client
+
+        with Client(started.scheduler_address, security=tls.to_security()) as client:
+            assert client.submit(sum, [1, 2, 3]).result() == 6
+    finally:
+        started.close()
+    started.close()
+    assert started.cluster.status.name == "closed"
+
+
+def test_class_path_backend_adapts(tls):
+    started = ClassPathBackend("distributed:LocalCluster").start(
+        ClusterSpec(run_id="cp2", size=ClusterSize(1, adapt=(1, 4)), tls=tls,
+                    options={"processes": False, "host": "127.0.0.1", "dashboard_address": ":0"})
+    )
+    try:
+        adaptive = started.cluster._adaptive
+        assert (adaptive.minimum, adaptive.maximum) == (1, 4)
+    finally:
+        started.close()
+
+
+@pytest.mark.parametrize(
+    "path, words",
+    [
+        ("no_such_module_xyz:Cluster", "cannot import no_such_module_xyz"),
+        ("distributed:NoSuchCluster", "distributed has no NoSuchCluster"),
+        ("collections:OrderedDict", "not a distributed Cluster class"),
+        ("distributed.LocalCluster", "not 'package.module:ClusterClass'"),
+    ],
+)
+def test_class_path_backend_bad_paths(tls, path, words):
+    with pytest.raises(BadInput) as info:
+        ClassPathBackend(path).start(ClusterSpec(run_id="x", size=ClusterSize(1), tls=tls))
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_class_path_backend_rejects_unknown_options(tls):
+    with pytest.raises(BadInput) as info:
+        ClassPathBackend("distributed:LocalCluster").start(
+            ClusterSpec(run_id="x", size=ClusterSize(1), tls=tls, options={"no_such_option": 1, "processes": False})
+        )
+    assert "no_such_option" in str(info.value)

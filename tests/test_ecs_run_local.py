@@ -1,0 +1,338 @@
+"""``flowrig ecs run-local``: the run plan as data (no Docker), then real containers.
+
+The last test replays what a ``fargate`` run sent to ECS (moto records it): the
+registered task definitions and the workers' RunTask overrides become containers of
+the image on a Docker network of the test's own, and the seed flow runs on them over
+mutual TLS.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from typer.testing import CliRunner
+
+from flowrig import defaults
+from flowrig.ecs import run_local, taskdefs
+from flowrig.ecs.cli import app
+from flowrig.errors import BadInput
+
+FLOWRIG = [sys.executable, "-m", "flowrig.cli"]
+EXEC_ROLE = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole"
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prefect-api-key"
+
+
+def rendered(role: str, **changes) -> dict:
+    values = dict(image="seed:1", name="seed", region="us-east-1", log_group="/flowrig/seed",
+                  execution_role_arn=EXEC_ROLE, environment={"A": "task", "B": "task"},
+                  secrets={"PREFECT_API_KEY": SECRET_ARN})
+    values.update(changes)
+    return taskdefs.render_task_definition(role, taskdefs.TaskDefinitionSettings(**values))
+
+
+# --- the plan (pure) -------------------------------------------------------------
+def test_plan_follows_the_task_definition():
+    [plan] = run_local.plan_run(rendered("scheduler"), run_id="r1", network="net1")
+    assert plan.name == "dask-scheduler-r1"
+    assert plan.container == "dask-scheduler"
+    assert plan.image == "seed:1"
+    assert plan.command == tuple(taskdefs.scheduler_command())
+    assert plan.entrypoint is None  # the image's own entry point
+    assert plan.environment == {"A": "task", "B": "task"}
+    assert plan.secrets == {"PREFECT_API_KEY": "prefect-api-key"}
+    assert plan.init is True and plan.essential is True
+    assert plan.network == "net1"
+    assert plan.memory_mib == 2048
+    assert plan.labels == {run_local.LABEL_RUN: "r1", run_local.LABEL_FAMILY: "flowrig-seed-scheduler",
+                           run_local.LABEL_CONTAINER: "dask-scheduler"}
+
+
+def test_overrides_replace_the_command_and_add_environment_as_runtask_does():
+    overrides = {"containerOverrides": [{
+        "name": "dask-worker",
+        "command": ["dask-worker", "tls://dask-scheduler:8786", "--name", "0"],
+        "environment": [{"name": "B", "value": "override"}, {"name": "C", "value": "new"}],
+    }]}
+    [plan] = run_local.plan_run(rendered("worker"), run_local.load_overrides(overrides), run_id="r2")
+    assert plan.command == ("dask-worker", "tls://dask-scheduler:8786", "--name", "0")
+    assert plan.environment == {"A": "task", "B": "override", "C": "new"}
+    assert plan.network == defaults.ECS_RUN_LOCAL_NETWORK
+    # Environment alone leaves the task definition's command in place.
+    only_env = {"containerOverrides": [{"name": "dask-worker", "environment": [{"name": "A", "value": "x"}]}]}
+    [plan] = run_local.plan_run(rendered("worker"), only_env, run_id="r3")
+    assert plan.command == tuple(taskdefs.worker_command())
+    assert plan.environment["A"] == "x"
+
+
+def test_whole_runtask_requests_and_described_definitions_are_accepted():
+    definition = run_local.load_task_definition({"taskDefinition": rendered("runner"), "tags": []})
+    request = {"cluster": "c", "taskDefinition": "t", "overrides": {
+        "containerOverrides": [{"name": "flowrig-runner", "command": ["run", "--output", "json"]}]}}
+    [plan] = run_local.plan_run(definition, run_local.load_overrides(request), run_id="r4")
+    assert plan.command == ("run", "--output", "json")
+    assert plan.container == "flowrig-runner"
+
+
+def test_several_containers_and_non_essential_ones():
+    definition = rendered("worker")
+    sidecar = {"name": "sidecar", "image": "busybox:1", "essential": False, "entryPoint": ["sh", "-c"],
+               "command": ["sleep 1"], "user": "1000", "workingDirectory": "/tmp"}
+    definition["containerDefinitions"].append(sidecar)
+    worker, side = run_local.plan_run(definition, run_id="r5")
+    assert (worker.essential, side.essential) == (True, False)
+    assert side.entrypoint == ("sh", "-c") and side.user == "1000" and side.working_dir == "/tmp"
+    assert side.init is False and side.secrets == {}
+    assert side.memory_mib == 4096  # the task's memory when the container sets none
+
+
+@pytest.mark.parametrize(
+    "definition, overrides, words",
+    [
+        ("worker", {"containerOverrides": [{"name": "dask-scheduler", "command": ["x"]}]},
+         "dask-scheduler that the task definition does not have"),
+        ("worker", {"containerOverrides": [{"name": "dask-worker", "command": "not a list"}]},
+         "does not match the ECS API"),
+        ("worker", {"containerOverrides": [{"name": "dask-worker", "commands": ["x"]}]}, "commands"),
+    ],
+)
+def test_bad_overrides_are_bad_input(definition, overrides, words):
+    with pytest.raises(BadInput) as info:
+        run_local.plan_run(rendered(definition), run_local.load_overrides(overrides), run_id="x")
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_task_definitions_are_bad_input():
+    with pytest.raises(BadInput, match="no containerDefinitions"):
+        run_local.load_task_definition({"family": "f"})
+    with pytest.raises(BadInput, match="name and an image"):
+        run_local.load_task_definition({"containerDefinitions": [{"name": "x"}]})
+    lonely = rendered("worker")
+    lonely["containerDefinitions"][0]["essential"] = False
+    with pytest.raises(BadInput, match="no essential container"):
+        run_local.plan_run(lonely, run_id="x")
+
+
+@pytest.mark.parametrize(
+    "value_from, name",
+    [
+        (SECRET_ARN, "prefect-api-key"),
+        (SECRET_ARN + ":token::", "prefect-api-key"),
+        ("arn:aws:ssm:us-east-1:123456789012:parameter/flowrig/prefect-api-key", "prefect-api-key"),
+        ("/flowrig/db-password", "db-password"),
+        ("plain", "plain"),
+    ],
+)
+def test_secret_file_names(value_from, name):
+    assert run_local.secret_file_name(value_from) == name
+
+
+def test_secrets_are_read_before_anything_starts(tmp_path):
+    [plan] = run_local.plan_run(rendered("runner"), run_id="r6")
+    with pytest.raises(BadInput, match="--secrets-dir"):
+        run_local.read_secrets([plan], None)
+    with pytest.raises(BadInput, match="prefect-api-key"):
+        run_local.read_secrets([plan], tmp_path)
+    (tmp_path / "prefect-api-key").write_text("s3cr3t\n")
+    assert run_local.read_secrets([plan], tmp_path) == {plan.name: {"PREFECT_API_KEY": "s3cr3t"}}
+
+
+def test_print_plan_shows_the_containers_as_json(tmp_path):
+    path = tmp_path / "worker.json"
+    path.write_text(taskdefs.to_json(rendered("worker")))
+    overrides = json.dumps({"containerOverrides": [{"name": "dask-worker", "command": ["dask-worker", "tls://s:8786"]}]})
+    result = CliRunner().invoke(app, ["run-local", str(path), "--overrides", overrides, "--network", "n1", "--print-plan"])
+    assert result.exit_code == 0, result.output
+    [plan] = json.loads(result.stdout)
+    assert plan["command"] == ["dask-worker", "tls://s:8786"]
+    assert plan["network"] == "n1" and plan["container"] == "dask-worker"
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["missing.json"], "cannot read missing.json"),
+        (["{not json"], "is not valid JSON"),
+        (['{"family": "f"}'], "no containerDefinitions"),
+        (["TASKDEF", "--overrides", "[1]"], "--overrides must be a JSON object"),
+    ],
+)
+def test_run_local_bad_input_exits_2_with_one_line(tmp_path, args, words):
+    path = tmp_path / "worker.json"
+    path.write_text(taskdefs.to_json(rendered("worker")))
+    args = [str(path) if a == "TASKDEF" else a for a in args]
+    done = subprocess.run([*FLOWRIG, "ecs", "run-local", *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and words in done.stderr
+
+
+# --- real containers ---------------------------------------------------------------
+def containers_of(client, network=None):
+    found = client.containers.list(all=True, filters={"label": run_local.LABEL_RUN})
+    if network:
+        found = [c for c in found if network in c.attrs["NetworkSettings"]["Networks"]]
+    return found
+
+
+@pytest.mark.docker
+def test_run_local_runs_streams_reads_secrets_and_cleans_up(docker_client, seed_image, tmp_path):
+    network = f"flowrig-test-{uuid.uuid4().hex[:8]}"
+    definition = rendered("runner", image=seed_image, environment={"GREETING": "hello"},
+                          secrets={"TOKEN": "arn:aws:ssm:us-east-1:123456789012:parameter/ci/token"})
+    (tmp_path / "token").write_text("tok-123\n")
+    script = 'echo "$GREETING $TOKEN"; [ "$(cat /proc/1/comm)" = docker-init ] && echo init-ok; exit 7'
+    overrides = {"containerOverrides": [{"name": "flowrig-runner", "command": ["sh", "-c", script]}]}
+    plans = run_local.plan_run(definition, run_local.load_overrides(overrides), run_id=uuid.uuid4().hex[:8],
+                               network=network)
+    # The image's entry point runs anything that is not a flowrig role as given.
+    out = io.StringIO()
+    try:
+        code = run_local.run(plans, secrets_dir=tmp_path, out=out, client=docker_client)
+        assert code == 7
+        lines = out.getvalue().splitlines()
+        assert "flowrig-runner | hello tok-123" in lines
+        assert "flowrig-runner | init-ok" in lines
+        assert containers_of(docker_client, network=network) == []
+    finally:
+        for container in containers_of(docker_client, network=network):
+            container.remove(force=True)
+        for net in docker_client.networks.list(names=[network]):
+            net.remove()
+
+
+@pytest.mark.docker
+@pytest.mark.aws
+# Two cluster objects (the stand-in and the fargate one) watch the same scheduler.
+@pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
+def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker_client, seed_image, tmp_path):
+    import boto3
+    from distributed import Scheduler, SpecCluster, Worker
+
+    from flowrig.backends.base import ClusterSpec
+    from flowrig.backends.ecs import FargateBackend
+    from flowrig.certs.material import TLSMaterial
+    from flowrig.sizing import ClusterSize
+
+    # 1. A fargate run against moto. Its client needs some real scheduler to connect to:
+    #    one on loopback, with a throwaway CA (the containers use the image's own).
+    host_tls = TLSMaterial.ephemeral()
+    security = host_tls.to_security()
+    stand_in = SpecCluster(
+        scheduler={"cls": Scheduler, "options": {"protocol": "tls", "host": "127.0.0.1", "security": security,
+                                                 "dashboard_address": None}},
+        workers={"stand-in": {"cls": Worker, "options": {"nthreads": 1, "host": "127.0.0.1", "security": security}}},
+        security=security,
+    )
+    run_id = uuid.uuid4().hex[:8]
+    # What the runner hands its workers when PREFECT_API_URL names a Prefect server.
+    api_url = "http://prefect-server:4200/api"
+    worker_env = {"FLOWRIG_RUN_ID": run_id, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": api_url}
+    with stand_in:
+        started = FargateBackend().start(ClusterSpec(
+            run_id=run_id, size=ClusterSize(2), tls=host_tls, image=seed_image, worker_env=worker_env,
+            options={"scheduler_address": stand_in.scheduler_address, "worker_cpu": 1024, "worker_mem": 2048},
+        ))
+        ecs = boto3.client("ecs")
+        described = {
+            role: ecs.describe_task_definition(taskDefinition=f"flowrig-{run_id}-{role}")
+            for role in ("scheduler", "worker")
+        }
+        worker_requests = [r["body"] for r in aws.requests("RunTask")]
+        started.close()
+    assert len(worker_requests) == 2
+
+    # 2. The same definitions and overrides as containers. ECS would have put the
+    #    scheduler task's own address in the worker command; here that is its alias.
+    network = f"flowrig-replay-{run_id}"
+    for role, document in described.items():
+        (tmp_path / f"{role}.json").write_text(json.dumps(document, default=str))
+    env_override = worker_requests[0]["overrides"]["containerOverrides"][0]["environment"]
+    (tmp_path / "scheduler-overrides.json").write_text(json.dumps(
+        {"containerOverrides": [{"name": "dask-scheduler", "environment": env_override}]}))
+    for index, request in enumerate(worker_requests):
+        override = request["overrides"]["containerOverrides"][0]
+        assert override["command"][1] == stand_in.scheduler_address
+        override["command"][1] = "tls://dask-scheduler:8786"
+        (tmp_path / f"worker-{index}-overrides.json").write_text(json.dumps(request))
+    runner_definition = rendered("runner", image=seed_image, environment={}, secrets={})
+    (tmp_path / "runner.json").write_text(taskdefs.to_json(runner_definition))
+    ten = "x=[0,1,2,3,4,5,6,7,8,9]"
+    runner_overrides = {"containerOverrides": [{
+        "name": "flowrig-runner",
+        "command": ["run", "--scheduler-address", "tls://dask-scheduler:8786", "--param", ten, "--output", "json"],
+        "environment": [{"name": "PREFECT_API_URL", "value": api_url}],
+    }]}
+
+    def run_local_cli(definition: str, overrides: str) -> list[str]:
+        return [*FLOWRIG, "ecs", "run-local", str(tmp_path / definition), "--overrides", overrides,
+                "--network", network]
+
+    docker_client.networks.create(network, driver="bridge", labels={run_local.LABEL_RUN: run_id})
+    background = []
+    try:
+        # The run's Prefect API: a Prefect server from the same image, as a deployment
+        # on ECS would point PREFECT_API_URL at one.
+        server = docker_client.containers.run(
+            seed_image, ["prefect", "server", "start", "--host", "0.0.0.0", "--port", "4200"],
+            name=f"prefect-server-{run_id}", hostname="prefect-server", detach=True,
+            labels={run_local.LABEL_RUN: run_id, run_local.LABEL_CONTAINER: "prefect-server"},
+            environment={"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"},
+            network=network,
+        )
+        background.append(subprocess.Popen(
+            run_local_cli("scheduler.json", str(tmp_path / "scheduler-overrides.json")),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        for index in range(2):
+            background.append(subprocess.Popen(
+                run_local_cli("worker.json", str(tmp_path / f"worker-{index}-overrides.json")),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        health = "import urllib.request as u; u.urlopen('http://127.0.0.1:4200/api/health', timeout=2)"
+        deadline = time.monotonic() + 180
+        while server.exec_run(["python", "-c", health]).exit_code != 0:
+            assert time.monotonic() < deadline, server.logs()[-2000:]
+            time.sleep(2)
+        runner = subprocess.run(
+            run_local_cli("runner.json", json.dumps(runner_overrides)), capture_output=True, text=True, timeout=400)
+        assert runner.returncode == 0, runner.stdout[-4000:] + runner.stderr[-2000:]
+        last = [line for line in runner.stdout.splitlines() if line.startswith("flowrig-runner | ")][-1]
+        outcome = json.loads(last.split(" | ", 1)[1])
+        assert (outcome["state"], outcome["result"]) == ("Completed", 90)
+        assert outcome["scheduler_address"] == "tls://dask-scheduler:8786"
+
+        # The task definitions' health checks, run where ECS would run them.
+        by_container = {c.labels[run_local.LABEL_CONTAINER]: c for c in containers_of(docker_client, network=network)}
+        assert sorted(by_container) == ["dask-scheduler", "dask-worker", "prefect-server"]
+        scheduler_check = described["scheduler"]["taskDefinition"]["containerDefinitions"][0]["healthCheck"]["command"][1:]
+        worker_check = described["worker"]["taskDefinition"]["containerDefinitions"][0]["healthCheck"]["command"][1:]
+        assert by_container["dask-scheduler"].exec_run(scheduler_check).exit_code == 0
+        assert by_container["dask-worker"].exec_run(worker_check).exit_code == 0
+        # ... and they fail where the process they look for is not running.
+        assert by_container["dask-scheduler"].exec_run(worker_check).exit_code == 1
+        assert by_container["dask-worker"].exec_run(scheduler_check).exit_code == 1
+    finally:
+        # SIGTERM unwinds run-local like Ctrl-C: it removes its containers.
+        for process in background:
+            process.send_signal(signal.SIGTERM)
+        for process in background:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        docker_client.containers.get(f"prefect-server-{run_id}").remove(force=True)
+        leftovers = containers_of(docker_client, network=network)
+        for container in leftovers:
+            container.remove(force=True)
+        for net in docker_client.networks.list(names=[network]):
+            net.remove()
+    logs = [process.stdout.read() for process in background]
+    assert leftovers == [], logs
+    assert [process.returncode for process in background] == [128 + signal.SIGTERM] * 3
+    # Each replayed container logged under its ECS container name.
+    assert "dask-scheduler | " in logs[0] and "dask-worker | " in logs[1]

@@ -1,0 +1,263 @@
+"""``flowrig ecs task-definitions``: rendered task definitions are valid ECS input
+(checked with botocore's own model), stable byte for byte, and bad input ends with
+one line and the right exit code. Registration goes to a real moto server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from flowrig import defaults
+from flowrig.ecs import taskdefs, validate
+from flowrig.ecs.cli import app
+from flowrig.errors import BadInput
+from tests.aws_support import aws_env_without_credentials
+
+FLOWRIG = [sys.executable, "-m", "flowrig.cli"]
+EXEC_ROLE = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole"
+BASE_ARGS = ["--image", "registry.example.com/team/seed:1.0", "--region", "us-east-1", "--execution-role-arn", EXEC_ROLE]
+
+
+def settings(**changes) -> taskdefs.TaskDefinitionSettings:
+    values = dict(
+        image="registry.example.com/team/seed:1.0",
+        name="seed",
+        region="eu-west-1",
+        log_group="/flowrig/seed",
+        execution_role_arn=EXEC_ROLE,
+        environment={"PREFECT_LOGGING_LEVEL": "INFO"},
+        secrets={"PREFECT_API_KEY": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prefect-key"},
+        tags={"team": "data"},
+    )
+    values.update(changes)
+    return taskdefs.TaskDefinitionSettings(**values)
+
+
+def botocore_input_shape():
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("ecs")
+    return model.operation_model("RegisterTaskDefinition").input_shape
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*FLOWRIG, "ecs", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+# --- rendering -------------------------------------------------------------------
+@pytest.mark.parametrize("role", validate.ROLES)
+def test_rendered_definitions_pass_botocore_validation(role):
+    from botocore.validate import validate_parameters
+
+    params = taskdefs.render_task_definition(role, settings())
+    # Raises ParamValidationError on any unknown key, wrong type or missing member.
+    validate_parameters(params, botocore_input_shape())
+    validate.check_task_definition(params)
+
+
+def test_validation_rejects_what_ecs_would():
+    params = taskdefs.render_task_definition("worker", settings())
+    params["containerDefinitions"][0]["healthCheck"]["interval"] = "30"
+    params["networkmode"] = "awsvpc"
+    with pytest.raises(BadInput) as info:
+        validate.check_task_definition(params)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "networkmode" in message and "interval" in message
+
+
+def test_roles_get_the_shape_the_backends_and_ecs_need():
+    docs = taskdefs.render_task_definitions(settings())
+    assert list(docs) == ["runner", "scheduler", "worker"]
+    tls = ["--tls-ca-file", "/etc/flowrig/tls/ca.crt", "--tls-cert", "/etc/flowrig/tls/tls.crt",
+           "--tls-key", "/etc/flowrig/tls/tls.key"]
+    for role, params in docs.items():
+        [container] = params["containerDefinitions"]
+        assert params["family"] == f"flowrig-seed-{role}"
+        assert params["networkMode"] == "awsvpc"
+        assert params["requiresCompatibilities"] == ["FARGATE"]
+        assert params["executionRoleArn"] == EXEC_ROLE
+        assert "taskRoleArn" not in params
+        assert container["image"] == "registry.example.com/team/seed:1.0"
+        assert container["linuxParameters"] == {"initProcessEnabled": True}
+        assert container["logConfiguration"]["logDriver"] == "awslogs"
+        assert container["logConfiguration"]["options"]["awslogs-region"] == "eu-west-1"
+        assert container["logConfiguration"]["options"]["awslogs-group"] == "/flowrig/seed"
+        # The standard execution policy cannot create log groups: not asked for by default.
+        assert "awslogs-create-group" not in container["logConfiguration"]["options"]
+        assert container["environment"] == [{"name": "PREFECT_LOGGING_LEVEL", "value": "INFO"}]
+        assert container["secrets"][0]["name"] == "PREFECT_API_KEY"
+        tags = {tag["key"]: tag["value"] for tag in params["tags"]}
+        assert tags == {"team": "data", "flowrig-role": role}
+    runner, scheduler, worker = (docs[r]["containerDefinitions"][0] for r in validate.ROLES)
+    assert (runner["name"], scheduler["name"], worker["name"]) == ("flowrig-runner", "dask-scheduler", "dask-worker")
+    assert runner["command"] == ["run"] and "healthCheck" not in runner
+    assert scheduler["command"][:3] == ["dask-scheduler", "--idle-timeout", defaults.SCHEDULER_IDLE_TIMEOUT]
+    assert scheduler["command"][3:] == ["--protocol", "tls", *tls]
+    assert worker["command"][0] == "dask-worker" and worker["command"][-6:] == tls
+    assert "8786" in " ".join(scheduler["healthCheck"]["command"])
+    assert "dask_worker" in " ".join(worker["healthCheck"]["command"])
+    assert [m["containerPort"] for m in scheduler["portMappings"]] == [8786, 8787]
+
+
+def test_log_group_creation_is_opt_in():
+    [container] = taskdefs.render_task_definition("runner", settings(create_log_group=True))["containerDefinitions"]
+    assert container["logConfiguration"]["options"]["awslogs-create-group"] == "true"
+    result = CliRunner().invoke(app, ["task-definitions", *BASE_ARGS, "--role", "runner", "--create-log-group"])
+    options = json.loads(result.stdout)["runner"]["containerDefinitions"][0]["logConfiguration"]["options"]
+    assert options["awslogs-create-group"] == "true"
+
+
+def test_worker_health_check_finds_a_worker_process():
+    # The negative cases (no worker, the check itself not counted) run in containers, in
+    # test_ecs_run_local.py, where no other process can hold the words.
+    command = list(taskdefs.WORKER_HEALTH_COMMAND)
+    assert command[0] == "CMD"
+    # A process whose command line names the worker module, as the image's worker does.
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "distributed.cli.dask_worker"])
+    try:
+        check = subprocess.run([sys.executable, *command[2:]], timeout=30)
+        assert check.returncode == 0
+    finally:
+        fake.kill()
+        fake.wait()
+
+
+def test_scheduler_health_check_needs_a_listener_on_the_scheduler_port():
+    code = taskdefs.SCHEDULER_HEALTH_COMMAND[-1]
+    with socket.socket() as probe:
+        taken = probe.connect_ex(("127.0.0.1", defaults.SCHEDULER_PORT)) == 0
+    if taken:
+        pytest.skip("something on this machine listens on 8786")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30).returncode != 0
+
+
+@pytest.mark.parametrize("cpu", sorted(validate.FARGATE_MEMORY))
+def test_every_documented_fargate_size_is_accepted_and_neighbours_are_not(cpu):
+    allowed = validate.FARGATE_MEMORY[cpu]
+    for memory in allowed:
+        validate.check_fargate_size("worker", cpu, memory)
+    for memory in (allowed[0] - 512, allowed[-1] + 1024):
+        with pytest.raises(BadInput) as info:
+            validate.check_fargate_size("worker", cpu, memory)
+        assert ", ".join(map(str, allowed)) in str(info.value)
+
+
+def test_fargate_sizes_follow_the_aws_table():
+    assert validate.FARGATE_MEMORY[256] == (512, 1024, 2048)
+    assert validate.FARGATE_MEMORY[1024] == (2048, 3072, 4096, 5120, 6144, 7168, 8192)
+    assert validate.FARGATE_MEMORY[4096][0] == 8192 and validate.FARGATE_MEMORY[4096][-1] == 30720
+    assert validate.FARGATE_MEMORY[8192][1] - validate.FARGATE_MEMORY[8192][0] == 4096
+    assert validate.FARGATE_MEMORY[16384][-1] == 122880
+
+
+def test_project_name_comes_from_the_image_repository():
+    assert taskdefs.project_name_from_image("registry.example.com:5000/team/seed:1.0") == "seed"
+    assert taskdefs.project_name_from_image("seed@sha256:" + "a" * 64) == "seed"
+    assert taskdefs.project_name_from_image("my.flow_v2") == "my-flow_v2"
+
+
+# --- stable output ---------------------------------------------------------------
+def test_same_input_gives_the_same_bytes(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    extra = ["--env", "B=2", "--env", "A=1", "--tag", "z=1", "--tag", "a=2"]
+    reordered = ["--tag", "a=2", "--env", "A=1", "--tag", "z=1", "--env", "B=2"]
+    assert cli("task-definitions", *BASE_ARGS, *extra, "--out", str(first)).returncode == 0
+    assert cli("task-definitions", *BASE_ARGS, *reordered, "--out", str(second)).returncode == 0
+    names = sorted(path.name for path in first.iterdir())
+    assert names == ["runner.json", "scheduler.json", "worker.json"]
+    for name in names:
+        data = (first / name).read_bytes()
+        assert data == (second / name).read_bytes()
+        assert data.endswith(b"}\n") and not data.endswith(b"\n\n")
+        document = json.loads(data)
+        assert data.decode() == json.dumps(document, sort_keys=True, indent=2) + "\n"
+        validate.check_task_definition(document)
+
+
+def test_stdout_holds_every_role_and_files_are_ready_for_the_aws_cli(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["task-definitions", *BASE_ARGS, "--role", "worker", "--role", "runner"])
+    assert result.exit_code == 0, result.output
+    documents = json.loads(result.stdout)
+    assert list(documents) == ["runner", "worker"]
+    result = runner.invoke(app, ["task-definitions", *BASE_ARGS, "--role", "worker", "--out", str(tmp_path)])
+    assert result.exit_code == 0
+    assert json.loads((tmp_path / "worker.json").read_text()) == documents["worker"]
+
+
+# --- bad input -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--region", "us-east-1", "--execution-role-arn", EXEC_ROLE], "--image is required"),
+        ([*BASE_ARGS, "--role", "driver"], "unknown role 'driver'"),
+        ([*BASE_ARGS, "--worker-cpu", "1024", "--worker-memory", "1024"],
+         "use one of 2048, 3072, 4096, 5120, 6144, 7168, 8192"),
+        ([*BASE_ARGS, "--scheduler-cpu", "3000"], "scheduler cpu 3000 is not a Fargate size"),
+        (["--image", "x:1", "--region", "us-east-1"], "--execution-role-arn"),
+        ([*BASE_ARGS, "--task-role-arn", "admin"], "not an IAM role ARN"),
+        ([*BASE_ARGS, "--env", "NOEQUALS"], "is not NAME=VALUE"),
+        ([*BASE_ARGS, "--project", "bad name!"], "family"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, words):
+    done = cli("task-definitions", *args)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert words in done.stderr
+
+
+def test_missing_region_is_bad_input(tmp_path):
+    env = aws_env_without_credentials(tmp_path)
+    env.pop("AWS_DEFAULT_REGION")
+    done = cli("task-definitions", "--image", "x:1", "--execution-role-arn", EXEC_ROLE, env=env)
+    assert done.returncode == 2 and "--region" in done.stderr
+
+
+def test_unreachable_aws_endpoint_exits_3_with_one_line(tmp_path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    # Nothing listens on the port once the socket is closed.
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "y", "AWS_EC2_METADATA_DISABLED": "true"}
+    done = cli("task-definitions", *BASE_ARGS, "--register", env=env)
+    assert done.returncode == 3, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "cannot reach AWS" in done.stderr and str(port) in done.stderr
+
+
+def test_no_credentials_exits_2_with_one_line(tmp_path):
+    done = cli("task-definitions", *BASE_ARGS, "--register", env=aws_env_without_credentials(tmp_path))
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "credentials" in done.stderr
+
+
+# --- registering -----------------------------------------------------------------
+@pytest.mark.aws
+def test_register_prints_arns_of_what_ecs_now_holds(aws, tmp_path):
+    import boto3
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["task-definitions", *BASE_ARGS, "--register", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    arns = dict(line.split("\t") for line in result.stdout.strip().splitlines())
+    assert list(arns) == ["runner", "scheduler", "worker"]
+    ecs = boto3.client("ecs")
+    for role, arn in arns.items():
+        described = ecs.describe_task_definition(taskDefinition=arn, include=["TAGS"])
+        written = json.loads((tmp_path / f"{role}.json").read_text())
+        assert described["taskDefinition"]["family"] == written["family"]
+        assert described["taskDefinition"]["containerDefinitions"][0]["command"] == written["containerDefinitions"][0]["command"]
+        assert {t["key"]: t["value"] for t in described["tags"]}["flowrig-project"] == "seed"
+    [request] = [r for r in aws.requests("RegisterTaskDefinition") if r["body"]["family"] == "flowrig-seed-worker"]
+    assert request["body"] == json.loads((tmp_path / "worker.json").read_text())
