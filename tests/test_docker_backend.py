@@ -1,0 +1,526 @@
+"""The ``docker`` backend: rendering (no Docker), then real containers of the seed image.
+
+Docker tests put every container on a network they made themselves, reach a container
+from the host only through a port published on 127.0.0.1, and label everything with a
+run id, so each test removes exactly what it made.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flowrig import defaults
+from flowrig.backends import docker as dk
+from flowrig.backends.docker_cli import app as docker_app
+from flowrig.backends.docker_cli import group_by_run, render_text
+from flowrig.certs import TLSMaterial
+from flowrig.errors import BadInput
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = REPO / "examples" / "seed"
+FLOWRIG = str(Path(sys.executable).with_name("flowrig"))
+TEN = "x=[0,1,2,3,4,5,6,7,8,9]"
+
+#: A project for derived images: a task that naps, then fails for negative x.
+PROBE_FLOW = """
+    import time
+    from prefect import flow, task
+
+    @task
+    def step(x: int, nap: float) -> int:
+        time.sleep(nap)
+        if x < 0:
+            raise ValueError(f"cannot handle {x}")
+        return x * 2
+
+    @flow
+    def main(x: int = 1, nap: float = 0.0) -> int:
+        return step.submit(x, nap).result()
+"""
+
+
+@pytest.fixture(scope="module")
+def tls() -> TLSMaterial:
+    return TLSMaterial.ephemeral()
+
+
+# --- rendering and pure helpers (no Docker) ----------------------------------------
+
+
+def test_runner_plan_carries_run_network_image_parameters_and_socket(tls):
+    environ = {"PREFECT_API_URL": "http://prefect.example:4200/api", "AWS_SECRET_ACCESS_KEY": "x", "HOME": "/root"}
+    plan = dk.render_runner(
+        "r1", "img:1", parameters={"x": [1, "a"], "s": "text"}, output="json",
+        socket_path="/run/docker.sock", socket_gid=998, environ=environ,
+    )
+    assert plan.name == "flowrig-r1-runner"
+    assert plan.network == "flowrig-r1"
+    assert plan.command == ("run", "--backend", "docker", "--output", "json")
+    assert plan.labels == {"flowrig.run-id": "r1", "flowrig.role": "runner"}
+    assert plan.binds == {"/run/docker.sock": "/var/run/docker.sock"}
+    assert plan.group_add == ("998",)
+    env = plan.environment
+    assert json.loads(env["FLOWRIG_PARAMETERS"]) == {"x": [1, "a"], "s": "text"}
+    assert env["FLOWRIG_DOCKER_NETWORK"] == "flowrig-r1"
+    assert env["FLOWRIG_RUNNER_HOST"] == "flowrig-r1-runner"
+    assert env["FLOWRIG_IMAGE"] == "img:1"
+    assert env["FLOWRIG_RUN_ID"] == "r1"
+    assert env["PREFECT_API_URL"] == "http://prefect.example:4200/api"
+    # Only the listed variables cross from the host; credentials and the rest stay out.
+    assert "AWS_SECRET_ACCESS_KEY" not in env and "HOME" not in env
+
+
+def test_scheduler_and_worker_plans(tls):
+    sched = dk.render_scheduler("r2", "img", "net", tls=tls)
+    assert sched.name == "flowrig-r2-scheduler"
+    assert sched.aliases == ("scheduler",)
+    assert sched.command[0] == "scheduler" and "--dashboard-address" in sched.command
+    assert sched.publish == ()
+    assert dk.render_scheduler("r2", "img", "net", tls=tls, publish=True).publish == (8786, 8787)
+    worker = dk.render_worker("r2", "img", "net", 3, tls=tls, threads=2, environment={"A": "1"}, memory="1g")
+    assert worker.name == "flowrig-r2-worker-3"
+    assert worker.command == (
+        "worker", "tls://flowrig-r2-scheduler:8786", "--name", "3", "--nthreads", "2",
+        "--preload", "prefect.task_engine", "--preload", "prefect_dask",
+    )
+    bare = dk.render_worker("r2", "img", "net", 0, tls=tls, preload=())
+    assert bare.command[-2:] == ("--nthreads", str(defaults.WORKER_THREADS))
+    assert worker.labels["flowrig.role"] == "worker"
+    assert worker.environment["A"] == "1"
+    assert worker.environment["FLOWRIG_TLS_DIR"] == defaults.DOCKER_TLS_DIR
+    assert worker.memory == "1g"
+    assert {f.name: f.data for f in worker.files} == {
+        "ca.crt": tls.ca_pem, "tls.crt": tls.cert_pem, "tls.key": tls.key_pem,
+    }
+
+
+def test_files_archive_keeps_the_key_private_to_the_image_user(tls):
+    data = dk.files_archive("/tmp/flowrig-tls", dk.tls_files(tls))
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        members = {m.name: m for m in archive.getmembers()}
+        assert set(members) == {"flowrig-tls", "flowrig-tls/ca.crt", "flowrig-tls/tls.crt", "flowrig-tls/tls.key"}
+        assert members["flowrig-tls"].isdir() and members["flowrig-tls"].mode == 0o700
+        assert members["flowrig-tls/tls.key"].mode == 0o600
+        assert members["flowrig-tls/ca.crt"].mode == 0o644
+        assert {m.uid for m in members.values()} == {defaults.IMAGE_UID}
+        assert archive.extractfile("flowrig-tls/tls.key").read() == tls.key_pem
+
+
+def test_leftovers_are_grouped_by_run():
+    containers = [
+        {"Names": ["/flowrig-b-worker-0"], "Labels": {"flowrig.run-id": "b", "flowrig.role": "worker"}, "State": "exited"},
+        {"Names": ["/flowrig-a-runner"], "Labels": {"flowrig.run-id": "a", "flowrig.role": "runner"}, "State": "running"},
+        {"Names": ["/flowrig-b-scheduler"], "Labels": {"flowrig.run-id": "b", "flowrig.role": "scheduler"}, "State": "running"},
+        {"Names": ["/unrelated"], "Labels": {}, "State": "running"},
+    ]
+    networks = [{"Name": "flowrig-b", "Labels": {"flowrig.run-id": "b", "flowrig.role": "network"}}, {"Name": "x", "Labels": None}]
+    runs = group_by_run(containers, networks)
+    assert [r.run_id for r in runs] == ["a", "b"]
+    assert runs[1].containers == [("flowrig-b-scheduler", "scheduler", "running"), ("flowrig-b-worker-0", "worker", "exited")]
+    assert runs[1].networks == ["flowrig-b"]
+    assert runs[0].networks == []
+    text = render_text(runs)
+    assert "run b:" in text and "container flowrig-b-worker-0 (worker, exited)" in text and "network flowrig-b" in text
+    assert render_text([]) == "no leftovers of docker-backend runs"
+
+
+def test_options_and_run_ids_are_checked():
+    with pytest.raises(BadInput, match="n_workers not known to the docker backend"):
+        dk._check_options({"n_workers": 3})
+    with pytest.raises(BadInput, match="start_timeout"):
+        dk._check_options({"start_timeout": 0})
+    with pytest.raises(BadInput, match="environment must be a table"):
+        dk._check_options({"environment": "A=1"})
+    assert dk._check_options({"worker_memory": "2g", "environment": {"A": 1}})["environment"] == {"A": "1"}
+    with pytest.raises(BadInput, match="cannot name Docker containers"):
+        dk.check_run_id("bad id/with slash")
+    assert dk.check_run_id("abc-123.x_y") == "abc-123.x_y"
+
+
+def test_prefect_api_listens_on_the_run_network_only_in_a_runner_container(monkeypatch):
+    backend = dk.DockerBackend()
+    monkeypatch.delenv("FLOWRIG_DOCKER_NETWORK", raising=False)
+    assert backend.prefect_api_hosts() == ("127.0.0.1", "127.0.0.1")
+    monkeypatch.setenv("FLOWRIG_DOCKER_NETWORK", "flowrig-r3")
+    monkeypatch.setenv("FLOWRIG_RUNNER_HOST", "flowrig-r3-runner")
+    assert backend.prefect_api_hosts() == ("0.0.0.0", "flowrig-r3-runner")
+
+
+def test_log_tail_folds_the_last_lines():
+    assert dk.log_tail("a\n\nb\nc\nd\ne\nf\n") == "b | c | d | e | f"
+    assert dk.log_tail("") == "no output"
+    assert dk.log_tail("x" * 1000, width=50).startswith("...")
+
+
+def test_host_side_rejects_bad_input_before_touching_docker(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")  # would fail as exit 3 if reached
+    with pytest.raises(BadInput, match="malformed JSON"):
+        dk.run_in_container(SEED, image="img", params=["x=[1,2"])
+    with pytest.raises(BadInput, match="needs an image"):
+        dk.run_in_container(SEED, image=None, params=[TEN])
+    with pytest.raises(BadInput, match="does not exist"):
+        dk.run_in_container(tmp_path / "missing", image=None)
+
+
+# --- real containers -----------------------------------------------------------------
+
+
+def _tag() -> str:
+    return "t" + uuid.uuid4().hex[:9]
+
+
+def _launch(client, plan: dk.ContainerPlan):
+    container = dk.create_container(client, plan)
+    dk.start_container(container)
+    return container
+
+
+def _plan(run_id: str, role: str, image: str, network: str, command, **kwargs) -> dk.ContainerPlan:
+    return dk.ContainerPlan(
+        name=dk.container_name(run_id, role, kwargs.pop("worker", None)),
+        image=image,
+        command=tuple(command),
+        labels=dk.labels(run_id, role),
+        environment=kwargs.pop("environment", {}),
+        network=network,
+        **kwargs,
+    )
+
+
+def _leftovers(client, run_id: str) -> list[str]:
+    label = {"label": f"flowrig.run-id={run_id}"}
+    return [c.name for c in client.containers.list(all=True, filters=label)] + [
+        n.name for n in client.networks.list(filters=label)
+    ]
+
+
+def _last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def _image_tls(client, image: str) -> TLSMaterial:
+    """The certificates baked into ``image``, read from a container that never starts."""
+    container = client.containers.create(image, command=["info"])
+    try:
+        chunks, _ = container.get_archive(str(defaults.IMAGE_TLS_DIR))
+        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+            read = lambda name: archive.extractfile(f"tls/{name}").read()  # noqa: E731
+            return TLSMaterial(read("ca.crt"), read("tls.crt"), read("tls.key"))
+    finally:
+        container.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def roles_network(docker_client, seed_image):
+    """A network of the test's own with a Prefect API container that roles share.
+
+    Without a reachable API every worker would start a temporary Prefect server of its
+    own; the API runs from the same image, on the database template baked into it.
+    """
+    run_id = _tag()
+    network = dk.network_name(run_id)
+    dk.create_network(docker_client, network, run_id)
+    serve = textwrap.dedent(
+        """
+        import time
+        from flowrig.prefect_api import EmbeddedPrefectAPI
+        api = EmbeddedPrefectAPI("0.0.0.0", "prefect", port=4200).start()
+        api.wait_ready()
+        print("prefect api ready", flush=True)
+        time.sleep(3600)
+        """
+    )
+    try:
+        api = _launch(docker_client, _plan(run_id, "api", seed_image, network, ["python", "-c", serve], aliases=("prefect",)))
+        yield {"run_id": run_id, "network": network, "api": api, "api_url": "http://prefect:4200/api"}
+    finally:
+        dk.remove_run(docker_client, run_id)
+
+
+def _start_cluster(client, image, roles_network, run_id, n_workers, *, alias=None, publish=()):
+    network = roles_network["network"]
+    scheduler = _launch(
+        client,
+        _plan(run_id, "scheduler", image, network, ["scheduler"], aliases=(alias,) if alias else (), publish=publish),
+    )
+    address = f"tls://{alias or scheduler.name}:8786"
+    env = {"PREFECT_API_URL": roles_network["api_url"]}
+    workers = [
+        _launch(client, _plan(run_id, "worker", image, network, ["worker", address], worker=i, environment=env))
+        for i in range(n_workers)
+    ]
+    return scheduler, workers, address
+
+
+@pytest.mark.docker
+def test_roles_in_separate_containers_give_90_over_tls_and_refuse_other_clients(docker_client, seed_image, roles_network):
+    from distributed import Client
+
+    run_id = _tag()
+    try:
+        scheduler, workers, address = _start_cluster(
+            docker_client, seed_image, roles_network, run_id, 2, alias="scheduler", publish=(8786,)
+        )
+        dk.wait_for_log(roles_network["api"], "prefect api ready", 120, "prefect api")
+        runner = _launch(
+            docker_client,
+            _plan(
+                run_id, "runner", seed_image, roles_network["network"],
+                ["run", "--scheduler-address", address, "--param", TEN, "--output", "json"],
+                environment={"PREFECT_API_URL": roles_network["api_url"]},
+            ),
+        )
+        code = runner.wait(timeout=240)["StatusCode"]
+        stdout = runner.logs(stdout=True, stderr=False).decode()
+        stderr = runner.logs(stdout=False, stderr=True).decode()
+        assert code == 0, stderr[-2000:]
+        outcome = _last_json(stdout)
+        assert outcome["state"] == "Completed"
+        assert outcome["result"] == 90
+        assert outcome["scheduler_address"] == "tls://scheduler:8786"
+        # Each role is a container of its own, still up after the run.
+        for container in (scheduler, *workers):
+            container.reload()
+            assert container.status == "running", dk.container_logs_tail(container)
+
+        # From the host, through the port published on loopback only. The image's own
+        # certificates are let in, so the refusals below are the scheduler's doing.
+        port = dk.published_port(scheduler, 8786)
+        image_tls = _image_tls(docker_client, seed_image)
+        with Client(f"tls://127.0.0.1:{port}", security=image_tls.to_security(), timeout="20s") as client:
+            assert len(client.scheduler_info()["workers"]) == 2
+        with pytest.raises((OSError, TimeoutError)):
+            Client(f"tcp://127.0.0.1:{port}", timeout="3s")
+        # This client trusts the scheduler but presents a leaf from a CA the image does not know.
+        foreign = TLSMaterial.ephemeral()
+        stranger = TLSMaterial(image_tls.ca_pem, foreign.cert_pem, foreign.key_pem)
+        with pytest.raises((OSError, TimeoutError)):
+            Client(f"tls://127.0.0.1:{port}", security=stranger.to_security(), timeout="3s")
+        # The scheduler's own log names both refusals.
+        dk.wait_for_log(scheduler, "[SSL: WRONG_VERSION_NUMBER]", 10, "scheduler")
+        dk.wait_for_log(scheduler, "[SSL: CERTIFICATE_VERIFY_FAILED]", 10, "scheduler")
+    finally:
+        dk.remove_run(docker_client, run_id, network=False)
+
+
+def _stop_seconds(container) -> tuple[float, int]:
+    started = time.monotonic()
+    container.stop(timeout=10)
+    elapsed = time.monotonic() - started
+    container.reload()
+    return elapsed, container.attrs["State"]["ExitCode"]
+
+
+@pytest.mark.docker
+def test_docker_stop_ends_every_role_within_3_seconds(docker_client, probe_image, roles_network):
+    run_id = _tag()
+    try:
+        scheduler, (worker,), address = _start_cluster(docker_client, probe_image, roles_network, run_id, 1)
+        dk.wait_for_log(roles_network["api"], "prefect api ready", 120, "prefect api")
+        runner = _launch(
+            docker_client,
+            _plan(
+                run_id, "runner", probe_image, roles_network["network"],
+                ["run", "--scheduler-address", address, "--param", "nap=120"],
+                environment={"PREFECT_API_URL": roles_network["api_url"]},
+            ),
+        )
+        # Mid-run: the flow is connected to the cluster and its task naps on the worker.
+        dk.wait_for_log(runner, "Connecting to an existing Dask cluster", 180, "runner")
+        time.sleep(3)
+        stops = {}
+        for container in (runner, worker, scheduler):
+            container.reload()
+            assert container.status == "running", dk.container_logs_tail(container)
+            stops[container.labels["flowrig.role"]] = _stop_seconds(container)
+        # All three measured first, so a failure shows every role's time and exit code.
+        assert all(elapsed < 3 and code in (0, 143) for elapsed, code in stops.values()), stops
+    finally:
+        dk.remove_run(docker_client, run_id, network=False)
+
+
+@pytest.fixture(scope="module")
+def probe_project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("probe")
+    (root / "flow.py").write_text(textwrap.dedent(PROBE_FLOW))
+    (root / "flowrig.toml").write_text('flow = "flow.py:main"\n\n[cluster]\nbackend = "docker"\nn_workers = 1\n')
+    return root
+
+
+@pytest.fixture(scope="module")
+def probe_image(docker_client, seed_image, probe_project):
+    """The seed image with the probe project in place of the seed's (one small layer)."""
+    tag = f"flowrig-probe:{_tag()}"
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as archive:
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            archive.addfile(info, io.BytesIO(data))
+
+        add("Dockerfile", f"FROM {seed_image}\nCOPY project/ {defaults.IMAGE_PROJECT_DIR}/\n".encode())
+        for path in probe_project.iterdir():
+            add(f"project/{path.name}", path.read_bytes())
+    context.seek(0)
+    docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True)
+    try:
+        yield tag
+    finally:
+        docker_client.images.remove(tag, force=True)
+
+
+def _flowrig_env(run_id: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["FLOWRIG_RUN_ID"] = run_id
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+@pytest.mark.docker
+def test_flowrig_run_docker_gives_90_and_removes_everything(docker_client, seed_image):
+    run_id = _tag()
+    done = subprocess.run(
+        [FLOWRIG, "run", str(SEED), "--backend", "docker", "--image", seed_image, "--param", TEN, "--output", "json"],
+        env=_flowrig_env(run_id), capture_output=True, text=True, timeout=300,
+    )
+    try:
+        assert done.returncode == 0, done.stderr[-3000:]
+        outcome = _last_json(done.stdout)
+        assert outcome["result"] == 90
+        assert outcome["state"] == "Completed"
+        assert outcome["backend"] == "docker"
+        assert outcome["run_id"] == run_id
+        assert outcome["n_workers"] == 2
+        assert outcome["scheduler_address"] == f"tls://flowrig-{run_id}-scheduler:8786"
+        assert _leftovers(docker_client, run_id) == []
+    finally:
+        dk.remove_run(docker_client, run_id)
+
+
+@pytest.mark.docker
+def test_a_failing_flow_exits_1_and_removes_everything(docker_client, probe_image, probe_project):
+    run_id = _tag()
+    done = subprocess.run(
+        [FLOWRIG, "run", str(probe_project), "--backend", "docker", "--image", probe_image, "--param", "x=-1", "--output", "json"],
+        env=_flowrig_env(run_id), capture_output=True, text=True, timeout=300,
+    )
+    try:
+        assert done.returncode == 1, done.stderr[-3000:]
+        outcome = _last_json(done.stdout)
+        assert outcome["state"] == "Failed"
+        assert "cannot handle -1" in outcome["message"]
+        assert _leftovers(docker_client, run_id) == []
+    finally:
+        dk.remove_run(docker_client, run_id)
+
+
+@pytest.mark.docker
+def test_sigterm_to_the_host_process_mid_run_removes_everything(docker_client, probe_image, probe_project):
+    run_id = _tag()
+    process = subprocess.Popen(
+        [FLOWRIG, "run", str(probe_project), "--backend", "docker", "--image", probe_image, "--param", "nap=120"],
+        env=_flowrig_env(run_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 240
+        # The runner announces the cluster once a worker has joined; then the flow starts.
+        while not any("scheduler at" in line for line in lines):
+            assert process.poll() is None, "".join(lines)[-3000:]
+            assert time.monotonic() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.5)
+        time.sleep(2)
+        roles = {c.labels["flowrig.role"] for c in docker_client.containers.list(filters={"label": f"flowrig.run-id={run_id}"})}
+        assert roles == {"runner", "scheduler", "worker"}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 143
+        assert _leftovers(docker_client, run_id) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        dk.remove_run(docker_client, run_id)
+
+
+@pytest.mark.docker
+def test_docker_cluster_from_the_host_with_its_own_network_and_certificates(docker_client, seed_image, tls):
+    from distributed import Client
+
+    cluster = dk.DockerCluster(seed_image, n_workers=0, tls=tls, client=docker_client)
+    run_id = cluster.run_id
+    try:
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        # Workers come only from adapting: new containers from the cluster's worker spec.
+        cluster.adapt(minimum=1, maximum=2)
+        cluster.wait_for_first_workers(1, 120)
+        with Client(cluster, security=tls.to_security()) as client:
+            assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6
+        names = {c.name for c in docker_client.containers.list(filters={"label": f"flowrig.run-id={run_id}"})}
+        assert names == {f"flowrig-{run_id}-scheduler", f"flowrig-{run_id}-worker-0"}
+        cluster.close()
+        assert _leftovers(docker_client, run_id) == []
+    finally:
+        dk.remove_run(docker_client, run_id)
+
+
+@pytest.mark.docker
+def test_backend_errors_are_one_line_and_leave_nothing(docker_client, seed_image, tls, monkeypatch):
+    from flowrig.backends.base import ClusterSpec
+    from flowrig.errors import InfrastructureError
+    from flowrig.sizing import ClusterSize
+
+    monkeypatch.delenv("FLOWRIG_DOCKER_NETWORK", raising=False)
+    size = ClusterSize(n_workers=1, adapt=None)
+    spec = ClusterSpec(run_id=_tag(), size=size, tls=tls, image="flowrig-no-such-image:0")
+    with pytest.raises(BadInput, match=r"image 'flowrig-no-such-image:0' not found: build it with flowrig build"):
+        dk.DockerBackend().start(spec)
+
+    # No scheduler imports Dask this fast: the start times out, and the partly started
+    # cluster (its network and scheduler container) is removed again.
+    run_id = _tag()
+    spec = ClusterSpec(run_id=run_id, size=size, tls=tls, image=seed_image, options={"scheduler_start_timeout": 0.1})
+    try:
+        with pytest.raises(InfrastructureError) as caught:
+            dk.DockerBackend().start(spec)
+        message = str(caught.value)
+        assert f"the scheduler container flowrig-{run_id}-scheduler was not ready within" in message
+        assert "\n" not in message
+        assert _leftovers(docker_client, run_id) == []
+    finally:
+        dk.remove_run(docker_client, run_id)
+
+
+@pytest.mark.docker
+def test_leftovers_command_lists_and_removes_a_killed_runs_remains(docker_client, seed_image):
+    from typer.testing import CliRunner
+
+    run_id = _tag()
+    network = dk.network_name(run_id)
+    try:
+        dk.create_network(docker_client, network, run_id)
+        dk.create_container(docker_client, _plan(run_id, "worker", seed_image, network, ["info"], worker=0))
+        listed = CliRunner().invoke(docker_app, ["leftovers", "--run-id", run_id, "--output", "json"])
+        assert listed.exit_code == 0, listed.output
+        assert json.loads(listed.stdout) == [
+            {"run_id": run_id, "containers": [[f"flowrig-{run_id}-worker-0", "worker", "created"]], "networks": [network]}
+        ]
+        removed = CliRunner().invoke(docker_app, ["leftovers", "--run-id", run_id, "--remove"])
+        assert removed.exit_code == 0, removed.output
+        assert _leftovers(docker_client, run_id) == []
+    finally:
+        dk.remove_run(docker_client, run_id)
