@@ -1,0 +1,189 @@
+# The one flowrig image: flow runner, Dask scheduler and Dask worker for one flow project.
+#
+#   docker build -t my-flow .                                       # examples/seed on python:3.12-slim
+#   docker build --build-arg PROJECT=flows/etl --build-arg BASE_IMAGE=debian-with-python:12 -t etl .
+#   DOCKER_BUILDKIT=1 docker build --secret id=pip-ca,src=/etc/ssl/certs/ca-certificates.crt .
+#
+# `flowrig build PROJECT --tag TAG` renders a minimal context for this file and runs it.
+#
+# BASE_IMAGE: any Debian-based image whose `python3` (>= 3.11) can make a venv. Nothing else
+# is assumed: no apt-get, no compiler, no binutils (stripping happens only if `strip` exists).
+# PROJECT: the flow project directory inside the context (holds flowrig.toml).
+#
+# Cache layout: every dependency is installed before any flow code is copied, and the flow
+# project is the last thing copied, so editing a flow rebuilds in about a second.
+#
+# BuildKit vs the legacy builder: the two RUN steps that reach PyPI use
+# `--mount=type=secret,id=pip-ca` (a CA bundle pip should trust, never stored in a layer)
+# and `--mount=type=cache` (wheels kept between builds, an optimisation only). Docker 23+
+# and any client with buildx build this file as is. For a legacy builder, `flowrig build`
+# renders a variant without the mounts that copies the CA bundle into the `build` stage
+# only (see the LEGACY line below): the final stage copies nothing from that stage but the
+# venv, so the bundle reaches no layer of the image (it stays in the local build cache).
+# There is no `# syntax=` line on purpose: the frontend it names would have to be pulled.
+
+ARG BASE_IMAGE=python:3.12-slim
+ARG PROJECT=examples/seed
+
+# --- requirements: flowrig's and the project's requirements as fixed files -------------------
+# The whole project is copied here, but only the files this stage writes go on, and COPY
+# --from caches on content: editing a flow re-runs this stage and nothing after it.
+FROM ${BASE_IMAGE} AS requirements
+ARG PROJECT
+COPY flowrig/builder/buildsteps.py /opt/flowrig/build/buildsteps.py
+COPY pyproject.toml /opt/flowrig/build/pyproject.toml
+COPY ${PROJECT}/ /opt/flowrig/build/project/
+RUN python3 /opt/flowrig/build/buildsteps.py requirements \
+        --pyproject /opt/flowrig/build/pyproject.toml \
+        --project /opt/flowrig/build/project \
+        --out /opt/flowrig/requirements
+
+# --- build: the runtime venv, made and filled by the target interpreter ----------------------
+FROM ${BASE_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PYTHONDONTWRITEBYTECODE=1
+# STRIP=auto: when the base has no `strip` but has apt-get and a reachable mirror, install
+# binutils in this stage only (stripping the shared objects saves about 25 MB); any failure
+# just means no stripping. STRIP=off skips the attempt (an offline CI, say).
+ARG STRIP=auto
+# pip lives in its own venv and installs into the runtime venv with `pip --python`, so the
+# runtime venv never contains pip, setuptools or wheel.
+RUN if [ "$STRIP" = auto ] && ! command -v strip >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+        { apt-get update -qq -o Acquire::Retries=0 -o Acquire::http::Timeout=10 \
+          && apt-get install -y -qq --no-install-recommends binutils; } >/dev/null 2>&1 \
+        || echo "binutils not available: shared objects will not be stripped"; \
+    fi \
+ && python3 -m venv /opt/flowrig/tools \
+ && python3 -m venv --without-pip /opt/flowrig/venv
+COPY flowrig/builder/buildsteps.py /opt/flowrig/build/buildsteps.py
+#LEGACY COPY pip-ca.crt /opt/flowrig/build/pip-ca.crt
+ARG WHEEL_CACHE=1
+# Layer 1: flowrig's own dependencies (and the build backend, for the offline install of
+# flowrig below). A wheelhouse built here, then an offline install from it.
+COPY --from=requirements /opt/flowrig/requirements/flowrig.txt /opt/flowrig/requirements/build.txt /opt/flowrig/requirements/
+RUN --mount=type=secret,id=pip-ca \
+    --mount=type=cache,id=flowrig-wheels,target=/var/cache/flowrig-wheels,sharing=locked \
+    python3 /opt/flowrig/build/buildsteps.py install \
+        --pip /opt/flowrig/tools/bin/pip --python /opt/flowrig/venv/bin/python \
+        --wheels /opt/flowrig/wheels --cache /var/cache/flowrig-wheels --cache-enabled "$WHEEL_CACHE" \
+        --pip-ca /run/secrets/pip-ca --pip-ca /opt/flowrig/build/pip-ca.crt \
+        --build-requirements /opt/flowrig/requirements/build.txt \
+        /opt/flowrig/requirements/flowrig.txt
+# Layer 2: the project's requirements (changing them leaves layer 1 cached).
+COPY --from=requirements /opt/flowrig/requirements/ /opt/flowrig/requirements/
+RUN --mount=type=secret,id=pip-ca \
+    --mount=type=cache,id=flowrig-wheels,target=/var/cache/flowrig-wheels,sharing=locked \
+    python3 /opt/flowrig/build/buildsteps.py install \
+        --pip /opt/flowrig/tools/bin/pip --python /opt/flowrig/venv/bin/python \
+        --wheels /opt/flowrig/wheels --cache /var/cache/flowrig-wheels --cache-enabled "$WHEEL_CACHE" \
+        --pip-ca /run/secrets/pip-ca --pip-ca /opt/flowrig/build/pip-ca.crt \
+        /opt/flowrig/requirements/project.txt
+# Prune (tests, caches, pip & co.; strip if the base has binutils), put flowrig's own
+# directory on the venv's path, add the dask-scheduler/dask-worker commands that
+# dask-cloudprovider runs (distributed no longer ships them), then compile bytecode only
+# for the modules the image's commands import: it halves their start-up time, while
+# compiling every module would add about 90 MB.
+ARG COMPILE_MODULES="prefect prefect.flows prefect.tasks prefect.flow_engine prefect.task_engine prefect.server.api.server prefect_dask distributed distributed.cli.dask_scheduler distributed.cli.dask_worker dask_cloudprovider.aws typer"
+RUN python3 /opt/flowrig/build/buildsteps.py prune /opt/flowrig/venv \
+ && python3 /opt/flowrig/build/buildsteps.py add-path /opt/flowrig/venv /opt/flowrig/app \
+ && for role in scheduler worker; do \
+        printf '#!/bin/sh\nexec flowrig-entrypoint dask-%s "$@"\n' "$role" > "/opt/flowrig/venv/bin/dask-$role" \
+     && chmod 0755 "/opt/flowrig/venv/bin/dask-$role"; \
+    done \
+ && python3 /opt/flowrig/build/buildsteps.py compile --python /opt/flowrig/venv/bin/python \
+        --root /opt/flowrig/venv ${COMPILE_MODULES}
+
+# --- app: flowrig itself, in its own directory so that changing it re-copies ~1 MB, not the venv
+FROM build AS app
+COPY pyproject.toml README.m[d] Dockerfil[e] /opt/flowrig/src/
+COPY flowrig/ /opt/flowrig/src/flowrig/
+RUN python3 /opt/flowrig/build/buildsteps.py install-self \
+        --pip /opt/flowrig/tools/bin/pip --python /opt/flowrig/venv/bin/python \
+        --target /opt/flowrig/app /opt/flowrig/src \
+ && python3 /opt/flowrig/build/buildsteps.py compile --python /opt/flowrig/venv/bin/python \
+        --root /opt/flowrig/app --all /opt/flowrig/app/flowrig
+
+# --- manifest: project config and the versions actually installed ----------------------------
+FROM app AS manifest
+ARG PROJECT
+ARG BASE_IMAGE
+COPY ${PROJECT}/flowrig.toml /opt/flowrig/build/project/flowrig.toml
+# manifest.json exists in contexts rendered by `flowrig build`; pyproject.toml keeps the
+# COPY valid when it does not.
+COPY pyproject.toml manifest.jso[n] /opt/flowrig/build/context/
+RUN python3 /opt/flowrig/build/buildsteps.py manifest --python /opt/flowrig/venv/bin/python \
+        --project /opt/flowrig/build/project --project-name "$(basename "$PROJECT")" \
+        --context-manifest /opt/flowrig/build/context/manifest.json \
+        --base-image "$BASE_IMAGE" --out /opt/flowrig/out/manifest.json
+
+# --- runtime-deps: the final image up to the flow project ------------------------------------
+FROM ${BASE_IMAGE} AS runtime-deps
+ENV PATH=/opt/flowrig/app/bin:/opt/flowrig/venv/bin:$PATH \
+    FLOWRIG_IN_IMAGE=1 \
+    PREFECT_HOME=/home/flowrig/.prefect \
+    PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    PREFECT_UI_ENABLED=false \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    LANG=C.UTF-8
+# The runtime user, written directly when the base has no useradd.
+RUN if command -v useradd >/dev/null 2>&1; then \
+        groupadd --gid 10001 flowrig \
+     && useradd --uid 10001 --gid 10001 --home-dir /home/flowrig --create-home \
+            --shell /usr/sbin/nologin --no-log-init flowrig; \
+    else \
+        echo 'flowrig:x:10001:10001:flowrig:/home/flowrig:/usr/sbin/nologin' >> /etc/passwd \
+     && echo 'flowrig:x:10001:' >> /etc/group \
+     && mkdir -p /home/flowrig && chown 10001:10001 /home/flowrig; \
+    fi \
+ && mkdir -p /etc/flowrig/tls /opt/flowrig/project /home/flowrig/.prefect \
+ && chown 10001:10001 /home/flowrig/.prefect
+COPY --from=build /opt/flowrig/venv /opt/flowrig/venv
+COPY --from=app /opt/flowrig/app /opt/flowrig/app
+# The migrated Prefect database template, made once here so that no run pays for migrations.
+USER flowrig
+RUN flowrig-entrypoint prepare
+USER root
+
+# --- tls: the certificates, baked in a stage of their own -----------------------------------
+# The context's tls/ (ca.crt, tls.crt, tls.key; never ca.key) is copied here only, so the
+# source files reach no layer of the image. With no tls/ in the context, bake-tls makes an
+# image-local CA and leaf in memory and writes only the CA certificate and the leaf.
+# pyproject.toml keeps the COPY valid when tls/ does not exist.
+FROM runtime-deps AS tls
+COPY pyproject.toml tl[s] /opt/flowrig/build/tls-source/
+RUN flowrig-entrypoint bake-tls /opt/flowrig/build/tls-source \
+ && mkdir -p /opt/flowrig/build/tls-out/certs /opt/flowrig/build/tls-out/key \
+ && cp -p /etc/flowrig/tls/ca.crt /etc/flowrig/tls/tls.crt /opt/flowrig/build/tls-out/certs/ \
+ && cp -p /etc/flowrig/tls/tls.key /opt/flowrig/build/tls-out/key/ \
+ && chmod 0644 /opt/flowrig/build/tls-out/certs/* \
+ && chmod 0600 /opt/flowrig/build/tls-out/key/tls.key
+
+# --- the image --------------------------------------------------------------------------------
+FROM runtime-deps AS runtime
+# Certificates root-owned; the leaf key readable by the runtime user only (0600).
+COPY --from=tls /opt/flowrig/build/tls-out/certs/ /etc/flowrig/tls/
+COPY --from=tls --chown=10001:10001 /opt/flowrig/build/tls-out/key/ /etc/flowrig/tls/
+COPY --from=manifest /opt/flowrig/out/manifest.json /opt/flowrig/manifest.json
+# The flow project last: editing it rebuilds only this layer.
+ARG PROJECT
+COPY ${PROJECT}/ /opt/flowrig/project/
+USER flowrig
+WORKDIR /home/flowrig
+# dumb-init as PID 1 forwards SIGTERM to the role, which execs Dask or the flow runner:
+# `docker stop` ends a container in well under a second.
+ENTRYPOINT ["dumb-init", "--", "flowrig-entrypoint"]
+CMD ["run"]
+# Labels go last, so changing them does not invalidate any cached layer. No secrets in
+# ARG, ENV or LABEL: all three are readable by anyone who has the image.
+ARG BASE_IMAGE
+ARG IMAGE_VERSION=""
+ARG IMAGE_REVISION=""
+LABEL org.opencontainers.image.title="flowrig" \
+      org.opencontainers.image.description="Prefect flow runner, Dask scheduler and Dask worker with mutual TLS, for one flow project" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}" \
+      org.opencontainers.image.version="${IMAGE_VERSION}" \
+      org.opencontainers.image.revision="${IMAGE_REVISION}"

@@ -1,0 +1,374 @@
+"""The one place that runs ``docker build``: the CLI, with BuildKit when it can.
+
+docker-py cannot use BuildKit, so builds shell out to the docker client. BuildKit is
+preferred (pip's CA bundle then travels as a secret); a client that cannot use it
+(an old engine, or a new client without buildx) gets the legacy variant of the
+Dockerfile (:func:`flowrig.builder.dockerfile.for_legacy_builder`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from flowrig import defaults
+from flowrig.builder.context import BuildContext, write_context
+from flowrig.builder.dockerfile import (
+    DOCKERFILE,
+    LEGACY_DOCKERFILE,
+    LEGACY_PIP_CA,
+    for_legacy_builder,
+)
+from flowrig.errors import BadInput, InfrastructureError
+
+# tempfile and buildsteps are imported where a build runs, so importing the package
+# (as `flowrig --help` does) adds next to nothing to what typer already loaded.
+
+# " ---> 0123abcd4567": an image the legacy builder made for one step.
+_LEGACY_STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12})\s*$")
+
+
+@dataclass(frozen=True)
+class DockerClient:
+    """A docker executable and whether ``docker build`` can use BuildKit with it."""
+
+    path: str
+    buildkit: bool
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a successful build made.
+
+    Attributes
+    ----------
+    tag
+        The image's tag.
+    image_id
+        Its id (``sha256:...``).
+    seconds
+        Wall time of ``docker build``.
+    buildkit
+        Whether BuildKit built it.
+    context_hash
+        :attr:`BuildContext.digest`, also in the image's
+        :data:`flowrig.defaults.IMAGE_CONTEXT_LABEL` label.
+    """
+
+    tag: str
+    image_id: str
+    seconds: float
+    buildkit: bool
+    context_hash: str
+
+
+@lru_cache(maxsize=1)
+def detect_client() -> DockerClient:
+    """The docker client to build with.
+
+    ``FLOWRIG_DOCKER``, else every ``docker`` on PATH in order; the first that accepts
+    ``DOCKER_BUILDKIT=1 docker build --help`` and offers ``--secret`` wins. A client
+    without buildx fails that check (Docker 23+ refuses BuildKit without it); Debian's
+    20.10 client passes it. With none, the first client builds with the legacy builder.
+
+    Raises
+    ------
+    InfrastructureError
+        No docker client at all.
+    """
+    override = os.environ.get("FLOWRIG_DOCKER")
+    candidates = [override] if override else _clients_on_path(defaults.DOCKER_CLIENT)
+    if not candidates:
+        raise InfrastructureError(
+            "no docker client on PATH: install Docker, or set FLOWRIG_DOCKER to its client"
+        )
+    for client in candidates:
+        if _supports_buildkit(client):
+            return DockerClient(client, buildkit=True)
+    return DockerClient(candidates[0], buildkit=False)
+
+
+def _clients_on_path(name: str) -> list[str]:
+    found: list[str] = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = os.path.join(directory, name)
+        if os.access(candidate, os.X_OK) and os.path.isfile(candidate):
+            real = os.path.realpath(candidate)
+            if real not in {os.path.realpath(f) for f in found}:
+                found.append(candidate)
+    return found
+
+
+def _supports_buildkit(client: str) -> bool:
+    try:
+        done = subprocess.run(
+            [client, "build", "--help"],
+            env={**os.environ, "DOCKER_BUILDKIT": "1"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0 and "--secret" in done.stdout
+
+
+def build_command(
+    context: BuildContext,
+    tag: str,
+    directory: str | Path,
+    *,
+    buildkit: bool,
+    pip_ca: str | Path | None = None,
+    no_cache: bool = False,
+    client: str = defaults.DOCKER_CLIENT,
+) -> list[str]:
+    """The ``docker build`` command line for a written context (pure).
+
+    Intermediate containers are always removed (``--rm --force-rm``), and the image
+    is labelled with the context's hash.
+    """
+    command = [client, "build", "--rm", "--force-rm", "--tag", tag]
+    command += ["--label", f"{defaults.IMAGE_CONTEXT_LABEL}={context.digest}"]
+    for name, value in context.build_args.items():
+        command += ["--build-arg", f"{name}={value}"]
+    if buildkit:
+        command += ["--progress", "plain"]
+        if pip_ca is not None:
+            command += ["--secret", f"id={defaults.PIP_CA_SECRET_ID},src={pip_ca}"]
+    else:
+        command += ["--file", str(Path(directory) / LEGACY_DOCKERFILE)]
+    if no_cache:
+        command.append("--no-cache")
+    command.append(str(directory))
+    return command
+
+
+def build(
+    context: BuildContext,
+    tag: str,
+    pip_ca: str | Path | None = None,
+    *,
+    quiet: bool = False,
+    no_cache: bool = False,
+) -> BuildResult:
+    """Build a context into an image tagged ``tag``.
+
+    Parameters
+    ----------
+    context
+        From :func:`flowrig.builder.render_context`.
+    tag
+        The image's tag (``name:version``).
+    pip_ca
+        A CA bundle pip in the build should trust (a TLS-intercepting proxy, a private
+        index). With BuildKit it is a build secret; with the legacy builder it is
+        copied into a build stage the image does not keep.
+    quiet
+        Do not stream Docker's progress to stderr.
+    no_cache
+        Build every step again (``--no-cache``). Docker 20.10's BuildKit can panic
+        when such a build overlaps another build of the same steps
+        (moby/buildkit#2303); prefer it on an otherwise idle engine.
+
+    Returns
+    -------
+    BuildResult
+
+    Raises
+    ------
+    BadInput
+        The base image is neither local nor pullable, ``pip_ca`` is not a file, or a
+        build step rejected the project.
+    InfrastructureError
+        Docker is unreachable or the build failed for another reason (the last lines
+        of its output are printed above the message).
+    """
+    import tempfile
+
+    if pip_ca is not None and not Path(pip_ca).is_file():
+        raise BadInput(f"pip CA bundle {pip_ca} is not a file: pass an existing PEM bundle")
+    client = detect_client()
+    _ensure_base_image(client.path, context.build_args["BASE_IMAGE"])
+    old_id = _image_id(client.path, tag)
+    dangling_before = _dangling(client.path)
+    with tempfile.TemporaryDirectory(prefix="flowrig-context-") as scratch:
+        directory = write_context(context, Path(scratch) / "context")
+        if not client.buildkit:
+            _add_legacy_files(context, directory, pip_ca)
+        command = build_command(
+            context,
+            tag,
+            directory,
+            buildkit=client.buildkit,
+            pip_ca=Path(pip_ca).resolve() if pip_ca is not None else None,
+            no_cache=no_cache,
+            client=client.path,
+        )
+        env = {**os.environ, "DOCKER_BUILDKIT": "1" if client.buildkit else "0"}
+        started = time.monotonic()
+        returncode, tail, step_errors, step_images = _stream(command, env, quiet=quiet)
+        seconds = time.monotonic() - started
+    if returncode != 0:
+        _remove_new_dangling(client.path, dangling_before, step_images)
+        _raise_build_failure(returncode, tail, step_errors, quiet=quiet)
+    if old_id and old_id != _image_id(client.path, tag):
+        # The tag moved: its previous image would be left dangling.
+        _remove_new_dangling(client.path, dangling_before, {old_id})
+    image_id = _image_id(client.path, tag) or ""
+    return BuildResult(tag, image_id, seconds, client.buildkit, context.digest)
+
+
+def find_image(context: BuildContext, tag: str | None = None) -> str | None:
+    """An existing image built from exactly this context (by its hash label), if any.
+
+    With ``tag``, only that image is considered.
+    """
+    client = detect_client().path
+    if tag is not None:
+        labels = _run(
+            [client, "image", "inspect", "--format",
+             f'{{{{index .Config.Labels "{defaults.IMAGE_CONTEXT_LABEL}"}}}}', tag],
+            check=False,
+        )
+        return tag if labels.returncode == 0 and labels.stdout.strip() == context.digest else None
+    found = _run(
+        [client, "images", "--quiet", "--no-trunc", "--filter",
+         f"label={defaults.IMAGE_CONTEXT_LABEL}={context.digest}"],
+        check=False,
+    )
+    ids = found.stdout.split()
+    return ids[0] if found.returncode == 0 and ids else None
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _add_legacy_files(context: BuildContext, directory: Path, pip_ca: str | Path | None) -> None:
+    text = for_legacy_builder(context.files[DOCKERFILE].data.decode(), pip_ca=pip_ca is not None)
+    (directory / LEGACY_DOCKERFILE).write_text(text, encoding="utf-8")
+    if pip_ca is not None:
+        shutil.copyfile(pip_ca, directory / LEGACY_PIP_CA)
+        os.chmod(directory / LEGACY_PIP_CA, 0o644)
+    for name in (LEGACY_DOCKERFILE, LEGACY_PIP_CA):
+        if (directory / name).exists():
+            os.utime(directory / name, (defaults.CONTEXT_MTIME, defaults.CONTEXT_MTIME))
+
+
+def _run(command: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    except FileNotFoundError:
+        raise InfrastructureError(f"docker client {command[0]} not found: install Docker") from None
+    except subprocess.TimeoutExpired:
+        raise InfrastructureError(f"`{' '.join(command[:3])}` did not answer in 300 s") from None
+    if check and done.returncode != 0:
+        message = (done.stderr or done.stdout).strip().splitlines()
+        raise InfrastructureError(
+            f"`{' '.join(command[:3])}` failed: {message[-1] if message else done.returncode}"
+        )
+    return done
+
+
+def _ensure_base_image(client: str, image: str) -> None:
+    if _run([client, "image", "inspect", image], check=False).returncode == 0:
+        return
+    if _run([client, "version", "--format", "{{.Server.Version}}"], check=False).returncode != 0:
+        raise InfrastructureError("the Docker engine does not answer: start it, or set DOCKER_HOST")
+    if _run([client, "pull", "--quiet", image], check=False).returncode != 0:
+        raise BadInput(
+            f"base image {image!r} not found locally and could not be pulled: "
+            "pass --base-image with an image you have"
+        )
+
+
+def _image_id(client: str, tag: str) -> str | None:
+    done = _run([client, "image", "inspect", "--format", "{{.Id}}", tag], check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _dangling(client: str) -> set[str]:
+    done = _run([client, "images", "--quiet", "--no-trunc", "--filter", "dangling=true"], check=False)
+    return set(done.stdout.split())
+
+
+def _remove_new_dangling(client: str, before: set[str], made_here: set[str]) -> None:
+    """Remove images that became dangling during this build and that it made.
+
+    ``made_here`` holds full ids or the 12-character short ids the legacy builder
+    prints; dangling images of anyone else's concurrent build are left alone.
+    """
+    def ours(image_id: str) -> bool:
+        bare = image_id.removeprefix("sha256:")
+        return any(bare.startswith(m.removeprefix("sha256:")) for m in made_here)
+
+    doomed = sorted(i for i in _dangling(client) - before if ours(i))
+    if doomed:
+        # No --force: an image a container still uses stays.
+        _run([client, "rmi", *doomed], check=False)
+
+
+def _stream(
+    command: list[str], env: dict[str, str], *, quiet: bool
+) -> tuple[int, list[str], list[str], set[str]]:
+    """Run the build, echo its output to stderr (unless quiet).
+
+    Returns the exit code, the last lines of output, the one-line errors of build
+    steps that rejected their input, and the ids of images the legacy builder made.
+    """
+    from flowrig.builder import buildsteps
+
+    tail: deque[str] = deque(maxlen=defaults.BUILD_LOG_TAIL)
+    step_errors: list[str] = []
+    step_images: set[str] = set()
+    try:
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+    except FileNotFoundError:
+        raise InfrastructureError(f"docker client {command[0]} not found: install Docker") from None
+    assert process.stdout is not None
+    try:
+        for line in process.stdout:
+            if not quiet:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            line = line.rstrip("\n")
+            tail.append(line)
+            if buildsteps.ERROR_PREFIX in line:
+                step_errors.append(line.split(buildsteps.ERROR_PREFIX, 1)[1].strip())
+            match = _LEGACY_STEP_IMAGE.match(line)
+            if match:
+                step_images.add(match.group(1))
+        returncode = process.wait()
+    except BaseException:
+        process.terminate()
+        process.wait()
+        raise
+    return returncode, list(tail), step_errors, step_images
+
+
+def _raise_build_failure(
+    returncode: int, tail: list[str], step_errors: list[str], *, quiet: bool
+) -> None:
+    if step_errors:
+        # A build step rejected the project, in one line (see buildsteps.py).
+        raise BadInput(step_errors[-1])
+    if quiet:
+        sys.stderr.write("\n".join(tail) + "\n")
+    meaningful = [_clean(line) for line in tail if _clean(line)]
+    last = meaningful[-1] if meaningful else f"exit code {returncode}"
+    raise InfrastructureError(f"docker build failed: {last}")
+
+
+def _clean(line: str) -> str:
+    # BuildKit prefixes lines with "#12 3.456 "; the message is what follows.
+    return re.sub(r"^#\d+ (?:\d+\.\d+ )?", "", line).strip()

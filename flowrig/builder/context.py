@@ -1,0 +1,482 @@
+"""Render a Docker build context for a flow project: pure data, no Docker.
+
+A context is a mapping of relative path -> (bytes, mode) plus build arguments::
+
+    Dockerfile                      the image's Dockerfile (flowrig/builder/dockerfile.py)
+    pyproject.toml  README.md       flowrig's source, installed into the image
+    flowrig/...
+    project/...                     the flow project (its .dockerignore honoured)
+    tls/ca.crt tls/tls.crt tls/tls.key   only with ``--certs DIR``
+    manifest.json                   project config and versions; no build time
+
+Rendering is deterministic (sorted entries, fixed modes, and a fixed mtime when
+written), so the same inputs give the same bytes and Docker's cache stays warm, and the
+content hash labels the image. A context never holds a private key other than the
+leaf's: :func:`render_context` and :func:`write_context` refuse one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+from flowrig import defaults
+from flowrig.builder.dockerfile import DOCKERFILE, dockerfile_text
+from flowrig.errors import BadInput
+
+# hashlib, tempfile, tomllib, importlib.metadata and buildsteps are imported where they
+# are used: `flowrig --help` imports this package and should not pay for them.
+
+#: Name of the manifest in a context (copied into the image as defaults.IMAGE_MANIFEST).
+MANIFEST = "manifest.json"
+#: Distributions whose versions on the rendering host the manifest records.
+_BUILDER_DISTRIBUTIONS = ("flowrig", "prefect", "prefect-dask", "distributed")
+#: Files of flowrig's package that are not copied: the packaged Dockerfile is added
+#: again by the wheel build inside the image (force-include).
+_PACKAGE_SKIP = ("builder/Dockerfile",)
+
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class ContextFile:
+    """One file of a build context.
+
+    Attributes
+    ----------
+    data
+        The file's bytes.
+    mode
+        Permission bits (0o644, 0o755 for executables, 0o600 for the leaf key).
+    """
+
+    data: bytes
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """A rendered build context.
+
+    Attributes
+    ----------
+    files
+        Relative POSIX path -> :class:`ContextFile`, sorted by path.
+    build_args
+        ``--build-arg`` values for the Dockerfile, sorted by name.
+    """
+
+    files: Mapping[str, ContextFile]
+    build_args: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "files", MappingProxyType(dict(sorted(self.files.items()))))
+        object.__setattr__(
+            self, "build_args", MappingProxyType(dict(sorted(self.build_args.items())))
+        )
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 over every path, mode, content and build argument (hex)."""
+        import hashlib
+
+        hasher = hashlib.sha256()
+        for name, value in self.build_args.items():
+            hasher.update(f"arg\0{name}\0{value}\0".encode())
+        for path, item in self.files.items():
+            hasher.update(f"file\0{path}\0{item.mode:o}\0{len(item.data)}\0".encode())
+            hasher.update(item.data)
+        return hasher.hexdigest()
+
+    @property
+    def dockerfile(self) -> str:
+        """The context's Dockerfile text."""
+        return self.files[DOCKERFILE].data.decode("utf-8")
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The context's ``manifest.json``, parsed."""
+        return json.loads(self.files[MANIFEST].data)
+
+
+def render_context(
+    project_dir: str | Path,
+    *,
+    tls_dir: str | Path | None = None,
+    base_image: str | None = None,
+) -> BuildContext:
+    """Render the build context of a flow project's image.
+
+    Parameters
+    ----------
+    project_dir
+        The flow project: a directory holding ``flowrig.toml``.
+    tls_dir
+        A certificate directory (``flowrig certs generate --out DIR``). Only ``ca.crt``,
+        ``tls.crt`` and ``tls.key`` are taken, after :func:`flowrig.certs.check`. When
+        omitted, the image makes its own CA and leaf at build time and keeps no CA key.
+    base_image
+        The ``BASE_IMAGE`` build argument; :data:`flowrig.defaults.BASE_IMAGE` when
+        omitted.
+
+    Returns
+    -------
+    BuildContext
+
+    Raises
+    ------
+    BadInput
+        The project or its ``flowrig.toml`` is missing or invalid, the requirements file
+        it names does not exist, the certificates do not check out, or the context
+        would contain a private key that is not the leaf's.
+    """
+    project = Path(project_dir)
+    if not project.is_dir():
+        raise BadInput(
+            f"flow project {project} does not exist: pass the directory that holds "
+            f"{defaults.PROJECT_FILE}"
+        )
+    config = _project_config(project)
+    files: dict[str, ContextFile] = {DOCKERFILE: ContextFile(dockerfile_text().encode("utf-8"))}
+    files.update(_flowrig_source())
+    for relative, item in project_files(project):
+        files[f"{defaults.CONTEXT_PROJECT_DIR}/{relative}"] = item
+    if tls_dir is not None:
+        files.update(_tls_files(Path(tls_dir)))
+    files[MANIFEST] = ContextFile(
+        _manifest_bytes(project, config, tls=tls_dir is not None)
+    )
+    context = BuildContext(
+        files=files,
+        build_args={
+            "BASE_IMAGE": base_image or defaults.BASE_IMAGE,
+            "PROJECT": defaults.CONTEXT_PROJECT_DIR,
+            "IMAGE_VERSION": _version("flowrig") or "",
+        },
+    )
+    refuse_private_keys(context)
+    return context
+
+
+def write_context(context: BuildContext, directory: str | Path) -> Path:
+    """Write a context to a directory, normalised for a warm cache.
+
+    Files get their context mode and, like directories, the fixed mtime
+    :data:`flowrig.defaults.CONTEXT_MTIME`.
+
+    Parameters
+    ----------
+    context
+        What :func:`render_context` returned.
+    directory
+        Created when missing; must be empty otherwise.
+
+    Returns
+    -------
+    Path
+        The directory.
+
+    Raises
+    ------
+    BadInput
+        The directory is not empty, or the context holds a private key that is not
+        the leaf's (checked before anything is written).
+    """
+    refuse_private_keys(context)
+    root = Path(directory)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise BadInput(f"{root} is not an empty directory: pass a new or empty one")
+    root.mkdir(parents=True, exist_ok=True)
+    directories = {root}
+    for relative, item in context.files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        directories.update(p for p in path.parents if root in p.parents or p == root)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, item.mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(item.data)
+        os.chmod(path, item.mode)
+        os.utime(path, (defaults.CONTEXT_MTIME, defaults.CONTEXT_MTIME))
+    for path in sorted(directories, key=lambda p: len(p.parts), reverse=True):
+        os.chmod(path, 0o755)
+        os.utime(path, (defaults.CONTEXT_MTIME, defaults.CONTEXT_MTIME))
+    return root
+
+
+def refuse_private_keys(context: BuildContext) -> None:
+    """Raise when a context holds a private key other than the leaf's.
+
+    The files that could matter (private keys, certificates, anything named
+    ``ca.key``) are laid out in a private temporary directory and given to
+    :func:`flowrig.certs.find_ca_private_keys`, the same scan ``flowrig certs`` uses.
+
+    Raises
+    ------
+    BadInput
+        Naming the offending paths of the context.
+    """
+    import tempfile
+
+    from flowrig.certs import find_ca_private_keys
+
+    relevant = {
+        path: item
+        for path, item in context.files.items()
+        if b"PRIVATE KEY" in item.data
+        or b"BEGIN CERTIFICATE" in item.data
+        or Path(path).name == defaults.CA_KEY
+    }
+    if not any(b"PRIVATE KEY" in i.data or Path(p).name == defaults.CA_KEY for p, i in relevant.items()):
+        return
+    with tempfile.TemporaryDirectory(prefix="flowrig-keyscan-") as scratch:
+        for relative, item in relevant.items():
+            path = Path(scratch, relative)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(item.data)
+        found = [p.relative_to(scratch).as_posix() for p in find_ca_private_keys(scratch)]
+    if found:
+        raise BadInput(
+            f"the build context would contain a private key that is not the leaf's "
+            f"({', '.join(found)}): keep CA keys out of the project and pass only --certs DIR"
+        )
+
+
+# --- the flow project ------------------------------------------------------------------
+
+
+def _project_config(project: Path) -> dict[str, Any]:
+    """Parse and check ``flowrig.toml`` the way the build will (and the runner does)."""
+    import tempfile
+
+    from flowrig.builder import buildsteps
+    from flowrig.project import load_project
+
+    load_project(project)  # the runner's own checks: flow file, keys, types
+    try:
+        config = buildsteps.read_project_config(project)
+        requirements = buildsteps.requirements_path(project, config)
+        if requirements is not None:
+            with tempfile.TemporaryDirectory() as scratch:
+                buildsteps.flatten_requirements(requirements, project, Path(scratch))
+    except buildsteps.StepError as exc:
+        raise BadInput(str(exc)) from None
+    return config
+
+
+def project_files(project: Path) -> Iterable[tuple[str, ContextFile]]:
+    """The files of a flow project that go into its image, sorted.
+
+    Skipped: :data:`flowrig.defaults.CONTEXT_SKIP_NAMES` and ``..._SUFFIXES``, what the
+    project's ``.dockerignore`` excludes, directories reached through symbolic links,
+    symbolic links that lead outside the project or nowhere, and anything that is not
+    a regular file. A symbolic link to a file inside the project is copied as the
+    file it points to.
+    """
+    ignore = DockerIgnore.from_file(project / ".dockerignore")
+    root = project.resolve()
+    found: list[tuple[str, ContextFile]] = []
+    for directory, dirs, names in os.walk(project):
+        here = Path(directory)
+        dirs[:] = sorted(d for d in dirs if not _skipped(d))
+        for name in sorted(names):
+            if _skipped(name):
+                continue
+            path = here / name
+            relative = path.relative_to(project).as_posix()
+            if ignore.excludes(relative):
+                continue
+            if path.is_symlink() and (not path.exists() or root not in path.resolve().parents):
+                continue
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            mode = 0o755 if info.st_mode & stat.S_IXUSR else 0o644
+            found.append((relative, ContextFile(path.read_bytes(), mode)))
+    return sorted(found)
+
+
+def _skipped(name: str) -> bool:
+    return name in defaults.CONTEXT_SKIP_NAMES or name.endswith(defaults.CONTEXT_SKIP_SUFFIXES)
+
+
+class DockerIgnore:
+    """The patterns of a ``.dockerignore`` file, with Docker's matching rules.
+
+    ``*`` and ``?`` stay within one path component, ``**`` spans any number, a leading
+    ``!`` re-includes, the last matching pattern wins, and a pattern that matches a
+    directory matches everything below it.
+    """
+
+    def __init__(self, patterns: Iterable[str] = ()) -> None:
+        self._rules: list[tuple[bool, re.Pattern[str]]] = []
+        for raw in patterns:
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            negate = line.startswith("!")
+            line = line[1:].strip() if negate else line
+            line = os.path.normpath(line).lstrip("/")
+            if line in ("", "."):
+                continue
+            self._rules.append((negate, re.compile(_glob_to_regex(line))))
+
+    @classmethod
+    def from_file(cls, path: Path) -> DockerIgnore:
+        """Patterns of ``path``; none when it does not exist."""
+        if not path.is_file():
+            return cls()
+        return cls(path.read_text(encoding="utf-8").splitlines())
+
+    def excludes(self, relative: str) -> bool:
+        """Whether a path (POSIX, relative to the context root) is left out."""
+        parts = relative.split("/")
+        candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        excluded = False
+        for negate, pattern in self._rules:
+            if any(pattern.fullmatch(candidate) for candidate in candidates):
+                excluded = not negate
+        return excluded
+
+
+def _glob_to_regex(pattern: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[":
+            end = pattern.find("]", i + 1)
+            if end == -1:
+                out.append(re.escape(pattern[i]))
+                i += 1
+            else:
+                body = pattern[i + 1 : end].replace("\\", "\\\\")
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body}]")
+                i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
+
+
+# --- flowrig's own source ----------------------------------------------------------------
+
+
+def _flowrig_source() -> dict[str, ContextFile]:
+    """pyproject.toml, README.md and the flowrig package, from a checkout or a wheel."""
+    files: dict[str, ContextFile] = {}
+    checkout = _PACKAGE_DIR.parent
+    pyproject = checkout / "pyproject.toml"
+    if _is_flowrig_pyproject(pyproject):
+        files["pyproject.toml"] = ContextFile(pyproject.read_bytes())
+        readme = checkout / "README.md"
+        if readme.is_file():
+            files["README.md"] = ContextFile(readme.read_bytes())
+    else:
+        files["pyproject.toml"] = ContextFile(_pyproject_from_metadata())
+    for directory, dirs, names in os.walk(_PACKAGE_DIR):
+        dirs[:] = sorted(d for d in dirs if not _skipped(d) and not d.startswith("."))
+        for name in sorted(names):
+            if _skipped(name) or name.startswith("."):
+                continue
+            path = Path(directory) / name
+            relative = path.relative_to(_PACKAGE_DIR).as_posix()
+            if relative in _PACKAGE_SKIP or not path.is_file():
+                continue
+            files[f"flowrig/{relative}"] = ContextFile(path.read_bytes())
+    return files
+
+
+def _is_flowrig_pyproject(path: Path) -> bool:
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))["project"]["name"] == "flowrig"
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        return False
+
+
+def _pyproject_from_metadata() -> bytes:
+    """A pyproject.toml for an installed flowrig (wheels carry no pyproject.toml)."""
+    from importlib import metadata
+
+    dist = metadata.distribution("flowrig")
+    requires = [r for r in (dist.requires or []) if "extra ==" not in r]
+    scripts = sorted((ep.name, ep.value) for ep in dist.entry_points if ep.group == "console_scripts")
+    lines = [
+        "[build-system]",
+        'requires = ["hatchling>=1.21"]',
+        'build-backend = "hatchling.build"',
+        "",
+        "[project]",
+        'name = "flowrig"',
+        f"version = {json.dumps(dist.version)}",
+        'requires-python = ">=3.11"',
+        "dependencies = [",
+        *(f"    {json.dumps(r)}," for r in requires),
+        "]",
+        "",
+        "[project.scripts]",
+        *(f"{json.dumps(name)} = {json.dumps(value)}" for name, value in scripts),
+        "",
+        "[tool.hatch.build.targets.wheel]",
+        'packages = ["flowrig"]',
+        "",
+        "[tool.hatch.build.targets.wheel.force-include]",
+        '"Dockerfile" = "flowrig/builder/Dockerfile"',
+        "",
+    ]
+    return "\n".join(lines).encode("utf-8")
+
+
+# --- certificates and manifest ---------------------------------------------------------
+
+
+def _tls_files(directory: Path) -> dict[str, ContextFile]:
+    """ca.crt, tls.crt and tls.key of a checked certificate directory (nothing else)."""
+    from flowrig.certs import check
+
+    check(directory)
+    modes = {defaults.CA_CERT: 0o644, defaults.LEAF_CERT: 0o644, defaults.LEAF_KEY: 0o600}
+    return {
+        f"{defaults.CONTEXT_TLS_DIR}/{name}": ContextFile((directory / name).read_bytes(), mode)
+        for name, mode in modes.items()
+    }
+
+
+def _version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _manifest_bytes(project: Path, config: dict[str, Any], *, tls: bool) -> bytes:
+    """manifest.json: the project and what rendered it. No time: contexts stay reproducible."""
+    manifest = {
+        "schema": 1,
+        "project": {"name": config.get("name") or project.resolve().name, "config": config},
+        "builder": {name: _version(name) for name in _BUILDER_DISTRIBUTIONS},
+        "tls": "provided" if tls else "image-local",
+    }
+    return (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")

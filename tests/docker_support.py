@@ -1,0 +1,97 @@
+"""Docker fixtures shared by every test that needs an engine (registered in conftest.py).
+
+``docker_client`` fails the test instead of skipping it when ``FLOWRIG_REQUIRE_DOCKER=1``
+(CI sets it), so a broken engine can never pass as "skipped".
+
+``seed_image`` builds the seed project's image once per session with flowrig's own
+builder, or reuses an image labelled with the same context hash, so repeated runs
+start in seconds. Settings (environment):
+
+- ``FLOWRIG_TEST_BASE_IMAGE``: base image (default ``flowrig-base:bookworm``, made by
+  ``.ci/make-base-image.sh``).
+- ``FLOWRIG_PIP_CA``: CA bundle pip trusts during the build (default
+  ``/etc/ssl/certs/ca-certificates.crt`` when it exists).
+- ``FLOWRIG_TEST_IMAGE``: tag to build (default ``flowrig-seed:test``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_PROJECT = REPO / "examples" / "seed"
+DEFAULT_BASE_IMAGE = "flowrig-base:bookworm"
+DEFAULT_PIP_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+DEFAULT_TAG = "flowrig-seed:test"
+
+
+def docker_missing(reason: str) -> None:
+    """Fail when Docker is required, skip otherwise."""
+    if os.environ.get("FLOWRIG_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"Docker is required (FLOWRIG_REQUIRE_DOCKER=1) but {reason}", pytrace=False)
+    pytest.skip(f"no Docker: {reason}")
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A docker-py client of an engine that answers."""
+    try:
+        import docker
+    except ImportError:
+        docker_missing("the docker package is not installed")
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:  # any failure to reach the engine means "no Docker"
+        docker_missing(f"the engine does not answer ({type(exc).__name__}: {exc})")
+    yield client
+    client.close()
+
+
+def test_base_image() -> str:
+    return os.environ.get("FLOWRIG_TEST_BASE_IMAGE", DEFAULT_BASE_IMAGE)
+
+
+test_base_image.__test__ = False  # a helper, not a test
+
+
+def test_pip_ca() -> str | None:
+    """The pip CA bundle tests build with, if any."""
+    configured = os.environ.get("FLOWRIG_PIP_CA")
+    if configured:
+        return configured
+    return str(DEFAULT_PIP_CA) if DEFAULT_PIP_CA.is_file() else None
+
+
+test_pip_ca.__test__ = False
+
+
+@pytest.fixture(scope="session")
+def seed_image(docker_client) -> str:
+    """Tag of the seed project's image, built with ``flowrig.builder`` at most once."""
+    from flowrig.builder import build, find_image, render_context
+
+    import docker.errors
+
+    tag = os.environ.get("FLOWRIG_TEST_IMAGE", DEFAULT_TAG)
+    try:
+        docker_client.images.get(test_base_image())
+    except docker.errors.ImageNotFound:
+        docker_missing(
+            f"base image {test_base_image()} is missing: run .ci/make-base-image.sh "
+            "or set FLOWRIG_TEST_BASE_IMAGE"
+        )
+    context = render_context(SEED_PROJECT, base_image=test_base_image())
+    if find_image(context, tag):
+        return tag
+    existing = find_image(context)
+    if existing:
+        # Same context, other tag: tagging is instant and the image is identical.
+        repository, _, version = tag.rpartition(":")
+        docker_client.images.get(existing).tag(repository, version)
+        return tag
+    build(context, tag, test_pip_ca(), quiet=True)
+    return tag

@@ -1,0 +1,568 @@
+"""The builder without Docker: rendered contexts, the Dockerfile, and the in-build steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from flowrig import defaults
+from flowrig.builder import buildsteps
+from flowrig.builder.build import build_command
+from flowrig.builder.cli import register
+from flowrig.builder.context import (
+    BuildContext,
+    ContextFile,
+    DockerIgnore,
+    render_context,
+    write_context,
+)
+from flowrig.builder.dockerfile import dockerfile_text, for_legacy_builder, needs_buildkit
+from flowrig.errors import BadInput
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = REPO / "examples" / "seed"
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile: continuations joined, comments dropped."""
+    logical: list[str] = []
+    current = ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("#") and not current:
+            continue
+        if line.lstrip().startswith("#"):
+            continue  # a comment inside a continued instruction
+        if line.rstrip().endswith("\\"):
+            current += line.rstrip()[:-1] + " "
+            continue
+        current += line
+        if current.strip():
+            logical.append(current.strip())
+        current = ""
+    out = []
+    for entry in logical:
+        word, _, rest = entry.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def stages(text: str) -> dict[str, list[tuple[str, str]]]:
+    """Instructions of each named stage (the part before the first FROM under "")."""
+    result: dict[str, list[tuple[str, str]]] = {"": []}
+    name = ""
+    for word, rest in instructions(text):
+        if word == "FROM":
+            name = rest.split(" AS ")[-1].strip() if " AS " in rest else rest
+            result[name] = []
+        result[name].append((word, rest))
+    return result
+
+
+def final_stage(text: str) -> list[tuple[str, str]]:
+    return list(stages(text).values())[-1]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the seed project that a test may change."""
+    copy = tmp_path / "seed"
+    shutil.copytree(SEED, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def certs_dir(path: Path) -> Path:
+    from flowrig.certs import generate
+
+    generate(path)
+    return path
+
+
+def tree(root: Path) -> dict[str, tuple[bytes, int, int]]:
+    """path -> (content, mode, mtime) of every file and directory under root."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        data = path.read_bytes() if path.is_file() else b""
+        found[path.relative_to(root).as_posix()] = (data, stat.S_IMODE(info.st_mode), int(info.st_mtime))
+    return found
+
+
+# --- render_context -----------------------------------------------------------------------
+
+
+def test_render_holds_dockerfile_flowrig_source_project_and_manifest():
+    context = render_context(SEED, base_image="flowrig-base:bookworm")
+    files = context.files
+    assert files["Dockerfile"].data == (REPO / "Dockerfile").read_bytes()
+    assert files["pyproject.toml"].data == (REPO / "pyproject.toml").read_bytes()
+    assert files["flowrig/builder/context.py"].data == (REPO / "flowrig/builder/context.py").read_bytes()
+    assert files["project/flowrig.toml"].data == (SEED / "flowrig.toml").read_bytes()
+    assert files["project/flow.py"].data == (SEED / "flow.py").read_bytes()
+    assert "manifest.json" in files
+    assert not any(p.startswith("tls/") for p in files), "no --certs: the image makes its own"
+    assert not any("__pycache__" in p or p.endswith(".pyc") for p in files)
+    assert list(files) == sorted(files)
+    assert dict(context.build_args) == {
+        "BASE_IMAGE": "flowrig-base:bookworm",
+        "IMAGE_VERSION": metadata.version("flowrig"),
+        "PROJECT": defaults.CONTEXT_PROJECT_DIR,
+    }
+
+
+def test_default_base_image_is_the_dockerfile_default():
+    context = render_context(SEED)
+    assert context.build_args["BASE_IMAGE"] == defaults.BASE_IMAGE
+    assert f"ARG BASE_IMAGE={defaults.BASE_IMAGE}" in context.dockerfile
+
+
+def test_manifest_has_project_config_and_versions_but_no_time():
+    manifest = render_context(SEED).manifest
+    assert manifest["project"]["name"] == "seed"
+    assert manifest["project"]["config"] == tomllib.loads((SEED / "flowrig.toml").read_text())
+    for name in ("flowrig", "prefect", "distributed"):
+        assert manifest["builder"][name] == metadata.version(name)
+    assert manifest["tls"] == "image-local"
+    flat = json.dumps(manifest).lower()
+    assert not re.search(r"\d{4}-\d{2}-\d{2}t\d{2}:", flat), "a timestamp makes contexts differ"
+    assert not {"time", "created", "built", "date"} & set(manifest)
+
+
+def test_same_input_gives_the_same_bytes(tmp_path: Path, project: Path):
+    first = render_context(project)
+    second = render_context(project)
+    assert first.digest == second.digest
+    assert dict(first.files) == dict(second.files)
+    a = write_context(first, tmp_path / "a")
+    b = write_context(second, tmp_path / "b")
+    assert tree(a) == tree(b)
+    for _, (_, _, mtime) in tree(a).items():
+        assert mtime == defaults.CONTEXT_MTIME
+
+
+def test_editing_the_flow_changes_only_the_project_file(project: Path):
+    before = render_context(project)
+    (project / "flow.py").write_text((project / "flow.py").read_text() + "\n# edited\n")
+    after = render_context(project)
+    assert before.digest != after.digest
+    changed = {p for p in after.files if before.files.get(p) != after.files[p]}
+    assert changed == {"project/flow.py"}
+
+
+def test_written_context_keeps_modes(tmp_path: Path, project: Path):
+    script = project / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o775)
+    (project / "data.txt").write_text("x")
+    (project / "data.txt").chmod(0o664)
+    context = render_context(project, tls_dir=certs_dir(tmp_path / "certs"))
+    written = tree(write_context(context, tmp_path / "ctx"))
+    assert written["project/run.sh"][1] == 0o755
+    assert written["project/data.txt"][1] == 0o644
+    assert written["tls/tls.key"][1] == 0o600
+    assert written["tls/ca.crt"][1] == 0o644
+
+
+def test_project_caches_and_dockerignore_are_left_out(project: Path):
+    for name in ("__pycache__/flow.cpython-311.pyc", ".venv/bin/python", ".git/HEAD", "data/big.csv",
+                 "logs/run.log", "keep.log", ".env"):
+        path = project / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    (project / ".dockerignore").write_text("# project rules\ndata/\n**/*.log\n!keep.log\n")
+    files = {p.removeprefix("project/") for p in render_context(project).files if p.startswith("project/")}
+    assert files == {".dockerignore", "flow.py", "flowrig.toml", "keep.log"}
+
+
+def test_symbolic_links_are_copied_only_when_they_stay_inside(tmp_path: Path, project: Path):
+    (tmp_path / "secret.txt").write_text("outside")
+    (project / "outside.txt").symlink_to(tmp_path / "secret.txt")
+    (project / "dangling.txt").symlink_to(tmp_path / "nothing")
+    (project / "alias.py").symlink_to(project / "flow.py")
+    files = render_context(project).files
+    assert files["project/alias.py"].data == (project / "flow.py").read_bytes()
+    assert "project/outside.txt" not in files and "project/dangling.txt" not in files
+
+
+@pytest.mark.parametrize(
+    ("patterns", "path", "excluded"),
+    [
+        (["*.txt"], "a.txt", True),
+        (["*.txt"], "sub/a.txt", False),  # * stays in one component, as in Docker
+        (["**/*.txt"], "sub/deep/a.txt", True),
+        (["data"], "data/x/y.csv", True),  # a directory excludes what is below it
+        (["data", "!data/keep.csv"], "data/keep.csv", False),
+        (["!a.txt", "*.txt"], "a.txt", True),  # the last match wins
+        (["/build"], "build/out", True),
+        (["file?.py"], "file1.py", True),
+        (["file[0-9].py"], "filex.py", False),
+    ],
+)
+def test_dockerignore_matching(patterns, path, excluded):
+    assert DockerIgnore(patterns).excludes(path) is excluded
+
+
+# --- certificates and private keys ----------------------------------------------------------
+
+
+def test_certs_add_only_ca_cert_leaf_and_key(tmp_path: Path):
+    certs = certs_dir(tmp_path / "certs")
+    assert (certs / "ca.key").exists()
+    context = render_context(SEED, tls_dir=certs)
+    tls = {p: f for p, f in context.files.items() if p.startswith("tls/")}
+    assert set(tls) == {"tls/ca.crt", "tls/tls.crt", "tls/tls.key"}
+    assert tls["tls/tls.key"].data == (certs / "tls.key").read_bytes()
+    assert not any((certs / "ca.key").read_bytes() in f.data for f in context.files.values())
+    assert context.manifest["tls"] == "provided"
+
+
+def test_certs_with_a_mismatched_key_are_refused(tmp_path: Path):
+    certs = certs_dir(tmp_path / "certs")
+    other = certs_dir(tmp_path / "other")
+    shutil.copy(other / "tls.key", certs / "tls.key")
+    with pytest.raises(BadInput) as error:
+        render_context(SEED, tls_dir=certs)
+    assert "\n" not in str(error.value)
+
+
+def test_a_ca_key_in_the_project_is_refused(tmp_path: Path, project: Path):
+    certs = certs_dir(tmp_path / "certs")
+    shutil.copy(certs / "ca.key", project / "ca.key")
+    with pytest.raises(BadInput, match="project/ca.key"):
+        render_context(project)
+
+
+def test_a_ca_key_under_another_name_is_refused(tmp_path: Path, project: Path):
+    certs = certs_dir(tmp_path / "certs")
+    (project / "config").mkdir()
+    shutil.copy(certs / "ca.crt", project / "config" / "ca.pem")
+    shutil.copy(certs / "ca.key", project / "config" / "signing.pem")
+    with pytest.raises(BadInput, match="signing.pem"):
+        render_context(project)
+
+
+def test_write_context_refuses_a_ca_key_before_writing(tmp_path: Path):
+    certs = certs_dir(tmp_path / "certs")
+    good = render_context(SEED)
+    files = dict(good.files)
+    files["tls/ca.key"] = ContextFile((certs / "ca.key").read_bytes(), 0o600)
+    files["tls/ca.crt"] = ContextFile((certs / "ca.crt").read_bytes())
+    bad = BuildContext(files, good.build_args)
+    with pytest.raises(BadInput, match="ca.key"):
+        write_context(bad, tmp_path / "ctx")
+    assert not (tmp_path / "ctx").exists()
+
+
+# --- bad projects ---------------------------------------------------------------------------
+
+
+def test_missing_requirements_file_is_bad_input(project: Path):
+    toml = project / "flowrig.toml"
+    toml.write_text('requirements = "missing.txt"\n' + toml.read_text())
+    with pytest.raises(BadInput, match="missing.txt"):
+        render_context(project)
+
+
+def test_requirements_outside_the_project_are_bad_input(tmp_path: Path, project: Path):
+    (tmp_path / "outside.txt").write_text("six\n")
+    toml = project / "flowrig.toml"
+    toml.write_text('requirements = "../outside.txt"\n' + toml.read_text())
+    with pytest.raises(BadInput):
+        render_context(project)
+
+
+def test_missing_project_is_bad_input(tmp_path: Path):
+    with pytest.raises(BadInput, match="does not exist"):
+        render_context(tmp_path / "nowhere")
+
+
+def test_write_context_wants_an_empty_directory(tmp_path: Path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(BadInput, match="not an empty directory"):
+        write_context(render_context(SEED), tmp_path / "full")
+
+
+def test_installed_flowrig_gets_a_pyproject_from_its_metadata():
+    from flowrig.builder.context import _pyproject_from_metadata
+
+    made = tomllib.loads(_pyproject_from_metadata().decode())
+    real = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert made["project"]["name"] == "flowrig"
+    assert made["project"]["version"] == metadata.version("flowrig")
+    from packaging.requirements import Requirement
+
+    def normalise(requirements: list[str]) -> list[str]:
+        return sorted(str(Requirement(r)) for r in requirements)
+
+    assert normalise(made["project"]["dependencies"]) == normalise(real["project"]["dependencies"])
+    assert made["project"]["scripts"] == real["project"]["scripts"]
+    assert made["build-system"] == real["build-system"]
+    wheel = made["tool"]["hatch"]["build"]["targets"]["wheel"]
+    assert wheel == real["tool"]["hatch"]["build"]["targets"]["wheel"]
+
+
+# --- the Dockerfile ----------------------------------------------------------------------------
+
+
+def test_dockerfile_arguments_and_no_syntax_line():
+    text = dockerfile_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)
+    head = stages(text)[""]
+    assert ("ARG", f"BASE_IMAGE={defaults.BASE_IMAGE}") in head
+    assert ("ARG", "PROJECT=examples/seed") in head
+
+
+def test_dockerfile_final_stage_runs_as_flowrig_under_dumb_init():
+    final = final_stage(dockerfile_text())
+    assert final[0] == ("FROM", "runtime-deps AS runtime")
+    assert ("ENTRYPOINT", '["dumb-init", "--", "flowrig-entrypoint"]') in final
+    assert ("CMD", '["run"]') in final
+    users = [rest for word, rest in final if word == "USER"]
+    assert users[-1] == defaults.IMAGE_USER
+    text = dockerfile_text()
+    assert f"--uid {defaults.IMAGE_UID}" in text and f"--chown={defaults.IMAGE_UID}:" in text
+
+
+def test_dockerfile_environment():
+    env = " ".join(rest for word, rest in instructions(dockerfile_text()) if word == "ENV")
+    for setting in ("FLOWRIG_IN_IMAGE=1", "PREFECT_HOME=/home/flowrig/", "PYTHONDONTWRITEBYTECODE=1",
+                    "PREFECT_SERVER_ANALYTICS_ENABLED=false"):
+        assert setting in env
+
+
+def test_dockerfile_labels_come_last_and_hold_no_secrets():
+    all_instructions = instructions(dockerfile_text())
+    assert all_instructions[-1][0] == "LABEL"
+    labels = re.findall(r"([\w.-]+)=", all_instructions[-1][1])
+    assert labels and all(label.startswith("org.opencontainers.image.") for label in labels)
+    secretish = re.compile(r"(CERT|SECRET|TOKEN|PASSWORD|KEY|CA)\b", re.IGNORECASE)
+    for word, rest in all_instructions:
+        if word in ("ARG", "ENV", "LABEL"):
+            names = re.findall(r"([A-Za-z_][\w.-]*)=", rest) or [rest.split("=")[0]]
+            assert not any(secretish.search(n.split(".")[-1]) for n in names), (word, rest)
+
+
+def test_dependencies_and_prepare_come_before_the_flow_code():
+    text = dockerfile_text()
+    parts = stages(text)
+    final = parts["runtime"]
+    project_copy = final.index(("COPY", "${PROJECT}/ /opt/flowrig/project/"))
+    # Nothing after the flow copy but metadata: editing a flow rebuilds one layer.
+    assert {w for w, _ in final[project_copy + 1 :]} <= {"USER", "WORKDIR", "ENTRYPOINT", "CMD", "ARG", "LABEL"}
+    assert ("RUN", "flowrig-entrypoint prepare") in parts["runtime-deps"]
+    installs = [rest for w, rest in parts["build"] if w == "RUN" and "buildsteps.py install" in rest]
+    assert len(installs) == 2 and all("--mount=type=secret,id=pip-ca" in r for r in installs)
+    assert any("bake-tls" in rest for w, rest in parts["tls"] if w == "RUN")
+
+
+def test_final_image_takes_nothing_that_could_hold_the_pip_ca():
+    parts = stages(dockerfile_text())
+    sources = [rest for name in ("runtime-deps", "runtime") for w, rest in parts[name] if w == "COPY"]
+    froms = {m.group(1): rest for rest in sources if (m := re.search(r"--from=(\S+)", rest))}
+    # From the build stage only the venv; pip's CA bundle lives under /opt/flowrig/build.
+    assert froms["build"].split()[-2] == "/opt/flowrig/venv"
+    assert not any("pip-ca" in rest or "/run/secrets" in rest for rest in sources)
+    assert "PIP_CERT" not in dockerfile_text()
+
+
+def test_legacy_variant_has_no_mounts_and_copies_the_ca_into_the_build_stage_only():
+    text = dockerfile_text()
+    assert needs_buildkit(text)
+    with_ca = for_legacy_builder(text, pip_ca=True)
+    without = for_legacy_builder(text, pip_ca=False)
+    for variant in (with_ca, without):
+        assert "--mount" not in variant and not needs_buildkit(variant)
+        assert len(instructions(variant)) >= len(instructions(text))
+    copies = [(name, rest) for name, body in stages(with_ca).items() for w, rest in body
+              if w == "COPY" and "pip-ca" in rest]
+    assert [name for name, _ in copies] == ["build"]
+    assert not any("pip-ca.crt" in rest for w, rest in instructions(without) if w == "COPY")
+
+
+def test_pyproject_ships_the_dockerfile_as_package_data():
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    include = data["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    assert include["Dockerfile"] == "flowrig/builder/Dockerfile"
+
+
+def test_dockerignore_allows_only_what_the_image_needs():
+    rules = DockerIgnore((REPO / ".dockerignore").read_text().splitlines())
+    for kept in ("Dockerfile", "pyproject.toml", "README.md", "flowrig/cli.py",
+                 "examples/seed/flow.py", "tls/tls.key", "tls/ca.crt"):
+        assert not rules.excludes(kept), kept
+    for dropped in (".git/HEAD", "tests/test_builder.py", "benchmarks/bench_image.py",
+                    "flowrig/__pycache__/cli.cpython-311.pyc", ".venv/bin/python", "tls/ca.key",
+                    "examples/seed/ca.key", "examples/seed/server.key", ".pytest_cache/x",
+                    "examples/seed/.env"):
+        assert rules.excludes(dropped), dropped
+
+
+# --- the docker command line ---------------------------------------------------------------------
+
+
+def test_build_command_with_buildkit_passes_the_ca_as_a_secret(tmp_path: Path):
+    context = render_context(SEED, base_image="b:1")
+    command = build_command(context, "t:1", tmp_path, buildkit=True, pip_ca="/x/ca.pem")
+    assert command[:2] == ["docker", "build"]
+    assert {"--rm", "--force-rm"} <= set(command)
+    assert command[command.index("--secret") + 1] == "id=pip-ca,src=/x/ca.pem"
+    assert f"{defaults.IMAGE_CONTEXT_LABEL}={context.digest}" in command
+    assert "BASE_IMAGE=b:1" in command and command[-1] == str(tmp_path)
+
+
+def test_build_command_for_legacy_builders_uses_the_legacy_dockerfile(tmp_path: Path):
+    command = build_command(render_context(SEED), "t:1", tmp_path, buildkit=False, pip_ca="/x/ca.pem")
+    assert "--secret" not in command and "--progress" not in command
+    assert command[command.index("--file") + 1] == str(tmp_path / "Dockerfile.legacy")
+
+
+def test_cli_context_only_writes_the_context_and_prints_the_command(tmp_path: Path):
+    app = typer.Typer()
+    register(app)
+
+    @app.command("other")
+    def _other() -> None:  # a second command keeps `build` a named subcommand
+        pass
+
+    out = tmp_path / "ctx"
+    result = CliRunner().invoke(app, ["build", str(SEED), "--tag", "seed:1", "--context-only", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "Dockerfile").is_file() and (out / "project" / "flowrig.toml").is_file()
+    assert "docker build" in result.output and str(out) in result.output
+
+
+def test_cli_bad_project_raises_bad_input(tmp_path: Path):
+    app = typer.Typer()
+    register(app)
+
+    @app.command("other")
+    def _other() -> None:
+        pass
+
+    result = CliRunner().invoke(app, ["build", str(tmp_path / "nowhere"), "--tag", "x:1"])
+    assert isinstance(result.exception, BadInput)
+    assert result.exception.exit_code == 2
+
+
+# --- buildsteps.py (runs inside the build with the base image's python3) -------------------------
+
+
+def run_step(*args: str) -> subprocess.CompletedProcess[str]:
+    script = REPO / "flowrig" / "builder" / "buildsteps.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+
+
+def test_buildsteps_uses_the_standard_library_only():
+    source = (REPO / "flowrig" / "builder" / "buildsteps.py").read_text()
+    assert not re.search(r"^\s*(from|import) flowrig", source, re.MULTILINE)
+    assert buildsteps.PROJECT_FILE == defaults.PROJECT_FILE
+
+
+def test_requirements_step_collects_flowrig_and_project_requirements(tmp_path: Path, project: Path):
+    (project / "reqs").mkdir()
+    (project / "reqs" / "base.txt").write_text("toolz>=0.12\n")
+    (project / "reqs" / "pins.txt").write_text("toolz<2\n")
+    (project / "requirements.txt").write_text("# extras\n-r reqs/base.txt\n-c reqs/pins.txt\nsix\n")
+    done = run_step("requirements", "--pyproject", str(REPO / "pyproject.toml"),
+                    "--project", str(project), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    flowrig_reqs = (tmp_path / "out" / "flowrig.txt").read_text().splitlines()
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert flowrig_reqs[: len(pyproject["project"]["dependencies"])] == pyproject["project"]["dependencies"]
+    assert any(line.startswith("dumb-init") for line in flowrig_reqs)
+    build = (tmp_path / "out" / "build.txt").read_text().split()
+    assert build == pyproject["build-system"]["requires"]
+    lines = (tmp_path / "out" / "project.txt").read_text().splitlines()
+    assert lines[:2] == ["# extras", "toolz>=0.12"] and lines[-1] == "six"
+    constraint = Path(lines[2].split()[1])
+    assert lines[2].startswith("-c ") and constraint.parent == tmp_path / "out"
+    assert constraint.read_text() == "toolz<2\n"
+
+
+def test_requirements_step_without_requirements_writes_an_empty_file(tmp_path: Path, project: Path):
+    done = run_step("requirements", "--pyproject", str(REPO / "pyproject.toml"),
+                    "--project", str(project), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0
+    assert (tmp_path / "out" / "project.txt").read_text() == ""
+
+
+def test_requirements_step_missing_file_is_one_line_and_exit_2(tmp_path: Path, project: Path):
+    toml = project / "flowrig.toml"
+    toml.write_text('requirements = "deps.txt"\n' + toml.read_text())
+    done = run_step("requirements", "--pyproject", str(REPO / "pyproject.toml"),
+                    "--project", str(project), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(buildsteps.ERROR_PREFIX)
+    assert "deps.txt" in done.stderr
+
+
+def test_prune_removes_pip_tests_and_caches_but_keeps_runtime_files(tmp_path: Path):
+    site = tmp_path / "venv" / "lib" / "python3.11" / "site-packages"
+    keep = ["pkg/__init__.py", "pkg/testing/__init__.py", "pkg/data/test/sample.json",
+            "pkg/lib.cpython-311-x86_64-linux-gnu.so", "prefect/server/api/server.py"]
+    drop = ["pip/__init__.py", "pip-23.0.1.dist-info/METADATA", "setuptools/__init__.py",
+            "_distutils_hack/__init__.py", "distutils-precedence.pth", "pkg/tests/test_lib.py",
+            "pkg/__pycache__/lib.cpython-311.pyc", "pkg/stub.pyi", "prefect/server/ui/index.html",
+            "prefect/server/ui-v2/index.html"]
+    for name in keep + drop:
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text("x")
+    doomed = {p.relative_to(site).as_posix() for p in buildsteps.prune_paths(site)}
+    assert not doomed & set(keep)
+    for name in drop:
+        assert name in doomed or any(name.startswith(d + "/") for d in doomed), name
+
+
+def test_compile_step_writes_bytecode_only_for_imported_modules(tmp_path: Path):
+    root = tmp_path / "lib"
+    (root / "used").mkdir(parents=True)
+    (root / "used" / "__init__.py").write_text("from used import helper\n")
+    (root / "used" / "helper.py").write_text("X = 1\n")
+    (root / "unused.py").write_text("Y = 2\n")
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    script = REPO / "flowrig" / "builder" / "buildsteps.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "compile", "--python", sys.executable, "--root", str(root), "used"],
+        capture_output=True, text=True, env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    compiled = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.pyc"))
+    assert [p.split("/")[-1].split(".")[0] for p in compiled] == ["__init__", "helper"]
+    assert not any("unused" in p for p in compiled)
+
+
+def test_manifest_step_merges_the_context_manifest(tmp_path: Path, project: Path):
+    context = render_context(project)
+    (tmp_path / "manifest.json").write_bytes(context.files["manifest.json"].data)
+    done = run_step("manifest", "--python", sys.executable, "--project", str(project),
+                    "--project-name", "project", "--context-manifest", str(tmp_path / "manifest.json"),
+                    "--base-image", "b:1", "--out", str(tmp_path / "out.json"))
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "out.json").read_text())
+    assert manifest["project"]["name"] == "seed"  # the context's name beats the directory's
+    assert manifest["base_image"] == "b:1"
+    assert manifest["versions"]["prefect"] == metadata.version("prefect")
+    assert manifest["builder"] == context.manifest["builder"]
+
+
+@pytest.mark.parametrize(("backend", "has_aws"), [("local", False), ("docker", False), ("ecs", True), ("fargate", True)])
+def test_images_of_ecs_projects_carry_the_aws_extra(backend, has_aws):
+    config = {"flow": "flow.py:f", "cluster": {"backend": backend}}
+    runtime, _ = buildsteps.pyproject_requirements(REPO / "pyproject.toml", buildsteps.flowrig_extras(config))
+    assert any(r.startswith("dask-cloudprovider") for r in runtime) is has_aws
+    assert any(r.startswith("prefect-dask") for r in runtime)

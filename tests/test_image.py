@@ -1,0 +1,250 @@
+"""The seed project's image, built by flowrig's builder (see tests/docker_support.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from flowrig import defaults
+from tests.docker_support import SEED_PROJECT, test_base_image
+
+pytestmark = pytest.mark.docker
+
+# A whole PEM private key block: only base64 (and RFC 1421 headers) between the markers,
+# so source code that merely mentions the markers is not taken for a key.
+_PEM_KEY = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----\r?\n"
+    rb"(?:(?:[A-Za-z0-9+/=]+|Proc-Type:[^\n]*|DEK-Info:[^\n]*)?\r?\n)+"
+    rb"-----END \1PRIVATE KEY-----"
+)
+
+
+def run(image: str, *args: str, entrypoint: str | None = None) -> subprocess.CompletedProcess[str]:
+    command = ["docker", "run", "--rm", "--network", "none"]
+    if entrypoint is not None:
+        command += ["--entrypoint", entrypoint]
+    return subprocess.run([*command, image, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_info_shows_the_manifest_and_certificate_expiry(seed_image):
+    done = run(seed_image, "info")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    manifest = info["manifest"]
+    assert manifest["project"]["name"] == "seed"
+    assert manifest["project"]["config"]["flow"] == "flow.py:dask_cloud_provider_test"
+    assert manifest["base_image"] == test_base_image()
+    assert manifest["tls"] == "image-local"
+    for name in ("flowrig", "prefect", "distributed"):
+        assert re.match(r"\d+\.\d+", manifest["versions"][name])
+    certificate = info["certificate"]
+    assert certificate["not_after"] and certificate["days_left"] > defaults.EXPIRY_WARNING_DAYS
+
+
+def test_runs_as_the_non_root_flowrig_user(seed_image):
+    done = run(seed_image, "id", "-u")  # anything unknown is exec'd as is
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(defaults.IMAGE_UID) != "0"
+
+
+def test_leaf_key_is_private_to_the_runtime_user(seed_image):
+    key = defaults.IMAGE_TLS_DIR / defaults.LEAF_KEY
+    done = run(seed_image, "-c", f"stat -c '%a %U %u' {key}; cat {key} >/dev/null && echo readable",
+               entrypoint="sh")
+    assert done.stdout.split("\n")[:2] == [f"600 {defaults.IMAGE_USER} {defaults.IMAGE_UID}", "readable"]
+
+
+def test_image_layout_runtime_only(seed_image):
+    script = (
+        "for c in dask-scheduler dask-worker dumb-init flowrig-entrypoint; do command -v $c; done; "
+        "for m in pip setuptools wheel; do python -c \"import $m\" 2>/dev/null && echo has-$m; done; "
+        "site=$(python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'); "
+        "find \"$site\" -type d -name tests | head -3; "
+        "test -f \"$(dirname $(python -c 'import prefect; print(prefect.__cached__)'))\"/__init__*.pyc "
+        "  && echo prefect-bytecode; "
+        "test -f /opt/flowrig/project/flow.py && echo project; "
+        "cat /opt/flowrig/venv/bin/dask-worker"
+    )
+    done = run(seed_image, "-c", script, entrypoint="sh")
+    lines = done.stdout.splitlines()
+    assert [Path(line).name for line in lines[:4]] == [
+        "dask-scheduler", "dask-worker", "dumb-init", "flowrig-entrypoint"
+    ]
+    assert not [line for line in lines if line.startswith("has-") or line.endswith("/tests")]
+    assert "prefect-bytecode" in lines and "project" in lines
+    assert 'exec flowrig-entrypoint dask-worker "$@"' in done.stdout
+
+
+def test_no_layer_holds_a_private_key_other_than_the_leaf(docker_client, seed_image, tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from flowrig.certs import find_ca_private_keys
+
+    archive = tmp_path / "image.tar"
+    with archive.open("wb") as handle:
+        for chunk in docker_client.images.get(seed_image).save(named=True):
+            handle.write(chunk)
+    leaf_cert = run(seed_image, "-c", f"cat {defaults.IMAGE_TLS_DIR / defaults.LEAF_CERT}",
+                    entrypoint="sh").stdout.encode()
+    leaf_public = x509.load_pem_x509_certificate(leaf_cert).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+    found = tmp_path / "found"
+    found.mkdir()
+    (found / "leaf.crt").write_bytes(leaf_cert)  # what a key may be matched against
+    keys: list[tuple[str, bytes]] = []
+    with tarfile.open(archive) as image:
+        layers = [m for m in image.getmembers() if m.name.endswith("layer.tar")]
+        assert layers
+        for number, layer_member in enumerate(layers):
+            with tarfile.open(fileobj=image.extractfile(layer_member)) as layer:
+                for member in layer.getmembers():
+                    if not member.isfile() or member.size > defaults.KEY_SCAN_MAX_BYTES:
+                        continue
+                    data = layer.extractfile(member).read()
+                    blocks = [m.group(0) for m in _PEM_KEY.finditer(data)]
+                    keys.extend((member.name, block) for block in blocks)
+                    if blocks or Path(member.name).name == defaults.CA_KEY:
+                        target = found / f"layer{number}" / member.name
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(b"\n".join(blocks) if blocks else data)
+
+    assert keys, "the image's leaf key should have been found"
+    for name, block in keys:
+        key = serialization.load_pem_private_key(block, password=None)
+        public = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        assert public == leaf_public, f"{name} holds a private key that is not the leaf's"
+    assert find_ca_private_keys(found) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["scheduler"], ["dask-scheduler", "--idle-timeout", "5 minutes"]],
+    ids=["scheduler", "dask-scheduler"],
+)
+def test_docker_stop_ends_a_scheduler_within_3_seconds(docker_client, seed_image, command):
+    container = docker_client.containers.run(seed_image, command, detach=True, network_mode="none")
+    try:
+        deadline = time.monotonic() + 90
+        while b"Scheduler at:" not in container.logs():
+            assert time.monotonic() < deadline, container.logs()[-2000:]
+            container.reload()
+            assert container.status in ("created", "running"), container.logs()[-2000:]
+            time.sleep(0.5)
+        started = time.monotonic()
+        container.stop(timeout=10)
+        elapsed = time.monotonic() - started
+        container.reload()
+        assert container.attrs["State"]["ExitCode"] in (0, 143)
+        assert elapsed < 3.0, f"docker stop took {elapsed:.1f} s"
+    finally:
+        container.remove(force=True)
+
+
+def test_certs_given_to_the_builder_are_the_ones_baked(docker_client, seed_image, tmp_path):
+    from flowrig.builder import build, render_context
+    from flowrig.certs import generate
+    from tests.docker_support import test_pip_ca
+
+    certs = tmp_path / "certs"
+    generate(certs)
+    tag = "flowrig-seed:test-certs"
+    context = render_context(SEED_PROJECT, tls_dir=certs, base_image=test_base_image())
+    build(context, tag, test_pip_ca(), quiet=True)  # shares every layer up to the TLS with seed_image
+    try:
+        tls = defaults.IMAGE_TLS_DIR
+        done = run(tag, "-c", f"cat {tls}/ca.crt {tls}/tls.crt; ls {tls}; stat -c '%a %u' {tls}/tls.key",
+                   entrypoint="sh")
+        expected = (certs / "ca.crt").read_text() + (certs / "tls.crt").read_text()
+        assert done.stdout.startswith(expected)
+        assert done.stdout[len(expected):].split() == ["ca.crt", "tls.crt", "tls.key", "600", str(defaults.IMAGE_UID)]
+        info = json.loads(run(tag, "info").stdout)
+        assert info["manifest"]["tls"] == "provided"
+    finally:
+        docker_client.images.remove(tag)
+
+
+# --- bad input: one line, exit 2, nothing left behind -------------------------------------------
+
+
+def _leftovers() -> tuple[set[str], set[str]]:
+    images = subprocess.run(["docker", "images", "-q", "--no-trunc", "-f", "dangling=true"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    containers = subprocess.run(["docker", "ps", "-aq", "--no-trunc"],
+                                capture_output=True, text=True, check=True).stdout.split()
+    return set(images), set(containers)
+
+
+def flowrig_build(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "from flowrig.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, "build", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def seed_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "seed"
+    shutil.copytree(SEED_PROJECT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def _mismatched_certs(tmp_path: Path) -> Path:
+    from flowrig.certs import generate
+
+    generate(tmp_path / "certs")
+    generate(tmp_path / "other")
+    shutil.copy(tmp_path / "other" / defaults.LEAF_KEY, tmp_path / "certs" / defaults.LEAF_KEY)
+    return tmp_path / "certs"
+
+
+@pytest.mark.parametrize("case", ["missing-requirements", "unknown-base-image", "mismatched-key"])
+def test_bad_input_builds_exit_2_with_one_line_and_leave_nothing(docker_client, seed_copy, tmp_path, case):
+    args = [str(seed_copy), "--tag", "flowrig-bad-input:test", "--base-image", test_base_image()]
+    if case == "missing-requirements":
+        toml = seed_copy / defaults.PROJECT_FILE
+        toml.write_text('requirements = "requirements-missing.txt"\n' + toml.read_text())
+        expected = "requirements-missing.txt"
+    elif case == "unknown-base-image":
+        args[-1] = "flowrig-no-such-base:1"
+        expected = "not found locally"
+    else:
+        args += ["--certs", str(_mismatched_certs(tmp_path))]
+        expected = "tls.key"
+    before = _leftovers()
+    done = flowrig_build(*args)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], done.stderr
+    assert _leftovers() == before
+    assert subprocess.run(["docker", "image", "inspect", "flowrig-bad-input:test"],
+                          capture_output=True).returncode != 0
+
+
+def test_a_build_step_rejecting_the_project_is_bad_input_and_leaves_nothing(docker_client, seed_copy):
+    """The in-build check (buildsteps.py) for a context that skipped the host's checks."""
+    from flowrig.builder import build, render_context
+    from flowrig.builder.context import BuildContext, ContextFile
+    from flowrig.errors import BadInput
+
+    context = render_context(seed_copy, base_image=test_base_image())
+    files = dict(context.files)
+    toml = files[f"{defaults.CONTEXT_PROJECT_DIR}/{defaults.PROJECT_FILE}"]
+    files[f"{defaults.CONTEXT_PROJECT_DIR}/{defaults.PROJECT_FILE}"] = ContextFile(
+        b'requirements = "nope.txt"\n' + toml.data, toml.mode
+    )
+    before = _leftovers()
+    with pytest.raises(BadInput, match="nope.txt"):
+        build(BuildContext(files, context.build_args), "flowrig-bad-input:test", quiet=True)
+    assert _leftovers() == before
