@@ -1,0 +1,96 @@
+"""A deployment's flow run, started the way a Prefect ECS worker starts it.
+
+A real Prefect server (``prefect server start``) holds a deployment and a flow run with
+parameters. The image is started with ``PREFECT_API_URL`` and ``PREFECT__FLOW_RUN_ID``
+and the command a Prefect worker sends (``prefect flow-run execute``); the entrypoint
+must read the parameters from the server, size the cluster from them, run the flow as
+that flow run and report its final state back.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    port = _free_port()
+    home = tmp_path_factory.mktemp("prefect-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"prefect server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("prefect server did not answer within 120 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_flow_run_from_a_deployment_is_sized_from_its_parameters_and_reported(prefect_server, seed_image):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    x = list(range(15))  # the seed's hook: one worker per five items -> 3 workers
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        with get_client(sync_client=True) as client:
+            flow_id = client.create_flow_from_name("dask-cloud-provider-test")
+            deployment_id = client.create_deployment(
+                flow_id=flow_id, name="ecs", entrypoint="flow.py:dask_cloud_provider_test"
+            )
+            flow_run = client.create_flow_run_from_deployment(deployment_id, parameters={"x": x})
+
+    done = subprocess.run(
+        [
+            "docker", "run", "--rm", "--network", "host",
+            "-e", f"PREFECT_API_URL={prefect_server}",
+            "-e", f"PREFECT__FLOW_RUN_ID={flow_run.id}",
+            seed_image, "prefect", "flow-run", "execute",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3 workers on local" in done.stderr, done.stderr[-3000:]
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        with get_client(sync_client=True) as client:
+            final = client.read_flow_run(flow_run.id)
+    assert final.state is not None and final.state.is_completed(), final.state
+    assert final.parameters == {"x": x}
