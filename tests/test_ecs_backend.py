@@ -17,7 +17,8 @@ import time
 import pytest
 
 from flowrig.backends.base import ClusterSpec
-from flowrig.backends.ecs import ClassPathBackend, ECSBackend, FargateBackend
+from flowrig.backends.classpath import ClassPathBackend
+from flowrig.backends.ecs import ECSBackend, FargateBackend
 from flowrig.certs.material import TLSMaterial
 from flowrig.errors import BadInput, InfrastructureError
 from flowrig.sizing import ClusterSize

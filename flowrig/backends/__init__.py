@@ -35,7 +35,7 @@ def get_backend(name: str) -> Backend:
         module, _, cls = BACKENDS[name].partition(":")
         return getattr(importlib.import_module(module), cls)()
     if ":" in name:
-        from flowrig.backends.ecs import ClassPathBackend
+        from flowrig.backends.classpath import ClassPathBackend
 
         return ClassPathBackend(name)
     raise BadInput(

@@ -1,5 +1,4 @@
-"""``ecs`` and ``fargate``: one run's cluster as ECS tasks, through dask-cloudprovider;
-and the backend for any ``package.module:ClusterClass``.
+"""``ecs`` and ``fargate``: one run's cluster as ECS tasks, through dask-cloudprovider.
 
 dask-cloudprovider starts and scales the tasks. flowrig creates the AWS resources it
 would otherwise create itself, because its own are unsafe or outlive the run: its
@@ -19,17 +18,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
-import inspect
 import logging
 import os
 import socket
-import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from flowrig import defaults
+from flowrig.backends._util import N_WORKERS_FIX, CloseOnce, one_line, positive_seconds
 from flowrig.backends.base import Backend, ClusterSpec, StartedCluster
 from flowrig.errors import BadInput, FlowrigError, InfrastructureError
 
@@ -42,7 +40,7 @@ logger = logging.getLogger("flowrig.ecs")
 FLOWRIG_OPTIONS = ("provision_timeout", "cleanup_timeout")
 #: Options decided elsewhere in flowrig, so a project cannot set them here.
 _REFUSED_OPTIONS = {
-    "n_workers": "set n_workers or adapt in [cluster] (they are validated and clamped there)",
+    "n_workers": N_WORKERS_FIX,
     "image": "pass the image with --image or build one with flowrig build",
     "security": "mutual TLS is always on and comes from the run's certificates",
     "worker_gpu": "the flowrig image runs CPU workers only",
@@ -56,18 +54,6 @@ def _import_cloudprovider(backend: str, class_name: str) -> type:
     except ImportError:
         raise BadInput(f"the {backend} backend needs dask-cloudprovider: {_INSTALL_HINT}") from None
     return getattr(module, class_name)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _seconds(options: Mapping[str, Any], key: str, default: float) -> float:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise BadInput(f"[cluster.options] {key} = {value!r}: use a number of seconds > 0")
-    return float(value)
 
 
 def _int_option(options: Mapping[str, Any], key: str, default: int) -> int:
@@ -132,7 +118,7 @@ def _close_cluster(cluster: Any, timeout: float) -> None:
     try:
         cluster.close(timeout=timeout)
     except Exception as exc:  # the AWS sweep that follows stops whatever is left
-        logger.warning("closing the dask cluster failed: %s", _one_line(exc))
+        logger.warning("closing the dask cluster failed: %s", one_line(exc))
     finally:
         # Never leave it for distributed's exit hook, which would try again on a dead loop.
         cluster.status = Status.closed
@@ -153,33 +139,17 @@ def _pending_tasks(cluster: Any) -> str:
     return ", ".join(sorted(set(states)))
 
 
-@dataclass
-class _Closer:
-    """``StartedCluster.close``: close the Dask cluster, then delete the AWS resources."""
-
-    cluster: Any
-    resources: "RunResources | None"
-    timeout: float
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def __call__(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if self.cluster is not None:
-            _close_cluster(self.cluster, self.timeout)
-        if self.resources is not None:
-            leftovers = self.resources.delete()
-            if leftovers:
-                logger.error(
-                    "these AWS resources of the run could not be deleted (they carry its "
-                    "tags): %s",
-                    "; ".join(leftovers),
-                )
+def _close_run(cluster: Any, resources: "RunResources | None", timeout: float) -> None:
+    """Close the Dask cluster, then delete the run's AWS resources."""
+    if cluster is not None:
+        _close_cluster(cluster, timeout)
+    if resources is not None:
+        leftovers = resources.delete()
+        if leftovers:
+            logger.error(
+                "these AWS resources of the run could not be deleted (they carry its tags): %s",
+                "; ".join(leftovers),
+            )
 
 
 @dataclass(frozen=True)
@@ -251,8 +221,8 @@ class _ECSBase(Backend):
         for key, fix in _REFUSED_OPTIONS.items():
             if key in options:
                 raise BadInput(f"[cluster.options] {key} is not accepted by the {self.name} backend: {fix}")
-        provision_timeout = _seconds(options, "provision_timeout", defaults.ECS_PROVISION_TIMEOUT)
-        cleanup_timeout = _seconds(options, "cleanup_timeout", defaults.ECS_CLEANUP_TIMEOUT)
+        provision_timeout = positive_seconds(options, "provision_timeout", defaults.ECS_PROVISION_TIMEOUT)
+        cleanup_timeout = positive_seconds(options, "cleanup_timeout", defaults.ECS_CLEANUP_TIMEOUT)
         deadline = time.monotonic() + provision_timeout
         # Every option is checked before the first AWS call.
         launch = self._launch(spec, options)
@@ -271,7 +241,7 @@ class _ECSBase(Backend):
             cluster = self._start_cluster(cluster_cls, kwargs, hold, deadline, provision_timeout)
             self._size(cluster, spec, deadline, provision_timeout)
         except BaseException:
-            _Closer(hold[0] if hold else None, resources, timeout=defaults.ECS_CLOSE_TIMEOUT)()
+            _close_run(hold[0] if hold else None, resources, defaults.ECS_CLOSE_TIMEOUT)
             raise
         dashboard = None
         try:
@@ -281,7 +251,7 @@ class _ECSBase(Backend):
         return StartedCluster(
             scheduler_address=cluster.scheduler_address,
             dashboard_link=dashboard,
-            close=_Closer(cluster, resources, timeout=defaults.ECS_CLOSE_TIMEOUT),
+            close=CloseOnce(functools.partial(_close_run, cluster, resources, defaults.ECS_CLOSE_TIMEOUT)),
             cluster=cluster,
         )
 
@@ -493,9 +463,9 @@ class _ECSBase(Backend):
             except FlowrigError:
                 raise
             except TypeError as exc:
-                raise BadInput(f"[cluster.options] not accepted by {cluster_cls.__name__}: {_one_line(exc)}") from None
+                raise BadInput(f"[cluster.options] not accepted by {cluster_cls.__name__}: {one_line(exc)}") from None
             except Exception as exc:
-                raise InfrastructureError(f"the {self.name} cluster could not start: {_one_line(exc)}") from None
+                raise InfrastructureError(f"the {self.name} cluster could not start: {one_line(exc)}") from None
 
     def _size(self, cluster: Any, spec: ClusterSpec, deadline: float, provision_timeout: float) -> None:
         """Start the first workers and wait until one has joined the scheduler."""
@@ -524,7 +494,7 @@ class _ECSBase(Backend):
                 + "; everything created for the run is being removed"
             ) from None
         except Exception as exc:
-            raise InfrastructureError(f"the {self.name} workers could not start: {_one_line(exc)}") from None
+            raise InfrastructureError(f"the {self.name} workers could not start: {one_line(exc)}") from None
 
 
 def _partition(resources: "RunResources") -> str:
@@ -545,127 +515,3 @@ class FargateBackend(_ECSBase):
     name = "fargate"
     cluster_class = "FargateCluster"
     fargate = True
-
-
-# --- any distributed cluster class ------------------------------------------------
-def _accepts(cls: type, parameter: str) -> bool:
-    """Whether ``cls(**{parameter: ...})`` reaches a constructor that names ``parameter``.
-
-    Follows ``**kwargs`` up the class hierarchy, as subclasses such as
-    ``FargateCluster(**kwargs)`` pass them on to ``SpecCluster(security=...)``.
-    """
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        try:
-            parameters = inspect.signature(init).parameters
-        except (TypeError, ValueError):
-            return False
-        if parameter in parameters:
-            return True
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            return False
-    return False
-
-
-class ClassPathBackend(Backend):
-    """``package.module:ClusterClass``: any :class:`distributed.deploy.Cluster` subclass.
-
-    ``[cluster.options]`` become its keyword arguments; ``security=`` is added when the
-    class accepts it, and the run's size is applied with ``scale()`` or ``adapt()``.
-
-    Parameters
-    ----------
-    path
-        ``package.module:ClusterClass``.
-    """
-
-    name = "classpath"
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def _load(self) -> type:
-        from distributed.deploy import Cluster
-
-        module_name, _, class_name = self.path.partition(":")
-        if not module_name or not class_name:
-            raise BadInput(f"backend {self.path!r} is not 'package.module:ClusterClass'")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise BadInput(f"backend {self.path!r}: cannot import {module_name} ({_one_line(exc)})") from None
-        cls = getattr(module, class_name, None)
-        if cls is None:
-            raise BadInput(f"backend {self.path!r}: {module_name} has no {class_name}")
-        if not (isinstance(cls, type) and issubclass(cls, Cluster)):
-            raise BadInput(f"backend {self.path!r}: {class_name} is not a distributed Cluster class")
-        return cls
-
-    def start(self, spec: ClusterSpec) -> StartedCluster:
-        """Construct the class, size it, and wait (bounded) for its first worker.
-
-        Raises
-        ------
-        BadInput
-            The path cannot be imported, is not a cluster class, or rejects the options.
-        InfrastructureError
-            The class fails to start, or no worker joins within
-            :data:`flowrig.defaults.CLUSTER_START_TIMEOUT` seconds.
-        """
-        cls = self._load()
-        options = dict(spec.options)
-        if "n_workers" in options:
-            raise BadInput(f"[cluster.options] n_workers: {_REFUSED_OPTIONS['n_workers']}")
-        initial = spec.size.adapt[0] if spec.size.adapt else spec.size.n_workers
-        if _accepts(cls, "security"):
-            options["security"] = spec.tls.to_security()
-        if _accepts(cls, "n_workers"):
-            # Without it, classes such as LocalCluster start a default number of workers.
-            options["n_workers"] = initial
-        try:
-            cluster = cls(**options)
-        except TypeError as exc:
-            raise BadInput(f"[cluster.options] not accepted by {self.path}: {_one_line(exc)}") from None
-        except FlowrigError:
-            raise
-        except Exception as exc:
-            raise InfrastructureError(f"{self.path} could not start: {_one_line(exc)}") from None
-        close = _CloseOnce(cluster.close)
-        try:
-            if spec.size.adapt:
-                cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
-            else:
-                cluster.scale(initial)
-            if initial:
-                cluster.wait_for_workers(1, timeout=defaults.CLUSTER_START_TIMEOUT)
-        except BaseException as exc:
-            close()
-            if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-                raise InfrastructureError(
-                    f"{self.path} had no worker within {defaults.CLUSTER_START_TIMEOUT:g} s"
-                ) from None
-            if isinstance(exc, Exception):
-                raise InfrastructureError(f"{self.path} could not start workers: {_one_line(exc)}") from None
-            raise
-        return StartedCluster(
-            scheduler_address=cluster.scheduler_address,
-            dashboard_link=getattr(cluster, "dashboard_link", None) or None,
-            close=close,
-            cluster=cluster,
-        )
-
-
-class _CloseOnce:
-    """Calls ``close`` the first time only; later calls do nothing."""
-
-    def __init__(self, close: Callable[[], Any]) -> None:
-        self._close: Callable[[], Any] | None = close
-        self._lock = threading.Lock()
-
-    def __call__(self) -> None:
-        with self._lock:
-            close, self._close = self._close, None
-        if close is not None:
-            close()

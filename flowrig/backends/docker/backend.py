@@ -1,0 +1,124 @@
+"""The ``docker`` backend: checks ``[cluster.options]`` and starts a :class:`DockerCluster`."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+from typing import Any, Mapping
+
+from flowrig import defaults
+from flowrig.backends._util import CloseOnce, is_loopback_url, positive_seconds
+from flowrig.backends.base import Backend, ClusterSpec, StartedCluster
+from flowrig.backends.docker.cluster import DockerCluster
+from flowrig.backends.docker.engine import connect, require_image
+from flowrig.backends.docker.naming import ENV_IMAGE, ENV_NETWORK, ENV_RUNNER_HOST, check_run_id
+from flowrig.errors import BadInput
+
+logger = logging.getLogger("flowrig.docker")
+
+#: ``[cluster.options]`` the docker backend understands.
+OPTIONS = {
+    "worker_memory": "memory limit of each worker container, e.g. '2g'",
+    "environment": "table of extra environment variables for the workers",
+    "scheduler_start_timeout": "seconds the scheduler may take to start",
+    "start_timeout": "seconds the cluster may take to get its first worker",
+}
+
+
+def _check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        known = ", ".join(f"{k} ({v})" for k, v in OPTIONS.items())
+        raise BadInput(f"[cluster.options] {', '.join(unknown)} not known to the docker backend; it takes {known}")
+    environment = options.get("environment") or {}
+    if not isinstance(environment, Mapping):
+        raise BadInput(f"[cluster.options] environment must be a table of strings, got {environment!r}")
+    memory = options.get("worker_memory")
+    if memory is not None and not isinstance(memory, (str, int)):
+        raise BadInput(f"[cluster.options] worker_memory = {memory!r}: use a size such as '2g'")
+    return {
+        "environment": {str(k): str(v) for k, v in environment.items()},
+        "worker_memory": None if memory is None else str(memory),
+        "scheduler_start_timeout": positive_seconds(
+            options, "scheduler_start_timeout", defaults.DOCKER_SCHEDULER_START_TIMEOUT
+        ),
+        "start_timeout": positive_seconds(options, "start_timeout", defaults.CLUSTER_START_TIMEOUT),
+    }
+
+
+class DockerBackend(Backend):
+    """Scheduler and workers as containers of the run's image.
+
+    Meant to run inside a runner container that
+    :func:`~flowrig.backends.docker.host.run_in_container` started
+    (``FLOWRIG_DOCKER_NETWORK`` set): every role is then on the run's network and the
+    run's Prefect API listens there too. Used elsewhere (directly on a host), it makes
+    a network of its own and publishes the scheduler on 127.0.0.1; workers then reach
+    Prefect only through a ``PREFECT_API_URL`` that is not on loopback.
+    """
+
+    name = "docker"
+
+    def prefect_api_hosts(self) -> tuple[str, str]:
+        """In a runner container: listen on all interfaces, advertise the container's name.
+
+        Nothing is published to the host: only containers on the run's network can reach it.
+        """
+        if os.environ.get(ENV_NETWORK):
+            return "0.0.0.0", os.environ.get(ENV_RUNNER_HOST) or socket.gethostname()
+        return super().prefect_api_hosts()
+
+    def start(self, spec: ClusterSpec) -> StartedCluster:
+        image = spec.image or os.environ.get(ENV_IMAGE)
+        if not image:
+            raise BadInput("the docker backend needs an image: pass --image TAG (build one with flowrig build)")
+        options = _check_options(spec.options)
+        check_run_id(spec.run_id)
+        network = os.environ.get(ENV_NETWORK) or None
+        environment = {**spec.worker_env, **options["environment"]}
+        if network is None and is_loopback_url(environment.get("PREFECT_API_URL")):
+            logger.warning(
+                "the docker backend runs outside a runner container: workers cannot reach the "
+                "Prefect API at %s; use `flowrig run --backend docker` from the host, or set "
+                "PREFECT_API_URL to a server the containers can reach",
+                environment["PREFECT_API_URL"],
+            )
+        client = connect()
+        require_image(client, image)
+        cluster = DockerCluster(
+            image,
+            n_workers=spec.size.n_workers,
+            run_id=spec.run_id,
+            network=network,
+            tls=spec.tls,
+            worker_threads=spec.worker_threads,
+            environment=environment,
+            worker_memory=options["worker_memory"],
+            scheduler_start_timeout=options["scheduler_start_timeout"],
+            client=client,
+        )
+        close = CloseOnce(functools.partial(_close_and_sweep, cluster))
+        try:
+            if spec.size.adapt:
+                cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
+            if spec.size.n_workers > 0:
+                cluster.wait_for_first_workers(1, options["start_timeout"])
+        except BaseException:
+            close()
+            raise
+        return StartedCluster(
+            scheduler_address=cluster.scheduler_address,
+            dashboard_link=cluster.dashboard_link or None,
+            close=close,
+            cluster=cluster,
+        )
+
+
+def _close_and_sweep(cluster: DockerCluster) -> None:
+    try:
+        cluster.close()
+    finally:
+        # Even when the graceful close failed, nothing of the cluster may stay.
+        cluster._sweep()

@@ -1,0 +1,294 @@
+"""The cluster: :class:`DockerCluster`, a :class:`distributed.SpecCluster` of containers.
+
+The scheduler and each worker are a :class:`distributed.deploy.spec.ProcessInterface`
+living in one container; starting one creates its container, closing it removes it.
+docker-py blocks, so every daemon call runs in a thread off the cluster's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+from distributed.deploy.spec import ProcessInterface, SpecCluster
+
+from flowrig import defaults
+from flowrig.backends.docker.engine import (
+    connect,
+    container_logs_tail,
+    create_container,
+    create_network,
+    published_port,
+    remove_run,
+    run_containers,
+    start_container,
+    stop_and_remove,
+    wait_for_log,
+)
+from flowrig.backends.docker.naming import check_run_id, network_name, new_run_id, scheduler_address
+from flowrig.backends.docker.plans import ContainerPlan, render_scheduler, render_worker
+from flowrig.errors import FlowrigError, InfrastructureError
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+
+    from flowrig.certs import TLSMaterial
+
+#: What a scheduler logs once it listens; the scheduler is ready from then on.
+SCHEDULER_READY = "Scheduler at:"
+
+
+@dataclass(frozen=True)
+class _RunSettings:
+    """What the scheduler and every worker container of one cluster share."""
+
+    client: Any
+    run_id: str
+    image: str
+    network: str
+    tls: Any
+    own_network: bool
+    publish: bool
+    worker_threads: int
+    environment: Mapping[str, str]
+    worker_memory: str | None
+    worker_preload: tuple[str, ...]
+    scheduler_start_timeout: float
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    # docker-py blocks; the cluster's event loop must not.
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+
+class _ContainerProcess(ProcessInterface):
+    """A Dask role living in one container; closing it removes the container."""
+
+    def __init__(self, settings: _RunSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.container: "Container | None" = None
+
+    async def _launch(self, plan: ContainerPlan) -> "Container":
+        self.container = await _in_thread(create_container, self.settings.client, plan)
+        await _in_thread(start_container, self.container)
+        return self.container
+
+    async def close(self) -> None:
+        if self.container is not None:
+            await _in_thread(stop_and_remove, self.container)
+        await super().close()
+
+
+class DockerScheduler(_ContainerProcess):
+    """The scheduler container; ready once it logs that it listens."""
+
+    def __init__(self, settings: _RunSettings) -> None:
+        super().__init__(settings)
+        self.address = scheduler_address(settings.run_id)
+        self.contact_address = self.address
+        self.dashboard_address: str | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.own_network:
+            await _in_thread(create_network, s.client, s.network, s.run_id)
+        plan = render_scheduler(s.run_id, s.image, s.network, tls=s.tls, publish=s.publish)
+        container = await self._launch(plan)
+        await _in_thread(wait_for_log, container, SCHEDULER_READY, s.scheduler_start_timeout, "scheduler")
+        if s.publish:
+            port = await _in_thread(published_port, container, defaults.SCHEDULER_PORT)
+            dashboard = await _in_thread(published_port, container, defaults.DASHBOARD_PORT)
+            self.external_address = f"tls://127.0.0.1:{port}"
+            self.dashboard_address = f"http://127.0.0.1:{dashboard}/status"
+        else:
+            self.dashboard_address = f"http://{plan.name}:{defaults.DASHBOARD_PORT}/status"
+        await super().start()
+
+
+class DockerWorker(_ContainerProcess):
+    """One worker container. Ready as soon as it runs: the cluster waits for workers
+    to join the scheduler, which is the readiness that counts.
+
+    ``scheduler`` (what :class:`SpecCluster` passes) is not used: a worker always
+    reaches the scheduler by its container name on the run's network.
+    """
+
+    def __init__(self, scheduler: str, name: object = None, *, settings: _RunSettings) -> None:
+        super().__init__(settings)
+        self.name = name
+
+    async def start(self) -> None:
+        s = self.settings
+        plan = render_worker(
+            s.run_id, s.image, s.network, self.name,
+            tls=s.tls, threads=s.worker_threads, environment=s.environment, memory=s.worker_memory,
+            preload=s.worker_preload,
+        )
+        await self._launch(plan)
+        await super().start()
+
+
+def _flowrig_cause(exc: BaseException) -> FlowrigError | None:
+    # SpecCluster wraps a failed start in RuntimeError; the cause says what went wrong.
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, FlowrigError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class DockerCluster(SpecCluster):
+    """A Dask cluster whose scheduler and workers are containers of one flowrig image.
+
+    Parameters
+    ----------
+    image
+        The image (built by ``flowrig build``); it must exist locally.
+    n_workers
+        Workers to start with; :meth:`adapt` and :meth:`scale` work as usual.
+    run_id
+        Names and labels of the containers; a new one when omitted.
+    network
+        Network the containers join, which this process must be on too (a runner
+        container). When omitted the cluster makes its own network, publishes the
+        scheduler on 127.0.0.1 and removes the network again on close.
+    tls
+        Certificates every role uses; copied into each container. Default: the image's
+        baked files when running in the image, else new ones for this cluster.
+    worker_threads
+        Threads per worker.
+    environment
+        Environment of every worker (e.g. ``PREFECT_API_URL``).
+    worker_memory
+        Memory limit of each worker container, e.g. ``"2g"``.
+    worker_preload
+        Modules each worker imports before it joins (``--preload``).
+    scheduler_start_timeout
+        Seconds the scheduler may take to listen.
+    client
+        A ``docker.DockerClient``; default: from the environment.
+    asynchronous, loop
+        As for every ``distributed`` cluster.
+    """
+
+    def __init__(
+        self,
+        image: str,
+        *,
+        n_workers: int = 1,
+        run_id: str | None = None,
+        network: str | None = None,
+        tls: "TLSMaterial | None" = None,
+        worker_threads: int = defaults.WORKER_THREADS,
+        environment: Mapping[str, str] | None = None,
+        worker_memory: str | None = None,
+        worker_preload: Iterable[str] = defaults.DOCKER_WORKER_PRELOAD,
+        scheduler_start_timeout: float = defaults.DOCKER_SCHEDULER_START_TIMEOUT,
+        client: "DockerClient | None" = None,
+        asynchronous: bool = False,
+        loop: Any = None,
+    ) -> None:
+        run_id = check_run_id(run_id or new_run_id())
+        client = client or connect()
+        tls = tls or _default_tls()
+        self.settings = _RunSettings(
+            client=client,
+            run_id=run_id,
+            image=image,
+            network=network or network_name(run_id),
+            tls=tls,
+            own_network=network is None,
+            publish=network is None,
+            worker_threads=worker_threads,
+            environment=dict(environment or {}),
+            worker_memory=worker_memory,
+            worker_preload=tuple(worker_preload),
+            scheduler_start_timeout=scheduler_start_timeout,
+        )
+        self.run_id = run_id
+        worker = {"cls": DockerWorker, "options": {"settings": self.settings}}
+        workers = {i: worker for i in range(n_workers)}
+        try:
+            super().__init__(
+                workers=workers,
+                scheduler={"cls": DockerScheduler, "options": {"settings": self.settings}},
+                worker=worker,
+                security=tls.to_security(),
+                asynchronous=asynchronous,
+                loop=loop,
+                name=f"flowrig-{run_id}",
+            )
+        except BaseException as exc:
+            # A failed start must not leave containers, a network or a loop thread.
+            with contextlib.suppress(Exception):
+                self._loop_runner.stop()
+            self._sweep()
+            cause = _flowrig_cause(exc)
+            if cause is not None:
+                raise cause from None
+            raise
+
+    def _sweep(self) -> None:
+        s = self.settings
+        roles = None if s.own_network else ("scheduler", "worker")
+        remove_run(s.client, s.run_id, roles=roles, network=s.own_network)
+
+    async def _close(self) -> None:
+        try:
+            await super()._close()
+        finally:
+            # Whatever the graceful close missed (a worker still starting, a failed start).
+            await _in_thread(self._sweep)
+
+    @property
+    def dashboard_link(self) -> str:
+        """Dashboard URL: on 127.0.0.1 when published, else by name on the run's network."""
+        if "dashboard" not in (self.scheduler_info or {}).get("services", {}):
+            return ""
+        return getattr(self.scheduler, "dashboard_address", None) or ""
+
+    def worker_containers(self) -> list["Container"]:
+        """This cluster's worker containers, running or not."""
+        return run_containers(self.settings.client, self.run_id, roles=("worker",))
+
+    def wait_for_first_workers(self, n: int, timeout: float) -> None:
+        """Block until ``n`` workers have joined the scheduler.
+
+        Raises
+        ------
+        InfrastructureError
+            When every worker container has exited, or after ``timeout`` seconds;
+            the message holds a worker's last log lines.
+        """
+        deadline = time.monotonic() + timeout
+        while len(self.scheduler_info.get("workers", {})) < n:
+            containers = self.worker_containers()
+            for c in containers:
+                c.reload()
+            if containers and all(c.status in ("exited", "dead") for c in containers):
+                c = containers[0]
+                raise InfrastructureError(
+                    f"worker container {c.name} exited (code {c.attrs['State'].get('ExitCode')}) "
+                    f"before joining the scheduler: {container_logs_tail(c)}"
+                )
+            if time.monotonic() > deadline:
+                tail = container_logs_tail(containers[0]) if containers else "no worker container"
+                raise InfrastructureError(f"no worker joined the scheduler within {timeout:.0f} s: {tail}")
+            time.sleep(0.25)
+
+
+def _default_tls() -> "TLSMaterial":
+    from flowrig.certs import TLSMaterial
+
+    if os.environ.get("FLOWRIG_IN_IMAGE") and defaults.IMAGE_TLS_DIR.is_dir():
+        return TLSMaterial.from_dir(defaults.IMAGE_TLS_DIR)
+    return TLSMaterial.ephemeral()
