@@ -127,7 +127,6 @@ def run_project(
     chosen = get_backend("address" if scheduler_address else (backend or early.cluster.backend))
     api = start_prefect_api(chosen)
     try:
-        chosen.warm_up()
         config = config_from_project(
             project_dir, backend=backend, scheduler_address=scheduler_address, **inputs
         )

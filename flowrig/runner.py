@@ -236,6 +236,7 @@ def execute(
             options=config.options,
         )
         tls = _resolve_tls(config.tls)
+        _import_flow_engine()
         worker_env = {
             "FLOWRIG_RUN_ID": run_id,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -291,6 +292,26 @@ def execute(
             config.on_exit()
         timer.mark("teardown", t)
         timer.marks["total"] = time.perf_counter() - timer.start
+
+
+#: What the first flow call imports. Importing it before the cluster starts does the
+#: work while the run's API is still starting, instead of after it is ready.
+_FLOW_ENGINE_MODULES = (
+    "prefect.flow_engine",
+    "prefect.task_engine",
+    "prefect.client.orchestration",
+    "prefect.events.clients",
+    "prefect.logging.handlers",
+    "prefect.results",
+    "prefect_dask.task_runners",
+)
+
+
+def _import_flow_engine() -> None:
+    import importlib
+
+    for name in _FLOW_ENGINE_MODULES:
+        importlib.import_module(name)
 
 
 def _teardown(started: Any, api: Any) -> None:

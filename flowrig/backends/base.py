@@ -86,13 +86,6 @@ class Backend(abc.ABC):
         """
         return "127.0.0.1", "127.0.0.1"
 
-    def warm_up(self) -> None:
-        """Start slow, spec-independent preparation early (optional).
-
-        Called once, right after the run's Prefect API was started and before the flow
-        is imported, so that the work overlaps with both.
-        """
-
     @abc.abstractmethod
     def start(self, spec: ClusterSpec) -> StartedCluster:
         """Start the cluster described by ``spec`` and wait until it can take work.

@@ -10,32 +10,44 @@ from flowrig.backends.base import Backend, ClusterSpec, StartedCluster
 from flowrig.errors import BadInput, InfrastructureError
 
 
-#: Modules a worker needs for its first Prefect task. Worker processes are forked
-#: from a server that imported them once, instead of each importing them on its own.
-_WORKER_PRELOAD = ["distributed", "prefect", "prefect_dask", "prefect.task_engine", "cloudpickle"]
+#: Modules a worker's first Prefect task imports (found by comparing a worker's
+#: ``sys.modules`` before and after one). Worker processes are forked from a server
+#: that imported them once, instead of each importing them on its first task.
+WORKER_PRELOAD = (
+    "prefect",
+    "prefect.task_engine",
+    "prefect.client.orchestration",
+    "prefect.events.clients",
+    "prefect.logging.handlers",
+    "prefect.results",
+    "prefect_dask.task_runners",
+)
 
 
-def _fork_workers_from_preloaded_server(start_now: bool = False) -> None:
+def _fork_workers_from_preloaded_server() -> None:
+    # The server starts when the first worker does, after the runner has imported the
+    # flow: started earlier, its import competes with the runner's and the API's for
+    # two cores and the run as a whole gets slower (measured).
     import multiprocessing
     from multiprocessing import forkserver
 
     import dask
+    from distributed.utils import get_mp_context
 
     dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
-    multiprocessing.get_context("forkserver").set_forkserver_preload(_WORKER_PRELOAD)
-    if start_now:
-        # The server imports Prefect while the runner imports the flow and the API
-        # starts: three imports side by side instead of one after the other.
-        forkserver.ensure_running()
+    # distributed sets the fork server's preload list the first time it is asked for
+    # the context; ask first, then extend that list, or it would replace ours.
+    get_mp_context()
+    preload = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["distributed"])
+    multiprocessing.get_context("forkserver").set_forkserver_preload(
+        preload + [m for m in WORKER_PRELOAD if m not in preload]
+    )
 
 
 class LocalBackend(Backend):
     """Worker processes on this machine, listening on loopback only."""
 
     name = "local"
-
-    def warm_up(self) -> None:
-        _fork_workers_from_preloaded_server(start_now=True)
 
     def start(self, spec: ClusterSpec) -> StartedCluster:
         from distributed import LocalCluster
