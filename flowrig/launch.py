@@ -96,6 +96,41 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(signum)
 
 
+class SignalRecord:
+    """Whether SIGTERM or SIGINT reached this process, whoever handled it.
+
+    During a flow run Prefect installs its own SIGTERM handler, and the exception it
+    raises can come out wrapped in another one (pydantic turns it into a serialisation
+    error when the signal lands mid-serialisation), so the run just "fails". The
+    wakeup file descriptor sees every signal at the C level, before any Python
+    handler runs, so a terminated run is known as such whatever happened above it.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+
+    def received(self) -> int | None:
+        """The last termination signal seen, if any (SIGTERM wins over SIGINT)."""
+        seen: set[int] = set()
+        try:
+            while chunk := os.read(self._read, 512):
+                seen.update(chunk)
+        except BlockingIOError:
+            pass
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            if signum in seen:
+                return int(signum)
+        return None
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous)
+        os.close(self._read)
+        os.close(self._write)
+
+
 def run_project(
     project_dir: str | Path,
     *,
@@ -115,13 +150,38 @@ def run_project(
     inputs
         ``params``, ``params_file``, ``image``, ``certs``: see :func:`config_from_project`.
     """
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    record = SignalRecord()
+    try:
+        outcome = _run_project(project_dir, backend, scheduler_address, output, inputs)
+    except Terminated:
+        raise
+    except BaseException:
+        # Everything is torn down by now; a run that a signal ended exits as terminated,
+        # whatever the signal turned into on its way up.
+        if (signum := record.received()) is None:
+            raise
+        raise Terminated(signum) from None
+    else:
+        if (signum := record.received()) is not None:
+            raise Terminated(signum)
+        return outcome
+    finally:
+        record.close()
+
+
+def _run_project(
+    project_dir: str | Path,
+    backend: str | None,
+    scheduler_address: str | None,
+    output: str,
+    inputs: dict[str, Any],
+) -> RunOutcome:
     import sys
 
+    from flowrig.backends import get_backend
     from flowrig.project import load_project
     from flowrig.runner import execute, print_outcome, start_prefect_api
-
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    from flowrig.backends import get_backend
 
     early = load_project(project_dir)
     chosen = get_backend("address" if scheduler_address else (backend or early.cluster.backend))

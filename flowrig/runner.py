@@ -287,11 +287,12 @@ def execute(
         )
     finally:
         t = time.perf_counter()
-        _teardown(started, api)
+        held = _teardown(started, api)
         if config.on_exit:
             config.on_exit()
         timer.mark("teardown", t)
         timer.marks["total"] = time.perf_counter() - timer.start
+        _redeliver(held)
 
 
 #: What the first flow call imports. Importing it before the cluster starts does the
@@ -314,15 +315,19 @@ def _import_flow_engine() -> None:
         importlib.import_module(name)
 
 
-def _teardown(started: Any, api: Any) -> None:
+def _teardown(started: Any, api: Any) -> list[int]:
+    """Close the cluster, then the API; returns the signals held back meanwhile."""
     import signal
 
-    # A second Ctrl-C or SIGTERM while tearing down must not leave half a cluster.
+    # Ctrl-C or SIGTERM while tearing down must not leave half a cluster: such a
+    # signal is held back and delivered again once teardown is done. A signal Prefect
+    # re-sends after handling it itself lands here too, and must not be lost.
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    held: list[int] = []
     in_main = _in_main_thread()
     if in_main:
         for s in previous:
-            signal.signal(s, signal.SIG_IGN)
+            signal.signal(s, lambda signum, frame: held.append(signum))
     try:
         if started is not None:
             try:
@@ -335,6 +340,14 @@ def _teardown(started: Any, api: Any) -> None:
         if in_main:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+    return list(dict.fromkeys(held))
+
+
+def _redeliver(signals: list[int]) -> None:
+    import signal
+
+    for signum in signals:
+        signal.raise_signal(signum)
 
 
 def _in_main_thread() -> bool:

@@ -211,18 +211,6 @@ def _last_json(text: str) -> dict:
     return json.loads(text.strip().splitlines()[-1])
 
 
-def _image_tls(client, image: str) -> TLSMaterial:
-    """The certificates baked into ``image``, read from a container that never starts."""
-    container = client.containers.create(image, command=["info"])
-    try:
-        chunks, _ = container.get_archive(str(defaults.IMAGE_TLS_DIR))
-        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
-            read = lambda name: archive.extractfile(f"tls/{name}").read()  # noqa: E731
-            return TLSMaterial(read("ca.crt"), read("tls.crt"), read("tls.key"))
-    finally:
-        container.remove(force=True)
-
-
 @pytest.fixture(scope="module")
 def roles_network(docker_client, seed_image):
     """A network of the test's own with a Prefect API container that roles share.
@@ -263,57 +251,6 @@ def _start_cluster(client, image, roles_network, run_id, n_workers, *, alias=Non
         for i in range(n_workers)
     ]
     return scheduler, workers, address
-
-
-@pytest.mark.docker
-def test_roles_in_separate_containers_give_90_over_tls_and_refuse_other_clients(docker_client, seed_image, roles_network):
-    from distributed import Client
-
-    run_id = _tag()
-    try:
-        scheduler, workers, address = _start_cluster(
-            docker_client, seed_image, roles_network, run_id, 2, alias="scheduler", publish=(8786,)
-        )
-        dk.wait_for_log(roles_network["api"], "prefect api ready", 120, "prefect api")
-        runner = _launch(
-            docker_client,
-            _plan(
-                run_id, "runner", seed_image, roles_network["network"],
-                ["run", "--scheduler-address", address, "--param", TEN, "--output", "json"],
-                environment={"PREFECT_API_URL": roles_network["api_url"]},
-            ),
-        )
-        code = runner.wait(timeout=240)["StatusCode"]
-        stdout = runner.logs(stdout=True, stderr=False).decode()
-        stderr = runner.logs(stdout=False, stderr=True).decode()
-        assert code == 0, stderr[-2000:]
-        outcome = _last_json(stdout)
-        assert outcome["state"] == "Completed"
-        assert outcome["result"] == 90
-        assert outcome["scheduler_address"] == "tls://scheduler:8786"
-        # Each role is a container of its own, still up after the run.
-        for container in (scheduler, *workers):
-            container.reload()
-            assert container.status == "running", dk.container_logs_tail(container)
-
-        # From the host, through the port published on loopback only. The image's own
-        # certificates are let in, so the refusals below are the scheduler's doing.
-        port = dk.published_port(scheduler, 8786)
-        image_tls = _image_tls(docker_client, seed_image)
-        with Client(f"tls://127.0.0.1:{port}", security=image_tls.to_security(), timeout="20s") as client:
-            assert len(client.scheduler_info()["workers"]) == 2
-        with pytest.raises((OSError, TimeoutError)):
-            Client(f"tcp://127.0.0.1:{port}", timeout="3s")
-        # This client trusts the scheduler but presents a leaf from a CA the image does not know.
-        foreign = TLSMaterial.ephemeral()
-        stranger = TLSMaterial(image_tls.ca_pem, foreign.cert_pem, foreign.key_pem)
-        with pytest.raises((OSError, TimeoutError)):
-            Client(f"tls://127.0.0.1:{port}", security=stranger.to_security(), timeout="3s")
-        # The scheduler's own log names both refusals.
-        dk.wait_for_log(scheduler, "[SSL: WRONG_VERSION_NUMBER]", 10, "scheduler")
-        dk.wait_for_log(scheduler, "[SSL: CERTIFICATE_VERIFY_FAILED]", 10, "scheduler")
-    finally:
-        dk.remove_run(docker_client, run_id, network=False)
 
 
 def _stop_seconds(container) -> tuple[float, int]:

@@ -148,8 +148,8 @@ def test_running_scheduler_refuses_strangers_and_sigterm_tears_down(project_fact
             assert client.scheduler_info()["workers"], "the run's own certificate must be accepted"
 
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        assert proc.returncode == 128 + signal.SIGTERM
+        _, rest = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM, rest[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
