@@ -295,9 +295,11 @@ def execute(
         _redeliver(held)
 
 
-#: What the first flow call imports. Importing it before the cluster starts does the
-#: work while the run's API is still starting, instead of after it is ready.
-_FLOW_ENGINE_MODULES = (
+#: What a first flow call (runner) or first task run (worker) imports, found by
+#: comparing ``sys.modules`` before and after one. The runner imports it while the
+#: run's API is still starting; local workers fork from a server that imported it.
+PREFECT_ENGINE_MODULES = (
+    "prefect",
     "prefect.flow_engine",
     "prefect.task_engine",
     "prefect.client.orchestration",
@@ -311,7 +313,7 @@ _FLOW_ENGINE_MODULES = (
 def _import_flow_engine() -> None:
     import importlib
 
-    for name in _FLOW_ENGINE_MODULES:
+    for name in PREFECT_ENGINE_MODULES:
         importlib.import_module(name)
 
 

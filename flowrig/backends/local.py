@@ -7,21 +7,8 @@ import socket
 from typing import Any
 
 from flowrig.backends.base import Backend, ClusterSpec, StartedCluster
+from flowrig.runner import PREFECT_ENGINE_MODULES
 from flowrig.errors import BadInput, InfrastructureError
-
-
-#: Modules a worker's first Prefect task imports (found by comparing a worker's
-#: ``sys.modules`` before and after one). Worker processes are forked from a server
-#: that imported them once, instead of each importing them on its first task.
-WORKER_PRELOAD = (
-    "prefect",
-    "prefect.task_engine",
-    "prefect.client.orchestration",
-    "prefect.events.clients",
-    "prefect.logging.handlers",
-    "prefect.results",
-    "prefect_dask.task_runners",
-)
 
 
 def _fork_workers_from_preloaded_server() -> None:
@@ -40,7 +27,9 @@ def _fork_workers_from_preloaded_server() -> None:
     get_mp_context()
     preload = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["distributed"])
     multiprocessing.get_context("forkserver").set_forkserver_preload(
-        preload + [m for m in WORKER_PRELOAD if m not in preload]
+        # Worker processes fork from a server that imported what a first Prefect task
+        # imports, instead of each importing it on that task.
+        preload + [m for m in PREFECT_ENGINE_MODULES if m not in preload]
     )
 
 
