@@ -84,8 +84,13 @@ def assert_nothing_left(marker: str, *addresses: str | None) -> None:
     """No process of the run is alive and none of its addresses still listens."""
     import time
 
+    # A process that is exiting may already be unreadable (so no longer listed) while
+    # the kernel still closes its sockets: wait for both, within the deadline.
+    def busy() -> bool:
+        return bool(processes_with_marker(marker)) or any(listening(a) for a in addresses if a)
+
     deadline = time.monotonic() + 15
-    while processes_with_marker(marker) and time.monotonic() < deadline:
+    while busy() and time.monotonic() < deadline:
         time.sleep(0.25)
     left = processes_with_marker(marker)
     assert not left, f"processes left running: {[(p.pid, p.cmdline()[:4]) for p in left]}"
