@@ -49,22 +49,30 @@ def run(
     from flowrig.launch import default_project_dir
 
     project = project or default_project_dir()
-    chosen = backend
-    if (backend or "") == "docker" and not os.environ.get("FLOWRIG_IN_IMAGE"):
-        # On the host, the runner itself runs in a container of the image.
-        from flowrig.backends.docker import run_in_container
+    if not os.environ.get("FLOWRIG_IN_IMAGE") and not scheduler_address:
+        # The project file may choose the backend too (reading it is cheap). On the
+        # host, the docker backend runs the runner itself in a container of the image.
+        from flowrig.defaults import PROJECT_FILE
+        from flowrig.project import load_project
 
-        raise typer.Exit(
-            run_in_container(
-                project, image=image, params=param or [], params_file=params_file, output=output.value
+        chosen, configured_image = backend, None
+        if (Path(project) / PROJECT_FILE).is_file():
+            config = load_project(project).cluster
+            chosen, configured_image = backend or config.backend, config.image
+        if chosen == "docker":
+            from flowrig.backends.docker import run_in_container
+
+            raise typer.Exit(
+                run_in_container(
+                    project, image=image or configured_image, params=param or [], params_file=params_file, output=output.value
+                )
             )
-        )
     from flowrig.launch import run_project
 
     run_project(
         project,
         output=output.value,
-        backend=chosen,
+        backend=backend,
         scheduler_address=scheduler_address,
         params=param or [],
         params_file=params_file,
@@ -75,14 +83,9 @@ def run(
 
 def register_commands(app: typer.Typer) -> None:
     """Add ``run``, ``build`` and ``docker`` commands to the ``flowrig`` app."""
+    from flowrig.backends.docker_cli import app as docker_app
+    from flowrig.builder.cli import register as register_build
+
     app.command("run")(run)
-    try:
-        from flowrig.builder.cli import register as register_build
-    except ImportError:  # the builder is optional in a minimal install
-        return
     register_build(app)
-    try:
-        from flowrig.backends.docker_cli import app as docker_app
-    except ImportError:
-        return
     app.add_typer(docker_app, name="docker")
