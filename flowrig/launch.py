@@ -180,6 +180,7 @@ def _run_project(
     import sys
 
     from flowrig.backends import get_backend
+    from flowrig.gcpause import collector_paused
     from flowrig.project import load_project
     from flowrig.runner import execute, print_outcome, start_prefect_api
 
@@ -187,9 +188,10 @@ def _run_project(
     chosen = get_backend("address" if scheduler_address else (backend or early.cluster.backend))
     api = start_prefect_api(chosen)
     try:
-        config = config_from_project(
-            project_dir, backend=backend, scheduler_address=scheduler_address, **inputs
-        )
+        with collector_paused():  # loading the flow imports Prefect
+            config = config_from_project(
+                project_dir, backend=backend, scheduler_address=scheduler_address, **inputs
+            )
     except BaseException:
         if api is not None:
             api.stop()

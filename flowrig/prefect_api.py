@@ -37,6 +37,15 @@ _SERVER_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
     "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+    # The database is deleted with the run, so services that turn events into task
+    # runs, persist events and logs, or react to them would only spend the run's CPU
+    # on rows nobody reads. The flow run and its states are written by the API itself.
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_EVENT_LOGGER_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+    "PREFECT_SERVER_EVENTS_STREAM_OUT_ENABLED": "false",
+    "PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "false",
 }
 
 
@@ -276,11 +285,15 @@ def main(argv: list[str] | None = None) -> None:
         _make_template()
         return
     threading.Thread(target=_exit_with_parent, args=(args.parent, args.workdir), daemon=True).start()
-    import uvicorn
+    from flowrig.gcpause import collector_paused
 
+    with collector_paused():
+        import uvicorn
+        from prefect.server.api.server import create_app
+
+        app = create_app()
     uvicorn.run(
-        "prefect.server.api.server:create_app",
-        factory=True,
+        app,
         host=args.host,
         port=args.port,
         log_level="error",

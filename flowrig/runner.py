@@ -212,6 +212,7 @@ def execute(
     from flowrig import parameters as params_mod
     from flowrig import sizing
     from flowrig.backends import ClusterSpec, get_backend
+    from flowrig.gcpause import collector_paused
 
     timer = _Timer()
     run_id = os.environ.get("FLOWRIG_RUN_ID") or uuid.uuid4().hex[:10]
@@ -236,15 +237,15 @@ def execute(
             options=config.options,
         )
         tls = _resolve_tls(config.tls)
-        _import_flow_engine()
+        with collector_paused():
+            import_flow_engine()
+        api_settings = _embedded_api_settings(api, tls) if api is not None else {}
         worker_env = {
             "FLOWRIG_RUN_ID": run_id,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            **{name: str(value) for name, value in api_settings.items() if value is not None},
         }
-        if api is not None:
-            worker_env["PREFECT_API_URL"] = api.url
-            worker_env["PREFECT_API_SSL_CERT_FILE"] = api.small_ca_file(tls.ca_pem)
-        else:
+        if api is None:
             from prefect.settings import PREFECT_API_URL
 
             worker_env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
@@ -258,7 +259,8 @@ def execute(
             worker_threads=config.worker_threads,
         )
         t = timer.mark("prepare", t)
-        started = backend.start(spec)
+        with collector_paused():
+            started = backend.start(spec)
         if announce:
             announce(
                 f"flowrig run {run_id}: {decided.size.describe()} on {backend.name}, "
@@ -271,7 +273,7 @@ def execute(
         if api is not None:
             api.wait_ready()
         t = timer.mark("api_wait", t)
-        state = _run_flow(config, parameters, started.scheduler_address, tls, worker_env)
+        state = _run_flow(config, parameters, started.scheduler_address, tls, api_settings)
         t = timer.mark("flow", t)
         result, message = _result_of(state)
         return RunOutcome(
@@ -310,7 +312,8 @@ PREFECT_ENGINE_MODULES = (
 )
 
 
-def _import_flow_engine() -> None:
+def import_flow_engine() -> None:
+    """Import :data:`PREFECT_ENGINE_MODULES`."""
     import importlib
 
     for name in PREFECT_ENGINE_MODULES:
@@ -358,23 +361,38 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _embedded_api_settings(api: Any, tls: Any) -> dict[str, Any]:
+    """Prefect settings for a run on its own embedded API, by environment name.
+
+    That API's database is deleted with the run. Heartbeats exist so that a server
+    can notice a crashed run later, and logs sent there would be deleted unread: both
+    are off, and the logs still go to the console. Cutting the heartbeat also saves
+    the up to one second Prefect waits for its thread at the end of a flow. The API
+    runs the very Prefect the clients do, so no process needs to ask for its version.
+    """
+    return {
+        "PREFECT_API_URL": api.url,
+        "PREFECT_API_SSL_CERT_FILE": api.small_ca_file(tls.ca_pem),
+        "PREFECT_LOGGING_TO_API_ENABLED": "false",
+        "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false",
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": None,
+    }
+
+
 def _run_flow(
-    config: RunConfig, parameters: dict[str, Any], address: str, tls: Any, worker_env: Mapping[str, str]
+    config: RunConfig, parameters: dict[str, Any], address: str, tls: Any, settings: Mapping[str, Any]
 ) -> Any:
-    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_URL, temporary_settings
+    import prefect.settings
     from prefect_dask import DaskTaskRunner
+
+    from flowrig.prefect_settings import run_settings
 
     runner = DaskTaskRunner(address=address, client_kwargs={"security": tls.to_security()})
     flow = config.flow.with_options(task_runner=runner)
     # prefect-dask ships the runner's settings to every task on the workers, so the
     # workers use the same API (and the same cheap CA file) as the runner.
-    updates = {}
-    if "PREFECT_API_SSL_CERT_FILE" in worker_env:
-        updates = {
-            PREFECT_API_URL: worker_env["PREFECT_API_URL"],
-            PREFECT_API_SSL_CERT_FILE: worker_env["PREFECT_API_SSL_CERT_FILE"],
-        }
-    with temporary_settings(updates=updates):
+    updates = {getattr(prefect.settings, name): value for name, value in settings.items()}
+    with run_settings(updates):
         try:
             if config.flow_run_id:
                 return _run_existing_flow_run(flow, config.flow_run_id, parameters)

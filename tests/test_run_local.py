@@ -65,6 +65,46 @@ def test_seed_flow_gives_90_over_tls_and_leaves_nothing():
     assert_nothing_left(done.marker, out["scheduler_address"], out["dashboard_link"])
 
 
+SETTINGS_FLOW = """
+    import os
+    from prefect import flow, task
+    from prefect.settings import get_current_settings, temporary_settings
+
+    @task
+    def seen() -> dict:
+        settings = get_current_settings()
+        return {
+            "pid": os.getpid(),
+            "api": settings.api.url,
+            "logs_to_api": settings.logging.to_api.enabled,
+            "heartbeat": settings.flows.heartbeat_frequency,
+        }
+
+    @flow
+    def main() -> dict:
+        outer = seen.submit().result()
+        with temporary_settings(updates={"flows.heartbeat_frequency": 60}):
+            inner = seen.submit().result()
+        return {"runner": os.getpid(), "outer": outer, "inner": inner}
+"""
+
+
+def test_tasks_on_workers_run_with_the_runners_settings(project_factory):
+    """The run's settings reach the workers' tasks, including one that no environment
+    carries (the heartbeat is off), and a ``temporary_settings`` block in the flow
+    still reaches the tasks submitted inside it."""
+    done = run_cli("run", str(project_factory(SETTINGS_FLOW)), "--output", "json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = done.json["result"]
+    outer, inner = result["outer"], result["inner"]
+    assert outer["pid"] != result["runner"], "the task must run in a worker process"
+    assert outer["api"].startswith("http://127.0.0.1:") and outer["api"].endswith("/api")
+    assert outer["logs_to_api"] is False
+    assert outer["heartbeat"] is None
+    assert inner["heartbeat"] == 60 and inner["api"] == outer["api"]
+    assert_nothing_left(done.marker)
+
+
 def test_failing_task_exits_1_and_leaves_nothing(project_factory):
     project = project_factory(FAILING_FLOW)
     done = run_cli("run", str(project), "--output", "json")

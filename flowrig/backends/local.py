@@ -7,8 +7,10 @@ import socket
 from typing import Any
 
 from flowrig.backends.base import Backend, ClusterSpec, StartedCluster
-from flowrig.runner import PREFECT_ENGINE_MODULES
 from flowrig.errors import BadInput, InfrastructureError
+
+#: Imported by the fork server before it forks the first worker.
+WORKER_PRELOAD = "flowrig.worker_preload"
 
 
 def _fork_workers_from_preloaded_server() -> None:
@@ -29,7 +31,7 @@ def _fork_workers_from_preloaded_server() -> None:
     multiprocessing.get_context("forkserver").set_forkserver_preload(
         # Worker processes fork from a server that imported what a first Prefect task
         # imports, instead of each importing it on that task.
-        preload + [m for m in PREFECT_ENGINE_MODULES if m not in preload]
+        [WORKER_PRELOAD] + [m for m in preload if m != WORKER_PRELOAD]
     )
 
 

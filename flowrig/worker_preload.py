@@ -1,0 +1,12 @@
+"""What local workers' fork server imports before it forks the first worker.
+
+It imports what a first Prefect task imports (:data:`flowrig.runner.PREFECT_ENGINE_MODULES`),
+so that no worker imports it again, with the cyclic collector paused, and freezes the
+result so that every forked worker shares those pages and its collections skip them.
+"""
+
+from flowrig.gcpause import collector_paused
+from flowrig.runner import import_flow_engine
+
+with collector_paused():
+    import_flow_engine()
