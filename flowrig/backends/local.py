@@ -14,14 +14,17 @@ WORKER_PRELOAD = "flowrig.worker_preload"
 
 
 def _fork_workers_from_preloaded_server() -> None:
-    # The server starts when the first worker does, after the runner has imported the
-    # flow: started earlier, its import competes with the runner's and the API's for
-    # two cores and the run as a whole gets slower (measured).
+    # Worker processes fork from a server that has imported what a first Prefect task
+    # imports, instead of each importing it on that task. That server is a fork of the
+    # runner where possible (see forked_forkserver), else a fresh interpreter that
+    # imports it and starts with the first worker.
     import multiprocessing
     from multiprocessing import forkserver
 
     import dask
     from distributed.utils import get_mp_context
+
+    from flowrig.backends import forked_forkserver
 
     dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
     # distributed sets the fork server's preload list the first time it is asked for
@@ -29,10 +32,9 @@ def _fork_workers_from_preloaded_server() -> None:
     get_mp_context()
     preload = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["distributed"])
     multiprocessing.get_context("forkserver").set_forkserver_preload(
-        # Worker processes fork from a server that imported what a first Prefect task
-        # imports, instead of each importing it on that task.
         [WORKER_PRELOAD] + [m for m in preload if m != WORKER_PRELOAD]
     )
+    forked_forkserver.start()
 
 
 class LocalBackend(Backend):
