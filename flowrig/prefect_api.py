@@ -34,6 +34,9 @@ _SERVER_ENV = {
     "PREFECT__SERVER_EPHEMERAL": "1",
     "PREFECT__SERVER_FINAL": "1",
     "PREFECT_UI_ENABLED": "false",
+    # No browser talks to this API (its UI is off), and the run's clients do not
+    # fetch CSRF tokens from it: whatever the caller's environment says.
+    "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
     "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
