@@ -259,8 +259,7 @@ def execute(
             worker_threads=config.worker_threads,
         )
         t = timer.mark("prepare", t)
-        with collector_paused():
-            started = backend.start(spec)
+        started = backend.start(spec)
         if announce:
             announce(
                 f"flowrig run {run_id}: {decided.size.describe()} on {backend.name}, "

@@ -47,15 +47,16 @@ def test_processes_fork_from_the_forked_server_which_dies_with_its_runner(tmp_pa
     assert parent == server and worker != server
     assert inherited == "True" and exitcode == "0"
     deadline = time.monotonic() + 10
-    while psutil.pid_exists(int(server)) and time.monotonic() < deadline:
-        try:
-            if psutil.Process(int(server)).status() == psutil.STATUS_ZOMBIE:
-                break
-        except psutil.NoSuchProcess:
-            break
+    while not _ended(int(server)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    alive = psutil.pid_exists(int(server)) and psutil.Process(int(server)).status() != psutil.STATUS_ZOMBIE
-    assert not alive, "the fork server must exit with its runner"
+    assert _ended(int(server)), "the fork server must exit with its runner"
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_not_attempted_while_threads_run():
