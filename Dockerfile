@@ -31,10 +31,11 @@ ARG PROJECT=examples/seed
 FROM ${BASE_IMAGE} AS requirements
 ARG PROJECT
 COPY flowrig/builder/buildsteps.py /opt/flowrig/build/buildsteps.py
-COPY pyproject.toml /opt/flowrig/build/pyproject.toml
+COPY pyproject.toml constraints.txt /opt/flowrig/build/
 COPY ${PROJECT}/ /opt/flowrig/build/project/
 RUN python3 /opt/flowrig/build/buildsteps.py requirements \
         --pyproject /opt/flowrig/build/pyproject.toml \
+        --constraints /opt/flowrig/build/constraints.txt \
         --project /opt/flowrig/build/project \
         --out /opt/flowrig/requirements
 
@@ -61,14 +62,17 @@ COPY flowrig/builder/buildsteps.py /opt/flowrig/build/buildsteps.py
 #LEGACY COPY pip-ca.crt /opt/flowrig/build/pip-ca.crt
 ARG WHEEL_CACHE=1
 # Layer 1: flowrig's own dependencies (and the build backend, for the offline install of
-# flowrig below). A wheelhouse built here, then an offline install from it.
-COPY --from=requirements /opt/flowrig/requirements/flowrig.txt /opt/flowrig/requirements/build.txt /opt/flowrig/requirements/
+# flowrig below). A wheelhouse built here, then an offline install from it. Every install
+# is pinned by constraints.txt, flowrig's lock (uv.lock) exported for pip: the image gets
+# the versions CI tested.
+COPY --from=requirements /opt/flowrig/requirements/flowrig.txt /opt/flowrig/requirements/build.txt /opt/flowrig/requirements/constraints.txt /opt/flowrig/requirements/
 RUN --mount=type=secret,id=pip-ca \
     --mount=type=cache,id=flowrig-wheels,target=/var/cache/flowrig-wheels,sharing=locked \
     python3 /opt/flowrig/build/buildsteps.py install \
         --pip /opt/flowrig/tools/bin/pip --python /opt/flowrig/venv/bin/python \
         --wheels /opt/flowrig/wheels --cache /var/cache/flowrig-wheels --cache-enabled "$WHEEL_CACHE" \
         --pip-ca /run/secrets/pip-ca --pip-ca /opt/flowrig/build/pip-ca.crt \
+        --constraints /opt/flowrig/requirements/constraints.txt \
         --build-requirements /opt/flowrig/requirements/build.txt \
         /opt/flowrig/requirements/flowrig.txt
 # Layer 2: the project's requirements (changing them leaves layer 1 cached).
@@ -79,6 +83,7 @@ RUN --mount=type=secret,id=pip-ca \
         --pip /opt/flowrig/tools/bin/pip --python /opt/flowrig/venv/bin/python \
         --wheels /opt/flowrig/wheels --cache /var/cache/flowrig-wheels --cache-enabled "$WHEEL_CACHE" \
         --pip-ca /run/secrets/pip-ca --pip-ca /opt/flowrig/build/pip-ca.crt \
+        --constraints /opt/flowrig/requirements/constraints.txt \
         /opt/flowrig/requirements/project.txt
 # Prune (tests, caches, pip & co.; strip if the base has binutils), put flowrig's own
 # directory on the venv's path, add the dask-scheduler/dask-worker commands that
@@ -97,7 +102,7 @@ RUN python3 /opt/flowrig/build/buildsteps.py prune /opt/flowrig/venv \
 
 # --- app: flowrig itself, in its own directory so that changing it re-copies ~1 MB, not the venv
 FROM build AS app
-COPY pyproject.toml README.m[d] Dockerfil[e] /opt/flowrig/src/
+COPY pyproject.toml README.m[d] Dockerfil[e] constraints.tx[t] /opt/flowrig/src/
 COPY flowrig/ /opt/flowrig/src/flowrig/
 RUN python3 /opt/flowrig/build/buildsteps.py install-self \
         --pip /opt/flowrig/tools/bin/pip --python /opt/flowrig/venv/bin/python \

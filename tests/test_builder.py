@@ -566,3 +566,69 @@ def test_images_of_ecs_projects_carry_the_aws_extra(backend, has_aws):
     runtime, _ = buildsteps.pyproject_requirements(REPO / "pyproject.toml", buildsteps.flowrig_extras(config))
     assert any(r.startswith("dask-cloudprovider") for r in runtime) is has_aws
     assert any(r.startswith("prefect-dask") for r in runtime)
+
+
+# --- the lock: every install of an image build is pinned by it --------------------------------
+
+
+def test_constraints_file_is_the_locks_export_and_covers_every_install():
+    """constraints.txt pins flowrig's dependencies, the aws extra and the image's own tools."""
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, rest = line.partition("==")
+            pins.setdefault(name.strip().lower(), rest.split(";")[0].strip())
+    for name in ("prefect", "prefect-dask", "distributed", "dask-cloudprovider", "aiobotocore",
+                 "botocore", "cryptography", "typer", "dumb-init", "hatchling"):
+        assert name in pins and pins[name], name
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    # No direct boto3 next to aiobotocore's narrow botocore pin (it makes pip backtrack).
+    for requirement in pyproject["project"]["dependencies"] + pyproject["project"]["optional-dependencies"]["aws"]:
+        assert not requirement.startswith("boto3"), requirement
+    assert pyproject["tool"]["uv"]["required-version"].startswith("==")
+
+
+def test_context_carries_the_constraints_and_the_dockerfile_pins_both_install_layers():
+    context = render_context(SEED)
+    assert context.files["constraints.txt"].data == (REPO / "constraints.txt").read_bytes()
+    dockerfile = context.dockerfile
+    installs = [step for step in dockerfile.split("RUN ") if "buildsteps.py install " in step]
+    assert len(installs) == 2
+    for step in installs:
+        assert "--constraints /opt/flowrig/requirements/constraints.txt" in step
+    assert "--constraints /opt/flowrig/build/constraints.txt" in dockerfile
+    rules = DockerIgnore((REPO / ".dockerignore").read_text().splitlines())
+    assert not rules.excludes("constraints.txt")
+
+
+def test_requirements_step_copies_the_constraints(tmp_path: Path, project: Path):
+    pins = tmp_path / "pins.txt"
+    pins.write_text("prefect==3.9.1\n")
+    done = run_step("requirements", "--pyproject", str(REPO / "pyproject.toml"), "--constraints", str(pins),
+                    "--project", str(project), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "constraints.txt").read_text() == "prefect==3.9.1\n"
+    # Without a constraints file (a context of an older flowrig), installs stay unpinned.
+    done = run_step("requirements", "--pyproject", str(REPO / "pyproject.toml"),
+                    "--project", str(project), "--out", str(tmp_path / "out2"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out2" / "constraints.txt").read_text() == ""
+
+
+def test_install_step_passes_the_constraints_to_every_pip_call(tmp_path: Path, monkeypatch):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(buildsteps, "_run", lambda cmd, env, check=True: calls.append(cmd) or True)
+    reqs = tmp_path / "flowrig.txt"
+    reqs.write_text("prefect\n")
+    build_reqs = tmp_path / "build.txt"
+    build_reqs.write_text("hatchling\n")
+    pins = tmp_path / "constraints.txt"
+    pins.write_text("prefect==3.9.1\nhatchling==1.33.0\n")
+    args = buildsteps.parser().parse_args([
+        "install", "--pip", "pip", "--python", "py", "--wheels", str(tmp_path / "w"),
+        "--constraints", str(pins), "--build-requirements", str(build_reqs), str(reqs),
+    ])
+    args.func(args)
+    assert len(calls) == 3  # wheelhouse, build backend next to pip, the runtime venv
+    for cmd in calls:
+        assert cmd[cmd.index("-c") + 1] == str(pins), cmd

@@ -8,7 +8,8 @@ of its base anyway.
 Steps
 -----
 ``requirements``  collect flowrig's and the project's requirements into fixed files
-``install``       build a wheelhouse with the target interpreter, then install from it
+``install``       build a wheelhouse with the target interpreter, then install from it,
+                  pinned by flowrig's lock (``constraints.txt``, exported from ``uv.lock``)
 ``install-self``  install flowrig itself, offline, into its own directory
 ``prune``         drop what a runtime never needs from the venv
 ``add-path``      put flowrig's own directory on the venv's path
@@ -163,10 +164,21 @@ def pyproject_requirements(pyproject: Path, extras: list[str] = ()) -> tuple[lis
     return runtime, build
 
 
+#: Name of the lock's export in a build context and in the requirements stage's output.
+CONSTRAINTS_FILE = "constraints.txt"
+
+
 def step_requirements(args: argparse.Namespace) -> None:
     project = Path(args.project)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # Every install of the build is pinned by flowrig's lock, so an image gets the
+    # versions CI tested; without one (an old context) pip resolves freely.
+    constraints = Path(args.constraints) if args.constraints else None
+    if constraints is not None and constraints.is_file():
+        shutil.copyfile(constraints, out / CONSTRAINTS_FILE)
+    else:
+        (out / CONSTRAINTS_FILE).write_text("")
     config = read_project_config(project)
     runtime, build = pyproject_requirements(Path(args.pyproject), flowrig_extras(config))
     (out / "flowrig.txt").write_text("\n".join([*runtime, *RUNTIME_REQUIREMENTS]) + "\n")
@@ -214,7 +226,8 @@ def step_install(args: argparse.Namespace) -> None:
     env = _pip_env(args.pip_ca)
     wheels = Path(args.wheels)
     wheels.mkdir(parents=True, exist_ok=True)
-    req_args = [arg for f in files for arg in ("-r", str(f))]
+    pins = ["-c", args.constraints] if args.constraints and _has_requirements([Path(args.constraints)]) else []
+    req_args = [*pins, *(arg for f in files for arg in ("-r", str(f)))]
     wheel_args = [*req_args, *(arg for f in extra for arg in ("-r", str(f)))]
     pip = [args.pip]
     # The wheelhouse is built by the interpreter that will run the code, so environment
@@ -237,7 +250,7 @@ def step_install(args: argparse.Namespace) -> None:
                     shutil.copy2(whl, cache / whl.name)
     if _has_requirements(extra):
         # Build requirements go next to pip itself (see install-self).
-        extra_args = [arg for f in extra for arg in ("-r", str(f))]
+        extra_args = [*pins, *(arg for f in extra for arg in ("-r", str(f)))]
         _run([*pip, "install", "--no-index", "--find-links", str(wheels), *extra_args], env)
     if not _has_requirements(files):
         return
@@ -251,8 +264,8 @@ def step_install(args: argparse.Namespace) -> None:
 
 def step_install_self(args: argparse.Namespace) -> None:
     source = Path(args.source)
-    # hatchling's force-include and readme must exist; the image needs neither.
-    for placeholder in ("README.md", "Dockerfile"):
+    # hatchling's force-includes and readme must exist; the image needs none of them.
+    for placeholder in ("README.md", "Dockerfile", CONSTRAINTS_FILE):
         if not (source / placeholder).exists():
             (source / placeholder).write_text("")
     env = _pip_env([])
@@ -482,6 +495,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pyproject", required=True)
     p.add_argument("--project", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--constraints", help="flowrig's lock exported as a constraints file")
     p.set_defaults(func=step_requirements)
 
     p = steps.add_parser("install", help="wheelhouse with the target interpreter, then install")
@@ -490,6 +504,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wheels", required=True)
     p.add_argument("--cache", help="directory of wheels kept between builds (optional)")
     p.add_argument("--cache-enabled", default="1")
+    p.add_argument("--constraints", help="pins every install to these versions (pip -c)")
     p.add_argument("--pip-ca", action="append", default=[], help="CA bundle candidates for pip")
     p.add_argument(
         "--build-requirements",

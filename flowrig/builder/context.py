@@ -3,6 +3,7 @@
 A context is a mapping of relative path -> (bytes, mode) plus build arguments::
 
     Dockerfile                      the image's Dockerfile (flowrig/builder/dockerfile.py)
+    constraints.txt                 flowrig's lock, exported for pip: pins every install
     pyproject.toml  README.md       flowrig's source, installed into the image
     flowrig/...
     project/...                     the flow project (its .dockerignore honoured)
@@ -27,7 +28,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 from flowrig import defaults
-from flowrig.builder.dockerfile import DOCKERFILE, dockerfile_text
+from flowrig.builder.dockerfile import CONSTRAINTS, DOCKERFILE, constraints_path, dockerfile_text
 from flowrig.errors import BadInput
 
 # hashlib, tempfile, tomllib, importlib.metadata and buildsteps are imported where they
@@ -39,7 +40,7 @@ MANIFEST = "manifest.json"
 _BUILDER_DISTRIBUTIONS = ("flowrig", "prefect", "prefect-dask", "distributed")
 #: Files of flowrig's package that are not copied: the packaged Dockerfile is added
 #: again by the wheel build inside the image (force-include).
-_PACKAGE_SKIP = ("builder/Dockerfile",)
+_PACKAGE_SKIP = ("builder/Dockerfile", "builder/constraints.txt")
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -143,7 +144,10 @@ def render_context(
             f"{defaults.PROJECT_FILE}"
         )
     config = _project_config(project)
-    files: dict[str, ContextFile] = {DOCKERFILE: ContextFile(dockerfile_text().encode("utf-8"))}
+    files: dict[str, ContextFile] = {
+        DOCKERFILE: ContextFile(dockerfile_text().encode("utf-8")),
+        CONSTRAINTS: ContextFile(constraints_path().read_bytes()),
+    }
     files.update(_flowrig_source())
     for relative, item in project_files(project):
         files[f"{defaults.CONTEXT_PROJECT_DIR}/{relative}"] = item
@@ -442,6 +446,7 @@ def _pyproject_from_metadata() -> bytes:
         "",
         "[tool.hatch.build.targets.wheel.force-include]",
         '"Dockerfile" = "flowrig/builder/Dockerfile"',
+        '"constraints.txt" = "flowrig/builder/constraints.txt"',
         "",
     ]
     return "\n".join(lines).encode("utf-8")

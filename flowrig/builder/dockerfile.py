@@ -28,6 +28,18 @@ _MOUNT = re.compile(r"--mount=\S+[ \t]*(?:\\\n[ \t]*)?")
 _LEGACY_LINE = re.compile(r"^#LEGACY (.*)$", re.MULTILINE)
 
 
+#: flowrig's lock (uv.lock) exported for pip; every install of an image build is pinned by it.
+CONSTRAINTS = "constraints.txt"
+
+
+def _shipped(name: str, what: str) -> Path:
+    """A file a wheel ships as package data and a checkout keeps at its root."""
+    for candidate in (_PACKAGE_DIR / name, _PACKAGE_DIR.parents[1] / name):
+        if candidate.is_file():
+            return candidate
+    raise InfrastructureError(f"flowrig's {what} is missing from this installation: reinstall flowrig")
+
+
 def dockerfile_path() -> Path:
     """Path of the image's Dockerfile: the packaged copy, else the checkout's root one.
 
@@ -36,12 +48,18 @@ def dockerfile_path() -> Path:
     InfrastructureError
         Neither exists (a broken installation).
     """
-    for candidate in (_PACKAGE_DIR / DOCKERFILE, _PACKAGE_DIR.parents[1] / DOCKERFILE):
-        if candidate.is_file():
-            return candidate
-    raise InfrastructureError(
-        "flowrig's Dockerfile is missing from this installation: reinstall flowrig"
-    )
+    return _shipped(DOCKERFILE, "Dockerfile")
+
+
+def constraints_path() -> Path:
+    """Path of ``constraints.txt``: the packaged copy, else the checkout's root one.
+
+    Raises
+    ------
+    InfrastructureError
+        Neither exists (a broken installation).
+    """
+    return _shipped(CONSTRAINTS, "constraints.txt (its lock)")
 
 
 def dockerfile_text() -> str:
