@@ -30,7 +30,7 @@ ARG PROJECT=examples/seed
 # --from caches on content: editing a flow re-runs this stage and nothing after it.
 FROM ${BASE_IMAGE} AS requirements
 ARG PROJECT
-COPY flowrig/builder/buildsteps.py /opt/flowrig/build/buildsteps.py
+COPY flowrig/builder/buildsteps.py flowrig/project/filerules.py /opt/flowrig/build/
 COPY pyproject.toml constraints.txt /opt/flowrig/build/
 COPY ${PROJECT}/ /opt/flowrig/build/project/
 RUN python3 /opt/flowrig/build/buildsteps.py requirements \
@@ -58,7 +58,7 @@ RUN if [ "$STRIP" = auto ] && ! command -v strip >/dev/null 2>&1 && command -v a
     fi \
  && python3 -m venv /opt/flowrig/tools \
  && python3 -m venv --without-pip /opt/flowrig/venv
-COPY flowrig/builder/buildsteps.py /opt/flowrig/build/buildsteps.py
+COPY flowrig/builder/buildsteps.py flowrig/project/filerules.py /opt/flowrig/build/
 #LEGACY COPY pip-ca.crt /opt/flowrig/build/pip-ca.crt
 ARG WHEEL_CACHE=1
 # Layer 1: flowrig's own dependencies (and the build backend, for the offline install of

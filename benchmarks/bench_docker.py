@@ -62,7 +62,9 @@ def main() -> None:
     print(f"seed flow, x of 10 items, 2 workers, mutual TLS; median of {args.repeat}")
     print(f"{'backend':<8} {'wall':>7} {'cluster start':>14} {'flow':>7} {'teardown':>9}")
     for backend, (walls, timings) in rows.items():
-        med = lambda key: statistics.median(t.get(key, 0.0) for t in timings)  # noqa: E731
+        def med(key: str, timings: list = timings) -> float:
+            return statistics.median(t.get(key, 0.0) for t in timings)
+
         print(f"{backend:<8} {statistics.median(walls):6.2f}s {med('cluster_start'):13.2f}s "
               f"{med('flow'):6.2f}s {med('teardown'):8.2f}s")
     ratio = statistics.median(rows["docker"][0]) / statistics.median(rows["local"][0])

@@ -1,7 +1,7 @@
 """One exception family, each member carrying the process exit code it maps to.
 
 The CLI and the in-image entrypoint map these to a single line on stderr and the
-exit code below; nothing else in flowrig calls ``sys.exit``.
+exit code below (:mod:`flowrig.cli.exits`); nothing else in flowrig calls ``sys.exit``.
 """
 
 from __future__ import annotations
@@ -60,3 +60,28 @@ EXIT_OK = 0
 EXIT_FLOW_FAILED = FlowRunFailed.exit_code
 EXIT_BAD_INPUT = BadInput.exit_code
 EXIT_INFRASTRUCTURE = InfrastructureError.exit_code
+
+#: Longest text :func:`one_line` returns; longer messages are cut with an ellipsis.
+ONE_LINE_WIDTH = 300
+
+
+def one_line(exc: BaseException | str, width: int = ONE_LINE_WIDTH) -> str:
+    """An exception (or text) as one line of at most ``width`` characters.
+
+    The way every foreign error (botocore, docker, distributed) is folded into the one
+    line of a :class:`FlowrigError`: whitespace runs become one space, and an empty
+    message falls back to the exception's type name.
+    """
+    text = " ".join(str(exc).split()) or (type(exc).__name__ if isinstance(exc, BaseException) else "")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def flowrig_cause(exc: BaseException) -> FlowrigError | None:
+    """The flowrig error behind ``exc``, if any: libraries (distributed, for one) wrap
+    errors raised inside them, and the one line a user should see is flowrig's."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, FlowrigError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

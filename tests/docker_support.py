@@ -72,9 +72,9 @@ test_pip_ca.__test__ = False
 @pytest.fixture(scope="session")
 def seed_image(docker_client) -> str:
     """Tag of the seed project's image, built with ``flowrig.builder`` at most once."""
-    from flowrig.builder import build, find_image, render_context
-
     import docker.errors
+
+    from flowrig.builder import build, find_image, render_context
 
     tag = os.environ.get("FLOWRIG_TEST_IMAGE", DEFAULT_TAG)
     try:

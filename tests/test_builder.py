@@ -17,10 +17,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from flowrig import defaults
+from flowrig import layout
 from flowrig.builder import buildsteps
+from flowrig.builder import defaults as builder_defaults
 from flowrig.builder.build import build_command
-from flowrig.builder.cli import register
 from flowrig.builder.context import (
     BuildContext,
     ContextFile,
@@ -29,7 +29,9 @@ from flowrig.builder.context import (
     write_context,
 )
 from flowrig.builder.dockerfile import dockerfile_text, for_legacy_builder, needs_buildkit
+from flowrig.cli.build import register
 from flowrig.errors import BadInput
+from flowrig.project import defaults as project_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "examples" / "seed"
@@ -120,14 +122,14 @@ def test_render_holds_dockerfile_flowrig_source_project_and_manifest():
     assert dict(context.build_args) == {
         "BASE_IMAGE": "flowrig-base:bookworm",
         "IMAGE_VERSION": metadata.version("flowrig"),
-        "PROJECT": defaults.CONTEXT_PROJECT_DIR,
+        "PROJECT": builder_defaults.CONTEXT_PROJECT_DIR,
     }
 
 
 def test_default_base_image_is_the_dockerfile_default():
     context = render_context(SEED)
-    assert context.build_args["BASE_IMAGE"] == defaults.BASE_IMAGE
-    assert f"ARG BASE_IMAGE={defaults.BASE_IMAGE}" in context.dockerfile
+    assert context.build_args["BASE_IMAGE"] == builder_defaults.BASE_IMAGE
+    assert f"ARG BASE_IMAGE={builder_defaults.BASE_IMAGE}" in context.dockerfile
 
 
 def test_manifest_has_project_config_and_versions_but_no_time():
@@ -151,7 +153,7 @@ def test_same_input_gives_the_same_bytes(tmp_path: Path, project: Path):
     b = write_context(second, tmp_path / "b")
     assert tree(a) == tree(b)
     for _, (_, _, mtime) in tree(a).items():
-        assert mtime == defaults.CONTEXT_MTIME
+        assert mtime == builder_defaults.CONTEXT_MTIME
 
 
 def test_editing_the_flow_changes_only_the_project_file(project: Path):
@@ -323,7 +325,7 @@ def test_dockerfile_arguments_and_no_syntax_line():
     text = dockerfile_text()
     assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)
     head = stages(text)[""]
-    assert ("ARG", f"BASE_IMAGE={defaults.BASE_IMAGE}") in head
+    assert ("ARG", f"BASE_IMAGE={builder_defaults.BASE_IMAGE}") in head
     assert ("ARG", "PROJECT=examples/seed") in head
 
 
@@ -333,9 +335,9 @@ def test_dockerfile_final_stage_runs_as_flowrig_under_dumb_init():
     assert ("ENTRYPOINT", '["dumb-init", "--", "flowrig-entrypoint"]') in final
     assert ("CMD", '["run"]') in final
     users = [rest for word, rest in final if word == "USER"]
-    assert users[-1] == defaults.IMAGE_USER
+    assert users[-1] == layout.IMAGE_USER
     text = dockerfile_text()
-    assert f"--uid {defaults.IMAGE_UID}" in text and f"--chown={defaults.IMAGE_UID}:" in text
+    assert f"--uid {layout.IMAGE_UID}" in text and f"--chown={layout.IMAGE_UID}:" in text
 
 
 def test_dockerfile_environment():
@@ -421,7 +423,7 @@ def test_build_command_with_buildkit_passes_the_ca_as_a_secret(tmp_path: Path):
     assert command[:2] == ["docker", "build"]
     assert {"--rm", "--force-rm"} <= set(command)
     assert command[command.index("--secret") + 1] == "id=pip-ca,src=/x/ca.pem"
-    assert f"{defaults.IMAGE_CONTEXT_LABEL}={context.digest}" in command
+    assert f"{builder_defaults.IMAGE_CONTEXT_LABEL}={context.digest}" in command
     assert "BASE_IMAGE=b:1" in command and command[-1] == str(tmp_path)
 
 
@@ -470,7 +472,7 @@ def run_step(*args: str) -> subprocess.CompletedProcess[str]:
 def test_buildsteps_uses_the_standard_library_only():
     source = (REPO / "flowrig" / "builder" / "buildsteps.py").read_text()
     assert not re.search(r"^\s*(from|import) flowrig", source, re.MULTILINE)
-    assert buildsteps.PROJECT_FILE == defaults.PROJECT_FILE
+    assert buildsteps.PROJECT_FILE == project_defaults.PROJECT_FILE
 
 
 def test_requirements_step_collects_flowrig_and_project_requirements(tmp_path: Path, project: Path):

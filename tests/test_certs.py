@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
-from flowrig import defaults
+from flowrig import layout
 from flowrig.certs import (
     CertificateAuthority,
     KeyType,
@@ -28,8 +28,10 @@ from flowrig.certs import (
     find_ca_private_keys,
     generate,
 )
-from flowrig.certs.cli import app
+from flowrig.certs import defaults as cert_defaults
+from flowrig.cli.certs import app
 from flowrig.errors import BadInput
+from tests.tls_support import foreign_material
 
 REPO = Path(__file__).resolve().parents[1]
 UTC = dt.timezone.utc
@@ -55,7 +57,7 @@ def assert_close(moment: dt.datetime, expected: dt.datetime) -> None:
     assert abs(moment - expected) < dt.timedelta(minutes=10), (moment, expected)
 
 
-def assert_is_ca(cert: x509.Certificate, *, days: int = defaults.CA_DAYS) -> None:
+def assert_is_ca(cert: x509.Certificate, *, days: int = cert_defaults.CA_DAYS) -> None:
     constraints = ext(cert, x509.BasicConstraints)
     assert constraints.critical
     assert constraints.value.ca is True
@@ -75,8 +77,8 @@ def assert_is_leaf(
     cert: x509.Certificate,
     ca: x509.Certificate,
     *,
-    hosts: tuple[str, ...] = defaults.LEAF_HOSTS,
-    days: int = defaults.LEAF_DAYS,
+    hosts: tuple[str, ...] = cert_defaults.LEAF_HOSTS,
+    days: int = cert_defaults.LEAF_DAYS,
 ) -> None:
     constraints = ext(cert, x509.BasicConstraints)
     assert constraints.critical and constraints.value.ca is False
@@ -161,7 +163,7 @@ def certdir(tmp_path, material) -> Path:
 def test_ca_is_a_p256_ca_with_real_expiry(ca):
     cert = load_cert(ca.cert_pem)
     assert_is_ca(cert)
-    assert cert.subject.rfc4514_string() == f"CN={defaults.CA_COMMON_NAME}"
+    assert cert.subject.rfc4514_string() == f"CN={cert_defaults.CA_COMMON_NAME}"
     key = serialization.load_pem_private_key(ca.key_pem, password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     assert isinstance(key.curve, ec.SECP256R1)
@@ -171,7 +173,7 @@ def test_ca_is_a_p256_ca_with_real_expiry(ca):
 def test_leaf_serves_and_connects_and_names_hosts(ca, material):
     leaf = load_cert(material.cert_pem)
     assert_is_leaf(
-        leaf, load_cert(ca.cert_pem), hosts=(*defaults.LEAF_HOSTS, "scheduler.internal", "10.0.0.7")
+        leaf, load_cert(ca.cert_pem), hosts=(*cert_defaults.LEAF_HOSTS, "scheduler.internal", "10.0.0.7")
     )
     # An IP address must be an IP SAN, not a DNS name: TLS clients compare them differently.
     sans = ext(leaf, x509.SubjectAlternativeName).value
@@ -224,12 +226,12 @@ def test_ephemeral_material_is_fresh_and_valid():
     first, second = TLSMaterial.ephemeral(), TLSMaterial.ephemeral(hosts=["runner-7"])
     assert first.ca_pem != second.ca_pem
     ca_cert = load_cert(second.ca_pem)
-    assert_is_ca(ca_cert, days=defaults.LEAF_DAYS)
+    assert_is_ca(ca_cert, days=cert_defaults.LEAF_DAYS)
     assert_is_leaf(
         load_cert(second.cert_pem),
         ca_cert,
-        hosts=(*defaults.LEAF_HOSTS, "runner-7"),
-        days=defaults.LEAF_DAYS,
+        hosts=(*cert_defaults.LEAF_HOSTS, "runner-7"),
+        days=cert_defaults.LEAF_DAYS,
     )
     assert b"PRIVATE KEY" not in second.ca_pem + second.cert_pem
 
@@ -246,7 +248,7 @@ def test_repr_never_shows_the_key(material):
 def test_write_to_dir_modes_ignore_umask_and_replace_loose_keys(tmp_path, material):
     target = tmp_path / "tls"
     target.mkdir()
-    loose = target / defaults.LEAF_KEY
+    loose = target / layout.LEAF_KEY
     loose.write_bytes(b"old")
     loose.chmod(0o644)
     previous = os.umask(0)
@@ -277,7 +279,7 @@ def test_generate_writes_four_files_with_private_keys_0600(tmp_path):
     assert_is_leaf(
         load_cert(paths.cert.read_bytes()),
         ca.certificate,
-        hosts=(*defaults.LEAF_HOSTS, "sched.example"),
+        hosts=(*cert_defaults.LEAF_HOSTS, "sched.example"),
         days=30,
     )
     assert check(out).days_left == 30
@@ -322,15 +324,15 @@ def test_check_reports_subject_expiry_and_hosts(certdir, material):
     report = check(certdir)
     assert report.subject == "CN=flowrig dask"
     assert report.not_after == material.not_after
-    assert report.days_left == defaults.LEAF_DAYS  # a started day counts
+    assert report.days_left == cert_defaults.LEAF_DAYS  # a started day counts
     assert "scheduler.internal" in report.hosts and "10.0.0.7" in report.hosts
     assert report.warnings == []
 
 
 def test_check_warns_when_expiry_is_close(tmp_path, ca):
-    ca.issue_leaf(days=defaults.EXPIRY_WARNING_DAYS - 1).write_to_dir(tmp_path)
+    ca.issue_leaf(days=cert_defaults.EXPIRY_WARNING_DAYS - 1).write_to_dir(tmp_path)
     report = check(tmp_path)
-    assert report.days_left < defaults.EXPIRY_WARNING_DAYS
+    assert report.days_left < cert_defaults.EXPIRY_WARNING_DAYS
     assert len(report.warnings) == 1
     assert "tls.crt expires in" in report.warnings[0]
 
@@ -459,7 +461,7 @@ def test_leaf_without_both_tls_usages_is_refused(tmp_path, ca, usages, missing):
     leaf = sign(
         leaf_key,
         subject="leaf",
-        issuer=defaults.CA_COMMON_NAME,
+        issuer=cert_defaults.CA_COMMON_NAME,
         issuer_key=ca_key,
         extensions=[(x509.ExtendedKeyUsage(usages), False)],
     )
@@ -504,7 +506,7 @@ def test_cli_check_raises_bad_input_for_a_foreign_ca(certdir):
 
 def test_cli_module_imports_neither_cryptography_nor_distributed():
     code = (
-        "import sys, flowrig.certs.cli; "
+        "import sys, flowrig.cli.certs; "
         "print(sorted(m for m in ('cryptography', 'distributed') if m in sys.modules))"
     )
     out = subprocess.run(
@@ -521,11 +523,6 @@ def _flowrig(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_flowrig_certs_exit_codes(tmp_path, ca):
-    probe = subprocess.run(
-        [sys.executable, "-c", "import flowrig.cli"], capture_output=True, cwd=REPO
-    )
-    if probe.returncode != 0:
-        pytest.skip("flowrig.cli does not import yet (its other sub-apps are missing)")
     good, expired = tmp_path / "good", tmp_path / "expired"
     assert _flowrig("certs", "generate", "--out", str(good)).returncode == 0
     result = _flowrig("certs", "check", str(good))
@@ -588,7 +585,7 @@ def test_scan_reports_keys_that_match_no_leaf(tmp_path, material):
 
 def test_scan_skips_large_files(tmp_path, ca):
     big = tmp_path / "data.bin"
-    big.write_bytes(ca.key_pem + b"\0" * defaults.KEY_SCAN_MAX_BYTES)
+    big.write_bytes(ca.key_pem + b"\0" * cert_defaults.KEY_SCAN_MAX_BYTES)
     assert find_ca_private_keys(tmp_path) == []
 
 
@@ -607,7 +604,7 @@ def test_mutual_tls_between_scheduler_worker_and_clients(tmp_path):
     material = TLSMaterial.from_dir(tmp_path)
     security = material.to_security()
     assert security.require_encryption
-    foreign = TLSMaterial.ephemeral()
+    foreign = foreign_material()
     # Trusts the right CA but presents a leaf from another one: only mutual TLS stops it.
     impostor = TLSMaterial(material.ca_pem, foreign.cert_pem, foreign.key_pem).to_security()
 

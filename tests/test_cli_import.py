@@ -34,9 +34,9 @@ def console(name: str, *args: str) -> subprocess.CompletedProcess:
     [
         "flowrig.cli",
         # What every container role imports before exec'ing Dask.
-        "flowrig.entrypoint, flowrig.entrypoint.dask_commands, flowrig.exits",
+        "flowrig.entrypoint, flowrig.roles, flowrig.cli.exits",
         # The public API and the light modules behind a run.
-        "flowrig, flowrig.compat, flowrig.project, flowrig.parameters, flowrig.sizing, flowrig.loader",
+        "flowrig, flowrig.run.compat, flowrig.project, flowrig.project.parameters, flowrig.project.sizing, flowrig.project.flow_loader",
     ],
 )
 def test_heavy_modules_are_not_imported(modules):

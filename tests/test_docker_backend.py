@@ -22,12 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from flowrig import defaults
+from flowrig import containers, layout
 from flowrig.backends import docker as dk
-from flowrig.backends.docker_cli import app as docker_app
-from flowrig.backends.docker_cli import group_by_run, render_text
-from flowrig.certs import TLSMaterial
+from flowrig.backends.docker import plans as docker_plans
+from flowrig.backends.docker.leftovers import group_by_run, render_text
+from flowrig.cli.docker import app as docker_app
+from flowrig.containers import engine
 from flowrig.errors import BadInput
+from flowrig.project import defaults as project_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "examples" / "seed"
@@ -50,11 +52,6 @@ PROBE_FLOW = """
     def main(x: int = 1, nap: float = 0.0) -> int:
         return step.submit(x, nap).result()
 """
-
-
-@pytest.fixture(scope="module")
-def tls() -> TLSMaterial:
-    return TLSMaterial.ephemeral()
 
 
 # --- rendering and pure helpers (no Docker) ----------------------------------------
@@ -97,10 +94,10 @@ def test_scheduler_and_worker_plans(tls):
         "--preload", "prefect.task_engine", "--preload", "prefect_dask",
     )
     bare = dk.render_worker("r2", "img", "net", 0, tls=tls, preload=())
-    assert bare.command[-2:] == ("--nthreads", str(defaults.WORKER_THREADS))
+    assert bare.command[-2:] == ("--nthreads", str(project_defaults.WORKER_THREADS))
     assert worker.labels["flowrig.role"] == "worker"
     assert worker.environment["A"] == "1"
-    assert worker.environment["FLOWRIG_TLS_DIR"] == defaults.DOCKER_TLS_DIR
+    assert worker.environment["FLOWRIG_TLS_DIR"] == docker_plans.TLS_DIR
     assert worker.memory == "1g"
     assert {f.name: f.data for f in worker.files} == {
         "ca.crt": tls.ca_pem, "tls.crt": tls.cert_pem, "tls.key": tls.key_pem,
@@ -108,14 +105,14 @@ def test_scheduler_and_worker_plans(tls):
 
 
 def test_files_archive_keeps_the_key_private_to_the_image_user(tls):
-    data = dk.files_archive("/tmp/flowrig-tls", dk.tls_files(tls))
+    data = containers.files_archive("/tmp/flowrig-tls", dk.tls_files(tls))
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         members = {m.name: m for m in archive.getmembers()}
         assert set(members) == {"flowrig-tls", "flowrig-tls/ca.crt", "flowrig-tls/tls.crt", "flowrig-tls/tls.key"}
         assert members["flowrig-tls"].isdir() and members["flowrig-tls"].mode == 0o700
         assert members["flowrig-tls/tls.key"].mode == 0o600
         assert members["flowrig-tls/ca.crt"].mode == 0o644
-        assert {m.uid for m in members.values()} == {defaults.IMAGE_UID}
+        assert {m.uid for m in members.values()} == {layout.IMAGE_UID}
         assert archive.extractfile("flowrig-tls/tls.key").read() == tls.key_pem
 
 
@@ -160,9 +157,9 @@ def test_prefect_api_listens_on_the_run_network_only_in_a_runner_container(monke
 
 
 def test_log_tail_folds_the_last_lines():
-    assert dk.log_tail("a\n\nb\nc\nd\ne\nf\n") == "b | c | d | e | f"
-    assert dk.log_tail("") == "no output"
-    assert dk.log_tail("x" * 1000, width=50).startswith("...")
+    assert engine.log_tail("a\n\nb\nc\nd\ne\nf\n") == "b | c | d | e | f"
+    assert engine.log_tail("") == "no output"
+    assert engine.log_tail("x" * 1000, width=50).startswith("...")
 
 
 def test_host_side_rejects_bad_input_before_touching_docker(tmp_path, monkeypatch):
@@ -182,14 +179,14 @@ def _tag() -> str:
     return "t" + uuid.uuid4().hex[:9]
 
 
-def _launch(client, plan: dk.ContainerPlan):
-    container = dk.create_container(client, plan)
-    dk.start_container(container)
+def _launch(client, plan: containers.ContainerPlan):
+    container = engine.create_container(client, plan)
+    engine.start_container(container)
     return container
 
 
-def _plan(run_id: str, role: str, image: str, network: str, command, **kwargs) -> dk.ContainerPlan:
-    return dk.ContainerPlan(
+def _plan(run_id: str, role: str, image: str, network: str, command, **kwargs) -> containers.ContainerPlan:
+    return containers.ContainerPlan(
         name=dk.container_name(run_id, role, kwargs.pop("worker", None)),
         image=image,
         command=tuple(command),
@@ -220,11 +217,11 @@ def roles_network(docker_client, seed_image):
     """
     run_id = _tag()
     network = dk.network_name(run_id)
-    dk.create_network(docker_client, network, run_id)
+    engine.create_network(docker_client, network, run_id)
     serve = textwrap.dedent(
         """
         import time
-        from flowrig.prefect_api import EmbeddedPrefectAPI
+        from flowrig.api import EmbeddedPrefectAPI
         api = EmbeddedPrefectAPI("0.0.0.0", "prefect", port=4200).start()
         api.wait_ready()
         print("prefect api ready", flush=True)
@@ -235,7 +232,7 @@ def roles_network(docker_client, seed_image):
         api = _launch(docker_client, _plan(run_id, "api", seed_image, network, ["python", "-c", serve], aliases=("prefect",)))
         yield {"run_id": run_id, "network": network, "api": api, "api_url": "http://prefect:4200/api"}
     finally:
-        dk.remove_run(docker_client, run_id)
+        engine.remove_run(docker_client, run_id)
 
 
 def _start_cluster(client, image, roles_network, run_id, n_workers, *, alias=None, publish=()):
@@ -266,7 +263,7 @@ def test_docker_stop_ends_every_role_within_3_seconds(docker_client, probe_image
     run_id = _tag()
     try:
         scheduler, (worker,), address = _start_cluster(docker_client, probe_image, roles_network, run_id, 1)
-        dk.wait_for_log(roles_network["api"], "prefect api ready", 120, "prefect api")
+        engine.wait_for_log(roles_network["api"], "prefect api ready", 120, "prefect api")
         runner = _launch(
             docker_client,
             _plan(
@@ -276,17 +273,17 @@ def test_docker_stop_ends_every_role_within_3_seconds(docker_client, probe_image
             ),
         )
         # Mid-run: the flow is connected to the cluster and its task naps on the worker.
-        dk.wait_for_log(runner, "Connecting to an existing Dask cluster", 180, "runner")
+        engine.wait_for_log(runner, "Connecting to an existing Dask cluster", 180, "runner")
         time.sleep(3)
         stops = {}
         for container in (runner, worker, scheduler):
             container.reload()
-            assert container.status == "running", dk.container_logs_tail(container)
+            assert container.status == "running", engine.container_logs_tail(container)
             stops[container.labels["flowrig.role"]] = _stop_seconds(container)
         # All three measured first, so a failure shows every role's time and exit code.
         assert all(elapsed < 3 and code in (0, 143) for elapsed, code in stops.values()), stops
     finally:
-        dk.remove_run(docker_client, run_id, network=False)
+        engine.remove_run(docker_client, run_id, network=False)
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +305,7 @@ def probe_image(docker_client, seed_image, probe_project):
             info.size, info.mode = len(data), 0o644
             archive.addfile(info, io.BytesIO(data))
 
-        add("Dockerfile", f"FROM {seed_image}\nCOPY project/ {defaults.IMAGE_PROJECT_DIR}/\n".encode())
+        add("Dockerfile", f"FROM {seed_image}\nCOPY project/ {layout.IMAGE_PROJECT_DIR}/\n".encode())
         for path in probe_project.iterdir():
             add(f"project/{path.name}", path.read_bytes())
     context.seek(0)
@@ -344,7 +341,7 @@ def test_flowrig_run_docker_gives_90_and_removes_everything(docker_client, seed_
         assert outcome["scheduler_address"] == f"tls://flowrig-{run_id}-scheduler:8786"
         assert _leftovers(docker_client, run_id) == []
     finally:
-        dk.remove_run(docker_client, run_id)
+        engine.remove_run(docker_client, run_id)
 
 
 @pytest.mark.docker
@@ -361,7 +358,7 @@ def test_a_failing_flow_exits_1_and_removes_everything(docker_client, probe_imag
         assert "cannot handle -1" in outcome["message"]
         assert _leftovers(docker_client, run_id) == []
     finally:
-        dk.remove_run(docker_client, run_id)
+        engine.remove_run(docker_client, run_id)
 
 
 @pytest.mark.docker
@@ -391,7 +388,7 @@ def test_sigterm_to_the_host_process_mid_run_removes_everything(docker_client, p
         if process.poll() is None:
             process.kill()
             process.wait()
-        dk.remove_run(docker_client, run_id)
+        engine.remove_run(docker_client, run_id)
 
 
 @pytest.mark.docker
@@ -412,14 +409,14 @@ def test_docker_cluster_from_the_host_with_its_own_network_and_certificates(dock
         cluster.close()
         assert _leftovers(docker_client, run_id) == []
     finally:
-        dk.remove_run(docker_client, run_id)
+        engine.remove_run(docker_client, run_id)
 
 
 @pytest.mark.docker
 def test_backend_errors_are_one_line_and_leave_nothing(docker_client, seed_image, tls, monkeypatch):
     from flowrig.backends.base import ClusterSpec
     from flowrig.errors import InfrastructureError
-    from flowrig.sizing import ClusterSize
+    from flowrig.project.sizing import ClusterSize
 
     monkeypatch.delenv("FLOWRIG_DOCKER_NETWORK", raising=False)
     size = ClusterSize(n_workers=1, adapt=None)
@@ -439,7 +436,7 @@ def test_backend_errors_are_one_line_and_leave_nothing(docker_client, seed_image
         assert "\n" not in message
         assert _leftovers(docker_client, run_id) == []
     finally:
-        dk.remove_run(docker_client, run_id)
+        engine.remove_run(docker_client, run_id)
 
 
 @pytest.mark.docker
@@ -449,8 +446,8 @@ def test_leftovers_command_lists_and_removes_a_killed_runs_remains(docker_client
     run_id = _tag()
     network = dk.network_name(run_id)
     try:
-        dk.create_network(docker_client, network, run_id)
-        dk.create_container(docker_client, _plan(run_id, "worker", seed_image, network, ["info"], worker=0))
+        engine.create_network(docker_client, network, run_id)
+        engine.create_container(docker_client, _plan(run_id, "worker", seed_image, network, ["info"], worker=0))
         listed = CliRunner().invoke(docker_app, ["leftovers", "--run-id", run_id, "--output", "json"])
         assert listed.exit_code == 0, listed.output
         assert json.loads(listed.stdout) == [
@@ -460,4 +457,4 @@ def test_leftovers_command_lists_and_removes_a_killed_runs_remains(docker_client
         assert removed.exit_code == 0, removed.output
         assert _leftovers(docker_client, run_id) == []
     finally:
-        dk.remove_run(docker_client, run_id)
+        engine.remove_run(docker_client, run_id)

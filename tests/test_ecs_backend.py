@@ -21,20 +21,14 @@ from flowrig.backends.classpath import ClassPathBackend
 from flowrig.backends.ecs import ECSBackend, FargateBackend
 from flowrig.certs.material import TLSMaterial
 from flowrig.errors import BadInput, InfrastructureError
-from flowrig.sizing import ClusterSize
+from flowrig.project.sizing import ClusterSize
 from tests.aws_support import aws_env_without_credentials
+from tests.tls_support import TLS_FLAGS
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/seed:run-image"
 # The ECS cluster object and the stand-in scheduler's own cluster both watch one scheduler.
 pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
 
-TLS_FLAGS = ["--tls-ca-file", "/etc/flowrig/tls/ca.crt", "--tls-cert", "/etc/flowrig/tls/tls.crt",
-             "--tls-key", "/etc/flowrig/tls/tls.key"]
-
-
-@pytest.fixture(scope="module")
-def tls() -> TLSMaterial:
-    return TLSMaterial.ephemeral()
 
 
 def local_scheduler(tls: TLSMaterial, workers: int):

@@ -19,9 +19,9 @@ import uuid
 import pytest
 from typer.testing import CliRunner
 
-from flowrig import defaults
-from flowrig.ecs import run_local, taskdefs
-from flowrig.ecs.cli import app
+from flowrig.backends.ecs import defaults as ecs_defaults
+from flowrig.backends.ecs import run_local, taskdefs
+from flowrig.cli.ecs import app
 from flowrig.errors import BadInput
 
 FLOWRIG = [sys.executable, "-m", "flowrig.cli"]
@@ -63,7 +63,7 @@ def test_overrides_replace_the_command_and_add_environment_as_runtask_does():
     [plan] = run_local.plan_run(rendered("worker"), run_local.load_overrides(overrides), run_id="r2")
     assert plan.command == ("dask-worker", "tls://dask-scheduler:8786", "--name", "0")
     assert plan.environment == {"A": "task", "B": "override", "C": "new"}
-    assert plan.network == defaults.ECS_RUN_LOCAL_NETWORK
+    assert plan.network == ecs_defaults.RUN_LOCAL_NETWORK
     # Environment alone leaves the task definition's command in place.
     only_env = {"containerOverrides": [{"name": "dask-worker", "environment": [{"name": "A", "value": "x"}]}]}
     [plan] = run_local.plan_run(rendered("worker"), only_env, run_id="r3")
@@ -217,7 +217,7 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
     from flowrig.backends.base import ClusterSpec
     from flowrig.backends.ecs import FargateBackend
     from flowrig.certs.material import TLSMaterial
-    from flowrig.sizing import ClusterSize
+    from flowrig.project.sizing import ClusterSize
 
     # 1. A fargate run against moto. Its client needs some real scheduler to connect to:
     #    one on loopback, with a throwaway CA (the containers use the image's own).

@@ -13,9 +13,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from flowrig import defaults
-from flowrig.ecs import taskdefs, validate
-from flowrig.ecs.cli import app
+from flowrig import roles
+from flowrig.backends.ecs import taskdefs, validate
+from flowrig.cli.ecs import app
 from flowrig.errors import BadInput
 from tests.aws_support import aws_env_without_credentials
 
@@ -98,7 +98,7 @@ def test_roles_get_the_shape_the_backends_and_ecs_need():
     runner, scheduler, worker = (docs[r]["containerDefinitions"][0] for r in validate.ROLES)
     assert (runner["name"], scheduler["name"], worker["name"]) == ("flowrig-runner", "dask-scheduler", "dask-worker")
     assert runner["command"] == ["run"] and "healthCheck" not in runner
-    assert scheduler["command"][:3] == ["dask-scheduler", "--idle-timeout", defaults.SCHEDULER_IDLE_TIMEOUT]
+    assert scheduler["command"][:3] == ["dask-scheduler", "--idle-timeout", roles.SCHEDULER_IDLE_TIMEOUT]
     assert scheduler["command"][3:] == ["--protocol", "tls", *tls]
     assert worker["command"][0] == "dask-worker" and worker["command"][-6:] == tls
     assert "8786" in " ".join(scheduler["healthCheck"]["command"])
@@ -132,7 +132,7 @@ def test_worker_health_check_finds_a_worker_process():
 def test_scheduler_health_check_needs_a_listener_on_the_scheduler_port():
     code = taskdefs.SCHEDULER_HEALTH_COMMAND[-1]
     with socket.socket() as probe:
-        taken = probe.connect_ex(("127.0.0.1", defaults.SCHEDULER_PORT)) == 0
+        taken = probe.connect_ex(("127.0.0.1", roles.SCHEDULER_PORT)) == 0
     if taken:
         pytest.skip("something on this machine listens on 8786")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30).returncode != 0

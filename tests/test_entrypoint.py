@@ -17,9 +17,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flowrig import defaults
+from flowrig import layout, roles
+from flowrig.certs import defaults as cert_defaults
 from flowrig.entrypoint import dispatch
-from flowrig.entrypoint.dask_commands import (
+from flowrig.errors import BadInput
+from flowrig.roles import (
     ROLE_ALIASES,
     SCHEDULER_MODULE,
     WORKER_MODULE,
@@ -28,7 +30,6 @@ from flowrig.entrypoint.dask_commands import (
     tls_dir,
     tls_flags,
 )
-from flowrig.errors import BadInput
 
 ENTRYPOINT = shutil.which("flowrig-entrypoint", path=str(Path(sys.executable).parent))
 SCHEDULER_AT = re.compile(r"Scheduler at:\s+(tls://\S+)")
@@ -76,7 +77,7 @@ def test_scheduler_command_gets_tls_protocol_and_idle_timeout(tls):
         sys.executable, "-m", SCHEDULER_MODULE, "--port", "8786",
         *tls_of(tls),
         "--protocol", "tls",
-        "--idle-timeout", defaults.SCHEDULER_IDLE_TIMEOUT,
+        "--idle-timeout", roles.SCHEDULER_IDLE_TIMEOUT,
     ]
 
 
@@ -84,7 +85,7 @@ def test_worker_command_gets_tls_and_death_timeout(tls):
     assert command_for("worker", ["tls://sched:8786", "--nthreads", "2"], tls) == [
         sys.executable, "-m", WORKER_MODULE, "tls://sched:8786", "--nthreads", "2",
         *tls_of(tls),
-        "--death-timeout", str(defaults.WORKER_DEATH_TIMEOUT),
+        "--death-timeout", str(roles.WORKER_DEATH_TIMEOUT),
     ]
     # A worker has no --protocol or --idle-timeout of its own.
     command = command_for("worker", ["tls://sched:8786"], tls)
@@ -138,20 +139,25 @@ def test_unknown_role(tls):
 
 def test_tls_dir_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("FLOWRIG_TLS_DIR", raising=False)
-    assert tls_dir() == defaults.IMAGE_TLS_DIR
+    assert tls_dir() == layout.IMAGE_TLS_DIR
     monkeypatch.setenv("FLOWRIG_TLS_DIR", str(tmp_path))
     assert tls_dir() == tmp_path
     with pytest.raises(BadInput, match=re.escape(str(tmp_path / "ca.crt"))):
         command_for("worker", ["tls://s:1"])
 
 
-def test_role_aliases():
-    assert ROLE_ALIASES == {
-        "scheduler": "scheduler",
-        "dask-scheduler": "scheduler",
-        "worker": "worker",
-        "dask-worker": "worker",
-    }
+def test_role_aliases_are_the_spellings_the_readme_documents():
+    """Every Dask role spelling in the README's role table maps to its role, and no
+    spelling the dispatcher accepts is undocumented."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `scheduler") or line.startswith("| `worker")]
+    documented = {}
+    for row in rows:
+        role = "scheduler" if row.startswith("| `scheduler") else "worker"
+        for spelling in re.findall(r"`([a-z-]+)(?: [^`]*)?`", row.split("|")[1]):
+            if spelling != "dask":
+                documented[spelling] = role
+    assert documented == ROLE_ALIASES
 
 
 def test_secure_environment_requires_encryption():
@@ -270,9 +276,9 @@ def test_info_prints_versions_and_certificate(tls):
     cert = info["certificate"]
     assert cert["present"] is True and cert["expired"] is False
     assert cert["path"] == str(tls / "tls.crt")
-    assert cert["subject"] == f"CN={defaults.LEAF_COMMON_NAME}"
-    assert cert["issuer"] == f"CN={defaults.CA_COMMON_NAME}"
-    assert defaults.LEAF_DAYS - 2 <= cert["days_left"] <= defaults.LEAF_DAYS
+    assert cert["subject"] == f"CN={cert_defaults.LEAF_COMMON_NAME}"
+    assert cert["issuer"] == f"CN={cert_defaults.CA_COMMON_NAME}"
+    assert cert_defaults.LEAF_DAYS - 2 <= cert["days_left"] <= cert_defaults.LEAF_DAYS
     assert info["user"] == {"uid": os.getuid(), "gid": os.getgid()}
 
 
@@ -307,7 +313,7 @@ EXIT_SCRIPT = textwrap.dedent(
     """
     import sys
     from flowrig import errors
-    from flowrig.exits import run_and_exit
+    from flowrig.cli.exits import run_and_exit
 
     class PrefectLikeTermination(Exception):
         signal = 15

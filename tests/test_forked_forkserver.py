@@ -12,16 +12,16 @@ import time
 import psutil
 import pytest
 
-from flowrig.backends import forked_forkserver
+from flowrig.internals import forkserver as forked_forkserver
 
 CHILD = textwrap.dedent(
     """
     import multiprocessing, os, sys
     from multiprocessing import forkserver
-    from flowrig.backends import forked_forkserver
+    from flowrig.internals import forkserver as forked_forkserver
 
     def report(queue):
-        queue.put((os.getpid(), os.getppid(), "flowrig.backends.forked_forkserver" in sys.modules))
+        queue.put((os.getpid(), os.getppid(), "flowrig.internals.forkserver" in sys.modules))
 
     if __name__ == "__main__":
         assert forked_forkserver.start()

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from flowrig import defaults
+from flowrig import layout
+from flowrig.builder import defaults as builder_defaults
+from flowrig.certs import defaults as cert_defaults
+from flowrig.project import defaults as project_defaults
 from tests.docker_support import SEED_PROJECT, test_base_image
 
 pytestmark = pytest.mark.docker
@@ -46,20 +49,20 @@ def test_info_shows_the_manifest_and_certificate_expiry(seed_image):
     for name in ("flowrig", "prefect", "distributed"):
         assert re.match(r"\d+\.\d+", manifest["versions"][name])
     certificate = info["certificate"]
-    assert certificate["not_after"] and certificate["days_left"] > defaults.EXPIRY_WARNING_DAYS
+    assert certificate["not_after"] and certificate["days_left"] > cert_defaults.EXPIRY_WARNING_DAYS
 
 
 def test_runs_as_the_non_root_flowrig_user(seed_image):
     done = run(seed_image, "id", "-u")  # anything unknown is exec'd as is
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(defaults.IMAGE_UID) != "0"
+    assert done.stdout.strip() == str(layout.IMAGE_UID) != "0"
 
 
 def test_leaf_key_is_private_to_the_runtime_user(seed_image):
-    key = defaults.IMAGE_TLS_DIR / defaults.LEAF_KEY
+    key = layout.IMAGE_TLS_DIR / layout.LEAF_KEY
     done = run(seed_image, "-c", f"stat -c '%a %U %u' {key}; cat {key} >/dev/null && echo readable",
                entrypoint="sh")
-    assert done.stdout.split("\n")[:2] == [f"600 {defaults.IMAGE_USER} {defaults.IMAGE_UID}", "readable"]
+    assert done.stdout.split("\n")[:2] == [f"600 {layout.IMAGE_USER} {layout.IMAGE_UID}", "readable"]
 
 
 def test_image_layout_runtime_only(seed_image):
@@ -93,7 +96,7 @@ def test_no_layer_holds_a_private_key_other_than_the_leaf(docker_client, seed_im
     with archive.open("wb") as handle:
         for chunk in docker_client.images.get(seed_image).save(named=True):
             handle.write(chunk)
-    leaf_cert = run(seed_image, "-c", f"cat {defaults.IMAGE_TLS_DIR / defaults.LEAF_CERT}",
+    leaf_cert = run(seed_image, "-c", f"cat {layout.IMAGE_TLS_DIR / layout.LEAF_CERT}",
                     entrypoint="sh").stdout.encode()
     leaf_public = x509.load_pem_x509_certificate(leaf_cert).public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -109,12 +112,12 @@ def test_no_layer_holds_a_private_key_other_than_the_leaf(docker_client, seed_im
         for number, layer_member in enumerate(layers):
             with tarfile.open(fileobj=image.extractfile(layer_member)) as layer:
                 for member in layer.getmembers():
-                    if not member.isfile() or member.size > defaults.KEY_SCAN_MAX_BYTES:
+                    if not member.isfile() or member.size > cert_defaults.KEY_SCAN_MAX_BYTES:
                         continue
                     data = layer.extractfile(member).read()
                     blocks = [m.group(0) for m in _PEM_KEY.finditer(data)]
                     keys.extend((member.name, block) for block in blocks)
-                    if blocks or Path(member.name).name == defaults.CA_KEY:
+                    if blocks or Path(member.name).name == layout.CA_KEY:
                         target = found / f"layer{number}" / member.name
                         target.parent.mkdir(parents=True, exist_ok=True)
                         target.write_bytes(b"\n".join(blocks) if blocks else data)
@@ -164,12 +167,12 @@ def test_certs_given_to_the_builder_are_the_ones_baked(docker_client, seed_image
     context = render_context(SEED_PROJECT, tls_dir=certs, base_image=test_base_image())
     build(context, tag, test_pip_ca(), quiet=True)  # shares every layer up to the TLS with seed_image
     try:
-        tls = defaults.IMAGE_TLS_DIR
+        tls = layout.IMAGE_TLS_DIR
         done = run(tag, "-c", f"cat {tls}/ca.crt {tls}/tls.crt; ls {tls}; stat -c '%a %u' {tls}/tls.key",
                    entrypoint="sh")
         expected = (certs / "ca.crt").read_text() + (certs / "tls.crt").read_text()
         assert done.stdout.startswith(expected)
-        assert done.stdout[len(expected):].split() == ["ca.crt", "tls.crt", "tls.key", "600", str(defaults.IMAGE_UID)]
+        assert done.stdout[len(expected):].split() == ["ca.crt", "tls.crt", "tls.key", "600", str(layout.IMAGE_UID)]
         info = json.loads(run(tag, "info").stdout)
         assert info["manifest"]["tls"] == "provided"
     finally:
@@ -205,7 +208,7 @@ def _mismatched_certs(tmp_path: Path) -> Path:
 
     generate(tmp_path / "certs")
     generate(tmp_path / "other")
-    shutil.copy(tmp_path / "other" / defaults.LEAF_KEY, tmp_path / "certs" / defaults.LEAF_KEY)
+    shutil.copy(tmp_path / "other" / layout.LEAF_KEY, tmp_path / "certs" / layout.LEAF_KEY)
     return tmp_path / "certs"
 
 
@@ -213,7 +216,7 @@ def _mismatched_certs(tmp_path: Path) -> Path:
 def test_bad_input_builds_exit_2_with_one_line_and_leave_nothing(docker_client, seed_copy, tmp_path, case):
     args = [str(seed_copy), "--tag", "flowrig-bad-input:test", "--base-image", test_base_image()]
     if case == "missing-requirements":
-        toml = seed_copy / defaults.PROJECT_FILE
+        toml = seed_copy / project_defaults.PROJECT_FILE
         toml.write_text('requirements = "requirements-missing.txt"\n' + toml.read_text())
         expected = "requirements-missing.txt"
     elif case == "unknown-base-image":
@@ -240,8 +243,8 @@ def test_a_build_step_rejecting_the_project_is_bad_input_and_leaves_nothing(dock
 
     context = render_context(seed_copy, base_image=test_base_image())
     files = dict(context.files)
-    toml = files[f"{defaults.CONTEXT_PROJECT_DIR}/{defaults.PROJECT_FILE}"]
-    files[f"{defaults.CONTEXT_PROJECT_DIR}/{defaults.PROJECT_FILE}"] = ContextFile(
+    toml = files[f"{builder_defaults.CONTEXT_PROJECT_DIR}/{project_defaults.PROJECT_FILE}"]
+    files[f"{builder_defaults.CONTEXT_PROJECT_DIR}/{project_defaults.PROJECT_FILE}"] = ContextFile(
         b'requirements = "nope.txt"\n' + toml.data, toml.mode
     )
     before = _leftovers()

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from flowrig.errors import BadInput
-from flowrig.parameters import ENV_VAR, gather, parse_param, validate
+from flowrig.project.parameters import ENV_VAR, gather, parse_param, validate
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from flowrig import defaults
+from flowrig.api import START_TIMEOUT, EmbeddedPrefectAPI, ensure_template, template_path
 from flowrig.errors import InfrastructureError
-from flowrig.prefect_api import EmbeddedPrefectAPI, ensure_template, template_path
 from tests.run_support import listening, marked_env, processes_with_marker
 
 
@@ -33,7 +32,9 @@ def test_urls():
     assert api.local_url == "http://127.0.0.1:4321/api"
     loopback = EmbeddedPrefectAPI()
     assert loopback.url == loopback.local_url == f"http://127.0.0.1:{loopback.port}/api"
-    assert 0 < loopback.port < 65536
+    # The port picked is one nothing listens on yet.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", loopback.port))
 
 
 def test_ensure_template_is_idempotent():
@@ -73,7 +74,7 @@ def test_start_wait_ready_stop(monkeypatch):
     api = EmbeddedPrefectAPI()
     try:
         assert api.start() is api
-        api.wait_ready(timeout=defaults.PREFECT_API_START_TIMEOUT)
+        api.wait_ready(timeout=START_TIMEOUT)
         assert health(api) == (200, "true")
         workdir = api._workdir
         assert workdir is not None and (workdir / "prefect.db").is_file()
@@ -119,7 +120,7 @@ def test_port_in_use_names_the_cause():
 PARENT = textwrap.dedent(
     """
     import time
-    from flowrig.prefect_api import EmbeddedPrefectAPI
+    from flowrig.api import EmbeddedPrefectAPI
 
     api = EmbeddedPrefectAPI().start()
     api.wait_ready()

@@ -15,8 +15,8 @@ from prefect.settings import (
     temporary_settings,
 )
 
-from flowrig.gcpause import collector_paused
-from flowrig.prefect_settings import ShippedSettingsContext, run_settings
+from flowrig.common.gcpause import collector_paused
+from flowrig.internals.prefect_settings import ShippedSettingsContext, run_settings
 
 API = "http://127.0.0.1:4999/api"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from flowrig import defaults
 from flowrig.errors import BadInput
 from flowrig.project import Adapt, ClusterConfig, Project, load_project, parse_project
+from flowrig.project import defaults as project_defaults
 
 FLOW = "from prefect import flow\n\n@flow\ndef main():\n    return 1\n"
 
@@ -82,10 +82,10 @@ def test_minimal_file_takes_the_defaults(tmp_path):
     project = load_project(root / "flowrig.toml")  # the file itself works as well as its directory
     assert project.requirements is None
     cluster = project.cluster
-    assert cluster.backend == defaults.BACKEND
+    assert cluster.backend == project_defaults.BACKEND
     assert cluster.n_workers is None and cluster.adapt is None and cluster.sizing is None
-    assert (cluster.min_workers, cluster.max_workers) == (defaults.MIN_WORKERS, defaults.MAX_WORKERS)
-    assert cluster.worker_threads == defaults.WORKER_THREADS
+    assert (cluster.min_workers, cluster.max_workers) == (project_defaults.MIN_WORKERS, project_defaults.MAX_WORKERS)
+    assert cluster.worker_threads == project_defaults.WORKER_THREADS
     assert cluster.image is None
     assert dict(cluster.options) == {}
 
@@ -260,7 +260,7 @@ def test_falsy_image_of_wrong_type_is_rejected(tmp_path, image):
     assert "'cluster.image'" in bad({"flow": "flow.py:main", "cluster": {"image": image}}, tmp_path)
 
 
-# --- loading the flow file (flowrig.loader) -------------------------------------------
+# --- loading the flow file (flowrig.project.flow_loader) -------------------------------------------
 
 TASK_FLOW = '''
 from prefect import flow, task
@@ -297,7 +297,7 @@ def flow_file(tmp_path: Path, source: str, name: str = "flow.py") -> Path:
 
 
 def test_loading_twice_gives_the_same_module(tmp_path):
-    from flowrig.loader import load_flow, load_module
+    from flowrig.project.flow_loader import load_flow, load_module
 
     path = flow_file(tmp_path, TASK_FLOW)
     first = load_module(path)
@@ -308,7 +308,7 @@ def test_loading_twice_gives_the_same_module(tmp_path):
 
 
 def test_two_projects_with_the_same_file_name_do_not_collide(tmp_path):
-    from flowrig.loader import load_module
+    from flowrig.project.flow_loader import load_module
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -320,7 +320,7 @@ def test_two_projects_with_the_same_file_name_do_not_collide(tmp_path):
 
 
 def test_import_error_names_the_line(tmp_path):
-    from flowrig.loader import load_module
+    from flowrig.project.flow_loader import load_module
 
     path = flow_file(tmp_path, "import os\n\nvalue = 1 / 0\n")
     with pytest.raises(BadInput) as info:
@@ -330,7 +330,7 @@ def test_import_error_names_the_line(tmp_path):
 
 
 def test_import_error_in_a_function_called_at_import_names_its_line(tmp_path):
-    from flowrig.loader import load_module
+    from flowrig.project.flow_loader import load_module
 
     path = flow_file(tmp_path, "def f():\n    raise RuntimeError('boom')\n\nf()\n")
     with pytest.raises(BadInput, match=r"at line 2: RuntimeError: boom"):
@@ -340,7 +340,7 @@ def test_import_error_in_a_function_called_at_import_names_its_line(tmp_path):
 def test_failed_import_is_not_cached(tmp_path):
     import sys
 
-    from flowrig.loader import load_module
+    from flowrig.project.flow_loader import load_module
 
     path = flow_file(tmp_path, "raise ValueError('first')\n")
     before = set(sys.modules)
@@ -352,7 +352,7 @@ def test_failed_import_is_not_cached(tmp_path):
 
 
 def test_syntax_error_is_bad_input(tmp_path):
-    from flowrig.loader import load_module
+    from flowrig.project.flow_loader import load_module
 
     path = flow_file(tmp_path, "def broken(:\n    pass\n")
     with pytest.raises(BadInput, match="importing flow.py failed.*SyntaxError"):
@@ -360,14 +360,14 @@ def test_syntax_error_is_bad_input(tmp_path):
 
 
 def test_missing_flow_file_for_loader(tmp_path):
-    from flowrig.loader import load_module
+    from flowrig.project.flow_loader import load_module
 
     with pytest.raises(BadInput, match="does not exist"):
         load_module(tmp_path / "absent.py")
 
 
 def test_sibling_modules_import(tmp_path):
-    from flowrig.loader import load_module
+    from flowrig.project.flow_loader import load_module
 
     (tmp_path / "flowrig_sibling_helpers.py").write_text("VALUE = 17\n")
     path = flow_file(tmp_path, "from flowrig_sibling_helpers import VALUE\n")
@@ -375,7 +375,7 @@ def test_sibling_modules_import(tmp_path):
 
 
 def test_missing_function_not_callable_and_not_a_flow(tmp_path):
-    from flowrig.loader import load_flow, load_function
+    from flowrig.project.flow_loader import load_flow, load_function
 
     path = flow_file(tmp_path, TASK_FLOW)
     with pytest.raises(BadInput, match="flow.py has no flow named 'mian'"):
@@ -397,7 +397,7 @@ def test_functions_pickle_by_value_into_a_process_that_cannot_import_them(tmp_pa
 
     import cloudpickle
 
-    from flowrig.loader import load_module
+    from flowrig.project.flow_loader import load_module
 
     project = tmp_path / "project"
     project.mkdir()

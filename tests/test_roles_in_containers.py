@@ -15,13 +15,14 @@ import time
 import pytest
 
 from tests.run_support import TEN
+from tests.tls_support import foreign_material
 
 pytestmark = pytest.mark.docker
 
 SERVE_API = textwrap.dedent(
     """
     import time
-    from flowrig.prefect_api import EmbeddedPrefectAPI
+    from flowrig.api import EmbeddedPrefectAPI
     api = EmbeddedPrefectAPI("0.0.0.0", "prefect", port=4200).start()
     api.wait_ready()
     print("prefect api ready", flush=True)
@@ -36,7 +37,8 @@ PROBE_CLIENTS = textwrap.dedent(
     from flowrig.certs import TLSMaterial
 
     own = TLSMaterial.from_dir("/etc/flowrig/tls")
-    foreign = TLSMaterial.ephemeral()
+    # Made on the host by trustme, not by flowrig: a CA the image does not know.
+    foreign = TLSMaterial(*(pem.encode() for pem in json.loads(FOREIGN)))
     # Trusts the scheduler, but presents a leaf from a CA the image does not know.
     stranger = TLSMaterial(own.ca_pem, foreign.cert_pem, foreign.key_pem)
     seen = {}
@@ -90,7 +92,10 @@ def test_scheduler_workers_and_runner_as_containers_give_90_over_tls(seed_image)
             .with_network(network)
             .with_envs(**api_env)
         )
-        probe = DockerContainer(seed_image).with_command(["python", "-c", PROBE_CLIENTS]).with_network(network)
+        stranger = foreign_material()
+        pems = json.dumps([p.decode() for p in (stranger.ca_pem, stranger.cert_pem, stranger.key_pem)])
+        probe_code = f"FOREIGN = {pems!r}\n" + PROBE_CLIENTS
+        probe = DockerContainer(seed_image).with_command(["python", "-c", probe_code]).with_network(network)
         with api, scheduler, workers[0], workers[1]:
             with runner:
                 result = runner.get_wrapped_container().wait(timeout=300)

@@ -20,6 +20,7 @@ from tests.run_support import (
     marked_env,
     run_cli,
 )
+from tests.tls_support import foreign_material
 
 SLEEPY_FLOW = """
     import time
@@ -180,9 +181,8 @@ def test_running_scheduler_refuses_strangers_and_sigterm_tears_down(project_fact
         plain = "tcp://" + address.removeprefix("tls://")
         with pytest.raises((OSError, TimeoutError)):
             Client(plain, timeout="3s")
-        foreign = TLSMaterial.ephemeral().to_security()
         with pytest.raises((OSError, TimeoutError)):
-            Client(address, security=foreign, timeout="3s")
+            Client(address, security=foreign_material().to_security(), timeout="3s")
         own = TLSMaterial.from_dir(tmp_path / "certs").to_security()
         with Client(address, security=own, timeout="10s") as client:
             assert client.scheduler_info()["workers"], "the run's own certificate must be accepted"

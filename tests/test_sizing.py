@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from flowrig.errors import BadInput
-from flowrig.loader import load_function
-from flowrig.sizing import ClusterSize, SizingResult, decide
+from flowrig.project.flow_loader import load_function
+from flowrig.project.sizing import ClusterSize, SizingResult, decide
 
 SEED_FLOW = Path(__file__).resolve().parents[1] / "examples" / "seed" / "flow.py"
 

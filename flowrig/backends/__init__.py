@@ -1,14 +1,26 @@
 """Cluster backends behind one small interface (:class:`~flowrig.backends.base.Backend`).
 
-Backends are looked up by name, or by ``package.module:ClusterClass`` for any
-``distributed`` cluster class; each module is imported only when it is asked for.
+Owns: the interface (:class:`Backend`, :class:`ClusterSpec`, :class:`StartedCluster`),
+the registry below, and each backend: ``local`` and ``address``
+(:mod:`~flowrig.backends.local`), ``docker`` (:mod:`~flowrig.backends.docker`), ``ecs``
+and ``fargate`` with their task definitions and run-local
+(:mod:`~flowrig.backends.ecs`), and any cluster class by path
+(:mod:`~flowrig.backends.classpath`).
+
+A backend plugs in by subclassing :class:`Backend` (a name, an options model,
+``start``) and adding a line to :data:`BACKENDS`; each module is imported only when
+its backend is asked for.
+
+May import: :mod:`flowrig.containers`, :mod:`flowrig.roles`, :mod:`flowrig.certs`,
+:mod:`flowrig.project` (sizes), :mod:`flowrig.internals`, :mod:`flowrig.common`;
+never :mod:`flowrig.run` or the CLI.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from flowrig.backends.base import Backend, ClusterSpec, StartedCluster
+from flowrig.backends.base import Backend, ClusterSpec, Options, StartedCluster
 from flowrig.errors import BadInput
 
 #: name -> "module:Class" of the backend implementing it.
@@ -20,7 +32,7 @@ BACKENDS = {
     "fargate": "flowrig.backends.ecs:FargateBackend",
 }
 
-__all__ = ["BACKENDS", "Backend", "ClusterSpec", "StartedCluster", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "ClusterSpec", "Options", "StartedCluster", "get_backend", "resolve_backend"]
 
 
 def get_backend(name: str) -> Backend:
@@ -42,3 +54,8 @@ def get_backend(name: str) -> Backend:
         f"unknown backend {name!r}: use one of {', '.join(sorted(BACKENDS))} "
         "or a cluster class as 'package.module:ClusterClass'"
     )
+
+
+def resolve_backend(backend: "str | Backend") -> Backend:
+    """``backend`` itself, or the backend its name names."""
+    return get_backend(backend) if isinstance(backend, str) else backend

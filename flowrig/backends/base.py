@@ -9,12 +9,83 @@ before a backend is called, so backends hold no policy of their own.
 from __future__ import annotations
 
 import abc
+import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Mapping
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
+
+from flowrig.errors import BadInput
 
 if TYPE_CHECKING:
     from flowrig.certs import TLSMaterial
-    from flowrig.sizing import ClusterSize
+    from flowrig.project.sizing import ClusterSize
+
+#: Seconds a cluster may take to reach its first worker before the run gives up (exit 3).
+CLUSTER_START_TIMEOUT = 120.0
+
+#: Why ``n_workers`` is refused in ``[cluster.options]``, and where to set it instead.
+N_WORKERS_FIX = "set n_workers or adapt in [cluster] (they are validated and clamped there)"
+
+
+def _scalar_text(value: Any) -> Any:
+    # TOML numbers and booleans in an environment table become their text, as a shell's would.
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if isinstance(value, (int, float)) else value
+
+
+#: A number of seconds greater than zero.
+Seconds = Annotated[StrictInt | StrictFloat, Field(gt=0)]
+#: A table of strings (environment variables, tags); scalars become their text.
+StringMap = dict[StrictStr, Annotated[StrictStr, BeforeValidator(_scalar_text)]]
+
+
+class Options(BaseModel):
+    """Base of every backend's ``[cluster.options]`` model: strict, no unknown keys.
+
+    Subclasses declare the keys their backend understands, with their defaults, and
+    in :attr:`refused` the keys a project may not set there, each with the fix.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    #: Keys decided elsewhere in flowrig -> where to set them instead.
+    refused: ClassVar[Mapping[str, str]] = {}
+
+    def given(self) -> dict[str, Any]:
+        """The options the project set (defaults left out), by key."""
+        return {key: getattr(self, key) for key in self.model_fields_set}
+
+
+#: How option errors name what a key must be, by pydantic error type.
+_WHAT = {
+    "int_type": "a whole number",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "dict_type": "a table",
+    "list_type": "a list",
+    "greater_than": "greater than {gt}",
+    "greater_than_equal": ">= {ge}",
+}
+
+
+def describe_option_error(exc: ValidationError, backend: str, model: type[Options]) -> str:
+    """The first problem of an options model as one line naming the key and the fix."""
+    error = exc.errors(include_url=False)[0]
+    # The option itself; deeper parts of the location name alternatives of its type.
+    key = str(error["loc"][0]) if error["loc"] else ""
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        known = ", ".join(sorted(model.model_fields))
+        return f"[cluster.options] {key} not known to the {backend} backend; it takes {known}"
+    if error["type"] == "value_error":
+        return f"[cluster.options] {key}: {error['ctx']['error']}"
+    what = _WHAT.get(error["type"])
+    if what is None:
+        return f"[cluster.options] {key} = {value!r}: {error['msg'].lower()}"
+    return f"[cluster.options] {key} must be {what.format(**error.get('ctx', {}))}, got {value!r}"
 
 
 @dataclass(frozen=True)
@@ -70,11 +141,53 @@ class StartedCluster:
     cluster: Any = None
 
 
+class CloseOnce:
+    """Calls ``close`` the first time only; later calls do nothing.
+
+    Makes a cluster's teardown a safe :attr:`StartedCluster.close`, which may be
+    called more than once.
+    """
+
+    def __init__(self, close: Callable[[], Any]) -> None:
+        self._close: Callable[[], Any] | None = close
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            close, self._close = self._close, None
+        if close is not None:
+            close()
+
+
 class Backend(abc.ABC):
-    """Starts clusters of one kind."""
+    """Starts clusters of one kind.
+
+    A backend is a name, an options model and :meth:`start`; register it in
+    :data:`flowrig.backends.BACKENDS`.
+    """
 
     #: Name used on the command line and in ``flowrig.toml``.
     name: ClassVar[str]
+    #: The ``[cluster.options]`` this backend understands (``None``: passed through).
+    options_model: ClassVar[type[Options] | None] = None
+
+    def parse_options(self, options: Mapping[str, Any]) -> Any:
+        """``[cluster.options]`` validated by :attr:`options_model`.
+
+        Raises
+        ------
+        BadInput
+            One line naming the option at fault, before anything is started.
+        """
+        if self.options_model is None:
+            return dict(options)
+        for key, fix in self.options_model.refused.items():
+            if key in options:
+                raise BadInput(f"[cluster.options] {key} is not accepted by the {self.name} backend: {fix}")
+        try:
+            return self.options_model.model_validate(dict(options))
+        except ValidationError as exc:
+            raise BadInput(describe_option_error(exc, self.name, self.options_model)) from None
 
     def prefect_api_hosts(self) -> tuple[str, str]:
         """Where the runner's embedded Prefect API binds, and how workers reach it.

@@ -6,10 +6,8 @@ import asyncio
 import importlib
 import inspect
 
-from flowrig import defaults
-from flowrig.backends._util import N_WORKERS_FIX, CloseOnce, one_line
-from flowrig.backends.base import Backend, ClusterSpec, StartedCluster
-from flowrig.errors import BadInput, FlowrigError, InfrastructureError
+from flowrig.backends.base import CLUSTER_START_TIMEOUT, N_WORKERS_FIX, Backend, CloseOnce, ClusterSpec, StartedCluster
+from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
 
 
 def _accepts(cls: type, parameter: str) -> bool:
@@ -79,7 +77,7 @@ class ClassPathBackend(Backend):
             The path cannot be imported, is not a cluster class, or rejects the options.
         InfrastructureError
             The class fails to start, or no worker joins within
-            :data:`flowrig.defaults.CLUSTER_START_TIMEOUT` seconds.
+            :data:`flowrig.CLUSTER_START_TIMEOUT` seconds.
         """
         cls = self._load()
         options = dict(spec.options)
@@ -106,12 +104,12 @@ class ClassPathBackend(Backend):
             else:
                 cluster.scale(initial)
             if initial:
-                cluster.wait_for_workers(1, timeout=defaults.CLUSTER_START_TIMEOUT)
+                cluster.wait_for_workers(1, timeout=CLUSTER_START_TIMEOUT)
         except BaseException as exc:
             close()
             if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
                 raise InfrastructureError(
-                    f"{self.path} had no worker within {defaults.CLUSTER_START_TIMEOUT:g} s"
+                    f"{self.path} had no worker within {CLUSTER_START_TIMEOUT:g} s"
                 ) from None
             if isinstance(exc, Exception):
                 raise InfrastructureError(f"{self.path} could not start workers: {one_line(exc)}") from None

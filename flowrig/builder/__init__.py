@@ -10,6 +10,10 @@ Importing this package is cheap (standard library only; certificates and Docker 
 touched inside the functions). The names are imported eagerly on purpose: the function
 ``build`` shares its name with the module :mod:`flowrig.builder.build`, and an eager
 import keeps ``flowrig.builder.build`` the function however the module is imported.
+
+May import: :mod:`flowrig.project` (the file rules the image build shares),
+:mod:`flowrig.certs` (the key scan), :mod:`flowrig.layout`, :mod:`flowrig.errors`. It
+builds with the Docker CLI (BuildKit), never docker-py.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from flowrig import defaults
+from flowrig.builder import defaults
 from flowrig.builder.context import BuildContext, write_context
 from flowrig.builder.dockerfile import (
     DOCKERFILE,
@@ -60,7 +60,7 @@ class BuildResult:
         Whether BuildKit built it.
     context_hash
         :attr:`BuildContext.digest`, also in the image's
-        :data:`flowrig.defaults.IMAGE_CONTEXT_LABEL` label.
+        :data:`flowrig.builder.defaults.IMAGE_CONTEXT_LABEL` label.
     """
 
     tag: str

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -33,10 +32,6 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-#: Mirrors ``flowrig.defaults.PROJECT_FILE``: this script cannot import flowrig.
-PROJECT_FILE = "flowrig.toml"
-#: Requirements file read when ``flowrig.toml`` has no ``requirements`` key.
-DEFAULT_REQUIREMENTS = "requirements.txt"
 #: Installed next to flowrig's own dependencies: the image's PID 1 (see the ENTRYPOINT).
 RUNTIME_REQUIREMENTS = ("dumb-init>=1.2.5",)
 #: What a runtime never needs. pip/setuptools/wheel only arrive as some dependency's
@@ -62,84 +57,36 @@ MANIFEST_DISTRIBUTIONS = (
 ERROR_PREFIX = "flowrig-build: error: "
 
 
-class StepError(Exception):
-    """Bad input found inside the build: printed as one line, exit code 2."""
-
-
 # --- requirements ---------------------------------------------------------------------
+# The rules for a project's files are the host's too (flowrig.project.filerules): the
+# Dockerfile copies that module next to this script, and a checkout keeps it in the
+# package. It is loaded by path, since flowrig itself is not installed yet.
 
 
-def read_project_config(project_dir: Path) -> dict:
-    """The parsed ``flowrig.toml`` of a project directory."""
-    path = project_dir / PROJECT_FILE
-    if not path.is_file():
-        raise StepError(f"{path} is missing: a flow project needs a {PROJECT_FILE} at its root")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise StepError(f"{path} is not valid TOML ({exc}): fix the file") from None
+def _load_filerules():
+    import importlib.util
+
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "filerules.py", here.parent / "project" / "filerules.py"):
+        if candidate.is_file():
+            spec = importlib.util.spec_from_file_location("flowrig_filerules", candidate)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    raise SystemExit(f"{ERROR_PREFIX}filerules.py is missing next to {here / 'buildsteps.py'}")
+
+
+_rules = _load_filerules()
+PROJECT_FILE = _rules.PROJECT_FILE
+DEFAULT_REQUIREMENTS = _rules.DEFAULT_REQUIREMENTS
+StepError = _rules.RuleError
+read_project_config = _rules.read_project_config
+flatten_requirements = _rules.flatten_requirements
 
 
 def requirements_path(project_dir: Path, config: dict) -> Path | None:
-    """The project's requirements file, or None when it has none.
-
-    An explicit ``requirements`` key must name an existing file inside the project;
-    the default ``requirements.txt`` is optional.
-    """
-    name = config.get("requirements")
-    if name is None:
-        default = project_dir / DEFAULT_REQUIREMENTS
-        return default if default.is_file() else None
-    if not isinstance(name, str) or not name.strip():
-        raise StepError(f"'requirements' in {PROJECT_FILE} must be a file name (a string)")
-    path = (project_dir / name).resolve()
-    root = project_dir.resolve()
-    if root != path and root not in path.parents:
-        raise StepError(
-            f"requirements file {name!r} is outside the project {project_dir}: "
-            "move it into the project directory"
-        )
-    if not path.is_file():
-        raise StepError(
-            f"requirements file {name!r} named in {PROJECT_FILE} does not exist in {project_dir}: "
-            "create it or remove the 'requirements' key"
-        )
-    return path
-
-
-_INCLUDE = re.compile(r"^\s*(-r|--requirement|-c|--constraint)(\s+|=)(\S+)\s*$")
-
-
-def flatten_requirements(
-    path: Path, root: Path, out: Path, _seen: frozenset[Path] = frozenset()
-) -> list[str]:
-    """Lines of a requirements file with ``-r`` includes inlined.
-
-    Includes are resolved relative to the including file and must stay inside
-    ``root`` (the project), because only the project travels into the build.
-    Constraint files (``-c``) are copied into ``out`` and referred to there.
-    """
-    path = path.resolve()
-    if path in _seen:
-        raise StepError(f"requirements file {path.name} includes itself")
-    lines: list[str] = []
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        match = _INCLUDE.match(raw)
-        if not match:
-            lines.append(raw)
-            continue
-        target = (path.parent / match.group(3)).resolve()
-        if root.resolve() not in target.parents or not target.is_file():
-            raise StepError(
-                f"{path.name} includes {match.group(3)!r}, which is not a file inside the project"
-            )
-        if match.group(1) in ("-c", "--constraint"):
-            copy = out / f"constraints-{len(list(out.glob('constraints-*.txt')))}.txt"
-            copy.write_text("\n".join(flatten_requirements(target, root, out, _seen | {path})) + "\n")
-            lines.append(f"-c {copy}")
-        else:
-            lines.extend(flatten_requirements(target, root, out, _seen | {path}))
-    return lines
+    """The project's requirements file (see ``filerules.requirements_path``)."""
+    return _rules.requirements_path(project_dir, config.get("requirements"))
 
 
 #: Backends whose runner starts the cluster through dask-cloudprovider, so the image

@@ -27,14 +27,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
-from flowrig import defaults
+from flowrig import layout
+from flowrig.builder import defaults
 from flowrig.builder.dockerfile import CONSTRAINTS, DOCKERFILE, constraints_path, dockerfile_text
 from flowrig.errors import BadInput
+from flowrig.project.defaults import PROJECT_FILE
 
 # hashlib, tempfile, tomllib, importlib.metadata and buildsteps are imported where they
 # are used: `flowrig --help` imports this package and should not pay for them.
 
-#: Name of the manifest in a context (copied into the image as defaults.IMAGE_MANIFEST).
+#: Name of the manifest in a context (copied into the image as layout.IMAGE_MANIFEST).
 MANIFEST = "manifest.json"
 #: Distributions whose versions on the rendering host the manifest records.
 _BUILDER_DISTRIBUTIONS = ("flowrig", "prefect", "prefect-dask", "distributed")
@@ -123,7 +125,7 @@ def render_context(
         ``tls.crt`` and ``tls.key`` are taken, after :func:`flowrig.certs.check`. When
         omitted, the image makes its own CA and leaf at build time and keeps no CA key.
     base_image
-        The ``BASE_IMAGE`` build argument; :data:`flowrig.defaults.BASE_IMAGE` when
+        The ``BASE_IMAGE`` build argument; :data:`flowrig.builder.defaults.BASE_IMAGE` when
         omitted.
 
     Returns
@@ -141,7 +143,7 @@ def render_context(
     if not project.is_dir():
         raise BadInput(
             f"flow project {project} does not exist: pass the directory that holds "
-            f"{defaults.PROJECT_FILE}"
+            f"{PROJECT_FILE}"
         )
     config = _project_config(project)
     files: dict[str, ContextFile] = {
@@ -172,7 +174,7 @@ def write_context(context: BuildContext, directory: str | Path) -> Path:
     """Write a context to a directory, normalised for a warm cache.
 
     Files get their context mode and, like directories, the fixed mtime
-    :data:`flowrig.defaults.CONTEXT_MTIME`.
+    :data:`flowrig.builder.defaults.CONTEXT_MTIME`.
 
     Parameters
     ----------
@@ -234,9 +236,9 @@ def refuse_private_keys(context: BuildContext) -> None:
         for path, item in context.files.items()
         if b"PRIVATE KEY" in item.data
         or b"BEGIN CERTIFICATE" in item.data
-        or Path(path).name == defaults.CA_KEY
+        or Path(path).name == layout.CA_KEY
     }
-    if not any(b"PRIVATE KEY" in i.data or Path(p).name == defaults.CA_KEY for p, i in relevant.items()):
+    if not any(b"PRIVATE KEY" in i.data or Path(p).name == layout.CA_KEY for p, i in relevant.items()):
         return
     with tempfile.TemporaryDirectory(prefix="flowrig-keyscan-") as scratch:
         for relative, item in relevant.items():
@@ -256,27 +258,16 @@ def refuse_private_keys(context: BuildContext) -> None:
 
 def _project_config(project: Path) -> dict[str, Any]:
     """Parse and check ``flowrig.toml`` the way the build will (and the runner does)."""
-    import tempfile
-
-    from flowrig.builder import buildsteps
     from flowrig.project import load_project
 
-    load_project(project)  # the runner's own checks: flow file, keys, types
-    try:
-        config = buildsteps.read_project_config(project)
-        requirements = buildsteps.requirements_path(project, config)
-        if requirements is not None:
-            with tempfile.TemporaryDirectory() as scratch:
-                buildsteps.flatten_requirements(requirements, project, Path(scratch))
-    except buildsteps.StepError as exc:
-        raise BadInput(str(exc)) from None
-    return config
+    # The same rules as the image build's (flowrig.project.filerules), one set of them.
+    return dict(load_project(project).raw)
 
 
 def project_files(project: Path) -> Iterable[tuple[str, ContextFile]]:
     """The files of a flow project that go into its image, sorted.
 
-    Skipped: :data:`flowrig.defaults.CONTEXT_SKIP_NAMES` and ``..._SUFFIXES``, what the
+    Skipped: :data:`flowrig.builder.defaults.CONTEXT_SKIP_NAMES` and ``..._SUFFIXES``, what the
     project's ``.dockerignore`` excludes, directories reached through symbolic links,
     symbolic links that lead outside the project or nowhere, and anything that is not
     a regular file. A symbolic link to a file inside the project is copied as the
@@ -460,7 +451,7 @@ def _tls_files(directory: Path) -> dict[str, ContextFile]:
     from flowrig.certs import check
 
     check(directory)
-    modes = {defaults.CA_CERT: 0o644, defaults.LEAF_CERT: 0o644, defaults.LEAF_KEY: 0o600}
+    modes = {layout.CA_CERT: 0o644, layout.LEAF_CERT: 0o644, layout.LEAF_KEY: 0o600}
     return {
         f"{defaults.CONTEXT_TLS_DIR}/{name}": ContextFile((directory / name).read_bytes(), mode)
         for name, mode in modes.items()

@@ -12,6 +12,9 @@ plus :func:`generate` and :func:`check` behind ``flowrig certs``, and
 
 Names are resolved on first use, so importing this package (as the CLI does) does not
 import ``cryptography``.
+
+May import: :mod:`flowrig.layout`, :mod:`flowrig.errors`, ``cryptography`` (and
+``distributed`` for its ``Security`` objects).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flowrig.certs.authority import CertificateAuthority, generate
-    from flowrig.certs.validation import CheckReport, check
     from flowrig.certs.keys import KeyType
     from flowrig.certs.material import TLSMaterial, TLSPaths
     from flowrig.certs.scan import find_ca_private_keys
+    from flowrig.certs.validation import CheckReport, check
 
 _EXPORTS = {
     "CertificateAuthority": "flowrig.certs.authority",
@@ -37,7 +40,16 @@ _EXPORTS = {
     "find_ca_private_keys": "flowrig.certs.scan",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CertificateAuthority",
+    "CheckReport",
+    "KeyType",
+    "TLSMaterial",
+    "TLSPaths",
+    "check",
+    "find_ca_private_keys",
+    "generate",
+]
 
 
 def __getattr__(name: str) -> Any:

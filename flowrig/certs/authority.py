@@ -19,8 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from flowrig import defaults
-from flowrig.certs import validation
+from flowrig.certs import defaults, validation
 from flowrig.certs.keys import KeyType
 from flowrig.certs.material import PRIVATE_MODE, TLSMaterial, TLSPaths, write_file
 from flowrig.errors import BadInput
@@ -181,7 +180,7 @@ class CertificateAuthority:
         Parameters
         ----------
         hosts
-            DNS names and IP addresses to add to :data:`flowrig.defaults.LEAF_HOSTS`
+            DNS names and IP addresses to add to :data:`flowrig.certs.defaults.LEAF_HOSTS`
             in the subject alternative names.
         days
             Validity from ``now``; cut short at the CA's own expiry.
@@ -281,7 +280,7 @@ def generate(
         Directory for ``ca.crt``, ``ca.key``, ``tls.crt`` and ``tls.key``; created
         when missing. Both keys get mode 0600.
     hosts
-        Names and addresses to add to :data:`flowrig.defaults.LEAF_HOSTS`.
+        Names and addresses to add to :data:`flowrig.certs.defaults.LEAF_HOSTS`.
     days, ca_days
         Validity of the leaf and of the CA.
     force
@@ -330,7 +329,7 @@ def generate(
 
 
 def alt_names(hosts: Iterable[str] = ()) -> list[x509.GeneralName]:
-    """Subject alternative names for :data:`flowrig.defaults.LEAF_HOSTS` plus ``hosts``.
+    """Subject alternative names for :data:`flowrig.certs.defaults.LEAF_HOSTS` plus ``hosts``.
 
     Duplicates are dropped, order is kept.
 

@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
-from flowrig import defaults
-from flowrig.certs import validation
+from flowrig.certs import defaults, validation
 
 if TYPE_CHECKING:
     from distributed.security import Security
@@ -118,7 +117,7 @@ class TLSMaterial:
         Parameters
         ----------
         hosts
-            Names and addresses to add to :data:`flowrig.defaults.LEAF_HOSTS`.
+            Names and addresses to add to :data:`flowrig.certs.defaults.LEAF_HOSTS`.
         days
             Validity of the CA and the leaf.
         """
@@ -126,6 +125,21 @@ class TLSMaterial:
 
         ca = CertificateAuthority.create(common_name="flowrig ephemeral CA", days=days)
         return ca.issue_leaf(hosts=hosts, days=days)
+
+    @classmethod
+    def for_run(cls, given: "TLSMaterial | None" = None) -> TLSMaterial:
+        """The certificates of a run: ``given``, else the image's baked files when this
+        process runs in a flowrig image, else new ones made in memory for this run.
+
+        The one place that decides which certificates a run uses.
+        """
+        from flowrig import layout
+
+        if given is not None:
+            return given
+        if layout.in_image() and layout.IMAGE_TLS_DIR.is_dir():
+            return cls.from_dir(layout.IMAGE_TLS_DIR)
+        return cls.ephemeral()
 
     def write_to_dir(self, path: str | Path) -> TLSPaths:
         """Write ``ca.crt`` and ``tls.crt`` (mode 0644) and ``tls.key`` (mode 0600).

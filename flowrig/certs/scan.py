@@ -16,8 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from flowrig import defaults
-from flowrig.certs import validation
+from flowrig.certs import defaults, validation
 
 _KEY_MARKER = b"PRIVATE KEY-----"
 _CERT_MARKER = b"-----BEGIN CERTIFICATE-----"
@@ -36,7 +35,7 @@ def find_ca_private_keys(root: str | Path) -> list[Path]:
     the tree (including keys that are encrypted or cannot be parsed, since they
     cannot be shown to be harmless).
 
-    Only regular files smaller than :data:`flowrig.defaults.KEY_SCAN_MAX_BYTES` are
+    Only regular files smaller than :data:`flowrig.certs.defaults.KEY_SCAN_MAX_BYTES` are
     read; symbolic links are not followed.
 
     Parameters

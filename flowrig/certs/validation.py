@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from flowrig import defaults
+from flowrig.certs import defaults
 from flowrig.errors import BadInput
 
 #: Hint appended to every problem that new certificates solve.
@@ -80,7 +80,7 @@ def check(directory: str | Path, *, now: dt.datetime | None = None) -> CheckRepo
     -------
     CheckReport
         The leaf's subject and expiry, plus warnings (expiry within
-        :data:`flowrig.defaults.EXPIRY_WARNING_DAYS`, a key readable by others).
+        :data:`flowrig.certs.defaults.EXPIRY_WARNING_DAYS`, a key readable by others).
 
     Raises
     ------

@@ -17,6 +17,9 @@ One image, many roles::
 
 Dask roles replace this process (``exec``), so the init in front of it delivers
 SIGTERM straight to Dask, which then stops in well under a second.
+
+May import: :mod:`flowrig.cli` (the ``run`` command is the same), :mod:`flowrig.roles`,
+:mod:`flowrig.api`, :mod:`flowrig.certs`, :mod:`flowrig.layout`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import sys
 from typing import NoReturn
 
 from flowrig.errors import BadInput
-
 
 __all__ = ["main"]
 
@@ -61,7 +63,7 @@ def _prefect_flow_run_id(argv: list[str]) -> str | None:
 
 def dispatch(argv: list[str]) -> int | None:
     """Run the role named by ``argv`` (without the program name)."""
-    from flowrig.entrypoint import dask_commands
+    from flowrig import roles
 
     if not argv:
         argv = ["run"]
@@ -72,10 +74,10 @@ def dispatch(argv: list[str]) -> int | None:
     head = argv[0]
     if head == "dask" and len(argv) > 1 and argv[1] in ("scheduler", "worker"):
         head, argv = argv[1], argv[1:]
-    role = dask_commands.ROLE_ALIASES.get(head)
+    role = roles.ROLE_ALIASES.get(head)
     if role is not None:
-        command = dask_commands.command_for(role, argv[1:])
-        _exec(command, dask_commands.secure_environment())
+        command = roles.command_for(role, argv[1:])
+        _exec(command, roles.secure_environment())
     if head in ("run", "info", "prepare", "bake-tls", "--help", "-h"):
         from flowrig.entrypoint.app import app
 
@@ -86,6 +88,6 @@ def dispatch(argv: list[str]) -> int | None:
 
 def main() -> None:
     """Console-script entry: dispatch, mapping errors to exit codes."""
-    from flowrig.exits import run_and_exit
+    from flowrig.cli.exits import run_and_exit
 
     run_and_exit(lambda: dispatch(sys.argv[1:]), "flowrig-entrypoint")

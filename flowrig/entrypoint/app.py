@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from flowrig import defaults
-from flowrig.commands import run
+from flowrig import layout
+from flowrig.cli.run import run
 
 app = typer.Typer(
     name="flowrig-entrypoint",
@@ -33,7 +33,7 @@ def info() -> None:
 @app.command("prepare")
 def prepare() -> None:
     """Build time: create the migrated Prefect database template runs copy."""
-    from flowrig.prefect_api import ensure_template
+    from flowrig.api import ensure_template
 
     print(f"prefect database template: {ensure_template()}")
 
@@ -41,7 +41,7 @@ def prepare() -> None:
 @app.command("bake-tls")
 def bake_tls(
     source: Annotated[Path, typer.Argument(help="Directory that may hold ca.crt, tls.crt, tls.key.")],
-    dest: Annotated[Path, typer.Option(help="Where the image keeps its TLS files.")] = defaults.IMAGE_TLS_DIR,
+    dest: Annotated[Path, typer.Option(help="Where the image keeps its TLS files.")] = layout.IMAGE_TLS_DIR,
     owner: Annotated[Optional[str], typer.Option(help="User that must own the key (the runtime user).")] = None,
 ) -> None:
     """Build time: install the given TLS files, or make an image-local CA and leaf.
@@ -51,7 +51,7 @@ def bake_tls(
     """
     from flowrig.certs import TLSMaterial
 
-    has_files = any((source / name).exists() for name in (defaults.CA_CERT, defaults.LEAF_CERT, defaults.LEAF_KEY))
+    has_files = any((source / name).exists() for name in (layout.CA_CERT, layout.LEAF_CERT, layout.LEAF_KEY))
     material = TLSMaterial.from_dir(source) if has_files else TLSMaterial.ephemeral()
     paths = material.write_to_dir(dest)
     if owner:

@@ -9,7 +9,7 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from flowrig import defaults
+from flowrig import layout
 
 _PACKAGES = ("flowrig", "prefect", "prefect-dask", "distributed", "dask", "dask-cloudprovider", "cryptography")
 
@@ -27,9 +27,9 @@ def _versions() -> dict[str, str | None]:
 def _certificate() -> dict[str, Any]:
     from cryptography import x509
 
-    from flowrig.entrypoint.dask_commands import tls_dir
+    from flowrig.roles import tls_dir
 
-    path = tls_dir() / defaults.LEAF_CERT
+    path = tls_dir() / layout.LEAF_CERT
     if not path.is_file():
         return {"path": str(path), "present": False}
     cert = x509.load_pem_x509_certificate(path.read_bytes())
@@ -48,12 +48,12 @@ def _certificate() -> dict[str, Any]:
 
 def describe_image() -> dict[str, Any]:
     """Manifest, versions, certificate expiry and the user the process runs as."""
-    manifest_path = defaults.IMAGE_MANIFEST
+    manifest_path = layout.IMAGE_MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
     return {
         "manifest": manifest,
         "versions": _versions(),
         "certificate": _certificate(),
         "user": {"uid": os.getuid(), "gid": os.getgid()},
-        "project_dir": str(defaults.IMAGE_PROJECT_DIR),
+        "project_dir": str(layout.IMAGE_PROJECT_DIR),
     }

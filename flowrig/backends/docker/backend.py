@@ -8,44 +8,46 @@ import os
 import socket
 from typing import Any, Mapping
 
-from flowrig import defaults
-from flowrig.backends._util import CloseOnce, is_loopback_url, positive_seconds
-from flowrig.backends.base import Backend, ClusterSpec, StartedCluster
-from flowrig.backends.docker.cluster import DockerCluster
-from flowrig.backends.docker.engine import connect, require_image
+from pydantic import Field, StrictInt, StrictStr
+
+from flowrig.backends.base import (
+    CLUSTER_START_TIMEOUT,
+    Backend,
+    CloseOnce,
+    ClusterSpec,
+    Options,
+    Seconds,
+    StartedCluster,
+    StringMap,
+)
+from flowrig.backends.docker.cluster import SCHEDULER_START_TIMEOUT, DockerCluster
 from flowrig.backends.docker.naming import ENV_IMAGE, ENV_NETWORK, ENV_RUNNER_HOST, check_run_id
+from flowrig.common.net import is_loopback_url
+from flowrig.containers.engine import connect, require_image
 from flowrig.errors import BadInput
 
 logger = logging.getLogger("flowrig.docker")
 
-#: ``[cluster.options]`` the docker backend understands.
-OPTIONS = {
-    "worker_memory": "memory limit of each worker container, e.g. '2g'",
-    "environment": "table of extra environment variables for the workers",
-    "scheduler_start_timeout": "seconds the scheduler may take to start",
-    "start_timeout": "seconds the cluster may take to get its first worker",
-}
+class DockerOptions(Options):
+    """``[cluster.options]`` of the ``docker`` backend."""
+
+    worker_memory: StrictStr | StrictInt | None = Field(
+        None, description="memory limit of each worker container, e.g. '2g'"
+    )
+    environment: StringMap = Field(
+        default_factory=dict, description="table of extra environment variables for the workers"
+    )
+    scheduler_start_timeout: Seconds = Field(
+        SCHEDULER_START_TIMEOUT, description="seconds the scheduler may take to start"
+    )
+    start_timeout: Seconds = Field(
+        CLUSTER_START_TIMEOUT, description="seconds the cluster may take to get its first worker"
+    )
 
 
 def _check_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        known = ", ".join(f"{k} ({v})" for k, v in OPTIONS.items())
-        raise BadInput(f"[cluster.options] {', '.join(unknown)} not known to the docker backend; it takes {known}")
-    environment = options.get("environment") or {}
-    if not isinstance(environment, Mapping):
-        raise BadInput(f"[cluster.options] environment must be a table of strings, got {environment!r}")
-    memory = options.get("worker_memory")
-    if memory is not None and not isinstance(memory, (str, int)):
-        raise BadInput(f"[cluster.options] worker_memory = {memory!r}: use a size such as '2g'")
-    return {
-        "environment": {str(k): str(v) for k, v in environment.items()},
-        "worker_memory": None if memory is None else str(memory),
-        "scheduler_start_timeout": positive_seconds(
-            options, "scheduler_start_timeout", defaults.DOCKER_SCHEDULER_START_TIMEOUT
-        ),
-        "start_timeout": positive_seconds(options, "start_timeout", defaults.CLUSTER_START_TIMEOUT),
-    }
+    """The docker backend's options, validated, as a dict (every key, defaults filled in)."""
+    return DockerBackend().parse_options(options).model_dump()
 
 
 class DockerBackend(Backend):
@@ -60,6 +62,7 @@ class DockerBackend(Backend):
     """
 
     name = "docker"
+    options_model = DockerOptions
 
     def prefect_api_hosts(self) -> tuple[str, str]:
         """In a runner container: listen on all interfaces, advertise the container's name.
@@ -74,10 +77,10 @@ class DockerBackend(Backend):
         image = spec.image or os.environ.get(ENV_IMAGE)
         if not image:
             raise BadInput("the docker backend needs an image: pass --image TAG (build one with flowrig build)")
-        options = _check_options(spec.options)
+        options = self.parse_options(spec.options)
         check_run_id(spec.run_id)
         network = os.environ.get(ENV_NETWORK) or None
-        environment = {**spec.worker_env, **options["environment"]}
+        environment = {**spec.worker_env, **options.environment}
         if network is None and is_loopback_url(environment.get("PREFECT_API_URL")):
             logger.warning(
                 "the docker backend runs outside a runner container: workers cannot reach the "
@@ -95,8 +98,8 @@ class DockerBackend(Backend):
             tls=spec.tls,
             worker_threads=spec.worker_threads,
             environment=environment,
-            worker_memory=options["worker_memory"],
-            scheduler_start_timeout=options["scheduler_start_timeout"],
+            worker_memory=None if options.worker_memory is None else str(options.worker_memory),
+            scheduler_start_timeout=float(options.scheduler_start_timeout),
             client=client,
         )
         close = CloseOnce(functools.partial(_close_and_sweep, cluster))
@@ -104,7 +107,7 @@ class DockerBackend(Backend):
             if spec.size.adapt:
                 cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
             if spec.size.n_workers > 0:
-                cluster.wait_for_first_workers(1, options["start_timeout"])
+                cluster.wait_for_first_workers(1, float(options.start_timeout))
         except BaseException:
             close()
             raise

@@ -8,17 +8,19 @@ docker-py blocks, so every daemon call runs in a thread off the cluster's event 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from distributed.deploy.spec import ProcessInterface, SpecCluster
+from distributed.utils import LoopRunner
 
-from flowrig import defaults
-from flowrig.backends.docker.engine import (
+from flowrig.backends.docker.naming import check_run_id, network_name, new_run_id, scheduler_address
+from flowrig.backends.docker.plans import WORKER_PRELOAD, render_scheduler, render_worker
+from flowrig.certs import TLSMaterial
+from flowrig.containers import ContainerPlan
+from flowrig.containers.engine import (
     connect,
     container_logs_tail,
     create_container,
@@ -30,18 +32,19 @@ from flowrig.backends.docker.engine import (
     stop_and_remove,
     wait_for_log,
 )
-from flowrig.backends.docker.naming import check_run_id, network_name, new_run_id, scheduler_address
-from flowrig.backends.docker.plans import ContainerPlan, render_scheduler, render_worker
-from flowrig.errors import FlowrigError, InfrastructureError
+from flowrig.errors import InfrastructureError, flowrig_cause
+from flowrig.project.defaults import WORKER_THREADS
+from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
 
 if TYPE_CHECKING:
     from docker import DockerClient
     from docker.models.containers import Container
 
-    from flowrig.certs import TLSMaterial
-
 #: What a scheduler logs once it listens; the scheduler is ready from then on.
 SCHEDULER_READY = "Scheduler at:"
+#: Seconds a scheduler container may take to log that it listens; imports alone take
+#: about 5 s in the image, more on a busy machine.
+SCHEDULER_START_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,12 @@ class DockerScheduler(_ContainerProcess):
         container = await self._launch(plan)
         await _in_thread(wait_for_log, container, SCHEDULER_READY, s.scheduler_start_timeout, "scheduler")
         if s.publish:
-            port = await _in_thread(published_port, container, defaults.SCHEDULER_PORT)
-            dashboard = await _in_thread(published_port, container, defaults.DASHBOARD_PORT)
+            port = await _in_thread(published_port, container, SCHEDULER_PORT)
+            dashboard = await _in_thread(published_port, container, DASHBOARD_PORT)
             self.external_address = f"tls://127.0.0.1:{port}"
             self.dashboard_address = f"http://127.0.0.1:{dashboard}/status"
         else:
-            self.dashboard_address = f"http://{plan.name}:{defaults.DASHBOARD_PORT}/status"
+            self.dashboard_address = f"http://{plan.name}:{DASHBOARD_PORT}/status"
         await super().start()
 
 
@@ -134,16 +137,6 @@ class DockerWorker(_ContainerProcess):
         )
         await self._launch(plan)
         await super().start()
-
-
-def _flowrig_cause(exc: BaseException) -> FlowrigError | None:
-    # SpecCluster wraps a failed start in RuntimeError; the cause says what went wrong.
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, FlowrigError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 class DockerCluster(SpecCluster):
@@ -188,18 +181,18 @@ class DockerCluster(SpecCluster):
         run_id: str | None = None,
         network: str | None = None,
         tls: "TLSMaterial | None" = None,
-        worker_threads: int = defaults.WORKER_THREADS,
+        worker_threads: int = WORKER_THREADS,
         environment: Mapping[str, str] | None = None,
         worker_memory: str | None = None,
-        worker_preload: Iterable[str] = defaults.DOCKER_WORKER_PRELOAD,
-        scheduler_start_timeout: float = defaults.DOCKER_SCHEDULER_START_TIMEOUT,
+        worker_preload: Iterable[str] = WORKER_PRELOAD,
+        scheduler_start_timeout: float = SCHEDULER_START_TIMEOUT,
         client: "DockerClient | None" = None,
         asynchronous: bool = False,
         loop: Any = None,
     ) -> None:
         run_id = check_run_id(run_id or new_run_id())
         client = client or connect()
-        tls = tls or _default_tls()
+        tls = TLSMaterial.for_run(tls)
         self.settings = _RunSettings(
             client=client,
             run_id=run_id,
@@ -217,6 +210,13 @@ class DockerCluster(SpecCluster):
         self.run_id = run_id
         worker = {"cls": DockerWorker, "options": {"settings": self.settings}}
         workers = {i: worker for i in range(n_workers)}
+        # A loop of our own when none is given, so that a failed start can stop it:
+        # distributed's clusters leave theirs running when their start fails.
+        self._own_loop = None
+        if loop is None and not asynchronous:
+            self._own_loop = LoopRunner(asynchronous=False)
+            self._own_loop.start()
+            loop = self._own_loop.loop
         try:
             super().__init__(
                 workers=workers,
@@ -229,13 +229,23 @@ class DockerCluster(SpecCluster):
             )
         except BaseException as exc:
             # A failed start must not leave containers, a network or a loop thread.
-            with contextlib.suppress(Exception):
-                self._loop_runner.stop()
+            self._stop_own_loop()
             self._sweep()
-            cause = _flowrig_cause(exc)
+            cause = flowrig_cause(exc)
             if cause is not None:
                 raise cause from None
             raise
+
+    def _stop_own_loop(self) -> None:
+        if self._own_loop is not None:
+            self._own_loop.stop()
+
+    def close(self, timeout: float | None = None) -> Any:
+        """Remove every container of the cluster (and its network, when its own)."""
+        try:
+            return super().close(timeout)
+        finally:
+            self._stop_own_loop()
 
     def _sweep(self) -> None:
         s = self.settings
@@ -284,11 +294,3 @@ class DockerCluster(SpecCluster):
                 tail = container_logs_tail(containers[0]) if containers else "no worker container"
                 raise InfrastructureError(f"no worker joined the scheduler within {timeout:.0f} s: {tail}")
             time.sleep(0.25)
-
-
-def _default_tls() -> "TLSMaterial":
-    from flowrig.certs import TLSMaterial
-
-    if os.environ.get("FLOWRIG_IN_IMAGE") and defaults.IMAGE_TLS_DIR.is_dir():
-        return TLSMaterial.from_dir(defaults.IMAGE_TLS_DIR)
-    return TLSMaterial.ephemeral()

@@ -1,20 +1,16 @@
-"""Container plans: everything needed to create one container of a run, as data (pure).
+"""The plan of each role's container on the docker backend, as data (pure).
 
 :func:`render_scheduler`, :func:`render_worker` and :func:`render_runner` say what
-each role's container looks like; :func:`flowrig.backends.docker.engine.create_container`
-is the one place that hands a plan to the Docker daemon.
+each role's container looks like; :func:`flowrig.containers.engine.create_container`
+is the one place that hands a plan to the Docker engine.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from flowrig import defaults
+from flowrig import layout
 from flowrig.backends.docker.naming import (
     ENV_IMAGE,
     ENV_NETWORK,
@@ -25,90 +21,38 @@ from flowrig.backends.docker.naming import (
     network_name,
     scheduler_address,
 )
+from flowrig.containers import ContainerPlan, InjectedFile
+from flowrig.containers.plans import FILES_DIR
+from flowrig.project.defaults import WORKER_THREADS
+from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
 
 if TYPE_CHECKING:
     from flowrig.certs import TLSMaterial
 
-
-@dataclass(frozen=True)
-class InjectedFile:
-    """A file copied into a container before it starts (a name inside ``files_dir``)."""
-
-    name: str
-    data: bytes = field(repr=False)
-    mode: int = 0o644
-
-
-@dataclass(frozen=True)
-class ContainerPlan:
-    """Everything needed to create one container.
-
-    :func:`~flowrig.backends.docker.engine.create_container` creates it.
-
-    Parameters
-    ----------
-    name, image, command
-        Container name, image tag, arguments to the image's entrypoint.
-    labels, environment
-        Labels and environment of the container.
-    network, aliases
-        The network the container joins and its extra names there.
-    publish
-        Container ports published on 127.0.0.1, each on a free host port.
-    binds
-        Host path -> container path (read-write).
-    group_add
-        Extra groups of the container's user (the Docker socket's group).
-    files, files_dir
-        Files copied into ``files_dir`` before start, owned by the image's user.
-    memory
-        Memory limit (Docker syntax, e.g. ``"2g"``), or ``None``.
-    stop_timeout
-        Seconds between SIGTERM and SIGKILL on ``docker stop``.
-    """
-
-    name: str
-    image: str
-    command: tuple[str, ...]
-    labels: Mapping[str, str]
-    environment: Mapping[str, str]
-    network: str
-    aliases: tuple[str, ...] = ()
-    publish: tuple[int, ...] = ()
-    binds: Mapping[str, str] = field(default_factory=dict)
-    group_add: tuple[str, ...] = ()
-    files: tuple[InjectedFile, ...] = ()
-    files_dir: str = defaults.DOCKER_TLS_DIR
-    memory: str | None = None
-    stop_timeout: int = defaults.DOCKER_STOP_TIMEOUT
+#: Where a scheduler or worker container gets the run's TLS files; copied in before the
+#: container starts, so they do not have to be the image's baked ones.
+TLS_DIR = FILES_DIR
+#: Modules a worker container imports before it joins the scheduler. The first Prefect
+#: task on a worker would import them anyway; importing them at start-up overlaps that
+#: with the runner's own start instead of delaying the flow's first tasks.
+WORKER_PRELOAD = ("prefect.task_engine", "prefect_dask")
+#: Host environment variables a runner container inherits when they are set.
+PASSTHROUGH_ENV = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_LOGGING_LEVEL", "FLOWRIG_DEBUG")
+#: Path of the Docker socket inside a runner container (it starts the run's scheduler
+#: and workers as sibling containers through it).
+DOCKER_SOCKET = "/var/run/docker.sock"
+#: Seconds the host gives a runner container to tear its cluster down after Ctrl-C or
+#: SIGTERM, before everything of the run is removed by force.
+RUNNER_STOP_TIMEOUT = 20
 
 
 def tls_files(tls: "TLSMaterial") -> tuple[InjectedFile, ...]:
     """The run's certificates as files for a container; the key is for its user only."""
     return (
-        InjectedFile(defaults.CA_CERT, tls.ca_pem),
-        InjectedFile(defaults.LEAF_CERT, tls.cert_pem),
-        InjectedFile(defaults.LEAF_KEY, tls.key_pem, mode=0o600),
+        InjectedFile(layout.CA_CERT, tls.ca_pem),
+        InjectedFile(layout.LEAF_CERT, tls.cert_pem),
+        InjectedFile(layout.LEAF_KEY, tls.key_pem, mode=0o600),
     )
-
-
-def files_archive(directory: str, files: Iterable[InjectedFile], uid: int = defaults.IMAGE_UID) -> bytes:
-    """A tar archive of ``directory``'s last component holding ``files``.
-
-    It is unpacked in the directory's parent. The directory gets mode 0700 and every
-    entry belongs to ``uid``, so only the image's user can read a key in it.
-    """
-    top = Path(directory).name
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        info = tarfile.TarInfo(top)
-        info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o700, uid, uid
-        archive.addfile(info)
-        for item in files:
-            info = tarfile.TarInfo(f"{top}/{item.name}")
-            info.size, info.mode, info.uid, info.gid = len(item.data), item.mode, uid, uid
-            archive.addfile(info, io.BytesIO(item.data))
-    return buffer.getvalue()
 
 
 def render_scheduler(
@@ -124,12 +68,12 @@ def render_scheduler(
     return ContainerPlan(
         name=name,
         image=image,
-        command=("scheduler", "--dashboard-address", f":{defaults.DASHBOARD_PORT}"),
+        command=("scheduler", "--dashboard-address", f":{DASHBOARD_PORT}"),
         labels=labels(run_id, "scheduler"),
-        environment={ENV_RUN_ID: run_id, "FLOWRIG_TLS_DIR": defaults.DOCKER_TLS_DIR},
+        environment={ENV_RUN_ID: run_id, "FLOWRIG_TLS_DIR": TLS_DIR},
         network=network,
         aliases=("scheduler",),
-        publish=(defaults.SCHEDULER_PORT, defaults.DASHBOARD_PORT) if publish else (),
+        publish=(SCHEDULER_PORT, DASHBOARD_PORT) if publish else (),
         files=tls_files(tls),
     )
 
@@ -141,14 +85,14 @@ def render_worker(
     worker: object,
     *,
     tls: "TLSMaterial",
-    threads: int = defaults.WORKER_THREADS,
+    threads: int = WORKER_THREADS,
     environment: Mapping[str, str] | None = None,
     memory: str | None = None,
-    preload: Iterable[str] = defaults.DOCKER_WORKER_PRELOAD,
+    preload: Iterable[str] = WORKER_PRELOAD,
 ) -> ContainerPlan:
     """A worker container: the image's ``worker`` role, connecting to the run's scheduler."""
     env = dict(environment or {})
-    env.update({ENV_RUN_ID: run_id, "FLOWRIG_TLS_DIR": defaults.DOCKER_TLS_DIR})
+    env.update({ENV_RUN_ID: run_id, "FLOWRIG_TLS_DIR": TLS_DIR})
     return ContainerPlan(
         name=container_name(run_id, "worker", worker),
         image=image,
@@ -181,10 +125,10 @@ def render_runner(
     It runs the image's baked project with the ``docker`` backend. Parameters travel as
     ``FLOWRIG_PARAMETERS`` (one JSON object), which the runner merges like a parameters
     file. ``environ`` is the host's environment; only
-    :data:`flowrig.defaults.DOCKER_PASSTHROUGH_ENV` is taken from it.
+    :data:`PASSTHROUGH_ENV` is taken from it.
     """
     name = container_name(run_id, "runner")
-    env = {k: environ[k] for k in defaults.DOCKER_PASSTHROUGH_ENV if environ.get(k)}
+    env = {k: environ[k] for k in PASSTHROUGH_ENV if environ.get(k)}
     env.update(
         {
             ENV_RUN_ID: run_id,
@@ -202,8 +146,8 @@ def render_runner(
         environment=env,
         network=network_name(run_id),
         aliases=("runner",),
-        binds={socket_path: defaults.DOCKER_SOCKET},
+        binds={socket_path: DOCKER_SOCKET},
         # The image runs as a non-root user: the socket's group lets it use Docker.
         group_add=(str(socket_gid),) if socket_gid is not None else (),
-        stop_timeout=defaults.DOCKER_RUNNER_STOP_TIMEOUT,
+        stop_timeout=RUNNER_STOP_TIMEOUT,
     )

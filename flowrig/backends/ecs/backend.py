@@ -1,0 +1,351 @@
+"""``ecs`` and ``fargate``: one run's cluster as ECS tasks of the run's image.
+
+The scheduler and the workers are ECS tasks that flowrig starts, watches and stops
+itself (:class:`~flowrig.backends.ecs.launcher.ECSLauncher` in a
+:class:`~flowrig.backends.pool.PoolCluster`), on distributed's public cluster API. The
+AWS resources the tasks need are created for the run when the project names none:
+tagged with the run id, the security group admitting only the VPC, and all of it
+deleted by :meth:`StartedCluster.close` (:class:`~flowrig.backends.ecs.aws.RunResources`).
+
+Mutual TLS reaches the containers through their command lines: the scheduler and
+worker commands carry ``--tls-*`` flags naming the files baked into the image, and the
+runner's client gets the run's :class:`distributed.security.Security`.
+
+Why not dask-cloudprovider's ``ECSCluster``: its start waits without a deadline, drops
+the reason a task stopped for, polls without pause, starts workers one RunTask at a
+time with blind retries, and opens the Dask ports to the internet by default; bending
+it meant patching its private state. Its helpers are still used where they fit.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster
+from flowrig.backends.ecs import defaults
+from flowrig.backends.ecs.options import ECSOptions
+from flowrig.backends.pool import StartTimeout
+from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
+
+if TYPE_CHECKING:
+    from flowrig.backends.ecs.aws import RunResources
+    from flowrig.backends.ecs.taskdefs import RoleSize
+    from flowrig.backends.pool import PoolCluster
+
+logger = logging.getLogger("flowrig.ecs")
+
+_INSTALL_HINT = "pip install 'flowrig[aws]'"
+
+
+def _require_aws_extra(backend: str) -> None:
+    """The aws extra (dask-cloudprovider, which brings botocore) is installed."""
+    try:
+        import botocore  # noqa: F401
+        from dask_cloudprovider.aws import helper  # noqa: F401
+    except ImportError:
+        raise BadInput(f"the {backend} backend needs dask-cloudprovider: {_INSTALL_HINT}") from None
+
+
+def _close_run(cluster: "PoolCluster | None", resources: "RunResources | None") -> None:
+    """Stop the run's tasks, then delete its AWS resources; a failure of one never skips the other."""
+    if cluster is not None:
+        try:
+            cluster.close()
+        except Exception as exc:  # the AWS sweep that follows stops whatever is left
+            logger.warning("closing the dask cluster failed: %s", one_line(exc))
+    if resources is not None:
+        leftovers = resources.delete()
+        if leftovers:
+            logger.error(
+                "these AWS resources of the run could not be deleted (they carry its tags): %s",
+                "; ".join(leftovers),
+            )
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """How one run's tasks launch: Fargate or not, sizes, and command flags."""
+
+    fargate_scheduler: bool
+    fargate_workers: bool
+    sizes: dict[str, "RoleSize"]
+    scheduler_args: list[str]
+    worker_args: list[str]
+
+
+@dataclass(frozen=True)
+class _Infrastructure:
+    """The AWS resources one run's tasks use (given by the project or created)."""
+
+    cluster_arn: str
+    execution_role_arn: str
+    task_role_arn: str
+    log_group: str
+    stream_prefix: str
+    vpc: str
+    subnets: list[str]
+    security_groups: list[str]
+
+
+class _ECSBase(Backend):
+    """What ``ecs`` and ``fargate`` share; they differ in the launch type only."""
+
+    #: Whether scheduler and workers run on Fargate unless the options say otherwise.
+    fargate: ClassVar[bool]
+    options_model = ECSOptions
+
+    def prefect_api_hosts(self) -> tuple[str, str]:
+        """Inside an ECS task (a runner task), listen on the task's address so workers
+        in the same VPC reach the run's Prefect API; elsewhere stay on loopback, since
+        cloud workers cannot reach a laptop anyway (use ``PREFECT_API_URL`` there)."""
+        if os.environ.get("ECS_CONTAINER_METADATA_URI_V4"):
+            try:
+                return "0.0.0.0", socket.gethostbyname(socket.gethostname())
+            except OSError:
+                pass
+        return "127.0.0.1", "127.0.0.1"
+
+    def start(self, spec: ClusterSpec) -> StartedCluster:
+        """Create the run's AWS resources, start the cluster, wait for its first worker.
+
+        Everything happens within ``provision_timeout`` seconds (option; default
+        :data:`flowrig.backends.ecs.defaults.PROVISION_TIMEOUT`). On any failure, what
+        was created is removed again before the error is raised.
+
+        Raises
+        ------
+        BadInput
+            No image, the aws extra missing, invalid options or task sizes, no AWS
+            credentials or region.
+        InfrastructureError
+            AWS unreachable or refusing, or the cluster not ready in time.
+        """
+        from flowrig.backends.ecs import aws
+        from flowrig.backends.ecs.launcher import ECSLauncher, TaskSettings
+        from flowrig.backends.pool import PoolCluster
+
+        _require_aws_extra(self.name)
+        if not spec.image:
+            raise BadInput(f"the {self.name} backend needs an image: pass --image or build one with flowrig build")
+        options: ECSOptions = self.parse_options(spec.options)
+        timeout = float(options.provision_timeout)
+        deadline = time.monotonic() + timeout
+        # Every option is checked before the first AWS call.
+        launch = self._launch(options)
+        session = aws.session(
+            options.region_name,
+            access_key_id=options.aws_access_key_id,
+            secret_access_key=options.aws_secret_access_key,
+        )
+        tags = {**options.tags, "flowrig-run-id": spec.run_id, "createdBy": "flowrig"}
+        resources = aws.RunResources(session, tags, float(options.cleanup_timeout))
+        cluster: PoolCluster | None = None
+        initial = spec.size.adapt[0] if spec.size.adapt else spec.size.n_workers
+        try:
+            infra = self._infrastructure(spec.run_id, options, resources, launch)
+            definitions = self._task_definitions(spec, options, resources, session.region_name, launch, infra)
+            started_by = f"{defaults.FAMILY_PREFIX}-{spec.run_id}"[:128]
+            # Whatever happens to the cluster object, teardown finds the run's tasks by this.
+            resources.track_tasks(infra.cluster_arn, started_by)
+            launcher = ECSLauncher(session, TaskSettings(
+                cluster_arn=infra.cluster_arn,
+                scheduler_task_definition=definitions["scheduler"],
+                worker_task_definition=definitions["worker"],
+                subnets=infra.subnets,
+                security_groups=infra.security_groups,
+                started_by=started_by,
+                scheduler_command=self._scheduler_command(options, launch),
+                worker_args=launch.worker_args,
+                worker_threads=spec.worker_threads,
+                fargate=launch.fargate_workers,
+                scheduler_fargate=launch.fargate_scheduler,
+                fargate_spot=options.fargate_spot,
+                public_ip=not options.fargate_use_private_ip,
+                tags={k: v for k, v in tags.items() if k != "createdBy"},
+                environment={**dict(spec.worker_env), **options.environment},
+                scheduler_task_kwargs=options.scheduler_task_kwargs,
+                worker_task_kwargs=options.worker_task_kwargs,
+            ))
+            try:
+                cluster = PoolCluster(
+                    launcher,
+                    security=spec.tls.to_security(),
+                    n_workers=0,
+                    start_timeout=max(deadline - time.monotonic(), 0.0),
+                    scheduler_address=options.scheduler_address,
+                    name=f"flowrig-{spec.run_id}",
+                )
+            except StartTimeout as exc:
+                raise InfrastructureError(
+                    f"the {self.name} cluster did not start within {timeout:g} s ({exc}); "
+                    "everything created for the run is being removed"
+                ) from None
+            if initial:
+                cluster.scale(initial)
+            if spec.size.adapt:
+                cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
+            if initial:
+                try:
+                    cluster.wait_for_start(minimum=1, timeout=max(deadline - time.monotonic(), 0.0))
+                except StartTimeout as exc:
+                    raise InfrastructureError(
+                        f"the {self.name} cluster had no worker within {timeout:g} s ({exc}); "
+                        "everything created for the run is being removed"
+                    ) from None
+        except BaseException as exc:
+            _close_run(cluster, resources)
+            if isinstance(exc, (FlowrigError, KeyboardInterrupt)) or not isinstance(exc, Exception):
+                raise
+            raise InfrastructureError(f"the {self.name} cluster could not start: {one_line(exc)}") from None
+        return StartedCluster(
+            scheduler_address=cluster.scheduler_address,
+            dashboard_link=cluster.dashboard_link or None,
+            close=CloseOnce(functools.partial(_close_run, cluster, resources)),
+            cluster=cluster,
+        )
+
+    # --- steps of start -----------------------------------------------------------
+    def _launch(self, options: ECSOptions) -> _Launch:
+        """Launch types, task sizes and command flags, checked before anything is created."""
+        from flowrig.backends.ecs import taskdefs, validate
+
+        fargate_scheduler = self.fargate if options.fargate_scheduler is None else options.fargate_scheduler
+        fargate_workers = self.fargate if options.fargate_workers is None else options.fargate_workers
+        if self.fargate and not (fargate_scheduler and fargate_workers):
+            raise BadInput(
+                "the fargate backend runs everything on Fargate: drop fargate_scheduler/"
+                "fargate_workers from [cluster.options], or use the ecs backend"
+            )
+        if not options.cluster_arn and not (fargate_scheduler and fargate_workers):
+            raise BadInput(
+                f"the {self.name} backend needs an existing cluster: set cluster_arn in "
+                "[cluster.options], or use the fargate backend to get one per run"
+            )
+        sizes = {
+            "runner": taskdefs.default_sizes()["runner"],
+            "scheduler": taskdefs.RoleSize(options.scheduler_cpu, options.scheduler_mem),
+            "worker": taskdefs.RoleSize(options.worker_cpu, options.worker_mem),
+        }
+        if fargate_scheduler:
+            validate.check_fargate_size("scheduler", sizes["scheduler"].cpu, sizes["scheduler"].memory)
+        if fargate_workers:
+            validate.check_fargate_size("worker", sizes["worker"].cpu, sizes["worker"].memory)
+        return _Launch(
+            fargate_scheduler=fargate_scheduler,
+            fargate_workers=fargate_workers,
+            sizes=sizes,
+            scheduler_args=list(options.scheduler_extra_args) + taskdefs.scheduler_extra_args(),
+            worker_args=list(options.worker_extra_args) + taskdefs.worker_extra_args(),
+        )
+
+    @staticmethod
+    def _scheduler_command(options: ECSOptions, launch: _Launch) -> list[str]:
+        from flowrig.roles import scheduler_command
+
+        return scheduler_command(options.scheduler_timeout, launch.scheduler_args)
+
+    def _infrastructure(
+        self, run_id: str, options: ECSOptions, resources: "RunResources", launch: _Launch
+    ) -> _Infrastructure:
+        """The cluster, roles, log group and network the tasks use: the project's, when
+        ``[cluster.options]`` names them, else created (tagged) for this run."""
+        name = f"{defaults.FAMILY_PREFIX}-{run_id}"
+        cluster_arn = options.cluster_arn or resources.create_cluster(name)
+        execution_role_arn = options.execution_role_arn or resources.create_role(
+            f"{name}-execution",
+            "flowrig: lets ECS pull the image and write logs for one run",
+            [f"arn:{resources.aws.partition}:iam::aws:{defaults.EXECUTION_ROLE_POLICY}"],
+        )
+        # No task role unless asked for: the containers get no AWS permissions by default.
+        task_role_arn = options.task_role_arn or ""
+        if not task_role_arn and options.task_role_policies:
+            task_role_arn = resources.create_role(
+                f"{name}-task", "flowrig: what one run's containers may do in AWS", list(options.task_role_policies)
+            )
+        log_group = options.cloudwatch_logs_group or resources.create_log_group(
+            defaults.LOG_GROUP.format(name=run_id)
+        )
+        vpc = options.vpc
+        if not vpc or vpc == "default":
+            vpc = resources.default_vpc()
+        subnets = list(options.subnets or resources.vpc_subnets(vpc))
+        security_groups = list(options.security_groups or [
+            resources.create_security_group(name, vpc, resources.vpc_cidrs(vpc))
+        ])
+        return _Infrastructure(
+            cluster_arn=cluster_arn,
+            execution_role_arn=execution_role_arn,
+            task_role_arn=task_role_arn,
+            log_group=log_group,
+            stream_prefix=options.cloudwatch_logs_stream_prefix or name,
+            vpc=vpc,
+            subnets=subnets,
+            security_groups=security_groups,
+        )
+
+    def _task_definitions(
+        self,
+        spec: ClusterSpec,
+        options: ECSOptions,
+        resources: "RunResources",
+        region: str,
+        launch: _Launch,
+        infra: _Infrastructure,
+    ) -> dict[str, str]:
+        """Register the scheduler and worker task definitions the options do not name.
+
+        Returns ``{"scheduler": arn, "worker": arn}``.
+        """
+        from flowrig.backends.ecs import taskdefs, validate
+
+        given = {"scheduler": options.scheduler_task_definition_arn, "worker": options.worker_task_definition_arn}
+        arns = {}
+        for role, on_fargate in (("scheduler", launch.fargate_scheduler), ("worker", launch.fargate_workers)):
+            if given[role]:
+                arns[role] = str(given[role])
+                continue
+            settings = taskdefs.TaskDefinitionSettings(
+                image=spec.image or "",
+                name=spec.run_id,
+                region=region,
+                log_group=infra.log_group,
+                log_stream_prefix=infra.stream_prefix,
+                execution_role_arn=infra.execution_role_arn,
+                task_role_arn=infra.task_role_arn or None,
+                sizes=launch.sizes,
+                cpu_architecture=options.cpu_architecture.upper(),
+                compatibilities=("FARGATE",) if on_fargate else ("EC2",),
+                tags=dict(resources.tags),
+                scheduler_idle_timeout=options.scheduler_timeout,
+                worker_threads=spec.worker_threads,
+                # The registered commands are the ones the tasks are started with.
+                scheduler_args=tuple(launch.scheduler_args),
+                worker_args=tuple(launch.worker_args),
+                volumes=tuple(options.volumes),
+                mount_points=tuple(options.mount_points),
+                mount_on_scheduler=options.mount_volumes_on_scheduler,
+            )
+            params = taskdefs.render_task_definition(role, settings)
+            validate.check_task_definition(params)
+            arns[role] = resources.register_task_definition(params)
+        return arns
+
+
+class ECSBackend(_ECSBase):
+    """``ecs``: tasks on an existing ECS cluster (``cluster_arn`` in ``[cluster.options]``)."""
+
+    name = "ecs"
+    fargate = False
+
+
+class FargateBackend(_ECSBase):
+    """``fargate``: a new Fargate cluster per run, removed with everything else after it."""
+
+    name = "fargate"
+    fargate = True

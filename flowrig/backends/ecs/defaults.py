@@ -1,0 +1,45 @@
+"""Defaults of the ECS backends and of rendered task definitions."""
+
+from __future__ import annotations
+
+#: Task definition families are ``<prefix>-<project or run id>-<role>``, so everything
+#: flowrig registers sorts together in the console.
+FAMILY_PREFIX = "flowrig"
+#: Container names of the roles. dask-cloudprovider overrides the command of containers
+#: named exactly ``dask-scheduler`` and ``dask-worker``, so task definitions rendered
+#: for it keep those two names.
+RUNNER_CONTAINER = "flowrig-runner"
+SCHEDULER_CONTAINER = "dask-scheduler"
+WORKER_CONTAINER = "dask-worker"
+#: Fargate size of each role: CPU units (1024 = one vCPU) and memory in MiB. Small on
+#: purpose, since a run's cluster lives minutes; workers get the most memory because
+#: they hold the data.
+RUNNER_CPU = 1024
+RUNNER_MEMORY = 2048
+SCHEDULER_CPU = 1024
+SCHEDULER_MEMORY = 2048
+WORKER_CPU = 1024
+WORKER_MEMORY = 4096
+#: CPU architecture of rendered task definitions (the image is built for the host's).
+CPU_ARCHITECTURE = "X86_64"
+#: CloudWatch log group of rendered task definitions; ``{name}`` is the project name.
+LOG_GROUP = "/flowrig/{name}"
+#: Container health checks (seconds). The start period covers the image's imports
+#: (about 5 s) with a wide margin, so a slow start is not counted as a failure.
+HEALTH_INTERVAL = 30
+HEALTH_TIMEOUT = 5
+HEALTH_RETRIES = 3
+HEALTH_START_PERIOD = 60
+#: Open files per container: a scheduler holds one connection per worker and client.
+NOFILE_LIMIT = 65535
+#: Seconds an ``ecs``/``fargate`` cluster may take from the first AWS call until its
+#: first worker has joined (exit 3 after that). Fargate needs about a minute per task to
+#: pull the image and start; the rest is margin for capacity shortages.
+PROVISION_TIMEOUT = 600.0
+#: Seconds teardown keeps retrying while stopped tasks release their network interfaces.
+CLEANUP_TIMEOUT = 300.0
+#: Managed policy given to an execution role flowrig creates: pull images, write logs.
+EXECUTION_ROLE_POLICY = "policy/service-role/AmazonECSTaskExecutionRolePolicy"
+#: Docker network ``flowrig ecs run-local`` puts containers on when none is named; it
+#: outlives a run, so separate invocations (scheduler, workers, runner) meet on it.
+RUN_LOCAL_NETWORK = "flowrig-ecs-local"

@@ -1,0 +1,102 @@
+"""``local``: a ``distributed.LocalCluster`` on this machine, over mutual TLS; and
+``address``: a scheduler someone else started."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import StrictBool, StrictFloat, StrictInt, StrictStr
+
+from flowrig import layout
+from flowrig.backends.base import Backend, ClusterSpec, Options, StartedCluster
+from flowrig.errors import BadInput, InfrastructureError, one_line
+
+#: Imported by the fork server before it forks the first worker.
+WORKER_PRELOAD = "flowrig.backends.local.preload"
+
+
+class LocalOptions(Options):
+    """``[cluster.options]`` of the ``local`` backend: ``LocalCluster`` keywords."""
+
+    memory_limit: StrictStr | StrictInt | None = None
+    dashboard_address: StrictStr | None = None
+    worker_dashboard_address: StrictStr | None = None
+    resources: dict[str, StrictFloat | StrictInt] | None = None
+    silence_logs: StrictBool | StrictInt | None = None
+    #: Seconds a worker may take to start.
+    timeout: StrictFloat | StrictInt | None = None
+
+
+class LocalBackend(Backend):
+    """Worker processes on this machine, listening on loopback only.
+
+    Worker processes fork from a server that has already imported what a first
+    Prefect task imports; that server is a fork of the runner where possible
+    (:mod:`flowrig.internals.forkserver`), else a fresh preloaded interpreter.
+    """
+
+    name = "local"
+    options_model = LocalOptions
+
+    def start(self, spec: ClusterSpec) -> StartedCluster:
+        from distributed import LocalCluster
+
+        from flowrig.internals import forkserver
+
+        options = self.parse_options(spec.options)
+        forkserver.prepare(WORKER_PRELOAD)
+        kwargs: dict[str, Any] = {
+            "n_workers": spec.size.n_workers,
+            "threads_per_worker": spec.worker_threads,
+            "processes": True,
+            "host": "127.0.0.1",
+            # A fixed dashboard port collides between parallel runs; any free port will do.
+            "dashboard_address": "127.0.0.1:0",
+            **options.given(),
+        }
+        # Mutual TLS and the run's environment are not options a project may drop.
+        kwargs.update(
+            protocol="tls://", security=spec.tls.to_security(), env=dict(spec.worker_env),
+            worker_class=forkserver.nanny_class(),
+        )
+        try:
+            cluster = LocalCluster(**kwargs)
+        except Exception as exc:
+            raise InfrastructureError(f"the local cluster could not start: {one_line(exc)}") from None
+        if spec.size.adapt:
+            cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
+        return StartedCluster(
+            scheduler_address=cluster.scheduler_address,
+            dashboard_link=cluster.dashboard_link,
+            close=cluster.close,
+            cluster=cluster,
+        )
+
+
+class AddressBackend(Backend):
+    """``address``: a scheduler that is already running (``--scheduler-address``).
+
+    The runner only connects; the cluster belongs to whoever started it.
+    """
+
+    name = "address"
+
+    def prefect_api_hosts(self) -> tuple[str, str]:
+        """In a runner container the workers are elsewhere: listen on all interfaces and
+        advertise this container (``FLOWRIG_RUNNER_HOST``, else its own address); on a
+        host machine stay on loopback."""
+        from flowrig.common.net import own_address
+
+        if not layout.in_image():
+            return super().prefect_api_hosts()
+        return "0.0.0.0", os.environ.get("FLOWRIG_RUNNER_HOST") or own_address()
+
+    def start(self, spec: ClusterSpec) -> StartedCluster:
+        address = spec.options.get("address")
+        if not address or not str(address).startswith("tls://"):
+            raise BadInput(
+                f"the address backend needs a tls:// scheduler address, got {address!r}: "
+                "pass --scheduler-address tls://HOST:8786"
+            )
+        return StartedCluster(scheduler_address=str(address), dashboard_link=None, close=lambda: None)

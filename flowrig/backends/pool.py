@@ -1,0 +1,401 @@
+"""A cluster whose scheduler and workers a :class:`Launcher` starts: ECS tasks, VMs.
+
+:class:`PoolCluster` is flowrig's own cluster manager on distributed's public API (the
+:class:`distributed.deploy.Cluster` base, its scheduler RPC and ``Adaptive``). A backend
+supplies only a :class:`Launcher`: how to start the scheduler and a batch of workers,
+how to observe all of them in one call, and how to stop them. The pool owns what every
+cloud backend needs the same way:
+
+- a start deadline: the scheduler and the first workers either come up in time or the
+  start fails with what was still pending;
+- stop reasons: a role that stops is reported with the launcher's one-line reason;
+- one observation of every role per poll, at a rate that backs off while nothing changes;
+- workers that stop after joining are replaced, so the cluster returns to its size.
+
+Worker names are chosen by the pool and passed to the launcher, so the scheduler's view
+(workers by name) and the pool's match, and adaptive scaling retires by name.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable
+
+from distributed.core import Status, rpc
+from distributed.deploy import Cluster
+from distributed.utils import LoopRunner, NoOpAwaitable
+
+from flowrig.errors import InfrastructureError, one_line
+
+logger = logging.getLogger("flowrig.pool")
+
+#: Seconds between two observations of the roles, at first and at most.
+POLL_MIN = 1.0
+POLL_MAX = 10.0
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a launcher saw of one role.
+
+    Parameters
+    ----------
+    status
+        ``pending`` (asked for, not running yet), ``running`` or ``stopped``.
+    reason
+        Why it stopped, one line (stop code, stopped reason, the container's reason).
+    """
+
+    status: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a started scheduler listens.
+
+    Parameters
+    ----------
+    contact_address
+        ``tls://`` address the workers use.
+    client_address
+        ``tls://`` address this process uses (the same unless it is published elsewhere).
+    dashboard_link
+        URL of the dashboard, when it is reachable from here.
+    """
+
+    contact_address: str
+    client_address: str | None = None
+    dashboard_link: str | None = None
+
+
+class StartTimeout(InfrastructureError):
+    """The start deadline passed; the message says what was still pending."""
+
+
+class Launcher(abc.ABC):
+    """How one backend starts, observes and stops a run's roles.
+
+    Every method blocks (it calls a cloud API or an engine) and runs in a thread off the
+    cluster's event loop. Handles are the launcher's own ids (a task ARN, a container id).
+    """
+
+    #: What a role is called in messages ("task", "container", "instance").
+    kind: ClassVar[str] = "task"
+
+    @abc.abstractmethod
+    def start_scheduler(self) -> str:
+        """Ask for the scheduler; its handle."""
+
+    @abc.abstractmethod
+    def scheduler_endpoint(self, handle: str) -> Endpoint:
+        """Where the running scheduler ``handle`` listens."""
+
+    @abc.abstractmethod
+    def start_workers(self, scheduler_address: str, names: list[str]) -> list[str]:
+        """Ask for one worker per name, connecting to ``scheduler_address``; their handles
+        in the order of ``names``."""
+
+    @abc.abstractmethod
+    def observe(self, handles: list[str]) -> dict[str, Observed]:
+        """The state of each of ``handles``, in as few calls as the API allows."""
+
+    @abc.abstractmethod
+    def stop(self, handles: list[str], reason: str) -> None:
+        """Stop roles; quiet about roles that are gone already."""
+
+    def close(self) -> None:
+        """Release what the launcher itself holds (clients, a network); after :meth:`stop`."""
+
+
+@dataclass
+class _Worker:
+    handle: str
+    since: float
+    joined: bool = False
+    state: Observed = field(default_factory=lambda: Observed("pending"))
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+
+class PoolCluster(Cluster):
+    """A Dask cluster whose roles a :class:`Launcher` starts.
+
+    Parameters
+    ----------
+    launcher
+        Starts, observes and stops the roles.
+    security
+        The run's :class:`distributed.security.Security` (mutual TLS).
+    n_workers
+        Workers to start with; :meth:`scale` and :meth:`adapt` work as usual.
+    start_timeout
+        Seconds the scheduler may take until it answers; the clock starts here.
+    scheduler_address
+        A running scheduler to use instead of starting one (it is left running).
+    name
+        Name of the cluster (shown by distributed).
+    """
+
+    def __init__(
+        self,
+        launcher: Launcher,
+        *,
+        security: Any,
+        n_workers: int = 0,
+        start_timeout: float = 600.0,
+        scheduler_address: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.launcher = launcher
+        self.security = security
+        self.deadline = time.monotonic() + start_timeout
+        self.start_timeout = start_timeout
+        self.workers: dict[str, _Worker] = {}
+        #: One line per worker that stopped before it joined, oldest first.
+        self.failures: list[str] = []
+        #: Workers that stopped after joining and were replaced.
+        self.replaced = 0
+        self._desired = n_workers
+        self._counter = 0
+        self._existing = scheduler_address
+        self._scheduler_handle: str | None = None
+        self._endpoint: Endpoint | None = None
+        self._watcher: asyncio.Task | None = None
+        self._lock: asyncio.Lock | None = None
+        # A loop of our own, so that a failed start can stop it (distributed's clusters
+        # leave theirs running when their start fails).
+        self._own_loop = LoopRunner(asynchronous=False)
+        self._own_loop.start()
+        super().__init__(asynchronous=False, loop=self._own_loop.loop, name=name)
+        try:
+            self.sync(self._start)
+        except BaseException:
+            self._own_loop.stop()
+            raise
+
+    # --- start ---------------------------------------------------------------------
+    async def _start(self) -> None:
+        self.status = Status.starting
+        self._lock = asyncio.Lock()
+        try:
+            if self._existing:
+                self._endpoint = Endpoint(self._existing)
+            else:
+                self._scheduler_handle = await _in_thread(self.launcher.start_scheduler)
+                await self._wait_running(self._scheduler_handle, "scheduler")
+                self._endpoint = await _in_thread(self.launcher.scheduler_endpoint, self._scheduler_handle)
+            address = self._endpoint.client_address or self._endpoint.contact_address
+            self.scheduler_comm = rpc(address, connection_args=self.security.get_connection_args("client"))
+            await self._connect()
+            self.status = Status.running
+            self._watcher = asyncio.ensure_future(self._watch())
+            await self._reconcile()
+        except BaseException:
+            self.status = Status.failed
+            await self._stop_all("the cluster's start failed")
+            raise
+
+    def _remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    async def _wait_running(self, handle: str, role: str) -> None:
+        interval = POLL_MIN
+        while True:
+            state = (await _in_thread(self.launcher.observe, [handle])).get(handle, Observed("pending"))
+            if state.status == "running":
+                return
+            if state.status == "stopped":
+                raise InfrastructureError(f"the {role} {self.launcher.kind} stopped: {state.reason}")
+            if self._remaining() <= 0:
+                raise StartTimeout(f"{role} {self.launcher.kind} {state.status.upper()}")
+            await asyncio.sleep(min(interval, max(self._remaining(), 0.05)))
+            interval = min(interval * 1.5, POLL_MAX)
+
+    async def _connect(self) -> None:
+        """Cluster's own start (its worker-status subscription), retried until the
+        scheduler answers or the deadline passes."""
+        while True:
+            try:
+                await asyncio.wait_for(super()._start(), timeout=max(self._remaining(), 0.1))
+                return
+            except (OSError, asyncio.TimeoutError) as exc:
+                if self._remaining() <= 0:
+                    raise StartTimeout(f"scheduler not answering at {self.scheduler_comm.address}") from exc
+                await asyncio.sleep(1)
+
+    # --- scaling ---------------------------------------------------------------------
+    def scale(self, n: int) -> Any:
+        """Scale to ``n`` workers (started in the background)."""
+        self._desired = max(int(n), 0)
+        self.loop.add_callback(self._reconcile)
+        return NoOpAwaitable()
+
+    async def scale_down(self, workers: Iterable[str]) -> None:
+        """Stop the named workers (``Adaptive`` retired them on the scheduler first)."""
+        names = [name for name in workers if name in self.workers]
+        if not names:
+            return
+        self._desired = max(self._desired - len(names), 0)
+        handles = [self.workers.pop(name).handle for name in names]
+        await _in_thread(self.launcher.stop, handles, "scaled down")
+
+    def __await__(self):  # Adaptive awaits its cluster before recommending
+        async def _() -> "PoolCluster":
+            return self
+
+        return _().__await__()
+
+    @property
+    def plan(self) -> set[str]:
+        return set(self.workers)
+
+    @property
+    def requested(self) -> set[str]:
+        return set(self.workers)
+
+    async def _reconcile(self) -> None:
+        if self.status != Status.running or self._lock is None:
+            return
+        async with self._lock:
+            missing = self._desired - len(self.workers)
+            if missing > 0:
+                names = [self._next_name() for _ in range(missing)]
+                contact = self._endpoint.contact_address if self._endpoint else ""
+                handles = await _in_thread(self.launcher.start_workers, contact, names)
+                now = time.monotonic()
+                for name, handle in zip(names, handles):
+                    self.workers[name] = _Worker(handle=handle, since=now)
+            elif missing < 0:
+                # Not yet joined first: they hold no data.
+                extra = sorted(self.workers, key=lambda n: (self.workers[n].joined, n))[: -missing]
+                handles = [self.workers.pop(name).handle for name in extra]
+                if self.scheduler_comm is not None:
+                    try:
+                        await self.scheduler_comm.retire_workers(names=extra, remove=True, close_workers=True)
+                    except Exception as exc:
+                        logger.debug("retiring %s failed: %s", extra, exc)
+                await _in_thread(self.launcher.stop, handles, "scaled down")
+
+    def _next_name(self) -> str:
+        while str(self._counter) in self.workers:
+            self._counter += 1
+        name = str(self._counter)
+        self._counter += 1
+        return name
+
+    # --- watching -----------------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Observe every role at a backing-off rate; replace workers that stop."""
+        interval = POLL_MIN
+        while self.status == Status.running:
+            await asyncio.sleep(interval)
+            try:
+                changed = await self._observe_once()
+            except Exception as exc:  # a poll that fails is tried again, more slowly
+                logger.debug("observing the cluster failed: %s", one_line(exc))
+                changed = False
+            interval = POLL_MIN if changed else min(interval * 1.5, POLL_MAX)
+
+    async def _observe_once(self) -> bool:
+        joined = {info.get("name") for info in self.scheduler_info.get("workers", {}).values()}
+        records = dict(self.workers)
+        if not records:
+            return False
+        states = await _in_thread(self.launcher.observe, [w.handle for w in records.values()])
+        changed = False
+        for name, worker in records.items():
+            state = states.get(worker.handle, worker.state)
+            if state != worker.state:
+                changed = True
+            worker.state = state
+            worker.joined = worker.joined or name in joined
+            if state.status != "stopped" or self.workers.get(name) is not worker:
+                continue
+            del self.workers[name]
+            if worker.joined:
+                self.replaced += 1
+                logger.warning("worker %s was lost (%s): starting a replacement", name, state.reason)
+            else:
+                self.failures.append(f"worker {self.launcher.kind} {name} stopped: {state.reason}")
+        if changed and self._desired > len(self.workers) and self._may_replace():
+            await self._reconcile()
+        return changed
+
+    def _may_replace(self) -> bool:
+        # Workers that never join would be replaced for ever: after as many failed starts
+        # as the cluster has workers (at least three), the pool stops trying.
+        return len(self.failures) < max(3, self._desired)
+
+    # --- waiting for workers ---------------------------------------------------------------
+    def wait_for_start(self, minimum: int, timeout: float) -> int:
+        """Block until at least ``minimum`` workers joined; the number that joined.
+
+        The rest keep starting in the background. A worker that stops before joining
+        is reported in :attr:`failures`, and replaced while the pool may.
+
+        Raises
+        ------
+        InfrastructureError
+            When fewer than ``minimum`` workers can still join: the message holds the
+            first worker's stop reason. :class:`StartTimeout` when ``timeout`` passes.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            joined = len(self.scheduler_info.get("workers", {}))
+            # Nothing counts before the wanted workers were asked for: the scale runs
+            # on the cluster's loop, and a scheduler of someone else's may have workers.
+            asked = len(self.workers) + len(self.failures) >= min(self._desired, minimum)
+            if asked and joined >= minimum:
+                return joined
+            if not self._may_replace() and joined + len(self.workers) < minimum:
+                raise InfrastructureError(f"only {joined} of {minimum} workers started: {self.failures[0]}")
+            if time.monotonic() > deadline:
+                states = sorted({w.state.status.upper() for w in self.workers.values() if not w.joined})
+                pending = f"worker {self.launcher.kind} {'/'.join(states)}" if states else "workers not joined"
+                raise StartTimeout(pending + (f"; {self.failures[0]}" if self.failures else ""))
+            time.sleep(0.25)
+
+    # --- close -----------------------------------------------------------------------
+    async def _stop_all(self, reason: str) -> None:
+        handles = [w.handle for w in self.workers.values()]
+        self.workers.clear()
+        if self._scheduler_handle:
+            handles.append(self._scheduler_handle)
+            self._scheduler_handle = None
+        try:
+            if handles:
+                await _in_thread(self.launcher.stop, handles, reason)
+        finally:
+            await _in_thread(self.launcher.close)
+
+    async def _close(self) -> None:
+        if self.status == Status.closed:
+            return
+        self.status = Status.closing
+        if self._watcher is not None:
+            self._watcher.cancel()
+        try:
+            await self._stop_all("flowrig teardown")
+        finally:
+            await super()._close()
+
+    def close(self, timeout: float | None = None) -> Any:
+        """Stop every role and release the cluster's loop; safe to call more than once."""
+        try:
+            return super().close(timeout)
+        finally:
+            self._own_loop.stop()
+
+    @property
+    def dashboard_link(self) -> str:
+        """The dashboard's URL when it is reachable from here, else ``""``."""
+        return (self._endpoint.dashboard_link if self._endpoint else None) or ""

@@ -1,0 +1,40 @@
+"""The host command line: ``flowrig``.
+
+Owns the commands and the mapping of errors to exit codes (:mod:`~flowrig.cli.exits`).
+Commands are thin: they parse, call one function, and let :func:`main` map a
+:class:`~flowrig.errors.FlowrigError` to its exit code and a single line on stderr.
+Heavy modules (prefect, distributed, docker) are imported inside the commands so that
+``flowrig --help`` stays fast.
+
+May import: every other package (inside the commands).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from flowrig.cli.build import build_command
+from flowrig.cli.certs import app as certs_app
+from flowrig.cli.docker import app as docker_app
+from flowrig.cli.ecs import app as ecs_app
+from flowrig.cli.run import run
+
+app = typer.Typer(
+    name="flowrig",
+    help="Run each Prefect flow run on its own short-lived, mutual-TLS Dask cluster.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("run")(run)
+app.command("build")(build_command)
+app.add_typer(certs_app, name="certs")
+app.add_typer(docker_app, name="docker")
+app.add_typer(ecs_app, name="ecs")
+
+
+def main() -> None:
+    """Console-script entry: run the app and turn errors into exit codes."""
+    from flowrig.cli.exits import run_and_exit
+
+    run_and_exit(lambda: app(standalone_mode=False), "flowrig")

@@ -1,0 +1,5 @@
+"""``python -m flowrig.cli``: the ``flowrig`` command."""
+
+from flowrig.cli import main
+
+main()

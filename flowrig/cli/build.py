@@ -1,0 +1,95 @@
+"""``flowrig build PROJECT --tag TAG``: the image of a flow project.
+
+The command parses and calls :func:`_build`; rendering and Docker live in
+:mod:`flowrig.builder.context` and :mod:`flowrig.builder.build`, imported inside so
+``flowrig --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from flowrig.builder.defaults import BASE_IMAGE
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``build`` command to a typer app."""
+    app.command("build")(build_command)
+
+
+def build_command(
+    project: Annotated[Path, typer.Argument(help="Flow project directory (holds flowrig.toml).")],
+    tag: Annotated[str, typer.Option("--tag", "-t", help="Image tag, e.g. my-flow:1.")],
+    base_image: Annotated[
+        Optional[str],
+        typer.Option(
+            "--base-image",
+            help="Debian-based image whose python3 (3.11+) has venv "
+            f"(default {BASE_IMAGE}).",
+        ),
+    ] = None,
+    certs: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--certs",
+            help="Certificate directory; only ca.crt, tls.crt and tls.key are baked. "
+            "Without it the image makes its own CA and keeps no CA key.",
+        ),
+    ] = None,
+    pip_ca: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--pip-ca",
+            envvar="FLOWRIG_PIP_CA",
+            help="CA bundle pip in the build trusts (a BuildKit secret; never in the image).",
+        ),
+    ] = None,
+    context_only: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--context-only",
+            help="Write the build context to this new directory and print the docker "
+            "build command instead of building.",
+        ),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Build every step again.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Do not stream Docker's output.")
+    ] = False,
+) -> None:
+    """Build the image of a flow project: runner, scheduler and worker in one."""
+    _build(project, tag, base_image, certs, pip_ca, context_only, no_cache, quiet)
+
+
+def _build(
+    project: Path,
+    tag: str,
+    base_image: str | None,
+    certs: Path | None,
+    pip_ca: Path | None,
+    context_only: Path | None,
+    no_cache: bool,
+    quiet: bool,
+) -> None:
+    from flowrig.builder.build import build, build_command
+    from flowrig.builder.context import render_context, write_context
+    from flowrig.errors import BadInput
+
+    if pip_ca is not None and not pip_ca.is_file():
+        raise BadInput(f"pip CA bundle {pip_ca} is not a file: pass an existing PEM bundle")
+    context = render_context(project, tls_dir=certs, base_image=base_image)
+    if context_only is not None:
+        directory = write_context(context, context_only)
+        command = build_command(context, tag, directory, buildkit=True, pip_ca=pip_ca, no_cache=no_cache)
+        typer.echo(f"DOCKER_BUILDKIT=1 {shlex.join(command)}")
+        return
+    result = build(context, tag, pip_ca, quiet=quiet, no_cache=no_cache)
+    builder = "BuildKit" if result.buildkit else "legacy builder"
+    typer.echo(f"built {result.tag} ({result.image_id[:19]}) in {result.seconds:.1f} s with {builder}", err=True)
+    typer.echo(result.tag)

@@ -1,0 +1,218 @@
+"""``flowrig ecs``: task definitions for ECS/Fargate, and running them locally.
+
+botocore and docker are imported inside the commands, so ``flowrig --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from flowrig.backends.ecs import defaults
+
+app = typer.Typer(
+    help="ECS/Fargate: render task definitions for the flowrig image, or run one with local Docker.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+_SIZE_HELP = "CPU units (1024 = 1 vCPU) / memory (MiB) of the {role} task."
+
+
+@app.command("task-definitions")
+def task_definitions_command(
+    image: Annotated[
+        Optional[str], typer.Option("--image", help="Image every role runs (required).")
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="Write ROLE.json files here instead of printing to stdout."),
+    ] = None,
+    role: Annotated[
+        Optional[list[str]],
+        typer.Option("--role", help="runner, scheduler or worker (repeatable; default: all three)."),
+    ] = None,
+    project: Annotated[
+        Optional[str],
+        typer.Option("--project", help="Name in families (flowrig-NAME-ROLE); default: from the image."),
+    ] = None,
+    runner_cpu: Annotated[int, typer.Option(help=_SIZE_HELP.format(role="runner"))] = defaults.RUNNER_CPU,
+    runner_memory: Annotated[int, typer.Option(help=_SIZE_HELP.format(role="runner"))] = defaults.RUNNER_MEMORY,
+    scheduler_cpu: Annotated[
+        int, typer.Option(help=_SIZE_HELP.format(role="scheduler"))
+    ] = defaults.SCHEDULER_CPU,
+    scheduler_memory: Annotated[
+        int, typer.Option(help=_SIZE_HELP.format(role="scheduler"))
+    ] = defaults.SCHEDULER_MEMORY,
+    worker_cpu: Annotated[int, typer.Option(help=_SIZE_HELP.format(role="worker"))] = defaults.WORKER_CPU,
+    worker_memory: Annotated[int, typer.Option(help=_SIZE_HELP.format(role="worker"))] = defaults.WORKER_MEMORY,
+    execution_role_arn: Annotated[
+        Optional[str],
+        typer.Option(help="Role ECS uses to pull the image and write logs (required on Fargate)."),
+    ] = None,
+    task_role_arn: Annotated[
+        Optional[str], typer.Option(help="Role the containers act as (default: none, no AWS access).")
+    ] = None,
+    log_group: Annotated[
+        Optional[str],
+        typer.Option(help=f"CloudWatch log group (default: {defaults.LOG_GROUP.format(name='PROJECT')})."),
+    ] = None,
+    create_log_group: Annotated[
+        bool,
+        typer.Option(help="Let ECS create the log group (the execution role needs logs:CreateLogGroup)."),
+    ] = False,
+    region: Annotated[
+        Optional[str], typer.Option(help="AWS region (default: AWS_REGION or AWS_DEFAULT_REGION).")
+    ] = None,
+    cpu_architecture: Annotated[
+        str, typer.Option(help="X86_64 or ARM64, as the image was built.")
+    ] = defaults.CPU_ARCHITECTURE,
+    env: Annotated[
+        Optional[list[str]], typer.Option("--env", help="NAME=VALUE for every container (repeatable).")
+    ] = None,
+    secret: Annotated[
+        Optional[list[str]],
+        typer.Option("--secret", help="NAME=ARN of a Secrets Manager secret or SSM parameter (repeatable)."),
+    ] = None,
+    tag: Annotated[
+        Optional[list[str]], typer.Option("--tag", help="KEY=VALUE tag on every task definition (repeatable).")
+    ] = None,
+    register: Annotated[
+        bool, typer.Option("--register", help="Register them with ECS and print ROLE<TAB>ARN lines.")
+    ] = False,
+) -> None:
+    """Render task definitions for the runner, scheduler and worker roles.
+
+    Each is checked against the ECS API model before anything is written or registered.
+    Files are ready for: aws ecs register-task-definition --cli-input-json file://ROLE.json
+    """
+    from flowrig.backends.ecs import taskdefs, validate
+    from flowrig.errors import BadInput
+
+    if not image:
+        raise BadInput("--image is required: pass the image tag, e.g. --image registry/project:1.0")
+    roles = [validate.check_role(name) for name in (role or validate.ROLES)]
+    roles = [name for name in validate.ROLES if name in roles]
+    name = validate.check_family(project or taskdefs.project_name_from_image(image))
+    sizes = {
+        "runner": taskdefs.RoleSize(runner_cpu, runner_memory),
+        "scheduler": taskdefs.RoleSize(scheduler_cpu, scheduler_memory),
+        "worker": taskdefs.RoleSize(worker_cpu, worker_memory),
+    }
+    for each in roles:
+        validate.check_fargate_size(each, sizes[each].cpu, sizes[each].memory)
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise BadInput("no AWS region for the log configuration: pass --region or set AWS_REGION")
+    validate.check_role_arn("--task-role-arn", task_role_arn)
+    if not validate.check_role_arn("--execution-role-arn", execution_role_arn):
+        raise BadInput(
+            "Fargate tasks that log to CloudWatch need an execution role: pass "
+            "--execution-role-arn arn:aws:iam::ACCOUNT:role/NAME (e.g. ecsTaskExecutionRole)"
+        )
+    environment = validate.parse_pairs("--env", env)
+    secrets = validate.parse_pairs("--secret", secret)
+    for variable in [*environment, *secrets]:
+        validate.check_env_name("variable", variable)
+    settings = taskdefs.TaskDefinitionSettings(
+        image=image,
+        name=name,
+        region=region,
+        log_group=log_group or defaults.LOG_GROUP.format(name=name),
+        create_log_group=create_log_group,
+        execution_role_arn=execution_role_arn,
+        task_role_arn=task_role_arn,
+        sizes=sizes,
+        cpu_architecture=cpu_architecture.upper(),
+        environment=environment,
+        secrets=secrets,
+        tags={"flowrig-project": name, **validate.parse_pairs("--tag", tag)},
+    )
+    documents = taskdefs.render_task_definitions(settings, roles)
+    for params in documents.values():
+        validate.check_task_definition(params)
+
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for each, params in documents.items():
+            path = out / f"{each}.json"
+            path.write_text(taskdefs.to_json(params))
+            typer.echo(f"wrote {path}", err=True)
+    elif not register:
+        typer.echo(taskdefs.to_json(documents), nl=False)
+    if register:
+        from flowrig.backends.ecs import aws
+
+        arns = aws.register_task_definitions(aws.session(region), documents)
+        for each, arn in arns.items():
+            typer.echo(f"{each}\t{arn}")
+
+
+def _read_json(value: str, what: str) -> Any:
+    """JSON text, or the path of a file holding it."""
+    from flowrig.errors import BadInput
+
+    text = value
+    if not value.lstrip().startswith(("{", "[")):
+        try:
+            text = Path(value).read_text()
+        except OSError as exc:
+            raise BadInput(f"{what}: cannot read {value} ({exc.strerror or exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{what} is not valid JSON: {exc}") from None
+
+
+@app.command("run-local")
+def run_local_command(
+    task_definition: Annotated[
+        str, typer.Argument(help="Task definition JSON file (register input or describe output).")
+    ],
+    overrides: Annotated[
+        Optional[str],
+        typer.Option(help="RunTask overrides: JSON text or a file (containerOverrides command/environment)."),
+    ] = None,
+    network: Annotated[
+        str, typer.Option(help="Docker network to join (created when missing, then kept).")
+    ] = defaults.RUN_LOCAL_NETWORK,
+    secrets_dir: Annotated[
+        Optional[Path],
+        typer.Option(help="One file per secret, named after the last part of its valueFrom."),
+    ] = None,
+    print_plan: Annotated[
+        bool, typer.Option("--print-plan", help="Print the containers that would run, as JSON, and stop.")
+    ] = False,
+) -> None:
+    """Run a task definition's containers with the local Docker engine.
+
+    Containers answer to their ECS container names on the network (dask-scheduler resolves).
+    A secret is read from SECRETS_DIR/NAME, NAME being the last part of its valueFrom.
+    Every container is removed at the end; the exit code is the first essential one's.
+    """
+    from flowrig.backends.ecs import run_local
+
+    document = _read_json(task_definition, "the task definition")
+    from flowrig.errors import BadInput
+
+    if not isinstance(document, dict):
+        raise BadInput("the task definition must be a JSON object")
+    definition = run_local.load_task_definition(document)
+    override_document = _read_json(overrides, "--overrides") if overrides else None
+    if override_document is not None and not isinstance(override_document, dict):
+        raise BadInput("--overrides must be a JSON object")
+    plans = run_local.plan_run(
+        definition,
+        run_local.load_overrides(override_document),
+        run_id=run_local.new_run_id(),
+        network=network,
+    )
+    if print_plan:
+        typer.echo(run_local.plan_to_json(plans), nl=False)
+        return
+    code = run_local.run(plans, secrets_dir=secrets_dir)
+    raise typer.Exit(code)

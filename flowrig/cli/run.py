@@ -1,0 +1,63 @@
+"""``flowrig run``: one flow run on a fresh cluster (also the image's ``run`` role)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class Output(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def run(
+    project: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Flow project directory (holds flowrig.toml); default: the baked one in the image, else '.'."
+        ),
+    ] = None,
+    backend: Annotated[
+        Optional[str],
+        typer.Option("--backend", "-b", help="local | docker | ecs | fargate | package.module:ClusterClass."),
+    ] = None,
+    param: Annotated[
+        Optional[list[str]],
+        typer.Option("--param", "-p", help="k=v; v parses as JSON, else it is a string. Repeatable."),
+    ] = None,
+    params_file: Annotated[
+        Optional[Path], typer.Option("--params-file", help="JSON object of parameters.")
+    ] = None,
+    image: Annotated[
+        Optional[str], typer.Option("--image", help="Image for container backends.", envvar="FLOWRIG_IMAGE")
+    ] = None,
+    certs: Annotated[
+        Optional[Path],
+        typer.Option("--certs", help="Directory with ca.crt, tls.crt, tls.key; default: per-run certificates."),
+    ] = None,
+    scheduler_address: Annotated[
+        Optional[str],
+        typer.Option("--scheduler-address", help="Use a running tls:// scheduler instead of starting one."),
+    ] = None,
+    output: Annotated[
+        Output, typer.Option("--output", "-o", help="text, or json: one JSON line last on stdout.")
+    ] = Output.text,
+) -> None:
+    """Run one flow run on a fresh mutual-TLS Dask cluster sized from its parameters."""
+    from flowrig.run.launch import RunInputs, default_project_dir, run_command
+
+    inputs = RunInputs(
+        project_dir=project or default_project_dir(),
+        params=tuple(param or ()),
+        params_file=params_file,
+        backend=backend,
+        image=image,
+        certs=certs,
+        scheduler_address=scheduler_address,
+        output=output.value,
+    )
+    raise typer.Exit(run_command(inputs))

@@ -1,0 +1,371 @@
+"""The one module that talks to the Docker engine (docker-py).
+
+Each function does one thing to the engine and turns docker-py's errors into one-line
+:class:`~flowrig.errors.BadInput` or :class:`~flowrig.errors.InfrastructureError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, TextIO
+
+from flowrig.containers.labels import LABEL_ROLE, LABEL_RUN_ID, labels
+from flowrig.containers.plans import STOP_TIMEOUT, ContainerPlan, files_archive
+from flowrig.errors import BadInput, InfrastructureError, one_line
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+
+logger = logging.getLogger("flowrig.docker")
+
+#: Last log lines of a failed container folded into its one-line error message.
+LOG_TAIL = 5
+
+
+def log_tail(text: str, lines: int = LOG_TAIL, width: int = 400) -> str:
+    """The last non-empty log lines folded into one line for an error message."""
+    kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    folded = " | ".join(kept) or "no output"
+    return folded if len(folded) <= width else "..." + folded[-(width - 3):]
+
+
+def connect(timeout: int = 60) -> "DockerClient":
+    """A client of the Docker engine named by the environment (``DOCKER_HOST``).
+
+    Raises
+    ------
+    InfrastructureError
+        When the engine does not answer.
+    """
+    try:
+        import docker
+    except ImportError:
+        raise BadInput("the docker backend needs the Docker SDK for Python: pip install docker") from None
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise InfrastructureError(
+            f"Docker is not reachable ({one_line(exc)}): start the Docker daemon or set DOCKER_HOST"
+        ) from None
+    return client
+
+
+def _image_not_found(image: str) -> BadInput:
+    # Nothing is ever pulled: images come from flowrig build on this machine.
+    return BadInput(f"image {image!r} not found: build it with flowrig build PROJECT --tag {image}")
+
+
+def require_image(client: "DockerClient", image: str) -> None:
+    """Raise :class:`BadInput` unless ``image`` exists locally (nothing is pulled)."""
+    import docker
+
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise _image_not_found(image) from None
+    except docker.errors.APIError as exc:
+        raise InfrastructureError(f"cannot inspect image {image!r}: {one_line(exc)}") from None
+
+
+def create_network(client: "DockerClient", name: str, run_id: str) -> str:
+    """Create a run's bridge network (user-defined: containers resolve names); its id."""
+    import docker
+
+    try:
+        network = client.networks.create(
+            name, driver="bridge", labels=labels(run_id, "network"), check_duplicate=True
+        )
+    except docker.errors.APIError as exc:
+        raise InfrastructureError(f"cannot create Docker network {name}: {one_line(exc)}") from None
+    return network.id
+
+
+def ensure_network(client: "DockerClient", name: str, network_labels: dict[str, str]) -> str:
+    """The id of the user-defined bridge network ``name``, created when missing.
+
+    Invocations started together may each create one (Docker checks names only
+    loosely): all of them use the oldest, and spare ones are removed.
+    """
+
+    def named() -> list[Any]:
+        # The name filter matches substrings; only the exact name counts.
+        found = [network for network in client.networks.list(names=[name]) if network.name == name]
+        return sorted(found, key=lambda network: (network.attrs.get("Created", ""), network.id))
+
+    found = named()
+    if not found:
+        client.networks.create(name, driver="bridge", labels=network_labels, check_duplicate=True)
+        found = named()
+    for spare in found[1:]:
+        with contextlib.suppress(Exception):  # someone already joined it; it does no harm
+            spare.remove()
+    return found[0].id
+
+
+def create_container(client: "DockerClient", plan: ContainerPlan) -> "Container":
+    """Create (but do not start) the container ``plan`` describes."""
+    import docker
+
+    api = client.api
+    try:
+        host_config = api.create_host_config(
+            network_mode=plan.network,
+            port_bindings={port: ("127.0.0.1",) for port in plan.publish} or None,
+            binds={src: {"bind": dst, "mode": "rw"} for src, dst in plan.binds.items()} or None,
+            group_add=list(plan.group_add) or None,
+            mem_limit=plan.memory,
+            init=plan.init or None,
+        )
+        networking = api.create_networking_config(
+            {plan.network: api.create_endpoint_config(aliases=list(plan.aliases) or None)}
+        )
+        created = api.create_container(
+            plan.image,
+            command=list(plan.command) if plan.command is not None else None,
+            entrypoint=list(plan.entrypoint) if plan.entrypoint else None,
+            name=plan.name,
+            hostname=plan.hostname,
+            user=plan.user,
+            working_dir=plan.working_dir,
+            environment=dict(plan.environment),
+            labels=dict(plan.labels),
+            ports=list(plan.publish) or None,
+            host_config=host_config,
+            networking_config=networking,
+            stop_timeout=plan.stop_timeout,
+            detach=True,
+        )
+        if plan.files:
+            parent = str(Path(plan.files_dir).parent)
+            api.put_archive(created["Id"], parent, files_archive(plan.files_dir, plan.files))
+        return client.containers.get(created["Id"])
+    except docker.errors.ImageNotFound:
+        raise _image_not_found(plan.image) from None
+    except docker.errors.APIError as exc:
+        raise InfrastructureError(f"cannot create container {plan.name}: {one_line(exc)}") from None
+
+
+def start_container(container: "Container") -> None:
+    """Start a created container."""
+    import docker
+
+    try:
+        container.start()
+    except docker.errors.APIError as exc:
+        raise InfrastructureError(
+            f"container {container.name} did not start: {one_line(exc)}; "
+            f"last log lines: {container_logs_tail(container)}"
+        ) from None
+
+
+def container_logs_tail(container: "Container") -> str:
+    """The container's last log lines folded into one line (``""`` when gone)."""
+    with contextlib.suppress(Exception):
+        return log_tail(container.logs(stdout=True, stderr=True, tail=50).decode(errors="replace"))
+    return ""
+
+
+def published_port(container: "Container", port: int) -> int:
+    """Host port that ``port`` of the (running) container is published on."""
+    container.reload()
+    bindings = (container.ports or {}).get(f"{port}/tcp") or []
+    for binding in bindings:
+        if binding.get("HostIp") in ("127.0.0.1", "", "0.0.0.0"):
+            return int(binding["HostPort"])
+    raise InfrastructureError(f"container {container.name} has no published port for {port}")
+
+
+def wait_for_log(container: "Container", marker: str, timeout: float, what: str) -> None:
+    """Block until ``marker`` appears in the container's log.
+
+    Raises
+    ------
+    InfrastructureError
+        When the container exits first or ``timeout`` seconds pass; the message holds
+        the container's last log lines.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        text = container.logs(stdout=True, stderr=True).decode(errors="replace")
+        if marker in text:
+            return
+        container.reload()
+        if container.status in ("exited", "dead"):
+            code = container.attrs.get("State", {}).get("ExitCode")
+            raise InfrastructureError(
+                f"the {what} container {container.name} exited (code {code}) before it was ready: "
+                f"{log_tail(text)}"
+            )
+        if time.monotonic() > deadline:
+            raise InfrastructureError(
+                f"the {what} container {container.name} was not ready within {timeout:.0f} s: {log_tail(text)}"
+            )
+        time.sleep(0.2)
+
+
+def wait_for_exit(container: "Container") -> int:
+    """Block until the container exits; its exit code (137 when it vanished)."""
+    try:
+        return int(container.wait()["StatusCode"])
+    except Exception:
+        return 137
+
+
+def stop_and_remove(container: "Container", timeout: int = STOP_TIMEOUT) -> None:
+    """Stop a container (SIGTERM, SIGKILL after ``timeout`` s) and remove it; quiet if gone."""
+    import docker
+
+    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        container.stop(timeout=timeout)
+    remove_container(container)
+
+
+def remove_container(container: "Container") -> bool:
+    """Remove a container by force; ``False`` when it was gone already."""
+    import docker
+
+    try:
+        container.remove(force=True)
+        return True
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as exc:
+        # "removal already in progress" is fine; anything else is worth a line.
+        if "in progress" not in str(exc):
+            logger.warning("removing container %s failed: %s", container.name, one_line(exc))
+        return False
+
+
+def run_containers(client: "DockerClient", run_id: str, roles: Iterable[str] | None = None) -> list["Container"]:
+    """All containers (running or not) labelled with ``run_id``, optionally of some roles."""
+    found = client.containers.list(all=True, filters={"label": f"{LABEL_RUN_ID}={run_id}"})
+    if roles is None:
+        return found
+    wanted = set(roles)
+    return [c for c in found if c.labels.get(LABEL_ROLE) in wanted]
+
+
+def remove_run(
+    client: "DockerClient",
+    run_id: str,
+    *,
+    roles: Iterable[str] | None = None,
+    network: bool = True,
+    timeout: float = 30.0,
+) -> list[str]:
+    """Remove a run's containers (all, or those of ``roles``) and, with ``network``, its networks.
+
+    Containers are removed by force: by the time this runs, their processes have had
+    their chance to stop. A network still in use by a container being removed is
+    retried until ``timeout``.
+
+    Returns
+    -------
+    list of str
+        Names of what was removed.
+    """
+    import docker
+
+    removed = [c.name for c in run_containers(client, run_id, roles) if remove_container(c)]
+    if not network:
+        return removed
+    deadline = time.monotonic() + timeout
+    for net in client.networks.list(filters={"label": f"{LABEL_RUN_ID}={run_id}"}):
+        while True:
+            try:
+                net.remove()
+                removed.append(net.name)
+                break
+            except docker.errors.NotFound:
+                break
+            except docker.errors.APIError as exc:
+                if time.monotonic() > deadline:
+                    logger.warning("removing network %s failed: %s", net.name, one_line(exc))
+                    break
+                time.sleep(0.25)
+    return removed
+
+
+def labelled(client: "DockerClient") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every container and network carrying a run id label, as the engine lists them."""
+    label = {"label": LABEL_RUN_ID}
+    return client.api.containers(all=True, filters=label), client.api.networks(filters=label)
+
+
+class LogPump:
+    """Copies containers' output to this process's streams as it comes, in threads.
+
+    Parameters
+    ----------
+    prefix
+        Put ``"<prefix> | "`` in front of each line (``None``: copy bytes as they are).
+    """
+
+    def __init__(self, prefix: bool = False) -> None:
+        self._threads: list[tuple[str, threading.Thread]] = []
+        self._lock = threading.Lock()
+        self._prefix = prefix
+
+    def follow(self, container: "Container", label: str = "", *, stdout: TextIO | None = None,
+               stderr: TextIO | None = None, both_to: TextIO | None = None) -> None:
+        """Stream ``container``'s output: its stdout and stderr to ours, or both to one stream."""
+        if both_to is not None:
+            self._start(container, label, both_to, stdout=True, stderr=True)
+            return
+        self._start(container, label, stdout or sys.stdout, stdout=True, stderr=False)
+        self._start(container, label, stderr or sys.stderr, stdout=False, stderr=True)
+
+    def _start(self, container: "Container", label: str, target: TextIO, *, stdout: bool, stderr: bool) -> None:
+        thread = threading.Thread(
+            target=self._copy, args=(container, label, target, stdout, stderr), daemon=True
+        )
+        thread.start()
+        self._threads.append((label, thread))
+
+    def _copy(self, container: "Container", label: str, target: TextIO, stdout: bool, stderr: bool) -> None:
+        pending = b""
+        sink = getattr(target, "buffer", None)
+        with contextlib.suppress(Exception):  # the container may vanish mid-stream
+            for chunk in container.logs(stream=True, follow=True, stdout=stdout, stderr=stderr):
+                if not self._prefix:
+                    if sink is not None:
+                        sink.write(chunk)
+                    else:
+                        target.write(chunk.decode(errors="replace"))
+                    target.flush()
+                    continue
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                with self._lock:
+                    for line in lines:
+                        target.write(f"{label} | {line.decode(errors='replace')}\n")
+                    target.flush()
+        if pending and self._prefix:
+            with self._lock:
+                target.write(f"{label} | {pending.decode(errors='replace')}\n")
+                target.flush()
+
+    def join(self, timeout: float, label: str | None = None) -> None:
+        """Wait up to ``timeout`` seconds for every stream (or those of ``label``) to end."""
+        deadline = time.monotonic() + timeout
+        for name, thread in self._threads:
+            if label is None or name == label:
+                thread.join(max(deadline - time.monotonic(), 0))
+
+
+def first_exit(containers: Iterable["Container"]) -> "queue.Queue[tuple[str, int]]":
+    """A queue that receives ``(name, exit code)`` of each container as it exits."""
+    results: queue.Queue[tuple[str, int]] = queue.Queue()
+    for container in containers:
+        threading.Thread(
+            target=lambda c=container: results.put((c.name, wait_for_exit(c))), daemon=True
+        ).start()
+    return results

@@ -1,0 +1,16 @@
+"""The fence: every place flowrig relies on private or undocumented behaviour of
+Prefect, prefect-dask, distributed or CPython's multiprocessing.
+
+Nothing outside this package touches such internals. Each module's docstring lists what
+it relies on, and ``tests/test_internals.py`` has a test per reliance that fails (never
+skips, never falls back quietly) when the locked versions stop behaving as assumed. On
+an upgrade of one of those projects, run that file first (CONTRIBUTING.md says how).
+
+- :mod:`~flowrig.internals.prefect_settings`: settings shipped to tasks as objects;
+- :mod:`~flowrig.internals.prefect_engine`: the engine's imports, reporting queues and
+  the entry for an existing flow run;
+- :mod:`~flowrig.internals.prefect_server`: the API server's app and database set-up;
+- :mod:`~flowrig.internals.forkserver`: local workers forked from a copy of the runner.
+
+May import: the standard library and the projects it fences; nothing of flowrig.
+"""

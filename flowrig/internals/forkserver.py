@@ -1,0 +1,176 @@
+"""Local workers fork from a copy of the runner, which has imported Prefect already.
+
+Local worker processes come from multiprocessing's fork server. The standard server is
+a fresh interpreter that must import Prefect's engine once more before it forks the
+first worker: two to three seconds of CPU, at the very moment the run's API server is
+importing Prefect too. When a run starts its cluster the runner has imported all of it
+and is still single-threaded, so the fork server is started right there by
+``os.fork()`` and holds all of it for free. Workers still fork from that server, never
+from the runner, whose threads (the cluster's event loop) start later.
+
+Fenced here:
+
+- :mod:`multiprocessing.forkserver`'s module-level ``_forkserver`` object, the state
+  its own ``ensure_running`` sets (``_forkserver_address``, ``_forkserver_alive_fd``,
+  ``_forkserver_pid``, ``_lock``) and the signature of ``forkserver.main``. Where they
+  are not what this module knows (another Python, such as 3.14 with its authenticated
+  fork server), or where the runner already runs threads, :func:`start` returns
+  ``False`` and says so in the log; the standard server, preloaded, starts with the
+  first worker instead;
+- distributed's ``get_mp_context`` setting the fork server's preload list the first
+  time it is called, and ``Nanny.instantiate`` being where a nanny starts (and
+  restarts) its worker process, reading ``distributed.worker.multiprocessing-method``.
+
+tests/test_internals.py checks each on this machine's Python and in the image's.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+logger = logging.getLogger("flowrig.local")
+
+_KNOWN_MAIN_PARAMETERS = ["listener_fd", "alive_r", "preload", "main_path", "sys_path"]
+_KNOWN_STATE = ("_forkserver_address", "_forkserver_alive_fd", "_forkserver_pid", "_lock")
+
+
+def supported() -> bool:
+    """Whether this Python's fork server is the one this module knows how to start."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or not all(hasattr(server, name) for name in _KNOWN_STATE):
+        return False
+    if hasattr(server, "_forkserver_authkey"):
+        return False  # newer servers authenticate clients with a key this module does not set
+    try:
+        parameters = list(inspect.signature(forkserver.main).parameters)
+    except (TypeError, ValueError):
+        return False
+    return parameters == _KNOWN_MAIN_PARAMETERS
+
+
+def start() -> bool:
+    """Start the fork server as a fork of this process, unless one runs already.
+
+    Returns
+    -------
+    bool
+        ``True`` when a forked server runs; ``False`` when multiprocessing should
+        start its standard one (unknown Python, threads running, or a standard
+        server already started).
+    """
+    from multiprocessing import connection, forkserver, resource_tracker, util
+
+    if not supported():
+        logger.info(
+            "local workers start from Python's standard fork server: this Python's "
+            "(%s) is not one flowrig can fork from the runner",
+            sys.version.split()[0],
+        )
+        return False
+    if threading.active_count() != 1:
+        logger.debug("local workers start from the standard fork server: threads are running")
+        return False
+    server = forkserver._forkserver
+    with server._lock:
+        if server._forkserver_pid is not None:
+            pid, _ = os.waitpid(server._forkserver_pid, os.WNOHANG)
+            if not pid:
+                return getattr(server, "_flowrig_forked", False)
+            os.close(server._forkserver_alive_fd)
+            server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
+        resource_tracker.ensure_running()
+        listener = socket.socket(socket.AF_UNIX)
+        address = connection.arbitrary_address("AF_UNIX")
+        listener.bind(address)
+        if not util.is_abstract_socket_namespace(address):
+            os.chmod(address, 0o600)
+        listener.listen()
+        # Every client holds the write end of the "alive" pipe; the server exits when
+        # the last one has gone, the runner included, even when it is killed.
+        alive_r, alive_w = os.pipe()
+        # Buffered output would otherwise be written twice, once by each process.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the forked server; its workers show it works
+            _serve(listener, alive_r, alive_w)
+        os.close(alive_r)
+        listener.close()
+        server._forkserver_address = address
+        server._forkserver_alive_fd = alive_w
+        server._forkserver_pid = pid
+        server._flowrig_forked = True
+    return True
+
+
+def _serve(listener: socket.socket, alive_r: int, alive_w: int) -> None:
+    from multiprocessing import forkserver
+
+    code = 0
+    try:
+        os.close(alive_w)
+        # The runner's signal handling is not the server's: its SIGTERM handler would
+        # raise the runner's exception here, and its wakeup fd would report this
+        # process's SIGCHLDs to the runner as signals the run received.
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        forkserver.main(listener.fileno(), alive_r, [])
+    except SystemExit as exc:  # the server's normal end: its last client has gone
+        code = exc.code if isinstance(exc.code, int) else 0
+    except BaseException:
+        code = 1
+    finally:
+        # Never return into the runner's code, nor run its exit handlers.
+        os._exit(code)
+
+
+def prepare(preload: str) -> bool:
+    """Make local workers fork from a server that imported ``preload`` (and distributed).
+
+    The server is a fork of this process where :func:`start` can do it, else Python's
+    standard one, started with the first worker, which imports ``preload`` first.
+
+    Returns
+    -------
+    bool
+        Whether the server is a fork of this process.
+    """
+    import multiprocessing
+
+    import dask
+    from distributed.utils import get_mp_context
+
+    # distributed sets the fork server's preload list the first time it is asked for a
+    # forkserver context; ask first, then set ours, or its list would replace ours.
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        get_mp_context()
+    multiprocessing.get_context("forkserver").set_forkserver_preload([preload, "distributed"])
+    return start()
+
+
+def nanny_class() -> type:
+    """A nanny whose worker processes come from the fork server.
+
+    The multiprocessing method is distributed's public setting, read whenever a nanny
+    starts a worker process; it is set only around that, so nothing else in this process
+    (a notebook's own clusters, say) changes how it starts processes.
+    """
+    import dask
+    from distributed import Nanny
+
+    class ForkserverNanny(Nanny):
+        async def instantiate(self) -> Any:
+            with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+                return await super().instantiate()
+
+    return ForkserverNanny

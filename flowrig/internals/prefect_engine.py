@@ -1,0 +1,70 @@
+"""Prefect's engine as a run drives it: what it imports, its reporting queues, a
+deployment's existing flow run.
+
+Fenced here:
+
+- ``prefect.flow_engine.run_flow(flow, flow_run=..., parameters=..., return_type=...)``:
+  the engine entry Prefect's own ``flow-run execute`` uses, to run a flow as an
+  existing (deployment) flow run;
+- ``APILogWorker.drain_all`` and ``EventsWorker.drain_all``: Prefect's background
+  reporting services, drained so that nothing queued is sent to an API that is gone.
+
+tests/test_internals.py checks both on the locked versions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+logger = logging.getLogger("flowrig")
+
+#: What a first flow call (runner) or first task run (worker) imports, found by
+#: comparing ``sys.modules`` before and after one. The runner imports it while the
+#: run's API is still starting; local workers fork from a server that imported it.
+PREFECT_ENGINE_MODULES = (
+    "prefect",
+    "prefect.flow_engine",
+    "prefect.task_engine",
+    "prefect.client.orchestration",
+    "prefect.events.clients",
+    "prefect.logging.handlers",
+    "prefect.results",
+    "prefect_dask.task_runners",
+    # Prefect serialises a flow's parameters with FastAPI's encoder: 0.6 s of imports
+    # that would otherwise happen after the API is up, on the run's critical path.
+    "fastapi.encoders",
+)
+
+
+def import_flow_engine() -> None:
+    """Import :data:`PREFECT_ENGINE_MODULES` (instant when done already)."""
+    for name in PREFECT_ENGINE_MODULES:
+        importlib.import_module(name)
+
+
+def drain_reporting(timeout: float = 10) -> None:
+    """Send what Prefect's log and event services still hold, before the API stops.
+
+    Otherwise Prefect retries against a closed port at interpreter exit for a long
+    time. A failure here never hides the flow's own outcome.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=timeout)
+        except Exception as exc:
+            logger.debug("draining %s failed: %s", worker.__name__, exc)
+
+
+def run_existing_flow_run(flow: Any, flow_run_id: str, parameters: dict[str, Any]) -> Any:
+    """Run ``flow`` as the existing flow run ``flow_run_id``; returns its final state."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+    return run_flow(flow, flow_run=flow_run, parameters=parameters, return_type="state")

@@ -1,0 +1,46 @@
+"""Fixed places: where an image keeps its TLS files and project, and where a host caches.
+
+These paths are a contract between the builder (which writes them), the entrypoint
+(which reads them in the image), task definitions and users' own scripts, so they
+never move. Nothing here imports anything but the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: File names inside a certificate directory (``flowrig certs generate --out DIR``) and
+#: inside the image's TLS directory. ``ca.key`` never enters an image.
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+LEAF_CERT = "tls.crt"
+LEAF_KEY = "tls.key"
+
+#: Where the image keeps its TLS files, its baked project and its manifest.
+IMAGE_TLS_DIR = Path("/etc/flowrig/tls")
+IMAGE_PROJECT_DIR = Path("/opt/flowrig/project")
+IMAGE_MANIFEST = Path("/opt/flowrig/manifest.json")
+#: The image's runtime user (non-root); the leaf key belongs to it.
+IMAGE_USER = "flowrig"
+IMAGE_UID = 10001
+
+#: Set in the image (Dockerfile ``ENV``): this process runs inside a flowrig image.
+IN_IMAGE_ENV = "FLOWRIG_IN_IMAGE"
+
+
+def in_image() -> bool:
+    """Whether this process runs inside a flowrig image."""
+    return bool(os.environ.get(IN_IMAGE_ENV))
+
+
+def cache_dir() -> Path:
+    """Directory for state reused across runs (the migrated Prefect database).
+
+    ``FLOWRIG_HOME`` wins, then ``XDG_CACHE_HOME/flowrig``, then ``~/.cache/flowrig``.
+    """
+    if os.environ.get("FLOWRIG_HOME"):
+        return Path(os.environ["FLOWRIG_HOME"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "flowrig"

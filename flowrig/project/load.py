@@ -1,0 +1,46 @@
+"""Read a project directory: its ``flowrig.toml`` once, and the files it names."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from flowrig.errors import BadInput
+from flowrig.project import filerules
+from flowrig.project.defaults import PROJECT_FILE
+from flowrig.project.models import Project, parse_project
+
+
+def load_project(path: str | Path) -> Project:
+    """Read and validate a project directory (or its ``flowrig.toml``).
+
+    The checks are the image build's too (:mod:`flowrig.project.filerules`): what
+    loads here builds there.
+
+    Raises
+    ------
+    BadInput
+        When the file is missing, is not valid TOML, or fails validation; also when
+        the flow file or requirements file it names does not exist, or a requirements
+        include leaves the project.
+    """
+    path = Path(path)
+    file = path if path.is_file() else path / PROJECT_FILE
+    if not file.is_file():
+        if not path.exists():
+            raise BadInput(f"project directory {str(path)!r} does not exist")
+        raise BadInput(f'no {PROJECT_FILE} in {str(path)!r}: create one with flow = "flow.py:my_flow"')
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"{file}: not valid TOML ({exc})") from None
+    project = parse_project(data, file.parent.resolve())
+    if not project.flow_path.is_file():
+        raise BadInput(f"flow file {str(project.flow_path)!r} does not exist: fix 'flow' in {file}")
+    try:
+        requirements = filerules.requirements_path(project.root, project.requirements)
+        if requirements is not None:
+            filerules.flatten_requirements(requirements, project.root)
+    except filerules.RuleError as exc:
+        raise BadInput(str(exc)) from None
+    return project

@@ -1,0 +1,195 @@
+"""``flowrig.toml`` as typed, strict models.
+
+Parsing is strict: unknown keys and wrong types are errors naming the key's dotted
+place in the file, because a typo in a sizing key would otherwise silently give the
+wrong cluster. pydantic checks the types (``Strict*``: ``true`` is not a worker count,
+``"2"`` is not a number); the rules that relate two keys are checked here, each with a
+message that names both.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import field
+from pathlib import Path
+from typing import Annotated, Any, Mapping
+
+from pydantic import ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from flowrig.errors import BadInput
+from flowrig.project import defaults
+
+#: Unknown keys are refused everywhere in the file; types are checked per field.
+_STRICT = ConfigDict(extra="forbid")
+
+Count = Annotated[StrictInt, Field(ge=0)]
+_REFERENCE = re.compile(r"^(?P<path>.+):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+@dataclass(config=_STRICT, frozen=True)
+class Adapt:
+    """``[cluster] adapt = { minimum, maximum }``: an adaptive range of workers."""
+
+    minimum: Count = 0
+    maximum: Count | None = None
+
+    def __post_init__(self) -> None:
+        if self.maximum is None:
+            raise ValueError(f"{defaults.PROJECT_FILE}: 'cluster.adapt.maximum' is required")
+        if self.minimum > self.maximum:
+            raise ValueError(
+                f"{defaults.PROJECT_FILE}: 'cluster.adapt.minimum' ({self.minimum}) is larger than "
+                f"'cluster.adapt.maximum' ({self.maximum})"
+            )
+
+
+@dataclass(config=_STRICT, frozen=True)
+class ClusterConfig:
+    """The ``[cluster]`` table."""
+
+    backend: StrictStr = defaults.BACKEND
+    n_workers: Count | None = None
+    adapt: Adapt | None = None
+    sizing: StrictStr | None = None
+    min_workers: Count = defaults.MIN_WORKERS
+    max_workers: Count = defaults.MAX_WORKERS
+    worker_threads: Annotated[StrictInt, Field(ge=1)] = defaults.WORKER_THREADS
+    image: StrictStr | None = None
+    #: Backend options, validated by the backend's own model when it starts.
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.adapt is not None and self.n_workers is not None:
+            raise ValueError(
+                f"{defaults.PROJECT_FILE}: set either 'cluster.n_workers' or 'cluster.adapt', not both"
+            )
+        if self.min_workers > self.max_workers:
+            raise ValueError(
+                f"{defaults.PROJECT_FILE}: 'cluster.min_workers' ({self.min_workers}) is larger than "
+                f"'cluster.max_workers' ({self.max_workers})"
+            )
+        if self.sizing is not None and not _REFERENCE.match(self.sizing):
+            raise ValueError(
+                f"{defaults.PROJECT_FILE}: 'cluster.sizing' must look like \"flow.py:on_execute\", "
+                f"got {self.sizing!r}"
+            )
+
+
+@dataclass(config=_STRICT, frozen=True)
+class ProjectFile:
+    """The whole ``flowrig.toml`` document."""
+
+    flow: StrictStr
+    requirements: StrictStr | None = None
+    name: StrictStr | None = None
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def __post_init__(self) -> None:
+        if not _REFERENCE.match(self.flow):
+            raise ValueError(
+                f"{defaults.PROJECT_FILE}: 'flow' must look like \"flow.py:my_flow\", got {self.flow!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Project:
+    """A flow project: its root directory and its parsed ``flowrig.toml``."""
+
+    root: Path
+    flow: str
+    requirements: str | None
+    cluster: ClusterConfig
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def flow_path(self) -> Path:
+        """File that holds the flow (``flow = "path:function"``)."""
+        return self.root / self.flow.rpartition(":")[0]
+
+    @property
+    def flow_function(self) -> str:
+        """Name of the flow function in :attr:`flow_path`."""
+        return self.flow.rpartition(":")[2]
+
+    @property
+    def name(self) -> str:
+        """``name`` from the file, else the project directory's name."""
+        return str(self.raw.get("name") or self.root.name)
+
+
+# --- errors: one line naming the dotted key ------------------------------------------
+
+_WHAT = {
+    "int_type": "a whole number",
+    "string_type": "a string",
+    "dict_type": "a table",
+    "dataclass_type": "a table",
+    "model_type": "a table",
+}
+_FIELDS = {
+    "": ProjectFile,
+    "cluster": ClusterConfig,
+    "cluster.adapt": Adapt,
+}
+
+
+def _allowed(table: str) -> str:
+    model = _FIELDS.get(table)
+    names = sorted(getattr(model, "__dataclass_fields__", {}))
+    return ", ".join(names)
+
+
+def describe(exc: ValidationError, file: str = defaults.PROJECT_FILE) -> str:
+    """The first problem of a validation error as one line: the dotted key and the fix."""
+    error = exc.errors(include_url=False)[0]
+    key = ".".join(str(part) for part in error["loc"])
+    kind, value = error["type"], error.get("input")
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        table = key.rpartition(".")[0]
+        return f"{file}: unknown key '{key}'; allowed here: {_allowed(table)}"
+    if kind == "missing" or (kind == "missing_argument"):
+        if key == "flow":
+            return f"{file}: missing 'flow'; add e.g. flow = \"flow.py:my_flow\""
+        return f"{file}: '{key}' is required"
+    if kind == "greater_than_equal":
+        return f"{file}: '{key}' must be >= {error['ctx']['ge']}, got {value!r}"
+    if kind == "value_error":
+        # A rule of the models above: its message names the keys already.
+        return str(error["ctx"]["error"])
+    what = _WHAT.get(kind, "of another type")
+    if key == "flow" or key.endswith("sizing"):
+        what = 'a "path.py:function" string'
+    return f"{file}: '{key}' must be {what}, got {value!r}"
+
+
+_DOCUMENT = TypeAdapter(ProjectFile)
+
+
+def parse_project(data: Mapping[str, Any], root: Path) -> Project:
+    """Validate the parsed TOML of a project.
+
+    Parameters
+    ----------
+    data
+        The TOML document as a mapping.
+    root
+        The project's directory; file references are relative to it.
+
+    Raises
+    ------
+    BadInput
+        On unknown keys, wrong types or a malformed ``flow`` reference: one line that
+        names the dotted key.
+    """
+    try:
+        document = _DOCUMENT.validate_python(dict(data))
+    except ValidationError as exc:
+        raise BadInput(describe(exc)) from None
+    return Project(
+        root=root,
+        flow=document.flow,
+        requirements=document.requirements,
+        cluster=document.cluster,
+        raw=dict(data),
+    )

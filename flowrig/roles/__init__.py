@@ -1,0 +1,40 @@
+"""What each Dask role runs: ports, TLS flags and the scheduler and worker command lines.
+
+One builder of Dask TLS flags and role commands for every place that starts a role:
+the entrypoint in the image, the docker backend's containers, ECS task definitions.
+
+May import: :mod:`flowrig.errors` and :mod:`flowrig.layout` (no Dask: the commands are
+data, the entrypoint execs them).
+"""
+
+from flowrig.roles.commands import (
+    DASHBOARD_PORT,
+    ROLE_ALIASES,
+    SCHEDULER_IDLE_TIMEOUT,
+    SCHEDULER_MODULE,
+    SCHEDULER_PORT,
+    WORKER_DEATH_TIMEOUT,
+    WORKER_MODULE,
+    command_for,
+    scheduler_command,
+    secure_environment,
+    tls_dir,
+    tls_flags,
+    worker_command,
+)
+
+__all__ = [
+    "DASHBOARD_PORT",
+    "ROLE_ALIASES",
+    "SCHEDULER_IDLE_TIMEOUT",
+    "SCHEDULER_MODULE",
+    "SCHEDULER_PORT",
+    "WORKER_DEATH_TIMEOUT",
+    "WORKER_MODULE",
+    "command_for",
+    "scheduler_command",
+    "secure_environment",
+    "tls_dir",
+    "tls_flags",
+    "worker_command",
+]

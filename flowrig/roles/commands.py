@@ -1,0 +1,141 @@
+"""Dask scheduler and worker command lines, always with TLS flags.
+
+distributed 2026.6 removed the ``dask-scheduler``/``dask-worker`` console scripts, but
+dask-cloudprovider still sends exactly those commands; the modules behind them are
+still there, so every spelling maps onto ``python -m distributed.cli.dask_*``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path, PurePosixPath
+
+from flowrig import layout
+from flowrig.errors import BadInput
+
+SCHEDULER_MODULE = "distributed.cli.dask_scheduler"
+WORKER_MODULE = "distributed.cli.dask_worker"
+
+#: The scheduler's port and its dashboard's, inside a container or task.
+SCHEDULER_PORT = 8786
+DASHBOARD_PORT = 8787
+#: How long a scheduler with no clients lives before it stops itself: longer than a
+#: runner's set-up, so an orphaned cluster still dies on its own.
+SCHEDULER_IDLE_TIMEOUT = "15 minutes"
+#: Seconds a worker keeps trying to reach a lost scheduler before it exits.
+WORKER_DEATH_TIMEOUT = 60
+
+#: argv[0] (or ``dask <sub>``) spellings -> role.
+ROLE_ALIASES = {
+    "scheduler": "scheduler",
+    "dask-scheduler": "scheduler",
+    "worker": "worker",
+    "dask-worker": "worker",
+}
+
+#: Where a process finds its TLS files when not at the image's fixed place.
+TLS_DIR_ENV = "FLOWRIG_TLS_DIR"
+_TLS_FLAGS = ("--tls-ca-file", "--tls-cert", "--tls-key")
+
+
+def tls_dir() -> Path:
+    """Directory holding ``ca.crt``, ``tls.crt`` and ``tls.key`` (``FLOWRIG_TLS_DIR`` wins)."""
+    return Path(os.environ.get(TLS_DIR_ENV) or layout.IMAGE_TLS_DIR)
+
+
+def tls_flags(directory: str | Path = layout.IMAGE_TLS_DIR, *, require_files: bool = True) -> list[str]:
+    """The Dask CLI flags for the TLS files in ``directory``.
+
+    Parameters
+    ----------
+    directory
+        Holds the three files; the image's fixed TLS directory by default.
+    require_files
+        Check that the files exist here (a role about to start); ``False`` renders the
+        flags for another machine, such as an ECS task definition.
+
+    Raises
+    ------
+    BadInput
+        When a file is missing: a role without TLS must not start at all.
+    """
+    base = PurePosixPath(directory) if not require_files else Path(directory)
+    files = dict(zip(_TLS_FLAGS, (base / layout.CA_CERT, base / layout.LEAF_CERT, base / layout.LEAF_KEY)))
+    if require_files:
+        for path in files.values():
+            if not Path(path).is_file():
+                raise BadInput(
+                    f"TLS file {path} is missing: bake certificates with `flowrig build --certs DIR` "
+                    f"or set {TLS_DIR_ENV}"
+                )
+    return [item for flag, path in files.items() for item in (flag, str(path))]
+
+
+def _has(args: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
+def command_for(role: str, args: list[str], directory: Path | None = None) -> list[str]:
+    """The full argv that runs ``role`` with ``args`` over mutual TLS.
+
+    Flags the caller already gave win; the TLS files are added unless all three are
+    given. The scheduler listens on ``tls://`` and stops itself when idle, so a
+    cluster whose runner died does not run forever.
+    """
+    directory = directory or tls_dir()
+    args = list(args)
+    extra: list[str] = []
+    missing = [f for f in _TLS_FLAGS if not _has(args, f)]
+    if missing:
+        defaults_for = dict(zip(*[iter(tls_flags(directory))] * 2))
+        for flag in missing:
+            extra += [flag, defaults_for[flag]]
+    if role == "scheduler":
+        if not _has(args, "--protocol"):
+            extra += ["--protocol", "tls"]
+        if not _has(args, "--idle-timeout"):
+            extra += ["--idle-timeout", SCHEDULER_IDLE_TIMEOUT]
+        module = SCHEDULER_MODULE
+    elif role == "worker":
+        if not _has(args, "--death-timeout"):
+            extra += ["--death-timeout", str(WORKER_DEATH_TIMEOUT)]
+        module = WORKER_MODULE
+    else:
+        raise BadInput(f"unknown role {role!r}: use scheduler or worker")
+    return [sys.executable, "-m", module, *args, *extra]
+
+
+def scheduler_command(idle_timeout: str = SCHEDULER_IDLE_TIMEOUT, extra_args: list[str] | None = None) -> list[str]:
+    """The scheduler's command for another machine, the one dask-cloudprovider sends.
+
+    ``extra_args`` default to listening on TLS only with the image's baked files.
+    """
+    extra = ["--protocol", "tls", *tls_flags(require_files=False)] if extra_args is None else extra_args
+    return ["dask-scheduler", "--idle-timeout", idle_timeout, *extra]
+
+
+def worker_command(threads: int = 1, extra_args: list[str] | None = None) -> list[str]:
+    """A worker's command for another machine, without the scheduler address.
+
+    ``extra_args`` default to the image's baked TLS files.
+    """
+    extra = tls_flags(require_files=False) if extra_args is None else extra_args
+    return [
+        "dask-worker",
+        "--nthreads",
+        str(threads),
+        # In a container, "auto" is the task's memory limit as the kernel enforces it.
+        "--memory-limit",
+        "auto",
+        "--death-timeout",
+        str(WORKER_DEATH_TIMEOUT),
+        *extra,
+    ]
+
+
+def secure_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a Dask role: any unencrypted connection is refused."""
+    env = dict(os.environ if environ is None else environ)
+    env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"
+    return env

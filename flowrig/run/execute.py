@@ -1,0 +1,223 @@
+"""One flow run on its own cluster.
+
+:func:`execute` is the single code path behind ``flowrig run``, the in-image ``run``
+role and :class:`flowrig.DaskCloudProviderEnvironment`:
+
+1. start the run's Prefect API (unless ``PREFECT_API_URL`` names one), in the
+   background, since it is the slowest part of start-up;
+2. validate the parameters against the flow, decide the cluster size;
+3. start the cluster with mutual TLS, hand every worker the API's URL;
+4. run the flow through prefect-dask;
+5. always tear down, whatever happened, then report the flow's final state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from flowrig.common.runid import current_run_id
+from flowrig.common.signals import shielded
+from flowrig.run.config import RunConfig, RunOutcome
+
+if TYPE_CHECKING:
+    from flowrig.api import EmbeddedPrefectAPI
+    from flowrig.backends import Backend
+    from flowrig.certs import TLSMaterial
+
+logger = logging.getLogger("flowrig")
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.marks: dict[str, float] = {}
+
+    def mark(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.marks[name] = now - since
+        return now
+
+
+def start_prefect_api(backend: "Backend") -> "EmbeddedPrefectAPI | None":
+    """Start the run's embedded Prefect API, or return ``None`` when one is configured.
+
+    Call it as early as possible: the server's start-up then overlaps with loading
+    the flow and starting the cluster. :func:`execute` stops it.
+    """
+    from flowrig.api import EmbeddedPrefectAPI
+
+    # Only the environment is read here: Prefect's own settings (profiles, .env) need
+    # an import of prefect that takes seconds. execute() checks them once prefect is
+    # imported anyway, and stops this server if they name an API after all.
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    return EmbeddedPrefectAPI(*backend.prefect_api_hosts()).start()
+
+
+def _configured_api_url() -> str | None:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def execute(
+    config: RunConfig,
+    *,
+    announce: Callable[[str], None] | None = None,
+    api: "EmbeddedPrefectAPI | None" = None,
+) -> RunOutcome:
+    """Run ``config.flow`` once on a cluster of its own and tear the cluster down.
+
+    Parameters
+    ----------
+    config
+        The run.
+    announce
+        Called with one human line once the cluster is up (scheduler and dashboard).
+    api
+        An embedded API from :func:`start_prefect_api`; started here when ``None`` and
+        no ``PREFECT_API_URL`` is set. Stopped here in every case.
+
+    Returns
+    -------
+    RunOutcome
+        Also when the flow failed: check :attr:`RunOutcome.ok`.
+
+    Raises
+    ------
+    flowrig.errors.BadInput
+        Bad parameters, sizing or certificates; raised before any cluster starts.
+    flowrig.errors.InfrastructureError
+        When the cluster or the Prefect API cannot start.
+    """
+    from flowrig.backends import ClusterSpec, resolve_backend
+    from flowrig.certs import TLSMaterial
+    from flowrig.internals import prefect_engine
+    from flowrig.project import parameters as params_mod
+    from flowrig.project import sizing
+
+    timer = _Timer()
+    run_id = current_run_id()
+    started = None
+    try:
+        t = time.perf_counter()
+        backend = resolve_backend(config.backend)
+        if api is None:
+            api = start_prefect_api(backend)
+        configured = _configured_api_url()
+        if api is not None and configured:
+            api.stop()  # a Prefect profile names an API: use it, not a server of our own
+            api = None
+        parameters = params_mod.validate(config.flow, config.parameters)
+        decided = sizing.decide(
+            parameters,
+            n_workers=config.n_workers,
+            adapt=config.adapt,
+            min_workers=config.min_workers,
+            max_workers=config.max_workers,
+            hook=config.sizing_hook,
+            hook_name=config.sizing_hook_name,
+            options=config.options,
+        )
+        tls = TLSMaterial.for_run(config.tls)
+        prefect_engine.import_flow_engine()
+        settings = api.client_settings(tls) if api is not None else {}
+        worker_env = {
+            "FLOWRIG_RUN_ID": run_id,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            **{name: str(value) for name, value in settings.items() if value is not None},
+        }
+        if api is None:
+            worker_env["PREFECT_API_URL"] = str(configured)
+        spec = ClusterSpec(
+            run_id=run_id,
+            size=decided.size,
+            tls=tls,
+            image=config.image,
+            worker_env=worker_env,
+            options=decided.options,
+            worker_threads=config.worker_threads,
+        )
+        t = timer.mark("prepare", t)
+        started = backend.start(spec)
+        if announce:
+            announce(
+                f"flowrig run {run_id}: {decided.size.describe()} on {backend.name}, "
+                f"scheduler at {started.scheduler_address}, "
+                f"dashboard at {started.dashboard_link or 'none'}"
+            )
+        if config.on_start:
+            config.on_start()
+        t = timer.mark("cluster_start", t)
+        if api is not None:
+            api.wait_ready()
+        t = timer.mark("api_wait", t)
+        state = _run_flow(config, parameters, started.scheduler_address, tls, settings)
+        t = timer.mark("flow", t)
+        result, message = _result_of(state)
+        return RunOutcome(
+            state=state.name,
+            result=result,
+            n_workers=decided.size.n_workers,
+            backend=backend.name,
+            scheduler_address=started.scheduler_address,
+            dashboard_link=started.dashboard_link,
+            timings=timer.marks,
+            run_id=run_id,
+            message=message,
+        )
+    finally:
+        t = time.perf_counter()
+        # A signal during teardown must not leave half a cluster: it is held back and
+        # delivered once everything is down.
+        with shielded():
+            _teardown(started, api)
+            if config.on_exit:
+                config.on_exit()
+            timer.mark("teardown", t)
+            timer.marks["total"] = time.perf_counter() - timer.start
+
+
+def _teardown(started: Any, api: Any) -> None:
+    """Close the cluster, then the API; a failure of one never skips the other."""
+    if started is not None:
+        try:
+            started.close()
+        except Exception as exc:
+            logger.warning("closing the cluster failed: %s", exc)
+    if api is not None:
+        api.stop()
+
+
+def _run_flow(
+    config: RunConfig, parameters: dict[str, Any], address: str, tls: "TLSMaterial", settings: Mapping[str, Any]
+) -> Any:
+    from prefect_dask import DaskTaskRunner
+
+    from flowrig.internals import prefect_engine
+    from flowrig.internals.prefect_settings import run_settings
+
+    runner = DaskTaskRunner(address=address, client_kwargs={"security": tls.to_security()})
+    flow = config.flow.with_options(task_runner=runner)
+    # prefect-dask ships the runner's settings to every task on the workers, so the
+    # workers use the same API (and the same cheap CA file) as the runner.
+    with run_settings(settings):
+        try:
+            if config.flow_run_id:
+                return prefect_engine.run_existing_flow_run(flow, config.flow_run_id, parameters)
+            return flow(**parameters, return_state=True)
+        finally:
+            prefect_engine.drain_reporting()
+
+
+def _result_of(state: Any) -> tuple[Any, str | None]:
+    if state.is_completed():
+        return state.result(raise_on_failure=False), None
+    try:
+        state.result(raise_on_failure=True)
+    except BaseException as exc:  # the flow's own exception, reported as data
+        return None, f"{type(exc).__name__}: {exc}"
+    return None, state.message

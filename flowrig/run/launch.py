@@ -1,0 +1,183 @@
+"""From a command line to a finished run: ``flowrig run`` and the image's ``run`` role.
+
+The run's parameters travel one way: the command line (:class:`RunInputs`) ->
+:func:`run_command`, which reads ``flowrig.toml`` once and resolves the backend once ->
+:func:`config_from_project` -> :func:`flowrig.run.execute` -> the flow.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flowrig import layout
+from flowrig.errors import BadInput
+from flowrig.run.config import RunConfig
+
+if TYPE_CHECKING:
+    from flowrig.backends import Backend
+    from flowrig.project import Project
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What ``flowrig run`` was given on its command line.
+
+    Parameters
+    ----------
+    project_dir
+        The flow project (holds ``flowrig.toml``).
+    params, params_file
+        ``k=v`` items and a JSON file of parameters (see :mod:`flowrig.project.parameters`).
+    backend
+        Overrides ``[cluster] backend``.
+    image
+        Image of container backends; overrides ``[cluster] image``.
+    certs
+        Certificate directory; default: per-run certificates (or the image's own).
+    scheduler_address
+        A running ``tls://`` scheduler to use instead of starting a cluster.
+    output
+        ``text`` or ``json``.
+    """
+
+    project_dir: Path
+    params: tuple[str, ...] = ()
+    params_file: Path | None = None
+    backend: str | None = None
+    image: str | None = None
+    certs: Path | None = None
+    scheduler_address: str | None = None
+    output: str = "text"
+
+
+def default_project_dir() -> Path:
+    """The baked project in the image, else the current directory."""
+    if layout.in_image() and layout.IMAGE_PROJECT_DIR.is_dir():
+        return layout.IMAGE_PROJECT_DIR
+    return Path.cwd()
+
+
+def parameters_of_flow_run(flow_run_id: str) -> dict[str, Any]:
+    """Parameters of an existing flow run, read from the configured Prefect API.
+
+    This is how a container started by a Prefect worker for a deployment's flow run
+    (``PREFECT__FLOW_RUN_ID`` set) learns its parameters.
+    """
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            flow_run = client.read_flow_run(flow_run_id)
+        except Exception as exc:
+            raise BadInput(f"cannot read flow run {flow_run_id} from the Prefect API: {exc}") from None
+    return dict(flow_run.parameters or {})
+
+
+def config_from_project(project: "Project", inputs: RunInputs, backend: "Backend") -> RunConfig:
+    """Load the flow, hook, parameters and certificates of a run into a :class:`RunConfig`.
+
+    Raises
+    ------
+    BadInput
+        For a missing or invalid flow, sizing hook, parameters or certificates.
+    """
+    from flowrig.project import flow_loader
+    from flowrig.project import parameters as params_mod
+
+    flow = flow_loader.load_flow(project.flow_path, project.flow_function)
+    flow_run_id = os.environ.get("PREFECT__FLOW_RUN_ID")
+    raw = params_mod.gather(inputs.params, inputs.params_file)
+    if flow_run_id:
+        raw = {**parameters_of_flow_run(flow_run_id), **raw}
+    cluster = project.cluster
+    hook = None
+    if cluster.sizing:
+        path, _, name = cluster.sizing.rpartition(":")
+        hook = flow_loader.load_function(project.root / path, name, "sizing hook")
+    tls = None
+    if inputs.certs is not None:
+        from flowrig.certs import TLSMaterial
+
+        tls = TLSMaterial.from_dir(inputs.certs)
+    options = {"address": inputs.scheduler_address} if inputs.scheduler_address else dict(cluster.options)
+    return RunConfig(
+        flow=flow,
+        parameters=raw,
+        backend=backend,
+        n_workers=cluster.n_workers,
+        adapt=(cluster.adapt.minimum, cluster.adapt.maximum) if cluster.adapt else None,
+        min_workers=cluster.min_workers,
+        max_workers=cluster.max_workers,
+        sizing_hook=hook,
+        sizing_hook_name=cluster.sizing or "sizing hook",
+        options=options,
+        tls=tls,
+        image=inputs.image or cluster.image or os.environ.get("FLOWRIG_IMAGE"),
+        worker_threads=cluster.worker_threads,
+        flow_run_id=flow_run_id,
+    )
+
+
+def run_command(inputs: RunInputs) -> int:
+    """Run a project from a command line; returns the exit code (0, else raises).
+
+    SIGTERM and Ctrl-C tear down and end the command as terminated; logs go to stderr,
+    and the outcome is printed (JSON as the last stdout line). The run's Prefect API
+    starts first, so that its start-up overlaps with importing the flow.
+
+    Raises
+    ------
+    flowrig.errors.FlowRunFailed
+        When the flow run did not complete (exit 1).
+    """
+    from flowrig.common.signals import terminating
+
+    with terminating():
+        return _run_command(inputs)
+
+
+def _run_command(inputs: RunInputs) -> int:
+    from flowrig.backends import get_backend
+    from flowrig.common.gcpause import collector_paused
+    from flowrig.internals.prefect_engine import import_flow_engine
+    from flowrig.project import load_project
+    from flowrig.project.defaults import BACKEND, PROJECT_FILE
+    from flowrig.run.execute import execute, start_prefect_api
+    from flowrig.run.report import print_outcome
+
+    directory = Path(inputs.project_dir)
+    # The one read of flowrig.toml for this run.
+    project = load_project(directory) if (directory / PROJECT_FILE).is_file() or directory.is_file() else None
+    name = "address" if inputs.scheduler_address else (
+        inputs.backend or (project.cluster.backend if project else BACKEND)
+    )
+    if name == "docker" and not layout.in_image():
+        # On the host, the docker backend runs the runner itself in a container.
+        from flowrig.backends.docker.host import run_in_container
+
+        return run_in_container(
+            directory, project=project, image=inputs.image, params=inputs.params,
+            params_file=inputs.params_file, output=inputs.output,
+        )
+    if project is None:
+        load_project(directory)  # raises the one-line reason
+    assert project is not None
+    backend = get_backend(name)
+    api = start_prefect_api(backend)
+    try:
+        # Loading the flow imports Prefect: a start-up phase of a process flowrig owns.
+        with collector_paused():
+            config = config_from_project(project, inputs, backend)
+            import_flow_engine()
+    except BaseException:
+        if api is not None:
+            api.stop()
+        raise
+    outcome = execute(config, api=api, announce=lambda line: print(line, file=sys.stderr, flush=True))
+    print_outcome(outcome, inputs.output)
+    outcome.raise_for_state()
+    return 0
