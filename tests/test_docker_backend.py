@@ -85,7 +85,7 @@ def test_scheduler_and_worker_plans(tls):
     assert sched.name == "flowrig-r2-scheduler"
     assert sched.aliases == ("scheduler",)
     assert sched.command[0] == "scheduler" and "--dashboard-address" in sched.command
-    assert sched.publish == ()
+    assert sched.publish == (8787,)  # the dashboard, on the host's 127.0.0.1
     assert dk.render_scheduler("r2", "img", "net", tls=tls, publish=True).publish == (8786, 8787)
     worker = dk.render_worker("r2", "img", "net", 3, tls=tls, threads=2, environment={"A": "1"}, memory="1g")
     assert worker.name == "flowrig-r2-worker-3"
@@ -273,7 +273,7 @@ def test_docker_stop_ends_every_role_within_3_seconds(docker_client, probe_image
             ),
         )
         # Mid-run: the flow is connected to the cluster and its task naps on the worker.
-        engine.wait_for_log(runner, "Connecting to an existing Dask cluster", 180, "runner")
+        engine.wait_for_log(runner, "Beginning flow run", 180, "runner")
         time.sleep(3)
         stops = {}
         for container in (runner, worker, scheduler):
@@ -457,4 +457,38 @@ def test_leftovers_command_lists_and_removes_a_killed_runs_remains(docker_client
         assert removed.exit_code == 0, removed.output
         assert _leftovers(docker_client, run_id) == []
     finally:
+        engine.remove_run(docker_client, run_id)
+
+
+@pytest.mark.docker
+def test_dashboard_link_opens_from_the_host(docker_client, probe_image, probe_project):
+    """The link the run prints is the scheduler's dashboard on the host's 127.0.0.1."""
+    import urllib.request
+
+    run_id = _tag()
+    process = subprocess.Popen(
+        [FLOWRIG, "run", str(probe_project), "--backend", "docker", "--image", probe_image, "--param", "nap=60"],
+        env=_flowrig_env(run_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 240
+        while not any("dashboard at http" in line for line in lines):
+            assert process.poll() is None, "".join(lines)[-3000:]
+            assert time.monotonic() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.5)
+        [line] = [line for line in lines if "dashboard at http" in line]
+        link = line.rsplit("dashboard at ", 1)[1].strip()
+        assert link.startswith("http://127.0.0.1:") and link.endswith("/status"), link
+        with urllib.request.urlopen(link, timeout=30) as response:
+            assert response.status == 200
+            assert b"Dask" in response.read()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 143
+        assert _leftovers(docker_client, run_id) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
         engine.remove_run(docker_client, run_id)

@@ -300,7 +300,9 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
         runner = subprocess.run(
             run_local_cli("runner.json", json.dumps(runner_overrides)), capture_output=True, text=True, timeout=400)
         assert runner.returncode == 0, runner.stdout[-4000:] + runner.stderr[-2000:]
-        last = [line for line in runner.stdout.splitlines() if line.startswith("flowrig-runner | ")][-1]
+        # The container's stdout and stderr reach the log separately, so stderr lines may
+        # come after the outcome: the outcome is its last JSON line.
+        last = [line for line in runner.stdout.splitlines() if line.startswith("flowrig-runner | {")][-1]
         outcome = json.loads(last.split(" | ", 1)[1])
         assert (outcome["state"], outcome["result"]) == ("Completed", 90)
         assert outcome["scheduler_address"] == "tls://dask-scheduler:8786"

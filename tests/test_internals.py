@@ -198,3 +198,36 @@ def test_local_workers_fork_from_the_fork_server_and_leave_the_config_alone(tls)
     finally:
         started.close()
     assert dask.config.get("distributed.worker.multiprocessing-method") == before
+
+
+# --- the task runner ---------------------------------------------------------------------
+
+
+def test_task_runner_duplicates_with_its_progress_and_pickles_without_it():
+    import cloudpickle
+    from prefect_dask import DaskTaskRunner
+
+    from flowrig.internals.task_runner import FlowrigTaskRunner
+    from flowrig.run.progress import TaskProgress
+
+    progress = TaskProgress()
+    runner = FlowrigTaskRunner(address="tls://127.0.0.1:1", progress=progress)
+    # Prefect's flow engine runs a flow on runner.duplicate(): the copy is of our class,
+    # made from DaskTaskRunner's constructor arguments, and keeps the run's progress.
+    assert "self.address" in inspect.getsource(DaskTaskRunner.duplicate)
+    twin = runner.duplicate()
+    assert type(twin) is FlowrigTaskRunner and twin.progress is progress and twin.address == runner.address
+    # The flow (and its runner) travel with every task: without the run's own state.
+    shipped = cloudpickle.loads(cloudpickle.dumps(runner))
+    assert shipped.progress is None and shipped.address == runner.address
+
+
+def test_task_runner_client_is_made_on_first_use():
+    from prefect_dask import DaskTaskRunner
+
+    from flowrig.internals.task_runner import FlowrigTaskRunner
+
+    source = inspect.getsource(DaskTaskRunner.client.fget)
+    assert "if not self._client" in source
+    runner = FlowrigTaskRunner(address="tls://127.0.0.1:1")
+    assert runner._client is None  # nothing connected until a task is submitted

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -137,6 +138,8 @@ class EmbeddedPrefectAPI:
         Host name workers use to reach it.
     port
         Fixed port, or ``None`` for a free one.
+    start_timeout
+        Seconds the server may take, from its start, to answer.
     """
 
     def __init__(
@@ -144,10 +147,14 @@ class EmbeddedPrefectAPI:
         bind_host: str = "127.0.0.1",
         advertised_host: str = "127.0.0.1",
         port: int | None = None,
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.bind_host = bind_host
         self.advertised_host = advertised_host
         self.port = port or _free_port(bind_host)
+        self.start_timeout = start_timeout
+        #: When the server first answered (``time.perf_counter()``), once it has.
+        self.ready_at: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
 
@@ -193,6 +200,8 @@ class EmbeddedPrefectAPI:
             # new client would fetch before its first write is only a wasted request.
             "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": None,
+            # The API has no UI and is gone when the run ends: no "View at" link into it.
+            "PREFECT_UI_URL": "",
         }
 
     @property
@@ -225,32 +234,54 @@ class EmbeddedPrefectAPI:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        # Readiness is watched from now on, so the moment it is reached is known even
+        # when the run asks only later (after its cluster started).
+        self._ready = threading.Event()
+        self._failure: InfrastructureError | None = None
+        self._watcher = threading.Thread(
+            target=self._watch_ready, args=(self._process,), name="flowrig-api-ready", daemon=True
+        )
+        self._watcher.start()
         return self
 
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
-        """Block until ``/api/health`` answers.
+    def _watch_ready(self, process: "subprocess.Popen[bytes]") -> None:
+        deadline = time.monotonic() + self.start_timeout
+        health = self.local_url + "/health"
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                err = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                self._failure = InfrastructureError(f"the embedded Prefect API exited at start: {_cause(err)}")
+                break
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(health, timeout=2) as response:
+                    if response.status == 200:
+                        self.ready_at = time.perf_counter()
+                        break
+            time.sleep(0.05)
+        else:
+            self._failure = InfrastructureError(
+                f"the embedded Prefect API did not answer within {self.start_timeout:.0f} s; "
+                "set PREFECT_API_URL to use a running Prefect server instead"
+            )
+        self._ready.set()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until ``/api/health`` answers (``ready_at`` says when it first did).
 
         Raises
         ------
         InfrastructureError
-            When the server exits or does not answer within ``timeout`` seconds.
+            When the server exits or does not answer within ``timeout`` seconds (default:
+            the start timeout the API was made with, counted from its start).
         """
         assert self._process is not None, "start() first"
-        deadline = time.monotonic() + timeout
-        health = self.local_url + "/health"
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
-                raise InfrastructureError(f"the embedded Prefect API exited at start: {_cause(err)}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(health, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            time.sleep(0.1)
-        raise InfrastructureError(
-            f"the embedded Prefect API did not answer within {timeout:.0f} s; "
-            "set PREFECT_API_URL to use a running Prefect server instead"
-        )
+        if not self._ready.wait(timeout):
+            raise InfrastructureError(
+                f"the embedded Prefect API did not answer within {timeout:.0f} s; "
+                "set PREFECT_API_URL to use a running Prefect server instead"
+            )
+        if self._failure is not None:
+            raise self._failure
 
     def stop(self) -> None:
         """Stop the server and delete its database; safe to call more than once."""

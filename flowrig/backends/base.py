@@ -133,12 +133,16 @@ class StartedCluster:
         Tears the cluster down; safe to call more than once.
     cluster
         The underlying ``distributed`` cluster object, when there is one.
+    scheduler_up
+        When the scheduler started to listen (``time.perf_counter()``), when the backend
+        knows it apart from the whole start.
     """
 
     scheduler_address: str
     dashboard_link: str | None
     close: Callable[[], None]
     cluster: Any = None
+    scheduler_up: float | None = None
 
 
 class CloseOnce:

@@ -170,6 +170,8 @@ class PoolCluster(Cluster):
         self._scheduler_handle: str | None = None
         self._endpoint: Endpoint | None = None
         self._watcher: asyncio.Task | None = None
+        #: When the scheduler answered (``time.perf_counter()``).
+        self.scheduler_up_at: float | None = None
         self._lock: asyncio.Lock | None = None
         # A loop of our own, so that a failed start can stop it (distributed's clusters
         # leave theirs running when their start fails).
@@ -196,6 +198,7 @@ class PoolCluster(Cluster):
             address = self._endpoint.client_address or self._endpoint.contact_address
             self.scheduler_comm = rpc(address, connection_args=self.security.get_connection_args("client"))
             await self._connect()
+            self.scheduler_up_at = time.perf_counter()
             self.status = Status.running
             self._watcher = asyncio.ensure_future(self._watch())
             await self._reconcile()

@@ -46,9 +46,20 @@ def run(
     output: Annotated[
         Output, typer.Option("--output", "-o", help="text, or json: one JSON line last on stdout.")
     ] = Output.text,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also Dask's INFO lines and every task's own log lines.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only errors (with the tracebacks of failed tasks).")
+    ] = False,
 ) -> None:
     """Run one flow run on a fresh mutual-TLS Dask cluster sized from its parameters."""
+    from flowrig.errors import BadInput
+    from flowrig.run.console import Verbosity
     from flowrig.run.launch import RunInputs, default_project_dir, run_command
+
+    if verbose and quiet:
+        raise BadInput("--verbose and --quiet contradict each other: pass one of them")
 
     inputs = RunInputs(
         project_dir=project or default_project_dir(),
@@ -59,5 +70,6 @@ def run(
         certs=certs,
         scheduler_address=scheduler_address,
         output=output.value,
+        verbosity=Verbosity.VERBOSE if verbose else Verbosity.QUIET if quiet else Verbosity.NORMAL,
     )
     raise typer.Exit(run_command(inputs))

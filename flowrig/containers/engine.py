@@ -245,12 +245,20 @@ def remove_container(container: "Container") -> bool:
 
 
 def run_containers(client: "DockerClient", run_id: str, roles: Iterable[str] | None = None) -> list["Container"]:
-    """All containers (running or not) labelled with ``run_id``, optionally of some roles."""
-    found = client.containers.list(all=True, filters={"label": f"{LABEL_RUN_ID}={run_id}"})
-    if roles is None:
-        return found
-    wanted = set(roles)
-    return [c for c in found if c.labels.get(LABEL_ROLE) in wanted]
+    """All containers (running or not) labelled with ``run_id``, optionally of some roles.
+
+    A container removed between the listing and its inspection is left out.
+    """
+    import docker
+
+    wanted = None if roles is None else set(roles)
+    found = []
+    for item in client.api.containers(all=True, filters={"label": f"{LABEL_RUN_ID}={run_id}"}):
+        if wanted is not None and (item.get("Labels") or {}).get(LABEL_ROLE) not in wanted:
+            continue
+        with contextlib.suppress(docker.errors.NotFound):
+            found.append(client.containers.get(item["Id"]))
+    return found
 
 
 def remove_run(

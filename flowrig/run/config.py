@@ -73,7 +73,7 @@ class RunOutcome:
     backend: str
     scheduler_address: str
     dashboard_link: str | None
-    timings: dict[str, float]
+    timings: dict[str, float | None]
     run_id: str
     message: str | None = None
 
@@ -90,7 +90,7 @@ class RunOutcome:
             "backend": self.backend,
             "scheduler_address": self.scheduler_address,
             "dashboard_link": self.dashboard_link,
-            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "timings": {k: (None if v is None else round(v, 3)) for k, v in self.timings.items()},
             "run_id": self.run_id,
         }
         try:

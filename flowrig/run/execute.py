@@ -15,30 +15,63 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from flowrig.common.runid import current_run_id
 from flowrig.common.signals import shielded
 from flowrig.run.config import RunConfig, RunOutcome
+from flowrig.run.console import TIMELINE, Console, timeline_line, worker_environment
+from flowrig.run.progress import ProgressDisplay, TaskProgress
 
 if TYPE_CHECKING:
     from flowrig.api import EmbeddedPrefectAPI
-    from flowrig.backends import Backend
+    from flowrig.backends import Backend, StartedCluster
     from flowrig.certs import TLSMaterial
 
 logger = logging.getLogger("flowrig")
 
 
 class _Timer:
+    """A run's timings: durations of its phases, and its timeline's marks (seconds since
+    the run started, ``None`` until reached)."""
+
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.marks: dict[str, float] = {}
+        self.marks: dict[str, float | None] = {}
+        self.timeline: dict[str, float | None] = {key: None for key, _ in TIMELINE}
+        self._lock = threading.Lock()
 
     def mark(self, name: str, since: float) -> float:
         now = time.perf_counter()
         self.marks[name] = now - since
         return now
+
+    def reached(self, key: str, at: float | None = None) -> None:
+        """Mark ``key`` of the timeline, once (the first time it is reached counts)."""
+        with self._lock:
+            if self.timeline.get(key) is None:
+                self.timeline[key] = (at if at is not None else time.perf_counter()) - self.start
+
+    def watch_workers(self, started: "StartedCluster", expected: int, stop: threading.Event) -> None:
+        """Mark when the first and the last of ``expected`` workers joined (in a thread)."""
+        cluster = started.cluster
+        info = getattr(cluster, "scheduler_info", None)
+        if info is None or expected < 1:
+            return
+
+        def watch() -> None:
+            while not stop.is_set():
+                joined = len(getattr(cluster, "scheduler_info", {}).get("workers", {}))
+                if joined >= 1:
+                    self.reached("first_worker_joined")
+                if joined >= expected:
+                    self.reached("all_workers_joined")
+                    return
+                stop.wait(0.02)
+
+        threading.Thread(target=watch, name="flowrig-workers-joined", daemon=True).start()
 
 
 def start_prefect_api(backend: "Backend") -> "EmbeddedPrefectAPI | None":
@@ -68,6 +101,7 @@ def execute(
     *,
     announce: Callable[[str], None] | None = None,
     api: "EmbeddedPrefectAPI | None" = None,
+    console: Console | None = None,
 ) -> RunOutcome:
     """Run ``config.flow`` once on a cluster of its own and tear the cluster down.
 
@@ -80,6 +114,9 @@ def execute(
     api
         An embedded API from :func:`start_prefect_api`; started here when ``None`` and
         no ``PREFECT_API_URL`` is set. Stopped here in every case.
+    console
+        Where a person watches the run (``flowrig run``): flowrig's lines, the task
+        progress display and the timeline go there. ``None`` prints nothing.
 
     Returns
     -------
@@ -102,6 +139,9 @@ def execute(
     timer = _Timer()
     run_id = current_run_id()
     started = None
+    stop_watching = threading.Event()
+    progress = TaskProgress(on_first_finished=lambda: timer.reached("first_task_finished"))
+    display: ProgressDisplay | None = None
     try:
         t = time.perf_counter()
         backend = resolve_backend(config.backend)
@@ -128,6 +168,7 @@ def execute(
         worker_env = {
             "FLOWRIG_RUN_ID": run_id,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            **(worker_environment(console.verbosity) if console is not None else {}),
             **{name: str(value) for name, value in settings.items() if value is not None},
         }
         if api is None:
@@ -143,19 +184,32 @@ def execute(
         )
         t = timer.mark("prepare", t)
         started = backend.start(spec)
+        timer.reached("scheduler_up", started.scheduler_up)
+        timer.watch_workers(started, decided.size.n_workers, stop_watching)
+        line = (
+            f"flowrig run {run_id}: {decided.size.describe()} on {backend.name}, "
+            f"scheduler at {started.scheduler_address}, "
+            f"dashboard at {started.dashboard_link or 'none'}"
+        )
         if announce:
-            announce(
-                f"flowrig run {run_id}: {decided.size.describe()} on {backend.name}, "
-                f"scheduler at {started.scheduler_address}, "
-                f"dashboard at {started.dashboard_link or 'none'}"
-            )
+            announce(line)
+        if console is not None:
+            console.line(line)
         if config.on_start:
             config.on_start()
         t = timer.mark("cluster_start", t)
         if api is not None:
             api.wait_ready()
+            timer.reached("api_ready", api.ready_at)
         t = timer.mark("api_wait", t)
-        state = _run_flow(config, parameters, started.scheduler_address, tls, settings)
+        if console is not None:
+            # With --quiet only failed tasks are shown (with their tracebacks).
+            display = ProgressDisplay(
+                progress, console.stream, prefix=f"flowrig run {run_id}", counts=console.shows_progress,
+                code_file=_code_file(config.flow),
+            ).start()
+        state = _run_flow(config, parameters, started.scheduler_address, tls, settings, progress)
+        timer.reached("flow_finished")
         t = timer.mark("flow", t)
         result, message = _result_of(state)
         return RunOutcome(
@@ -170,6 +224,9 @@ def execute(
             message=message,
         )
     finally:
+        stop_watching.set()
+        if display is not None:
+            display.stop()
         t = time.perf_counter()
         # A signal during teardown must not leave half a cluster: it is held back and
         # delivered once everything is down.
@@ -178,7 +235,26 @@ def execute(
             if config.on_exit:
                 config.on_exit()
             timer.mark("teardown", t)
+            timer.reached("teardown_done")
             timer.marks["total"] = time.perf_counter() - timer.start
+            timer.marks.update(timer.timeline)
+            if console is not None and console.timeline and started is not None:
+                console.line(timeline_line(run_id, timer.timeline))
+
+
+def _code_file(flow: Any) -> str | None:
+    """The file of the flow's function, as a person would open it."""
+    import inspect
+
+    try:
+        path = inspect.getsourcefile(flow.fn)
+    except (TypeError, AttributeError):
+        return None
+    if not path:
+        return None
+    # Relative where that is shorter (the project below the current directory).
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def _teardown(started: Any, api: Any) -> None:
@@ -193,14 +269,18 @@ def _teardown(started: Any, api: Any) -> None:
 
 
 def _run_flow(
-    config: RunConfig, parameters: dict[str, Any], address: str, tls: "TLSMaterial", settings: Mapping[str, Any]
+    config: RunConfig,
+    parameters: dict[str, Any],
+    address: str,
+    tls: "TLSMaterial",
+    settings: Mapping[str, Any],
+    progress: TaskProgress,
 ) -> Any:
-    from prefect_dask import DaskTaskRunner
-
     from flowrig.internals import prefect_engine
     from flowrig.internals.prefect_settings import run_settings
+    from flowrig.internals.task_runner import FlowrigTaskRunner
 
-    runner = DaskTaskRunner(address=address, client_kwargs={"security": tls.to_security()})
+    runner = FlowrigTaskRunner(address=address, client_kwargs={"security": tls.to_security()}, progress=progress)
     flow = config.flow.with_options(task_runner=runner)
     # prefect-dask ships the runner's settings to every task on the workers, so the
     # workers use the same API (and the same cheap CA file) as the runner.

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from flowrig import layout
 from flowrig.errors import BadInput
 from flowrig.run.config import RunConfig
+from flowrig.run.console import Verbosity
 
 if TYPE_CHECKING:
     from flowrig.backends import Backend
@@ -42,6 +43,8 @@ class RunInputs:
         A running ``tls://`` scheduler to use instead of starting a cluster.
     output
         ``text`` or ``json``.
+    verbosity
+        How much the run says on stderr (:mod:`flowrig.run.console`).
     """
 
     project_dir: Path
@@ -52,6 +55,7 @@ class RunInputs:
     certs: Path | None = None
     scheduler_address: str | None = None
     output: str = "text"
+    verbosity: Verbosity = Verbosity.NORMAL
 
 
 def default_project_dir() -> Path:
@@ -146,6 +150,7 @@ def _run_command(inputs: RunInputs) -> int:
     from flowrig.internals.prefect_engine import import_flow_engine
     from flowrig.project import load_project
     from flowrig.project.defaults import BACKEND, PROJECT_FILE
+    from flowrig.run import console
     from flowrig.run.execute import execute, start_prefect_api
     from flowrig.run.report import print_outcome
 
@@ -161,7 +166,7 @@ def _run_command(inputs: RunInputs) -> int:
 
         return run_in_container(
             directory, project=project, image=inputs.image, params=inputs.params,
-            params_file=inputs.params_file, output=inputs.output,
+            params_file=inputs.params_file, output=inputs.output, verbosity=inputs.verbosity.name.lower(),
         )
     if project is None:
         load_project(directory)  # raises the one-line reason
@@ -173,11 +178,14 @@ def _run_command(inputs: RunInputs) -> int:
         with collector_paused():
             config = config_from_project(project, inputs, backend)
             import_flow_engine()
+        # After Prefect set up its logging, before any worker starts (they inherit it).
+        console.configure(inputs.verbosity)
     except BaseException:
         if api is not None:
             api.stop()
         raise
-    outcome = execute(config, api=api, announce=lambda line: print(line, file=sys.stderr, flush=True))
+    watcher = console.Console(inputs.verbosity, sys.stderr, timeline=inputs.output != "json")
+    outcome = execute(config, api=api, console=watcher)
     print_outcome(outcome, inputs.output)
     outcome.raise_for_state()
     return 0

@@ -116,6 +116,7 @@ class DockerBackend(Backend):
             dashboard_link=cluster.dashboard_link or None,
             close=close,
             cluster=cluster,
+            scheduler_up=getattr(cluster.scheduler, "up_at", None),
         )
 
 

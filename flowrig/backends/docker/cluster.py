@@ -98,6 +98,8 @@ class DockerScheduler(_ContainerProcess):
         self.address = scheduler_address(settings.run_id)
         self.contact_address = self.address
         self.dashboard_address: str | None = None
+        #: When the scheduler logged that it listens (``time.perf_counter()``).
+        self.up_at: float | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -106,13 +108,13 @@ class DockerScheduler(_ContainerProcess):
         plan = render_scheduler(s.run_id, s.image, s.network, tls=s.tls, publish=s.publish)
         container = await self._launch(plan)
         await _in_thread(wait_for_log, container, SCHEDULER_READY, s.scheduler_start_timeout, "scheduler")
+        self.up_at = time.perf_counter()
         if s.publish:
             port = await _in_thread(published_port, container, SCHEDULER_PORT)
-            dashboard = await _in_thread(published_port, container, DASHBOARD_PORT)
             self.external_address = f"tls://127.0.0.1:{port}"
-            self.dashboard_address = f"http://127.0.0.1:{dashboard}/status"
-        else:
-            self.dashboard_address = f"http://{plan.name}:{DASHBOARD_PORT}/status"
+        # Published on the host's loopback: the link a browser there can open.
+        dashboard = await _in_thread(published_port, container, DASHBOARD_PORT)
+        self.dashboard_address = f"http://127.0.0.1:{dashboard}/status"
         await super().start()
 
 
@@ -261,7 +263,7 @@ class DockerCluster(SpecCluster):
 
     @property
     def dashboard_link(self) -> str:
-        """Dashboard URL: on 127.0.0.1 when published, else by name on the run's network."""
+        """Dashboard URL on the host's 127.0.0.1 (``""`` when the scheduler serves none)."""
         if "dashboard" not in (self.scheduler_info or {}).get("services", {}):
             return ""
         return getattr(self.scheduler, "dashboard_address", None) or ""

@@ -81,6 +81,7 @@ def run_in_container(
     params: Iterable[str] = (),
     params_file: str | Path | None = None,
     output: str = "text",
+    verbosity: str = "normal",
 ) -> int:
     """Run the image's flow once, with the runner in a container: ``flowrig run --backend docker``.
 
@@ -121,6 +122,7 @@ def run_in_container(
         image,
         parameters=parameters,
         output=output,
+        verbosity=verbosity,
         socket_path=socket_path,
         socket_gid=socket_gid,
         environ=os.environ,

@@ -63,7 +63,12 @@ def render_scheduler(
     tls: "TLSMaterial",
     publish: bool = False,
 ) -> ContainerPlan:
-    """The scheduler container: the image's ``scheduler`` role on the run's network."""
+    """The scheduler container: the image's ``scheduler`` role on the run's network.
+
+    Its dashboard is always published on the host's 127.0.0.1 (a port of its own), so a
+    browser on the host opens it; the scheduler's port too when ``publish`` (a cluster
+    driven from the host rather than from a container on the run's network).
+    """
     name = container_name(run_id, "scheduler")
     return ContainerPlan(
         name=name,
@@ -73,7 +78,7 @@ def render_scheduler(
         environment={ENV_RUN_ID: run_id, "FLOWRIG_TLS_DIR": TLS_DIR},
         network=network,
         aliases=("scheduler",),
-        publish=(SCHEDULER_PORT, DASHBOARD_PORT) if publish else (),
+        publish=(SCHEDULER_PORT, DASHBOARD_PORT) if publish else (DASHBOARD_PORT,),
         files=tls_files(tls),
     )
 
@@ -116,6 +121,7 @@ def render_runner(
     *,
     parameters: Mapping[str, Any],
     output: str,
+    verbosity: str = "normal",
     socket_path: str,
     socket_gid: int | None,
     environ: Mapping[str, str],
@@ -141,7 +147,10 @@ def render_runner(
     return ContainerPlan(
         name=name,
         image=image,
-        command=("run", "--backend", "docker", "--output", output),
+        command=(
+            "run", "--backend", "docker", "--output", output,
+            *({"verbose": ("--verbose",), "quiet": ("--quiet",)}.get(verbosity, ())),
+        ),
         labels=labels(run_id, "runner"),
         environment=env,
         network=network_name(run_id),

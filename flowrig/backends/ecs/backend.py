@@ -208,6 +208,7 @@ class _ECSBase(Backend):
             dashboard_link=cluster.dashboard_link or None,
             close=CloseOnce(functools.partial(_close_run, cluster, resources)),
             cluster=cluster,
+            scheduler_up=cluster.scheduler_up_at,
         )
 
     # --- steps of start -----------------------------------------------------------

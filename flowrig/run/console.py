@@ -1,0 +1,111 @@
+"""What a run prints on stderr, for a person: by verbosity, and its start-up timeline.
+
+Default (text): flowrig's own lines, Prefect's flow-level lines, failed tasks with their
+tracebacks and one progress display (:mod:`flowrig.run.progress`). ``--verbose`` adds
+Dask's INFO lines and every task's own log lines; ``--quiet`` keeps errors only.
+The levels are set in processes flowrig owns (the ``flowrig run`` command and the
+workers it starts), never by :func:`flowrig.run.execute` in a caller's process.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import sys
+from typing import TextIO
+
+
+class Verbosity(enum.IntEnum):
+    """How much a run says on stderr."""
+
+    QUIET = 0
+    NORMAL = 1
+    VERBOSE = 2
+
+
+def _levels(verbosity: Verbosity) -> dict[str, int]:
+    """Logger levels of a run's processes."""
+    quiet, normal = verbosity == Verbosity.QUIET, verbosity == Verbosity.NORMAL
+    return {
+        # Dask's start-up and teardown chatter: dozens of lines per worker.
+        "distributed": logging.INFO if verbosity == Verbosity.VERBOSE else logging.WARNING,
+        # Task runs: their lines come back as the progress display and failure reports.
+        "prefect.task_runs": logging.CRITICAL if not verbosity == Verbosity.VERBOSE else logging.INFO,
+        # prefect-dask's "connecting to the cluster" lines: flowrig says where it is.
+        "prefect.task_runner": logging.INFO if verbosity == Verbosity.VERBOSE else logging.WARNING,
+        # Flow-level lines (beginning, final state).
+        "prefect.flow_runs": logging.ERROR if quiet else logging.INFO,
+        "flowrig": logging.ERROR if quiet else (logging.INFO if normal else logging.DEBUG),
+    }
+
+
+def worker_environment(verbosity: Verbosity) -> dict[str, str]:
+    """Environment that gives workers in containers the same levels (read at start-up)."""
+    levels = _levels(verbosity)
+    return {
+        "DASK_LOGGING__DISTRIBUTED": logging.getLevelName(levels["distributed"]).lower(),
+        "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": logging.getLevelName(levels["prefect.task_runs"]),
+    }
+
+
+def configure(verbosity: Verbosity) -> None:
+    """Set the run's levels in this process (after Prefect configured its logging).
+
+    Local workers fork from this process (or from a server started with its
+    environment), so they start with the same levels.
+    """
+    for name, level in _levels(verbosity).items():
+        logging.getLogger(name).setLevel(level)
+    os.environ.update(worker_environment(verbosity))
+    if not logging.getLogger("flowrig").handlers and not logging.getLogger().handlers:
+        logging.basicConfig(stream=sys.stderr, format="%(message)s")
+
+
+class Console:
+    """flowrig's own lines of a run, on stderr.
+
+    Parameters
+    ----------
+    verbosity
+        What to say.
+    stream
+        Where (stderr).
+    timeline
+        End with the start-up timeline line (text output; JSON has it in ``timings``).
+    """
+
+    def __init__(
+        self, verbosity: Verbosity = Verbosity.NORMAL, stream: TextIO | None = None, *, timeline: bool = True
+    ) -> None:
+        self.verbosity = verbosity
+        self.stream = stream or sys.stderr
+        self.timeline = timeline
+
+    def line(self, text: str) -> None:
+        """A line a person wants by default (not with ``--quiet``)."""
+        if self.verbosity >= Verbosity.NORMAL:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    @property
+    def shows_progress(self) -> bool:
+        return self.verbosity >= Verbosity.NORMAL
+
+
+#: The start-up timeline's marks, in the order a run reaches them, with their labels.
+TIMELINE = (
+    ("api_ready", "API ready"),
+    ("scheduler_up", "scheduler up"),
+    ("first_worker_joined", "first worker joined"),
+    ("all_workers_joined", "all workers joined"),
+    ("first_task_finished", "first task finished"),
+    ("flow_finished", "flow finished"),
+    ("teardown_done", "teardown done"),
+)
+
+
+def timeline_line(run_id: str, timings: dict[str, float | None]) -> str:
+    """``flowrig run ID timeline: API ready 2.10 s, scheduler up 0.52 s, ...``."""
+    parts = [f"{label} {timings[key]:.2f} s" for key, label in TIMELINE if timings.get(key) is not None]
+    return f"flowrig run {run_id} timeline: " + (", ".join(parts) or "nothing started")
