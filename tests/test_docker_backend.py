@@ -222,7 +222,7 @@ def roles_network(docker_client, seed_image):
         """
         import time
         from flowrig.api import EmbeddedPrefectAPI
-        api = EmbeddedPrefectAPI("0.0.0.0", "prefect", port=4200).start()
+        api = EmbeddedPrefectAPI("0.0.0.0", "prefect", port=4200, auth_string="roles-test-token").start()
         api.wait_ready()
         print("prefect api ready", flush=True)
         time.sleep(3600)
@@ -230,7 +230,9 @@ def roles_network(docker_client, seed_image):
     )
     try:
         api = _launch(docker_client, _plan(run_id, "api", seed_image, network, ["python", "-c", serve], aliases=("prefect",)))
-        yield {"run_id": run_id, "network": network, "api": api, "api_url": "http://prefect:4200/api"}
+        # The shared API is authenticated: the test's own containers get its token.
+        yield {"run_id": run_id, "network": network, "api": api, "api_url": "http://prefect:4200/api",
+               "api_env": {"PREFECT_API_URL": "http://prefect:4200/api", "PREFECT_API_AUTH_STRING": "roles-test-token"}}
     finally:
         engine.remove_run(docker_client, run_id)
 
@@ -242,7 +244,7 @@ def _start_cluster(client, image, roles_network, run_id, n_workers, *, alias=Non
         _plan(run_id, "scheduler", image, network, ["scheduler"], aliases=(alias,) if alias else (), publish=publish),
     )
     address = f"tls://{alias or scheduler.name}:8786"
-    env = {"PREFECT_API_URL": roles_network["api_url"]}
+    env = dict(roles_network["api_env"])
     workers = [
         _launch(client, _plan(run_id, "worker", image, network, ["worker", address], worker=i, environment=env))
         for i in range(n_workers)
@@ -269,7 +271,7 @@ def test_docker_stop_ends_every_role_within_3_seconds(docker_client, probe_image
             _plan(
                 run_id, "runner", probe_image, roles_network["network"],
                 ["run", "--scheduler-address", address, "--param", "nap=120"],
-                environment={"PREFECT_API_URL": roles_network["api_url"]},
+                environment=dict(roles_network["api_env"]),
             ),
         )
         # Mid-run: the flow is connected to the cluster and its task naps on the worker.

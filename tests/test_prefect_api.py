@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from flowrig.api import START_TIMEOUT, EmbeddedPrefectAPI, ensure_template, template_path
+from flowrig.certs import TLSMaterial
 from flowrig.errors import InfrastructureError
 from tests.run_support import listening, marked_env, processes_with_marker
 
@@ -28,13 +29,25 @@ def health(api: EmbeddedPrefectAPI) -> tuple[int, str]:
 
 def test_urls():
     api = EmbeddedPrefectAPI(bind_host="0.0.0.0", advertised_host="runner", port=4321)
-    assert api.url == "http://runner:4321/api"
-    assert api.local_url == "http://127.0.0.1:4321/api"
     loopback = EmbeddedPrefectAPI()
-    assert loopback.url == loopback.local_url == f"http://127.0.0.1:{loopback.port}/api"
-    # The port picked is one nothing listens on yet.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", loopback.port))
+    try:
+        assert api.url == "http://runner:4321/api"
+        assert api.local_url == "http://127.0.0.1:4321/api"
+        assert loopback.url == loopback.local_url == f"http://127.0.0.1:{loopback.port}/api"
+        # The port is the runner's own from the start: nothing else can bind it.
+        with socket.socket() as probe:
+            with pytest.raises(OSError):
+                probe.bind(("127.0.0.1", loopback.port))
+        tls = TLSMaterial.ephemeral(hosts=["runner"])
+        served = EmbeddedPrefectAPI.for_run(("0.0.0.0", "runner"), tls)
+        assert served.url == f"https://runner:{served.port}/api"  # its leaf names the host
+        served.stop()
+        plain = EmbeddedPrefectAPI.for_run(("0.0.0.0", "10.1.2.3"), tls)
+        assert plain.url.startswith("http://10.1.2.3:")  # no certificate for that address
+        plain.stop()
+    finally:
+        api.stop()
+        loopback.stop()
 
 
 def test_ensure_template_is_idempotent():
@@ -108,13 +121,9 @@ def test_port_in_use_names_the_cause():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        api = EmbeddedPrefectAPI(port=taken.getsockname()[1]).start()
-        try:
-            with pytest.raises(InfrastructureError, match="exited at start") as info:
-                api.wait_ready(timeout=90)
-        finally:
-            api.stop()
-    assert "address already in use" in str(info.value)
+        with pytest.raises(InfrastructureError, match="cannot listen on 127.0.0.1") as info:
+            EmbeddedPrefectAPI(port=taken.getsockname()[1])
+    assert "Address already in use" in str(info.value)
 
 
 PARENT = textwrap.dedent(
@@ -146,7 +155,7 @@ def test_server_exits_when_its_parent_is_killed():
         url, workdir = line[0], Path(line[1])
         assert listening(url)
         server = [p for p in processes_with_marker(marker) if p.pid != parent.pid]
-        assert len(server) == 1 and "serve" in server[0].cmdline()
+        assert len(server) == 1 and "flowrig.api.serve" in server[0].cmdline()
         assert server[0].ppid() == parent.pid
 
         parent.kill()  # SIGKILL: no finally, no atexit, nothing of the parent runs

@@ -23,7 +23,7 @@ SERVE_API = textwrap.dedent(
     """
     import time
     from flowrig.api import EmbeddedPrefectAPI
-    api = EmbeddedPrefectAPI("0.0.0.0", "prefect", port=4200).start()
+    api = EmbeddedPrefectAPI("0.0.0.0", "prefect", port=4200, auth_string="roles-test-token").start()
     api.wait_ready()
     print("prefect api ready", flush=True)
     time.sleep(3600)
@@ -62,7 +62,8 @@ def test_scheduler_workers_and_runner_as_containers_give_90_over_tls(seed_image)
     from testcontainers.core.network import Network
     from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-    api_env = {"PREFECT_API_URL": "http://prefect:4200/api"}
+    # The shared API is authenticated: the test's own containers get its token.
+    api_env = {"PREFECT_API_URL": "http://prefect:4200/api", "PREFECT_API_AUTH_STRING": "roles-test-token"}
     with Network() as network:
         api = (
             DockerContainer(seed_image)

@@ -99,7 +99,7 @@ def test_tasks_on_workers_run_with_the_runners_settings(project_factory):
     result = done.json["result"]
     outer, inner = result["outer"], result["inner"]
     assert outer["pid"] != result["runner"], "the task must run in a worker process"
-    assert outer["api"].startswith("http://127.0.0.1:") and outer["api"].endswith("/api")
+    assert outer["api"].startswith("https://127.0.0.1:") and outer["api"].endswith("/api")  # served over HTTPS
     assert outer["logs_to_api"] is False
     assert outer["heartbeat"] is None
     assert inner["heartbeat"] == 60 and inner["api"] == outer["api"]

@@ -1,56 +1,124 @@
-"""The embedded API's own process: ``python -m flowrig.api.serve serve|make-template``.
+"""The embedded API's own process: ``python -m flowrig.api.serve`` (started by
+:class:`flowrig.api.EmbeddedPrefectAPI`, never by users).
 
-Started by :class:`flowrig.api.EmbeddedPrefectAPI`, never by users. A process flowrig
-owns, so start-up may pause and freeze the collector here.
+Nothing secret and no port is on its command line or in its environment: it reads one
+JSON line from stdin, a pipe its parent keeps open for its whole life::
+
+    {"fd": 5,                       the listening socket, made and bound by the parent
+     "auth": "...",                 -> server.api.auth_string (basic auth on every route
+                                       but /health and /ready)
+     "tls": {"cert": "...", "key": "..."} or null,   serve HTTPS with this leaf
+     "workdir": "/tmp/..."}         removed when the parent goes away
+
+End of file on stdin means the parent is gone (even after ``kill -9``): the server
+exits at once; a watch of the parent's pid covers a parent whose forks still hold the
+pipe. A process flowrig owns, so start-up may pause and freeze the collector here.
+
+``python -m flowrig.api.serve make-template`` migrates the database template (build
+time in the image, once per Prefect version on a host).
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
 import shutil
+import socket
+import sys
 import threading
 import time
+from typing import Any
 
 
-def _exit_with_parent(parent: int, workdir: str | None) -> None:
-    # Runs in a daemon thread of the server: when the runner is gone (even by SIGKILL)
-    # the server has no one to serve and must not linger, nor leave its database.
-    while os.getppid() == parent:
-        time.sleep(0.5)
+def _read_line(fd: int = 0) -> bytes:
+    # Unbuffered, byte by byte: nothing buffered is shared with the watcher's reads.
+    chunks = []
+    while True:
+        byte = os.read(fd, 1)
+        if not byte or byte == b"\n":
+            return b"".join(chunks)
+        chunks.append(byte)
+
+
+def _gone(workdir: str | None) -> None:
     if workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     os._exit(0)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m flowrig.api.serve serve|make-template`` (internal)."""
-    parser = argparse.ArgumentParser(prog="python -m flowrig.api.serve")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve")
-    serve.add_argument("--host", required=True)
-    serve.add_argument("--port", type=int, required=True)
-    serve.add_argument("--parent", type=int, required=True)
-    serve.add_argument("--workdir", help="removed when the parent dies")
-    sub.add_parser("make-template")
-    args = parser.parse_args(argv)
+def _watch_stdin(workdir: str | None) -> None:
+    # The parent writes nothing after the first line: end of file means it is gone.
+    try:
+        while os.read(0, 65536):
+            pass
+    finally:
+        _gone(workdir)
+
+
+def _watch_parent(parent: int, workdir: str | None) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    _gone(workdir)
+
+
+def _memfd(name: str, data: bytes) -> tuple[int, str]:
+    """An anonymous in-memory file, and a path OpenSSL can open it by: no disk."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.write(fd, data)
+    return fd, f"/proc/self/fd/{fd}"
+
+
+def serve(config: dict[str, Any]) -> None:
+    """Build the app under the run's settings and serve the inherited socket."""
+    import uvicorn
+    from prefect.settings import PREFECT_SERVER_API_AUTH_STRING, temporary_settings
+
+    from flowrig.common.gcpause import collector_paused
     from flowrig.internals import prefect_server
 
-    if args.command == "make-template":
+    # The settings context wraps the app's creation and its whole event loop: the app
+    # reads the auth string when it is built, the websocket handshakes on each connection.
+    with temporary_settings(updates={PREFECT_SERVER_API_AUTH_STRING: config["auth"]}):
+        with collector_paused():
+            app = prefect_server.create_app()
+        # family, type and protocol read from the socket itself: with protocol 6 asyncio
+        # sets TCP_NODELAY on each connection (about 45 ms a request without it).
+        sock = socket.socket(fileno=config["fd"])
+        options: dict[str, Any] = {}
+        fds: list[int] = []
+        if config.get("tls"):
+            cert_fd, cert_path = _memfd("flowrig-api-cert", config["tls"]["cert"].encode())
+            key_fd, key_path = _memfd("flowrig-api-key", config["tls"]["key"].encode())
+            fds = [cert_fd, key_fd]
+            options.update(ssl_certfile=cert_path, ssl_keyfile=key_path)
+        server_config = uvicorn.Config(app, log_level="error", lifespan="on", **options)
+        server_config.load()  # reads the key now; its in-memory file can go
+        for fd in fds:
+            os.close(fd)
+        uvicorn.Server(server_config).run(sockets=[sock])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m flowrig.api.serve [make-template]`` (internal)."""
+    argv = sys.argv[1:] if argv is None else argv
+    from flowrig.internals import prefect_server
+
+    if argv[:1] == ["make-template"]:
         prefect_server.build_template_database()
         return
-    threading.Thread(target=_exit_with_parent, args=(args.parent, args.workdir), daemon=True).start()
+    line = _read_line(0)
+    if not line:
+        os._exit(0)
+    config = json.loads(line)
+    threading.Thread(target=_watch_stdin, args=(config.get("workdir"),), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(os.getppid(), config.get("workdir")), daemon=True).start()
     from flowrig.common.gcpause import collector_paused
 
     with collector_paused():
-        import uvicorn
+        import uvicorn  # noqa: F401
 
         prefect_server.import_server()
-    # A second phase, so that the full collection Prefect runs after building its app
-    # skips the millions of objects the imports made (0.5 s when they are not frozen).
-    with collector_paused():
-        app = prefect_server.create_app()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="error", lifespan="on")
+    serve(config)
 
 
 if __name__ == "__main__":

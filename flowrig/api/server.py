@@ -12,9 +12,12 @@ even ``kill -9`` of the runner leaves it behind.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,10 +39,9 @@ if TYPE_CHECKING:
 #: Seconds the embedded Prefect API may take to answer its health check.
 START_TIMEOUT = 60.0
 
-#: Settings that make the throwaway server quiet, offline and quick to start.
+#: Settings that make the throwaway server quiet, offline and quick to start (none is a
+#: secret: the auth string reaches the server through its stdin).
 _SERVER_ENV = {
-    "PREFECT__SERVER_EPHEMERAL": "1",
-    "PREFECT__SERVER_FINAL": "1",
     "PREFECT_UI_ENABLED": "false",
     # No browser talks to this API (its UI is off), and the run's clients do not
     # fetch CSRF tokens from it: whatever the caller's environment says.
@@ -100,6 +103,7 @@ def ensure_template() -> Path:
         )
         done = subprocess.run(
             [sys.executable, "-m", "flowrig.api.serve", "make-template"],
+            stdin=subprocess.DEVNULL,
             env=env,
             capture_output=True,
             text=True,
@@ -112,32 +116,64 @@ def ensure_template() -> Path:
 
 
 def _clean_env() -> dict[str, str]:
-    # The server must never talk to another API, nor read the caller's database URL.
+    # The server must never talk to another API, nor read the caller's database URL or
+    # anyone's credentials.
     return {
         k: v
         for k, v in os.environ.items()
-        if k not in ("PREFECT_API_URL", "PREFECT_API_KEY")
-        and not k.startswith(("PREFECT_SERVER_DATABASE", "PREFECT_API_DATABASE"))
+        if k not in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
+        and not k.startswith(("PREFECT_SERVER_DATABASE", "PREFECT_API_DATABASE", "PREFECT_SERVER_API_AUTH"))
     }
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+def _listening_socket(host: str, port: int | None) -> socket.socket:
+    """A socket bound and listening before the server exists: its port is known at once
+    and cannot be taken by anyone else in between."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        if port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port or 0))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise InfrastructureError(
+            f"the embedded Prefect API cannot listen on {host}:{port or 0}: {exc.strerror or exc}"
+        ) from None
+    return sock
+
+
+def basic_auth(auth_string: str) -> str:
+    """The ``Authorization`` header value Prefect's clients send for ``auth_string``."""
+    return "Basic " + base64.b64encode(auth_string.encode()).decode()
 
 
 class EmbeddedPrefectAPI:
-    """One Prefect API for one run.
+    """One Prefect API for one run, private to it.
+
+    Every route but ``GET /api/health`` and ``GET /api/ready`` needs the run's auth
+    string, a random token made here that reaches the server through a pipe and the
+    run's clients through the settings flowrig ships to its tasks (never a command line
+    or an environment variable). The listening socket is made here and handed to the
+    server, so no other process can take its port. With ``server_tls`` the API is
+    served over HTTPS.
 
     Parameters
     ----------
     bind_host
-        Address the server listens on (loopback, or ``0.0.0.0`` in a runner container).
+        The interface the server listens on: loopback, or the runner's own address on
+        the network its workers are on.
     advertised_host
-        Host name workers use to reach it.
+        Host name or address the workers use to reach it.
     port
         Fixed port, or ``None`` for a free one.
+    server_tls
+        ``(certificate PEM, key PEM)`` to serve HTTPS with; the certificate must name
+        ``advertised_host``.
+    ca_pem
+        The CA the clients trust for it (the run's).
+    auth_string
+        The token; default: a new random one.
     start_timeout
         Seconds the server may take, from its start, to answer.
     """
@@ -147,21 +183,53 @@ class EmbeddedPrefectAPI:
         bind_host: str = "127.0.0.1",
         advertised_host: str = "127.0.0.1",
         port: int | None = None,
+        *,
+        server_tls: tuple[bytes, bytes] | None = None,
+        ca_pem: bytes | None = None,
+        auth_string: str | None = None,
         start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.bind_host = bind_host
         self.advertised_host = advertised_host
-        self.port = port or _free_port(bind_host)
+        self._socket: socket.socket | None = _listening_socket(bind_host, port)
+        self.port: int = self._socket.getsockname()[1]
+        self.server_tls = server_tls
+        self.ca_pem = ca_pem
+        self.auth_string = auth_string or secrets.token_urlsafe(32)
         self.start_timeout = start_timeout
-        #: When the server first answered (``time.perf_counter()``), once it has.
+        #: When the server first answered an authenticated request (``time.perf_counter()``).
         self.ready_at: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
+        self._ready = threading.Event()
+        self._failure: InfrastructureError | None = None
+
+    @classmethod
+    def for_run(cls, hosts: tuple[str, str], tls: "TLSMaterial") -> "EmbeddedPrefectAPI":
+        """The API of a run whose certificates are ``tls``: HTTPS when its leaf names the
+        advertised host (per-run certificates are made to), else HTTP."""
+        bind, advertised = hosts
+        serves_tls = advertised in tls.hosts
+        return cls(
+            bind, advertised,
+            server_tls=(tls.cert_pem, tls.key_pem) if serves_tls else None,
+            ca_pem=tls.ca_pem,
+        )
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.server_tls else "http"
 
     @property
     def url(self) -> str:
         """``PREFECT_API_URL`` for the runner and every worker."""
-        return f"http://{self.advertised_host}:{self.port}/api"
+        return f"{self.scheme}://{self.advertised_host}:{self.port}/api"
+
+    @property
+    def local_url(self) -> str:
+        """URL the runner itself uses (always reachable from its own process)."""
+        host = "127.0.0.1" if self.bind_host in ("0.0.0.0", "") else self.bind_host
+        return f"{self.scheme}://{host}:{self.port}/api"
 
     def small_ca_file(self, ca_pem: bytes) -> str:
         """A CA file for ``PREFECT_API_SSL_CERT_FILE`` that is cheap to load.
@@ -169,8 +237,8 @@ class EmbeddedPrefectAPI:
         Every Prefect client builds an SSL context, even for an ``http://`` API, and
         with no CA file it loads the whole system bundle: tens of milliseconds per
         client, and a task run on a worker makes a client. The run's own CA (one
-        certificate) is also the right CA should the API ever be served over TLS.
-        Inside the image the baked ``ca.crt`` is used, which every container has.
+        certificate) is the CA of an API served over HTTPS. Inside the image the baked
+        ``ca.crt`` is used, which every container has.
         """
         baked = layout.IMAGE_TLS_DIR / layout.CA_CERT
         if layout.in_image() and baked.is_file() and baked.read_bytes() == ca_pem:
@@ -181,11 +249,11 @@ class EmbeddedPrefectAPI:
         return str(path)
 
     def client_settings(self, tls: "TLSMaterial") -> dict[str, str | None]:
-        """Prefect settings, by environment name, of every client of this API.
+        """Prefect settings, by environment name, of every client of this API, its auth
+        string left out (:meth:`secret_settings`): these may go into an environment.
 
-        The runner's flow uses them and ships them to the tasks on the workers. The
-        API's database is deleted with the run: heartbeats exist so that a server can
-        notice a crashed run later, and logs sent there would be deleted unread, so
+        The API's database is deleted with the run: heartbeats exist so that a server
+        can notice a crashed run later, and logs sent there would be deleted unread, so
         both are off (the logs still go to the console). Cutting the heartbeat also
         saves the up to one second Prefect waits for its thread at the end of a flow.
         The API runs the very Prefect the clients do, so none asks for its version.
@@ -196,22 +264,23 @@ class EmbeddedPrefectAPI:
             "PREFECT_API_SSL_CERT_FILE": self.small_ca_file(tls.ca_pem),
             "PREFECT_LOGGING_TO_API_ENABLED": "false",
             "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false",
-            # The API has CSRF protection off (no browser talks to it), so the token each
-            # new client would fetch before its first write is only a wasted request.
+            # CSRF protection is off on this API: no browser can hold its credentials
+            # (it never asks for them), and without it a client's first write fetches
+            # a token it does not need.
             "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": None,
             # The API has no UI and is gone when the run ends: no "View at" link into it.
             "PREFECT_UI_URL": "",
         }
 
-    @property
-    def local_url(self) -> str:
-        """URL the runner itself uses (always reachable from its own process)."""
-        host = "127.0.0.1" if self.bind_host in ("0.0.0.0", "") else self.bind_host
-        return f"http://{host}:{self.port}/api"
+    def secret_settings(self) -> dict[str, str]:
+        """The auth string, by environment name: for the settings shipped to the run's
+        tasks over its TLS channel, never for an environment."""
+        return {"PREFECT_API_AUTH_STRING": self.auth_string}
 
     def start(self) -> "EmbeddedPrefectAPI":
         """Start the server without waiting for it (see :meth:`wait_ready`)."""
+        assert self._socket is not None, "an API starts once"
         template = ensure_template()
         self._workdir = Path(tempfile.mkdtemp(prefix="flowrig-prefect-"))
         database = self._workdir / "prefect.db"
@@ -223,50 +292,101 @@ class EmbeddedPrefectAPI:
             PREFECT_SERVER_DATABASE_CONNECTION_URL=_sqlite_url(database),
             PREFECT_LOGGING_LEVEL=os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
         )
-        self._process = subprocess.Popen(
-            [
-                sys.executable, "-m", "flowrig.api.serve", "serve",
-                "--host", self.bind_host, "--port", str(self.port),
-                "--parent", str(os.getpid()), "--workdir", str(self._workdir),
-            ],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        errors = open(self._workdir / "server.log", "wb")
+        fd = self._socket.fileno()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "flowrig.api.serve"],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                pass_fds=(fd,),
+            )
+        finally:
+            errors.close()
+        config = {
+            "fd": fd,
+            "auth": self.auth_string,
+            "workdir": str(self._workdir),
+            "tls": {"cert": self.server_tls[0].decode(), "key": self.server_tls[1].decode()}
+            if self.server_tls
+            else None,
+        }
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps(config).encode() + b"\n")
+        self._process.stdin.flush()
+        # The server holds the socket now; connections wait in its backlog until it serves.
+        self._socket.close()
+        self._socket = None
         # Readiness is watched from now on, so the moment it is reached is known even
         # when the run asks only later (after its cluster started).
-        self._ready = threading.Event()
-        self._failure: InfrastructureError | None = None
-        self._watcher = threading.Thread(
+        threading.Thread(
             target=self._watch_ready, args=(self._process,), name="flowrig-api-ready", daemon=True
-        )
-        self._watcher.start()
+        ).start()
         return self
+
+    def _request(self, timeout: float) -> int:
+        """An authenticated request to the API; its status."""
+        import ssl
+
+        request = urllib.request.Request(
+            self.local_url + "/flow_runs/filter",
+            data=b'{"limit": 1}',
+            headers={"Authorization": basic_auth(self.auth_string), "Content-Type": "application/json"},
+            method="POST",
+        )
+        context = None
+        if self.server_tls:
+            # The socket is this process's own, handed to its own child: whoever
+            # answers on it is the server, so its name needs no check.
+            context = ssl.create_default_context(cadata=(self.ca_pem or self.server_tls[0]).decode())
+            context.check_hostname = False
+        try:
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
 
     def _watch_ready(self, process: "subprocess.Popen[bytes]") -> None:
         deadline = time.monotonic() + self.start_timeout
-        health = self.local_url + "/health"
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                err = process.stderr.read().decode(errors="replace") if process.stderr else ""
-                self._failure = InfrastructureError(f"the embedded Prefect API exited at start: {_cause(err)}")
-                break
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(health, timeout=2) as response:
-                    if response.status == 200:
-                        self.ready_at = time.perf_counter()
-                        break
-            time.sleep(0.05)
-        else:
+        try:
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    self._failure = InfrastructureError(
+                        f"the embedded Prefect API exited at start: {_cause(self._server_log())}"
+                    )
+                    return
+                try:
+                    # Waits in the listen backlog until the server answers.
+                    status = self._request(timeout=max(deadline - time.monotonic(), 0.1))
+                except OSError:
+                    time.sleep(0.05)
+                    continue
+                if status == 200:
+                    self.ready_at = time.perf_counter()
+                else:
+                    self._failure = InfrastructureError(
+                        f"the embedded Prefect API answered {status} to the run's own credentials"
+                    )
+                return
             self._failure = InfrastructureError(
                 f"the embedded Prefect API did not answer within {self.start_timeout:.0f} s; "
                 "set PREFECT_API_URL to use a running Prefect server instead"
             )
-        self._ready.set()
+        finally:
+            self._ready.set()
+
+    def _server_log(self) -> str:
+        if self._workdir is None:
+            return ""
+        try:
+            return (self._workdir / "server.log").read_text(errors="replace")
+        except OSError:
+            return ""
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until ``/api/health`` answers (``ready_at`` says when it first did).
+        """Block until the API answers an authenticated request (``ready_at``: when).
 
         Raises
         ------
@@ -285,14 +405,18 @@ class EmbeddedPrefectAPI:
 
     def stop(self) -> None:
         """Stop the server and delete its database; safe to call more than once."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             # The database is thrown away with the run, so there is nothing to shut
             # down gracefully: a graceful uvicorn stop only adds a second to every run.
             process.kill()
             process.wait()
-        if process is not None and process.stderr:
-            process.stderr.close()
+        if process is not None and process.stdin:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None

@@ -79,6 +79,11 @@ class TLSMaterial:
         """End of the leaf's validity, timezone-aware UTC."""
         return x509.load_pem_x509_certificate(self.cert_pem).not_valid_after_utc
 
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The DNS names and addresses the leaf names (its subject alternative names)."""
+        return validation.alt_names(x509.load_pem_x509_certificate(self.cert_pem))
+
     @classmethod
     def from_dir(cls, path: str | Path, *, now: dt.datetime | None = None) -> TLSMaterial:
         """Load ``ca.crt``, ``tls.crt`` and ``tls.key`` from a directory and validate them.
@@ -127,9 +132,10 @@ class TLSMaterial:
         return ca.issue_leaf(hosts=hosts, days=days)
 
     @classmethod
-    def for_run(cls, given: "TLSMaterial | None" = None) -> TLSMaterial:
+    def for_run(cls, given: "TLSMaterial | None" = None, hosts: Iterable[str] = ()) -> TLSMaterial:
         """The certificates of a run: ``given``, else the image's baked files when this
-        process runs in a flowrig image, else new ones made in memory for this run.
+        process runs in a flowrig image, else new ones made in memory for this run,
+        naming ``hosts`` too (the run's API serves HTTPS with the leaf).
 
         The one place that decides which certificates a run uses.
         """
@@ -137,9 +143,9 @@ class TLSMaterial:
 
         if given is not None:
             return given
-        if layout.in_image() and layout.IMAGE_TLS_DIR.is_dir():
+        if layout.in_image() and (layout.IMAGE_TLS_DIR / layout.LEAF_KEY).is_file():
             return cls.from_dir(layout.IMAGE_TLS_DIR)
-        return cls.ephemeral()
+        return cls.ephemeral(hosts=[h for h in hosts if h not in ("0.0.0.0", "")])
 
     def write_to_dir(self, path: str | Path) -> TLSPaths:
         """Write ``ca.crt`` and ``tls.crt`` (mode 0644) and ``tls.key`` (mode 0600).

@@ -2,8 +2,11 @@
 
 Fenced here: ``prefect.server.database.provide_database_interface`` and
 ``prefect.server.models.block_registration.run_block_auto_registration`` are the
-server's own start-up steps, not a documented API; ``create_app`` is the app factory
-``prefect server start`` uses. tests/test_internals.py checks each on the locked versions.
+server's own start-up steps, not a documented API; ``create_app(ephemeral=, final=)``
+is the app factory ``prefect server start`` uses; the server reads
+``server.api.auth_string`` once, when the app is built, and exempts exactly
+``GET /api/health`` and ``GET /api/ready`` from it. tests/test_internals.py checks each
+on the locked versions.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def import_server() -> None:
 
 
 def create_app() -> Any:
-    """The Prefect API's ASGI app, as ``prefect server start`` builds it."""
+    """The Prefect API's ASGI app for a throwaway database (``ephemeral``: no UI, no
+    services beyond the settings' ones; ``final``: no further app is made from it)."""
     from prefect.server.api.server import create_app as prefect_create_app
 
-    return prefect_create_app()
+    return prefect_create_app(ephemeral=True, final=True)

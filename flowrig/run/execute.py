@@ -74,7 +74,15 @@ class _Timer:
         threading.Thread(target=watch, name="flowrig-workers-joined", daemon=True).start()
 
 
-def start_prefect_api(backend: "Backend") -> "EmbeddedPrefectAPI | None":
+def run_certificates(backend: "Backend", given: "TLSMaterial | None") -> "TLSMaterial":
+    """The run's certificates (:meth:`TLSMaterial.for_run`); per-run ones also name the
+    address its API is reached at, so that the API can serve HTTPS with them."""
+    from flowrig.certs import TLSMaterial
+
+    return TLSMaterial.for_run(given, hosts=[backend.prefect_api_hosts()[1]])
+
+
+def start_prefect_api(backend: "Backend", tls: "TLSMaterial") -> "EmbeddedPrefectAPI | None":
     """Start the run's embedded Prefect API, or return ``None`` when one is configured.
 
     Call it as early as possible: the server's start-up then overlaps with loading
@@ -87,7 +95,7 @@ def start_prefect_api(backend: "Backend") -> "EmbeddedPrefectAPI | None":
     # imported anyway, and stops this server if they name an API after all.
     if os.environ.get("PREFECT_API_URL"):
         return None
-    return EmbeddedPrefectAPI(*backend.prefect_api_hosts()).start()
+    return EmbeddedPrefectAPI.for_run(backend.prefect_api_hosts(), tls).start()
 
 
 def _configured_api_url() -> str | None:
@@ -131,7 +139,6 @@ def execute(
         When the cluster or the Prefect API cannot start.
     """
     from flowrig.backends import ClusterSpec, resolve_backend
-    from flowrig.certs import TLSMaterial
     from flowrig.internals import prefect_engine
     from flowrig.project import parameters as params_mod
     from flowrig.project import sizing
@@ -145,8 +152,9 @@ def execute(
     try:
         t = time.perf_counter()
         backend = resolve_backend(config.backend)
+        tls = run_certificates(backend, config.tls)
         if api is None:
-            api = start_prefect_api(backend)
+            api = start_prefect_api(backend, tls)
         configured = _configured_api_url()
         if api is not None and configured:
             api.stop()  # a Prefect profile names an API: use it, not a server of our own
@@ -162,9 +170,9 @@ def execute(
             hook_name=config.sizing_hook_name,
             options=config.options,
         )
-        tls = TLSMaterial.for_run(config.tls)
         prefect_engine.import_flow_engine()
         settings = api.client_settings(tls) if api is not None else {}
+        secrets = api.secret_settings() if api is not None else {}
         worker_env = {
             "FLOWRIG_RUN_ID": run_id,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -208,7 +216,7 @@ def execute(
                 progress, console.stream, prefix=f"flowrig run {run_id}", counts=console.shows_progress,
                 code_file=_code_file(config.flow),
             ).start()
-        state = _run_flow(config, parameters, started.scheduler_address, tls, settings, progress)
+        state = _run_flow(config, parameters, started.scheduler_address, tls, {**settings, **secrets}, progress)
         timer.reached("flow_finished")
         t = timer.mark("flow", t)
         result, message = _result_of(state)
@@ -283,7 +291,7 @@ def _run_flow(
     runner = FlowrigTaskRunner(address=address, client_kwargs={"security": tls.to_security()}, progress=progress)
     flow = config.flow.with_options(task_runner=runner)
     # prefect-dask ships the runner's settings to every task on the workers, so the
-    # workers use the same API (and the same cheap CA file) as the runner.
+    # workers use the same API, with its credentials, over the run's TLS channel.
     with run_settings(settings):
         try:
             if config.flow_run_id:

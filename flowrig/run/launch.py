@@ -20,6 +20,7 @@ from flowrig.run.console import Verbosity
 
 if TYPE_CHECKING:
     from flowrig.backends import Backend
+    from flowrig.certs import TLSMaterial
     from flowrig.project import Project
 
 
@@ -81,7 +82,9 @@ def parameters_of_flow_run(flow_run_id: str) -> dict[str, Any]:
     return dict(flow_run.parameters or {})
 
 
-def config_from_project(project: "Project", inputs: RunInputs, backend: "Backend") -> RunConfig:
+def config_from_project(
+    project: "Project", inputs: RunInputs, backend: "Backend", tls: "TLSMaterial | None" = None
+) -> RunConfig:
     """Load the flow, hook, parameters and certificates of a run into a :class:`RunConfig`.
 
     Raises
@@ -102,8 +105,7 @@ def config_from_project(project: "Project", inputs: RunInputs, backend: "Backend
     if cluster.sizing:
         path, _, name = cluster.sizing.rpartition(":")
         hook = flow_loader.load_function(project.root / path, name, "sizing hook")
-    tls = None
-    if inputs.certs is not None:
+    if tls is None and inputs.certs is not None:
         from flowrig.certs import TLSMaterial
 
         tls = TLSMaterial.from_dir(inputs.certs)
@@ -151,7 +153,7 @@ def _run_command(inputs: RunInputs) -> int:
     from flowrig.project import load_project
     from flowrig.project.defaults import BACKEND, PROJECT_FILE
     from flowrig.run import console
-    from flowrig.run.execute import execute, start_prefect_api
+    from flowrig.run.execute import execute, run_certificates, start_prefect_api
     from flowrig.run.report import print_outcome
 
     directory = Path(inputs.project_dir)
@@ -172,11 +174,17 @@ def _run_command(inputs: RunInputs) -> int:
         load_project(directory)  # raises the one-line reason
     assert project is not None
     backend = get_backend(name)
-    api = start_prefect_api(backend)
+    given = None
+    if inputs.certs is not None:
+        from flowrig.certs import TLSMaterial
+
+        given = TLSMaterial.from_dir(inputs.certs)
+    tls = run_certificates(backend, given)
+    api = start_prefect_api(backend, tls)
     try:
         # Loading the flow imports Prefect: a start-up phase of a process flowrig owns.
         with collector_paused():
-            config = config_from_project(project, inputs, backend)
+            config = config_from_project(project, inputs, backend, tls)
             import_flow_engine()
         # After Prefect set up its logging, before any worker starts (they inherit it).
         console.configure(inputs.verbosity)
