@@ -200,10 +200,10 @@ def test_local_workers_fork_from_the_fork_server_and_leave_the_config_alone(tls)
     assert dask.config.get("distributed.worker.multiprocessing-method") == before
 
 
-# --- the task runner ---------------------------------------------------------------------
+# --- the task runner (flowrig.internals.task_runner) ------------------------------------
 
 
-def test_task_runner_duplicates_with_its_progress_and_pickles_without_it():
+def test_task_runner_duplicates_with_its_state_and_pickles_without_the_runs():
     import cloudpickle
     from prefect_dask import DaskTaskRunner
 
@@ -211,23 +211,152 @@ def test_task_runner_duplicates_with_its_progress_and_pickles_without_it():
     from flowrig.run.progress import TaskProgress
 
     progress = TaskProgress()
-    runner = FlowrigTaskRunner(address="tls://127.0.0.1:1", progress=progress)
-    # Prefect's flow engine runs a flow on runner.duplicate(): the copy is of our class,
-    # made from DaskTaskRunner's constructor arguments, and keeps the run's progress.
+    runner = FlowrigTaskRunner(address="tls://127.0.0.1:1", events="drop", progress=progress)
+    # 1. Prefect's flow engine runs a flow on runner.duplicate(): rebuilt from
+    #    DaskTaskRunner's constructor arguments, then given flowrig's own.
     assert "self.address" in inspect.getsource(DaskTaskRunner.duplicate)
     twin = runner.duplicate()
-    assert type(twin) is FlowrigTaskRunner and twin.progress is progress and twin.address == runner.address
-    # The flow (and its runner) travel with every task: without the run's own state.
+    assert type(twin) is FlowrigTaskRunner and twin.progress is progress and twin.events == "drop"
+    assert twin == runner
+    # 9. The flow (and its runner) travel with every task: without the run's state.
     shipped = cloudpickle.loads(cloudpickle.dumps(runner))
-    assert shipped.progress is None and shipped.address == runner.address
+    assert shipped.progress is None and shipped.events == "drop" and shipped.address == runner.address
 
 
-def test_task_runner_client_is_made_on_first_use():
+def test_task_runner_private_attributes_of_prefect_dask():
     from prefect_dask import DaskTaskRunner
+    from prefect_dask.task_runners import PrefectDaskFuture
 
     from flowrig.internals.task_runner import FlowrigTaskRunner
 
-    source = inspect.getsource(DaskTaskRunner.client.fget)
-    assert "if not self._client" in source
+    # 1. The client is made on first use; _started and _optimize_futures exist.
+    assert "if not self._client" in inspect.getsource(DaskTaskRunner.client.fget)
     runner = FlowrigTaskRunner(address="tls://127.0.0.1:1")
-    assert runner._client is None  # nothing connected until a task is submitted
+    assert runner._client is None and runner._started is False
+
+    class Wrapped:
+        key = "k"
+
+    future = PrefectDaskFuture(wrapped_future=Wrapped(), task_run_id=__import__("uuid").uuid4())
+    assert runner._optimize_futures({"a": future, "b": [future], "c": 1}) == {
+        "a": future.wrapped_future, "b": [future.wrapped_future], "c": 1,
+    }
+
+
+def test_a_future_whose_final_state_is_set_is_not_waited_on():
+    """2. The batched fetch of a map sets PrefectFuture._final_state."""
+    import uuid
+
+    from prefect.futures import PrefectFutureList
+    from prefect.states import Completed
+    from prefect_dask.task_runners import PrefectDaskFuture
+
+    class Untouchable:
+        key = "never"
+
+        def __getattr__(self, name):
+            raise AssertionError(f"the wrapped future was touched ({name})")
+
+    future = PrefectDaskFuture(wrapped_future=Untouchable(), task_run_id=uuid.uuid4())
+    future._final_state = Completed(data=42)
+    assert PrefectFutureList([future]).result() == [42]
+
+
+def test_task_runner_map_submits_once_per_item_with_keywords():
+    """3. Prefect's TaskRunner.map expands into one submit(task=, parameters=, wait_for=,
+    dependencies=) per item, in order, and only collects what submit returns."""
+    from prefect import task, unmapped
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    calls = []
+
+    class Recording(ThreadPoolTaskRunner):
+        def submit(self, task, parameters, wait_for=None, dependencies=None):
+            calls.append((task, dict(parameters), wait_for, dependencies))
+            return len(calls)
+
+    @task
+    def pair(x: int, y: list) -> int:
+        return x
+
+    with Recording() as runner:
+        returned = runner.map(pair, {"x": [1, 2, 3], "y": unmapped([9])})
+    assert [c[1]["x"] for c in calls] == [1, 2, 3] and all(c[1]["y"] == [9] for c in calls)
+    assert all(c[0] is pair for c in calls)
+    assert list(returned) == [1, 2, 3]
+
+
+def test_context_variables_and_what_serialize_context_ships():
+    """4. The deployment context variables exist, and serialize_context ships exactly
+    the contexts the task runner rebuilds (a new one would be noticed here)."""
+    import prefect.context as context
+
+    assert isinstance(context._deployment_id, __import__("contextvars").ContextVar)
+    assert isinstance(context._deployment_parameters, __import__("contextvars").ContextVar)
+    source = inspect.getsource(context.serialize_context)
+    for key in ("flow_run_context", "task_run_context", "tags_context", "settings_context", "asset_context",
+                "deployment_id", "deployment_parameters"):
+        assert f'"{key}"' in source, key
+
+
+def test_a_client_context_around_an_open_client_makes_no_client():
+    """5. SyncClientContext's only field is the client: a context around an open client
+    is what get_client returns inside it."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import SyncClientContext
+
+    from flowrig.internals.task_runner import _shared_client_context
+
+    assert set(SyncClientContext.model_fields) == {"client"}
+    sentinel = object.__new__(__import__("prefect.client.orchestration").client.orchestration.SyncPrefectClient)
+    with _shared_client_context(sentinel):
+        assert get_client(sync_client=True) is sentinel
+
+
+def test_flow_run_context_fields_not_shipped_have_defaults():
+    """6. A fresh FlowRunContext per task is built from the shipped fields plus the
+    client, task runner and ``detached``: every other field needs a default."""
+    from prefect.context import FlowRunContext
+
+    shipped = {"flow_run", "flow", "parameters", "log_prints", "start_time", "input_keyset", "persist_result",
+               "result_store", "client", "task_runner", "detached"}
+    for name, field in FlowRunContext.model_fields.items():
+        if name not in shipped:
+            assert not field.is_required(), name
+    assert shipped - {"client", "task_runner", "detached", "result_store"} <= set(
+        inspect.getsource(FlowRunContext.serialize).replace("'", '"').split('"')
+    )
+
+
+def test_hydrated_context_rebuilds_the_run_context_models_in_a_fresh_process():
+    """7. A fresh worker needs hydrated_context(None)'s model_rebuild() before it can
+    build a FlowRunContext."""
+    code = textwrap.dedent(
+        """
+        from prefect.context import FlowRunContext, hydrated_context
+        with hydrated_context(None):
+            pass
+        FlowRunContext.model_fields  # the models are complete
+        import pydantic
+        try:
+            FlowRunContext.model_validate({})
+        except pydantic.ValidationError:
+            print("validates")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "validates", done.stderr[-2000:]
+
+
+def test_events_can_be_dropped_for_a_process():
+    """8. EventsWorker.set_client_override with NullEventsClient silences emit_event."""
+    from prefect.events import emit_event
+    from prefect.events.clients import NullEventsClient
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.set_client_override(NullEventsClient)
+    try:
+        assert emit_event(event="flowrig.test", resource={"prefect.resource.id": "x"}) is None
+    finally:
+        EventsWorker.set_client_override(None)
+

@@ -1,98 +1,548 @@
-"""flowrig's task runner: prefect-dask's ``DaskTaskRunner`` as every flowrig run uses it.
+"""flowrig's task runner: prefect-dask's ``DaskTaskRunner`` with per-run, not per-task,
+overhead. Every flowrig run uses it.
 
-Fenced here:
+prefect-dask submits each task with no key (distributed then tokenises a cloudpickle
+of every call), ships the flow, its parameters and the settings with every task, and
+on the worker builds two Prefect clients and a task runner per task; Prefect's
+``TaskRunner.map`` loops over ``submit``. Here:
 
-- ``DaskTaskRunner.duplicate`` rebuilding the runner from its constructor arguments
-  (Prefect's flow engine runs a flow on a duplicate of its runner), so flowrig's own
-  state is carried over explicitly;
-- ``DaskTaskRunner.client`` creating the Dask client on first use, so the run's
-  progress subscription is made then;
-- Prefect shipping the flow, and with it its task runner, in every task's context: the
-  runner pickles without the run's own state (its progress counts).
+Runner side
+    * what is the same for every task of a run (the settings objects, the flow-run
+      context with the flow and its parameters, the deployment context) goes into the
+      graph once per run, as a tiny task whose result each worker keeps; each Task
+      object likewise once per run; every task run depends on both keys;
+    * each submission has an explicit key and ``pure=False``: nothing is tokenised;
+    * ``map`` lets Prefect expand the mapping, then submits it through one public
+      ``Client.map``, and its futures fetch finished states in batches.
 
-tests/test_internals.py checks both on the locked versions.
+Worker side
+    * per worker process and run: one Prefect client per thread (made inside the run's
+      settings), one entered task runner, the validated flow-run context; each task
+      gets fresh context objects around them and runs through Prefect's own
+      ``run_task_sync``/``run_task_async``, so states, retries, ``wait_for``, caching,
+      hooks, logs and events are Prefect's;
+    * ``events="drop"`` (the run's embedded API, which records none) replaces the
+      events client of the worker process with Prefect's ``NullEventsClient``;
+      ``"send"`` (a user's own server) keeps them;
+    * each task's final state is reported to the runner as a Dask worker event (the
+      progress display and the timeline).
+
+Fenced here (each checked by tests/test_internals.py on the locked versions):
+
+1. ``DaskTaskRunner._optimize_futures``, ``._client``, ``._started``, ``duplicate()``
+   rebuilding the runner from its constructor arguments, ``client`` made on first use;
+2. ``PrefectFuture._final_state``: a future whose final state is set is not waited on
+   again (the batched fetch of ``map``);
+3. ``TaskRunner.map`` calling ``self.submit(task=, parameters=, wait_for=, dependencies=)``
+   once per item, in order, and only collecting what it returns;
+4. the private context variables ``prefect.context._deployment_id`` and
+   ``_deployment_parameters``, and the keys ``serialize_context`` ships;
+5. ``SyncClientContext``'s only field being ``client`` (a context around an open client
+   is entered without making one);
+6. every field of ``FlowRunContext`` that ``serialize()`` leaves out having a default;
+7. ``hydrated_context(None)`` rebuilding the run-context models (a fresh worker needs it);
+8. ``EventsWorker.set_client_override`` replacing a process's events client;
+9. the flow (and so its task runner) travelling in every task's context: the runner
+   pickles without its run state.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from typing import TYPE_CHECKING, Any
+import uuid
+from collections import OrderedDict
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from prefect_dask import DaskTaskRunner
+from prefect_dask.task_runners import PrefectDaskFuture
 
 if TYPE_CHECKING:
     from typing import Protocol
 
     class TaskProgress(Protocol):
         topic: str
+        report: Callable[[Any, Any, Any], dict[str, Any]]
 
-        def hook(self, task: Any) -> Any: ...
         def submitted(self, name: str, count: int = 1) -> None: ...
         def event(self, event: Any) -> None: ...
 
 
+EVENTS = ("send", "drop")
+
+
+class _Collected:
+    """What ``submit`` records while ``map`` lets Prefect expand a mapping."""
+
+    __slots__ = ("parameters", "wait_for", "dependencies")
+
+    def __init__(self, parameters: Any, wait_for: Any, dependencies: Any) -> None:
+        self.parameters = parameters
+        self.wait_for = wait_for
+        self.dependencies = dependencies
+
+
+def _batched_future_list() -> type:
+    import distributed
+    from prefect.futures import PrefectFutureList
+    from prefect.states import State
+
+    class BatchedFutureList(PrefectFutureList):
+        """Prefect futures of one ``map``, whose finished states arrive in batches."""
+
+        def _prefetch(self, stop_on_failure: bool) -> None:
+            by_key: dict[Any, list[PrefectDaskFuture]] = {}
+            for future in self:
+                if isinstance(future, PrefectDaskFuture) and not future._final_state:
+                    by_key.setdefault(future.wrapped_future.key, []).append(future)
+            if not by_key:
+                return
+            first = [group[0].wrapped_future for group in by_key.values()]
+            client = first[0].client
+            for batch in distributed.as_completed(first, with_results=False, loop=client.loop).batches():
+                done = [f for f in batch if f.status == "finished"]
+                failed = len(done) != len(batch)
+                if done:
+                    for wrapped, state in zip(done, client.gather(done, errors="skip")):
+                        if isinstance(state, State):
+                            for future in by_key[wrapped.key]:
+                                future._final_state = state
+                            failed = failed or not state.is_completed()
+                if stop_on_failure and failed:
+                    return  # Prefect's own code raises it now, as it would without batches
+
+        def wait(self, timeout: float | None = None) -> None:
+            if timeout is None:
+                self._prefetch(stop_on_failure=False)
+            super().wait(timeout=timeout)
+
+        def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+            if timeout is None:
+                self._prefetch(stop_on_failure=raise_on_failure)
+            return super().result(timeout=timeout, raise_on_failure=raise_on_failure)
+
+    return BatchedFutureList
+
+
 class FlowrigTaskRunner(DaskTaskRunner):
-    """A ``DaskTaskRunner`` that reports every task's final state to the run.
+    """A ``DaskTaskRunner`` whose cost per task is close to plain Dask's.
 
     Parameters
     ----------
+    events
+        ``"send"`` (Prefect's behaviour: task events reach the API) or ``"drop"`` (the
+        run's own API, which records none).
     progress
-        Where task states are counted (``None``: not counted): it adds its hooks to
-        each task (``hook``), counts submissions, and handles the workers' events on
-        its ``topic`` (:class:`flowrig.run.progress.TaskProgress`).
+        Where task states are counted (``None``: not counted): its ``report`` makes
+        the message a worker sends on its ``topic`` when a task ends
+        (:class:`flowrig.run.progress.TaskProgress`).
     **kwargs
         As for ``DaskTaskRunner`` (``address``, ``client_kwargs``...).
     """
 
-    def __init__(self, *args: Any, progress: "TaskProgress | None" = None, **kwargs: Any) -> None:
+    _TASK_CACHE_SIZE = 256
+    #: Attributes that belong to one run in this process and never travel.
+    _RUNTIME = ("_lock", "_run_future", "_task_futures", "_pinned", "_collecting", "progress", "_subscribed")
+
+    def __init__(self, *args: Any, events: str = "send", progress: "TaskProgress | None" = None, **kwargs: Any):
+        if events not in EVENTS:
+            raise ValueError(f"events must be one of {EVENTS}, got {events!r}")
         super().__init__(*args, **kwargs)
+        self.events = events
         self.progress = progress
-        self._hooked: dict[int, tuple[Any, Any]] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.RLock()
+        self._collecting: list[_Collected] | None = None
+        self._run_ident: Any = None
+        self._run_token: str | None = None
+        self._run_future: Any = None
+        self._pinned: tuple[Any, Any] | None = None
+        self._task_futures: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
+        self._tokens: list[str] = []
         self._subscribed = False
-        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        # The flow travels with every task (Prefect ships it in the task's context) and
-        # carries its task runner: the run's own state stays with the runner process.
-        state = dict(self.__dict__)
-        for name in ("progress", "_hooked", "_lock", "_subscribed"):
-            state.pop(name, None)
+        # The flow travels with every task's context, and carries this (unstarted)
+        # runner: what belongs to the run in this process stays here.
+        state = {k: v for k, v in self.__dict__.items() if k not in self._RUNTIME}
+        state.update(_run_ident=None, _tokens=[])
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.progress = None
-        self._hooked = {}
-        self._subscribed = False
-        self._lock = threading.Lock()
+        self._reset()
 
     def duplicate(self) -> "FlowrigTaskRunner":
         twin = super().duplicate()
+        twin.events = self.events
         twin.progress = self.progress
         return twin
 
-    def _with_hooks(self, task: Any) -> Any:
-        """The task with the progress hooks, made once per task object."""
-        assert self.progress is not None
-        key = id(task)
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FlowrigTaskRunner) and super().__eq__(other) and self.events == other.events
+
+    __hash__ = DaskTaskRunner.__hash__
+
+    # --- what is the same for every task of a run ------------------------------------------
+    def _run_payload(self) -> tuple[str, Any]:
+        import prefect
+        from prefect.context import FlowRunContext, SettingsContext, _deployment_id, _deployment_parameters
+
+        flow_run = FlowRunContext.get()
+        settings = SettingsContext.get()
+        deployment_id, deployment_parameters = _deployment_id.get(), _deployment_parameters.get()
+        ident = (id(flow_run), id(settings), deployment_id, id(deployment_parameters))
         with self._lock:
-            entry = self._hooked.get(key)
-            if entry is None or entry[0] is not task:
-                # The original is kept with its copy, so its id cannot be reused.
-                entry = self._hooked[key] = (task, self.progress.hook(task))
-        return entry[1]
+            if self._run_ident == ident and self._run_future is not None:
+                return self._run_token, self._run_future
+            token = uuid.uuid4().hex
+            payload = {
+                "token": token,
+                # Settings travel as their objects: the worker must run the same Prefect.
+                "prefect_version": prefect.__version__,
+                "events": self.events,
+                "settings": (settings.profile, settings.settings) if settings else None,
+                "flow_run_context": flow_run.serialize() if flow_run else {},
+                "deployment_id": str(deployment_id) if deployment_id else None,
+                "deployment_parameters": deployment_parameters,
+                "progress": (self.progress.topic, self.progress.report) if self.progress else None,
+            }
+            future = self.client.submit(_payload, payload, key=f"flowrig-run-{token}", pure=False)
+            self._run_ident, self._run_token, self._run_future = ident, token, future
+            # Their ids are the cache key: held, so that no other object takes them.
+            self._pinned = (flow_run, settings)
+            self._task_futures.clear()
+            self._tokens.append(token)
+            return token, future
+
+    def _task_payload(self, task: Any, token: str) -> Any:
+        with self._lock:
+            hit = self._task_futures.get(id(task))
+            if hit is not None and hit[0] is task:
+                self._task_futures.move_to_end(id(task))
+                return hit[1]
+            future = self.client.submit(
+                _payload, task, key=f"flowrig-task-{token}-{uuid.uuid4().hex[:12]}", pure=False
+            )
+            self._task_futures[id(task)] = (task, future)
+            while len(self._task_futures) > self._TASK_CACHE_SIZE:
+                self._task_futures.popitem(last=False)
+            return future
 
     def _subscribe(self) -> None:
-        with self._lock:
-            if self._subscribed or self.progress is None:
-                return
-            self._subscribed = True
+        if self.progress is None or self._subscribed:
+            return
+        self._subscribed = True
         self.client.subscribe_topic(self.progress.topic, self.progress.event)
 
-    def submit(self, task: Any, parameters: dict[str, Any], wait_for: Any = None, dependencies: Any = None) -> Any:
-        if self.progress is None:
-            return super().submit(task, parameters, wait_for=wait_for, dependencies=dependencies)
+    # --- what differs between tasks ---------------------------------------------------------
+    @staticmethod
+    def _needs_asset_context(task: Any) -> bool:
+        from prefect.context import FlowRunContext
+        from prefect.tasks import MaterializingTask
+
+        flow_run = FlowRunContext.get()
+        return bool(
+            getattr(task, "asset_deps", None)
+            or isinstance(task, MaterializingTask)
+            or (flow_run is not None and flow_run.task_run_assets)
+        )
+
+    @staticmethod
+    def _extra(task: Any, task_run_id: uuid.UUID, task_inputs: Any, need_assets: bool) -> dict[str, Any] | None:
+        """What ``serialize_context`` would add that may differ between submissions."""
+        from prefect.context import AssetContext, TagsContext, TaskRunContext
+
+        extra: dict[str, Any] = {}
+        if (task_run := TaskRunContext.get()) is not None:
+            extra["task_run_context"] = task_run.serialize()
+        if (tags := TagsContext.get()) is not None and tags.current_tags:
+            extra["tags_context"] = tags.serialize()
+        if need_assets:
+            extra["asset_context"] = AssetContext.from_task_and_inputs(
+                task=task, task_run_id=task_run_id, task_inputs=task_inputs, copy_to_child_ctx=True
+            ).serialize()
+        return extra or None
+
+    def _prepare(self, task: Any, parameters: Any, wait_for: Any, dependencies: Any, memo: dict, need_assets: bool):
+        from prefect.utilities.engine import collect_task_run_inputs_sync
+
+        task_run_id = uuid.uuid4()
+        inputs: dict[str, set[Any]] = {}
+        for name, value in parameters.items():
+            # One visit of an argument shared by every item of a map (a big list, say).
+            seen = memo.get((name, id(value)))
+            if seen is None or seen[0] is not value:
+                seen = memo[(name, id(value))] = (value, collect_task_run_inputs_sync(value))
+            inputs[name] = seen[1]
+        if dependencies:
+            inputs = {name: found.union(dependencies.get(name, set())) for name, found in inputs.items()}
+        return (
+            task_run_id,
+            self._optimize_futures(parameters),
+            self._optimize_futures(wait_for) if wait_for else None,
+            inputs,
+            self._extra(task, task_run_id, inputs, need_assets),
+        )
+
+    @staticmethod
+    def _key(task: Any, task_run_id: uuid.UUID) -> str:
+        return f"{task.name}-{task_run_id.hex}"
+
+    # --- the TaskRunner API -----------------------------------------------------------
+    def submit(self, task: Any, parameters: Any, wait_for: Any = None, dependencies: Any = None) -> Any:
+        if not self._started:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        if self._collecting is not None:
+            collected = _Collected(parameters, wait_for, dependencies)
+            self._collecting.append(collected)
+            return collected
         self._subscribe()
-        hooked = self._with_hooks(task)
-        self.progress.submitted(task.name)
-        return super().submit(hooked, parameters, wait_for=wait_for, dependencies=dependencies)
+        token, run = self._run_payload()
+        task_future = self._task_payload(task, token)
+        task_run_id, params, waits, inputs, extra = self._prepare(
+            task, parameters, wait_for, dependencies, {}, self._needs_asset_context(task)
+        )
+        future = self.client.submit(
+            _run_task_remote, task_run_id, params, waits, inputs, extra,
+            run=run, task=task_future, key=self._key(task, task_run_id), pure=False,
+        )
+        future.task_run_id = task_run_id
+        if self.progress is not None:
+            self.progress.submitted(task.name)
+        return PrefectDaskFuture(wrapped_future=future, task_run_id=task_run_id)
+
+    def map(self, task: Any, parameters: Any, wait_for: Any = None) -> Any:
+        if not self._started:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        collected: list[_Collected] = []
+        self._collecting = collected
+        try:
+            # Prefect expands the mapping exactly as for every task runner; submit() only
+            # records the calls meanwhile.
+            super().map(task, parameters, wait_for)
+        finally:
+            self._collecting = None
+        futures = _batched_future_list()()
+        if not collected:
+            return futures
+        self._subscribe()
+        token, run = self._run_payload()
+        task_future = self._task_payload(task, token)
+        need_assets = self._needs_asset_context(task)
+        memo: dict[Any, Any] = {}
+        prepared = [
+            self._prepare(task, c.parameters, c.wait_for, c.dependencies, memo, need_assets) for c in collected
+        ]
+        del memo
+        task_run_ids, params, waits, inputs, extras = (list(column) for column in zip(*prepared))
+        wrapped = self.client.map(
+            _run_task_remote, task_run_ids, params, waits, inputs, extras,
+            run=run, task=task_future, key=[self._key(task, t) for t in task_run_ids], pure=False,
+        )
+        for task_run_id, future in zip(task_run_ids, wrapped):
+            future.task_run_id = task_run_id
+            futures.append(PrefectDaskFuture(wrapped_future=future, task_run_id=task_run_id))
+        if self.progress is not None:
+            self.progress.submitted(task.name, len(task_run_ids))
+        return futures
+
+    def __exit__(self, *args: Any) -> None:
+        tokens, self._tokens = self._tokens, []
+        self._run_future = self._run_ident = self._pinned = None
+        self._task_futures.clear()
+        if tokens and self._client is not None:
+            try:
+                self._client.run(_forget_runs_async, tokens, wait=False)
+            except Exception:  # workers also forget old runs on their own (a bounded cache)
+                pass
+        super().__exit__(*args)
+
+
+def _payload(value: Any) -> Any:
+    """An identity task: its result, kept once on each worker that needs it, is ``value``."""
+    return value
+
+
+# --- worker side -----------------------------------------------------------------------------
+
+
+_SHARED_CONTEXT: type | None = None
+
+
+def _shared_client_context(client: Any) -> Any:
+    """A ``SyncClientContext`` around an open client: entering it only sets the variable."""
+    global _SHARED_CONTEXT
+    if _SHARED_CONTEXT is None:
+        from prefect.context import ContextModel, SyncClientContext
+
+        class SharedSyncClientContext(SyncClientContext):
+            def __init__(self, client: Any) -> None:
+                ContextModel.__init__(self, client=client)
+
+            def __enter__(self) -> Any:
+                return ContextModel.__enter__(self)
+
+            def __exit__(self, *exc_info: Any) -> None:
+                return ContextModel.__exit__(self, *exc_info)
+
+        _SHARED_CONTEXT = SharedSyncClientContext
+    return _SHARED_CONTEXT(client)
+
+
+class _RunState:
+    """What one worker process keeps of one run."""
+
+    __slots__ = ("token", "profile", "settings", "clients", "clients_lock", "task_runner", "flow_run_fields",
+                 "rest", "progress")
+
+    def close(self) -> None:
+        try:
+            if self.task_runner is not None:
+                self.task_runner.__exit__(None, None, None)
+        except Exception:
+            pass
+        for client in list(self.clients.values()):
+            try:
+                client.__exit__(None, None, None)
+            except Exception:
+                pass
+
+
+#: Prefect clients and run states made in this worker process (for tests).
+STATS = {"builds": 0, "clients": 0}
+_RUNS: OrderedDict[str, _RunState] = OrderedDict()
+_RUNS_LOCK = threading.Lock()
+_MAX_RUNS = 8
+
+
+def _client_for(state: _RunState) -> Any:
+    """This thread's open client of the run (httpx clients are not shared by threads);
+    call it with the run's settings in force."""
+    thread = threading.get_ident()
+    client = state.clients.get(thread)
+    if client is not None:
+        return client
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+
+    with state.clients_lock:
+        client = get_client(sync_client=True)
+        client.__enter__()
+        if get_current_settings().client.server_version_check_enabled:
+            client.raise_for_api_version_mismatch_once()
+        state.clients[thread] = client
+        STATS["clients"] += 1
+    return client
+
+
+def _build_run_state(payload: dict[str, Any]) -> _RunState:
+    import prefect
+    from prefect.context import FlowRunContext, SettingsContext, hydrated_context
+    from prefect.logging.configuration import ensure_logging_setup
+
+    if payload.get("prefect_version") != prefect.__version__:
+        raise RuntimeError(
+            f"the runner has Prefect {payload.get('prefect_version')} and this worker {prefect.__version__}: "
+            "run both from the same image or environment"
+        )
+    ensure_logging_setup()
+    with hydrated_context(None):  # Prefect's own model_rebuild() of the run contexts
+        pass
+    state = _RunState()
+    state.token = payload["token"]
+    state.profile, state.settings = payload["settings"] or (None, None)
+    state.progress = payload.get("progress")
+    state.clients, state.clients_lock = {}, threading.Lock()
+    state.task_runner, state.flow_run_fields = None, None
+    with ExitStack() as stack:
+        if state.settings is not None:
+            stack.enter_context(SettingsContext(profile=state.profile, settings=state.settings))
+        if payload["events"] == "drop":
+            from prefect.events.clients import NullEventsClient
+            from prefect.events.worker import EventsWorker
+
+            EventsWorker.set_client_override(NullEventsClient)
+        client = _client_for(state)
+        flow_run = payload["flow_run_context"]
+        if flow_run:
+            state.task_runner = flow_run["flow"].task_runner.duplicate().__enter__()
+            base = FlowRunContext(**flow_run, client=client, task_runner=state.task_runner, detached=True)
+            # Validated once (FlowRun, ResultStore... as models), the keys as shipped.
+            state.flow_run_fields = {key: getattr(base, key) for key in flow_run}
+    state.rest = {k: payload[k] for k in ("deployment_id", "deployment_parameters") if payload.get(k)}
+    STATS["builds"] += 1
+    return state
+
+
+def _run_state_for(payload: dict[str, Any]) -> _RunState:
+    token = payload["token"]
+    state = _RUNS.get(token)
+    if state is not None:
+        return state
+    with _RUNS_LOCK:
+        state = _RUNS.get(token)
+        if state is None:
+            state = _RUNS[token] = _build_run_state(payload)
+            while len(_RUNS) > _MAX_RUNS:
+                _RUNS.popitem(last=False)[1].close()
+    return state
+
+
+def _forget_runs(tokens: Iterable[str]) -> None:
+    with _RUNS_LOCK:
+        for token in tokens:
+            state = _RUNS.pop(token, None)
+            if state is not None:
+                state.close()
+
+
+async def _forget_runs_async(tokens: Iterable[str]) -> None:
+    _forget_runs(tokens)
+
+
+def _report(state: _RunState, task: Any, task_run_id: uuid.UUID, final: Any) -> None:
+    """Send a task's final state to the runner (never fails the task)."""
+    if state.progress is None:
+        return
+    topic, report = state.progress
+    try:
+        from distributed import get_worker
+
+        get_worker().log_event(topic, report(task, task_run_id, final))
+    except Exception:  # counting is for people; the task's outcome is what matters
+        pass
+
+
+def _run_task_remote(task_run_id: Any, parameters: Any, wait_for: Any, dependencies: Any, extra: Any, *,
+                     run: dict[str, Any], task: Any) -> Any:
+    from prefect.context import FlowRunContext, SettingsContext, hydrated_context
+    from prefect.task_engine import run_task_async, run_task_sync
+
+    state = _run_state_for(run)
+    with ExitStack() as stack:
+        if state.settings is not None:
+            stack.enter_context(SettingsContext(profile=state.profile, settings=state.settings))
+        client = _client_for(state)
+        if state.flow_run_fields is not None:
+            # A fresh context object per task (fresh results and keys), from values
+            # validated once: what hydrated_context builds, minus the per-task client,
+            # task runner and validation.
+            stack.enter_context(
+                FlowRunContext(**state.flow_run_fields, client=client, task_runner=state.task_runner, detached=True)
+            )
+        rest = dict(state.rest, **extra) if extra else state.rest
+        if rest:
+            stack.enter_context(hydrated_context(rest, client=client))  # task run, tags, assets
+        stack.enter_context(_shared_client_context(client))
+        kwargs = dict(
+            task=task, task_run_id=task_run_id, parameters=parameters, wait_for=wait_for,
+            return_type="state", dependencies=dependencies, context=None,
+        )
+        final = asyncio.run(run_task_async(**kwargs)) if task.isasync else run_task_sync(**kwargs)
+    _report(state, task, task_run_id, final)
+    return final

@@ -216,7 +216,11 @@ def execute(
                 progress, console.stream, prefix=f"flowrig run {run_id}", counts=console.shows_progress,
                 code_file=_code_file(config.flow),
             ).start()
-        state = _run_flow(config, parameters, started.scheduler_address, tls, {**settings, **secrets}, progress)
+        # Events to the run's own API would be deleted unread: the workers drop them.
+        events = "drop" if api is not None else "send"
+        state = _run_flow(
+            config, parameters, started.scheduler_address, tls, {**settings, **secrets}, progress, events
+        )
         timer.reached("flow_finished")
         t = timer.mark("flow", t)
         result, message = _result_of(state)
@@ -283,12 +287,15 @@ def _run_flow(
     tls: "TLSMaterial",
     settings: Mapping[str, Any],
     progress: TaskProgress,
+    events: str,
 ) -> Any:
     from flowrig.internals import prefect_engine
     from flowrig.internals.prefect_settings import run_settings
     from flowrig.internals.task_runner import FlowrigTaskRunner
 
-    runner = FlowrigTaskRunner(address=address, client_kwargs={"security": tls.to_security()}, progress=progress)
+    runner = FlowrigTaskRunner(
+        address=address, client_kwargs={"security": tls.to_security()}, events=events, progress=progress
+    )
     flow = config.flow.with_options(task_runner=runner)
     # prefect-dask ships the runner's settings to every task on the workers, so the
     # workers use the same API, with its credentials, over the run's TLS channel.

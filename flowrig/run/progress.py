@@ -1,11 +1,11 @@
 """Task progress of a run: counted where tasks run, shown where the run was started.
 
-Every task a run submits gets two Prefect state hooks (``on_completion``,
-``on_failure``, Prefect's public task API) that report its final state, and the
-traceback of a failure, as a Dask worker event on :data:`TOPIC`
-(``Worker.log_event``). The runner's Dask client subscribes to the topic
-(``Client.subscribe_topic``), so the counts are the same on every backend, local
-processes and cloud containers alike, and cost one small message per task.
+When a task ends, the worker that ran it sends its final state, and the traceback of
+a failure, as a Dask worker event on :data:`TOPIC` (``Worker.log_event``; the message is
+made by :func:`report`, which the run's task runner calls). The runner's Dask client
+subscribes to the topic (``Client.subscribe_topic``), so the counts are the same on
+every backend, local processes and cloud containers alike, and cost one small message
+per task.
 
 :class:`ProgressDisplay` shows them: on a terminal one live line per task name (done /
 total / failed, via rich, which honours ``NO_COLOR``); elsewhere a one-line summary at
@@ -58,44 +58,25 @@ def format_failure(exc: BaseException) -> str:
     return "".join(summary.format())
 
 
-def _report(task: Any, task_run: Any, state: Any, with_traceback: bool) -> None:
-    """A state hook: send the task's final state to the runner (on a Dask worker)."""
-    try:
-        from distributed import get_worker
+def report(task: Any, task_run_id: Any, state: Any) -> dict[str, Any]:
+    """What a worker sends the runner when a task ends (runs on the worker).
 
-        worker = get_worker()
-    except ValueError:  # not on a Dask worker (a task called inline): nothing to report
-        return
-    message: dict[str, Any] = {"task": task.name, "state": state.type.value, "run": task_run.name}
-    if with_traceback:
+    The traceback goes with failures only, Prefect's own frames left out.
+    """
+    message: dict[str, Any] = {
+        "task": task.name,
+        "state": state.type.value,
+        # Prefect names a task run after its task and the start of its id.
+        "run": f"{task.name}-{task_run_id.hex[:3]}",
+    }
+    if state.is_failed() or state.is_crashed():
         try:
             exc = state.result(raise_on_failure=False)
-            if isinstance(exc, BaseException):
-                text = format_failure(exc)
-            else:
-                text = state.message or ""
+            text = format_failure(exc) if isinstance(exc, BaseException) else (state.message or "")
         except Exception as error:  # the result could not be read: say so, briefly
             text = f"{state.message or ''} ({type(error).__name__} reading the result)"
         message["traceback"] = text[-TRACEBACK_LIMIT:]
-    worker.log_event(TOPIC, message)
-
-
-def on_completion(task: Any, task_run: Any, state: Any) -> None:
-    """Prefect ``on_completion`` hook that counts a completed task."""
-    _report(task, task_run, state, with_traceback=False)
-
-
-def on_failure(task: Any, task_run: Any, state: Any) -> None:
-    """Prefect ``on_failure`` hook that counts a failed task and sends its traceback."""
-    _report(task, task_run, state, with_traceback=True)
-
-
-def with_progress_hooks(task: Any) -> Any:
-    """``task`` with the two hooks added (its own hooks run first)."""
-    return task.with_options(
-        on_completion=[*task.on_completion_hooks, on_completion],
-        on_failure=[*task.on_failure_hooks, on_failure],
-    )
+    return message
 
 
 @dataclass
@@ -122,10 +103,8 @@ class TaskProgress:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _changed: threading.Event = field(default_factory=threading.Event)
 
-    @staticmethod
-    def hook(task: Any) -> Any:
-        """``task`` with the hooks that report its final state here."""
-        return with_progress_hooks(task)
+    #: Run on the workers to make each task's message (pickled by reference).
+    report = staticmethod(report)
 
     def submitted(self, name: str, count: int = 1) -> None:
         with self._lock:
