@@ -86,3 +86,32 @@ def test_not_attempted_on_a_fork_server_it_does_not_know(monkeypatch):
 @pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the fork server this module knows is 3.11's")
 def test_supported_here():
     assert forked_forkserver.supported()
+
+
+WHO_FORKED_ME = """
+    import os
+    import psutil
+    from prefect import flow, task
+
+    @task
+    def parent_of_worker() -> list:
+        return psutil.Process(psutil.Process(os.getpid()).ppid()).cmdline()
+
+    @flow
+    def main() -> list:
+        return parent_of_worker.submit().result()  # on a worker (a direct call runs here)
+"""
+
+
+def test_a_runs_workers_fork_from_the_server_forked_from_its_runner(project_factory):
+    """In a whole ``flowrig run`` (whose API readiness is watched in a thread), the
+    workers' parent is the runner's own fork, not Python's standard fork server."""
+    from tests.run_support import run_cli
+
+    project = project_factory(WHO_FORKED_ME)
+    done = run_cli("run", str(project), "--output", "json", "--verbose")
+    assert done.returncode == 0, done.stderr[-3000:]
+    parent = done.json["result"]
+    assert "multiprocessing.forkserver" not in " ".join(parent), parent
+    assert "run" in parent and str(project) in parent, parent
+    assert "standard fork server" not in done.stderr

@@ -202,6 +202,8 @@ class EmbeddedPrefectAPI:
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
         self._ready = threading.Event()
+        self._watch_lock = threading.Lock()
+        self._watching = False
         self._failure: InfrastructureError | None = None
 
     @classmethod
@@ -319,12 +321,23 @@ class EmbeddedPrefectAPI:
         # The server holds the socket now; connections wait in its backlog until it serves.
         self._socket.close()
         self._socket = None
-        # Readiness is watched from now on, so the moment it is reached is known even
-        # when the run asks only later (after its cluster started).
+        return self
+
+    def watch(self) -> None:
+        """Watch for readiness from now on, in a thread, so that ``ready_at`` is the
+        moment it was reached even when the run asks only later.
+
+        A runner calls it once it may run threads: the local backend's fork server is
+        forked from a runner that still runs one (:meth:`Backend.prepare`).
+        :meth:`wait_ready` calls it too.
+        """
+        with self._watch_lock:
+            if self._watching or self._process is None:
+                return
+            self._watching = True
         threading.Thread(
             target=self._watch_ready, args=(self._process,), name="flowrig-api-ready", daemon=True
         ).start()
-        return self
 
     def _request(self, timeout: float) -> int:
         """An authenticated request to the API; its status."""
@@ -395,6 +408,7 @@ class EmbeddedPrefectAPI:
             the start timeout the API was made with, counted from its start).
         """
         assert self._process is not None, "start() first"
+        self.watch()
         if not self._ready.wait(timeout):
             raise InfrastructureError(
                 f"the embedded Prefect API did not answer within {timeout:.0f} s; "

@@ -203,6 +203,13 @@ class Backend(abc.ABC):
         """
         return "127.0.0.1", "127.0.0.1"
 
+    def prepare(self) -> None:
+        """Get ready to start a cluster soon; called once the flow is imported, while
+        the runner still runs one thread (before any watcher or cluster thread).
+
+        Nothing by default; the local backend forks its fork server here.
+        """
+
     @abc.abstractmethod
     def start(self, spec: ClusterSpec) -> StartedCluster:
         """Start the cluster described by ``spec`` and wait until it can take work.

@@ -76,9 +76,6 @@ def start() -> bool:
             sys.version.split()[0],
         )
         return False
-    if threading.active_count() != 1:
-        logger.debug("local workers start from the standard fork server: threads are running")
-        return False
     server = forkserver._forkserver
     with server._lock:
         if server._forkserver_pid is not None:
@@ -87,6 +84,9 @@ def start() -> bool:
                 return getattr(server, "_flowrig_forked", False)
             os.close(server._forkserver_alive_fd)
             server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
+        if threading.active_count() != 1:
+            logger.debug("local workers start from the standard fork server: threads are running")
+            return False
         resource_tracker.ensure_running()
         listener = socket.socket(socket.AF_UNIX)
         address = connection.arbitrary_address("AF_UNIX")

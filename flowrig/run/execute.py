@@ -192,6 +192,8 @@ def execute(
         )
         t = timer.mark("prepare", t)
         started = backend.start(spec)
+        if api is not None:
+            api.watch()  # the cluster has started its threads anyway
         timer.reached("scheduler_up", started.scheduler_up)
         timer.watch_workers(started, decided.size.n_workers, stop_watching)
         line = (

@@ -188,6 +188,11 @@ def _run_command(inputs: RunInputs) -> int:
             import_flow_engine()
         # After Prefect set up its logging, before any worker starts (they inherit it).
         console.configure(inputs.verbosity)
+        # Still one thread: the local backend forks its fork server now, with all of
+        # the flow's imports; only then may the API's readiness be watched in a thread.
+        backend.prepare()
+        if api is not None:
+            api.watch()
     except BaseException:
         if api is not None:
             api.stop()
