@@ -360,3 +360,35 @@ def test_events_can_be_dropped_for_a_process():
     finally:
         EventsWorker.set_client_override(None)
 
+
+# --- the local scheduler process (flowrig.backends.local.scheduler) ------------------------
+
+
+def test_local_cluster_hands_its_scheduler_spec_to_the_next_init(tls):
+    """``LocalCluster.__init__`` passes ``scheduler={"cls": Scheduler, "options": ...}``
+    to ``super().__init__``; the swap raises, never falls back, when it stops doing so."""
+    from distributed import LocalCluster, Scheduler
+    from distributed.deploy.spec import SpecCluster
+
+    from flowrig.backends.local.scheduler import LocalClusterWithSchedulerProcess, SchedulerProcess
+
+    seen = {}
+
+    class Probe(SpecCluster):
+        def __init__(self, *args, scheduler=None, **kwargs):
+            seen.update(scheduler)
+            raise RuntimeError("probe")
+
+    class Probed(LocalCluster, Probe):
+        pass
+
+    with pytest.raises(RuntimeError, match="probe"):
+        Probed(n_workers=0, processes=True, protocol="tls://", security=tls.to_security(), host="127.0.0.1",
+               dashboard_address=None)
+    assert seen["cls"] is Scheduler
+    assert seen["options"]["security"] is not None and seen["options"]["host"] == "127.0.0.1"
+    assert LocalClusterWithSchedulerProcess.__mro__.index(LocalCluster) < [
+        c.__name__ for c in LocalClusterWithSchedulerProcess.__mro__].index("SeparateScheduler")
+    with LocalClusterWithSchedulerProcess(n_workers=0, processes=True, protocol="tls://", security=tls.to_security(),
+                                          host="127.0.0.1", dashboard_address=None) as cluster:
+        assert isinstance(cluster.scheduler, SchedulerProcess)

@@ -29,23 +29,29 @@ class LocalOptions(Options):
 
 
 class LocalBackend(Backend):
-    """Worker processes on this machine, listening on loopback only.
+    """A scheduler and worker processes on this machine, listening on loopback only.
 
-    Worker processes fork from a server that has already imported what a first
-    Prefect task imports; that server is a fork of the runner where possible
-    (:mod:`flowrig.internals.forkserver`), else a fresh preloaded interpreter.
+    They fork from a server that has already imported what a first Prefect task
+    imports; that server is a fork of the runner where possible
+    (:mod:`flowrig.internals.forkserver`), else a fresh preloaded interpreter. The
+    scheduler is a process of its own, as on the other backends
+    (:mod:`flowrig.backends.local.scheduler`).
     """
 
     name = "local"
     options_model = LocalOptions
 
-    def start(self, spec: ClusterSpec) -> StartedCluster:
-        from distributed import LocalCluster
+    def prepare(self) -> None:
+        from flowrig.internals import forkserver
 
+        forkserver.prepare(WORKER_PRELOAD)
+
+    def start(self, spec: ClusterSpec) -> StartedCluster:
+        from flowrig.backends.local.scheduler import LocalClusterWithSchedulerProcess
         from flowrig.internals import forkserver
 
         options = self.parse_options(spec.options)
-        forkserver.prepare(WORKER_PRELOAD)
+        self.prepare()  # nothing more when the run already did
         kwargs: dict[str, Any] = {
             "n_workers": spec.size.n_workers,
             "threads_per_worker": spec.worker_threads,
@@ -61,7 +67,7 @@ class LocalBackend(Backend):
             worker_class=forkserver.nanny_class(),
         )
         try:
-            cluster = LocalCluster(**kwargs)
+            cluster = LocalClusterWithSchedulerProcess(**kwargs)
         except Exception as exc:
             raise InfrastructureError(f"the local cluster could not start: {one_line(exc)}") from None
         if spec.size.adapt:
@@ -71,6 +77,7 @@ class LocalBackend(Backend):
             dashboard_link=cluster.dashboard_link,
             close=cluster.close,
             cluster=cluster,
+            scheduler_up=cluster.scheduler_up_at,
         )
 
 

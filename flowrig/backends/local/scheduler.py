@@ -1,0 +1,134 @@
+"""The local cluster's scheduler in a process of its own, as on every other backend.
+
+In a plain ``LocalCluster`` the scheduler shares the runner's process: the flow's
+Python code, Prefect's engine (about a millisecond of CPU per task) and the scheduler
+take turns on one interpreter lock, and every task's scheduler state (a few KB) adds
+to the runner's memory. Here the scheduler is a child of the fork server (which has
+imported distributed already, so it starts in a fraction of a second), the way it is
+its own container on docker and ECS: what a local run measures is what a deployed
+run does.
+
+The scheduler ends when the cluster closes it, or when the runner's end of its pipe
+closes, which the kernel does for the runner however it exits (``kill -9`` included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from typing import Any
+
+from distributed.deploy.spec import ProcessInterface, SpecCluster
+
+from flowrig.errors import InfrastructureError, one_line
+
+#: Seconds the scheduler process may take to listen.
+START_TIMEOUT = 60.0
+
+
+def serve(options: dict[str, Any], conn: Any) -> None:
+    """Run a scheduler with ``options`` until it is closed or ``conn``'s other end goes.
+
+    Sends ``("up", address)`` once it listens, or ``("error", message)``.
+    """
+    from distributed import Scheduler
+
+    async def main() -> None:
+        try:
+            scheduler = await Scheduler(**options)
+        except Exception as exc:
+            conn.send(("error", one_line(exc)))
+            return
+        conn.send(("up", scheduler.address))
+        loop = asyncio.get_running_loop()
+        gone = loop.create_future()
+        # EOF on the pipe (the runner has gone) makes it readable.
+        loop.add_reader(conn.fileno(), lambda: gone.done() or gone.set_result(None))
+        finished = asyncio.ensure_future(scheduler.finished())
+        await asyncio.wait([gone, finished], return_when=asyncio.FIRST_COMPLETED)
+        loop.remove_reader(conn.fileno())
+        await scheduler.close()
+
+    asyncio.run(main())
+
+
+def _receive(conn: Any, timeout: float) -> tuple[str, str]:
+    if not conn.poll(timeout):
+        return "error", f"it did not listen within {timeout:.0f} s"
+    try:
+        return conn.recv()
+    except EOFError:
+        return "error", "it exited before it listened"
+
+
+class SchedulerProcess(ProcessInterface):
+    """A ``distributed.Scheduler`` forked from the fork server, for ``SpecCluster``.
+
+    Parameters
+    ----------
+    **options
+        ``distributed.Scheduler`` keywords (they must pickle: a ``Security`` with its
+        PEM text in memory does).
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        self.options = options
+        self.process: Any = None
+        self.up_at: float | None = None
+        self._conn: Any = None
+
+    async def start(self) -> None:
+        context = multiprocessing.get_context("forkserver")
+        here, there = context.Pipe()
+        self.process = context.Process(target=serve, args=(self.options, there), name="flowrig-scheduler", daemon=True)
+        try:
+            await asyncio.to_thread(self.process.start)
+        finally:
+            there.close()
+        self._conn = here
+        status, value = await asyncio.to_thread(_receive, here, START_TIMEOUT)
+        if status != "up":
+            await self.close()
+            raise InfrastructureError(f"the local scheduler could not start: {value}")
+        self.address = value
+        self.up_at = time.perf_counter()
+        await super().start()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()  # the scheduler stops on EOF, if it is still running
+            self._conn = None
+        if self.process is not None and self.process.pid is not None:
+            await asyncio.to_thread(self.process.join, 10)
+            if self.process.exitcode is None:
+                self.process.kill()
+                await asyncio.to_thread(self.process.join, 5)
+        await super().close()
+
+
+class SeparateScheduler(SpecCluster):
+    """A ``SpecCluster`` base whose scheduler spec becomes a :class:`SchedulerProcess`.
+
+    Put it after ``LocalCluster`` in a subclass's bases: ``LocalCluster.__init__``
+    builds its ``{"cls": Scheduler, "options": ...}`` spec and hands it to the next
+    ``__init__`` in line, which is this one (checked by tests/test_internals.py).
+    """
+
+    def __init__(self, *args: Any, scheduler: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if not isinstance(scheduler, dict) or "options" not in scheduler:
+            raise TypeError(f"expected LocalCluster's scheduler spec, got {scheduler!r}")
+        super().__init__(*args, scheduler={"cls": SchedulerProcess, "options": scheduler["options"]}, **kwargs)
+
+
+from distributed import LocalCluster  # noqa: E402 - after the base it builds on
+
+
+class LocalClusterWithSchedulerProcess(LocalCluster, SeparateScheduler):
+    """``distributed.LocalCluster`` (same keywords) whose scheduler is its own process."""
+
+    @property
+    def scheduler_up_at(self) -> float | None:
+        """``time.perf_counter()`` when the scheduler listened."""
+        return getattr(self.scheduler, "up_at", None)
