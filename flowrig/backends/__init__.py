@@ -19,9 +19,12 @@ never :mod:`flowrig.run` or the CLI.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
-from flowrig.backends.base import Backend, ClusterSpec, Options, StartedCluster
 from flowrig.errors import BadInput
+
+if TYPE_CHECKING:
+    from flowrig.backends.base import Backend, ClusterSpec, Options, StartedCluster
 
 #: name -> "module:Class" of the backend implementing it.
 BACKENDS = {
@@ -35,7 +38,16 @@ BACKENDS = {
 __all__ = ["BACKENDS", "Backend", "ClusterSpec", "Options", "StartedCluster", "get_backend", "resolve_backend"]
 
 
-def get_backend(name: str) -> Backend:
+def __getattr__(name: str) -> Any:
+    # The interface imports pydantic: ``flowrig --help`` and the CLI's defaults go without.
+    if name in ("Backend", "ClusterSpec", "Options", "StartedCluster"):
+        from flowrig.backends import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def get_backend(name: str) -> "Backend":
     """Return the backend called ``name``, or one wrapping the cluster class at a path.
 
     Raises
@@ -56,6 +68,6 @@ def get_backend(name: str) -> Backend:
     )
 
 
-def resolve_backend(backend: "str | Backend") -> Backend:
+def resolve_backend(backend: "str | Backend") -> "Backend":
     """``backend`` itself, or the backend its name names."""
     return get_backend(backend) if isinstance(backend, str) else backend
