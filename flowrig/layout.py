@@ -25,6 +25,10 @@ IMAGE_MANIFEST = Path("/opt/flowrig/manifest.json")
 IMAGE_USER = "flowrig"
 IMAGE_UID = 10001
 
+#: Where a process finds its TLS files when not at the image's fixed place (a run's
+#: delivered certificates, :mod:`flowrig.certs.delivery`).
+TLS_DIR_ENV = "FLOWRIG_TLS_DIR"
+
 #: Set in the image (Dockerfile ``ENV``): this process runs inside a flowrig image.
 IN_IMAGE_ENV = "FLOWRIG_IN_IMAGE"
 

@@ -21,11 +21,15 @@ __all__ = [
     "LEAF_DAYS",
     "LEAF_HOSTS",
     "LEAF_KEY",
+    "RUN_DAYS",
 ]
 
 #: Validity of a CA and of a leaf, in days. Leaves are short-lived on purpose.
 CA_DAYS = 3650
 LEAF_DAYS = 397
+#: Validity of the certificates a run makes for itself (its CA's key is never kept):
+#: a day covers a long run, and a stolen key is worthless the next.
+RUN_DAYS = 1
 #: ``certs check`` warns when a certificate expires within this many days.
 EXPIRY_WARNING_DAYS = 30
 #: Names every role certificate carries; Dask checks the chain, not host names,

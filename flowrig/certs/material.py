@@ -133,19 +133,24 @@ class TLSMaterial:
 
     @classmethod
     def for_run(cls, given: "TLSMaterial | None" = None, hosts: Iterable[str] = ()) -> TLSMaterial:
-        """The certificates of a run: ``given``, else the image's baked files when this
-        process runs in a flowrig image, else new ones made in memory for this run,
-        naming ``hosts`` too (the run's API serves HTTPS with the leaf).
+        """The certificates of a run: ``given``, else those delivered to this container
+        (``FLOWRIG_TLS_DIR``), else the image's baked files when this process runs in a
+        flowrig image, else new ones made in memory for this run, naming ``hosts`` too
+        (the run's API serves HTTPS with the leaf).
 
         The one place that decides which certificates a run uses.
         """
+        import os
+
         from flowrig import layout
 
         if given is not None:
             return given
+        if os.environ.get(layout.TLS_DIR_ENV):  # delivered to this container for its run
+            return cls.from_dir(os.environ[layout.TLS_DIR_ENV])
         if layout.in_image() and (layout.IMAGE_TLS_DIR / layout.LEAF_KEY).is_file():
             return cls.from_dir(layout.IMAGE_TLS_DIR)
-        return cls.ephemeral(hosts=[h for h in hosts if h not in ("0.0.0.0", "")])
+        return cls.ephemeral(hosts=[h for h in hosts if h not in ("0.0.0.0", "")], days=defaults.RUN_DAYS)
 
     def write_to_dir(self, path: str | Path) -> TLSPaths:
         """Write ``ca.crt`` and ``tls.crt`` (mode 0644) and ``tls.key`` (mode 0600).

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import NoReturn
 
+from flowrig import layout
 from flowrig.errors import BadInput
 
 __all__ = ["main"]
@@ -75,9 +77,16 @@ def dispatch(argv: list[str]) -> int | None:
     if head == "dask" and len(argv) > 1 and argv[1] in ("scheduler", "worker"):
         head, argv = argv[1], argv[1:]
     role = roles.ROLE_ALIASES.get(head)
-    if role is not None:
-        command = roles.command_for(role, argv[1:])
-        _exec(command, roles.secure_environment())
+    if role is not None or head == "run":
+        from flowrig.certs import delivery
+
+        # A run's own certificates, when its starter delivers them: into memory.
+        env = delivery.role_environment(os.environ, sys.stdin.buffer)
+        if role is not None:
+            directory = env.get(layout.TLS_DIR_ENV)
+            command = roles.command_for(role, argv[1:], Path(directory) if directory else None)
+            _exec(command, roles.secure_environment(env))
+        os.environ.update(env)
     if head in ("run", "info", "prepare", "bake-tls", "--help", "-h"):
         from flowrig.entrypoint.app import app
 

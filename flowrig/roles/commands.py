@@ -34,8 +34,7 @@ ROLE_ALIASES = {
     "dask-worker": "worker",
 }
 
-#: Where a process finds its TLS files when not at the image's fixed place.
-TLS_DIR_ENV = "FLOWRIG_TLS_DIR"
+TLS_DIR_ENV = layout.TLS_DIR_ENV
 _TLS_FLAGS = ("--tls-ca-file", "--tls-cert", "--tls-key")
 
 

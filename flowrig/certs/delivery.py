@@ -1,0 +1,133 @@
+"""A run's certificates, handed to a role container at its start and kept in memory.
+
+Per-run certificates never enter an image, a task definition, a RunTask override,
+a label or an environment that the container engine or the cloud API shows. Whoever
+starts a role sets ``FLOWRIG_TLS_FROM`` to say how they arrive:
+
+``stdin``
+    one JSON line on the container's standard input (the docker backend writes it
+    through the engine's attach stream, then closes it);
+``secret``
+    the ``FLOWRIG_TLS_SECRET`` variable, which ECS fills inside the container from the
+    run's own Secrets Manager secret (the task definition names only its ARN).
+
+The role writes them into a fresh private directory on a memory file system
+(``/dev/shm``), removes the variable from its environment, and points Dask at the
+directory (``FLOWRIG_TLS_DIR``). The line is :func:`encode`'s::
+
+    {"ca": "-----BEGIN CERTIFICATE-----...", "cert": "...", "key": "..."}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Mapping, MutableMapping
+
+from flowrig import layout
+from flowrig.certs.material import TLSMaterial
+from flowrig.certs.validation import Labels, inspect
+from flowrig.errors import BadInput
+
+#: How a role's certificates arrive: ``stdin`` or ``secret``.
+FROM_ENV = "FLOWRIG_TLS_FROM"
+#: The variable ECS fills from the run's secret (``secret``).
+SECRET_ENV = "FLOWRIG_TLS_SECRET"
+#: Where Dask reads the certificates from once delivered.
+TLS_DIR_ENV = layout.TLS_DIR_ENV
+#: A memory file system in every container (and on Linux hosts).
+MEMORY_DIR = Path("/dev/shm")
+#: The most a delivery may hold: three PEM blocks are a few KB.
+MAX_BYTES = 64 * 1024
+
+_SOURCES = ("stdin", "secret")
+_LABELS = Labels(ca="the delivered CA certificate", cert="the delivered leaf", key="the delivered key")
+
+
+def encode(material: TLSMaterial) -> bytes:
+    """The one line that delivers ``material``."""
+    payload = {"ca": material.ca_pem.decode(), "cert": material.cert_pem.decode(), "key": material.key_pem.decode()}
+    return json.dumps(payload).encode() + b"\n"
+
+
+def decode(data: bytes | str) -> TLSMaterial:
+    """The material in a delivered line, checked as a certificate directory would be.
+
+    Raises
+    ------
+    BadInput
+        Not the JSON :func:`encode` writes, or certificates that do not hold together.
+    """
+    try:
+        payload = json.loads(data)
+        ca, cert, key = (payload[name].encode() for name in ("ca", "cert", "key"))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise BadInput("the run's certificates did not arrive as flowrig sends them (a JSON line)") from None
+    inspect(ca, cert, key, labels=_LABELS)
+    return TLSMaterial(ca_pem=ca, cert_pem=cert, key_pem=key)
+
+
+def _read_line(stream: BinaryIO) -> bytes:
+    # Byte by byte from the descriptor: nothing after the line is consumed, so the
+    # rest of stdin (if any) stays the role's.
+    fd = stream.fileno()
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_BYTES:
+        byte = os.read(fd, 1)
+        if not byte or byte == b"\n":
+            break
+        chunks.append(byte)
+        size += 1
+    return b"".join(chunks)
+
+
+def receive(environ: Mapping[str, str], stdin: BinaryIO) -> TLSMaterial | None:
+    """The run's certificates when ``environ`` says they are delivered, else ``None``.
+
+    Raises
+    ------
+    BadInput
+        An unknown ``FLOWRIG_TLS_FROM``, or nothing (or something else) delivered.
+    """
+    source = environ.get(FROM_ENV)
+    if not source:
+        return None
+    if source not in _SOURCES:
+        raise BadInput(f"{FROM_ENV}={source!r} is not a way certificates arrive: use one of {', '.join(_SOURCES)}")
+    if source == "stdin":
+        data = _read_line(stdin)
+        where = "on stdin"
+    else:
+        data = environ.get(SECRET_ENV, "").encode()
+        where = f"in {SECRET_ENV}"
+    if not data.strip():
+        raise BadInput(f"the run's certificates were to arrive {where}, but nothing did")
+    return decode(data)
+
+
+def install(material: TLSMaterial, base: Path = MEMORY_DIR) -> Path:
+    """Write ``material`` into a new private directory under ``base``; its path.
+
+    The directory is 0700 and the key 0600, owned by this process's user.
+    """
+    if not base.is_dir():
+        raise BadInput(f"{base} is missing: a role needs a memory file system there for its certificates")
+    directory = Path(tempfile.mkdtemp(prefix="flowrig-tls-", dir=base))
+    material.write_to_dir(directory)
+    return directory
+
+
+def role_environment(environ: MutableMapping[str, str], stdin: BinaryIO, base: Path = MEMORY_DIR) -> dict[str, str]:
+    """The environment a role runs with: when certificates are delivered, they are
+    installed (:func:`install`) and named by ``FLOWRIG_TLS_DIR``, and the delivery
+    variables are gone (from ``environ`` too, so no child sees them)."""
+    material = receive(environ, stdin)
+    environ.pop(SECRET_ENV, None)
+    environ.pop(FROM_ENV, None)
+    env = dict(environ)
+    if material is not None:
+        env[TLS_DIR_ENV] = str(install(material, base))
+    return env
