@@ -7,13 +7,11 @@ run id, so each test removes exactly what it made.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import textwrap
 import threading
 import time
@@ -22,14 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from flowrig import containers, layout
+from flowrig import containers
+from flowrig import errors as dk_errors
 from flowrig.backends import docker as dk
-from flowrig.backends.docker import plans as docker_plans
 from flowrig.backends.docker.leftovers import group_by_run, render_text
 from flowrig.cli.docker import app as docker_app
 from flowrig.containers import engine
 from flowrig.errors import BadInput
 from flowrig.project import defaults as project_defaults
+from tests.docker_support import derived_image
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "examples" / "seed"
@@ -57,63 +56,76 @@ PROBE_FLOW = """
 # --- rendering and pure helpers (no Docker) ----------------------------------------
 
 
-def test_runner_plan_carries_run_network_image_parameters_and_socket(tls):
-    environ = {"PREFECT_API_URL": "http://prefect.example:4200/api", "AWS_SECRET_ACCESS_KEY": "x", "HOME": "/root"}
-    plan = dk.render_runner(
-        "r1", "img:1", parameters={"x": [1, "a"], "s": "text"}, output="json",
-        socket_path="/run/docker.sock", socket_gid=998, environ=environ,
-    )
+HARDENED = {
+    "stdin_open": True, "read_only": True, "cap_drop": ("ALL",), "security_opt": ("no-new-privileges:true",),
+}
+
+
+def _assert_hardened(plan):
+    for field, value in HARDENED.items():
+        assert getattr(plan, field) == value, field
+    assert plan.tmpfs == {"/tmp": "rw,nosuid,nodev"} and plan.pids_limit > 0
+    assert plan.binds == {} and plan.group_add == ()
+    assert plan.environment["FLOWRIG_TLS_FROM"] == "stdin" and "FLOWRIG_TLS_DIR" not in plan.environment
+
+
+def test_runner_plan_holds_no_socket_no_parameters_and_no_credentials():
+    environ = {
+        "PREFECT_API_URL": "http://prefect.example:4200/api", "PREFECT_API_KEY": "pnu_secret",
+        "AWS_SECRET_ACCESS_KEY": "x", "HOME": "/root",
+    }
+    plan = dk.render_runner("r1", "img:1", output="json", environ=environ)
     assert plan.name == "flowrig-r1-runner"
     assert plan.network == "flowrig-r1"
     assert plan.command == ("run", "--backend", "docker", "--output", "json")
     assert plan.labels == {"flowrig.run-id": "r1", "flowrig.role": "runner"}
-    assert plan.binds == {"/run/docker.sock": "/var/run/docker.sock"}
-    assert plan.group_add == ("998",)
+    _assert_hardened(plan)
     env = plan.environment
-    assert json.loads(env["FLOWRIG_PARAMETERS"]) == {"x": [1, "a"], "s": "text"}
+    assert env["FLOWRIG_DOCKER_CONTROL"] == "stdio"
     assert env["FLOWRIG_DOCKER_NETWORK"] == "flowrig-r1"
     assert env["FLOWRIG_RUNNER_HOST"] == "flowrig-r1-runner"
     assert env["FLOWRIG_IMAGE"] == "img:1"
     assert env["FLOWRIG_RUN_ID"] == "r1"
     assert env["PREFECT_API_URL"] == "http://prefect.example:4200/api"
-    # Only the listed variables cross from the host; credentials and the rest stay out.
+    # Parameters and credentials travel over stdin; nothing else crosses from the host.
+    assert "FLOWRIG_PARAMETERS" not in env and "PREFECT_API_KEY" not in env
     assert "AWS_SECRET_ACCESS_KEY" not in env and "HOME" not in env
 
 
-def test_scheduler_and_worker_plans(tls):
-    sched = dk.render_scheduler("r2", "img", "net", tls=tls)
+def test_scheduler_and_worker_plans():
+    sched = dk.render_scheduler("r2", "img", "net")
     assert sched.name == "flowrig-r2-scheduler"
     assert sched.aliases == ("scheduler",)
     assert sched.command[0] == "scheduler" and "--dashboard-address" in sched.command
     assert sched.publish == (8787,)  # the dashboard, on the host's 127.0.0.1
-    assert dk.render_scheduler("r2", "img", "net", tls=tls, publish=True).publish == (8786, 8787)
-    worker = dk.render_worker("r2", "img", "net", 3, tls=tls, threads=2, environment={"A": "1"}, memory="1g")
+    assert dk.render_scheduler("r2", "img", "net", publish=True).publish == (8786, 8787)
+    _assert_hardened(sched)
+    worker = dk.render_worker("r2", "img", "net", 3, threads=2, environment={"A": "1"}, memory="1g")
     assert worker.name == "flowrig-r2-worker-3"
     assert worker.command == (
-        "worker", "tls://flowrig-r2-scheduler:8786", "--name", "3", "--nthreads", "2",
+        "worker", "tls://flowrig-r2-scheduler:8786", "--name", "3", "--nthreads", "2", "--no-dashboard",
         "--preload", "prefect.task_engine", "--preload", "prefect_dask",
     )
-    bare = dk.render_worker("r2", "img", "net", 0, tls=tls, preload=())
-    assert bare.command[-2:] == ("--nthreads", str(project_defaults.WORKER_THREADS))
+    bare = dk.render_worker("r2", "img", "net", 0, preload=())
+    assert bare.command[-3:] == ("--nthreads", str(project_defaults.WORKER_THREADS), "--no-dashboard")
     assert worker.labels["flowrig.role"] == "worker"
     assert worker.environment["A"] == "1"
-    assert worker.environment["FLOWRIG_TLS_DIR"] == docker_plans.TLS_DIR
-    assert worker.memory == "1g"
-    assert {f.name: f.data for f in worker.files} == {
-        "ca.crt": tls.ca_pem, "tls.crt": tls.cert_pem, "tls.key": tls.key_pem,
-    }
+    assert worker.memory == "1g" and worker.publish == ()
+    _assert_hardened(worker)
 
 
-def test_files_archive_keeps_the_key_private_to_the_image_user(tls):
-    data = containers.files_archive("/tmp/flowrig-tls", dk.tls_files(tls))
-    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-        members = {m.name: m for m in archive.getmembers()}
-        assert set(members) == {"flowrig-tls", "flowrig-tls/ca.crt", "flowrig-tls/tls.crt", "flowrig-tls/tls.key"}
-        assert members["flowrig-tls"].isdir() and members["flowrig-tls"].mode == 0o700
-        assert members["flowrig-tls/tls.key"].mode == 0o600
-        assert members["flowrig-tls/ca.crt"].mode == 0o644
-        assert {m.uid for m in members.values()} == {layout.IMAGE_UID}
-        assert archive.extractfile("flowrig-tls/tls.key").read() == tls.key_pem
+def test_control_lines_are_told_from_the_runs_own_output():
+    from flowrig.backends.docker import control
+
+    line = control.PREFIX + control.encode("start", n_workers=2)
+    assert control.control_line(line.rstrip()) == {"op": "start", "n_workers": 2}
+    assert control.control_line(b'{"op": "start"}') is None  # the run printing JSON is output
+    with pytest.raises(dk_errors.InfrastructureError, match="unexpected line"):
+        control.control_line(control.PREFIX + b"not json")
+    with pytest.raises(BadInput, match="bad options"):
+        control.raise_failure({"op": "failed", "kind": "bad_input", "message": "bad options"})
+    with pytest.raises(dk_errors.InfrastructureError, match="no engine"):
+        control.raise_failure({"op": "failed", "kind": "infrastructure", "message": "no engine"})
 
 
 def test_leftovers_are_grouped_by_run():
@@ -299,19 +311,7 @@ def probe_project(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def probe_image(docker_client, seed_image, probe_project):
     """The seed image with the probe project in place of the seed's (one small layer)."""
-    tag = f"flowrig-probe:{_tag()}"
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as archive:
-        def add(name: str, data: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            archive.addfile(info, io.BytesIO(data))
-
-        add("Dockerfile", f"FROM {seed_image}\nCOPY project/ {layout.IMAGE_PROJECT_DIR}/\n".encode())
-        for path in probe_project.iterdir():
-            add(f"project/{path.name}", path.read_bytes())
-    context.seek(0)
-    docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True)
+    tag = derived_image(docker_client, seed_image, probe_project, f"flowrig-probe:{_tag()}")
     try:
         yield tag
     finally:

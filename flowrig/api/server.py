@@ -239,12 +239,15 @@ class EmbeddedPrefectAPI:
         Every Prefect client builds an SSL context, even for an ``http://`` API, and
         with no CA file it loads the whole system bundle: tens of milliseconds per
         client, and a task run on a worker makes a client. The run's own CA (one
-        certificate) is the CA of an API served over HTTPS. Inside the image the baked
-        ``ca.crt`` is used, which every container has.
+        certificate) is the CA of an API served over HTTPS. In a container whose run's
+        certificates were delivered (or baked) its ``ca.crt`` is used: every container of
+        the run has it at the same path.
         """
-        baked = layout.IMAGE_TLS_DIR / layout.CA_CERT
-        if layout.in_image() and baked.is_file() and baked.read_bytes() == ca_pem:
-            return str(baked)
+        for directory in (os.environ.get(layout.TLS_DIR_ENV), layout.IMAGE_TLS_DIR if layout.in_image() else None):
+            # Certificates delivered to every container of the run, or baked into it.
+            shared = Path(directory) / layout.CA_CERT if directory else None
+            if shared is not None and shared.is_file() and shared.read_bytes() == ca_pem:
+                return str(shared)
         assert self._workdir is not None, "start() first"
         path = self._workdir / layout.CA_CERT
         path.write_bytes(ca_pem)

@@ -11,8 +11,8 @@ starts a role sets ``FLOWRIG_TLS_FROM`` to say how they arrive:
     the ``FLOWRIG_TLS_SECRET`` variable, which ECS fills inside the container from the
     run's own Secrets Manager secret (the task definition names only its ARN).
 
-The role writes them into a fresh private directory on a memory file system
-(``/dev/shm``), removes the variable from its environment, and points Dask at the
+The role writes them into a private directory on a memory file system
+(``/dev/shm/flowrig-tls``), removes the variable from its environment, and points Dask at the
 directory (``FLOWRIG_TLS_DIR``). The line is :func:`encode`'s::
 
     {"ca": "-----BEGIN CERTIFICATE-----...", "cert": "...", "key": "..."}
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Mapping, MutableMapping
 
@@ -39,6 +38,8 @@ SECRET_ENV = "FLOWRIG_TLS_SECRET"
 TLS_DIR_ENV = layout.TLS_DIR_ENV
 #: A memory file system in every container (and on Linux hosts).
 MEMORY_DIR = Path("/dev/shm")
+#: The directory the certificates are installed in, under :data:`MEMORY_DIR`.
+INSTALL_NAME = "flowrig-tls"
 #: The most a delivery may hold: three PEM blocks are a few KB.
 MAX_BYTES = 64 * 1024
 
@@ -109,13 +110,19 @@ def receive(environ: Mapping[str, str], stdin: BinaryIO) -> TLSMaterial | None:
 
 
 def install(material: TLSMaterial, base: Path = MEMORY_DIR) -> Path:
-    """Write ``material`` into a new private directory under ``base``; its path.
+    """Write ``material`` into the private directory ``base/flowrig-tls``; its path.
 
-    The directory is 0700 and the key 0600, owned by this process's user.
+    The directory is 0700 and the key 0600, owned by this process's user. The path is
+    the same in every container of a run (each has a memory file system of its own),
+    so one run's settings can name its CA file for all of them.
     """
     if not base.is_dir():
         raise BadInput(f"{base} is missing: a role needs a memory file system there for its certificates")
-    directory = Path(tempfile.mkdtemp(prefix="flowrig-tls-", dir=base))
+    directory = base / INSTALL_NAME
+    directory.mkdir(mode=0o700, exist_ok=True)
+    if directory.is_symlink() or directory.stat().st_uid != os.getuid():
+        raise BadInput(f"{directory} belongs to someone else: a role's certificates go only where it alone writes")
+    directory.chmod(0o700)
     material.write_to_dir(directory)
     return directory
 

@@ -11,6 +11,6 @@ May import: :mod:`flowrig.errors`, :mod:`flowrig.layout`, :mod:`flowrig.common`.
 """
 
 from flowrig.containers.labels import LABEL_ROLE, LABEL_RUN_ID, labels
-from flowrig.containers.plans import ContainerPlan, InjectedFile, files_archive
+from flowrig.containers.plans import ContainerPlan
 
-__all__ = ["LABEL_ROLE", "LABEL_RUN_ID", "ContainerPlan", "InjectedFile", "files_archive", "labels"]
+__all__ = ["LABEL_ROLE", "LABEL_RUN_ID", "ContainerPlan", "labels"]

@@ -12,11 +12,10 @@ import queue
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TextIO
 
 from flowrig.containers.labels import LABEL_ROLE, LABEL_RUN_ID, labels
-from flowrig.containers.plans import STOP_TIMEOUT, ContainerPlan, files_archive
+from flowrig.containers.plans import STOP_TIMEOUT, ContainerPlan
 from flowrig.errors import BadInput, InfrastructureError, one_line
 
 if TYPE_CHECKING:
@@ -123,15 +122,19 @@ def create_container(client: "DockerClient", plan: ContainerPlan) -> "Container"
             group_add=list(plan.group_add) or None,
             mem_limit=plan.memory,
             init=plan.init or None,
+            read_only=plan.read_only or None,
+            tmpfs=dict(plan.tmpfs) or None,
+            cap_drop=list(plan.cap_drop) or None,
+            security_opt=list(plan.security_opt) or None,
+            pids_limit=plan.pids_limit,
         )
         networking = api.create_networking_config(
             {plan.network: api.create_endpoint_config(aliases=list(plan.aliases) or None)}
         )
-        created = api.create_container(
+        config = api.create_container_config(
             plan.image,
             command=list(plan.command) if plan.command is not None else None,
             entrypoint=list(plan.entrypoint) if plan.entrypoint else None,
-            name=plan.name,
             hostname=plan.hostname,
             user=plan.user,
             working_dir=plan.working_dir,
@@ -141,11 +144,13 @@ def create_container(client: "DockerClient", plan: ContainerPlan) -> "Container"
             host_config=host_config,
             networking_config=networking,
             stop_timeout=plan.stop_timeout,
+            stdin_open=plan.stdin_open,
             detach=True,
         )
-        if plan.files:
-            parent = str(Path(plan.files_dir).parent)
-            api.put_archive(created["Id"], parent, files_archive(plan.files_dir, plan.files))
+        # The one attach is its starter's: when that stream closes (the starter is done
+        # with it, or has gone), the container reads end of file.
+        config["StdinOnce"] = plan.stdin_open
+        created = api.create_container_from_config(config, name=plan.name)
         return client.containers.get(created["Id"])
     except docker.errors.ImageNotFound:
         raise _image_not_found(plan.image) from None
@@ -164,6 +169,45 @@ def start_container(container: "Container") -> None:
             f"container {container.name} did not start: {one_line(exc)}; "
             f"last log lines: {container_logs_tail(container)}"
         ) from None
+
+
+class StdinWriter:
+    """The write end of a running container's stdin (its engine attach stream).
+
+    Lines written here reach the container's process in order; :meth:`close` ends its
+    stdin (end of file), unless the container keeps it open for more attaches.
+    """
+
+    def __init__(self, container: "Container") -> None:
+        import docker
+
+        self.name = container.name
+        try:
+            self._socket = container.client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
+        except docker.errors.APIError as exc:
+            raise InfrastructureError(f"cannot attach to the stdin of {container.name}: {one_line(exc)}") from None
+        # docker-py hands back a socket.SocketIO for a local engine, a raw socket otherwise.
+        raw = getattr(self._socket, "_sock", self._socket)
+        self._send = raw.sendall
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        """Send ``data``; a container that has gone is an infrastructure error."""
+        with self._lock:
+            try:
+                self._send(data)
+            except OSError as exc:
+                raise InfrastructureError(f"container {self.name} stopped reading its stdin: {exc}") from None
+
+    def close(self) -> None:
+        """Close the stream (the container reads end of file); safe to call more than once."""
+        with self._lock, contextlib.suppress(OSError):
+            self._socket.close()
+
+
+def attach_stdin(container: "Container") -> StdinWriter:
+    """A writer to ``container``'s stdin (created with ``stdin_open``)."""
+    return StdinWriter(container)
 
 
 def container_logs_tail(container: "Container") -> str:
@@ -323,26 +367,44 @@ class LogPump:
         self._prefix = prefix
 
     def follow(self, container: "Container", label: str = "", *, stdout: TextIO | None = None,
-               stderr: TextIO | None = None, both_to: TextIO | None = None) -> None:
-        """Stream ``container``'s output: its stdout and stderr to ours, or both to one stream."""
+               stderr: TextIO | None = None, both_to: TextIO | None = None,
+               take: "Callable[[bytes], bool] | None" = None) -> None:
+        """Stream ``container``'s output: its stdout and stderr to ours, or both to one stream.
+
+        ``take`` sees each whole line of its stdout first; a line it returns ``True``
+        for is not copied (a control channel sharing the stream).
+        """
         if both_to is not None:
             self._start(container, label, both_to, stdout=True, stderr=True)
             return
-        self._start(container, label, stdout or sys.stdout, stdout=True, stderr=False)
+        self._start(container, label, stdout or sys.stdout, stdout=True, stderr=False, take=take)
         self._start(container, label, stderr or sys.stderr, stdout=False, stderr=True)
 
-    def _start(self, container: "Container", label: str, target: TextIO, *, stdout: bool, stderr: bool) -> None:
+    def _start(self, container: "Container", label: str, target: TextIO, *, stdout: bool, stderr: bool,
+               take: "Callable[[bytes], bool] | None" = None) -> None:
         thread = threading.Thread(
-            target=self._copy, args=(container, label, target, stdout, stderr), daemon=True
+            target=self._copy, args=(container, label, target, stdout, stderr, take), daemon=True
         )
         thread.start()
         self._threads.append((label, thread))
 
-    def _copy(self, container: "Container", label: str, target: TextIO, stdout: bool, stderr: bool) -> None:
+    def _copy(self, container: "Container", label: str, target: TextIO, stdout: bool, stderr: bool,
+              take: "Callable[[bytes], bool] | None" = None) -> None:
         pending = b""
         sink = getattr(target, "buffer", None)
         with contextlib.suppress(Exception):  # the container may vanish mid-stream
             for chunk in container.logs(stream=True, follow=True, stdout=stdout, stderr=stderr):
+                if take is not None:
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    kept = b"".join(line + b"\n" for line in lines if not take(line))
+                    if kept:
+                        if sink is not None:
+                            sink.write(kept)
+                        else:
+                            target.write(kept.decode(errors="replace"))
+                        target.flush()
+                    continue
                 if not self._prefix:
                     if sink is not None:
                         sink.write(chunk)
@@ -356,7 +418,10 @@ class LogPump:
                     for line in lines:
                         target.write(f"{label} | {line.decode(errors='replace')}\n")
                     target.flush()
-        if pending and self._prefix:
+        if pending and take is not None and not take(pending):
+            target.write(pending.decode(errors="replace"))
+            target.flush()
+        elif pending and self._prefix:
             with self._lock:
                 target.write(f"{label} | {pending.decode(errors='replace')}\n")
                 target.flush()

@@ -6,28 +6,12 @@ to the Docker engine.
 
 from __future__ import annotations
 
-import io
-import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Mapping
-
-from flowrig import layout
+from typing import Mapping
 
 #: Seconds ``docker stop`` waits before SIGKILL. Every role stops on SIGTERM in well
 #: under a second, so this only bounds a stuck container.
 STOP_TIMEOUT = 5
-#: Where files copied into a container land unless a plan says otherwise.
-FILES_DIR = "/tmp/flowrig-tls"
-
-
-@dataclass(frozen=True)
-class InjectedFile:
-    """A file copied into a container before it starts (a name inside ``files_dir``)."""
-
-    name: str
-    data: bytes = field(repr=False)
-    mode: int = 0o644
 
 
 @dataclass(frozen=True)
@@ -49,8 +33,14 @@ class ContainerPlan:
         Host path -> container path (read-write).
     group_add
         Extra groups of the container's user.
-    files, files_dir
-        Files copied into ``files_dir`` before start, owned by the image's user.
+    stdin_open
+        Keep stdin open for whoever starts the container to write to (certificates, a
+        control channel); :func:`~flowrig.containers.engine.attach_stdin`.
+    read_only, tmpfs
+        A read-only root file system, and memory file systems (path -> mount options).
+    cap_drop, security_opt, pids_limit
+        Capabilities dropped, security options (``no-new-privileges:true``), and the
+        most processes and threads the container may run.
     memory
         Memory limit (Docker syntax, e.g. ``"2g"``), or ``None``.
     stop_timeout
@@ -69,8 +59,12 @@ class ContainerPlan:
     publish: tuple[int, ...] = ()
     binds: Mapping[str, str] = field(default_factory=dict)
     group_add: tuple[str, ...] = ()
-    files: tuple[InjectedFile, ...] = ()
-    files_dir: str = FILES_DIR
+    stdin_open: bool = False
+    read_only: bool = False
+    tmpfs: Mapping[str, str] = field(default_factory=dict)
+    cap_drop: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()
+    pids_limit: int | None = None
     memory: str | None = None
     stop_timeout: int = STOP_TIMEOUT
     entrypoint: tuple[str, ...] | None = None
@@ -79,21 +73,3 @@ class ContainerPlan:
     user: str | None = None
     working_dir: str | None = None
 
-
-def files_archive(directory: str, files: Iterable[InjectedFile], uid: int = layout.IMAGE_UID) -> bytes:
-    """A tar archive of ``directory``'s last component holding ``files``.
-
-    It is unpacked in the directory's parent. The directory gets mode 0700 and every
-    entry belongs to ``uid``, so only the image's user can read a key in it.
-    """
-    top = Path(directory).name
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        info = tarfile.TarInfo(top)
-        info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o700, uid, uid
-        archive.addfile(info)
-        for item in files:
-            info = tarfile.TarInfo(f"{top}/{item.name}")
-            info.size, info.mode, info.uid, info.gid = len(item.data), item.mode, uid, uid
-            archive.addfile(info, io.BytesIO(item.data))
-    return buffer.getvalue()

@@ -7,11 +7,12 @@ The run's parameters travel one way: the command line (:class:`RunInputs`) ->
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from flowrig import layout
 from flowrig.errors import BadInput
@@ -46,6 +47,9 @@ class RunInputs:
         ``text`` or ``json``.
     verbosity
         How much the run says on stderr (:mod:`flowrig.run.console`).
+    given_parameters
+        Parameters handed over by whoever started this runner (the docker backend's
+        host process); every other source overrides them.
     """
 
     project_dir: Path
@@ -57,6 +61,7 @@ class RunInputs:
     scheduler_address: str | None = None
     output: str = "text"
     verbosity: Verbosity = Verbosity.NORMAL
+    given_parameters: Mapping[str, Any] | None = None
 
 
 def default_project_dir() -> Path:
@@ -97,7 +102,7 @@ def config_from_project(
 
     flow = flow_loader.load_flow(project.flow_path, project.flow_function)
     flow_run_id = os.environ.get("PREFECT__FLOW_RUN_ID")
-    raw = params_mod.gather(inputs.params, inputs.params_file)
+    raw = {**(inputs.given_parameters or {}), **params_mod.gather(inputs.params, inputs.params_file)}
     if flow_run_id:
         raw = {**parameters_of_flow_run(flow_run_id), **raw}
     cluster = project.cluster
@@ -156,6 +161,12 @@ def _run_command(inputs: RunInputs) -> int:
     from flowrig.run.execute import execute, run_certificates, start_prefect_api
     from flowrig.run.report import print_outcome
 
+    if layout.in_image():
+        from flowrig.backends.docker import control
+
+        if control.controlled():
+            # A runner container of the docker backend: its host sends the parameters.
+            inputs = dataclasses.replace(inputs, given_parameters=control.take_run_inputs())
     directory = Path(inputs.project_dir)
     # The one read of flowrig.toml for this run.
     project = load_project(directory) if (directory / PROJECT_FILE).is_file() or directory.is_file() else None

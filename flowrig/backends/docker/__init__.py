@@ -2,10 +2,14 @@
 
 Every role comes from one image. On the host, ``flowrig run PROJECT --backend docker
 --image TAG`` calls :func:`run_in_container`: it makes a network for the run and starts
-the flow runner as a container of the image, with the Docker socket mounted. Inside that
-container :class:`DockerBackend` starts the scheduler and the workers as sibling
-containers on the same network, so every role reaches every other by container name
-and nothing is published to the host.
+the flow runner as a container of the image, with no Docker socket. Inside that
+container :class:`DockerBackend` asks the host process for its cluster
+(:mod:`~flowrig.backends.docker.control`), and the host starts the scheduler and the
+workers as containers on the same network, so every role reaches every other by
+container name. Only the dashboard, and the scheduler port the host itself uses, are
+published, on the host's 127.0.0.1. Every container gets the run's certificates over
+its stdin, runs read-only with no capabilities, and shows neither them nor the run's
+parameters or API credentials to ``docker inspect``.
 
 Every container and network carries the labels ``flowrig.run-id`` and ``flowrig.role``
 (:mod:`flowrig.containers.labels`). Teardown removes by label, so a run's leftovers are
@@ -14,23 +18,24 @@ found even when the process that made them was killed (``flowrig docker leftover
 The modules, from pure to side effects:
 
 - :mod:`~flowrig.backends.docker.naming`: names and environment variables;
+- :mod:`~flowrig.backends.docker.control`: the runner's channel to its host;
 - :mod:`~flowrig.backends.docker.plans`: the plan of each role's container;
 - :mod:`~flowrig.backends.docker.cluster`: :class:`DockerCluster`, a
   :class:`distributed.SpecCluster` of containers;
 - :mod:`~flowrig.backends.docker.backend`: :class:`DockerBackend`, the ``docker`` backend;
-- :mod:`~flowrig.backends.docker.host`: :func:`run_in_container`, the host side;
+- :mod:`~flowrig.backends.docker.host`: :func:`run_in_container` and the
+  :class:`HostController`, the host side;
 - :mod:`~flowrig.backends.docker.leftovers`: what killed runs left, by run.
 
-Containers are created and removed only through :mod:`flowrig.containers.engine`.
-Mounting the Docker socket gives the runner container control of the Docker daemon,
-which is as much as root on the host: run only images you built from projects you trust.
+Containers are created and removed only through :mod:`flowrig.containers.engine`,
+by the host process alone.
 """
 
 from __future__ import annotations
 
 from flowrig.backends.docker.backend import DockerBackend, DockerOptions, _check_options
 from flowrig.backends.docker.cluster import SCHEDULER_READY, DockerCluster, DockerScheduler, DockerWorker
-from flowrig.backends.docker.host import run_in_container
+from flowrig.backends.docker.host import HostController, run_in_container
 from flowrig.backends.docker.naming import (
     ENV_IMAGE,
     ENV_NETWORK,
@@ -43,7 +48,7 @@ from flowrig.backends.docker.naming import (
     new_run_id,
     scheduler_address,
 )
-from flowrig.backends.docker.plans import render_runner, render_scheduler, render_worker, tls_files
+from flowrig.backends.docker.plans import render_runner, render_scheduler, render_worker
 
 __all__ = [
     "DockerBackend",
@@ -51,6 +56,7 @@ __all__ = [
     "DockerOptions",
     "DockerScheduler",
     "DockerWorker",
+    "HostController",
     "ENV_IMAGE",
     "ENV_NETWORK",
     "ENV_RUNNER_HOST",
@@ -67,5 +73,4 @@ __all__ = [
     "render_worker",
     "run_in_container",
     "scheduler_address",
-    "tls_files",
 ]

@@ -20,11 +20,12 @@ from flowrig.backends.base import (
     StartedCluster,
     StringMap,
 )
+from flowrig.backends.docker import control
 from flowrig.backends.docker.cluster import SCHEDULER_START_TIMEOUT, DockerCluster
 from flowrig.backends.docker.naming import ENV_IMAGE, ENV_NETWORK, ENV_RUNNER_HOST, check_run_id
 from flowrig.common.net import is_loopback_url
 from flowrig.containers.engine import connect, require_image
-from flowrig.errors import BadInput
+from flowrig.errors import BadInput, InfrastructureError
 
 logger = logging.getLogger("flowrig.docker")
 
@@ -53,11 +54,11 @@ def _check_options(options: Mapping[str, Any]) -> dict[str, Any]:
 class DockerBackend(Backend):
     """Scheduler and workers as containers of the run's image.
 
-    Meant to run inside a runner container that
-    :func:`~flowrig.backends.docker.host.run_in_container` started
-    (``FLOWRIG_DOCKER_NETWORK`` set): every role is then on the run's network and the
-    run's Prefect API listens there too. Used elsewhere (directly on a host), it makes
-    a network of its own and publishes the scheduler on 127.0.0.1; workers then reach
+    In a runner container that :func:`~flowrig.backends.docker.host.run_in_container`
+    started, it asks that host process for the cluster (:mod:`.control`): every role
+    is then on the run's network, and the run's Prefect API listens there too. Used
+    directly on a host (with access to Docker), it starts a :class:`DockerCluster` of
+    its own network with the scheduler published on 127.0.0.1; workers then reach
     Prefect only through a ``PREFECT_API_URL`` that is not on loopback.
     """
 
@@ -74,6 +75,8 @@ class DockerBackend(Backend):
         return super().prefect_api_hosts()
 
     def start(self, spec: ClusterSpec) -> StartedCluster:
+        if control.controlled():
+            return self._start_through_host(spec)
         image = spec.image or os.environ.get(ENV_IMAGE)
         if not image:
             raise BadInput("the docker backend needs an image: pass --image TAG (build one with flowrig build)")
@@ -117,6 +120,35 @@ class DockerBackend(Backend):
             close=close,
             cluster=cluster,
             scheduler_up=getattr(cluster.scheduler, "up_at", None),
+        )
+
+
+    def _start_through_host(self, spec: ClusterSpec) -> StartedCluster:
+        """A runner container's cluster: the host starts it (this container has no
+        Docker socket) and tears it down when asked, or when this runner has gone."""
+        self.parse_options(spec.options)  # bad options fail here, in one line, first
+        channel = control.runner_channel()
+        reply = channel.request(
+            "start",
+            control.START_REPLY_TIMEOUT,
+            n_workers=spec.size.n_workers,
+            adapt=list(spec.size.adapt) if spec.size.adapt else None,
+            worker_threads=spec.worker_threads,
+            options=dict(spec.options),
+            worker_env=dict(spec.worker_env),
+        )
+
+        def close() -> None:
+            try:
+                channel.request("close", control.CLOSE_REPLY_TIMEOUT)
+            except InfrastructureError as exc:
+                # The host removes everything of the run when this runner exits anyway.
+                logger.warning("the host did not confirm the cluster's teardown: %s", exc)
+
+        return StartedCluster(
+            scheduler_address=str(reply["scheduler_address"]),
+            dashboard_link=reply.get("dashboard_link") or None,
+            close=CloseOnce(close),
         )
 
 

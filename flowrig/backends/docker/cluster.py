@@ -18,9 +18,10 @@ from distributed.utils import LoopRunner
 
 from flowrig.backends.docker.naming import check_run_id, network_name, new_run_id, scheduler_address
 from flowrig.backends.docker.plans import WORKER_PRELOAD, render_scheduler, render_worker
-from flowrig.certs import TLSMaterial
+from flowrig.certs import TLSMaterial, delivery
 from flowrig.containers import ContainerPlan
 from flowrig.containers.engine import (
+    attach_stdin,
     connect,
     container_logs_tail,
     create_container,
@@ -71,6 +72,16 @@ async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
 
+def deliver_certificates(container: "Container", tls: TLSMaterial) -> None:
+    """Hand a started role container its run's certificates over its stdin, which then
+    closes: they live in the container's memory only (:mod:`flowrig.certs.delivery`)."""
+    writer = attach_stdin(container)
+    try:
+        writer.write(delivery.encode(tls))
+    finally:
+        writer.close()
+
+
 class _ContainerProcess(ProcessInterface):
     """A Dask role living in one container; closing it removes the container."""
 
@@ -82,6 +93,7 @@ class _ContainerProcess(ProcessInterface):
     async def _launch(self, plan: ContainerPlan) -> "Container":
         self.container = await _in_thread(create_container, self.settings.client, plan)
         await _in_thread(start_container, self.container)
+        await _in_thread(deliver_certificates, self.container, self.settings.tls)
         return self.container
 
     async def close(self) -> None:
@@ -105,7 +117,7 @@ class DockerScheduler(_ContainerProcess):
         s = self.settings
         if s.own_network:
             await _in_thread(create_network, s.client, s.network, s.run_id)
-        plan = render_scheduler(s.run_id, s.image, s.network, tls=s.tls, publish=s.publish)
+        plan = render_scheduler(s.run_id, s.image, s.network, publish=s.publish)
         container = await self._launch(plan)
         await _in_thread(wait_for_log, container, SCHEDULER_READY, s.scheduler_start_timeout, "scheduler")
         self.up_at = time.perf_counter()
@@ -134,7 +146,7 @@ class DockerWorker(_ContainerProcess):
         s = self.settings
         plan = render_worker(
             s.run_id, s.image, s.network, self.name,
-            tls=s.tls, threads=s.worker_threads, environment=s.environment, memory=s.worker_memory,
+            threads=s.worker_threads, environment=s.environment, memory=s.worker_memory,
             preload=s.worker_preload,
         )
         await self._launch(plan)
@@ -153,12 +165,14 @@ class DockerCluster(SpecCluster):
     run_id
         Names and labels of the containers; a new one when omitted.
     network
-        Network the containers join, which this process must be on too (a runner
-        container). When omitted the cluster makes its own network, publishes the
-        scheduler on 127.0.0.1 and removes the network again on close.
+        A network of the caller's that the containers join. When omitted the cluster
+        makes its own network and removes it again on close.
+    publish
+        Publish the scheduler's port on 127.0.0.1 and connect through it (a cluster
+        driven from the host); default: when the cluster makes its own network.
     tls
-        Certificates every role uses; copied into each container. Default: the image's
-        baked files when running in the image, else new ones for this cluster.
+        Certificates every role uses, handed to each container over its stdin at start.
+        Default: new ones for this cluster.
     worker_threads
         Threads per worker.
     environment
@@ -182,6 +196,7 @@ class DockerCluster(SpecCluster):
         n_workers: int = 1,
         run_id: str | None = None,
         network: str | None = None,
+        publish: bool | None = None,
         tls: "TLSMaterial | None" = None,
         worker_threads: int = WORKER_THREADS,
         environment: Mapping[str, str] | None = None,
@@ -202,7 +217,7 @@ class DockerCluster(SpecCluster):
             network=network or network_name(run_id),
             tls=tls,
             own_network=network is None,
-            publish=network is None,
+            publish=network is None if publish is None else publish,
             worker_threads=worker_threads,
             environment=dict(environment or {}),
             worker_memory=worker_memory,

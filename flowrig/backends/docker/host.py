@@ -1,8 +1,12 @@
-"""The host side: ``flowrig run --backend docker`` runs the flow runner in a container.
+"""The host side: ``flowrig run --backend docker`` owns the run's cluster.
 
-:func:`run_in_container` makes a network for the run and starts the runner as a
-container of the image, with the Docker socket mounted, then streams its output and
-removes everything of the run on every way out.
+:func:`run_in_container` makes a network for the run and starts the flow runner as a
+container of the image, with no Docker socket: the flow and its dependencies never get
+control of the Docker engine. The runner asks this process for its cluster over its
+own stdin and stdout (:mod:`.control`); :class:`HostController` starts the scheduler
+and workers as containers of the same image, hands every container the run's
+certificates over its stdin (made here, in memory, for this run only), and removes
+everything of the run on every way out.
 """
 
 from __future__ import annotations
@@ -10,16 +14,22 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from flowrig.backends.docker.naming import check_run_id, network_name
-from flowrig.backends.docker.plans import DOCKER_SOCKET, RUNNER_STOP_TIMEOUT, render_runner
+from flowrig.backends.docker import control
+from flowrig.backends.docker.naming import check_run_id, container_name, network_name
+from flowrig.backends.docker.plans import RUNNER_STOP_TIMEOUT, render_runner
+from flowrig.certs import TLSMaterial, delivery
+from flowrig.certs.defaults import RUN_DAYS
 from flowrig.common.net import is_loopback_url
 from flowrig.common.runid import current_run_id
 from flowrig.common.signals import shielded, terminating
 from flowrig.containers.engine import (
     LogPump,
+    StdinWriter,
+    attach_stdin,
     connect,
     create_container,
     create_network,
@@ -29,28 +39,114 @@ from flowrig.containers.engine import (
     stop_and_remove,
     wait_for_exit,
 )
-from flowrig.errors import BadInput
+from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
 
 if TYPE_CHECKING:
     from docker import DockerClient
     from docker.models.containers import Container
 
+    from flowrig.backends.docker.cluster import DockerCluster
     from flowrig.project import Project
 
 logger = logging.getLogger("flowrig.docker")
 
 
-def _socket_of(client: "DockerClient") -> tuple[str, int | None]:
-    """Path and group of the daemon's Unix socket, to mount into the runner container."""
-    base = str(client.api.base_url)
-    host = os.environ.get("DOCKER_HOST", "")
-    path = host[len("unix://"):] if host.startswith("unix://") else DOCKER_SOCKET
-    if not (base.startswith("http+docker://") and Path(path).exists()):
-        raise BadInput(
-            f"the docker backend mounts the Docker socket into the runner container, but Docker is "
-            f"reached at {host or base}: use a local daemon through a Unix socket"
-        )
-    return path, os.stat(path).st_gid
+class HostController:
+    """The host's end of a runner's control channel: it starts and closes the cluster.
+
+    Whatever the runner asks, the cluster is this run's image on this run's network,
+    with options validated here as well.
+    """
+
+    def __init__(
+        self, client: "DockerClient", run_id: str, image: str, tls: TLSMaterial, stdin: StdinWriter
+    ) -> None:
+        self.client, self.run_id, self.image, self.tls = client, run_id, image, tls
+        self._stdin = stdin
+        self._lock = threading.Lock()
+        self.cluster: "DockerCluster | None" = None
+
+    def take(self, line: bytes) -> bool:
+        """Handle ``line`` of the runner's stdout if it is a control message."""
+        message = control.control_line(line.rstrip(b"\r\n"))
+        if message is None:
+            return False
+        actions = {"start": self._start, "close": self._close_and_reply}
+        action = actions.get(message["op"])
+        if action is None:
+            self._reply("failed", kind="infrastructure", message=f"unknown request {message['op']!r}")
+        else:
+            # Starting containers takes seconds: the runner's output keeps flowing meanwhile.
+            threading.Thread(target=action, args=(message,), name=f"flowrig-{message['op']}", daemon=True).start()
+        return True
+
+    def _reply(self, op: str, **fields: Any) -> None:
+        try:
+            self._stdin.write(control.encode(op, **fields))
+        except InfrastructureError as exc:
+            logger.debug("the runner did not take the answer %s: %s", op, exc)
+
+    def _start(self, message: Mapping[str, Any]) -> None:
+        try:
+            cluster = self._start_cluster(message)
+        except FlowrigError as exc:
+            self._reply("failed", kind="bad_input" if isinstance(exc, BadInput) else "infrastructure", message=str(exc))
+            return
+        except Exception as exc:  # a bug or an engine error nobody mapped: still one line
+            self._reply("failed", kind="infrastructure", message=f"the cluster could not start: {one_line(exc)}")
+            return
+        from flowrig.backends.docker.naming import scheduler_address
+
+        self._reply("started", scheduler_address=scheduler_address(self.run_id), dashboard_link=cluster.dashboard_link)
+
+    def _start_cluster(self, message: Mapping[str, Any]) -> "DockerCluster":
+        from flowrig.backends.docker.backend import DockerBackend
+        from flowrig.backends.docker.cluster import DockerCluster
+
+        options = DockerBackend().parse_options(message.get("options") or {})
+        n_workers, threads = message.get("n_workers"), message.get("worker_threads")
+        adapt = message.get("adapt")
+        worker_env = message.get("worker_env") or {}
+        if not (isinstance(n_workers, int) and n_workers >= 0 and isinstance(threads, int) and threads >= 1):
+            raise InfrastructureError(f"the runner asked for a cluster of {n_workers!r} workers of {threads!r} threads")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in worker_env.items()):
+            raise InfrastructureError("the runner asked for a worker environment that is not text")
+        with self._lock:
+            if self.cluster is not None:
+                raise InfrastructureError("the runner asked for a second cluster")
+            cluster = DockerCluster(
+                self.image,
+                n_workers=n_workers,
+                run_id=self.run_id,
+                network=network_name(self.run_id),
+                publish=True,
+                tls=self.tls,
+                worker_threads=threads,
+                environment={**worker_env, **options.environment},
+                worker_memory=None if options.worker_memory is None else str(options.worker_memory),
+                scheduler_start_timeout=float(options.scheduler_start_timeout),
+                client=self.client,
+            )
+            self.cluster = cluster
+        if adapt:
+            cluster.adapt(minimum=int(adapt[0]), maximum=int(adapt[1]))
+        if n_workers > 0:
+            cluster.wait_for_first_workers(1, float(options.start_timeout))
+        return cluster
+
+    def _close_and_reply(self, message: Mapping[str, Any]) -> None:
+        self.close()
+        self._reply("closed")
+
+    def close(self) -> None:
+        """Close the cluster, if one started; safe to call more than once."""
+        with self._lock:
+            cluster, self.cluster = self.cluster, None
+        if cluster is not None:
+            try:
+                cluster.close()
+            except Exception as exc:  # the run's sweep removes what is left
+                logger.warning("closing the cluster of run %s failed: %s", self.run_id, one_line(exc))
 
 
 def _host_image(directory: Path | None, project: "Project | None", image: str | None) -> str:
@@ -115,21 +211,17 @@ def run_in_container(
     image = _host_image(Path(directory) if directory is not None else None, project, image)
     client = connect()
     require_image(client, image)
-    socket_path, socket_gid = _socket_of(client)
     run_id = check_run_id(current_run_id())
-    plan = render_runner(
-        run_id,
-        image,
-        parameters=parameters,
-        output=output,
-        verbosity=verbosity,
-        socket_path=socket_path,
-        socket_gid=socket_gid,
-        environ=os.environ,
-    )
+    plan = render_runner(run_id, image, output=output, verbosity=verbosity, environ=os.environ)
     if is_loopback_url(os.environ.get("PREFECT_API_URL")):
         logger.warning("PREFECT_API_URL points at this machine's loopback, which containers cannot reach")
+    secrets = {name: os.environ[name] for name in control.SECRET_PASSTHROUGH if os.environ.get(name)}
+    # The run's certificates, made here for this run only; the leaf names the runner
+    # too, so the run's API serves HTTPS with it.
+    tls = TLSMaterial.ephemeral(hosts=[container_name(run_id, "runner")], days=RUN_DAYS)
     runner: "Container | None" = None
+    controller: HostController | None = None
+    stdin: StdinWriter | None = None
     finished = False
     with terminating():
         try:
@@ -141,8 +233,12 @@ def run_in_container(
                 flush=True,
             )
             start_container(runner)
+            stdin = attach_stdin(runner)
+            stdin.write(delivery.encode(tls))
+            stdin.write(control.encode("parameters", parameters=parameters, environment=secrets))
+            controller = HostController(client, run_id, image, tls, stdin)
             pump = LogPump()
-            pump.follow(runner)
+            pump.follow(runner, take=controller.take)
             code = wait_for_exit(runner)
             finished = True
             pump.join(timeout=10)
@@ -150,6 +246,11 @@ def run_in_container(
         finally:
             with shielded():
                 if runner is not None and not finished:
-                    # Interrupted: the runner tears its own cluster down first.
+                    # Interrupted: the runner finishes its run first (its teardown asks
+                    # the controller to close the cluster).
                     stop_and_remove(runner, timeout=RUNNER_STOP_TIMEOUT)
+                if controller is not None:
+                    controller.close()
+                if stdin is not None:
+                    stdin.close()
                 remove_run(client, run_id)
