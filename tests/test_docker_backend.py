@@ -341,6 +341,9 @@ def test_flowrig_run_docker_gives_90_and_removes_everything(docker_client, seed_
         assert outcome["run_id"] == run_id
         assert outcome["n_workers"] == 2
         assert outcome["scheduler_address"] == f"tls://flowrig-{run_id}-scheduler:8786"
+        # The host owns the cluster, yet the runner's timeline sees its workers join.
+        timings = outcome["timings"]
+        assert 0 < timings["first_worker_joined"] <= timings["all_workers_joined"] < timings["flow_finished"]
         assert _leftovers(docker_client, run_id) == []
     finally:
         engine.remove_run(docker_client, run_id)

@@ -136,6 +136,9 @@ class StartedCluster:
     scheduler_up
         When the scheduler started to listen (``time.perf_counter()``), when the backend
         knows it apart from the whole start.
+    workers_joined
+        How many workers have joined so far, for a backend whose ``cluster`` is not in
+        this process (its scheduler is counted elsewhere); ``None`` to read ``cluster``.
     """
 
     scheduler_address: str
@@ -143,6 +146,7 @@ class StartedCluster:
     close: Callable[[], None]
     cluster: Any = None
     scheduler_up: float | None = None
+    workers_joined: Callable[[], int] | None = None
 
 
 class CloseOnce:

@@ -57,13 +57,20 @@ class _Timer:
     def watch_workers(self, started: "StartedCluster", expected: int, stop: threading.Event) -> None:
         """Mark when the first and the last of ``expected`` workers joined (in a thread)."""
         cluster = started.cluster
-        info = getattr(cluster, "scheduler_info", None)
-        if info is None or expected < 1:
+        joined_so_far = started.workers_joined
+        if joined_so_far is None:
+            if getattr(cluster, "scheduler_info", None) is None:
+                return
+
+            def joined_so_far() -> int:
+                return len(getattr(cluster, "scheduler_info", {}).get("workers", {}))
+
+        if expected < 1:
             return
 
         def watch() -> None:
             while not stop.is_set():
-                joined = len(getattr(cluster, "scheduler_info", {}).get("workers", {}))
+                joined = joined_so_far()
                 if joined >= 1:
                     self.reached("first_worker_joined")
                 if joined >= expected:

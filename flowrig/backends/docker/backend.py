@@ -149,6 +149,7 @@ class DockerBackend(Backend):
             scheduler_address=str(reply["scheduler_address"]),
             dashboard_link=reply.get("dashboard_link") or None,
             close=CloseOnce(close),
+            workers_joined=lambda: channel.workers_joined,
         )
 
 

@@ -10,6 +10,7 @@ host -> runner (the container's stdin, after the certificates line of
     {"op": "parameters", "parameters": {...}, "environment": {...}}   first, once
     {"op": "started", "scheduler_address": "tls://...", "dashboard_link": "..."}
     {"op": "failed", "kind": "bad_input" | "infrastructure", "message": "..."}
+    {"op": "workers", "joined": 2}      whenever the number of joined workers changes
     {"op": "closed"}
 
 runner -> host (lines of the container's stdout that start with :data:`PREFIX`; every
@@ -99,6 +100,8 @@ class RunnerChannel:
         self._stdout = stdout
         self._replies: "queue.Queue[dict[str, Any] | None]" = queue.Queue()
         self._write_lock = threading.Lock()
+        #: Workers joined to the run's scheduler, as the host last reported.
+        self.workers_joined = 0
         self.parameters_message = self._read()
         if self.parameters_message is None or self.parameters_message.get("op") != "parameters":
             raise InfrastructureError("the host that started this runner sent no parameters")
@@ -114,6 +117,10 @@ class RunnerChannel:
                 message = self._read()
                 if message is None:
                     break
+                if message["op"] == "workers":
+                    # News, not an answer: no request waits for it.
+                    self.workers_joined = int(message.get("joined") or 0)
+                    continue
                 self._replies.put(message)
         except (OSError, InfrastructureError):
             pass

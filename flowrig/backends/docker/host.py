@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
     from flowrig.project import Project
 
 logger = logging.getLogger("flowrig.docker")
+
+#: Seconds between two looks at how many workers have joined.
+WORKERS_POLL = 0.05
 
 
 class HostController:
@@ -98,6 +102,18 @@ class HostController:
         from flowrig.backends.docker.naming import scheduler_address
 
         self._reply("started", scheduler_address=scheduler_address(self.run_id), dashboard_link=cluster.dashboard_link)
+        threading.Thread(target=self._report_workers, args=(cluster,), name="flowrig-workers", daemon=True).start()
+
+    def _report_workers(self, cluster: "DockerCluster") -> None:
+        """Tell the runner each time the number of joined workers changes (its timeline
+        and progress read it), until the cluster closes."""
+        reported = 0
+        while self.cluster is cluster:
+            joined = len(cluster.scheduler_info.get("workers", {}))
+            if joined != reported:
+                self._reply("workers", joined=joined)
+                reported = joined
+            time.sleep(WORKERS_POLL)
 
     def _start_cluster(self, message: Mapping[str, Any]) -> "DockerCluster":
         from flowrig.backends.docker.backend import DockerBackend
