@@ -127,6 +127,52 @@ def test_server_app_and_database_steps_exist_as_assumed():
     assert callable(app) and any(getattr(r, "path", "") == "/api" for r in app.routes)
 
 
+def _included_routers(app) -> list:
+    api = next(route.app for route in app.routes if getattr(route, "path", "") == "/api")
+    return [route for route in api.router.routes if hasattr(route, "original_router")]
+
+
+def test_the_routers_a_run_calls_come_first_and_no_request_changes_hands():
+    from prefect.server.api import server
+
+    routers = prefect_server.runner_routers_first(server.API_ROUTERS)
+    assert sorted(map(id, routers)) == sorted(map(id, server.API_ROUTERS))  # all kept, once
+    hot = routers[: len(prefect_server.RUN_ROUTERS)]
+    assert [r.prefix for r in hot] == [f"/{name}" for name in prefect_server.RUN_ROUTERS]
+    # Only the routers moved ahead change places. None of their routes lies under another
+    # router's prefix and no other router's route under theirs, so the new order cannot
+    # change which route answers a request.
+    for router in routers:
+        for other in routers:
+            if other is router or (router not in hot and other not in hot) or not other.prefix:
+                continue
+            for route in router.routes:
+                assert route.path != other.prefix and not route.path.startswith(other.prefix + "/"), (
+                    route.path, other.prefix,
+                )
+
+
+def test_a_first_request_builds_only_the_routers_up_to_its_own():
+    import asyncio
+
+    import httpx
+
+    app = prefect_server.create_app()
+    included = _included_routers(app)
+    assert [r.original_router.prefix for r in included[:2]] == ["/admin", "/flows"]
+
+    async def ask() -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            return (await client.get("/api/admin/version")).status_code
+
+    assert asyncio.run(ask()) == 200
+    built = [r._effective_candidates_version is not None for r in included]
+    # FastAPI builds an included router's routes when a request is matched past it:
+    # the admin router, first, is the only one built.
+    assert built[0] and not any(built[1:]), built
+
+
 # --- the fork server -----------------------------------------------------------------------
 
 #: Run by this machine's interpreter and by the image's: the fast path is taken there.
