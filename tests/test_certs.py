@@ -583,10 +583,10 @@ def test_scan_reports_keys_that_match_no_leaf(tmp_path, material):
     assert find_ca_private_keys(tmp_path) == [stray, encrypted]
 
 
-def test_scan_skips_large_files(tmp_path, ca):
+def test_scan_reads_large_files_whole(tmp_path, ca):
     big = tmp_path / "data.bin"
-    big.write_bytes(ca.key_pem + b"\0" * cert_defaults.KEY_SCAN_MAX_BYTES)
-    assert find_ca_private_keys(tmp_path) == []
+    big.write_bytes(b"\0" * (2 * cert_defaults.KEY_DER_MAX_BYTES) + b"\n" + ca.key_pem)
+    assert find_ca_private_keys(tmp_path) == [big]
 
 
 # --- mutual TLS, for real -------------------------------------------------------------

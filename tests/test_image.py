@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -17,18 +16,9 @@ from flowrig import layout
 from flowrig.builder import defaults as builder_defaults
 from flowrig.certs import defaults as cert_defaults
 from flowrig.project import defaults as project_defaults
-from tests.docker_support import SEED_PROJECT, test_base_image
+from tests.docker_support import SEED_PROJECT, private_keys_in_image, test_base_image
 
 pytestmark = pytest.mark.docker
-
-# A whole PEM private key block: only base64 (and RFC 1421 headers) between the markers,
-# so source code that merely mentions the markers is not taken for a key.
-_PEM_KEY = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----\r?\n"
-    rb"(?:(?:[A-Za-z0-9+/=]+|Proc-Type:[^\n]*|DEK-Info:[^\n]*)?\r?\n)+"
-    rb"-----END \1PRIVATE KEY-----"
-)
-
 
 def run(image: str, *args: str, entrypoint: str | None = None) -> subprocess.CompletedProcess[str]:
     command = ["docker", "run", "--rm", "--network", "none"]
@@ -90,46 +80,16 @@ def test_no_layer_holds_a_private_key_other_than_the_leaf(docker_client, seed_im
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    from flowrig.certs import find_ca_private_keys
-
-    archive = tmp_path / "image.tar"
-    with archive.open("wb") as handle:
-        for chunk in docker_client.images.get(seed_image).save(named=True):
-            handle.write(chunk)
     leaf_cert = run(seed_image, "-c", f"cat {layout.IMAGE_TLS_DIR / layout.LEAF_CERT}",
                     entrypoint="sh").stdout.encode()
     leaf_public = x509.load_pem_x509_certificate(leaf_cert).public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-    found = tmp_path / "found"
-    found.mkdir()
-    (found / "leaf.crt").write_bytes(leaf_cert)  # what a key may be matched against
-    keys: list[tuple[str, bytes]] = []
-    with tarfile.open(archive) as image:
-        layers = [m for m in image.getmembers() if m.name.endswith("layer.tar")]
-        assert layers
-        for number, layer_member in enumerate(layers):
-            with tarfile.open(fileobj=image.extractfile(layer_member)) as layer:
-                for member in layer.getmembers():
-                    if not member.isfile() or member.size > cert_defaults.KEY_SCAN_MAX_BYTES:
-                        continue
-                    data = layer.extractfile(member).read()
-                    blocks = [m.group(0) for m in _PEM_KEY.finditer(data)]
-                    keys.extend((member.name, block) for block in blocks)
-                    if blocks or Path(member.name).name == layout.CA_KEY:
-                        target = found / f"layer{number}" / member.name
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        target.write_bytes(b"\n".join(blocks) if blocks else data)
-
+    keys = private_keys_in_image(docker_client, seed_image, tmp_path, above=test_base_image())
     assert keys, "the image's leaf key should have been found"
-    for name, block in keys:
-        key = serialization.load_pem_private_key(block, password=None)
-        public = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        assert public == leaf_public, f"{name} holds a private key that is not the leaf's"
-    assert find_ca_private_keys(found) == []
+    for layer, name, key in keys:
+        assert key.public == leaf_public, f"{layer}:{name} holds a private key ({key.form}) that is not the leaf's"
+        assert name.endswith(layout.LEAF_KEY)
 
 
 @pytest.mark.parametrize(
