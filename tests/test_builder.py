@@ -634,3 +634,139 @@ def test_install_step_passes_the_constraints_to_every_pip_call(tmp_path: Path, m
     assert len(calls) == 3  # wheelhouse, build backend next to pip, the runtime venv
     for cmd in calls:
         assert cmd[cmd.index("-c") + 1] == str(pins), cmd
+
+
+# --- no secrets in a context: credential files, private keys, credential options ---------------
+
+CREDENTIAL_FILES = (
+    ".env", ".env.production", ".aws/credentials", ".aws/config", ".ssh/id_ed25519", ".netrc",
+    ".pypirc", ".docker/config.json", ".config/gcloud/application_default_credentials.json",
+    ".azure/msal_token_cache.json", ".kube/config", "sub/.env.local", ".git-credentials",
+)
+
+
+def flowrig_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real command line in a process of its own: real exit codes, real stderr."""
+    code = "from flowrig.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_credential_files_never_enter_a_context_and_each_is_named(tmp_path: Path, project: Path):
+    for name in CREDENTIAL_FILES:
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text("secret=hunter2\n")
+    (project / ".config" / "other.toml").write_text("kept = true\n")
+    out = tmp_path / "ctx"
+    done = flowrig_cli("build", str(project), "--tag", "seed:1", "--context-only", str(out))
+    assert done.returncode == 0, done.stderr
+    copied = {p.relative_to(out / "project").as_posix() for p in (out / "project").rglob("*") if p.is_file()}
+    assert copied == {"flow.py", "flowrig.toml", ".config/other.toml"}
+    assert not any(b"hunter2" in p.read_bytes() for p in out.rglob("*") if p.is_file())
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    expected = [".aws/", ".azure/", ".config/gcloud/", ".docker/config.json", ".env", ".env.production",
+                ".git-credentials", ".kube/config", ".netrc", ".pypirc", ".ssh/", "sub/.env.local"]
+    assert sorted(warned) == sorted(f"warning: project/{name} holds credentials and was not copied into the image"
+                                    for name in expected)
+
+
+def test_repository_dockerignore_leaves_out_the_same_credential_files():
+    from flowrig.project.filerules import CREDENTIAL_PATTERNS
+
+    text = (REPO / ".dockerignore").read_text()
+    lines = text.splitlines()
+    assert all(pattern in lines for pattern in CREDENTIAL_PATTERNS)
+    rules = DockerIgnore(lines)
+    for name in CREDENTIAL_FILES:
+        assert rules.excludes(f"examples/seed/{name}"), name
+        assert rules.excludes(name), name
+    assert not rules.excludes("examples/seed/environment.py")
+
+
+@pytest.mark.parametrize("name", sorted(__import__("tests.key_support", fromlist=["KEY_FORMS"]).KEY_FORMS))
+def test_a_private_key_in_any_form_refuses_the_build_with_exit_2_naming_the_file(tmp_path: Path, project: Path, name):
+    from tests.key_support import KEY_FORMS
+
+    (project / "data").mkdir()
+    (project / "data" / name).write_bytes(KEY_FORMS[name]())
+    done = flowrig_cli("build", str(project), "--tag", "seed:1", "--context-only", str(tmp_path / "ctx"))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"project/data/{name}" in lines[0] and "allow_private_keys" in lines[0], done.stderr
+    assert not (tmp_path / "ctx").exists()
+
+
+def test_a_project_opts_in_to_a_private_key_by_name(tmp_path: Path, project: Path):
+    from tests.key_support import KEY_FORMS
+
+    (project / "keys").mkdir()
+    (project / "keys" / "signer.der").write_bytes(KEY_FORMS["der-pkcs8.bin"]())
+    (project / "keys" / "other.der").write_bytes(KEY_FORMS["der-pkcs8.bin"]())
+    toml = project / project_defaults.PROJECT_FILE
+    toml.write_text(toml.read_text().replace("[cluster]", '[build]\nallow_private_keys = ["keys/signer.der"]\n\n[cluster]'))
+    with pytest.raises(BadInput, match="project/keys/other.der") as error:
+        render_context(project)
+    assert "signer.der" not in str(error.value)
+    (project / "keys" / "other.der").unlink()
+    context = render_context(project)
+    assert "project/keys/signer.der" in context.files
+    assert context.manifest["project"]["config"]["build"] == {"allow_private_keys": ["keys/signer.der"]}
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ('allow_private_keys = ["missing.pem"]', "'missing.pem', which is not a file"),
+        ('allow_private_keys = ["../outside.pem"]', "inside the project"),
+        ('allow_private_keys = "keys/a.pem"', "'build.allow_private_keys' must be a list"),
+        ("allow_keys = []", "unknown key 'build.allow_keys'"),
+    ],
+)
+def test_bad_allow_private_keys_is_bad_input(project: Path, entry: str, message: str):
+    toml = project / project_defaults.PROJECT_FILE
+    toml.write_text(toml.read_text() + f"\n[build]\n{entry}\n")
+    with pytest.raises(BadInput, match=re.escape(message)):
+        render_context(project)
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ('aws_access_key_id = "AKIAIOSFODNN7EXAMPLE"', "cluster.options.aws_access_key_id"),
+        ('aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"', "cluster.options.aws_secret_access_key"),
+        ('aws_session_token = "IQoJb3JpZ2luX2VjE"', "cluster.options.aws_session_token"),
+        ('environment = { LOG_LEVEL = "info", DB_PASSWORD = "hunter2" }', "cluster.options.environment.DB_PASSWORD"),
+        ('environment = { GITHUB_TOKEN = "ghp_x" }', "cluster.options.environment.GITHUB_TOKEN"),
+        ('tags = { owner = "AKIAIOSFODNN7EXAMPLE" }', "cluster.options.tags.owner"),
+    ],
+)
+def test_credentials_in_cluster_options_are_refused_with_the_way_instead(tmp_path: Path, project: Path, options, key):
+    toml = project / project_defaults.PROJECT_FILE
+    toml.write_text(toml.read_text() + f"\n[cluster.options]\n{options}\n")
+    done = flowrig_cli("build", str(project), "--tag", "seed:1", "--context-only", str(tmp_path / "ctx"))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"'{key}'" in lines[0], done.stderr
+    assert "task_role_arn" in lines[0] and "valueFrom" in lines[0]
+    assert "hunter2" not in done.stderr and "EXAMPLE" not in done.stderr
+    # A plain `docker build` runs the same check in its requirements step.
+    step = run_step("requirements", "--pyproject", str(REPO / "pyproject.toml"), "--project", str(project),
+                    "--out", str(tmp_path / "req"))
+    assert step.returncode == 2 and f"'{key}'" in step.stderr, step.stderr
+
+
+def test_manifest_and_build_log_hold_option_keys_but_no_values(tmp_path: Path, project: Path):
+    toml = project / project_defaults.PROJECT_FILE
+    toml.write_text(toml.read_text().replace('backend = "local"', 'backend = "docker"')
+                    + '\n[cluster.options]\nworker_memory = "3g-marker"\nenvironment = { MODE = "value-marker" }\n'
+                    + 'secrets = [{ name = "DB_PASSWORD", valueFrom = "arn:aws:secretsmanager:x:1:secret:db" }]\n')
+    context = render_context(project)
+    options = context.manifest["project"]["config"]["cluster"]["options"]
+    assert options == ["environment", "secrets", "worker_memory"]
+    assert b"marker" not in context.files["manifest.json"].data
+    (tmp_path / "manifest.json").write_bytes(context.files["manifest.json"].data)
+    done = run_step("manifest", "--python", sys.executable, "--project", str(project),
+                    "--context-manifest", str(tmp_path / "manifest.json"), "--base-image", "b:1",
+                    "--out", str(tmp_path / "out.json"))
+    assert done.returncode == 0, done.stderr
+    assert "marker" not in done.stdout + done.stderr + (tmp_path / "out.json").read_text()
+    assert json.loads((tmp_path / "out.json").read_text())["project"]["config"]["cluster"]["options"] == options

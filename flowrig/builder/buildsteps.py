@@ -127,6 +127,8 @@ def step_requirements(args: argparse.Namespace) -> None:
     else:
         (out / CONSTRAINTS_FILE).write_text("")
     config = read_project_config(project)
+    # Also here for a plain `docker build`, which no host check precedes.
+    _rules.check_no_credentials(config)
     runtime, build = pyproject_requirements(Path(args.pyproject), flowrig_extras(config))
     (out / "flowrig.txt").write_text("\n".join([*runtime, *RUNTIME_REQUIREMENTS]) + "\n")
     (out / "build.txt").write_text("\n".join(build) + "\n")
@@ -385,7 +387,8 @@ def build_manifest(
     Parameters
     ----------
     config
-        The project's parsed ``flowrig.toml``.
+        The project's parsed ``flowrig.toml``; only the keys of ``[cluster.options]``
+        are kept, since the manifest is printed in the build log.
     project_name
         Name of the project (its directory name on the host).
     versions
@@ -398,7 +401,7 @@ def build_manifest(
     """
     manifest = {
         "schema": 1,
-        "project": {"name": project_name, "config": config},
+        "project": {"name": project_name, "config": _rules.without_option_values(config)},
         "base_image": base_image,
         "versions": versions,
     }

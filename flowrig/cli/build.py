@@ -84,6 +84,8 @@ def _build(
     if pip_ca is not None and not pip_ca.is_file():
         raise BadInput(f"pip CA bundle {pip_ca} is not a file: pass an existing PEM bundle")
     context = render_context(project, tls_dir=certs, base_image=base_image)
+    for path in context.skipped:
+        typer.echo(f"warning: {path} holds credentials and was not copied into the image", err=True)
     if context_only is not None:
         directory = write_context(context, context_only)
         command = build_command(context, tag, directory, buildkit=True, pip_ca=pip_ca, no_cache=no_cache)
