@@ -651,3 +651,15 @@ def test_mutual_tls_between_scheduler_worker_and_clients(tmp_path):
             assert len(log.clients) == 1, log.clients
 
     asyncio.run(scenario())
+
+
+def test_expiry_warning_only_when_close_and_names_the_fix(ca):
+    from flowrig.certs.validation import expiry_warning
+
+    fresh = ca.issue_leaf(days=cert_defaults.EXPIRY_WARNING_DAYS + 5)
+    close = ca.issue_leaf(days=3)
+    assert expiry_warning(fresh.cert_pem, "the leaf") is None
+    warning = expiry_warning(close.cert_pem, "the leaf")
+    assert warning.startswith("the leaf expires in 3 days") and "--tls per-run" in warning
+    later = now() + dt.timedelta(days=5)
+    assert "expired on" in expiry_warning(close.cert_pem, "the leaf", later)

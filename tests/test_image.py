@@ -40,6 +40,10 @@ def test_info_shows_the_manifest_and_certificate_expiry(seed_image):
         assert re.match(r"\d+\.\d+", manifest["versions"][name])
     certificate = info["certificate"]
     assert certificate["not_after"] and certificate["days_left"] > cert_defaults.EXPIRY_WARNING_DAYS
+    assert info["tls_mode"] == manifest["tls_mode"] == "baked"
+    assert re.fullmatch(r"[0-9a-f]{64}", certificate["ca_sha256"])
+    # The CA's key was dropped once the leaf was signed: it lives no longer than the leaf.
+    assert certificate["ca_not_after"] >= certificate["not_after"]
 
 
 def test_runs_as_the_non_root_flowrig_user(seed_image):
@@ -122,7 +126,7 @@ def test_certs_given_to_the_builder_are_the_ones_baked(docker_client, seed_image
     from tests.docker_support import test_pip_ca
 
     certs = tmp_path / "certs"
-    generate(certs)
+    generate(certs, days=10)  # close to expiry: the roles warn
     tag = "flowrig-seed:test-certs"
     context = render_context(SEED_PROJECT, tls_dir=certs, base_image=test_base_image())
     build(context, tag, test_pip_ca(), quiet=True)  # shares every layer up to the TLS with seed_image
@@ -135,6 +139,65 @@ def test_certs_given_to_the_builder_are_the_ones_baked(docker_client, seed_image
         assert done.stdout[len(expected):].split() == ["ca.crt", "tls.crt", "tls.key", "600", str(layout.IMAGE_UID)]
         info = json.loads(run(tag, "info").stdout)
         assert info["manifest"]["tls"] == "provided"
+        assert info["certificate"]["days_left"] <= 10
+        worker = run(tag, "worker", "tls://127.0.0.1:9", "--death-timeout", "1")
+        assert "warning: the image's baked certificate expires in" in worker.stderr, worker.stderr
+    finally:
+        docker_client.images.remove(tag)
+
+
+def _ca_fingerprint(tag: str) -> str:
+    done = run(tag, "info")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["certificate"]["ca_sha256"]
+
+
+def test_every_build_without_certs_gets_a_new_ca(docker_client, seed_image, seed_copy):
+    """Of the same project or of another, through the same build cache."""
+    from flowrig.builder import build, render_context
+    from tests.docker_support import test_pip_ca
+
+    (seed_copy / "flowrig.toml").write_text('name = "other"\n' + (seed_copy / "flowrig.toml").read_text())
+    tags = {"again": f"{seed_image}-again", "other": f"{seed_image}-other"}
+    try:
+        build(render_context(SEED_PROJECT, base_image=test_base_image()), tags["again"], test_pip_ca(), quiet=True)
+        build(render_context(seed_copy, base_image=test_base_image()), tags["other"], test_pip_ca(), quiet=True)
+        fingerprints = {_ca_fingerprint(tag) for tag in (seed_image, *tags.values())}
+        assert len(fingerprints) == 3
+    finally:
+        for tag in tags.values():
+            subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+def test_a_per_run_image_has_no_private_key_and_takes_certificates_at_start(docker_client, seed_image, tmp_path):
+    from flowrig.builder import build, render_context
+    from flowrig.certs import TLSMaterial, delivery
+    from tests.docker_support import test_pip_ca
+
+    tag = f"{seed_image}-per-run"
+    build(render_context(SEED_PROJECT, base_image=test_base_image(), tls_mode="per-run"), tag, test_pip_ca(),
+          quiet=True)
+    try:
+        assert private_keys_in_image(docker_client, tag, tmp_path, above=test_base_image()) == []
+        image = docker_client.images.get(tag)
+        assert image.labels[layout.IMAGE_TLS_MODE_LABEL] == "per-run"
+        info = json.loads(run(tag, "info").stdout)
+        assert info["tls_mode"] == info["manifest"]["tls_mode"] == "per-run"
+        assert info["certificate"]["present"] is False
+        refused = run(tag, "scheduler")
+        assert refused.returncode == 2, refused.stderr
+        assert "--tls per-run" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+        # Delivered on stdin, the certificates let a worker start: it listens over TLS,
+        # then gives up on a scheduler that does not exist.
+        started = subprocess.run(
+            ["docker", "run", "--rm", "-i", "--network", "none", "-e", f"{delivery.FROM_ENV}=stdin", tag,
+             "worker", "tls://127.0.0.1:9", "--death-timeout", "2"],
+            input=delivery.encode(TLSMaterial.ephemeral()), capture_output=True, timeout=120,
+        )
+        log = started.stderr.decode()
+        # Listening on tls:// needs the delivered key; the timeout is the missing scheduler.
+        assert "Nanny at 'tls://" in log and "Timed out starting worker" in log, log
+        assert "carries no certificates" not in log
     finally:
         docker_client.images.remove(tag)
 

@@ -380,7 +380,12 @@ print(json.dumps(versions))
 
 
 def build_manifest(
-    config: dict, project_name: str, versions: dict, base_image: str, context: dict | None
+    config: dict,
+    project_name: str,
+    versions: dict,
+    base_image: str,
+    context: dict | None,
+    tls_mode: str = "baked",
 ) -> dict:
     """The image manifest: what the image runs and with which versions.
 
@@ -398,12 +403,17 @@ def build_manifest(
     context
         The ``manifest.json`` a flowrig build context carries, when there is one; its
         project name and builder facts take precedence.
+    tls_mode
+        The ``TLS_MODE`` build argument (``baked`` or ``per-run``): what the run side
+        reads to know whether the image carries certificates.
     """
     manifest = {
         "schema": 1,
         "project": {"name": project_name, "config": _rules.without_option_values(config)},
         "base_image": base_image,
         "versions": versions,
+        "tls_mode": tls_mode,
+        "tls": "per-run" if tls_mode == "per-run" else "image-local",
     }
     if context:
         manifest["project"]["name"] = context.get("project", {}).get("name", project_name)
@@ -427,7 +437,7 @@ def step_manifest(args: argparse.Namespace) -> None:
     )
     versions = json.loads(done.stdout)
     name = args.project_name or project.resolve().name
-    manifest = build_manifest(config, name, versions, args.base_image, context)
+    manifest = build_manifest(config, name, versions, args.base_image, context, args.tls_mode)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
@@ -494,6 +504,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--project-name")
     p.add_argument("--context-manifest")
     p.add_argument("--base-image", default="")
+    p.add_argument("--tls-mode", default="baked")
     p.add_argument("--out", required=True)
     p.set_defaults(func=step_manifest)
     return root

@@ -7,7 +7,7 @@ A context is a mapping of relative path -> (bytes, mode) plus build arguments::
     pyproject.toml  README.md       flowrig's source, installed into the image
     flowrig/...
     project/...                     the flow project (its .dockerignore honoured)
-    tls/ca.crt tls/tls.crt tls/tls.key   only with ``--certs DIR``
+    tls/ca.crt tls/tls.crt tls/tls.key   only with ``--certs DIR`` (``--tls baked``)
     manifest.json                   project config and versions; no build time
 
 Rendering is deterministic (sorted entries, fixed modes, and a fixed mtime when
@@ -103,6 +103,14 @@ class BuildContext:
         return hasher.hexdigest()
 
     @property
+    def makes_its_own_ca(self) -> bool:
+        """Whether the build makes the image's CA (baked, no ``tls/``): every build must
+        then pass a fresh ``TLS_NONCE``, or Docker's cache would reuse a CA."""
+        return self.build_args.get("TLS_MODE", layout.TLS_BAKED) == layout.TLS_BAKED and not any(
+            path.startswith(f"{defaults.CONTEXT_TLS_DIR}/") for path in self.files
+        )
+
+    @property
     def dockerfile(self) -> str:
         """The context's Dockerfile text."""
         return self.files[DOCKERFILE].data.decode("utf-8")
@@ -118,6 +126,7 @@ def render_context(
     *,
     tls_dir: str | Path | None = None,
     base_image: str | None = None,
+    tls_mode: str = layout.TLS_BAKED,
 ) -> BuildContext:
     """Render the build context of a flow project's image.
 
@@ -132,6 +141,10 @@ def render_context(
     base_image
         The ``BASE_IMAGE`` build argument; :data:`flowrig.builder.defaults.BASE_IMAGE` when
         omitted.
+    tls_mode
+        The ``TLS_MODE`` build argument: ``baked`` (certificates in the image: those of
+        ``tls_dir``, else a CA made by and for this build) or ``per-run`` (none; each
+        run delivers its own to its roles).
 
     Returns
     -------
@@ -144,6 +157,13 @@ def render_context(
         it names does not exist, the certificates do not check out, or the context
         would contain a private key that is not the leaf's.
     """
+    if tls_mode not in layout.TLS_MODES:
+        raise BadInput(f"--tls {tls_mode!r} is not a TLS mode: use one of {', '.join(layout.TLS_MODES)}")
+    if tls_mode == layout.TLS_PER_RUN and tls_dir is not None:
+        raise BadInput(
+            "--certs bakes certificates into the image, and a per-run image carries none: "
+            "drop --certs, or build with --tls baked"
+        )
     project = Path(project_dir)
     if not project.is_dir():
         raise BadInput(
@@ -162,7 +182,8 @@ def render_context(
     if tls_dir is not None:
         files.update(_tls_files(Path(tls_dir)))
     files[MANIFEST] = ContextFile(
-        _manifest_bytes(project, config, tls=tls_dir is not None)
+        _manifest_bytes(project, config, tls="provided" if tls_dir is not None else
+                        "per-run" if tls_mode == layout.TLS_PER_RUN else "image-local")
     )
     context = BuildContext(
         files=files,
@@ -170,6 +191,7 @@ def render_context(
             "BASE_IMAGE": base_image or defaults.BASE_IMAGE,
             "PROJECT": defaults.CONTEXT_PROJECT_DIR,
             "IMAGE_VERSION": _version("flowrig") or "",
+            "TLS_MODE": tls_mode,
         },
         skipped=tuple(f"{defaults.CONTEXT_PROJECT_DIR}/{name}" for name in skipped),
     )
@@ -519,7 +541,7 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _manifest_bytes(project: Path, config: dict[str, Any], *, tls: bool) -> bytes:
+def _manifest_bytes(project: Path, config: dict[str, Any], *, tls: str) -> bytes:
     """manifest.json: the project and what rendered it. No time: contexts stay
     reproducible; of ``[cluster.options]`` only the keys, never a value."""
     from flowrig.project.filerules import without_option_values
@@ -531,6 +553,6 @@ def _manifest_bytes(project: Path, config: dict[str, Any], *, tls: bool) -> byte
             "config": without_option_values(config),
         },
         "builder": {name: _version(name) for name in _BUILDER_DISTRIBUTIONS},
-        "tls": "provided" if tls else "image-local",
+        "tls": tls,
     }
     return (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
