@@ -659,6 +659,7 @@ def test_credential_files_never_enter_a_context_and_each_is_named(tmp_path: Path
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text("secret=hunter2\n")
     (project / ".config" / "other.toml").write_text("kept = true\n")
+    (project / "linked-credentials").symlink_to(".aws/credentials")
     out = tmp_path / "ctx"
     done = flowrig_cli("build", str(project), "--tag", "seed:1", "--context-only", str(out))
     assert done.returncode == 0, done.stderr
@@ -667,7 +668,8 @@ def test_credential_files_never_enter_a_context_and_each_is_named(tmp_path: Path
     assert not any(b"hunter2" in p.read_bytes() for p in out.rglob("*") if p.is_file())
     warned = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
     expected = [".aws/", ".azure/", ".config/gcloud/", ".docker/config.json", ".env", ".env.production",
-                ".git-credentials", ".kube/config", ".netrc", ".pypirc", ".ssh/", "sub/.env.local"]
+                ".git-credentials", ".kube/config", ".netrc", ".pypirc", ".ssh/", "linked-credentials",
+                "sub/.env.local"]
     assert sorted(warned) == sorted(f"warning: project/{name} holds credentials and was not copied into the image"
                                     for name in expected)
 

@@ -358,8 +358,12 @@ def project_files(project: Path, skipped: list[str] | None = None) -> list[tuple
             path = here / name
             if ignore.excludes(relative):
                 continue
-            if path.is_symlink() and (not path.exists() or root not in path.resolve().parents):
-                continue
+            if path.is_symlink():
+                if not path.exists() or root not in path.resolve().parents:
+                    continue
+                if credentials.excludes(path.resolve().relative_to(root).as_posix()):
+                    left_out.append(relative)  # a link to a credential file is one too
+                    continue
             info = path.stat()
             if not stat.S_ISREG(info.st_mode):
                 continue
