@@ -3,12 +3,20 @@
 #   docker build -t my-flow .                                       # examples/seed on python:3.12-slim
 #   docker build --build-arg PROJECT=flows/etl --build-arg BASE_IMAGE=debian-with-python:12 -t etl .
 #   DOCKER_BUILDKIT=1 docker build --secret id=pip-ca,src=/etc/ssl/certs/ca-certificates.crt .
+#   docker build --build-arg TLS_NONCE="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" -t my-flow .
+#   docker build --build-arg TLS_MODE=per-run -t my-flow .
 #
 # `flowrig build PROJECT --tag TAG` renders a minimal context for this file and runs it.
 #
 # BASE_IMAGE: any Debian-based image whose `python3` (>= 3.11) can make a venv. Nothing else
 # is assumed: no apt-get, no compiler, no binutils (stripping happens only if `strip` exists).
 # PROJECT: the flow project directory inside the context (holds flowrig.toml).
+# TLS_MODE: `baked` (the default) puts a CA certificate, a leaf and its key into the image:
+# the context's tls/ when it has one, else a CA made for this build alone, which needs
+# TLS_NONCE, a value never used before (the step that makes the CA is cached by it, so
+# a repeated value would hand an earlier build's CA and key to this image; `flowrig build`
+# passes a random one). `per-run` bakes no certificate and no key: each run's roles get
+# their own at start (flowrig.certs.delivery).
 #
 # Cache layout: every dependency is installed before any flow code is copied, and the flow
 # project is the last thing copied, so editing a flow rebuilds in about a second.
@@ -24,6 +32,7 @@
 
 ARG BASE_IMAGE=python:3.12-slim
 ARG PROJECT=examples/seed
+ARG TLS_MODE=baked
 
 # --- requirements: flowrig's and the project's requirements as fixed files -------------------
 # The whole project is copied here, but only the files this stage writes go on, and COPY
@@ -114,6 +123,7 @@ RUN python3 /opt/flowrig/build/buildsteps.py install-self \
 FROM app AS manifest
 ARG PROJECT
 ARG BASE_IMAGE
+ARG TLS_MODE
 COPY ${PROJECT}/flowrig.toml /opt/flowrig/build/project/flowrig.toml
 # manifest.json exists in contexts rendered by `flowrig build`; pyproject.toml keeps the
 # COPY valid when it does not.
@@ -121,7 +131,7 @@ COPY pyproject.toml manifest.jso[n] /opt/flowrig/build/context/
 RUN python3 /opt/flowrig/build/buildsteps.py manifest --python /opt/flowrig/venv/bin/python \
         --project /opt/flowrig/build/project --project-name "$(basename "$PROJECT")" \
         --context-manifest /opt/flowrig/build/context/manifest.json \
-        --base-image "$BASE_IMAGE" --out /opt/flowrig/out/manifest.json
+        --base-image "$BASE_IMAGE" --tls-mode "$TLS_MODE" --out /opt/flowrig/out/manifest.json
 
 # --- runtime-deps: the final image up to the flow project ------------------------------------
 FROM ${BASE_IMAGE} AS runtime-deps
@@ -154,21 +164,22 @@ USER root
 
 # --- tls: the certificates, baked in a stage of their own -----------------------------------
 # The context's tls/ (ca.crt, tls.crt, tls.key; never ca.key) is copied here only, so the
-# source files reach no layer of the image. With no tls/ in the context, bake-tls makes an
-# image-local CA and leaf in memory and writes only the CA certificate and the leaf.
-# pyproject.toml keeps the COPY valid when tls/ does not exist.
+# source files reach no layer of the image. With no tls/ in the context, bake-tls makes a
+# CA and leaf in memory and writes only the CA certificate and the leaf; TLS_NONCE is on
+# its command line so that the cache never hands one build's CA to another. With
+# TLS_MODE=per-run it writes nothing. pyproject.toml keeps the COPY valid when tls/ does
+# not exist.
 FROM runtime-deps AS tls
+ARG TLS_MODE
+ARG TLS_NONCE=""
 COPY pyproject.toml tl[s] /opt/flowrig/build/tls-source/
-RUN flowrig-entrypoint bake-tls /opt/flowrig/build/tls-source \
- && mkdir -p /opt/flowrig/build/tls-out/certs /opt/flowrig/build/tls-out/key \
- && cp -p /etc/flowrig/tls/ca.crt /etc/flowrig/tls/tls.crt /opt/flowrig/build/tls-out/certs/ \
- && cp -p /etc/flowrig/tls/tls.key /opt/flowrig/build/tls-out/key/ \
- && chmod 0644 /opt/flowrig/build/tls-out/certs/* \
- && chmod 0600 /opt/flowrig/build/tls-out/key/tls.key
+RUN flowrig-entrypoint bake-tls /opt/flowrig/build/tls-source --mode "$TLS_MODE" \
+        --nonce "$TLS_NONCE" --out /opt/flowrig/build/tls-out
 
 # --- the image --------------------------------------------------------------------------------
 FROM runtime-deps AS runtime
-# Certificates root-owned; the leaf key readable by the runtime user only (0600).
+# Certificates root-owned; the leaf key readable by the runtime user only (0600). Both
+# directories are empty in a per-run image.
 COPY --from=tls /opt/flowrig/build/tls-out/certs/ /etc/flowrig/tls/
 COPY --from=tls --chown=10001:10001 /opt/flowrig/build/tls-out/key/ /etc/flowrig/tls/
 COPY --from=manifest /opt/flowrig/out/manifest.json /opt/flowrig/manifest.json
@@ -184,9 +195,11 @@ CMD ["run"]
 # Labels go last, so changing them does not invalidate any cached layer. No secrets in
 # ARG, ENV or LABEL: all three are readable by anyone who has the image.
 ARG BASE_IMAGE
+ARG TLS_MODE
 ARG IMAGE_VERSION=""
 ARG IMAGE_REVISION=""
-LABEL org.opencontainers.image.title="flowrig" \
+LABEL flowrig.tls-mode="${TLS_MODE}" \
+      org.opencontainers.image.title="flowrig" \
       org.opencontainers.image.description="Prefect flow runner, Dask scheduler and Dask worker with mutual TLS, for one flow project" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="${BASE_IMAGE}" \

@@ -25,6 +25,15 @@ IMAGE_MANIFEST = Path("/opt/flowrig/manifest.json")
 IMAGE_USER = "flowrig"
 IMAGE_UID = 10001
 
+#: How an image gets its certificates (``flowrig build --tls``, the Dockerfile's
+#: ``TLS_MODE``): ``baked`` into the image, or delivered to each role of a run at its
+#: start (``per-run``; the image holds no private key). Recorded in the image's
+#: manifest (``tls_mode``) and in its label :data:`IMAGE_TLS_MODE_LABEL`.
+TLS_BAKED = "baked"
+TLS_PER_RUN = "per-run"
+TLS_MODES = (TLS_BAKED, TLS_PER_RUN)
+IMAGE_TLS_MODE_LABEL = "flowrig.tls-mode"
+
 #: Where a process finds its TLS files when not at the image's fixed place (a run's
 #: delivered certificates, :mod:`flowrig.certs.delivery`).
 TLS_DIR_ENV = "FLOWRIG_TLS_DIR"

@@ -124,3 +124,42 @@ def derived_image(docker_client, base: str, project: Path, tag: str) -> str:
     context.seek(0)
     docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True)
     return tag
+
+
+
+def private_keys_in_image(docker_client, tag: str, scratch: Path, *, above: str | None = None):
+    """(layer, file, :class:`flowrig.certs.scan.FoundKey`) for every private key in the
+    layers of an image as ``docker save`` writes them (a layer keeps what a later one
+    deletes). ``above``: a base image whose layers are left out. Base images carry
+    keys of their own (libgnutls holds its self-test keys), which flowrig neither adds
+    nor could remove."""
+    import json
+    import tarfile
+
+    from flowrig.certs.scan import private_keys_in
+
+    image_layers = docker_client.images.get(tag).attrs["RootFS"]["Layers"]
+    skip = 0
+    if above is not None:
+        base_layers = docker_client.images.get(above).attrs["RootFS"]["Layers"]
+        assert image_layers[: len(base_layers)] == base_layers, f"{tag} is not built on {above}"
+        skip = len(base_layers)
+    archive = scratch / f"{tag.replace('/', '_').replace(':', '_')}.tar"
+    with archive.open("wb") as handle:
+        for chunk in docker_client.images.get(tag).save(named=True):
+            handle.write(chunk)
+    found = []
+    try:
+        with tarfile.open(archive) as image:
+            (manifest,) = json.load(image.extractfile("manifest.json"))
+            layers = manifest["Layers"]
+            assert len(layers) == len(image_layers)
+            for name in layers[skip:]:
+                with tarfile.open(fileobj=image.extractfile(name)) as layer:
+                    for member in layer:
+                        if member.isfile():
+                            stream = layer.extractfile(member)
+                            found.extend((name, member.name, key) for key in private_keys_in(stream, member.size))
+    finally:
+        archive.unlink()
+    return found

@@ -32,6 +32,7 @@ from flowrig.builder.dockerfile import dockerfile_text, for_legacy_builder, need
 from flowrig.cli.build import register
 from flowrig.errors import BadInput
 from flowrig.project import defaults as project_defaults
+from tests.key_support import KEY_FORMS
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "examples" / "seed"
@@ -123,6 +124,7 @@ def test_render_holds_dockerfile_flowrig_source_project_and_manifest():
         "BASE_IMAGE": "flowrig-base:bookworm",
         "IMAGE_VERSION": metadata.version("flowrig"),
         "PROJECT": builder_defaults.CONTEXT_PROJECT_DIR,
+        "TLS_MODE": "baked",
     }
 
 
@@ -351,7 +353,8 @@ def test_dockerfile_labels_come_last_and_hold_no_secrets():
     all_instructions = instructions(dockerfile_text())
     assert all_instructions[-1][0] == "LABEL"
     labels = re.findall(r"([\w.-]+)=", all_instructions[-1][1])
-    assert labels and all(label.startswith("org.opencontainers.image.") for label in labels)
+    assert labels and all(label.startswith("org.opencontainers.image.") or label == layout.IMAGE_TLS_MODE_LABEL
+                          for label in labels)
     secretish = re.compile(r"(CERT|SECRET|TOKEN|PASSWORD|KEY|CA)\b", re.IGNORECASE)
     for word, rest in all_instructions:
         if word in ("ARG", "ENV", "LABEL"):
@@ -634,3 +637,223 @@ def test_install_step_passes_the_constraints_to_every_pip_call(tmp_path: Path, m
     assert len(calls) == 3  # wheelhouse, build backend next to pip, the runtime venv
     for cmd in calls:
         assert cmd[cmd.index("-c") + 1] == str(pins), cmd
+
+
+# --- no secrets in a context: credential files, private keys, credential options ---------------
+
+CREDENTIAL_FILES = (
+    ".env", ".env.production", ".aws/credentials", ".aws/config", ".ssh/id_ed25519", ".netrc",
+    ".pypirc", ".docker/config.json", ".config/gcloud/application_default_credentials.json",
+    ".azure/msal_token_cache.json", ".kube/config", "sub/.env.local", ".git-credentials",
+)
+
+
+def flowrig_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real command line in a process of its own: real exit codes, real stderr."""
+    code = "from flowrig.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_credential_files_never_enter_a_context_and_each_is_named(tmp_path: Path, project: Path):
+    for name in CREDENTIAL_FILES:
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text("secret=hunter2\n")
+    (project / ".config" / "other.toml").write_text("kept = true\n")
+    (project / "linked-credentials").symlink_to(".aws/credentials")
+    out = tmp_path / "ctx"
+    done = flowrig_cli("build", str(project), "--tag", "seed:1", "--context-only", str(out))
+    assert done.returncode == 0, done.stderr
+    copied = {p.relative_to(out / "project").as_posix() for p in (out / "project").rglob("*") if p.is_file()}
+    assert copied == {"flow.py", "flowrig.toml", ".config/other.toml"}
+    assert not any(b"hunter2" in p.read_bytes() for p in out.rglob("*") if p.is_file())
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    expected = [".aws/", ".azure/", ".config/gcloud/", ".docker/config.json", ".env", ".env.production",
+                ".git-credentials", ".kube/config", ".netrc", ".pypirc", ".ssh/", "linked-credentials",
+                "sub/.env.local"]
+    assert sorted(warned) == sorted(f"warning: project/{name} holds credentials and was not copied into the image"
+                                    for name in expected)
+
+
+def test_repository_dockerignore_leaves_out_the_same_credential_files():
+    from flowrig.project.filerules import CREDENTIAL_PATTERNS
+
+    text = (REPO / ".dockerignore").read_text()
+    lines = text.splitlines()
+    assert all(pattern in lines for pattern in CREDENTIAL_PATTERNS)
+    rules = DockerIgnore(lines)
+    for name in CREDENTIAL_FILES:
+        assert rules.excludes(f"examples/seed/{name}"), name
+        assert rules.excludes(name), name
+    assert not rules.excludes("examples/seed/environment.py")
+
+
+@pytest.mark.parametrize("name", sorted(KEY_FORMS))
+def test_a_private_key_in_any_form_refuses_the_build_with_exit_2_naming_the_file(tmp_path: Path, project: Path, name):
+    (project / "data").mkdir()
+    (project / "data" / name).write_bytes(KEY_FORMS[name]())
+    done = flowrig_cli("build", str(project), "--tag", "seed:1", "--context-only", str(tmp_path / "ctx"))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"project/data/{name}" in lines[0] and "allow_private_keys" in lines[0], done.stderr
+    assert not (tmp_path / "ctx").exists()
+
+
+def test_a_project_opts_in_to_a_private_key_by_name(tmp_path: Path, project: Path):
+    (project / "keys").mkdir()
+    (project / "keys" / "signer.der").write_bytes(KEY_FORMS["der-pkcs8.bin"]())
+    (project / "keys" / "other.der").write_bytes(KEY_FORMS["der-pkcs8.bin"]())
+    toml = project / project_defaults.PROJECT_FILE
+    toml.write_text(toml.read_text().replace("[cluster]", '[build]\nallow_private_keys = ["keys/signer.der"]\n\n[cluster]'))
+    with pytest.raises(BadInput, match="project/keys/other.der") as error:
+        render_context(project)
+    assert "signer.der" not in str(error.value)
+    (project / "keys" / "other.der").unlink()
+    context = render_context(project)
+    assert "project/keys/signer.der" in context.files
+    assert context.manifest["project"]["config"]["build"] == {"allow_private_keys": ["keys/signer.der"]}
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ('allow_private_keys = ["missing.pem"]', "'missing.pem', which is not a file"),
+        ('allow_private_keys = ["../outside.pem"]', "inside the project"),
+        ('allow_private_keys = "keys/a.pem"', "'build.allow_private_keys' must be a list"),
+        ("allow_keys = []", "unknown key 'build.allow_keys'"),
+    ],
+)
+def test_bad_allow_private_keys_is_bad_input(project: Path, entry: str, message: str):
+    toml = project / project_defaults.PROJECT_FILE
+    toml.write_text(toml.read_text() + f"\n[build]\n{entry}\n")
+    with pytest.raises(BadInput, match=re.escape(message)):
+        render_context(project)
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ('aws_access_key_id = "AKIAIOSFODNN7EXAMPLE"', "cluster.options.aws_access_key_id"),
+        ('aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"', "cluster.options.aws_secret_access_key"),
+        ('aws_session_token = "IQoJb3JpZ2luX2VjE"', "cluster.options.aws_session_token"),
+        ('environment = { LOG_LEVEL = "info", DB_PASSWORD = "hunter2" }', "cluster.options.environment.DB_PASSWORD"),
+        ('environment = { GITHUB_TOKEN = "ghp_x" }', "cluster.options.environment.GITHUB_TOKEN"),
+        ('tags = { owner = "AKIAIOSFODNN7EXAMPLE" }', "cluster.options.tags.owner"),
+    ],
+)
+def test_credentials_in_cluster_options_are_refused_with_the_way_instead(tmp_path: Path, project: Path, options, key):
+    toml = project / project_defaults.PROJECT_FILE
+    toml.write_text(toml.read_text() + f"\n[cluster.options]\n{options}\n")
+    done = flowrig_cli("build", str(project), "--tag", "seed:1", "--context-only", str(tmp_path / "ctx"))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"'{key}'" in lines[0], done.stderr
+    assert "task_role_arn" in lines[0] and "valueFrom" in lines[0]
+    assert "hunter2" not in done.stderr and "EXAMPLE" not in done.stderr
+    # A plain `docker build` runs the same check in its requirements step.
+    step = run_step("requirements", "--pyproject", str(REPO / "pyproject.toml"), "--project", str(project),
+                    "--out", str(tmp_path / "req"))
+    assert step.returncode == 2 and f"'{key}'" in step.stderr, step.stderr
+
+
+def test_manifest_and_build_log_hold_option_keys_but_no_values(tmp_path: Path, project: Path):
+    toml = project / project_defaults.PROJECT_FILE
+    toml.write_text(toml.read_text().replace('backend = "local"', 'backend = "docker"')
+                    + '\n[cluster.options]\nworker_memory = "3g-marker"\nenvironment = { MODE = "value-marker" }\n'
+                    + 'secrets = [{ name = "DB_PASSWORD", valueFrom = "arn:aws:secretsmanager:x:1:secret:db" }]\n')
+    context = render_context(project)
+    options = context.manifest["project"]["config"]["cluster"]["options"]
+    assert options == ["environment", "secrets", "worker_memory"]
+    assert b"marker" not in context.files["manifest.json"].data
+    (tmp_path / "manifest.json").write_bytes(context.files["manifest.json"].data)
+    done = run_step("manifest", "--python", sys.executable, "--project", str(project),
+                    "--context-manifest", str(tmp_path / "manifest.json"), "--base-image", "b:1",
+                    "--out", str(tmp_path / "out.json"))
+    assert done.returncode == 0, done.stderr
+    assert "marker" not in done.stdout + done.stderr + (tmp_path / "out.json").read_text()
+    assert json.loads((tmp_path / "out.json").read_text())["project"]["config"]["cluster"]["options"] == options
+
+
+# --- TLS modes: baked (a fresh CA per build) or per-run (no key in the image) --------------------
+
+
+def test_per_run_contexts_carry_no_certificates_and_say_so():
+    context = render_context(SEED, tls_mode="per-run")
+    assert context.build_args["TLS_MODE"] == "per-run"
+    assert context.manifest["tls"] == "per-run"
+    assert not any(p.startswith("tls/") for p in context.files)
+    assert not context.makes_its_own_ca
+
+
+@pytest.mark.parametrize(("mode", "certs", "message"), [
+    ("per-run", True, "drop --certs"),
+    ("sometimes", False, "is not a TLS mode"),
+])
+def test_bad_tls_choices_are_bad_input(tmp_path: Path, mode, certs, message):
+    with pytest.raises(BadInput, match=message):
+        render_context(SEED, tls_mode=mode, tls_dir=certs_dir(tmp_path / "certs") if certs else None)
+
+
+def test_only_a_build_that_makes_its_own_ca_gets_a_nonce(tmp_path: Path):
+    own = render_context(SEED)
+    given = render_context(SEED, tls_dir=certs_dir(tmp_path / "certs"))
+    assert own.makes_its_own_ca and not given.makes_its_own_ca
+    command = build_command(own, "t:1", tmp_path, buildkit=True, tls_nonce="abc")
+    assert "TLS_NONCE=abc" in command and own.digest == render_context(SEED).digest
+    assert not any(arg.startswith("TLS_NONCE") for arg in build_command(given, "t:1", tmp_path, buildkit=True))
+
+
+@pytest.mark.parametrize(("mode", "nonce"), [("baked", True), ("per-run", False)])
+def test_context_only_prints_a_command_that_makes_a_new_ca_each_time(tmp_path: Path, mode, nonce):
+    out = tmp_path / "ctx"
+    done = flowrig_cli("build", str(SEED), "--tag", "seed:1", "--tls", mode, "--context-only", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"TLS_MODE={mode}" in done.stdout
+    assert ('TLS_NONCE="$(od -An -N16 -tx1 /dev/urandom' in done.stdout) is nonce
+
+
+def bake(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    code = "from flowrig.entrypoint import main; main()"
+    return subprocess.run([sys.executable, "-c", code, "bake-tls", *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+
+
+def test_bake_tls_makes_a_new_ca_for_every_nonce_and_refuses_without_one(tmp_path: Path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    source = tmp_path / "src"
+    source.mkdir()
+    fingerprints = set()
+    for number in range(2):
+        out = tmp_path / f"out{number}"
+        done = bake(tmp_path, str(source), "--out", str(out), "--nonce", f"n{number}")
+        assert done.returncode == 0, done.stderr
+        assert sorted(p.name for p in (out / "certs").iterdir()) == ["ca.crt", "tls.crt"]
+        assert [p.name for p in (out / "key").iterdir()] == ["tls.key"]
+        assert stat.S_IMODE((out / "key" / "tls.key").stat().st_mode) == 0o600
+        assert stat.S_IMODE((out / "certs" / "ca.crt").stat().st_mode) == 0o644
+        assert not (out / "staging").exists()
+        ca = x509.load_pem_x509_certificate((out / "certs" / "ca.crt").read_bytes())
+        fingerprints.add(ca.fingerprint(hashes.SHA256()))
+    assert len(fingerprints) == 2
+    done = bake(tmp_path, str(source), "--out", str(tmp_path / "none"))
+    assert done.returncode == 2 and "TLS_NONCE" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_bake_tls_per_run_writes_nothing_and_refuses_given_files(tmp_path: Path):
+    source = tmp_path / "src"
+    source.mkdir()
+    done = bake(tmp_path, str(source), "--out", str(tmp_path / "out"), "--mode", "per-run")
+    assert done.returncode == 0, done.stderr
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+    certs_dir(source)
+    done = bake(tmp_path, str(source), "--out", str(tmp_path / "out2"), "--mode", "per-run")
+    assert done.returncode == 2 and "per-run image carries no certificates" in done.stderr
+
+
+def test_manifest_step_records_the_tls_mode(tmp_path: Path, project: Path):
+    for mode in ("baked", "per-run"):
+        done = run_step("manifest", "--python", sys.executable, "--project", str(project),
+                        "--base-image", "b:1", "--tls-mode", mode, "--out", str(tmp_path / f"{mode}.json"))
+        assert done.returncode == 0, done.stderr
+        assert json.loads((tmp_path / f"{mode}.json").read_text())["tls_mode"] == mode

@@ -583,10 +583,10 @@ def test_scan_reports_keys_that_match_no_leaf(tmp_path, material):
     assert find_ca_private_keys(tmp_path) == [stray, encrypted]
 
 
-def test_scan_skips_large_files(tmp_path, ca):
+def test_scan_reads_large_files_whole(tmp_path, ca):
     big = tmp_path / "data.bin"
-    big.write_bytes(ca.key_pem + b"\0" * cert_defaults.KEY_SCAN_MAX_BYTES)
-    assert find_ca_private_keys(tmp_path) == []
+    big.write_bytes(b"\0" * (2 * cert_defaults.KEY_DER_MAX_BYTES) + b"\n" + ca.key_pem)
+    assert find_ca_private_keys(tmp_path) == [big]
 
 
 # --- mutual TLS, for real -------------------------------------------------------------
@@ -651,3 +651,15 @@ def test_mutual_tls_between_scheduler_worker_and_clients(tmp_path):
             assert len(log.clients) == 1, log.clients
 
     asyncio.run(scenario())
+
+
+def test_expiry_warning_only_when_close_and_names_the_fix(ca):
+    from flowrig.certs.validation import expiry_warning
+
+    fresh = ca.issue_leaf(days=cert_defaults.EXPIRY_WARNING_DAYS + 5)
+    close = ca.issue_leaf(days=3)
+    assert expiry_warning(fresh.cert_pem, "the leaf") is None
+    warning = expiry_warning(close.cert_pem, "the leaf")
+    assert warning.startswith("the leaf expires in 3 days") and "--tls per-run" in warning
+    later = now() + dt.timedelta(days=5)
+    assert "expired on" in expiry_warning(close.cert_pem, "the leaf", later)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -17,18 +17,9 @@ from flowrig import layout
 from flowrig.builder import defaults as builder_defaults
 from flowrig.certs import defaults as cert_defaults
 from flowrig.project import defaults as project_defaults
-from tests.docker_support import SEED_PROJECT, test_base_image
+from tests.docker_support import SEED_PROJECT, private_keys_in_image, test_base_image
 
 pytestmark = pytest.mark.docker
-
-# A whole PEM private key block: only base64 (and RFC 1421 headers) between the markers,
-# so source code that merely mentions the markers is not taken for a key.
-_PEM_KEY = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----\r?\n"
-    rb"(?:(?:[A-Za-z0-9+/=]+|Proc-Type:[^\n]*|DEK-Info:[^\n]*)?\r?\n)+"
-    rb"-----END \1PRIVATE KEY-----"
-)
-
 
 def run(image: str, *args: str, entrypoint: str | None = None) -> subprocess.CompletedProcess[str]:
     command = ["docker", "run", "--rm", "--network", "none"]
@@ -50,6 +41,10 @@ def test_info_shows_the_manifest_and_certificate_expiry(seed_image):
         assert re.match(r"\d+\.\d+", manifest["versions"][name])
     certificate = info["certificate"]
     assert certificate["not_after"] and certificate["days_left"] > cert_defaults.EXPIRY_WARNING_DAYS
+    assert info["tls_mode"] == manifest["tls_mode"] == "baked"
+    assert re.fullmatch(r"[0-9a-f]{64}", certificate["ca_sha256"])
+    # The CA's key was dropped once the leaf was signed: it lives no longer than the leaf.
+    assert certificate["ca_not_after"] >= certificate["not_after"]
 
 
 def test_runs_as_the_non_root_flowrig_user(seed_image):
@@ -90,46 +85,16 @@ def test_no_layer_holds_a_private_key_other_than_the_leaf(docker_client, seed_im
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    from flowrig.certs import find_ca_private_keys
-
-    archive = tmp_path / "image.tar"
-    with archive.open("wb") as handle:
-        for chunk in docker_client.images.get(seed_image).save(named=True):
-            handle.write(chunk)
     leaf_cert = run(seed_image, "-c", f"cat {layout.IMAGE_TLS_DIR / layout.LEAF_CERT}",
                     entrypoint="sh").stdout.encode()
     leaf_public = x509.load_pem_x509_certificate(leaf_cert).public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-    found = tmp_path / "found"
-    found.mkdir()
-    (found / "leaf.crt").write_bytes(leaf_cert)  # what a key may be matched against
-    keys: list[tuple[str, bytes]] = []
-    with tarfile.open(archive) as image:
-        layers = [m for m in image.getmembers() if m.name.endswith("layer.tar")]
-        assert layers
-        for number, layer_member in enumerate(layers):
-            with tarfile.open(fileobj=image.extractfile(layer_member)) as layer:
-                for member in layer.getmembers():
-                    if not member.isfile() or member.size > cert_defaults.KEY_SCAN_MAX_BYTES:
-                        continue
-                    data = layer.extractfile(member).read()
-                    blocks = [m.group(0) for m in _PEM_KEY.finditer(data)]
-                    keys.extend((member.name, block) for block in blocks)
-                    if blocks or Path(member.name).name == layout.CA_KEY:
-                        target = found / f"layer{number}" / member.name
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        target.write_bytes(b"\n".join(blocks) if blocks else data)
-
+    keys = private_keys_in_image(docker_client, seed_image, tmp_path, above=test_base_image())
     assert keys, "the image's leaf key should have been found"
-    for name, block in keys:
-        key = serialization.load_pem_private_key(block, password=None)
-        public = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        assert public == leaf_public, f"{name} holds a private key that is not the leaf's"
-    assert find_ca_private_keys(found) == []
+    for layer, name, key in keys:
+        assert key.public == leaf_public, f"{layer}:{name} holds a private key ({key.form}) that is not the leaf's"
+        assert name.endswith(layout.LEAF_KEY)
 
 
 @pytest.mark.parametrize(
@@ -162,7 +127,7 @@ def test_certs_given_to_the_builder_are_the_ones_baked(docker_client, seed_image
     from tests.docker_support import test_pip_ca
 
     certs = tmp_path / "certs"
-    generate(certs)
+    generate(certs, days=10)  # close to expiry: the roles warn
     tag = "flowrig-seed:test-certs"
     context = render_context(SEED_PROJECT, tls_dir=certs, base_image=test_base_image())
     build(context, tag, test_pip_ca(), quiet=True)  # shares every layer up to the TLS with seed_image
@@ -175,6 +140,65 @@ def test_certs_given_to_the_builder_are_the_ones_baked(docker_client, seed_image
         assert done.stdout[len(expected):].split() == ["ca.crt", "tls.crt", "tls.key", "600", str(layout.IMAGE_UID)]
         info = json.loads(run(tag, "info").stdout)
         assert info["manifest"]["tls"] == "provided"
+        assert info["certificate"]["days_left"] <= 10
+        worker = run(tag, "worker", "tls://127.0.0.1:9", "--death-timeout", "1")
+        assert "warning: the image's baked certificate expires in" in worker.stderr, worker.stderr
+    finally:
+        docker_client.images.remove(tag)
+
+
+def _ca_fingerprint(tag: str) -> str:
+    done = run(tag, "info")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["certificate"]["ca_sha256"]
+
+
+def test_every_build_without_certs_gets_a_new_ca(docker_client, seed_image, seed_copy):
+    """Of the same project or of another, through the same build cache."""
+    from flowrig.builder import build, render_context
+    from tests.docker_support import test_pip_ca
+
+    (seed_copy / "flowrig.toml").write_text('name = "other"\n' + (seed_copy / "flowrig.toml").read_text())
+    tags = {"again": f"{seed_image}-again", "other": f"{seed_image}-other"}
+    try:
+        build(render_context(SEED_PROJECT, base_image=test_base_image()), tags["again"], test_pip_ca(), quiet=True)
+        build(render_context(seed_copy, base_image=test_base_image()), tags["other"], test_pip_ca(), quiet=True)
+        fingerprints = {_ca_fingerprint(tag) for tag in (seed_image, *tags.values())}
+        assert len(fingerprints) == 3
+    finally:
+        for tag in tags.values():
+            subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+def test_a_per_run_image_has_no_private_key_and_takes_certificates_at_start(docker_client, seed_image, tmp_path):
+    from flowrig.builder import build, render_context
+    from flowrig.certs import TLSMaterial, delivery
+    from tests.docker_support import test_pip_ca
+
+    tag = f"{seed_image}-per-run"
+    build(render_context(SEED_PROJECT, base_image=test_base_image(), tls_mode="per-run"), tag, test_pip_ca(),
+          quiet=True)
+    try:
+        assert private_keys_in_image(docker_client, tag, tmp_path, above=test_base_image()) == []
+        image = docker_client.images.get(tag)
+        assert image.labels[layout.IMAGE_TLS_MODE_LABEL] == "per-run"
+        info = json.loads(run(tag, "info").stdout)
+        assert info["tls_mode"] == info["manifest"]["tls_mode"] == "per-run"
+        assert info["certificate"]["present"] is False
+        refused = run(tag, "scheduler")
+        assert refused.returncode == 2, refused.stderr
+        assert "--tls per-run" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+        # Delivered on stdin, the certificates let a worker start: it listens over TLS,
+        # then gives up on a scheduler that does not exist.
+        started = subprocess.run(
+            ["docker", "run", "--rm", "-i", "--network", "none", "-e", f"{delivery.FROM_ENV}=stdin", tag,
+             "worker", "tls://127.0.0.1:9", "--death-timeout", "2"],
+            input=delivery.encode(TLSMaterial.ephemeral()), capture_output=True, timeout=120,
+        )
+        log = started.stderr.decode()
+        # Listening on tls:// needs the delivered key; the timeout is the missing scheduler.
+        assert "Nanny at 'tls://" in log and "Timed out starting worker" in log, log
+        assert "carries no certificates" not in log
     finally:
         docker_client.images.remove(tag)
 
@@ -251,3 +275,23 @@ def test_a_build_step_rejecting_the_project_is_bad_input_and_leaves_nothing(dock
     with pytest.raises(BadInput, match="nope.txt"):
         build(BuildContext(files, context.build_args), "flowrig-bad-input:test", quiet=True)
     assert _leftovers() == before
+
+
+def test_a_plain_docker_build_makes_no_ca_without_a_nonce(seed_image):
+    """The repository's Dockerfile on its own: without TLS_NONCE, a baked build would take
+    its CA from the cache of an earlier one, so it stops at that step instead."""
+    from flowrig.builder.build import detect_client
+    from tests.docker_support import REPO, test_pip_ca
+
+    client = detect_client()
+    command = [client.path, "build", "--rm", "--force-rm", "--build-arg", f"BASE_IMAGE={test_base_image()}",
+               "--tag", f"{seed_image}-plain"]
+    if client.buildkit:
+        command += ["--progress", "plain"]
+        if test_pip_ca():
+            command += ["--secret", f"id=pip-ca,src={test_pip_ca()}"]
+    done = subprocess.run([*command, str(REPO)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "DOCKER_BUILDKIT": "1" if client.buildkit else "0"})
+    assert done.returncode != 0
+    assert "pass --build-arg TLS_NONCE=" in done.stdout + done.stderr
+    assert subprocess.run(["docker", "image", "inspect", f"{seed_image}-plain"], capture_output=True).returncode != 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -130,16 +131,21 @@ def build_command(
     pip_ca: str | Path | None = None,
     no_cache: bool = False,
     client: str = defaults.DOCKER_CLIENT,
+    tls_nonce: str | None = None,
 ) -> list[str]:
     """The ``docker build`` command line for a written context (pure).
 
     Intermediate containers are always removed (``--rm --force-rm``), and the image
-    is labelled with the context's hash.
+    is labelled with the context's hash. ``tls_nonce`` becomes ``TLS_NONCE``, which a
+    context that makes its own CA needs (:attr:`BuildContext.makes_its_own_ca`); it
+    is not part of the context, so the context's hash stays the same.
     """
     command = [client, "build", "--rm", "--force-rm", "--tag", tag]
     command += ["--label", f"{defaults.IMAGE_CONTEXT_LABEL}={context.digest}"]
     for name, value in context.build_args.items():
         command += ["--build-arg", f"{name}={value}"]
+    if tls_nonce is not None:
+        command += ["--build-arg", f"TLS_NONCE={tls_nonce}"]
     if buildkit:
         command += ["--progress", "plain"]
         if pip_ca is not None:
@@ -212,6 +218,8 @@ def build(
             pip_ca=Path(pip_ca).resolve() if pip_ca is not None else None,
             no_cache=no_cache,
             client=client.path,
+            # A new CA for every build: never one from the cache of an earlier build.
+            tls_nonce=secrets.token_hex(16) if context.makes_its_own_ca else None,
         )
         env = {**os.environ, "DOCKER_BUILDKIT": "1" if client.buildkit else "0"}
         started = time.monotonic()

@@ -127,6 +127,8 @@ def step_requirements(args: argparse.Namespace) -> None:
     else:
         (out / CONSTRAINTS_FILE).write_text("")
     config = read_project_config(project)
+    # Also here for a plain `docker build`, which no host check precedes.
+    _rules.check_no_credentials(config)
     runtime, build = pyproject_requirements(Path(args.pyproject), flowrig_extras(config))
     (out / "flowrig.txt").write_text("\n".join([*runtime, *RUNTIME_REQUIREMENTS]) + "\n")
     (out / "build.txt").write_text("\n".join(build) + "\n")
@@ -378,14 +380,20 @@ print(json.dumps(versions))
 
 
 def build_manifest(
-    config: dict, project_name: str, versions: dict, base_image: str, context: dict | None
+    config: dict,
+    project_name: str,
+    versions: dict,
+    base_image: str,
+    context: dict | None,
+    tls_mode: str = "baked",
 ) -> dict:
     """The image manifest: what the image runs and with which versions.
 
     Parameters
     ----------
     config
-        The project's parsed ``flowrig.toml``.
+        The project's parsed ``flowrig.toml``; only the keys of ``[cluster.options]``
+        are kept, since the manifest is printed in the build log.
     project_name
         Name of the project (its directory name on the host).
     versions
@@ -395,12 +403,17 @@ def build_manifest(
     context
         The ``manifest.json`` a flowrig build context carries, when there is one; its
         project name and builder facts take precedence.
+    tls_mode
+        The ``TLS_MODE`` build argument (``baked`` or ``per-run``): what the run side
+        reads to know whether the image carries certificates.
     """
     manifest = {
         "schema": 1,
-        "project": {"name": project_name, "config": config},
+        "project": {"name": project_name, "config": _rules.without_option_values(config)},
         "base_image": base_image,
         "versions": versions,
+        "tls_mode": tls_mode,
+        "tls": "per-run" if tls_mode == "per-run" else "image-local",
     }
     if context:
         manifest["project"]["name"] = context.get("project", {}).get("name", project_name)
@@ -424,7 +437,7 @@ def step_manifest(args: argparse.Namespace) -> None:
     )
     versions = json.loads(done.stdout)
     name = args.project_name or project.resolve().name
-    manifest = build_manifest(config, name, versions, args.base_image, context)
+    manifest = build_manifest(config, name, versions, args.base_image, context, args.tls_mode)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
@@ -491,6 +504,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--project-name")
     p.add_argument("--context-manifest")
     p.add_argument("--base-image", default="")
+    p.add_argument("--tls-mode", default="baked")
     p.add_argument("--out", required=True)
     p.set_defaults(func=step_manifest)
     return root

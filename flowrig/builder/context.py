@@ -7,7 +7,7 @@ A context is a mapping of relative path -> (bytes, mode) plus build arguments::
     pyproject.toml  README.md       flowrig's source, installed into the image
     flowrig/...
     project/...                     the flow project (its .dockerignore honoured)
-    tls/ca.crt tls/tls.crt tls/tls.key   only with ``--certs DIR``
+    tls/ca.crt tls/tls.crt tls/tls.key   only with ``--certs DIR`` (``--tls baked``)
     manifest.json                   project config and versions; no build time
 
 Rendering is deterministic (sorted entries, fixed modes, and a fixed mtime when
@@ -73,10 +73,15 @@ class BuildContext:
         Relative POSIX path -> :class:`ContextFile`, sorted by path.
     build_args
         ``--build-arg`` values for the Dockerfile, sorted by name.
+    skipped
+        Credential files the project holds that were left out.
     """
 
     files: Mapping[str, ContextFile]
     build_args: Mapping[str, str] = field(default_factory=dict)
+    #: Credential files and directories of the project left out (context paths; a
+    #: directory ends with "/"): the CLI warns about each. Not part of :attr:`digest`.
+    skipped: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", MappingProxyType(dict(sorted(self.files.items()))))
@@ -98,6 +103,14 @@ class BuildContext:
         return hasher.hexdigest()
 
     @property
+    def makes_its_own_ca(self) -> bool:
+        """Whether the build makes the image's CA (baked, no ``tls/``): every build must
+        then pass a fresh ``TLS_NONCE``, or Docker's cache would reuse a CA."""
+        return self.build_args.get("TLS_MODE", layout.TLS_BAKED) == layout.TLS_BAKED and not any(
+            path.startswith(f"{defaults.CONTEXT_TLS_DIR}/") for path in self.files
+        )
+
+    @property
     def dockerfile(self) -> str:
         """The context's Dockerfile text."""
         return self.files[DOCKERFILE].data.decode("utf-8")
@@ -113,6 +126,7 @@ def render_context(
     *,
     tls_dir: str | Path | None = None,
     base_image: str | None = None,
+    tls_mode: str = layout.TLS_BAKED,
 ) -> BuildContext:
     """Render the build context of a flow project's image.
 
@@ -127,6 +141,10 @@ def render_context(
     base_image
         The ``BASE_IMAGE`` build argument; :data:`flowrig.builder.defaults.BASE_IMAGE` when
         omitted.
+    tls_mode
+        The ``TLS_MODE`` build argument: ``baked`` (certificates in the image: those of
+        ``tls_dir``, else a CA made by and for this build) or ``per-run`` (none; each
+        run delivers its own to its roles).
 
     Returns
     -------
@@ -139,6 +157,13 @@ def render_context(
         it names does not exist, the certificates do not check out, or the context
         would contain a private key that is not the leaf's.
     """
+    if tls_mode not in layout.TLS_MODES:
+        raise BadInput(f"--tls {tls_mode!r} is not a TLS mode: use one of {', '.join(layout.TLS_MODES)}")
+    if tls_mode == layout.TLS_PER_RUN and tls_dir is not None:
+        raise BadInput(
+            "--certs bakes certificates into the image, and a per-run image carries none: "
+            "drop --certs, or build with --tls baked"
+        )
     project = Path(project_dir)
     if not project.is_dir():
         raise BadInput(
@@ -151,12 +176,14 @@ def render_context(
         CONSTRAINTS: ContextFile(constraints_path().read_bytes()),
     }
     files.update(_flowrig_source())
-    for relative, item in project_files(project):
+    skipped: list[str] = []
+    for relative, item in project_files(project, skipped):
         files[f"{defaults.CONTEXT_PROJECT_DIR}/{relative}"] = item
     if tls_dir is not None:
         files.update(_tls_files(Path(tls_dir)))
     files[MANIFEST] = ContextFile(
-        _manifest_bytes(project, config, tls=tls_dir is not None)
+        _manifest_bytes(project, config, tls="provided" if tls_dir is not None else
+                        "per-run" if tls_mode == layout.TLS_PER_RUN else "image-local")
     )
     context = BuildContext(
         files=files,
@@ -164,7 +191,9 @@ def render_context(
             "BASE_IMAGE": base_image or defaults.BASE_IMAGE,
             "PROJECT": defaults.CONTEXT_PROJECT_DIR,
             "IMAGE_VERSION": _version("flowrig") or "",
+            "TLS_MODE": tls_mode,
         },
+        skipped=tuple(f"{defaults.CONTEXT_PROJECT_DIR}/{name}" for name in skipped),
     )
     refuse_private_keys(context)
     return context
@@ -216,41 +245,67 @@ def write_context(context: BuildContext, directory: str | Path) -> Path:
 
 
 def refuse_private_keys(context: BuildContext) -> None:
-    """Raise when a context holds a private key other than the leaf's.
+    """Raise when a context holds a private key other than the image's own leaf key.
 
-    The files that could matter (private keys, certificates, anything named
-    ``ca.key``) are laid out in a private temporary directory and given to
-    :func:`flowrig.certs.find_ca_private_keys`, the same scan ``flowrig certs`` uses.
+    Every file is scanned (:func:`flowrig.certs.scan.private_keys_in_bytes`: PEM, DER,
+    PKCS#8, PKCS#12, OpenSSH, base64 blocks; any size). Exempt are ``tls/tls.key``
+    when it is the key of ``tls/tls.crt`` (``--certs``), and the project files that
+    ``build.allow_private_keys`` in ``flowrig.toml`` names. A file named ``ca.key``
+    is refused whatever it holds.
 
     Raises
     ------
     BadInput
-        Naming the offending paths of the context.
+        Naming every offending path of the context and the opt-in.
     """
-    import tempfile
+    from flowrig.certs.scan import private_keys_in_bytes
 
-    from flowrig.certs import find_ca_private_keys
-
-    relevant = {
-        path: item
-        for path, item in context.files.items()
-        if b"PRIVATE KEY" in item.data
-        or b"BEGIN CERTIFICATE" in item.data
-        or Path(path).name == layout.CA_KEY
-    }
-    if not any(b"PRIVATE KEY" in i.data or Path(p).name == layout.CA_KEY for p, i in relevant.items()):
-        return
-    with tempfile.TemporaryDirectory(prefix="flowrig-keyscan-") as scratch:
-        for relative, item in relevant.items():
-            path = Path(scratch, relative)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(item.data)
-        found = [p.relative_to(scratch).as_posix() for p in find_ca_private_keys(scratch)]
+    allowed = {f"{defaults.CONTEXT_PROJECT_DIR}/{name}" for name in _allowed_private_keys(context)}
+    leaf_key = f"{defaults.CONTEXT_TLS_DIR}/{layout.LEAF_KEY}"
+    found: list[str] = []
+    for path, item in context.files.items():
+        if path in allowed:
+            continue
+        if Path(path).name == layout.CA_KEY:
+            found.append(path)
+            continue
+        keys = list(private_keys_in_bytes(item.data))
+        if keys and not (path == leaf_key and _is_leaf_key(context, keys)):
+            found.append(path)
     if found:
         raise BadInput(
-            f"the build context would contain a private key that is not the leaf's "
-            f"({', '.join(found)}): keep CA keys out of the project and pass only --certs DIR"
+            f"the build context would contain a private key that is not the image's leaf key "
+            f"({', '.join(found)}): remove it (pass certificates with --certs DIR), or, if the image "
+            f"must carry it, list it under [build] allow_private_keys in {PROJECT_FILE}"
         )
+
+
+def _allowed_private_keys(context: BuildContext) -> list[str]:
+    try:
+        config = context.manifest["project"]["config"]
+    except (KeyError, ValueError):
+        return []
+    names = config.get("build", {}).get("allow_private_keys", [])
+    return [os.path.normpath(name).lstrip("/") for name in names if isinstance(name, str)]
+
+
+def _is_leaf_key(context: BuildContext, keys: list[Any]) -> bool:
+    """Whether every key found in ``tls/tls.key`` is the key of ``tls/tls.crt``."""
+    from cryptography import x509
+
+    from flowrig.certs import validation
+
+    cert = context.files.get(f"{defaults.CONTEXT_TLS_DIR}/{layout.LEAF_CERT}")
+    if cert is None:
+        return False
+    try:
+        leaf = x509.load_pem_x509_certificate(cert.data)
+    except ValueError:
+        return False
+    if validation.is_ca(leaf):
+        return False
+    public = validation.public_der(leaf)
+    return all(key.public == public for key in keys)
 
 
 # --- the flow project ------------------------------------------------------------------
@@ -264,35 +319,58 @@ def _project_config(project: Path) -> dict[str, Any]:
     return dict(load_project(project).raw)
 
 
-def project_files(project: Path) -> Iterable[tuple[str, ContextFile]]:
+def project_files(project: Path, skipped: list[str] | None = None) -> list[tuple[str, ContextFile]]:
     """The files of a flow project that go into its image, sorted.
 
-    Skipped: :data:`flowrig.builder.defaults.CONTEXT_SKIP_NAMES` and ``..._SUFFIXES``, what the
-    project's ``.dockerignore`` excludes, directories reached through symbolic links,
-    symbolic links that lead outside the project or nowhere, and anything that is not
-    a regular file. A symbolic link to a file inside the project is copied as the
-    file it points to.
+    Skipped: credential files and directories
+    (:data:`flowrig.project.filerules.CREDENTIAL_PATTERNS`, appended to ``skipped``
+    when given, directories with a trailing "/"), :data:`flowrig.builder.defaults.CONTEXT_SKIP_NAMES`
+    and ``..._SUFFIXES``, what the project's ``.dockerignore`` excludes, directories
+    reached through symbolic links, symbolic links that lead outside the project or
+    nowhere, and anything that is not a regular file. A symbolic link to a file inside
+    the project is copied as the file it points to.
     """
+    from flowrig.project.filerules import CREDENTIAL_PATTERNS
+
+    credentials = DockerIgnore(CREDENTIAL_PATTERNS)
     ignore = DockerIgnore.from_file(project / ".dockerignore")
     root = project.resolve()
     found: list[tuple[str, ContextFile]] = []
+    left_out: list[str] = []
     for directory, dirs, names in os.walk(project):
         here = Path(directory)
-        dirs[:] = sorted(d for d in dirs if not _skipped(d))
+        base = here.relative_to(project).as_posix()
+        prefix = "" if base == "." else f"{base}/"
+        kept_dirs = []
+        for name in sorted(d for d in dirs if not _skipped(d)):
+            if credentials.excludes(prefix + name):
+                left_out.append(f"{prefix}{name}/")
+            else:
+                kept_dirs.append(name)
+        dirs[:] = kept_dirs
         for name in sorted(names):
+            relative = prefix + name
+            if credentials.excludes(relative):
+                left_out.append(relative)
+                continue
             if _skipped(name):
                 continue
             path = here / name
-            relative = path.relative_to(project).as_posix()
             if ignore.excludes(relative):
                 continue
-            if path.is_symlink() and (not path.exists() or root not in path.resolve().parents):
-                continue
+            if path.is_symlink():
+                if not path.exists() or root not in path.resolve().parents:
+                    continue
+                if credentials.excludes(path.resolve().relative_to(root).as_posix()):
+                    left_out.append(relative)  # a link to a credential file is one too
+                    continue
             info = path.stat()
             if not stat.S_ISREG(info.st_mode):
                 continue
             mode = 0o755 if info.st_mode & stat.S_IXUSR else 0o644
             found.append((relative, ContextFile(path.read_bytes(), mode)))
+    if skipped is not None:
+        skipped.extend(sorted(left_out))
     return sorted(found)
 
 
@@ -467,12 +545,18 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _manifest_bytes(project: Path, config: dict[str, Any], *, tls: bool) -> bytes:
-    """manifest.json: the project and what rendered it. No time: contexts stay reproducible."""
+def _manifest_bytes(project: Path, config: dict[str, Any], *, tls: str) -> bytes:
+    """manifest.json: the project and what rendered it. No time: contexts stay
+    reproducible; of ``[cluster.options]`` only the keys, never a value."""
+    from flowrig.project.filerules import without_option_values
+
     manifest = {
         "schema": 1,
-        "project": {"name": config.get("name") or project.resolve().name, "config": config},
+        "project": {
+            "name": config.get("name") or project.resolve().name,
+            "config": without_option_values(config),
+        },
         "builder": {name: _version(name) for name in _BUILDER_DISTRIBUTIONS},
-        "tls": "provided" if tls else "image-local",
+        "tls": tls,
     }
     return (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")

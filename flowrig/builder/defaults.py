@@ -15,11 +15,11 @@ CONTEXT_TLS_DIR = "tls"
 #: rendered context, so identical inputs give identical contexts and a warm cache.
 CONTEXT_MTIME = 946684800
 #: Names never copied from a flow project into a context (caches, VCS data, virtual
-#: environments, and ``.env`` files, which usually hold secrets), besides what the
-#: project's own ``.dockerignore`` excludes.
+#: environments), besides credential files (``flowrig.project.filerules``, skipped with
+#: a warning) and what the project's own ``.dockerignore`` excludes.
 CONTEXT_SKIP_NAMES = (
     "__pycache__", ".git", ".hg", ".svn", ".venv", "venv", ".tox", ".nox",
-    ".pytest_cache", ".mypy_cache", ".ruff_cache", ".ipynb_checkpoints", ".DS_Store", ".env",
+    ".pytest_cache", ".mypy_cache", ".ruff_cache", ".ipynb_checkpoints", ".DS_Store",
 )
 CONTEXT_SKIP_SUFFIXES = (".pyc", ".pyo", ".egg-info", "~", ".swp")
 #: BuildKit secret id under which pip's CA bundle reaches the build (``--pip-ca``).

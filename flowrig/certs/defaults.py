@@ -15,7 +15,9 @@ __all__ = [
     "CA_KEY",
     "CERT_BACKDATE_SECONDS",
     "EXPIRY_WARNING_DAYS",
-    "KEY_SCAN_MAX_BYTES",
+    "KEY_BLOCK_MAX_BYTES",
+    "KEY_DER_MAX_BYTES",
+    "KEY_SCAN_CHUNK_BYTES",
     "LEAF_CERT",
     "LEAF_COMMON_NAME",
     "LEAF_DAYS",
@@ -41,6 +43,12 @@ LEAF_COMMON_NAME = "flowrig dask"
 #: Certificates start this many seconds in the past, so a container whose clock runs a
 #: little behind the host's still accepts a certificate made a moment ago.
 CERT_BACKDATE_SECONDS = 300
-#: The CA-key scan of a build context reads only files smaller than this; keys are tiny,
-#: and large files (wheels, data) would only slow the scan down.
-KEY_SCAN_MAX_BYTES = 1024 * 1024
+#: The private-key scan (:mod:`flowrig.certs.scan`) reads files of any size in chunks of
+#: this many bytes, so memory stays bounded whatever the file.
+KEY_SCAN_CHUNK_BYTES = 8 * 1024 * 1024
+#: The longest PEM or base64 key block the scan follows past the end of a chunk: an
+#: RSA 16384 key in PEM takes about 13 KB.
+KEY_BLOCK_MAX_BYTES = 64 * 1024
+#: A file that is one DER element up to this size is given to cryptography's loaders
+#: whole (a DER key or PKCS#12 file); a larger PKCS#12 counts by its structure alone.
+KEY_DER_MAX_BYTES = 1024 * 1024

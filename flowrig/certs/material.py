@@ -149,7 +149,13 @@ class TLSMaterial:
         if os.environ.get(layout.TLS_DIR_ENV):  # delivered to this container for its run
             return cls.from_dir(os.environ[layout.TLS_DIR_ENV])
         if layout.in_image() and (layout.IMAGE_TLS_DIR / layout.LEAF_KEY).is_file():
-            return cls.from_dir(layout.IMAGE_TLS_DIR)
+            baked = cls.from_dir(layout.IMAGE_TLS_DIR)
+            warning = validation.expiry_warning(baked.cert_pem, "the image's baked certificate")
+            if warning:
+                import logging
+
+                logging.getLogger("flowrig.certs").warning(warning)
+            return baked
         return cls.ephemeral(hosts=[h for h in hosts if h not in ("0.0.0.0", "")], days=defaults.RUN_DAYS)
 
     def write_to_dir(self, path: str | Path) -> TLSPaths:

@@ -296,3 +296,16 @@ def alt_names(cert: x509.Certificate) -> tuple[str, ...]:
 def day(moment: dt.datetime) -> str:
     """A date as users read it in messages (``2026-01-01``)."""
     return f"{moment:%Y-%m-%d}"
+
+
+def expiry_warning(cert_pem: bytes, label: str, now: dt.datetime | None = None) -> str | None:
+    """A one-line warning when a certificate expires within
+    :data:`flowrig.certs.defaults.EXPIRY_WARNING_DAYS` (or has expired), else ``None``."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    left = days_left(cert, now or dt.datetime.now(dt.timezone.utc))
+    if left >= defaults.EXPIRY_WARNING_DAYS:
+        return None
+    when = f"expired on {day(cert.not_valid_after_utc)}" if left <= 0 else (
+        f"expires in {left} days (on {day(cert.not_valid_after_utc)})"
+    )
+    return f"{label} {when}: rebuild the image (flowrig build), or build it with --tls per-run"

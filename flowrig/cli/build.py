@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from flowrig.builder.defaults import BASE_IMAGE
+from flowrig.layout import TLS_BAKED
 
 
 def register(app: typer.Typer) -> None:
@@ -32,12 +33,20 @@ def build_command(
             f"(default {BASE_IMAGE}).",
         ),
     ] = None,
+    tls: Annotated[
+        str,
+        typer.Option(
+            "--tls",
+            help="baked: certificates and the leaf key in the image (--certs, else a new CA "
+            "for this build); per-run: no key in the image, each run delivers its own.",
+        ),
+    ] = TLS_BAKED,
     certs: Annotated[
         Optional[Path],
         typer.Option(
             "--certs",
-            help="Certificate directory; only ca.crt, tls.crt and tls.key are baked. "
-            "Without it the image makes its own CA and keeps no CA key.",
+            help="Certificate directory to bake (--tls baked); only ca.crt, tls.crt and "
+            "tls.key are taken. Without it the build makes a new CA and keeps no CA key.",
         ),
     ] = None,
     pip_ca: Annotated[
@@ -64,13 +73,14 @@ def build_command(
     ] = False,
 ) -> None:
     """Build the image of a flow project: runner, scheduler and worker in one."""
-    _build(project, tag, base_image, certs, pip_ca, context_only, no_cache, quiet)
+    _build(project, tag, base_image, tls, certs, pip_ca, context_only, no_cache, quiet)
 
 
 def _build(
     project: Path,
     tag: str,
     base_image: str | None,
+    tls: str,
     certs: Path | None,
     pip_ca: Path | None,
     context_only: Path | None,
@@ -83,11 +93,17 @@ def _build(
 
     if pip_ca is not None and not pip_ca.is_file():
         raise BadInput(f"pip CA bundle {pip_ca} is not a file: pass an existing PEM bundle")
-    context = render_context(project, tls_dir=certs, base_image=base_image)
+    context = render_context(project, tls_dir=certs, base_image=base_image, tls_mode=tls)
+    for path in context.skipped:
+        typer.echo(f"warning: {path} holds credentials and was not copied into the image", err=True)
     if context_only is not None:
         directory = write_context(context, context_only)
         command = build_command(context, tag, directory, buildkit=True, pip_ca=pip_ca, no_cache=no_cache)
-        typer.echo(f"DOCKER_BUILDKIT=1 {shlex.join(command)}")
+        nonce = ""
+        if context.makes_its_own_ca:
+            # Left to the shell, so every run of the printed command gets a new CA.
+            nonce = " --build-arg TLS_NONCE=\"$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')\""
+        typer.echo(f"DOCKER_BUILDKIT=1 {shlex.join(command[:-1])}{nonce} {shlex.quote(command[-1])}")
         return
     result = build(context, tag, pip_ca, quiet=quiet, no_cache=no_cache)
     builder = "BuildKit" if result.buildkit else "legacy builder"

@@ -12,7 +12,7 @@ One image, many roles::
                                      what dask-cloudprovider sends; TLS flags added
     info                             manifest, versions, certificate expiry (JSON)
     prepare                          build time: migrate the Prefect database template
-    bake-tls SRC                     build time: install or make the image's TLS files
+    bake-tls SRC --out DIR           build time: install or make the image's TLS files
     anything else                    exec'd as is
 
 Dask roles replace this process (``exec``), so the init in front of it delivers
@@ -63,6 +63,38 @@ def _prefect_flow_run_id(argv: list[str]) -> str | None:
     return None
 
 
+def _check_baked_tls() -> None:
+    """A role about to use the image's own certificates: refuse when a per-run image
+    has none (its starter delivered nothing), warn when they expire soon."""
+    from flowrig.certs.delivery import FROM_ENV
+    from flowrig.errors import BadInput
+
+    if not (layout.IMAGE_TLS_DIR / layout.LEAF_KEY).is_file():
+        if layout.in_image() and image_tls_mode() == layout.TLS_PER_RUN:
+            raise BadInput(
+                "this image was built with --tls per-run and carries no certificates: start its "
+                "roles through flowrig, which delivers each run's own "
+                f"({FROM_ENV}=stdin or secret)"
+            )
+        return  # command_for names the missing file
+    from flowrig.certs.validation import expiry_warning
+
+    warning = expiry_warning((layout.IMAGE_TLS_DIR / layout.LEAF_CERT).read_bytes(), "the image's baked certificate")
+    if warning:
+        print(f"flowrig-entrypoint: warning: {warning}", file=sys.stderr, flush=True)
+
+
+def image_tls_mode() -> str:
+    """``tls_mode`` of this image's manifest (``baked`` for images made before it existed)."""
+    import json
+
+    try:
+        manifest = json.loads(layout.IMAGE_MANIFEST.read_text())
+    except (OSError, ValueError):
+        return layout.TLS_BAKED
+    return manifest.get("tls_mode", layout.TLS_BAKED) if isinstance(manifest, dict) else layout.TLS_BAKED
+
+
 def dispatch(argv: list[str]) -> int | None:
     """Run the role named by ``argv`` (without the program name)."""
     from flowrig import roles
@@ -84,6 +116,8 @@ def dispatch(argv: list[str]) -> int | None:
         env = delivery.role_environment(os.environ, sys.stdin.buffer)
         if role is not None:
             directory = env.get(layout.TLS_DIR_ENV)
+            if not directory:
+                _check_baked_tls()
             command = roles.command_for(role, argv[1:], Path(directory) if directory else None)
             _exec(command, roles.secure_environment(env))
         os.environ.update(env)

@@ -26,6 +26,7 @@ def _versions() -> dict[str, str | None]:
 
 def _certificate() -> dict[str, Any]:
     from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
 
     from flowrig.roles import tls_dir
 
@@ -35,7 +36,7 @@ def _certificate() -> dict[str, Any]:
     cert = x509.load_pem_x509_certificate(path.read_bytes())
     not_after = cert.not_valid_after_utc
     days_left = (not_after - dt.datetime.now(dt.timezone.utc)).days
-    return {
+    found: dict[str, Any] = {
         "path": str(path),
         "present": True,
         "subject": cert.subject.rfc4514_string(),
@@ -44,6 +45,12 @@ def _certificate() -> dict[str, Any]:
         "days_left": days_left,
         "expired": days_left < 0,
     }
+    ca_path = path.parent / layout.CA_CERT
+    if ca_path.is_file():
+        ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
+        found["ca_sha256"] = ca.fingerprint(hashes.SHA256()).hex()
+        found["ca_not_after"] = ca.not_valid_after_utc.isoformat()
+    return found
 
 
 def describe_image() -> dict[str, Any]:
@@ -52,6 +59,8 @@ def describe_image() -> dict[str, Any]:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
     return {
         "manifest": manifest,
+        # Images from before TLS modes existed baked their certificates.
+        "tls_mode": (manifest or {}).get("tls_mode", layout.TLS_BAKED),
         "versions": _versions(),
         "certificate": _certificate(),
         "user": {"uid": os.getuid(), "gid": os.getgid()},

@@ -118,3 +118,122 @@ def flatten_requirements(
         else:
             lines.extend(included)
     return lines
+
+
+# --- credentials: files never copied, option keys never accepted -------------------------
+
+#: Credential files and directories of common tools, as ``.dockerignore`` patterns (a
+#: directory's pattern covers everything below it). They never enter a build context:
+#: ``flowrig build`` skips them with a warning, and the repository's ``.dockerignore``
+#: holds the same lines for a plain ``docker build``.
+CREDENTIAL_PATTERNS = (
+    "**/.env*",  # .env, .env.production, .envrc
+    "**/.aws",
+    "**/.ssh",
+    "**/.gnupg",
+    "**/.netrc",
+    "**/_netrc",
+    "**/.pypirc",
+    "**/.pgpass",
+    "**/.git-credentials",
+    "**/.npmrc",
+    "**/.docker/config.json",
+    "**/.config/gcloud",
+    "**/.config/gh",
+    "**/.azure",
+    "**/.kube/config",
+    "**/.oci",
+    "**/.boto",
+    "**/.s3cfg",
+    "**/.databrickscfg",
+    "**/.terraform.d/credentials.tfrc.json",
+)
+
+# Option and environment names that hold a credential: a word of the name (split on
+# "_", "-" or ".") is one of these, or two neighbouring words make one.
+_SECRET_WORDS = frozenset(
+    {"secret", "secrets", "password", "passwd", "passphrase", "pwd", "token", "credential",
+     "credentials", "apikey", "privatekey"}
+)
+_SECRET_PAIRS = frozenset({("access", "key"), ("api", "key"), ("private", "key"), ("auth", "key")})
+_WORD_SPLIT = re.compile(r"[_\-.]+|(?<=[a-z])(?=[A-Z])")
+# An AWS access key id wherever it appears: a value no option needs.
+_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
+#: The one option that may name secrets: it holds references (valueFrom), not values.
+SECRET_REFERENCES_KEY = "secrets"
+
+
+def secret_looking(name: str) -> bool:
+    """Whether an option or environment variable name says it holds a credential."""
+    words = [w.lower() for w in _WORD_SPLIT.split(name) if w]
+    return any(w in _SECRET_WORDS for w in words) or any(
+        pair in _SECRET_PAIRS for pair in zip(words, words[1:])
+    )
+
+
+def credential_options(config: dict) -> list[str]:
+    """Dotted keys under ``[cluster.options]`` that hold or look like credentials.
+
+    A key counts when its name looks secret (:func:`secret_looking`), at any depth
+    (an ``environment`` table, ``[{name, value}]`` lists of task arguments), or when its
+    value holds an AWS access key id. The ``secrets`` option (references with
+    ``valueFrom``) is the way to pass secrets and is left alone.
+    """
+    options = config.get("cluster", {}).get("options", {}) if isinstance(config.get("cluster"), dict) else {}
+    found: list[str] = []
+
+    def walk(value: object, where: str) -> None:
+        if isinstance(value, dict):
+            if isinstance(value.get("name"), str) and "value" in value and secret_looking(value["name"]):
+                found.append(f"{where}.{value['name']}")
+            for key, item in value.items():
+                place = f"{where}.{key}"
+                if where == "cluster.options" and key == SECRET_REFERENCES_KEY:
+                    continue
+                if secret_looking(str(key)):
+                    found.append(place)
+                else:
+                    walk(item, place)
+        elif isinstance(value, list):
+            for number, item in enumerate(value):
+                walk(item, f"{where}[{number}]")
+        elif isinstance(value, str) and _AWS_KEY_ID.search(value):
+            found.append(where)
+
+    if isinstance(options, dict):
+        walk(options, "cluster.options")
+    return found
+
+
+def check_no_credentials(config: dict) -> None:
+    """Refuse credentials in ``[cluster.options]``: ``flowrig.toml`` goes into the image.
+
+    Raises
+    ------
+    RuleError
+        Naming every such key and what to do instead.
+    """
+    found = credential_options(config)
+    if found:
+        keys = ", ".join(f"'{key}'" for key in found)
+        raise RuleError(
+            f"{PROJECT_FILE}: {keys} in [cluster.options] hold or look like credentials, and "
+            f"{PROJECT_FILE} is copied into the image: remove them; give the tasks an IAM role "
+            "(execution_role_arn, task_role_arn) or let the runner use its own AWS credentials, "
+            "and pass secrets to the tasks as 'secrets' entries with valueFrom (a Secrets Manager "
+            "or SSM parameter ARN)"
+        )
+
+
+def without_option_values(config: dict) -> dict:
+    """``config`` with ``[cluster.options]`` reduced to its sorted keys.
+
+    What the image manifest and the build log show: option values can be anything a
+    user put there, so only their names are kept.
+    """
+    cluster = config.get("cluster")
+    if not isinstance(cluster, dict) or "options" not in cluster:
+        return dict(config)
+    options = cluster["options"]
+    keys = sorted(options) if isinstance(options, dict) else []
+    return {**config, "cluster": {**cluster, "options": keys}}

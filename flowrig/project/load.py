@@ -21,8 +21,10 @@ def load_project(path: str | Path) -> Project:
     ------
     BadInput
         When the file is missing, is not valid TOML, or fails validation; also when
-        the flow file or requirements file it names does not exist, or a requirements
-        include leaves the project.
+        the flow file or requirements file it names does not exist, a requirements
+        include leaves the project, ``[cluster.options]`` holds credentials
+        (:func:`flowrig.project.filerules.check_no_credentials`), or
+        ``build.allow_private_keys`` names a file the project does not have.
     """
     path = Path(path)
     file = path if path.is_file() else path / PROJECT_FILE
@@ -37,7 +39,14 @@ def load_project(path: str | Path) -> Project:
     project = parse_project(data, file.parent.resolve())
     if not project.flow_path.is_file():
         raise BadInput(f"flow file {str(project.flow_path)!r} does not exist: fix 'flow' in {file}")
+    for name in project.build.allow_private_keys:
+        if not (project.root / name).is_file():
+            raise BadInput(
+                f"'build.allow_private_keys' in {file} names {name!r}, which is not a file of the "
+                "project: fix the path or remove the entry"
+            )
     try:
+        filerules.check_no_credentials(data)
         requirements = filerules.requirements_path(project.root, project.requirements)
         if requirements is not None:
             filerules.flatten_requirements(requirements, project.root)

@@ -77,6 +77,23 @@ class ClusterConfig:
 
 
 @dataclass(config=_STRICT, frozen=True)
+class BuildConfig:
+    """The ``[build]`` table: what ``flowrig build`` does with the project's files."""
+
+    #: Project files (paths relative to the project) that may hold a private key and
+    #: still go into the image. Anything else holding one refuses the build.
+    allow_private_keys: list[StrictStr] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in self.allow_private_keys:
+            if not name.strip() or Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ValueError(
+                    f"{defaults.PROJECT_FILE}: 'build.allow_private_keys' entries must be paths "
+                    f"inside the project, relative to it; got {name!r}"
+                )
+
+
+@dataclass(config=_STRICT, frozen=True)
 class ProjectFile:
     """The whole ``flowrig.toml`` document."""
 
@@ -84,6 +101,7 @@ class ProjectFile:
     requirements: StrictStr | None = None
     name: StrictStr | None = None
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
 
     def __post_init__(self) -> None:
         if not _REFERENCE.match(self.flow):
@@ -100,6 +118,7 @@ class Project:
     flow: str
     requirements: str | None
     cluster: ClusterConfig
+    build: BuildConfig = field(default_factory=BuildConfig)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -126,11 +145,13 @@ _WHAT = {
     "dict_type": "a table",
     "dataclass_type": "a table",
     "model_type": "a table",
+    "list_type": "a list",
 }
 _FIELDS = {
     "": ProjectFile,
     "cluster": ClusterConfig,
     "cluster.adapt": Adapt,
+    "build": BuildConfig,
 }
 
 
@@ -191,5 +212,6 @@ def parse_project(data: Mapping[str, Any], root: Path) -> Project:
         flow=document.flow,
         requirements=document.requirements,
         cluster=document.cluster,
+        build=document.build,
         raw=dict(data),
     )

@@ -1,0 +1,75 @@
+"""Private keys in every form the build must refuse, each as a file's bytes.
+
+Made with cryptography's own serialisers (and ``ssh-keygen``-compatible OpenSSH
+output), so each case is the file a user would really have.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Callable
+
+from cryptography.hazmat.primitives import serialization as ser
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+_NONE = ser.NoEncryption()
+
+
+def _ec() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _rsa() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _pkcs8_der() -> bytes:
+    return _ec().private_bytes(ser.Encoding.DER, ser.PrivateFormat.PKCS8, _NONE)
+
+
+def _big_pem() -> bytes:
+    # Over 1 MiB, the key in the middle: what the old scan (first MiB only) let through.
+    pem = _ec().private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, _NONE)
+    return os.urandom(1024 * 1024) + b"\n" + pem + b"\n" + os.urandom(512 * 1024)
+
+
+def _base64_in_yaml() -> bytes:
+    lines = base64.encodebytes(_rsa().private_bytes(ser.Encoding.DER, ser.PrivateFormat.PKCS8, _NONE))
+    body = b"\n".join(b"    " + line for line in lines.splitlines())
+    return b"service:\n  name: etl\n  signing_key: |\n" + body + b"\n"
+
+
+#: File name -> what it holds. The names avoid ``*.key``/``*.p12`` patterns on purpose
+#: where the content, not the name, must give the key away.
+KEY_FORMS: dict[str, Callable[[], bytes]] = {
+    "pem-pkcs8.txt": lambda: _ec().private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, _NONE),
+    "pem-pkcs1-rsa.txt": lambda: _rsa().private_bytes(
+        ser.Encoding.PEM, ser.PrivateFormat.TraditionalOpenSSL, _NONE
+    ),
+    "pem-encrypted.txt": lambda: _ec().private_bytes(
+        ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.BestAvailableEncryption(b"pw")
+    ),
+    "pem-over-1mib.bin": _big_pem,
+    "der-pkcs8.bin": _pkcs8_der,
+    "der-pkcs1-rsa.bin": lambda: _rsa().private_bytes(
+        ser.Encoding.DER, ser.PrivateFormat.TraditionalOpenSSL, _NONE
+    ),
+    "der-sec1.bin": lambda: _ec().private_bytes(ser.Encoding.DER, ser.PrivateFormat.TraditionalOpenSSL, _NONE),
+    "der-encrypted-pkcs8.bin": lambda: _ec().private_bytes(
+        ser.Encoding.DER, ser.PrivateFormat.PKCS8, ser.BestAvailableEncryption(b"pw")
+    ),
+    "openssh.txt": lambda: ed25519.Ed25519PrivateKey.generate().private_bytes(
+        ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, _NONE
+    ),
+    "bundle.data": lambda: pkcs12.serialize_key_and_certificates(b"x", _ec(), None, None, _NONE),
+    "bundle-encrypted.data": lambda: pkcs12.serialize_key_and_certificates(
+        b"x", _ec(), None, None, ser.BestAvailableEncryption(b"pw")
+    ),
+    "settings.yaml": _base64_in_yaml,
+    "config.json": lambda: b'{"token": "' + base64.b64encode(_pkcs8_der()) + b'"}\n',
+    "service-account.json": lambda: b'{"type": "service_account", "private_key": "'
+    + _ec().private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, _NONE).replace(b"\n", b"\\n")
+    + b'"}\n',
+}
