@@ -19,7 +19,7 @@ here, with its task-run recorder on), and counts the task runs it recorded.
 ``--docker IMAGE`` adds n = 1000 on the docker backend beside the local one (the
 image of this benchmark's project, which ``--docker-build BASE`` builds).
 
-    python benchmarks/bench_scale.py [--repeat 3] [--big] [--server] [--docker IMAGE]
+    python benchmarks/bench_scale.py [--repeat 3] [--lists-repeat 1] [--big] [--server] [--docker IMAGE]
 """
 
 from __future__ import annotations
@@ -237,9 +237,11 @@ def main() -> None:
     parser.add_argument("--docker", metavar="IMAGE", help="n = 1000 on the docker backend with this image")
     parser.add_argument("--docker-build", metavar="BASE_IMAGE", help="build that image first, on this base")
     parser.add_argument("--no-lists", action="store_true", help="skip the list-parameter flows")
+    parser.add_argument("--lists-repeat", type=int, help="pairs per list-parameter flow (default: --repeat)")
     parser.add_argument("--sizes", type=lambda text: [int(n) for n in text.split(",")],
                         help="comma-separated n instead of 10,100,1000,5000")
     args = parser.parse_args()
+    lists_repeat = args.lists_repeat or args.repeat
 
     work = Path(tempfile.mkdtemp(prefix="flowrig-bench-scale-"))
     (work / "project").mkdir()
@@ -263,7 +265,7 @@ def main() -> None:
     embedded.plain(10)
     measure(embedded, sizes, args.repeat, "embedded API")
     if not args.no_lists:
-        measure_lists(embedded, args.repeat, "embedded API")
+        measure_lists(embedded, lists_repeat, "embedded API")
     if args.docker:
         local = [embedded.flowrig(1000)[0] for _ in range(args.repeat)]
         docker = [embedded.flowrig(1000, backend="docker")[0] for _ in range(args.repeat)]
@@ -282,7 +284,7 @@ def main() -> None:
                 time.sleep(2)
             print(f"[Prefect server] task runs recorded: {task_runs(url) - before} of {expected} submitted")
             if not args.no_lists:
-                measure_lists(remote, args.repeat, "Prefect server")
+                measure_lists(remote, lists_repeat, "Prefect server")
         finally:
             server.terminate()
             server.wait(timeout=60)
