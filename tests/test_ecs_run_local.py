@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -63,7 +64,8 @@ def test_overrides_replace_the_command_and_add_environment_as_runtask_does():
     [plan] = run_local.plan_run(rendered("worker"), run_local.load_overrides(overrides), run_id="r2")
     assert plan.command == ("dask-worker", "tls://dask-scheduler:8786", "--name", "0")
     assert plan.environment == {"A": "task", "B": "override", "C": "new"}
-    assert plan.network == ecs_defaults.RUN_LOCAL_NETWORK
+    # No network named: one of this invocation's own.
+    assert plan.network == f"{ecs_defaults.RUN_LOCAL_NETWORK}-r2" == run_local.invocation_network("r2")
     # Environment alone leaves the task definition's command in place.
     only_env = {"containerOverrides": [{"name": "dask-worker", "environment": [{"name": "A", "value": "x"}]}]}
     [plan] = run_local.plan_run(rendered("worker"), only_env, run_id="r3")
@@ -127,10 +129,60 @@ def test_bad_task_definitions_are_bad_input():
         ("arn:aws:ssm:us-east-1:123456789012:parameter/flowrig/prefect-api-key", "prefect-api-key"),
         ("/flowrig/db-password", "db-password"),
         ("plain", "plain"),
+        ("arn:aws:secretsmanager:us-east-1:123456789012:secret:team/token", "team/token"),
+        # A parameter's path is cut to its last part, so it cannot climb out.
+        ("arn:aws:ssm:us-east-1:123456789012:parameter/../../etc/passwd", "passwd"),
     ],
 )
 def test_secret_file_names(value_from, name):
     assert run_local.secret_file_name(value_from) == name
+
+
+TRAVERSALS = [
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:/etc/passwd",
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:../../x",
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:team/../../x",
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:./x",
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:a//b",
+    "arn:aws:ssm:us-east-1:123456789012:parameter/..",
+    "..",
+]
+
+
+@pytest.mark.parametrize("value_from", TRAVERSALS)
+def test_secret_names_that_leave_the_secrets_dir_are_refused(value_from):
+    with pytest.raises(BadInput) as info:
+        run_local.secret_file_name(value_from)
+    assert "not a file inside --secrets-dir" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("value_from", TRAVERSALS[:2])
+def test_run_local_traversal_exits_2_with_one_line_before_docker(tmp_path, value_from):
+    (tmp_path / "secrets").mkdir()
+    path = tmp_path / "runner.json"
+    path.write_text(taskdefs.to_json(rendered("runner", secrets={"X": value_from})))
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}  # no engine may be asked
+    done = subprocess.run([*FLOWRIG, "ecs", "run-local", str(path), "--secrets-dir", str(tmp_path / "secrets")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60, env=env)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "not a file inside --secrets-dir" in line and value_from in line
+
+
+def test_a_link_out_of_the_secrets_dir_is_refused(tmp_path):
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    (tmp_path / "outside").write_text("not yours\n")
+    (secrets_dir / "token").symlink_to(tmp_path / "outside")
+    [plan] = run_local.plan_run(rendered("runner", secrets={"T": "/ci/token"}), run_id="r7")
+    with pytest.raises(BadInput, match="outside --secrets-dir"):
+        run_local.read_secrets([plan], secrets_dir)
+    # A subdirectory of a Secrets Manager name is fine.
+    (secrets_dir / "team").mkdir()
+    (secrets_dir / "team" / "token").write_text("ok\n")
+    [plan] = run_local.plan_run(rendered("runner", secrets={
+        "T": "arn:aws:secretsmanager:us-east-1:123456789012:secret:team/token"}), run_id="r8")
+    assert run_local.read_secrets([plan], secrets_dir) == {plan.name: {"T": "ok"}}
 
 
 def test_secrets_are_read_before_anything_starts(tmp_path):
@@ -338,3 +390,51 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
     assert [process.returncode for process in background] == [128 + signal.SIGTERM] * 3
     # Each replayed container logged under its ECS container name.
     assert "dask-scheduler | " in logs[0] and "dask-worker | " in logs[1]
+
+
+def _probe_definitions(image: str, family: str) -> tuple[dict, dict]:
+    """A task whose container answers to ``dask-scheduler``, and one that looks for it."""
+    server = {"family": f"{family}-server", "containerDefinitions": [{
+        "name": "dask-scheduler", "image": image, "entryPoint": ["sh", "-c"], "command": ["sleep 60"]}]}
+    look = ("for i in $(seq 10); do getent hosts dask-scheduler && echo FOUND && exit 0; sleep 0.5; done; "
+            "echo ALONE; exit 1")
+    probe = {"family": f"{family}-probe", "containerDefinitions": [{
+        "name": "probe", "image": image, "entryPoint": ["sh", "-c"], "command": [look]}]}
+    return server, probe
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("shared", [False, True])
+def test_two_invocations_at_once_meet_only_on_a_network_they_name(docker_client, tmp_path, shared):
+    from tests.docker_support import test_base_image
+
+    family = f"meet-{uuid.uuid4().hex[:8]}"
+    server, probe = _probe_definitions(test_base_image(), family)
+    (tmp_path / "server.json").write_text(json.dumps(server))
+    (tmp_path / "probe.json").write_text(json.dumps(probe))
+    named = [] if not shared else ["--network", f"flowrig-test-{family}"]
+    background = subprocess.Popen([*FLOWRIG, "ecs", "run-local", str(tmp_path / "server.json"), *named],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not [c for c in docker_client.containers.list(filters={"label": f"{run_local.LABEL_FAMILY}={family}-server"})
+                   if c.status == "running"]:
+            assert background.poll() is None and time.monotonic() < deadline, background.stdout.read()
+            time.sleep(0.3)
+        [running] = docker_client.containers.list(filters={"label": f"{run_local.LABEL_FAMILY}={family}-server"})
+        [server_network] = running.attrs["NetworkSettings"]["Networks"]
+        done = subprocess.run([*FLOWRIG, "ecs", "run-local", str(tmp_path / "probe.json"), *named],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        background.send_signal(signal.SIGTERM)
+        background.wait(timeout=60)
+        for net in docker_client.networks.list(names=[f"flowrig-test-{family}"]):
+            net.remove()
+    if shared:
+        assert done.returncode == 0 and "probe | FOUND" in done.stdout, done.stdout + done.stderr
+    else:
+        assert done.returncode == 1 and "probe | ALONE" in done.stdout, done.stdout + done.stderr
+        assert server_network.startswith(f"{ecs_defaults.RUN_LOCAL_NETWORK}-")
+        # The invocation's own network went with it.
+        assert docker_client.networks.list(names=[server_network]) == []
+    assert docker_client.containers.list(all=True, filters={"label": f"{run_local.LABEL_FAMILY}={family}-server"}) == []

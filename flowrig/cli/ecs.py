@@ -178,11 +178,16 @@ def run_local_command(
         typer.Option(help="RunTask overrides: JSON text or a file (containerOverrides command/environment)."),
     ] = None,
     network: Annotated[
-        str, typer.Option(help="Docker network to join (created when missing, then kept).")
-    ] = defaults.RUN_LOCAL_NETWORK,
+        Optional[str],
+        typer.Option(
+            help="Docker network to join, shared by invocations that must meet (created when missing, "
+            f"then kept); default: one of this invocation's own ({defaults.RUN_LOCAL_NETWORK}-RUNID), "
+            "removed at its end."
+        ),
+    ] = None,
     secrets_dir: Annotated[
         Optional[Path],
-        typer.Option(help="One file per secret, named after the last part of its valueFrom."),
+        typer.Option(help="One file per secret, named after its secret (or the last part of its parameter)."),
     ] = None,
     print_plan: Annotated[
         bool, typer.Option("--print-plan", help="Print the containers that would run, as JSON, and stop.")
@@ -191,7 +196,8 @@ def run_local_command(
     """Run a task definition's containers with the local Docker engine.
 
     Containers answer to their ECS container names on the network (dask-scheduler resolves).
-    A secret is read from SECRETS_DIR/NAME, NAME being the last part of its valueFrom.
+    A secret is read from SECRETS_DIR/NAME: NAME is a Secrets Manager secret's name or the
+    last part of a parameter's; names leaving SECRETS_DIR ('..', '/...') are refused.
     Every container is removed at the end; the exit code is the first essential one's.
     """
     from flowrig.backends.ecs import run_local
