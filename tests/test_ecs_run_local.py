@@ -272,7 +272,8 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
     from flowrig.project.sizing import ClusterSize
 
     # 1. A fargate run against moto. Its client needs some real scheduler to connect to:
-    #    one on loopback, with a throwaway CA (the containers use the image's own).
+    #    one on loopback, with the run's certificates, which the run also puts in its
+    #    secret for the containers (the image's baked ones are not used).
     host_tls = TLSMaterial.ephemeral()
     security = host_tls.to_security()
     stand_in = SpecCluster(
@@ -288,7 +289,8 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
     with stand_in:
         started = FargateBackend().start(ClusterSpec(
             run_id=run_id, size=ClusterSize(2), tls=host_tls, image=seed_image, worker_env=worker_env,
-            options={"scheduler_address": stand_in.scheduler_address, "worker_cpu": 1024, "worker_mem": 2048},
+            options={"scheduler_address": stand_in.scheduler_address, "worker_cpu": 1024, "worker_mem": 2048,
+                     "create_roles": True},
         ))
         ecs = boto3.client("ecs")
         described = {
@@ -296,23 +298,33 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
             for role in ("scheduler", "worker")
         }
         worker_requests = [r["body"] for r in aws.requests("RunTask")]
+        # What ECS would read with the execution role: the run's secret, as a file.
+        [tls_secret] = described["worker"]["taskDefinition"]["containerDefinitions"][0]["secrets"]
+        secret_arn = tls_secret["valueFrom"]
+        secrets_dir = tmp_path / "secrets"
+        secret_file = secrets_dir / run_local.secret_file_name(secret_arn)
+        secret_file.parent.mkdir(parents=True)
+        secret_file.write_text(boto3.client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"])
         started.close()
     assert len(worker_requests) == 2
+    with pytest.raises(Exception, match="ResourceNotFound"):
+        boto3.client("secretsmanager").get_secret_value(SecretId=secret_arn)
 
     # 2. The same definitions and overrides as containers. ECS would have put the
     #    scheduler task's own address in the worker command; here that is its alias.
     network = f"flowrig-replay-{run_id}"
     for role, document in described.items():
         (tmp_path / f"{role}.json").write_text(json.dumps(document, default=str))
-    env_override = worker_requests[0]["overrides"]["containerOverrides"][0]["environment"]
-    (tmp_path / "scheduler-overrides.json").write_text(json.dumps(
-        {"containerOverrides": [{"name": "dask-scheduler", "environment": env_override}]}))
+    (tmp_path / "scheduler-overrides.json").write_text(json.dumps({"containerOverrides": []}))
     for index, request in enumerate(worker_requests):
         override = request["overrides"]["containerOverrides"][0]
+        assert "environment" not in override
         assert override["command"][1] == stand_in.scheduler_address
         override["command"][1] = "tls://dask-scheduler:8786"
         (tmp_path / f"worker-{index}-overrides.json").write_text(json.dumps(request))
-    runner_definition = rendered("runner", image=seed_image, environment={}, secrets={})
+    # The runner task gets the run's certificates the same way.
+    runner_definition = rendered("runner", image=seed_image, environment={"FLOWRIG_TLS_FROM": "secret"},
+                                 secrets={"FLOWRIG_TLS_SECRET": secret_arn})
     (tmp_path / "runner.json").write_text(taskdefs.to_json(runner_definition))
     ten = "x=[0,1,2,3,4,5,6,7,8,9]"
     runner_overrides = {"containerOverrides": [{
@@ -323,7 +335,7 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
 
     def run_local_cli(definition: str, overrides: str) -> list[str]:
         return [*FLOWRIG, "ecs", "run-local", str(tmp_path / definition), "--overrides", overrides,
-                "--network", network]
+                "--network", network, "--secrets-dir", str(secrets_dir)]
 
     docker_client.networks.create(network, driver="bridge", labels={run_local.LABEL_RUN: run_id})
     background = []
