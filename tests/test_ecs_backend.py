@@ -449,7 +449,8 @@ def test_prefect_api_stays_on_loopback_outside_ecs(monkeypatch):
     assert FargateBackend().prefect_api_hosts() == ("127.0.0.1", "127.0.0.1")
     monkeypatch.setenv("ECS_CONTAINER_METADATA_URI_V4", "http://169.254.170.2/v4/x")
     bind, advertised = FargateBackend().prefect_api_hosts()
-    assert bind == "0.0.0.0" and advertised != "0.0.0.0"
+    # The task's own address, both to listen on and to reach the API at.
+    assert bind == advertised == socket.gethostbyname(socket.gethostname())
 
 
 # --- package.module:ClusterClass ----------------------------------------------------
@@ -505,3 +506,77 @@ def test_class_path_backend_rejects_unknown_options(tls):
             ClusterSpec(run_id="x", size=ClusterSize(1), tls=tls, options={"no_such_option": 1, "processes": False})
         )
     assert "no_such_option" in str(info.value)
+
+
+# --- the run's API on a fargate run -------------------------------------------------
+API_PROBE_FLOW = """
+    import httpx
+    from prefect import flow, task
+    from prefect.settings import get_current_settings
+
+    @task
+    def anonymous_status() -> int:
+        # The settings the runner shipped to this task (the worker is in-process here).
+        api = get_current_settings().api
+        return httpx.post(str(api.url) + "/flow_runs/filter", json={}, verify=api.ssl_cert_file or True).status_code
+
+    @flow
+    def main() -> dict:
+        auth = get_current_settings().api.auth_string
+        auth = auth.get_secret_value() if hasattr(auth, "get_secret_value") else auth
+        return {"anonymous": anonymous_status.submit().result(), "auth": auth}
+"""
+
+
+@pytest.mark.aws
+def test_a_fargate_run_keeps_its_api_auth_string_out_of_aws(aws, tls, tmp_path):
+    """A whole `flowrig run` on fargate (moto), its tasks run by a stand-in worker: the
+    run's API refuses a request without its auth string, and the string is in no
+    registered task definition, RunTask request or DescribeTasks answer."""
+    import json
+    import subprocess
+
+    import boto3
+
+    from tests.run_support import FLOWRIG, marked_env, write_project
+
+    certs = tmp_path / "certs"
+    tls.write_to_dir(certs)
+    described: list[dict] = []
+    with local_scheduler(tls, workers=1) as scheduler:
+        project = write_project(tmp_path / "project", API_PROBE_FLOW, f'''
+            flow = "flow.py:main"
+            [cluster]
+            backend = "fargate"
+            n_workers = 1
+            [cluster.options]
+            scheduler_address = "{scheduler.scheduler_address}"
+            create_roles = true
+            provision_timeout = 60
+        ''')
+        process = subprocess.Popen(
+            [*FLOWRIG, "run", str(project), "--image", IMAGE, "--certs", str(certs), "--output", "json"],
+            env=marked_env("fargate-api"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ecs = boto3.client("ecs")
+        # DescribeTasks as an operator would see it while the run's tasks are up.
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            for cluster in ecs.list_clusters()["clusterArns"]:
+                arns = ecs.list_tasks(cluster=cluster)["taskArns"]
+                if arns:
+                    described.extend(ecs.describe_tasks(cluster=cluster, tasks=arns)["tasks"])
+            time.sleep(0.5)
+        stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    outcome = json.loads(stdout.strip().splitlines()[-1])
+    assert outcome["state"] == "Completed", outcome
+    result = outcome["result"]
+    assert result["anonymous"] == 401
+    auth = result["auth"]
+    assert len(auth) >= 32
+    assert described, "no task was seen running"
+    sent = [r["body"] for r in aws.requests("RegisterTaskDefinition")] + [r["body"] for r in aws.requests("RunTask")]
+    assert len(sent) == 3  # scheduler and worker definitions, one worker task
+    for text in (json.dumps(sent), json.dumps(described, default=str)):
+        assert auth not in text
+        assert_no_key_in(text, tls)

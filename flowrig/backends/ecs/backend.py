@@ -104,12 +104,14 @@ class _ECSBase(Backend):
     options_model = ECSOptions
 
     def prefect_api_hosts(self) -> tuple[str, str]:
-        """Inside an ECS task (a runner task), listen on the task's address so workers
-        in the same VPC reach the run's Prefect API; elsewhere stay on loopback, since
-        cloud workers cannot reach a laptop anyway (use ``PREFECT_API_URL`` there)."""
+        """Inside an ECS task (a runner task), listen on the task's own address (not on
+        every interface) so workers in the same VPC reach the run's Prefect API;
+        elsewhere stay on loopback, since cloud workers cannot reach a laptop anyway
+        (use ``PREFECT_API_URL`` there)."""
         if os.environ.get("ECS_CONTAINER_METADATA_URI_V4"):
             try:
-                return "0.0.0.0", socket.gethostbyname(socket.gethostname())
+                address = socket.gethostbyname(socket.gethostname())
+                return address, address
             except OSError:
                 pass
         return "127.0.0.1", "127.0.0.1"
