@@ -1,9 +1,11 @@
 """``flowrig ecs run-local``: the run plan as data (no Docker), then real containers.
 
 The last test replays what a ``fargate`` run sent to ECS (moto records it): the
-registered task definitions and the workers' RunTask overrides become containers of
-the image on a Docker network of the test's own, and the seed flow runs on them over
-mutual TLS.
+registered task definitions, the workers' RunTask overrides and the run's certificate
+secret (as a file) become containers of the image on a Docker network of the test's
+own, and the seed flow runs on them over mutual TLS with the run's certificates, once
+against a Prefect server and once with the runner's own API, which answers a request
+without its auth string with 401.
 """
 
 from __future__ import annotations
@@ -225,6 +227,39 @@ def test_run_local_bad_input_exits_2_with_one_line(tmp_path, args, words):
 
 
 # --- real containers ---------------------------------------------------------------
+#: Run inside a runner container: every TCP port listening there (the run's API is
+#: the only one) asked without credentials; prints ``{port: status}`` once one answers.
+ANONYMOUS_PROBE = """
+import json, socket, ssl, urllib.error, urllib.request
+ports = set()
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    try:
+        rows = open(table).read().splitlines()[1:]
+    except OSError:
+        continue
+    for row in rows:
+        fields = row.split()
+        if fields[3] == "0A":
+            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+host = socket.gethostbyname(socket.gethostname())
+unverified = ssl._create_unverified_context()
+found = {}
+for port in sorted(ports):
+    for scheme in ("http", "https"):
+        request = urllib.request.Request(f"{scheme}://{host}:{port}/api/flow_runs/filter", data=b"{}",
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            found[port] = urllib.request.urlopen(request, timeout=3, context=unverified).status
+            break
+        except urllib.error.HTTPError as exc:
+            found[port] = exc.code
+            break
+        except Exception:
+            continue
+if found:
+    print(json.dumps(found))
+"""
+
 def containers_of(client, network=None):
     found = client.containers.list(all=True, filters={"label": run_local.LABEL_RUN})
     if network:
@@ -370,6 +405,29 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
         outcome = json.loads(last.split(" | ", 1)[1])
         assert (outcome["state"], outcome["result"]) == ("Completed", 90)
         assert outcome["scheduler_address"] == "tls://dask-scheduler:8786"
+
+        # Once more with the run's own embedded API, as a runner task without
+        # PREFECT_API_URL has it: asked without its auth string, it answers 401.
+        own_api = {"containerOverrides": [{"name": "flowrig-runner", "command": runner_overrides[
+            "containerOverrides"][0]["command"]}]}
+        second = subprocess.Popen(run_local_cli("runner.json", json.dumps(own_api)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        statuses: dict = {}
+        deadline = time.monotonic() + 300
+        while second.poll() is None and not statuses and time.monotonic() < deadline:
+            for container in containers_of(docker_client, network=network):
+                if container.labels.get(run_local.LABEL_CONTAINER) != "flowrig-runner":
+                    continue
+                probe = container.exec_run(["python", "-c", ANONYMOUS_PROBE])
+                if probe.exit_code == 0 and probe.output.strip():
+                    statuses = json.loads(probe.output.decode().strip().splitlines()[-1])
+            time.sleep(0.3)
+        out, err = second.communicate(timeout=300)
+        assert second.returncode == 0, out[-4000:] + err[-2000:]
+        last = [line for line in out.splitlines() if line.startswith("flowrig-runner | {")][-1]
+        outcome = json.loads(last.split(" | ", 1)[1])
+        assert (outcome["state"], outcome["result"]) == ("Completed", 90)
+        assert statuses and set(statuses.values()) == {401}, statuses
 
         # The task definitions' health checks, run where ECS would run them.
         by_container = {c.labels[run_local.LABEL_CONTAINER]: c for c in containers_of(docker_client, network=network)}
