@@ -170,3 +170,23 @@ def test_without_one_action_the_run_exits_3_naming_it(aws, runner_user, tls, mon
     after = snapshot(run_id)
     assert after == {k: [] for k in after}, after
     assert secret_arns(run_id) == []
+
+
+@pytest.mark.aws
+def test_bootstrap_prints_what_it_creates_and_is_idempotent(aws):
+    import boto3
+
+    first = CliRunner().invoke(app, ["bootstrap"])
+    assert first.exit_code == 0, first.output
+    arn = f"arn:aws:iam::{ACCOUNT}:role/flowrig/flowrig-execution"
+    assert f"role {arn}: created" in first.output
+    again = CliRunner().invoke(app, ["bootstrap"])
+    assert again.exit_code == 0 and f"role {arn}: exists" in again.output
+    client = boto3.client("iam")
+    roles = [r for r in client.list_roles()["Roles"] if r["RoleName"].startswith("flowrig")]
+    assert [(r["RoleName"], r["Path"]) for r in roles] == [("flowrig-execution", "/flowrig/")]
+    [trust] = roles[0]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
+    attached = client.list_attached_role_policies(RoleName="flowrig-execution")["AttachedPolicies"]
+    assert [p["PolicyArn"] for p in attached] == [
+        "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"]
