@@ -319,6 +319,7 @@ def test_provisioning_timeout_while_tasks_stay_pending(ecs_tasks_pending, bootst
 
     after = snapshot("pend1")
     assert after == {k: [] for k in after}, after
+    assert secret_arns("pend1") == []  # the run's certificates went with it
     import boto3
 
     task_arn = aws.requests("DescribeTasks")[0]["body"]["tasks"][0]
@@ -337,6 +338,7 @@ def test_no_worker_joining_in_time_is_an_infrastructure_error(bootstrapped, tls)
     assert "had no worker within 20 s" in str(info.value)
     after = snapshot("nowk1")
     assert after == {k: [] for k in after}, after
+    assert secret_arns("nowk1") == []
 
 
 @pytest.mark.aws
