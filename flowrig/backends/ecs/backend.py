@@ -4,12 +4,22 @@ The scheduler and the workers are ECS tasks that flowrig starts, watches and sto
 itself (:class:`~flowrig.backends.ecs.launcher.ECSLauncher` in a
 :class:`~flowrig.backends.pool.PoolCluster`), on distributed's public cluster API. The
 AWS resources the tasks need are created for the run when the project names none:
-tagged with the run id, the security group admitting only the VPC, and all of it
-deleted by :meth:`StartedCluster.close` (:class:`~flowrig.backends.ecs.aws.RunResources`).
+tagged with the run id, the security group admitting only the VPC (the dashboard only
+when asked), and all of it deleted by :meth:`StartedCluster.close`
+(:class:`~flowrig.backends.ecs.aws.RunResources`). The execution role is the one
+``flowrig ecs bootstrap`` made, unless the project names one or asks for one per run.
 
-Mutual TLS reaches the containers through their command lines: the scheduler and
-worker commands carry ``--tls-*`` flags naming the files baked into the image, and the
-runner's client gets the run's :class:`distributed.security.Security`.
+Mutual TLS uses the run's certificates: they go into one Secrets Manager secret of the
+run, which the task definitions flowrig registers name in ``secrets``; ECS hands it to
+the containers, whose entry point installs it in memory and names the files in the
+Dask flags. Task definitions of the project's own get flags naming the files baked into
+the image instead. The runner's client gets the run's
+:class:`distributed.security.Security`. Distributed does not check host names on
+``tls://`` connections (its TLS context sets ``check_hostname = False``; trust is the
+run's CA alone), so the leaf need not name the addresses ECS gives the tasks.
+
+RunTask overrides carry commands only: the workers' environment and the project's
+``environment`` and ``secrets`` are in their task definition.
 
 Why not dask-cloudprovider's ``ECSCluster``: its start waits without a deadline, drops
 the reason a task stopped for, polls without pause, starts workers one RunTask at a
