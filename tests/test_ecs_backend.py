@@ -23,7 +23,6 @@ from flowrig.certs.material import TLSMaterial
 from flowrig.errors import BadInput, InfrastructureError
 from flowrig.project.sizing import ClusterSize
 from tests.aws_support import aws_env_without_credentials
-from tests.tls_support import TLS_FLAGS
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/seed:run-image"
 # The ECS cluster object and the stand-in scheduler's own cluster both watch one scheduler.
@@ -102,35 +101,100 @@ def running_tasks(cluster: str) -> list[dict]:
 
 
 # --- fargate: the whole life of a run ----------------------------------------------
+@pytest.fixture
+def bootstrapped(aws):
+    """The account after `flowrig ecs bootstrap`: its execution role exists."""
+    from typer.testing import CliRunner
+
+    from flowrig.cli.ecs import app
+
+    result = CliRunner().invoke(app, ["bootstrap"])
+    assert result.exit_code == 0, result.output
+    return aws
+
+
+def assert_no_key_in(text: str, tls: TLSMaterial, api_auth: str | None = None) -> None:
+    """Neither the leaf key (any line of its body) nor an auth string is in ``text``."""
+    assert "PRIVATE KEY" not in text
+    for line in tls.key_pem.decode().splitlines()[1:-1]:
+        assert line not in text
+    if api_auth:
+        assert api_auth not in text
+
+
+def secret_arns(run_id: str) -> list[str]:
+    import boto3
+
+    listed = boto3.client("secretsmanager").list_secrets(
+        Filters=[{"Key": "tag-value", "Values": [run_id]}])["SecretList"]
+    return [item["ARN"] for item in listed]
+
+
 @pytest.mark.aws
 def test_fargate_run_creates_tagged_private_resources_and_removes_them(aws, tls):
+    import json
+
     import boto3
+
+    from flowrig.certs import delivery
 
     with local_scheduler(tls, workers=1) as scheduler:
         started = FargateBackend().start(
-            spec(tls, "fg1", scheduler_address=scheduler.scheduler_address, provision_timeout=120)
+            spec(tls, "fg1", scheduler_address=scheduler.scheduler_address, provision_timeout=120,
+                 create_roles=True, environment={"GREETING": "hello"},
+                 secrets={"DB_PASSWORD": "arn:aws:secretsmanager:us-east-1:123456789012:secret:db"})
         )
         try:
             assert started.scheduler_address == scheduler.scheduler_address
+            assert started.dashboard_link is None  # not asked for: closed, so no link
             held = snapshot("fg1")
 
             [cluster] = held["clusters"]
             assert tags(cluster["tags"])["flowrig-run-id"] == "fg1"
+
+            # The run's certificates: one secret, tagged, readable by the execution role only.
+            [role] = held["roles"]
+            [secret_arn] = secret_arns("fg1")
+            manager = boto3.client("secretsmanager")
+            assert tags(manager.describe_secret(SecretId=secret_arn)["Tags"])["flowrig-run-id"] == "fg1"
+            policy = json.loads(manager.get_resource_policy(SecretId=secret_arn)["ResourcePolicy"])
+            [statement] = policy["Statement"]
+            assert statement["Principal"] == {"AWS": role["Arn"]}
+            assert statement["Action"] == "secretsmanager:GetSecretValue" and statement["Resource"] == secret_arn
+            delivered = delivery.decode(manager.get_secret_value(SecretId=secret_arn)["SecretString"])
+            assert delivered == tls
 
             by_family = {d["taskDefinition"]["family"]: d for d in held["task_definitions"]}
             assert sorted(by_family) == ["flowrig-fg1-scheduler", "flowrig-fg1-worker"]
             for described in by_family.values():
                 [container] = described["taskDefinition"]["containerDefinitions"]
                 assert container["image"] == IMAGE
-                assert container["command"][-6:] == TLS_FLAGS
+                # No baked files named: the role's entry point uses the delivered ones.
+                assert "--tls-key" not in container["command"]
+                assert tags_env(container["environment"])["FLOWRIG_TLS_FROM"] == "secret"
+                secrets = {item["name"]: item["valueFrom"] for item in container["secrets"]}
+                assert secrets["FLOWRIG_TLS_SECRET"] == secret_arn
                 assert container["linuxParameters"]["initProcessEnabled"] is True
                 assert described["taskDefinition"]["requiresCompatibilities"] == ["FARGATE"]
+                assert described["taskDefinition"]["executionRoleArn"] == role["Arn"]
                 assert tags(described["tags"])["flowrig-run-id"] == "fg1"
-            scheduler_command = by_family["flowrig-fg1-scheduler"]["taskDefinition"]["containerDefinitions"][0]["command"]
-            assert scheduler_command[:5] == ["dask-scheduler", "--idle-timeout", "15 minutes", "--protocol", "tls"]
+                assert_no_key_in(json.dumps(described, default=str), tls)
+            scheduler_def = by_family["flowrig-fg1-scheduler"]["taskDefinition"]["containerDefinitions"][0]
+            assert scheduler_def["command"] == ["dask-scheduler", "--idle-timeout", "15 minutes", "--protocol", "tls"]
+            assert "GREETING" not in tags_env(scheduler_def["environment"])
+            worker_def = by_family["flowrig-fg1-worker"]["taskDefinition"]["containerDefinitions"][0]
+            # The run's and the project's environment, in the definition, not in overrides.
+            assert tags_env(worker_def["environment"]) == {
+                "PREFECT_API_URL": "http://10.0.0.5:4200/api", "FLOWRIG_RUN_ID": "fg1", "GREETING": "hello",
+                "FLOWRIG_TLS_FROM": "secret"}
+            assert {item["name"]: item["valueFrom"] for item in worker_def["secrets"]}["DB_PASSWORD"] == (
+                "arn:aws:secretsmanager:us-east-1:123456789012:secret:db")
 
+            # The security group: the scheduler port from the VPC, nothing else from outside.
             [group] = held["security_groups"]
             vpc = boto3.client("ec2").describe_vpcs(VpcIds=[group["VpcId"]])["Vpcs"][0]
+            from_vpc = [p for p in group["IpPermissions"] if p.get("IpRanges")]
+            assert [(p["FromPort"], p["ToPort"]) for p in from_vpc] == [(8786, 8786)]
             for permission in group["IpPermissions"]:
                 cidrs = [r["CidrIp"] for r in permission.get("IpRanges", [])]
                 assert "0.0.0.0/0" not in cidrs and not permission.get("Ipv6Ranges")
@@ -138,12 +202,20 @@ def test_fargate_run_creates_tagged_private_resources_and_removes_them(aws, tls)
                 if not cidrs:
                     assert [p["GroupId"] for p in permission["UserIdGroupPairs"]] == [group["GroupId"]]
 
-            [role] = held["roles"]
-            assert tags(boto3.client("iam").list_role_tags(RoleName=role["RoleName"])["Tags"])["flowrig-run-id"] == "fg1"
+            # The run's role: on flowrig's path, for ECS tasks of this account only.
+            assert role["Path"] == "/flowrig/"
+            [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+            assert trust["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+            assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": role["Arn"].split(":")[4]}}
+            iam = boto3.client("iam")
+            assert tags(iam.list_role_tags(RoleName=role["RoleName"])["Tags"])["flowrig-run-id"] == "fg1"
+            assert [p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=role["RoleName"])[
+                "AttachedPolicies"]] == ["arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"]
             [log_group] = held["log_groups"]
             assert boto3.client("logs").list_tags_log_group(logGroupName=log_group["logGroupName"])["tags"]["flowrig-run-id"] == "fg1"
 
-            # What dask-cloudprovider asked ECS to run: two workers, private addresses only.
+            # What the runner asked ECS to run: two workers, private addresses only,
+            # commands and nothing else in the overrides.
             requests = aws.requests("RunTask")
             assert len(requests) == 2
             for request in requests:
@@ -155,23 +227,69 @@ def test_fargate_run_creates_tagged_private_resources_and_removes_them(aws, tls)
                 assert body["startedBy"] == "flowrig-fg1"
                 assert tags(body["tags"])["flowrig-run-id"] == "fg1"
                 [override] = body["overrides"]["containerOverrides"]
+                assert sorted(override) == ["command", "name"]
                 assert override["name"] == "dask-worker"
                 command = override["command"]
                 assert command[:2] == ["dask-worker", scheduler.scheduler_address]
                 assert command[command.index("--nthreads") + 1] == "2"
-                assert command[-6:] == TLS_FLAGS
-                assert tags_env(override["environment"]) == {
-                    "PREFECT_API_URL": "http://10.0.0.5:4200/api", "FLOWRIG_RUN_ID": "fg1"}
-            assert len(running_tasks(cluster["clusterArn"])) == 2
+                assert command[-1] == "--no-dashboard" and "--tls-key" not in command
+                assert_no_key_in(json.dumps(body), tls)
+            tasks = running_tasks(cluster["clusterArn"])
+            assert len(tasks) == 2
+            assert_no_key_in(json.dumps(tasks, default=str), tls)
         finally:
             started.close()
         started.close()  # a second close does nothing
 
         after = snapshot("fg1")
         assert after == {k: [] for k in after}, after
+        assert secret_arns("fg1") == []
         assert running_tasks(cluster["clusterArn"]) == []
         # An existing scheduler is someone else's: it is still serving its own worker.
         assert list(scheduler.scheduler_info["workers"].values())[0]["name"] == "local-0"
+
+
+@pytest.mark.aws
+def test_dashboard_is_opened_to_the_vpc_only_when_asked(bootstrapped, tls):
+    with local_scheduler(tls, workers=1) as scheduler:
+        started = FargateBackend().start(
+            spec(tls, "dash1", size=ClusterSize(1), scheduler_address=scheduler.scheduler_address, dashboard=True)
+        )
+        try:
+            [group] = snapshot("dash1")["security_groups"]
+            from_vpc = [p for p in group["IpPermissions"] if p.get("IpRanges")]
+            assert sorted((p["FromPort"], p["ToPort"]) for p in from_vpc) == [(8786, 8786), (8787, 8787)]
+        finally:
+            started.close()
+
+
+@pytest.mark.aws
+def test_runs_use_the_bootstrap_role_and_create_none(bootstrapped, tls):
+    import boto3
+
+    [role] = [r for r in boto3.client("iam").list_roles()["Roles"] if r["Path"] == "/flowrig/"]
+    assert role["RoleName"] == "flowrig-execution"
+    with local_scheduler(tls, workers=1) as scheduler:
+        started = FargateBackend().start(
+            spec(tls, "boot1", size=ClusterSize(1), scheduler_address=scheduler.scheduler_address))
+        try:
+            held = snapshot("boot1")
+            assert held["roles"] == []
+            for described in held["task_definitions"]:
+                assert described["taskDefinition"]["executionRoleArn"] == role["Arn"]
+        finally:
+            started.close()
+    assert [r["RoleName"] for r in boto3.client("iam").list_roles()["Roles"]] == ["flowrig-execution"]
+
+
+@pytest.mark.aws
+def test_without_bootstrap_or_create_roles_nothing_is_created(aws, tls):
+    with pytest.raises(BadInput) as info:
+        FargateBackend().start(spec(tls, "noboot", size=ClusterSize(1)))
+    assert "flowrig ecs bootstrap" in str(info.value) and "\n" not in str(info.value)
+    after = snapshot("noboot")
+    assert after == {k: [] for k in after}, after
+    assert [op for op in aws.operations() if op.startswith("Create")] == []
 
 
 def tags_env(items) -> dict[str, str]:
@@ -179,7 +297,7 @@ def tags_env(items) -> dict[str, str]:
 
 
 @pytest.mark.aws
-def test_provisioning_timeout_while_tasks_stay_pending(ecs_tasks_pending, tls):
+def test_provisioning_timeout_while_tasks_stay_pending(ecs_tasks_pending, bootstrapped, tls):
     aws = ecs_tasks_pending
     began = time.monotonic()
     with pytest.raises(InfrastructureError) as info:
@@ -201,6 +319,7 @@ def test_provisioning_timeout_while_tasks_stay_pending(ecs_tasks_pending, tls):
 
     after = snapshot("pend1")
     assert after == {k: [] for k in after}, after
+    assert secret_arns("pend1") == []  # the run's certificates went with it
     import boto3
 
     task_arn = aws.requests("DescribeTasks")[0]["body"]["tasks"][0]
@@ -209,7 +328,7 @@ def test_provisioning_timeout_while_tasks_stay_pending(ecs_tasks_pending, tls):
 
 
 @pytest.mark.aws
-def test_no_worker_joining_in_time_is_an_infrastructure_error(aws, tls):
+def test_no_worker_joining_in_time_is_an_infrastructure_error(bootstrapped, tls):
     with local_scheduler(tls, workers=0) as scheduler:
         with pytest.raises(InfrastructureError) as info:
             FargateBackend().start(
@@ -219,10 +338,12 @@ def test_no_worker_joining_in_time_is_an_infrastructure_error(aws, tls):
     assert "had no worker within 20 s" in str(info.value)
     after = snapshot("nowk1")
     assert after == {k: [] for k in after}, after
+    assert secret_arns("nowk1") == []
 
 
 @pytest.mark.aws
-def test_ecs_backend_uses_the_given_cluster_and_leaves_it(aws, tls):
+def test_ecs_backend_uses_the_given_cluster_and_leaves_it(bootstrapped, tls):
+    aws = bootstrapped
     import boto3
 
     ecs = boto3.client("ecs")
@@ -239,13 +360,13 @@ def test_ecs_backend_uses_the_given_cluster_and_leaves_it(aws, tls):
             [request] = aws.requests("RunTask")
             assert request["body"]["cluster"] == own
             command = request["body"]["overrides"]["containerOverrides"][0]["command"]
-            # Project flags first, TLS flags appended after them.
-            assert command[-7:] == ["--no-dashboard", *TLS_FLAGS]
+            # Project flags last (the delivered TLS files are named by the entry point).
+            assert command[-1:] == ["--no-dashboard"] and command.count("--no-dashboard") == 1
             assert snapshot("ecs1")["clusters"] == []  # no cluster of its own
             definitions = snapshot("ecs1")["task_definitions"]
             scheduler_def = [d for d in definitions if d["taskDefinition"]["family"].endswith("scheduler")][0]
             assert scheduler_def["taskDefinition"]["containerDefinitions"][0]["command"][3:] == [
-                "--no-show", "--protocol", "tls", *TLS_FLAGS]
+                "--no-show", "--protocol", "tls"]
             assert tags(scheduler_def["tags"])["team"] == "data"
         finally:
             started.close()
@@ -266,6 +387,14 @@ def test_ecs_backend_uses_the_given_cluster_and_leaves_it(aws, tls):
         (FargateBackend, {"options": {"fargate_workers": False}}, "use the ecs backend"),
         (FargateBackend, {"options": {"provision_timeout": "soon"}}, "provision_timeout"),
         (ECSBackend, {}, "needs an existing cluster: set cluster_arn"),
+        (FargateBackend, {"options": {"environment": {"API_TOKEN": "x"}}},
+         "API_TOKEN looks like a secret"),
+        (FargateBackend, {"options": {"environment": {"DB_PASSWORD": "x"}}}, "set secrets = { DB_PASSWORD ="),
+        (FargateBackend, {"options": {"secrets": {"TOKEN": "plain-text"}}}, "is not a Secrets Manager or SSM"),
+        (FargateBackend, {"options": {"environment": {"A": "1"}, "worker_task_definition_arn": "arn:x"}},
+         "put them in that task definition"),
+        (FargateBackend, {"options": {"task_role_policies": ["arn:aws:iam::aws:policy/AdministratorAccess"]}},
+         "set task_role_arn"),
     ],
 )
 def test_bad_options_are_bad_input_before_any_aws_call(tls, backend, changes, words, monkeypatch):
@@ -288,7 +417,7 @@ def test_unreachable_aws_is_an_infrastructure_error(tls, monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with pytest.raises(InfrastructureError) as info:
         FargateBackend().start(spec(tls, "unreach", size=ClusterSize(1)))
-    assert "cannot reach AWS while creating ECS cluster flowrig-unreach" in str(info.value)
+    assert "cannot reach AWS while looking up IAM role flowrig-execution" in str(info.value)
 
 
 def closed_port() -> int:
@@ -322,7 +451,8 @@ def test_prefect_api_stays_on_loopback_outside_ecs(monkeypatch):
     assert FargateBackend().prefect_api_hosts() == ("127.0.0.1", "127.0.0.1")
     monkeypatch.setenv("ECS_CONTAINER_METADATA_URI_V4", "http://169.254.170.2/v4/x")
     bind, advertised = FargateBackend().prefect_api_hosts()
-    assert bind == "0.0.0.0" and advertised != "0.0.0.0"
+    # The task's own address, both to listen on and to reach the API at.
+    assert bind == advertised == socket.gethostbyname(socket.gethostname())
 
 
 # --- package.module:ClusterClass ----------------------------------------------------
@@ -378,3 +508,77 @@ def test_class_path_backend_rejects_unknown_options(tls):
             ClusterSpec(run_id="x", size=ClusterSize(1), tls=tls, options={"no_such_option": 1, "processes": False})
         )
     assert "no_such_option" in str(info.value)
+
+
+# --- the run's API on a fargate run -------------------------------------------------
+API_PROBE_FLOW = """
+    import httpx
+    from prefect import flow, task
+    from prefect.settings import get_current_settings
+
+    @task
+    def anonymous_status() -> int:
+        # The settings the runner shipped to this task (the worker is in-process here).
+        api = get_current_settings().api
+        return httpx.post(str(api.url) + "/flow_runs/filter", json={}, verify=api.ssl_cert_file or True).status_code
+
+    @flow
+    def main() -> dict:
+        auth = get_current_settings().api.auth_string
+        auth = auth.get_secret_value() if hasattr(auth, "get_secret_value") else auth
+        return {"anonymous": anonymous_status.submit().result(), "auth": auth}
+"""
+
+
+@pytest.mark.aws
+def test_a_fargate_run_keeps_its_api_auth_string_out_of_aws(aws, tls, tmp_path):
+    """A whole `flowrig run` on fargate (moto), its tasks run by a stand-in worker: the
+    run's API refuses a request without its auth string, and the string is in no
+    registered task definition, RunTask request or DescribeTasks answer."""
+    import json
+    import subprocess
+
+    import boto3
+
+    from tests.run_support import FLOWRIG, marked_env, write_project
+
+    certs = tmp_path / "certs"
+    tls.write_to_dir(certs)
+    described: list[dict] = []
+    with local_scheduler(tls, workers=1) as scheduler:
+        project = write_project(tmp_path / "project", API_PROBE_FLOW, f'''
+            flow = "flow.py:main"
+            [cluster]
+            backend = "fargate"
+            n_workers = 1
+            [cluster.options]
+            scheduler_address = "{scheduler.scheduler_address}"
+            create_roles = true
+            provision_timeout = 60
+        ''')
+        process = subprocess.Popen(
+            [*FLOWRIG, "run", str(project), "--image", IMAGE, "--certs", str(certs), "--output", "json"],
+            env=marked_env("fargate-api"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ecs = boto3.client("ecs")
+        # DescribeTasks as an operator would see it while the run's tasks are up.
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            for cluster in ecs.list_clusters()["clusterArns"]:
+                arns = ecs.list_tasks(cluster=cluster)["taskArns"]
+                if arns:
+                    described.extend(ecs.describe_tasks(cluster=cluster, tasks=arns)["tasks"])
+            time.sleep(0.5)
+        stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    outcome = json.loads(stdout.strip().splitlines()[-1])
+    assert outcome["state"] == "Completed", outcome
+    result = outcome["result"]
+    assert result["anonymous"] == 401
+    auth = result["auth"]
+    assert len(auth) >= 32
+    assert described, "no task was seen running"
+    sent = [r["body"] for r in aws.requests("RegisterTaskDefinition")] + [r["body"] for r in aws.requests("RunTask")]
+    assert len(sent) == 3  # scheduler and worker definitions, one worker task
+    for text in (json.dumps(sent), json.dumps(described, default=str)):
+        assert auth not in text
+        assert_no_key_in(text, tls)

@@ -1,15 +1,18 @@
 """``flowrig ecs run-local``: the run plan as data (no Docker), then real containers.
 
 The last test replays what a ``fargate`` run sent to ECS (moto records it): the
-registered task definitions and the workers' RunTask overrides become containers of
-the image on a Docker network of the test's own, and the seed flow runs on them over
-mutual TLS.
+registered task definitions, the workers' RunTask overrides and the run's certificate
+secret (as a file) become containers of the image on a Docker network of the test's
+own, and the seed flow runs on them over mutual TLS with the run's certificates, once
+against a Prefect server and once with the runner's own API, which answers a request
+without its auth string with 401.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -63,7 +66,8 @@ def test_overrides_replace_the_command_and_add_environment_as_runtask_does():
     [plan] = run_local.plan_run(rendered("worker"), run_local.load_overrides(overrides), run_id="r2")
     assert plan.command == ("dask-worker", "tls://dask-scheduler:8786", "--name", "0")
     assert plan.environment == {"A": "task", "B": "override", "C": "new"}
-    assert plan.network == ecs_defaults.RUN_LOCAL_NETWORK
+    # No network named: one of this invocation's own.
+    assert plan.network == f"{ecs_defaults.RUN_LOCAL_NETWORK}-r2" == run_local.invocation_network("r2")
     # Environment alone leaves the task definition's command in place.
     only_env = {"containerOverrides": [{"name": "dask-worker", "environment": [{"name": "A", "value": "x"}]}]}
     [plan] = run_local.plan_run(rendered("worker"), only_env, run_id="r3")
@@ -127,10 +131,60 @@ def test_bad_task_definitions_are_bad_input():
         ("arn:aws:ssm:us-east-1:123456789012:parameter/flowrig/prefect-api-key", "prefect-api-key"),
         ("/flowrig/db-password", "db-password"),
         ("plain", "plain"),
+        ("arn:aws:secretsmanager:us-east-1:123456789012:secret:team/token", "team/token"),
+        # A parameter's path is cut to its last part, so it cannot climb out.
+        ("arn:aws:ssm:us-east-1:123456789012:parameter/../../etc/passwd", "passwd"),
     ],
 )
 def test_secret_file_names(value_from, name):
     assert run_local.secret_file_name(value_from) == name
+
+
+TRAVERSALS = [
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:/etc/passwd",
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:../../x",
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:team/../../x",
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:./x",
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:a//b",
+    "arn:aws:ssm:us-east-1:123456789012:parameter/..",
+    "..",
+]
+
+
+@pytest.mark.parametrize("value_from", TRAVERSALS)
+def test_secret_names_that_leave_the_secrets_dir_are_refused(value_from):
+    with pytest.raises(BadInput) as info:
+        run_local.secret_file_name(value_from)
+    assert "not a file inside --secrets-dir" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("value_from", TRAVERSALS[:2])
+def test_run_local_traversal_exits_2_with_one_line_before_docker(tmp_path, value_from):
+    (tmp_path / "secrets").mkdir()
+    path = tmp_path / "runner.json"
+    path.write_text(taskdefs.to_json(rendered("runner", secrets={"X": value_from})))
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}  # no engine may be asked
+    done = subprocess.run([*FLOWRIG, "ecs", "run-local", str(path), "--secrets-dir", str(tmp_path / "secrets")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60, env=env)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "not a file inside --secrets-dir" in line and value_from in line
+
+
+def test_a_link_out_of_the_secrets_dir_is_refused(tmp_path):
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    (tmp_path / "outside").write_text("not yours\n")
+    (secrets_dir / "token").symlink_to(tmp_path / "outside")
+    [plan] = run_local.plan_run(rendered("runner", secrets={"T": "/ci/token"}), run_id="r7")
+    with pytest.raises(BadInput, match="outside --secrets-dir"):
+        run_local.read_secrets([plan], secrets_dir)
+    # A subdirectory of a Secrets Manager name is fine.
+    (secrets_dir / "team").mkdir()
+    (secrets_dir / "team" / "token").write_text("ok\n")
+    [plan] = run_local.plan_run(rendered("runner", secrets={
+        "T": "arn:aws:secretsmanager:us-east-1:123456789012:secret:team/token"}), run_id="r8")
+    assert run_local.read_secrets([plan], secrets_dir) == {plan.name: {"T": "ok"}}
 
 
 def test_secrets_are_read_before_anything_starts(tmp_path):
@@ -173,6 +227,39 @@ def test_run_local_bad_input_exits_2_with_one_line(tmp_path, args, words):
 
 
 # --- real containers ---------------------------------------------------------------
+#: Run inside a runner container: every TCP port listening there (the run's API is
+#: the only one) asked without credentials; prints ``{port: status}`` once one answers.
+ANONYMOUS_PROBE = """
+import json, socket, ssl, urllib.error, urllib.request
+ports = set()
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    try:
+        rows = open(table).read().splitlines()[1:]
+    except OSError:
+        continue
+    for row in rows:
+        fields = row.split()
+        if fields[3] == "0A":
+            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+host = socket.gethostbyname(socket.gethostname())
+unverified = ssl._create_unverified_context()
+found = {}
+for port in sorted(ports):
+    for scheme in ("http", "https"):
+        request = urllib.request.Request(f"{scheme}://{host}:{port}/api/flow_runs/filter", data=b"{}",
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            found[port] = urllib.request.urlopen(request, timeout=3, context=unverified).status
+            break
+        except urllib.error.HTTPError as exc:
+            found[port] = exc.code
+            break
+        except Exception:
+            continue
+if found:
+    print(json.dumps(found))
+"""
+
 def containers_of(client, network=None):
     found = client.containers.list(all=True, filters={"label": run_local.LABEL_RUN})
     if network:
@@ -220,7 +307,8 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
     from flowrig.project.sizing import ClusterSize
 
     # 1. A fargate run against moto. Its client needs some real scheduler to connect to:
-    #    one on loopback, with a throwaway CA (the containers use the image's own).
+    #    one on loopback, with the run's certificates, which the run also puts in its
+    #    secret for the containers (the image's baked ones are not used).
     host_tls = TLSMaterial.ephemeral()
     security = host_tls.to_security()
     stand_in = SpecCluster(
@@ -236,7 +324,8 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
     with stand_in:
         started = FargateBackend().start(ClusterSpec(
             run_id=run_id, size=ClusterSize(2), tls=host_tls, image=seed_image, worker_env=worker_env,
-            options={"scheduler_address": stand_in.scheduler_address, "worker_cpu": 1024, "worker_mem": 2048},
+            options={"scheduler_address": stand_in.scheduler_address, "worker_cpu": 1024, "worker_mem": 2048,
+                     "create_roles": True},
         ))
         ecs = boto3.client("ecs")
         described = {
@@ -244,23 +333,33 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
             for role in ("scheduler", "worker")
         }
         worker_requests = [r["body"] for r in aws.requests("RunTask")]
+        # What ECS would read with the execution role: the run's secret, as a file.
+        [tls_secret] = described["worker"]["taskDefinition"]["containerDefinitions"][0]["secrets"]
+        secret_arn = tls_secret["valueFrom"]
+        secrets_dir = tmp_path / "secrets"
+        secret_file = secrets_dir / run_local.secret_file_name(secret_arn)
+        secret_file.parent.mkdir(parents=True)
+        secret_file.write_text(boto3.client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"])
         started.close()
     assert len(worker_requests) == 2
+    with pytest.raises(Exception, match="ResourceNotFound"):
+        boto3.client("secretsmanager").get_secret_value(SecretId=secret_arn)
 
     # 2. The same definitions and overrides as containers. ECS would have put the
     #    scheduler task's own address in the worker command; here that is its alias.
     network = f"flowrig-replay-{run_id}"
     for role, document in described.items():
         (tmp_path / f"{role}.json").write_text(json.dumps(document, default=str))
-    env_override = worker_requests[0]["overrides"]["containerOverrides"][0]["environment"]
-    (tmp_path / "scheduler-overrides.json").write_text(json.dumps(
-        {"containerOverrides": [{"name": "dask-scheduler", "environment": env_override}]}))
+    (tmp_path / "scheduler-overrides.json").write_text(json.dumps({"containerOverrides": []}))
     for index, request in enumerate(worker_requests):
         override = request["overrides"]["containerOverrides"][0]
+        assert "environment" not in override
         assert override["command"][1] == stand_in.scheduler_address
         override["command"][1] = "tls://dask-scheduler:8786"
         (tmp_path / f"worker-{index}-overrides.json").write_text(json.dumps(request))
-    runner_definition = rendered("runner", image=seed_image, environment={}, secrets={})
+    # The runner task gets the run's certificates the same way.
+    runner_definition = rendered("runner", image=seed_image, environment={"FLOWRIG_TLS_FROM": "secret"},
+                                 secrets={"FLOWRIG_TLS_SECRET": secret_arn})
     (tmp_path / "runner.json").write_text(taskdefs.to_json(runner_definition))
     ten = "x=[0,1,2,3,4,5,6,7,8,9]"
     runner_overrides = {"containerOverrides": [{
@@ -271,7 +370,7 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
 
     def run_local_cli(definition: str, overrides: str) -> list[str]:
         return [*FLOWRIG, "ecs", "run-local", str(tmp_path / definition), "--overrides", overrides,
-                "--network", network]
+                "--network", network, "--secrets-dir", str(secrets_dir)]
 
     docker_client.networks.create(network, driver="bridge", labels={run_local.LABEL_RUN: run_id})
     background = []
@@ -307,6 +406,29 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
         assert (outcome["state"], outcome["result"]) == ("Completed", 90)
         assert outcome["scheduler_address"] == "tls://dask-scheduler:8786"
 
+        # Once more with the run's own embedded API, as a runner task without
+        # PREFECT_API_URL has it: asked without its auth string, it answers 401.
+        own_api = {"containerOverrides": [{"name": "flowrig-runner", "command": runner_overrides[
+            "containerOverrides"][0]["command"]}]}
+        second = subprocess.Popen(run_local_cli("runner.json", json.dumps(own_api)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        statuses: dict = {}
+        deadline = time.monotonic() + 300
+        while second.poll() is None and not statuses and time.monotonic() < deadline:
+            for container in containers_of(docker_client, network=network):
+                if container.labels.get(run_local.LABEL_CONTAINER) != "flowrig-runner":
+                    continue
+                probe = container.exec_run(["python", "-c", ANONYMOUS_PROBE])
+                if probe.exit_code == 0 and probe.output.strip():
+                    statuses = json.loads(probe.output.decode().strip().splitlines()[-1])
+            time.sleep(0.3)
+        out, err = second.communicate(timeout=300)
+        assert second.returncode == 0, out[-4000:] + err[-2000:]
+        last = [line for line in out.splitlines() if line.startswith("flowrig-runner | {")][-1]
+        outcome = json.loads(last.split(" | ", 1)[1])
+        assert (outcome["state"], outcome["result"]) == ("Completed", 90)
+        assert statuses and set(statuses.values()) == {401}, statuses
+
         # The task definitions' health checks, run where ECS would run them.
         by_container = {c.labels[run_local.LABEL_CONTAINER]: c for c in containers_of(docker_client, network=network)}
         assert sorted(by_container) == ["dask-scheduler", "dask-worker", "prefect-server"]
@@ -338,3 +460,51 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
     assert [process.returncode for process in background] == [128 + signal.SIGTERM] * 3
     # Each replayed container logged under its ECS container name.
     assert "dask-scheduler | " in logs[0] and "dask-worker | " in logs[1]
+
+
+def _probe_definitions(image: str, family: str) -> tuple[dict, dict]:
+    """A task whose container answers to ``dask-scheduler``, and one that looks for it."""
+    server = {"family": f"{family}-server", "containerDefinitions": [{
+        "name": "dask-scheduler", "image": image, "entryPoint": ["sh", "-c"], "command": ["sleep 60"]}]}
+    look = ("for i in $(seq 10); do getent hosts dask-scheduler && echo FOUND && exit 0; sleep 0.5; done; "
+            "echo ALONE; exit 1")
+    probe = {"family": f"{family}-probe", "containerDefinitions": [{
+        "name": "probe", "image": image, "entryPoint": ["sh", "-c"], "command": [look]}]}
+    return server, probe
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("shared", [False, True])
+def test_two_invocations_at_once_meet_only_on_a_network_they_name(docker_client, tmp_path, shared):
+    from tests.docker_support import test_base_image
+
+    family = f"meet-{uuid.uuid4().hex[:8]}"
+    server, probe = _probe_definitions(test_base_image(), family)
+    (tmp_path / "server.json").write_text(json.dumps(server))
+    (tmp_path / "probe.json").write_text(json.dumps(probe))
+    named = [] if not shared else ["--network", f"flowrig-test-{family}"]
+    background = subprocess.Popen([*FLOWRIG, "ecs", "run-local", str(tmp_path / "server.json"), *named],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not [c for c in docker_client.containers.list(filters={"label": f"{run_local.LABEL_FAMILY}={family}-server"})
+                   if c.status == "running"]:
+            assert background.poll() is None and time.monotonic() < deadline, background.stdout.read()
+            time.sleep(0.3)
+        [running] = docker_client.containers.list(filters={"label": f"{run_local.LABEL_FAMILY}={family}-server"})
+        [server_network] = running.attrs["NetworkSettings"]["Networks"]
+        done = subprocess.run([*FLOWRIG, "ecs", "run-local", str(tmp_path / "probe.json"), *named],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        background.send_signal(signal.SIGTERM)
+        background.wait(timeout=60)
+        for net in docker_client.networks.list(names=[f"flowrig-test-{family}"]):
+            net.remove()
+    if shared:
+        assert done.returncode == 0 and "probe | FOUND" in done.stdout, done.stdout + done.stderr
+    else:
+        assert done.returncode == 1 and "probe | ALONE" in done.stdout, done.stdout + done.stderr
+        assert server_network.startswith(f"{ecs_defaults.RUN_LOCAL_NETWORK}-")
+        # The invocation's own network went with it.
+        assert docker_client.networks.list(names=[server_network]) == []
+    assert docker_client.containers.list(all=True, filters={"label": f"{run_local.LABEL_FAMILY}={family}-server"}) == []

@@ -30,7 +30,7 @@ from distributed.core import Status, rpc
 from distributed.deploy import Cluster
 from distributed.utils import LoopRunner, NoOpAwaitable
 
-from flowrig.errors import InfrastructureError, one_line
+from flowrig.errors import FlowrigError, InfrastructureError, one_line
 
 logger = logging.getLogger("flowrig.pool")
 
@@ -162,6 +162,9 @@ class PoolCluster(Cluster):
         self.workers: dict[str, _Worker] = {}
         #: One line per worker that stopped before it joined, oldest first.
         self.failures: list[str] = []
+        #: Why the launcher refused to start workers (permissions, parameters): waiting
+        #: does not change that, so :meth:`wait_for_start` raises it at once.
+        self.start_error: FlowrigError | None = None
         #: Workers that stopped after joining and were replaced.
         self.replaced = 0
         self._desired = n_workers
@@ -273,7 +276,11 @@ class PoolCluster(Cluster):
             if missing > 0:
                 names = [self._next_name() for _ in range(missing)]
                 contact = self._endpoint.contact_address if self._endpoint else ""
-                handles = await _in_thread(self.launcher.start_workers, contact, names)
+                try:
+                    handles = await _in_thread(self.launcher.start_workers, contact, names)
+                except FlowrigError as exc:
+                    self.start_error = exc
+                    return
                 now = time.monotonic()
                 for name, handle in zip(names, handles):
                     self.workers[name] = _Worker(handle=handle, since=now)
@@ -350,9 +357,13 @@ class PoolCluster(Cluster):
         InfrastructureError
             When fewer than ``minimum`` workers can still join: the message holds the
             first worker's stop reason. :class:`StartTimeout` when ``timeout`` passes.
+        FlowrigError
+            The launcher's own error when it refused to start workers.
         """
         deadline = time.monotonic() + timeout
         while True:
+            if self.start_error is not None:
+                raise self.start_error
             joined = len(self.scheduler_info.get("workers", {}))
             # Nothing counts before the wanted workers were asked for: the scale runs
             # on the cluster's loop, and a scheduler of someone else's may have workers.

@@ -178,11 +178,16 @@ def run_local_command(
         typer.Option(help="RunTask overrides: JSON text or a file (containerOverrides command/environment)."),
     ] = None,
     network: Annotated[
-        str, typer.Option(help="Docker network to join (created when missing, then kept).")
-    ] = defaults.RUN_LOCAL_NETWORK,
+        Optional[str],
+        typer.Option(
+            help="Docker network to join, shared by invocations that must meet (created when missing, "
+            f"then kept); default: one of this invocation's own ({defaults.RUN_LOCAL_NETWORK}-RUNID), "
+            "removed at its end."
+        ),
+    ] = None,
     secrets_dir: Annotated[
         Optional[Path],
-        typer.Option(help="One file per secret, named after the last part of its valueFrom."),
+        typer.Option(help="One file per secret, named after its secret (or the last part of its parameter)."),
     ] = None,
     print_plan: Annotated[
         bool, typer.Option("--print-plan", help="Print the containers that would run, as JSON, and stop.")
@@ -191,7 +196,8 @@ def run_local_command(
     """Run a task definition's containers with the local Docker engine.
 
     Containers answer to their ECS container names on the network (dask-scheduler resolves).
-    A secret is read from SECRETS_DIR/NAME, NAME being the last part of its valueFrom.
+    A secret is read from SECRETS_DIR/NAME: NAME is a Secrets Manager secret's name or the
+    last part of a parameter's; names leaving SECRETS_DIR ('..', '/...') are refused.
     Every container is removed at the end; the exit code is the first essential one's.
     """
     from flowrig.backends.ecs import run_local
@@ -216,3 +222,54 @@ def run_local_command(
         return
     code = run_local.run(plans, secrets_dir=secrets_dir)
     raise typer.Exit(code)
+
+
+@app.command("bootstrap")
+def bootstrap_command(
+    region: Annotated[
+        Optional[str], typer.Option(help="AWS region (default: AWS_REGION or the profile's).")
+    ] = None,
+) -> None:
+    """Create, once per account, the execution role runs use (idempotent).
+
+    The role is on the /flowrig/ IAM path, only ECS tasks of this account may assume it
+    (aws:SourceAccount), and it holds AWS's managed execution policy only. Runs then need
+    no IAM rights beyond iam:GetRole and iam:PassRole on it (see `flowrig ecs iam-policy`).
+    """
+    from flowrig.backends.ecs import aws, iam
+
+    session = aws.session(region)
+    account = session.account()
+    arn, created = aws.ensure_role(
+        session, account, iam.EXECUTION_ROLE_NAME, "flowrig: lets ECS pull the image and write logs for a run"
+    )
+    verb = "created" if created else "exists, trust policy and execution policy checked"
+    typer.echo(f"role {arn}: {verb}")
+    typer.echo(f"  trust: ecs-tasks.amazonaws.com, aws:SourceAccount = {account.account_id}")
+    typer.echo(f"  policy: {iam.execution_policy_arn(account.partition)}")
+
+
+@app.command("iam-policy")
+def iam_policy_command(
+    account: Annotated[
+        Optional[str],
+        typer.Option(help="12-digit account id the policy is for (default: the credentials' account)."),
+    ] = None,
+    partition: Annotated[str, typer.Option(help="aws, aws-cn or aws-us-gov.")] = "aws",
+    create_roles: Annotated[
+        bool, typer.Option("--create-roles", help="Add what runs with create_roles = true need.")
+    ] = False,
+) -> None:
+    """Print the least-privilege IAM policy a runner of ECS/Fargate runs needs (JSON)."""
+    from flowrig.backends.ecs import iam
+    from flowrig.errors import BadInput
+
+    if account is None:
+        from flowrig.backends.ecs import aws
+
+        found = aws.session().account()
+        account, partition = found.account_id, found.partition
+    if not (account.isdigit() and len(account) == 12):
+        raise BadInput(f"--account {account!r} is not an AWS account id: use its 12 digits")
+    policy = iam.runner_policy(iam.Account(partition, account), create_roles=create_roles)
+    typer.echo(json.dumps(policy, indent=2))

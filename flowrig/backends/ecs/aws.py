@@ -9,12 +9,15 @@ dask-cloudprovider's aiobotocore pins, and boto3 adds nothing flowrig uses.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
+from flowrig.backends.ecs import iam as iam_docs
 from flowrig.backends.ecs.defaults import CLEANUP_TIMEOUT
 from flowrig.errors import BadInput, InfrastructureError, one_line
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
@@ -30,11 +33,6 @@ CONNECT_TIMEOUT = 10
 _POLL_SECONDS = 2
 _RETRY_SECONDS = 5
 
-#: Trust policy of roles flowrig creates: only ECS tasks may assume them.
-_ECS_TASKS_TRUST = (
-    '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", '
-    '"Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]}'
-)
 
 
 @contextmanager
@@ -62,9 +60,12 @@ def aws_errors(action: str) -> Iterator[None]:
         raise InfrastructureError(f"cannot reach AWS while {action}: {one_line(exc)}") from None
     except bx.ClientError as exc:
         error = exc.response.get("Error", {})
-        raise InfrastructureError(
-            f"AWS refused {action}: {error.get('Code', 'error')}: {one_line(error.get('Message', exc))}"
-        ) from None
+        code, message = str(error.get("Code", "error")), str(error.get("Message", exc))
+        # Some endpoints answer a JSON API with an XML error body, which botocore keeps whole.
+        xml = re.search(r"<Code>(.*?)</Code>.*?<Message>(.*?)</Message>", message, re.DOTALL)
+        if xml:
+            code, message = xml.groups()
+        raise InfrastructureError(f"AWS refused {action}: {code}: {one_line(message)}") from None
     except bx.BotoCoreError as exc:
         raise InfrastructureError(f"AWS call failed while {action}: {one_line(exc)}") from None
 
@@ -122,6 +123,61 @@ class Session:
     def partition(self) -> str:
         """The region's partition (``aws``, ``aws-cn``, ``aws-us-gov``), for ARNs."""
         return self._session.get_partition_for_region(self.region_name)
+
+    def account(self) -> iam_docs.Account:
+        """The partition and the account the credentials belong to."""
+        with aws_errors("asking AWS which account the credentials belong to"):
+            account_id = self.client("sts").get_caller_identity()["Account"]
+        return iam_docs.Account(self.partition, account_id)
+
+
+def find_role(aws: Session, name: str) -> str:
+    """The ARN of the pre-created role ``name``.
+
+    Raises
+    ------
+    BadInput
+        When there is no such role (with the command that makes it).
+    """
+    from botocore.exceptions import ClientError
+
+    with aws_errors(f"looking up IAM role {name}"):
+        try:
+            return aws.client("iam").get_role(RoleName=name)["Role"]["Arn"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchEntity":
+                raise
+    raise BadInput(
+        f"IAM role {name} does not exist: run `flowrig ecs bootstrap` once for the account, "
+        "set execution_role_arn in [cluster.options], or set create_roles = true"
+    )
+
+
+def ensure_role(aws: Session, account: iam_docs.Account, name: str, description: str) -> tuple[str, bool]:
+    """The bootstrap role ``name`` on flowrig's IAM path with the execution policy;
+    created when missing. Returns ``(arn, created)``."""
+    from botocore.exceptions import ClientError
+
+    iam = aws.client("iam")
+    with aws_errors(f"creating IAM role {name}"):
+        try:
+            arn = iam.get_role(RoleName=name)["Role"]["Arn"]
+            created = False
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchEntity":
+                raise
+            arn = iam.create_role(
+                RoleName=name,
+                Path=iam_docs.ROLE_PATH,
+                AssumeRolePolicyDocument=json.dumps(iam_docs.trust_policy(account)),
+                Description=description,
+                Tags=[{"Key": "createdBy", "Value": "flowrig ecs bootstrap"}],
+            )["Role"]["Arn"]
+            created = True
+        # Idempotent: a role from an older bootstrap gets today's trust and policy.
+        iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(iam_docs.trust_policy(account)))
+        iam.attach_role_policy(RoleName=name, PolicyArn=iam_docs.execution_policy_arn(account.partition))
+    return arn, created
 
 
 def session(region: str | None = None, **credentials: str | None) -> Session:
@@ -253,20 +309,41 @@ class RunResources:
         self._created.append(("cluster", arn))
         return arn
 
-    def create_role(self, name: str, description: str, policy_arns: list[str]) -> str:
-        """An IAM role only ECS tasks can assume, with ``policy_arns``; returns its ARN."""
+    def create_execution_role(self, name: str) -> str:
+        """A run's execution role: only ECS tasks of this account may assume it, and it
+        holds AWS's managed execution policy alone; returns its ARN."""
         iam = self._client("iam")
+        account = self.aws.account()
         with aws_errors(f"creating IAM role {name}"):
             response = iam.create_role(
                 RoleName=name,
-                AssumeRolePolicyDocument=_ECS_TASKS_TRUST,
-                Description=description,
+                Path=iam_docs.ROLE_PATH,
+                AssumeRolePolicyDocument=json.dumps(iam_docs.trust_policy(account)),
+                Description="flowrig: lets ECS pull the image and write logs for one run",
                 Tags=_upper_tags(self.tags),
             )
             self._created.append(("role", name))
-            for policy in policy_arns:
-                iam.attach_role_policy(RoleName=name, PolicyArn=policy)
+            iam.attach_role_policy(RoleName=name, PolicyArn=iam_docs.execution_policy_arn(account.partition))
         return response["Role"]["Arn"]
+
+    def create_run_secret(self, name: str, value: str, reader_role_arn: str) -> str:
+        """A Secrets Manager secret holding ``value`` that only ``reader_role_arn`` is
+        named to read (resource policy); returns its ARN. Deleted without recovery."""
+        client = self._client("secretsmanager")
+        with aws_errors(f"creating secret {name}"):
+            arn = client.create_secret(
+                Name=name,
+                SecretString=value,
+                Description="flowrig: one run's TLS certificates, deleted with the run",
+                Tags=_upper_tags(self.tags),
+            )["ARN"]
+            self._created.append(("secret", arn))
+            client.put_resource_policy(
+                SecretId=arn,
+                ResourcePolicy=json.dumps(iam_docs.secret_read_policy(arn, reader_role_arn)),
+                BlockPublicPolicy=True,
+            )
+        return arn
 
     def create_log_group(self, name: str) -> str:
         """A CloudWatch log group; returns its name."""
@@ -275,12 +352,13 @@ class RunResources:
         self._created.append(("log-group", name))
         return name
 
-    def create_security_group(self, name: str, vpc_id: str, cidrs: list[str]) -> str:
+    def create_security_group(self, name: str, vpc_id: str, cidrs: list[str], *, dashboard: bool = False) -> str:
         """A security group for one run's tasks; returns its id.
 
         Tasks in the group reach each other on every TCP port (workers listen on
-        random ones), and the scheduler and dashboard ports are open to the VPC's own
-        addresses only, for a runner in the same VPC. Nothing is open to the internet.
+        random ones); the scheduler port is open to the VPC's own addresses, for a
+        runner in the same VPC, and the dashboard port too only with ``dashboard``.
+        Nothing is open to the internet.
         """
         ec2 = self._client("ec2")
         with aws_errors(f"creating security group {name}"):
@@ -304,15 +382,16 @@ class RunResources:
                             {"GroupId": group_id, "Description": "between this run's tasks"}
                         ],
                     },
-                    {
-                        "IpProtocol": "tcp",
-                        "FromPort": SCHEDULER_PORT,
-                        "ToPort": DASHBOARD_PORT,
-                        "IpRanges": [
-                            {"CidrIp": cidr, "Description": "runner and dashboard, same VPC"}
-                            for cidr in cidrs
-                        ],
-                    },
+                    *(
+                        {
+                            "IpProtocol": "tcp",
+                            "FromPort": port,
+                            "ToPort": port,
+                            "IpRanges": [{"CidrIp": cidr, "Description": f"{what}, same VPC"} for cidr in cidrs],
+                        }
+                        for port, what in ((SCHEDULER_PORT, "runner"), (DASHBOARD_PORT, "dashboard"))
+                        if port == SCHEDULER_PORT or dashboard
+                    ),
                 ],
             )
         return group_id
@@ -400,6 +479,9 @@ class RunResources:
                 {"DependencyViolation"},
                 deadline,
             )
+        elif kind == "secret":
+            # No recovery window: the certificates are worthless after the run anyway.
+            self._client("secretsmanager").delete_secret(SecretId=ident, ForceDeleteWithoutRecovery=True)
         elif kind == "role":
             iam = self._client("iam")
             for policy in iam.list_attached_role_policies(RoleName=ident)["AttachedPolicies"]:

@@ -4,12 +4,22 @@ The scheduler and the workers are ECS tasks that flowrig starts, watches and sto
 itself (:class:`~flowrig.backends.ecs.launcher.ECSLauncher` in a
 :class:`~flowrig.backends.pool.PoolCluster`), on distributed's public cluster API. The
 AWS resources the tasks need are created for the run when the project names none:
-tagged with the run id, the security group admitting only the VPC, and all of it
-deleted by :meth:`StartedCluster.close` (:class:`~flowrig.backends.ecs.aws.RunResources`).
+tagged with the run id, the security group admitting only the VPC (the dashboard only
+when asked), and all of it deleted by :meth:`StartedCluster.close`
+(:class:`~flowrig.backends.ecs.aws.RunResources`). The execution role is the one
+``flowrig ecs bootstrap`` made, unless the project names one or asks for one per run.
 
-Mutual TLS reaches the containers through their command lines: the scheduler and
-worker commands carry ``--tls-*`` flags naming the files baked into the image, and the
-runner's client gets the run's :class:`distributed.security.Security`.
+Mutual TLS uses the run's certificates: they go into one Secrets Manager secret of the
+run, which the task definitions flowrig registers name in ``secrets``; ECS hands it to
+the containers, whose entry point installs it in memory and names the files in the
+Dask flags. Task definitions of the project's own get flags naming the files baked into
+the image instead. The runner's client gets the run's
+:class:`distributed.security.Security`. Distributed does not check host names on
+``tls://`` connections (its TLS context sets ``check_hostname = False``; trust is the
+run's CA alone), so the leaf need not name the addresses ECS gives the tasks.
+
+RunTask overrides carry commands only: the workers' environment and the project's
+``environment`` and ``secrets`` are in their task definition.
 
 Why not dask-cloudprovider's ``ECSCluster``: its start waits without a deadline, drops
 the reason a task stopped for, polls without pause, starts workers one RunTask at a
@@ -77,6 +87,9 @@ class _Launch:
     sizes: dict[str, "RoleSize"]
     scheduler_args: list[str]
     worker_args: list[str]
+    #: Roles whose task definition flowrig registers for the run: their certificates
+    #: arrive from the run's secret, and their environment is in the definition.
+    own_definitions: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -101,12 +114,14 @@ class _ECSBase(Backend):
     options_model = ECSOptions
 
     def prefect_api_hosts(self) -> tuple[str, str]:
-        """Inside an ECS task (a runner task), listen on the task's address so workers
-        in the same VPC reach the run's Prefect API; elsewhere stay on loopback, since
-        cloud workers cannot reach a laptop anyway (use ``PREFECT_API_URL`` there)."""
+        """Inside an ECS task (a runner task), listen on the task's own address (not on
+        every interface) so workers in the same VPC reach the run's Prefect API;
+        elsewhere stay on loopback, since cloud workers cannot reach a laptop anyway
+        (use ``PREFECT_API_URL`` there)."""
         if os.environ.get("ECS_CONTAINER_METADATA_URI_V4"):
             try:
-                return "0.0.0.0", socket.gethostbyname(socket.gethostname())
+                address = socket.gethostbyname(socket.gethostname())
+                return address, address
             except OSError:
                 pass
         return "127.0.0.1", "127.0.0.1"
@@ -149,7 +164,10 @@ class _ECSBase(Backend):
         initial = spec.size.adapt[0] if spec.size.adapt else spec.size.n_workers
         try:
             infra = self._infrastructure(spec.run_id, options, resources, launch)
-            definitions = self._task_definitions(spec, options, resources, session.region_name, launch, infra)
+            tls_secret = self._tls_secret(spec, resources, launch, infra)
+            definitions = self._task_definitions(
+                spec, options, resources, session.region_name, launch, infra, tls_secret
+            )
             started_by = f"{defaults.FAMILY_PREFIX}-{spec.run_id}"[:128]
             # Whatever happens to the cluster object, teardown finds the run's tasks by this.
             resources.track_tasks(infra.cluster_arn, started_by)
@@ -161,6 +179,7 @@ class _ECSBase(Backend):
                 security_groups=infra.security_groups,
                 started_by=started_by,
                 scheduler_command=self._scheduler_command(options, launch),
+                dashboard=options.dashboard,
                 worker_args=launch.worker_args,
                 worker_threads=spec.worker_threads,
                 fargate=launch.fargate_workers,
@@ -168,7 +187,9 @@ class _ECSBase(Backend):
                 fargate_spot=options.fargate_spot,
                 public_ip=not options.fargate_use_private_ip,
                 tags={k: v for k, v in tags.items() if k != "createdBy"},
-                environment={**dict(spec.worker_env), **options.environment},
+                # In the worker task definition when flowrig registers it; RunTask
+                # overrides (visible to DescribeTasks) carry commands only.
+                environment={} if "worker" in launch.own_definitions else dict(spec.worker_env),
                 scheduler_task_kwargs=options.scheduler_task_kwargs,
                 worker_task_kwargs=options.worker_task_kwargs,
             ))
@@ -237,12 +258,28 @@ class _ECSBase(Backend):
             validate.check_fargate_size("scheduler", sizes["scheduler"].cpu, sizes["scheduler"].memory)
         if fargate_workers:
             validate.check_fargate_size("worker", sizes["worker"].cpu, sizes["worker"].memory)
+        validate.check_user_environment(options.environment, options.secrets)
+        if options.worker_task_definition_arn and (options.environment or options.secrets):
+            raise BadInput(
+                "environment and secrets go into the worker task definition flowrig registers, and "
+                "worker_task_definition_arn names one of yours: put them in that task definition"
+            )
+        own = frozenset(
+            role for role, given in (("scheduler", options.scheduler_task_definition_arn),
+                                     ("worker", options.worker_task_definition_arn)) if not given
+        )
+        worker_args = list(options.worker_extra_args)
+        if not any(arg.startswith(("--dashboard", "--no-dashboard")) for arg in worker_args):
+            # Nothing would reach a worker's dashboard; it would only show its tasks to the VPC.
+            worker_args.append("--no-dashboard")
         return _Launch(
             fargate_scheduler=fargate_scheduler,
             fargate_workers=fargate_workers,
             sizes=sizes,
-            scheduler_args=list(options.scheduler_extra_args) + taskdefs.scheduler_extra_args(),
-            worker_args=list(options.worker_extra_args) + taskdefs.worker_extra_args(),
+            scheduler_args=list(options.scheduler_extra_args)
+            + taskdefs.scheduler_extra_args(delivered="scheduler" in own),
+            worker_args=worker_args + taskdefs.worker_extra_args(delivered="worker" in own),
+            own_definitions=own,
         )
 
     @staticmethod
@@ -256,19 +293,18 @@ class _ECSBase(Backend):
     ) -> _Infrastructure:
         """The cluster, roles, log group and network the tasks use: the project's, when
         ``[cluster.options]`` names them, else created (tagged) for this run."""
+        from flowrig.backends.ecs import aws, iam
+
         name = f"{defaults.FAMILY_PREFIX}-{run_id}"
-        cluster_arn = options.cluster_arn or resources.create_cluster(name)
-        execution_role_arn = options.execution_role_arn or resources.create_role(
-            f"{name}-execution",
-            "flowrig: lets ECS pull the image and write logs for one run",
-            [f"arn:{resources.aws.partition}:iam::aws:{defaults.EXECUTION_ROLE_POLICY}"],
-        )
-        # No task role unless asked for: the containers get no AWS permissions by default.
+        # Roles first: a missing bootstrap role is bad input, found before anything is made.
+        execution_role_arn = options.execution_role_arn
+        if not execution_role_arn and options.create_roles:
+            execution_role_arn = resources.create_execution_role(f"{name}-execution")
+        elif not execution_role_arn:
+            execution_role_arn = aws.find_role(resources.aws, iam.EXECUTION_ROLE_NAME)
+        # No task role unless the project names one: the containers get no AWS permissions.
         task_role_arn = options.task_role_arn or ""
-        if not task_role_arn and options.task_role_policies:
-            task_role_arn = resources.create_role(
-                f"{name}-task", "flowrig: what one run's containers may do in AWS", list(options.task_role_policies)
-            )
+        cluster_arn = options.cluster_arn or resources.create_cluster(name)
         log_group = options.cloudwatch_logs_group or resources.create_log_group(
             defaults.LOG_GROUP.format(name=run_id)
         )
@@ -277,7 +313,7 @@ class _ECSBase(Backend):
             vpc = resources.default_vpc()
         subnets = list(options.subnets or resources.vpc_subnets(vpc))
         security_groups = list(options.security_groups or [
-            resources.create_security_group(name, vpc, resources.vpc_cidrs(vpc))
+            resources.create_security_group(name, vpc, resources.vpc_cidrs(vpc), dashboard=options.dashboard)
         ])
         return _Infrastructure(
             cluster_arn=cluster_arn,
@@ -290,6 +326,20 @@ class _ECSBase(Backend):
             security_groups=security_groups,
         )
 
+    @staticmethod
+    def _tls_secret(
+        spec: ClusterSpec, resources: "RunResources", launch: _Launch, infra: _Infrastructure
+    ) -> str | None:
+        """The run's secret holding its certificates (only the execution role is named
+        to read it), when flowrig registers a task definition; its ARN."""
+        from flowrig.backends.ecs import iam
+        from flowrig.certs import delivery
+
+        if not launch.own_definitions:
+            return None
+        line = delivery.encode(spec.tls).decode().strip()
+        return resources.create_run_secret(iam.secret_name(spec.run_id), line, infra.execution_role_arn)
+
     def _task_definitions(
         self,
         spec: ClusterSpec,
@@ -298,12 +348,18 @@ class _ECSBase(Backend):
         region: str,
         launch: _Launch,
         infra: _Infrastructure,
+        tls_secret: str | None,
     ) -> dict[str, str]:
         """Register the scheduler and worker task definitions the options do not name.
+
+        Their containers get the run's certificates from ``tls_secret`` (ECS reads it
+        with the execution role); the workers' also get the run's environment and the
+        project's ``environment`` and ``secrets``.
 
         Returns ``{"scheduler": arn, "worker": arn}``.
         """
         from flowrig.backends.ecs import taskdefs, validate
+        from flowrig.certs import delivery
 
         given = {"scheduler": options.scheduler_task_definition_arn, "worker": options.worker_task_definition_arn}
         arns = {}
@@ -311,6 +367,11 @@ class _ECSBase(Backend):
             if given[role]:
                 arns[role] = str(given[role])
                 continue
+            environment = {delivery.FROM_ENV: "secret"}
+            secrets = {delivery.SECRET_ENV: str(tls_secret)}
+            if role == "worker":
+                environment = {**dict(spec.worker_env), **options.environment, **environment}
+                secrets = {**options.secrets, **secrets}
             settings = taskdefs.TaskDefinitionSettings(
                 image=spec.image or "",
                 name=spec.run_id,
@@ -331,6 +392,8 @@ class _ECSBase(Backend):
                 volumes=tuple(options.volumes),
                 mount_points=tuple(options.mount_points),
                 mount_on_scheduler=options.mount_volumes_on_scheduler,
+                environment=environment,
+                secrets=secrets,
             )
             params = taskdefs.render_task_definition(role, settings)
             validate.check_task_definition(params)

@@ -40,6 +40,7 @@ PROVISION_TIMEOUT = 600.0
 CLEANUP_TIMEOUT = 300.0
 #: Managed policy given to an execution role flowrig creates: pull images, write logs.
 EXECUTION_ROLE_POLICY = "policy/service-role/AmazonECSTaskExecutionRolePolicy"
-#: Docker network ``flowrig ecs run-local`` puts containers on when none is named; it
-#: outlives a run, so separate invocations (scheduler, workers, runner) meet on it.
+#: Prefix of the network ``flowrig ecs run-local`` makes for one invocation that names
+#: none (``<prefix>-<run id>``, removed at its end), so two invocations never meet
+#: unless they name one network with ``--network``.
 RUN_LOCAL_NETWORK = "flowrig-ecs-local"

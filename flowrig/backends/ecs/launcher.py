@@ -45,7 +45,10 @@ class TaskSettings:
     worker_threads, worker_args
         Threads of each worker, and the flags after the worker's own (TLS last).
     environment
-        Environment every worker gets.
+        Environment every worker gets in its RunTask override: only for a worker task
+        definition of the project's (flowrig's own definitions hold it), never secrets.
+    dashboard
+        Whether the scheduler's dashboard is open to the VPC (and so worth a link).
     scheduler_task_kwargs, worker_task_kwargs
         Further RunTask parameters of the project's.
     """
@@ -65,6 +68,7 @@ class TaskSettings:
     public_ip: bool = False
     tags: Mapping[str, str] = field(default_factory=dict)
     environment: Mapping[str, str] = field(default_factory=dict)
+    dashboard: bool = False
     scheduler_task_kwargs: Mapping[str, Any] = field(default_factory=dict)
     worker_task_kwargs: Mapping[str, Any] = field(default_factory=dict)
     scheduler_container: str = "dask-scheduler"
@@ -186,7 +190,7 @@ class ECSLauncher(Launcher):
             raise InfrastructureError(f"the scheduler task {handle} has no private address")
         return Endpoint(
             contact_address=f"tls://{address}:{SCHEDULER_PORT}",
-            dashboard_link=f"http://{address}:{DASHBOARD_PORT}/status",
+            dashboard_link=f"http://{address}:{DASHBOARD_PORT}/status" if self.settings.dashboard else None,
         )
 
     def start_workers(self, scheduler_address: str, names: list[str]) -> list[str]:

@@ -23,6 +23,10 @@ class ECSOptions(Options):
         "image": "pass the image with --image or build one with flowrig build",
         "security": "mutual TLS is always on and comes from the run's certificates",
         "worker_gpu": "the flowrig image runs CPU workers only",
+        "task_role_policies": (
+            "flowrig attaches no policy a project names: create the task role with what the "
+            "flow needs and set task_role_arn"
+        ),
     }
 
     # --- time limits -------------------------------------------------------------------
@@ -49,11 +53,18 @@ class ECSOptions(Options):
     security_groups: list[StrictStr] | None = None
     fargate_use_private_ip: StrictBool = True
     scheduler_address: StrictStr | None = None
+    dashboard: StrictBool = Field(
+        False, description="open the scheduler's dashboard port to the VPC (it is closed otherwise)"
+    )
 
     # --- roles, logs ----------------------------------------------------------------------
     execution_role_arn: StrictStr | None = None
     task_role_arn: StrictStr | None = None
-    task_role_policies: list[StrictStr] = Field(default_factory=list)
+    create_roles: StrictBool = Field(
+        False,
+        description="create the run's execution role at run time instead of using the one "
+        "`flowrig ecs bootstrap` made (the runner then needs IAM rights)",
+    )
     cloudwatch_logs_group: StrictStr | None = None
     cloudwatch_logs_stream_prefix: StrictStr | None = None
 
@@ -67,7 +78,13 @@ class ECSOptions(Options):
     worker_task_definition_arn: StrictStr | None = None
     scheduler_extra_args: list[StrictStr] = Field(default_factory=list)
     worker_extra_args: list[StrictStr] = Field(default_factory=list)
-    environment: StringMap = Field(default_factory=dict)
+    environment: StringMap = Field(
+        default_factory=dict, description="plain variables of the workers, put in their task definition"
+    )
+    secrets: StringMap = Field(
+        default_factory=dict,
+        description="variable -> valueFrom (Secrets Manager or SSM ARN) the workers get from ECS",
+    )
     tags: StringMap = Field(default_factory=dict)
     volumes: list[dict[str, Any]] = Field(default_factory=list)
     mount_points: list[dict[str, Any]] = Field(default_factory=list)

@@ -9,10 +9,20 @@ Containers carry the labels of every flowrig run (the run id and, as role, the E
 container name), so ``flowrig docker leftovers`` finds them too.
 
 What ECS provides that is reproduced: image, entry point, command, environment,
-``secrets`` (read from files, see :func:`secret_file_name`), ``initProcessEnabled``
-(``docker run --init``), user, working directory, memory, essential containers (the
-task ends when one of them exits). What is not: IAM roles, log drivers, health checks,
-port mappings (containers reach each other on the network), CPU limits.
+``secrets`` (read from files named after them inside ``--secrets-dir``, see
+:func:`secret_file_name`), ``initProcessEnabled`` (``docker run --init``), user,
+working directory, memory, essential containers (the task ends when one of them
+exits). What is not: IAM roles, log drivers, health checks, port mappings (containers
+reach each other on the network), CPU limits.
+
+Each invocation gets a network of its own (labelled with its run id, removed at the
+end), so the alias ``dask-scheduler`` of one invocation never answers in another.
+Invocations meant to meet, such as a replayed scheduler and its workers, name one
+network explicitly (``--network``), which is created when missing and then kept.
+
+Secret values become environment variables of the container, as ECS sets them inside
+a task: on the local engine they are in the container's configuration, which only
+whoever holds the Docker socket (root on this machine) can inspect.
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ class TaskContainer:
     environment
         Plain variables, overrides applied.
     secrets
-        ``variable -> file name`` in the secrets directory.
+        ``variable -> file name`` inside the secrets directory (:func:`secret_file_name`).
     init
         Run an init as PID 1 (``initProcessEnabled``).
     essential
@@ -121,17 +131,67 @@ def load_overrides(document: Mapping[str, Any] | None) -> dict[str, Any]:
     return overrides
 
 
-def secret_file_name(value_from: str) -> str:
-    """The file a secret is read from: the secret's or parameter's own name.
+def _secret_name(value_from: str) -> str:
+    """The name a ``valueFrom`` gives its secret or parameter.
 
-    ``arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME[:json-key::]`` -> ``NAME``;
-    ``arn:aws:ssm:REGION:ACCOUNT:parameter/path/NAME`` and ``/path/NAME`` -> ``NAME``.
+    A Secrets Manager name keeps its slashes (``team/token``); a parameter's path is
+    cut to its last part (``/ci/token`` -> ``token``).
     """
     parts = value_from.split(":")
     if value_from.startswith("arn:") and len(parts) > 6 and parts[2] == "secretsmanager":
         return parts[6]
-    tail = parts[-1] if value_from.startswith("arn:") else value_from
+    tail = ":".join(parts[5:]) if value_from.startswith("arn:") else value_from
+    if tail.startswith("parameter/"):
+        tail = tail[len("parameter") :]
     return tail.rstrip("/").rsplit("/", 1)[-1]
+
+
+def secret_file_name(value_from: str) -> str:
+    """The file a secret is read from, relative to the secrets directory.
+
+    ``arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME[:json-key::]`` -> ``NAME``
+    (a name with slashes, ``team/token``, is a file in a subdirectory);
+    ``arn:aws:ssm:REGION:ACCOUNT:parameter/path/NAME`` and ``/path/NAME`` -> ``NAME``.
+
+    Raises
+    ------
+    BadInput
+        When the name would leave the directory: an absolute name
+        (``...:secret:/etc/passwd``), a ``..``, ``.`` or empty part
+        (``...:secret:../../x``), a backslash.
+    """
+    name = _secret_name(value_from)
+    parts = name.split("/")
+    if not name or name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in parts):
+        raise BadInput(
+            f"secret valueFrom {value_from!r} names {name!r}, which is not a file inside --secrets-dir: "
+            "use a secret name without a leading '/', '.' or '..' parts"
+        )
+    return name
+
+
+def secret_path(secrets_dir: Path, file_name: str) -> Path:
+    """``secrets_dir / file_name``, which must stay inside ``secrets_dir`` once symbolic
+    links are resolved (``file_name`` as :func:`secret_file_name` gives it).
+
+    Raises
+    ------
+    BadInput
+        When a link on the way leads out of the directory.
+    """
+    base = secrets_dir.resolve()
+    path = base / file_name
+    if base not in path.resolve().parents:
+        raise BadInput(
+            f"secret file {file_name} leads to {path.resolve()}, outside --secrets-dir {base}: "
+            "put the secret's value in a file there"
+        )
+    return path
+
+
+def invocation_network(run_id: str) -> str:
+    """The network of one invocation that names none: ``flowrig-ecs-local-<run id>``."""
+    return f"{RUN_LOCAL_NETWORK}-{run_id}"
 
 
 def _env(pairs: Any) -> dict[str, str]:
@@ -143,7 +203,7 @@ def plan_run(
     overrides: Mapping[str, Any] | None = None,
     *,
     run_id: str,
-    network: str = RUN_LOCAL_NETWORK,
+    network: str | None = None,
 ) -> list[TaskContainer]:
     """The containers that run ``task_definition`` with ``overrides``, as ECS would.
 
@@ -157,7 +217,8 @@ def plan_run(
     run_id
         Short id naming this run's containers and labels.
     network
-        Docker network of every container.
+        Docker network of every container; default: one of this invocation's own
+        (:func:`invocation_network`), which :func:`run` creates and removes.
 
     Raises
     ------
@@ -172,6 +233,7 @@ def plan_run(
             f"overrides name container(s) {', '.join(unknown)} that the task definition does not have "
             f"(it has {', '.join(container['name'] for container in containers)})"
         )
+    network = network or invocation_network(run_id)
     family = str(task_definition.get("family", "task"))
     task_memory = task_definition.get("memory")
     plans = []
@@ -235,7 +297,7 @@ def read_secrets(plans: list[TaskContainer], secrets_dir: Path | None) -> dict[s
                     f"container {plan.container} needs secret {variable}: "
                     f"pass --secrets-dir with a file named {file_name}"
                 )
-            path = secrets_dir / file_name
+            path = secret_path(secrets_dir, file_name)
             try:
                 # Secret files usually end with a newline that is not part of the value.
                 values[plan.name][variable] = path.read_text().rstrip("\r\n")
@@ -295,14 +357,18 @@ def run(
     out = out or sys.stdout
     secret_values = read_secrets(plans, secrets_dir)
     client = client or engine.connect()
-    # Shared by invocations and outliving each: not one run's, so no run id label.
-    network_ids = {
-        network: engine.ensure_network(client, network, {"flowrig.run-local": "network"})
-        for network in sorted({p.network for p in plans})
-    }
+    own = {invocation_network(p.labels[LABEL_RUN]): p.labels[LABEL_RUN] for p in plans}
     created: list[Any] = []
     with terminating():
         try:
+            network_ids = {}
+            for network in sorted({p.network for p in plans}):
+                if network in own:
+                    # This invocation's alone: labelled with its run id, removed below.
+                    network_ids[network] = engine.create_network(client, network, own[network])
+                else:
+                    # Named by the user for invocations that meet: kept for the next one.
+                    network_ids[network] = engine.ensure_network(client, network, {"flowrig.run-local": "network"})
             for plan in plans:
                 created.append(engine.create_container(
                     client, container_plan(plan, secret_values[plan.name], network_ids[plan.network])
@@ -327,3 +393,5 @@ def run(
             with shielded():
                 for container in created:
                     engine.remove_container(container)
+                for network in {p.network for p in plans} & set(own):
+                    engine.remove_run(client, own[network], network=True)

@@ -136,14 +136,17 @@ class TaskDefinitionSettings:
     create_log_group: bool = False
 
 
-def scheduler_extra_args() -> list[str]:
-    """What follows ``dask-scheduler --idle-timeout T``: listen on TLS only, with the baked files."""
-    return ["--protocol", "tls", *roles.tls_flags(require_files=False)]
+def scheduler_extra_args(delivered: bool = False) -> list[str]:
+    """What follows ``dask-scheduler --idle-timeout T``: listen on TLS only, with the
+    baked files, or (``delivered``) with those the run delivers, which the role's
+    entry point names itself once they are in memory."""
+    return ["--protocol", "tls", *([] if delivered else roles.tls_flags(require_files=False))]
 
 
-def worker_extra_args() -> list[str]:
-    """What follows a worker's own flags: the baked TLS files."""
-    return roles.tls_flags(require_files=False)
+def worker_extra_args(delivered: bool = False) -> list[str]:
+    """What follows a worker's own flags: the baked TLS files (none when ``delivered``,
+    as for :func:`scheduler_extra_args`)."""
+    return [] if delivered else roles.tls_flags(require_files=False)
 
 
 def family_name(name: str, role: str) -> str:

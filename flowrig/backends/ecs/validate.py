@@ -114,6 +114,41 @@ def check_env_name(kind: str, name: str) -> str:
     return name
 
 
+#: Variable names that say they hold a secret; their values belong in ``secrets``.
+_SECRET_LOOKING = re.compile(
+    r"(SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY|AUTH)", re.IGNORECASE
+)
+
+
+def check_user_environment(environment: Mapping[str, str], secrets: Mapping[str, str]) -> None:
+    """Check the ``environment`` and ``secrets`` options of the ECS backends.
+
+    Plain values are visible to anyone who may describe the task definition, so a
+    variable whose name says it is secret is refused with the way to pass it instead.
+
+    Raises
+    ------
+    BadInput
+        A name that is not a variable name, a secret-looking plain variable, or a
+        ``secrets`` value that is not a Secrets Manager or SSM ARN.
+    """
+    for name in [*environment, *secrets]:
+        check_env_name("variable", name)
+    for name in environment:
+        if _SECRET_LOOKING.search(name):
+            raise BadInput(
+                f"environment variable {name} looks like a secret, and plain values are readable by "
+                f"anyone who may describe the task definition: store it in Secrets Manager and set "
+                f'secrets = {{ {name} = "arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME" }} in [cluster.options]'
+            )
+    for name, value_from in secrets.items():
+        if not re.match(r"^arn:aws[a-z-]*:(secretsmanager|ssm):", value_from):
+            raise BadInput(
+                f"secrets.{name} = {value_from!r} is not a Secrets Manager or SSM parameter ARN: "
+                "use arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME or arn:aws:ssm:REGION:ACCOUNT:parameter/NAME"
+            )
+
+
 def parse_pairs(kind: str, pairs: list[str] | tuple[str, ...] | None) -> dict[str, str]:
     """Parse ``NAME=VALUE`` command line items into a dict (later items win).
 

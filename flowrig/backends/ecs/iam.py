@@ -1,0 +1,201 @@
+"""IAM documents of the ECS backends, rendered as data: trust policies, the roles
+``flowrig ecs bootstrap`` makes, and the least-privilege policy of the runner.
+
+Everything here is pure (the account, partition and options in, JSON-ready dicts out);
+the calls that create roles are in :mod:`flowrig.backends.ecs.aws`.
+
+Resources are scoped to what flowrig names (``flowrig-*`` clusters and task families,
+the ``/flowrig/`` log groups and IAM path, ``flowrig/`` secrets) and to its tags,
+wherever IAM has a resource type or condition key for the action; the few actions IAM
+authorizes only on ``"*"`` are listed in :data:`UNSCOPED_ACTIONS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flowrig.backends.ecs import defaults
+
+#: IAM path of every role flowrig makes (bootstrap or run time), so a policy can name
+#: them all (``role/flowrig/*``) and nothing else.
+ROLE_PATH = "/flowrig/"
+#: The execution role ``flowrig ecs bootstrap`` makes once per account.
+EXECUTION_ROLE_NAME = "flowrig-execution"
+#: Service that assumes the roles: ECS tasks only.
+ECS_TASKS = "ecs-tasks.amazonaws.com"
+#: Tag every resource of a run carries (its value is the run id).
+RUN_TAG = "flowrig-run-id"
+
+#: Actions that IAM authorizes only against ``"*"`` (no resource type, or none that
+#: exists before the call).
+UNSCOPED_ACTIONS = (
+    "ec2:DescribeSubnets",
+    "ec2:DescribeVpcs",
+    "ecs:DeleteTaskDefinitions",
+    "ecs:DeregisterTaskDefinition",
+    "ecs:RegisterTaskDefinition",
+)
+
+
+@dataclass(frozen=True)
+class Account:
+    """Where policies point: the partition (``aws``) and the 12-digit account id."""
+
+    partition: str
+    account_id: str
+
+    def arn(self, service: str, resource: str, region: str = "*") -> str:
+        """``arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE`` (IAM ARNs have no region)."""
+        region = "" if service == "iam" else region
+        return f"arn:{self.partition}:{service}:{region}:{self.account_id}:{resource}"
+
+
+def trust_policy(account: Account) -> dict[str, Any]:
+    """Only ECS tasks of ``account`` may assume the role (``aws:SourceAccount``), so
+    no other account's task can be made to act as it (the confused deputy)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Service": ECS_TASKS},
+            "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"aws:SourceAccount": account.account_id}},
+        }],
+    }
+
+
+def execution_policy_arn(partition: str) -> str:
+    """AWS's managed execution policy: pull the image from ECR, write logs."""
+    return f"arn:{partition}:iam::aws:{defaults.EXECUTION_ROLE_POLICY}"
+
+
+def role_arn(account: Account, name: str) -> str:
+    """The ARN of a flowrig role (on :data:`ROLE_PATH`)."""
+    return account.arn("iam", f"role{ROLE_PATH}{name}")
+
+
+def secret_name(run_id: str) -> str:
+    """The Secrets Manager name of a run's certificates: ``flowrig/<run id>/tls``."""
+    return f"{defaults.FAMILY_PREFIX}/{run_id}/tls"
+
+
+def secret_read_policy(secret_arn: str, execution_role_arn: str) -> dict[str, Any]:
+    """Resource policy of a run's secret: its execution role may read it, nobody else
+    is named (the runner that made it keeps its own rights to delete it)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "RunExecutionRoleReads",
+            "Effect": "Allow",
+            "Principal": {"AWS": execution_role_arn},
+            "Action": "secretsmanager:GetSecretValue",
+            "Resource": secret_arn,
+        }],
+    }
+
+
+def _statement(sid: str, actions: list[str], resources: list[str] | str, **condition: Any) -> dict[str, Any]:
+    statement: dict[str, Any] = {"Sid": sid, "Effect": "Allow", "Action": sorted(actions), "Resource": resources}
+    if condition:
+        statement["Condition"] = condition
+    return statement
+
+
+def runner_policy(account: Account, *, create_roles: bool = False) -> dict[str, Any]:
+    """The least-privilege policy of a runner of ``fargate``/``ecs`` runs.
+
+    Parameters
+    ----------
+    account
+        Partition and account the resources live in.
+    create_roles
+        Add what ``create_roles = true`` needs: creating and deleting roles on
+        :data:`ROLE_PATH` (with the AWS managed execution policy only).
+    """
+    prefix = defaults.FAMILY_PREFIX
+    tagged = {"StringEquals": {"aws:ResourceTag/createdBy": "flowrig"}}
+    statements = [
+        _statement("Describe", list(UNSCOPED_ACTIONS), "*"),
+        _statement("Clusters", ["ecs:CreateCluster", "ecs:DeleteCluster"], account.arn("ecs", f"cluster/{prefix}-*")),
+        _statement(
+            "Tasks",
+            ["ecs:RunTask"],
+            account.arn("ecs", f"task-definition/{prefix}-*:*"),
+        ),
+        _statement(
+            "ObserveTasks",
+            ["ecs:DescribeTasks", "ecs:StopTask"],
+            account.arn("ecs", f"task/{prefix}-*/*"),
+        ),
+        _statement(
+            "ListTasks",
+            ["ecs:ListTasks"],
+            account.arn("ecs", f"container-instance/{prefix}-*/*"),
+        ),
+        _statement(
+            "TagOnCreate",
+            ["ecs:TagResource"],
+            "*",
+            StringEquals={"ecs:CreateAction": ["CreateCluster", "RegisterTaskDefinition", "RunTask"]},
+        ),
+        _statement(
+            "SecurityGroupCreate",
+            ["ec2:CreateSecurityGroup"],
+            [account.arn("ec2", "vpc/*"), account.arn("ec2", "security-group/*")],
+        ),
+        _statement(
+            "SecurityGroupTagOnCreate",
+            ["ec2:CreateTags"],
+            account.arn("ec2", "security-group/*"),
+            StringEquals={"ec2:CreateAction": "CreateSecurityGroup"},
+        ),
+        _statement(
+            "SecurityGroupOwn",
+            ["ec2:AuthorizeSecurityGroupIngress", "ec2:DeleteSecurityGroup"],
+            account.arn("ec2", "security-group/*"),
+            **tagged,
+        ),
+        _statement(
+            "Logs",
+            ["logs:CreateLogGroup", "logs:DeleteLogGroup", "logs:TagResource"],
+            account.arn("logs", f"log-group:/{prefix}/*"),
+        ),
+        _statement(
+            "RunSecret",
+            [
+                "secretsmanager:CreateSecret",
+                "secretsmanager:DeleteSecret",
+                "secretsmanager:PutResourcePolicy",
+                "secretsmanager:TagResource",
+            ],
+            account.arn("secretsmanager", f"secret:{prefix}/*"),
+        ),
+        _statement("FindRoles", ["iam:GetRole"], role_arn(account, "*")),
+        _statement(
+            "PassRolesToTasks",
+            ["iam:PassRole"],
+            role_arn(account, "*"),
+            StringEquals={"iam:PassedToService": ECS_TASKS},
+        ),
+    ]
+    if create_roles:
+        statements.append(_statement(
+            "RunRoles",
+            ["iam:CreateRole", "iam:DeleteRole", "iam:TagRole", "iam:ListAttachedRolePolicies",
+             "iam:DetachRolePolicy"],
+            role_arn(account, f"{prefix}-*"),
+        ))
+        statements.append(_statement(
+            "RunRolesExecutionPolicyOnly",
+            ["iam:AttachRolePolicy"],
+            role_arn(account, f"{prefix}-*"),
+            ArnEquals={"iam:PolicyARN": execution_policy_arn(account.partition)},
+        ))
+        statements.append(_statement("WhoAmI", ["sts:GetCallerIdentity"], "*"))
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def policy_actions(policy: dict[str, Any]) -> list[str]:
+    """Every action a policy allows, sorted."""
+    return sorted({action for statement in policy["Statement"] for action in statement["Action"]})
