@@ -45,6 +45,7 @@ from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
 
 if TYPE_CHECKING:
     from flowrig.backends.ecs.aws import RunResources
+    from flowrig.backends.ecs.lease import LeaseRenewer
     from flowrig.backends.ecs.taskdefs import RoleSize
     from flowrig.backends.pool import PoolCluster
 
@@ -62,8 +63,12 @@ def _require_aws_extra(backend: str) -> None:
         raise BadInput(f"the {backend} backend needs dask-cloudprovider: {_INSTALL_HINT}") from None
 
 
-def _close_run(cluster: "PoolCluster | None", resources: "RunResources | None") -> None:
+def _close_run(
+    cluster: "PoolCluster | None", resources: "RunResources | None", lease: "LeaseRenewer | None" = None
+) -> None:
     """Stop the run's tasks, then delete its AWS resources; a failure of one never skips the other."""
+    if lease is not None:
+        lease.stop()
     if cluster is not None:
         try:
             cluster.close()
@@ -141,7 +146,7 @@ class _ECSBase(Backend):
         InfrastructureError
             AWS unreachable or refusing, or the cluster not ready in time.
         """
-        from flowrig.backends.ecs import aws
+        from flowrig.backends.ecs import aws, lease
         from flowrig.backends.ecs.launcher import ECSLauncher, TaskSettings
         from flowrig.backends.pool import PoolCluster
 
@@ -158,8 +163,12 @@ class _ECSBase(Backend):
             access_key_id=options.aws_access_key_id,
             secret_access_key=options.aws_secret_access_key,
         )
-        tags = {**options.tags, "flowrig-run-id": spec.run_id, "createdBy": "flowrig"}
+        lease_seconds = lease.lease_seconds()
+        tags = {**options.tags, "flowrig-run-id": spec.run_id, "createdBy": "flowrig",
+                **lease.initial_tags(lease_seconds)}
         resources = aws.RunResources(session, tags, float(options.cleanup_timeout))
+        # While the run lives its lease is renewed, so `flowrig aws leftovers` leaves it alone.
+        renewer = lease.LeaseRenewer(resources, lease_seconds).start()
         cluster: PoolCluster | None = None
         initial = spec.size.adapt[0] if spec.size.adapt else spec.size.n_workers
         try:
@@ -220,14 +229,14 @@ class _ECSBase(Backend):
                         "everything created for the run is being removed"
                     ) from None
         except BaseException as exc:
-            _close_run(cluster, resources)
+            _close_run(cluster, resources, renewer)
             if isinstance(exc, (FlowrigError, KeyboardInterrupt)) or not isinstance(exc, Exception):
                 raise
             raise InfrastructureError(f"the {self.name} cluster could not start: {one_line(exc)}") from None
         return StartedCluster(
             scheduler_address=cluster.scheduler_address,
             dashboard_link=cluster.dashboard_link or None,
-            close=CloseOnce(functools.partial(_close_run, cluster, resources)),
+            close=CloseOnce(functools.partial(_close_run, cluster, resources, renewer)),
             cluster=cluster,
             scheduler_up=cluster.scheduler_up_at,
         )
