@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import typer
 
+from flowrig.cli.aws import app as aws_app
 from flowrig.cli.build import build_command
 from flowrig.cli.certs import app as certs_app
 from flowrig.cli.docker import app as docker_app
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 app.command("run")(run)
 app.command("build")(build_command)
+app.add_typer(aws_app, name="aws")
 app.add_typer(certs_app, name="certs")
 app.add_typer(docker_app, name="docker")
 app.add_typer(ecs_app, name="ecs")

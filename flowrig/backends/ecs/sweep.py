@@ -1,0 +1,401 @@
+"""Find the AWS resources of ``ecs``/``fargate`` runs, and remove one run's (botocore).
+
+Finding: everything tagged ``flowrig-run-id`` comes from the Resource Groups Tagging
+API (one paginated call for ECS tasks, task definitions and clusters, security
+groups, log groups and secrets); each is then checked with its own service, because
+the tagging API goes on listing resources for a while after they are deleted (stopped
+tasks, inactive clusters). IAM is outside the tagging API: roles are listed on
+flowrig's IAM path ``/flowrig/`` and, for roles made before there was one, by the name
+prefix ``flowrig-``, and taken when they carry the run tag (so the account-wide
+``flowrig ecs bootstrap`` roles, which carry none, are never touched).
+
+Removal follows :data:`~flowrig.backends.ecs.leftovers.REMOVAL_ORDER` and is
+idempotent: a resource that is already gone is not an error.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Iterator
+
+from flowrig.backends.ecs.aws import Session, aws_errors
+from flowrig.backends.ecs.leftovers import RUN_TAG, Resource, RunLeftovers
+from flowrig.errors import one_line
+
+logger = logging.getLogger("flowrig.ecs")
+
+#: IAM path and name prefix of the roles flowrig makes.
+ROLE_PATH = "/flowrig/"
+ROLE_PREFIX = "flowrig-"
+#: DescribeTasks and DescribeClusters take at most this many per call.
+DESCRIBE_BATCH = 100
+#: Seconds between checks while tasks stop, and between retries of a refused deletion.
+POLL_SECONDS = 2.0
+#: Error codes that say a resource is already gone.
+GONE_CODES = frozenset({
+    "ClusterNotFoundException",
+    "InvalidGroup.NotFound",
+    "NoSuchEntity",
+    "ResourceNotFoundException",
+    "TaskDefinitionNotFoundException",
+})
+#: Codes AWS answers while a resource is still in use by one being removed (retried).
+IN_USE_CODES = frozenset({
+    "ClusterContainsTasksException",
+    "DependencyViolation",
+    "ResourceInUseException",
+    "UpdateInProgressException",
+})
+
+
+def _code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def is_gone(exc: Exception) -> bool:
+    """Whether an AWS error says the resource does not exist (any more)."""
+    code = _code(exc)
+    if code in GONE_CODES:
+        return True
+    # ECS says "not found" in the message of generic codes (StopTask, DeregisterTaskDefinition).
+    message = str(getattr(exc, "response", {}).get("Error", {}).get("Message", "")).lower()
+    return code in {"ClientException", "InvalidParameterException"} and (
+        "not found" in message or "unable to describe" in message or "could not find" in message
+    )
+
+
+# --- finding ---------------------------------------------------------------------
+def _tags_of(items: Iterable[dict[str, Any]]) -> dict[str, str]:
+    return {(t.get("Key") or t.get("key") or ""): (t.get("Value") or t.get("value") or "") for t in items}
+
+
+def _kind_of(arn: str) -> str | None:
+    """The kind of resource a tagged ARN names, if it is one flowrig makes."""
+    parts = arn.split(":", 5)
+    if len(parts) < 6:
+        return None
+    service, resource = parts[2], parts[5]
+    if service == "ecs":
+        for prefix, kind in (("task/", "task"), ("task-definition/", "task-definition"), ("cluster/", "cluster")):
+            if resource.startswith(prefix):
+                return kind
+    if service == "ec2" and resource.startswith("security-group/"):
+        return "security-group"
+    if service == "logs" and resource.startswith("log-group:"):
+        return "log-group"
+    if service == "secretsmanager" and resource.startswith("secret:"):
+        return "secret"
+    return None
+
+
+def tagged(aws: Session) -> dict[str, dict[str, dict[str, str]]]:
+    """``kind -> {arn: tags}`` of everything in the region tagged with the run tag."""
+    found: dict[str, dict[str, dict[str, str]]] = {}
+    with aws_errors("listing resources tagged flowrig-run-id"):
+        paginator = aws.client("resourcegroupstaggingapi").get_paginator("get_resources")
+        for page in paginator.paginate(TagFilters=[{"Key": RUN_TAG}]):
+            for item in page.get("ResourceTagMappingList", ()):
+                kind = _kind_of(item["ResourceARN"])
+                tags = _tags_of(item.get("Tags", ()))
+                if kind and tags.get(RUN_TAG):
+                    found.setdefault(kind, {})[item["ResourceARN"]] = tags
+    return found
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _tasks(aws: Session, arns: dict[str, dict[str, str]]) -> list[Resource]:
+    """Tasks not yet STOPPED; their cluster is the one their (long) ARN names."""
+    by_cluster: dict[str, list[str]] = {}
+    for arn in arns:
+        path = arn.split(":", 5)[5].split("/")
+        if len(path) == 3:  # task/<cluster>/<id>
+            by_cluster.setdefault(path[1], []).append(arn)
+    found = []
+    ecs = aws.client("ecs")
+    for cluster, cluster_arns in sorted(by_cluster.items()):
+        for chunk in _chunks(sorted(cluster_arns), DESCRIBE_BATCH):
+            with aws_errors(f"describing tasks in cluster {cluster}"):
+                try:
+                    tasks = ecs.describe_tasks(cluster=cluster, tasks=chunk)["tasks"]
+                except Exception as exc:
+                    if is_gone(exc):
+                        continue
+                    raise
+            for task in tasks:
+                if task.get("lastStatus") == "STOPPED":
+                    continue
+                tags = arns[task["taskArn"]]
+                found.append(Resource(
+                    "task", task["taskArn"], tags[RUN_TAG], tags, task.get("createdAt"),
+                    {"status": str(task.get("lastStatus", "?")), "cluster": cluster},
+                ))
+    return found
+
+
+def _task_definitions(aws: Session, arns: dict[str, dict[str, str]]) -> list[Resource]:
+    found = []
+    ecs = aws.client("ecs")
+    for arn, tags in sorted(arns.items()):
+        with aws_errors(f"describing task definition {arn}"):
+            try:
+                definition = ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"]
+            except Exception as exc:
+                if is_gone(exc):
+                    continue
+                raise
+        if definition.get("status") == "DELETE_IN_PROGRESS":
+            continue
+        found.append(Resource(
+            "task-definition", arn, tags[RUN_TAG], tags, definition.get("registeredAt"),
+            {"status": str(definition.get("status", "?"))},
+        ))
+    return found
+
+
+def _clusters(aws: Session, arns: dict[str, dict[str, str]]) -> list[Resource]:
+    found = []
+    ecs = aws.client("ecs")
+    for chunk in _chunks(sorted(arns), DESCRIBE_BATCH):
+        with aws_errors("describing the runs' ECS clusters"):
+            clusters = ecs.describe_clusters(clusters=chunk)["clusters"]
+        for cluster in clusters:
+            # A deleted cluster stays described (INACTIVE) for a while.
+            if cluster.get("status") == "INACTIVE" or cluster["clusterArn"] not in arns:
+                continue
+            tags = arns[cluster["clusterArn"]]
+            found.append(Resource("cluster", cluster["clusterArn"], tags[RUN_TAG], tags))
+    return found
+
+
+def _security_groups(aws: Session, arns: dict[str, dict[str, str]]) -> list[Resource]:
+    ids = {arn.rsplit("/", 1)[1]: tags for arn, tags in arns.items()}
+    if not ids:
+        return []
+    found = []
+    with aws_errors("describing the runs' security groups"):
+        # A filter, unlike GroupIds, skips groups deleted meanwhile instead of failing.
+        pages = aws.client("ec2").get_paginator("describe_security_groups").paginate(
+            Filters=[{"Name": "group-id", "Values": sorted(ids)}]
+        )
+        groups = [group for page in pages for group in page["SecurityGroups"]]
+    for group in groups:
+        tags = _tags_of(group.get("Tags", ())) or ids[group["GroupId"]]
+        found.append(Resource(
+            "security-group", group["GroupId"], tags.get(RUN_TAG) or ids[group["GroupId"]][RUN_TAG], tags, None,
+            {"name": group.get("GroupName", "?"), "vpc": group.get("VpcId", "?")},
+        ))
+    return found
+
+
+def _log_groups(aws: Session, arns: dict[str, dict[str, str]]) -> list[Resource]:
+    found = []
+    logs = aws.client("logs")
+    for arn, tags in sorted(arns.items()):
+        name = arn.split(":", 6)[6]
+        name = name[:-2] if name.endswith(":*") else name
+        with aws_errors(f"describing log group {name}"):
+            groups = logs.describe_log_groups(logGroupNamePrefix=name)["logGroups"]
+        for group in groups:
+            if group["logGroupName"] == name:
+                created = group.get("creationTime")
+                when = datetime.fromtimestamp(created / 1000, timezone.utc) if created else None
+                found.append(Resource("log-group", name, tags[RUN_TAG], tags, when))
+    return found
+
+
+def _secrets(aws: Session, arns: dict[str, dict[str, str]]) -> list[Resource]:
+    found = []
+    client = aws.client("secretsmanager")
+    for arn, tags in sorted(arns.items()):
+        with aws_errors(f"describing secret {arn}"):
+            try:
+                secret = client.describe_secret(SecretId=arn)
+            except Exception as exc:
+                if is_gone(exc):
+                    continue
+                raise
+        detail = {"name": str(secret.get("Name", "?"))}
+        if secret.get("DeletedDate"):
+            detail["state"] = "scheduled for deletion"
+        found.append(Resource("secret", arn, tags[RUN_TAG], tags, secret.get("CreatedDate"), detail))
+    return found
+
+
+def _roles(aws: Session) -> list[Resource]:
+    """Roles on flowrig's path or with its name prefix that carry the run tag."""
+    iam = aws.client("iam")
+    found = []
+    with aws_errors("listing IAM roles"):
+        roles = [
+            role
+            for page in iam.get_paginator("list_roles").paginate()
+            for role in page["Roles"]
+            if role.get("Path", "/").startswith(ROLE_PATH) or role["RoleName"].startswith(ROLE_PREFIX)
+        ]
+    for role in roles:
+        name = role["RoleName"]
+        with aws_errors(f"listing the tags of IAM role {name}"):
+            try:
+                tags = _tags_of(iam.list_role_tags(RoleName=name)["Tags"])
+            except Exception as exc:
+                if is_gone(exc):
+                    continue
+                raise
+        if tags.get(RUN_TAG):
+            found.append(Resource(
+                "role", name, tags[RUN_TAG], tags, role.get("CreateDate"), {"path": role.get("Path", "/")}
+            ))
+    return found
+
+
+def find(aws: Session) -> list[Resource]:
+    """Every resource of the region (and every IAM role) of any ``ecs``/``fargate`` run.
+
+    Raises
+    ------
+    BadInput
+        No credentials or region.
+    InfrastructureError
+        AWS unreachable or refusing a call.
+    """
+    by_kind = tagged(aws)
+    readers: dict[str, Callable[[Session, dict[str, dict[str, str]]], list[Resource]]] = {
+        "task": _tasks,
+        "task-definition": _task_definitions,
+        "cluster": _clusters,
+        "security-group": _security_groups,
+        "log-group": _log_groups,
+        "secret": _secrets,
+    }
+    found = []
+    for kind, read in readers.items():
+        if by_kind.get(kind):
+            found.extend(read(aws, by_kind[kind]))
+    return found + _roles(aws)
+
+
+# --- removing --------------------------------------------------------------------
+class Remover:
+    """Removes runs' resources in dependency order, retrying while AWS says "in use".
+
+    Parameters
+    ----------
+    aws
+        The session every call uses.
+    timeout
+        Seconds one run's removal keeps waiting for tasks to stop and retrying
+        deletions refused because something still uses the resource.
+    """
+
+    def __init__(self, aws: Session, timeout: float) -> None:
+        self.aws = aws
+        self.timeout = timeout
+
+    def remove(self, run: RunLeftovers) -> tuple[list[str], list[str]]:
+        """Remove what ``run`` left; returns ``(removed, failed)`` as ``kind id[: why]``.
+
+        Nothing raises: a failure is recorded and the rest still goes.
+        """
+        deadline = time.monotonic() + self.timeout
+        removed: list[str] = []
+        failed: list[str] = []
+        tasks = run.of_kind("task")
+        if tasks:
+            self._attempt("task", [t.ident for t in tasks], lambda: self._stop_tasks(tasks, deadline), removed, failed)
+        steps: list[tuple[str, Callable[[Resource], None]]] = [
+            ("task-definition", self._delete_task_definition),
+            ("log-group", lambda r: self.aws.client("logs").delete_log_group(logGroupName=r.ident)),
+            ("security-group", lambda r: self._retry(
+                lambda: self.aws.client("ec2").delete_security_group(GroupId=r.ident), deadline)),
+            ("cluster", lambda r: self._retry(
+                lambda: self.aws.client("ecs").delete_cluster(cluster=r.ident), deadline)),
+            ("secret", lambda r: self.aws.client("secretsmanager").delete_secret(
+                SecretId=r.ident, ForceDeleteWithoutRecovery=True)),
+            ("role", self._delete_role),
+        ]
+        for kind, delete in steps:
+            for resource in run.of_kind(kind):
+                self._attempt(kind, [resource.ident], functools.partial(delete, resource), removed, failed)
+        return removed, failed
+
+    @staticmethod
+    def _attempt(kind: str, idents: list[str], call: Callable[[], None], removed: list[str], failed: list[str]) -> None:
+        try:
+            call()
+        except Exception as exc:
+            if not is_gone(exc):
+                logger.warning("could not remove %s %s: %s", kind, " ".join(idents), one_line(exc))
+                failed.extend(f"{kind} {ident}: {one_line(exc)}" for ident in idents)
+                return
+        removed.extend(f"{kind} {ident}" for ident in idents)
+
+    def _stop_tasks(self, tasks: list[Resource], deadline: float) -> None:
+        ecs = self.aws.client("ecs")
+        by_cluster: dict[str, list[str]] = {}
+        for task in tasks:
+            by_cluster.setdefault(task.detail["cluster"], []).append(task.ident)
+        for cluster, arns in by_cluster.items():
+            for arn in arns:
+                try:
+                    ecs.stop_task(cluster=cluster, task=arn, reason=f"flowrig aws leftovers (run {tasks[0].run_id})")
+                except Exception as exc:
+                    if not is_gone(exc):
+                        raise
+            # Until tasks are STOPPED they hold network interfaces in the security group.
+            while arns:
+                described = []
+                for chunk in _chunks(arns, DESCRIBE_BATCH):
+                    try:
+                        described.extend(ecs.describe_tasks(cluster=cluster, tasks=chunk)["tasks"])
+                    except Exception as exc:
+                        if not is_gone(exc):
+                            raise
+                arns = [t["taskArn"] for t in described if t.get("lastStatus") != "STOPPED"]
+                if arns and time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(arns)} task(s) of cluster {cluster} not STOPPED in time")
+                if arns:
+                    time.sleep(POLL_SECONDS)
+
+    def _delete_task_definition(self, resource: Resource) -> None:
+        ecs = self.aws.client("ecs")
+        if resource.detail.get("status") == "ACTIVE":
+            try:
+                ecs.deregister_task_definition(taskDefinition=resource.ident)
+            except Exception as exc:
+                if not is_gone(exc):
+                    raise
+        # Deregistered definitions stay listed as INACTIVE; deleting removes them.
+        failures = ecs.delete_task_definitions(taskDefinitions=[resource.ident]).get("failures") or []
+        for failure in failures:
+            reason = str(failure.get("reason") or failure.get("detail") or "")
+            if "not found" not in reason.lower() and "does not exist" not in reason.lower():
+                raise RuntimeError(f"ECS did not delete it: {reason or 'no reason given'}")
+
+    def _delete_role(self, resource: Resource) -> None:
+        iam = self.aws.client("iam")
+        name = resource.ident
+        for page in iam.get_paginator("list_attached_role_policies").paginate(RoleName=name):
+            for policy in page["AttachedPolicies"]:
+                iam.detach_role_policy(RoleName=name, PolicyArn=policy["PolicyArn"])
+        for page in iam.get_paginator("list_role_policies").paginate(RoleName=name):
+            for policy_name in page["PolicyNames"]:
+                iam.delete_role_policy(RoleName=name, PolicyName=policy_name)
+        iam.delete_role(RoleName=name)
+
+    @staticmethod
+    def _retry(call: Callable[[], Any], deadline: float) -> None:
+        while True:
+            try:
+                call()
+                return
+            except Exception as exc:
+                if _code(exc) not in IN_USE_CODES or time.monotonic() > deadline:
+                    raise
+            time.sleep(POLL_SECONDS)

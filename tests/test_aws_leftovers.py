@@ -1,0 +1,233 @@
+"""``flowrig aws leftovers``: a fargate run killed with ``kill -9`` against a real moto
+server leaves tagged resources, which are listed by run and removed; a live run's
+renewed lease keeps it off the list.
+
+Moto runs no containers: the killed run's tasks stay PENDING (``ecs_tasks_pending``),
+and the live run's cluster points at a real mutual-TLS scheduler on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from flowrig.backends.ecs.lease import LEASE_SECONDS_ENV, LEASE_TAG, format_time, initial_tags, lease_until
+from flowrig.backends.ecs.leftovers import Resource, group_by_run, judge
+from tests.run_support import FLOWRIG, SEED
+from tests.test_ecs_backend import IMAGE, local_scheduler, running_tasks, snapshot, spec, tags
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def leftovers(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*FLOWRIG, "aws", "leftovers", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def listed(run_id: str) -> dict | None:
+    done = leftovers("--output", "json")
+    assert done.returncode == 0, done.stderr
+    return {run["run_id"]: run for run in json.loads(done.stdout)}.get(run_id)
+
+
+def secrets_of(run_id: str) -> list[dict]:
+    import boto3
+
+    return [
+        s for s in boto3.client("secretsmanager").list_secrets()["SecretList"]
+        if tags(s.get("Tags", [])).get("flowrig-run-id") == run_id
+    ]
+
+
+# --- the acceptance test -------------------------------------------------------------
+@pytest.mark.aws
+def test_kill_9_mid_start_then_leftovers_lists_the_run_and_remove_leaves_nothing(ecs_tasks_pending):
+    import boto3
+
+    aws = ecs_tasks_pending
+    run_id = f"k9{uuid.uuid4().hex[:8]}"
+    iam = boto3.client("iam")
+    # The account-wide role `flowrig ecs bootstrap` makes carries no run tag: never removed.
+    iam.create_role(RoleName="flowrig-execution", Path="/flowrig/", AssumeRolePolicyDocument="{}",
+                    Tags=[{"Key": "createdBy", "Value": "flowrig ecs bootstrap"}])
+    env = {**os.environ, "FLOWRIG_RUN_ID": run_id, LEASE_SECONDS_ENV: "4"}
+    env.pop("PREFECT_API_URL", None)
+    runner = subprocess.Popen(
+        [*FLOWRIG, "run", str(SEED), "--backend", "fargate", "--image", IMAGE, "--param", "x=[0,1]"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        # Mid-start: the scheduler task was asked for and stays PENDING.
+        while not aws.requests("RunTask"):
+            assert runner.poll() is None, runner.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the run never started its scheduler task"
+            time.sleep(0.5)
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait(timeout=30)
+    assert runner.returncode == -signal.SIGKILL
+
+    held = snapshot(run_id)
+    [cluster] = held["clusters"]
+    assert all(held[kind] for kind in held), held
+    assert len(running_tasks(cluster["clusterArn"])) == 1
+    # The per-run TLS secret (made by the backend once it delivers certificates by secret).
+    secret_arn = boto3.client("secretsmanager").create_secret(
+        Name=f"flowrig/{run_id}/tls", SecretString="x", Tags=[{"Key": "flowrig-run-id", "Value": run_id}]
+    )["ARN"]
+
+    # The lease (4 s) lapses once the killed runner stops renewing it.
+    deadline = time.monotonic() + 60
+    while (found := listed(run_id)) is None:
+        assert time.monotonic() < deadline, "the killed run was never listed"
+        time.sleep(1)
+    kinds = sorted(r["kind"] for r in found["resources"])
+    assert kinds == sorted(["cluster", "log-group", "role", "secret", "security-group",
+                            "task", "task-definition", "task-definition"]), found
+    assert found["reason"].startswith("lease expired ")
+    assert datetime.strptime(found["lease_until"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) <= \
+        datetime.now(timezone.utc)
+    ids = {r["id"] for r in found["resources"]}
+    assert {cluster["clusterArn"], secret_arn, f"flowrig-{run_id}-execution", f"/flowrig/{run_id}"} <= ids
+    assert "flowrig-execution" not in ids
+
+    text = leftovers()
+    assert text.returncode == 0, text.stderr
+    block = text.stdout.split(f"run {run_id}: over, lease expired ", 1)[1].split("\nrun ", 1)[0]
+    assert f"  cluster {cluster['clusterArn']}" in block and f"  role flowrig-{run_id}-execution" in block
+    assert "  task arn:" in block and "status PENDING" in block
+
+    removed = leftovers("--remove", "--run-id", run_id)
+    assert removed.returncode == 0, removed.stderr
+    assert f"removed run {run_id}: task " in removed.stderr
+
+    after = snapshot(run_id)
+    assert after == {k: [] for k in after}, after
+    assert running_tasks(cluster["clusterArn"]) == []
+    assert secrets_of(run_id) == []
+    ecs = boto3.client("ecs")
+    families = [f"flowrig-{run_id}-{role}" for role in ("scheduler", "worker")]
+    for family in families:
+        assert ecs.list_task_definitions(familyPrefix=family, status="INACTIVE")["taskDefinitionArns"] == []
+    assert iam.get_role(RoleName="flowrig-execution")["Role"]["Path"] == "/flowrig/"
+    # Again: nothing of the run is listed, and removing nothing is no error.
+    assert listed(run_id) is None
+    again = leftovers("--remove")
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.aws
+def test_a_live_run_whose_lease_is_renewed_is_not_listed(aws, tls, monkeypatch):
+    import boto3
+
+    from flowrig.backends.ecs import FargateBackend
+    from flowrig.project.sizing import ClusterSize
+
+    # Resources are created with a 2 s lease; only renewals keep the run off the list.
+    monkeypatch.setenv(LEASE_SECONDS_ENV, "2")
+    with local_scheduler(tls, workers=1) as scheduler:
+        started = FargateBackend().start(
+            spec(tls, "live1", size=ClusterSize(1), scheduler_address=scheduler.scheduler_address,
+                 provision_timeout=120)
+        )
+        try:
+            [cluster] = snapshot("live1")["clusters"]
+            created_lease = lease_until(tags(cluster["tags"]))
+            time.sleep(5)
+            assert datetime.now(timezone.utc) > created_lease + timedelta(seconds=2)
+            assert listed("live1") is None
+            assert leftovers("--remove").returncode == 0
+            [cluster] = boto3.client("ecs").describe_clusters(clusters=[cluster["clusterArn"]], include=["TAGS"])["clusters"]
+            assert cluster["status"] == "ACTIVE"
+            assert lease_until(tags(cluster["tags"])) > created_lease
+            assert len(running_tasks(cluster["clusterArn"])) == 1
+        finally:
+            started.close()
+    after = snapshot("live1")
+    assert after == {k: [] for k in after}, after
+
+
+# --- over or not (pure) ---------------------------------------------------------------
+def resource(kind: str, ident: str, run_id: str = "r1", lease: datetime | None = None,
+             created: datetime | None = None) -> Resource:
+    tags = {"flowrig-run-id": run_id, **({LEASE_TAG: format_time(lease)} if lease else {})}
+    return Resource(kind, ident, run_id, tags, created)
+
+
+def test_the_latest_lease_of_a_run_decides_and_older_than_adds_to_it():
+    run = [resource("task-definition", "td", lease=NOW - timedelta(hours=2)),
+           resource("cluster", "c", lease=NOW - timedelta(minutes=10))]
+    judged = judge("r1", run, NOW, timedelta(0))
+    assert judged.over and judged.lease_until == NOW - timedelta(minutes=10)
+    assert judged.reason == "lease expired 2026-12-01T11:50:00Z (10.0 min ago)"
+    assert [r.kind for r in judged.resources] == ["task-definition", "cluster"]
+    assert not judge("r1", run, NOW, timedelta(minutes=15)).over
+    fresh = run + [resource("security-group", "sg", lease=NOW + timedelta(minutes=1))]
+    assert not judge("r1", fresh, NOW, timedelta(0)).over
+
+
+def test_a_run_without_a_lease_counts_by_its_newest_creation_time():
+    run = [resource("role", "x", created=NOW - timedelta(minutes=90)),
+           resource("log-group", "/flowrig/r1", created=NOW - timedelta(minutes=30)),
+           resource("cluster", "c")]
+    assert judge("r1", run, NOW, timedelta(minutes=20)).over
+    judged = judge("r1", run, NOW, timedelta(minutes=45))
+    assert not judged.over and "no lease; newest resource created 2026-12-01T11:30:00Z" in judged.reason
+    assert judge("r1", [resource("cluster", "c")], NOW, timedelta(minutes=600)).over
+
+
+def test_resources_are_grouped_by_run_in_removal_order():
+    lease = NOW - timedelta(minutes=1)
+    runs = group_by_run([resource("role", "b-role", "b", lease), resource("task", "t", "a", lease),
+                         resource("cluster", "b-c", "b", lease), resource("secret", "s", "a", lease)],
+                        NOW, timedelta(0))
+    assert [(run.run_id, [r.kind for r in run.resources]) for run in runs] == [
+        ("a", ["task", "secret"]), ("b", ["cluster", "role"])]
+
+
+def test_the_initial_lease_reads_back():
+    assert lease_until(initial_tags(300, NOW)) == NOW + timedelta(minutes=5)
+    assert lease_until({LEASE_TAG: "soon"}) is None
+
+
+# --- bad input and an unreachable AWS -------------------------------------------------
+@pytest.mark.parametrize("args, words", [
+    (["--older-than", "-1"], "--older-than -1: give minutes >= 0"),
+    (["--output", "xml"], "--output 'xml': use text or json"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, words):
+    done = leftovers(*args)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"flowrig: error: {words}"
+
+
+def test_unreachable_aws_is_one_line_and_exit_3():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "y", "AWS_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}
+    done = leftovers(env=env)
+    assert done.returncode == 3
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("flowrig: error: cannot reach AWS while listing resources tagged flowrig-run-id")
+
+
+def test_a_bad_lease_length_is_bad_input(monkeypatch):
+    from flowrig.backends.ecs.lease import lease_seconds
+    from flowrig.errors import BadInput
+
+    monkeypatch.setenv(LEASE_SECONDS_ENV, "-5")
+    with pytest.raises(BadInput, match="FLOWRIG_AWS_LEASE_SECONDS='-5': give a number of seconds"):
+        lease_seconds()
