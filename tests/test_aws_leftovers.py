@@ -85,6 +85,13 @@ def test_kill_9_mid_start_then_leftovers_lists_the_run_and_remove_leaves_nothing
         Name=f"flowrig/{run_id}/tls", SecretString="x", Tags=[{"Key": "flowrig-run-id", "Value": run_id}]
     )["ARN"]
 
+    # A task in the run's own cluster that lost its tags is the run's all the same.
+    ecs = boto3.client("ecs")
+    plain = ecs.register_task_definition(
+        family="plain", containerDefinitions=[{"name": "p", "image": IMAGE, "memory": 512}]
+    )["taskDefinition"]["taskDefinitionArn"]
+    untagged = ecs.run_task(cluster=cluster["clusterArn"], taskDefinition=plain, launchType="FARGATE")["tasks"][0]["taskArn"]
+
     # The lease (4 s) lapses once the killed runner stops renewing it.
     deadline = time.monotonic() + 60
     while (found := listed(run_id)) is None:
@@ -92,12 +99,12 @@ def test_kill_9_mid_start_then_leftovers_lists_the_run_and_remove_leaves_nothing
         time.sleep(1)
     kinds = sorted(r["kind"] for r in found["resources"])
     assert kinds == sorted(["cluster", "log-group", "role", "secret", "security-group",
-                            "task", "task-definition", "task-definition"]), found
+                            "task", "task", "task-definition", "task-definition"]), found
     assert found["reason"].startswith("lease expired ")
     assert datetime.strptime(found["lease_until"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) <= \
         datetime.now(timezone.utc)
     ids = {r["id"] for r in found["resources"]}
-    assert {cluster["clusterArn"], secret_arn, f"flowrig-{run_id}-execution", f"/flowrig/{run_id}"} <= ids
+    assert {cluster["clusterArn"], secret_arn, untagged, f"flowrig-{run_id}-execution", f"/flowrig/{run_id}"} <= ids
     assert "flowrig-execution" not in ids
 
     text = leftovers()
@@ -114,7 +121,6 @@ def test_kill_9_mid_start_then_leftovers_lists_the_run_and_remove_leaves_nothing
     assert after == {k: [] for k in after}, after
     assert running_tasks(cluster["clusterArn"]) == []
     assert secrets_of(run_id) == []
-    ecs = boto3.client("ecs")
     families = [f"flowrig-{run_id}-{role}" for role in ("scheduler", "worker")]
     for family in families:
         assert ecs.list_task_definitions(familyPrefix=family, status="INACTIVE")["taskDefinitionArns"] == []
@@ -154,6 +160,29 @@ def test_a_live_run_whose_lease_is_renewed_is_not_listed(aws, tls, monkeypatch):
             started.close()
     after = snapshot("live1")
     assert after == {k: [] for k in after}, after
+
+
+@pytest.mark.aws
+def test_a_run_that_made_none_of_its_resources_renews_its_lease_on_its_tasks(aws):
+    import boto3
+
+    from flowrig.backends.ecs import aws as aws_calls
+    from flowrig.backends.ecs.lease import LeaseRenewer
+
+    ecs = boto3.client("ecs")
+    own = ecs.create_cluster(clusterName="team-cluster")["cluster"]["clusterArn"]
+    definition = ecs.register_task_definition(
+        family="team-worker", containerDefinitions=[{"name": "w", "image": IMAGE, "memory": 512}]
+    )["taskDefinition"]["taskDefinitionArn"]
+    [task] = ecs.run_task(cluster=own, taskDefinition=definition, startedBy="flowrig-own1", launchType="FARGATE",
+                          tags=[{"key": "flowrig-run-id", "value": "own1"}])["tasks"]
+    resources = aws_calls.RunResources(aws_calls.session(), {"flowrig-run-id": "own1"})
+    resources.track_tasks(own, "flowrig-own1")
+    renewer = LeaseRenewer(resources, 300)
+    assert renewer.holder() is None
+    assert renewer.renew(NOW) == [("task", task["taskArn"])]
+    [described] = ecs.describe_tasks(cluster=own, tasks=[task["taskArn"]], include=["TAGS"])["tasks"]
+    assert lease_until(tags(described["tags"])) == NOW + timedelta(minutes=5)
 
 
 # --- over or not (pure) ---------------------------------------------------------------

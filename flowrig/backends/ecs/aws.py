@@ -409,6 +409,11 @@ class RunResources:
         if (cluster_arn, started_by) not in self._task_sources:
             self._task_sources.append((cluster_arn, started_by))
 
+    @property
+    def task_sources(self) -> list[tuple[str, str]]:
+        """``(cluster ARN, startedBy)`` of the tasks :meth:`delete` stops."""
+        return list(self._task_sources)
+
     # --- deleting ------------------------------------------------------------------
     def delete(self) -> list[str]:
         """Stop the run's tasks, then delete what was created, newest first.

@@ -100,8 +100,9 @@ class LeaseRenewer:
     """Renews a run's lease on one of its resources until :meth:`stop`.
 
     The holder is the first of the run's own resources (:attr:`RunResources.created`)
-    of the kinds in :data:`HOLDER_KINDS`; before any exists there is nothing to renew,
-    and the lease every resource is created with still holds. Renewal failures are
+    of the kinds in :data:`HOLDER_KINDS` (a run that made none renews it on its running
+    tasks); before any exists there is nothing to renew, and the lease every resource
+    is created with still holds. Renewal failures are
     logged, never raised: the run goes on, and its lease may lapse early.
 
     Parameters
@@ -127,18 +128,34 @@ class LeaseRenewer:
                     return kind, ident
         return None
 
-    def renew(self, now: datetime | None = None) -> tuple[str, str] | None:
-        """Extend the lease once; returns the holder, or ``None`` when there is none yet."""
-        holder = self.holder()
-        if holder is None:
-            return None
-        kind, ident = holder
+    def renew(self, now: datetime | None = None) -> list[tuple[str, str]]:
+        """Extend the lease once; returns the ``(kind, id)`` of what now holds it.
+
+        When the run made none of :data:`HOLDER_KINDS` (the project named its cluster,
+        security group and task definitions), its running tasks hold the lease, one
+        call each: the tasks are then all of the run there is to judge.
+        """
         value = initial_tags(self.seconds, now)[LEASE_TAG]
-        if kind == "security-group":
-            self._client("ec2").create_tags(Resources=[ident], Tags=[{"Key": LEASE_TAG, "Value": value}])
-        else:  # an ECS cluster or task definition, by ARN
-            self._client("ecs").tag_resource(resourceArn=ident, tags=[{"key": LEASE_TAG, "value": value}])
-        return holder
+        holder = self.holder()
+        if holder is not None:
+            kind, ident = holder
+            if kind == "security-group":
+                self._client("ec2").create_tags(Resources=[ident], Tags=[{"Key": LEASE_TAG, "Value": value}])
+            else:  # an ECS cluster or task definition, by ARN
+                self._tag_ecs(ident, value)
+            return [holder]
+        renewed = []
+        for cluster_arn, started_by in self.resources.task_sources:
+            pages = self._client("ecs").get_paginator("list_tasks").paginate(
+                cluster=cluster_arn, startedBy=started_by, desiredStatus="RUNNING"
+            )
+            for arn in [arn for page in pages for arn in page["taskArns"]]:
+                self._tag_ecs(arn, value)
+                renewed.append(("task", arn))
+        return renewed
+
+    def _tag_ecs(self, arn: str, value: str) -> None:
+        self._client("ecs").tag_resource(resourceArn=arn, tags=[{"key": LEASE_TAG, "value": value}])
 
     def _client(self, service: str) -> Any:
         return self.resources.aws.client(service)
@@ -158,7 +175,10 @@ class LeaseRenewer:
             try:
                 self.renew()
             except Exception as exc:  # the run matters more than its lease
-                logger.warning("could not renew the run's lease: %s", one_line(exc))
+                logger.warning(
+                    "could not renew the run's lease (once it lapses, `flowrig aws leftovers` "
+                    "counts the run as over): %s", one_line(exc),
+                )
 
     def stop(self) -> None:
         """Stop renewing (before the run's resources are deleted); safe to call twice."""

@@ -139,6 +139,34 @@ def _tasks(aws: Session, arns: dict[str, dict[str, str]]) -> list[Resource]:
     return found
 
 
+def _tasks_in_clusters(aws: Session, clusters: list[Resource], known: set[str]) -> list[Resource]:
+    """Tasks in the runs' own clusters that their tags did not find (every task in a
+    run's cluster is the run's, and a cluster is deleted only once they are stopped)."""
+    found = []
+    ecs = aws.client("ecs")
+    for cluster in clusters:
+        with aws_errors(f"listing the tasks of cluster {cluster.ident}"):
+            try:
+                pages = ecs.get_paginator("list_tasks").paginate(cluster=cluster.ident, desiredStatus="RUNNING")
+                arns = sorted(arn for page in pages for arn in page["taskArns"] if arn not in known)
+                tasks = [
+                    task
+                    for chunk in _chunks(arns, DESCRIBE_BATCH)
+                    for task in ecs.describe_tasks(cluster=cluster.ident, tasks=chunk, include=["TAGS"])["tasks"]
+                ]
+            except Exception as exc:
+                if is_gone(exc):
+                    continue
+                raise
+        for task in tasks:
+            if task.get("lastStatus") != "STOPPED":
+                found.append(Resource(
+                    "task", task["taskArn"], cluster.run_id, _tags_of(task.get("tags", ())), task.get("createdAt"),
+                    {"status": str(task.get("lastStatus", "?")), "cluster": cluster.ident.rsplit("/", 1)[-1]},
+                ))
+    return found
+
+
 def _task_definitions(aws: Session, arns: dict[str, dict[str, str]]) -> list[Resource]:
     found = []
     ecs = aws.client("ecs")
@@ -278,6 +306,8 @@ def find(aws: Session) -> list[Resource]:
     for kind, read in readers.items():
         if by_kind.get(kind):
             found.extend(read(aws, by_kind[kind]))
+    clusters = [r for r in found if r.kind == "cluster"]
+    found += _tasks_in_clusters(aws, clusters, {r.ident for r in found if r.kind == "task"})
     return found + _roles(aws)
 
 
