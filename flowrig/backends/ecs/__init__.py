@@ -9,6 +9,9 @@
   task definitions as data, checked against botocore's model;
 - :mod:`~flowrig.backends.ecs.run_local`: a task definition's containers on the local
   Docker engine.
+- :mod:`~flowrig.backends.ecs.lease`: the lease a live run renews on its resources;
+- :mod:`~flowrig.backends.ecs.leftovers` (pure) and :mod:`~flowrig.backends.ecs.sweep`
+  (AWS calls): what runs that are over left behind, found by run and removed.
 """
 
 from __future__ import annotations
