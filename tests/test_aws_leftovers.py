@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,7 +22,8 @@ import pytest
 from flowrig.backends.ecs.lease import LEASE_SECONDS_ENV, LEASE_TAG, format_time, initial_tags, lease_until
 from flowrig.backends.ecs.leftovers import Resource, group_by_run, judge
 from tests.run_support import FLOWRIG, SEED
-from tests.test_ecs_backend import IMAGE, local_scheduler, running_tasks, snapshot, spec, tags
+from tests.test_ecs_backend import IMAGE, local_scheduler, running_tasks, secret_arns, snapshot, spec, tags
+from tests.test_ecs_backend import bootstrapped as bootstrapped  # a fixture
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -38,30 +40,25 @@ def listed(run_id: str) -> dict | None:
     return {run["run_id"]: run for run in json.loads(done.stdout)}.get(run_id)
 
 
-def secrets_of(run_id: str) -> list[dict]:
-    import boto3
-
-    return [
-        s for s in boto3.client("secretsmanager").list_secrets()["SecretList"]
-        if tags(s.get("Tags", [])).get("flowrig-run-id") == run_id
-    ]
-
-
 # --- the acceptance test -------------------------------------------------------------
 @pytest.mark.aws
-def test_kill_9_mid_start_then_leftovers_lists_the_run_and_remove_leaves_nothing(ecs_tasks_pending):
+@pytest.mark.usefixtures("bootstrapped")
+def test_kill_9_mid_start_then_leftovers_lists_the_run_and_remove_leaves_nothing(ecs_tasks_pending, tmp_path):
     import boto3
 
     aws = ecs_tasks_pending
     run_id = f"k9{uuid.uuid4().hex[:8]}"
     iam = boto3.client("iam")
-    # The account-wide role `flowrig ecs bootstrap` makes carries no run tag: never removed.
-    iam.create_role(RoleName="flowrig-execution", Path="/flowrig/", AssumeRolePolicyDocument="{}",
-                    Tags=[{"Key": "createdBy", "Value": "flowrig ecs bootstrap"}])
+    # A role of the run's own, beside the account-wide one of `flowrig ecs bootstrap`
+    # (which carries no run tag and must survive).
+    project = tmp_path / "seed"
+    shutil.copytree(SEED, project)
+    with open(project / "flowrig.toml", "a") as toml:
+        toml.write("\n[cluster.options]\ncreate_roles = true\n")
     env = {**os.environ, "FLOWRIG_RUN_ID": run_id, LEASE_SECONDS_ENV: "4"}
     env.pop("PREFECT_API_URL", None)
     runner = subprocess.Popen(
-        [*FLOWRIG, "run", str(SEED), "--backend", "fargate", "--image", IMAGE, "--param", "x=[0,1]"],
+        [*FLOWRIG, "run", str(project), "--backend", "fargate", "--image", IMAGE, "--param", "x=[0,1]"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
@@ -80,10 +77,8 @@ def test_kill_9_mid_start_then_leftovers_lists_the_run_and_remove_leaves_nothing
     [cluster] = held["clusters"]
     assert all(held[kind] for kind in held), held
     assert len(running_tasks(cluster["clusterArn"])) == 1
-    # The per-run TLS secret (made by the backend once it delivers certificates by secret).
-    secret_arn = boto3.client("secretsmanager").create_secret(
-        Name=f"flowrig/{run_id}/tls", SecretString="x", Tags=[{"Key": "flowrig-run-id", "Value": run_id}]
-    )["ARN"]
+    # The run's certificates, in its secret.
+    [secret_arn] = secret_arns(run_id)
 
     # A task in the run's own cluster that lost its tags is the run's all the same.
     ecs = boto3.client("ecs")
@@ -120,7 +115,8 @@ def test_kill_9_mid_start_then_leftovers_lists_the_run_and_remove_leaves_nothing
     after = snapshot(run_id)
     assert after == {k: [] for k in after}, after
     assert running_tasks(cluster["clusterArn"]) == []
-    assert secrets_of(run_id) == []
+    assert secret_arns(run_id) == []
+    assert boto3.client("secretsmanager").list_secrets(IncludePlannedDeletion=True)["SecretList"] == []
     families = [f"flowrig-{run_id}-{role}" for role in ("scheduler", "worker")]
     for family in families:
         assert ecs.list_task_definitions(familyPrefix=family, status="INACTIVE")["taskDefinitionArns"] == []
@@ -143,7 +139,7 @@ def test_a_live_run_whose_lease_is_renewed_is_not_listed(aws, tls, monkeypatch):
     with local_scheduler(tls, workers=1) as scheduler:
         started = FargateBackend().start(
             spec(tls, "live1", size=ClusterSize(1), scheduler_address=scheduler.scheduler_address,
-                 provision_timeout=120)
+                 provision_timeout=120, create_roles=True)
         )
         try:
             [cluster] = snapshot("live1")["clusters"]
@@ -260,3 +256,15 @@ def test_a_bad_lease_length_is_bad_input(monkeypatch):
     monkeypatch.setenv(LEASE_SECONDS_ENV, "-5")
     with pytest.raises(BadInput, match="FLOWRIG_AWS_LEASE_SECONDS='-5': give a number of seconds"):
         lease_seconds()
+
+
+def test_the_runner_policy_lets_it_renew_the_lease_tag_only():
+    from flowrig.backends.ecs import iam
+
+    by_sid = {s["Sid"]: s for s in iam.runner_policy(iam.Account("aws", "123456789012"))["Statement"]}
+    lease_only = {"ForAllValues:StringEquals": {"aws:TagKeys": [LEASE_TAG]}}
+    assert by_sid["RenewLease"]["Action"] == ["ecs:TagResource"]
+    assert by_sid["RenewLease"]["Condition"] == lease_only
+    assert by_sid["SecurityGroupRenewLease"]["Action"] == ["ec2:CreateTags"]
+    assert by_sid["SecurityGroupRenewLease"]["Condition"] == {
+        "StringEquals": {"aws:ResourceTag/createdBy": "flowrig"}, **lease_only}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowrig.backends.ecs import defaults
+from flowrig.backends.ecs.lease import LEASE_TAG
 
 #: IAM path of every role flowrig makes (bootstrap or run time), so a policy can name
 #: them all (``role/flowrig/*``) and nothing else.
@@ -115,6 +116,7 @@ def runner_policy(account: Account, *, create_roles: bool = False) -> dict[str, 
     """
     prefix = defaults.FAMILY_PREFIX
     tagged = {"StringEquals": {"aws:ResourceTag/createdBy": "flowrig"}}
+    lease_only = {"ForAllValues:StringEquals": {"aws:TagKeys": [LEASE_TAG]}}
     statements = [
         _statement("Describe", list(UNSCOPED_ACTIONS), "*"),
         _statement("Clusters", ["ecs:CreateCluster", "ecs:DeleteCluster"], account.arn("ecs", f"cluster/{prefix}-*")),
@@ -139,6 +141,15 @@ def runner_policy(account: Account, *, create_roles: bool = False) -> dict[str, 
             "*",
             StringEquals={"ecs:CreateAction": ["CreateCluster", "RegisterTaskDefinition", "RunTask"]},
         ),
+        # The lease `flowrig aws leftovers` reads: only its tag, on the run's own cluster,
+        # task definitions and security group, or on its tasks when it made none of them.
+        _statement(
+            "RenewLease",
+            ["ecs:TagResource"],
+            [account.arn("ecs", f"cluster/{prefix}-*"), account.arn("ecs", f"task-definition/{prefix}-*:*"),
+             account.arn("ecs", "task/*/*")],
+            **lease_only,
+        ),
         _statement(
             "SecurityGroupCreate",
             ["ec2:CreateSecurityGroup"],
@@ -155,6 +166,12 @@ def runner_policy(account: Account, *, create_roles: bool = False) -> dict[str, 
             ["ec2:AuthorizeSecurityGroupIngress", "ec2:DeleteSecurityGroup"],
             account.arn("ec2", "security-group/*"),
             **tagged,
+        ),
+        _statement(
+            "SecurityGroupRenewLease",
+            ["ec2:CreateTags"],
+            account.arn("ec2", "security-group/*"),
+            **{"StringEquals": tagged["StringEquals"], **lease_only},
         ),
         _statement(
             "Logs",
