@@ -181,6 +181,39 @@ def test_a_run_that_made_none_of_its_resources_renews_its_lease_on_its_tasks(aws
     assert lease_until(tags(described["tags"])) == NOW + timedelta(minutes=5)
 
 
+@pytest.mark.aws
+def test_an_older_run_without_a_lease_counts_by_age_and_a_refused_removal_is_exit_3(aws):
+    import boto3
+
+    iam, logs = boto3.client("iam"), boto3.client("logs")
+    run = [{"Key": "flowrig-run-id", "Value": "old1"}]
+    # As an older flowrig made them: no lease, the role on the root path.
+    iam.create_role(RoleName="flowrig-old1-execution", AssumeRolePolicyDocument="{}", Tags=run)
+    iam.put_role_policy(RoleName="flowrig-old1-execution", PolicyName="inline", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}))
+    logs.create_log_group(logGroupName="/flowrig/old1", tags={"flowrig-run-id": "old1"})
+    assert leftovers("--older-than", "30").stdout.strip() == "no leftovers of finished ecs/fargate runs"
+    found = listed("old1")
+    assert found["lease_until"] is None and found["reason"].startswith("no lease; newest resource created ")
+    assert [(r["kind"], r["id"]) for r in found["resources"]] == [
+        ("log-group", "/flowrig/old1"), ("role", "flowrig-old1-execution")]
+
+    # Someone put the role in an instance profile: IAM refuses to delete it, the rest goes.
+    iam.create_instance_profile(InstanceProfileName="someones")
+    iam.add_role_to_instance_profile(InstanceProfileName="someones", RoleName="flowrig-old1-execution")
+    refused = leftovers("--remove")
+    assert refused.returncode == 3
+    said, last = refused.stderr.strip().splitlines()
+    assert said == "removed run old1: log-group /flowrig/old1; not removed: role flowrig-old1-execution"
+    assert last.startswith("flowrig: error: could not remove run old1 role flowrig-old1-execution: ")
+    assert "DeleteConflict" in last and last.endswith("; run the command again")
+    assert logs.describe_log_groups(logGroupNamePrefix="/flowrig/old1")["logGroups"] == []
+
+    iam.remove_role_from_instance_profile(InstanceProfileName="someones", RoleName="flowrig-old1-execution")
+    assert leftovers("--remove").returncode == 0
+    assert [r["RoleName"] for r in iam.list_roles()["Roles"] if r["RoleName"].startswith("flowrig-old1")] == []
+
+
 # --- over or not (pure) ---------------------------------------------------------------
 def resource(kind: str, ident: str, run_id: str = "r1", lease: datetime | None = None,
              created: datetime | None = None) -> Resource:

@@ -67,8 +67,9 @@ def leftovers(
     failures: list[str] = []
     for run in runs:
         removed, failed = remover.remove(run)
-        typer.echo(f"removed run {run.run_id}: {', '.join(removed) or 'nothing'}", err=True)
-        failures.extend(f"run {run.run_id} {what}" for what in failed)
+        kept = f"; not removed: {', '.join(what for what, _ in failed)}" if failed else ""
+        typer.echo(f"removed run {run.run_id}: {', '.join(removed) or 'nothing'}{kept}", err=True)
+        failures.extend(f"run {run.run_id} {what}: {why}" for what, why in failed)
     if failures:
-        more = f" (and {len(failures) - 1} more, logged above)" if len(failures) > 1 else ""
+        more = f" (and {len(failures) - 1} more, named above)" if len(failures) > 1 else ""
         raise InfrastructureError(f"could not remove {failures[0]}{more}; run the command again")

@@ -16,7 +16,6 @@ idempotent: a resource that is already gone is not an error.
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
@@ -24,8 +23,6 @@ from typing import Any, Callable, Iterable, Iterator
 from flowrig.backends.ecs.aws import Session, aws_errors
 from flowrig.backends.ecs.leftovers import RUN_TAG, Resource, RunLeftovers
 from flowrig.errors import one_line
-
-logger = logging.getLogger("flowrig.ecs")
 
 #: IAM path and name prefix of the roles flowrig makes.
 ROLE_PATH = "/flowrig/"
@@ -328,14 +325,15 @@ class Remover:
         self.aws = aws
         self.timeout = timeout
 
-    def remove(self, run: RunLeftovers) -> tuple[list[str], list[str]]:
-        """Remove what ``run`` left; returns ``(removed, failed)`` as ``kind id[: why]``.
+    def remove(self, run: RunLeftovers) -> tuple[list[str], list[tuple[str, str]]]:
+        """Remove what ``run`` left; returns what went (``kind id``) and what did not,
+        with why (``(kind id, reason)``).
 
         Nothing raises: a failure is recorded and the rest still goes.
         """
         deadline = time.monotonic() + self.timeout
         removed: list[str] = []
-        failed: list[str] = []
+        failed: list[tuple[str, str]] = []
         tasks = run.of_kind("task")
         if tasks:
             self._attempt("task", [t.ident for t in tasks], lambda: self._stop_tasks(tasks, deadline), removed, failed)
@@ -356,13 +354,14 @@ class Remover:
         return removed, failed
 
     @staticmethod
-    def _attempt(kind: str, idents: list[str], call: Callable[[], None], removed: list[str], failed: list[str]) -> None:
+    def _attempt(
+        kind: str, idents: list[str], call: Callable[[], None], removed: list[str], failed: list[tuple[str, str]]
+    ) -> None:
         try:
             call()
         except Exception as exc:
             if not is_gone(exc):
-                logger.warning("could not remove %s %s: %s", kind, " ".join(idents), one_line(exc))
-                failed.extend(f"{kind} {ident}: {one_line(exc)}" for ident in idents)
+                failed.extend((f"{kind} {ident}", one_line(exc)) for ident in idents)
                 return
         removed.extend(f"{kind} {ident}" for ident in idents)
 
