@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -152,10 +153,13 @@ def test_a_live_run_whose_lease_is_renewed_is_not_listed(aws, tls, monkeypatch):
             assert cluster["status"] == "ACTIVE"
             assert lease_until(tags(cluster["tags"])) > created_lease
             assert len(running_tasks(cluster["clusterArn"])) == 1
+            assert [t for t in threading.enumerate() if t.name == "flowrig-lease"]
         finally:
             started.close()
     after = snapshot("live1")
     assert after == {k: [] for k in after}, after
+    # Once the run's resources are gone, nothing renews anything.
+    assert [t for t in threading.enumerate() if t.name == "flowrig-lease"] == []
 
 
 @pytest.mark.aws

@@ -66,9 +66,18 @@ def _require_aws_extra(backend: str) -> None:
 def _close_run(
     cluster: "PoolCluster | None", resources: "RunResources | None", lease: "LeaseRenewer | None" = None
 ) -> None:
-    """Stop the run's tasks, then delete its AWS resources; a failure of one never skips the other."""
-    if lease is not None:
-        lease.stop()
+    """Stop the run's tasks, then delete its AWS resources; a failure of one never skips the other.
+
+    The lease is renewed until the end, so `flowrig aws leftovers` leaves a slow teardown alone.
+    """
+    try:
+        _teardown(cluster, resources)
+    finally:
+        if lease is not None:
+            lease.stop()
+
+
+def _teardown(cluster: "PoolCluster | None", resources: "RunResources | None") -> None:
     if cluster is not None:
         try:
             cluster.close()

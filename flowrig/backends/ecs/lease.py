@@ -139,10 +139,15 @@ class LeaseRenewer:
         holder = self.holder()
         if holder is not None:
             kind, ident = holder
-            if kind == "security-group":
-                self._client("ec2").create_tags(Resources=[ident], Tags=[{"Key": LEASE_TAG, "Value": value}])
-            else:  # an ECS cluster or task definition, by ARN
-                self._tag_ecs(ident, value)
+            try:
+                if kind == "security-group":
+                    self._client("ec2").create_tags(Resources=[ident], Tags=[{"Key": LEASE_TAG, "Value": value}])
+                else:  # an ECS cluster or task definition, by ARN
+                    self._tag_ecs(ident, value)
+            except Exception:
+                if holder in self.resources.created:
+                    raise
+                return []  # deleted meanwhile by the run's teardown: nothing left to hold
             return [holder]
         renewed = []
         for cluster_arn, started_by in self.resources.task_sources:
@@ -181,7 +186,7 @@ class LeaseRenewer:
                 )
 
     def stop(self) -> None:
-        """Stop renewing (before the run's resources are deleted); safe to call twice."""
+        """Stop renewing (once the run's resources are deleted); safe to call twice."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
