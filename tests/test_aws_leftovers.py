@@ -93,6 +93,9 @@ def test_kill_9_mid_start_then_leftovers_lists_the_run_and_remove_leaves_nothing
     while (found := listed(run_id)) is None:
         assert time.monotonic() < deadline, "the killed run was never listed"
         time.sleep(1)
+    # The shape README documents.
+    assert sorted(found) == ["created", "lease_until", "reason", "resources", "run_id"]
+    assert {tuple(sorted(r)) for r in found["resources"]} == {("created", "detail", "id", "kind")}
     kinds = sorted(r["kind"] for r in found["resources"])
     assert kinds == sorted(["cluster", "log-group", "role", "secret", "security-group",
                             "task", "task", "task-definition", "task-definition"]), found
@@ -263,7 +266,8 @@ def test_the_initial_lease_reads_back():
 
 # --- bad input and an unreachable AWS -------------------------------------------------
 @pytest.mark.parametrize("args, words", [
-    (["--older-than", "-1"], "--older-than -1: give minutes >= 0"),
+    (["--older-than", "-1"], "--older-than -1: give minutes >= 0 (and less than 1e+07)"),
+    (["--older-than", "inf"], "--older-than inf: give minutes >= 0 (and less than 1e+07)"),
     (["--output", "xml"], "--output 'xml': use text or json"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, words):

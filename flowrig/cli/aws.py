@@ -15,6 +15,10 @@ app = typer.Typer(
 )
 
 
+#: Largest --older-than (about 19 years): beyond it the time arithmetic overflows.
+_MAX_MINUTES = 1e7
+
+
 @app.callback()
 def aws() -> None:
     """AWS resources of ecs/fargate runs (tagged flowrig-run-id)."""
@@ -52,8 +56,8 @@ def leftovers(
 
     if output not in ("text", "json"):
         raise BadInput(f"--output {output!r}: use text or json")
-    if not older_than >= 0:
-        raise BadInput(f"--older-than {older_than:g}: give minutes >= 0")
+    if not 0 <= older_than < _MAX_MINUTES:
+        raise BadInput(f"--older-than {older_than:g}: give minutes >= 0 (and less than {_MAX_MINUTES:g})")
     session = aws_calls.session(region)
     runs = group_by_run(find(session), datetime.now(timezone.utc), timedelta(minutes=older_than))
     runs = [run for run in runs if run.over and (run_id is None or run.run_id == run_id)]
