@@ -14,7 +14,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Mapping
 
-from pydantic import ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from flowrig.errors import BadInput
@@ -24,6 +24,8 @@ from flowrig.project import defaults
 _STRICT = ConfigDict(extra="forbid")
 
 Count = Annotated[StrictInt, Field(ge=0)]
+#: A number of seconds greater than zero.
+Seconds = Annotated[StrictInt | StrictFloat, Field(gt=0)]
 _REFERENCE = re.compile(r"^(?P<path>.+):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 
 
@@ -56,6 +58,9 @@ class ClusterConfig:
     max_workers: Count = defaults.MAX_WORKERS
     worker_threads: Annotated[StrictInt, Field(ge=1)] = defaults.WORKER_THREADS
     image: StrictStr | None = None
+    #: Seconds the scheduler stays up once no client is connected (its runner was
+    #: lost); default: the scheduler's own (:mod:`flowrig.roles.lifetime`).
+    no_client_timeout: Seconds | None = None
     #: Backend options, validated by the backend's own model when it starts.
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +82,14 @@ class ClusterConfig:
 
 
 @dataclass(config=_STRICT, frozen=True)
+class RunSettings:
+    """The ``[run]`` table."""
+
+    #: Seconds the whole run may take; past them it is ended and torn down.
+    timeout: Seconds | None = None
+
+
+@dataclass(config=_STRICT, frozen=True)
 class ProjectFile:
     """The whole ``flowrig.toml`` document."""
 
@@ -84,6 +97,7 @@ class ProjectFile:
     requirements: StrictStr | None = None
     name: StrictStr | None = None
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run: RunSettings = field(default_factory=RunSettings)
 
     def __post_init__(self) -> None:
         if not _REFERENCE.match(self.flow):
@@ -101,6 +115,7 @@ class Project:
     requirements: str | None
     cluster: ClusterConfig
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    run: RunSettings = field(default_factory=RunSettings)
 
     @property
     def flow_path(self) -> Path:
@@ -122,6 +137,8 @@ class Project:
 
 _WHAT = {
     "int_type": "a whole number",
+    "float_type": "a number",
+    "seconds": "a number of seconds",
     "string_type": "a string",
     "dict_type": "a table",
     "dataclass_type": "a table",
@@ -131,6 +148,7 @@ _FIELDS = {
     "": ProjectFile,
     "cluster": ClusterConfig,
     "cluster.adapt": Adapt,
+    "run": RunSettings,
 }
 
 
@@ -143,8 +161,12 @@ def _allowed(table: str) -> str:
 def describe(exc: ValidationError, file: str = defaults.PROJECT_FILE) -> str:
     """The first problem of a validation error as one line: the dotted key and the fix."""
     error = exc.errors(include_url=False)[0]
-    key = ".".join(str(part) for part in error["loc"])
+    parts = [str(part) for part in error["loc"]]
     kind, value = error["type"], error.get("input")
+    if len(parts) > 1 and parts[-1] in ("int", "float") and kind in ("int_type", "float_type"):
+        # A member of the Seconds union: the key is the field, the fix a number.
+        parts, kind = parts[:-1], "seconds"
+    key = ".".join(parts)
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
         table = key.rpartition(".")[0]
         return f"{file}: unknown key '{key}'; allowed here: {_allowed(table)}"
@@ -154,6 +176,8 @@ def describe(exc: ValidationError, file: str = defaults.PROJECT_FILE) -> str:
         return f"{file}: '{key}' is required"
     if kind == "greater_than_equal":
         return f"{file}: '{key}' must be >= {error['ctx']['ge']}, got {value!r}"
+    if kind == "greater_than":
+        return f"{file}: '{key}' must be a number of seconds greater than {error['ctx']['gt']}, got {value!r}"
     if kind == "value_error":
         # A rule of the models above: its message names the keys already.
         return str(error["ctx"]["error"])
@@ -192,4 +216,5 @@ def parse_project(data: Mapping[str, Any], root: Path) -> Project:
         requirements=document.requirements,
         cluster=document.cluster,
         raw=dict(data),
+        run=document.run,
     )

@@ -107,6 +107,10 @@ class HostController:
         n_workers, threads = message.get("n_workers"), message.get("worker_threads")
         adapt = message.get("adapt")
         worker_env = message.get("worker_env") or {}
+        no_client_timeout = message.get("no_client_timeout")
+        number = isinstance(no_client_timeout, (int, float)) and not isinstance(no_client_timeout, bool)
+        if no_client_timeout is not None and not (number and no_client_timeout > 0):
+            raise InfrastructureError(f"the runner asked for a no-client timeout of {no_client_timeout!r}")
         if not (isinstance(n_workers, int) and n_workers >= 0 and isinstance(threads, int) and threads >= 1):
             raise InfrastructureError(f"the runner asked for a cluster of {n_workers!r} workers of {threads!r} threads")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in worker_env.items()):
@@ -125,6 +129,7 @@ class HostController:
                 environment={**worker_env, **options.environment},
                 worker_memory=None if options.worker_memory is None else str(options.worker_memory),
                 scheduler_start_timeout=float(options.scheduler_start_timeout),
+                no_client_timeout=None if no_client_timeout is None else float(no_client_timeout),
                 client=self.client,
             )
             self.cluster = cluster
@@ -178,6 +183,7 @@ def run_in_container(
     params_file: str | Path | None = None,
     output: str = "text",
     verbosity: str = "normal",
+    timeout: float | None = None,
 ) -> int:
     """Run the image's flow once, with the runner in a container: ``flowrig run --backend docker``.
 
@@ -212,7 +218,7 @@ def run_in_container(
     client = connect()
     require_image(client, image)
     run_id = check_run_id(current_run_id())
-    plan = render_runner(run_id, image, output=output, verbosity=verbosity, environ=os.environ)
+    plan = render_runner(run_id, image, output=output, verbosity=verbosity, environ=os.environ, timeout=timeout)
     if is_loopback_url(os.environ.get("PREFECT_API_URL")):
         logger.warning("PREFECT_API_URL points at this machine's loopback, which containers cannot reach")
     secrets = {name: os.environ[name] for name in control.SECRET_PASSTHROUGH if os.environ.get(name)}
