@@ -9,8 +9,9 @@ the cluster of a runner that is busy with its own code between two submissions.
 :class:`NoClientTimeout` closes the scheduler once no client has been connected for
 ``no_client_timeout`` seconds, or for ``first_client_timeout`` seconds from its start
 while none has connected yet (the runner connects only once its cluster has started
-and its API answers). Closing the scheduler closes its workers; a worker that cannot
-reach it exits after its ``--death-timeout``. A worker's own client (``get_client()``
+and its API answers). It first has the workers' nannies stop them (a nanny ends its
+worker process within 5 s, even one in the middle of a task), then closes; a worker
+that cannot reach its scheduler at all exits after its ``--death-timeout``. A worker's own client (``get_client()``
 in a task) does not count: a task cannot keep its cluster alive without its runner.
 
 Every scheduler the image starts runs it as a preload (:func:`flowrig.roles.command_for`)::
@@ -42,6 +43,9 @@ NO_CLIENT_TIMEOUT = 60.0
 #: Seconds a scheduler waits for its first client: a cluster's start (workers
 #: pulling images, Fargate provisioning) comes first.
 FIRST_CLIENT_TIMEOUT = 600.0
+#: Seconds the nannies have to stop their workers before the scheduler closes (a
+#: nanny gives its worker process 5 s, then ends it).
+NANNY_STOP_TIMEOUT = 15.0
 #: The scheduler closes with this reason (it shows in its log).
 REASON = "flowrig-no-client-timeout"
 
@@ -113,8 +117,28 @@ class NoClientTimeout(SchedulerPlugin):
                     "scheduler closing: no client connected for %.0f s (its runner is gone)", self.limit
                 )
                 # A task of its own: closing the scheduler closes this plugin's watch.
-                self._closing = asyncio.ensure_future(scheduler.close(reason=REASON))
+                self._closing = asyncio.ensure_future(self._stop(scheduler))
                 return
+
+    async def _stop(self, scheduler: Any) -> None:
+        """Stop the workers through their nannies, then the scheduler.
+
+        A closing scheduler asks each worker to close, and a worker closes only once
+        its running tasks return, which for a long task of a lost run is much too
+        late. A nanny stops its worker process within seconds, task or not.
+        """
+        nannies = [address for address, ws in scheduler.workers.items() if ws.nanny]
+        if nannies:
+            try:
+                await asyncio.wait_for(
+                    scheduler.broadcast(
+                        msg={"op": "terminate", "reason": REASON}, workers=nannies, nanny=True, on_error="ignore"
+                    ),
+                    NANNY_STOP_TIMEOUT,
+                )
+            except Exception as exc:  # the scheduler closes them in any case
+                logger.debug("stopping the workers through their nannies: %s", exc)
+        await scheduler.close(reason=REASON)
 
 
 @click.command()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -33,6 +34,7 @@ from flowrig.containers.engine import (
     connect,
     create_container,
     create_network,
+    oom_killed,
     remove_run,
     require_image,
     start_container,
@@ -154,6 +156,15 @@ class HostController:
                 logger.warning("closing the cluster of run %s failed: %s", self.run_id, one_line(exc))
 
 
+def _runner_lost(name: str, code: int, oom: bool) -> str:
+    try:
+        signame = signal.Signals(code - 128).name
+    except ValueError:
+        signame = f"signal {code - 128}"
+    cause = "it ran out of memory" if oom else "killed or stopped from outside the run"
+    return f"the runner container {name} ended by {signame} (exit {code}; {cause}); everything of the run is removed"
+
+
 def _host_image(directory: Path | None, project: "Project | None", image: str | None) -> str:
     """The image to run: ``--image``, else ``[cluster] image`` of the host's project."""
     if image:
@@ -202,14 +213,16 @@ def run_in_container(
     Returns
     -------
     int
-        The runner's exit code: 0 completed, 1 flow failed, 2 bad input, 3 infrastructure.
+        The runner's exit code: 0 completed, 1 flow failed, 2 bad input, 3 infrastructure,
+        124 the run's timeout passed.
 
     Raises
     ------
     BadInput
         Bad parameters, no image given, or the image does not exist locally.
     InfrastructureError
-        Docker is not reachable, or the runner container cannot be created or started.
+        Docker is not reachable, the runner container cannot be created or started, or
+        it was killed (``docker kill``, out of memory) or stopped from outside the run.
     """
     from flowrig.project import parameters as params_mod
 
@@ -248,6 +261,10 @@ def run_in_container(
             code = wait_for_exit(runner)
             finished = True
             pump.join(timeout=10)
+            if code > 128:
+                # Killed (docker kill, the OOM killer) or stopped by someone else: the
+                # runner could not say why, so the host does; the cluster goes below.
+                raise InfrastructureError(_runner_lost(plan.name, code, oom_killed(runner)))
             return code
         finally:
             with shielded():
