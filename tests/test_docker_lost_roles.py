@@ -24,6 +24,8 @@ from tests.test_lost_roles import LOST_ROLES_FLOW, TOTAL
 FLOWRIG = str(Path(sys.executable).with_name("flowrig"))
 #: The project's no-client timeout: the scheduler of a lost runner stops after it.
 NO_CLIENT_TIMEOUT = 5
+#: Seconds a killed worker container takes to be replaced, at most (README).
+REPLACED_WITHIN = 30
 
 pytestmark = pytest.mark.docker
 
@@ -115,7 +117,17 @@ def test_a_killed_worker_container_is_replaced_and_the_flow_completes(docker_cli
         time.sleep(4)  # both workers are in the middle of a task
         victim = f"flowrig-{run.run_id}-worker-0"
         assert _containers(docker_client, run.run_id).get(victim) == "worker", run.stderr[-3000:]
-        docker_client.containers.get(victim).kill()
+        killed = docker_client.containers.get(victim)
+        killed.kill()
+        lost = time.monotonic()
+        # Replaced under its name within the documented bound: lost-worker-timeout
+        # (15 s), two checks, a container's start.
+        while True:
+            running = {c.id for c in docker_client.containers.list(filters={"name": victim})}
+            if running - {killed.id}:
+                break
+            assert time.monotonic() - lost < REPLACED_WITHIN, run.stderr[-3000:]
+            time.sleep(0.5)
         assert run.finish() == 0, run.stderr[-3000:]
         # Its task ran again elsewhere, and the flow saw two workers again at its end.
         assert run.outcome["result"] == {"total": TOTAL, "workers": 2, "lifetime": [NO_CLIENT_TIMEOUT, None]}

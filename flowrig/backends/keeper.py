@@ -16,7 +16,7 @@ name. Workers that adaptive scaling retires leave the plan first and are not
 replaced. The local and docker backends use it; the cloud backends' pool replaces
 its workers itself (:mod:`flowrig.backends.pool`).
 
-A lost worker is thus replaced within ``lost-worker-timeout`` + :data:`CHECK_INTERVAL`
+A lost worker is thus replaced within ``lost-worker-timeout`` + 2 x :data:`CHECK_INTERVAL`
 + the time a worker takes to start (about a second on the local backend, a few on docker).
 """
 
@@ -45,6 +45,7 @@ class SizeKeeper:
     def __init__(self, cluster: Any) -> None:
         self.cluster = cluster
         self.started: set[Any] = set()
+        self.pending: set[Any] = set()
         #: How many lost workers were started again.
         self.replaced = 0
 
@@ -58,7 +59,10 @@ class SizeKeeper:
         """Start the lost workers again (on the cluster's event loop)."""
         if self.cluster.status != Status.running:
             return
-        lost = self.lost()
+        # Lost at two checks in a row: the cluster's close of the lost worker (which
+        # removes its container, whose name the new one takes) has had a second.
+        now = self.lost()
+        lost, self.pending = self.pending & now, now
         if not lost:
             return
         try:
@@ -68,6 +72,7 @@ class SizeKeeper:
             logger.debug("not replacing workers %s: the scheduler does not answer (%s)", sorted(map(str, lost)), exc)
             return
         self.started -= lost
+        self.pending -= lost
         self.replaced += len(lost)
         logger.warning(
             "worker%s %s left the cluster and did not come back: starting %s again",
