@@ -219,12 +219,16 @@ def test_a_bad_timeout_is_bad_input(project_factory):
     done = run_cli("run", str(project))
     assert done.returncode == 2
     assert "'cluster.no_client_timeout' must be a number of seconds greater than 0, got 0" in done.stderr
-    done = run_cli("run", str(project), "--timeout", "0")
-    assert done.returncode == 2, done.stderr
+    for bad in ("0", "inf"):
+        done = run_cli("run", str(project), "--timeout", bad)
+        assert done.returncode == 2, done.stderr
+        assert f"--timeout must be a finite number of seconds greater than 0, got {bad}" in done.stderr
 
 
-def test_the_timeout_is_read_from_a_file_path_too(project_factory):
-    project = project_factory(LOST_ROLES_FLOW, _toml() + '\n[run]\ntimeout = "soon"\n')
+@pytest.mark.parametrize("value", ['"soon"', "inf"])
+def test_a_timeout_in_the_project_file_must_be_finite_seconds(project_factory, value):
+    project = project_factory(LOST_ROLES_FLOW, _toml() + f"\n[run]\ntimeout = {value}\n")
     done = run_cli("run", str(Path(project)))
     assert done.returncode == 2
-    assert "flowrig.toml: 'run.timeout' must be a number of seconds, got 'soon'" in done.stderr
+    shown = "'soon'" if value.startswith('"') else "inf"
+    assert f"flowrig.toml: 'run.timeout' must be a finite number of seconds, got {shown}" in done.stderr

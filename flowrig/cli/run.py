@@ -67,8 +67,8 @@ def run(
 
     if verbose and quiet:
         raise BadInput("--verbose and --quiet contradict each other: pass one of them")
-    if timeout is not None and not timeout > 0:
-        raise BadInput(f"--timeout must be a number of seconds greater than 0, got {timeout:g}")
+    if timeout is not None and not 0 < timeout < float("inf"):
+        raise BadInput(f"--timeout must be a finite number of seconds greater than 0, got {timeout:g}")
 
     inputs = RunInputs(
         project_dir=project or default_project_dir(),

@@ -25,7 +25,7 @@ _STRICT = ConfigDict(extra="forbid")
 
 Count = Annotated[StrictInt, Field(ge=0)]
 #: A number of seconds greater than zero.
-Seconds = Annotated[StrictInt | StrictFloat, Field(gt=0)]
+Seconds = Annotated[StrictInt | StrictFloat, Field(gt=0, allow_inf_nan=False)]
 _REFERENCE = re.compile(r"^(?P<path>.+):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 
 
@@ -138,7 +138,7 @@ class Project:
 _WHAT = {
     "int_type": "a whole number",
     "float_type": "a number",
-    "seconds": "a number of seconds",
+    "seconds": "a finite number of seconds",
     "string_type": "a string",
     "dict_type": "a table",
     "dataclass_type": "a table",
@@ -166,6 +166,8 @@ def describe(exc: ValidationError, file: str = defaults.PROJECT_FILE) -> str:
     if len(parts) > 1 and parts[-1] in ("int", "float") and kind in ("int_type", "float_type"):
         # A member of the Seconds union: the key is the field, the fix a number.
         parts, kind = parts[:-1], "seconds"
+    if kind == "finite_number":
+        kind = "seconds"
     key = ".".join(parts)
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
         table = key.rpartition(".")[0]
