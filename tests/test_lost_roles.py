@@ -114,6 +114,33 @@ def test_the_scheduler_waits_for_its_first_client_then_stops_once_no_client_is_l
         started.close()
 
 
+def test_a_worker_that_does_not_come_back_is_started_again_under_its_name(tls):
+    import dask
+    from distributed import Client
+
+    started = LocalBackend().start(ClusterSpec(run_id="keeper1", size=ClusterSize(2), tls=tls))
+    cluster = started.cluster
+    try:
+        with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}), \
+                Client(started.scheduler_address, security=tls.to_security()) as client:
+            gone = cluster.workers[0]
+            # A nanny that closes does not restart its worker: the worker is lost for good.
+            cluster.sync(gone.close)
+            deadline = time.monotonic() + 30
+            while not (cluster.keeper.replaced == 1 and len(client.scheduler_info()["workers"]) == 2):
+                assert time.monotonic() < deadline, (cluster.keeper.replaced, cluster.workers)
+                time.sleep(0.2)
+            assert cluster.workers[0] is not gone and set(cluster.workers) == {0, 1}
+            assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6
+            # Adaptive or explicit scale-downs are not losses: nothing is started again.
+            cluster.scale(1)
+            client.wait_for_workers(1, timeout=30)
+            time.sleep(4)
+            assert cluster.keeper.replaced == 1 and len(cluster.workers) == 1
+    finally:
+        started.close()
+
+
 # --- through the CLI -----------------------------------------------------------------
 
 
