@@ -114,6 +114,26 @@ def test_the_scheduler_waits_for_its_first_client_then_stops_once_no_client_is_l
         started.close()
 
 
+def test_only_the_last_runner_client_leaving_starts_the_clock():
+    from flowrig.roles.lifetime import NoClientTimeout
+
+    rule = NoClientTimeout(10, 100)
+    assert rule.limit == 100 and not rule.expired(rule.alone_since + 99) and rule.expired(rule.alone_since + 101)
+    rule.add_client(None, "Client-worker-0f")  # a task's own client: still waiting for the first
+    assert rule.limit == 100
+    rule.add_client(None, "Client-1a")
+    rule.add_client(None, "Client-2b")
+    rule.remove_client(None, "Client-1a")
+    assert rule.limit == 10 and not rule.expired(rule.alone_since + 1000)
+    rule.remove_client(None, "Client-2b")
+    left = rule.alone_since
+    # Neither a worker's client leaving nor a repeated removal moves the clock.
+    rule.remove_client(None, "Client-worker-0f")
+    rule.remove_client(None, "Client-2b")
+    assert rule.alone_since == left
+    assert not rule.expired(left + 9) and rule.expired(left + 11)
+
+
 def test_a_worker_that_does_not_come_back_is_started_again_under_its_name(tls):
     import dask
     from distributed import Client

@@ -18,8 +18,9 @@ Every scheduler the image starts runs it as a preload (:func:`flowrig.roles.comm
 
     --preload flowrig.roles.lifetime [--no-client-timeout S] [--first-client-timeout S]
 
-and the local backend adds it to its scheduler process. Only the scheduler imports
-this module (it imports distributed).
+and the local backend adds it to its scheduler process. Its setup takes options, so
+distributed lets no other preload with options run beside it. Only the scheduler
+imports this module (it imports distributed).
 """
 
 from __future__ import annotations
@@ -89,9 +90,12 @@ class NoClientTimeout(SchedulerPlugin):
             self.had_client = True
 
     def remove_client(self, scheduler: Any, client: str) -> None:
-        self.connected.discard(client)
-        if not self.connected:
-            self.alone_since = time.monotonic()
+        # Only the last runner client leaving starts the clock (distributed reports a
+        # removal more than once, and a worker's own client does not count).
+        if client in self.connected:
+            self.connected.discard(client)
+            if not self.connected:
+                self.alone_since = time.monotonic()
 
     async def close(self) -> None:
         if self._watch is not None:
@@ -114,7 +118,7 @@ class NoClientTimeout(SchedulerPlugin):
             await asyncio.sleep(interval)
             if self.expired():
                 logger.warning(
-                    "scheduler closing: no client connected for %.0f s (its runner is gone)", self.limit
+                    "scheduler closing: no client connected for %g s (its runner is gone)", self.limit
                 )
                 # A task of its own: closing the scheduler closes this plugin's watch.
                 self._closing = asyncio.ensure_future(self._stop(scheduler))
