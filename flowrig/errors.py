@@ -44,6 +44,13 @@ class InfrastructureError(FlowrigError):
     exit_code = 3
 
 
+class RunTimedOut(FlowrigError):
+    """The whole run took longer than its ``[run] timeout`` and was ended (exit 124,
+    the code of ``timeout(1)``)."""
+
+    exit_code = 124
+
+
 class Terminated(BaseException):
     """A termination signal, raised in the main thread so every ``finally`` tears down.
 
@@ -60,6 +67,7 @@ EXIT_OK = 0
 EXIT_FLOW_FAILED = FlowRunFailed.exit_code
 EXIT_BAD_INPUT = BadInput.exit_code
 EXIT_INFRASTRUCTURE = InfrastructureError.exit_code
+EXIT_TIMED_OUT = RunTimedOut.exit_code
 
 #: Longest text :func:`one_line` returns; longer messages are cut with an ellipsis.
 ONE_LINE_WIDTH = 300

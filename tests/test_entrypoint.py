@@ -72,13 +72,17 @@ def tls_of(tls: Path) -> list[str]:
 # --- command lines ----------------------------------------------------------------------
 
 
-def test_scheduler_command_gets_tls_protocol_and_idle_timeout(tls):
+def test_scheduler_command_gets_tls_protocol_and_the_lifetime_preload_not_an_idle_timeout(tls):
     assert command_for("scheduler", ["--port", "8786"], tls) == [
-        sys.executable, "-m", SCHEDULER_MODULE, "--port", "8786",
+        sys.executable, "-m", SCHEDULER_MODULE, "--preload", roles.LIFETIME_PRELOAD, "--port", "8786",
         *tls_of(tls),
         "--protocol", "tls",
-        "--idle-timeout", roles.SCHEDULER_IDLE_TIMEOUT,
     ]
+    # The preload's own arguments follow it, where distributed hands them to it.
+    command = command_for("scheduler", ["--no-client-timeout", "5"], tls)
+    assert command[3:7] == ["--preload", roles.LIFETIME_PRELOAD, "--no-client-timeout", "5"]
+    given = command_for("scheduler", ["--preload", roles.LIFETIME_PRELOAD], tls)
+    assert given.count(roles.LIFETIME_PRELOAD) == 1
 
 
 def test_worker_command_gets_tls_and_death_timeout(tls):
@@ -245,7 +249,7 @@ def test_real_tls_scheduler_in_exec_form_stops_on_sigterm(tls):
         # Exec form: the process we started *is* the scheduler, with no shell or child in between.
         me = psutil.Process(proc.pid)
         assert me.cmdline()[1:3] == ["-m", SCHEDULER_MODULE]
-        assert "--idle-timeout" in me.cmdline() and str(tls / "tls.key") in me.cmdline()
+        assert roles.LIFETIME_PRELOAD in me.cmdline() and str(tls / "tls.key") in me.cmdline()
         assert me.environ()["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
         assert me.children() == []
 

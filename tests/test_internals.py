@@ -438,3 +438,26 @@ def test_local_cluster_hands_its_scheduler_spec_to_the_next_init(tls):
     with LocalClusterWithSchedulerProcess(n_workers=0, processes=True, protocol="tls://", security=tls.to_security(),
                                           host="127.0.0.1", dashboard_address=None) as cluster:
         assert isinstance(cluster.scheduler, SchedulerProcess)
+
+
+def test_a_workers_own_client_is_told_from_the_runners_by_its_id(tls):
+    """``Worker._get_client`` names its client ``"worker"`` and a client's id is
+    ``Client-<name>-<uuid>``; the scheduler's ``fire-and-forget`` pseudo-client is
+    always among its clients (:mod:`flowrig.internals.dask_clients`)."""
+    from distributed import Client, LocalCluster, get_client
+
+    from flowrig.internals.dask_clients import FIRE_AND_FORGET, is_runner_client
+
+    def own_client_id() -> str:
+        return get_client().id
+
+    # Worker processes of their own: a worker in this process would hand a task this
+    # process's default client.
+    with LocalCluster(n_workers=1, processes=True, protocol="tls://", security=tls.to_security(),
+                      host="127.0.0.1", dashboard_address=None) as cluster:
+        with Client(cluster, security=tls.to_security()) as client:
+            worker_client = client.submit(own_client_id, pure=False).result()
+            clients = set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.clients)))
+    assert clients == {FIRE_AND_FORGET, client.id, worker_client}
+    assert is_runner_client(client.id)
+    assert not is_runner_client(worker_client) and not is_runner_client(FIRE_AND_FORGET)

@@ -108,6 +108,9 @@ class ClusterSpec:
         Backend-specific options from ``[cluster.options]``, passed through untouched.
     worker_threads
         Threads per worker.
+    no_client_timeout
+        Seconds the scheduler stays up once no client is connected (its runner was
+        lost); ``None``: the scheduler's default (:mod:`flowrig.roles.lifetime`).
     """
 
     run_id: str
@@ -117,6 +120,7 @@ class ClusterSpec:
     worker_env: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     worker_threads: int = 1
+    no_client_timeout: float | None = None
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Map what a command raised to one line on stderr and an exit code.
 
 Shared by ``flowrig`` and ``flowrig-entrypoint`` so both speak the same contract:
-0 success, 1 the flow run failed, 2 bad input, 3 infrastructure, 128+N a signal.
+0 success, 1 the flow run failed, 2 bad input, 3 infrastructure, 124 the run's timeout
+passed, 128+N a signal.
 """
 
 from __future__ import annotations

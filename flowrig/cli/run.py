@@ -46,6 +46,13 @@ def run(
     output: Annotated[
         Output, typer.Option("--output", "-o", help="text, or json: one JSON line last on stdout.")
     ] = Output.text,
+    timeout: Annotated[
+        Optional[float],
+        typer.Option(
+            "--timeout",
+            help="Seconds the whole run may take; then it ends, torn down, with exit 124. Overrides [run] timeout.",
+        ),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Also Dask's INFO lines and every task's own log lines.")
     ] = False,
@@ -60,6 +67,8 @@ def run(
 
     if verbose and quiet:
         raise BadInput("--verbose and --quiet contradict each other: pass one of them")
+    if timeout is not None and not 0 < timeout < float("inf"):
+        raise BadInput(f"--timeout must be a finite number of seconds greater than 0, got {timeout:g}")
 
     inputs = RunInputs(
         project_dir=project or default_project_dir(),
@@ -70,6 +79,7 @@ def run(
         certs=certs,
         scheduler_address=scheduler_address,
         output=output.value,
+        timeout=timeout,
         verbosity=Verbosity.VERBOSE if verbose else Verbosity.QUIET if quiet else Verbosity.NORMAL,
     )
     raise typer.Exit(run_command(inputs))

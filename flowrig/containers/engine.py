@@ -263,6 +263,15 @@ def wait_for_exit(container: "Container") -> int:
         return 137
 
 
+def oom_killed(container: "Container") -> bool:
+    """Whether the kernel killed the (exited) container for running out of memory."""
+    try:
+        container.reload()
+        return bool(container.attrs["State"].get("OOMKilled"))
+    except Exception:  # gone already: nothing more to learn
+        return False
+
+
 def stop_and_remove(container: "Container", timeout: int = STOP_TIMEOUT) -> None:
     """Stop a container (SIGTERM, SIGKILL after ``timeout`` s) and remove it; quiet if gone."""
     import docker

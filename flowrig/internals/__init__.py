@@ -10,7 +10,8 @@ an upgrade of one of those projects, run that file first (CONTRIBUTING.md says h
 - :mod:`~flowrig.internals.prefect_engine`: the engine's imports, reporting queues and
   the entry for an existing flow run;
 - :mod:`~flowrig.internals.prefect_server`: the API server's app and database set-up;
-- :mod:`~flowrig.internals.forkserver`: local workers forked from a copy of the runner.
+- :mod:`~flowrig.internals.forkserver`: local workers forked from a copy of the runner;
+- :mod:`~flowrig.internals.dask_clients`: a worker's own Dask client told from the runner's.
 
 May import: the standard library and the projects it fences; nothing of flowrig.
 """

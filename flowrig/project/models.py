@@ -14,7 +14,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Mapping
 
-from pydantic import ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from flowrig.errors import BadInput
@@ -24,6 +24,8 @@ from flowrig.project import defaults
 _STRICT = ConfigDict(extra="forbid")
 
 Count = Annotated[StrictInt, Field(ge=0)]
+#: A number of seconds greater than zero.
+Seconds = Annotated[StrictInt | StrictFloat, Field(gt=0, allow_inf_nan=False)]
 _REFERENCE = re.compile(r"^(?P<path>.+):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 
 
@@ -56,6 +58,9 @@ class ClusterConfig:
     max_workers: Count = defaults.MAX_WORKERS
     worker_threads: Annotated[StrictInt, Field(ge=1)] = defaults.WORKER_THREADS
     image: StrictStr | None = None
+    #: Seconds the scheduler stays up once no client is connected (its runner was
+    #: lost); default: the scheduler's own (:mod:`flowrig.roles.lifetime`).
+    no_client_timeout: Seconds | None = None
     #: Backend options, validated by the backend's own model when it starts.
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -94,6 +99,14 @@ class BuildConfig:
 
 
 @dataclass(config=_STRICT, frozen=True)
+class RunSettings:
+    """The ``[run]`` table."""
+
+    #: Seconds the whole run may take; past them it is ended and torn down.
+    timeout: Seconds | None = None
+
+
+@dataclass(config=_STRICT, frozen=True)
 class ProjectFile:
     """The whole ``flowrig.toml`` document."""
 
@@ -102,6 +115,7 @@ class ProjectFile:
     name: StrictStr | None = None
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
+    run: RunSettings = field(default_factory=RunSettings)
 
     def __post_init__(self) -> None:
         if not _REFERENCE.match(self.flow):
@@ -120,6 +134,7 @@ class Project:
     cluster: ClusterConfig
     build: BuildConfig = field(default_factory=BuildConfig)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    run: RunSettings = field(default_factory=RunSettings)
 
     @property
     def flow_path(self) -> Path:
@@ -141,6 +156,8 @@ class Project:
 
 _WHAT = {
     "int_type": "a whole number",
+    "float_type": "a number",
+    "seconds": "a finite number of seconds",
     "string_type": "a string",
     "dict_type": "a table",
     "dataclass_type": "a table",
@@ -152,6 +169,7 @@ _FIELDS = {
     "cluster": ClusterConfig,
     "cluster.adapt": Adapt,
     "build": BuildConfig,
+    "run": RunSettings,
 }
 
 
@@ -164,8 +182,14 @@ def _allowed(table: str) -> str:
 def describe(exc: ValidationError, file: str = defaults.PROJECT_FILE) -> str:
     """The first problem of a validation error as one line: the dotted key and the fix."""
     error = exc.errors(include_url=False)[0]
-    key = ".".join(str(part) for part in error["loc"])
+    parts = [str(part) for part in error["loc"]]
     kind, value = error["type"], error.get("input")
+    if len(parts) > 1 and parts[-1] in ("int", "float") and kind in ("int_type", "float_type"):
+        # A member of the Seconds union: the key is the field, the fix a number.
+        parts, kind = parts[:-1], "seconds"
+    if kind == "finite_number":
+        kind = "seconds"
+    key = ".".join(parts)
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
         table = key.rpartition(".")[0]
         return f"{file}: unknown key '{key}'; allowed here: {_allowed(table)}"
@@ -175,6 +199,8 @@ def describe(exc: ValidationError, file: str = defaults.PROJECT_FILE) -> str:
         return f"{file}: '{key}' is required"
     if kind == "greater_than_equal":
         return f"{file}: '{key}' must be >= {error['ctx']['ge']}, got {value!r}"
+    if kind == "greater_than":
+        return f"{file}: '{key}' must be a number of seconds greater than {error['ctx']['gt']}, got {value!r}"
     if kind == "value_error":
         # A rule of the models above: its message names the keys already.
         return str(error["ctx"]["error"])
@@ -214,4 +240,5 @@ def parse_project(data: Mapping[str, Any], root: Path) -> Project:
         cluster=document.cluster,
         build=document.build,
         raw=dict(data),
+        run=document.run,
     )

@@ -4,11 +4,14 @@ One builder of Dask TLS flags and role commands for every place that starts a ro
 the entrypoint in the image, the docker backend's containers, ECS task definitions.
 
 May import: :mod:`flowrig.errors` and :mod:`flowrig.layout` (no Dask: the commands are
-data, the entrypoint execs them).
+data, the entrypoint execs them). :mod:`flowrig.roles.lifetime` is the exception: code
+the scheduler itself runs, it imports distributed and :mod:`flowrig.internals`, and
+nothing imports it but the scheduler (and the local backend's scheduler process).
 """
 
 from flowrig.roles.commands import (
     DASHBOARD_PORT,
+    LIFETIME_PRELOAD,
     ROLE_ALIASES,
     SCHEDULER_IDLE_TIMEOUT,
     SCHEDULER_MODULE,
@@ -25,6 +28,7 @@ from flowrig.roles.commands import (
 
 __all__ = [
     "DASHBOARD_PORT",
+    "LIFETIME_PRELOAD",
     "ROLE_ALIASES",
     "SCHEDULER_IDLE_TIMEOUT",
     "SCHEDULER_MODULE",

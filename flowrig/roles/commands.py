@@ -20,9 +20,14 @@ WORKER_MODULE = "distributed.cli.dask_worker"
 #: The scheduler's port and its dashboard's, inside a container or task.
 SCHEDULER_PORT = 8786
 DASHBOARD_PORT = 8787
-#: How long a scheduler with no clients lives before it stops itself: longer than a
-#: runner's set-up, so an orphaned cluster still dies on its own.
+#: distributed's ``--idle-timeout`` for callers that still pass one (ECS task
+#: definitions). It counts only tasks in processing, so it would also end a cluster
+#: whose runner works between two submissions: the image's scheduler role does not
+#: add it, and stops itself by :data:`LIFETIME_PRELOAD`'s rule instead.
 SCHEDULER_IDLE_TIMEOUT = "15 minutes"
+#: The preload every scheduler runs: it stops the scheduler once no client has been
+#: connected for a while (:mod:`flowrig.roles.lifetime`).
+LIFETIME_PRELOAD = "flowrig.roles.lifetime"
 #: Seconds a worker keeps trying to reach a lost scheduler before it exits.
 WORKER_DEATH_TIMEOUT = 60
 
@@ -79,8 +84,9 @@ def command_for(role: str, args: list[str], directory: Path | None = None) -> li
     """The full argv that runs ``role`` with ``args`` over mutual TLS.
 
     Flags the caller already gave win; the TLS files are added unless all three are
-    given. The scheduler listens on ``tls://`` and stops itself when idle, so a
-    cluster whose runner died does not run forever.
+    given. The scheduler listens on ``tls://`` and runs :data:`LIFETIME_PRELOAD`, so
+    a cluster whose runner was lost stops on its own; ``--no-client-timeout S`` and
+    ``--first-client-timeout S`` among ``args`` are that preload's.
     """
     directory = directory or tls_dir()
     args = list(args)
@@ -93,8 +99,10 @@ def command_for(role: str, args: list[str], directory: Path | None = None) -> li
     if role == "scheduler":
         if not _has(args, "--protocol"):
             extra += ["--protocol", "tls"]
-        if not _has(args, "--idle-timeout"):
-            extra += ["--idle-timeout", SCHEDULER_IDLE_TIMEOUT]
+        if LIFETIME_PRELOAD not in args:
+            # First: distributed hands the arguments it does not know to the preloads
+            # named before them.
+            args = ["--preload", LIFETIME_PRELOAD, *args]
         module = SCHEDULER_MODULE
     elif role == "worker":
         if not _has(args, "--death-timeout"):

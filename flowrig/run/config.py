@@ -39,6 +39,9 @@ class RunConfig:
         Image of the scheduler and workers (container backends).
     worker_threads
         Threads per worker.
+    no_client_timeout
+        Seconds the scheduler stays up once no client is connected (its runner was
+        lost); ``None``: the scheduler's default.
     on_start, on_exit
         Callbacks run after the cluster started and after it was torn down.
     flow_run_id
@@ -58,6 +61,7 @@ class RunConfig:
     tls: "TLSMaterial | None" = None
     image: str | None = None
     worker_threads: int = WORKER_THREADS
+    no_client_timeout: float | None = None
     on_start: Callable[[], Any] | None = None
     on_exit: Callable[[], Any] | None = None
     flow_run_id: str | None = None

@@ -196,6 +196,7 @@ def execute(
             worker_env=worker_env,
             options=decided.options,
             worker_threads=config.worker_threads,
+            no_client_timeout=config.no_client_timeout,
         )
         t = timer.mark("prepare", t)
         started = backend.start(spec)

@@ -22,6 +22,7 @@ from flowrig.run.console import Verbosity
 if TYPE_CHECKING:
     from flowrig.backends import Backend
     from flowrig.certs import TLSMaterial
+    from flowrig.common.deadline import RunDeadline
     from flowrig.project import Project
 
 
@@ -45,6 +46,8 @@ class RunInputs:
         A running ``tls://`` scheduler to use instead of starting a cluster.
     output
         ``text`` or ``json``.
+    timeout
+        Seconds the whole run may take; overrides ``[run] timeout``.
     verbosity
         How much the run says on stderr (:mod:`flowrig.run.console`).
     given_parameters
@@ -60,6 +63,7 @@ class RunInputs:
     certs: Path | None = None
     scheduler_address: str | None = None
     output: str = "text"
+    timeout: float | None = None
     verbosity: Verbosity = Verbosity.NORMAL
     given_parameters: Mapping[str, Any] | None = None
 
@@ -129,6 +133,7 @@ def config_from_project(
         tls=tls,
         image=inputs.image or cluster.image or os.environ.get("FLOWRIG_IMAGE"),
         worker_threads=cluster.worker_threads,
+        no_client_timeout=cluster.no_client_timeout,
         flow_run_id=flow_run_id,
     )
 
@@ -138,20 +143,25 @@ def run_command(inputs: RunInputs) -> int:
 
     SIGTERM and Ctrl-C tear down and end the command as terminated; logs go to stderr,
     and the outcome is printed (JSON as the last stdout line). The run's Prefect API
-    starts first, so that its start-up overlaps with importing the flow.
+    starts first, so that its start-up overlaps with importing the flow. A run that
+    takes longer than its timeout (``--timeout``, else ``[run] timeout``) is ended and
+    torn down the same way.
 
     Raises
     ------
     flowrig.errors.FlowRunFailed
         When the flow run did not complete (exit 1).
+    flowrig.errors.RunTimedOut
+        When the run's timeout passed (exit 124).
     """
+    from flowrig.common.deadline import run_deadline
     from flowrig.common.signals import terminating
 
-    with terminating():
-        return _run_command(inputs)
+    with run_deadline() as deadline, terminating():
+        return _run_command(inputs, deadline)
 
 
-def _run_command(inputs: RunInputs) -> int:
+def _run_command(inputs: RunInputs, deadline: "RunDeadline") -> int:
     from flowrig.backends import get_backend
     from flowrig.common.gcpause import collector_paused
     from flowrig.internals.prefect_engine import import_flow_engine
@@ -173,6 +183,7 @@ def _run_command(inputs: RunInputs) -> int:
     name = "address" if inputs.scheduler_address else (
         inputs.backend or (project.cluster.backend if project else BACKEND)
     )
+    deadline.arm(inputs.timeout if inputs.timeout is not None else (project.run.timeout if project else None))
     if name == "docker" and not layout.in_image():
         # On the host, the docker backend runs the runner itself in a container.
         from flowrig.backends.docker.host import run_in_container
@@ -180,6 +191,7 @@ def _run_command(inputs: RunInputs) -> int:
         return run_in_container(
             directory, project=project, image=inputs.image, params=inputs.params,
             params_file=inputs.params_file, output=inputs.output, verbosity=inputs.verbosity.name.lower(),
+            timeout=inputs.timeout,
         )
     if project is None:
         load_project(directory)  # raises the one-line reason

@@ -103,6 +103,7 @@ class DockerBackend(Backend):
             environment=environment,
             worker_memory=None if options.worker_memory is None else str(options.worker_memory),
             scheduler_start_timeout=float(options.scheduler_start_timeout),
+            no_client_timeout=spec.no_client_timeout,
             client=client,
         )
         close = CloseOnce(functools.partial(_close_and_sweep, cluster))
@@ -136,6 +137,7 @@ class DockerBackend(Backend):
             worker_threads=spec.worker_threads,
             options=dict(spec.options),
             worker_env=dict(spec.worker_env),
+            no_client_timeout=spec.no_client_timeout,
         )
 
         def close() -> None:

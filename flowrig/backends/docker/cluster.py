@@ -18,6 +18,7 @@ from distributed.utils import LoopRunner
 
 from flowrig.backends.docker.naming import check_run_id, network_name, new_run_id, scheduler_address
 from flowrig.backends.docker.plans import WORKER_PRELOAD, render_scheduler, render_worker
+from flowrig.backends.keeper import keep_size
 from flowrig.certs import TLSMaterial, delivery
 from flowrig.containers import ContainerPlan
 from flowrig.containers.engine import (
@@ -64,6 +65,7 @@ class _RunSettings:
     worker_memory: str | None
     worker_preload: tuple[str, ...]
     scheduler_start_timeout: float
+    no_client_timeout: float | None = None
 
 
 async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -117,7 +119,7 @@ class DockerScheduler(_ContainerProcess):
         s = self.settings
         if s.own_network:
             await _in_thread(create_network, s.client, s.network, s.run_id)
-        plan = render_scheduler(s.run_id, s.image, s.network, publish=s.publish)
+        plan = render_scheduler(s.run_id, s.image, s.network, publish=s.publish, no_client_timeout=s.no_client_timeout)
         container = await self._launch(plan)
         await _in_thread(wait_for_log, container, SCHEDULER_READY, s.scheduler_start_timeout, "scheduler")
         self.up_at = time.perf_counter()
@@ -156,6 +158,10 @@ class DockerWorker(_ContainerProcess):
 class DockerCluster(SpecCluster):
     """A Dask cluster whose scheduler and workers are containers of one flowrig image.
 
+    A worker container that stops mid-run is replaced (:mod:`flowrig.backends.keeper`);
+    the scheduler stops itself once no client has been connected for
+    ``no_client_timeout`` seconds (:mod:`flowrig.roles.lifetime`).
+
     Parameters
     ----------
     image
@@ -183,6 +189,9 @@ class DockerCluster(SpecCluster):
         Modules each worker imports before it joins (``--preload``).
     scheduler_start_timeout
         Seconds the scheduler may take to listen.
+    no_client_timeout
+        Seconds the scheduler stays up once no client is connected (default: the
+        scheduler role's).
     client
         A ``docker.DockerClient``; default: from the environment.
     asynchronous, loop
@@ -203,6 +212,7 @@ class DockerCluster(SpecCluster):
         worker_memory: str | None = None,
         worker_preload: Iterable[str] = WORKER_PRELOAD,
         scheduler_start_timeout: float = SCHEDULER_START_TIMEOUT,
+        no_client_timeout: float | None = None,
         client: "DockerClient | None" = None,
         asynchronous: bool = False,
         loop: Any = None,
@@ -223,6 +233,7 @@ class DockerCluster(SpecCluster):
             worker_memory=worker_memory,
             worker_preload=tuple(worker_preload),
             scheduler_start_timeout=scheduler_start_timeout,
+            no_client_timeout=no_client_timeout,
         )
         self.run_id = run_id
         worker = {"cls": DockerWorker, "options": {"settings": self.settings}}
@@ -252,6 +263,8 @@ class DockerCluster(SpecCluster):
             if cause is not None:
                 raise cause from None
             raise
+        #: Starts lost worker containers again (:mod:`flowrig.backends.keeper`).
+        self.keeper = keep_size(self)
 
     def _stop_own_loop(self) -> None:
         if self._own_loop is not None:

@@ -17,7 +17,7 @@ runner -> host (lines of the container's stdout that start with :data:`PREFIX`; 
 other line is the run's own output)::
 
     {"op": "start", "n_workers": 2, "adapt": null, "worker_threads": 1,
-     "options": {...}, "worker_env": {...}}
+     "options": {...}, "worker_env": {...}, "no_client_timeout": 60}
     {"op": "close"}
 
 The parameters and the ``environment`` (secrets such as ``PREFECT_API_KEY``) travel

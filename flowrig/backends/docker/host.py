@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -34,6 +35,7 @@ from flowrig.containers.engine import (
     connect,
     create_container,
     create_network,
+    oom_killed,
     remove_run,
     require_image,
     start_container,
@@ -123,6 +125,10 @@ class HostController:
         n_workers, threads = message.get("n_workers"), message.get("worker_threads")
         adapt = message.get("adapt")
         worker_env = message.get("worker_env") or {}
+        no_client_timeout = message.get("no_client_timeout")
+        number = isinstance(no_client_timeout, (int, float)) and not isinstance(no_client_timeout, bool)
+        if no_client_timeout is not None and not (number and no_client_timeout > 0):
+            raise InfrastructureError(f"the runner asked for a no-client timeout of {no_client_timeout!r}")
         if not (isinstance(n_workers, int) and n_workers >= 0 and isinstance(threads, int) and threads >= 1):
             raise InfrastructureError(f"the runner asked for a cluster of {n_workers!r} workers of {threads!r} threads")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in worker_env.items()):
@@ -141,6 +147,7 @@ class HostController:
                 environment={**worker_env, **options.environment},
                 worker_memory=None if options.worker_memory is None else str(options.worker_memory),
                 scheduler_start_timeout=float(options.scheduler_start_timeout),
+                no_client_timeout=None if no_client_timeout is None else float(no_client_timeout),
                 client=self.client,
             )
             self.cluster = cluster
@@ -163,6 +170,15 @@ class HostController:
                 cluster.close()
             except Exception as exc:  # the run's sweep removes what is left
                 logger.warning("closing the cluster of run %s failed: %s", self.run_id, one_line(exc))
+
+
+def _runner_lost(name: str, code: int, oom: bool) -> str:
+    try:
+        signame = signal.Signals(code - 128).name
+    except ValueError:
+        signame = f"signal {code - 128}"
+    cause = "it ran out of memory" if oom else "killed or stopped from outside the run"
+    return f"the runner container {name} ended by {signame} (exit {code}; {cause}); everything of the run is removed"
 
 
 def _host_image(directory: Path | None, project: "Project | None", image: str | None) -> str:
@@ -194,6 +210,7 @@ def run_in_container(
     params_file: str | Path | None = None,
     output: str = "text",
     verbosity: str = "normal",
+    timeout: float | None = None,
 ) -> int:
     """Run the image's flow once, with the runner in a container: ``flowrig run --backend docker``.
 
@@ -212,14 +229,16 @@ def run_in_container(
     Returns
     -------
     int
-        The runner's exit code: 0 completed, 1 flow failed, 2 bad input, 3 infrastructure.
+        The runner's exit code: 0 completed, 1 flow failed, 2 bad input, 3 infrastructure,
+        124 the run's timeout passed.
 
     Raises
     ------
     BadInput
         Bad parameters, no image given, or the image does not exist locally.
     InfrastructureError
-        Docker is not reachable, or the runner container cannot be created or started.
+        Docker is not reachable, the runner container cannot be created or started, or
+        it was killed (``docker kill``, out of memory) or stopped from outside the run.
     """
     from flowrig.project import parameters as params_mod
 
@@ -228,7 +247,7 @@ def run_in_container(
     client = connect()
     require_image(client, image)
     run_id = check_run_id(current_run_id())
-    plan = render_runner(run_id, image, output=output, verbosity=verbosity, environ=os.environ)
+    plan = render_runner(run_id, image, output=output, verbosity=verbosity, environ=os.environ, timeout=timeout)
     if is_loopback_url(os.environ.get("PREFECT_API_URL")):
         logger.warning("PREFECT_API_URL points at this machine's loopback, which containers cannot reach")
     secrets = {name: os.environ[name] for name in control.SECRET_PASSTHROUGH if os.environ.get(name)}
@@ -258,6 +277,10 @@ def run_in_container(
             code = wait_for_exit(runner)
             finished = True
             pump.join(timeout=10)
+            if code > 128:
+                # Killed (docker kill, the OOM killer) or stopped by someone else: the
+                # runner could not say why, so the host does; the cluster goes below.
+                raise InfrastructureError(_runner_lost(plan.name, code, oom_killed(runner)))
             return code
         finally:
             with shielded():

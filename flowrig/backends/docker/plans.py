@@ -69,18 +69,22 @@ def render_scheduler(
     network: str,
     *,
     publish: bool = False,
+    no_client_timeout: float | None = None,
 ) -> ContainerPlan:
     """The scheduler container: the image's ``scheduler`` role on the run's network.
 
     Its dashboard is published on the host's 127.0.0.1 only (a port of its own), so a
     browser on the host opens it and nothing else does; the scheduler's port too when
     ``publish`` (the cluster is driven from the host). Its certificates arrive on stdin.
+    It stops itself once no client has been connected for ``no_client_timeout``
+    seconds (default: :data:`flowrig.roles.lifetime.NO_CLIENT_TIMEOUT`).
     """
     name = container_name(run_id, "scheduler")
+    lifetime = () if no_client_timeout is None else ("--no-client-timeout", f"{no_client_timeout:g}")
     return ContainerPlan(
         name=name,
         image=image,
-        command=("scheduler", "--dashboard-address", f":{DASHBOARD_PORT}"),
+        command=("scheduler", "--dashboard-address", f":{DASHBOARD_PORT}", *lifetime),
         labels=labels(run_id, "scheduler"),
         environment=role_environment(run_id),
         network=network,
@@ -132,6 +136,7 @@ def render_runner(
     output: str,
     verbosity: str = "normal",
     environ: Mapping[str, str],
+    timeout: float | None = None,
 ) -> ContainerPlan:
     """The runner container ``run_in_container`` starts on the host.
 
@@ -139,7 +144,8 @@ def render_runner(
     its cluster (:mod:`.control`): it holds no Docker socket. Its certificates, the
     parameters and any credentials arrive on its stdin, so neither they nor the run's
     API credentials are in what ``docker inspect`` shows. ``environ`` is the host's
-    environment; only :data:`PASSTHROUGH_ENV` is taken from it.
+    environment; only :data:`PASSTHROUGH_ENV` is taken from it. ``timeout`` is the
+    run's ``--timeout``, when one was given on the host.
     """
     name = container_name(run_id, "runner")
     env = {k: environ[k] for k in PASSTHROUGH_ENV if environ.get(k)}
@@ -158,6 +164,7 @@ def render_runner(
         command=(
             "run", "--backend", "docker", "--output", output,
             *({"verbose": ("--verbose",), "quiet": ("--quiet",)}.get(verbosity, ())),
+            *(("--timeout", f"{timeout:g}") if timeout is not None else ()),
         ),
         labels=labels(run_id, "runner"),
         environment=env,

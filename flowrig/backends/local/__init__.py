@@ -66,6 +66,8 @@ class LocalBackend(Backend):
             protocol="tls://", security=spec.tls.to_security(), env=dict(spec.worker_env),
             worker_class=forkserver.nanny_class(),
         )
+        if spec.no_client_timeout is not None:
+            kwargs["no_client_timeout"] = spec.no_client_timeout
         try:
             cluster = LocalClusterWithSchedulerProcess(**kwargs)
         except Exception as exc:

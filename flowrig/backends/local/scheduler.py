@@ -8,35 +8,46 @@ imported distributed already, so it starts in a fraction of a second), the way i
 its own container on docker and ECS: what a local run measures is what a deployed
 run does.
 
-The scheduler ends when the cluster closes it, or when the runner's end of its pipe
-closes, which the kernel does for the runner however it exits (``kill -9`` included).
+The scheduler ends when the cluster closes it, when the runner's end of its pipe
+closes, which the kernel does for the runner however it exits (``kill -9`` included),
+or, as on every backend, once no client has been connected for a while
+(:mod:`flowrig.roles.lifetime`). Workers lost on the way start again
+(:mod:`flowrig.backends.keeper`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import time
-from typing import Any
+from typing import Any, Callable
 
+from distributed.core import Status
 from distributed.deploy.spec import ProcessInterface, SpecCluster
 
+from flowrig.backends.keeper import keep_size
 from flowrig.errors import InfrastructureError, one_line
+from flowrig.roles.lifetime import NO_CLIENT_TIMEOUT
 
 #: Seconds the scheduler process may take to listen.
 START_TIMEOUT = 60.0
 
 
-def serve(options: dict[str, Any], conn: Any) -> None:
-    """Run a scheduler with ``options`` until it is closed or ``conn``'s other end goes.
+def serve(options: dict[str, Any], conn: Any, no_client_timeout: float = NO_CLIENT_TIMEOUT) -> None:
+    """Run a scheduler with ``options`` until it is closed, ``conn``'s other end goes,
+    or no client has been connected for ``no_client_timeout`` seconds.
 
     Sends ``("up", address)`` once it listens, or ``("error", message)``.
     """
     from distributed import Scheduler
 
+    from flowrig.roles.lifetime import NoClientTimeout
+
     async def main() -> None:
         try:
-            scheduler = await Scheduler(**options)
+            lifetime = NoClientTimeout(no_client_timeout)
+            scheduler = await Scheduler(**options, plugins=[lifetime])
         except Exception as exc:
             conn.send(("error", one_line(exc)))
             return
@@ -67,14 +78,19 @@ class SchedulerProcess(ProcessInterface):
 
     Parameters
     ----------
+    no_client_timeout
+        Seconds the scheduler stays up once its last client has gone.
     **options
         ``distributed.Scheduler`` keywords (they must pickle: a ``Security`` with its
         PEM text in memory does).
     """
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, no_client_timeout: float = NO_CLIENT_TIMEOUT, **options: Any) -> None:
         super().__init__()
         self.options = options
+        self.no_client_timeout = no_client_timeout
+        #: Called on the cluster's loop when the scheduler process exits by itself.
+        self.on_exit: Callable[[], None] | None = None
         self.process: Any = None
         self.up_at: float | None = None
         self._conn: Any = None
@@ -82,7 +98,9 @@ class SchedulerProcess(ProcessInterface):
     async def start(self) -> None:
         context = multiprocessing.get_context("forkserver")
         here, there = context.Pipe()
-        self.process = context.Process(target=serve, args=(self.options, there), name="flowrig-scheduler", daemon=True)
+        self.process = context.Process(
+            target=serve, args=(self.options, there, self.no_client_timeout), name="flowrig-scheduler", daemon=True
+        )
         try:
             await asyncio.to_thread(self.process.start)
         finally:
@@ -94,10 +112,23 @@ class SchedulerProcess(ProcessInterface):
             raise InfrastructureError(f"the local scheduler could not start: {value}")
         self.address = value
         self.up_at = time.perf_counter()
+        # The scheduler sends nothing more: its end of the pipe closes when it exits
+        # (it may stop itself, by the no-client rule), and the cluster then knows it
+        # is gone rather than waiting on it when it closes.
+        asyncio.get_running_loop().add_reader(here.fileno(), self._exited)
         await super().start()
+
+    def _exited(self) -> None:
+        if self._conn is not None:
+            asyncio.get_running_loop().remove_reader(self._conn.fileno())
+        self.status = Status.closed
+        if self.on_exit is not None:
+            self.on_exit()
 
     async def close(self) -> None:
         if self._conn is not None:
+            with contextlib.suppress(RuntimeError, ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._conn.fileno())
             self._conn.close()  # the scheduler stops on EOF, if it is still running
             self._conn = None
         if self.process is not None and self.process.pid is not None:
@@ -116,17 +147,42 @@ class SeparateScheduler(SpecCluster):
     ``__init__`` in line, which is this one (checked by tests/test_internals.py).
     """
 
+    #: Seconds the scheduler stays up once its last client has gone.
+    no_client_timeout: float = NO_CLIENT_TIMEOUT
+
     def __init__(self, *args: Any, scheduler: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not isinstance(scheduler, dict) or "options" not in scheduler:
             raise TypeError(f"expected LocalCluster's scheduler spec, got {scheduler!r}")
-        super().__init__(*args, scheduler={"cls": SchedulerProcess, "options": scheduler["options"]}, **kwargs)
+        options = {**scheduler["options"], "no_client_timeout": self.no_client_timeout}
+        super().__init__(*args, scheduler={"cls": SchedulerProcess, "options": options}, **kwargs)
 
 
 from distributed import LocalCluster  # noqa: E402 - after the base it builds on
 
 
 class LocalClusterWithSchedulerProcess(LocalCluster, SeparateScheduler):
-    """``distributed.LocalCluster`` (same keywords) whose scheduler is its own process."""
+    """``distributed.LocalCluster`` (same keywords) whose scheduler is its own process,
+    and whose lost workers start again.
+
+    Parameters
+    ----------
+    no_client_timeout
+        Seconds the scheduler stays up once its last client has gone.
+    **kwargs
+        ``LocalCluster``'s keywords.
+    """
+
+    def __init__(self, *, no_client_timeout: float = NO_CLIENT_TIMEOUT, **kwargs: Any) -> None:
+        self.no_client_timeout = no_client_timeout
+        super().__init__(**kwargs)
+        #: Starts lost workers again (:mod:`flowrig.backends.keeper`).
+        self.keeper = keep_size(self)
+        self.scheduler.on_exit = self._scheduler_exited
+
+    def _scheduler_exited(self) -> None:
+        # A scheduler that stopped by itself cannot be asked to stop: closing the
+        # cluster would wait for it to answer (30 s) instead.
+        self.shutdown_scheduler = False
 
     @property
     def scheduler_up_at(self) -> float | None:
