@@ -755,6 +755,28 @@ def test_credentials_in_cluster_options_are_refused_with_the_way_instead(tmp_pat
     assert step.returncode == 2 and f"'{key}'" in step.stderr, step.stderr
 
 
+@pytest.mark.parametrize(
+    "name, secret",
+    [("PREFECT_API_AUTH_STRING", True), ("PGPASSWORD", True), ("DB_PASS", True), ("SSH_KEY", True),
+     ("signingKey", True), ("aws_session_token", True), ("GITHUB_TOKEN", True),
+     ("AUTHOR", False), ("TOKENIZERS_PARALLELISM", False), ("MONKEY", False), ("PATH", False),
+     ("worker_dashboard_address", False)],
+)
+def test_one_rule_tells_secret_names_for_the_build_and_the_ecs_environment(name, secret):
+    from flowrig.backends.ecs.validate import check_user_environment
+    from flowrig.errors import BadInput
+    from flowrig.project.filerules import secret_looking
+
+    assert secret_looking(name) is secret
+    if name.isidentifier():
+        try:
+            check_user_environment({name: "v"}, {})
+            refused = False
+        except BadInput:
+            refused = True
+        assert refused is secret
+
+
 def test_manifest_and_build_log_hold_option_keys_but_no_values(tmp_path: Path, project: Path):
     toml = project / project_defaults.PROJECT_FILE
     toml.write_text(toml.read_text().replace('backend = "local"', 'backend = "docker"')

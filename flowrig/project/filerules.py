@@ -150,12 +150,14 @@ CREDENTIAL_PATTERNS = (
 )
 
 # Option and environment names that hold a credential: a word of the name (split on
-# "_", "-" or ".") is one of these, or two neighbouring words make one.
+# "_", "-", "." or a change to upper case) is one of these, or ends with one of the
+# _SECRET_ENDINGS (PGPASSWORD). Whole words, so that AUTHOR or TOKENIZERS_PARALLELISM
+# are not taken for secrets; KEY and AUTH alone are (SSH_KEY, PREFECT_API_AUTH_STRING).
 _SECRET_WORDS = frozenset(
-    {"secret", "secrets", "password", "passwd", "passphrase", "pwd", "token", "credential",
-     "credentials", "apikey", "privatekey"}
+    {"secret", "secrets", "password", "passwd", "passphrase", "pass", "pwd", "token", "tokens",
+     "credential", "credentials", "apikey", "privatekey", "key", "keys", "auth"}
 )
-_SECRET_PAIRS = frozenset({("access", "key"), ("api", "key"), ("private", "key"), ("auth", "key")})
+_SECRET_ENDINGS = ("password", "passwd", "secret", "token", "apikey")
 _WORD_SPLIT = re.compile(r"[_\-.]+|(?<=[a-z])(?=[A-Z])")
 # An AWS access key id wherever it appears: a value no option needs.
 _AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
@@ -166,9 +168,7 @@ SECRET_REFERENCES_KEY = "secrets"
 def secret_looking(name: str) -> bool:
     """Whether an option or environment variable name says it holds a credential."""
     words = [w.lower() for w in _WORD_SPLIT.split(name) if w]
-    return any(w in _SECRET_WORDS for w in words) or any(
-        pair in _SECRET_PAIRS for pair in zip(words, words[1:])
-    )
+    return any(w in _SECRET_WORDS or w.endswith(_SECRET_ENDINGS) for w in words)
 
 
 def credential_options(config: dict) -> list[str]:

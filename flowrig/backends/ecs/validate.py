@@ -11,6 +11,7 @@ import re
 from typing import Any, Mapping
 
 from flowrig.errors import BadInput
+from flowrig.project.filerules import secret_looking
 
 #: The roles a task definition can be rendered for.
 ROLES = ("runner", "scheduler", "worker")
@@ -114,11 +115,6 @@ def check_env_name(kind: str, name: str) -> str:
     return name
 
 
-#: Variable names that say they hold a secret; their values belong in ``secrets``.
-_SECRET_LOOKING = re.compile(
-    r"(SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY|AUTH)", re.IGNORECASE
-)
-
 
 def check_user_environment(environment: Mapping[str, str], secrets: Mapping[str, str]) -> None:
     """Check the ``environment`` and ``secrets`` options of the ECS backends.
@@ -135,7 +131,9 @@ def check_user_environment(environment: Mapping[str, str], secrets: Mapping[str,
     for name in [*environment, *secrets]:
         check_env_name("variable", name)
     for name in environment:
-        if _SECRET_LOOKING.search(name):
+        # The one rule flowrig.toml's options are checked with, so that no name passes
+        # one check and fails the other.
+        if secret_looking(name):
             raise BadInput(
                 f"environment variable {name} looks like a secret, and plain values are readable by "
                 f"anyone who may describe the task definition: store it in Secrets Manager and set "
