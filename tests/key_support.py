@@ -68,6 +68,9 @@ KEY_FORMS: dict[str, Callable[[], bytes]] = {
         b"x", _ec(), None, None, ser.BestAvailableEncryption(b"pw")
     ),
     "settings.yaml": _base64_in_yaml,
+    # A Kubernetes Secret: the PEM text, base64-encoded once more.
+    "secret.yaml": lambda: b"kind: Secret\ndata:\n  tls.key: "
+    + base64.b64encode(_ec().private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, _NONE)) + b"\n",
     "config.json": lambda: b'{"token": "' + base64.b64encode(_pkcs8_der()) + b'"}\n',
     "service-account.json": lambda: b'{"type": "service_account", "private_key": "'
     + _ec().private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, _NONE).replace(b"\n", b"\\n")
