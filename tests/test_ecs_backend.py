@@ -158,9 +158,12 @@ def test_fargate_run_creates_tagged_private_resources_and_removes_them(aws, tls)
             manager = boto3.client("secretsmanager")
             assert tags(manager.describe_secret(SecretId=secret_arn)["Tags"])["flowrig-run-id"] == "fg1"
             policy = json.loads(manager.get_resource_policy(SecretId=secret_arn)["ResourcePolicy"])
-            [statement] = policy["Statement"]
-            assert statement["Principal"] == {"AWS": role["Arn"]}
-            assert statement["Action"] == "secretsmanager:GetSecretValue" and statement["Resource"] == secret_arn
+            allow, deny = policy["Statement"]
+            assert allow["Effect"] == "Allow" and allow["Principal"] == {"AWS": role["Arn"]}
+            assert allow["Action"] == "secretsmanager:GetSecretValue" and allow["Resource"] == secret_arn
+            # Any other principal is denied, whatever its own policies grant.
+            assert deny["Effect"] == "Deny" and deny["Principal"] == "*" and deny["Resource"] == secret_arn
+            assert deny["Condition"] == {"StringNotEquals": {"aws:PrincipalArn": role["Arn"]}}
             delivered = delivery.decode(manager.get_secret_value(SecretId=secret_arn)["SecretString"])
             assert delivered == tls
 

@@ -8,6 +8,7 @@ checked on the document itself.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import urllib.request
 
@@ -65,7 +66,13 @@ def test_create_roles_adds_role_rights_on_flowrig_roles_with_the_execution_polic
     policy = printed_policy("--create-roles")
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
     assert "iam:CreateRole" in by_sid["RunRoles"]["Action"]
-    assert by_sid["RunRoles"]["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/flowrig/flowrig-*"
+    assert by_sid["RunRoles"]["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/flowrig/flowrig-*-execution"
+    assert by_sid["RunRolesExecutionPolicyOnly"]["Resource"] == by_sid["RunRoles"]["Resource"]
+    # IAM's wildcard, as fnmatch reads it: a run's own role matches; the bootstrap role
+    # every run shares does not, so a runner cannot detach or delete it.
+    pattern = by_sid["RunRoles"]["Resource"]
+    assert fnmatch.fnmatchcase(f"arn:aws:iam::{ACCOUNT}:role/flowrig/flowrig-abc123-execution", pattern)
+    assert not fnmatch.fnmatchcase(f"arn:aws:iam::{ACCOUNT}:role/flowrig/{iam.EXECUTION_ROLE_NAME}", pattern)
     assert by_sid["RunRolesExecutionPolicyOnly"]["Action"] == ["iam:AttachRolePolicy"]
     assert by_sid["RunRolesExecutionPolicyOnly"]["Condition"] == {"ArnEquals": {
         "iam:PolicyARN": "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"}}

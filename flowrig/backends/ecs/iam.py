@@ -23,6 +23,8 @@ from flowrig.backends.ecs.lease import LEASE_TAG
 ROLE_PATH = "/flowrig/"
 #: The execution role ``flowrig ecs bootstrap`` makes once per account.
 EXECUTION_ROLE_NAME = "flowrig-execution"
+#: Names of the execution roles runs make for themselves (``create_roles = true``).
+RUN_ROLE_PATTERN = "flowrig-*-execution"
 #: Service that assumes the roles: ECS tasks only.
 ECS_TASKS = "ecs-tasks.amazonaws.com"
 #: Tag every resource of a run carries (its value is the run id).
@@ -82,17 +84,28 @@ def secret_name(run_id: str) -> str:
 
 
 def secret_read_policy(secret_arn: str, execution_role_arn: str) -> dict[str, Any]:
-    """Resource policy of a run's secret: its execution role may read it, nobody else
-    is named (the runner that made it keeps its own rights to delete it)."""
+    """Resource policy of a run's secret: its execution role may read it, and every
+    other principal is denied reading it, whatever its own policies allow (the runner
+    that made it keeps its rights to delete it: it never reads it back)."""
     return {
         "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "RunExecutionRoleReads",
-            "Effect": "Allow",
-            "Principal": {"AWS": execution_role_arn},
-            "Action": "secretsmanager:GetSecretValue",
-            "Resource": secret_arn,
-        }],
+        "Statement": [
+            {
+                "Sid": "RunExecutionRoleReads",
+                "Effect": "Allow",
+                "Principal": {"AWS": execution_role_arn},
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": secret_arn,
+            },
+            {
+                "Sid": "NobodyElseReads",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": secret_arn,
+                "Condition": {"StringNotEquals": {"aws:PrincipalArn": execution_role_arn}},
+            },
+        ],
     }
 
 
@@ -201,12 +214,14 @@ def runner_policy(account: Account, *, create_roles: bool = False) -> dict[str, 
             "RunRoles",
             ["iam:CreateRole", "iam:DeleteRole", "iam:TagRole", "iam:ListAttachedRolePolicies",
              "iam:DetachRolePolicy"],
-            role_arn(account, f"{prefix}-*"),
+            # A run's own role (flowrig-RUN-execution); not the bootstrap role every run
+            # shares (flowrig-execution), which this pattern cannot match.
+            role_arn(account, RUN_ROLE_PATTERN),
         ))
         statements.append(_statement(
             "RunRolesExecutionPolicyOnly",
             ["iam:AttachRolePolicy"],
-            role_arn(account, f"{prefix}-*"),
+            role_arn(account, RUN_ROLE_PATTERN),
             ArnEquals={"iam:PolicyARN": execution_policy_arn(account.partition)},
         ))
         statements.append(_statement("WhoAmI", ["sts:GetCallerIdentity"], "*"))
