@@ -31,9 +31,11 @@ def leftovers(
         typer.Option(
             "--older-than",
             metavar="MIN",
-            help="Only runs whose lease expired (or, without a lease, that were created) more than MIN minutes ago.",
+            help="Only runs whose lease expired (or, without a lease, that were created) more than MIN "
+            "minutes ago (default 10: two leases, so that a live run whose renewals failed for a "
+            "while is not taken for a killed one).",
         ),
-    ] = 0.0,
+    ] = 10.0,
     remove: Annotated[bool, typer.Option("--remove", help="Remove what is listed, in dependency order.")] = False,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Only this run.")] = None,
     region: Annotated[

@@ -176,13 +176,21 @@ class LeaseRenewer:
         return self
 
     def _loop(self) -> None:
+        failures = 0
         while not self._stop.wait(renew_interval(self.seconds)):
             try:
                 self.renew()
+                failures = 0
             except Exception as exc:  # the run matters more than its lease
-                logger.warning(
-                    "could not renew the run's lease (once it lapses, `flowrig aws leftovers` "
-                    "counts the run as over): %s", one_line(exc),
+                failures += 1
+                # One renewal is left before the lease lapses: say so loudly, once.
+                lapsing = failures == RENEWALS_PER_LEASE - 1
+                logger.log(
+                    logging.ERROR if lapsing else logging.WARNING,
+                    "could not renew the run's lease%s (once it lapses, `flowrig aws leftovers` "
+                    "counts the run as over; check ecs:TagResource and ec2:CreateTags of "
+                    "`flowrig ecs iam-policy`): %s",
+                    " for the last time before it lapses" if lapsing else "", one_line(exc),
                 )
 
     def stop(self) -> None:
