@@ -64,7 +64,7 @@ HARDENED = {
 def _assert_hardened(plan):
     for field, value in HARDENED.items():
         assert getattr(plan, field) == value, field
-    assert plan.tmpfs == {"/tmp": "rw,nosuid,nodev"} and plan.pids_limit > 0
+    assert plan.tmpfs == {"/tmp": "rw,nosuid,nodev,noexec"} and plan.pids_limit > 0
     assert plan.binds == {} and plan.group_add == ()
     assert plan.environment["FLOWRIG_TLS_FROM"] == "stdin" and "FLOWRIG_TLS_DIR" not in plan.environment
 
@@ -118,10 +118,13 @@ def test_control_lines_are_told_from_the_runs_own_output():
     from flowrig.backends.docker import control
 
     line = control.PREFIX + control.encode("start", n_workers=2)
-    assert control.control_line(line.rstrip()) == {"op": "start", "n_workers": 2}
-    assert control.control_line(b'{"op": "start"}') is None  # the run printing JSON is output
+    assert control.split_control(line.rstrip()) == (b"", {"op": "start", "n_workers": 2})
+    # The run printing JSON is output.
+    assert control.split_control(b'{"op": "start"}') == (b'{"op": "start"}', None)
+    # A flow's print(..., end="") leaves the line open: the message after it still counts.
+    assert control.split_control(b"50% done" + line.rstrip()) == (b"50% done", {"op": "start", "n_workers": 2})
     with pytest.raises(dk_errors.InfrastructureError, match="unexpected line"):
-        control.control_line(control.PREFIX + b"not json")
+        control.split_control(control.PREFIX + b"not json")
     with pytest.raises(BadInput, match="bad options"):
         control.raise_failure({"op": "failed", "kind": "bad_input", "message": "bad options"})
     with pytest.raises(dk_errors.InfrastructureError, match="no engine"):

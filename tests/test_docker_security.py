@@ -24,6 +24,7 @@ from flowrig.containers import engine
 from tests.docker_support import derived_image
 
 FLOWRIG = [sys.executable, "-m", "flowrig.cli"]
+API_KEY_MARKER = "pnu_flowrig0security0marker"
 
 SECURITY_FLOW = """
     import glob
@@ -121,7 +122,8 @@ def _wait_for_containers(docker_client, run_id: str, roles: set[str], timeout: f
 @pytest.mark.docker
 def test_a_docker_run_holds_no_socket_shows_no_secret_and_lets_no_stranger_in(docker_client, security_image):
     run_id = "s" + uuid.uuid4().hex[:9]
-    env = {**os.environ, "FLOWRIG_RUN_ID": run_id}
+    # A Prefect Cloud key in the caller's environment travels over the runner's stdin.
+    env = {**os.environ, "FLOWRIG_RUN_ID": run_id, "PREFECT_API_KEY": API_KEY_MARKER}
     env.pop("PREFECT_API_URL", None)
     run = subprocess.Popen(
         [*FLOWRIG, "run", "--backend", "docker", "--image", security_image, "--param", "nap=20.125", "--output", "json"],
@@ -173,6 +175,7 @@ def test_a_docker_run_holds_no_socket_shows_no_secret_and_lets_no_stranger_in(do
     assert outcome["result"]["auth"] and outcome["result"]["auth"] not in text
     assert "20.125" not in text and "nap" not in json.dumps([i["Config"]["Cmd"] for i in inspected.values()])
     assert "PRIVATE KEY" not in text and "PREFECT_API_AUTH_STRING" not in text
+    assert API_KEY_MARKER not in text
 
 
 def test_the_test_sees_a_stranger_refused_but_the_runs_own_certificate_accepted(tls):

@@ -361,6 +361,19 @@ def labelled(client: "DockerClient") -> tuple[list[dict[str, Any]], list[dict[st
     return client.api.containers(all=True, filters=label), client.api.networks(filters=label)
 
 
+def _kept(take: "Callable[[bytes], bytes | None]") -> "Callable[[bytes], bytes | None]":
+    """What of a line ``take`` leaves for the output: the line, its part before a control
+    message, or ``None`` when nothing is left."""
+
+    def keep(line: bytes) -> bytes | None:
+        rest = take(line)
+        if rest is None:
+            return line
+        return rest or None
+
+    return keep
+
+
 class LogPump:
     """Copies containers' output to this process's streams as it comes, in threads.
 
@@ -377,11 +390,12 @@ class LogPump:
 
     def follow(self, container: "Container", label: str = "", *, stdout: TextIO | None = None,
                stderr: TextIO | None = None, both_to: TextIO | None = None,
-               take: "Callable[[bytes], bool] | None" = None) -> None:
+               take: "Callable[[bytes], bytes | None] | None" = None) -> None:
         """Stream ``container``'s output: its stdout and stderr to ours, or both to one stream.
 
-        ``take`` sees each whole line of its stdout first; a line it returns ``True``
-        for is not copied (a control channel sharing the stream).
+        ``take`` sees each whole line of its stdout first (a control channel sharing the
+        stream) and returns what of it to copy: ``None`` for the whole line, else the
+        part before its control message (nothing when that is empty).
         """
         if both_to is not None:
             self._start(container, label, both_to, stdout=True, stderr=True)
@@ -390,7 +404,7 @@ class LogPump:
         self._start(container, label, stderr or sys.stderr, stdout=False, stderr=True)
 
     def _start(self, container: "Container", label: str, target: TextIO, *, stdout: bool, stderr: bool,
-               take: "Callable[[bytes], bool] | None" = None) -> None:
+               take: "Callable[[bytes], bytes | None] | None" = None) -> None:
         thread = threading.Thread(
             target=self._copy, args=(container, label, target, stdout, stderr, take), daemon=True
         )
@@ -398,7 +412,7 @@ class LogPump:
         self._threads.append((label, thread))
 
     def _copy(self, container: "Container", label: str, target: TextIO, stdout: bool, stderr: bool,
-              take: "Callable[[bytes], bool] | None" = None) -> None:
+              take: "Callable[[bytes], bytes | None] | None" = None) -> None:
         pending = b""
         sink = getattr(target, "buffer", None)
         with contextlib.suppress(Exception):  # the container may vanish mid-stream
@@ -406,7 +420,7 @@ class LogPump:
                 if take is not None:
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
-                    kept = b"".join(line + b"\n" for line in lines if not take(line))
+                    kept = b"".join(line + b"\n" for line in map(_kept(take), lines) if line is not None)
                     if kept:
                         if sink is not None:
                             sink.write(kept)

@@ -73,11 +73,16 @@ def decode(line: bytes) -> dict[str, Any]:
     return message
 
 
-def control_line(line: bytes) -> dict[str, Any] | None:
-    """The message in a line of the runner's stdout, or ``None`` for the run's output."""
-    if not line.startswith(PREFIX):
-        return None
-    return decode(line[len(PREFIX):])
+def split_control(line: bytes) -> tuple[bytes, dict[str, Any] | None]:
+    """A line of the runner's stdout as (the run's own output, the message in it or ``None``).
+
+    A message may follow output that did not end its line (``print(..., end="")`` in
+    the flow): the text before :data:`PREFIX` is output, what follows is the message.
+    """
+    at = line.find(PREFIX)
+    if at < 0:
+        return line, None
+    return line[:at], decode(line[at + len(PREFIX):])
 
 
 def raise_failure(message: dict[str, Any]) -> None:

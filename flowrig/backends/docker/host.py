@@ -69,14 +69,18 @@ class HostController:
     ) -> None:
         self.client, self.run_id, self.image, self.tls = client, run_id, image, tls
         self._stdin = stdin
+        # Held while the cluster is made, so that close() waits for a start under way
+        # and closes what it made; after close() no start begins.
         self._lock = threading.Lock()
+        self._closed = False
         self.cluster: "DockerCluster | None" = None
 
-    def take(self, line: bytes) -> bool:
-        """Handle ``line`` of the runner's stdout if it is a control message."""
-        message = control.control_line(line.rstrip(b"\r\n"))
+    def take(self, line: bytes) -> bytes | None:
+        """Handle the control message in ``line`` of the runner's stdout, if there is one;
+        returns what of the line is the run's own output (``None``: all of it)."""
+        output, message = control.split_control(line.rstrip(b"\r\n"))
         if message is None:
-            return False
+            return None
         actions = {"start": self._start, "close": self._close_and_reply}
         action = actions.get(message["op"])
         if action is None:
@@ -84,7 +88,7 @@ class HostController:
         else:
             # Starting containers takes seconds: the runner's output keeps flowing meanwhile.
             threading.Thread(target=action, args=(message,), name=f"flowrig-{message['op']}", daemon=True).start()
-        return True
+        return output
 
     def _reply(self, op: str, **fields: Any) -> None:
         try:
@@ -134,6 +138,8 @@ class HostController:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in worker_env.items()):
             raise InfrastructureError("the runner asked for a worker environment that is not text")
         with self._lock:
+            if self._closed:
+                raise InfrastructureError("the run is ending: no cluster is started")
             if self.cluster is not None:
                 raise InfrastructureError("the runner asked for a second cluster")
             cluster = DockerCluster(
@@ -164,7 +170,7 @@ class HostController:
     def close(self) -> None:
         """Close the cluster, if one started; safe to call more than once."""
         with self._lock:
-            cluster, self.cluster = self.cluster, None
+            cluster, self.cluster, self._closed = self.cluster, None, True
         if cluster is not None:
             try:
                 cluster.close()

@@ -35,9 +35,11 @@ PASSTHROUGH_ENV = ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "FLOWRIG_DEBUG")
 #: Seconds the host gives a runner container to finish its run after Ctrl-C or
 #: SIGTERM, before everything of the run is removed by force.
 RUNNER_STOP_TIMEOUT = 20
-#: Every role's root file system is read-only; these are its memory file systems.
-#: Prefect's home (it writes profiles and a local result store) moves into one.
-SCRATCH = {"/tmp": "rw,nosuid,nodev"}
+#: Every role's root file system is read-only; these are its memory file systems, where
+#: nothing may be executed. No size: a worker spills to /tmp, and the pages count
+#: against the container's memory (``worker_memory``) anyway. Prefect's home (it writes
+#: profiles and a local result store) moves into one.
+SCRATCH = {"/tmp": "rw,nosuid,nodev,noexec"}
 PREFECT_HOME = "/tmp/prefect"
 #: The most processes and threads each role may run: a worker's thread pool and
 #: Prefect's own threads fit many times over; a fork bomb does not.

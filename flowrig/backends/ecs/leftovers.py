@@ -17,8 +17,6 @@ from typing import Any, Iterable, Mapping
 
 from flowrig.backends.ecs.lease import format_time, lease_until
 
-#: The tag naming a resource's run (set by the ECS backends on everything they create).
-RUN_TAG = "flowrig-run-id"
 #: Kinds of resources, in the order a run's are removed: tasks hold network interfaces
 #: in the security group and run in the cluster, task definitions name the log group
 #: and the roles, and the secret is read with the execution role until tasks are gone.

@@ -21,11 +21,11 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
 from flowrig.backends.ecs.aws import Session, aws_errors
-from flowrig.backends.ecs.leftovers import RUN_TAG, Resource, RunLeftovers
+from flowrig.backends.ecs.iam import ROLE_PATH, RUN_TAG
+from flowrig.backends.ecs.leftovers import Resource, RunLeftovers
 from flowrig.errors import one_line
 
-#: IAM path and name prefix of the roles flowrig makes.
-ROLE_PATH = "/flowrig/"
+#: Name prefix of the roles flowrig makes (on :data:`~flowrig.backends.ecs.iam.ROLE_PATH`).
 ROLE_PREFIX = "flowrig-"
 #: DescribeTasks and DescribeClusters take at most this many per call.
 DESCRIBE_BATCH = 100
