@@ -108,6 +108,8 @@ class ClusterSpec:
         Backend-specific options from ``[cluster.options]``, passed through untouched.
     worker_threads
         Threads per worker.
+    min_workers
+        The project's ``min_workers`` (see :attr:`start_minimum`).
     """
 
     run_id: str
@@ -117,6 +119,19 @@ class ClusterSpec:
     worker_env: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     worker_threads: int = 1
+    min_workers: int = 0
+
+    @property
+    def start_minimum(self) -> int:
+        """Workers that must join before the run goes on, when some cannot start.
+
+        The adaptive minimum for an adaptive cluster (0: the run waits for none), else
+        ``min_workers`` (at most the fixed size), and at least one worker, since a fixed
+        cluster without workers runs nothing.
+        """
+        if self.size.adapt:
+            return self.size.adapt[0]
+        return max(1, min(self.min_workers, self.size.n_workers))
 
 
 @dataclass

@@ -196,6 +196,7 @@ def execute(
             worker_env=worker_env,
             options=decided.options,
             worker_threads=config.worker_threads,
+            min_workers=config.min_workers,
         )
         t = timer.mark("prepare", t)
         started = backend.start(spec)
