@@ -217,12 +217,14 @@ def test_fargate_run_creates_tagged_private_resources_and_removes_them(aws, tls)
             [log_group] = held["log_groups"]
             assert boto3.client("logs").list_tags_log_group(logGroupName=log_group["logGroupName"])["tags"]["flowrig-run-id"] == "fg1"
 
-            # What the runner asked ECS to run: two workers, private addresses only,
-            # commands and nothing else in the overrides.
+            # What the runner asked ECS to run: two workers in one call (with a token that
+            # makes a retry of it start no more), private addresses only, commands and
+            # nothing else in the overrides; each worker is named after its own task.
             requests = aws.requests("RunTask")
-            assert len(requests) == 2
+            assert len(requests) == 1
             for request in requests:
                 body = request["body"]
+                assert body["count"] == 2 and len(body["clientToken"]) == 32
                 network = body["networkConfiguration"]["awsvpcConfiguration"]
                 assert network["assignPublicIp"] == "DISABLED"
                 assert network["securityGroups"] == [group["GroupId"]]
@@ -235,6 +237,7 @@ def test_fargate_run_creates_tagged_private_resources_and_removes_them(aws, tls)
                 command = override["command"]
                 assert command[:2] == ["dask-worker", scheduler.scheduler_address]
                 assert command[command.index("--nthreads") + 1] == "2"
+                assert command[command.index("--name") + 1] == "{ecs-task-id}"
                 assert command[-1] == "--no-dashboard" and "--tls-key" not in command
                 assert_no_key_in(json.dumps(body), tls)
             tasks = running_tasks(cluster["clusterArn"])

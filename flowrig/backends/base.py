@@ -111,6 +111,8 @@ class ClusterSpec:
     no_client_timeout
         Seconds the scheduler stays up once no client is connected (its runner was
         lost); ``None``: the scheduler's default (:mod:`flowrig.roles.lifetime`).
+    min_workers
+        The project's ``min_workers`` (see :attr:`start_minimum`).
     """
 
     run_id: str
@@ -121,6 +123,19 @@ class ClusterSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     worker_threads: int = 1
     no_client_timeout: float | None = None
+    min_workers: int = 0
+
+    @property
+    def start_minimum(self) -> int:
+        """Workers that must join before the run goes on, when some cannot start.
+
+        The adaptive minimum for an adaptive cluster (0: the run waits for none), else
+        ``min_workers`` (at most the fixed size), and at least one worker, since a fixed
+        cluster without workers runs nothing.
+        """
+        if self.size.adapt:
+            return self.size.adapt[0]
+        return max(1, min(self.min_workers, self.size.n_workers))
 
 
 @dataclass

@@ -9,11 +9,15 @@ cloud backend needs the same way:
 - a start deadline: the scheduler and the first workers either come up in time or the
   start fails with what was still pending;
 - stop reasons: a role that stops is reported with the launcher's one-line reason;
-- one observation of every role per poll, at a rate that backs off while nothing changes;
+- one observation of every role per poll, at a rate that backs off while nothing changes
+  (from :data:`POLL_MIN` to :data:`POLL_MAX` seconds, and back to the minimum on a change);
+- partial starts: the start goes on when at least the minimum of workers joined, and
+  fails at once, with the reasons, when too few of the workers asked for are left;
 - workers that stop after joining are replaced, so the cluster returns to its size.
 
-Worker names are chosen by the pool and passed to the launcher, so the scheduler's view
-(workers by name) and the pool's match, and adaptive scaling retires by name.
+Worker names are chosen by the launcher (an ECS worker is named after its task), so the
+scheduler's view (workers by name) and the pool's match, and adaptive scaling retires
+by name.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ from flowrig.errors import FlowrigError, InfrastructureError, one_line
 logger = logging.getLogger("flowrig.pool")
 
 #: Seconds between two observations of the roles, at first and at most.
+#: The maximum bounds how late a stopped role is noticed (the start fails within it).
 POLL_MIN = 1.0
-POLL_MAX = 10.0
+POLL_MAX = 5.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,22 @@ class Endpoint:
     dashboard_link: str | None = None
 
 
+@dataclass(frozen=True)
+class WorkerStart:
+    """What came of asking a launcher for workers.
+
+    Parameters
+    ----------
+    started
+        ``name -> handle`` of each worker started.
+    refused
+        One reason per worker the API did not start (capacity, limits).
+    """
+
+    started: dict[str, str]
+    refused: list[str] = field(default_factory=list)
+
+
 class StartTimeout(InfrastructureError):
     """The start deadline passed; the message says what was still pending."""
 
@@ -97,9 +118,9 @@ class Launcher(abc.ABC):
         """Where the running scheduler ``handle`` listens."""
 
     @abc.abstractmethod
-    def start_workers(self, scheduler_address: str, names: list[str]) -> list[str]:
-        """Ask for one worker per name, connecting to ``scheduler_address``; their handles
-        in the order of ``names``."""
+    def start_workers(self, scheduler_address: str, count: int) -> WorkerStart:
+        """Ask for ``count`` workers connecting to ``scheduler_address``, in as few calls as
+        the API allows; raises only when the API refused the call itself."""
 
     @abc.abstractmethod
     def observe(self, handles: list[str]) -> dict[str, Observed]:
@@ -119,6 +140,14 @@ class _Worker:
     since: float
     joined: bool = False
     state: Observed = field(default_factory=lambda: Observed("pending"))
+
+
+def _reasons(lines: list[str]) -> str:
+    """Distinct reasons with how often each came, most frequent first."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        counts[line] = counts.get(line, 0) + 1
+    return "; ".join(f"{n} x {line}" if n > 1 else line for line, n in sorted(counts.items(), key=lambda i: -i[1]))
 
 
 async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -160,15 +189,20 @@ class PoolCluster(Cluster):
         self.deadline = time.monotonic() + start_timeout
         self.start_timeout = start_timeout
         self.workers: dict[str, _Worker] = {}
-        #: One line per worker that stopped before it joined, oldest first.
+        #: One line per worker that stopped before it joined or was never started, oldest first.
         self.failures: list[str] = []
+        #: Workers asked of the launcher, and how many of those it started.
+        self.asked = 0
+        self.started = 0
+        # While :meth:`wait_for_start` decides, workers that did not start are not
+        # replaced: the start goes on with the others or fails at once.
+        self._deciding = False
         #: Why the launcher refused to start workers (permissions, parameters): waiting
         #: does not change that, so :meth:`wait_for_start` raises it at once.
         self.start_error: FlowrigError | None = None
         #: Workers that stopped after joining and were replaced.
         self.replaced = 0
         self._desired = n_workers
-        self._counter = 0
         self._existing = scheduler_address
         self._scheduler_handle: str | None = None
         self._endpoint: Endpoint | None = None
@@ -216,7 +250,14 @@ class PoolCluster(Cluster):
     async def _wait_running(self, handle: str, role: str) -> None:
         interval = POLL_MIN
         while True:
-            state = (await _in_thread(self.launcher.observe, [handle])).get(handle, Observed("pending"))
+            try:
+                states = await _in_thread(self.launcher.observe, [handle])
+            except InfrastructureError as exc:  # throttled past its retries: ask again, later
+                if self._remaining() <= 0:
+                    raise
+                logger.debug("observing the %s failed: %s", role, one_line(exc))
+                states = {}
+            state = states.get(handle, Observed("pending"))
             if state.status == "running":
                 return
             if state.status == "stopped":
@@ -274,16 +315,24 @@ class PoolCluster(Cluster):
         async with self._lock:
             missing = self._desired - len(self.workers)
             if missing > 0:
-                names = [self._next_name() for _ in range(missing)]
                 contact = self._endpoint.contact_address if self._endpoint else ""
                 try:
-                    handles = await _in_thread(self.launcher.start_workers, contact, names)
+                    result = await _in_thread(self.launcher.start_workers, contact, missing)
                 except FlowrigError as exc:
                     self.start_error = exc
                     return
                 now = time.monotonic()
-                for name, handle in zip(names, handles):
+                self.asked += missing
+                self.started += len(result.started)
+                for name, handle in result.started.items():
                     self.workers[name] = _Worker(handle=handle, since=now)
+                for reason in result.refused:
+                    self.failures.append(f"worker {self.launcher.kind} not started: {reason}")
+                if result.refused:
+                    logger.warning(
+                        "asked for %d worker %ss, %d started; not started: %s",
+                        missing, self.launcher.kind, len(result.started), _reasons(result.refused),
+                    )
             elif missing < 0:
                 # Not yet joined first: they hold no data.
                 extra = sorted(self.workers, key=lambda n: (self.workers[n].joined, n))[: -missing]
@@ -294,13 +343,6 @@ class PoolCluster(Cluster):
                     except Exception as exc:
                         logger.debug("retiring %s failed: %s", extra, exc)
                 await _in_thread(self.launcher.stop, handles, "scaled down")
-
-    def _next_name(self) -> str:
-        while str(self._counter) in self.workers:
-            self._counter += 1
-        name = str(self._counter)
-        self._counter += 1
-        return name
 
     # --- watching -----------------------------------------------------------------------
     async def _watch(self) -> None:
@@ -336,7 +378,7 @@ class PoolCluster(Cluster):
                 logger.warning("worker %s was lost (%s): starting a replacement", name, state.reason)
             else:
                 self.failures.append(f"worker {self.launcher.kind} {name} stopped: {state.reason}")
-        if changed and self._desired > len(self.workers) and self._may_replace():
+        if changed and self._desired > len(self.workers) and self._may_replace() and not self._deciding:
             await self._reconcile()
         return changed
 
@@ -349,29 +391,51 @@ class PoolCluster(Cluster):
     def wait_for_start(self, minimum: int, timeout: float) -> int:
         """Block until at least ``minimum`` workers joined; the number that joined.
 
-        The rest keep starting in the background. A worker that stops before joining
-        is reported in :attr:`failures`, and replaced while the pool may.
+        The rest keep starting in the background. A worker that stops before joining, or
+        that the launcher could not start, is reported in :attr:`failures`; the start goes
+        on while enough workers are left to reach ``minimum``, and the log says how many
+        were asked for, how many started and why the others did not.
 
         Raises
         ------
         InfrastructureError
-            When fewer than ``minimum`` workers can still join: the message holds the
-            first worker's stop reason. :class:`StartTimeout` when ``timeout`` passes.
+            At once when fewer than ``minimum`` workers are left that can join: the
+            message holds the first reason. :class:`StartTimeout` when ``timeout`` passes.
         FlowrigError
             The launcher's own error when it refused to start workers.
         """
-        deadline = time.monotonic() + timeout
+        self._deciding = True
+        try:
+            joined = self._wait_for(minimum, time.monotonic() + timeout)
+        finally:
+            self._deciding = False
+        # The workers that did not start are asked for again, while the pool may.
+        self.loop.add_callback(self._reconcile)
+        return joined
+
+    def _wait_for(self, minimum: int, deadline: float) -> int:
         while True:
             if self.start_error is not None:
                 raise self.start_error
             joined = len(self.scheduler_info.get("workers", {}))
             # Nothing counts before the wanted workers were asked for: the scale runs
             # on the cluster's loop, and a scheduler of someone else's may have workers.
-            asked = len(self.workers) + len(self.failures) >= min(self._desired, minimum)
+            asked = self.asked >= min(self._desired, minimum)
             if asked and joined >= minimum:
+                if self.failures:
+                    logger.warning(
+                        "the cluster goes on with %d of %d workers joined (%d asked for, %d started, "
+                        "at least %d needed); not started or stopped: %s",
+                        joined, self._desired, self.asked, self.started, minimum, _reasons(self.failures),
+                    )
                 return joined
-            if not self._may_replace() and joined + len(self.workers) < minimum:
-                raise InfrastructureError(f"only {joined} of {minimum} workers started: {self.failures[0]}")
+            # Workers of the pool's that are alive can still join; a scheduler of someone
+            # else's may hold more than that.
+            if asked and self.failures and max(joined, len(self.workers)) < minimum:
+                raise InfrastructureError(
+                    f"only {max(joined, len(self.workers))} of {self.asked} worker {self.launcher.kind}s "
+                    f"asked for can join, at least {minimum} needed: {self.failures[0]}"
+                )
             if time.monotonic() > deadline:
                 states = sorted({w.state.status.upper() for w in self.workers.values() if not w.joined})
                 pending = f"worker {self.launcher.kind} {'/'.join(states)}" if states else "workers not joined"

@@ -118,7 +118,12 @@ def dispatch(argv: list[str]) -> int | None:
             directory = env.get(layout.TLS_DIR_ENV)
             if not directory:
                 _check_baked_tls()
-            command = roles.command_for(role, argv[1:], Path(directory) if directory else None)
+            args = argv[1:]
+            if role == "worker":
+                from flowrig.roles import task_name
+
+                args = task_name.resolve(args)
+            command = roles.command_for(role, args, Path(directory) if directory else None)
             _exec(command, roles.secure_environment(env))
         os.environ.update(env)
     if head in ("run", "info", "prepare", "bake-tls", "--help", "-h"):

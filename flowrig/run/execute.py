@@ -197,6 +197,7 @@ def execute(
             options=decided.options,
             worker_threads=config.worker_threads,
             no_client_timeout=config.no_client_timeout,
+            min_workers=config.min_workers,
         )
         t = timer.mark("prepare", t)
         started = backend.start(spec)

@@ -24,9 +24,11 @@ from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
 
 logger = logging.getLogger("flowrig.ecs")
 
-#: Attempts and connect timeout (seconds) of every AWS call flowrig makes itself; an
-#: unreachable endpoint fails in seconds instead of retrying for minutes.
-MAX_ATTEMPTS = 3
+#: Attempts and connect timeout (seconds) of every AWS call flowrig makes itself
+#: (botocore's standard retries: exponential backoff with full jitter, throttling
+#: included); an unreachable endpoint fails in seconds instead of retrying for minutes.
+#: ``AWS_MAX_ATTEMPTS`` and ``AWS_RETRY_MODE`` (``adaptive``) override them.
+MAX_ATTEMPTS = 5
 CONNECT_TIMEOUT = 10
 
 #: Seconds between checks while tasks stop, and between retries of a refused deletion.

@@ -210,6 +210,9 @@ class _ECSBase(Backend):
                 environment={} if "worker" in launch.own_definitions else dict(spec.worker_env),
                 scheduler_task_kwargs=options.scheduler_task_kwargs,
                 worker_task_kwargs=options.worker_task_kwargs,
+                # Only flowrig's own definitions are known to log there (stop reasons quote them).
+                log_group=infra.log_group if launch.own_definitions == {"scheduler", "worker"} else "",
+                log_stream_prefix=infra.stream_prefix,
             ))
             try:
                 cluster = PoolCluster(
@@ -231,7 +234,9 @@ class _ECSBase(Backend):
                 cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
             if initial:
                 try:
-                    cluster.wait_for_start(minimum=1, timeout=max(deadline - time.monotonic(), 0.0))
+                    cluster.wait_for_start(
+                        minimum=spec.start_minimum, timeout=max(deadline - time.monotonic(), 0.0)
+                    )
                 except StartTimeout as exc:
                     raise InfrastructureError(
                         f"the {self.name} cluster had no worker within {timeout:g} s ({exc}); "

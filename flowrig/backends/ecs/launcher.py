@@ -3,24 +3,39 @@
 :class:`ECSLauncher` is the :class:`~flowrig.backends.pool.Launcher` of the ``ecs`` and
 ``fargate`` backends: a scheduler task and worker tasks from the run's task
 definitions, with the role commands flowrig builds (:mod:`flowrig.roles`), observed
-all at once (DescribeTasks takes up to 100 tasks per call).
+all at once (DescribeTasks takes up to 100 tasks per call) and workers started ten per
+RunTask call, each call with a ``clientToken`` so that botocore's retry of a call whose
+answer was lost cannot start its tasks twice.
+
+A task that stops is explained in one line (:func:`stop_reason`): its stop code, stopped
+reason and containers' reasons, the last lines its container wrote to CloudWatch, and a
+hint for the causes seen most (:func:`hint`).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from flowrig.backends.ecs.aws import Session, aws_errors
-from flowrig.backends.pool import Endpoint, Launcher, Observed
+from flowrig.backends.pool import Endpoint, Launcher, Observed, WorkerStart
 from flowrig.errors import InfrastructureError, one_line
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT, WORKER_DEATH_TIMEOUT
+from flowrig.roles.task_name import FROM_ECS_TASK, task_id
 
 logger = logging.getLogger("flowrig.ecs")
 
 #: DescribeTasks takes at most this many tasks per call.
 DESCRIBE_BATCH = 100
+#: RunTask starts at most this many tasks per call (``count``).
+RUN_BATCH = 10
+#: Lines of a stopped container's CloudWatch log put in its stop reason, and their width.
+LOG_TAIL_LINES = 3
+LOG_LINE_WIDTH = 160
+#: Longest one-line explanation of a stopped task (reasons, log lines and hint).
+REASON_WIDTH = 1200
 _PENDING = {"PROVISIONING", "PENDING", "ACTIVATING"}
 _STOPPED = {"DEACTIVATING", "STOPPING", "DEPROVISIONING", "STOPPED", "DELETED"}
 
@@ -73,10 +88,17 @@ class TaskSettings:
     worker_task_kwargs: Mapping[str, Any] = field(default_factory=dict)
     scheduler_container: str = "dask-scheduler"
     worker_container: str = "dask-worker"
+    #: Where the containers' ``awslogs`` go (empty: not known, no log lines in reasons).
+    log_group: str = ""
+    log_stream_prefix: str = ""
 
 
-def worker_command(settings: TaskSettings, scheduler_address: str, name: str) -> list[str]:
-    """A worker's command: its scheduler, name and threads, then the project's flags and TLS."""
+def worker_command(settings: TaskSettings, scheduler_address: str, name: str = FROM_ECS_TASK) -> list[str]:
+    """A worker's command: its scheduler, name and threads, then the project's flags and TLS.
+
+    The name defaults to the task's own id, filled in by the image's entry point, since
+    all tasks of one RunTask call share one command.
+    """
     return [
         "dask-worker", scheduler_address,
         "--name", name,
@@ -112,7 +134,51 @@ def stop_reason(task: Mapping[str, Any]) -> str:
             parts.append(f"{container.get('name', 'container')}: {container['reason']}")
         elif container.get("exitCode") not in (None, 0):
             parts.append(f"{container.get('name', 'container')} exited with code {container['exitCode']}")
-    return one_line("; ".join(p for p in parts if p) or "no reason given")
+    return one_line("; ".join(p for p in parts if p) or "no reason given", REASON_WIDTH)
+
+
+#: (words any of which is in a reason, what to do), first match wins.
+_HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("CannotPullContainerError", "pull image", "pulling image"),
+     "the image could not be pulled: a task in a private subnet needs a NAT gateway or VPC endpoints "
+     "(ecr.api, ecr.dkr, s3), and the execution role ecr:GetAuthorizationToken and read access to the repository"),
+    (("secretsmanager", "secrets manager", "ssm", "unable to retrieve secret", "GetSecretValue"),
+     "ECS could not read the task's secrets: the execution role needs secretsmanager:GetSecretValue "
+     "(and kms:Decrypt for a key of yours) on them, and a private subnet a route to Secrets Manager "
+     "(NAT or VPC endpoint)"),
+    (("log group", "loggroup", "CreateLogStream", "awslogs"),
+     "the awslogs log group is missing or not writable: create it, or leave cloudwatch_logs_group "
+     "unset so the run makes its own"),
+    (("RESOURCE:", "Capacity is unavailable", "capacity", "AGENT"),
+     "no capacity for the task right now: run again later, in other subnets or availability zones, "
+     "with smaller worker_cpu/worker_mem, or without fargate_spot"),
+)
+
+
+def hint(reason: str) -> str:
+    """What to check for a stop or RunTask failure ``reason``; empty when nothing fits."""
+    lowered = reason.lower()
+    for words, advice in _HINTS:
+        if any(word.lower() in lowered for word in words):
+            return advice
+    return ""
+
+
+def failure_reason(failure: Mapping[str, Any]) -> str:
+    """One RunTask or DescribeTasks failure as a line: its reason and detail."""
+    text = " ".join(str(failure.get(key) or "") for key in ("reason", "detail")).strip()
+    return one_line(text or "no reason given", REASON_WIDTH)
+
+
+def explain(reason: str, log_lines: Sequence[str] = ()) -> str:
+    """``reason``, the container's last log lines and a hint, in one line."""
+    parts = [reason]
+    if log_lines:
+        parts.append("last log lines: " + " | ".join(one_line(line, LOG_LINE_WIDTH) for line in log_lines))
+    advice = hint(reason)
+    if advice:
+        parts.append("hint: " + advice)
+    return one_line("; ".join(parts), REASON_WIDTH)
 
 
 class ECSLauncher(Launcher):
@@ -132,13 +198,17 @@ class ECSLauncher(Launcher):
         self.aws = aws
         self.settings = settings
         self._tasks: dict[str, dict[str, Any]] = {}
+        #: One-line explanation of each task seen stopped (its log lines are read once).
+        self._explained: dict[str, str] = {}
 
     @property
     def _ecs(self) -> Any:
         return self.aws.client("ecs")
 
     def _run_task(self, role: str, definition: str, container: str, command: list[str],
-                  environment: Mapping[str, str], extra: Mapping[str, Any], fargate: bool) -> str:
+                  environment: Mapping[str, str], extra: Mapping[str, Any], fargate: bool,
+                  count: int = 1) -> tuple[list[dict[str, Any]], list[str]]:
+        """Ask for ``count`` tasks in one call: the tasks started and a reason per task not."""
         s = self.settings
         override: dict[str, Any] = {"name": container, "command": command}
         if environment:
@@ -147,8 +217,11 @@ class ECSLauncher(Launcher):
             **dict(extra),
             "cluster": s.cluster_arn,
             "taskDefinition": definition,
-            "count": 1,
+            "count": count,
             "startedBy": s.started_by,
+            # botocore resends the same parameters when it retries: ECS then answers with
+            # the tasks of the first call instead of starting more.
+            "clientToken": uuid.uuid4().hex,
             "overrides": {"containerOverrides": [override]},
             "networkConfiguration": {
                 "awsvpcConfiguration": {
@@ -164,24 +237,25 @@ class ECSLauncher(Launcher):
                 kwargs["capacityProviderStrategy"] = [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]
             else:
                 kwargs["launchType"] = "FARGATE"
-        with aws_errors(f"starting the {role} task"):
+        with aws_errors(f"starting the {role} task{'s' if count > 1 else ''}"):
             response = self._ecs.run_task(**kwargs)
-        tasks, failures = response.get("tasks") or [], response.get("failures") or []
-        if not tasks:
-            reason = "; ".join(
-                one_line(f"{f.get('reason')}: {f.get('detail') or f.get('arn') or ''}") for f in failures
-            )
-            raise InfrastructureError(f"ECS did not start the {role} task: {reason or 'no task and no reason'}")
-        task = tasks[0]
-        self._tasks[task["taskArn"]] = task
-        return task["taskArn"]
+        tasks = list(response.get("tasks") or [])[:count]
+        for task in tasks:
+            self._tasks[task["taskArn"]] = task
+        refused = [explain(failure_reason(f)) for f in response.get("failures") or []]
+        # A short answer with no failure listed still leaves tasks unstarted.
+        refused += ["ECS started fewer tasks than asked, without a reason"] * max(count - len(tasks) - len(refused), 0)
+        return tasks, refused[: count - len(tasks)]
 
     def start_scheduler(self) -> str:
         s = self.settings
-        return self._run_task(
+        tasks, refused = self._run_task(
             "scheduler", s.scheduler_task_definition, s.scheduler_container, list(s.scheduler_command),
             {}, s.scheduler_task_kwargs, s.scheduler_fargate,
         )
+        if not tasks:
+            raise InfrastructureError(f"ECS did not start the scheduler task: {refused[0]}")
+        return tasks[0]["taskArn"]
 
     def scheduler_endpoint(self, handle: str) -> Endpoint:
         task = self._tasks.get(handle) or {}
@@ -193,15 +267,23 @@ class ECSLauncher(Launcher):
             dashboard_link=f"http://{address}:{DASHBOARD_PORT}/status" if self.settings.dashboard else None,
         )
 
-    def start_workers(self, scheduler_address: str, names: list[str]) -> list[str]:
+    def start_workers(self, scheduler_address: str, count: int) -> WorkerStart:
+        """Ask for ``count`` workers, :data:`RUN_BATCH` per RunTask call; each is named
+        after its task's id. A call AWS refuses outright raises; failures of single
+        tasks are returned with their reasons."""
         s = self.settings
-        return [
-            self._run_task(
-                "worker", s.worker_task_definition, s.worker_container,
-                worker_command(s, scheduler_address, name), s.environment, s.worker_task_kwargs, s.fargate,
+        started: dict[str, str] = {}
+        refused: list[str] = []
+        command = worker_command(s, scheduler_address)
+        for start in range(0, count, RUN_BATCH):
+            batch = min(RUN_BATCH, count - start)
+            tasks, failures = self._run_task(
+                "worker", s.worker_task_definition, s.worker_container, command,
+                s.environment, s.worker_task_kwargs, s.fargate, count=batch,
             )
-            for name in names
-        ]
+            started.update((task_id(task["taskArn"]), task["taskArn"]) for task in tasks)
+            refused += failures
+        return WorkerStart(started=started, refused=refused)
 
     def observe(self, handles: list[str]) -> dict[str, Observed]:
         found: dict[str, Observed] = {}
@@ -210,18 +292,41 @@ class ECSLauncher(Launcher):
             with aws_errors("describing the run's tasks"):
                 response = self._ecs.describe_tasks(cluster=self.settings.cluster_arn, tasks=chunk)
             for task in response.get("tasks", ()):
-                self._tasks[task["taskArn"]] = task
+                arn = task["taskArn"]
+                self._tasks[arn] = task
                 status = task.get("lastStatus", "PENDING")
                 if status in _STOPPED:
-                    found[task["taskArn"]] = Observed("stopped", stop_reason(task))
+                    if arn not in self._explained:
+                        self._explained[arn] = explain(stop_reason(task), self._log_tail(task))
+                    found[arn] = Observed("stopped", self._explained[arn])
                 elif status in _PENDING:
-                    found[task["taskArn"]] = Observed("pending")
+                    found[arn] = Observed("pending")
                 else:
-                    found[task["taskArn"]] = Observed("running")
+                    found[arn] = Observed("running")
             for failure in response.get("failures", ()):
                 if failure.get("arn"):
                     found[failure["arn"]] = Observed("stopped", one_line(failure.get("reason") or "missing"))
         return found
+
+    def _log_tail(self, task: Mapping[str, Any]) -> list[str]:
+        """The last lines the task's role container wrote to CloudWatch; best effort
+        (none when the logs are elsewhere, missing or not readable)."""
+        s = self.settings
+        if not (s.log_group and s.log_stream_prefix):
+            return []
+        names = {s.scheduler_container, s.worker_container}
+        container = next((c.get("name") for c in task.get("containers", ()) if c.get("name") in names), None)
+        if not container:
+            return []
+        stream = f"{s.log_stream_prefix}/{container}/{task_id(task['taskArn'])}"
+        try:
+            events = self.aws.client("logs").get_log_events(
+                logGroupName=s.log_group, logStreamName=stream, limit=LOG_TAIL_LINES, startFromHead=False
+            )["events"]
+        except Exception as exc:  # no stream yet (the container never started), no right to read
+            logger.debug("no log lines of %s: %s", stream, one_line(exc))
+            return []
+        return [event["message"] for event in events if str(event.get("message", "")).strip()][-LOG_TAIL_LINES:]
 
     def stop(self, handles: list[str], reason: str) -> None:
         for handle in handles:
