@@ -183,7 +183,9 @@ def test_fargate_run_creates_tagged_private_resources_and_removes_them(aws, tls)
                 assert tags(described["tags"])["flowrig-run-id"] == "fg1"
                 assert_no_key_in(json.dumps(described, default=str), tls)
             scheduler_def = by_family["flowrig-fg1-scheduler"]["taskDefinition"]["containerDefinitions"][0]
-            assert scheduler_def["command"] == ["dask-scheduler", "--idle-timeout", "15 minutes", "--protocol", "tls"]
+            # No idle timeout: it would end the cluster of a runner busy between two
+            # submissions; the image's scheduler role stops by the no-client rule.
+            assert scheduler_def["command"] == ["dask-scheduler", "--protocol", "tls"]
             assert "GREETING" not in tags_env(scheduler_def["environment"])
             worker_def = by_family["flowrig-fg1-worker"]["taskDefinition"]["containerDefinitions"][0]
             # The run's and the project's environment, in the definition, not in overrides.
@@ -319,7 +321,7 @@ def test_provisioning_timeout_while_tasks_stay_pending(ecs_tasks_pending, bootst
     [request] = aws.requests("RunTask")
     [override] = request["body"]["overrides"]["containerOverrides"]
     assert override["name"] == "dask-scheduler"
-    assert override["command"][:5] == ["dask-scheduler", "--idle-timeout", "15 minutes", "--protocol", "tls"]
+    assert override["command"][:3] == ["dask-scheduler", "--protocol", "tls"]
     assert request["body"]["networkConfiguration"]["awsvpcConfiguration"]["assignPublicIp"] == "DISABLED"
     assert "DescribeNetworkInterfaces" not in aws.operations()
 
@@ -371,8 +373,8 @@ def test_ecs_backend_uses_the_given_cluster_and_leaves_it(bootstrapped, tls):
             assert snapshot("ecs1")["clusters"] == []  # no cluster of its own
             definitions = snapshot("ecs1")["task_definitions"]
             scheduler_def = [d for d in definitions if d["taskDefinition"]["family"].endswith("scheduler")][0]
-            assert scheduler_def["taskDefinition"]["containerDefinitions"][0]["command"][3:] == [
-                "--no-show", "--protocol", "tls"]
+            assert scheduler_def["taskDefinition"]["containerDefinitions"][0]["command"] == [
+                "dask-scheduler", "--no-show", "--protocol", "tls"]
             assert tags(scheduler_def["tags"])["team"] == "data"
         finally:
             started.close()

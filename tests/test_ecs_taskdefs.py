@@ -98,12 +98,25 @@ def test_roles_get_the_shape_the_backends_and_ecs_need():
     runner, scheduler, worker = (docs[r]["containerDefinitions"][0] for r in validate.ROLES)
     assert (runner["name"], scheduler["name"], worker["name"]) == ("flowrig-runner", "dask-scheduler", "dask-worker")
     assert runner["command"] == ["run"] and "healthCheck" not in runner
-    assert scheduler["command"][:3] == ["dask-scheduler", "--idle-timeout", roles.SCHEDULER_IDLE_TIMEOUT]
-    assert scheduler["command"][3:] == ["--protocol", "tls", *tls]
+    assert scheduler["command"] == ["dask-scheduler", "--protocol", "tls", *tls]
     assert worker["command"][0] == "dask-worker" and worker["command"][-6:] == tls
     assert "8786" in " ".join(scheduler["healthCheck"]["command"])
     assert "dask_worker" in " ".join(worker["healthCheck"]["command"])
     assert [m["containerPort"] for m in scheduler["portMappings"]] == [8786, 8787]
+
+
+def test_a_schedulers_no_client_timeout_is_the_lifetime_preloads_option(tmp_path):
+    from flowrig.certs import TLSMaterial
+    from flowrig.roles import command_for, scheduler_command
+
+    command = scheduler_command(90, ["--protocol", "tls"])
+    assert command == ["dask-scheduler", "--no-client-timeout", "90", "--protocol", "tls"]
+    # The image's entry point puts the preload first, so the option reaches it.
+    TLSMaterial.ephemeral().write_to_dir(tmp_path)
+    full = command_for("scheduler", command[1:], tmp_path)
+    at = full.index("--preload")
+    assert full[at + 1] == roles.LIFETIME_PRELOAD and full.index("--no-client-timeout") > at
+    assert "--idle-timeout" not in full
 
 
 def test_log_group_creation_is_opt_in():

@@ -20,11 +20,6 @@ WORKER_MODULE = "distributed.cli.dask_worker"
 #: The scheduler's port and its dashboard's, inside a container or task.
 SCHEDULER_PORT = 8786
 DASHBOARD_PORT = 8787
-#: distributed's ``--idle-timeout`` for callers that still pass one (ECS task
-#: definitions). It counts only tasks in processing, so it would also end a cluster
-#: whose runner works between two submissions: the image's scheduler role does not
-#: add it, and stops itself by :data:`LIFETIME_PRELOAD`'s rule instead.
-SCHEDULER_IDLE_TIMEOUT = "15 minutes"
 #: The preload every scheduler runs: it stops the scheduler once no client has been
 #: connected for a while (:mod:`flowrig.roles.lifetime`).
 LIFETIME_PRELOAD = "flowrig.roles.lifetime"
@@ -113,13 +108,18 @@ def command_for(role: str, args: list[str], directory: Path | None = None) -> li
     return [sys.executable, "-m", module, *args, *extra]
 
 
-def scheduler_command(idle_timeout: str = SCHEDULER_IDLE_TIMEOUT, extra_args: list[str] | None = None) -> list[str]:
-    """The scheduler's command for another machine, the one dask-cloudprovider sends.
+def scheduler_command(no_client_timeout: float | None = None, extra_args: list[str] | None = None) -> list[str]:
+    """The scheduler's command for another machine (an ECS task of the image).
 
+    The image's entry point runs it with :data:`LIFETIME_PRELOAD`, whose
+    ``--no-client-timeout`` it may carry (``None``: the preload's default): a scheduler
+    whose runner was lost stops on its own, and one whose runner is busy between two
+    submissions does not (distributed's ``--idle-timeout`` would end it).
     ``extra_args`` default to listening on TLS only with the image's baked files.
     """
     extra = ["--protocol", "tls", *tls_flags(require_files=False)] if extra_args is None else extra_args
-    return ["dask-scheduler", "--idle-timeout", idle_timeout, *extra]
+    lifetime = [] if no_client_timeout is None else ["--no-client-timeout", f"{float(no_client_timeout):g}"]
+    return ["dask-scheduler", *lifetime, *extra]
 
 
 def worker_command(threads: int = 1, extra_args: list[str] | None = None) -> list[str]:

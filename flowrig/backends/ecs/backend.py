@@ -196,7 +196,7 @@ class _ECSBase(Backend):
                 subnets=infra.subnets,
                 security_groups=infra.security_groups,
                 started_by=started_by,
-                scheduler_command=self._scheduler_command(options, launch),
+                scheduler_command=self._scheduler_command(spec, options, launch),
                 dashboard=options.dashboard,
                 worker_args=launch.worker_args,
                 worker_threads=spec.worker_threads,
@@ -306,10 +306,16 @@ class _ECSBase(Backend):
         )
 
     @staticmethod
-    def _scheduler_command(options: ECSOptions, launch: _Launch) -> list[str]:
+    def _no_client_timeout(spec: ClusterSpec, options: ECSOptions) -> float | None:
+        """The option, else the project's ``[cluster] no_client_timeout``, else the image's default."""
+        if options.scheduler_timeout is not None:
+            return float(options.scheduler_timeout)
+        return spec.no_client_timeout
+
+    def _scheduler_command(self, spec: ClusterSpec, options: ECSOptions, launch: _Launch) -> list[str]:
         from flowrig.roles import scheduler_command
 
-        return scheduler_command(options.scheduler_timeout, launch.scheduler_args)
+        return scheduler_command(self._no_client_timeout(spec, options), launch.scheduler_args)
 
     def _infrastructure(
         self, run_id: str, options: ECSOptions, resources: "RunResources", launch: _Launch
@@ -407,7 +413,7 @@ class _ECSBase(Backend):
                 cpu_architecture=options.cpu_architecture.upper(),
                 compatibilities=("FARGATE",) if on_fargate else ("EC2",),
                 tags=dict(resources.tags),
-                scheduler_idle_timeout=options.scheduler_timeout,
+                scheduler_no_client_timeout=self._no_client_timeout(spec, options),
                 worker_threads=spec.worker_threads,
                 # The registered commands are the ones the tasks are started with.
                 scheduler_args=tuple(launch.scheduler_args),

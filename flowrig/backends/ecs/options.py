@@ -8,7 +8,6 @@ from pydantic import Field, StrictBool, StrictInt, StrictStr
 
 from flowrig.backends.base import N_WORKERS_FIX, Options, Seconds, StringMap
 from flowrig.backends.ecs import defaults
-from flowrig.roles import SCHEDULER_IDLE_TIMEOUT
 
 
 class ECSOptions(Options):
@@ -36,8 +35,9 @@ class ECSOptions(Options):
     cleanup_timeout: Seconds = Field(
         defaults.CLEANUP_TIMEOUT, description="seconds teardown keeps retrying while AWS releases resources"
     )
-    scheduler_timeout: StrictStr = Field(
-        SCHEDULER_IDLE_TIMEOUT, description="how long a scheduler without clients lives"
+    scheduler_timeout: Seconds | None = Field(
+        None, description="seconds a scheduler lives once no client is connected (its runner was lost); "
+        "default: [cluster] no_client_timeout, else 60"
     )
 
     # --- where the tasks run ------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from flowrig import roles
 from flowrig.backends.ecs import defaults
 from flowrig.backends.ecs.validate import ROLES, check_role
-from flowrig.roles import DASHBOARD_PORT, SCHEDULER_IDLE_TIMEOUT, SCHEDULER_PORT, scheduler_command, worker_command
+from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT, scheduler_command, worker_command
 
 CONTAINER_NAMES: Mapping[str, str] = {
     "runner": defaults.RUNNER_CONTAINER,
@@ -97,8 +97,9 @@ class TaskDefinitionSettings:
         ``NAME -> valueFrom`` (Secrets Manager or SSM ARN) every container gets.
     tags
         Tags on every task definition (``flowrig-role`` is added per role).
-    scheduler_idle_timeout
-        How long a scheduler without clients lives (``--idle-timeout``).
+    scheduler_no_client_timeout
+        Seconds a scheduler lives once no client is connected (``None``: the image's
+        default, :mod:`flowrig.roles.lifetime`).
     worker_threads
         ``--nthreads`` of each worker.
     log_stream_prefix
@@ -125,7 +126,7 @@ class TaskDefinitionSettings:
     environment: Mapping[str, str] = field(default_factory=dict)
     secrets: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
-    scheduler_idle_timeout: str = SCHEDULER_IDLE_TIMEOUT
+    scheduler_no_client_timeout: float | None = None
     worker_threads: int = 1
     log_stream_prefix: str | None = None
     scheduler_args: tuple[str, ...] | None = None
@@ -137,7 +138,7 @@ class TaskDefinitionSettings:
 
 
 def scheduler_extra_args(delivered: bool = False) -> list[str]:
-    """What follows ``dask-scheduler --idle-timeout T``: listen on TLS only, with the
+    """What follows ``dask-scheduler [--no-client-timeout S]``: listen on TLS only, with the
     baked files, or (``delivered``) with those the run delivers, which the role's
     entry point names itself once they are in memory."""
     return ["--protocol", "tls", *([] if delivered else roles.tls_flags(require_files=False))]
@@ -209,7 +210,7 @@ def container_definition(role: str, settings: TaskDefinitionSettings) -> dict[st
         container["command"] = ["run"]
     elif role == "scheduler":
         container["command"] = scheduler_command(
-            settings.scheduler_idle_timeout, _args(settings.scheduler_args)
+            settings.scheduler_no_client_timeout, _args(settings.scheduler_args)
         )
         container["portMappings"] = [
             {"containerPort": SCHEDULER_PORT, "protocol": "tcp"},
