@@ -26,6 +26,7 @@ from flowrig.backends.ecs import defaults as ecs_defaults
 from flowrig.backends.ecs import run_local, taskdefs
 from flowrig.cli.ecs import app
 from flowrig.errors import BadInput
+from flowrig.roles import task_name
 
 FLOWRIG = [sys.executable, "-m", "flowrig.cli"]
 EXEC_ROLE = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole"
@@ -341,7 +342,9 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
         secret_file.parent.mkdir(parents=True)
         secret_file.write_text(boto3.client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"])
         started.close()
-    assert len(worker_requests) == 2
+    # Both workers in one RunTask call (ECS starts up to ten per call).
+    [worker_request] = worker_requests
+    assert worker_request["count"] == 2
     with pytest.raises(Exception, match="ResourceNotFound"):
         boto3.client("secretsmanager").get_secret_value(SecretId=secret_arn)
 
@@ -351,11 +354,15 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker
     for role, document in described.items():
         (tmp_path / f"{role}.json").write_text(json.dumps(document, default=str))
     (tmp_path / "scheduler-overrides.json").write_text(json.dumps({"containerOverrides": []}))
-    for index, request in enumerate(worker_requests):
+    for index in range(worker_request["count"]):
+        request = json.loads(json.dumps(worker_request))
         override = request["overrides"]["containerOverrides"][0]
         assert "environment" not in override
         assert override["command"][1] == stand_in.scheduler_address
         override["command"][1] = "tls://dask-scheduler:8786"
+        # ECS's metadata endpoint names each task of the call; here the test does.
+        command = override["command"]
+        command[command.index(task_name.FROM_ECS_TASK)] = f"replayed-{index}"
         (tmp_path / f"worker-{index}-overrides.json").write_text(json.dumps(request))
     # The runner task gets the run's certificates the same way.
     runner_definition = rendered("runner", image=seed_image, environment={"FLOWRIG_TLS_FROM": "secret"},
