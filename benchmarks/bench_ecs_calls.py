@@ -63,6 +63,7 @@ def main() -> None:
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request lines
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # the stand-in worker's start-up lines
     if args.throttle:
         # Enough attempts that a call is not throttled out (0.3 ** 10 per call).
         os.environ.setdefault("AWS_MAX_ATTEMPTS", "10")

@@ -36,6 +36,7 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 WORKERS = 3
 
@@ -115,8 +116,12 @@ def run(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 
 class Bench:
-    def __init__(self, work: Path, env: dict[str, str], docker_image: str | None = None) -> None:
-        self.work, self.env, self.docker_image = work, env, docker_image
+    def __init__(self, work: Path, env: dict[str, str], docker_image: str | None = None,
+                 recorded: "Callable[[], int] | None" = None) -> None:
+        """``recorded``: task runs the API has recorded so far. When given, each run is
+        followed (untimed) by a wait until its tasks are recorded, so that a server still
+        working off one run's events does not slow the next."""
+        self.work, self.env, self.docker_image, self.recorded = work, env, docker_image, recorded
         self.certs = work / "certs"
         self.project = work / "project"
 
@@ -135,7 +140,13 @@ class Bench:
             argv += ["--certs", str(self.certs)]
         else:
             argv += ["--image", self.docker_image]
+        before = self.recorded() if self.recorded else 0
         wall, out = run(argv, self.env)
+        if self.recorded:
+            deadline = time.monotonic() + 600
+            tasks = len(params["xs"]) if over_list else n
+            while self.recorded() - before < tasks and time.monotonic() < deadline:
+                time.sleep(1)
         result = json.loads(out.strip().splitlines()[-1])
         expected = 2 * sum(json.loads(xs_file.read_text())) if over_list else n * (n - 1)
         assert result["state"] == "Completed" and result["result"] == expected, result
@@ -234,6 +245,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="pairs per size")
     parser.add_argument("--big", action="store_true", help="also n = 20000")
     parser.add_argument("--server", action="store_true", help="again against a real Prefect server")
+    parser.add_argument("--server-only", action="store_true", help="only against a real Prefect server")
     parser.add_argument("--docker", metavar="IMAGE", help="n = 1000 on the docker backend with this image")
     parser.add_argument("--docker-build", metavar="BASE_IMAGE", help="build that image first, on this base")
     parser.add_argument("--no-lists", action="store_true", help="skip the list-parameter flows")
@@ -263,19 +275,20 @@ def main() -> None:
     embedded = Bench(work, base_env(), args.docker)
     embedded.flowrig(10)  # untimed: page cache, the Prefect database template
     embedded.plain(10)
-    measure(embedded, sizes, args.repeat, "embedded API")
-    if not args.no_lists:
+    if not args.server_only:
+        measure(embedded, sizes, args.repeat, "embedded API")
+    if not args.no_lists and not args.server_only:
         measure_lists(embedded, lists_repeat, "embedded API")
-    if args.docker:
+    if args.docker and not args.server_only:
         local = [embedded.flowrig(1000)[0] for _ in range(args.repeat)]
         docker = [embedded.flowrig(1000, backend="docker")[0] for _ in range(args.repeat)]
         print(f"[docker] n=1000: docker backend {median(docker):.2f} s, local backend {median(local):.2f} s")
 
-    if args.server:
+    if args.server or args.server_only:
         server, url = start_server(work)
         try:
             env = {**base_env(), "PREFECT_API_URL": url}
-            remote = Bench(work, env)
+            remote = Bench(work, env, recorded=lambda: task_runs(url))
             before = task_runs(url)
             measure(remote, sizes, args.repeat, "Prefect server")
             expected = sum(sizes) * args.repeat
