@@ -23,15 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
+
+from prefect_server import start_server
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "examples" / "seed"
@@ -120,28 +120,6 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, st
     return elapsed, done.stdout
 
 
-def start_server(work: Path) -> tuple[subprocess.Popen, str]:
-    """A local Prefect server (UI off), up; returns it and its API URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**_env(), "PREFECT_HOME": str(work / "server-home"), "PREFECT_UI_ENABLED": "false"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                return server, url
-        except OSError:
-            time.sleep(0.5)
-    server.kill()
-    sys.exit("the Prefect server did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs of (a) and (b)")
@@ -164,7 +142,7 @@ def main() -> None:
 
     server, warm_env = None, None
     if args.warm:
-        server, url = start_server(work)
+        server, url = start_server(work, _env())
         warm_env = {**_env(), "PREFECT_API_URL": url}
         timed(flowrig_run, warm_env)  # the server's own first requests, untimed
 

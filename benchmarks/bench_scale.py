@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Callable
+
+from prefect_server import start_server
 
 WORKERS = 3
 
@@ -211,28 +212,6 @@ def measure_lists(bench: Bench, repeat: int, label: str) -> None:
               f"{overhead[20_000] / overhead[10_000]:.2f} (target <= 2)")
 
 
-def start_server(work: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = base_env()
-    env.update(PREFECT_HOME=str(work / "server-home"), PREFECT_UI_ENABLED="false")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                return server, url
-        except OSError:
-            time.sleep(0.5)
-    server.kill()
-    sys.exit("the Prefect server did not start")
-
-
 def task_runs(url: str) -> int:
     request = urllib.request.Request(url + "/task_runs/count", data=b"{}", method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -285,7 +264,7 @@ def main() -> None:
         print(f"[docker] n=1000: docker backend {median(docker):.2f} s, local backend {median(local):.2f} s")
 
     if args.server or args.server_only:
-        server, url = start_server(work)
+        server, url = start_server(work, base_env())
         try:
             env = {**base_env(), "PREFECT_API_URL": url}
             remote = Bench(work, env, recorded=lambda: task_runs(url))
