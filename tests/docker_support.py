@@ -16,8 +16,10 @@ start in seconds. Settings (environment):
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -97,11 +99,21 @@ def seed_image(docker_client) -> str:
     return tag
 
 
-def derived_image(docker_client, base: str, project: Path, tag: str) -> str:
+def docker_run_env(run_id: str, **extra: str) -> dict[str, str]:
+    """The environment of a ``flowrig run --backend docker`` the tests start: this
+    process's, with the run id fixed and no Prefect API of the caller's."""
+    env = {**os.environ, "FLOWRIG_RUN_ID": run_id, **extra}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+@contextlib.contextmanager
+def derived_image(docker_client, base: str, project: Path, repository: str) -> Iterator[str]:
     """``base`` (a flowrig image) with ``project`` in place of its baked project: one
-    small layer, built in seconds. Remove it with ``docker_client.images.remove``."""
+    small layer, built in seconds, tagged ``repository:<random>`` and removed on exit."""
     import io
     import tarfile
+    import uuid
 
     from flowrig import layout
     from flowrig.builder import defaults as builder_defaults
@@ -115,6 +127,7 @@ def derived_image(docker_client, base: str, project: Path, tag: str) -> str:
 
         # A label of its own: with the base's context hash, the seed fixture could take
         # this image for the seed's.
+        tag = f"{repository}:{uuid.uuid4().hex[:8]}"
         add("Dockerfile", (
             f"FROM {base}\nCOPY project/ {layout.IMAGE_PROJECT_DIR}/\n"
             f'LABEL {builder_defaults.IMAGE_CONTEXT_LABEL}="derived-{tag}"\n'
@@ -123,7 +136,10 @@ def derived_image(docker_client, base: str, project: Path, tag: str) -> str:
             add(f"project/{path.name}", path.read_bytes())
     context.seek(0)
     docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True)
-    return tag
+    try:
+        yield tag
+    finally:
+        docker_client.images.remove(tag, force=True)
 
 
 

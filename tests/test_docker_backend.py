@@ -8,7 +8,6 @@ run id, so each test removes exactly what it made.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from flowrig.cli.docker import app as docker_app
 from flowrig.containers import engine
 from flowrig.errors import BadInput
 from flowrig.project import defaults as project_defaults
-from tests.docker_support import derived_image
+from tests.docker_support import derived_image, docker_run_env
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "examples" / "seed"
@@ -314,18 +313,8 @@ def probe_project(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def probe_image(docker_client, seed_image, probe_project):
     """The seed image with the probe project in place of the seed's (one small layer)."""
-    tag = derived_image(docker_client, seed_image, probe_project, f"flowrig-probe:{_tag()}")
-    try:
+    with derived_image(docker_client, seed_image, probe_project, "flowrig-probe") as tag:
         yield tag
-    finally:
-        docker_client.images.remove(tag, force=True)
-
-
-def _flowrig_env(run_id: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["FLOWRIG_RUN_ID"] = run_id
-    env.pop("PREFECT_API_URL", None)
-    return env
 
 
 @pytest.mark.docker
@@ -333,7 +322,7 @@ def test_flowrig_run_docker_gives_90_and_removes_everything(docker_client, seed_
     run_id = _tag()
     done = subprocess.run(
         [FLOWRIG, "run", str(SEED), "--backend", "docker", "--image", seed_image, "--param", TEN, "--output", "json"],
-        env=_flowrig_env(run_id), capture_output=True, text=True, timeout=300,
+        env=docker_run_env(run_id), capture_output=True, text=True, timeout=300,
     )
     try:
         assert done.returncode == 0, done.stderr[-3000:]
@@ -357,7 +346,7 @@ def test_a_failing_flow_exits_1_and_removes_everything(docker_client, probe_imag
     run_id = _tag()
     done = subprocess.run(
         [FLOWRIG, "run", str(probe_project), "--backend", "docker", "--image", probe_image, "--param", "x=-1", "--output", "json"],
-        env=_flowrig_env(run_id), capture_output=True, text=True, timeout=300,
+        env=docker_run_env(run_id), capture_output=True, text=True, timeout=300,
     )
     try:
         assert done.returncode == 1, done.stderr[-3000:]
@@ -374,7 +363,7 @@ def test_sigterm_to_the_host_process_mid_run_removes_everything(docker_client, p
     run_id = _tag()
     process = subprocess.Popen(
         [FLOWRIG, "run", str(probe_project), "--backend", "docker", "--image", probe_image, "--param", "nap=120"],
-        env=_flowrig_env(run_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=docker_run_env(run_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
@@ -476,7 +465,7 @@ def test_dashboard_link_opens_from_the_host(docker_client, probe_image, probe_pr
     run_id = _tag()
     process = subprocess.Popen(
         [FLOWRIG, "run", str(probe_project), "--backend", "docker", "--image", probe_image, "--param", "nap=60"],
-        env=_flowrig_env(run_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=docker_run_env(run_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()

@@ -5,7 +5,6 @@ killed, a runner busy between two submissions, and the whole-run timeout."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from flowrig.containers import engine
-from tests.docker_support import derived_image
+from tests.docker_support import derived_image, docker_run_env
 from tests.run_support import write_project
 from tests.test_lost_roles import LOST_ROLES_FLOW, TOTAL
 
@@ -46,18 +45,8 @@ def lost_project(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def lost_image(docker_client, seed_image, lost_project):
     """The seed image with the lost-roles project baked in (one small layer)."""
-    tag = derived_image(docker_client, seed_image, lost_project, f"flowrig-lost:{_tag()}")
-    try:
+    with derived_image(docker_client, seed_image, lost_project, "flowrig-lost") as tag:
         yield tag
-    finally:
-        docker_client.images.remove(tag, force=True)
-
-
-def _env(run_id: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["FLOWRIG_RUN_ID"] = run_id
-    env.pop("PREFECT_API_URL", None)
-    return env
 
 
 class _Run:
@@ -67,7 +56,7 @@ class _Run:
         self.run_id = _tag()
         self.process = subprocess.Popen(
             [FLOWRIG, "run", str(project), "--backend", "docker", "--image", image, "--output", "json", *args],
-            env=_env(self.run_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=docker_run_env(self.run_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[str] = []
         self.out: list[str] = []

@@ -10,7 +10,6 @@ the runner sees a Docker socket, and whether its auth string is on any command l
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -21,7 +20,7 @@ import pytest
 
 from flowrig.certs import TLSMaterial
 from flowrig.containers import engine
-from tests.docker_support import derived_image
+from tests.docker_support import derived_image, docker_run_env
 
 FLOWRIG = [sys.executable, "-m", "flowrig.cli"]
 API_KEY_MARKER = "pnu_flowrig0security0marker"
@@ -83,11 +82,8 @@ def security_image(docker_client, seed_image, tmp_path_factory):
     project = tmp_path_factory.mktemp("security-probe")
     (project / "flow.py").write_text(textwrap.dedent(SECURITY_FLOW))
     (project / "flowrig.toml").write_text('flow = "flow.py:main"\n\n[cluster]\nbackend = "docker"\nn_workers = 1\n')
-    tag = derived_image(docker_client, seed_image, project, f"flowrig-security:{uuid.uuid4().hex[:8]}")
-    try:
+    with derived_image(docker_client, seed_image, project, "flowrig-security") as tag:
         yield tag
-    finally:
-        docker_client.images.remove(tag, force=True)
 
 
 def _baked_material(docker_client, image: str) -> TLSMaterial:
@@ -123,8 +119,7 @@ def _wait_for_containers(docker_client, run_id: str, roles: set[str], timeout: f
 def test_a_docker_run_holds_no_socket_shows_no_secret_and_lets_no_stranger_in(docker_client, security_image):
     run_id = "s" + uuid.uuid4().hex[:9]
     # A Prefect Cloud key in the caller's environment travels over the runner's stdin.
-    env = {**os.environ, "FLOWRIG_RUN_ID": run_id, "PREFECT_API_KEY": API_KEY_MARKER}
-    env.pop("PREFECT_API_URL", None)
+    env = docker_run_env(run_id, PREFECT_API_KEY=API_KEY_MARKER)
     run = subprocess.Popen(
         [*FLOWRIG, "run", "--backend", "docker", "--image", security_image, "--param", "nap=20.125", "--output", "json"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
