@@ -130,6 +130,33 @@ def test_control_lines_are_told_from_the_runs_own_output():
         control.raise_failure({"op": "failed", "kind": "infrastructure", "message": "no engine"})
 
 
+def test_the_log_pump_passes_output_on_and_keeps_control_messages_back_even_at_the_end():
+    import io
+
+    from flowrig.backends.docker import control
+
+    message = control.PREFIX + control.encode("close")
+    taken = []
+
+    def take(line: bytes) -> bytes | None:
+        output, found = control.split_control(line)
+        if found is None:
+            return None
+        taken.append(found["op"])
+        return output
+
+    class Container:  # what the pump reads: a stream of chunks
+        def logs(self, **_kwargs):
+            return iter([b"one\ntw", b"o\n" + message + b"50% done" + message.rstrip(b"\n")])
+
+    out = io.BytesIO()
+    target = io.TextIOWrapper(out, encoding="utf-8")
+    containers.engine.LogPump()._copy(Container(), "runner", target, True, False, take)
+    target.flush()
+    assert out.getvalue() == b"one\ntwo\n50% done"
+    assert taken == ["close", "close"]
+
+
 def test_leftovers_are_grouped_by_run():
     containers = [
         {"Names": ["/flowrig-b-worker-0"], "Labels": {"flowrig.run-id": "b", "flowrig.role": "worker"}, "State": "exited"},

@@ -361,6 +361,19 @@ def labelled(client: "DockerClient") -> tuple[list[dict[str, Any]], list[dict[st
     return client.api.containers(all=True, filters=label), client.api.networks(filters=label)
 
 
+def _emit(target: TextIO, data: bytes) -> None:
+    """Write ``data`` to ``target`` as bytes when it has a buffer (so no decoding splits a
+    character across chunks), else as text; then flush."""
+    if not data:
+        return
+    sink = getattr(target, "buffer", None)
+    if sink is not None:
+        sink.write(data)
+    else:
+        target.write(data.decode(errors="replace"))
+    target.flush()
+
+
 def _kept(take: "Callable[[bytes], bytes | None]") -> "Callable[[bytes], bytes | None]":
     """What of a line ``take`` leaves for the output: the line, its part before a control
     message, or ``None`` when nothing is left."""
@@ -414,36 +427,25 @@ class LogPump:
     def _copy(self, container: "Container", label: str, target: TextIO, stdout: bool, stderr: bool,
               take: "Callable[[bytes], bytes | None] | None" = None) -> None:
         pending = b""
-        sink = getattr(target, "buffer", None)
         with contextlib.suppress(Exception):  # the container may vanish mid-stream
             for chunk in container.logs(stream=True, follow=True, stdout=stdout, stderr=stderr):
-                if take is not None:
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    kept = b"".join(line + b"\n" for line in map(_kept(take), lines) if line is not None)
-                    if kept:
-                        if sink is not None:
-                            sink.write(kept)
-                        else:
-                            target.write(kept.decode(errors="replace"))
-                        target.flush()
-                    continue
-                if not self._prefix:
-                    if sink is not None:
-                        sink.write(chunk)
-                    else:
-                        target.write(chunk.decode(errors="replace"))
-                    target.flush()
+                if take is None and not self._prefix:
+                    _emit(target, chunk)
                     continue
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
+                if take is not None:
+                    _emit(target, b"".join(line + b"\n" for line in map(_kept(take), lines) if line is not None))
+                    continue
                 with self._lock:
                     for line in lines:
                         target.write(f"{label} | {line.decode(errors='replace')}\n")
                     target.flush()
-        if pending and take is not None and not take(pending):
-            target.write(pending.decode(errors="replace"))
-            target.flush()
+        if pending and take is not None:
+            # The last line, unfinished: a control message in it is taken all the same.
+            rest = _kept(take)(pending)
+            if rest is not None:
+                _emit(target, rest)
         elif pending and self._prefix:
             with self._lock:
                 target.write(f"{label} | {pending.decode(errors='replace')}\n")
