@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -77,10 +78,21 @@ class LocalBackend(Backend):
         return StartedCluster(
             scheduler_address=cluster.scheduler_address,
             dashboard_link=cluster.dashboard_link,
-            close=cluster.close,
+            close=functools.partial(_close, cluster),
             cluster=cluster,
             scheduler_up=cluster.scheduler_up_at,
         )
+
+
+def _close(cluster: Any) -> None:
+    """Close the cluster; a scheduler that already stopped on its own (its no-client
+    rule) is not an error, though closing then cannot ask it to retire the workers."""
+    try:
+        cluster.close()
+    except OSError:
+        process = cluster.scheduler.process
+        if process is None or process.exitcode is None:
+            raise
 
 
 class AddressBackend(Backend):
