@@ -4,7 +4,8 @@ Owns: the interface (:class:`Backend`, :class:`ClusterSpec`, :class:`StartedClus
 the registry below, and each backend: ``local`` and ``address``
 (:mod:`~flowrig.backends.local`), ``docker`` (:mod:`~flowrig.backends.docker`), ``ecs``
 and ``fargate`` with their task definitions and run-local
-(:mod:`~flowrig.backends.ecs`), and any cluster class by path
+(:mod:`~flowrig.backends.ecs`), ``ec2``, ``azure`` and ``gcp`` VMs
+(:mod:`~flowrig.backends.vm`), and any cluster class by path
 (:mod:`~flowrig.backends.classpath`).
 
 A backend plugs in by subclassing :class:`Backend` (a name, an options model,
@@ -33,6 +34,9 @@ BACKENDS = {
     "docker": "flowrig.backends.docker:DockerBackend",
     "ecs": "flowrig.backends.ecs:ECSBackend",
     "fargate": "flowrig.backends.ecs:FargateBackend",
+    "ec2": "flowrig.backends.vm.ec2:EC2Backend",
+    "azure": "flowrig.backends.vm.azure:AzureBackend",
+    "gcp": "flowrig.backends.vm.gcp:GCPBackend",
 }
 
 __all__ = ["BACKENDS", "Backend", "ClusterSpec", "Options", "StartedCluster", "get_backend", "resolve_backend"]

@@ -477,3 +477,62 @@ class PoolCluster(Cluster):
     def dashboard_link(self) -> str:
         """The dashboard's URL when it is reachable from here, else ``""``."""
         return (self._endpoint.dashboard_link if self._endpoint else None) or ""
+
+
+def start_pool(
+    launcher: Launcher,
+    spec: Any,
+    *,
+    backend: str,
+    timeout: float,
+    deadline: float,
+    scheduler_address: str | None = None,
+) -> PoolCluster:
+    """Start ``spec``'s cluster through ``launcher`` and wait for its first workers.
+
+    The scheduler (unless ``scheduler_address`` names a running one) and at least
+    ``spec.start_minimum`` workers come up by ``deadline`` (``time.monotonic()``);
+    ``timeout`` is that budget in seconds, for the messages. An adaptive cluster starts
+    at its minimum. On failure the cluster is closed (its roles stopped) before the
+    error is raised; what the backend created besides is the caller's to remove.
+
+    Raises
+    ------
+    InfrastructureError
+        The cluster did not start, or had too few workers, in time.
+    """
+    initial = spec.size.adapt[0] if spec.size.adapt else spec.size.n_workers
+    try:
+        cluster = PoolCluster(
+            launcher,
+            security=spec.tls.to_security(),
+            n_workers=0,
+            start_timeout=max(deadline - time.monotonic(), 0.0),
+            scheduler_address=scheduler_address,
+            name=f"flowrig-{spec.run_id}",
+        )
+    except StartTimeout as exc:
+        raise InfrastructureError(
+            f"the {backend} cluster did not start within {timeout:g} s ({exc}); "
+            "everything created for the run is being removed"
+        ) from None
+    try:
+        if initial:
+            cluster.scale(initial)
+        if spec.size.adapt:
+            cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
+        if initial:
+            try:
+                cluster.wait_for_start(minimum=spec.start_minimum, timeout=max(deadline - time.monotonic(), 0.0))
+            except StartTimeout as exc:
+                raise InfrastructureError(
+                    f"the {backend} cluster had no worker within {timeout:g} s ({exc}); "
+                    "everything created for the run is being removed"
+                ) from None
+    except BaseException:
+        try:
+            cluster.close()
+        except Exception as exc:  # the backend's own teardown removes what is left
+            logger.warning("closing the dask cluster failed: %s", one_line(exc))
+        raise
+    return cluster

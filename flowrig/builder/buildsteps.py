@@ -89,15 +89,15 @@ def requirements_path(project_dir: Path, config: dict) -> Path | None:
     return _rules.requirements_path(project_dir, config.get("requirements"))
 
 
-#: Backends whose runner starts the cluster through dask-cloudprovider, so the image
-#: needs flowrig's ``aws`` extra; other projects' images stay without boto3 and co.
-AWS_BACKENDS = ("ecs", "fargate")
+#: Backends whose runner and roles need a cloud's SDK -> flowrig's extra that brings it;
+#: other projects' images stay without boto3, the Azure SDK and the Google client.
+BACKEND_EXTRAS = {"ecs": "aws", "fargate": "aws", "ec2": "aws", "azure": "azure", "gcp": "gcp"}
 
 
 def flowrig_extras(config: dict) -> list[str]:
     """Optional dependency groups of flowrig the project's backend needs in the image."""
     backend = config.get("cluster", {}).get("backend", "local")
-    return ["aws"] if backend in AWS_BACKENDS else []
+    return [BACKEND_EXTRAS[backend]] if backend in BACKEND_EXTRAS else []
 
 
 def pyproject_requirements(pyproject: Path, extras: list[str] = ()) -> tuple[list[str], list[str]]:

@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, ClassVar
 from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster
 from flowrig.backends.ecs import defaults
 from flowrig.backends.ecs.options import ECSOptions
-from flowrig.backends.pool import StartTimeout
 from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
 
 if TYPE_CHECKING:
@@ -157,7 +156,7 @@ class _ECSBase(Backend):
         """
         from flowrig.backends.ecs import aws, lease
         from flowrig.backends.ecs.launcher import ECSLauncher, TaskSettings
-        from flowrig.backends.pool import PoolCluster
+        from flowrig.backends.pool import start_pool
 
         _require_aws_extra(self.name)
         if not spec.image:
@@ -179,7 +178,6 @@ class _ECSBase(Backend):
         # While the run lives its lease is renewed, so `flowrig aws leftovers` leaves it alone.
         renewer = lease.LeaseRenewer(resources, lease_seconds).start()
         cluster: PoolCluster | None = None
-        initial = spec.size.adapt[0] if spec.size.adapt else spec.size.n_workers
         try:
             infra = self._infrastructure(spec.run_id, options, resources, launch)
             tls_secret = self._tls_secret(spec, resources, launch, infra)
@@ -214,34 +212,10 @@ class _ECSBase(Backend):
                 log_group=infra.log_group if launch.own_definitions == {"scheduler", "worker"} else "",
                 log_stream_prefix=infra.stream_prefix,
             ))
-            try:
-                cluster = PoolCluster(
-                    launcher,
-                    security=spec.tls.to_security(),
-                    n_workers=0,
-                    start_timeout=max(deadline - time.monotonic(), 0.0),
-                    scheduler_address=options.scheduler_address,
-                    name=f"flowrig-{spec.run_id}",
-                )
-            except StartTimeout as exc:
-                raise InfrastructureError(
-                    f"the {self.name} cluster did not start within {timeout:g} s ({exc}); "
-                    "everything created for the run is being removed"
-                ) from None
-            if initial:
-                cluster.scale(initial)
-            if spec.size.adapt:
-                cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
-            if initial:
-                try:
-                    cluster.wait_for_start(
-                        minimum=spec.start_minimum, timeout=max(deadline - time.monotonic(), 0.0)
-                    )
-                except StartTimeout as exc:
-                    raise InfrastructureError(
-                        f"the {self.name} cluster had no worker within {timeout:g} s ({exc}); "
-                        "everything created for the run is being removed"
-                    ) from None
+            cluster = start_pool(
+                launcher, spec, backend=self.name, timeout=timeout, deadline=deadline,
+                scheduler_address=options.scheduler_address,
+            )
         except BaseException as exc:
             _close_run(cluster, resources, renewer)
             if isinstance(exc, (FlowrigError, KeyboardInterrupt)) or not isinstance(exc, Exception):

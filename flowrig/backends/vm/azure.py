@@ -1,0 +1,68 @@
+"""``azure``: a run's scheduler and workers as Azure VMs of its image.
+
+The VMs get flowrig's cloud-init, a user-assigned managed identity of the run's (it may
+read the run's certificate secret in the project's Key Vault and nothing else), private
+addresses, and a network security group of the run's that admits the Dask ports from
+the virtual network only. Every resource carries the run's tags and is removed after it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field, StrictStr
+
+from flowrig.backends.vm.backend import VMBackend
+from flowrig.backends.vm.cloudinit import RegistryLogin
+from flowrig.backends.vm.options import VMOptions, check_name
+
+if TYPE_CHECKING:
+    from flowrig.backends.vm.cloud import Cloud
+
+_ACR = re.compile(r"^[a-z0-9]{5,50}\.azurecr\.(io|cn|us)$")
+LOCATION_PATTERN = r"[a-z]+[a-z0-9]*"
+
+
+class AzureOptions(VMOptions):
+    """``[cluster.options]`` of the ``azure`` backend (dask-cloudprovider's ``AzureVMCluster`` names)."""
+
+    location: StrictStr | None = None
+    resource_group: StrictStr | None = None
+    subscription_id: StrictStr | None = None
+    vnet: StrictStr | None = None
+    subnet: StrictStr | None = None
+    security_group: StrictStr | None = None
+    vm_size: StrictStr = "Standard_DS1_v2"
+    scheduler_vm_size: StrictStr | None = None
+    worker_vm_size: StrictStr | None = None
+    vm_image: dict[StrictStr, StrictStr] = Field(
+        default_factory=lambda: {
+            "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest",
+        }
+    )
+    key_vault: StrictStr | None = Field(None, description="the Key Vault that holds each run's certificate secret")
+    disk_size: int = Field(50, gt=0, description="GiB of the OS disk")
+
+
+class AzureBackend(VMBackend):
+    """``azure``: Azure VMs, one per role."""
+
+    name = "azure"
+    extra = "azure"
+    sdk_modules = ("azure.identity", "azure.mgmt.compute", "azure.mgmt.network", "azure.keyvault.secrets")
+    secret_source: ClassVar = "azure-keyvault"
+    options_model = AzureOptions
+
+    @staticmethod
+    def registry_login(image: str) -> RegistryLogin | None:
+        host = image.split("/", 1)[0] if "/" in image else ""
+        return RegistryLogin(kind="acr", host=host) if _ACR.match(host) else None
+
+    def check_options(self, options: AzureOptions) -> None:
+        check_name("location", options.location, LOCATION_PATTERN, "westeurope")
+
+    def make_cloud(self, run_id: str, options: Any) -> "Cloud":
+        from flowrig.backends.vm.azure_cloud import AzureCloud
+
+        return AzureCloud(run_id, options)

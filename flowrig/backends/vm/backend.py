@@ -1,0 +1,198 @@
+"""``azure``, ``ec2`` and ``gcp``: one run's cluster as cloud VMs of the run's image.
+
+What every cloud shares is here: the options checked before the first API call, the
+run's certificates put into the cloud's secret store (per-run mode), every VM's
+cloud-init rendered by flowrig and checked for key material, the scheduler and workers
+started, watched, scaled and replaced by a :class:`~flowrig.backends.pool.PoolCluster`,
+a provisioning deadline, and teardown on every exit path (VMs first, then every
+resource of the run, the secret included). Each cloud supplies its options model and
+its :class:`~flowrig.backends.vm.cloud.Cloud`.
+
+Why not dask-cloudprovider's ``VMCluster``: its cloud-init carries the serialised Dask
+config, the TLS key included; it sets TLS in the caller's global ``dask.config``; its
+scheduler wait has no deadline; its bootstrap downloads Docker from Docker's own site;
+and on EC2 its default security group opens the scheduler port to the internet. Its
+SDK helpers are used where they fit.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import importlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster
+from flowrig.backends.vm.cloudinit import RegistryLogin, TLSDelivery, TLSSource, VMRole, check_environment
+from flowrig.backends.vm.launcher import RoleSettings, scheduler_role, vm_name, worker_role
+from flowrig.backends.vm.options import VMOptions
+from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
+
+if TYPE_CHECKING:
+    from flowrig.backends.pool import PoolCluster
+    from flowrig.backends.vm.cloud import Cloud
+
+logger = logging.getLogger("flowrig.vm")
+
+#: The worker name a preview's worker cloud-init shows.
+PREVIEW_WORKER = 1
+
+
+def _close_run(cluster: "PoolCluster | None", cloud: "Cloud") -> None:
+    """Stop the run's VMs, then delete everything of the run; a failure of one never skips the other."""
+    try:
+        if cluster is not None:
+            cluster.close()
+    except Exception as exc:  # the cloud's delete removes whatever is left
+        logger.warning("closing the dask cluster failed: %s", one_line(exc))
+    finally:
+        leftovers = cloud.delete()
+        if leftovers:
+            logger.error(
+                "these %s resources of the run could not be deleted (they carry its tags): %s",
+                cloud.name, "; ".join(leftovers),
+            )
+
+
+class VMBackend(Backend):
+    """What the VM backends share; a cloud adds its options, extra and :class:`Cloud`."""
+
+    options_model: ClassVar[type[VMOptions]] = VMOptions
+    #: flowrig's extra that brings the cloud's SDK, and the modules that tell it is there.
+    extra: ClassVar[str]
+    sdk_modules: ClassVar[tuple[str, ...]] = ()
+    #: How a VM's container reads the run's certificates from this cloud's secret store.
+    secret_source: ClassVar[TLSSource]
+
+    # --- what each cloud supplies --------------------------------------------------------
+    @staticmethod
+    def registry_login(image: str) -> RegistryLogin | None:
+        """The login a VM needs to pull ``image`` (a private registry of this cloud), or
+        ``None``; from the image's name alone, so that rendering needs no API."""
+        return None
+
+    @abc.abstractmethod
+    def make_cloud(self, run_id: str, options: Any) -> "Cloud":
+        """The cloud's API for run ``run_id`` with the project's ``options``."""
+
+    def check_options(self, options: Any) -> None:
+        """Checks of the cloud's own options beyond their types (regions, zones, sizes)."""
+
+    # --- shared ---------------------------------------------------------------------------
+    def require_extra(self) -> None:
+        """The cloud's SDK is installed.
+
+        Raises
+        ------
+        BadInput
+            Naming the exact install command.
+        """
+        for module in self.sdk_modules:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise BadInput(
+                    f"the {self.name} backend needs {module.split('.')[0]}, which is not installed: "
+                    f"pip install 'flowrig[{self.extra}]'"
+                ) from None
+
+    def options(self, raw: Mapping[str, Any]) -> Any:
+        """``[cluster.options]`` parsed and checked, before anything is created."""
+        options = self.parse_options(raw)
+        self.check_options(options)
+        check_environment(dict(options.env_vars))
+        return options
+
+    def role_settings(self, spec: ClusterSpec, options: Any, tls: TLSDelivery) -> RoleSettings:
+        """What every VM of the run is started with."""
+        image = spec.image or ""
+        no_client_timeout = float(options.scheduler_timeout) if options.scheduler_timeout else spec.no_client_timeout
+        return RoleSettings(
+            run_id=spec.run_id,
+            image=image,
+            environment={**dict(spec.worker_env), **options.env_vars},
+            tls=tls,
+            registry=self.registry_login(image) if options.registry_login else None,
+            install_docker=options.bootstrap,
+            worker_threads=spec.worker_threads,
+            no_client_timeout=no_client_timeout,
+            dashboard=options.dashboard,
+            scheduler_args=tuple(options.scheduler_extra_args),
+            worker_args=tuple(options.worker_extra_args),
+        )
+
+    def preview(
+        self, spec: ClusterSpec, scheduler_address: str | None = None, secret_ref: str | None = None
+    ) -> tuple[VMRole, VMRole]:
+        """The scheduler's and the first worker's roles as a run of ``spec`` would give
+        them, without any API call (``flowrig vm cloud-init``).
+
+        ``secret_ref`` stands for the run's secret in per-run mode; the worker joins
+        ``scheduler_address`` (default: a placeholder for the scheduler VM's address).
+        """
+        options = self.options(spec.options)
+        if options.tls == "baked":
+            tls = TLSDelivery()
+        else:
+            ref = secret_ref or f"<the {self.name} secret of run {spec.run_id}, made at its start>"
+            tls = TLSDelivery(source=self.secret_source, ref=ref)
+        settings = self.role_settings(spec, options, tls)
+        address = scheduler_address or options.scheduler_address or "tls://<the scheduler VM's private address>:8786"
+        worker = worker_role(settings, address, vm_name(spec.run_id, "worker", PREVIEW_WORKER))
+        return scheduler_role(settings), worker
+
+    def start(self, spec: ClusterSpec) -> StartedCluster:
+        """Prepare the cloud, start the VMs, wait for the first worker; on any failure
+        everything created is removed before the error is raised.
+
+        Raises
+        ------
+        BadInput
+            No image, the cloud's extra missing, invalid options.
+        InfrastructureError
+            The cloud refusing, the scheduler out of reach, or the cluster not ready
+            within ``provision_timeout`` seconds.
+        """
+        from flowrig.backends.pool import start_pool
+        from flowrig.backends.vm.launcher import VMLauncher
+        from flowrig.certs import delivery
+
+        self.require_extra()
+        if not spec.image:
+            raise BadInput(f"the {self.name} backend needs an image: pass --image or build one with flowrig build")
+        options = self.options(spec.options)
+        timeout = float(options.provision_timeout)
+        deadline = time.monotonic() + timeout
+        cloud = self.make_cloud(spec.run_id, options)
+        cluster: PoolCluster | None = None
+        try:
+            cloud.prepare(dashboard=options.dashboard)
+            if options.tls == "baked":
+                tls = TLSDelivery()
+            else:
+                line = delivery.encode(spec.tls).decode().strip()
+                tls = TLSDelivery(source=self.secret_source, ref=cloud.store_certificates(line))
+            launcher = VMLauncher(
+                cloud, self.role_settings(spec, options, tls),
+                deadline=deadline,
+                reach_timeout=float(options.reach_timeout),
+                public_address=not options.use_private_ip,
+            )
+            cluster = start_pool(
+                launcher, spec, backend=self.name, timeout=timeout, deadline=deadline,
+                scheduler_address=options.scheduler_address,
+            )
+        except BaseException as exc:
+            _close_run(cluster, cloud)
+            if isinstance(exc, (FlowrigError, KeyboardInterrupt)) or not isinstance(exc, Exception):
+                raise
+            raise InfrastructureError(f"the {self.name} cluster could not start: {one_line(exc)}") from None
+        return StartedCluster(
+            scheduler_address=cluster.scheduler_address,
+            dashboard_link=cluster.dashboard_link or None,
+            close=CloseOnce(functools.partial(_close_run, cluster, cloud)),
+            cluster=cluster,
+            scheduler_up=cluster.scheduler_up_at,
+        )

@@ -1,0 +1,100 @@
+"""The one interface each cloud implements for the VM backends (EC2, Azure, GCP).
+
+A :class:`Cloud` is the run's view of one cloud's API: it creates what the run's VMs
+need (network rules, an identity, the run's secret), creates, observes and deletes VMs,
+and at the end deletes everything it created. Everything the clouds share (cloud-init,
+names, deadlines, scaling, stop reasons) is in :mod:`.launcher` and :mod:`.backend`;
+a cloud holds only its API calls. Each method blocks and may be called from threads.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import ClassVar, Mapping
+
+from flowrig.backends.pool import Observed
+
+
+@dataclass(frozen=True)
+class VMRequest:
+    """One VM to create.
+
+    Parameters
+    ----------
+    name
+        The VM's name, unique in the run (a worker's Dask name too).
+    role
+        ``scheduler`` or ``worker``: which size and rules apply.
+    user_data
+        Its rendered cloud-init (checked for key material already).
+    """
+
+    name: str
+    role: str
+    user_data: str
+
+
+@dataclass(frozen=True)
+class Created:
+    """What came of creating VMs: ``name -> handle`` of each, and a reason per VM not."""
+
+    started: dict[str, str] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+
+
+class Cloud(abc.ABC):
+    """One cloud's API, for one run.
+
+    Parameters are the cloud's own (its options model, the run id, the tags); see the
+    subclasses. :meth:`prepare` runs first, :meth:`delete` last, on every exit path.
+    """
+
+    #: The backend's name: ``ec2``, ``azure``, ``gcp``.
+    name: ClassVar[str]
+    #: What the cloud calls a VM, in messages ("instance", "VM").
+    kind: ClassVar[str] = "instance"
+
+    @abc.abstractmethod
+    def prepare(self, dashboard: bool) -> None:
+        """Create the network rules (the Dask ports open to the run's network only, the
+        dashboard's only with ``dashboard``) and the identity the run's VMs use."""
+
+    @abc.abstractmethod
+    def store_certificates(self, line: str) -> str:
+        """Put the run's certificate line into the cloud's secret store, readable by the
+        run's VM identity only; the reference a VM reads it by."""
+
+    @abc.abstractmethod
+    def create(self, requests: list[VMRequest]) -> Created:
+        """Create the VMs of ``requests`` in as few calls as the API allows; raises only
+        when the API refused the call itself (permissions, parameters)."""
+
+    @abc.abstractmethod
+    def observe(self, handles: list[str]) -> dict[str, Observed]:
+        """The state of each VM: ``pending``, ``running`` or ``stopped`` (with the reason)."""
+
+    @abc.abstractmethod
+    def private_address(self, handle: str) -> str:
+        """The VM's address in the run's network."""
+
+    def public_address(self, handle: str) -> str | None:
+        """The VM's public address, when it has one."""
+        return None
+
+    @abc.abstractmethod
+    def terminate(self, handles: list[str]) -> None:
+        """Delete VMs; quiet about VMs that are gone already."""
+
+    @abc.abstractmethod
+    def delete(self) -> list[str]:
+        """Delete every VM and resource of the run; what could not be deleted (``kind id``)."""
+
+    def network_description(self) -> str:
+        """The run's network in words, for the message when the runner cannot reach it."""
+        return f"the run's {self.name} network"
+
+    @staticmethod
+    def labels(run_id: str, tags: Mapping[str, str]) -> dict[str, str]:
+        """The tags every resource of the run carries."""
+        return {**tags, "flowrig-run-id": run_id, "createdBy": "flowrig"}

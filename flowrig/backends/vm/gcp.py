@@ -1,0 +1,62 @@
+"""``gcp``: a run's scheduler and workers as Compute Engine VMs of its image.
+
+The VMs get flowrig's cloud-init, a service account of the run's (it may read the run's
+certificate secret in Secret Manager and nothing else), internal addresses only, and a
+firewall rule of the run's that admits the Dask ports from the subnet's range only. Every
+resource carries the run's labels and is removed after it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field, StrictStr
+
+from flowrig.backends.vm.backend import VMBackend
+from flowrig.backends.vm.cloudinit import RegistryLogin
+from flowrig.backends.vm.options import VMOptions, check_name
+
+if TYPE_CHECKING:
+    from flowrig.backends.vm.cloud import Cloud
+
+_GAR = re.compile(r"^([a-z0-9-]+-docker\.pkg\.dev|([a-z]+\.)?gcr\.io)$")
+REGION_PATTERN = r"[a-z]+-[a-z]+\d{1,2}"
+
+
+class GCPOptions(VMOptions):
+    """``[cluster.options]`` of the ``gcp`` backend (dask-cloudprovider's ``GCPCluster`` names)."""
+
+    projectid: StrictStr | None = None
+    zone: StrictStr | None = None
+    network: StrictStr = "default"
+    subnetwork: StrictStr | None = None
+    network_projectid: StrictStr | None = None
+    machine_type: StrictStr = "n1-standard-1"
+    scheduler_machine_type: StrictStr | None = None
+    worker_machine_type: StrictStr | None = None
+    source_image: StrictStr = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
+    filesystem_size: int = Field(50, gt=0, description="GiB of the boot disk")
+
+
+class GCPBackend(VMBackend):
+    """``gcp``: Compute Engine VMs, one per role."""
+
+    name = "gcp"
+    extra = "gcp"
+    sdk_modules = ("googleapiclient", "google.auth")
+    secret_source: ClassVar = "gcp-secret"
+    options_model = GCPOptions
+
+    @staticmethod
+    def registry_login(image: str) -> RegistryLogin | None:
+        host = image.split("/", 1)[0] if "/" in image else ""
+        return RegistryLogin(kind="gar", host=host) if _GAR.match(host) else None
+
+    def check_options(self, options: GCPOptions) -> None:
+        check_name("zone", options.zone, REGION_PATTERN + r"-[a-z]", "europe-west1-b")
+
+    def make_cloud(self, run_id: str, options: Any) -> "Cloud":
+        from flowrig.backends.vm.gcp_cloud import GCPCloud
+
+        return GCPCloud(run_id, options)

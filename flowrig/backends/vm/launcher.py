@@ -1,0 +1,162 @@
+"""Starting, observing and stopping a run's VMs: one :class:`~flowrig.backends.pool.Launcher`
+for every cloud, over a :class:`~flowrig.backends.vm.cloud.Cloud`.
+
+Each VM gets the cloud-init of its role (:mod:`.cloudinit`), checked for key material
+before the cloud is asked for anything. VMs are named by flowrig, in advance
+(``flowrig-RUN-scheduler``, ``flowrig-RUN-worker-N``): the name is the worker's Dask
+name, so the scheduler's workers and the cloud's VMs match by name.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from flowrig.backends.pool import Endpoint, Launcher, Observed, WorkerStart
+from flowrig.backends.vm import cloudinit, reach
+from flowrig.backends.vm.cloud import Cloud, VMRequest
+from flowrig.backends.vm.cloudinit import RegistryLogin, TLSDelivery, VMRole
+from flowrig.errors import InfrastructureError
+from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
+
+
+@dataclass(frozen=True)
+class RoleSettings:
+    """What every VM of one run is started with (see :class:`~.cloudinit.VMRole`).
+
+    Parameters
+    ----------
+    scheduler_args, worker_args
+        The image's arguments of each role, a worker's without its scheduler and name.
+    """
+
+    run_id: str
+    image: str
+    environment: Mapping[str, str] = field(default_factory=dict)
+    tls: TLSDelivery = TLSDelivery()
+    registry: RegistryLogin | None = None
+    install_docker: bool = True
+    worker_threads: int = 1
+    no_client_timeout: float | None = None
+    dashboard: bool = False
+    scheduler_args: tuple[str, ...] = ()
+    worker_args: tuple[str, ...] = ()
+
+
+def vm_name(run_id: str, role: str, index: int | None = None) -> str:
+    """A VM's name: lower case, digits and dashes, as every cloud accepts."""
+    return f"flowrig-{run_id}-{role}" + ("" if index is None else f"-{index}")
+
+
+def scheduler_role(settings: RoleSettings) -> VMRole:
+    """The scheduler VM's role."""
+    return VMRole(
+        run_id=settings.run_id,
+        role="scheduler",
+        name=vm_name(settings.run_id, "scheduler"),
+        image=settings.image,
+        command=cloudinit.scheduler_arguments(settings.no_client_timeout, settings.dashboard, settings.scheduler_args),
+        # The scheduler runs no task: the workers' environment is theirs alone.
+        tls=settings.tls,
+        registry=settings.registry,
+        install_docker=settings.install_docker,
+    )
+
+
+def worker_role(settings: RoleSettings, scheduler_address: str, name: str) -> VMRole:
+    """A worker VM's role, joining ``scheduler_address`` as ``name``."""
+    return VMRole(
+        run_id=settings.run_id,
+        role="worker",
+        name=name,
+        image=settings.image,
+        command=cloudinit.worker_arguments(scheduler_address, name, settings.worker_threads, settings.worker_args),
+        environment=dict(settings.environment),
+        tls=settings.tls,
+        registry=settings.registry,
+        install_docker=settings.install_docker,
+    )
+
+
+def user_data(role: VMRole) -> str:
+    """``role``'s cloud-init, refused when it holds key material."""
+    text = cloudinit.render(role)
+    cloudinit.check_user_data(text, f"the {role.role} VM {role.name}")
+    return text
+
+
+class VMLauncher(Launcher):
+    """A run's VMs through one cloud.
+
+    Parameters
+    ----------
+    cloud
+        The cloud's API for this run (prepared already).
+    settings
+        What every VM is started with.
+    deadline
+        ``time.monotonic()`` by which the cluster must have started.
+    reach_timeout
+        Seconds a running scheduler VM may take to answer at its address at all.
+    public_address
+        Reach the scheduler at its public address (``use_private_ip = false``).
+    """
+
+    def __init__(
+        self,
+        cloud: Cloud,
+        settings: RoleSettings,
+        *,
+        deadline: float,
+        reach_timeout: float = reach.REACH_TIMEOUT,
+        public_address: bool = False,
+    ) -> None:
+        self.cloud = cloud
+        self.settings = settings
+        self.kind = cloud.kind
+        self.deadline = deadline
+        self.reach_timeout = reach_timeout
+        self.public_address = public_address
+        self._numbers = itertools.count(1)
+
+    def start_scheduler(self) -> str:
+        role = scheduler_role(self.settings)
+        created = self.cloud.create([VMRequest(role.name, "scheduler", user_data(role))])
+        if role.name not in created.started:
+            reason = created.refused[0] if created.refused else "no reason given"
+            raise InfrastructureError(f"{self.cloud.name} did not create the scheduler {self.kind}: {reason}")
+        return created.started[role.name]
+
+    def scheduler_endpoint(self, handle: str) -> Endpoint:
+        private = self.cloud.private_address(handle)
+        address = (self.cloud.public_address(handle) or private) if self.public_address else private
+        if not address:
+            raise InfrastructureError(f"the scheduler {self.kind} {handle} has no address")
+        # Fail within minutes, with the layouts that work, when this runner is outside
+        # the network; a VM that is still booting answers with a refusal already.
+        reach.wait_reachable(
+            address, SCHEDULER_PORT, min(self.deadline, time.monotonic() + self.reach_timeout),
+            f"the scheduler {self.kind}", self.cloud.network_description(),
+        )
+        return Endpoint(
+            contact_address=f"tls://{private or address}:{SCHEDULER_PORT}",
+            client_address=f"tls://{address}:{SCHEDULER_PORT}",
+            dashboard_link=f"http://{address}:{DASHBOARD_PORT}/status" if self.settings.dashboard else None,
+        )
+
+    def start_workers(self, scheduler_address: str, count: int) -> WorkerStart:
+        requests = []
+        for _ in range(count):
+            name = vm_name(self.settings.run_id, "worker", next(self._numbers))
+            role = worker_role(self.settings, scheduler_address, name)
+            requests.append(VMRequest(role.name, "worker", user_data(role)))
+        created = self.cloud.create(requests)
+        return WorkerStart(started=dict(created.started), refused=list(created.refused))
+
+    def observe(self, handles: list[str]) -> dict[str, Observed]:
+        return self.cloud.observe(handles)
+
+    def stop(self, handles: list[str], reason: str) -> None:
+        self.cloud.terminate(handles)
