@@ -21,6 +21,7 @@ import abc
 import functools
 import importlib
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
@@ -81,6 +82,19 @@ class VMBackend(Backend):
         """Checks of the cloud's own options beyond their types (regions, zones, sizes)."""
 
     # --- shared ---------------------------------------------------------------------------
+    def prefect_api_hosts(self) -> tuple[str, str]:
+        """The run's embedded API listens on this machine's own address, so that worker
+        VMs in the same network reach it (it asks for the run's auth string on every
+        route and serves HTTPS with the run's leaf); loopback when the machine has no
+        address but loopback. A runner outside the cloud network sets ``PREFECT_API_URL``."""
+        try:
+            address = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return "127.0.0.1", "127.0.0.1"
+        if address.startswith("127."):
+            return "127.0.0.1", "127.0.0.1"
+        return address, address
+
     def require_extra(self) -> None:
         """The cloud's SDK is installed.
 
