@@ -147,7 +147,8 @@ def _aws_classify(exc: BaseException) -> str:
     if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError)):
         # The instance profile's credentials are not in the metadata service yet.
         return _DENIED
-    if isinstance(exc, bx.HTTPClientError):
+    # Two families: no connection (ConnectionError) and a connection that broke.
+    if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, OSError)):
         return _TRANSIENT
     if isinstance(exc, bx.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -243,7 +244,7 @@ def _gcp_open(ref: str, environ: Mapping[str, str]) -> Callable[[], str]:
         data = (answer.get("payload") or {}).get("data") or ""
         try:
             # The API's JSON writes bytes as base64, either alphabet.
-            return base64.b64decode(data, altchars=b"-_").decode()
+            return base64.b64decode(data, altchars=b"-_", validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             raise BadInput(f"{GCP_SECRET} {name} does not hold flowrig's certificates (not base64 text)") from None
 
