@@ -9,11 +9,15 @@ starts a role sets ``FLOWRIG_TLS_FROM`` to say how they arrive:
     through the engine's attach stream, then closes it);
 ``secret``
     the ``FLOWRIG_TLS_SECRET`` variable, which ECS fills inside the container from the
-    run's own Secrets Manager secret (the task definition names only its ARN).
+    run's own Secrets Manager secret (the task definition names only its ARN);
+``aws-secret``, ``azure-keyvault``, ``gcp-secret``
+    the secret named by ``FLOWRIG_TLS_SECRET_REF`` in that cloud's secret store, which
+    the role reads itself with its VM's identity (:mod:`flowrig.certs.stores`): a VM's
+    user data, readable by whoever may describe the VM, holds only where it is.
 
 The role writes them into a private directory on a memory file system
-(``/dev/shm/flowrig-tls``), removes the variable from its environment, and points Dask at the
-directory (``FLOWRIG_TLS_DIR``). The line is :func:`encode`'s::
+(``/dev/shm/flowrig-tls``), removes the delivery variables from its environment, and points
+Dask at the directory (``FLOWRIG_TLS_DIR``). The line is :func:`encode`'s::
 
     {"ca": "-----BEGIN CERTIFICATE-----...", "cert": "...", "key": "..."}
 """
@@ -26,14 +30,17 @@ from pathlib import Path
 from typing import BinaryIO, Mapping, MutableMapping
 
 from flowrig import layout
+from flowrig.certs import stores
 from flowrig.certs.material import TLSMaterial
 from flowrig.certs.validation import Labels, inspect
 from flowrig.errors import BadInput
 
-#: How a role's certificates arrive: ``stdin`` or ``secret``.
+#: How a role's certificates arrive: ``stdin``, ``secret`` or one of :data:`stores.SOURCES`.
 FROM_ENV = "FLOWRIG_TLS_FROM"
 #: The variable ECS fills from the run's secret (``secret``).
 SECRET_ENV = "FLOWRIG_TLS_SECRET"
+#: Where the secret is in a cloud's secret store (:data:`stores.SOURCES`).
+SECRET_REF_ENV = stores.SECRET_REF_ENV
 #: Where Dask reads the certificates from once delivered.
 TLS_DIR_ENV = layout.TLS_DIR_ENV
 #: A memory file system in every container (and on Linux hosts).
@@ -43,7 +50,7 @@ INSTALL_NAME = "flowrig-tls"
 #: The most a delivery may hold: three PEM blocks are a few KB.
 MAX_BYTES = 64 * 1024
 
-_SOURCES = ("stdin", "secret")
+_SOURCES = ("stdin", "secret", *stores.SOURCES)
 _LABELS = Labels(ca="the delivered CA certificate", cert="the delivered leaf", key="the delivered key")
 
 
@@ -92,6 +99,8 @@ def receive(environ: Mapping[str, str], stdin: BinaryIO) -> TLSMaterial | None:
     ------
     BadInput
         An unknown ``FLOWRIG_TLS_FROM``, or nothing (or something else) delivered.
+    InfrastructureError
+        A cloud's secret store kept failing until ``FLOWRIG_TLS_FETCH_TIMEOUT``.
     """
     source = environ.get(FROM_ENV)
     if not source:
@@ -101,6 +110,12 @@ def receive(environ: Mapping[str, str], stdin: BinaryIO) -> TLSMaterial | None:
     if source == "stdin":
         data = _read_line(stdin)
         where = "on stdin"
+    elif source in stores.SOURCES:
+        ref = environ.get(SECRET_REF_ENV, "").strip()
+        if not ref:
+            raise BadInput(f"{FROM_ENV}={source} needs {SECRET_REF_ENV}, the secret holding the run's certificates")
+        data = stores.fetch(source, ref, environ)
+        where = f"in {ref}"
     else:
         data = environ.get(SECRET_ENV, "").encode()
         where = f"in {SECRET_ENV}"
@@ -132,8 +147,8 @@ def role_environment(environ: MutableMapping[str, str], stdin: BinaryIO, base: P
     installed (:func:`install`) and named by ``FLOWRIG_TLS_DIR``, and the delivery
     variables are gone (from ``environ`` too, so no child sees them)."""
     material = receive(environ, stdin)
-    environ.pop(SECRET_ENV, None)
-    environ.pop(FROM_ENV, None)
+    for name in (SECRET_ENV, SECRET_REF_ENV, FROM_ENV):
+        environ.pop(name, None)
     env = dict(environ)
     if material is not None:
         env[TLS_DIR_ENV] = str(install(material, base))
