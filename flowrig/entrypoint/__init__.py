@@ -74,7 +74,7 @@ def _check_baked_tls() -> None:
             raise BadInput(
                 "this image was built with --tls per-run and carries no certificates: start its "
                 "roles through flowrig, which delivers each run's own "
-                f"({FROM_ENV}=stdin or secret)"
+                f"({FROM_ENV}=stdin, secret, or a cloud secret store on VMs)"
             )
         return  # command_for names the missing file
     from flowrig.certs.validation import expiry_warning
