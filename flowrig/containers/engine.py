@@ -124,6 +124,7 @@ def create_container(client: "DockerClient", plan: ContainerPlan) -> "Container"
             init=plan.init or None,
             read_only=plan.read_only or None,
             tmpfs=dict(plan.tmpfs) or None,
+            shm_size=plan.shm_size,
             cap_drop=list(plan.cap_drop) or None,
             security_opt=list(plan.security_opt) or None,
             pids_limit=plan.pids_limit,

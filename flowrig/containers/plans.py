@@ -36,8 +36,9 @@ class ContainerPlan:
     stdin_open
         Keep stdin open for whoever starts the container to write to (certificates, a
         control channel); :func:`~flowrig.containers.engine.attach_stdin`.
-    read_only, tmpfs
-        A read-only root file system, and memory file systems (path -> mount options).
+    read_only, tmpfs, shm_size
+        A read-only root file system, memory file systems (path -> mount options), and
+        the size of ``/dev/shm`` (Docker syntax; ``None``: the engine's default).
     cap_drop, security_opt, pids_limit
         Capabilities dropped, security options (``no-new-privileges:true``), and the
         most processes and threads the container may run.
@@ -62,6 +63,7 @@ class ContainerPlan:
     stdin_open: bool = False
     read_only: bool = False
     tmpfs: Mapping[str, str] = field(default_factory=dict)
+    shm_size: str | None = None
     cap_drop: tuple[str, ...] = ()
     security_opt: tuple[str, ...] = ()
     pids_limit: int | None = None
