@@ -49,6 +49,19 @@ def worker_environment(verbosity: Verbosity) -> dict[str, str]:
     }
 
 
+def base_worker_environment(run_id: str, verbosity: Verbosity | None) -> dict[str, str]:
+    """What every run's workers get before its Prefect API's settings: the run's id,
+    Prefect's analytics off, and the log levels of ``verbosity`` (none: the roles' own).
+
+    ``flowrig vm cloud-init`` shows the same in a worker's user data.
+    """
+    return {
+        "FLOWRIG_RUN_ID": run_id,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **(worker_environment(verbosity) if verbosity is not None else {}),
+    }
+
+
 def configure(verbosity: Verbosity) -> None:
     """Set the run's levels in this process (after Prefect configured its logging).
 

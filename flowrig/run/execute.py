@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from flowrig.common.runid import current_run_id
 from flowrig.common.signals import shielded
 from flowrig.run.config import RunConfig, RunOutcome
-from flowrig.run.console import TIMELINE, Console, timeline_line, worker_environment
+from flowrig.run.console import TIMELINE, Console, base_worker_environment, timeline_line
 from flowrig.run.progress import ProgressDisplay, TaskProgress
 
 if TYPE_CHECKING:
@@ -181,9 +181,7 @@ def execute(
         settings = api.client_settings(tls) if api is not None else {}
         secrets = api.secret_settings() if api is not None else {}
         worker_env = {
-            "FLOWRIG_RUN_ID": run_id,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            **(worker_environment(console.verbosity) if console is not None else {}),
+            **base_worker_environment(run_id, console.verbosity if console is not None else None),
             **{name: str(value) for name, value in settings.items() if value is not None},
         }
         if api is None:
