@@ -19,6 +19,7 @@ from flowrig.cli.certs import app as certs_app
 from flowrig.cli.docker import app as docker_app
 from flowrig.cli.ecs import app as ecs_app
 from flowrig.cli.run import run
+from flowrig.cli.vm import app as vm_app
 
 app = typer.Typer(
     name="flowrig",
@@ -33,6 +34,7 @@ app.add_typer(aws_app, name="aws")
 app.add_typer(certs_app, name="certs")
 app.add_typer(docker_app, name="docker")
 app.add_typer(ecs_app, name="ecs")
+app.add_typer(vm_app, name="vm")
 
 
 def main() -> None:
