@@ -119,6 +119,16 @@ def test_output_dir_writes_one_file_per_role_and_role_picks_one(tmp_path):
     assert cloudinit.parse(scheduler).image == "seed:2"
 
 
+def test_a_project_that_joins_a_running_scheduler_renders_the_worker_only(tmp_path):
+    project = make_project(tmp_path / "p", options='scheduler_address = "tls://10.1.2.3:8786"')
+    [only] = cloud_init(project, "--backend", "ec2", "--image", "seed:1")
+    worker = cloudinit.parse(only)
+    assert worker.role == "worker" and worker.command[1] == "tls://10.1.2.3:8786"
+    code, lines = flowrig_exit(["vm", "cloud-init", "--project", str(project), "--backend", "ec2",
+                                "--image", "seed:1", "--role", "scheduler"], tmp_path)
+    assert code == 2 and len(lines) == 1 and "pass --role worker" in lines[0], lines
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tls", ["baked", "per-run"])
 def test_no_private_key_in_any_user_data(tmp_path, backend, tls):

@@ -179,3 +179,29 @@ def test_an_image_the_engine_lacks_is_named_with_the_fix(docker_client, certs, t
     assert ran.returncode == 2, ran.stderr
     [line] = ran.stderr.strip().splitlines()
     assert f"docker pull {missing}" in line and "flowrig build" in line
+
+
+def test_streaming_run_local_ends_when_a_role_exits_and_removes_every_container(
+    docker_client, seed_image, certs, tmp_path
+):
+    run_id = f"vm{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    project = project_for(tmp_path / "project", port, "http://127.0.0.1:9/api")
+    # A scheduler that no client ever joins closes on its own after this many seconds.
+    toml = project / "flowrig.toml"
+    toml.write_text(toml.read_text().replace(f'"--port", "{port}"', f'"--port", "{port}", "--first-client-timeout", "3"'))
+    done = flowrig("vm", "cloud-init", "--backend", "ec2", "--project", str(project), "--image", seed_image,
+                   "--scheduler-address", f"tls://127.0.0.1:{port}", env={"FLOWRIG_RUN_ID": run_id})
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "both.yaml").write_text(done.stdout)
+    try:
+        ran = flowrig("vm", "run-local", str(tmp_path / "both.yaml"), "--certs", str(certs), timeout=120)
+    finally:
+        leftovers = run_containers(docker_client, run_id)
+        for container in leftovers:
+            container.remove(force=True)
+    assert leftovers == [], ran.stderr
+    # The scheduler ended first and cleanly; its worker went with it.
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    assert "flowrig-no-client-timeout" in ran.stdout
+    assert f"flowrig-{run_id}-scheduler | " in ran.stdout

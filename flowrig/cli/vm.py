@@ -141,6 +141,15 @@ def cloud_init_command(
         vm_backend, loaded, image=image, scheduler_address=scheduler_address, run_id=current_run_id()
     )
     wanted = {"scheduler": [scheduler], "worker": [worker], "both": [scheduler, worker]}[role.value]
+    if vm_backend.options(loaded.cluster.options).scheduler_address:
+        # Runs of this project join that scheduler: they start no scheduler VM to show.
+        if role is RoleChoice.scheduler:
+            raise BadInput(
+                "[cluster.options] scheduler_address is set, so runs of this project start no scheduler VM: "
+                "pass --role worker"
+            )
+        wanted = [worker]
+        typer.echo("[cluster.options] scheduler_address is set: no scheduler VM, the worker only", err=True)
     documents = {each.role: launcher.user_data(each) for each in wanted}
     if output_dir is None:
         typer.echo("\n".join(documents.values()), nl=False)
