@@ -233,3 +233,26 @@ def _api_free():
             self.api.stop()
 
     return Context()
+
+
+def test_a_worker_on_another_machine_uses_the_runs_ca_where_it_was_delivered(tmp_path, monkeypatch):
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, get_current_settings
+
+    from flowrig.internals.task_runner import local_ca_settings
+
+    delivered = tmp_path / "flowrig-tls"
+    delivered.mkdir()
+    (delivered / "ca.crt").write_text("the run's CA")
+    monkeypatch.setenv("FLOWRIG_TLS_DIR", str(delivered))
+    runner_side = tmp_path / "runner-only" / "ca.crt"
+    settings = get_current_settings().copy_with_update(updates={PREFECT_API_SSL_CERT_FILE: str(runner_side)})
+    assert local_ca_settings(settings).api.ssl_cert_file == str(delivered / "ca.crt")
+
+    # A CA file that exists here (the runner's own machine) is kept.
+    runner_side.parent.mkdir()
+    runner_side.write_text("the run's CA")
+    assert local_ca_settings(settings).api.ssl_cert_file == str(runner_side)
+    # Nothing delivered here: nothing better to name.
+    monkeypatch.delenv("FLOWRIG_TLS_DIR")
+    missing = settings.copy_with_update(updates={PREFECT_API_SSL_CERT_FILE: str(tmp_path / "nowhere")})
+    assert local_ca_settings(missing).api.ssl_cert_file == str(tmp_path / "nowhere")

@@ -48,7 +48,7 @@ def certs(tmp_path_factory) -> Path:
     return directory
 
 
-def project_for(root: Path, port: int, prefect_url: str) -> Path:
+def project_for(root: Path, port: int, prefect_url: str | None) -> Path:
     root.mkdir(parents=True)
     (root / "flow.py").write_text((SEED_PROJECT / "flow.py").read_text())
     # The scheduler listens where the test reaches it; the workers report to the test's
@@ -57,7 +57,7 @@ def project_for(root: Path, port: int, prefect_url: str) -> Path:
         'flow = "flow.py:dask_cloud_provider_test"\n'
         "[cluster.options]\n"
         f'scheduler_extra_args = ["--port", "{port}"]\n'
-        f'env_vars = {{ PREFECT_API_URL = "{prefect_url}" }}\n'
+        + (f'env_vars = {{ PREFECT_API_URL = "{prefect_url}" }}\n' if prefect_url else "")
     )
     return root
 
@@ -93,13 +93,18 @@ def check_like_its_vm(container, role: cloudinit.VMRole) -> None:
     assert list(private_keys_in_bytes(json.dumps(container.attrs).encode())) == []
 
 
-@pytest.mark.parametrize("backend", ["azure", "ec2", "gcp"])
+@pytest.mark.parametrize(("backend", "api"), [("azure", "server"), ("ec2", "server"), ("gcp", "server"),
+                                             ("ec2", "embedded")])
 def test_a_vms_roles_replayed_locally_run_the_seed_flow(
-    docker_client, seed_image, prefect_server, certs, tmp_path, backend
+    docker_client, seed_image, prefect_server, certs, tmp_path, backend, api
 ):
+    """With ``embedded``, the workers report to the runner's own API: the CA file it
+    names is at a path of the runner's machine, and the worker's container uses the
+    run's CA where it was delivered instead."""
     run_id = f"vm{uuid.uuid4().hex[:8]}"
     port = free_port()
-    project = project_for(tmp_path / "project", port, prefect_server)
+    api_url = prefect_server if api == "server" else None
+    project = project_for(tmp_path / "project", port, api_url)
     rendered = tmp_path / "cloud-init"
     try:
         done = flowrig("vm", "cloud-init", "--backend", backend, "--project", str(project),
@@ -121,7 +126,7 @@ def test_a_vms_roles_replayed_locally_run_the_seed_flow(
 
         ran = flowrig("run", str(project), "--backend", "address", "--scheduler-address", f"tls://127.0.0.1:{port}",
                       "--certs", str(certs), "--param", TEN, "--output", "json",
-                      env={"PREFECT_API_URL": prefect_server}, timeout=300)
+                      env={"PREFECT_API_URL": api_url} if api_url else None, timeout=300)
         logs = {name: c.logs().decode(errors="replace")[-1500:] for name, c in by_name.items()}
         assert ran.returncode == 0, (ran.stderr[-3000:], logs)
         outcome = json.loads(ran.stdout.strip().splitlines()[-1])

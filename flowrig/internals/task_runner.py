@@ -49,6 +49,7 @@ Fenced here (each checked by tests/test_internals.py on the locked versions):
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import uuid
 from collections import OrderedDict
@@ -440,6 +441,28 @@ def _client_for(state: _RunState) -> Any:
     return client
 
 
+def local_ca_settings(settings: Any) -> Any:
+    """``settings`` with a CA file this machine has, when the runner's is not here.
+
+    The runner names the run's CA file for its API clients, at a path of its own
+    machine. A worker on another machine (a cloud VM's container) has the same CA at
+    the run's delivered path (``FLOWRIG_TLS_DIR``) or the image's baked one: that file
+    is used instead. A file that exists here is kept.
+    """
+    from flowrig import layout
+
+    path = settings.api.ssl_cert_file if settings is not None else None
+    if not path or os.path.isfile(path):
+        return settings
+    for directory in (os.environ.get(layout.TLS_DIR_ENV), layout.IMAGE_TLS_DIR if layout.in_image() else None):
+        candidate = os.path.join(str(directory), layout.CA_CERT) if directory else ""
+        if candidate and os.path.isfile(candidate):
+            from prefect.settings import PREFECT_API_SSL_CERT_FILE
+
+            return settings.copy_with_update(updates={PREFECT_API_SSL_CERT_FILE: candidate})
+    return settings
+
+
 def _build_run_state(payload: dict[str, Any]) -> _RunState:
     import prefect
     from prefect.context import FlowRunContext, SettingsContext, hydrated_context
@@ -456,6 +479,7 @@ def _build_run_state(payload: dict[str, Any]) -> _RunState:
     state = _RunState()
     state.token = payload["token"]
     state.profile, state.settings = payload["settings"] or (None, None)
+    state.settings = local_ca_settings(state.settings)
     state.progress = payload.get("progress")
     state.clients, state.clients_lock = {}, threading.Lock()
     state.task_runner, state.flow_run_fields = None, None

@@ -23,6 +23,7 @@ import importlib
 import logging
 import socket
 import time
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster
@@ -37,8 +38,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flowrig.vm")
 
+#: The Prefect setting naming the CA file of the run's API.
+CA_FILE_SETTING = "PREFECT_API_SSL_CERT_FILE"
+
 #: The worker name a preview's worker cloud-init shows.
 PREVIEW_WORKER = 1
+
+
+def role_ca_file(tls_mode: str) -> PurePosixPath:
+    """Where a VM's container finds the run's CA: delivered (per-run) or baked."""
+    from flowrig import layout
+    from flowrig.certs import delivery
+
+    if tls_mode == "baked":
+        return PurePosixPath(layout.IMAGE_TLS_DIR) / layout.CA_CERT
+    return PurePosixPath(delivery.MEMORY_DIR) / delivery.INSTALL_NAME / layout.CA_CERT
 
 
 def _close_run(cluster: "PoolCluster | None", cloud: "Cloud") -> None:
@@ -122,11 +136,16 @@ class VMBackend(Backend):
     def role_settings(self, spec: ClusterSpec, options: Any, tls: TLSDelivery) -> RoleSettings:
         """What every VM of the run is started with."""
         image = spec.image or ""
+        environment = {**dict(spec.worker_env), **options.env_vars}
+        if environment.get(CA_FILE_SETTING):
+            # The runner's CA file is at a path of its machine; a VM's container has the
+            # run's CA where its certificates were delivered or baked.
+            environment[CA_FILE_SETTING] = str(role_ca_file(options.tls))
         no_client_timeout = float(options.scheduler_timeout) if options.scheduler_timeout else spec.no_client_timeout
         return RoleSettings(
             run_id=spec.run_id,
             image=image,
-            environment={**dict(spec.worker_env), **options.env_vars},
+            environment=environment,
             tls=tls,
             registry=self.registry_login(image) if options.registry_login else None,
             install_docker=options.bootstrap,
