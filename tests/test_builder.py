@@ -565,11 +565,17 @@ def test_manifest_step_merges_the_context_manifest(tmp_path: Path, project: Path
     assert manifest["builder"] == context.manifest["builder"]
 
 
-@pytest.mark.parametrize(("backend", "has_aws"), [("local", False), ("docker", False), ("ecs", True), ("fargate", True)])
-def test_images_of_ecs_projects_carry_the_aws_extra(backend, has_aws):
+@pytest.mark.parametrize(
+    ("backend", "sdks"),
+    [("local", []), ("docker", []), ("ecs", ["dask-cloudprovider[aws]"]), ("fargate", ["dask-cloudprovider[aws]"]),
+     ("ec2", ["dask-cloudprovider[aws]"]), ("azure", ["dask-cloudprovider[azure]", "azure-keyvault-secrets"]),
+     ("gcp", ["dask-cloudprovider[gcp]"])],
+)
+def test_images_carry_the_extra_of_the_projects_backend_and_no_other(backend, sdks):
     config = {"flow": "flow.py:f", "cluster": {"backend": backend}}
     runtime, _ = buildsteps.pyproject_requirements(REPO / "pyproject.toml", buildsteps.flowrig_extras(config))
-    assert any(r.startswith("dask-cloudprovider") for r in runtime) is has_aws
+    cloud = sorted(r.split(">")[0] for r in runtime if r.startswith(("dask-cloudprovider", "azure")))
+    assert cloud == sorted(sdks)
     assert any(r.startswith("prefect-dask") for r in runtime)
 
 
