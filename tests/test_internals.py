@@ -173,6 +173,104 @@ def test_a_first_request_builds_only_the_routers_up_to_its_own():
     assert built[0] and not any(built[1:]), built
 
 
+def _api_routers_in_source() -> list[str]:
+    """The modules of ``API_ROUTERS`` as ``server.py`` spells them (``api.ui.flows.router``
+    -> ``ui.flows``), read from its source: importing it would import them all."""
+    import importlib.util
+
+    source = Path(importlib.util.find_spec("prefect.server.api.server").origin).read_text()
+    for node in ast.parse(source).body:
+        targets = [node.target] if isinstance(node, ast.AnnAssign) else getattr(node, "targets", [])
+        if any(getattr(t, "id", None) == "API_ROUTERS" for t in targets):
+            return [ast.unparse(e).removeprefix("api.").removesuffix(".router") for e in node.value.elts]
+    raise AssertionError("server.py no longer assigns API_ROUTERS")
+
+
+def test_deferred_routers_are_the_api_routers_a_run_does_not_call():
+    names = _api_routers_in_source()
+    assert len(names) == len(set(names))
+    deferred, hot = set(prefect_server.DEFERRED_ROUTERS), set(prefect_server.RUN_ROUTERS)
+    assert not deferred & hot
+    # Everything else is imported at start: the root router (health and readiness), and
+    # workers, which flow_runs imports (a stand-in for it would be replaced at once).
+    assert set(names) - deferred - hot == {"root", "workers"}
+    assert deferred | hot <= set(names)
+
+
+def test_routes_imported_at_start_are_served_without_loading_and_deferred_ones_load():
+    """Every route of a router imported at start lies under :data:`SERVED_AT_START`, and
+    no deferred router's route does (a request to it loads the deferred routers first)."""
+    import importlib
+
+    for name in (*prefect_server.RUN_ROUTERS, "root", "workers"):
+        for route in importlib.import_module(f"prefect.server.api.{name}").router.routes:
+            assert prefect_server.served_at_start("/api" + route.path), (name, route.path)
+    for path in ("/api/health", "/api/version", "/api/ready"):
+        assert prefect_server.served_at_start(path)
+    for name in prefect_server.DEFERRED_ROUTERS:
+        for route in importlib.import_module(f"prefect.server.api.{name}").router.routes:
+            assert not prefect_server.served_at_start("/api" + route.path), (name, route.path)
+    assert not prefect_server.served_at_start("/somewhere/api/flows/")
+
+
+#: A fresh process: the app with its deferred routers, what is imported when, and the
+#: routes it serves once they are loaded.
+DEFERRED_PROBE = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    import httpx
+    from flowrig.internals import prefect_server
+
+    deferred = [f"prefect.server.api.{name}" for name in prefect_server.DEFERRED_ROUTERS]
+    prefect_server.import_server()
+    from prefect.server.api import server
+    result = {
+        "imported_at_start": [m for m in deferred if m in sys.modules],
+        "stand_ins": len(prefect_server._stand_ins),
+        "stand_ins_in_api_routers": all(
+            any(router is s for router in server.API_ROUTERS) for s in prefect_server._stand_ins.values()),
+    }
+    app = prefect_server.create_app()
+
+    async def ask(method, path, **kwargs):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            return (await client.request(method, path, **kwargs)).status_code
+
+    result["admin"] = asyncio.run(ask("GET", "/api/admin/version"))
+    result["imported_after_admin"] = [m for m in deferred if m in sys.modules]
+    result["templates"] = asyncio.run(ask("POST", "/api/templates/validate", json=""))
+    result["missing_after_templates"] = [m for m in deferred if m not in sys.modules]
+    result["paths"] = sorted((p, sorted(v)) for p, v in app.openapi()["paths"].items())
+    print(json.dumps(result))
+    """
+)
+
+REFERENCE_PROBE = textwrap.dedent(
+    """
+    import json
+    from prefect.server.api import server
+    app = server.create_app(ephemeral=True, final=True)
+    print(json.dumps(sorted((p, sorted(v)) for p, v in app.openapi()["paths"].items())))
+    """
+)
+
+
+def test_deferred_routers_are_stood_in_at_start_and_served_in_full_once_needed():
+    result = _probe_result([sys.executable, "-c", DEFERRED_PROBE])
+    # The import stood in for every deferred router: none was imported...
+    assert result["imported_at_start"] == [] and result["stand_ins"] == len(prefect_server.DEFERRED_ROUTERS)
+    assert result["stand_ins_in_api_routers"] is True
+    # ... nor by a request the routers imported at start serve...
+    assert result["admin"] == 200 and result["imported_after_admin"] == []
+    # ... and a request to a deferred route (this one has no prefix) imports them all
+    # and is answered by its real route.
+    assert result["templates"] == 204 and result["missing_after_templates"] == []
+    # Then the app serves exactly the routes of Prefect's own app.
+    reference = _probe_result([sys.executable, "-c", REFERENCE_PROBE])
+    assert result["paths"] == reference and len(reference) > 100
+
+
 # --- the fork server -----------------------------------------------------------------------
 
 #: Run by this machine's interpreter and by the image's: the fast path is taken there.
