@@ -271,6 +271,44 @@ def test_deferred_routers_are_stood_in_at_start_and_served_in_full_once_needed()
     assert result["paths"] == reference and len(reference) > 100
 
 
+HASH_PROBE = textwrap.dedent(
+    """
+    import json
+    from prefect.settings import Settings
+    from flowrig.internals import prefect_server
+
+    prefect_server.import_server()
+    original, calls = Settings.hash_key, []
+
+    def recording(self):
+        calls.append((id(self), original(self)))
+        return calls[-1][1]
+
+    Settings.hash_key = recording
+    with prefect_server.settings_hashed_once():
+        Settings.hash_key  # the block's own
+        inner = Settings.hash_key
+    restored = Settings.hash_key is recording
+    Settings.hash_key = original
+    prefect_server.create_app()
+    Settings.hash_key = recording
+    from prefect.server.api import server
+    server.create_app(ephemeral=True, final=True, ignore_cache=True)
+    print(json.dumps({"restored": restored, "replaced": inner is not recording,
+                      "objects": len({i for i, _ in calls}), "hashes": len({h for _, h in calls}),
+                      "calls": len(calls), "unchanged": Settings.hash_key is recording}))
+    """
+)
+
+
+def test_an_app_hashes_one_unchanged_settings_object_more_than_once():
+    """``create_app`` (and its ``create_api_app``) hash the same settings object twice,
+    to the same value: :func:`settings_hashed_once` saves the second hash."""
+    result = _probe_result([sys.executable, "-c", HASH_PROBE])
+    assert result["replaced"] is True and result["restored"] is True and result["unchanged"] is True
+    assert result == {**result, "objects": 1, "hashes": 1} and result["calls"] >= 2, result
+
+
 # --- the process exit (flowrig.internals.process_exit) ----------------------------------
 
 EXIT_PROBE = textwrap.dedent(

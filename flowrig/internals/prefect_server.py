@@ -13,17 +13,20 @@ second-to-last router, ``/admin``, builds all of them: 0.2 s on the run's path).
 ``prefect.server.api`` package (its ``__getattr__`` imports a submodule on first access),
 so a stand-in set in the package's namespace for that import is what ``API_ROUTERS``
 holds; FastAPI (0.137+) matches an included router's routes by reference, so routes
-included into a stand-in later are served (:func:`import_server`).
+included into a stand-in later are served (:func:`import_server`). ``create_app`` and
+the ``create_api_app`` it calls each hash the same, unchanged settings object for
+their caches (``Settings.hash_key``, 30 ms each): :func:`create_app` hashes it once.
 tests/test_internals.py checks each on the locked versions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 import threading
 import types
-from typing import Any
+from typing import Any, Iterator
 
 
 def build_template_database() -> None:
@@ -165,6 +168,31 @@ def runner_routers_first(routers: tuple[Any, ...]) -> tuple[Any, ...]:
     return hot + tuple(router for router in routers if router not in hot)
 
 
+@contextlib.contextmanager
+def settings_hashed_once() -> Iterator[None]:
+    """Within the block, ``Settings.hash_key`` of one settings object is computed once.
+
+    Settings are not changed while an app is built, so a second hash of the same
+    object is the first one again.
+    """
+    from prefect.settings import Settings
+
+    original = Settings.hash_key
+    hashed: dict[int, tuple[Any, str]] = {}
+
+    def hash_key(self: Any) -> str:
+        # The object is kept with its hash, so its id cannot be reused meanwhile.
+        if id(self) not in hashed:
+            hashed[id(self)] = (self, original(self))
+        return hashed[id(self)][1]
+
+    Settings.hash_key = hash_key  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Settings.hash_key = original  # type: ignore[method-assign]
+
+
 def create_app() -> Any:
     """The Prefect API's ASGI app for a throwaway database (``ephemeral``: no UI, no
     services beyond the settings' ones; ``final``: no further app is made from it),
@@ -176,6 +204,7 @@ def create_app() -> Any:
     from prefect.server.api import server
 
     server.API_ROUTERS = runner_routers_first(server.API_ROUTERS)
-    app = server.create_app(ephemeral=True, final=True)
+    with settings_hashed_once():
+        app = server.create_app(ephemeral=True, final=True)
     app.add_middleware(LoadDeferredRouters)
     return app
