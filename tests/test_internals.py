@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from flowrig.internals import forkserver, prefect_engine, prefect_server
+from flowrig.internals import forkserver, prefect_engine, prefect_server, process_exit
 from flowrig.internals.prefect_settings import ShippedSettingsContext, run_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,6 +171,188 @@ def test_a_first_request_builds_only_the_routers_up_to_its_own():
     # FastAPI builds an included router's routes when a request is matched past it:
     # the admin router, first, is the only one built.
     assert built[0] and not any(built[1:]), built
+
+
+def _api_routers_in_source() -> list[str]:
+    """The modules of ``API_ROUTERS`` as ``server.py`` spells them (``api.ui.flows.router``
+    -> ``ui.flows``), read from its source: importing it would import them all."""
+    import importlib.util
+
+    source = Path(importlib.util.find_spec("prefect.server.api.server").origin).read_text()
+    for node in ast.parse(source).body:
+        targets = [node.target] if isinstance(node, ast.AnnAssign) else getattr(node, "targets", [])
+        if any(getattr(t, "id", None) == "API_ROUTERS" for t in targets):
+            return [ast.unparse(e).removeprefix("api.").removesuffix(".router") for e in node.value.elts]
+    raise AssertionError("server.py no longer assigns API_ROUTERS")
+
+
+def test_deferred_routers_are_the_api_routers_a_run_does_not_call():
+    names = _api_routers_in_source()
+    assert len(names) == len(set(names))
+    deferred, hot = set(prefect_server.DEFERRED_ROUTERS), set(prefect_server.RUN_ROUTERS)
+    assert not deferred & hot
+    # Everything else is imported at start: the root router (health and readiness), and
+    # workers, which flow_runs imports (a stand-in for it would be replaced at once).
+    assert set(names) - deferred - hot == {"root", "workers"}
+    assert deferred | hot <= set(names)
+
+
+def test_routes_imported_at_start_are_served_without_loading_and_deferred_ones_load():
+    """Every route of a router imported at start lies under :data:`SERVED_AT_START`, and
+    no deferred router's route does (a request to it loads the deferred routers first)."""
+    import importlib
+
+    for name in (*prefect_server.RUN_ROUTERS, "root", "workers"):
+        for route in importlib.import_module(f"prefect.server.api.{name}").router.routes:
+            assert prefect_server.served_at_start("/api" + route.path), (name, route.path)
+    for path in ("/api/health", "/api/version", "/api/ready"):
+        assert prefect_server.served_at_start(path)
+    for name in prefect_server.DEFERRED_ROUTERS:
+        for route in importlib.import_module(f"prefect.server.api.{name}").router.routes:
+            assert not prefect_server.served_at_start("/api" + route.path), (name, route.path)
+    assert not prefect_server.served_at_start("/somewhere/api/flows/")
+
+
+#: A fresh process: the app with its deferred routers, what is imported when, and the
+#: routes it serves once they are loaded.
+DEFERRED_PROBE = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    import httpx
+    from flowrig.internals import prefect_server
+
+    deferred = [f"prefect.server.api.{name}" for name in prefect_server.DEFERRED_ROUTERS]
+    prefect_server.import_server()
+    from prefect.server.api import server
+    result = {
+        "imported_at_start": [m for m in deferred if m in sys.modules],
+        "stand_ins": len(prefect_server._stand_ins),
+        "stand_ins_in_api_routers": all(
+            any(router is s for router in server.API_ROUTERS) for s in prefect_server._stand_ins.values()),
+    }
+    app = prefect_server.create_app()
+
+    async def ask(method, path, **kwargs):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            return (await client.request(method, path, **kwargs)).status_code
+
+    result["admin"] = asyncio.run(ask("GET", "/api/admin/version"))
+    result["imported_after_admin"] = [m for m in deferred if m in sys.modules]
+    result["templates"] = asyncio.run(ask("POST", "/api/templates/validate", json=""))
+    result["missing_after_templates"] = [m for m in deferred if m not in sys.modules]
+    result["paths"] = sorted((p, sorted(v)) for p, v in app.openapi()["paths"].items())
+    print(json.dumps(result))
+    """
+)
+
+REFERENCE_PROBE = textwrap.dedent(
+    """
+    import json
+    from prefect.server.api import server
+    app = server.create_app(ephemeral=True, final=True)
+    print(json.dumps(sorted((p, sorted(v)) for p, v in app.openapi()["paths"].items())))
+    """
+)
+
+
+def test_deferred_routers_are_stood_in_at_start_and_served_in_full_once_needed():
+    result = _probe_result([sys.executable, "-c", DEFERRED_PROBE])
+    # The import stood in for every deferred router: none was imported...
+    assert result["imported_at_start"] == [] and result["stand_ins"] == len(prefect_server.DEFERRED_ROUTERS)
+    assert result["stand_ins_in_api_routers"] is True
+    # ... nor by a request the routers imported at start serve...
+    assert result["admin"] == 200 and result["imported_after_admin"] == []
+    # ... and a request to a deferred route (this one has no prefix) imports them all
+    # and is answered by its real route.
+    assert result["templates"] == 204 and result["missing_after_templates"] == []
+    # Then the app serves exactly the routes of Prefect's own app.
+    reference = _probe_result([sys.executable, "-c", REFERENCE_PROBE])
+    assert result["paths"] == reference and len(reference) > 100
+
+
+HASH_PROBE = textwrap.dedent(
+    """
+    import json
+    from prefect.settings import Settings
+    from flowrig.internals import prefect_server
+
+    prefect_server.import_server()
+    original, calls = Settings.hash_key, []
+
+    def recording(self):
+        calls.append((id(self), original(self)))
+        return calls[-1][1]
+
+    Settings.hash_key = recording
+    with prefect_server.settings_hashed_once():
+        Settings.hash_key  # the block's own
+        inner = Settings.hash_key
+    restored = Settings.hash_key is recording
+    Settings.hash_key = original
+    prefect_server.create_app()
+    Settings.hash_key = recording
+    from prefect.server.api import server
+    server.create_app(ephemeral=True, final=True, ignore_cache=True)
+    print(json.dumps({"restored": restored, "replaced": inner is not recording,
+                      "objects": len({i for i, _ in calls}), "hashes": len({h for _, h in calls}),
+                      "calls": len(calls), "unchanged": Settings.hash_key is recording}))
+    """
+)
+
+
+def test_an_app_hashes_one_unchanged_settings_object_more_than_once():
+    """``create_app`` (and its ``create_api_app``) hash the same settings object twice,
+    to the same value: :func:`settings_hashed_once` saves the second hash."""
+    result = _probe_result([sys.executable, "-c", HASH_PROBE])
+    assert result["replaced"] is True and result["restored"] is True and result["unchanged"] is True
+    assert result == {**result, "objects": 1, "hashes": 1} and result["calls"] >= 2, result
+
+
+# --- the process exit (flowrig.internals.process_exit) ----------------------------------
+
+EXIT_PROBE = textwrap.dedent(
+    """
+    import atexit, sys, threading, time
+    from flowrig.internals.process_exit import exit_now
+
+    def fail():
+        raise RuntimeError("this handler failed")
+
+    atexit.register(print, "registered first")
+    atexit.register(fail)
+    atexit.register(print, "registered last")
+    if sys.argv[1] == "thread":
+        threading.Thread(target=lambda: (time.sleep(0.3), print("thread done"))).start()
+    if sys.argv[1] == "registry":
+        atexit._run_exitfuncs()
+        print("left", atexit._ncallbacks())
+    sys.stdout.write("buffered, no newline; ")  # stdout is a pipe: block-buffered
+    exit_now(5)
+    """
+)
+
+
+def _exit_probe(case: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", EXIT_PROBE, case], capture_output=True, text=True, timeout=60)
+
+
+def test_exit_now_runs_the_exit_handlers_as_shutdown_does_and_flushes():
+    done = _exit_probe("plain")
+    assert done.returncode == 5, done.stderr
+    # Last registered first; a failing handler is reported and the others still run...
+    assert done.stdout == "buffered, no newline; registered last\nregistered first\n"
+    assert "this handler failed" in done.stderr
+    # ... and _run_exitfuncs leaves none registered (so none runs twice).
+    done = _exit_probe("registry")
+    assert done.returncode == 5 and "left 0\n" in done.stdout and "registered last" not in done.stdout.split("left")[1]
+
+
+def test_exit_now_waits_for_a_non_daemon_thread_as_python_does():
+    done = _exit_probe("thread")
+    assert done.returncode == 5, done.stderr
+    assert "thread done" in done.stdout and done.stdout.endswith("registered last\nregistered first\n")
+    assert callable(process_exit.exit_now)
 
 
 # --- the fork server -----------------------------------------------------------------------

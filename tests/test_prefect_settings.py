@@ -16,7 +16,7 @@ from prefect.settings import (
 )
 
 from flowrig.common.gcpause import collector_paused
-from flowrig.internals.prefect_settings import ShippedSettingsContext, run_settings
+from flowrig.internals.prefect_settings import ShippedSettingsContext, run_settings, settings_with
 
 API = "http://127.0.0.1:4999/api"
 
@@ -35,6 +35,14 @@ def test_run_settings_ship_as_the_objects_and_hydrate_unchanged(monkeypatch):
         assert current.api.url == API
         assert current.flows.heartbeat_frequency is None
         assert current == settings
+
+
+def test_settings_built_ahead_are_entered_as_they_are():
+    built = settings_with({"PREFECT_API_URL": API})
+    assert get_current_settings().api.url != API  # building enters nothing
+    with run_settings(built) as settings:
+        assert settings is built and PREFECT_API_URL.value() == API
+        assert serialize_context()["settings_context"]["settings"] is built
 
 
 def test_a_temporary_settings_block_inside_ships_the_usual_way():

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable
 
 from flowrig.common.runid import current_run_id
 from flowrig.common.signals import shielded
@@ -26,6 +26,8 @@ from flowrig.run.console import TIMELINE, Console, base_worker_environment, time
 from flowrig.run.progress import ProgressDisplay, TaskProgress
 
 if TYPE_CHECKING:
+    from prefect.settings import Settings
+
     from flowrig.api import EmbeddedPrefectAPI
     from flowrig.backends import Backend, StartedCluster
     from flowrig.certs import TLSMaterial
@@ -147,6 +149,7 @@ def execute(
     """
     from flowrig.backends import ClusterSpec, resolve_backend
     from flowrig.internals import prefect_engine
+    from flowrig.internals.prefect_settings import settings_with
     from flowrig.project import parameters as params_mod
     from flowrig.project import sizing
 
@@ -215,6 +218,8 @@ def execute(
         if config.on_start:
             config.on_start()
         t = timer.mark("cluster_start", t)
+        # Built while the API may still be starting: the runner has nothing else to do.
+        flow_settings = settings_with({**settings, **secrets})
         if api is not None:
             api.wait_ready()
             timer.reached("api_ready", api.ready_at)
@@ -227,9 +232,7 @@ def execute(
             ).start()
         # Events to the run's own API would be deleted unread: the workers drop them.
         events = "drop" if api is not None else "send"
-        state = _run_flow(
-            config, parameters, started.scheduler_address, tls, {**settings, **secrets}, progress, events
-        )
+        state = _run_flow(config, parameters, started.scheduler_address, tls, flow_settings, progress, events)
         timer.reached("flow_finished")
         t = timer.mark("flow", t)
         result, message = _result_of(state)
@@ -294,7 +297,7 @@ def _run_flow(
     parameters: dict[str, Any],
     address: str,
     tls: "TLSMaterial",
-    settings: Mapping[str, Any],
+    settings: "Settings",
     progress: TaskProgress,
     events: str,
 ) -> Any:
@@ -306,8 +309,8 @@ def _run_flow(
         address=address, client_kwargs={"security": tls.to_security()}, events=events, progress=progress
     )
     flow = config.flow.with_options(task_runner=runner)
-    # prefect-dask ships the runner's settings to every task on the workers, so the
-    # workers use the same API, with its credentials, over the run's TLS channel.
+    # prefect-dask ships the runner's settings (built by settings_with) to every task on
+    # the workers, so they use the same API, with its credentials, over the TLS channel.
     with run_settings(settings):
         try:
             if config.flow_run_id:
