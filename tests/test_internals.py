@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from flowrig.internals import forkserver, prefect_engine, prefect_server, process_exit
+from flowrig.internals import forkserver, prefect_engine, prefect_server
 from flowrig.internals.prefect_settings import ShippedSettingsContext, run_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -307,54 +307,6 @@ def test_an_app_hashes_one_unchanged_settings_object_more_than_once():
     result = _probe_result([sys.executable, "-c", HASH_PROBE])
     assert result["replaced"] is True and result["restored"] is True and result["unchanged"] is True
     assert result == {**result, "objects": 1, "hashes": 1} and result["calls"] >= 2, result
-
-
-# --- the process exit (flowrig.internals.process_exit) ----------------------------------
-
-EXIT_PROBE = textwrap.dedent(
-    """
-    import atexit, sys, threading, time
-    from flowrig.internals.process_exit import exit_now
-
-    def fail():
-        raise RuntimeError("this handler failed")
-
-    atexit.register(print, "registered first")
-    atexit.register(fail)
-    atexit.register(print, "registered last")
-    if sys.argv[1] == "thread":
-        threading.Thread(target=lambda: (time.sleep(0.3), print("thread done"))).start()
-    if sys.argv[1] == "registry":
-        atexit._run_exitfuncs()
-        print("left", atexit._ncallbacks())
-    sys.stdout.write("buffered, no newline; ")  # stdout is a pipe: block-buffered
-    exit_now(5)
-    """
-)
-
-
-def _exit_probe(case: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", EXIT_PROBE, case], capture_output=True, text=True, timeout=60)
-
-
-def test_exit_now_runs_the_exit_handlers_as_shutdown_does_and_flushes():
-    done = _exit_probe("plain")
-    assert done.returncode == 5, done.stderr
-    # Last registered first; a failing handler is reported and the others still run...
-    assert done.stdout == "buffered, no newline; registered last\nregistered first\n"
-    assert "this handler failed" in done.stderr
-    # ... and _run_exitfuncs leaves none registered (so none runs twice).
-    done = _exit_probe("registry")
-    assert done.returncode == 5 and "left 0\n" in done.stdout and "registered last" not in done.stdout.split("left")[1]
-
-
-def test_exit_now_waits_for_a_non_daemon_thread_as_python_does():
-    done = _exit_probe("thread")
-    assert done.returncode == 5, done.stderr
-    assert "thread done" in done.stdout and done.stdout.endswith("registered last\nregistered first\n")
-    assert callable(process_exit.exit_now)
-
-
 # --- the fork server -----------------------------------------------------------------------
 
 #: Run by this machine's interpreter and by the image's: the fast path is taken there.

@@ -19,21 +19,11 @@ def run_and_exit(command: Callable[[], Any], prog: str) -> NoReturn:
     """Call ``command`` and exit with the code the contract gives its outcome.
 
     An unexpected exception is a bug, not a user error: it still gets one line (and
-    exit 3); ``FLOWRIG_DEBUG=1`` shows the traceback. The exit handlers run, the
-    module teardown is skipped (:func:`flowrig.internals.process_exit.exit_now`).
+    exit 3); ``FLOWRIG_DEBUG=1`` shows the traceback.
     """
-    from flowrig.internals.process_exit import exit_now
-
-    exit_now(_exit_code(command, prog))
-
-
-def _exit_code(command: Callable[[], Any], prog: str) -> int:
-    """The exit code of ``command``'s outcome, its one line printed (``sys.exit`` inside
-    it exits as usual)."""
     # Everything is torn down by the time an exit code is chosen; collecting the
     # heap at interpreter shutdown then only delays exit (seconds, under load), which
-    # a `docker stop` deadline counts. Freezing it skips that walk when the shutdown
-    # does run (a non-daemon thread still alive, or sys.exit inside the command).
+    # a `docker stop` deadline counts. Freezing it skips that walk.
     import atexit
     import gc
 
@@ -44,27 +34,27 @@ def _exit_code(command: Callable[[], Any], prog: str) -> int:
         code = command()
     except FlowrigError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        sys.exit(exc.exit_code)
     except typer.Exit as exc:
-        return exc.exit_code
+        sys.exit(exc.exit_code)
     except typer.Abort:
         print(f"{prog}: aborted", file=sys.stderr)
-        return 130
+        sys.exit(130)
     except Terminated as exc:
         # Raised by the SIGTERM handler; teardown has already happened in finally blocks.
-        return 128 + exc.signum
+        sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
-        return 130
+        sys.exit(130)
     except SystemExit:
         raise
     except BaseException as exc:
         # typer vendors its own click, so usage errors are recognised by shape.
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
-            return EXIT_BAD_INPUT
+            sys.exit(EXIT_BAD_INPUT)
         # Prefect turns SIGTERM during a flow run into its TerminationSignal.
         if isinstance(getattr(exc, "signal", None), int):
-            return 128 + exc.signal
+            sys.exit(128 + exc.signal)
         if os.environ.get("FLOWRIG_DEBUG"):
             traceback.print_exc()
         print(
@@ -72,6 +62,6 @@ def _exit_code(command: Callable[[], Any], prog: str) -> int:
             "(set FLOWRIG_DEBUG=1 for the traceback)",
             file=sys.stderr,
         )
-        return EXIT_INFRASTRUCTURE
+        sys.exit(EXIT_INFRASTRUCTURE)
     # Without standalone mode click returns a command's exit code instead of exiting.
-    return code if isinstance(code, int) else 0
+    sys.exit(code if isinstance(code, int) else 0)
