@@ -203,7 +203,7 @@ def test_an_older_run_without_a_lease_counts_by_age_and_a_refused_removal_is_exi
     iam.put_role_policy(RoleName="flowrig-old1-execution", PolicyName="inline", PolicyDocument=json.dumps(
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}))
     logs.create_log_group(logGroupName="/flowrig/old1", tags={"flowrig-run-id": "old1"})
-    assert leftovers("--older-than", "30").stdout.strip() == "no leftovers of finished ecs/fargate runs"
+    assert leftovers("--older-than", "30").stdout.strip() == "no leftovers of finished ecs/fargate/ec2 runs"
     found = listed("old1")
     assert found["lease_until"] is None and found["reason"].startswith("no lease; newest resource created ")
     assert [(r["kind"], r["id"]) for r in found["resources"]] == [
