@@ -20,6 +20,7 @@ import time
 import pytest
 
 from flowrig.backends.base import ClusterSpec
+from flowrig.backends.pool import Observed
 from flowrig.backends.vm import cloudinit, reach
 from flowrig.backends.vm.ec2 import EC2Backend
 from flowrig.certs.scan import private_keys_in_bytes
@@ -366,3 +367,124 @@ def test_a_scheduler_that_never_answers_is_exit_3_with_the_layouts():
     assert message.startswith(f"this runner cannot reach the scheduler instance at 127.0.0.1:{port} "
                               "(nothing answered from there): it is in VPC vpc-1 (CIDR 10.0.0.0/16); ")
     assert message.endswith(reach.LAYOUTS)
+
+
+# --- the Cloud itself: refusals per VM, the project's own network and identity -----------------
+def refuse_run_instances(monkeypatch, code: str, message: str, *, after: int = 0) -> None:
+    """moto's RunInstances refuses with ``code`` from its ``after + 1``-th call on (the
+    server runs in this process)."""
+    from moto.ec2.exceptions import EC2ClientError
+    from moto.ec2.models.instances import InstanceBackend
+
+    run = InstanceBackend.run_instances
+    calls = []
+
+    def refusing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > after:
+            raise EC2ClientError(code, message)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(InstanceBackend, "run_instances", refusing)
+
+
+def cloud(run_id: str, **options):
+    from flowrig.backends.vm.ec2_cloud import EC2Cloud
+
+    return EC2Cloud(run_id, EC2Backend().options({"ami": AMI, **options}))
+
+
+def requests_for(*names: str):
+    from flowrig.backends.vm.cloud import VMRequest
+
+    return [VMRequest(name, "worker", f"#cloud-config\n# {name}\n") for name in names]
+
+
+@pytest.mark.aws
+def test_a_vm_ec2_has_no_capacity_for_is_refused_and_the_others_start(aws, monkeypatch):
+    ec2 = cloud("ec2c")
+    try:
+        ec2.prepare(dashboard=False)
+        refuse_run_instances(monkeypatch, "InsufficientInstanceCapacity",
+                             "We currently do not have sufficient t3.medium capacity.", after=1)
+        created = ec2.create(requests_for("flowrig-ec2c-worker-1", "flowrig-ec2c-worker-2"))
+        assert list(created.started) == ["flowrig-ec2c-worker-1"]
+        assert created.refused == ["flowrig-ec2c-worker-2: InsufficientInstanceCapacity: We currently do not "
+                                   "have sufficient t3.medium capacity."]
+        [handle] = created.started.values()
+        assert ec2.observe([handle]) == {handle: Observed("running")}
+        ec2.terminate([handle])
+        [state] = ec2.observe([handle]).values()
+        assert state.status == "stopped" and state.reason.startswith(f"instance {handle} ")
+        ec2.terminate(["i-0123456789abcdef0"])  # quiet about one that does not exist
+        assert ec2.network_description().startswith("VPC vpc-") and "(CIDR 172.31.0.0/16)" in (
+            ec2.network_description())
+    finally:
+        assert ec2.delete() == []
+    assert_nothing_left("ec2c")
+
+
+@pytest.mark.aws
+def test_a_refused_permission_is_exit_3_naming_the_action(aws, monkeypatch):
+    ec2 = cloud("ec2x")
+    try:
+        ec2.prepare(dashboard=False)
+        refuse_run_instances(monkeypatch, "UnauthorizedOperation", "You are not authorized to perform this operation.")
+        with pytest.raises(InfrastructureError) as info:
+            ec2.create(requests_for("flowrig-ec2x-worker-1"))
+        assert str(info.value) == ("AWS refused starting instance flowrig-ec2x-worker-1 (ec2:RunInstances): "
+                                   "UnauthorizedOperation: You are not authorized to perform this operation.")
+        assert info.value.exit_code == 3
+    finally:
+        assert ec2.delete() == []
+    assert_nothing_left("ec2x")
+
+
+@pytest.mark.aws
+def test_the_projects_security_group_and_instance_profile_are_used_and_left(aws, tls, monkeypatch):
+    import boto3
+
+    from flowrig.backends.ecs.lease import LEASE_SECONDS_ENV, lease_until
+    from tests.test_aws_leftovers import listed
+
+    ec2, iam = boto3.client("ec2"), boto3.client("iam")
+    vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+    subnet = sorted(s["SubnetId"] for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])[
+        "Subnets"])[-1]
+    group = ec2.create_security_group(GroupName="team", Description="team's", VpcId=vpc)["GroupId"]
+    role = iam.create_role(RoleName="team-vm", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17",
+                           "Statement": []}))["Role"]
+    iam.create_instance_profile(InstanceProfileName="team-vm")
+    iam.add_role_to_instance_profile(InstanceProfileName="team-vm", RoleName="team-vm")
+    # No resource of the run's own holds the lease: its instances do, renewed every 0.4 s.
+    monkeypatch.setenv(LEASE_SECONDS_ENV, "2")
+    with local_scheduler(tls, workers=1) as scheduler:
+        started = EC2Backend().start(spec(
+            tls, "ec2o", size=ClusterSize(1), scheduler_address=scheduler.scheduler_address, subnet_id=subnet,
+            security_groups=[group], iam_instance_profile={"Name": "team-vm"}, use_private_ip=False,
+        ))
+        try:
+            now = held("ec2o")
+            assert now["security_groups"] == [] and now["roles"] == [] and now["instance_profiles"] == []
+            [instance] = now["instances"]
+            assert instance["SubnetId"] == subnet
+            assert [g["GroupId"] for g in instance["NetworkInterfaces"][0]["Groups"]] == [group]
+            assert instance["IamInstanceProfile"]["Arn"].endswith("instance-profile/team-vm")
+            [form] = aws.query_requests("RunInstances")
+            assert form["NetworkInterface.1.AssociatePublicIpAddress"] == ["true"]
+            [secret_arn] = now["secrets"]
+            policy = json.loads(boto3.client("secretsmanager").get_resource_policy(SecretId=secret_arn)[
+                "ResourcePolicy"])
+            assert policy["Statement"][0]["Principal"] == {"AWS": role["Arn"]}
+            assert iam.list_role_policies(RoleName="team-vm")["PolicyNames"] == []  # the project's: untouched
+            created_lease = lease_until(tags(instance["Tags"]))
+            time.sleep(4)
+            assert listed("ec2o") is None
+            [instance] = instances("ec2o")
+            assert lease_until(tags(instance["Tags"])) > created_lease
+        finally:
+            started.close()
+    assert_nothing_left("ec2o")
+    assert ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"]
+    assert [r["RoleName"] for r in iam.get_instance_profile(InstanceProfileName="team-vm")["InstanceProfile"][
+        "Roles"]] == ["team-vm"]
