@@ -35,9 +35,9 @@ IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/seed:run-image"
 pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
 
 
-def spec(tls, run_id, size=ClusterSize(2), **options) -> ClusterSpec:
+def spec(tls, run_id, size=ClusterSize(2), image=IMAGE, **options) -> ClusterSpec:
     return ClusterSpec(
-        run_id=run_id, size=size, tls=tls, image=IMAGE,
+        run_id=run_id, size=size, tls=tls, image=image,
         worker_env={"PREFECT_API_URL": "https://10.0.0.5:4200/api", "FLOWRIG_RUN_ID": run_id},
         options={"ami": AMI, **options}, worker_threads=2,
     )
@@ -51,6 +51,13 @@ def instances(run_id: str, states=("pending", "running")) -> list[dict]:
         {"Name": "instance-state-name", "Values": list(states)},
     ])
     return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+
+def role_policy(role_name: str, policy_name: str) -> dict:
+    import boto3
+
+    document = boto3.client("iam").get_role_policy(RoleName=role_name, PolicyName=policy_name)["PolicyDocument"]
+    return json.loads(document) if isinstance(document, str) else document
 
 
 def user_data(instance_id: str) -> str:
@@ -168,11 +175,17 @@ def test_instances_security_group_and_identity_of_a_run(aws, tls, monkeypatch):
             [trust] = role["AssumeRolePolicyDocument"]["Statement"]
             assert trust["Principal"] == {"Service": "ec2.amazonaws.com"} and trust["Action"] == "sts:AssumeRole"
             assert iam.list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"] == []
-            assert iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"] == ["read-run-secret"]
-            document = iam.get_role_policy(RoleName=role["RoleName"], PolicyName="read-run-secret")["PolicyDocument"]
-            document = json.loads(document) if isinstance(document, str) else document
-            assert document["Statement"] == [{"Sid": "ReadRunSecret", "Effect": "Allow",
-                                              "Action": "secretsmanager:GetSecretValue", "Resource": secret_arn}]
+            # The image is on ECR: the VM logs in with this role, so it may pull that repository too.
+            assert sorted(iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"]) == [
+                "pull-run-image", "read-run-secret"]
+            assert role_policy(role["RoleName"], "read-run-secret")["Statement"] == [{
+                "Sid": "ReadRunSecret", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                "Resource": secret_arn}]
+            login, pull = role_policy(role["RoleName"], "pull-run-image")["Statement"]
+            assert login["Action"] == "ecr:GetAuthorizationToken" and login["Resource"] == "*"
+            assert pull["Resource"] == "arn:aws:ecr:us-east-1:123456789012:repository/seed"
+            assert sorted(pull["Action"]) == [
+                "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
             assert [r["Arn"] for r in profile["Roles"]] == [role["Arn"]]
             assert tags(iam.list_role_tags(RoleName=role["RoleName"])["Tags"])["flowrig-run-id"] == "ec2a"
             assert tags(iam.get_instance_profile(InstanceProfileName=profile["InstanceProfileName"])[
@@ -221,13 +234,19 @@ def test_instances_security_group_and_identity_of_a_run(aws, tls, monkeypatch):
 
 @pytest.mark.aws
 def test_dashboard_is_opened_to_the_vpc_only_when_asked(aws, tls):
+    import boto3
+
     with local_scheduler(tls, workers=1) as scheduler:
         started = EC2Backend().start(spec(
-            tls, "ec2d", size=ClusterSize(1), scheduler_address=scheduler.scheduler_address, dashboard=True))
+            tls, "ec2d", size=ClusterSize(1), image="ghcr.io/team/seed:1",
+            scheduler_address=scheduler.scheduler_address, dashboard=True))
         try:
             [group] = held("ec2d")["security_groups"]
             from_vpc = [p for p in group["IpPermissions"] if p.get("IpRanges")]
             assert sorted((p["FromPort"], p["ToPort"]) for p in from_vpc) == [(8786, 8786), (8787, 8787)]
+            # An image outside ECR: the role reads the run's secret and nothing else.
+            names = boto3.client("iam").list_role_policies(RoleName="flowrig-ec2d-instance")["PolicyNames"]
+            assert names == ["read-run-secret"]
         finally:
             started.close()
     assert_nothing_left("ec2d")

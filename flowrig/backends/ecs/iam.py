@@ -92,6 +92,23 @@ def instance_secret_policy(secret_arn: str) -> dict[str, Any]:
     }
 
 
+def image_pull_policy(repository_arn: str) -> dict[str, Any]:
+    """An ``ec2`` run's instance role may log in to ECR and pull from one repository."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            # GetAuthorizationToken has no resource type: IAM authorizes it on "*" only.
+            {"Sid": "LogInToECR", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+            {
+                "Sid": "PullRunImage",
+                "Effect": "Allow",
+                "Action": ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+                "Resource": repository_arn,
+            },
+        ],
+    }
+
+
 def execution_policy_arn(partition: str) -> str:
     """AWS's managed execution policy: pull the image from ECR, write logs."""
     return f"arn:{partition}:iam::aws:{defaults.EXECUTION_ROLE_POLICY}"

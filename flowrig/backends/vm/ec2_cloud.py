@@ -26,6 +26,7 @@ from flowrig.backends.vm.cloud import Cloud, Created, VMRequest
 from flowrig.errors import BadInput, one_line
 
 if TYPE_CHECKING:
+    from flowrig.backends.vm.cloudinit import RegistryLogin
     from flowrig.backends.vm.ec2 import EC2Options
 
 logger = logging.getLogger("flowrig.vm")
@@ -66,6 +67,17 @@ def _tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
 def _code(exc: Exception) -> tuple[str, str]:
     error = getattr(exc, "response", {}).get("Error", {})
     return str(error.get("Code", "")), str(error.get("Message", ""))
+
+
+def ecr_repository_arn(partition: str, image: str) -> str:
+    """The ARN of the ECR repository of ``ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO[:TAG|@DIGEST]``."""
+    host, _, path = image.partition("/")
+    account, region = host.split(".")[0], host.split(".")[3]
+    repository = path.split("@", 1)[0]
+    parent, _, last = repository.rpartition("/")
+    # A tag follows the last path segment's colon; a registry port cannot occur here.
+    repository = (f"{parent}/" if parent else "") + last.split(":", 1)[0]
+    return f"arn:{partition}:ecr:{region}:{account}:repository/{repository}"
 
 
 def architecture(instance_type: str) -> str:
@@ -160,6 +172,14 @@ class EC2Resources(RunResources):
             self._client("iam").put_role_policy(
                 RoleName=role_name, PolicyName="read-run-secret",
                 PolicyDocument=json.dumps(iam_docs.instance_secret_policy(secret_arn)),
+            )
+
+    def allow_image_pull(self, role_name: str, repository_arn: str) -> None:
+        """The role's second inline policy: pulling the run's image from its ECR repository."""
+        with aws_errors(f"letting IAM role {role_name} pull from {repository_arn}"):
+            self._client("iam").put_role_policy(
+                RoleName=role_name, PolicyName="pull-run-image",
+                PolicyDocument=json.dumps(iam_docs.image_pull_policy(repository_arn)),
             )
 
     def create_instance_profile(self, name: str, role_name: str) -> str:
@@ -299,6 +319,11 @@ class EC2Cloud(Cloud):
     def _client(self, service: str) -> Any:
         return self.session.client(service)
 
+    @property
+    def role_name(self) -> str:
+        """The run's instance role and instance profile (both named so)."""
+        return f"flowrig-{self.run_id}-instance"
+
     # --- prepare ----------------------------------------------------------------------
     def prepare(self, dashboard: bool) -> None:
         # Clients are made here, in one thread: botocore does not make them safely from
@@ -383,7 +408,7 @@ class EC2Cloud(Cloud):
                 raise BadInput(f"instance profile {name} holds no role: add one, or leave iam_instance_profile out")
             self.reader_role_arn = roles[0]["Arn"]
             return
-        name = f"flowrig-{self.run_id}-instance"
+        name = self.role_name
         self.reader_role_arn = self.resources.create_instance_role(name)
         arn = self.resources.create_instance_profile(name, name)
         self.profile = {"Arn": arn}
@@ -392,8 +417,13 @@ class EC2Cloud(Cloud):
     def store_certificates(self, line: str) -> str:
         arn = self.resources.create_run_secret(iam_docs.secret_name(self.run_id), line, self.reader_role_arn)
         if not self.options.iam_instance_profile:
-            self.resources.allow_secret(f"flowrig-{self.run_id}-instance", arn)
+            self.resources.allow_secret(self.role_name, arn)
         return arn
+
+    def allow_registry(self, login: "RegistryLogin", image: str) -> None:
+        if self.options.iam_instance_profile or login.kind != "ecr":
+            return
+        self.resources.allow_image_pull(self.role_name, ecr_repository_arn(self.session.partition, image))
 
     # --- instances ----------------------------------------------------------------------
     def instance_type(self, role: str) -> str:
