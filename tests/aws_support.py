@@ -4,7 +4,7 @@ Registered as a pytest plugin. The ``moto_server`` fixture starts the server onc
 points boto3 and aiobotocore at it (``AWS_ENDPOINT_URL``, fake credentials,
 ``us-east-1``); ``aws`` gives each test a fresh state in which ECS tasks stay RUNNING
 until stopped and task ARNs are long (needed for task tags). ``ecs_tasks_pending``
-makes tasks stay PENDING instead. The server records every request, so tests can
+makes tasks stay PENDING instead, ``ec2_instances_pending`` instances pending. The server records every request, so tests can
 check what was sent (``aws.requests("RunTask")``).
 
 Moto hands out made-up private addresses (10.x) for tasks. Nothing here connects to
@@ -88,6 +88,21 @@ class MotoServer:
             found.append({"operation": name, "body": json.loads(text or "{}")})
         return found
 
+    def query_requests(self, action: str) -> list[dict[str, list[str]]]:
+        """Recorded query-protocol requests (EC2, IAM, STS) of one ``Action``, oldest
+        first, each as its parsed form (``name -> values``)."""
+        from urllib.parse import parse_qs
+
+        found = []
+        for line in self._call("recorder/download-recording").decode().splitlines():
+            entry = json.loads(line)
+            raw = entry["body"] or ""
+            text = base64.b64decode(raw).decode(errors="replace") if entry.get("body_encoded") else raw
+            form = parse_qs(text)
+            if form.get("Action") == [action]:
+                found.append(form)
+        return found
+
     def operations(self) -> list[str]:
         """Every recorded request's operation (``Action`` or X-Amz-Target), oldest first."""
         names = []
@@ -120,6 +135,8 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
         "AWS_EC2_METADATA_DISABLED": "true",
         # Roles get AWS managed policies attached; moto knows them only when told to.
         "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",
+        # RunInstances refuses an instance type that does not exist, as EC2 does.
+        "MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true",
         "MOTO_RECORDER_FILEPATH": str(recording),
     }
     for key, value in env.items():
@@ -132,6 +149,10 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
 
     # The recorder reads its path when moto is first imported; it may have been earlier.
     moto.moto_api.recorder._location = str(recording)
+    # So do moto's settings (the server runs in this process).
+    import moto.settings
+
+    patch.setattr(moto.settings, "EC2_ENABLE_INSTANCE_TYPE_VALIDATION", True)
     recording.touch()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -174,6 +195,25 @@ def ecs_tasks_pending(aws: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoS
         task.status = value
 
     monkeypatch.setattr(Task, "last_status", property(last_status, set_last_status))
+    return aws
+
+
+@pytest.fixture
+def ec2_instances_pending(aws: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+    """EC2 instances stay ``pending`` until terminated, as while EC2 has no capacity.
+
+    moto starts every instance ``running``; the server runs in this process, so its
+    instance model is made to start ``pending`` (termination still ends it).
+    """
+    from moto.ec2.models.instances import Instance, InstanceState
+
+    created = Instance.__init__
+
+    def pending_init(instance: Any, *args: Any, **kwargs: Any) -> None:
+        created(instance, *args, **kwargs)
+        instance._state = InstanceState("pending", 0)
+
+    monkeypatch.setattr(Instance, "__init__", pending_init)
     return aws
 
 

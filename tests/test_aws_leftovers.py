@@ -203,7 +203,7 @@ def test_an_older_run_without_a_lease_counts_by_age_and_a_refused_removal_is_exi
     iam.put_role_policy(RoleName="flowrig-old1-execution", PolicyName="inline", PolicyDocument=json.dumps(
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}))
     logs.create_log_group(logGroupName="/flowrig/old1", tags={"flowrig-run-id": "old1"})
-    assert leftovers("--older-than", "30").stdout.strip() == "no leftovers of finished ecs/fargate runs"
+    assert leftovers("--older-than", "30").stdout.strip() == "no leftovers of finished ecs/fargate/ec2 runs"
     found = listed("old1")
     assert found["lease_until"] is None and found["reason"].startswith("no lease; newest resource created ")
     assert [(r["kind"], r["id"]) for r in found["resources"]] == [
@@ -313,3 +313,61 @@ def test_the_runner_policy_lets_it_renew_the_lease_tag_only():
     assert by_sid["SecurityGroupRenewLease"]["Action"] == ["ec2:CreateTags"]
     assert by_sid["SecurityGroupRenewLease"]["Condition"] == {
         "StringEquals": {"aws:ResourceTag/createdBy": "flowrig"}, **lease_only}
+
+
+@pytest.mark.aws
+def test_an_ec2_run_killed_mid_start_leaves_instances_and_a_profile_that_remove_takes(ec2_instances_pending, tmp_path):
+    import boto3
+
+    from tests.test_ec2_backend import AMI, assert_nothing_left, held, instances
+
+    aws = ec2_instances_pending
+    run_id = f"e9{uuid.uuid4().hex[:8]}"
+    project = tmp_path / "seed"
+    shutil.copytree(SEED, project)
+    with open(project / "flowrig.toml", "a") as toml:
+        toml.write(f'\n[cluster.options]\nami = "{AMI}"\n')
+    env = {**os.environ, "FLOWRIG_RUN_ID": run_id, LEASE_SECONDS_ENV: "4"}
+    env.pop("PREFECT_API_URL", None)
+    runner = subprocess.Popen(
+        [*FLOWRIG, "run", str(project), "--backend", "ec2", "--image", IMAGE, "--param", "x=[0,1]"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        # Mid-start: the scheduler instance was asked for and stays pending.
+        while not aws.query_requests("RunInstances"):
+            assert runner.poll() is None, runner.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the run never started its scheduler instance"
+            time.sleep(0.5)
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait(timeout=30)
+    assert runner.returncode == -signal.SIGKILL
+    before = held(run_id)
+    assert all(before[kind] for kind in before), before
+    [instance] = before["instances"]
+
+    deadline = time.monotonic() + 60
+    while (found := listed(run_id)) is None:
+        assert time.monotonic() < deadline, "the killed run was never listed"
+        time.sleep(1)
+    assert found["reason"].startswith("lease expired ")
+    kinds = [r["kind"] for r in found["resources"]]
+    # In the order they are removed.
+    assert kinds == ["instance", "security-group", "secret", "instance-profile", "role"], found
+    by_kind = {r["kind"]: r for r in found["resources"]}
+    assert by_kind["instance"]["id"] == instance["InstanceId"]
+    assert by_kind["instance"]["detail"] == {"name": f"flowrig-{run_id}-scheduler", "state": "pending"}
+    assert by_kind["instance-profile"] == {
+        "kind": "instance-profile", "id": f"flowrig-{run_id}-instance", "created": by_kind["instance-profile"]["created"],
+        "detail": {"roles": f"flowrig-{run_id}-instance"}}
+
+    removed = leftovers("--older-than", "0", "--remove", "--run-id", run_id)
+    assert removed.returncode == 0, removed.stderr
+    assert f"removed run {run_id}: instance {instance['InstanceId']}, security-group " in removed.stderr
+    assert_nothing_left(run_id)
+    [gone] = instances(run_id, ("terminated",))
+    assert gone["InstanceId"] == instance["InstanceId"]
+    assert boto3.client("iam").list_instance_profiles()["InstanceProfiles"] == []
+    assert listed(run_id) is None

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 app = typer.Typer(
-    help="AWS resources of ecs/fargate runs.",
+    help="AWS resources of ecs/fargate/ec2 runs.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -21,7 +21,7 @@ _MAX_MINUTES = 1e7
 
 @app.callback()
 def aws() -> None:
-    """AWS resources of ecs/fargate runs (tagged flowrig-run-id)."""
+    """AWS resources of ecs/fargate/ec2 runs (tagged flowrig-run-id)."""
 
 
 @app.command("leftovers")
@@ -43,7 +43,7 @@ def leftovers(
     ] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text",
 ) -> None:
-    """List the AWS resources of ecs/fargate runs that are over, grouped by run.
+    """List the AWS resources of ecs/fargate/ec2 runs that are over, grouped by run.
 
     A run is over when its lease (renewed by its runner while it lives) expired, or,
     for a run without a lease, when it was created, more than --older-than minutes ago.

@@ -27,6 +27,8 @@ EXECUTION_ROLE_NAME = "flowrig-execution"
 RUN_ROLE_PATTERN = "flowrig-*-execution"
 #: Service that assumes the roles: ECS tasks only.
 ECS_TASKS = "ecs-tasks.amazonaws.com"
+#: Service that assumes the instance roles of ``ec2`` runs: EC2 instances only.
+EC2_INSTANCES = "ec2.amazonaws.com"
 #: Tag every resource of a run carries (its value is the run id).
 RUN_TAG = "flowrig-run-id"
 
@@ -65,6 +67,45 @@ def trust_policy(account: Account) -> dict[str, Any]:
             "Action": "sts:AssumeRole",
             "Condition": {"StringEquals": {"aws:SourceAccount": account.account_id}},
         }],
+    }
+
+
+def instance_trust_policy() -> dict[str, Any]:
+    """Only EC2 instances may assume an ``ec2`` run's instance role (through its
+    instance profile, which only the run's own instances carry)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": EC2_INSTANCES}, "Action": "sts:AssumeRole"}],
+    }
+
+
+def instance_secret_policy(secret_arn: str) -> dict[str, Any]:
+    """The one inline policy of an ``ec2`` run's instance role: read the run's secret."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "ReadRunSecret",
+            "Effect": "Allow",
+            "Action": "secretsmanager:GetSecretValue",
+            "Resource": secret_arn,
+        }],
+    }
+
+
+def image_pull_policy(repository_arn: str) -> dict[str, Any]:
+    """An ``ec2`` run's instance role may log in to ECR and pull from one repository."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            # GetAuthorizationToken has no resource type: IAM authorizes it on "*" only.
+            {"Sid": "LogInToECR", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+            {
+                "Sid": "PullRunImage",
+                "Effect": "Allow",
+                "Action": ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+                "Resource": repository_arn,
+            },
+        ],
     }
 
 

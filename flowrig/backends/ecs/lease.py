@@ -39,8 +39,9 @@ LEASE_SECONDS_ENV = "FLOWRIG_AWS_LEASE_SECONDS"
 #: Renewals per lease: a lease outlives this many renewal periods.
 RENEWALS_PER_LEASE = 5
 #: Kinds of a run's own resources that can hold the renewed lease, preferred first:
-#: the cluster and security group live as long as the run and are tagged in place.
-HOLDER_KINDS = ("cluster", "security-group", "task-definition")
+#: the cluster and security group live as long as the run and are tagged in place; an
+#: ``ec2`` run given its security groups holds it on its live instances.
+HOLDER_KINDS = ("cluster", "security-group", "task-definition", "instance")
 
 
 def lease_seconds() -> float:
@@ -140,7 +141,7 @@ class LeaseRenewer:
         if holder is not None:
             kind, ident = holder
             try:
-                if kind == "security-group":
+                if kind in ("security-group", "instance"):
                     self._client("ec2").create_tags(Resources=[ident], Tags=[{"Key": LEASE_TAG, "Value": value}])
                 else:  # an ECS cluster or task definition, by ARN
                     self._tag_ecs(ident, value)

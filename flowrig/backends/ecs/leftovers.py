@@ -1,4 +1,4 @@
-"""What ``ecs``/``fargate`` runs left in AWS, grouped by run and judged over or not (pure).
+"""What ``ecs``/``fargate``/``ec2`` runs left in AWS, grouped by run and judged over or not (pure).
 
 A run deletes its resources on every way out its process sees; a runner killed with
 ``kill -9`` (or by ECS, or by the OOM killer) sees none, and its resources keep the
@@ -17,10 +17,14 @@ from typing import Any, Iterable, Mapping
 
 from flowrig.backends.ecs.lease import format_time, lease_until
 
-#: Kinds of resources, in the order a run's are removed: tasks hold network interfaces
-#: in the security group and run in the cluster, task definitions name the log group
-#: and the roles, and the secret is read with the execution role until tasks are gone.
-REMOVAL_ORDER = ("task", "task-definition", "log-group", "security-group", "cluster", "secret", "role")
+#: Kinds of resources, in the order a run's are removed: tasks and instances hold network
+#: interfaces in the security group and tasks run in the cluster, task definitions name
+#: the log group and the roles, the secret is read with the execution or instance role
+#: until tasks and instances are gone, and a role goes once no instance profile holds it.
+REMOVAL_ORDER = (
+    "task", "instance", "task-definition", "log-group", "security-group", "cluster", "secret",
+    "instance-profile", "role",
+)
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class Resource:
         One of :data:`REMOVAL_ORDER`.
     ident
         What names it to its service: an ARN (tasks, task definitions, clusters,
-        secrets), a group id, a log group name or a role name.
+        secrets), an instance or group id, a log group, instance profile or role name.
     run_id
         Its :data:`RUN_TAG` value.
     tags
@@ -130,7 +134,7 @@ def to_json(runs: Iterable[RunLeftovers]) -> list[dict[str, Any]]:
 def render_text(runs: list[RunLeftovers]) -> str:
     """Human listing: one block per run, resources in removal order."""
     if not runs:
-        return "no leftovers of finished ecs/fargate runs"
+        return "no leftovers of finished ecs/fargate/ec2 runs"
     lines: list[str] = []
     for run in runs:
         lines.append(f"run {run.run_id}: over, {run.reason}")

@@ -1,13 +1,15 @@
-"""Find the AWS resources of ``ecs``/``fargate`` runs, and remove one run's (botocore).
+"""Find the AWS resources of ``ecs``/``fargate``/``ec2`` runs, and remove one run's (botocore).
 
 Finding: everything tagged ``flowrig-run-id`` comes from the Resource Groups Tagging
 API (one paginated call for ECS tasks, task definitions and clusters, security
 groups, log groups and secrets); each is then checked with its own service, because
 the tagging API goes on listing resources for a while after they are deleted (stopped
-tasks, inactive clusters). IAM is outside the tagging API: roles are listed on
-flowrig's IAM path ``/flowrig/`` and, for roles made before there was one, by the name
-prefix ``flowrig-``, and taken when they carry the run tag (so the account-wide
-``flowrig ecs bootstrap`` roles, which carry none, are never touched).
+tasks, inactive clusters). EC2 instances come from DescribeInstances filtered by the
+run tag, which lists only instances that are not terminated. IAM is outside the
+tagging API: roles and instance profiles are listed on flowrig's IAM path
+``/flowrig/`` (roles also, for roles made before there was one, by the name prefix
+``flowrig-``), and taken when they carry the run tag (so the account-wide ``flowrig ecs
+bootstrap`` roles, which carry none, are never touched).
 
 Removal follows :data:`~flowrig.backends.ecs.leftovers.REMOVAL_ORDER` and is
 idempotent: a resource that is already gone is not an error.
@@ -34,6 +36,7 @@ POLL_SECONDS = 2.0
 #: Error codes that say a resource is already gone.
 GONE_CODES = frozenset({
     "ClusterNotFoundException",
+    "InvalidInstanceID.NotFound",
     "InvalidGroup.NotFound",
     "NoSuchEntity",
     "ResourceNotFoundException",
@@ -280,8 +283,61 @@ def _roles(aws: Session) -> list[Resource]:
     return found
 
 
+#: Instance states of an instance that still exists (and costs), as the filter names them.
+LIVE_INSTANCE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
+
+
+def _instances(aws: Session) -> list[Resource]:
+    """EC2 instances carrying the run tag that are not terminated."""
+    found = []
+    with aws_errors("describing the runs' EC2 instances"):
+        pages = aws.client("ec2").get_paginator("describe_instances").paginate(Filters=[
+            {"Name": "tag-key", "Values": [RUN_TAG]},
+            {"Name": "instance-state-name", "Values": list(LIVE_INSTANCE_STATES)},
+        ])
+        instances = [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+    for instance in instances:
+        tags = _tags_of(instance.get("Tags", ()))
+        if tags.get(RUN_TAG):
+            found.append(Resource(
+                "instance", instance["InstanceId"], tags[RUN_TAG], tags, instance.get("LaunchTime"),
+                {"state": str(instance.get("State", {}).get("Name", "?")), "name": tags.get("Name", "?")},
+            ))
+    return found
+
+
+def _instance_profiles(aws: Session) -> list[Resource]:
+    """Instance profiles on flowrig's path that carry the run tag."""
+    iam = aws.client("iam")
+    found = []
+    with aws_errors("listing IAM instance profiles"):
+        profiles = [
+            profile
+            for page in iam.get_paginator("list_instance_profiles").paginate(PathPrefix=ROLE_PATH)
+            for profile in page["InstanceProfiles"]
+        ]
+    for profile in profiles:
+        name = profile["InstanceProfileName"]
+        with aws_errors(f"listing the tags of instance profile {name}"):
+            try:
+                # Listing leaves tags out; getting one profile has them.
+                profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+                tags = _tags_of(profile.get("Tags", ()))
+            except Exception as exc:
+                if is_gone(exc):
+                    continue
+                raise
+        if tags.get(RUN_TAG):
+            roles = ",".join(role["RoleName"] for role in profile.get("Roles", ())) or "none"
+            found.append(Resource(
+                "instance-profile", name, tags[RUN_TAG], tags, profile.get("CreateDate"), {"roles": roles}
+            ))
+    return found
+
+
 def find(aws: Session) -> list[Resource]:
-    """Every resource of the region (and every IAM role) of any ``ecs``/``fargate`` run.
+    """Every resource of the region (and every IAM role and instance profile) of any
+    ``ecs``/``fargate``/``ec2`` run.
 
     Raises
     ------
@@ -305,7 +361,7 @@ def find(aws: Session) -> list[Resource]:
             found.extend(read(aws, by_kind[kind]))
     clusters = [r for r in found if r.kind == "cluster"]
     found += _tasks_in_clusters(aws, clusters, {r.ident for r in found if r.kind == "task"})
-    return found + _roles(aws)
+    return found + _instances(aws) + _instance_profiles(aws) + _roles(aws)
 
 
 # --- removing --------------------------------------------------------------------
@@ -337,6 +393,12 @@ class Remover:
         tasks = run.of_kind("task")
         if tasks:
             self._attempt("task", [t.ident for t in tasks], lambda: self._stop_tasks(tasks, deadline), removed, failed)
+        instances = run.of_kind("instance")
+        if instances:
+            self._attempt(
+                "instance", [i.ident for i in instances],
+                lambda: self._terminate_instances([i.ident for i in instances], deadline), removed, failed,
+            )
         steps: list[tuple[str, Callable[[Resource], None]]] = [
             ("task-definition", self._delete_task_definition),
             ("log-group", lambda r: self.aws.client("logs").delete_log_group(logGroupName=r.ident)),
@@ -346,6 +408,7 @@ class Remover:
                 lambda: self.aws.client("ecs").delete_cluster(cluster=r.ident), deadline)),
             ("secret", lambda r: self.aws.client("secretsmanager").delete_secret(
                 SecretId=r.ident, ForceDeleteWithoutRecovery=True)),
+            ("instance-profile", self._delete_instance_profile),
             ("role", self._delete_role),
         ]
         for kind, delete in steps:
@@ -391,6 +454,30 @@ class Remover:
                     raise TimeoutError(f"{len(arns)} task(s) of cluster {cluster} not STOPPED in time")
                 if arns:
                     time.sleep(POLL_SECONDS)
+
+    def _terminate_instances(self, instance_ids: list[str], deadline: float) -> None:
+        ec2 = self.aws.client("ec2")
+        ec2.terminate_instances(InstanceIds=instance_ids)
+        # Until they are terminated they hold network interfaces in the security group.
+        while instance_ids:
+            pages = ec2.get_paginator("describe_instances").paginate(
+                Filters=[{"Name": "instance-id", "Values": instance_ids}]
+            )
+            instance_ids = [
+                i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]
+                if i["State"]["Name"] != "terminated"
+            ]
+            if instance_ids and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(instance_ids)} instance(s) not terminated in time")
+            if instance_ids:
+                time.sleep(POLL_SECONDS)
+
+    def _delete_instance_profile(self, resource: Resource) -> None:
+        iam = self.aws.client("iam")
+        name = resource.ident
+        for role in iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]:
+            iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=role["RoleName"])
+        iam.delete_instance_profile(InstanceProfileName=name)
 
     def _delete_task_definition(self, resource: Resource) -> None:
         ecs = self.aws.client("ecs")

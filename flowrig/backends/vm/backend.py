@@ -207,8 +207,11 @@ class VMBackend(Backend):
             else:
                 line = delivery.encode(spec.tls).decode().strip()
                 tls = TLSDelivery(source=self.secret_source, ref=cloud.store_certificates(line))
+            settings = self.role_settings(spec, options, tls)
+            if settings.registry is not None:
+                cloud.allow_registry(settings.registry, settings.image)
             launcher = VMLauncher(
-                cloud, self.role_settings(spec, options, tls),
+                cloud, settings,
                 deadline=deadline,
                 reach_timeout=float(options.reach_timeout),
                 public_address=not options.use_private_ip,

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import ClassVar, Mapping
+from typing import TYPE_CHECKING, ClassVar, Mapping
 
 from flowrig.backends.pool import Observed
+
+if TYPE_CHECKING:
+    from flowrig.backends.vm.cloudinit import RegistryLogin
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,10 @@ class Cloud(abc.ABC):
     def store_certificates(self, line: str) -> str:
         """Put the run's certificate line into the cloud's secret store, readable by the
         run's VM identity only; the reference a VM reads it by."""
+
+    def allow_registry(self, login: "RegistryLogin", image: str) -> None:
+        """Let the run's VM identity pull ``image`` from the cloud's private registry
+        (its VMs log in with that identity); nothing where the identity is the project's."""
 
     @abc.abstractmethod
     def create(self, requests: list[VMRequest]) -> Created:
