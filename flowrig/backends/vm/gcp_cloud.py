@@ -238,12 +238,14 @@ class GCPCloud(Cloud):
         return name
 
     def _retry_new_account(self, call: Any) -> Any:
+        """``call``, again while the answer says the run's service account does not exist."""
         deadline = time.monotonic() + ACCOUNT_PROPAGATION
         while True:
             try:
                 return call()
             except Exception as exc:
-                if _status(exc) != 400 or time.monotonic() + Ledger.retry_seconds > deadline:
+                unknown = _status(exc) in (400, 404) and self.account_email in str(exc)
+                if not unknown or time.monotonic() + Ledger.retry_seconds > deadline:
                     raise
             time.sleep(Ledger.retry_seconds)
 
