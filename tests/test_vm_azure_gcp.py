@@ -110,13 +110,18 @@ class AzureWorld:
         self.faults: dict[str, BaseException] = {}
         self.rbac = True
         self.power = "PowerState/running"
+        self.private_ip = "10.1.0.4"
         self.secret_write = None
 
     def call(self, name, *args, **kwargs):
         entry = (name, args, kwargs)
         self.calls.append(entry)
-        if name in self.faults:
-            raise self.faults[name]
+        fault = self.faults.get(name)
+        if isinstance(fault, list):  # these once each, then the answer
+            if fault:
+                raise fault.pop(0)
+        elif fault is not None:
+            raise fault
         return entry
 
     def names(self, kind):
@@ -151,7 +156,7 @@ class _Kind:
         stored = {**body, "id": self._id(group, name), "name": name}
         if self.kind.endswith("networkInterfaces"):
             for config in stored["properties"]["ipConfigurations"]:
-                config["properties"]["privateIPAddress"] = "10.1.0.4"
+                config["properties"]["privateIPAddress"] = self.world.private_ip
         self.world.held[(self.kind, name)] = stored
         return Done(self.model(stored))
 
@@ -385,6 +390,48 @@ def test_azure_dashboard_public_address_and_states(azure):
     assert cloud.delete() == []
     assert [k for k in azure.held if k[0] != "Microsoft.Network/virtualNetworks/subnets"] == []
     assert azure.arm == {}
+
+
+def test_azure_scheduler_vm_out_of_reach_fails_in_time_and_leaves_nothing(azure, tls):
+    azure.private_ip = "192.0.2.10"  # TEST-NET-1: nothing answers there
+    options = {**AZURE_OPTIONS, "scheduler_vm_size": "Standard_D2s_v5", "reach_timeout": 2}
+    with pytest.raises(InfrastructureError, match="cannot reach the scheduler VM at 192.0.2.10:8786"):
+        AzureBackend().start(spec(tls, "az6", **options))
+    [create] = [c for c in azure.calls if c[0] == "compute.Microsoft.Compute/virtualMachines.create"]
+    body = create[2]["body"]
+    assert create[1][1] == "flowrig-az6-scheduler"
+    assert body["properties"]["hardwareProfile"] == {"vmSize": "Standard_D2s_v5"}
+    role = role_of(base64.b64decode(body["properties"]["osProfile"]["customData"]).decode(), "az6", IMAGE,
+                   "https://runs-vault.vault.azure.net/secrets/flowrig-az6-tls", "azure-keyvault")
+    assert role.role == "scheduler" and "--no-dashboard" in role.command
+    assert_azure_empty(azure, "az6")
+
+
+def test_azure_teardown_retries_what_is_in_use_and_reports_what_stays(azure):
+    from flowrig.backends.vm.azure_cloud import AzureCloud
+
+    cloud = AzureCloud("az7", AzureOptions(**{**AZURE_OPTIONS, "tls": "baked", "cleanup_timeout": 2}))
+    cloud.prepare(dashboard=False)
+    in_use = azure_error(400, "InUseNetworkSecurityGroupCannotBeDeleted", "in use by a NIC")
+    azure.faults["network.Microsoft.Network/networkSecurityGroups.delete"] = [in_use, in_use]
+    assert cloud.delete() == []
+    assert [c[0] for c in azure.calls].count("network.Microsoft.Network/networkSecurityGroups.delete") == 3
+
+    cloud = AzureCloud("az8", AzureOptions(**{**AZURE_OPTIONS, "tls": "baked", "cleanup_timeout": 1}))
+    cloud.prepare(dashboard=False)
+    azure.faults["network.Microsoft.Network/networkSecurityGroups.delete"] = azure_error(403, "AuthorizationFailed")
+    assert cloud.delete() == ["network-security-group flowrig-az8"]
+    # The NSG staying does not keep the identity, deleted after it, from going.
+    assert azure.arm == {}
+
+
+def test_azure_without_credentials_is_bad_input(azure, tls):
+    from azure.core.exceptions import ClientAuthenticationError
+
+    azure.faults["network.Microsoft.Network/virtualNetworks/subnets.get"] = ClientAuthenticationError(
+        "DefaultAzureCredential failed to retrieve a token")
+    with pytest.raises(BadInput, match="no usable Azure credentials.*az login"):
+        AzureBackend().start(spec(tls, "az9", **AZURE_OPTIONS))
 
 
 def test_azure_quota_refusal_is_a_refused_vm_not_an_error(azure):
@@ -698,6 +745,18 @@ def test_gcp_labels_follow_the_label_rules():
     labels = gcp_labels({"Cost Centre": "R&D", "9lives": "x", "k" * 80: "V" * 80})
     assert labels["cost_centre"] == "r_d" and labels["k9lives"] == "x"
     assert labels["k" * 63] == "v" * 63
+
+
+def test_gcp_without_credentials_is_bad_input(tls, monkeypatch):
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    def no_credentials(scopes=None):
+        raise DefaultCredentialsError("Your default credentials were not found.")
+
+    monkeypatch.setattr(google.auth, "default", no_credentials)
+    with pytest.raises(BadInput, match="no usable Google credentials.*gcloud auth application-default login"):
+        GCPBackend().start(spec(tls, "gcc", image=GIMAGE, **GCP_OPTIONS))
 
 
 @pytest.mark.parametrize(
