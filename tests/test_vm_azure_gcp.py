@@ -285,7 +285,7 @@ def assert_azure_empty(world: AzureWorld, run_id: str) -> None:
     assert left == [], left
     assert not [p for p in world.arm if run_id in p or "roleAssignments" in p], world.arm
     assert world.secrets == {}
-    assert world.purged == [f"flowrig-{run_id}-tls"]
+    assert f"flowrig-{run_id}-tls" in world.purged
 
 
 def test_azure_run_creates_private_tagged_resources_readable_by_the_run_and_removes_them(azure, tls):
@@ -423,6 +423,26 @@ def test_azure_teardown_retries_what_is_in_use_and_reports_what_stays(azure):
     assert cloud.delete() == ["network-security-group flowrig-az8"]
     # The NSG staying does not keep the identity, deleted after it, from going.
     assert azure.arm == {}
+
+
+def test_azure_waits_for_a_new_identity_but_a_missing_scope_is_an_error(azure):
+    from flowrig.backends.vm.azure_cloud import AzureCloud
+
+    cloud = AzureCloud("az10", AzureOptions(**AZURE_OPTIONS))
+    cloud.prepare(dashboard=False)
+    unknown = azure_error(400, "PrincipalNotFound", "Principal pid-of-the-run does not exist in the directory")
+    azure.faults["arm.PUT"] = [unknown, unknown]
+    assert cloud.store_certificates("line").endswith("/secrets/flowrig-az10-tls")
+    assert len([p for p in azure.arm if "roleAssignments" in p]) == 1
+    assert cloud.delete() == []
+
+    cloud = AzureCloud("az11", AzureOptions(**AZURE_OPTIONS))
+    cloud.prepare(dashboard=False)
+    azure.faults["arm.PUT"] = azure_error(404, "ResourceNotFound", "the secret's scope does not exist")
+    with pytest.raises(InfrastructureError, match="ResourceNotFound"):
+        cloud.store_certificates("line")
+    assert cloud.delete() == []
+    assert_azure_empty(azure, "az11")
 
 
 def test_azure_without_credentials_is_bad_input(azure, tls):

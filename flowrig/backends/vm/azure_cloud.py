@@ -5,11 +5,11 @@ Every SDK client is made in :class:`AzureClients`, the one boundary with the SDK
 and the Key Vault ``SecretClient``. Request bodies are the REST API's own JSON.
 
 The run's identity is a **user-assigned managed identity**, created and granted before
-any VM exists, so that a VM's container can read the run's secret from its first second,
-one grant serves every VM of the run (replaced workers too), and nothing is granted to
-a VM's own identity. Neither azure-mgmt-msi nor azure-mgmt-authorization is a locked
-dependency: the identity and the role assignment are plain ARM calls, sent with the
-compute client's ``send_request`` (same credential, retries and endpoint).
+any VM exists (a system-assigned one exists only with its VM, so each VM would boot
+before its grant), so that one grant serves every VM of the run, replaced workers too.
+Neither azure-mgmt-msi nor azure-mgmt-authorization is a locked dependency: the
+identity and the role assignment are plain ARM calls, sent with the compute client's
+``send_request`` (same credential, retries and endpoint).
 
 The grant is the built-in role "Key Vault Secrets User" scoped to the run's secret
 alone; a vault that uses access policies instead of Azure RBAC is refused, since an
@@ -306,7 +306,7 @@ class AzureCloud(Cloud):
         }}
         with azure_errors(f"granting the run's identity read access to secret {self.secret_name}"):
             self.ledger.retry(lambda: self.clients.arm("PUT", path, AUTHORIZATION_API, body),
-                              time.monotonic() + IDENTITY_PROPAGATION)
+                              time.monotonic() + IDENTITY_PROPAGATION, deleting=False)
             self.ledger.record("role-assignment", str(assignment),
                                lambda _: self.clients.arm("DELETE", path, AUTHORIZATION_API))
 

@@ -75,15 +75,15 @@ class Ledger:
         """``(kind, id)`` of every resource not deleted yet, oldest first."""
         return [(r.kind, r.ident) for r in self._resources]
 
-    def retry(self, call: Callable[[], object], deadline: float) -> None:
-        """``call`` until it succeeds, the error says the thing is gone, or the deadline
-        passed or the error is not one to retry (then it is raised)."""
+    def retry(self, call: Callable[[], object], deadline: float, *, deleting: bool = True) -> None:
+        """``call`` until it succeeds, or (``deleting``) the error says the thing is gone;
+        an error not to retry, or one past the deadline, is raised."""
         while True:
             try:
                 call()
                 return
             except Exception as exc:
-                if self.gone(exc):
+                if deleting and self.gone(exc):
                     return
                 if not self.retryable(exc) or time.monotonic() + self.retry_seconds > deadline:
                     raise
