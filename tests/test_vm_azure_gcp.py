@@ -20,6 +20,8 @@ from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from azure.keyvault.secrets import SecretClient as REAL_SECRET_CLIENT  # before the fixtures replace them
+from googleapiclient.discovery import build as REAL_BUILD
 
 from flowrig.backends.base import ClusterSpec
 from flowrig.backends.vm import cloudinit
@@ -806,3 +808,73 @@ def test_a_missing_extra_names_the_install_command(tls, monkeypatch, backend, mo
     with pytest.raises(BadInput) as failed:
         backend().start(spec(tls, "extra1", **AZURE_OPTIONS))
     assert f"pip install 'flowrig[{extra}]'" in str(failed.value)
+
+
+def test_every_google_call_is_one_the_shipped_discovery_documents_accept(google, tls):
+    """Each call the fake recorded, built (not sent) by googleapiclient's real clients:
+    method names, parameter names and required parameters as the APIs define them."""
+    from google.auth.credentials import AnonymousCredentials
+
+    real = {name: REAL_BUILD(name, "v1", credentials=AnonymousCredentials(), cache_discovery=False)
+            for name in ("compute", "secretmanager", "iam")}
+    with local_scheduler(tls, workers=1) as scheduler:
+        GCPBackend().start(spec(tls, "gc9", image=GIMAGE, **GCP_OPTIONS, dashboard=True,
+                                scheduler_address=scheduler.scheduler_address)).close()
+    from flowrig.backends.vm.cloud import VMRequest
+    from flowrig.backends.vm.gcp_cloud import GCPCloud
+
+    cloud = GCPCloud("gc10", GCPOptions(**GCP_OPTIONS, tls="baked"))
+    cloud.prepare(dashboard=False)
+    cloud.create([VMRequest("flowrig-gc10-scheduler", "scheduler", "#cloud-config\n")])
+    cloud.observe(["flowrig-gc10-scheduler"])
+    assert cloud.delete() == []
+    assert cloud.observe(["flowrig-gc10-scheduler"])["flowrig-gc10-scheduler"].status == "stopped"
+    checked = set()
+    for name, kwargs in google.calls:
+        if name == "build":
+            continue
+        service, *path, method = name.split(".")
+        resource = real[service]
+        for part in path:
+            resource = getattr(resource, part)()
+        request = getattr(resource, method)(**kwargs)
+        assert request.uri.startswith("https://"), name
+        checked.add(name)
+    assert {"compute.instances.insert", "compute.firewalls.insert", "secretmanager.projects.secrets.setIamPolicy",
+            "iam.projects.serviceAccounts.create", "compute.instances.list", "compute.zoneOperations.get",
+            "compute.zoneOperations.wait", "compute.globalOperations.wait"} <= checked
+
+
+def test_every_azure_call_fits_the_installed_sdk_signature(azure, tls):
+    """Each management call the fakes recorded binds to the real SDK method it stands for."""
+    import inspect
+
+    import azure.mgmt.compute.operations as compute_ops
+    import azure.mgmt.network.operations as network_ops
+
+    with local_scheduler(tls, workers=1) as scheduler:
+        AzureBackend().start(spec(tls, "az12", **AZURE_OPTIONS, scheduler_address=scheduler.scheduler_address)).close()
+    operations = {
+        "Microsoft.Network/networkSecurityGroups": network_ops.NetworkSecurityGroupsOperations,
+        "Microsoft.Network/networkInterfaces": network_ops.NetworkInterfacesOperations,
+        "Microsoft.Network/publicIPAddresses": network_ops.PublicIPAddressesOperations,
+        "Microsoft.Network/virtualNetworks/subnets": network_ops.SubnetsOperations,
+        "Microsoft.Compute/virtualMachines": compute_ops.VirtualMachinesOperations,
+        "Microsoft.Compute/disks": compute_ops.DisksOperations,
+    }
+    verbs = {"create": "begin_create_or_update", "get": "get", "list": "list", "delete": "begin_delete"}
+    checked = set()
+    for name, args, kwargs in azure.calls:
+        client, _, rest = name.partition(".")
+        if client in ("compute", "network") and rest.rsplit(".", 1)[0] in operations:
+            kind, verb = rest.rsplit(".", 1)
+            method = getattr(operations[kind], verbs[verb])
+            inspect.signature(method).bind(None, *args, *kwargs.values())
+            checked.add(f"{kind}.{verb}")
+        elif client == "keyvault":
+            method = getattr(REAL_SECRET_CLIENT, {"delete": "begin_delete_secret", "purge": "purge_deleted_secret"}.get(
+                rest, rest))
+            inspect.signature(method).bind(None, *args, **kwargs)
+            checked.add(name)
+    assert {"Microsoft.Compute/virtualMachines.create", "Microsoft.Network/networkInterfaces.create",
+            "Microsoft.Network/networkSecurityGroups.delete", "keyvault.set_secret", "keyvault.purge"} <= checked
