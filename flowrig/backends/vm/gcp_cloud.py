@@ -1,0 +1,369 @@
+"""The ``gcp`` backend's calls to Google Cloud: one run's firewall rules, service account,
+secret and instances.
+
+The API clients are made in :class:`GCPClients`, the one boundary with the SDK:
+``google.auth.default()`` and googleapiclient's ``compute``, ``secretmanager`` and
+``iam`` v1 from the discovery documents that ship with it (nothing fetched, nothing
+cached), each request on its own HTTP connection (dask-cloudprovider's
+``build_request``: httplib2 is not thread-safe, and the pool calls from threads).
+
+The run's firewall rules admit the scheduler port (and the dashboard's, only with
+``dashboard``) from the subnetwork's own range to instances with the run's network tag,
+and every TCP port between the run's instances (workers listen on random ones). The
+instances have no external address unless ``use_private_ip = false``, and run as the
+run's own service account, which may read the run's secret and nothing else. Firewall
+rules and service accounts take no labels: their names and descriptions name the run.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
+
+from flowrig.backends.pool import Observed
+from flowrig.backends.vm.cloud import Cloud, Created, VMRequest
+from flowrig.backends.vm.ledger import Ledger
+from flowrig.errors import BadInput, InfrastructureError, one_line
+from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
+
+logger = logging.getLogger("flowrig.vm")
+
+SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+#: Seconds a new service account may take to be known to IAM and Compute Engine.
+ACCOUNT_PROPAGATION = 120.0
+#: Seconds an operation of creating a firewall rule may take.
+OPERATION_TIMEOUT = 300.0
+_STATES = {"PROVISIONING": "pending", "STAGING": "pending", "RUNNING": "running",
+           "STOPPING": "stopped", "TERMINATED": "stopped", "SUSPENDING": "stopped", "SUSPENDED": "stopped"}
+_CAPACITY = {"ZONE_RESOURCE_POOL_EXHAUSTED", "QUOTA_EXCEEDED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"}
+
+
+def _status(exc: BaseException) -> int:
+    return int(getattr(getattr(exc, "resp", None), "status", 0) or 0)
+
+
+def _gone(exc: BaseException) -> bool:
+    return _status(exc) == 404
+
+
+def _retryable(exc: BaseException) -> bool:
+    status = _status(exc)
+    in_use = "resourceInUseByAnotherResource" in str(exc) or "resourceNotReady" in str(exc)
+    return status in (409, 429) or status >= 500 or (status == 400 and in_use)
+
+
+def gcp_label(text: str) -> str:
+    """``text`` as a label key or value: lower case, digits, ``_`` and ``-``, 63 at most."""
+    return re.sub(r"[^a-z0-9_-]", "_", text.lower())[:63]
+
+
+def gcp_labels(tags: Mapping[str, str]) -> dict[str, str]:
+    """Tags as labels; a key must start with a letter."""
+    labels = {}
+    for key, value in tags.items():
+        name = gcp_label(key)
+        labels[name if name[:1].isalpha() else gcp_label(f"k{name}")] = gcp_label(value)
+    return labels
+
+
+@contextmanager
+def gcp_errors(action: str) -> Iterator[None]:
+    """Google's errors while doing ``action`` as one-line flowrig errors."""
+    from google.auth import exceptions as gx
+    from googleapiclient.errors import HttpError
+
+    try:
+        yield
+    except HttpError as exc:
+        raise InfrastructureError(
+            f"Google Cloud refused {action}: {_status(exc)} {one_line(exc.reason or exc, 300)}"
+        ) from None
+    except gx.RefreshError as exc:
+        raise BadInput(f"the Google credentials were refused while {action}: {one_line(exc, 200)}") from None
+    except (gx.GoogleAuthError, OSError) as exc:
+        raise InfrastructureError(f"cannot reach Google Cloud while {action}: {one_line(exc, 300)}") from None
+
+
+class GCPClients:
+    """Credentials, their project, and the three API clients (the only place they are made)."""
+
+    def __init__(self) -> None:
+        import google.auth
+        from google.auth.exceptions import DefaultCredentialsError
+        from googleapiclient.discovery import build
+
+        try:
+            self.credentials, self.project = google.auth.default(scopes=SCOPES)
+        except DefaultCredentialsError as exc:
+            raise BadInput(
+                f"no usable Google credentials ({one_line(exc, 160)}): run gcloud auth application-default login "
+                "or set GOOGLE_APPLICATION_CREDENTIALS"
+            ) from None
+        from dask_cloudprovider.gcp.utils import build_request
+
+        def service(name: str) -> Any:
+            return build(name, "v1", credentials=self.credentials, cache_discovery=False,
+                         requestBuilder=build_request(self.credentials))
+
+        self.compute, self.secretmanager, self.iam = service("compute"), service("secretmanager"), service("iam")
+
+
+class GCPCloud(Cloud):
+    """One run's resources in one project and zone (see the module's docstring).
+
+    Parameters
+    ----------
+    run_id
+        The run.
+    options
+        The project's :class:`~flowrig.backends.vm.gcp.GCPOptions`.
+    clients
+        The API clients; made from the environment's credentials by default.
+    """
+
+    name = "gcp"
+
+    def __init__(self, run_id: str, options: Any, clients: GCPClients | None = None) -> None:
+        if not options.zone:
+            raise BadInput("the gcp backend needs [cluster.options] zone, e.g. zone = 'europe-west1-b'")
+        self.clients = clients or GCPClients()
+        self.project = options.projectid or self.clients.project
+        if not self.project:
+            raise BadInput("no Google Cloud project: set projectid in [cluster.options] or GOOGLE_CLOUD_PROJECT")
+        self.run_id = run_id
+        self.options = options
+        self.zone = options.zone
+        self.region = options.zone.rsplit("-", 1)[0]
+        self.network_project = options.network_projectid or self.project
+        self.labels_ = gcp_labels(self.labels(run_id, options.tags))
+        self.tag = gcp_label(f"flowrig-{run_id}")
+        self.ledger = Ledger(float(options.cleanup_timeout), gone=_gone, retryable=_retryable)
+        self.subnetwork = ""
+        self.subnet_range = ""
+        self._operations: dict[str, str] = {}
+        account = gcp_label(f"flowrig-{run_id}").replace("_", "-")
+        if len(account) > 30:
+            account = "flowrig-" + hashlib.sha256(run_id.encode()).hexdigest()[:22]
+        self.account_email = f"{account}@{self.project}.iam.gserviceaccount.com"
+        self._account_id = account
+
+    @property
+    def secret_name(self) -> str:
+        return f"projects/{self.project}/secrets/flowrig-{self.run_id}-tls"
+
+    def network_description(self) -> str:
+        where = self.subnet_range or "its subnetwork"
+        return f"network {self.options.network} ({where}) of project {self.network_project}"
+
+    # --- operations ----------------------------------------------------------------------
+    def _wait(self, operation: Mapping[str, Any], deadline: float, what: str) -> None:
+        """Wait on a zone or global operation until DONE; its error raised as one line."""
+        compute, name = self.clients.compute, operation["name"]
+        while operation.get("status") != "DONE":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} had not finished in time")
+            if operation.get("zone"):
+                operation = compute.zoneOperations().wait(
+                    project=self.project, zone=self.zone, operation=name).execute()
+            else:
+                operation = compute.globalOperations().wait(project=self.network_project, operation=name).execute()
+        errors = (operation.get("error") or {}).get("errors") or []
+        if errors:
+            first = errors[0]
+            raise InfrastructureError(f"Google Cloud refused {what}: {first.get('code')}: {first.get('message')}")
+
+    # --- prepare -------------------------------------------------------------------------
+    def prepare(self, dashboard: bool) -> None:
+        compute = self.clients.compute
+        subnet = self.options.subnetwork or self.options.network
+        with gcp_errors(f"reading subnetwork {subnet} in {self.region}"):
+            found = compute.subnetworks().get(project=self.network_project, region=self.region,
+                                              subnetwork=subnet).execute()
+        self.subnetwork, self.subnet_range = found["selfLink"], found["ipCidrRange"]
+        network = f"projects/{self.network_project}/global/networks/{self.options.network}"
+        ports = [str(SCHEDULER_PORT)] + ([str(DASHBOARD_PORT)] if dashboard else [])
+        self._firewall("dask", network, {
+            "allowed": [{"IPProtocol": "tcp", "ports": ports}], "sourceRanges": [self.subnet_range],
+            "description": f"flowrig run {self.run_id}: Dask ports from subnetwork {subnet} only",
+        })
+        self._firewall("internal", network, {
+            "allowed": [{"IPProtocol": "tcp"}], "sourceTags": [self.tag],
+            "description": f"flowrig run {self.run_id}: between the run's instances",
+        })
+        self._create_account()
+
+    def _firewall(self, suffix: str, network: str, rule: dict) -> None:
+        name = f"{self.tag}-{suffix}"
+        compute = self.clients.compute
+        body = {"name": name, "network": network, "direction": "INGRESS", "priority": 1000,
+                "targetTags": [self.tag], **rule}
+        with gcp_errors(f"creating firewall rule {name}"):
+            operation = compute.firewalls().insert(project=self.network_project, body=body).execute()
+            self.ledger.record("firewall", name, lambda d: self._wait(
+                compute.firewalls().delete(project=self.network_project, firewall=name).execute(),
+                d, f"deleting firewall rule {name}"))
+            self._wait(operation, time.monotonic() + OPERATION_TIMEOUT, f"creating firewall rule {name}")
+
+    def _create_account(self) -> None:
+        accounts = self.clients.iam.projects().serviceAccounts()
+        path = f"projects/{self.project}/serviceAccounts/{self.account_email}"
+        body = {"accountId": self._account_id, "serviceAccount": {
+            "displayName": f"flowrig run {self.run_id}",
+            "description": f"flowrig run {self.run_id}: its instances; reads the run's certificates only",
+        }}
+        with gcp_errors(f"creating service account {self.account_email}"):
+            accounts.create(name=f"projects/{self.project}", body=body).execute()
+            self.ledger.record("service-account", self.account_email,
+                               lambda _: accounts.delete(name=path).execute())
+
+    # --- the run's secret ----------------------------------------------------------------
+    def store_certificates(self, line: str) -> str:
+        secrets = self.clients.secretmanager.projects().secrets()
+        name = self.secret_name
+        with gcp_errors(f"creating secret {name}"):
+            secrets.create(parent=f"projects/{self.project}", secretId=name.rsplit("/", 1)[1],
+                           body={"replication": {"automatic": {}}, "labels": self.labels_}).execute()
+            self.ledger.record("secret", name, lambda _: secrets.delete(name=name).execute())
+            secrets.addVersion(parent=name, body={"payload": {"data": base64.b64encode(line.encode()).decode()}}
+                               ).execute()
+            policy = {"bindings": [{"role": "roles/secretmanager.secretAccessor",
+                                    "members": [f"serviceAccount:{self.account_email}"]}]}
+            # A just-made account may be unknown to IAM for a little while (400).
+            self._retry_new_account(lambda: secrets.setIamPolicy(resource=name, body={"policy": policy}).execute())
+        return name
+
+    def _retry_new_account(self, call: Any) -> Any:
+        """``call``, again while the answer says the run's service account does not exist."""
+        deadline = time.monotonic() + ACCOUNT_PROPAGATION
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                unknown = _status(exc) in (400, 404) and self.account_email in str(exc)
+                if not unknown or time.monotonic() + Ledger.retry_seconds > deadline:
+                    raise
+            time.sleep(Ledger.retry_seconds)
+
+    # --- instances -------------------------------------------------------------------------
+    def create(self, requests: list[VMRequest]) -> Created:
+        started, refused = {}, []
+        instances = self.clients.compute.instances()
+        for request in requests:
+            try:
+                with gcp_errors(f"creating instance {request.name}"):
+                    insert = instances.insert(project=self.project, zone=self.zone, body=self._instance_body(request))
+                    # The run's just-made service account may be unknown to Compute Engine for a while.
+                    operation = self._retry_new_account(insert.execute)
+            except InfrastructureError as exc:
+                if not any(code in str(exc) for code in _CAPACITY):
+                    raise
+                refused.append(one_line(exc, 300))
+                continue
+            self.ledger.record("instance", request.name, lambda d, name=request.name: self._delete_instance(name, d))
+            self._operations[request.name] = operation["name"]
+            started[request.name] = request.name
+        return Created(started, refused)
+
+    def _instance_body(self, request: VMRequest) -> dict:
+        options = self.options
+        machine = (options.scheduler_machine_type if request.role == "scheduler" else
+                   options.worker_machine_type) or options.machine_type
+        interface: dict[str, Any] = {"subnetwork": self.subnetwork}
+        if not options.use_private_ip:
+            interface["accessConfigs"] = [{"type": "ONE_TO_ONE_NAT", "name": "External NAT"}]
+        return {
+            "name": request.name,
+            "machineType": f"zones/{self.zone}/machineTypes/{machine}",
+            "labels": {**self.labels_, "flowrig-role": request.role},
+            "tags": {"items": [self.tag]},
+            "metadata": {"items": [{"key": "user-data", "value": request.user_data}]},
+            "disks": [{"boot": True, "autoDelete": True, "initializeParams": {
+                "sourceImage": options.source_image, "diskSizeGb": str(options.filesystem_size),
+                "labels": self.labels_}}],
+            "networkInterfaces": [interface],
+            "serviceAccounts": [{"email": self.account_email, "scopes": SCOPES}],
+        }
+
+    def observe(self, handles: list[str]) -> dict[str, Observed]:
+        instances = self.clients.compute.instances()
+        listed: dict[str, str] = {}
+        with gcp_errors("listing the run's instances"):
+            request = instances.list(project=self.project, zone=self.zone,
+                                     filter=f'labels.flowrig-run-id = "{self.labels_["flowrig-run-id"]}"')
+            while request is not None:
+                answer = request.execute()
+                listed.update({item["name"]: item["status"] for item in answer.get("items", [])})
+                request = instances.list_next(request, answer)
+        seen = {}
+        for handle in handles:
+            if handle in listed:
+                status = listed[handle]
+                state = _STATES.get(status, "pending")
+                seen[handle] = Observed(state, f"the instance is {status}" if state == "stopped" else "")
+            else:
+                seen[handle] = Observed("stopped", self._why_missing(handle))
+        return seen
+
+    def _why_missing(self, handle: str) -> str:
+        """The insert operation's error, when the instance was never made (capacity, quota)."""
+        operation = self._operations.get(handle)
+        if operation:
+            with gcp_errors(f"reading the creation of instance {handle}"):
+                answer = self.clients.compute.zoneOperations().get(
+                    project=self.project, zone=self.zone, operation=operation).execute()
+            errors = (answer.get("error") or {}).get("errors") or []
+            if errors:
+                return f"{errors[0].get('code')}: {one_line(errors[0].get('message') or '', 300)}"
+            if answer.get("status") != "DONE":
+                return "still being created"
+        return "the instance was deleted"
+
+    def _instance(self, handle: str) -> dict:
+        with gcp_errors(f"reading instance {handle}"):
+            return self.clients.compute.instances().get(project=self.project, zone=self.zone,
+                                                         instance=handle).execute()
+
+    def private_address(self, handle: str) -> str:
+        return self._instance(handle)["networkInterfaces"][0].get("networkIP", "")
+
+    def public_address(self, handle: str) -> str | None:
+        configs = self._instance(handle)["networkInterfaces"][0].get("accessConfigs") or []
+        return configs[0].get("natIP") if configs else None
+
+    def _delete_instance(self, name: str, deadline: float | None = None) -> Any:
+        operation = self.clients.compute.instances().delete(project=self.project, zone=self.zone,
+                                                             instance=name).execute()
+        if deadline is not None:
+            self._wait(operation, deadline, f"deleting instance {name}")
+        return operation
+
+    def terminate(self, handles: list[str]) -> None:
+        for handle in handles:
+            try:
+                with gcp_errors(f"deleting instance {handle}"):
+                    self._delete_instance(handle)
+            except InfrastructureError as exc:
+                if exc.__context__ is None or not _gone(exc.__context__):
+                    raise
+
+    def delete(self) -> list[str]:
+        # Every instance at once first; the ledger then waits on each, and finds the rest gone.
+        deadline = time.monotonic() + float(self.options.cleanup_timeout)
+        deleting = []
+        for name in self.ledger.of_kind("instance"):
+            try:
+                deleting.append((name, self._delete_instance(name)))
+            except Exception as exc:
+                if not _gone(exc):
+                    logger.warning("could not delete instance %s: %s", name, one_line(exc, 200))
+        for name, operation in deleting:
+            try:
+                self._wait(operation, deadline, f"deleting instance {name}")
+            except Exception as exc:
+                logger.warning("instance %s: %s", name, one_line(exc, 200))
+        return self.ledger.delete()
