@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import subprocess
 import time
 
@@ -26,6 +25,7 @@ from flowrig.backends.vm.ec2 import EC2Backend
 from flowrig.certs.scan import private_keys_in_bytes
 from flowrig.errors import BadInput, InfrastructureError
 from flowrig.project.sizing import ClusterSize
+from tests.net_support import silent_loopback_port
 from tests.run_support import FLOWRIG, SEED, TEN, marked_env
 from tests.test_ecs_backend import assert_no_key_in, closed_port, local_scheduler, secret_arns, tags
 
@@ -359,28 +359,12 @@ def test_a_closed_loopback_port_counts_as_reachable():
 
 
 def test_a_scheduler_that_never_answers_is_exit_3_with_the_layouts():
-    # A listening socket whose backlog is full drops further connection attempts: the
-    # address is there and nothing answers, as for a runner outside the VPC.
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(0)
-        port = server.getsockname()[1]
-        fillers = []
-        try:
-            while reach.probe("127.0.0.1", port, timeout=0.5) != "silent":
-                filler = socket.socket()
-                filler.setblocking(False)
-                filler.connect_ex(("127.0.0.1", port))
-                fillers.append(filler)
-                assert len(fillers) < 64, "the backlog never filled"
-            began = time.monotonic()
-            with pytest.raises(InfrastructureError) as info:
-                reach.wait_reachable("127.0.0.1", port, time.monotonic() + 2, "the scheduler instance",
-                                     "VPC vpc-1 (CIDR 10.0.0.0/16)")
-            assert time.monotonic() - began < 10
-        finally:
-            for filler in fillers:
-                filler.close()
+    with silent_loopback_port() as port:
+        began = time.monotonic()
+        with pytest.raises(InfrastructureError) as info:
+            reach.wait_reachable("127.0.0.1", port, time.monotonic() + 2, "the scheduler instance",
+                                 "VPC vpc-1 (CIDR 10.0.0.0/16)")
+        assert time.monotonic() - began < 10
     message = str(info.value)
     assert info.value.exit_code == 3 and "\n" not in message
     assert message.startswith(f"this runner cannot reach the scheduler instance at 127.0.0.1:{port} "

@@ -32,6 +32,7 @@ from flowrig.certs import delivery
 from flowrig.certs.scan import private_keys_in_bytes
 from flowrig.errors import BadInput, InfrastructureError
 from flowrig.project.sizing import ClusterSize
+from tests.net_support import silent_loopback_port
 from tests.test_ecs_backend import local_scheduler
 
 IMAGE = "flowrigruns.azurecr.io/seed:run-image"
@@ -394,11 +395,14 @@ def test_azure_dashboard_public_address_and_states(azure):
     assert azure.arm == {}
 
 
-def test_azure_scheduler_vm_out_of_reach_fails_in_time_and_leaves_nothing(azure, tls):
-    azure.private_ip = "192.0.2.10"  # TEST-NET-1: nothing answers there
+def test_azure_scheduler_vm_out_of_reach_fails_in_time_and_leaves_nothing(azure, tls, monkeypatch):
     options = {**AZURE_OPTIONS, "scheduler_vm_size": "Standard_D2s_v5", "reach_timeout": 2}
-    with pytest.raises(InfrastructureError, match="cannot reach the scheduler VM at 192.0.2.10:8786"):
-        AzureBackend().start(spec(tls, "az6", **options))
+    with silent_loopback_port() as port:
+        # The scheduler VM's address: a loopback port where nothing answers.
+        azure.private_ip = "127.0.0.1"
+        monkeypatch.setattr("flowrig.backends.vm.launcher.SCHEDULER_PORT", port)
+        with pytest.raises(InfrastructureError, match=f"cannot reach the scheduler VM at 127.0.0.1:{port}"):
+            AzureBackend().start(spec(tls, "az6", **options))
     [create] = [c for c in azure.calls if c[0] == "compute.Microsoft.Compute/virtualMachines.create"]
     body = create[2]["body"]
     assert create[1][1] == "flowrig-az6-scheduler"
