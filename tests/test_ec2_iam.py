@@ -245,7 +245,7 @@ def ec2_runner(aws, pass_role_enforced, ubuntu_parameter, monkeypatch):
 
 
 @pytest.mark.aws
-def test_an_ec2_run_completes_under_exactly_the_printed_actions(aws, ec2_runner, tls, tmp_path):
+def test_an_ec2_run_completes_under_exactly_the_printed_actions(aws, ec2_runner, tls, tmp_path, monkeypatch):
     certs = tmp_path / "certs"
     tls.write_to_dir(certs)
     project = tmp_path / "seed"
@@ -264,7 +264,7 @@ def test_an_ec2_run_completes_under_exactly_the_printed_actions(aws, ec2_runner,
                  "FLOWRIG_AWS_LEASE_SECONDS": "2"},
             capture_output=True, text=True, timeout=300,
         )
-        _as_admin(pytest.MonkeyPatch(), aws)
+        _as_admin(monkeypatch, aws)
     assert done.returncode == 0, done.stderr[-3000:]
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome["state"] == "Completed" and outcome["result"] == 90, outcome
