@@ -1,9 +1,15 @@
-"""``flowrig aws``: what ``ecs``/``fargate`` runs left in AWS (tagged flowrig-run-id)."""
+"""``flowrig aws``: what ``ecs``/``fargate``/``ec2`` runs left in AWS (tagged flowrig-run-id),
+and the IAM policy a runner of each needs.
+
+``flowrig aws iam-policy --backend ecs|fargate|ec2`` is the one command for every AWS
+backend (``ec2`` is no ECS backend, so its policy does not belong under ``flowrig ecs``);
+``flowrig ecs iam-policy`` stays as it was and prints what ``--backend ecs`` does.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -22,6 +28,79 @@ _MAX_MINUTES = 1e7
 @app.callback()
 def aws() -> None:
     """AWS resources of ecs/fargate/ec2 runs (tagged flowrig-run-id)."""
+
+
+#: Backends whose runner policy ``iam-policy`` prints.
+POLICY_BACKENDS = ("ecs", "fargate", "ec2")
+
+
+def policy_account(account: Optional[str], partition: str) -> Any:
+    """The :class:`~flowrig.backends.ecs.iam.Account` a policy is for: ``account`` when
+    given, else the credentials' (one STS call).
+
+    Raises
+    ------
+    BadInput
+        ``account`` is not 12 digits.
+    """
+    from flowrig.backends.ecs import iam
+    from flowrig.errors import BadInput
+
+    if account is None:
+        from flowrig.backends.ecs import aws as aws_calls
+
+        found = aws_calls.session().account()
+        account, partition = found.account_id, found.partition
+    if not (account.isdigit() and len(account) == 12):
+        raise BadInput(f"--account {account!r} is not an AWS account id: use its 12 digits")
+    return iam.Account(partition, account)
+
+
+def runner_policy(backend: str, account: Any, *, create_roles: bool = False) -> dict[str, Any]:
+    """The runner policy of ``backend`` (one of :data:`POLICY_BACKENDS`).
+
+    Raises
+    ------
+    BadInput
+        An unknown backend, or ``create_roles`` for ``ec2`` (whose runs always make
+        their instance role: its rights are in the policy).
+    """
+    from flowrig.errors import BadInput
+
+    if backend not in POLICY_BACKENDS:
+        raise BadInput(f"--backend {backend!r}: use one of {', '.join(POLICY_BACKENDS)}")
+    if backend == "ec2":
+        if create_roles:
+            raise BadInput("--create-roles is for ecs/fargate runs: ec2 runs always make their instance role, "
+                           "and the ec2 policy has those rights; leave it out")
+        from flowrig.backends.vm import ec2_iam
+
+        return ec2_iam.runner_policy(account)
+    from flowrig.backends.ecs import iam
+
+    return iam.runner_policy(account, create_roles=create_roles)
+
+
+@app.command("iam-policy")
+def iam_policy(
+    backend: Annotated[str, typer.Option("--backend", help="ecs, fargate or ec2.")],
+    account: Annotated[
+        Optional[str],
+        typer.Option(help="12-digit account id the policy is for (default: the credentials' account)."),
+    ] = None,
+    partition: Annotated[str, typer.Option(help="aws, aws-cn or aws-us-gov.")] = "aws",
+    create_roles: Annotated[
+        bool, typer.Option("--create-roles", help="ecs/fargate: add what runs with create_roles = true need.")
+    ] = False,
+) -> None:
+    """Print the least-privilege IAM policy a runner of BACKEND runs needs (JSON).
+
+    Resources are scoped to flowrig's names (role/flowrig/*, flowrig/ secrets) and to
+    the flowrig-run-id tag wherever IAM allows; `flowrig ecs iam-policy` is the same as
+    --backend ecs (and fargate: both ECS backends share one policy).
+    """
+    policy = runner_policy(backend, policy_account(account, partition), create_roles=create_roles)
+    typer.echo(json.dumps(policy, indent=2))
 
 
 @app.command("leftovers")

@@ -260,16 +260,11 @@ def iam_policy_command(
         bool, typer.Option("--create-roles", help="Add what runs with create_roles = true need.")
     ] = False,
 ) -> None:
-    """Print the least-privilege IAM policy a runner of ECS/Fargate runs needs (JSON)."""
-    from flowrig.backends.ecs import iam
-    from flowrig.errors import BadInput
+    """Print the least-privilege IAM policy a runner of ECS/Fargate runs needs (JSON).
 
-    if account is None:
-        from flowrig.backends.ecs import aws
+    The same as `flowrig aws iam-policy --backend ecs`, which also prints ec2's.
+    """
+    from flowrig.cli.aws import policy_account, runner_policy
 
-        found = aws.session().account()
-        account, partition = found.account_id, found.partition
-    if not (account.isdigit() and len(account) == 12):
-        raise BadInput(f"--account {account!r} is not an AWS account id: use its 12 digits")
-    policy = iam.runner_policy(iam.Account(partition, account), create_roles=create_roles)
+    policy = runner_policy("ecs", policy_account(account, partition), create_roles=create_roles)
     typer.echo(json.dumps(policy, indent=2))

@@ -150,11 +150,12 @@ def secret_read_policy(secret_arn: str, execution_role_arn: str) -> dict[str, An
     }
 
 
-def _statement(sid: str, actions: list[str], resources: list[str] | str, **condition: Any) -> dict[str, Any]:
-    statement: dict[str, Any] = {"Sid": sid, "Effect": "Allow", "Action": sorted(actions), "Resource": resources}
+def statement(sid: str, actions: list[str], resources: list[str] | str, **condition: Any) -> dict[str, Any]:
+    """One ``Allow`` statement: actions sorted, and a ``Condition`` when one is given."""
+    allowed: dict[str, Any] = {"Sid": sid, "Effect": "Allow", "Action": sorted(actions), "Resource": resources}
     if condition:
-        statement["Condition"] = condition
-    return statement
+        allowed["Condition"] = condition
+    return allowed
 
 
 def runner_policy(account: Account, *, create_roles: bool = False) -> dict[str, Any]:
@@ -172,24 +173,24 @@ def runner_policy(account: Account, *, create_roles: bool = False) -> dict[str, 
     tagged = {"StringEquals": {"aws:ResourceTag/createdBy": "flowrig"}}
     lease_only = {"ForAllValues:StringEquals": {"aws:TagKeys": [LEASE_TAG]}}
     statements = [
-        _statement("Describe", list(UNSCOPED_ACTIONS), "*"),
-        _statement("Clusters", ["ecs:CreateCluster", "ecs:DeleteCluster"], account.arn("ecs", f"cluster/{prefix}-*")),
-        _statement(
+        statement("Describe", list(UNSCOPED_ACTIONS), "*"),
+        statement("Clusters", ["ecs:CreateCluster", "ecs:DeleteCluster"], account.arn("ecs", f"cluster/{prefix}-*")),
+        statement(
             "Tasks",
             ["ecs:RunTask"],
             account.arn("ecs", f"task-definition/{prefix}-*:*"),
         ),
-        _statement(
+        statement(
             "ObserveTasks",
             ["ecs:DescribeTasks", "ecs:StopTask"],
             account.arn("ecs", f"task/{prefix}-*/*"),
         ),
-        _statement(
+        statement(
             "ListTasks",
             ["ecs:ListTasks"],
             account.arn("ecs", f"container-instance/{prefix}-*/*"),
         ),
-        _statement(
+        statement(
             "TagOnCreate",
             ["ecs:TagResource"],
             "*",
@@ -197,42 +198,42 @@ def runner_policy(account: Account, *, create_roles: bool = False) -> dict[str, 
         ),
         # The lease `flowrig aws leftovers` reads: only its tag, on the run's own cluster,
         # task definitions and security group, or on its tasks when it made none of them.
-        _statement(
+        statement(
             "RenewLease",
             ["ecs:TagResource"],
             [account.arn("ecs", f"cluster/{prefix}-*"), account.arn("ecs", f"task-definition/{prefix}-*:*"),
              account.arn("ecs", "task/*/*")],
             **lease_only,
         ),
-        _statement(
+        statement(
             "SecurityGroupCreate",
             ["ec2:CreateSecurityGroup"],
             [account.arn("ec2", "vpc/*"), account.arn("ec2", "security-group/*")],
         ),
-        _statement(
+        statement(
             "SecurityGroupTagOnCreate",
             ["ec2:CreateTags"],
             account.arn("ec2", "security-group/*"),
             StringEquals={"ec2:CreateAction": "CreateSecurityGroup"},
         ),
-        _statement(
+        statement(
             "SecurityGroupOwn",
             ["ec2:AuthorizeSecurityGroupIngress", "ec2:DeleteSecurityGroup"],
             account.arn("ec2", "security-group/*"),
             **tagged,
         ),
-        _statement(
+        statement(
             "SecurityGroupRenewLease",
             ["ec2:CreateTags"],
             account.arn("ec2", "security-group/*"),
             **{"StringEquals": tagged["StringEquals"], **lease_only},
         ),
-        _statement(
+        statement(
             "Logs",
             ["logs:CreateLogGroup", "logs:DeleteLogGroup", "logs:TagResource"],
             account.arn("logs", f"log-group:/{prefix}/*"),
         ),
-        _statement(
+        statement(
             "RunSecret",
             [
                 "secretsmanager:CreateSecret",
@@ -242,8 +243,8 @@ def runner_policy(account: Account, *, create_roles: bool = False) -> dict[str, 
             ],
             account.arn("secretsmanager", f"secret:{prefix}/*"),
         ),
-        _statement("FindRoles", ["iam:GetRole"], role_arn(account, "*")),
-        _statement(
+        statement("FindRoles", ["iam:GetRole"], role_arn(account, "*")),
+        statement(
             "PassRolesToTasks",
             ["iam:PassRole"],
             role_arn(account, "*"),
@@ -251,7 +252,7 @@ def runner_policy(account: Account, *, create_roles: bool = False) -> dict[str, 
         ),
     ]
     if create_roles:
-        statements.append(_statement(
+        statements.append(statement(
             "RunRoles",
             ["iam:CreateRole", "iam:DeleteRole", "iam:TagRole", "iam:ListAttachedRolePolicies",
              "iam:DetachRolePolicy"],
@@ -259,13 +260,13 @@ def runner_policy(account: Account, *, create_roles: bool = False) -> dict[str, 
             # shares (flowrig-execution), which this pattern cannot match.
             role_arn(account, RUN_ROLE_PATTERN),
         ))
-        statements.append(_statement(
+        statements.append(statement(
             "RunRolesExecutionPolicyOnly",
             ["iam:AttachRolePolicy"],
             role_arn(account, RUN_ROLE_PATTERN),
             ArnEquals={"iam:PolicyARN": execution_policy_arn(account.partition)},
         ))
-        statements.append(_statement("WhoAmI", ["sts:GetCallerIdentity"], "*"))
+        statements.append(statement("WhoAmI", ["sts:GetCallerIdentity"], "*"))
     return {"Version": "2012-10-17", "Statement": statements}
 
 

@@ -190,7 +190,7 @@ class LeaseRenewer:
                     logging.ERROR if lapsing else logging.WARNING,
                     "could not renew the run's lease%s (once it lapses, `flowrig aws leftovers` "
                     "counts the run as over; check ecs:TagResource and ec2:CreateTags of "
-                    "`flowrig ecs iam-policy`): %s",
+                    "`flowrig aws iam-policy --backend BACKEND`): %s",
                     " for the last time before it lapses" if lapsing else "", one_line(exc),
                 )
 

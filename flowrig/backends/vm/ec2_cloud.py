@@ -31,8 +31,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flowrig.vm")
 
+#: Where Canonical publishes its Ubuntu server AMIs as public SSM parameters.
+UBUNTU_PARAMETER_PATH = "/aws/service/canonical/ubuntu/server/"
 #: Canonical's public SSM parameter of the current Ubuntu LTS AMI (architecture filled in).
-UBUNTU_PARAMETER = "/aws/service/canonical/ubuntu/server/24.04/stable/current/{arch}/hvm/ebs-gp3/ami-id"
+UBUNTU_PARAMETER = UBUNTU_PARAMETER_PATH + "24.04/stable/current/{arch}/hvm/ebs-gp3/ami-id"
 #: Instance types of AWS Graviton (arm64) processors: a ``g`` after the generation.
 _GRAVITON = re.compile(r"^[a-z]+\d+g[a-z]*\.")
 #: DescribeInstances and TerminateInstances take this many ids per call.
