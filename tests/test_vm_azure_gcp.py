@@ -835,6 +835,116 @@ def test_gcp_start_failing_half_way_removes_everything(google, tls):
     assert [c[0] for c in google.calls].count("iam.projects.serviceAccounts.delete") == 1
 
 
+def test_gcp_image_in_a_repository_that_is_not_there_is_one_line_bad_input(google, tls):
+    image = "europe-west1-docker.pkg.dev/proj-1/missing/seed:run-image"
+    with pytest.raises(BadInput) as failed:
+        GCPBackend().start(spec(tls, "gcr1", image=image, **GCP_OPTIONS, scheduler_address="tls://127.0.0.1:1"))
+    message = str(failed.value)
+    assert "repository projects/proj-1/locations/europe-west1/repositories/missing (404" in message
+    assert "registry_login = false" in message and "\n" not in message
+    assert failed.value.exit_code == 2
+    assert not [c for c in google.calls if c[0].endswith("repositories.setIamPolicy")]
+    assert_google_empty(google)
+    assert [c[0] for c in google.calls].count("iam.projects.serviceAccounts.delete") == 1
+
+
+def test_gcp_grant_waits_for_the_new_account_and_rereads_a_policy_changed_meanwhile(google):
+    from flowrig.backends.vm.gcp_cloud import GCPCloud
+
+    cloud = GCPCloud("gcr2", GCPOptions(**GCP_OPTIONS, tls="baked"))
+    cloud.prepare(dashboard=False)
+    member = f"serviceAccount:{cloud.account_email}"
+    sets = "artifactregistry.projects.locations.repositories.setIamPolicy"
+    google.faults[sets] = [http_error(400, f"Service account {cloud.account_email} does not exist.")]
+    # After the second read someone else writes the policy: the run's write names a stale etag.
+    real_get = google.artifactregistry_projects_locations_repositories_getIamPolicy
+    writes_between = [{"role": "roles/artifactregistry.reader", "members": ["user:new@example.com"]}]
+    reads = []
+
+    def get_then_someone_writes(resource, options_requestedPolicyVersion):
+        policy = real_get(resource, options_requestedPolicyVersion)
+        reads.append(resource)
+        if len(reads) == 2:
+            held = google.repositories[resource]
+            google.repositories[resource] = {**held, "etag": held["etag"] + "!",
+                                             "bindings": [*held["bindings"], writes_between.pop()]}
+        return policy
+
+    google.artifactregistry_projects_locations_repositories_getIamPolicy = get_then_someone_writes
+    cloud.allow_registry(cloudinit.RegistryLogin(kind="gar", host="europe-west1-docker.pkg.dev"), GIMAGE)
+    bindings = google.repositories[GREPO]["bindings"]
+    assert bindings[0]["members"] == ["group:data@example.com", member]
+    assert bindings[-1] == {"role": "roles/artifactregistry.reader", "members": ["user:new@example.com"]}
+    assert [c[0] for c in google.calls].count(sets) == 3  # unknown account, stale etag, then written
+    assert len(reads) == 3
+    assert cloud.delete() == []
+    assert google.repositories[GREPO]["bindings"] == [*REPOSITORY_POLICY["bindings"], bindings[-1]]
+
+
+def test_gcp_binding_gone_already_or_repository_deleted_is_a_clean_teardown(google):
+    from flowrig.backends.vm.gcp_cloud import GCPCloud
+
+    login = cloudinit.RegistryLogin(kind="gar", host="europe-west1-docker.pkg.dev")
+    cloud = GCPCloud("gcr3", GCPOptions(**GCP_OPTIONS, tls="baked"))
+    cloud.prepare(dashboard=False)
+    cloud.allow_registry(login, GIMAGE)
+    google.repositories[GREPO] = {**google.repositories[GREPO], "bindings": REPOSITORY_POLICY["bindings"]}
+    writes = [c for c in google.calls if c[0].endswith("repositories.setIamPolicy")]
+    assert cloud.delete() == []
+    assert [c for c in google.calls if c[0].endswith("repositories.setIamPolicy")] == writes  # nothing to remove
+
+    cloud = GCPCloud("gcr4", GCPOptions(**GCP_OPTIONS, tls="baked"))
+    cloud.prepare(dashboard=False)
+    cloud.allow_registry(login, GIMAGE)
+    del google.repositories[GREPO]
+    assert cloud.delete() == []
+    assert (google.accounts, google.firewalls) == ({}, {})
+
+
+@pytest.mark.parametrize("image, options", [(PUBLIC_IMAGE, {}), ("k8s.gcr.io/pause:3.9", {}),
+                                            (GIMAGE, {"registry_login": False})])
+def test_gcp_public_image_or_no_registry_login_grants_nothing_on_a_repository(google, tls, image, options):
+    with local_scheduler(tls, workers=1) as scheduler:
+        started = GCPBackend().start(spec(tls, "gcr5", image=image, **GCP_OPTIONS, **options,
+                                          scheduler_address=scheduler.scheduler_address))
+        try:
+            [instance] = google.instances.values()
+            assert cloudinit.parse(instance["metadata"]["items"][0]["value"]).registry is None
+        finally:
+            started.close()
+    assert not [c for c in google.calls if c[0].startswith("artifactregistry.") or c[1].get("name") == "artifactregistry"]
+    assert_google_empty(google)
+
+
+@pytest.mark.parametrize(
+    "image, repository",
+    [
+        (GIMAGE, GREPO),
+        ("us-docker.pkg.dev/proj-1/runs/team/seed@sha256:" + "a" * 64, "projects/proj-1/locations/us/repositories/runs"),
+        ("europe-west4-docker.pkg.dev/example.com/proj/runs/seed:1",
+         "projects/example.com:proj/locations/europe-west4/repositories/runs"),
+        ("gcr.io/proj-1/seed:1", "projects/proj-1/locations/us/repositories/gcr.io"),
+        ("eu.gcr.io/proj-1/team/seed", "projects/proj-1/locations/europe/repositories/eu.gcr.io"),
+        ("asia.gcr.io/proj-1/seed", "projects/proj-1/locations/asia/repositories/asia.gcr.io"),
+    ],
+)
+def test_gcp_image_names_its_artifact_registry_repository(image, repository):
+    from flowrig.backends.vm.gcp_cloud import artifact_repository
+
+    assert GCPBackend.registry_login(image) is not None
+    assert artifact_repository(image) == repository
+
+
+@pytest.mark.parametrize("image", ["europe-west1-docker.pkg.dev/proj-1/seed", "gcr.io/seed", "k8s.gcr.io/pause"])
+def test_gcp_image_without_project_and_repository_is_one_line_bad_input(image):
+    from flowrig.backends.vm.gcp_cloud import artifact_repository
+
+    with pytest.raises(BadInput) as failed:
+        artifact_repository(image)
+    assert image in str(failed.value) and "registry_login = false" in str(failed.value)
+    assert "\n" not in str(failed.value)
+
+
 def test_gcp_dashboard_external_address_states_and_missing_instances(google):
     from flowrig.backends.vm.cloud import VMRequest
     from flowrig.backends.vm.gcp_cloud import GCPCloud
