@@ -40,6 +40,12 @@ GIMAGE = "europe-west1-docker.pkg.dev/proj-1/runs/seed:run-image"
 SUB = "00000000-1111-2222-3333-444444444444"
 GROUP_PATH = f"/subscriptions/{SUB}/resourceGroups/runs"
 VAULT_ID = f"/subscriptions/{SUB}/resourceGroups/vaults/providers/Microsoft.KeyVault/vaults/runs-vault"
+REGISTRIES = f"/subscriptions/{SUB}/providers/Microsoft.ContainerRegistry/registries"
+REGISTRY_ID = f"/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.ContainerRegistry/registries/FlowrigRuns"
+ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
+GREPO = "projects/proj-1/locations/europe-west1/repositories/runs"
+PUBLIC_IMAGE = "ghcr.io/example/seed:run-image"
 pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
 
 
@@ -115,6 +121,12 @@ class AzureWorld:
         self.power = "PowerState/running"
         self.private_ip = "10.1.0.4"
         self.secret_write = None
+        # The subscription's registries, one a page (ARM pages a list with nextLink).
+        self.registries = [
+            {"id": REGISTRY_ID.replace("FlowrigRuns", "Other"), "name": "Other",
+             "properties": {"loginServer": "other.azurecr.io"}},
+            {"id": REGISTRY_ID, "name": "FlowrigRuns", "properties": {"loginServer": "flowrigruns.azurecr.io"}},
+        ]
 
     def call(self, name, *args, **kwargs):
         entry = (name, args, kwargs)
@@ -219,7 +231,7 @@ class FakeCompute:
             {"statuses": [{"code": "ProvisioningState/succeeded"}, {"code": self.world.power}]})
 
     def send_request(self, request):
-        """ARM REST: the identity, the vault's lookup, the role assignment."""
+        """ARM REST: the identity, the vault's and the registry's lookups, the role assignments."""
         parts = urlsplit(request.url)
         path, query = parts.path, parse_qs(parts.query)
         body = json.loads(request.content) if request.content else None
@@ -236,6 +248,12 @@ class FakeCompute:
             answer = {"value": [{"id": VAULT_ID}] if "runs-vault" in query["$filter"][0] else []}
         elif path == VAULT_ID:
             answer = {"id": VAULT_ID, "properties": {"enableRbacAuthorization": self.world.rbac}}
+        elif path == REGISTRIES:
+            page = int(query.get("$skipToken", ["0"])[0])
+            answer = {"value": self.world.registries[page:page + 1]}
+            if page + 1 < len(self.world.registries):
+                answer["nextLink"] = (f"https://management.azure.com{REGISTRIES}"
+                                      f"?api-version=2023-07-01&%24skipToken={page + 1}")
         return SimpleNamespace(content=json.dumps(answer).encode(), json=lambda: answer,
                                raise_for_status=lambda: None)
 
@@ -307,12 +325,16 @@ def test_azure_run_creates_private_tagged_resources_readable_by_the_run_and_remo
                              f"userAssignedIdentities/flowrig-{run_id}")
             assert azure.arm[identity_path]["tags"]["flowrig-run-id"] == run_id
             secret_scope = f"{VAULT_ID}/secrets/flowrig-{run_id}-tls"
-            grants = [(path, body) for path, body in azure.arm.items() if "roleAssignments" in path]
-            assert len(grants) == 1
-            path, grant = grants[0]
-            assert path.startswith(secret_scope + "/providers/Microsoft.Authorization/roleAssignments/")
-            assert grant["properties"]["principalId"] == "pid-of-the-run"
-            assert grant["properties"]["roleDefinitionId"].endswith("4633458b-17de-408a-b874-0445c86b69e6")
+            # Two grants to the run's identity alone: its secret, and pulling from the image's registry.
+            grants = {path.split("/providers/Microsoft.Authorization/roleAssignments/")[0]: body["properties"]
+                      for path, body in azure.arm.items() if "roleAssignments" in path}
+            assert set(grants) == {secret_scope, REGISTRY_ID}
+            assert {g["principalId"] for g in grants.values()} == {"pid-of-the-run"}
+            assert grants[secret_scope]["roleDefinitionId"] == \
+                f"/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/{SECRETS_USER}"
+            assert grants[REGISTRY_ID]["roleDefinitionId"] == \
+                f"/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/{ACR_PULL}"
+            assert {g["principalType"] for g in grants.values()} == {"ServicePrincipal"}
             secret = azure.secrets[f"flowrig-{run_id}-tls"]
             assert secret["value"] == delivery.encode(tls).decode().strip()
             assert secret["tags"]["flowrig-run-id"] == run_id
@@ -345,7 +367,11 @@ def test_azure_run_creates_private_tagged_resources_readable_by_the_run_and_remo
         "network.Microsoft.Network/networkInterfaces.delete") < order.index(
         "network.Microsoft.Network/networkSecurityGroups.delete")
     deletes = [c[1][0] for c in azure.calls if c[0] == "arm.DELETE"]
-    assert "roleAssignments" in deletes[0] and "userAssignedIdentities" in deletes[-1]
+    assert [p.startswith(REGISTRY_ID) for p in deletes if "roleAssignments" in p] == [True, False]
+    assert "userAssignedIdentities" in deletes[-1]
+    # The registry's lookup followed ARM's pages; each call names its API version.
+    lookups = [c for c in azure.calls if c[0] == "arm.GET" and c[1][0] == REGISTRIES]
+    assert len(lookups) == 2 and all(c[2]["query"]["api-version"] == ["2023-07-01"] for c in lookups)
     assert_no_key_material(azure.calls, tls, azure.secret_write)
 
 
@@ -357,6 +383,38 @@ def test_azure_start_failing_half_way_removes_everything(azure, tls):
     assert "InvalidParameter" in str(failed.value) and "\n" not in str(failed.value)
     assert_azure_empty(azure, "az2")
     assert azure.names("Microsoft.Network/networkInterfaces") == []
+
+
+def test_azure_image_in_a_registry_outside_the_subscription_is_one_line_bad_input(azure, tls):
+    image = "elsewhere.azurecr.io/seed:run-image"
+    with pytest.raises(BadInput) as failed:
+        AzureBackend().start(spec(tls, "azr1", image=image, **AZURE_OPTIONS, scheduler_address="tls://127.0.0.1:1"))
+    message = str(failed.value)
+    assert "container registry elsewhere.azurecr.io is not in subscription " + SUB in message
+    assert "registry_login = false" in message and "subscription_id" in message and "\n" not in message
+    assert failed.value.exit_code == 2
+    assert [c for c in azure.calls if c[0] == "arm.GET" and c[1][0] == REGISTRIES]
+    assert not [c for c in azure.calls if c[0] == "arm.PUT" and c[1][0].startswith(REGISTRY_ID)]
+    assert_azure_empty(azure, "azr1")
+    assert azure.arm == {}
+
+
+@pytest.mark.parametrize("image, options", [(PUBLIC_IMAGE, {}), (IMAGE, {"registry_login": False})])
+def test_azure_public_image_or_no_registry_login_grants_nothing_on_a_registry(azure, tls, image, options):
+    run_id = "azr2"
+    with local_scheduler(tls, workers=1) as scheduler:
+        started = AzureBackend().start(spec(tls, run_id, image=image, **AZURE_OPTIONS, **options,
+                                            scheduler_address=scheduler.scheduler_address))
+        try:
+            grants = [path for path in azure.arm if "roleAssignments" in path]
+            assert [p.startswith(f"{VAULT_ID}/secrets/") for p in grants] == [True]
+            vm = azure.held[("Microsoft.Compute/virtualMachines", f"flowrig-{run_id}-worker-1")]
+            user_data = base64.b64decode(vm["properties"]["osProfile"]["customData"]).decode()
+            assert cloudinit.parse(user_data).registry is None
+        finally:
+            started.close()
+    assert not [c for c in azure.calls if c[0] == "arm.GET" and c[1][0] == REGISTRIES]
+    assert_azure_empty(azure, run_id)
 
 
 def test_azure_vault_with_access_policies_is_refused_and_nothing_stays(azure, tls):
@@ -506,7 +564,7 @@ def http_error(status: int, message: str):
     return HttpError(httplib2.Response({"status": status}), json.dumps({"error": {"message": message}}).encode())
 
 
-_METHODS = {"get", "list", "insert", "delete", "create", "addVersion", "setIamPolicy", "wait"}
+_METHODS = {"get", "list", "insert", "delete", "create", "addVersion", "getIamPolicy", "setIamPolicy", "wait"}
 
 
 class _Request:
@@ -553,6 +611,8 @@ class GoogleWorld:
         self.project = "proj-1"
         self.status = "RUNNING"
         self.secret_write = None
+        # The project's repository of the run's image; its policy names others already.
+        self.repositories: dict[str, dict] = {GREPO: dict(REPOSITORY_POLICY)}
 
     def install(self, monkeypatch):
         import google.auth
@@ -648,6 +708,28 @@ class GoogleWorld:
             raise http_error(404, "not found")
         return {}
 
+    # artifact registry: a policy's etag changes with each write, and a write must name the current one
+    def artifactregistry_projects_locations_repositories_getIamPolicy(self, resource, options_requestedPolicyVersion):
+        if resource not in self.repositories:
+            raise http_error(404, f"Requested entity was not found: {resource}")
+        return json.loads(json.dumps(self.repositories[resource]))
+
+    def artifactregistry_projects_locations_repositories_setIamPolicy(self, resource, body):
+        policy, held = body["policy"], self.repositories[resource]
+        if policy.get("etag") != held["etag"]:
+            raise http_error(409, "There were concurrent policy changes.")
+        self.repositories[resource] = {**policy, "etag": f"{held['etag']}+"}
+        return self.repositories[resource]
+
+
+#: What the image's repository grants before (and so after) a run.
+REPOSITORY_POLICY = {"version": 1, "etag": "BwYa", "bindings": [
+    {"role": "roles/artifactregistry.reader", "members": ["group:data@example.com"]},
+    {"role": "roles/artifactregistry.reader", "members": ["user:ops@example.com"],
+     "condition": {"title": "office hours", "expression": "request.time.getHours('UTC') < 18"}},
+    {"role": "roles/artifactregistry.writer", "members": ["serviceAccount:ci@proj-1.iam.gserviceaccount.com"]},
+]}
+
 
 @pytest.fixture
 def google(monkeypatch):
@@ -659,6 +741,8 @@ GCP_OPTIONS = {"zone": "europe-west1-b", "tags": {"Team Name": "Data/ML"}, "prov
 
 def assert_google_empty(world: GoogleWorld) -> None:
     assert (world.firewalls, world.accounts, world.secrets, world.instances) == ({}, {}, {}, {})
+    # The image's repository grants exactly what it did before the run.
+    assert world.repositories[GREPO]["bindings"] == REPOSITORY_POLICY["bindings"]
 
 
 def test_gcp_run_creates_private_labelled_resources_readable_by_the_run_and_removes_them(google, tls):
@@ -670,7 +754,8 @@ def test_gcp_run_creates_private_labelled_resources_readable_by_the_run_and_remo
         try:
             builds = [c[1] for c in google.calls if c[0] == "build"]
             assert {(b["name"], b["version"], b["cache_discovery"]) for b in builds} == {
-                ("compute", "v1", False), ("secretmanager", "v1", False), ("iam", "v1", False)}
+                ("compute", "v1", False), ("secretmanager", "v1", False), ("iam", "v1", False),
+                ("artifactregistry", "v1", False)}
             dask, internal = google.firewalls[f"{tag}-dask"], google.firewalls[f"{tag}-internal"]
             assert dask["sourceRanges"] == ["10.132.0.0/20"] and "sourceTags" not in dask
             assert dask["allowed"] == [{"IPProtocol": "tcp", "ports": ["8786"]}]
@@ -687,6 +772,14 @@ def test_gcp_run_creates_private_labelled_resources_readable_by_the_run_and_remo
                 delivery.encode(tls).decode().strip()]
             assert secret["policy"] == {"bindings": [{"role": "roles/secretmanager.secretAccessor",
                                                       "members": [f"serviceAccount:{account}"]}]}
+            # The run's account joins the repository's unconditional reader binding; nothing else changes.
+            [reader, conditional, writer] = google.repositories[GREPO]["bindings"]
+            assert reader == {"role": "roles/artifactregistry.reader",
+                              "members": ["group:data@example.com", f"serviceAccount:{account}"]}
+            assert [conditional, writer] == REPOSITORY_POLICY["bindings"][1:]
+            assert google.repositories[GREPO]["version"] == 3
+            reads = [c[1] for c in google.calls if c[0].endswith("repositories.getIamPolicy")]
+            assert reads == [{"resource": GREPO, "options_requestedPolicyVersion": 3}]
 
             [instance] = google.instances.values()
             assert instance["name"] == f"flowrig-{run_id}-worker-1"
@@ -709,9 +802,12 @@ def test_gcp_run_creates_private_labelled_resources_readable_by_the_run_and_remo
         finally:
             started.close()
     assert_google_empty(google)
-    deletes = [c[0] for c in google.calls if c[0].endswith(".delete")]
+    deletes = [c[0] for c in google.calls if c[0].endswith((".delete", "setIamPolicy"))]
     assert deletes.index("compute.instances.delete") < deletes.index("secretmanager.projects.secrets.delete") \
         < deletes.index("iam.projects.serviceAccounts.delete") < deletes.index("compute.firewalls.delete")
+    # The binding goes before the account it names (a deleted account stays in a policy as deleted:...).
+    assert len(deletes) - 1 - deletes[::-1].index("artifactregistry.projects.locations.repositories.setIamPolicy") \
+        < deletes.index("iam.projects.serviceAccounts.delete")
     assert_no_key_material(google.calls, tls, google.secret_write)
 
 
@@ -737,6 +833,116 @@ def test_gcp_start_failing_half_way_removes_everything(google, tls):
     assert "machineType" in str(failed.value) and "\n" not in str(failed.value)
     assert_google_empty(google)
     assert [c[0] for c in google.calls].count("iam.projects.serviceAccounts.delete") == 1
+
+
+def test_gcp_image_in_a_repository_that_is_not_there_is_one_line_bad_input(google, tls):
+    image = "europe-west1-docker.pkg.dev/proj-1/missing/seed:run-image"
+    with pytest.raises(BadInput) as failed:
+        GCPBackend().start(spec(tls, "gcr1", image=image, **GCP_OPTIONS, scheduler_address="tls://127.0.0.1:1"))
+    message = str(failed.value)
+    assert "repository projects/proj-1/locations/europe-west1/repositories/missing (404" in message
+    assert "registry_login = false" in message and "\n" not in message
+    assert failed.value.exit_code == 2
+    assert not [c for c in google.calls if c[0].endswith("repositories.setIamPolicy")]
+    assert_google_empty(google)
+    assert [c[0] for c in google.calls].count("iam.projects.serviceAccounts.delete") == 1
+
+
+def test_gcp_grant_waits_for_the_new_account_and_rereads_a_policy_changed_meanwhile(google):
+    from flowrig.backends.vm.gcp_cloud import GCPCloud
+
+    cloud = GCPCloud("gcr2", GCPOptions(**GCP_OPTIONS, tls="baked"))
+    cloud.prepare(dashboard=False)
+    member = f"serviceAccount:{cloud.account_email}"
+    sets = "artifactregistry.projects.locations.repositories.setIamPolicy"
+    google.faults[sets] = [http_error(400, f"Service account {cloud.account_email} does not exist.")]
+    # After the second read someone else writes the policy: the run's write names a stale etag.
+    real_get = google.artifactregistry_projects_locations_repositories_getIamPolicy
+    writes_between = [{"role": "roles/artifactregistry.reader", "members": ["user:new@example.com"]}]
+    reads = []
+
+    def get_then_someone_writes(resource, options_requestedPolicyVersion):
+        policy = real_get(resource, options_requestedPolicyVersion)
+        reads.append(resource)
+        if len(reads) == 2:
+            held = google.repositories[resource]
+            google.repositories[resource] = {**held, "etag": held["etag"] + "!",
+                                             "bindings": [*held["bindings"], writes_between.pop()]}
+        return policy
+
+    google.artifactregistry_projects_locations_repositories_getIamPolicy = get_then_someone_writes
+    cloud.allow_registry(cloudinit.RegistryLogin(kind="gar", host="europe-west1-docker.pkg.dev"), GIMAGE)
+    bindings = google.repositories[GREPO]["bindings"]
+    assert bindings[0]["members"] == ["group:data@example.com", member]
+    assert bindings[-1] == {"role": "roles/artifactregistry.reader", "members": ["user:new@example.com"]}
+    assert [c[0] for c in google.calls].count(sets) == 3  # unknown account, stale etag, then written
+    assert len(reads) == 3
+    assert cloud.delete() == []
+    assert google.repositories[GREPO]["bindings"] == [*REPOSITORY_POLICY["bindings"], bindings[-1]]
+
+
+def test_gcp_binding_gone_already_or_repository_deleted_is_a_clean_teardown(google):
+    from flowrig.backends.vm.gcp_cloud import GCPCloud
+
+    login = cloudinit.RegistryLogin(kind="gar", host="europe-west1-docker.pkg.dev")
+    cloud = GCPCloud("gcr3", GCPOptions(**GCP_OPTIONS, tls="baked"))
+    cloud.prepare(dashboard=False)
+    cloud.allow_registry(login, GIMAGE)
+    google.repositories[GREPO] = {**google.repositories[GREPO], "bindings": REPOSITORY_POLICY["bindings"]}
+    writes = [c for c in google.calls if c[0].endswith("repositories.setIamPolicy")]
+    assert cloud.delete() == []
+    assert [c for c in google.calls if c[0].endswith("repositories.setIamPolicy")] == writes  # nothing to remove
+
+    cloud = GCPCloud("gcr4", GCPOptions(**GCP_OPTIONS, tls="baked"))
+    cloud.prepare(dashboard=False)
+    cloud.allow_registry(login, GIMAGE)
+    del google.repositories[GREPO]
+    assert cloud.delete() == []
+    assert (google.accounts, google.firewalls) == ({}, {})
+
+
+@pytest.mark.parametrize("image, options", [(PUBLIC_IMAGE, {}), ("k8s.gcr.io/pause:3.9", {}),
+                                            (GIMAGE, {"registry_login": False})])
+def test_gcp_public_image_or_no_registry_login_grants_nothing_on_a_repository(google, tls, image, options):
+    with local_scheduler(tls, workers=1) as scheduler:
+        started = GCPBackend().start(spec(tls, "gcr5", image=image, **GCP_OPTIONS, **options,
+                                          scheduler_address=scheduler.scheduler_address))
+        try:
+            [instance] = google.instances.values()
+            assert cloudinit.parse(instance["metadata"]["items"][0]["value"]).registry is None
+        finally:
+            started.close()
+    assert not [c for c in google.calls if c[0].startswith("artifactregistry.") or c[1].get("name") == "artifactregistry"]
+    assert_google_empty(google)
+
+
+@pytest.mark.parametrize(
+    "image, repository",
+    [
+        (GIMAGE, GREPO),
+        ("us-docker.pkg.dev/proj-1/runs/team/seed@sha256:" + "a" * 64, "projects/proj-1/locations/us/repositories/runs"),
+        ("europe-west4-docker.pkg.dev/example.com/proj/runs/seed:1",
+         "projects/example.com:proj/locations/europe-west4/repositories/runs"),
+        ("gcr.io/proj-1/seed:1", "projects/proj-1/locations/us/repositories/gcr.io"),
+        ("eu.gcr.io/proj-1/team/seed", "projects/proj-1/locations/europe/repositories/eu.gcr.io"),
+        ("asia.gcr.io/proj-1/seed", "projects/proj-1/locations/asia/repositories/asia.gcr.io"),
+    ],
+)
+def test_gcp_image_names_its_artifact_registry_repository(image, repository):
+    from flowrig.backends.vm.gcp_cloud import artifact_repository
+
+    assert GCPBackend.registry_login(image) is not None
+    assert artifact_repository(image) == repository
+
+
+@pytest.mark.parametrize("image", ["europe-west1-docker.pkg.dev/proj-1/seed", "gcr.io/seed", "k8s.gcr.io/pause"])
+def test_gcp_image_without_project_and_repository_is_one_line_bad_input(image):
+    from flowrig.backends.vm.gcp_cloud import artifact_repository
+
+    with pytest.raises(BadInput) as failed:
+        artifact_repository(image)
+    assert image in str(failed.value) and "registry_login = false" in str(failed.value)
+    assert "\n" not in str(failed.value)
 
 
 def test_gcp_dashboard_external_address_states_and_missing_instances(google):
@@ -820,7 +1026,7 @@ def test_every_google_call_is_one_the_shipped_discovery_documents_accept(google,
     from google.auth.credentials import AnonymousCredentials
 
     real = {name: REAL_BUILD(name, "v1", credentials=AnonymousCredentials(), cache_discovery=False)
-            for name in ("compute", "secretmanager", "iam")}
+            for name in ("compute", "secretmanager", "iam", "artifactregistry")}
     with local_scheduler(tls, workers=1) as scheduler:
         GCPBackend().start(spec(tls, "gc9", image=GIMAGE, **GCP_OPTIONS, dashboard=True,
                                 scheduler_address=scheduler.scheduler_address)).close()
@@ -846,7 +1052,9 @@ def test_every_google_call_is_one_the_shipped_discovery_documents_accept(google,
         checked.add(name)
     assert {"compute.instances.insert", "compute.firewalls.insert", "secretmanager.projects.secrets.setIamPolicy",
             "iam.projects.serviceAccounts.create", "compute.instances.list", "compute.zoneOperations.get",
-            "compute.zoneOperations.wait", "compute.globalOperations.wait"} <= checked
+            "compute.zoneOperations.wait", "compute.globalOperations.wait",
+            "artifactregistry.projects.locations.repositories.getIamPolicy",
+            "artifactregistry.projects.locations.repositories.setIamPolicy"} <= checked
 
 
 def test_every_azure_call_fits_the_installed_sdk_signature(azure, tls):

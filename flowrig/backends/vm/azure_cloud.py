@@ -13,7 +13,10 @@ identity and the role assignment are plain ARM calls, sent with the compute clie
 
 The grant is the built-in role "Key Vault Secrets User" scoped to the run's secret
 alone; a vault that uses access policies instead of Azure RBAC is refused, since an
-access policy could only grant every secret of the vault.
+access policy could only grant every secret of the vault. When the run's image is in
+an Azure Container Registry of the subscription, the identity is also given the
+built-in role "AcrPull" on that registry alone (the VMs log in with it); both grants
+are deleted with the run.
 
 The NSG of the run admits the scheduler port (and the dashboard's, only with
 ``dashboard``) from the ``VirtualNetwork`` service tag; traffic between the run's VMs
@@ -32,7 +35,7 @@ import re
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from flowrig.backends.pool import Observed
 from flowrig.backends.vm.cloud import Cloud, Created, VMRequest
@@ -40,14 +43,20 @@ from flowrig.backends.vm.ledger import Ledger, until
 from flowrig.errors import BadInput, InfrastructureError, one_line
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
 
+if TYPE_CHECKING:
+    from flowrig.backends.vm.cloudinit import RegistryLogin
+
 logger = logging.getLogger("flowrig.vm")
 
 IDENTITY_API = "2023-01-31"
 AUTHORIZATION_API = "2022-04-01"
 RESOURCES_API = "2021-04-01"
 KEYVAULT_API = "2023-07-01"
+REGISTRY_API = "2023-07-01"
 #: The built-in role "Key Vault Secrets User": read a secret's value, nothing else.
 SECRETS_USER_ROLE = "4633458b-17de-408a-b874-0445c86b69e6"
+#: The built-in role "AcrPull": pull images from one registry, nothing else.
+ACR_PULL_ROLE = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 #: Seconds a new identity may take to be known to role assignments.
 IDENTITY_PROPAGATION = 120.0
 #: Errors that say "not now": retried until the deadline.
@@ -125,6 +134,20 @@ class AzureClients:
         from azure.core.rest import HttpRequest
 
         request = HttpRequest(method, path, params={"api-version": api_version, **params}, json=body)
+        return self._send(request)
+
+    def arm_pages(self, path: str, api_version: str) -> Iterator[dict]:
+        """Every item of an ARM list, following its ``nextLink`` (a full URL with its own query)."""
+        from azure.core.rest import HttpRequest
+
+        page = self.arm("GET", path, api_version)
+        while True:
+            yield from page.get("value") or []
+            if not page.get("nextLink"):
+                return
+            page = self._send(HttpRequest("GET", page["nextLink"]))
+
+    def _send(self, request: Any) -> dict:
         response = self.compute.send_request(request)
         response.raise_for_status()
         return response.json() if response.content else {}
@@ -294,21 +317,49 @@ class AzureCloud(Cloud):
         return found[0]["id"]
 
     def _grant_read(self, scope: str) -> None:
+        self._grant(scope, SECRETS_USER_ROLE, "its VMs read its certificates",
+                    f"granting the run's identity read access to secret {self.secret_name}")
+
+    def _grant(self, scope: str, role: str, why: str, action: str) -> None:
+        """Give the run's identity ``role`` on ``scope`` alone; the assignment goes with the run."""
         assignment = uuid.uuid5(uuid.NAMESPACE_URL, f"{scope}#{self.principal_id}")
         path = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{assignment}"
-        role = f"/subscriptions/{self.clients.subscription_id}/providers/Microsoft.Authorization/roleDefinitions/"
+        roles = f"/subscriptions/{self.clients.subscription_id}/providers/Microsoft.Authorization/roleDefinitions/"
         body = {"properties": {
-            "roleDefinitionId": role + SECRETS_USER_ROLE,
+            "roleDefinitionId": roles + role,
             "principalId": self.principal_id,
             # Said outright, so that a just-made identity need not be replicated yet.
             "principalType": "ServicePrincipal",
-            "description": f"flowrig run {self.run_id}: its VMs read its certificates",
+            "description": f"flowrig run {self.run_id}: {why}",
         }}
-        with azure_errors(f"granting the run's identity read access to secret {self.secret_name}"):
+        with azure_errors(action):
             self.ledger.retry(lambda: self.clients.arm("PUT", path, AUTHORIZATION_API, body),
                               time.monotonic() + IDENTITY_PROPAGATION, deleting=False)
             self.ledger.record("role-assignment", str(assignment),
                                lambda _: self.clients.arm("DELETE", path, AUTHORIZATION_API))
+
+    # --- the run's image -----------------------------------------------------------------
+    def allow_registry(self, login: "RegistryLogin", image: str) -> None:
+        if login.kind != "acr":
+            return
+        registry = self._registry_resource_id(login.host)
+        self._grant(registry, ACR_PULL_ROLE, f"its VMs pull {image}",
+                    f"letting the run's identity pull from container registry {login.host}")
+
+    def _registry_resource_id(self, login_server: str) -> str:
+        """The ARM id of the subscription's registry whose login server is ``login_server``."""
+        subscription = self.clients.subscription_id
+        path = f"/subscriptions/{subscription}/providers/Microsoft.ContainerRegistry/registries"
+        with azure_errors(f"looking up container registry {login_server}"):
+            for registry in self.clients.arm_pages(path, REGISTRY_API):
+                # A registry's name may have capitals; its login server is the name in lower case.
+                if str((registry.get("properties") or {}).get("loginServer", "")).lower() == login_server:
+                    return registry["id"]
+        raise BadInput(
+            f"container registry {login_server} is not in subscription {subscription}: set subscription_id "
+            "in [cluster.options] to the registry's subscription, or registry_login = false when the VMs "
+            "may pull the image without logging in"
+        )
 
     def _delete_secret(self, deadline: float) -> None:
         from azure.core.exceptions import HttpResponseError

@@ -20,7 +20,9 @@ from flowrig.backends.vm.options import VMOptions, check_name
 if TYPE_CHECKING:
     from flowrig.backends.vm.cloud import Cloud
 
-_GAR = re.compile(r"^([a-z0-9-]+-docker\.pkg\.dev|([a-z]+\.)?gcr\.io)$")
+#: Artifact Registry's Docker hosts, and the ``gcr.io`` hosts of projects' own images
+#: (``k8s.gcr.io``, ``mirror.gcr.io`` and the like are public and need no login).
+_GAR = re.compile(r"^([a-z0-9-]+-docker\.pkg\.dev|((us|eu|asia)\.)?gcr\.io)$")
 REGION_PATTERN = r"[a-z]+-[a-z]+\d{1,2}"
 
 

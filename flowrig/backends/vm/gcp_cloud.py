@@ -2,17 +2,20 @@
 secret and instances.
 
 The API clients are made in :class:`GCPClients`, the one boundary with the SDK:
-``google.auth.default()`` and googleapiclient's ``compute``, ``secretmanager`` and
-``iam`` v1 from the discovery documents that ship with it (nothing fetched, nothing
-cached), each request on its own HTTP connection (dask-cloudprovider's
-``build_request``: httplib2 is not thread-safe, and the pool calls from threads).
+``google.auth.default()`` and googleapiclient's ``compute``, ``secretmanager``, ``iam``
+and (for an image in Artifact Registry) ``artifactregistry`` v1 from the discovery
+documents that ship with it (nothing fetched, nothing cached), each request on its own
+HTTP connection (dask-cloudprovider's ``build_request``: httplib2 is not thread-safe,
+and the pool calls from threads).
 
 The run's firewall rules admit the scheduler port (and the dashboard's, only with
 ``dashboard``) from the subnetwork's own range to instances with the run's network tag,
 and every TCP port between the run's instances (workers listen on random ones). The
 instances have no external address unless ``use_private_ip = false``, and run as the
-run's own service account, which may read the run's secret and nothing else. Firewall
-rules and service accounts take no labels: their names and descriptions name the run.
+run's own service account, which may read the run's secret and nothing else, and pull
+from the Artifact Registry repository of the run's image (``roles/artifactregistry.reader``
+on that repository alone; the binding is removed with the run). Firewall rules and
+service accounts take no labels: their names and descriptions name the run.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import logging
 import re
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from flowrig.backends.pool import Observed
 from flowrig.backends.vm.cloud import Cloud, Created, VMRequest
 from flowrig.backends.vm.ledger import Ledger
 from flowrig.errors import BadInput, InfrastructureError, one_line
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
+
+if TYPE_CHECKING:
+    from flowrig.backends.vm.cloudinit import RegistryLogin
 
 logger = logging.getLogger("flowrig.vm")
 
@@ -41,6 +47,13 @@ OPERATION_TIMEOUT = 300.0
 _STATES = {"PROVISIONING": "pending", "STAGING": "pending", "RUNNING": "running",
            "STOPPING": "stopped", "TERMINATED": "stopped", "SUSPENDING": "stopped", "SUSPENDED": "stopped"}
 _CAPACITY = {"ZONE_RESOURCE_POOL_EXHAUSTED", "QUOTA_EXCEEDED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"}
+#: What the run's service account is given on the repository of the run's image.
+REGISTRY_READER = "roles/artifactregistry.reader"
+#: The IAM policy version that keeps conditional bindings intact through a read and a write.
+POLICY_VERSION = 3
+#: ``gcr.io`` hosts as Artifact Registry serves them: ``host -> (location, repository)``.
+GCR_REPOSITORIES = {"gcr.io": ("us", "gcr.io"), "us.gcr.io": ("us", "us.gcr.io"),
+                    "eu.gcr.io": ("europe", "eu.gcr.io"), "asia.gcr.io": ("asia", "asia.gcr.io")}
 
 
 def _status(exc: BaseException) -> int:
@@ -55,6 +68,60 @@ def _retryable(exc: BaseException) -> bool:
     status = _status(exc)
     in_use = "resourceInUseByAnotherResource" in str(exc) or "resourceNotReady" in str(exc)
     return status in (409, 429) or status >= 500 or (status == 400 and in_use)
+
+
+def artifact_repository(image: str) -> str:
+    """The Artifact Registry repository of ``image``: ``projects/P/locations/L/repositories/R``.
+
+    ``LOCATION-docker.pkg.dev/PROJECT/REPOSITORY/...``, or ``[us.|eu.|asia.]gcr.io/PROJECT/...``
+    (a ``gcr.io`` repository of Artifact Registry); a domain-scoped project
+    (``example.com:proj``) is written ``example.com/proj`` in an image's path.
+
+    Raises
+    ------
+    BadInput
+        Another ``gcr.io`` host, or a path without project and repository.
+    """
+    host, _, path = image.partition("/")
+    parts = path.split("/")
+    if len(parts) > 2 and "." in parts[0]:
+        parts = [f"{parts[0]}:{parts[1]}", *parts[2:]]
+    if host.endswith("-docker.pkg.dev") and len(parts) >= 3:
+        return f"projects/{parts[0]}/locations/{host.removesuffix('-docker.pkg.dev')}/repositories/{parts[1]}"
+    if host in GCR_REPOSITORIES and len(parts) >= 2:
+        location, repository = GCR_REPOSITORIES[host]
+        return f"projects/{parts[0]}/locations/{location}/repositories/{repository}"
+    raise BadInput(
+        f"image {image} names no Artifact Registry repository of a project: use "
+        "LOCATION-docker.pkg.dev/PROJECT/REPOSITORY/IMAGE, or registry_login = false for a public image"
+    )
+
+
+def with_member(policy: Mapping[str, Any], role: str, member: str) -> dict | None:
+    """``policy`` with ``member`` in ``role``'s unconditional binding; ``None`` when it is there already."""
+    bindings = [dict(b) for b in policy.get("bindings") or []]
+    plain = [b for b in bindings if b.get("role") == role and not b.get("condition")]
+    if any(member in b.get("members", []) for b in plain):
+        return None
+    if plain:
+        plain[0]["members"] = [*plain[0].get("members", []), member]
+    else:
+        bindings.append({"role": role, "members": [member]})
+    return {**policy, "version": POLICY_VERSION, "bindings": bindings}
+
+
+def without_member(policy: Mapping[str, Any], role: str, member: str) -> dict | None:
+    """``policy`` without ``member`` in ``role``'s unconditional bindings; ``None`` when it is not there."""
+    bindings, changed = [], False
+    for binding in policy.get("bindings") or []:
+        members = binding.get("members", [])
+        if binding.get("role") == role and not binding.get("condition") and member in members:
+            changed = True
+            members = [m for m in members if m != member]
+            if not members:
+                continue
+        bindings.append({**binding, "members": members})
+    return {**policy, "version": POLICY_VERSION, "bindings": bindings} if changed else None
 
 
 def gcp_label(text: str) -> str:
@@ -90,7 +157,7 @@ def gcp_errors(action: str) -> Iterator[None]:
 
 
 class GCPClients:
-    """Credentials, their project, and the three API clients (the only place they are made)."""
+    """Credentials, their project, and the API clients (the only place they are made)."""
 
     def __init__(self) -> None:
         import google.auth
@@ -110,7 +177,16 @@ class GCPClients:
             return build(name, "v1", credentials=self.credentials, cache_discovery=False,
                          requestBuilder=build_request(self.credentials))
 
+        self._service = service
         self.compute, self.secretmanager, self.iam = service("compute"), service("secretmanager"), service("iam")
+        self._artifactregistry: Any = None
+
+    @property
+    def artifactregistry(self) -> Any:
+        """Artifact Registry's client, made for the runs whose image is there."""
+        if self._artifactregistry is None:
+            self._artifactregistry = self._service("artifactregistry")
+        return self._artifactregistry
 
 
 class GCPCloud(Cloud):
@@ -237,17 +313,60 @@ class GCPCloud(Cloud):
             self._retry_new_account(lambda: secrets.setIamPolicy(resource=name, body={"policy": policy}).execute())
         return name
 
-    def _retry_new_account(self, call: Any) -> Any:
-        """``call``, again while the answer says the run's service account does not exist."""
+    def _retry_new_account(self, call: Any, *, conflicts: bool = False) -> Any:
+        """``call``, again while the answer says the run's service account does not exist
+        (and, with ``conflicts``, while a policy changed between its read and its write)."""
         deadline = time.monotonic() + ACCOUNT_PROPAGATION
         while True:
             try:
                 return call()
             except Exception as exc:
                 unknown = _status(exc) in (400, 404) and self.account_email in str(exc)
-                if not unknown or time.monotonic() + Ledger.retry_seconds > deadline:
+                if not (unknown or (conflicts and _status(exc) == 409)) or \
+                        time.monotonic() + Ledger.retry_seconds > deadline:
                     raise
             time.sleep(Ledger.retry_seconds)
+
+    # --- the run's image ------------------------------------------------------------------
+    def allow_registry(self, login: "RegistryLogin", image: str) -> None:
+        from googleapiclient.errors import HttpError
+
+        if login.kind != "gar":
+            return
+        repository = artifact_repository(image)
+        member = f"serviceAccount:{self.account_email}"
+
+        def grant() -> None:
+            self._change_policy(repository, lambda policy: with_member(policy, REGISTRY_READER, member))
+
+        def revoke(_: float) -> None:
+            self._change_policy(repository, lambda policy: without_member(policy, REGISTRY_READER, member))
+
+        with gcp_errors(f"letting the run's service account pull from repository {repository}"):
+            try:
+                self._retry_new_account(grant, conflicts=True)
+            except HttpError as exc:
+                if _status(exc) in (403, 404):
+                    raise BadInput(
+                        f"cannot grant {REGISTRY_READER} on Artifact Registry repository {repository} "
+                        f"({_status(exc)} {one_line(exc.reason or exc, 160)}): give the runner's credentials "
+                        "artifactregistry.repositories.getIamPolicy and setIamPolicy on it, or set "
+                        "registry_login = false when the VMs may pull the image without logging in"
+                    ) from None
+                # The write may have been made and its answer lost: the teardown looks.
+                self.ledger.record("repository-binding", repository, revoke)
+                raise
+            self.ledger.record("repository-binding", repository, revoke)
+
+    def _change_policy(self, repository: str, change: Callable[[Mapping[str, Any]], dict | None]) -> None:
+        """One read and (when ``change`` changes it) one write of the repository's IAM policy;
+        the read's etag makes the write fail (409) when someone else wrote in between."""
+        repositories = self.clients.artifactregistry.projects().locations().repositories()
+        policy = repositories.getIamPolicy(resource=repository, options_requestedPolicyVersion=POLICY_VERSION
+                                           ).execute()
+        changed = change(policy)
+        if changed is not None:
+            repositories.setIamPolicy(resource=repository, body={"policy": changed}).execute()
 
     # --- instances -------------------------------------------------------------------------
     def create(self, requests: list[VMRequest]) -> Created:
