@@ -42,6 +42,8 @@ SHM_SIZE = "64m"
 PIDS_LIMIT = {"scheduler": 256, "worker": 1024}
 #: Where Prefect keeps its home inside a read-only container.
 PREFECT_HOME = "/tmp/prefect"
+#: Times the script tries to log in and pull the image, 10 s apart.
+PULL_TRIES = 18
 #: Seconds the script waits for the Docker daemon after installing or starting it.
 DOCKER_WAIT = 120
 
@@ -248,10 +250,17 @@ def role_script(role: VMRole) -> str:
         "set -eu\n"
         "fail() { echo \"flowrig: $*\" >&2; exit 1; }\n"
         + _docker_setup(role)
-        + "command -v systemctl >/dev/null 2>&1 && systemctl start docker || true\n"
+        + "docker info >/dev/null 2>&1 || { command -v systemctl >/dev/null 2>&1 && systemctl start docker; } || true\n"
         + f"i=0; until docker info >/dev/null 2>&1; do i=$((i+1)); [ $i -lt {DOCKER_WAIT} ] "
         "|| fail 'the docker daemon did not start'; sleep 1; done\n"
+        # A pull right granted to the run's identity moments ago may take a minute to
+        # hold: the login and the pull are tried again for up to PULL_TRIES x 10 s.
+        + "pull() {\n"
         + _registry_login(role.registry)
+        + f"docker pull {shlex.quote(role.image)}\n"
+        + "}\n"
+        + f"n=0; until pull; do n=$((n+1)); [ $n -lt {PULL_TRIES} ] "
+        f"|| fail 'could not pull {role.image}'; sleep 10; done\n"
         + f"docker rm -f {role.container_name} >/dev/null 2>&1 || true\n"
         + f"exec {run}\n"
     )
