@@ -23,6 +23,7 @@ import pytest
 from flowrig.backends.ecs.lease import LEASE_SECONDS_ENV, LEASE_TAG, format_time, initial_tags, lease_until
 from flowrig.backends.ecs.leftovers import Resource, group_by_run, judge
 from tests.run_support import FLOWRIG, SEED
+from tests.test_ec2_backend import ec2_bootstrapped as ec2_bootstrapped  # a fixture
 from tests.test_ecs_backend import IMAGE, local_scheduler, running_tasks, secret_arns, snapshot, spec, tags
 from tests.test_ecs_backend import bootstrapped as bootstrapped  # a fixture
 
@@ -316,6 +317,7 @@ def test_the_runner_policy_lets_it_renew_the_lease_tag_only():
 
 
 @pytest.mark.aws
+@pytest.mark.usefixtures("ec2_bootstrapped")
 def test_an_ec2_run_killed_mid_start_leaves_instances_and_a_profile_that_remove_takes(ec2_instances_pending, tmp_path):
     import boto3
 

@@ -35,6 +35,19 @@ IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/seed:run-image"
 pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
 
 
+@pytest.fixture
+def ec2_bootstrapped(aws):
+    """The account after `flowrig aws bootstrap --backend ec2` (as its administrator):
+    the permissions boundary of the runs' instance roles exists."""
+    from typer.testing import CliRunner
+
+    from flowrig.cli import app
+
+    result = CliRunner().invoke(app, ["aws", "bootstrap", "--backend", "ec2"])
+    assert result.exit_code == 0, result.output
+    return aws
+
+
 def spec(tls, run_id, size=ClusterSize(2), image=IMAGE, **options) -> ClusterSpec:
     return ClusterSpec(
         run_id=run_id, size=size, tls=tls, image=image,
@@ -91,6 +104,7 @@ def assert_nothing_left(run_id: str) -> None:
 
 # --- a whole run -------------------------------------------------------------------------
 @pytest.mark.aws
+@pytest.mark.usefixtures("ec2_bootstrapped")
 def test_flowrig_run_ec2_gives_90_and_removes_every_tagged_resource(aws, tls, tmp_path):
     certs = tmp_path / "certs"
     tls.write_to_dir(certs)
@@ -137,6 +151,7 @@ def test_flowrig_run_ec2_gives_90_and_removes_every_tagged_resource(aws, tls, tm
 
 
 @pytest.mark.aws
+@pytest.mark.usefixtures("ec2_bootstrapped")
 def test_instances_security_group_and_identity_of_a_run(aws, tls, monkeypatch):
     import boto3
 
@@ -172,6 +187,10 @@ def test_instances_security_group_and_identity_of_a_run(aws, tls, monkeypatch):
             [profile] = now["instance_profiles"]
             [secret_arn] = now["secrets"]
             assert role["Path"] == "/flowrig/" and role["RoleName"] == "flowrig-ec2a-instance"
+            # Whatever inline policy it is given, it can do no more than the boundary allows.
+            assert iam.get_role(RoleName=role["RoleName"])["Role"]["PermissionsBoundary"] == {
+                "PermissionsBoundaryType": "PermissionsBoundaryPolicy",
+                "PermissionsBoundaryArn": "arn:aws:iam::123456789012:policy/flowrig/flowrig-instance-boundary"}
             [trust] = role["AssumeRolePolicyDocument"]["Statement"]
             assert trust["Principal"] == {"Service": "ec2.amazonaws.com"} and trust["Action"] == "sts:AssumeRole"
             assert iam.list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"] == []
@@ -233,6 +252,7 @@ def test_instances_security_group_and_identity_of_a_run(aws, tls, monkeypatch):
 
 
 @pytest.mark.aws
+@pytest.mark.usefixtures("ec2_bootstrapped")
 def test_dashboard_is_opened_to_the_vpc_only_when_asked(aws, tls):
     import boto3
 
@@ -254,6 +274,7 @@ def test_dashboard_is_opened_to_the_vpc_only_when_asked(aws, tls):
 
 # --- failures --------------------------------------------------------------------------
 @pytest.mark.aws
+@pytest.mark.usefixtures("ec2_bootstrapped")
 def test_provisioning_deadline_names_the_pending_scheduler_instance(ec2_instances_pending, tls):
     aws = ec2_instances_pending
     began = time.monotonic()
@@ -272,6 +293,7 @@ def test_provisioning_deadline_names_the_pending_scheduler_instance(ec2_instance
 
 
 @pytest.mark.aws
+@pytest.mark.usefixtures("ec2_bootstrapped")
 def test_no_worker_joining_in_time_is_exit_3(aws, tls):
     with local_scheduler(tls, workers=0) as scheduler:
         with pytest.raises(InfrastructureError) as info:
@@ -282,6 +304,7 @@ def test_no_worker_joining_in_time_is_exit_3(aws, tls):
 
 
 @pytest.mark.aws
+@pytest.mark.usefixtures("ec2_bootstrapped")
 def test_an_unknown_instance_type_is_one_line_exit_2_and_leaves_nothing(aws, tls):
     with pytest.raises(BadInput) as info:
         EC2Backend().start(spec(tls, "ec2t", size=ClusterSize(1), instance_type="x9.huge"))
@@ -295,6 +318,7 @@ def test_an_unknown_instance_type_is_one_line_exit_2_and_leaves_nothing(aws, tls
 
 
 @pytest.mark.aws
+@pytest.mark.usefixtures("ec2_bootstrapped")
 def test_an_unknown_ami_is_exit_2_before_any_instance(aws, tls):
     with pytest.raises(BadInput) as info:
         EC2Backend().start(spec(tls, "ec2i", size=ClusterSize(1), ami="ami-0000000000badbad"))
@@ -305,6 +329,7 @@ def test_an_unknown_ami_is_exit_2_before_any_instance(aws, tls):
 
 
 @pytest.mark.aws
+@pytest.mark.usefixtures("ec2_bootstrapped")
 def test_without_ami_and_no_ubuntu_parameter_says_set_ami(aws, tls):
     values = spec(tls, "ec2u", size=ClusterSize(1))
     values = ClusterSpec(**{**values.__dict__, "options": {}})
@@ -404,6 +429,7 @@ def requests_for(*names: str):
 
 
 @pytest.mark.aws
+@pytest.mark.usefixtures("ec2_bootstrapped")
 def test_a_vm_ec2_has_no_capacity_for_is_refused_and_the_others_start(aws, monkeypatch):
     ec2 = cloud("ec2c")
     try:
@@ -428,6 +454,7 @@ def test_a_vm_ec2_has_no_capacity_for_is_refused_and_the_others_start(aws, monke
 
 
 @pytest.mark.aws
+@pytest.mark.usefixtures("ec2_bootstrapped")
 def test_a_refused_permission_is_exit_3_naming_the_action(aws, monkeypatch):
     ec2 = cloud("ec2x")
     try:
@@ -445,6 +472,7 @@ def test_a_refused_permission_is_exit_3_naming_the_action(aws, monkeypatch):
 
 @pytest.mark.aws
 def test_the_projects_security_group_and_instance_profile_are_used_and_left(aws, tls, monkeypatch):
+    """Without the bootstrap's boundary too: the run makes no role of its own."""
     import boto3
 
     from flowrig.backends.ecs.lease import LEASE_SECONDS_ENV, lease_until

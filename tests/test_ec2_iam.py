@@ -2,7 +2,11 @@
 runs against a moto server that enforces IAM under exactly that policy's actions.
 
 moto evaluates actions only (against ``Resource "*"``; it ignores resources and
-conditions), so the resources and conditions are checked on the document itself. It
+conditions), so the resources and conditions are checked on the document itself: the
+``iam:PermissionsBoundary`` condition on CreateRole and PutRolePolicy, which closes the
+escalation through a run's instance role, is proven by the document tests alone (moto
+would let a runner create a role without the boundary). What the runs themselves send
+(the boundary on every CreateRole) is checked against the server. It
 does not check ``iam:PassRole`` either, which AWS does on AddRoleToInstanceProfile and
 on RunInstances with an instance profile; :func:`pass_role_enforced` makes the server
 (in this process) check it on both, as AWS documents. moto has none of Canonical's
@@ -29,7 +33,8 @@ from flowrig.cli import app
 from flowrig.errors import InfrastructureError
 from flowrig.project.sizing import ClusterSize
 from tests.run_support import FLOWRIG, SEED, TEN, marked_env
-from tests.test_ec2_backend import AMI, IMAGE, assert_nothing_left, instances
+from tests.test_ec2_backend import AMI, IMAGE, assert_nothing_left, held, instances
+from tests.test_ec2_backend import ec2_bootstrapped as ec2_bootstrapped  # a fixture
 from tests.test_ecs_backend import local_scheduler
 from tests.test_ecs_iam import ACCOUNT, _as_admin, _enforce
 
@@ -37,6 +42,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plu
 
 #: Actions that change something (anything but reading).
 _READING = ("Describe", "Get", "List")
+#: The permissions boundary `flowrig aws bootstrap --backend ec2` makes.
+BOUNDARY = f"arn:aws:iam::{ACCOUNT}:policy/flowrig/flowrig-instance-boundary"
 
 
 def printed_policy(*args: str) -> dict:
@@ -58,7 +65,10 @@ def test_the_ec2_policy_scopes_every_mutating_action_to_flowrigs_names_and_tags(
         assert statement["Effect"] == "Allow"
         resources = _resources(statement)
         if resources == ["*"]:
-            # EC2's Describe actions have no resource types: IAM takes "*" only.
+            # EC2's Describe actions have no resource types: IAM takes "*" only. So does
+            # GetCallerIdentity, which AWS answers for any principal anyway.
+            if statement["Action"] == [ec2_iam.WHOAMI_ACTION]:
+                continue
             assert set(statement["Action"]) <= set(ec2_iam.UNSCOPED_ACTIONS), statement
             assert all(a.split(":")[1].startswith("Describe") for a in statement["Action"])
             continue
@@ -75,8 +85,9 @@ def test_the_ec2_policy_scopes_every_mutating_action_to_flowrigs_names_and_tags(
     for statement in policy["Statement"]:
         if set(statement["Action"]) & set(mutating):
             assert "*" not in _resources(statement), statement
-    # The runner pulls no image itself: the VM's own role does.
-    assert not [a for a in actions if a.startswith(("ecr:", "ecs:", "logs:", "sts:"))], actions
+    # The runner pulls no image itself: the VM's own role does. Of STS, it only asks who it is.
+    assert not [a for a in actions if a.startswith(("ecr:", "ecs:", "logs:", "kms:"))], actions
+    assert [a for a in actions if a.startswith("sts:")] == ["sts:GetCallerIdentity"]
 
 
 def test_instances_are_made_tagged_and_only_tagged_ones_are_changed():
@@ -118,7 +129,8 @@ def test_roles_and_profiles_are_the_runs_own_and_passed_to_ec2_only():
     assert not fnmatch.fnmatchcase(f"arn:aws:iam::{ACCOUNT}:role/flowrig/{iam.EXECUTION_ROLE_NAME}", role)
     assert not fnmatch.fnmatchcase(f"arn:aws:iam::{ACCOUNT}:role/flowrig-abc123-instance", role)
     iam_statements = [s for s in by_sid.values() if any(a.startswith("iam:") for a in s["Action"])]
-    assert {s["Sid"] for s in iam_statements} == {"InstanceRole", "InstanceProfile", "PassInstanceRoleToEC2"}
+    assert {s["Sid"] for s in iam_statements} == {
+        "InstanceRoleBounded", "InstanceRole", "FindInstanceBoundary", "InstanceProfile", "PassInstanceRoleToEC2"}
     # No managed policy is ever attached to an instance role.
     actions = iam.policy_actions({"Statement": iam_statements})
     assert "iam:AttachRolePolicy" not in actions and "iam:DetachRolePolicy" not in actions
@@ -126,6 +138,68 @@ def test_roles_and_profiles_are_the_runs_own_and_passed_to_ec2_only():
     assert fnmatch.fnmatchcase(
         f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:{iam.secret_name('abc123')}-AbCdEf",
         by_sid["RunSecret"]["Resource"])
+
+
+def test_instance_roles_are_made_and_given_policies_only_with_the_bootstrap_boundary():
+    # moto does not evaluate conditions: this document is what proves the condition.
+    policy = printed_policy("--backend", "ec2")
+    by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    role = f"arn:aws:iam::{ACCOUNT}:role/flowrig/flowrig-*-instance"
+    assert by_sid["InstanceRoleBounded"] == {
+        "Sid": "InstanceRoleBounded", "Effect": "Allow", "Action": ["iam:CreateRole", "iam:PutRolePolicy"],
+        "Resource": role, "Condition": {"StringEquals": {"iam:PermissionsBoundary": BOUNDARY}}}
+    assert iam.instance_boundary_arn(iam.Account("aws", ACCOUNT)) == BOUNDARY
+    # Nowhere else, and never the calls that lift or change a boundary, or the boundary itself.
+    for statement in policy["Statement"]:
+        if statement["Sid"] != "InstanceRoleBounded":
+            assert not {"iam:CreateRole", "iam:PutRolePolicy"} & set(statement["Action"]), statement
+    actions = iam.policy_actions(policy)
+    assert not set(ec2_iam.BOUNDARY_CHANGES) & set(actions)
+    assert not [a for a in actions if "PermissionsBoundary" in a or "PolicyVersion" in a], actions
+    assert not {"iam:CreatePolicy", "iam:DeletePolicy", "iam:UpdateAssumeRolePolicy"} & set(actions)
+    # Reading the boundary is how a run finds it is there; on that one policy only.
+    assert by_sid["FindInstanceBoundary"]["Action"] == ["iam:GetPolicy"]
+    assert by_sid["FindInstanceBoundary"]["Resource"] == BOUNDARY
+
+
+def _allowed_by(boundary: dict, action: str, resource: str) -> bool:
+    """Whether an Allow statement of ``boundary`` covers ``action`` on ``resource``, as
+    IAM's wildcards read (fnmatch; conditions aside)."""
+    for statement in boundary["Statement"]:
+        resources = _resources(statement)
+        if action in statement["Action"] and any(fnmatch.fnmatchcase(resource, r) for r in resources):
+            return True
+    return False
+
+
+def test_the_boundary_allows_what_a_runs_role_is_given_and_nothing_else():
+    account = iam.Account("aws", ACCOUNT)
+    boundary = iam.instance_boundary_policy(account)
+    secret = f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:{iam.secret_name('abc123')}-AbCdEf"
+    repositories = [f"arn:aws:ecr:eu-west-1:{ACCOUNT}:repository/team/seed",
+                    "arn:aws:ecr:us-east-1:210987654321:repository/shared"]  # an image of another account
+    given = [iam.instance_secret_policy(secret), *(iam.image_pull_policy(r) for r in repositories)]
+    for document in given:
+        for statement in document["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            for action in actions:
+                assert _allowed_by(boundary, action, statement["Resource"]), (action, statement["Resource"])
+    assert iam.policy_actions(boundary) == sorted([
+        "secretsmanager:GetSecretValue", "kms:Decrypt", "ecr:GetAuthorizationToken",
+        "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"])
+    # Other secrets of the account, IAM, EC2: out of any instance role's reach.
+    assert not _allowed_by(boundary, "secretsmanager:GetSecretValue",
+                           f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:team/db-password-AbCdEf")
+    assert not _allowed_by(boundary, "secretsmanager:PutSecretValue", secret)
+    assert not [a for a in iam.policy_actions(boundary) if a.startswith(("iam:", "ec2:", "sts:", "s3:"))]
+    # Keys only through Secrets Manager, and only the account's.
+    [decrypt] = [s for s in boundary["Statement"] if s["Action"] == ["kms:Decrypt"]]
+    assert decrypt["Resource"] == f"arn:aws:kms:*:{ACCOUNT}:key/*"
+    assert decrypt["Condition"] == {"StringLike": {"kms:ViaService": "secretsmanager.*.amazonaws.com"}}
+    for statement in boundary["Statement"]:
+        assert statement["Effect"] == "Allow" and "*" not in statement["Action"]
+        if _resources(statement) == ["*"]:
+            assert statement["Action"] == ["ecr:GetAuthorizationToken"]
 
 
 def test_the_ubuntu_parameter_is_the_only_one_readable():
@@ -158,6 +232,80 @@ def test_bad_arguments_are_one_line_exit_2(args, expected):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and expected in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""
+
+
+def test_bootstrap_of_an_unknown_backend_is_one_line_exit_2():
+    done = subprocess.run([sys.executable, "-m", "flowrig.cli", "aws", "bootstrap", "--backend", "ec3"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--backend 'ec3': use one of ecs, fargate, ec2" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""
+
+
+# --- the bootstrap ----------------------------------------------------------------------
+def _bootstrap(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _boundary_document() -> dict:
+    import boto3
+
+    client = boto3.client("iam")
+    version = client.get_policy(PolicyArn=BOUNDARY)["Policy"]["DefaultVersionId"]
+    return client.get_policy_version(PolicyArn=BOUNDARY, VersionId=version)["PolicyVersion"]["Document"]
+
+
+@pytest.mark.aws
+def test_aws_bootstrap_ec2_makes_the_boundary_once_and_nothing_else(aws):
+    import boto3
+
+    client = boto3.client("iam")
+    assert f"policy {BOUNDARY}: created" in _bootstrap("aws", "bootstrap", "--backend", "ec2")
+    assert f"policy {BOUNDARY}: exists, document checked" in _bootstrap("aws", "bootstrap", "--backend", "ec2")
+    [policy] = client.list_policies(Scope="Local")["Policies"]
+    assert (policy["Arn"], policy["Path"], policy["PolicyName"]) == (
+        BOUNDARY, "/flowrig/", "flowrig-instance-boundary")
+    assert policy["DefaultVersionId"] == "v1"  # checked, not rewritten
+    assert _boundary_document() == iam.instance_boundary_policy(iam.Account("aws", ACCOUNT))
+    # The ARN the runner's policy demands is the one the bootstrap made.
+    [bounded] = [s for s in printed_policy("--backend", "ec2")["Statement"] if s["Sid"] == "InstanceRoleBounded"]
+    assert bounded["Condition"]["StringEquals"]["iam:PermissionsBoundary"] == policy["Arn"]
+    # ec2 runs need no ECS execution role.
+    assert [r["RoleName"] for r in client.list_roles()["Roles"] if r["RoleName"].startswith("flowrig")] == []
+
+
+@pytest.mark.aws
+def test_an_older_boundary_is_brought_up_to_date_keeping_within_iams_five_versions(aws):
+    import boto3
+
+    client = boto3.client("iam")
+    older = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "Older", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": "*"}]}
+    client.create_policy(PolicyName="flowrig-instance-boundary", Path="/flowrig/", PolicyDocument=json.dumps(older))
+    for _ in range(4):
+        client.create_policy_version(PolicyArn=BOUNDARY, PolicyDocument=json.dumps(older), SetAsDefault=True)
+    assert "exists, updated" in _bootstrap("aws", "bootstrap", "--backend", "ec2")
+    assert _boundary_document() == iam.instance_boundary_policy(iam.Account("aws", ACCOUNT))
+    versions = client.list_policy_versions(PolicyArn=BOUNDARY)["Versions"]
+    assert len(versions) == 5 and "v1" not in [v["VersionId"] for v in versions]
+    assert "exists, document checked" in _bootstrap("aws", "bootstrap", "--backend", "ec2")
+
+
+@pytest.mark.aws
+def test_ecs_bootstrap_makes_the_execution_role_and_the_boundary(aws):
+    import boto3
+
+    client = boto3.client("iam")
+    output = _bootstrap("ecs", "bootstrap")
+    assert f"role arn:aws:iam::{ACCOUNT}:role/flowrig/flowrig-execution: created" in output
+    assert f"policy {BOUNDARY}: created" in output
+    again = _bootstrap("ecs", "bootstrap")
+    assert "flowrig-execution: exists" in again and f"policy {BOUNDARY}: exists, document checked" in again
+    assert [p["Arn"] for p in client.list_policies(Scope="Local")["Policies"]] == [BOUNDARY]
+    # `flowrig aws bootstrap --backend ecs` is the role alone, as before.
+    fargate = _bootstrap("aws", "bootstrap", "--backend", "fargate")
+    assert "flowrig-execution: exists" in fargate and "flowrig-instance-boundary" not in fargate
 
 
 # --- enforced by moto -------------------------------------------------------------------
@@ -217,7 +365,7 @@ def ubuntu_parameter(aws):
 
 
 @pytest.fixture
-def ec2_runner(aws, pass_role_enforced, ubuntu_parameter, monkeypatch):
+def ec2_runner_unbootstrapped(aws, pass_role_enforced, ubuntu_parameter, monkeypatch):
     """A user whose only policy allows the actions of `flowrig aws iam-policy --backend
     ec2` on "*". Yields a function that makes the user's key the credentials, minus the
     given actions, with IAM enforced, and returns the key."""
@@ -242,6 +390,13 @@ def ec2_runner(aws, pass_role_enforced, ubuntu_parameter, monkeypatch):
         yield as_runner
     finally:
         _as_admin(monkeypatch, aws)
+
+
+@pytest.fixture
+def ec2_runner(ec2_bootstrapped, ec2_runner_unbootstrapped):
+    """:func:`ec2_runner_unbootstrapped` after `flowrig aws bootstrap --backend ec2` (as
+    the administrator)."""
+    return ec2_runner_unbootstrapped
 
 
 @pytest.mark.aws
@@ -277,8 +432,66 @@ def test_an_ec2_run_completes_under_exactly_the_printed_actions(aws, ec2_runner,
     unused = [a for a in printed if a.split(":")[1] not in operations and a not in ec2_iam.IMPLIED_ACTIONS]
     assert unused == [], unused
     for operation in ("GetParameter", "RunInstances", "AddRoleToInstanceProfile", "CreateTags",
-                      "TerminateInstances", "DeleteInstanceProfile", "DeleteSecret"):
+                      "TerminateInstances", "DeleteInstanceProfile", "DeleteSecret", "GetPolicy"):
         assert operation in operations, operation
+    # The role was made with the boundary (the condition moto does not check is met).
+    [created] = aws.query_requests("CreateRole")
+    assert created["RoleName"] == ["flowrig-ec2iam1-instance"] and created["PermissionsBoundary"] == [BOUNDARY]
+
+
+@pytest.mark.aws
+def test_the_runners_instance_role_carries_the_boundary(aws, ec2_runner, tls, monkeypatch):
+    import boto3
+
+    with local_scheduler(tls, workers=1) as scheduler:
+        ec2_runner()
+        started = EC2Backend().start(ClusterSpec(
+            run_id="ec2bound", size=ClusterSize(1), tls=tls, image=IMAGE, worker_env={"FLOWRIG_RUN_ID": "ec2bound"},
+            options={"scheduler_address": scheduler.scheduler_address, "provision_timeout": 60},
+        ))
+        try:
+            _as_admin(monkeypatch, aws)
+            role = boto3.client("iam").get_role(RoleName="flowrig-ec2bound-instance")["Role"]
+            assert role["PermissionsBoundary"] == {
+                "PermissionsBoundaryType": "PermissionsBoundaryPolicy", "PermissionsBoundaryArn": BOUNDARY}
+            # Both its inline policies were written under the boundary.
+            assert sorted(boto3.client("iam").list_role_policies(RoleName=role["RoleName"])["PolicyNames"]) == [
+                "pull-run-image", "read-run-secret"]
+        finally:
+            started.close()
+    assert_nothing_left("ec2bound")
+
+
+@pytest.mark.aws
+def test_without_the_boundary_the_run_exits_2_naming_the_bootstrap_and_makes_nothing(
+        aws, ec2_runner_unbootstrapped, tls, tmp_path, monkeypatch):
+    certs = tmp_path / "certs"
+    tls.write_to_dir(certs)
+    project = tmp_path / "seed"
+    shutil.copytree(SEED, project)
+    with open(project / "flowrig.toml", "a") as toml:
+        toml.write('\n[cluster.options]\nscheduler_address = "tls://127.0.0.1:9"\n')
+    credentials = ec2_runner_unbootstrapped()
+    before = len(aws.operations())
+    done = subprocess.run(
+        [*FLOWRIG, "run", str(project), "--backend", "ec2", "--image", IMAGE, "--certs", str(certs),
+         "--param", TEN],
+        env={**marked_env("ec2-noboundary"), **credentials, "FLOWRIG_RUN_ID": "ec2nobound"},
+        capture_output=True, text=True, timeout=120,
+    )
+    _as_admin(monkeypatch, aws)
+    assert done.returncode == 2, done.stderr[-3000:]
+    [line] = [line for line in done.stderr.splitlines() if "flowrig-instance-boundary" in line]
+    assert f"IAM policy {BOUNDARY}" in line and "does not exist" in line, line
+    assert "`flowrig aws bootstrap --backend ec2`" in line and "iam_instance_profile" in line, line
+    assert "Traceback" not in done.stderr
+    # Found before anything is made: nothing was asked to be created, nothing is left.
+    asked = aws.operations()[before:]
+    assert "GetPolicy" in asked, asked
+    creating = [op for op in asked if op.startswith(("Create", "Put", "RunInstances", "Add"))]
+    assert creating == [], creating
+    assert_nothing_left("ec2nobound")
+    assert held("ec2nobound")["roles"] == []
 
 
 @pytest.mark.aws

@@ -1,9 +1,11 @@
 """``flowrig aws``: what ``ecs``/``fargate``/``ec2`` runs left in AWS (tagged flowrig-run-id),
-and the IAM policy a runner of each needs.
+what each needs made once per account, and the IAM policy a runner of each needs.
 
-``flowrig aws iam-policy --backend ecs|fargate|ec2`` is the one command for every AWS
-backend (``ec2`` is no ECS backend, so its policy does not belong under ``flowrig ecs``);
-``flowrig ecs iam-policy`` stays as it was and prints what ``--backend ecs`` does.
+``flowrig aws iam-policy --backend ecs|fargate|ec2`` and ``flowrig aws bootstrap --backend
+ecs|fargate|ec2`` are the commands for every AWS backend (``ec2`` is no ECS backend, so its
+policy and its one-time setup do not belong under ``flowrig ecs``); ``flowrig ecs
+iam-policy`` stays as it was and prints what ``--backend ecs`` does, and ``flowrig ecs
+bootstrap`` makes what every AWS backend needs.
 """
 
 from __future__ import annotations
@@ -79,6 +81,59 @@ def runner_policy(backend: str, account: Any, *, create_roles: bool = False) -> 
     from flowrig.backends.ecs import iam
 
     return iam.runner_policy(account, create_roles=create_roles)
+
+
+def bootstrap_execution_role(session: Any, account: Any) -> None:
+    """Make (or check) the execution role of ECS/Fargate runs and say what was done."""
+    from flowrig.backends.ecs import aws as aws_calls
+    from flowrig.backends.ecs import iam
+
+    arn, created = aws_calls.ensure_role(
+        session, account, iam.EXECUTION_ROLE_NAME, "flowrig: lets ECS pull the image and write logs for a run"
+    )
+    verb = "created" if created else "exists, trust policy and execution policy checked"
+    typer.echo(f"role {arn}: {verb}")
+    typer.echo(f"  trust: ecs-tasks.amazonaws.com, aws:SourceAccount = {account.account_id}")
+    typer.echo(f"  policy: {iam.execution_policy_arn(account.partition)}")
+
+
+def bootstrap_instance_boundary(session: Any, account: Any) -> None:
+    """Make (or bring up to date) the permissions boundary of ec2 runs' instance roles
+    and say what was done."""
+    from flowrig.backends.ecs import aws as aws_calls
+
+    arn, done = aws_calls.ensure_instance_boundary(session, account)
+    verb = {"created": "created", "updated": "exists, updated to this version's document",
+            "unchanged": "exists, document checked"}[done]
+    typer.echo(f"policy {arn}: {verb}")
+    typer.echo("  permissions boundary of ec2 runs' instance roles: secretsmanager:GetSecretValue on flowrig/ "
+               "secrets, kms:Decrypt through Secrets Manager, ECR pulls")
+
+
+@app.command("bootstrap")
+def bootstrap(
+    backend: Annotated[str, typer.Option("--backend", help="ecs, fargate or ec2.")],
+    region: Annotated[
+        Optional[str], typer.Option(help="AWS region (default: AWS_REGION or the profile's).")
+    ] = None,
+) -> None:
+    """Create, once per account, what BACKEND runs need (idempotent; prints what it creates).
+
+    ecs/fargate: the execution role runs use (as `flowrig ecs bootstrap`). ec2: the
+    customer-managed policy flowrig-instance-boundary on /flowrig/, the permissions
+    boundary every run's instance role is made with. `flowrig ecs bootstrap` makes both.
+    """
+    from flowrig.backends.ecs import aws as aws_calls
+    from flowrig.errors import BadInput
+
+    if backend not in POLICY_BACKENDS:
+        raise BadInput(f"--backend {backend!r}: use one of {', '.join(POLICY_BACKENDS)}")
+    session = aws_calls.session(region)
+    account = session.account()
+    if backend == "ec2":
+        bootstrap_instance_boundary(session, account)
+    else:
+        bootstrap_execution_role(session, account)
 
 
 @app.command("iam-policy")

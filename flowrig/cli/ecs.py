@@ -230,23 +230,21 @@ def bootstrap_command(
         Optional[str], typer.Option(help="AWS region (default: AWS_REGION or the profile's).")
     ] = None,
 ) -> None:
-    """Create, once per account, the execution role runs use (idempotent).
+    """Create, once per account, what AWS runs need (idempotent; prints what it creates).
 
-    The role is on the /flowrig/ IAM path, only ECS tasks of this account may assume it
-    (aws:SourceAccount), and it holds AWS's managed execution policy only. Runs then need
-    no IAM rights beyond iam:GetRole and iam:PassRole on it (see `flowrig ecs iam-policy`).
+    The execution role ECS/Fargate runs use: on the /flowrig/ IAM path, only ECS tasks of
+    this account may assume it (aws:SourceAccount), and it holds AWS's managed execution
+    policy only. Runs then need no IAM rights beyond iam:GetRole and iam:PassRole on it
+    (see `flowrig ecs iam-policy`). And the permissions boundary of ec2 runs' instance
+    roles (`flowrig aws bootstrap --backend ec2` makes only that).
     """
-    from flowrig.backends.ecs import aws, iam
+    from flowrig.backends.ecs import aws
+    from flowrig.cli.aws import bootstrap_execution_role, bootstrap_instance_boundary
 
     session = aws.session(region)
     account = session.account()
-    arn, created = aws.ensure_role(
-        session, account, iam.EXECUTION_ROLE_NAME, "flowrig: lets ECS pull the image and write logs for a run"
-    )
-    verb = "created" if created else "exists, trust policy and execution policy checked"
-    typer.echo(f"role {arn}: {verb}")
-    typer.echo(f"  trust: ecs-tasks.amazonaws.com, aws:SourceAccount = {account.account_id}")
-    typer.echo(f"  policy: {iam.execution_policy_arn(account.partition)}")
+    bootstrap_execution_role(session, account)
+    bootstrap_instance_boundary(session, account)
 
 
 @app.command("iam-policy")

@@ -182,6 +182,77 @@ def ensure_role(aws: Session, account: iam_docs.Account, name: str, description:
     return arn, created
 
 
+#: IAM keeps at most this many versions of a managed policy.
+_POLICY_VERSIONS = 5
+
+
+def _no_such_entity(exc: Exception) -> bool:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code") == "NoSuchEntity"
+
+
+def ensure_instance_boundary(aws: Session, account: iam_docs.Account) -> tuple[str, str]:
+    """The ``ec2`` instance roles' permissions boundary, created when missing and made
+    today's document when an older bootstrap made another. Returns ``(arn, what was done)``:
+    ``created``, ``updated`` or ``unchanged``."""
+    from botocore.exceptions import ClientError
+
+    iam = aws.client("iam")
+    arn = iam_docs.instance_boundary_arn(account)
+    document = iam_docs.instance_boundary_policy(account)
+    with aws_errors(f"creating IAM policy {arn}"):
+        try:
+            default_version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+        except ClientError as exc:
+            if not _no_such_entity(exc):
+                raise
+            iam.create_policy(
+                PolicyName=iam_docs.INSTANCE_BOUNDARY_NAME,
+                Path=iam_docs.ROLE_PATH,
+                PolicyDocument=json.dumps(document),
+                Description="flowrig: the most an ec2 run's instance role may be allowed (its permissions boundary)",
+                Tags=[{"Key": "createdBy", "Value": "flowrig bootstrap"}],
+            )
+            return arn, "created"
+        current = iam.get_policy_version(PolicyArn=arn, VersionId=default_version)["PolicyVersion"]["Document"]
+        if isinstance(current, str):  # URL-encoded JSON, when the client does not decode it
+            from urllib.parse import unquote
+
+            current = json.loads(unquote(current))
+        if current == document:
+            return arn, "unchanged"
+        versions = iam.list_policy_versions(PolicyArn=arn)["Versions"]
+        older = sorted((v for v in versions if not v["IsDefaultVersion"]), key=lambda v: v["CreateDate"])
+        if len(versions) >= _POLICY_VERSIONS and older:
+            iam.delete_policy_version(PolicyArn=arn, VersionId=older[0]["VersionId"])
+        iam.create_policy_version(PolicyArn=arn, PolicyDocument=json.dumps(document), SetAsDefault=True)
+    return arn, "updated"
+
+
+def find_instance_boundary(aws: Session) -> str:
+    """The ARN of the instance roles' permissions boundary the bootstrap made.
+
+    Raises
+    ------
+    BadInput
+        When there is none (with the command that makes it).
+    """
+    from botocore.exceptions import ClientError
+
+    arn = iam_docs.instance_boundary_arn(aws.account())
+    with aws_errors(f"looking up IAM policy {arn}"):
+        try:
+            aws.client("iam").get_policy(PolicyArn=arn)
+            return arn
+        except ClientError as exc:
+            if not _no_such_entity(exc):
+                raise
+    raise BadInput(
+        f"IAM policy {arn} (the permissions boundary of ec2 runs' instance roles) does not exist: run "
+        "`flowrig aws bootstrap --backend ec2` once for the account, or set iam_instance_profile in "
+        "[cluster.options]"
+    )
+
+
 def session(region: str | None = None, **credentials: str | None) -> Session:
     """A :class:`Session`, its region and credentials checked before any call is made.
 

@@ -31,6 +31,11 @@ ECS_TASKS = "ecs-tasks.amazonaws.com"
 EC2_INSTANCES = "ec2.amazonaws.com"
 #: Tag every resource of a run carries (its value is the run id).
 RUN_TAG = "flowrig-run-id"
+#: The permissions boundary of every ``ec2`` run's instance role, a customer-managed
+#: policy on :data:`ROLE_PATH` that the bootstrap makes once per account.
+INSTANCE_BOUNDARY_NAME = "flowrig-instance-boundary"
+#: The ECR actions that pull an image (besides ``ecr:GetAuthorizationToken``).
+ECR_PULL_ACTIONS = ("ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer")
 
 #: Actions that IAM authorizes only against ``"*"`` (no resource type, or none that
 #: exists before the call).
@@ -102,9 +107,61 @@ def image_pull_policy(repository_arn: str) -> dict[str, Any]:
             {
                 "Sid": "PullRunImage",
                 "Effect": "Allow",
-                "Action": ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+                "Action": list(ECR_PULL_ACTIONS),
                 "Resource": repository_arn,
             },
+        ],
+    }
+
+
+def instance_boundary_arn(account: Account) -> str:
+    """The ARN of the instance roles' permissions boundary (:data:`INSTANCE_BOUNDARY_NAME`)."""
+    return account.arn("iam", f"policy{ROLE_PATH}{INSTANCE_BOUNDARY_NAME}")
+
+
+def instance_boundary_policy(account: Account) -> dict[str, Any]:
+    """The most an ``ec2`` run's instance role may ever be allowed, whatever its inline
+    policies say.
+
+    IAM cannot restrict the document ``iam:PutRolePolicy`` writes, so a holder of the
+    runner policy could otherwise give a ``flowrig-*-instance`` role any right and start
+    an instance with it. The runner may create such roles and write their policies only
+    with this boundary set, and may not remove or change it; the boundary caps them at
+    what :func:`instance_secret_policy` and :func:`image_pull_policy` grant a run.
+
+    Parameters
+    ----------
+    account
+        Partition and account of the secrets and keys.
+
+    Returns
+    -------
+    dict
+        A policy document: reading ``flowrig/`` secrets of the account (each run's
+        secret denies every other principal in its resource policy, so one run's role
+        cannot read another run's), decrypting them through Secrets Manager only, and
+        pulling images from ECR (any account's: the image may live in another one).
+    """
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            statement(
+                "ReadRunSecrets",
+                ["secretsmanager:GetSecretValue"],
+                account.arn("secretsmanager", f"secret:{defaults.FAMILY_PREFIX}/*"),
+            ),
+            # The aws/secretsmanager key's policy grants decryption through Secrets
+            # Manager to the account's principals; a boundary without it would cut that
+            # off, and the fix of a secret that cannot be read names kms:Decrypt.
+            statement(
+                "DecryptThroughSecretsManager",
+                ["kms:Decrypt"],
+                account.arn("kms", "key/*"),
+                StringLike={"kms:ViaService": "secretsmanager.*.amazonaws.com"},
+            ),
+            # GetAuthorizationToken has no resource type: IAM authorizes it on "*" only.
+            statement("LogInToECR", ["ecr:GetAuthorizationToken"], "*"),
+            statement("PullImages", list(ECR_PULL_ACTIONS), f"arn:{account.partition}:ecr:*:*:repository/*"),
         ],
     }
 

@@ -4,9 +4,11 @@ Everything goes through the ECS backends' AWS layer (:mod:`flowrig.backends.ecs.
 its session, its error translation, and its :class:`~flowrig.backends.ecs.aws.RunResources`
 (the VPC look-ups, the run's security group, the run's secret, deletion with retries),
 which :class:`EC2Resources` extends by what only EC2 runs make: an instance role and its
-instance profile, and instances. The run's lease (:mod:`flowrig.backends.ecs.lease`) is
-on every resource and renewed while the run lives, so ``flowrig aws leftovers`` tells a
-live run from a killed one as it does for ECS runs.
+instance profile, and instances. The instance role gets the permissions boundary the
+bootstrap made (:func:`~flowrig.backends.ecs.iam.instance_boundary_policy`), looked up
+before anything is made. The run's lease (:mod:`flowrig.backends.ecs.lease`) is on every
+resource and renewed while the run lives, so ``flowrig aws leftovers`` tells a live run
+from a killed one as it does for ECS runs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from flowrig.backends.ecs import iam as iam_docs
 from flowrig.backends.ecs import lease
-from flowrig.backends.ecs.aws import RunResources, Session, aws_errors
+from flowrig.backends.ecs.aws import RunResources, Session, aws_errors, find_instance_boundary
 from flowrig.backends.pool import Observed
 from flowrig.backends.vm.cloud import Cloud, Created, VMRequest
 from flowrig.errors import BadInput, one_line
@@ -155,13 +157,15 @@ class EC2Resources(RunResources):
         self.run_id = run_id
 
     # --- creating ------------------------------------------------------------------
-    def create_instance_role(self, name: str) -> str:
-        """A role only EC2 instances may assume, with no policy yet; returns its ARN."""
+    def create_instance_role(self, name: str, boundary_arn: str) -> str:
+        """A role only EC2 instances may assume, with no policy yet and ``boundary_arn``
+        as its permissions boundary; returns its ARN."""
         with aws_errors(f"creating IAM role {name}"):
             arn = self._client("iam").create_role(
                 RoleName=name,
                 Path=iam_docs.ROLE_PATH,
                 AssumeRolePolicyDocument=json.dumps(iam_docs.instance_trust_policy()),
+                PermissionsBoundary=boundary_arn,
                 Description="flowrig: the identity of one run's instances (reads its certificate secret)",
                 Tags=_tag_list(self.tags),
             )["Role"]["Arn"]
@@ -315,6 +319,7 @@ class EC2Cloud(Cloud):
         self.security_groups: list[str] = []
         self.profile: dict[str, str] | None = None
         self.reader_role_arn = ""
+        self.boundary_arn = ""
         self.image_id = ""
         self.root_device = ""
 
@@ -332,6 +337,9 @@ class EC2Cloud(Cloud):
         # two threads at once, and the pool calls from its executor's threads.
         for service in ("ec2", "iam", "secretsmanager", "ssm", "sts"):
             self._client(service)
+        # A missing boundary is bad input, found before anything is made.
+        if not self.options.iam_instance_profile:
+            self.boundary_arn = find_instance_boundary(self.session)
         self._renewer = lease.LeaseRenewer(self.resources, self.lease_seconds).start()
         self._network()
         self._image()
@@ -411,7 +419,7 @@ class EC2Cloud(Cloud):
             self.reader_role_arn = roles[0]["Arn"]
             return
         name = self.role_name
-        self.reader_role_arn = self.resources.create_instance_role(name)
+        self.reader_role_arn = self.resources.create_instance_role(name, self.boundary_arn)
         arn = self.resources.create_instance_profile(name, name)
         self.profile = {"Arn": arn}
 

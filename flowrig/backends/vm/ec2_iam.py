@@ -5,7 +5,12 @@ built from the same pieces: flowrig's IAM path, the run tag, the lease tag, the
 ``flowrig/`` secrets. Every action an ``ec2`` run makes (:mod:`flowrig.backends.vm.ec2_cloud`)
 is here and nothing else; resources are scoped to flowrig's names and to the run tag
 wherever IAM has a resource type or condition key for the action. What IAM authorizes
-only on ``"*"`` is in :data:`UNSCOPED_ACTIONS`.
+only on ``"*"`` is in :data:`UNSCOPED_ACTIONS` (and :data:`WHOAMI_ACTION`).
+
+The run's instance role can be given only what the permissions boundary the bootstrap
+made allows (:func:`~flowrig.backends.ecs.iam.instance_boundary_policy`): without it, a
+holder of this policy could write any inline policy to a ``flowrig-*-instance`` role and
+start an instance with it.
 
 What a run of a project that names its own ``iam_instance_profile`` needs beyond this
 (``iam:GetInstanceProfile`` on that profile, ``iam:PassRole`` of its role to EC2) is
@@ -17,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from flowrig.backends.ecs.defaults import FAMILY_PREFIX
-from flowrig.backends.ecs.iam import EC2_INSTANCES, ROLE_PATH, RUN_TAG, Account, statement
+from flowrig.backends.ecs.iam import EC2_INSTANCES, ROLE_PATH, RUN_TAG, Account, instance_boundary_arn, statement
 from flowrig.backends.ecs.lease import LEASE_TAG
 from flowrig.backends.vm.ec2_cloud import UBUNTU_PARAMETER_PATH
 
@@ -33,6 +38,11 @@ UNSCOPED_ACTIONS = (
     "ec2:DescribeSubnets",
     "ec2:DescribeVpcs",
 )
+#: Which account the credentials are (for the boundary's ARN): AWS answers it for every
+#: principal, whatever its policies, and it reveals nothing but the caller's own name.
+WHOAMI_ACTION = "sts:GetCallerIdentity"
+#: What would lift the permissions boundary off a run's instance role: never granted.
+BOUNDARY_CHANGES = ("iam:DeleteRolePermissionsBoundary", "iam:PutRolePermissionsBoundary")
 
 #: Actions AWS authorizes as part of another call rather than as a request of their
 #: own: tags given at creation (CreateTags, TagRole, TagInstanceProfile, TagResource)
@@ -59,7 +69,9 @@ def runner_policy(account: Account) -> dict[str, Any]:
     dict
         An IAM policy document: instances only with the run tag, and terminated and
         tagged only while they carry it; the run's own instance role and profile on
-        ``/flowrig/``, passed to EC2 only; ``flowrig/`` secrets; Canonical's Ubuntu
+        ``/flowrig/``, passed to EC2 only, made and given policies only with the
+        bootstrap's permissions boundary (``iam:PermissionsBoundary``), which the
+        runner can neither remove nor change; ``flowrig/`` secrets; Canonical's Ubuntu
         AMI parameters.
     """
     ec2 = account.arn
@@ -70,8 +82,10 @@ def runner_policy(account: Account) -> dict[str, Any]:
     # AMIs and their snapshots belong to their publisher (Canonical, or whoever made the
     # project's ami), not to this account: their ARNs have no account, only the region.
     public = f"arn:{account.partition}:ec2:*::"
+    boundary = instance_boundary_arn(account)
     statements = [
         statement("Describe", list(UNSCOPED_ACTIONS), "*"),
+        statement("WhoAmI", [WHOAMI_ACTION], "*"),
         # Public parameters are AWS's: their ARNs carry no account id, so the account is
         # a wildcard (which also matches the empty one).
         statement(
@@ -117,12 +131,21 @@ def runner_policy(account: Account) -> dict[str, Any]:
             **{"ForAllValues:StringEquals": {"aws:TagKeys": [LEASE_TAG]}},
         ),
         statement("InstancesTerminate", ["ec2:TerminateInstances"], ec2("ec2", "instance/*"), **run_tagged),
+        # IAM cannot restrict the document PutRolePolicy writes: the boundary caps what
+        # any such document can grant, and neither call is allowed without it.
+        statement(
+            "InstanceRoleBounded",
+            ["iam:CreateRole", "iam:PutRolePolicy"],
+            role,
+            StringEquals={"iam:PermissionsBoundary": boundary},
+        ),
         statement(
             "InstanceRole",
-            ["iam:CreateRole", "iam:DeleteRole", "iam:DeleteRolePolicy", "iam:ListAttachedRolePolicies",
-             "iam:ListRolePolicies", "iam:PutRolePolicy", "iam:TagRole"],
+            ["iam:DeleteRole", "iam:DeleteRolePolicy", "iam:ListAttachedRolePolicies", "iam:ListRolePolicies",
+             "iam:TagRole"],
             role,
         ),
+        statement("FindInstanceBoundary", ["iam:GetPolicy"], boundary),
         statement(
             "InstanceProfile",
             ["iam:AddRoleToInstanceProfile", "iam:CreateInstanceProfile", "iam:DeleteInstanceProfile",
