@@ -293,19 +293,19 @@ def test_an_older_boundary_is_brought_up_to_date_keeping_within_iams_five_versio
 
 
 @pytest.mark.aws
-def test_ecs_bootstrap_makes_the_execution_role_and_the_boundary(aws):
+def test_ecs_bootstrap_makes_the_execution_role_alone_as_before(aws):
+    """ECS users' bootstrap needs no rights on policies: the boundary is ec2's alone."""
     import boto3
 
     client = boto3.client("iam")
     output = _bootstrap("ecs", "bootstrap")
     assert f"role arn:aws:iam::{ACCOUNT}:role/flowrig/flowrig-execution: created" in output
-    assert f"policy {BOUNDARY}: created" in output
-    again = _bootstrap("ecs", "bootstrap")
-    assert "flowrig-execution: exists" in again and f"policy {BOUNDARY}: exists, document checked" in again
-    assert [p["Arn"] for p in client.list_policies(Scope="Local")["Policies"]] == [BOUNDARY]
-    # `flowrig aws bootstrap --backend ecs` is the role alone, as before.
+    assert "flowrig-instance-boundary" not in output
+    assert client.list_policies(Scope="Local")["Policies"] == []
     fargate = _bootstrap("aws", "bootstrap", "--backend", "fargate")
     assert "flowrig-execution: exists" in fargate and "flowrig-instance-boundary" not in fargate
+    ec2 = _bootstrap("aws", "bootstrap", "--backend", "ec2")
+    assert f"policy {BOUNDARY}: created" in ec2 and "flowrig-execution" not in ec2
 
 
 # --- enforced by moto -------------------------------------------------------------------

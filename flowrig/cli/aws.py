@@ -121,7 +121,7 @@ def bootstrap(
 
     ecs/fargate: the execution role runs use (as `flowrig ecs bootstrap`). ec2: the
     customer-managed policy flowrig-instance-boundary on /flowrig/, the permissions
-    boundary every run's instance role is made with. `flowrig ecs bootstrap` makes both.
+    boundary every run's instance role is made with.
     """
     from flowrig.backends.ecs import aws as aws_calls
     from flowrig.errors import BadInput

@@ -230,21 +230,19 @@ def bootstrap_command(
         Optional[str], typer.Option(help="AWS region (default: AWS_REGION or the profile's).")
     ] = None,
 ) -> None:
-    """Create, once per account, what AWS runs need (idempotent; prints what it creates).
+    """Create, once per account, what ECS/Fargate runs need (idempotent; prints what it creates).
 
     The execution role ECS/Fargate runs use: on the /flowrig/ IAM path, only ECS tasks of
     this account may assume it (aws:SourceAccount), and it holds AWS's managed execution
     policy only. Runs then need no IAM rights beyond iam:GetRole and iam:PassRole on it
-    (see `flowrig ecs iam-policy`). And the permissions boundary of ec2 runs' instance
-    roles (`flowrig aws bootstrap --backend ec2` makes only that).
+    (see `flowrig ecs iam-policy`). The same as `flowrig aws bootstrap --backend ecs`;
+    ec2 runs need `flowrig aws bootstrap --backend ec2`.
     """
     from flowrig.backends.ecs import aws
-    from flowrig.cli.aws import bootstrap_execution_role, bootstrap_instance_boundary
+    from flowrig.cli.aws import bootstrap_execution_role
 
     session = aws.session(region)
-    account = session.account()
-    bootstrap_execution_role(session, account)
-    bootstrap_instance_boundary(session, account)
+    bootstrap_execution_role(session, session.account())
 
 
 @app.command("iam-policy")
