@@ -310,10 +310,17 @@ def assert_azure_empty(world: AzureWorld, run_id: str) -> None:
 
 
 def test_azure_run_creates_private_tagged_resources_readable_by_the_run_and_removes_them(azure, tls):
+    import copy
+
+    import dask
+
     run_id = "az1"
     with local_scheduler(tls, workers=1) as scheduler:
+        config_before = copy.deepcopy(dask.config.config)
         started = AzureBackend().start(
             spec(tls, run_id, **AZURE_OPTIONS, scheduler_address=scheduler.scheduler_address))
+        # The run's TLS lives in its Security object: the runner's dask.config is untouched.
+        assert dask.config.config == config_before
         try:
             assert started.scheduler_address == scheduler.scheduler_address
             nsg = azure.held[("Microsoft.Network/networkSecurityGroups", f"flowrig-{run_id}")]
