@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from flowrig.common.environ import positive_seconds
 from flowrig.errors import BadInput, InfrastructureError, one_line
 
 logger = logging.getLogger("flowrig.certs")
@@ -301,16 +302,7 @@ def fetch_timeout(environ: Mapping[str, str]) -> float:
     BadInput
         The variable is set to something other than a positive number.
     """
-    text = environ.get(FETCH_TIMEOUT_ENV, "").strip()
-    if not text:
-        return DEFAULT_FETCH_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise BadInput(f"{FETCH_TIMEOUT_ENV}={text!r} is not a number of seconds above 0")
-    return value
+    return positive_seconds(environ, FETCH_TIMEOUT_ENV, DEFAULT_FETCH_TIMEOUT)
 
 
 def fetch(source: str, ref: str, environ: Mapping[str, str]) -> bytes:

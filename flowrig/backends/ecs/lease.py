@@ -20,7 +20,8 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Mapping
 
-from flowrig.errors import BadInput, one_line
+from flowrig.common.environ import positive_seconds
+from flowrig.errors import one_line
 
 if TYPE_CHECKING:
     from flowrig.backends.ecs.aws import RunResources
@@ -52,16 +53,7 @@ def lease_seconds() -> float:
     BadInput
         When the variable is not a number of seconds greater than zero.
     """
-    given = os.environ.get(LEASE_SECONDS_ENV)
-    if not given:
-        return LEASE_SECONDS
-    try:
-        seconds = float(given)
-    except ValueError:
-        seconds = 0.0
-    if not seconds > 0:
-        raise BadInput(f"{LEASE_SECONDS_ENV}={given!r}: give a number of seconds greater than 0, or unset it")
-    return seconds
+    return positive_seconds(os.environ, LEASE_SECONDS_ENV, LEASE_SECONDS)
 
 
 def renew_interval(seconds: float) -> float:

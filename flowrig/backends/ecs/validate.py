@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from flowrig.common.environ import check_env_name
 from flowrig.errors import BadInput
 from flowrig.project.filerules import secret_looking
 
@@ -37,7 +38,6 @@ FARGATE_MEMORY: Mapping[int, tuple[int, ...]] = {
 _FAMILY = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 #: Secret and environment names as ECS and shells accept them.
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def check_role(role: str) -> str:
@@ -100,20 +100,6 @@ def check_role_arn(option: str, arn: str | None) -> str | None:
     if arn is not None and not _ROLE_ARN.match(arn):
         raise BadInput(f"{option} {arn!r} is not an IAM role ARN: use arn:aws:iam::ACCOUNT:role/NAME")
     return arn
-
-
-def check_env_name(kind: str, name: str) -> str:
-    """Return ``name`` when it can be an environment variable name.
-
-    Raises
-    ------
-    BadInput
-        For names a container could not receive.
-    """
-    if not _ENV_NAME.match(name):
-        raise BadInput(f"{kind} name {name!r} is not a valid environment variable name")
-    return name
-
 
 
 def check_user_environment(environment: Mapping[str, str], secrets: Mapping[str, str]) -> None:

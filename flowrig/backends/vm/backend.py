@@ -21,7 +21,6 @@ import abc
 import functools
 import importlib
 import logging
-import socket
 import time
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
@@ -101,11 +100,11 @@ class VMBackend(Backend):
         VMs in the same network reach it (it asks for the run's auth string on every
         route and serves HTTPS with the run's leaf); loopback when the machine has no
         address but loopback. A runner outside the cloud network sets ``PREFECT_API_URL``."""
-        try:
-            address = socket.gethostbyname(socket.gethostname())
-        except OSError:
-            return "127.0.0.1", "127.0.0.1"
-        if address.startswith("127."):
+        from flowrig.common.net import own_address
+
+        address = own_address()
+        # A host name that does not resolve comes back as the name itself: no address.
+        if address.startswith("127.") or not address.replace(".", "").isdigit():
             return "127.0.0.1", "127.0.0.1"
         return address, address
 

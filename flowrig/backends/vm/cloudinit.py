@@ -21,13 +21,13 @@ for private keys before anything is created.
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from flowrig.common.environ import check_env_name
 from flowrig.errors import BadInput
 from flowrig.project.filerules import secret_looking
 from flowrig.roles import DASHBOARD_PORT
@@ -145,9 +145,6 @@ def worker_arguments(scheduler_address: str, name: str, threads: int, extra: tup
     )
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
 def check_environment(environment: dict[str, str]) -> None:
     """Refuse a variable that is no variable name or whose name says it is secret:
     user data is readable by anyone who may describe the VM, and from its metadata
@@ -159,8 +156,7 @@ def check_environment(environment: dict[str, str]) -> None:
         One line naming the variable and where a secret goes instead.
     """
     for name in environment:
-        if not _ENV_NAME.match(name):
-            raise BadInput(f"environment variable {name!r} is not a variable name: use letters, digits and _")
+        check_env_name("environment variable", name)
         if secret_looking(name):
             raise BadInput(
                 f"environment variable {name} looks like a secret, and a VM's user data is readable by anyone "
