@@ -196,6 +196,12 @@ def _run_command(inputs: RunInputs, deadline: "RunDeadline") -> int:
     if project is None:
         load_project(directory)  # raises the one-line reason
     assert project is not None
+    if name == "local" and not layout.in_image():
+        # Local workers are forked from this interpreter: a requirement it lacks would
+        # fail a task only once the cluster is up. (An image installed them at build.)
+        from flowrig.project.requirements import check_environment
+
+        check_environment(project)
     backend = get_backend(name)
     given = None
     if inputs.certs is not None:
