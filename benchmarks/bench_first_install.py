@@ -32,6 +32,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FIRST_COMMAND = re.compile(r"^\s*(pip install uv==.*)$", re.MULTILINE)
 INSTALLED = re.compile(r"Installed (\d+) packages? in ([\d.]+)(m?s)")
+#: uv's summary lines: what it downloaded and built ("Prepared"), and linked ("Installed").
+UV_STEP = re.compile(r"^(Prepared|Installed) \d+ packages? in ([\d.]+)(m?s)$", re.MULTILINE)
+
+
+def seconds(value: str, unit: str) -> float:
+    return float(value) / (1000 if unit == "ms" else 1)
 
 
 def first_command(readme: str) -> str:
@@ -78,8 +84,10 @@ def measure(rev: str, python: str) -> dict:
         subprocess.run(["bash", "-c", command.split("&&")[0]], cwd=clone, env=env, check=True,
                        capture_output=True)
         pip_uv = time.perf_counter() - start
+        steps = {step.lower(): seconds(value, unit) for step, value, unit in UV_STEP.findall(done.stderr)}
         return {"rev": rev, "command": command, "total": total, "pip_install_uv": pip_uv,
-                "packages": int(installed.group(1)), "run_timings": outcome.get("timings", {})}
+                "packages": int(installed.group(1)), "uv_prepare": steps.get("prepared"),
+                "uv_install": steps.get("installed"), "run_total": outcome.get("timings", {}).get("total")}
 
 
 def main() -> None:
@@ -96,13 +104,18 @@ def main() -> None:
             row = measure(rev, python)
             rows[rev].append(row)
             print(f"round {round_ + 1} {rev}: {row['total']:.1f} s, {row['packages']} packages "
-                  f"(pip install uv alone {row['pip_install_uv']:.1f} s)", file=sys.stderr, flush=True)
+                  f"(pip install uv alone {row['pip_install_uv']:.1f} s, uv download+build {row['uv_prepare']} s, "
+                  f"uv install {row['uv_install']} s, the run's own total {row['run_total']} s)",
+                  file=sys.stderr, flush=True)
     for rev, measured in rows.items():
         totals = [row["total"] for row in measured]
         print(json.dumps({
             "rev": rev, "command": measured[0]["command"], "packages": measured[0]["packages"],
             "total_s": [round(t, 1) for t in totals], "median_s": round(statistics.median(totals), 1),
             "pip_install_uv_s": [round(row["pip_install_uv"], 1) for row in measured],
+            "uv_prepare_s": [row["uv_prepare"] for row in measured],
+            "uv_install_s": [row["uv_install"] for row in measured],
+            "run_total_s": [row["run_total"] for row in measured],
         }))
 
 
