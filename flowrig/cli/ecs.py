@@ -199,6 +199,8 @@ def run_local_command(
     A secret is read from SECRETS_DIR/NAME: NAME is a Secrets Manager secret's name or the
     last part of a parameter's; names leaving SECRETS_DIR ('..', '/...') are refused.
     Every container is removed at the end; the exit code is the first essential one's.
+
+    Containers run read-only with no capabilities, no-new-privileges and a process limit, and never as root.
     """
     from flowrig.backends.ecs import run_local
 
