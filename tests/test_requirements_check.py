@@ -144,6 +144,16 @@ def test_a_line_pip_would_refuse_is_bad_input_naming_it(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_a_utf16_file_with_its_byte_order_mark_is_read_and_other_bytes_are_bad_input(tmp_path):
+    # pip reads a file whose byte order mark names its encoding: Windows tools write those.
+    (tmp_path / "requirements.txt").write_bytes("pytest\nflowrig-no-such-package\n".encode("utf-16"))
+    assert names(req.unmet_requirements(tmp_path / "requirements.txt", tmp_path)) == ["flowrig-no-such-package"]
+    project = write_project(tmp_path / "p", "def main(): pass\n")
+    (project / "requirements.txt").write_bytes(b"\xff\xfd pytest\n")
+    with pytest.raises(BadInput, match="requirements.txt is not UTF-8 text: save it as UTF-8"):
+        load_project(project)
+
+
 def test_flowrigs_own_dependencies_are_not_offered_for_reinstall(tmp_path):
     project = write_project(tmp_path / "p", "def main(): pass\n")
     (project / "requirements.txt").write_text("prefect<1\nflowrig-no-such-package\n")
