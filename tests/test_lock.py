@@ -172,3 +172,15 @@ def test_images_install_the_runtime_and_the_backends_extra_only(tmp_path: Path):
         assert {"prefect", "distributed", "bokeh", "dumb-init"} | must <= names
         assert not names & (DEVELOPMENT_TOOLS | {"psutil"}), sorted(names & DEVELOPMENT_TOOLS)
         assert backend != "local" or not names & CLOUD_SDKS
+
+
+def test_a_lock_that_lets_uv_run_install_a_group_fails(copy: Path):
+    pyproject = copy / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace("default-groups = []", 'default-groups = ["dev"]'))
+    relocked = subprocess.run([uv(), "lock", "--offline", "--quiet"], cwd=copy, capture_output=True, text=True,
+                              timeout=120)
+    assert relocked.returncode == 0, relocked.stderr
+    done = check(copy)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "uv run would install a dependency group: keep default-groups = [] in [tool.uv] of pyproject.toml"]
