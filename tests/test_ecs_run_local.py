@@ -590,6 +590,16 @@ def test_a_secret_file_an_environment_cannot_hold_is_one_line_exit_2(tmp_path, c
     assert words in line and "TOKEN" in line
 
 
+def test_a_document_nested_past_the_json_parsers_depth_is_one_line_exit_2(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100000 + "]" * 100000)
+    done = subprocess.run([*FLOWRIG, "ecs", "run-local", str(path)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "flowrig: error: the task definition is nested too deeply to be a task definition or overrides"]
+
+
 def test_a_network_name_docker_cannot_take_is_bad_input():
     with pytest.raises(BadInput, match="is not a Docker network name"):
         run_local.plan_run(rendered("runner"), run_id="r1", network="no spaces")

@@ -166,6 +166,8 @@ def _read_json(value: str, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadInput(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadInput(f"{what} is nested too deeply to be a task definition or overrides") from None
 
 
 @app.command("run-local")

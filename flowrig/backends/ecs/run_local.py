@@ -127,7 +127,8 @@ class TaskContainer:
 
 
 class _Doc(BaseModel):
-    # Only the keys run-local reads are checked; ECS has many more, which it ignores.
+    # Only the keys run-local reads are checked, under ECS's own (camelCase) names; ECS
+    # has many more, which run-local ignores.
     model_config = ConfigDict(extra="allow", strict=True)
 
 
@@ -138,11 +139,11 @@ class KeyValue(_Doc):
 
 class SecretRef(_Doc):
     name: StrictStr
-    valueFrom: StrictStr  # noqa: N815 (ECS's spelling)
+    valueFrom: StrictStr
 
 
 class LinuxParameters(_Doc):
-    initProcessEnabled: StrictBool | None = None  # noqa: N815
+    initProcessEnabled: StrictBool | None = None
 
 
 class ContainerDoc(_Doc):
@@ -151,14 +152,14 @@ class ContainerDoc(_Doc):
     name: StrictStr
     image: Annotated[StrictStr, Field(min_length=1)]
     command: list[StrictStr] | None = None
-    entryPoint: list[StrictStr] | None = None  # noqa: N815
+    entryPoint: list[StrictStr] | None = None
     environment: list[KeyValue] | None = None
     secrets: list[SecretRef] | None = None
     essential: StrictBool | None = None
     user: StrictStr | None = None
-    workingDirectory: StrictStr | None = None  # noqa: N815
+    workingDirectory: StrictStr | None = None
     memory: Annotated[StrictInt, Field(gt=0)] | None = None
-    linuxParameters: LinuxParameters | None = None  # noqa: N815
+    linuxParameters: LinuxParameters | None = None
 
 
 class TaskDefinitionDoc(_Doc):
@@ -166,7 +167,7 @@ class TaskDefinitionDoc(_Doc):
 
     family: StrictStr | None = None
     memory: StrictStr | Annotated[StrictInt, Field(gt=0)] | None = None
-    containerDefinitions: Annotated[list[ContainerDoc], Field(min_length=1)]  # noqa: N815
+    containerDefinitions: Annotated[list[ContainerDoc], Field(min_length=1)]
 
 
 def _where(location: tuple[Any, ...]) -> str:
@@ -185,17 +186,20 @@ def check_no_nul(value: Any, what: str, location: tuple[Any, ...] = ()) -> None:
     BadInput
         Naming where in the document it is.
     """
-    if isinstance(value, str):
-        if "\x00" in value:
-            place = f" at {_where(location)}" if location else ""
-            raise BadInput(f"{what} holds a NUL byte{place}: remove it")
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            check_no_nul(key, what, location)
-            check_no_nul(item, what, (*location, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            check_no_nul(item, what, (*location, index))
+    # A stack, not recursion: a document nested as deep as the JSON parser allows is
+    # still one line of error, never a RecursionError.
+    pending = [(value, location)]
+    while pending:
+        item, where = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                place = f" at {_where(where)}" if where else ""
+                raise BadInput(f"{what} holds a NUL byte{place}: remove it")
+        elif isinstance(item, Mapping):
+            pending += [(key, where) for key in item]
+            pending += [(child, (*where, key)) for key, child in item.items()]
+        elif isinstance(item, list):
+            pending += [(child, (*where, index)) for index, child in enumerate(item)]
 
 
 def load_task_definition(document: Mapping[str, Any]) -> dict[str, Any]:
