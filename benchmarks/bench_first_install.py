@@ -4,10 +4,11 @@ For each git revision given, clones this repository, makes a fresh HOME and a fr
 virtualenv whose ``pip`` stands for the user's, and runs the README's first command
 (the line that starts with ``pip install uv==``) in the clone: no uv cache
 (``UV_NO_CACHE=1``), no pip configuration of this machine (``PIP_CONFIG_FILE=/dev/null``,
-no ``PIP_FIND_LINKS``). Reports the wall time of the whole command, of ``pip install uv``,
-the number of packages uv installed (from its own "Installed N packages" line), and checks
-that the flow printed ``"result": 90``. Revisions are measured in turn, round after round,
-so that a busy machine weighs on each of them alike.
+no ``PIP_FIND_LINKS``). Reports the wall time of the whole command and its CPU time
+(every process it waited for), the time of ``pip install uv`` alone, the number of
+packages uv installed (from its own "Installed N packages" line), and checks that the
+flow printed ``"result": 90``. Revisions are measured in turn, round after round, so
+that a busy machine weighs on each of them alike.
 
     python benchmarks/bench_first_install.py [--rev main] [--rev HEAD] [--repeat 2]
 
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -32,8 +34,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FIRST_COMMAND = re.compile(r"^\s*(pip install uv==.*)$", re.MULTILINE)
 INSTALLED = re.compile(r"Installed (\d+) packages? in ([\d.]+)(m?s)")
-#: uv's summary lines: what it downloaded and built ("Prepared"), and linked ("Installed").
-UV_STEP = re.compile(r"^(Prepared|Installed) \d+ packages? in ([\d.]+)(m?s)$", re.MULTILINE)
 
 
 def seconds(value: str, unit: str) -> float:
@@ -66,9 +66,14 @@ def measure(rev: str, python: str) -> dict:
         subprocess.run([python, "-m", "venv", str(user)], check=True)
         command = first_command((clone / "README.md").read_text())
         env = fresh_env(home, user / "bin")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         done = subprocess.run(["bash", "-c", command], cwd=clone, env=env, capture_output=True, text=True)
         total = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU time of the command and every process it waited for: what a busy machine
+        # changes least (wall time there also waits for other people's work).
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         if done.returncode != 0:
             sys.exit(f"{rev}: the first command failed ({done.returncode}):\n{done.stderr[-3000:]}")
         outcome = json.loads(done.stdout.strip().splitlines()[-1])
@@ -84,10 +89,9 @@ def measure(rev: str, python: str) -> dict:
         subprocess.run(["bash", "-c", command.split("&&")[0]], cwd=clone, env=env, check=True,
                        capture_output=True)
         pip_uv = time.perf_counter() - start
-        steps = {step.lower(): seconds(value, unit) for step, value, unit in UV_STEP.findall(done.stderr)}
-        return {"rev": rev, "command": command, "total": total, "pip_install_uv": pip_uv,
-                "packages": int(installed.group(1)), "uv_prepare": steps.get("prepared"),
-                "uv_install": steps.get("installed"), "run_total": outcome.get("timings", {}).get("total")}
+        return {"rev": rev, "command": command, "total": total, "cpu": cpu, "pip_install_uv": pip_uv,
+                "packages": int(installed.group(1)), "uv_install": seconds(installed.group(2), installed.group(3)),
+                "run_total": outcome.get("timings", {}).get("total")}
 
 
 def main() -> None:
@@ -103,17 +107,18 @@ def main() -> None:
         for rev in revs:
             row = measure(rev, python)
             rows[rev].append(row)
-            print(f"round {round_ + 1} {rev}: {row['total']:.1f} s, {row['packages']} packages "
-                  f"(pip install uv alone {row['pip_install_uv']:.1f} s, uv download+build {row['uv_prepare']} s, "
-                  f"uv install {row['uv_install']} s, the run's own total {row['run_total']} s)",
+            print(f"round {round_ + 1} {rev}: {row['total']:.1f} s ({row['cpu']:.1f} s of CPU), "
+                  f"{row['packages']} packages (pip install uv alone {row['pip_install_uv']:.1f} s, "
+                  f"uv's linking {row['uv_install']:.1f} s, the run's own total {row['run_total']} s)",
                   file=sys.stderr, flush=True)
     for rev, measured in rows.items():
         totals = [row["total"] for row in measured]
         print(json.dumps({
             "rev": rev, "command": measured[0]["command"], "packages": measured[0]["packages"],
             "total_s": [round(t, 1) for t in totals], "median_s": round(statistics.median(totals), 1),
+            "cpu_s": [round(row["cpu"], 1) for row in measured],
+            "load_average_at_end": round(os.getloadavg()[0], 1),
             "pip_install_uv_s": [round(row["pip_install_uv"], 1) for row in measured],
-            "uv_prepare_s": [row["uv_prepare"] for row in measured],
             "uv_install_s": [row["uv_install"] for row in measured],
             "run_total_s": [row["run_total"] for row in measured],
         }))
