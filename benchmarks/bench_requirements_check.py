@@ -6,7 +6,8 @@ include), then times :func:`flowrig.project.requirements.check_environment` in f
 interpreters, as ``flowrig run`` calls it: the first call of a process, once with
 nothing imported (``packaging`` is imported by the check) and once with
 ``packaging.requirements`` imported beforehand (a run imports it anyway, through Prefect,
-so this is what the check adds to a run), and a second call.
+right after the check, so this is what the check adds to the flow's loading), and a
+second call. A run checks while its Prefect API starts, which is the longer path.
 
     python benchmarks/bench_requirements_check.py [--count 40] [--repeat 7]
 """

@@ -1,4 +1,4 @@
-"""A local run checks the project's requirements against its environment before anything starts.
+"""A local run checks the project's requirements against its environment before its cluster starts.
 
 The reading of requirement files is tested against the distributions of the test's own
 environment (pytest, packaging and typer are installed; ``flowrig-no-such-*`` never is).
@@ -19,6 +19,7 @@ import site
 import subprocess
 import sys
 import time
+import uuid
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -28,7 +29,7 @@ import pytest
 from flowrig.errors import BadInput
 from flowrig.project import load_project
 from flowrig.project import requirements as req
-from tests.run_support import FLOWRIG, marked_env, write_project
+from tests.run_support import FLOWRIG, assert_nothing_left, marked_env, write_project
 
 FLOW = """
 from prefect import flow, task
@@ -250,8 +251,9 @@ def requirements_project(tmp_path: Path, lines: str) -> Path:
     return project
 
 
-def run_in(python: Path, *args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = marked_env("requirements-check")
+def run_in(python: Path, *args: str, cwd: Path, marker: str = "requirements-check",
+           timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = marked_env(marker)
     env.pop("VIRTUAL_ENV", None)
     return subprocess.run([str(python), "-m", "flowrig.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -264,8 +266,9 @@ def test_missing_and_wrong_versions_exit_2_before_anything_starts_then_the_print
     subprocess.run([uv(), "pip", "install", "--quiet", "--python", str(python), "--no-index",
                     str(project / "wheels" / "flowrig_probe-1.0-py3-none-any.whl")], check=True, timeout=120)
 
+    marker = uuid.uuid4().hex
     start = time.monotonic()
-    done = run_in(python, "run", "project", "--output", "json", cwd=tmp_path)
+    done = run_in(python, "run", "project", "--output", "json", cwd=tmp_path, marker=marker)
     elapsed = time.monotonic() - start
     assert done.returncode == 2, done.stderr
     [line] = done.stderr.strip().splitlines()
@@ -274,9 +277,11 @@ def test_missing_and_wrong_versions_exit_2_before_anything_starts_then_the_print
         "flowrig-probe==2.0 (1.0 installed), flowrig-probe-absent>=1 ; python_version >= '3' (not installed); "
         "install them with: uv pip install --python env/bin/python -r project/requirements.txt"
     )
-    # Nothing started: no API, no cluster (they take seconds; the refusal does not).
+    # No cluster started (it takes seconds; the refusal does not), and nothing is left:
+    # the run's API, started alongside the check, is stopped with it.
     assert elapsed < 15, elapsed
-    assert done.stdout.strip() == "" or "Running" not in done.stdout
+    assert "Running" not in done.stdout and "dashboard" not in done.stderr
+    assert_nothing_left(marker)
 
     # The printed command, run as printed, from the same directory.
     make_wheel(project / "wheels", "flowrig-probe-absent", "1.0", "flowrig_probe_absent", 0)
