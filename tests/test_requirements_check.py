@@ -259,7 +259,7 @@ def run_in(python: Path, *args: str, cwd: Path, marker: str = "requirements-chec
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_missing_and_wrong_versions_exit_2_before_anything_starts_then_the_printed_command_fixes_it(tmp_path):
+def test_missing_and_wrong_versions_exit_2_before_the_cluster_then_the_printed_command_fixes_it(tmp_path):
     python = environment_seeing_flowrig(tmp_path / "env", with_uv=True)
     project = requirements_project(tmp_path, "flowrig-probe==2.0\nflowrig-probe-absent>=1 ; python_version >= '3'\n")
     # Version 1.0 installed: the wrong one.
