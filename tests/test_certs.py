@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -199,7 +200,7 @@ def test_rsa_ca_issues_rsa_leaves_that_allow_key_encipherment():
 
 def test_leaf_never_outlives_its_ca():
     short_ca = CertificateAuthority.create(days=5)
-    leaf = load_cert(short_ca.issue_leaf(days=400).cert_pem)
+    leaf = load_cert(short_ca.issue_leaf(days=300).cert_pem)
     assert leaf.not_valid_after_utc == short_ca.not_after
 
 
@@ -663,3 +664,180 @@ def test_expiry_warning_only_when_close_and_names_the_fix(ca):
     assert warning.startswith("the leaf expires in 3 days") and "--tls per-run" in warning
     later = now() + dt.timedelta(days=5)
     assert "expired on" in expiry_warning(close.cert_pem, "the leaf", later)
+
+
+# --- the certificate policy: every refusal, with certificates forged here ---------------------
+BOTH_USAGES = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+
+
+def forge_leaf(ca: CertificateAuthority, *, key=None, extensions=None, days: int = 30,
+               start: dt.datetime | None = None, algorithm=None) -> tuple[x509.Certificate, object]:
+    """A leaf issued by ``ca`` exactly as given: what another tool (or an attacker) might hand over."""
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    start = start or now() - dt.timedelta(minutes=5)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "forged")]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+    )
+    for extension in (extensions if extensions is not None else [BOTH_USAGES]):
+        builder = builder.add_extension(extension, critical=False)
+    return builder.sign(ca_key, algorithm or hashes.SHA256()), key
+
+
+def refused(directory: Path, ca_pem: bytes, leaf: x509.Certificate, key) -> str:
+    """The one line both ``certs check`` and ``TLSMaterial.from_dir`` (``--certs``) give."""
+    TLSMaterial(ca_pem, pem(leaf), pem(key)).write_to_dir(directory)
+    with pytest.raises(BadInput) as checked:
+        check(directory)
+    with pytest.raises(BadInput) as loaded:
+        TLSMaterial.from_dir(directory)
+    assert str(checked.value) == str(loaded.value) and "\n" not in str(checked.value)
+    return str(checked.value)
+
+
+def test_a_leaf_with_an_rsa_1024_key_is_refused(tmp_path, ca):
+    leaf, key = forge_leaf(ca, key=rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    message = refused(tmp_path, ca.cert_pem, leaf, key)
+    assert message.startswith(f"{tmp_path / 'tls.crt'} has a RSA 1024-bit key, below flowrig's minimum")
+
+
+def test_a_leaf_on_a_curve_below_p256_is_refused(tmp_path, ca):
+    leaf, key = forge_leaf(ca, key=ec.generate_private_key(ec.SECP224R1()))
+    assert "has a secp224r1 (224-bit) key" in refused(tmp_path, ca.cert_pem, leaf, key)
+
+
+def test_a_ca_with_an_rsa_1024_key_is_refused(tmp_path):
+    weak_key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak CA")])
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(weak_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now() - dt.timedelta(minutes=5)).not_valid_after(now() + dt.timedelta(days=100))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(weak_key, hashes.SHA256())
+    )
+    weak_ca = CertificateAuthority(certificate, weak_key)
+    leaf, key = forge_leaf(weak_ca)
+    message = refused(tmp_path, weak_ca.cert_pem, leaf, key)
+    assert message.startswith(f"{tmp_path / 'ca.crt'} has a RSA 1024-bit key")
+
+
+@pytest.mark.parametrize("days", [399, 36500])
+def test_a_leaf_valid_for_more_than_398_days_is_refused(tmp_path, days):
+    long_ca = CertificateAuthority.create(days=40000)
+    leaf, key = forge_leaf(long_ca, days=days)
+    message = refused(tmp_path, long_ca.cert_pem, leaf, key)
+    assert f"is valid for {days} days" in message and "longer than the 398 days a leaf may be" in message
+
+
+def test_a_398_day_leaf_that_flowrig_makes_is_accepted(tmp_path):
+    # flowrig starts a leaf 5 minutes early against clock skew; that is not held against it.
+    generate(tmp_path, days=398)
+    assert check(tmp_path).days_left == 398
+
+
+@pytest.mark.parametrize(
+    "extensions, missing",
+    [
+        ([], "serverAuth and clientAuth"),  # no extended key usage at all
+        ([x509.ExtendedKeyUsage([ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE])], "serverAuth and clientAuth"),
+        ([x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])], "clientAuth"),
+    ],
+)
+def test_a_leaf_without_server_and_client_auth_is_refused(tmp_path, ca, extensions, missing):
+    leaf, key = forge_leaf(ca, extensions=extensions)
+    assert f"lacks the extended key usage {missing} (" in refused(tmp_path, ca.cert_pem, leaf, key)
+
+
+def test_the_ca_itself_given_as_the_leaf_is_refused(tmp_path, ca):
+    # tls.crt = ca.crt and tls.key = ca.key: every role would hold the CA's key.
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    message = refused(tmp_path, ca.cert_pem, ca.certificate, ca_key)
+    assert message.startswith(f"{tmp_path / 'tls.crt'} is a CA certificate, not a leaf")
+    assert str(tmp_path / "tls.key") in message
+
+
+def test_a_leaf_that_reuses_the_cas_key_is_refused(tmp_path, ca):
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    leaf, key = forge_leaf(ca, key=ca_key)
+    assert "is a CA certificate, not a leaf" in refused(tmp_path, ca.cert_pem, leaf, key)
+
+
+def test_a_leaf_that_is_itself_a_ca_is_refused(tmp_path, ca):
+    leaf, key = forge_leaf(ca, extensions=[BOTH_USAGES, x509.BasicConstraints(ca=True, path_length=None)])
+    assert "is a CA certificate, not a leaf" in refused(tmp_path, ca.cert_pem, leaf, key)
+
+
+def test_a_leaf_signed_with_sha1_is_refused(tmp_path):
+    # cryptography no longer signs with SHA-1; openssl (which ca-certificates brings) still does.
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is needed to forge a SHA-1 signature"
+    generate(tmp_path / "ca")
+    (tmp_path / "ext.cnf").write_text("[v3]\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=critical,CA:FALSE\n")
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "leaf.key").write_bytes(pem(key))
+    for command in (
+        [openssl, "req", "-new", "-key", "leaf.key", "-subj", "/CN=forged", "-out", "leaf.csr"],
+        [openssl, "x509", "-req", "-in", "leaf.csr", "-CA", "ca/ca.crt", "-CAkey", "ca/ca.key", "-sha1",
+         "-days", "30", "-extfile", "ext.cnf", "-extensions", "v3", "-out", "leaf.crt"],
+    ):
+        subprocess.run(command, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    leaf = load_cert((tmp_path / "leaf.crt").read_bytes())
+    message = refused(tmp_path / "given", (tmp_path / "ca" / "ca.crt").read_bytes(), leaf, key)
+    assert "is signed with SHA1, which TLS no longer trusts" in message
+
+
+def test_a_good_forged_leaf_passes_so_each_refusal_above_is_its_own(tmp_path, ca):
+    leaf, key = forge_leaf(ca, days=398)
+    TLSMaterial(ca.cert_pem, pem(leaf), pem(key)).write_to_dir(tmp_path)
+    assert check(tmp_path).subject == "CN=forged"
+    TLSMaterial.from_dir(tmp_path)
+
+
+@pytest.mark.parametrize("days", [399, 100000])
+def test_generate_days_is_bounded(tmp_path, days):
+    result = _flowrig("certs", "generate", "--out", str(tmp_path / "out"), "--days", str(days), "--ca-days", "200000")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"flowrig: error: leaf validity (--days) may be at most 398 days, got {days}: leaves are short-lived "
+        "on purpose (the default is 397); make new ones before they expire"
+    ]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(BadInput, match="at most 398 days"):
+        CertificateAuthority.create().issue_leaf(days=days)
+
+
+def test_flowrig_run_with_weak_given_certificates_is_refused_before_anything_starts(tmp_path, ca):
+    leaf, key = forge_leaf(ca, key=rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    TLSMaterial(ca.cert_pem, pem(leaf), pem(key)).write_to_dir(tmp_path / "certs")
+    result = _flowrig("run", str(REPO / "examples" / "seed"), "--certs", str(tmp_path / "certs"),
+                      "--param", "x=[1]")
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"flowrig: error: {tmp_path / 'certs' / 'tls.crt'} has a RSA 1024-bit key")
+
+
+def test_baked_certificates_meet_the_policy_and_a_weak_tls_dir_is_not_baked(tmp_path):
+    # What an image built with --tls baked and no tls/ gets: inside every bound.
+    baked = TLSMaterial.ephemeral()
+    leaf = load_cert(baked.cert_pem)
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc <= dt.timedelta(days=cert_defaults.MAX_LEAF_DAYS)
+    baked.write_to_dir(tmp_path / "ok")
+    check(tmp_path / "ok")
+    # A context's tls/ with a 10-year leaf: the bake step refuses it.
+    long_ca = CertificateAuthority.create(days=4000)
+    leaf, key = forge_leaf(long_ca, days=3650)
+    TLSMaterial(long_ca.cert_pem, pem(leaf), pem(key)).write_to_dir(tmp_path / "tls")
+    done = subprocess.run(
+        [sys.executable, "-c", "from flowrig.entrypoint import main; main()", "bake-tls", str(tmp_path / "tls"),
+         "--out", str(tmp_path / "out"), "--mode", "baked"],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "is valid for 3650 days" in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -515,3 +515,170 @@ def test_two_invocations_at_once_meet_only_on_a_network_they_name(docker_client,
         # The invocation's own network went with it.
         assert docker_client.networks.list(names=[server_network]) == []
     assert docker_client.containers.list(all=True, filters={"label": f"{run_local.LABEL_FAMILY}={family}-server"}) == []
+
+
+# --- malformed input: one line, exit 2, before Docker is asked anything ---------------------
+def _with(container_changes: dict | None = None, **task_changes) -> dict:
+    definition = rendered("runner")
+    definition["containerDefinitions"][0].update(container_changes or {})
+    definition.update(task_changes)
+    return definition
+
+
+MALFORMED = [
+    # (task definition, overrides, words in the one line)
+    (_with({"secrets": [{"name": "TOKEN", "valueFrom": "arn:aws:ssm:us-east-1:1:parameter/a\u0000b"}]}), None,
+     "NUL byte at containerDefinitions[0].secrets[0].valueFrom"),
+    (_with({"environment": [{"name": "A", "value": "x\u0000y"}]}), None, "NUL byte at containerDefinitions[0]"),
+    (_with(), {"containerOverrides": [{"name": "flowrig-runner", "command": ["a\u0000"]}]},
+     "the task overrides holds a NUL byte"),
+    (_with({"memory": "abc"}), None, "containerDefinitions[0].memory = 'abc'"),
+    (_with(memory="lots"), None, "memory 'lots' is not a size ECS takes"),
+    (_with({"command": "run"}), None, "containerDefinitions[0].command = 'run'"),
+    (_with({"entryPoint": "sh"}), None, "containerDefinitions[0].entryPoint = 'sh'"),
+    (_with({"environment": [{"value": "x"}]}), None, "containerDefinitions[0].environment[0].name"),
+    (_with({"environment": {"A": "b"}}), None, "containerDefinitions[0].environment"),
+    (_with({"environment": [{"name": "A=B", "value": "x"}]}), None, "'A=B' is not a valid environment variable"),
+    (_with({"secrets": [{"name": "X"}]}), None, "containerDefinitions[0].secrets[0].valueFrom"),
+    (_with({"secrets": [{"name": "BAD NAME", "valueFrom": "/a/b"}]}), None, "'BAD NAME' is not a valid"),
+    (_with({"linuxParameters": "yes"}), None, "containerDefinitions[0].linuxParameters"),
+    (_with({"essential": "yes"}), None, "containerDefinitions[0].essential"),
+    (_with({"user": 0}), None, "containerDefinitions[0].user = 0"),
+    (_with({"user": "0"}), None, "would run as '0', which is root"),
+    (_with({"user": "root:root"}), None, "would run as 'root:root', which is root"),
+    (_with({"user": "0:1000"}), None, "which is root"),
+    (_with({"user": "a b"}), None, "user 'a b' is not a user"),
+    (_with({"name": "../x"}), None, "'../x' is not an ECS container name"),
+    (_with({"name": 5}), None, "containerDefinitions[0].name = 5"),
+    (_with({"image": "a b"}), None, "'a b' is not an image name"),
+    (_with({"workingDirectory": ["/"]}), None, "containerDefinitions[0].workingDirectory"),
+    ({"taskDefinition": "x"}, None, "taskDefinition must be a JSON object"),
+    ({"containerDefinitions": [rendered("runner")["containerDefinitions"][0]] * 2}, None, "names a container twice"),
+    (_with(), {"containerOverrides": [{"name": "flowrig-runner", "environment": [{"value": "x"}]}]},
+     "is not a valid environment variable name"),
+    (_with(), {"overrides": "x"}, "overrides must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize("definition, overrides, words", MALFORMED, ids=[str(i) for i in range(len(MALFORMED))])
+def test_every_malformed_input_is_one_line_exit_2_before_docker(tmp_path, definition, overrides, words):
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(definition))
+    args = [str(path)] + (["--overrides", json.dumps(overrides)] if overrides is not None else [])
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}  # no engine may be asked
+    done = subprocess.run([*FLOWRIG, "ecs", "run-local", *args, "--secrets-dir", str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60, env=env)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("flowrig: error: ") and words in line, line
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [(b"\xff\xfe binary", "is not UTF-8 text"), (b"a\x00b\n", "holds a NUL byte, which no environment variable can")],
+)
+def test_a_secret_file_an_environment_cannot_hold_is_one_line_exit_2(tmp_path, content, words):
+    (tmp_path / "token").write_bytes(content)
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(_with({"secrets": [{"name": "TOKEN", "valueFrom": "/ci/token"}]})))
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    done = subprocess.run([*FLOWRIG, "ecs", "run-local", str(path), "--secrets-dir", str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60, env=env)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert words in line and "TOKEN" in line
+
+
+def test_a_document_nested_past_the_json_parsers_depth_is_one_line_exit_2(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100000 + "]" * 100000)
+    done = subprocess.run([*FLOWRIG, "ecs", "run-local", str(path)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "flowrig: error: the task definition is nested too deeply to be a task definition or overrides"]
+
+
+def test_a_network_name_docker_cannot_take_is_bad_input():
+    with pytest.raises(BadInput, match="is not a Docker network name"):
+        run_local.plan_run(rendered("runner"), run_id="r1", network="no spaces")
+
+
+# --- hardening and users (the plan; then real containers) ------------------------------------
+def test_every_container_gets_the_docker_backends_hardening():
+    from flowrig.backends.docker.plans import hardening
+
+    [task] = run_local.plan_run(rendered("runner"), run_id="r2")
+    plan = run_local.container_plan(task, {}, "net")
+    docker_backend = hardening("worker")
+    assert plan.read_only is True and plan.read_only == docker_backend["read_only"]
+    assert plan.cap_drop == ("ALL",) and plan.security_opt == ("no-new-privileges:true",)
+    assert dict(plan.tmpfs) == docker_backend["tmpfs"] and "noexec" in plan.tmpfs["/tmp"]
+    assert plan.pids_limit == 1024
+    assert plan.environment["PREFECT_HOME"] == "/tmp/prefect"
+    assert plan.stdin_open is False
+
+
+def test_who_a_container_runs_as():
+    [task] = run_local.plan_run(rendered("runner"), run_id="r3")
+    assert run_local.run_as(task, "flowrig") == (None, None)  # the image's own, not root
+    user, note = run_local.run_as(task, "")  # an image that runs as root
+    assert user == run_local.NON_ROOT_USER and "runs as root" in note
+    assert run_local.run_as(task, "0:0")[0] == run_local.NON_ROOT_USER
+    [own] = run_local.plan_run(_with({"user": "1000:1000"}), run_id="r4")
+    assert run_local.run_as(own, "") == ("1000:1000", None)
+    assert run_local.uid_of("root:x:0:0::/root:/bin/sh\nadmin:x:0:0::/:/bin/sh\nme:x:1000:1000::/:/bin/sh\n",
+                            "admin") == 0
+
+
+@pytest.mark.docker
+def test_run_local_containers_are_hardened_and_never_root(docker_client, seed_image, tmp_path):
+    from tests.docker_support import test_base_image
+
+    probe = ("id -u; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
+             "touch /etc/probe 2>/dev/null && echo root-writable || echo root-read-only; "
+             "cp /bin/true /tmp/t && (/tmp/t 2>/dev/null && echo tmp-exec || echo tmp-noexec); "
+             "cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max 2>/dev/null; exit 0")
+    definition = {"family": "harden", "containerDefinitions": [
+        # The flowrig image runs as its own user; the base image would run as root.
+        {"name": "seed", "image": seed_image, "entryPoint": ["sh", "-c"], "command": [probe], "essential": False},
+        {"name": "base", "image": test_base_image(), "entryPoint": ["sh", "-c"], "command": ["sleep 2; " + probe]},
+    ]}
+    plans = run_local.plan_run(run_local.load_task_definition(definition), run_id=uuid.uuid4().hex[:8])
+    out, err = io.StringIO(), io.StringIO()
+    assert run_local.run(plans, out=out, err=err, client=docker_client) == 0
+    lines = out.getvalue().splitlines()
+    for name, uid in (("seed", "10001"), ("base", "65534")):
+        seen = [line.split(" | ", 1)[1].strip() for line in lines if line.startswith(f"{name} | ")]
+        assert seen[0] == uid, lines
+        assert "CapEff:\t0000000000000000" in seen and "NoNewPrivs:\t1" in seen, seen
+        assert "root-read-only" in seen and "tmp-noexec" in seen and "1024" in seen, seen
+    assert err.getvalue().strip() == (
+        f"flowrig: container base: image {test_base_image()} runs as root, so run-local runs it as 65534:65534 "
+        "(nobody); set 'user' in the task definition to choose another non-root user")
+    assert containers_of(docker_client) == [] or all(
+        c.labels.get(run_local.LABEL_FAMILY) != "harden" for c in containers_of(docker_client))
+
+
+@pytest.mark.docker
+def test_a_user_name_the_image_maps_to_root_is_refused_and_nothing_is_left(docker_client, tmp_path):
+    from tests.docker_support import test_base_image
+
+    tag = f"flowrig-test-rootalias:{uuid.uuid4().hex[:8]}"
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {test_base_image()}\nRUN echo 'admin:x:0:0:admin:/root:/bin/sh' >> /etc/passwd\n")
+    subprocess.run(["docker", "build", "-q", "-t", tag, str(tmp_path)], check=True, capture_output=True, timeout=300)
+    try:
+        definition = {"family": "rootalias", "containerDefinitions": [
+            {"name": "probe", "image": tag, "user": "admin", "command": ["sh", "-c", "echo ran"]}]}
+        path = tmp_path / "task.json"
+        path.write_text(json.dumps(definition))
+        done = subprocess.run([*FLOWRIG, "ecs", "run-local", str(path)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert "would run as 'admin', which image" in line and "maps to uid 0 (root)" in line
+        assert "ran" not in done.stdout
+        assert [c for c in containers_of(docker_client) if c.labels.get(run_local.LABEL_FAMILY) == "rootalias"] == []
+    finally:
+        docker_client.images.remove(tag, force=True)

@@ -199,10 +199,10 @@ class CertificateAuthority:
         Raises
         ------
         BadInput
-            ``days`` is not positive, a host is neither a DNS name nor an IP
-            address, or the CA has expired.
+            ``days`` is not between 1 and :data:`flowrig.certs.defaults.MAX_LEAF_DAYS`,
+            a host is neither a DNS name nor an IP address, or the CA has expired.
         """
-        _require_positive(days, "leaf validity (--days)")
+        _require_leaf_days(days)
         start = _start(now)
         if start >= self.not_after:
             raise BadInput(
@@ -297,10 +297,11 @@ def generate(
     ------
     BadInput
         A file exists and ``force`` is false, a host is invalid, or the validities
-        are not positive or the leaf's exceeds the CA's.
+        are not positive, the leaf's exceeds :data:`flowrig.certs.defaults.MAX_LEAF_DAYS`
+        or the CA's.
     """
     out = Path(out_dir)
-    _require_positive(days, "leaf validity (--days)")
+    _require_leaf_days(days)
     _require_positive(ca_days, "CA validity (--ca-days)")
     if days > ca_days:
         raise BadInput(
@@ -406,3 +407,12 @@ def _start(now: dt.datetime | None) -> dt.datetime:
 def _require_positive(days: int, what: str) -> None:
     if days < 1:
         raise BadInput(f"{what} must be at least 1 day, got {days}")
+
+
+def _require_leaf_days(days: int) -> None:
+    _require_positive(days, "leaf validity (--days)")
+    if days > defaults.MAX_LEAF_DAYS:
+        raise BadInput(
+            f"leaf validity (--days) may be at most {defaults.MAX_LEAF_DAYS} days, got {days}: leaves are "
+            f"short-lived on purpose (the default is {defaults.LEAF_DAYS}); make new ones before they expire"
+        )

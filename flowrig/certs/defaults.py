@@ -23,12 +23,24 @@ __all__ = [
     "LEAF_DAYS",
     "LEAF_HOSTS",
     "LEAF_KEY",
+    "MAX_LEAF_DAYS",
+    "MIN_EC_BITS",
+    "MIN_RSA_BITS",
     "RUN_DAYS",
 ]
 
 #: Validity of a CA and of a leaf, in days. Leaves are short-lived on purpose.
 CA_DAYS = 3650
 LEAF_DAYS = 397
+#: The longest validity a leaf may have, generated (``--days``) or given (``--certs``,
+#: ``certs check``): the public web's limit for TLS leaves (CA/Browser Forum, 398 days).
+#: A leaf that outlives it is a key nobody rotates. Baked images carry a leaf of
+#: :data:`LEAF_DAYS`, inside it.
+MAX_LEAF_DAYS = 398
+#: The weakest keys a CA or leaf may have: RSA (and DSA) keys of 2048 bits, elliptic
+#: curves of 256 bits (P-256); Ed25519 and Ed448 are stronger than both.
+MIN_RSA_BITS = 2048
+MIN_EC_BITS = 256
 #: Validity of the certificates a run makes for itself (its CA's key is never kept):
 #: a day covers a long run, and a stolen key is worthless the next.
 RUN_DAYS = 1

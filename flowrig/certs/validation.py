@@ -14,7 +14,8 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from flowrig.certs import defaults
@@ -86,9 +87,8 @@ def check(directory: str | Path, *, now: dt.datetime | None = None) -> CheckRepo
     ------
     BadInput
         A file is missing or not PEM, the key does not match the leaf, the leaf does
-        not chain to ``ca.crt``, ``ca.crt`` is not a CA, the leaf lacks the
-        serverAuth/clientAuth usages Dask needs, or a certificate is expired or not
-        yet valid.
+        not chain to ``ca.crt``, ``ca.crt`` is not a CA, or a certificate is expired or
+        not yet valid; or the certificates break flowrig's policy (:func:`inspect`).
     """
     directory = Path(directory)
     ca_pem, cert_pem, key_pem = read_dir(directory)
@@ -143,6 +143,14 @@ def inspect(
     ``ca_pem`` may hold several CA certificates (a bundle); the leaf must be issued
     directly by one of them.
 
+    Besides what Dask itself needs, certificates must meet flowrig's policy, whoever
+    made them: the leaf is not a CA and does not share its CA's key (else ``tls.key``,
+    which every role holds, would be the key that issues certificates the cluster
+    trusts); it names both serverAuth and clientAuth in its extended key usage; no
+    key is weaker than RSA 2048 or P-256 (:data:`~flowrig.certs.defaults.MIN_RSA_BITS`,
+    :data:`~flowrig.certs.defaults.MIN_EC_BITS`); the leaf is valid for at most
+    :data:`~flowrig.certs.defaults.MAX_LEAF_DAYS` days and is not signed with MD5 or SHA-1.
+
     Raises
     ------
     BadInput
@@ -158,6 +166,15 @@ def inspect(
             f"{labels.key} does not belong to the certificate in {labels.cert}: "
             f"use the key that was generated with it, or {REGENERATE}"
         )
+    # Before the chain: cryptography does not verify such signatures at all.
+    try:
+        algorithm = leaf.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        algorithm = None  # OpenSSL judges what cryptography does not know
+    if isinstance(algorithm, (hashes.MD5, hashes.SHA1)):
+        raise BadInput(
+            f"{labels.cert} is signed with {algorithm.name.upper()}, which TLS no longer trusts: {REGENERATE}"
+        )
     issuer = next((ca for ca in cas if issued_by(leaf, ca)), None)
     if issuer is None:
         raise BadInput(
@@ -169,11 +186,31 @@ def inspect(
             f"{labels.ca} is not a CA certificate (it lacks BasicConstraints ca=True, "
             f"which Dask requires): {REGENERATE}"
         )
+    if is_ca(leaf) or any(public_der(leaf) == public_der(ca) for ca in cas):
+        raise BadInput(
+            f"{labels.cert} is a CA certificate, not a leaf (its key {labels.key} could then issue "
+            f"certificates the cluster trusts): give the leaf that the CA issued, or {REGENERATE}"
+        )
     missing = missing_usages(leaf)
     if missing:
         raise BadInput(
             f"{labels.cert} lacks the extended key usage {' and '.join(missing)} (every Dask "
             f"role both serves and connects): {REGENERATE}"
+        )
+    for label, cert in ((labels.cert, leaf), (labels.ca, issuer)):
+        weak = weak_key(cert.public_key())
+        if weak:
+            raise BadInput(
+                f"{label} has a {weak} key, below flowrig's minimum (RSA {defaults.MIN_RSA_BITS} bits, "
+                f"ECDSA P-256): {REGENERATE}"
+            )
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    # flowrig's own leaves start CERT_BACKDATE_SECONDS early (clock skew): not held against them.
+    if lifetime > dt.timedelta(days=defaults.MAX_LEAF_DAYS, seconds=defaults.CERT_BACKDATE_SECONDS):
+        raise BadInput(
+            f"{labels.cert} is valid for {lifetime.days} days ({day(leaf.not_valid_before_utc)} to "
+            f"{day(leaf.not_valid_after_utc)}), longer than the {defaults.MAX_LEAF_DAYS} days a leaf may "
+            f"be: {REGENERATE} (--days {defaults.LEAF_DAYS})"
         )
     for label, cert in ((labels.ca, issuer), (labels.cert, leaf)):
         check_validity(cert, label, now)
@@ -246,21 +283,32 @@ def is_ca(cert: x509.Certificate) -> bool:
 
 
 def missing_usages(cert: x509.Certificate) -> list[str]:
-    """Extended key usages Dask needs that the certificate restricts away.
+    """The extended key usages of serverAuth and clientAuth that the certificate does
+    not name.
 
-    A certificate without the extension may be used for anything, so it lacks nothing.
+    Every Dask role both serves and connects, so a leaf must name both. A leaf without
+    the extension, or with anyExtendedKeyUsage alone, would pass OpenSSL's purpose check
+    or not depending on the peer; flowrig's policy asks for both by name.
     """
     try:
         usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
-        return []
-    if ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages:
-        return []
+        return ["serverAuth", "clientAuth"]
     wanted = {
         "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH,
         "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH,
     }
     return [name for name, oid in wanted.items() if oid not in usages]
+
+
+def weak_key(public_key: Any) -> str | None:
+    """How a key below flowrig's minimum is described (``RSA 1024-bit``), else ``None``."""
+    if isinstance(public_key, (rsa.RSAPublicKey, dsa.DSAPublicKey)) and public_key.key_size < defaults.MIN_RSA_BITS:
+        kind = "RSA" if isinstance(public_key, rsa.RSAPublicKey) else "DSA"
+        return f"{kind} {public_key.key_size}-bit"
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.key_size < defaults.MIN_EC_BITS:
+        return f"{public_key.curve.name} ({public_key.key_size}-bit)"
+    return None
 
 
 def check_validity(cert: x509.Certificate, label: str, now: dt.datetime) -> None:

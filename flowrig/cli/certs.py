@@ -35,7 +35,10 @@ def generate_command(
         ),
     ] = None,
     days: Annotated[
-        int, typer.Option("--days", help="Validity of the certificate, in days.")
+        int,
+        typer.Option(
+            "--days", help=f"Validity of the certificate, in days (at most {defaults.MAX_LEAF_DAYS})."
+        ),
     ] = defaults.LEAF_DAYS,
     ca_days: Annotated[
         int, typer.Option("--ca-days", help="Validity of the CA, in days.")
@@ -68,7 +71,10 @@ def check_command(
         Path, typer.Argument(help="Directory holding ca.crt, tls.crt and tls.key.")
     ],
 ) -> None:
-    """Exit 0 if the certificate is valid, matches its key and chains to ca.crt; else 2."""
+    """Exit 0 if the certificate is valid, matches its key, chains to ca.crt and meets the policy; else 2.
+
+    Policy (run/build --certs too): a leaf, not the CA's key; serverAuth+clientAuth; <= 398 days; RSA 2048/P-256 up.
+    """
     from flowrig.certs.validation import check
 
     report = check(directory)

@@ -166,6 +166,8 @@ def _read_json(value: str, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadInput(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadInput(f"{what} is nested too deeply to be a task definition or overrides") from None
 
 
 @app.command("run-local")
@@ -199,6 +201,8 @@ def run_local_command(
     A secret is read from SECRETS_DIR/NAME: NAME is a Secrets Manager secret's name or the
     last part of a parameter's; names leaving SECRETS_DIR ('..', '/...') are refused.
     Every container is removed at the end; the exit code is the first essential one's.
+
+    Containers run read-only with no capabilities, no-new-privileges and a process limit, and never as root.
     """
     from flowrig.backends.ecs import run_local
 

@@ -468,3 +468,52 @@ def first_exit(containers: Iterable["Container"]) -> "queue.Queue[tuple[str, int
             target=lambda c=container: results.put((c.name, wait_for_exit(c))), daemon=True
         ).start()
     return results
+
+
+def image_user(client: "DockerClient", image: str) -> str:
+    """The user ``image`` runs as when none is given (its ``USER``; ``""`` is root).
+
+    Raises
+    ------
+    BadInput
+        When the image does not exist locally (nothing is pulled).
+    """
+    import docker
+
+    try:
+        return str(client.images.get(image).attrs.get("Config", {}).get("User") or "")
+    except docker.errors.ImageNotFound:
+        raise _image_not_found(image) from None
+    except docker.errors.APIError as exc:
+        if exc.status_code == 400:  # the engine's word for a malformed reference
+            raise BadInput(f"{image!r} is not an image name Docker accepts ({one_line(exc)})") from None
+        raise InfrastructureError(f"cannot inspect image {image!r}: {one_line(exc)}") from None
+
+
+#: The most a file read from a container may hold (``/etc/passwd`` is a few KB).
+CONTAINER_FILE_MAX_BYTES = 1024 * 1024
+
+
+def container_file(container: "Container", path: str) -> bytes | None:
+    """A regular file of a (created, maybe not started) container, or ``None`` when it
+    has none there (or only something else: a directory, a link)."""
+    import io
+    import tarfile
+
+    import docker
+
+    try:
+        stream, stat = container.get_archive(path)
+    except docker.errors.NotFound:
+        return None
+    except docker.errors.APIError as exc:
+        raise InfrastructureError(f"cannot read {path} of container {container.name}: {one_line(exc)}") from None
+    if int(stat.get("size", 0)) > CONTAINER_FILE_MAX_BYTES:
+        return None
+    data = b"".join(stream)
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        member = archive.next()
+        if member is None or not member.isfile():
+            return None
+        handle = archive.extractfile(member)
+        return handle.read(CONTAINER_FILE_MAX_BYTES) if handle is not None else None

@@ -77,6 +77,33 @@ def requirements_path(project_dir: Path, name: object) -> Path | None:
     return path
 
 
+#: Byte order marks pip recognises at the start of a requirements file, and their codecs.
+_BOMS = (
+    (b"\xef\xbb\xbf", "utf-8-sig"),
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+
+
+def read_requirements_text(path: Path) -> str:
+    """A requirements file's text: UTF-8, or the encoding its byte order mark names
+    (pip reads both, and Windows tools write UTF-16 with one).
+
+    Raises
+    ------
+    RuleError
+        When the file is neither.
+    """
+    data = path.read_bytes()
+    codec = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError:
+        raise RuleError(f"requirements file {path.name} is not UTF-8 text: save it as UTF-8") from None
+
+
 _INCLUDE = re.compile(r"^\s*(-r|--requirement|-c|--constraint)(\s+|=)(\S+)\s*$")
 
 
@@ -99,7 +126,7 @@ def flatten_requirements(
     if path in _seen:
         raise RuleError(f"requirements file {path.name} includes itself")
     lines: list[str] = []
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    for raw in read_requirements_text(path).splitlines():
         match = _INCLUDE.match(raw)
         if not match:
             lines.append(raw)

@@ -205,6 +205,13 @@ def _run_command(inputs: RunInputs, deadline: "RunDeadline") -> int:
     tls = run_certificates(backend, given)
     api = start_prefect_api(backend, tls)
     try:
+        if name == "local" and not layout.in_image():
+            # Local workers are forked from this interpreter: a requirement it lacks would
+            # fail a task only once the cluster is up (an image installed them at build).
+            # Checked while the API starts, off its path; a refusal stops it below.
+            from flowrig.project.requirements import check_environment
+
+            check_environment(project)
         # Loading the flow imports Prefect: a start-up phase of a process flowrig owns.
         with collector_paused():
             config = config_from_project(project, inputs, backend, tls)

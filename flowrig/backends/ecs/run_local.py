@@ -13,7 +13,18 @@ What ECS provides that is reproduced: image, entry point, command, environment,
 :func:`secret_file_name`), ``initProcessEnabled`` (``docker run --init``), user,
 working directory, memory, essential containers (the task ends when one of them
 exits). What is not: IAM roles, log drivers, health checks, port mappings (containers
-reach each other on the network), CPU limits.
+reach each other on the network), CPU limits, ``privileged``, added capabilities.
+
+Every container gets the docker backend's hardening (:data:`HARDENING`): a read-only
+root with a memory ``/tmp`` where nothing executes, no capabilities, no privilege gain,
+a process limit; and never runs as root. A task definition that asks for root
+(``user: "0"``, ``"root"``, a name the image maps to uid 0) is refused; an image that
+runs as root by default runs as :data:`NON_ROOT_USER` instead. Prefect's home moves to
+``/tmp`` unless the task definition sets ``PREFECT_HOME``, as on the docker backend.
+
+Every input is checked before Docker is asked for anything, each problem one line (exit
+2): the task definition's shape (:class:`TaskDefinitionDoc`), NUL bytes anywhere in it or
+in the overrides, variable names, secret names and values.
 
 Each invocation gets a network of its own (labelled with its run id, removed at the
 end), so the alias ``dask-scheduler`` of one invocation never answers in another.
@@ -29,13 +40,18 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import secrets as _random
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, TextIO
+from typing import Annotated, Any, Mapping, TextIO
 
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from flowrig.backends.docker.plans import PIDS_LIMIT, PREFECT_HOME, hardening
 from flowrig.backends.ecs.defaults import RUN_LOCAL_NETWORK
+from flowrig.common.environ import check_env_name
 from flowrig.containers import LABEL_ROLE, LABEL_RUN_ID, ContainerPlan
 from flowrig.errors import BadInput
 
@@ -44,6 +60,22 @@ from flowrig.errors import BadInput
 LABEL_RUN = LABEL_RUN_ID
 LABEL_FAMILY = "flowrig.task-family"
 LABEL_CONTAINER = LABEL_ROLE
+
+#: What every container runs with: the docker backend's hardening (read-only root, a
+#: memory /tmp mounted noexec, no capabilities, no-new-privileges), with the process
+#: limit of its busiest role; stdin stays closed (run-local writes nothing to it).
+HARDENING: Mapping[str, Any] = {
+    **{key: value for key, value in hardening("worker").items() if key != "stdin_open"},
+    "pids_limit": max(PIDS_LIMIT.values()),
+}
+#: Who a container runs as when its image would run it as root: nobody.
+NON_ROOT_USER = "65534:65534"
+#: ECS container names: letters, digits, hyphens and underscores, up to 255.
+_CONTAINER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+#: Docker network names.
+_NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+#: A user as ECS and Docker take it: ``user``, ``uid``, ``user:group``, ``uid:gid``.
+_USER = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*(:[A-Za-z0-9_.][A-Za-z0-9_.-]*)?$")
 
 
 @dataclass(frozen=True)
@@ -94,6 +126,82 @@ class TaskContainer:
         return asdict(self)
 
 
+class _Doc(BaseModel):
+    # Only the keys run-local reads are checked, under ECS's own (camelCase) names; ECS
+    # has many more, which run-local ignores.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class KeyValue(_Doc):
+    name: StrictStr
+    value: StrictStr = ""
+
+
+class SecretRef(_Doc):
+    name: StrictStr
+    valueFrom: StrictStr
+
+
+class LinuxParameters(_Doc):
+    initProcessEnabled: StrictBool | None = None
+
+
+class ContainerDoc(_Doc):
+    """The part of an ECS container definition run-local reads."""
+
+    name: StrictStr
+    image: Annotated[StrictStr, Field(min_length=1)]
+    command: list[StrictStr] | None = None
+    entryPoint: list[StrictStr] | None = None
+    environment: list[KeyValue] | None = None
+    secrets: list[SecretRef] | None = None
+    essential: StrictBool | None = None
+    user: StrictStr | None = None
+    workingDirectory: StrictStr | None = None
+    memory: Annotated[StrictInt, Field(gt=0)] | None = None
+    linuxParameters: LinuxParameters | None = None
+
+
+class TaskDefinitionDoc(_Doc):
+    """The part of an ECS task definition run-local reads."""
+
+    family: StrictStr | None = None
+    memory: StrictStr | Annotated[StrictInt, Field(gt=0)] | None = None
+    containerDefinitions: Annotated[list[ContainerDoc], Field(min_length=1)]
+
+
+def _where(location: tuple[Any, ...]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def check_no_nul(value: Any, what: str, location: tuple[Any, ...] = ()) -> None:
+    """Refuse a NUL byte in any key or string of a JSON document (Docker and the file
+    system cannot take one; a C string would silently end there).
+
+    Raises
+    ------
+    BadInput
+        Naming where in the document it is.
+    """
+    # A stack, not recursion: a document nested as deep as the JSON parser allows is
+    # still one line of error, never a RecursionError.
+    pending = [(value, location)]
+    while pending:
+        item, where = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                place = f" at {_where(where)}" if where else ""
+                raise BadInput(f"{what} holds a NUL byte{place}: remove it")
+        elif isinstance(item, Mapping):
+            pending += [(key, where) for key in item]
+            pending += [(child, (*where, key)) for key, child in item.items()]
+        elif isinstance(item, list):
+            pending += [(child, (*where, index)) for index, child in enumerate(item)]
+
+
 def load_task_definition(document: Mapping[str, Any]) -> dict[str, Any]:
     """The task definition in ``document``: ``register-task-definition`` input, or the
     output of ``describe-task-definition`` (``{"taskDefinition": {...}}``).
@@ -101,16 +209,95 @@ def load_task_definition(document: Mapping[str, Any]) -> dict[str, Any]:
     Raises
     ------
     BadInput
-        When there are no container definitions.
+        When there are no container definitions, or a key run-local reads has the
+        wrong type or a value ECS would refuse (one line naming it).
     """
-    data = dict(document.get("taskDefinition", document))
+    if not isinstance(document, Mapping):
+        raise BadInput("the task definition must be a JSON object")
+    data = document.get("taskDefinition", document)
+    if not isinstance(data, Mapping):
+        raise BadInput("the task definition's taskDefinition must be a JSON object")
+    data = dict(data)
     containers = data.get("containerDefinitions")
     if not isinstance(containers, list) or not containers:
         raise BadInput("the task definition has no containerDefinitions")
     for container in containers:
         if not isinstance(container, Mapping) or not container.get("name") or not container.get("image"):
             raise BadInput("every container definition needs a name and an image")
+    check_no_nul(data, "the task definition")
+    try:
+        parsed = TaskDefinitionDoc.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        raise BadInput(
+            f"the task definition's {_where(error['loc'])} = {error.get('input')!r}: {error['msg'].lower()}"
+        ) from None
+    _task_memory_mib(parsed.memory)
+    names = [container.name for container in parsed.containerDefinitions]
+    for index, container in enumerate(parsed.containerDefinitions):
+        where = f"containerDefinitions[{index}]"
+        if not _CONTAINER_NAME.match(container.name):
+            raise BadInput(
+                f"the task definition's {where}.name {container.name!r} is not an ECS container name: "
+                "use up to 255 letters, digits, '-' and '_'"
+            )
+        if any(ch.isspace() or not ch.isprintable() for ch in container.image):
+            raise BadInput(f"the task definition's {where}.image {container.image!r} is not an image name")
+        for item in container.environment or ():
+            check_env_name(f"{where}.environment", item.name)
+        for item in container.secrets or ():
+            check_env_name(f"{where}.secrets", item.name)
+        if container.user is not None:
+            check_user(container.user, container.name)
+    if len(set(names)) != len(names):
+        raise BadInput(f"the task definition names a container twice: {', '.join(names)}")
     return data
+
+
+def _task_memory_mib(memory: str | int | None) -> int | None:
+    """A task's memory in MiB: ECS takes ``1024`` or ``"1024"`` (MiB) and ``"1 GB"``."""
+    if memory is None or isinstance(memory, int):
+        return memory
+    match = re.fullmatch(r"\s*(\d+)\s*(GB)?\s*", memory, flags=re.IGNORECASE)
+    if not match or int(match.group(1)) == 0:
+        raise BadInput(
+            f"the task definition's memory {memory!r} is not a size ECS takes: MiB as a number (2048), or '2 GB'"
+        )
+    return int(match.group(1)) * (1024 if match.group(2) else 1)
+
+
+def check_user(user: str, container: str) -> str:
+    """Return ``user`` unless it is malformed or names root.
+
+    Raises
+    ------
+    BadInput
+        For root (uid 0 or ``root``, with any group) and for a user Docker could not
+        take; the message says how to run the container instead.
+    """
+    if not _USER.match(user):
+        raise BadInput(f"container {container}'s user {user!r} is not a user: use NAME, UID, NAME:GROUP or UID:GID")
+    if is_root(user):
+        raise BadInput(
+            f"container {container} would run as {user!r}, which is root, and run-local never runs a container as "
+            "root: remove 'user' to run as the image's user (flowrig images: uid 10001), or give a non-root uid"
+        )
+    return user
+
+
+def is_root(user: str) -> bool:
+    """Whether ``user`` (``name``, ``uid``, with ``:group``) names root by itself."""
+    who = user.split(":", 1)[0]
+    return who == "root" or (who.isdigit() and int(who) == 0)
+
+
+def uid_of(passwd: str, name: str) -> int | None:
+    """The uid ``/etc/passwd`` text gives ``name``, or ``None`` when it has no such line."""
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
+            return int(fields[2])
+    return None
 
 
 def load_overrides(document: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -126,8 +313,15 @@ def load_overrides(document: Mapping[str, Any] | None) -> dict[str, Any]:
 
     if not document:
         return {}
-    overrides = dict(document.get("overrides", document))
+    check_no_nul(document, "the task overrides")
+    overrides = document.get("overrides", document)
+    if not isinstance(overrides, Mapping):
+        raise BadInput("the task overrides' overrides must be a JSON object")
+    overrides = dict(overrides)
     check_task_overrides(overrides)
+    for index, item in enumerate(overrides.get("containerOverrides", ())):
+        for pair in item.get("environment", ()):
+            check_env_name(f"containerOverrides[{index}].environment", pair.get("name", ""))
     return overrides
 
 
@@ -160,6 +354,8 @@ def secret_file_name(value_from: str) -> str:
         (``...:secret:/etc/passwd``), a ``..``, ``.`` or empty part
         (``...:secret:../../x``), a backslash.
     """
+    if "\x00" in value_from:
+        raise BadInput(f"secret valueFrom {value_from!r} holds a NUL byte: remove it")
     name = _secret_name(value_from)
     parts = name.split("/")
     if not name or name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in parts):
@@ -187,6 +383,22 @@ def secret_path(secrets_dir: Path, file_name: str) -> Path:
             "put the secret's value in a file there"
         )
     return path
+
+
+def check_network(name: str) -> str:
+    """Return ``name`` when Docker takes it as a network name.
+
+    Raises
+    ------
+    BadInput
+        Otherwise, naming the characters allowed.
+    """
+    if not _NETWORK_NAME.match(name):
+        raise BadInput(
+            f"--network {name!r} is not a Docker network name: start with a letter or digit, then letters, "
+            "digits, '_', '.' or '-'"
+        )
+    return name
 
 
 def invocation_network(run_id: str) -> str:
@@ -233,16 +445,16 @@ def plan_run(
             f"overrides name container(s) {', '.join(unknown)} that the task definition does not have "
             f"(it has {', '.join(container['name'] for container in containers)})"
         )
-    network = network or invocation_network(run_id)
+    network = check_network(network) if network else invocation_network(run_id)
     family = str(task_definition.get("family", "task"))
-    task_memory = task_definition.get("memory")
+    task_memory = _task_memory_mib(task_definition.get("memory"))
     plans = []
     for container in containers:
         name = container["name"]
         override = by_name.get(name, {})
         command = override.get("command", container.get("command"))
         environment = {**_env(container.get("environment")), **_env(override.get("environment"))}
-        memory = container.get("memory") or (int(task_memory) if task_memory else None)
+        memory = container.get("memory") or task_memory
         plans.append(
             TaskContainer(
                 name=f"{name}-{run_id}",
@@ -300,33 +512,82 @@ def read_secrets(plans: list[TaskContainer], secrets_dir: Path | None) -> dict[s
             path = secret_path(secrets_dir, file_name)
             try:
                 # Secret files usually end with a newline that is not part of the value.
-                values[plan.name][variable] = path.read_text().rstrip("\r\n")
+                value = path.read_text(encoding="utf-8").rstrip("\r\n")
             except OSError:
                 raise BadInput(
                     f"secret {variable} of container {plan.container}: cannot read {path} "
                     "(one file per secret, named after it)"
                 ) from None
+            except UnicodeDecodeError:
+                raise BadInput(
+                    f"secret {variable} of container {plan.container}: {path} is not UTF-8 text, and an "
+                    "environment variable must be: store the value as text (base64 for binary data)"
+                ) from None
+            if "\x00" in value:
+                raise BadInput(
+                    f"secret {variable} of container {plan.container}: {path} holds a NUL byte, which no "
+                    "environment variable can: store the value as text (base64 for binary data)"
+                )
+            values[plan.name][variable] = value
     return values
 
 
-def container_plan(task: TaskContainer, secret_env: Mapping[str, str], network: str) -> ContainerPlan:
-    """What the engine creates for one container of the task (secrets as variables)."""
+def container_plan(
+    task: TaskContainer, secret_env: Mapping[str, str], network: str, user: str | None = None
+) -> ContainerPlan:
+    """What the engine creates for one container of the task: secrets as variables, the
+    docker backend's hardening (:data:`HARDENING`), ``user`` (default: the task's)."""
+    # The root file system is read-only: Prefect's home goes to the memory /tmp, as on
+    # the docker backend, unless the task definition puts it elsewhere.
+    environment = {"PREFECT_HOME": PREFECT_HOME, **task.environment, **secret_env}
     return ContainerPlan(
         name=task.name,
         image=task.image,
         command=task.command,
         entrypoint=task.entrypoint,
-        environment={**task.environment, **secret_env},
+        environment=environment,
         labels=dict(task.labels),
         network=network,
         # The container answers to its ECS container name, as it would in the task.
         hostname=task.container,
         aliases=(task.container,),
         init=task.init,
-        user=task.user,
+        user=user or task.user,
         working_dir=task.working_dir,
         memory=f"{task.memory_mib}m" if task.memory_mib else None,
+        **HARDENING,
     )
+
+
+def run_as(task: TaskContainer, image_user: str) -> tuple[str | None, str | None]:
+    """Who the container runs as, and a note when that is not who its image would say.
+
+    The task's own user was checked when it was planned (:func:`check_user`); with
+    none, the image's (``image_user``, its ``USER``) is kept unless it is root, which
+    becomes :data:`NON_ROOT_USER`.
+    """
+    if task.user:
+        return task.user, None
+    if image_user and not is_root(image_user):
+        return None, None
+    return NON_ROOT_USER, (
+        f"container {task.container}: image {task.image} runs as root, so run-local runs it as "
+        f"{NON_ROOT_USER} (nobody); set 'user' in the task definition to choose another non-root user"
+    )
+
+
+def _refuse_root_by_name(engine: Any, container: Any, task: TaskContainer, user: str) -> None:
+    """A user given by name is root when the image's ``/etc/passwd`` gives it uid 0."""
+    name = user.split(":", 1)[0]
+    if not name or name.isdigit():
+        return  # numeric: checked already
+    passwd = engine.container_file(container, "/etc/passwd")
+    uid = uid_of(passwd.decode("utf-8", "replace"), name) if passwd else None
+    if uid == 0:
+        raise BadInput(
+            f"container {task.container} would run as {name!r}, which image {task.image} maps to uid 0 (root), "
+            "and run-local never runs a container as root: give a non-root uid as 'user' in the task definition"
+        )
 
 
 def run(
@@ -334,6 +595,7 @@ def run(
     *,
     secrets_dir: Path | None = None,
     out: TextIO | None = None,
+    err: TextIO | None = None,
     client: Any = None,
 ) -> int:
     """Create and start the containers of ``plans``; return the exit code of the first
@@ -347,16 +609,25 @@ def run(
     Raises
     ------
     BadInput
-        A secret file is missing.
+        A secret file is missing, an image is missing, or a container would run as
+        root (a user name its image maps to uid 0); nothing is started then.
     InfrastructureError
-        Docker is unreachable, an image is missing, a container cannot be created.
+        Docker is unreachable, a container cannot be created.
     """
     from flowrig.common.signals import shielded, terminating
     from flowrig.containers import engine
 
     out = out or sys.stdout
+    err = err or sys.stderr
     secret_values = read_secrets(plans, secrets_dir)
     client = client or engine.connect()
+    # Every image is looked at before anything is created: a missing one, or one that
+    # runs as root, is known first.
+    image_users = {plan.image: engine.image_user(client, plan.image) for plan in plans}
+    users = {plan.name: run_as(plan, image_users[plan.image]) for plan in plans}
+    for _, note in users.values():
+        if note:
+            print(f"flowrig: {note}", file=err, flush=True)
     own = {invocation_network(p.labels[LABEL_RUN]): p.labels[LABEL_RUN] for p in plans}
     created: list[Any] = []
     with terminating():
@@ -370,9 +641,11 @@ def run(
                     # Named by the user for invocations that meet: kept for the next one.
                     network_ids[network] = engine.ensure_network(client, network, {"flowrig.run-local": "network"})
             for plan in plans:
+                user = users[plan.name][0]
                 created.append(engine.create_container(
-                    client, container_plan(plan, secret_values[plan.name], network_ids[plan.network])
+                    client, container_plan(plan, secret_values[plan.name], network_ids[plan.network], user)
                 ))
+                _refuse_root_by_name(engine, created[-1], plan, user or image_users[plan.image])
             pump = engine.LogPump(prefix=True)
             for plan, container in zip(plans, created):
                 engine.start_container(container)
