@@ -206,15 +206,21 @@ def test_instances_security_group_and_identity_of_a_run(aws, tls, monkeypatch):
             assert sorted(pull["Action"]) == [
                 "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
             assert [r["Arn"] for r in profile["Roles"]] == [role["Arn"]]
-            assert tags(iam.list_role_tags(RoleName=role["RoleName"])["Tags"])["flowrig-run-id"] == "ec2a"
-            assert tags(iam.get_instance_profile(InstanceProfileName=profile["InstanceProfileName"])[
-                "InstanceProfile"]["Tags"])["flowrig-run-id"] == "ec2a"
+            # Role, profile, secret and instances name the run and their maker (the
+            # caller, as IAM names it): what the boundary and the runner policy check.
+            owner = boto3.client("sts").get_caller_identity()["UserId"]
+            for found in (iam.list_role_tags(RoleName=role["RoleName"])["Tags"],
+                          iam.get_instance_profile(InstanceProfileName=profile["InstanceProfileName"])[
+                              "InstanceProfile"]["Tags"],
+                          manager.describe_secret(SecretId=secret_arn)["Tags"],
+                          *(instance["Tags"] for instance in now["instances"])):
+                assert (tags(found)["flowrig-run-id"], tags(found)["flowrig-owner"]) == ("ec2a", owner)
             policy = json.loads(manager.get_resource_policy(SecretId=secret_arn)["ResourcePolicy"])
-            allow, deny = policy["Statement"]
-            assert allow["Principal"] == {"AWS": role["Arn"]} and allow["Resource"] == secret_arn
-            assert deny["Effect"] == "Deny" and deny["Condition"] == {
+            # Every principal but the run's role is denied; the role's own right is its
+            # inline policy (no principal named that IAM might not know yet).
+            [deny] = policy["Statement"]
+            assert deny["Effect"] == "Deny" and deny["Resource"] == secret_arn and deny["Condition"] == {
                 "StringNotEquals": {"aws:PrincipalArn": role["Arn"]}}
-            assert tags(manager.describe_secret(SecretId=secret_arn)["Tags"])["flowrig-run-id"] == "ec2a"
 
             # The instances: private, IMDSv2 with a hop for the container, the run's profile.
             assert len(now["instances"]) == 2

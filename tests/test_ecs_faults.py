@@ -63,7 +63,7 @@ def write_log(aws, run_id: str, container: str):
     return write
 
 
-def test_scheduler_stopped_with_a_pull_error_fails_fast_with_reason_and_hint(aws, fault_proxy, tls):
+def test_scheduler_stopped_with_a_pull_error_fails_fast_with_reason_and_hint(aws, bootstrapped, fault_proxy, tls):
     fault_proxy.stop_role("dask-scheduler", stop_code="TaskFailedToStart", stopped_reason=PULL_REASON,
                           container_reason="CannotPullContainerError: ref not found")
     with pytest.raises(InfrastructureError) as info:
@@ -82,7 +82,7 @@ def test_scheduler_stopped_with_a_pull_error_fails_fast_with_reason_and_hint(aws
     assert_nothing_left(aws, "pull1")
 
 
-def test_worker_stopped_fails_fast_with_its_log_lines(aws, fault_proxy, tls):
+def test_worker_stopped_fails_fast_with_its_log_lines(aws, bootstrapped, fault_proxy, tls):
     fault_proxy.stop_role(
         "dask-worker", stop_code="TaskFailedToStart",
         stopped_reason="ResourceInitializationError: unable to pull secrets or registry auth: "
@@ -105,7 +105,7 @@ def test_worker_stopped_fails_fast_with_its_log_lines(aws, fault_proxy, tls):
     assert_nothing_left(aws, "sec1")
 
 
-def test_partial_start_goes_on_above_the_minimum(aws, fault_proxy, tls, caplog):
+def test_partial_start_goes_on_above_the_minimum(aws, bootstrapped, fault_proxy, tls, caplog):
     fault_proxy.worker_capacity(2)
     with local_scheduler(tls, workers=2) as scheduler:
         with caplog.at_level(logging.WARNING, logger="flowrig.pool"):
@@ -124,7 +124,7 @@ def test_partial_start_goes_on_above_the_minimum(aws, fault_proxy, tls, caplog):
     assert_nothing_left(aws, "part1")
 
 
-def test_partial_start_below_the_minimum_is_exit_3(aws, fault_proxy, tls):
+def test_partial_start_below_the_minimum_is_exit_3(aws, bootstrapped, fault_proxy, tls):
     fault_proxy.worker_capacity(1)
     with local_scheduler(tls, workers=1) as scheduler:
         began = time.monotonic()
@@ -142,7 +142,7 @@ def test_partial_start_below_the_minimum_is_exit_3(aws, fault_proxy, tls):
     assert_nothing_left(aws, "part2")
 
 
-def test_a_20_worker_start_completes_while_30_percent_of_calls_are_throttled(aws, fault_proxy, tls, monkeypatch):
+def test_a_20_worker_start_completes_while_30_percent_of_calls_are_throttled(aws, bootstrapped, fault_proxy, tls, monkeypatch):
     """The start completes when FargateBackend.start returns: every resource made, both
     RunTask batches answered and the stand-in worker joined; moto then holds exactly the
     20 worker tasks (no batch started twice), and the calls stay bounded."""
