@@ -1,13 +1,20 @@
-"""IAM documents of the ECS backends, rendered as data: trust policies, the roles
-``flowrig ecs bootstrap`` makes, and the least-privilege policy of the runner.
+"""IAM documents of the AWS backends, rendered as data: trust policies, the policies the
+bootstrap makes, a run's secret policy, and the least-privilege policy of the runner.
 
 Everything here is pure (the account, partition and options in, JSON-ready dicts out);
-the calls that create roles are in :mod:`flowrig.backends.ecs.aws`.
+the calls that create roles and policies are in :mod:`flowrig.backends.ecs.aws`.
 
-Resources are scoped to what flowrig names (``flowrig-*`` clusters and task families,
-the ``/flowrig/`` log groups and IAM path, ``flowrig/`` secrets) and to its tags,
-wherever IAM has a resource type or condition key for the action; the few actions IAM
-authorizes only on ``"*"`` are listed in :data:`UNSCOPED_ACTIONS`.
+One run can never reach another. Everything a run makes carries :data:`OWNER_TAG`, its
+maker's id as IAM gives it (``aws:userid``), and the runner policies let a caller
+create only what carries its own id and act only on what carries it: IAM supplies the
+value, so a runner cannot claim another's. Each run's identities (its execution role,
+its instance role) read the secret of their own run only, named after the run they are
+tagged with and made by their own owner (:func:`run_secret_reader_policy`,
+:func:`instance_boundary_policy`), and every run's secret denies every other principal
+(:func:`secret_read_policy`). Resources are scoped to what flowrig names (``flowrig-*``
+clusters and task families, the ``/flowrig/`` log groups and IAM path, ``flowrig/``
+secrets) as well; the few actions IAM authorizes only on ``"*"`` are listed in
+:data:`UNSCOPED_ACTIONS`.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from flowrig.backends.ecs.lease import LEASE_TAG
 from flowrig.backends.vm.ec2_cloud import UBUNTU_PARAMETER_PATH
 
 #: The run's instance role and instance profile (``flowrig-RUN-instance``, both on
-#: :data:`~flowrig.backends.ecs.iam.ROLE_PATH`): not the ``flowrig ecs bootstrap`` role.
+#: :data:`~flowrig.backends.ecs.iam.ROLE_PATH`): not the shared role of older bootstraps.
 INSTANCE_IDENTITY_PATTERN = "flowrig-*-instance"
 
 #: EC2's Describe actions have no resource-level permissions: IAM authorizes them on
