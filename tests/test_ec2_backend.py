@@ -278,6 +278,26 @@ def test_dashboard_is_opened_to_the_vpc_only_when_asked(aws, tls):
     assert_nothing_left("ec2d")
 
 
+@pytest.mark.aws
+@pytest.mark.usefixtures("ec2_bootstrapped")
+def test_iam_calls_refused_while_the_runs_new_role_propagates_are_tried_again(aws, fault_proxy, tls):
+    """The runner may write the new role's policies and put it in its profile only once
+    IAM sees it owns the role (its tags), which takes seconds: those refusals are waited out."""
+    refused = "User: arn:aws:iam::123456789012:user/runner is not authorized to perform: iam:{}"
+    fault_proxy.refuse_first("PutRolePolicy", 1, "AccessDenied", refused.format("PutRolePolicy"))
+    fault_proxy.refuse_first("AddRoleToInstanceProfile", 2, "AccessDenied", refused.format("AddRoleToInstanceProfile"))
+    with local_scheduler(tls, workers=1) as scheduler:
+        started = EC2Backend().start(spec(tls, "ec2p", size=ClusterSize(1), scheduler_address=scheduler.scheduler_address))
+        try:
+            assert len(instances("ec2p")) == 1
+            # read-run-secret and pull-run-image, the first one twice.
+            assert fault_proxy.calls["PutRolePolicy"] == 3
+            assert fault_proxy.calls["AddRoleToInstanceProfile"] == 3
+        finally:
+            started.close()
+    assert_nothing_left("ec2p")
+
+
 # --- failures --------------------------------------------------------------------------
 @pytest.mark.aws
 @pytest.mark.usefixtures("ec2_bootstrapped")
