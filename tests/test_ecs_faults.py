@@ -233,3 +233,18 @@ def test_a_refusal_without_a_new_role_is_not_retried(aws, bootstrapped, fault_pr
     assert "not authorized to perform: iam:PassRole" in str(info.value)
     assert fault_proxy.calls["RegisterTaskDefinition"] == 1
     assert_nothing_left(aws, "prop3")
+
+
+def test_a_refused_pass_of_another_role_is_final_while_the_runs_own_propagates(aws, bootstrapped, fault_proxy, tls):
+    """The runner policy passes the run's own roles only: a project's task role refused
+    is a missing grant, said at once, not a role still propagating."""
+    refused = ("User: arn:aws:iam::123456789012:user/runner is not authorized to perform: iam:PassRole on "
+               "resource: arn:aws:iam::123456789012:role/team-task")
+    fault_proxy.refuse_first("RegisterTaskDefinition", 1000, "AccessDeniedException", refused)
+    began = time.monotonic()
+    with pytest.raises(InfrastructureError) as info:
+        FargateBackend().start(spec(tls, "prop4", size=ClusterSize(1), scheduler_address="tls://127.0.0.1:9",
+                                    task_role_arn="arn:aws:iam::123456789012:role/team-task"))
+    assert "role/team-task" in str(info.value) and time.monotonic() - began < 20
+    assert fault_proxy.calls["RegisterTaskDefinition"] == 1
+    assert_nothing_left(aws, "prop4")

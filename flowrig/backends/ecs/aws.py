@@ -360,6 +360,8 @@ class RunResources:
         self._task_sources: list[tuple[str, str]] = []
         #: When the run made its (last) role, ``time.monotonic()``; ``None`` when it made none.
         self.role_made_at: float | None = None
+        #: Names of the roles the run made.
+        self.new_roles: list[str] = []
         #: Task definitions the runner may not deregister (see :meth:`delete`).
         self.left_registered: list[str] = []
 
@@ -449,8 +451,7 @@ class RunResources:
                 Description="flowrig: lets ECS pull the image, write logs and read the secret of one run",
                 Tags=_upper_tags(self.tags),
             )
-        self._created.append(("role", name))
-        self.role_made_at = time.monotonic()
+        self.made_role(name)
         for policy_arn in (iam_docs.execution_policy_arn(account.partition), reader_policy_arn):
             with aws_errors(f"attaching {policy_arn} to IAM role {name}"):
                 self.while_role_propagates(
@@ -458,6 +459,12 @@ class RunResources:
                     lambda exc: denied(exc) or _no_such_entity(exc),
                 )
         return response["Role"]["Arn"]
+
+    def made_role(self, name: str) -> None:
+        """Record a role the run made: deleted with the run, waited for while it propagates."""
+        self._created.append(("role", name))
+        self.new_roles.append(name)
+        self.role_made_at = time.monotonic()
 
     @property
     def role_propagation_until(self) -> float:
@@ -556,11 +563,12 @@ class RunResources:
         """Register a task definition (tags are the caller's); returns its ARN.
 
         Passing a role made moments before is refused until IAM knows its owner tag:
-        tried again while the role propagates."""
+        tried again while the role propagates (a refusal naming another role is final)."""
         with aws_errors(f"registering task definition {params.get('family')}"):
             response = self.while_role_propagates(
                 lambda: self._client("ecs").register_task_definition(**params),
-                lambda exc: denied(exc) and "iam:PassRole" in str(exc),
+                lambda exc: denied(exc) and "iam:PassRole" in str(exc)
+                and any(name in str(exc) for name in self.new_roles),
             )
         arn = response["taskDefinition"]["taskDefinitionArn"]
         self._created.append(("task-definition", arn))

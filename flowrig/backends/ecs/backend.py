@@ -156,7 +156,7 @@ class _ECSBase(Backend):
         InfrastructureError
             AWS unreachable or refusing, or the cluster not ready in time.
         """
-        from flowrig.backends.ecs import aws, lease
+        from flowrig.backends.ecs import aws, iam, lease
         from flowrig.backends.ecs.launcher import ECSLauncher, TaskSettings
         from flowrig.backends.pool import start_pool
 
@@ -174,8 +174,6 @@ class _ECSBase(Backend):
             secret_access_key=options.aws_secret_access_key,
         )
         lease_seconds = lease.lease_seconds()
-        from flowrig.backends.ecs import iam
-
         # Everything the run makes names its caller as owner: the runner policy lets a
         # caller act only on what names it, so no other run's runner can touch it.
         owner = session.caller().user_id

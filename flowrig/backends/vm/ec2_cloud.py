@@ -169,8 +169,7 @@ class EC2Resources(RunResources):
                 Description="flowrig: the identity of one run's instances (reads its certificate secret)",
                 Tags=_tag_list(self.tags),
             )["Role"]["Arn"]
-        self._created.append(("role", name))
-        self.role_made_at = time.monotonic()
+        self.made_role(name)
         return arn
 
     def _on_new_role(self, call: Any) -> Any:
