@@ -236,17 +236,17 @@ def bootstrap_command(
 ) -> None:
     """Create, once per account, what ECS/Fargate runs need (idempotent; prints what it creates).
 
-    The execution role ECS/Fargate runs use: on the /flowrig/ IAM path, only ECS tasks of
-    this account may assume it (aws:SourceAccount), and it holds AWS's managed execution
-    policy only. Runs then need no IAM rights beyond iam:GetRole and iam:PassRole on it
-    (see `flowrig ecs iam-policy`). The same as `flowrig aws bootstrap --backend ecs`;
-    ec2 runs need `flowrig aws bootstrap --backend ec2`.
+    The customer-managed policy flowrig-run-secret-reader on the /flowrig/ IAM path: each
+    run makes its own execution role (only ECS tasks of this account may assume it,
+    aws:SourceAccount) with AWS's managed execution policy and this one, which lets it
+    read its own run's secret and no other. The same as `flowrig aws bootstrap --backend
+    ecs`; ec2 runs need `flowrig aws bootstrap --backend ec2`.
     """
     from flowrig.backends.ecs import aws
-    from flowrig.cli.aws import bootstrap_execution_role
+    from flowrig.cli.aws import bootstrap_run_secret_reader
 
     session = aws.session(region)
-    bootstrap_execution_role(session, session.account())
+    bootstrap_run_secret_reader(session, session.account())
 
 
 @app.command("iam-policy")
@@ -256,8 +256,16 @@ def iam_policy_command(
         typer.Option(help="12-digit account id the policy is for (default: the credentials' account)."),
     ] = None,
     partition: Annotated[str, typer.Option(help="aws, aws-cn or aws-us-gov.")] = "aws",
+    deregister: Annotated[
+        bool,
+        typer.Option(
+            "--deregister-task-definitions",
+            help="Let the runner deregister its runs' task definitions. IAM cannot limit that to its own: it "
+            "may then deregister any task definition of the account.",
+        ),
+    ] = False,
     create_roles: Annotated[
-        bool, typer.Option("--create-roles", help="Add what runs with create_roles = true need.")
+        bool, typer.Option("--create-roles", hidden=True, help="Changes nothing: every run makes its own roles.")
     ] = False,
 ) -> None:
     """Print the least-privilege IAM policy a runner of ECS/Fargate runs needs (JSON).
@@ -266,5 +274,5 @@ def iam_policy_command(
     """
     from flowrig.cli.aws import policy_account, runner_policy
 
-    policy = runner_policy("ecs", policy_account(account, partition), create_roles=create_roles)
+    policy = runner_policy("ecs", policy_account(account, partition), deregister=deregister)
     typer.echo(json.dumps(policy, indent=2))

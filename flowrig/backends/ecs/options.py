@@ -61,9 +61,9 @@ class ECSOptions(Options):
     execution_role_arn: StrictStr | None = None
     task_role_arn: StrictStr | None = None
     create_roles: StrictBool = Field(
-        False,
-        description="create the run's execution role at run time instead of using the one "
-        "`flowrig ecs bootstrap` made (the runner then needs IAM rights)",
+        True,
+        description="every run makes its own execution role (the one reader of its secret); "
+        "false, a role shared by runs, is refused",
     )
     cloudwatch_logs_group: StrictStr | None = None
     cloudwatch_logs_stream_prefix: StrictStr | None = None
