@@ -205,12 +205,14 @@ def test_a_killed_worker_process_does_not_fail_the_flow_and_the_cluster_gets_its
 
 def test_a_runner_killed_with_sigkill_leaves_nothing_running(project_factory, tmp_path):
     project = project_factory(LOST_ROLES_FLOW, _toml())
-    marks = tmp_path / "marks"
+    marks, scratch_root = tmp_path / "marks", tmp_path / "tmp"
     marks.mkdir()
+    scratch_root.mkdir()
     marker = "killed-runner-" + os.urandom(4).hex()
     process = subprocess.Popen(
         [*FLOWRIG, "run", str(project), "--param", "nap=60", "--param", f"marks={marks}"],
-        env=marked_env(marker), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**marked_env(marker), "TMPDIR": str(scratch_root)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
     )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
@@ -232,6 +234,8 @@ def test_a_runner_killed_with_sigkill_leaves_nothing_running(project_factory, tm
     started = time.monotonic()
     assert_nothing_left(marker, address)
     assert time.monotonic() - started < 15
+    # Nor any folder of the run: the API server and the scheduler removed the run's.
+    assert list(scratch_root.glob("flowrig-*")) == []
 
 
 def test_a_flow_that_works_on_the_runner_longer_than_the_no_client_timeout_still_completes(project_factory):

@@ -71,6 +71,8 @@ class LocalBackend(Backend):
             protocol="tls://", security=spec.tls.to_security(), env=dict(spec.worker_env),
             worker_class=forkserver.nanny_class(), local_directory=str(scratch.path),
         )
+        # The scheduler removes it when this process is killed before it could.
+        kwargs["folder"] = str(scratch.path)
         if spec.no_client_timeout is not None:
             kwargs["no_client_timeout"] = spec.no_client_timeout
         try:

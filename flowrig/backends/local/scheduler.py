@@ -11,7 +11,8 @@ run does.
 The scheduler ends when the cluster closes it, when the runner's end of its pipe
 closes, which the kernel does for the runner however it exits (``kill -9`` included),
 or, as on every backend, once no client has been connected for a while
-(:mod:`flowrig.roles.lifetime`). Workers lost on the way start again
+(:mod:`flowrig.roles.lifetime`). A runner killed before it removed the workers' scratch
+folder leaves that to the scheduler. Workers lost on the way start again
 (:mod:`flowrig.backends.keeper`).
 """
 
@@ -31,6 +32,7 @@ from distributed.core import Status
 from distributed.deploy.spec import ProcessInterface, SpecCluster
 
 from flowrig.backends.keeper import keep_size
+from flowrig.common import runfolders
 from flowrig.errors import InfrastructureError, one_line
 from flowrig.roles.lifetime import NO_CLIENT_TIMEOUT
 
@@ -38,11 +40,15 @@ from flowrig.roles.lifetime import NO_CLIENT_TIMEOUT
 START_TIMEOUT = 60.0
 
 
-def serve(options: dict[str, Any], conn: Any, no_client_timeout: float = NO_CLIENT_TIMEOUT) -> None:
+def serve(
+    options: dict[str, Any], conn: Any, no_client_timeout: float = NO_CLIENT_TIMEOUT, folder: str | None = None
+) -> None:
     """Run a scheduler with ``options`` until it is closed, ``conn``'s other end goes,
     or no client has been connected for ``no_client_timeout`` seconds.
 
-    Sends ``("up", address)`` once it listens, or ``("error", message)``.
+    Sends ``("up", address)`` once it listens, or ``("error", message)``. Then removes
+    the run's ``folder`` (:mod:`flowrig.common.runfolders`) if its runner is gone
+    without removing it (``kill -9``): a live runner holds it, so it is left alone.
     """
     from distributed import Scheduler
 
@@ -71,7 +77,11 @@ def serve(options: dict[str, Any], conn: Any, no_client_timeout: float = NO_CLIE
         loop.remove_reader(conn.fileno())
         await scheduler.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if folder is not None:
+            runfolders.remove_leftover(folder)
 
 
 async def _in_daemon_thread(function: Callable[..., Any], *args: Any) -> Any:
@@ -129,17 +139,24 @@ class SchedulerProcess(ProcessInterface):
     abandoned
         Set when the cluster gives up on its start (its run was ended meanwhile): the
         start stops waiting and the process is killed.
+    folder
+        The run's folder the scheduler removes once its runner is gone without doing so.
     **options
         ``distributed.Scheduler`` keywords (they must pickle: a ``Security`` with its
         PEM text in memory does).
     """
 
     def __init__(
-        self, no_client_timeout: float = NO_CLIENT_TIMEOUT, abandoned: threading.Event | None = None, **options: Any
+        self,
+        no_client_timeout: float = NO_CLIENT_TIMEOUT,
+        abandoned: threading.Event | None = None,
+        folder: str | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
         self.options = options
         self.no_client_timeout = no_client_timeout
+        self.folder = folder
         self.abandoned = abandoned if abandoned is not None else threading.Event()
         #: Called on the cluster's loop when the scheduler process exits by itself.
         self.on_exit: Callable[[], None] | None = None
@@ -151,7 +168,8 @@ class SchedulerProcess(ProcessInterface):
         context = multiprocessing.get_context("forkserver")
         here, there = context.Pipe()
         self.process = context.Process(
-            target=serve, args=(self.options, there, self.no_client_timeout), name="flowrig-scheduler", daemon=True
+            target=serve, args=(self.options, there, self.no_client_timeout, self.folder), name="flowrig-scheduler",
+            daemon=True,
         )
         try:
             await _in_daemon_thread(self.process.start)
@@ -212,13 +230,18 @@ class SeparateScheduler(SpecCluster):
 
     #: Seconds the scheduler stays up once its last client has gone.
     no_client_timeout: float = NO_CLIENT_TIMEOUT
+    #: The run's folder the scheduler removes if the runner is gone without doing so.
+    folder: str | None = None
 
     def __init__(self, *args: Any, scheduler: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not isinstance(scheduler, dict) or "options" not in scheduler:
             raise TypeError(f"expected LocalCluster's scheduler spec, got {scheduler!r}")
         #: Set when the start is given up (see :meth:`LocalClusterWithSchedulerProcess.abandon`).
         self.abandoned = threading.Event()
-        options = {**scheduler["options"], "no_client_timeout": self.no_client_timeout, "abandoned": self.abandoned}
+        options = {
+            **scheduler["options"], "no_client_timeout": self.no_client_timeout, "abandoned": self.abandoned,
+            "folder": self.folder,
+        }
         super().__init__(*args, scheduler={"cls": SchedulerProcess, "options": options}, **kwargs)
 
 
@@ -233,12 +256,18 @@ class LocalClusterWithSchedulerProcess(LocalCluster, SeparateScheduler):
     ----------
     no_client_timeout
         Seconds the scheduler stays up once its last client has gone.
+    folder
+        The run's folder (the workers' scratch space), which the scheduler removes when
+        its runner is gone without removing it.
     **kwargs
         ``LocalCluster``'s keywords.
     """
 
-    def __init__(self, *, no_client_timeout: float = NO_CLIENT_TIMEOUT, **kwargs: Any) -> None:
+    def __init__(
+        self, *, no_client_timeout: float = NO_CLIENT_TIMEOUT, folder: str | None = None, **kwargs: Any
+    ) -> None:
         self.no_client_timeout = no_client_timeout
+        self.folder = folder
         try:
             super().__init__(**kwargs)
         except BaseException:
