@@ -595,3 +595,65 @@ def test_a_workers_own_client_is_told_from_the_runners_by_its_id(tls):
     assert clients == {FIRE_AND_FORGET, client.id, worker_client}
     assert is_runner_client(client.id)
     assert not is_runner_client(worker_client) and not is_runner_client(FIRE_AND_FORGET)
+
+
+def test_a_print_under_log_prints_is_logged_from_within_print_as_log(monkeypatch):
+    """``patch_print`` puts ``prefect.logging.loggers.print_as_log`` in place of
+    ``print``, which logs each print synchronously through the run's logger
+    (:mod:`flowrig.internals.prefect_prints`)."""
+    import logging
+
+    from prefect.context import FlowRunContext, TaskRunContext
+    from prefect.logging import loggers
+
+    from flowrig.internals.prefect_prints import logged_by_print
+
+    class Context:
+        log_prints = True
+        flow_run = None
+
+    logger = logging.getLogger("flowrig-test-prints")
+    logger.propagate = False
+    seen: list[tuple[str, bool]] = []
+
+    class Probe(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), logged_by_print()))
+
+    logger.addHandler(Probe())
+    logger.setLevel(logging.INFO)
+    monkeypatch.setattr(FlowRunContext, "get", classmethod(lambda cls: None))
+    monkeypatch.setattr(TaskRunContext, "get", classmethod(lambda cls: Context()))
+    monkeypatch.setattr(loggers, "get_run_logger", lambda *args, **kwargs: logger)
+    with loggers.patch_print():
+        print("printed", 1)
+        logger.info("logged")
+    print("after")  # print itself again: nothing logged
+    assert seen == [("printed 1", True), ("logged", False)]
+
+
+def test_a_spec_clusters_workers_and_its_loop_are_reachable(tls):
+    """``SpecCluster._created`` holds the workers made so far (their ``pid``: the worker
+    process's) and ``Cluster._loop_runner.stop(timeout=0)`` lets the cluster's loop end
+    without waiting for it (:mod:`flowrig.internals.spec_cluster`)."""
+    import time
+
+    import psutil
+    from distributed import LocalCluster
+
+    from flowrig.internals.spec_cluster import let_loop_go, workers_made
+
+    with LocalCluster(n_workers=1, processes=True, protocol="tls://", security=tls.to_security(),
+                      host="127.0.0.1", dashboard_address=None) as cluster:
+        [nanny] = workers_made(cluster)
+        assert nanny is cluster.workers[0] and psutil.Process(nanny.pid).is_running()
+    cluster = LocalCluster(n_workers=0, processes=False, dashboard_address=None)
+    loop = cluster.loop.asyncio_loop
+    started = time.monotonic()
+    let_loop_go(cluster)
+    assert time.monotonic() - started < 0.5
+    deadline = time.monotonic() + 10
+    while loop.is_running():
+        assert time.monotonic() < deadline, "the cluster's loop still runs"
+        time.sleep(0.05)
+    cluster.shutdown_on_close = False

@@ -15,11 +15,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-app = typer.Typer(
+from flowrig.cli.apps import command_group
+
+app = command_group(
     help="AWS resources of ecs/fargate/ec2 runs.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
 
 

@@ -13,11 +13,10 @@ from typing import Annotated, Any, Optional
 import typer
 
 from flowrig.backends.ecs import defaults
+from flowrig.cli.apps import command_group
 
-app = typer.Typer(
+app = command_group(
     help="ECS/Fargate: render task definitions for the flowrig image, or run one with local Docker.",
-    no_args_is_help=True,
-    add_completion=False,
 )
 
 _SIZE_HELP = "CPU units (1024 = 1 vCPU) / memory (MiB) of the {role} task."

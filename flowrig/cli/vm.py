@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from flowrig.cli.apps import command_group
+
 if TYPE_CHECKING:
     from flowrig.backends.vm.backend import VMBackend
     from flowrig.backends.vm.cloudinit import VMRole
@@ -23,10 +25,8 @@ if TYPE_CHECKING:
 #: The backends whose runs are VMs.
 VM_BACKENDS = ("azure", "ec2", "gcp")
 
-app = typer.Typer(
+app = command_group(
     help="VM backends (ec2, azure, gcp): print what each VM gets at boot, or run it with local Docker.",
-    no_args_is_help=True,
-    add_completion=False,
 )
 
 

@@ -32,8 +32,9 @@ import os
 import signal
 import socket
 import sys
-import threading
 from typing import Any
+
+from flowrig.common import forksafe
 
 logger = logging.getLogger("flowrig.local")
 
@@ -84,7 +85,7 @@ def start() -> bool:
                 return getattr(server, "_flowrig_forked", False)
             os.close(server._forkserver_alive_fd)
             server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
-        if threading.active_count() != 1:
+        if not forksafe.only_fork_safe_threads():
             logger.debug("local workers start from the standard fork server: threads are running")
             return False
         resource_tracker.ensure_running()

@@ -25,7 +25,9 @@ Worker side
       events client of the worker process with Prefect's ``NullEventsClient``;
       ``"send"`` (a user's own server) keeps them;
     * each task's final state is reported to the runner as a Dask worker event (the
-      progress display and the timeline).
+      progress display and the timeline), and the progress's ``task_logs`` (when it has
+      them) are installed on each worker for as long as it keeps the run: its tasks'
+      log lines go to the runner the same way.
 
 Fenced here (each checked by tests/test_internals.py on the locked versions):
 
@@ -65,6 +67,9 @@ if TYPE_CHECKING:
     class TaskProgress(Protocol):
         topic: str
         report: Callable[[Any, Any, Any], dict[str, Any]]
+
+        #: ``install(flow_run_id)`` run on each worker; returns what undoes it.
+        task_logs: Any
 
         def submitted(self, name: str, count: int = 1) -> None: ...
         def event(self, event: Any) -> None: ...
@@ -211,6 +216,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
                 "deployment_id": str(deployment_id) if deployment_id else None,
                 "deployment_parameters": deployment_parameters,
                 "progress": (self.progress.topic, self.progress.report) if self.progress else None,
+                "task_logs": getattr(self.progress, "task_logs", None),
             }
             future = self.client.submit(_payload, payload, key=f"flowrig-run-{token}", pure=False)
             self._run_ident, self._run_token, self._run_future = ident, token, future
@@ -238,7 +244,10 @@ class FlowrigTaskRunner(DaskTaskRunner):
         if self.progress is None or self._subscribed:
             return
         self._subscribed = True
-        self.client.subscribe_topic(self.progress.topic, self.progress.event)
+        subscriptions = getattr(self.progress, "subscriptions", None)
+        topics = subscriptions() if subscriptions is not None else {self.progress.topic: self.progress.event}
+        for topic, handler in topics.items():
+            self.client.subscribe_topic(topic, handler)
 
     # --- what differs between tasks ---------------------------------------------------------
     @staticmethod
@@ -399,9 +408,14 @@ class _RunState:
     """What one worker process keeps of one run."""
 
     __slots__ = ("token", "profile", "settings", "clients", "clients_lock", "task_runner", "flow_run_fields",
-                 "rest", "progress")
+                 "rest", "progress", "undo_task_logs")
 
     def close(self) -> None:
+        if self.undo_task_logs is not None:
+            try:
+                self.undo_task_logs()
+            except Exception:
+                pass
         try:
             if self.task_runner is not None:
                 self.task_runner.__exit__(None, None, None)
@@ -499,6 +513,13 @@ def _build_run_state(payload: dict[str, Any]) -> _RunState:
             # Validated once (FlowRun, ResultStore... as models), the keys as shipped.
             state.flow_run_fields = {key: getattr(base, key) for key in flow_run}
     state.rest = {k: payload[k] for k in ("deployment_id", "deployment_parameters") if payload.get(k)}
+    state.undo_task_logs = None
+    if payload.get("task_logs") is not None:
+        flow_run = (state.flow_run_fields or {}).get("flow_run")
+        try:
+            state.undo_task_logs = payload["task_logs"].install(getattr(flow_run, "id", None))
+        except Exception:  # lines for a person never fail a task
+            pass
     STATS["builds"] += 1
     return state
 

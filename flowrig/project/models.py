@@ -14,7 +14,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Mapping
 
-from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from flowrig.errors import BadInput
@@ -104,6 +104,9 @@ class RunSettings:
 
     #: Seconds the whole run may take; past them it is ended and torn down.
     timeout: Seconds | None = None
+    #: A flow that completed while some of its tasks failed (Prefect completes a flow
+    #: whose failed task only left others not run) fails the run: exit 1.
+    fail_on_task_failure: StrictBool = False
 
 
 @dataclass(config=_STRICT, frozen=True)
@@ -163,6 +166,7 @@ _WHAT = {
     "dataclass_type": "a table",
     "model_type": "a table",
     "list_type": "a list",
+    "bool_type": "true or false",
 }
 _FIELDS = {
     "": ProjectFile,

@@ -1,10 +1,12 @@
 """What a run prints on stderr, for a person: by verbosity, and its start-up timeline.
 
-Default (text): flowrig's own lines, Prefect's flow-level lines, failed tasks with their
-tracebacks and one progress display (:mod:`flowrig.run.progress`). ``--verbose`` adds
-Dask's INFO lines and every task's own log lines; ``--quiet`` keeps errors only.
-The levels are set in processes flowrig owns (the ``flowrig run`` command and the
-workers it starts), never by :func:`flowrig.run.execute` in a caller's process.
+Default (text): flowrig's own lines, Prefect's flow-level lines, what the tasks logged
+at WARNING or above and printed under ``log_prints`` (:mod:`flowrig.run.tasklog`),
+failed tasks with their tracebacks and one progress display
+(:mod:`flowrig.run.progress`). ``--verbose`` adds Dask's INFO lines and every task's
+INFO lines, Prefect's own included; ``--quiet`` keeps errors only. The levels are set
+in processes flowrig owns (the ``flowrig run`` command and the workers it starts),
+never by :func:`flowrig.run.execute` in a caller's process.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ import logging
 import os
 import sys
 from typing import TextIO
+
+from flowrig.run.tasklog import TaskLines, TaskLinesFilter, TaskLogForwarding
+from flowrig.run.timings import TIMELINE, timeline_line
+
+__all__ = ["TIMELINE", "Console", "Verbosity", "configure", "timeline_line", "worker_environment"]
 
 
 class Verbosity(enum.IntEnum):
@@ -30,7 +37,8 @@ def _levels(verbosity: Verbosity) -> dict[str, int]:
     return {
         # Dask's start-up and teardown chatter: dozens of lines per worker.
         "distributed": logging.INFO if verbosity == Verbosity.VERBOSE else logging.WARNING,
-        # Task runs: their lines come back as the progress display and failure reports.
+        # Task runs: on workers their lines travel to the runner (tasklog); the workers'
+        # own stderr shows none of them. Tasks the runner runs itself: see configure().
         "prefect.task_runs": logging.CRITICAL if not verbosity == Verbosity.VERBOSE else logging.INFO,
         # prefect-dask's "connecting to the cluster" lines: flowrig says where it is.
         "prefect.task_runner": logging.INFO if verbosity == Verbosity.VERBOSE else logging.WARNING,
@@ -70,6 +78,13 @@ def configure(verbosity: Verbosity) -> None:
     """
     for name, level in _levels(verbosity).items():
         logging.getLogger(name).setLevel(level)
+    # A task the flow calls directly runs here: its lines are chosen by the same rule.
+    lines = TaskLines.for_verbosity(verbosity)
+    task_runs = logging.getLogger("prefect.task_runs")
+    task_runs.setLevel(lines.logger_level)
+    for old in [f for f in task_runs.filters if isinstance(f, TaskLinesFilter)]:
+        task_runs.removeFilter(old)
+    task_runs.addFilter(TaskLinesFilter(lines))
     os.environ.update(worker_environment(verbosity))
     if not logging.getLogger("flowrig").handlers and not logging.getLogger().handlers:
         logging.basicConfig(stream=sys.stderr, format="%(message)s")
@@ -105,20 +120,8 @@ class Console:
     def shows_progress(self) -> bool:
         return self.verbosity >= Verbosity.NORMAL
 
+    def task_logs(self) -> TaskLogForwarding:
+        """What the run's workers send of their tasks' log lines, for this console."""
+        from flowrig.run.progress import TOPIC
 
-#: The start-up timeline's marks, in the order a run reaches them, with their labels.
-TIMELINE = (
-    ("api_ready", "API ready"),
-    ("scheduler_up", "scheduler up"),
-    ("first_worker_joined", "first worker joined"),
-    ("all_workers_joined", "all workers joined"),
-    ("first_task_finished", "first task finished"),
-    ("flow_finished", "flow finished"),
-    ("teardown_done", "teardown done"),
-)
-
-
-def timeline_line(run_id: str, timings: dict[str, float | None]) -> str:
-    """``flowrig run ID timeline: API ready 2.10 s, scheduler up 0.52 s, ...``."""
-    parts = [f"{label} {timings[key]:.2f} s" for key, label in TIMELINE if timings.get(key) is not None]
-    return f"flowrig run {run_id} timeline: " + (", ".join(parts) or "nothing started")
+        return TaskLogForwarding(TOPIC, TaskLines.for_verbosity(int(self.verbosity)))

@@ -16,71 +16,23 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from flowrig.common.runid import current_run_id
 from flowrig.common.signals import shielded
-from flowrig.run.config import RunConfig, RunOutcome
-from flowrig.run.console import TIMELINE, Console, base_worker_environment, timeline_line
+from flowrig.run.config import RunConfig, RunOutcome, RunRecord
+from flowrig.run.console import Console, base_worker_environment
 from flowrig.run.progress import ProgressDisplay, TaskProgress
+from flowrig.run.timings import timeline_line
 
 if TYPE_CHECKING:
     from prefect.settings import Settings
 
     from flowrig.api import EmbeddedPrefectAPI
-    from flowrig.backends import Backend, StartedCluster
+    from flowrig.backends import Backend
     from flowrig.certs import TLSMaterial
 
 logger = logging.getLogger("flowrig")
-
-
-class _Timer:
-    """A run's timings: durations of its phases, and its timeline's marks (seconds since
-    the run started, ``None`` until reached)."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.marks: dict[str, float | None] = {}
-        self.timeline: dict[str, float | None] = {key: None for key, _ in TIMELINE}
-        self._lock = threading.Lock()
-
-    def mark(self, name: str, since: float) -> float:
-        now = time.perf_counter()
-        self.marks[name] = now - since
-        return now
-
-    def reached(self, key: str, at: float | None = None) -> None:
-        """Mark ``key`` of the timeline, once (the first time it is reached counts)."""
-        with self._lock:
-            if self.timeline.get(key) is None:
-                self.timeline[key] = (at if at is not None else time.perf_counter()) - self.start
-
-    def watch_workers(self, started: "StartedCluster", expected: int, stop: threading.Event) -> None:
-        """Mark when the first and the last of ``expected`` workers joined (in a thread)."""
-        cluster = started.cluster
-        joined_so_far = started.workers_joined
-        if joined_so_far is None:
-            if getattr(cluster, "scheduler_info", None) is None:
-                return
-
-            def joined_so_far() -> int:
-                return len(getattr(cluster, "scheduler_info", {}).get("workers", {}))
-
-        if expected < 1:
-            return
-
-        def watch() -> None:
-            while not stop.is_set():
-                joined = joined_so_far()
-                if joined >= 1:
-                    self.reached("first_worker_joined")
-                if joined >= expected:
-                    self.reached("all_workers_joined")
-                    return
-                stop.wait(0.02)
-
-        threading.Thread(target=watch, name="flowrig-workers-joined", daemon=True).start()
 
 
 def run_certificates(backend: "Backend", given: "TLSMaterial | None") -> "TLSMaterial":
@@ -119,6 +71,7 @@ def execute(
     announce: Callable[[str], None] | None = None,
     api: "EmbeddedPrefectAPI | None" = None,
     console: Console | None = None,
+    record: RunRecord | None = None,
 ) -> RunOutcome:
     """Run ``config.flow`` once on a cluster of its own and tear the cluster down.
 
@@ -133,7 +86,12 @@ def execute(
         no ``PREFECT_API_URL`` is set. Stopped here in every case.
     console
         Where a person watches the run (``flowrig run``): flowrig's lines, the task
-        progress display and the timeline go there. ``None`` prints nothing.
+        progress display, the tasks' own log lines and the timeline go there. ``None``
+        prints nothing.
+    record
+        Filled in as the run goes (its timings count from the command's start when the
+        command made it): what a run that ends early reports. Default: a new one,
+        whose timings count from this call.
 
     Returns
     -------
@@ -153,15 +111,20 @@ def execute(
     from flowrig.project import parameters as params_mod
     from flowrig.project import sizing
 
-    timer = _Timer()
-    run_id = current_run_id()
+    record = record if record is not None else RunRecord()
+    timer = record.timer
+    timer.begin_run()
+    run_id = record.run_id = record.run_id or current_run_id()
     started = None
     stop_watching = threading.Event()
-    progress = TaskProgress(on_first_finished=lambda: timer.reached("first_task_finished"))
+    progress = record.progress = TaskProgress(
+        on_first_finished=lambda: timer.reached("first_task_finished"),
+        task_logs=console.task_logs() if console is not None else None,
+    )
     display: ProgressDisplay | None = None
     try:
-        t = time.perf_counter()
         backend = resolve_backend(config.backend)
+        record.backend = backend.name
         tls = run_certificates(backend, config.tls)
         if api is None:
             api = start_prefect_api(backend, tls)
@@ -200,8 +163,10 @@ def execute(
             no_client_timeout=config.no_client_timeout,
             min_workers=config.min_workers,
         )
-        t = timer.mark("prepare", t)
+        record.n_workers = decided.size.n_workers
+        timer.phase("prepare")
         started = backend.start(spec)
+        record.scheduler_address, record.dashboard_link = started.scheduler_address, started.dashboard_link
         if api is not None:
             api.watch()  # the cluster has started its threads anyway
         timer.reached("scheduler_up", started.scheduler_up)
@@ -217,13 +182,13 @@ def execute(
             console.line(line)
         if config.on_start:
             config.on_start()
-        t = timer.mark("cluster_start", t)
+        timer.phase("cluster_start")
         # Built while the API may still be starting: the runner has nothing else to do.
         flow_settings = settings_with({**settings, **secrets})
         if api is not None:
             api.wait_ready()
             timer.reached("api_ready", api.ready_at)
-        t = timer.mark("api_wait", t)
+        timer.phase("api_wait")
         if console is not None:
             # With --quiet only failed tasks are shown (with their tracebacks).
             display = ProgressDisplay(
@@ -234,36 +199,32 @@ def execute(
         events = "drop" if api is not None else "send"
         state = _run_flow(config, parameters, started.scheduler_address, tls, flow_settings, progress, events)
         timer.reached("flow_finished")
-        t = timer.mark("flow", t)
+        timer.phase("flow")
         result, message = _result_of(state)
-        return RunOutcome(
-            state=state.name,
-            result=result,
-            n_workers=decided.size.n_workers,
-            backend=backend.name,
-            scheduler_address=started.scheduler_address,
-            dashboard_link=started.dashboard_link,
-            timings=timer.marks,
-            run_id=run_id,
-            message=message,
-        )
+        if not state.is_completed() and (note := progress.memory_note()):
+            # The cause first: distributed's own message (KilledWorker) does not name it.
+            message = f"{note}; {message}" if message else note
+        outcome = record.outcome(state.name, result, message=message)
     finally:
         stop_watching.set()
         if display is not None:
             display.stop()
-        t = time.perf_counter()
+        # A run that ended early: the time until now belongs to the step it was in.
+        timer.end_open_phase(before="teardown")
         # A signal during teardown must not leave half a cluster: it is held back and
         # delivered once everything is down.
         with shielded():
             _teardown(started, api)
             if config.on_exit:
                 config.on_exit()
-            timer.mark("teardown", t)
+            timer.phase("teardown")
             timer.reached("teardown_done")
-            timer.marks["total"] = time.perf_counter() - timer.start
-            timer.marks.update(timer.timeline)
+            timer.finish()
             if console is not None and console.timeline and started is not None:
                 console.line(timeline_line(run_id, timer.timeline))
+    # The timings as they ended, teardown included.
+    outcome.timings = timer.as_dict()
+    return outcome
 
 
 def _code_file(flow: Any) -> str | None:

@@ -31,7 +31,9 @@ from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
 WORKER_PRELOAD = ("prefect.task_engine", "prefect_dask")
 #: Host environment variables a runner container gets in its environment when they
 #: are set (nothing secret: credentials go over its stdin, :mod:`.control`).
-PASSTHROUGH_ENV = ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "FLOWRIG_DEBUG")
+# FLOWRIG_STARTED_AT: the host command's start, from which the runner counts its
+# timings; FLOWRIG_STRICT: --strict.
+PASSTHROUGH_ENV = ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "FLOWRIG_DEBUG", "FLOWRIG_STARTED_AT", "FLOWRIG_STRICT")
 #: Seconds the host gives a runner container to finish its run after Ctrl-C or
 #: SIGTERM, before everything of the run is removed by force.
 RUNNER_STOP_TIMEOUT = 20

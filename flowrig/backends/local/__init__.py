@@ -10,7 +10,8 @@ from typing import Any
 from pydantic import StrictBool, StrictFloat, StrictInt, StrictStr
 
 from flowrig import layout
-from flowrig.backends.base import Backend, ClusterSpec, Options, StartedCluster
+from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, Options, StartedCluster
+from flowrig.common import runfolders
 from flowrig.errors import BadInput, InfrastructureError, one_line
 
 #: Imported by the fork server before it forks the first worker.
@@ -53,6 +54,9 @@ class LocalBackend(Backend):
 
         options = self.parse_options(spec.options)
         self.prepare()  # nothing more when the run already did
+        # The workers' scratch space (spilled data, their lock files) is the run's own
+        # folder, removed with the cluster; one left by a killed run is a leftover.
+        scratch = runfolders.make("scratch", spec.run_id)
         kwargs: dict[str, Any] = {
             "n_workers": spec.size.n_workers,
             "threads_per_worker": spec.worker_threads,
@@ -65,34 +69,43 @@ class LocalBackend(Backend):
         # Mutual TLS and the run's environment are not options a project may drop.
         kwargs.update(
             protocol="tls://", security=spec.tls.to_security(), env=dict(spec.worker_env),
-            worker_class=forkserver.nanny_class(),
+            worker_class=forkserver.nanny_class(), local_directory=str(scratch.path),
         )
+        # The scheduler removes it when this process is killed before it could.
+        kwargs["folder"] = str(scratch.path)
         if spec.no_client_timeout is not None:
             kwargs["no_client_timeout"] = spec.no_client_timeout
         try:
             cluster = LocalClusterWithSchedulerProcess(**kwargs)
         except Exception as exc:
+            scratch.remove()
             raise InfrastructureError(f"the local cluster could not start: {one_line(exc)}") from None
+        except BaseException:
+            scratch.remove()
+            raise
         if spec.size.adapt:
             cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
         return StartedCluster(
             scheduler_address=cluster.scheduler_address,
             dashboard_link=cluster.dashboard_link,
-            close=functools.partial(_close, cluster),
+            close=CloseOnce(functools.partial(_close, cluster, scratch)),
             cluster=cluster,
             scheduler_up=cluster.scheduler_up_at,
         )
 
 
-def _close(cluster: Any) -> None:
-    """Close the cluster; a scheduler that already stopped on its own (its no-client
-    rule) is not an error, though closing then cannot ask it to retire the workers."""
+def _close(cluster: Any, scratch: runfolders.RunFolder) -> None:
+    """Close the cluster, then remove its scratch folder; a scheduler that already
+    stopped on its own (its no-client rule) is not an error, though closing then cannot
+    ask it to retire the workers."""
     try:
         cluster.close()
     except OSError:
         process = cluster.scheduler.process
         if process is None or process.exitcode is None:
             raise
+    finally:
+        scratch.remove()
 
 
 class AddressBackend(Backend):
