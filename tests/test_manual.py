@@ -160,6 +160,12 @@ def test_an_unknown_marker_or_backend_stops_the_build():
         reference.expand("<!-- flowrig:options kubernetes -->\n")
 
 
+def test_a_code_block_left_open_stops_the_build():
+    with pytest.raises(reference.GenerationError, match="opened on line 3 is never closed"):
+        reference.check_fences("# Page\n\n```toml\nflow = 'f.py:f'\n\nThe rest of the page.\n")
+    reference.check_fences("```\ncode\n```\n\n```python\nx = 1\n```\n")
+
+
 def test_every_backend_has_a_page_in_the_nav():
     nav = (REPO / "mkdocs.yml").read_text()
     for name in [*reference.backend_models(), "custom"]:

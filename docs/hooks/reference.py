@@ -158,7 +158,7 @@ def fields_table(model: type, where: str) -> tuple[list[str], list[tuple[str, ty
             schema = TypeAdapter(annotation).json_schema()
             kind = type_text(schema)
         if table is not None:
-            default = "its keys' own"
+            default = "see its table"
         elif info.is_required():
             default = "required"
         else:
@@ -387,9 +387,26 @@ def expand(markdown: str) -> str:
     return MARKER.sub(one, markdown)
 
 
+def check_fences(markdown: str) -> None:
+    """Refuse a code block left open: Markdown would swallow the rest of the page into it.
+
+    Raises
+    ------
+    GenerationError
+        Naming the line of the fence that is never closed.
+    """
+    opened = None
+    for number, line in enumerate(markdown.splitlines(), start=1):
+        if line.startswith("```"):
+            opened = None if opened else number
+    if opened:
+        raise GenerationError(f"the code block opened on line {opened} is never closed")
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     """MkDocs event: expand the page's markers (an error stops the build)."""
     try:
+        check_fences(markdown)
         return expand(markdown)
     except GenerationError as exc:
         from mkdocs.exceptions import PluginError
