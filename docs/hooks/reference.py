@@ -25,7 +25,6 @@ command the CLI reference left out are errors, so ``mkdocs build --strict`` fail
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
 import subprocess
@@ -267,7 +266,6 @@ def check_cli_reference(text: str) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=1)
 def cli_reference() -> str:
     """Every command and option of ``flowrig``, as typer's own ``utils docs`` renders them.
 
