@@ -39,8 +39,6 @@ from pydantic import BaseModel, TypeAdapter
 #: The repository's root: this file is docs/hooks/reference.py.
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = re.compile(r"^<!-- flowrig:(?P<what>[a-z-]+)(?: (?P<arg>[^ ]+))? -->$", re.MULTILINE)
-#: Backends a run names through an option of its own, not in [cluster] backend.
-IMPLIED = {"address"}
 
 
 class GenerationError(Exception):
@@ -185,7 +183,8 @@ def project_reference() -> str:
 
 def backend_models() -> dict[str, type | None]:
     """Each backend a project may name -> its ``options_model`` (``None``: passed through)."""
-    from flowrig.backends import BACKENDS, get_backend
+    # Backends chosen by an option of their own (address: --scheduler-address) are left out.
+    from flowrig.backends import BACKENDS, IMPLIED, get_backend
 
     return {name: get_backend(name).options_model for name in BACKENDS if name not in IMPLIED}
 
