@@ -82,7 +82,7 @@ def test_a_key_across_a_chunk_boundary_is_found(monkeypatch):
 
 
 def test_a_key_deep_in_a_large_file_is_found_within_the_time_budget(tmp_path):
-    """The README's budget: 10 s per GiB (measured: about 1.5 s per GiB, 2.6 s dense base64)."""
+    """The documented budget (docs/security.md): 10 s per GiB (measured: about 1.5 s per GiB, 2.6 s dense base64)."""
     size = 96 * 1024 * 1024
     pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()

@@ -7,7 +7,7 @@ import functools
 import os
 from typing import Any
 
-from pydantic import StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from flowrig import layout
 from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, Options, StartedCluster
@@ -21,13 +21,22 @@ WORKER_PRELOAD = "flowrig.backends.local.preload"
 class LocalOptions(Options):
     """``[cluster.options]`` of the ``local`` backend: ``LocalCluster`` keywords."""
 
-    memory_limit: StrictStr | StrictInt | None = None
-    dashboard_address: StrictStr | None = None
-    worker_dashboard_address: StrictStr | None = None
-    resources: dict[str, StrictFloat | StrictInt] | None = None
-    silence_logs: StrictBool | StrictInt | None = None
-    #: Seconds a worker may take to start.
-    timeout: StrictFloat | StrictInt | None = None
+    memory_limit: StrictStr | StrictInt | None = Field(
+        None, description="memory limit of each worker: bytes, `'4GiB'` or `'auto'` (LocalCluster's)"
+    )
+    dashboard_address: StrictStr | None = Field(
+        None, description="where the scheduler's dashboard listens; default: a free port on 127.0.0.1"
+    )
+    worker_dashboard_address: StrictStr | None = Field(
+        None, description="where each worker's dashboard listens; default: none"
+    )
+    resources: dict[str, StrictFloat | StrictInt] | None = Field(
+        None, description="abstract resources each worker offers to tasks that ask for them, e.g. `{ GPU = 1 }`"
+    )
+    silence_logs: StrictBool | StrictInt | None = Field(
+        None, description="level of the cluster's own log lines (a logging level; false leaves logging as it is)"
+    )
+    timeout: StrictFloat | StrictInt | None = Field(None, description="seconds a worker may take to start")
 
 
 class LocalBackend(Backend):
