@@ -209,7 +209,7 @@ def test_stdout_holds_every_role_and_files_are_ready_for_the_aws_cli(tmp_path):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["--region", "us-east-1", "--execution-role-arn", EXEC_ROLE], "--image is required"),
+        (["--region", "us-east-1", "--execution-role-arn", EXEC_ROLE], "missing --image"),
         ([*BASE_ARGS, "--role", "driver"], "unknown role 'driver'"),
         ([*BASE_ARGS, "--worker-cpu", "1024", "--worker-memory", "1024"],
          "use one of 2048, 3072, 4096, 5120, 6144, 7168, 8192"),
