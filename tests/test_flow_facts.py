@@ -160,3 +160,21 @@ def test_a_rendered_context_records_the_flows_facts_in_its_manifest():
     assert facts is not None
     assert (facts.name, facts.entrypoint) == ("dask-cloud-provider-test", "flow.py:dask_cloud_provider_test")
     assert facts.parameter_names == ["x"]
+
+
+@pytest.mark.parametrize("flow_name, entrypoint, deployment, refused", [
+    ("seed", "flow.py:main", "seed/nightly", False),
+    ("seed", None, None, False),                    # a flow run without a deployment: the name decides
+    ("seed", "flows/seed/flow.py:main", "seed/x", False),
+    ("other", "flow.py:main", "other/x", True),
+    ("seed", "other.py:main", "seed/x", True),
+    ("seed", "flow.py:other", "seed/x", True),
+])
+def test_a_flow_run_is_the_images_when_flow_and_entry_point_match(flow_name, entrypoint, deployment, refused):
+    from flowrig.run.flow_runs import FlowRunRequest, mismatch
+
+    request = FlowRunRequest("run-1", {}, flow_name, deployment, entrypoint)
+    reason = mismatch(request, "seed", "flow.py:main")
+    assert (reason is not None) is refused
+    if refused:
+        assert "\n" not in reason and f"flow {flow_name!r}" in reason and "this image runs flow 'seed' (flow.py:main)" in reason
