@@ -178,3 +178,28 @@ def test_a_flow_run_is_the_images_when_flow_and_entry_point_match(flow_name, ent
     assert (reason is not None) is refused
     if refused:
         assert "\n" not in reason and f"flow {flow_name!r}" in reason and "this image runs flow 'seed' (flow.py:main)" in reason
+
+
+def test_an_annotation_calls_type_helpers_only(monkeypatch):
+    import pydantic.v1
+
+    calls = []
+
+    def parse_file_as(*args, **kwargs):  # reads (and with allow_pickle, unpickles) a file
+        calls.append(args)
+        return int
+
+    parse_file_as.__module__ = "pydantic.v1.tools"
+    monkeypatch.setattr(pydantic.v1, "parse_file_as", parse_file_as)
+    source = textwrap.dedent('''
+        import pydantic
+        from prefect import flow
+
+        @flow
+        def f(a: pydantic.v1.parse_file_as(int, "payload.pickle", allow_pickle=True) = 1,
+              b: pydantic.conint(ge=1) = 3):
+            pass
+    ''')
+    properties = flow_facts_from_source(source, "f", "flow.py:f").parameter_schema["properties"]
+    assert calls == [] and "type" not in properties["a"]
+    assert properties["b"] == {"default": 3, "minimum": 1, "position": 1, "title": "b", "type": "integer"}

@@ -39,9 +39,24 @@ TYPE_MODULES = frozenset({
     "typing", "typing_extensions", "collections", "datetime", "decimal", "uuid", "pathlib",
     "enum", "ipaddress", "pydantic", "annotated_types",
 })
-#: Packages whose functions and classes an annotation may call (``Field(gt=0)``,
-#: ``conint(ge=1)``, ``NewType(...)``): they build types and do nothing else.
-_CALLABLE_MODULES = frozenset({"typing", "typing_extensions", "pydantic", "annotated_types"})
+#: What an annotation may call (``Field(gt=0)``, ``conint(ge=1)``, ``Gt(0)``): helpers
+#: that build types and do nothing else. Named one by one: those packages also hold
+#: functions that read files (``pydantic.v1.parse_file_as``).
+_TYPE_HELPERS = {
+    "pydantic": ("Field", "conint", "confloat", "constr", "conlist", "conset", "confrozenset", "condecimal",
+                 "condate", "conbytes", "StringConstraints"),
+    "annotated_types": ("Gt", "Ge", "Lt", "Le", "MultipleOf", "MinLen", "MaxLen", "Len", "Interval"),
+    "typing": ("NewType",),
+    "typing_extensions": ("NewType",),
+}
+
+
+def _type_helpers() -> list[Any]:
+    found = []
+    for module_name, names in _TYPE_HELPERS.items():
+        module = _import(module_name)
+        found.extend(getattr(module, name) for name in names if module is not None and hasattr(module, name))
+    return found
 #: Built-in names an annotation may use.
 _BUILTIN_TYPES = {
     name: getattr(__import__("builtins"), name)
@@ -311,8 +326,8 @@ class _Module:
         return True
 
     def _type_helper(self, func: ast.expr) -> bool:
-        """A callee defined in :data:`_CALLABLE_MODULES` (``Field``, ``conint``), reached
-        by plain names: nothing else may be called while an annotation is evaluated."""
+        """A callee of :data:`_TYPE_HELPERS` (``Field``, ``conint``), reached by plain
+        names: nothing else may be called while an annotation is evaluated."""
         path: list[str] = []
         while isinstance(func, ast.Attribute):
             path.insert(0, func.attr)
@@ -322,9 +337,7 @@ class _Module:
         value = self.namespace[func.id]
         for name in path:
             value = getattr(value, name, None)
-        if value is None or inspect.ismodule(value) or inspect.ismethod(value):
-            return False
-        return str(getattr(value, "__module__", "") or "").split(".")[0] in _CALLABLE_MODULES
+        return any(value is helper for helper in _type_helpers())
 
     def parameter_schema(self, func: ast.FunctionDef | ast.AsyncFunctionDef, docstring: str | None) -> dict[str, Any]:
         from prefect.utilities.callables import generate_parameter_schema, parameter_docstrings
