@@ -546,7 +546,7 @@ def _version(name: str) -> str | None:
 
 
 def _flow_facts(project: Path, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The flow's name, entry point, description and parameter schema, read from its
+    """The flow's name, entry point and parameter schema, read from its
     source (:mod:`flowrig.project.flow_facts`): what ``flowrig deploy`` and a deployment's
     run check the image against. A flow whose facts cannot be read without importing it
     still builds (``flowrig deploy`` then names the problem)."""
@@ -555,7 +555,8 @@ def _flow_facts(project: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     path, _, function = str(config["flow"]).rpartition(":")
     try:
         source = (project / path).read_bytes()
-        return flow_facts_from_source(source, function, str(config["flow"]), filename=Path(path).name).as_dict()
+        facts = flow_facts_from_source(source, function, str(config["flow"]), filename=Path(path).name)
+        return facts.for_manifest()
     except (BadInput, OSError, UnicodeDecodeError):
         return None
 

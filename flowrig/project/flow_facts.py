@@ -99,19 +99,16 @@ class FlowFacts:
     version: str | None = None
     parameter_schema: Mapping[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
-        """The facts as JSON data (the image manifest's ``flow``)."""
-        return {
-            "name": self.name,
-            "entrypoint": self.entrypoint,
-            "description": self.description,
-            "version": self.version,
-            "parameter_schema": dict(self.parameter_schema),
-        }
+    def for_manifest(self) -> dict[str, Any]:
+        """What an image's manifest records: what a deployment must agree with (name,
+        entry point, parameters). Not the description or version, which change with
+        any edit of the file: editing only the flow's body then leaves the manifest, and
+        the image build's cache above the project, as they were."""
+        return {"name": self.name, "entrypoint": self.entrypoint, "parameter_schema": dict(self.parameter_schema)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FlowFacts":
-        """Facts from :meth:`as_dict`'s data.
+        """Facts from :meth:`for_manifest`'s data.
 
         Raises
         ------
