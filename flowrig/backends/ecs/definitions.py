@@ -175,7 +175,7 @@ def task_definition_settings(
             ("--image (the image every role runs, e.g. --image registry/project:1.0)", not request.image),
             ("--region (or AWS_REGION, or region_name in [cluster.options])", not region),
             ("--execution-role-arn (or execution_role_arn in [cluster.options]; Fargate tasks that log to "
-             "CloudWatch need one: arn:aws:iam::ACCOUNT:role/NAME, e.g. the one flowrig ecs bootstrap made)",
+             "CloudWatch need one: arn:aws:iam::ACCOUNT:role/NAME, e.g. AWS's ecsTaskExecutionRole)",
              not execution_role_arn),
             (f"{request.runner_role_flag} (the runner's task role: it starts the run's ECS tasks; "
              "flowrig ecs iam-policy prints what it needs)", runner_role_missing),
