@@ -106,6 +106,9 @@ def deploy_command(
         Optional[list[str]], typer.Option("--security-group", help="Security group of the runner task (repeatable).",
                                           rich_help_panel=_ECS)
     ] = None,
+    launch_type: Annotated[
+        str, typer.Option("--launch-type", help="FARGATE, FARGATE_SPOT, EC2 or EXTERNAL.", rich_help_panel=_ECS)
+    ] = "FARGATE",
     public_ip: Annotated[
         Optional[bool], typer.Option("--public-ip/--private-ip", help="Give the runner task a public address.",
                                      rich_help_panel=_ECS)
@@ -186,6 +189,7 @@ def deploy_command(
             subnets=tuple(subnet or ()),
             security_groups=tuple(security_group or ()),
             public_ip=public_ip,
+            launch_type=launch_type,
             secrets=parse_pairs("--secret", secret),
             allow_local_runner=allow_local_runner,
         ),

@@ -9,6 +9,8 @@ the pool is read, the job variables made for its type, and the deployment writte
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,25 +185,16 @@ def prepare(inputs: DeployInputs) -> Prepared:
 def render_spec(inputs: DeployInputs, ready: Prepared, pool_type: str, template: Mapping[str, Any]) -> DeploymentSpec:
     """The deployment for a pool of ``pool_type`` whose base job template is ``template``."""
     pools.check_pool_type(pool_type)
-    job = pools.JobInputs(image=inputs.image, pull_policy=inputs.pull_policy, network=inputs.network, env=ready.env)
-    if inputs.pass_env and pool_type != "process":
-        raise BadInput("--pass-env hands the process worker's own variables to the container: it is for process pools")
-    if pool_type == "process":
-        variables = pools.job_variables(pool_type, job)
-        variables["command"] = pools.process_command(
-            inputs.image, pull_policy=inputs.pull_policy, network=inputs.network,
-            env_names=tuple(sorted({*ready.env, *inputs.pass_env})),
-        )
-    elif pool_type == "ecs":
+    job = pools.JobInputs(image=inputs.image, pull_policy=inputs.pull_policy, network=inputs.network, env=ready.env,
+                          pass_env=inputs.pass_env, ecs_launch_type=inputs.ecs.launch_type)
+    if pool_type == "ecs":
         runner, network = _ecs_runner(inputs, ready.project)
-        job = pools.JobInputs(
-            image=inputs.image, env=ready.env, ecs_runner=runner, ecs_cluster=network["cluster"],
-            ecs_vpc=network["vpc"], ecs_subnets=network["subnets"], ecs_security_groups=network["security_groups"],
-            ecs_public_ip=network["public_ip"], ecs_launch_type=inputs.ecs.launch_type,
+        job = dataclasses.replace(
+            job, ecs_runner=runner, ecs_cluster=network["cluster"], ecs_vpc=network["vpc"],
+            ecs_subnets=network["subnets"], ecs_security_groups=network["security_groups"],
+            ecs_public_ip=network["public_ip"],
         )
-        variables = pools.job_variables(pool_type, job)
-    else:
-        variables = pools.job_variables(pool_type, job)
+    variables = pools.job_variables(pool_type, job)
     variables.update(_job_variable_overrides(inputs.job_variables))
     pools.check_job_variables(inputs.pool, pool_type, variables, template)
     flow = ready.flow
@@ -251,10 +244,9 @@ def deploy(inputs: DeployInputs) -> dict[str, Any]:
     from flowrig.deploy import server
 
     url = server.api_url()
-    with server.api_errors(url, "connecting"):
-        client = get_client(sync_client=True)
-        client.__enter__()
-    try:
+    with contextlib.ExitStack() as stack:
+        with server.api_errors(url, "connecting"):
+            client = stack.enter_context(get_client(sync_client=True))
         pool = server.read_pool(client, inputs.pool, url)
         pool_type = pools.check_pool_type(str(pool.type))
         if inputs.pool_type is not None and inputs.pool_type != pool_type:
@@ -263,8 +255,6 @@ def deploy(inputs: DeployInputs) -> dict[str, Any]:
         if inputs.write is not None:
             return _write_yaml(inputs, ready, spec, report, pool_type)
         result = server.apply(client, spec, url)
-    finally:
-        client.__exit__(None, None, None)
     report.update(
         action=result.action,
         deployment=spec.full_name,

@@ -68,6 +68,8 @@ RUNNER_HARDENING: Mapping[str, Any] = {
 }
 #: Environment the runner container needs with a read-only root.
 RUNNER_ENV: Mapping[str, str] = {"PREFECT_HOME": PREFECT_HOME}
+#: How an ECS pool's worker may start the runner task.
+ECS_LAUNCH_TYPES = ("FARGATE", "FARGATE_SPOT", "EC2", "EXTERNAL")
 #: Variables only flowrig's ECS template has: a pool without them cannot give the
 #: runner's task definition its shape.
 ECS_TEMPLATE_VARIABLES = ("log_configuration", "cpu_architecture", "secrets")
@@ -88,6 +90,8 @@ class JobInputs:
         ``network_mode`` for ``host``; process: ``docker run --network``).
     env
         Variables of the runner container (docker, process) or the runner task (ecs).
+    pass_env
+        Names of a process worker's own variables its container gets (process).
     ecs_runner
         The runner's task definition (``RegisterTaskDefinition`` parameters, as
         :mod:`flowrig.backends.ecs.taskdefs` renders it), for an ECS pool.
@@ -99,6 +103,7 @@ class JobInputs:
     pull_policy: str = DEFAULT_PULL_POLICY
     network: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    pass_env: tuple[str, ...] = ()
     ecs_runner: Mapping[str, Any] | None = None
     ecs_cluster: str | None = None
     ecs_vpc: str | None = None
@@ -197,10 +202,15 @@ def job_variables(pool_type: str, inputs: JobInputs) -> dict[str, Any]:
     """The job variables of a deployment of ``inputs.image`` on a pool of ``pool_type``."""
     check_pool_type(pool_type)
     check_pull_policy(inputs.pull_policy)
+    if inputs.pass_env and pool_type != "process":
+        raise BadInput("--pass-env hands a process worker's own variables to its container: it is for process pools")
+    if inputs.ecs_launch_type not in ECS_LAUNCH_TYPES:
+        raise BadInput(f"--launch-type {inputs.ecs_launch_type!r}: use one of {', '.join(ECS_LAUNCH_TYPES)}")
     if pool_type == "process":
+        names = tuple(sorted({*inputs.env, *inputs.pass_env}))
         variables: dict[str, Any] = {
             "command": process_command(inputs.image, pull_policy=inputs.pull_policy, network=inputs.network,
-                                       env_names=tuple(inputs.env)),
+                                       env_names=names),
             "stream_output": True,
         }
         if inputs.env:
@@ -348,7 +358,7 @@ def _ecs_template() -> dict[str, Any]:
         "cluster": _var("Cluster", "ECS cluster the runner task starts in (default: the account's default).", string),
         "family": _var("Family", "Family of the runner task definition (flowrig-NAME-runner).", string),
         "launch_type": _var("Launch Type", "How the runner task runs.",
-                            {"type": "string", "enum": ["FARGATE", "EC2", "EXTERNAL", "FARGATE_SPOT"]},
+                            {"type": "string", "enum": list(ECS_LAUNCH_TYPES)},
                             default="FARGATE"),
         "image": _var("Image", "The flowrig image; set per deployment.", string),
         "cpu": _var("CPU", "CPU units of the runner task (1024 = 1 vCPU).", _nullable("integer"),

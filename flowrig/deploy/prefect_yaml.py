@@ -111,10 +111,13 @@ def render(spec: DeploymentSpec, path: Path, project_root: Path, project_name: s
 
 def write(spec: DeploymentSpec, path: Path, project_root: Path, project_name: str, flow_file: Path) -> bool:
     """Write (or update) prefect.yaml at ``path``; ``False`` when it held this already."""
-    existing = path.read_text(encoding="utf-8") if path.is_file() else None
-    text = render(spec, path, project_root, project_name, flow_file, existing)
-    if text == existing:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    try:
+        existing = path.read_text(encoding="utf-8") if path.is_file() else None
+        text = render(spec, path, project_root, project_name, flow_file, existing)
+        if text == existing:
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
     return True
