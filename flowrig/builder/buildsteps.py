@@ -402,7 +402,8 @@ def build_manifest(
         The ``BASE_IMAGE`` build argument.
     context
         The ``manifest.json`` a flowrig build context carries, when there is one; its
-        project name and builder facts take precedence.
+        project name, builder facts and flow facts (name, entry point, parameter
+        schema: what ``flowrig deploy`` reads) take precedence.
     tls_mode
         The ``TLS_MODE`` build argument (``baked`` or ``per-run``): what the run side
         reads to know whether the image carries certificates.
@@ -417,7 +418,7 @@ def build_manifest(
     }
     if context:
         manifest["project"]["name"] = context.get("project", {}).get("name", project_name)
-        for key in ("builder", "tls"):
+        for key in ("builder", "tls", "flow"):
             if key in context:
                 manifest[key] = context[key]
     return manifest

@@ -8,7 +8,7 @@ A context is a mapping of relative path -> (bytes, mode) plus build arguments::
     flowrig/...
     project/...                     the flow project (its .dockerignore honoured)
     tls/ca.crt tls/tls.crt tls/tls.key   only with ``--certs DIR`` (``--tls baked``)
-    manifest.json                   project config and versions; no build time
+    manifest.json                   project config, the flow's facts, versions; no build time
 
 Rendering is deterministic (sorted entries, fixed modes, and a fixed mtime when
 written), so the same inputs give the same bytes and Docker's cache stays warm, and the
@@ -545,6 +545,22 @@ def _version(name: str) -> str | None:
         return None
 
 
+def _flow_facts(project: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The flow's name, entry point and parameter schema, read from its
+    source (:mod:`flowrig.project.flow_facts`): what ``flowrig deploy`` and a deployment's
+    run check the image against. A flow whose facts cannot be read without importing it
+    still builds (``flowrig deploy`` then names the problem)."""
+    from flowrig.project.flow_facts import flow_facts_from_source
+
+    path, _, function = str(config["flow"]).rpartition(":")
+    try:
+        source = (project / path).read_bytes()
+        facts = flow_facts_from_source(source, function, str(config["flow"]), filename=Path(path).name)
+        return facts.for_manifest()
+    except (BadInput, OSError, UnicodeDecodeError):
+        return None
+
+
 def _manifest_bytes(project: Path, config: dict[str, Any], *, tls: str) -> bytes:
     """manifest.json: the project and what rendered it. No time: contexts stay
     reproducible; of ``[cluster.options]`` only the keys, never a value."""
@@ -559,4 +575,7 @@ def _manifest_bytes(project: Path, config: dict[str, Any], *, tls: str) -> bytes
         "builder": {name: _version(name) for name in _BUILDER_DISTRIBUTIONS},
         "tls": tls,
     }
+    facts = _flow_facts(project, config)
+    if facts is not None:
+        manifest["flow"] = facts
     return (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
