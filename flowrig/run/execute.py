@@ -13,6 +13,7 @@ role and :class:`flowrig.DaskCloudProviderEnvironment`:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
@@ -275,17 +276,62 @@ def _run_flow(
     with run_settings(settings):
         try:
             if config.flow_run_id:
-                return prefect_engine.run_existing_flow_run(flow, config.flow_run_id, parameters)
-            return flow(**parameters, return_state=True)
+                state = prefect_engine.run_existing_flow_run(flow, config.flow_run_id, parameters)
+            else:
+                state = flow(**parameters, return_state=True)
+            # An ``async def`` flow gives a coroutine of its final state: run it to the end.
+            return run_to_completion(state) if inspect.isawaitable(state) else state
         finally:
             prefect_engine.drain_reporting()
 
 
+def run_to_completion(awaitable: Any) -> Any:
+    """Await ``awaitable`` from synchronous code and return its result.
+
+    In the main thread of a command (no event loop running) it runs right here, so
+    that SIGTERM and Ctrl-C reach the flow as they reach a synchronous one. Where an
+    event loop already runs in this thread (a notebook calling
+    :class:`flowrig.DaskCloudProviderEnvironment`), it runs on a loop of its own in a
+    helper thread, with this thread's context (the run's Prefect settings) copied.
+    """
+    import asyncio
+    import contextvars
+
+    async def main() -> Any:
+        return await awaitable
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    outcome: dict[str, Any] = {}
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            outcome["value"] = context.run(asyncio.run, main())
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="flowrig-async-flow", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _result_of(state: Any) -> tuple[Any, str | None]:
     if state.is_completed():
-        return state.result(raise_on_failure=False), None
+        return _state_result(state, raise_on_failure=False), None
     try:
-        state.result(raise_on_failure=True)
+        _state_result(state, raise_on_failure=True)
     except BaseException as exc:  # the flow's own exception, reported as data
         return None, f"{type(exc).__name__}: {exc}"
     return None, state.message
+
+
+def _state_result(state: Any, raise_on_failure: bool) -> Any:
+    # Prefect gives a coroutine where an event loop runs in this thread (a notebook).
+    value = state.result(raise_on_failure=raise_on_failure)
+    return run_to_completion(value) if inspect.isawaitable(value) else value
