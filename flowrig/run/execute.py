@@ -107,7 +107,7 @@ def execute(
         When the cluster or the Prefect API cannot start.
     """
     from flowrig.backends import ClusterSpec, resolve_backend
-    from flowrig.internals import prefect_engine
+    from flowrig.internals import prefect_engine, worker_security
     from flowrig.internals.prefect_settings import settings_with
     from flowrig.project import parameters as params_mod
     from flowrig.project import sizing
@@ -153,6 +153,8 @@ def execute(
         }
         if api is None:
             worker_env["PREFECT_API_URL"] = str(configured)
+        # A client a task opens on the run's cluster gets the run's credentials.
+        worker_env.setdefault(worker_security.LOADER_ENV, worker_security.LOADER)
         spec = ClusterSpec(
             run_id=run_id,
             size=decided.size,
