@@ -715,3 +715,15 @@ def test_client_security_takes_the_certificate_of_whichever_role_has_one(tls):
     assert made.tls_ca_file == pem.tls_ca_file and made.require_encryption
     assert made.get_connection_args("client")["ssl_context"] is not None
 
+
+def test_the_runner_connects_itself_through_prefect_dasks_exit_stack():
+    """The runner's own ``client`` fills what ``DaskTaskRunner.client`` would: its
+    ``_client``, ``_connect_to`` and ``_exit_stack`` (closed by ``__exit__``), and
+    ``performance_report_path``."""
+    from prefect_dask import DaskTaskRunner
+
+    source = inspect.getsource(DaskTaskRunner.client.fget)
+    for name in ("self._connect_to =", "self._exit_stack.enter_context(", "self.performance_report_path",
+                 "distributed.get_client()"):
+        assert name in source, name
+    assert "self._exit_stack.__exit__" in inspect.getsource(DaskTaskRunner.__exit__)
