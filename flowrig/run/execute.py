@@ -20,7 +20,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from flowrig.common.runid import current_run_id
-from flowrig.common.signals import shielded
+from flowrig.common.signals import shielded, stop_guard
 from flowrig.run.config import RunConfig, RunOutcome, RunRecord
 from flowrig.run.console import Console, base_worker_environment
 from flowrig.run.progress import ProgressDisplay, TaskProgress
@@ -123,6 +123,11 @@ def execute(
         task_logs=console.task_logs() if console is not None else None,
     )
     display: ProgressDisplay | None = None
+    # Whatever the flow does with a SIGTERM, the run is torn down: by the finally block
+    # below, or from outside the flow when that is not reached in time. The closure
+    # sees ``started`` and ``api`` as they are when it is called.
+    teardown = _Once(lambda: _teardown(started, api))
+    guard = stop_guard(teardown)
     try:
         backend = resolve_backend(config.backend)
         record.backend = backend.name
@@ -209,6 +214,7 @@ def execute(
             message = f"{note}; {message}" if message else note
         outcome = record.outcome(state.name, result, message=message)
     finally:
+        guard.release()
         stop_watching.set()
         if display is not None:
             display.stop()
@@ -217,7 +223,7 @@ def execute(
         # A signal during teardown must not leave half a cluster: it is held back and
         # delivered once everything is down.
         with shielded():
-            _teardown(started, api)
+            teardown()
             if config.on_exit:
                 config.on_exit()
             timer.phase("teardown")
@@ -243,6 +249,21 @@ def _code_file(flow: Any) -> str | None:
     # Relative where that is shorter (the project below the current directory).
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
+
+
+class _Once:
+    """Call ``function`` once, from whichever thread comes first; later callers wait
+    for that call to finish."""
+
+    def __init__(self, function: Callable[[], None]) -> None:
+        self._function: Callable[[], None] | None = function
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            function, self._function = self._function, None
+            if function is not None:
+                function()
 
 
 def _teardown(started: Any, api: Any) -> None:
