@@ -417,8 +417,11 @@ class FlowrigTaskRunner(DaskTaskRunner):
             self.progress.submitted(task.name, len(task_run_ids))
         return futures
 
-    #: Seconds the runner waits for the workers to take its last message.
-    FORGET_TIMEOUT = 5.0
+    #: Seconds the runner waits for the workers to take its last message: they answer
+    #: in milliseconds, unless the scheduler's event loop is busy (it imports Prefect
+    #: when it unpickles a run's first tasks, seconds on a loaded machine), and a run
+    #: ended by a signal must not wait for that.
+    FORGET_TIMEOUT = 1.0
 
     def __exit__(self, *args: Any) -> None:
         tokens, self._tokens = self._tokens, []
