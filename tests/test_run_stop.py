@@ -90,6 +90,19 @@ def _stop(proc: subprocess.Popen, whole_group: bool, limit: float = 120) -> tupl
     return time.monotonic() - sent, stderr
 
 
+def _run_and_stop(project: Path, marker: str, started: Path, *args: str, whole_group: bool = False):
+    """Start a run, SIGTERM it once its task runs; (returncode, seconds, stderr)."""
+    proc = _start(project, marker, started, *args)
+    try:
+        _wait_running(proc, started)
+        seconds, stderr = _stop(proc, whole_group)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, seconds, stderr
+
+
 def _addresses(stderr: str) -> tuple[str, str]:
     match = SCHEDULER_LINE.search(stderr)
     assert match, stderr[-3000:]
@@ -98,17 +111,10 @@ def _addresses(stderr: str) -> tuple[str, str]:
 
 @pytest.mark.parametrize("whole_group", [False, True], ids=["runner", "process-group"])
 def test_sigterm_ends_a_run_stuck_in_a_task(project_factory, tmp_path, whole_group):
-    project = project_factory(STUCK_FLOW)
-    started, marker = tmp_path / "started", f"stuck-{tmp_path.name}"
-    proc = _start(project, marker, started)
-    try:
-        _wait_running(proc, started)
-        seconds, stderr = _stop(proc, whole_group)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    marker = f"stuck-{tmp_path.name}"
+    code, seconds, stderr = _run_and_stop(project_factory(STUCK_FLOW), marker, tmp_path / "started",
+                                          whole_group=whole_group)
+    assert code == 128 + signal.SIGTERM, stderr[-3000:]
     # The run's own teardown: the flow run is reported crashed to the run's API, which
     # therefore outlived the signal the whole group got.
     assert "Finished in state Crashed" in stderr, stderr[-3000:]
@@ -118,17 +124,10 @@ def test_sigterm_ends_a_run_stuck_in_a_task(project_factory, tmp_path, whole_gro
 
 
 def test_sigterm_ends_a_run_whose_flow_swallows_it(project_factory, tmp_path):
-    project = project_factory(STUCK_FLOW)
-    started, marker = tmp_path / "started", f"swallow-{tmp_path.name}"
-    proc = _start(project, marker, started, "--param", "swallow=true")
-    try:
-        _wait_running(proc, started)
-        seconds, stderr = _stop(proc, whole_group=False)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    marker = f"swallow-{tmp_path.name}"
+    code, seconds, stderr = _run_and_stop(project_factory(STUCK_FLOW), marker, tmp_path / "started",
+                                          "--param", "swallow=true")
+    assert code == 128 + signal.SIGTERM, stderr[-3000:]
     assert "flowrig: error: the run did not stop within 5 s of SIGTERM" in stderr, stderr[-3000:]
     assert seconds < 40, f"{seconds:.1f} s from SIGTERM to exit"
     assert_nothing_left(marker, *_addresses(stderr))

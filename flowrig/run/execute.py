@@ -253,7 +253,9 @@ def _code_file(flow: Any) -> str | None:
 
 class _Once:
     """Call ``function`` once, from whichever thread comes first; later callers wait
-    for that call to finish."""
+    for that call to finish (unlike :class:`~flowrig.backends.base.CloseOnce`): a run
+    torn down from outside its flow exits only once everything is down, whichever
+    thread got there first."""
 
     def __init__(self, function: Callable[[], None]) -> None:
         self._function: Callable[[], None] | None = function
