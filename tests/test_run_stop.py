@@ -14,6 +14,7 @@ and API torn down, no process of it left.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -58,7 +59,7 @@ def _start(project: Path, marker: str, started: Path, *args: str) -> subprocess.
     return subprocess.Popen(
         [*FLOWRIG, "run", str(project), "--param", f"started={started}", *args],
         env=marked_env(marker),
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, which the test may signal whole
@@ -74,33 +75,38 @@ def _wait_running(proc: subprocess.Popen, started: Path, timeout: float = 180) -
     time.sleep(0.5)  # well inside the task's sleep
 
 
-def _stop(proc: subprocess.Popen, whole_group: bool, limit: float = 120) -> tuple[float, str]:
-    """SIGTERM the run; seconds until it exited, and its stderr."""
+def _stop(proc: subprocess.Popen, whole_group: bool, limit: float = 120) -> tuple[float, str, str]:
+    """SIGTERM the run; seconds until it exited, its stdout and its stderr."""
     sent = time.monotonic()
     if whole_group:
         os.killpg(proc.pid, signal.SIGTERM)
     else:
         proc.send_signal(signal.SIGTERM)
     try:
-        _, stderr = proc.communicate(timeout=limit)
+        stdout, stderr = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise AssertionError(f"the run was still there {limit:g} s after SIGTERM") from None
-    return time.monotonic() - sent, stderr
+    return time.monotonic() - sent, stdout, stderr
 
 
 def _run_and_stop(project: Path, marker: str, started: Path, *args: str, whole_group: bool = False):
-    """Start a run, SIGTERM it once its task runs; (returncode, seconds, stderr)."""
+    """Start a run, SIGTERM it once its task runs; (returncode, seconds, stdout, stderr)."""
     proc = _start(project, marker, started, *args)
     try:
         _wait_running(proc, started)
-        seconds, stderr = _stop(proc, whole_group)
+        seconds, stdout, stderr = _stop(proc, whole_group)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    return proc.returncode, seconds, stderr
+    return proc.returncode, seconds, stdout, stderr
+
+
+def _outcome(stdout: str) -> dict:
+    """The JSON line ``--output json`` promises on every way out."""
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def _addresses(stderr: str) -> tuple[str, str]:
@@ -112,12 +118,13 @@ def _addresses(stderr: str) -> tuple[str, str]:
 @pytest.mark.parametrize("whole_group", [False, True], ids=["runner", "process-group"])
 def test_sigterm_ends_a_run_stuck_in_a_task(project_factory, tmp_path, whole_group):
     marker = f"stuck-{tmp_path.name}"
-    code, seconds, stderr = _run_and_stop(project_factory(STUCK_FLOW), marker, tmp_path / "started",
-                                          whole_group=whole_group)
+    code, seconds, stdout, stderr = _run_and_stop(project_factory(STUCK_FLOW), marker, tmp_path / "started",
+                                                  "--output", "json", whole_group=whole_group)
     assert code == 128 + signal.SIGTERM, stderr[-3000:]
     # The run's own teardown: the flow run is reported crashed to the run's API, which
     # therefore outlived the signal the whole group got.
     assert "Finished in state Crashed" in stderr, stderr[-3000:]
+    assert _outcome(stdout)["exit_code"] == 143
     assert "did not stop within" not in stderr
     assert seconds < 30, f"{seconds:.1f} s from SIGTERM to exit"
     assert_nothing_left(marker, *_addresses(stderr))
@@ -125,10 +132,13 @@ def test_sigterm_ends_a_run_stuck_in_a_task(project_factory, tmp_path, whole_gro
 
 def test_sigterm_ends_a_run_whose_flow_swallows_it(project_factory, tmp_path):
     marker = f"swallow-{tmp_path.name}"
-    code, seconds, stderr = _run_and_stop(project_factory(STUCK_FLOW), marker, tmp_path / "started",
-                                          "--param", "swallow=true")
+    code, seconds, stdout, stderr = _run_and_stop(project_factory(STUCK_FLOW), marker, tmp_path / "started",
+                                                  "--param", "swallow=true", "--output", "json")
     assert code == 128 + signal.SIGTERM, stderr[-3000:]
     assert "flowrig: error: the run did not stop within 5 s of SIGTERM" in stderr, stderr[-3000:]
+    # Forced out, it still says how it ended on its JSON line.
+    outcome = _outcome(stdout)
+    assert (outcome["state"], outcome["exit_code"], outcome["error"]) == ("Terminated", 143, None)
     assert seconds < 40, f"{seconds:.1f} s from SIGTERM to exit"
     assert_nothing_left(marker, *_addresses(stderr))
 
@@ -136,9 +146,9 @@ def test_sigterm_ends_a_run_whose_flow_swallows_it(project_factory, tmp_path):
 def test_a_timeout_ends_a_run_whose_flow_swallows_it_as_timed_out(project_factory, tmp_path):
     project = project_factory(STUCK_FLOW)
     started, marker = tmp_path / "started", f"timeout-{tmp_path.name}"
-    proc = _start(project, marker, started, "--param", "swallow=true", "--timeout", "20")
+    proc = _start(project, marker, started, "--param", "swallow=true", "--timeout", "20", "--output", "json")
     try:
-        _, stderr = proc.communicate(timeout=200)
+        stdout, stderr = proc.communicate(timeout=200)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -146,6 +156,9 @@ def test_a_timeout_ends_a_run_whose_flow_swallows_it_as_timed_out(project_factor
     assert started.exists(), stderr[-3000:]
     assert proc.returncode == 124, stderr[-3000:]
     assert "longer than its timeout of 20 s" in stderr, stderr[-3000:]
+    outcome = _outcome(stdout)
+    assert (outcome["state"], outcome["exit_code"]) == ("TimedOut", 124)
+    assert "longer than its timeout of 20 s" in outcome["error"]
     assert_nothing_left(marker, *_addresses(stderr))
 
 

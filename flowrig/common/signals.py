@@ -131,8 +131,9 @@ class _Watchdog:
     the process as :func:`force_exit` does.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, last_words: Callable[[int, str | None], None] | None = None) -> None:
         self._changed = threading.Condition()
+        self.last_words = last_words
         self.guard: Callable[[], None] | None = None
         self.signum: int | None = None
         self.teardown_began: float | None = None
@@ -167,12 +168,14 @@ class _Watchdog:
                 self.signum, self.guard,
                 f"the run did not stop within {STOP_GRACE:g} s of {signal.Signals(self.signum).name}: "
                 "stopped its cluster and API from outside the flow",
+                self.last_words,
             )
         if self.teardown_began is not None:
             # A run's own teardown is bounded; a command without one (the docker
             # backend's host side, say) is left to its own.
             if not self._wait_until(lambda: self.block_ended is not None, self.teardown_began + TEARDOWN_LIMIT):
-                force_exit(self.signum, None, f"the run's teardown took longer than {TEARDOWN_LIMIT:g} s")
+                force_exit(self.signum, None, f"the run's teardown took longer than {TEARDOWN_LIMIT:g} s",
+                           self.last_words)
         self._wait_until(lambda: self.block_ended is not None, float("inf"))
         ended = self.block_ended or time.monotonic()
         time.sleep(max(ended + EXIT_GRACE - time.monotonic(), 0))
@@ -192,22 +195,35 @@ def ending_as(code: int, line: str) -> None:
     _forced_outcome = (code, line)
 
 
-def force_exit(signum: int, teardown: Callable[[], None] | None, line: str | None) -> None:
+def force_exit(
+    signum: int,
+    teardown: Callable[[], None] | None,
+    line: str | None,
+    last_words: Callable[[int, str | None], None] | None = None,
+) -> None:
     """End this process now: run ``teardown`` (bounded), kill its child processes, say
-    ``line``, exit with ``128 + signum`` (or the code :func:`ending_as` gave)."""
+    ``line``, let ``last_words(code, error)`` report the outcome (``error``: what the
+    run's timeout said, ``None`` for a signal), exit with ``128 + signum`` (or the code
+    :func:`ending_as` gave)."""
     if teardown is not None:
         worker = threading.Thread(target=teardown, name="flowrig-forced-teardown", daemon=True)
         worker.start()
         worker.join(TEARDOWN_LIMIT)
     kill_children()
-    code = 128 + signum
+    code, error = 128 + signum, None
     if _forced_outcome is not None:
-        code = _forced_outcome[0]
+        code, error = _forced_outcome
         if line is not None:
-            line = _forced_outcome[1]  # why the run was ended, rather than how
+            line = error  # why the run was ended, rather than how
     if line:
         try:
             print(f"flowrig: error: {line}", file=sys.stderr, flush=True)
+        except Exception:
+            pass
+    if last_words is not None:
+        try:
+            last_words(code, error)
+            sys.stdout.flush()
         except Exception:
             pass
     os._exit(code)
@@ -241,16 +257,18 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def terminating() -> Iterator[None]:
+def terminating(last_words: Callable[[int, str | None], None] | None = None) -> Iterator[None]:
     """Run a block that SIGTERM or SIGINT ends as :class:`~flowrig.errors.Terminated`.
 
-    Nested blocks share the outermost one's record.
+    Nested blocks share the outermost one's record. ``last_words(exit_code, error)``
+    reports the command's outcome when the process has to be forced out
+    (:func:`force_exit`), since no ``finally`` runs then.
     """
     global _active, _watchdog
     if _active is not None or not _in_main_thread():
         yield
         return
-    watchdog = _watchdog = _Watchdog()
+    watchdog = _watchdog = _Watchdog(last_words)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     record = _active = SignalRecord(on_first=watchdog.arm)
     try:
