@@ -164,9 +164,16 @@ def test_role_aliases_are_the_spellings_the_manual_documents():
     assert documented == ROLE_ALIASES
 
 
-def test_secure_environment_requires_encryption():
+def test_secure_environment_requires_encryption_and_lends_tasks_the_workers_credentials():
     env = secure_environment({"PATH": "/bin", "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "False"})
-    assert env == {"PATH": "/bin", "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
+    assert env == {
+        "PATH": "/bin",
+        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+        "DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER": "flowrig.internals.worker_security.load",
+    }
+    # A loader of the user's own stays.
+    mine = {"DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER": "my.module.loader"}
+    assert secure_environment(mine)["DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER"] == "my.module.loader"
 
 
 def test_secure_environment_copies_the_process_environment(monkeypatch):

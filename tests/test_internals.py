@@ -657,3 +657,73 @@ def test_a_spec_clusters_workers_and_its_loop_are_reachable(tls):
         assert time.monotonic() < deadline, "the cluster's loop still runs"
         time.sleep(0.05)
     cluster.shutdown_on_close = False
+
+
+# --- a task's own client gets the worker's credentials (flowrig.internals.worker_security) ----
+
+
+def test_a_dask_worker_cli_holds_its_certificate_as_the_worker_roles_only():
+    """``dask worker --tls-cert/--tls-key`` (what the image's worker role runs) gives the
+    worker's ``Security`` the certificate as ``tls_worker_*`` alone: a client made from it
+    must be handed that certificate as its own."""
+    from distributed.cli import dask_worker
+
+    source = inspect.getsource(dask_worker)
+    assert '("tls_worker_cert", tls_cert)' in source and '("tls_worker_key", tls_key)' in source
+    assert "tls_client_cert" not in source
+
+
+def test_a_client_made_in_a_task_without_security_asks_the_loader_with_its_address(tls):
+    """``distributed.client.security-loader`` is called with ``{"address": ...}`` in the
+    thread that makes the client, where ``get_worker()`` is the task's worker, whose
+    ``security`` is the worker's own; the loader's credentials then connect."""
+    import dask
+    from distributed import Client, LocalCluster, get_worker
+
+    from flowrig.internals import worker_security
+
+    def in_a_task() -> dict:
+        worker = get_worker()
+        address = worker.scheduler.address
+        with Client(address, timeout="20s") as own:  # no security given
+            total = own.submit(sum, [1, 2, 3]).result()
+        return {"total": total, "elsewhere": worker_security.load({"address": "tls://203.0.113.9:8786"}),
+                "security_is_the_workers": worker.security is not None and bool(worker.security.tls_worker_cert)}
+
+    security = tls.to_security()
+    # Only this worker's own tasks read the setting here: the cluster is in this process.
+    with dask.config.set({worker_security.LOADER_KEY: worker_security.LOADER}):
+        with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tls://", host="127.0.0.1",
+                          security=security, dashboard_address=None) as cluster:
+            with Client(cluster, security=security, set_as_default=False) as client:
+                seen = client.submit(in_a_task, pure=False).result(timeout=120)
+    assert seen == {"total": 6, "elsewhere": None, "security_is_the_workers": True}
+    # Outside a worker the loader leaves distributed's default alone.
+    assert worker_security.load({"address": "tls://127.0.0.1:8786"}) is None
+
+
+def test_client_security_takes_the_certificate_of_whichever_role_has_one(tls):
+    from distributed.security import Security
+
+    from flowrig.internals.worker_security import client_security
+
+    pem = tls.to_security()
+    as_worker = Security(tls_ca_file=pem.tls_ca_file, tls_worker_cert=pem.tls_worker_cert,
+                         tls_worker_key=pem.tls_worker_key, require_encryption=True)
+    made = client_security(as_worker)
+    assert (made.tls_client_cert, made.tls_client_key) == (pem.tls_worker_cert, pem.tls_worker_key)
+    assert made.tls_ca_file == pem.tls_ca_file and made.require_encryption
+    assert made.get_connection_args("client")["ssl_context"] is not None
+
+
+def test_the_runner_connects_itself_through_prefect_dasks_exit_stack():
+    """The runner's own ``client`` fills what ``DaskTaskRunner.client`` would: its
+    ``_client``, ``_connect_to`` and ``_exit_stack`` (closed by ``__exit__``), and
+    ``performance_report_path``."""
+    from prefect_dask import DaskTaskRunner
+
+    source = inspect.getsource(DaskTaskRunner.client.fget)
+    for name in ("self._connect_to =", "self._exit_stack.enter_context(", "self.performance_report_path",
+                 "distributed.get_client()"):
+        assert name in source, name
+    assert "self._exit_stack.__exit__" in inspect.getsource(DaskTaskRunner.__exit__)

@@ -125,6 +125,12 @@ def _serve(listener: socket.socket, alive_r: int, alive_w: int) -> None:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        # A session of its own, for the server and the roles it forks: a signal sent to
+        # the runner's whole process group (Ctrl-C in a terminal, timeout(1), an init
+        # forwarding `docker stop`) reaches only the runner, which tears the cluster down
+        # in order. Roles that die with the runner's SIGTERM would leave it waiting
+        # on them, and their nannies would start them again.
+        os.setsid()
         forkserver.main(listener.fileno(), alive_r, [])
     except SystemExit as exc:  # the server's normal end: its last client has gone
         code = exc.code if isinstance(exc.code, int) else 0

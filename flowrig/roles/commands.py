@@ -142,7 +142,12 @@ def worker_command(threads: int = 1, extra_args: list[str] | None = None) -> lis
 
 
 def secure_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for a Dask role: any unencrypted connection is refused."""
+    """The environment for a Dask role: any unencrypted connection is refused, and a
+    client that a task opens to its own cluster without credentials gets the worker's
+    (:mod:`flowrig.internals.worker_security`)."""
+    from flowrig.internals.worker_security import LOADER, LOADER_ENV
+
     env = dict(os.environ if environ is None else environ)
     env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"
+    env.setdefault(LOADER_ENV, LOADER)
     return env

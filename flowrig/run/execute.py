@@ -13,13 +13,14 @@ role and :class:`flowrig.DaskCloudProviderEnvironment`:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from flowrig.common.runid import current_run_id
-from flowrig.common.signals import shielded
+from flowrig.common.signals import shielded, stop_guard
 from flowrig.run.config import RunConfig, RunOutcome, RunRecord
 from flowrig.run.console import Console, base_worker_environment
 from flowrig.run.progress import ProgressDisplay, TaskProgress
@@ -106,7 +107,7 @@ def execute(
         When the cluster or the Prefect API cannot start.
     """
     from flowrig.backends import ClusterSpec, resolve_backend
-    from flowrig.internals import prefect_engine
+    from flowrig.internals import prefect_engine, worker_security
     from flowrig.internals.prefect_settings import settings_with
     from flowrig.project import parameters as params_mod
     from flowrig.project import sizing
@@ -122,6 +123,11 @@ def execute(
         task_logs=console.task_logs() if console is not None else None,
     )
     display: ProgressDisplay | None = None
+    # Whatever the flow does with a SIGTERM, the run is torn down: by the finally block
+    # below, or from outside the flow when that is not reached in time. The closure
+    # sees ``started`` and ``api`` as they are when it is called.
+    teardown = _Once(lambda: _teardown(started, api))
+    guard = stop_guard(teardown)
     try:
         backend = resolve_backend(config.backend)
         record.backend = backend.name
@@ -152,6 +158,8 @@ def execute(
         }
         if api is None:
             worker_env["PREFECT_API_URL"] = str(configured)
+        # A client a task opens on the run's cluster gets the run's credentials.
+        worker_env.setdefault(worker_security.LOADER_ENV, worker_security.LOADER)
         spec = ClusterSpec(
             run_id=run_id,
             size=decided.size,
@@ -206,6 +214,7 @@ def execute(
             message = f"{note}; {message}" if message else note
         outcome = record.outcome(state.name, result, message=message)
     finally:
+        guard.release()
         stop_watching.set()
         if display is not None:
             display.stop()
@@ -214,7 +223,7 @@ def execute(
         # A signal during teardown must not leave half a cluster: it is held back and
         # delivered once everything is down.
         with shielded():
-            _teardown(started, api)
+            teardown()
             if config.on_exit:
                 config.on_exit()
             timer.phase("teardown")
@@ -240,6 +249,23 @@ def _code_file(flow: Any) -> str | None:
     # Relative where that is shorter (the project below the current directory).
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
+
+
+class _Once:
+    """Call ``function`` once, from whichever thread comes first; later callers wait
+    for that call to finish (unlike :class:`~flowrig.backends.base.CloseOnce`): a run
+    torn down from outside its flow exits only once everything is down, whichever
+    thread got there first."""
+
+    def __init__(self, function: Callable[[], None]) -> None:
+        self._function: Callable[[], None] | None = function
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            function, self._function = self._function, None
+            if function is not None:
+                function()
 
 
 def _teardown(started: Any, api: Any) -> None:
@@ -275,17 +301,62 @@ def _run_flow(
     with run_settings(settings):
         try:
             if config.flow_run_id:
-                return prefect_engine.run_existing_flow_run(flow, config.flow_run_id, parameters)
-            return flow(**parameters, return_state=True)
+                state = prefect_engine.run_existing_flow_run(flow, config.flow_run_id, parameters)
+            else:
+                state = flow(**parameters, return_state=True)
+            # An ``async def`` flow gives a coroutine of its final state: run it to the end.
+            return run_to_completion(state) if inspect.isawaitable(state) else state
         finally:
             prefect_engine.drain_reporting()
 
 
+def run_to_completion(awaitable: Any) -> Any:
+    """Await ``awaitable`` from synchronous code and return its result.
+
+    In the main thread of a command (no event loop running) it runs right here, so
+    that SIGTERM and Ctrl-C reach the flow as they reach a synchronous one. Where an
+    event loop already runs in this thread (a notebook calling
+    :class:`flowrig.DaskCloudProviderEnvironment`), it runs on a loop of its own in a
+    helper thread, with this thread's context (the run's Prefect settings) copied.
+    """
+    import asyncio
+    import contextvars
+
+    async def main() -> Any:
+        return await awaitable
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    outcome: dict[str, Any] = {}
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            outcome["value"] = context.run(asyncio.run, main())
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="flowrig-async-flow", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _result_of(state: Any) -> tuple[Any, str | None]:
     if state.is_completed():
-        return state.result(raise_on_failure=False), None
+        return _state_result(state, raise_on_failure=False), None
     try:
-        state.result(raise_on_failure=True)
+        _state_result(state, raise_on_failure=True)
     except BaseException as exc:  # the flow's own exception, reported as data
         return None, f"{type(exc).__name__}: {exc}"
     return None, state.message
+
+
+def _state_result(state: Any, raise_on_failure: bool) -> Any:
+    # Prefect gives a coroutine where an event loop runs in this thread (a notebook).
+    value = state.result(raise_on_failure=raise_on_failure)
+    return run_to_completion(value) if inspect.isawaitable(value) else value

@@ -207,7 +207,7 @@ def run_command(inputs: RunInputs, report: OutcomeReport | None = None) -> int:
     # Whatever this process starts for the run (the docker backend's runner container)
     # belongs to the same run and the same command.
     with _environment({RUN_ID_ENV: record.run_id, STARTED_ENV: repr(started)}):
-        with run_deadline(started) as deadline, terminating():
+        with run_deadline(started) as deadline, terminating(last_words=report.ended):
             return _run_command(inputs, deadline, report)
 
 

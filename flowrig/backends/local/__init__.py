@@ -59,7 +59,7 @@ class LocalBackend(Backend):
 
     def start(self, spec: ClusterSpec) -> StartedCluster:
         from flowrig.backends.local.scheduler import LocalClusterWithSchedulerProcess
-        from flowrig.internals import forkserver
+        from flowrig.internals import forkserver, worker_security
 
         options = self.parse_options(spec.options)
         self.prepare()  # nothing more when the run already did
@@ -79,6 +79,9 @@ class LocalBackend(Backend):
         kwargs.update(
             protocol="tls://", security=spec.tls.to_security(), env=dict(spec.worker_env),
             worker_class=forkserver.nanny_class(), local_directory=str(scratch.path),
+            # A worker process takes the runner's dask config over the environment it
+            # is given: settings that only workers have go here.
+            config={worker_security.LOADER_KEY: worker_security.LOADER},
         )
         # The scheduler removes it when this process is killed before it could.
         kwargs["folder"] = str(scratch.path)
