@@ -216,6 +216,17 @@ class Backend(abc.ABC):
         except ValidationError as exc:
             raise BadInput(describe_option_error(exc, self.name, self.options_model)) from None
 
+    def roles_use_image_certificates(self, options: Mapping[str, Any]) -> bool:
+        """Whether roles that flowrig does not start take part in a run with these
+        ``[cluster.options]`` (a scheduler already running, task definitions of the
+        project's own): those can only use the image's baked certificates, so the
+        run must too. Otherwise (the default) flowrig starts every role and hands it
+        the run's own certificates, and baked ones are never used.
+
+        Only the options' raw values are read; they are validated at :meth:`start`.
+        """
+        return False
+
     def prefect_api_hosts(self) -> tuple[str, str]:
         """Where the runner's embedded Prefect API binds, and how workers reach it.
 

@@ -255,7 +255,8 @@ def _run_command(inputs: RunInputs, deadline: "RunDeadline", report: OutcomeRepo
         from flowrig.certs import TLSMaterial
 
         given = TLSMaterial.from_dir(inputs.certs)
-    tls = run_certificates(backend, given)
+    options = {"address": inputs.scheduler_address} if inputs.scheduler_address else project.cluster.options
+    tls = run_certificates(backend, given, options)
     api = start_prefect_api(backend, tls)
     try:
         if name == "local" and not layout.in_image():

@@ -35,7 +35,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster
 from flowrig.backends.ecs import defaults
@@ -127,6 +127,13 @@ class _ECSBase(Backend):
     #: Whether scheduler and workers run on Fargate unless the options say otherwise.
     fargate: ClassVar[bool]
     options_model = ECSOptions
+
+    def roles_use_image_certificates(self, options: Mapping[str, Any]) -> bool:
+        """Task definitions of the project's own, or a scheduler already running, start
+        roles with the image's baked files; flowrig's own definitions get the run's."""
+        return any(options.get(key) for key in (
+            "scheduler_task_definition_arn", "worker_task_definition_arn", "scheduler_address"
+        ))
 
     def prefect_api_hosts(self) -> tuple[str, str]:
         """Inside an ECS task (a runner task), listen on the task's own address (not on

@@ -132,6 +132,10 @@ class VMBackend(Backend):
         check_environment(dict(options.env_vars))
         return options
 
+    def roles_use_image_certificates(self, options: Mapping[str, Any]) -> bool:
+        """``tls = "baked"``: the VMs' containers use the image's own files."""
+        return options.get("tls") == "baked"
+
     def role_settings(self, spec: ClusterSpec, options: Any, tls: TLSDelivery) -> RoleSettings:
         """What every VM of the run is started with."""
         image = spec.image or ""
