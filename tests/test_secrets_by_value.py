@@ -13,6 +13,7 @@ import shutil
 import string
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -428,3 +429,124 @@ def test_pip_takes_the_index_credentials_from_the_netrc_the_install_step_names(t
         assert done.returncode != 0
     finally:
         server.shutdown()
+
+
+# --- with an engine: the Dockerfile route, and the docker backend's secrets -------------------
+
+
+@pytest.mark.docker
+def test_a_plain_docker_build_of_the_repository_refuses_a_project_with_a_secret(docker_client, tmp_path: Path):
+    """The root Dockerfile's requirements stage runs the same rules before anything is installed."""
+    import os
+
+    from tests.docker_support import test_base_image
+
+    context = tmp_path / "repo"
+    context.mkdir()
+    for name in ("Dockerfile", ".dockerignore", "pyproject.toml", "constraints.txt", "README.md"):
+        shutil.copy(REPO / name, context / name)
+    shutil.copytree(REPO / "flowrig", context / "flowrig", ignore=shutil.ignore_patterns("__pycache__"))
+    project = context / "examples" / "leaky"
+    shutil.copytree(SEED, project, ignore=shutil.ignore_patterns("__pycache__"))
+    (project / "requirements.txt").write_text(FILE_FORMS["extra-index-url"][1])
+    done = subprocess.run(
+        ["/usr/bin/docker", "build", "--progress", "plain", "--target", "requirements",
+         "--build-arg", f"BASE_IMAGE={test_base_image()}", "--build-arg", "PROJECT=examples/leaky", str(context)],
+        env={**os.environ, "DOCKER_BUILDKIT": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode != 0, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if "flowrig-build: error: " in line]
+    assert errors and "requirements.txt:2 (a URL with a password)" in errors[0], done.stderr[-3000:]
+    assert "--secret id=pip-netrc,src=FILE" in errors[0]
+
+
+SECRETS_FLOW = '''
+import os
+import time
+
+from prefect import flow, task
+
+
+@task
+def on_a_worker() -> dict:
+    return {"named": os.environ.get("DATABASE_URL"), "unnamed": os.environ.get("HOST_ONLY_SECRET")}
+
+
+@flow
+def main(nap: float = 0.0) -> dict:
+    seen = on_a_worker.submit().result()
+    time.sleep(nap)  # the test looks at the containers meanwhile
+    return {"worker": seen, "runner": os.environ.get("DATABASE_URL"), "runner_unnamed": os.environ.get("HOST_ONLY_SECRET")}
+'''
+
+
+@pytest.fixture(scope="module")
+def secrets_project(tmp_path_factory) -> Path:
+    project = tmp_path_factory.mktemp("secrets-route")
+    (project / "flow.py").write_text(SECRETS_FLOW)
+    (project / PROJECT_FILE).write_text(
+        'flow = "flow.py:main"\n\n[cluster]\nbackend = "docker"\nn_workers = 1\n\n'
+        '[cluster.options]\nsecrets = ["DATABASE_URL"]\n'
+    )
+    return project
+
+
+@pytest.mark.docker
+def test_docker_secrets_reach_the_runner_and_workers_but_no_container_configuration(
+    docker_client, seed_image, secrets_project
+):
+    import json
+    import uuid
+
+    from flowrig.containers import engine
+    from tests.docker_support import derived_image, docker_run_env
+
+    database_url = f"postgres://app:{PASSWORD}@db.example.com/prod"
+    run_id = "k" + uuid.uuid4().hex[:9]
+    env = docker_run_env(run_id, DATABASE_URL=database_url, HOST_ONLY_SECRET="not-" + PASSWORD)
+    with derived_image(docker_client, seed_image, secrets_project, "flowrig-secrets-route") as image:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "flowrig.cli", "run", str(secrets_project), "--backend", "docker", "--image", image,
+             "--param", "nap=12", "--output", "json"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                containers = [c for c in engine.run_containers(docker_client, run_id) if c.status == "running"]
+                if {"runner", "scheduler", "worker"} <= {c.labels.get("flowrig.role") for c in containers}:
+                    break
+                assert time.monotonic() < deadline and run.poll() is None, run.communicate()[1][-3000:]
+                time.sleep(0.5)
+            inspected = {c.labels["flowrig.role"]: docker_client.api.inspect_container(c.id) for c in containers}
+            scheduler = next(c for c in containers if c.labels["flowrig.role"] == "scheduler")
+            scheduler_env = scheduler.exec_run(["sh", "-c", "cat /proc/[0-9]*/environ"]).output
+            stdout, stderr = run.communicate(timeout=240)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.communicate()
+            engine.remove_run(docker_client, run_id)
+    assert run.returncode == 0, stderr[-3000:]
+    result = json.loads(stdout.strip().splitlines()[-1])["result"]
+    assert result["worker"]["named"] == database_url and result["runner"] == database_url
+    # A variable the project does not name stays on the host.
+    assert result["worker"]["unnamed"] is None and result["runner_unnamed"] is None
+    assert PASSWORD not in json.dumps(inspected), "a secret is in a container's configuration"
+    assert PASSWORD.encode() not in scheduler_env, "the scheduler got a secret it does not need"
+    assert PASSWORD not in stderr
+
+
+@pytest.mark.docker
+def test_a_docker_secret_missing_from_the_hosts_environment_is_bad_input(docker_client, seed_image, secrets_project):
+    from tests.docker_support import docker_run_env
+
+    env = docker_run_env("m" + _chars(9, string.ascii_lowercase + string.digits))
+    env.pop("DATABASE_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "flowrig.cli", "run", str(secrets_project), "--backend", "docker", "--image", seed_image],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "DATABASE_URL" in line and "export" in line
