@@ -312,6 +312,8 @@ def test_plain_environment_values_pass(project: Path):
 
 @pytest.mark.parametrize("name, value", sorted(ENV_FORMS.items()))
 def test_the_ecs_and_vm_environment_checks_refuse_the_same_values(name: str, value: str):
+    """What a backend checks when it makes a task definition or user data (a sizing hook
+    may have changed the options): the same rules, with the same opt-out."""
     from flowrig.backends.ecs.validate import check_user_environment
     from flowrig.backends.vm.cloudinit import check_environment
 
@@ -319,6 +321,8 @@ def test_the_ecs_and_vm_environment_checks_refuse_the_same_values(name: str, val
         check_user_environment({name: value}, {})
     with pytest.raises(BadInput, match="secret store"):
         check_environment({name: value})
+    check_user_environment({name: value}, {}, frozenset({name}))
+    check_environment({name: value}, frozenset({name}))
 
 
 def test_value_rules_directly():

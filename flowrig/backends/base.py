@@ -113,6 +113,10 @@ class ClusterSpec:
         lost); ``None``: the scheduler's default (:mod:`flowrig.roles.lifetime`).
     min_workers
         The project's ``min_workers`` (see :attr:`start_minimum`).
+    allowed_environment
+        Environment variable names ``[build] allow_environment`` says hold no secret,
+        whatever their names or values look like; a backend's own environment checks
+        let them through as the project's checks do.
     """
 
     run_id: str
@@ -124,6 +128,7 @@ class ClusterSpec:
     worker_threads: int = 1
     no_client_timeout: float | None = None
     min_workers: int = 0
+    allowed_environment: frozenset[str] = frozenset()
 
     @property
     def start_minimum(self) -> int:

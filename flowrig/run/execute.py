@@ -175,6 +175,7 @@ def execute(
             worker_threads=config.worker_threads,
             no_client_timeout=config.no_client_timeout,
             min_workers=config.min_workers,
+            allowed_environment=frozenset(config.allow_environment),
         )
         record.n_workers = decided.size.n_workers
         timer.phase("prepare")

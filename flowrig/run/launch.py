@@ -141,6 +141,7 @@ def config_from_project(
         worker_threads=cluster.worker_threads,
         no_client_timeout=cluster.no_client_timeout,
         flow_run_id=flow_run_id,
+        allow_environment=tuple(project.build.allow_environment),
     )
 
 

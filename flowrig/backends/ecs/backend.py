@@ -174,7 +174,7 @@ class _ECSBase(Backend):
         timeout = float(options.provision_timeout)
         deadline = time.monotonic() + timeout
         # Every option is checked before the first AWS call.
-        launch = self._launch(options)
+        launch = self._launch(options, spec.allowed_environment)
         session = aws.session(
             options.region_name,
             access_key_id=options.aws_access_key_id,
@@ -243,7 +243,7 @@ class _ECSBase(Backend):
         )
 
     # --- steps of start -----------------------------------------------------------
-    def _launch(self, options: ECSOptions) -> _Launch:
+    def _launch(self, options: ECSOptions, allowed: frozenset[str] = frozenset()) -> _Launch:
         """Launch types, task sizes and command flags, checked before anything is created."""
         from flowrig.backends.ecs import taskdefs, validate
 
@@ -274,7 +274,7 @@ class _ECSBase(Backend):
             validate.check_fargate_size("scheduler", sizes["scheduler"].cpu, sizes["scheduler"].memory)
         if fargate_workers:
             validate.check_fargate_size("worker", sizes["worker"].cpu, sizes["worker"].memory)
-        validate.check_user_environment(options.environment, options.secrets)
+        validate.check_user_environment(options.environment, options.secrets, allowed)
         if options.worker_task_definition_arn and (options.environment or options.secrets):
             raise BadInput(
                 "environment and secrets go into the worker task definition flowrig registers, and "

@@ -145,7 +145,7 @@ def worker_arguments(scheduler_address: str, name: str, threads: int, extra: tup
     )
 
 
-def check_environment(environment: dict[str, str]) -> None:
+def check_environment(environment: dict[str, str], allowed: frozenset[str] = frozenset()) -> None:
     """Refuse a variable that is no variable name or whose name says it is secret:
     user data is readable by anyone who may describe the VM, and from its metadata
     service.
@@ -157,7 +157,7 @@ def check_environment(environment: dict[str, str]) -> None:
     """
     for name, value in environment.items():
         check_env_name("environment variable", name)
-        if secret_looking(name) or value_secret(str(value), name) is not None:
+        if name not in allowed and (secret_looking(name) or value_secret(str(value), name) is not None):
             raise BadInput(
                 f"environment variable {name} looks like a secret (by its name or value), and a VM's user data "
                 "is readable by anyone who may describe the VM: give the flow its secrets through your cloud's "
