@@ -173,9 +173,11 @@ def test_a_local_run_inside_a_baked_image_uses_a_ca_made_for_that_run(docker_cli
     with derived_image(docker_client, seed_image, project, "flowrig-which-ca") as image:
         used = []
         for _ in range(2):
+            # The run's own --timeout ends a stuck run with its logs (exit 124), well
+            # before the test's timeout would end it without them.
             done = subprocess.run(
-                ["docker", "run", "--rm", image, "run", "--output", "json"],
-                capture_output=True, text=True, timeout=300,
+                ["docker", "run", "--rm", image, "run", "--output", "json", "--timeout", "240"],
+                capture_output=True, text=True, timeout=280,
             )
             assert done.returncode == 0, done.stderr[-3000:]
             outcome = json.loads(done.stdout.strip().splitlines()[-1])

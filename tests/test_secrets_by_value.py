@@ -95,7 +95,8 @@ FILE_FORMS: dict[str, tuple[str, str, int, str]] = {
     "github token": ("notebook.py", f'client = Github("{GITHUB}")\n', 1, "a GitHub token"),
     "github fine-grained token": ("run.sh", "export GH=" + _token("github" + "_pat_", _chars(82, string.ascii_letters + "_")) + "\n",
                                   1, "a GitHub token"),
-    "slack token": ("alerts.py", "SLACK = '" + _token("xo" + "xb-", "1234-5678-" + _chars(24)) + "'\n", 1, "a Slack token"),
+    "slack token": ("alerts.py", "SLACK = '" + _token("xo" + "xb-", "123456789012-987654321098-" + _chars(24)) + "'\n",
+                    1, "a Slack token"),
     "gitlab token": ("ci.md", "token: " + _token("gl" + "pat-", _chars(20)) + "\n", 1, "a GitLab token"),
     "stripe key": ("billing.js", "const k = '" + _token("sk" + "_live_", _chars(24)) + "';\n", 1, "a Stripe key"),
     "google api key": ("maps.py", "KEY = '" + _token("AI" + "za", _chars(35)) + "'\n", 1, "a Google API key"),
@@ -199,9 +200,10 @@ def test_the_command_line_exits_2_with_one_line_and_writes_nothing(tmp_path: Pat
         ("clone.sh", "git clone ssh://git@github.com/acme/lib.git\n"),
         ("flow_helpers.py", 'password = os.environ["DB_PASSWORD"]\nconnect(password=get_password())\n'),
         ("data.csv", "id,token,amount\n1,abc,30\n"),
+        ("notes.txt", "xoxo-gossip-girl-fans-forever and themachine learning password reset\n"),
     ],
     ids=["placeholders in prose", "variables in an index URL", "references and names", "tokenizer settings",
-         "AWS's documented example", "git over ssh", "secrets read at run time", "a column named token"],
+         "AWS's documented example", "git over ssh", "secrets read at run time", "a column named token", "prose"],
 )
 def test_look_alikes_pass(project: Path, path: str, text: str):
     (project / path).parent.mkdir(parents=True, exist_ok=True)

@@ -162,9 +162,11 @@ def refuse_credentials_in_files(secrets, project: Path, config: dict, requiremen
     build = config.get("build") if isinstance(config.get("build"), dict) else {}
     allow = [entry for entry in build.get("allow_credentials", []) if isinstance(entry, str)]
     index = [p.relative_to(root).as_posix() for p in requirements if root in p.parents]
-    found, _unscanned = secrets.project_findings(root, paths, allow, index)
+    found, unscanned = secrets.project_findings(root, paths, allow, index)
     if found:
         raise StepError(secrets.describe(found, netrc_hint=PIP_NETRC_HINT))
+    for path in unscanned:
+        print(f"not searched for credentials by value (larger than {secrets.SCAN_MAX_BYTES >> 20} MiB): {path}")
 
 
 # --- install --------------------------------------------------------------------------

@@ -116,7 +116,8 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[bytes]], ...] = tuple(
         ("a GitHub token", rb"gh[pousr]_[A-Za-z0-9]{36}(?![A-Za-z0-9])"),
         ("a GitHub token", rb"github_pat_[A-Za-z0-9_]{40,}"),
         ("a GitLab token", rb"glpat-[A-Za-z0-9_\-]{20,}"),
-        ("a Slack token", rb"xox[abposr]-[A-Za-z0-9\-]{10,}"),
+        # Slack tokens carry the team's and the user's or bot's numeric ids ("xoxo-gossip" is prose).
+        ("a Slack token", rb"xox[abposre]-[0-9]{6,}-[A-Za-z0-9\-]{8,}"),
         ("a Slack webhook", rb"hooks\.slack\.com/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]{16,}"),
         ("a Google API key", rb"AIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])"),
         ("a Stripe key", rb"k_(?<=[sr]k_)(?:live|test)_[0-9A-Za-z]{20,}"),
@@ -519,7 +520,7 @@ def _matches(
     for match in _AUTH_HEADER.finditer(data):
         if match.start() < limit:
             yield match.start(), _CONTEXT, "an Authorization header with a credential", False
-    if _NETRC_MACHINE.search(data) and _netrc_token(data, _NETRC_MACHINE.search(data).start()):
+    if any(_netrc_token(data, m.start()) for m in _NETRC_MACHINE.finditer(data)):
         for match in _NETRC_PASSWORD.finditer(data):
             value = match.group(1).decode("utf-8", "replace")
             if match.start() < limit and _netrc_token(data, match.start()) and not _placeholder(value):
