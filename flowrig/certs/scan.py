@@ -32,9 +32,9 @@ order mark, or every other byte NUL) is scanned as the characters it holds.
 
 Time budget: 10 s per GiB scanned. Measured on a 1 GiB file (2 shared cores, file in
 the page cache): 1.5 s for random binary data, 1.5 s for text, about 3.5 s for dense
-base64 (where nearly every ``M`` starts a candidate). The hex and UTF-16 searches added
-about 1-2.5 s per GiB on a loaded machine (``benchmarks/bench_scan.py`` measures both
-sides in one run).
+base64 (where nearly every ``M`` starts a candidate). The hex and UTF-16 searches made
+it 1.3 to 2.5 times slower, measured side by side on a loaded machine
+(``benchmarks/bench_scan.py --against REV`` runs both in one process).
 
 What it cannot see: keys inside archives or compressed files (zip, wheels, tar.gz),
 keys at an offset inside other binary data, keys split across strings or otherwise
