@@ -192,7 +192,7 @@ def test_a_local_run_inside_a_baked_image_uses_a_ca_made_for_that_run(docker_cli
 # Two cluster objects (the stand-in and the fargate one) watch the same scheduler.
 @pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
 def test_an_ecs_run_from_a_baked_image_uses_a_ca_made_for_that_run(
-    aws, docker_client, seed_image, tmp_path, monkeypatch
+    aws, bootstrapped, docker_client, seed_image, tmp_path, monkeypatch
 ):
     """The runner decides its certificates as it would inside the baked seed image (its
     baked files, copied out of the image); the run's scheduler and worker tasks, as ECS
