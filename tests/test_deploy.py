@@ -163,6 +163,7 @@ def _free_port() -> int:
     (["--cron", "0 6 * * *", "--param", "x=[1]", "--params-file", "/nonexistent.json"], "does not exist"),
     (["--name", "a/b"], "deployment name 'a/b' is not valid"),
     (["--env", "DB_PASSWORD=hunter2"], "--env DB_PASSWORD looks like a secret"),
+    (["--env", "DATABASE_URL=postgres://app:hunter2@db/prod"], "--env DATABASE_URL looks like a secret"),
     (["--pull-policy", "Sometimes"], "is not an image pull policy"),
 ])
 def test_bad_input_is_exit_2_with_one_line(prefect_server, seed_image, client, docker_pool, args, words):

@@ -113,6 +113,10 @@ class ClusterSpec:
         lost); ``None``: the scheduler's default (:mod:`flowrig.roles.lifetime`).
     min_workers
         The project's ``min_workers`` (see :attr:`start_minimum`).
+    allowed_environment
+        Environment variable names ``[build] allow_environment`` says hold no secret,
+        whatever their names or values look like; a backend's own environment checks
+        let them through as the project's checks do.
     """
 
     run_id: str
@@ -124,6 +128,7 @@ class ClusterSpec:
     worker_threads: int = 1
     no_client_timeout: float | None = None
     min_workers: int = 0
+    allowed_environment: frozenset[str] = frozenset()
 
     @property
     def start_minimum(self) -> int:
@@ -215,6 +220,17 @@ class Backend(abc.ABC):
             return self.options_model.model_validate(dict(options))
         except ValidationError as exc:
             raise BadInput(describe_option_error(exc, self.name, self.options_model)) from None
+
+    def roles_use_image_certificates(self, options: Mapping[str, Any]) -> bool:
+        """Whether roles that flowrig does not start take part in a run with these
+        ``[cluster.options]`` (a scheduler already running, task definitions of the
+        project's own): those can only use the image's baked certificates, so the
+        run must too. Otherwise (the default) flowrig starts every role and hands it
+        the run's own certificates, and baked ones are never used.
+
+        Only the options' raw values are read; they are validated at :meth:`start`.
+        """
+        return False
 
     def prefect_api_hosts(self) -> tuple[str, str]:
         """Where the runner's embedded Prefect API binds, and how workers reach it.

@@ -81,13 +81,13 @@ def _pairs(flag: str, items: tuple[str, ...]) -> dict[str, str]:
 
 def _env(inputs: DeployInputs) -> dict[str, str]:
     from flowrig.common.environ import check_env_name
-    from flowrig.project.filerules import secret_looking
+    from flowrig.project.secretrules import secret_looking, value_secret
 
     env = _pairs("--env", inputs.env)
     for name in [*env, *inputs.pass_env]:
         check_env_name("--env", name)
-    for name in env:
-        if secret_looking(name):
+    for name, value in env.items():
+        if secret_looking(name) or value_secret(value, name) is not None:
             raise BadInput(
                 f"--env {name} looks like a secret, and a deployment's variables are readable by anyone who may "
                 f"read the deployment: on an ecs pool pass --secret {name}=ARN; on a process pool set it in the "

@@ -107,22 +107,56 @@ class ClusterConfig:
             )
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _inside(name: str) -> bool:
+    return bool(name.strip()) and not Path(name).is_absolute() and ".." not in Path(name).parts
+
+
 @dataclass(config=_STRICT, frozen=True)
 class BuildConfig:
-    """The ``[build]`` table: what ``flowrig build`` does with the project's files."""
+    """The ``[build]`` table: what ``flowrig build`` does with the project's files.
+
+    Every opt-out is explicit and by name: nothing is let through by a pattern the
+    project did not write down.
+    """
 
     allow_private_keys: list[StrictStr] = Field(
         default_factory=list,
         description="project files (paths relative to the project) that may hold a private key and still go "
         "into the image; any other file holding one refuses the build",
     )
+    allow_credentials: list[StrictStr] = Field(
+        default_factory=list,
+        description='project files, directories (ending in "/") or single lines ("file:LINE") whose '
+        "credential-looking content is no secret (an example, a test fixture); anything else holding a "
+        "credential by value refuses the build",
+    )
+    allow_environment: list[StrictStr] = Field(
+        default_factory=list,
+        description="names of environment variables in [cluster.options] whose values look secret but are not",
+    )
 
     def __post_init__(self) -> None:
         for name in self.allow_private_keys:
-            if not name.strip() or Path(name).is_absolute() or ".." in Path(name).parts:
+            if not _inside(name):
                 raise ValueError(
                     f"{defaults.PROJECT_FILE}: 'build.allow_private_keys' entries must be paths "
                     f"inside the project, relative to it; got {name!r}"
+                )
+        for entry in self.allow_credentials:
+            path, colon, line = entry.rpartition(":")
+            if not _inside(path if colon and line.isdigit() else entry) or (colon and line.isdigit() and int(line) < 1):
+                raise ValueError(
+                    f"{defaults.PROJECT_FILE}: 'build.allow_credentials' entries must be paths inside the "
+                    f'project, relative to it, each alone or with a line ("file:12"); got {entry!r}'
+                )
+        for name in self.allow_environment:
+            if not _ENV_NAME.match(name):
+                raise ValueError(
+                    f"{defaults.PROJECT_FILE}: 'build.allow_environment' entries must be environment "
+                    f"variable names; got {name!r}"
                 )
 
 

@@ -17,10 +17,11 @@ import inspect
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from flowrig.common.runid import current_run_id
 from flowrig.common.signals import shielded, stop_guard
+from flowrig.errors import BadInput
 from flowrig.run.config import RunConfig, RunOutcome, RunRecord
 from flowrig.run.console import Console, base_worker_environment
 from flowrig.run.progress import ProgressDisplay, TaskProgress
@@ -36,12 +37,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flowrig")
 
 
-def run_certificates(backend: "Backend", given: "TLSMaterial | None") -> "TLSMaterial":
-    """The run's certificates (:meth:`TLSMaterial.for_run`); per-run ones also name the
-    address its API is reached at, so that the API can serve HTTPS with them."""
+def run_certificates(
+    backend: "Backend", given: "TLSMaterial | None", options: Mapping[str, Any] | None = None
+) -> "TLSMaterial":
+    """The run's certificates (:meth:`TLSMaterial.for_run`): the image's baked ones only
+    when ``backend`` with these ``[cluster.options]`` has roles it does not start;
+    per-run ones also name the address its API is reached at, so that the API can
+    serve HTTPS with them."""
     from flowrig.certs import TLSMaterial
 
-    return TLSMaterial.for_run(given, hosts=[backend.prefect_api_hosts()[1]])
+    image_roles = backend.roles_use_image_certificates(options or {})
+    return TLSMaterial.for_run(given, hosts=[backend.prefect_api_hosts()[1]], image_roles=image_roles)
 
 
 def start_prefect_api(backend: "Backend", tls: "TLSMaterial") -> "EmbeddedPrefectAPI | None":
@@ -131,7 +137,7 @@ def execute(
     try:
         backend = resolve_backend(config.backend)
         record.backend = backend.name
-        tls = run_certificates(backend, config.tls)
+        tls = run_certificates(backend, config.tls, config.options)
         if api is None:
             api = start_prefect_api(backend, tls)
         configured = _configured_api_url()
@@ -149,6 +155,13 @@ def execute(
             hook_name=config.sizing_hook_name,
             options=config.options,
         )
+        if backend.roles_use_image_certificates(decided.options) != backend.roles_use_image_certificates(
+            config.options
+        ):
+            raise BadInput(
+                "the sizing hook changed options that decide whether the run's roles use the image's baked "
+                "certificates (task definitions or a scheduler of your own, tls): set them in flowrig.toml"
+            )
         prefect_engine.import_flow_engine()
         settings = api.client_settings(tls) if api is not None else {}
         secrets = api.secret_settings() if api is not None else {}
@@ -170,6 +183,7 @@ def execute(
             worker_threads=config.worker_threads,
             no_client_timeout=config.no_client_timeout,
             min_workers=config.min_workers,
+            allowed_environment=frozenset(config.allow_environment),
         )
         record.n_workers = decided.size.n_workers
         timer.phase("prepare")

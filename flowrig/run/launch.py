@@ -141,6 +141,7 @@ def config_from_project(
         worker_threads=cluster.worker_threads,
         no_client_timeout=cluster.no_client_timeout,
         flow_run_id=flow_run_id,
+        allow_environment=tuple(project.build.allow_environment),
     )
 
 
@@ -255,7 +256,8 @@ def _run_command(inputs: RunInputs, deadline: "RunDeadline", report: OutcomeRepo
         from flowrig.certs import TLSMaterial
 
         given = TLSMaterial.from_dir(inputs.certs)
-    tls = run_certificates(backend, given)
+    options = {"address": inputs.scheduler_address} if inputs.scheduler_address else project.cluster.options
+    tls = run_certificates(backend, given, options)
     api = start_prefect_api(backend, tls)
     try:
         if name == "local" and not layout.in_image():

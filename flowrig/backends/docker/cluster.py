@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from distributed.deploy.spec import ProcessInterface, SpecCluster
@@ -66,6 +66,8 @@ class _RunSettings:
     worker_preload: tuple[str, ...]
     scheduler_start_timeout: float
     no_client_timeout: float | None = None
+    #: The run's secrets by name: delivered to each worker with its certificates.
+    secret_environment: Mapping[str, str] = field(default_factory=dict)
 
 
 async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -74,12 +76,15 @@ async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
 
-def deliver_certificates(container: "Container", tls: TLSMaterial) -> None:
-    """Hand a started role container its run's certificates over its stdin, which then
-    closes: they live in the container's memory only (:mod:`flowrig.certs.delivery`)."""
+def deliver_certificates(
+    container: "Container", tls: TLSMaterial, environment: Mapping[str, str] | None = None
+) -> None:
+    """Hand a started role container its run's certificates (and secret ``environment``)
+    over its stdin, which then closes: they live in the container's memory only
+    (:mod:`flowrig.certs.delivery`)."""
     writer = attach_stdin(container)
     try:
-        writer.write(delivery.encode(tls))
+        writer.write(delivery.encode(tls, environment))
     finally:
         writer.close()
 
@@ -92,10 +97,10 @@ class _ContainerProcess(ProcessInterface):
         self.settings = settings
         self.container: "Container | None" = None
 
-    async def _launch(self, plan: ContainerPlan) -> "Container":
+    async def _launch(self, plan: ContainerPlan, secrets: Mapping[str, str] | None = None) -> "Container":
         self.container = await _in_thread(create_container, self.settings.client, plan)
         await _in_thread(start_container, self.container)
-        await _in_thread(deliver_certificates, self.container, self.settings.tls)
+        await _in_thread(deliver_certificates, self.container, self.settings.tls, secrets)
         return self.container
 
     async def close(self) -> None:
@@ -151,7 +156,8 @@ class DockerWorker(_ContainerProcess):
             threads=s.worker_threads, environment=s.environment, memory=s.worker_memory,
             preload=s.worker_preload,
         )
-        await self._launch(plan)
+        # Only workers run the flow's tasks: the scheduler gets no secret.
+        await self._launch(plan, s.secret_environment)
         await super().start()
 
 
@@ -182,7 +188,11 @@ class DockerCluster(SpecCluster):
     worker_threads
         Threads per worker.
     environment
-        Environment of every worker (e.g. ``PREFECT_API_URL``).
+        Environment of every worker (e.g. ``PREFECT_API_URL``), in its container's
+        configuration: nothing secret.
+    secret_environment
+        Secrets of every worker, by name: delivered over its stdin with its
+        certificates, never in its container's configuration.
     worker_memory
         Memory limit of each worker container, e.g. ``"2g"``.
     worker_preload
@@ -209,6 +219,7 @@ class DockerCluster(SpecCluster):
         tls: "TLSMaterial | None" = None,
         worker_threads: int = WORKER_THREADS,
         environment: Mapping[str, str] | None = None,
+        secret_environment: Mapping[str, str] | None = None,
         worker_memory: str | None = None,
         worker_preload: Iterable[str] = WORKER_PRELOAD,
         scheduler_start_timeout: float = SCHEDULER_START_TIMEOUT,
@@ -234,6 +245,7 @@ class DockerCluster(SpecCluster):
             worker_preload=tuple(worker_preload),
             scheduler_start_timeout=scheduler_start_timeout,
             no_client_timeout=no_client_timeout,
+            secret_environment=dict(secret_environment or {}),
         )
         self.run_id = run_id
         worker = {"cls": DockerWorker, "options": {"settings": self.settings}}

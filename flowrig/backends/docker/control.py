@@ -177,10 +177,11 @@ def controlled() -> bool:
 
 def take_run_inputs() -> dict[str, Any]:
     """The parameters the host sent; its secrets go into this process's environment
-    (not the container's, which ``docker inspect`` shows): :data:`SECRET_PASSTHROUGH`."""
+    (not the container's, which ``docker inspect`` shows): :data:`SECRET_PASSTHROUGH`
+    and the project's ``[cluster.options] secrets``, which the host read from its own."""
     message = runner_channel().parameters_message
     for name, value in (message.get("environment") or {}).items():
-        if name in SECRET_PASSTHROUGH and isinstance(value, str):
+        if isinstance(name, str) and name.isidentifier() and isinstance(value, str):
             os.environ[name] = value
     parameters = message.get("parameters") or {}
     if not isinstance(parameters, dict):

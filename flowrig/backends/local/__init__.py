@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
+from typing import Any, Mapping
 
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
@@ -127,6 +127,10 @@ class AddressBackend(Backend):
     """
 
     name = "address"
+
+    def roles_use_image_certificates(self, options: Mapping[str, Any]) -> bool:
+        """The scheduler and its workers were started by someone else."""
+        return True
 
     def prefect_api_hosts(self) -> tuple[str, str]:
         """In a runner container the workers are elsewhere: listen on all interfaces and
