@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat,
 from flowrig.errors import BadInput
 
 if TYPE_CHECKING:
+    from flowrig.backends.watch import ClusterNews
     from flowrig.certs import TLSMaterial
     from flowrig.project.sizing import ClusterSize
 
@@ -113,6 +114,11 @@ class ClusterSpec:
         lost); ``None``: the scheduler's default (:mod:`flowrig.roles.lifetime`).
     min_workers
         The project's ``min_workers`` (see :attr:`start_minimum`).
+    on_news
+        Called with what the cluster's workers do (started, joined, lost and why,
+        replaced; :mod:`flowrig.backends.watch`), from the cluster's own thread, from
+        as soon as the cluster exists until it closes. ``None``: nobody listens, and
+        nothing is watched.
     """
 
     run_id: str
@@ -124,6 +130,7 @@ class ClusterSpec:
     worker_threads: int = 1
     no_client_timeout: float | None = None
     min_workers: int = 0
+    on_news: "Callable[[ClusterNews], None] | None" = None
 
     @property
     def start_minimum(self) -> int:
