@@ -365,6 +365,14 @@ class FlowrigTaskRunner(DaskTaskRunner):
         tokens, self._tokens = self._tokens, []
         self._run_future = self._run_ident = self._pinned = None
         self._task_futures.clear()
+        if tokens and self._client is not None and self.events == "send":
+            # A server of the user's: the workers' last task-run lines are still in their
+            # log service's batch, which a worker process ending with its cluster would
+            # never send (a multiprocessing child runs no exit handlers).
+            try:
+                self._client.run(_send_reporting, on_error="ignore")
+            except Exception:
+                pass
         if tokens and self._client is not None:
             try:
                 self._client.run(_forget_runs_async, tokens, wait=False)
@@ -427,6 +435,10 @@ class _RunState:
             except Exception:
                 pass
 
+
+#: Seconds a worker waits for its Prefect log and event services to send what they hold
+#: at the end of a run.
+WORKER_DRAIN_TIMEOUT = 5.0
 
 #: Prefect clients and run states made in this worker process (for tests).
 STATS = {"builds": 0, "clients": 0}
@@ -548,6 +560,14 @@ def _forget_runs(tokens: Iterable[str]) -> None:
 
 async def _forget_runs_async(tokens: Iterable[str]) -> None:
     _forget_runs(tokens)
+
+
+def _send_reporting() -> None:
+    """Send what Prefect's log and event services of this worker process hold (on the
+    worker, at the end of a run that reports to a server of the user's)."""
+    from flowrig.internals.prefect_engine import drain_reporting
+
+    drain_reporting(timeout=WORKER_DRAIN_TIMEOUT)
 
 
 def _report(state: _RunState, task: Any, task_run_id: uuid.UUID, final: Any) -> None:
