@@ -557,3 +557,101 @@ def test_a_docker_run_leaves_its_dask_side_on_the_users_server(container_prefect
     [lost] = [e for e in events if e["event"] == "flowrig.worker.lost"]
     assert lost["resource"]["prefect.resource.id"] == f"flowrig.worker.{run_id}.0"
     assert lost["payload"]["reason"] == "its container ended: killed by SIGKILL (exit code 137)"
+
+
+# --- the cloud pool: a task that stops after its worker joined ------------------------------------
+
+
+class InProcessLauncher:
+    """A Launcher whose "tasks" are real Dask workers in this process, on a loop of
+    their own, joining a real scheduler over mutual TLS; a task can be interrupted the
+    way Fargate Spot does it (its worker goes, the task is STOPPED with that reason)."""
+
+    kind = "task"
+
+    def __init__(self, security) -> None:
+        from distributed.utils import LoopRunner
+
+        self.security = security
+        self.loop = LoopRunner(asynchronous=False)
+        self.loop.start()
+        self.workers: dict[str, object] = {}
+        self.stopped: dict[str, str] = {}
+        self.count = 0
+
+    def start_scheduler(self) -> str:
+        raise AssertionError("the pool is given a running scheduler")
+
+    def scheduler_endpoint(self, handle):
+        raise AssertionError("the pool is given a running scheduler")
+
+    def start_workers(self, scheduler_address: str, count: int):
+        from distributed import Worker
+        from distributed.utils import sync
+
+        from flowrig.backends.pool import WorkerStart
+
+        started = {}
+        for _ in range(count):
+            name = f"task-{self.count}"
+            self.count += 1
+
+            async def start(name=name):
+                return await Worker(scheduler_address, name=name, nthreads=1, security=self.security,
+                                    host="127.0.0.1")
+
+            self.workers[name] = sync(self.loop.loop, start)
+            started[name] = name
+        return WorkerStart(started)
+
+    def observe(self, handles):
+        from flowrig.backends.pool import Observed
+
+        return {h: Observed("stopped", self.stopped[h]) if h in self.stopped else Observed("running")
+                for h in handles}
+
+    def interrupt(self, name: str, reason: str) -> None:
+        from distributed.utils import sync
+
+        sync(self.loop.loop, self.workers.pop(name).close)
+        self.stopped[name] = reason
+
+    def stop(self, handles, reason: str) -> None:
+        from distributed.utils import sync
+
+        for handle in handles:
+            worker = self.workers.pop(handle, None)
+            if worker is not None:
+                sync(self.loop.loop, worker.close)
+
+    def close(self) -> None:
+        self.loop.stop()
+
+
+def test_a_cloud_task_interrupted_after_its_worker_joined_is_told_lost_with_its_stop_reason(tls):
+    from flowrig.backends.base import ClusterSpec
+    from flowrig.backends.pool import start_pool
+    from flowrig.project.sizing import ClusterSize
+    from tests.test_ecs_backend import local_scheduler
+
+    news: list[ClusterNews] = []
+    launcher = InProcessLauncher(tls.to_security())
+    spec = ClusterSpec(run_id="spot1", size=ClusterSize(2), tls=tls, on_news=news.append)
+    reason = "SpotInterruption; Your Spot Task was interrupted."
+    with local_scheduler(tls, workers=0) as scheduler:
+        cluster = start_pool(launcher, spec, backend="fargate", timeout=60, deadline=time.monotonic() + 60,
+                             scheduler_address=scheduler.scheduler_address)
+        try:
+            _news_until(news, lambda n: sum(x.kind == "worker.joined" for x in n) == 2)
+            launcher.interrupt("task-0", reason)
+            seen = _news_until(news, lambda n: sum(x.kind == "worker.joined" for x in n) == 3)
+        finally:
+            cluster.close()
+    told = [(n.kind, n.worker) for n in seen]
+    assert told[:4] == [("worker.started", "task-0"), ("worker.started", "task-1"),
+                        ("worker.joined", "task-0"), ("worker.joined", "task-1")], told
+    # Lost with the task's stop reason, seen by the pool's next poll; then its replacement.
+    assert told[4:] == [("worker.lost", "task-0"), ("worker.replaced", "task-2"), ("worker.joined", "task-2")], told
+    lost, replaced = seen[4], seen[5]
+    assert lost.reason == reason and lost.message == f"worker task-0 lost: {reason}"
+    assert replaced.replaces == "task-0" and replaced.message == "worker task-2 started in place of worker task-0"

@@ -203,7 +203,7 @@ class PoolCluster(Cluster):
         self.start_error: FlowrigError | None = None
         #: Workers that stopped after joining and were replaced.
         self.replaced = 0
-        # Why each worker that stopped after joining stopped, by name.
+        # Why each worker that stopped stopped, by name.
         self._lost: dict[str, str] = {}
         self._desired = n_workers
         self._existing = scheduler_address
@@ -376,9 +376,9 @@ class PoolCluster(Cluster):
             if state.status != "stopped" or self.workers.get(name) is not worker:
                 continue
             del self.workers[name]
+            self._lost[name] = state.reason
             if worker.joined:
                 self.replaced += 1
-                self._lost[name] = state.reason
                 logger.warning("worker %s was lost (%s): starting a replacement", name, state.reason)
             else:
                 self.failures.append(f"worker {self.launcher.kind} {name} stopped: {state.reason}")
@@ -387,9 +387,9 @@ class PoolCluster(Cluster):
         return changed
 
     def lost_reason(self, name: str) -> str | None:
-        """Why worker ``name``'s role stopped after it joined, once the pool has seen it
-        stop (:mod:`flowrig.backends.watch`): the launcher's reason (an ECS stop code
-        such as ``SpotInterruption``, a container's exit code or ``OutOfMemoryError``)."""
+        """Why worker ``name``'s role stopped, once the pool has seen it stop
+        (:mod:`flowrig.backends.watch`): the launcher's reason (an ECS stop code such as
+        ``SpotInterruption``, a container's exit code or ``OutOfMemoryError``)."""
         return self._lost.get(name)
 
     def _may_replace(self) -> bool:

@@ -47,6 +47,10 @@ REASON_RETRY = 1.0
 REASON_WAIT = 20.0
 #: The name of the check among the cluster's periodic callbacks.
 CALLBACK = "flowrig-watch"
+#: Seconds a joined worker the cluster does not list as started waits to be told
+#: joined: its start is told first (a launcher starts a batch of tasks in one call), and
+#: a worker the cluster never started (a scheduler of someone else's) after that.
+UNSTARTED_WAIT = 5.0
 
 #: What news can be about.
 KINDS = ("worker.started", "worker.joined", "worker.lost", "worker.replaced", "worker.retired")
@@ -133,6 +137,10 @@ class ClusterWatch:
         self.on_news = on_news
         self.started: set[str] = set()
         self.joined: dict[str, str] = {}
+        #: Workers started and not told yet, oldest first.
+        self.starting: list[str] = []
+        #: When a worker the cluster has not started (yet) was first seen joined.
+        self.unstarted: dict[str, float] = {}
         self.leaving: dict[str, _Leaving] = {}
         #: Lost workers no new worker stands in for yet, oldest first.
         self.unreplaced: list[str] = []
@@ -172,14 +180,24 @@ class ClusterWatch:
         workers = self._scheduler_workers()
         for name in sorted(requested - self.started):
             self.started.add(name)
-            self._started(name)
+            self.starting.append(name)
         self.started &= requested
         for name, address in list(self.joined.items()):
             if workers.get(name) != address:
                 # Gone, or back at another address (its nanny restarted it) before we looked.
                 del self.joined[name]
                 self.leaving[name] = _Leaving(address, time.time(), planned=name in plan)
-        for name in sorted(set(workers) - set(self.joined)):
+        for name, leaving in list(self.leaving.items()):
+            self._ask(name, leaving)
+        # A worker started while another is lost but its reason not in yet (a cloud task's
+        # stop is seen after its worker left) is told once that loss is: as its replacement.
+        while self.starting and (self.unreplaced or not any(w.planned for w in self.leaving.values())):
+            self._started(self.starting.pop(0))
+        now = time.time()
+        for name in sorted(set(workers) - set(self.joined) - set(self.starting)):
+            if name not in requested and now - self.unstarted.setdefault(name, now) < UNSTARTED_WAIT:
+                continue  # its start is not told yet (the backend's call that started it still runs)
+            self.unstarted.pop(name, None)
             if name in self.leaving:
                 self._resolve(name, self.leaving.pop(name), reason=None)
             if name in self.unreplaced:
@@ -188,8 +206,6 @@ class ClusterWatch:
                 self._tell("worker.replaced", name, f"worker {name} restarted by its nanny", replaces=name)
             self.joined[name] = workers[name]
             self._tell("worker.joined", name, f"worker {name} joined at {workers[name]}")
-        for name, leaving in list(self.leaving.items()):
-            self._ask(name, leaving)
 
     def _started(self, name: str) -> None:
         if name in self.unreplaced:

@@ -27,7 +27,10 @@ Worker side
     * each task's final state is reported to the runner as a Dask worker event (the
       progress display and the timeline), and the progress's ``task_logs`` (when it has
       them) are installed on each worker for as long as it keeps the run: its tasks'
-      log lines go to the runner the same way.
+      log lines go to the runner the same way;
+    * with ``"send"``, at the run's end every worker sends what Prefect's log and event
+      services still hold (a worker process ends with its cluster without running
+      Prefect's exit handlers, and its last batch of task-run lines would be lost).
 
 Fenced here (each checked by tests/test_internals.py on the locked versions):
 

@@ -138,7 +138,10 @@ class PrefectSink:
         return self.client.read_flow_run(flow_run_id)
 
     def send_logs(self, logs: list[Any]) -> None:
-        self.client.create_logs(logs)
+        from prefect.settings import get_current_settings
+
+        if get_current_settings().logging.to_api.enabled:  # PREFECT_LOGGING_TO_API_ENABLED
+            self.client.create_logs(logs)
 
     def send_events(self, events: list[dict[str, Any]]) -> None:
         from prefect.events import emit_event
