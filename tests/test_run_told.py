@@ -655,3 +655,67 @@ def test_a_cloud_task_interrupted_after_its_worker_joined_is_told_lost_with_its_
     lost, replaced = seen[4], seen[5]
     assert lost.reason == reason and lost.message == f"worker task-0 lost: {reason}"
     assert replaced.replaces == "task-0" and replaced.message == "worker task-2 started in place of worker task-0"
+
+
+# --- task runs' lines: the server gets Prefect's, the console its own ------------------------------
+
+
+def test_a_users_server_gets_task_lines_at_info_whatever_the_console_shows():
+    import logging
+
+    from flowrig.run.console import Verbosity, worker_environment
+    from flowrig.run.tasklog import NEVER, TaskLines
+
+    for verbosity in (0, 1, 2):
+        told, console = TaskLines.for_verbosity(verbosity, to_api=True), TaskLines.for_verbosity(verbosity)
+        assert told.logger_level == logging.INFO
+        # What the console shows is the same rule.
+        assert (told.level, told.prints, told.prefect_level) == (console.level, console.prints, console.prefect_level)
+        assert console.api_level == NEVER
+    # The run's own API: as before (quiet keeps the workers' task-run logger at ERROR).
+    assert TaskLines.for_verbosity(0).logger_level == logging.ERROR
+    level = "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL"
+    assert worker_environment(Verbosity.QUIET)[level] == "CRITICAL"
+    assert worker_environment(Verbosity.QUIET, to_api=True)[level] == "INFO"
+    assert worker_environment(Verbosity.VERBOSE, to_api=True)[level] == "INFO"
+
+
+def test_on_the_runner_the_console_rule_filters_the_console_and_not_the_api(monkeypatch):
+    """A task the flow calls directly runs in the runner: its INFO line reaches Prefect's
+    API handler (on the task-run logger) but not the console (the root's handler)."""
+    import logging
+
+    from flowrig.run import console
+
+    for name in ("DASK_LOGGING__DISTRIBUTED", "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    task_runs, root = logging.getLogger("prefect.task_runs"), logging.getLogger()
+    saved = {name: logging.getLogger(name).level for name in
+             ("distributed", "prefect.task_runs", "prefect.task_runner", "prefect.flow_runs", "flowrig")}
+    saved_filters = {id(h): list(h.filters) for h in (task_runs, *root.handlers)}
+    api, shown = [], []
+
+    class Collect(logging.Handler):
+        def __init__(self, into):
+            super().__init__()
+            self.into = into
+
+        def emit(self, record):
+            self.into.append(record.getMessage())
+
+    on_logger, on_root = Collect(api), Collect(shown)
+    task_runs.addHandler(on_logger)
+    root.addHandler(on_root)
+    try:
+        console.configure(console.Verbosity.NORMAL, to_api=True)
+        task_runs.info("Finished in state Completed()")
+        task_runs.warning("a warning of the task's own")
+    finally:
+        task_runs.removeHandler(on_logger)
+        root.removeHandler(on_root)
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        for holder in (task_runs, *root.handlers):
+            holder.filters[:] = saved_filters.get(id(holder), [])
+    assert api == ["Finished in state Completed()", "a warning of the task's own"]
+    assert shown == ["a warning of the task's own"]
