@@ -33,6 +33,7 @@ unread): :data:`NO_REPORTER` does nothing.
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import logging
 import re
@@ -115,6 +116,7 @@ class PrefectSink:
 
     def __init__(self) -> None:
         self._client: Any = None
+        self._emitted = False
 
     @property
     def client(self) -> Any:
@@ -146,10 +148,12 @@ class PrefectSink:
     def send_events(self, events: list[dict[str, Any]]) -> None:
         from prefect.events import emit_event
 
+        self._emitted = self._emitted or bool(events)
         for event in events:
             emit_event(**event)
 
     def create_artifact(self, artifact: Any) -> None:
+        self._emitted = True  # Prefect emits an event of its creation
         self.client.create_artifact(artifact)
 
     def end_flow_run(self, flow_run_id: Any, crashed: bool, message: str) -> None:
@@ -162,7 +166,8 @@ class PrefectSink:
     def close(self) -> None:
         from flowrig.internals.prefect_engine import send_events
 
-        send_events()  # those emitted since the flow's own were drained, the artifact's among them
+        if self._emitted:
+            send_events()  # those emitted since the flow's own were drained, the artifact's among them
         if self._client is not None:
             client, self._client = self._client, None
             client.__exit__(None, None, None)
@@ -205,7 +210,9 @@ class RunReporter:
         self._final: tuple[Mapping[str, float | None], BaseException | None] | None = None
         #: Calls made of the sink, by name (for tests and the benchmark).
         self.calls: Counter[str] = Counter()
-        self._thread = threading.Thread(target=self._run, name="flowrig-reporter", daemon=True)
+        # The caller's context: Prefect's settings (a profile, temporary_settings) live there.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name="flowrig-reporter", daemon=True)
         self._thread.start()
 
     # --- what the run says -------------------------------------------------------------
