@@ -4,7 +4,8 @@ A real Prefect server (``prefect server start``) holds a deployment and a flow r
 parameters. The image is started with ``PREFECT_API_URL`` and ``PREFECT__FLOW_RUN_ID``
 and the command a Prefect worker sends (``prefect flow-run execute``); the entrypoint
 must read the parameters from the server, size the cluster from them, run the flow as
-that flow run and report its final state back.
+that flow run and report its final state back, with the Dask side of the run told to
+that flow run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+
+from tests.test_run_told import Server, flowrig_lines
 
 pytestmark = pytest.mark.docker
 
@@ -48,6 +51,15 @@ def test_flow_run_from_a_deployment_is_sized_from_its_parameters_and_reported(pr
             final = client.read_flow_run(flow_run.id)
     assert final.state is not None and final.state.is_completed(), final.state
     assert final.parameters == {"x": x}
+    # The Dask side, told to the deployment's flow run (whose id was known up front).
+    server = Server(prefect_server)
+    told = flowrig_lines(server.logs(flow_run.id))
+    assert any(line.endswith("asking the local backend for 3 workers") for line in told), told
+    assert {"worker 0 joined", "worker 1 joined", "worker 2 joined"} <= {line.split(" at ")[0] for line in told}
+    events = server.wait_for(lambda: server.events(flow_run.id),
+                             lambda found: "flowrig.worker.joined" in {e["event"] for e in found})
+    assert len([e for e in events if e["event"] == "flowrig.worker.joined"]) == 3
+    assert len(server.artifacts(flow_run.id)) == 1
 
 
 @pytest.mark.parametrize("flow_name, entrypoint", [

@@ -380,6 +380,103 @@ def test_local_workers_fork_from_the_fork_server_and_leave_the_config_alone(tls)
     assert dask.config.get("distributed.worker.multiprocessing-method") == before
 
 
+def _local_cluster(tls, run_id: str, **options):
+    from flowrig.backends.base import ClusterSpec
+    from flowrig.backends.local import LocalBackend
+    from flowrig.project.sizing import ClusterSize
+
+    return LocalBackend().start(ClusterSpec(run_id=run_id, size=ClusterSize(1), tls=tls, options=options))
+
+
+def _wait_for_exits(nanny, within: float = 60):
+    import time
+
+    deadline = time.monotonic() + within
+    while not nanny.__dict__.get("flowrig_worker_exits"):
+        assert time.monotonic() < deadline, "the nanny recorded no exit of its worker process"
+        time.sleep(0.1)
+    return forkserver.worker_exits(nanny)
+
+
+def test_a_nanny_is_told_the_exit_code_of_its_worker_process_and_restarts_it(tls):
+    """Nanny._on_worker_exit(exitcode) is called when the worker process dies; the
+    nanny then starts it again (how a lost local worker's reason is known)."""
+    import os
+    import signal
+
+    from distributed import Client
+
+    assert list(inspect.signature(forkserver.nanny_class()._on_worker_exit).parameters) == ["self", "exitcode"]
+    started = _local_cluster(tls, "fence2")
+    try:
+        with Client(started.scheduler_address, security=tls.to_security()) as client:
+            [pid] = client.run(os.getpid).values()
+            os.kill(pid, signal.SIGKILL)
+            [nanny] = started.cluster.workers.values()
+            exits = _wait_for_exits(nanny)
+            assert exits == [forkserver.WorkerExit(-signal.SIGKILL)]
+            client.wait_for_workers(1, timeout=60)
+            assert list(client.run(os.getpid).values()) != [pid]
+        assert forkserver.worker_exits(nanny) == []  # each exit is handed out once
+    finally:
+        started.close()
+    # A worker asked to stop (the cluster's close) is no exit to report.
+    assert forkserver.worker_exits(nanny) == []
+
+
+def test_a_nanny_logs_its_memory_restart_through_log_event_before_it_ends_the_worker(tls):
+    """The memory monitor calls Nanny.log_event(MEMORY_RESTART_TOPIC, {"worker", "rss"})
+    and then terminates the worker process; the scheduler keeps the event, and its
+    ``events`` RPC (what Client.get_events calls) hands it out."""
+    from distributed import Client
+
+    from flowrig.internals.dask_events import memory_restarts
+
+    started = _local_cluster(tls, "fence3", memory_limit="300MB")
+    try:
+        with Client(started.scheduler_address, security=tls.to_security()) as client:
+            [address] = client.scheduler_info()["workers"]
+            client.submit(lambda: len(bytearray(600_000_000)), pure=False)
+            [nanny] = started.cluster.workers.values()
+            exits = _wait_for_exits(nanny)
+            seen = started.cluster.sync(memory_restarts, started.cluster.scheduler_comm)
+    finally:
+        started.close()
+    memory = exits[0].memory
+    assert memory is not None and memory["rss"] > 0.9 * 300e6 and memory["limit"] == 300_000_000, exits
+    assert memory["worker"] == address and seen[address] == memory["rss"], (seen, memory)
+
+
+def test_events_emitted_are_sent_before_the_events_service_is_drained(prefect_server):
+    """EventsWorker.instance().wait_until_empty() returns once what was emitted is sent;
+    the drain after it finds nothing queued (and says nothing on the console)."""
+    import logging
+
+    from prefect.events import emit_event
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("EventsWorker").addHandler(handler)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+            for i in range(20):
+                emit_event(event="flowrig.fence", resource={"prefect.resource.id": f"flowrig.fence.{i}"})
+            prefect_engine.send_events(timeout=30)
+    finally:
+        logging.getLogger("EventsWorker").removeHandler(handler)
+    assert [r.getMessage() for r in records if "Still processing" in r.getMessage()] == []
+
+
+def test_the_tags_a_flow_call_would_get_are_the_tags_context():
+    from prefect import tags
+
+    with tags("nightly", "team-a"):
+        assert prefect_engine.current_tags() == {"nightly", "team-a"}
+    assert prefect_engine.current_tags() == set()
+
+
 # --- the task runner (flowrig.internals.task_runner) ------------------------------------
 
 

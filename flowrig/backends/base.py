@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat,
 from flowrig.errors import BadInput
 
 if TYPE_CHECKING:
+    from flowrig.backends.watch import ClusterNews
     from flowrig.certs import TLSMaterial
     from flowrig.project.sizing import ClusterSize
 
@@ -117,6 +118,11 @@ class ClusterSpec:
         Environment variable names ``[build] allow_environment`` says hold no secret,
         whatever their names or values look like; a backend's own environment checks
         let them through as the project's checks do.
+    on_news
+        Called with what the cluster's workers do (started, joined, lost and why,
+        replaced; :mod:`flowrig.backends.watch`), from the cluster's own thread, from
+        as soon as the cluster exists until it closes. ``None``: nobody listens, and
+        nothing is watched.
     """
 
     run_id: str
@@ -129,6 +135,7 @@ class ClusterSpec:
     no_client_timeout: float | None = None
     min_workers: int = 0
     allowed_environment: frozenset[str] = frozenset()
+    on_news: "Callable[[ClusterNews], None] | None" = None
 
     @property
     def start_minimum(self) -> int:

@@ -273,6 +273,19 @@ def oom_killed(container: "Container") -> bool:
         return False
 
 
+def exit_state(container: "Container") -> tuple[int, bool] | None:
+    """``(exit code, OOM-killed)`` of a container that has ended; ``None`` while it runs
+    or once it is gone."""
+    try:
+        container.reload()
+        state = container.attrs["State"]
+    except Exception:  # gone already: nothing more to learn
+        return None
+    if state.get("Running") or state.get("Status") in ("created", "running", "restarting"):
+        return None
+    return int(state.get("ExitCode") or 0), bool(state.get("OOMKilled"))
+
+
 def stop_and_remove(container: "Container", timeout: int = STOP_TIMEOUT) -> None:
     """Stop a container (SIGTERM, SIGKILL after ``timeout`` s) and remove it; quiet if gone."""
     import docker

@@ -34,7 +34,10 @@ Worker side
     * each task's final state is reported to the runner as a Dask worker event (the
       progress display and the timeline), and the progress's ``task_logs`` (when it has
       them) are installed on each worker for as long as it keeps the run: its tasks'
-      log lines go to the runner the same way.
+      log lines go to the runner the same way;
+    * with ``"send"``, at the run's end every worker sends what Prefect's log and event
+      services still hold (a worker process ends with its cluster without running
+      Prefect's exit handlers, and its last batch of task-run lines would be lost).
 
 Fenced here (each checked by tests/test_internals.py on the locked versions):
 
@@ -431,6 +434,14 @@ class FlowrigTaskRunner(DaskTaskRunner):
         # makes every worker forget the run with everything nested in it. Asking from
         # here would wait on the very worker this runs on.
         if tokens and self._client is not None and self._root is None:
+            if self.events == "send":
+                # A server of the user's: the workers' last task-run lines are still in
+                # their log service's batch, which a worker process ending with its
+                # cluster would never send (a multiprocessing child runs no exit handlers).
+                try:
+                    self._client.run(_send_reporting, on_error="ignore")
+                except Exception:
+                    pass
             _forget_everywhere(self._client, tokens, self.FORGET_TIMEOUT)
         super().__exit__(*args)
 
@@ -527,6 +538,10 @@ class _RunState:
             except Exception:
                 pass
 
+
+#: Seconds a worker waits for its Prefect log and event services to send what they hold
+#: at the end of a run.
+WORKER_DRAIN_TIMEOUT = 5.0
 
 #: Prefect clients and run states made in this worker process (for tests).
 STATS = {"builds": 0, "clients": 0}
@@ -664,6 +679,14 @@ def _forget_runs(tokens: Iterable[str]) -> list[_RunState]:
 async def _forget_runs_async(tokens: Iterable[str]) -> None:
     # On the worker's event loop (Client.run): it must return at once.
     _close_later(_forget_runs(tokens))
+
+
+def _send_reporting() -> None:
+    """Send what Prefect's log and event services of this worker process hold (on the
+    worker, at the end of a run that reports to a server of the user's)."""
+    from flowrig.internals.prefect_engine import drain_reporting
+
+    drain_reporting(timeout=WORKER_DRAIN_TIMEOUT)
 
 
 def _report(state: _RunState, task: Any, task_run_id: uuid.UUID, final: Any) -> None:

@@ -13,6 +13,7 @@ role and :class:`flowrig.DaskCloudProviderEnvironment`:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
@@ -25,6 +26,7 @@ from flowrig.errors import BadInput
 from flowrig.run.config import RunConfig, RunOutcome, RunRecord
 from flowrig.run.console import Console, base_worker_environment
 from flowrig.run.progress import ProgressDisplay, TaskProgress
+from flowrig.run.reporter import NO_REPORTER
 from flowrig.run.timings import timeline_line
 
 if TYPE_CHECKING:
@@ -134,6 +136,9 @@ def execute(
     # sees ``started`` and ``api`` as they are when it is called.
     teardown = _Once(lambda: _teardown(started, api))
     guard = stop_guard(teardown)
+    # Tells a Prefect server of the user's the Dask side of the run (flowrig.run.reporter).
+    reporter: Any = NO_REPORTER
+    failure: BaseException | None = None
     try:
         backend = resolve_backend(config.backend)
         record.backend = backend.name
@@ -166,11 +171,15 @@ def execute(
         settings = api.client_settings(tls) if api is not None else {}
         secrets = api.secret_settings() if api is not None else {}
         worker_env = {
-            **base_worker_environment(run_id, console.verbosity if console is not None else None),
+            **base_worker_environment(run_id, console.verbosity if console is not None else None, api is None),
             **{name: str(value) for name, value in settings.items() if value is not None},
         }
         if api is None:
             worker_env["PREFECT_API_URL"] = str(configured)
+            reporter = _reporter(config, parameters, run_id, backend.name, timer)
+            if console is not None:
+                # A server of the user's gets every task run's lines; the console its own.
+                progress.task_logs = console.task_logs(to_api=True)
         # A client a task opens on the run's cluster gets the run's credentials.
         worker_env.setdefault(worker_security.LOADER_ENV, worker_security.LOADER)
         spec = ClusterSpec(
@@ -184,9 +193,12 @@ def execute(
             no_client_timeout=config.no_client_timeout,
             min_workers=config.min_workers,
             allowed_environment=frozenset(config.allow_environment),
+            on_news=reporter.on_news,
         )
         record.n_workers = decided.size.n_workers
         timer.phase("prepare")
+        reporter.tell("cluster.asked", f"flowrig run {run_id}: asking the {backend.name} backend for "
+                      f"{decided.size.describe()}", n_workers=decided.size.n_workers)
         started = backend.start(spec)
         record.scheduler_address, record.dashboard_link = started.scheduler_address, started.dashboard_link
         if api is not None:
@@ -198,6 +210,8 @@ def execute(
             f"scheduler at {started.scheduler_address}, "
             f"dashboard at {started.dashboard_link or 'none'}"
         )
+        reporter.tell("cluster.started", line, scheduler_address=started.scheduler_address,
+                      dashboard_link=started.dashboard_link)
         if announce:
             announce(line)
         if console is not None:
@@ -219,6 +233,10 @@ def execute(
             ).start()
         # Events to the run's own API would be deleted unread: the workers drop them.
         events = "drop" if api is not None else "send"
+        flow_run_id = reporter.flow_run_id()  # made while the cluster started
+        if flow_run_id is not None:
+            config = dataclasses.replace(config, flow_run_id=flow_run_id)
+        reporter.flow_started()
         state = _run_flow(config, parameters, started.scheduler_address, tls, flow_settings, progress, events)
         timer.reached("flow_finished")
         timer.phase("flow")
@@ -227,9 +245,13 @@ def execute(
             # The cause first: distributed's own message (KilledWorker) does not name it.
             message = f"{note}; {message}" if message else note
         outcome = record.outcome(state.name, result, message=message)
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         guard.release()
         stop_watching.set()
+        reporter.stop_listening()
         if display is not None:
             display.stop()
         # A run that ended early: the time until now belongs to the step it was in.
@@ -243,6 +265,7 @@ def execute(
             timer.phase("teardown")
             timer.reached("teardown_done")
             timer.finish()
+            reporter.close(timer.timeline, failure)
             if console is not None and console.timeline and started is not None:
                 console.line(timeline_line(run_id, timer.timeline))
     # The timings as they ended, teardown included.
@@ -250,10 +273,16 @@ def execute(
     return outcome
 
 
+def _reporter(config: RunConfig, parameters: dict[str, Any], run_id: str, backend: str, timer: Any) -> Any:
+    """The reporter of a run whose API is a server of the user's."""
+    from flowrig.run.reporter import for_run
+
+    return for_run(flow=config.flow, parameters=parameters, run_id=run_id, backend=backend,
+                   since=timer.start_wall, flow_run_id=config.flow_run_id)
+
+
 def _code_file(flow: Any) -> str | None:
     """The file of the flow's function, as a person would open it."""
-    import inspect
-
     try:
         path = inspect.getsourcefile(flow.fn)
     except (TypeError, AttributeError):

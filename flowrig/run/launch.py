@@ -272,7 +272,7 @@ def _run_command(inputs: RunInputs, deadline: "RunDeadline", report: OutcomeRepo
             config = config_from_project(project, inputs, backend, tls)
             import_flow_engine()
         # After Prefect set up its logging, before any worker starts (they inherit it).
-        console.configure(inputs.verbosity)
+        console.configure(inputs.verbosity, to_api=api is None)
         # Still one thread: the local backend forks its fork server now, with all of
         # the flow's imports; only then may the API's readiness be watched in a thread.
         backend.prepare()

@@ -23,6 +23,7 @@ from flowrig.backends.base import (
 from flowrig.backends.docker import control
 from flowrig.backends.docker.cluster import SCHEDULER_START_TIMEOUT, DockerCluster
 from flowrig.backends.docker.naming import ENV_IMAGE, ENV_NETWORK, ENV_RUNNER_HOST, check_run_id
+from flowrig.backends.watch import follow
 from flowrig.common.environ import check_env_name
 from flowrig.common.net import is_loopback_url
 from flowrig.containers.engine import connect, require_image
@@ -123,6 +124,7 @@ class DockerBackend(Backend):
         )
         close = CloseOnce(functools.partial(_close_and_sweep, cluster))
         try:
+            follow(cluster, spec.on_news)
             if spec.size.adapt:
                 cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
             if spec.size.n_workers > 0:
@@ -144,6 +146,7 @@ class DockerBackend(Backend):
         Docker socket) and tears it down when asked, or when this runner has gone."""
         self.parse_options(spec.options)  # bad options fail here, in one line, first
         channel = control.runner_channel()
+        channel.on_news = spec.on_news
         reply = channel.request(
             "start",
             control.START_REPLY_TIMEOUT,
@@ -153,6 +156,7 @@ class DockerBackend(Backend):
             options=dict(spec.options),
             worker_env=dict(spec.worker_env),
             no_client_timeout=spec.no_client_timeout,
+            news=spec.on_news is not None,
         )
 
         def close() -> None:

@@ -19,6 +19,7 @@ from distributed.utils import LoopRunner
 from flowrig.backends.docker.naming import check_run_id, network_name, new_run_id, scheduler_address
 from flowrig.backends.docker.plans import WORKER_PRELOAD, render_scheduler, render_worker
 from flowrig.backends.keeper import keep_size
+from flowrig.backends.watch import exit_text
 from flowrig.certs import TLSMaterial, delivery
 from flowrig.containers import ContainerPlan
 from flowrig.containers.engine import (
@@ -27,6 +28,7 @@ from flowrig.containers.engine import (
     container_logs_tail,
     create_container,
     create_network,
+    exit_state,
     published_port,
     remove_run,
     run_containers,
@@ -307,6 +309,21 @@ class DockerCluster(SpecCluster):
         if "dashboard" not in (self.scheduler_info or {}).get("services", {}):
             return ""
         return getattr(self.scheduler, "dashboard_address", None) or ""
+
+    def lost_reason(self, name: str) -> str | None:
+        """Why worker ``name``'s container ended (:mod:`flowrig.backends.watch`); ``None``
+        while it runs. Blocks on the engine: call it off the cluster's loop."""
+        worker = next((w for n, w in list(self.workers.items()) if str(n) == name), None)
+        container = getattr(worker, "container", None)
+        ended = exit_state(container) if container is not None else None
+        if ended is None:
+            return None
+        code, oom = ended
+        if oom:
+            limit = self.settings.worker_memory
+            return (f"out of memory: the kernel killed its container ({exit_text(code)}"
+                    + (f", memory limit {limit})" if limit else ")"))
+        return f"its container ended: {exit_text(code)}"
 
     def worker_containers(self) -> list["Container"]:
         """This cluster's worker containers, running or not."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from flowrig.backends.docker import control
 from flowrig.backends.docker.naming import check_run_id, container_name, network_name
 from flowrig.backends.docker.plans import RUNNER_STOP_TIMEOUT, render_runner
+from flowrig.backends.watch import follow
 from flowrig.certs import TLSMaterial, delivery
 from flowrig.certs.defaults import RUN_DAYS
 from flowrig.common.net import is_loopback_url
@@ -49,12 +50,15 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
 
     from flowrig.backends.docker.cluster import DockerCluster
+    from flowrig.backends.watch import ClusterNews
     from flowrig.project import Project
 
 logger = logging.getLogger("flowrig.docker")
 
 #: Seconds between two looks at how many workers have joined.
 WORKERS_POLL = 0.05
+#: Most pieces of news one message to the runner carries.
+NEWS_PER_MESSAGE = 200
 
 
 class HostController:
@@ -82,6 +86,10 @@ class HostController:
         self._lock = threading.Lock()
         self._closed = False
         self.cluster: "DockerCluster | None" = None
+        # The cluster's news for the runner, when it asked for them; sent off the
+        # cluster's loop, with the worker counts.
+        self._news: list[dict[str, Any]] = []
+        self._news_lock = threading.Lock()
 
     def take(self, line: bytes) -> bytes | None:
         """Handle the control message in ``line`` of the runner's stdout, if there is one;
@@ -120,14 +128,25 @@ class HostController:
 
     def _report_workers(self, cluster: "DockerCluster") -> None:
         """Tell the runner each time the number of joined workers changes (its timeline
-        and progress read it), until the cluster closes."""
+        and progress read it), and the news about its workers, until the cluster closes."""
         reported = 0
         while self.cluster is cluster:
             joined = len(cluster.scheduler_info.get("workers", {}))
             if joined != reported:
                 self._reply("workers", joined=joined)
                 reported = joined
+            self._send_news()
             time.sleep(WORKERS_POLL)
+
+    def _keep_news(self, news: "ClusterNews") -> None:
+        with self._news_lock:
+            self._news.append(news.to_dict())
+
+    def _send_news(self) -> None:
+        with self._news_lock:
+            items, self._news = self._news, []
+        for at in range(0, len(items), NEWS_PER_MESSAGE):
+            self._reply("news", items=items[at:at + NEWS_PER_MESSAGE])
 
     def _start_cluster(self, message: Mapping[str, Any]) -> "DockerCluster":
         from flowrig.backends.docker.backend import DockerBackend
@@ -166,6 +185,8 @@ class HostController:
                 client=self.client,
             )
             self.cluster = cluster
+        if message.get("news") is True:
+            follow(cluster, self._keep_news)
         if adapt:
             cluster.adapt(minimum=int(adapt[0]), maximum=int(adapt[1]))
         if n_workers > 0:

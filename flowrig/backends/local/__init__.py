@@ -59,6 +59,7 @@ class LocalBackend(Backend):
 
     def start(self, spec: ClusterSpec) -> StartedCluster:
         from flowrig.backends.local.scheduler import LocalClusterWithSchedulerProcess
+        from flowrig.backends.watch import follow
         from flowrig.internals import forkserver, worker_security
 
         options = self.parse_options(spec.options)
@@ -95,6 +96,7 @@ class LocalBackend(Backend):
         except BaseException:
             scratch.remove()
             raise
+        follow(cluster, spec.on_news)
         if spec.size.adapt:
             cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
         return StartedCluster(

@@ -308,6 +308,26 @@ class LocalClusterWithSchedulerProcess(LocalCluster, SeparateScheduler):
         # cluster would wait for it to answer (30 s) instead.
         self.shutdown_scheduler = False
 
+    def lost_reason(self, name: str) -> str | None:
+        """Why worker ``name``'s process ended, as its nanny saw it
+        (:mod:`flowrig.backends.watch`); ``None`` when it has not seen it end."""
+        from dask.utils import format_bytes
+
+        from flowrig.backends.watch import exit_text
+        from flowrig.internals.forkserver import worker_exits
+
+        nanny = next((w for n, w in list(self.workers.items()) if str(n) == name), None)
+        exits = worker_exits(nanny) if nanny is not None else []
+        if not exits:
+            return None
+        last = exits[-1]
+        if last.memory:
+            rss, limit = last.memory.get("rss"), last.memory.get("limit")
+            used = format_bytes(rss) if isinstance(rss, int) else "more than allowed"
+            of = f" of its memory limit of {format_bytes(limit)}" if isinstance(limit, int) else ""
+            return f"out of memory: it used {used}{of} and its nanny ended it ({exit_text(last.code)})"
+        return f"its process ended: {exit_text(last.code)}"
+
     @property
     def scheduler_up_at(self) -> float | None:
         """``time.perf_counter()`` when the scheduler listened."""
