@@ -657,3 +657,45 @@ def test_a_spec_clusters_workers_and_its_loop_are_reachable(tls):
         assert time.monotonic() < deadline, "the cluster's loop still runs"
         time.sleep(0.05)
     cluster.shutdown_on_close = False
+
+
+# --- a command line rewritten in place (flowrig.internals.cmdline) -------------------------
+
+
+CMDLINE_PROBE = r'''
+import json, os, sys
+from flowrig.internals.cmdline import arguments
+from flowrig.project.parameters import hide_param_values
+
+before = arguments()
+hidden = hide_param_values()
+pid = os.fork()
+if pid == 0:
+    __import__("time").sleep(30)
+    os._exit(0)
+child = arguments(pid)
+os.kill(pid, 9)
+os.waitpid(pid, 0)
+print(json.dumps({"before": [a.decode() for a in before], "after": [a.decode() for a in arguments()],
+                  "child": [a.decode() for a in child], "argv": sys.argv, "hidden": hidden}))
+'''
+
+
+def test_a_rewritten_command_line_is_what_other_processes_and_forked_children_show():
+    """The arguments ``/proc/PID/cmdline`` shows can be rewritten in place through
+    ``/proc/self/mem``; a child forked afterwards shows the new ones; ``sys.argv`` keeps
+    the old ones (CPython copied them at start-up)."""
+    secret = "s3cr3t-" + "x" * 20
+    done = subprocess.run(
+        [sys.executable, "-c", CMDLINE_PROBE, "run", "proj", "--param", f"token={secret}", "-pother=1", "-v"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout)
+    assert seen["hidden"] is True
+    assert secret in " ".join(seen["before"])
+    for shown in (seen["after"], seen["child"]):
+        assert secret not in " ".join(shown)
+        # The rest of the old arguments' room is NUL bytes: empty arguments at the end.
+        assert [a for a in shown if a][-5:] == ["proj", "--param", "token=*", "-pother=*", "-v"], shown
+    assert f"token={secret}" in seen["argv"]
