@@ -174,7 +174,7 @@ def execute(
         line = (
             f"flowrig run {run_id}: {decided.size.describe()} on {backend.name}, "
             f"scheduler at {started.scheduler_address}, "
-            f"dashboard at {started.dashboard_link or 'none'}"
+            f"{dashboard_words(started.dashboard_link, started.dashboard_reach)}"
         )
         if announce:
             announce(line)
@@ -225,6 +225,14 @@ def execute(
     # The timings as they ended, teardown included.
     outcome.timings = timer.as_dict()
     return outcome
+
+
+def dashboard_words(link: str | None, reach: str | None) -> str:
+    """The dashboard part of the line that announces the cluster: the link (on local
+    and docker, one that opens in this machine's browser), and where it opens from
+    when that is somewhere else."""
+    words = f"dashboard at {link or 'none'}"
+    return f"{words} ({reach})" if reach else words
 
 
 def _code_file(flow: Any) -> str | None:

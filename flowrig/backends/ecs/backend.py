@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster
+from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster, dashboard_reach
 from flowrig.backends.ecs import defaults
 from flowrig.backends.ecs.options import ECSOptions
 from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
@@ -233,6 +233,7 @@ class _ECSBase(Backend):
             close=CloseOnce(functools.partial(_close_run, cluster, resources, renewer)),
             cluster=cluster,
             scheduler_up=cluster.scheduler_up_at,
+            dashboard_reach=None if options.scheduler_address else dashboard_reach(options.dashboard, "the VPC"),
         )
 
     # --- steps of start -----------------------------------------------------------
@@ -434,3 +435,4 @@ class FargateBackend(_ECSBase):
 
     name = "fargate"
     fargate = True
+
