@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Modules whose use is a reliance on another project's internals: only
 #: flowrig.internals may import them.
 PRIVATE_MODULES = (
+    "distributed.node",
     "prefect.context",
     "prefect.flow_engine",
     "prefect.server",
@@ -824,3 +825,143 @@ def test_the_runner_connects_itself_through_prefect_dasks_exit_stack():
                  "distributed.get_client()"):
         assert name in source, name
     assert "self._exit_stack.__exit__" in inspect.getsource(DaskTaskRunner.__exit__)
+
+
+# --- HTTP endpoints over the run's mutual TLS (flowrig.internals.http_tls) -----------------
+
+#: Run in a process of its own: the swap is for the whole process it happens in.
+HTTP_TLS_PROBE = r'''
+import asyncio, json, ssl, sys, tempfile, urllib.request
+from pathlib import Path
+
+import dask
+from distributed import Scheduler, Worker
+
+from flowrig.certs import TLSMaterial
+
+tls = TLSMaterial.for_run(None)
+security = tls.to_security()
+own = security.get_connection_args("client")["ssl_context"]
+anyone = ssl.create_default_context()
+anyone.check_hostname, anyone.verify_mode = False, ssl.CERT_NONE
+
+
+def status(url, context=None):
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=context) as response:
+            return response.status
+    except Exception as exc:
+        return type(exc).__name__
+
+
+async def nodes(preload):
+    from flowrig.internals.http_tls import requires_client_certificates
+
+    found = {}
+    async with Scheduler(protocol="tls", host="127.0.0.1", security=security, dashboard_address="127.0.0.1:0",
+                         preload=preload) as scheduler:
+        async with Worker(scheduler.address, security=security, host="127.0.0.1", preload=preload) as worker:
+            for name, node in (("scheduler", scheduler), ("worker", worker)):
+                url = f"127.0.0.1:{node.http_server.port}/health"
+                found[name] = {
+                    "requires": requires_client_certificates(node.http_server),
+                    "plain": await asyncio.to_thread(status, "http://" + url),
+                    "anyone": await asyncio.to_thread(status, "https://" + url, anyone),
+                    "own": await asyncio.to_thread(status, "https://" + url, own),
+                }
+    return found
+
+
+result = {"without": asyncio.run(nodes([]))}
+result["with"] = asyncio.run(nodes(["flowrig.roles.private_http"]))
+# distributed's own dashboard TLS settings (which win over the context passed in) get
+# client certificates required too.
+directory = Path(tempfile.mkdtemp())
+(directory / "tls.crt").write_bytes(tls.cert_pem)
+(directory / "tls.key").write_bytes(tls.key_pem)
+(directory / "ca.crt").write_bytes(tls.ca_pem)
+with dask.config.set({"distributed.scheduler.dashboard.tls.cert": str(directory / "tls.crt"),
+                      "distributed.scheduler.dashboard.tls.key": str(directory / "tls.key"),
+                      "distributed.scheduler.dashboard.tls.ca-file": str(directory / "ca.crt")}):
+    result["configured"] = asyncio.run(nodes(["flowrig.roles.private_http"]))
+print(json.dumps(result))
+'''
+
+
+def test_nodes_serve_http_over_mutual_tls_once_the_preload_is_imported():
+    """``ServerNode.start_http_server`` is where a scheduler and a worker make their
+    HTTP server, after their preloads are imported: with :mod:`flowrig.roles.private_http`
+    as a preload, their HTTP endpoints answer only clients with the run's certificate;
+    without it (distributed's own behaviour) they answer anyone over plain HTTP."""
+    done = subprocess.run([sys.executable, "-c", HTTP_TLS_PROBE], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for name in ("scheduler", "worker"):
+        assert result["without"][name]["plain"] == 200, result  # the reason for the fence
+        for case in ("with", "configured"):
+            seen = result[case][name]
+            assert seen["requires"] is True, (case, name, seen)
+            assert seen["plain"] != 200 and seen["anyone"] != 200, (case, name, seen)
+            assert seen["own"] == 200, (case, name, seen)
+
+
+def test_a_node_without_a_certificate_serves_no_http():
+    """The swap fails closed: a node with no TLS certificate does not start its HTTP
+    server (so it does not start) rather than serve it to anyone."""
+    probe = textwrap.dedent('''
+        import asyncio
+        from distributed import Scheduler
+        from flowrig.internals.http_tls import require_client_certificates
+        require_client_certificates()
+        async def main():
+            async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0"):
+                pass
+        try:
+            asyncio.run(main())
+        except RuntimeError as exc:
+            print("refused:", exc)
+    ''')
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "refused: the scheduler has no TLS certificate" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+# --- a command line rewritten in place (flowrig.internals.cmdline) -------------------------
+
+
+CMDLINE_PROBE = r'''
+import json, os, sys
+from flowrig.internals.cmdline import arguments
+from flowrig.project.parameters import hide_param_values
+
+before = arguments()
+hidden = hide_param_values()
+pid = os.fork()
+if pid == 0:
+    __import__("time").sleep(30)
+    os._exit(0)
+child = arguments(pid)
+os.kill(pid, 9)
+os.waitpid(pid, 0)
+print(json.dumps({"before": [a.decode() for a in before], "after": [a.decode() for a in arguments()],
+                  "child": [a.decode() for a in child], "argv": sys.argv, "hidden": hidden}))
+'''
+
+
+def test_a_rewritten_command_line_is_what_other_processes_and_forked_children_show():
+    """The arguments ``/proc/PID/cmdline`` shows can be rewritten in place through
+    ``/proc/self/mem``; a child forked afterwards shows the new ones; ``sys.argv`` keeps
+    the old ones (CPython copied them at start-up)."""
+    secret = "s3cr3t-" + "x" * 20
+    done = subprocess.run(
+        [sys.executable, "-c", CMDLINE_PROBE, "run", "proj", "--param", f"token={secret}", "-pother=1", "-v"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout)
+    assert seen["hidden"] is True
+    assert secret in " ".join(seen["before"])
+    for shown in (seen["after"], seen["child"]):
+        assert secret not in " ".join(shown)
+        # The rest of the old arguments' room is NUL bytes: empty arguments at the end.
+        assert [a for a in shown if a][-5:] == ["proj", "--param", "token=*", "-pother=*", "-v"], shown
+    assert f"token={secret}" in seen["argv"]

@@ -170,6 +170,10 @@ class StartedCluster:
     workers_joined
         How many workers have joined so far, for a backend whose ``cluster`` is not in
         this process (its scheduler is counted elsewhere); ``None`` to read ``cluster``.
+    dashboard_reach
+        Where the dashboard link opens from when that is not this machine's browser
+        ("reachable from inside the VPC only..."), or how to get a dashboard when there
+        is none; ``None``: the link opens here.
     """
 
     scheduler_address: str
@@ -178,6 +182,16 @@ class StartedCluster:
     cluster: Any = None
     scheduler_up: float | None = None
     workers_joined: Callable[[], int] | None = None
+    dashboard_reach: str | None = None
+
+
+def dashboard_reach(served: bool, network: str) -> str:
+    """Where the dashboard of a scheduler elsewhere (a task, a VM) opens from, in words:
+    its port is open to ``network`` alone, plain HTTP without a login, and only when
+    the project asked for it (``served``); else how to ask."""
+    if served:
+        return f"reachable from inside {network} only, plain HTTP without a login"
+    return f"[cluster.options] dashboard = true opens it to {network}"
 
 
 class CloseOnce:

@@ -23,6 +23,9 @@ DASHBOARD_PORT = 8787
 #: The preload every scheduler runs: it stops the scheduler once no client has been
 #: connected for a while (:mod:`flowrig.roles.lifetime`).
 LIFETIME_PRELOAD = "flowrig.roles.lifetime"
+#: The preload that serves a role's HTTP endpoints (the scheduler's dashboard,
+#: ``/metrics``) only over the run's mutual TLS (:mod:`flowrig.roles.private_http`).
+PRIVATE_HTTP_PRELOAD = "flowrig.roles.private_http"
 #: Seconds a worker keeps trying to reach a lost scheduler before it exits.
 WORKER_DEATH_TIMEOUT = 60
 

@@ -208,7 +208,7 @@ def execute(
         line = (
             f"flowrig run {run_id}: {decided.size.describe()} on {backend.name}, "
             f"scheduler at {started.scheduler_address}, "
-            f"dashboard at {started.dashboard_link or 'none'}"
+            f"{dashboard_words(started.dashboard_link, started.dashboard_reach)}"
         )
         reporter.tell("cluster.started", line, scheduler_address=started.scheduler_address,
                       dashboard_link=started.dashboard_link)
@@ -279,6 +279,14 @@ def _reporter(config: RunConfig, parameters: dict[str, Any], run_id: str, backen
 
     return for_run(flow=config.flow, parameters=parameters, run_id=run_id, backend=backend,
                    since=timer.start_wall, flow_run_id=config.flow_run_id)
+
+
+def dashboard_words(link: str | None, reach: str | None) -> str:
+    """The dashboard part of the line that announces the cluster: the link (on local
+    and docker, one that opens in this machine's browser), and where it opens from
+    when that is somewhere else."""
+    words = f"dashboard at {link or 'none'}"
+    return f"{words} ({reach})" if reach else words
 
 
 def _code_file(flow: Any) -> str | None:

@@ -36,6 +36,7 @@ from flowrig.containers.engine import (
     stop_and_remove,
     wait_for_log,
 )
+from flowrig.dashboard import DashboardProxy
 from flowrig.errors import InfrastructureError, flowrig_cause
 from flowrig.project.defaults import WORKER_THREADS
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
@@ -119,6 +120,8 @@ class DockerScheduler(_ContainerProcess):
         self.address = scheduler_address(settings.run_id)
         self.contact_address = self.address
         self.dashboard_address: str | None = None
+        #: The run's dashboard proxy, in front of the scheduler's published dashboard.
+        self.dashboard_proxy: Any = None
         #: When the scheduler logged that it listens (``time.perf_counter()``).
         self.up_at: float | None = None
 
@@ -133,10 +136,19 @@ class DockerScheduler(_ContainerProcess):
         if s.publish:
             port = await _in_thread(published_port, container, SCHEDULER_PORT)
             self.external_address = f"tls://127.0.0.1:{port}"
-        # Published on the host's loopback: the link a browser there can open.
+        # Published on the host's loopback, where it answers the run's certificate
+        # only: the run's proxy opens it to a browser there (the link to print).
         dashboard = await _in_thread(published_port, container, DASHBOARD_PORT)
-        self.dashboard_address = f"http://127.0.0.1:{dashboard}/status"
+        self.dashboard_proxy = DashboardProxy(
+            f"https://127.0.0.1:{dashboard}", s.tls.to_security().get_connection_args("client")["ssl_context"]
+        )
+        self.dashboard_address = await _in_thread(self.dashboard_proxy.start)
         await super().start()
+
+    async def close(self) -> None:
+        if self.dashboard_proxy is not None:
+            await _in_thread(self.dashboard_proxy.stop)
+        await super().close()
 
 
 class DockerWorker(_ContainerProcess):
@@ -305,7 +317,8 @@ class DockerCluster(SpecCluster):
 
     @property
     def dashboard_link(self) -> str:
-        """Dashboard URL on the host's 127.0.0.1 (``""`` when the scheduler serves none)."""
+        """The link to the run's dashboard proxy on the host's 127.0.0.1, with the run's
+        token (``""`` when the scheduler serves no dashboard)."""
         if "dashboard" not in (self.scheduler_info or {}).get("services", {}):
             return ""
         return getattr(self.scheduler, "dashboard_address", None) or ""

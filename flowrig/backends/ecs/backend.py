@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster
+from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster, dashboard_reach
 from flowrig.backends.ecs import defaults
 from flowrig.backends.ecs.options import ECSOptions
 from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
@@ -240,6 +240,7 @@ class _ECSBase(Backend):
             close=CloseOnce(functools.partial(_close_run, cluster, resources, renewer)),
             cluster=cluster,
             scheduler_up=cluster.scheduler_up_at,
+            dashboard_reach=None if options.scheduler_address else dashboard_reach(options.dashboard, "the VPC"),
         )
 
     # --- steps of start -----------------------------------------------------------
@@ -441,3 +442,4 @@ class FargateBackend(_ECSBase):
 
     name = "fargate"
     fargate = True
+

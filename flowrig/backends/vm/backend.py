@@ -25,7 +25,7 @@ import time
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster
+from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster, dashboard_reach
 from flowrig.backends.vm.cloudinit import RegistryLogin, TLSDelivery, TLSSource, VMRole, check_environment
 from flowrig.backends.vm.launcher import RoleSettings, scheduler_role, vm_name, worker_role
 from flowrig.backends.vm.options import VMOptions
@@ -235,4 +235,7 @@ class VMBackend(Backend):
             close=CloseOnce(functools.partial(_close_run, cluster, cloud)),
             cluster=cluster,
             scheduler_up=cluster.scheduler_up_at,
+            dashboard_reach=None if options.scheduler_address else dashboard_reach(
+                options.dashboard, cloud.network_description()
+            ),
         )
