@@ -327,6 +327,60 @@ def test_the_watch_tells_what_workers_do_and_tells_a_scale_down_from_a_loss(tls,
     assert len(news) == count  # the watch stopped with the cluster, and told nothing of its teardown
 
 
+class _RestartingCluster:
+    """The public face of a cluster whose nanny restarts worker 0 between two looks of
+    the watch: it leaves at one address and is back at another, and the backend knows
+    why only from a thread (as an engine or a cloud API answers)."""
+
+    def __init__(self) -> None:
+        from distributed.core import Status
+
+        self.status = Status.running
+        self.plan = self.requested = {0}
+        self.scheduler_info = {"workers": {"tls://127.0.0.1:1": {"name": 0}}}
+        self.asked: list[str] = []
+
+    def lost_reason(self, name: str) -> str | None:
+        self.asked.append(name)
+        time.sleep(0.3)
+        return "its process ended: killed by SIGKILL"
+
+
+def test_a_worker_back_before_its_loss_was_told_is_told_lost_with_its_reason_then_restarted():
+    """A nanny that restarts its worker faster than the watch looks: the loss keeps its
+    reason, and the news comes in order (lost, restarted, joined)."""
+    import asyncio
+
+    from flowrig.backends.watch import ClusterWatch
+
+    cluster = _RestartingCluster()
+    news: list[ClusterNews] = []
+    watch = ClusterWatch(cluster, news.append)
+
+    async def looks() -> None:
+        watch._check()
+        cluster.scheduler_info = {"workers": {"tls://127.0.0.1:2": {"name": 0}}}  # restarted meanwhile
+        for _ in range(20):
+            watch._check()
+            await asyncio.sleep(0.1)
+
+    asyncio.run(looks())
+    assert [(n.kind, n.message) for n in news] == [
+        ("worker.started", "worker 0 started"),
+        ("worker.joined", "worker 0 joined at tls://127.0.0.1:1"),
+        ("worker.lost", "worker 0 lost: its process ended: killed by SIGKILL"),
+        ("worker.replaced", "worker 0 restarted by its nanny"),
+        ("worker.joined", "worker 0 joined at tls://127.0.0.1:2"),
+    ]
+    assert cluster.asked == ["0"]
+
+
+def _hold_memory(size: int) -> int:
+    data = bytearray(size)
+    time.sleep(60)
+    return len(data)
+
+
 def test_a_local_worker_over_its_memory_limit_is_lost_for_memory(tls):
     from distributed import Client
 
@@ -339,8 +393,12 @@ def test_a_local_worker_over_its_memory_limit_is_lost_for_memory(tls):
                        on_news=news.append)
     started = LocalBackend().start(spec)
     try:
+        # A worker lost before the watch saw it join has nothing to be lost from.
+        _news_until(news, lambda n: any(x.kind == "worker.joined" for x in n))
         with Client(started.scheduler_address, security=tls.to_security()) as client:
-            client.submit(lambda: len(bytearray(600_000_000)), pure=False)
+            # Held until the nanny's next look at it (every 100 ms): a task that frees
+            # it at once may finish between two looks.
+            client.submit(_hold_memory, 600_000_000, pure=False)
             seen = _news_until(news, lambda n: any(x.kind == "worker.lost" for x in n))
     finally:
         started.close()

@@ -127,6 +127,9 @@ class _Leaving:
     planned: bool
     asked_at: float = 0.0
     asking: bool = False
+    #: Back under its name before its loss was told, and asked since.
+    back: bool = False
+    asked_back: bool = False
 
 
 class ClusterWatch:
@@ -198,8 +201,14 @@ class ClusterWatch:
             if name not in requested and now - self.unstarted.setdefault(name, now) < UNSTARTED_WAIT:
                 continue  # its start is not told yet (the backend's call that started it still runs)
             self.unstarted.pop(name, None)
-            if name in self.leaving:
-                self._resolve(name, self.leaving.pop(name), reason=None)
+            leaving = self.leaving.get(name)
+            if leaving is not None:
+                # Back under its name (its nanny restarted it) before its loss was told:
+                # the loss goes first, with its reason, which its nanny recorded before
+                # it started the new process; asked once more, at once.
+                leaving.back = True
+                self._ask(name, leaving)
+                continue  # told joined (restarted) once its loss is
             if name in self.unreplaced:
                 # Back under its name, and the cluster did not start it again: its nanny did.
                 self.unreplaced.remove(name)
@@ -219,12 +228,12 @@ class ClusterWatch:
 
     def _ask(self, name: str, leaving: _Leaving) -> None:
         now = time.time()
-        if leaving.asking or now - leaving.asked_at < REASON_RETRY:
+        if leaving.asking or (now - leaving.asked_at < REASON_RETRY and not leaving.back):
             return
         if now - leaving.since > REASON_WAIT:
             self._resolve(name, self.leaving.pop(name), reason=None)
             return
-        leaving.asking, leaving.asked_at = True, now
+        leaving.asking, leaving.asked_at, leaving.asked_back = True, now, leaving.back
         asyncio.ensure_future(self._answer(name, leaving))
 
     async def _answer(self, name: str, leaving: _Leaving) -> None:
@@ -237,7 +246,7 @@ class ClusterWatch:
             leaving.asking = False
         if self.leaving.get(name) is not leaving:
             return  # resolved meanwhile (it came back)
-        if reason or not leaving.planned:
+        if reason or not leaving.planned or leaving.asked_back:
             self._resolve(name, self.leaving.pop(name), reason=reason or None)
 
     async def _reason_for(self, name: str, leaving: _Leaving) -> str | None:
