@@ -188,7 +188,7 @@ def test_a_schedule_runs_the_image_on_a_worker_of_each_pool_type(
 def _check_scheduled_run(server: str, deployment_id: str, first: dt.datetime, worker: subprocess.Popen,
                          log: Path) -> None:
     """The schedule's run at ``first`` completed on the image's cluster, over TLS, and the
-    server holds it, its task runs and its log lines."""
+    server holds it, its task runs, its log lines and the Dask side of the run."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         DeploymentFilter,
@@ -229,3 +229,24 @@ def _check_scheduled_run(server: str, deployment_id: str, first: dt.datetime, wo
             assert names.count("square") == 5 and names.count("scheduler_address") == 1, names
             lines = [entry.message for entry in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
             assert any(line.startswith("cluster scheduler at tls://") for line in lines), lines
+    _check_dask_side(server, run)
+
+
+def _check_dask_side(server: str, run) -> None:
+    """The Dask side of the scheduled run on the server: flowrig's lines (workers asked
+    for and joined), the timeline artifact and a worker-joined event on the flow run."""
+    from tests.test_run_told import Server, flowrig_lines
+
+    told = Server(server)
+    lines = flowrig_lines(told.logs(run.id))
+    assert any("asking the local backend for 2 workers" in line for line in lines), lines
+    assert any(line.startswith("worker 0 joined at tls://") for line in lines), lines
+    [artifact] = told.artifacts(run.id)
+    assert artifact.type == "markdown" and "### Start-up timeline" in artifact.data, artifact
+    assert "| first worker joined |" in artifact.data, artifact.data
+    events = told.wait_for(lambda: told.events(run.id),
+                           lambda found: "flowrig.worker.joined" in {e["event"] for e in found})
+    joined = [e for e in events if e["event"] == "flowrig.worker.joined"]
+    assert joined, sorted({e["event"] for e in events})
+    related = {r["prefect.resource.role"]: r["prefect.resource.id"] for r in joined[0]["related"]}
+    assert related["flow-run"] == f"prefect.flow-run.{run.id}"
