@@ -22,8 +22,6 @@ CONTEXT_SKIP_NAMES = (
     ".pytest_cache", ".mypy_cache", ".ruff_cache", ".ipynb_checkpoints", ".DS_Store",
 )
 CONTEXT_SKIP_SUFFIXES = (".pyc", ".pyo", ".egg-info", "~", ".swp")
-#: BuildKit secret id under which pip's CA bundle reaches the build (``--pip-ca``).
-PIP_CA_SECRET_ID = "pip-ca"
 #: Docker client the builder prefers; ``FLOWRIG_DOCKER`` names another. When it cannot
 #: use BuildKit, other ``docker`` executables on PATH are tried before the legacy builder.
 DOCKER_CLIENT = "docker"

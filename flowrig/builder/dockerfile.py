@@ -1,31 +1,25 @@
-"""The image's Dockerfile: where to find it, and its variant for legacy builders.
+"""The image's Dockerfile and the files a context adds next to it.
 
 The Dockerfile at the repository root is the only one. A wheel ships it as package data
 (``flowrig/builder/Dockerfile``, force-included by ``pyproject.toml``); a source
-checkout reads it from the repository root.
-
-BuildKit is needed for ``RUN --mount`` (pip's CA bundle as a secret, a wheel cache).
-Legacy builders get the same file with the mounts removed and, when a CA bundle is
-given, the ``#LEGACY`` line turned into a COPY of the bundle into the ``build`` stage,
-which the final stage never copies from.
+checkout reads it from the repository root. It builds with BuildKit and with the legacy
+builder alike (no ``RUN --mount``), so ``flowrig build`` and a plain ``docker build``
+from the repository run the same steps and share Docker's layer cache.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from flowrig.errors import InfrastructureError
 
-#: Name of the Dockerfile in a context, and of the CA bundle a legacy build copies.
+#: Name of the Dockerfile in a context.
 DOCKERFILE = "Dockerfile"
-LEGACY_DOCKERFILE = "Dockerfile.legacy"
-LEGACY_PIP_CA = "pip-ca.crt"
+#: A CA bundle pip trusts during the build, at the context's root (``--pip-ca``): only
+#: the Dockerfile's ``build`` stage copies it, and the image takes nothing else from there.
+PIP_CA = "pip-ca.crt"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-# One `--mount=...` flag and the line continuation that may follow it.
-_MOUNT = re.compile(r"--mount=\S+[ \t]*(?:\\\n[ \t]*)?")
-_LEGACY_LINE = re.compile(r"^#LEGACY (.*)$", re.MULTILINE)
 
 
 #: flowrig's lock (uv.lock) exported for pip; every install of an image build is pinned by it.
@@ -65,29 +59,3 @@ def constraints_path() -> Path:
 def dockerfile_text() -> str:
     """Text of the image's Dockerfile."""
     return dockerfile_path().read_text(encoding="utf-8")
-
-
-def needs_buildkit(text: str) -> bool:
-    """Whether a Dockerfile uses ``RUN --mount``, which legacy builders reject."""
-    return _MOUNT.search(text) is not None
-
-
-def for_legacy_builder(text: str, *, pip_ca: bool) -> str:
-    """The Dockerfile for a builder without BuildKit.
-
-    Parameters
-    ----------
-    text
-        The Dockerfile (BuildKit form).
-    pip_ca
-        Whether the context carries :data:`LEGACY_PIP_CA`: its ``#LEGACY`` lines become
-        instructions; otherwise they are dropped.
-
-    Returns
-    -------
-    str
-        The same Dockerfile without ``--mount`` flags.
-    """
-    text = _MOUNT.sub("", text)
-    replacement = r"\1" if pip_ca else ""
-    return _LEGACY_LINE.sub(replacement, text)

@@ -54,7 +54,7 @@ def build_command(
         typer.Option(
             "--pip-ca",
             envvar="FLOWRIG_PIP_CA",
-            help="CA bundle pip in the build trusts (a BuildKit secret; never in the image).",
+            help="CA bundle pip in the build trusts (read by a build stage only; never in the image).",
         ),
     ] = None,
     context_only: Annotated[
@@ -87,7 +87,7 @@ def _build(
     no_cache: bool,
     quiet: bool,
 ) -> None:
-    from flowrig.builder.build import build, build_command
+    from flowrig.builder.build import add_pip_ca, build, build_command
     from flowrig.builder.context import render_context, write_context
     from flowrig.errors import BadInput
 
@@ -98,12 +98,15 @@ def _build(
         typer.echo(f"warning: {path} holds credentials and was not copied into the image", err=True)
     if context_only is not None:
         directory = write_context(context, context_only)
-        command = build_command(context, tag, directory, buildkit=True, pip_ca=pip_ca, no_cache=no_cache)
+        if pip_ca is not None:
+            add_pip_ca(directory, pip_ca)
+        # Without --progress: the command works with BuildKit and the legacy builder alike.
+        command = build_command(context, tag, directory, buildkit=False, no_cache=no_cache)
         nonce = ""
         if context.makes_its_own_ca:
             # Left to the shell, so every run of the printed command gets a new CA.
             nonce = " --build-arg TLS_NONCE=\"$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')\""
-        typer.echo(f"DOCKER_BUILDKIT=1 {shlex.join(command[:-1])}{nonce} {shlex.quote(command[-1])}")
+        typer.echo(f"{shlex.join(command[:-1])}{nonce} {shlex.quote(command[-1])}")
         return
     result = build(context, tag, pip_ca, quiet=quiet, no_cache=no_cache)
     builder = "BuildKit" if result.buildkit else "legacy builder"
