@@ -19,7 +19,7 @@ import pytest
 
 from tests.docker_support import SEED_PROJECT, test_base_image, test_image_tag, test_pip_ca
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
 
 
 def flowrig_build(project: Path, tag: str, *extra: str) -> subprocess.CompletedProcess[str]:

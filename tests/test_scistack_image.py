@@ -26,7 +26,9 @@ from flowrig import layout
 from flowrig.containers import engine
 from tests.docker_support import copy_repository, docker_run_env, test_base_image, test_image_tag, test_pip_ca
 
-pytestmark = pytest.mark.docker
+# A cold build of the stack (every layer new to Docker's cache) takes minutes, and the
+# session fixture's time counts towards its first test's.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[1]
 SCISTACK = REPO / "examples" / "scistack"
