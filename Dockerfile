@@ -23,6 +23,8 @@
 # read from the context's root when it is there. Only the `build` stage copies it, and the
 # image copies nothing from that stage but the venv: it stays in the local build cache and
 # reaches no layer of the image. A bundle holds certificates only, nothing secret.
+# A private index's .netrc is a secret, so it is never in the context: only a BuildKit
+# build secret carries it (see layer 2), and a legacy builder is refused it.
 #
 # Cache layout: every dependency is installed before any flow code is copied, and the flow
 # project is the last thing copied, so editing a flow rebuilds only the last layer and the
@@ -37,7 +39,7 @@ ARG TLS_MODE=baked
 # --from caches on content: editing a flow re-runs this stage and nothing after it.
 FROM ${BASE_IMAGE} AS requirements
 ARG PROJECT
-COPY flowrig/builder/buildsteps.py flowrig/project/filerules.py /opt/flowrig/build/
+COPY flowrig/builder/buildsteps.py flowrig/project/filerules.py flowrig/project/secretrules.py /opt/flowrig/build/
 COPY pyproject.toml constraints.txt /opt/flowrig/build/
 COPY ${PROJECT}/ /opt/flowrig/build/project/
 RUN python3 /opt/flowrig/build/buildsteps.py requirements \
@@ -84,11 +86,16 @@ RUN python3 /opt/flowrig/build/buildsteps.py install \
         /opt/flowrig/requirements/flowrig.txt
 # Layer 2: the project's requirements (changing them leaves layer 1 cached). A requirement
 # pip cannot satisfy (a misspelt name, a version that does not exist or that conflicts
-# with the lock) fails here with one line naming it.
+# with the lock) fails here with one line naming it. A private index's credentials come
+# as a .netrc build secret, never in a file of the project: `flowrig build --pip-netrc
+# FILE` builds this file with `--mount=type=secret,id=pip-netrc` added to this RUN (and
+# to no other), which only BuildKit can do; without the mount the path does not exist
+# and pip gets no credentials.
 COPY --from=requirements /opt/flowrig/requirements/ /opt/flowrig/requirements/
 RUN python3 /opt/flowrig/build/buildsteps.py install \
         --pip /opt/flowrig/tools/bin/pip --python /opt/flowrig/venv/bin/python \
         --wheels /opt/flowrig/wheels --pip-ca /opt/flowrig/build/pip-ca/pip-ca.crt \
+        --pip-netrc /run/secrets/pip-netrc \
         --constraints /opt/flowrig/requirements/constraints.txt \
         /opt/flowrig/requirements/project.txt
 # Prune (tests, caches, pip & co.; strip as STRIP says), put flowrig's own directory on

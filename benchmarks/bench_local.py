@@ -157,8 +157,7 @@ def main() -> None:
         if warm_env is not None:
             w.append(timed(flowrig_run, warm_env)[0])
     if server is not None:
-        server.terminate()
-        server.wait(timeout=60)
+        server.stop()
     # Each of (c)'s processes starts its own temporary API; with several starting at once
     # on two cores, Prefect's default 20 s start-up timeout is too short to finish at all.
     c_env = {**_env(), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}

@@ -99,7 +99,7 @@ def test_kill_9_mid_start_then_leftovers_lists_the_run_and_remove_leaves_nothing
     # renewals failed for a while is not taken for a killed one.
     by_default = json.loads(leftovers("--output", "json").stdout)
     assert run_id not in {run["run_id"] for run in by_default}, by_default
-    # The shape README documents.
+    # The shape the manual documents (docs/leftovers.md).
     assert sorted(found) == ["created", "lease_until", "reason", "resources", "run_id"]
     assert {tuple(sorted(r)) for r in found["resources"]} == {("created", "detail", "id", "kind")}
     kinds = sorted(r["kind"] for r in found["resources"])

@@ -61,7 +61,10 @@ def unwrapped(rendered: str) -> str:
 def written(command: click.Command) -> list[str]:
     """The help texts as written in the code: the command's and each option's."""
     texts = [inspect.cleandoc(command.help or "").split("\f")[0]]
-    texts += [param.help for param in command.params if getattr(param, "help", None)]
+    # Hidden options (kept for old scripts) are left out of the help on purpose.
+    texts += [
+        param.help for param in command.params if getattr(param, "help", None) and not getattr(param, "hidden", False)
+    ]
     return [text for text in texts if text]
 
 

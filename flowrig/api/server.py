@@ -313,6 +313,10 @@ class EmbeddedPrefectAPI:
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
                 pass_fds=(fd,),
+                # Signals sent to the runner's process group stay with the runner: the
+                # API must outlive the flow's own handling of them (its final state is
+                # reported there), and stops with the runner's teardown or its death.
+                start_new_session=True,
             )
         finally:
             errors.close()

@@ -22,11 +22,16 @@ from pathlib import Path
 
 from flowrig.builder import defaults
 from flowrig.builder.context import BuildContext, write_context
-from flowrig.builder.dockerfile import PIP_CA
+from flowrig.builder.dockerfile import DOCKERFILE, PIP_CA, with_pip_netrc
 from flowrig.errors import BadInput, InfrastructureError
 
 # tempfile and buildsteps are imported where a build runs, so importing the package
 # (as `flowrig --help` does) adds next to nothing to what typer already loaded.
+
+_NETRC_NEEDS_BUILDKIT = (
+    "--pip-netrc needs BuildKit (a build secret), and {client} has none: use a docker "
+    "client with buildx (Docker 23+), or set FLOWRIG_DOCKER to one"
+)
 
 # " ---> 0123abcd4567": an image the legacy builder made for one step.
 _LEGACY_STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12})\s*$")
@@ -126,6 +131,7 @@ def build_command(
     no_cache: bool = False,
     client: str = defaults.DOCKER_CLIENT,
     tls_nonce: str | None = None,
+    pip_netrc: str | Path | None = None,
 ) -> list[str]:
     """The ``docker build`` command line for a written context (pure).
 
@@ -133,7 +139,14 @@ def build_command(
     is labelled with the context's hash. ``tls_nonce`` becomes ``TLS_NONCE``, which a
     context that makes its own CA needs (:attr:`BuildContext.makes_its_own_ca`); it
     is not part of the context, so the context's hash stays the same. A CA bundle for
-    pip travels in the context (:func:`add_pip_ca`), not on the command line.
+    pip travels in the context (:func:`add_pip_ca`), not on the command line. A
+    ``.netrc`` (``pip_netrc``) is a BuildKit secret, for a context whose Dockerfile
+    mounts it (:func:`add_pip_netrc_mount`).
+
+    Raises
+    ------
+    BadInput
+        ``pip_netrc`` without BuildKit.
     """
     command = [client, "build", "--rm", "--force-rm", "--tag", tag]
     command += ["--label", f"{defaults.IMAGE_CONTEXT_LABEL}={context.digest}"]
@@ -143,6 +156,12 @@ def build_command(
         command += ["--build-arg", f"TLS_NONCE={tls_nonce}"]
     if buildkit:
         command += ["--progress", "plain"]
+        if pip_netrc is not None:
+            command += ["--secret", f"id={defaults.PIP_NETRC_SECRET_ID},src={pip_netrc}"]
+    elif pip_netrc is not None:
+        # A legacy builder has no build secrets: it could only copy the file into a
+        # layer of the build cache.
+        raise BadInput(_NETRC_NEEDS_BUILDKIT.format(client=client))
     if no_cache:
         command.append("--no-cache")
     command.append(str(directory))
@@ -171,6 +190,20 @@ def add_pip_ca(directory: str | Path, pip_ca: str | Path) -> Path:
     return target
 
 
+def add_pip_netrc_mount(directory: str | Path) -> Path:
+    """Rewrite a written context's Dockerfile to mount the ``.netrc`` build secret.
+
+    Only the install of the project's requirements gets the mount
+    (:func:`flowrig.builder.dockerfile.with_pip_netrc`); the file keeps the context's
+    fixed time. The context's hash (:attr:`BuildContext.digest`) stays that of the
+    context without it: the image the build makes is the same.
+    """
+    path = Path(directory) / DOCKERFILE
+    path.write_text(with_pip_netrc(path.read_text(encoding="utf-8")), encoding="utf-8")
+    os.utime(path, (defaults.CONTEXT_MTIME, defaults.CONTEXT_MTIME))
+    return path
+
+
 def build(
     context: BuildContext,
     tag: str,
@@ -178,6 +211,7 @@ def build(
     *,
     quiet: bool = False,
     no_cache: bool = False,
+    pip_netrc: str | Path | None = None,
 ) -> BuildResult:
     """Build a context into an image tagged ``tag``.
 
@@ -193,6 +227,10 @@ def build(
         (:func:`add_pip_ca`).
     quiet
         Do not stream Docker's progress to stderr.
+    pip_netrc
+        A .netrc file with the credentials of the project's private package index: a
+        BuildKit secret that only the install of the project's requirements sees.
+        Legacy builders have no build secrets, so it needs BuildKit.
     no_cache
         Build every step again (``--no-cache``). Docker 20.10's BuildKit can panic
         when such a build overlaps another build of the same steps
@@ -217,7 +255,12 @@ def build(
 
     if pip_ca is not None and not Path(pip_ca).is_file():
         raise BadInput(f"pip CA bundle {pip_ca} is not a file: pass an existing PEM bundle")
+    if pip_netrc is not None and not Path(pip_netrc).is_file():
+        raise BadInput(f"--pip-netrc {pip_netrc} is not a file: pass a .netrc with the index's credentials")
     client = detect_client()
+    if pip_netrc is not None and not client.buildkit:
+        # Before anything is written or run (build_command refuses it as well).
+        raise BadInput(_NETRC_NEEDS_BUILDKIT.format(client=client.path))
     _ensure_base_image(client.path, context.build_args["BASE_IMAGE"])
     old_id = _image_id(client.path, tag)
     dangling_before = _dangling(client.path)
@@ -225,6 +268,8 @@ def build(
         directory = write_context(context, Path(scratch) / "context")
         if pip_ca is not None:
             add_pip_ca(directory, pip_ca)
+        if pip_netrc is not None:
+            add_pip_netrc_mount(directory)
         command = build_command(
             context,
             tag,
@@ -234,6 +279,7 @@ def build(
             client=client.path,
             # A new CA for every build: never one from the cache of an earlier build.
             tls_nonce=secrets.token_hex(16) if context.makes_its_own_ca else None,
+            pip_netrc=Path(pip_netrc).resolve() if pip_netrc is not None else None,
         )
         env = {**os.environ, "DOCKER_BUILDKIT": "1" if client.buildkit else "0"}
         started = time.monotonic()

@@ -16,6 +16,7 @@ from flowrig.cli.apps import command_group
 from flowrig.cli.aws import app as aws_app
 from flowrig.cli.build import build_command
 from flowrig.cli.certs import app as certs_app
+from flowrig.cli.deploy import deploy_command
 from flowrig.cli.docker import app as docker_app
 from flowrig.cli.ecs import app as ecs_app
 from flowrig.cli.local import app as local_app
@@ -28,6 +29,7 @@ app = command_group(
 )
 app.command("run")(run)
 app.command("build")(build_command)
+app.command("deploy")(deploy_command)
 app.add_typer(aws_app, name="aws")
 app.add_typer(certs_app, name="certs")
 app.add_typer(docker_app, name="docker")

@@ -29,10 +29,15 @@ def run(
     ] = None,
     param: Annotated[
         Optional[list[str]],
-        typer.Option("--param", "-p", help="k=v; v parses as JSON, else it is a string. Repeatable."),
+        typer.Option(
+            "--param", "-p",
+            help="k=v; v parses as JSON, else it is a string. Repeatable. Other users of this machine can "
+            "read a command line: pass private values with --params-file or FLOWRIG_PARAMETERS.",
+        ),
     ] = None,
     params_file: Annotated[
-        Optional[Path], typer.Option("--params-file", help="JSON object of parameters.")
+        Optional[Path],
+        typer.Option("--params-file", help="JSON object of parameters, from a file or from standard input ('-')."),
     ] = None,
     image: Annotated[
         Optional[str], typer.Option("--image", help="Image for container backends.", envvar="FLOWRIG_IMAGE")
@@ -85,6 +90,9 @@ def run(
     the tasks' progress. Exit codes: 0 completed, 1 the flow failed, 2 bad input, 3
     infrastructure, 124 the run's timeout, 128+N a signal.
     """
+    if param:
+        # First, before any process starts: they would inherit the command line.
+        _hide_param_values()
     from flowrig.errors import BadInput
     from flowrig.run.console import Verbosity
     from flowrig.run.launch import RunInputs, default_project_dir, reporting, run_command
@@ -139,3 +147,15 @@ def usage_error_outcome(exc: BaseException, argv: list[str]) -> None:
     message = getattr(exc, "format_message", lambda: str(exc))()
     with reporting("json") as report:
         report.ended(EXIT_BAD_INPUT, one_line(message))
+
+
+def _hide_param_values() -> None:
+    import logging
+
+    from flowrig.project.parameters import hide_param_values
+
+    if not hide_param_values():
+        logging.getLogger("flowrig").warning(
+            "--param values stay readable in this command's command line (and in its local workers'): "
+            "pass private values with --params-file or FLOWRIG_PARAMETERS instead"
+        )

@@ -45,7 +45,11 @@ class RunDeadline:
         forksafe.mark(self._timer).start()
 
     def _fire(self) -> None:
+        from flowrig.common.signals import ending_as
+
         self.fired = True
+        error = self.error()
+        ending_as(error.exit_code, str(error))
         os.kill(os.getpid(), signal.SIGTERM)
 
     def cancel(self) -> None:

@@ -47,6 +47,8 @@ class RunConfig:
         Callbacks run after the cluster started and after it was torn down.
     flow_run_id
         Run the flow as this existing Prefect flow run (a deployment's run).
+    allow_environment
+        ``[build] allow_environment``: variables whose values are no secret.
     """
 
     flow: Any
@@ -66,6 +68,7 @@ class RunConfig:
     on_start: Callable[[], Any] | None = None
     on_exit: Callable[[], Any] | None = None
     flow_run_id: str | None = None
+    allow_environment: tuple[str, ...] = ()
 
 
 #: The ``state`` of a run that ended before its flow reached a final state, by exit code

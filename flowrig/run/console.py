@@ -48,44 +48,56 @@ def _levels(verbosity: Verbosity) -> dict[str, int]:
     }
 
 
-def worker_environment(verbosity: Verbosity) -> dict[str, str]:
-    """Environment that gives workers in containers the same levels (read at start-up)."""
+def worker_environment(verbosity: Verbosity, to_api: bool = False) -> dict[str, str]:
+    """Environment that gives workers in containers the same levels (read at start-up);
+    ``to_api``: see :func:`configure`."""
     levels = _levels(verbosity)
+    # A server of the user's gets task runs' lines at Prefect's own level.
+    task_runs = min(levels["prefect.task_runs"], logging.INFO) if to_api else levels["prefect.task_runs"]
     return {
         "DASK_LOGGING__DISTRIBUTED": logging.getLevelName(levels["distributed"]).lower(),
-        "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": logging.getLevelName(levels["prefect.task_runs"]),
+        "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": logging.getLevelName(task_runs),
     }
 
 
-def base_worker_environment(run_id: str, verbosity: Verbosity | None) -> dict[str, str]:
+def base_worker_environment(run_id: str, verbosity: Verbosity | None, to_api: bool = False) -> dict[str, str]:
     """What every run's workers get before its Prefect API's settings: the run's id,
-    Prefect's analytics off, and the log levels of ``verbosity`` (none: the roles' own).
+    Prefect's analytics off, and the log levels of ``verbosity`` (none: the roles' own;
+    ``to_api``: see :func:`configure`).
 
     ``flowrig vm cloud-init`` shows the same in a worker's user data.
     """
     return {
         "FLOWRIG_RUN_ID": run_id,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        **(worker_environment(verbosity) if verbosity is not None else {}),
+        **(worker_environment(verbosity, to_api) if verbosity is not None else {}),
     }
 
 
-def configure(verbosity: Verbosity) -> None:
+def configure(verbosity: Verbosity, to_api: bool = False) -> None:
     """Set the run's levels in this process (after Prefect configured its logging).
 
     Local workers fork from this process (or from a server started with its
-    environment), so they start with the same levels.
+    environment), so they start with the same levels. ``to_api``: the run reports to a
+    Prefect server of the user's, which gets every task run's lines as Prefect sends
+    them; the console still shows the lines of ``verbosity`` only.
     """
     for name, level in _levels(verbosity).items():
         logging.getLogger(name).setLevel(level)
     # A task the flow calls directly runs here: its lines are chosen by the same rule.
-    lines = TaskLines.for_verbosity(verbosity)
+    lines = TaskLines.for_verbosity(verbosity, to_api)
     task_runs = logging.getLogger("prefect.task_runs")
     task_runs.setLevel(lines.logger_level)
-    for old in [f for f in task_runs.filters if isinstance(f, TaskLinesFilter)]:
-        task_runs.removeFilter(old)
-    task_runs.addFilter(TaskLinesFilter(lines))
-    os.environ.update(worker_environment(verbosity))
+    for holder in (task_runs, *logging.getLogger().handlers):
+        for old in [f for f in holder.filters if isinstance(f, TaskLinesFilter)]:
+            holder.removeFilter(old)
+    if to_api:
+        # The rule picks what the console shows, not what Prefect's API handler gets.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(TaskLinesFilter(lines, task_runs_only=True))
+    else:
+        task_runs.addFilter(TaskLinesFilter(lines))
+    os.environ.update(worker_environment(verbosity, to_api))
     if not logging.getLogger("flowrig").handlers and not logging.getLogger().handlers:
         logging.basicConfig(stream=sys.stderr, format="%(message)s")
 
@@ -120,8 +132,9 @@ class Console:
     def shows_progress(self) -> bool:
         return self.verbosity >= Verbosity.NORMAL
 
-    def task_logs(self) -> TaskLogForwarding:
-        """What the run's workers send of their tasks' log lines, for this console."""
+    def task_logs(self, to_api: bool = False) -> TaskLogForwarding:
+        """What the run's workers send of their tasks' log lines, for this console;
+        ``to_api``: and what they keep for a Prefect server of the user's."""
         from flowrig.run.progress import TOPIC
 
-        return TaskLogForwarding(TOPIC, TaskLines.for_verbosity(int(self.verbosity)))
+        return TaskLogForwarding(TOPIC, TaskLines.for_verbosity(int(self.verbosity), to_api))

@@ -13,16 +13,20 @@ role and :class:`flowrig.DaskCloudProviderEnvironment`:
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from flowrig.common.runid import current_run_id
-from flowrig.common.signals import shielded
+from flowrig.common.signals import shielded, stop_guard
+from flowrig.errors import BadInput
 from flowrig.run.config import RunConfig, RunOutcome, RunRecord
 from flowrig.run.console import Console, base_worker_environment
 from flowrig.run.progress import ProgressDisplay, TaskProgress
+from flowrig.run.reporter import NO_REPORTER
 from flowrig.run.timings import timeline_line
 
 if TYPE_CHECKING:
@@ -35,12 +39,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flowrig")
 
 
-def run_certificates(backend: "Backend", given: "TLSMaterial | None") -> "TLSMaterial":
-    """The run's certificates (:meth:`TLSMaterial.for_run`); per-run ones also name the
-    address its API is reached at, so that the API can serve HTTPS with them."""
+def run_certificates(
+    backend: "Backend", given: "TLSMaterial | None", options: Mapping[str, Any] | None = None
+) -> "TLSMaterial":
+    """The run's certificates (:meth:`TLSMaterial.for_run`): the image's baked ones only
+    when ``backend`` with these ``[cluster.options]`` has roles it does not start;
+    per-run ones also name the address its API is reached at, so that the API can
+    serve HTTPS with them."""
     from flowrig.certs import TLSMaterial
 
-    return TLSMaterial.for_run(given, hosts=[backend.prefect_api_hosts()[1]])
+    image_roles = backend.roles_use_image_certificates(options or {})
+    return TLSMaterial.for_run(given, hosts=[backend.prefect_api_hosts()[1]], image_roles=image_roles)
 
 
 def start_prefect_api(backend: "Backend", tls: "TLSMaterial") -> "EmbeddedPrefectAPI | None":
@@ -106,7 +115,7 @@ def execute(
         When the cluster or the Prefect API cannot start.
     """
     from flowrig.backends import ClusterSpec, resolve_backend
-    from flowrig.internals import prefect_engine
+    from flowrig.internals import prefect_engine, worker_security
     from flowrig.internals.prefect_settings import settings_with
     from flowrig.project import parameters as params_mod
     from flowrig.project import sizing
@@ -122,10 +131,18 @@ def execute(
         task_logs=console.task_logs() if console is not None else None,
     )
     display: ProgressDisplay | None = None
+    # Whatever the flow does with a SIGTERM, the run is torn down: by the finally block
+    # below, or from outside the flow when that is not reached in time. The closure
+    # sees ``started`` and ``api`` as they are when it is called.
+    teardown = _Once(lambda: _teardown(started, api))
+    guard = stop_guard(teardown)
+    # Tells a Prefect server of the user's the Dask side of the run (flowrig.run.reporter).
+    reporter: Any = NO_REPORTER
+    failure: BaseException | None = None
     try:
         backend = resolve_backend(config.backend)
         record.backend = backend.name
-        tls = run_certificates(backend, config.tls)
+        tls = run_certificates(backend, config.tls, config.options)
         if api is None:
             api = start_prefect_api(backend, tls)
         configured = _configured_api_url()
@@ -143,15 +160,28 @@ def execute(
             hook_name=config.sizing_hook_name,
             options=config.options,
         )
+        if backend.roles_use_image_certificates(decided.options) != backend.roles_use_image_certificates(
+            config.options
+        ):
+            raise BadInput(
+                "the sizing hook changed options that decide whether the run's roles use the image's baked "
+                "certificates (task definitions or a scheduler of your own, tls): set them in flowrig.toml"
+            )
         prefect_engine.import_flow_engine()
         settings = api.client_settings(tls) if api is not None else {}
         secrets = api.secret_settings() if api is not None else {}
         worker_env = {
-            **base_worker_environment(run_id, console.verbosity if console is not None else None),
+            **base_worker_environment(run_id, console.verbosity if console is not None else None, api is None),
             **{name: str(value) for name, value in settings.items() if value is not None},
         }
         if api is None:
             worker_env["PREFECT_API_URL"] = str(configured)
+            reporter = _reporter(config, parameters, run_id, backend.name, timer)
+            if console is not None:
+                # A server of the user's gets every task run's lines; the console its own.
+                progress.task_logs = console.task_logs(to_api=True)
+        # A client a task opens on the run's cluster gets the run's credentials.
+        worker_env.setdefault(worker_security.LOADER_ENV, worker_security.LOADER)
         spec = ClusterSpec(
             run_id=run_id,
             size=decided.size,
@@ -162,9 +192,13 @@ def execute(
             worker_threads=config.worker_threads,
             no_client_timeout=config.no_client_timeout,
             min_workers=config.min_workers,
+            allowed_environment=frozenset(config.allow_environment),
+            on_news=reporter.on_news,
         )
         record.n_workers = decided.size.n_workers
         timer.phase("prepare")
+        reporter.tell("cluster.asked", f"flowrig run {run_id}: asking the {backend.name} backend for "
+                      f"{decided.size.describe()}", n_workers=decided.size.n_workers)
         started = backend.start(spec)
         record.scheduler_address, record.dashboard_link = started.scheduler_address, started.dashboard_link
         if api is not None:
@@ -174,8 +208,10 @@ def execute(
         line = (
             f"flowrig run {run_id}: {decided.size.describe()} on {backend.name}, "
             f"scheduler at {started.scheduler_address}, "
-            f"dashboard at {started.dashboard_link or 'none'}"
+            f"{dashboard_words(started.dashboard_link, started.dashboard_reach)}"
         )
+        reporter.tell("cluster.started", line, scheduler_address=started.scheduler_address,
+                      dashboard_link=started.dashboard_link)
         if announce:
             announce(line)
         if console is not None:
@@ -197,6 +233,10 @@ def execute(
             ).start()
         # Events to the run's own API would be deleted unread: the workers drop them.
         events = "drop" if api is not None else "send"
+        flow_run_id = reporter.flow_run_id()  # made while the cluster started
+        if flow_run_id is not None:
+            config = dataclasses.replace(config, flow_run_id=flow_run_id)
+        reporter.flow_started()
         state = _run_flow(config, parameters, started.scheduler_address, tls, flow_settings, progress, events)
         timer.reached("flow_finished")
         timer.phase("flow")
@@ -205,8 +245,13 @@ def execute(
             # The cause first: distributed's own message (KilledWorker) does not name it.
             message = f"{note}; {message}" if message else note
         outcome = record.outcome(state.name, result, message=message)
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
+        guard.release()
         stop_watching.set()
+        reporter.stop_listening()
         if display is not None:
             display.stop()
         # A run that ended early: the time until now belongs to the step it was in.
@@ -214,12 +259,13 @@ def execute(
         # A signal during teardown must not leave half a cluster: it is held back and
         # delivered once everything is down.
         with shielded():
-            _teardown(started, api)
+            teardown()
             if config.on_exit:
                 config.on_exit()
             timer.phase("teardown")
             timer.reached("teardown_done")
             timer.finish()
+            reporter.close(timer.timeline, failure)
             if console is not None and console.timeline and started is not None:
                 console.line(timeline_line(run_id, timer.timeline))
     # The timings as they ended, teardown included.
@@ -227,10 +273,24 @@ def execute(
     return outcome
 
 
+def _reporter(config: RunConfig, parameters: dict[str, Any], run_id: str, backend: str, timer: Any) -> Any:
+    """The reporter of a run whose API is a server of the user's."""
+    from flowrig.run.reporter import for_run
+
+    return for_run(flow=config.flow, parameters=parameters, run_id=run_id, backend=backend,
+                   since=timer.start_wall, flow_run_id=config.flow_run_id)
+
+
+def dashboard_words(link: str | None, reach: str | None) -> str:
+    """The dashboard part of the line that announces the cluster: the link (on local
+    and docker, one that opens in this machine's browser), and where it opens from
+    when that is somewhere else."""
+    words = f"dashboard at {link or 'none'}"
+    return f"{words} ({reach})" if reach else words
+
+
 def _code_file(flow: Any) -> str | None:
     """The file of the flow's function, as a person would open it."""
-    import inspect
-
     try:
         path = inspect.getsourcefile(flow.fn)
     except (TypeError, AttributeError):
@@ -240,6 +300,23 @@ def _code_file(flow: Any) -> str | None:
     # Relative where that is shorter (the project below the current directory).
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
+
+
+class _Once:
+    """Call ``function`` once, from whichever thread comes first; later callers wait
+    for that call to finish (unlike :class:`~flowrig.backends.base.CloseOnce`): a run
+    torn down from outside its flow exits only once everything is down, whichever
+    thread got there first."""
+
+    def __init__(self, function: Callable[[], None]) -> None:
+        self._function: Callable[[], None] | None = function
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            function, self._function = self._function, None
+            if function is not None:
+                function()
 
 
 def _teardown(started: Any, api: Any) -> None:
@@ -275,17 +352,62 @@ def _run_flow(
     with run_settings(settings):
         try:
             if config.flow_run_id:
-                return prefect_engine.run_existing_flow_run(flow, config.flow_run_id, parameters)
-            return flow(**parameters, return_state=True)
+                state = prefect_engine.run_existing_flow_run(flow, config.flow_run_id, parameters)
+            else:
+                state = flow(**parameters, return_state=True)
+            # An ``async def`` flow gives a coroutine of its final state: run it to the end.
+            return run_to_completion(state) if inspect.isawaitable(state) else state
         finally:
             prefect_engine.drain_reporting()
 
 
+def run_to_completion(awaitable: Any) -> Any:
+    """Await ``awaitable`` from synchronous code and return its result.
+
+    In the main thread of a command (no event loop running) it runs right here, so
+    that SIGTERM and Ctrl-C reach the flow as they reach a synchronous one. Where an
+    event loop already runs in this thread (a notebook calling
+    :class:`flowrig.DaskCloudProviderEnvironment`), it runs on a loop of its own in a
+    helper thread, with this thread's context (the run's Prefect settings) copied.
+    """
+    import asyncio
+    import contextvars
+
+    async def main() -> Any:
+        return await awaitable
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    outcome: dict[str, Any] = {}
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            outcome["value"] = context.run(asyncio.run, main())
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="flowrig-async-flow", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _result_of(state: Any) -> tuple[Any, str | None]:
     if state.is_completed():
-        return state.result(raise_on_failure=False), None
+        return _state_result(state, raise_on_failure=False), None
     try:
-        state.result(raise_on_failure=True)
+        _state_result(state, raise_on_failure=True)
     except BaseException as exc:  # the flow's own exception, reported as data
         return None, f"{type(exc).__name__}: {exc}"
     return None, state.message
+
+
+def _state_result(state: Any, raise_on_failure: bool) -> Any:
+    # Prefect gives a coroutine where an event loop runs in this thread (a notebook).
+    value = state.result(raise_on_failure=raise_on_failure)
+    return run_to_completion(value) if inspect.isawaitable(value) else value

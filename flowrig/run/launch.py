@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from flowrig import layout
 from flowrig.common.clock import STARTED_ENV, command_started
 from flowrig.common.runid import RUN_ID_ENV
-from flowrig.errors import BadInput, exit_status
+from flowrig.errors import exit_status
 from flowrig.run.config import RunConfig, RunRecord
 from flowrig.run.console import Verbosity
 from flowrig.run.report import OutcomeReport
@@ -88,40 +88,33 @@ def default_project_dir() -> Path:
     return Path.cwd()
 
 
-def parameters_of_flow_run(flow_run_id: str) -> dict[str, Any]:
-    """Parameters of an existing flow run, read from the configured Prefect API.
-
-    This is how a container started by a Prefect worker for a deployment's flow run
-    (``PREFECT__FLOW_RUN_ID`` set) learns its parameters.
-    """
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        try:
-            flow_run = client.read_flow_run(flow_run_id)
-        except Exception as exc:
-            raise BadInput(f"cannot read flow run {flow_run_id} from the Prefect API: {exc}") from None
-    return dict(flow_run.parameters or {})
-
-
 def config_from_project(
     project: "Project", inputs: RunInputs, backend: "Backend", tls: "TLSMaterial | None" = None
 ) -> RunConfig:
     """Load the flow, hook, parameters and certificates of a run into a :class:`RunConfig`.
 
+    A container a Prefect worker started for a flow run (``PREFECT__FLOW_RUN_ID`` set)
+    reads that flow run's parameters from the API, and refuses (marking it Failed) a
+    flow run of another flow (:mod:`flowrig.run.flow_runs`).
+
     Raises
     ------
     BadInput
-        For a missing or invalid flow, sizing hook, parameters or certificates.
+        For a missing or invalid flow, sizing hook, parameters or certificates, or a
+        flow run of another flow.
     """
     from flowrig.project import flow_loader
     from flowrig.project import parameters as params_mod
 
-    flow = flow_loader.load_flow(project.flow_path, project.flow_function)
     flow_run_id = os.environ.get("PREFECT__FLOW_RUN_ID")
+    flow = flow_loader.load_flow(project.flow_path, project.flow_function)
     raw = {**(inputs.given_parameters or {}), **params_mod.gather(inputs.params, inputs.params_file)}
     if flow_run_id:
-        raw = {**parameters_of_flow_run(flow_run_id), **raw}
+        from flowrig.run import flow_runs
+
+        request = flow_runs.read_flow_run(flow_run_id)
+        flow_runs.refuse_other_flow(request, flow.name, project.flow)
+        raw = {**request.parameters, **raw}
     cluster = project.cluster
     hook = None
     if cluster.sizing:
@@ -148,6 +141,7 @@ def config_from_project(
         worker_threads=cluster.worker_threads,
         no_client_timeout=cluster.no_client_timeout,
         flow_run_id=flow_run_id,
+        allow_environment=tuple(project.build.allow_environment),
     )
 
 
@@ -214,7 +208,7 @@ def run_command(inputs: RunInputs, report: OutcomeReport | None = None) -> int:
     # Whatever this process starts for the run (the docker backend's runner container)
     # belongs to the same run and the same command.
     with _environment({RUN_ID_ENV: record.run_id, STARTED_ENV: repr(started)}):
-        with run_deadline(started) as deadline, terminating():
+        with run_deadline(started) as deadline, terminating(last_words=report.ended):
             return _run_command(inputs, deadline, report)
 
 
@@ -262,7 +256,8 @@ def _run_command(inputs: RunInputs, deadline: "RunDeadline", report: OutcomeRepo
         from flowrig.certs import TLSMaterial
 
         given = TLSMaterial.from_dir(inputs.certs)
-    tls = run_certificates(backend, given)
+    options = {"address": inputs.scheduler_address} if inputs.scheduler_address else project.cluster.options
+    tls = run_certificates(backend, given, options)
     api = start_prefect_api(backend, tls)
     try:
         if name == "local" and not layout.in_image():
@@ -277,7 +272,7 @@ def _run_command(inputs: RunInputs, deadline: "RunDeadline", report: OutcomeRepo
             config = config_from_project(project, inputs, backend, tls)
             import_flow_engine()
         # After Prefect set up its logging, before any worker starts (they inherit it).
-        console.configure(inputs.verbosity)
+        console.configure(inputs.verbosity, to_api=api is None)
         # Still one thread: the local backend forks its fork server now, with all of
         # the flow's imports; only then may the API's readiness be watched in a thread.
         backend.prepare()

@@ -54,25 +54,31 @@ class TaskLines:
         Also what the task printed under ``log_prints=True`` (logged at INFO).
     prefect_level
         Prefect's own records about the task (its engine's) at this level or above.
+    api_level
+        The level Prefect's API handler gets the task's records at (a Prefect server of
+        the user's: Prefect's own default, INFO); only the logger's level depends on it.
     """
 
     level: int = logging.WARNING
     prints: bool = True
     prefect_level: int = NEVER
+    api_level: int = NEVER
 
     @classmethod
-    def for_verbosity(cls, verbosity: int) -> "TaskLines":
-        """``--quiet`` (0), default (1), ``--verbose`` (2)."""
+    def for_verbosity(cls, verbosity: int, to_api: bool = False) -> "TaskLines":
+        """``--quiet`` (0), default (1), ``--verbose`` (2); ``to_api``: the run reports to
+        a Prefect server of the user's."""
+        api_level = logging.INFO if to_api else NEVER
         if verbosity >= 2:
-            return cls(logging.INFO, True, logging.INFO)
+            return cls(logging.INFO, True, logging.INFO, api_level)
         if verbosity <= 0:
-            return cls(logging.ERROR, False, NEVER)
-        return cls()
+            return cls(logging.ERROR, False, NEVER, api_level)
+        return cls(api_level=api_level)
 
     @property
     def logger_level(self) -> int:
-        """The level the logger must let through for these records to be seen."""
-        return min(self.level, self.prefect_level, logging.INFO if self.prints else NEVER)
+        """The level the logger must let through for these records to be seen (or sent)."""
+        return min(self.level, self.prefect_level, logging.INFO if self.prints else NEVER, self.api_level)
 
     def wants(self, record: logging.LogRecord, prefect_dir: str) -> bool:
         """Whether ``record`` is shown; call it while the record is being logged."""
@@ -88,14 +94,21 @@ class TaskLines:
 
 
 class TaskLinesFilter(logging.Filter):
-    """A :class:`TaskLines` rule as a logging filter (tasks the runner runs itself)."""
+    """A :class:`TaskLines` rule as a logging filter (tasks the runner runs itself).
 
-    def __init__(self, lines: TaskLines) -> None:
+    ``task_runs_only``: a filter of a handler that other loggers' records reach too
+    (the console's), which lets those through.
+    """
+
+    def __init__(self, lines: TaskLines, task_runs_only: bool = False) -> None:
         super().__init__()
         self.lines = lines
+        self.task_runs_only = task_runs_only
         self._prefect_dir = _prefect_dir()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self.task_runs_only and not record.name.startswith(TASK_RUNS_LOGGER):
+            return True
         return self.lines.wants(record, self._prefect_dir)
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from flowrig.backends.docker import control
 from flowrig.backends.docker.naming import check_run_id, container_name, network_name
 from flowrig.backends.docker.plans import RUNNER_STOP_TIMEOUT, render_runner
+from flowrig.backends.watch import follow
 from flowrig.certs import TLSMaterial, delivery
 from flowrig.certs.defaults import RUN_DAYS
 from flowrig.common.net import is_loopback_url
@@ -49,12 +50,15 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
 
     from flowrig.backends.docker.cluster import DockerCluster
+    from flowrig.backends.watch import ClusterNews
     from flowrig.project import Project
 
 logger = logging.getLogger("flowrig.docker")
 
 #: Seconds between two looks at how many workers have joined.
 WORKERS_POLL = 0.05
+#: Most pieces of news one message to the runner carries.
+NEWS_PER_MESSAGE = 200
 
 
 class HostController:
@@ -65,15 +69,27 @@ class HostController:
     """
 
     def __init__(
-        self, client: "DockerClient", run_id: str, image: str, tls: TLSMaterial, stdin: StdinWriter
+        self,
+        client: "DockerClient",
+        run_id: str,
+        image: str,
+        tls: TLSMaterial,
+        stdin: StdinWriter,
+        secrets: Mapping[str, str] | None = None,
     ) -> None:
         self.client, self.run_id, self.image, self.tls = client, run_id, image, tls
+        # The host's own project says which secrets go to the workers, never the runner.
+        self.secrets = dict(secrets or {})
         self._stdin = stdin
         # Held while the cluster is made, so that close() waits for a start under way
         # and closes what it made; after close() no start begins.
         self._lock = threading.Lock()
         self._closed = False
         self.cluster: "DockerCluster | None" = None
+        # The cluster's news for the runner, when it asked for them; sent off the
+        # cluster's loop, with the worker counts.
+        self._news: list[dict[str, Any]] = []
+        self._news_lock = threading.Lock()
 
     def take(self, line: bytes) -> bytes | None:
         """Handle the control message in ``line`` of the runner's stdout, if there is one;
@@ -112,14 +128,25 @@ class HostController:
 
     def _report_workers(self, cluster: "DockerCluster") -> None:
         """Tell the runner each time the number of joined workers changes (its timeline
-        and progress read it), until the cluster closes."""
+        and progress read it), and the news about its workers, until the cluster closes."""
         reported = 0
         while self.cluster is cluster:
             joined = len(cluster.scheduler_info.get("workers", {}))
             if joined != reported:
                 self._reply("workers", joined=joined)
                 reported = joined
+            self._send_news()
             time.sleep(WORKERS_POLL)
+
+    def _keep_news(self, news: "ClusterNews") -> None:
+        with self._news_lock:
+            self._news.append(news.to_dict())
+
+    def _send_news(self) -> None:
+        with self._news_lock:
+            items, self._news = self._news, []
+        for at in range(0, len(items), NEWS_PER_MESSAGE):
+            self._reply("news", items=items[at:at + NEWS_PER_MESSAGE])
 
     def _start_cluster(self, message: Mapping[str, Any]) -> "DockerCluster":
         from flowrig.backends.docker.backend import DockerBackend
@@ -151,12 +178,15 @@ class HostController:
                 tls=self.tls,
                 worker_threads=threads,
                 environment={**worker_env, **options.environment},
+                secret_environment=self.secrets,
                 worker_memory=None if options.worker_memory is None else str(options.worker_memory),
                 scheduler_start_timeout=float(options.scheduler_start_timeout),
                 no_client_timeout=None if no_client_timeout is None else float(no_client_timeout),
                 client=self.client,
             )
             self.cluster = cluster
+        if message.get("news") is True:
+            follow(cluster, self._keep_news)
         if adapt:
             cluster.adapt(minimum=int(adapt[0]), maximum=int(adapt[1]))
         if n_workers > 0:
@@ -185,6 +215,30 @@ def _runner_lost(name: str, code: int, oom: bool) -> str:
         signame = f"signal {code - 128}"
     cause = "it ran out of memory" if oom else "killed or stopped from outside the run"
     return f"the runner container {name} ended by {signame} (exit {code}; {cause}); everything of the run is removed"
+
+
+def _host_project(directory: Path | None) -> "Project | None":
+    """The host's project at ``directory``, when there is one (a bad one is bad input)."""
+    if directory is None or not directory.exists():
+        return None
+    from flowrig.project import load_project
+    from flowrig.project.defaults import PROJECT_FILE
+
+    if (directory / PROJECT_FILE).is_file() or directory.is_file():
+        return load_project(directory)
+    return None
+
+
+def _project_secrets(project: "Project | None") -> dict[str, str]:
+    """The values of the host's project's ``[cluster.options] secrets``, from this
+    process's environment: the runner container cannot ask for more (it could name
+    any variable of the host's)."""
+    if project is None or not project.cluster.options.get("secrets"):
+        return {}
+    from flowrig.backends.docker.backend import DockerBackend, secret_environment
+
+    options = DockerBackend().parse_options(project.cluster.options)
+    return secret_environment(options.secrets, os.environ)
 
 
 def _host_image(directory: Path | None, project: "Project | None", image: str | None) -> str:
@@ -249,7 +303,9 @@ def run_in_container(
     from flowrig.project import parameters as params_mod
 
     parameters = params_mod.gather(params, params_file)
+    project = project or _host_project(Path(directory) if directory is not None else None)
     image = _host_image(Path(directory) if directory is not None else None, project, image)
+    run_secrets = _project_secrets(project)
     client = connect()
     require_image(client, image)
     run_id = check_run_id(current_run_id())
@@ -257,6 +313,7 @@ def run_in_container(
     if is_loopback_url(os.environ.get("PREFECT_API_URL")):
         logger.warning("PREFECT_API_URL points at this machine's loopback, which containers cannot reach")
     secrets = {name: os.environ[name] for name in control.SECRET_PASSTHROUGH if os.environ.get(name)}
+    secrets.update(run_secrets)
     # The run's certificates, made here for this run only; the leaf names the runner
     # too, so the run's API serves HTTPS with it.
     tls = TLSMaterial.ephemeral(hosts=[container_name(run_id, "runner")], days=RUN_DAYS)
@@ -277,7 +334,7 @@ def run_in_container(
             stdin = attach_stdin(runner)
             stdin.write(delivery.encode(tls))
             stdin.write(control.encode("parameters", parameters=parameters, environment=secrets))
-            controller = HostController(client, run_id, image, tls, stdin)
+            controller = HostController(client, run_id, image, tls, stdin, run_secrets)
             pump = LogPump()
             pump.follow(runner, take=controller.take)
             code = wait_for_exit(runner)

@@ -23,7 +23,7 @@ from flowrig.backends.docker.naming import (
 from flowrig.certs.delivery import FROM_ENV
 from flowrig.containers import ContainerPlan
 from flowrig.project.defaults import WORKER_THREADS
-from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
+from flowrig.roles import DASHBOARD_PORT, PRIVATE_HTTP_PRELOAD, SCHEDULER_PORT
 
 #: Modules a worker container imports before it joins the scheduler. The first Prefect
 #: task on a worker would import them anyway; importing them at start-up overlaps that
@@ -43,6 +43,8 @@ RUNNER_STOP_TIMEOUT = 20
 #: profiles and a local result store) moves into one.
 SCRATCH = {"/tmp": "rw,nosuid,nodev,noexec"}
 PREFECT_HOME = "/tmp/prefect"
+#: Where a worker's HTTP server listens: its container's own loopback.
+WORKER_HTTP_ADDRESS = "127.0.0.1:0"
 #: The most processes and threads each role may run: a worker's thread pool and
 #: Prefect's own threads fit many times over; a fork bomb does not.
 PIDS_LIMIT = {"scheduler": 256, "worker": 1024, "runner": 1024}
@@ -77,8 +79,9 @@ def render_scheduler(
 ) -> ContainerPlan:
     """The scheduler container: the image's ``scheduler`` role on the run's network.
 
-    Its dashboard is published on the host's 127.0.0.1 only (a port of its own), so a
-    browser on the host opens it and nothing else does; the scheduler's port too when
+    Its dashboard answers only the run's certificate (:mod:`flowrig.roles.private_http`)
+    and is published on the host's 127.0.0.1 only (a port of its own), where the run's
+    dashboard proxy opens it to the host's browser; the scheduler's port too when
     ``publish`` (the cluster is driven from the host). Its certificates arrive on stdin.
     It stops itself once no client has been connected for ``no_client_timeout``
     seconds (default: :data:`flowrig.roles.lifetime.NO_CLIENT_TIMEOUT`).
@@ -88,7 +91,9 @@ def render_scheduler(
     return ContainerPlan(
         name=name,
         image=image,
-        command=("scheduler", "--dashboard-address", f":{DASHBOARD_PORT}", *lifetime),
+        command=(
+            "scheduler", "--dashboard-address", f":{DASHBOARD_PORT}", "--preload", PRIVATE_HTTP_PRELOAD, *lifetime,
+        ),
         labels=labels(run_id, "scheduler"),
         environment=role_environment(run_id),
         network=network,
@@ -111,7 +116,9 @@ def render_worker(
 ) -> ContainerPlan:
     """A worker container: the image's ``worker`` role, connecting to the run's scheduler.
 
-    It serves no dashboard (nothing would reach it); its certificates arrive on stdin.
+    It serves no dashboard, and the HTTP server every worker runs anyway (``/metrics``,
+    ``/health``) listens on the container's own loopback: nothing on the run's network
+    or the host reaches it. Its certificates arrive on stdin.
     """
     env = dict(environment or {})
     env.update(role_environment(run_id))
@@ -123,6 +130,7 @@ def render_worker(
             "--name", str(worker),
             "--nthreads", str(threads),
             "--no-dashboard",
+            "--dashboard-address", WORKER_HTTP_ADDRESS,
             *(item for module in preload for item in ("--preload", module)),
         ),
         labels=labels(run_id, "worker"),

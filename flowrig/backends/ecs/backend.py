@@ -35,9 +35,9 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster
+from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster, dashboard_reach
 from flowrig.backends.ecs import defaults
 from flowrig.backends.ecs.options import ECSOptions
 from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
@@ -128,6 +128,13 @@ class _ECSBase(Backend):
     fargate: ClassVar[bool]
     options_model = ECSOptions
 
+    def roles_use_image_certificates(self, options: Mapping[str, Any]) -> bool:
+        """Task definitions of the project's own, or a scheduler already running, start
+        roles with the image's baked files; flowrig's own definitions get the run's."""
+        return any(options.get(key) for key in (
+            "scheduler_task_definition_arn", "worker_task_definition_arn", "scheduler_address"
+        ))
+
     def prefect_api_hosts(self) -> tuple[str, str]:
         """Inside an ECS task (a runner task), listen on the task's own address (not on
         every interface) so workers in the same VPC reach the run's Prefect API;
@@ -167,7 +174,7 @@ class _ECSBase(Backend):
         timeout = float(options.provision_timeout)
         deadline = time.monotonic() + timeout
         # Every option is checked before the first AWS call.
-        launch = self._launch(options)
+        launch = self._launch(options, spec.allowed_environment)
         session = aws.session(
             options.region_name,
             access_key_id=options.aws_access_key_id,
@@ -233,10 +240,11 @@ class _ECSBase(Backend):
             close=CloseOnce(functools.partial(_close_run, cluster, resources, renewer)),
             cluster=cluster,
             scheduler_up=cluster.scheduler_up_at,
+            dashboard_reach=None if options.scheduler_address else dashboard_reach(options.dashboard, "the VPC"),
         )
 
     # --- steps of start -----------------------------------------------------------
-    def _launch(self, options: ECSOptions) -> _Launch:
+    def _launch(self, options: ECSOptions, allowed: frozenset[str] = frozenset()) -> _Launch:
         """Launch types, task sizes and command flags, checked before anything is created."""
         from flowrig.backends.ecs import taskdefs, validate
 
@@ -267,7 +275,7 @@ class _ECSBase(Backend):
             validate.check_fargate_size("scheduler", sizes["scheduler"].cpu, sizes["scheduler"].memory)
         if fargate_workers:
             validate.check_fargate_size("worker", sizes["worker"].cpu, sizes["worker"].memory)
-        validate.check_user_environment(options.environment, options.secrets)
+        validate.check_user_environment(options.environment, options.secrets, allowed)
         if options.worker_task_definition_arn and (options.environment or options.secrets):
             raise BadInput(
                 "environment and secrets go into the worker task definition flowrig registers, and "
@@ -434,3 +442,4 @@ class FargateBackend(_ECSBase):
 
     name = "fargate"
     fargate = True
+

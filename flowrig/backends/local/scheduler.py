@@ -41,10 +41,16 @@ START_TIMEOUT = 60.0
 
 
 def serve(
-    options: dict[str, Any], conn: Any, no_client_timeout: float = NO_CLIENT_TIMEOUT, folder: str | None = None
+    options: dict[str, Any],
+    conn: Any,
+    no_client_timeout: float = NO_CLIENT_TIMEOUT,
+    folder: str | None = None,
+    private_http: bool = True,
 ) -> None:
     """Run a scheduler with ``options`` until it is closed, ``conn``'s other end goes,
-    or no client has been connected for ``no_client_timeout`` seconds.
+    or no client has been connected for ``no_client_timeout`` seconds. With
+    ``private_http`` its HTTP endpoints (the dashboard) answer only clients with the
+    run's certificate (:mod:`flowrig.roles.private_http`).
 
     Sends ``("up", address)`` once it listens, or ``("error", message)``. Then removes
     the run's ``folder`` (:mod:`flowrig.common.runfolders`) if its runner is gone
@@ -53,6 +59,9 @@ def serve(
     from distributed import Scheduler
 
     from flowrig.roles.lifetime import NoClientTimeout
+
+    if private_http:
+        import flowrig.roles.private_http  # noqa: F401  (its import is its effect)
 
     async def main() -> None:
         try:
@@ -141,6 +150,9 @@ class SchedulerProcess(ProcessInterface):
         start stops waiting and the process is killed.
     folder
         The run's folder the scheduler removes once its runner is gone without doing so.
+    private_http
+        Serve the scheduler's HTTP endpoints (the dashboard) only to clients with the
+        run's certificate.
     **options
         ``distributed.Scheduler`` keywords (they must pickle: a ``Security`` with its
         PEM text in memory does).
@@ -151,12 +163,14 @@ class SchedulerProcess(ProcessInterface):
         no_client_timeout: float = NO_CLIENT_TIMEOUT,
         abandoned: threading.Event | None = None,
         folder: str | None = None,
+        private_http: bool = True,
         **options: Any,
     ) -> None:
         super().__init__()
         self.options = options
         self.no_client_timeout = no_client_timeout
         self.folder = folder
+        self.private_http = private_http
         self.abandoned = abandoned if abandoned is not None else threading.Event()
         #: Called on the cluster's loop when the scheduler process exits by itself.
         self.on_exit: Callable[[], None] | None = None
@@ -168,7 +182,9 @@ class SchedulerProcess(ProcessInterface):
         context = multiprocessing.get_context("forkserver")
         here, there = context.Pipe()
         self.process = context.Process(
-            target=serve, args=(self.options, there, self.no_client_timeout, self.folder), name="flowrig-scheduler",
+            target=serve,
+            args=(self.options, there, self.no_client_timeout, self.folder, self.private_http),
+            name="flowrig-scheduler",
             daemon=True,
         )
         try:
@@ -232,6 +248,8 @@ class SeparateScheduler(SpecCluster):
     no_client_timeout: float = NO_CLIENT_TIMEOUT
     #: The run's folder the scheduler removes if the runner is gone without doing so.
     folder: str | None = None
+    #: Whether the scheduler's HTTP endpoints need the run's certificate.
+    private_http: bool = True
 
     def __init__(self, *args: Any, scheduler: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not isinstance(scheduler, dict) or "options" not in scheduler:
@@ -240,7 +258,7 @@ class SeparateScheduler(SpecCluster):
         self.abandoned = threading.Event()
         options = {
             **scheduler["options"], "no_client_timeout": self.no_client_timeout, "abandoned": self.abandoned,
-            "folder": self.folder,
+            "folder": self.folder, "private_http": self.private_http,
         }
         super().__init__(*args, scheduler={"cls": SchedulerProcess, "options": options}, **kwargs)
 
@@ -259,15 +277,24 @@ class LocalClusterWithSchedulerProcess(LocalCluster, SeparateScheduler):
     folder
         The run's folder (the workers' scratch space), which the scheduler removes when
         its runner is gone without removing it.
+    private_http
+        Serve the scheduler's HTTP endpoints (the dashboard) only to clients with the
+        run's certificate (the workers' take ``preload``).
     **kwargs
         ``LocalCluster``'s keywords.
     """
 
     def __init__(
-        self, *, no_client_timeout: float = NO_CLIENT_TIMEOUT, folder: str | None = None, **kwargs: Any
+        self,
+        *,
+        no_client_timeout: float = NO_CLIENT_TIMEOUT,
+        folder: str | None = None,
+        private_http: bool = True,
+        **kwargs: Any,
     ) -> None:
         self.no_client_timeout = no_client_timeout
         self.folder = folder
+        self.private_http = private_http
         try:
             super().__init__(**kwargs)
         except BaseException:
@@ -307,6 +334,26 @@ class LocalClusterWithSchedulerProcess(LocalCluster, SeparateScheduler):
         # A scheduler that stopped by itself cannot be asked to stop: closing the
         # cluster would wait for it to answer (30 s) instead.
         self.shutdown_scheduler = False
+
+    def lost_reason(self, name: str) -> str | None:
+        """Why worker ``name``'s process ended, as its nanny saw it
+        (:mod:`flowrig.backends.watch`); ``None`` when it has not seen it end."""
+        from dask.utils import format_bytes
+
+        from flowrig.backends.watch import exit_text
+        from flowrig.internals.forkserver import worker_exits
+
+        nanny = next((w for n, w in list(self.workers.items()) if str(n) == name), None)
+        exits = worker_exits(nanny) if nanny is not None else []
+        if not exits:
+            return None
+        last = exits[-1]
+        if last.memory:
+            rss, limit = last.memory.get("rss"), last.memory.get("limit")
+            used = format_bytes(rss) if isinstance(rss, int) else "more than allowed"
+            of = f" of its memory limit of {format_bytes(limit)}" if isinstance(limit, int) else ""
+            return f"out of memory: it used {used}{of} and its nanny ended it ({exit_text(last.code)})"
+        return f"its process ended: {exit_text(last.code)}"
 
     @property
     def scheduler_up_at(self) -> float | None:
