@@ -513,6 +513,39 @@ def test_a_plain_docker_build_of_the_repository_refuses_a_project_with_a_secret(
     assert "--secret id=pip-netrc,src=FILE" in errors[0]
 
 
+@pytest.mark.docker
+def test_a_buildkit_build_given_a_netrc_mounts_it_on_the_project_install_and_keeps_it_out_of_the_image(
+    docker_client, tmp_path: Path, capfd
+):
+    """The root Dockerfile with the mount added builds on this engine's BuildKit (no
+    syntax line), the project's install step sees the file, and no layer holds it."""
+    from flowrig.builder import buildsteps
+    from flowrig.builder.build import build
+    from tests.docker_support import test_base_image, test_image_tag, test_pip_ca
+
+    canary = "netrc-canary-" + "".join(random.choices(string.ascii_lowercase, k=16))
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine pypi.invalid login builder password {canary}\n")
+    netrc.chmod(0o600)
+    tag = test_image_tag("netrc")
+    project = tmp_path / "project"
+    shutil.copytree(SEED, project, ignore=shutil.ignore_patterns("__pycache__"))
+    (project / "requirements.txt").write_text("rich\n")  # a step with nothing to install reads no .netrc
+    context = render_context(project, base_image=test_base_image(), tls_mode="per-run")
+    try:
+        result = build(context, tag, test_pip_ca(), pip_netrc=netrc)
+        log = capfd.readouterr().err
+        assert result.buildkit
+        assert f"{buildsteps.NETRC_SEEN}/run/secrets/pip-netrc" in log, log[-3000:]
+        assert log.count(buildsteps.NETRC_SEEN) == 1  # flowrig's own install does not get it
+        assert canary not in log
+        saved = subprocess.run(["/usr/bin/docker", "save", tag], capture_output=True, timeout=600)
+        assert saved.returncode == 0 and len(saved.stdout) > 10_000_000
+        assert canary.encode() not in saved.stdout
+    finally:
+        subprocess.run(["/usr/bin/docker", "rmi", tag], capture_output=True, timeout=120)
+
+
 SECRETS_FLOW = '''
 import os
 import time

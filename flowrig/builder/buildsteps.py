@@ -161,6 +161,8 @@ def step_requirements(args: argparse.Namespace) -> None:
     (out / "project.txt").write_text("\n".join(lines) + "\n" if lines else "")
 
 
+#: The build log's line when pip gets a .netrc (followed by its path in the build step).
+NETRC_SEEN = "pip reads an index's credentials from the build secret "
 #: How a build gives pip an index's credentials. The repository's Dockerfile has no RUN
 #: --mount (the legacy builder reads it too), so a plain build of it cannot take the
 #: secret: ``flowrig build`` adds the mount, and its ``--context-only`` prints the command.
@@ -332,6 +334,10 @@ def step_install(args: argparse.Namespace) -> None:
         print("nothing to install")
         return
     env = _pip_env(args.pip_ca, args.pip_netrc)
+    if "NETRC" in env:
+        # Says that the build secret arrived (never what it holds): without the mount a
+        # private index answers 401, and this line is then missing from the log.
+        print(f"{NETRC_SEEN}{env['NETRC']}", flush=True)
     wheels = Path(args.wheels)
     wheels.mkdir(parents=True, exist_ok=True)
     pins = ["-c", args.constraints] if args.constraints and _has_requirements([Path(args.constraints)]) else []
