@@ -530,7 +530,9 @@ def test_a_buildkit_build_given_a_netrc_mounts_it_on_the_project_install_and_kee
     tag = test_image_tag("netrc")
     project = tmp_path / "project"
     shutil.copytree(SEED, project, ignore=shutil.ignore_patterns("__pycache__"))
-    (project / "requirements.txt").write_text("rich\n")  # a step with nothing to install reads no .netrc
+    # A step with nothing to install reads no .netrc; a requirement no earlier build had
+    # keeps the step out of BuildKit's cache, so it runs and prints what it got.
+    (project / "requirements.txt").write_text(f"rich!=0.0.{random.randrange(10**9)}\n")
     context = render_context(project, base_image=test_base_image(), tls_mode="per-run")
     try:
         result = build(context, tag, test_pip_ca(), pip_netrc=netrc)
