@@ -1,34 +1,34 @@
 # The one flowrig image: flow runner, Dask scheduler and Dask worker for one flow project.
 #
-#   docker build -t my-flow .                                       # examples/seed on python:3.12-slim
-#   docker build --build-arg PROJECT=flows/etl --build-arg BASE_IMAGE=debian-with-python:12 -t etl .
-#   DOCKER_BUILDKIT=1 docker build --secret id=pip-ca,src=/etc/ssl/certs/ca-certificates.crt .
+#   docker build --build-arg PROJECT=flows/etl --build-arg TLS_MODE=per-run -t etl .
 #   docker build --build-arg TLS_NONCE="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" -t my-flow .
-#   docker build --build-arg TLS_MODE=per-run -t my-flow .
+#   docker build --build-arg PROJECT=flows/etl --build-arg BASE_IMAGE=debian-with-python:12 ...
 #
-# `flowrig build PROJECT --tag TAG` renders a minimal context for this file and runs it.
+# Any builder builds it: BuildKit (docker buildx, DOCKER_BUILDKIT=1) and the legacy builder
+# (DOCKER_BUILDKIT=0, a client without buildx) alike, so no RUN --mount and no # syntax=
+# line (the frontend it names would have to be pulled). `flowrig build PROJECT --tag TAG`
+# renders a minimal context for this same file and runs it.
 #
 # BASE_IMAGE: any Debian-based image whose `python3` (>= 3.11) can make a venv. Nothing else
 # is assumed: no apt-get, no compiler, no binutils (stripping happens only if `strip` exists).
-# PROJECT: the flow project directory inside the context (holds flowrig.toml).
+# PROJECT: the flow project directory inside the context (holds flowrig.toml); any folder of
+# the repository (.dockerignore keeps out what must never be sent).
 # TLS_MODE: `baked` (the default) puts a CA certificate, a leaf and its key into the image:
 # the context's tls/ when it has one, else a CA made for this build alone, which needs
 # TLS_NONCE, a value never used before (the step that makes the CA is cached by it, so
 # a repeated value would hand an earlier build's CA and key to this image; `flowrig build`
 # passes a random one). `per-run` bakes no certificate and no key: each run's roles get
 # their own at start (flowrig.certs.delivery).
+# pip-ca.crt: a CA bundle pip should trust (a TLS-intercepting proxy, a private index),
+# read from the context's root when it is there. Only the `build` stage copies it, and the
+# image copies nothing from that stage but the venv: it stays in the local build cache and
+# reaches no layer of the image. A bundle holds certificates only, nothing secret.
+# A private index's .netrc is a secret, so it is never in the context: only a BuildKit
+# build secret carries it (see layer 2), and a legacy builder is refused it.
 #
 # Cache layout: every dependency is installed before any flow code is copied, and the flow
-# project is the last thing copied, so editing a flow rebuilds in about a second.
-#
-# BuildKit vs the legacy builder: the two RUN steps that reach PyPI use
-# `--mount=type=secret,id=pip-ca` (a CA bundle pip should trust, never stored in a layer)
-# and `--mount=type=cache` (wheels kept between builds, an optimisation only). Docker 23+
-# and any client with buildx build this file as is. For a legacy builder, `flowrig build`
-# renders a variant without the mounts that copies the CA bundle into the `build` stage
-# only (see the LEGACY line below): the final stage copies nothing from that stage but the
-# venv, so the bundle reaches no layer of the image (it stays in the local build cache).
-# There is no `# syntax=` line on purpose: the frontend it names would have to be pulled.
+# project is the last thing copied, so editing a flow rebuilds only the last layer and the
+# import check after it.
 
 ARG BASE_IMAGE=python:3.12-slim
 ARG PROJECT=examples/seed
@@ -54,9 +54,11 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1
-# STRIP=auto: when the base has no `strip` but has apt-get and a reachable mirror, install
-# binutils in this stage only (stripping the shared objects saves about 25 MB); any failure
-# just means no stripping. STRIP=off skips the attempt (an offline CI, say).
+# STRIP=auto: strip the venv's shared objects where that provably changes nothing the
+# loader maps (about 40 MB less with the scientific stack; libraries auditwheel vendored
+# under *.libs/ are never touched: strip breaks numpy's OpenBLAS), installing binutils in
+# this stage only when the base lacks them and has apt-get and a reachable mirror; any
+# failure just means no stripping. STRIP=off strips nothing and installs nothing.
 ARG STRIP=auto
 # pip lives in its own venv and installs into the runtime venv with `pip --python`, so the
 # runtime venv never contains pip, setuptools or wheel.
@@ -68,43 +70,42 @@ RUN if [ "$STRIP" = auto ] && ! command -v strip >/dev/null 2>&1 && command -v a
  && python3 -m venv /opt/flowrig/tools \
  && python3 -m venv --without-pip /opt/flowrig/venv
 COPY flowrig/builder/buildsteps.py flowrig/project/filerules.py /opt/flowrig/build/
-#LEGACY COPY pip-ca.crt /opt/flowrig/build/pip-ca.crt
-ARG WHEEL_CACHE=1
+# constraints.txt keeps the COPY valid when the context has no pip-ca.crt (and changes only
+# when layer 1 must be built again anyway).
+COPY constraints.txt pip-ca.cr[t] /opt/flowrig/build/pip-ca/
 # Layer 1: flowrig's own dependencies (and the build backend, for the offline install of
 # flowrig below). A wheelhouse built here, then an offline install from it. Every install
 # is pinned by constraints.txt, flowrig's lock (uv.lock) exported for pip: the image gets
 # the versions CI tested.
 COPY --from=requirements /opt/flowrig/requirements/flowrig.txt /opt/flowrig/requirements/build.txt /opt/flowrig/requirements/constraints.txt /opt/flowrig/requirements/
-RUN --mount=type=secret,id=pip-ca \
-    --mount=type=cache,id=flowrig-wheels,target=/var/cache/flowrig-wheels,sharing=locked \
-    python3 /opt/flowrig/build/buildsteps.py install \
+RUN python3 /opt/flowrig/build/buildsteps.py install \
         --pip /opt/flowrig/tools/bin/pip --python /opt/flowrig/venv/bin/python \
-        --wheels /opt/flowrig/wheels --cache /var/cache/flowrig-wheels --cache-enabled "$WHEEL_CACHE" \
-        --pip-ca /run/secrets/pip-ca --pip-ca /opt/flowrig/build/pip-ca.crt \
+        --wheels /opt/flowrig/wheels --pip-ca /opt/flowrig/build/pip-ca/pip-ca.crt \
         --constraints /opt/flowrig/requirements/constraints.txt \
         --build-requirements /opt/flowrig/requirements/build.txt \
         /opt/flowrig/requirements/flowrig.txt
-# Layer 2: the project's requirements (changing them leaves layer 1 cached). A private
-# index's credentials come as a .netrc build secret (`--secret id=pip-netrc,src=FILE`,
-# `flowrig build --pip-netrc`), never in a file of the project.
+# Layer 2: the project's requirements (changing them leaves layer 1 cached). A requirement
+# pip cannot satisfy (a misspelt name, a version that does not exist or that conflicts
+# with the lock) fails here with one line naming it. A private index's credentials come
+# as a .netrc build secret, never in a file of the project: `flowrig build --pip-netrc
+# FILE` builds this file with `--mount=type=secret,id=pip-netrc` added to this RUN (and
+# to no other), which only BuildKit can do; without the mount the path does not exist
+# and pip gets no credentials.
 COPY --from=requirements /opt/flowrig/requirements/ /opt/flowrig/requirements/
-RUN --mount=type=secret,id=pip-ca \
-    --mount=type=secret,id=pip-netrc \
-    --mount=type=cache,id=flowrig-wheels,target=/var/cache/flowrig-wheels,sharing=locked \
-    python3 /opt/flowrig/build/buildsteps.py install \
+RUN python3 /opt/flowrig/build/buildsteps.py install \
         --pip /opt/flowrig/tools/bin/pip --python /opt/flowrig/venv/bin/python \
-        --wheels /opt/flowrig/wheels --cache /var/cache/flowrig-wheels --cache-enabled "$WHEEL_CACHE" \
-        --pip-ca /run/secrets/pip-ca --pip-ca /opt/flowrig/build/pip-ca.crt \
+        --wheels /opt/flowrig/wheels --pip-ca /opt/flowrig/build/pip-ca/pip-ca.crt \
         --pip-netrc /run/secrets/pip-netrc \
         --constraints /opt/flowrig/requirements/constraints.txt \
         /opt/flowrig/requirements/project.txt
-# Prune (tests, caches, pip & co.; strip if the base has binutils), put flowrig's own
-# directory on the venv's path, add the dask-scheduler/dask-worker commands that
-# dask-cloudprovider runs (distributed no longer ships them), then compile bytecode only
-# for the modules the image's commands import: it halves their start-up time, while
-# compiling every module would add about 90 MB.
+# Prune (tests, caches, pip & co.; strip as STRIP says), put flowrig's own directory on
+# the venv's path, add the dask-scheduler/dask-worker commands that dask-cloudprovider
+# runs (distributed no longer ships them), then compile bytecode only for the modules the
+# image's commands import: it halves their start-up time, while compiling every module
+# would add about 90 MB. Those of a package the image does not install are skipped; one
+# that is installed and does not import fails the build.
 ARG COMPILE_MODULES="prefect prefect.flows prefect.tasks prefect.flow_engine prefect.task_engine prefect.server.api.server prefect_dask distributed distributed.cli.dask_scheduler distributed.cli.dask_worker dask_cloudprovider.aws typer"
-RUN python3 /opt/flowrig/build/buildsteps.py prune /opt/flowrig/venv \
+RUN python3 /opt/flowrig/build/buildsteps.py prune /opt/flowrig/venv --strip "$STRIP" \
  && python3 /opt/flowrig/build/buildsteps.py add-path /opt/flowrig/venv /opt/flowrig/app \
  && for role in scheduler worker; do \
         printf '#!/bin/sh\nexec flowrig-entrypoint dask-%s "$@"\n' "$role" > "/opt/flowrig/venv/bin/dask-$role" \
@@ -187,11 +188,16 @@ FROM runtime-deps AS runtime
 COPY --from=tls /opt/flowrig/build/tls-out/certs/ /etc/flowrig/tls/
 COPY --from=tls --chown=10001:10001 /opt/flowrig/build/tls-out/key/ /etc/flowrig/tls/
 COPY --from=manifest /opt/flowrig/out/manifest.json /opt/flowrig/manifest.json
-# The flow project last: editing it rebuilds only this layer.
+# The flow project last: editing it rebuilds only this layer and the check below.
 ARG PROJECT
 COPY ${PROJECT}/ /opt/flowrig/project/
 USER flowrig
 WORKDIR /home/flowrig
+# The image must be able to run its flow: as the runtime user, import the flow module and
+# every module it and the project's own modules import (task bodies included). One that
+# does not import (not in requirements.txt, a shared library that does not load) fails
+# the build with one line naming it, so no such image is ever tagged. It keeps nothing.
+RUN flowrig-entrypoint check-imports
 # dumb-init as PID 1 forwards SIGTERM to the role, which execs Dask or the flow runner:
 # `docker stop` ends a container in well under a second.
 ENTRYPOINT ["dumb-init", "--", "flowrig-entrypoint"]

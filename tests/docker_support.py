@@ -71,6 +71,16 @@ def test_pip_ca() -> str | None:
 test_pip_ca.__test__ = False
 
 
+def test_image_tag(suffix: str = "") -> str:
+    """``FLOWRIG_TEST_IMAGE`` (the seed image's tag), with ``-suffix`` for another image
+    of the same session: sessions that share an engine keep apart by that setting."""
+    tag = os.environ.get("FLOWRIG_TEST_IMAGE", DEFAULT_TAG)
+    return f"{tag}-{suffix}" if suffix else tag
+
+
+test_image_tag.__test__ = False
+
+
 @pytest.fixture(scope="session")
 def seed_image(docker_client) -> str:
     """Tag of the seed project's image, built with ``flowrig.builder`` at most once."""
@@ -78,7 +88,7 @@ def seed_image(docker_client) -> str:
 
     from flowrig.builder import build, find_image, render_context
 
-    tag = os.environ.get("FLOWRIG_TEST_IMAGE", DEFAULT_TAG)
+    tag = test_image_tag()
     try:
         docker_client.images.get(test_base_image())
     except docker.errors.ImageNotFound:
@@ -179,3 +189,28 @@ def private_keys_in_image(docker_client, tag: str, scratch: Path, *, above: str 
     finally:
         archive.unlink()
     return found
+
+
+def copy_repository(destination: Path) -> Path:
+    """What a CI checkout of this repository holds: its files under version control and
+    the new ones git does not ignore (everything but caches and environments when this
+    is not a git checkout), with this machine's pip CA bundle as ``pip-ca.crt`` when
+    there is one, as a CI job behind such a proxy would put it."""
+    import shutil
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True)
+    if listed.returncode == 0:
+        for name in filter(None, listed.stdout.decode().split("\0")):
+            source = REPO / name
+            if source.is_file():
+                (destination / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, destination / name)
+    else:
+        shutil.copytree(REPO, destination, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"))
+    if test_pip_ca():
+        shutil.copyfile(test_pip_ca(), destination / "pip-ca.crt")
+    return destination
+

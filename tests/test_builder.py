@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from flowrig import layout
 from flowrig.builder import buildsteps
 from flowrig.builder import defaults as builder_defaults
-from flowrig.builder.build import build_command
+from flowrig.builder.build import add_pip_ca, build_command
 from flowrig.builder.context import (
     BuildContext,
     ContextFile,
@@ -28,7 +28,7 @@ from flowrig.builder.context import (
     render_context,
     write_context,
 )
-from flowrig.builder.dockerfile import dockerfile_text, for_legacy_builder, needs_buildkit
+from flowrig.builder.dockerfile import PIP_CA, dockerfile_text
 from flowrig.cli.build import register
 from flowrig.errors import BadInput
 from flowrig.project import defaults as project_defaults
@@ -367,12 +367,23 @@ def test_dependencies_and_prepare_come_before_the_flow_code():
     parts = stages(text)
     final = parts["runtime"]
     project_copy = final.index(("COPY", "${PROJECT}/ /opt/flowrig/project/"))
-    # Nothing after the flow copy but metadata: editing a flow rebuilds one layer.
-    assert {w for w, _ in final[project_copy + 1 :]} <= {"USER", "WORKDIR", "ENTRYPOINT", "CMD", "ARG", "LABEL"}
+    # Nothing after the flow copy but metadata and the import check: editing a flow
+    # rebuilds one layer and runs the check again.
+    after = final[project_copy + 1 :]
+    assert {w for w, _ in after} <= {"USER", "WORKDIR", "ENTRYPOINT", "CMD", "ARG", "LABEL", "RUN"}
+    assert [rest for w, rest in after if w == "RUN"] == ["flowrig-entrypoint check-imports"]
     assert ("RUN", "flowrig-entrypoint prepare") in parts["runtime-deps"]
     installs = [rest for w, rest in parts["build"] if w == "RUN" and "buildsteps.py install" in rest]
-    assert len(installs) == 2 and all("--mount=type=secret,id=pip-ca" in r for r in installs)
+    assert len(installs) == 2 and all("--pip-ca /opt/flowrig/build/pip-ca/pip-ca.crt" in r for r in installs)
     assert any("bake-tls" in rest for w, rest in parts["tls"] if w == "RUN")
+
+
+def test_the_import_check_runs_as_the_image_user_after_the_project_is_in_place():
+    final = stages(dockerfile_text())["runtime"]
+    check = final.index(("RUN", "flowrig-entrypoint check-imports"))
+    assert ("COPY", "${PROJECT}/ /opt/flowrig/project/") in final[:check]
+    users = [rest for w, rest in final[:check] if w == "USER"]
+    assert users[-1] == layout.IMAGE_USER
 
 
 def test_final_image_takes_nothing_that_could_hold_the_pip_ca():
@@ -385,18 +396,13 @@ def test_final_image_takes_nothing_that_could_hold_the_pip_ca():
     assert "PIP_CERT" not in dockerfile_text()
 
 
-def test_legacy_variant_has_no_mounts_and_copies_the_ca_into_the_build_stage_only():
+def test_dockerfile_builds_with_any_builder_and_copies_the_pip_ca_into_the_build_stage_only():
     text = dockerfile_text()
-    assert needs_buildkit(text)
-    with_ca = for_legacy_builder(text, pip_ca=True)
-    without = for_legacy_builder(text, pip_ca=False)
-    for variant in (with_ca, without):
-        assert "--mount" not in variant and not needs_buildkit(variant)
-        assert len(instructions(variant)) >= len(instructions(text))
-    copies = [(name, rest) for name, body in stages(with_ca).items() for w, rest in body
+    # RUN --mount is BuildKit's: the legacy builder refuses the whole file.
+    assert not [rest for word, rest in instructions(text) if word == "RUN" and "--mount" in rest]
+    copies = [(name, rest) for name, body in stages(text).items() for w, rest in body
               if w == "COPY" and "pip-ca" in rest]
-    assert [name for name, _ in copies] == ["build"]
-    assert not any("pip-ca.crt" in rest for w, rest in instructions(without) if w == "COPY")
+    assert copies == [("build", "constraints.txt pip-ca.cr[t] /opt/flowrig/build/pip-ca/")]
 
 
 def test_pyproject_ships_the_dockerfile_as_package_data():
@@ -405,35 +411,48 @@ def test_pyproject_ships_the_dockerfile_as_package_data():
     assert include["Dockerfile"] == "flowrig/builder/Dockerfile"
 
 
-def test_dockerignore_allows_only_what_the_image_needs():
+def test_dockerignore_lets_in_any_project_folder_and_keeps_out_what_it_always_did():
     rules = DockerIgnore((REPO / ".dockerignore").read_text().splitlines())
-    for kept in ("Dockerfile", "pyproject.toml", "README.md", "flowrig/cli.py",
-                 "examples/seed/flow.py", "tls/tls.key", "tls/ca.crt"):
+    for kept in ("Dockerfile", "pyproject.toml", "constraints.txt", "README.md", "flowrig/cli.py",
+                 "examples/seed/flow.py", "flows/etl/flow.py", "flows/etl/requirements.txt",
+                 "pipelines/nightly/deep/etl/flowrig.toml", "flows/etl/data/sample.csv", "pip-ca.crt",
+                 "tls/tls.key", "tls/ca.crt", "tls/tls.crt"):
         assert not rules.excludes(kept), kept
-    for dropped in (".git/HEAD", "tests/test_builder.py", "benchmarks/bench_image.py",
-                    "flowrig/__pycache__/cli.cpython-311.pyc", ".venv/bin/python", "tls/ca.key",
-                    "examples/seed/ca.key", "examples/seed/server.key", ".pytest_cache/x",
-                    "examples/seed/.env"):
+    for dropped in (".git/HEAD", "flows/etl/.git/config", "tests/test_builder.py", "flows/etl/tests/test_flow.py",
+                    "benchmarks/bench_image.py", ".ci/run", ".github/workflows/ci.yml", "uv.lock",
+                    "flowrig/__pycache__/cli.cpython-311.pyc", ".venv/bin/python", "flows/etl/.venv/bin/python",
+                    "flows/etl/venv/lib/x.py", "node_modules/x/index.js", "tls/ca.key", "tls/other.pem",
+                    "examples/seed/ca.key", "examples/seed/server.key", "flows/etl/keys/signer.key",
+                    ".pytest_cache/x", "examples/seed/.env", "flows/etl/.env.production", "flows/etl/.aws/credentials",
+                    "infra/terraform.tfstate", "infra/.terraform/providers/x", "flows/etl/id_ed25519",
+                    "flows/etl/cert.p12"):
         assert rules.excludes(dropped), dropped
 
 
 # --- the docker command line ---------------------------------------------------------------------
 
 
-def test_build_command_with_buildkit_passes_the_ca_as_a_secret(tmp_path: Path):
+def test_build_command_is_the_same_for_both_builders_but_for_progress(tmp_path: Path):
     context = render_context(SEED, base_image="b:1")
-    command = build_command(context, "t:1", tmp_path, buildkit=True, pip_ca="/x/ca.pem")
+    command = build_command(context, "t:1", tmp_path, buildkit=True)
     assert command[:2] == ["docker", "build"]
     assert {"--rm", "--force-rm"} <= set(command)
-    assert command[command.index("--secret") + 1] == "id=pip-ca,src=/x/ca.pem"
     assert f"{builder_defaults.IMAGE_CONTEXT_LABEL}={context.digest}" in command
     assert "BASE_IMAGE=b:1" in command and command[-1] == str(tmp_path)
+    legacy = build_command(context, "t:1", tmp_path, buildkit=False)
+    assert [a for a in command if a not in ("--progress", "plain")] == legacy
+    assert not any(a in ("--secret", "--file") for a in command)
 
 
-def test_build_command_for_legacy_builders_uses_the_legacy_dockerfile(tmp_path: Path):
-    command = build_command(render_context(SEED), "t:1", tmp_path, buildkit=False, pip_ca="/x/ca.pem")
-    assert "--secret" not in command and "--progress" not in command
-    assert command[command.index("--file") + 1] == str(tmp_path / "Dockerfile.legacy")
+def test_the_pip_ca_goes_into_the_written_context_with_its_fixed_time(tmp_path: Path):
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    directory = write_context(render_context(SEED), tmp_path / "ctx")
+    copied = add_pip_ca(directory, bundle)
+    assert copied == directory / PIP_CA and copied.read_bytes() == bundle.read_bytes()
+    assert stat.S_IMODE(copied.stat().st_mode) == 0o644 and int(copied.stat().st_mtime) == builder_defaults.CONTEXT_MTIME
+    with pytest.raises(BadInput, match="not a file"):
+        add_pip_ca(directory, tmp_path / "missing.pem")
 
 
 def test_cli_context_only_writes_the_context_and_prints_the_command(tmp_path: Path):
@@ -445,10 +464,16 @@ def test_cli_context_only_writes_the_context_and_prints_the_command(tmp_path: Pa
         pass
 
     out = tmp_path / "ctx"
-    result = CliRunner().invoke(app, ["build", str(SEED), "--tag", "seed:1", "--context-only", str(out)])
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text("certificates\n")
+    result = CliRunner().invoke(app, ["build", str(SEED), "--tag", "seed:1", "--context-only", str(out),
+                                      "--pip-ca", str(bundle)])
     assert result.exit_code == 0, result.output
     assert (out / "Dockerfile").is_file() and (out / "project" / "flowrig.toml").is_file()
-    assert "docker build" in result.output and str(out) in result.output
+    assert (out / PIP_CA).read_text() == "certificates\n"
+    # A command for any builder: no BuildKit switch, secret or progress mode.
+    assert result.output.startswith("docker build ") and str(out) in result.output
+    assert not any(word in result.output for word in ("DOCKER_BUILDKIT", "--secret", "--progress"))
 
 
 def test_cli_bad_project_raises_bad_input(tmp_path: Path):
@@ -493,9 +518,11 @@ def test_requirements_step_collects_flowrig_and_project_requirements(tmp_path: P
     build = (tmp_path / "out" / "build.txt").read_text().split()
     assert build == pyproject["build-system"]["requires"]
     lines = (tmp_path / "out" / "project.txt").read_text().splitlines()
-    assert lines[:2] == ["# extras", "toolz>=0.12"] and lines[-1] == "six"
-    constraint = Path(lines[2].split()[1])
-    assert lines[2].startswith("-c ") and constraint.parent == tmp_path / "out"
+    # The first line names the file, for the one line that reports a requirement pip cannot satisfy.
+    assert lines[:3] == [f"{buildsteps.SOURCE_MARK}requirements.txt", "# extras", "toolz>=0.12"]
+    assert lines[-1] == "six"
+    constraint = Path(lines[3].split()[1])
+    assert lines[3].startswith("-c ") and constraint.parent == tmp_path / "out"
     assert constraint.read_text() == "toolz<2\n"
 
 
@@ -629,6 +656,7 @@ def test_requirements_step_copies_the_constraints(tmp_path: Path, project: Path)
 def test_install_step_passes_the_constraints_to_every_pip_call(tmp_path: Path, monkeypatch):
     calls: list[list[str]] = []
     monkeypatch.setattr(buildsteps, "_run", lambda cmd, env, check=True: calls.append(cmd) or True)
+    monkeypatch.setattr(buildsteps, "_run_pip", lambda cmd, env: (calls.append(cmd), (0, []))[1])
     reqs = tmp_path / "flowrig.txt"
     reqs.write_text("prefect\n")
     build_reqs = tmp_path / "build.txt"

@@ -277,21 +277,19 @@ def test_a_build_step_rejecting_the_project_is_bad_input_and_leaves_nothing(dock
     assert _leftovers() == before
 
 
-def test_a_plain_docker_build_makes_no_ca_without_a_nonce(seed_image):
+def test_a_plain_docker_build_makes_no_ca_without_a_nonce(seed_image, tmp_path):
     """The repository's Dockerfile on its own: without TLS_NONCE, a baked build would take
     its CA from the cache of an earlier one, so it stops at that step instead."""
     from flowrig.builder.build import detect_client
-    from tests.docker_support import REPO, test_pip_ca
+    from tests.docker_support import copy_repository
 
     client = detect_client()
     command = [client.path, "build", "--rm", "--force-rm", "--build-arg", f"BASE_IMAGE={test_base_image()}",
                "--tag", f"{seed_image}-plain"]
     if client.buildkit:
         command += ["--progress", "plain"]
-        if test_pip_ca():
-            command += ["--secret", f"id=pip-ca,src={test_pip_ca()}"]
-    done = subprocess.run([*command, str(REPO)], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "DOCKER_BUILDKIT": "1" if client.buildkit else "0"})
+    done = subprocess.run([*command, str(copy_repository(tmp_path / "repository"))], capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "DOCKER_BUILDKIT": "1" if client.buildkit else "0"})
     assert done.returncode != 0
     assert "pass --build-arg TLS_NONCE=" in done.stdout + done.stderr
     assert subprocess.run(["docker", "image", "inspect", f"{seed_image}-plain"], capture_output=True).returncode != 0

@@ -341,18 +341,65 @@ def test_value_rules_directly():
 
 def test_pip_netrc_is_a_build_secret_of_the_project_install_only(tmp_path: Path):
     from flowrig.builder.build import build_command
+    from flowrig.builder.dockerfile import with_pip_netrc
     from tests.test_builder import instructions, stages
 
     context = render_context(SEED)
     command = build_command(context, "t:1", tmp_path, buildkit=True, pip_netrc="/x/netrc")
     assert command[command.index("--secret") + 1] == "id=pip-netrc,src=/x/netrc"
-    build_stage = stages(context.dockerfile)["build"]
+    # The repository's Dockerfile names the secret's path but mounts nothing (the legacy
+    # builder reads it too); a build given a .netrc mounts it on that one step.
+    plain = stages(context.dockerfile)["build"]
+    assert not any("--mount" in rest for word, rest in plain if word == "RUN")
+    build_stage = stages(with_pip_netrc(context.dockerfile))["build"]
     runs = [rest for word, rest in build_stage if word == "RUN" and "buildsteps.py install" in rest]
     assert len(runs) == 2
     # Only the project's requirements see it; flowrig's own come from the public index.
     assert "id=pip-netrc" not in runs[0] and "--pip-netrc" not in runs[0]
     assert "--mount=type=secret,id=pip-netrc" in runs[1] and "--pip-netrc /run/secrets/pip-netrc" in runs[1]
+    assert [rest for word, rest in build_stage if word == "RUN" and "--mount" in rest] == [runs[1]]
     assert not any("netrc" in rest for word, rest in instructions(context.dockerfile) if word in ("COPY", "ARG", "ENV"))
+
+
+def test_a_dockerfile_whose_netrc_step_is_gone_is_not_built_without_the_secret():
+    from flowrig.builder.dockerfile import with_pip_netrc
+    from flowrig.errors import InfrastructureError
+
+    text = render_context(SEED).dockerfile
+    with pytest.raises(InfrastructureError, match="0 install steps for a .netrc"):
+        with_pip_netrc(text.replace("--pip-netrc /run/secrets/pip-netrc", ""))
+
+
+def test_context_only_with_a_netrc_mounts_it_and_prints_a_buildkit_command(tmp_path: Path):
+    import shlex
+
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine pypi.example.com login u password {PASSWORD}\n")
+    code = "from flowrig.cli import main; main()"
+    done = subprocess.run([sys.executable, "-c", code, "build", str(SEED), "--tag", "seed:1", "--context-only",
+                           str(tmp_path / "ctx"), "--pip-netrc", str(netrc)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    words = shlex.split(done.stdout.strip().replace('"$(od -An -N16 -tx1 /dev/urandom | tr -d \' \\n\')"', "N"))
+    assert words[0] == "DOCKER_BUILDKIT=1" and words[1:3] == ["docker", "build"]
+    assert words[words.index("--secret") + 1] == f"id=pip-netrc,src={netrc.resolve()}"
+    from tests.test_builder import instructions
+
+    written = instructions((tmp_path / "ctx" / "Dockerfile").read_text())
+    mounted = [rest for word, rest in written if word == "RUN" and "--mount" in rest]
+    assert len(mounted) == 1 and mounted[0].startswith("--mount=type=secret,id=pip-netrc ")
+    assert "buildsteps.py install" in mounted[0] and "project.txt" in mounted[0]
+    # The file is named, never copied: its text is nowhere in the context.
+    for path in (tmp_path / "ctx").rglob("*"):
+        assert not path.is_file() or PASSWORD.encode() not in path.read_bytes(), path
+    assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_build_command_refuses_a_netrc_for_the_legacy_builder(tmp_path: Path):
+    from flowrig.builder.build import build_command
+
+    with pytest.raises(BadInput, match="--pip-netrc needs BuildKit"):
+        build_command(render_context(SEED), "t:1", tmp_path, buildkit=False, pip_netrc="/x/netrc")
 
 
 def test_pip_netrc_needs_buildkit_and_an_existing_file(tmp_path: Path, monkeypatch):
@@ -464,6 +511,41 @@ def test_a_plain_docker_build_of_the_repository_refuses_a_project_with_a_secret(
     errors = [line for line in done.stderr.splitlines() if "flowrig-build: error: " in line]
     assert errors and "requirements.txt:2 (a URL with a password)" in errors[0], done.stderr[-3000:]
     assert "--secret id=pip-netrc,src=FILE" in errors[0]
+
+
+@pytest.mark.docker
+def test_a_buildkit_build_given_a_netrc_mounts_it_on_the_project_install_and_keeps_it_out_of_the_image(
+    docker_client, tmp_path: Path, capfd
+):
+    """The root Dockerfile with the mount added builds on this engine's BuildKit (no
+    syntax line), the project's install step sees the file, and no layer holds it."""
+    from flowrig.builder import buildsteps
+    from flowrig.builder.build import build
+    from tests.docker_support import test_base_image, test_image_tag, test_pip_ca
+
+    canary = "netrc-canary-" + "".join(random.choices(string.ascii_lowercase, k=16))
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine pypi.invalid login builder password {canary}\n")
+    netrc.chmod(0o600)
+    tag = test_image_tag("netrc")
+    project = tmp_path / "project"
+    shutil.copytree(SEED, project, ignore=shutil.ignore_patterns("__pycache__"))
+    # A step with nothing to install reads no .netrc; a requirement no earlier build had
+    # keeps the step out of BuildKit's cache, so it runs and prints what it got.
+    (project / "requirements.txt").write_text(f"rich!=0.0.{random.randrange(10**9)}\n")
+    context = render_context(project, base_image=test_base_image(), tls_mode="per-run")
+    try:
+        result = build(context, tag, test_pip_ca(), pip_netrc=netrc)
+        log = capfd.readouterr().err
+        assert result.buildkit
+        assert f"{buildsteps.NETRC_SEEN}/run/secrets/pip-netrc" in log, log[-3000:]
+        assert log.count(buildsteps.NETRC_SEEN) == 1  # flowrig's own install does not get it
+        assert canary not in log
+        saved = subprocess.run(["/usr/bin/docker", "save", tag], capture_output=True, timeout=600)
+        assert saved.returncode == 0 and len(saved.stdout) > 10_000_000
+        assert canary.encode() not in saved.stdout
+    finally:
+        subprocess.run(["/usr/bin/docker", "rmi", tag], capture_output=True, timeout=120)
 
 
 SECRETS_FLOW = '''

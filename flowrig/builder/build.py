@@ -1,9 +1,9 @@
 """The one place that runs ``docker build``: the CLI, with BuildKit when it can.
 
-docker-py cannot use BuildKit, so builds shell out to the docker client. BuildKit is
-preferred (pip's CA bundle then travels as a secret); a client that cannot use it
-(an old engine, or a new client without buildx) gets the legacy variant of the
-Dockerfile (:func:`flowrig.builder.dockerfile.for_legacy_builder`).
+docker-py cannot use BuildKit, so builds shell out to the docker client. The Dockerfile
+builds with either builder; BuildKit is preferred (it runs independent stages in
+parallel), and a client that cannot use it (an old engine, or a new client without
+buildx) builds the same file with the legacy builder.
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ from pathlib import Path
 
 from flowrig.builder import defaults
 from flowrig.builder.context import BuildContext, write_context
-from flowrig.builder.dockerfile import (
-    DOCKERFILE,
-    LEGACY_DOCKERFILE,
-    LEGACY_PIP_CA,
-    for_legacy_builder,
-)
+from flowrig.builder.dockerfile import DOCKERFILE, PIP_CA, with_pip_netrc
 from flowrig.errors import BadInput, InfrastructureError
 
 # tempfile and buildsteps are imported where a build runs, so importing the package
 # (as `flowrig --help` does) adds next to nothing to what typer already loaded.
+
+_NETRC_NEEDS_BUILDKIT = (
+    "--pip-netrc needs BuildKit (a build secret), and {client} has none: use a docker "
+    "client with buildx (Docker 23+), or set FLOWRIG_DOCKER to one"
+)
 
 # " ---> 0123abcd4567": an image the legacy builder made for one step.
 _LEGACY_STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12})\s*$")
@@ -128,7 +128,6 @@ def build_command(
     directory: str | Path,
     *,
     buildkit: bool,
-    pip_ca: str | Path | None = None,
     no_cache: bool = False,
     client: str = defaults.DOCKER_CLIENT,
     tls_nonce: str | None = None,
@@ -139,7 +138,15 @@ def build_command(
     Intermediate containers are always removed (``--rm --force-rm``), and the image
     is labelled with the context's hash. ``tls_nonce`` becomes ``TLS_NONCE``, which a
     context that makes its own CA needs (:attr:`BuildContext.makes_its_own_ca`); it
-    is not part of the context, so the context's hash stays the same.
+    is not part of the context, so the context's hash stays the same. A CA bundle for
+    pip travels in the context (:func:`add_pip_ca`), not on the command line. A
+    ``.netrc`` (``pip_netrc``) is a BuildKit secret, for a context whose Dockerfile
+    mounts it (:func:`add_pip_netrc_mount`).
+
+    Raises
+    ------
+    BadInput
+        ``pip_netrc`` without BuildKit.
     """
     command = [client, "build", "--rm", "--force-rm", "--tag", tag]
     command += ["--label", f"{defaults.IMAGE_CONTEXT_LABEL}={context.digest}"]
@@ -149,16 +156,52 @@ def build_command(
         command += ["--build-arg", f"TLS_NONCE={tls_nonce}"]
     if buildkit:
         command += ["--progress", "plain"]
-        if pip_ca is not None:
-            command += ["--secret", f"id={defaults.PIP_CA_SECRET_ID},src={pip_ca}"]
         if pip_netrc is not None:
             command += ["--secret", f"id={defaults.PIP_NETRC_SECRET_ID},src={pip_netrc}"]
-    else:
-        command += ["--file", str(Path(directory) / LEGACY_DOCKERFILE)]
+    elif pip_netrc is not None:
+        # A legacy builder has no build secrets: it could only copy the file into a
+        # layer of the build cache.
+        raise BadInput(_NETRC_NEEDS_BUILDKIT.format(client=client))
     if no_cache:
         command.append("--no-cache")
     command.append(str(directory))
     return command
+
+
+def add_pip_ca(directory: str | Path, pip_ca: str | Path) -> Path:
+    """Copy a CA bundle for pip into a written context, as :data:`~flowrig.builder.dockerfile.PIP_CA`.
+
+    Only the Dockerfile's ``build`` stage reads it; the image copies nothing else from
+    that stage, so the bundle reaches no layer of the image. Its time is the context's
+    fixed one, so the same bundle keeps the cache warm.
+
+    Raises
+    ------
+    BadInput
+        ``pip_ca`` is not a file.
+    """
+    source = Path(pip_ca)
+    if not source.is_file():
+        raise BadInput(f"pip CA bundle {source} is not a file: pass an existing PEM bundle")
+    target = Path(directory) / PIP_CA
+    shutil.copyfile(source, target)
+    os.chmod(target, 0o644)
+    os.utime(target, (defaults.CONTEXT_MTIME, defaults.CONTEXT_MTIME))
+    return target
+
+
+def add_pip_netrc_mount(directory: str | Path) -> Path:
+    """Rewrite a written context's Dockerfile to mount the ``.netrc`` build secret.
+
+    Only the install of the project's requirements gets the mount
+    (:func:`flowrig.builder.dockerfile.with_pip_netrc`); the file keeps the context's
+    fixed time. The context's hash (:attr:`BuildContext.digest`) stays that of the
+    context without it: the image the build makes is the same.
+    """
+    path = Path(directory) / DOCKERFILE
+    path.write_text(with_pip_netrc(path.read_text(encoding="utf-8")), encoding="utf-8")
+    os.utime(path, (defaults.CONTEXT_MTIME, defaults.CONTEXT_MTIME))
+    return path
 
 
 def build(
@@ -180,8 +223,8 @@ def build(
         The image's tag (``name:version``).
     pip_ca
         A CA bundle pip in the build should trust (a TLS-intercepting proxy, a private
-        index). With BuildKit it is a build secret; with the legacy builder it is
-        copied into a build stage the image does not keep.
+        index): copied into the context for a build stage the image does not keep
+        (:func:`add_pip_ca`).
     quiet
         Do not stream Docker's progress to stderr.
     pip_netrc
@@ -201,10 +244,12 @@ def build(
     ------
     BadInput
         The base image is neither local nor pullable, ``pip_ca`` is not a file, or a
-        build step rejected the project.
+        build step rejected the project (a requirement pip cannot satisfy, a module
+        the flow imports that the image cannot import): one line naming it.
     InfrastructureError
         Docker is unreachable or the build failed for another reason (the last lines
-        of its output are printed above the message).
+        of its output are printed above the message; a build step's own diagnosis,
+        the package index unreachable say, is the message).
     """
     import tempfile
 
@@ -214,24 +259,22 @@ def build(
         raise BadInput(f"--pip-netrc {pip_netrc} is not a file: pass a .netrc with the index's credentials")
     client = detect_client()
     if pip_netrc is not None and not client.buildkit:
-        # A legacy builder could only copy it into a layer of the build cache.
-        raise BadInput(
-            f"--pip-netrc needs BuildKit (a build secret), and {client.path} has none: use a docker "
-            "client with buildx (Docker 23+), or set FLOWRIG_DOCKER to one"
-        )
+        # Before anything is written or run (build_command refuses it as well).
+        raise BadInput(_NETRC_NEEDS_BUILDKIT.format(client=client.path))
     _ensure_base_image(client.path, context.build_args["BASE_IMAGE"])
     old_id = _image_id(client.path, tag)
     dangling_before = _dangling(client.path)
     with tempfile.TemporaryDirectory(prefix="flowrig-context-") as scratch:
         directory = write_context(context, Path(scratch) / "context")
-        if not client.buildkit:
-            _add_legacy_files(context, directory, pip_ca)
+        if pip_ca is not None:
+            add_pip_ca(directory, pip_ca)
+        if pip_netrc is not None:
+            add_pip_netrc_mount(directory)
         command = build_command(
             context,
             tag,
             directory,
             buildkit=client.buildkit,
-            pip_ca=Path(pip_ca).resolve() if pip_ca is not None else None,
             no_cache=no_cache,
             client=client.path,
             # A new CA for every build: never one from the cache of an earlier build.
@@ -275,17 +318,6 @@ def find_image(context: BuildContext, tag: str | None = None) -> str | None:
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def _add_legacy_files(context: BuildContext, directory: Path, pip_ca: str | Path | None) -> None:
-    text = for_legacy_builder(context.files[DOCKERFILE].data.decode(), pip_ca=pip_ca is not None)
-    (directory / LEGACY_DOCKERFILE).write_text(text, encoding="utf-8")
-    if pip_ca is not None:
-        shutil.copyfile(pip_ca, directory / LEGACY_PIP_CA)
-        os.chmod(directory / LEGACY_PIP_CA, 0o644)
-    for name in (LEGACY_DOCKERFILE, LEGACY_PIP_CA):
-        if (directory / name).exists():
-            os.utime(directory / name, (defaults.CONTEXT_MTIME, defaults.CONTEXT_MTIME))
 
 
 def _run(command: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -343,16 +375,16 @@ def _remove_new_dangling(client: str, before: set[str], made_here: set[str]) -> 
 
 def _stream(
     command: list[str], env: dict[str, str], *, quiet: bool
-) -> tuple[int, list[str], list[str], set[str]]:
+) -> tuple[int, list[str], list[tuple[str, str]], set[str]]:
     """Run the build, echo its output to stderr (unless quiet).
 
-    Returns the exit code, the last lines of output, the one-line errors of build
-    steps that rejected their input, and the ids of images the legacy builder made.
+    Returns the exit code, the last lines of output, the one-line diagnoses of build
+    steps that failed (prefix, message), and the ids of images the legacy builder made.
     """
     from flowrig.builder import buildsteps
 
     tail: deque[str] = deque(maxlen=defaults.BUILD_LOG_TAIL)
-    step_errors: list[str] = []
+    step_errors: list[tuple[str, str]] = []
     step_images: set[str] = set()
     try:
         process = subprocess.Popen(
@@ -368,8 +400,9 @@ def _stream(
                 sys.stderr.flush()
             line = line.rstrip("\n")
             tail.append(line)
-            if buildsteps.ERROR_PREFIX in line:
-                step_errors.append(line.split(buildsteps.ERROR_PREFIX, 1)[1].strip())
+            for prefix in (buildsteps.ERROR_PREFIX, buildsteps.FAILURE_PREFIX):
+                if prefix in line:
+                    step_errors.append((prefix, line.split(prefix, 1)[1].strip()))
             match = _LEGACY_STEP_IMAGE.match(line)
             if match:
                 step_images.add(match.group(1))
@@ -382,11 +415,15 @@ def _stream(
 
 
 def _raise_build_failure(
-    returncode: int, tail: list[str], step_errors: list[str], *, quiet: bool
+    returncode: int, tail: list[str], step_errors: list[tuple[str, str]], *, quiet: bool
 ) -> None:
+    from flowrig.builder import buildsteps
+
     if step_errors:
-        # A build step rejected the project, in one line (see buildsteps.py).
-        raise BadInput(step_errors[-1])
+        # A build step said why it failed, in one line (see buildsteps.py): the project
+        # (exit 2), or something else (exit 3).
+        prefix, message = step_errors[-1]
+        raise (BadInput if prefix == buildsteps.ERROR_PREFIX else InfrastructureError)(message)
     if quiet:
         sys.stderr.write("\n".join(tail) + "\n")
     meaningful = [_clean(line) for line in tail if _clean(line)]

@@ -22,8 +22,6 @@ CONTEXT_SKIP_NAMES = (
     ".pytest_cache", ".mypy_cache", ".ruff_cache", ".ipynb_checkpoints", ".DS_Store",
 )
 CONTEXT_SKIP_SUFFIXES = (".pyc", ".pyo", ".egg-info", "~", ".swp")
-#: BuildKit secret id under which pip's CA bundle reaches the build (``--pip-ca``).
-PIP_CA_SECRET_ID = "pip-ca"
 #: BuildKit secret id under which a .netrc with a private index's credentials reaches
 #: the install of the project's requirements (``--pip-netrc``).
 PIP_NETRC_SECRET_ID = "pip-netrc"

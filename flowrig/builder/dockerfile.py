@@ -1,13 +1,14 @@
-"""The image's Dockerfile: where to find it, and its variant for legacy builders.
+"""The image's Dockerfile and the files a context adds next to it.
 
 The Dockerfile at the repository root is the only one. A wheel ships it as package data
 (``flowrig/builder/Dockerfile``, force-included by ``pyproject.toml``); a source
-checkout reads it from the repository root.
+checkout reads it from the repository root. It builds with BuildKit and with the legacy
+builder alike (no ``RUN --mount``), so ``flowrig build`` and a plain ``docker build``
+from the repository run the same steps and share Docker's layer cache.
 
-BuildKit is needed for ``RUN --mount`` (pip's CA bundle as a secret, a wheel cache).
-Legacy builders get the same file with the mounts removed and, when a CA bundle is
-given, the ``#LEGACY`` line turned into a COPY of the bundle into the ``build`` stage,
-which the final stage never copies from.
+The one exception is a private index's ``.netrc``: a secret may reach a build step only
+as a BuildKit secret mount, which the legacy builder cannot parse. So the file names the
+secret's path, and :func:`with_pip_netrc` adds the mount for a build that is given one.
 """
 
 from __future__ import annotations
@@ -15,17 +16,22 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from flowrig.builder import defaults
 from flowrig.errors import InfrastructureError
 
-#: Name of the Dockerfile in a context, and of the CA bundle a legacy build copies.
+#: Name of the Dockerfile in a context.
 DOCKERFILE = "Dockerfile"
-LEGACY_DOCKERFILE = "Dockerfile.legacy"
-LEGACY_PIP_CA = "pip-ca.crt"
+#: A CA bundle pip trusts during the build, at the context's root (``--pip-ca``): only
+#: the Dockerfile's ``build`` stage copies it, and the image takes nothing else from there.
+PIP_CA = "pip-ca.crt"
+
+#: Where BuildKit mounts the .netrc secret; the Dockerfile's install of the project's
+#: requirements names it (and no other step does).
+PIP_NETRC_PATH = f"/run/secrets/{defaults.PIP_NETRC_SECRET_ID}"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-# One `--mount=...` flag and the line continuation that may follow it.
-_MOUNT = re.compile(r"--mount=\S+[ \t]*(?:\\\n[ \t]*)?")
-_LEGACY_LINE = re.compile(r"^#LEGACY (.*)$", re.MULTILINE)
+# One RUN instruction with its continuation lines.
+_RUN = re.compile(r"^RUN (?:[^\n]*\\\n)*[^\n]*", re.MULTILINE)
 
 
 #: flowrig's lock (uv.lock) exported for pip; every install of an image build is pinned by it.
@@ -67,27 +73,24 @@ def dockerfile_text() -> str:
     return dockerfile_path().read_text(encoding="utf-8")
 
 
-def needs_buildkit(text: str) -> bool:
-    """Whether a Dockerfile uses ``RUN --mount``, which legacy builders reject."""
-    return _MOUNT.search(text) is not None
+def with_pip_netrc(text: str) -> str:
+    """The Dockerfile for a BuildKit build given a private index's ``.netrc`` (pure).
 
+    The one RUN that names :data:`PIP_NETRC_PATH` (the install of the project's
+    requirements) gets ``--mount=type=secret,id=pip-netrc``: the secret is a file there
+    for that step only, and in no layer, cache entry or other step.
 
-def for_legacy_builder(text: str, *, pip_ca: bool) -> str:
-    """The Dockerfile for a builder without BuildKit.
-
-    Parameters
-    ----------
-    text
-        The Dockerfile (BuildKit form).
-    pip_ca
-        Whether the context carries :data:`LEGACY_PIP_CA`: its ``#LEGACY`` lines become
-        instructions; otherwise they are dropped.
-
-    Returns
-    -------
-    str
-        The same Dockerfile without ``--mount`` flags.
+    Raises
+    ------
+    InfrastructureError
+        Not exactly one RUN names the path (a Dockerfile that does not match this
+        flowrig).
     """
-    text = _MOUNT.sub("", text)
-    replacement = r"\1" if pip_ca else ""
-    return _LEGACY_LINE.sub(replacement, text)
+    runs = [m for m in _RUN.finditer(text) if f"--pip-netrc {PIP_NETRC_PATH}" in m.group(0)]
+    if len(runs) != 1:
+        raise InfrastructureError(
+            f"the Dockerfile has {len(runs)} install steps for a .netrc, not 1: reinstall flowrig"
+        )
+    start = runs[0].start() + len("RUN ")
+    mount = f"--mount=type=secret,id={defaults.PIP_NETRC_SECRET_ID} \\\n    "
+    return text[:start] + mount + text[start:]

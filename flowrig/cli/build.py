@@ -54,7 +54,7 @@ def build_command(
         typer.Option(
             "--pip-ca",
             envvar="FLOWRIG_PIP_CA",
-            help="CA bundle pip in the build trusts (a BuildKit secret; never in the image).",
+            help="CA bundle pip in the build trusts (read by a build stage only; never in the image).",
         ),
     ] = None,
     pip_netrc: Annotated[
@@ -63,7 +63,7 @@ def build_command(
             "--pip-netrc",
             envvar="FLOWRIG_PIP_NETRC",
             help="A .netrc with the credentials of the project's private package index (a BuildKit "
-            "secret for pip; never in the image, a layer or the requirements).",
+            "secret for pip; never in the image, a layer or the requirements). Needs BuildKit.",
         ),
     ] = None,
     context_only: Annotated[
@@ -97,7 +97,7 @@ def _build(
     quiet: bool,
     pip_netrc: Path | None = None,
 ) -> None:
-    from flowrig.builder.build import build, build_command
+    from flowrig.builder.build import add_pip_ca, add_pip_netrc_mount, build, build_command
     from flowrig.builder.context import render_context, write_context
     from flowrig.errors import BadInput
 
@@ -116,14 +116,23 @@ def _build(
         )
     if context_only is not None:
         directory = write_context(context, context_only)
-        command = build_command(
-            context, tag, directory, buildkit=True, pip_ca=pip_ca, no_cache=no_cache, pip_netrc=pip_netrc
-        )
+        if pip_ca is not None:
+            add_pip_ca(directory, pip_ca)
+        if pip_netrc is None:
+            # Without --progress: the command works with BuildKit and the legacy builder alike.
+            command = build_command(context, tag, directory, buildkit=False, no_cache=no_cache)
+        else:
+            # A .netrc reaches the build only as a BuildKit secret the Dockerfile mounts.
+            add_pip_netrc_mount(directory)
+            command = build_command(
+                context, tag, directory, buildkit=True, no_cache=no_cache, pip_netrc=pip_netrc.resolve()
+            )
         nonce = ""
         if context.makes_its_own_ca:
             # Left to the shell, so every run of the printed command gets a new CA.
             nonce = " --build-arg TLS_NONCE=\"$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')\""
-        typer.echo(f"DOCKER_BUILDKIT=1 {shlex.join(command[:-1])}{nonce} {shlex.quote(command[-1])}")
+        switch = "" if pip_netrc is None else "DOCKER_BUILDKIT=1 "
+        typer.echo(f"{switch}{shlex.join(command[:-1])}{nonce} {shlex.quote(command[-1])}")
         return
     result = build(context, tag, pip_ca, quiet=quiet, no_cache=no_cache, pip_netrc=pip_netrc)
     builder = "BuildKit" if result.buildkit else "legacy builder"

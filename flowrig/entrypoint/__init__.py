@@ -12,6 +12,7 @@ One image, many roles::
                                      what dask-cloudprovider sends; TLS flags added
     info                             manifest, versions, certificate expiry (JSON)
     prepare                          build time: migrate the Prefect database template
+    check-imports [PROJECT]          build time: import the flow and what it imports
     bake-tls SRC --out DIR           build time: install or make the image's TLS files
     anything else                    exec'd as is
 
@@ -126,7 +127,7 @@ def dispatch(argv: list[str]) -> int | None:
             command = roles.command_for(role, args, Path(directory) if directory else None)
             _exec(command, roles.secure_environment(env))
         os.environ.update(env)
-    if head in ("run", "info", "prepare", "bake-tls", "--help", "-h"):
+    if head in ("run", "info", "prepare", "check-imports", "bake-tls", "--help", "-h"):
         from flowrig.entrypoint.app import app
 
         return app(argv, standalone_mode=False)

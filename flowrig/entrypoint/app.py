@@ -1,4 +1,4 @@
-"""The entrypoint's own commands: ``run``, ``info``, ``prepare``, ``bake-tls``."""
+"""The entrypoint's own commands: ``run``, ``info``, ``prepare``, ``check-imports``, ``bake-tls``."""
 
 from __future__ import annotations
 
@@ -34,6 +34,43 @@ def prepare() -> None:
     from flowrig.api import ensure_template
 
     print(f"prefect database template: {ensure_template()}")
+
+
+@app.command("check-imports")
+def check_imports(
+    project: Annotated[Path, typer.Argument(help="The project directory.")] = layout.IMAGE_PROJECT_DIR,
+) -> None:
+    """Build time: import the flow and every module it needs, as the image's user.
+
+    The image's last build step: a module that does not import fails the build (exit
+    2, one line naming the module, its file and line, and the cause), so no image that
+    cannot run its flow is tagged. It runs with a scratch HOME and PREFECT_HOME that
+    it removes, so the image keeps nothing of it.
+    """
+    import os
+    import shutil
+    import sys
+    import tempfile
+
+    from flowrig.builder.buildsteps import ERROR_PREFIX
+    from flowrig.errors import BadInput
+
+    scratch = tempfile.mkdtemp(prefix="flowrig-check-")
+    os.environ.update(HOME=scratch, PREFECT_HOME=os.path.join(scratch, "prefect"), XDG_CACHE_HOME=scratch,
+                      MPLCONFIGDIR=scratch)
+    try:
+        from flowrig.project import load_project
+        from flowrig.project.imports import check_imports as check
+
+        loaded = load_project(project)
+        modules = check(loaded.root, loaded.flow, loaded.cluster.sizing, loaded.requirements)
+    except BadInput as exc:
+        # The line the host-side builder reports (flowrig.builder.buildsteps).
+        print(f"{ERROR_PREFIX}{exc}", file=sys.stderr, flush=True)
+        raise typer.Exit(2) from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"imports checked as uid {os.getuid()}: {loaded.flow} and the {len(modules)} modules it needs")
 
 
 @app.command("bake-tls")
