@@ -595,3 +595,38 @@ def test_a_workers_own_client_is_told_from_the_runners_by_its_id(tls):
     assert clients == {FIRE_AND_FORGET, client.id, worker_client}
     assert is_runner_client(client.id)
     assert not is_runner_client(worker_client) and not is_runner_client(FIRE_AND_FORGET)
+
+
+def _hold_memory(megabytes: int, seconds: float) -> int:
+    import time
+
+    block = b"x" * (megabytes * 2**20)
+    time.sleep(seconds)
+    return len(block)
+
+
+def test_a_nannys_restart_for_memory_is_an_event_the_cluster_reads_from_its_scheduler(tls):
+    """A nanny that stops its worker past 95 % of its memory limit logs
+    ``worker-restart-memory`` with the worker's address, pid and rss on the scheduler,
+    and a cluster reads it over its own scheduler connection
+    (:mod:`flowrig.internals.dask_memory`)."""
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from flowrig.internals.dask_memory import RESTART_TOPIC, restarts
+
+    with LocalCluster(n_workers=1, processes=True, protocol="tls://", security=tls.to_security(),
+                      host="127.0.0.1", dashboard_address=None, memory_limit="300MiB") as cluster:
+        with Client(cluster, security=tls.to_security()) as client:
+            address = next(iter(client.scheduler_info()["workers"]))
+            client.submit(_hold_memory, 400, 30, pure=False)
+            deadline = time.monotonic() + 60
+            found: tuple = ()
+            while not found and time.monotonic() < deadline:
+                time.sleep(0.5)
+                found = cluster.sync(restarts, cluster.scheduler_comm)
+            assert client.get_events(RESTART_TOPIC)
+    assert found, "no memory restart within 60 s"
+    (_, event), *_ = found
+    assert event["worker"] == address and isinstance(event["pid"], int) and event["rss"] > 300 * 0.95 * 2**20

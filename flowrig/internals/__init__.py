@@ -11,7 +11,8 @@ an upgrade of one of those projects, run that file first (CONTRIBUTING.md says h
   the entry for an existing flow run;
 - :mod:`~flowrig.internals.prefect_server`: the API server's app and database set-up;
 - :mod:`~flowrig.internals.forkserver`: local workers forked from a copy of the runner;
-- :mod:`~flowrig.internals.dask_clients`: a worker's own Dask client told from the runner's.
+- :mod:`~flowrig.internals.dask_clients`: a worker's own Dask client told from the runner's;
+- :mod:`~flowrig.internals.dask_memory`: a worker's restart for memory, from the scheduler's events.
 
 May import: the standard library and the projects it fences; nothing of flowrig.
 """
