@@ -10,7 +10,10 @@ side, ``flowrig ecs run-local``) runs inside :func:`terminating` and tears down 
   flow, and its exception can come out wrapped), the command ends as
   ``Terminated(N)``, which the CLI maps to exit code 128 + N;
 - during teardown both signals are held back and delivered once it is done, so a
-  second Ctrl-C cannot leave half a cluster behind.
+  second Ctrl-C cannot leave half a cluster behind;
+- a teardown that can be hurried (the docker backend's host removes containers by
+  force) runs inside :func:`hurried` instead: a further signal raises
+  :class:`Escalated` there, and the teardown switches to its fastest way.
 
 Outside the main thread (a notebook's worker thread, say) signals cannot be handled
 there, and both context managers do nothing.
@@ -73,6 +76,28 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(signum)
 
 
+class Escalated(BaseException):
+    """SIGTERM or SIGINT during a teardown that :func:`hurried` lets a signal cut short.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: no ``except Exception`` of a
+    library swallows it on its way to the teardown that asked for it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def signal_name(signum: int) -> str:
+    """``Ctrl-C`` for SIGINT, else the signal's name (``SIGTERM``)."""
+    if signum == signal.SIGINT:
+        return "Ctrl-C"
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 @contextmanager
 def terminating() -> Iterator[None]:
     """Run a block that SIGTERM or SIGINT ends as :class:`~flowrig.errors.Terminated`.
@@ -100,6 +125,29 @@ def terminating() -> Iterator[None]:
         _active = None
         record.close()
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def hurried() -> Iterator[None]:
+    """Run a teardown that a further SIGTERM or SIGINT cuts short: the signal raises
+    :class:`Escalated` in the main thread, where :func:`shielded` would hold it back.
+
+    The enclosing :func:`terminating` block still sees the signal, so the command
+    ends as terminated.
+    """
+    if not _in_main_thread():
+        yield
+        return
+
+    def escalate(signum: int, frame: Any) -> None:
+        raise Escalated(signum)
+
+    previous = {s: signal.signal(s, escalate) for s in ENDING}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @contextmanager
