@@ -408,9 +408,10 @@ class _Teardown:
         if signum is not None:
             name = signal_name(signum)
             again = "Ctrl-C again" if signum == signal.SIGINT else f"a second {name}"
+            hint = f" ({again} removes them at once)"
             if signum == signal.SIGTERM and self.timed_out():
-                name = "the run's timeout passed"
-            self.say(f"{name}: stopping the run: removing {what} ({again} removes them at once)")
+                name, hint = "the run's timeout passed", ""
+            self.say(f"{name}: stopping the run: removing {what}{hint}")
         stopper = None
         if self.runner is not None:
             # The runner ends its flow run in the meantime (an API of the user's own
