@@ -40,6 +40,11 @@ def main(seconds: float = 600.0) -> float:
     return nap.submit(seconds).result()
 '''
 TOML = 'flow = "flow.py:main"\n\n[cluster]\nbackend = "docker"\nn_workers = 1\n'
+#: flowrig with Ctrl-C's default effect, however this script was started (a background
+#: job of a shell ignores SIGINT, and its children inherit that).
+WITH_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def derive(image: str) -> str:
@@ -61,7 +66,8 @@ def interrupted_run(image: str, signals: int) -> float:
     env = {**os.environ, "FLOWRIG_RUN_ID": run_id}
     env.pop("PREFECT_API_URL", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "flowrig.cli", "run", "--backend", "docker", "--image", image],
+        [sys.executable, "-c", WITH_SIGINT, sys.executable, "-m", "flowrig.cli", "run", "--backend", "docker",
+         "--image", image],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     lines: list[str] = []

@@ -30,6 +30,11 @@ WORKER_MEMORY = "400m"
 #: Seconds a docker run may take to end after Ctrl-C in these tests: a generous bound
 #: on a loaded machine (the target, 5 s, is measured by benchmarks/bench_docker_interrupt.py).
 STOP_BOUND = 15
+#: Runs flowrig with Ctrl-C's default effect: a shell starting pytest in the background
+#: ignores SIGINT, and children inherit that.
+WITH_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 pytestmark = pytest.mark.docker
 
@@ -80,7 +85,7 @@ class _Run:
     def __init__(self, image: str, *args: str) -> None:
         self.run_id = "f" + uuid.uuid4().hex[:9]
         self.process = subprocess.Popen(
-            [FLOWRIG, "run", "--backend", "docker", "--image", image, *args],
+            [sys.executable, "-c", WITH_SIGINT, FLOWRIG, "run", "--backend", "docker", "--image", image, *args],
             env=docker_run_env(self.run_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[tuple[float, str]] = []
@@ -171,6 +176,26 @@ def test_a_second_ctrl_c_removes_everything_at_once(docker_client, fault_image):
         # Removed, or named with the command that removes it.
         assert left == [] or f"flowrig docker leftovers --run-id {run.run_id} --remove" in run.stderr, left
         assert took < STOP_BOUND, took
+    finally:
+        run.kill()
+        engine.remove_run(docker_client, run.run_id)
+
+
+def test_ctrl_c_while_the_cluster_starts_leaves_nothing_behind(docker_client, fault_image):
+    """The host may be creating the cluster's containers when Ctrl-C comes: what that
+    start makes afterwards goes too."""
+    run = _Run(fault_image, "--param", "nap=120")
+    try:
+        deadline = time.monotonic() + 240
+        while "scheduler" not in _running_roles(docker_client, run.run_id):
+            assert run.process.poll() is None, run.stderr[-3000:]
+            assert time.monotonic() < deadline, run.stderr[-3000:]
+            time.sleep(0.1)
+        assert not any("scheduler at" in line for _, line in run.lines)  # still starting
+        run.process.send_signal(signal.SIGINT)
+        assert run.finish(timeout=60) == 130, run.stderr[-3000:]
+        time.sleep(5)  # whatever a start under way would still make
+        assert _leftovers(docker_client, run.run_id) == [], run.stderr[-3000:]
     finally:
         run.kill()
         engine.remove_run(docker_client, run.run_id)

@@ -66,6 +66,9 @@ logger = logging.getLogger("flowrig.docker")
 WORKERS_POLL = 0.05
 #: Seconds between two looks at the scheduler's memory restarts.
 MEMORY_POLL = 1.0
+#: Seconds an interrupted run waits for a cluster start under way to give up (its
+#: containers were removed under it) before it sweeps again.
+START_ABORT_WAIT = 5.0
 #: Refusals said one by one; beyond them, one line says that more are not shown.
 REFUSALS_SHOWN = 10
 #: Seconds an interrupted run waits for the runner's last lines to be copied.
@@ -114,6 +117,7 @@ class HostController:
         self.refused = 0
         self.cluster: "DockerCluster | None" = None
         self._clusters: list["DockerCluster"] = []
+        self._starting: threading.Thread | None = None
         self.memory = MemoryWatch(client, run_id, say)
 
     def stdout_filter(self) -> control.Demux:
@@ -191,7 +195,8 @@ class HostController:
             self._reply("failed", re=seq, kind="infrastructure", message=f"the host refused to start a cluster: {why}")
             return
         # Starting containers takes seconds: the runner's output keeps flowing meanwhile.
-        threading.Thread(target=self._start, args=(request, seq), name="flowrig-start", daemon=True).start()
+        self._starting = threading.Thread(target=self._start, args=(request, seq), name="flowrig-start", daemon=True)
+        self._starting.start()
 
     def _take_close(self, message: Mapping[str, Any]) -> None:
         seq = message["seq"]
@@ -308,6 +313,12 @@ class HostController:
             except Exception as exc:  # the run's sweep removes what is left
                 logger.debug("aborting the cluster of run %s: %s", self.run_id, one_line(exc))
         remove_run(self.client, self.run_id, roles=("scheduler", "worker"), network=False)
+        starting = self._starting
+        if starting is not None and starting.is_alive():
+            # A start under way may create a container after that sweep; with its
+            # scheduler gone it fails within a second or two and removes what it made.
+            starting.join(START_ABORT_WAIT)
+            remove_run(self.client, self.run_id, roles=("scheduler", "worker"), network=False)
 
 
 def _runner_lost(name: str, code: int, oom: bool) -> str:
