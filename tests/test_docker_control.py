@@ -179,11 +179,11 @@ def test_the_host_refuses_what_the_project_does_not_allow(changes, reason):
     assert reason in str(refused.value)
 
 
-def test_without_a_project_file_the_defaults_bound_a_run_and_a_broken_one_is_bad_input():
+def test_a_project_file_without_bounds_gets_the_defaults_and_a_broken_one_is_bad_input():
     from flowrig.errors import BadInput
     from flowrig.project.defaults import MAX_WORKERS
 
-    limits = RunnerLimits.from_toml(RUN, None, "flowrig.toml")
+    limits = RunnerLimits.from_toml(RUN, b'flow = "f.py:m"\n', "flowrig.toml")
     with pytest.raises(Refusal, match=f"max_workers = {MAX_WORKERS}"):
         limits.check_start(_start(n_workers=MAX_WORKERS + 1, options={}, no_client_timeout=None))
     with pytest.raises(BadInput, match="not valid TOML"):

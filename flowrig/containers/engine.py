@@ -29,8 +29,6 @@ logger = logging.getLogger("flowrig.docker")
 LOG_TAIL = 5
 #: Containers removed at once by :func:`remove_run`.
 REMOVE_THREADS = 8
-#: The most bytes :func:`read_file` takes from a container.
-READ_LIMIT = 1024 * 1024
 
 
 def log_tail(text: str, lines: int = LOG_TAIL, width: int = 400) -> str:
@@ -177,39 +175,6 @@ def start_container(container: "Container") -> None:
             f"container {container.name} did not start: {one_line(exc)}; "
             f"last log lines: {container_logs_tail(container)}"
         ) from None
-
-
-def read_file(container: "Container", path: str, limit: int = READ_LIMIT) -> bytes | None:
-    """The contents of the regular file ``path`` in a container (created or running;
-    its image's file when the container has not changed it); ``None`` when there is no
-    such file.
-
-    Raises
-    ------
-    InfrastructureError
-        When the engine cannot read it, or it is not a regular file of at most ``limit`` bytes.
-    """
-    import io
-    import tarfile
-
-    import docker
-
-    try:
-        stream, stat = container.get_archive(path)
-    except docker.errors.NotFound:
-        return None
-    except docker.errors.APIError as exc:
-        raise InfrastructureError(f"cannot read {path} in {container.name}: {one_line(exc)}") from None
-    if int(stat.get("size") or 0) > limit:
-        raise InfrastructureError(f"{path} in {container.name} is larger than {limit} bytes")
-    archive = b"".join(stream)
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        member = tar.next()
-        if member is None or not member.isfile() or member.size > limit:
-            raise InfrastructureError(f"{path} in {container.name} is not a regular file of at most {limit} bytes")
-        handle = tar.extractfile(member)
-        assert handle is not None
-        return handle.read()
 
 
 class StdinWriter:

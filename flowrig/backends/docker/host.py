@@ -38,10 +38,10 @@ from flowrig.containers.engine import (
     StdinWriter,
     attach_stdin,
     connect,
+    container_file,
     create_container,
     create_network,
     oom_killed,
-    read_file,
     remove_run,
     require_image,
     run_containers,
@@ -352,8 +352,14 @@ def _host_image(directory: Path | None, project: "Project | None", image: str | 
 def _image_limits(runner: "Container", run_id: str, image: str) -> RunnerLimits:
     """The limits of the project baked into the image, read from the runner's
     container before it starts (nothing of the run has run yet)."""
-    text = read_file(runner, str(IMAGE_PROJECT_FILE))
-    return RunnerLimits.from_toml(run_id, text, f"{IMAGE_PROJECT_FILE} in {image}")
+    where = f"{IMAGE_PROJECT_FILE} in {image}"
+    text = container_file(runner, str(IMAGE_PROJECT_FILE))
+    if text is None:
+        raise BadInput(
+            f"{where} is missing or not a regular file: the host reads the run's limits there; "
+            "rebuild the image with flowrig build"
+        )
+    return RunnerLimits.from_toml(run_id, text, where)
 
 
 def _inventory(client: "DockerClient", run_id: str) -> str:

@@ -112,18 +112,16 @@ class RunnerLimits:
     source: str = "the image's flowrig.toml"
 
     @classmethod
-    def from_toml(cls, run_id: str, text: bytes | None, source: str) -> "RunnerLimits":
-        """The limits in a project file's text (``None``: no file, so the defaults).
+    def from_toml(cls, run_id: str, text: bytes, source: str) -> "RunnerLimits":
+        """The limits in a project file's text.
 
         Raises
         ------
         BadInput
             When the file is not valid TOML or not a valid project file.
         """
-        from flowrig.project.models import ClusterConfig, parse_project
+        from flowrig.project.models import parse_project
 
-        if text is None:
-            return cls(run_id, ClusterConfig(), f"the defaults (no {source})")
         try:
             data = tomllib.loads(text.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
