@@ -39,7 +39,7 @@ ARG TLS_MODE=baked
 # --from caches on content: editing a flow re-runs this stage and nothing after it.
 FROM ${BASE_IMAGE} AS requirements
 ARG PROJECT
-COPY flowrig/builder/buildsteps.py flowrig/project/filerules.py /opt/flowrig/build/
+COPY flowrig/builder/buildsteps.py flowrig/project/filerules.py flowrig/project/secretrules.py /opt/flowrig/build/
 COPY pyproject.toml constraints.txt /opt/flowrig/build/
 COPY ${PROJECT}/ /opt/flowrig/build/project/
 RUN python3 /opt/flowrig/build/buildsteps.py requirements \
@@ -84,14 +84,18 @@ RUN --mount=type=secret,id=pip-ca \
         --constraints /opt/flowrig/requirements/constraints.txt \
         --build-requirements /opt/flowrig/requirements/build.txt \
         /opt/flowrig/requirements/flowrig.txt
-# Layer 2: the project's requirements (changing them leaves layer 1 cached).
+# Layer 2: the project's requirements (changing them leaves layer 1 cached). A private
+# index's credentials come as a .netrc build secret (`--secret id=pip-netrc,src=FILE`,
+# `flowrig build --pip-netrc`), never in a file of the project.
 COPY --from=requirements /opt/flowrig/requirements/ /opt/flowrig/requirements/
 RUN --mount=type=secret,id=pip-ca \
+    --mount=type=secret,id=pip-netrc \
     --mount=type=cache,id=flowrig-wheels,target=/var/cache/flowrig-wheels,sharing=locked \
     python3 /opt/flowrig/build/buildsteps.py install \
         --pip /opt/flowrig/tools/bin/pip --python /opt/flowrig/venv/bin/python \
         --wheels /opt/flowrig/wheels --cache /var/cache/flowrig-wheels --cache-enabled "$WHEEL_CACHE" \
         --pip-ca /run/secrets/pip-ca --pip-ca /opt/flowrig/build/pip-ca.crt \
+        --pip-netrc /run/secrets/pip-netrc \
         --constraints /opt/flowrig/requirements/constraints.txt \
         /opt/flowrig/requirements/project.txt
 # Prune (tests, caches, pip & co.; strip if the base has binutils), put flowrig's own

@@ -44,6 +44,12 @@ def moto(tmp: Path):
     control = MotoServer(endpoint=f"http://{host}:{port}", recording_path=tmp / "unused.jsonl")
     control.set_transition("ecs::task", {"progression": "manual", "times": _FOREVER})
     control.ecs().put_account_setting(name="taskLongArnFormat", value="enabled")
+    # `flowrig aws bootstrap --backend ecs`, once per account: what each run's role gets.
+    from flowrig.backends.ecs import aws
+
+    os.environ["AWS_ENDPOINT_URL"] = control.endpoint
+    session = aws.session()
+    aws.ensure_run_secret_reader(session, session.account())
     return server, control
 
 
@@ -85,8 +91,7 @@ def main() -> None:
             with local_scheduler(tls, workers=1) as scheduler:
                 spec = ClusterSpec(
                     run_id="bench1", size=ClusterSize(args.workers), tls=tls, image=IMAGE,
-                    options={"scheduler_address": scheduler.scheduler_address, "create_roles": True,
-                             "provision_timeout": 600},
+                    options={"scheduler_address": scheduler.scheduler_address, "provision_timeout": 600},
                 )
                 began = time.perf_counter()
                 started = FargateBackend().start(spec)

@@ -157,8 +157,7 @@ def main() -> None:
         if warm_env is not None:
             w.append(timed(flowrig_run, warm_env)[0])
     if server is not None:
-        server.terminate()
-        server.wait(timeout=60)
+        server.stop()
     # Each of (c)'s processes starts its own temporary API; with several starting at once
     # on two cores, Prefect's default 20 s start-up timeout is too short to finish at all.
     c_env = {**_env(), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
@@ -170,8 +169,9 @@ def main() -> None:
     mc = statistics.median(c) if c else float("nan")
     print(f"machine: {os.cpu_count()} cores; seed flow, x of {len(X)} items, {N_WORKERS} workers, mutual TLS")
     print(f"(a) flowrig run, local backend      median {ma:6.2f} s  runs {', '.join(f'{v:.2f}' for v in a)}")
-    for key in ("prepare", "cluster_start", "api_wait", "flow", "teardown"):
-        print(f"      {key:<14} median {statistics.median(p.get(key, 0.0) for p in phases):6.2f} s")
+    # The run's own phases; they add up to its total, the whole wall time of the command.
+    for key in ("startup", "load", "prepare", "cluster_start", "api_wait", "flow", "teardown", "total"):
+        print(f"      {key:<14} median {statistics.median(p.get(key) or 0.0 for p in phases):6.2f} s")
     print(f"(b) plain Dask, same TLS            median {mb:6.2f} s  runs {', '.join(f'{v:.2f}' for v in b)}")
     print(f"(c) prefect-dask, Prefect defaults  median {mc:6.2f} s  runs {', '.join(f'{v:.2f}' for v in c)}")
     if w:

@@ -14,12 +14,17 @@ pairs are printed with:
   1000 tasks (the parameter's size alone), once mapping over the list itself; for each,
   the flowrig overhead over plain Dask and how it grows when the list doubles.
 
-``--server`` runs everything a second time against a real Prefect server (started
-here, with its task-run recorder on), and counts the task runs it recorded.
+``--server`` runs n = 1000 and 5000 (``--sizes``) against a real Prefect server started
+here (``--database postgres``, the default, or ``sqlite``; its task-run recorder on):
+flowrig, prefect-dask's ``DaskTaskRunner`` and plain Dask side by side, each Prefect
+run's task runs recorded, with the server's recording rate; ``--profile-server FILE``
+samples the server with py-spy and says where its time went; ``--baseline DIR`` adds
+flowrig from another checkout (see benchmarks/server_runs.py).
 ``--docker IMAGE`` adds n = 1000 on the docker backend beside the local one (the
 image of this benchmark's project, which ``--docker-build BASE`` builds).
 
     python benchmarks/bench_scale.py [--repeat 3] [--lists-repeat 1] [--big] [--server] [--docker IMAGE]
+    python benchmarks/bench_scale.py --server-only [--database sqlite] [--profile-server FILE] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -33,11 +38,11 @@ import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
 from prefect_server import start_server
+from server_runs import ServerBench, measure_server
 
 WORKERS = 3
 
@@ -212,13 +217,6 @@ def measure_lists(bench: Bench, repeat: int, label: str) -> None:
               f"{overhead[20_000] / overhead[10_000]:.2f} (target <= 2)")
 
 
-def task_runs(url: str) -> int:
-    request = urllib.request.Request(url + "/task_runs/count", data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return int(response.read())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="pairs per size")
@@ -229,6 +227,13 @@ def main() -> None:
     parser.add_argument("--docker-build", metavar="BASE_IMAGE", help="build that image first, on this base")
     parser.add_argument("--no-lists", action="store_true", help="skip the list-parameter flows")
     parser.add_argument("--lists-repeat", type=int, help="pairs per list-parameter flow (default: --repeat)")
+    parser.add_argument("--database", choices=("postgres", "sqlite"), default="postgres",
+                        help="the Prefect server's database (--server)")
+    parser.add_argument("--profile-server", metavar="FILE", type=Path,
+                        help="sample the server with py-spy during the largest flowrig run (--server)")
+    parser.add_argument("--py-spy", metavar="PATH", help="the py-spy to use (default: on PATH)")
+    parser.add_argument("--baseline", metavar="DIR", type=Path,
+                        help="also flowrig from this checkout, first on PYTHONPATH (--server)")
     parser.add_argument("--sizes", type=lambda text: [int(n) for n in text.split(",")],
                         help="comma-separated n instead of 10,100,1000,5000")
     args = parser.parse_args()
@@ -264,23 +269,17 @@ def main() -> None:
         print(f"[docker] n=1000: docker backend {median(docker):.2f} s, local backend {median(local):.2f} s")
 
     if args.server or args.server_only:
-        server, url = start_server(work, base_env())
+        server, url = start_server(work, base_env(), database=args.database)
         try:
             env = {**base_env(), "PREFECT_API_URL": url}
-            remote = Bench(work, env, recorded=lambda: task_runs(url))
-            before = task_runs(url)
-            measure(remote, sizes, args.repeat, "Prefect server")
-            expected = sum(sizes) * args.repeat
-            deadline = time.monotonic() + 300
-            while task_runs(url) - before < expected and time.monotonic() < deadline:
-                time.sleep(2)
-            print(f"[Prefect server] task runs recorded: {task_runs(url) - before} of {expected} submitted")
-            if not args.no_lists:
-                measure_lists(remote, lists_repeat, "Prefect server")
+            remote = ServerBench(work, env, url, work / "project", work / "certs", work / "runner.py",
+                                 work / "plain.py", args.baseline)
+            remote.flowrig(10)  # untimed: the server's first requests, the flow's first version
+            remote.prefect_dask(10)
+            measure_server(remote, args.sizes or [1000, 5000], args.repeat, f"Prefect server on {args.database}",
+                           args.profile_server, args.py_spy)
         finally:
-            server.terminate()
-            server.wait(timeout=60)
-
+            server.stop()
 
 if __name__ == "__main__":
     main()

@@ -84,6 +84,37 @@ def one_line(exc: BaseException | str, width: int = ONE_LINE_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+#: Exit codes of the ending signals, by code, as the JSON outcome names them.
+SIGNAL_BASE = 128
+
+
+def unexpected_line(exc: BaseException) -> str:
+    """The one line of an exception no one mapped: a bug, reported as one."""
+    return f"unexpected {type(exc).__name__}: {exc} (set FLOWRIG_DEBUG=1 for the traceback)"
+
+
+def exit_status(exc: BaseException) -> tuple[int, str | None]:
+    """The exit code ``exc`` ends a command with, and its one line of error.
+
+    The contract of :mod:`flowrig.cli.exits`, as data: ``(code, line)``, where ``line`` is
+    ``None`` for an ending signal (its code says it all). Command-line parsing errors
+    are the CLI's own and are not known here.
+    """
+    if isinstance(exc, FlowrigError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, Terminated):
+        return SIGNAL_BASE + exc.signum, None
+    if isinstance(exc, KeyboardInterrupt):
+        return SIGNAL_BASE + 2, None
+    if isinstance(exc, SystemExit):
+        return (exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1), None
+    # Prefect turns SIGTERM during a flow run into its TerminationSignal.
+    signum = getattr(exc, "signal", None)
+    if isinstance(signum, int) and not isinstance(signum, bool):
+        return SIGNAL_BASE + signum, None
+    return EXIT_INFRASTRUCTURE, unexpected_line(exc)
+
+
 def flowrig_cause(exc: BaseException) -> FlowrigError | None:
     """The flowrig error behind ``exc``, if any: libraries (distributed, for one) wrap
     errors raised inside them, and the one line a user should see is flowrig's."""

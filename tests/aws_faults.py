@@ -9,6 +9,9 @@ moto's answer:
   ThrottlingException`` (``Throttling`` / ``RequestLimitExceeded`` for the query APIs)
   without reaching moto;
 - :meth:`FaultProxy.throttle_first`: the next N calls of one operation throttled;
+- :meth:`FaultProxy.refuse_first`: the next N calls of one operation answered with an
+  error of the test's choosing (as AWS refuses calls naming a role IAM has not
+  propagated yet);
 - :meth:`FaultProxy.worker_capacity`: RunTask for workers starts at most N worker tasks
   in all; every further one is a ``RESOURCE:FARGATE`` failure in the answer;
 - :meth:`FaultProxy.stop_role`: DescribeTasks reports every task of a role (container
@@ -67,6 +70,7 @@ class FaultProxy:
         self.throttled: Counter[str] = Counter()
         self._throttle: tuple[float, set[str] | None] = (0.0, None)
         self._first: Counter[str] = Counter()
+        self._refusals: dict[str, list[Any]] = {}
         self._capacity: int | None = None
         self._capacity_reason = ("RESOURCE:FARGATE", "Capacity is unavailable at this time. Please try again later.")
         self._stops: list[StopRule] = []
@@ -117,6 +121,10 @@ class FaultProxy:
         """Answer the next ``calls`` calls of ``operation`` as throttled, whatever the fraction."""
         self._first[operation] = calls
 
+    def refuse_first(self, operation: str, calls: int, code: str, message: str) -> None:
+        """Answer the next ``calls`` calls of ``operation`` with error ``code`` and ``message``."""
+        self._refusals[operation] = [calls, code, message]
+
     def worker_capacity(self, tasks: int, reason: str = "RESOURCE:FARGATE",
                         detail: str = "Capacity is unavailable at this time. Please try again later.") -> None:
         """Let at most ``tasks`` worker tasks start in all; RunTask reports the rest as failures."""
@@ -154,8 +162,14 @@ class FaultProxy:
                 throttled = True
             if throttled:
                 self.throttled[operation] += 1
+            refusal = self._refusals.get(operation)
+            refused = bool(refusal and refusal[0] > 0)
+            if refused:
+                refusal[0] -= 1
         if throttled:
             return self._answer(request, *self._throttling(protocol))
+        if refused:
+            return self._answer(request, *self._error(protocol, refusal[1], refusal[2]))
         if operation == "RunTask":
             return self._run_task(request, body)
         status, headers, payload = self._forward(request, body)
@@ -184,6 +198,20 @@ class FaultProxy:
         request.send_header("Content-Length", str(len(payload)))
         request.end_headers()
         request.wfile.write(payload)
+
+    @staticmethod
+    def _error(protocol: str, code: str, message: str) -> tuple[int, dict[str, str], bytes]:
+        if protocol == "json":
+            body = json.dumps({"__type": code, "message": message}).encode()
+            return 400, {"Content-Type": "application/x-amz-json-1.1"}, body
+        escaped = message.replace("&", "&amp;").replace("<", "&lt;")
+        if protocol == "ec2":
+            return 400, {"Content-Type": "text/xml"}, (
+                f"<Response><Errors><Error><Code>{code}</Code><Message>{escaped}</Message></Error></Errors>"
+                "<RequestID>fault-proxy</RequestID></Response>").encode()
+        return 403, {"Content-Type": "text/xml"}, (
+            f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{escaped}</Message></Error>"
+            "<RequestId>fault-proxy</RequestId></ErrorResponse>").encode()
 
     @staticmethod
     def _throttling(protocol: str) -> tuple[int, dict[str, str], bytes]:

@@ -180,6 +180,19 @@ def aws(moto_server: MotoServer) -> MotoServer:
 
 
 @pytest.fixture
+def bootstrapped(aws: MotoServer) -> MotoServer:
+    """The account after `flowrig ecs bootstrap`: the policy each run's execution role
+    gets (reading its own run's secret) exists."""
+    from typer.testing import CliRunner
+
+    from flowrig.cli.ecs import app
+
+    result = CliRunner().invoke(app, ["bootstrap"])
+    assert result.exit_code == 0, result.output
+    return aws
+
+
+@pytest.fixture
 def ecs_tasks_pending(aws: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
     """ECS tasks stay PENDING until stopped, as on Fargate while it has no capacity.
 

@@ -1,56 +1,70 @@
-"""A real Prefect server for tests (registered in conftest.py): ``prefect server start``
-on 127.0.0.1 with its default services, the task-run recorder among them."""
+"""Real Prefect servers for tests (registered in conftest.py): ``prefect server start``
+with its default services, the task-run recorder among them, from
+benchmarks/prefect_server.py.
+
+- ``prefect_server``: on SQLite, Prefect's default, on 127.0.0.1;
+- ``prefect_server_postgres``: on PostgreSQL (a private cluster of Debian's
+  ``postgresql``, on 127.0.0.1), what teams run in production;
+- ``prefect_servers``: each of the two, for tests that must hold on both;
+- ``container_prefect_server``: on PostgreSQL, listening on the Docker bridge's
+  gateway, the host's own address that containers on any run's network reach (a
+  server on 127.0.0.1 is out of their reach).
+
+Without PostgreSQL installed, the PostgreSQL servers skip, or fail when
+``FLOWRIG_REQUIRE_POSTGRES=1`` (CI sets it).
+"""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
+from benchmarks.prefect_server import PrefectServer, ServerError, postgres_bindir
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+
+def _server(tmp_path_factory, database: str, host: str = "127.0.0.1"):
+    if database == "postgres" and postgres_bindir() is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql)"
+        if os.environ.get("FLOWRIG_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PrefectServer(tmp_path_factory.mktemp(f"prefect-{database}"), dict(os.environ), database=database,
+                           host=host, durable=False)
+    try:
+        server.start(timeout=120)
+    except ServerError as exc:
+        pytest.fail(str(exc))
+    return server
 
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
-    port = _free_port()
-    home = tmp_path_factory.mktemp("prefect-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="WARNING",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"prefect server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("prefect server did not answer within 120 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    server = _server(tmp_path_factory, "sqlite")
+    yield server.url
+    server.stop()
 
 
+@pytest.fixture(scope="session")
+def prefect_server_postgres(tmp_path_factory):
+    server = _server(tmp_path_factory, "postgres")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def prefect_servers(request):
+    """The API URL of a server on each database in turn."""
+    return request.getfixturevalue("prefect_server" if request.param == "sqlite" else "prefect_server_postgres")
+
+
+@pytest.fixture(scope="session")
+def container_prefect_server(tmp_path_factory, docker_client):
+    import ipaddress
+
+    config = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
+    # The default bridge often names no gateway: it is then the subnet's first address.
+    gateway = config.get("Gateway") or str(ipaddress.ip_network(config["Subnet"])[1])
+    server = _server(tmp_path_factory, "postgres", host=gateway)
+    yield server.url
+    server.stop()

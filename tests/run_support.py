@@ -107,3 +107,62 @@ def project_factory(tmp_path):
         return write_project(tmp_path / name, flow_source, toml)
 
     return make
+
+
+#: A map of slow tasks: a run long enough to be looked at while it runs (its dashboard,
+#: its processes); ``secret`` is a parameter whose value must not leak.
+SLOW_MAP_FLOW = """
+    import time
+    from prefect import flow, task
+
+    @task
+    def slow(i: int, seconds: float) -> int:
+        time.sleep(seconds)
+        return i
+
+    @flow
+    def main(n: int = 20, seconds: float = 1.0, secret: str = "") -> int:
+        return sum(f.result() for f in slow.map(range(n), seconds))
+"""
+
+
+class RunWatcher:
+    """A running ``flowrig run`` whose stderr lines are collected in a thread."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        import threading
+
+        self.process = process
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(process.stderr), daemon=True).start()
+
+    def wait_for(self, pattern: str, timeout: float):
+        """The first match of ``pattern`` in a stderr line, once one is there."""
+        import re
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in list(self.lines):
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            assert self.process.poll() is None, f"the run ended ({self.process.returncode}):\n{self.tail()}"
+            assert time.monotonic() < deadline, f"no line matching {pattern!r} within {timeout} s:\n{self.tail()}"
+            time.sleep(0.2)
+
+    def tail(self, n: int = 4000) -> str:
+        return "".join(self.lines)[-n:]
+
+    def stop(self, timeout: float = 90) -> int:
+        """SIGTERM (the run tears down), then its exit code; killed if it hangs."""
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"the run did not end within {timeout} s of SIGTERM:\n{self.tail()}") from None

@@ -1,5 +1,5 @@
 """The run's Prefect API is private to the run: basic auth on every route but /health
-and /ready, served over HTTPS with the run's certificate, on a socket made by the
+and /ready (its /docs and /openapi.json included), served over HTTPS with the run's certificate, on a socket made by the
 runner (no port race, no port on a command line), and its auth string in no command
 line or environment of any process of the run."""
 
@@ -77,6 +77,14 @@ def test_only_health_and_ready_answer_without_the_auth_string():
             assert _status(api.url + path, data=b"{}", auth="wrong", ca=tls.ca_pem) == 401, path
             assert _status(api.url + path, data=b"{}", auth=api.auth_string, ca=tls.ca_pem) == 200, path
         assert _status(api.url + "/admin/version", ca=tls.ca_pem) == 401
+        # The app around the API serves its schema and documentation: behind the same
+        # auth string (they list every route and model of the API).
+        root = api.url.removesuffix("/api")
+        for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/", "/api", "/api/"):
+            assert _status(root + path, ca=tls.ca_pem) == 401, path
+            assert _status(root + path, auth="wrong", ca=tls.ca_pem) == 401, path
+        assert _status(root + "/openapi.json", auth=api.auth_string, ca=tls.ca_pem) == 200
+        assert _status(root + "/docs", auth=api.auth_string, ca=tls.ca_pem) == 200
         # Plain HTTP to an HTTPS API gets no answer worth the name.
         with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
             urllib.request.urlopen(api.url.replace("https://", "http://") + "/health", timeout=5)

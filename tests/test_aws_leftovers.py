@@ -25,7 +25,6 @@ from flowrig.backends.ecs.leftovers import Resource, group_by_run, judge
 from tests.run_support import FLOWRIG, SEED
 from tests.test_ec2_backend import ec2_bootstrapped as ec2_bootstrapped  # a fixture
 from tests.test_ecs_backend import IMAGE, local_scheduler, running_tasks, secret_arns, snapshot, spec, tags
-from tests.test_ecs_backend import bootstrapped as bootstrapped  # a fixture
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -51,8 +50,10 @@ def test_kill_9_mid_start_then_leftovers_lists_the_run_and_remove_leaves_nothing
     aws = ecs_tasks_pending
     run_id = f"k9{uuid.uuid4().hex[:8]}"
     iam = boto3.client("iam")
-    # A role of the run's own, beside the account-wide one of `flowrig ecs bootstrap`
+    # A role of the run's own, beside the account-wide one older bootstraps made
     # (which carries no run tag and must survive).
+    iam.create_role(RoleName="flowrig-execution", Path="/flowrig/", AssumeRolePolicyDocument="{}",
+                    Tags=[{"Key": "createdBy", "Value": "flowrig ecs bootstrap"}])
     project = tmp_path / "seed"
     shutil.copytree(SEED, project)
     with open(project / "flowrig.toml", "a") as toml:
@@ -98,7 +99,7 @@ def test_kill_9_mid_start_then_leftovers_lists_the_run_and_remove_leaves_nothing
     # renewals failed for a while is not taken for a killed one.
     by_default = json.loads(leftovers("--output", "json").stdout)
     assert run_id not in {run["run_id"] for run in by_default}, by_default
-    # The shape README documents.
+    # The shape the manual documents (docs/leftovers.md).
     assert sorted(found) == ["created", "lease_until", "reason", "resources", "run_id"]
     assert {tuple(sorted(r)) for r in found["resources"]} == {("created", "detail", "id", "kind")}
     kinds = sorted(r["kind"] for r in found["resources"])
@@ -137,7 +138,7 @@ def test_kill_9_mid_start_then_leftovers_lists_the_run_and_remove_leaves_nothing
 
 
 @pytest.mark.aws
-def test_a_live_run_whose_lease_is_renewed_is_not_listed(aws, tls, monkeypatch):
+def test_a_live_run_whose_lease_is_renewed_is_not_listed(aws, bootstrapped, tls, monkeypatch):
     import boto3
 
     from flowrig.backends.ecs import FargateBackend
@@ -309,11 +310,12 @@ def test_the_runner_policy_lets_it_renew_the_lease_tag_only():
 
     by_sid = {s["Sid"]: s for s in iam.runner_policy(iam.Account("aws", "123456789012"))["Statement"]}
     lease_only = {"ForAllValues:StringEquals": {"aws:TagKeys": [LEASE_TAG]}}
+    # Only on what the caller made itself (its id in the owner tag).
+    mine = {"StringEquals": {"aws:ResourceTag/flowrig-owner": "${aws:userid}"}}
     assert by_sid["RenewLease"]["Action"] == ["ecs:TagResource"]
-    assert by_sid["RenewLease"]["Condition"] == lease_only
+    assert by_sid["RenewLease"]["Condition"] == {**mine, **lease_only}
     assert by_sid["SecurityGroupRenewLease"]["Action"] == ["ec2:CreateTags"]
-    assert by_sid["SecurityGroupRenewLease"]["Condition"] == {
-        "StringEquals": {"aws:ResourceTag/createdBy": "flowrig"}, **lease_only}
+    assert by_sid["SecurityGroupRenewLease"]["Condition"] == {**mine, **lease_only}
 
 
 @pytest.mark.aws

@@ -753,7 +753,9 @@ def test_credentials_in_cluster_options_are_refused_with_the_way_instead(tmp_pat
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"'{key}'" in lines[0], done.stderr
-    assert "task_role_arn" in lines[0] and "valueFrom" in lines[0]
+    # The seed runs on the local backend: its processes inherit the runner's environment.
+    assert "environment of flowrig run" in lines[0] and "allow_environment" in lines[0]
+    assert ("task_role_arn" in lines[0]) is key.startswith("cluster.options.aws_")
     assert "hunter2" not in done.stderr and "EXAMPLE" not in done.stderr
     # A plain `docker build` runs the same check in its requirements step.
     step = run_step("requirements", "--pyproject", str(REPO / "pyproject.toml"), "--project", str(project),
@@ -771,7 +773,7 @@ def test_credentials_in_cluster_options_are_refused_with_the_way_instead(tmp_pat
 def test_one_rule_tells_secret_names_for_the_build_and_the_ecs_environment(name, secret):
     from flowrig.backends.ecs.validate import check_user_environment
     from flowrig.errors import BadInput
-    from flowrig.project.filerules import secret_looking
+    from flowrig.project.secretrules import secret_looking
 
     assert secret_looking(name) is secret
     if name.isidentifier():

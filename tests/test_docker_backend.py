@@ -8,6 +8,7 @@ run id, so each test removes exactly what it made.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -96,20 +97,26 @@ def test_scheduler_and_worker_plans():
     assert sched.name == "flowrig-r2-scheduler"
     assert sched.aliases == ("scheduler",)
     assert sched.command[0] == "scheduler" and "--dashboard-address" in sched.command
-    assert sched.publish == (8787,)  # the dashboard, on the host's 127.0.0.1
+    # The dashboard answers the run's certificate only, on the host's 127.0.0.1.
+    assert ("--preload", "flowrig.roles.private_http") in zip(sched.command, sched.command[1:])
+    assert sched.publish == (8787,)
     assert dk.render_scheduler("r2", "img", "net", publish=True).publish == (8786, 8787)
     _assert_hardened(sched)
     worker = dk.render_worker("r2", "img", "net", 3, threads=2, environment={"A": "1"}, memory="1g")
     assert worker.name == "flowrig-r2-worker-3"
     assert worker.command == (
         "worker", "tls://flowrig-r2-scheduler:8786", "--name", "3", "--nthreads", "2", "--no-dashboard",
+        # Its HTTP server (/metrics, /health) on the container's own loopback only.
+        "--dashboard-address", "127.0.0.1:0",
         "--memory-limit", "1GiB", "--preload", "prefect.task_engine", "--preload", "prefect_dask",
     )
     assert [dk.plans.dask_memory_limit(m) for m in ("400m", "2G", "512kb", 1048576, "1.5g")] == [
         "400MiB", "2GiB", "512KiB", "1048576B", "1.5GiB"
     ]
     bare = dk.render_worker("r2", "img", "net", 0, preload=())
-    assert bare.command[-3:] == ("--nthreads", str(project_defaults.WORKER_THREADS), "--no-dashboard")
+    assert bare.command[-5:] == (
+        "--nthreads", str(project_defaults.WORKER_THREADS), "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
+    )
     assert worker.labels["flowrig.role"] == "worker"
     assert worker.environment["A"] == "1"
     assert worker.memory == "1g" and worker.publish == ()
@@ -493,7 +500,11 @@ def test_leftovers_command_lists_and_removes_a_killed_runs_remains(docker_client
 
 @pytest.mark.docker
 def test_dashboard_link_opens_from_the_host(docker_client, probe_image, probe_project):
-    """The link the run prints is the scheduler's dashboard on the host's 127.0.0.1."""
+    """The link the run prints is the run's dashboard proxy on the host's 127.0.0.1: it
+    opens with the link's token (then a cookie), and not without it; the scheduler's
+    own published dashboard port answers only the run's certificate."""
+    import http.cookiejar
+    import urllib.error
     import urllib.request
 
     run_id = _tag()
@@ -511,10 +522,18 @@ def test_dashboard_link_opens_from_the_host(docker_client, probe_image, probe_pr
             time.sleep(0.5)
         [line] = [line for line in lines if "dashboard at http" in line]
         link = line.rsplit("dashboard at ", 1)[1].strip()
-        assert link.startswith("http://127.0.0.1:") and link.endswith("/status"), link
-        with urllib.request.urlopen(link, timeout=30) as response:
-            assert response.status == 200
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/status\?flowrig-token=[\w-]+", link), link
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(link.split("?")[0], timeout=30)
+        assert refused.value.code == 403
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        with opener.open(link, timeout=30) as response:
+            assert response.status == 200 and response.url.endswith("/status")
             assert b"Dask" in response.read()
+        [scheduler] = engine.run_containers(docker_client, run_id, roles=("scheduler",))
+        published = engine.published_port(scheduler, 8787)
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{published}/status", timeout=10)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 143
         assert _leftovers(docker_client, run_id) == []

@@ -150,6 +150,8 @@ def test_the_host_starts_what_the_project_allows():
     assert accepted.environment["FLOWRIG_RUN_ID"] == RUN
     adaptive = _limits(PROJECT.replace("n_workers = 1", "min_workers = 0")).check_start(_start(n_workers=0, adapt=[0, 2]))
     assert adaptive.adapt == (0, 2)
+    # A run that reports to a Prefect server of the user's asks for its workers' news.
+    assert not accepted.news and _limits(PROJECT).check_start(_start(news=True)).news
 
 
 @pytest.mark.parametrize(
@@ -171,6 +173,9 @@ def test_the_host_starts_what_the_project_allows():
         ({"worker_env": {"FLOWRIG_RUN_ID": "another"}}, "workers of another run"),
         ({"worker_env": {"PREFECT_API_URL": "x" * 10_000}}, "longer than 8192 characters: PREFECT_API_URL"),
         ({"image": "someone-elses:latest"}, "fields a start request does not have: image"),
+        ({"worker_env": {"DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER": "evil.load"}},
+         "worker environment DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER other than flowrig sets it"),
+        ({"news": "yes"}, "news 'yes' is not true or false"),
     ],
 )
 def test_the_host_refuses_what_the_project_does_not_allow(changes, reason):
@@ -192,13 +197,17 @@ def test_a_project_file_without_bounds_gets_the_defaults_and_a_broken_one_is_bad
         RunnerLimits.from_toml(RUN, b'flow = "f.py:m"\n[cluster]\nmax_workers = "many"\n', "flowrig.toml")
 
 
+@pytest.mark.parametrize("to_api", [False, True])
 @pytest.mark.parametrize("verbosity", ["QUIET", "NORMAL", "VERBOSE"])
-def test_every_worker_environment_variable_flowrig_sets_passes_the_hosts_check(tmp_path, monkeypatch, verbosity):
+def test_every_worker_environment_variable_flowrig_sets_passes_the_hosts_check(
+    tmp_path, monkeypatch, verbosity, to_api
+):
     """The runner's own worker environment (as flowrig.run.execute builds it) is never
     refused: a new variable there must be added to the host's list."""
     from flowrig import layout
     from flowrig.api import EmbeddedPrefectAPI
     from flowrig.certs import TLSMaterial
+    from flowrig.internals import worker_security
     from flowrig.run.console import Verbosity, base_worker_environment
 
     tls = TLSMaterial.ephemeral()
@@ -207,8 +216,9 @@ def test_every_worker_environment_variable_flowrig_sets_passes_the_hosts_check(t
     api = EmbeddedPrefectAPI()
     settings = api.client_settings(tls)
     worker_env = {
-        **base_worker_environment(RUN, Verbosity[verbosity]),
+        **base_worker_environment(RUN, Verbosity[verbosity], to_api),
         **{name: str(value) for name, value in settings.items() if value is not None},
+        worker_security.LOADER_ENV: worker_security.LOADER,
     }
     limits = RunnerLimits.from_toml(RUN, b'flow = "f.py:m"\n', "flowrig.toml")
     limits.check_start(_start(worker_env=worker_env, options={}, no_client_timeout=None))

@@ -23,7 +23,7 @@ from tests.test_lost_roles import LOST_ROLES_FLOW, TOTAL
 FLOWRIG = str(Path(sys.executable).with_name("flowrig"))
 #: The project's no-client timeout: the scheduler of a lost runner stops after it.
 NO_CLIENT_TIMEOUT = 5
-#: Seconds a killed worker container takes to be replaced, at most (README).
+#: Seconds a killed worker container takes to be replaced, at most (docs/lost-roles.md).
 REPLACED_WITHIN = 30
 
 pytestmark = pytest.mark.docker

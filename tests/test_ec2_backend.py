@@ -206,15 +206,21 @@ def test_instances_security_group_and_identity_of_a_run(aws, tls, monkeypatch):
             assert sorted(pull["Action"]) == [
                 "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
             assert [r["Arn"] for r in profile["Roles"]] == [role["Arn"]]
-            assert tags(iam.list_role_tags(RoleName=role["RoleName"])["Tags"])["flowrig-run-id"] == "ec2a"
-            assert tags(iam.get_instance_profile(InstanceProfileName=profile["InstanceProfileName"])[
-                "InstanceProfile"]["Tags"])["flowrig-run-id"] == "ec2a"
+            # Role, profile, secret and instances name the run and their maker (the
+            # caller, as IAM names it): what the boundary and the runner policy check.
+            owner = boto3.client("sts").get_caller_identity()["UserId"]
+            for found in (iam.list_role_tags(RoleName=role["RoleName"])["Tags"],
+                          iam.get_instance_profile(InstanceProfileName=profile["InstanceProfileName"])[
+                              "InstanceProfile"]["Tags"],
+                          manager.describe_secret(SecretId=secret_arn)["Tags"],
+                          *(instance["Tags"] for instance in now["instances"])):
+                assert (tags(found)["flowrig-run-id"], tags(found)["flowrig-owner"]) == ("ec2a", owner)
             policy = json.loads(manager.get_resource_policy(SecretId=secret_arn)["ResourcePolicy"])
-            allow, deny = policy["Statement"]
-            assert allow["Principal"] == {"AWS": role["Arn"]} and allow["Resource"] == secret_arn
-            assert deny["Effect"] == "Deny" and deny["Condition"] == {
+            # Every principal but the run's role is denied; the role's own right is its
+            # inline policy (no principal named that IAM might not know yet).
+            [deny] = policy["Statement"]
+            assert deny["Effect"] == "Deny" and deny["Resource"] == secret_arn and deny["Condition"] == {
                 "StringNotEquals": {"aws:PrincipalArn": role["Arn"]}}
-            assert tags(manager.describe_secret(SecretId=secret_arn)["Tags"])["flowrig-run-id"] == "ec2a"
 
             # The instances: private, IMDSv2 with a hop for the container, the run's profile.
             assert len(now["instances"]) == 2
@@ -270,6 +276,26 @@ def test_dashboard_is_opened_to_the_vpc_only_when_asked(aws, tls):
         finally:
             started.close()
     assert_nothing_left("ec2d")
+
+
+@pytest.mark.aws
+@pytest.mark.usefixtures("ec2_bootstrapped")
+def test_iam_calls_refused_while_the_runs_new_role_propagates_are_tried_again(aws, fault_proxy, tls):
+    """The runner may write the new role's policies and put it in its profile only once
+    IAM sees it owns the role (its tags), which takes seconds: those refusals are waited out."""
+    refused = "User: arn:aws:iam::123456789012:user/runner is not authorized to perform: iam:{}"
+    fault_proxy.refuse_first("PutRolePolicy", 1, "AccessDenied", refused.format("PutRolePolicy"))
+    fault_proxy.refuse_first("AddRoleToInstanceProfile", 2, "AccessDenied", refused.format("AddRoleToInstanceProfile"))
+    with local_scheduler(tls, workers=1) as scheduler:
+        started = EC2Backend().start(spec(tls, "ec2p", size=ClusterSize(1), scheduler_address=scheduler.scheduler_address))
+        try:
+            assert len(instances("ec2p")) == 1
+            # read-run-secret and pull-run-image, the first one twice.
+            assert fault_proxy.calls["PutRolePolicy"] == 3
+            assert fault_proxy.calls["AddRoleToInstanceProfile"] == 3
+        finally:
+            started.close()
+    assert_nothing_left("ec2p")
 
 
 # --- failures --------------------------------------------------------------------------

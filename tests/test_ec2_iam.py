@@ -1,16 +1,10 @@
-"""IAM of the ``ec2`` backend: the runner's least-privilege policy as a document, and
-runs against a moto server that enforces IAM under exactly that policy's actions.
-
-moto evaluates actions only (against ``Resource "*"``; it ignores resources and
-conditions), so the resources and conditions are checked on the document itself: the
-``iam:PermissionsBoundary`` condition on CreateRole and PutRolePolicy, which closes the
-escalation through a run's instance role, is proven by the document tests alone (moto
-would let a runner create a role without the boundary). What the runs themselves send
-(the boundary on every CreateRole) is checked against the server. It
-does not check ``iam:PassRole`` either, which AWS does on AddRoleToInstanceProfile and
-on RunInstances with an instance profile; :func:`pass_role_enforced` makes the server
-(in this process) check it on both, as AWS documents. moto has none of Canonical's
-public SSM parameters: :func:`ubuntu_parameter` publishes the one a run reads.
+"""IAM of the ``ec2`` backend: the runner's least-privilege policy, statement by
+statement under the evaluator of tests/iam_eval.py, and runs against a moto server whose
+IAM checks are those of AWS for the operations flowrig makes (tests/iam_support.py:
+resources, conditions, ``iam:PassRole`` on AddRoleToInstanceProfile and on
+RunInstances with an instance profile, permissions boundaries, secret policies), under
+exactly the printed policy. moto has none of Canonical's public SSM parameters:
+:func:`ubuntu_parameter` publishes the one a run reads.
 """
 
 from __future__ import annotations
@@ -32,13 +26,21 @@ from flowrig.backends.vm.ec2_cloud import UBUNTU_PARAMETER
 from flowrig.cli import app
 from flowrig.errors import InfrastructureError
 from flowrig.project.sizing import ClusterSize
+from tests.iam_eval import ALLOW, Request, evaluate
+from tests.iam_support import enforcement, statements_used
 from tests.run_support import FLOWRIG, SEED, TEN, marked_env
 from tests.test_ec2_backend import AMI, IMAGE, assert_nothing_left, held, instances
 from tests.test_ec2_backend import ec2_bootstrapped as ec2_bootstrapped  # a fixture
 from tests.test_ecs_backend import local_scheduler
-from tests.test_ecs_iam import ACCOUNT, _as_admin, _enforce
+from tests.test_ecs_iam import ACCOUNT
 
 pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
+
+
+def _as_admin(monkeypatch, aws) -> None:
+    enforcement(aws.endpoint, "inf")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
 
 #: Actions that change something (anything but reading).
 _READING = ("Describe", "Get", "List")
@@ -58,7 +60,7 @@ def _resources(statement: dict) -> list[str]:
 
 
 # --- the document --------------------------------------------------------------------
-def test_the_ec2_policy_scopes_every_mutating_action_to_flowrigs_names_and_tags():
+def test_the_ec2_policy_scopes_every_mutating_action_to_flowrigs_names_and_the_callers_own():
     policy = printed_policy("--backend", "ec2")
     assert policy == ec2_iam.runner_policy(iam.Account("aws", ACCOUNT))
     for statement in policy["Statement"]:
@@ -88,31 +90,107 @@ def test_the_ec2_policy_scopes_every_mutating_action_to_flowrigs_names_and_tags(
     # The runner pulls no image itself: the VM's own role does. Of STS, it only asks who it is.
     assert not [a for a in actions if a.startswith(("ecr:", "ecs:", "logs:", "kms:"))], actions
     assert [a for a in actions if a.startswith("sts:")] == ["sts:GetCallerIdentity"]
+    assert not {"secretsmanager:GetSecretValue", "secretsmanager:DeleteResourcePolicy", "iam:UntagRole",
+                "iam:UntagInstanceProfile", "ec2:DeleteTags"} & set(actions)
 
 
-def test_instances_are_made_tagged_and_only_tagged_ones_are_changed():
+def test_every_statement_on_an_existing_resource_asks_for_the_callers_own_tag():
+    creating = {"ec2:CreateSecurityGroup", "ec2:RunInstances", "iam:CreateRole", "iam:CreateInstanceProfile",
+                "secretsmanager:CreateSecret"}
+    free = {"Describe", "WhoAmI", "UbuntuImageParameter", "SecurityGroupInVpc", "InstancesUse", "TagOnCreate",
+            "FindInstanceBoundary"}
+    for statement in printed_policy("--backend", "ec2")["Statement"]:
+        if statement["Sid"] in free:
+            continue
+        condition = json.dumps(statement["Condition"])
+        if set(statement["Action"]) <= creating and statement["Sid"] != "InstancesInOwnGroup":
+            assert f'"aws:RequestTag/{iam.OWNER_TAG}": "${{aws:userid}}"' in condition, statement
+        else:
+            assert f'"aws:ResourceTag/{iam.OWNER_TAG}": "${{aws:userid}}"' in condition, statement
     by_sid = {s["Sid"]: s for s in printed_policy("--backend", "ec2")["Statement"]}
-    arn = f"arn:aws:ec2:*:{ACCOUNT}"
-    created = by_sid["InstancesCreateTagged"]
-    assert created["Action"] == ["ec2:RunInstances"]
-    assert created["Resource"] == [f"{arn}:instance/*", f"{arn}:volume/*"]
-    assert created["Condition"] == {"Null": {"aws:RequestTag/flowrig-run-id": "false"}}
-    run_tagged = {"Null": {"aws:ResourceTag/flowrig-run-id": "false"}}
-    assert by_sid["InstancesTerminate"]["Action"] == ["ec2:TerminateInstances"]
-    assert by_sid["InstancesTerminate"]["Resource"] == f"{arn}:instance/*"
-    assert by_sid["InstancesTerminate"]["Condition"] == run_tagged
-    assert by_sid["SecurityGroupCreateTagged"]["Condition"] == {
-        "Null": {"aws:RequestTag/flowrig-run-id": "false"}}
-    assert by_sid["SecurityGroupOwn"]["Condition"] == run_tagged
+    # What is free of the owner tag: reads, and what a new instance is made in and from.
+    assert by_sid["InstancesUse"]["Action"] == ["ec2:RunInstances"]
+    assert not [r for r in _resources(by_sid["InstancesUse"]) if "instance/" in r or "security-group" in r]
     assert by_sid["TagOnCreate"]["Condition"] == {
         "StringEquals": {"ec2:CreateAction": ["CreateSecurityGroup", "RunInstances"]}}
-    # Renewing the lease: that one tag, only on what carries the run tag.
-    assert by_sid["RenewLease"]["Condition"] == {
-        **run_tagged, "ForAllValues:StringEquals": {"aws:TagKeys": ["flowrig-lease-until"]}}
     # Every ec2:CreateTags statement has a condition: no tagging of others' resources.
     for statement in by_sid.values():
         if "ec2:CreateTags" in statement["Action"]:
             assert statement.get("Condition"), statement
+
+
+RUNNER_A = "AROAEXAMPLERUNNER:0a1b2c3d4e5f"
+RUNNER_B = "AROAEXAMPLERUNNER:9f8e7d6c5b4a"
+
+
+def _owned(owner: str) -> dict:
+    return {f"aws:ResourceTag/{iam.OWNER_TAG}": owner, "aws:ResourceTag/createdBy": "flowrig",
+            "aws:ResourceTag/flowrig-run-id": "runb" if owner == RUNNER_B else "runa"}
+
+
+def _made(owner: str | None) -> dict:
+    tags = {iam.OWNER_TAG: owner} if owner else {}
+    tags["flowrig-run-id"] = "x"
+    return {**{f"aws:RequestTag/{k}": v for k, v in tags.items()}, "aws:TagKeys": list(tags)}
+
+
+_ROLE_B = f"arn:aws:iam::{ACCOUNT}:role/flowrig/flowrig-runb-instance"
+_PROFILE_B = f"arn:aws:iam::{ACCOUNT}:instance-profile/flowrig/flowrig-runb-instance"
+_SECRET_B = f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:flowrig/runb/tls-AbCdEf"
+#: What runner A tries against run B: each must be refused.
+EC2_ATTACKS = [
+    ("pass another run's instance role to EC2", "iam:PassRole", _ROLE_B,
+     {"iam:PassedToService": "ec2.amazonaws.com", **_owned(RUNNER_B)}),
+    ("put another run's role in its own profile's place", "iam:AddRoleToInstanceProfile", _PROFILE_B,
+     _owned(RUNNER_B)),
+    ("take another run's role out of its profile", "iam:RemoveRoleFromInstanceProfile", _PROFILE_B,
+     _owned(RUNNER_B)),
+    ("write another run's role's policy", "iam:PutRolePolicy", _ROLE_B,
+     {**_owned(RUNNER_B), "iam:PermissionsBoundary": BOUNDARY}),
+    ("delete another run's role", "iam:DeleteRole", _ROLE_B, _owned(RUNNER_B)),
+    ("make an instance role claiming another runner", "iam:CreateRole",
+     f"arn:aws:iam::{ACCOUNT}:role/flowrig/flowrig-x-instance",
+     {**_made(RUNNER_B), "iam:PermissionsBoundary": BOUNDARY}),
+    ("make an instance role without the boundary", "iam:CreateRole",
+     f"arn:aws:iam::{ACCOUNT}:role/flowrig/flowrig-x-instance", _made(RUNNER_A)),
+    ("take over another run's role by tagging it", "iam:TagRole", _ROLE_B, {**_owned(RUNNER_B), **_made(RUNNER_A)}),
+    ("terminate another run's instance", "ec2:TerminateInstances",
+     f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/i-0b", _owned(RUNNER_B)),
+    ("start an instance in another run's security group", "ec2:RunInstances",
+     f"arn:aws:ec2:us-east-1:{ACCOUNT}:security-group/sg-0b", _owned(RUNNER_B)),
+    ("start an instance claiming another runner", "ec2:RunInstances",
+     f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/*", _made(RUNNER_B)),
+    ("start an instance owned by nobody", "ec2:RunInstances", f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/*",
+     _made(None)),
+    ("open another run's security group", "ec2:AuthorizeSecurityGroupIngress",
+     f"arn:aws:ec2:us-east-1:{ACCOUNT}:security-group/sg-0b", _owned(RUNNER_B)),
+    ("rewrite another run's secret policy", "secretsmanager:PutResourcePolicy", _SECRET_B,
+     {**_owned(RUNNER_B), "secretsmanager:BlockPublicPolicy": True}),
+    ("delete another run's secret", "secretsmanager:DeleteSecret", _SECRET_B, _owned(RUNNER_B)),
+]
+
+
+@pytest.mark.parametrize("name, action, resource, context", EC2_ATTACKS, ids=[a[0] for a in EC2_ATTACKS])
+def test_the_ec2_policy_refuses_each_attack_on_another_run(name, action, resource, context):
+    request = Request(action, resource, {"aws:userid": RUNNER_A, **context})
+    assert evaluate(request, [printed_policy("--backend", "ec2")]) != ALLOW, name
+
+
+def test_an_instance_role_reads_its_own_runs_secret_and_no_other_whatever_its_policy_says():
+    boundary = iam.instance_boundary_policy(iam.Account("aws", ACCOUNT))
+    # Even a role whose runner wrote it every secret of the account...
+    everything = {"Statement": [{"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": "*"}]}
+    role_a = {"aws:PrincipalTag/flowrig-run-id": "runa", f"aws:PrincipalTag/{iam.OWNER_TAG}": RUNNER_A}
+    own = _SECRET_B.replace("runb", "runa")
+    read = "secretsmanager:GetSecretValue"
+    assert evaluate(Request(read, own, {**role_a, **_owned(RUNNER_A)}), [everything], boundary=boundary) == ALLOW
+    # ...reads no other run's: not another runner's, not another of its own runner's.
+    for owner in (RUNNER_A, RUNNER_B):
+        assert evaluate(Request(read, _SECRET_B, {**role_a, **_owned(owner)}), [everything],
+                        boundary=boundary) != ALLOW
+    forged = {"aws:PrincipalTag/flowrig-run-id": "runb", f"aws:PrincipalTag/{iam.OWNER_TAG}": RUNNER_A}
+    assert evaluate(Request(read, _SECRET_B, {**forged, **_owned(RUNNER_B)}), [everything],
+                    boundary=boundary) != ALLOW
 
 
 def test_roles_and_profiles_are_the_runs_own_and_passed_to_ec2_only():
@@ -122,36 +200,37 @@ def test_roles_and_profiles_are_the_runs_own_and_passed_to_ec2_only():
     assert by_sid["InstanceProfile"]["Resource"] == f"arn:aws:iam::{ACCOUNT}:instance-profile/flowrig/flowrig-*-instance"
     assert by_sid["PassInstanceRoleToEC2"] == {
         "Sid": "PassInstanceRoleToEC2", "Effect": "Allow", "Action": ["iam:PassRole"], "Resource": role,
-        "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}}
-    # IAM's wildcard, as fnmatch reads it: a run's role matches; the bootstrap role and
+        "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com",
+                                       f"aws:ResourceTag/{iam.OWNER_TAG}": "${aws:userid}"}}}
+    # IAM's wildcard, as fnmatch reads it: a run's role matches; the old shared role and
     # a project's own roles (off flowrig's path) do not.
     assert fnmatch.fnmatchcase(f"arn:aws:iam::{ACCOUNT}:role/flowrig/flowrig-abc123-instance", role)
     assert not fnmatch.fnmatchcase(f"arn:aws:iam::{ACCOUNT}:role/flowrig/{iam.EXECUTION_ROLE_NAME}", role)
     assert not fnmatch.fnmatchcase(f"arn:aws:iam::{ACCOUNT}:role/flowrig-abc123-instance", role)
     iam_statements = [s for s in by_sid.values() if any(a.startswith("iam:") for a in s["Action"])]
     assert {s["Sid"] for s in iam_statements} == {
-        "InstanceRoleBounded", "InstanceRole", "FindInstanceBoundary", "InstanceProfile", "PassInstanceRoleToEC2"}
+        "InstanceRoleCreate", "InstanceRolePolicy", "InstanceRoleTag", "InstanceRole", "FindInstanceBoundary",
+        "InstanceProfileCreate", "InstanceProfileTag", "InstanceProfile", "PassInstanceRoleToEC2"}
     # No managed policy is ever attached to an instance role.
     actions = iam.policy_actions({"Statement": iam_statements})
     assert "iam:AttachRolePolicy" not in actions and "iam:DetachRolePolicy" not in actions
-    assert by_sid["RunSecret"]["Resource"] == f"arn:aws:secretsmanager:*:{ACCOUNT}:secret:flowrig/*"
-    assert fnmatch.fnmatchcase(
-        f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:{iam.secret_name('abc123')}-AbCdEf",
-        by_sid["RunSecret"]["Resource"])
+    assert by_sid["RunSecretCreate"]["Resource"] == f"arn:aws:secretsmanager:*:{ACCOUNT}:secret:flowrig/*"
 
 
 def test_instance_roles_are_made_and_given_policies_only_with_the_bootstrap_boundary():
-    # moto does not evaluate conditions: this document is what proves the condition.
     policy = printed_policy("--backend", "ec2")
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
     role = f"arn:aws:iam::{ACCOUNT}:role/flowrig/flowrig-*-instance"
-    assert by_sid["InstanceRoleBounded"] == {
-        "Sid": "InstanceRoleBounded", "Effect": "Allow", "Action": ["iam:CreateRole", "iam:PutRolePolicy"],
-        "Resource": role, "Condition": {"StringEquals": {"iam:PermissionsBoundary": BOUNDARY}}}
+    assert by_sid["InstanceRoleCreate"] == {
+        "Sid": "InstanceRoleCreate", "Effect": "Allow", "Action": ["iam:CreateRole"], "Resource": role,
+        "Condition": {"StringEquals": {"iam:PermissionsBoundary": BOUNDARY,
+                                       f"aws:RequestTag/{iam.OWNER_TAG}": "${aws:userid}"}}}
+    assert by_sid["InstanceRolePolicy"]["Condition"] == {"StringEquals": {
+        "iam:PermissionsBoundary": BOUNDARY, f"aws:ResourceTag/{iam.OWNER_TAG}": "${aws:userid}"}}
     assert iam.instance_boundary_arn(iam.Account("aws", ACCOUNT)) == BOUNDARY
     # Nowhere else, and never the calls that lift or change a boundary, or the boundary itself.
     for statement in policy["Statement"]:
-        if statement["Sid"] != "InstanceRoleBounded":
+        if statement["Sid"] not in ("InstanceRoleCreate", "InstanceRolePolicy"):
             assert not {"iam:CreateRole", "iam:PutRolePolicy"} & set(statement["Action"]), statement
     actions = iam.policy_actions(policy)
     assert not set(ec2_iam.BOUNDARY_CHANGES) & set(actions)
@@ -162,35 +241,34 @@ def test_instance_roles_are_made_and_given_policies_only_with_the_bootstrap_boun
     assert by_sid["FindInstanceBoundary"]["Resource"] == BOUNDARY
 
 
-def _allowed_by(boundary: dict, action: str, resource: str) -> bool:
-    """Whether an Allow statement of ``boundary`` covers ``action`` on ``resource``, as
-    IAM's wildcards read (fnmatch; conditions aside)."""
-    for statement in boundary["Statement"]:
-        resources = _resources(statement)
-        if action in statement["Action"] and any(fnmatch.fnmatchcase(resource, r) for r in resources):
-            return True
-    return False
-
-
 def test_the_boundary_allows_what_a_runs_role_is_given_and_nothing_else():
     account = iam.Account("aws", ACCOUNT)
     boundary = iam.instance_boundary_policy(account)
     secret = f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:{iam.secret_name('abc123')}-AbCdEf"
     repositories = [f"arn:aws:ecr:eu-west-1:{ACCOUNT}:repository/team/seed",
                     "arn:aws:ecr:us-east-1:210987654321:repository/shared"]  # an image of another account
+    # The run's role, as its runner made it: tagged with the run and its owner.
+    role = {"aws:PrincipalTag/flowrig-run-id": "abc123", f"aws:PrincipalTag/{iam.OWNER_TAG}": RUNNER_A,
+            f"aws:ResourceTag/{iam.OWNER_TAG}": RUNNER_A}
     given = [iam.instance_secret_policy(secret), *(iam.image_pull_policy(r) for r in repositories)]
     for document in given:
         for statement in document["Statement"]:
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             for action in actions:
-                assert _allowed_by(boundary, action, statement["Resource"]), (action, statement["Resource"])
+                request = Request(action, statement["Resource"], role)
+                assert evaluate(request, [document], boundary=boundary) == ALLOW, (action, statement["Resource"])
     assert iam.policy_actions(boundary) == sorted([
         "secretsmanager:GetSecretValue", "kms:Decrypt", "ecr:GetAuthorizationToken",
         "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"])
+    anything = {"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
     # Other secrets of the account, IAM, EC2: out of any instance role's reach.
-    assert not _allowed_by(boundary, "secretsmanager:GetSecretValue",
-                           f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:team/db-password-AbCdEf")
-    assert not _allowed_by(boundary, "secretsmanager:PutSecretValue", secret)
+    for action, resource in [
+        ("secretsmanager:GetSecretValue", f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:team/db-password-Ab"),
+        ("secretsmanager:PutSecretValue", secret),
+        ("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/x"),
+        ("ec2:RunInstances", f"arn:aws:ec2:eu-west-1:{ACCOUNT}:instance/*"),
+    ]:
+        assert evaluate(Request(action, resource, role), [anything], boundary=boundary) != ALLOW, action
     assert not [a for a in iam.policy_actions(boundary) if a.startswith(("iam:", "ec2:", "sts:", "s3:"))]
     # Keys only through Secrets Manager, and only the account's.
     [decrypt] = [s for s in boundary["Statement"] if s["Action"] == ["kms:Decrypt"]]
@@ -213,17 +291,19 @@ def test_the_ubuntu_parameter_is_the_only_one_readable():
                                    statement["Resource"])
 
 
-def test_flowrig_ecs_iam_policy_is_unchanged_and_the_same_as_aws_iam_policy_for_ecs():
+def test_flowrig_ecs_iam_policy_is_the_same_as_aws_iam_policy_for_ecs():
     ecs = CliRunner().invoke(app, ["ecs", "iam-policy", "--account", ACCOUNT])
     assert ecs.exit_code == 0, ecs.output
     assert json.loads(ecs.stdout) == iam.runner_policy(iam.Account("aws", ACCOUNT))
     assert json.loads(ecs.stdout) == printed_policy("--backend", "ecs") == printed_policy("--backend", "fargate")
-    assert printed_policy("--backend", "fargate", "--create-roles") == iam.runner_policy(
-        iam.Account("aws", ACCOUNT), create_roles=True)
+    # --create-roles is accepted from older scripts and changes nothing: every run makes its roles.
+    assert printed_policy("--backend", "fargate", "--create-roles") == iam.runner_policy(iam.Account("aws", ACCOUNT))
+    assert printed_policy("--backend", "fargate", "--deregister-task-definitions") == iam.runner_policy(
+        iam.Account("aws", ACCOUNT), deregister=True)
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--backend", "ec2", "--create-roles"], "--create-roles is for ecs/fargate runs"),
+    (["--backend", "ec2", "--deregister-task-definitions"], "--deregister-task-definitions is for ecs/fargate runs"),
     (["--backend", "ec3"], "--backend 'ec3': use one of ecs, fargate, ec2"),
     (["--backend", "ec2", "--account", "12"], "12 digits"),
 ])
@@ -269,7 +349,7 @@ def test_aws_bootstrap_ec2_makes_the_boundary_once_and_nothing_else(aws):
     assert policy["DefaultVersionId"] == "v1"  # checked, not rewritten
     assert _boundary_document() == iam.instance_boundary_policy(iam.Account("aws", ACCOUNT))
     # The ARN the runner's policy demands is the one the bootstrap made.
-    [bounded] = [s for s in printed_policy("--backend", "ec2")["Statement"] if s["Sid"] == "InstanceRoleBounded"]
+    [bounded] = [s for s in printed_policy("--backend", "ec2")["Statement"] if s["Sid"] == "InstanceRoleCreate"]
     assert bounded["Condition"]["StringEquals"]["iam:PermissionsBoundary"] == policy["Arn"]
     # ec2 runs need no ECS execution role.
     assert [r["RoleName"] for r in client.list_roles()["Roles"] if r["RoleName"].startswith("flowrig")] == []
@@ -293,60 +373,23 @@ def test_an_older_boundary_is_brought_up_to_date_keeping_within_iams_five_versio
 
 
 @pytest.mark.aws
-def test_ecs_bootstrap_makes_the_execution_role_alone_as_before(aws):
-    """ECS users' bootstrap needs no rights on policies: the boundary is ec2's alone."""
+def test_each_bootstrap_makes_its_own_policy_alone(aws):
+    """ECS users' bootstrap makes the run-secret reader, ec2's the boundary; neither a role."""
     import boto3
 
     client = boto3.client("iam")
+    reader = iam.run_secret_reader_arn(iam.Account("aws", ACCOUNT))
     output = _bootstrap("ecs", "bootstrap")
-    assert f"role arn:aws:iam::{ACCOUNT}:role/flowrig/flowrig-execution: created" in output
-    assert "flowrig-instance-boundary" not in output
-    assert client.list_policies(Scope="Local")["Policies"] == []
+    assert f"policy {reader}: created" in output and "flowrig-instance-boundary" not in output
+    assert [p["Arn"] for p in client.list_policies(Scope="Local")["Policies"]] == [reader]
     fargate = _bootstrap("aws", "bootstrap", "--backend", "fargate")
-    assert "flowrig-execution: exists" in fargate and "flowrig-instance-boundary" not in fargate
+    assert f"policy {reader}: exists" in fargate and "flowrig-instance-boundary" not in fargate
     ec2 = _bootstrap("aws", "bootstrap", "--backend", "ec2")
-    assert f"policy {BOUNDARY}: created" in ec2 and "flowrig-execution" not in ec2
+    assert f"policy {BOUNDARY}: created" in ec2 and iam.RUN_SECRET_READER_NAME not in ec2
+    assert [r["RoleName"] for r in client.list_roles()["Roles"] if r["RoleName"].startswith("flowrig")] == []
 
 
 # --- enforced by moto -------------------------------------------------------------------
-@pytest.fixture
-def pass_role_enforced(aws, monkeypatch):
-    """The server checks ``iam:PassRole`` of the role on AddRoleToInstanceProfile and
-    on RunInstances with an instance profile, as AWS does, while IAM is enforced."""
-    from moto import settings
-    from moto.core.authorization import ActionAuthenticatorMixin
-    from moto.ec2.responses.instances import InstanceResponse
-    from moto.iam.access_control import IAMRequest
-    from moto.iam.models import iam_backends
-    from moto.iam.responses import IamResponse
-
-    def check(response, role_arn: str) -> None:
-        if ActionAuthenticatorMixin.request_count < settings.INITIAL_NO_AUTH_ACTION_COUNT:
-            return
-        request = IAMRequest(account_id=response.current_account, method=response.method, path=response.raw_path,
-                             data=response.data, body=response.raw_body, headers=response.headers,
-                             action="PassRole")
-        request._action = "iam:PassRole"  # moto names the action after the request's service
-        request.check_action_permitted(role_arn)
-
-    add_role, run_instances = IamResponse.add_role_to_instance_profile, InstanceResponse.run_instances
-
-    def adding_role(self):
-        check(self, iam_backends[self.current_account]["aws"].get_role(self._get_param("RoleName")).arn)
-        return add_role(self)
-
-    def running(self):
-        profile_arn = self._get_param("IamInstanceProfile.Arn")
-        if profile_arn:
-            profile = iam_backends[self.current_account]["aws"].get_instance_profile_by_arn(profile_arn)
-            for role in profile.roles:
-                check(self, role.arn)
-        return run_instances(self)
-
-    monkeypatch.setattr(IamResponse, "add_role_to_instance_profile", adding_role)
-    monkeypatch.setattr(InstanceResponse, "run_instances", running)
-
-
 @pytest.fixture
 def ubuntu_parameter(aws):
     """Canonical's public parameter of the current Ubuntu LTS (amd64), as AWS serves it,
@@ -365,27 +408,32 @@ def ubuntu_parameter(aws):
 
 
 @pytest.fixture
-def ec2_runner_unbootstrapped(aws, pass_role_enforced, ubuntu_parameter, monkeypatch):
-    """A user whose only policy allows the actions of `flowrig aws iam-policy --backend
-    ec2` on "*". Yields a function that makes the user's key the credentials, minus the
-    given actions, with IAM enforced, and returns the key."""
+def ec2_runner_unbootstrapped(aws, iam_enforced, ubuntu_parameter, monkeypatch):
+    """Users whose only policy is exactly `flowrig aws iam-policy --backend ec2`.
+    ``as_runner(name="flowrig-ec2-runner", without=())`` makes that user's key the
+    credentials (its policy less the given actions), turns IAM enforcement on (as AWS
+    checks it: tests/iam_support.py) and returns the key."""
     import boto3
 
-    actions = iam.policy_actions(printed_policy("--backend", "ec2"))
     client = boto3.client("iam")
-    client.create_user(UserName="flowrig-ec2-runner")
-    key = client.create_access_key(UserName="flowrig-ec2-runner")["AccessKey"]
+    keys: dict[str, dict[str, str]] = {}
 
-    def as_runner(without: tuple[str, ...] = ()) -> dict[str, str]:
-        allowed = [a for a in actions if a not in without]
-        client.put_user_policy(UserName="flowrig-ec2-runner", PolicyName="flowrig-runner", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": allowed, "Resource": "*"}]}))
-        credentials = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
-        for name, value in credentials.items():
-            monkeypatch.setenv(name, value)
-        _enforce(aws, "0")
-        return credentials
+    def as_runner(name: str = "flowrig-ec2-runner", without: tuple[str, ...] = ()) -> dict[str, str]:
+        enforcement(aws.endpoint, "inf")
+        policy = printed_policy("--backend", "ec2")
+        for statement in policy["Statement"]:
+            statement["Action"] = [a for a in statement["Action"] if a not in without] or [ec2_iam.WHOAMI_ACTION]
+        if name not in keys:
+            client.create_user(UserName=name)
+            key = client.create_access_key(UserName=name)["AccessKey"]
+            keys[name] = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        client.put_user_policy(UserName=name, PolicyName="flowrig-runner", PolicyDocument=json.dumps(policy))
+        for variable, value in keys[name].items():
+            monkeypatch.setenv(variable, value)
+        enforcement(aws.endpoint, "0")
+        return keys[name]
 
+    as_runner.enforcer = iam_enforced  # type: ignore[attr-defined]
     try:
         yield as_runner
     finally:
@@ -400,7 +448,7 @@ def ec2_runner(ec2_bootstrapped, ec2_runner_unbootstrapped):
 
 
 @pytest.mark.aws
-def test_an_ec2_run_completes_under_exactly_the_printed_actions(aws, ec2_runner, tls, tmp_path, monkeypatch):
+def test_an_ec2_run_completes_under_exactly_the_printed_policy(aws, ec2_runner, tls, tmp_path, monkeypatch):
     certs = tmp_path / "certs"
     tls.write_to_dir(certs)
     project = tmp_path / "seed"
@@ -426,11 +474,12 @@ def test_an_ec2_run_completes_under_exactly_the_printed_actions(aws, ec2_runner,
     assert "could not renew" not in done.stderr and "not authorized" not in done.stderr, done.stderr[-3000:]
     assert len(instances("ec2iam1", ("terminated",))) == 2
     assert_nothing_left("ec2iam1")
-    # Least: every printed action was used, or is authorized as part of a call that was.
+    assert ec2_runner.enforcer.refused() == [], ec2_runner.enforcer.refused()
+    # Least: every statement of the printed policy was needed by the run.
+    used = statements_used(printed_policy("--backend", "ec2"), ec2_runner.enforcer,
+                           f"arn:aws:iam::{ACCOUNT}:user/flowrig-ec2-runner")
+    assert [sid for sid, was in used.items() if not was] == [], used
     operations = set(aws.operations())
-    printed = iam.policy_actions(printed_policy("--backend", "ec2"))
-    unused = [a for a in printed if a.split(":")[1] not in operations and a not in ec2_iam.IMPLIED_ACTIONS]
-    assert unused == [], unused
     for operation in ("GetParameter", "RunInstances", "AddRoleToInstanceProfile", "CreateTags",
                       "TerminateInstances", "DeleteInstanceProfile", "DeleteSecret", "GetPolicy"):
         assert operation in operations, operation
@@ -513,3 +562,82 @@ def test_without_one_action_the_run_exits_3_naming_it_and_leaves_nothing(aws, ec
     assert "\n" not in message and f"not authorized to perform: {action}" in message, message
     # What the run made before the refusal is gone again (the user could delete it all).
     assert_nothing_left(run_id)
+
+
+def _ec2_spec(tls, run_id, scheduler_address) -> ClusterSpec:
+    return ClusterSpec(run_id=run_id, size=ClusterSize(1), tls=tls, image=IMAGE, worker_env={"FLOWRIG_RUN_ID": run_id},
+                       options={"scheduler_address": scheduler_address, "provision_timeout": 60})
+
+
+@pytest.mark.aws
+def test_an_instance_of_one_run_cannot_read_another_runs_secret_nor_its_runner_reach_the_other_run(
+        aws, ec2_runner, tls, monkeypatch):
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from flowrig.certs import delivery
+
+    with local_scheduler(tls, workers=1) as scheduler:
+        started = []
+        for run_id, runner in (("ec2x", "runner-x"), ("ec2y", "runner-y")):
+            ec2_runner(runner)
+            started.append(EC2Backend().start(_ec2_spec(tls, run_id, scheduler.scheduler_address)))
+            _as_admin(monkeypatch, aws)
+        try:
+            secrets = {run_id: held(run_id)["secrets"][0] for run_id in ("ec2x", "ec2y")}
+            [instance_y] = instances("ec2y")
+            # An instance of run x holds its role's session, named after the instance.
+            found = boto3.client("sts").assume_role(
+                RoleArn=f"arn:aws:iam::{ACCOUNT}:role/flowrig/flowrig-ec2x-instance",
+                RoleSessionName="i-0123456789abcdef0")["Credentials"]
+            instance_x = boto3.client("secretsmanager", aws_access_key_id=found["AccessKeyId"],
+                                      aws_secret_access_key=found["SecretAccessKey"],
+                                      aws_session_token=found["SessionToken"])
+            enforcement(aws.endpoint, "0")
+            try:
+                assert delivery.decode(instance_x.get_secret_value(SecretId=secrets["ec2x"])["SecretString"]) == tls
+                with pytest.raises(ClientError) as info:
+                    instance_x.get_secret_value(SecretId=secrets["ec2y"])
+                assert "not authorized to perform: secretsmanager:GetSecretValue" in str(info.value)
+            finally:
+                enforcement(aws.endpoint, "inf")
+            # Runner x against run y: its role, instance and secret are out of reach.
+            ec2_runner("runner-x")
+            session = boto3.session.Session()
+            iam_x, ec2_x, sm_x = session.client("iam"), session.client("ec2"), session.client("secretsmanager")
+
+            def refused(call, action):
+                with pytest.raises(ClientError) as info:
+                    call()
+                assert f"not authorized to perform: {action}" in str(info.value), info.value
+
+            # Run y's role (the reader of y's secret) into run x's own profile: no PassRole.
+            iam_x.remove_role_from_instance_profile(InstanceProfileName="flowrig-ec2x-instance",
+                                                    RoleName="flowrig-ec2x-instance")
+            refused(lambda: iam_x.add_role_to_instance_profile(InstanceProfileName="flowrig-ec2x-instance",
+                                                               RoleName="flowrig-ec2y-instance"), "iam:PassRole")
+            refused(lambda: iam_x.put_role_policy(
+                RoleName="flowrig-ec2y-instance", PolicyName="more",
+                PolicyDocument=json.dumps(iam.instance_secret_policy(secrets["ec2x"]))), "iam:PutRolePolicy")
+            refused(lambda: iam_x.remove_role_from_instance_profile(
+                InstanceProfileName="flowrig-ec2y-instance", RoleName="flowrig-ec2y-instance"),
+                "iam:RemoveRoleFromInstanceProfile")
+            refused(lambda: ec2_x.terminate_instances(InstanceIds=[instance_y["InstanceId"]]),
+                    "ec2:TerminateInstances")
+            refused(lambda: sm_x.put_resource_policy(
+                SecretId=secrets["ec2y"], BlockPublicPolicy=True,
+                ResourcePolicy=json.dumps(iam.secret_read_policy(secrets["ec2y"], "x", grant=False))),
+                "secretsmanager:PutResourcePolicy")
+            refused(lambda: sm_x.delete_secret(SecretId=secrets["ec2y"], ForceDeleteWithoutRecovery=True),
+                    "secretsmanager:DeleteSecret")
+            iam_x.add_role_to_instance_profile(InstanceProfileName="flowrig-ec2x-instance",
+                                               RoleName="flowrig-ec2x-instance")
+            _as_admin(monkeypatch, aws)
+            assert [i["InstanceId"] for i in instances("ec2y")] == [instance_y["InstanceId"]]
+        finally:
+            for runner, cluster in zip(("runner-x", "runner-y"), started):
+                ec2_runner(runner)
+                cluster.close()
+                _as_admin(monkeypatch, aws)
+    assert_nothing_left("ec2x")
+    assert_nothing_left("ec2y")

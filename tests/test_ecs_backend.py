@@ -101,18 +101,6 @@ def running_tasks(cluster: str) -> list[dict]:
 
 
 # --- fargate: the whole life of a run ----------------------------------------------
-@pytest.fixture
-def bootstrapped(aws):
-    """The account after `flowrig ecs bootstrap`: its execution role exists."""
-    from typer.testing import CliRunner
-
-    from flowrig.cli.ecs import app
-
-    result = CliRunner().invoke(app, ["bootstrap"])
-    assert result.exit_code == 0, result.output
-    return aws
-
-
 def assert_no_key_in(text: str, tls: TLSMaterial, api_auth: str | None = None) -> None:
     """Neither the leaf key (any line of its body) nor an auth string is in ``text``."""
     assert "PRIVATE KEY" not in text
@@ -131,7 +119,8 @@ def secret_arns(run_id: str) -> list[str]:
 
 
 @pytest.mark.aws
-def test_fargate_run_creates_tagged_private_resources_and_removes_them(aws, tls):
+def test_fargate_run_creates_tagged_private_resources_and_removes_them(bootstrapped, tls):
+    aws = bootstrapped
     import json
 
     import boto3
@@ -141,7 +130,7 @@ def test_fargate_run_creates_tagged_private_resources_and_removes_them(aws, tls)
     with local_scheduler(tls, workers=1) as scheduler:
         started = FargateBackend().start(
             spec(tls, "fg1", scheduler_address=scheduler.scheduler_address, provision_timeout=120,
-                 create_roles=True, environment={"GREETING": "hello"},
+                 environment={"GREETING": "hello"},
                  secrets={"DB_PASSWORD": "arn:aws:secretsmanager:us-east-1:123456789012:secret:db"})
         )
         try:
@@ -151,17 +140,23 @@ def test_fargate_run_creates_tagged_private_resources_and_removes_them(aws, tls)
 
             [cluster] = held["clusters"]
             assert tags(cluster["tags"])["flowrig-run-id"] == "fg1"
+            # Everything names its maker, as IAM names the caller: the owner tag the
+            # runner policy checks on every later change.
+            owner = boto3.client("sts").get_caller_identity()["UserId"]
+            assert tags(cluster["tags"])["flowrig-owner"] == owner
 
-            # The run's certificates: one secret, tagged, readable by the execution role only.
+            # The run's certificates: one secret, tagged, readable by the run's own role only.
             [role] = held["roles"]
+            assert role["RoleName"] == "flowrig-fg1-execution"
             [secret_arn] = secret_arns("fg1")
             manager = boto3.client("secretsmanager")
-            assert tags(manager.describe_secret(SecretId=secret_arn)["Tags"])["flowrig-run-id"] == "fg1"
+            secret_tags = tags(manager.describe_secret(SecretId=secret_arn)["Tags"])
+            assert (secret_tags["flowrig-run-id"], secret_tags["flowrig-owner"]) == ("fg1", owner)
             policy = json.loads(manager.get_resource_policy(SecretId=secret_arn)["ResourcePolicy"])
-            allow, deny = policy["Statement"]
-            assert allow["Effect"] == "Allow" and allow["Principal"] == {"AWS": role["Arn"]}
-            assert allow["Action"] == "secretsmanager:GetSecretValue" and allow["Resource"] == secret_arn
-            # Any other principal is denied, whatever its own policies grant.
+            # Any other principal is denied, whatever its own policies grant; the role's
+            # own right comes from the reader policy the bootstrap made (no principal
+            # named here that IAM might not know yet).
+            [deny] = policy["Statement"]
             assert deny["Effect"] == "Deny" and deny["Principal"] == "*" and deny["Resource"] == secret_arn
             assert deny["Condition"] == {"StringNotEquals": {"aws:PrincipalArn": role["Arn"]}}
             delivered = delivery.decode(manager.get_secret_value(SecretId=secret_arn)["SecretString"])
@@ -213,9 +208,11 @@ def test_fargate_run_creates_tagged_private_resources_and_removes_them(aws, tls)
             assert trust["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
             assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": role["Arn"].split(":")[4]}}
             iam = boto3.client("iam")
-            assert tags(iam.list_role_tags(RoleName=role["RoleName"])["Tags"])["flowrig-run-id"] == "fg1"
+            role_tags = tags(iam.list_role_tags(RoleName=role["RoleName"])["Tags"])
+            assert (role_tags["flowrig-run-id"], role_tags["flowrig-owner"]) == ("fg1", owner)
             assert [p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=role["RoleName"])[
-                "AttachedPolicies"]] == ["arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"]
+                "AttachedPolicies"]] == ["arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy",
+                                         "arn:aws:iam::123456789012:policy/flowrig/flowrig-run-secret-reader"]
             [log_group] = held["log_groups"]
             assert boto3.client("logs").list_tags_log_group(logGroupName=log_group["logGroupName"])["tags"]["flowrig-run-id"] == "fg1"
 
@@ -272,29 +269,36 @@ def test_dashboard_is_opened_to_the_vpc_only_when_asked(bootstrapped, tls):
 
 
 @pytest.mark.aws
-def test_runs_use_the_bootstrap_role_and_create_none(bootstrapped, tls):
+def test_a_project_execution_role_is_used_and_named_in_the_secret_policy(bootstrapped, tls):
+    import json
+
     import boto3
 
-    [role] = [r for r in boto3.client("iam").list_roles()["Roles"] if r["Path"] == "/flowrig/"]
-    assert role["RoleName"] == "flowrig-execution"
+    own = boto3.client("iam").create_role(RoleName="team-execution", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     with local_scheduler(tls, workers=1) as scheduler:
-        started = FargateBackend().start(
-            spec(tls, "boot1", size=ClusterSize(1), scheduler_address=scheduler.scheduler_address))
+        started = FargateBackend().start(spec(
+            tls, "given1", size=ClusterSize(1), scheduler_address=scheduler.scheduler_address,
+            execution_role_arn=own))
         try:
-            held = snapshot("boot1")
-            assert held["roles"] == []
+            held = snapshot("given1")
+            assert held["roles"] == []  # none of the run's own
             for described in held["task_definitions"]:
-                assert described["taskDefinition"]["executionRoleArn"] == role["Arn"]
+                assert described["taskDefinition"]["executionRoleArn"] == own
+            [secret] = secret_arns("given1")
+            allow, deny = json.loads(boto3.client("secretsmanager").get_resource_policy(SecretId=secret)[
+                "ResourcePolicy"])["Statement"]
+            # A role that exists already is named as the reader, and everyone else denied.
+            assert allow["Effect"] == "Allow" and allow["Principal"] == {"AWS": own}
+            assert deny["Condition"] == {"StringNotEquals": {"aws:PrincipalArn": own}}
         finally:
             started.close()
-    assert [r["RoleName"] for r in boto3.client("iam").list_roles()["Roles"]] == ["flowrig-execution"]
 
 
 @pytest.mark.aws
-def test_without_bootstrap_or_create_roles_nothing_is_created(aws, tls):
+def test_without_bootstrap_nothing_is_created(aws, tls):
     with pytest.raises(BadInput) as info:
         FargateBackend().start(spec(tls, "noboot", size=ClusterSize(1)))
-    assert "flowrig ecs bootstrap" in str(info.value) and "\n" not in str(info.value)
+    assert "flowrig aws bootstrap --backend ecs" in str(info.value) and "\n" not in str(info.value)
     after = snapshot("noboot")
     assert after == {k: [] for k in after}, after
     assert [op for op in aws.operations() if op.startswith("Create")] == []
@@ -425,7 +429,7 @@ def test_unreachable_aws_is_an_infrastructure_error(tls, monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with pytest.raises(InfrastructureError) as info:
         FargateBackend().start(spec(tls, "unreach", size=ClusterSize(1)))
-    assert "cannot reach AWS while looking up IAM role flowrig-execution" in str(info.value)
+    assert "cannot reach AWS while asking AWS who the credentials belong to" in str(info.value)
 
 
 def closed_port() -> int:
@@ -539,7 +543,7 @@ API_PROBE_FLOW = """
 
 
 @pytest.mark.aws
-def test_a_fargate_run_keeps_its_api_auth_string_out_of_aws(aws, tls, tmp_path):
+def test_a_fargate_run_keeps_its_api_auth_string_out_of_aws(bootstrapped, tls, tmp_path):
     """A whole `flowrig run` on fargate (moto), its tasks run by a stand-in worker: the
     run's API refuses a request without its auth string, and the string is in no
     registered task definition, RunTask request or DescribeTasks answer."""
@@ -585,7 +589,7 @@ def test_a_fargate_run_keeps_its_api_auth_string_out_of_aws(aws, tls, tmp_path):
     auth = result["auth"]
     assert len(auth) >= 32
     assert described, "no task was seen running"
-    sent = [r["body"] for r in aws.requests("RegisterTaskDefinition")] + [r["body"] for r in aws.requests("RunTask")]
+    sent = [r["body"] for r in bootstrapped.requests("RegisterTaskDefinition")] + [r["body"] for r in bootstrapped.requests("RunTask")]
     assert len(sent) == 3  # scheduler and worker definitions, one worker task
     for text in (json.dumps(sent), json.dumps(described, default=str)):
         assert auth not in text

@@ -63,7 +63,7 @@ def write_log(aws, run_id: str, container: str):
     return write
 
 
-def test_scheduler_stopped_with_a_pull_error_fails_fast_with_reason_and_hint(aws, fault_proxy, tls):
+def test_scheduler_stopped_with_a_pull_error_fails_fast_with_reason_and_hint(aws, bootstrapped, fault_proxy, tls):
     fault_proxy.stop_role("dask-scheduler", stop_code="TaskFailedToStart", stopped_reason=PULL_REASON,
                           container_reason="CannotPullContainerError: ref not found")
     with pytest.raises(InfrastructureError) as info:
@@ -82,7 +82,7 @@ def test_scheduler_stopped_with_a_pull_error_fails_fast_with_reason_and_hint(aws
     assert_nothing_left(aws, "pull1")
 
 
-def test_worker_stopped_fails_fast_with_its_log_lines(aws, fault_proxy, tls):
+def test_worker_stopped_fails_fast_with_its_log_lines(aws, bootstrapped, fault_proxy, tls):
     fault_proxy.stop_role(
         "dask-worker", stop_code="TaskFailedToStart",
         stopped_reason="ResourceInitializationError: unable to pull secrets or registry auth: "
@@ -105,7 +105,7 @@ def test_worker_stopped_fails_fast_with_its_log_lines(aws, fault_proxy, tls):
     assert_nothing_left(aws, "sec1")
 
 
-def test_partial_start_goes_on_above_the_minimum(aws, fault_proxy, tls, caplog):
+def test_partial_start_goes_on_above_the_minimum(aws, bootstrapped, fault_proxy, tls, caplog):
     fault_proxy.worker_capacity(2)
     with local_scheduler(tls, workers=2) as scheduler:
         with caplog.at_level(logging.WARNING, logger="flowrig.pool"):
@@ -124,7 +124,7 @@ def test_partial_start_goes_on_above_the_minimum(aws, fault_proxy, tls, caplog):
     assert_nothing_left(aws, "part1")
 
 
-def test_partial_start_below_the_minimum_is_exit_3(aws, fault_proxy, tls):
+def test_partial_start_below_the_minimum_is_exit_3(aws, bootstrapped, fault_proxy, tls):
     fault_proxy.worker_capacity(1)
     with local_scheduler(tls, workers=1) as scheduler:
         began = time.monotonic()
@@ -142,7 +142,7 @@ def test_partial_start_below_the_minimum_is_exit_3(aws, fault_proxy, tls):
     assert_nothing_left(aws, "part2")
 
 
-def test_a_20_worker_start_completes_while_30_percent_of_calls_are_throttled(aws, fault_proxy, tls, monkeypatch):
+def test_a_20_worker_start_completes_while_30_percent_of_calls_are_throttled(aws, bootstrapped, fault_proxy, tls, monkeypatch):
     """The start completes when FargateBackend.start returns: every resource made, both
     RunTask batches answered and the stand-in worker joined; moto then holds exactly the
     20 worker tasks (no batch started twice), and the calls stay bounded."""
@@ -171,3 +171,80 @@ def test_a_20_worker_start_completes_while_30_percent_of_calls_are_throttled(aws
     # No unbounded loop: DescribeTasks at most once a second, the rest a fixed list.
     assert fault_proxy.calls["DescribeTasks"] <= took + 40
     assert calls < 250, fault_proxy.calls
+
+
+# --- a role made moments before ---------------------------------------------------------
+PASS_ROLE_REFUSED = ("User: arn:aws:iam::123456789012:user/runner is not authorized to perform: iam:PassRole on "
+                     "resource: arn:aws:iam::123456789012:role/flowrig/flowrig-prop1-execution")
+NOT_ASSUMABLE = ("ECS was unable to assume the role 'arn:aws:iam::123456789012:role/flowrig/flowrig-prop1-execution' "
+                 "that was provided for this task. Please verify that the role being passed has the proper trust "
+                 "relationship and permissions and that your IAM user has permissions to pass this role.")
+
+
+def test_calls_refused_while_the_runs_new_role_propagates_are_tried_again(aws, bootstrapped, fault_proxy, tls):
+    """IAM takes seconds to tell every service of a new role: the owner tag the runner's
+    rights check, and ECS's right to assume it. Those refusals are waited out."""
+    fault_proxy.refuse_first("AttachRolePolicy", 1, "AccessDenied",
+                             "User: arn:aws:iam::123456789012:user/runner is not authorized to perform: "
+                             "iam:AttachRolePolicy")
+    fault_proxy.refuse_first("RegisterTaskDefinition", 2, "AccessDeniedException", PASS_ROLE_REFUSED)
+    fault_proxy.refuse_first("RunTask", 2, "ClientException", NOT_ASSUMABLE)
+    with local_scheduler(tls, workers=1) as scheduler:
+        started = FargateBackend().start(spec(tls, "prop1", size=ClusterSize(1), provision_timeout=120,
+                                              scheduler_address=scheduler.scheduler_address))
+        try:
+            assert len(live_tasks(aws, "prop1")) == 1
+            # Each refused call was sent again: two attachments and two registrations, and
+            # the worker's RunTask until ECS could assume the role.
+            assert fault_proxy.calls["AttachRolePolicy"] == 3
+            assert fault_proxy.calls["RegisterTaskDefinition"] == 4
+            assert fault_proxy.calls["RunTask"] == 3
+        finally:
+            started.close()
+    assert_nothing_left(aws, "prop1")
+
+
+def test_a_refusal_that_outlasts_propagation_ends_the_run_naming_it(aws, bootstrapped, fault_proxy, tls,
+                                                                     monkeypatch):
+    from flowrig.backends.ecs import aws as aws_calls
+
+    monkeypatch.setattr(aws_calls, "ROLE_PROPAGATION", 3.0)
+    fault_proxy.refuse_first("RunTask", 1000, "ClientException", NOT_ASSUMABLE)
+    began = time.monotonic()
+    with pytest.raises(InfrastructureError) as info:
+        # The scheduler's own task: its RunTask is refused, never answered with an address.
+        FargateBackend().start(spec(tls, "prop2", size=ClusterSize(1), provision_timeout=120))
+    assert time.monotonic() - began < 30
+    assert fault_proxy.calls["RunTask"] >= 2
+    message = str(info.value)
+    assert "ECS was unable to assume the role" in message and "\n" not in message
+    assert_nothing_left(aws, "prop2")
+
+
+def test_a_refusal_without_a_new_role_is_not_retried(aws, bootstrapped, fault_proxy, tls):
+    """A project's own execution role is no new role: a refused PassRole of it is final."""
+    import boto3
+
+    own = boto3.client("iam").create_role(RoleName="team-execution", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    fault_proxy.refuse_first("RegisterTaskDefinition", 1000, "AccessDeniedException", PASS_ROLE_REFUSED)
+    with pytest.raises(InfrastructureError) as info:
+        FargateBackend().start(spec(tls, "prop3", size=ClusterSize(1), execution_role_arn=own,
+                                    scheduler_address="tls://127.0.0.1:9"))
+    assert "not authorized to perform: iam:PassRole" in str(info.value)
+    assert fault_proxy.calls["RegisterTaskDefinition"] == 1
+    assert_nothing_left(aws, "prop3")
+
+
+def test_a_refused_pass_of_another_role_is_final_while_the_runs_own_propagates(aws, bootstrapped, fault_proxy, tls):
+    """The runner policy passes the run's own roles only: a project's task role refused
+    is a missing grant, said at once, not a role still propagating."""
+    refused = ("User: arn:aws:iam::123456789012:user/runner is not authorized to perform: iam:PassRole on "
+               "resource: arn:aws:iam::123456789012:role/team-task")
+    fault_proxy.refuse_first("RegisterTaskDefinition", 1000, "AccessDeniedException", refused)
+    began = time.monotonic()
+    with pytest.raises(InfrastructureError) as info:
+        FargateBackend().start(spec(tls, "prop4", size=ClusterSize(1), scheduler_address="tls://127.0.0.1:9",
+                                    task_role_arn="arn:aws:iam::123456789012:role/team-task"))
+    assert "role/team-task" in str(info.value) and time.monotonic() - began < 20
+    assert fault_proxy.calls["RegisterTaskDefinition"] == 1
+    assert_nothing_left(aws, "prop4")

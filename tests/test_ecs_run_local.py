@@ -298,7 +298,7 @@ def test_run_local_runs_streams_reads_secrets_and_cleans_up(docker_client, seed_
 @pytest.mark.aws
 # Two cluster objects (the stand-in and the fargate one) watch the same scheduler.
 @pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
-def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, docker_client, seed_image, tmp_path):
+def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, bootstrapped, docker_client, seed_image, tmp_path):
     import boto3
     from distributed import Scheduler, SpecCluster, Worker
 

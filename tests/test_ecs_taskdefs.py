@@ -209,7 +209,7 @@ def test_stdout_holds_every_role_and_files_are_ready_for_the_aws_cli(tmp_path):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["--region", "us-east-1", "--execution-role-arn", EXEC_ROLE], "--image is required"),
+        (["--region", "us-east-1", "--execution-role-arn", EXEC_ROLE], "missing --image"),
         ([*BASE_ARGS, "--role", "driver"], "unknown role 'driver'"),
         ([*BASE_ARGS, "--worker-cpu", "1024", "--worker-memory", "1024"],
          "use one of 2048, 3072, 4096, 5120, 6144, 7168, 8192"),
@@ -274,3 +274,113 @@ def test_register_prints_arns_of_what_ecs_now_holds(aws, tmp_path):
         assert {t["key"]: t["value"] for t in described["tags"]}["flowrig-project"] == "seed"
     [request] = [r for r in aws.requests("RegisterTaskDefinition") if r["body"]["family"] == "flowrig-seed-worker"]
     assert request["body"] == json.loads((tmp_path / "worker.json").read_text())
+
+
+# --- from a project -----------------------------------------------------------------
+SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:api-token"
+PROJECT_TOML = f'''
+flow = "flow.py:main"
+
+[cluster]
+backend = "fargate"
+worker_threads = 2
+no_client_timeout = 90
+
+[cluster.options]
+region_name = "eu-west-1"
+execution_role_arn = "{EXEC_ROLE}"
+task_role_arn = "arn:aws:iam::123456789012:role/flow-tasks"
+cloudwatch_logs_group = "/team/flows"
+worker_cpu = 2048
+worker_mem = 8192
+scheduler_cpu = 512
+scheduler_mem = 1024
+environment = {{ MODE = "prod" }}
+secrets = {{ API_TOKEN = "{SECRET_ARN}" }}
+worker_extra_args = ["--memory-limit", "6GiB"]
+tags = {{ team = "data" }}
+'''
+
+
+def write_project(tmp_path, toml: str = PROJECT_TOML, name: str = "etl"):
+    project = tmp_path / name
+    project.mkdir()
+    (project / "flowrig.toml").write_text(toml)
+    (project / "flow.py").write_text("from prefect import flow\n@flow\ndef main():\n    pass\n")
+    return project
+
+
+def test_a_projects_settings_are_rendered(tmp_path):
+    project = write_project(tmp_path)
+    result = CliRunner().invoke(app, ["task-definitions", str(project), "--image", "reg/etl:1"], env={"AWS_REGION": ""})
+    assert result.exit_code == 0, result.output
+    docs = json.loads(result.stdout)
+    runner, scheduler, worker = (docs[role] for role in validate.ROLES)
+    [w] = worker["containerDefinitions"]
+    nthreads = w["command"][w["command"].index("--nthreads") + 1]
+    assert nthreads == "2"
+    assert (worker["cpu"], worker["memory"]) == ("2048", "8192") and (w["cpu"], w["memory"]) == (2048, 8192)
+    assert (scheduler["cpu"], scheduler["memory"]) == ("512", "1024")
+    assert "--memory-limit" in w["command"] and "--no-dashboard" in w["command"]
+    assert w["environment"] == [{"name": "MODE", "value": "prod"}]
+    assert w["secrets"] == [{"name": "API_TOKEN", "valueFrom": SECRET_ARN}]
+    for other in (runner, scheduler):
+        assert "environment" not in other["containerDefinitions"][0] and "secrets" not in other["containerDefinitions"][0]
+    [s] = scheduler["containerDefinitions"]
+    assert s["command"][:3] == ["dask-scheduler", "--no-client-timeout", "90"]
+    for params in docs.values():
+        assert params["family"].startswith("flowrig-etl-")
+        assert params["executionRoleArn"] == EXEC_ROLE
+        options = params["containerDefinitions"][0]["logConfiguration"]["options"]
+        assert (options["awslogs-group"], options["awslogs-region"]) == ("/team/flows", "eu-west-1")
+        assert {t["key"]: t["value"] for t in params["tags"]}["team"] == "data"
+        validate.check_task_definition(params)
+
+
+def test_flags_override_the_project(tmp_path):
+    project = write_project(tmp_path)
+    result = CliRunner().invoke(app, [
+        "task-definitions", str(project), "--image", "reg/etl:1", "--role", "worker", "--worker-cpu", "4096",
+        "--worker-memory", "16384", "--worker-threads", "4", "--region", "us-west-2", "--env", "MODE=test",
+        "--task-role-arn", "arn:aws:iam::123456789012:role/other",
+    ])
+    assert result.exit_code == 0, result.output
+    worker = json.loads(result.stdout)["worker"]
+    [w] = worker["containerDefinitions"]
+    assert (worker["cpu"], worker["memory"]) == ("4096", "16384")
+    assert w["command"][w["command"].index("--nthreads") + 1] == "4"
+    assert w["environment"] == [{"name": "MODE", "value": "test"}]
+    assert w["logConfiguration"]["options"]["awslogs-region"] == "us-west-2"
+    assert worker["taskRoleArn"] == "arn:aws:iam::123456789012:role/other"
+
+
+def test_every_missing_input_is_named_in_one_line(tmp_path):
+    project = write_project(tmp_path, 'flow = "flow.py:main"\n[cluster]\nbackend = "fargate"\n')
+    env = aws_env_without_credentials(tmp_path)
+    env.pop("AWS_DEFAULT_REGION")
+    done = cli("task-definitions", str(project), env=env)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "missing --image" in line and "; --region" in line and "; --execution-role-arn" in line
+
+
+def test_a_local_projects_runner_needs_to_be_asked_for(tmp_path):
+    project = write_project(tmp_path, 'flow = "flow.py:main"\n')
+    base = [str(project), "--image", "reg/etl:1", "--region", "eu-west-1", "--execution-role-arn", EXEC_ROLE]
+    refused = cli("task-definitions", *base)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "backend is local" in refused.stderr and "--allow-local-runner" in refused.stderr
+    assert 'backend = "fargate"' in refused.stderr
+    assert CliRunner().invoke(app, ["task-definitions", *base, "--allow-local-runner"]).exit_code == 0
+    only = CliRunner().invoke(app, ["task-definitions", *base, "--role", "scheduler", "--role", "worker"])
+    assert only.exit_code == 0 and list(json.loads(only.stdout)) == ["scheduler", "worker"]
+    docker = write_project(tmp_path, 'flow = "flow.py:main"\n[cluster]\nbackend = "docker"\n', name="dock")
+    done = cli("task-definitions", str(docker), *base[1:], "--allow-local-runner")
+    assert done.returncode == 2 and "needs a Docker engine" in done.stderr
+
+
+def test_a_secret_looking_project_variable_is_refused(tmp_path):
+    toml = PROJECT_TOML.replace('environment = { MODE = "prod" }', 'environment = { MODE = "prod", DB_PASSWORD = "x" }')
+    project = write_project(tmp_path, toml)
+    done = cli("task-definitions", str(project), "--image", "reg/etl:1")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1

@@ -150,11 +150,11 @@ def test_tls_dir_comes_from_the_environment(monkeypatch, tmp_path):
         command_for("worker", ["tls://s:1"])
 
 
-def test_role_aliases_are_the_spellings_the_readme_documents():
-    """Every Dask role spelling in the README's role table maps to its role, and no
-    spelling the dispatcher accepts is undocumented."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    rows = [line for line in readme.splitlines() if line.startswith("| `scheduler") or line.startswith("| `worker")]
+def test_role_aliases_are_the_spellings_the_manual_documents():
+    """Every Dask role spelling in the manual's role table (docs/images.md) maps to its
+    role, and no spelling the dispatcher accepts is undocumented."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "images.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| `scheduler") or line.startswith("| `worker")]
     documented = {}
     for row in rows:
         role = "scheduler" if row.startswith("| `scheduler") else "worker"
@@ -164,9 +164,16 @@ def test_role_aliases_are_the_spellings_the_readme_documents():
     assert documented == ROLE_ALIASES
 
 
-def test_secure_environment_requires_encryption():
+def test_secure_environment_requires_encryption_and_lends_tasks_the_workers_credentials():
     env = secure_environment({"PATH": "/bin", "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "False"})
-    assert env == {"PATH": "/bin", "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
+    assert env == {
+        "PATH": "/bin",
+        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+        "DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER": "flowrig.internals.worker_security.load",
+    }
+    # A loader of the user's own stays.
+    mine = {"DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER": "my.module.loader"}
+    assert secure_environment(mine)["DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER"] == "my.module.loader"
 
 
 def test_secure_environment_copies_the_process_environment(monkeypatch):

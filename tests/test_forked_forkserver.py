@@ -115,3 +115,24 @@ def test_a_runs_workers_fork_from_the_server_forked_from_its_runner(project_fact
     assert "multiprocessing.forkserver" not in " ".join(parent), parent
     assert "run" in parent and str(project) in parent, parent
     assert "standard fork server" not in done.stderr
+
+
+def test_taken_while_the_runs_deadline_waits(tmp_path):
+    """A run with a timeout arms its deadline (a timer thread) before its cluster
+    starts: that thread only waits, and does not cost the run the forked server."""
+    script = tmp_path / "armed.py"
+    script.write_text(textwrap.dedent(
+        """
+        import threading
+        from flowrig.common.deadline import RunDeadline
+        from flowrig.internals import forkserver as forked_forkserver
+
+        deadline = RunDeadline()
+        deadline.arm(300)
+        assert threading.active_count() == 2
+        print(forked_forkserver.start(), flush=True)
+        deadline.cancel()
+        """
+    ))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr[-2000:]

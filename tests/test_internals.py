@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Modules whose use is a reliance on another project's internals: only
 #: flowrig.internals may import them.
 PRIVATE_MODULES = (
+    "distributed.node",
     "prefect.context",
     "prefect.flow_engine",
     "prefect.server",
@@ -380,6 +381,103 @@ def test_local_workers_fork_from_the_fork_server_and_leave_the_config_alone(tls)
     assert dask.config.get("distributed.worker.multiprocessing-method") == before
 
 
+def _local_cluster(tls, run_id: str, **options):
+    from flowrig.backends.base import ClusterSpec
+    from flowrig.backends.local import LocalBackend
+    from flowrig.project.sizing import ClusterSize
+
+    return LocalBackend().start(ClusterSpec(run_id=run_id, size=ClusterSize(1), tls=tls, options=options))
+
+
+def _wait_for_exits(nanny, within: float = 60):
+    import time
+
+    deadline = time.monotonic() + within
+    while not nanny.__dict__.get("flowrig_worker_exits"):
+        assert time.monotonic() < deadline, "the nanny recorded no exit of its worker process"
+        time.sleep(0.1)
+    return forkserver.worker_exits(nanny)
+
+
+def test_a_nanny_is_told_the_exit_code_of_its_worker_process_and_restarts_it(tls):
+    """Nanny._on_worker_exit(exitcode) is called when the worker process dies; the
+    nanny then starts it again (how a lost local worker's reason is known)."""
+    import os
+    import signal
+
+    from distributed import Client
+
+    assert list(inspect.signature(forkserver.nanny_class()._on_worker_exit).parameters) == ["self", "exitcode"]
+    started = _local_cluster(tls, "fence2")
+    try:
+        with Client(started.scheduler_address, security=tls.to_security()) as client:
+            [pid] = client.run(os.getpid).values()
+            os.kill(pid, signal.SIGKILL)
+            [nanny] = started.cluster.workers.values()
+            exits = _wait_for_exits(nanny)
+            assert exits == [forkserver.WorkerExit(-signal.SIGKILL)]
+            client.wait_for_workers(1, timeout=60)
+            assert list(client.run(os.getpid).values()) != [pid]
+        assert forkserver.worker_exits(nanny) == []  # each exit is handed out once
+    finally:
+        started.close()
+    # A worker asked to stop (the cluster's close) is no exit to report.
+    assert forkserver.worker_exits(nanny) == []
+
+
+def test_a_nanny_logs_its_memory_restart_through_log_event_before_it_ends_the_worker(tls):
+    """The memory monitor calls Nanny.log_event(MEMORY_RESTART_TOPIC, {"worker", "rss"})
+    and then terminates the worker process; the scheduler keeps the event, and its
+    ``events`` RPC (what Client.get_events calls) hands it out."""
+    from distributed import Client
+
+    from flowrig.internals.dask_events import memory_restarts
+
+    started = _local_cluster(tls, "fence3", memory_limit="300MB")
+    try:
+        with Client(started.scheduler_address, security=tls.to_security()) as client:
+            [address] = client.scheduler_info()["workers"]
+            client.submit(lambda: len(bytearray(600_000_000)), pure=False)
+            [nanny] = started.cluster.workers.values()
+            exits = _wait_for_exits(nanny)
+            seen = started.cluster.sync(memory_restarts, started.cluster.scheduler_comm)
+    finally:
+        started.close()
+    memory = exits[0].memory
+    assert memory is not None and memory["rss"] > 0.9 * 300e6 and memory["limit"] == 300_000_000, exits
+    assert memory["worker"] == address and seen[address] == memory["rss"], (seen, memory)
+
+
+def test_events_emitted_are_sent_before_the_events_service_is_drained(prefect_server):
+    """EventsWorker.instance().wait_until_empty() returns once what was emitted is sent;
+    the drain after it finds nothing queued (and says nothing on the console)."""
+    import logging
+
+    from prefect.events import emit_event
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("EventsWorker").addHandler(handler)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+            for i in range(20):
+                emit_event(event="flowrig.fence", resource={"prefect.resource.id": f"flowrig.fence.{i}"})
+            prefect_engine.send_events(timeout=30)
+    finally:
+        logging.getLogger("EventsWorker").removeHandler(handler)
+    assert [r.getMessage() for r in records if "Still processing" in r.getMessage()] == []
+
+
+def test_the_tags_a_flow_call_would_get_are_the_tags_context():
+    from prefect import tags
+
+    with tags("nightly", "team-a"):
+        assert prefect_engine.current_tags() == {"nightly", "team-a"}
+    assert prefect_engine.current_tags() == set()
+
+
 # --- the task runner (flowrig.internals.task_runner) ------------------------------------
 
 
@@ -630,3 +728,275 @@ def test_a_nannys_restart_for_memory_is_an_event_the_cluster_reads_from_its_sche
     assert found, "no memory restart within 60 s"
     (_, event), *_ = found
     assert event["worker"] == address and isinstance(event["pid"], int) and event["rss"] > 300 * 0.95 * 2**20
+
+
+def test_a_print_under_log_prints_is_logged_from_within_print_as_log(monkeypatch):
+    """``patch_print`` puts ``prefect.logging.loggers.print_as_log`` in place of
+    ``print``, which logs each print synchronously through the run's logger
+    (:mod:`flowrig.internals.prefect_prints`)."""
+    import logging
+
+    from prefect.context import FlowRunContext, TaskRunContext
+    from prefect.logging import loggers
+
+    from flowrig.internals.prefect_prints import logged_by_print
+
+    class Context:
+        log_prints = True
+        flow_run = None
+
+    logger = logging.getLogger("flowrig-test-prints")
+    logger.propagate = False
+    seen: list[tuple[str, bool]] = []
+
+    class Probe(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), logged_by_print()))
+
+    logger.addHandler(Probe())
+    logger.setLevel(logging.INFO)
+    monkeypatch.setattr(FlowRunContext, "get", classmethod(lambda cls: None))
+    monkeypatch.setattr(TaskRunContext, "get", classmethod(lambda cls: Context()))
+    monkeypatch.setattr(loggers, "get_run_logger", lambda *args, **kwargs: logger)
+    with loggers.patch_print():
+        print("printed", 1)
+        logger.info("logged")
+    print("after")  # print itself again: nothing logged
+    assert seen == [("printed 1", True), ("logged", False)]
+
+
+def test_a_spec_clusters_workers_and_its_loop_are_reachable(tls):
+    """``SpecCluster._created`` holds the workers made so far (their ``pid``: the worker
+    process's) and ``Cluster._loop_runner.stop(timeout=0)`` lets the cluster's loop end
+    without waiting for it (:mod:`flowrig.internals.spec_cluster`)."""
+    import time
+
+    import psutil
+    from distributed import LocalCluster
+
+    from flowrig.internals.spec_cluster import let_loop_go, workers_made
+
+    with LocalCluster(n_workers=1, processes=True, protocol="tls://", security=tls.to_security(),
+                      host="127.0.0.1", dashboard_address=None) as cluster:
+        [nanny] = workers_made(cluster)
+        assert nanny is cluster.workers[0] and psutil.Process(nanny.pid).is_running()
+    cluster = LocalCluster(n_workers=0, processes=False, dashboard_address=None)
+    loop = cluster.loop.asyncio_loop
+    started = time.monotonic()
+    let_loop_go(cluster)
+    assert time.monotonic() - started < 0.5
+    deadline = time.monotonic() + 10
+    while loop.is_running():
+        assert time.monotonic() < deadline, "the cluster's loop still runs"
+        time.sleep(0.05)
+    cluster.shutdown_on_close = False
+
+
+# --- a task's own client gets the worker's credentials (flowrig.internals.worker_security) ----
+
+
+def test_a_dask_worker_cli_holds_its_certificate_as_the_worker_roles_only():
+    """``dask worker --tls-cert/--tls-key`` (what the image's worker role runs) gives the
+    worker's ``Security`` the certificate as ``tls_worker_*`` alone: a client made from it
+    must be handed that certificate as its own."""
+    from distributed.cli import dask_worker
+
+    source = inspect.getsource(dask_worker)
+    assert '("tls_worker_cert", tls_cert)' in source and '("tls_worker_key", tls_key)' in source
+    assert "tls_client_cert" not in source
+
+
+def test_a_client_made_in_a_task_without_security_asks_the_loader_with_its_address(tls):
+    """``distributed.client.security-loader`` is called with ``{"address": ...}`` in the
+    thread that makes the client, where ``get_worker()`` is the task's worker, whose
+    ``security`` is the worker's own; the loader's credentials then connect."""
+    import dask
+    from distributed import Client, LocalCluster, get_worker
+
+    from flowrig.internals import worker_security
+
+    def in_a_task() -> dict:
+        worker = get_worker()
+        address = worker.scheduler.address
+        with Client(address, timeout="20s") as own:  # no security given
+            total = own.submit(sum, [1, 2, 3]).result()
+        return {"total": total, "elsewhere": worker_security.load({"address": "tls://203.0.113.9:8786"}),
+                "security_is_the_workers": worker.security is not None and bool(worker.security.tls_worker_cert)}
+
+    security = tls.to_security()
+    # Only this worker's own tasks read the setting here: the cluster is in this process.
+    with dask.config.set({worker_security.LOADER_KEY: worker_security.LOADER}):
+        with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tls://", host="127.0.0.1",
+                          security=security, dashboard_address=None) as cluster:
+            with Client(cluster, security=security, set_as_default=False) as client:
+                seen = client.submit(in_a_task, pure=False).result(timeout=120)
+    assert seen == {"total": 6, "elsewhere": None, "security_is_the_workers": True}
+    # Outside a worker the loader leaves distributed's default alone.
+    assert worker_security.load({"address": "tls://127.0.0.1:8786"}) is None
+
+
+def test_client_security_takes_the_certificate_of_whichever_role_has_one(tls):
+    from distributed.security import Security
+
+    from flowrig.internals.worker_security import client_security
+
+    pem = tls.to_security()
+    as_worker = Security(tls_ca_file=pem.tls_ca_file, tls_worker_cert=pem.tls_worker_cert,
+                         tls_worker_key=pem.tls_worker_key, require_encryption=True)
+    made = client_security(as_worker)
+    assert (made.tls_client_cert, made.tls_client_key) == (pem.tls_worker_cert, pem.tls_worker_key)
+    assert made.tls_ca_file == pem.tls_ca_file and made.require_encryption
+    assert made.get_connection_args("client")["ssl_context"] is not None
+
+
+def test_the_runner_connects_itself_through_prefect_dasks_exit_stack():
+    """The runner's own ``client`` fills what ``DaskTaskRunner.client`` would: its
+    ``_client``, ``_connect_to`` and ``_exit_stack`` (closed by ``__exit__``), and
+    ``performance_report_path``."""
+    from prefect_dask import DaskTaskRunner
+
+    source = inspect.getsource(DaskTaskRunner.client.fget)
+    for name in ("self._connect_to =", "self._exit_stack.enter_context(", "self.performance_report_path",
+                 "distributed.get_client()"):
+        assert name in source, name
+    assert "self._exit_stack.__exit__" in inspect.getsource(DaskTaskRunner.__exit__)
+
+
+# --- HTTP endpoints over the run's mutual TLS (flowrig.internals.http_tls) -----------------
+
+#: Run in a process of its own: the swap is for the whole process it happens in.
+HTTP_TLS_PROBE = r'''
+import asyncio, json, ssl, sys, tempfile, urllib.request
+from pathlib import Path
+
+import dask
+from distributed import Scheduler, Worker
+
+from flowrig.certs import TLSMaterial
+
+tls = TLSMaterial.for_run(None)
+security = tls.to_security()
+own = security.get_connection_args("client")["ssl_context"]
+anyone = ssl.create_default_context()
+anyone.check_hostname, anyone.verify_mode = False, ssl.CERT_NONE
+
+
+def status(url, context=None):
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=context) as response:
+            return response.status
+    except Exception as exc:
+        return type(exc).__name__
+
+
+async def nodes(preload):
+    from flowrig.internals.http_tls import requires_client_certificates
+
+    found = {}
+    async with Scheduler(protocol="tls", host="127.0.0.1", security=security, dashboard_address="127.0.0.1:0",
+                         preload=preload) as scheduler:
+        async with Worker(scheduler.address, security=security, host="127.0.0.1", preload=preload) as worker:
+            for name, node in (("scheduler", scheduler), ("worker", worker)):
+                url = f"127.0.0.1:{node.http_server.port}/health"
+                found[name] = {
+                    "requires": requires_client_certificates(node.http_server),
+                    "plain": await asyncio.to_thread(status, "http://" + url),
+                    "anyone": await asyncio.to_thread(status, "https://" + url, anyone),
+                    "own": await asyncio.to_thread(status, "https://" + url, own),
+                }
+    return found
+
+
+result = {"without": asyncio.run(nodes([]))}
+result["with"] = asyncio.run(nodes(["flowrig.roles.private_http"]))
+# distributed's own dashboard TLS settings (which win over the context passed in) get
+# client certificates required too.
+directory = Path(tempfile.mkdtemp())
+(directory / "tls.crt").write_bytes(tls.cert_pem)
+(directory / "tls.key").write_bytes(tls.key_pem)
+(directory / "ca.crt").write_bytes(tls.ca_pem)
+with dask.config.set({"distributed.scheduler.dashboard.tls.cert": str(directory / "tls.crt"),
+                      "distributed.scheduler.dashboard.tls.key": str(directory / "tls.key"),
+                      "distributed.scheduler.dashboard.tls.ca-file": str(directory / "ca.crt")}):
+    result["configured"] = asyncio.run(nodes(["flowrig.roles.private_http"]))
+print(json.dumps(result))
+'''
+
+
+def test_nodes_serve_http_over_mutual_tls_once_the_preload_is_imported():
+    """``ServerNode.start_http_server`` is where a scheduler and a worker make their
+    HTTP server, after their preloads are imported: with :mod:`flowrig.roles.private_http`
+    as a preload, their HTTP endpoints answer only clients with the run's certificate;
+    without it (distributed's own behaviour) they answer anyone over plain HTTP."""
+    done = subprocess.run([sys.executable, "-c", HTTP_TLS_PROBE], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for name in ("scheduler", "worker"):
+        assert result["without"][name]["plain"] == 200, result  # the reason for the fence
+        for case in ("with", "configured"):
+            seen = result[case][name]
+            assert seen["requires"] is True, (case, name, seen)
+            assert seen["plain"] != 200 and seen["anyone"] != 200, (case, name, seen)
+            assert seen["own"] == 200, (case, name, seen)
+
+
+def test_a_node_without_a_certificate_serves_no_http():
+    """The swap fails closed: a node with no TLS certificate does not start its HTTP
+    server (so it does not start) rather than serve it to anyone."""
+    probe = textwrap.dedent('''
+        import asyncio
+        from distributed import Scheduler
+        from flowrig.internals.http_tls import require_client_certificates
+        require_client_certificates()
+        async def main():
+            async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0"):
+                pass
+        try:
+            asyncio.run(main())
+        except RuntimeError as exc:
+            print("refused:", exc)
+    ''')
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "refused: the scheduler has no TLS certificate" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+# --- a command line rewritten in place (flowrig.internals.cmdline) -------------------------
+
+
+CMDLINE_PROBE = r'''
+import json, os, sys
+from flowrig.internals.cmdline import arguments
+from flowrig.project.parameters import hide_param_values
+
+before = arguments()
+hidden = hide_param_values()
+pid = os.fork()
+if pid == 0:
+    __import__("time").sleep(30)
+    os._exit(0)
+child = arguments(pid)
+os.kill(pid, 9)
+os.waitpid(pid, 0)
+print(json.dumps({"before": [a.decode() for a in before], "after": [a.decode() for a in arguments()],
+                  "child": [a.decode() for a in child], "argv": sys.argv, "hidden": hidden}))
+'''
+
+
+def test_a_rewritten_command_line_is_what_other_processes_and_forked_children_show():
+    """The arguments ``/proc/PID/cmdline`` shows can be rewritten in place through
+    ``/proc/self/mem``; a child forked afterwards shows the new ones; ``sys.argv`` keeps
+    the old ones (CPython copied them at start-up)."""
+    secret = "s3cr3t-" + "x" * 20
+    done = subprocess.run(
+        [sys.executable, "-c", CMDLINE_PROBE, "run", "proj", "--param", f"token={secret}", "-pother=1", "-v"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout)
+    assert seen["hidden"] is True
+    assert secret in " ".join(seen["before"])
+    for shown in (seen["after"], seen["child"]):
+        assert secret not in " ".join(shown)
+        # The rest of the old arguments' room is NUL bytes: empty arguments at the end.
+        assert [a for a in shown if a][-5:] == ["proj", "--param", "token=*", "-pother=*", "-v"], shown
+    assert f"token={secret}" in seen["argv"]

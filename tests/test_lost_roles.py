@@ -6,11 +6,17 @@ over real mutual TLS, runs through the CLI in a subprocess.
 - the runner killed with SIGKILL: nothing of the run is left;
 - a flow that works on the runner between two submissions, for longer than its
   scheduler's no-client timeout, still completes: the rule counts clients, not tasks;
-- the whole-run timeout ends a run with exit 124 and leaves nothing.
+- the whole-run timeout ends a run with exit 124 and leaves nothing, also while the
+  cluster is still starting (and then at once);
+- a task run again after its worker was lost counts once;
+- a run killed whole with SIGKILL leaves folders that ``flowrig local leftovers``
+  removes, and never touches a live run's;
+- a worker killed for its memory says so.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -24,7 +30,7 @@ import pytest
 from flowrig.backends.base import ClusterSpec
 from flowrig.backends.local import LocalBackend
 from flowrig.project.sizing import ClusterSize
-from tests.run_support import FLOWRIG, assert_nothing_left, marked_env, run_cli
+from tests.run_support import FLOWRIG, Completed, assert_nothing_left, marked_env, run_cli
 
 #: Tasks that nap (each leaves a file named after its process id and item in
 #: ``marks``), then one more task after the runner paused, then the cluster's size.
@@ -199,12 +205,14 @@ def test_a_killed_worker_process_does_not_fail_the_flow_and_the_cluster_gets_its
 
 def test_a_runner_killed_with_sigkill_leaves_nothing_running(project_factory, tmp_path):
     project = project_factory(LOST_ROLES_FLOW, _toml())
-    marks = tmp_path / "marks"
+    marks, scratch_root = tmp_path / "marks", tmp_path / "tmp"
     marks.mkdir()
+    scratch_root.mkdir()
     marker = "killed-runner-" + os.urandom(4).hex()
     process = subprocess.Popen(
         [*FLOWRIG, "run", str(project), "--param", "nap=60", "--param", f"marks={marks}"],
-        env=marked_env(marker), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**marked_env(marker), "TMPDIR": str(scratch_root)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
     )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
@@ -226,6 +234,8 @@ def test_a_runner_killed_with_sigkill_leaves_nothing_running(project_factory, tm
     started = time.monotonic()
     assert_nothing_left(marker, address)
     assert time.monotonic() - started < 15
+    # Nor any folder of the run: the API server and the scheduler removed the run's.
+    assert list(scratch_root.glob("flowrig-*")) == []
 
 
 def test_a_flow_that_works_on_the_runner_longer_than_the_no_client_timeout_still_completes(project_factory):
@@ -279,3 +289,169 @@ def test_a_timeout_in_the_project_file_must_be_finite_seconds(project_factory, v
     assert done.returncode == 2
     shown = "'soon'" if value.startswith('"') else "inf"
     assert f"flowrig.toml: 'run.timeout' must be a finite number of seconds, got {shown}" in done.stderr
+
+
+def test_a_timeout_while_the_local_cluster_starts_ends_the_run_at_once_without_a_traceback(project_factory, tmp_path):
+    """Workers that take minutes to start (a preload that sleeps): the run's timeout
+    passes during the cluster's start, which is given up; the command exits right after
+    its line, and nothing of the run is left."""
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "slow_worker_start.py").write_text("import time\n\ndef dask_setup(worker):\n    time.sleep(300)\n")
+    project = project_factory(LOST_ROLES_FLOW, _toml())
+    marker = "start-timeout-" + os.urandom(4).hex()
+    env = marked_env(marker)
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(slow), env.get("PYTHONPATH")])),
+               DASK_DISTRIBUTED__WORKER__PRELOAD='["slow_worker_start"]')
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [*FLOWRIG, "run", str(project), "--timeout", "15", "--output", "json"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[tuple[float, str]] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend((time.monotonic(), line) for line in process.stderr), daemon=True
+    )
+    reader.start()
+    try:
+        out = process.stdout.read()
+        process.wait(120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    ended = time.monotonic()
+    reader.join(10)
+    stderr = "".join(line for _, line in lines)
+    assert process.returncode == 124, stderr[-3000:]
+    [(said, _)] = [(at, line) for at, line in lines if line.startswith("flowrig: error: the run went on for longer")]
+    assert ended - said < 3, f"exited {ended - said:.1f} s after its line"
+    assert ended - started < 15 + 10, ended - started
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-3000:]
+    outcome = Completed(process.returncode, out, stderr, marker).json
+    assert (outcome["state"], outcome["exit_code"]) == ("TimedOut", 124)
+    # It was starting its cluster: that phase ran until the end, and the flow never began.
+    assert outcome["timings"]["cluster_start"] > 0 and outcome["timings"]["flow"] is None, outcome["timings"]
+    assert_nothing_left(marker)
+
+
+def test_a_task_run_again_after_its_worker_was_lost_counts_once(project_factory, tmp_path):
+    """A worker killed after some of its tasks finished: the results it held are
+    computed again elsewhere, and each task run still counts once."""
+    project = project_factory(LOST_ROLES_FLOW, _toml())
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    marker = "rerun-" + os.urandom(4).hex()
+    process = subprocess.Popen(
+        [*FLOWRIG, "run", str(project), "--output", "json", "--param", "nap=1", "--param", f"marks={marks}"],
+        env=marked_env(marker), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            by_pid: dict[int, int] = {}
+            for name in os.listdir(marks):
+                pid = int(name.split("-")[0])
+                by_pid[pid] = by_pid.get(pid, 0) + 1
+            # Marks are made as tasks start: a third start means two finished there.
+            busy = [pid for pid, count in by_pid.items() if count >= 3]
+            if busy:
+                break
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, by_pid
+            time.sleep(0.05)
+        os.kill(busy[0], signal.SIGKILL)
+        out, err = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err[-3000:]
+    outcome = Completed(process.returncode, out, err, marker).json
+    assert outcome["result"]["total"] == TOTAL
+    summaries = [line for line in err.splitlines() if ": tasks " in line and " done, " in line]
+    assert summaries and summaries[-1].endswith(": tasks 11/11 done, 0 failed"), summaries
+    starts = len(os.listdir(marks))
+    assert starts > 10, f"no task ran again ({starts} starts): the test proved nothing"
+
+
+def test_a_local_run_killed_with_sigkill_leaves_folders_that_leftovers_removes_never_a_live_runs(
+    project_factory, tmp_path
+):
+    """The whole run killed at once (its process group: the runner, its API server, its
+    workers), so nothing of it can clean up: its folders stay, and `flowrig local
+    leftovers --remove` removes them; while a run lives, it touches none of its folders."""
+    project = project_factory(LOST_ROLES_FLOW, _toml())
+    marks, scratch_root = tmp_path / "marks", tmp_path / "tmp"
+    marks.mkdir()
+    scratch_root.mkdir()
+    marker = "killed-folders-" + os.urandom(4).hex()
+    env = {**marked_env(marker), "TMPDIR": str(scratch_root)}
+    process = subprocess.Popen(
+        [*FLOWRIG, "run", str(project), "--param", "nap=60", "--param", f"marks={marks}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(marks.iterdir())) < 2:
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        folders = sorted(path.name.rsplit("-", 1)[0] for path in scratch_root.glob("flowrig-*"))
+        assert folders == ["flowrig-prefect", "flowrig-scratch"], folders
+        live = subprocess.run([*FLOWRIG, "local", "leftovers", "--remove", "--output", "json"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert (live.returncode, json.loads(live.stdout)) == (0, []), live.stderr
+        assert len(list(scratch_root.glob("flowrig-*"))) == 2  # the live run's, untouched
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert_nothing_left(marker)
+    left = subprocess.run([*FLOWRIG, "local", "leftovers", "--output", "json"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert left.returncode == 0, left.stderr
+    listed = json.loads(left.stdout)
+    assert sorted(item["kind"] for item in listed) == ["prefect", "scratch"], listed
+    assert len({item["run_id"] for item in listed}) == 1 and listed[0]["run_id"]
+    assert any(item["kind"] == "prefect" and item["size"] > 0 for item in listed)  # the run's database
+    removed = subprocess.run([*FLOWRIG, "local", "leftovers", "--remove"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stderr.count("removed ") == 2, removed.stderr
+    assert list(scratch_root.glob("flowrig-*")) == []
+
+
+#: A task that holds more memory than its worker may use.
+MEMORY_FLOW = """
+    from prefect import flow, task
+
+    @task
+    def hog(mb: int) -> int:
+        block = bytearray(mb * 2**20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        import time
+        time.sleep(10)
+        return len(block)
+
+    @flow
+    def main(mb: int = 600) -> int:
+        return hog.submit(mb).result()
+"""
+
+
+def test_a_local_worker_killed_for_its_memory_says_memory(project_factory):
+    project = project_factory(
+        MEMORY_FLOW, 'flow = "flow.py:main"\n[cluster]\nn_workers = 1\n[cluster.options]\nmemory_limit = "300MB"\n'
+    )
+    done = run_cli("run", str(project), "--output", "json", "--timeout", "150")
+    assert done.returncode == 1, done.stderr[-3000:]
+    outcome = done.json
+    assert outcome["state"] == "Failed"
+    assert "restarted for running out of memory" in outcome["error"] and "KilledWorker" in outcome["error"]
+    assert done.stderr.strip().splitlines()[-1] == f"flowrig: error: {outcome['error']}"
+    assert "ran out of memory at" in done.stderr  # said when it happened, too
+    assert_nothing_left(done.marker, outcome["scheduler_address"])

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from flowrig.errors import BadInput
-from flowrig.project.parameters import ENV_VAR, gather, parse_param, validate
+from flowrig.project.parameters import ENV_VAR, gather, hidden_values, parse_param, validate
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +121,52 @@ def test_params_file_missing_or_not_an_object(tmp_path):
 
 
 # --- validate against a real flow -------------------------------------------------------
+
+
+def test_params_file_dash_reads_standard_input_once(tmp_path):
+    import io
+
+    stdin = io.StringIO('{"n": 3, "label": "from stdin"}')
+    got = gather(["label=cli"], "-", environ={ENV_VAR: '{"n": 1, "xs": [1]}'}, stdin=stdin)
+    assert got == {"n": 3, "xs": [1], "label": "cli"}
+    assert stdin.read() == ""  # read to its end, once
+    with pytest.raises(BadInput, match="parameters on standard input: malformed JSON"):
+        gather([], "-", environ={}, stdin=io.StringIO("{nope"))
+    with pytest.raises(BadInput, match="parameters on standard input: must be a JSON object"):
+        gather([], "-", environ={}, stdin=io.StringIO("[1, 2]"))
+
+
+def test_the_cli_reads_params_from_standard_input(project_factory):
+    """``flowrig run --params-file -``: the private route for values no one else may read."""
+    import subprocess
+
+    from tests.run_support import FLOWRIG, marked_env
+
+    project = project_factory(
+        "from prefect import flow\n@flow\ndef main(secret: str) -> int:\n    return len(secret)\n"
+    )
+    done = subprocess.run(
+        [*FLOWRIG, "run", str(project), "--params-file", "-", "--output", "json"],
+        input='{"secret": "from-stdin"}', env=marked_env("stdin-params"), capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["result"] == len("from-stdin")
+
+
+@pytest.mark.parametrize(
+    "argv, shown",
+    [
+        ([b"run", b"p", b"--param", b"k=v"], [b"run", b"p", b"--param", b"k=*"]),
+        ([b"run", b"-p", b"x=[1,2]", b"-v"], [b"run", b"-p", b"x=*", b"-v"]),
+        ([b"run", b"--param=k=v=w"], [b"run", b"--param=k=*"]),
+        ([b"run", b"-pk=v", b"-q"], [b"run", b"-pk=*", b"-q"]),
+        ([b"run", b"--param", b"novalue"], [b"run", b"--param", b"*"]),
+        ([b"run", b"--params-file", b"f.json", b"-b", b"local"], [b"run", b"--params-file", b"f.json", b"-b", b"local"]),
+        ([b"run", b"--param", b"k=*"], [b"run", b"--param", b"k=*"]),
+    ],
+)
+def test_hidden_values_keep_the_keys_and_nothing_of_the_values(argv, shown):
+    assert hidden_values(argv) == shown
 
 
 def test_validate_casts_and_fills_defaults(typed_flow):

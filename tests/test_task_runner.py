@@ -256,3 +256,23 @@ def test_a_worker_on_another_machine_uses_the_runs_ca_where_it_was_delivered(tmp
     monkeypatch.delenv("FLOWRIG_TLS_DIR")
     missing = settings.copy_with_update(updates={PREFECT_API_SSL_CERT_FILE: str(tmp_path / "nowhere")})
     assert local_ca_settings(missing).api.ssl_cert_file == str(tmp_path / "nowhere")
+
+
+def test_the_runners_goodbye_to_the_workers_never_holds_up_the_flows_end():
+    """Asking the workers to forget the run waits at most FORGET_TIMEOUT: a scheduler
+    whose event loop is busy (importing Prefect for a run's first tasks, a worker that
+    does not answer) must not keep a flow, or a run stopped by SIGTERM, from ending."""
+    import threading
+
+    from flowrig.internals.task_runner import _forget_everywhere
+
+    answered = threading.Event()
+
+    class BusyCluster:
+        def run(self, function, tokens, wait=True):
+            answered.wait(30)
+
+    started = time.monotonic()
+    _forget_everywhere(BusyCluster(), ["a-run"], 0.5)
+    assert time.monotonic() - started < 5
+    answered.set()

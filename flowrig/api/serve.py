@@ -6,7 +6,7 @@ JSON line from stdin, a pipe its parent keeps open for its whole life::
 
     {"fd": 5,                       the listening socket, made and bound by the parent
      "auth": "...",                 -> server.api.auth_string (basic auth on every route
-                                       but /health and /ready)
+                                       but /api/health and /api/ready, /docs included)
      "tls": {"cert": "...", "key": "..."} or null,   serve HTTPS with this leaf
      "workdir": "/tmp/..."}         removed when the parent goes away
 
@@ -73,6 +73,7 @@ def serve(config: dict[str, Any]) -> None:
     import uvicorn
     from prefect.settings import PREFECT_SERVER_API_AUTH_STRING, temporary_settings
 
+    from flowrig.api.auth import RequireAuth
     from flowrig.common.gcpause import collector_paused
     from flowrig.internals import prefect_server
 
@@ -80,7 +81,9 @@ def serve(config: dict[str, Any]) -> None:
     # reads the auth string when it is built, the websocket handshakes on each connection.
     with temporary_settings(updates={PREFECT_SERVER_API_AUTH_STRING: config["auth"]}):
         with collector_paused():
-            app = prefect_server.create_app()
+            # Every route of the app, not only Prefect's under /api: its /docs and
+            # /openapi.json would describe the API to anyone.
+            app = RequireAuth(prefect_server.create_app(), config["auth"])
         # family, type and protocol read from the socket itself: with protocol 6 asyncio
         # sets TCP_NODELAY on each connection (about 45 ms a request without it).
         sock = socket.socket(fileno=config["fd"])

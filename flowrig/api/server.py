@@ -22,7 +22,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -31,6 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flowrig import layout
+from flowrig.common import runfolders
+from flowrig.common.runfolders import RunFolder
+from flowrig.common.runid import RUN_ID_ENV
 from flowrig.errors import InfrastructureError
 
 if TYPE_CHECKING:
@@ -201,6 +203,7 @@ class EmbeddedPrefectAPI:
         self.ready_at: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
+        self._folder: RunFolder | None = None
         self._ready = threading.Event()
         self._watch_lock = threading.Lock()
         self._watching = False
@@ -287,7 +290,10 @@ class EmbeddedPrefectAPI:
         """Start the server without waiting for it (see :meth:`wait_ready`)."""
         assert self._socket is not None, "an API starts once"
         template = ensure_template()
-        self._workdir = Path(tempfile.mkdtemp(prefix="flowrig-prefect-"))
+        # Held by this process (and the server removes it when this process is gone):
+        # a folder that outlives both is for `flowrig local leftovers`.
+        self._folder = runfolders.make("prefect", os.environ.get(RUN_ID_ENV))
+        self._workdir = self._folder.path
         database = self._workdir / "prefect.db"
         shutil.copyfile(template, database)
         env = _clean_env()
@@ -307,6 +313,10 @@ class EmbeddedPrefectAPI:
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
                 pass_fds=(fd,),
+                # Signals sent to the runner's process group stay with the runner: the
+                # API must outlive the flow's own handling of them (its final state is
+                # reported there), and stops with the runner's teardown or its death.
+                start_new_session=True,
             )
         finally:
             errors.close()
@@ -434,8 +444,9 @@ class EmbeddedPrefectAPI:
         if process is not None and process.stdin:
             with contextlib.suppress(OSError):
                 process.stdin.close()
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+        if self._folder is not None:
+            self._folder.remove()
+            self._folder = None
             self._workdir = None
 
 

@@ -75,3 +75,14 @@ def get_backend(name: str) -> "Backend":
 def resolve_backend(backend: "str | Backend") -> "Backend":
     """``backend`` itself, or the backend its name names."""
     return get_backend(backend) if isinstance(backend, str) else backend
+
+
+#: Backends chosen by an option of their own rather than by name.
+IMPLIED = {"address": "--scheduler-address"}
+#: How help texts and errors write "any cluster class".
+CLASS_PATH = "package.module:ClusterClass"
+
+
+def backend_choices() -> str:
+    """The backends a run may name, as help texts list them (``local | docker | ...``)."""
+    return " | ".join([*(name for name in BACKENDS if name not in IMPLIED), CLASS_PATH])

@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat,
 from flowrig.errors import BadInput
 
 if TYPE_CHECKING:
+    from flowrig.backends.watch import ClusterNews
     from flowrig.certs import TLSMaterial
     from flowrig.project.sizing import ClusterSize
 
@@ -113,6 +114,15 @@ class ClusterSpec:
         lost); ``None``: the scheduler's default (:mod:`flowrig.roles.lifetime`).
     min_workers
         The project's ``min_workers`` (see :attr:`start_minimum`).
+    allowed_environment
+        Environment variable names ``[build] allow_environment`` says hold no secret,
+        whatever their names or values look like; a backend's own environment checks
+        let them through as the project's checks do.
+    on_news
+        Called with what the cluster's workers do (started, joined, lost and why,
+        replaced; :mod:`flowrig.backends.watch`), from the cluster's own thread, from
+        as soon as the cluster exists until it closes. ``None``: nobody listens, and
+        nothing is watched.
     """
 
     run_id: str
@@ -124,6 +134,8 @@ class ClusterSpec:
     worker_threads: int = 1
     no_client_timeout: float | None = None
     min_workers: int = 0
+    allowed_environment: frozenset[str] = frozenset()
+    on_news: "Callable[[ClusterNews], None] | None" = None
 
     @property
     def start_minimum(self) -> int:
@@ -158,6 +170,10 @@ class StartedCluster:
     workers_joined
         How many workers have joined so far, for a backend whose ``cluster`` is not in
         this process (its scheduler is counted elsewhere); ``None`` to read ``cluster``.
+    dashboard_reach
+        Where the dashboard link opens from when that is not this machine's browser
+        ("reachable from inside the VPC only..."), or how to get a dashboard when there
+        is none; ``None``: the link opens here.
     """
 
     scheduler_address: str
@@ -166,6 +182,16 @@ class StartedCluster:
     cluster: Any = None
     scheduler_up: float | None = None
     workers_joined: Callable[[], int] | None = None
+    dashboard_reach: str | None = None
+
+
+def dashboard_reach(served: bool, network: str) -> str:
+    """Where the dashboard of a scheduler elsewhere (a task, a VM) opens from, in words:
+    its port is open to ``network`` alone, plain HTTP without a login, and only when
+    the project asked for it (``served``); else how to ask."""
+    if served:
+        return f"reachable from inside {network} only, plain HTTP without a login"
+    return f"[cluster.options] dashboard = true opens it to {network}"
 
 
 class CloseOnce:
@@ -215,6 +241,17 @@ class Backend(abc.ABC):
             return self.options_model.model_validate(dict(options))
         except ValidationError as exc:
             raise BadInput(describe_option_error(exc, self.name, self.options_model)) from None
+
+    def roles_use_image_certificates(self, options: Mapping[str, Any]) -> bool:
+        """Whether roles that flowrig does not start take part in a run with these
+        ``[cluster.options]`` (a scheduler already running, task definitions of the
+        project's own): those can only use the image's baked certificates, so the
+        run must too. Otherwise (the default) flowrig starts every role and hands it
+        the run's own certificates, and baked ones are never used.
+
+        Only the options' raw values are read; they are validated at :meth:`start`.
+        """
+        return False
 
     def prefect_api_hosts(self) -> tuple[str, str]:
         """Where the runner's embedded Prefect API binds, and how workers reach it.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+from typing import Any, Mapping
 
 from flowrig.backends.base import CLUSTER_START_TIMEOUT, N_WORKERS_FIX, Backend, CloseOnce, ClusterSpec, StartedCluster
 from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
@@ -67,6 +68,11 @@ class ClassPathBackend(Backend):
         if not (isinstance(cls, type) and issubclass(cls, Cluster)):
             raise BadInput(f"backend {self.path!r}: {class_name} is not a distributed Cluster class")
         return cls
+
+    def roles_use_image_certificates(self, options: Mapping[str, Any]) -> bool:
+        """A class that takes no ``security=`` cannot be given the run's certificates:
+        the roles it starts can only have the image's."""
+        return not _accepts(self._load(), "security")
 
     def start(self, spec: ClusterSpec) -> StartedCluster:
         """Construct the class, size it, and wait (bounded) for its first worker.

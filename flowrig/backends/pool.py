@@ -34,6 +34,7 @@ from distributed.core import Status, rpc
 from distributed.deploy import Cluster
 from distributed.utils import LoopRunner, NoOpAwaitable
 
+from flowrig.backends.watch import follow
 from flowrig.errors import FlowrigError, InfrastructureError, one_line
 
 logger = logging.getLogger("flowrig.pool")
@@ -202,6 +203,8 @@ class PoolCluster(Cluster):
         self.start_error: FlowrigError | None = None
         #: Workers that stopped after joining and were replaced.
         self.replaced = 0
+        # Why each worker that stopped stopped, by name.
+        self._lost: dict[str, str] = {}
         self._desired = n_workers
         self._existing = scheduler_address
         self._scheduler_handle: str | None = None
@@ -373,6 +376,7 @@ class PoolCluster(Cluster):
             if state.status != "stopped" or self.workers.get(name) is not worker:
                 continue
             del self.workers[name]
+            self._lost[name] = state.reason
             if worker.joined:
                 self.replaced += 1
                 logger.warning("worker %s was lost (%s): starting a replacement", name, state.reason)
@@ -381,6 +385,12 @@ class PoolCluster(Cluster):
         if changed and self._desired > len(self.workers) and self._may_replace() and not self._deciding:
             await self._reconcile()
         return changed
+
+    def lost_reason(self, name: str) -> str | None:
+        """Why worker ``name``'s role stopped, once the pool has seen it stop
+        (:mod:`flowrig.backends.watch`): the launcher's reason (an ECS stop code such as
+        ``SpotInterruption``, a container's exit code or ``OutOfMemoryError``)."""
+        return self._lost.get(name)
 
     def _may_replace(self) -> bool:
         # Workers that never join would be replaced for ever: after as many failed starts
@@ -517,6 +527,7 @@ def start_pool(
             "everything created for the run is being removed"
         ) from None
     try:
+        follow(cluster, getattr(spec, "on_news", None))
         if initial:
             cluster.scale(initial)
         if spec.size.adapt:

@@ -132,6 +132,7 @@ def build_command(
     no_cache: bool = False,
     client: str = defaults.DOCKER_CLIENT,
     tls_nonce: str | None = None,
+    pip_netrc: str | Path | None = None,
 ) -> list[str]:
     """The ``docker build`` command line for a written context (pure).
 
@@ -150,6 +151,8 @@ def build_command(
         command += ["--progress", "plain"]
         if pip_ca is not None:
             command += ["--secret", f"id={defaults.PIP_CA_SECRET_ID},src={pip_ca}"]
+        if pip_netrc is not None:
+            command += ["--secret", f"id={defaults.PIP_NETRC_SECRET_ID},src={pip_netrc}"]
     else:
         command += ["--file", str(Path(directory) / LEGACY_DOCKERFILE)]
     if no_cache:
@@ -165,6 +168,7 @@ def build(
     *,
     quiet: bool = False,
     no_cache: bool = False,
+    pip_netrc: str | Path | None = None,
 ) -> BuildResult:
     """Build a context into an image tagged ``tag``.
 
@@ -180,6 +184,10 @@ def build(
         copied into a build stage the image does not keep.
     quiet
         Do not stream Docker's progress to stderr.
+    pip_netrc
+        A .netrc file with the credentials of the project's private package index: a
+        BuildKit secret that only the install of the project's requirements sees.
+        Legacy builders have no build secrets, so it needs BuildKit.
     no_cache
         Build every step again (``--no-cache``). Docker 20.10's BuildKit can panic
         when such a build overlaps another build of the same steps
@@ -202,7 +210,15 @@ def build(
 
     if pip_ca is not None and not Path(pip_ca).is_file():
         raise BadInput(f"pip CA bundle {pip_ca} is not a file: pass an existing PEM bundle")
+    if pip_netrc is not None and not Path(pip_netrc).is_file():
+        raise BadInput(f"--pip-netrc {pip_netrc} is not a file: pass a .netrc with the index's credentials")
     client = detect_client()
+    if pip_netrc is not None and not client.buildkit:
+        # A legacy builder could only copy it into a layer of the build cache.
+        raise BadInput(
+            f"--pip-netrc needs BuildKit (a build secret), and {client.path} has none: use a docker "
+            "client with buildx (Docker 23+), or set FLOWRIG_DOCKER to one"
+        )
     _ensure_base_image(client.path, context.build_args["BASE_IMAGE"])
     old_id = _image_id(client.path, tag)
     dangling_before = _dangling(client.path)
@@ -220,6 +236,7 @@ def build(
             client=client.path,
             # A new CA for every build: never one from the cache of an earlier build.
             tls_nonce=secrets.token_hex(16) if context.makes_its_own_ca else None,
+            pip_netrc=Path(pip_netrc).resolve() if pip_netrc is not None else None,
         )
         env = {**os.environ, "DOCKER_BUILDKIT": "1" if client.buildkit else "0"}
         started = time.monotonic()

@@ -63,20 +63,22 @@ ERROR_PREFIX = "flowrig-build: error: "
 # package. It is loaded by path, since flowrig itself is not installed yet.
 
 
-def _load_filerules():
+def _load_rules(name: str):
+    """``flowrig/project/<name>.py``, next to this file (the build) or in the package."""
     import importlib.util
 
     here = Path(__file__).resolve().parent
-    for candidate in (here / "filerules.py", here.parent / "project" / "filerules.py"):
+    for candidate in (here / f"{name}.py", here.parent / "project" / f"{name}.py"):
         if candidate.is_file():
-            spec = importlib.util.spec_from_file_location("flowrig_filerules", candidate)
+            spec = importlib.util.spec_from_file_location(f"flowrig_{name}", candidate)
             module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses look their module up
             spec.loader.exec_module(module)
             return module
-    raise SystemExit(f"{ERROR_PREFIX}filerules.py is missing next to {here / 'buildsteps.py'}")
+    raise SystemExit(f"{ERROR_PREFIX}{name}.py is missing next to {here / 'buildsteps.py'}")
 
 
-_rules = _load_filerules()
+_rules = _load_rules("filerules")
 PROJECT_FILE = _rules.PROJECT_FILE
 DEFAULT_REQUIREMENTS = _rules.DEFAULT_REQUIREMENTS
 StepError = _rules.RuleError
@@ -128,13 +130,43 @@ def step_requirements(args: argparse.Namespace) -> None:
         (out / CONSTRAINTS_FILE).write_text("")
     config = read_project_config(project)
     # Also here for a plain `docker build`, which no host check precedes.
-    _rules.check_no_credentials(config)
+    secrets = _load_rules("secretrules")
+    try:
+        secrets.check_no_credentials(config)
+    except secrets.CredentialError as exc:
+        raise StepError(str(exc)) from None
     runtime, build = pyproject_requirements(Path(args.pyproject), flowrig_extras(config))
     (out / "flowrig.txt").write_text("\n".join([*runtime, *RUNTIME_REQUIREMENTS]) + "\n")
     (out / "build.txt").write_text("\n".join(build) + "\n")
     path = requirements_path(project, config)
-    lines = flatten_requirements(path, project, out) if path else []
+    read: list[Path] = []
+    lines = flatten_requirements(path, project, out, files=read) if path else []
+    refuse_credentials_in_files(secrets, project, config, read)
     (out / "project.txt").write_text("\n".join(lines) + "\n" if lines else "")
+
+
+#: How a plain ``docker build`` gives pip an index's credentials (see the Dockerfile).
+PIP_NETRC_HINT = "docker build --secret id=pip-netrc,src=FILE"
+
+
+def refuse_credentials_in_files(secrets, project: Path, config: dict, requirements: list[Path]) -> None:
+    """Refuse every project file holding a credential by value: the project is copied
+    into the image as it is (``flowrig build`` checks the same before the build)."""
+    root = project.resolve()
+    paths = sorted(
+        str(Path(directory, name).relative_to(root).as_posix())
+        for directory, _dirs, names in os.walk(root)
+        for name in names
+        if Path(directory, name).is_file() and not Path(directory, name).is_symlink()
+    )
+    build = config.get("build") if isinstance(config.get("build"), dict) else {}
+    allow = [entry for entry in build.get("allow_credentials", []) if isinstance(entry, str)]
+    index = [p.relative_to(root).as_posix() for p in requirements if root in p.parents]
+    found, unscanned = secrets.project_findings(root, paths, allow, index)
+    if found:
+        raise StepError(secrets.describe(found, netrc_hint=PIP_NETRC_HINT))
+    for path in unscanned:
+        print(f"not searched for credentials by value (larger than {secrets.SCAN_MAX_BYTES >> 20} MiB): {path}")
 
 
 # --- install --------------------------------------------------------------------------
@@ -148,13 +180,21 @@ def _has_requirements(files: list[Path]) -> bool:
     return False
 
 
-def _pip_env(pip_ca: list[str]) -> dict[str, str]:
+def _pip_env(pip_ca: list[str], pip_netrc: list[str] = ()) -> dict[str, str]:
+    """pip's environment: the first CA bundle and .netrc (a build secret) that exist.
+
+    pip reads an index's credentials from the .netrc that ``NETRC`` names (through
+    requests) when the index URL has none, so no credential is in a requirements file,
+    an argument or a layer.
+    """
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
     env.pop("PIP_FIND_LINKS", None)
-    for candidate in pip_ca:
-        if os.path.isfile(candidate) and os.path.getsize(candidate) > 0:
-            env["PIP_CERT"] = candidate
-            break
+    env.pop("NETRC", None)
+    for name, candidates in (("PIP_CERT", pip_ca), ("NETRC", pip_netrc)):
+        for candidate in candidates:
+            if os.path.isfile(candidate) and os.path.getsize(candidate) > 0:
+                env[name] = candidate
+                break
     return env
 
 
@@ -172,7 +212,7 @@ def step_install(args: argparse.Namespace) -> None:
     if not _has_requirements([*files, *extra]):
         print("nothing to install")
         return
-    env = _pip_env(args.pip_ca)
+    env = _pip_env(args.pip_ca, args.pip_netrc)
     wheels = Path(args.wheels)
     wheels.mkdir(parents=True, exist_ok=True)
     pins = ["-c", args.constraints] if args.constraints and _has_requirements([Path(args.constraints)]) else []
@@ -402,7 +442,8 @@ def build_manifest(
         The ``BASE_IMAGE`` build argument.
     context
         The ``manifest.json`` a flowrig build context carries, when there is one; its
-        project name and builder facts take precedence.
+        project name, builder facts and flow facts (name, entry point, parameter
+        schema: what ``flowrig deploy`` reads) take precedence.
     tls_mode
         The ``TLS_MODE`` build argument (``baked`` or ``per-run``): what the run side
         reads to know whether the image carries certificates.
@@ -417,7 +458,7 @@ def build_manifest(
     }
     if context:
         manifest["project"]["name"] = context.get("project", {}).get("name", project_name)
-        for key in ("builder", "tls"):
+        for key in ("builder", "tls", "flow"):
             if key in context:
                 manifest[key] = context[key]
     return manifest
@@ -466,6 +507,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-enabled", default="1")
     p.add_argument("--constraints", help="pins every install to these versions (pip -c)")
     p.add_argument("--pip-ca", action="append", default=[], help="CA bundle candidates for pip")
+    p.add_argument("--pip-netrc", action="append", default=[], help=".netrc candidates with an index's credentials")
     p.add_argument(
         "--build-requirements",
         action="append",

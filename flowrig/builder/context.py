@@ -8,7 +8,7 @@ A context is a mapping of relative path -> (bytes, mode) plus build arguments::
     flowrig/...
     project/...                     the flow project (its .dockerignore honoured)
     tls/ca.crt tls/tls.crt tls/tls.key   only with ``--certs DIR`` (``--tls baked``)
-    manifest.json                   project config and versions; no build time
+    manifest.json                   project config, the flow's facts, versions; no build time
 
 Rendering is deterministic (sorted entries, fixed modes, and a fixed mtime when
 written), so the same inputs give the same bytes and Docker's cache stays warm, and the
@@ -82,6 +82,10 @@ class BuildContext:
     #: Credential files and directories of the project left out (context paths; a
     #: directory ends with "/"): the CLI warns about each. Not part of :attr:`digest`.
     skipped: tuple[str, ...] = ()
+    #: Project files too large to be searched for credentials by value
+    #: (:data:`flowrig.project.secretrules.SCAN_MAX_BYTES`; the key scan read them):
+    #: the CLI names each. Not part of :attr:`digest`.
+    unscanned: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", MappingProxyType(dict(sorted(self.files.items()))))
@@ -196,7 +200,10 @@ def render_context(
         skipped=tuple(f"{defaults.CONTEXT_PROJECT_DIR}/{name}" for name in skipped),
     )
     refuse_private_keys(context)
-    return context
+    unscanned = refuse_credentials(context, _requirement_files(project, config))
+    return BuildContext(
+        files=context.files, build_args=context.build_args, skipped=context.skipped, unscanned=unscanned
+    )
 
 
 def write_context(context: BuildContext, directory: str | Path) -> Path:
@@ -224,6 +231,7 @@ def write_context(context: BuildContext, directory: str | Path) -> Path:
         the leaf's (checked before anything is written).
     """
     refuse_private_keys(context)
+    refuse_credentials(context)
     root = Path(directory)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise BadInput(f"{root} is not an empty directory: pass a new or empty one")
@@ -278,6 +286,80 @@ def refuse_private_keys(context: BuildContext) -> None:
             f"({', '.join(found)}): remove it (pass certificates with --certs DIR), or, if the image "
             f"must carry it, list it under [build] allow_private_keys in {PROJECT_FILE}"
         )
+
+
+#: How ``flowrig build`` gives pip an index's credentials instead.
+PIP_NETRC_HINT = "flowrig build --pip-netrc FILE"
+
+
+def refuse_credentials(context: BuildContext, requirements: Iterable[str] = ()) -> tuple[str, ...]:
+    """Raise when a project file of the context holds a credential by value.
+
+    Every project file up to :data:`flowrig.project.secretrules.SCAN_MAX_BYTES` is
+    searched (:mod:`flowrig.project.secretrules`: URLs with credentials, tokens of
+    known shapes, credential file formats, secret values in configuration files);
+    the entries of ``[build] allow_credentials`` are exempt. ``requirements`` are the
+    project's requirements files (relative to the project), whose credentials are an
+    index's.
+
+    Returns
+    -------
+    tuple of str
+        The context paths of the files too large to be searched.
+
+    Raises
+    ------
+    BadInput
+        Naming each file and line (never the value), the way to pass it instead, and
+        the opt-out.
+    """
+    from flowrig.project import secretrules
+
+    prefix = f"{defaults.CONTEXT_PROJECT_DIR}/"
+    allow = _build_list(context, "allow_credentials")
+    index = frozenset(requirements) or frozenset({_build_value(context, "requirements") or "requirements.txt"})
+    found: list[secretrules.Finding] = []
+    unscanned: list[str] = []
+    for path, item in context.files.items():
+        if not path.startswith(prefix) or path == f"{prefix}{PROJECT_FILE}":
+            continue
+        if len(item.data) > secretrules.SCAN_MAX_BYTES:
+            unscanned.append(path)
+            continue
+        relative = path[len(prefix):]
+        found.extend(
+            f for f in secretrules.findings_in_bytes(item.data, relative, index) if not secretrules.allowed(f, allow)
+        )
+    if found:
+        raise BadInput(secretrules.describe(found, prefix=prefix, netrc_hint=PIP_NETRC_HINT))
+    return tuple(unscanned)
+
+
+def _requirement_files(project: Path, config: dict[str, Any]) -> list[str]:
+    """The project's requirements file and every file it includes, relative to it."""
+    from flowrig.project import filerules
+
+    path = filerules.requirements_path(project, config.get("requirements"))
+    if path is None:
+        return []
+    read: list[Path] = []
+    filerules.flatten_requirements(path, project, files=read)
+    root = project.resolve()
+    return [p.relative_to(root).as_posix() for p in read if root in p.parents]
+
+
+def _build_value(context: BuildContext, key: str) -> Any:
+    try:
+        return context.manifest["project"]["config"].get(key)
+    except (KeyError, ValueError, AttributeError):
+        return None
+
+
+def _build_list(context: BuildContext, key: str) -> list[str]:
+    """A list of ``[build]`` from the context's manifest (what the project wrote)."""
+    build = _build_value(context, "build") or {}
+    names = build.get(key, []) if isinstance(build, dict) else []
+    return [name for name in names if isinstance(name, str)]
 
 
 def _allowed_private_keys(context: BuildContext) -> list[str]:
@@ -545,6 +627,22 @@ def _version(name: str) -> str | None:
         return None
 
 
+def _flow_facts(project: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The flow's name, entry point and parameter schema, read from its
+    source (:mod:`flowrig.project.flow_facts`): what ``flowrig deploy`` and a deployment's
+    run check the image against. A flow whose facts cannot be read without importing it
+    still builds (``flowrig deploy`` then names the problem)."""
+    from flowrig.project.flow_facts import flow_facts_from_source
+
+    path, _, function = str(config["flow"]).rpartition(":")
+    try:
+        source = (project / path).read_bytes()
+        facts = flow_facts_from_source(source, function, str(config["flow"]), filename=Path(path).name)
+        return facts.for_manifest()
+    except (BadInput, OSError, UnicodeDecodeError):
+        return None
+
+
 def _manifest_bytes(project: Path, config: dict[str, Any], *, tls: str) -> bytes:
     """manifest.json: the project and what rendered it. No time: contexts stay
     reproducible; of ``[cluster.options]`` only the keys, never a value."""
@@ -559,4 +657,7 @@ def _manifest_bytes(project: Path, config: dict[str, Any], *, tls: str) -> bytes
         "builder": {name: _version(name) for name in _BUILDER_DISTRIBUTIONS},
         "tls": tls,
     }
+    facts = _flow_facts(project, config)
+    if facts is not None:
+        manifest["flow"] = facts
     return (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")

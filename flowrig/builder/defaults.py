@@ -24,6 +24,9 @@ CONTEXT_SKIP_NAMES = (
 CONTEXT_SKIP_SUFFIXES = (".pyc", ".pyo", ".egg-info", "~", ".swp")
 #: BuildKit secret id under which pip's CA bundle reaches the build (``--pip-ca``).
 PIP_CA_SECRET_ID = "pip-ca"
+#: BuildKit secret id under which a .netrc with a private index's credentials reaches
+#: the install of the project's requirements (``--pip-netrc``).
+PIP_NETRC_SECRET_ID = "pip-netrc"
 #: Docker client the builder prefers; ``FLOWRIG_DOCKER`` names another. When it cannot
 #: use BuildKit, other ``docker`` executables on PATH are tried before the legacy builder.
 DOCKER_CLIENT = "docker"

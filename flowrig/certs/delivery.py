@@ -19,13 +19,19 @@ The role writes them into a private directory on a memory file system
 (``/dev/shm/flowrig-tls``), removes the delivery variables from its environment, and points
 Dask at the directory (``FLOWRIG_TLS_DIR``). The line is :func:`encode`'s::
 
-    {"ca": "-----BEGIN CERTIFICATE-----...", "cert": "...", "key": "..."}
+    {"ca": "-----BEGIN CERTIFICATE-----...", "cert": "...", "key": "...", "environment": {...}}
+
+``environment`` (optional) holds the run's secrets by name (the docker backend's
+``[cluster.options] secrets``, read from the environment of ``flowrig run``): the role
+starts with them in its process environment, which the container's configuration,
+``docker inspect`` and a task definition never show.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import BinaryIO, Mapping, MutableMapping
 
@@ -51,12 +57,21 @@ INSTALL_NAME = "flowrig-tls"
 MAX_BYTES = 64 * 1024
 
 _SOURCES = ("stdin", "secret", *stores.SOURCES)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABELS = Labels(ca="the delivered CA certificate", cert="the delivered leaf", key="the delivered key")
 
 
-def encode(material: TLSMaterial) -> bytes:
-    """The one line that delivers ``material``."""
-    payload = {"ca": material.ca_pem.decode(), "cert": material.cert_pem.decode(), "key": material.key_pem.decode()}
+#: Variables a delivered environment may not set: how the role itself gets started.
+_RESERVED = (FROM_ENV, SECRET_ENV, SECRET_REF_ENV, TLS_DIR_ENV, layout.IN_IMAGE_ENV, "PATH", "PYTHONPATH")
+
+
+def encode(material: TLSMaterial, environment: Mapping[str, str] | None = None) -> bytes:
+    """The one line that delivers ``material`` and, when given, the role's secret ``environment``."""
+    payload: dict[str, object] = {
+        "ca": material.ca_pem.decode(), "cert": material.cert_pem.decode(), "key": material.key_pem.decode()
+    }
+    if environment:
+        payload["environment"] = dict(environment)
     return json.dumps(payload).encode() + b"\n"
 
 
@@ -68,13 +83,23 @@ def decode(data: bytes | str) -> TLSMaterial:
     BadInput
         Not the JSON :func:`encode` writes, or certificates that do not hold together.
     """
+    return _decode(data)[0]
+
+
+def _decode(data: bytes | str) -> tuple[TLSMaterial, dict[str, str]]:
     try:
         payload = json.loads(data)
         ca, cert, key = (payload[name].encode() for name in ("ca", "cert", "key"))
+        environment = payload.get("environment") or {}
     except (ValueError, TypeError, KeyError, AttributeError):
         raise BadInput("the run's certificates did not arrive as flowrig sends them (a JSON line)") from None
     inspect(ca, cert, key, labels=_LABELS)
-    return TLSMaterial(ca_pem=ca, cert_pem=cert, key_pem=key)
+    if not isinstance(environment, dict) or not all(
+        isinstance(name, str) and _ENV_NAME.match(name) and name not in _RESERVED and isinstance(value, str)
+        for name, value in environment.items()
+    ):
+        raise BadInput("the run's delivered environment is not a table of variable names and text")
+    return TLSMaterial(ca_pem=ca, cert_pem=cert, key_pem=key), environment
 
 
 def _read_line(stream: BinaryIO) -> bytes:
@@ -102,9 +127,13 @@ def receive(environ: Mapping[str, str], stdin: BinaryIO) -> TLSMaterial | None:
     InfrastructureError
         A cloud's secret store kept failing until ``FLOWRIG_TLS_FETCH_TIMEOUT``.
     """
+    return _receive(environ, stdin)[0]
+
+
+def _receive(environ: Mapping[str, str], stdin: BinaryIO) -> tuple[TLSMaterial | None, dict[str, str]]:
     source = environ.get(FROM_ENV)
     if not source:
-        return None
+        return None, {}
     if source not in _SOURCES:
         raise BadInput(f"{FROM_ENV}={source!r} is not a way certificates arrive: use one of {', '.join(_SOURCES)}")
     if source == "stdin":
@@ -121,7 +150,7 @@ def receive(environ: Mapping[str, str], stdin: BinaryIO) -> TLSMaterial | None:
         where = f"in {SECRET_ENV}"
     if not data.strip():
         raise BadInput(f"the run's certificates were to arrive {where}, but nothing did")
-    return decode(data)
+    return _decode(data)
 
 
 def install(material: TLSMaterial, base: Path = MEMORY_DIR) -> Path:
@@ -144,12 +173,13 @@ def install(material: TLSMaterial, base: Path = MEMORY_DIR) -> Path:
 
 def role_environment(environ: MutableMapping[str, str], stdin: BinaryIO, base: Path = MEMORY_DIR) -> dict[str, str]:
     """The environment a role runs with: when certificates are delivered, they are
-    installed (:func:`install`) and named by ``FLOWRIG_TLS_DIR``, and the delivery
-    variables are gone (from ``environ`` too, so no child sees them)."""
-    material = receive(environ, stdin)
+    installed (:func:`install`) and named by ``FLOWRIG_TLS_DIR``, the secrets delivered
+    with them are set, and the delivery variables are gone (from ``environ`` too, so
+    no child sees them)."""
+    material, secrets = _receive(environ, stdin)
     for name in (SECRET_ENV, SECRET_REF_ENV, FROM_ENV):
         environ.pop(name, None)
-    env = dict(environ)
+    env = {**environ, **secrets}
     if material is not None:
         env[TLS_DIR_ENV] = str(install(material, base))
     return env

@@ -132,13 +132,30 @@ class TLSMaterial:
         return ca.issue_leaf(hosts=hosts, days=days)
 
     @classmethod
-    def for_run(cls, given: "TLSMaterial | None" = None, hosts: Iterable[str] = ()) -> TLSMaterial:
+    def for_run(
+        cls, given: "TLSMaterial | None" = None, hosts: Iterable[str] = (), *, image_roles: bool = False
+    ) -> TLSMaterial:
         """The certificates of a run: ``given``, else those delivered to this container
-        (``FLOWRIG_TLS_DIR``), else the image's baked files when this process runs in a
-        flowrig image, else new ones made in memory for this run, naming ``hosts`` too
-        (the run's API serves HTTPS with the leaf).
+        (``FLOWRIG_TLS_DIR``), else, when roles that flowrig does not start take part
+        (``image_roles``) and this process runs in a flowrig image, the image's baked
+        files, else new ones made in memory for this run, naming ``hosts`` too (the
+        run's API serves HTTPS with the leaf).
 
-        The one place that decides which certificates a run uses.
+        The one place that decides which certificates a run uses. Baked files serve
+        only roles started by something else: every run whose roles flowrig starts
+        itself gets a CA of its own, also inside a baked image, so one leaked or
+        pulled key opens no other run.
+
+        Parameters
+        ----------
+        given
+            Certificates the caller chose (``--certs``).
+        hosts
+            Names and addresses the per-run leaf names besides the usual ones.
+        image_roles
+            Whether some role of the run is started without flowrig (a scheduler
+            already running, task definitions of the user's own):
+            :meth:`flowrig.backends.Backend.roles_use_image_certificates`.
         """
         import os
 
@@ -148,7 +165,7 @@ class TLSMaterial:
             return given
         if os.environ.get(layout.TLS_DIR_ENV):  # delivered to this container for its run
             return cls.from_dir(os.environ[layout.TLS_DIR_ENV])
-        if layout.in_image() and (layout.IMAGE_TLS_DIR / layout.LEAF_KEY).is_file():
+        if image_roles and layout.in_image() and (layout.IMAGE_TLS_DIR / layout.LEAF_KEY).is_file():
             baked = cls.from_dir(layout.IMAGE_TLS_DIR)
             warning = validation.expiry_warning(baked.cert_pem, "the image's baked certificate")
             if warning:

@@ -6,31 +6,41 @@ private key but the image's own leaf key, in every form ``cryptography`` reads:
 
 - PEM blocks of any private key type (``PRIVATE KEY``, ``RSA``/``EC``/``DSA``/
   ``ENCRYPTED``/``OPENSSH PRIVATE KEY``, a PGP private key block), also inside JSON or
-  code with ``\\n`` escapes (a cloud service account file, say);
+  code with ``\\n`` escapes (a cloud service account file, say), and with its lines
+  quoted or commented out (``> `` in a mail, ``# ``, ``// ``, `` * ``, ``-- ``, ``; ``);
 - DER files: PKCS#1, PKCS#8 (also encrypted), SEC1, and PKCS#12 by structure even when
   it is encrypted; the binary OpenSSH format;
 - base64 text of such DER anywhere in a file (a key pasted into YAML or a notebook),
   and PEM text encoded in base64 once more (a Kubernetes Secret's ``data``), found by
-  the encoded ``-----BEGI`` at each of its three alignments.
+  the encoded ``-----BEGI`` at each of its three alignments;
+- hex text of such DER (``xxd -p``, ``bytes.hex()``, bytes separated by colons or
+  blanks, a C array of ``0x..`` or ``\\x..`` escapes);
+- any of these in UTF-16 text, little- or big-endian, with or without a byte order mark
+  (a file saved as "Unicode" by an editor), and a PEM block in UTF-16 anywhere.
 
 Scanning is cheap sniffing first, loaders second. Files are read in chunks of
 :data:`flowrig.certs.defaults.KEY_SCAN_CHUNK_BYTES`, so a file of any size is scanned in
-bounded memory. Two searches run over each chunk, both with a literal first byte so
-that the regular expression engine skips ahead at memory speed: the PEM marker
-``-----BEGIN``, and base64 runs starting with ``M`` followed by ``A``-``I`` (every DER
-``SEQUENCE`` encodes so). Only a run whose first decoded bytes have the shape of a
-private key (a ``SEQUENCE`` holding the version ``INTEGER`` and then what PKCS#1,
-PKCS#8, SEC1, PKCS#12 or an encrypted PKCS#8 put there) is decoded whole and given to
-the loaders.
+bounded memory. The searches over each chunk all start with a literal, so that the
+regular expression engine skips ahead at memory speed: the PEM marker ``-----BEGIN``
+(and its UTF-16 form), base64 runs starting with ``M`` followed by ``A``-``I`` (every
+DER ``SEQUENCE`` encodes so), and in hex the version ``02 01`` or the encryption OID
+that every private key structure holds near its start. Only a run whose first decoded
+bytes have the shape of a private key (a ``SEQUENCE`` holding the version ``INTEGER``
+and then what PKCS#1, PKCS#8, SEC1, PKCS#12 or an encrypted PKCS#8 put there) is
+decoded whole and given to the loaders. A file whose start is UTF-16 text (a byte
+order mark, or every other byte NUL) is scanned as the characters it holds.
 
 Time budget: 10 s per GiB scanned. Measured on a 1 GiB file (2 shared cores, file in
 the page cache): 1.5 s for random binary data, 1.5 s for text, about 3.5 s for dense
-base64 (where nearly every ``M`` starts a candidate).
+base64 (where nearly every ``M`` starts a candidate). The hex and UTF-16 searches made
+it 1.3 to 2.5 times slower, measured side by side on a loaded machine
+(``benchmarks/bench_scan.py --against REV`` runs both in one process).
 
 What it cannot see: keys inside archives or compressed files (zip, wheels, tar.gz),
 keys at an offset inside other binary data, keys split across strings or otherwise
-encoded (hex, base64url JWK), and formats cryptography does not know (Java keystores,
-PuTTY files are found by their header only).
+encoded (base64url JWK, a key's numbers as ``openssl pkey -text`` prints them),
+prefixes other than the quote and comment marks above, and formats cryptography does
+not know (Java keystores, PuTTY files are found by their header only).
 """
 
 from __future__ import annotations
@@ -89,10 +99,16 @@ _ESCAPED_NEWLINE = re.compile(rb"\\r\\n|\\n|\\r")
 _BASE64_CHARS = re.compile(rb"[A-Za-z0-9+/=]+")
 # The start of a base64 DER SEQUENCE: 0x30 encodes as "M", its length byte as A-I.
 _BASE64_DER = re.compile(rb"M[A-I][A-Za-z0-9+/]{30}")
+# What may start a line of a key block besides its base64: indentation and quotes, and
+# the marks of a quoted mail ("> ", "> > ") or of a comment ("# ", "// ", " * ", "-- ",
+# "; ", "% ", "! "). None of them is a base64 character but "/", so "//" counts only
+# when a blank follows it (a base64 line may start with "//").
+_LINE_PREFIX = rb"[ \t\"',]*(?:(?:[>#*;%!]|--|//+(?=[ \t]))[ \t\"',]*)*"
+_AFTER_NEWLINE_PREFIX = re.compile(rb"\n" + _LINE_PREFIX)
 # A whole base64 block from its start: lines of base64 separated by newlines (real or
-# escaped), optionally indented or quoted, as in PEM, YAML, JSON or code.
+# escaped), optionally indented, quoted or commented, as in PEM, YAML, JSON, code or mail.
 _BASE64_BLOCK = re.compile(
-    rb"[A-Za-z0-9+/]+(?:(?:\\r\\n|\\n|\r?\n)[ \t\"',]*[A-Za-z0-9+/]+)*={0,2}"
+    rb"[A-Za-z0-9+/]+(?:(?:\\r\\n|\\n|\r?\n)" + _LINE_PREFIX + rb"[A-Za-z0-9+/]+)*={0,2}"
 )
 _BASE64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 # The binary OpenSSH format, raw and base64 (the body of an OPENSSH PEM block), and a
@@ -112,8 +128,33 @@ _MIN_PEM_BODY = 40
 # What may come between a PEM marker and its base64: line breaks (real or escaped),
 # quotes and indentation, and RFC 1421 headers (an old-style encrypted key's DEK-Info).
 _PEM_BODY_START = re.compile(
-    rb"(?:\\r\\n|\\n|[\r\n \t\"',]|(?:Proc-Type|DEK-Info|Comment): [^\r\n\\]*)*"
+    rb"(?:\\r\\n|\\n|[\r\n \t\"',>#*;%!]|--|//+(?=[ \t])|(?:Proc-Type|DEK-Info|Comment): [^\r\n\\]*)*"
 )
+# Hex text of DER (``xxd -p``, ``bytes.hex()``, "30:82:..." or "30 82 ..." as tools
+# print it, a C array "0x30, 0x82, ..." or "\\x30\\x82..."). A regular expression
+# that starts at every "30" is slow on text full of numbers, so the scan looks for rare
+# anchors first: the version INTEGER "02 01" every unencrypted private key structure
+# holds near its start (PKCS#1, PKCS#8, SEC1, PKCS#12), and the PKCS#5/PKCS#12
+# encryption OIDs ("...864886f70d0105"/"...0c") that start an encrypted PKCS#8. Only
+# around an anchor is the DER header (:data:`_HEX_DER`) looked for.
+_HEX_SEP = rb"(?:[ \t:,]|\r?\n|0x|\\x){0,16}"
+_HEX_VERSION = re.compile(rb"02(?:01|:01| 01|, ?0x01|\\x01)")
+_HEX_PBE_OID = re.compile(rb"86(?:4886[fF]70[dD]010[5cC]|:48:86:[fF]7:0[dD]:01:0[5cC])")
+# How far before an anchor the DER header may start (an encrypted key's is furthest:
+# eight bytes, six characters each in a C array).
+_HEX_HEADER_BACK = 112
+_HEX_DER = re.compile(
+    rb"30" + _HEX_SEP + rb"(?:8[1-4](?:" + _HEX_SEP + rb"[0-9a-fA-F]{2}){1,4}|[0-7][0-9a-fA-F])"
+    + _HEX_SEP + rb"(?:02" + _HEX_SEP + rb"01" + _HEX_SEP + rb"0[013]|30)"
+)
+_HEX_RUN = re.compile(rb"(?:" + _HEX_SEP + rb"[0-9a-fA-F]{2})+")
+_NOT_HEX = re.compile(rb"0x|\\x|[^0-9a-fA-F]")
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+# "-----BEGIN" in UTF-16 text, little- or big-endian (this is both, one byte apart).
+_UTF16_PEM = "-----BEGIN".encode("utf-16-le")[:-1]
+_UTF16_BOMS = {b"\xff\xfe": 0, b"\xfe\xff": 1}
+# How much of a file's start tells UTF-16 text (every other byte NUL) from the rest.
+_UTF16_SNIFF = 4096
 # OIDs (DER contents) that mark what a private key structure holds.
 _OID_PBES = bytes.fromhex("2a864886f70d0105")  # PKCS#5 PBES1/PBES2 (1.2.840.113549.1.5)
 _OID_PKCS12_PBE = bytes.fromhex("2a864886f70d010c01")  # PKCS#12 PBE (1.2.840.113549.1.12.1)
@@ -212,7 +253,7 @@ def _load_der(der: bytes, form: str) -> tuple[bool, bytes | None]:
 
 def _load_pem(label: bytes, body: bytes) -> bytes | None:
     """The public key of a PEM private key block, or None when it cannot be read."""
-    lines = [line.strip(b" \t\"',") for line in _ESCAPED_NEWLINE.sub(b"\n", body).splitlines()]
+    lines = [line.strip(b" \t\"',") for line in _unprefixed(body).splitlines()]
     text = b"\n".join(line for line in lines if line)
     block = b"-----BEGIN %sPRIVATE KEY-----\n%s\n-----END %sPRIVATE KEY-----\n" % (label, text, label)
     try:
@@ -223,9 +264,16 @@ def _load_pem(label: bytes, body: bytes) -> bytes | None:
         return None  # encrypted, or a type cryptography does not read
 
 
+def _unprefixed(text: bytes) -> bytes:
+    """``text`` with escaped newlines made real and the quote or comment marks that
+    start its lines dropped (the text's own start is left alone: it follows a PEM
+    marker, or is where base64 starts)."""
+    return _AFTER_NEWLINE_PREFIX.sub(b"\n", _ESCAPED_NEWLINE.sub(b"\n", text).replace(b"\r", b""))
+
+
 def _decode_base64(text: bytes) -> bytes:
     """Bytes of a base64 block as the block regex matched it (separators dropped)."""
-    chars = b"".join(_BASE64_CHARS.findall(_ESCAPED_NEWLINE.sub(b"\n", text))).replace(b"=", b"")
+    chars = b"".join(_BASE64_CHARS.findall(_unprefixed(text))).replace(b"=", b"")
     if len(chars) % 4 == 1:
         chars = chars[:-1]  # a stray last character cannot encode a byte
     try:
@@ -253,6 +301,12 @@ def private_keys_in(stream: BinaryIO, size: int | None = None) -> Iterator[Found
     buffer = stream.read(chunk_size)
     if not buffer:
         return
+    parity = _utf16_parity(buffer)
+    if parity is not None:
+        # UTF-16 text: its characters are scanned, as the text an editor shows.
+        for key in private_keys_in(_Narrowed(stream, buffer, parity)):
+            yield FoundKey(f"UTF-16 {key.form}", 2 * key.offset + parity, key.public)
+        return
     yield from _whole_file(buffer, size)
     if buffer.startswith(_OPENSSH_MAGIC):
         yield FoundKey("OpenSSH", 0)
@@ -273,6 +327,48 @@ def private_keys_in(stream: BinaryIO, size: int | None = None) -> Iterator[Found
             return
         previous = buffer[end - 1 : end]
         buffer, base = buffer[end:], base + end
+
+
+def _utf16_parity(head: bytes) -> int | None:
+    """Where the characters of UTF-16 text are (0: even bytes, little-endian; 1: odd
+    bytes, big-endian), or None when ``head`` does not start UTF-16 text.
+
+    Text with a byte order mark is UTF-16 by it; without one, it is when nearly every
+    byte at one parity is NUL and nearly none at the other (ASCII in UTF-16).
+    """
+    for bom, parity in _UTF16_BOMS.items():
+        if head.startswith(bom):
+            return parity
+    sample = head[:_UTF16_SNIFF]
+    if len(sample) < 64:
+        return None
+    even, odd = sample[0::2].count(0), sample[1::2].count(0)
+    half = len(sample) // 2
+    if odd >= 0.9 * half and even <= 0.1 * half:
+        return 0
+    if even >= 0.9 * half and odd <= 0.1 * half:
+        return 1
+    return None
+
+
+class _Narrowed:
+    """A stream of every other byte of another (from ``head``, already read, then the
+    rest): the characters of ASCII text stored as UTF-16. Other characters come out
+    as one byte of their two, which is no harm: keys are ASCII."""
+
+    def __init__(self, stream: BinaryIO, head: bytes, parity: int) -> None:
+        self._stream, self._pending, self._parity = stream, head, parity
+
+    def read(self, size: int) -> bytes:
+        while len(self._pending) < 2 * size:
+            more = self._stream.read(2 * size)
+            if not more:
+                break
+            self._pending += more
+        # An even number of bytes is taken, so the parity holds in the next read.
+        take = min(len(self._pending), 2 * size) & ~1 or len(self._pending)
+        data, self._pending = self._pending[:take], self._pending[take:]
+        return data[self._parity :: 2]
 
 
 def _whole_file(head: bytes, size: int | None) -> Iterator[FoundKey]:
@@ -349,6 +445,8 @@ def _scan_window(
             found.append((at, FoundKey("base64 OpenSSH", base + at), base + block.end()))
         at = buffer.find(_OPENSSH_BASE64, at + 1, end)
     found.extend(_pem_in_base64(buffer, base, end, reach))
+    found.extend(_hex_der(buffer, base, end, previous, pem_spans))
+    found.extend(_utf16_pem(buffer, base, end, reach))
     # A literal search: a regular expression anchored at line starts would try every
     # position and take seconds per GiB.
     at = buffer.find(_PUTTY, 0, end)
@@ -382,6 +480,73 @@ def _pem_in_base64(buffer: bytes, base: int, end: int, reach: int) -> list[tuple
                                       base + block.end()))
                         skip_to = block.end()
             at = buffer.find(marker, at + 1, end)
+    return found
+
+
+def _hex_der(
+    buffer: bytes, base: int, end: int, previous: bytes, pem_spans: list[tuple[int, int]]
+) -> list[tuple[int, FoundKey, int]]:
+    """Private keys written as the hex text of their DER (see :data:`_HEX_VERSION`)."""
+    reach = defaults.KEY_BLOCK_MAX_BYTES
+    anchors = sorted(
+        match.start()
+        for pattern in (_HEX_VERSION, _HEX_PBE_OID)
+        for match in pattern.finditer(buffer, 0, end + _HEX_HEADER_BACK)
+    )
+    found: list[tuple[int, FoundKey, int]] = []
+    done = 0  # nothing before this is looked at again (a key's run, a header tried)
+    for anchor in anchors:
+        if anchor < done:
+            continue
+        position = max(done, anchor - _HEX_HEADER_BACK)
+        while (header := _HEX_DER.search(buffer, position, anchor + 16)) is not None:
+            start = header.start()
+            if start > anchor or start >= end:
+                break
+            position = start + 1  # headers may overlap: try each start
+            before = buffer[start - 1] if start > 0 else previous[-1]
+            if before in _HEX_DIGITS or any(a <= start < b for a, b in pem_spans):
+                continue  # within a longer run of hex (not at a byte's start), or in a PEM block
+            key = _hex_key_at(buffer, start, reach)
+            if key is not None:
+                form, public, stop = key
+                found.append((start, FoundKey(f"hex DER {form}", base + start, public), base + stop))
+                done = stop
+                break
+    return found
+
+
+def _hex_key_at(buffer: bytes, start: int, reach: int) -> tuple[str, bytes | None, int] | None:
+    """(form, public key, end) of a private key whose DER is hex text at ``start``."""
+    run = _HEX_RUN.match(buffer, start, start + reach * 3)
+    if run is None:
+        return None
+    der = binascii.unhexlify(_NOT_HEX.sub(b"", run.group(0)))
+    form = der_key_form(der[:64])
+    if form is None:
+        return None
+    total = _der_length(der)
+    public = None
+    if total is not None and len(der) >= total:
+        is_key, public = _load_der(der[:total], form)
+        if not is_key:
+            return None
+    return form, public, run.end()
+
+
+def _utf16_pem(buffer: bytes, base: int, end: int, reach: int) -> list[tuple[int, FoundKey, int]]:
+    """PEM private keys in UTF-16 text inside a file that is not UTF-16 as a whole
+    (such a file is narrowed to its characters before the scan)."""
+    found: list[tuple[int, FoundKey, int]] = []
+    at = buffer.find(_UTF16_PEM, 0, end)
+    while at != -1:
+        text = buffer[at : at + 2 * reach : 2]  # the characters, from the marker on
+        inner = list(private_keys_in_bytes(text))
+        closing = _PEM_END.search(text)
+        stop = at + 2 * (closing.end() if closing else len(text))
+        if inner:
+            found.append((at, FoundKey(f"UTF-16 {inner[0].form}", base + at, inner[0].public), base + stop))
+        at = buffer.find(_UTF16_PEM, stop if inner else at + 1, end)
     return found
 
 

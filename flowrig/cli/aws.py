@@ -15,11 +15,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-app = typer.Typer(
+from flowrig.cli.apps import command_group
+
+app = command_group(
     help="AWS resources of ecs/fargate/ec2 runs.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
 
 
@@ -58,43 +57,48 @@ def policy_account(account: Optional[str], partition: str) -> Any:
     return iam.Account(partition, account)
 
 
-def runner_policy(backend: str, account: Any, *, create_roles: bool = False) -> dict[str, Any]:
+def runner_policy(backend: str, account: Any, *, deregister: bool = False) -> dict[str, Any]:
     """The runner policy of ``backend`` (one of :data:`POLICY_BACKENDS`).
 
     Raises
     ------
     BadInput
-        An unknown backend, or ``create_roles`` for ``ec2`` (whose runs always make
-        their instance role: its rights are in the policy).
+        An unknown backend, or ``deregister`` for ``ec2`` (whose runs register no task
+        definition).
     """
     from flowrig.errors import BadInput
 
     if backend not in POLICY_BACKENDS:
         raise BadInput(f"--backend {backend!r}: use one of {', '.join(POLICY_BACKENDS)}")
     if backend == "ec2":
-        if create_roles:
-            raise BadInput("--create-roles is for ecs/fargate runs: ec2 runs always make their instance role, "
-                           "and the ec2 policy has those rights; leave it out")
+        if deregister:
+            raise BadInput("--deregister-task-definitions is for ecs/fargate runs: ec2 runs register no task "
+                           "definition; leave it out")
         from flowrig.backends.vm import ec2_iam
 
         return ec2_iam.runner_policy(account)
     from flowrig.backends.ecs import iam
 
-    return iam.runner_policy(account, create_roles=create_roles)
+    return iam.runner_policy(account, deregister=deregister)
 
 
-def bootstrap_execution_role(session: Any, account: Any) -> None:
-    """Make (or check) the execution role of ECS/Fargate runs and say what was done."""
+def bootstrap_run_secret_reader(session: Any, account: Any) -> None:
+    """Make (or bring up to date) the policy every ECS/Fargate run's execution role gets,
+    say what was done, and what became of the shared role older bootstraps made."""
     from flowrig.backends.ecs import aws as aws_calls
-    from flowrig.backends.ecs import iam
 
-    arn, created = aws_calls.ensure_role(
-        session, account, iam.EXECUTION_ROLE_NAME, "flowrig: lets ECS pull the image and write logs for a run"
-    )
-    verb = "created" if created else "exists, trust policy and execution policy checked"
-    typer.echo(f"role {arn}: {verb}")
-    typer.echo(f"  trust: ecs-tasks.amazonaws.com, aws:SourceAccount = {account.account_id}")
-    typer.echo(f"  policy: {iam.execution_policy_arn(account.partition)}")
+    arn, done = aws_calls.ensure_run_secret_reader(session, account)
+    typer.echo(f"policy {arn}: {_DONE[done]}")
+    typer.echo("  every run's own execution role gets it: secretsmanager:GetSecretValue on that run's secret "
+               "alone (named after the role's run, made by the role's owner)")
+    legacy = aws_calls.legacy_execution_role(session)
+    if legacy:
+        typer.echo(f"role {legacy}: made by an older bootstrap; runs no longer use it and no run's secret "
+                   "names it; delete it once no task definition of yours does")
+
+
+_DONE = {"created": "created", "updated": "exists, updated to this version's document",
+         "unchanged": "exists, document checked"}
 
 
 def bootstrap_instance_boundary(session: Any, account: Any) -> None:
@@ -103,11 +107,9 @@ def bootstrap_instance_boundary(session: Any, account: Any) -> None:
     from flowrig.backends.ecs import aws as aws_calls
 
     arn, done = aws_calls.ensure_instance_boundary(session, account)
-    verb = {"created": "created", "updated": "exists, updated to this version's document",
-            "unchanged": "exists, document checked"}[done]
-    typer.echo(f"policy {arn}: {verb}")
-    typer.echo("  permissions boundary of ec2 runs' instance roles: secretsmanager:GetSecretValue on flowrig/ "
-               "secrets, kms:Decrypt through Secrets Manager, ECR pulls")
+    typer.echo(f"policy {arn}: {_DONE[done]}")
+    typer.echo("  permissions boundary of ec2 runs' instance roles: secretsmanager:GetSecretValue on the role's own "
+               "run's secret, kms:Decrypt through Secrets Manager, ECR pulls")
 
 
 @app.command("bootstrap")
@@ -119,7 +121,8 @@ def bootstrap(
 ) -> None:
     """Create, once per account, what BACKEND runs need (idempotent; prints what it creates).
 
-    ecs/fargate: the execution role runs use (as `flowrig ecs bootstrap`). ec2: the
+    ecs/fargate: the customer-managed policy flowrig-run-secret-reader on /flowrig/,
+    which every run's own execution role gets (as `flowrig ecs bootstrap`). ec2: the
     customer-managed policy flowrig-instance-boundary on /flowrig/, the permissions
     boundary every run's instance role is made with.
     """
@@ -133,7 +136,7 @@ def bootstrap(
     if backend == "ec2":
         bootstrap_instance_boundary(session, account)
     else:
-        bootstrap_execution_role(session, account)
+        bootstrap_run_secret_reader(session, account)
 
 
 @app.command("iam-policy")
@@ -144,17 +147,26 @@ def iam_policy(
         typer.Option(help="12-digit account id the policy is for (default: the credentials' account)."),
     ] = None,
     partition: Annotated[str, typer.Option(help="aws, aws-cn or aws-us-gov.")] = "aws",
+    deregister: Annotated[
+        bool,
+        typer.Option(
+            "--deregister-task-definitions",
+            help="ecs/fargate: let the runner deregister its runs' task definitions. IAM cannot limit that to "
+            "its own: it may then deregister any task definition of the account.",
+        ),
+    ] = False,
     create_roles: Annotated[
-        bool, typer.Option("--create-roles", help="ecs/fargate: add what runs with create_roles = true need.")
+        bool, typer.Option("--create-roles", hidden=True, help="Changes nothing: every run makes its own roles.")
     ] = False,
 ) -> None:
     """Print the least-privilege IAM policy a runner of BACKEND runs needs (JSON).
 
     Resources are scoped to flowrig's names (role/flowrig/*, flowrig/ secrets) and to
-    the flowrig-run-id tag wherever IAM allows; `flowrig ecs iam-policy` is the same as
+    the caller's own (the flowrig-owner tag, which IAM sets to the caller's id), so one
+    runner cannot act on another's runs; `flowrig ecs iam-policy` is the same as
     --backend ecs (and fargate: both ECS backends share one policy).
     """
-    policy = runner_policy(backend, policy_account(account, partition), create_roles=create_roles)
+    policy = runner_policy(backend, policy_account(account, partition), deregister=deregister)
     typer.echo(json.dumps(policy, indent=2))
 
 

@@ -57,6 +57,15 @@ def build_command(
             help="CA bundle pip in the build trusts (a BuildKit secret; never in the image).",
         ),
     ] = None,
+    pip_netrc: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--pip-netrc",
+            envvar="FLOWRIG_PIP_NETRC",
+            help="A .netrc with the credentials of the project's private package index (a BuildKit "
+            "secret for pip; never in the image, a layer or the requirements).",
+        ),
+    ] = None,
     context_only: Annotated[
         Optional[Path],
         typer.Option(
@@ -73,7 +82,7 @@ def build_command(
     ] = False,
 ) -> None:
     """Build the image of a flow project: runner, scheduler and worker in one."""
-    _build(project, tag, base_image, tls, certs, pip_ca, context_only, no_cache, quiet)
+    _build(project, tag, base_image, tls, certs, pip_ca, context_only, no_cache, quiet, pip_netrc)
 
 
 def _build(
@@ -86,6 +95,7 @@ def _build(
     context_only: Path | None,
     no_cache: bool,
     quiet: bool,
+    pip_netrc: Path | None = None,
 ) -> None:
     from flowrig.builder.build import build, build_command
     from flowrig.builder.context import render_context, write_context
@@ -93,19 +103,29 @@ def _build(
 
     if pip_ca is not None and not pip_ca.is_file():
         raise BadInput(f"pip CA bundle {pip_ca} is not a file: pass an existing PEM bundle")
+    if pip_netrc is not None and not pip_netrc.is_file():
+        raise BadInput(f"--pip-netrc {pip_netrc} is not a file: pass a .netrc with the index's credentials")
     context = render_context(project, tls_dir=certs, base_image=base_image, tls_mode=tls)
     for path in context.skipped:
         typer.echo(f"warning: {path} holds credentials and was not copied into the image", err=True)
+    for path in context.unscanned:
+        typer.echo(
+            f"warning: {path} is too large to be searched for credentials by value (it was searched "
+            "for private keys): make sure it holds none",
+            err=True,
+        )
     if context_only is not None:
         directory = write_context(context, context_only)
-        command = build_command(context, tag, directory, buildkit=True, pip_ca=pip_ca, no_cache=no_cache)
+        command = build_command(
+            context, tag, directory, buildkit=True, pip_ca=pip_ca, no_cache=no_cache, pip_netrc=pip_netrc
+        )
         nonce = ""
         if context.makes_its_own_ca:
             # Left to the shell, so every run of the printed command gets a new CA.
             nonce = " --build-arg TLS_NONCE=\"$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')\""
         typer.echo(f"DOCKER_BUILDKIT=1 {shlex.join(command[:-1])}{nonce} {shlex.quote(command[-1])}")
         return
-    result = build(context, tag, pip_ca, quiet=quiet, no_cache=no_cache)
+    result = build(context, tag, pip_ca, quiet=quiet, no_cache=no_cache, pip_netrc=pip_netrc)
     builder = "BuildKit" if result.buildkit else "legacy builder"
     typer.echo(f"built {result.tag} ({result.image_id[:19]}) in {result.seconds:.1f} s with {builder}", err=True)
     typer.echo(result.tag)

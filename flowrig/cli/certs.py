@@ -12,11 +12,10 @@ import typer
 
 from flowrig.certs import defaults
 from flowrig.certs.keys import KeyType
+from flowrig.cli.apps import command_group
 
-app = typer.Typer(
+app = command_group(
     help="Make and check the CA, certificate and key that secure a cluster (mutual TLS).",
-    no_args_is_help=True,
-    add_completion=False,
 )
 
 

@@ -7,11 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(
+from flowrig.cli.apps import command_group
+
+app = command_group(
     help="Containers and networks of docker-backend runs.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
 
 

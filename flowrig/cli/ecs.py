@@ -6,28 +6,33 @@ botocore and docker are imported inside the commands, so ``flowrig --help`` stay
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from flowrig.backends.ecs import defaults
+from flowrig.cli.apps import command_group
 
-app = typer.Typer(
+app = command_group(
     help="ECS/Fargate: render task definitions for the flowrig image, or run one with local Docker.",
-    no_args_is_help=True,
-    add_completion=False,
 )
 
-_SIZE_HELP = "CPU units (1024 = 1 vCPU) / memory (MiB) of the {role} task."
+_SIZE_HELP = "CPU units (1024 = 1 vCPU) / memory (MiB) of the {role} task (default: {default})."
+_PROJECT_SIZE = "[cluster.options] {key}, else {value}"
 
 
 @app.command("task-definitions")
 def task_definitions_command(
-    image: Annotated[
-        Optional[str], typer.Option("--image", help="Image every role runs (required).")
+    project_dir: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Flow project whose flowrig.toml gives worker threads, task sizes, roles, region, log group, "
+            "and the workers' environment and secrets (the flags override it).",
+            show_default=False,
+        ),
     ] = None,
+    image: Annotated[Optional[str], typer.Option("--image", help="Image every role runs (required).")] = None,
     out: Annotated[
         Optional[Path],
         typer.Option("--out", help="Write ROLE.json files here instead of printing to stdout."),
@@ -38,41 +43,70 @@ def task_definitions_command(
     ] = None,
     project: Annotated[
         Optional[str],
-        typer.Option("--project", help="Name in families (flowrig-NAME-ROLE); default: from the image."),
+        typer.Option(
+            "--project", help="Name in families (flowrig-NAME-ROLE); default: the project's name, else the image's."
+        ),
     ] = None,
-    runner_cpu: Annotated[int, typer.Option(help=_SIZE_HELP.format(role="runner"))] = defaults.RUNNER_CPU,
-    runner_memory: Annotated[int, typer.Option(help=_SIZE_HELP.format(role="runner"))] = defaults.RUNNER_MEMORY,
+    runner_cpu: Annotated[
+        Optional[int], typer.Option(help=_SIZE_HELP.format(role="runner", default=defaults.RUNNER_CPU))
+    ] = None,
+    runner_memory: Annotated[
+        Optional[int], typer.Option(help=_SIZE_HELP.format(role="runner", default=defaults.RUNNER_MEMORY))
+    ] = None,
     scheduler_cpu: Annotated[
-        int, typer.Option(help=_SIZE_HELP.format(role="scheduler"))
-    ] = defaults.SCHEDULER_CPU,
+        Optional[int],
+        typer.Option(help=_SIZE_HELP.format(role="scheduler", default=_PROJECT_SIZE.format(
+            key="scheduler_cpu", value=defaults.SCHEDULER_CPU))),
+    ] = None,
     scheduler_memory: Annotated[
-        int, typer.Option(help=_SIZE_HELP.format(role="scheduler"))
-    ] = defaults.SCHEDULER_MEMORY,
-    worker_cpu: Annotated[int, typer.Option(help=_SIZE_HELP.format(role="worker"))] = defaults.WORKER_CPU,
-    worker_memory: Annotated[int, typer.Option(help=_SIZE_HELP.format(role="worker"))] = defaults.WORKER_MEMORY,
+        Optional[int],
+        typer.Option(help=_SIZE_HELP.format(role="scheduler", default=_PROJECT_SIZE.format(
+            key="scheduler_mem", value=defaults.SCHEDULER_MEMORY))),
+    ] = None,
+    worker_cpu: Annotated[
+        Optional[int],
+        typer.Option(help=_SIZE_HELP.format(role="worker", default=_PROJECT_SIZE.format(
+            key="worker_cpu", value=defaults.WORKER_CPU))),
+    ] = None,
+    worker_memory: Annotated[
+        Optional[int],
+        typer.Option(help=_SIZE_HELP.format(role="worker", default=_PROJECT_SIZE.format(
+            key="worker_mem", value=defaults.WORKER_MEMORY))),
+    ] = None,
+    worker_threads: Annotated[
+        Optional[int], typer.Option(help="--nthreads of each worker (default: [cluster] worker_threads, else 1).")
+    ] = None,
     execution_role_arn: Annotated[
         Optional[str],
-        typer.Option(help="Role ECS uses to pull the image and write logs (required on Fargate)."),
+        typer.Option(help="Role ECS uses to pull the image and write logs (required on Fargate).", show_default=False),
     ] = None,
     task_role_arn: Annotated[
-        Optional[str], typer.Option(help="Role the containers act as (default: none, no AWS access).")
+        Optional[str],
+        typer.Option(help="Role the containers act as (default: the project's task_role_arn, else none)."),
+    ] = None,
+    runner_task_role_arn: Annotated[
+        Optional[str],
+        typer.Option(help="The runner's own role, one holding `flowrig ecs iam-policy` (default: --task-role-arn)."),
     ] = None,
     log_group: Annotated[
         Optional[str],
-        typer.Option(help=f"CloudWatch log group (default: {defaults.LOG_GROUP.format(name='PROJECT')})."),
+        typer.Option(help=f"CloudWatch log group (default: {defaults.LOG_GROUP.format(name='NAME')})."),
     ] = None,
     create_log_group: Annotated[
         bool,
         typer.Option(help="Let ECS create the log group (the execution role needs logs:CreateLogGroup)."),
     ] = False,
     region: Annotated[
-        Optional[str], typer.Option(help="AWS region (default: AWS_REGION or AWS_DEFAULT_REGION).")
+        Optional[str],
+        typer.Option(help="AWS region (default: the project's region_name, else AWS_REGION or AWS_DEFAULT_REGION)."),
     ] = None,
     cpu_architecture: Annotated[
-        str, typer.Option(help="X86_64 or ARM64, as the image was built.")
-    ] = defaults.CPU_ARCHITECTURE,
+        Optional[str],
+        typer.Option(help=f"X86_64 or ARM64, as the image was built (default: {defaults.CPU_ARCHITECTURE})."),
+    ] = None,
     env: Annotated[
-        Optional[list[str]], typer.Option("--env", help="NAME=VALUE for every container (repeatable).")
+        Optional[list[str]],
+        typer.Option("--env", help="NAME=VALUE for every container, over the project's environment (repeatable)."),
     ] = None,
     secret: Annotated[
         Optional[list[str]],
@@ -81,61 +115,54 @@ def task_definitions_command(
     tag: Annotated[
         Optional[list[str]], typer.Option("--tag", help="KEY=VALUE tag on every task definition (repeatable).")
     ] = None,
+    allow_local_runner: Annotated[
+        bool,
+        typer.Option(
+            "--allow-local-runner",
+            help="Render a runner for a project whose backend is local: its whole cluster runs in that one task.",
+        ),
+    ] = False,
     register: Annotated[
         bool, typer.Option("--register", help="Register them with ECS and print ROLE<TAB>ARN lines.")
     ] = False,
 ) -> None:
     """Render task definitions for the runner, scheduler and worker roles.
 
-    Each is checked against the ECS API model before anything is written or registered.
-    Files are ready for: aws ecs register-task-definition --cli-input-json file://ROLE.json
+    With PROJECT, its flowrig.toml gives what the flags do not. Each definition is
+    checked against the ECS API model before anything is written or registered. Files
+    are ready for: aws ecs register-task-definition --cli-input-json file://ROLE.json
     """
-    from flowrig.backends.ecs import taskdefs, validate
-    from flowrig.errors import BadInput
+    from flowrig.backends.ecs import definitions, taskdefs
+    from flowrig.backends.ecs.validate import parse_pairs
 
-    if not image:
-        raise BadInput("--image is required: pass the image tag, e.g. --image registry/project:1.0")
-    roles = [validate.check_role(name) for name in (role or validate.ROLES)]
-    roles = [name for name in validate.ROLES if name in roles]
-    name = validate.check_family(project or taskdefs.project_name_from_image(image))
-    sizes = {
-        "runner": taskdefs.RoleSize(runner_cpu, runner_memory),
-        "scheduler": taskdefs.RoleSize(scheduler_cpu, scheduler_memory),
-        "worker": taskdefs.RoleSize(worker_cpu, worker_memory),
-    }
-    for each in roles:
-        validate.check_fargate_size(each, sizes[each].cpu, sizes[each].memory)
-    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if not region:
-        raise BadInput("no AWS region for the log configuration: pass --region or set AWS_REGION")
-    validate.check_role_arn("--task-role-arn", task_role_arn)
-    if not validate.check_role_arn("--execution-role-arn", execution_role_arn):
-        raise BadInput(
-            "Fargate tasks that log to CloudWatch need an execution role: pass "
-            "--execution-role-arn arn:aws:iam::ACCOUNT:role/NAME (e.g. ecsTaskExecutionRole)"
-        )
-    environment = validate.parse_pairs("--env", env)
-    secrets = validate.parse_pairs("--secret", secret)
-    for variable in [*environment, *secrets]:
-        validate.check_env_name("variable", variable)
-    settings = taskdefs.TaskDefinitionSettings(
+    request = definitions.TaskDefinitionRequest(
         image=image,
-        name=name,
-        region=region,
-        log_group=log_group or defaults.LOG_GROUP.format(name=name),
-        create_log_group=create_log_group,
+        roles=tuple(role) if role else None,
+        name=project,
+        sizes={
+            "runner": (runner_cpu, runner_memory),
+            "scheduler": (scheduler_cpu, scheduler_memory),
+            "worker": (worker_cpu, worker_memory),
+        },
+        worker_threads=worker_threads,
         execution_role_arn=execution_role_arn,
         task_role_arn=task_role_arn,
-        sizes=sizes,
-        cpu_architecture=cpu_architecture.upper(),
-        environment=environment,
-        secrets=secrets,
-        tags={"flowrig-project": name, **validate.parse_pairs("--tag", tag)},
+        runner_task_role_arn=runner_task_role_arn,
+        region=region,
+        log_group=log_group,
+        create_log_group=create_log_group,
+        cpu_architecture=cpu_architecture,
+        environment=parse_pairs("--env", env),
+        secrets=parse_pairs("--secret", secret),
+        tags=parse_pairs("--tag", tag),
+        allow_local_runner=allow_local_runner,
     )
-    documents = taskdefs.render_task_definitions(settings, roles)
-    for params in documents.values():
-        validate.check_task_definition(params)
+    loaded = None
+    if project_dir is not None:
+        from flowrig.project import load_project
 
+        loaded = load_project(project_dir)
+    settings, documents = definitions.render_project_task_definitions(request, loaded)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         for each, params in documents.items():
@@ -147,7 +174,7 @@ def task_definitions_command(
     if register:
         from flowrig.backends.ecs import aws
 
-        arns = aws.register_task_definitions(aws.session(region), documents)
+        arns = aws.register_task_definitions(aws.session(settings.region), documents)
         for each, arn in arns.items():
             typer.echo(f"{each}\t{arn}")
 
@@ -236,17 +263,17 @@ def bootstrap_command(
 ) -> None:
     """Create, once per account, what ECS/Fargate runs need (idempotent; prints what it creates).
 
-    The execution role ECS/Fargate runs use: on the /flowrig/ IAM path, only ECS tasks of
-    this account may assume it (aws:SourceAccount), and it holds AWS's managed execution
-    policy only. Runs then need no IAM rights beyond iam:GetRole and iam:PassRole on it
-    (see `flowrig ecs iam-policy`). The same as `flowrig aws bootstrap --backend ecs`;
-    ec2 runs need `flowrig aws bootstrap --backend ec2`.
+    The customer-managed policy flowrig-run-secret-reader on the /flowrig/ IAM path: each
+    run makes its own execution role (only ECS tasks of this account may assume it,
+    aws:SourceAccount) with AWS's managed execution policy and this one, which lets it
+    read its own run's secret and no other. The same as `flowrig aws bootstrap --backend
+    ecs`; ec2 runs need `flowrig aws bootstrap --backend ec2`.
     """
     from flowrig.backends.ecs import aws
-    from flowrig.cli.aws import bootstrap_execution_role
+    from flowrig.cli.aws import bootstrap_run_secret_reader
 
     session = aws.session(region)
-    bootstrap_execution_role(session, session.account())
+    bootstrap_run_secret_reader(session, session.account())
 
 
 @app.command("iam-policy")
@@ -256,8 +283,16 @@ def iam_policy_command(
         typer.Option(help="12-digit account id the policy is for (default: the credentials' account)."),
     ] = None,
     partition: Annotated[str, typer.Option(help="aws, aws-cn or aws-us-gov.")] = "aws",
+    deregister: Annotated[
+        bool,
+        typer.Option(
+            "--deregister-task-definitions",
+            help="Let the runner deregister its runs' task definitions. IAM cannot limit that to its own: it "
+            "may then deregister any task definition of the account.",
+        ),
+    ] = False,
     create_roles: Annotated[
-        bool, typer.Option("--create-roles", help="Add what runs with create_roles = true need.")
+        bool, typer.Option("--create-roles", hidden=True, help="Changes nothing: every run makes its own roles.")
     ] = False,
 ) -> None:
     """Print the least-privilege IAM policy a runner of ECS/Fargate runs needs (JSON).
@@ -266,5 +301,5 @@ def iam_policy_command(
     """
     from flowrig.cli.aws import policy_account, runner_policy
 
-    policy = runner_policy("ecs", policy_account(account, partition), create_roles=create_roles)
+    policy = runner_policy("ecs", policy_account(account, partition), deregister=deregister)
     typer.echo(json.dumps(policy, indent=2))

@@ -12,14 +12,18 @@ import sys
 import traceback
 from typing import Any, Callable, NoReturn
 
-from flowrig.errors import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, FlowrigError, Terminated
+from flowrig.errors import EXIT_BAD_INPUT, FlowrigError, exit_status
 
 
-def run_and_exit(command: Callable[[], Any], prog: str) -> NoReturn:
-    """Call ``command`` and exit with the code the contract gives its outcome.
+def run_and_exit(
+    command: Callable[[], Any], prog: str, *, on_usage_error: Callable[[BaseException], None] | None = None
+) -> NoReturn:
+    """Call ``command`` and exit with the code the contract gives its outcome
+    (:func:`flowrig.errors.exit_status`).
 
     An unexpected exception is a bug, not a user error: it still gets one line (and
-    exit 3); ``FLOWRIG_DEBUG=1`` shows the traceback.
+    exit 3); ``FLOWRIG_DEBUG=1`` shows the traceback. ``on_usage_error`` is called with
+    a command-line error once click has shown it (exit 2).
     """
     # Everything is torn down by the time an exit code is chosen; collecting the
     # heap at interpreter shutdown then only delays exit (seconds, under load), which
@@ -32,36 +36,27 @@ def run_and_exit(command: Callable[[], Any], prog: str) -> NoReturn:
     atexit.register(gc.freeze)
     try:
         code = command()
-    except FlowrigError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         print(f"{prog}: aborted", file=sys.stderr)
         sys.exit(130)
-    except Terminated as exc:
-        # Raised by the SIGTERM handler; teardown has already happened in finally blocks.
-        sys.exit(128 + exc.signum)
-    except KeyboardInterrupt:
-        sys.exit(130)
     except SystemExit:
         raise
     except BaseException as exc:
         # typer vendors its own click, so usage errors are recognised by shape.
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+        if not isinstance(exc, FlowrigError) and hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
+            if on_usage_error is not None:
+                on_usage_error(exc)
             sys.exit(EXIT_BAD_INPUT)
-        # Prefect turns SIGTERM during a flow run into its TerminationSignal.
-        if isinstance(getattr(exc, "signal", None), int):
-            sys.exit(128 + exc.signal)
-        if os.environ.get("FLOWRIG_DEBUG"):
+        code, line = exit_status(exc)
+        if line is not None and not isinstance(exc, FlowrigError) and os.environ.get("FLOWRIG_DEBUG"):
             traceback.print_exc()
-        print(
-            f"{prog}: error: unexpected {type(exc).__name__}: {exc} "
-            "(set FLOWRIG_DEBUG=1 for the traceback)",
-            file=sys.stderr,
-        )
-        sys.exit(EXIT_INFRASTRUCTURE)
+        if line is not None:
+            print(f"{prog}: error: {line}", file=sys.stderr)
+        # Raised by the SIGTERM handler or Ctrl-C: teardown has already happened in
+        # finally blocks.
+        sys.exit(code)
     # Without standalone mode click returns a command's exit code instead of exiting.
     sys.exit(code if isinstance(code, int) else 0)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from flowrig.cli.apps import command_group
+
 if TYPE_CHECKING:
     from flowrig.backends.vm.backend import VMBackend
     from flowrig.backends.vm.cloudinit import VMRole
@@ -23,10 +25,8 @@ if TYPE_CHECKING:
 #: The backends whose runs are VMs.
 VM_BACKENDS = ("azure", "ec2", "gcp")
 
-app = typer.Typer(
+app = command_group(
     help="VM backends (ec2, azure, gcp): print what each VM gets at boot, or run it with local Docker.",
-    no_args_is_help=True,
-    add_completion=False,
 )
 
 
@@ -94,6 +94,7 @@ def preview_roles(
         worker_threads=project.cluster.worker_threads,
         no_client_timeout=project.cluster.no_client_timeout,
         min_workers=project.cluster.min_workers,
+        allowed_environment=frozenset(project.build.allow_environment),
     )
     return backend.preview(spec, scheduler_address=scheduler_address)
 
@@ -141,7 +142,7 @@ def cloud_init_command(
         vm_backend, loaded, image=image, scheduler_address=scheduler_address, run_id=current_run_id()
     )
     wanted = {"scheduler": [scheduler], "worker": [worker], "both": [scheduler, worker]}[role.value]
-    if vm_backend.options(loaded.cluster.options).scheduler_address:
+    if vm_backend.options(loaded.cluster.options, frozenset(loaded.build.allow_environment)).scheduler_address:
         # Runs of this project join that scheduler: they start no scheduler VM to show.
         if role is RoleChoice.scheduler:
             raise BadInput(

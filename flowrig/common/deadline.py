@@ -17,14 +17,16 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from flowrig.common import forksafe
 from flowrig.errors import RunTimedOut
 
 
 class RunDeadline:
     """The deadline of the run in progress; :meth:`arm` it once its timeout is known."""
 
-    def __init__(self) -> None:
-        self.started = time.monotonic()
+    def __init__(self, started: float | None = None) -> None:
+        #: The run's start on the monotonic clock: ``started`` (wall clock) if given.
+        self.started = time.monotonic() - (time.time() - started if started is not None else 0.0)
         self.seconds: float | None = None
         self.fired = False
         self._timer: threading.Timer | None = None
@@ -38,10 +40,16 @@ class RunDeadline:
         self._timer = threading.Timer(remaining, self._fire)
         self._timer.name = "flowrig-run-deadline"
         self._timer.daemon = True
-        self._timer.start()
+        # It only waits: the local backend may still fork its fork server from this
+        # process, which it does only while no other thread runs.
+        forksafe.mark(self._timer).start()
 
     def _fire(self) -> None:
+        from flowrig.common.signals import ending_as
+
         self.fired = True
+        error = self.error()
+        ending_as(error.exit_code, str(error))
         os.kill(os.getpid(), signal.SIGTERM)
 
     def cancel(self) -> None:
@@ -56,10 +64,11 @@ class RunDeadline:
 
 
 @contextmanager
-def run_deadline() -> Iterator[RunDeadline]:
+def run_deadline(started: float | None = None) -> Iterator[RunDeadline]:
     """A block whose run ends as :class:`~flowrig.errors.RunTimedOut` once its armed
-    deadline passes. Put it outside :func:`~flowrig.common.signals.terminating`."""
-    deadline = RunDeadline()
+    deadline passes, counted from ``started`` (wall clock; default: now). Put it outside
+    :func:`~flowrig.common.signals.terminating`."""
+    deadline = RunDeadline(started)
     try:
         yield deadline
     except BaseException:

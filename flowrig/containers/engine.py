@@ -278,6 +278,19 @@ def oom_killed(container: "Container") -> bool:
         return False
 
 
+def exit_state(container: "Container") -> tuple[int, bool] | None:
+    """``(exit code, OOM-killed)`` of a container that has ended; ``None`` while it runs
+    or once it is gone."""
+    try:
+        container.reload()
+        state = container.attrs["State"]
+    except Exception:  # gone already: nothing more to learn
+        return None
+    if state.get("Running") or state.get("Status") in ("created", "running", "restarting"):
+        return None
+    return int(state.get("ExitCode") or 0), bool(state.get("OOMKilled"))
+
+
 def stop_and_remove(container: "Container", timeout: int = STOP_TIMEOUT) -> None:
     """Stop a container (SIGTERM, SIGKILL after ``timeout`` s) and remove it; quiet if gone."""
     import docker
@@ -575,3 +588,40 @@ def container_file(container: "Container", path: str) -> bytes | None:
             return None
         handle = archive.extractfile(member)
         return handle.read(CONTAINER_FILE_MAX_BYTES) if handle is not None else None
+
+
+def image_attributes(client: "DockerClient", image: str) -> dict[str, Any]:
+    """``docker image inspect`` of a local image (nothing is pulled).
+
+    Raises
+    ------
+    BadInput
+        When the image does not exist locally or its name is malformed.
+    """
+    import docker
+
+    try:
+        return dict(client.images.get(image).attrs)
+    except docker.errors.ImageNotFound:
+        raise _image_not_found(image) from None
+    except docker.errors.APIError as exc:
+        if exc.status_code == 400:
+            raise BadInput(f"{image!r} is not an image name Docker accepts ({one_line(exc)})") from None
+        raise InfrastructureError(f"cannot inspect image {image!r}: {one_line(exc)}") from None
+
+
+def image_file(client: "DockerClient", image: str, path: str) -> bytes | None:
+    """A regular file of a local image, read from a container that is created and
+    removed but never started: nothing of the image runs."""
+    import docker
+
+    try:
+        container = client.containers.create(image, command=["true"], network_disabled=True)
+    except docker.errors.ImageNotFound:
+        raise _image_not_found(image) from None
+    except docker.errors.APIError as exc:
+        raise InfrastructureError(f"cannot read {path} of image {image!r}: {one_line(exc)}") from None
+    try:
+        return container_file(container, path)
+    finally:
+        remove_container(container)

@@ -143,5 +143,9 @@ def dispatch(argv: list[str]) -> int | None:
 def main() -> None:
     """Console-script entry: dispatch, mapping errors to exit codes."""
     from flowrig.cli.exits import run_and_exit
+    from flowrig.cli.run import usage_error_outcome
 
-    run_and_exit(lambda: dispatch(sys.argv[1:]), "flowrig-entrypoint")
+    run_and_exit(
+        lambda: dispatch(sys.argv[1:]), "flowrig-entrypoint",
+        on_usage_error=lambda exc: usage_error_outcome(exc, sys.argv[1:]),
+    )

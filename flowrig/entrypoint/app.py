@@ -9,13 +9,12 @@ from typing import Annotated
 import typer
 
 from flowrig import layout
+from flowrig.cli.apps import command_group
 from flowrig.cli.run import run
 
-app = typer.Typer(
+app = command_group(
     name="flowrig-entrypoint",
     help="Role dispatcher of a flowrig image: run | scheduler | worker ADDRESS | info.",
-    add_completion=False,
-    pretty_exceptions_enable=False,
     no_args_is_help=False,
 )
 app.command("run")(run)

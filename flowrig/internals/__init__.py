@@ -12,6 +12,10 @@ an upgrade of one of those projects, run that file first (CONTRIBUTING.md says h
 - :mod:`~flowrig.internals.prefect_server`: the API server's app and database set-up;
 - :mod:`~flowrig.internals.forkserver`: local workers forked from a copy of the runner;
 - :mod:`~flowrig.internals.dask_clients`: a worker's own Dask client told from the runner's;
+- :mod:`~flowrig.internals.spec_cluster`: a cluster's start given up from another thread;
+- :mod:`~flowrig.internals.prefect_prints`: the log records of ``log_prints`` told apart;
+- :mod:`~flowrig.internals.dask_events`: the scheduler's events of nannies that ended
+  their worker for memory.
 - :mod:`~flowrig.internals.dask_memory`: a worker's restart for memory, from the scheduler's events.
 
 May import: the standard library and the projects it fences; nothing of flowrig.

@@ -19,7 +19,11 @@ Fenced here:
   first worker instead;
 - distributed's ``get_mp_context`` setting the fork server's preload list the first
   time it is called, and ``Nanny.instantiate`` being where a nanny starts (and
-  restarts) its worker process, reading ``distributed.worker.multiprocessing-method``.
+  restarts) its worker process, reading ``distributed.worker.multiprocessing-method``;
+- ``Nanny._on_worker_exit(exitcode)`` being called when the worker process exits, and
+  the memory monitor logging its event (:mod:`flowrig.internals.dask_events`) through
+  ``Nanny.log_event`` before it terminates a worker: how a lost local worker's reason
+  is known (:func:`worker_exits`).
 
 tests/test_internals.py checks each on this machine's Python and in the image's.
 """
@@ -32,8 +36,11 @@ import os
 import signal
 import socket
 import sys
-import threading
+from dataclasses import dataclass
 from typing import Any
+
+from flowrig.common import forksafe
+from flowrig.internals.dask_events import MEMORY_RESTART_TOPIC
 
 logger = logging.getLogger("flowrig.local")
 
@@ -84,7 +91,7 @@ def start() -> bool:
                 return getattr(server, "_flowrig_forked", False)
             os.close(server._forkserver_alive_fd)
             server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
-        if threading.active_count() != 1:
+        if not forksafe.only_fork_safe_threads():
             logger.debug("local workers start from the standard fork server: threads are running")
             return False
         resource_tracker.ensure_running()
@@ -124,6 +131,12 @@ def _serve(listener: socket.socket, alive_r: int, alive_w: int) -> None:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        # A session of its own, for the server and the roles it forks: a signal sent to
+        # the runner's whole process group (Ctrl-C in a terminal, timeout(1), an init
+        # forwarding `docker stop`) reaches only the runner, which tears the cluster down
+        # in order. Roles that die with the runner's SIGTERM would leave it waiting
+        # on them, and their nannies would start them again.
+        os.setsid()
         forkserver.main(listener.fileno(), alive_r, [])
     except SystemExit as exc:  # the server's normal end: its last client has gone
         code = exc.code if isinstance(exc.code, int) else 0
@@ -167,10 +180,58 @@ def nanny_class() -> type:
     """
     import dask
     from distributed import Nanny
+    from distributed.core import Status
+
+    #: A nanny in these states has its worker stop on purpose: no exit to record.
+    stopping = (Status.closing, Status.closed, Status.closing_gracefully, Status.failed)
 
     class ForkserverNanny(Nanny):
         async def instantiate(self) -> Any:
             with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
                 return await super().instantiate()
 
+        def log_event(self, topic: Any, msg: Any) -> None:
+            # The memory monitor's notice, just before it terminates the worker process.
+            if topic == MEMORY_RESTART_TOPIC and isinstance(msg, dict):
+                self._flowrig_memory = {**msg, "limit": getattr(self.memory_manager, "memory_limit", None)}
+            super().log_event(topic, msg)
+
+        async def _on_worker_exit(self, exitcode: int) -> Any:
+            if self.status not in stopping:
+                exits = self.__dict__.setdefault("flowrig_worker_exits", [])
+                exits.append(WorkerExit(exitcode, self.__dict__.pop("_flowrig_memory", None)))
+                del exits[:-WORKER_EXITS_KEPT]
+            return await super()._on_worker_exit(exitcode)
+
     return ForkserverNanny
+
+
+#: Unexpected exits a nanny remembers (oldest dropped).
+WORKER_EXITS_KEPT = 16
+
+
+@dataclass(frozen=True)
+class WorkerExit:
+    """A worker process that exited while its nanny was running (not asked to stop).
+
+    Parameters
+    ----------
+    code
+        Its exit code (negative: the signal that ended it).
+    memory
+        The nanny's memory-restart event (``rss``, ``limit`` in bytes), when the
+        nanny ended it for using too much memory.
+    """
+
+    code: int
+    memory: dict[str, Any] | None = None
+
+
+def worker_exits(nanny: Any) -> list[WorkerExit]:
+    """The unexpected exits a :func:`nanny_class` nanny recorded, oldest first (taken
+    from it: each is returned once)."""
+    exits = getattr(nanny, "__dict__", {}).get("flowrig_worker_exits") or []
+    taken = []
+    while exits:  # one at a time: the nanny may add one meanwhile
+        taken.append(exits.pop(0))
+    return taken

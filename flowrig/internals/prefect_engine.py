@@ -7,7 +7,12 @@ Fenced here:
   the engine entry Prefect's own ``flow-run execute`` uses, to run a flow as an
   existing (deployment) flow run;
 - ``APILogWorker.drain_all`` and ``EventsWorker.drain_all``: Prefect's background
-  reporting services, drained so that nothing queued is sent to an API that is gone.
+  reporting services, drained so that nothing queued is sent to an API that is gone;
+- ``EventsWorker.instance().wait_until_empty()``: the events a run emitted itself are
+  sent before the service is drained (a drain that finds items still queued warns
+  about them on the console);
+- ``TagsContext.get().current_tags``: the tags (``with prefect.tags(...)``) a flow run
+  created ahead of the flow call gets, as the engine would give it.
 
 tests/test_internals.py checks both on the locked versions.
 """
@@ -58,6 +63,29 @@ def drain_reporting(timeout: float = 10) -> None:
             worker.drain_all(timeout=timeout)
         except Exception as exc:
             logger.debug("draining %s failed: %s", worker.__name__, exc)
+
+
+def send_events(timeout: float = 10) -> None:
+    """Wait (at most ``timeout`` seconds) until Prefect's events service in this process
+    has sent what it holds, then drain it (:func:`drain_reporting`)."""
+    import threading
+
+    from prefect.events.worker import EventsWorker
+
+    try:
+        waiter = threading.Thread(target=EventsWorker.instance().wait_until_empty, daemon=True)
+        waiter.start()
+        waiter.join(timeout)
+    except Exception as exc:
+        logger.debug("waiting for the events service failed: %s", exc)
+    drain_reporting(timeout)
+
+
+def current_tags() -> set[str]:
+    """The tags Prefect's engine would give a flow run created here, now."""
+    from prefect.context import TagsContext
+
+    return set(TagsContext.get().current_tags)
 
 
 def run_existing_flow_run(flow: Any, flow_run_id: str, parameters: dict[str, Any]) -> Any:

@@ -21,16 +21,30 @@ Worker side
       gets fresh context objects around them and runs through Prefect's own
       ``run_task_sync``/``run_task_async``, so states, retries, ``wait_for``, caching,
       hooks, logs and events are Prefect's;
+    * a task that submits tasks does so through that task runner, connected to the
+      worker's own scheduler, and leaves the worker's thread pool (Dask's ``secede``)
+      so that what it waits for gets a thread; its submissions share one payload per
+      worker process, forgotten with the run's own when the runner exits, which
+      never waits on a worker from a worker;
+    * a task that raises ``KeyboardInterrupt`` or ``SystemExit`` is Crashed, and its
+      worker lives on;
     * ``events="drop"`` (the run's embedded API, which records none) replaces the
       events client of the worker process with Prefect's ``NullEventsClient``;
       ``"send"`` (a user's own server) keeps them;
     * each task's final state is reported to the runner as a Dask worker event (the
-      progress display and the timeline).
+      progress display and the timeline), and the progress's ``task_logs`` (when it has
+      them) are installed on each worker for as long as it keeps the run: its tasks'
+      log lines go to the runner the same way;
+    * with ``"send"``, at the run's end every worker sends what Prefect's log and event
+      services still hold (a worker process ends with its cluster without running
+      Prefect's exit handlers, and its last batch of task-run lines would be lost).
 
 Fenced here (each checked by tests/test_internals.py on the locked versions):
 
 1. ``DaskTaskRunner._optimize_futures``, ``._client``, ``._started``, ``duplicate()``
-   rebuilding the runner from its constructor arguments, ``client`` made on first use;
+   rebuilding the runner from its constructor arguments, ``client`` made on first use
+   into ``._exit_stack`` (with ``._connect_to`` and ``performance_report_path``), which
+   this runner does itself, without adopting ``distributed.get_client()``'s client;
 2. ``PrefectFuture._final_state``: a future whose final state is set is not waited on
    again (the batched fetch of ``map``);
 3. ``TaskRunner.map`` calling ``self.submit(task=, parameters=, wait_for=, dependencies=)``
@@ -65,6 +79,9 @@ if TYPE_CHECKING:
     class TaskProgress(Protocol):
         topic: str
         report: Callable[[Any, Any, Any], dict[str, Any]]
+
+        #: ``install(flow_run_id)`` run on each worker; returns what undoes it.
+        task_logs: Any
 
         def submitted(self, name: str, count: int = 1) -> None: ...
         def event(self, event: Any) -> None: ...
@@ -144,7 +161,8 @@ class FlowrigTaskRunner(DaskTaskRunner):
 
     _TASK_CACHE_SIZE = 256
     #: Attributes that belong to one run in this process and never travel.
-    _RUNTIME = ("_lock", "_run_future", "_task_futures", "_pinned", "_collecting", "progress", "_subscribed")
+    _RUNTIME = ("_lock", "_run_future", "_task_futures", "_pinned", "_collecting", "progress", "_subscribed",
+                "_root")
 
     def __init__(self, *args: Any, events: str = "send", progress: "TaskProgress | None" = None, **kwargs: Any):
         if events not in EVENTS:
@@ -164,6 +182,9 @@ class FlowrigTaskRunner(DaskTaskRunner):
         self._task_futures: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
         self._tokens: list[str] = []
         self._subscribed = False
+        #: On a worker, the token of the run whose tasks submit through this runner
+        #: (``None`` in the runner's own process).
+        self._root: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # The flow travels with every task's context, and carries this (unstarted)
@@ -188,6 +209,40 @@ class FlowrigTaskRunner(DaskTaskRunner):
 
     __hash__ = DaskTaskRunner.__hash__
 
+    # --- the client ----------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        """The runner's Dask client, connected on first use to the run's own scheduler.
+
+        Unlike prefect-dask, a default client of this process (a notebook's, or a
+        worker's own) is never adopted: its scheduler may be another cluster's. Inside a
+        task (a task that submits tasks) the client connects to the scheduler of the
+        worker it runs on, whatever name the runner knows that scheduler by, with the
+        runner's credentials or, failing those, the worker's own; no default client is
+        made or changed on the way.
+        """
+        if self._client is None and self._cluster is None:
+            from flowrig.internals.worker_security import client_security, current_worker
+
+            worker = current_worker()
+            if worker is not None:
+                kwargs = dict(self.client_kwargs)
+                kwargs.setdefault("security", client_security(worker.security))
+                self._connect(worker.scheduler.address, kwargs)
+            elif self.address:
+                self._connect(self.address, self.client_kwargs)
+        return super().client
+
+    def _connect(self, address: str, client_kwargs: dict[str, Any]) -> None:
+        import distributed
+        from prefect_dask.client import PrefectDaskClient
+
+        self._connect_to = address
+        self._client = self._exit_stack.enter_context(PrefectDaskClient(address, **client_kwargs))
+        if self.performance_report_path:
+            self._exit_stack.enter_context(distributed.Client.as_current(self._client))
+            self._exit_stack.enter_context(distributed.performance_report(self.performance_report_path))
+
     # --- what is the same for every task of a run ------------------------------------------
     def _run_payload(self) -> tuple[str, Any]:
         import prefect
@@ -195,14 +250,21 @@ class FlowrigTaskRunner(DaskTaskRunner):
 
         flow_run = FlowRunContext.get()
         settings = SettingsContext.get()
+        settings_object = settings.settings if settings else None
         deployment_id, deployment_parameters = _deployment_id.get(), _deployment_parameters.get()
-        ident = (id(flow_run), id(settings), deployment_id, id(deployment_parameters))
+        # One payload per flow run and settings: on a worker every task has context
+        # objects of its own around the same flow run and Settings, and its nested
+        # submissions share one payload.
+        flow_run_key = flow_run.flow_run.id if flow_run is not None and flow_run.flow_run is not None else None
+        ident = (flow_run_key or id(flow_run), id(settings_object), deployment_id, id(deployment_parameters))
         with self._lock:
             if self._run_ident == ident and self._run_future is not None:
                 return self._run_token, self._run_future
             token = uuid.uuid4().hex
             payload = {
                 "token": token,
+                # What the runner's exit makes every worker forget, nested runs included.
+                "root": self._root or token,
                 # Settings travel as their objects: the worker must run the same Prefect.
                 "prefect_version": prefect.__version__,
                 "events": self.events,
@@ -211,11 +273,12 @@ class FlowrigTaskRunner(DaskTaskRunner):
                 "deployment_id": str(deployment_id) if deployment_id else None,
                 "deployment_parameters": deployment_parameters,
                 "progress": (self.progress.topic, self.progress.report) if self.progress else None,
+                "task_logs": getattr(self.progress, "task_logs", None),
             }
             future = self.client.submit(_payload, payload, key=f"flowrig-run-{token}", pure=False)
             self._run_ident, self._run_token, self._run_future = ident, token, future
             # Their ids are the cache key: held, so that no other object takes them.
-            self._pinned = (flow_run, settings)
+            self._pinned = (flow_run, settings_object, deployment_parameters)
             self._task_futures.clear()
             self._tokens.append(token)
             return token, future
@@ -238,7 +301,10 @@ class FlowrigTaskRunner(DaskTaskRunner):
         if self.progress is None or self._subscribed:
             return
         self._subscribed = True
-        self.client.subscribe_topic(self.progress.topic, self.progress.event)
+        subscriptions = getattr(self.progress, "subscriptions", None)
+        topics = subscriptions() if subscriptions is not None else {self.progress.topic: self.progress.event}
+        for topic, handler in topics.items():
+            self.client.subscribe_topic(topic, handler)
 
     # --- what differs between tasks ---------------------------------------------------------
     @staticmethod
@@ -302,6 +368,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
             collected = _Collected(parameters, wait_for, dependencies)
             self._collecting.append(collected)
             return collected
+        _leave_thread_pool()
         self._subscribe()
         token, run = self._run_payload()
         task_future = self._task_payload(task, token)
@@ -331,6 +398,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         futures = _batched_future_list()()
         if not collected:
             return futures
+        _leave_thread_pool()
         self._subscribe()
         token, run = self._run_payload()
         task_future = self._task_payload(task, token)
@@ -352,16 +420,48 @@ class FlowrigTaskRunner(DaskTaskRunner):
             self.progress.submitted(task.name, len(task_run_ids))
         return futures
 
+    #: Seconds the runner waits for the workers to take its last message: they answer
+    #: in milliseconds, unless the scheduler's event loop is busy (it imports Prefect
+    #: when it unpickles a run's first tasks, seconds on a loaded machine), and a run
+    #: ended by a signal must not wait for that.
+    FORGET_TIMEOUT = 1.0
+
     def __exit__(self, *args: Any) -> None:
         tokens, self._tokens = self._tokens, []
         self._run_future = self._run_ident = self._pinned = None
         self._task_futures.clear()
-        if tokens and self._client is not None:
-            try:
-                self._client.run(_forget_runs_async, tokens, wait=False)
-            except Exception:  # workers also forget old runs on their own (a bounded cache)
-                pass
+        # A runner on a worker (nested submissions) asks nobody: the runner's own exit
+        # makes every worker forget the run with everything nested in it. Asking from
+        # here would wait on the very worker this runs on.
+        if tokens and self._client is not None and self._root is None:
+            if self.events == "send":
+                # A server of the user's: the workers' last task-run lines are still in
+                # their log service's batch, which a worker process ending with its
+                # cluster would never send (a multiprocessing child runs no exit handlers).
+                try:
+                    self._client.run(_send_reporting, on_error="ignore")
+                except Exception:
+                    pass
+            _forget_everywhere(self._client, tokens, self.FORGET_TIMEOUT)
         super().__exit__(*args)
+
+
+def _forget_everywhere(client: Any, tokens: list[str], timeout: float) -> None:
+    """Ask every worker to forget the runs ``tokens``, waiting ``timeout`` seconds at most.
+
+    Workers also forget old runs on their own (a bounded cache), so a worker that does
+    not answer (its event loop blocked by a task, say) must not hold up the flow's end.
+    """
+
+    def ask() -> None:
+        try:
+            client.run(_forget_runs_async, tokens, wait=False)
+        except Exception:
+            pass
+
+    asking = threading.Thread(target=ask, name="flowrig-forget-runs", daemon=True)
+    asking.start()
+    asking.join(timeout)
 
 
 def _payload(value: Any) -> Any:
@@ -370,6 +470,26 @@ def _payload(value: Any) -> Any:
 
 
 # --- worker side -----------------------------------------------------------------------------
+
+
+#: Per worker thread: ``False`` while a task runs there, ``True`` once it left the
+#: worker's thread pool, ``None`` outside tasks.
+_IN_TASK = threading.local()
+
+
+def _leave_thread_pool() -> None:
+    """Called when a task submits tasks: it leaves the worker's thread pool (Dask's
+    ``secede``) before it can wait on them.
+
+    Otherwise tasks that each submit tasks and wait for them can fill every thread of
+    every worker, and what they wait for never gets a thread to run on. The task goes on
+    in its thread; it just no longer counts against the worker's threads.
+    """
+    if getattr(_IN_TASK, "seceded", None) is False:
+        from distributed import secede
+
+        secede()
+        _IN_TASK.seceded = True
 
 
 _SHARED_CONTEXT: type | None = None
@@ -398,10 +518,15 @@ def _shared_client_context(client: Any) -> Any:
 class _RunState:
     """What one worker process keeps of one run."""
 
-    __slots__ = ("token", "profile", "settings", "clients", "clients_lock", "task_runner", "flow_run_fields",
-                 "rest", "progress")
+    __slots__ = ("token", "root", "profile", "settings", "clients", "clients_lock", "task_runner",
+                 "flow_run_fields", "rest", "progress", "undo_task_logs")
 
     def close(self) -> None:
+        if self.undo_task_logs is not None:
+            try:
+                self.undo_task_logs()
+            except Exception:
+                pass
         try:
             if self.task_runner is not None:
                 self.task_runner.__exit__(None, None, None)
@@ -413,6 +538,10 @@ class _RunState:
             except Exception:
                 pass
 
+
+#: Seconds a worker waits for its Prefect log and event services to send what they hold
+#: at the end of a run.
+WORKER_DRAIN_TIMEOUT = 5.0
 
 #: Prefect clients and run states made in this worker process (for tests).
 STATS = {"builds": 0, "clients": 0}
@@ -478,6 +607,7 @@ def _build_run_state(payload: dict[str, Any]) -> _RunState:
         pass
     state = _RunState()
     state.token = payload["token"]
+    state.root = payload.get("root") or state.token
     state.profile, state.settings = payload["settings"] or (None, None)
     state.settings = local_ca_settings(state.settings)
     state.progress = payload.get("progress")
@@ -494,11 +624,21 @@ def _build_run_state(payload: dict[str, Any]) -> _RunState:
         client = _client_for(state)
         flow_run = payload["flow_run_context"]
         if flow_run:
-            state.task_runner = flow_run["flow"].task_runner.duplicate().__enter__()
+            runner = flow_run["flow"].task_runner.duplicate()
+            if isinstance(runner, FlowrigTaskRunner):
+                runner._root = state.root
+            state.task_runner = runner.__enter__()
             base = FlowRunContext(**flow_run, client=client, task_runner=state.task_runner, detached=True)
             # Validated once (FlowRun, ResultStore... as models), the keys as shipped.
             state.flow_run_fields = {key: getattr(base, key) for key in flow_run}
     state.rest = {k: payload[k] for k in ("deployment_id", "deployment_parameters") if payload.get(k)}
+    state.undo_task_logs = None
+    if payload.get("task_logs") is not None:
+        flow_run = (state.flow_run_fields or {}).get("flow_run")
+        try:
+            state.undo_task_logs = payload["task_logs"].install(getattr(flow_run, "id", None))
+        except Exception:  # lines for a person never fail a task
+            pass
     STATS["builds"] += 1
     return state
 
@@ -508,25 +648,45 @@ def _run_state_for(payload: dict[str, Any]) -> _RunState:
     state = _RUNS.get(token)
     if state is not None:
         return state
+    evicted: list[_RunState] = []
     with _RUNS_LOCK:
         state = _RUNS.get(token)
         if state is None:
             state = _RUNS[token] = _build_run_state(payload)
             while len(_RUNS) > _MAX_RUNS:
-                _RUNS.popitem(last=False)[1].close()
+                evicted.append(_RUNS.popitem(last=False)[1])
+    _close_later(evicted)
     return state
 
 
-def _forget_runs(tokens: Iterable[str]) -> None:
+def _close_later(states: list[_RunState]) -> None:
+    """Close run states in a thread of their own: closing waits on clients, which a
+    task's thread or the worker's event loop must not do."""
+    if states:
+        threading.Thread(
+            target=lambda: [state.close() for state in states], name="flowrig-close-runs", daemon=True
+        ).start()
+
+
+def _forget_runs(tokens: Iterable[str]) -> list[_RunState]:
+    """Drop the runs ``tokens`` and the runs nested in them; returns them, to be closed."""
+    wanted = set(tokens)
     with _RUNS_LOCK:
-        for token in tokens:
-            state = _RUNS.pop(token, None)
-            if state is not None:
-                state.close()
+        gone = [token for token, state in _RUNS.items() if token in wanted or state.root in wanted]
+        return [_RUNS.pop(token) for token in gone]
 
 
 async def _forget_runs_async(tokens: Iterable[str]) -> None:
-    _forget_runs(tokens)
+    # On the worker's event loop (Client.run): it must return at once.
+    _close_later(_forget_runs(tokens))
+
+
+def _send_reporting() -> None:
+    """Send what Prefect's log and event services of this worker process hold (on the
+    worker, at the end of a run that reports to a server of the user's)."""
+    from flowrig.internals.prefect_engine import drain_reporting
+
+    drain_reporting(timeout=WORKER_DRAIN_TIMEOUT)
 
 
 def _report(state: _RunState, task: Any, task_run_id: uuid.UUID, final: Any) -> None:
@@ -548,7 +708,9 @@ def _run_task_remote(task_run_id: Any, parameters: Any, wait_for: Any, dependenc
     from prefect.task_engine import run_task_async, run_task_sync
 
     state = _run_state_for(run)
+    _IN_TASK.seceded = False
     with ExitStack() as stack:
+        stack.callback(setattr, _IN_TASK, "seceded", None)
         if state.settings is not None:
             stack.enter_context(SettingsContext(profile=state.profile, settings=state.settings))
         client = _client_for(state)
@@ -567,6 +729,18 @@ def _run_task_remote(task_run_id: Any, parameters: Any, wait_for: Any, dependenc
             task=task, task_run_id=task_run_id, parameters=parameters, wait_for=wait_for,
             return_type="state", dependencies=dependencies, context=None,
         )
-        final = asyncio.run(run_task_async(**kwargs)) if task.isasync else run_task_sync(**kwargs)
+        try:
+            final = asyncio.run(run_task_async(**kwargs)) if task.isasync else run_task_sync(**kwargs)
+        except Exception:
+            raise
+        except BaseException as exc:
+            # The task raised KeyboardInterrupt or SystemExit itself (no signal reaches a
+            # worker's task thread). Prefect has reported it Crashed and re-raised it:
+            # out of here it would stop the worker's event loop, and with it the worker
+            # (every in-process worker, on a thread-pool cluster) and the future would
+            # never finish. The task's future gets the crash as its state instead.
+            from prefect.states import exception_to_crashed_state
+
+            final = asyncio.run(exception_to_crashed_state(exc))
     _report(state, task, task_run_id, final)
     return final

@@ -4,7 +4,8 @@ The image build runs these before flowrig or any dependency is installed
 (``flowrig/builder/buildsteps.py`` loads this file by path), so this module uses the
 standard library only and never imports flowrig. The host applies the same rules when
 it loads a project (:func:`flowrig.project.load_project`), so a project the host accepts
-is one the build accepts, with the same messages.
+is one the build accepts, with the same messages. Credentials by value, in files and in
+``[cluster.options]``, have rules of their own: :mod:`flowrig.project.secretrules`.
 """
 
 from __future__ import annotations
@@ -108,14 +109,18 @@ _INCLUDE = re.compile(r"^\s*(-r|--requirement|-c|--constraint)(\s+|=)(\S+)\s*$")
 
 
 def flatten_requirements(
-    path: Path, root: Path, out: Path | None = None, _seen: frozenset[Path] = frozenset()
+    path: Path,
+    root: Path,
+    out: Path | None = None,
+    _seen: frozenset[Path] = frozenset(),
+    files: list[Path] | None = None,
 ) -> list[str]:
     """Lines of a requirements file with ``-r`` includes inlined.
 
     Includes are resolved relative to the including file and must stay inside
     ``root`` (the project), because only the project travels into the build.
     Constraint files (``-c``) are copied into ``out`` and referred to there; with no
-    ``out`` they are only checked.
+    ``out`` they are only checked. ``files``, when given, gets every file read.
 
     Raises
     ------
@@ -125,6 +130,8 @@ def flatten_requirements(
     path = path.resolve()
     if path in _seen:
         raise RuleError(f"requirements file {path.name} includes itself")
+    if files is not None:
+        files.append(path)
     lines: list[str] = []
     for raw in read_requirements_text(path).splitlines():
         match = _INCLUDE.match(raw)
@@ -136,7 +143,7 @@ def flatten_requirements(
             raise RuleError(
                 f"{path.name} includes {match.group(3)!r}, which is not a file inside the project"
             )
-        included = flatten_requirements(target, root, out, _seen | {path})
+        included = flatten_requirements(target, root, out, _seen | {path}, files)
         if match.group(1) in ("-c", "--constraint"):
             if out is not None:
                 copy = out / f"constraints-{len(list(out.glob('constraints-*.txt')))}.txt"
@@ -147,7 +154,7 @@ def flatten_requirements(
     return lines
 
 
-# --- credentials: files never copied, option keys never accepted -------------------------
+# --- credentials: files never copied (values: flowrig.project.secretrules) ------------------
 
 #: Credential files and directories of common tools, as ``.dockerignore`` patterns (a
 #: directory's pattern covers everything below it). They never enter a build context:
@@ -175,82 +182,6 @@ CREDENTIAL_PATTERNS = (
     "**/.databrickscfg",
     "**/.terraform.d/credentials.tfrc.json",
 )
-
-# Option and environment names that hold a credential: a word of the name (split on
-# "_", "-", "." or a change to upper case) is one of these, or ends with one of the
-# _SECRET_ENDINGS (PGPASSWORD). Whole words, so that AUTHOR or TOKENIZERS_PARALLELISM
-# are not taken for secrets; KEY and AUTH alone are (SSH_KEY, PREFECT_API_AUTH_STRING).
-_SECRET_WORDS = frozenset(
-    {"secret", "secrets", "password", "passwd", "passphrase", "pass", "pwd", "token", "tokens",
-     "credential", "credentials", "apikey", "privatekey", "key", "keys", "auth"}
-)
-_SECRET_ENDINGS = ("password", "passwd", "secret", "token", "apikey")
-_WORD_SPLIT = re.compile(r"[_\-.]+|(?<=[a-z])(?=[A-Z])")
-# An AWS access key id wherever it appears: a value no option needs.
-_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
-#: The one option that may name secrets: it holds references (valueFrom), not values.
-SECRET_REFERENCES_KEY = "secrets"
-
-
-def secret_looking(name: str) -> bool:
-    """Whether an option or environment variable name says it holds a credential."""
-    words = [w.lower() for w in _WORD_SPLIT.split(name) if w]
-    return any(w in _SECRET_WORDS or w.endswith(_SECRET_ENDINGS) for w in words)
-
-
-def credential_options(config: dict) -> list[str]:
-    """Dotted keys under ``[cluster.options]`` that hold or look like credentials.
-
-    A key counts when its name looks secret (:func:`secret_looking`), at any depth
-    (an ``environment`` table, ``[{name, value}]`` lists of task arguments), or when its
-    value holds an AWS access key id. The ``secrets`` option (references with
-    ``valueFrom``) is the way to pass secrets and is left alone.
-    """
-    options = config.get("cluster", {}).get("options", {}) if isinstance(config.get("cluster"), dict) else {}
-    found: list[str] = []
-
-    def walk(value: object, where: str) -> None:
-        if isinstance(value, dict):
-            if isinstance(value.get("name"), str) and "value" in value and secret_looking(value["name"]):
-                found.append(f"{where}.{value['name']}")
-            for key, item in value.items():
-                place = f"{where}.{key}"
-                if where == "cluster.options" and key == SECRET_REFERENCES_KEY:
-                    continue
-                if secret_looking(str(key)):
-                    found.append(place)
-                else:
-                    walk(item, place)
-        elif isinstance(value, list):
-            for number, item in enumerate(value):
-                walk(item, f"{where}[{number}]")
-        elif isinstance(value, str) and _AWS_KEY_ID.search(value):
-            found.append(where)
-
-    if isinstance(options, dict):
-        walk(options, "cluster.options")
-    return found
-
-
-def check_no_credentials(config: dict) -> None:
-    """Refuse credentials in ``[cluster.options]``: ``flowrig.toml`` goes into the image.
-
-    Raises
-    ------
-    RuleError
-        Naming every such key and what to do instead.
-    """
-    found = credential_options(config)
-    if found:
-        keys = ", ".join(f"'{key}'" for key in found)
-        raise RuleError(
-            f"{PROJECT_FILE}: {keys} in [cluster.options] hold or look like credentials, and "
-            f"{PROJECT_FILE} is copied into the image: remove them; give the tasks an IAM role "
-            "(execution_role_arn, task_role_arn) or let the runner use its own AWS credentials, "
-            "and pass secrets to the tasks as 'secrets' entries with valueFrom (a Secrets Manager "
-            "or SSM parameter ARN)"
-        )
-
 
 def without_option_values(config: dict) -> dict:
     """``config`` with ``[cluster.options]`` reduced to its sorted keys.

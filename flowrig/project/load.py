@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 
 from flowrig.errors import BadInput
-from flowrig.project import filerules
+from flowrig.project import filerules, secretrules
 from flowrig.project.defaults import PROJECT_FILE
 from flowrig.project.models import Project, parse_project
 
@@ -23,8 +23,9 @@ def load_project(path: str | Path) -> Project:
         When the file is missing, is not valid TOML, or fails validation; also when
         the flow file or requirements file it names does not exist, a requirements
         include leaves the project, ``[cluster.options]`` holds credentials
-        (:func:`flowrig.project.filerules.check_no_credentials`), or
-        ``build.allow_private_keys`` names a file the project does not have.
+        (:func:`flowrig.project.secretrules.check_no_credentials`), or
+        ``build.allow_private_keys`` or ``build.allow_credentials`` name a file the
+        project does not have.
     """
     path = Path(path)
     file = path if path.is_file() else path / PROJECT_FILE
@@ -45,11 +46,19 @@ def load_project(path: str | Path) -> Project:
                 f"'build.allow_private_keys' in {file} names {name!r}, which is not a file of the "
                 "project: fix the path or remove the entry"
             )
+    for entry in project.build.allow_credentials:
+        path, colon, line = entry.rpartition(":")
+        name = path if colon and line.isdigit() else entry
+        if not (project.root / name).exists():
+            raise BadInput(
+                f"'build.allow_credentials' in {file} names {name!r}, which is not in the project: "
+                "fix the path or remove the entry"
+            )
     try:
-        filerules.check_no_credentials(data)
+        secretrules.check_no_credentials(data)
         requirements = filerules.requirements_path(project.root, project.requirements)
         if requirements is not None:
             filerules.flatten_requirements(requirements, project.root)
-    except filerules.RuleError as exc:
+    except (filerules.RuleError, secretrules.CredentialError) as exc:
         raise BadInput(str(exc)) from None
     return project

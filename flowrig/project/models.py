@@ -14,7 +14,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Mapping
 
-from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from flowrig.errors import BadInput
@@ -33,8 +33,8 @@ _REFERENCE = re.compile(r"^(?P<path>.+):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 class Adapt:
     """``[cluster] adapt = { minimum, maximum }``: an adaptive range of workers."""
 
-    minimum: Count = 0
-    maximum: Count | None = None
+    minimum: Count = Field(0, description="fewest workers the cluster scales down to (0 is a real minimum)")
+    maximum: Count | None = Field(None, description="most workers the cluster scales up to (required)")
 
     def __post_init__(self) -> None:
         if self.maximum is None:
@@ -50,19 +50,45 @@ class Adapt:
 class ClusterConfig:
     """The ``[cluster]`` table."""
 
-    backend: StrictStr = defaults.BACKEND
-    n_workers: Count | None = None
-    adapt: Adapt | None = None
-    sizing: StrictStr | None = None
-    min_workers: Count = defaults.MIN_WORKERS
-    max_workers: Count = defaults.MAX_WORKERS
-    worker_threads: Annotated[StrictInt, Field(ge=1)] = defaults.WORKER_THREADS
-    image: StrictStr | None = None
-    #: Seconds the scheduler stays up once no client is connected (its runner was
-    #: lost); default: the scheduler's own (:mod:`flowrig.roles.lifetime`).
-    no_client_timeout: Seconds | None = None
-    #: Backend options, validated by the backend's own model when it starts.
-    options: dict[str, Any] = field(default_factory=dict)
+    backend: StrictStr = Field(
+        defaults.BACKEND,
+        description="where the cluster runs: local, docker, ecs, fargate, ec2, azure, gcp, or any distributed "
+        "cluster class as `package.module:ClusterClass`; `flowrig run --backend` overrides it",
+    )
+    n_workers: Count | None = Field(
+        None, description=f"a fixed number of workers (or `adapt`); neither: {defaults.N_WORKERS}"
+    )
+    adapt: Adapt | None = Field(None, description="an adaptive range of workers instead of `n_workers`")
+    sizing: StrictStr | None = Field(
+        None,
+        description="a sizing hook, `\"flow.py:on_execute\"`: a function `(parameters, provider_kwargs)` that "
+        "sets the size from the run's parameters (Prefect 1's signature)",
+    )
+    min_workers: Count = Field(
+        defaults.MIN_WORKERS,
+        description="every size is clamped to at least this; also the workers an ecs/fargate/VM run needs "
+        "when some cannot start",
+    )
+    max_workers: Count = Field(
+        defaults.MAX_WORKERS, description="every size is clamped to at most this, a sizing hook's included"
+    )
+    worker_threads: Annotated[StrictInt, Field(ge=1)] = Field(
+        defaults.WORKER_THREADS, description="threads of each worker process"
+    )
+    image: StrictStr | None = Field(
+        None, description="image of the container and cloud backends; `--image` and `FLOWRIG_IMAGE` override it"
+    )
+    #: Default: the scheduler's own (:mod:`flowrig.roles.lifetime`).
+    no_client_timeout: Seconds | None = Field(
+        None,
+        description="seconds a scheduler outlives its runner: it stops once no client has been connected "
+        "that long (default 60)",
+    )
+    #: Validated by the backend's own model when it starts.
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the backend's own options, checked by its model: see `[cluster.options]` below",
+    )
 
     def __post_init__(self) -> None:
         if self.adapt is not None and self.n_workers is not None:
@@ -81,20 +107,56 @@ class ClusterConfig:
             )
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _inside(name: str) -> bool:
+    return bool(name.strip()) and not Path(name).is_absolute() and ".." not in Path(name).parts
+
+
 @dataclass(config=_STRICT, frozen=True)
 class BuildConfig:
-    """The ``[build]`` table: what ``flowrig build`` does with the project's files."""
+    """The ``[build]`` table: what ``flowrig build`` does with the project's files.
 
-    #: Project files (paths relative to the project) that may hold a private key and
-    #: still go into the image. Anything else holding one refuses the build.
-    allow_private_keys: list[StrictStr] = field(default_factory=list)
+    Every opt-out is explicit and by name: nothing is let through by a pattern the
+    project did not write down.
+    """
+
+    allow_private_keys: list[StrictStr] = Field(
+        default_factory=list,
+        description="project files (paths relative to the project) that may hold a private key and still go "
+        "into the image; any other file holding one refuses the build",
+    )
+    allow_credentials: list[StrictStr] = Field(
+        default_factory=list,
+        description='project files, directories (ending in "/") or single lines ("file:LINE") whose '
+        "credential-looking content is no secret (an example, a test fixture); anything else holding a "
+        "credential by value refuses the build",
+    )
+    allow_environment: list[StrictStr] = Field(
+        default_factory=list,
+        description="names of environment variables in [cluster.options] whose values look secret but are not",
+    )
 
     def __post_init__(self) -> None:
         for name in self.allow_private_keys:
-            if not name.strip() or Path(name).is_absolute() or ".." in Path(name).parts:
+            if not _inside(name):
                 raise ValueError(
                     f"{defaults.PROJECT_FILE}: 'build.allow_private_keys' entries must be paths "
                     f"inside the project, relative to it; got {name!r}"
+                )
+        for entry in self.allow_credentials:
+            path, colon, line = entry.rpartition(":")
+            if not _inside(path if colon and line.isdigit() else entry) or (colon and line.isdigit() and int(line) < 1):
+                raise ValueError(
+                    f"{defaults.PROJECT_FILE}: 'build.allow_credentials' entries must be paths inside the "
+                    f'project, relative to it, each alone or with a line ("file:12"); got {entry!r}'
+                )
+        for name in self.allow_environment:
+            if not _ENV_NAME.match(name):
+                raise ValueError(
+                    f"{defaults.PROJECT_FILE}: 'build.allow_environment' entries must be environment "
+                    f"variable names; got {name!r}"
                 )
 
 
@@ -102,20 +164,35 @@ class BuildConfig:
 class RunSettings:
     """The ``[run]`` table."""
 
-    #: Seconds the whole run may take; past them it is ended and torn down.
-    timeout: Seconds | None = None
+    timeout: Seconds | None = Field(
+        None,
+        description="seconds the whole run may take; past them it is ended, torn down, and exits 124 "
+        "(`flowrig run --timeout` overrides it)",
+    )
+    #: Prefect completes a flow whose failed task only left others not run.
+    fail_on_task_failure: StrictBool = Field(
+        False,
+        description="a flow that completed while some of its tasks failed fails the run: exit 1 "
+        "(`--strict` / `--no-strict` override it)",
+    )
 
 
 @dataclass(config=_STRICT, frozen=True)
 class ProjectFile:
     """The whole ``flowrig.toml`` document."""
 
-    flow: StrictStr
-    requirements: StrictStr | None = None
-    name: StrictStr | None = None
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    build: BuildConfig = field(default_factory=BuildConfig)
-    run: RunSettings = field(default_factory=RunSettings)
+    flow: StrictStr = Field(description="the Prefect `@flow` to run, as `\"path.py:function\"` in the project")
+    requirements: StrictStr | None = Field(
+        None,
+        description="a pip requirements file of the flow's own dependencies: installed in images, checked "
+        "against the environment of a local run",
+    )
+    name: StrictStr | None = Field(
+        None, description="the project's name, as the image's manifest gives it; default: its directory's name"
+    )
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="the run's cluster")
+    build: BuildConfig = Field(default_factory=BuildConfig, description="what `flowrig build` does")
+    run: RunSettings = Field(default_factory=RunSettings, description="limits and rules of the run")
 
     def __post_init__(self) -> None:
         if not _REFERENCE.match(self.flow):
@@ -163,6 +240,7 @@ _WHAT = {
     "dataclass_type": "a table",
     "model_type": "a table",
     "list_type": "a list",
+    "bool_type": "true or false",
 }
 _FIELDS = {
     "": ProjectFile,

@@ -1,8 +1,15 @@
 """Run parameters: gathered from the command line, a file and the environment, then
 validated against the flow's signature with Prefect's own validation.
 
-Precedence, lowest first: ``FLOWRIG_PARAMETERS`` (a JSON object), ``--params-file``,
-then each ``--param k=v``; a later source overrides a key from an earlier one.
+Precedence, lowest first: ``FLOWRIG_PARAMETERS`` (a JSON object), ``--params-file``
+(``-``: standard input), then each ``--param k=v``; a later source overrides a key from
+an earlier one.
+
+``--param`` values are on the command line of ``flowrig run``, which every local user
+can read (``/proc/PID/cmdline``) until the command hides them (:func:`hide_param_values`,
+a fraction of a second after it starts; no process it starts ever shows them);
+a file only its owner reads, standard input and ``FLOWRIG_PARAMETERS`` (a process's
+environment is its owner's alone) keep them private from the start.
 """
 
 from __future__ import annotations
@@ -10,12 +17,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, TextIO
 
 from flowrig.errors import BadInput
 
 ENV_VAR = "FLOWRIG_PARAMETERS"
+#: ``--params-file`` that names standard input.
+STDIN = "-"
 
 
 def parse_param(item: str) -> tuple[str, Any]:
@@ -60,13 +70,20 @@ def gather(
     params: Iterable[str] = (),
     params_file: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
+    stdin: TextIO | None = None,
 ) -> dict[str, Any]:
-    """Collect raw parameters from all sources (not yet validated)."""
+    """Collect raw parameters from all sources (not yet validated).
+
+    ``params_file`` ``"-"`` reads the JSON object from ``stdin`` (default: this
+    process's standard input), once.
+    """
     environ = os.environ if environ is None else environ
     result: dict[str, Any] = {}
     if environ.get(ENV_VAR):
         result.update(_object(environ[ENV_VAR], ENV_VAR))
-    if params_file is not None:
+    if params_file is not None and str(params_file) == STDIN:
+        result.update(_object((stdin or sys.stdin).read(), "parameters on standard input"))
+    elif params_file is not None:
         path = Path(params_file)
         if not path.is_file():
             raise BadInput(f"parameters file {str(path)!r} does not exist")
@@ -75,6 +92,48 @@ def gather(
         key, value = parse_param(item)
         result[key] = value
     return result
+
+
+#: What a hidden ``--param`` value shows instead.
+HIDDEN = b"*"
+
+
+def hidden_values(argv: list[bytes]) -> list[bytes]:
+    """``argv`` with the value of every ``--param k=v`` (and ``-p k=v``,
+    ``--param=k=v``, ``-pk=v``) replaced by ``k=*``; everything else as it was."""
+
+    def hide(item: bytes) -> bytes:
+        key, sep, _ = item.partition(b"=")
+        return key + sep + HIDDEN if sep else HIDDEN
+
+    result: list[bytes] = []
+    value_next = False
+    for arg in argv:
+        if value_next:
+            result.append(hide(arg))
+            value_next = False
+        elif arg in (b"--param", b"-p"):
+            result.append(arg)
+            value_next = True
+        elif arg.startswith(b"--param="):
+            result.append(b"--param=" + hide(arg[len(b"--param="):]))
+        elif arg.startswith(b"-p") and not arg.startswith(b"--"):
+            result.append(b"-p" + hide(arg[2:]))
+        else:
+            result.append(arg)
+    return result
+
+
+def hide_param_values() -> bool:
+    """Take the ``--param`` values off this process's command line, as other users see
+    it (``/proc/PID/cmdline``) and as every process forked from it inherits it.
+
+    Call it before any other process starts. Returns whether the values are hidden (or
+    there were none); where the system does not allow it, they stay visible.
+    """
+    from flowrig.internals.cmdline import rewrite_arguments
+
+    return rewrite_arguments(hidden_values)
 
 
 def validate(flow: Any, parameters: Mapping[str, Any]) -> dict[str, Any]:

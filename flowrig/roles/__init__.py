@@ -6,12 +6,14 @@ the entrypoint in the image, the docker backend's containers, ECS task definitio
 May import: :mod:`flowrig.errors` and :mod:`flowrig.layout` (no Dask: the commands are
 data, the entrypoint execs them). :mod:`flowrig.roles.lifetime` is the exception: code
 the scheduler itself runs, it imports distributed and :mod:`flowrig.internals`, and
-nothing imports it but the scheduler (and the local backend's scheduler process).
+nothing imports it but the scheduler (and the local backend's scheduler process);
+so is :mod:`flowrig.roles.private_http`, a preload of schedulers and workers.
 """
 
 from flowrig.roles.commands import (
     DASHBOARD_PORT,
     LIFETIME_PRELOAD,
+    PRIVATE_HTTP_PRELOAD,
     ROLE_ALIASES,
     SCHEDULER_MODULE,
     SCHEDULER_PORT,
@@ -28,6 +30,7 @@ from flowrig.roles.commands import (
 __all__ = [
     "DASHBOARD_PORT",
     "LIFETIME_PRELOAD",
+    "PRIVATE_HTTP_PRELOAD",
     "ROLE_ALIASES",
     "SCHEDULER_MODULE",
     "SCHEDULER_PORT",

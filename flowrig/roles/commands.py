@@ -23,6 +23,9 @@ DASHBOARD_PORT = 8787
 #: The preload every scheduler runs: it stops the scheduler once no client has been
 #: connected for a while (:mod:`flowrig.roles.lifetime`).
 LIFETIME_PRELOAD = "flowrig.roles.lifetime"
+#: The preload that serves a role's HTTP endpoints (the scheduler's dashboard,
+#: ``/metrics``) only over the run's mutual TLS (:mod:`flowrig.roles.private_http`).
+PRIVATE_HTTP_PRELOAD = "flowrig.roles.private_http"
 #: Seconds a worker keeps trying to reach a lost scheduler before it exits.
 WORKER_DEATH_TIMEOUT = 60
 
@@ -142,7 +145,12 @@ def worker_command(threads: int = 1, extra_args: list[str] | None = None) -> lis
 
 
 def secure_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for a Dask role: any unencrypted connection is refused."""
+    """The environment for a Dask role: any unencrypted connection is refused, and a
+    client that a task opens to its own cluster without credentials gets the worker's
+    (:mod:`flowrig.internals.worker_security`)."""
+    from flowrig.internals.worker_security import LOADER, LOADER_ENV
+
     env = dict(os.environ if environ is None else environ)
     env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"
+    env.setdefault(LOADER_ENV, LOADER)
     return env

@@ -1,11 +1,14 @@
 """The one run path: a run's config and outcome, its execution, the command line's
 front end and the Prefect 1 style front end.
 
-Owns: :class:`RunConfig` and :class:`RunOutcome` (:mod:`~flowrig.run.config`),
-:func:`execute` (:mod:`~flowrig.run.execute`: API, sizing, cluster, flow, teardown),
-``flowrig run``'s path from its inputs (:mod:`~flowrig.run.launch`), what is printed
-(:mod:`~flowrig.run.report`), and :class:`DaskCloudProviderEnvironment`
-(:mod:`~flowrig.run.compat`).
+Owns: :class:`RunConfig`, :class:`RunOutcome` and :class:`RunRecord`
+(:mod:`~flowrig.run.config`), :func:`execute` (:mod:`~flowrig.run.execute`: API,
+sizing, cluster, flow, teardown), ``flowrig run``'s path from its inputs
+(:mod:`~flowrig.run.launch`), a run's timings (:mod:`~flowrig.run.timings`), what is
+printed: the outcome (:mod:`~flowrig.run.report`), the console's levels
+(:mod:`~flowrig.run.console`), the tasks' progress (:mod:`~flowrig.run.progress`) and
+their own log lines (:mod:`~flowrig.run.tasklog`), and
+:class:`DaskCloudProviderEnvironment` (:mod:`~flowrig.run.compat`).
 
 May import: :mod:`flowrig.backends`, :mod:`flowrig.api`, :mod:`flowrig.project`,
 :mod:`flowrig.certs`, :mod:`flowrig.internals`, :mod:`flowrig.common`; never the CLI.

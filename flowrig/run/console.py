@@ -1,10 +1,12 @@
 """What a run prints on stderr, for a person: by verbosity, and its start-up timeline.
 
-Default (text): flowrig's own lines, Prefect's flow-level lines, failed tasks with their
-tracebacks and one progress display (:mod:`flowrig.run.progress`). ``--verbose`` adds
-Dask's INFO lines and every task's own log lines; ``--quiet`` keeps errors only.
-The levels are set in processes flowrig owns (the ``flowrig run`` command and the
-workers it starts), never by :func:`flowrig.run.execute` in a caller's process.
+Default (text): flowrig's own lines, Prefect's flow-level lines, what the tasks logged
+at WARNING or above and printed under ``log_prints`` (:mod:`flowrig.run.tasklog`),
+failed tasks with their tracebacks and one progress display
+(:mod:`flowrig.run.progress`). ``--verbose`` adds Dask's INFO lines and every task's
+INFO lines, Prefect's own included; ``--quiet`` keeps errors only. The levels are set
+in processes flowrig owns (the ``flowrig run`` command and the workers it starts),
+never by :func:`flowrig.run.execute` in a caller's process.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ import logging
 import os
 import sys
 from typing import TextIO
+
+from flowrig.run.tasklog import TaskLines, TaskLinesFilter, TaskLogForwarding
+from flowrig.run.timings import TIMELINE, timeline_line
+
+__all__ = ["TIMELINE", "Console", "Verbosity", "configure", "timeline_line", "worker_environment"]
 
 
 class Verbosity(enum.IntEnum):
@@ -30,7 +37,8 @@ def _levels(verbosity: Verbosity) -> dict[str, int]:
     return {
         # Dask's start-up and teardown chatter: dozens of lines per worker.
         "distributed": logging.INFO if verbosity == Verbosity.VERBOSE else logging.WARNING,
-        # Task runs: their lines come back as the progress display and failure reports.
+        # Task runs: on workers their lines travel to the runner (tasklog); the workers'
+        # own stderr shows none of them. Tasks the runner runs itself: see configure().
         "prefect.task_runs": logging.CRITICAL if not verbosity == Verbosity.VERBOSE else logging.INFO,
         # prefect-dask's "connecting to the cluster" lines: flowrig says where it is.
         "prefect.task_runner": logging.INFO if verbosity == Verbosity.VERBOSE else logging.WARNING,
@@ -40,37 +48,56 @@ def _levels(verbosity: Verbosity) -> dict[str, int]:
     }
 
 
-def worker_environment(verbosity: Verbosity) -> dict[str, str]:
-    """Environment that gives workers in containers the same levels (read at start-up)."""
+def worker_environment(verbosity: Verbosity, to_api: bool = False) -> dict[str, str]:
+    """Environment that gives workers in containers the same levels (read at start-up);
+    ``to_api``: see :func:`configure`."""
     levels = _levels(verbosity)
+    # A server of the user's gets task runs' lines at Prefect's own level.
+    task_runs = min(levels["prefect.task_runs"], logging.INFO) if to_api else levels["prefect.task_runs"]
     return {
         "DASK_LOGGING__DISTRIBUTED": logging.getLevelName(levels["distributed"]).lower(),
-        "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": logging.getLevelName(levels["prefect.task_runs"]),
+        "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": logging.getLevelName(task_runs),
     }
 
 
-def base_worker_environment(run_id: str, verbosity: Verbosity | None) -> dict[str, str]:
+def base_worker_environment(run_id: str, verbosity: Verbosity | None, to_api: bool = False) -> dict[str, str]:
     """What every run's workers get before its Prefect API's settings: the run's id,
-    Prefect's analytics off, and the log levels of ``verbosity`` (none: the roles' own).
+    Prefect's analytics off, and the log levels of ``verbosity`` (none: the roles' own;
+    ``to_api``: see :func:`configure`).
 
     ``flowrig vm cloud-init`` shows the same in a worker's user data.
     """
     return {
         "FLOWRIG_RUN_ID": run_id,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        **(worker_environment(verbosity) if verbosity is not None else {}),
+        **(worker_environment(verbosity, to_api) if verbosity is not None else {}),
     }
 
 
-def configure(verbosity: Verbosity) -> None:
+def configure(verbosity: Verbosity, to_api: bool = False) -> None:
     """Set the run's levels in this process (after Prefect configured its logging).
 
     Local workers fork from this process (or from a server started with its
-    environment), so they start with the same levels.
+    environment), so they start with the same levels. ``to_api``: the run reports to a
+    Prefect server of the user's, which gets every task run's lines as Prefect sends
+    them; the console still shows the lines of ``verbosity`` only.
     """
     for name, level in _levels(verbosity).items():
         logging.getLogger(name).setLevel(level)
-    os.environ.update(worker_environment(verbosity))
+    # A task the flow calls directly runs here: its lines are chosen by the same rule.
+    lines = TaskLines.for_verbosity(verbosity, to_api)
+    task_runs = logging.getLogger("prefect.task_runs")
+    task_runs.setLevel(lines.logger_level)
+    for holder in (task_runs, *logging.getLogger().handlers):
+        for old in [f for f in holder.filters if isinstance(f, TaskLinesFilter)]:
+            holder.removeFilter(old)
+    if to_api:
+        # The rule picks what the console shows, not what Prefect's API handler gets.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(TaskLinesFilter(lines, task_runs_only=True))
+    else:
+        task_runs.addFilter(TaskLinesFilter(lines))
+    os.environ.update(worker_environment(verbosity, to_api))
     if not logging.getLogger("flowrig").handlers and not logging.getLogger().handlers:
         logging.basicConfig(stream=sys.stderr, format="%(message)s")
 
@@ -105,20 +132,9 @@ class Console:
     def shows_progress(self) -> bool:
         return self.verbosity >= Verbosity.NORMAL
 
+    def task_logs(self, to_api: bool = False) -> TaskLogForwarding:
+        """What the run's workers send of their tasks' log lines, for this console;
+        ``to_api``: and what they keep for a Prefect server of the user's."""
+        from flowrig.run.progress import TOPIC
 
-#: The start-up timeline's marks, in the order a run reaches them, with their labels.
-TIMELINE = (
-    ("api_ready", "API ready"),
-    ("scheduler_up", "scheduler up"),
-    ("first_worker_joined", "first worker joined"),
-    ("all_workers_joined", "all workers joined"),
-    ("first_task_finished", "first task finished"),
-    ("flow_finished", "flow finished"),
-    ("teardown_done", "teardown done"),
-)
-
-
-def timeline_line(run_id: str, timings: dict[str, float | None]) -> str:
-    """``flowrig run ID timeline: API ready 2.10 s, scheduler up 0.52 s, ...``."""
-    parts = [f"{label} {timings[key]:.2f} s" for key, label in TIMELINE if timings.get(key) is not None]
-    return f"flowrig run {run_id} timeline: " + (", ".join(parts) or "nothing started")
+        return TaskLogForwarding(TOPIC, TaskLines.for_verbosity(int(self.verbosity), to_api))

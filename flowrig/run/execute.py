@@ -13,82 +13,43 @@ role and :class:`flowrig.DaskCloudProviderEnvironment`:
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import os
 import threading
-import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from flowrig.common.runid import current_run_id
-from flowrig.common.signals import shielded
-from flowrig.run.config import RunConfig, RunOutcome
-from flowrig.run.console import TIMELINE, Console, base_worker_environment, timeline_line
+from flowrig.common.signals import shielded, stop_guard
+from flowrig.errors import BadInput
+from flowrig.run.config import RunConfig, RunOutcome, RunRecord
+from flowrig.run.console import Console, base_worker_environment
 from flowrig.run.progress import ProgressDisplay, TaskProgress
+from flowrig.run.reporter import NO_REPORTER
+from flowrig.run.timings import timeline_line
 
 if TYPE_CHECKING:
     from prefect.settings import Settings
 
     from flowrig.api import EmbeddedPrefectAPI
-    from flowrig.backends import Backend, StartedCluster
+    from flowrig.backends import Backend
     from flowrig.certs import TLSMaterial
 
 logger = logging.getLogger("flowrig")
 
 
-class _Timer:
-    """A run's timings: durations of its phases, and its timeline's marks (seconds since
-    the run started, ``None`` until reached)."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.marks: dict[str, float | None] = {}
-        self.timeline: dict[str, float | None] = {key: None for key, _ in TIMELINE}
-        self._lock = threading.Lock()
-
-    def mark(self, name: str, since: float) -> float:
-        now = time.perf_counter()
-        self.marks[name] = now - since
-        return now
-
-    def reached(self, key: str, at: float | None = None) -> None:
-        """Mark ``key`` of the timeline, once (the first time it is reached counts)."""
-        with self._lock:
-            if self.timeline.get(key) is None:
-                self.timeline[key] = (at if at is not None else time.perf_counter()) - self.start
-
-    def watch_workers(self, started: "StartedCluster", expected: int, stop: threading.Event) -> None:
-        """Mark when the first and the last of ``expected`` workers joined (in a thread)."""
-        cluster = started.cluster
-        joined_so_far = started.workers_joined
-        if joined_so_far is None:
-            if getattr(cluster, "scheduler_info", None) is None:
-                return
-
-            def joined_so_far() -> int:
-                return len(getattr(cluster, "scheduler_info", {}).get("workers", {}))
-
-        if expected < 1:
-            return
-
-        def watch() -> None:
-            while not stop.is_set():
-                joined = joined_so_far()
-                if joined >= 1:
-                    self.reached("first_worker_joined")
-                if joined >= expected:
-                    self.reached("all_workers_joined")
-                    return
-                stop.wait(0.02)
-
-        threading.Thread(target=watch, name="flowrig-workers-joined", daemon=True).start()
-
-
-def run_certificates(backend: "Backend", given: "TLSMaterial | None") -> "TLSMaterial":
-    """The run's certificates (:meth:`TLSMaterial.for_run`); per-run ones also name the
-    address its API is reached at, so that the API can serve HTTPS with them."""
+def run_certificates(
+    backend: "Backend", given: "TLSMaterial | None", options: Mapping[str, Any] | None = None
+) -> "TLSMaterial":
+    """The run's certificates (:meth:`TLSMaterial.for_run`): the image's baked ones only
+    when ``backend`` with these ``[cluster.options]`` has roles it does not start;
+    per-run ones also name the address its API is reached at, so that the API can
+    serve HTTPS with them."""
     from flowrig.certs import TLSMaterial
 
-    return TLSMaterial.for_run(given, hosts=[backend.prefect_api_hosts()[1]])
+    image_roles = backend.roles_use_image_certificates(options or {})
+    return TLSMaterial.for_run(given, hosts=[backend.prefect_api_hosts()[1]], image_roles=image_roles)
 
 
 def start_prefect_api(backend: "Backend", tls: "TLSMaterial") -> "EmbeddedPrefectAPI | None":
@@ -119,6 +80,7 @@ def execute(
     announce: Callable[[str], None] | None = None,
     api: "EmbeddedPrefectAPI | None" = None,
     console: Console | None = None,
+    record: RunRecord | None = None,
 ) -> RunOutcome:
     """Run ``config.flow`` once on a cluster of its own and tear the cluster down.
 
@@ -133,7 +95,12 @@ def execute(
         no ``PREFECT_API_URL`` is set. Stopped here in every case.
     console
         Where a person watches the run (``flowrig run``): flowrig's lines, the task
-        progress display and the timeline go there. ``None`` prints nothing.
+        progress display, the tasks' own log lines and the timeline go there. ``None``
+        prints nothing.
+    record
+        Filled in as the run goes (its timings count from the command's start when the
+        command made it): what a run that ends early reports. Default: a new one,
+        whose timings count from this call.
 
     Returns
     -------
@@ -148,21 +115,34 @@ def execute(
         When the cluster or the Prefect API cannot start.
     """
     from flowrig.backends import ClusterSpec, resolve_backend
-    from flowrig.internals import prefect_engine
+    from flowrig.internals import prefect_engine, worker_security
     from flowrig.internals.prefect_settings import settings_with
     from flowrig.project import parameters as params_mod
     from flowrig.project import sizing
 
-    timer = _Timer()
-    run_id = current_run_id()
+    record = record if record is not None else RunRecord()
+    timer = record.timer
+    timer.begin_run()
+    run_id = record.run_id = record.run_id or current_run_id()
     started = None
     stop_watching = threading.Event()
-    progress = TaskProgress(on_first_finished=lambda: timer.reached("first_task_finished"))
+    progress = record.progress = TaskProgress(
+        on_first_finished=lambda: timer.reached("first_task_finished"),
+        task_logs=console.task_logs() if console is not None else None,
+    )
     display: ProgressDisplay | None = None
+    # Whatever the flow does with a SIGTERM, the run is torn down: by the finally block
+    # below, or from outside the flow when that is not reached in time. The closure
+    # sees ``started`` and ``api`` as they are when it is called.
+    teardown = _Once(lambda: _teardown(started, api))
+    guard = stop_guard(teardown)
+    # Tells a Prefect server of the user's the Dask side of the run (flowrig.run.reporter).
+    reporter: Any = NO_REPORTER
+    failure: BaseException | None = None
     try:
-        t = time.perf_counter()
         backend = resolve_backend(config.backend)
-        tls = run_certificates(backend, config.tls)
+        record.backend = backend.name
+        tls = run_certificates(backend, config.tls, config.options)
         if api is None:
             api = start_prefect_api(backend, tls)
         configured = _configured_api_url()
@@ -180,15 +160,28 @@ def execute(
             hook_name=config.sizing_hook_name,
             options=config.options,
         )
+        if backend.roles_use_image_certificates(decided.options) != backend.roles_use_image_certificates(
+            config.options
+        ):
+            raise BadInput(
+                "the sizing hook changed options that decide whether the run's roles use the image's baked "
+                "certificates (task definitions or a scheduler of your own, tls): set them in flowrig.toml"
+            )
         prefect_engine.import_flow_engine()
         settings = api.client_settings(tls) if api is not None else {}
         secrets = api.secret_settings() if api is not None else {}
         worker_env = {
-            **base_worker_environment(run_id, console.verbosity if console is not None else None),
+            **base_worker_environment(run_id, console.verbosity if console is not None else None, api is None),
             **{name: str(value) for name, value in settings.items() if value is not None},
         }
         if api is None:
             worker_env["PREFECT_API_URL"] = str(configured)
+            reporter = _reporter(config, parameters, run_id, backend.name, timer)
+            if console is not None:
+                # A server of the user's gets every task run's lines; the console its own.
+                progress.task_logs = console.task_logs(to_api=True)
+        # A client a task opens on the run's cluster gets the run's credentials.
+        worker_env.setdefault(worker_security.LOADER_ENV, worker_security.LOADER)
         spec = ClusterSpec(
             run_id=run_id,
             size=decided.size,
@@ -199,9 +192,15 @@ def execute(
             worker_threads=config.worker_threads,
             no_client_timeout=config.no_client_timeout,
             min_workers=config.min_workers,
+            allowed_environment=frozenset(config.allow_environment),
+            on_news=reporter.on_news,
         )
-        t = timer.mark("prepare", t)
+        record.n_workers = decided.size.n_workers
+        timer.phase("prepare")
+        reporter.tell("cluster.asked", f"flowrig run {run_id}: asking the {backend.name} backend for "
+                      f"{decided.size.describe()}", n_workers=decided.size.n_workers)
         started = backend.start(spec)
+        record.scheduler_address, record.dashboard_link = started.scheduler_address, started.dashboard_link
         if api is not None:
             api.watch()  # the cluster has started its threads anyway
         timer.reached("scheduler_up", started.scheduler_up)
@@ -209,21 +208,23 @@ def execute(
         line = (
             f"flowrig run {run_id}: {decided.size.describe()} on {backend.name}, "
             f"scheduler at {started.scheduler_address}, "
-            f"dashboard at {started.dashboard_link or 'none'}"
+            f"{dashboard_words(started.dashboard_link, started.dashboard_reach)}"
         )
+        reporter.tell("cluster.started", line, scheduler_address=started.scheduler_address,
+                      dashboard_link=started.dashboard_link)
         if announce:
             announce(line)
         if console is not None:
             console.line(line)
         if config.on_start:
             config.on_start()
-        t = timer.mark("cluster_start", t)
+        timer.phase("cluster_start")
         # Built while the API may still be starting: the runner has nothing else to do.
         flow_settings = settings_with({**settings, **secrets})
         if api is not None:
             api.wait_ready()
             timer.reached("api_ready", api.ready_at)
-        t = timer.mark("api_wait", t)
+        timer.phase("api_wait")
         if console is not None:
             # With --quiet only failed tasks are shown (with their tracebacks).
             display = ProgressDisplay(
@@ -232,44 +233,64 @@ def execute(
             ).start()
         # Events to the run's own API would be deleted unread: the workers drop them.
         events = "drop" if api is not None else "send"
+        flow_run_id = reporter.flow_run_id()  # made while the cluster started
+        if flow_run_id is not None:
+            config = dataclasses.replace(config, flow_run_id=flow_run_id)
+        reporter.flow_started()
         state = _run_flow(config, parameters, started.scheduler_address, tls, flow_settings, progress, events)
         timer.reached("flow_finished")
-        t = timer.mark("flow", t)
+        timer.phase("flow")
         result, message = _result_of(state)
-        return RunOutcome(
-            state=state.name,
-            result=result,
-            n_workers=decided.size.n_workers,
-            backend=backend.name,
-            scheduler_address=started.scheduler_address,
-            dashboard_link=started.dashboard_link,
-            timings=timer.marks,
-            run_id=run_id,
-            message=message,
-        )
+        if not state.is_completed() and (note := progress.memory_note()):
+            # The cause first: distributed's own message (KilledWorker) does not name it.
+            message = f"{note}; {message}" if message else note
+        outcome = record.outcome(state.name, result, message=message)
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
+        guard.release()
         stop_watching.set()
+        reporter.stop_listening()
         if display is not None:
             display.stop()
-        t = time.perf_counter()
+        # A run that ended early: the time until now belongs to the step it was in.
+        timer.end_open_phase(before="teardown")
         # A signal during teardown must not leave half a cluster: it is held back and
         # delivered once everything is down.
         with shielded():
-            _teardown(started, api)
+            teardown()
             if config.on_exit:
                 config.on_exit()
-            timer.mark("teardown", t)
+            timer.phase("teardown")
             timer.reached("teardown_done")
-            timer.marks["total"] = time.perf_counter() - timer.start
-            timer.marks.update(timer.timeline)
+            timer.finish()
+            reporter.close(timer.timeline, failure)
             if console is not None and console.timeline and started is not None:
                 console.line(timeline_line(run_id, timer.timeline))
+    # The timings as they ended, teardown included.
+    outcome.timings = timer.as_dict()
+    return outcome
+
+
+def _reporter(config: RunConfig, parameters: dict[str, Any], run_id: str, backend: str, timer: Any) -> Any:
+    """The reporter of a run whose API is a server of the user's."""
+    from flowrig.run.reporter import for_run
+
+    return for_run(flow=config.flow, parameters=parameters, run_id=run_id, backend=backend,
+                   since=timer.start_wall, flow_run_id=config.flow_run_id)
+
+
+def dashboard_words(link: str | None, reach: str | None) -> str:
+    """The dashboard part of the line that announces the cluster: the link (on local
+    and docker, one that opens in this machine's browser), and where it opens from
+    when that is somewhere else."""
+    words = f"dashboard at {link or 'none'}"
+    return f"{words} ({reach})" if reach else words
 
 
 def _code_file(flow: Any) -> str | None:
     """The file of the flow's function, as a person would open it."""
-    import inspect
-
     try:
         path = inspect.getsourcefile(flow.fn)
     except (TypeError, AttributeError):
@@ -279,6 +300,23 @@ def _code_file(flow: Any) -> str | None:
     # Relative where that is shorter (the project below the current directory).
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
+
+
+class _Once:
+    """Call ``function`` once, from whichever thread comes first; later callers wait
+    for that call to finish (unlike :class:`~flowrig.backends.base.CloseOnce`): a run
+    torn down from outside its flow exits only once everything is down, whichever
+    thread got there first."""
+
+    def __init__(self, function: Callable[[], None]) -> None:
+        self._function: Callable[[], None] | None = function
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            function, self._function = self._function, None
+            if function is not None:
+                function()
 
 
 def _teardown(started: Any, api: Any) -> None:
@@ -314,17 +352,62 @@ def _run_flow(
     with run_settings(settings):
         try:
             if config.flow_run_id:
-                return prefect_engine.run_existing_flow_run(flow, config.flow_run_id, parameters)
-            return flow(**parameters, return_state=True)
+                state = prefect_engine.run_existing_flow_run(flow, config.flow_run_id, parameters)
+            else:
+                state = flow(**parameters, return_state=True)
+            # An ``async def`` flow gives a coroutine of its final state: run it to the end.
+            return run_to_completion(state) if inspect.isawaitable(state) else state
         finally:
             prefect_engine.drain_reporting()
 
 
+def run_to_completion(awaitable: Any) -> Any:
+    """Await ``awaitable`` from synchronous code and return its result.
+
+    In the main thread of a command (no event loop running) it runs right here, so
+    that SIGTERM and Ctrl-C reach the flow as they reach a synchronous one. Where an
+    event loop already runs in this thread (a notebook calling
+    :class:`flowrig.DaskCloudProviderEnvironment`), it runs on a loop of its own in a
+    helper thread, with this thread's context (the run's Prefect settings) copied.
+    """
+    import asyncio
+    import contextvars
+
+    async def main() -> Any:
+        return await awaitable
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    outcome: dict[str, Any] = {}
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            outcome["value"] = context.run(asyncio.run, main())
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="flowrig-async-flow", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _result_of(state: Any) -> tuple[Any, str | None]:
     if state.is_completed():
-        return state.result(raise_on_failure=False), None
+        return _state_result(state, raise_on_failure=False), None
     try:
-        state.result(raise_on_failure=True)
+        _state_result(state, raise_on_failure=True)
     except BaseException as exc:  # the flow's own exception, reported as data
         return None, f"{type(exc).__name__}: {exc}"
     return None, state.message
+
+
+def _state_result(state: Any, raise_on_failure: bool) -> Any:
+    # Prefect gives a coroutine where an event loop runs in this thread (a notebook).
+    value = state.result(raise_on_failure=raise_on_failure)
+    return run_to_completion(value) if inspect.isawaitable(value) else value

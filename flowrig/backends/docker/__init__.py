@@ -7,9 +7,11 @@ container :class:`DockerBackend` asks the host process for its cluster
 (:mod:`~flowrig.backends.docker.control`), and the host starts the scheduler and the
 workers as containers on the same network, so every role reaches every other by
 container name. Only the dashboard, and the scheduler port the host itself uses, are
-published, on the host's 127.0.0.1. Every container gets the run's certificates over
-its stdin, runs read-only with no capabilities, and shows neither them nor the run's
-parameters or API credentials to ``docker inspect``.
+published, on the host's 127.0.0.1; the dashboard answers only the run's certificate,
+and the host's dashboard proxy (:mod:`flowrig.dashboard`) opens it to a browser there.
+Every container gets the run's certificates over its stdin, runs read-only with no
+capabilities, and shows neither them nor the run's parameters or API credentials to
+``docker inspect``.
 
 Every container and network carries the labels ``flowrig.run-id`` and ``flowrig.role``
 (:mod:`flowrig.containers.labels`), and ``flowrig.owner``, the process that made it

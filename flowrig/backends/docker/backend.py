@@ -8,7 +8,7 @@ import os
 import socket
 from typing import Any, Mapping
 
-from pydantic import Field, StrictInt, StrictStr
+from pydantic import Field, StrictInt, StrictStr, field_validator
 
 from flowrig.backends.base import (
     CLUSTER_START_TIMEOUT,
@@ -23,6 +23,8 @@ from flowrig.backends.base import (
 from flowrig.backends.docker import control
 from flowrig.backends.docker.cluster import SCHEDULER_START_TIMEOUT, DockerCluster
 from flowrig.backends.docker.naming import ENV_IMAGE, ENV_NETWORK, ENV_RUNNER_HOST, check_run_id
+from flowrig.backends.watch import follow
+from flowrig.common.environ import check_env_name
 from flowrig.common.net import is_loopback_url
 from flowrig.containers.engine import connect, require_image
 from flowrig.errors import BadInput, InfrastructureError
@@ -36,8 +38,20 @@ class DockerOptions(Options):
         None, description="memory limit of each worker container, e.g. '2g'"
     )
     environment: StringMap = Field(
-        default_factory=dict, description="table of extra environment variables for the workers"
+        default_factory=dict, description="table of extra environment variables for the workers (nothing secret)"
     )
+    secrets: list[StrictStr] = Field(
+        default_factory=list,
+        description="names of variables of flowrig run's own environment handed to the runner and the "
+        "workers over their stdin, never into the containers' configuration",
+    )
+
+    @field_validator("secrets")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            check_env_name("secrets entry", name)
+        return names
     scheduler_start_timeout: Seconds = Field(
         SCHEDULER_START_TIMEOUT, description="seconds the scheduler may take to start"
     )
@@ -91,6 +105,7 @@ class DockerBackend(Backend):
                 "PREFECT_API_URL to a server the containers can reach",
                 environment["PREFECT_API_URL"],
             )
+        secrets = secret_environment(options.secrets, os.environ)
         client = connect()
         require_image(client, image)
         cluster = DockerCluster(
@@ -101,6 +116,7 @@ class DockerBackend(Backend):
             tls=spec.tls,
             worker_threads=spec.worker_threads,
             environment=environment,
+            secret_environment=secrets,
             worker_memory=None if options.worker_memory is None else str(options.worker_memory),
             scheduler_start_timeout=float(options.scheduler_start_timeout),
             no_client_timeout=spec.no_client_timeout,
@@ -108,6 +124,7 @@ class DockerBackend(Backend):
         )
         close = CloseOnce(functools.partial(_close_and_sweep, cluster))
         try:
+            follow(cluster, spec.on_news)
             if spec.size.adapt:
                 cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
             if spec.size.n_workers > 0:
@@ -129,6 +146,7 @@ class DockerBackend(Backend):
         Docker socket) and tears it down when asked, or when this runner has gone."""
         self.parse_options(spec.options)  # bad options fail here, in one line, first
         channel = control.runner_channel()
+        channel.on_news = spec.on_news
         reply = channel.request(
             "start",
             control.START_REPLY_TIMEOUT,
@@ -138,6 +156,7 @@ class DockerBackend(Backend):
             options=dict(spec.options),
             worker_env=dict(spec.worker_env),
             no_client_timeout=spec.no_client_timeout,
+            news=spec.on_news is not None,
         )
 
         def close() -> None:
@@ -153,6 +172,23 @@ class DockerBackend(Backend):
             close=CloseOnce(close),
             workers_joined=lambda: channel.workers_joined,
         )
+
+
+def secret_environment(names: list[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """The values of ``[cluster.options] secrets``, from ``environ`` (flowrig run's own).
+
+    Raises
+    ------
+    BadInput
+        A name that ``environ`` does not set.
+    """
+    missing = [name for name in names if name not in environ]
+    if missing:
+        raise BadInput(
+            f"[cluster.options] secrets names {', '.join(missing)}, which the environment of flowrig run "
+            "does not set: export them before the run (they reach the containers over their stdin)"
+        )
+    return {name: environ[name] for name in names}
 
 
 def _close_and_sweep(cluster: DockerCluster) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from distributed.deploy.spec import ProcessInterface, SpecCluster
@@ -19,6 +19,7 @@ from distributed.utils import LoopRunner
 from flowrig.backends.docker.naming import check_run_id, network_name, new_run_id, scheduler_address
 from flowrig.backends.docker.plans import WORKER_PRELOAD, render_scheduler, render_worker
 from flowrig.backends.keeper import keep_size
+from flowrig.backends.watch import exit_text
 from flowrig.certs import TLSMaterial, delivery
 from flowrig.containers import ContainerPlan
 from flowrig.containers.engine import (
@@ -27,6 +28,7 @@ from flowrig.containers.engine import (
     container_logs_tail,
     create_container,
     create_network,
+    exit_state,
     published_port,
     remove_named,
     remove_run,
@@ -35,6 +37,7 @@ from flowrig.containers.engine import (
     stop_and_remove,
     wait_for_log,
 )
+from flowrig.dashboard import DashboardProxy
 from flowrig.errors import InfrastructureError, flowrig_cause
 from flowrig.project.defaults import WORKER_THREADS
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
@@ -67,6 +70,8 @@ class _RunSettings:
     worker_preload: tuple[str, ...]
     scheduler_start_timeout: float
     no_client_timeout: float | None = None
+    #: The run's secrets by name: delivered to each worker with its certificates.
+    secret_environment: Mapping[str, str] = field(default_factory=dict)
 
 
 async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -75,12 +80,15 @@ async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
 
-def deliver_certificates(container: "Container", tls: TLSMaterial) -> None:
-    """Hand a started role container its run's certificates over its stdin, which then
-    closes: they live in the container's memory only (:mod:`flowrig.certs.delivery`)."""
+def deliver_certificates(
+    container: "Container", tls: TLSMaterial, environment: Mapping[str, str] | None = None
+) -> None:
+    """Hand a started role container its run's certificates (and secret ``environment``)
+    over its stdin, which then closes: they live in the container's memory only
+    (:mod:`flowrig.certs.delivery`)."""
     writer = attach_stdin(container)
     try:
-        writer.write(delivery.encode(tls))
+        writer.write(delivery.encode(tls, environment))
     finally:
         writer.close()
 
@@ -93,10 +101,10 @@ class _ContainerProcess(ProcessInterface):
         self.settings = settings
         self.container: "Container | None" = None
 
-    async def _launch(self, plan: ContainerPlan) -> "Container":
+    async def _launch(self, plan: ContainerPlan, secrets: Mapping[str, str] | None = None) -> "Container":
         self.container = await _in_thread(create_container, self.settings.client, plan)
         await _in_thread(start_container, self.container)
-        await _in_thread(deliver_certificates, self.container, self.settings.tls)
+        await _in_thread(deliver_certificates, self.container, self.settings.tls, secrets)
         return self.container
 
     async def close(self) -> None:
@@ -113,6 +121,8 @@ class DockerScheduler(_ContainerProcess):
         self.address = scheduler_address(settings.run_id)
         self.contact_address = self.address
         self.dashboard_address: str | None = None
+        #: The run's dashboard proxy, in front of the scheduler's published dashboard.
+        self.dashboard_proxy: Any = None
         #: When the scheduler logged that it listens (``time.perf_counter()``).
         self.up_at: float | None = None
 
@@ -127,10 +137,19 @@ class DockerScheduler(_ContainerProcess):
         if s.publish:
             port = await _in_thread(published_port, container, SCHEDULER_PORT)
             self.external_address = f"tls://127.0.0.1:{port}"
-        # Published on the host's loopback: the link a browser there can open.
+        # Published on the host's loopback, where it answers the run's certificate
+        # only: the run's proxy opens it to a browser there (the link to print).
         dashboard = await _in_thread(published_port, container, DASHBOARD_PORT)
-        self.dashboard_address = f"http://127.0.0.1:{dashboard}/status"
+        self.dashboard_proxy = DashboardProxy(
+            f"https://127.0.0.1:{dashboard}", s.tls.to_security().get_connection_args("client")["ssl_context"]
+        )
+        self.dashboard_address = await _in_thread(self.dashboard_proxy.start)
         await super().start()
+
+    async def close(self) -> None:
+        if self.dashboard_proxy is not None:
+            await _in_thread(self.dashboard_proxy.stop)
+        await super().close()
 
 
 class DockerWorker(_ContainerProcess):
@@ -155,7 +174,8 @@ class DockerWorker(_ContainerProcess):
         # A worker started again takes its predecessor's name: that container, given
         # up by the cluster, may still be on its way out (a stop waits for it).
         await _in_thread(remove_named, s.client, plan.name)
-        await self._launch(plan)
+        # Only workers run the flow's tasks: the scheduler gets no secret.
+        await self._launch(plan, s.secret_environment)
         await super().start()
 
 
@@ -186,7 +206,11 @@ class DockerCluster(SpecCluster):
     worker_threads
         Threads per worker.
     environment
-        Environment of every worker (e.g. ``PREFECT_API_URL``).
+        Environment of every worker (e.g. ``PREFECT_API_URL``), in its container's
+        configuration: nothing secret.
+    secret_environment
+        Secrets of every worker, by name: delivered over its stdin with its
+        certificates, never in its container's configuration.
     worker_memory
         Memory limit of each worker container, e.g. ``"2g"``.
     worker_preload
@@ -213,6 +237,7 @@ class DockerCluster(SpecCluster):
         tls: "TLSMaterial | None" = None,
         worker_threads: int = WORKER_THREADS,
         environment: Mapping[str, str] | None = None,
+        secret_environment: Mapping[str, str] | None = None,
         worker_memory: str | None = None,
         worker_preload: Iterable[str] = WORKER_PRELOAD,
         scheduler_start_timeout: float = SCHEDULER_START_TIMEOUT,
@@ -238,6 +263,7 @@ class DockerCluster(SpecCluster):
             worker_preload=tuple(worker_preload),
             scheduler_start_timeout=scheduler_start_timeout,
             no_client_timeout=no_client_timeout,
+            secret_environment=dict(secret_environment or {}),
         )
         self.run_id = run_id
         worker = {"cls": DockerWorker, "options": {"settings": self.settings}}
@@ -312,10 +338,26 @@ class DockerCluster(SpecCluster):
 
     @property
     def dashboard_link(self) -> str:
-        """Dashboard URL on the host's 127.0.0.1 (``""`` when the scheduler serves none)."""
+        """The link to the run's dashboard proxy on the host's 127.0.0.1, with the run's
+        token (``""`` when the scheduler serves no dashboard)."""
         if "dashboard" not in (self.scheduler_info or {}).get("services", {}):
             return ""
         return getattr(self.scheduler, "dashboard_address", None) or ""
+
+    def lost_reason(self, name: str) -> str | None:
+        """Why worker ``name``'s container ended (:mod:`flowrig.backends.watch`); ``None``
+        while it runs. Blocks on the engine: call it off the cluster's loop."""
+        worker = next((w for n, w in list(self.workers.items()) if str(n) == name), None)
+        container = getattr(worker, "container", None)
+        ended = exit_state(container) if container is not None else None
+        if ended is None:
+            return None
+        code, oom = ended
+        if oom:
+            limit = self.settings.worker_memory
+            return (f"out of memory: the kernel killed its container ({exit_text(code)}"
+                    + (f", memory limit {limit})" if limit else ")"))
+        return f"its container ended: {exit_text(code)}"
 
     def worker_containers(self) -> list["Container"]:
         """This cluster's worker containers, running or not."""

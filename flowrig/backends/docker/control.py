@@ -12,6 +12,8 @@ host -> runner: the container's stdin, after the certificates line of
     {"op": "started", "re": 1, "scheduler_address": "tls://...", "dashboard_link": "..."}
     {"op": "failed", "re": 1, "kind": "bad_input" | "infrastructure", "message": "..."}
     {"op": "workers", "joined": 2}      whenever the number of joined workers changes
+    {"op": "news", "items": [...]}      what the workers did (asked for with "news": true;
+                                        items of :class:`~flowrig.backends.watch.ClusterNews`)
     {"op": "closed", "re": 2}
 
 runner -> host: the container's stdout, which the runner claims before it imports
@@ -23,7 +25,8 @@ time), can begin a control message. A control message is a single separator, the
 the HMAC-SHA256 of its body under the run's key, and the body::
 
     \\x1eflowrig-control <hex mac> {"op": "start", "seq": 1, "n_workers": 2, "adapt": null,
-        "worker_threads": 1, "options": {...}, "worker_env": {...}, "no_client_timeout": 60}
+        "worker_threads": 1, "options": {...}, "worker_env": {...}, "no_client_timeout": 60,
+        "news": false}
     \\x1eflowrig-control <hex mac> {"op": "close", "seq": 2}
 
 The key is made by the host for each run and arrives in the parameters message; the
@@ -56,6 +59,7 @@ import time
 from typing import Any, BinaryIO, Callable
 
 from flowrig import layout
+from flowrig.backends.watch import ClusterNews
 from flowrig.common.claimed_stdout import SEPARATOR, ClaimedStdout, claim_stdout, escape
 from flowrig.errors import BadInput, InfrastructureError
 
@@ -278,6 +282,8 @@ class RunnerChannel:
         self._seq = 0
         #: Workers joined to the run's scheduler, as the host last reported.
         self.workers_joined = 0
+        #: Called with each piece of the host's news about the workers.
+        self.on_news: Callable[[ClusterNews], None] | None = None
         message = self._read()
         if message is None or message.get("op") != "parameters":
             raise InfrastructureError("the host that started this runner sent no parameters")
@@ -304,12 +310,25 @@ class RunnerChannel:
                     # News, not an answer: no request waits for it.
                     self.workers_joined = int(message.get("joined") or 0)
                     continue
+                if message["op"] == "news":
+                    self._tell(message.get("items"))
+                    continue
                 self._replies.put(message)
         except (OSError, InfrastructureError):
             pass
         self._replies.put(None)
         # No host any more: nothing can tear the cluster down but the runner itself.
         os.kill(os.getpid(), signal.SIGTERM)
+
+    def _tell(self, items: Any) -> None:
+        on_news = self.on_news
+        if on_news is None or not isinstance(items, list):
+            return
+        for item in items:
+            try:
+                on_news(ClusterNews.from_dict(item))
+            except ValueError:
+                continue  # not news of a kind this runner knows
 
     def request(self, op: str, timeout: float, **fields: Any) -> dict[str, Any]:
         """Send ``op`` and wait for the host's answer to it.
@@ -365,10 +384,11 @@ def controlled() -> bool:
 
 def take_run_inputs() -> dict[str, Any]:
     """The parameters the host sent; its secrets go into this process's environment
-    (not the container's, which ``docker inspect`` shows): :data:`SECRET_PASSTHROUGH`."""
+    (not the container's, which ``docker inspect`` shows): :data:`SECRET_PASSTHROUGH`
+    and the project's ``[cluster.options] secrets``, which the host read from its own."""
     message = runner_channel().parameters_message
     for name, value in (message.get("environment") or {}).items():
-        if name in SECRET_PASSTHROUGH and isinstance(value, str):
+        if isinstance(name, str) and name.isidentifier() and isinstance(value, str):
             os.environ[name] = value
     parameters = message.get("parameters") or {}
     if not isinstance(parameters, dict):

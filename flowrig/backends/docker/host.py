@@ -28,6 +28,7 @@ from flowrig.backends.docker.memory import MemoryWatch
 from flowrig.backends.docker.naming import check_run_id, container_name, network_name, scheduler_address
 from flowrig.backends.docker.plans import RUNNER_INTERRUPT_GRACE, render_runner
 from flowrig.backends.docker.policy import Refusal, RunnerLimits, StartRequest, summary
+from flowrig.backends.watch import follow
 from flowrig.certs import TLSMaterial, delivery
 from flowrig.certs.defaults import RUN_DAYS
 from flowrig.common.net import is_loopback_url
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
 
     from flowrig.backends.docker.cluster import DockerCluster
+    from flowrig.backends.watch import ClusterNews
     from flowrig.common.deadline import RunDeadline
     from flowrig.project import Project
 
@@ -64,6 +66,8 @@ logger = logging.getLogger("flowrig.docker")
 
 #: Seconds between two looks at how many workers have joined.
 WORKERS_POLL = 0.05
+#: Most pieces of news one message to the runner carries.
+NEWS_PER_MESSAGE = 200
 #: Seconds between two looks at the scheduler's memory restarts.
 MEMORY_POLL = 1.0
 #: Seconds an interrupted run waits for a cluster start under way to give up (its
@@ -101,10 +105,14 @@ class HostController:
         key: bytes,
         limits: RunnerLimits,
         say: Callable[[str], None],
+        secrets: Mapping[str, str] | None = None,
     ) -> None:
         self.client, self.run_id, self.image, self.tls = client, run_id, image, tls
         self.limits = limits
         self.say = say
+        # The host's own project says which secrets go to the workers: the runner
+        # cannot ask for any (it could name any variable of the host's).
+        self.secrets = dict(secrets or {})
         self._stdin = stdin
         self._key = key
         self._lock = threading.Lock()
@@ -119,6 +127,10 @@ class HostController:
         self._clusters: list["DockerCluster"] = []
         self._starting: threading.Thread | None = None
         self.memory = MemoryWatch(client, run_id, say)
+        # The cluster's news for the runner, when it asked for them; sent off the
+        # cluster's loop, with the worker counts.
+        self._news: list[dict[str, Any]] = []
+        self._news_lock = threading.Lock()
 
     def stdout_filter(self) -> control.Demux:
         """What the runner's stdout goes through: the run's output, its requests apart."""
@@ -240,7 +252,8 @@ class HostController:
 
     def _watch(self, cluster: "DockerCluster") -> None:
         """Tell the runner each time the number of joined workers changes (its timeline
-        and progress read it), and look for memory restarts, until the cluster closes."""
+        and progress read it), the news about its workers when the runner asked for
+        them, and look for memory restarts, until the cluster closes."""
         reported = 0
         polled = time.monotonic()
         while self.cluster is cluster:
@@ -252,7 +265,18 @@ class HostController:
             if time.monotonic() - polled >= MEMORY_POLL:
                 polled = time.monotonic()
                 self.memory.poll(cluster)
+            self._send_news()
             time.sleep(WORKERS_POLL)
+
+    def _keep_news(self, news: "ClusterNews") -> None:
+        with self._news_lock:
+            self._news.append(news.to_dict())
+
+    def _send_news(self) -> None:
+        with self._news_lock:
+            items, self._news = self._news, []
+        for at in range(0, len(items), NEWS_PER_MESSAGE):
+            self._reply("news", items=items[at:at + NEWS_PER_MESSAGE])
 
     def _start_cluster(self, request: StartRequest) -> "DockerCluster":
         from flowrig.backends.docker.cluster import DockerCluster
@@ -268,6 +292,7 @@ class HostController:
             tls=self.tls,
             worker_threads=request.worker_threads,
             environment=request.environment,
+            secret_environment=self.secrets,
             worker_memory=self.memory.limit,
             scheduler_start_timeout=float(options.scheduler_start_timeout),
             no_client_timeout=request.no_client_timeout,
@@ -282,6 +307,8 @@ class HostController:
             # The run ended while the cluster started: it goes at once.
             cluster.abort()
             raise InfrastructureError("the run is ending: its cluster is removed")
+        if request.news:
+            follow(cluster, self._keep_news)
         if request.adapt:
             cluster.adapt(minimum=request.adapt[0], maximum=request.adapt[1])
         if request.n_workers > 0:
@@ -328,6 +355,30 @@ def _runner_lost(name: str, code: int, oom: bool) -> str:
         signame = f"signal {code - 128}"
     cause = "it ran out of memory" if oom else "killed or stopped from outside the run"
     return f"the runner container {name} ended by {signame} (exit {code}; {cause}); everything of the run is removed"
+
+
+def _host_project(directory: Path | None) -> "Project | None":
+    """The host's project at ``directory``, when there is one (a bad one is bad input)."""
+    if directory is None or not directory.exists():
+        return None
+    from flowrig.project import load_project
+    from flowrig.project.defaults import PROJECT_FILE
+
+    if (directory / PROJECT_FILE).is_file() or directory.is_file():
+        return load_project(directory)
+    return None
+
+
+def _project_secrets(project: "Project | None") -> dict[str, str]:
+    """The values of the host's project's ``[cluster.options] secrets``, from this
+    process's environment: the runner container cannot ask for more (it could name
+    any variable of the host's)."""
+    if project is None or not project.cluster.options.get("secrets"):
+        return {}
+    from flowrig.backends.docker.backend import DockerBackend, secret_environment
+
+    options = DockerBackend().parse_options(project.cluster.options)
+    return secret_environment(options.secrets, os.environ)
 
 
 def _host_image(directory: Path | None, project: "Project | None", image: str | None) -> str:
@@ -511,7 +562,9 @@ def run_in_container(
     from flowrig.project import parameters as params_mod
 
     parameters = params_mod.gather(params, params_file)
+    project = project or _host_project(Path(directory) if directory is not None else None)
     image = _host_image(Path(directory) if directory is not None else None, project, image)
+    run_secrets = _project_secrets(project)
     client = connect()
     require_image(client, image)
     run_id = check_run_id(current_run_id())
@@ -519,6 +572,7 @@ def run_in_container(
     if is_loopback_url(os.environ.get("PREFECT_API_URL")):
         logger.warning("PREFECT_API_URL points at this machine's loopback, which containers cannot reach")
     secrets = {name: os.environ[name] for name in control.SECRET_PASSTHROUGH if os.environ.get(name)}
+    secrets.update(run_secrets)
     # The run's certificates, made here for this run only; the leaf names the runner
     # too, so the run's API serves HTTPS with it.
     tls = TLSMaterial.ephemeral(hosts=[container_name(run_id, "runner")], days=RUN_DAYS)
@@ -546,7 +600,7 @@ def run_in_container(
             stdin.write(delivery.encode(tls))
             stdin.write(control.encode("parameters", parameters=parameters, environment=secrets, key=key.hex()))
             controller = teardown.controller = HostController(
-                client, run_id, image, tls, stdin, key=key, limits=limits, say=say
+                client, run_id, image, tls, stdin, key=key, limits=limits, say=say, secrets=run_secrets
             )
             pump = teardown.pump = LogPump()
             pump.follow(runner, stdout_filter=controller.stdout_filter())

@@ -23,7 +23,7 @@ from flowrig.backends.docker.naming import (
 from flowrig.certs.delivery import FROM_ENV
 from flowrig.containers import ContainerPlan
 from flowrig.project.defaults import WORKER_THREADS
-from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
+from flowrig.roles import DASHBOARD_PORT, PRIVATE_HTTP_PRELOAD, SCHEDULER_PORT
 
 #: Modules a worker container imports before it joins the scheduler. The first Prefect
 #: task on a worker would import them anyway; importing them at start-up overlaps that
@@ -31,7 +31,9 @@ from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
 WORKER_PRELOAD = ("prefect.task_engine", "prefect_dask")
 #: Host environment variables a runner container gets in its environment when they
 #: are set (nothing secret: credentials go over its stdin, :mod:`.control`).
-PASSTHROUGH_ENV = ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "FLOWRIG_DEBUG")
+# FLOWRIG_STARTED_AT: the host command's start, from which the runner counts its
+# timings; FLOWRIG_STRICT: --strict.
+PASSTHROUGH_ENV = ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "FLOWRIG_DEBUG", "FLOWRIG_STARTED_AT", "FLOWRIG_STRICT")
 #: Seconds a runner container gets to stop when stopped from outside (``docker stop``).
 RUNNER_STOP_TIMEOUT = 20
 #: Seconds the host gives a runner container to end its flow run after Ctrl-C or
@@ -44,6 +46,8 @@ RUNNER_INTERRUPT_GRACE = 2
 #: profiles and a local result store) moves into one.
 SCRATCH = {"/tmp": "rw,nosuid,nodev,noexec"}
 PREFECT_HOME = "/tmp/prefect"
+#: Where a worker's HTTP server listens: its container's own loopback.
+WORKER_HTTP_ADDRESS = "127.0.0.1:0"
 #: The most processes and threads each role may run: a worker's thread pool and
 #: Prefect's own threads fit many times over; a fork bomb does not.
 PIDS_LIMIT = {"scheduler": 256, "worker": 1024, "runner": 1024}
@@ -78,8 +82,9 @@ def render_scheduler(
 ) -> ContainerPlan:
     """The scheduler container: the image's ``scheduler`` role on the run's network.
 
-    Its dashboard is published on the host's 127.0.0.1 only (a port of its own), so a
-    browser on the host opens it and nothing else does; the scheduler's port too when
+    Its dashboard answers only the run's certificate (:mod:`flowrig.roles.private_http`)
+    and is published on the host's 127.0.0.1 only (a port of its own), where the run's
+    dashboard proxy opens it to the host's browser; the scheduler's port too when
     ``publish`` (the cluster is driven from the host). Its certificates arrive on stdin.
     It stops itself once no client has been connected for ``no_client_timeout``
     seconds (default: :data:`flowrig.roles.lifetime.NO_CLIENT_TIMEOUT`).
@@ -89,7 +94,9 @@ def render_scheduler(
     return ContainerPlan(
         name=name,
         image=image,
-        command=("scheduler", "--dashboard-address", f":{DASHBOARD_PORT}", *lifetime),
+        command=(
+            "scheduler", "--dashboard-address", f":{DASHBOARD_PORT}", "--preload", PRIVATE_HTTP_PRELOAD, *lifetime,
+        ),
         labels=labels(run_id, "scheduler"),
         environment=role_environment(run_id),
         network=network,
@@ -129,8 +136,10 @@ def render_worker(
 ) -> ContainerPlan:
     """A worker container: the image's ``worker`` role, connecting to the run's scheduler.
 
-    It serves no dashboard (nothing would reach it); its certificates arrive on stdin.
-    With ``memory`` (the container's limit), Dask's memory budget is the same.
+    It serves no dashboard, and the HTTP server every worker runs anyway (``/metrics``,
+    ``/health``) listens on the container's own loopback: nothing on the run's network
+    or the host reaches it. Its certificates arrive on stdin. With ``memory`` (the
+    container's limit), Dask's memory budget is the same.
     """
     env = dict(environment or {})
     env.update(role_environment(run_id))
@@ -142,6 +151,7 @@ def render_worker(
             "--name", str(worker),
             "--nthreads", str(threads),
             "--no-dashboard",
+            "--dashboard-address", WORKER_HTTP_ADDRESS,
             *(("--memory-limit", dask_memory_limit(memory)) if memory else ()),
             *(item for module in preload for item in ("--preload", module)),
         ),

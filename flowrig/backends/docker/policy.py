@@ -14,7 +14,9 @@ project the runner runs), read by the host before the runner starts:
   reservation); start timeouts up to :data:`MAX_START_TIMEOUT` (or the project's own,
   when longer); any other option exactly as the project has it;
 - flowrig's own worker environment: only the names flowrig sets
-  (:data:`WORKER_ENV_NAMES`, :data:`WORKER_ENV_PATTERNS`), the run id unchanged;
+  (:data:`WORKER_ENV_NAMES`, :data:`WORKER_ENV_PATTERNS`), the run id and
+  :data:`WORKER_ENV_FIXED` unchanged;
+- ``news`` (the workers' news for a Prefect server of the user's): true or false;
 - one start and one close per run (:class:`~flowrig.backends.docker.host.HostController`).
 
 A request outside these is refused whole, and the run's log names it.
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from flowrig.errors import BadInput
+from flowrig.internals import worker_security
 
 if TYPE_CHECKING:
     from flowrig.backends.docker.backend import DockerOptions
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 
 #: The fields of a start request; anything else in one is refused.
 START_FIELDS = frozenset(
-    {"op", "seq", "n_workers", "adapt", "worker_threads", "options", "worker_env", "no_client_timeout"}
+    {"op", "seq", "n_workers", "adapt", "worker_threads", "options", "worker_env", "no_client_timeout", "news"}
 )
 #: Worker environment variables flowrig itself sets for a run's workers (the run's
 #: id, its log levels, its Prefect API's client settings).
@@ -53,6 +56,10 @@ WORKER_ENV_NAMES = frozenset(
         "PREFECT_UI_URL",
     }
 )
+#: Worker environment variables flowrig sets to one value only: the loader that gives
+#: a client a task opens the run's credentials (another module would be imported by
+#: every client made on a worker).
+WORKER_ENV_FIXED = {worker_security.LOADER_ENV: worker_security.LOADER}
 #: Families of log-level settings flowrig sets for workers by verbosity.
 WORKER_ENV_PATTERNS = ("PREFECT_LOGGING_*", "DASK_LOGGING__*")
 #: The most variables, and the longest value, a worker environment may have.
@@ -86,6 +93,9 @@ class StartRequest:
     options: "DockerOptions"
     worker_env: dict[str, str]
     no_client_timeout: float | None
+    #: Whether the runner wants the news of its workers (a Prefect server of the
+    #: user's is told them).
+    news: bool = False
 
     @property
     def environment(self) -> dict[str, str]:
@@ -182,6 +192,9 @@ class RunnerLimits:
         timeout = message.get("no_client_timeout")
         if timeout != cluster.no_client_timeout or not (timeout is None or _is_number(timeout)):
             raise Refusal(f"no_client_timeout {timeout!r}; {self.source} has {cluster.no_client_timeout!r}")
+        news = message.get("news", False)
+        if not isinstance(news, bool):
+            raise Refusal(f"news {news!r} is not true or false")
         options = self._check_options(message.get("options") or {})
         worker_env = self._check_worker_env(message.get("worker_env") or {})
         return StartRequest(
@@ -191,6 +204,7 @@ class RunnerLimits:
             options=options,
             worker_env=worker_env,
             no_client_timeout=None if timeout is None else float(timeout),
+            news=news,
         )
 
     def _check_options(self, raw: Any) -> "DockerOptions":
@@ -221,10 +235,14 @@ class RunnerLimits:
         env = dict(raw)
         foreign = sorted(
             name for name in env
-            if name not in WORKER_ENV_NAMES and not any(fnmatch.fnmatchcase(name, p) for p in WORKER_ENV_PATTERNS)
+            if name not in WORKER_ENV_NAMES and name not in WORKER_ENV_FIXED
+            and not any(fnmatch.fnmatchcase(name, p) for p in WORKER_ENV_PATTERNS)
         )
         if foreign:
             raise Refusal(f"worker environment {', '.join(foreign)}, which flowrig does not set for workers")
+        changed = sorted(name for name, value in WORKER_ENV_FIXED.items() if env.get(name, value) != value)
+        if changed:
+            raise Refusal(f"worker environment {', '.join(changed)} other than flowrig sets it")
         if env.get("FLOWRIG_RUN_ID", self.run_id) != self.run_id:
             raise Refusal(f"workers of another run ({env['FLOWRIG_RUN_ID']!r})")
         _check_env_sizes(env)

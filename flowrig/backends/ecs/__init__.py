@@ -4,7 +4,7 @@
 - :mod:`~flowrig.backends.ecs.options`: their ``[cluster.options]``;
 - :mod:`~flowrig.backends.ecs.launcher`: RunTask, DescribeTasks, StopTask of a run's roles;
 - :mod:`~flowrig.backends.ecs.aws`: sessions, errors, and the run's own AWS resources;
-- :mod:`~flowrig.backends.ecs.iam`: trust policies, the bootstrap role, the runner's policy;
+- :mod:`~flowrig.backends.ecs.iam`: trust policies, the bootstrap's policies, the runner's policy;
 - :mod:`~flowrig.backends.ecs.taskdefs` and :mod:`~flowrig.backends.ecs.validate`:
   task definitions as data, checked against botocore's model;
 - :mod:`~flowrig.backends.ecs.run_local`: a task definition's containers on the local

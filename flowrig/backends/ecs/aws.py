@@ -15,6 +15,7 @@ import os
 import re
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from flowrig.backends.ecs import iam as iam_docs
@@ -103,6 +104,7 @@ class Session:
                     "or AWS_PROFILE"
                 )
         self._clients: dict[str, Any] = {}
+        self._caller: Caller | None = None
 
     def client(self, service: str) -> Any:
         """A client with few retries and a short connect timeout, made once per service."""
@@ -126,79 +128,72 @@ class Session:
         """The region's partition (``aws``, ``aws-cn``, ``aws-us-gov``), for ARNs."""
         return self._session.get_partition_for_region(self.region_name)
 
+    def caller(self) -> "Caller":
+        """Who the credentials are: their account and IAM's id of the caller (one STS
+        call, made once per session).
+
+        Raises
+        ------
+        BadInput
+            When the caller's id cannot be a tag value (see :func:`~flowrig.backends.ecs.iam.check_owner`).
+        """
+        if self._caller is None:
+            with aws_errors("asking AWS who the credentials belong to"):
+                found = self.client("sts").get_caller_identity()
+            try:
+                user_id = iam_docs.check_owner(str(found["UserId"]))
+            except ValueError as exc:
+                raise BadInput(str(exc)) from None
+            self._caller = Caller(iam_docs.Account(self.partition, str(found["Account"])), user_id)
+        return self._caller
+
     def account(self) -> iam_docs.Account:
         """The partition and the account the credentials belong to."""
-        with aws_errors("asking AWS which account the credentials belong to"):
-            account_id = self.client("sts").get_caller_identity()["Account"]
-        return iam_docs.Account(self.partition, account_id)
+        return self.caller().account
 
 
-def find_role(aws: Session, name: str) -> str:
-    """The ARN of the pre-created role ``name``.
+@dataclass(frozen=True)
+class Caller:
+    """The account of the credentials, and the caller's id as IAM's ``aws:userid``
+    gives it: the owner tag of everything the caller makes."""
 
-    Raises
-    ------
-    BadInput
-        When there is no such role (with the command that makes it).
-    """
-    from botocore.exceptions import ClientError
-
-    with aws_errors(f"looking up IAM role {name}"):
-        try:
-            return aws.client("iam").get_role(RoleName=name)["Role"]["Arn"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchEntity":
-                raise
-    raise BadInput(
-        f"IAM role {name} does not exist: run `flowrig ecs bootstrap` once for the account, "
-        "set execution_role_arn in [cluster.options], or set create_roles = true"
-    )
-
-
-def ensure_role(aws: Session, account: iam_docs.Account, name: str, description: str) -> tuple[str, bool]:
-    """The bootstrap role ``name`` on flowrig's IAM path with the execution policy;
-    created when missing. Returns ``(arn, created)``."""
-    from botocore.exceptions import ClientError
-
-    iam = aws.client("iam")
-    with aws_errors(f"creating IAM role {name}"):
-        try:
-            arn = iam.get_role(RoleName=name)["Role"]["Arn"]
-            created = False
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchEntity":
-                raise
-            arn = iam.create_role(
-                RoleName=name,
-                Path=iam_docs.ROLE_PATH,
-                AssumeRolePolicyDocument=json.dumps(iam_docs.trust_policy(account)),
-                Description=description,
-                Tags=[{"Key": "createdBy", "Value": "flowrig ecs bootstrap"}],
-            )["Role"]["Arn"]
-            created = True
-        # Idempotent: a role from an older bootstrap gets today's trust and policy.
-        iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(iam_docs.trust_policy(account)))
-        iam.attach_role_policy(RoleName=name, PolicyArn=iam_docs.execution_policy_arn(account.partition))
-    return arn, created
+    account: iam_docs.Account
+    user_id: str
 
 
 #: IAM keeps at most this many versions of a managed policy.
 _POLICY_VERSIONS = 5
+#: Seconds a role made moments before may still be unknown to the services that use it
+#: (IAM propagates a change within seconds, rarely a minute): calls refused for want of
+#: it are tried again until then.
+ROLE_PROPAGATION = 60.0
+#: Seconds between such tries.
+_PROPAGATION_POLL = 2.0
 
 
 def _no_such_entity(exc: Exception) -> bool:
     return getattr(exc, "response", {}).get("Error", {}).get("Code") == "NoSuchEntity"
 
 
-def ensure_instance_boundary(aws: Session, account: iam_docs.Account) -> tuple[str, str]:
-    """The ``ec2`` instance roles' permissions boundary, created when missing and made
-    today's document when an older bootstrap made another. Returns ``(arn, what was done)``:
-    ``created``, ``updated`` or ``unchanged``."""
+def denied(exc: Exception) -> bool:
+    """Whether AWS refused a call for want of a permission."""
+    error = getattr(exc, "response", {}).get("Error", {})
+    code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+    return code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "403") or (
+        "not authorized to perform" in message
+    )
+
+
+def ensure_managed_policy(
+    aws: Session, account: iam_docs.Account, name: str, document: dict[str, Any], description: str
+) -> tuple[str, str]:
+    """The customer-managed policy ``name`` on flowrig's IAM path, created when missing
+    and made today's ``document`` when an older bootstrap made another. Returns
+    ``(arn, what was done)``: ``created``, ``updated`` or ``unchanged``."""
     from botocore.exceptions import ClientError
 
     iam = aws.client("iam")
-    arn = iam_docs.instance_boundary_arn(account)
-    document = iam_docs.instance_boundary_policy(account)
+    arn = account.arn("iam", f"policy{iam_docs.ROLE_PATH}{name}")
     with aws_errors(f"creating IAM policy {arn}"):
         try:
             default_version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
@@ -206,10 +201,10 @@ def ensure_instance_boundary(aws: Session, account: iam_docs.Account) -> tuple[s
             if not _no_such_entity(exc):
                 raise
             iam.create_policy(
-                PolicyName=iam_docs.INSTANCE_BOUNDARY_NAME,
+                PolicyName=name,
                 Path=iam_docs.ROLE_PATH,
                 PolicyDocument=json.dumps(document),
-                Description="flowrig: the most an ec2 run's instance role may be allowed (its permissions boundary)",
+                Description=description,
                 Tags=[{"Key": "createdBy", "Value": "flowrig bootstrap"}],
             )
             return arn, "created"
@@ -228,6 +223,48 @@ def ensure_instance_boundary(aws: Session, account: iam_docs.Account) -> tuple[s
     return arn, "updated"
 
 
+def ensure_instance_boundary(aws: Session, account: iam_docs.Account) -> tuple[str, str]:
+    """The ``ec2`` instance roles' permissions boundary (:func:`ensure_managed_policy`)."""
+    return ensure_managed_policy(
+        aws, account, iam_docs.INSTANCE_BOUNDARY_NAME, iam_docs.instance_boundary_policy(account),
+        "flowrig: the most an ec2 run's instance role may be allowed (its permissions boundary)",
+    )
+
+
+def ensure_run_secret_reader(aws: Session, account: iam_docs.Account) -> tuple[str, str]:
+    """The policy every ``ecs``/``fargate`` run's execution role gets (:func:`ensure_managed_policy`)."""
+    return ensure_managed_policy(
+        aws, account, iam_docs.RUN_SECRET_READER_NAME, iam_docs.run_secret_reader_policy(account),
+        "flowrig: an ecs/fargate run's execution role reads its own run's secret and no other",
+    )
+
+
+def legacy_execution_role(aws: Session) -> str | None:
+    """The ARN of the shared execution role older bootstraps made, if the account has it."""
+    from botocore.exceptions import ClientError
+
+    with aws_errors(f"looking up IAM role {iam_docs.EXECUTION_ROLE_NAME}"):
+        try:
+            return str(aws.client("iam").get_role(RoleName=iam_docs.EXECUTION_ROLE_NAME)["Role"]["Arn"])
+        except ClientError as exc:
+            if not _no_such_entity(exc):
+                raise
+    return None
+
+
+def _find_policy(aws: Session, arn: str, what: str, fix: str) -> str:
+    from botocore.exceptions import ClientError
+
+    with aws_errors(f"looking up IAM policy {arn}"):
+        try:
+            aws.client("iam").get_policy(PolicyArn=arn)
+            return arn
+        except ClientError as exc:
+            if not _no_such_entity(exc):
+                raise
+    raise BadInput(f"IAM policy {arn} ({what}) does not exist: {fix}")
+
+
 def find_instance_boundary(aws: Session) -> str:
     """The ARN of the instance roles' permissions boundary the bootstrap made.
 
@@ -236,20 +273,27 @@ def find_instance_boundary(aws: Session) -> str:
     BadInput
         When there is none (with the command that makes it).
     """
-    from botocore.exceptions import ClientError
+    return _find_policy(
+        aws, iam_docs.instance_boundary_arn(aws.account()),
+        "the permissions boundary of ec2 runs' instance roles",
+        "run `flowrig aws bootstrap --backend ec2` once for the account, or set iam_instance_profile in "
+        "[cluster.options]",
+    )
 
-    arn = iam_docs.instance_boundary_arn(aws.account())
-    with aws_errors(f"looking up IAM policy {arn}"):
-        try:
-            aws.client("iam").get_policy(PolicyArn=arn)
-            return arn
-        except ClientError as exc:
-            if not _no_such_entity(exc):
-                raise
-    raise BadInput(
-        f"IAM policy {arn} (the permissions boundary of ec2 runs' instance roles) does not exist: run "
-        "`flowrig aws bootstrap --backend ec2` once for the account, or set iam_instance_profile in "
-        "[cluster.options]"
+
+def find_run_secret_reader(aws: Session) -> str:
+    """The ARN of the policy that lets a run's execution role read its own run's secret.
+
+    Raises
+    ------
+    BadInput
+        When there is none (with the command that makes it).
+    """
+    return _find_policy(
+        aws, iam_docs.run_secret_reader_arn(aws.account()),
+        "what lets each run's execution role read its own run's secret",
+        "run `flowrig aws bootstrap --backend ecs` once for the account, or set execution_role_arn in "
+        "[cluster.options]",
     )
 
 
@@ -314,6 +358,12 @@ class RunResources:
         self.cleanup_timeout = cleanup_timeout
         self._created: list[tuple[str, str]] = []
         self._task_sources: list[tuple[str, str]] = []
+        #: When the run made its (last) role, ``time.monotonic()``; ``None`` when it made none.
+        self.role_made_at: float | None = None
+        #: Names of the roles the run made.
+        self.new_roles: list[str] = []
+        #: Task definitions the runner may not deregister (see :meth:`delete`).
+        self.left_registered: list[str] = []
 
     def _client(self, service: str) -> Any:
         return self.aws.client(service)
@@ -382,9 +432,15 @@ class RunResources:
         self._created.append(("cluster", arn))
         return arn
 
-    def create_execution_role(self, name: str) -> str:
-        """A run's execution role: only ECS tasks of this account may assume it, and it
-        holds AWS's managed execution policy alone; returns its ARN."""
+    def create_execution_role(self, name: str, reader_policy_arn: str) -> str:
+        """A run's execution role; returns its ARN.
+
+        Only ECS tasks of this account may assume it; it holds AWS's managed execution
+        policy (pull the image, write logs) and ``reader_policy_arn``, which lets it
+        read its own run's secret and no other (:func:`~flowrig.backends.ecs.iam.run_secret_reader_policy`).
+        Its tags (the run id, and the caller as owner) are what that policy and the
+        runner's own rights check.
+        """
         iam = self._client("iam")
         account = self.aws.account()
         with aws_errors(f"creating IAM role {name}"):
@@ -392,16 +448,50 @@ class RunResources:
                 RoleName=name,
                 Path=iam_docs.ROLE_PATH,
                 AssumeRolePolicyDocument=json.dumps(iam_docs.trust_policy(account)),
-                Description="flowrig: lets ECS pull the image and write logs for one run",
+                Description="flowrig: lets ECS pull the image, write logs and read the secret of one run",
                 Tags=_upper_tags(self.tags),
             )
-            self._created.append(("role", name))
-            iam.attach_role_policy(RoleName=name, PolicyArn=iam_docs.execution_policy_arn(account.partition))
+        self.made_role(name)
+        for policy_arn in (iam_docs.execution_policy_arn(account.partition), reader_policy_arn):
+            with aws_errors(f"attaching {policy_arn} to IAM role {name}"):
+                self.while_role_propagates(
+                    lambda arn=policy_arn: iam.attach_role_policy(RoleName=name, PolicyArn=arn),
+                    lambda exc: denied(exc) or _no_such_entity(exc),
+                )
         return response["Role"]["Arn"]
 
-    def create_run_secret(self, name: str, value: str, reader_role_arn: str) -> str:
-        """A Secrets Manager secret holding ``value`` that only ``reader_role_arn`` is
-        named to read (resource policy); returns its ARN. Deleted without recovery."""
+    def made_role(self, name: str) -> None:
+        """Record a role the run made: deleted with the run, waited for while it propagates."""
+        self._created.append(("role", name))
+        self.new_roles.append(name)
+        self.role_made_at = time.monotonic()
+
+    @property
+    def role_propagation_until(self) -> float:
+        """``time.monotonic()`` until which a role the run made may still be unknown to
+        the services that use it (0 when it made none)."""
+        return self.role_made_at + ROLE_PROPAGATION if self.role_made_at is not None else 0.0
+
+    def while_role_propagates(self, call: Any, retry_when: Any) -> Any:
+        """``call()``, tried again while it fails as ``retry_when(exc)`` says and a role the
+        run made may not have reached every service yet: IAM checks the new role's tags
+        (its owner) and ECS assumes it, both a few seconds after it was made."""
+        from botocore.exceptions import ClientError
+
+        while True:
+            try:
+                return call()
+            except ClientError as exc:
+                if not retry_when(exc) or time.monotonic() >= self.role_propagation_until:
+                    raise
+                logger.debug("a new IAM role is not known everywhere yet, trying again: %s", one_line(exc))
+            time.sleep(_PROPAGATION_POLL)
+
+    def create_run_secret(self, name: str, value: str, reader_role_arn: str, *, grant: bool = False) -> str:
+        """A Secrets Manager secret holding ``value`` that every principal but
+        ``reader_role_arn`` is denied reading (resource policy); returns its ARN.
+        ``grant`` also allows the reader there (a role that exists already, named by
+        the project). Deleted without recovery."""
         client = self._client("secretsmanager")
         with aws_errors(f"creating secret {name}"):
             arn = client.create_secret(
@@ -413,7 +503,7 @@ class RunResources:
             self._created.append(("secret", arn))
             client.put_resource_policy(
                 SecretId=arn,
-                ResourcePolicy=json.dumps(iam_docs.secret_read_policy(arn, reader_role_arn)),
+                ResourcePolicy=json.dumps(iam_docs.secret_read_policy(arn, reader_role_arn, grant=grant)),
                 BlockPublicPolicy=True,
             )
         return arn
@@ -470,9 +560,16 @@ class RunResources:
         return group_id
 
     def register_task_definition(self, params: Mapping[str, Any]) -> str:
-        """Register a task definition (tags are the caller's); returns its ARN."""
+        """Register a task definition (tags are the caller's); returns its ARN.
+
+        Passing a role made moments before is refused until IAM knows its owner tag:
+        tried again while the role propagates (a refusal naming another role is final)."""
         with aws_errors(f"registering task definition {params.get('family')}"):
-            response = self._client("ecs").register_task_definition(**params)
+            response = self.while_role_propagates(
+                lambda: self._client("ecs").register_task_definition(**params),
+                lambda exc: denied(exc) and "iam:PassRole" in str(exc)
+                and any(name in str(exc) for name in self.new_roles),
+            )
         arn = response["taskDefinition"]["taskDefinitionArn"]
         self._created.append(("task-definition", arn))
         return arn
@@ -515,6 +612,12 @@ class RunResources:
             except Exception as exc:
                 logger.warning("could not delete %s %s: %s", kind, ident, one_line(exc))
                 leftovers.append(f"{kind} {ident}")
+        if self.left_registered:
+            logger.debug(
+                "the run's task definitions stay registered (deregistering needs %s on every task definition "
+                "of the account, which the runner policy leaves out; `flowrig aws leftovers --remove` "
+                "deregisters them): %s", iam_docs.DEREGISTER_ACTION, ", ".join(self.left_registered),
+            )
         return leftovers
 
     def _stop_tasks(self, cluster_arn: str, started_by: str, deadline: float) -> None:
@@ -544,8 +647,19 @@ class RunResources:
 
     def _delete_one(self, kind: str, ident: str, deadline: float) -> None:
         if kind == "task-definition":
+            from botocore.exceptions import ClientError
+
             ecs = self._client("ecs")
-            ecs.deregister_task_definition(taskDefinition=ident)
+            try:
+                ecs.deregister_task_definition(taskDefinition=ident)
+            except ClientError as exc:
+                if not denied(exc):
+                    raise
+                # IAM cannot limit deregistering to the run's own task definitions, so
+                # the runner policy leaves it out unless asked: the definition stays, its
+                # secret and role gone, for `flowrig aws leftovers --remove`.
+                self.left_registered.append(ident)
+                return
             # Deregistered definitions stay listed as INACTIVE; deleting removes them.
             ecs.delete_task_definitions(taskDefinitions=[ident])
         elif kind == "log-group":

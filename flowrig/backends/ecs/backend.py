@@ -7,7 +7,7 @@ AWS resources the tasks need are created for the run when the project names none
 tagged with the run id, the security group admitting only the VPC (the dashboard only
 when asked), and all of it deleted by :meth:`StartedCluster.close`
 (:class:`~flowrig.backends.ecs.aws.RunResources`). The execution role is the one
-``flowrig ecs bootstrap`` made, unless the project names one or asks for one per run.
+run makes for itself (the one reader of the run's secret), unless the project names one.
 
 Mutual TLS uses the run's certificates: they go into one Secrets Manager secret of the
 run, which the task definitions flowrig registers name in ``secrets``; ECS hands it to
@@ -35,9 +35,9 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster
+from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster, dashboard_reach
 from flowrig.backends.ecs import defaults
 from flowrig.backends.ecs.options import ECSOptions
 from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
@@ -111,6 +111,8 @@ class _Infrastructure:
 
     cluster_arn: str
     execution_role_arn: str
+    #: Whether the run made the execution role (else the project named it).
+    own_execution_role: bool
     task_role_arn: str
     log_group: str
     stream_prefix: str
@@ -125,6 +127,13 @@ class _ECSBase(Backend):
     #: Whether scheduler and workers run on Fargate unless the options say otherwise.
     fargate: ClassVar[bool]
     options_model = ECSOptions
+
+    def roles_use_image_certificates(self, options: Mapping[str, Any]) -> bool:
+        """Task definitions of the project's own, or a scheduler already running, start
+        roles with the image's baked files; flowrig's own definitions get the run's."""
+        return any(options.get(key) for key in (
+            "scheduler_task_definition_arn", "worker_task_definition_arn", "scheduler_address"
+        ))
 
     def prefect_api_hosts(self) -> tuple[str, str]:
         """Inside an ECS task (a runner task), listen on the task's own address (not on
@@ -154,7 +163,7 @@ class _ECSBase(Backend):
         InfrastructureError
             AWS unreachable or refusing, or the cluster not ready in time.
         """
-        from flowrig.backends.ecs import aws, lease
+        from flowrig.backends.ecs import aws, iam, lease
         from flowrig.backends.ecs.launcher import ECSLauncher, TaskSettings
         from flowrig.backends.pool import start_pool
 
@@ -165,15 +174,18 @@ class _ECSBase(Backend):
         timeout = float(options.provision_timeout)
         deadline = time.monotonic() + timeout
         # Every option is checked before the first AWS call.
-        launch = self._launch(options)
+        launch = self._launch(options, spec.allowed_environment)
         session = aws.session(
             options.region_name,
             access_key_id=options.aws_access_key_id,
             secret_access_key=options.aws_secret_access_key,
         )
         lease_seconds = lease.lease_seconds()
-        tags = {**options.tags, "flowrig-run-id": spec.run_id, "createdBy": "flowrig",
-                **lease.initial_tags(lease_seconds)}
+        # Everything the run makes names its caller as owner: the runner policy lets a
+        # caller act only on what names it, so no other run's runner can touch it.
+        owner = session.caller().user_id
+        tags = {**options.tags, iam.RUN_TAG: spec.run_id, "createdBy": "flowrig",
+                **lease.initial_tags(lease_seconds), iam.OWNER_TAG: owner}
         resources = aws.RunResources(session, tags, float(options.cleanup_timeout))
         # While the run lives its lease is renewed, so `flowrig aws leftovers` leaves it alone.
         renewer = lease.LeaseRenewer(resources, lease_seconds).start()
@@ -211,6 +223,7 @@ class _ECSBase(Backend):
                 # Only flowrig's own definitions are known to log there (stop reasons quote them).
                 log_group=infra.log_group if launch.own_definitions == {"scheduler", "worker"} else "",
                 log_stream_prefix=infra.stream_prefix,
+                role_propagation_until=resources.role_propagation_until,
             ))
             cluster = start_pool(
                 launcher, spec, backend=self.name, timeout=timeout, deadline=deadline,
@@ -227,13 +240,20 @@ class _ECSBase(Backend):
             close=CloseOnce(functools.partial(_close_run, cluster, resources, renewer)),
             cluster=cluster,
             scheduler_up=cluster.scheduler_up_at,
+            dashboard_reach=None if options.scheduler_address else dashboard_reach(options.dashboard, "the VPC"),
         )
 
     # --- steps of start -----------------------------------------------------------
-    def _launch(self, options: ECSOptions) -> _Launch:
+    def _launch(self, options: ECSOptions, allowed: frozenset[str] = frozenset()) -> _Launch:
         """Launch types, task sizes and command flags, checked before anything is created."""
         from flowrig.backends.ecs import taskdefs, validate
 
+        if not options.create_roles:
+            raise BadInput(
+                "create_roles = false (runs sharing the execution role of `flowrig ecs bootstrap`) is no longer "
+                "possible: a shared role would let one run read another's certificates. Drop create_roles "
+                "(every run makes its own), or set execution_role_arn to a role of yours"
+            )
         fargate_scheduler = self.fargate if options.fargate_scheduler is None else options.fargate_scheduler
         fargate_workers = self.fargate if options.fargate_workers is None else options.fargate_workers
         if self.fargate and not (fargate_scheduler and fargate_workers):
@@ -255,7 +275,7 @@ class _ECSBase(Backend):
             validate.check_fargate_size("scheduler", sizes["scheduler"].cpu, sizes["scheduler"].memory)
         if fargate_workers:
             validate.check_fargate_size("worker", sizes["worker"].cpu, sizes["worker"].memory)
-        validate.check_user_environment(options.environment, options.secrets)
+        validate.check_user_environment(options.environment, options.secrets, allowed)
         if options.worker_task_definition_arn and (options.environment or options.secrets):
             raise BadInput(
                 "environment and secrets go into the worker task definition flowrig registers, and "
@@ -299,12 +319,14 @@ class _ECSBase(Backend):
         from flowrig.backends.ecs import aws, iam
 
         name = f"{defaults.FAMILY_PREFIX}-{run_id}"
-        # Roles first: a missing bootstrap role is bad input, found before anything is made.
-        execution_role_arn = options.execution_role_arn
-        if not execution_role_arn and options.create_roles:
-            execution_role_arn = resources.create_execution_role(f"{name}-execution")
-        elif not execution_role_arn:
-            execution_role_arn = aws.find_role(resources.aws, iam.EXECUTION_ROLE_NAME)
+        # The run's own execution role, the one reader of the run's secret (a role no
+        # other run can pass to a task). Made first: a missing bootstrap policy is bad
+        # input, found before anything is made, and the role has the rest of the set-up
+        # to propagate through IAM before a task needs it.
+        execution_role_arn = options.execution_role_arn or ""
+        if not execution_role_arn and launch.own_definitions:
+            reader = aws.find_run_secret_reader(resources.aws)
+            execution_role_arn = resources.create_execution_role(iam.execution_role_name(run_id), reader)
         # No task role unless the project names one: the containers get no AWS permissions.
         task_role_arn = options.task_role_arn or ""
         cluster_arn = options.cluster_arn or resources.create_cluster(name)
@@ -321,6 +343,7 @@ class _ECSBase(Backend):
         return _Infrastructure(
             cluster_arn=cluster_arn,
             execution_role_arn=execution_role_arn,
+            own_execution_role=not options.execution_role_arn,
             task_role_arn=task_role_arn,
             log_group=log_group,
             stream_prefix=options.cloudwatch_logs_stream_prefix or name,
@@ -333,15 +356,18 @@ class _ECSBase(Backend):
     def _tls_secret(
         spec: ClusterSpec, resources: "RunResources", launch: _Launch, infra: _Infrastructure
     ) -> str | None:
-        """The run's secret holding its certificates (only the execution role is named
-        to read it), when flowrig registers a task definition; its ARN."""
+        """The run's secret holding its certificates (only the execution role may read
+        it), when flowrig registers a task definition; its ARN."""
         from flowrig.backends.ecs import iam
         from flowrig.certs import delivery
 
         if not launch.own_definitions:
             return None
         line = delivery.encode(spec.tls).decode().strip()
-        return resources.create_run_secret(iam.secret_name(spec.run_id), line, infra.execution_role_arn)
+        # A role the project named exists already: the secret's policy may name it.
+        return resources.create_run_secret(
+            iam.secret_name(spec.run_id), line, infra.execution_role_arn, grant=not infra.own_execution_role
+        )
 
     def _task_definitions(
         self,
@@ -416,3 +442,4 @@ class FargateBackend(_ECSBase):
 
     name = "fargate"
     fargate = True
+

@@ -15,6 +15,7 @@ hint for the causes seen most (:func:`hint`).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -36,6 +37,8 @@ LOG_TAIL_LINES = 3
 LOG_LINE_WIDTH = 160
 #: Longest one-line explanation of a stopped task (reasons, log lines and hint).
 REASON_WIDTH = 1200
+#: Seconds between RunTask tries while a new role propagates.
+_ASSUME_POLL = 2.0
 _PENDING = {"PROVISIONING", "PENDING", "ACTIVATING"}
 _STOPPED = {"DEACTIVATING", "STOPPING", "DEPROVISIONING", "STOPPED", "DELETED"}
 
@@ -91,6 +94,9 @@ class TaskSettings:
     #: Where the containers' ``awslogs`` go (empty: not known, no log lines in reasons).
     log_group: str = ""
     log_stream_prefix: str = ""
+    #: ``time.monotonic()`` until which the run's new execution role may be unknown to
+    #: ECS: a RunTask refused because ECS cannot assume it yet is tried again until then.
+    role_propagation_until: float = 0.0
 
 
 def worker_command(settings: TaskSettings, scheduler_address: str, name: str = FROM_ECS_TASK) -> list[str]:
@@ -238,7 +244,7 @@ class ECSLauncher(Launcher):
             else:
                 kwargs["launchType"] = "FARGATE"
         with aws_errors(f"starting the {role} task{'s' if count > 1 else ''}"):
-            response = self._ecs.run_task(**kwargs)
+            response = self._run_task_call(kwargs)
         tasks = list(response.get("tasks") or [])[:count]
         for task in tasks:
             self._tasks[task["taskArn"]] = task
@@ -246,6 +252,22 @@ class ECSLauncher(Launcher):
         # A short answer with no failure listed still leaves tasks unstarted.
         refused += ["ECS started fewer tasks than asked, without a reason"] * max(count - len(tasks) - len(refused), 0)
         return tasks, refused[: count - len(tasks)]
+
+    def _run_task_call(self, kwargs: Mapping[str, Any]) -> Any:
+        """RunTask, tried again while ECS cannot assume a role the run made moments
+        before (IAM has not told it yet); the same ``clientToken`` each time."""
+        from botocore.exceptions import ClientError
+
+        while True:
+            try:
+                return self._ecs.run_task(**kwargs)
+            except ClientError as exc:
+                message = str(exc.response.get("Error", {}).get("Message", ""))
+                propagating = time.monotonic() < self.settings.role_propagation_until
+                if "unable to assume" not in message.lower() or not propagating:
+                    raise
+                logger.debug("ECS cannot assume the run's new role yet, trying again: %s", one_line(message))
+            time.sleep(_ASSUME_POLL)
 
     def start_scheduler(self) -> str:
         s = self.settings

@@ -41,43 +41,94 @@ class ECSOptions(Options):
     )
 
     # --- where the tasks run ------------------------------------------------------------
-    region_name: StrictStr | None = None
-    aws_access_key_id: StrictStr | None = None
-    aws_secret_access_key: StrictStr | None = None
-    cluster_arn: StrictStr | None = None
-    fargate_scheduler: StrictBool | None = None
-    fargate_workers: StrictBool | None = None
-    fargate_spot: StrictBool = False
-    vpc: StrictStr | None = None
-    subnets: list[StrictStr] | None = None
-    security_groups: list[StrictStr] | None = None
-    fargate_use_private_ip: StrictBool = True
-    scheduler_address: StrictStr | None = None
+    region_name: StrictStr | None = Field(
+        None, description="AWS region of the run; default: `AWS_REGION`, else the profile's"
+    )
+    aws_access_key_id: StrictStr | None = Field(
+        None,
+        description="access key of another AWS identity than the runner's own (Python API only: `flowrig.toml` "
+        "refuses credentials)",
+    )
+    aws_secret_access_key: StrictStr | None = Field(
+        None,
+        description="secret key going with `aws_access_key_id` (Python API only: `flowrig.toml` refuses credentials)",
+    )
+    cluster_arn: StrictStr | None = Field(
+        None,
+        description="an ECS cluster of yours to run the tasks in (`ecs` needs one); default on `fargate`: a cluster "
+        "made for the run",
+    )
+    fargate_scheduler: StrictBool | None = Field(
+        None, description="run the scheduler on Fargate; default: true on `fargate`, false on `ecs`"
+    )
+    fargate_workers: StrictBool | None = Field(
+        None, description="run the workers on Fargate; default: true on `fargate`, false on `ecs`"
+    )
+    fargate_spot: StrictBool = Field(
+        False, description="start the workers on Fargate Spot capacity (cheaper; an interrupted worker is replaced)"
+    )
+    vpc: StrictStr | None = Field(None, description="VPC of the tasks; default: the region's default VPC")
+    subnets: list[StrictStr] | None = Field(None, description="subnets of the tasks; default: every subnet of the VPC")
+    security_groups: list[StrictStr] | None = Field(
+        None,
+        description="security groups of the tasks; default: one made for the run (its tasks reach each other, the VPC"
+        " reaches the scheduler port)",
+    )
+    fargate_use_private_ip: StrictBool = Field(
+        True, description="give the tasks private addresses only; false: public ones too"
+    )
+    scheduler_address: StrictStr | None = Field(
+        None, description="a running scheduler (`tls://host:port`) to use: no scheduler task is started"
+    )
     dashboard: StrictBool = Field(
         False, description="open the scheduler's dashboard port to the VPC (it is closed otherwise)"
     )
 
     # --- roles, logs ----------------------------------------------------------------------
-    execution_role_arn: StrictStr | None = None
-    task_role_arn: StrictStr | None = None
-    create_roles: StrictBool = Field(
-        False,
-        description="create the run's execution role at run time instead of using the one "
-        "`flowrig ecs bootstrap` made (the runner then needs IAM rights)",
+    execution_role_arn: StrictStr | None = Field(
+        None,
+        description="an execution role of yours (pulls the image, reads `secrets`); default: one made for the run, "
+        "the one reader of its secret",
     )
-    cloudwatch_logs_group: StrictStr | None = None
-    cloudwatch_logs_stream_prefix: StrictStr | None = None
+    task_role_arn: StrictStr | None = Field(
+        None,
+        description="the role the containers act as (what the flow may do in AWS); default: none, so no AWS rights",
+    )
+    create_roles: StrictBool = Field(
+        True,
+        description="every run makes its own execution role (the one reader of its secret); "
+        "false, a role shared by runs, is refused",
+    )
+    cloudwatch_logs_group: StrictStr | None = Field(
+        None, description="a log group of yours, kept after the run; default: one made for the run and deleted with it"
+    )
+    cloudwatch_logs_stream_prefix: StrictStr | None = Field(
+        None, description="prefix of the tasks' log streams; default: `flowrig-RUNID`"
+    )
 
     # --- the tasks themselves ---------------------------------------------------------------
-    scheduler_cpu: StrictInt = defaults.SCHEDULER_CPU
-    scheduler_mem: StrictInt = defaults.SCHEDULER_MEMORY
-    worker_cpu: StrictInt = defaults.WORKER_CPU
-    worker_mem: StrictInt = defaults.WORKER_MEMORY
-    cpu_architecture: StrictStr = defaults.CPU_ARCHITECTURE
-    scheduler_task_definition_arn: StrictStr | None = None
-    worker_task_definition_arn: StrictStr | None = None
-    scheduler_extra_args: list[StrictStr] = Field(default_factory=list)
-    worker_extra_args: list[StrictStr] = Field(default_factory=list)
+    scheduler_cpu: StrictInt = Field(
+        defaults.SCHEDULER_CPU, description="CPU units of the scheduler task (1024 = one vCPU)"
+    )
+    scheduler_mem: StrictInt = Field(defaults.SCHEDULER_MEMORY, description="memory of the scheduler task, in MiB")
+    worker_cpu: StrictInt = Field(defaults.WORKER_CPU, description="CPU units of each worker task (1024 = one vCPU)")
+    worker_mem: StrictInt = Field(defaults.WORKER_MEMORY, description="memory of each worker task, in MiB")
+    cpu_architecture: StrictStr = Field(
+        defaults.CPU_ARCHITECTURE,
+        description="CPU architecture of the task definitions, the image's: `X86_64` or `ARM64`",
+    )
+    scheduler_task_definition_arn: StrictStr | None = Field(
+        None, description="a scheduler task definition of yours, used as is (its roles use the image's baked TLS files)"
+    )
+    worker_task_definition_arn: StrictStr | None = Field(
+        None, description="a worker task definition of yours, used as is (its roles use the image's baked TLS files)"
+    )
+    scheduler_extra_args: list[StrictStr] = Field(
+        default_factory=list, description="more command-line arguments of the scheduler (`dask scheduler`)"
+    )
+    worker_extra_args: list[StrictStr] = Field(
+        default_factory=list, description="more command-line arguments of each worker (`dask worker`)"
+    )
     environment: StringMap = Field(
         default_factory=dict, description="plain variables of the workers, put in their task definition"
     )
@@ -85,9 +136,19 @@ class ECSOptions(Options):
         default_factory=dict,
         description="variable -> valueFrom (Secrets Manager or SSM ARN) the workers get from ECS",
     )
-    tags: StringMap = Field(default_factory=dict)
-    volumes: list[dict[str, Any]] = Field(default_factory=list)
-    mount_points: list[dict[str, Any]] = Field(default_factory=list)
-    mount_volumes_on_scheduler: StrictBool = False
-    scheduler_task_kwargs: dict[str, Any] = Field(default_factory=dict)
-    worker_task_kwargs: dict[str, Any] = Field(default_factory=dict)
+    tags: StringMap = Field(default_factory=dict, description="tags on every resource of the run, beside flowrig's own")
+    volumes: list[dict[str, Any]] = Field(
+        default_factory=list, description="`volumes` of the task definitions, as ECS writes them"
+    )
+    mount_points: list[dict[str, Any]] = Field(
+        default_factory=list, description="`mountPoints` of the workers' container, as ECS writes them"
+    )
+    mount_volumes_on_scheduler: StrictBool = Field(
+        False, description="mount `volumes` on the scheduler's container too"
+    )
+    scheduler_task_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="more RunTask parameters for the scheduler task"
+    )
+    worker_task_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="more RunTask parameters for the worker tasks"
+    )

@@ -95,6 +95,13 @@ class TaskDefinitionSettings:
         Variables every container gets.
     secrets
         ``NAME -> valueFrom`` (Secrets Manager or SSM ARN) every container gets.
+    worker_environment, worker_secrets
+        Variables and secrets of the worker container only (a project's
+        ``environment`` and ``secrets``); ``environment`` and ``secrets`` win over them.
+    runner_task_role_arn
+        The runner's task role, when it is not ``task_role_arn``: a runner of an
+        ``ecs``/``fargate`` project needs the rights that start its cluster, which the
+        flow's tasks should not get.
     tags
         Tags on every task definition (``flowrig-role`` is added per role).
     scheduler_no_client_timeout
@@ -125,6 +132,9 @@ class TaskDefinitionSettings:
     compatibilities: tuple[str, ...] = ("FARGATE",)
     environment: Mapping[str, str] = field(default_factory=dict)
     secrets: Mapping[str, str] = field(default_factory=dict)
+    worker_environment: Mapping[str, str] = field(default_factory=dict)
+    worker_secrets: Mapping[str, str] = field(default_factory=dict)
+    runner_task_role_arn: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     scheduler_no_client_timeout: float | None = None
     worker_threads: int = 1
@@ -225,10 +235,14 @@ def container_definition(role: str, settings: TaskDefinitionSettings) -> dict[st
         container["ulimits"] = [{"name": "nofile", "softLimit": limit, "hardLimit": limit}]
     if settings.mount_points and (role == "worker" or (role == "scheduler" and settings.mount_on_scheduler)):
         container["mountPoints"] = [dict(mount) for mount in settings.mount_points]
-    if settings.environment:
-        container["environment"] = _pairs(settings.environment, "name", "value")
-    if settings.secrets:
-        container["secrets"] = _pairs(settings.secrets, "name", "valueFrom")
+    environment, secrets = dict(settings.environment), dict(settings.secrets)
+    if role == "worker":
+        environment = {**settings.worker_environment, **environment}
+        secrets = {**settings.worker_secrets, **secrets}
+    if environment:
+        container["environment"] = _pairs(environment, "name", "value")
+    if secrets:
+        container["secrets"] = _pairs(secrets, "name", "valueFrom")
     return container
 
 
@@ -269,8 +283,9 @@ def render_task_definition(role: str, settings: TaskDefinitionSettings) -> dict[
         params["volumes"] = [dict(volume) for volume in settings.volumes]
     if settings.execution_role_arn:
         params["executionRoleArn"] = settings.execution_role_arn
-    if settings.task_role_arn:
-        params["taskRoleArn"] = settings.task_role_arn
+    task_role_arn = (settings.runner_task_role_arn if role == "runner" else None) or settings.task_role_arn
+    if task_role_arn:
+        params["taskRoleArn"] = task_role_arn
     return params
 
 

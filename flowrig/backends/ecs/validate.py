@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from flowrig.common.environ import check_env_name
 from flowrig.errors import BadInput
-from flowrig.project.filerules import secret_looking
+from flowrig.project.secretrules import secret_looking, value_secret
 
 #: The roles a task definition can be rendered for.
 ROLES = ("runner", "scheduler", "worker")
@@ -102,11 +102,14 @@ def check_role_arn(option: str, arn: str | None) -> str | None:
     return arn
 
 
-def check_user_environment(environment: Mapping[str, str], secrets: Mapping[str, str]) -> None:
+def check_user_environment(
+    environment: Mapping[str, str], secrets: Mapping[str, str], allowed: frozenset[str] = frozenset()
+) -> None:
     """Check the ``environment`` and ``secrets`` options of the ECS backends.
 
     Plain values are visible to anyone who may describe the task definition, so a
-    variable whose name says it is secret is refused with the way to pass it instead.
+    variable whose name or value says it is secret is refused with the way to pass it
+    instead, unless ``allowed`` (``[build] allow_environment``) names it.
 
     Raises
     ------
@@ -116,13 +119,13 @@ def check_user_environment(environment: Mapping[str, str], secrets: Mapping[str,
     """
     for name in [*environment, *secrets]:
         check_env_name("variable", name)
-    for name in environment:
-        # The one rule flowrig.toml's options are checked with, so that no name passes
+    for name, value in environment.items():
+        # The rules flowrig.toml's options are checked with, so that no variable passes
         # one check and fails the other.
-        if secret_looking(name):
+        if name not in allowed and (secret_looking(name) or value_secret(str(value), name) is not None):
             raise BadInput(
-                f"environment variable {name} looks like a secret, and plain values are readable by "
-                f"anyone who may describe the task definition: store it in Secrets Manager and set "
+                f"environment variable {name} looks like a secret (by its name or value), and plain values are "
+                f"readable by anyone who may describe the task definition: store it in Secrets Manager and set "
                 f'secrets = {{ {name} = "arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME" }} in [cluster.options]'
             )
     for name, value_from in secrets.items():

@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
-from typing import Any
+from typing import Any, Mapping
 
-from pydantic import StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from flowrig import layout
-from flowrig.backends.base import Backend, ClusterSpec, Options, StartedCluster
+from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, Options, StartedCluster
+from flowrig.common import runfolders
 from flowrig.errors import BadInput, InfrastructureError, one_line
+from flowrig.roles import PRIVATE_HTTP_PRELOAD
+
+logger = logging.getLogger("flowrig.local")
 
 #: Imported by the fork server before it forks the first worker.
 WORKER_PRELOAD = "flowrig.backends.local.preload"
@@ -20,17 +25,35 @@ WORKER_PRELOAD = "flowrig.backends.local.preload"
 class LocalOptions(Options):
     """``[cluster.options]`` of the ``local`` backend: ``LocalCluster`` keywords."""
 
-    memory_limit: StrictStr | StrictInt | None = None
-    dashboard_address: StrictStr | None = None
-    worker_dashboard_address: StrictStr | None = None
-    resources: dict[str, StrictFloat | StrictInt] | None = None
-    silence_logs: StrictBool | StrictInt | None = None
-    #: Seconds a worker may take to start.
-    timeout: StrictFloat | StrictInt | None = None
+    memory_limit: StrictStr | StrictInt | None = Field(
+        None, description="memory limit of each worker: bytes, `'4GiB'` or `'auto'` (LocalCluster's)"
+    )
+    dashboard_address: StrictStr | None = Field(
+        None,
+        description="serve the scheduler's dashboard at this address as distributed does: plain HTTP, no login, "
+        "for whoever reaches it; default: over the run's TLS on 127.0.0.1, opened by the run's link",
+    )
+    worker_dashboard_address: StrictStr | None = Field(
+        None,
+        description="serve each worker's dashboard at this address as distributed does: plain HTTP, no login; "
+        "default: none, and the workers' other HTTP routes over the run's TLS",
+    )
+    resources: dict[str, StrictFloat | StrictInt] | None = Field(
+        None, description="abstract resources each worker offers to tasks that ask for them, e.g. `{ GPU = 1 }`"
+    )
+    silence_logs: StrictBool | StrictInt | None = Field(
+        None, description="level of the cluster's own log lines (a logging level; false leaves logging as it is)"
+    )
+    timeout: StrictFloat | StrictInt | None = Field(None, description="seconds a worker may take to start")
 
 
 class LocalBackend(Backend):
     """A scheduler and worker processes on this machine, listening on loopback only.
+
+    Loopback is every local user's: their HTTP endpoints answer only the run's
+    certificate, the dashboard reaches a browser through the run's proxy
+    (:mod:`flowrig.dashboard`), and their scratch space is a private folder of the
+    run's own (:mod:`flowrig.common.runfolders`).
 
     They fork from a server that has already imported what a first Prefect task
     imports; that server is a fork of the runner where possible
@@ -49,10 +72,20 @@ class LocalBackend(Backend):
 
     def start(self, spec: ClusterSpec) -> StartedCluster:
         from flowrig.backends.local.scheduler import LocalClusterWithSchedulerProcess
-        from flowrig.internals import forkserver
+        from flowrig.backends.watch import follow
+        from flowrig.internals import forkserver, worker_security
 
         options = self.parse_options(spec.options)
+        given = options.given()
         self.prepare()  # nothing more when the run already did
+        # A dashboard address of the project's own is served as distributed serves it;
+        # otherwise only over the run's TLS, opened to this machine's browser by the proxy.
+        private_dashboard = "dashboard_address" not in given
+        # The scratch space of the scheduler, the nannies and the workers (spilled data,
+        # lock files; each node puts it first on its sys.path) is the run's own private
+        # folder, never the $TMPDIR/dask-scratch-space any user can make first; removed
+        # with the cluster, and one left by a killed run is a leftover.
+        scratch = runfolders.make("scratch", spec.run_id)
         kwargs: dict[str, Any] = {
             "n_workers": spec.size.n_workers,
             "threads_per_worker": spec.worker_threads,
@@ -60,39 +93,88 @@ class LocalBackend(Backend):
             "host": "127.0.0.1",
             # A fixed dashboard port collides between parallel runs; any free port will do.
             "dashboard_address": "127.0.0.1:0",
-            **options.given(),
+            **given,
         }
-        # Mutual TLS and the run's environment are not options a project may drop.
+        if "worker_dashboard_address" not in given:
+            # Workers serve HTTP (/metrics, /health) even without a dashboard: only to
+            # holders of the run's certificate, as their Dask ports.
+            kwargs["preload"] = [PRIVATE_HTTP_PRELOAD]
+        # Mutual TLS, the run's environment and its scratch folder are not options a
+        # project may drop.
         kwargs.update(
             protocol="tls://", security=spec.tls.to_security(), env=dict(spec.worker_env),
-            worker_class=forkserver.nanny_class(),
+            worker_class=forkserver.nanny_class(), local_directory=str(scratch.path),
+            scheduler_kwargs={"local_directory": str(scratch.path)},
+            # A worker process takes the runner's dask config over the environment it
+            # is given: settings that only workers have go here.
+            config={worker_security.LOADER_KEY: worker_security.LOADER},
         )
+        # The scheduler removes it when this process is killed before it could.
+        kwargs["folder"] = str(scratch.path)
         if spec.no_client_timeout is not None:
             kwargs["no_client_timeout"] = spec.no_client_timeout
         try:
-            cluster = LocalClusterWithSchedulerProcess(**kwargs)
+            cluster = LocalClusterWithSchedulerProcess(private_http=private_dashboard, **kwargs)
         except Exception as exc:
+            scratch.remove()
             raise InfrastructureError(f"the local cluster could not start: {one_line(exc)}") from None
-        if spec.size.adapt:
-            cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
+        except BaseException:
+            scratch.remove()
+            raise
+        proxy = None
+        try:
+            follow(cluster, spec.on_news)
+            if private_dashboard:
+                proxy = open_dashboard(cluster, spec.tls)
+                link = proxy.link
+            else:
+                link = cluster.dashboard_link
+                logger.warning(
+                    "the dashboard at %s is served without authentication ([cluster.options] "
+                    "dashboard_address): anyone who can reach it sees the run's tasks and logs", link,
+                )
+            if spec.size.adapt:
+                cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
+        except BaseException:
+            _close(cluster, proxy, scratch)
+            raise
         return StartedCluster(
             scheduler_address=cluster.scheduler_address,
-            dashboard_link=cluster.dashboard_link,
-            close=functools.partial(_close, cluster),
+            dashboard_link=link,
+            close=CloseOnce(functools.partial(_close, cluster, proxy, scratch)),
             cluster=cluster,
             scheduler_up=cluster.scheduler_up_at,
         )
 
 
-def _close(cluster: Any) -> None:
-    """Close the cluster; a scheduler that already stopped on its own (its no-client
-    rule) is not an error, though closing then cannot ask it to retire the workers."""
+def open_dashboard(cluster: Any, tls: Any) -> Any:
+    """Start the run's dashboard proxy (:mod:`flowrig.dashboard`) in front of the
+    scheduler's dashboard, which answers only the run's certificate."""
+    from flowrig.dashboard import DashboardProxy
+
+    port = (cluster.scheduler_info or {}).get("services", {}).get("dashboard")
+    if not port:
+        raise InfrastructureError("the local scheduler serves no dashboard")
+    context = tls.to_security().get_connection_args("client")["ssl_context"]
+    proxy = DashboardProxy(f"https://127.0.0.1:{port}", context)
+    proxy.start()
+    return proxy
+
+
+def _close(cluster: Any, proxy: Any, scratch: runfolders.RunFolder) -> None:
+    """Close the dashboard proxy and the cluster, then remove its scratch folder; a
+    scheduler that already stopped on its own (its no-client rule) is not an error,
+    though closing then cannot ask it to retire the workers."""
     try:
+        if proxy is not None:
+            proxy.stop()
         cluster.close()
     except OSError:
         process = cluster.scheduler.process
         if process is None or process.exitcode is None:
             raise
+    finally:
+        scratch.remove()
 
 
 class AddressBackend(Backend):
@@ -102,6 +184,10 @@ class AddressBackend(Backend):
     """
 
     name = "address"
+
+    def roles_use_image_certificates(self, options: Mapping[str, Any]) -> bool:
+        """The scheduler and its workers were started by someone else."""
+        return True
 
     def prefect_api_hosts(self) -> tuple[str, str]:
         """In a runner container the workers are elsewhere: listen on all interfaces and

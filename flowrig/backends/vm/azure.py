@@ -27,19 +27,26 @@ LOCATION_PATTERN = r"[a-z]+[a-z0-9]*"
 class AzureOptions(VMOptions):
     """``[cluster.options]`` of the ``azure`` backend (dask-cloudprovider's ``AzureVMCluster`` names)."""
 
-    location: StrictStr | None = None
-    resource_group: StrictStr | None = None
-    subscription_id: StrictStr | None = None
-    vnet: StrictStr | None = None
-    subnet: StrictStr | None = None
-    security_group: StrictStr | None = None
-    vm_size: StrictStr = "Standard_DS1_v2"
-    scheduler_vm_size: StrictStr | None = None
-    worker_vm_size: StrictStr | None = None
+    location: StrictStr | None = Field(None, description="Azure region of the run, e.g. `westeurope` (required)")
+    resource_group: StrictStr | None = Field(
+        None, description="resource group the run's resources are made in (required)"
+    )
+    subscription_id: StrictStr | None = Field(
+        None, description="subscription of the run; default: `AZURE_SUBSCRIPTION_ID`"
+    )
+    vnet: StrictStr | None = Field(None, description="virtual network of the VMs (required)")
+    subnet: StrictStr | None = Field(None, description="subnet of `vnet`; needed when it has more than one")
+    security_group: StrictStr | None = Field(
+        None, description="a network security group of yours for the VMs; default: one made for the run"
+    )
+    vm_size: StrictStr = Field("Standard_DS1_v2", description="VM size of every VM")
+    scheduler_vm_size: StrictStr | None = Field(None, description="VM size of the scheduler; default: `vm_size`")
+    worker_vm_size: StrictStr | None = Field(None, description="VM size of each worker; default: `vm_size`")
     vm_image: dict[StrictStr, StrictStr] = Field(
         default_factory=lambda: {
             "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest",
-        }
+        },
+        description="image reference of the VMs (`publisher`, `offer`, `sku`, `version`)",
     )
     key_vault: StrictStr | None = Field(None, description="the Key Vault that holds each run's certificate secret")
     disk_size: int = Field(50, gt=0, description="GiB of the OS disk")

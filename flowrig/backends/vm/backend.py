@@ -25,7 +25,7 @@ import time
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster
+from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster, dashboard_reach
 from flowrig.backends.vm.cloudinit import RegistryLogin, TLSDelivery, TLSSource, VMRole, check_environment
 from flowrig.backends.vm.launcher import RoleSettings, scheduler_role, vm_name, worker_role
 from flowrig.backends.vm.options import VMOptions
@@ -125,12 +125,17 @@ class VMBackend(Backend):
                     f"pip install 'flowrig[{self.extra}]'"
                 ) from None
 
-    def options(self, raw: Mapping[str, Any]) -> Any:
-        """``[cluster.options]`` parsed and checked, before anything is created."""
+    def options(self, raw: Mapping[str, Any], allowed_environment: frozenset[str] = frozenset()) -> Any:
+        """``[cluster.options]`` parsed and checked, before anything is created;
+        ``allowed_environment``: ``[build] allow_environment``."""
         options = self.parse_options(raw)
         self.check_options(options)
-        check_environment(dict(options.env_vars))
+        check_environment(dict(options.env_vars), allowed_environment)
         return options
+
+    def roles_use_image_certificates(self, options: Mapping[str, Any]) -> bool:
+        """``tls = "baked"``: the VMs' containers use the image's own files."""
+        return options.get("tls") == "baked"
 
     def role_settings(self, spec: ClusterSpec, options: Any, tls: TLSDelivery) -> RoleSettings:
         """What every VM of the run is started with."""
@@ -164,7 +169,7 @@ class VMBackend(Backend):
         ``secret_ref`` stands for the run's secret in per-run mode; the worker joins
         ``scheduler_address`` (default: a placeholder for the scheduler VM's address).
         """
-        options = self.options(spec.options)
+        options = self.options(spec.options, spec.allowed_environment)
         if options.tls == "baked":
             tls = TLSDelivery()
         else:
@@ -194,7 +199,7 @@ class VMBackend(Backend):
         self.require_extra()
         if not spec.image:
             raise BadInput(f"the {self.name} backend needs an image: pass --image or build one with flowrig build")
-        options = self.options(spec.options)
+        options = self.options(spec.options, spec.allowed_environment)
         timeout = float(options.provision_timeout)
         deadline = time.monotonic() + timeout
         cloud = self.make_cloud(spec.run_id, options)
@@ -230,4 +235,7 @@ class VMBackend(Backend):
             close=CloseOnce(functools.partial(_close_run, cluster, cloud)),
             cluster=cluster,
             scheduler_up=cluster.scheduler_up_at,
+            dashboard_reach=None if options.scheduler_address else dashboard_reach(
+                options.dashboard, cloud.network_description()
+            ),
         )

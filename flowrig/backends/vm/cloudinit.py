@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flowrig.common.environ import check_env_name
 from flowrig.errors import BadInput
-from flowrig.project.filerules import secret_looking
+from flowrig.project.secretrules import secret_looking, value_secret
 from flowrig.roles import DASHBOARD_PORT
 
 #: Where the role's model and its script are written on the VM.
@@ -145,7 +145,7 @@ def worker_arguments(scheduler_address: str, name: str, threads: int, extra: tup
     )
 
 
-def check_environment(environment: dict[str, str]) -> None:
+def check_environment(environment: dict[str, str], allowed: frozenset[str] = frozenset()) -> None:
     """Refuse a variable that is no variable name or whose name says it is secret:
     user data is readable by anyone who may describe the VM, and from its metadata
     service.
@@ -155,12 +155,13 @@ def check_environment(environment: dict[str, str]) -> None:
     BadInput
         One line naming the variable and where a secret goes instead.
     """
-    for name in environment:
+    for name, value in environment.items():
         check_env_name("environment variable", name)
-        if secret_looking(name):
+        if name not in allowed and (secret_looking(name) or value_secret(str(value), name) is not None):
             raise BadInput(
-                f"environment variable {name} looks like a secret, and a VM's user data is readable by anyone "
-                "who may describe the VM: give the flow its secrets through your cloud's secret store or Prefect blocks"
+                f"environment variable {name} looks like a secret (by its name or value), and a VM's user data "
+                "is readable by anyone who may describe the VM: give the flow its secrets through your cloud's "
+                "secret store or Prefect blocks"
             )
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from flowrig.backends.ecs import iam as iam_docs
 from flowrig.backends.ecs import lease
-from flowrig.backends.ecs.aws import RunResources, Session, aws_errors, find_instance_boundary
+from flowrig.backends.ecs.aws import RunResources, Session, aws_errors, denied, find_instance_boundary
 from flowrig.backends.pool import Observed
 from flowrig.backends.vm.cloud import Cloud, Created, VMRequest
 from flowrig.errors import BadInput, one_line
@@ -169,24 +169,29 @@ class EC2Resources(RunResources):
                 Description="flowrig: the identity of one run's instances (reads its certificate secret)",
                 Tags=_tag_list(self.tags),
             )["Role"]["Arn"]
-        self._created.append(("role", name))
+        self.made_role(name)
         return arn
+
+    def _on_new_role(self, call: Any) -> Any:
+        # The runner may change the role only while IAM sees it owns it (its tags),
+        # which a role made moments before may not show everywhere yet.
+        return self.while_role_propagates(call, lambda exc: denied(exc) or _code(exc)[0] == "NoSuchEntity")
 
     def allow_secret(self, role_name: str, secret_arn: str) -> None:
         """The role's one inline policy: reading ``secret_arn``."""
         with aws_errors(f"letting IAM role {role_name} read the run's secret"):
-            self._client("iam").put_role_policy(
+            self._on_new_role(lambda: self._client("iam").put_role_policy(
                 RoleName=role_name, PolicyName="read-run-secret",
                 PolicyDocument=json.dumps(iam_docs.instance_secret_policy(secret_arn)),
-            )
+            ))
 
     def allow_image_pull(self, role_name: str, repository_arn: str) -> None:
         """The role's second inline policy: pulling the run's image from its ECR repository."""
         with aws_errors(f"letting IAM role {role_name} pull from {repository_arn}"):
-            self._client("iam").put_role_policy(
+            self._on_new_role(lambda: self._client("iam").put_role_policy(
                 RoleName=role_name, PolicyName="pull-run-image",
                 PolicyDocument=json.dumps(iam_docs.image_pull_policy(repository_arn)),
-            )
+            ))
 
     def create_instance_profile(self, name: str, role_name: str) -> str:
         """An instance profile holding ``role_name``; returns its ARN."""
@@ -196,7 +201,7 @@ class EC2Resources(RunResources):
                 InstanceProfileName=name, Path=iam_docs.ROLE_PATH, Tags=_tag_list(self.tags)
             )["InstanceProfile"]["Arn"]
             self._created.append(("instance-profile", name))
-            iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role_name)
+            self._on_new_role(lambda: iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role_name))
         return arn
 
     def record_instance(self, instance_id: str) -> None:
@@ -337,6 +342,11 @@ class EC2Cloud(Cloud):
         # two threads at once, and the pool calls from its executor's threads.
         for service in ("ec2", "iam", "secretsmanager", "ssm", "sts"):
             self._client(service)
+        # Everything the run makes names its caller as owner: the runner policy lets a
+        # caller act only on what names it, so no other run's runner can touch it.
+        owner = self.session.caller().user_id
+        self.tags[iam_docs.OWNER_TAG] = owner
+        self.resources.tags[iam_docs.OWNER_TAG] = owner
         # A missing boundary is bad input, found before anything is made.
         if not self.options.iam_instance_profile:
             self.boundary_arn = find_instance_boundary(self.session)
@@ -425,7 +435,10 @@ class EC2Cloud(Cloud):
 
     # --- certificates -------------------------------------------------------------------
     def store_certificates(self, line: str) -> str:
-        arn = self.resources.create_run_secret(iam_docs.secret_name(self.run_id), line, self.reader_role_arn)
+        # A profile the project named exists already: the secret's policy may name its role.
+        arn = self.resources.create_run_secret(
+            iam_docs.secret_name(self.run_id), line, self.reader_role_arn, grant=bool(self.options.iam_instance_profile)
+        )
         if not self.options.iam_instance_profile:
             self.resources.allow_secret(self.role_name, arn)
         return arn
@@ -454,7 +467,9 @@ class EC2Cloud(Cloud):
                 profile=self.profile,
                 root_device=self.root_device,
                 filesystem_size=self.options.filesystem_size,
-                tags={**self.tags, **self.options.instance_tags},
+                # The project's instance tags never replace the run's id or its owner.
+                tags={**self.tags, **self.options.instance_tags,
+                      **{k: self.tags[k] for k in (iam_docs.RUN_TAG, iam_docs.OWNER_TAG) if k in self.tags}},
                 public_ip=not self.options.use_private_ip,
                 key_name=self.options.key_name,
             )

@@ -29,15 +29,28 @@ REGION_PATTERN = r"[a-z]+-[a-z]+\d{1,2}"
 class GCPOptions(VMOptions):
     """``[cluster.options]`` of the ``gcp`` backend (dask-cloudprovider's ``GCPCluster`` names)."""
 
-    projectid: StrictStr | None = None
-    zone: StrictStr | None = None
-    network: StrictStr = "default"
-    subnetwork: StrictStr | None = None
-    network_projectid: StrictStr | None = None
-    machine_type: StrictStr = "n1-standard-1"
-    scheduler_machine_type: StrictStr | None = None
-    worker_machine_type: StrictStr | None = None
-    source_image: StrictStr = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
+    projectid: StrictStr | None = Field(
+        None,
+        description="Google Cloud project of the run; default: `GOOGLE_CLOUD_PROJECT`, else the credentials' project",
+    )
+    zone: StrictStr | None = Field(None, description="zone of the VMs, e.g. `europe-west1-b` (required)")
+    network: StrictStr = Field("default", description="VPC network of the VMs")
+    subnetwork: StrictStr | None = Field(
+        None, description="subnetwork of the VMs; default: the network's own (auto mode)"
+    )
+    network_projectid: StrictStr | None = Field(
+        None, description="project that holds the network (a shared VPC); default: `projectid`"
+    )
+    machine_type: StrictStr = Field("n1-standard-1", description="machine type of every VM")
+    scheduler_machine_type: StrictStr | None = Field(
+        None, description="machine type of the scheduler; default: `machine_type`"
+    )
+    worker_machine_type: StrictStr | None = Field(
+        None, description="machine type of each worker; default: `machine_type`"
+    )
+    source_image: StrictStr = Field(
+        "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64", description="boot image of the VMs"
+    )
     filesystem_size: int = Field(50, gt=0, description="GiB of the boot disk")
 
 

@@ -59,8 +59,12 @@ class VMOptions(Options):
     )
     env_vars: StringMap = Field(default_factory=dict, description="the workers' environment (nothing secret)")
     tags: StringMap = Field(default_factory=dict, description="tags or labels on every resource of the run")
-    scheduler_extra_args: list[StrictStr] = Field(default_factory=list)
-    worker_extra_args: list[StrictStr] = Field(default_factory=list)
+    scheduler_extra_args: list[StrictStr] = Field(
+        default_factory=list, description="more command-line arguments of the scheduler (`dask scheduler`)"
+    )
+    worker_extra_args: list[StrictStr] = Field(
+        default_factory=list, description="more command-line arguments of each worker (`dask worker`)"
+    )
 
 
 def check_name(what: str, value: str | None, pattern: str, example: str) -> None:

@@ -1,0 +1,493 @@
+"""The Dask side of a run, told to a Prefect server of the user's.
+
+When a run reports to a Prefect server of the user's (``PREFECT_API_URL``), what only
+its console saw so far goes to the flow run there too:
+
+- **logs** of the flow run (logger ``flowrig``): the workers asked for, the cluster up
+  with its scheduler and dashboard link, each worker started, joined, lost (with the
+  reason the backend knows: an exit code, the kernel's OOM kill, a memory limit, a spot
+  interruption), replaced or retired, and a start that failed, with its reason and hint;
+- **events** ``flowrig.cluster.asked``, ``flowrig.cluster.started``,
+  ``flowrig.cluster.start-failed``, ``flowrig.worker.started``, ``flowrig.worker.joined``,
+  ``flowrig.worker.lost``, ``flowrig.worker.replaced``, ``flowrig.worker.retired``, each
+  related to the flow run (``prefect.flow-run.<id>``), its flow and its deployment, so
+  that automations can trigger on them;
+- an **artifact** (markdown) on the flow run: the start-up timeline and the cluster's
+  size over time.
+
+A ``flowrig run`` creates its flow run here, while the cluster starts (the flow call
+would create it only once the cluster is up), so the Dask side of the start, a failed
+one included, has a flow run to belong to; a deployment's flow run exists already. What
+comes before the flow run does is kept and sent once it does. A run whose flow never
+ran (its cluster did not start, it was stopped) leaves its flow run Crashed (Failed for
+bad input), with the reason as its message.
+
+Sending is batched and bounded: at most one log request per :data:`FLUSH_INTERVAL`, and
+per interval at most :data:`PER_KIND` lines and events of one kind, the rest of that kind
+told as one line and one event that counts them (a burst of 500 workers joining is two
+requests, not 500). It all happens on a thread of its own, and a server that does not
+answer costs the run's teardown at most :data:`CLOSE_TIMEOUT` seconds; nothing here
+ever fails a run. The run's own embedded API gets none of it (it would be deleted
+unread): :data:`NO_REPORTER` does nothing.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from flowrig.errors import BadInput, InfrastructureError, one_line
+from flowrig.run.timings import TIMELINE
+
+if TYPE_CHECKING:
+    from flowrig.backends.watch import ClusterNews
+
+logger = logging.getLogger("flowrig.reporter")
+
+#: Seconds between two sends.
+FLUSH_INTERVAL = 1.0
+#: Lines (and events) of one kind sent one by one per interval; the rest are counted.
+PER_KIND = 10
+#: Names a summary line lists at most.
+SUMMARY_NAMES = 20
+#: Lines kept unsent at most (a server that does not keep up); the rest are counted.
+MAX_PENDING = 5000
+#: Seconds the run's teardown waits for the last sends.
+CLOSE_TIMEOUT = 15.0
+#: Seconds a flow run waits to be created before the run gives up on the server.
+CREATE_TIMEOUT = 60.0
+#: The logger name the lines carry in Prefect's UI.
+LOGGER_NAME = "flowrig"
+#: Rows of the cluster's size over time, at most (the rest are merged by second).
+SIZE_ROWS = 100
+
+#: Event of each kind of line: ``flowrig.`` and the kind.
+KINDS = (
+    "cluster.asked", "cluster.started", "cluster.start-failed",
+    "worker.started", "worker.joined", "worker.lost", "worker.replaced", "worker.retired",
+)
+_LEVELS = {"cluster.start-failed": logging.ERROR, "worker.lost": logging.WARNING}
+#: What a summary line says of the items of each kind it counts.
+_SUMMARY = {
+    "worker.started": "more workers started", "worker.joined": "more workers joined",
+    "worker.lost": "more workers lost", "worker.replaced": "more workers replaced",
+    "worker.retired": "more workers retired",
+}
+
+
+@dataclass(frozen=True)
+class Told:
+    """One line of the run's Dask side, and its event."""
+
+    kind: str
+    message: str
+    at: float
+    worker: str | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def level(self) -> int:
+        return _LEVELS.get(self.kind, logging.INFO)
+
+
+@dataclass(frozen=True)
+class Size:
+    """The cluster's size after one change."""
+
+    at: float
+    joined: int
+    change: str
+
+
+class PrefectSink:
+    """The Prefect client calls a reporter makes, all from its one thread.
+
+    Only public APIs: ``SyncPrefectClient.create_flow_run``, ``read_flow_run``,
+    ``create_logs``, ``create_artifact``, ``set_flow_run_state`` and
+    ``prefect.events.emit_event``.
+    """
+
+    def __init__(self) -> None:
+        self._client: Any = None
+        self._emitted = False
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from prefect.client.orchestration import get_client
+
+            client = get_client(sync_client=True)
+            client.__enter__()
+            self._client = client
+        return self._client
+
+    def create_flow_run(self, flow: Any, parameters: Mapping[str, Any], tags: Iterable[str]) -> Any:
+        """What Prefect's engine does when a flow is called, done ahead of the call."""
+        from prefect.states import Pending
+
+        return self.client.create_flow_run(
+            flow=flow, parameters=flow.serialize_parameters(dict(parameters)), state=Pending(), tags=list(tags),
+        )
+
+    def read_flow_run(self, flow_run_id: str) -> Any:
+        return self.client.read_flow_run(flow_run_id)
+
+    def send_logs(self, logs: list[Any]) -> None:
+        from prefect.settings import get_current_settings
+
+        if get_current_settings().logging.to_api.enabled:  # PREFECT_LOGGING_TO_API_ENABLED
+            self.client.create_logs(logs)
+
+    def send_events(self, events: list[dict[str, Any]]) -> None:
+        from prefect.events import emit_event
+
+        self._emitted = self._emitted or bool(events)
+        for event in events:
+            emit_event(**event)
+
+    def create_artifact(self, artifact: Any) -> None:
+        self._emitted = True  # Prefect emits an event of its creation
+        self.client.create_artifact(artifact)
+
+    def end_flow_run(self, flow_run_id: Any, crashed: bool, message: str) -> None:
+        """Put a flow run that never ran in its final state."""
+        from prefect.states import Crashed, Failed
+
+        state = Crashed(message=message) if crashed else Failed(message=message)
+        self.client.set_flow_run_state(flow_run_id, state=state)
+
+    def close(self) -> None:
+        from flowrig.internals.prefect_engine import send_events
+
+        if self._emitted:
+            send_events()  # those emitted since the flow's own were drained, the artifact's among them
+        if self._client is not None:
+            client, self._client = self._client, None
+            client.__exit__(None, None, None)
+
+
+class RunReporter:
+    """Tells a run's Dask side to the Prefect server it reports to (see the module).
+
+    Parameters
+    ----------
+    sink
+        The Prefect calls (:class:`PrefectSink`).
+    run_id, backend
+        The run's id and its backend's name (in the events' resources).
+    since
+        When the run started (``time.time()``): the artifact counts from there.
+    flow, parameters, tags
+        The flow and its validated parameters: its flow run is created here, unless
+    flow_run_id
+        names one that exists (a deployment's).
+    """
+
+    def __init__(self, sink: Any, *, run_id: str, backend: str, since: float, flow: Any = None,
+                 parameters: Mapping[str, Any] | None = None, tags: Iterable[str] = (),
+                 flow_run_id: str | None = None) -> None:
+        self.sink = sink
+        self.run_id, self.backend, self.since = run_id, backend, since
+        self._flow, self._parameters, self._tags = flow, dict(parameters or {}), list(tags)
+        self._flow_run_id = flow_run_id
+        self.flow_run: Any = None
+        self._error: BaseException | None = None
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pending: list[Told] = []
+        self._dropped: Counter[str] = Counter()
+        self._sizes: list[Size] = []
+        self._listening = True
+        self._phase = "preparing"
+        self._final: tuple[Mapping[str, float | None], BaseException | None] | None = None
+        #: Calls made of the sink, by name (for tests and the benchmark).
+        self.calls: Counter[str] = Counter()
+        # The caller's context: Prefect's settings (a profile, temporary_settings) live there.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name="flowrig-reporter", daemon=True)
+        self._thread.start()
+
+    # --- what the run says -------------------------------------------------------------
+    @property
+    def on_news(self) -> "Any":
+        """What the cluster's watch calls (:attr:`ClusterSpec.on_news`)."""
+        return self.news
+
+    def news(self, news: "ClusterNews") -> None:
+        """A worker's news (any thread; never blocks)."""
+        payload: dict[str, Any] = {"workers_joined": news.joined}
+        if news.reason:
+            payload["reason"] = news.reason
+        if news.replaces:
+            payload["replaces"] = news.replaces
+        with self._lock:
+            if not self._listening:
+                return  # teardown: workers leave on purpose
+            self._sizes.append(Size(news.at, news.joined, news.message))
+        self._keep(Told(news.kind, news.message, news.at, news.worker, payload))
+
+    def tell(self, kind: str, message: str, **payload: Any) -> None:
+        """One of the run's own lines (``cluster.asked``, ``cluster.started``...)."""
+        if kind == "cluster.started":
+            self._phase = "running"
+        elif kind == "cluster.asked":
+            self._phase = "starting"
+        self._keep(Told(kind, message, time.time(), None, payload))
+
+    def _keep(self, told: Told) -> None:
+        with self._lock:
+            if len(self._pending) >= MAX_PENDING:
+                self._dropped[told.kind] += 1
+                return
+            self._pending.append(told)
+
+    def flow_run_id(self) -> str:
+        """The flow run's id, once it exists (waits for its creation).
+
+        Raises
+        ------
+        InfrastructureError
+            When the server did not create it.
+        """
+        if not self._ready.wait(CREATE_TIMEOUT):
+            raise InfrastructureError(f"the Prefect API did not create the flow run within {CREATE_TIMEOUT:.0f} s")
+        if self._error is not None:
+            raise InfrastructureError(f"the Prefect API did not create the flow run: {one_line(self._error)}")
+        return str(self.flow_run.id)
+
+    def flow_started(self) -> None:
+        """From here on the flow run's state is Prefect's engine's."""
+        self._phase = "flow"
+
+    def close(self, timeline: Mapping[str, float | None], failure: BaseException | None) -> None:
+        """Send what is left, the artifact, and (a flow that never ran) the flow run's final
+        state; waits at most :data:`CLOSE_TIMEOUT` seconds."""
+        with self._lock:
+            self._listening = False
+        if failure is not None and self._phase != "flow":
+            kind = "cluster.start-failed" if self._phase == "starting" else None
+            text = _failure_text(failure)
+            if kind:
+                self.tell(kind, f"flowrig run {self.run_id}: the cluster did not start: {text}", error=text)
+        self._final = (dict(timeline), failure)
+        self._wake.set()
+        self._thread.join(CLOSE_TIMEOUT)
+        if self._thread.is_alive():
+            logger.warning("the Prefect server did not take the run's last lines within %.0f s", CLOSE_TIMEOUT)
+
+    def stop_listening(self) -> None:
+        """Workers leave on purpose from here on (teardown): their news is not told."""
+        with self._lock:
+            self._listening = False
+
+    # --- the thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            if self._flow_run_id:
+                self.flow_run = self._call("read_flow_run", self._flow_run_id)
+            else:
+                self.flow_run = self._call("create_flow_run", self._flow, self._parameters, self._tags)
+        except Exception as exc:
+            self._error = exc
+            logger.debug("no flow run to report to: %s", exc)
+        finally:
+            self._ready.set()
+        while self._error is None:
+            self._wake.wait(FLUSH_INTERVAL)
+            self._wake.clear()
+            self._flush()
+            if self._final is not None:
+                self._flush()  # what close() told after the send above
+                self._finish(*self._final)
+                break
+        try:
+            self.sink.close()
+        except Exception as exc:
+            logger.debug("closing the Prefect client failed: %s", exc)
+
+    def _call(self, name: str, *args: Any) -> Any:
+        self.calls[name] += 1
+        return getattr(self.sink, name)(*args)
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+            dropped, self._dropped = self._dropped, Counter()
+        if not pending and not dropped:
+            return
+        lines = batch(pending, dropped)
+        flow_run = self.flow_run
+        try:
+            self._call("send_logs", [self._log(told, flow_run.id) for told in lines])
+        except Exception as exc:  # a server that refuses lines must not end the run
+            logger.debug("sending %d lines to the Prefect API failed: %s", len(lines), exc)
+        try:
+            self._call("send_events", [self._event(told, flow_run) for told in lines])
+        except Exception as exc:
+            logger.debug("sending events to the Prefect API failed: %s", exc)
+
+    def _log(self, told: Told, flow_run_id: Any) -> Any:
+        from prefect.client.schemas.actions import LogCreate
+
+        return LogCreate(
+            name=LOGGER_NAME, level=told.level, message=told.message, flow_run_id=flow_run_id,
+            timestamp=datetime.datetime.fromtimestamp(told.at, datetime.timezone.utc),
+        )
+
+    def _event(self, told: Told, flow_run: Any) -> dict[str, Any]:
+        labels = {"flowrig.run-id": self.run_id, "flowrig.backend": self.backend}
+        if told.worker is not None:
+            resource = {"prefect.resource.id": f"flowrig.worker.{self.run_id}.{told.worker}",
+                        "prefect.resource.name": told.worker, **labels}
+        else:
+            resource = {"prefect.resource.id": f"flowrig.cluster.{self.run_id}",
+                        "prefect.resource.name": f"flowrig run {self.run_id}", **labels}
+        related = [{"prefect.resource.id": f"prefect.flow-run.{flow_run.id}", "prefect.resource.role": "flow-run",
+                    "prefect.resource.name": str(flow_run.name)}]
+        if getattr(flow_run, "flow_id", None):
+            related.append({"prefect.resource.id": f"prefect.flow.{flow_run.flow_id}", "prefect.resource.role": "flow"})
+        if getattr(flow_run, "deployment_id", None):
+            related.append({"prefect.resource.id": f"prefect.deployment.{flow_run.deployment_id}",
+                            "prefect.resource.role": "deployment"})
+        return {
+            "event": f"flowrig.{told.kind}", "resource": resource, "related": related,
+            "occurred": datetime.datetime.fromtimestamp(told.at, datetime.timezone.utc),
+            "payload": {"message": told.message, **told.payload},
+        }
+
+    def _finish(self, timeline: Mapping[str, float | None], failure: BaseException | None) -> None:
+        from prefect.client.schemas.actions import ArtifactCreate
+
+        flow_run = self.flow_run
+        with self._lock:
+            sizes = list(self._sizes)
+        try:
+            self._call("create_artifact", ArtifactCreate(
+                key=artifact_key(getattr(self._flow, "name", None) or str(getattr(flow_run, "name", "run"))),
+                type="markdown",
+                description=f"flowrig run {self.run_id} on {self.backend}: start-up timeline and cluster size",
+                data=render_artifact(self.run_id, self.backend, timeline, sizes, self.since),
+                flow_run_id=flow_run.id,
+            ))
+        except Exception as exc:
+            logger.debug("creating the run's artifact failed: %s", exc)
+        if failure is not None and self._phase != "flow":
+            try:
+                self._call("end_flow_run", flow_run.id, not isinstance(failure, BadInput),
+                           f"flowrig: {_failure_text(failure)}")
+            except Exception as exc:
+                logger.debug("setting the flow run's final state failed: %s", exc)
+
+
+class _NoReporter:
+    """A run that tells nobody (its own embedded API): every call does nothing."""
+
+    on_news = None
+
+    def tell(self, kind: str, message: str, **payload: Any) -> None:
+        pass
+
+    def flow_run_id(self) -> None:
+        return None
+
+    def flow_started(self) -> None:
+        pass
+
+    def stop_listening(self) -> None:
+        pass
+
+    def close(self, timeline: Mapping[str, float | None], failure: BaseException | None) -> None:
+        pass
+
+
+#: The reporter of a run that reports to its own embedded API.
+NO_REPORTER = _NoReporter()
+
+
+def _failure_text(failure: BaseException) -> str:
+    from flowrig.errors import Terminated
+
+    if isinstance(failure, Terminated):
+        import signal
+
+        return f"stopped by {signal.Signals(failure.signum).name}"
+    if isinstance(failure, KeyboardInterrupt):
+        return "interrupted"
+    return one_line(failure)
+
+
+def batch(pending: list[Told], dropped: Mapping[str, int] | None = None) -> list[Told]:
+    """The lines one send carries: per kind, the first :data:`PER_KIND` as they are, the
+    rest (and those ``dropped`` unkept) as one line that counts them."""
+    by_kind: dict[str, list[Told]] = {}
+    for told in pending:
+        by_kind.setdefault(told.kind, []).append(told)
+    lines: list[Told] = []
+    for kind in sorted(set(by_kind) | set(dropped or {}), key=lambda k: KINDS.index(k) if k in KINDS else 99):
+        items = by_kind.get(kind, [])
+        lines.extend(items[:PER_KIND])
+        rest = items[PER_KIND:]
+        unkept = (dropped or {}).get(kind, 0)
+        if rest or unkept:
+            count = len(rest) + unkept
+            names = [t.worker for t in rest if t.worker is not None]
+            shown = ", ".join(names[:SUMMARY_NAMES]) + (", ..." if len(names) > SUMMARY_NAMES else "")
+            what = _SUMMARY.get(kind, f"more {kind} lines")
+            message = f"... and {count} {what}" + (f": {shown}" if shown else "")
+            last = rest[-1].at if rest else time.time()
+            lines.append(Told(kind, message, last, None, {"count": count, "workers": names[:200]}))
+    return lines
+
+
+def artifact_key(flow_name: str) -> str:
+    """The artifact's key: one per flow, so that its runs' artifacts line up in the UI."""
+    slug = re.sub(r"[^a-z0-9]+", "-", flow_name.lower()).strip("-") or "flow"
+    return f"flowrig-{slug}"[:100]
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def render_artifact(run_id: str, backend: str, timeline: Mapping[str, float | None], sizes: list[Size],
+                    since: float) -> str:
+    """The artifact's markdown: the timeline's marks, then the cluster's size over time."""
+    rows = [f"## flowrig run {run_id} on {backend}", "", "### Start-up timeline", "",
+            "| mark | seconds since the run started |", "|---|---:|"]
+    rows += [f"| {label} | {_seconds(timeline.get(key))} |" for key, label in TIMELINE]
+    rows += ["", "### Workers joined over time", ""]
+    if not sizes:
+        rows.append("No worker news: this backend's cluster is not watched, or no worker joined.")
+        return "\n".join(rows) + "\n"
+    rows += ["| seconds since the run started | workers joined | what changed |", "|---:|---:|---|"]
+    entries = [(s.at - since, s.joined, s.change.replace("|", "\\|")) for s in sizes]
+    if len(entries) > SIZE_ROWS:
+        merged: dict[int, tuple[float, int, list[str]]] = {}
+        for at, joined, change in entries:
+            second = int(at)
+            _, _, changes = merged.get(second, (at, joined, []))
+            merged[second] = (at, joined, changes + [change])
+        entries = [(at, joined, f"{len(changes)} changes, the last: {changes[-1]}" if len(changes) > 1 else changes[0])
+                   for at, joined, changes in merged.values()]
+        entries = entries[:SIZE_ROWS - 1] + ([entries[-1]] if len(entries) >= SIZE_ROWS else [])
+    rows += [f"| {at:.2f} | {joined} | {change} |" for at, joined, change in entries]
+    return "\n".join(rows) + "\n"
+
+
+def for_run(*, flow: Any, parameters: Mapping[str, Any], run_id: str, backend: str, since: float,
+            flow_run_id: str | None = None) -> RunReporter:
+    """A reporter of a run that reports to the configured Prefect server, whose flow run
+    (``flow_run_id``, else a new one of ``flow``) starts being created now."""
+    from flowrig.internals.prefect_engine import current_tags
+
+    tags = current_tags()  # read here: the reporter's thread has not this one's context
+    return RunReporter(PrefectSink(), run_id=run_id, backend=backend, since=since, flow=flow,
+                       parameters=parameters, tags=tags, flow_run_id=flow_run_id)
