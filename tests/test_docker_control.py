@@ -74,6 +74,31 @@ def test_nothing_a_runner_prints_is_read_as_a_request(tmp_path):
         assert len(printed) == 3 and all(p.startswith(control.PREFIX) for p in printed)
 
 
+#: A runner forced out after a signal (its flow swallowed it): what it printed last,
+#: its outcome line, goes through the claim before the process exits.
+FORCED = r"""
+import sys
+from flowrig.common import signals
+from flowrig.common.claimed_stdout import claim_stdout
+
+claim_stdout()
+for i in range(20000):
+    print(f"task output line {i:05d} " + "x" * 40)
+signals.force_exit(15, None, None, lambda code, error: print('{"exit_code": %d, "last": true}' % code))
+"""
+
+
+def test_a_runner_forced_out_still_gets_its_last_lines_through_the_claim(tmp_path):
+    script = tmp_path / "forced.py"
+    script.write_text(FORCED)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60)
+    assert done.returncode == 143, done.stderr.decode()
+    out, _, _ = _demux(done.stdout, 4096)
+    lines = out.decode().splitlines()
+    assert len(lines) == 20001 and lines[-2].startswith("task output line 19999")
+    assert json.loads(lines[-1]) == {"exit_code": 143, "last": True}
+
+
 def test_the_old_in_band_line_is_a_request_only_without_the_claim():
     """What the host read as a request before: the same bytes, unclaimed, do reach the
     demultiplexer as a message, and the signature check refuses it."""

@@ -90,3 +90,10 @@ def claim_stdout() -> ClaimedStdout:
     if _claimed is None:
         _claimed = ClaimedStdout()
     return _claimed
+
+
+def release_claim(timeout: float = RELEASE_TIMEOUT) -> None:
+    """Copy what is left of a claimed stdout, if this process claimed it: before an
+    ``os._exit``, which runs no ``atexit`` handler."""
+    if _claimed is not None:
+        _claimed.release(timeout)

@@ -37,6 +37,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from flowrig.common.claimed_stdout import release_claim
 from flowrig.errors import Terminated
 
 #: The signals that end a run.
@@ -229,6 +230,9 @@ def force_exit(
             sys.stdout.flush()
         except Exception:
             pass
+    # A docker runner's stdout is a pipe a thread copies out: what was printed, the
+    # outcome line included, must leave before the process does.
+    release_claim()
     os._exit(code)
 
 
