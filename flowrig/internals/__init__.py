@@ -16,7 +16,6 @@ an upgrade of one of those projects, run that file first (CONTRIBUTING.md says h
 - :mod:`~flowrig.internals.prefect_prints`: the log records of ``log_prints`` told apart;
 - :mod:`~flowrig.internals.dask_events`: the scheduler's events of nannies that ended
   their worker for memory.
-- :mod:`~flowrig.internals.dask_memory`: a worker's restart for memory, from the scheduler's events.
 
 May import: the standard library and the projects it fences; nothing of flowrig.
 """

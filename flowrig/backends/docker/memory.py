@@ -4,7 +4,7 @@ A docker worker that uses too much memory goes one of two ways, and neither reac
 the run's output by itself (the worker containers' logs are not shown):
 
 - its nanny restarts it past 95 % of its memory limit (``worker_memory``), and logs an
-  event on the scheduler (:mod:`flowrig.internals.dask_memory`);
+  event on the scheduler (:mod:`flowrig.internals.dask_events`);
 - the kernel kills a process of its container for going over the container's limit:
   the Docker engine reports an ``oom`` event, and the container's ``OOMKilled`` state.
 
@@ -142,10 +142,10 @@ class MemoryWatch:
 
     def poll(self, cluster: "DockerCluster") -> None:
         """Say the memory restarts the cluster's scheduler recorded since the last poll."""
-        from flowrig.internals.dask_memory import restarts
+        from flowrig.internals.dask_events import memory_restart_events
 
         try:
-            found = cluster.sync(restarts, cluster.scheduler_comm, callback_timeout=5)
+            found = cluster.sync(memory_restart_events, cluster.scheduler_comm, callback_timeout=5)
         except Exception:  # the scheduler is gone or busy: the next poll, or nothing
             return
         for when, event in found:
