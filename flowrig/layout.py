@@ -41,6 +41,11 @@ TLS_DIR_ENV = "FLOWRIG_TLS_DIR"
 #: Set in the image (Dockerfile ``ENV``): this process runs inside a flowrig image.
 IN_IMAGE_ENV = "FLOWRIG_IN_IMAGE"
 
+#: Set by the docker backend's host in the runner container it starts: the runner's
+#: requests go over a control channel (:mod:`flowrig.backends.docker.control`), whose
+#: stdout the entrypoint claims before anything else runs.
+DOCKER_CONTROL_ENV = "FLOWRIG_DOCKER_CONTROL"
+
 
 def in_image() -> bool:
     """Whether this process runs inside a flowrig image."""

@@ -81,7 +81,7 @@ def test_runner_plan_holds_no_socket_no_parameters_and_no_credentials():
     assert plan.labels == {"flowrig.run-id": "r1", "flowrig.role": "runner"}
     _assert_hardened(plan)
     env = plan.environment
-    assert env["FLOWRIG_DOCKER_CONTROL"] == "stdio"
+    assert env["FLOWRIG_DOCKER_CONTROL"] == "claimed-stdout-hmac"
     assert env["FLOWRIG_DOCKER_NETWORK"] == "flowrig-r1"
     assert env["FLOWRIG_RUNNER_HOST"] == "flowrig-r1-runner"
     assert env["FLOWRIG_IMAGE"] == "img:1"
@@ -108,8 +108,11 @@ def test_scheduler_and_worker_plans():
         "worker", "tls://flowrig-r2-scheduler:8786", "--name", "3", "--nthreads", "2", "--no-dashboard",
         # Its HTTP server (/metrics, /health) on the container's own loopback only.
         "--dashboard-address", "127.0.0.1:0",
-        "--preload", "prefect.task_engine", "--preload", "prefect_dask",
+        "--memory-limit", "1GiB", "--preload", "prefect.task_engine", "--preload", "prefect_dask",
     )
+    assert [dk.plans.dask_memory_limit(m) for m in ("400m", "2G", "512kb", 1048576, "1.5g")] == [
+        "400MiB", "2GiB", "512KiB", "1048576B", "1.5GiB"
+    ]
     bare = dk.render_worker("r2", "img", "net", 0, preload=())
     assert bare.command[-5:] == (
         "--nthreads", str(project_defaults.WORKER_THREADS), "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
@@ -120,37 +123,23 @@ def test_scheduler_and_worker_plans():
     _assert_hardened(worker)
 
 
-def test_control_lines_are_told_from_the_runs_own_output():
+def test_control_failures_come_back_as_the_error_they_were_on_the_host():
     from flowrig.backends.docker import control
 
-    line = control.PREFIX + control.encode("start", n_workers=2)
-    assert control.split_control(line.rstrip()) == (b"", {"op": "start", "n_workers": 2})
-    # The run printing JSON is output.
-    assert control.split_control(b'{"op": "start"}') == (b'{"op": "start"}', None)
-    # A flow's print(..., end="") leaves the line open: the message after it still counts.
-    assert control.split_control(b"50% done" + line.rstrip()) == (b"50% done", {"op": "start", "n_workers": 2})
-    with pytest.raises(dk_errors.InfrastructureError, match="unexpected line"):
-        control.split_control(control.PREFIX + b"not json")
     with pytest.raises(BadInput, match="bad options"):
         control.raise_failure({"op": "failed", "kind": "bad_input", "message": "bad options"})
     with pytest.raises(dk_errors.InfrastructureError, match="no engine"):
         control.raise_failure({"op": "failed", "kind": "infrastructure", "message": "no engine"})
 
 
-def test_the_log_pump_passes_output_on_and_keeps_control_messages_back_even_at_the_end():
+def test_the_log_pump_runs_the_runners_stdout_through_its_filter_to_the_end():
     import io
 
     from flowrig.backends.docker import control
 
-    message = control.PREFIX + control.encode("close")
+    key = control.new_key()
+    message = control.sign(key, "close", 1)
     taken = []
-
-    def take(line: bytes) -> bytes | None:
-        output, found = control.split_control(line)
-        if found is None:
-            return None
-        taken.append(found["op"])
-        return output
 
     class Container:  # what the pump reads: a stream of chunks
         def logs(self, **_kwargs):
@@ -158,17 +147,20 @@ def test_the_log_pump_passes_output_on_and_keeps_control_messages_back_even_at_t
 
     out = io.BytesIO()
     target = io.TextIOWrapper(out, encoding="utf-8")
-    containers.engine.LogPump()._copy(Container(), "runner", target, True, False, take)
+    demux = control.Demux(lambda payload: taken.append(control.open_message(key, payload)["op"]))
+    containers.engine.LogPump()._copy(Container(), "runner", target, True, False, demux)
     target.flush()
     assert out.getvalue() == b"one\ntwo\n50% done"
     assert taken == ["close", "close"]
 
 
 def test_leftovers_are_grouped_by_run():
+    owner = '{"boot":1,"host":"h","pid":7,"started":1.0}'
     containers = [
         {"Names": ["/flowrig-b-worker-0"], "Labels": {"flowrig.run-id": "b", "flowrig.role": "worker"}, "State": "exited"},
         {"Names": ["/flowrig-a-runner"], "Labels": {"flowrig.run-id": "a", "flowrig.role": "runner"}, "State": "running"},
-        {"Names": ["/flowrig-b-scheduler"], "Labels": {"flowrig.run-id": "b", "flowrig.role": "scheduler"}, "State": "running"},
+        {"Names": ["/flowrig-b-scheduler"], "Labels": {"flowrig.run-id": "b", "flowrig.role": "scheduler", "flowrig.owner": owner},
+         "State": "running"},
         {"Names": ["/unrelated"], "Labels": {}, "State": "running"},
     ]
     networks = [{"Name": "flowrig-b", "Labels": {"flowrig.run-id": "b", "flowrig.role": "network"}}, {"Name": "x", "Labels": None}]
@@ -176,6 +168,7 @@ def test_leftovers_are_grouped_by_run():
     assert [r.run_id for r in runs] == ["a", "b"]
     assert runs[1].containers == [("flowrig-b-scheduler", "scheduler", "running"), ("flowrig-b-worker-0", "worker", "exited")]
     assert runs[1].networks == ["flowrig-b"]
+    assert runs[1].owners == [owner] and runs[0].owners == []
     assert runs[0].networks == []
     text = render_text(runs)
     assert "run b:" in text and "container flowrig-b-worker-0 (worker, exited)" in text and "network flowrig-b" in text
@@ -476,14 +469,28 @@ def test_leftovers_command_lists_and_removes_a_killed_runs_remains(docker_client
 
     run_id = _tag()
     network = dk.network_name(run_id)
+    # Made by a process that has ended since, as a killed run's host has.
+    maker = textwrap.dedent(
+        f"""
+        from flowrig.backends import docker as dk
+        from flowrig.containers import ContainerPlan, engine
+        client = engine.connect()
+        engine.create_network(client, {network!r}, {run_id!r})
+        engine.create_container(client, ContainerPlan(
+            name="flowrig-{run_id}-worker-0", image={seed_image!r}, command=("info",),
+            labels=dk.labels({run_id!r}, "worker"), environment={{}}, network={network!r},
+        ))
+        """
+    )
     try:
-        engine.create_network(docker_client, network, run_id)
-        engine.create_container(docker_client, _plan(run_id, "worker", seed_image, network, ["info"], worker=0))
+        made = subprocess.run([sys.executable, "-c", maker], capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stderr
         listed = CliRunner().invoke(docker_app, ["leftovers", "--run-id", run_id, "--output", "json"])
         assert listed.exit_code == 0, listed.output
-        assert json.loads(listed.stdout) == [
-            {"run_id": run_id, "containers": [[f"flowrig-{run_id}-worker-0", "worker", "created"]], "networks": [network]}
-        ]
+        [left] = json.loads(listed.stdout)
+        assert left["run_id"] == run_id and left["networks"] == [network]
+        assert left["containers"] == [[f"flowrig-{run_id}-worker-0", "worker", "created"]]
+        assert "has gone" in left["why"]
         removed = CliRunner().invoke(docker_app, ["leftovers", "--run-id", run_id, "--remove"])
         assert removed.exit_code == 0, removed.output
         assert _leftovers(docker_client, run_id) == []

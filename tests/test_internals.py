@@ -431,7 +431,7 @@ def test_a_nanny_logs_its_memory_restart_through_log_event_before_it_ends_the_wo
     ``events`` RPC (what Client.get_events calls) hands it out."""
     from distributed import Client
 
-    from flowrig.internals.dask_events import memory_restarts
+    from flowrig.internals.dask_events import memory_restart_events, memory_restarts
 
     started = _local_cluster(tls, "fence3", memory_limit="300MB")
     try:
@@ -441,11 +441,15 @@ def test_a_nanny_logs_its_memory_restart_through_log_event_before_it_ends_the_wo
             [nanny] = started.cluster.workers.values()
             exits = _wait_for_exits(nanny)
             seen = started.cluster.sync(memory_restarts, started.cluster.scheduler_comm)
+            events = started.cluster.sync(memory_restart_events, started.cluster.scheduler_comm)
     finally:
         started.close()
     memory = exits[0].memory
     assert memory is not None and memory["rss"] > 0.9 * 300e6 and memory["limit"] == 300_000_000, exits
     assert memory["worker"] == address and seen[address] == memory["rss"], (seen, memory)
+    # Each restart apart, by its time and the pid of the process its nanny ended.
+    (when, message), *_ = events
+    assert isinstance(when, float) and message["worker"] == address and isinstance(message["pid"], int), events
 
 
 def test_events_emitted_are_sent_before_the_events_service_is_drained(prefect_server):

@@ -48,6 +48,12 @@ class SizeKeeper:
         self.pending: set[Any] = set()
         #: How many lost workers were started again.
         self.replaced = 0
+        #: Set by :meth:`stop`: nothing is started again from then on.
+        self.stopped = False
+
+    def stop(self) -> None:
+        """Start nothing again from now on (the cluster is being removed by force)."""
+        self.stopped = True
 
     def lost(self) -> set[Any]:
         """Workers started once, still planned, and no longer started."""
@@ -57,7 +63,7 @@ class SizeKeeper:
 
     async def check(self) -> None:
         """Start the lost workers again (on the cluster's event loop)."""
-        if self.cluster.status != Status.running:
+        if self.stopped or self.cluster.status != Status.running:
             return
         # Lost at two checks in a row: the cluster's close of the lost worker (which
         # removes its container, whose name the new one takes) has had a second.

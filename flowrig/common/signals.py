@@ -11,6 +11,9 @@ side, ``flowrig ecs run-local``) runs inside :func:`terminating` and tears down 
   ``Terminated(N)``, which the CLI maps to exit code 128 + N;
 - during teardown both signals are held back and delivered once it is done, so a
   second Ctrl-C cannot leave half a cluster behind;
+- a teardown that can be hurried (the docker backend's host removes containers by
+  force) runs inside :func:`hurried` instead: a further signal raises
+  :class:`Escalated` there, and the teardown switches to its fastest way.
 - a run that has not begun its teardown :data:`STOP_GRACE` seconds after the signal
   (its flow stuck somewhere that the exception cannot reach or that swallows it) is
   torn down from outside the flow by the teardown it registered with
@@ -34,6 +37,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from flowrig.common.claimed_stdout import release_claim
 from flowrig.errors import Terminated
 
 #: The signals that end a run.
@@ -226,6 +230,9 @@ def force_exit(
             sys.stdout.flush()
         except Exception:
             pass
+    # A docker runner's stdout is a pipe a thread copies out: what was printed, the
+    # outcome line included, must leave before the process does.
+    release_claim()
     os._exit(code)
 
 
@@ -254,6 +261,28 @@ def _in_main_thread() -> bool:
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(signum)
+
+
+class Escalated(BaseException):
+    """SIGTERM or SIGINT during a teardown that :func:`hurried` lets a signal cut short.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: no ``except Exception`` of a
+    library swallows it on its way to the teardown that asked for it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def signal_name(signum: int) -> str:
+    """``Ctrl-C`` for SIGINT, else the signal's name (``SIGTERM``)."""
+    if signum == signal.SIGINT:
+        return "Ctrl-C"
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 @contextmanager
@@ -316,6 +345,29 @@ def stop_guard(teardown: Callable[[], None]) -> _Guard:
     # From here on a stuck main thread must not keep the signal unnoticed.
     _active.watch()
     return _Guard(watchdog)
+
+
+@contextmanager
+def hurried() -> Iterator[None]:
+    """Run a teardown that a further SIGTERM or SIGINT cuts short: the signal raises
+    :class:`Escalated` in the main thread, where :func:`shielded` would hold it back.
+
+    The enclosing :func:`terminating` block still sees the signal, so the command
+    ends as terminated.
+    """
+    if not _in_main_thread():
+        yield
+        return
+
+    def escalate(signum: int, frame: Any) -> None:
+        raise Escalated(signum)
+
+    previous = {s: signal.signal(s, escalate) for s in ENDING}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @contextmanager

@@ -12,9 +12,10 @@ import queue
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, TextIO
 
 from flowrig.containers.labels import LABEL_ROLE, LABEL_RUN_ID, labels
+from flowrig.containers.owner import LABEL_OWNER, current_label
 from flowrig.containers.plans import STOP_TIMEOUT, ContainerPlan
 from flowrig.errors import BadInput, InfrastructureError, one_line
 
@@ -26,6 +27,8 @@ logger = logging.getLogger("flowrig.docker")
 
 #: Last log lines of a failed container folded into its one-line error message.
 LOG_TAIL = 5
+#: Containers removed at once by :func:`remove_run`.
+REMOVE_THREADS = 8
 
 
 def log_tail(text: str, lines: int = LOG_TAIL, width: int = 400) -> str:
@@ -78,10 +81,10 @@ def create_network(client: "DockerClient", name: str, run_id: str) -> str:
     """Create a run's bridge network (user-defined: containers resolve names); its id."""
     import docker
 
+    # The owner label: a leftovers command leaves the network of a live run alone.
+    owned = {**labels(run_id, "network"), LABEL_OWNER: current_label()}
     try:
-        network = client.networks.create(
-            name, driver="bridge", labels=labels(run_id, "network"), check_duplicate=True
-        )
+        network = client.networks.create(name, driver="bridge", labels=owned, check_duplicate=True)
     except docker.errors.APIError as exc:
         raise InfrastructureError(f"cannot create Docker network {name}: {one_line(exc)}") from None
     return network.id
@@ -140,7 +143,9 @@ def create_container(client: "DockerClient", plan: ContainerPlan) -> "Container"
             user=plan.user,
             working_dir=plan.working_dir,
             environment=dict(plan.environment),
-            labels=dict(plan.labels),
+            # Who made it (:mod:`flowrig.containers.owner`): a leftovers command never
+            # touches the containers of a process that still runs.
+            labels={**plan.labels, LABEL_OWNER: current_label()},
             ports=list(plan.publish) or None,
             host_config=host_config,
             networking_config=networking,
@@ -311,6 +316,20 @@ def remove_container(container: "Container") -> bool:
         return False
 
 
+def remove_named(client: "DockerClient", name: str) -> bool:
+    """Remove the container called ``name`` by force, if there is one; whether there was."""
+    import docker
+
+    try:
+        container = client.containers.get(name)
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as exc:
+        logger.debug("looking up container %s failed: %s", name, one_line(exc))
+        return False
+    return remove_container(container)
+
+
 def run_containers(client: "DockerClient", run_id: str, roles: Iterable[str] | None = None) -> list["Container"]:
     """All containers (running or not) labelled with ``run_id``, optionally of some roles.
 
@@ -347,9 +366,15 @@ def remove_run(
     list of str
         Names of what was removed.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import docker
 
-    removed = [c.name for c in run_containers(client, run_id, roles) if remove_container(c)]
+    containers = run_containers(client, run_id, roles)
+    # At once: a run of many workers is gone in the time of one removal.
+    with ThreadPoolExecutor(max_workers=max(1, min(REMOVE_THREADS, len(containers)))) as pool:
+        done = list(pool.map(remove_container, containers))
+    removed = [c.name for c, gone in zip(containers, done) if gone]
     if not network:
         return removed
     deadline = time.monotonic() + timeout
@@ -375,6 +400,45 @@ def labelled(client: "DockerClient") -> tuple[list[dict[str, Any]], list[dict[st
     return client.api.containers(all=True, filters=label), client.api.networks(filters=label)
 
 
+class EventWatch:
+    """Docker events of one run's containers, handed to a callback in a thread.
+
+    Call :meth:`stop` when the run ends (the engine's event stream is closed).
+    """
+
+    def __init__(self, client: "DockerClient", run_id: str, events: Iterable[str],
+                 callback: "Callable[[dict[str, Any]], None]") -> None:
+        filters = {"type": ["container"], "event": list(events), "label": [f"{LABEL_RUN_ID}={run_id}"]}
+        try:
+            self._stream = client.api.events(filters=filters, decode=True)
+        except Exception as exc:  # the run does without: the engine shows no events
+            logger.debug("no Docker events for run %s: %s", run_id, one_line(exc))
+            self._stream = None
+            return
+        self._callback = callback
+        threading.Thread(target=self._follow, name="flowrig-docker-events", daemon=True).start()
+
+    def _follow(self) -> None:
+        with contextlib.suppress(Exception):  # the stream ends when stopped
+            for event in self._stream:
+                try:
+                    self._callback(event)
+                except Exception as exc:
+                    logger.debug("a Docker event was not handled: %s", one_line(exc))
+
+    def stop(self) -> None:
+        """Stop watching; safe to call more than once."""
+        if self._stream is not None:
+            with contextlib.suppress(Exception):
+                self._stream.close()
+
+
+def watch_events(client: "DockerClient", run_id: str, events: Iterable[str],
+                 callback: "Callable[[dict[str, Any]], None]") -> EventWatch:
+    """Follow ``events`` (e.g. ``oom``) of the containers labelled with ``run_id``."""
+    return EventWatch(client, run_id, events, callback)
+
+
 def _emit(target: TextIO, data: bytes) -> None:
     """Write ``data`` to ``target`` as bytes when it has a buffer (so no decoding splits a
     character across chunks), else as text; then flush."""
@@ -388,17 +452,14 @@ def _emit(target: TextIO, data: bytes) -> None:
     target.flush()
 
 
-def _kept(take: "Callable[[bytes], bytes | None]") -> "Callable[[bytes], bytes | None]":
-    """What of a line ``take`` leaves for the output: the line, its part before a control
-    message, or ``None`` when nothing is left."""
+class StreamFilter(Protocol):
+    """What :class:`LogPump` runs a stream through (a control channel sharing it)."""
 
-    def keep(line: bytes) -> bytes | None:
-        rest = take(line)
-        if rest is None:
-            return line
-        return rest or None
+    def feed(self, chunk: bytes) -> bytes:
+        """The output ready to copy after ``chunk``."""
 
-    return keep
+    def end(self) -> bytes:
+        """What is left to copy once the stream ended."""
 
 
 class LogPump:
@@ -417,49 +478,46 @@ class LogPump:
 
     def follow(self, container: "Container", label: str = "", *, stdout: TextIO | None = None,
                stderr: TextIO | None = None, both_to: TextIO | None = None,
-               take: "Callable[[bytes], bytes | None] | None" = None) -> None:
+               stdout_filter: StreamFilter | None = None) -> None:
         """Stream ``container``'s output: its stdout and stderr to ours, or both to one stream.
 
-        ``take`` sees each whole line of its stdout first (a control channel sharing the
-        stream) and returns what of it to copy: ``None`` for the whole line, else the
-        part before its control message (nothing when that is empty).
+        ``stdout_filter`` gets its stdout first (a control channel sharing the stream)
+        and says what of it to copy.
         """
         if both_to is not None:
             self._start(container, label, both_to, stdout=True, stderr=True)
             return
-        self._start(container, label, stdout or sys.stdout, stdout=True, stderr=False, take=take)
+        self._start(container, label, stdout or sys.stdout, stdout=True, stderr=False, stream_filter=stdout_filter)
         self._start(container, label, stderr or sys.stderr, stdout=False, stderr=True)
 
     def _start(self, container: "Container", label: str, target: TextIO, *, stdout: bool, stderr: bool,
-               take: "Callable[[bytes], bytes | None] | None" = None) -> None:
+               stream_filter: StreamFilter | None = None) -> None:
         thread = threading.Thread(
-            target=self._copy, args=(container, label, target, stdout, stderr, take), daemon=True
+            target=self._copy, args=(container, label, target, stdout, stderr, stream_filter), daemon=True
         )
         thread.start()
         self._threads.append((label, thread))
 
     def _copy(self, container: "Container", label: str, target: TextIO, stdout: bool, stderr: bool,
-              take: "Callable[[bytes], bytes | None] | None" = None) -> None:
+              stream_filter: StreamFilter | None = None) -> None:
         pending = b""
         with contextlib.suppress(Exception):  # the container may vanish mid-stream
             for chunk in container.logs(stream=True, follow=True, stdout=stdout, stderr=stderr):
-                if take is None and not self._prefix:
+                if stream_filter is not None:
+                    _emit(target, stream_filter.feed(chunk))
+                    continue
+                if not self._prefix:
                     _emit(target, chunk)
                     continue
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
-                if take is not None:
-                    _emit(target, b"".join(line + b"\n" for line in map(_kept(take), lines) if line is not None))
-                    continue
                 with self._lock:
                     for line in lines:
                         target.write(f"{label} | {line.decode(errors='replace')}\n")
                     target.flush()
-        if pending and take is not None:
+        if stream_filter is not None:
             # The last line, unfinished: a control message in it is taken all the same.
-            rest = _kept(take)(pending)
-            if rest is not None:
-                _emit(target, rest)
+            _emit(target, stream_filter.end())
         elif pending and self._prefix:
             with self._lock:
                 target.write(f"{label} | {pending.decode(errors='replace')}\n")

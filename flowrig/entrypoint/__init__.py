@@ -20,7 +20,7 @@ Dask roles replace this process (``exec``), so the init in front of it delivers
 SIGTERM straight to Dask, which then stops in well under a second.
 
 May import: :mod:`flowrig.cli` (the ``run`` command is the same), :mod:`flowrig.roles`,
-:mod:`flowrig.api`, :mod:`flowrig.certs`, :mod:`flowrig.layout`.
+:mod:`flowrig.api`, :mod:`flowrig.certs`, :mod:`flowrig.common`, :mod:`flowrig.layout`.
 """
 
 from __future__ import annotations
@@ -98,10 +98,16 @@ def image_tls_mode() -> str:
 
 def dispatch(argv: list[str]) -> int | None:
     """Run the role named by ``argv`` (without the program name)."""
-    from flowrig import roles
-
     if not argv:
         argv = ["run"]
+    if argv[0] == "run" and os.environ.get(layout.DOCKER_CONTROL_ENV):
+        # A runner whose host reads its stdout for requests: claimed before anything
+        # else is imported, so no line printed from here on can pass for one.
+        from flowrig.common.claimed_stdout import claim_stdout
+
+        claim_stdout()
+    from flowrig import roles
+
     flow_run_id = _prefect_flow_run_id(argv)
     if flow_run_id:
         os.environ["PREFECT__FLOW_RUN_ID"] = flow_run_id

@@ -245,7 +245,7 @@ def _run_command(inputs: RunInputs, deadline: "RunDeadline", report: OutcomeRepo
             return run_in_container(
                 directory, project=project, image=inputs.image, params=inputs.params,
                 params_file=inputs.params_file, output=inputs.output, verbosity=inputs.verbosity.name.lower(),
-                timeout=inputs.timeout,
+                timeout=inputs.timeout, deadline=deadline,
             )
     if project is None:
         load_project(directory)  # raises the one-line reason

@@ -14,20 +14,25 @@ capabilities, and shows neither them nor the run's parameters or API credentials
 ``docker inspect``.
 
 Every container and network carries the labels ``flowrig.run-id`` and ``flowrig.role``
-(:mod:`flowrig.containers.labels`). Teardown removes by label, so a run's leftovers are
-found even when the process that made them was killed (``flowrig docker leftovers``).
+(:mod:`flowrig.containers.labels`), and ``flowrig.owner``, the process that made it
+(:mod:`flowrig.containers.owner`). Teardown removes by label, so a run's leftovers are
+found even when the process that made them was killed (``flowrig docker leftovers``),
+and a run whose process runs is never taken for one.
 
 The modules, from pure to side effects:
 
 - :mod:`~flowrig.backends.docker.naming`: names and environment variables;
 - :mod:`~flowrig.backends.docker.control`: the runner's channel to its host;
+- :mod:`~flowrig.backends.docker.policy`: what the host lets a runner ask for (the
+  limits of the project baked into the image);
 - :mod:`~flowrig.backends.docker.plans`: the plan of each role's container;
 - :mod:`~flowrig.backends.docker.cluster`: :class:`DockerCluster`, a
   :class:`distributed.SpecCluster` of containers;
 - :mod:`~flowrig.backends.docker.backend`: :class:`DockerBackend`, the ``docker`` backend;
+- :mod:`~flowrig.backends.docker.memory`: workers that run out of memory, named;
 - :mod:`~flowrig.backends.docker.host`: :func:`run_in_container` and the
   :class:`HostController`, the host side;
-- :mod:`~flowrig.backends.docker.leftovers`: what killed runs left, by run.
+- :mod:`~flowrig.backends.docker.leftovers`: what runs whose process has gone left, by run.
 
 Containers are created and removed only through :mod:`flowrig.containers.engine`,
 by the host process alone.

@@ -30,6 +30,7 @@ from flowrig.containers.engine import (
     create_network,
     exit_state,
     published_port,
+    remove_named,
     remove_run,
     run_containers,
     start_container,
@@ -170,6 +171,9 @@ class DockerWorker(_ContainerProcess):
             threads=s.worker_threads, environment=s.environment, memory=s.worker_memory,
             preload=s.worker_preload,
         )
+        # A worker started again takes its predecessor's name: that container, given
+        # up by the cluster, may still be on its way out (a stop waits for it).
+        await _in_thread(remove_named, s.client, plan.name)
         # Only workers run the flow's tasks: the scheduler gets no secret.
         await self._launch(plan, s.secret_environment)
         await super().start()
@@ -303,10 +307,27 @@ class DockerCluster(SpecCluster):
         finally:
             self._stop_own_loop()
 
-    def _sweep(self) -> None:
+    def _sweep(self) -> list[str]:
         s = self.settings
         roles = None if s.own_network else ("scheduler", "worker")
-        remove_run(s.client, s.run_id, roles=roles, network=s.own_network)
+        return remove_run(s.client, s.run_id, roles=roles, network=s.own_network)
+
+    def abort(self) -> list[str]:
+        """Remove every container of the cluster at once (``docker rm -f``), asking
+        nothing of its scheduler: a run that must end now. Nothing of it starts again.
+
+        Returns
+        -------
+        list of str
+            Names of what was removed.
+        """
+        # distributed's exit hook would otherwise wait for a graceful close.
+        self.shutdown_on_close = False
+        self.keeper.stop()
+        adaptive = getattr(self, "_adaptive", None)
+        if adaptive is not None:
+            self.loop.add_callback(adaptive.stop)
+        return self._sweep()
 
     async def _close(self) -> None:
         try:

@@ -2,49 +2,78 @@
 
 The host owns the run's cluster: only the host process talks to the Docker engine,
 and the runner container, where the flow and its dependencies run, holds no Docker
-socket. The runner asks the host for its cluster over its own standard streams:
+socket. The runner asks the host for its cluster over a channel that the run's own
+output cannot reach:
 
-host -> runner (the container's stdin, after the certificates line of
-:mod:`flowrig.certs.delivery`)::
+host -> runner: the container's stdin, after the certificates line of
+:mod:`flowrig.certs.delivery`. Only the host holds that attach stream::
 
-    {"op": "parameters", "parameters": {...}, "environment": {...}}   first, once
-    {"op": "started", "scheduler_address": "tls://...", "dashboard_link": "..."}
-    {"op": "failed", "kind": "bad_input" | "infrastructure", "message": "..."}
+    {"op": "parameters", "parameters": {...}, "environment": {...}, "key": "<hex>"}   first, once
+    {"op": "started", "re": 1, "scheduler_address": "tls://...", "dashboard_link": "..."}
+    {"op": "failed", "re": 1, "kind": "bad_input" | "infrastructure", "message": "..."}
     {"op": "workers", "joined": 2}      whenever the number of joined workers changes
     {"op": "news", "items": [...]}      what the workers did (asked for with "news": true;
                                         items of :class:`~flowrig.backends.watch.ClusterNews`)
-    {"op": "closed"}
+    {"op": "closed", "re": 2}
 
-runner -> host (lines of the container's stdout that start with :data:`PREFIX`; every
-other line is the run's own output)::
+runner -> host: the container's stdout, which the runner claims before it imports
+anything of the flow's (:mod:`flowrig.common.claimed_stdout`). File descriptor 1 of the runner
+becomes a pipe, and a thread copies what arrives there to the container's stdout with
+every record separator (``0x1e``) doubled: nothing the flow, its dependencies or their
+subprocesses print, however it was made (a parameter echoed, a line printed at import
+time), can begin a control message. A control message is a single separator, the tag,
+the HMAC-SHA256 of its body under the run's key, and the body::
 
-    {"op": "start", "n_workers": 2, "adapt": null, "worker_threads": 1,
-     "options": {...}, "worker_env": {...}, "no_client_timeout": 60, "news": false}
-    {"op": "close"}
+    \\x1eflowrig-control <hex mac> {"op": "start", "seq": 1, "n_workers": 2, "adapt": null,
+        "worker_threads": 1, "options": {...}, "worker_env": {...}, "no_client_timeout": 60,
+        "news": false}
+    \\x1eflowrig-control <hex mac> {"op": "close", "seq": 2}
 
-The parameters and the ``environment`` (secrets such as ``PREFECT_API_KEY``) travel
-here rather than in the container's environment, which ``docker inspect`` shows.
-Whatever a runner asks for, the host starts only workers of the run's own image on the
-run's own network, with options it validates itself.
+The key is made by the host for each run and arrives in the parameters message; the
+runner keeps it in its channel object only, never in an environment. The parameters
+and the ``environment`` (secrets such as ``PREFECT_API_KEY``) travel on stdin rather
+than in the container's environment, which ``docker inspect`` shows.
+
+What this does not stop: the flow runs in the runner's own process, so code in it can
+write to the claimed descriptor and read the key from memory, and thus send whatever
+the runner could. That is why the host decides every request itself
+(:mod:`~flowrig.backends.docker.policy`): the sizes, options and environment the
+project baked into the image allows, one start and one close per run. Code in the
+flow can end or fail its own run that way, as it could by raising; it cannot make the
+host start more, or anything other, than the project allows.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
 import json
 import os
 import queue
+import secrets
 import signal
 import sys
 import threading
+import time
 from typing import Any, BinaryIO, Callable
 
+from flowrig import layout
 from flowrig.backends.watch import ClusterNews
+from flowrig.common.claimed_stdout import SEPARATOR, ClaimedStdout, claim_stdout, escape
 from flowrig.errors import BadInput, InfrastructureError
 
-#: Set in a runner container the host controls.
-CONTROL_ENV = "FLOWRIG_DOCKER_CONTROL"
-#: Starts every control line on the runner's stdout (a record separator, then a tag).
-PREFIX = b"\x1eflowrig-control "
+__all__ = [
+    "CONTROL_ENV", "CONTROL_PROTOCOL", "PREFIX", "SEPARATOR", "ClaimedStdout", "Demux", "Refused",
+    "RunnerChannel", "claim_stdout", "controlled", "decode", "encode", "escape", "new_key", "open_message",
+    "runner_channel", "sign", "take_run_inputs",
+]
+
+#: Set in a runner container the host controls; its value names the protocol.
+CONTROL_ENV = layout.DOCKER_CONTROL_ENV
+CONTROL_PROTOCOL = "claimed-stdout-hmac"
+#: Starts every control message on the runner's stdout (a separator, then a tag).
+PREFIX = SEPARATOR + b"flowrig-control "
 #: Host environment variables that reach the runner over the channel, never its
 #: environment: they are credentials.
 SECRET_PASSTHROUGH = ("PREFECT_API_KEY",)
@@ -52,15 +81,30 @@ SECRET_PASSTHROUGH = ("PREFECT_API_KEY",)
 START_REPLY_TIMEOUT = 600.0
 #: Seconds a runner waits for the host to close its cluster.
 CLOSE_REPLY_TIMEOUT = 120.0
+#: Bytes of the run's key (HMAC-SHA256).
+KEY_BYTES = 32
+#: The longest control message the host reads; a start request is a few KB.
+MAX_MESSAGE = 64 * 1024
+#: The longest line of output the host holds before passing it on in pieces.
+MAX_LINE = 1024 * 1024
+
+
+class Refused(Exception):
+    """A control message the host does not act on; the text says why."""
+
+
+def new_key() -> bytes:
+    """A run's key for its control messages."""
+    return secrets.token_bytes(KEY_BYTES)
 
 
 def encode(op: str, **fields: Any) -> bytes:
-    """One message as a line (without :data:`PREFIX`)."""
+    """One host -> runner message as a line."""
     return json.dumps({"op": op, **fields}, separators=(",", ":")).encode() + b"\n"
 
 
 def decode(line: bytes) -> dict[str, Any]:
-    """A message from its line.
+    """A host -> runner message from its line.
 
     Raises
     ------
@@ -76,16 +120,48 @@ def decode(line: bytes) -> dict[str, Any]:
     return message
 
 
-def split_control(line: bytes) -> tuple[bytes, dict[str, Any] | None]:
-    """A line of the runner's stdout as (the run's own output, the message in it or ``None``).
+def _mac(key: bytes, body: bytes) -> bytes:
+    return hmac.new(key, body, hashlib.sha256).hexdigest().encode()
 
-    A message may follow output that did not end its line (``print(..., end="")`` in
-    the flow): the text before :data:`PREFIX` is output, what follows is the message.
+
+def sign(key: bytes, op: str, seq: int, **fields: Any) -> bytes:
+    """One runner -> host control message, ready for :meth:`ClaimedStdout.send`."""
+    body = json.dumps({"op": op, "seq": seq, **fields}, separators=(",", ":")).encode()
+    return PREFIX + _mac(key, body) + b" " + body + b"\n"
+
+
+def open_message(key: bytes, payload: bytes) -> dict[str, Any]:
+    """The request in a control message (what follows :data:`PREFIX`), once its MAC
+    checks out.
+
+    Raises
+    ------
+    Refused
+        A message that is not signed with the run's key, or not a request.
     """
-    at = line.find(PREFIX)
-    if at < 0:
-        return line, None
-    return line[:at], decode(line[at + len(PREFIX):])
+    mac, _, body = payload.partition(b" ")
+    if not mac or not body:
+        raise Refused("it carries no signature (an image whose flowrig is older than the host's?)")
+    if not hmac.compare_digest(mac, _mac(key, body)):
+        raise Refused("its signature is not the run's")
+    try:
+        message = json.loads(body)
+    except ValueError:
+        message = None
+    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+        raise Refused("it is not a request")
+    seq = message.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int):
+        raise Refused("it has no sequence number")
+    return message
+
+
+def describe(payload: bytes, width: int = 160) -> str:
+    """A short, printable form of a control message for a log line."""
+    _, _, body = payload.partition(b" ")
+    text = (body or payload).decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def raise_failure(message: dict[str, Any]) -> None:
@@ -96,25 +172,128 @@ def raise_failure(message: dict[str, Any]) -> None:
     raise InfrastructureError(text)
 
 
+# --- the host's reading of it -------------------------------------------------------
+
+
+def _significant(escaped: bytes, start: int = 0) -> int:
+    """Index of the first separator in ``escaped`` that is not one of a doubled pair
+    (a control message's start, or a lone separator), else -1."""
+    i = start
+    while (j := escaped.find(SEPARATOR, i)) >= 0:
+        if escaped[j + 1:j + 2] == SEPARATOR:
+            i = j + 2
+            continue
+        return j
+    return -1
+
+
+def _unescape(escaped: bytes) -> bytes:
+    # A lone separator (output written before the claim) stays as it is.
+    return escaped.replace(SEPARATOR + SEPARATOR, SEPARATOR)
+
+
+class Demux:
+    """The runner's stdout as the host reads it: the run's output apart from control
+    messages.
+
+    :meth:`feed` takes the stream in chunks as they come and returns the output that
+    is ready to copy (whole lines, unescaped, byte for byte what the run wrote); each
+    control message goes to ``on_message`` (what follows :data:`PREFIX`, without its
+    newline). Output that holds :data:`PREFIX` (the run printed something that looks
+    like a request) is also shown to ``on_printed``, from the tag to the line's end.
+    """
+
+    def __init__(
+        self, on_message: Callable[[bytes], None], on_printed: Callable[[bytes], None] | None = None
+    ) -> None:
+        self._on_message = on_message
+        self._on_printed = on_printed
+        self._pending = b""
+        self._tail = b""
+
+    def _line(self, escaped: bytes, newline: bytes = b"") -> bytes:
+        """The output of one escaped line; its message, if it ends with one, is handed
+        on (and the newline is the message's, not the output's)."""
+        i = 0
+        while (j := _significant(escaped, i)) >= 0:
+            if escaped.startswith(PREFIX, j):
+                payload = escaped[j + len(PREFIX):]
+                if len(payload) > MAX_MESSAGE:
+                    payload = b"(a control message of more than %d bytes)" % MAX_MESSAGE
+                self._on_message(payload)
+                return self._printed(_unescape(escaped[:j]))
+            i = j + 1  # a lone separator: output
+        return self._printed(_unescape(escaped)) + newline
+
+    def _printed(self, output: bytes) -> bytes:
+        # The output is looked at as one stream: a control message of the runner's
+        # may fall in the middle of a printed line.
+        window = self._tail + output
+        at = window.find(PREFIX)
+        if self._on_printed is not None and at >= 0:
+            self._on_printed(window[at:].split(b"\n", 1)[0])
+        self._tail = window[-(len(PREFIX) - 1):]
+        return output
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The output ready to copy after ``chunk``."""
+        self._pending += chunk
+        out = []
+        while (end := self._pending.find(b"\n")) >= 0:
+            line, self._pending = self._pending[:end], self._pending[end + 1:]
+            out.append(self._line(line, b"\n"))
+        if len(self._pending) > MAX_LINE:
+            out.append(self._overflow())
+        return b"".join(out)
+
+    def _overflow(self) -> bytes:
+        """Part of a line too long to hold: the output before the first separator that
+        may start a control message (or pair with one in the next chunk)."""
+        pending = self._pending
+        cut = _significant(pending)
+        if cut <= 0:
+            # No such separator, or a "message" longer than any the runner sends:
+            # output, which it must be.
+            cut = len(pending)
+        self._pending = pending[cut:]
+        return _unescape(pending[:cut])
+
+    def end(self) -> bytes:
+        """The output of an unfinished last line (the stream has ended)."""
+        pending, self._pending = self._pending, b""
+        return self._line(pending) if pending else b""
+
+
+# --- the runner's end ---------------------------------------------------------------
+
+
 class RunnerChannel:
-    """The runner's end: reads the host's messages from stdin, writes requests to stdout.
+    """The runner's end: reads the host's messages from stdin, sends signed requests.
 
     A thread reads stdin for the run's whole life: when it ends (the host process has
     gone, however it went), the runner gets SIGTERM and tears its run down.
     """
 
-    def __init__(self, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    def __init__(self, stdin: BinaryIO, out: ClaimedStdout) -> None:
         self._stdin = stdin
-        self._stdout = stdout
+        self._out = out
         self._replies: "queue.Queue[dict[str, Any] | None]" = queue.Queue()
         self._write_lock = threading.Lock()
+        self._seq = 0
         #: Workers joined to the run's scheduler, as the host last reported.
         self.workers_joined = 0
         #: Called with each piece of the host's news about the workers.
         self.on_news: Callable[[ClusterNews], None] | None = None
-        self.parameters_message = self._read()
-        if self.parameters_message is None or self.parameters_message.get("op") != "parameters":
+        message = self._read()
+        if message is None or message.get("op") != "parameters":
             raise InfrastructureError("the host that started this runner sent no parameters")
+        try:
+            self._key = bytes.fromhex(str(message.pop("key", "")))
+        except ValueError:
+            self._key = b""
+        if len(self._key) != KEY_BYTES:
+            raise InfrastructureError("the host that started this runner sent no key for its requests")
+        self.parameters_message = message
         threading.Thread(target=self._read_all, name="flowrig-docker-control", daemon=True).start()
 
     def _read(self) -> dict[str, Any] | None:
@@ -152,7 +331,10 @@ class RunnerChannel:
                 continue  # not news of a kind this runner knows
 
     def request(self, op: str, timeout: float, **fields: Any) -> dict[str, Any]:
-        """Send ``op`` and wait for the host's answer.
+        """Send ``op`` and wait for the host's answer to it.
+
+        Answers to other requests (the host refused something it did not get from
+        here) are passed over.
 
         Raises
         ------
@@ -160,31 +342,38 @@ class RunnerChannel:
             What the host reports (``failed``), a host that has gone, or no answer.
         """
         with self._write_lock:
-            sys.stdout.flush()  # the run's own output first, so no line is split
-            self._stdout.write(PREFIX + encode(op, **fields))
-            self._stdout.flush()
-        try:
-            reply = self._replies.get(timeout=timeout)
-        except queue.Empty:
-            raise InfrastructureError(f"the host did not answer {op!r} within {timeout:.0f} s") from None
-        if reply is None:
-            raise InfrastructureError("the host that started this run has gone")
-        if reply.get("op") == "failed":
-            raise_failure(reply)
-        return reply
+            self._seq += 1
+            seq = self._seq
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()  # the run's own output first
+            self._out.send(sign(self._key, op, seq, **fields))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reply = self._replies.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                raise InfrastructureError(f"the host did not answer {op!r} within {timeout:.0f} s") from None
+            if reply is None:
+                self._replies.put(None)
+                raise InfrastructureError("the host that started this run has gone")
+            if reply.get("re") != seq:
+                continue
+            if reply.get("op") == "failed":
+                raise_failure(reply)
+            return reply
 
 
 _channel: RunnerChannel | None = None
 
 
 def runner_channel() -> RunnerChannel:
-    """This runner's channel to its host, opened on first use (stdin, stdout)."""
+    """This runner's channel to its host, opened on first use (stdin, claimed stdout)."""
     global _channel
     if _channel is None:
         # Unbuffered reads of fd 0 went before (the certificates line): from here on
         # the channel is stdin's only reader.
         stdin = os.fdopen(os.dup(0), "rb")
-        _channel = RunnerChannel(stdin, sys.stdout.buffer)
+        _channel = RunnerChannel(stdin, claim_stdout())
     return _channel
 
 

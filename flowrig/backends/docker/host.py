@@ -3,10 +3,12 @@
 :func:`run_in_container` makes a network for the run and starts the flow runner as a
 container of the image, with no Docker socket: the flow and its dependencies never get
 control of the Docker engine. The runner asks this process for its cluster over its
-own stdin and stdout (:mod:`.control`); :class:`HostController` starts the scheduler
-and workers as containers of the same image, hands every container the run's
-certificates over its stdin (made here, in memory, for this run only), and removes
-everything of the run on every way out.
+control channel (:mod:`.control`); :class:`HostController` decides every request
+against the limits of the project baked into the image (:mod:`.policy`), starts the
+scheduler and workers as containers of the same image, hands every container the
+run's certificates over its stdin (made here, in memory, for this run only), says
+when a worker runs out of memory (:mod:`.memory`), and removes everything of the run
+on every way out: within seconds after Ctrl-C or SIGTERM, at once after a second one.
 """
 
 from __future__ import annotations
@@ -18,32 +20,38 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from flowrig import layout
 from flowrig.backends.docker import control
-from flowrig.backends.docker.naming import check_run_id, container_name, network_name
-from flowrig.backends.docker.plans import RUNNER_STOP_TIMEOUT, render_runner
+from flowrig.backends.docker.memory import MemoryWatch
+from flowrig.backends.docker.naming import check_run_id, container_name, network_name, scheduler_address
+from flowrig.backends.docker.plans import RUNNER_INTERRUPT_GRACE, render_runner
+from flowrig.backends.docker.policy import Refusal, RunnerLimits, StartRequest, summary
 from flowrig.backends.watch import follow
 from flowrig.certs import TLSMaterial, delivery
 from flowrig.certs.defaults import RUN_DAYS
 from flowrig.common.net import is_loopback_url
 from flowrig.common.runid import current_run_id
-from flowrig.common.signals import shielded, terminating
+from flowrig.common.signals import Escalated, hurried, signal_name, terminating
 from flowrig.containers.engine import (
     LogPump,
     StdinWriter,
     attach_stdin,
     connect,
+    container_file,
     create_container,
     create_network,
     oom_killed,
     remove_run,
     require_image,
+    run_containers,
     start_container,
     stop_and_remove,
     wait_for_exit,
 )
-from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
+from flowrig.errors import BadInput, FlowrigError, InfrastructureError, Terminated, one_line
+from flowrig.project.defaults import PROJECT_FILE
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -51,6 +59,7 @@ if TYPE_CHECKING:
 
     from flowrig.backends.docker.cluster import DockerCluster
     from flowrig.backends.watch import ClusterNews
+    from flowrig.common.deadline import RunDeadline
     from flowrig.project import Project
 
 logger = logging.getLogger("flowrig.docker")
@@ -59,13 +68,30 @@ logger = logging.getLogger("flowrig.docker")
 WORKERS_POLL = 0.05
 #: Most pieces of news one message to the runner carries.
 NEWS_PER_MESSAGE = 200
+#: Seconds between two looks at the scheduler's memory restarts.
+MEMORY_POLL = 1.0
+#: Seconds an interrupted run waits for a cluster start under way to give up (its
+#: containers were removed under it) before it sweeps again.
+START_ABORT_WAIT = 5.0
+#: Refusals said one by one; beyond them, one line says that more are not shown.
+REFUSALS_SHOWN = 10
+#: Seconds an interrupted run waits for the runner's last lines to be copied.
+RUNNER_LAST_WORDS = 1.0
+#: The project file in an image, which the host reads for the run's limits.
+IMAGE_PROJECT_FILE = layout.IMAGE_PROJECT_DIR / PROJECT_FILE
+
+
+def leftovers_command(run_id: str) -> str:
+    """The command that removes what a run left."""
+    return f"flowrig docker leftovers --run-id {run_id} --remove"
 
 
 class HostController:
     """The host's end of a runner's control channel: it starts and closes the cluster.
 
-    Whatever the runner asks, the cluster is this run's image on this run's network,
-    with options validated here as well.
+    Every request is checked here, whoever made it: its signature (:mod:`.control`),
+    its sequence number, and what it asks for against ``limits``. The host starts one
+    cluster and closes it once; a refused request is named in the run's output.
     """
 
     def __init__(
@@ -75,36 +101,129 @@ class HostController:
         image: str,
         tls: TLSMaterial,
         stdin: StdinWriter,
+        *,
+        key: bytes,
+        limits: RunnerLimits,
+        say: Callable[[str], None],
         secrets: Mapping[str, str] | None = None,
     ) -> None:
         self.client, self.run_id, self.image, self.tls = client, run_id, image, tls
-        # The host's own project says which secrets go to the workers, never the runner.
+        self.limits = limits
+        self.say = say
+        # The host's own project says which secrets go to the workers: the runner
+        # cannot ask for any (it could name any variable of the host's).
         self.secrets = dict(secrets or {})
         self._stdin = stdin
-        # Held while the cluster is made, so that close() waits for a start under way
-        # and closes what it made; after close() no start begins.
+        self._key = key
         self._lock = threading.Lock()
+        self._seq = 0
+        self._start_taken = False
+        self._close_taken = False
         self._closed = False
+        self._told_unsigned = False
+        #: Requests refused so far.
+        self.refused = 0
         self.cluster: "DockerCluster | None" = None
+        self._clusters: list["DockerCluster"] = []
+        self._starting: threading.Thread | None = None
+        self.memory = MemoryWatch(client, run_id, say)
         # The cluster's news for the runner, when it asked for them; sent off the
         # cluster's loop, with the worker counts.
         self._news: list[dict[str, Any]] = []
         self._news_lock = threading.Lock()
 
-    def take(self, line: bytes) -> bytes | None:
-        """Handle the control message in ``line`` of the runner's stdout, if there is one;
-        returns what of the line is the run's own output (``None``: all of it)."""
-        output, message = control.split_control(line.rstrip(b"\r\n"))
-        if message is None:
-            return None
-        actions = {"start": self._start, "close": self._close_and_reply}
-        action = actions.get(message["op"])
-        if action is None:
-            self._reply("failed", kind="infrastructure", message=f"unknown request {message['op']!r}")
+    def stdout_filter(self) -> control.Demux:
+        """What the runner's stdout goes through: the run's output, its requests apart."""
+        return control.Demux(self._on_message, self._on_printed)
+
+    # --- what arrives --------------------------------------------------------------
+
+    def _refuse(self, text: str) -> None:
+        with self._lock:
+            self.refused += 1
+            shown = self.refused
+        if shown <= REFUSALS_SHOWN:
+            self.say(text)
+        elif shown == REFUSALS_SHOWN + 1:
+            self.say("more requests were refused; they are not shown")
+
+    def _on_printed(self, printed: bytes) -> None:
+        # Printed by the run (a parameter echoed, a line at import time): output, never
+        # a request, since the runner's requests never pass through the run's output.
+        payload = printed[len(control.PREFIX):]
+        self._refuse(
+            f"ignored a control request the run printed ({control.describe(payload)}): "
+            "the host takes requests only from the runner's own channel"
+        )
+
+    def _on_message(self, payload: bytes) -> None:
+        try:
+            message = control.open_message(self._key, payload)
+        except control.Refused as exc:
+            self._refuse(f"refused a control message ({control.describe(payload)}): {exc}")
+            if not self._told_unsigned:
+                # An image whose flowrig is older than the host's waits for an answer.
+                self._told_unsigned = True
+                self._reply(
+                    "failed", kind="bad_input",
+                    message=f"the host refused a request of this runner ({exc}): rebuild the image with "
+                    "the flowrig that runs it (flowrig build)",
+                )
+            return
+        seq, op = message["seq"], message["op"]
+        with self._lock:
+            stale = seq <= self._seq
+            self._seq = max(self._seq, seq)
+        if stale:
+            self._refuse(f"refused the request {summary(message)}: its sequence number {seq} was used before")
+            return
+        if op == "start":
+            self._take_start(message)
+        elif op == "close":
+            self._take_close(message)
         else:
-            # Starting containers takes seconds: the runner's output keeps flowing meanwhile.
-            threading.Thread(target=action, args=(message,), name=f"flowrig-{message['op']}", daemon=True).start()
-        return output
+            self._refuse(f"refused the request {summary(message)}: no such request")
+            self._reply("failed", re=seq, kind="infrastructure", message=f"unknown request {op!r}")
+
+    def _take_start(self, message: Mapping[str, Any]) -> None:
+        seq = message["seq"]
+        try:
+            request = self.limits.check_start(message)
+        except Refusal as exc:
+            self._refuse(f"refused the runner's request {summary(message)}: {exc}")
+            self._reply(
+                "failed", re=seq, kind="bad_input", message=f"the host refused the cluster this run asked for: {exc}"
+            )
+            return
+        with self._lock:
+            why = (
+                "the run is ending" if self._closed
+                else "a second start: a run gets one cluster" if self._start_taken else None
+            )
+            if why is None:
+                self._start_taken = True
+        if why is not None:
+            self._refuse(f"refused the runner's request {summary(message)}: {why}")
+            self._reply("failed", re=seq, kind="infrastructure", message=f"the host refused to start a cluster: {why}")
+            return
+        # Starting containers takes seconds: the runner's output keeps flowing meanwhile.
+        self._starting = threading.Thread(target=self._start, args=(request, seq), name="flowrig-start", daemon=True)
+        self._starting.start()
+
+    def _take_close(self, message: Mapping[str, Any]) -> None:
+        seq = message["seq"]
+        with self._lock:
+            second, self._close_taken = self._close_taken, True
+        if second:
+            self._refuse(f"refused the runner's request {summary(message)}: its cluster was closed once")
+            self._reply("failed", re=seq, kind="infrastructure", message="the cluster was closed already")
+            return
+
+        def close() -> None:
+            self.close()
+            self._reply("closed", re=seq)
+
+        threading.Thread(target=close, name="flowrig-close", daemon=True).start()
 
     def _reply(self, op: str, **fields: Any) -> None:
         try:
@@ -112,29 +231,40 @@ class HostController:
         except InfrastructureError as exc:
             logger.debug("the runner did not take the answer %s: %s", op, exc)
 
-    def _start(self, message: Mapping[str, Any]) -> None:
+    # --- the cluster ---------------------------------------------------------------
+
+    def _start(self, request: StartRequest, seq: int) -> None:
         try:
-            cluster = self._start_cluster(message)
+            cluster = self._start_cluster(request)
         except FlowrigError as exc:
-            self._reply("failed", kind="bad_input" if isinstance(exc, BadInput) else "infrastructure", message=str(exc))
+            self._reply("failed", re=seq, kind="bad_input" if isinstance(exc, BadInput) else "infrastructure",
+                        message=str(exc))
             return
         except Exception as exc:  # a bug or an engine error nobody mapped: still one line
-            self._reply("failed", kind="infrastructure", message=f"the cluster could not start: {one_line(exc)}")
+            self._reply(
+                "failed", re=seq, kind="infrastructure", message=f"the cluster could not start: {one_line(exc)}"
+            )
             return
-        from flowrig.backends.docker.naming import scheduler_address
+        self._reply(
+            "started", re=seq, scheduler_address=scheduler_address(self.run_id), dashboard_link=cluster.dashboard_link
+        )
+        threading.Thread(target=self._watch, args=(cluster,), name="flowrig-workers", daemon=True).start()
 
-        self._reply("started", scheduler_address=scheduler_address(self.run_id), dashboard_link=cluster.dashboard_link)
-        threading.Thread(target=self._report_workers, args=(cluster,), name="flowrig-workers", daemon=True).start()
-
-    def _report_workers(self, cluster: "DockerCluster") -> None:
+    def _watch(self, cluster: "DockerCluster") -> None:
         """Tell the runner each time the number of joined workers changes (its timeline
-        and progress read it), and the news about its workers, until the cluster closes."""
+        and progress read it), the news about its workers when the runner asked for
+        them, and look for memory restarts, until the cluster closes."""
         reported = 0
+        polled = time.monotonic()
         while self.cluster is cluster:
-            joined = len(cluster.scheduler_info.get("workers", {}))
-            if joined != reported:
-                self._reply("workers", joined=joined)
-                reported = joined
+            workers = cluster.scheduler_info.get("workers", {})
+            self.memory.note_workers(workers)
+            if len(workers) != reported:
+                reported = len(workers)
+                self._reply("workers", joined=reported)
+            if time.monotonic() - polled >= MEMORY_POLL:
+                polled = time.monotonic()
+                self.memory.poll(cluster)
             self._send_news()
             time.sleep(WORKERS_POLL)
 
@@ -148,64 +278,74 @@ class HostController:
         for at in range(0, len(items), NEWS_PER_MESSAGE):
             self._reply("news", items=items[at:at + NEWS_PER_MESSAGE])
 
-    def _start_cluster(self, message: Mapping[str, Any]) -> "DockerCluster":
-        from flowrig.backends.docker.backend import DockerBackend
+    def _start_cluster(self, request: StartRequest) -> "DockerCluster":
         from flowrig.backends.docker.cluster import DockerCluster
 
-        options = DockerBackend().parse_options(message.get("options") or {})
-        n_workers, threads = message.get("n_workers"), message.get("worker_threads")
-        adapt = message.get("adapt")
-        worker_env = message.get("worker_env") or {}
-        no_client_timeout = message.get("no_client_timeout")
-        number = isinstance(no_client_timeout, (int, float)) and not isinstance(no_client_timeout, bool)
-        if no_client_timeout is not None and not (number and no_client_timeout > 0):
-            raise InfrastructureError(f"the runner asked for a no-client timeout of {no_client_timeout!r}")
-        if not (isinstance(n_workers, int) and n_workers >= 0 and isinstance(threads, int) and threads >= 1):
-            raise InfrastructureError(f"the runner asked for a cluster of {n_workers!r} workers of {threads!r} threads")
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in worker_env.items()):
-            raise InfrastructureError("the runner asked for a worker environment that is not text")
+        options = request.options
+        self.memory.limit = None if options.worker_memory is None else str(options.worker_memory)
+        cluster = DockerCluster(
+            self.image,
+            n_workers=request.n_workers,
+            run_id=self.run_id,
+            network=network_name(self.run_id),
+            publish=True,
+            tls=self.tls,
+            worker_threads=request.worker_threads,
+            environment=request.environment,
+            secret_environment=self.secrets,
+            worker_memory=self.memory.limit,
+            scheduler_start_timeout=float(options.scheduler_start_timeout),
+            no_client_timeout=request.no_client_timeout,
+            client=self.client,
+        )
         with self._lock:
-            if self._closed:
-                raise InfrastructureError("the run is ending: no cluster is started")
-            if self.cluster is not None:
-                raise InfrastructureError("the runner asked for a second cluster")
-            cluster = DockerCluster(
-                self.image,
-                n_workers=n_workers,
-                run_id=self.run_id,
-                network=network_name(self.run_id),
-                publish=True,
-                tls=self.tls,
-                worker_threads=threads,
-                environment={**worker_env, **options.environment},
-                secret_environment=self.secrets,
-                worker_memory=None if options.worker_memory is None else str(options.worker_memory),
-                scheduler_start_timeout=float(options.scheduler_start_timeout),
-                no_client_timeout=None if no_client_timeout is None else float(no_client_timeout),
-                client=self.client,
-            )
-            self.cluster = cluster
-        if message.get("news") is True:
+            self._clusters.append(cluster)
+            keep = not self._closed
+            if keep:
+                self.cluster = cluster
+        if not keep:
+            # The run ended while the cluster started: it goes at once.
+            cluster.abort()
+            raise InfrastructureError("the run is ending: its cluster is removed")
+        if request.news:
             follow(cluster, self._keep_news)
-        if adapt:
-            cluster.adapt(minimum=int(adapt[0]), maximum=int(adapt[1]))
-        if n_workers > 0:
+        if request.adapt:
+            cluster.adapt(minimum=request.adapt[0], maximum=request.adapt[1])
+        if request.n_workers > 0:
             cluster.wait_for_first_workers(1, float(options.start_timeout))
         return cluster
 
-    def _close_and_reply(self, message: Mapping[str, Any]) -> None:
-        self.close()
-        self._reply("closed")
-
     def close(self) -> None:
-        """Close the cluster, if one started; safe to call more than once."""
+        """Close the cluster gracefully, if one started; safe to call more than once."""
         with self._lock:
             cluster, self.cluster, self._closed = self.cluster, None, True
         if cluster is not None:
+            self.memory.poll(cluster)  # the last restarts, while the scheduler answers
             try:
                 cluster.close()
             except Exception as exc:  # the run's sweep removes what is left
                 logger.warning("closing the cluster of run %s failed: %s", self.run_id, one_line(exc))
+        self.memory.stop()
+
+    def abort(self) -> None:
+        """Remove the cluster's containers at once (an interrupted run); nothing of it
+        starts again, and a start under way removes what it made."""
+        with self._lock:
+            self.cluster, self._closed = None, True
+            clusters = list(self._clusters)
+        self.memory.stop()
+        for cluster in clusters:
+            try:
+                cluster.abort()
+            except Exception as exc:  # the run's sweep removes what is left
+                logger.debug("aborting the cluster of run %s: %s", self.run_id, one_line(exc))
+        remove_run(self.client, self.run_id, roles=("scheduler", "worker"), network=False)
+        starting = self._starting
+        if starting is not None and starting.is_alive():
+            # A start under way may create a container after that sweep; with its
+            # scheduler gone it fails within a second or two and removes what it made.
+            starting.join(START_ABORT_WAIT)
+            remove_run(self.client, self.run_id, roles=("scheduler", "worker"), network=False)
 
 
 def _runner_lost(name: str, code: int, oom: bool) -> str:
@@ -249,7 +389,6 @@ def _host_image(directory: Path | None, project: "Project | None", image: str | 
         if not directory.exists():
             raise BadInput(f"project directory {str(directory)!r} does not exist")
         from flowrig.project import load_project
-        from flowrig.project.defaults import PROJECT_FILE
 
         if (directory / PROJECT_FILE).is_file() or directory.is_file():
             project = load_project(directory)
@@ -259,6 +398,121 @@ def _host_image(directory: Path | None, project: "Project | None", image: str | 
         "the docker backend needs an image: pass --image TAG or set [cluster] image; "
         "build one with flowrig build PROJECT --tag TAG"
     )
+
+
+def _image_limits(runner: "Container", run_id: str, image: str) -> RunnerLimits:
+    """The limits of the project baked into the image, read from the runner's
+    container before it starts (nothing of the run has run yet)."""
+    where = f"{IMAGE_PROJECT_FILE} in {image}"
+    text = container_file(runner, str(IMAGE_PROJECT_FILE))
+    if text is None:
+        raise BadInput(
+            f"{where} is missing or not a regular file: the host reads the run's limits there; "
+            "rebuild the image with flowrig build"
+        )
+    return RunnerLimits.from_toml(run_id, text, where)
+
+
+def _inventory(client: "DockerClient", run_id: str) -> str:
+    """What of a run is there, in words: ``the runner, the scheduler and 2 workers``."""
+    roles = [c.labels.get("flowrig.role", "?") for c in run_containers(client, run_id)]
+    parts = [f"the {role}" for role in ("runner", "scheduler") if role in roles]
+    workers = roles.count("worker")
+    if workers:
+        parts.append(f"{workers} worker{'s' if workers > 1 else ''}")
+    if not parts:
+        return "its network"
+    return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+
+
+def _left(client: "DockerClient", run_id: str) -> list[str]:
+    try:
+        return [c.name for c in run_containers(client, run_id)]
+    except Exception:  # the engine does not answer: say the command anyway
+        return ["(the engine did not say)"]
+
+
+class _Teardown:
+    """Everything of a run goes, on every way out; a signal hurries it.
+
+    After the runner ended by itself, the cluster is closed gracefully (it usually is
+    by then: the runner asked). After Ctrl-C or SIGTERM (or an error while the runner
+    still runs) the runner gets :data:`RUNNER_INTERRUPT_GRACE` seconds to end (it
+    reports its end to a Prefect API of the user's own), while the cluster's
+    containers are removed by force at once. A second signal removes what is left by
+    force; a third ends the command on the spot, naming what is left and the command
+    that removes it.
+    """
+
+    def __init__(
+        self, client: "DockerClient", run_id: str, say: Callable[[str], None], timed_out: Callable[[], bool]
+    ) -> None:
+        self.client, self.run_id, self.say, self.timed_out = client, run_id, say, timed_out
+        self.runner: "Container | None" = None
+        self.controller: HostController | None = None
+        self.stdin: StdinWriter | None = None
+        self.pump: LogPump | None = None
+
+    def __call__(self, interrupted: int | None, runner_running: bool) -> None:
+        try:
+            with hurried():
+                if interrupted is not None or runner_running:
+                    self._stop_now(interrupted)
+                else:
+                    self._close()
+        except Escalated as again:
+            self._force(again.signum)
+
+    def _close(self) -> None:
+        if self.controller is not None:
+            self.controller.close()
+        if self.stdin is not None:
+            self.stdin.close()
+        remove_run(self.client, self.run_id)
+
+    def _stop_now(self, signum: int | None) -> None:
+        started = time.monotonic()
+        what = _inventory(self.client, self.run_id)
+        if signum is not None:
+            name = signal_name(signum)
+            again = "Ctrl-C again" if signum == signal.SIGINT else f"a second {name}"
+            hint = f" ({again} removes them at once)"
+            if signum == signal.SIGTERM and self.timed_out():
+                name, hint = "the run's timeout passed", ""
+            self.say(f"{name}: stopping the run: removing {what}{hint}")
+        stopper = None
+        if self.runner is not None:
+            # The runner ends its flow run in the meantime (an API of the user's own
+            # sees it end); the cluster does not wait for it.
+            stopper = threading.Thread(
+                target=stop_and_remove, args=(self.runner, RUNNER_INTERRUPT_GRACE), name="flowrig-stop-runner",
+                daemon=True,
+            )
+            stopper.start()
+        if self.controller is not None:
+            self.controller.abort()
+        while stopper is not None and stopper.is_alive():
+            stopper.join(0.1)  # in steps: a second signal arrives here
+        if self.pump is not None:
+            self.pump.join(timeout=RUNNER_LAST_WORDS)  # what the runner said as it ended
+        if self.stdin is not None:
+            self.stdin.close()
+        remove_run(self.client, self.run_id)
+        if signum is not None:
+            self.say(f"stopped in {time.monotonic() - started:.1f} s; nothing of the run is left")
+
+    def _force(self, signum: int) -> None:
+        self.say(f"{signal_name(signum)} again: removing everything of the run by force")
+        try:
+            with hurried():
+                if self.controller is not None:
+                    self.controller.abort()
+                remove_run(self.client, self.run_id, timeout=5)
+                left = _left(self.client, self.run_id)
+        except Escalated:
+            left = ["(not checked)"]
+        if left:
+            self.say(f"left behind: {', '.join(left)}; remove them with: {leftovers_command(self.run_id)}")
 
 
 def run_in_container(
@@ -271,20 +525,24 @@ def run_in_container(
     output: str = "text",
     verbosity: str = "normal",
     timeout: float | None = None,
+    deadline: "RunDeadline | None" = None,
 ) -> int:
     """Run the image's flow once, with the runner in a container: ``flowrig run --backend docker``.
 
     The image carries its project, so the host's project only supplies ``[cluster]
     image`` when ``image`` is not given (``project``, when the caller read it already,
-    else read from ``directory``); rebuild the image after editing the project.
-    Parameters are read here (bad JSON fails before anything starts) and validated by
-    the runner.
+    else read from ``directory``); rebuild the image after editing the project. The
+    limits every request of the runner is held to are those of the project in the
+    image, which the host reads before the runner starts. Parameters are read here (bad
+    JSON fails before anything starts) and validated by the runner.
 
     The runner's stdout goes to stdout (with ``--output json`` its last line is the
     outcome) and its stderr to stderr. On every way out (success, failure, an
     exception, Ctrl-C, SIGTERM) every container labelled with the run id and the run's
-    network are removed; after Ctrl-C or SIGTERM the runner first gets
-    :data:`~flowrig.backends.docker.plans.RUNNER_STOP_TIMEOUT` seconds to stop its cluster.
+    network are removed (``deadline``, the command's own, passing is such a SIGTERM):
+    after Ctrl-C or SIGTERM within
+    :data:`~flowrig.backends.docker.plans.RUNNER_INTERRUPT_GRACE` seconds and a few
+    more, at once after a second one.
 
     Returns
     -------
@@ -295,7 +553,8 @@ def run_in_container(
     Raises
     ------
     BadInput
-        Bad parameters, no image given, or the image does not exist locally.
+        Bad parameters, no image given, the image does not exist locally, or its
+        project file is not valid.
     InfrastructureError
         Docker is not reachable, the runner container cannot be created or started, or
         it was killed (``docker kill``, out of memory) or stopped from outside the run.
@@ -317,42 +576,50 @@ def run_in_container(
     # The run's certificates, made here for this run only; the leaf names the runner
     # too, so the run's API serves HTTPS with it.
     tls = TLSMaterial.ephemeral(hosts=[container_name(run_id, "runner")], days=RUN_DAYS)
-    runner: "Container | None" = None
-    controller: HostController | None = None
-    stdin: StdinWriter | None = None
-    finished = False
+    key = control.new_key()
+
+    def say(text: str) -> None:
+        print(f"flowrig run {run_id}: {text}", file=sys.stderr, flush=True)
+
+    teardown = _Teardown(client, run_id, say, timed_out=lambda: deadline is not None and deadline.fired)
+    runner_running = False
+    interrupted: int | None = None
     with terminating():
         try:
             create_network(client, network_name(run_id), run_id)
-            runner = create_container(client, plan)
+            runner = teardown.runner = create_container(client, plan)
+            limits = _image_limits(runner, run_id, image)
             print(
                 f"flowrig run {run_id}: runner container {plan.name} of {image} on network {plan.network}",
                 file=sys.stderr,
                 flush=True,
             )
             start_container(runner)
-            stdin = attach_stdin(runner)
+            runner_running = True
+            stdin = teardown.stdin = attach_stdin(runner)
             stdin.write(delivery.encode(tls))
-            stdin.write(control.encode("parameters", parameters=parameters, environment=secrets))
-            controller = HostController(client, run_id, image, tls, stdin, run_secrets)
-            pump = LogPump()
-            pump.follow(runner, take=controller.take)
+            stdin.write(control.encode("parameters", parameters=parameters, environment=secrets, key=key.hex()))
+            controller = teardown.controller = HostController(
+                client, run_id, image, tls, stdin, key=key, limits=limits, say=say, secrets=run_secrets
+            )
+            pump = teardown.pump = LogPump()
+            pump.follow(runner, stdout_filter=controller.stdout_filter())
             code = wait_for_exit(runner)
-            finished = True
+            runner_running = False
             pump.join(timeout=10)
+            last_word = controller.memory.summary()
+            if last_word:
+                say(last_word)
             if code > 128:
                 # Killed (docker kill, the OOM killer) or stopped by someone else: the
                 # runner could not say why, so the host does; the cluster goes below.
                 raise InfrastructureError(_runner_lost(plan.name, code, oom_killed(runner)))
             return code
+        except KeyboardInterrupt:
+            interrupted = signal.SIGINT
+            raise
+        except Terminated as exc:
+            interrupted = exc.signum
+            raise
         finally:
-            with shielded():
-                if runner is not None and not finished:
-                    # Interrupted: the runner finishes its run first (its teardown asks
-                    # the controller to close the cluster).
-                    stop_and_remove(runner, timeout=RUNNER_STOP_TIMEOUT)
-                if controller is not None:
-                    controller.close()
-                if stdin is not None:
-                    stdin.close()
-                remove_run(client, run_id)
+            teardown(interrupted, runner_running)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from flowrig.backends.docker.control import CONTROL_ENV
+from flowrig.backends.docker.control import CONTROL_ENV, CONTROL_PROTOCOL
 from flowrig.backends.docker.naming import (
     ENV_IMAGE,
     ENV_NETWORK,
@@ -34,9 +34,12 @@ WORKER_PRELOAD = ("prefect.task_engine", "prefect_dask")
 # FLOWRIG_STARTED_AT: the host command's start, from which the runner counts its
 # timings; FLOWRIG_STRICT: --strict.
 PASSTHROUGH_ENV = ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "FLOWRIG_DEBUG", "FLOWRIG_STARTED_AT", "FLOWRIG_STRICT")
-#: Seconds the host gives a runner container to finish its run after Ctrl-C or
-#: SIGTERM, before everything of the run is removed by force.
+#: Seconds a runner container gets to stop when stopped from outside (``docker stop``).
 RUNNER_STOP_TIMEOUT = 20
+#: Seconds the host gives a runner container to end its flow run after Ctrl-C or
+#: SIGTERM (it reports the end to a Prefect API of the user's own), while the cluster
+#: is removed at once; then the runner is killed.
+RUNNER_INTERRUPT_GRACE = 2
 #: Every role's root file system is read-only; these are its memory file systems, where
 #: nothing may be executed. No size: a worker spills to /tmp, and the pages count
 #: against the container's memory (``worker_memory``) anyway. Prefect's home (it writes
@@ -103,6 +106,23 @@ def render_scheduler(
     )
 
 
+#: Docker's memory units (powers of 1024) as Dask writes them.
+_DOCKER_UNITS = {"": "B", "b": "B", "k": "KiB", "kb": "KiB", "m": "MiB", "mb": "MiB", "g": "GiB", "gb": "GiB"}
+
+
+def dask_memory_limit(memory: str) -> str:
+    """A container's memory limit (Docker's syntax: ``"400m"``, bytes) as a Dask worker's
+    ``--memory-limit``: one worker per container may use all of it. Dask's own
+    ``auto`` would give it the container's limit times its share of the machine's
+    cores, a half or less, and restart it long before the container is full."""
+    text = str(memory).strip().lower()
+    number = text.rstrip("bkmg")
+    unit = _DOCKER_UNITS.get(text[len(number):])
+    if not number or unit is None:
+        return str(memory)  # Docker refuses it when the container is created
+    return f"{number}{unit}"
+
+
 def render_worker(
     run_id: str,
     image: str,
@@ -118,7 +138,8 @@ def render_worker(
 
     It serves no dashboard, and the HTTP server every worker runs anyway (``/metrics``,
     ``/health``) listens on the container's own loopback: nothing on the run's network
-    or the host reaches it. Its certificates arrive on stdin.
+    or the host reaches it. Its certificates arrive on stdin. With ``memory`` (the
+    container's limit), Dask's memory budget is the same.
     """
     env = dict(environment or {})
     env.update(role_environment(run_id))
@@ -131,6 +152,7 @@ def render_worker(
             "--nthreads", str(threads),
             "--no-dashboard",
             "--dashboard-address", WORKER_HTTP_ADDRESS,
+            *(("--memory-limit", dask_memory_limit(memory)) if memory else ()),
             *(item for module in preload for item in ("--preload", module)),
         ),
         labels=labels(run_id, "worker"),
@@ -167,7 +189,7 @@ def render_runner(
             ENV_NETWORK: network_name(run_id),
             ENV_IMAGE: image,
             ENV_RUNNER_HOST: name,
-            CONTROL_ENV: "stdio",
+            CONTROL_ENV: CONTROL_PROTOCOL,
         }
     )
     return ContainerPlan(
