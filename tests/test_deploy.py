@@ -135,6 +135,45 @@ def test_a_deploy_is_what_the_server_holds_and_a_second_one_writes_nothing(prefe
         f"deployment {FLOW}/{name} on work pool {pool} (docker) is up to date: nothing written")
 
 
+def ci_deploy_part(recipe: str) -> tuple[dict[str, str], str]:
+    """The environment and the ``flowrig deploy`` command of a CI recipe of examples/ci."""
+    import yaml
+
+    text = (Path(__file__).resolve().parents[1] / "examples" / "ci" / f"{recipe}.yml").read_text()
+    if recipe == "github-actions":
+        (job,) = yaml.safe_load(text)["jobs"].values()
+        (step,) = [s for s in job["steps"] if s.get("name") == "Deploy the flow"]
+        env, lines = dict(job["env"]), step["run"].splitlines()
+    else:
+        pipeline = yaml.safe_load(text)
+        env, lines = dict(pipeline["variables"]), pipeline["flow-deploy"]["script"]
+    command = "\n".join(line for line in lines if "pip install" not in line)
+    assert command.lstrip().startswith("flowrig deploy"), command
+    return {k: str(v) for k, v in env.items()}, command
+
+
+@pytest.mark.parametrize("recipe", ["github-actions", "gitlab-ci"])
+def test_the_ci_recipes_deploy_step_makes_a_scheduled_deployment(prefect_server, seed_image, client, recipe):
+    """The recipe's own command, with this machine's image and a pool, and the seed's
+    required parameter (the recipe's project has none)."""
+    env, command = ci_deploy_part(recipe)
+    pool = make_pool(client, "docker")
+    image, sha = seed_image.rsplit(":", 1)
+    env.update(PROJECT=str(SEED_PROJECT), IMAGE=image, POOL=pool, GITHUB_SHA=sha, CI_COMMIT_SHA=sha,
+               PREFECT_API_URL=prefect_server, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", HOME=os.environ.get("HOME", "/root"))
+    done = subprocess.run(["bash", "-euc", command + " --param 'x=[1,2]'"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    # Both recipes name the deployment after the flow: the second one updates the first.
+    assert report["action"] in ("created", "updated") and report["image"]["reference"] == seed_image
+    deployment = client.read_deployment(report["deployment_id"])
+    assert deployment.tags == ["nightly"] and deployment.work_pool_name == pool
+    [schedule] = deployment.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 6 * * *", "UTC")
+
+
 def test_a_process_pool_deployment_starts_the_image_with_docker(prefect_server, seed_image, client):
     pool = make_pool(client, "process")
     report = deploy_json(prefect_server, str(SEED_PROJECT), "--image", seed_image, "--pool", pool,

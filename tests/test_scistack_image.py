@@ -183,7 +183,8 @@ def gitlab_build_part() -> tuple[dict[str, str], str]:
         if "docker login" in line:
             break
         lines.append(line)
-    return {k: str(v) for k, v in job["variables"].items()}, "\n".join(lines)
+    variables = {**pipeline.get("variables", {}), **job["variables"]}
+    return {k: str(v) for k, v in variables.items()}, "\n".join(lines)
 
 
 def plain_tag(kind: str) -> str:
