@@ -1,5 +1,6 @@
 """A project on the scientific stack (examples/scistack: numpy, scipy, pandas, pyarrow,
-scikit-learn), built by ``flowrig build`` and by the CI recipes of examples/ci (a plain
+scikit-learn, and a dask.dataframe groupby a task computes on the run's own cluster with
+``get_dask_client()``), built by ``flowrig build`` and by the CI recipes of examples/ci (a plain
 ``docker build`` of the repository, with BuildKit and with the legacy builder) from a
 folder outside examples/, then run.
 
@@ -58,6 +59,9 @@ def assert_right_result(result: dict) -> None:
     assert sorted(result["by_parity"]) == sorted(want["by_parity"])
     for parity, sums in want["by_parity"].items():
         assert result["by_parity"][parity] == pytest.approx(sums, rel=1e-9, abs=1e-5), parity
+    # The dask.dataframe groupby a task ran on the run's cluster through get_dask_client().
+    assert result["trace_sq_on_the_cluster"] == pytest.approx(
+        {parity: sums["trace_sq"] for parity, sums in want["by_parity"].items()}, rel=1e-9)
 
 
 def last_json(text: str) -> dict:
@@ -105,6 +109,20 @@ def scistack_image(docker_client) -> str:
 def test_flowrig_build_gives_an_image_that_runs_the_scientific_stack_on_docker(scistack_image):
     outcome = run_on_docker(SCISTACK, scistack_image)
     assert outcome["state"] == "Completed" and outcome["backend"] == "docker"
+    assert_right_result(outcome["result"])
+
+
+def test_the_images_run_role_runs_the_stack_on_the_local_backend(scistack_image):
+    """The project's own backend (local) inside its image: the dask.dataframe groupby of
+    get_dask_client() runs on a LocalCluster over the run's TLS, as on the docker backend."""
+    done = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", scistack_image, "run", "--output", "json", "--timeout", "300",
+         "--param", f"ks={json.dumps(KS)}", "--param", f"n={N}"],
+        capture_output=True, text=True, timeout=360,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = last_json(done.stdout)
+    assert outcome["state"] == "Completed" and outcome["backend"] == "local", outcome
     assert_right_result(outcome["result"])
 
 

@@ -9,17 +9,20 @@ eigenvalues are ``k + n`` once and ``k`` n-1 times, so every figure has a closed
 
 The reduction sums each figure over the parity of ``k`` (a pandas groupby), adds up the
 ``k`` with pyarrow, and fits ``smax`` against ``k`` with scikit-learn: slope 1,
-intercept ``n``.
+intercept ``n``. The same groupby runs once more as a dask.dataframe on the run's own
+cluster, from a task that opens a client to it (``prefect_dask.get_dask_client``).
 """
 
 from __future__ import annotations
 
+import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.linalg
 from prefect import flow, task
+from prefect_dask import get_dask_client
 from sklearn.linear_model import LinearRegression
 
 FIGURES = ["logdet", "smax", "smin", "trace_sq"]
@@ -55,7 +58,17 @@ def summarise(rows: list[dict[str, float]]) -> dict:
     }
 
 
+@task
+def summarise_on_the_cluster(rows: list[dict[str, float]]) -> dict[str, float]:
+    frame = dd.from_pandas(pd.DataFrame(rows), npartitions=3)
+    with get_dask_client() as client:
+        sums = client.compute(frame.groupby("parity")["trace_sq"].sum()).result()
+    return {str(parity): round(float(total), 6) for parity, total in sums.items()}
+
+
 @flow(name="scistack")
 def scistack(ks: list[int], n: int = 300) -> dict:
     rows = decompose.map(ks, n=n)
-    return summarise.submit(rows).result()
+    summary = summarise.submit(rows)
+    on_the_cluster = summarise_on_the_cluster.submit(rows)
+    return {**summary.result(), "trace_sq_on_the_cluster": on_the_cluster.result()}
