@@ -241,7 +241,8 @@ def _check_dask_side(server: str, run) -> None:
     lines = flowrig_lines(told.logs(run.id))
     assert any("asking the local backend for 2 workers" in line for line in lines), lines
     assert any(line.startswith("worker 0 joined at tls://") for line in lines), lines
-    [artifact] = told.artifacts(run.id)
+    # Made as the run's teardown ends, after the flow run went Completed.
+    [artifact] = told.wait_for(lambda: told.artifacts(run.id), lambda found: len(found) == 1)
     assert artifact.type == "markdown" and "### Start-up timeline" in artifact.data, artifact
     assert "| first worker joined |" in artifact.data, artifact.data
     events = told.wait_for(lambda: told.events(run.id),
