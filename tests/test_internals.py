@@ -114,6 +114,29 @@ def test_engine_entries_have_the_signatures_flowrig_calls():
     prefect_engine.drain_reporting(timeout=1)  # nothing queued: returns at once
 
 
+def test_on_an_event_loops_thread_drain_all_only_returns_a_coroutine_and_drain_reporting_still_waits():
+    """A Dask worker runs ``Client.run``'s function on its event loop's thread, where
+    Prefect's ``drain_all`` returns a coroutine instead of waiting; left unawaited it
+    drains nothing and warns ("coroutine ... was never awaited") on the run's console."""
+    import asyncio
+    import gc
+    import warnings
+
+    from prefect.logging.handlers import APILogWorker
+
+    async def on_the_loop() -> list:
+        returned = APILogWorker.drain_all(timeout=1)
+        assert inspect.iscoroutine(returned)
+        returned.close()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            prefect_engine.drain_reporting(timeout=1)
+            gc.collect()
+        return [str(w.message) for w in caught if "never awaited" in str(w.message)]
+
+    assert asyncio.run(on_the_loop()) == []
+
+
 # --- the server ------------------------------------------------------------------------
 
 

@@ -55,9 +55,24 @@ def drain_reporting(timeout: float = 10) -> None:
     Otherwise Prefect retries against a closed port at interpreter exit for a long
     time. A failure here never hides the flow's own outcome.
     """
+    import asyncio
+    import threading
+
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        # On an event loop's thread (a Dask worker's, under Client.run) drain_all only
+        # returns a coroutine, which would never run: wait for it from a thread instead.
+        # The services send from a loop thread of Prefect's own, never this one.
+        waiter = threading.Thread(target=drain_reporting, args=(timeout,), daemon=True)
+        waiter.start()
+        waiter.join(2 * timeout + 1)
+        return
     for worker in (APILogWorker, EventsWorker):
         try:
             worker.drain_all(timeout=timeout)
