@@ -1,0 +1,227 @@
+"""The import check an image build ends with (``flowrig-entrypoint check-imports``):
+what a project's code imports, and one line naming what cannot be imported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from flowrig.builder.buildsteps import ERROR_PREFIX
+from flowrig.errors import BadInput
+from flowrig.project.imports import imports_of
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(textwrap.dedent(text))
+    return root
+
+
+def check(project: Path, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command, in a process of its own (imports stay out of this one)."""
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    if home is not None:
+        env["HOME"] = str(home)
+    code = "from flowrig.entrypoint import main; main()"
+    return subprocess.run([sys.executable, "-c", code, "check-imports", str(project)],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=project)
+
+
+FLOW_HEADER = "from prefect import flow, task\n"
+
+
+def test_imports_anywhere_count_and_optional_ones_do_not(tmp_path: Path):
+    write(tmp_path, {"flow.py": """\
+        import os, json as j
+        from typing import TYPE_CHECKING
+        from collections import abc, OrderedDict
+        try:
+            import ujson
+        except ImportError:
+            import simplejson
+        try:
+            import orjson
+        except (ValueError, ModuleNotFoundError):
+            pass
+        if TYPE_CHECKING:
+            import pandas
+        if __name__ == "__main__":
+            import matplotlib
+        import sys
+        if sys.platform == "win32":
+            import winreg
+        else:
+            import fcntl
+
+        def task_body():
+            import sklearn.linear_model
+            from scipy import linalg
+
+        class K:
+            def method(self):
+                from . import sibling
+    """})
+    sites = {(s.module, s.names, s.line) for s in imports_of(tmp_path / "flow.py")}
+    assert sites == {
+        ("os", (), 1), ("json", (), 1), ("typing", ("TYPE_CHECKING",), 2),
+        ("collections", ("abc", "OrderedDict"), 3), ("simplejson", (), 7), ("sys", (), 16),
+        ("sklearn.linear_model", (), 23), ("scipy", ("linalg",), 24),
+    }
+
+
+def test_what_runs_after_an_optional_import_is_not_optional(tmp_path: Path):
+    write(tmp_path, {"flow.py": """\
+        try:
+            import fast_json
+        except ImportError:
+            fast_json = None
+        else:
+            import needed_when_fast
+        finally:
+            import needed_always
+        if not TYPE_CHECKING:
+            import needed_at_run_time
+        else:
+            import only_for_the_type_checker
+        if __name__ != "__main__":
+            import needed_when_imported
+    """})
+    assert [s.module for s in imports_of(tmp_path / "flow.py")] == [
+        "needed_when_fast", "needed_always", "needed_at_run_time", "needed_when_imported",
+    ]
+
+
+def test_relative_imports_resolve_inside_the_projects_packages(tmp_path: Path):
+    write(tmp_path, {"pkg/sub/mod.py": "from . import a\nfrom ..b import c\nfrom .. import d\n"})
+    sites = [(s.module, s.names) for s in imports_of(tmp_path / "pkg/sub/mod.py", ("pkg", "sub"))]
+    assert sites == [("pkg.sub", ("a",)), ("pkg.b", ("c",)), ("pkg", ("d",))]
+
+
+def test_a_file_that_is_not_python_is_bad_input(tmp_path: Path):
+    write(tmp_path, {"flow.py": "def broken(:\n"})
+    with pytest.raises(BadInput, match="flow.py line 1: not valid Python"):
+        imports_of(tmp_path / "flow.py")
+
+
+def project(tmp_path: Path, flow_body: str, **extra: str) -> Path:
+    files = {
+        "flowrig.toml": 'flow = "flow.py:main"\nrequirements = "requirements.txt"\n',
+        "requirements.txt": "\n",
+        "flow.py": FLOW_HEADER + textwrap.dedent(flow_body),
+        **extra,
+    }
+    return write(tmp_path / "project", files)
+
+
+def test_a_module_a_task_imports_that_is_missing_fails_with_one_line_naming_it(tmp_path: Path):
+    root = project(tmp_path, """\
+        @task
+        def fit(x):
+            import flowrig_no_such_module.linear
+            return x
+
+        @flow
+        def main():
+            return fit(1)
+    """)
+    done = check(root)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(ERROR_PREFIX), done.stderr
+    line = done.stderr.removeprefix(ERROR_PREFIX)
+    assert line.startswith("flow.py line 4 imports flowrig_no_such_module.linear, which the image cannot import")
+    assert "No module named 'flowrig_no_such_module'" in line and "add the package that provides it to requirements.txt" in line
+
+
+def test_the_projects_own_modules_are_followed(tmp_path: Path):
+    root = project(
+        tmp_path,
+        """\
+        from helpers import scale
+
+        @flow
+        def main():
+            return scale(2)
+        """,
+        **{"helpers/__init__.py": "from .maths import scale\n",
+           "helpers/maths.py": "def scale(x):\n    from flowrig_missing_lib import fast\n    return fast(x)\n"},
+    )
+    done = check(root)
+    assert done.returncode == 2
+    assert "helpers/maths.py line 2 imports flowrig_missing_lib" in done.stderr, done.stderr
+
+
+def test_a_name_the_module_does_not_have_is_named(tmp_path: Path):
+    root = project(tmp_path, """\
+        @task
+        def t():
+            from json import no_such_function
+        @flow
+        def main():
+            return t()
+    """)
+    done = check(root)
+    assert done.returncode == 2
+    assert "imports json, which the image cannot import (ImportError: cannot import name 'no_such_function' from 'json')" \
+        in done.stderr, done.stderr
+
+
+def test_a_flow_module_that_raises_when_imported_fails_with_one_line(tmp_path: Path):
+    root = project(tmp_path, """\
+        raise ImportError("libopenblas.so: cannot open\\n\\nOriginal error was: ELF load command address/offset not page-aligned")
+
+        @flow
+        def main():
+            return 1
+    """)
+    done = check(root)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "flow.py failed at line 2" in done.stderr and "not page-aligned" in done.stderr
+
+
+def test_a_flow_that_is_not_there_is_named(tmp_path: Path):
+    root = project(tmp_path, "@flow\ndef other():\n    return 1\n")
+    done = check(root)
+    assert done.returncode == 2 and "flow.py has no flow named 'main'" in done.stderr, done.stderr
+
+
+def test_a_project_that_imports_fine_passes_and_leaves_nothing_behind(tmp_path: Path):
+    home = tmp_path / "home"
+    home.mkdir()
+    root = project(
+        tmp_path,
+        """\
+        import json
+        try:
+            import flowrig_optional_speedup
+        except ImportError:
+            flowrig_optional_speedup = None
+
+        @task
+        def t(x):
+            from collections import OrderedDict
+            return OrderedDict(x=x)
+
+        @flow
+        def main():
+            return t(1)
+        """,
+    )
+    done = check(root, home)
+    assert done.returncode == 0, done.stderr
+    assert "imports checked as uid" in done.stdout and "flow.py:main" in done.stdout
+    assert list(home.iterdir()) == []
+    assert sorted(p.name for p in root.iterdir()) == ["flow.py", "flowrig.toml", "requirements.txt"]
+
+
+def test_the_seed_example_passes():
+    done = check(REPO / "examples" / "seed")
+    assert done.returncode == 0, done.stderr
