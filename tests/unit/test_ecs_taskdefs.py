@@ -18,8 +18,8 @@ from flowrig.backends.ecs import taskdefs, validate
 from flowrig.cli.ecs import app
 from flowrig.errors import BadInput
 from tests.aws_support import aws_env_without_credentials
+from tests.run_support import FLOWRIG
 
-FLOWRIG = [sys.executable, "-m", "flowrig.cli"]
 EXEC_ROLE = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole"
 BASE_ARGS = ["--image", "registry.example.com/team/seed:1.0", "--region", "us-east-1", "--execution-role-arn", EXEC_ROLE]
 

@@ -12,7 +12,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -28,8 +27,8 @@ from flowrig.certs.delivery import encode
 from flowrig.certs.scan import private_keys_in_bytes
 from flowrig.cli import app
 from flowrig.errors import BadInput
+from tests.run_support import FLOWRIG
 
-FLOWRIG = [sys.executable, "-m", "flowrig.cli"]
 SEED_FLOW = Path(__file__).resolve().parents[2] / "examples" / "seed" / "flow.py"
 BACKENDS = ("azure", "ec2", "gcp")
 #: An image in each backend's private registry.

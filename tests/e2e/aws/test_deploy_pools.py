@@ -10,13 +10,13 @@ import json
 import logging
 import shlex
 import subprocess
-import sys
 
 import jsonschema
 import pytest
 
 from flowrig.deploy import pools
 from flowrig.errors import BadInput
+from tests.run_support import FLOWRIG
 
 EXEC_ROLE = "arn:aws:iam::123456789012:role/flowrig/flowrig-ecs-execution"
 RUNNER_ROLE = "arn:aws:iam::123456789012:role/flowrig-runner"
@@ -155,11 +155,11 @@ def test_bad_pool_inputs(bad, words):
 
 
 def test_pool_template_is_printed_as_json_for_prefect():
-    done = subprocess.run([sys.executable, "-m", "flowrig.cli", "deploy", "--pool-template", "ecs"],
+    done = subprocess.run([*FLOWRIG, "deploy", "--pool-template", "ecs"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == pools.pool_template("ecs")
-    bad = subprocess.run([sys.executable, "-m", "flowrig.cli", "deploy", "--pool-template", "k8s"],
+    bad = subprocess.run([*FLOWRIG, "deploy", "--pool-template", "k8s"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 

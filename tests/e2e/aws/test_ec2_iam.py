@@ -13,7 +13,6 @@ import fnmatch
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -308,14 +307,14 @@ def test_flowrig_ecs_iam_policy_is_the_same_as_aws_iam_policy_for_ecs():
     (["--backend", "ec2", "--account", "12"], "12 digits"),
 ])
 def test_bad_arguments_are_one_line_exit_2(args, expected):
-    done = subprocess.run([sys.executable, "-m", "flowrig.cli", "aws", "iam-policy", "--account", ACCOUNT, *args],
+    done = subprocess.run([*FLOWRIG, "aws", "iam-policy", "--account", ACCOUNT, *args],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and expected in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""
 
 
 def test_bootstrap_of_an_unknown_backend_is_one_line_exit_2():
-    done = subprocess.run([sys.executable, "-m", "flowrig.cli", "aws", "bootstrap", "--backend", "ec3"],
+    done = subprocess.run([*FLOWRIG, "aws", "bootstrap", "--backend", "ec3"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--backend 'ec3': use one of ecs, fargate, ec2" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""

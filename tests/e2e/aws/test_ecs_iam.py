@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +28,7 @@ from flowrig.project.sizing import ClusterSize
 from tests.e2e.aws.test_ecs_backend import IMAGE, local_scheduler, secret_arns, snapshot
 from tests.iam_eval import ALLOW, Request, evaluate
 from tests.iam_support import enforcement, statements_used
+from tests.run_support import FLOWRIG
 
 pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
 
@@ -255,7 +255,7 @@ def test_trust_policy_names_the_account():
 
 
 def test_bad_account_is_bad_input():
-    done = subprocess.run([sys.executable, "-m", "flowrig.cli", "ecs", "iam-policy", "--account", "12"],
+    done = subprocess.run([*FLOWRIG, "ecs", "iam-policy", "--account", "12"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "12 digits" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

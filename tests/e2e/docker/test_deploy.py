@@ -18,6 +18,7 @@ import pytest
 
 from flowrig.deploy import pools
 from tests.docker_support import SEED_PROJECT
+from tests.run_support import FLOWRIG
 
 pytestmark = pytest.mark.docker
 
@@ -29,7 +30,7 @@ def run_deploy(server: str | None, *args: str, cwd: Path | None = None, extra_en
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", **(extra_env or {}))
     if server:
         env["PREFECT_API_URL"] = server
-    return subprocess.run([sys.executable, "-m", "flowrig.cli", "deploy", *args], capture_output=True, text=True,
+    return subprocess.run([*FLOWRIG, "deploy", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
 
 

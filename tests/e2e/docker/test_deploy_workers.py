@@ -29,6 +29,7 @@ import pytest
 
 from flowrig import layout
 from flowrig.errors import BadInput
+from tests.run_support import FLOWRIG
 
 pytestmark = pytest.mark.docker
 
@@ -169,7 +170,7 @@ def test_a_schedule_runs_the_image_on_a_worker_of_each_pool_type(
         deployments = {}
         for pool_type, pool in pools.items():
             deploy = subprocess.run(
-                [sys.executable, "-m", "flowrig.cli", "deploy", str(hostless_project), "--image", hostless_image,
+                [*FLOWRIG, "deploy", str(hostless_project), "--image", hostless_image,
                  "--pool", pool, "--name", f"{pool_type}-{suffix}", "--interval", "1h",
                  "--anchor-date", first.isoformat(), "--param", "n=5", "--pull-policy", "Never", "--output", "json"],
                 capture_output=True, text=True, env=_env(prefect_server), cwd=tmp_path, timeout=300,

@@ -29,10 +29,10 @@ from flowrig.containers import engine
 from flowrig.errors import BadInput
 from flowrig.project import defaults as project_defaults
 from tests.docker_support import derived_image, docker_run_env
+from tests.run_support import FLOWRIG_SCRIPT
 
 REPO = Path(__file__).resolve().parents[3]
 SEED = REPO / "examples" / "seed"
-FLOWRIG = str(Path(sys.executable).with_name("flowrig"))
 TEN = "x=[0,1,2,3,4,5,6,7,8,9]"
 
 #: A project for derived images: a task that naps, then fails for negative x.
@@ -348,7 +348,7 @@ def probe_image(docker_client, seed_image, probe_project):
 def test_flowrig_run_docker_gives_90_and_removes_everything(docker_client, seed_image):
     run_id = _tag()
     done = subprocess.run(
-        [FLOWRIG, "run", str(SEED), "--backend", "docker", "--image", seed_image, "--param", TEN, "--output", "json"],
+        [FLOWRIG_SCRIPT, "run", str(SEED), "--backend", "docker", "--image", seed_image, "--param", TEN, "--output", "json"],
         env=docker_run_env(run_id), capture_output=True, text=True, timeout=300,
     )
     try:
@@ -372,7 +372,7 @@ def test_flowrig_run_docker_gives_90_and_removes_everything(docker_client, seed_
 def test_a_failing_flow_exits_1_and_removes_everything(docker_client, probe_image, probe_project):
     run_id = _tag()
     done = subprocess.run(
-        [FLOWRIG, "run", str(probe_project), "--backend", "docker", "--image", probe_image, "--param", "x=-1", "--output", "json"],
+        [FLOWRIG_SCRIPT, "run", str(probe_project), "--backend", "docker", "--image", probe_image, "--param", "x=-1", "--output", "json"],
         env=docker_run_env(run_id), capture_output=True, text=True, timeout=300,
     )
     try:
@@ -389,7 +389,7 @@ def test_a_failing_flow_exits_1_and_removes_everything(docker_client, probe_imag
 def test_sigterm_to_the_host_process_mid_run_removes_everything(docker_client, probe_image, probe_project):
     run_id = _tag()
     process = subprocess.Popen(
-        [FLOWRIG, "run", str(probe_project), "--backend", "docker", "--image", probe_image, "--param", "nap=120"],
+        [FLOWRIG_SCRIPT, "run", str(probe_project), "--backend", "docker", "--image", probe_image, "--param", "nap=120"],
         env=docker_run_env(run_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     lines: list[str] = []
@@ -509,7 +509,7 @@ def test_dashboard_link_opens_from_the_host(docker_client, probe_image, probe_pr
 
     run_id = _tag()
     process = subprocess.Popen(
-        [FLOWRIG, "run", str(probe_project), "--backend", "docker", "--image", probe_image, "--param", "nap=60"],
+        [FLOWRIG_SCRIPT, "run", str(probe_project), "--backend", "docker", "--image", probe_image, "--param", "nap=60"],
         env=docker_run_env(run_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     lines: list[str] = []

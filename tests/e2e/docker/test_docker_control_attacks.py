@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from flowrig.containers import engine
 from tests.docker_support import derived_image, docker_run_env
-from tests.run_support import write_project
+from tests.run_support import FLOWRIG_SCRIPT, write_project
 
-FLOWRIG = str(Path(sys.executable).with_name("flowrig"))
 pytestmark = pytest.mark.docker
 
 #: What the host once obeyed when the run printed it.
@@ -148,7 +145,7 @@ def _run(client, image: str, *params: str) -> tuple[subprocess.CompletedProcess,
     run_id = "a" + uuid.uuid4().hex[:9]
     watch = _Watch(client, run_id)
     try:
-        args = [FLOWRIG, "run", "--backend", "docker", "--image", image, "--output", "json"]
+        args = [FLOWRIG_SCRIPT, "run", "--backend", "docker", "--image", image, "--output", "json"]
         for param in params:
             args += ["--param", param]
         done = subprocess.run(args, env=docker_run_env(run_id), capture_output=True, text=True, timeout=400)

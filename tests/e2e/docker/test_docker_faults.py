@@ -22,9 +22,8 @@ import pytest
 
 from flowrig.containers import engine
 from tests.docker_support import derived_image, docker_run_env
-from tests.run_support import write_project
+from tests.run_support import FLOWRIG_SCRIPT, write_project
 
-FLOWRIG = str(Path(sys.executable).with_name("flowrig"))
 #: The workers' memory limit in the fault project.
 WORKER_MEMORY = "400m"
 #: Seconds a docker run may take to end after Ctrl-C in these tests: a generous bound
@@ -85,7 +84,7 @@ class _Run:
     def __init__(self, image: str, *args: str) -> None:
         self.run_id = "f" + uuid.uuid4().hex[:9]
         self.process = subprocess.Popen(
-            [sys.executable, "-c", WITH_SIGINT, FLOWRIG, "run", "--backend", "docker", "--image", image, *args],
+            [sys.executable, "-c", WITH_SIGINT, FLOWRIG_SCRIPT, "run", "--backend", "docker", "--image", image, *args],
             env=docker_run_env(self.run_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[tuple[float, str]] = []
@@ -205,7 +204,7 @@ def test_ctrl_c_while_the_cluster_starts_leaves_nothing_behind(docker_client, fa
 
 
 def _leftovers_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([FLOWRIG, "docker", "leftovers", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([FLOWRIG_SCRIPT, "docker", "leftovers", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_leftovers_never_touch_a_live_run_and_take_one_whose_host_was_killed(docker_client, fault_image):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -18,9 +17,8 @@ import pytest
 from flowrig.containers import engine
 from tests.docker_support import derived_image, docker_run_env
 from tests.e2e.local.test_lost_roles import LOST_ROLES_FLOW, TOTAL
-from tests.run_support import write_project
+from tests.run_support import FLOWRIG_SCRIPT, write_project
 
-FLOWRIG = str(Path(sys.executable).with_name("flowrig"))
 #: The project's no-client timeout: the scheduler of a lost runner stops after it.
 NO_CLIENT_TIMEOUT = 5
 #: Seconds a killed worker container takes to be replaced, at most (docs/lost-roles.md).
@@ -55,7 +53,7 @@ class _Run:
     def __init__(self, project: Path, image: str, *args: str) -> None:
         self.run_id = _tag()
         self.process = subprocess.Popen(
-            [FLOWRIG, "run", str(project), "--backend", "docker", "--image", image, "--output", "json", *args],
+            [FLOWRIG_SCRIPT, "run", str(project), "--backend", "docker", "--image", image, "--output", "json", *args],
             env=docker_run_env(self.run_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[str] = []

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -18,8 +17,7 @@ from flowrig.containers import engine
 from tests.docker_support import derived_image, docker_run_env
 from tests.e2e.docker.test_docker_backend import _leftovers
 from tests.e2e.local.test_run_output import FAILED_FEEDING_FLOW, LOG_FLOW, NAPPING_FLOW, OUTCOME_KEYS
-
-FLOWRIG = str(Path(sys.executable).with_name("flowrig"))
+from tests.run_support import FLOWRIG_SCRIPT
 
 
 def _run_id() -> str:
@@ -58,7 +56,7 @@ def images(docker_client, seed_image, tmp_path_factory):
 
 
 def _flowrig(run_id: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([FLOWRIG, *args], env=docker_run_env(run_id), capture_output=True, text=True,
+    return subprocess.run([FLOWRIG_SCRIPT, *args], env=docker_run_env(run_id), capture_output=True, text=True,
                           timeout=timeout)
 
 

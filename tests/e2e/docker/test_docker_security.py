@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -21,8 +20,8 @@ import pytest
 from flowrig.certs import TLSMaterial
 from flowrig.containers import engine
 from tests.docker_support import derived_image, docker_run_env
+from tests.run_support import FLOWRIG
 
-FLOWRIG = [sys.executable, "-m", "flowrig.cli"]
 API_KEY_MARKER = "pnu_flowrig0security0marker"
 
 SECURITY_FLOW = """

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 
@@ -27,8 +26,8 @@ from flowrig.backends.ecs import run_local, taskdefs
 from flowrig.cli.ecs import app
 from flowrig.errors import BadInput
 from flowrig.roles import task_name
+from tests.run_support import FLOWRIG
 
-FLOWRIG = [sys.executable, "-m", "flowrig.cli"]
 EXEC_ROLE = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole"
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prefect-api-key"
 

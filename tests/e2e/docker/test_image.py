@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from flowrig.builder import defaults as builder_defaults
 from flowrig.certs import defaults as cert_defaults
 from flowrig.project import defaults as project_defaults
 from tests.docker_support import SEED_PROJECT, private_keys_in_image, test_base_image
+from tests.run_support import FLOWRIG
 
 pytestmark = pytest.mark.docker
 
@@ -215,8 +215,7 @@ def _leftovers() -> tuple[set[str], set[str]]:
 
 
 def flowrig_build(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "from flowrig.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, "build", *args],
+    return subprocess.run([*FLOWRIG, "build", *args],
                           capture_output=True, text=True, timeout=600)
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.docker_support import SEED_PROJECT, test_base_image, test_image_tag, test_pip_ca
+from tests.run_support import FLOWRIG
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
 
@@ -27,8 +27,7 @@ def flowrig_build(project: Path, tag: str, *extra: str) -> subprocess.CompletedP
     args = [str(project), "--tag", tag, "--base-image", test_base_image(), *extra]
     if test_pip_ca():
         args += ["--pip-ca", test_pip_ca()]
-    code = "from flowrig.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, "build", *args], capture_output=True, text=True, timeout=1800)
+    return subprocess.run([*FLOWRIG, "build", *args], capture_output=True, text=True, timeout=1800)
 
 
 def images_of(project: Path) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -26,9 +25,9 @@ from flowrig import layout
 from flowrig.backends import get_backend
 from flowrig.certs import TLSMaterial
 from flowrig.run.execute import run_certificates
+from tests.run_support import FLOWRIG
 
 REPO = Path(__file__).resolve().parents[3]
-FLOWRIG = [sys.executable, "-m", "flowrig.cli"]
 
 
 def fingerprint(pem: bytes) -> str:

@@ -16,7 +16,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import yaml
 from flowrig import layout
 from flowrig.containers import engine
 from tests.docker_support import copy_repository, docker_run_env, test_base_image, test_image_tag, test_pip_ca
+from tests.run_support import FLOWRIG_SCRIPT
 
 # A cold build of the stack (every layer new to Docker's cache) takes minutes, and the
 # session fixture's time counts towards its first test's.
@@ -33,7 +33,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[3]
 SCISTACK = REPO / "examples" / "scistack"
-FLOWRIG = str(Path(sys.executable).with_name("flowrig"))
 #: Where the plain builds find the project: a folder of the repository outside examples/.
 PLAIN_PROJECT = "flows/etl"
 KS = [1, 2, 3, 4, 5]
@@ -71,7 +70,7 @@ def last_json(text: str) -> dict:
 def run_on_docker(project: Path, image: str) -> dict:
     run_id = uuid.uuid4().hex[:10]
     done = subprocess.run(
-        [FLOWRIG, "run", str(project), "--backend", "docker", "--image", image, "--output", "json",
+        [FLOWRIG_SCRIPT, "run", str(project), "--backend", "docker", "--image", image, "--output", "json",
          "--param", f"ks={json.dumps(KS)}", "--param", f"n={N}"],
         env=docker_run_env(run_id), capture_output=True, text=True, timeout=600,
     )

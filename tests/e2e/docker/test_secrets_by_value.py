@@ -23,6 +23,7 @@ from flowrig.errors import BadInput
 from flowrig.project import load_project
 from flowrig.project import secretrules as rules
 from flowrig.project.defaults import PROJECT_FILE
+from tests.run_support import FLOWRIG
 
 REPO = Path(__file__).resolve().parents[3]
 SEED = REPO / "examples" / "seed"
@@ -594,7 +595,7 @@ def test_docker_secrets_reach_the_runner_and_workers_but_no_container_configurat
     env = docker_run_env(run_id, DATABASE_URL=database_url, HOST_ONLY_SECRET="not-" + PASSWORD)
     with derived_image(docker_client, seed_image, secrets_project, "flowrig-secrets-route") as image:
         run = subprocess.Popen(
-            [sys.executable, "-m", "flowrig.cli", "run", str(secrets_project), "--backend", "docker", "--image", image,
+            [*FLOWRIG, "run", str(secrets_project), "--backend", "docker", "--image", image,
              "--param", "nap=12", "--output", "json"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
@@ -632,7 +633,7 @@ def test_a_docker_secret_missing_from_the_hosts_environment_is_bad_input(docker_
     env = docker_run_env("m" + _chars(9, string.ascii_lowercase + string.digits))
     env.pop("DATABASE_URL", None)
     done = subprocess.run(
-        [sys.executable, "-m", "flowrig.cli", "run", str(secrets_project), "--backend", "docker", "--image", seed_image],
+        [*FLOWRIG, "run", str(secrets_project), "--backend", "docker", "--image", seed_image],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2, done.stderr

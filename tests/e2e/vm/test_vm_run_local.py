@@ -16,7 +16,6 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -28,8 +27,8 @@ from flowrig.certs import TLSMaterial
 from flowrig.certs.scan import private_keys_in_bytes
 from flowrig.containers import LABEL_RUN_ID
 from tests.docker_support import SEED_PROJECT
+from tests.run_support import FLOWRIG
 
-FLOWRIG = [sys.executable, "-m", "flowrig.cli"]
 TEN = "x=[0,1,2,3,4,5,6,7,8,9]"
 
 pytestmark = pytest.mark.docker
