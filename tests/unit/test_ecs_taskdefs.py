@@ -5,10 +5,7 @@ one line and the right exit code. Registration goes to a real moto server."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -127,30 +124,6 @@ def test_log_group_creation_is_opt_in():
     assert options["awslogs-create-group"] == "true"
 
 
-def test_worker_health_check_finds_a_worker_process():
-    # The negative cases (no worker, the check itself not counted) run in containers, in
-    # test_ecs_run_local.py, where no other process can hold the words.
-    command = list(taskdefs.WORKER_HEALTH_COMMAND)
-    assert command[0] == "CMD"
-    # A process whose command line names the worker module, as the image's worker does.
-    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "distributed.cli.dask_worker"])
-    try:
-        check = subprocess.run([sys.executable, *command[2:]], timeout=30)
-        assert check.returncode == 0
-    finally:
-        fake.kill()
-        fake.wait()
-
-
-def test_scheduler_health_check_needs_a_listener_on_the_scheduler_port():
-    code = taskdefs.SCHEDULER_HEALTH_COMMAND[-1]
-    with socket.socket() as probe:
-        taken = probe.connect_ex(("127.0.0.1", roles.SCHEDULER_PORT)) == 0
-    if taken:
-        pytest.skip("something on this machine listens on 8786")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30).returncode != 0
-
-
 @pytest.mark.parametrize("cpu", sorted(validate.FARGATE_MEMORY))
 def test_every_documented_fargate_size_is_accepted_and_neighbours_are_not(cpu):
     allowed = validate.FARGATE_MEMORY[cpu]
@@ -235,45 +208,11 @@ def test_missing_region_is_bad_input(tmp_path):
     assert done.returncode == 2 and "--region" in done.stderr
 
 
-def test_unreachable_aws_endpoint_exits_3_with_one_line(tmp_path):
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    # Nothing listens on the port once the socket is closed.
-    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x",
-           "AWS_SECRET_ACCESS_KEY": "y", "AWS_EC2_METADATA_DISABLED": "true"}
-    done = cli("task-definitions", *BASE_ARGS, "--register", env=env)
-    assert done.returncode == 3, done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
-    assert "cannot reach AWS" in done.stderr and str(port) in done.stderr
-
-
 def test_no_credentials_exits_2_with_one_line(tmp_path):
     done = cli("task-definitions", *BASE_ARGS, "--register", env=aws_env_without_credentials(tmp_path))
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert "credentials" in done.stderr
-
-
-# --- registering -----------------------------------------------------------------
-@pytest.mark.aws
-def test_register_prints_arns_of_what_ecs_now_holds(aws, tmp_path):
-    import boto3
-
-    runner = CliRunner()
-    result = runner.invoke(app, ["task-definitions", *BASE_ARGS, "--register", "--out", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    arns = dict(line.split("\t") for line in result.stdout.strip().splitlines())
-    assert list(arns) == ["runner", "scheduler", "worker"]
-    ecs = boto3.client("ecs")
-    for role, arn in arns.items():
-        described = ecs.describe_task_definition(taskDefinition=arn, include=["TAGS"])
-        written = json.loads((tmp_path / f"{role}.json").read_text())
-        assert described["taskDefinition"]["family"] == written["family"]
-        assert described["taskDefinition"]["containerDefinitions"][0]["command"] == written["containerDefinitions"][0]["command"]
-        assert {t["key"]: t["value"] for t in described["tags"]}["flowrig-project"] == "seed"
-    [request] = [r for r in aws.requests("RegisterTaskDefinition") if r["body"]["family"] == "flowrig-seed-worker"]
-    assert request["body"] == json.loads((tmp_path / "worker.json").read_text())
 
 
 # --- from a project -----------------------------------------------------------------

@@ -389,31 +389,3 @@ def test_missing_function_not_callable_and_not_a_flow(tmp_path):
     with pytest.raises(BadInput, match="flow.py:scaled is not a Prefect flow"):
         load_flow(path, "scaled")
     assert load_function(path, "plain", "sizing hook")(2) == 6
-
-
-def test_functions_pickle_by_value_into_a_process_that_cannot_import_them(tmp_path):
-    import subprocess
-    import sys
-
-    import cloudpickle
-
-    from flowrig.project.flow_loader import load_module
-
-    project = tmp_path / "project"
-    project.mkdir()
-    module = load_module(flow_file(project, TASK_FLOW))
-    payload = tmp_path / "payload.pkl"
-    payload.write_bytes(cloudpickle.dumps((module.plain, module.scaled)))
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    script = (
-        "import pickle, sys\n"
-        f"plain, scaled = pickle.loads(open({str(payload)!r}, 'rb').read())\n"
-        f"assert {module.__name__!r} not in sys.modules\n"
-        "print(plain(2), scaled.fn(2))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=elsewhere, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["6", "7"]
