@@ -32,6 +32,7 @@ from flowrig.cli.build import register
 from flowrig.errors import BadInput
 from flowrig.project import defaults as project_defaults
 from tests.key_support import KEY_FORMS
+from tests.run_support import invoke
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = REPO / "examples" / "seed"
@@ -591,9 +592,8 @@ CREDENTIAL_FILES = (
 
 
 def flowrig_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """The real command line in a process of its own: real exit codes, real stderr."""
-    code = "from flowrig.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    """The real command line's entry point, in process: real exit codes, real stderr."""
+    return invoke(*args)
 
 
 def test_credential_files_never_enter_a_context_and_each_is_named(tmp_path: Path, project: Path):

@@ -8,7 +8,6 @@ import ipaddress
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ from flowrig.certs import (
 from flowrig.certs import defaults as cert_defaults
 from flowrig.cli.certs import app
 from flowrig.errors import BadInput
+from tests.run_support import invoke
 
 REPO = Path(__file__).resolve().parents[2]
 UTC = dt.timezone.utc
@@ -503,10 +503,7 @@ def test_cli_check_raises_bad_input_for_a_foreign_ca(certdir):
 
 
 def _flowrig(*args: str) -> subprocess.CompletedProcess:
-    code = "import sys; from flowrig.cli import main; sys.argv[0] = 'flowrig'; main()"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO, timeout=60
-    )
+    return invoke(*args, cwd=REPO)
 
 
 def test_flowrig_certs_exit_codes(tmp_path, ca):

@@ -5,6 +5,7 @@ one line and the right exit code. Registration goes to a real moto server."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -15,7 +16,7 @@ from flowrig.backends.ecs import taskdefs, validate
 from flowrig.cli.ecs import app
 from flowrig.errors import BadInput
 from tests.aws_support import aws_env_without_credentials
-from tests.run_support import FLOWRIG
+from tests.run_support import invoke
 
 EXEC_ROLE = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole"
 BASE_ARGS = ["--image", "registry.example.com/team/seed:1.0", "--region", "us-east-1", "--execution-role-arn", EXEC_ROLE]
@@ -44,7 +45,9 @@ def botocore_input_shape():
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*FLOWRIG, "ecs", *args], capture_output=True, text=True, env=env, timeout=120)
+    """``flowrig ecs ARGS`` in process; ``env``, when given, is the whole environment."""
+    whole = None if env is None else {**dict.fromkeys(os.environ), **env}
+    return invoke("ecs", *args, env=whole)
 
 
 # --- rendering -------------------------------------------------------------------

@@ -9,9 +9,7 @@ inputs refused with one line and exit 2 before anything is asked of anyone.
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import subprocess
 import textwrap
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from flowrig.certs.delivery import encode
 from flowrig.certs.scan import private_keys_in_bytes
 from flowrig.cli import app
 from flowrig.errors import BadInput
-from tests.run_support import FLOWRIG
+from tests.run_support import invoke
 
 SEED_FLOW = Path(__file__).resolve().parents[2] / "examples" / "seed" / "flow.py"
 BACKENDS = ("azure", "ec2", "gcp")
@@ -64,8 +62,8 @@ def script_of(text: str) -> str:
 
 
 def flowrig_exit(args: list[str], cwd: Path) -> tuple[int, list[str]]:
-    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}  # no engine may be asked
-    done = subprocess.run([*FLOWRIG, *args], capture_output=True, text=True, cwd=cwd, timeout=120, env=env)
+    env = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}  # no engine may be asked
+    done = invoke(*args, cwd=cwd, env=env)
     return done.returncode, done.stderr.strip().splitlines()
 
 
