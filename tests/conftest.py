@@ -48,6 +48,13 @@ FIXTURE_MARKERS = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # testpaths lists the layers: a test file left directly in tests/ would never run.
+    unplaced = sorted(p.name for p in HERE.glob("test_*.py"))
+    if unplaced:
+        raise pytest.UsageError(f"tests/{unplaced[0]} is in no layer: move it to tests/unit/ or tests/e2e/<area>/")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         try:

@@ -1,7 +1,7 @@
 """IAM of the ECS backends: one run can never reach another.
 
 Two layers. The documents themselves, statement by statement, under the evaluator of
-tests/iam_eval.py (AWS's documented semantics, checked in tests/test_iam_eval.py): each
+tests/iam_eval.py (AWS's documented semantics, checked in tests/unit/test_iam_eval.py): each
 attack of a runner on another run's resources is refused (``ATTACKS``), and what a run
 does itself is allowed. Then runs against a moto server whose IAM checks are those of
 AWS for the operations flowrig makes (tests/iam_support.py): a user holding exactly the

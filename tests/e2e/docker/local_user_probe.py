@@ -1,4 +1,4 @@
-"""What another user of the machine can get from a run: run by tests/test_local_users.py
+"""What another user of the machine can get from a run: run by tests/e2e/docker/test_local_users.py
 as that user, with the system's Python and its standard library only.
 
 Reads a JSON object on stdin::

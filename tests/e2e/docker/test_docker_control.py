@@ -3,7 +3,7 @@
 A runner claims its stdout (a real child process here), so that nothing it prints can
 be read as a request; the host reads the stream apart, checks each request's
 signature and sequence number, and holds what it asks for to the project's limits.
-Real containers under attack are in tests/test_docker_control_attacks.py.
+Real containers under attack are in tests/e2e/docker/test_docker_control_attacks.py.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ command line, no HTTP endpoint that answers, no scratch directory to read or swa
 API route, on the local backend and on docker.
 
 The test makes a real second user (``useradd``, removed afterwards) and runs
-tests/local_user_probe.py as that user (``runuser``, the system's Python) while a real
+tests/e2e/docker/local_user_probe.py as that user (``runuser``, the system's Python) while a real
 ``flowrig run`` of root maps its slow tasks. That user first makes the directory that
 Dask would use for scratch space (``$TMPDIR/dask-scratch-space``, mode 0777), as an
 attacker would.

@@ -313,5 +313,5 @@ def test_the_repository_context_holds_every_project_folder_and_nothing_that_must
                  "Dockerfile", "pyproject.toml", "constraints.txt", "flowrig/builder/buildsteps.py"):
         assert kept in files, kept
     for dropped in (".git/config", ".venv/pyvenv.cfg", f"{PLAIN_PROJECT}/.env", f"{PLAIN_PROJECT}/tests/test_flow.py",
-                    "tls/ca.key", "tests/test_scistack_image.py", "benchmarks/bench_image.py", "uv.lock", ".ci/run"):
+                    "tls/ca.key", "tests/e2e/docker/test_scistack_image.py", "benchmarks/bench_image.py", "uv.lock", ".ci/run"):
         assert dropped not in files, dropped
