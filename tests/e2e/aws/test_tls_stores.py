@@ -1,11 +1,13 @@
 """A run's certificates read by the role itself from a cloud's secret store, with the
-VM's identity: AWS against a real moto server, Azure and GCP at their SDKs' boundary."""
+VM's identity: AWS against a real moto server, Azure and GCP at their SDKs' boundary.
+
+Cases that need none of these are in tests/unit/test_tls_stores.py.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
-import logging
 import os
 import sys
 import time
@@ -142,82 +144,6 @@ def keyvault(monkeypatch):
     monkeypatch.setattr(azure.identity, "DefaultAzureCredential", no_other_credential)
     monkeypatch.setattr(azure.keyvault.secrets, "SecretClient", SecretClient)
     return seen
-
-
-def _vault_secret(value: str) -> object:
-    return type("KeyVaultSecret", (), {"value": value})()
-
-
-def _azure_error(kind: str, status: int | None = None) -> BaseException:
-    from azure.core import exceptions as ax
-    from azure.identity import CredentialUnavailableError
-
-    error = {
-        "unavailable": CredentialUnavailableError,
-        "connection": ax.ServiceRequestError,
-        "http": ax.HttpResponseError,
-        "missing": ax.ResourceNotFoundError,
-    }[kind](f"fake {kind} {status or ''}".strip())
-    if status is not None:
-        error.status_code = status
-    return error
-
-
-def test_azure_keyvault_retries_a_booting_identity_then_installs(keyvault, tls, tmp_path, caplog):
-    keyvault["script"] = _Script(
-        [_azure_error("unavailable"), _azure_error("connection"), _azure_error("http", 429), _azure_error("http", 503)],
-        _vault_secret(delivery.encode(tls).decode()),
-    )
-    environ = {delivery.FROM_ENV: stores.AZURE_KEYVAULT, stores.SECRET_REF_ENV: VAULT_REF}
-    with caplog.at_level(logging.DEBUG, logger="flowrig"):
-        env = _deliver(environ, tmp_path)
-    assert TLSMaterial.from_dir(env[delivery.TLS_DIR_ENV]).key_pem == tls.key_pem
-    assert keyvault["script"].calls == [("flowrig-run-abc", None)] * 5
-    assert set(keyvault["clients"]) == {"https://runs-vault.vault.azure.net"}
-    assert keyvault["credentials"][0] == {}  # system-assigned without AZURE_CLIENT_ID
-    assert "retrying" in caplog.text and "PRIVATE KEY" not in caplog.text
-    assert stores.SECRET_REF_ENV not in environ
-
-
-def test_azure_keyvault_uses_the_user_assigned_identity_and_the_version(keyvault, tls, tmp_path):
-    keyvault["script"] = _Script([], _vault_secret(delivery.encode(tls).decode()))
-    environ = {
-        delivery.FROM_ENV: stores.AZURE_KEYVAULT,
-        stores.SECRET_REF_ENV: VAULT_REF + "/0123abcd",
-        "AZURE_CLIENT_ID": "11111111-2222-3333-4444-555555555555",
-    }
-    _deliver(environ, tmp_path)
-    assert keyvault["credentials"] == [{"client_id": "11111111-2222-3333-4444-555555555555"}]
-    assert keyvault["script"].calls == [("flowrig-run-abc", "0123abcd")]
-
-
-def test_a_missing_keyvault_secret_is_one_line_at_once(keyvault, tmp_path):
-    keyvault["script"] = _Script([_azure_error("missing", 404)], None)
-    environ = {delivery.FROM_ENV: stores.AZURE_KEYVAULT, stores.SECRET_REF_ENV: VAULT_REF}
-    with pytest.raises(BadInput) as caught:
-        _deliver(environ, tmp_path)
-    assert len(keyvault["script"].calls) == 1
-    _assert_one_line(caught.value, "Azure Key Vault", VAULT_REF, "1 attempt ", "managed identity")
-
-
-def test_a_refusal_after_the_first_minute_is_not_retried(keyvault, tmp_path, monkeypatch):
-    monkeypatch.setattr(stores, "PROPAGATION_SECONDS", 0.0)
-    keyvault["script"] = _Script([_azure_error("http", 403)] * 3, None)
-    environ = {delivery.FROM_ENV: stores.AZURE_KEYVAULT, stores.SECRET_REF_ENV: VAULT_REF}
-    with pytest.raises(BadInput) as caught:
-        _deliver(environ, tmp_path)
-    assert len(keyvault["script"].calls) == 1
-    _assert_one_line(caught.value, VAULT_REF, "Key Vault Secrets User")
-
-
-def test_a_refusal_that_outlasts_the_deadline_is_bad_input(keyvault, tmp_path):
-    keyvault["script"] = _Script([_azure_error("http", 403)] * 10**6, None)
-    environ = {delivery.FROM_ENV: stores.AZURE_KEYVAULT, stores.SECRET_REF_ENV: VAULT_REF,
-               stores.FETCH_TIMEOUT_ENV: "0.3"}
-    with pytest.raises(BadInput) as caught:
-        _deliver(environ, tmp_path)
-    assert len(keyvault["script"].calls) > 1
-    _assert_one_line(caught.value, VAULT_REF, "HttpResponseError", "managed identity must be allowed")
 
 
 # --- Google Secret Manager, at the SDK boundary -------------------------------------
@@ -363,19 +289,3 @@ def test_a_missing_sdk_names_the_install_command(source, module, extra, tmp_path
 def test_a_malformed_ref_is_refused_before_any_call(source, ref, tmp_path):
     with pytest.raises(BadInput, match="is not a secret"):
         _deliver({delivery.FROM_ENV: source, stores.SECRET_REF_ENV: ref}, tmp_path)
-
-
-def test_a_store_source_needs_a_ref(tmp_path):
-    with pytest.raises(BadInput, match=stores.SECRET_REF_ENV):
-        _deliver({delivery.FROM_ENV: stores.GCP_SECRET}, tmp_path)
-
-
-@pytest.mark.parametrize("value", ["soon", "0", "-5"])
-def test_a_bad_fetch_timeout_is_refused(value, tmp_path):
-    environ = {delivery.FROM_ENV: stores.GCP_SECRET, stores.SECRET_REF_ENV: GCP_REF, stores.FETCH_TIMEOUT_ENV: value}
-    with pytest.raises(BadInput, match=stores.FETCH_TIMEOUT_ENV):
-        _deliver(environ, tmp_path)
-
-
-def test_the_fetch_timeout_defaults_to_two_minutes():
-    assert stores.fetch_timeout({}) == stores.DEFAULT_FETCH_TIMEOUT == 120.0

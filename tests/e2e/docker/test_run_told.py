@@ -6,6 +6,8 @@ what the server holds afterwards (the flow run, its task runs, flowrig's log lin
 the timeline artifact, the events) is read back through Prefect's client and its events
 API. A worker killed mid-run, a cluster that cannot start and a burst of 500 workers
 are told too; the run's own embedded API is told nothing.
+
+Cases that need none of these are in tests/unit/test_run_told.py.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from flowrig.backends.watch import ClusterNews, exit_text
+from flowrig.backends.watch import ClusterNews
 from flowrig.run import reporter as reporting
 from tests.run_support import FLOWRIG, marked_env
 
@@ -494,17 +496,6 @@ def test_a_server_that_refuses_lines_does_not_hold_up_the_run(prefect_server):
 # --- pure parts -----------------------------------------------------------------------------------
 
 
-def test_a_send_carries_ten_lines_of_a_kind_and_counts_the_rest():
-    told = [reporting.Told("worker.joined", f"worker {i} joined", float(i), str(i)) for i in range(25)]
-    told.append(reporting.Told("cluster.started", "up", 0.0))
-    lines = reporting.batch(told, {"worker.lost": 3})
-    assert [line.kind for line in lines] == ["cluster.started"] + ["worker.joined"] * 11 + ["worker.lost"]
-    assert lines[-2].message == "... and 15 more workers joined: " + ", ".join(str(i) for i in range(10, 25))
-    assert lines[-2].payload["count"] == 15 and lines[-2].at == 24.0
-    assert lines[-1].message == "... and 3 more workers lost" and lines[-1].level == 30
-    assert reporting.batch([], {}) == []
-
-
 def test_the_artifact_holds_the_timeline_and_the_size_over_time():
     timeline = {"scheduler_up": 0.5, "first_worker_joined": 1.25, "flow_finished": 3.0}
     sizes = [reporting.Size(100.6, 1, "worker 0 joined"), reporting.Size(101.0, 0, "worker 0 lost: a | b")]
@@ -527,13 +518,6 @@ def test_news_crosses_the_docker_control_channel_only_as_news():
             ClusterNews.from_dict(bad)
     long = ClusterNews.from_dict({**news.to_dict(), "reason": "y" * 10_000, "message": "a\nb"})
     assert len(long.reason) <= 400 and long.message == "a b"
-
-
-def test_exit_codes_are_told_in_words():
-    assert exit_text(-9) == "killed by SIGKILL"
-    assert exit_text(137) == "killed by SIGKILL (exit code 137)"
-    assert exit_text(3) == "exit code 3"
-    assert exit_text(-200).startswith("killed by signal 200")
 
 
 def test_the_reporter_thread_ends_with_the_run_even_when_the_server_never_answers(monkeypatch):
@@ -736,44 +720,3 @@ def test_a_users_server_gets_task_lines_at_info_whatever_the_console_shows():
     assert worker_environment(Verbosity.QUIET)[level] == "CRITICAL"
     assert worker_environment(Verbosity.QUIET, to_api=True)[level] == "INFO"
     assert worker_environment(Verbosity.VERBOSE, to_api=True)[level] == "INFO"
-
-
-def test_on_the_runner_the_console_rule_filters_the_console_and_not_the_api(monkeypatch):
-    """A task the flow calls directly runs in the runner: its INFO line reaches Prefect's
-    API handler (on the task-run logger) but not the console (the root's handler)."""
-    import logging
-
-    from flowrig.run import console
-
-    for name in ("DASK_LOGGING__DISTRIBUTED", "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL"):
-        monkeypatch.setenv(name, os.environ.get(name, ""))
-    task_runs, root = logging.getLogger("prefect.task_runs"), logging.getLogger()
-    saved = {name: logging.getLogger(name).level for name in
-             ("distributed", "prefect.task_runs", "prefect.task_runner", "prefect.flow_runs", "flowrig")}
-    saved_filters = {id(h): list(h.filters) for h in (task_runs, *root.handlers)}
-    api, shown = [], []
-
-    class Collect(logging.Handler):
-        def __init__(self, into):
-            super().__init__()
-            self.into = into
-
-        def emit(self, record):
-            self.into.append(record.getMessage())
-
-    on_logger, on_root = Collect(api), Collect(shown)
-    task_runs.addHandler(on_logger)
-    root.addHandler(on_root)
-    try:
-        console.configure(console.Verbosity.NORMAL, to_api=True)
-        task_runs.info("Finished in state Completed()")
-        task_runs.warning("a warning of the task's own")
-    finally:
-        task_runs.removeHandler(on_logger)
-        root.removeHandler(on_root)
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
-        for holder in (task_runs, *root.handlers):
-            holder.filters[:] = saved_filters.get(id(holder), [])
-    assert api == ["Finished in state Completed()", "a warning of the task's own"]
-    assert shown == ["a warning of the task's own"]

@@ -2,7 +2,10 @@
 the tasks' own warnings, errors and prints, the progress of mapped tasks (on a terminal
 and off one), failed tasks with their tracebacks, a flow that completed while tasks
 failed, the start-up timeline and honest ``timings``, and ``--output json``'s line on
-every way out."""
+every way out.
+
+Cases that need none of these are in tests/unit/test_run_output.py.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -24,8 +26,6 @@ from flowrig.run.console import TIMELINE
 from flowrig.run.progress import ProgressDisplay, TaskProgress, summary_line
 from flowrig.run.timings import PHASES
 from tests.run_support import FLOWRIG, SEED, TEN, Completed, assert_nothing_left, marked_env, run_cli
-
-REPO = Path(__file__).resolve().parents[3]
 
 FAILING_FLOW = """
     from prefect import flow, task
@@ -146,21 +146,6 @@ def _event(task: str, state: str, run: str = "r", tb: str = "") -> tuple[float, 
     return (time.time(), {"task": task, "state": state, "run": run, "traceback": tb})
 
 
-def test_a_task_run_that_runs_again_counts_once_with_its_latest_state():
-    """A worker lost with the results it held: the scheduler runs those tasks again and
-    they report again, under the same task run id."""
-    progress = TaskProgress()
-    progress.submitted("step", 2)
-    first = {"task": "step", "run": "step-a1b", "id": "a1b" * 10, "state": "COMPLETED"}
-    second = {"task": "step", "run": "step-c2d", "id": "c2d" * 10, "state": "FAILED", "traceback": "ValueError: x"}
-    for message in (first, second, first, dict(second, state="COMPLETED")):
-        progress.event((time.time(), message))
-    assert progress.snapshot() == {"step": (2, 2, 0, 0)}
-    assert summary_line(progress.snapshot()) == "tasks 2/2 done, 0 failed"
-    assert progress.failed_tasks()["count"] == 0
-    assert len(progress.failures) == 1  # its traceback was shown once, when it failed
-
-
 def test_counts_of_mapped_tasks_and_failures_in_summary_lines():
     firsts = []
     progress = TaskProgress(on_first_finished=lambda: firsts.append(1))
@@ -209,12 +194,6 @@ def test_json_timings_keep_their_keys_and_gain_the_timeline():
     api_ready, scheduler_up, first, every, first_task, flow_done, teardown_done = marks
     assert scheduler_up <= first <= every <= first_task <= flow_done <= teardown_done <= timings["total"] + 0.01
     assert 0 < api_ready <= first_task
-
-
-def test_every_timing_and_outcome_key_is_documented_in_the_manual():
-    page = (REPO / "docs" / "output.md").read_text()
-    for key in sorted(TIMING_KEYS | OUTCOME_KEYS):
-        assert f"`{key}`" in page, key
 
 
 #: Every key of the JSON outcome (``message`` and ``result_repr`` only when they apply).
