@@ -1,7 +1,5 @@
-"""The in-build steps that decide what a build keeps and says: stripping, pip's failures,
-bytecode (flowrig/builder/buildsteps.py, run as a script inside the build).
-
-The cases here need no process, cluster, container or server; the others are in
+"""The in-build steps' judgements as data: ELF segments the loader refuses, and pip's failures
+turned into one line naming the fix. The steps run for real in
 tests/e2e/local/test_buildsteps.py.
 """
 

@@ -1,10 +1,5 @@
-"""``DaskCloudProviderEnvironment``, the Prefect 1 style front end: argument mapping,
-and real runs of a small flow on a local mutual-TLS cluster in this process.
-
-The flow lives at this module's top level, as it would in a user's script; the module
-is import-safe, so worker processes may import it.
-
-The cases here need no process, cluster, container or server; the others are in
+"""``DaskCloudProviderEnvironment``, the Prefect 1 style front end: how its arguments map to a
+backend, options and TLS. Real runs on a local mutual-TLS cluster:
 tests/e2e/local/test_compat.py.
 """
 

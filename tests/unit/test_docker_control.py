@@ -1,12 +1,6 @@
-"""The docker backend's control channel and the host's limits, without Docker.
-
-A runner claims its stdout (a real child process here), so that nothing it prints can
-be read as a request; the host reads the stream apart, checks each request's
-signature and sequence number, and holds what it asks for to the project's limits.
-Real containers under attack are in tests/e2e/docker/test_docker_control_attacks.py.
-
-The cases here need no process, cluster, container or server; the others are in
-tests/e2e/docker/test_docker_control.py.
+"""The docker backend's control channel as data: what a request line must carry (the run's key,
+the claim), long lines in pieces, and who counts as the owner of a run. Real containers:
+tests/e2e/docker/test_docker_control.py and test_docker_control_attacks.py.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
-"""``flowrig ecs run-local``: the run plan as data (no Docker), then real containers.
-
-The last test replays what a ``fargate`` run sent to ECS (moto records it): the
-registered task definitions, the workers' RunTask overrides and the run's certificate
-secret (as a file) become containers of the image on a Docker network of the test's
-own, and the seed flow runs on them over mutual TLS with the run's certificates, once
-against a Prefect server and once with the runner's own API, which answers a request
-without its auth string with 401.
-
-The cases here need no process, cluster, container or server; the others are in
-tests/e2e/docker/test_ecs_run_local.py.
+"""``flowrig ecs run-local``: the run plan as data (no Docker): task definitions and RunTask
+overrides become container plans, bad input is refused, secrets are read safely before
+anything starts. The replay on real containers: tests/e2e/docker/test_ecs_run_local.py.
 """
 
 from __future__ import annotations

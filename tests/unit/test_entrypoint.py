@@ -1,8 +1,6 @@
-"""``flowrig-entrypoint``: Dask command lines with TLS added, role dispatch, a real TLS
-scheduler started in exec form, and the exit-code contract shared with ``flowrig``.
-
-The cases here need no process, cluster, container or server; the others are in
-tests/e2e/local/test_entrypoint.py.
+"""``flowrig-entrypoint`` as data: the scheduler and worker commands it builds (TLS, preloads,
+caller flags), role names, the secure environment, and Prefect worker commands turned into a
+``flowrig run``. Exec'd processes: tests/e2e/local/test_entrypoint.py.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""The import check an image build ends with (``flowrig-entrypoint check-imports``):
-what a project's code imports, and one line naming what cannot be imported.
-
-The cases here need no process, cluster, container or server; the others are in
-tests/e2e/local/test_project_imports.py.
+"""What a project imports, read from its source: optional imports, relative imports inside its
+packages, files that are not Python. Runs that need them: tests/e2e/local/test_project_imports.py.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
-"""A local run checks the project's requirements against its environment before its cluster starts.
-
-The reading of requirement files is tested against the distributions of the test's own
-environment (pytest, packaging and typer are installed; ``flowrig-no-such-*`` never is).
-The end-to-end tests make throwaway environments that see flowrig (a ``.pth`` file to
-this environment's site-packages) and a tiny wheel made here, install it with the very
-command the refusal printed (offline: the requirements file points pip and uv at a local
-folder), and run the flow on a real local cluster whose task imports it.
-
-The cases here need no process, cluster, container or server; the others are in
-tests/e2e/local/test_requirements_check.py.
+"""A local run checks the project's requirements against its environment before its cluster
+starts: requirement files read as pip reads them, against the distributions of the test's
+own environment (``flowrig-no-such-*`` is never installed), and the install command offered.
+Throwaway environments and real runs: tests/e2e/local/test_requirements_check.py.
 """
 
 from __future__ import annotations

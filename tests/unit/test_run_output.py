@@ -1,11 +1,5 @@
-"""What a person sees of a run: a short default output, ``--verbose`` and ``--quiet``,
-the tasks' own warnings, errors and prints, the progress of mapped tasks (on a terminal
-and off one), failed tasks with their tracebacks, a flow that completed while tasks
-failed, the start-up timeline and honest ``timings``, and ``--output json``'s line on
-every way out.
-
-The cases here need no process, cluster, container or server; the others are in
-tests/e2e/local/test_run_output.py.
+"""A run's output as data: a task run that runs again counts once, and every timing and outcome
+key is in the manual. Real runs: tests/e2e/local/test_run_output.py.
 """
 
 from __future__ import annotations

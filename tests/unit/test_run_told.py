@@ -1,14 +1,5 @@
-"""The Dask side of a run, told to a Prefect server of the user's (flowrig.run.reporter,
-flowrig.backends.watch).
-
-Real ``prefect server start`` on SQLite and on PostgreSQL, real runs through the CLI:
-what the server holds afterwards (the flow run, its task runs, flowrig's log lines,
-the timeline artifact, the events) is read back through Prefect's client and its events
-API. A worker killed mid-run, a cluster that cannot start and a burst of 500 workers
-are told too; the run's own embedded API is told nothing.
-
-The cases here need no process, cluster, container or server; the others are in
-tests/e2e/docker/test_run_told.py.
+"""What a run tells a Prefect server, as data: batched lines, exit codes in words, and the
+console rule on the runner. Against a real server: tests/e2e/docker/test_run_told.py.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""Secrets by value: refused by `flowrig build`, by the Dockerfile's own build step, and
-by every run, each form with the file and line it is on and the way to pass it instead.
-
-Tokens are made up here at run time (their prefix split from their body), so this file
-holds none of the shapes it tests.
-
-The cases here need no process, cluster, container or server; the others are in
-tests/e2e/docker/test_secrets_by_value.py.
+"""Secret values in a project, refused by value: opt-outs by file, line or directory, their bad
+input, the ECS and VM environment checks agreeing, and the legacy builder's netrc. Builds
+and runs: tests/e2e/docker/test_secrets_by_value.py.
 """
 
 from __future__ import annotations

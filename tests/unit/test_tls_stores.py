@@ -1,8 +1,6 @@
-"""A run's certificates read by the role itself from a cloud's secret store, with the
-VM's identity: AWS against a real moto server, Azure and GCP at their SDKs' boundary.
-
-The cases here need no process, cluster, container or server; the others are in
-tests/e2e/aws/test_tls_stores.py.
+"""How a role reads the run's certificates from a cloud secret store, against fake store clients:
+retries of a booting identity, the identity and version asked for, one-line refusals, the
+fetch timeout. Against a real moto server: tests/e2e/aws/test_tls_stores.py.
 """
 
 from __future__ import annotations

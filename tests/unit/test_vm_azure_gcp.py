@@ -1,17 +1,6 @@
-"""The ``azure`` and ``gcp`` backends at the SDK boundary: every SDK client is a fake that
-records each call and keeps the resources it was asked to make.
-
-The fakes stand in for the SDK's own clients (``ComputeManagementClient``,
-``NetworkManagementClient``, ``SecretClient``, ``DefaultAzureCredential``; googleapiclient's
-``build`` and ``google.auth.default``), so flowrig's real code builds every request.
-A run goes through the real ``VMBackend.start``: ``scheduler_address`` names a real
-mutual-TLS scheduler on loopback whose in-process worker stands in for the worker VM the
-fake reports RUNNING. What the tests check is what the cloud would hold: network rules,
-the identity, tags or labels, user data, the secret and who may read it, and that
-nothing is left after the run, also when the start fails half-way.
-
-The cases here need no process, cluster, container or server; the others are in
-tests/e2e/vm/test_vm_azure_gcp.py.
+"""The ``azure`` and ``gcp`` backends at the SDK boundary, against fake SDK clients that record
+each call: waiting for a new identity, quota refusals, GCP label rules. Runs through
+``VMBackend.start`` with a real TLS scheduler: tests/e2e/vm/test_vm_azure_gcp.py.
 """
 
 from __future__ import annotations

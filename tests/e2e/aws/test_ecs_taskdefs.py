@@ -18,9 +18,7 @@ from flowrig import roles
 from flowrig.backends.ecs import taskdefs
 from flowrig.cli.ecs import app
 from tests.run_support import FLOWRIG
-
-EXEC_ROLE = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole"
-BASE_ARGS = ["--image", "registry.example.com/team/seed:1.0", "--region", "us-east-1", "--execution-role-arn", EXEC_ROLE]
+from tests.unit.test_ecs_taskdefs import BASE_ARGS
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

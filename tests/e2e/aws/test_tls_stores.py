@@ -7,8 +7,6 @@ Cases that need none of these are in tests/unit/test_tls_stores.py.
 from __future__ import annotations
 
 import base64
-import io
-import os
 import sys
 import time
 
@@ -16,19 +14,7 @@ import pytest
 
 from flowrig.certs import TLSMaterial, delivery, stores
 from flowrig.errors import BadInput, InfrastructureError
-
-VAULT_REF = "https://runs-vault.vault.azure.net/secrets/flowrig-run-abc"
-GCP_REF = "projects/my-project/secrets/flowrig-run-abc"
-
-
-def _stdin() -> io.BufferedReader:
-    read, write = os.pipe()
-    os.close(write)
-    return os.fdopen(read, "rb")
-
-
-def _deliver(environ: dict[str, str], base) -> dict[str, str]:
-    return delivery.role_environment(environ, _stdin(), base=base)
+from tests.unit.test_tls_stores import GCP_REF, VAULT_REF, _assert_one_line, _deliver, _Script
 
 
 @pytest.fixture(autouse=True)
@@ -36,13 +22,6 @@ def quick_backoff(monkeypatch):
     """Retries a few milliseconds apart: the schedule is not what these tests check."""
     monkeypatch.setattr(stores, "FIRST_BACKOFF", 0.01)
     monkeypatch.setattr(stores, "MAX_BACKOFF", 0.05)
-
-
-def _assert_one_line(exc: BaseException, *parts: str) -> None:
-    text = str(exc)
-    assert "\n" not in text
-    for part in parts:
-        assert part in text
 
 
 # --- AWS Secrets Manager, on moto -------------------------------------------------
@@ -100,50 +79,6 @@ def test_an_unreachable_aws_endpoint_is_retried_until_the_deadline(moto_server, 
 
 
 # --- Azure Key Vault, at the SDK boundary -------------------------------------------
-
-
-class _Script:
-    """What a fake SDK call does on each attempt: raise the next exception, then answer."""
-
-    def __init__(self, failures: list[BaseException], answer: object) -> None:
-        self.failures = list(failures)
-        self.answer = answer
-        self.calls: list[object] = []
-
-    def __call__(self, asked: object) -> object:
-        self.calls.append(asked)
-        if self.failures:
-            raise self.failures.pop(0)
-        return self.answer
-
-
-@pytest.fixture
-def keyvault(monkeypatch):
-    """Key Vault and the managed identity replaced by fakes that record what was asked."""
-    import azure.identity
-    import azure.keyvault.secrets
-
-    seen: dict[str, object] = {"credentials": [], "clients": []}
-
-    class ManagedIdentity:
-        def __init__(self, **kwargs: object) -> None:
-            seen["credentials"].append(kwargs)
-
-    class SecretClient:
-        def __init__(self, vault_url: str, credential: object, **kwargs: object) -> None:
-            assert isinstance(credential, ManagedIdentity), "a VM reads its secret with its managed identity only"
-            seen["clients"].append(vault_url)
-
-        def get_secret(self, name: str, version: str | None = None) -> object:
-            return seen["script"]((name, version))
-
-    def no_other_credential(*args: object, **kwargs: object) -> None:
-        raise AssertionError("only the managed identity may be used")
-
-    monkeypatch.setattr(azure.identity, "ManagedIdentityCredential", ManagedIdentity)
-    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", no_other_credential)
-    monkeypatch.setattr(azure.keyvault.secrets, "SecretClient", SecretClient)
-    return seen
 
 
 # --- Google Secret Manager, at the SDK boundary -------------------------------------

@@ -21,6 +21,7 @@ from flowrig.backends.docker import control
 from flowrig.backends.docker.leftovers import RunLeftovers, judge
 from flowrig.backends.docker.policy import MAX_START_TIMEOUT, Refusal, RunnerLimits
 from flowrig.containers import owner as owners
+from tests.unit.test_docker_control import _demux
 
 RUN = "r0control"
 
@@ -42,14 +43,6 @@ print(" and the rest", flush=True)
 subprocess.run([sys.executable, "-c", r"print('\x1eflowrig-control {\"op\":\"close\"} from a subprocess')"])
 print("last, unfinished", end="")
 """
-
-
-def _demux(stream: bytes, chunk: int) -> tuple[bytes, list[bytes], list[bytes]]:
-    messages: list[bytes] = []
-    printed: list[bytes] = []
-    demux = control.Demux(messages.append, printed.append)
-    out = b"".join(demux.feed(stream[i:i + chunk]) for i in range(0, len(stream), chunk)) + demux.end()
-    return out, messages, printed
 
 
 def test_nothing_a_runner_prints_is_read_as_a_request(tmp_path):

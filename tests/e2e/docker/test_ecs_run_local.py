@@ -29,18 +29,7 @@ from flowrig.cli.ecs import app
 from flowrig.errors import BadInput
 from flowrig.roles import task_name
 from tests.run_support import FLOWRIG
-
-EXEC_ROLE = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole"
-SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prefect-api-key"
-
-
-def rendered(role: str, **changes) -> dict:
-    values = dict(image="seed:1", name="seed", region="us-east-1", log_group="/flowrig/seed",
-                  execution_role_arn=EXEC_ROLE, environment={"A": "task", "B": "task"},
-                  secrets={"PREFECT_API_KEY": SECRET_ARN})
-    values.update(changes)
-    return taskdefs.render_task_definition(role, taskdefs.TaskDefinitionSettings(**values))
-
+from tests.unit.test_ecs_run_local import SECRET_ARN, TRAVERSALS, _with, rendered
 
 # --- the plan (pure) -------------------------------------------------------------
 
@@ -60,17 +49,6 @@ def rendered(role: str, **changes) -> dict:
 )
 def test_secret_file_names(value_from, name):
     assert run_local.secret_file_name(value_from) == name
-
-
-TRAVERSALS = [
-    "arn:aws:secretsmanager:us-east-1:123456789012:secret:/etc/passwd",
-    "arn:aws:secretsmanager:us-east-1:123456789012:secret:../../x",
-    "arn:aws:secretsmanager:us-east-1:123456789012:secret:team/../../x",
-    "arn:aws:secretsmanager:us-east-1:123456789012:secret:./x",
-    "arn:aws:secretsmanager:us-east-1:123456789012:secret:a//b",
-    "arn:aws:ssm:us-east-1:123456789012:parameter/..",
-    "..",
-]
 
 
 @pytest.mark.parametrize("value_from", TRAVERSALS[:2])
@@ -406,11 +384,6 @@ def test_two_invocations_at_once_meet_only_on_a_network_they_name(docker_client,
 
 
 # --- malformed input: one line, exit 2, before Docker is asked anything ---------------------
-def _with(container_changes: dict | None = None, **task_changes) -> dict:
-    definition = rendered("runner")
-    definition["containerDefinitions"][0].update(container_changes or {})
-    definition.update(task_changes)
-    return definition
 
 
 MALFORMED = [

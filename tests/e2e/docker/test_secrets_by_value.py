@@ -25,29 +25,15 @@ from flowrig.errors import BadInput
 from flowrig.project import load_project
 from flowrig.project.defaults import PROJECT_FILE
 from tests.run_support import FLOWRIG
+from tests.unit.test_secrets_by_value import ENV_FORMS, GITHUB, JWT, PASSWORD, SEED, _chars, _token
 
 REPO = Path(__file__).resolve().parents[3]
-SEED = REPO / "examples" / "seed"
 BUILDSTEPS = REPO / "flowrig" / "builder" / "buildsteps.py"
 
-_RNG = random.Random(19)
 
-
-def _chars(n: int, alphabet: str = string.ascii_letters + string.digits) -> str:
-    return "".join(_RNG.choice(alphabet) for _ in range(n))
-
-
-def _token(prefix: str, body: str) -> str:
-    return prefix + body
-
-
-#: A password no placeholder rule knows; it must never reach a message.
-PASSWORD = "Zq7" + _chars(9)
-GITHUB = _token("gh" + "p_", _chars(36))
 AWS_ID = _token("AK" + "IA", _chars(16, string.ascii_uppercase + string.digits))
 AWS_SECRET = _chars(35) + "/" + _chars(3) + "+"  # 40 characters, as AWS makes them
 PREFECT_KEY = _token("pn" + "u_", _chars(36))
-JWT = "eyJ" + _chars(20) + ".eyJ" + _chars(30) + "." + _chars(43)
 
 #: name -> (file, content, line of the secret, what the message names, whether pip's index).
 FILE_FORMS: dict[str, tuple[str, str, int, str]] = {
@@ -122,13 +108,6 @@ def _content(name: str) -> bytes:
     if text is None:  # saved as "Unicode" by an editor
         return f"[db]\npassword = {PASSWORD}\n".encode("utf-16")
     return text.encode()
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    copy = tmp_path / "seed"
-    shutil.copytree(SEED, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    return copy
 
 
 def _add(project: Path, name: str) -> tuple[str, int, str]:
@@ -215,15 +194,6 @@ def test_look_alikes_pass(project: Path, path: str, text: str):
 
 # --- [cluster.options] environment values -------------------------------------------------
 
-#: name -> value of the review's environment, each a secret by value.
-ENV_FORMS = {
-    "DATABASE_URL": f"postgres://app:{PASSWORD}@db.example.com:5432/prod",
-    "SENTRY_DSN": "https://" + _chars(32, "0123456789abcdef") + "@o1.ingest.sentry.io/42",
-    "GITHUB_PAT": GITHUB,
-    "PGPASS": PASSWORD,
-    "ANALYTICS": JWT,
-    "PG_OPTIONS": f"host=db user=app password={PASSWORD}",
-}
 ROUTES = {
     "local": "environment of flowrig run",
     "docker": 'secrets = ["NAME"]',

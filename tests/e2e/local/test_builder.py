@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -22,27 +21,12 @@ from flowrig.builder.context import (
     render_context,
 )
 from flowrig.project import defaults as project_defaults
+from tests.unit.test_builder import bake, certs_dir
 
 REPO = Path(__file__).resolve().parents[3]
-SEED = REPO / "examples" / "seed"
 
 
 # --- helpers ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A copy of the seed project that a test may change."""
-    copy = tmp_path / "seed"
-    shutil.copytree(SEED, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    return copy
-
-
-def certs_dir(path: Path) -> Path:
-    from flowrig.certs import generate
-
-    generate(path)
-    return path
 
 
 # --- buildsteps.py (runs inside the build with the base image's python3) -------------------------
@@ -198,12 +182,6 @@ def test_manifest_and_build_log_hold_option_keys_but_no_values(tmp_path: Path, p
 
 
 # --- TLS modes: baked (a fresh CA per build) or per-run (no key in the image) --------------------
-
-
-def bake(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    code = "from flowrig.entrypoint import main; main()"
-    return subprocess.run([sys.executable, "-c", code, "bake-tls", *args], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=60)
 
 
 def test_bake_tls_makes_a_new_ca_for_every_nonce_and_refuses_without_one(tmp_path: Path):

@@ -17,6 +17,7 @@ import numpy
 import pytest
 
 from flowrig.builder import buildsteps
+from tests.unit.test_buildsteps import MISSPELT, UNREACHABLE, plain_extension
 
 REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "flowrig" / "builder" / "buildsteps.py"
@@ -29,13 +30,6 @@ def vendored_openblas() -> Path:
     """numpy's OpenBLAS, vendored and patched by auditwheel: the library strip breaks."""
     (library,) = (SITE / "numpy.libs").glob("libscipy_openblas*.so")
     return library
-
-
-def plain_extension() -> Path:
-    """An extension module auditwheel did not patch (msgpack vendors no library)."""
-    import msgpack._cmsgpack
-
-    return Path(msgpack._cmsgpack.__file__)
 
 
 def stripped(path: Path, tmp_path: Path) -> Path:
@@ -111,18 +105,6 @@ def test_strip_off_strips_nothing(tmp_path: Path):
 # --- pip's failures, told in one line ---------------------------------------------------------------
 
 # pip 23's own words (the base's pip), as it printed them against the index here.
-MISSPELT = [
-    "Collecting numpyy",
-    "ERROR: Could not find a version that satisfies the requirement numpyy (from versions: none)",
-    "ERROR: No matching distribution found for numpyy",
-]
-UNREACHABLE = [
-    "WARNING: Retrying (Retry(total=4, connect=None, read=None, redirect=None, status=None)) after connection "
-    "broken by 'SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
-    "failed: unable to get local issuer certificate (_ssl.c:992)'))': /simple/numpy/",
-    "ERROR: Could not find a version that satisfies the requirement numpy (from versions: none)",
-    "ERROR: No matching distribution found for numpy",
-]
 
 
 def fake_pip(tmp_path: Path, output: list[str], code: int) -> Path:

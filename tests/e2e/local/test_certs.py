@@ -13,10 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from flowrig.certs import (
     CertificateAuthority,
@@ -25,68 +22,13 @@ from flowrig.certs import (
     generate,
 )
 from flowrig.certs import defaults as cert_defaults
-from flowrig.errors import BadInput
 from tests.tls_support import foreign_material
+from tests.unit.test_certs import forge_leaf, load_cert, pem, refused
 
 REPO = Path(__file__).resolve().parents[3]
-UTC = dt.timezone.utc
 
 
 # --- helpers ------------------------------------------------------------------
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(UTC)
-
-
-def load_cert(pem: bytes) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(pem)
-
-
-def ext(cert: x509.Certificate, kind):
-    return cert.extensions.get_extension_for_class(kind)
-
-
-def sign(
-    subject_key,
-    *,
-    subject: str,
-    issuer: str,
-    issuer_key,
-    extensions=(),
-    days: int = 30,
-) -> x509.Certificate:
-    """A certificate with exactly the given extensions, for inputs flowrig never makes."""
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-        .public_key(subject_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now() - dt.timedelta(minutes=5))
-        .not_valid_after(now() + dt.timedelta(days=days))
-    )
-    for extension, critical in extensions:
-        builder = builder.add_extension(extension, critical=critical)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def pem(item) -> bytes:
-    if isinstance(item, x509.Certificate):
-        return item.public_bytes(serialization.Encoding.PEM)
-    return item.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-@pytest.fixture(scope="module")
-def ca() -> CertificateAuthority:
-    return CertificateAuthority.create()
-
-
-@pytest.fixture(scope="module")
-def material(ca) -> TLSMaterial:
-    return ca.issue_leaf(hosts=["scheduler.internal", "10.0.0.7"])
 
 
 # --- CLI --------------------------------------------------------------------------
@@ -175,38 +117,6 @@ def test_mutual_tls_between_scheduler_worker_and_clients(tmp_path):
 
 
 # --- the certificate policy: every refusal, with certificates forged here ---------------------
-BOTH_USAGES = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
-
-
-def forge_leaf(ca: CertificateAuthority, *, key=None, extensions=None, days: int = 30,
-               start: dt.datetime | None = None, algorithm=None) -> tuple[x509.Certificate, object]:
-    """A leaf issued by ``ca`` exactly as given: what another tool (or an attacker) might hand over."""
-    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    start = start or now() - dt.timedelta(minutes=5)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "forged")]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-    )
-    for extension in (extensions if extensions is not None else [BOTH_USAGES]):
-        builder = builder.add_extension(extension, critical=False)
-    return builder.sign(ca_key, algorithm or hashes.SHA256()), key
-
-
-def refused(directory: Path, ca_pem: bytes, leaf: x509.Certificate, key) -> str:
-    """The one line both ``certs check`` and ``TLSMaterial.from_dir`` (``--certs``) give."""
-    TLSMaterial(ca_pem, pem(leaf), pem(key)).write_to_dir(directory)
-    with pytest.raises(BadInput) as checked:
-        check(directory)
-    with pytest.raises(BadInput) as loaded:
-        TLSMaterial.from_dir(directory)
-    assert str(checked.value) == str(loaded.value) and "\n" not in str(checked.value)
-    return str(checked.value)
 
 
 def test_a_leaf_signed_with_sha1_is_refused(tmp_path):

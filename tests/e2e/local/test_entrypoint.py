@@ -32,19 +32,10 @@ from flowrig.roles import (
     tls_dir,
     tls_flags,
 )
+from tests.unit.test_entrypoint import tls_of
 
 ENTRYPOINT = shutil.which("flowrig-entrypoint", path=str(Path(sys.executable).parent))
 SCHEDULER_AT = re.compile(r"Scheduler at:\s+(tls://\S+)")
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory) -> Path:
-    """A directory with ca.crt, tls.crt and tls.key made by ``flowrig certs``' generator."""
-    from flowrig.certs import generate
-
-    out = tmp_path_factory.mktemp("tls")
-    generate(out)
-    return out
 
 
 def entrypoint_env(tls_dir_: Path | None) -> dict[str, str]:
@@ -61,14 +52,6 @@ def run_entrypoint(*args: str, tls_dir_: Path | None = None, timeout: float = 12
     return subprocess.run(
         [ENTRYPOINT, *args], env=entrypoint_env(tls_dir_), capture_output=True, text=True, timeout=timeout
     )
-
-
-def tls_of(tls: Path) -> list[str]:
-    return [
-        "--tls-ca-file", str(tls / "ca.crt"),
-        "--tls-cert", str(tls / "tls.crt"),
-        "--tls-key", str(tls / "tls.key"),
-    ]
 
 
 # --- command lines ----------------------------------------------------------------------

@@ -6,7 +6,6 @@ references are checked in process in tests/unit/test_manual.py.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -14,19 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_manual import DOCS
+
 REPO = Path(__file__).resolve().parents[3]
-DOCS = REPO / "docs"
-
-
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("flowrig_manual_reference", DOCS / "hooks" / "reference.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-reference = _load_generator()
 
 
 def _mkdocs() -> list[str]:

@@ -3,43 +3,9 @@ value). Parsing ``flowrig.toml`` is in tests/unit/test_project.py."""
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
+from tests.unit.test_project import TASK_FLOW, flow_file
 
 # --- loading the flow file (flowrig.project.flow_loader) -------------------------------------------
-
-TASK_FLOW = '''
-from prefect import flow, task
-
-FACTOR = 3
-
-
-def helper(x):
-    return x * FACTOR
-
-
-@task
-def scaled(x: int) -> int:
-    return helper(x) + 1
-
-
-@flow
-def main(x: int = 1) -> int:
-    return scaled(x)
-
-
-not_a_function = 42
-
-
-def plain(x):
-    return helper(x)
-'''
-
-
-def flow_file(tmp_path: Path, source: str, name: str = "flow.py") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(source))
-    return path
 
 
 def test_functions_pickle_by_value_into_a_process_that_cannot_import_them(tmp_path):

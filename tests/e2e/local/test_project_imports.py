@@ -6,45 +6,12 @@ Cases that need none of these are in tests/unit/test_project_imports.py.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 from flowrig.builder.buildsteps import ERROR_PREFIX
+from tests.unit.test_project_imports import check, project
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-def write(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(textwrap.dedent(text))
-    return root
-
-
-def check(project: Path, home: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """The real command, in a process of its own (imports stay out of this one)."""
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    if home is not None:
-        env["HOME"] = str(home)
-    code = "from flowrig.entrypoint import main; main()"
-    return subprocess.run([sys.executable, "-c", code, "check-imports", str(project)],
-                          capture_output=True, text=True, timeout=120, env=env, cwd=project)
-
-
-FLOW_HEADER = "from prefect import flow, task\n"
-
-
-def project(tmp_path: Path, flow_body: str, **extra: str) -> Path:
-    files = {
-        "flowrig.toml": 'flow = "flow.py:main"\nrequirements = "requirements.txt"\n',
-        "requirements.txt": "\n",
-        "flow.py": FLOW_HEADER + textwrap.dedent(flow_body),
-        **extra,
-    }
-    return write(tmp_path / "project", files)
 
 
 def test_a_module_a_task_imports_that_is_missing_fails_with_one_line_naming_it(tmp_path: Path):

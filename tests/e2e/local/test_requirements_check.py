@@ -16,7 +16,6 @@ import base64
 import hashlib
 import os
 import shlex
-import shutil
 import site
 import subprocess
 import sys
@@ -26,9 +25,8 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-import pytest
-
 from tests.run_support import FLOWRIG, assert_nothing_left, marked_env, write_project
+from tests.unit.test_requirements_check import uv
 
 FLOW = """
 from prefect import flow, task
@@ -81,13 +79,6 @@ def environment_seeing_flowrig(path: Path, *, with_uv: bool) -> Path:
     paths.append(str(Path(__file__).resolve().parents[3]))
     Path(own_site, "flowrig-tests-parent.pth").write_text("\n".join(paths) + "\n")
     return python
-
-
-def uv() -> str:
-    found = shutil.which("uv")
-    if found is None:
-        pytest.fail("uv is not on PATH: install it as the README says (pip install uv==...)", pytrace=False)
-    return found
 
 
 def requirements_project(tmp_path: Path, lines: str) -> Path:

@@ -26,6 +26,7 @@ from flowrig.run.console import TIMELINE
 from flowrig.run.progress import ProgressDisplay, TaskProgress, summary_line
 from flowrig.run.timings import PHASES
 from tests.run_support import FLOWRIG, SEED, TEN, Completed, assert_nothing_left, marked_env, run_cli
+from tests.unit.test_run_output import OUTCOME_KEYS, TIMING_KEYS
 
 FAILING_FLOW = """
     from prefect import flow, task
@@ -194,14 +195,6 @@ def test_json_timings_keep_their_keys_and_gain_the_timeline():
     api_ready, scheduler_up, first, every, first_task, flow_done, teardown_done = marks
     assert scheduler_up <= first <= every <= first_task <= flow_done <= teardown_done <= timings["total"] + 0.01
     assert 0 < api_ready <= first_task
-
-
-#: Every key of the JSON outcome (``message`` and ``result_repr`` only when they apply).
-OUTCOME_KEYS = {
-    "state", "exit_code", "error", "result", "n_workers", "backend", "scheduler_address", "dashboard_link",
-    "timings", "run_id", "failed_tasks",
-}
-TIMING_KEYS = {*PHASES, "total", *(key for key, _ in TIMELINE)}
 
 
 def test_json_output_keeps_its_shape():
