@@ -103,6 +103,13 @@ FILE_FORMS: dict[str, tuple[str, str, int, str]] = {
 }
 
 
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    copy = tmp_path / "seed"
+    shutil.copytree(SEED, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
 def _content(name: str) -> bytes:
     path, text, _line, _what = FILE_FORMS[name]
     if text is None:  # saved as "Unicode" by an editor

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from flowrig.builder.context import (
     render_context,
 )
 from flowrig.project import defaults as project_defaults
-from tests.unit.test_builder import bake, certs_dir
+from tests.unit.test_builder import SEED, bake, certs_dir
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -30,6 +31,14 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 # --- buildsteps.py (runs inside the build with the base image's python3) -------------------------
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the seed project that a test may change."""
+    copy = tmp_path / "seed"
+    shutil.copytree(SEED, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
 
 
 def run_step(*args: str) -> subprocess.CompletedProcess[str]:

@@ -34,6 +34,11 @@ REPO = Path(__file__).resolve().parents[3]
 # --- CLI --------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def ca() -> CertificateAuthority:
+    return CertificateAuthority.create()
+
+
 def test_cli_module_imports_neither_cryptography_nor_distributed():
     code = (
         "import sys, flowrig.cli.certs; "

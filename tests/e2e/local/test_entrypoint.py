@@ -38,6 +38,16 @@ ENTRYPOINT = shutil.which("flowrig-entrypoint", path=str(Path(sys.executable).pa
 SCHEDULER_AT = re.compile(r"Scheduler at:\s+(tls://\S+)")
 
 
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory) -> Path:
+    """A directory with ca.crt, tls.crt and tls.key made by ``flowrig certs``' generator."""
+    from flowrig.certs import generate
+
+    out = tmp_path_factory.mktemp("tls")
+    generate(out)
+    return out
+
+
 def entrypoint_env(tls_dir_: Path | None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("FLOWRIG_TLS_DIR", None)

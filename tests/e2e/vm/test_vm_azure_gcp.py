@@ -44,6 +44,8 @@ from tests.unit.test_vm_azure_gcp import (
     REPOSITORY_POLICY,
     SUB,
     VAULT_ID,
+    AzureWorld,
+    GoogleWorld,
     assert_azure_empty,
     assert_google_empty,
     azure_error,
@@ -56,6 +58,16 @@ ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 PUBLIC_IMAGE = "ghcr.io/example/seed:run-image"
 pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
+
+
+@pytest.fixture
+def azure(monkeypatch):
+    return AzureWorld().install(monkeypatch)
+
+
+@pytest.fixture
+def google(monkeypatch):
+    return GoogleWorld().install(monkeypatch)
 
 
 @pytest.fixture(autouse=True)
