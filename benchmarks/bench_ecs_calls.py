@@ -79,7 +79,7 @@ def main() -> None:
     from flowrig.certs import TLSMaterial
     from flowrig.project.sizing import ClusterSize
     from tests.aws_faults import FaultProxy
-    from tests.test_ecs_backend import IMAGE, local_scheduler
+    from tests.e2e.aws.test_ecs_backend import IMAGE, local_scheduler
 
     with tempfile.TemporaryDirectory() as tmp:
         server, control = moto(Path(tmp))

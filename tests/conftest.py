@@ -1,13 +1,28 @@
 """Shared test set-up.
 
-Fixture modules live beside this file and are registered as plugins: Docker fixtures
-fail instead of skipping when ``FLOWRIG_REQUIRE_DOCKER=1`` (as CI sets it), and the
-AWS fixtures run a real moto server on 127.0.0.1.
+Fixture modules live beside this file and are registered as plugins for every folder
+below it: Docker fixtures fail instead of skipping when ``FLOWRIG_REQUIRE_DOCKER=1`` (as
+CI sets it), and the AWS fixtures run a real moto server on 127.0.0.1.
+
+Tests come in layers, one folder each, and a test's folder gives it its marker (so
+``-m docker`` selects the same tests as ``tests/e2e/docker`` and more, see below):
+
+- ``unit/``: rendering, models, policies, parsers, the CLI in process; no cluster,
+  container, server or subprocess (marker ``unit``);
+- ``e2e/local/``: real local clusters over TLS, runs of the CLI as a process (``local``);
+- ``e2e/docker/``: real containers from the real image (``docker``);
+- ``e2e/aws/``: a real moto server (``aws``);
+- ``e2e/vm/``: the VM backends against fake cloud SDK clients and containers (``vm``).
+
+A test elsewhere that asks for a Docker or moto fixture gets that marker too.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 pytest_plugins = ["tests.docker_support", "tests.aws_support", "tests.aws_faults", "tests.iam_support", "tests.run_support", "tests.tls_support", "tests.prefect_support", "tests.browser_support"]
 
@@ -15,3 +30,38 @@ pytest_plugins = ["tests.docker_support", "tests.aws_support", "tests.aws_faults
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+
+HERE = Path(__file__).resolve().parent
+#: The marker each folder gives its tests.
+FOLDER_MARKERS = {
+    ("unit",): "unit",
+    ("e2e", "local"): "local",
+    ("e2e", "docker"): "docker",
+    ("e2e", "aws"): "aws",
+    ("e2e", "vm"): "vm",
+}
+#: Fixtures that make a test a Docker or an AWS test wherever it lives.
+FIXTURE_MARKERS = {
+    "docker_client": "docker", "seed_image": "docker",
+    "moto_server": "aws", "aws": "aws", "bootstrapped": "aws",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # testpaths lists the layers: a test file left directly in tests/ would never run.
+    unplaced = sorted(p.name for p in HERE.glob("test_*.py"))
+    if unplaced:
+        raise pytest.UsageError(f"tests/{unplaced[0]} is in no layer: move it to tests/unit/ or tests/e2e/<area>/")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            parts = item.path.resolve().relative_to(HERE).parts
+        except ValueError:
+            continue
+        wanted = {mark for prefix, mark in FOLDER_MARKERS.items() if parts[: len(prefix)] == prefix}
+        wanted |= {mark for name, mark in FIXTURE_MARKERS.items() if name in getattr(item, "fixturenames", ())}
+        for mark in sorted(wanted - {m.name for m in item.iter_markers()}):
+            item.add_marker(getattr(pytest.mark, mark))

@@ -29,7 +29,7 @@ themselves, following AWS's documented evaluation logic for one account:
 Limits (what it does not do): service control and session policies, cross-account
 access, ``Principal`` forms other than ``"*"`` and exact ARNs, numeric, date and IP
 operators, ``${*}``-style escapes, and single-valued operators on multivalued keys
-(refused with an error rather than guessed). tests/test_iam_eval.py checks each rule
+(refused with an error rather than guessed). tests/unit/test_iam_eval.py checks each rule
 above against an example of AWS's documentation.
 """
 

@@ -1,8 +1,10 @@
-"""Helpers for tests that run flows: tiny projects on disk, the CLI as a subprocess,
-and a check that a run left no process or listening port behind."""
+"""Helpers for tests that run flows: tiny projects on disk, the CLI as a subprocess
+(:func:`run_cli`, :data:`FLOWRIG`) or in this process (:func:`invoke`), and a check that a
+run left no process or listening port behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -18,7 +20,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "examples" / "seed"
+#: ``flowrig`` as a process: this interpreter running the CLI module.
 FLOWRIG = [sys.executable, "-m", "flowrig.cli"]
+#: The installed ``flowrig`` console script, as a user types it (one argv element):
+#: for tests that signal or time the command a user starts.
+FLOWRIG_SCRIPT = str(Path(sys.executable).with_name("flowrig"))
 TEN = "x=[0,1,2,3,4,5,6,7,8,9]"
 
 
@@ -57,6 +63,44 @@ def run_cli(*args: str, timeout: float = 240) -> Completed:
         [*FLOWRIG, *args], env=marked_env(marker), capture_output=True, text=True, timeout=timeout
     )
     return Completed(done.returncode, done.stdout, done.stderr, marker)
+
+
+def invoke(
+    *args: str, env: dict[str, str | None] | None = None, cwd: Path | str | None = None, input: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``flowrig ARGS`` in this process, through the same entry point as the
+    ``flowrig`` command (:func:`flowrig.cli.main`), so the exit code and the one line on
+    stderr come from the same error mapping a subprocess would show.
+
+    For what renders, validates or refuses input: no process start per case. What needs
+    a process of its own (a run: signals, deadlines, forks; an import check) uses
+    :func:`run_cli` or :data:`FLOWRIG`. ``env`` holds overrides of this process's
+    environment (``None`` removes a variable); the environment and the working
+    directory are restored afterwards, whatever the command changed.
+    """
+    from typer.testing import CliRunner
+
+    from flowrig.cli import main
+
+    argv = ["flowrig", *args]
+    saved_env = dict(os.environ)
+    code: int = 0
+    try:
+        with CliRunner().isolation(input=input, env=env) as (out, err, _), \
+                contextlib.chdir(cwd or os.getcwd()), \
+                pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sys, "argv", argv)
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(argv, code, stdout, stderr)
 
 
 def processes_with_marker(marker: str) -> list[psutil.Process]:

@@ -33,6 +33,8 @@ def run_and_exit(
 
     import typer
 
+    # Once per process, however often a command runs in it (the tests call it in process).
+    atexit.unregister(gc.freeze)
     atexit.register(gc.freeze)
     try:
         code = command()

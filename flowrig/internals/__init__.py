@@ -2,7 +2,7 @@
 Prefect, prefect-dask, distributed or CPython's multiprocessing.
 
 Nothing outside this package touches such internals. Each module's docstring lists what
-it relies on, and ``tests/test_internals.py`` has a test per reliance that fails (never
+it relies on, and ``tests/e2e/local/test_internals.py`` has a test per reliance that fails (never
 skips, never falls back quietly) when the locked versions stop behaving as assumed. On
 an upgrade of one of those projects, run that file first (CONTRIBUTING.md says how).
 

@@ -9,7 +9,7 @@ place, as ``setproctitle`` and servers that take passwords on their command line
 Fenced here: CPython copies its arguments at start-up (``sys.argv``,
 ``sys.orig_argv``) and reads that memory no more; the C library keeps only a pointer
 to ``argv[0]`` (``program_invocation_name``), which is never changed; the kernel shows
-the area as it is as long as its last byte stays NUL. tests/test_internals.py checks
+the area as it is as long as its last byte stays NUL. tests/e2e/local/test_internals.py checks
 that a rewritten command line is what ``/proc/PID/cmdline`` shows, in this process and
 in a child forked after it, while ``sys.argv`` stays as it was.
 """

@@ -7,7 +7,7 @@ it as the run's runner, or a task could keep its own cluster alive after the run
 was lost.
 
 Fenced here: ``Worker._get_client`` names that client ``"worker"``, and a client's id
-is ``Client-<name>-<uuid>``; tests/test_internals.py checks both on a real cluster.
+is ``Client-<name>-<uuid>``; tests/e2e/local/test_internals.py checks both on a real cluster.
 """
 
 from __future__ import annotations

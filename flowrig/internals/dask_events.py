@@ -5,7 +5,7 @@ before it ends that process (``Nanny.log_event``), wherever the nanny runs: in t
 process (the local backend), in a container, on a cloud task. The scheduler keeps the
 last events of each topic; reading them tells why a worker that left was lost.
 
-Fenced here (tests/test_internals.py checks both on a real cluster):
+Fenced here (tests/e2e/local/test_internals.py checks both on a real cluster):
 
 - the scheduler's ``events`` RPC handler, which ``Client.get_events`` calls, answering
   ``(timestamp, message)`` pairs of one topic;

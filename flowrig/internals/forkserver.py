@@ -25,7 +25,7 @@ Fenced here:
   ``Nanny.log_event`` before it terminates a worker: how a lost local worker's reason
   is known (:func:`worker_exits`).
 
-tests/test_internals.py checks each on this machine's Python and in the image's.
+tests/e2e/local/test_internals.py checks each on this machine's Python and in the image's.
 """
 
 from __future__ import annotations

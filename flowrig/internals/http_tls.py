@@ -15,7 +15,7 @@ tornado ``HTTPServer`` (the scheduler in ``__init__``, a worker in its start), w
 ``ssl_options`` unless those settings name a certificate, and keeps it as
 ``self.http_server``; the node's ``security`` is set before it is called; a
 preload module is imported while the node is built, before that call (so importing
-:mod:`flowrig.roles.private_http` as a preload is early enough). tests/test_internals.py
+:mod:`flowrig.roles.private_http` as a preload is early enough). tests/e2e/local/test_internals.py
 checks each on a real scheduler and worker.
 """
 

@@ -14,7 +14,7 @@ Fenced here:
 - ``TagsContext.get().current_tags``: the tags (``with prefect.tags(...)``) a flow run
   created ahead of the flow call gets, as the engine would give it.
 
-tests/test_internals.py checks both on the locked versions.
+tests/e2e/local/test_internals.py checks both on the locked versions.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Prefect sends such a print to the run's logger at INFO, from inside
 frames that are logging the record (filters run inside the logging call).
 
 Fenced here: that prints are logged from within ``print_as_log`` itself, synchronously
-(tests/test_internals.py checks it on the locked Prefect).
+(tests/e2e/local/test_internals.py checks it on the locked Prefect).
 """
 
 from __future__ import annotations

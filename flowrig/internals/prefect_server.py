@@ -16,7 +16,7 @@ holds; FastAPI (0.137+) matches an included router's routes by reference, so rou
 included into a stand-in later are served (:func:`import_server`). ``create_app`` and
 the ``create_api_app`` it calls each hash the same, unchanged settings object for
 their caches (``Settings.hash_key``, 30 ms each): :func:`create_app` hashes it once.
-tests/test_internals.py checks each on the locked versions.
+tests/e2e/local/test_internals.py checks each on the locked versions.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Fenced here: ``SettingsContext.serialize`` is overridden to return the settings
 objects themselves, where Prefect documents plain data; prefect-dask passes what it
 returns to ``hydrated_context`` on the worker, which accepts the objects as they are.
-tests/test_internals.py checks both ends on the locked versions.
+tests/e2e/local/test_internals.py checks both ends on the locked versions.
 
 prefect-dask sends the runner's settings with every task: it serialises them to a
 dict for each submission, and each task on a worker rebuilds a ``Settings`` model from

@@ -6,7 +6,7 @@ the start goes on in the loop, nobody waits for it, and at exit distributed wait
 10 s to close a cluster whose start it can no longer finish. flowrig kills what was
 started instead and lets the loop go.
 
-Fenced here (tests/test_internals.py checks both on the locked distributed):
+Fenced here (tests/e2e/local/test_internals.py checks both on the locked distributed):
 
 - ``SpecCluster._created``: every worker (nanny) made so far, started or starting,
   whose ``pid`` is its worker process's once that runs;

@@ -39,7 +39,7 @@ Worker side
       services still hold (a worker process ends with its cluster without running
       Prefect's exit handlers, and its last batch of task-run lines would be lost).
 
-Fenced here (each checked by tests/test_internals.py on the locked versions):
+Fenced here (each checked by tests/e2e/local/test_internals.py on the locked versions):
 
 1. ``DaskTaskRunner._optimize_futures``, ``._client``, ``._started``, ``duplicate()``
    rebuilding the runner from its constructor arguments, ``client`` made on first use

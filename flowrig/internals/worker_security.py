@@ -10,7 +10,7 @@ any: :func:`load` answers with the credentials of the worker the task runs on, a
 client's, for that worker's own scheduler only. Every flowrig worker has the setting
 (:data:`LOADER_ENV`, from the image's roles and the local backend's environment).
 
-Fenced here (tests/test_internals.py checks both on the locked versions):
+Fenced here (tests/e2e/local/test_internals.py checks both on the locked versions):
 
 - a worker's ``Security`` is ``Worker.security``, and a client without ``security``
   calls the loader with ``{"address": ...}`` from the thread that makes it, where
