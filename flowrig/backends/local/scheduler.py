@@ -241,7 +241,7 @@ class SeparateScheduler(SpecCluster):
 
     Put it after ``LocalCluster`` in a subclass's bases: ``LocalCluster.__init__``
     builds its ``{"cls": Scheduler, "options": ...}`` spec and hands it to the next
-    ``__init__`` in line, which is this one (checked by tests/test_internals.py).
+    ``__init__`` in line, which is this one (checked by tests/e2e/local/test_internals.py).
     """
 
     #: Seconds the scheduler stays up once its last client has gone.
