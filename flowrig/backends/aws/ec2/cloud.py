@@ -1,12 +1,12 @@
 """The ``ec2`` backend's :class:`~flowrig.backends.vm.cloud.Cloud`: EC2 on botocore.
 
-Everything goes through the ECS backends' AWS layer (:mod:`flowrig.backends.ecs.aws`):
-its session, its error translation, and its :class:`~flowrig.backends.ecs.aws.RunResources`
+Everything goes through what the AWS backends share (:mod:`flowrig.backends.aws`):
+its session, its error translation, and its :class:`~flowrig.backends.aws.resources.RunResources`
 (the VPC look-ups, the run's security group, the run's secret, deletion with retries),
 which :class:`EC2Resources` extends by what only EC2 runs make: an instance role and its
 instance profile, and instances. The instance role gets the permissions boundary the
-bootstrap made (:func:`~flowrig.backends.ecs.iam.instance_boundary_policy`), looked up
-before anything is made. The run's lease (:mod:`flowrig.backends.ecs.lease`) is on every
+bootstrap made (:func:`~flowrig.backends.aws.policies.instance_boundary_policy`), looked up
+before anything is made. The run's lease (:mod:`flowrig.backends.aws.lease`) is on every
 resource and renewed while the run lives, so ``flowrig aws leftovers`` tells a live run
 from a killed one as it does for ECS runs.
 """
@@ -20,21 +20,22 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Mapping
 
-from flowrig.backends.ecs import iam as iam_docs
-from flowrig.backends.ecs import lease
-from flowrig.backends.ecs.aws import RunResources, Session, aws_errors, denied, find_instance_boundary
+from flowrig.backends.aws import lease
+from flowrig.backends.aws import policies as iam_docs
+from flowrig.backends.aws.bootstrap import find_instance_boundary
+from flowrig.backends.aws.names import UBUNTU_PARAMETER_PATH
+from flowrig.backends.aws.resources import RunResources
+from flowrig.backends.aws.session import Session, aws_errors, denied
 from flowrig.backends.pool import Observed
 from flowrig.backends.vm.cloud import Cloud, Created, VMRequest
 from flowrig.errors import BadInput, one_line
 
 if TYPE_CHECKING:
+    from flowrig.backends.aws.ec2.options import EC2Options
     from flowrig.backends.vm.cloudinit import RegistryLogin
-    from flowrig.backends.vm.ec2 import EC2Options
 
 logger = logging.getLogger("flowrig.vm")
 
-#: Where Canonical publishes its Ubuntu server AMIs as public SSM parameters.
-UBUNTU_PARAMETER_PATH = "/aws/service/canonical/ubuntu/server/"
 #: Canonical's public SSM parameter of the current Ubuntu LTS AMI (architecture filled in).
 UBUNTU_PARAMETER = UBUNTU_PARAMETER_PATH + "24.04/stable/current/{arch}/hvm/ebs-gp3/ami-id"
 #: Instance types of AWS Graviton (arm64) processors: a ``g`` after the generation.
