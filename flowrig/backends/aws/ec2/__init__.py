@@ -3,5 +3,7 @@
 
 - :mod:`.options`: its ``[cluster.options]``;
 - :mod:`.backend`: :class:`~.backend.EC2Backend`;
-- :mod:`.cloud`: the instances, their role and profile, and the run's AWS resources.
+- :mod:`.instances`: a VM's RunInstances parameters (pure), and termination that waits;
+- :mod:`.resources`: the run's instance role and profile and its instances, removed after it;
+- :mod:`.cloud`: :class:`~.cloud.EC2Cloud`, the VM template's cloud for EC2.
 """
