@@ -45,11 +45,12 @@ def moto(tmp: Path):
     control.set_transition("ecs::task", {"progression": "manual", "times": _FOREVER})
     control.ecs().put_account_setting(name="taskLongArnFormat", value="enabled")
     # `flowrig aws bootstrap --backend ecs`, once per account: what each run's role gets.
-    from flowrig.backends.ecs import aws
+    from flowrig.backends.aws import bootstrap
+    from flowrig.backends.aws.session import session as aws_session
 
     os.environ["AWS_ENDPOINT_URL"] = control.endpoint
-    session = aws.session()
-    aws.ensure_run_secret_reader(session, session.account())
+    session = aws_session()
+    bootstrap.ensure_run_secret_reader(session, session.account())
     return server, control
 
 
@@ -74,8 +75,8 @@ def main() -> None:
         # Enough attempts that a call is not throttled out (0.3 ** 10 per call).
         os.environ.setdefault("AWS_MAX_ATTEMPTS", "10")
 
+    from flowrig.backends.aws.ecs import FargateBackend
     from flowrig.backends.base import ClusterSpec
-    from flowrig.backends.ecs import FargateBackend
     from flowrig.certs import TLSMaterial
     from flowrig.project.sizing import ClusterSize
     from tests.aws_faults import FaultProxy

@@ -4,8 +4,9 @@ Owns: the interface (:class:`Backend`, :class:`ClusterSpec`, :class:`StartedClus
 the registry below, and each backend: ``local`` and ``address``
 (:mod:`~flowrig.backends.local`), ``docker`` (:mod:`~flowrig.backends.docker`), ``ecs``
 and ``fargate`` with their task definitions and run-local
-(:mod:`~flowrig.backends.ecs`), ``ec2``, ``azure`` and ``gcp`` VMs
-(:mod:`~flowrig.backends.vm`), and any cluster class by path
+(:mod:`~flowrig.backends.aws.ecs`), ``ec2`` (:mod:`~flowrig.backends.aws.ec2`), what
+the AWS backends share (:mod:`~flowrig.backends.aws`), ``azure`` and ``gcp`` VMs and the
+VM template ``ec2`` also fills in (:mod:`~flowrig.backends.vm`), and any cluster class by path
 (:mod:`~flowrig.backends.classpath`).
 
 A backend plugs in by subclassing :class:`Backend` (a name, an options model,
@@ -32,9 +33,9 @@ BACKENDS = {
     "local": "flowrig.backends.local:LocalBackend",
     "address": "flowrig.backends.local:AddressBackend",
     "docker": "flowrig.backends.docker:DockerBackend",
-    "ecs": "flowrig.backends.ecs:ECSBackend",
-    "fargate": "flowrig.backends.ecs:FargateBackend",
-    "ec2": "flowrig.backends.vm.ec2:EC2Backend",
+    "ecs": "flowrig.backends.aws.ecs:ECSBackend",
+    "fargate": "flowrig.backends.aws.ecs:FargateBackend",
+    "ec2": "flowrig.backends.aws.ec2.backend:EC2Backend",
     "azure": "flowrig.backends.vm.azure:AzureBackend",
     "gcp": "flowrig.backends.vm.gcp:GCPBackend",
 }

@@ -3,9 +3,10 @@ what each needs made once per account, and the IAM policy a runner of each needs
 
 ``flowrig aws iam-policy --backend ecs|fargate|ec2`` and ``flowrig aws bootstrap --backend
 ecs|fargate|ec2`` are the commands for every AWS backend (``ec2`` is no ECS backend, so its
-policy and its one-time setup do not belong under ``flowrig ecs``); ``flowrig ecs
-iam-policy`` stays as it was and prints what ``--backend ecs`` does, and ``flowrig ecs
-bootstrap`` makes what every AWS backend needs.
+policy and its one-time setup do not belong under ``flowrig ecs``). ``flowrig ecs
+iam-policy`` and ``flowrig ecs bootstrap``, their older spellings, are hidden aliases
+of ``--backend ecs`` that run :func:`iam_policy` and :func:`bootstrap` themselves.
+The policies are rendered in :mod:`flowrig.backends.aws.runner_policy`.
 """
 
 from __future__ import annotations
@@ -31,12 +32,8 @@ def aws() -> None:
     """AWS resources of ecs/fargate/ec2 runs (tagged flowrig-run-id)."""
 
 
-#: Backends whose runner policy ``iam-policy`` prints.
-POLICY_BACKENDS = ("ecs", "fargate", "ec2")
-
-
 def policy_account(account: Optional[str], partition: str) -> Any:
-    """The :class:`~flowrig.backends.ecs.iam.Account` a policy is for: ``account`` when
+    """The :class:`~flowrig.backends.aws.names.Account` a policy is for: ``account`` when
     given, else the credentials' (one STS call).
 
     Raises
@@ -44,54 +41,29 @@ def policy_account(account: Optional[str], partition: str) -> Any:
     BadInput
         ``account`` is not 12 digits.
     """
-    from flowrig.backends.ecs import iam
+    from flowrig.backends.aws.names import Account
     from flowrig.errors import BadInput
 
     if account is None:
-        from flowrig.backends.ecs import aws as aws_calls
+        from flowrig.backends.aws.session import session
 
-        found = aws_calls.session().account()
+        found = session().account()
         account, partition = found.account_id, found.partition
     if not (account.isdigit() and len(account) == 12):
         raise BadInput(f"--account {account!r} is not an AWS account id: use its 12 digits")
-    return iam.Account(partition, account)
-
-
-def runner_policy(backend: str, account: Any, *, deregister: bool = False) -> dict[str, Any]:
-    """The runner policy of ``backend`` (one of :data:`POLICY_BACKENDS`).
-
-    Raises
-    ------
-    BadInput
-        An unknown backend, or ``deregister`` for ``ec2`` (whose runs register no task
-        definition).
-    """
-    from flowrig.errors import BadInput
-
-    if backend not in POLICY_BACKENDS:
-        raise BadInput(f"--backend {backend!r}: use one of {', '.join(POLICY_BACKENDS)}")
-    if backend == "ec2":
-        if deregister:
-            raise BadInput("--deregister-task-definitions is for ecs/fargate runs: ec2 runs register no task "
-                           "definition; leave it out")
-        from flowrig.backends.vm import ec2_iam
-
-        return ec2_iam.runner_policy(account)
-    from flowrig.backends.ecs import iam
-
-    return iam.runner_policy(account, deregister=deregister)
+    return Account(partition, account)
 
 
 def bootstrap_run_secret_reader(session: Any, account: Any) -> None:
     """Make (or bring up to date) the policy every ECS/Fargate run's execution role gets,
     say what was done, and what became of the shared role older bootstraps made."""
-    from flowrig.backends.ecs import aws as aws_calls
+    from flowrig.backends.aws import bootstrap as aws_bootstrap
 
-    arn, done = aws_calls.ensure_run_secret_reader(session, account)
+    arn, done = aws_bootstrap.ensure_run_secret_reader(session, account)
     typer.echo(f"policy {arn}: {_DONE[done]}")
     typer.echo("  every run's own execution role gets it: secretsmanager:GetSecretValue on that run's secret "
                "alone (named after the role's run, made by the role's owner)")
-    legacy = aws_calls.legacy_execution_role(session)
+    legacy = aws_bootstrap.legacy_execution_role(session)
     if legacy:
         typer.echo(f"role {legacy}: made by an older bootstrap; runs no longer use it and no run's secret "
                    "names it; delete it once no task definition of yours does")
@@ -104,9 +76,9 @@ _DONE = {"created": "created", "updated": "exists, updated to this version's doc
 def bootstrap_instance_boundary(session: Any, account: Any) -> None:
     """Make (or bring up to date) the permissions boundary of ec2 runs' instance roles
     and say what was done."""
-    from flowrig.backends.ecs import aws as aws_calls
+    from flowrig.backends.aws import bootstrap as aws_bootstrap
 
-    arn, done = aws_calls.ensure_instance_boundary(session, account)
+    arn, done = aws_bootstrap.ensure_instance_boundary(session, account)
     typer.echo(f"policy {arn}: {_DONE[done]}")
     typer.echo("  permissions boundary of ec2 runs' instance roles: secretsmanager:GetSecretValue on the role's own "
                "run's secret, kms:Decrypt through Secrets Manager, ECR pulls")
@@ -122,16 +94,17 @@ def bootstrap(
     """Create, once per account, what BACKEND runs need (idempotent; prints what it creates).
 
     ecs/fargate: the customer-managed policy flowrig-run-secret-reader on /flowrig/,
-    which every run's own execution role gets (as `flowrig ecs bootstrap`). ec2: the
+    which every run's own execution role gets. ec2: the
     customer-managed policy flowrig-instance-boundary on /flowrig/, the permissions
     boundary every run's instance role is made with.
     """
-    from flowrig.backends.ecs import aws as aws_calls
+    from flowrig.backends.aws.runner_policy import POLICY_BACKENDS
+    from flowrig.backends.aws.session import session as aws_session
     from flowrig.errors import BadInput
 
     if backend not in POLICY_BACKENDS:
         raise BadInput(f"--backend {backend!r}: use one of {', '.join(POLICY_BACKENDS)}")
-    session = aws_calls.session(region)
+    session = aws_session(region)
     account = session.account()
     if backend == "ec2":
         bootstrap_instance_boundary(session, account)
@@ -163,9 +136,10 @@ def iam_policy(
 
     Resources are scoped to flowrig's names (role/flowrig/*, flowrig/ secrets) and to
     the caller's own (the flowrig-owner tag, which IAM sets to the caller's id), so one
-    runner cannot act on another's runs; `flowrig ecs iam-policy` is the same as
-    --backend ecs (and fargate: both ECS backends share one policy).
+    runner cannot act on another's runs; ecs and fargate share one policy.
     """
+    from flowrig.backends.aws.runner_policy import runner_policy
+
     policy = runner_policy(backend, policy_account(account, partition), deregister=deregister)
     typer.echo(json.dumps(policy, indent=2))
 
@@ -196,17 +170,18 @@ def leftovers(
     """
     from datetime import datetime, timedelta, timezone
 
-    from flowrig.backends.ecs import aws as aws_calls
-    from flowrig.backends.ecs.defaults import CLEANUP_TIMEOUT
-    from flowrig.backends.ecs.leftovers import group_by_run, render_text, to_json
-    from flowrig.backends.ecs.sweep import Remover, find
+    from flowrig.backends.aws.leftovers import group_by_run, render_text, to_json
+    from flowrig.backends.aws.names import CLEANUP_TIMEOUT
+    from flowrig.backends.aws.remover import Remover
+    from flowrig.backends.aws.session import session as aws_session
+    from flowrig.backends.aws.sweep import find
     from flowrig.errors import BadInput, InfrastructureError
 
     if output not in ("text", "json"):
         raise BadInput(f"--output {output!r}: use text or json")
     if not 0 <= older_than < _MAX_MINUTES:
         raise BadInput(f"--older-than {older_than:g}: give minutes >= 0 (and less than {_MAX_MINUTES:g})")
-    session = aws_calls.session(region)
+    session = aws_session(region)
     runs = group_by_run(find(session), datetime.now(timezone.utc), timedelta(minutes=older_than))
     runs = [run for run in runs if run.over and (run_id is None or run.run_id == run_id)]
     if output == "json":

@@ -91,7 +91,7 @@ def deploy_command(
     ] = None,
     task_role_arn: Annotated[
         Optional[str], typer.Option("--task-role-arn", help="The runner's role (ecs/fargate projects: one holding "
-                                    "`flowrig ecs iam-policy`).", rich_help_panel=_ECS)
+                                    "`flowrig aws iam-policy --backend ecs`).", rich_help_panel=_ECS)
     ] = None,
     runner_cpu: Annotated[Optional[int], typer.Option("--runner-cpu", help="CPU units of the runner task.",
                                                       rich_help_panel=_ECS)] = None,
@@ -153,7 +153,7 @@ def deploy_command(
     if missing:
         raise BadInput(f"flowrig deploy needs {', '.join(missing)}: flowrig deploy PROJECT --image TAG --pool NAME")
     assert project is not None and image is not None and pool is not None
-    from flowrig.backends.ecs.validate import parse_pairs
+    from flowrig.backends.aws.ecs.validate import parse_pairs
     from flowrig.deploy import DeployInputs, EcsInputs, deploy, describe_report
 
     inputs = DeployInputs(

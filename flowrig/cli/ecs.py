@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from flowrig.backends.ecs import defaults
+from flowrig.backends.aws.ecs import defaults
 from flowrig.cli.apps import command_group
 
 app = command_group(
@@ -132,8 +132,8 @@ def task_definitions_command(
     checked against the ECS API model before anything is written or registered. Files
     are ready for: aws ecs register-task-definition --cli-input-json file://ROLE.json
     """
-    from flowrig.backends.ecs import definitions, taskdefs
-    from flowrig.backends.ecs.validate import parse_pairs
+    from flowrig.backends.aws.ecs import definitions, taskdefs
+    from flowrig.backends.aws.ecs.validate import parse_pairs
 
     request = definitions.TaskDefinitionRequest(
         image=image,
@@ -172,9 +172,10 @@ def task_definitions_command(
     elif not register:
         typer.echo(taskdefs.to_json(documents), nl=False)
     if register:
-        from flowrig.backends.ecs import aws
+        from flowrig.backends.aws.ecs.register import register_task_definitions
+        from flowrig.backends.aws.session import session
 
-        arns = aws.register_task_definitions(aws.session(settings.region), documents)
+        arns = register_task_definitions(session(settings.region), documents)
         for each, arn in arns.items():
             typer.echo(f"{each}\t{arn}")
 
@@ -231,7 +232,7 @@ def run_local_command(
 
     Containers run read-only with no capabilities, no-new-privileges and a process limit, and never as root.
     """
-    from flowrig.backends.ecs import run_local
+    from flowrig.backends.aws.ecs import run_local
 
     document = _read_json(task_definition, "the task definition")
     from flowrig.errors import BadInput
@@ -255,28 +256,33 @@ def run_local_command(
     raise typer.Exit(code)
 
 
-@app.command("bootstrap")
+def _older_spelling(command: str, instead: str) -> None:
+    """Say on stderr, once the command has done its work, what it is now called (an
+    error stays one line)."""
+    typer.echo(f"flowrig: 'flowrig ecs {command}' is 'flowrig aws {instead}'", err=True)
+
+
+@app.command("bootstrap", hidden=True)
 def bootstrap_command(
     region: Annotated[
         Optional[str], typer.Option(help="AWS region (default: AWS_REGION or the profile's).")
     ] = None,
 ) -> None:
-    """Create, once per account, what ECS/Fargate runs need (idempotent; prints what it creates).
+    """Create, once per account, what ECS/Fargate runs need: `flowrig aws bootstrap --backend ecs`.
 
     The customer-managed policy flowrig-run-secret-reader on the /flowrig/ IAM path: each
     run makes its own execution role (only ECS tasks of this account may assume it,
     aws:SourceAccount) with AWS's managed execution policy and this one, which lets it
-    read its own run's secret and no other. The same as `flowrig aws bootstrap --backend
-    ecs`; ec2 runs need `flowrig aws bootstrap --backend ec2`.
+    read its own run's secret and no other. ec2 runs need `flowrig aws bootstrap
+    --backend ec2`.
     """
-    from flowrig.backends.ecs import aws
-    from flowrig.cli.aws import bootstrap_run_secret_reader
+    from flowrig.cli import aws
 
-    session = aws.session(region)
-    bootstrap_run_secret_reader(session, session.account())
+    aws.bootstrap(backend="ecs", region=region)
+    _older_spelling("bootstrap", "bootstrap --backend ecs")
 
 
-@app.command("iam-policy")
+@app.command("iam-policy", hidden=True)
 def iam_policy_command(
     account: Annotated[
         Optional[str],
@@ -295,11 +301,10 @@ def iam_policy_command(
         bool, typer.Option("--create-roles", hidden=True, help="Changes nothing: every run makes its own roles.")
     ] = False,
 ) -> None:
-    """Print the least-privilege IAM policy a runner of ECS/Fargate runs needs (JSON).
+    """Print the least-privilege IAM policy a runner of ECS/Fargate runs needs (JSON):
+    `flowrig aws iam-policy --backend ecs`."""
+    from flowrig.cli import aws
 
-    The same as `flowrig aws iam-policy --backend ecs`, which also prints ec2's.
-    """
-    from flowrig.cli.aws import policy_account, runner_policy
-
-    policy = runner_policy("ecs", policy_account(account, partition), deregister=deregister)
-    typer.echo(json.dumps(policy, indent=2))
+    aws.iam_policy(backend="ecs", account=account, partition=partition, deregister=deregister,
+                   create_roles=create_roles)
+    _older_spelling("iam-policy", "iam-policy --backend ecs")

@@ -74,7 +74,7 @@ class DeployInputs:
 
 
 def _pairs(flag: str, items: tuple[str, ...]) -> dict[str, str]:
-    from flowrig.backends.ecs.validate import parse_pairs
+    from flowrig.backends.aws.ecs.validate import parse_pairs
 
     return parse_pairs(flag, items)
 
@@ -111,7 +111,7 @@ def _job_variable_overrides(items: tuple[str, ...]) -> dict[str, Any]:
 
 def _ecs_runner(inputs: DeployInputs, project: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """The runner's task definition and the network settings of its task."""
-    from flowrig.backends.ecs import definitions, taskdefs, validate
+    from flowrig.backends.aws.ecs import definitions, taskdefs, validate
 
     ecs = inputs.ecs
     request = definitions.TaskDefinitionRequest(

@@ -34,8 +34,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from flowrig.backends.aws.ecs import defaults as ecs_defaults
 from flowrig.backends.docker.plans import PIDS_LIMIT, PREFECT_HOME, SCRATCH
-from flowrig.backends.ecs import defaults as ecs_defaults
 from flowrig.errors import BadInput
 
 #: Work pool types flowrig renders job variables for.
@@ -94,7 +94,7 @@ class JobInputs:
         Names of a process worker's own variables its container gets (process).
     ecs_runner
         The runner's task definition (``RegisterTaskDefinition`` parameters, as
-        :mod:`flowrig.backends.ecs.taskdefs` renders it), for an ECS pool.
+        :mod:`flowrig.backends.aws.ecs.taskdefs` renders it), for an ECS pool.
     ecs_cluster, ecs_vpc, ecs_subnets, ecs_security_groups, ecs_public_ip, ecs_launch_type
         Where an ECS pool's worker starts the runner task.
     """

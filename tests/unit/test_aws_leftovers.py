@@ -11,8 +11,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from flowrig.backends.ecs.lease import LEASE_SECONDS_ENV, LEASE_TAG, format_time, initial_tags, lease_until
-from flowrig.backends.ecs.leftovers import Resource, group_by_run, judge
+from flowrig.backends.aws.lease import LEASE_SECONDS_ENV, LEASE_TAG, format_time, initial_tags, lease_until
+from flowrig.backends.aws.leftovers import Resource, group_by_run, judge
 from tests.run_support import invoke
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
@@ -78,7 +78,7 @@ def test_bad_input_is_one_line_and_exit_2(args, words):
 
 
 def test_a_bad_lease_length_is_bad_input(monkeypatch):
-    from flowrig.backends.ecs.lease import lease_seconds
+    from flowrig.backends.aws.lease import lease_seconds
     from flowrig.errors import BadInput
 
     monkeypatch.setenv(LEASE_SECONDS_ENV, "-5")
@@ -87,9 +87,10 @@ def test_a_bad_lease_length_is_bad_input(monkeypatch):
 
 
 def test_the_runner_policy_lets_it_renew_the_lease_tag_only():
-    from flowrig.backends.ecs import iam
+    from flowrig.backends.aws import policies as iam
+    from flowrig.backends.aws.runner_policy import runner_policy
 
-    by_sid = {s["Sid"]: s for s in iam.runner_policy(iam.Account("aws", "123456789012"))["Statement"]}
+    by_sid = {s["Sid"]: s for s in runner_policy("ecs", iam.Account("aws", "123456789012"))["Statement"]}
     lease_only = {"ForAllValues:StringEquals": {"aws:TagKeys": [LEASE_TAG]}}
     # Only on what the caller made itself (its id in the owner tag).
     mine = {"StringEquals": {"aws:ResourceTag/flowrig-owner": "${aws:userid}"}}

@@ -679,7 +679,7 @@ def test_bad_allow_private_keys_is_bad_input(project: Path, entry: str, message:
      ("worker_dashboard_address", False)],
 )
 def test_one_rule_tells_secret_names_for_the_build_and_the_ecs_environment(name, secret):
-    from flowrig.backends.ecs.validate import check_user_environment
+    from flowrig.backends.aws.ecs.validate import check_user_environment
     from flowrig.errors import BadInput
     from flowrig.project.secretrules import secret_looking
 

@@ -46,7 +46,7 @@ def _configuration(pool_type: str, template: dict, variables: dict):
 
 
 def _ecs_runner(**changes):
-    from flowrig.backends.ecs import definitions, taskdefs
+    from flowrig.backends.aws.ecs import definitions, taskdefs
 
     request = definitions.TaskDefinitionRequest(
         image=IMAGE, roles=("runner",), region="us-east-1", execution_role_arn=EXEC_ROLE,

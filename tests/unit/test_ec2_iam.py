@@ -13,9 +13,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from flowrig.backends.ecs import iam
-from flowrig.backends.vm import ec2_iam
-from flowrig.backends.vm.ec2_cloud import UBUNTU_PARAMETER
+from flowrig.backends.aws import policies as iam
+from flowrig.backends.aws import runner_policy as ec2_iam
+from flowrig.backends.aws.ec2.cloud import UBUNTU_PARAMETER
 from flowrig.cli import app
 from tests.iam_eval import ALLOW, Request, evaluate
 from tests.run_support import invoke
@@ -44,7 +44,7 @@ def _resources(statement: dict) -> list[str]:
 # --- the document --------------------------------------------------------------------
 def test_the_ec2_policy_scopes_every_mutating_action_to_flowrigs_names_and_the_callers_own():
     policy = printed_policy("--backend", "ec2")
-    assert policy == ec2_iam.runner_policy(iam.Account("aws", ACCOUNT))
+    assert policy == ec2_iam.runner_policy("ec2", iam.Account("aws", ACCOUNT))
     for statement in policy["Statement"]:
         assert statement["Effect"] == "Allow"
         resources = _resources(statement)
@@ -53,7 +53,7 @@ def test_the_ec2_policy_scopes_every_mutating_action_to_flowrigs_names_and_the_c
             # GetCallerIdentity, which AWS answers for any principal anyway.
             if statement["Action"] == [ec2_iam.WHOAMI_ACTION]:
                 continue
-            assert set(statement["Action"]) <= set(ec2_iam.UNSCOPED_ACTIONS), statement
+            assert set(statement["Action"]) <= set(ec2_iam.EC2_UNSCOPED_ACTIONS), statement
             assert all(a.split(":")[1].startswith("Describe") for a in statement["Action"])
             continue
         for resource in resources:
@@ -276,11 +276,11 @@ def test_the_ubuntu_parameter_is_the_only_one_readable():
 def test_flowrig_ecs_iam_policy_is_the_same_as_aws_iam_policy_for_ecs():
     ecs = CliRunner().invoke(app, ["ecs", "iam-policy", "--account", ACCOUNT])
     assert ecs.exit_code == 0, ecs.output
-    assert json.loads(ecs.stdout) == iam.runner_policy(iam.Account("aws", ACCOUNT))
+    assert json.loads(ecs.stdout) == ec2_iam.runner_policy("ecs", iam.Account("aws", ACCOUNT))
     assert json.loads(ecs.stdout) == printed_policy("--backend", "ecs") == printed_policy("--backend", "fargate")
     # --create-roles is accepted from older scripts and changes nothing: every run makes its roles.
-    assert printed_policy("--backend", "fargate", "--create-roles") == iam.runner_policy(iam.Account("aws", ACCOUNT))
-    assert printed_policy("--backend", "fargate", "--deregister-task-definitions") == iam.runner_policy(
+    assert printed_policy("--backend", "fargate", "--create-roles") == ec2_iam.runner_policy("ecs", iam.Account("aws", ACCOUNT))
+    assert printed_policy("--backend", "fargate", "--deregister-task-definitions") == ec2_iam.runner_policy("ecs",
         iam.Account("aws", ACCOUNT), deregister=True)
 
 

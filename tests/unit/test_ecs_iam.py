@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from flowrig.backends.ecs import iam
+from flowrig.backends.aws import policies as iam
+from flowrig.backends.aws.runner_policy import runner_policy
 from flowrig.cli.ecs import app
 from tests.iam_eval import ALLOW, Request, evaluate
 from tests.run_support import invoke
@@ -197,7 +198,7 @@ def test_every_statement_on_an_existing_resource_asks_for_the_callers_own_tag():
 
 def test_the_policy_scopes_every_resource_to_the_account_and_flowrigs_names():
     policy = printed_policy()
-    assert policy == iam.runner_policy(ACCT)
+    assert policy == runner_policy("ecs", ACCT)
     for statement in policy["Statement"]:
         assert statement["Effect"] == "Allow"
         resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from flowrig.backends.ecs import defaults as ecs_defaults
-from flowrig.backends.ecs import run_local, taskdefs
+from flowrig.backends.aws.ecs import defaults as ecs_defaults
+from flowrig.backends.aws.ecs import run_local, taskdefs
 from flowrig.errors import BadInput
 
 EXEC_ROLE = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole"

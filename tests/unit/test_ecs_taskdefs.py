@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flowrig import roles
-from flowrig.backends.ecs import taskdefs, validate
+from flowrig.backends.aws.ecs import taskdefs, validate
 from flowrig.cli.ecs import app
 from flowrig.errors import BadInput
 from tests.aws_support import aws_env_without_credentials

@@ -117,7 +117,7 @@ def test_every_key_of_flowrig_toml_is_in_the_configuration_reference():
 
 
 def test_the_reference_shows_types_and_defaults_as_toml_writes_them():
-    from flowrig.backends.ecs.options import ECSOptions
+    from flowrig.backends.aws.ecs.options import ECSOptions
 
     rows = {
         row.split("|")[1].strip(): [cell.strip() for cell in row.split("|")[2:4]]

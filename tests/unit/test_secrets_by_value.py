@@ -102,7 +102,7 @@ ENV_FORMS = {
 def test_the_ecs_and_vm_environment_checks_refuse_the_same_values(name: str, value: str):
     """What a backend checks when it makes a task definition or user data (a sizing hook
     may have changed the options): the same rules, with the same opt-out."""
-    from flowrig.backends.ecs.validate import check_user_environment
+    from flowrig.backends.aws.ecs.validate import check_user_environment
     from flowrig.backends.vm.cloudinit import check_environment
 
     with pytest.raises(BadInput, match="secretsmanager"):

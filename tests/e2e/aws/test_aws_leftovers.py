@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from flowrig.backends.ecs.lease import LEASE_SECONDS_ENV, lease_until
+from flowrig.backends.aws.lease import LEASE_SECONDS_ENV, lease_until
 from tests.e2e.aws.test_ec2_backend import ec2_bootstrapped as ec2_bootstrapped  # a fixture
 from tests.e2e.aws.test_ecs_backend import IMAGE, local_scheduler, running_tasks, secret_arns, snapshot, spec, tags
 from tests.run_support import FLOWRIG, SEED
@@ -141,7 +141,7 @@ def test_kill_9_mid_start_then_leftovers_lists_the_run_and_remove_leaves_nothing
 def test_a_live_run_whose_lease_is_renewed_is_not_listed(aws, bootstrapped, tls, monkeypatch):
     import boto3
 
-    from flowrig.backends.ecs import FargateBackend
+    from flowrig.backends.aws.ecs import FargateBackend
     from flowrig.project.sizing import ClusterSize
 
     # Resources are created with a 2 s lease; only renewals keep the run off the list.
@@ -175,8 +175,9 @@ def test_a_live_run_whose_lease_is_renewed_is_not_listed(aws, bootstrapped, tls,
 def test_a_run_that_made_none_of_its_resources_renews_its_lease_on_its_tasks(aws):
     import boto3
 
-    from flowrig.backends.ecs import aws as aws_calls
-    from flowrig.backends.ecs.lease import LeaseRenewer
+    from flowrig.backends.aws import resources as aws_calls
+    from flowrig.backends.aws.lease import LeaseRenewer
+    from flowrig.backends.aws.session import session
 
     ecs = boto3.client("ecs")
     own = ecs.create_cluster(clusterName="team-cluster")["cluster"]["clusterArn"]
@@ -185,7 +186,7 @@ def test_a_run_that_made_none_of_its_resources_renews_its_lease_on_its_tasks(aws
     )["taskDefinition"]["taskDefinitionArn"]
     [task] = ecs.run_task(cluster=own, taskDefinition=definition, startedBy="flowrig-own1", launchType="FARGATE",
                           tags=[{"key": "flowrig-run-id", "value": "own1"}])["tasks"]
-    resources = aws_calls.RunResources(aws_calls.session(), {"flowrig-run-id": "own1"})
+    resources = aws_calls.RunResources(session(), {"flowrig-run-id": "own1"})
     resources.track_tasks(own, "flowrig-own1")
     renewer = LeaseRenewer(resources, 300)
     assert renewer.holder() is None

@@ -18,10 +18,10 @@ import time
 
 import pytest
 
+from flowrig.backends.aws.ec2.backend import EC2Backend
 from flowrig.backends.base import ClusterSpec
 from flowrig.backends.pool import Observed
 from flowrig.backends.vm import cloudinit, reach
-from flowrig.backends.vm.ec2 import EC2Backend
 from flowrig.certs.scan import private_keys_in_bytes
 from flowrig.errors import BadInput, InfrastructureError
 from flowrig.project.sizing import ClusterSize
@@ -155,7 +155,7 @@ def test_flowrig_run_ec2_gives_90_and_removes_every_tagged_resource(aws, tls, tm
 def test_instances_security_group_and_identity_of_a_run(aws, tls, monkeypatch):
     import boto3
 
-    from flowrig.backends.ecs.lease import LEASE_SECONDS_ENV
+    from flowrig.backends.aws.lease import LEASE_SECONDS_ENV
     from tests.e2e.aws.test_aws_leftovers import listed
 
     # Resources are created with a 2 s lease; only renewals keep the live run off the list.
@@ -443,7 +443,7 @@ def refuse_run_instances(monkeypatch, code: str, message: str, *, after: int = 0
 
 
 def cloud(run_id: str, **options):
-    from flowrig.backends.vm.ec2_cloud import EC2Cloud
+    from flowrig.backends.aws.ec2.cloud import EC2Cloud
 
     return EC2Cloud(run_id, EC2Backend().options({"ami": AMI, **options}))
 
@@ -501,7 +501,7 @@ def test_the_projects_security_group_and_instance_profile_are_used_and_left(aws,
     """Without the bootstrap's boundary too: the run makes no role of its own."""
     import boto3
 
-    from flowrig.backends.ecs.lease import LEASE_SECONDS_ENV, lease_until
+    from flowrig.backends.aws.lease import LEASE_SECONDS_ENV, lease_until
     from tests.e2e.aws.test_aws_leftovers import listed
 
     ec2, iam = boto3.client("ec2"), boto3.client("iam")

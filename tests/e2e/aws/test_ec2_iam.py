@@ -18,11 +18,11 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
+from flowrig.backends.aws import policies as iam
+from flowrig.backends.aws import runner_policy as ec2_iam
+from flowrig.backends.aws.ec2.backend import EC2Backend
+from flowrig.backends.aws.ec2.cloud import UBUNTU_PARAMETER
 from flowrig.backends.base import ClusterSpec
-from flowrig.backends.ecs import iam
-from flowrig.backends.vm import ec2_iam
-from flowrig.backends.vm.ec2 import EC2Backend
-from flowrig.backends.vm.ec2_cloud import UBUNTU_PARAMETER
 from flowrig.cli import app
 from flowrig.errors import InfrastructureError
 from flowrig.project.sizing import ClusterSize

@@ -16,9 +16,9 @@ import time
 
 import pytest
 
+from flowrig.backends.aws.ecs import ECSBackend, FargateBackend
 from flowrig.backends.base import ClusterSpec
 from flowrig.backends.classpath import ClassPathBackend
-from flowrig.backends.ecs import ECSBackend, FargateBackend
 from flowrig.certs.material import TLSMaterial
 from flowrig.errors import BadInput, InfrastructureError
 from flowrig.project.sizing import ClusterSize

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from flowrig.backends.ecs import FargateBackend
+from flowrig.backends.aws.ecs import FargateBackend
 from flowrig.errors import InfrastructureError
 from flowrig.project.sizing import ClusterSize
 from tests.e2e.aws.test_ecs_backend import local_scheduler, secret_arns, snapshot, spec
@@ -206,7 +206,7 @@ def test_calls_refused_while_the_runs_new_role_propagates_are_tried_again(aws, b
 
 def test_a_refusal_that_outlasts_propagation_ends_the_run_naming_it(aws, bootstrapped, fault_proxy, tls,
                                                                      monkeypatch):
-    from flowrig.backends.ecs import aws as aws_calls
+    from flowrig.backends.aws import resources as aws_calls
 
     monkeypatch.setattr(aws_calls, "ROLE_PROPAGATION", 3.0)
     fault_proxy.refuse_first("RunTask", 1000, "ClientException", NOT_ASSUMABLE)

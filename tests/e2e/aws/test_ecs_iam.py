@@ -19,8 +19,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from flowrig.backends.aws import policies as iam
+from flowrig.backends.aws.ecs import ECSBackend, FargateBackend
 from flowrig.backends.base import ClusterSpec
-from flowrig.backends.ecs import ECSBackend, FargateBackend, iam
 from flowrig.cli.ecs import app
 from flowrig.errors import BadInput, InfrastructureError
 from flowrig.project.sizing import ClusterSize

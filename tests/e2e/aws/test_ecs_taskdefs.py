@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flowrig import roles
-from flowrig.backends.ecs import taskdefs
+from flowrig.backends.aws.ecs import taskdefs
 from flowrig.cli.ecs import app
 from tests.run_support import FLOWRIG
 from tests.unit.test_ecs_taskdefs import BASE_ARGS

@@ -23,8 +23,8 @@ import uuid
 import pytest
 from typer.testing import CliRunner
 
-from flowrig.backends.ecs import defaults as ecs_defaults
-from flowrig.backends.ecs import run_local, taskdefs
+from flowrig.backends.aws.ecs import defaults as ecs_defaults
+from flowrig.backends.aws.ecs import run_local, taskdefs
 from flowrig.cli.ecs import app
 from flowrig.errors import BadInput
 from flowrig.roles import task_name
@@ -168,8 +168,8 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, bootst
     import boto3
     from distributed import Scheduler, SpecCluster, Worker
 
+    from flowrig.backends.aws.ecs import FargateBackend
     from flowrig.backends.base import ClusterSpec
-    from flowrig.backends.ecs import FargateBackend
     from flowrig.certs.material import TLSMaterial
     from flowrig.project.sizing import ClusterSize
 

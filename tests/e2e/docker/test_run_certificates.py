@@ -143,7 +143,7 @@ def which_ca() -> str:
 def _on_network(docker_client, network: str) -> list:
     """The containers `ecs run-local` started on ``network`` (each invocation labels
     its containers with an id of its own)."""
-    from flowrig.backends.ecs import run_local
+    from flowrig.backends.aws.ecs import run_local
 
     found = docker_client.containers.list(all=True, filters={"label": run_local.LABEL_RUN})
     return [c for c in found if network in c.attrs["NetworkSettings"]["Networks"]]
@@ -200,8 +200,8 @@ def test_an_ecs_run_from_a_baked_image_uses_a_ca_made_for_that_run(
     import boto3
     from distributed import Scheduler, SpecCluster, Worker
 
+    from flowrig.backends.aws.ecs import FargateBackend, run_local
     from flowrig.backends.base import ClusterSpec
-    from flowrig.backends.ecs import FargateBackend, run_local
     from flowrig.project.sizing import ClusterSize
     from flowrig.roles import task_name
 

@@ -1,324 +1,36 @@
-"""The one place flowrig's own AWS code calls AWS (botocore).
+"""The AWS resources one run makes, recorded as they are made and removed after the run.
 
-Calls are thin: parameters come rendered from :mod:`~flowrig.backends.ecs.taskdefs` or
-the backend, and botocore's errors become one-line flowrig errors (:func:`aws_errors`).
-botocore honours ``AWS_ENDPOINT_URL`` and the usual credential chain, so the same code
-talks to AWS or to a local emulator. botocore rather than boto3: it is what
-dask-cloudprovider's aiobotocore pins, and boto3 adds nothing flowrig uses.
+Calls are thin: parameters come rendered from :mod:`~flowrig.backends.aws.ecs.taskdefs`,
+the backend or :mod:`~flowrig.backends.aws.policies`, and botocore's errors become
+one-line flowrig errors (:func:`~flowrig.backends.aws.session.aws_errors`).
+:class:`RunResources` holds what ECS and EC2 runs share; ``ec2`` extends it
+(:mod:`flowrig.backends.aws.ec2.cloud`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
-from flowrig.backends.ecs import iam as iam_docs
-from flowrig.backends.ecs.defaults import CLEANUP_TIMEOUT
-from flowrig.errors import BadInput, InfrastructureError, one_line
+from flowrig.backends.aws import policies as iam_docs
+from flowrig.backends.aws.names import CLEANUP_TIMEOUT
+from flowrig.backends.aws.session import Session, aws_errors, denied, no_such_entity
+from flowrig.errors import BadInput, one_line
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
 
 logger = logging.getLogger("flowrig.ecs")
 
-#: Attempts and connect timeout (seconds) of every AWS call flowrig makes itself
-#: (botocore's standard retries: exponential backoff with full jitter, throttling
-#: included); an unreachable endpoint fails in seconds instead of retrying for minutes.
-#: ``AWS_MAX_ATTEMPTS`` and ``AWS_RETRY_MODE`` (``adaptive``) override them.
-MAX_ATTEMPTS = 5
-CONNECT_TIMEOUT = 10
-
 #: Seconds between checks while tasks stop, and between retries of a refused deletion.
 _POLL_SECONDS = 2
 _RETRY_SECONDS = 5
-
-
-
-@contextmanager
-def aws_errors(action: str) -> Iterator[None]:
-    """Turn botocore's errors raised while doing ``action`` into flowrig errors.
-
-    Missing credentials or region and invalid parameters are :class:`BadInput` (exit 2);
-    an unreachable endpoint, a timeout or a refusal by AWS is
-    :class:`InfrastructureError` (exit 3). Each message is one line.
-    """
-    from botocore import exceptions as bx
-
-    try:
-        yield
-    except (bx.NoCredentialsError, bx.PartialCredentialsError) as exc:
-        raise BadInput(
-            f"no usable AWS credentials while {action} ({one_line(exc)}): set "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
-        ) from None
-    except bx.NoRegionError:
-        raise BadInput(f"no AWS region while {action}: pass --region or set AWS_REGION") from None
-    except bx.ParamValidationError as exc:
-        raise BadInput(f"invalid AWS parameters while {action}: {one_line(exc)}") from None
-    except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError) as exc:
-        raise InfrastructureError(f"cannot reach AWS while {action}: {one_line(exc)}") from None
-    except bx.ClientError as exc:
-        error = exc.response.get("Error", {})
-        code, message = str(error.get("Code", "error")), str(error.get("Message", exc))
-        # Some endpoints answer a JSON API with an XML error body, which botocore keeps whole.
-        xml = re.search(r"<Code>(.*?)</Code>.*?<Message>(.*?)</Message>", message, re.DOTALL)
-        if xml:
-            code, message = xml.groups()
-        raise InfrastructureError(f"AWS refused {action}: {code}: {one_line(message)}") from None
-    except bx.BotoCoreError as exc:
-        raise InfrastructureError(f"AWS call failed while {action}: {one_line(exc)}") from None
-
-
-class Session:
-    """A region, credentials and the clients made from them (one client per service).
-
-    Parameters
-    ----------
-    region
-        The AWS region; default: the usual configuration (``AWS_REGION``, profile).
-    access_key_id, secret_access_key
-        Credentials; default: botocore's usual chain (environment, profile, role).
-    """
-
-    def __init__(
-        self, region: str | None = None, *, access_key_id: str | None = None, secret_access_key: str | None = None
-    ) -> None:
-        try:
-            import botocore.session
-        except ImportError:
-            raise BadInput("AWS support needs botocore: pip install 'flowrig[aws]'") from None
-        with aws_errors("loading the AWS configuration"):
-            self._session = botocore.session.get_session()
-            if access_key_id and secret_access_key:
-                self._session.set_credentials(access_key_id, secret_access_key)
-            self.region_name = region or self._session.get_config_variable("region")
-            if not self.region_name:
-                raise BadInput("no AWS region: pass --region or set AWS_REGION")
-            if self._session.get_credentials() is None:
-                raise BadInput(
-                    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                    "or AWS_PROFILE"
-                )
-        self._clients: dict[str, Any] = {}
-        self._caller: Caller | None = None
-
-    def client(self, service: str) -> Any:
-        """A client with few retries and a short connect timeout, made once per service."""
-        if service not in self._clients:
-            from botocore.config import Config
-
-            config = Config(
-                retries={
-                    "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or MAX_ATTEMPTS),
-                    "mode": os.environ.get("AWS_RETRY_MODE") or "standard",
-                },
-                connect_timeout=CONNECT_TIMEOUT,
-            )
-            self._clients[service] = self._session.create_client(
-                service, region_name=self.region_name, config=config
-            )
-        return self._clients[service]
-
-    @property
-    def partition(self) -> str:
-        """The region's partition (``aws``, ``aws-cn``, ``aws-us-gov``), for ARNs."""
-        return self._session.get_partition_for_region(self.region_name)
-
-    def caller(self) -> "Caller":
-        """Who the credentials are: their account and IAM's id of the caller (one STS
-        call, made once per session).
-
-        Raises
-        ------
-        BadInput
-            When the caller's id cannot be a tag value (see :func:`~flowrig.backends.ecs.iam.check_owner`).
-        """
-        if self._caller is None:
-            with aws_errors("asking AWS who the credentials belong to"):
-                found = self.client("sts").get_caller_identity()
-            try:
-                user_id = iam_docs.check_owner(str(found["UserId"]))
-            except ValueError as exc:
-                raise BadInput(str(exc)) from None
-            self._caller = Caller(iam_docs.Account(self.partition, str(found["Account"])), user_id)
-        return self._caller
-
-    def account(self) -> iam_docs.Account:
-        """The partition and the account the credentials belong to."""
-        return self.caller().account
-
-
-@dataclass(frozen=True)
-class Caller:
-    """The account of the credentials, and the caller's id as IAM's ``aws:userid``
-    gives it: the owner tag of everything the caller makes."""
-
-    account: iam_docs.Account
-    user_id: str
-
-
-#: IAM keeps at most this many versions of a managed policy.
-_POLICY_VERSIONS = 5
 #: Seconds a role made moments before may still be unknown to the services that use it
 #: (IAM propagates a change within seconds, rarely a minute): calls refused for want of
 #: it are tried again until then.
 ROLE_PROPAGATION = 60.0
 #: Seconds between such tries.
 _PROPAGATION_POLL = 2.0
-
-
-def _no_such_entity(exc: Exception) -> bool:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code") == "NoSuchEntity"
-
-
-def denied(exc: Exception) -> bool:
-    """Whether AWS refused a call for want of a permission."""
-    error = getattr(exc, "response", {}).get("Error", {})
-    code, message = str(error.get("Code", "")), str(error.get("Message", ""))
-    return code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "403") or (
-        "not authorized to perform" in message
-    )
-
-
-def ensure_managed_policy(
-    aws: Session, account: iam_docs.Account, name: str, document: dict[str, Any], description: str
-) -> tuple[str, str]:
-    """The customer-managed policy ``name`` on flowrig's IAM path, created when missing
-    and made today's ``document`` when an older bootstrap made another. Returns
-    ``(arn, what was done)``: ``created``, ``updated`` or ``unchanged``."""
-    from botocore.exceptions import ClientError
-
-    iam = aws.client("iam")
-    arn = account.arn("iam", f"policy{iam_docs.ROLE_PATH}{name}")
-    with aws_errors(f"creating IAM policy {arn}"):
-        try:
-            default_version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
-        except ClientError as exc:
-            if not _no_such_entity(exc):
-                raise
-            iam.create_policy(
-                PolicyName=name,
-                Path=iam_docs.ROLE_PATH,
-                PolicyDocument=json.dumps(document),
-                Description=description,
-                Tags=[{"Key": "createdBy", "Value": "flowrig bootstrap"}],
-            )
-            return arn, "created"
-        current = iam.get_policy_version(PolicyArn=arn, VersionId=default_version)["PolicyVersion"]["Document"]
-        if isinstance(current, str):  # URL-encoded JSON, when the client does not decode it
-            from urllib.parse import unquote
-
-            current = json.loads(unquote(current))
-        if current == document:
-            return arn, "unchanged"
-        versions = iam.list_policy_versions(PolicyArn=arn)["Versions"]
-        older = sorted((v for v in versions if not v["IsDefaultVersion"]), key=lambda v: v["CreateDate"])
-        if len(versions) >= _POLICY_VERSIONS and older:
-            iam.delete_policy_version(PolicyArn=arn, VersionId=older[0]["VersionId"])
-        iam.create_policy_version(PolicyArn=arn, PolicyDocument=json.dumps(document), SetAsDefault=True)
-    return arn, "updated"
-
-
-def ensure_instance_boundary(aws: Session, account: iam_docs.Account) -> tuple[str, str]:
-    """The ``ec2`` instance roles' permissions boundary (:func:`ensure_managed_policy`)."""
-    return ensure_managed_policy(
-        aws, account, iam_docs.INSTANCE_BOUNDARY_NAME, iam_docs.instance_boundary_policy(account),
-        "flowrig: the most an ec2 run's instance role may be allowed (its permissions boundary)",
-    )
-
-
-def ensure_run_secret_reader(aws: Session, account: iam_docs.Account) -> tuple[str, str]:
-    """The policy every ``ecs``/``fargate`` run's execution role gets (:func:`ensure_managed_policy`)."""
-    return ensure_managed_policy(
-        aws, account, iam_docs.RUN_SECRET_READER_NAME, iam_docs.run_secret_reader_policy(account),
-        "flowrig: an ecs/fargate run's execution role reads its own run's secret and no other",
-    )
-
-
-def legacy_execution_role(aws: Session) -> str | None:
-    """The ARN of the shared execution role older bootstraps made, if the account has it."""
-    from botocore.exceptions import ClientError
-
-    with aws_errors(f"looking up IAM role {iam_docs.EXECUTION_ROLE_NAME}"):
-        try:
-            return str(aws.client("iam").get_role(RoleName=iam_docs.EXECUTION_ROLE_NAME)["Role"]["Arn"])
-        except ClientError as exc:
-            if not _no_such_entity(exc):
-                raise
-    return None
-
-
-def _find_policy(aws: Session, arn: str, what: str, fix: str) -> str:
-    from botocore.exceptions import ClientError
-
-    with aws_errors(f"looking up IAM policy {arn}"):
-        try:
-            aws.client("iam").get_policy(PolicyArn=arn)
-            return arn
-        except ClientError as exc:
-            if not _no_such_entity(exc):
-                raise
-    raise BadInput(f"IAM policy {arn} ({what}) does not exist: {fix}")
-
-
-def find_instance_boundary(aws: Session) -> str:
-    """The ARN of the instance roles' permissions boundary the bootstrap made.
-
-    Raises
-    ------
-    BadInput
-        When there is none (with the command that makes it).
-    """
-    return _find_policy(
-        aws, iam_docs.instance_boundary_arn(aws.account()),
-        "the permissions boundary of ec2 runs' instance roles",
-        "run `flowrig aws bootstrap --backend ec2` once for the account, or set iam_instance_profile in "
-        "[cluster.options]",
-    )
-
-
-def find_run_secret_reader(aws: Session) -> str:
-    """The ARN of the policy that lets a run's execution role read its own run's secret.
-
-    Raises
-    ------
-    BadInput
-        When there is none (with the command that makes it).
-    """
-    return _find_policy(
-        aws, iam_docs.run_secret_reader_arn(aws.account()),
-        "what lets each run's execution role read its own run's secret",
-        "run `flowrig aws bootstrap --backend ecs` once for the account, or set execution_role_arn in "
-        "[cluster.options]",
-    )
-
-
-def session(region: str | None = None, **credentials: str | None) -> Session:
-    """A :class:`Session`, its region and credentials checked before any call is made.
-
-    Raises
-    ------
-    BadInput
-        When botocore is missing, or no region or credentials are configured.
-    """
-    return Session(region, **credentials)
-
-
-def register_task_definitions(
-    aws: Session, task_definitions: Mapping[str, Mapping[str, Any]]
-) -> dict[str, str]:
-    """Register each task definition; return ``role -> taskDefinitionArn``."""
-    ecs = aws.client("ecs")
-    arns = {}
-    for role, params in task_definitions.items():
-        with aws_errors(f"registering the {role} task definition"):
-            response = ecs.register_task_definition(**params)
-        arns[role] = response["taskDefinition"]["taskDefinitionArn"]
-    return arns
 
 
 def _ecs_tags(tags: Mapping[str, str]) -> list[dict[str, str]]:
@@ -437,7 +149,7 @@ class RunResources:
 
         Only ECS tasks of this account may assume it; it holds AWS's managed execution
         policy (pull the image, write logs) and ``reader_policy_arn``, which lets it
-        read its own run's secret and no other (:func:`~flowrig.backends.ecs.iam.run_secret_reader_policy`).
+        read its own run's secret and no other (:func:`~flowrig.backends.aws.policies.run_secret_reader_policy`).
         Its tags (the run id, and the caller as owner) are what that policy and the
         runner's own rights check.
         """
@@ -456,7 +168,7 @@ class RunResources:
             with aws_errors(f"attaching {policy_arn} to IAM role {name}"):
                 self.while_role_propagates(
                     lambda arn=policy_arn: iam.attach_role_policy(RoleName=name, PolicyArn=arn),
-                    lambda exc: denied(exc) or _no_such_entity(exc),
+                    lambda exc: denied(exc) or no_such_entity(exc),
                 )
         return response["Role"]["Arn"]
 

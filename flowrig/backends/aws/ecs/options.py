@@ -6,8 +6,8 @@ from typing import Any, ClassVar, Mapping
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 
+from flowrig.backends.aws.ecs import defaults
 from flowrig.backends.base import N_WORKERS_FIX, Options, Seconds, StringMap
-from flowrig.backends.ecs import defaults
 
 
 class ECSOptions(Options):

@@ -6,7 +6,7 @@ The project's ``flowrig.toml`` is the source (``[cluster] worker_threads`` and
 group, architecture, extra flags, volumes, tags, and the workers' ``environment`` and
 ``secrets``); the command line only overrides it (:class:`TaskDefinitionRequest`).
 Every input that is missing is named in one error, so one fix-up round is enough.
-Rendering stays in :mod:`~flowrig.backends.ecs.taskdefs`; this module decides what goes
+Rendering stays in :mod:`~flowrig.backends.aws.ecs.taskdefs`; this module decides what goes
 into it and checks it, and calls no AWS API.
 """
 
@@ -17,11 +17,11 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-from flowrig.backends.ecs import defaults, taskdefs, validate
+from flowrig.backends.aws.ecs import defaults, taskdefs, validate
 from flowrig.errors import BadInput
 
 if TYPE_CHECKING:
-    from flowrig.backends.ecs.options import ECSOptions
+    from flowrig.backends.aws.ecs.options import ECSOptions
     from flowrig.project import Project
 
 #: Backends whose runner may run in an ECS task: its cluster is made of ECS tasks too.
@@ -51,7 +51,7 @@ class TaskDefinitionRequest:
         Roles; ``task_role_arn`` is every container's (default: the project's, for
         scheduler and workers), ``runner_task_role_arn`` the runner's alone.
     region, log_group, create_log_group, cpu_architecture
-        As in :class:`~flowrig.backends.ecs.taskdefs.TaskDefinitionSettings`.
+        As in :class:`~flowrig.backends.aws.ecs.taskdefs.TaskDefinitionSettings`.
     environment, secrets, tags
         For every container (every task definition), over the project's.
     allow_local_runner
@@ -178,7 +178,7 @@ def task_definition_settings(
              "CloudWatch need one: arn:aws:iam::ACCOUNT:role/NAME, e.g. AWS's ecsTaskExecutionRole)",
              not execution_role_arn),
             (f"{request.runner_role_flag} (the runner's task role: it starts the run's ECS tasks; "
-             "flowrig ecs iam-policy prints what it needs)", runner_role_missing),
+             "flowrig aws iam-policy --backend ecs prints what it needs)", runner_role_missing),
         ) if absent
     ]
     if missing:

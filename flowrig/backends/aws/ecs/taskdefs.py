@@ -2,7 +2,7 @@
 
 Everything here is pure: settings in, ``RegisterTaskDefinition`` parameters out, the
 same bytes for the same input. Writing files and calling AWS happen elsewhere
-(:mod:`flowrig.cli.ecs`, :mod:`flowrig.backends.ecs.aws`).
+(:mod:`flowrig.cli.ecs`, :mod:`flowrig.backends.aws.ecs.register`).
 
 The scheduler and worker containers are named ``dask-scheduler`` and ``dask-worker``,
 the names dask-cloudprovider overrides when it starts tasks, so these task definitions
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from flowrig import roles
-from flowrig.backends.ecs import defaults
-from flowrig.backends.ecs.validate import ROLES, check_role
+from flowrig.backends.aws.ecs import defaults
+from flowrig.backends.aws.ecs.validate import ROLES, check_role
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT, scheduler_command, worker_command
 
 CONTAINER_NAMES: Mapping[str, str] = {
@@ -59,7 +59,7 @@ class RoleSize:
 
 
 def default_sizes() -> dict[str, RoleSize]:
-    """Task size of every role from :mod:`flowrig.backends.ecs.defaults`."""
+    """Task size of every role from :mod:`flowrig.backends.aws.ecs.defaults`."""
     return {
         "runner": RoleSize(defaults.RUNNER_CPU, defaults.RUNNER_MEMORY),
         "scheduler": RoleSize(defaults.SCHEDULER_CPU, defaults.SCHEDULER_MEMORY),
@@ -261,7 +261,7 @@ def render_task_definition(role: str, settings: TaskDefinitionSettings) -> dict[
     dict
         Ready for ``aws ecs register-task-definition --cli-input-json`` or boto3's
         ``register_task_definition(**params)``. Not validated: see
-        :func:`flowrig.backends.ecs.validate.check_task_definition`.
+        :func:`flowrig.backends.aws.ecs.validate.check_task_definition`.
     """
     check_role(role)
     size = settings.sizes[role]

@@ -1,27 +1,12 @@
-"""``ec2``: a run's scheduler and workers as EC2 instances of its image.
-
-The instances get flowrig's cloud-init, an instance profile of the run's (it may read
-the run's certificate secret and nothing else), private addresses, and a security group
-of the run's that admits the Dask ports from the VPC only. Everything is tagged with the
-run id, removed after the run, and found by ``flowrig aws leftovers`` if a runner dies.
-"""
+"""``[cluster.options]`` of the ``ec2`` backend (dask-cloudprovider's ``EC2Cluster`` names)."""
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Any, ClassVar
-
 from pydantic import Field, StrictInt, StrictStr
 
-from flowrig.backends.vm.backend import VMBackend
-from flowrig.backends.vm.cloudinit import RegistryLogin
-from flowrig.backends.vm.options import VMOptions, check_name
+from flowrig.backends.vm.options import VMOptions
 
-if TYPE_CHECKING:
-    from flowrig.backends.vm.cloud import Cloud
-
-#: An ECR registry host: ACCOUNT.dkr.ecr.REGION.amazonaws.com (.com.cn in China).
-_ECR = re.compile(r"^\d{12}\.dkr\.ecr(-fips)?\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
+#: An AWS region name (``eu-west-1``, ``us-gov-west-1``).
 REGION_PATTERN = r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}"
 
 
@@ -61,27 +46,3 @@ class EC2Options(VMOptions):
     instance_tags: dict[StrictStr, StrictStr] = Field(
         default_factory=dict, description="more tags on the instances only"
     )
-
-
-class EC2Backend(VMBackend):
-    """``ec2``: EC2 instances, one per role."""
-
-    name = "ec2"
-    extra = "aws"
-    sdk_modules = ("botocore",)
-    secret_source: ClassVar = "aws-secret"
-    options_model = EC2Options
-
-    @staticmethod
-    def registry_login(image: str) -> RegistryLogin | None:
-        host = image.split("/", 1)[0] if "/" in image else ""
-        return RegistryLogin(kind="ecr", host=host) if _ECR.match(host) else None
-
-    def check_options(self, options: EC2Options) -> None:
-        check_name("region", options.region, REGION_PATTERN, "eu-west-1")
-        check_name("availability_zone", options.availability_zone, REGION_PATTERN + r"[a-z]", "eu-west-1a")
-
-    def make_cloud(self, run_id: str, options: Any) -> "Cloud":
-        from flowrig.backends.vm.ec2_cloud import EC2Cloud
-
-        return EC2Cloud(run_id, options)

@@ -18,18 +18,15 @@ import logging
 import os
 import threading
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping, Protocol
 
+# Lease readers take the tag from here, where the lease is explained.
+from flowrig.backends.aws.names import LEASE_TAG as LEASE_TAG
 from flowrig.common.environ import positive_seconds
 from flowrig.errors import one_line
 
-if TYPE_CHECKING:
-    from flowrig.backends.ecs.aws import RunResources
-
 logger = logging.getLogger("flowrig.ecs")
 
-#: Tag holding the lease's expiry (:data:`TIME_FORMAT`, UTC).
-LEASE_TAG = "flowrig-lease-until"
 #: ISO 8601 in UTC to the second: allowed in the tag values of every service flowrig tags.
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 #: Seconds a lease lasts unless ``FLOWRIG_AWS_LEASE_SECONDS`` says otherwise. Five
@@ -89,10 +86,31 @@ def initial_tags(seconds: float, now: datetime | None = None) -> dict[str, str]:
     return {LEASE_TAG: format_time(now + timedelta(seconds=seconds))}
 
 
+class _Clients(Protocol):
+    def client(self, service: str) -> Any: ...
+
+
+class LeaseHolders(Protocol):
+    """What a lease is renewed on: a run's resources
+    (:class:`~flowrig.backends.aws.resources.RunResources` is one), read, never changed."""
+
+    @property
+    def aws(self) -> _Clients:
+        """The session every renewal call uses."""
+
+    @property
+    def created(self) -> list[tuple[str, str]]:
+        """``(kind, id)`` of what the run made so far, oldest first."""
+
+    @property
+    def task_sources(self) -> list[tuple[str, str]]:
+        """``(cluster ARN, startedBy)`` of the tasks the run started."""
+
+
 class LeaseRenewer:
     """Renews a run's lease on one of its resources until :meth:`stop`.
 
-    The holder is the first of the run's own resources (:attr:`RunResources.created`)
+    The holder is the first of the run's own resources (:attr:`LeaseHolders.created`)
     of the kinds in :data:`HOLDER_KINDS` (a run that made none renews it on its running
     tasks); before any exists there is nothing to renew, and the lease every resource
     is created with still holds. Renewal failures are
@@ -106,7 +124,7 @@ class LeaseRenewer:
         How long each renewal extends the lease.
     """
 
-    def __init__(self, resources: "RunResources", seconds: float) -> None:
+    def __init__(self, resources: LeaseHolders, seconds: float) -> None:
         self.resources = resources
         self.seconds = seconds
         self._stop = threading.Event()

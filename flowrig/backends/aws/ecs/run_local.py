@@ -49,8 +49,8 @@ from typing import Annotated, Any, Mapping, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
+from flowrig.backends.aws.ecs.defaults import RUN_LOCAL_NETWORK
 from flowrig.backends.docker.plans import PIDS_LIMIT, PREFECT_HOME, hardening
-from flowrig.backends.ecs.defaults import RUN_LOCAL_NETWORK
 from flowrig.common.environ import check_env_name
 from flowrig.containers import LABEL_ROLE, LABEL_RUN_ID, ContainerPlan
 from flowrig.errors import BadInput
@@ -309,7 +309,7 @@ def load_overrides(document: Mapping[str, Any] | None) -> dict[str, Any]:
     BadInput
         When the object does not match the ECS ``TaskOverride`` shape.
     """
-    from flowrig.backends.ecs.validate import check_task_overrides
+    from flowrig.backends.aws.ecs.validate import check_task_overrides
 
     if not document:
         return {}

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from flowrig.backends.ecs.aws import Session, aws_errors
+from flowrig.backends.aws.session import Session, aws_errors
 from flowrig.backends.pool import Endpoint, Launcher, Observed, WorkerStart
 from flowrig.errors import InfrastructureError, one_line
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT, WORKER_DEATH_TIMEOUT

@@ -2,9 +2,9 @@
 
 A run deletes its resources on every way out its process sees; a runner killed with
 ``kill -9`` (or by ECS, or by the OOM killer) sees none, and its resources keep the
-``flowrig-run-id`` tag. :mod:`flowrig.backends.ecs.sweep` finds them in AWS; this
+``flowrig-run-id`` tag. :mod:`flowrig.backends.aws.sweep` finds them in AWS; this
 module groups them by run, decides which runs are over (:func:`judge`) and renders
-the listing. A run is over when its lease (:mod:`flowrig.backends.ecs.lease`) expired
+the listing. A run is over when its lease (:mod:`flowrig.backends.aws.lease`) expired
 more than ``older_than`` ago; a run without any lease (made by an older flowrig) when
 its newest resource was created more than ``older_than`` ago.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping
 
-from flowrig.backends.ecs.lease import format_time, lease_until
+from flowrig.backends.aws.lease import format_time, lease_until
 
 #: Kinds of resources, in the order a run's are removed: tasks and instances hold network
 #: interfaces in the security group and tasks run in the cluster, task definitions name

@@ -2,7 +2,9 @@
 bootstrap makes, a run's secret policy, and the least-privilege policy of the runner.
 
 Everything here is pure (the account, partition and options in, JSON-ready dicts out);
-the calls that create roles and policies are in :mod:`flowrig.backends.ecs.aws`.
+the calls that create roles and policies are in :mod:`flowrig.backends.aws.bootstrap`
+and :mod:`flowrig.backends.aws.resources`; the runners' own policies are in
+:mod:`flowrig.backends.aws.runner_policy`.
 
 One run can never reach another. Everything a run makes carries :data:`OWNER_TAG`, its
 maker's id as IAM gives it (``aws:userid``), and the runner policies let a caller
@@ -19,16 +21,17 @@ secrets) as well; the few actions IAM authorizes only on ``"*"`` are listed in
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any
 
-from flowrig.backends.ecs import defaults
-from flowrig.backends.ecs.lease import LEASE_TAG
+# Spelled here as before as well: ``policies.RUN_TAG`` and ``policies.Account`` are what
+# readers of a policy look for.
+from flowrig.backends.aws.names import EXECUTION_ROLE_POLICY, FAMILY_PREFIX
+from flowrig.backends.aws.names import OWNER_TAG as OWNER_TAG
+from flowrig.backends.aws.names import ROLE_PATH as ROLE_PATH
+from flowrig.backends.aws.names import RUN_TAG as RUN_TAG
+from flowrig.backends.aws.names import Account as Account
+from flowrig.backends.aws.names import check_owner as check_owner
 
-#: IAM path of every role flowrig makes (bootstrap or run time), so a policy can name
-#: them all (``role/flowrig/*``) and nothing else.
-ROLE_PATH = "/flowrig/"
 #: The execution role older versions of ``flowrig ecs bootstrap`` made for every run to
 #: share. Runs no longer use it (any run could pass it to a task and read every other
 #: run's secret): each run makes its own (:data:`RUN_ROLE_PATTERN`).
@@ -39,14 +42,6 @@ RUN_ROLE_PATTERN = "flowrig-*-execution"
 ECS_TASKS = "ecs-tasks.amazonaws.com"
 #: Service that assumes the instance roles of ``ec2`` runs: EC2 instances only.
 EC2_INSTANCES = "ec2.amazonaws.com"
-#: Tag every resource of a run carries (its value is the run id).
-RUN_TAG = "flowrig-run-id"
-#: Tag every resource a run makes carries: who made it, as IAM names the caller
-#: (``aws:userid``: an IAM user's id, or ``ROLE-ID:SESSION`` for a role's session, which
-#: for an ECS task is the task's id). The runner policies let a caller create only
-#: resources carrying its own id here and act only on resources that carry it, so a
-#: runner cannot claim another's resources: IAM, not the caller, supplies the value.
-OWNER_TAG = "flowrig-owner"
 #: The policy variable IAM replaces with the caller's unique id.
 CALLER = "${aws:userid}"
 #: The customer-managed policy (on :data:`ROLE_PATH`) that ``flowrig aws bootstrap
@@ -58,8 +53,6 @@ RUN_SECRET_READER_NAME = "flowrig-run-secret-reader"
 INSTANCE_BOUNDARY_NAME = "flowrig-instance-boundary"
 #: The ECR actions that pull an image (besides ``ecr:GetAuthorizationToken``).
 ECR_PULL_ACTIONS = ("ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer")
-#: Characters IAM, ECS, EC2, Secrets Manager and CloudWatch Logs all take in a tag value.
-_TAG_VALUE = re.compile(r"^[A-Za-z0-9 _.:/=+\-@]{1,256}$")
 
 #: Actions that IAM authorizes only against ``"*"`` (no resource type, or none that
 #: exists before the call).
@@ -73,19 +66,6 @@ UNSCOPED_ACTIONS = (
 #: may deregister every task definition of the account, flowrig's or not. Only
 #: ``flowrig aws iam-policy --deregister-task-definitions`` grants it.
 DEREGISTER_ACTION = "ecs:DeregisterTaskDefinition"
-
-
-@dataclass(frozen=True)
-class Account:
-    """Where policies point: the partition (``aws``) and the 12-digit account id."""
-
-    partition: str
-    account_id: str
-
-    def arn(self, service: str, resource: str, region: str = "*") -> str:
-        """``arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE`` (IAM ARNs have no region)."""
-        region = "" if service == "iam" else region
-        return f"arn:{self.partition}:{service}:{region}:{self.account_id}:{resource}"
 
 
 def trust_policy(account: Account) -> dict[str, Any]:
@@ -141,30 +121,13 @@ def image_pull_policy(repository_arn: str) -> dict[str, Any]:
     }
 
 
-def check_owner(user_id: str) -> str:
-    """``user_id`` (the caller's ``aws:userid``) when every service takes it as a tag value.
-
-    Raises
-    ------
-    ValueError
-        When it holds a character a tag value cannot (an assumed role's session name may
-        hold a comma).
-    """
-    if not _TAG_VALUE.match(user_id):
-        raise ValueError(
-            f"the AWS caller id {user_id!r} cannot be a tag value (letters, digits, spaces and _.:/=+-@ "
-            "only, 256 at most): use credentials whose role session name has none of the others"
-        )
-    return user_id
-
-
 def owned_by_caller(where: str = "ResourceTag") -> dict[str, dict[str, str]]:
     """The condition that the resource (``ResourceTag``) or the request's tags
     (``RequestTag``) name the caller as owner (:data:`OWNER_TAG` = ``${aws:userid}``)."""
     return {"StringEquals": {f"aws:{where}/{OWNER_TAG}": CALLER}}
 
 
-def _not_anothers() -> dict[str, dict[str, str]]:
+def not_anothers() -> dict[str, dict[str, str]]:
     # Tagging at creation sees no tags on the resource yet; tagging an existing one
     # sees its owner tag, which must then be the caller's.
     return {"StringEqualsIfExists": {f"aws:ResourceTag/{OWNER_TAG}": CALLER}}
@@ -178,7 +141,7 @@ def _own_run_secrets(account: Account) -> dict[str, Any]:
     return statement(
         "ReadOwnRunSecret",
         ["secretsmanager:GetSecretValue"],
-        account.arn("secretsmanager", f"secret:{defaults.FAMILY_PREFIX}/${{aws:PrincipalTag/{RUN_TAG}}}/*"),
+        account.arn("secretsmanager", f"secret:{FAMILY_PREFIX}/${{aws:PrincipalTag/{RUN_TAG}}}/*"),
         StringEquals={f"aws:ResourceTag/{OWNER_TAG}": f"${{aws:PrincipalTag/{OWNER_TAG}}}"},
     )
 
@@ -248,7 +211,7 @@ def run_secret_reader_policy(account: Account) -> dict[str, Any]:
 
 def execution_policy_arn(partition: str) -> str:
     """AWS's managed execution policy: pull the image from ECR, write logs."""
-    return f"arn:{partition}:iam::aws:{defaults.EXECUTION_ROLE_POLICY}"
+    return f"arn:{partition}:iam::aws:{EXECUTION_ROLE_POLICY}"
 
 
 def role_arn(account: Account, name: str) -> str:
@@ -258,12 +221,12 @@ def role_arn(account: Account, name: str) -> str:
 
 def execution_role_name(run_id: str) -> str:
     """The name of a run's execution role: ``flowrig-<run id>-execution`` (:data:`RUN_ROLE_PATTERN`)."""
-    return f"{defaults.FAMILY_PREFIX}-{run_id}-execution"
+    return f"{FAMILY_PREFIX}-{run_id}-execution"
 
 
 def secret_name(run_id: str) -> str:
     """The Secrets Manager name of a run's certificates: ``flowrig/<run id>/tls``."""
-    return f"{defaults.FAMILY_PREFIX}/{run_id}/tls"
+    return f"{FAMILY_PREFIX}/{run_id}/tls"
 
 
 def secret_read_policy(secret_arn: str, reader_role_arn: str, *, grant: bool = False) -> dict[str, Any]:
@@ -307,12 +270,12 @@ def statement(sid: str, actions: list[str], resources: list[str] | str, **condit
 def secret_statements(account: Account) -> list[dict[str, Any]]:
     """What a runner does with its runs' secrets: create them owned by itself, put a
     policy that blocks public access on them and delete them, only while it owns them."""
-    secrets = account.arn("secretsmanager", f"secret:{defaults.FAMILY_PREFIX}/*")
+    secrets = account.arn("secretsmanager", f"secret:{FAMILY_PREFIX}/*")
     return [
         statement("RunSecretCreate", ["secretsmanager:CreateSecret"], secrets, **owned_by_caller("RequestTag")),
         statement(
             "RunSecretTag", ["secretsmanager:TagResource"], secrets,
-            **owned_by_caller("RequestTag"), **_not_anothers(),
+            **owned_by_caller("RequestTag"), **not_anothers(),
         ),
         statement(
             "RunSecretPolicy", ["secretsmanager:PutResourcePolicy"], secrets,
@@ -320,118 +283,6 @@ def secret_statements(account: Account) -> list[dict[str, Any]]:
         ),
         statement("RunSecretDelete", ["secretsmanager:DeleteSecret"], secrets, **owned_by_caller()),
     ]
-
-
-def runner_policy(account: Account, *, deregister: bool = False) -> dict[str, Any]:
-    """The least-privilege policy of a runner of ``fargate``/``ecs`` runs.
-
-    Every resource the runner makes must carry its caller id as :data:`OWNER_TAG`, and
-    it may change, use, pass or delete only what carries it: a runner (and so the flow
-    it runs) cannot register a task definition outside ``flowrig-*``, run or stop
-    another caller's tasks, pass another caller's role (or any role that is no run's:
-    the shared roles of older bootstraps included), touch another caller's secret,
-    cluster, security group or log group, nor take them over by tagging them. Each
-    run's execution role reads its own run's secret only
-    (:func:`run_secret_reader_policy`).
-
-    Parameters
-    ----------
-    account
-        Partition and account the resources live in.
-    deregister
-        Also let the runner deregister task definitions, which IAM cannot limit to its
-        own (:data:`DEREGISTER_ACTION`), and delete its own deregistered ones.
-        Without it a run's task definitions stay registered (inactive secrets and
-        roles behind them) until ``flowrig aws leftovers --remove``.
-    """
-    prefix = defaults.FAMILY_PREFIX
-    mine = owned_by_caller()
-    made_mine = owned_by_caller("RequestTag")
-    lease_only = {"ForAllValues:StringEquals": {"aws:TagKeys": [LEASE_TAG]}}
-    clusters = account.arn("ecs", f"cluster/{prefix}-*")
-    families = account.arn("ecs", f"task-definition/{prefix}-*")
-    tasks = account.arn("ecs", "task/*")
-    run_roles = role_arn(account, RUN_ROLE_PATTERN)
-    reader = run_secret_reader_arn(account)
-    statements = [
-        statement("Describe", ["ec2:DescribeSubnets", "ec2:DescribeVpcs"], "*"),
-        # The caller's own id becomes the owner tag (AWS answers any principal).
-        statement("WhoAmI", ["sts:GetCallerIdentity"], "*"),
-        statement("ClusterCreate", ["ecs:CreateCluster"], clusters, **made_mine),
-        statement("ClusterDelete", ["ecs:DeleteCluster"], clusters, **mine),
-        statement("TaskDefinitionRegister", ["ecs:RegisterTaskDefinition"], families, **made_mine),
-        # Only the caller's task definitions, and the tasks carry its id too.
-        statement(
-            "RunOwnTaskDefinitions", ["ecs:RunTask"], families,
-            StringEquals={f"aws:ResourceTag/{OWNER_TAG}": CALLER, f"aws:RequestTag/{OWNER_TAG}": CALLER},
-        ),
-        statement("ObserveOwnTasks", ["ecs:DescribeTasks", "ecs:StopTask"], tasks, **mine),
-        # Lists task ARNs (nothing more) of a cluster; teardown finds its tasks so.
-        statement("ListTasks", ["ecs:ListTasks"], account.arn("ecs", "container-instance/*")),
-        statement(
-            "TagOnCreate",
-            ["ecs:TagResource"],
-            "*",
-            StringEquals={"ecs:CreateAction": ["CreateCluster", "RegisterTaskDefinition", "RunTask"]},
-        ),
-        # The lease `flowrig aws leftovers` reads: only its tag, on the caller's own
-        # cluster, task definitions and tasks.
-        statement("RenewLease", ["ecs:TagResource"], [clusters, families, tasks], **mine, **lease_only),
-        statement("SecurityGroupInVpc", ["ec2:CreateSecurityGroup"], account.arn("ec2", "vpc/*")),
-        statement(
-            "SecurityGroupCreate", ["ec2:CreateSecurityGroup"], account.arn("ec2", "security-group/*"), **made_mine,
-        ),
-        statement(
-            "SecurityGroupTagOnCreate",
-            ["ec2:CreateTags"],
-            account.arn("ec2", "security-group/*"),
-            StringEquals={"ec2:CreateAction": "CreateSecurityGroup"},
-        ),
-        statement(
-            "SecurityGroupOwn",
-            ["ec2:AuthorizeSecurityGroupIngress", "ec2:DeleteSecurityGroup"],
-            account.arn("ec2", "security-group/*"),
-            **mine,
-        ),
-        statement(
-            "SecurityGroupRenewLease", ["ec2:CreateTags"], account.arn("ec2", "security-group/*"),
-            **mine, **lease_only,
-        ),
-        statement("LogGroupCreate", ["logs:CreateLogGroup"], account.arn("logs", f"log-group:/{prefix}/*"),
-                  **made_mine),
-        statement("LogGroupTag", ["logs:TagResource"], account.arn("logs", f"log-group:/{prefix}/*"),
-                  **made_mine, **_not_anothers()),
-        statement("LogGroupDelete", ["logs:DeleteLogGroup"], account.arn("logs", f"log-group:/{prefix}/*"), **mine),
-        *secret_statements(account),
-        # The run's own execution role (flowrig-RUN-execution): made owned by the
-        # caller, given AWS's execution policy and the run-secret reader only, passed
-        # to ECS tasks only, deleted by its owner. No other role can be passed: not
-        # another caller's run role, not a role without the caller's id.
-        statement("RunRoleCreate", ["iam:CreateRole"], run_roles, **made_mine),
-        statement("RunRoleTag", ["iam:TagRole"], run_roles, **made_mine, **_not_anothers()),
-        statement(
-            "RunRolePolicies", ["iam:AttachRolePolicy"], run_roles,
-            **mine, ArnEquals={"iam:PolicyARN": [execution_policy_arn(account.partition), reader]},
-        ),
-        statement(
-            "RunRoleDelete",
-            ["iam:DeleteRole", "iam:DetachRolePolicy", "iam:ListAttachedRolePolicies"],
-            run_roles,
-            **mine,
-        ),
-        statement(
-            "PassRunRoleToTasks",
-            ["iam:PassRole"],
-            run_roles,
-            StringEquals={"iam:PassedToService": ECS_TASKS, f"aws:ResourceTag/{OWNER_TAG}": CALLER},
-        ),
-        # A run finds out before it makes anything that the bootstrap made the reader.
-        statement("FindRunSecretReader", ["iam:GetPolicy"], reader),
-    ]
-    if deregister:
-        statements.append(statement("DeregisterTaskDefinitions", [DEREGISTER_ACTION], "*"))
-        statements.append(statement("DeleteOwnTaskDefinitions", ["ecs:DeleteTaskDefinitions"], families, **mine))
-    return {"Version": "2012-10-17", "Statement": statements}
 
 
 def policy_actions(policy: dict[str, Any]) -> list[str]:

@@ -1,10 +1,15 @@
-"""Defaults of the ECS backends and of rendered task definitions."""
+"""Defaults of the ECS backends and of rendered task definitions.
+
+``FAMILY_PREFIX``, ``EXECUTION_ROLE_POLICY`` and ``CLEANUP_TIMEOUT`` are every AWS
+backend's (:mod:`flowrig.backends.aws.names`), named here too with the ECS defaults.
+"""
 
 from __future__ import annotations
 
-#: Task definition families are ``<prefix>-<project or run id>-<role>``, so everything
-#: flowrig registers sorts together in the console.
-FAMILY_PREFIX = "flowrig"
+from flowrig.backends.aws.names import CLEANUP_TIMEOUT as CLEANUP_TIMEOUT
+from flowrig.backends.aws.names import EXECUTION_ROLE_POLICY as EXECUTION_ROLE_POLICY
+from flowrig.backends.aws.names import FAMILY_PREFIX as FAMILY_PREFIX
+
 #: Container names of the roles. dask-cloudprovider overrides the command of containers
 #: named exactly ``dask-scheduler`` and ``dask-worker``, so task definitions rendered
 #: for it keep those two names.
@@ -36,10 +41,6 @@ NOFILE_LIMIT = 65535
 #: first worker has joined (exit 3 after that). Fargate needs about a minute per task to
 #: pull the image and start; the rest is margin for capacity shortages.
 PROVISION_TIMEOUT = 600.0
-#: Seconds teardown keeps retrying while stopped tasks release their network interfaces.
-CLEANUP_TIMEOUT = 300.0
-#: Managed policy given to an execution role flowrig creates: pull images, write logs.
-EXECUTION_ROLE_POLICY = "policy/service-role/AmazonECSTaskExecutionRolePolicy"
 #: Prefix of the network ``flowrig ecs run-local`` makes for one invocation that names
 #: none (``<prefix>-<run id>``, removed at its end), so two invocations never meet
 #: unless they name one network with ``--network``.

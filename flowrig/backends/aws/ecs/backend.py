@@ -1,12 +1,12 @@
 """``ecs`` and ``fargate``: one run's cluster as ECS tasks of the run's image.
 
 The scheduler and the workers are ECS tasks that flowrig starts, watches and stops
-itself (:class:`~flowrig.backends.ecs.launcher.ECSLauncher` in a
+itself (:class:`~flowrig.backends.aws.ecs.launcher.ECSLauncher` in a
 :class:`~flowrig.backends.pool.PoolCluster`), on distributed's public cluster API. The
 AWS resources the tasks need are created for the run when the project names none:
 tagged with the run id, the security group admitting only the VPC (the dashboard only
 when asked), and all of it deleted by :meth:`StartedCluster.close`
-(:class:`~flowrig.backends.ecs.aws.RunResources`). The execution role is the one
+(:class:`~flowrig.backends.aws.resources.RunResources`). The execution role is the one
 run makes for itself (the one reader of the run's secret), unless the project names one.
 
 Mutual TLS uses the run's certificates: they go into one Secrets Manager secret of the
@@ -37,15 +37,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
+from flowrig.backends.aws.ecs import defaults
+from flowrig.backends.aws.ecs.options import ECSOptions
 from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster, dashboard_reach
-from flowrig.backends.ecs import defaults
-from flowrig.backends.ecs.options import ECSOptions
 from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
 
 if TYPE_CHECKING:
-    from flowrig.backends.ecs.aws import RunResources
-    from flowrig.backends.ecs.lease import LeaseRenewer
-    from flowrig.backends.ecs.taskdefs import RoleSize
+    from flowrig.backends.aws.ecs.taskdefs import RoleSize
+    from flowrig.backends.aws.lease import LeaseRenewer
+    from flowrig.backends.aws.resources import RunResources
     from flowrig.backends.pool import PoolCluster
 
 logger = logging.getLogger("flowrig.ecs")
@@ -152,7 +152,7 @@ class _ECSBase(Backend):
         """Create the run's AWS resources, start the cluster, wait for its first worker.
 
         Everything happens within ``provision_timeout`` seconds (option; default
-        :data:`flowrig.backends.ecs.defaults.PROVISION_TIMEOUT`). On any failure, what
+        :data:`flowrig.backends.aws.ecs.defaults.PROVISION_TIMEOUT`). On any failure, what
         was created is removed again before the error is raised.
 
         Raises
@@ -163,8 +163,11 @@ class _ECSBase(Backend):
         InfrastructureError
             AWS unreachable or refusing, or the cluster not ready in time.
         """
-        from flowrig.backends.ecs import aws, iam, lease
-        from flowrig.backends.ecs.launcher import ECSLauncher, TaskSettings
+        from flowrig.backends.aws import lease
+        from flowrig.backends.aws import policies as iam
+        from flowrig.backends.aws import resources as aws_resources
+        from flowrig.backends.aws import session as aws_session
+        from flowrig.backends.aws.ecs.launcher import ECSLauncher, TaskSettings
         from flowrig.backends.pool import start_pool
 
         _require_aws_extra(self.name)
@@ -175,7 +178,7 @@ class _ECSBase(Backend):
         deadline = time.monotonic() + timeout
         # Every option is checked before the first AWS call.
         launch = self._launch(options, spec.allowed_environment)
-        session = aws.session(
+        session = aws_session.session(
             options.region_name,
             access_key_id=options.aws_access_key_id,
             secret_access_key=options.aws_secret_access_key,
@@ -186,7 +189,7 @@ class _ECSBase(Backend):
         owner = session.caller().user_id
         tags = {**options.tags, iam.RUN_TAG: spec.run_id, "createdBy": "flowrig",
                 **lease.initial_tags(lease_seconds), iam.OWNER_TAG: owner}
-        resources = aws.RunResources(session, tags, float(options.cleanup_timeout))
+        resources = aws_resources.RunResources(session, tags, float(options.cleanup_timeout))
         # While the run lives its lease is renewed, so `flowrig aws leftovers` leaves it alone.
         renewer = lease.LeaseRenewer(resources, lease_seconds).start()
         cluster: PoolCluster | None = None
@@ -246,7 +249,7 @@ class _ECSBase(Backend):
     # --- steps of start -----------------------------------------------------------
     def _launch(self, options: ECSOptions, allowed: frozenset[str] = frozenset()) -> _Launch:
         """Launch types, task sizes and command flags, checked before anything is created."""
-        from flowrig.backends.ecs import taskdefs, validate
+        from flowrig.backends.aws.ecs import taskdefs, validate
 
         if not options.create_roles:
             raise BadInput(
@@ -316,7 +319,8 @@ class _ECSBase(Backend):
     ) -> _Infrastructure:
         """The cluster, roles, log group and network the tasks use: the project's, when
         ``[cluster.options]`` names them, else created (tagged) for this run."""
-        from flowrig.backends.ecs import aws, iam
+        from flowrig.backends.aws import bootstrap
+        from flowrig.backends.aws import policies as iam
 
         name = f"{defaults.FAMILY_PREFIX}-{run_id}"
         # The run's own execution role, the one reader of the run's secret (a role no
@@ -325,7 +329,7 @@ class _ECSBase(Backend):
         # to propagate through IAM before a task needs it.
         execution_role_arn = options.execution_role_arn or ""
         if not execution_role_arn and launch.own_definitions:
-            reader = aws.find_run_secret_reader(resources.aws)
+            reader = bootstrap.find_run_secret_reader(resources.aws)
             execution_role_arn = resources.create_execution_role(iam.execution_role_name(run_id), reader)
         # No task role unless the project names one: the containers get no AWS permissions.
         task_role_arn = options.task_role_arn or ""
@@ -358,7 +362,7 @@ class _ECSBase(Backend):
     ) -> str | None:
         """The run's secret holding its certificates (only the execution role may read
         it), when flowrig registers a task definition; its ARN."""
-        from flowrig.backends.ecs import iam
+        from flowrig.backends.aws import policies as iam
         from flowrig.certs import delivery
 
         if not launch.own_definitions:
@@ -387,7 +391,7 @@ class _ECSBase(Backend):
 
         Returns ``{"scheduler": arn, "worker": arn}``.
         """
-        from flowrig.backends.ecs import taskdefs, validate
+        from flowrig.backends.aws.ecs import taskdefs, validate
         from flowrig.certs import delivery
 
         given = {"scheduler": options.scheduler_task_definition_arn, "worker": options.worker_task_definition_arn}
