@@ -125,6 +125,22 @@ class SignalRecord:
             os.close(self._read)
 
 
+#: distributed's loggers that report a connection lost or cancelled, with a traceback.
+CLUSTER_LOGGERS = ("distributed.client", "distributed.utils", "distributed.core", "distributed.comm",
+                   "distributed.batched", "distributed.worker", "distributed.nanny")
+
+
+def quiet_cluster_loggers() -> None:
+    """Silence distributed's connection errors from here on: once a run is being
+    stopped its cluster goes away under its client on purpose (the docker host removes
+    the scheduler's container while the runner's client tries to reconnect), and those
+    tracebacks are no failure of the run."""
+    import logging
+
+    for name in CLUSTER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 class _Watchdog:
     """Makes sure a process that got an ending signal ends, within bounds.
 
@@ -148,6 +164,7 @@ class _Watchdog:
             if self.signum is not None:
                 return
             self.signum = signum
+        quiet_cluster_loggers()
         threading.Thread(target=self._run, args=(time.monotonic(),), name="flowrig-stop-watch", daemon=True).start()
 
     def update(self, **values: Any) -> None:
