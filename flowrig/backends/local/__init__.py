@@ -98,7 +98,12 @@ class LocalBackend(Backend):
         if "worker_dashboard_address" not in given:
             # Workers serve HTTP (/metrics, /health) even without a dashboard: only to
             # holders of the run's certificate, as their Dask ports.
-            kwargs["preload"] = [PRIVATE_HTTP_PRELOAD]
+            # Given as an argument, a preload list replaces the workers' configured one:
+            # the user's preloads (distributed.worker.preload) come first, as before.
+            import dask
+
+            configured = dask.config.get("distributed.worker.preload", default=None) or []
+            kwargs["preload"] = [*([configured] if isinstance(configured, str) else configured), PRIVATE_HTTP_PRELOAD]
         # Mutual TLS, the run's environment and its scratch folder are not options a
         # project may drop.
         kwargs.update(
