@@ -30,7 +30,7 @@ import pytest
 from flowrig.backends.base import ClusterSpec
 from flowrig.backends.local import LocalBackend
 from flowrig.project.sizing import ClusterSize
-from tests.run_support import FLOWRIG, Completed, assert_nothing_left, marked_env, run_cli
+from tests.run_support import FLOWRIG, Completed, assert_nothing_left, marked_env, processes_with_marker, run_cli
 
 #: Tasks that nap (each leaves a file named after its process id and item in
 #: ``marks``), then one more task after the runner paused, then the cluster's size.
@@ -378,9 +378,10 @@ def test_a_task_run_again_after_its_worker_was_lost_counts_once(project_factory,
 def test_a_local_run_killed_with_sigkill_leaves_folders_that_leftovers_removes_never_a_live_runs(
     project_factory, tmp_path
 ):
-    """The whole run killed at once (its process group: the runner, its API server, its
-    workers), so nothing of it can clean up: its folders stay, and `flowrig local
-    leftovers --remove` removes them; while a run lives, it touches none of its folders."""
+    """The whole run killed at once (every process of it: the runner, its API server, its
+    fork server, scheduler and workers, which have sessions of their own), so nothing of
+    it can clean up: its folders stay, and `flowrig local leftovers --remove` removes
+    them; while a run lives, it touches none of its folders."""
     project = project_factory(LOST_ROLES_FLOW, _toml())
     marks, scratch_root = tmp_path / "marks", tmp_path / "tmp"
     marks.mkdir()
@@ -403,7 +404,12 @@ def test_a_local_run_killed_with_sigkill_leaves_folders_that_leftovers_removes_n
                               capture_output=True, text=True, timeout=60)
         assert (live.returncode, json.loads(live.stdout)) == (0, []), live.stderr
         assert len(list(scratch_root.glob("flowrig-*"))) == 2  # the live run's, untouched
-        os.killpg(process.pid, signal.SIGKILL)
+        # Stopped first, then killed: none of them sees another go and cleans up.
+        every = [process.pid, *(p.pid for p in processes_with_marker(marker) if p.pid != process.pid)]
+        for pid in every:
+            os.kill(pid, signal.SIGSTOP)
+        for pid in every:
+            os.kill(pid, signal.SIGKILL)
         process.wait(30)
     finally:
         if process.poll() is None:
