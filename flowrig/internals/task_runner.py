@@ -519,9 +519,11 @@ class _RunState:
     """What one worker process keeps of one run."""
 
     __slots__ = ("token", "root", "profile", "settings", "clients", "clients_lock", "task_runner",
-                 "flow_run_fields", "rest", "progress", "undo_task_logs")
+                 "flow_run_fields", "rest", "progress", "undo_task_logs", "drops_events")
 
     def close(self) -> None:
+        if self.drops_events:
+            _keep_events(self.token)
         if self.undo_task_logs is not None:
             try:
                 self.undo_task_logs()
@@ -607,6 +609,7 @@ def _build_run_state(payload: dict[str, Any]) -> _RunState:
         pass
     state = _RunState()
     state.token = payload["token"]
+    state.drops_events = False
     state.root = payload.get("root") or state.token
     state.profile, state.settings = payload["settings"] or (None, None)
     state.settings = local_ca_settings(state.settings)
@@ -616,11 +619,9 @@ def _build_run_state(payload: dict[str, Any]) -> _RunState:
     with ExitStack() as stack:
         if state.settings is not None:
             stack.enter_context(SettingsContext(profile=state.profile, settings=state.settings))
-        if payload["events"] == "drop":
-            from prefect.events.clients import NullEventsClient
-            from prefect.events.worker import EventsWorker
-
-            EventsWorker.set_client_override(NullEventsClient)
+        state.drops_events = payload["events"] == "drop"
+        if state.drops_events:
+            _drop_events(state.token)
         client = _client_for(state)
         flow_run = payload["flow_run_context"]
         if flow_run:
@@ -657,6 +658,36 @@ def _run_state_for(payload: dict[str, Any]) -> _RunState:
                 evicted.append(_RUNS.popitem(last=False)[1])
     _close_later(evicted)
     return state
+
+
+#: Runs of this worker process whose task events are dropped, and the lock over them.
+_DROPPING: set[str] = set()
+_DROPPING_LOCK = threading.Lock()
+
+
+def _drop_events(token: str) -> None:
+    """Give the process's events service Prefect's ``NullEventsClient`` while run
+    ``token`` lasts. The override is the process's: a worker thread in a user's own
+    process (a cluster of threads) must get its events back once the run is gone."""
+    from prefect.events.clients import NullEventsClient
+    from prefect.events.worker import EventsWorker
+
+    with _DROPPING_LOCK:
+        if not _DROPPING:
+            EventsWorker.set_client_override(NullEventsClient)
+        _DROPPING.add(token)
+
+
+def _keep_events(token: str) -> None:
+    """Run ``token`` is gone: the last dropping run gone, events are sent again."""
+    from prefect.events.worker import EventsWorker
+
+    with _DROPPING_LOCK:
+        if token not in _DROPPING:
+            return
+        _DROPPING.discard(token)
+        if not _DROPPING:
+            EventsWorker.set_client_override(None)
 
 
 def _close_later(states: list[_RunState]) -> None:

@@ -583,6 +583,55 @@ def test_a_runner_that_makes_its_own_cluster(tls):
 # --- assets -------------------------------------------------------------------------------------
 
 
+def test_a_run_that_drops_events_gives_them_back_to_a_process_whose_workers_are_threads(
+    threads_cluster, tls, prefect_server
+):
+    """A run on its embedded API drops its task events (``events="drop"``): Prefect's
+    events client is the process's, so once that run is gone a later run in the same
+    process (a cluster of threads, as in a notebook) has its events sent again."""
+    import httpx
+
+    from flowrig.internals import task_runner as runners
+
+    dropping = runners.FlowrigTaskRunner(address=threads_cluster, client_kwargs={"security": tls.to_security()},
+                                         events="drop")
+
+    @task
+    def one() -> int:
+        return 1
+
+    @flow(task_runner=dropping)
+    def quiet() -> int:
+        return one.submit().result()
+
+    assert quiet() == 1
+    deadline = time.monotonic() + 30
+    # Its state on the workers is closed in a thread of their own, just after the flow.
+    while getattr(runners, "_DROPPING", None) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    sending = runners.FlowrigTaskRunner(address=threads_cluster, client_kwargs={"security": tls.to_security()},
+                                        events="send")
+
+    @flow(task_runner=sending)
+    def told():
+        one.submit().wait()
+        from prefect.context import get_run_context
+
+        return get_run_context().flow_run.id
+
+    flow_run_id = told()
+    query = {"filter": {"event": {"prefix": ["prefect.task-run."]},
+                        "related": {"id": [f"prefect.flow-run.{flow_run_id}"]}}}
+    deadline = time.monotonic() + 60
+    while True:
+        events = httpx.post(f"{prefect_server}/events/filter", json=query, timeout=30).raise_for_status().json()["events"]
+        if events or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert {e["event"] for e in events} >= {"prefect.task-run.Completed"}, [e["event"] for e in events]
+
+
 def test_asset_materializations_are_recorded(runner, prefect_server):
     import httpx
     from prefect.assets import Asset, materialize
