@@ -8,7 +8,7 @@ sizing, cluster, flow, teardown), ``flowrig run``'s path from its inputs
 printed: the outcome (:mod:`~flowrig.run.report`), the console's levels
 (:mod:`~flowrig.run.console`), the tasks' progress (:mod:`~flowrig.run.progress`) and
 their own log lines (:mod:`~flowrig.run.tasklog`), and
-:class:`DaskCloudProviderEnvironment` (:mod:`~flowrig.run.compat`).
+:class:`DaskCloudProviderEnvironment` (:mod:`~flowrig.run.prefect1`).
 
 May import: :mod:`flowrig.backends`, :mod:`flowrig.api`, :mod:`flowrig.project`,
 :mod:`flowrig.certs`, :mod:`flowrig.internals`, :mod:`flowrig.common`; never the CLI.

@@ -214,7 +214,7 @@ def run_command(inputs: RunInputs, report: OutcomeReport | None = None) -> int:
 
 def _run_command(inputs: RunInputs, deadline: "RunDeadline", report: OutcomeReport) -> int:
     from flowrig.backends import get_backend
-    from flowrig.common.gcpause import collector_paused
+    from flowrig.common.startup_gc import collector_paused
     from flowrig.internals.prefect_engine import import_flow_engine
     from flowrig.project import load_project
     from flowrig.project.defaults import BACKEND, PROJECT_FILE
