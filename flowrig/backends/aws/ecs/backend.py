@@ -427,15 +427,8 @@ class FargateBackend(_ECSBase):
 
 
 def _task_settings(
-    backend: _ECSBase,
-    spec: ClusterSpec,
-    options: ECSOptions,
-    launch: _Launch,
-    infra: _Infrastructure,
-    definitions: Mapping[str, str],
-    tags: Mapping[str, str],
-    started_by: str,
-    resources: "RunResources",
+    backend: _ECSBase, spec: ClusterSpec, options: ECSOptions, launch: _Launch, infra: _Infrastructure,
+    definitions: Mapping[str, str], tags: Mapping[str, str], started_by: str, resources: "RunResources",
 ) -> "TaskSettings":
     """How the launcher starts the run's scheduler and worker tasks."""
     from flowrig.backends.aws.ecs.launcher import TaskSettings
