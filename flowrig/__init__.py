@@ -25,7 +25,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DaskCloudProviderEnvironment": "flowrig.run.compat",
+    "DaskCloudProviderEnvironment": "flowrig.run.prefect1",
     "RunConfig": "flowrig.run.config",
     "RunOutcome": "flowrig.run.config",
     "execute": "flowrig.run.execute",

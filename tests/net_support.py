@@ -6,7 +6,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flowrig.backends.vm import reach
+from flowrig.backends.vm import scheduler_reach as reach
 
 
 @contextmanager

@@ -74,7 +74,7 @@ def serve(config: dict[str, Any]) -> None:
     from prefect.settings import PREFECT_SERVER_API_AUTH_STRING, temporary_settings
 
     from flowrig.api.auth import RequireAuth
-    from flowrig.common.gcpause import collector_paused
+    from flowrig.common.startup_gc import collector_paused
     from flowrig.internals import prefect_server
 
     # The settings context wraps the app's creation and its whole event loop: the app
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     config = json.loads(line)
     threading.Thread(target=_watch_stdin, args=(config.get("workdir"),), daemon=True).start()
     threading.Thread(target=_watch_parent, args=(os.getppid(), config.get("workdir")), daemon=True).start()
-    from flowrig.common.gcpause import collector_paused
+    from flowrig.common.startup_gc import collector_paused
 
     with collector_paused():
         import uvicorn  # noqa: F401

@@ -69,7 +69,7 @@ VENDORED_LIBRARY_DIRS = (".libs",)
 
 
 # --- requirements ---------------------------------------------------------------------
-# The rules for a project's files are the host's too (flowrig.project.filerules): the
+# The rules for a project's files are the host's too (flowrig.project.build_rules): the
 # Dockerfile copies that module next to this script, and a checkout keeps it in the
 # package. It is loaded by path, since flowrig itself is not installed yet.
 
@@ -89,7 +89,7 @@ def _load_rules(name: str):
     raise SystemExit(f"{ERROR_PREFIX}{name}.py is missing next to {here / 'buildsteps.py'}")
 
 
-_rules = _load_rules("filerules")
+_rules = _load_rules("build_rules")
 PROJECT_FILE = _rules.PROJECT_FILE
 DEFAULT_REQUIREMENTS = _rules.DEFAULT_REQUIREMENTS
 StepError = _rules.RuleError
@@ -98,7 +98,7 @@ flatten_requirements = _rules.flatten_requirements
 
 
 def requirements_path(project_dir: Path, config: dict) -> Path | None:
-    """The project's requirements file (see ``filerules.requirements_path``)."""
+    """The project's requirements file (see ``build_rules.requirements_path``)."""
     return _rules.requirements_path(project_dir, config.get("requirements"))
 
 

@@ -337,13 +337,13 @@ def refuse_credentials(context: BuildContext, requirements: Iterable[str] = ()) 
 
 def _requirement_files(project: Path, config: dict[str, Any]) -> list[str]:
     """The project's requirements file and every file it includes, relative to it."""
-    from flowrig.project import filerules
+    from flowrig.project import build_rules
 
-    path = filerules.requirements_path(project, config.get("requirements"))
+    path = build_rules.requirements_path(project, config.get("requirements"))
     if path is None:
         return []
     read: list[Path] = []
-    filerules.flatten_requirements(path, project, files=read)
+    build_rules.flatten_requirements(path, project, files=read)
     root = project.resolve()
     return [p.relative_to(root).as_posix() for p in read if root in p.parents]
 
@@ -397,7 +397,7 @@ def _project_config(project: Path) -> dict[str, Any]:
     """Parse and check ``flowrig.toml`` the way the build will (and the runner does)."""
     from flowrig.project import load_project
 
-    # The same rules as the image build's (flowrig.project.filerules), one set of them.
+    # The same rules as the image build's (flowrig.project.build_rules), one set of them.
     return dict(load_project(project).raw)
 
 
@@ -405,14 +405,14 @@ def project_files(project: Path, skipped: list[str] | None = None) -> list[tuple
     """The files of a flow project that go into its image, sorted.
 
     Skipped: credential files and directories
-    (:data:`flowrig.project.filerules.CREDENTIAL_PATTERNS`, appended to ``skipped``
+    (:data:`flowrig.project.build_rules.CREDENTIAL_PATTERNS`, appended to ``skipped``
     when given, directories with a trailing "/"), :data:`flowrig.builder.defaults.CONTEXT_SKIP_NAMES`
     and ``..._SUFFIXES``, what the project's ``.dockerignore`` excludes, directories
     reached through symbolic links, symbolic links that lead outside the project or
     nowhere, and anything that is not a regular file. A symbolic link to a file inside
     the project is copied as the file it points to.
     """
-    from flowrig.project.filerules import CREDENTIAL_PATTERNS
+    from flowrig.project.build_rules import CREDENTIAL_PATTERNS
 
     credentials = DockerIgnore(CREDENTIAL_PATTERNS)
     ignore = DockerIgnore.from_file(project / ".dockerignore")
@@ -646,7 +646,7 @@ def _flow_facts(project: Path, config: dict[str, Any]) -> dict[str, Any] | None:
 def _manifest_bytes(project: Path, config: dict[str, Any], *, tls: str) -> bytes:
     """manifest.json: the project and what rendered it. No time: contexts stay
     reproducible; of ``[cluster.options]`` only the keys, never a value."""
-    from flowrig.project.filerules import without_option_values
+    from flowrig.project.build_rules import without_option_values
 
     manifest = {
         "schema": 1,

@@ -15,7 +15,7 @@ CONTEXT_TLS_DIR = "tls"
 #: rendered context, so identical inputs give identical contexts and a warm cache.
 CONTEXT_MTIME = 946684800
 #: Names never copied from a flow project into a context (caches, VCS data, virtual
-#: environments), besides credential files (``flowrig.project.filerules``, skipped with
+#: environments), besides credential files (``flowrig.project.build_rules``, skipped with
 #: a warning) and what the project's own ``.dockerignore`` excludes.
 CONTEXT_SKIP_NAMES = (
     "__pycache__", ".git", ".hg", ".svn", ".venv", "venv", ".tox", ".nox",

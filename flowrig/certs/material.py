@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
-from flowrig.certs import defaults, validation
+from flowrig.certs import defaults, issue, validation
+from flowrig.certs.keys import KeyType
 
 if TYPE_CHECKING:
     from distributed.security import Security
@@ -126,10 +127,16 @@ class TLSMaterial:
         days
             Validity of the CA and the leaf.
         """
-        from flowrig.certs.authority import CertificateAuthority
-
-        ca = CertificateAuthority.create(common_name="flowrig ephemeral CA", days=days)
-        return ca.issue_leaf(hosts=hosts, days=days)
+        ca, ca_key = issue.ca_certificate("flowrig ephemeral CA", days, KeyType.ECDSA_P256)
+        leaf, key = issue.leaf_certificate(
+            ca, ca_key, hosts, days, common_name=defaults.LEAF_COMMON_NAME, key_type=None,
+            now=None, ca_label="the CA",
+        )
+        return cls(
+            ca_pem=issue.certificate_pem(ca),
+            cert_pem=issue.certificate_pem(leaf),
+            key_pem=issue.key_pem(key),
+        )
 
     @classmethod
     def for_run(

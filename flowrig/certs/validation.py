@@ -161,6 +161,32 @@ def inspect(
     leaf = load_certificates(cert_pem, labels.cert)[0]
     key = load_private_key(key_pem, labels.key)
 
+    issuer = _check_chain(leaf, key, cas, labels)
+    _check_leaf(leaf, issuer, cas, labels)
+    for label, cert in ((labels.ca, issuer), (labels.cert, leaf)):
+        check_validity(cert, label, now)
+
+    warnings = []
+    for label, cert in ((labels.cert, leaf), (labels.ca, issuer)):
+        left = days_left(cert, now)
+        if left < defaults.EXPIRY_WARNING_DAYS:
+            warnings.append(
+                f"{label} expires in {left} days (on {day(cert.not_valid_after_utc)}): "
+                f"{REGENERATE} soon"
+            )
+    return CheckReport(
+        subject=leaf.subject.rfc4514_string(),
+        not_after=leaf.not_valid_after_utc,
+        days_left=days_left(leaf, now),
+        hosts=alt_names(leaf),
+        warnings=warnings,
+    )
+
+
+def _check_chain(
+    leaf: x509.Certificate, key: Any, cas: list[x509.Certificate], labels: Labels
+) -> x509.Certificate:
+    """The CA in ``cas`` that issued ``leaf``, once the key, the signature and the CA pass."""
     if public_der(key) != public_der(leaf):
         raise BadInput(
             f"{labels.key} does not belong to the certificate in {labels.cert}: "
@@ -186,6 +212,13 @@ def inspect(
             f"{labels.ca} is not a CA certificate (it lacks BasicConstraints ca=True, "
             f"which Dask requires): {REGENERATE}"
         )
+    return issuer
+
+
+def _check_leaf(
+    leaf: x509.Certificate, issuer: x509.Certificate, cas: list[x509.Certificate], labels: Labels
+) -> None:
+    """flowrig's policy for the leaf: not a CA, both usages, strong keys, a short life."""
     if is_ca(leaf) or any(public_der(leaf) == public_der(ca) for ca in cas):
         raise BadInput(
             f"{labels.cert} is a CA certificate, not a leaf (its key {labels.key} could then issue "
@@ -212,24 +245,6 @@ def inspect(
             f"{day(leaf.not_valid_after_utc)}), longer than the {defaults.MAX_LEAF_DAYS} days a leaf may "
             f"be: {REGENERATE} (--days {defaults.LEAF_DAYS})"
         )
-    for label, cert in ((labels.ca, issuer), (labels.cert, leaf)):
-        check_validity(cert, label, now)
-
-    warnings = []
-    for label, cert in ((labels.cert, leaf), (labels.ca, issuer)):
-        left = days_left(cert, now)
-        if left < defaults.EXPIRY_WARNING_DAYS:
-            warnings.append(
-                f"{label} expires in {left} days (on {day(cert.not_valid_after_utc)}): "
-                f"{REGENERATE} soon"
-            )
-    return CheckReport(
-        subject=leaf.subject.rfc4514_string(),
-        not_after=leaf.not_valid_after_utc,
-        days_left=days_left(leaf, now),
-        hosts=alt_names(leaf),
-        warnings=warnings,
-    )
 
 
 def load_certificates(data: bytes, label: str) -> list[x509.Certificate]:

@@ -126,6 +126,8 @@ def task_definitions_command(
         bool, typer.Option("--register", help="Register them with ECS and print ROLE<TAB>ARN lines.")
     ] = False,
 ) -> None:
+    # long: typer reads the command's options from this signature (103 lines, one per
+    # option); the body only builds the request, renders below and writes (46 lines).
     """Render task definitions for the runner, scheduler and worker roles.
 
     With PROJECT, its flowrig.toml gives what the flags do not. Each definition is

@@ -345,7 +345,8 @@ def _docker_template() -> dict[str, Any]:
     }
 
 
-def _ecs_template() -> dict[str, Any]:
+def _ecs_template_variables() -> dict[str, Any]:
+    """The ecs pool type's variables: the runner task's image, size, roles and network."""
     variables = _common(
         ENGINE_COMMAND,
         "What the runner task runs: the image's entry point takes `prefect flow-run execute` as the flow run.",
@@ -393,6 +394,10 @@ def _ecs_template() -> dict[str, Any]:
             "Match Latest Revision In Family", "Reuse the family's latest revision when it is the same.",
             {"type": "boolean"}, default=True),
     })
+    return variables
+
+
+def _ecs_template() -> dict[str, Any]:
     task_definition = {
         "family": "{{ family }}",
         "cpu": "{{ cpu }}",
@@ -440,6 +445,7 @@ def _ecs_template() -> dict[str, Any]:
     job_configuration: dict[str, Any] = {key: "{{ " + key + " }}" for key in passed}
     job_configuration["task_definition"] = task_definition
     job_configuration["task_run_request"] = task_run_request
+    variables = _ecs_template_variables()
     return {"job_configuration": job_configuration, "variables": {"type": "object", "properties": variables}}
 
 

@@ -4,7 +4,7 @@ Owns everything read from a project directory and from a run's inputs before any
 cluster exists: :func:`load_project` (one parse of ``flowrig.toml``), the flow and
 hook loader (:mod:`~flowrig.project.flow_loader`), run parameters
 (:mod:`~flowrig.project.parameters`) and the cluster size they lead to
-(:mod:`~flowrig.project.sizing`). :mod:`~flowrig.project.filerules` holds the file
+(:mod:`~flowrig.project.sizing`). :mod:`~flowrig.project.build_rules` holds the file
 rules the image build shares (standard library only).
 
 May import: :mod:`flowrig.errors`, pydantic, and Prefect's public flow API (parameters
@@ -24,7 +24,7 @@ __all__ = ["Adapt", "ClusterConfig", "Project", "ProjectFile", "load_project", "
 
 def __getattr__(name: str) -> Any:
     # The models import pydantic (about a tenth of a second): the package's light
-    # modules (defaults, filerules) are imported by the CLI and the builder without them.
+    # modules (defaults, build_rules) are imported by the CLI and the builder without them.
     if name == "load_project":
         from flowrig.project.load import load_project
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flowrig.project.filerules import PROJECT_FILE
+from flowrig.project.build_rules import PROJECT_FILE
 
 __all__ = ["BACKEND", "MAX_WORKERS", "MIN_WORKERS", "N_WORKERS", "PROJECT_FILE", "WORKER_THREADS"]
 

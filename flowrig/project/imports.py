@@ -26,7 +26,7 @@ from pathlib import Path
 
 from flowrig.errors import BadInput
 from flowrig.project import flow_loader
-from flowrig.project.filerules import DEFAULT_REQUIREMENTS
+from flowrig.project.build_rules import DEFAULT_REQUIREMENTS
 
 # What a project imports when the flow file is loaded (flow_loader puts its directory
 # on sys.path): a name found there as a file or a package is the project's own.

@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 
 from flowrig.errors import BadInput
-from flowrig.project import filerules, secretrules
+from flowrig.project import build_rules, secretrules
 from flowrig.project.defaults import PROJECT_FILE
 from flowrig.project.models import Project, parse_project
 
@@ -14,7 +14,7 @@ from flowrig.project.models import Project, parse_project
 def load_project(path: str | Path) -> Project:
     """Read and validate a project directory (or its ``flowrig.toml``).
 
-    The checks are the image build's too (:mod:`flowrig.project.filerules`): what
+    The checks are the image build's too (:mod:`flowrig.project.build_rules`): what
     loads here builds there.
 
     Raises
@@ -56,9 +56,9 @@ def load_project(path: str | Path) -> Project:
             )
     try:
         secretrules.check_no_credentials(data)
-        requirements = filerules.requirements_path(project.root, project.requirements)
+        requirements = build_rules.requirements_path(project.root, project.requirements)
         if requirements is not None:
-            filerules.flatten_requirements(requirements, project.root)
-    except (filerules.RuleError, secretrules.CredentialError) as exc:
+            build_rules.flatten_requirements(requirements, project.root)
+    except (build_rules.RuleError, secretrules.CredentialError) as exc:
         raise BadInput(str(exc)) from None
     return project

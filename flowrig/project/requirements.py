@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from flowrig.errors import BadInput
-from flowrig.project import filerules
+from flowrig.project import build_rules
 
 if TYPE_CHECKING:
     from packaging.requirements import Requirement
@@ -97,8 +97,8 @@ def named_requirements(path: Path, root: Path) -> list[tuple[str, "Requirement"]
     from packaging.requirements import InvalidRequirement, Requirement
 
     try:
-        lines = filerules.flatten_requirements(path, root)
-    except filerules.RuleError as exc:
+        lines = build_rules.flatten_requirements(path, root)
+    except build_rules.RuleError as exc:
         raise BadInput(str(exc)) from None
     found = []
     for line in logical_lines(lines):
@@ -342,8 +342,8 @@ def check_environment(project: "Project") -> None:
         must allow the installed one).
     """
     try:
-        path = filerules.requirements_path(project.root, project.requirements)
-    except filerules.RuleError as exc:
+        path = build_rules.requirements_path(project.root, project.requirements)
+    except build_rules.RuleError as exc:
         raise BadInput(str(exc)) from None
     if path is None:
         return

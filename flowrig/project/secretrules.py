@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-#: File name of a flow project's configuration (``filerules.PROJECT_FILE``).
+#: File name of a flow project's configuration (``build_rules.PROJECT_FILE``).
 PROJECT_FILE = "flowrig.toml"
 
 

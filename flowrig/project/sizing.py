@@ -65,6 +65,34 @@ def _count(value: Any, key: str, source: str) -> int:
     return value
 
 
+def _apply_hook(hook: SizingHook, hook_name: str, parameters: Mapping[str, Any], kwargs: dict[str, Any]) -> None:
+    """Let ``hook`` change ``kwargs`` (sizes and options) in place.
+
+    A returned count is a fixed size; a fixed size the hook set wins over the project's
+    adaptive range.
+    """
+    source = f"sizing hook {hook_name}"
+    before = dict(kwargs)
+    try:
+        returned = hook(copy.deepcopy(dict(parameters)), kwargs)
+    except Exception as exc:
+        raise BadInput(f"sizing hook {hook_name} failed: {type(exc).__name__}: {exc}") from None
+    if returned is not None:
+        # A hook that returns a count instead of mutating is a common slip; honour it.
+        kwargs[N_WORKERS] = _count(returned, "its return value", source)
+    hook_sized = N_WORKERS in kwargs and kwargs.get(N_WORKERS) != before.get(N_WORKERS)
+    adapt_untouched = all(kwargs.get(k) == before.get(k) for k in (ADAPT_MIN, ADAPT_MAX))
+    if hook_sized and adapt_untouched and ADAPT_MIN in kwargs:
+        # The hook asked for a number of workers: that is a fixed size, and it wins
+        # over the project's adaptive range (say so, since the range is dropped).
+        logger.warning(
+            "%s set n_workers=%r: the cluster has a fixed size instead of adapting %s-%s",
+            source, kwargs[N_WORKERS], kwargs[ADAPT_MIN], kwargs[ADAPT_MAX],
+        )
+        kwargs.pop(ADAPT_MIN)
+        kwargs.pop(ADAPT_MAX)
+
+
 def decide(
     parameters: Mapping[str, Any],
     *,
@@ -104,29 +132,10 @@ def decide(
         kwargs[ADAPT_MIN], kwargs[ADAPT_MAX] = adapt
     else:
         kwargs[N_WORKERS] = 1 if n_workers is None else n_workers
-    before = dict(kwargs)
 
-    source = "the project"
+    source = "the project" if hook is None else f"sizing hook {hook_name}"
     if hook is not None:
-        source = f"sizing hook {hook_name}"
-        try:
-            returned = hook(copy.deepcopy(dict(parameters)), kwargs)
-        except Exception as exc:
-            raise BadInput(f"sizing hook {hook_name} failed: {type(exc).__name__}: {exc}") from None
-        if returned is not None:
-            # A hook that returns a count instead of mutating is a common slip; honour it.
-            kwargs[N_WORKERS] = _count(returned, "its return value", source)
-        hook_sized = N_WORKERS in kwargs and kwargs.get(N_WORKERS) != before.get(N_WORKERS)
-        adapt_untouched = all(kwargs.get(k) == before.get(k) for k in (ADAPT_MIN, ADAPT_MAX))
-        if hook_sized and adapt_untouched and ADAPT_MIN in kwargs:
-            # The hook asked for a number of workers: that is a fixed size, and it wins
-            # over the project's adaptive range (say so, since the range is dropped).
-            logger.warning(
-                "%s set n_workers=%r: the cluster has a fixed size instead of adapting %s-%s",
-                source, kwargs[N_WORKERS], kwargs[ADAPT_MIN], kwargs[ADAPT_MAX],
-            )
-            kwargs.pop(ADAPT_MIN)
-            kwargs.pop(ADAPT_MAX)
+        _apply_hook(hook, hook_name, parameters, kwargs)
 
     def clamp(value: int, key: str) -> int:
         clamped = max(min_workers, min(max_workers, value))

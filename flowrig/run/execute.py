@@ -25,15 +25,14 @@ from flowrig.common.signals import shielded, stop_guard
 from flowrig.errors import BadInput
 from flowrig.run.config import RunConfig, RunOutcome, RunRecord
 from flowrig.run.console import Console, base_worker_environment
+from flowrig.run.flow_call import result_of, run_flow
 from flowrig.run.progress import ProgressDisplay, TaskProgress
 from flowrig.run.reporter import NO_REPORTER
 from flowrig.run.timings import timeline_line
 
 if TYPE_CHECKING:
-    from prefect.settings import Settings
-
     from flowrig.api import EmbeddedPrefectAPI
-    from flowrig.backends import Backend
+    from flowrig.backends import Backend, ClusterSpec
     from flowrig.certs import TLSMaterial
 
 logger = logging.getLogger("flowrig")
@@ -114,163 +113,245 @@ def execute(
     flowrig.errors.InfrastructureError
         When the cluster or the Prefect API cannot start.
     """
-    from flowrig.backends import ClusterSpec, resolve_backend
-    from flowrig.internals import prefect_engine, worker_security
-    from flowrig.internals.prefect_settings import settings_with
-    from flowrig.project import parameters as params_mod
-    from flowrig.project import sizing
-
     record = record if record is not None else RunRecord()
     timer = record.timer
     timer.begin_run()
-    run_id = record.run_id = record.run_id or current_run_id()
-    started = None
+    record.run_id = record.run_id or current_run_id()
+    run = _RunState(api=api)
     stop_watching = threading.Event()
     progress = record.progress = TaskProgress(
         on_first_finished=lambda: timer.reached("first_task_finished"),
         task_logs=console.task_logs() if console is not None else None,
     )
-    display: ProgressDisplay | None = None
     # Whatever the flow does with a SIGTERM, the run is torn down: by the finally block
     # below, or from outside the flow when that is not reached in time. The closure
-    # sees ``started`` and ``api`` as they are when it is called.
-    teardown = _Once(lambda: _teardown(started, api))
+    # sees the cluster and the API as they are when it is called.
+    teardown = _Once(lambda: _teardown(run.started, run.api))
     guard = stop_guard(teardown)
-    # Tells a Prefect server of the user's the Dask side of the run (flowrig.run.reporter).
-    reporter: Any = NO_REPORTER
     failure: BaseException | None = None
     try:
-        backend = resolve_backend(config.backend)
-        record.backend = backend.name
-        tls = run_certificates(backend, config.tls, config.options)
-        if api is None:
-            api = start_prefect_api(backend, tls)
-        configured = _configured_api_url()
-        if api is not None and configured:
-            api.stop()  # a Prefect profile names an API: use it, not a server of our own
-            api = None
-        parameters = params_mod.validate(config.flow, config.parameters)
-        decided = sizing.decide(
-            parameters,
-            n_workers=config.n_workers,
-            adapt=config.adapt,
-            min_workers=config.min_workers,
-            max_workers=config.max_workers,
-            hook=config.sizing_hook,
-            hook_name=config.sizing_hook_name,
-            options=config.options,
-        )
-        if backend.roles_use_image_certificates(decided.options) != backend.roles_use_image_certificates(
-            config.options
-        ):
-            raise BadInput(
-                "the sizing hook changed options that decide whether the run's roles use the image's baked "
-                "certificates (task definitions or a scheduler of your own, tls): set them in flowrig.toml"
-            )
-        prefect_engine.import_flow_engine()
-        settings = api.client_settings(tls) if api is not None else {}
-        secrets = api.secret_settings() if api is not None else {}
-        worker_env = {
-            **base_worker_environment(run_id, console.verbosity if console is not None else None, api is None),
-            **{name: str(value) for name, value in settings.items() if value is not None},
-        }
-        if api is None:
-            worker_env["PREFECT_API_URL"] = str(configured)
-            reporter = _reporter(config, parameters, run_id, backend.name, timer)
-            if console is not None:
-                # A server of the user's gets every task run's lines; the console its own.
-                progress.task_logs = console.task_logs(to_api=True)
-        # A client a task opens on the run's cluster gets the run's credentials.
-        worker_env.setdefault(worker_security.LOADER_ENV, worker_security.LOADER)
-        spec = ClusterSpec(
-            run_id=run_id,
-            size=decided.size,
-            tls=tls,
-            image=config.image,
-            worker_env=worker_env,
-            options=decided.options,
-            worker_threads=config.worker_threads,
-            no_client_timeout=config.no_client_timeout,
-            min_workers=config.min_workers,
-            allowed_environment=frozenset(config.allow_environment),
-            on_news=reporter.on_news,
-        )
-        record.n_workers = decided.size.n_workers
-        timer.phase("prepare")
-        reporter.tell("cluster.asked", f"flowrig run {run_id}: asking the {backend.name} backend for "
-                      f"{decided.size.describe()}", n_workers=decided.size.n_workers)
-        started = backend.start(spec)
-        record.scheduler_address, record.dashboard_link = started.scheduler_address, started.dashboard_link
-        if api is not None:
-            api.watch()  # the cluster has started its threads anyway
-        timer.reached("scheduler_up", started.scheduler_up)
-        timer.watch_workers(started, decided.size.n_workers, stop_watching)
-        line = (
-            f"flowrig run {run_id}: {decided.size.describe()} on {backend.name}, "
-            f"scheduler at {started.scheduler_address}, "
-            f"{dashboard_words(started.dashboard_link, started.dashboard_reach)}"
-        )
-        reporter.tell("cluster.started", line, scheduler_address=started.scheduler_address,
-                      dashboard_link=started.dashboard_link)
-        if announce:
-            announce(line)
-        if console is not None:
-            console.line(line)
-        if config.on_start:
-            config.on_start()
-        timer.phase("cluster_start")
-        # Built while the API may still be starting: the runner has nothing else to do.
-        flow_settings = settings_with({**settings, **secrets})
-        if api is not None:
-            api.wait_ready()
-            timer.reached("api_ready", api.ready_at)
-        timer.phase("api_wait")
-        if console is not None:
-            # With --quiet only failed tasks are shown (with their tracebacks).
-            display = ProgressDisplay(
-                progress, console.stream, prefix=f"flowrig run {run_id}", counts=console.shows_progress,
-                code_file=_code_file(config.flow),
-            ).start()
-        # Events to the run's own API would be deleted unread: the workers drop them.
-        events = "drop" if api is not None else "send"
-        flow_run_id = reporter.flow_run_id()  # made while the cluster started
-        if flow_run_id is not None:
-            config = dataclasses.replace(config, flow_run_id=flow_run_id)
-        reporter.flow_started()
-        state = _run_flow(config, parameters, started.scheduler_address, tls, flow_settings, progress, events)
-        timer.reached("flow_finished")
-        timer.phase("flow")
-        result, message = _result_of(state)
-        if not state.is_completed() and (note := progress.memory_note()):
-            # The cause first: distributed's own message (KilledWorker) does not name it.
-            message = f"{note}; {message}" if message else note
-        outcome = record.outcome(state.name, result, message=message)
+        prepared = _prepare(config, run, record, console, progress)
+        _start_cluster(config, run, prepared, record, stop_watching, announce, console)
+        outcome = _run_to_outcome(config, run, prepared, record, console, progress)
     except BaseException as exc:
         failure = exc
         raise
     finally:
         guard.release()
         stop_watching.set()
-        reporter.stop_listening()
-        if display is not None:
-            display.stop()
-        # A run that ended early: the time until now belongs to the step it was in.
-        timer.end_open_phase(before="teardown")
-        # A signal during teardown must not leave half a cluster: it is held back and
-        # delivered once everything is down.
-        with shielded():
-            teardown()
-            if config.on_exit:
-                config.on_exit()
-            timer.phase("teardown")
-            timer.reached("teardown_done")
-            timer.finish()
-            reporter.close(timer.timeline, failure)
-            if console is not None and console.timeline and started is not None:
-                console.line(timeline_line(run_id, timer.timeline))
+        run.reporter.stop_listening()
+        if run.display is not None:
+            run.display.stop()
+        _conclude(config, run, record, teardown, failure, console)
     # The timings as they ended, teardown included.
     outcome.timings = timer.as_dict()
     return outcome
+
+
+@dataclasses.dataclass
+class _RunState:
+    """What a run has made so far, as the teardown and the finally block find it."""
+
+    #: The embedded API, until it is stopped for one a Prefect profile names.
+    api: "EmbeddedPrefectAPI | None"
+    #: The started cluster, once :meth:`Backend.start` returned.
+    started: Any = None
+    #: Tells a Prefect server of the user's the Dask side of the run (flowrig.run.reporter).
+    reporter: Any = NO_REPORTER
+    display: ProgressDisplay | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """A run's inputs once resolved: what the cluster and the flow are started with."""
+
+    backend: "Backend"
+    tls: "TLSMaterial"
+    parameters: dict[str, Any]
+    decided: Any
+    settings: Mapping[str, Any]
+    secrets: Mapping[str, Any]
+    spec: "ClusterSpec"
+
+
+def _prepare(
+    config: RunConfig, run: _RunState, record: RunRecord, console: Console | None, progress: TaskProgress
+) -> _Prepared:
+    """Backend, certificates, API, parameters, size and the workers' environment."""
+    from flowrig.backends import ClusterSpec, resolve_backend
+    from flowrig.internals import prefect_engine, worker_security
+    from flowrig.project import parameters as params_mod
+
+    backend = resolve_backend(config.backend)
+    record.backend = backend.name
+    tls = run_certificates(backend, config.tls, config.options)
+    if run.api is None:
+        run.api = start_prefect_api(backend, tls)
+    configured = _configured_api_url()
+    if run.api is not None and configured:
+        run.api.stop()  # a Prefect profile names an API: use it, not a server of our own
+        run.api = None
+    parameters = params_mod.validate(config.flow, config.parameters)
+    decided = _decide(config, backend, parameters)
+    prefect_engine.import_flow_engine()
+    api = run.api
+    settings = api.client_settings(tls) if api is not None else {}
+    secrets = api.secret_settings() if api is not None else {}
+    worker_env = {
+        **base_worker_environment(record.run_id, console.verbosity if console is not None else None, api is None),
+        **{name: str(value) for name, value in settings.items() if value is not None},
+    }
+    if api is None:
+        worker_env["PREFECT_API_URL"] = str(configured)
+        run.reporter = _reporter(config, parameters, record.run_id, backend.name, record.timer)
+        if console is not None:
+            # A server of the user's gets every task run's lines; the console its own.
+            progress.task_logs = console.task_logs(to_api=True)
+    # A client a task opens on the run's cluster gets the run's credentials.
+    worker_env.setdefault(worker_security.LOADER_ENV, worker_security.LOADER)
+    spec = ClusterSpec(
+        run_id=record.run_id,
+        size=decided.size,
+        tls=tls,
+        image=config.image,
+        worker_env=worker_env,
+        options=decided.options,
+        worker_threads=config.worker_threads,
+        no_client_timeout=config.no_client_timeout,
+        min_workers=config.min_workers,
+        allowed_environment=frozenset(config.allow_environment),
+        on_news=run.reporter.on_news,
+    )
+    return _Prepared(backend, tls, parameters, decided, settings, secrets, spec)
+
+
+def _decide(config: RunConfig, backend: "Backend", parameters: dict[str, Any]) -> Any:
+    """The cluster's size and options (the sizing hook's say included)."""
+    from flowrig.project import sizing
+
+    decided = sizing.decide(
+        parameters,
+        n_workers=config.n_workers,
+        adapt=config.adapt,
+        min_workers=config.min_workers,
+        max_workers=config.max_workers,
+        hook=config.sizing_hook,
+        hook_name=config.sizing_hook_name,
+        options=config.options,
+    )
+    if backend.roles_use_image_certificates(decided.options) != backend.roles_use_image_certificates(
+        config.options
+    ):
+        raise BadInput(
+            "the sizing hook changed options that decide whether the run's roles use the image's baked "
+            "certificates (task definitions or a scheduler of your own, tls): set them in flowrig.toml"
+        )
+    return decided
+
+
+def _start_cluster(
+    config: RunConfig,
+    run: _RunState,
+    prepared: _Prepared,
+    record: RunRecord,
+    stop_watching: threading.Event,
+    announce: Callable[[str], None] | None,
+    console: Console | None,
+) -> None:
+    """Start the cluster and say where it is."""
+    timer, run_id, backend, size = record.timer, record.run_id, prepared.backend, prepared.decided.size
+    record.n_workers = size.n_workers
+    timer.phase("prepare")
+    run.reporter.tell("cluster.asked", f"flowrig run {run_id}: asking the {backend.name} backend for "
+                      f"{size.describe()}", n_workers=size.n_workers)
+    started = run.started = backend.start(prepared.spec)
+    record.scheduler_address, record.dashboard_link = started.scheduler_address, started.dashboard_link
+    if run.api is not None:
+        run.api.watch()  # the cluster has started its threads anyway
+    timer.reached("scheduler_up", started.scheduler_up)
+    timer.watch_workers(started, size.n_workers, stop_watching)
+    line = (
+        f"flowrig run {run_id}: {size.describe()} on {backend.name}, "
+        f"scheduler at {started.scheduler_address}, "
+        f"{dashboard_words(started.dashboard_link, started.dashboard_reach)}"
+    )
+    run.reporter.tell("cluster.started", line, scheduler_address=started.scheduler_address,
+                      dashboard_link=started.dashboard_link)
+    if announce:
+        announce(line)
+    if console is not None:
+        console.line(line)
+    if config.on_start:
+        config.on_start()
+    timer.phase("cluster_start")
+
+
+def _run_to_outcome(
+    config: RunConfig,
+    run: _RunState,
+    prepared: _Prepared,
+    record: RunRecord,
+    console: Console | None,
+    progress: TaskProgress,
+) -> RunOutcome:
+    """Run the flow on the started cluster once the API is ready; its outcome."""
+    from flowrig.internals.prefect_settings import settings_with
+
+    timer, api = record.timer, run.api
+    # Built while the API may still be starting: the runner has nothing else to do.
+    flow_settings = settings_with({**prepared.settings, **prepared.secrets})
+    if api is not None:
+        api.wait_ready()
+        timer.reached("api_ready", api.ready_at)
+    timer.phase("api_wait")
+    if console is not None:
+        # With --quiet only failed tasks are shown (with their tracebacks).
+        run.display = ProgressDisplay(
+            progress, console.stream, prefix=f"flowrig run {record.run_id}", counts=console.shows_progress,
+            code_file=_code_file(config.flow),
+        ).start()
+    # Events to the run's own API would be deleted unread: the workers drop them.
+    events = "drop" if api is not None else "send"
+    flow_run_id = run.reporter.flow_run_id()  # made while the cluster started
+    if flow_run_id is not None:
+        config = dataclasses.replace(config, flow_run_id=flow_run_id)
+    run.reporter.flow_started()
+    state = run_flow(
+        config, prepared.parameters, run.started.scheduler_address, prepared.tls, flow_settings, progress, events
+    )
+    timer.reached("flow_finished")
+    timer.phase("flow")
+    result, message = result_of(state)
+    if not state.is_completed() and (note := progress.memory_note()):
+        # The cause first: distributed's own message (KilledWorker) does not name it.
+        message = f"{note}; {message}" if message else note
+    return record.outcome(state.name, result, message=message)
+
+
+def _conclude(
+    config: RunConfig,
+    run: _RunState,
+    record: RunRecord,
+    teardown: Callable[[], None],
+    failure: BaseException | None,
+    console: Console | None,
+) -> None:
+    """Tear the run down and close its timeline, whatever happened."""
+    timer = record.timer
+    # A run that ended early: the time until now belongs to the step it was in.
+    timer.end_open_phase(before="teardown")
+    # A signal during teardown must not leave half a cluster: it is held back and
+    # delivered once everything is down.
+    with shielded():
+        teardown()
+        if config.on_exit:
+            config.on_exit()
+        timer.phase("teardown")
+        timer.reached("teardown_done")
+        timer.finish()
+        run.reporter.close(timer.timeline, failure)
+        if console is not None and console.timeline and run.started is not None:
+            console.line(timeline_line(record.run_id, timer.timeline))
 
 
 def _reporter(config: RunConfig, parameters: dict[str, Any], run_id: str, backend: str, timer: Any) -> Any:
@@ -328,86 +409,3 @@ def _teardown(started: Any, api: Any) -> None:
             logger.warning("closing the cluster failed: %s", exc)
     if api is not None:
         api.stop()
-
-
-def _run_flow(
-    config: RunConfig,
-    parameters: dict[str, Any],
-    address: str,
-    tls: "TLSMaterial",
-    settings: "Settings",
-    progress: TaskProgress,
-    events: str,
-) -> Any:
-    from flowrig.internals import prefect_engine
-    from flowrig.internals.prefect_settings import run_settings
-    from flowrig.internals.task_runner import FlowrigTaskRunner
-
-    runner = FlowrigTaskRunner(
-        address=address, client_kwargs={"security": tls.to_security()}, events=events, progress=progress
-    )
-    flow = config.flow.with_options(task_runner=runner)
-    # prefect-dask ships the runner's settings (built by settings_with) to every task on
-    # the workers, so they use the same API, with its credentials, over the TLS channel.
-    with run_settings(settings):
-        try:
-            if config.flow_run_id:
-                state = prefect_engine.run_existing_flow_run(flow, config.flow_run_id, parameters)
-            else:
-                state = flow(**parameters, return_state=True)
-            # An ``async def`` flow gives a coroutine of its final state: run it to the end.
-            return run_to_completion(state) if inspect.isawaitable(state) else state
-        finally:
-            prefect_engine.drain_reporting()
-
-
-def run_to_completion(awaitable: Any) -> Any:
-    """Await ``awaitable`` from synchronous code and return its result.
-
-    In the main thread of a command (no event loop running) it runs right here, so
-    that SIGTERM and Ctrl-C reach the flow as they reach a synchronous one. Where an
-    event loop already runs in this thread (a notebook calling
-    :class:`flowrig.DaskCloudProviderEnvironment`), it runs on a loop of its own in a
-    helper thread, with this thread's context (the run's Prefect settings) copied.
-    """
-    import asyncio
-    import contextvars
-
-    async def main() -> Any:
-        return await awaitable
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(main())
-    outcome: dict[str, Any] = {}
-    context = contextvars.copy_context()
-
-    def target() -> None:
-        try:
-            outcome["value"] = context.run(asyncio.run, main())
-        except BaseException as exc:  # re-raised in the caller's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="flowrig-async-flow", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
-def _result_of(state: Any) -> tuple[Any, str | None]:
-    if state.is_completed():
-        return _state_result(state, raise_on_failure=False), None
-    try:
-        _state_result(state, raise_on_failure=True)
-    except BaseException as exc:  # the flow's own exception, reported as data
-        return None, f"{type(exc).__name__}: {exc}"
-    return None, state.message
-
-
-def _state_result(state: Any, raise_on_failure: bool) -> Any:
-    # Prefect gives a coroutine where an event loop runs in this thread (a notebook).
-    value = state.result(raise_on_failure=raise_on_failure)
-    return run_to_completion(value) if inspect.isawaitable(value) else value

@@ -214,7 +214,7 @@ def run_command(inputs: RunInputs, report: OutcomeReport | None = None) -> int:
 
 def _run_command(inputs: RunInputs, deadline: "RunDeadline", report: OutcomeReport) -> int:
     from flowrig.backends import get_backend
-    from flowrig.common.gcpause import collector_paused
+    from flowrig.common.startup_gc import collector_paused
     from flowrig.internals.prefect_engine import import_flow_engine
     from flowrig.project import load_project
     from flowrig.project.defaults import BACKEND, PROJECT_FILE
@@ -239,7 +239,7 @@ def _run_command(inputs: RunInputs, deadline: "RunDeadline", report: OutcomeRepo
     if name == "docker" and not layout.in_image():
         # On the host, the docker backend runs the runner itself in a container, which
         # prints the outcome; the host prints one only when the runner could not.
-        from flowrig.backends.docker.host import run_in_container
+        from flowrig.run.in_container import run_in_container
 
         with report.watching_stdout(), _environment({STRICT_ENV: "1"} if strict else {}):
             return run_in_container(

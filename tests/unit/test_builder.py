@@ -617,7 +617,7 @@ def test_credential_files_never_enter_a_context_and_each_is_named(tmp_path: Path
 
 
 def test_repository_dockerignore_leaves_out_the_same_credential_files():
-    from flowrig.project.filerules import CREDENTIAL_PATTERNS
+    from flowrig.project.build_rules import CREDENTIAL_PATTERNS
 
     text = (REPO / ".dockerignore").read_text()
     lines = text.splitlines()

@@ -15,7 +15,7 @@ from prefect.settings import (
     temporary_settings,
 )
 
-from flowrig.common.gcpause import collector_paused
+from flowrig.common.startup_gc import collector_paused
 from flowrig.internals.prefect_settings import ShippedSettingsContext, run_settings, settings_with
 
 API = "http://127.0.0.1:4999/api"

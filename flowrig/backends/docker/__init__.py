@@ -1,8 +1,9 @@
 """``docker``: one run's scheduler and workers as containers of the run's image.
 
 Every role comes from one image. On the host, ``flowrig run PROJECT --backend docker
---image TAG`` calls :func:`run_in_container`: it makes a network for the run and starts
-the flow runner as a container of the image, with no Docker socket. Inside that
+--image TAG`` calls :func:`flowrig.run.in_container.run_in_container`: it makes a
+network for the run and starts the flow runner as a container of the image, with no
+Docker socket. Inside that
 container :class:`DockerBackend` asks the host process for its cluster
 (:mod:`~flowrig.backends.docker.control`), and the host starts the scheduler and the
 workers as containers on the same network, so every role reaches every other by
@@ -30,8 +31,8 @@ The modules, from pure to side effects:
   :class:`distributed.SpecCluster` of containers;
 - :mod:`~flowrig.backends.docker.backend`: :class:`DockerBackend`, the ``docker`` backend;
 - :mod:`~flowrig.backends.docker.memory`: workers that run out of memory, named;
-- :mod:`~flowrig.backends.docker.host`: :func:`run_in_container` and the
-  :class:`HostController`, the host side;
+- :mod:`~flowrig.backends.docker.controller`: :class:`HostController`, the host side
+  that serves a runner's requests for its cluster;
 - :mod:`~flowrig.backends.docker.leftovers`: what runs whose process has gone left, by run.
 
 Containers are created and removed only through :mod:`flowrig.containers.engine`,
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 from flowrig.backends.docker.backend import DockerBackend, DockerOptions, _check_options
 from flowrig.backends.docker.cluster import SCHEDULER_READY, DockerCluster, DockerScheduler, DockerWorker
-from flowrig.backends.docker.host import HostController, run_in_container
+from flowrig.backends.docker.controller import HostController
 from flowrig.backends.docker.naming import (
     ENV_IMAGE,
     ENV_NETWORK,
@@ -78,6 +79,5 @@ __all__ = [
     "render_runner",
     "render_scheduler",
     "render_worker",
-    "run_in_container",
     "scheduler_address",
 ]

@@ -68,7 +68,7 @@ def _check_options(options: Mapping[str, Any]) -> dict[str, Any]:
 class DockerBackend(Backend):
     """Scheduler and workers as containers of the run's image.
 
-    In a runner container that :func:`~flowrig.backends.docker.host.run_in_container`
+    In a runner container that :func:`~flowrig.run.in_container.run_in_container`
     started, it asks that host process for the cluster (:mod:`.control`): every role
     is then on the run's network, and the run's Prefect API listens there too. Used
     directly on a host (with access to Docker), it starts a :class:`DockerCluster` of

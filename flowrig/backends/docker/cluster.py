@@ -18,7 +18,7 @@ from distributed.utils import LoopRunner
 
 from flowrig.backends.docker.naming import check_run_id, network_name, new_run_id, scheduler_address
 from flowrig.backends.docker.plans import WORKER_PRELOAD, render_scheduler, render_worker
-from flowrig.backends.keeper import keep_size
+from flowrig.backends.lost_workers import keep_size
 from flowrig.backends.watch import exit_text
 from flowrig.certs import TLSMaterial, delivery
 from flowrig.containers import ContainerPlan
@@ -182,7 +182,7 @@ class DockerWorker(_ContainerProcess):
 class DockerCluster(SpecCluster):
     """A Dask cluster whose scheduler and workers are containers of one flowrig image.
 
-    A worker container that stops mid-run is replaced (:mod:`flowrig.backends.keeper`);
+    A worker container that stops mid-run is replaced (:mod:`flowrig.backends.lost_workers`);
     the scheduler stops itself once no client has been connected for
     ``no_client_timeout`` seconds (:mod:`flowrig.roles.lifetime`).
 
@@ -293,7 +293,7 @@ class DockerCluster(SpecCluster):
             if cause is not None:
                 raise cause from None
             raise
-        #: Starts lost worker containers again (:mod:`flowrig.backends.keeper`).
+        #: Starts lost worker containers again (:mod:`flowrig.backends.lost_workers`).
         self.keeper = keep_size(self)
 
     def _stop_own_loop(self) -> None:

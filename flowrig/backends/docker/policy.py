@@ -17,7 +17,7 @@ project the runner runs), read by the host before the runner starts:
   (:data:`WORKER_ENV_NAMES`, :data:`WORKER_ENV_PATTERNS`), the run id and
   :data:`WORKER_ENV_FIXED` unchanged;
 - ``news`` (the workers' news for a Prefect server of the user's): true or false;
-- one start and one close per run (:class:`~flowrig.backends.docker.host.HostController`).
+- one start and one close per run (:class:`~flowrig.backends.docker.controller.HostController`).
 
 A request outside these is refused whole, and the run's log names it.
 """

@@ -7,7 +7,7 @@ every forked worker shares those pages and its collections skip them. The fork s
 is a process flowrig owns.
 """
 
-from flowrig.common.gcpause import collector_paused
+from flowrig.common.startup_gc import collector_paused
 from flowrig.internals.prefect_engine import import_flow_engine
 
 with collector_paused():

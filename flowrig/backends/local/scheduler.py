@@ -13,7 +13,7 @@ closes, which the kernel does for the runner however it exits (``kill -9`` inclu
 or, as on every backend, once no client has been connected for a while
 (:mod:`flowrig.roles.lifetime`). A runner killed before it removed the workers' scratch
 folder leaves that to the scheduler. Workers lost on the way start again
-(:mod:`flowrig.backends.keeper`).
+(:mod:`flowrig.backends.lost_workers`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, Callable
 from distributed.core import Status
 from distributed.deploy.spec import ProcessInterface, SpecCluster
 
-from flowrig.backends.keeper import keep_size
+from flowrig.backends.lost_workers import keep_size
 from flowrig.common import runfolders
 from flowrig.errors import InfrastructureError, one_line
 from flowrig.roles.lifetime import NO_CLIENT_TIMEOUT
@@ -302,7 +302,7 @@ class LocalClusterWithSchedulerProcess(LocalCluster, SeparateScheduler):
             # started so far goes now, not when the interpreter exits.
             self.abandon()
             raise
-        #: Starts lost workers again (:mod:`flowrig.backends.keeper`).
+        #: Starts lost workers again (:mod:`flowrig.backends.lost_workers`).
         self.keeper = keep_size(self)
         self.scheduler.on_exit = self._scheduler_exited
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from flowrig.backends.pool import Endpoint, Launcher, Observed, WorkerStart
-from flowrig.backends.vm import cloudinit, reach
+from flowrig.backends.vm import cloudinit, scheduler_reach
 from flowrig.backends.vm.cloud import Cloud, VMRequest
 from flowrig.backends.vm.cloudinit import RegistryLogin, TLSDelivery, VMRole
 from flowrig.errors import InfrastructureError
@@ -110,7 +110,7 @@ class VMLauncher(Launcher):
         settings: RoleSettings,
         *,
         deadline: float,
-        reach_timeout: float = reach.REACH_TIMEOUT,
+        reach_timeout: float = scheduler_reach.REACH_TIMEOUT,
         public_address: bool = False,
     ) -> None:
         self.cloud = cloud
@@ -136,7 +136,7 @@ class VMLauncher(Launcher):
             raise InfrastructureError(f"the scheduler {self.kind} {handle} has no address")
         # Fail within minutes, with the layouts that work, when this runner is outside
         # the network; a VM that is still booting answers with a refusal already.
-        reach.wait_reachable(
+        scheduler_reach.wait_reachable(
             address, SCHEDULER_PORT, min(self.deadline, time.monotonic() + self.reach_timeout),
             f"the scheduler {self.kind}", self.cloud.network_description(),
         )

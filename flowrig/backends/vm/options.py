@@ -13,7 +13,7 @@ from typing import ClassVar, Literal, Mapping
 from pydantic import Field, StrictBool, StrictStr
 
 from flowrig.backends.base import N_WORKERS_FIX, Options, Seconds, StringMap
-from flowrig.backends.vm.reach import REACH_TIMEOUT
+from flowrig.backends.vm.scheduler_reach import REACH_TIMEOUT
 from flowrig.errors import BadInput
 
 #: Seconds from the first API call until the first worker joined: a VM boots, installs

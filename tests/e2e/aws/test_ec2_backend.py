@@ -21,7 +21,8 @@ import pytest
 from flowrig.backends.aws.ec2.backend import EC2Backend
 from flowrig.backends.base import ClusterSpec
 from flowrig.backends.pool import Observed
-from flowrig.backends.vm import cloudinit, reach
+from flowrig.backends.vm import cloudinit
+from flowrig.backends.vm import scheduler_reach as reach
 from flowrig.certs.scan import private_keys_in_bytes
 from flowrig.errors import BadInput, InfrastructureError
 from flowrig.project.sizing import ClusterSize

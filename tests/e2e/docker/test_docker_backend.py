@@ -28,6 +28,7 @@ from flowrig.cli.docker import app as docker_app
 from flowrig.containers import engine
 from flowrig.errors import BadInput
 from flowrig.project import defaults as project_defaults
+from flowrig.run import in_container
 from tests.docker_support import derived_image, docker_run_env
 from tests.run_support import FLOWRIG_SCRIPT
 
@@ -206,11 +207,11 @@ def test_log_tail_folds_the_last_lines():
 def test_host_side_rejects_bad_input_before_touching_docker(tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")  # would fail as exit 3 if reached
     with pytest.raises(BadInput, match="malformed JSON"):
-        dk.run_in_container(SEED, image="img", params=["x=[1,2"])
+        in_container.run_in_container(SEED, image="img", params=["x=[1,2"])
     with pytest.raises(BadInput, match="needs an image"):
-        dk.run_in_container(SEED, image=None, params=[TEN])
+        in_container.run_in_container(SEED, image=None, params=[TEN])
     with pytest.raises(BadInput, match="does not exist"):
-        dk.run_in_container(tmp_path / "missing", image=None)
+        in_container.run_in_container(tmp_path / "missing", image=None)
 
 
 # --- real containers -----------------------------------------------------------------

@@ -36,7 +36,7 @@ def console(name: str, *args: str) -> subprocess.CompletedProcess:
         # What every container role imports before exec'ing Dask.
         "flowrig.entrypoint, flowrig.roles, flowrig.cli.exits",
         # The public API and the light modules behind a run.
-        "flowrig, flowrig.run.compat, flowrig.project, flowrig.project.parameters, flowrig.project.sizing, flowrig.project.flow_loader",
+        "flowrig, flowrig.run.prefect1, flowrig.project, flowrig.project.parameters, flowrig.project.sizing, flowrig.project.flow_loader",
     ],
 )
 def test_heavy_modules_are_not_imported(modules):

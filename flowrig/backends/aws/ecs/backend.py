@@ -43,6 +43,7 @@ from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluste
 from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
 
 if TYPE_CHECKING:
+    from flowrig.backends.aws.ecs.launcher import TaskSettings
     from flowrig.backends.aws.ecs.taskdefs import RoleSize
     from flowrig.backends.aws.lease import LeaseRenewer
     from flowrig.backends.aws.resources import RunResources
@@ -167,7 +168,7 @@ class _ECSBase(Backend):
         from flowrig.backends.aws import policies as iam
         from flowrig.backends.aws import resources as aws_resources
         from flowrig.backends.aws import session as aws_session
-        from flowrig.backends.aws.ecs.launcher import ECSLauncher, TaskSettings
+        from flowrig.backends.aws.ecs.launcher import ECSLauncher
         from flowrig.backends.pool import start_pool
 
         _require_aws_extra(self.name)
@@ -202,31 +203,8 @@ class _ECSBase(Backend):
             started_by = f"{defaults.FAMILY_PREFIX}-{spec.run_id}"[:128]
             # Whatever happens to the cluster object, teardown finds the run's tasks by this.
             resources.track_tasks(infra.cluster_arn, started_by)
-            launcher = ECSLauncher(session, TaskSettings(
-                cluster_arn=infra.cluster_arn,
-                scheduler_task_definition=definitions["scheduler"],
-                worker_task_definition=definitions["worker"],
-                subnets=infra.subnets,
-                security_groups=infra.security_groups,
-                started_by=started_by,
-                scheduler_command=self._scheduler_command(spec, options, launch),
-                dashboard=options.dashboard,
-                worker_args=launch.worker_args,
-                worker_threads=spec.worker_threads,
-                fargate=launch.fargate_workers,
-                scheduler_fargate=launch.fargate_scheduler,
-                fargate_spot=options.fargate_spot,
-                public_ip=not options.fargate_use_private_ip,
-                tags={k: v for k, v in tags.items() if k != "createdBy"},
-                # In the worker task definition when flowrig registers it; RunTask
-                # overrides (visible to DescribeTasks) carry commands only.
-                environment={} if "worker" in launch.own_definitions else dict(spec.worker_env),
-                scheduler_task_kwargs=options.scheduler_task_kwargs,
-                worker_task_kwargs=options.worker_task_kwargs,
-                # Only flowrig's own definitions are known to log there (stop reasons quote them).
-                log_group=infra.log_group if launch.own_definitions == {"scheduler", "worker"} else "",
-                log_stream_prefix=infra.stream_prefix,
-                role_propagation_until=resources.role_propagation_until,
+            launcher = ECSLauncher(session, _task_settings(
+                self, spec, options, launch, infra, definitions, tags, started_by, resources
             ))
             cluster = start_pool(
                 launcher, spec, backend=self.name, timeout=timeout, deadline=deadline,
@@ -447,3 +425,37 @@ class FargateBackend(_ECSBase):
     name = "fargate"
     fargate = True
 
+
+def _task_settings(
+    backend: _ECSBase, spec: ClusterSpec, options: ECSOptions, launch: _Launch, infra: _Infrastructure,
+    definitions: Mapping[str, str], tags: Mapping[str, str], started_by: str, resources: "RunResources",
+) -> "TaskSettings":
+    """How the launcher starts the run's scheduler and worker tasks."""
+    from flowrig.backends.aws.ecs.launcher import TaskSettings
+
+    return TaskSettings(
+        cluster_arn=infra.cluster_arn,
+        scheduler_task_definition=definitions["scheduler"],
+        worker_task_definition=definitions["worker"],
+        subnets=infra.subnets,
+        security_groups=infra.security_groups,
+        started_by=started_by,
+        scheduler_command=backend._scheduler_command(spec, options, launch),
+        dashboard=options.dashboard,
+        worker_args=launch.worker_args,
+        worker_threads=spec.worker_threads,
+        fargate=launch.fargate_workers,
+        scheduler_fargate=launch.fargate_scheduler,
+        fargate_spot=options.fargate_spot,
+        public_ip=not options.fargate_use_private_ip,
+        tags={k: v for k, v in tags.items() if k != "createdBy"},
+        # In the worker task definition when flowrig registers it; RunTask
+        # overrides (visible to DescribeTasks) carry commands only.
+        environment={} if "worker" in launch.own_definitions else dict(spec.worker_env),
+        scheduler_task_kwargs=options.scheduler_task_kwargs,
+        worker_task_kwargs=options.worker_task_kwargs,
+        # Only flowrig's own definitions are known to log there (stop reasons quote them).
+        log_group=infra.log_group if launch.own_definitions == {"scheduler", "worker"} else "",
+        log_stream_prefix=infra.stream_prefix,
+        role_propagation_until=resources.role_propagation_until,
+    )

@@ -161,29 +161,7 @@ def task_definition_settings(
     if "runner" in roles:
         check_runner_backend(project, request.allow_local_runner, fix=request.local_runner_fix)
     options = project_options(project)
-    region = (
-        request.region or (options.region_name if options else None)
-        or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
-    )
-    execution_role_arn = request.execution_role_arn or (options.execution_role_arn if options else None)
-    runner_role_missing = bool(
-        request.runner_role_flag and "runner" in roles and not request.runner_task_role_arn
-        and project is not None and project.cluster.backend in RUNNER_BACKENDS
-    )
-    missing = [
-        text for text, absent in (
-            ("--image (the image every role runs, e.g. --image registry/project:1.0)", not request.image),
-            ("--region (or AWS_REGION, or region_name in [cluster.options])", not region),
-            ("--execution-role-arn (or execution_role_arn in [cluster.options]; Fargate tasks that log to "
-             "CloudWatch need one: arn:aws:iam::ACCOUNT:role/NAME, e.g. AWS's ecsTaskExecutionRole)",
-             not execution_role_arn),
-            (f"{request.runner_role_flag} (the runner's task role: it starts the run's ECS tasks; "
-             "flowrig aws iam-policy --backend ecs prints what it needs)", runner_role_missing),
-        ) if absent
-    ]
-    if missing:
-        raise BadInput(f"missing {'; '.join(missing)}")
-    assert request.image and region and execution_role_arn
+    region, execution_role_arn = _required(request, project, options, roles, environ)
     default_name = project.name if project is not None else taskdefs.project_name_from_image(request.image)
     name = validate.check_family(request.name or family_safe(default_name))
     sizes = _sizes(request, options)
@@ -197,19 +175,7 @@ def task_definition_settings(
     worker_environment = dict(options.environment) if options else {}
     worker_secrets = dict(options.secrets) if options else {}
     validate.check_user_environment(worker_environment, worker_secrets)
-    cluster = project.cluster if project is not None else None
-    threads = request.worker_threads if request.worker_threads is not None else (
-        cluster.worker_threads if cluster is not None else 1
-    )
-    if threads < 1:
-        raise BadInput(f"--worker-threads {threads} is not a number of threads: use 1 or more")
-    worker_args = list(options.worker_extra_args) if options else []
-    if not any(arg.startswith(("--dashboard", "--no-dashboard")) for arg in worker_args):
-        # Nothing would reach a worker's dashboard; it would only show its tasks to the VPC.
-        worker_args.append("--no-dashboard")
-    no_client_timeout = options.scheduler_timeout if options and options.scheduler_timeout is not None else (
-        cluster.no_client_timeout if cluster is not None else None
-    )
+    threads, worker_args, no_client_timeout = _cluster_settings(request, project, options)
     settings = taskdefs.TaskDefinitionSettings(
         image=request.image,
         name=name,
@@ -256,3 +222,57 @@ def render_project_task_definitions(
     for params in documents.values():
         validate.check_task_definition(params)
     return settings, documents
+
+
+def _required(
+    request: TaskDefinitionRequest,
+    project: "Project | None",
+    options: "ECSOptions | None",
+    roles: tuple[str, ...],
+    environ: Mapping[str, str],
+) -> tuple[str, str]:
+    """The region and the execution role, refusing everything missing at once."""
+    region = (
+        request.region or (options.region_name if options else None)
+        or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    )
+    execution_role_arn = request.execution_role_arn or (options.execution_role_arn if options else None)
+    runner_role_missing = bool(
+        request.runner_role_flag and "runner" in roles and not request.runner_task_role_arn
+        and project is not None and project.cluster.backend in RUNNER_BACKENDS
+    )
+    missing = [
+        text for text, absent in (
+            ("--image (the image every role runs, e.g. --image registry/project:1.0)", not request.image),
+            ("--region (or AWS_REGION, or region_name in [cluster.options])", not region),
+            ("--execution-role-arn (or execution_role_arn in [cluster.options]; Fargate tasks that log to "
+             "CloudWatch need one: arn:aws:iam::ACCOUNT:role/NAME, e.g. AWS's ecsTaskExecutionRole)",
+             not execution_role_arn),
+            (f"{request.runner_role_flag} (the runner's task role: it starts the run's ECS tasks; "
+             "flowrig aws iam-policy --backend ecs prints what it needs)", runner_role_missing),
+        ) if absent
+    ]
+    if missing:
+        raise BadInput(f"missing {'; '.join(missing)}")
+    assert request.image and region and execution_role_arn
+    return region, execution_role_arn
+
+
+def _cluster_settings(
+    request: TaskDefinitionRequest, project: "Project | None", options: "ECSOptions | None"
+) -> tuple[int, list[str], Any]:
+    """The workers' threads and arguments, and the scheduler's no-client timeout."""
+    cluster = project.cluster if project is not None else None
+    threads = request.worker_threads if request.worker_threads is not None else (
+        cluster.worker_threads if cluster is not None else 1
+    )
+    if threads < 1:
+        raise BadInput(f"--worker-threads {threads} is not a number of threads: use 1 or more")
+    worker_args = list(options.worker_extra_args) if options else []
+    if not any(arg.startswith(("--dashboard", "--no-dashboard")) for arg in worker_args):
+        # Nothing would reach a worker's dashboard; it would only show its tasks to the VPC.
+        worker_args.append("--no-dashboard")
+    no_client_timeout = options.scheduler_timeout if options and options.scheduler_timeout is not None else (
+        cluster.no_client_timeout if cluster is not None else None
+    )
+    return threads, worker_args, no_client_timeout
