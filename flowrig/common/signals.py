@@ -69,6 +69,7 @@ class SignalRecord:
         self._lock = threading.Lock()
         self._on_first = on_first
         self._reader: threading.Thread | None = None
+        self._closing = False
 
     def _take(self, chunk: bytes) -> None:
         with self._lock:
@@ -101,7 +102,7 @@ class SignalRecord:
                     select.select([self._read], [], [])
                 except (OSError, ValueError):
                     return
-                if not self._drain():
+                if not self._drain() or self._closing:
                     return
 
         self._reader = threading.Thread(target=read, name="flowrig-signals", daemon=True)
@@ -118,7 +119,15 @@ class SignalRecord:
 
     def close(self) -> None:
         signal.set_wakeup_fd(self._previous)
-        os.close(self._write)  # the reader sees the end of the pipe and returns
+        # A byte wakes the reader, which then returns. Closing the write end alone does
+        # not: a fork of this process (a local run's fork server) holds a copy of it, and
+        # the reader would wait out the join below at every run's end.
+        self._closing = True
+        try:
+            os.write(self._write, b"\0")
+        except OSError:  # full: the reader has bytes to wake it already
+            pass
+        os.close(self._write)
         if self._reader is not None:
             self._reader.join(1)
         if self._reader is None or not self._reader.is_alive():

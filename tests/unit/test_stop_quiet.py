@@ -1,9 +1,10 @@
-"""A run being stopped by a signal: its cluster goes away under its client on purpose,
+"""Signals and a run's end: a run being stopped has its cluster go away under its client on purpose,
 and distributed's tracebacks about the lost connection are not shown."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 
 from flowrig.common import signals
@@ -31,3 +32,17 @@ def test_the_first_ending_signal_quiets_the_cluster_loggers(monkeypatch):
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+def test_the_signal_reader_ends_when_closed_though_a_fork_holds_its_pipe():
+    """A local run's fork server is a fork of the runner and holds a copy of the signal
+    pipe's write end: closing ours is no end of the pipe, yet the reader must end (it
+    used to be waited for, a second at every run's end)."""
+    record = signals.SignalRecord()
+    copy = os.dup(record._write)  # what the fork holds
+    try:
+        record.watch()
+        record.close()
+        assert not record._reader.is_alive()
+    finally:
+        os.close(copy)
