@@ -1,5 +1,5 @@
-"""Signals and a run's end: a run being stopped has its cluster go away under its client on purpose,
-and distributed's tracebacks about the lost connection are not shown."""
+"""Signals at a run's end: a run being stopped shows no traceback of its cluster going
+away under its client, and the signal reader ends as soon as it is closed."""
 
 from __future__ import annotations
 
