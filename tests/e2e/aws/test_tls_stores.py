@@ -70,11 +70,12 @@ def test_an_unreachable_aws_endpoint_is_retried_until_the_deadline(moto_server, 
         port = sock.getsockname()[1]
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:flowrig-run-abc-AbCdEf"
-    environ = {delivery.FROM_ENV: stores.AWS_SECRET, stores.SECRET_REF_ENV: arn, stores.FETCH_TIMEOUT_ENV: "1"}
+    # A deadline a loaded machine still fits a few attempts into.
+    environ = {delivery.FROM_ENV: stores.AWS_SECRET, stores.SECRET_REF_ENV: arn, stores.FETCH_TIMEOUT_ENV: "4"}
     started = time.monotonic()
     with pytest.raises(InfrastructureError) as caught:
         _deliver(environ, tmp_path)
-    assert 1 <= time.monotonic() - started < 10
+    assert 4 <= time.monotonic() - started < 30
     _assert_one_line(caught.value, arn, "attempts", "EndpointConnectionError", "secretsmanager:GetSecretValue")
 
 
