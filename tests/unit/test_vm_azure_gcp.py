@@ -11,9 +11,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from flowrig.backends import ledger
 from flowrig.backends.vm.azure import AzureOptions
 from flowrig.backends.vm.gcp import GCPOptions
-from flowrig.backends.vm.ledger import Ledger
 from flowrig.errors import InfrastructureError
 
 SUB = "00000000-1111-2222-3333-444444444444"
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plu
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
-    monkeypatch.setattr(Ledger, "retry_seconds", 0.05)
+    monkeypatch.setattr(ledger, "RETRY_SECONDS", 0.05)
 
 
 # --- Azure: the fake SDK --------------------------------------------------------------
@@ -493,7 +493,7 @@ def test_gcp_waits_for_a_new_service_account_to_be_known(google):
 
 
 def test_gcp_labels_follow_the_label_rules():
-    from flowrig.backends.vm.gcp_cloud import gcp_labels
+    from flowrig.backends.vm.gcp_clients import gcp_labels
 
     labels = gcp_labels({"Cost Centre": "R&D", "9lives": "x", "k" * 80: "V" * 80})
     assert labels["cost_centre"] == "r_d" and labels["k9lives"] == "x"
