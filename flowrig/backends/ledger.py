@@ -201,7 +201,8 @@ class Ledger:
         return [entry for recorded in list(self._entries) for entry in recorded.entries]
 
     def delete(self) -> list[str]:
-        """Undo every recorded resource, newest first; safe to call again.
+        """Undo every recorded resource, newest first; safe to call again (what went is
+        forgotten, an emptied group keeps its place and is undone again).
 
         Returns
         -------
@@ -212,15 +213,21 @@ class Ledger:
         deadline = time.monotonic() + self.cleanup_timeout
         leftovers: list[str] = []
         for entry in reversed(list(self._entries)):
+            members = list(entry.members) if isinstance(entry, Group) else []
             if isinstance(entry, Group):
-                undo = functools.partial(entry.undo, list(entry.members), deadline)
+                undo = functools.partial(entry.undo, members, deadline)
             else:
                 undo = functools.partial(entry.undo, deadline)
             try:
                 retry(undo, until=deadline, when=entry.retry_when or self.retryable, gone=self.gone)
-                self._entries.remove(entry)
             except Exception as exc:  # keep going: the others can still go
                 names = entry.names or [entry.kind]
                 logger.warning("could not delete %s: %s", ", ".join(names), one_line(exc))
                 leftovers += entry.names
+                continue
+            if isinstance(entry, Group):
+                # The group keeps its place: its owner may still add to it.
+                entry.discard(members)
+            else:
+                self._entries.remove(entry)
         return leftovers
