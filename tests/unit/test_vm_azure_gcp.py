@@ -290,6 +290,42 @@ def test_azure_quota_refusal_is_a_refused_vm_not_an_error(azure):
     assert cloud.delete() == []
 
 
+class Failing(Done):
+    """A long-running operation that ended in failure, its resource made all the same."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def result(self, timeout=None):
+        raise self.error
+
+
+@pytest.mark.parametrize("kind", ["networkInterfaces", "publicIPAddresses"])
+def test_azure_a_nic_or_address_whose_creation_failed_half_way_is_deleted(azure, monkeypatch, kind):
+    """ARM makes the resource before its operation can fail: it is in the ledger from the
+    call that began making it, so teardown deletes it."""
+    from flowrig.backends.vm.azure_cloud import AzureCloud
+    from flowrig.backends.vm.cloud import VMRequest
+
+    begin = _Kind.begin_create_or_update
+
+    def half_made(self, group, name, body):
+        made = begin(self, group, name, body)
+        if self.kind.endswith(kind):
+            return Failing(azure_error(500, "InternalServerError", f"provisioning {name} failed"))
+        return made
+
+    monkeypatch.setattr(_Kind, "begin_create_or_update", half_made)
+    cloud = AzureCloud("az12", AzureOptions(**{**AZURE_OPTIONS, "tls": "baked", "use_private_ip": False}))
+    cloud.prepare(dashboard=False)
+    with pytest.raises(InfrastructureError, match="provisioning flowrig-az12-worker-1-.* failed"):
+        cloud.create([VMRequest("flowrig-az12-worker-1", "worker", "#cloud-config\n")])
+    assert [k for k, _ in azure.held if k.endswith(kind)] == [f"Microsoft.Network/{kind}"]
+    assert cloud.delete() == []
+    assert [key for key, value in azure.held.items() if "az12" in json.dumps(value)] == []
+
+
 # --- Google Cloud: the fake SDK --------------------------------------------------------
 def http_error(status: int, message: str):
     import httplib2

@@ -313,10 +313,11 @@ class AzureCloud(Cloud):
             "ipConfigurations": [{"name": "primary", "properties": ip_config}],
             "networkSecurityGroup": {"id": self.nsg_id},
         }}
-        nic_id = finish(network.network_interfaces.begin_create_or_update(self.group, nic, body),
-                         time.monotonic() + 300, f"creating NIC {nic}").id
+        # ARM makes the resource before its operation can fail: recorded before it is waited on.
+        creating = network.network_interfaces.begin_create_or_update(self.group, nic, body)
         self.ledger.record("network-interface", nic, lambda d: finish(
             network.network_interfaces.begin_delete(self.group, nic), d, f"deleting NIC {nic}"))
+        nic_id = finish(creating, time.monotonic() + 300, f"creating NIC {nic}").id
         compute.virtual_machines.begin_create_or_update(self.group, name, self._vm_body(request, nic_id))
         self.ledger.record("vm", name, lambda d: finish(
             compute.virtual_machines.begin_delete(self.group, name), d, f"deleting VM {name}"))
@@ -325,11 +326,10 @@ class AzureCloud(Cloud):
         network = self.clients.network
         body = {"location": self.options.location, "tags": self.tags, "sku": {"name": "Standard"},
                 "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"}}
-        address = finish(network.public_ip_addresses.begin_create_or_update(self.group, name, body),
-                          time.monotonic() + 300, f"creating public IP {name}").id
+        creating = network.public_ip_addresses.begin_create_or_update(self.group, name, body)
         self.ledger.record("public-ip", name, lambda d: finish(
             network.public_ip_addresses.begin_delete(self.group, name), d, f"deleting public IP {name}"))
-        return address
+        return finish(creating, time.monotonic() + 300, f"creating public IP {name}").id
 
     def _vm_body(self, request: VMRequest, nic_id: str) -> dict:
         options = self.options
