@@ -7,7 +7,8 @@ and ``fargate`` with their task definitions and run-local
 (:mod:`~flowrig.backends.aws.ecs`), ``ec2`` (:mod:`~flowrig.backends.aws.ec2`), what
 the AWS backends share (:mod:`~flowrig.backends.aws`), ``azure`` and ``gcp`` VMs and the
 VM template ``ec2`` also fills in (:mod:`~flowrig.backends.vm`), and any cluster class by path
-(:mod:`~flowrig.backends.classpath`).
+(:mod:`~flowrig.backends.classpath`). Every cloud backend records what a run creates in
+one :class:`~flowrig.backends.ledger.Ledger` and removes it newest first.
 
 A backend plugs in by subclassing :class:`Backend` (a name, an options model,
 ``start``) and adding a line to :data:`BACKENDS`; each module is imported only when

@@ -11,9 +11,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from flowrig.backends import ledger
 from flowrig.backends.vm.azure import AzureOptions
 from flowrig.backends.vm.gcp import GCPOptions
-from flowrig.backends.vm.ledger import Ledger
 from flowrig.errors import InfrastructureError
 
 SUB = "00000000-1111-2222-3333-444444444444"
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plu
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
-    monkeypatch.setattr(Ledger, "retry_seconds", 0.05)
+    monkeypatch.setattr(ledger, "RETRY_SECONDS", 0.05)
 
 
 # --- Azure: the fake SDK --------------------------------------------------------------
@@ -290,6 +290,42 @@ def test_azure_quota_refusal_is_a_refused_vm_not_an_error(azure):
     assert cloud.delete() == []
 
 
+class Failing(Done):
+    """A long-running operation that ended in failure, its resource made all the same."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def result(self, timeout=None):
+        raise self.error
+
+
+@pytest.mark.parametrize("kind", ["networkInterfaces", "publicIPAddresses"])
+def test_azure_a_nic_or_address_whose_creation_failed_half_way_is_deleted(azure, monkeypatch, kind):
+    """ARM makes the resource before its operation can fail: it is in the ledger from the
+    call that began making it, so teardown deletes it."""
+    from flowrig.backends.vm.azure_cloud import AzureCloud
+    from flowrig.backends.vm.cloud import VMRequest
+
+    begin = _Kind.begin_create_or_update
+
+    def half_made(self, group, name, body):
+        made = begin(self, group, name, body)
+        if self.kind.endswith(kind):
+            return Failing(azure_error(500, "InternalServerError", f"provisioning {name} failed"))
+        return made
+
+    monkeypatch.setattr(_Kind, "begin_create_or_update", half_made)
+    cloud = AzureCloud("az12", AzureOptions(**{**AZURE_OPTIONS, "tls": "baked", "use_private_ip": False}))
+    cloud.prepare(dashboard=False)
+    with pytest.raises(InfrastructureError, match="provisioning flowrig-az12-worker-1-.* failed"):
+        cloud.create([VMRequest("flowrig-az12-worker-1", "worker", "#cloud-config\n")])
+    assert [k for k, _ in azure.held if k.endswith(kind)] == [f"Microsoft.Network/{kind}"]
+    assert cloud.delete() == []
+    assert [key for key, value in azure.held.items() if "az12" in json.dumps(value)] == []
+
+
 # --- Google Cloud: the fake SDK --------------------------------------------------------
 def http_error(status: int, message: str):
     import httplib2
@@ -493,7 +529,7 @@ def test_gcp_waits_for_a_new_service_account_to_be_known(google):
 
 
 def test_gcp_labels_follow_the_label_rules():
-    from flowrig.backends.vm.gcp_cloud import gcp_labels
+    from flowrig.backends.vm.gcp_clients import gcp_labels
 
     labels = gcp_labels({"Cost Centre": "R&D", "9lives": "x", "k" * 80: "V" * 80})
     assert labels["cost_centre"] == "r_d" and labels["k9lives"] == "x"

@@ -11,7 +11,8 @@ Bottom up, each module importing only those above it in this list:
 - :mod:`.lease`: the lease a live run renews on its resources;
 - :mod:`.runner_policy`: the least-privilege policy of a runner, per backend;
 - :mod:`.leftovers` (pure): what runs that are over left, grouped and judged by run;
-- :mod:`.resources`: the AWS resources one run makes, and their removal;
+- :mod:`.resources`: the AWS resources one run makes, each recorded with its undo on
+  the run's :class:`~flowrig.backends.ledger.Ledger`;
 - :mod:`.bootstrap`: what an account needs once (``flowrig aws bootstrap``);
 - :mod:`.sweep` and :mod:`.remover`: leftovers found in AWS, and removed;
 - :mod:`.ecs` (``ecs``, ``fargate``) and :mod:`.ec2` (``ec2`` on

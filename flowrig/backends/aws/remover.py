@@ -15,6 +15,7 @@ from typing import Any, Callable
 from flowrig.backends.aws.leftovers import Resource, RunLeftovers
 from flowrig.backends.aws.session import Session
 from flowrig.backends.aws.sweep import DESCRIBE_BATCH, IN_USE_CODES, POLL_SECONDS, chunks, error_code, is_gone
+from flowrig.backends.ledger import retry
 from flowrig.errors import one_line
 
 
@@ -160,11 +161,4 @@ class Remover:
 
     @staticmethod
     def _retry(call: Callable[[], Any], deadline: float) -> None:
-        while True:
-            try:
-                call()
-                return
-            except Exception as exc:
-                if error_code(exc) not in IN_USE_CODES or time.monotonic() > deadline:
-                    raise
-            time.sleep(POLL_SECONDS)
+        retry(call, until=deadline, when=lambda exc: error_code(exc) in IN_USE_CODES, pause=POLL_SECONDS)

@@ -4,7 +4,8 @@ Calls are thin: parameters come rendered from :mod:`~flowrig.backends.aws.ecs.ta
 the backend or :mod:`~flowrig.backends.aws.policies`, and botocore's errors become
 one-line flowrig errors (:func:`~flowrig.backends.aws.session.aws_errors`).
 :class:`RunResources` holds what ECS and EC2 runs share; ``ec2`` extends it
-(:mod:`flowrig.backends.aws.ec2.cloud`).
+(:mod:`flowrig.backends.aws.ec2.cloud`). Each ``create_*`` records its own undo on the
+run's :class:`~flowrig.backends.ledger.Ledger` in the statement that creates it.
 """
 
 from __future__ import annotations
@@ -12,19 +13,21 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from flowrig.backends.aws import policies as iam_docs
 from flowrig.backends.aws.names import CLEANUP_TIMEOUT
 from flowrig.backends.aws.session import Session, aws_errors, denied, no_such_entity
+from flowrig.backends.ledger import Group, Ledger, retry
 from flowrig.errors import BadInput, one_line
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
 
 logger = logging.getLogger("flowrig.ecs")
 
-#: Seconds between checks while tasks stop, and between retries of a refused deletion.
+#: Seconds between checks while tasks stop.
 _POLL_SECONDS = 2
-_RETRY_SECONDS = 5
+#: The ledger's group of the tasks a run started (``(cluster ARN, startedBy)``).
+TASKS = "tasks"
 #: Seconds a role made moments before may still be unknown to the services that use it
 #: (IAM propagates a change within seconds, rarely a minute): calls refused for want of
 #: it are tried again until then.
@@ -41,13 +44,28 @@ def _upper_tags(tags: Mapping[str, str]) -> list[dict[str, str]]:
     return [{"Key": key, "Value": value} for key, value in sorted(tags.items())]
 
 
+def error_codes(*codes: str) -> Callable[[BaseException], bool]:
+    """Whether a botocore error carries one of ``codes``."""
+    def matches(exc: BaseException) -> bool:
+        response = getattr(exc, "response", None)
+        return isinstance(response, dict) and response.get("Error", {}).get("Code") in codes
+
+    return matches
+
+
+def _task_source(source: tuple[str, str]) -> str:
+    cluster_arn, started_by = source
+    return f"{started_by} in {cluster_arn}"
+
+
 class RunResources:
     """The AWS resources one run created, and their removal in reverse order.
 
-    Every ``create_*`` method tags what it creates and records it at once, so a run
-    that fails half-way still removes everything it made. :meth:`delete` also stops
-    any task the run started (found by its ``startedBy`` value), including tasks whose
-    start was interrupted.
+    Every ``create_*`` method tags what it creates and records it with its undo on
+    :attr:`ledger` at once, so a run that fails half-way still removes everything it
+    made. :meth:`delete` also stops any task the run started (found by its ``startedBy``
+    value), including tasks whose start was interrupted: :meth:`track_tasks` records
+    them after everything they need, so they are stopped first.
 
     Parameters
     ----------
@@ -68,8 +86,9 @@ class RunResources:
         self.aws = aws
         self.tags = dict(tags)
         self.cleanup_timeout = cleanup_timeout
-        self._created: list[tuple[str, str]] = []
-        self._task_sources: list[tuple[str, str]] = []
+        # AWS's "not found" is no success: a resource gone already is still reported.
+        self.ledger = Ledger(cleanup_timeout)
+        self._tasks: Group[tuple[str, str]] | None = None
         #: When the run made its (last) role, ``time.monotonic()``; ``None`` when it made none.
         self.role_made_at: float | None = None
         #: Names of the roles the run made.
@@ -83,7 +102,7 @@ class RunResources:
     @property
     def created(self) -> list[tuple[str, str]]:
         """``(kind, id)`` of every resource created and not yet deleted, oldest first."""
-        return list(self._created)
+        return [entry for entry in self.ledger.created if entry[0] != TASKS]
 
     # --- reading -------------------------------------------------------------------
     def default_vpc(self) -> str:
@@ -141,7 +160,12 @@ class RunResources:
                 capacityProviders=["FARGATE", "FARGATE_SPOT"],
             )
         arn = response["cluster"]["clusterArn"]
-        self._created.append(("cluster", arn))
+        self.ledger.record(
+            "cluster", arn, lambda _: self._client("ecs").delete_cluster(cluster=arn),
+            retry_when=error_codes(
+                "ClusterContainsTasksException", "UpdateInProgressException", "ResourceInUseException"
+            ),
+        )
         return arn
 
     def create_execution_role(self, name: str, reader_policy_arn: str) -> str:
@@ -172,11 +196,22 @@ class RunResources:
                 )
         return response["Role"]["Arn"]
 
-    def made_role(self, name: str) -> None:
-        """Record a role the run made: deleted with the run, waited for while it propagates."""
-        self._created.append(("role", name))
+    def made_role(self, name: str, *, inline_policies: bool = False) -> None:
+        """Record a role the run made: deleted with the run (its attached policies detached
+        and, with ``inline_policies``, its inline ones deleted first), waited for while it
+        propagates."""
+        self.ledger.record("role", name, lambda _: self._delete_role(name, inline_policies))
         self.new_roles.append(name)
         self.role_made_at = time.monotonic()
+
+    def _delete_role(self, name: str, inline_policies: bool) -> None:
+        iam = self._client("iam")
+        if inline_policies:
+            for policy_name in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+                iam.delete_role_policy(RoleName=name, PolicyName=policy_name)
+        for policy in iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]:
+            iam.detach_role_policy(RoleName=name, PolicyArn=policy["PolicyArn"])
+        iam.delete_role(RoleName=name)
 
     @property
     def role_propagation_until(self) -> float:
@@ -190,14 +225,13 @@ class RunResources:
         (its owner) and ECS assumes it, both a few seconds after it was made."""
         from botocore.exceptions import ClientError
 
-        while True:
-            try:
-                return call()
-            except ClientError as exc:
-                if not retry_when(exc) or time.monotonic() >= self.role_propagation_until:
-                    raise
-                logger.debug("a new IAM role is not known everywhere yet, trying again: %s", one_line(exc))
-            time.sleep(_PROPAGATION_POLL)
+        def propagating(exc: BaseException) -> bool:
+            if not isinstance(exc, ClientError) or not retry_when(exc):
+                return False
+            logger.debug("a new IAM role may not be known everywhere yet: %s", one_line(exc))
+            return True
+
+        return retry(call, until=self.role_propagation_until, when=propagating, pause=_PROPAGATION_POLL)
 
     def create_run_secret(self, name: str, value: str, reader_role_arn: str, *, grant: bool = False) -> str:
         """A Secrets Manager secret holding ``value`` that every principal but
@@ -212,7 +246,9 @@ class RunResources:
                 Description="flowrig: one run's TLS certificates, deleted with the run",
                 Tags=_upper_tags(self.tags),
             )["ARN"]
-            self._created.append(("secret", arn))
+            # No recovery window: the certificates are worthless after the run anyway.
+            self.ledger.record("secret", arn, lambda _: client.delete_secret(
+                SecretId=arn, ForceDeleteWithoutRecovery=True))
             client.put_resource_policy(
                 SecretId=arn,
                 ResourcePolicy=json.dumps(iam_docs.secret_read_policy(arn, reader_role_arn, grant=grant)),
@@ -224,7 +260,7 @@ class RunResources:
         """A CloudWatch log group; returns its name."""
         with aws_errors(f"creating log group {name}"):
             self._client("logs").create_log_group(logGroupName=name, tags=dict(self.tags))
-        self._created.append(("log-group", name))
+        self.ledger.record("log-group", name, lambda _: self._client("logs").delete_log_group(logGroupName=name))
         return name
 
     def create_security_group(self, name: str, vpc_id: str, cidrs: list[str], *, dashboard: bool = False) -> str:
@@ -245,7 +281,9 @@ class RunResources:
                     {"ResourceType": "security-group", "Tags": _upper_tags(self.tags)}
                 ],
             )["GroupId"]
-            self._created.append(("security-group", group_id))
+            # Interfaces of stopped tasks and instances are released a little later: retried until then.
+            self.ledger.record("security-group", group_id, lambda _: ec2.delete_security_group(GroupId=group_id),
+                               retry_when=error_codes("DependencyViolation"))
             ec2.authorize_security_group_ingress(
                 GroupId=group_id,
                 IpPermissions=[
@@ -283,18 +321,23 @@ class RunResources:
                 and any(name in str(exc) for name in self.new_roles),
             )
         arn = response["taskDefinition"]["taskDefinitionArn"]
-        self._created.append(("task-definition", arn))
+        self.ledger.record("task-definition", arn, lambda _: self._delete_task_definition(arn))
         return arn
 
     def track_tasks(self, cluster_arn: str, started_by: str) -> None:
-        """Stop every task ``started_by`` in ``cluster_arn`` when :meth:`delete` runs."""
-        if (cluster_arn, started_by) not in self._task_sources:
-            self._task_sources.append((cluster_arn, started_by))
+        """Stop every task ``started_by`` in ``cluster_arn`` when :meth:`delete` runs.
+
+        The first call records the run's tasks in the ledger: after what they need (the
+        cluster, task definitions, security group), so they are stopped before any of it.
+        """
+        if self._tasks is None:
+            self._tasks = self.ledger.group(TASKS, self._stop_tasks, name=_task_source)
+        self._tasks.add((cluster_arn, started_by))
 
     @property
     def task_sources(self) -> list[tuple[str, str]]:
         """``(cluster ARN, startedBy)`` of the tasks :meth:`delete` stops."""
-        return list(self._task_sources)
+        return list(self._tasks.members) if self._tasks is not None else []
 
     # --- deleting ------------------------------------------------------------------
     def delete(self) -> list[str]:
@@ -308,22 +351,7 @@ class RunResources:
         list of str
             ``kind id`` of each resource that could not be deleted (empty when all went).
         """
-        deadline = time.monotonic() + self.cleanup_timeout
-        leftovers = []
-        for cluster_arn, started_by in list(self._task_sources):
-            try:
-                self._stop_tasks(cluster_arn, started_by, deadline)
-                self._task_sources.remove((cluster_arn, started_by))
-            except Exception as exc:  # keep going: the other resources can still go
-                logger.warning("could not stop the tasks of %s in %s: %s", started_by, cluster_arn, exc)
-                leftovers.append(f"tasks {started_by} in {cluster_arn}")
-        for kind, ident in reversed(list(self._created)):
-            try:
-                self._delete_one(kind, ident, deadline)
-                self._created.remove((kind, ident))
-            except Exception as exc:
-                logger.warning("could not delete %s %s: %s", kind, ident, one_line(exc))
-                leftovers.append(f"{kind} {ident}")
+        leftovers = self.ledger.delete()
         if self.left_registered:
             logger.debug(
                 "the run's task definitions stay registered (deregistering needs %s on every task definition "
@@ -332,7 +360,11 @@ class RunResources:
             )
         return leftovers
 
-    def _stop_tasks(self, cluster_arn: str, started_by: str, deadline: float) -> None:
+    def _stop_tasks(self, sources: list[tuple[str, str]], deadline: float) -> None:
+        for cluster_arn, started_by in sources:
+            self._stop_tasks_of(cluster_arn, started_by, deadline)
+
+    def _stop_tasks_of(self, cluster_arn: str, started_by: str, deadline: float) -> None:
         from botocore.exceptions import ClientError
 
         ecs = self._client("ecs")
@@ -357,58 +389,19 @@ class RunResources:
             if arns:
                 time.sleep(_POLL_SECONDS)
 
-    def _delete_one(self, kind: str, ident: str, deadline: float) -> None:
-        if kind == "task-definition":
-            from botocore.exceptions import ClientError
-
-            ecs = self._client("ecs")
-            try:
-                ecs.deregister_task_definition(taskDefinition=ident)
-            except ClientError as exc:
-                if not denied(exc):
-                    raise
-                # IAM cannot limit deregistering to the run's own task definitions, so
-                # the runner policy leaves it out unless asked: the definition stays, its
-                # secret and role gone, for `flowrig aws leftovers --remove`.
-                self.left_registered.append(ident)
-                return
-            # Deregistered definitions stay listed as INACTIVE; deleting removes them.
-            ecs.delete_task_definitions(taskDefinitions=[ident])
-        elif kind == "log-group":
-            self._client("logs").delete_log_group(logGroupName=ident)
-        elif kind == "security-group":
-            # Interfaces of stopped tasks are released a little later: retry until then.
-            self._retry(
-                lambda: self._client("ec2").delete_security_group(GroupId=ident),
-                {"DependencyViolation"},
-                deadline,
-            )
-        elif kind == "secret":
-            # No recovery window: the certificates are worthless after the run anyway.
-            self._client("secretsmanager").delete_secret(SecretId=ident, ForceDeleteWithoutRecovery=True)
-        elif kind == "role":
-            iam = self._client("iam")
-            for policy in iam.list_attached_role_policies(RoleName=ident)["AttachedPolicies"]:
-                iam.detach_role_policy(RoleName=ident, PolicyArn=policy["PolicyArn"])
-            iam.delete_role(RoleName=ident)
-        elif kind == "cluster":
-            self._retry(
-                lambda: self._client("ecs").delete_cluster(cluster=ident),
-                {"ClusterContainsTasksException", "UpdateInProgressException", "ResourceInUseException"},
-                deadline,
-            )
-        else:  # pragma: no cover - every create_* records one of the kinds above
-            raise ValueError(f"unknown resource kind {kind}")
-
-    @staticmethod
-    def _retry(call: Any, retry_codes: set[str], deadline: float) -> None:
+    def _delete_task_definition(self, arn: str) -> None:
         from botocore.exceptions import ClientError
 
-        while True:
-            try:
-                call()
-                return
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] not in retry_codes or time.monotonic() > deadline:
-                    raise
-            time.sleep(_RETRY_SECONDS)
+        ecs = self._client("ecs")
+        try:
+            ecs.deregister_task_definition(taskDefinition=arn)
+        except ClientError as exc:
+            if not denied(exc):
+                raise
+            # IAM cannot limit deregistering to the run's own task definitions, so
+            # the runner policy leaves it out unless asked: the definition stays, its
+            # secret and role gone, for `flowrig aws leftovers --remove`.
+            self.left_registered.append(arn)
+            return
+        # Deregistered definitions stay listed as INACTIVE; deleting removes them.
+        ecs.delete_task_definitions(taskDefinitions=[arn])

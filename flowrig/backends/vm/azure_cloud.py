@@ -1,15 +1,14 @@
 """The ``azure`` backend's calls to Azure: one run's NSG, identity, secret, NICs and VMs.
 
-Every SDK client is made in :class:`AzureClients`, the one boundary with the SDKs:
-``DefaultAzureCredential``, ``ComputeManagementClient``, ``NetworkManagementClient``
-and the Key Vault ``SecretClient``. Request bodies are the REST API's own JSON.
+Every SDK client is made in :class:`~.azure_clients.AzureClients`, the one boundary
+with the SDKs (:mod:`.azure_clients`). Request bodies are the REST API's own JSON.
+Each resource is recorded on the run's :class:`~flowrig.backends.ledger.Ledger` in the
+statement that creates it.
 
 The run's identity is a **user-assigned managed identity**, created and granted before
 any VM exists (a system-assigned one exists only with its VM, so each VM would boot
 before its grant), so that one grant serves every VM of the run, replaced workers too.
-Neither azure-mgmt-msi nor azure-mgmt-authorization is a locked dependency: the
-identity and the role assignment are plain ARM calls, sent with the compute client's
-``send_request`` (same credential, retries and endpoint).
+The identity and the role assignments are plain ARM calls.
 
 The grant is the built-in role "Key Vault Secrets User" scoped to the run's secret
 alone; a vault that uses access policies instead of Azure RBAC is refused, since an
@@ -34,12 +33,24 @@ import os
 import re
 import time
 import uuid
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
+from flowrig.backends.ledger import Ledger, retry, wait_until
 from flowrig.backends.pool import Observed
+from flowrig.backends.vm.azure_clients import (
+    AUTHORIZATION_API,
+    IDENTITY_API,
+    KEYVAULT_API,
+    REGISTRY_API,
+    RESOURCES_API,
+    AzureClients,
+    azure_errors,
+    error_code,
+    finish,
+    gone,
+    retryable,
+)
 from flowrig.backends.vm.cloud import Cloud, Created, VMRequest
-from flowrig.backends.vm.ledger import Ledger, until
 from flowrig.errors import BadInput, InfrastructureError, one_line
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
 
@@ -48,116 +59,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flowrig.vm")
 
-IDENTITY_API = "2023-01-31"
-AUTHORIZATION_API = "2022-04-01"
-RESOURCES_API = "2021-04-01"
-KEYVAULT_API = "2023-07-01"
-REGISTRY_API = "2023-07-01"
 #: The built-in role "Key Vault Secrets User": read a secret's value, nothing else.
 SECRETS_USER_ROLE = "4633458b-17de-408a-b874-0445c86b69e6"
 #: The built-in role "AcrPull": pull images from one registry, nothing else.
 ACR_PULL_ROLE = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 #: Seconds a new identity may take to be known to role assignments.
 IDENTITY_PROPAGATION = 120.0
-#: Errors that say "not now": retried until the deadline.
-_RETRY_CODES = {
-    "AnotherOperationInProgress", "Conflict", "InUseNetworkSecurityGroupCannotBeDeleted", "NicInUse",
-    "NicReservedForAnotherVm", "OperationNotAllowed", "PrincipalNotFound", "RetryableError",
-    "ObjectIsBeingDeleted", "InUsePublicIpAddressCannotBeDeleted", "TooManyRequests",
-}
 #: Errors creating a VM that mean "not this VM now" (quota, capacity), not a bad request.
 _CAPACITY_CODES = {"OperationNotAllowed", "SkuNotAvailable", "AllocationFailed", "ZonalAllocationFailed"}
 _VAULT_URL = re.compile(r"^https://(?P<name>[0-9a-zA-Z-]{3,24})\.vault\.[a-z0-9.-]+/?$")
-
-
-def _code(exc: BaseException) -> str:
-    error = getattr(exc, "error", None)
-    return str(getattr(error, "code", None) or getattr(exc, "reason", None) or type(exc).__name__)
-
-
-def _gone(exc: BaseException) -> bool:
-    from azure.core.exceptions import ResourceNotFoundError
-
-    return isinstance(exc, ResourceNotFoundError) or getattr(exc, "status_code", None) == 404
-
-
-def _retryable(exc: BaseException) -> bool:
-    status = getattr(exc, "status_code", None) or 0
-    return _code(exc) in _RETRY_CODES or status == 429 or status >= 500 or isinstance(exc, TimeoutError)
-
-
-@contextmanager
-def azure_errors(action: str) -> Iterator[None]:
-    """Azure's errors while doing ``action`` as one-line flowrig errors: no credentials
-    are :class:`BadInput` (exit 2), a refusal or no answer :class:`InfrastructureError`."""
-    from azure.core import exceptions as ax
-
-    try:
-        yield
-    except ax.ClientAuthenticationError as exc:
-        raise BadInput(
-            f"no usable Azure credentials while {action} ({one_line(exc, 200)}): run az login, "
-            "or set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET, or use a managed identity"
-        ) from None
-    except ax.HttpResponseError as exc:
-        message = getattr(getattr(exc, "error", None), "message", None) or str(exc)
-        raise InfrastructureError(f"Azure refused {action}: {_code(exc)}: {one_line(message, 300)}") from None
-    except ax.AzureError as exc:
-        raise InfrastructureError(f"cannot reach Azure while {action}: {one_line(exc, 300)}") from None
-
-
-class AzureClients:
-    """The SDK clients of one subscription and one Key Vault (the only place they are made)."""
-
-    def __init__(self, subscription_id: str, vault_url: str | None) -> None:
-        from azure.identity import DefaultAzureCredential
-        from azure.mgmt.compute import ComputeManagementClient
-        from azure.mgmt.network import NetworkManagementClient
-
-        self.subscription_id = subscription_id
-        self.credential = DefaultAzureCredential()
-        self.compute = ComputeManagementClient(self.credential, subscription_id)
-        self.network = NetworkManagementClient(self.credential, subscription_id)
-        self.vault_url = vault_url
-        self._secrets: Any = None
-
-    @property
-    def secrets(self) -> Any:
-        if self._secrets is None:
-            from azure.keyvault.secrets import SecretClient
-
-            self._secrets = SecretClient(self.vault_url, self.credential)
-        return self._secrets
-
-    def arm(self, method: str, path: str, api_version: str, body: Any = None, **params: str) -> dict:
-        """One ARM REST call (``path`` from ``/subscriptions/...``); its JSON answer."""
-        from azure.core.rest import HttpRequest
-
-        request = HttpRequest(method, path, params={"api-version": api_version, **params}, json=body)
-        return self._send(request)
-
-    def arm_pages(self, path: str, api_version: str) -> Iterator[dict]:
-        """Every item of an ARM list, following its ``nextLink`` (a full URL with its own query)."""
-        from azure.core.rest import HttpRequest
-
-        page = self.arm("GET", path, api_version)
-        while True:
-            yield from page.get("value") or []
-            if not page.get("nextLink"):
-                return
-            page = self._send(HttpRequest("GET", page["nextLink"]))
-
-    def _send(self, request: Any) -> dict:
-        response = self.compute.send_request(request)
-        response.raise_for_status()
-        return response.json() if response.content else {}
-
-
-def _finish(poller: Any, deadline: float, what: str) -> Any:
-    poller.wait(timeout=max(deadline - time.monotonic(), 0.0))
-    if not poller.done():
-        raise TimeoutError(f"{what} had not finished in time")
-    return poller.result()
 
 
 def _throwaway_ssh_key() -> str:
@@ -211,7 +121,7 @@ class AzureCloud(Cloud):
         self.group = options.resource_group
         self.tags = self.labels(run_id, options.tags)
         self.clients = clients or AzureClients(subscription, vault_url.rstrip("/") if vault_url else None)
-        self.ledger = Ledger(float(options.cleanup_timeout), gone=_gone, retryable=_retryable)
+        self.ledger = Ledger(float(options.cleanup_timeout), gone=gone, retryable=retryable)
         self.identity_id = ""
         self.principal_id = ""
         self.subnet_id = ""
@@ -274,9 +184,9 @@ class AzureCloud(Cloud):
         network = self.clients.network
         with azure_errors(f"creating network security group {name}"):
             poller = network.network_security_groups.begin_create_or_update(self.group, name, body)
-            self.ledger.record("network-security-group", name, lambda deadline: _finish(
+            self.ledger.record("network-security-group", name, lambda deadline: finish(
                 network.network_security_groups.begin_delete(self.group, name), deadline, f"deleting NSG {name}"))
-            return _finish(poller, time.monotonic() + 300, f"creating NSG {name}").id
+            return finish(poller, time.monotonic() + 300, f"creating NSG {name}").id
 
     def _create_identity(self) -> None:
         name = f"flowrig-{self.run_id}"
@@ -333,8 +243,9 @@ class AzureCloud(Cloud):
             "description": f"flowrig run {self.run_id}: {why}",
         }}
         with azure_errors(action):
-            self.ledger.retry(lambda: self.clients.arm("PUT", path, AUTHORIZATION_API, body),
-                              time.monotonic() + IDENTITY_PROPAGATION, deleting=False)
+            # A just-made identity may be unknown to role assignments for a while.
+            retry(lambda: self.clients.arm("PUT", path, AUTHORIZATION_API, body),
+                  until=time.monotonic() + IDENTITY_PROPAGATION, when=retryable)
             self.ledger.record("role-assignment", str(assignment),
                                lambda _: self.clients.arm("DELETE", path, AUTHORIZATION_API))
 
@@ -365,9 +276,9 @@ class AzureCloud(Cloud):
         from azure.core.exceptions import HttpResponseError
 
         secrets = self.clients.secrets
-        _finish(secrets.begin_delete_secret(self.secret_name), deadline, f"deleting secret {self.secret_name}")
+        finish(secrets.begin_delete_secret(self.secret_name), deadline, f"deleting secret {self.secret_name}")
         try:
-            self.ledger.retry(lambda: secrets.purge_deleted_secret(self.secret_name), deadline)
+            retry(lambda: secrets.purge_deleted_secret(self.secret_name), until=deadline, when=retryable, gone=gone)
         except HttpResponseError as exc:
             # Purge protection, or no purge permission: the secret stays soft-deleted.
             logger.warning("secret %s is deleted but not purged: %s", self.secret_name, one_line(exc, 200))
@@ -383,7 +294,8 @@ class AzureCloud(Cloud):
                     self._create_vm(request)
                 started[request.name] = request.name
             except InfrastructureError as exc:
-                if not isinstance(exc.__context__, HttpResponseError) or _code(exc.__context__) not in _CAPACITY_CODES:
+                cause = exc.__context__
+                if not isinstance(cause, HttpResponseError) or error_code(cause) not in _CAPACITY_CODES:
                     raise
                 refused.append(one_line(exc, 300))
         return Created(started, refused)
@@ -392,7 +304,7 @@ class AzureCloud(Cloud):
         options, network, compute = self.options, self.clients.network, self.clients.compute
         name, nic = request.name, f"{request.name}-nic"
         disk = f"{name}-osdisk"
-        self.ledger.record("disk", disk, lambda d: _finish(
+        self.ledger.record("disk", disk, lambda d: finish(
             compute.disks.begin_delete(self.group, disk), d, f"deleting disk {disk}"))
         ip_config: dict[str, Any] = {"subnet": {"id": self.subnet_id}, "privateIPAllocationMethod": "Dynamic"}
         if not options.use_private_ip:
@@ -401,23 +313,23 @@ class AzureCloud(Cloud):
             "ipConfigurations": [{"name": "primary", "properties": ip_config}],
             "networkSecurityGroup": {"id": self.nsg_id},
         }}
-        nic_id = _finish(network.network_interfaces.begin_create_or_update(self.group, nic, body),
-                         time.monotonic() + 300, f"creating NIC {nic}").id
-        self.ledger.record("network-interface", nic, lambda d: _finish(
+        # ARM makes the resource before its operation can fail: recorded before it is waited on.
+        creating = network.network_interfaces.begin_create_or_update(self.group, nic, body)
+        self.ledger.record("network-interface", nic, lambda d: finish(
             network.network_interfaces.begin_delete(self.group, nic), d, f"deleting NIC {nic}"))
+        nic_id = finish(creating, time.monotonic() + 300, f"creating NIC {nic}").id
         compute.virtual_machines.begin_create_or_update(self.group, name, self._vm_body(request, nic_id))
-        self.ledger.record("vm", name, lambda d: _finish(
+        self.ledger.record("vm", name, lambda d: finish(
             compute.virtual_machines.begin_delete(self.group, name), d, f"deleting VM {name}"))
 
     def _create_public_ip(self, name: str) -> str:
         network = self.clients.network
         body = {"location": self.options.location, "tags": self.tags, "sku": {"name": "Standard"},
                 "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"}}
-        address = _finish(network.public_ip_addresses.begin_create_or_update(self.group, name, body),
-                          time.monotonic() + 300, f"creating public IP {name}").id
-        self.ledger.record("public-ip", name, lambda d: _finish(
+        creating = network.public_ip_addresses.begin_create_or_update(self.group, name, body)
+        self.ledger.record("public-ip", name, lambda d: finish(
             network.public_ip_addresses.begin_delete(self.group, name), d, f"deleting public IP {name}"))
-        return address
+        return finish(creating, time.monotonic() + 300, f"creating public IP {name}").id
 
     def _vm_body(self, request: VMRequest, nic_id: str) -> dict:
         options = self.options
@@ -454,7 +366,7 @@ class AzureCloud(Cloud):
                 with azure_errors(f"reading the state of VM {handle}"):
                     view = self.clients.compute.virtual_machines.instance_view(self.group, handle)
             except InfrastructureError as exc:
-                if exc.__context__ is not None and _gone(exc.__context__):
+                if exc.__context__ is not None and gone(exc.__context__):
                     seen[handle] = Observed("stopped", "the VM was deleted")
                     continue
                 raise
@@ -478,7 +390,7 @@ class AzureCloud(Cloud):
                 with azure_errors(f"deleting VM {handle}"):
                     self.clients.compute.virtual_machines.begin_delete(self.group, handle)
             except InfrastructureError as exc:
-                if exc.__context__ is None or not _gone(exc.__context__):
+                if exc.__context__ is None or not gone(exc.__context__):
                     raise
 
     def delete(self) -> list[str]:
@@ -490,10 +402,10 @@ class AzureCloud(Cloud):
             try:
                 pollers.append(compute.virtual_machines.begin_delete(self.group, name))
             except Exception as exc:
-                if not _gone(exc):
+                if not gone(exc):
                     logger.warning("could not delete VM %s: %s", name, one_line(exc, 200))
         try:
-            until(lambda: all(p.done() for p in pollers), deadline, "deleting the run's VMs")
+            wait_until(lambda: all(p.done() for p in pollers), deadline, "deleting the run's VMs")
         except InfrastructureError as exc:
             logger.warning("%s", exc)
         return self.ledger.delete()

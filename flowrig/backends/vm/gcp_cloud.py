@@ -1,12 +1,9 @@
 """The ``gcp`` backend's calls to Google Cloud: one run's firewall rules, service account,
 secret and instances.
 
-The API clients are made in :class:`GCPClients`, the one boundary with the SDK:
-``google.auth.default()`` and googleapiclient's ``compute``, ``secretmanager``, ``iam``
-and (for an image in Artifact Registry) ``artifactregistry`` v1 from the discovery
-documents that ship with it (nothing fetched, nothing cached), each request on its own
-HTTP connection (dask-cloudprovider's ``build_request``: httplib2 is not thread-safe,
-and the pool calls from threads).
+The API clients are made in :class:`~.gcp_clients.GCPClients`, the one boundary with
+the SDK (:mod:`.gcp_clients`). Each resource is recorded on the run's
+:class:`~flowrig.backends.ledger.Ledger` in the statement that creates it.
 
 The run's firewall rules admit the scheduler port (and the dashboard's, only with
 ``dashboard``) from the subnetwork's own range to instances with the run's network tag,
@@ -23,14 +20,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import re
 import time
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from flowrig.backends.ledger import Ledger, retry
 from flowrig.backends.pool import Observed
 from flowrig.backends.vm.cloud import Cloud, Created, VMRequest
-from flowrig.backends.vm.ledger import Ledger
+from flowrig.backends.vm.gcp_clients import (
+    SCOPES,
+    GCPClients,
+    gcp_errors,
+    gcp_label,
+    gcp_labels,
+    gone,
+    http_status,
+    retryable,
+)
 from flowrig.errors import BadInput, InfrastructureError, one_line
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
 
@@ -39,7 +44,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flowrig.vm")
 
-SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 #: Seconds a new service account may take to be known to IAM and Compute Engine.
 ACCOUNT_PROPAGATION = 120.0
 #: Seconds an operation of creating a firewall rule may take.
@@ -54,20 +58,6 @@ POLICY_VERSION = 3
 #: ``gcr.io`` hosts as Artifact Registry serves them: ``host -> (location, repository)``.
 GCR_REPOSITORIES = {"gcr.io": ("us", "gcr.io"), "us.gcr.io": ("us", "us.gcr.io"),
                     "eu.gcr.io": ("europe", "eu.gcr.io"), "asia.gcr.io": ("asia", "asia.gcr.io")}
-
-
-def _status(exc: BaseException) -> int:
-    return int(getattr(getattr(exc, "resp", None), "status", 0) or 0)
-
-
-def _gone(exc: BaseException) -> bool:
-    return _status(exc) == 404
-
-
-def _retryable(exc: BaseException) -> bool:
-    status = _status(exc)
-    in_use = "resourceInUseByAnotherResource" in str(exc) or "resourceNotReady" in str(exc)
-    return status in (409, 429) or status >= 500 or (status == 400 and in_use)
 
 
 def artifact_repository(image: str) -> str:
@@ -124,71 +114,6 @@ def without_member(policy: Mapping[str, Any], role: str, member: str) -> dict | 
     return {**policy, "version": POLICY_VERSION, "bindings": bindings} if changed else None
 
 
-def gcp_label(text: str) -> str:
-    """``text`` as a label key or value: lower case, digits, ``_`` and ``-``, 63 at most."""
-    return re.sub(r"[^a-z0-9_-]", "_", text.lower())[:63]
-
-
-def gcp_labels(tags: Mapping[str, str]) -> dict[str, str]:
-    """Tags as labels; a key must start with a letter."""
-    labels = {}
-    for key, value in tags.items():
-        name = gcp_label(key)
-        labels[name if name[:1].isalpha() else gcp_label(f"k{name}")] = gcp_label(value)
-    return labels
-
-
-@contextmanager
-def gcp_errors(action: str) -> Iterator[None]:
-    """Google's errors while doing ``action`` as one-line flowrig errors."""
-    from google.auth import exceptions as gx
-    from googleapiclient.errors import HttpError
-
-    try:
-        yield
-    except HttpError as exc:
-        raise InfrastructureError(
-            f"Google Cloud refused {action}: {_status(exc)} {one_line(exc.reason or exc, 300)}"
-        ) from None
-    except gx.RefreshError as exc:
-        raise BadInput(f"the Google credentials were refused while {action}: {one_line(exc, 200)}") from None
-    except (gx.GoogleAuthError, OSError) as exc:
-        raise InfrastructureError(f"cannot reach Google Cloud while {action}: {one_line(exc, 300)}") from None
-
-
-class GCPClients:
-    """Credentials, their project, and the API clients (the only place they are made)."""
-
-    def __init__(self) -> None:
-        import google.auth
-        from google.auth.exceptions import DefaultCredentialsError
-        from googleapiclient.discovery import build
-
-        try:
-            self.credentials, self.project = google.auth.default(scopes=SCOPES)
-        except DefaultCredentialsError as exc:
-            raise BadInput(
-                f"no usable Google credentials ({one_line(exc, 160)}): run gcloud auth application-default login "
-                "or set GOOGLE_APPLICATION_CREDENTIALS"
-            ) from None
-        from dask_cloudprovider.gcp.utils import build_request
-
-        def service(name: str) -> Any:
-            return build(name, "v1", credentials=self.credentials, cache_discovery=False,
-                         requestBuilder=build_request(self.credentials))
-
-        self._service = service
-        self.compute, self.secretmanager, self.iam = service("compute"), service("secretmanager"), service("iam")
-        self._artifactregistry: Any = None
-
-    @property
-    def artifactregistry(self) -> Any:
-        """Artifact Registry's client, made for the runs whose image is there."""
-        if self._artifactregistry is None:
-            self._artifactregistry = self._service("artifactregistry")
-        return self._artifactregistry
-
-
 class GCPCloud(Cloud):
     """One run's resources in one project and zone (see the module's docstring).
 
@@ -218,7 +143,7 @@ class GCPCloud(Cloud):
         self.network_project = options.network_projectid or self.project
         self.labels_ = gcp_labels(self.labels(run_id, options.tags))
         self.tag = gcp_label(f"flowrig-{run_id}")
-        self.ledger = Ledger(float(options.cleanup_timeout), gone=_gone, retryable=_retryable)
+        self.ledger = Ledger(float(options.cleanup_timeout), gone=gone, retryable=retryable)
         self.subnetwork = ""
         self.subnet_range = ""
         self._operations: dict[str, str] = {}
@@ -316,16 +241,11 @@ class GCPCloud(Cloud):
     def _retry_new_account(self, call: Any, *, conflicts: bool = False) -> Any:
         """``call``, again while the answer says the run's service account does not exist
         (and, with ``conflicts``, while a policy changed between its read and its write)."""
-        deadline = time.monotonic() + ACCOUNT_PROPAGATION
-        while True:
-            try:
-                return call()
-            except Exception as exc:
-                unknown = _status(exc) in (400, 404) and self.account_email in str(exc)
-                if not (unknown or (conflicts and _status(exc) == 409)) or \
-                        time.monotonic() + Ledger.retry_seconds > deadline:
-                    raise
-            time.sleep(Ledger.retry_seconds)
+        def unknown(exc: BaseException) -> bool:
+            return (http_status(exc) in (400, 404) and self.account_email in str(exc)) or (
+                conflicts and http_status(exc) == 409)
+
+        return retry(call, until=time.monotonic() + ACCOUNT_PROPAGATION, when=unknown)
 
     # --- the run's image ------------------------------------------------------------------
     def allow_registry(self, login: "RegistryLogin", image: str) -> None:
@@ -346,10 +266,10 @@ class GCPCloud(Cloud):
             try:
                 self._retry_new_account(grant, conflicts=True)
             except HttpError as exc:
-                if _status(exc) in (403, 404):
+                if http_status(exc) in (403, 404):
                     raise BadInput(
                         f"cannot grant {REGISTRY_READER} on Artifact Registry repository {repository} "
-                        f"({_status(exc)} {one_line(exc.reason or exc, 160)}): give the runner's credentials "
+                        f"({http_status(exc)} {one_line(exc.reason or exc, 160)}): give the runner's credentials "
                         "artifactregistry.repositories.getIamPolicy and setIamPolicy on it, or set "
                         "registry_login = false when the VMs may pull the image without logging in"
                     ) from None
@@ -467,7 +387,7 @@ class GCPCloud(Cloud):
                 with gcp_errors(f"deleting instance {handle}"):
                     self._delete_instance(handle)
             except InfrastructureError as exc:
-                if exc.__context__ is None or not _gone(exc.__context__):
+                if exc.__context__ is None or not gone(exc.__context__):
                     raise
 
     def delete(self) -> list[str]:
@@ -478,7 +398,7 @@ class GCPCloud(Cloud):
             try:
                 deleting.append((name, self._delete_instance(name)))
             except Exception as exc:
-                if not _gone(exc):
+                if not gone(exc):
                     logger.warning("could not delete instance %s: %s", name, one_line(exc, 200))
         for name, operation in deleting:
             try:

@@ -23,11 +23,11 @@ import pytest
 from azure.keyvault.secrets import SecretClient as REAL_SECRET_CLIENT  # before the fixtures replace them
 from googleapiclient.discovery import build as REAL_BUILD
 
+from flowrig.backends import ledger
 from flowrig.backends.base import ClusterSpec
 from flowrig.backends.vm import cloudinit
 from flowrig.backends.vm.azure import AzureBackend, AzureOptions
 from flowrig.backends.vm.gcp import GCPBackend, GCPOptions
-from flowrig.backends.vm.ledger import Ledger
 from flowrig.certs import delivery
 from flowrig.certs.scan import private_keys_in_bytes
 from flowrig.errors import BadInput, InfrastructureError
@@ -72,7 +72,7 @@ def google(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
-    monkeypatch.setattr(Ledger, "retry_seconds", 0.05)
+    monkeypatch.setattr(ledger, "RETRY_SECONDS", 0.05)
 
 
 def spec(tls, run_id, image=IMAGE, **options) -> ClusterSpec:

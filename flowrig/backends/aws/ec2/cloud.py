@@ -227,6 +227,9 @@ class EC2Cloud(Cloud):
 
     def create(self, requests: list[VMRequest]) -> Created:
         created = Created()
+        # Recorded before the first RunInstances: teardown then also finds by tag an
+        # instance whose start answer was lost.
+        instances = self.resources.instances()
         for request in requests:
             params = instance_parameters(
                 name=request.name,
@@ -246,6 +249,7 @@ class EC2Cloud(Cloud):
             )
             instance_id, refused = self._run_instance(request.name, params)
             if instance_id:
+                instances.add(instance_id)
                 created.started[request.name] = instance_id
             else:
                 created.refused.append(refused or f"{request.name}: no reason given")
@@ -283,7 +287,6 @@ class EC2Cloud(Cloud):
                             "ami, key_name, subnet_id and security_groups in [cluster.options]"
                         ) from None
                     raise
-            self.resources.record_instance(instance["InstanceId"])
             return instance["InstanceId"], None
 
     def _describe(self, instance_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -327,7 +330,7 @@ class EC2Cloud(Cloud):
         with aws_errors("terminating the run's instances"):
             for start in range(0, len(handles), BATCH):
                 terminate_quietly(self._client("ec2"), list(handles[start : start + BATCH]))
-        self.resources.forget_instances(list(handles))
+        self.resources.instances().discard(list(handles))
 
     # --- teardown -----------------------------------------------------------------------
     def delete(self) -> list[str]:

@@ -1,35 +1,36 @@
 """What an ``ec2`` run makes in AWS beyond what every AWS run does
 (:class:`~flowrig.backends.aws.resources.RunResources`): an instance role with the
 bootstrap's permissions boundary, its instance profile, and the instances, all removed
-after the run.
+after the run (each on the run's :class:`~flowrig.backends.ledger.Ledger` as it is made).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import time
+import threading
 from typing import Any, Mapping
 
 from flowrig.backends.aws import policies as iam_docs
 from flowrig.backends.aws.ec2.instances import error_code, tag_list, terminate_and_wait
 from flowrig.backends.aws.resources import RunResources
 from flowrig.backends.aws.session import Session, aws_errors, denied
-from flowrig.errors import one_line
-
-logger = logging.getLogger("flowrig.vm")
+from flowrig.backends.ledger import Group
 
 
 class EC2Resources(RunResources):
     """:class:`RunResources` plus what only ``ec2`` runs make: an instance role, its
-    instance profile and instances. :meth:`delete` terminates every instance of the run
-    (also those whose start was interrupted, found by the run tag) and waits until they
-    are terminated, since the security group cannot go while they hold interfaces in it.
+    instance profile and instances. The instances are one group of the ledger
+    (:meth:`instances`), recorded before the first RunInstances: :meth:`delete`
+    terminates every instance of the run (also those whose start was interrupted, found
+    by the run tag) and waits until they are terminated before the rest, since the
+    security group cannot go while they hold interfaces in it.
     """
 
     def __init__(self, aws: Session, tags: Mapping[str, str], run_id: str, cleanup_timeout: float) -> None:
         super().__init__(aws, tags, cleanup_timeout)
         self.run_id = run_id
+        self._instances: Group[str] | None = None
+        self._instances_lock = threading.Lock()
 
     # --- creating ------------------------------------------------------------------
     def create_instance_role(self, name: str, boundary_arn: str) -> str:
@@ -44,7 +45,7 @@ class EC2Resources(RunResources):
                 Description="flowrig: the identity of one run's instances (reads its certificate secret)",
                 Tags=tag_list(self.tags),
             )["Role"]["Arn"]
-        self.made_role(name)
+        self.made_role(name, inline_policies=True)
         return arn
 
     def _on_new_role(self, call: Any) -> Any:
@@ -75,20 +76,26 @@ class EC2Resources(RunResources):
             arn = iam.create_instance_profile(
                 InstanceProfileName=name, Path=iam_docs.ROLE_PATH, Tags=tag_list(self.tags)
             )["InstanceProfile"]["Arn"]
-            self._created.append(("instance-profile", name))
+            self.ledger.record("instance-profile", name, lambda _: self._delete_instance_profile(name))
             self._on_new_role(lambda: iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role_name))
         return arn
 
-    def record_instance(self, instance_id: str) -> None:
-        """An instance of the run's, terminated by :meth:`delete`."""
-        self._created.append(("instance", instance_id))
+    def _delete_instance_profile(self, name: str) -> None:
+        iam = self._client("iam")
+        for role in iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]:
+            iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=role["RoleName"])
+        iam.delete_instance_profile(InstanceProfileName=name)
 
-    def forget_instances(self, instance_ids: list[str]) -> None:
-        """Instances terminated already (they no longer hold the lease)."""
-        gone = set(instance_ids)
-        self._created = [(kind, ident) for kind, ident in self._created if not (kind == "instance" and ident in gone)]
+    def instances(self) -> Group[str]:
+        """The run's instances (ids): the caller adds each one RunInstances started and
+        discards those it terminated itself. The first call records the group, so call
+        it before the first RunInstances: an instance whose start answer was lost is then
+        still found by the run tag and terminated."""
+        with self._instances_lock:
+            if self._instances is None:
+                self._instances = self.ledger.group("instance", self._terminate_instances)
+            return self._instances
 
-    # --- deleting ------------------------------------------------------------------
     def tagged_instances(self) -> list[str]:
         """Ids of the run's instances that are not terminated, found by the run tag."""
         pages = self._client("ec2").get_paginator("describe_instances").paginate(Filters=[
@@ -97,29 +104,6 @@ class EC2Resources(RunResources):
         ])
         return [i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]]
 
-    def delete(self) -> list[str]:
-        """Terminate the run's instances and wait for it, then delete the rest, newest first."""
-        leftovers: list[str] = []
-        recorded = [ident for kind, ident in self._created if kind == "instance"]
-        try:
-            instances = sorted(set(recorded) | set(self.tagged_instances()))
-            terminate_and_wait(self._client("ec2"), instances, time.monotonic() + self.cleanup_timeout)
-            self.forget_instances(instances)
-        except Exception as exc:  # the other resources may still go
-            logger.warning("could not terminate the run's instances: %s", one_line(exc))
-            leftovers += [f"instance {ident}" for ident in recorded]
-            self.forget_instances(recorded)
-        return leftovers + super().delete()
-
-    def _delete_one(self, kind: str, ident: str, deadline: float) -> None:
-        iam = self._client("iam")
-        if kind == "instance-profile":
-            for role in iam.get_instance_profile(InstanceProfileName=ident)["InstanceProfile"]["Roles"]:
-                iam.remove_role_from_instance_profile(InstanceProfileName=ident, RoleName=role["RoleName"])
-            iam.delete_instance_profile(InstanceProfileName=ident)
-        elif kind == "role":
-            for policy_name in iam.list_role_policies(RoleName=ident)["PolicyNames"]:
-                iam.delete_role_policy(RoleName=ident, PolicyName=policy_name)
-            super()._delete_one(kind, ident, deadline)
-        else:
-            super()._delete_one(kind, ident, deadline)
+    def _terminate_instances(self, recorded: list[str], deadline: float) -> None:
+        instances = sorted(set(recorded) | set(self.tagged_instances()))
+        terminate_and_wait(self._client("ec2"), instances, deadline)
