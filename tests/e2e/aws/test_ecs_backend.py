@@ -412,6 +412,7 @@ def test_ecs_backend_uses_the_given_cluster_and_leaves_it(bootstrapped, tls):
 def test_bad_options_are_bad_input_before_any_aws_call(tls, backend, changes, words, monkeypatch):
     # Any AWS call would fail with "cannot reach AWS" (exit 3) instead.
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # no backoff between retries waited out
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -424,6 +425,7 @@ def test_bad_options_are_bad_input_before_any_aws_call(tls, backend, changes, wo
 
 def test_unreachable_aws_is_an_infrastructure_error(tls, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # no backoff between retries waited out
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
