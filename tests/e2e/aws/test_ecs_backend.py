@@ -23,29 +23,11 @@ from flowrig.certs.material import TLSMaterial
 from flowrig.errors import BadInput, InfrastructureError
 from flowrig.project.sizing import ClusterSize
 from tests.aws_support import aws_env_without_credentials
+from tests.tls_support import local_scheduler
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/seed:run-image"
 # The ECS cluster object and the stand-in scheduler's own cluster both watch one scheduler.
 pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
-
-
-
-def local_scheduler(tls: TLSMaterial, workers: int):
-    """A real mutual-TLS scheduler on loopback, with ``workers`` in-process workers.
-
-    Worker names must differ from the ECS workers' (0, 1, ...), which the ECS cluster
-    retires by name when it closes.
-    """
-    from distributed import Scheduler, SpecCluster, Worker
-
-    security = tls.to_security()
-    return SpecCluster(
-        scheduler={"cls": Scheduler, "options": {"protocol": "tls", "host": "127.0.0.1",
-                                                 "security": security, "dashboard_address": None}},
-        workers={f"local-{i}": {"cls": Worker, "options": {"nthreads": 1, "host": "127.0.0.1",
-                                                            "security": security}} for i in range(workers)},
-        security=security,
-    )
 
 
 def spec(tls, run_id, size=ClusterSize(2), **options) -> ClusterSpec:
