@@ -71,6 +71,7 @@ class ManagedPolicy:
     fix: str
 
     def arn(self, account: Account) -> str:
+        """The policy's ARN in ``account`` (on flowrig's IAM path)."""
         return account.arn("iam", f"policy{iam_docs.ROLE_PATH}{self.name}")
 
     def ensure(self, aws: Session, account: Account) -> tuple[str, str]:
