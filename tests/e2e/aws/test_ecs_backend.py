@@ -295,13 +295,13 @@ def test_provisioning_timeout_while_tasks_stay_pending(ecs_tasks_pending, bootst
     aws = ecs_tasks_pending
     began = time.monotonic()
     with pytest.raises(InfrastructureError) as info:
-        FargateBackend().start(spec(tls, "pend1", size=ClusterSize(1), provision_timeout=15))
+        FargateBackend().start(spec(tls, "pend1", size=ClusterSize(1), provision_timeout=8))
     took = time.monotonic() - began
     assert info.value.exit_code == 3
     message = str(info.value)
     assert "\n" not in message
-    assert "did not start within 15 s" in message and "scheduler task PENDING" in message
-    assert 15 <= took < 60
+    assert "did not start within 8 s" in message and "scheduler task PENDING" in message
+    assert 8 <= took < 60
 
     # The scheduler task was asked for, with TLS, and never got an address to connect to.
     [request] = aws.requests("RunTask")
@@ -327,9 +327,9 @@ def test_no_worker_joining_in_time_is_an_infrastructure_error(bootstrapped, tls)
         with pytest.raises(InfrastructureError) as info:
             FargateBackend().start(
                 spec(tls, "nowk1", size=ClusterSize(1), scheduler_address=scheduler.scheduler_address,
-                     provision_timeout=20)
+                     provision_timeout=8)
             )
-    assert "had no worker within 20 s" in str(info.value)
+    assert "had no worker within 8 s" in str(info.value)
     after = snapshot("nowk1")
     assert after == {k: [] for k in after}, after
     assert secret_arns("nowk1") == []
