@@ -13,13 +13,14 @@ The image must exist (``flowrig build examples/seed --tag flowrig-seed:test``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import seed_image
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "examples" / "seed"
@@ -42,12 +43,7 @@ def run(backend: str, image: str | None) -> tuple[float, dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", default="flowrig-seed:test")
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    if subprocess.run(["docker", "image", "inspect", args.image], capture_output=True).returncode:
-        sys.exit(f"image {args.image} not found: flowrig build examples/seed --tag {args.image}")
+    args = seed_image.parse_args(__doc__.splitlines()[0])
 
     rows = {}
     for backend, image in (("local", None), ("docker", args.image)):

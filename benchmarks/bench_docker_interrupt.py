@@ -14,31 +14,25 @@ image with a napping flow is derived from it for the runs and removed afterwards
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import uuid
 from pathlib import Path
 
-FLOW = '''
-import time
-from prefect import flow, task
+import seed_image
 
-@task
-def nap(seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.run_support import NAP_FLOW  # noqa: E402
 
-@flow
-def main(seconds: float = 600.0) -> float:
-    return nap.submit(seconds).result()
-'''
+#: The napping flow of the tests, as a file in the derived image.
+FLOW = textwrap.dedent(NAP_FLOW)
 TOML = 'flow = "flow.py:main"\n\n[cluster]\nbackend = "docker"\nn_workers = 1\n'
 #: flowrig with Ctrl-C's default effect, however this script was started (a background
 #: job of a shell ignores SIGINT, and its children inherit that).
@@ -97,12 +91,7 @@ def interrupted_run(image: str, signals: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", default="flowrig-seed:test")
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    if subprocess.run(["docker", "image", "inspect", args.image], capture_output=True).returncode:
-        sys.exit(f"image {args.image} not found: flowrig build examples/seed --tag {args.image}")
+    args = seed_image.parse_args(__doc__.splitlines()[0])
     image = derive(args.image)
     try:
         for signals, label in ((1, "one Ctrl-C"), (2, "two Ctrl-C, 0.5 s apart")):

@@ -30,27 +30,8 @@ import textwrap
 import time
 from pathlib import Path
 
-FLOW = """
-    import time
-    from pathlib import Path
-    from prefect import flow, task
-
-    @task
-    def forever(started: str) -> int:
-        Path(started).write_text("running")
-        time.sleep(10**6)
-        return 0
-
-    @flow
-    def main(started: str, swallow: bool = False) -> int:
-        future = forever.submit(started)
-        while True:
-            try:
-                return future.result()
-            except BaseException:
-                if not swallow:
-                    raise
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.run_support import STUCK_FLOW  # noqa: E402
 
 CASES = {"runner": (False, False), "group": (True, False), "swallowed": (False, True)}
 
@@ -90,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="flowrig-bench-stop-") as tmp:
         project = Path(tmp)
-        (project / "flow.py").write_text(textwrap.dedent(FLOW))
+        (project / "flow.py").write_text(textwrap.dedent(STUCK_FLOW))
         (project / "flowrig.toml").write_text('flow = "flow.py:main"\n')
         print(f"{'case':<10} {'median s':>9} {'min s':>7} {'max s':>7}   (SIGTERM to exit, {args.repeat} runs)")
         for name, (whole_group, swallow) in CASES.items():

@@ -118,9 +118,14 @@ def docker_run_env(run_id: str, **extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def derived_image(docker_client, base: str, project: Path, repository: str) -> Iterator[str]:
+def derived_image(
+    docker_client, base: str, project: Path, repository: str, *, steps: str = "", files: dict[str, bytes] | None = None
+) -> Iterator[str]:
     """``base`` (a flowrig image) with ``project`` in place of its baked project: one
-    small layer, built in seconds, tagged ``repository:<random>`` and removed on exit."""
+    small layer, built in seconds, tagged ``repository:<random>`` and removed on exit.
+
+    ``steps`` are Dockerfile lines run before the project is copied in, and ``files``
+    what they may copy (paths in the build context)."""
     import io
     import tarfile
     import uuid
@@ -139,9 +144,11 @@ def derived_image(docker_client, base: str, project: Path, repository: str) -> I
         # this image for the seed's.
         tag = f"{repository}:{uuid.uuid4().hex[:8]}"
         add("Dockerfile", (
-            f"FROM {base}\nCOPY project/ {layout.IMAGE_PROJECT_DIR}/\n"
+            f"FROM {base}\n{steps}COPY project/ {layout.IMAGE_PROJECT_DIR}/\n"
             f'LABEL {builder_defaults.IMAGE_CONTEXT_LABEL}="derived-{tag}"\n'
         ).encode())
+        for name, data in (files or {}).items():
+            add(name, data)
         for path in project.iterdir():
             add(f"project/{path.name}", path.read_bytes())
     context.seek(0)

@@ -153,6 +153,48 @@ def project_factory(tmp_path):
     return make
 
 
+#: A flow whose one task naps ``seconds`` (by default longer than any test or benchmark
+#: waits): a run to end from outside, by a signal or a timeout.
+NAP_FLOW = """
+    import time
+    from prefect import flow, task
+
+    @task
+    def nap(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    @flow
+    def main(seconds: float = 600.0) -> float:
+        return nap.submit(seconds).result()
+"""
+
+#: A flow whose task writes the file ``started`` and then never returns; with
+#: ``swallow=true`` the flow catches whatever ends its wait (a termination) and goes on
+#: waiting, so that only a teardown from outside the flow can end the run.
+STUCK_FLOW = """
+    import time
+    from pathlib import Path
+    from prefect import flow, task
+
+    @task
+    def forever(started: str) -> int:
+        Path(started).write_text("running")
+        time.sleep(10**6)
+        return 0
+
+    @flow
+    def main(started: str, swallow: bool = False) -> int:
+        future = forever.submit(started)
+        while True:
+            try:
+                return future.result()
+            except BaseException:
+                if not swallow:
+                    raise
+"""
+
+
 #: A map of slow tasks: a run long enough to be looked at while it runs (its dashboard,
 #: its processes); ``secret`` is a parameter whose value must not leak.
 SLOW_MAP_FLOW = """

@@ -1,4 +1,5 @@
-"""Certificates for tests (registered in conftest.py): the run's kind, and a foreign kind.
+"""Certificates for tests (registered in conftest.py): the run's kind, and a foreign kind;
+and a real scheduler on loopback that uses them, standing in for a cloud run's tasks.
 
 ``tls`` is material as flowrig makes it for a run. ``foreign_tls`` comes from an
 independent source (trustme), so a refusal test does not depend on the code under test
@@ -7,7 +8,12 @@ to make the stranger it refuses.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
+
+if TYPE_CHECKING:
+    from flowrig.certs import TLSMaterial
 
 #: The Dask flags naming the TLS files baked into an image.
 TLS_FLAGS = ["--tls-ca-file", "/etc/flowrig/tls/ca.crt", "--tls-cert", "/etc/flowrig/tls/tls.crt",
@@ -41,3 +47,21 @@ def foreign_material():
 def foreign_tls():
     """Certificates of another CA: every role of a run must refuse them."""
     return foreign_material()
+
+
+def local_scheduler(tls: TLSMaterial, workers: int):
+    """A real mutual-TLS scheduler on loopback, with ``workers`` in-process workers.
+
+    Worker names must differ from the ECS workers' (0, 1, ...), which the ECS cluster
+    retires by name when it closes.
+    """
+    from distributed import Scheduler, SpecCluster, Worker
+
+    security = tls.to_security()
+    return SpecCluster(
+        scheduler={"cls": Scheduler, "options": {"protocol": "tls", "host": "127.0.0.1",
+                                                 "security": security, "dashboard_address": None}},
+        workers={f"local-{i}": {"cls": Worker, "options": {"nthreads": 1, "host": "127.0.0.1",
+                                                            "security": security}} for i in range(workers)},
+        security=security,
+    )

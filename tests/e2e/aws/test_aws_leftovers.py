@@ -24,8 +24,9 @@ import pytest
 
 from flowrig.backends.aws.lease import LEASE_SECONDS_ENV, lease_until
 from tests.e2e.aws.test_ec2_backend import ec2_bootstrapped as ec2_bootstrapped  # a fixture
-from tests.e2e.aws.test_ecs_backend import IMAGE, local_scheduler, running_tasks, secret_arns, snapshot, spec, tags
+from tests.e2e.aws.test_ecs_backend import IMAGE, running_tasks, secret_arns, snapshot, spec, tags
 from tests.run_support import FLOWRIG, SEED
+from tests.tls_support import local_scheduler
 from tests.unit.test_aws_leftovers import NOW
 
 
@@ -41,6 +42,32 @@ def listed(run_id: str) -> dict | None:
     return {run["run_id"]: run for run in json.loads(done.stdout)}.get(run_id)
 
 
+def kill_mid_start(tmp_path, run_id: str, backend: str, options: str, asked, what: str) -> None:
+    """Start a run of the seed on ``backend`` with ``options`` in its ``[cluster.options]``
+    and a 4 s lease, and SIGKILL it, process group and all, once ``asked()`` says its
+    ``what`` was asked for: a run killed mid-start."""
+    project = tmp_path / "seed"
+    shutil.copytree(SEED, project)
+    with open(project / "flowrig.toml", "a") as toml:
+        toml.write(f"\n[cluster.options]\n{options}\n")
+    env = {**os.environ, "FLOWRIG_RUN_ID": run_id, LEASE_SECONDS_ENV: "4"}
+    env.pop("PREFECT_API_URL", None)
+    runner = subprocess.Popen(
+        [*FLOWRIG, "run", str(project), "--backend", backend, "--image", IMAGE, "--param", "x=[0,1]"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not asked():
+            assert runner.poll() is None, runner.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, f"the run never started its {what}"
+            time.sleep(0.5)
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait(timeout=30)
+    assert runner.returncode == -signal.SIGKILL
+
+
 # --- the acceptance test -------------------------------------------------------------
 @pytest.mark.aws
 @pytest.mark.usefixtures("bootstrapped")
@@ -54,27 +81,9 @@ def test_kill_9_mid_start_then_leftovers_lists_the_run_and_remove_leaves_nothing
     # (which carries no run tag and must survive).
     iam.create_role(RoleName="flowrig-execution", Path="/flowrig/", AssumeRolePolicyDocument="{}",
                     Tags=[{"Key": "createdBy", "Value": "flowrig ecs bootstrap"}])
-    project = tmp_path / "seed"
-    shutil.copytree(SEED, project)
-    with open(project / "flowrig.toml", "a") as toml:
-        toml.write("\n[cluster.options]\ncreate_roles = true\n")
-    env = {**os.environ, "FLOWRIG_RUN_ID": run_id, LEASE_SECONDS_ENV: "4"}
-    env.pop("PREFECT_API_URL", None)
-    runner = subprocess.Popen(
-        [*FLOWRIG, "run", str(project), "--backend", "fargate", "--image", IMAGE, "--param", "x=[0,1]"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        # Mid-start: the scheduler task was asked for and stays PENDING.
-        while not aws.requests("RunTask"):
-            assert runner.poll() is None, runner.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "the run never started its scheduler task"
-            time.sleep(0.5)
-    finally:
-        os.killpg(runner.pid, signal.SIGKILL)
-        runner.wait(timeout=30)
-    assert runner.returncode == -signal.SIGKILL
+    # Mid-start: the scheduler task was asked for and stays PENDING.
+    kill_mid_start(tmp_path, run_id, "fargate", "create_roles = true", lambda: aws.requests("RunTask"),
+                   "scheduler task")
 
     held = snapshot(run_id)
     [cluster] = held["clusters"]
@@ -257,27 +266,9 @@ def test_an_ec2_run_killed_mid_start_leaves_instances_and_a_profile_that_remove_
 
     aws = ec2_instances_pending
     run_id = f"e9{uuid.uuid4().hex[:8]}"
-    project = tmp_path / "seed"
-    shutil.copytree(SEED, project)
-    with open(project / "flowrig.toml", "a") as toml:
-        toml.write(f'\n[cluster.options]\nami = "{AMI}"\n')
-    env = {**os.environ, "FLOWRIG_RUN_ID": run_id, LEASE_SECONDS_ENV: "4"}
-    env.pop("PREFECT_API_URL", None)
-    runner = subprocess.Popen(
-        [*FLOWRIG, "run", str(project), "--backend", "ec2", "--image", IMAGE, "--param", "x=[0,1]"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        # Mid-start: the scheduler instance was asked for and stays pending.
-        while not aws.query_requests("RunInstances"):
-            assert runner.poll() is None, runner.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "the run never started its scheduler instance"
-            time.sleep(0.5)
-    finally:
-        os.killpg(runner.pid, signal.SIGKILL)
-        runner.wait(timeout=30)
-    assert runner.returncode == -signal.SIGKILL
+    # Mid-start: the scheduler instance was asked for and stays pending.
+    kill_mid_start(tmp_path, run_id, "ec2", f'ami = "{AMI}"', lambda: aws.query_requests("RunInstances"),
+                   "scheduler instance")
     before = held(run_id)
     assert all(before[kind] for kind in before), before
     [instance] = before["instances"]

@@ -26,9 +26,10 @@ from flowrig.backends.vm import scheduler_reach as reach
 from flowrig.certs.scan import private_keys_in_bytes
 from flowrig.errors import BadInput, InfrastructureError
 from flowrig.project.sizing import ClusterSize
-from tests.e2e.aws.test_ecs_backend import assert_no_key_in, closed_port, local_scheduler, secret_arns, tags
+from tests.e2e.aws.test_ecs_backend import assert_no_key_in, closed_port, secret_arns, tags
 from tests.net_support import silent_loopback_port
 from tests.run_support import FLOWRIG, SEED, TEN, marked_env
+from tests.tls_support import local_scheduler
 
 #: Ubuntu 14.04 in moto's default images (any AMI moto knows will do).
 AMI = "ami-1e749f67"

@@ -28,10 +28,10 @@ from flowrig.errors import InfrastructureError
 from flowrig.project.sizing import ClusterSize
 from tests.e2e.aws.test_ec2_backend import AMI, IMAGE, assert_nothing_left, held, instances
 from tests.e2e.aws.test_ec2_backend import ec2_bootstrapped as ec2_bootstrapped  # a fixture
-from tests.e2e.aws.test_ecs_backend import local_scheduler
 from tests.e2e.aws.test_ecs_iam import ACCOUNT
 from tests.iam_support import enforcement, statements_used
 from tests.run_support import FLOWRIG, SEED, TEN, marked_env
+from tests.tls_support import local_scheduler
 from tests.unit.test_ec2_iam import BOUNDARY, printed_policy
 
 pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")

@@ -23,29 +23,11 @@ from flowrig.certs.material import TLSMaterial
 from flowrig.errors import BadInput, InfrastructureError
 from flowrig.project.sizing import ClusterSize
 from tests.aws_support import aws_env_without_credentials
+from tests.tls_support import local_scheduler
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/seed:run-image"
 # The ECS cluster object and the stand-in scheduler's own cluster both watch one scheduler.
 pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
-
-
-
-def local_scheduler(tls: TLSMaterial, workers: int):
-    """A real mutual-TLS scheduler on loopback, with ``workers`` in-process workers.
-
-    Worker names must differ from the ECS workers' (0, 1, ...), which the ECS cluster
-    retires by name when it closes.
-    """
-    from distributed import Scheduler, SpecCluster, Worker
-
-    security = tls.to_security()
-    return SpecCluster(
-        scheduler={"cls": Scheduler, "options": {"protocol": "tls", "host": "127.0.0.1",
-                                                 "security": security, "dashboard_address": None}},
-        workers={f"local-{i}": {"cls": Worker, "options": {"nthreads": 1, "host": "127.0.0.1",
-                                                            "security": security}} for i in range(workers)},
-        security=security,
-    )
 
 
 def spec(tls, run_id, size=ClusterSize(2), **options) -> ClusterSpec:
@@ -313,13 +295,13 @@ def test_provisioning_timeout_while_tasks_stay_pending(ecs_tasks_pending, bootst
     aws = ecs_tasks_pending
     began = time.monotonic()
     with pytest.raises(InfrastructureError) as info:
-        FargateBackend().start(spec(tls, "pend1", size=ClusterSize(1), provision_timeout=15))
+        FargateBackend().start(spec(tls, "pend1", size=ClusterSize(1), provision_timeout=8))
     took = time.monotonic() - began
     assert info.value.exit_code == 3
     message = str(info.value)
     assert "\n" not in message
-    assert "did not start within 15 s" in message and "scheduler task PENDING" in message
-    assert 15 <= took < 60
+    assert "did not start within 8 s" in message and "scheduler task PENDING" in message
+    assert 8 <= took < 60
 
     # The scheduler task was asked for, with TLS, and never got an address to connect to.
     [request] = aws.requests("RunTask")
@@ -345,9 +327,9 @@ def test_no_worker_joining_in_time_is_an_infrastructure_error(bootstrapped, tls)
         with pytest.raises(InfrastructureError) as info:
             FargateBackend().start(
                 spec(tls, "nowk1", size=ClusterSize(1), scheduler_address=scheduler.scheduler_address,
-                     provision_timeout=20)
+                     provision_timeout=8)
             )
-    assert "had no worker within 20 s" in str(info.value)
+    assert "had no worker within 8 s" in str(info.value)
     after = snapshot("nowk1")
     assert after == {k: [] for k in after}, after
     assert secret_arns("nowk1") == []
@@ -412,6 +394,7 @@ def test_ecs_backend_uses_the_given_cluster_and_leaves_it(bootstrapped, tls):
 def test_bad_options_are_bad_input_before_any_aws_call(tls, backend, changes, words, monkeypatch):
     # Any AWS call would fail with "cannot reach AWS" (exit 3) instead.
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # no backoff between retries waited out
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -424,6 +407,7 @@ def test_bad_options_are_bad_input_before_any_aws_call(tls, backend, changes, wo
 
 def test_unreachable_aws_is_an_infrastructure_error(tls, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # no backoff between retries waited out
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")

@@ -17,7 +17,8 @@ import pytest
 from flowrig.backends.aws.ecs import FargateBackend
 from flowrig.errors import InfrastructureError
 from flowrig.project.sizing import ClusterSize
-from tests.e2e.aws.test_ecs_backend import local_scheduler, secret_arns, snapshot, spec
+from tests.e2e.aws.test_ecs_backend import secret_arns, snapshot, spec
+from tests.tls_support import local_scheduler
 
 pytestmark = [pytest.mark.aws, pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")]
 

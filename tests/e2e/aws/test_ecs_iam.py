@@ -25,8 +25,9 @@ from flowrig.backends.base import ClusterSpec
 from flowrig.cli.ecs import app
 from flowrig.errors import BadInput, InfrastructureError
 from flowrig.project.sizing import ClusterSize
-from tests.e2e.aws.test_ecs_backend import IMAGE, local_scheduler, secret_arns, snapshot
+from tests.e2e.aws.test_ecs_backend import IMAGE, secret_arns, snapshot
 from tests.iam_support import enforcement, statements_used
+from tests.tls_support import local_scheduler
 from tests.unit.test_ecs_iam import (
     ACCOUNT,
     ACCT,

@@ -61,7 +61,9 @@ def test_unreachable_aws_endpoint_exits_3_with_one_line(tmp_path):
         port = closed.getsockname()[1]
     # Nothing listens on the port once the socket is closed.
     env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x",
-           "AWS_SECRET_ACCESS_KEY": "y", "AWS_EC2_METADATA_DISABLED": "true"}
+           "AWS_SECRET_ACCESS_KEY": "y", "AWS_EC2_METADATA_DISABLED": "true",
+           # One attempt: botocore's backoff between retries would only make the test wait.
+           "AWS_MAX_ATTEMPTS": "1"}
     done = cli("task-definitions", *BASE_ARGS, "--register", env=env)
     assert done.returncode == 3, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

@@ -14,13 +14,11 @@ nothing is pulled (``--pull-policy Never``).
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -76,37 +74,22 @@ def hostless_image(docker_client, seed_image, hostless_project):
     """The seed image with the project, its manifest, and ``hostless_dep`` on its path."""
     from flowrig.builder import render_context
     from flowrig.containers.engine import image_file
-    from tests.docker_support import test_base_image
+    from tests.docker_support import derived_image, test_base_image
 
     manifest = json.loads(image_file(docker_client, seed_image, str(layout.IMAGE_MANIFEST)))
     rendered = render_context(hostless_project, base_image=test_base_image()).manifest
     manifest.update(project=rendered["project"], flow=rendered["flow"])
-    tag = f"flowrig-hostless:{uuid.uuid4().hex[:8]}"
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as archive:
-        def add(name: str, data: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            archive.addfile(info, io.BytesIO(data))
-
-        add("Dockerfile", (
-            f"FROM {seed_image}\n"
-            "COPY extra/ /opt/flowrig/extra/\n"
-            "ENV PYTHONPATH=/opt/flowrig/extra\n"
-            f"COPY manifest.json {layout.IMAGE_MANIFEST}\n"
-            f"COPY project/ {layout.IMAGE_PROJECT_DIR}/\n"
-            f'LABEL flowrig.context-hash="derived-{tag}"\n'
-        ).encode())
-        add("extra/hostless_dep.py", b"def square(value):\n    return value * value\n")
-        add("manifest.json", json.dumps(manifest).encode())
-        for path in hostless_project.iterdir():
-            add(f"project/{path.name}", path.read_bytes())
-    context.seek(0)
-    docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True)
-    try:
+    steps = (
+        "COPY extra/ /opt/flowrig/extra/\n"
+        "ENV PYTHONPATH=/opt/flowrig/extra\n"
+        f"COPY manifest.json {layout.IMAGE_MANIFEST}\n"
+    )
+    files = {
+        "extra/hostless_dep.py": b"def square(value):\n    return value * value\n",
+        "manifest.json": json.dumps(manifest).encode(),
+    }
+    with derived_image(docker_client, seed_image, hostless_project, "flowrig-hostless", steps=steps, files=files) as tag:
         yield tag
-    finally:
-        docker_client.images.remove(tag, force=True)
 
 
 def _env(server: str, **extra: str) -> dict[str, str]:

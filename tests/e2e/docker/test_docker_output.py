@@ -16,8 +16,8 @@ import pytest
 from flowrig.containers import engine
 from tests.docker_support import derived_image, docker_run_env
 from tests.e2e.docker.test_docker_backend import _leftovers
-from tests.e2e.local.test_run_output import FAILED_FEEDING_FLOW, LOG_FLOW, NAPPING_FLOW, OUTCOME_KEYS
-from tests.run_support import FLOWRIG_SCRIPT
+from tests.e2e.local.test_run_output import FAILED_FEEDING_FLOW, LOG_FLOW, OUTCOME_KEYS
+from tests.run_support import FLOWRIG_SCRIPT, NAP_FLOW
 
 
 def _run_id() -> str:
@@ -48,7 +48,7 @@ def images(docker_client, seed_image, tmp_path_factory):
     root = tmp_path_factory.mktemp("docker-output")
     made = {}
     with derived_image(docker_client, seed_image, _project(root / "log", LOG_FLOW), "flowrig-out-log") as log, \
-            derived_image(docker_client, seed_image, _project(root / "nap", NAPPING_FLOW), "flowrig-out-nap") as nap, \
+            derived_image(docker_client, seed_image, _project(root / "nap", NAP_FLOW), "flowrig-out-nap") as nap, \
             derived_image(docker_client, seed_image, _project(root / "fails", FAILED_FEEDING_FLOW),
                           "flowrig-out-fails") as fails:
         made.update(log=log, nap=nap, fails=fails)

@@ -29,6 +29,7 @@ from flowrig.cli.ecs import app
 from flowrig.errors import BadInput
 from flowrig.roles import task_name
 from tests.run_support import FLOWRIG
+from tests.tls_support import local_scheduler
 from tests.unit.test_ecs_run_local import SECRET_ARN, TRAVERSALS, _with, rendered
 
 # --- the plan (pure) -------------------------------------------------------------
@@ -166,7 +167,6 @@ def test_run_local_runs_streams_reads_secrets_and_cleans_up(docker_client, seed_
 @pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
 def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, bootstrapped, docker_client, seed_image, tmp_path):
     import boto3
-    from distributed import Scheduler, SpecCluster, Worker
 
     from flowrig.backends.aws.ecs import FargateBackend
     from flowrig.backends.base import ClusterSpec
@@ -177,13 +177,7 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, bootst
     #    one on loopback, with the run's certificates, which the run also puts in its
     #    secret for the containers (the image's baked ones are not used).
     host_tls = TLSMaterial.ephemeral()
-    security = host_tls.to_security()
-    stand_in = SpecCluster(
-        scheduler={"cls": Scheduler, "options": {"protocol": "tls", "host": "127.0.0.1", "security": security,
-                                                 "dashboard_address": None}},
-        workers={"stand-in": {"cls": Worker, "options": {"nthreads": 1, "host": "127.0.0.1", "security": security}}},
-        security=security,
-    )
+    stand_in = local_scheduler(host_tls, workers=1)
     run_id = uuid.uuid4().hex[:8]
     # What the runner hands its workers when PREFECT_API_URL names a Prefect server.
     api_url = "http://prefect-server:4200/api"

@@ -26,6 +26,7 @@ from flowrig.backends import get_backend
 from flowrig.certs import TLSMaterial
 from flowrig.run.execute import run_certificates
 from tests.run_support import FLOWRIG
+from tests.tls_support import local_scheduler
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -198,7 +199,6 @@ def test_an_ecs_run_from_a_baked_image_uses_a_ca_made_for_that_run(
     would start them from the definitions flowrig registered, run as containers of the
     image with the run's secret, and use that run's CA."""
     import boto3
-    from distributed import Scheduler, SpecCluster, Worker
 
     from flowrig.backends.aws.ecs import FargateBackend, run_local
     from flowrig.backends.base import ClusterSpec
@@ -222,13 +222,7 @@ def test_an_ecs_run_from_a_baked_image_uses_a_ca_made_for_that_run(
         # moto starts no task: a scheduler and a worker on loopback with the run's
         # certificates stand in for the tasks, so that the run's client can connect and
         # its start sees a worker join.
-        security = tls.to_security()
-        stand_in = SpecCluster(
-            scheduler={"cls": Scheduler, "options": {"protocol": "tls", "host": "127.0.0.1", "security": security,
-                                                     "dashboard_address": None}},
-            workers={"stand-in": {"cls": Worker, "options": {"nthreads": 1, "host": "127.0.0.1", "security": security}}},
-            security=security,
-        )
+        stand_in = local_scheduler(tls, workers=1)
         run_id = uuid.uuid4().hex[:8]
         with stand_in:
             started = FargateBackend().start(ClusterSpec(

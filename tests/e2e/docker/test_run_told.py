@@ -674,7 +674,7 @@ def test_a_cloud_task_interrupted_after_its_worker_joined_is_told_lost_with_its_
     from flowrig.backends.base import ClusterSpec
     from flowrig.backends.pool import start_pool
     from flowrig.project.sizing import ClusterSize
-    from tests.e2e.aws.test_ecs_backend import local_scheduler
+    from tests.tls_support import local_scheduler
 
     news: list[ClusterNews] = []
     launcher = InProcessLauncher(tls.to_security())

@@ -239,13 +239,13 @@ def test_a_runner_killed_with_sigkill_leaves_nothing_running(project_factory, tm
 
 
 def test_a_flow_that_works_on_the_runner_longer_than_the_no_client_timeout_still_completes(project_factory):
-    # The scheduler would stop 2 s after its last client went; the runner spends 8 s
-    # on its own between two submissions, with nothing in processing.
-    project = project_factory(LOST_ROLES_FLOW, _toml("no_client_timeout = 2\n"))
-    done = run_cli("run", str(project), "--output", "json", "--param", "pause=8", "--param", "nap=0")
+    # The scheduler would stop 1 s after its last client went (it looks every 0.25 s);
+    # the runner spends 4 s on its own between two submissions, with nothing in processing.
+    project = project_factory(LOST_ROLES_FLOW, _toml("no_client_timeout = 1\n"))
+    done = run_cli("run", str(project), "--output", "json", "--param", "pause=4", "--param", "nap=0")
     assert done.returncode == 0, done.stderr[-3000:]
     # The scheduler had the project's no-client timeout, and no idle timeout at all.
-    assert done.json["result"] == {"total": TOTAL, "workers": 2, "lifetime": [2, None]}
+    assert done.json["result"] == {"total": TOTAL, "workers": 2, "lifetime": [1, None]}
     assert_nothing_left(done.marker, done.json["scheduler_address"])
 
 

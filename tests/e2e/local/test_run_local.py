@@ -14,6 +14,7 @@ import pytest
 
 from tests.run_support import (
     FLOWRIG,
+    NAP_FLOW,
     SEED,
     TEN,
     assert_nothing_left,
@@ -21,20 +22,6 @@ from tests.run_support import (
     run_cli,
 )
 from tests.tls_support import foreign_material
-
-SLEEPY_FLOW = """
-    import time
-    from prefect import flow, task
-
-    @task
-    def nap(seconds: float) -> float:
-        time.sleep(seconds)
-        return seconds
-
-    @flow
-    def main(seconds: float = 120.0) -> float:
-        return nap.submit(seconds).result()
-"""
 
 FAILING_FLOW = """
     from prefect import flow, task
@@ -163,7 +150,7 @@ def test_running_scheduler_refuses_strangers_and_sigterm_tears_down(project_fact
     from flowrig.certs import TLSMaterial, generate
 
     generate(tmp_path / "certs")
-    project = project_factory(SLEEPY_FLOW)
+    project = project_factory(NAP_FLOW)
     marker = "sigterm-" + tmp_path.name
     proc = subprocess.Popen(
         [*FLOWRIG, "run", str(project), "--certs", str(tmp_path / "certs"), "--output", "json"],

@@ -19,13 +19,24 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from flowrig.run.console import TIMELINE
 from flowrig.run.progress import ProgressDisplay, TaskProgress, summary_line
 from flowrig.run.timings import PHASES
-from tests.run_support import FLOWRIG, SEED, TEN, Completed, assert_nothing_left, marked_env, run_cli
+from tests.run_support import (
+    FLOWRIG,
+    NAP_FLOW,
+    SEED,
+    TEN,
+    Completed,
+    assert_nothing_left,
+    marked_env,
+    run_cli,
+    write_project,
+)
 from tests.unit.test_run_output import OUTCOME_KEYS, TIMING_KEYS
 
 FAILING_FLOW = """
@@ -88,14 +99,6 @@ def test_quiet_shows_failed_tasks_with_their_tracebacks_only(project_factory):
         assert chatter not in stderr, chatter
     # The flow completed, with the results of the tasks that did.
     assert done.stdout.strip().endswith("Completed, but 3 tasks failed (step 3), result 24")
-
-
-def test_default_output_counts_failures(project_factory):
-    project = project_factory(FAILING_FLOW, 'flow = "flow.py:main"\n[cluster]\nn_workers = 2\n')
-    done = run_cli("run", str(project))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "tasks 7/7 done, 3 failed" in done.stderr
-    assert done.stderr.count("failed:\nTraceback") == 3
 
 
 def test_verbose_and_quiet_together_is_bad_input():
@@ -318,12 +321,34 @@ FAILED_FEEDING_FLOW = """
 """
 
 
-def test_a_completed_flow_whose_tasks_failed_says_so_and_strict_runs_fail(project_factory):
-    loose = project_factory(FAILED_FEEDING_FLOW, 'flow = "flow.py:main"\n', name="loose")
+@pytest.fixture(scope="module")
+def loose_project(tmp_path_factory) -> Path:
+    return write_project(tmp_path_factory.mktemp("loose") / "project", FAILED_FEEDING_FLOW, 'flow = "flow.py:main"\n')
+
+
+@pytest.fixture(scope="module")
+def completed_with_failures(loose_project) -> Completed:
+    """The module's one run, at the default output, of a flow that completed while its
+    tasks failed: each test below checks it from its own angle."""
+    return run_cli("run", str(loose_project))
+
+
+def test_default_output_counts_failures(completed_with_failures):
+    done = completed_with_failures
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tasks 4/4 done, 2 failed" in done.stderr
+    # One traceback a failed task; none for the tasks that never ran.
+    assert done.stderr.count("failed:\nTraceback") == 2
+
+
+def test_a_completed_flow_whose_tasks_failed_says_so_and_strict_runs_fail(
+    project_factory, loose_project, completed_with_failures
+):
+    loose = loose_project
     strict = project_factory(
         FAILED_FEEDING_FLOW, 'flow = "flow.py:main"\n[run]\nfail_on_task_failure = true\n', name="strict"
     )
-    done = run_cli("run", str(loose))
+    done = completed_with_failures
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1].endswith(": Completed, but 2 tasks failed (boom 2), result None")
     assert "tasks 4/4 done, 2 failed, 2 not run (an upstream task failed)" in done.stderr
@@ -388,25 +413,9 @@ def test_json_line_when_the_infrastructure_fails(project_factory):
     assert outcome["timings"]["cluster_start"] is not None and outcome["timings"]["flow"] is None
 
 
-#: A task that naps until the run is ended.
-NAPPING_FLOW = """
-    import time
-    from prefect import flow, task
-
-    @task
-    def nap(seconds: float) -> float:
-        time.sleep(seconds)
-        return seconds
-
-    @flow
-    def main(seconds: float = 300.0) -> float:
-        return nap.submit(seconds).result()
-"""
-
-
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_json_line_when_a_signal_ends_the_run(project_factory, signum, code):
-    project = project_factory(NAPPING_FLOW, 'flow = "flow.py:main"\n[cluster]\nn_workers = 1\n')
+    project = project_factory(NAP_FLOW, 'flow = "flow.py:main"\n[cluster]\nn_workers = 1\n')
     marker = "signalled-" + os.urandom(4).hex()
     process = subprocess.Popen(
         [*FLOWRIG, "run", str(project), "--output", "json"], env=marked_env(marker),

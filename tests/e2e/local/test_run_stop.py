@@ -26,31 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.run_support import FLOWRIG, assert_nothing_left, marked_env
+from tests.run_support import FLOWRIG, STUCK_FLOW, assert_nothing_left, marked_env
 
 pytestmark = pytest.mark.timeout(300)
-
-STUCK_FLOW = """
-    import time
-    from pathlib import Path
-    from prefect import flow, task
-
-    @task
-    def forever(started: str) -> int:
-        Path(started).write_text("running")
-        time.sleep(10**6)
-        return 0
-
-    @flow
-    def main(started: str, swallow: bool = False) -> int:
-        future = forever.submit(started)
-        while True:
-            try:
-                return future.result()
-            except BaseException:
-                if not swallow:
-                    raise
-"""
 
 SCHEDULER_LINE = re.compile(r"scheduler at (tls://[\d.]+:\d+), dashboard at (\S+)")
 

@@ -32,8 +32,8 @@ from flowrig.certs import delivery
 from flowrig.certs.scan import private_keys_in_bytes
 from flowrig.errors import BadInput, InfrastructureError
 from flowrig.project.sizing import ClusterSize
-from tests.e2e.aws.test_ecs_backend import local_scheduler
 from tests.net_support import silent_loopback_port
+from tests.tls_support import local_scheduler
 from tests.unit.test_vm_azure_gcp import (
     AZURE_OPTIONS,
     GCP_OPTIONS,
