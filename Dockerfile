@@ -39,7 +39,11 @@ ARG TLS_MODE=baked
 # --from caches on content: editing a flow re-runs this stage and nothing after it.
 FROM ${BASE_IMAGE} AS requirements
 ARG PROJECT
-COPY flowrig/builder/buildsteps.py flowrig/project/build_rules.py flowrig/project/secretrules.py /opt/flowrig/build/
+# The build's steps and the project rules they share with the host: stdlib-only modules that
+# buildsteps.py loads by path, since flowrig is not installed yet.
+COPY flowrig/builder/buildsteps.py flowrig/builder/buildsteps_install.py flowrig/builder/buildsteps_prune.py \
+     flowrig/project/build_rules.py flowrig/project/secret_rules.py flowrig/project/secret_scan.py \
+     /opt/flowrig/build/
 COPY pyproject.toml constraints.txt /opt/flowrig/build/
 COPY ${PROJECT}/ /opt/flowrig/build/project/
 RUN python3 /opt/flowrig/build/buildsteps.py requirements \
@@ -69,7 +73,8 @@ RUN if [ "$STRIP" = auto ] && ! command -v strip >/dev/null 2>&1 && command -v a
     fi \
  && python3 -m venv /opt/flowrig/tools \
  && python3 -m venv --without-pip /opt/flowrig/venv
-COPY flowrig/builder/buildsteps.py flowrig/project/build_rules.py /opt/flowrig/build/
+COPY flowrig/builder/buildsteps.py flowrig/builder/buildsteps_install.py flowrig/builder/buildsteps_prune.py \
+     flowrig/project/build_rules.py /opt/flowrig/build/
 # constraints.txt keeps the COPY valid when the context has no pip-ca.crt (and changes only
 # when layer 1 must be built again anyway).
 COPY constraints.txt pip-ca.cr[t] /opt/flowrig/build/pip-ca/

@@ -1,7 +1,7 @@
 """The build's file scans on kinds of data a project holds, old and new side by side.
 
 Times :func:`flowrig.certs.scan.private_keys_in_bytes` (and, when the module exists,
-the credential scan of :mod:`flowrig.project.secretrules`) on random binary data, text,
+the credential scan of :mod:`flowrig.project.secret_scan`) on random binary data, text,
 a numeric CSV, a hex dump, hex of ASCII zeros and dense base64, in seconds per GiB.
 With ``--against REV`` the key scan of that git revision runs on the same data in the
 same process, interleaved, so a loaded machine slows both sides alike.
@@ -39,16 +39,36 @@ def samples(size: int) -> dict[str, bytes]:
     }
 
 
-def scan_at(revision: str):
-    """The key scan module as it is at a git revision, loaded beside the current one."""
-    text = subprocess.run(["git", "-C", str(REPO), "show", f"{revision}:flowrig/certs/scan.py"],
-                          capture_output=True, text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp()) / "scan_old.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("flowrig.certs.scan_old", path)
+def _module_at(revision: str, path: str, name: str):
+    """``path`` as it is at a git revision, loaded as ``name``; None if it has no such file."""
+    done = subprocess.run(["git", "-C", str(REPO), "show", f"{revision}:{path}"], capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    file = Path(tempfile.mkdtemp()) / Path(path).name
+    file.write_text(done.stdout)
+    spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
+    return module
+
+
+def scan_at(revision: str):
+    """The key scan module as it is at a git revision, loaded beside the current one.
+
+    A revision whose scan imports its key forms from ``flowrig/certs/keyforms.py`` gets
+    that revision's file too, not the current one.
+    """
+    import flowrig.certs.keyforms as current
+
+    forms = _module_at(revision, "flowrig/certs/keyforms.py", "flowrig.certs.keyforms_old")
+    sys.modules["flowrig.certs.keyforms"] = forms or current
+    try:
+        module = _module_at(revision, "flowrig/certs/scan.py", "flowrig.certs.scan_old")
+    finally:
+        sys.modules["flowrig.certs.keyforms"] = current
+    if module is None:
+        raise SystemExit(f"{revision} has no flowrig/certs/scan.py")
     return module
 
 
@@ -65,9 +85,9 @@ def main() -> None:
     if args.against:
         scans[f"keys@{args.against}"] = scan_at(args.against).private_keys_in_bytes
     try:
-        from flowrig.project import secretrules
+        from flowrig.project import secret_scan
 
-        scans["credentials"] = lambda data: secretrules.findings_in_bytes(data, "sample")
+        scans["credentials"] = lambda data: secret_scan.findings_in_bytes(data, "sample")
     except ImportError:
         pass
     data = samples(args.mib << 20)

@@ -7,6 +7,7 @@ A context is a mapping of relative path -> (bytes, mode) plus build arguments::
     pyproject.toml  README.md       flowrig's source, installed into the image
     flowrig/...
     project/...                     the flow project (its .dockerignore honoured)
+                                    (flowrig's files and the project's: context_files.py)
     tls/ca.crt tls/tls.crt tls/tls.key   only with ``--certs DIR`` (``--tls baked``)
     manifest.json                   project config, the flow's facts, versions; no build time
 
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -29,38 +28,18 @@ from typing import Any, Iterable, Mapping
 
 from flowrig import layout
 from flowrig.builder import defaults
+from flowrig.builder.context_files import ContextFile, flowrig_source, project_files
 from flowrig.builder.dockerfile import CONSTRAINTS, DOCKERFILE, constraints_path, dockerfile_text
 from flowrig.errors import BadInput
 from flowrig.project.defaults import PROJECT_FILE
 
-# hashlib, tempfile, tomllib, importlib.metadata and buildsteps are imported where they
-# are used: `flowrig --help` imports this package and should not pay for them.
+# hashlib and importlib.metadata are imported where they are used: `flowrig --help`
+# imports this package and should not pay for them.
 
 #: Name of the manifest in a context (copied into the image as layout.IMAGE_MANIFEST).
 MANIFEST = "manifest.json"
 #: Distributions whose versions on the rendering host the manifest records.
 _BUILDER_DISTRIBUTIONS = ("flowrig", "prefect", "prefect-dask", "distributed")
-#: Files of flowrig's package that are not copied: the packaged Dockerfile is added
-#: again by the wheel build inside the image (force-include).
-_PACKAGE_SKIP = ("builder/Dockerfile", "builder/constraints.txt")
-
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class ContextFile:
-    """One file of a build context.
-
-    Attributes
-    ----------
-    data
-        The file's bytes.
-    mode
-        Permission bits (0o644, 0o755 for executables, 0o600 for the leaf key).
-    """
-
-    data: bytes
-    mode: int = 0o644
 
 
 @dataclass(frozen=True)
@@ -83,7 +62,7 @@ class BuildContext:
     #: directory ends with "/"): the CLI warns about each. Not part of :attr:`digest`.
     skipped: tuple[str, ...] = ()
     #: Project files too large to be searched for credentials by value
-    #: (:data:`flowrig.project.secretrules.SCAN_MAX_BYTES`; the key scan read them):
+    #: (:data:`flowrig.project.secret_scan.SCAN_MAX_BYTES`; the key scan read them):
     #: the CLI names each. Not part of :attr:`digest`.
     unscanned: tuple[str, ...] = ()
 
@@ -179,7 +158,7 @@ def render_context(
         DOCKERFILE: ContextFile(dockerfile_text().encode("utf-8")),
         CONSTRAINTS: ContextFile(constraints_path().read_bytes()),
     }
-    files.update(_flowrig_source())
+    files.update(flowrig_source())
     skipped: list[str] = []
     for relative, item in project_files(project, skipped):
         files[f"{defaults.CONTEXT_PROJECT_DIR}/{relative}"] = item
@@ -295,8 +274,8 @@ PIP_NETRC_HINT = "flowrig build --pip-netrc FILE"
 def refuse_credentials(context: BuildContext, requirements: Iterable[str] = ()) -> tuple[str, ...]:
     """Raise when a project file of the context holds a credential by value.
 
-    Every project file up to :data:`flowrig.project.secretrules.SCAN_MAX_BYTES` is
-    searched (:mod:`flowrig.project.secretrules`: URLs with credentials, tokens of
+    Every project file up to :data:`flowrig.project.secret_scan.SCAN_MAX_BYTES` is
+    searched (:mod:`flowrig.project.secret_scan`: URLs with credentials, tokens of
     known shapes, credential file formats, secret values in configuration files);
     the entries of ``[build] allow_credentials`` are exempt. ``requirements`` are the
     project's requirements files (relative to the project), whose credentials are an
@@ -313,25 +292,26 @@ def refuse_credentials(context: BuildContext, requirements: Iterable[str] = ()) 
         Naming each file and line (never the value), the way to pass it instead, and
         the opt-out.
     """
-    from flowrig.project import secretrules
+    from flowrig.project import secret_scan
 
     prefix = f"{defaults.CONTEXT_PROJECT_DIR}/"
     allow = _build_list(context, "allow_credentials")
     index = frozenset(requirements) or frozenset({_build_value(context, "requirements") or "requirements.txt"})
-    found: list[secretrules.Finding] = []
+    found: list[secret_scan.Finding] = []
     unscanned: list[str] = []
     for path, item in context.files.items():
         if not path.startswith(prefix) or path == f"{prefix}{PROJECT_FILE}":
             continue
-        if len(item.data) > secretrules.SCAN_MAX_BYTES:
+        if len(item.data) > secret_scan.SCAN_MAX_BYTES:
             unscanned.append(path)
             continue
         relative = path[len(prefix):]
         found.extend(
-            f for f in secretrules.findings_in_bytes(item.data, relative, index) if not secretrules.allowed(f, allow)
+            f for f in secret_scan.findings_in_bytes(item.data, relative, index)
+            if not secret_scan.allowed(f, allow)
         )
     if found:
-        raise BadInput(secretrules.describe(found, prefix=prefix, netrc_hint=PIP_NETRC_HINT))
+        raise BadInput(secret_scan.describe(found, prefix=prefix, netrc_hint=PIP_NETRC_HINT))
     return tuple(unscanned)
 
 
@@ -399,208 +379,6 @@ def _project_config(project: Path) -> dict[str, Any]:
 
     # The same rules as the image build's (flowrig.project.build_rules), one set of them.
     return dict(load_project(project).raw)
-
-
-def project_files(project: Path, skipped: list[str] | None = None) -> list[tuple[str, ContextFile]]:
-    """The files of a flow project that go into its image, sorted.
-
-    Skipped: credential files and directories
-    (:data:`flowrig.project.build_rules.CREDENTIAL_PATTERNS`, appended to ``skipped``
-    when given, directories with a trailing "/"), :data:`flowrig.builder.defaults.CONTEXT_SKIP_NAMES`
-    and ``..._SUFFIXES``, what the project's ``.dockerignore`` excludes, directories
-    reached through symbolic links, symbolic links that lead outside the project or
-    nowhere, and anything that is not a regular file. A symbolic link to a file inside
-    the project is copied as the file it points to.
-    """
-    from flowrig.project.build_rules import CREDENTIAL_PATTERNS
-
-    credentials = DockerIgnore(CREDENTIAL_PATTERNS)
-    ignore = DockerIgnore.from_file(project / ".dockerignore")
-    root = project.resolve()
-    found: list[tuple[str, ContextFile]] = []
-    left_out: list[str] = []
-    for directory, dirs, names in os.walk(project):
-        here = Path(directory)
-        base = here.relative_to(project).as_posix()
-        prefix = "" if base == "." else f"{base}/"
-        kept_dirs = []
-        for name in sorted(d for d in dirs if not _skipped(d)):
-            if credentials.excludes(prefix + name):
-                left_out.append(f"{prefix}{name}/")
-            else:
-                kept_dirs.append(name)
-        dirs[:] = kept_dirs
-        for name in sorted(names):
-            relative = prefix + name
-            if credentials.excludes(relative):
-                left_out.append(relative)
-                continue
-            if _skipped(name):
-                continue
-            path = here / name
-            if ignore.excludes(relative):
-                continue
-            if path.is_symlink():
-                if not path.exists() or root not in path.resolve().parents:
-                    continue
-                if credentials.excludes(path.resolve().relative_to(root).as_posix()):
-                    left_out.append(relative)  # a link to a credential file is one too
-                    continue
-            info = path.stat()
-            if not stat.S_ISREG(info.st_mode):
-                continue
-            mode = 0o755 if info.st_mode & stat.S_IXUSR else 0o644
-            found.append((relative, ContextFile(path.read_bytes(), mode)))
-    if skipped is not None:
-        skipped.extend(sorted(left_out))
-    return sorted(found)
-
-
-def _skipped(name: str) -> bool:
-    return name in defaults.CONTEXT_SKIP_NAMES or name.endswith(defaults.CONTEXT_SKIP_SUFFIXES)
-
-
-class DockerIgnore:
-    """The patterns of a ``.dockerignore`` file, with Docker's matching rules.
-
-    ``*`` and ``?`` stay within one path component, ``**`` spans any number, a leading
-    ``!`` re-includes, the last matching pattern wins, and a pattern that matches a
-    directory matches everything below it.
-    """
-
-    def __init__(self, patterns: Iterable[str] = ()) -> None:
-        self._rules: list[tuple[bool, re.Pattern[str]]] = []
-        for raw in patterns:
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            negate = line.startswith("!")
-            line = line[1:].strip() if negate else line
-            line = os.path.normpath(line).lstrip("/")
-            if line in ("", "."):
-                continue
-            self._rules.append((negate, re.compile(_glob_to_regex(line))))
-
-    @classmethod
-    def from_file(cls, path: Path) -> DockerIgnore:
-        """Patterns of ``path``; none when it does not exist."""
-        if not path.is_file():
-            return cls()
-        return cls(path.read_text(encoding="utf-8").splitlines())
-
-    def excludes(self, relative: str) -> bool:
-        """Whether a path (POSIX, relative to the context root) is left out."""
-        parts = relative.split("/")
-        candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        excluded = False
-        for negate, pattern in self._rules:
-            if any(pattern.fullmatch(candidate) for candidate in candidates):
-                excluded = not negate
-        return excluded
-
-
-def _glob_to_regex(pattern: str) -> str:
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[":
-            end = pattern.find("]", i + 1)
-            if end == -1:
-                out.append(re.escape(pattern[i]))
-                i += 1
-            else:
-                body = pattern[i + 1 : end].replace("\\", "\\\\")
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append(f"[{body}]")
-                i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return "".join(out)
-
-
-# --- flowrig's own source ----------------------------------------------------------------
-
-
-def _flowrig_source() -> dict[str, ContextFile]:
-    """pyproject.toml, README.md and the flowrig package, from a checkout or a wheel."""
-    files: dict[str, ContextFile] = {}
-    checkout = _PACKAGE_DIR.parent
-    pyproject = checkout / "pyproject.toml"
-    if _is_flowrig_pyproject(pyproject):
-        files["pyproject.toml"] = ContextFile(pyproject.read_bytes())
-        readme = checkout / "README.md"
-        if readme.is_file():
-            files["README.md"] = ContextFile(readme.read_bytes())
-    else:
-        files["pyproject.toml"] = ContextFile(_pyproject_from_metadata())
-    for directory, dirs, names in os.walk(_PACKAGE_DIR):
-        dirs[:] = sorted(d for d in dirs if not _skipped(d) and not d.startswith("."))
-        for name in sorted(names):
-            if _skipped(name) or name.startswith("."):
-                continue
-            path = Path(directory) / name
-            relative = path.relative_to(_PACKAGE_DIR).as_posix()
-            if relative in _PACKAGE_SKIP or not path.is_file():
-                continue
-            files[f"flowrig/{relative}"] = ContextFile(path.read_bytes())
-    return files
-
-
-def _is_flowrig_pyproject(path: Path) -> bool:
-    import tomllib
-
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))["project"]["name"] == "flowrig"
-    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
-        return False
-
-
-def _pyproject_from_metadata() -> bytes:
-    """A pyproject.toml for an installed flowrig (wheels carry no pyproject.toml)."""
-    from importlib import metadata
-
-    dist = metadata.distribution("flowrig")
-    requires = [r for r in (dist.requires or []) if "extra ==" not in r]
-    scripts = sorted((ep.name, ep.value) for ep in dist.entry_points if ep.group == "console_scripts")
-    lines = [
-        "[build-system]",
-        'requires = ["hatchling>=1.21"]',
-        'build-backend = "hatchling.build"',
-        "",
-        "[project]",
-        'name = "flowrig"',
-        f"version = {json.dumps(dist.version)}",
-        'requires-python = ">=3.11"',
-        "dependencies = [",
-        *(f"    {json.dumps(r)}," for r in requires),
-        "]",
-        "",
-        "[project.scripts]",
-        *(f"{json.dumps(name)} = {json.dumps(value)}" for name, value in scripts),
-        "",
-        "[tool.hatch.build.targets.wheel]",
-        'packages = ["flowrig"]',
-        "",
-        "[tool.hatch.build.targets.wheel.force-include]",
-        '"Dockerfile" = "flowrig/builder/Dockerfile"',
-        '"constraints.txt" = "flowrig/builder/constraints.txt"',
-        "",
-    ]
-    return "\n".join(lines).encode("utf-8")
 
 
 # --- certificates and manifest ---------------------------------------------------------

@@ -18,17 +18,9 @@ private key but the image's own leaf key, in every form ``cryptography`` reads:
 - any of these in UTF-16 text, little- or big-endian, with or without a byte order mark
   (a file saved as "Unicode" by an editor), and a PEM block in UTF-16 anywhere.
 
-Scanning is cheap sniffing first, loaders second. Files are read in chunks of
-:data:`flowrig.certs.defaults.KEY_SCAN_CHUNK_BYTES`, so a file of any size is scanned in
-bounded memory. The searches over each chunk all start with a literal, so that the
-regular expression engine skips ahead at memory speed: the PEM marker ``-----BEGIN``
-(and its UTF-16 form), base64 runs starting with ``M`` followed by ``A``-``I`` (every
-DER ``SEQUENCE`` encodes so), and in hex the version ``02 01`` or the encryption OID
-that every private key structure holds near its start. Only a run whose first decoded
-bytes have the shape of a private key (a ``SEQUENCE`` holding the version ``INTEGER``
-and then what PKCS#1, PKCS#8, SEC1, PKCS#12 or an encrypted PKCS#8 put there) is
-decoded whole and given to the loaders. A file whose start is UTF-16 text (a byte
-order mark, or every other byte NUL) is scanned as the characters it holds.
+Files are read in chunks of :data:`flowrig.certs.defaults.KEY_SCAN_CHUNK_BYTES`, so a
+file of any size is scanned in bounded memory; how each form is recognised in a chunk
+and decoded is :mod:`flowrig.certs.keyforms`'s.
 
 Time budget: 10 s per GiB scanned. Measured on a 1 GiB file (2 shared cores, file in
 the page cache): 1.5 s for random binary data, 1.5 s for text, about 3.5 s for dense
@@ -45,20 +37,46 @@ not know (Java keystores, PuTTY files are found by their header only).
 
 from __future__ import annotations
 
-import binascii
 import io
 import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 
 from flowrig.certs import defaults, validation
+from flowrig.certs.keyforms import (
+    BASE64_ALPHABET,
+    BASE64_BLOCK,
+    BASE64_DER,
+    BASE64_RUN_BACK,
+    HEX_DER,
+    HEX_DIGITS,
+    HEX_HEADER_BACK,
+    HEX_PBE_OID,
+    HEX_VERSION,
+    MIN_OPENSSH_BODY,
+    OPENSSH_BASE64,
+    OPENSSH_MAGIC,
+    PEM_BASE64,
+    PEM_BEGIN,
+    PEM_END,
+    PUTTY,
+    UTF16_PEM,
+    Narrowed,
+    decode_base64,
+    der_key_form,
+    der_length,
+    hex_key_at,
+    load_der,
+    load_pem,
+    looks_like_pem_body,
+    public_der_of,
+    utf16_parity,
+)
 
 __all__ = [
     "FoundKey",
@@ -89,199 +107,6 @@ class FoundKey:
     public: bytes | None = None
 
 
-# --- sniffing -----------------------------------------------------------------------
-
-# A PEM private key marker, whatever the type ("", "RSA ", "ENCRYPTED ", "PGP "...).
-_PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]{0,40})PRIVATE KEY( BLOCK)?-----")
-_PEM_END = re.compile(rb"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
-# PEM bodies as people paste them: escaped newlines (JSON, code), quotes, indentation.
-_ESCAPED_NEWLINE = re.compile(rb"\\r\\n|\\n|\\r")
-_BASE64_CHARS = re.compile(rb"[A-Za-z0-9+/=]+")
-# The start of a base64 DER SEQUENCE: 0x30 encodes as "M", its length byte as A-I.
-_BASE64_DER = re.compile(rb"M[A-I][A-Za-z0-9+/]{30}")
-# What may start a line of a key block besides its base64: indentation and quotes, and
-# the marks of a quoted mail ("> ", "> > ") or of a comment ("# ", "// ", " * ", "-- ",
-# "; ", "% ", "! "). None of them is a base64 character but "/", so "//" counts only
-# when a blank follows it (a base64 line may start with "//").
-_LINE_PREFIX = rb"[ \t\"',]*(?:(?:[>#*;%!]|--|//+(?=[ \t]))[ \t\"',]*)*"
-_AFTER_NEWLINE_PREFIX = re.compile(rb"\n" + _LINE_PREFIX)
-# A whole base64 block from its start: lines of base64 separated by newlines (real or
-# escaped), optionally indented, quoted or commented, as in PEM, YAML, JSON, code or mail.
-_BASE64_BLOCK = re.compile(
-    rb"[A-Za-z0-9+/]+(?:(?:\\r\\n|\\n|\r?\n)" + _LINE_PREFIX + rb"[A-Za-z0-9+/]+)*={0,2}"
-)
-_BASE64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
-# The binary OpenSSH format, raw and base64 (the body of an OPENSSH PEM block), and a
-# PuTTY key's first line. Written in two parts so that this file holds none of them.
-_OPENSSH_MAGIC = b"openssh-" + b"key-v1\x00"
-_OPENSSH_BASE64 = b"b3BlbnNzaC1" + b"rZXktdjE"
-# "-----BEGI" in base64, at each of the three positions a text can start in a base64
-# group: PEM text encoded again (a Kubernetes Secret's ``tls.key: LS0tLS1CRUdJTi...``).
-_PEM_BASE64 = (b"LS0tLS1CRUdJ", b"LS0tQkVHSU4g", b"LS0tLUJFR0lO")
-_BASE64_RUN_BACK = re.compile(rb"[A-Za-z0-9+/]*$")
-_PUTTY = b"PuTTY-User-" + b"Key-File-"
-# A base64 OpenSSH body shorter than this is a mention, not a key.
-_MIN_OPENSSH_BODY = 100
-# Fewer base64 characters than this between PEM markers is prose, not a key (the
-# smallest key flowrig could meet, Ed25519 in PKCS#8, takes 64).
-_MIN_PEM_BODY = 40
-# What may come between a PEM marker and its base64: line breaks (real or escaped),
-# quotes and indentation, and RFC 1421 headers (an old-style encrypted key's DEK-Info).
-_PEM_BODY_START = re.compile(
-    rb"(?:\\r\\n|\\n|[\r\n \t\"',>#*;%!]|--|//+(?=[ \t])|(?:Proc-Type|DEK-Info|Comment): [^\r\n\\]*)*"
-)
-# Hex text of DER (``xxd -p``, ``bytes.hex()``, "30:82:..." or "30 82 ..." as tools
-# print it, a C array "0x30, 0x82, ..." or "\\x30\\x82..."). A regular expression
-# that starts at every "30" is slow on text full of numbers, so the scan looks for rare
-# anchors first: the version INTEGER "02 01" every unencrypted private key structure
-# holds near its start (PKCS#1, PKCS#8, SEC1, PKCS#12), and the PKCS#5/PKCS#12
-# encryption OIDs ("...864886f70d0105"/"...0c") that start an encrypted PKCS#8. Only
-# around an anchor is the DER header (:data:`_HEX_DER`) looked for.
-_HEX_SEP = rb"(?:[ \t:,]|\r?\n|0x|\\x){0,16}"
-_HEX_VERSION = re.compile(rb"02(?:01|:01| 01|, ?0x01|\\x01)")
-_HEX_PBE_OID = re.compile(rb"86(?:4886[fF]70[dD]010[5cC]|:48:86:[fF]7:0[dD]:01:0[5cC])")
-# How far before an anchor the DER header may start (an encrypted key's is furthest:
-# eight bytes, six characters each in a C array).
-_HEX_HEADER_BACK = 112
-_HEX_DER = re.compile(
-    rb"30" + _HEX_SEP + rb"(?:8[1-4](?:" + _HEX_SEP + rb"[0-9a-fA-F]{2}){1,4}|[0-7][0-9a-fA-F])"
-    + _HEX_SEP + rb"(?:02" + _HEX_SEP + rb"01" + _HEX_SEP + rb"0[013]|30)"
-)
-_HEX_RUN = re.compile(rb"(?:" + _HEX_SEP + rb"[0-9a-fA-F]{2})+")
-_NOT_HEX = re.compile(rb"0x|\\x|[^0-9a-fA-F]")
-_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
-# "-----BEGIN" in UTF-16 text, little- or big-endian (this is both, one byte apart).
-_UTF16_PEM = "-----BEGIN".encode("utf-16-le")[:-1]
-_UTF16_BOMS = {b"\xff\xfe": 0, b"\xfe\xff": 1}
-# How much of a file's start tells UTF-16 text (every other byte NUL) from the rest.
-_UTF16_SNIFF = 4096
-# OIDs (DER contents) that mark what a private key structure holds.
-_OID_PBES = bytes.fromhex("2a864886f70d0105")  # PKCS#5 PBES1/PBES2 (1.2.840.113549.1.5)
-_OID_PKCS12_PBE = bytes.fromhex("2a864886f70d010c01")  # PKCS#12 PBE (1.2.840.113549.1.12.1)
-_OID_PKCS7 = bytes.fromhex("2a864886f70d0107")  # PKCS#7 data/signedData, a PFX's authSafe
-
-
-def _tlv(data: bytes, pos: int) -> tuple[int, int, int] | None:
-    """(tag, start of value, length) of the DER element at ``pos``, or None."""
-    if pos + 2 > len(data):
-        return None
-    tag, first = data[pos], data[pos + 1]
-    if first < 0x80:
-        return tag, pos + 2, first
-    count = first & 0x7F
-    if count == 0 or count > 4 or pos + 2 + count > len(data):
-        return None
-    return tag, pos + 2 + count, int.from_bytes(data[pos + 2 : pos + 2 + count], "big")
-
-
-def der_key_form(head: bytes) -> str | None:
-    """The private key structure that ``head`` (the first bytes of some DER) starts, if any.
-
-    Returns ``PKCS#8``, ``PKCS#1`` (RSA or DSA), ``SEC1`` (EC), ``encrypted PKCS#8`` or
-    ``PKCS#12``; ``None`` for anything else (certificates, public keys, data).
-    """
-    outer = _tlv(head, 0)
-    if outer is None or outer[0] != 0x30:
-        return None
-    first = _tlv(head, outer[1])
-    if first is None:
-        return None
-    if first[0] == 0x30:  # EncryptedPrivateKeyInfo: SEQUENCE { AlgorithmIdentifier, OCTET STRING }
-        oid = _tlv(head, first[1])
-        if oid is not None and oid[0] == 0x06:
-            value = head[oid[1] : oid[1] + oid[2]]
-            if value.startswith(_OID_PBES) or value.startswith(_OID_PKCS12_PBE):
-                return "encrypted PKCS#8"
-        return None
-    if first[0] != 0x02 or first[2] != 1 or first[1] >= len(head):
-        return None
-    version = head[first[1]]
-    second = _tlv(head, first[1] + 1)
-    if second is None:
-        return None
-    if second[0] == 0x30 and version in (0, 1):  # PrivateKeyInfo / OneAsymmetricKey
-        oid = _tlv(head, second[1])
-        return "PKCS#8" if oid is not None and oid[0] == 0x06 else None
-    if second[0] == 0x02 and version == 0 and second[2] >= 64:  # RSA modulus or DSA p
-        return "PKCS#1"
-    if second[0] == 0x04 and version == 1 and 16 <= second[2] <= 80:  # ECPrivateKey
-        return "SEC1"
-    if second[0] == 0x30 and version == 3:  # PFX: SEQUENCE { 3, ContentInfo, MacData }
-        oid = _tlv(head, second[1])
-        if oid is not None and oid[0] == 0x06 and head[oid[1] : oid[1] + oid[2]].startswith(_OID_PKCS7):
-            return "PKCS#12"
-    return None
-
-
-def _der_length(der: bytes) -> int | None:
-    """Total length (header and value) of the DER element that starts ``der``."""
-    outer = _tlv(der, 0)
-    return None if outer is None else outer[1] + outer[2]
-
-
-# --- confirming with cryptography's loaders --------------------------------------------
-
-
-def _public(key: Any) -> bytes | None:
-    try:
-        return validation.public_der(key)
-    except (ValueError, UnsupportedAlgorithm, AttributeError):
-        return None
-
-
-def _load_der(der: bytes, form: str) -> tuple[bool, bytes | None]:
-    """(is a private key, its public key) for complete DER of the given form."""
-    if form == "PKCS#12":
-        from cryptography.hazmat.primitives.serialization import pkcs12
-
-        for password in (None, b""):
-            try:
-                key, _cert, _extra = pkcs12.load_key_and_certificates(der, password)
-            except (ValueError, TypeError, UnsupportedAlgorithm):
-                continue
-            # A PKCS#12 holding certificates only (a trust store) holds no secret.
-            return (key is not None), (_public(key) if key is not None else None)
-        return True, None  # encrypted (or unreadable): it can hold keys, so it counts
-    try:
-        key = serialization.load_der_private_key(der, password=None)
-    except TypeError:
-        return True, None  # cryptography's way of saying "encrypted"
-    except (ValueError, UnsupportedAlgorithm):
-        return False, None
-    return True, _public(key)
-
-
-def _load_pem(label: bytes, body: bytes) -> bytes | None:
-    """The public key of a PEM private key block, or None when it cannot be read."""
-    lines = [line.strip(b" \t\"',") for line in _unprefixed(body).splitlines()]
-    text = b"\n".join(line for line in lines if line)
-    block = b"-----BEGIN %sPRIVATE KEY-----\n%s\n-----END %sPRIVATE KEY-----\n" % (label, text, label)
-    try:
-        if label == b"OPENSSH ":
-            return _public(serialization.load_ssh_private_key(block, password=None))
-        return _public(serialization.load_pem_private_key(block, password=None))
-    except (TypeError, ValueError, UnsupportedAlgorithm):
-        return None  # encrypted, or a type cryptography does not read
-
-
-def _unprefixed(text: bytes) -> bytes:
-    """``text`` with escaped newlines made real and the quote or comment marks that
-    start its lines dropped (the text's own start is left alone: it follows a PEM
-    marker, or is where base64 starts)."""
-    return _AFTER_NEWLINE_PREFIX.sub(b"\n", _ESCAPED_NEWLINE.sub(b"\n", text).replace(b"\r", b""))
-
-
-def _decode_base64(text: bytes) -> bytes:
-    """Bytes of a base64 block as the block regex matched it (separators dropped)."""
-    chars = b"".join(_BASE64_CHARS.findall(_unprefixed(text))).replace(b"=", b"")
-    if len(chars) % 4 == 1:
-        chars = chars[:-1]  # a stray last character cannot encode a byte
-    try:
-        return binascii.a2b_base64(chars + b"=" * (-len(chars) % 4))
-    except binascii.Error:
-        return b""
-
-
 # --- the scan ------------------------------------------------------------------------
 
 
@@ -301,14 +126,14 @@ def private_keys_in(stream: BinaryIO, size: int | None = None) -> Iterator[Found
     buffer = stream.read(chunk_size)
     if not buffer:
         return
-    parity = _utf16_parity(buffer)
+    parity = utf16_parity(buffer)
     if parity is not None:
         # UTF-16 text: its characters are scanned, as the text an editor shows.
-        for key in private_keys_in(_Narrowed(stream, buffer, parity)):
+        for key in private_keys_in(Narrowed(stream, buffer, parity)):
             yield FoundKey(f"UTF-16 {key.form}", 2 * key.offset + parity, key.public)
         return
     yield from _whole_file(buffer, size)
-    if buffer.startswith(_OPENSSH_MAGIC):
+    if buffer.startswith(OPENSSH_MAGIC):
         yield FoundKey("OpenSSH", 0)
     # The buffer starts at the first byte not scanned yet (``base`` in the stream) and
     # reaches ``reach`` bytes past what a window scans, so a block that starts in the
@@ -329,52 +154,10 @@ def private_keys_in(stream: BinaryIO, size: int | None = None) -> Iterator[Found
         buffer, base = buffer[end:], base + end
 
 
-def _utf16_parity(head: bytes) -> int | None:
-    """Where the characters of UTF-16 text are (0: even bytes, little-endian; 1: odd
-    bytes, big-endian), or None when ``head`` does not start UTF-16 text.
-
-    Text with a byte order mark is UTF-16 by it; without one, it is when nearly every
-    byte at one parity is NUL and nearly none at the other (ASCII in UTF-16).
-    """
-    for bom, parity in _UTF16_BOMS.items():
-        if head.startswith(bom):
-            return parity
-    sample = head[:_UTF16_SNIFF]
-    if len(sample) < 64:
-        return None
-    even, odd = sample[0::2].count(0), sample[1::2].count(0)
-    half = len(sample) // 2
-    if odd >= 0.9 * half and even <= 0.1 * half:
-        return 0
-    if even >= 0.9 * half and odd <= 0.1 * half:
-        return 1
-    return None
-
-
-class _Narrowed:
-    """A stream of every other byte of another (from ``head``, already read, then the
-    rest): the characters of ASCII text stored as UTF-16. Other characters come out
-    as one byte of their two, which is no harm: keys are ASCII."""
-
-    def __init__(self, stream: BinaryIO, head: bytes, parity: int) -> None:
-        self._stream, self._pending, self._parity = stream, head, parity
-
-    def read(self, size: int) -> bytes:
-        while len(self._pending) < 2 * size:
-            more = self._stream.read(2 * size)
-            if not more:
-                break
-            self._pending += more
-        # An even number of bytes is taken, so the parity holds in the next read.
-        take = min(len(self._pending), 2 * size) & ~1 or len(self._pending)
-        data, self._pending = self._pending[:take], self._pending[take:]
-        return data[self._parity :: 2]
-
-
 def _whole_file(head: bytes, size: int | None) -> Iterator[FoundKey]:
     """A file that is one DER private key or PKCS#12 (its first element spans it all)."""
     form = der_key_form(head[:64])
-    total = _der_length(head)
+    total = der_length(head)
     if form is None or total is None or size is None or not 0 <= size - total <= 2:
         return  # not one DER element (a trailing newline is tolerated)
     name = "PKCS#12" if form == "PKCS#12" else f"DER {form}"
@@ -382,7 +165,7 @@ def _whole_file(head: bytes, size: int | None) -> Iterator[FoundKey]:
         if form == "PKCS#12":  # a PFX that large holds many certificates: count it
             yield FoundKey(name, 0)
         return
-    is_key, public = _load_der(head[:total], form)
+    is_key, public = load_der(head[:total], form)
     if is_key:
         yield FoundKey(name, 0, public)
 
@@ -401,35 +184,35 @@ def _scan_window(
         start = match.start()
         if base + start < covered:
             continue
-        closing = _PEM_END.search(buffer, match.end(), match.end() + reach)
+        closing = PEM_END.search(buffer, match.end(), match.end() + reach)
         body_end = closing.start() if closing else min(len(buffer), match.end() + reach)
         body = buffer[match.end() : body_end]
-        if not _looks_like_pem_body(body):
+        if not looks_like_pem_body(body):
             continue  # the markers in prose or code, not a key
         label = match.group(1)
-        public = _load_pem(label, body) if closing and not match.group(2) else None
+        public = load_pem(label, body) if closing and not match.group(2) else None
         stop = closing.end() if closing else body_end
         pem_spans.append((start, stop))
         kind = "PEM" if not match.group(2) else "PGP private key block"
         found.append((start, FoundKey(kind, base + start, public), base + stop))
     position = 0
     while True:
-        match = _BASE64_DER.search(buffer, position, end + 32)
+        match = BASE64_DER.search(buffer, position, end + 32)
         if match is None or match.start() >= end:
             break
         start = match.start()
         position = start + 1
         before = buffer[start - 1] if start > 0 else previous[-1]
-        if before in _BASE64_ALPHABET or any(a <= start < b for a, b in pem_spans):
+        if before in BASE64_ALPHABET or any(a <= start < b for a, b in pem_spans):
             continue
-        form = der_key_form(_decode_base64(match.group(0)))
+        form = der_key_form(decode_base64(match.group(0)))
         if form is None:
             continue
-        block = _BASE64_BLOCK.match(buffer, start, start + reach * 2)
-        der = _decode_base64(block.group(0)) if block else b""
-        total = _der_length(der)
+        block = BASE64_BLOCK.match(buffer, start, start + reach * 2)
+        der = decode_base64(block.group(0)) if block else b""
+        total = der_length(der)
         if total is not None and len(der) >= total:
-            is_key, public = _load_der(der[:total], form)
+            is_key, public = load_der(der[:total], form)
             if not is_key:
                 continue
         else:
@@ -438,22 +221,22 @@ def _scan_window(
         stop = block.end() if block else start + 32
         found.append((start, FoundKey(f"base64 DER {form}", base + start, public), base + stop))
         position = max(position, stop)
-    at = buffer.find(_OPENSSH_BASE64, 0, end)
+    at = buffer.find(OPENSSH_BASE64, 0, end)
     while at != -1:
-        block = _BASE64_BLOCK.match(buffer, at, at + reach * 2)
-        if block and len(block.group(0)) >= _MIN_OPENSSH_BODY and not any(a <= at < b for a, b in pem_spans):
+        block = BASE64_BLOCK.match(buffer, at, at + reach * 2)
+        if block and len(block.group(0)) >= MIN_OPENSSH_BODY and not any(a <= at < b for a, b in pem_spans):
             found.append((at, FoundKey("base64 OpenSSH", base + at), base + block.end()))
-        at = buffer.find(_OPENSSH_BASE64, at + 1, end)
+        at = buffer.find(OPENSSH_BASE64, at + 1, end)
     found.extend(_pem_in_base64(buffer, base, end, reach))
     found.extend(_hex_der(buffer, base, end, previous, pem_spans))
     found.extend(_utf16_pem(buffer, base, end, reach))
     # A literal search: a regular expression anchored at line starts would try every
     # position and take seconds per GiB.
-    at = buffer.find(_PUTTY, 0, end)
+    at = buffer.find(PUTTY, 0, end)
     while at != -1:
         if (buffer[at - 1 : at] if at else previous) in (b"\n", b"\r"):
-            found.append((at, FoundKey("PuTTY", base + at), base + at + len(_PUTTY)))
-        at = buffer.find(_PUTTY, at + 1, end)
+            found.append((at, FoundKey("PuTTY", base + at), base + at + len(PUTTY)))
+        at = buffer.find(PUTTY, at + 1, end)
     for _start, key, stop in sorted(found, key=lambda item: item[0]):
         yield key, stop
 
@@ -466,15 +249,15 @@ def _pem_in_base64(buffer: bytes, base: int, end: int, reach: int) -> list[tuple
     """
     found: list[tuple[int, FoundKey, int]] = []
     skip_to = 0
-    for marker in _PEM_BASE64:
+    for marker in PEM_BASE64:
         at = buffer.find(marker, 0, end)
         while at != -1:
             if at >= skip_to:
-                back = _BASE64_RUN_BACK.search(buffer, max(0, at - reach), at)
+                back = BASE64_RUN_BACK.search(buffer, max(0, at - reach), at)
                 start = back.start() if back else at
-                block = _BASE64_BLOCK.match(buffer, start, start + reach * 2)
+                block = BASE64_BLOCK.match(buffer, start, start + reach * 2)
                 if block:
-                    inner = list(private_keys_in_bytes(_decode_base64(block.group(0))))
+                    inner = list(private_keys_in_bytes(decode_base64(block.group(0))))
                     if inner:
                         found.append((start, FoundKey(f"base64 {inner[0].form}", base + start, inner[0].public),
                                       base + block.end()))
@@ -486,28 +269,28 @@ def _pem_in_base64(buffer: bytes, base: int, end: int, reach: int) -> list[tuple
 def _hex_der(
     buffer: bytes, base: int, end: int, previous: bytes, pem_spans: list[tuple[int, int]]
 ) -> list[tuple[int, FoundKey, int]]:
-    """Private keys written as the hex text of their DER (see :data:`_HEX_VERSION`)."""
+    """Private keys written as the hex text of their DER (see :data:`HEX_VERSION`)."""
     reach = defaults.KEY_BLOCK_MAX_BYTES
     anchors = sorted(
         match.start()
-        for pattern in (_HEX_VERSION, _HEX_PBE_OID)
-        for match in pattern.finditer(buffer, 0, end + _HEX_HEADER_BACK)
+        for pattern in (HEX_VERSION, HEX_PBE_OID)
+        for match in pattern.finditer(buffer, 0, end + HEX_HEADER_BACK)
     )
     found: list[tuple[int, FoundKey, int]] = []
     done = 0  # nothing before this is looked at again (a key's run, a header tried)
     for anchor in anchors:
         if anchor < done:
             continue
-        position = max(done, anchor - _HEX_HEADER_BACK)
-        while (header := _HEX_DER.search(buffer, position, anchor + 16)) is not None:
+        position = max(done, anchor - HEX_HEADER_BACK)
+        while (header := HEX_DER.search(buffer, position, anchor + 16)) is not None:
             start = header.start()
             if start > anchor or start >= end:
                 break
             position = start + 1  # headers may overlap: try each start
             before = buffer[start - 1] if start > 0 else previous[-1]
-            if before in _HEX_DIGITS or any(a <= start < b for a, b in pem_spans):
+            if before in HEX_DIGITS or any(a <= start < b for a, b in pem_spans):
                 continue  # within a longer run of hex (not at a byte's start), or in a PEM block
-            key = _hex_key_at(buffer, start, reach)
+            key = hex_key_at(buffer, start, reach)
             if key is not None:
                 form, public, stop = key
                 found.append((start, FoundKey(f"hex DER {form}", base + start, public), base + stop))
@@ -516,51 +299,24 @@ def _hex_der(
     return found
 
 
-def _hex_key_at(buffer: bytes, start: int, reach: int) -> tuple[str, bytes | None, int] | None:
-    """(form, public key, end) of a private key whose DER is hex text at ``start``."""
-    run = _HEX_RUN.match(buffer, start, start + reach * 3)
-    if run is None:
-        return None
-    der = binascii.unhexlify(_NOT_HEX.sub(b"", run.group(0)))
-    form = der_key_form(der[:64])
-    if form is None:
-        return None
-    total = _der_length(der)
-    public = None
-    if total is not None and len(der) >= total:
-        is_key, public = _load_der(der[:total], form)
-        if not is_key:
-            return None
-    return form, public, run.end()
-
-
 def _utf16_pem(buffer: bytes, base: int, end: int, reach: int) -> list[tuple[int, FoundKey, int]]:
     """PEM private keys in UTF-16 text inside a file that is not UTF-16 as a whole
     (such a file is narrowed to its characters before the scan)."""
     found: list[tuple[int, FoundKey, int]] = []
-    at = buffer.find(_UTF16_PEM, 0, end)
+    at = buffer.find(UTF16_PEM, 0, end)
     while at != -1:
         text = buffer[at : at + 2 * reach : 2]  # the characters, from the marker on
         inner = list(private_keys_in_bytes(text))
-        closing = _PEM_END.search(text)
+        closing = PEM_END.search(text)
         stop = at + 2 * (closing.end() if closing else len(text))
         if inner:
             found.append((at, FoundKey(f"UTF-16 {inner[0].form}", base + at, inner[0].public), base + stop))
-        at = buffer.find(_UTF16_PEM, stop if inner else at + 1, end)
+        at = buffer.find(UTF16_PEM, stop if inner else at + 1, end)
     return found
 
 
-def _looks_like_pem_body(body: bytes) -> bool:
-    """Whether text after a PEM marker starts with a key's base64 (after RFC 1421 headers)."""
-    start = _PEM_BODY_START.match(body)
-    block = _BASE64_BLOCK.match(body, start.end() if start else 0)
-    if block is None:
-        return False
-    return sum(len(run) for run in _BASE64_CHARS.findall(block.group(0))) >= _MIN_PEM_BODY
-
-
 def _iter_pem(buffer: bytes, end: int) -> Iterator[re.Match[bytes]]:
-    return _iter(_PEM_BEGIN, buffer, end)
+    return _iter(PEM_BEGIN, buffer, end)
 
 
 def _iter(pattern: re.Pattern[bytes], buffer: bytes, end: int) -> Iterator[re.Match[bytes]]:
@@ -629,7 +385,7 @@ def find_ca_private_keys(root: str | Path) -> list[Path]:
         if path.name.lower() == defaults.CA_KEY:
             reported.add(path)
         for certificate in _certificates(path):
-            public = _public(certificate)
+            public = public_der_of(certificate)
             if public is not None:
                 (ca_keys if validation.is_ca(certificate) else leaf_keys).add(public)
         keys = list(private_keys_in_file(path))

@@ -81,7 +81,7 @@ def _pairs(flag: str, items: tuple[str, ...]) -> dict[str, str]:
 
 def _env(inputs: DeployInputs) -> dict[str, str]:
     from flowrig.common.environ import check_env_name
-    from flowrig.project.secretrules import secret_looking, value_secret
+    from flowrig.project.secret_rules import secret_looking, value_secret
 
     env = _pairs("--env", inputs.env)
     for name in [*env, *inputs.pass_env]:

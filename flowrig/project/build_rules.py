@@ -5,7 +5,8 @@ The image build runs these before flowrig or any dependency is installed
 standard library only and never imports flowrig. The host applies the same rules when
 it loads a project (:func:`flowrig.project.load_project`), so a project the host accepts
 is one the build accepts, with the same messages. Credentials by value, in files and in
-``[cluster.options]``, have rules of their own: :mod:`flowrig.project.secretrules`.
+``[cluster.options]``, have rules of their own: :mod:`flowrig.project.secret_rules` and
+:mod:`flowrig.project.secret_scan`.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def flatten_requirements(
     return lines
 
 
-# --- credentials: files never copied (values: flowrig.project.secretrules) ------------------
+# --- credentials: files never copied (values: flowrig.project.secret_scan) -----------------
 
 #: Credential files and directories of common tools, as ``.dockerignore`` patterns (a
 #: directory's pattern covers everything below it). They never enter a build context:

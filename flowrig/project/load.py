@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 
 from flowrig.errors import BadInput
-from flowrig.project import build_rules, secretrules
+from flowrig.project import build_rules, secret_rules
 from flowrig.project.defaults import PROJECT_FILE
 from flowrig.project.models import Project, parse_project
 
@@ -23,7 +23,7 @@ def load_project(path: str | Path) -> Project:
         When the file is missing, is not valid TOML, or fails validation; also when
         the flow file or requirements file it names does not exist, a requirements
         include leaves the project, ``[cluster.options]`` holds credentials
-        (:func:`flowrig.project.secretrules.check_no_credentials`), or
+        (:func:`flowrig.project.secret_rules.check_no_credentials`), or
         ``build.allow_private_keys`` or ``build.allow_credentials`` name a file the
         project does not have.
     """
@@ -55,10 +55,10 @@ def load_project(path: str | Path) -> Project:
                 "fix the path or remove the entry"
             )
     try:
-        secretrules.check_no_credentials(data)
+        secret_rules.check_no_credentials(data)
         requirements = build_rules.requirements_path(project.root, project.requirements)
         if requirements is not None:
             build_rules.flatten_requirements(requirements, project.root)
-    except (build_rules.RuleError, secretrules.CredentialError) as exc:
+    except (build_rules.RuleError, secret_rules.CredentialError) as exc:
         raise BadInput(str(exc)) from None
     return project

@@ -17,16 +17,16 @@ import typer
 from typer.testing import CliRunner
 
 from flowrig import layout
-from flowrig.builder import buildsteps
+from flowrig.builder import buildsteps, buildsteps_prune
 from flowrig.builder import defaults as builder_defaults
 from flowrig.builder.build import add_pip_ca, build_command
 from flowrig.builder.context import (
     BuildContext,
     ContextFile,
-    DockerIgnore,
     render_context,
     write_context,
 )
+from flowrig.builder.context_files import DockerIgnore
 from flowrig.builder.dockerfile import PIP_CA, dockerfile_text
 from flowrig.cli.build import register
 from flowrig.errors import BadInput
@@ -302,7 +302,7 @@ def test_write_context_wants_an_empty_directory(tmp_path: Path):
 
 
 def test_installed_flowrig_gets_a_pyproject_from_its_metadata():
-    from flowrig.builder.context import _pyproject_from_metadata
+    from flowrig.builder.context_files import _pyproject_from_metadata
 
     made = tomllib.loads(_pyproject_from_metadata().decode())
     real = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -492,10 +492,22 @@ def test_cli_bad_project_raises_bad_input(tmp_path: Path):
 # --- buildsteps.py (runs inside the build with the base image's python3) -------------------------
 
 
+#: What the Dockerfile copies into the build and buildsteps.py loads by path.
+BUILD_MODULES = ("builder/buildsteps.py", "builder/buildsteps_install.py", "builder/buildsteps_prune.py",
+                 "project/build_rules.py", "project/secret_rules.py", "project/secret_scan.py")
+
+
 def test_buildsteps_uses_the_standard_library_only():
-    source = (REPO / "flowrig" / "builder" / "buildsteps.py").read_text()
-    assert not re.search(r"^\s*(from|import) flowrig", source, re.MULTILINE)
+    for name in BUILD_MODULES:
+        source = (REPO / "flowrig" / name).read_text()
+        assert not re.search(r"^\s*(from|import) flowrig", source, re.MULTILINE), name
     assert buildsteps.PROJECT_FILE == project_defaults.PROJECT_FILE
+
+
+def test_dockerfile_copies_every_module_the_build_loads_by_path():
+    copied = " ".join(rest for word, rest in instructions(dockerfile_text()) if word == "COPY")
+    for name in BUILD_MODULES:
+        assert f"flowrig/{name}" in copied, name
 
 
 def test_prune_removes_pip_tests_and_caches_but_keeps_runtime_files(tmp_path: Path):
@@ -509,7 +521,7 @@ def test_prune_removes_pip_tests_and_caches_but_keeps_runtime_files(tmp_path: Pa
     for name in keep + drop:
         (site / name).parent.mkdir(parents=True, exist_ok=True)
         (site / name).write_text("x")
-    doomed = {p.relative_to(site).as_posix() for p in buildsteps.prune_paths(site)}
+    doomed = {p.relative_to(site).as_posix() for p in buildsteps_prune.prune_paths(site)}
     assert not doomed & set(keep)
     for name in drop:
         assert name in doomed or any(name.startswith(d + "/") for d in doomed), name
@@ -564,8 +576,9 @@ def test_context_carries_the_constraints_and_the_dockerfile_pins_both_install_la
 
 def test_install_step_passes_the_constraints_to_every_pip_call(tmp_path: Path, monkeypatch):
     calls: list[list[str]] = []
-    monkeypatch.setattr(buildsteps, "_run", lambda cmd, env, check=True: calls.append(cmd) or True)
-    monkeypatch.setattr(buildsteps, "_run_pip", lambda cmd, env: (calls.append(cmd), (0, []))[1])
+    # The install module as the step dispatch loaded it (by path, as in the build).
+    monkeypatch.setattr(buildsteps._install, "_run", lambda cmd, env, check=True: calls.append(cmd) or True)
+    monkeypatch.setattr(buildsteps._install, "_run_pip", lambda cmd, env: (calls.append(cmd), (0, []))[1])
     reqs = tmp_path / "flowrig.txt"
     reqs.write_text("prefect\n")
     build_reqs = tmp_path / "build.txt"
@@ -681,7 +694,7 @@ def test_bad_allow_private_keys_is_bad_input(project: Path, entry: str, message:
 def test_one_rule_tells_secret_names_for_the_build_and_the_ecs_environment(name, secret):
     from flowrig.backends.aws.ecs.validate import check_user_environment
     from flowrig.errors import BadInput
-    from flowrig.project.secretrules import secret_looking
+    from flowrig.project.secret_rules import secret_looking
 
     assert secret_looking(name) is secret
     if name.isidentifier():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from flowrig.builder import buildsteps
+from flowrig.builder import buildsteps_install, buildsteps_prune
 
 
 def plain_extension() -> Path:
@@ -23,7 +23,7 @@ def plain_extension() -> Path:
 
 def test_a_segment_at_an_offset_the_loader_refuses_is_caught():
     data = bytearray(plain_extension().read_bytes())
-    headers = buildsteps.program_headers(bytes(data))
+    headers = buildsteps_prune.program_headers(bytes(data))
     assert headers is not None
     # Move the second loadable segment's file offset by 8 bytes: same bytes, wrong place.
     index = [i for i, h in enumerate(headers) if h[0] == 1][1]
@@ -32,12 +32,12 @@ def test_a_segment_at_an_offset_the_loader_refuses_is_caught():
     field = phoff + index * entsize + 8
     (offset,) = struct.unpack_from("<Q", data, field)
     struct.pack_into("<Q", data, field, offset + 8)
-    assert not buildsteps.loads_like(plain_extension().read_bytes(), bytes(data))
+    assert not buildsteps_prune.loads_like(plain_extension().read_bytes(), bytes(data))
 
 
 def test_files_that_are_not_elf_are_not_compared():
-    assert buildsteps.program_headers(b"/* GNU ld script */ GROUP ( libc.so.6 )") is None
-    assert not buildsteps.loads_like(b"not elf", b"not elf")
+    assert buildsteps_prune.program_headers(b"/* GNU ld script */ GROUP ( libc.so.6 )") is None
+    assert not buildsteps_prune.loads_like(b"not elf", b"not elf")
 
 
 # --- pip's failures, told in one line ---------------------------------------------------------------
@@ -72,25 +72,25 @@ UNREACHABLE = [
 
 
 def test_a_misspelt_requirement_is_named_with_the_fix():
-    kind, line = buildsteps.diagnose_pip_failure(MISSPELT, "requirements.txt")
+    kind, line = buildsteps_install.diagnose_pip_failure(MISSPELT, "requirements.txt")
     assert kind == "project"
     assert "'numpyy'" in line and "spelling" in line and "requirements.txt" in line and "\n" not in line
 
 
 def test_a_version_that_does_not_exist_is_named_with_the_latest_ones():
-    kind, line = buildsteps.diagnose_pip_failure(NO_SUCH_VERSION, "reqs/prod.txt")
+    kind, line = buildsteps_install.diagnose_pip_failure(NO_SUCH_VERSION, "reqs/prod.txt")
     assert kind == "project"
     assert "'six==0.0.7'" in line and "1.17.0" in line and "reqs/prod.txt" in line
 
 
 def test_a_conflict_with_the_lock_names_both_sides():
-    kind, line = buildsteps.diagnose_pip_failure(CONFLICT, "requirements.txt")
+    kind, line = buildsteps_install.diagnose_pip_failure(CONFLICT, "requirements.txt")
     assert kind == "project"
     assert "six==1.17.0" in line and "six==1.16.0 (flowrig's lock, constraints.txt)" in line
 
 
 def test_an_unreachable_index_is_not_blamed_on_the_requirements():
-    kind, line = buildsteps.diagnose_pip_failure(UNREACHABLE, "requirements.txt")
+    kind, line = buildsteps_install.diagnose_pip_failure(UNREACHABLE, "requirements.txt")
     assert kind == "index"
     assert "could not reach the package index" in line and "--pip-ca" in line
     assert "numpy" not in line.split("(")[0]

@@ -16,7 +16,7 @@ import pytest
 from flowrig.builder.context import render_context, write_context
 from flowrig.errors import BadInput
 from flowrig.project import load_project
-from flowrig.project import secretrules as rules
+from flowrig.project import secret_rules as rules
 from flowrig.project.defaults import PROJECT_FILE
 
 REPO = Path(__file__).resolve().parents[2]

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flowrig.common.environ import check_env_name
 from flowrig.errors import BadInput
-from flowrig.project.secretrules import secret_looking, value_secret
+from flowrig.project.secret_rules import secret_looking, value_secret
 from flowrig.roles import DASHBOARD_PORT
 
 #: Where the role's model and its script are written on the VM.

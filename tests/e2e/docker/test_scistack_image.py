@@ -310,7 +310,9 @@ def test_the_repository_context_holds_every_project_folder_and_nothing_that_must
         remove_image(tag)
     files = {Path(p).relative_to("/context").as_posix() for p in listed}
     for kept in (f"{PLAIN_PROJECT}/flow.py", f"{PLAIN_PROJECT}/requirements.txt", "examples/seed/flow.py",
-                 "Dockerfile", "pyproject.toml", "constraints.txt", "flowrig/builder/buildsteps.py"):
+                 "Dockerfile", "pyproject.toml", "constraints.txt", "flowrig/builder/buildsteps.py",
+                 "flowrig/builder/buildsteps_install.py", "flowrig/builder/buildsteps_prune.py",
+                 "flowrig/project/build_rules.py", "flowrig/project/secret_rules.py", "flowrig/project/secret_scan.py"):
         assert kept in files, kept
     for dropped in (".git/config", ".venv/pyvenv.cfg", f"{PLAIN_PROJECT}/.env", f"{PLAIN_PROJECT}/tests/test_flow.py",
                     "tls/ca.key", "tests/e2e/docker/test_scistack_image.py", "benchmarks/bench_image.py", "uv.lock", ".ci/run"):

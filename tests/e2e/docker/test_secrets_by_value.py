@@ -331,7 +331,7 @@ def test_pip_takes_the_index_credentials_from_the_netrc_the_install_step_names(t
     import threading
     import zipfile
 
-    from flowrig.builder import buildsteps
+    from flowrig.builder import buildsteps_install
 
     pip = shutil.which("pip3", path="/usr/bin") and "/usr/bin/python3"
     if pip is None or subprocess.run([pip, "-m", "pip", "--version"], capture_output=True).returncode != 0:
@@ -370,7 +370,7 @@ def test_pip_takes_the_index_credentials_from_the_netrc_the_install_step_names(t
     netrc.write_text(f"machine 127.0.0.1\nlogin builder\npassword {PASSWORD}\n")
     netrc.chmod(0o600)
     try:
-        env = buildsteps._pip_env([], [str(tmp_path / "missing"), str(netrc)])
+        env = buildsteps_install._pip_env([], [str(tmp_path / "missing"), str(netrc)])
         assert env["NETRC"] == str(netrc)
         done = subprocess.run(
             [pip, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--dest", str(tmp_path / "out"),
@@ -385,7 +385,7 @@ def test_pip_takes_the_index_credentials_from_the_netrc_the_install_step_names(t
         done = subprocess.run(
             [pip, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--dest", str(tmp_path / "out2"),
              "--index-url", f"http://127.0.0.1:{server.server_port}/simple/", "demo"],
-            env={**buildsteps._pip_env([], []), "PIP_CONFIG_FILE": "/dev/null", "HOME": str(tmp_path)},
+            env={**buildsteps_install._pip_env([], []), "PIP_CONFIG_FILE": "/dev/null", "HOME": str(tmp_path)},
             capture_output=True, text=True, timeout=120,
         )
         assert done.returncode != 0
@@ -428,7 +428,7 @@ def test_a_buildkit_build_given_a_netrc_mounts_it_on_the_project_install_and_kee
 ):
     """The root Dockerfile with the mount added builds on this engine's BuildKit (no
     syntax line), the project's install step sees the file, and no layer holds it."""
-    from flowrig.builder import buildsteps
+    from flowrig.builder import buildsteps_install
     from flowrig.builder.build import build
     from tests.docker_support import test_base_image, test_image_tag, test_pip_ca
 
@@ -447,8 +447,8 @@ def test_a_buildkit_build_given_a_netrc_mounts_it_on_the_project_install_and_kee
         result = build(context, tag, test_pip_ca(), pip_netrc=netrc)
         log = capfd.readouterr().err
         assert result.buildkit
-        assert f"{buildsteps.NETRC_SEEN}/run/secrets/pip-netrc" in log, log[-3000:]
-        assert log.count(buildsteps.NETRC_SEEN) == 1  # flowrig's own install does not get it
+        assert f"{buildsteps_install.NETRC_SEEN}/run/secrets/pip-netrc" in log, log[-3000:]
+        assert log.count(buildsteps_install.NETRC_SEEN) == 1  # flowrig's own install does not get it
         assert canary not in log
         saved = subprocess.run(["/usr/bin/docker", "save", tag], capture_output=True, timeout=600)
         assert saved.returncode == 0 and len(saved.stdout) > 10_000_000

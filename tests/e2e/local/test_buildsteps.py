@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy
 import pytest
 
-from flowrig.builder import buildsteps
+from flowrig.builder import buildsteps, buildsteps_prune
 from tests.unit.test_buildsteps import MISSPELT, UNREACHABLE, plain_extension
 
 REPO = Path(__file__).resolve().parents[3]
@@ -48,8 +48,8 @@ def test_strip_breaks_numpys_openblas_and_the_check_sees_it(tmp_path: Path):
     # What the issue saw in the image: the loader refuses the stripped copy.
     with pytest.raises(OSError, match="not page-aligned"):
         ctypes.CDLL(str(broken))
-    assert not buildsteps.loads_like(original.read_bytes(), broken.read_bytes())
-    assert buildsteps.loads_like(original.read_bytes(), original.read_bytes())
+    assert not buildsteps_prune.loads_like(original.read_bytes(), broken.read_bytes())
+    assert buildsteps_prune.loads_like(original.read_bytes(), original.read_bytes())
 
 
 @needs_strip
@@ -57,7 +57,7 @@ def test_a_strip_that_leaves_the_loaded_segments_alone_is_accepted(tmp_path: Pat
     original = plain_extension()
     smaller = stripped(original, tmp_path)
     assert smaller.stat().st_size < original.stat().st_size
-    assert buildsteps.loads_like(original.read_bytes(), smaller.read_bytes())
+    assert buildsteps_prune.loads_like(original.read_bytes(), smaller.read_bytes())
     ctypes.CDLL(str(smaller))  # and it does load
 
 
@@ -77,7 +77,7 @@ def test_strip_step_skips_vendored_libraries_and_keeps_what_it_cannot_prove(tmp_
     (site / "pkg" / "libc.so").write_text("/* GNU ld script */\n")
     before = {p: p.read_bytes() for p in (vendored, plain, patched)}
 
-    counts = buildsteps.strip_shared_objects(site, STRIP)
+    counts = buildsteps_prune.strip_shared_objects(site, STRIP)
 
     assert counts["vendored"] == 1 and counts["changed"] == 1 and counts["stripped"] == 1
     assert vendored.read_bytes() == before[vendored]

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from flowrig.common.environ import check_env_name
 from flowrig.errors import BadInput
-from flowrig.project.secretrules import secret_looking, value_secret
+from flowrig.project.secret_rules import secret_looking, value_secret
 
 #: The roles a task definition can be rendered for.
 ROLES = ("runner", "scheduler", "worker")
