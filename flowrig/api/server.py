@@ -3,8 +3,8 @@
 With no ``PREFECT_API_URL``, Prefect would start a temporary API in every process that
 needs one, Dask worker processes included, each paying for imports and migrations. A
 run instead starts exactly one API here and hands its URL to the runner and every
-worker. Its SQLite database is a copy of a template migrated once per Prefect version
-(at image build time in the image), so a run never migrates.
+worker. Its SQLite database is a copy of the migrated template
+(:mod:`~flowrig.api.template`), so a run never migrates.
 
 The server runs in a child process that exits on its own when the runner dies, so not
 even ``kill -9`` of the runner leaves it behind.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flowrig import layout
+from flowrig.api.template import SERVER_ENV, clean_env, ensure_template, sqlite_url
 from flowrig.common import runfolders
 from flowrig.common.runfolders import RunFolder
 from flowrig.common.runid import RUN_ID_ENV
@@ -40,93 +40,6 @@ if TYPE_CHECKING:
 
 #: Seconds the embedded Prefect API may take to answer its health check.
 START_TIMEOUT = 60.0
-
-#: Settings that make the throwaway server quiet, offline and quick to start (none is a
-#: secret: the auth string reaches the server through its stdin).
-_SERVER_ENV = {
-    "PREFECT_UI_ENABLED": "false",
-    # No browser talks to this API (its UI is off), and the run's clients do not
-    # fetch CSRF tokens from it: whatever the caller's environment says.
-    "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "false",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
-    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
-    # Its check of whether block types changed since the last start loads every
-    # installed collection and hashes the registry even when registration is off:
-    # about a second of start-up. The template already holds the block types.
-    "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
-    # The database is deleted with the run, so services that turn events into task
-    # runs, persist events and logs, or react to them would only spend the run's CPU
-    # on rows nobody reads. The flow run and its states are written by the API itself.
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_EVENT_LOGGER_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
-    "PREFECT_SERVER_EVENTS_STREAM_OUT_ENABLED": "false",
-    "PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "false",
-}
-
-
-def _sqlite_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
-
-
-def _prefect_version() -> str:
-    from importlib.metadata import version
-
-    return version("prefect")
-
-
-def template_path() -> Path:
-    """Where the migrated database template for the installed Prefect lives."""
-    return layout.cache_dir() / f"prefect-{_prefect_version()}" / "template.db"
-
-
-def ensure_template() -> Path:
-    """Create the migrated database template once; later calls return at once.
-
-    Concurrent runs wait on a file lock instead of migrating side by side.
-    """
-    path = template_path()
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.is_file():
-            return path
-        partial = path.with_suffix(".partial")
-        partial.unlink(missing_ok=True)
-        env = _clean_env()
-        env.update(
-            PREFECT_HOME=str(path.parent),
-            PREFECT_SERVER_DATABASE_CONNECTION_URL=_sqlite_url(partial),
-            PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        )
-        done = subprocess.run(
-            [sys.executable, "-m", "flowrig.api.serve", "make-template"],
-            stdin=subprocess.DEVNULL,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise InfrastructureError(f"could not create the Prefect database: {tail}")
-        partial.rename(path)
-    return path
-
-
-def _clean_env() -> dict[str, str]:
-    # The server must never talk to another API, nor read the caller's database URL or
-    # anyone's credentials.
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
-        and not k.startswith(("PREFECT_SERVER_DATABASE", "PREFECT_API_DATABASE", "PREFECT_SERVER_API_AUTH"))
-    }
-
 
 def _listening_socket(host: str, port: int | None) -> socket.socket:
     """A socket bound and listening before the server exists: its port is known at once
@@ -296,11 +209,11 @@ class EmbeddedPrefectAPI:
         self._workdir = self._folder.path
         database = self._workdir / "prefect.db"
         shutil.copyfile(template, database)
-        env = _clean_env()
-        env.update(_SERVER_ENV)
+        env = clean_env()
+        env.update(SERVER_ENV)
         env.update(
             PREFECT_HOME=str(self._workdir),
-            PREFECT_SERVER_DATABASE_CONNECTION_URL=_sqlite_url(database),
+            PREFECT_SERVER_DATABASE_CONNECTION_URL=sqlite_url(database),
             PREFECT_LOGGING_LEVEL=os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
         )
         errors = open(self._workdir / "server.log", "wb")

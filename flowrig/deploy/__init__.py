@@ -3,8 +3,8 @@
 - :mod:`~flowrig.deploy.command`: from a project, its image and a command line to a
   deployment (or a prefect.yaml entry), checking everything before the API is asked;
 - :mod:`~flowrig.deploy.image`: what a local image carries, read without running it;
-- :mod:`~flowrig.deploy.pools`: pool types, their base job templates, and each
-  deployment's job variables (pure);
+- :mod:`~flowrig.deploy.pools`: pool types and each deployment's job variables (pure);
+- :mod:`~flowrig.deploy.pool_templates`: the pool types' base job templates (pure);
 - :mod:`~flowrig.deploy.schedules`: ``--cron``, ``--interval``, ``--rrule`` as
   Prefect's schedules, comparable across deploys;
 - :mod:`~flowrig.deploy.spec`: the wanted deployment as data, and its parameter checks;
@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flowrig.deploy.command import DeployInputs, EcsInputs, deploy, describe_report
-    from flowrig.deploy.pools import POOL_TYPES, pool_template
+    from flowrig.deploy.pool_templates import pool_template
+    from flowrig.deploy.pools import POOL_TYPES
 
 __all__ = ["POOL_TYPES", "DeployInputs", "EcsInputs", "deploy", "describe_report", "pool_template"]
 
@@ -37,8 +38,12 @@ def __getattr__(name: str) -> Any:
         from flowrig.deploy import command
 
         return getattr(command, name)
-    if name in ("POOL_TYPES", "pool_template"):
+    if name == "POOL_TYPES":
         from flowrig.deploy import pools
 
-        return getattr(pools, name)
+        return pools.POOL_TYPES
+    if name == "pool_template":
+        from flowrig.deploy import pool_templates
+
+        return pool_templates.pool_template
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

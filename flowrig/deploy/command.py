@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from flowrig.deploy import pools, schedules
+from flowrig.deploy import pool_templates, pools, schedules
 from flowrig.deploy.image import ImageFacts, check_image_carries, inspect_image
 from flowrig.deploy.spec import DeploymentSpec, check_name, check_parameters
 from flowrig.errors import BadInput
@@ -237,7 +237,7 @@ def deploy(inputs: DeployInputs) -> dict[str, Any]:
     report: dict[str, Any] = {"image": ready.image.as_dict(), "work_pool": {"name": inputs.pool}}
     if inputs.write is not None and inputs.pool_type is not None:
         pool_type = pools.check_pool_type(inputs.pool_type)
-        spec = render_spec(inputs, ready, pool_type, pools.pool_template(pool_type))
+        spec = render_spec(inputs, ready, pool_type, pool_templates.pool_template(pool_type))
         return _write_yaml(inputs, ready, spec, report, pool_type)
     from prefect.client.orchestration import get_client
 

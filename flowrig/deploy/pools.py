@@ -1,5 +1,6 @@
-"""Work pool types a flowrig image runs on, their base job templates, and the job
-variables of a deployment on each (pure: data in, data out).
+"""Work pool types a flowrig image runs on, and the job variables of a deployment on
+each (pure: data in, data out); their base job templates are in
+:mod:`~flowrig.deploy.pool_templates`.
 
 Each pool type starts the image with its entry point, which runs the baked project as
 the worker's flow run (``prefect flow-run execute``, ``PREFECT__FLOW_RUN_ID`` set) on a
@@ -24,7 +25,7 @@ cluster of its own:
 
 Every deployment carries what its runs need in its own job variables, so it runs the
 same on a pool made from Prefect's default template (process, docker) and on one made
-from :func:`pool_template`; an ECS pool needs flowrig's template (its task definition
+from :func:`~flowrig.deploy.pool_templates.pool_template`; an ECS pool needs flowrig's template (its task definition
 has the runner's shape).
 """
 
@@ -34,7 +35,6 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from flowrig.backends.aws.ecs import defaults as ecs_defaults
 from flowrig.backends.docker.plans import PIDS_LIMIT, PREFECT_HOME, SCRATCH
 from flowrig.errors import BadInput
 
@@ -224,7 +224,7 @@ def job_variables(pool_type: str, inputs: JobInputs) -> dict[str, Any]:
             "env": {**RUNNER_ENV, **inputs.env},
             "auto_remove": True,
             "stream_output": True,
-            "container_create_kwargs": {key: _copy(value) for key, value in RUNNER_HARDENING.items()},
+            "container_create_kwargs": {key: copy_json(value) for key, value in RUNNER_HARDENING.items()},
         }
         if inputs.network == "host":
             variables["network_mode"] = "host"
@@ -234,11 +234,12 @@ def job_variables(pool_type: str, inputs: JobInputs) -> dict[str, Any]:
     return _ecs_variables(inputs)
 
 
-def _copy(value: Any) -> Any:
+def copy_json(value: Any) -> Any:
+    """A deep copy of JSON-like ``value`` (mappings and sequences as dicts and lists)."""
     if isinstance(value, Mapping):
-        return {k: _copy(v) for k, v in value.items()}
+        return {k: copy_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_copy(v) for v in value]
+        return [copy_json(v) for v in value]
     return value
 
 
@@ -260,197 +261,3 @@ def check_job_variables(pool_name: str, pool_type: str, variables: Mapping[str, 
             f"flowrig deploy --pool-template {pool_type} > {pool_type}.json && prefect work-pool update "
             f"{pool_name} --base-job-template {pool_type}.json"
         )
-
-
-# --- base job templates -----------------------------------------------------------------
-
-
-def _nullable(kind: str | dict[str, Any]) -> dict[str, Any]:
-    schema = {"type": kind} if isinstance(kind, str) else kind
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def _var(title: str, description: str, schema: dict[str, Any], default: Any = None, **extra: Any) -> dict[str, Any]:
-    prop = {"title": title, "description": description, **schema, **extra}
-    if default is not None or "anyOf" in schema:
-        prop["default"] = default
-    return prop
-
-
-_ENV = {"type": "object", "additionalProperties": _nullable("string")}
-_LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
-
-
-def _common(command_default: str | None, command_help: str, env_default: Mapping[str, str]) -> dict[str, Any]:
-    return {
-        "name": _var("Name", "Name given to infrastructure created by the worker.", _nullable("string")),
-        "env": _var("Environment Variables", "Environment variables of the runner.", _ENV,
-                    default=dict(env_default) or None),
-        "labels": _var("Labels", "Labels applied to infrastructure created by the worker.", _LABELS),
-        "command": _var("Command", command_help, _nullable("string"), default=command_default),
-    }
-
-
-def _process_template() -> dict[str, Any]:
-    variables = _common(
-        None,
-        "Set per deployment by flowrig deploy: docker run of the deployment's image (hardened, with the "
-        "flow run's variables passed through by name) running `prefect flow-run execute`, which the "
-        "image's entry point runs as the flow run on its own cluster.",
-        {},
-    )
-    variables["stream_output"] = _var("Stream Output", "Stream the runner's output to the worker's.",
-                                      {"type": "boolean"}, default=True)
-    variables["working_dir"] = _var("Working Directory", "Directory the command runs in (default: a temporary one).",
-                                    _nullable({"type": "string", "format": "path"}))
-    return {
-        "job_configuration": {key: "{{ " + key + " }}" for key in variables},
-        "variables": {"type": "object", "properties": variables},
-    }
-
-
-def _docker_template() -> dict[str, Any]:
-    variables = _common(
-        ENGINE_COMMAND,
-        "What the image runs: its entry point takes `prefect flow-run execute` as the flow run on its own cluster.",
-        RUNNER_ENV,
-    )
-    variables.update({
-        "image": _var("Image", "The flowrig image (flowrig build PROJECT --tag TAG); set per deployment.",
-                      {"type": "string"}),
-        "image_pull_policy": _var(
-            "Image Pull Policy", "When the worker pulls the image.",
-            _nullable({"type": "string", "enum": list(PULL_POLICIES) + ["IfPossible"]}), default=DEFAULT_PULL_POLICY,
-        ),
-        "networks": _var("Networks", "Docker networks the runner joins.",
-                         {"type": "array", "items": {"type": "string"}}),
-        "network_mode": _var("Network Mode", "host, bridge, ...; not with networks.", _nullable("string")),
-        "auto_remove": _var("Auto Remove", "Remove the runner container once it ended.", {"type": "boolean"},
-                            default=True),
-        "volumes": _var("Volumes", "Volumes mounted into the runner.", {"type": "array", "items": {"type": "string"}}),
-        "stream_output": _var("Stream Output", "Stream the runner's output to the worker's.", {"type": "boolean"},
-                              default=True),
-        "mem_limit": _var("Memory Limit", "Memory of the runner container, its cluster included on the local "
-                          "backend (e.g. 4g).", _nullable("string")),
-        "memswap_limit": _var("Memory Swap Limit", "Memory and swap of the runner container.", _nullable("string")),
-        "privileged": _var("Privileged", "Never needed by flowrig.", {"type": "boolean"}, default=False),
-        "container_create_kwargs": _var(
-            "Container Configuration", "Docker SDK options of the runner container: the docker backend's hardening.",
-            _nullable({"type": "object", "additionalProperties": True}), default=_copy(RUNNER_HARDENING),
-        ),
-    })
-    return {
-        "job_configuration": {key: "{{ " + key + " }}" for key in variables},
-        "variables": {"type": "object", "properties": variables},
-    }
-
-
-def _ecs_template_variables() -> dict[str, Any]:
-    """The ecs pool type's variables: the runner task's image, size, roles and network."""
-    variables = _common(
-        ENGINE_COMMAND,
-        "What the runner task runs: the image's entry point takes `prefect flow-run execute` as the flow run.",
-        {},
-    )
-    string = _nullable("string")
-    variables.update({
-        "task_definition_arn": _var("Task Definition ARN", "A registered runner task definition to use instead.",
-                                    string),
-        "cluster": _var("Cluster", "ECS cluster the runner task starts in (default: the account's default).", string),
-        "family": _var("Family", "Family of the runner task definition (flowrig-NAME-runner).", string),
-        "launch_type": _var("Launch Type", "How the runner task runs.",
-                            {"type": "string", "enum": list(ECS_LAUNCH_TYPES)},
-                            default="FARGATE"),
-        "image": _var("Image", "The flowrig image; set per deployment.", string),
-        "cpu": _var("CPU", "CPU units of the runner task (1024 = 1 vCPU).", _nullable("integer"),
-                    default=ecs_defaults.RUNNER_CPU),
-        "memory": _var("Memory", "Memory of the runner task (MiB).", _nullable("integer"),
-                       default=ecs_defaults.RUNNER_MEMORY),
-        "container_name": _var("Container Name", "The runner's container.", string,
-                               default=ecs_defaults.RUNNER_CONTAINER),
-        "cpu_architecture": _var("CPU Architecture", "X86_64 or ARM64, as the image was built.",
-                                 {"type": "string", "enum": ["X86_64", "ARM64"]},
-                                 default=ecs_defaults.CPU_ARCHITECTURE),
-        "log_configuration": _var("Log Configuration", "The runner container's logConfiguration (awslogs).",
-                                  _nullable({"type": "object", "additionalProperties": True})),
-        "secrets": _var("Secrets", "The runner container's secrets: {name, valueFrom} (Secrets Manager or SSM).",
-                        {"type": "array", "items": {"type": "object", "additionalProperties": {"type": "string"}}}),
-        "prefect_api_key_secret_arn": _var("Prefect API Key Secret ARN",
-                                           "A secret holding PREFECT_API_KEY, instead of a plain variable.", string),
-        "prefect_api_auth_string_secret_arn": _var(
-            "Prefect API Auth String Secret ARN", "A secret holding PREFECT_API_AUTH_STRING.", string),
-        "task_role_arn": _var("Task Role ARN", "The runner's role: for an ecs/fargate project one holding "
-                              "`flowrig ecs iam-policy`.", string),
-        "execution_role_arn": _var("Execution Role ARN", "Pulls the image and writes the logs.", string),
-        "vpc_id": _var("VPC ID", "VPC of the runner task (default: the default VPC).", string),
-        "network_configuration": _var(
-            "Network Configuration", "awsvpcConfiguration of the runner task: subnets, securityGroups, assignPublicIp.",
-            {"type": "object", "additionalProperties": True},
-        ),
-        "auto_deregister_task_definition": _var("Auto Deregister Task Definition",
-                                                "Deregister the task definition after the run.", {"type": "boolean"},
-                                                default=False),
-        "match_latest_revision_in_family": _var(
-            "Match Latest Revision In Family", "Reuse the family's latest revision when it is the same.",
-            {"type": "boolean"}, default=True),
-    })
-    return variables
-
-
-def _ecs_template() -> dict[str, Any]:
-    task_definition = {
-        "family": "{{ family }}",
-        "cpu": "{{ cpu }}",
-        "memory": "{{ memory }}",
-        "executionRoleArn": "{{ execution_role_arn }}",
-        "taskRoleArn": "{{ task_role_arn }}",
-        "networkMode": "awsvpc",
-        "requiresCompatibilities": ["FARGATE"],
-        "runtimePlatform": {"cpuArchitecture": "{{ cpu_architecture }}", "operatingSystemFamily": "LINUX"},
-        "containerDefinitions": [{
-            "name": "{{ container_name }}",
-            "image": "{{ image }}",
-            "essential": True,
-            # The task's only container gets all of it (EC2 launch types need these set).
-            "cpu": "{{ cpu }}",
-            "memory": "{{ memory }}",
-            # ECS runs a small init as PID 1: it reaps and forwards signals even when a
-            # user swaps the image's entry point.
-            "linuxParameters": {"initProcessEnabled": True},
-            "logConfiguration": "{{ log_configuration }}",
-            "secrets": "{{ secrets }}",
-        }],
-    }
-    task_run_request = {
-        "launchType": "{{ launch_type }}",
-        "cluster": "{{ cluster }}",
-        "overrides": {
-            "containerOverrides": [{
-                "name": "{{ container_name }}",
-                "command": "{{ command }}",
-                "environment": "{{ env }}",
-                "cpu": "{{ cpu }}",
-                "memory": "{{ memory }}",
-            }],
-            "cpu": "{{ cpu }}",
-            "memory": "{{ memory }}",
-            "taskRoleArn": "{{ task_role_arn }}",
-        },
-        "tags": "{{ labels }}",
-        "taskDefinition": "{{ task_definition_arn }}",
-    }
-    passed = ("command", "env", "labels", "name", "network_configuration", "vpc_id", "container_name", "cluster",
-              "auto_deregister_task_definition", "match_latest_revision_in_family", "prefect_api_key_secret_arn",
-              "prefect_api_auth_string_secret_arn", "execution_role_arn")
-    job_configuration: dict[str, Any] = {key: "{{ " + key + " }}" for key in passed}
-    job_configuration["task_definition"] = task_definition
-    job_configuration["task_run_request"] = task_run_request
-    variables = _ecs_template_variables()
-    return {"job_configuration": job_configuration, "variables": {"type": "object", "properties": variables}}
-
-
-def pool_template(pool_type: str) -> dict[str, Any]:
-    """A base job template for a work pool of ``pool_type`` with flowrig's defaults,
-    for ``prefect work-pool create NAME --type TYPE --base-job-template FILE``."""
-    renderers = {"process": _process_template, "docker": _docker_template, "ecs": _ecs_template}
-    return renderers[check_pool_type(pool_type)]()

@@ -15,7 +15,9 @@ an upgrade of one of those projects, run that file first (CONTRIBUTING.md says h
 - :mod:`~flowrig.internals.spec_cluster`: a cluster's start given up from another thread;
 - :mod:`~flowrig.internals.prefect_prints`: the log records of ``log_prints`` told apart;
 - :mod:`~flowrig.internals.dask_events`: the scheduler's events of nannies that ended
-  their worker for memory.
+  their worker for memory;
+- :mod:`~flowrig.internals.task_runner`: prefect-dask's task runner with per-run, not
+  per-task, overhead, and its worker side (:mod:`~flowrig.internals.task_worker`).
 
 May import: the standard library and the projects it fences; nothing of flowrig.
 """

@@ -16,30 +16,11 @@ Runner side
       ``Client.map``, and its futures fetch finished states in batches.
 
 Worker side
-    * per worker process and run: one Prefect client per thread (made inside the run's
-      settings), one entered task runner, the validated flow-run context; each task
-      gets fresh context objects around them and runs through Prefect's own
-      ``run_task_sync``/``run_task_async``, so states, retries, ``wait_for``, caching,
-      hooks, logs and events are Prefect's;
-    * a task that submits tasks does so through that task runner, connected to the
-      worker's own scheduler, and leaves the worker's thread pool (Dask's ``secede``)
-      so that what it waits for gets a thread; its submissions share one payload per
-      worker process, forgotten with the run's own when the runner exits, which
-      never waits on a worker from a worker;
-    * a task that raises ``KeyboardInterrupt`` or ``SystemExit`` is Crashed, and its
-      worker lives on;
-    * ``events="drop"`` (the run's embedded API, which records none) replaces the
-      events client of the worker process with Prefect's ``NullEventsClient``;
-      ``"send"`` (a user's own server) keeps them;
-    * each task's final state is reported to the runner as a Dask worker event (the
-      progress display and the timeline), and the progress's ``task_logs`` (when it has
-      them) are installed on each worker for as long as it keeps the run: its tasks'
-      log lines go to the runner the same way;
-    * with ``"send"``, at the run's end every worker sends what Prefect's log and event
-      services still hold (a worker process ends with its cluster without running
-      Prefect's exit handlers, and its last batch of task-run lines would be lost).
+    :mod:`flowrig.internals.task_worker`: what a worker keeps of a run, and the call
+    that runs one task there.
 
-Fenced here (each checked by tests/e2e/local/test_internals.py on the locked versions):
+Fenced here and in :mod:`~flowrig.internals.task_worker` (items 5-8), each checked by
+tests/e2e/local/test_internals.py on the locked versions:
 
 1. ``DaskTaskRunner._optimize_futures``, ``._client``, ``._started``, ``duplicate()``
    rebuilding the runner from its constructor arguments, ``client`` made on first use
@@ -51,27 +32,23 @@ Fenced here (each checked by tests/e2e/local/test_internals.py on the locked ver
    once per item, in order, and only collecting what it returns;
 4. the private context variables ``prefect.context._deployment_id`` and
    ``_deployment_parameters``, and the keys ``serialize_context`` ships;
-5. ``SyncClientContext``'s only field being ``client`` (a context around an open client
-   is entered without making one);
-6. every field of ``FlowRunContext`` that ``serialize()`` leaves out having a default;
-7. ``hydrated_context(None)`` rebuilding the run-context models (a fresh worker needs it);
-8. ``EventsWorker.set_client_override`` replacing a process's events client;
+5. to 8. the worker side's, listed in :mod:`~flowrig.internals.task_worker`: ``SyncClientContext``,
+   ``FlowRunContext``'s defaults, ``hydrated_context(None)``, ``EventsWorker.set_client_override``;
 9. the flow (and so its task runner) travelling in every task's context: the runner
    pickles without its run state.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import threading
 import uuid
 from collections import OrderedDict
-from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable
 
 from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
+
+from flowrig.internals import task_worker
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -275,7 +252,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
                 "progress": (self.progress.topic, self.progress.report) if self.progress else None,
                 "task_logs": getattr(self.progress, "task_logs", None),
             }
-            future = self.client.submit(_payload, payload, key=f"flowrig-run-{token}", pure=False)
+            future = self.client.submit(task_worker.payload, payload, key=f"flowrig-run-{token}", pure=False)
             self._run_ident, self._run_token, self._run_future = ident, token, future
             # Their ids are the cache key: held, so that no other object takes them.
             self._pinned = (flow_run, settings_object, deployment_parameters)
@@ -290,7 +267,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
                 self._task_futures.move_to_end(id(task))
                 return hit[1]
             future = self.client.submit(
-                _payload, task, key=f"flowrig-task-{token}-{uuid.uuid4().hex[:12]}", pure=False
+                task_worker.payload, task, key=f"flowrig-task-{token}-{uuid.uuid4().hex[:12]}", pure=False
             )
             self._task_futures[id(task)] = (task, future)
             while len(self._task_futures) > self._TASK_CACHE_SIZE:
@@ -368,7 +345,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
             collected = _Collected(parameters, wait_for, dependencies)
             self._collecting.append(collected)
             return collected
-        _leave_thread_pool()
+        task_worker.leave_thread_pool()
         self._subscribe()
         token, run = self._run_payload()
         task_future = self._task_payload(task, token)
@@ -376,7 +353,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
             task, parameters, wait_for, dependencies, {}, self._needs_asset_context(task)
         )
         future = self.client.submit(
-            _run_task_remote, task_run_id, params, waits, inputs, extra,
+            task_worker.run_task, task_run_id, params, waits, inputs, extra,
             run=run, task=task_future, key=self._key(task, task_run_id), pure=False,
         )
         future.task_run_id = task_run_id
@@ -398,7 +375,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         futures = _batched_future_list()()
         if not collected:
             return futures
-        _leave_thread_pool()
+        task_worker.leave_thread_pool()
         self._subscribe()
         token, run = self._run_payload()
         task_future = self._task_payload(task, token)
@@ -410,7 +387,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         del memo
         task_run_ids, params, waits, inputs, extras = (list(column) for column in zip(*prepared))
         wrapped = self.client.map(
-            _run_task_remote, task_run_ids, params, waits, inputs, extras,
+            task_worker.run_task, task_run_ids, params, waits, inputs, extras,
             run=run, task=task_future, key=[self._key(task, t) for t in task_run_ids], pure=False,
         )
         for task_run_id, future in zip(task_run_ids, wrapped):
@@ -439,7 +416,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
                 # their log service's batch, which a worker process ending with its
                 # cluster would never send (a multiprocessing child runs no exit handlers).
                 try:
-                    self._client.run(_send_reporting, on_error="ignore")
+                    self._client.run(task_worker.send_reporting, on_error="ignore")
                 except Exception:
                     pass
             _forget_everywhere(self._client, tokens, self.FORGET_TIMEOUT)
@@ -455,323 +432,10 @@ def _forget_everywhere(client: Any, tokens: list[str], timeout: float) -> None:
 
     def ask() -> None:
         try:
-            client.run(_forget_runs_async, tokens, wait=False)
+            client.run(task_worker.forget_runs, tokens, wait=False)
         except Exception:
             pass
 
     asking = threading.Thread(target=ask, name="flowrig-forget-runs", daemon=True)
     asking.start()
     asking.join(timeout)
-
-
-def _payload(value: Any) -> Any:
-    """An identity task: its result, kept once on each worker that needs it, is ``value``."""
-    return value
-
-
-# --- worker side -----------------------------------------------------------------------------
-
-
-#: Per worker thread: ``False`` while a task runs there, ``True`` once it left the
-#: worker's thread pool, ``None`` outside tasks.
-_IN_TASK = threading.local()
-
-
-def _leave_thread_pool() -> None:
-    """Called when a task submits tasks: it leaves the worker's thread pool (Dask's
-    ``secede``) before it can wait on them.
-
-    Otherwise tasks that each submit tasks and wait for them can fill every thread of
-    every worker, and what they wait for never gets a thread to run on. The task goes on
-    in its thread; it just no longer counts against the worker's threads.
-    """
-    if getattr(_IN_TASK, "seceded", None) is False:
-        from distributed import secede
-
-        secede()
-        _IN_TASK.seceded = True
-
-
-_SHARED_CONTEXT: type | None = None
-
-
-def _shared_client_context(client: Any) -> Any:
-    """A ``SyncClientContext`` around an open client: entering it only sets the variable."""
-    global _SHARED_CONTEXT
-    if _SHARED_CONTEXT is None:
-        from prefect.context import ContextModel, SyncClientContext
-
-        class SharedSyncClientContext(SyncClientContext):
-            def __init__(self, client: Any) -> None:
-                ContextModel.__init__(self, client=client)
-
-            def __enter__(self) -> Any:
-                return ContextModel.__enter__(self)
-
-            def __exit__(self, *exc_info: Any) -> None:
-                return ContextModel.__exit__(self, *exc_info)
-
-        _SHARED_CONTEXT = SharedSyncClientContext
-    return _SHARED_CONTEXT(client)
-
-
-class _RunState:
-    """What one worker process keeps of one run."""
-
-    __slots__ = ("token", "root", "profile", "settings", "clients", "clients_lock", "task_runner",
-                 "flow_run_fields", "rest", "progress", "undo_task_logs", "drops_events")
-
-    def close(self) -> None:
-        if self.drops_events:
-            _keep_events(self.token)
-        if self.undo_task_logs is not None:
-            try:
-                self.undo_task_logs()
-            except Exception:
-                pass
-        try:
-            if self.task_runner is not None:
-                self.task_runner.__exit__(None, None, None)
-        except Exception:
-            pass
-        for client in list(self.clients.values()):
-            try:
-                client.__exit__(None, None, None)
-            except Exception:
-                pass
-
-
-#: Seconds a worker waits for its Prefect log and event services to send what they hold
-#: at the end of a run.
-WORKER_DRAIN_TIMEOUT = 5.0
-
-#: Prefect clients and run states made in this worker process (for tests).
-STATS = {"builds": 0, "clients": 0}
-_RUNS: OrderedDict[str, _RunState] = OrderedDict()
-_RUNS_LOCK = threading.Lock()
-_MAX_RUNS = 8
-
-
-def _client_for(state: _RunState) -> Any:
-    """This thread's open client of the run (httpx clients are not shared by threads);
-    call it with the run's settings in force."""
-    thread = threading.get_ident()
-    client = state.clients.get(thread)
-    if client is not None:
-        return client
-    from prefect.client.orchestration import get_client
-    from prefect.settings import get_current_settings
-
-    with state.clients_lock:
-        client = get_client(sync_client=True)
-        client.__enter__()
-        if get_current_settings().client.server_version_check_enabled:
-            client.raise_for_api_version_mismatch_once()
-        state.clients[thread] = client
-        STATS["clients"] += 1
-    return client
-
-
-def local_ca_settings(settings: Any) -> Any:
-    """``settings`` with a CA file this machine has, when the runner's is not here.
-
-    The runner names the run's CA file for its API clients, at a path of its own
-    machine. A worker on another machine (a cloud VM's container) has the same CA at
-    the run's delivered path (``FLOWRIG_TLS_DIR``) or the image's baked one: that file
-    is used instead. A file that exists here is kept.
-    """
-    from flowrig import layout
-
-    path = settings.api.ssl_cert_file if settings is not None else None
-    if not path or os.path.isfile(path):
-        return settings
-    for directory in (os.environ.get(layout.TLS_DIR_ENV), layout.IMAGE_TLS_DIR if layout.in_image() else None):
-        candidate = os.path.join(str(directory), layout.CA_CERT) if directory else ""
-        if candidate and os.path.isfile(candidate):
-            from prefect.settings import PREFECT_API_SSL_CERT_FILE
-
-            return settings.copy_with_update(updates={PREFECT_API_SSL_CERT_FILE: candidate})
-    return settings
-
-
-def _build_run_state(payload: dict[str, Any]) -> _RunState:
-    import prefect
-    from prefect.context import FlowRunContext, SettingsContext, hydrated_context
-    from prefect.logging.configuration import ensure_logging_setup
-
-    if payload.get("prefect_version") != prefect.__version__:
-        raise RuntimeError(
-            f"the runner has Prefect {payload.get('prefect_version')} and this worker {prefect.__version__}: "
-            "run both from the same image or environment"
-        )
-    ensure_logging_setup()
-    with hydrated_context(None):  # Prefect's own model_rebuild() of the run contexts
-        pass
-    state = _RunState()
-    state.token = payload["token"]
-    state.drops_events = False
-    state.root = payload.get("root") or state.token
-    state.profile, state.settings = payload["settings"] or (None, None)
-    state.settings = local_ca_settings(state.settings)
-    state.progress = payload.get("progress")
-    state.clients, state.clients_lock = {}, threading.Lock()
-    state.task_runner, state.flow_run_fields = None, None
-    with ExitStack() as stack:
-        if state.settings is not None:
-            stack.enter_context(SettingsContext(profile=state.profile, settings=state.settings))
-        state.drops_events = payload["events"] == "drop"
-        if state.drops_events:
-            _drop_events(state.token)
-        client = _client_for(state)
-        flow_run = payload["flow_run_context"]
-        if flow_run:
-            runner = flow_run["flow"].task_runner.duplicate()
-            if isinstance(runner, FlowrigTaskRunner):
-                runner._root = state.root
-            state.task_runner = runner.__enter__()
-            base = FlowRunContext(**flow_run, client=client, task_runner=state.task_runner, detached=True)
-            # Validated once (FlowRun, ResultStore... as models), the keys as shipped.
-            state.flow_run_fields = {key: getattr(base, key) for key in flow_run}
-    state.rest = {k: payload[k] for k in ("deployment_id", "deployment_parameters") if payload.get(k)}
-    state.undo_task_logs = None
-    if payload.get("task_logs") is not None:
-        flow_run = (state.flow_run_fields or {}).get("flow_run")
-        try:
-            state.undo_task_logs = payload["task_logs"].install(getattr(flow_run, "id", None))
-        except Exception:  # lines for a person never fail a task
-            pass
-    STATS["builds"] += 1
-    return state
-
-
-def _run_state_for(payload: dict[str, Any]) -> _RunState:
-    token = payload["token"]
-    state = _RUNS.get(token)
-    if state is not None:
-        return state
-    evicted: list[_RunState] = []
-    with _RUNS_LOCK:
-        state = _RUNS.get(token)
-        if state is None:
-            state = _RUNS[token] = _build_run_state(payload)
-            while len(_RUNS) > _MAX_RUNS:
-                evicted.append(_RUNS.popitem(last=False)[1])
-    _close_later(evicted)
-    return state
-
-
-#: Runs of this worker process whose task events are dropped, and the lock over them.
-_DROPPING: set[str] = set()
-_DROPPING_LOCK = threading.Lock()
-
-
-def _drop_events(token: str) -> None:
-    """Give the process's events service Prefect's ``NullEventsClient`` while run
-    ``token`` lasts. The override is the process's: a worker thread in a user's own
-    process (a cluster of threads) must get its events back once the run is gone."""
-    from prefect.events.clients import NullEventsClient
-    from prefect.events.worker import EventsWorker
-
-    with _DROPPING_LOCK:
-        if not _DROPPING:
-            EventsWorker.set_client_override(NullEventsClient)
-        _DROPPING.add(token)
-
-
-def _keep_events(token: str) -> None:
-    """Run ``token`` is gone: the last dropping run gone, events are sent again."""
-    from prefect.events.worker import EventsWorker
-
-    with _DROPPING_LOCK:
-        if token not in _DROPPING:
-            return
-        _DROPPING.discard(token)
-        if not _DROPPING:
-            EventsWorker.set_client_override(None)
-
-
-def _close_later(states: list[_RunState]) -> None:
-    """Close run states in a thread of their own: closing waits on clients, which a
-    task's thread or the worker's event loop must not do."""
-    if states:
-        threading.Thread(
-            target=lambda: [state.close() for state in states], name="flowrig-close-runs", daemon=True
-        ).start()
-
-
-def _forget_runs(tokens: Iterable[str]) -> list[_RunState]:
-    """Drop the runs ``tokens`` and the runs nested in them; returns them, to be closed."""
-    wanted = set(tokens)
-    with _RUNS_LOCK:
-        gone = [token for token, state in _RUNS.items() if token in wanted or state.root in wanted]
-        return [_RUNS.pop(token) for token in gone]
-
-
-async def _forget_runs_async(tokens: Iterable[str]) -> None:
-    # On the worker's event loop (Client.run): it must return at once.
-    _close_later(_forget_runs(tokens))
-
-
-def _send_reporting() -> None:
-    """Send what Prefect's log and event services of this worker process hold (on the
-    worker, at the end of a run that reports to a server of the user's)."""
-    from flowrig.internals.prefect_engine import drain_reporting
-
-    drain_reporting(timeout=WORKER_DRAIN_TIMEOUT)
-
-
-def _report(state: _RunState, task: Any, task_run_id: uuid.UUID, final: Any) -> None:
-    """Send a task's final state to the runner (never fails the task)."""
-    if state.progress is None:
-        return
-    topic, report = state.progress
-    try:
-        from distributed import get_worker
-
-        get_worker().log_event(topic, report(task, task_run_id, final))
-    except Exception:  # counting is for people; the task's outcome is what matters
-        pass
-
-
-def _run_task_remote(task_run_id: Any, parameters: Any, wait_for: Any, dependencies: Any, extra: Any, *,
-                     run: dict[str, Any], task: Any) -> Any:
-    from prefect.context import FlowRunContext, SettingsContext, hydrated_context
-    from prefect.task_engine import run_task_async, run_task_sync
-
-    state = _run_state_for(run)
-    _IN_TASK.seceded = False
-    with ExitStack() as stack:
-        stack.callback(setattr, _IN_TASK, "seceded", None)
-        if state.settings is not None:
-            stack.enter_context(SettingsContext(profile=state.profile, settings=state.settings))
-        client = _client_for(state)
-        if state.flow_run_fields is not None:
-            # A fresh context object per task (fresh results and keys), from values
-            # validated once: what hydrated_context builds, minus the per-task client,
-            # task runner and validation.
-            stack.enter_context(
-                FlowRunContext(**state.flow_run_fields, client=client, task_runner=state.task_runner, detached=True)
-            )
-        rest = dict(state.rest, **extra) if extra else state.rest
-        if rest:
-            stack.enter_context(hydrated_context(rest, client=client))  # task run, tags, assets
-        stack.enter_context(_shared_client_context(client))
-        kwargs = dict(
-            task=task, task_run_id=task_run_id, parameters=parameters, wait_for=wait_for,
-            return_type="state", dependencies=dependencies, context=None,
-        )
-        try:
-            final = asyncio.run(run_task_async(**kwargs)) if task.isasync else run_task_sync(**kwargs)
-        except Exception:
-            raise
-        except BaseException as exc:
-            # The task raised KeyboardInterrupt or SystemExit itself (no signal reaches a
-            # worker's task thread). Prefect has reported it Crashed and re-raised it:
-            # out of here it would stop the worker's event loop, and with it the worker
-            # (every in-process worker, on a thread-pool cluster) and the future would
-            # never finish. The task's future gets the crash as its state instead.
-            from prefect.states import exception_to_crashed_state
-
-            final = asyncio.run(exception_to_crashed_state(exc))
-    _report(state, task, task_run_id, final)
-    return final

@@ -23,12 +23,15 @@ ran (its cluster did not start, it was stopped) leaves its flow run Crashed (Fai
 bad input), with the reason as its message.
 
 Sending is batched and bounded: at most one log request per :data:`FLUSH_INTERVAL`, and
-per interval at most :data:`PER_KIND` lines and events of one kind, the rest of that kind
-told as one line and one event that counts them (a burst of 500 workers joining is two
-requests, not 500). It all happens on a thread of its own, and a server that does not
-answer costs the run's teardown at most :data:`CLOSE_TIMEOUT` seconds; nothing here
-ever fails a run. The run's own embedded API gets none of it (it would be deleted
-unread): :data:`NO_REPORTER` does nothing.
+per interval at most :data:`~flowrig.run.reporter_lines.PER_KIND` lines and events of
+one kind, the rest of that kind told as one line and one event that counts them (a
+burst of 500 workers joining is two requests, not 500). It all happens on a thread of
+its own, and a server that does not answer costs the run's teardown at most
+:data:`CLOSE_TIMEOUT` seconds; nothing here ever fails a run. The run's own embedded
+API gets none of it (it would be deleted unread): :data:`NO_REPORTER` does nothing.
+
+The lines, their batches and the artifact are made in :mod:`~flowrig.run.reporter_lines`
+(pure); the Prefect calls are :class:`~flowrig.run.reporter_sink.PrefectSink`'s.
 """
 
 from __future__ import annotations
@@ -36,15 +39,14 @@ from __future__ import annotations
 import contextvars
 import datetime
 import logging
-import re
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from flowrig.errors import BadInput, InfrastructureError, one_line
-from flowrig.run.timings import TIMELINE
+from flowrig.run.reporter_lines import Size, Told, artifact_key, batch, render_artifact
+from flowrig.run.reporter_sink import PrefectSink
 
 if TYPE_CHECKING:
     from flowrig.backends.watch import ClusterNews
@@ -53,10 +55,6 @@ logger = logging.getLogger("flowrig.reporter")
 
 #: Seconds between two sends.
 FLUSH_INTERVAL = 1.0
-#: Lines (and events) of one kind sent one by one per interval; the rest are counted.
-PER_KIND = 10
-#: Names a summary line lists at most.
-SUMMARY_NAMES = 20
 #: Lines kept unsent at most (a server that does not keep up); the rest are counted.
 MAX_PENDING = 5000
 #: Seconds the run's teardown waits for the last sends.
@@ -65,112 +63,6 @@ CLOSE_TIMEOUT = 15.0
 CREATE_TIMEOUT = 60.0
 #: The logger name the lines carry in Prefect's UI.
 LOGGER_NAME = "flowrig"
-#: Rows of the cluster's size over time, at most (the rest are merged by second).
-SIZE_ROWS = 100
-
-#: Event of each kind of line: ``flowrig.`` and the kind.
-KINDS = (
-    "cluster.asked", "cluster.started", "cluster.start-failed",
-    "worker.started", "worker.joined", "worker.lost", "worker.replaced", "worker.retired",
-)
-_LEVELS = {"cluster.start-failed": logging.ERROR, "worker.lost": logging.WARNING}
-#: What a summary line says of the items of each kind it counts.
-_SUMMARY = {
-    "worker.started": "more workers started", "worker.joined": "more workers joined",
-    "worker.lost": "more workers lost", "worker.replaced": "more workers replaced",
-    "worker.retired": "more workers retired",
-}
-
-
-@dataclass(frozen=True)
-class Told:
-    """One line of the run's Dask side, and its event."""
-
-    kind: str
-    message: str
-    at: float
-    worker: str | None = None
-    payload: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def level(self) -> int:
-        return _LEVELS.get(self.kind, logging.INFO)
-
-
-@dataclass(frozen=True)
-class Size:
-    """The cluster's size after one change."""
-
-    at: float
-    joined: int
-    change: str
-
-
-class PrefectSink:
-    """The Prefect client calls a reporter makes, all from its one thread.
-
-    Only public APIs: ``SyncPrefectClient.create_flow_run``, ``read_flow_run``,
-    ``create_logs``, ``create_artifact``, ``set_flow_run_state`` and
-    ``prefect.events.emit_event``.
-    """
-
-    def __init__(self) -> None:
-        self._client: Any = None
-        self._emitted = False
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from prefect.client.orchestration import get_client
-
-            client = get_client(sync_client=True)
-            client.__enter__()
-            self._client = client
-        return self._client
-
-    def create_flow_run(self, flow: Any, parameters: Mapping[str, Any], tags: Iterable[str]) -> Any:
-        """What Prefect's engine does when a flow is called, done ahead of the call."""
-        from prefect.states import Pending
-
-        return self.client.create_flow_run(
-            flow=flow, parameters=flow.serialize_parameters(dict(parameters)), state=Pending(), tags=list(tags),
-        )
-
-    def read_flow_run(self, flow_run_id: str) -> Any:
-        return self.client.read_flow_run(flow_run_id)
-
-    def send_logs(self, logs: list[Any]) -> None:
-        from prefect.settings import get_current_settings
-
-        if get_current_settings().logging.to_api.enabled:  # PREFECT_LOGGING_TO_API_ENABLED
-            self.client.create_logs(logs)
-
-    def send_events(self, events: list[dict[str, Any]]) -> None:
-        from prefect.events import emit_event
-
-        self._emitted = self._emitted or bool(events)
-        for event in events:
-            emit_event(**event)
-
-    def create_artifact(self, artifact: Any) -> None:
-        self._emitted = True  # Prefect emits an event of its creation
-        self.client.create_artifact(artifact)
-
-    def end_flow_run(self, flow_run_id: Any, crashed: bool, message: str) -> None:
-        """Put a flow run that never ran in its final state."""
-        from prefect.states import Crashed, Failed
-
-        state = Crashed(message=message) if crashed else Failed(message=message)
-        self.client.set_flow_run_state(flow_run_id, state=state)
-
-    def close(self) -> None:
-        from flowrig.internals.prefect_engine import send_events
-
-        if self._emitted:
-            send_events()  # those emitted since the flow's own were drained, the artifact's among them
-        if self._client is not None:
-            client, self._client = self._client, None
-            client.__exit__(None, None, None)
 
 
 class RunReporter:
@@ -422,64 +314,6 @@ def _failure_text(failure: BaseException) -> str:
     if isinstance(failure, KeyboardInterrupt):
         return "interrupted"
     return one_line(failure)
-
-
-def batch(pending: list[Told], dropped: Mapping[str, int] | None = None) -> list[Told]:
-    """The lines one send carries: per kind, the first :data:`PER_KIND` as they are, the
-    rest (and those ``dropped`` unkept) as one line that counts them."""
-    by_kind: dict[str, list[Told]] = {}
-    for told in pending:
-        by_kind.setdefault(told.kind, []).append(told)
-    lines: list[Told] = []
-    for kind in sorted(set(by_kind) | set(dropped or {}), key=lambda k: KINDS.index(k) if k in KINDS else 99):
-        items = by_kind.get(kind, [])
-        lines.extend(items[:PER_KIND])
-        rest = items[PER_KIND:]
-        unkept = (dropped or {}).get(kind, 0)
-        if rest or unkept:
-            count = len(rest) + unkept
-            names = [t.worker for t in rest if t.worker is not None]
-            shown = ", ".join(names[:SUMMARY_NAMES]) + (", ..." if len(names) > SUMMARY_NAMES else "")
-            what = _SUMMARY.get(kind, f"more {kind} lines")
-            message = f"... and {count} {what}" + (f": {shown}" if shown else "")
-            last = rest[-1].at if rest else time.time()
-            lines.append(Told(kind, message, last, None, {"count": count, "workers": names[:200]}))
-    return lines
-
-
-def artifact_key(flow_name: str) -> str:
-    """The artifact's key: one per flow, so that its runs' artifacts line up in the UI."""
-    slug = re.sub(r"[^a-z0-9]+", "-", flow_name.lower()).strip("-") or "flow"
-    return f"flowrig-{slug}"[:100]
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def render_artifact(run_id: str, backend: str, timeline: Mapping[str, float | None], sizes: list[Size],
-                    since: float) -> str:
-    """The artifact's markdown: the timeline's marks, then the cluster's size over time."""
-    rows = [f"## flowrig run {run_id} on {backend}", "", "### Start-up timeline", "",
-            "| mark | seconds since the run started |", "|---|---:|"]
-    rows += [f"| {label} | {_seconds(timeline.get(key))} |" for key, label in TIMELINE]
-    rows += ["", "### Workers joined over time", ""]
-    if not sizes:
-        rows.append("No worker news: this backend's cluster is not watched, or no worker joined.")
-        return "\n".join(rows) + "\n"
-    rows += ["| seconds since the run started | workers joined | what changed |", "|---:|---:|---|"]
-    entries = [(s.at - since, s.joined, s.change.replace("|", "\\|")) for s in sizes]
-    if len(entries) > SIZE_ROWS:
-        merged: dict[int, tuple[float, int, list[str]]] = {}
-        for at, joined, change in entries:
-            second = int(at)
-            _, _, changes = merged.get(second, (at, joined, []))
-            merged[second] = (at, joined, changes + [change])
-        entries = [(at, joined, f"{len(changes)} changes, the last: {changes[-1]}" if len(changes) > 1 else changes[0])
-                   for at, joined, changes in merged.values()]
-        entries = entries[:SIZE_ROWS - 1] + ([entries[-1]] if len(entries) >= SIZE_ROWS else [])
-    rows += [f"| {at:.2f} | {joined} | {change} |" for at, joined, change in entries]
-    return "\n".join(rows) + "\n"
 
 
 def for_run(*, flow: Any, parameters: Mapping[str, Any], run_id: str, backend: str, since: float,

@@ -12,7 +12,7 @@ import shlex
 import jsonschema
 import pytest
 
-from flowrig.deploy import pools
+from flowrig.deploy import pool_templates, pools
 from flowrig.errors import BadInput
 from tests.run_support import invoke
 
@@ -65,7 +65,7 @@ def job_inputs(pool_type: str) -> pools.JobInputs:
 
 @pytest.mark.parametrize("pool_type", pools.POOL_TYPES)
 def test_templates_fit_the_installed_workers(pool_type):
-    template = pools.pool_template(pool_type)
+    template = pool_templates.pool_template(pool_type)
     worker = _worker(pool_type)
     stock = worker.get_default_base_job_template()
     fields = set(worker.job_configuration.model_fields)
@@ -93,7 +93,7 @@ def test_deployments_run_the_same_on_a_stock_pool(pool_type):
     stock = _worker(pool_type).get_default_base_job_template()
     variables = pools.job_variables(pool_type, job_inputs(pool_type))
     pools.check_job_variables("stock", pool_type, variables, stock)
-    ours = _configuration(pool_type, pools.pool_template(pool_type), variables)
+    ours = _configuration(pool_type, pool_templates.pool_template(pool_type), variables)
     theirs = _configuration(pool_type, stock, variables)
     assert ours.model_dump() == theirs.model_dump()
 
@@ -131,7 +131,7 @@ def test_the_process_command_starts_the_image_hardened_with_names_only():
 
 def test_the_docker_job_runs_the_entry_point_hardened():
     variables = pools.job_variables("docker", pools.JobInputs(image=IMAGE, network="host"))
-    configuration = _configuration("docker", pools.pool_template("docker"), variables)
+    configuration = _configuration("docker", pool_templates.pool_template("docker"), variables)
     assert configuration.image == IMAGE and configuration.command == "prefect flow-run execute"
     assert configuration.image_pull_policy == "IfNotPresent" and configuration.network_mode == "host"
     assert configuration.container_create_kwargs == {
@@ -155,6 +155,6 @@ def test_bad_pool_inputs(bad, words):
 def test_pool_template_is_printed_as_json_for_prefect():
     done = invoke("deploy", "--pool-template", "ecs")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == pools.pool_template("ecs")
+    assert json.loads(done.stdout) == pool_templates.pool_template("ecs")
     bad = invoke("deploy", "--pool-template", "k8s")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -7,20 +7,20 @@ from __future__ import annotations
 import os
 
 from flowrig.backends.watch import exit_text
-from flowrig.run import reporter as reporting
+from flowrig.run import reporter_lines
 
 # --- pure parts -----------------------------------------------------------------------------------
 
 
 def test_a_send_carries_ten_lines_of_a_kind_and_counts_the_rest():
-    told = [reporting.Told("worker.joined", f"worker {i} joined", float(i), str(i)) for i in range(25)]
-    told.append(reporting.Told("cluster.started", "up", 0.0))
-    lines = reporting.batch(told, {"worker.lost": 3})
+    told = [reporter_lines.Told("worker.joined", f"worker {i} joined", float(i), str(i)) for i in range(25)]
+    told.append(reporter_lines.Told("cluster.started", "up", 0.0))
+    lines = reporter_lines.batch(told, {"worker.lost": 3})
     assert [line.kind for line in lines] == ["cluster.started"] + ["worker.joined"] * 11 + ["worker.lost"]
     assert lines[-2].message == "... and 15 more workers joined: " + ", ".join(str(i) for i in range(10, 25))
     assert lines[-2].payload["count"] == 15 and lines[-2].at == 24.0
     assert lines[-1].message == "... and 3 more workers lost" and lines[-1].level == 30
-    assert reporting.batch([], {}) == []
+    assert reporter_lines.batch([], {}) == []
 
 
 def test_exit_codes_are_told_in_words():

@@ -9,7 +9,7 @@ import logging
 import jsonschema
 import pytest
 
-from flowrig.deploy import pools
+from flowrig.deploy import pool_templates, pools
 from tests.unit.test_deploy_pools import IMAGE, RUNNER_ROLE, _configuration, _ecs_runner
 
 
@@ -36,7 +36,7 @@ def test_the_ecs_worker_registers_and_runs_flowrigs_runner(aws):
     inputs = pools.JobInputs(image=IMAGE, env={"MODE": "prod"}, ecs_runner=runner, ecs_cluster=cluster,
                              ecs_vpc=vpc, ecs_subnets=(subnet,), ecs_security_groups=(group,))
     variables = pools.job_variables("ecs", inputs)
-    template = pools.pool_template("ecs")
+    template = pool_templates.pool_template("ecs")
     jsonschema.validate(variables, template["variables"])
     configuration = _configuration("ecs", template, variables)
     flow_run = FlowRun(id=uuid.uuid4(), flow_id=uuid.uuid4(), deployment_id=uuid.uuid4(), name="flowrig-run")

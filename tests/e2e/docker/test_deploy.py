@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from flowrig.deploy import pools
+from flowrig.deploy import pool_templates, pools
 from tests.docker_support import SEED_PROJECT
 from tests.run_support import FLOWRIG
 
@@ -60,7 +60,7 @@ def make_pool(client, pool_type: str, template: dict | None = None) -> str:
 
     name = f"{pool_type}-{uuid.uuid4().hex[:6]}"
     client.create_work_pool(WorkPoolCreate(name=name, type=pool_type,
-                                           base_job_template=template or pools.pool_template(pool_type)))
+                                           base_job_template=template or pool_templates.pool_template(pool_type)))
     return name
 
 

@@ -25,6 +25,7 @@ import pytest
 
 from flowrig.backends.watch import ClusterNews
 from flowrig.run import reporter as reporting
+from flowrig.run import reporter_lines, reporter_sink
 from tests.run_support import FLOWRIG, marked_env
 
 #: Naps on the workers (each task leaves a file named after its process), so a worker
@@ -412,7 +413,7 @@ def test_a_local_worker_over_its_memory_limit_is_lost_for_memory(tls):
 # --- rate bound ---------------------------------------------------------------------------------
 
 
-class CountingSink(reporting.PrefectSink):
+class CountingSink(reporter_sink.PrefectSink):
     """The real sink, counting what it sends (events one by one)."""
 
     def __init__(self) -> None:
@@ -452,7 +453,7 @@ def test_a_burst_of_500_workers_costs_a_bounded_number_of_requests(prefect_serve
     events = [r for r in sink.requests if r[0] == "events"]
     # 1000 pieces of news: one or two sends (those the flush interval split), each of at
     # most 10 lines and one summary per kind.
-    assert 1 <= len(logs) <= 2 and sum(n for _, n in logs) <= 2 * 2 * (reporting.PER_KIND + 1), sink.requests
+    assert 1 <= len(logs) <= 2 and sum(n for _, n in logs) <= 2 * 2 * (reporter_lines.PER_KIND + 1), sink.requests
     assert sum(n for _, n in events) == sum(n for _, n in logs)
     server = Server(prefect_server)
     lines = flowrig_lines(server.logs(flow_run_id))
@@ -498,15 +499,15 @@ def test_a_server_that_refuses_lines_does_not_hold_up_the_run(prefect_server):
 
 def test_the_artifact_holds_the_timeline_and_the_size_over_time():
     timeline = {"scheduler_up": 0.5, "first_worker_joined": 1.25, "flow_finished": 3.0}
-    sizes = [reporting.Size(100.6, 1, "worker 0 joined"), reporting.Size(101.0, 0, "worker 0 lost: a | b")]
-    text = reporting.render_artifact("r1", "docker", timeline, sizes, since=100.0)
+    sizes = [reporter_lines.Size(100.6, 1, "worker 0 joined"), reporter_lines.Size(101.0, 0, "worker 0 lost: a | b")]
+    text = reporter_lines.render_artifact("r1", "docker", timeline, sizes, since=100.0)
     assert "| scheduler up | 0.50 |" in text and "| API ready | - |" in text
     assert "| 0.60 | 1 | worker 0 joined |" in text and "| 1.00 | 0 | worker 0 lost: a \\| b |" in text
-    many = [reporting.Size(100.0 + i / 10, i, f"worker {i} joined") for i in range(500)]
-    rows = [row for row in reporting.render_artifact("r1", "ecs", {}, many, since=100.0).splitlines()
+    many = [reporter_lines.Size(100.0 + i / 10, i, f"worker {i} joined") for i in range(500)]
+    rows = [row for row in reporter_lines.render_artifact("r1", "ecs", {}, many, since=100.0).splitlines()
             if row.startswith("| ") and row[2].isdigit()]
-    assert len(rows) <= reporting.SIZE_ROWS and rows[-1].startswith("| 49.90 | 499 | 10 changes")
-    assert reporting.artifact_key("My Flow_2") == "flowrig-my-flow-2"
+    assert len(rows) <= reporter_lines.SIZE_ROWS and rows[-1].startswith("| 49.90 | 499 | 10 changes")
+    assert reporter_lines.artifact_key("My Flow_2") == "flowrig-my-flow-2"
 
 
 def test_news_crosses_the_docker_control_channel_only_as_news():
@@ -523,7 +524,7 @@ def test_news_crosses_the_docker_control_channel_only_as_news():
 def test_the_reporter_thread_ends_with_the_run_even_when_the_server_never_answers(monkeypatch):
     """A flow run that cannot be created: the run is told why, and nothing waits forever."""
 
-    class Unreachable(reporting.PrefectSink):
+    class Unreachable(reporter_sink.PrefectSink):
         def create_flow_run(self, flow, parameters, tags):
             raise ConnectionError("All connection attempts failed")
 

@@ -505,7 +505,7 @@ def test_the_tags_a_flow_call_would_get_are_the_tags_context():
     assert prefect_engine.current_tags() == set()
 
 
-# --- the task runner (flowrig.internals.task_runner) ------------------------------------
+# --- the task runner (flowrig.internals.task_runner, task_worker) ------------------------
 
 
 def test_task_runner_duplicates_with_its_state_and_pickles_without_the_runs():
@@ -610,7 +610,7 @@ def test_a_client_context_around_an_open_client_makes_no_client():
     from prefect.client.orchestration import get_client
     from prefect.context import SyncClientContext
 
-    from flowrig.internals.task_runner import _shared_client_context
+    from flowrig.internals.task_worker import _shared_client_context
 
     assert set(SyncClientContext.model_fields) == {"client"}
     sentinel = object.__new__(__import__("prefect.client.orchestration").client.orchestration.SyncPrefectClient)

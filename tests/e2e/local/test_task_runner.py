@@ -238,7 +238,7 @@ def _api_free():
 def test_a_worker_on_another_machine_uses_the_runs_ca_where_it_was_delivered(tmp_path, monkeypatch):
     from prefect.settings import PREFECT_API_SSL_CERT_FILE, get_current_settings
 
-    from flowrig.internals.task_runner import local_ca_settings
+    from flowrig.internals.task_worker import local_ca_settings
 
     delivered = tmp_path / "flowrig-tls"
     delivered.mkdir()

@@ -592,6 +592,7 @@ def test_a_run_that_drops_events_gives_them_back_to_a_process_whose_workers_are_
     import httpx
 
     from flowrig.internals import task_runner as runners
+    from flowrig.internals import task_worker
 
     dropping = runners.FlowrigTaskRunner(address=threads_cluster, client_kwargs={"security": tls.to_security()},
                                          events="drop")
@@ -607,7 +608,7 @@ def test_a_run_that_drops_events_gives_them_back_to_a_process_whose_workers_are_
     assert quiet() == 1
     deadline = time.monotonic() + 30
     # Its state on the workers is closed in a thread of their own, just after the flow.
-    while getattr(runners, "_DROPPING", None) and time.monotonic() < deadline:
+    while task_worker._DROPPING and time.monotonic() < deadline:
         time.sleep(0.1)
 
     sending = runners.FlowrigTaskRunner(address=threads_cluster, client_kwargs={"security": tls.to_security()},
