@@ -236,6 +236,8 @@ def main() -> None:
                         help="also flowrig from this checkout, first on PYTHONPATH (--server)")
     parser.add_argument("--sizes", type=lambda text: [int(n) for n in text.split(",")],
                         help="comma-separated n instead of 10,100,1000,5000")
+    parser.add_argument("--no-prefect-dask", action="store_true",
+                        help="leave prefect-dask out of --server (at n = 5000 it takes ten minutes or more)")
     args = parser.parse_args()
     lists_repeat = args.lists_repeat or args.repeat
 
@@ -275,9 +277,10 @@ def main() -> None:
             remote = ServerBench(work, env, url, work / "project", work / "certs", work / "runner.py",
                                  work / "plain.py", args.baseline)
             remote.flowrig(10)  # untimed: the server's first requests, the flow's first version
-            remote.prefect_dask(10)
+            if not args.no_prefect_dask:
+                remote.prefect_dask(10)
             measure_server(remote, args.sizes or [1000, 5000], args.repeat, f"Prefect server on {args.database}",
-                           args.profile_server, args.py_spy)
+                           args.profile_server, args.py_spy, prefect_dask=not args.no_prefect_dask)
         finally:
             server.stop()
 

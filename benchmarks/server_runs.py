@@ -167,9 +167,11 @@ def _describe(name: str, runs: list[Timed]) -> str:
 
 
 def measure_server(bench: ServerBench, sizes: list[int], repeat: int, label: str,
-                   profile: Path | None = None, py_spy: str | None = None) -> None:
+                   profile: Path | None = None, py_spy: str | None = None, prefect_dask: bool = True) -> None:
     sides: list[tuple[str, object]] = [("flowrig", bench.flowrig), ("prefect-dask", bench.prefect_dask),
                                        ("plain Dask", bench.plain)]
+    if not prefect_dask:
+        del sides[1]
     if bench.baseline is not None:
         sides.insert(1, ("flowrig (baseline)", lambda n: bench.flowrig(n, bench.baseline)))
     results: dict[int, dict[str, list[Timed]]] = {}

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
 
-from flowrig.internals import task_worker
+from flowrig.internals import event_pacing, task_worker
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -132,6 +132,9 @@ class FlowrigTaskRunner(DaskTaskRunner):
         Where task states are counted (``None``: not counted): its ``report`` makes
         the message a worker sends on its ``topic`` when a task ends
         (:class:`flowrig.run.progress.TaskProgress`).
+    senders
+        Worker processes the run may have (its maximum size): with ``"send"`` each paces
+        its task events to its share of the run's window.
     **kwargs
         As for ``DaskTaskRunner`` (``address``, ``client_kwargs``...).
     """
@@ -141,12 +144,14 @@ class FlowrigTaskRunner(DaskTaskRunner):
     _RUNTIME = ("_lock", "_run_future", "_task_futures", "_pinned", "_collecting", "progress", "_subscribed",
                 "_root")
 
-    def __init__(self, *args: Any, events: str = "send", progress: "TaskProgress | None" = None, **kwargs: Any):
+    def __init__(self, *args: Any, events: str = "send", progress: "TaskProgress | None" = None,
+                 senders: int = 1, **kwargs: Any):
         if events not in EVENTS:
             raise ValueError(f"events must be one of {EVENTS}, got {events!r}")
         super().__init__(*args, **kwargs)
         self.events = events
         self.progress = progress
+        self.senders = senders
         self._reset()
 
     def _reset(self) -> None:
@@ -179,6 +184,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         twin = super().duplicate()
         twin.events = self.events
         twin.progress = self.progress
+        twin.senders = self.senders
         return twin
 
     def __eq__(self, other: object) -> bool:
@@ -245,6 +251,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
                 # Settings travel as their objects: the worker must run the same Prefect.
                 "prefect_version": prefect.__version__,
                 "events": self.events,
+                "event_window": self._event_window(),
                 "settings": (settings.profile, settings.settings) if settings else None,
                 "flow_run_context": flow_run.serialize() if flow_run else {},
                 "deployment_id": str(deployment_id) if deployment_id else None,
@@ -259,6 +266,18 @@ class FlowrigTaskRunner(DaskTaskRunner):
             self._task_futures.clear()
             self._tokens.append(token)
             return token, future
+
+    def _event_window(self) -> int | None:
+        """Each worker's share of the run's unrecorded task runs (``"send"`` only): over
+        the workers the run may have, or has now when that is more (a cluster of the
+        user's, or one that grew)."""
+        if self.events != "send":
+            return None
+        try:
+            workers = len(self.client.nthreads())
+        except Exception:
+            workers = 0
+        return event_pacing.worker_window(event_pacing.RUN_WINDOW, max(self.senders, workers))
 
     def _task_payload(self, task: Any, token: str) -> Any:
         with self._lock:

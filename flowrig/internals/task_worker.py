@@ -20,7 +20,9 @@ flowrig (one image), so the dotted paths always match.
       worker lives on;
     * ``events="drop"`` (the run's embedded API, which records none) replaces the
       events client of the worker process with Prefect's ``NullEventsClient``;
-      ``"send"`` (a user's own server) keeps them;
+      ``"send"`` (a user's own server) sends them at the pace the server records them
+      (:mod:`flowrig.internals.event_pacing`), each worker within its share of the run's
+      window;
     * each task's final state is reported to the runner as a Dask worker event (the
       progress display and the timeline), and the progress's ``task_logs`` (when it has
       them) are installed on each worker for as long as it keeps the run: its tasks'
@@ -48,6 +50,8 @@ import uuid
 from collections import OrderedDict
 from contextlib import ExitStack
 from typing import Any, Iterable
+
+from flowrig.internals import event_pacing
 
 
 def payload(value: Any) -> Any:
@@ -102,11 +106,10 @@ class _RunState:
     """What one worker process keeps of one run."""
 
     __slots__ = ("token", "root", "profile", "settings", "clients", "clients_lock", "task_runner",
-                 "flow_run_fields", "rest", "progress", "undo_task_logs", "drops_events")
+                 "flow_run_fields", "rest", "progress", "undo_task_logs")
 
     def close(self) -> None:
-        if self.drops_events:
-            _keep_events(self.token)
+        event_pacing.OVERRIDE.remove(self.token)
         if self.undo_task_logs is not None:
             try:
                 self.undo_task_logs()
@@ -123,10 +126,6 @@ class _RunState:
             except Exception:
                 pass
 
-
-#: Seconds a worker waits for its Prefect log and event services to send what they hold
-#: at the end of a run.
-WORKER_DRAIN_TIMEOUT = 5.0
 
 #: Prefect clients and run states made in this worker process (for tests).
 STATS = {"builds": 0, "clients": 0}
@@ -192,7 +191,6 @@ def _build_run_state(payload: dict[str, Any]) -> _RunState:
         pass
     state = _RunState()
     state.token = payload["token"]
-    state.drops_events = False
     state.root = payload.get("root") or state.token
     state.profile, state.settings = payload["settings"] or (None, None)
     state.settings = local_ca_settings(state.settings)
@@ -202,9 +200,7 @@ def _build_run_state(payload: dict[str, Any]) -> _RunState:
     with ExitStack() as stack:
         if state.settings is not None:
             stack.enter_context(SettingsContext(profile=state.profile, settings=state.settings))
-        state.drops_events = payload["events"] == "drop"
-        if state.drops_events:
-            _drop_events(state.token)
+        event_pacing.OVERRIDE.add(state.token, drop=payload["events"] == "drop", window=payload.get("event_window"))
         client = _client_for(state)
         flow_run = payload["flow_run_context"]
         if flow_run:
@@ -243,36 +239,6 @@ def _run_state_for(payload: dict[str, Any]) -> _RunState:
     return state
 
 
-#: Runs of this worker process whose task events are dropped, and the lock over them.
-_DROPPING: set[str] = set()
-_DROPPING_LOCK = threading.Lock()
-
-
-def _drop_events(token: str) -> None:
-    """Give the process's events service Prefect's ``NullEventsClient`` while run
-    ``token`` lasts. The override is the process's: a worker thread in a user's own
-    process (a cluster of threads) must get its events back once the run is gone."""
-    from prefect.events.clients import NullEventsClient
-    from prefect.events.worker import EventsWorker
-
-    with _DROPPING_LOCK:
-        if not _DROPPING:
-            EventsWorker.set_client_override(NullEventsClient)
-        _DROPPING.add(token)
-
-
-def _keep_events(token: str) -> None:
-    """Run ``token`` is gone: the last dropping run gone, events are sent again."""
-    from prefect.events.worker import EventsWorker
-
-    with _DROPPING_LOCK:
-        if token not in _DROPPING:
-            return
-        _DROPPING.discard(token)
-        if not _DROPPING:
-            EventsWorker.set_client_override(None)
-
-
 def _close_later(states: list[_RunState]) -> None:
     """Close run states in a thread of their own: closing waits on clients, which a
     task's thread or the worker's event loop must not do."""
@@ -298,10 +264,9 @@ async def forget_runs(tokens: Iterable[str]) -> None:
 
 def send_reporting() -> None:
     """Send what Prefect's log and event services of this worker process hold (on the
-    worker, at the end of a run that reports to a server of the user's)."""
-    from flowrig.internals.prefect_engine import drain_reporting
-
-    drain_reporting(timeout=WORKER_DRAIN_TIMEOUT)
+    worker, at the end of a run that reports to a server of the user's): the task events
+    it held back for the server (:mod:`flowrig.internals.event_pacing`) included."""
+    event_pacing.send_held()
 
 
 def _report(state: _RunState, task: Any, task_run_id: uuid.UUID, final: Any) -> None:

@@ -316,8 +316,10 @@ def _run_to_outcome(
     if flow_run_id is not None:
         config = dataclasses.replace(config, flow_run_id=flow_run_id)
     run.reporter.flow_started()
+    size = prepared.decided.size
     state = run_flow(
-        config, prepared.parameters, run.started.scheduler_address, prepared.tls, flow_settings, progress, events
+        config, prepared.parameters, run.started.scheduler_address, prepared.tls, flow_settings, progress, events,
+        senders=size.adapt[1] if size.adapt else size.n_workers,
     )
     timer.reached("flow_finished")
     timer.phase("flow")

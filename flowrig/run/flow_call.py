@@ -29,17 +29,20 @@ def run_flow(
     settings: "Settings",
     progress: TaskProgress,
     events: str,
+    senders: int = 1,
 ) -> Any:
     """Run ``config.flow`` on the cluster at ``address``; its final state.
 
-    ``events`` is ``"send"`` or ``"drop"``: what the workers do with task events.
+    ``events`` is ``"send"`` or ``"drop"``: what the workers do with task events;
+    ``senders``: the most workers the cluster may have (they share the pace of events).
     """
     from flowrig.internals import prefect_engine
     from flowrig.internals.prefect_settings import run_settings
     from flowrig.internals.task_runner import FlowrigTaskRunner
 
     runner = FlowrigTaskRunner(
-        address=address, client_kwargs={"security": tls.to_security()}, events=events, progress=progress
+        address=address, client_kwargs={"security": tls.to_security()}, events=events, progress=progress,
+        senders=senders,
     )
     flow = config.flow.with_options(task_runner=runner)
     # prefect-dask ships the runner's settings (built by settings_with) to every task on

@@ -653,6 +653,85 @@ def test_hydrated_context_rebuilds_the_run_context_models_in_a_fresh_process():
     assert done.returncode == 0 and done.stdout.strip() == "validates", done.stderr[-2000:]
 
 
+# --- task events at the server's pace (flowrig.internals.event_pacing) ---------------------
+
+
+def test_a_server_subscription_holds_the_window_a_run_may_keep_unrecorded():
+    """2. A consumer's in-memory queue on Prefect's server takes at least the events of
+    ``RUN_WINDOW`` task runs (three each) with room for other runs; below that a run
+    would lose task runs again."""
+    from prefect.server.utilities.messaging.memory import Subscription, Topic
+
+    from flowrig.internals import event_pacing
+
+    queue = Subscription(Topic("flowrig-test"))._queue.maxsize
+    assert queue == event_pacing.SERVER_QUEUE, queue
+    assert 3 * event_pacing.RUN_WINDOW <= 0.6 * queue
+
+
+def _task_run_event(state: str = "COMPLETED"):
+    import uuid
+
+    from prefect.events import Event
+
+    return Event(event=f"prefect.task-run.{state.title()}",
+                 resource={"prefect.resource.id": f"prefect.task-run.{uuid.uuid4()}"},
+                 payload={"intended": {"from": "RUNNING", "to": state}})
+
+
+def test_the_forwarding_events_client_hands_emitted_events_to_any_queue(request):
+    """1. With ``ProcessPoolForwardingEventsClient`` as the process's events client,
+    ``emit_event`` hands each event, as ``("event", event)``, to the given queue's
+    ``put`` from Prefect's events service."""
+    import queue
+
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker, ProcessPoolForwardingEventsClient
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api = request.getfixturevalue("prefect_server")  # the module of that name is imported here
+    handed: queue.Queue = queue.Queue()
+    with temporary_settings({PREFECT_API_URL: api}):
+        EventsWorker.set_client_override(ProcessPoolForwardingEventsClient, event_queue=handed)
+        try:
+            sent = emit_event(event="flowrig.test", resource={"prefect.resource.id": "flowrig.test"})
+            assert sent is not None
+            kind, event = handed.get(timeout=30)
+        finally:
+            EventsWorker.set_client_override(None)
+    assert (kind, event.id) == ("event", sent.id)
+
+
+def test_a_pace_sends_to_the_server_and_gives_up_a_server_that_records_nothing(request, monkeypatch):
+    """A server that records none of what it was sent is waited for ``STALL_SECONDS``
+    once, never for ever; every event is still sent."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flowrig.internals import event_pacing
+
+    api = request.getfixturevalue("prefect_server")
+    monkeypatch.setattr(event_pacing, "STALL_SECONDS", 1.0)
+    counted = []
+
+    async def nothing_recorded(ids):
+        counted.append(len(ids))
+        return 0
+
+    before = dict(event_pacing.STATS)
+    with temporary_settings({PREFECT_API_URL: api}):
+        pace = event_pacing.ServerPace(window=2)
+    monkeypatch.setattr(pace, "_recorded", nothing_recorded)
+    try:
+        for _ in range(4):
+            pace.put(("event", _task_run_event()))
+        pace.settle()
+    finally:
+        pace.close()
+    assert event_pacing.STATS["sent"] - before["sent"] == 4
+    assert event_pacing.STATS["gave_up"] - before["gave_up"] == 1
+    assert counted, "the pace never asked the server"
+
+
 def test_events_can_be_dropped_for_a_process():
     """8. EventsWorker.set_client_override with NullEventsClient silences emit_event."""
     from prefect.events import emit_event

@@ -591,8 +591,8 @@ def test_a_run_that_drops_events_gives_them_back_to_a_process_whose_workers_are_
     process (a cluster of threads, as in a notebook) has its events sent again."""
     import httpx
 
+    from flowrig.internals import event_pacing
     from flowrig.internals import task_runner as runners
-    from flowrig.internals import task_worker
 
     dropping = runners.FlowrigTaskRunner(address=threads_cluster, client_kwargs={"security": tls.to_security()},
                                          events="drop")
@@ -608,8 +608,9 @@ def test_a_run_that_drops_events_gives_them_back_to_a_process_whose_workers_are_
     assert quiet() == 1
     deadline = time.monotonic() + 30
     # Its state on the workers is closed in a thread of their own, just after the flow.
-    while task_worker._DROPPING and time.monotonic() < deadline:
+    while event_pacing.OVERRIDE.active() and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert not event_pacing.OVERRIDE.active()
 
     sending = runners.FlowrigTaskRunner(address=threads_cluster, client_kwargs={"security": tls.to_security()},
                                         events="send")
@@ -631,6 +632,43 @@ def test_a_run_that_drops_events_gives_them_back_to_a_process_whose_workers_are_
             break
         time.sleep(1)
     assert {e["event"] for e in events} >= {"prefect.task-run.Completed"}, [e["event"] for e in events]
+
+
+def test_task_events_go_at_the_pace_the_server_records_them_and_the_run_ends_recorded(
+    threads_cluster, tls, prefect_server
+):
+    """A self-hosted server drops events beyond its in-memory queues (10 000 per consumer),
+    which a run's workers fill in seconds: each worker keeps at most its share of the run's
+    window of task runs unrecorded, waits for the server beyond it, and the run ends once
+    the server has recorded every task run (the count is read at once, not waited for)."""
+    import httpx
+    from prefect.context import get_run_context
+
+    from flowrig.internals import event_pacing
+    from flowrig.internals.task_runner import FlowrigTaskRunner
+
+    senders = event_pacing.RUN_WINDOW // 3  # a window of 3 task runs per worker process
+    runner = FlowrigTaskRunner(address=threads_cluster, client_kwargs={"security": tls.to_security()},
+                               events="send", senders=senders)
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @flow(task_runner=runner)
+    def many():
+        assert sum(double.map(range(40)).result()) == 2 * sum(range(40))
+        return get_run_context().flow_run.id
+
+    event_pacing.STATS["most_in_flight"] = 0
+    waits = event_pacing.STATS["waits"]
+    flow_run_id = many()
+    body = {"flow_runs": {"id": {"any_": [str(flow_run_id)]}},
+            "task_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}
+    recorded = httpx.post(f"{prefect_server}/task_runs/count", json=body, timeout=30).raise_for_status().json()
+    assert recorded == 40
+    assert event_pacing.STATS["waits"] > waits
+    assert 1 <= event_pacing.STATS["most_in_flight"] <= 3
 
 
 def test_asset_materializations_are_recorded(runner, prefect_server):
