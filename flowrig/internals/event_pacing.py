@@ -68,6 +68,16 @@ def worker_window(run_window: int, senders: int) -> int:
     return max(1, run_window // max(1, senders))
 
 
+def share_of(client: Any, senders: int) -> int:
+    """Each worker's share of :data:`RUN_WINDOW`: over the workers the run may have
+    (``senders``), or has now when that is more (a cluster of the user's, or one that grew)."""
+    try:
+        workers = len(client.nthreads())
+    except Exception:
+        workers = 0
+    return worker_window(RUN_WINDOW, max(senders, workers))
+
+
 def _ended_task_run(event: Any) -> str | None:
     """The id of the task run whose final state ``event`` tells, else ``None``."""
     if not event.event.startswith("prefect.task-run."):

@@ -251,7 +251,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
                 # Settings travel as their objects: the worker must run the same Prefect.
                 "prefect_version": prefect.__version__,
                 "events": self.events,
-                "event_window": self._event_window(),
+                "event_window": event_pacing.share_of(self.client, self.senders) if self.events == "send" else None,
                 "settings": (settings.profile, settings.settings) if settings else None,
                 "flow_run_context": flow_run.serialize() if flow_run else {},
                 "deployment_id": str(deployment_id) if deployment_id else None,
@@ -266,18 +266,6 @@ class FlowrigTaskRunner(DaskTaskRunner):
             self._task_futures.clear()
             self._tokens.append(token)
             return token, future
-
-    def _event_window(self) -> int | None:
-        """Each worker's share of the run's unrecorded task runs (``"send"`` only): over
-        the workers the run may have, or has now when that is more (a cluster of the
-        user's, or one that grew)."""
-        if self.events != "send":
-            return None
-        try:
-            workers = len(self.client.nthreads())
-        except Exception:
-            workers = 0
-        return event_pacing.worker_window(event_pacing.RUN_WINDOW, max(self.senders, workers))
 
     def _task_payload(self, task: Any, token: str) -> Any:
         with self._lock:
