@@ -53,9 +53,10 @@ SERVER_QUEUE = 10_000
 POLL_SECONDS = 1.0
 #: Seconds without one more task run recorded after which the server is not waited for.
 STALL_SECONDS = 30.0
-#: Seconds a worker's end of run may take to send what it held (the stall rule ends it
-#: sooner when the server stops recording).
-SEND_TIMEOUT = 600.0
+#: Seconds a worker's end of run may take to send what it held. The stall rule ends the
+#: wait once the server stops recording; while it records, however slowly, the run waits
+#: (what a worker still holds when its cluster goes is lost).
+SEND_TIMEOUT = 3600.0
 
 _FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
