@@ -57,8 +57,8 @@ class FakeRun(CloudRun):
         return "secret-of-the-run"
 
     def launcher(self, secret_ref: str | None, deadline: float) -> Launcher:
-        self._step("launcher")
         self.secret_ref = secret_ref
+        self._step("launcher")
         assert self._launcher is not None, "the test gave no launcher"
         return self._launcher
 

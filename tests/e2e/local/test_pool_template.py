@@ -62,7 +62,7 @@ def test_a_started_cluster_serves_and_closes_the_run_once(tls):
             [run] = backend.runs
             assert run.steps == ["prepare", "store_certificates", "launcher"]
             assert started.scheduler_address == scheduler.scheduler_address
-            assert len(scheduler.scheduler_info["workers"]) >= 1
+            assert len(started.cluster.scheduler_info["workers"]) >= 1
             assert started.dashboard_reach == "[cluster.options] dashboard = true opens it to the fake network"
         finally:
             started.close()
