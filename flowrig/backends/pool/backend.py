@@ -110,8 +110,12 @@ class PoolBackend(Backend):
             Naming the exact install command.
         """
         for module in self.sdk_modules:
+            parts = module.split(".")
             try:
-                importlib.import_module(module)
+                # Every package on the way: a module imported once stays in sys.modules
+                # when its package is gone (or blocked) since.
+                for depth in range(1, len(parts) + 1):
+                    importlib.import_module(".".join(parts[:depth]))
             except ImportError:
                 raise BadInput(
                     f"the {self.name} backend needs {self.sdk_name or module.split('.')[0]}: "
