@@ -8,6 +8,7 @@ tests/e2e/local/test_pool_template.py.
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 
@@ -113,3 +114,15 @@ def test_opening_the_run_fails_with_nothing_to_close(tls):
     with pytest.raises(BadInput, match="no AWS credentials"):
         backend.start(spec(tls))
     assert backend.runs == []
+
+
+def test_a_module_imported_before_its_package_went_is_no_sdk(tls, monkeypatch):
+    import json.decoder  # noqa: F401  (in sys.modules from here on)
+
+    backend = FakeBackend()
+    monkeypatch.setattr(FakeBackend, "sdk_modules", ("json.decoder",))
+    # A None entry makes the import fail as it does when the package is not installed.
+    monkeypatch.setitem(sys.modules, "json", None)
+    with pytest.raises(BadInput) as info:
+        backend.start(spec(tls))
+    assert str(info.value) == "the fakecloud backend needs json: pip install 'flowrig[fake]'"
