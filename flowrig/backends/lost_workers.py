@@ -1,4 +1,21 @@
-"""Lost workers of a ``SpecCluster`` start again, so the cluster returns to its size.
+"""Lost workers start again, so a cluster returns to its size: one rule, two detectors.
+
+The rule is :class:`Replacements`: a worker that was lost after it joined is said so in
+one warning line and started again; a worker that stopped before it joined, or that
+could not be started, is a failure; and after as many failures as the cluster has
+workers (at least three), nothing is started again, since a worker that dies at every
+start would be replaced for ever.
+
+Two detectors tell the rule what was lost, because the two kinds of cluster learn of a
+lost worker in different ways:
+
+- a ``SpecCluster`` (the local and docker backends) learns of it only through its
+  scheduler, after ``distributed.deploy.lost-worker-timeout``, and has no launcher to
+  ask why: :class:`SizeKeeper` below compares its plan with what it started;
+- a :class:`~flowrig.backends.pool.cluster.PoolCluster` (ECS tasks, VMs) observes every
+  role through its launcher, with the cloud's stop reason, seconds earlier; its plan is
+  its launcher's handles, so the plan-vs-started test would never fire on it, and the
+  pool's own watch is the detector there.
 
 distributed's :class:`~distributed.deploy.SpecCluster` notices a worker that left the
 scheduler: when it has not come back under its name within
@@ -13,8 +30,8 @@ specs) with those it has started (:attr:`Cluster.requested`). A worker that was
 started, is still planned and is no longer started was lost; asking the cluster for
 the size it plans already (:meth:`SpecCluster.scale`) starts it again, under its
 name. Workers that adaptive scaling retires leave the plan first and are not
-replaced. The local and docker backends use it; the cloud backends' pool replaces
-its workers itself (:mod:`flowrig.backends.pool`).
+replaced. A ``SpecCluster`` records no failures (a worker process that dies before it
+joins is its nanny's to restart), so its budget is never spent.
 
 A lost worker is thus replaced within ``lost-worker-timeout`` + 2 x :data:`CHECK_INTERVAL`
 + the time a worker takes to start (about a second on the local backend, a few on docker).
@@ -24,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from distributed.core import Status
 from tornado.ioloop import PeriodicCallback
@@ -39,6 +56,46 @@ SCHEDULER_ANSWER_TIMEOUT = 5.0
 CALLBACK = "flowrig-keep-size"
 
 
+class Replacements:
+    """The one rule for lost workers, whichever detector noticed them.
+
+    Parameters
+    ----------
+    desired
+        The cluster's wanted size now (adaptive scaling changes it).
+    """
+
+    def __init__(self, desired: Callable[[], int]) -> None:
+        self._desired = desired
+        #: How many lost workers were started again.
+        self.replaced = 0
+        #: One line per worker that stopped before it joined or was never started, oldest first.
+        self.failures: list[str] = []
+
+    def lost(self, names: Iterable[Any], reason: str) -> None:
+        """Workers ``names`` were lost after joining, for ``reason`` (a phrase such as
+        ``stopped (SpotInterruption)``): the one warning line, and they count as replaced."""
+        lost = sorted(map(str, names))
+        if not lost:
+            return
+        self.replaced += len(lost)
+        many = len(lost) > 1
+        logger.warning(
+            "worker%s %s %s: starting %s again", "s" if many else "", ", ".join(lost), reason, "them" if many else "it"
+        )
+
+    def failed(self, line: str) -> None:
+        """A worker stopped before it joined, or was never started: ``line`` says which and why."""
+        self.failures.append(line)
+
+    def may_replace(self) -> bool:
+        """Whether workers may still be started again: fewer failures than the cluster has
+        workers (than three, when it has fewer)."""
+        # A worker that never joins would be replaced for ever; a small cluster still
+        # gets three tries.
+        return len(self.failures) < max(3, self._desired())
+
+
 class SizeKeeper:
     """Starts a ``SpecCluster``'s lost workers again (see the module's docstring)."""
 
@@ -46,10 +103,15 @@ class SizeKeeper:
         self.cluster = cluster
         self.started: set[Any] = set()
         self.pending: set[Any] = set()
-        #: How many lost workers were started again.
-        self.replaced = 0
+        #: The rule: the warning line and the count of workers started again.
+        self.replacements = Replacements(lambda: len(cluster.worker_spec))
         #: Set by :meth:`stop`: nothing is started again from then on.
         self.stopped = False
+
+    @property
+    def replaced(self) -> int:
+        """How many lost workers were started again."""
+        return self.replacements.replaced
 
     def stop(self) -> None:
         """Start nothing again from now on (the cluster is being removed by force)."""
@@ -63,7 +125,7 @@ class SizeKeeper:
 
     async def check(self) -> None:
         """Start the lost workers again (on the cluster's event loop)."""
-        if self.stopped or self.cluster.status != Status.running:
+        if self.stopped or self.cluster.status != Status.running or not self.replacements.may_replace():
             return
         # Lost at two checks in a row: the cluster's close of the lost worker (which
         # removes its container, whose name the new one takes) has had a second.
@@ -79,11 +141,7 @@ class SizeKeeper:
             return
         self.started -= lost
         self.pending -= lost
-        self.replaced += len(lost)
-        logger.warning(
-            "worker%s %s left the cluster and did not come back: starting %s again",
-            "s" if len(lost) > 1 else "", ", ".join(sorted(map(str, lost))), "them" if len(lost) > 1 else "it",
-        )
+        self.replacements.lost(lost, "left the cluster and did not come back")
         # The size it plans already: the cluster starts what it planned and lacks.
         self.cluster.scale(len(self.cluster.worker_spec))
 

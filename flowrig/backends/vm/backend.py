@@ -3,10 +3,11 @@
 What every cloud shares is here: the options checked before the first API call, the
 run's certificates put into the cloud's secret store (per-run mode), every VM's
 cloud-init rendered by flowrig and checked for key material, the scheduler and workers
-started, watched, scaled and replaced by a :class:`~flowrig.backends.pool.PoolCluster`,
+started, watched, scaled and replaced by a :class:`~flowrig.backends.pool.cluster.PoolCluster`,
 a provisioning deadline, and teardown on every exit path (VMs first, then every
-resource of the run, the secret included). Each cloud supplies its options model and
-its :class:`~flowrig.backends.vm.cloud.Cloud`.
+resource of the run, the secret included). The start is
+:class:`~flowrig.backends.pool.backend.PoolBackend`'s, filled in by :class:`VMRun`; each
+cloud supplies its options model and its :class:`~flowrig.backends.vm.cloud.Cloud`.
 
 Why not dask-cloudprovider's ``VMCluster``: its cloud-init carries the serialised Dask
 config, the TLS key included; it sets TLS in the caller's global ``dask.config``; its
@@ -18,24 +19,18 @@ SDK helpers are used where they fit.
 from __future__ import annotations
 
 import abc
-import functools
-import importlib
-import logging
-import time
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster, dashboard_reach
+from flowrig.backends.base import ClusterSpec
+from flowrig.backends.pool.backend import CloudRun, PoolBackend
 from flowrig.backends.vm.cloudinit import RegistryLogin, TLSDelivery, TLSSource, VMRole, check_environment
 from flowrig.backends.vm.launcher import RoleSettings, scheduler_role, vm_name, worker_role
 from flowrig.backends.vm.options import VMOptions
-from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
 
 if TYPE_CHECKING:
-    from flowrig.backends.pool import PoolCluster
+    from flowrig.backends.pool.launcher import Launcher
     from flowrig.backends.vm.cloud import Cloud
-
-logger = logging.getLogger("flowrig.vm")
 
 #: The Prefect setting naming the CA file of the run's API.
 CA_FILE_SETTING = "PREFECT_API_SSL_CERT_FILE"
@@ -54,29 +49,54 @@ def role_ca_file(tls_mode: str) -> PurePosixPath:
     return PurePosixPath(delivery.MEMORY_DIR) / delivery.INSTALL_NAME / layout.CA_CERT
 
 
-def _close_run(cluster: "PoolCluster | None", cloud: "Cloud") -> None:
-    """Stop the run's VMs, then delete everything of the run; a failure of one never skips the other."""
-    try:
-        if cluster is not None:
-            cluster.close()
-    except Exception as exc:  # the cloud's delete removes whatever is left
-        logger.warning("closing the dask cluster failed: %s", one_line(exc))
-    finally:
-        leftovers = cloud.delete()
-        if leftovers:
-            logger.error(
-                "these %s resources of the run could not be deleted (they carry its tags): %s",
-                cloud.name, "; ".join(leftovers),
-            )
+class VMRun(CloudRun):
+    """One run's VMs and resources in one cloud (its :class:`Cloud`)."""
+
+    def __init__(self, backend: "VMBackend", spec: ClusterSpec, options: Any, cloud: "Cloud") -> None:
+        self.backend = backend
+        self.spec = spec
+        self.options = options
+        self.cloud = cloud
+        self.provider = cloud.name
+
+    @property
+    def needs_certificates(self) -> bool:
+        return self.options.tls != "baked"
+
+    def prepare(self) -> None:
+        self.cloud.prepare(dashboard=self.options.dashboard)
+
+    def store_certificates(self, line: str) -> str | None:
+        return self.cloud.store_certificates(line)
+
+    def launcher(self, secret_ref: str | None, deadline: float) -> "Launcher":
+        from flowrig.backends.vm.launcher import VMLauncher
+
+        if self.options.tls == "baked":  # the VMs' containers use the image's own files
+            tls = TLSDelivery()
+        else:
+            tls = TLSDelivery(source=self.backend.secret_source, ref=secret_ref)
+        settings = self.backend.role_settings(self.spec, self.options, tls)
+        if settings.registry is not None:
+            self.cloud.allow_registry(settings.registry, settings.image)
+        return VMLauncher(
+            self.cloud, settings,
+            deadline=deadline,
+            reach_timeout=float(self.options.reach_timeout),
+            public_address=not self.options.use_private_ip,
+        )
+
+    def close(self) -> list[str]:
+        return self.cloud.delete()
+
+    def network_description(self) -> str:
+        return self.cloud.network_description()
 
 
-class VMBackend(Backend):
+class VMBackend(PoolBackend):
     """What the VM backends share; a cloud adds its options, extra and :class:`Cloud`."""
 
     options_model: ClassVar[type[VMOptions]] = VMOptions
-    #: flowrig's extra that brings the cloud's SDK, and the modules that tell it is there.
-    extra: ClassVar[str]
-    sdk_modules: ClassVar[tuple[str, ...]] = ()
     #: How a VM's container reads the run's certificates from this cloud's secret store.
     secret_source: ClassVar[TLSSource]
 
@@ -107,23 +127,6 @@ class VMBackend(Backend):
         if address.startswith("127.") or not address.replace(".", "").isdigit():
             return "127.0.0.1", "127.0.0.1"
         return address, address
-
-    def require_extra(self) -> None:
-        """The cloud's SDK is installed.
-
-        Raises
-        ------
-        BadInput
-            Naming the exact install command.
-        """
-        for module in self.sdk_modules:
-            try:
-                importlib.import_module(module)
-            except ImportError:
-                raise BadInput(
-                    f"the {self.name} backend needs {module.split('.')[0]}, which is not installed: "
-                    f"pip install 'flowrig[{self.extra}]'"
-                ) from None
 
     def options(self, raw: Mapping[str, Any], allowed_environment: frozenset[str] = frozenset()) -> Any:
         """``[cluster.options]`` parsed and checked, before anything is created;
@@ -180,62 +183,6 @@ class VMBackend(Backend):
         worker = worker_role(settings, address, vm_name(spec.run_id, "worker", PREVIEW_WORKER))
         return scheduler_role(settings), worker
 
-    def start(self, spec: ClusterSpec) -> StartedCluster:
-        """Prepare the cloud, start the VMs, wait for the first worker; on any failure
-        everything created is removed before the error is raised.
-
-        Raises
-        ------
-        BadInput
-            No image, the cloud's extra missing, invalid options.
-        InfrastructureError
-            The cloud refusing, the scheduler out of reach, or the cluster not ready
-            within ``provision_timeout`` seconds.
-        """
-        from flowrig.backends.pool import start_pool
-        from flowrig.backends.vm.launcher import VMLauncher
-        from flowrig.certs import delivery
-
-        self.require_extra()
-        if not spec.image:
-            raise BadInput(f"the {self.name} backend needs an image: pass --image or build one with flowrig build")
-        options = self.options(spec.options, spec.allowed_environment)
-        timeout = float(options.provision_timeout)
-        deadline = time.monotonic() + timeout
-        cloud = self.make_cloud(spec.run_id, options)
-        cluster: PoolCluster | None = None
-        try:
-            cloud.prepare(dashboard=options.dashboard)
-            if options.tls == "baked":
-                tls = TLSDelivery()
-            else:
-                line = delivery.encode(spec.tls).decode().strip()
-                tls = TLSDelivery(source=self.secret_source, ref=cloud.store_certificates(line))
-            settings = self.role_settings(spec, options, tls)
-            if settings.registry is not None:
-                cloud.allow_registry(settings.registry, settings.image)
-            launcher = VMLauncher(
-                cloud, settings,
-                deadline=deadline,
-                reach_timeout=float(options.reach_timeout),
-                public_address=not options.use_private_ip,
-            )
-            cluster = start_pool(
-                launcher, spec, backend=self.name, timeout=timeout, deadline=deadline,
-                scheduler_address=options.scheduler_address,
-            )
-        except BaseException as exc:
-            _close_run(cluster, cloud)
-            if isinstance(exc, (FlowrigError, KeyboardInterrupt)) or not isinstance(exc, Exception):
-                raise
-            raise InfrastructureError(f"the {self.name} cluster could not start: {one_line(exc)}") from None
-        return StartedCluster(
-            scheduler_address=cluster.scheduler_address,
-            dashboard_link=cluster.dashboard_link or None,
-            close=CloseOnce(functools.partial(_close_run, cluster, cloud)),
-            cluster=cluster,
-            scheduler_up=cluster.scheduler_up_at,
-            dashboard_reach=None if options.scheduler_address else dashboard_reach(
-                options.dashboard, cloud.network_description()
-            ),
-        )
+    def open_run(self, spec: ClusterSpec, options: Any) -> VMRun:
+        """The run's cloud (no API call yet)."""
+        return VMRun(self, spec, options, self.make_cloud(spec.run_id, options))

@@ -2,7 +2,7 @@
 
 The scheduler and the workers are ECS tasks that flowrig starts, watches and stops
 itself (:class:`~flowrig.backends.aws.ecs.launcher.ECSLauncher` in a
-:class:`~flowrig.backends.pool.PoolCluster`), on distributed's public cluster API. The
+:class:`~flowrig.backends.pool.cluster.PoolCluster`), on distributed's public cluster API. The
 AWS resources the tasks need are created for the run when the project names none:
 tagged with the run id, the security group admitting only the VPC (the dashboard only
 when asked), and all of it deleted by :meth:`StartedCluster.close`
@@ -18,6 +18,10 @@ the image instead. The runner's client gets the run's
 ``tls://`` connections (its TLS context sets ``check_hostname = False``; trust is the
 run's CA alone), so the leaf need not name the addresses ECS gives the tasks.
 
+The start is :class:`~flowrig.backends.pool.backend.PoolBackend`'s, the one every cloud
+backend shares; :class:`ECSRun` fills it in: resources and lease (``prepare``), the
+run's secret (``store_certificates``), task definitions and the launcher (``launcher``).
+
 RunTask overrides carry commands only: the workers' environment and the project's
 ``environment`` and ``secrets`` are in their task definition.
 
@@ -29,67 +33,23 @@ it meant patching its private state. Its helpers are still used where they fit.
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
 import socket
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from flowrig.backends.aws.ecs import defaults
 from flowrig.backends.aws.ecs.options import ECSOptions
-from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster, dashboard_reach
-from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
+from flowrig.backends.base import ClusterSpec
+from flowrig.backends.pool.backend import CloudRun, PoolBackend
+from flowrig.errors import BadInput
 
 if TYPE_CHECKING:
-    from flowrig.backends.aws.ecs.launcher import TaskSettings
+    from flowrig.backends.aws.ecs.launcher import ECSLauncher, TaskSettings
     from flowrig.backends.aws.ecs.taskdefs import RoleSize
     from flowrig.backends.aws.lease import LeaseRenewer
     from flowrig.backends.aws.resources import RunResources
-    from flowrig.backends.pool import PoolCluster
-
-logger = logging.getLogger("flowrig.ecs")
-
-_INSTALL_HINT = "pip install 'flowrig[aws]'"
-
-
-def _require_aws_extra(backend: str) -> None:
-    """The aws extra (dask-cloudprovider, which brings botocore) is installed."""
-    try:
-        import botocore  # noqa: F401
-        from dask_cloudprovider.aws import helper  # noqa: F401
-    except ImportError:
-        raise BadInput(f"the {backend} backend needs dask-cloudprovider: {_INSTALL_HINT}") from None
-
-
-def _close_run(
-    cluster: "PoolCluster | None", resources: "RunResources | None", lease: "LeaseRenewer | None" = None
-) -> None:
-    """Stop the run's tasks, then delete its AWS resources; a failure of one never skips the other.
-
-    The lease is renewed until the end, so `flowrig aws leftovers` leaves a slow teardown alone.
-    """
-    try:
-        _teardown(cluster, resources)
-    finally:
-        if lease is not None:
-            lease.stop()
-
-
-def _teardown(cluster: "PoolCluster | None", resources: "RunResources | None") -> None:
-    if cluster is not None:
-        try:
-            cluster.close()
-        except Exception as exc:  # the AWS sweep that follows stops whatever is left
-            logger.warning("closing the dask cluster failed: %s", one_line(exc))
-    if resources is not None:
-        leftovers = resources.delete()
-        if leftovers:
-            logger.error(
-                "these AWS resources of the run could not be deleted (they carry its tags): %s",
-                "; ".join(leftovers),
-            )
+    from flowrig.backends.aws.session import Session
 
 
 @dataclass(frozen=True)
@@ -122,12 +82,85 @@ class _Infrastructure:
     security_groups: list[str]
 
 
-class _ECSBase(Backend):
+class ECSRun(CloudRun):
+    """One run's AWS resources, lease and task definitions (see the module's docstring)."""
+
+    provider = "AWS"
+
+    def __init__(
+        self, backend: "_ECSBase", spec: ClusterSpec, options: ECSOptions, launch: _Launch,
+        session: "Session", tags: Mapping[str, str], resources: "RunResources", renewer: "LeaseRenewer",
+    ) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.options = options
+        self.launch = launch
+        self.session = session
+        self.tags = tags
+        self.resources = resources
+        self.renewer = renewer
+        self.infra: _Infrastructure | None = None
+
+    @property
+    def needs_certificates(self) -> bool:
+        """Task definitions flowrig registers read the run's secret; the project's own
+        use the image's baked files."""
+        return bool(self.launch.own_definitions)
+
+    def prepare(self) -> None:
+        # While the run lives its lease is renewed, so `flowrig aws leftovers` leaves it alone.
+        self.renewer.start()
+        self.infra = self.backend._infrastructure(self.spec.run_id, self.options, self.resources, self.launch)
+
+    def store_certificates(self, line: str) -> str | None:
+        """The run's secret holding its certificates (only the execution role may read
+        it); its ARN."""
+        from flowrig.backends.aws import policies as iam
+
+        assert self.infra is not None
+        # A role the project named exists already: the secret's policy may name it.
+        return self.resources.create_run_secret(
+            iam.secret_name(self.spec.run_id), line, self.infra.execution_role_arn,
+            grant=not self.infra.own_execution_role,
+        )
+
+    def launcher(self, secret_ref: str | None, deadline: float) -> "ECSLauncher":
+        from flowrig.backends.aws.ecs.launcher import ECSLauncher
+
+        assert self.infra is not None
+        definitions = self.backend._task_definitions(
+            self.spec, self.options, self.resources, self.session.region_name, self.launch, self.infra, secret_ref
+        )
+        started_by = f"{defaults.FAMILY_PREFIX}-{self.spec.run_id}"[:128]
+        # Whatever happens to the cluster object, teardown finds the run's tasks by this.
+        self.resources.track_tasks(self.infra.cluster_arn, started_by)
+        return ECSLauncher(self.session, _task_settings(
+            self.backend, self.spec, self.options, self.launch, self.infra, definitions,
+            self.tags, started_by, self.resources,
+        ))
+
+    def close(self) -> list[str]:
+        """Delete the run's AWS resources (its tasks first). The lease is renewed until the
+        end, so `flowrig aws leftovers` leaves a slow teardown alone."""
+        try:
+            return self.resources.delete()
+        finally:
+            self.renewer.stop()
+
+    def network_description(self) -> str:
+        return "the VPC"
+
+
+class _ECSBase(PoolBackend):
     """What ``ecs`` and ``fargate`` share; they differ in the launch type only."""
 
     #: Whether scheduler and workers run on Fargate unless the options say otherwise.
     fargate: ClassVar[bool]
     options_model = ECSOptions
+    extra = "aws"
+    # dask-cloudprovider's aws extra brings botocore.
+    sdk_modules = ("botocore", "dask_cloudprovider.aws.helper")
+    sdk_name = "dask-cloudprovider"
 
     def roles_use_image_certificates(self, options: Mapping[str, Any]) -> bool:
         """Task definitions of the project's own, or a scheduler already running, start
@@ -149,34 +182,20 @@ class _ECSBase(Backend):
                 pass
         return "127.0.0.1", "127.0.0.1"
 
-    def start(self, spec: ClusterSpec) -> StartedCluster:
-        """Create the run's AWS resources, start the cluster, wait for its first worker.
-
-        Everything happens within ``provision_timeout`` seconds (option; default
-        :data:`flowrig.backends.aws.ecs.defaults.PROVISION_TIMEOUT`). On any failure, what
-        was created is removed again before the error is raised.
+    def open_run(self, spec: ClusterSpec, options: ECSOptions) -> ECSRun:
+        """Every option checked (launch types, sizes, environment), the AWS session and the
+        run's tags; the first AWS call asks who the caller is, nothing is made yet.
 
         Raises
         ------
         BadInput
-            No image, the aws extra missing, invalid options or task sizes, no AWS
-            credentials or region.
-        InfrastructureError
-            AWS unreachable or refusing, or the cluster not ready in time.
+            Invalid options or task sizes, no AWS credentials or region.
         """
         from flowrig.backends.aws import lease
         from flowrig.backends.aws import policies as iam
         from flowrig.backends.aws import resources as aws_resources
         from flowrig.backends.aws import session as aws_session
-        from flowrig.backends.aws.ecs.launcher import ECSLauncher
-        from flowrig.backends.pool import start_pool
 
-        _require_aws_extra(self.name)
-        if not spec.image:
-            raise BadInput(f"the {self.name} backend needs an image: pass --image or build one with flowrig build")
-        options: ECSOptions = self.parse_options(spec.options)
-        timeout = float(options.provision_timeout)
-        deadline = time.monotonic() + timeout
         # Every option is checked before the first AWS call.
         launch = self._launch(options, spec.allowed_environment)
         session = aws_session.session(
@@ -191,38 +210,8 @@ class _ECSBase(Backend):
         tags = {**options.tags, iam.RUN_TAG: spec.run_id, "createdBy": "flowrig",
                 **lease.initial_tags(lease_seconds), iam.OWNER_TAG: owner}
         resources = aws_resources.RunResources(session, tags, float(options.cleanup_timeout))
-        # While the run lives its lease is renewed, so `flowrig aws leftovers` leaves it alone.
-        renewer = lease.LeaseRenewer(resources, lease_seconds).start()
-        cluster: PoolCluster | None = None
-        try:
-            infra = self._infrastructure(spec.run_id, options, resources, launch)
-            tls_secret = self._tls_secret(spec, resources, launch, infra)
-            definitions = self._task_definitions(
-                spec, options, resources, session.region_name, launch, infra, tls_secret
-            )
-            started_by = f"{defaults.FAMILY_PREFIX}-{spec.run_id}"[:128]
-            # Whatever happens to the cluster object, teardown finds the run's tasks by this.
-            resources.track_tasks(infra.cluster_arn, started_by)
-            launcher = ECSLauncher(session, _task_settings(
-                self, spec, options, launch, infra, definitions, tags, started_by, resources
-            ))
-            cluster = start_pool(
-                launcher, spec, backend=self.name, timeout=timeout, deadline=deadline,
-                scheduler_address=options.scheduler_address,
-            )
-        except BaseException as exc:
-            _close_run(cluster, resources, renewer)
-            if isinstance(exc, (FlowrigError, KeyboardInterrupt)) or not isinstance(exc, Exception):
-                raise
-            raise InfrastructureError(f"the {self.name} cluster could not start: {one_line(exc)}") from None
-        return StartedCluster(
-            scheduler_address=cluster.scheduler_address,
-            dashboard_link=cluster.dashboard_link or None,
-            close=CloseOnce(functools.partial(_close_run, cluster, resources, renewer)),
-            cluster=cluster,
-            scheduler_up=cluster.scheduler_up_at,
-            dashboard_reach=None if options.scheduler_address else dashboard_reach(options.dashboard, "the VPC"),
-        )
+        renewer = lease.LeaseRenewer(resources, lease_seconds)
+        return ECSRun(self, spec, options, launch, session, tags, resources, renewer)
 
     # --- steps of start -----------------------------------------------------------
     def _launch(self, options: ECSOptions, allowed: frozenset[str] = frozenset()) -> _Launch:
@@ -332,23 +321,6 @@ class _ECSBase(Backend):
             vpc=vpc,
             subnets=subnets,
             security_groups=security_groups,
-        )
-
-    @staticmethod
-    def _tls_secret(
-        spec: ClusterSpec, resources: "RunResources", launch: _Launch, infra: _Infrastructure
-    ) -> str | None:
-        """The run's secret holding its certificates (only the execution role may read
-        it), when flowrig registers a task definition; its ARN."""
-        from flowrig.backends.aws import policies as iam
-        from flowrig.certs import delivery
-
-        if not launch.own_definitions:
-            return None
-        line = delivery.encode(spec.tls).decode().strip()
-        # A role the project named exists already: the secret's policy may name it.
-        return resources.create_run_secret(
-            iam.secret_name(spec.run_id), line, infra.execution_role_arn, grant=not infra.own_execution_role
         )
 
     def _task_definitions(

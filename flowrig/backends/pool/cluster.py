@@ -1,8 +1,8 @@
-"""A cluster whose scheduler and workers a :class:`Launcher` starts: ECS tasks, VMs.
+"""A cluster whose scheduler and workers a :class:`~flowrig.backends.pool.launcher.Launcher` starts: ECS tasks, VMs.
 
 :class:`PoolCluster` is flowrig's own cluster manager on distributed's public API (the
 :class:`distributed.deploy.Cluster` base, its scheduler RPC and ``Adaptive``). A backend
-supplies only a :class:`Launcher`: how to start the scheduler and a batch of workers,
+supplies only a :class:`~flowrig.backends.pool.launcher.Launcher`: how to start the scheduler and a batch of workers,
 how to observe all of them in one call, and how to stop them. The pool owns what every
 cloud backend needs the same way:
 
@@ -13,7 +13,8 @@ cloud backend needs the same way:
   (from :data:`POLL_MIN` to :data:`POLL_MAX` seconds, and back to the minimum on a change);
 - partial starts: the start goes on when at least the minimum of workers joined, and
   fails at once, with the reasons, when too few of the workers asked for are left;
-- workers that stop after joining are replaced, so the cluster returns to its size.
+- workers that stop after joining are replaced, so the cluster returns to its size, by
+  the rule every backend shares (:class:`~flowrig.backends.lost_workers.Replacements`).
 
 Worker names are chosen by the launcher (an ECS worker is named after its task), so the
 scheduler's view (workers by name) and the pool's match, and adaptive scaling retires
@@ -22,19 +23,19 @@ by name.
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import functools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, Iterable
 
 from distributed.core import Status, rpc
 from distributed.deploy import Cluster
 from distributed.utils import LoopRunner, NoOpAwaitable
 
-from flowrig.backends.watch import follow
+from flowrig.backends.lost_workers import Replacements
+from flowrig.backends.pool.launcher import Endpoint, Launcher, Observed, StartTimeout
 from flowrig.errors import FlowrigError, InfrastructureError, one_line
 
 logger = logging.getLogger("flowrig.pool")
@@ -43,96 +44,6 @@ logger = logging.getLogger("flowrig.pool")
 #: The maximum bounds how late a stopped role is noticed (the start fails within it).
 POLL_MIN = 1.0
 POLL_MAX = 5.0
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What a launcher saw of one role.
-
-    Parameters
-    ----------
-    status
-        ``pending`` (asked for, not running yet), ``running`` or ``stopped``.
-    reason
-        Why it stopped, one line (stop code, stopped reason, the container's reason).
-    """
-
-    status: str
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a started scheduler listens.
-
-    Parameters
-    ----------
-    contact_address
-        ``tls://`` address the workers use.
-    client_address
-        ``tls://`` address this process uses (the same unless it is published elsewhere).
-    dashboard_link
-        URL of the dashboard, when it is reachable from here.
-    """
-
-    contact_address: str
-    client_address: str | None = None
-    dashboard_link: str | None = None
-
-
-@dataclass(frozen=True)
-class WorkerStart:
-    """What came of asking a launcher for workers.
-
-    Parameters
-    ----------
-    started
-        ``name -> handle`` of each worker started.
-    refused
-        One reason per worker the API did not start (capacity, limits).
-    """
-
-    started: dict[str, str]
-    refused: list[str] = field(default_factory=list)
-
-
-class StartTimeout(InfrastructureError):
-    """The start deadline passed; the message says what was still pending."""
-
-
-class Launcher(abc.ABC):
-    """How one backend starts, observes and stops a run's roles.
-
-    Every method blocks (it calls a cloud API or an engine) and runs in a thread off the
-    cluster's event loop. Handles are the launcher's own ids (a task ARN, a container id).
-    """
-
-    #: What a role is called in messages ("task", "container", "instance").
-    kind: ClassVar[str] = "task"
-
-    @abc.abstractmethod
-    def start_scheduler(self) -> str:
-        """Ask for the scheduler; its handle."""
-
-    @abc.abstractmethod
-    def scheduler_endpoint(self, handle: str) -> Endpoint:
-        """Where the running scheduler ``handle`` listens."""
-
-    @abc.abstractmethod
-    def start_workers(self, scheduler_address: str, count: int) -> WorkerStart:
-        """Ask for ``count`` workers connecting to ``scheduler_address``, in as few calls as
-        the API allows; raises only when the API refused the call itself."""
-
-    @abc.abstractmethod
-    def observe(self, handles: list[str]) -> dict[str, Observed]:
-        """The state of each of ``handles``, in as few calls as the API allows."""
-
-    @abc.abstractmethod
-    def stop(self, handles: list[str], reason: str) -> None:
-        """Stop roles; quiet about roles that are gone already."""
-
-    def close(self) -> None:
-        """Release what the launcher itself holds (clients, a network); after :meth:`stop`."""
 
 
 @dataclass
@@ -190,8 +101,9 @@ class PoolCluster(Cluster):
         self.deadline = time.monotonic() + start_timeout
         self.start_timeout = start_timeout
         self.workers: dict[str, _Worker] = {}
-        #: One line per worker that stopped before it joined or was never started, oldest first.
-        self.failures: list[str] = []
+        #: Lost workers replaced, and one line per worker that stopped before it joined or
+        #: was never started, oldest first; whether the pool may still replace.
+        self.replacements = Replacements(lambda: self._desired)
         #: Workers asked of the launcher, and how many of those it started.
         self.asked = 0
         self.started = 0
@@ -201,8 +113,6 @@ class PoolCluster(Cluster):
         #: Why the launcher refused to start workers (permissions, parameters): waiting
         #: does not change that, so :meth:`wait_for_start` raises it at once.
         self.start_error: FlowrigError | None = None
-        #: Workers that stopped after joining and were replaced.
-        self.replaced = 0
         # Why each worker that stopped stopped, by name.
         self._lost: dict[str, str] = {}
         self._desired = n_workers
@@ -330,7 +240,7 @@ class PoolCluster(Cluster):
                 for name, handle in result.started.items():
                     self.workers[name] = _Worker(handle=handle, since=now)
                 for reason in result.refused:
-                    self.failures.append(f"worker {self.launcher.kind} not started: {reason}")
+                    self.replacements.failed(f"worker {self.launcher.kind} not started: {reason}")
                 if result.refused:
                     logger.warning(
                         "asked for %d worker %ss, %d started; not started: %s",
@@ -378,11 +288,11 @@ class PoolCluster(Cluster):
             del self.workers[name]
             self._lost[name] = state.reason
             if worker.joined:
-                self.replaced += 1
-                logger.warning("worker %s was lost (%s): starting a replacement", name, state.reason)
+                self.replacements.lost([name], f"stopped ({state.reason})" if state.reason else "stopped")
             else:
-                self.failures.append(f"worker {self.launcher.kind} {name} stopped: {state.reason}")
-        if changed and self._desired > len(self.workers) and self._may_replace() and not self._deciding:
+                self.replacements.failed(f"worker {self.launcher.kind} {name} stopped: {state.reason}")
+        may_replace = self.replacements.may_replace()
+        if changed and self._desired > len(self.workers) and may_replace and not self._deciding:
             await self._reconcile()
         return changed
 
@@ -392,17 +302,12 @@ class PoolCluster(Cluster):
         ``SpotInterruption``, a container's exit code or ``OutOfMemoryError``)."""
         return self._lost.get(name)
 
-    def _may_replace(self) -> bool:
-        # Workers that never join would be replaced for ever: after as many failed starts
-        # as the cluster has workers (at least three), the pool stops trying.
-        return len(self.failures) < max(3, self._desired)
-
     # --- waiting for workers ---------------------------------------------------------------
     def wait_for_start(self, minimum: int, timeout: float) -> int:
         """Block until at least ``minimum`` workers joined; the number that joined.
 
         The rest keep starting in the background. A worker that stops before joining, or
-        that the launcher could not start, is reported in :attr:`failures`; the start goes
+        that the launcher could not start, is reported in ``replacements.failures``; the start goes
         on while enough workers are left to reach ``minimum``, and the log says how many
         were asked for, how many started and why the others did not.
 
@@ -428,28 +333,29 @@ class PoolCluster(Cluster):
             if self.start_error is not None:
                 raise self.start_error
             joined = len(self.scheduler_info.get("workers", {}))
+            failures = self.replacements.failures
             # Nothing counts before the wanted workers were asked for: the scale runs
             # on the cluster's loop, and a scheduler of someone else's may have workers.
             asked = self.asked >= min(self._desired, minimum)
             if asked and joined >= minimum:
-                if self.failures:
+                if failures:
                     logger.warning(
                         "the cluster goes on with %d of %d workers joined (%d asked for, %d started, "
                         "at least %d needed); not started or stopped: %s",
-                        joined, self._desired, self.asked, self.started, minimum, _reasons(self.failures),
+                        joined, self._desired, self.asked, self.started, minimum, _reasons(failures),
                     )
                 return joined
             # Workers of the pool's that are alive can still join; a scheduler of someone
             # else's may hold more than that.
-            if asked and self.failures and max(joined, len(self.workers)) < minimum:
+            if asked and failures and max(joined, len(self.workers)) < minimum:
                 raise InfrastructureError(
                     f"only {max(joined, len(self.workers))} of {self.asked} worker {self.launcher.kind}s "
-                    f"asked for can join, at least {minimum} needed: {self.failures[0]}"
+                    f"asked for can join, at least {minimum} needed: {failures[0]}"
                 )
             if time.monotonic() > deadline:
                 states = sorted({w.state.status.upper() for w in self.workers.values() if not w.joined})
                 pending = f"worker {self.launcher.kind} {'/'.join(states)}" if states else "workers not joined"
-                raise StartTimeout(pending + (f"; {self.failures[0]}" if self.failures else ""))
+                raise StartTimeout(pending + (f"; {failures[0]}" if failures else ""))
             time.sleep(0.25)
 
     # --- close -----------------------------------------------------------------------
@@ -487,63 +393,3 @@ class PoolCluster(Cluster):
     def dashboard_link(self) -> str:
         """The dashboard's URL when it is reachable from here, else ``""``."""
         return (self._endpoint.dashboard_link if self._endpoint else None) or ""
-
-
-def start_pool(
-    launcher: Launcher,
-    spec: Any,
-    *,
-    backend: str,
-    timeout: float,
-    deadline: float,
-    scheduler_address: str | None = None,
-) -> PoolCluster:
-    """Start ``spec``'s cluster through ``launcher`` and wait for its first workers.
-
-    The scheduler (unless ``scheduler_address`` names a running one) and at least
-    ``spec.start_minimum`` workers come up by ``deadline`` (``time.monotonic()``);
-    ``timeout`` is that budget in seconds, for the messages. An adaptive cluster starts
-    at its minimum. On failure the cluster is closed (its roles stopped) before the
-    error is raised; what the backend created besides is the caller's to remove.
-
-    Raises
-    ------
-    InfrastructureError
-        The cluster did not start, or had too few workers, in time.
-    """
-    initial = spec.size.adapt[0] if spec.size.adapt else spec.size.n_workers
-    try:
-        cluster = PoolCluster(
-            launcher,
-            security=spec.tls.to_security(),
-            n_workers=0,
-            start_timeout=max(deadline - time.monotonic(), 0.0),
-            scheduler_address=scheduler_address,
-            name=f"flowrig-{spec.run_id}",
-        )
-    except StartTimeout as exc:
-        raise InfrastructureError(
-            f"the {backend} cluster did not start within {timeout:g} s ({exc}); "
-            "everything created for the run is being removed"
-        ) from None
-    try:
-        follow(cluster, getattr(spec, "on_news", None))
-        if initial:
-            cluster.scale(initial)
-        if spec.size.adapt:
-            cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
-        if initial:
-            try:
-                cluster.wait_for_start(minimum=spec.start_minimum, timeout=max(deadline - time.monotonic(), 0.0))
-            except StartTimeout as exc:
-                raise InfrastructureError(
-                    f"the {backend} cluster had no worker within {timeout:g} s ({exc}); "
-                    "everything created for the run is being removed"
-                ) from None
-    except BaseException:
-        try:
-            cluster.close()
-        except Exception as exc:  # the backend's own teardown removes what is left
-            logger.warning("closing the dask cluster failed: %s", one_line(exc))
-        raise
-    return cluster

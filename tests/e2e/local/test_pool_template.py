@@ -1,0 +1,125 @@
+"""The start every cloud backend shares (:class:`flowrig.backends.pool.PoolBackend`) with
+a real cluster: a real mutual-TLS scheduler on loopback and real Dask workers started by
+an in-process launcher; only the cloud around them is the recording fake of
+tests/pool_support.py.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from flowrig.backends.base import ClusterSpec
+from flowrig.backends.pool import Endpoint, Observed, WorkerStart
+from flowrig.errors import InfrastructureError
+from flowrig.project.sizing import ClusterSize
+from tests.e2e.aws.test_ecs_backend import local_scheduler
+from tests.e2e.docker.test_run_told import InProcessLauncher
+from tests.pool_support import FakeBackend
+
+
+class SchedulerLauncher(InProcessLauncher):
+    """Starts "the scheduler" by handing out a running one's address."""
+
+    def __init__(self, security, address: str) -> None:
+        super().__init__(security)
+        self.address = address
+        self.stop_calls: list[tuple[list[str], str]] = []
+        self.closed = False
+
+    def start_scheduler(self) -> str:
+        return "scheduler-task"
+
+    def scheduler_endpoint(self, handle: str) -> Endpoint:
+        assert handle == "scheduler-task"
+        return Endpoint(self.address)
+
+    def observe(self, handles):
+        return {h: Observed("running") if h == "scheduler-task" else state
+                for h, state in super().observe([h for h in handles]).items()}
+
+    def stop(self, handles, reason: str) -> None:
+        self.stop_calls.append((sorted(handles), reason))
+        super().stop([h for h in handles if h != "scheduler-task"], reason)
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+def spec(tls, workers: int = 2, **options) -> ClusterSpec:
+    return ClusterSpec(run_id="tmpl2", size=ClusterSize(workers), tls=tls, image="registry.example/flows:1",
+                       options=options)
+
+
+def test_a_started_cluster_serves_and_closes_the_run_once(tls):
+    with local_scheduler(tls, workers=0) as scheduler:
+        launcher = SchedulerLauncher(tls.to_security(), scheduler.scheduler_address)
+        backend = FakeBackend(launcher)
+        started = backend.start(spec(tls, provision_timeout=60))
+        try:
+            [run] = backend.runs
+            assert run.steps == ["prepare", "store_certificates", "launcher"]
+            assert started.scheduler_address == scheduler.scheduler_address
+            assert len(started.cluster.scheduler_info["workers"]) >= 1
+            assert started.dashboard_reach == "[cluster.options] dashboard = true opens it to the fake network"
+        finally:
+            started.close()
+            started.close()
+        assert run.steps == ["prepare", "store_certificates", "launcher", "close"]
+        # The roles went first (the scheduler task among them), then the run's resources.
+        assert launcher.stop_calls[-1] == (["scheduler-task", "task-0", "task-1"], "flowrig teardown")
+        assert launcher.closed and launcher.workers == {}
+
+
+def test_a_given_scheduler_has_no_dashboard_advice(tls):
+    with local_scheduler(tls, workers=0) as scheduler:
+        launcher = InProcessLauncher(tls.to_security())
+        backend = FakeBackend(launcher)
+        started = backend.start(spec(tls, workers=1, provision_timeout=60,
+                                     scheduler_address=scheduler.scheduler_address))
+        try:
+            assert started.dashboard_reach is None
+            assert started.scheduler_address == scheduler.scheduler_address
+        finally:
+            started.close()
+        assert backend.runs[0].steps[-1] == "close"
+
+
+class RefusingLauncher(SchedulerLauncher):
+    def start_scheduler(self) -> str:
+        raise RuntimeError("RunTask: AccessDenied for the scheduler\n(request 9)")
+
+
+def test_a_cluster_that_cannot_start_closes_its_launcher_and_the_run(tls):
+    launcher = RefusingLauncher(tls.to_security(), "tls://127.0.0.1:9")
+    backend = FakeBackend(launcher)
+    with pytest.raises(InfrastructureError) as info:
+        backend.start(spec(tls, provision_timeout=30))
+    assert str(info.value) == "the fakecloud cluster could not start: RunTask: AccessDenied for the scheduler (request 9)"
+    assert launcher.closed
+    assert backend.runs[0].steps == ["prepare", "store_certificates", "launcher", "close"]
+
+
+class NeverJoiningLauncher(SchedulerLauncher):
+    """Workers the cloud accepts and never runs."""
+
+    def start_workers(self, scheduler_address: str, count: int) -> WorkerStart:
+        return WorkerStart({f"pending-{i}": f"pending-{i}" for i in range(count)})
+
+    def observe(self, handles):
+        return {h: Observed("running" if h == "scheduler-task" else "pending") for h in handles}
+
+
+def test_the_deadline_stops_the_start_and_everything_is_removed(tls, caplog):
+    with local_scheduler(tls, workers=0) as scheduler:
+        launcher = NeverJoiningLauncher(tls.to_security(), scheduler.scheduler_address)
+        backend = FakeBackend(launcher, leftovers=["volume v-1"])
+        with caplog.at_level(logging.ERROR, logger="flowrig.pool"), pytest.raises(InfrastructureError) as info:
+            backend.start(spec(tls, workers=1, provision_timeout=3))
+    assert str(info.value) == ("the fakecloud cluster had no worker within 3 s (worker task PENDING); "
+                               "everything created for the run is being removed")
+    assert launcher.stop_calls == [(["pending-0", "scheduler-task"], "flowrig teardown")]
+    assert backend.runs[0].steps[-1] == "close"
+    assert "could not be deleted (they carry its tags): volume v-1" in caplog.text
