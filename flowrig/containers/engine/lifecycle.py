@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Iterable
@@ -99,8 +100,8 @@ class StdinWriter:
         except docker.errors.APIError as exc:
             raise InfrastructureError(f"cannot attach to the stdin of {container.name}: {one_line(exc)}") from None
         # docker-py hands back a socket.SocketIO for a local engine, a raw socket otherwise.
-        raw = getattr(self._socket, "_sock", self._socket)
-        self._send = raw.sendall
+        self._raw = getattr(self._socket, "_sock", self._socket)
+        self._send = self._raw.sendall
         self._lock = threading.Lock()
 
     def write(self, data: bytes) -> None:
@@ -113,8 +114,16 @@ class StdinWriter:
 
     def close(self) -> None:
         """Close the stream (the container reads end of file); safe to call more than once."""
-        with self._lock, contextlib.suppress(OSError):
-            self._socket.close()
+        with self._lock:
+            # Closing the SocketIO alone leaves the connection open (docker-py's response
+            # still holds the socket), and the container would never read end of file:
+            # half-close it, which the engine passes on as the end of its stdin.
+            with contextlib.suppress(OSError, AttributeError):
+                self._raw.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):
+                self._socket.close()
+            with contextlib.suppress(OSError):
+                self._raw.close()
 
 
 def attach_stdin(container: "Container") -> StdinWriter:
