@@ -234,20 +234,20 @@ def run_local_command(
 
     Containers run read-only with no capabilities, no-new-privileges and a process limit, and never as root.
     """
-    from flowrig.backends.aws.ecs import run_local
+    from flowrig.backends.aws.ecs import run_local, taskdoc
 
     document = _read_json(task_definition, "the task definition")
     from flowrig.errors import BadInput
 
     if not isinstance(document, dict):
         raise BadInput("the task definition must be a JSON object")
-    definition = run_local.load_task_definition(document)
+    definition = taskdoc.load_task_definition(document)
     override_document = _read_json(overrides, "--overrides") if overrides else None
     if override_document is not None and not isinstance(override_document, dict):
         raise BadInput("--overrides must be a JSON object")
     plans = run_local.plan_run(
         definition,
-        run_local.load_overrides(override_document),
+        taskdoc.load_overrides(override_document),
         run_id=run_local.new_run_id(),
         network=network,
     )

@@ -1,10 +1,12 @@
-"""The one seam to the Docker engine: plans as data, and the only module that uses docker-py.
+"""The one seam to the Docker engine: plans as data, and the only package that uses docker-py.
 
 Owns: :class:`ContainerPlan` (everything needed to create one container, pure data),
 the labels every container of a run carries (so ``flowrig docker leftovers`` finds any
-run's containers, run-local's included), and :mod:`~flowrig.containers.engine`, the
-only module that imports docker-py. The docker backend, ``flowrig ecs run-local`` and
-the tests all create, start, watch and remove containers through it. Image builds use
+run's containers, run-local's included), :mod:`~flowrig.containers.engine`, the only
+package that imports docker-py, and :mod:`~flowrig.containers.group`, the one loop that
+runs a group of containers until the first essential one exits (``flowrig ecs
+run-local`` and ``flowrig vm run-local``). The docker backend, both run-local commands
+and the tests all create, start, watch and remove containers through the engine. Image builds use
 the Docker CLI instead (:mod:`flowrig.builder`), since docker-py cannot use BuildKit.
 
 May import: :mod:`flowrig.errors`, :mod:`flowrig.layout`, :mod:`flowrig.common`.

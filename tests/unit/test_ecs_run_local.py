@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from flowrig.backends.aws.ecs import defaults as ecs_defaults
-from flowrig.backends.aws.ecs import run_local, taskdefs
+from flowrig.backends.aws.ecs import run_local, taskdefs, taskdoc
 from flowrig.errors import BadInput
 
 EXEC_ROLE = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole"
@@ -46,7 +46,7 @@ def test_overrides_replace_the_command_and_add_environment_as_runtask_does():
         "command": ["dask-worker", "tls://dask-scheduler:8786", "--name", "0"],
         "environment": [{"name": "B", "value": "override"}, {"name": "C", "value": "new"}],
     }]}
-    [plan] = run_local.plan_run(rendered("worker"), run_local.load_overrides(overrides), run_id="r2")
+    [plan] = run_local.plan_run(rendered("worker"), taskdoc.load_overrides(overrides), run_id="r2")
     assert plan.command == ("dask-worker", "tls://dask-scheduler:8786", "--name", "0")
     assert plan.environment == {"A": "task", "B": "override", "C": "new"}
     # No network named: one of this invocation's own.
@@ -59,10 +59,10 @@ def test_overrides_replace_the_command_and_add_environment_as_runtask_does():
 
 
 def test_whole_runtask_requests_and_described_definitions_are_accepted():
-    definition = run_local.load_task_definition({"taskDefinition": rendered("runner"), "tags": []})
+    definition = taskdoc.load_task_definition({"taskDefinition": rendered("runner"), "tags": []})
     request = {"cluster": "c", "taskDefinition": "t", "overrides": {
         "containerOverrides": [{"name": "flowrig-runner", "command": ["run", "--output", "json"]}]}}
-    [plan] = run_local.plan_run(definition, run_local.load_overrides(request), run_id="r4")
+    [plan] = run_local.plan_run(definition, taskdoc.load_overrides(request), run_id="r4")
     assert plan.command == ("run", "--output", "json")
     assert plan.container == "flowrig-runner"
 
@@ -91,15 +91,15 @@ def test_several_containers_and_non_essential_ones():
 )
 def test_bad_overrides_are_bad_input(definition, overrides, words):
     with pytest.raises(BadInput) as info:
-        run_local.plan_run(rendered(definition), run_local.load_overrides(overrides), run_id="x")
+        run_local.plan_run(rendered(definition), taskdoc.load_overrides(overrides), run_id="x")
     assert words in str(info.value) and "\n" not in str(info.value)
 
 
 def test_bad_task_definitions_are_bad_input():
     with pytest.raises(BadInput, match="no containerDefinitions"):
-        run_local.load_task_definition({"family": "f"})
+        taskdoc.load_task_definition({"family": "f"})
     with pytest.raises(BadInput, match="name and an image"):
-        run_local.load_task_definition({"containerDefinitions": [{"name": "x"}]})
+        taskdoc.load_task_definition({"containerDefinitions": [{"name": "x"}]})
     lonely = rendered("worker")
     lonely["containerDefinitions"][0]["essential"] = False
     with pytest.raises(BadInput, match="no essential container"):
@@ -120,7 +120,7 @@ TRAVERSALS = [
 @pytest.mark.parametrize("value_from", TRAVERSALS)
 def test_secret_names_that_leave_the_secrets_dir_are_refused(value_from):
     with pytest.raises(BadInput) as info:
-        run_local.secret_file_name(value_from)
+        taskdoc.secret_file_name(value_from)
     assert "not a file inside --secrets-dir" in str(info.value) and "\n" not in str(info.value)
 
 
@@ -169,5 +169,5 @@ def test_who_a_container_runs_as():
     assert run_local.run_as(task, "0:0")[0] == run_local.NON_ROOT_USER
     [own] = run_local.plan_run(_with({"user": "1000:1000"}), run_id="r4")
     assert run_local.run_as(own, "") == ("1000:1000", None)
-    assert run_local.uid_of("root:x:0:0::/root:/bin/sh\nadmin:x:0:0::/:/bin/sh\nme:x:1000:1000::/:/bin/sh\n",
+    assert taskdoc.uid_of("root:x:0:0::/root:/bin/sh\nadmin:x:0:0::/:/bin/sh\nme:x:1000:1000::/:/bin/sh\n",
                             "admin") == 0

@@ -15,14 +15,12 @@ and host networking by default (a VM is its role's machine). Three things differ
 - nothing logs in to a registry: the engine must have the image already.
 
 :func:`plan_replay` is pure; :func:`run` applies a replay through
-:mod:`flowrig.containers.engine`.
+:func:`flowrig.containers.group.run_group`.
 """
 
 from __future__ import annotations
 
-import queue
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, TextIO
 
@@ -237,20 +235,6 @@ def _require_images(client: Any, replays: list[Replay]) -> None:
             ) from None
 
 
-def _start(container: Any, replay: Replay, tls: "TLSMaterial | None") -> None:
-    from flowrig.certs import delivery
-    from flowrig.containers import engine
-
-    engine.start_container(container)
-    if replay.delivers_certificates:
-        assert tls is not None
-        writer = engine.attach_stdin(container)
-        try:
-            writer.write(delivery.encode(tls))
-        finally:
-            writer.close()  # the role reads end of file: the certificates are in its memory only
-
-
 def run(
     replays: list[Replay],
     tls: "TLSMaterial | None" = None,
@@ -264,7 +248,8 @@ def run(
     With ``detach``, print their names and leave them running. Otherwise stream their
     logs to ``out`` (each line prefixed with its VM's name) until one exits or this
     process is interrupted (Ctrl-C, SIGTERM), then remove every container started
-    here, and return the exit code of the one that exited.
+    here, and return the exit code of the one that exited
+    (:func:`flowrig.containers.group.run_group`).
 
     Raises
     ------
@@ -273,49 +258,25 @@ def run(
     InfrastructureError
         Docker is unreachable, a container cannot be created or started.
     """
-    from flowrig.common.signals import shielded, terminating
+    from flowrig.certs import delivery
     from flowrig.containers import engine
+    from flowrig.containers.group import Member, Network, run_group
 
     out = out or sys.stdout
     client = client or engine.connect()
     _require_images(client, replays)
-    created: list[Any] = []
-    keep = False
-    with terminating():
-        try:
-            networks = {}
-            for network in sorted({replay.plan.network for replay in replays} - {HOST_NETWORK}):
-                networks[network] = engine.ensure_network(client, network, NETWORK_LABELS)
-            for replay in replays:
-                plan = replay.plan
-                if plan.network in networks:
-                    plan = replace(plan, network=networks[plan.network])
-                created.append(engine.create_container(client, plan))
-            # In parallel: a worker retries its scheduler until it listens.
-            with ThreadPoolExecutor(max_workers=len(created) or 1) as pool:
-                for started in [pool.submit(_start, c, r, tls) for c, r in zip(created, replays)]:
-                    started.result()
-            if detach:
-                for replay in replays:
-                    out.write(f"{replay.plan.name}\n")
-                out.flush()
-                keep = True
-                return 0
-            # A log stream begins at the container's first line, however late it is followed.
-            pump = engine.LogPump(prefix=True)
-            for replay, container in zip(replays, created):
-                pump.follow(container, replay.label, both_to=out)
-            results = engine.first_exit(created)
-            while True:
-                try:
-                    # A timeout keeps the main thread responsive to Ctrl-C.
-                    name, code = results.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                pump.join(timeout=5, label=next(r.label for r in replays if r.plan.name == name))
-                return code
-        finally:
-            if not keep:
-                with shielded():
-                    for container in created:
-                        engine.remove_container(container)
+    members = []
+    for replay in replays:
+        stdin = None
+        if replay.delivers_certificates:
+            if tls is None:
+                raise ValueError(f"{replay.label} reads its certificates from stdin: pass them")
+            stdin = delivery.encode(tls)
+        # Every role is essential: a VM whose role exits has nothing else to do.
+        members.append(Member(replay.plan, label=replay.label, stdin=stdin))
+    networks = [
+        Network(name, labels=NETWORK_LABELS)
+        for name in sorted({replay.plan.network for replay in replays} - {HOST_NETWORK})
+    ]
+    # In parallel: a worker retries its scheduler until it listens.
+    return run_group(client, members, networks, out=out, detach=detach)

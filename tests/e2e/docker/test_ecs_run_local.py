@@ -24,7 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flowrig.backends.aws.ecs import defaults as ecs_defaults
-from flowrig.backends.aws.ecs import run_local, taskdefs
+from flowrig.backends.aws.ecs import run_local, taskdefs, taskdoc
 from flowrig.cli.ecs import app
 from flowrig.errors import BadInput
 from flowrig.roles import task_name
@@ -49,7 +49,7 @@ from tests.unit.test_ecs_run_local import SECRET_ARN, TRAVERSALS, _with, rendere
     ],
 )
 def test_secret_file_names(value_from, name):
-    assert run_local.secret_file_name(value_from) == name
+    assert taskdoc.secret_file_name(value_from) == name
 
 
 @pytest.mark.parametrize("value_from", TRAVERSALS[:2])
@@ -143,7 +143,7 @@ def test_run_local_runs_streams_reads_secrets_and_cleans_up(docker_client, seed_
     (tmp_path / "token").write_text("tok-123\n")
     script = 'echo "$GREETING $TOKEN"; [ "$(cat /proc/1/comm)" = docker-init ] && echo init-ok; exit 7'
     overrides = {"containerOverrides": [{"name": "flowrig-runner", "command": ["sh", "-c", script]}]}
-    plans = run_local.plan_run(definition, run_local.load_overrides(overrides), run_id=uuid.uuid4().hex[:8],
+    plans = run_local.plan_run(definition, taskdoc.load_overrides(overrides), run_id=uuid.uuid4().hex[:8],
                                network=network)
     # The image's entry point runs anything that is not a flowrig role as given.
     out = io.StringIO()
@@ -198,7 +198,7 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, bootst
         [tls_secret] = described["worker"]["taskDefinition"]["containerDefinitions"][0]["secrets"]
         secret_arn = tls_secret["valueFrom"]
         secrets_dir = tmp_path / "secrets"
-        secret_file = secrets_dir / run_local.secret_file_name(secret_arn)
+        secret_file = secrets_dir / taskdoc.secret_file_name(secret_arn)
         secret_file.parent.mkdir(parents=True)
         secret_file.write_text(boto3.client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"])
         started.close()
@@ -488,7 +488,7 @@ def test_run_local_containers_are_hardened_and_never_root(docker_client, seed_im
         {"name": "seed", "image": seed_image, "entryPoint": ["sh", "-c"], "command": [probe], "essential": False},
         {"name": "base", "image": test_base_image(), "entryPoint": ["sh", "-c"], "command": ["sleep 2; " + probe]},
     ]}
-    plans = run_local.plan_run(run_local.load_task_definition(definition), run_id=uuid.uuid4().hex[:8])
+    plans = run_local.plan_run(taskdoc.load_task_definition(definition), run_id=uuid.uuid4().hex[:8])
     out, err = io.StringIO(), io.StringIO()
     assert run_local.run(plans, out=out, err=err, client=docker_client) == 0
     lines = out.getvalue().splitlines()

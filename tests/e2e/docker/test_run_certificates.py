@@ -200,7 +200,7 @@ def test_an_ecs_run_from_a_baked_image_uses_a_ca_made_for_that_run(
     image with the run's secret, and use that run's CA."""
     import boto3
 
-    from flowrig.backends.aws.ecs import FargateBackend, run_local
+    from flowrig.backends.aws.ecs import FargateBackend, run_local, taskdoc
     from flowrig.backends.base import ClusterSpec
     from flowrig.project.sizing import ClusterSize
     from flowrig.roles import task_name
@@ -236,7 +236,7 @@ def test_an_ecs_run_from_a_baked_image_uses_a_ca_made_for_that_run(
             [secret] = described["worker"]["taskDefinition"]["containerDefinitions"][0]["secrets"]
             secret_text = boto3.client("secretsmanager").get_secret_value(SecretId=secret["valueFrom"])["SecretString"]
             secrets_dir = tmp_path / f"secrets-{run_id}"
-            path = secrets_dir / run_local.secret_file_name(secret["valueFrom"])
+            path = secrets_dir / taskdoc.secret_file_name(secret["valueFrom"])
             path.parent.mkdir(parents=True)
             path.write_text(secret_text)
             started.close()

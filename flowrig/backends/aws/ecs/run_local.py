@@ -1,8 +1,9 @@
 """Run an ECS task definition's containers on the local Docker engine.
 
-:func:`plan_run` turns a task definition and ``RunTask`` overrides into a list of
+:func:`plan_run` turns a task definition and ``RunTask`` overrides (as
+:mod:`~flowrig.backends.aws.ecs.taskdoc` loads them) into a list of
 :class:`TaskContainer` (pure data, testable without Docker); :func:`run` applies a plan
-through :mod:`flowrig.containers.engine`: a user-defined network on which each container
+through :func:`flowrig.containers.group.run_group`: a user-defined network on which each container
 answers to its ECS container name (so ``dask-scheduler`` resolves), logs streamed with
 the container's name in front, and every container removed at the end, Ctrl-C included.
 Containers carry the labels of every flowrig run (the run id and, as role, the ECS
@@ -23,8 +24,8 @@ runs as root by default runs as :data:`NON_ROOT_USER` instead. Prefect's home mo
 ``/tmp`` unless the task definition sets ``PREFECT_HOME``, as on the docker backend.
 
 Every input is checked before Docker is asked for anything, each problem one line (exit
-2): the task definition's shape (:class:`TaskDefinitionDoc`), NUL bytes anywhere in it or
-in the overrides, variable names, secret names and values.
+2): the task definition's shape, NUL bytes anywhere in it or in the overrides, variable
+names, secret names (:mod:`~flowrig.backends.aws.ecs.taskdoc`) and values.
 
 Each invocation gets a network of its own (labelled with its run id, removed at the
 end), so the alias ``dask-scheduler`` of one invocation never answers in another.
@@ -39,19 +40,23 @@ whoever holds the Docker socket (root on this machine) can inspect.
 from __future__ import annotations
 
 import json
-import queue
-import re
 import secrets as _random
 import sys
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Mapping, TextIO
-
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from typing import Any, Mapping, TextIO
 
 from flowrig.backends.aws.ecs.defaults import RUN_LOCAL_NETWORK
+from flowrig.backends.aws.ecs.taskdoc import (
+    check_network,
+    is_root,
+    secret_file_name,
+    secret_path,
+    task_memory_mib,
+    uid_of,
+)
 from flowrig.backends.docker.plans import PIDS_LIMIT, PREFECT_HOME, hardening
-from flowrig.common.environ import check_env_name
 from flowrig.containers import LABEL_ROLE, LABEL_RUN_ID, ContainerPlan
 from flowrig.errors import BadInput
 
@@ -70,12 +75,8 @@ HARDENING: Mapping[str, Any] = {
 }
 #: Who a container runs as when its image would run it as root: nobody.
 NON_ROOT_USER = "65534:65534"
-#: ECS container names: letters, digits, hyphens and underscores, up to 255.
-_CONTAINER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
-#: Docker network names.
-_NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
-#: A user as ECS and Docker take it: ``user``, ``uid``, ``user:group``, ``uid:gid``.
-_USER = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*(:[A-Za-z0-9_.][A-Za-z0-9_.-]*)?$")
+#: Labels of a network ``--network NAME`` creates (kept for the invocations that meet there).
+SHARED_NETWORK_LABELS = {"flowrig.run-local": "network"}
 
 
 @dataclass(frozen=True)
@@ -126,279 +127,6 @@ class TaskContainer:
         return asdict(self)
 
 
-class _Doc(BaseModel):
-    # Only the keys run-local reads are checked, under ECS's own (camelCase) names; ECS
-    # has many more, which run-local ignores.
-    model_config = ConfigDict(extra="allow", strict=True)
-
-
-class KeyValue(_Doc):
-    name: StrictStr
-    value: StrictStr = ""
-
-
-class SecretRef(_Doc):
-    name: StrictStr
-    valueFrom: StrictStr
-
-
-class LinuxParameters(_Doc):
-    initProcessEnabled: StrictBool | None = None
-
-
-class ContainerDoc(_Doc):
-    """The part of an ECS container definition run-local reads."""
-
-    name: StrictStr
-    image: Annotated[StrictStr, Field(min_length=1)]
-    command: list[StrictStr] | None = None
-    entryPoint: list[StrictStr] | None = None
-    environment: list[KeyValue] | None = None
-    secrets: list[SecretRef] | None = None
-    essential: StrictBool | None = None
-    user: StrictStr | None = None
-    workingDirectory: StrictStr | None = None
-    memory: Annotated[StrictInt, Field(gt=0)] | None = None
-    linuxParameters: LinuxParameters | None = None
-
-
-class TaskDefinitionDoc(_Doc):
-    """The part of an ECS task definition run-local reads."""
-
-    family: StrictStr | None = None
-    memory: StrictStr | Annotated[StrictInt, Field(gt=0)] | None = None
-    containerDefinitions: Annotated[list[ContainerDoc], Field(min_length=1)]
-
-
-def _where(location: tuple[Any, ...]) -> str:
-    text = ""
-    for part in location:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def check_no_nul(value: Any, what: str, location: tuple[Any, ...] = ()) -> None:
-    """Refuse a NUL byte in any key or string of a JSON document (Docker and the file
-    system cannot take one; a C string would silently end there).
-
-    Raises
-    ------
-    BadInput
-        Naming where in the document it is.
-    """
-    # A stack, not recursion: a document nested as deep as the JSON parser allows is
-    # still one line of error, never a RecursionError.
-    pending = [(value, location)]
-    while pending:
-        item, where = pending.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                place = f" at {_where(where)}" if where else ""
-                raise BadInput(f"{what} holds a NUL byte{place}: remove it")
-        elif isinstance(item, Mapping):
-            pending += [(key, where) for key in item]
-            pending += [(child, (*where, key)) for key, child in item.items()]
-        elif isinstance(item, list):
-            pending += [(child, (*where, index)) for index, child in enumerate(item)]
-
-
-def load_task_definition(document: Mapping[str, Any]) -> dict[str, Any]:
-    """The task definition in ``document``: ``register-task-definition`` input, or the
-    output of ``describe-task-definition`` (``{"taskDefinition": {...}}``).
-
-    Raises
-    ------
-    BadInput
-        When there are no container definitions, or a key run-local reads has the
-        wrong type or a value ECS would refuse (one line naming it).
-    """
-    if not isinstance(document, Mapping):
-        raise BadInput("the task definition must be a JSON object")
-    data = document.get("taskDefinition", document)
-    if not isinstance(data, Mapping):
-        raise BadInput("the task definition's taskDefinition must be a JSON object")
-    data = dict(data)
-    containers = data.get("containerDefinitions")
-    if not isinstance(containers, list) or not containers:
-        raise BadInput("the task definition has no containerDefinitions")
-    for container in containers:
-        if not isinstance(container, Mapping) or not container.get("name") or not container.get("image"):
-            raise BadInput("every container definition needs a name and an image")
-    check_no_nul(data, "the task definition")
-    try:
-        parsed = TaskDefinitionDoc.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        raise BadInput(
-            f"the task definition's {_where(error['loc'])} = {error.get('input')!r}: {error['msg'].lower()}"
-        ) from None
-    _task_memory_mib(parsed.memory)
-    names = [container.name for container in parsed.containerDefinitions]
-    for index, container in enumerate(parsed.containerDefinitions):
-        where = f"containerDefinitions[{index}]"
-        if not _CONTAINER_NAME.match(container.name):
-            raise BadInput(
-                f"the task definition's {where}.name {container.name!r} is not an ECS container name: "
-                "use up to 255 letters, digits, '-' and '_'"
-            )
-        if any(ch.isspace() or not ch.isprintable() for ch in container.image):
-            raise BadInput(f"the task definition's {where}.image {container.image!r} is not an image name")
-        for item in container.environment or ():
-            check_env_name(f"{where}.environment", item.name)
-        for item in container.secrets or ():
-            check_env_name(f"{where}.secrets", item.name)
-        if container.user is not None:
-            check_user(container.user, container.name)
-    if len(set(names)) != len(names):
-        raise BadInput(f"the task definition names a container twice: {', '.join(names)}")
-    return data
-
-
-def _task_memory_mib(memory: str | int | None) -> int | None:
-    """A task's memory in MiB: ECS takes ``1024`` or ``"1024"`` (MiB) and ``"1 GB"``."""
-    if memory is None or isinstance(memory, int):
-        return memory
-    match = re.fullmatch(r"\s*(\d+)\s*(GB)?\s*", memory, flags=re.IGNORECASE)
-    if not match or int(match.group(1)) == 0:
-        raise BadInput(
-            f"the task definition's memory {memory!r} is not a size ECS takes: MiB as a number (2048), or '2 GB'"
-        )
-    return int(match.group(1)) * (1024 if match.group(2) else 1)
-
-
-def check_user(user: str, container: str) -> str:
-    """Return ``user`` unless it is malformed or names root.
-
-    Raises
-    ------
-    BadInput
-        For root (uid 0 or ``root``, with any group) and for a user Docker could not
-        take; the message says how to run the container instead.
-    """
-    if not _USER.match(user):
-        raise BadInput(f"container {container}'s user {user!r} is not a user: use NAME, UID, NAME:GROUP or UID:GID")
-    if is_root(user):
-        raise BadInput(
-            f"container {container} would run as {user!r}, which is root, and run-local never runs a container as "
-            "root: remove 'user' to run as the image's user (flowrig images: uid 10001), or give a non-root uid"
-        )
-    return user
-
-
-def is_root(user: str) -> bool:
-    """Whether ``user`` (``name``, ``uid``, with ``:group``) names root by itself."""
-    who = user.split(":", 1)[0]
-    return who == "root" or (who.isdigit() and int(who) == 0)
-
-
-def uid_of(passwd: str, name: str) -> int | None:
-    """The uid ``/etc/passwd`` text gives ``name``, or ``None`` when it has no such line."""
-    for line in passwd.splitlines():
-        fields = line.split(":")
-        if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
-            return int(fields[2])
-    return None
-
-
-def load_overrides(document: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``RunTask`` overrides: the ``overrides`` object itself, a whole ``RunTask``
-    request (``{"overrides": {...}}``) or a described task, validated against the ECS API.
-
-    Raises
-    ------
-    BadInput
-        When the object does not match the ECS ``TaskOverride`` shape.
-    """
-    from flowrig.backends.aws.ecs.validate import check_task_overrides
-
-    if not document:
-        return {}
-    check_no_nul(document, "the task overrides")
-    overrides = document.get("overrides", document)
-    if not isinstance(overrides, Mapping):
-        raise BadInput("the task overrides' overrides must be a JSON object")
-    overrides = dict(overrides)
-    check_task_overrides(overrides)
-    for index, item in enumerate(overrides.get("containerOverrides", ())):
-        for pair in item.get("environment", ()):
-            check_env_name(f"containerOverrides[{index}].environment", pair.get("name", ""))
-    return overrides
-
-
-def _secret_name(value_from: str) -> str:
-    """The name a ``valueFrom`` gives its secret or parameter.
-
-    A Secrets Manager name keeps its slashes (``team/token``); a parameter's path is
-    cut to its last part (``/ci/token`` -> ``token``).
-    """
-    parts = value_from.split(":")
-    if value_from.startswith("arn:") and len(parts) > 6 and parts[2] == "secretsmanager":
-        return parts[6]
-    tail = ":".join(parts[5:]) if value_from.startswith("arn:") else value_from
-    if tail.startswith("parameter/"):
-        tail = tail[len("parameter") :]
-    return tail.rstrip("/").rsplit("/", 1)[-1]
-
-
-def secret_file_name(value_from: str) -> str:
-    """The file a secret is read from, relative to the secrets directory.
-
-    ``arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME[:json-key::]`` -> ``NAME``
-    (a name with slashes, ``team/token``, is a file in a subdirectory);
-    ``arn:aws:ssm:REGION:ACCOUNT:parameter/path/NAME`` and ``/path/NAME`` -> ``NAME``.
-
-    Raises
-    ------
-    BadInput
-        When the name would leave the directory: an absolute name
-        (``...:secret:/etc/passwd``), a ``..``, ``.`` or empty part
-        (``...:secret:../../x``), a backslash.
-    """
-    if "\x00" in value_from:
-        raise BadInput(f"secret valueFrom {value_from!r} holds a NUL byte: remove it")
-    name = _secret_name(value_from)
-    parts = name.split("/")
-    if not name or name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in parts):
-        raise BadInput(
-            f"secret valueFrom {value_from!r} names {name!r}, which is not a file inside --secrets-dir: "
-            "use a secret name without a leading '/', '.' or '..' parts"
-        )
-    return name
-
-
-def secret_path(secrets_dir: Path, file_name: str) -> Path:
-    """``secrets_dir / file_name``, which must stay inside ``secrets_dir`` once symbolic
-    links are resolved (``file_name`` as :func:`secret_file_name` gives it).
-
-    Raises
-    ------
-    BadInput
-        When a link on the way leads out of the directory.
-    """
-    base = secrets_dir.resolve()
-    path = base / file_name
-    if base not in path.resolve().parents:
-        raise BadInput(
-            f"secret file {file_name} leads to {path.resolve()}, outside --secrets-dir {base}: "
-            "put the secret's value in a file there"
-        )
-    return path
-
-
-def check_network(name: str) -> str:
-    """Return ``name`` when Docker takes it as a network name.
-
-    Raises
-    ------
-    BadInput
-        Otherwise, naming the characters allowed.
-    """
-    if not _NETWORK_NAME.match(name):
-        raise BadInput(
-            f"--network {name!r} is not a Docker network name: start with a letter or digit, then letters, "
-            "digits, '_', '.' or '-'"
-        )
-    return name
 
 
 def invocation_network(run_id: str) -> str:
@@ -447,7 +175,7 @@ def plan_run(
         )
     network = check_network(network) if network else invocation_network(run_id)
     family = str(task_definition.get("family", "task"))
-    task_memory = _task_memory_mib(task_definition.get("memory"))
+    task_memory = task_memory_mib(task_definition.get("memory"))
     plans = []
     for container in containers:
         name = container["name"]
@@ -576,8 +304,10 @@ def run_as(task: TaskContainer, image_user: str) -> tuple[str | None, str | None
     )
 
 
-def _refuse_root_by_name(engine: Any, container: Any, task: TaskContainer, user: str) -> None:
+def _refuse_root_by_name(container: Any, task: TaskContainer, user: str) -> None:
     """A user given by name is root when the image's ``/etc/passwd`` gives it uid 0."""
+    from flowrig.containers import engine
+
     name = user.split(":", 1)[0]
     if not name or name.isdigit():
         return  # numeric: checked already
@@ -604,7 +334,7 @@ def run(
     Logs of every container are written to ``out`` (stdout by default), each line
     prefixed with its ECS container name. When an essential container exits, the others
     are stopped, as ECS stops a task; every container is removed on the way out,
-    including on Ctrl-C or SIGTERM (see :mod:`flowrig.common.signals`).
+    including on Ctrl-C or SIGTERM (:func:`flowrig.containers.group.run_group`).
 
     Raises
     ------
@@ -614,8 +344,8 @@ def run(
     InfrastructureError
         Docker is unreachable, a container cannot be created.
     """
-    from flowrig.common.signals import shielded, terminating
     from flowrig.containers import engine
+    from flowrig.containers.group import Member, Network, run_group
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -624,47 +354,24 @@ def run(
     # Every image is looked at before anything is created: a missing one, or one that
     # runs as root, is known first.
     image_users = {plan.image: engine.image_user(client, plan.image) for plan in plans}
-    users = {plan.name: run_as(plan, image_users[plan.image]) for plan in plans}
-    for _, note in users.values():
+    members = []
+    for plan in plans:
+        user, note = run_as(plan, image_users[plan.image])
         if note:
             print(f"flowrig: {note}", file=err, flush=True)
-    own = {invocation_network(p.labels[LABEL_RUN]): p.labels[LABEL_RUN] for p in plans}
-    created: list[Any] = []
-    with terminating():
-        try:
-            network_ids = {}
-            for network in sorted({p.network for p in plans}):
-                if network in own:
-                    # This invocation's alone: labelled with its run id, removed below.
-                    network_ids[network] = engine.create_network(client, network, own[network])
-                else:
-                    # Named by the user for invocations that meet: kept for the next one.
-                    network_ids[network] = engine.ensure_network(client, network, {"flowrig.run-local": "network"})
-            for plan in plans:
-                user = users[plan.name][0]
-                created.append(engine.create_container(
-                    client, container_plan(plan, secret_values[plan.name], network_ids[plan.network], user)
-                ))
-                _refuse_root_by_name(engine, created[-1], plan, user or image_users[plan.image])
-            pump = engine.LogPump(prefix=True)
-            for plan, container in zip(plans, created):
-                engine.start_container(container)
-                pump.follow(container, plan.container, both_to=out)
-            results = engine.first_exit(created)
-            essential = {plan.name for plan in plans if plan.essential}
-            while True:
-                try:
-                    # A timeout keeps the main thread responsive to Ctrl-C.
-                    name, code = results.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                if name in essential:
-                    # Let the last lines through before the containers go.
-                    pump.join(timeout=5, label=next(p.container for p in plans if p.name == name))
-                    return code
-        finally:
-            with shielded():
-                for container in created:
-                    engine.remove_container(container)
-                for network in {p.network for p in plans} & set(own):
-                    engine.remove_run(client, own[network], network=True)
+        members.append(Member(
+            container_plan(plan, secret_values[plan.name], plan.network, user),
+            label=plan.container,
+            essential=plan.essential,
+            after_create=partial(_refuse_root_by_name, task=plan, user=user or image_users[plan.image]),
+        ))
+    own = {invocation_network(plan.labels[LABEL_RUN]): plan.labels[LABEL_RUN] for plan in plans}
+    networks = [
+        # This invocation's alone, labelled with its run id, and removed at the end; or
+        # named by the user for invocations that meet, and kept for the next one.
+        Network(name, own_run_id=own[name]) if name in own else Network(name, labels=SHARED_NETWORK_LABELS)
+        for name in sorted({plan.network for plan in plans})
+    ]
+    # One by one, each followed as it starts: the first log lines come in the task
+    # definition's order.
+    return run_group(client, members, networks, out=out, parallel=False)
