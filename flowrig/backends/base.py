@@ -223,6 +223,10 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     #: The ``[cluster.options]`` this backend understands (``None``: passed through).
     options_model: ClassVar[type[Options] | None] = None
+    #: Whether ``flowrig run`` on a host runs the flow runner in a container of the
+    #: run's image (:mod:`flowrig.run.in_container`) rather than in its own process;
+    #: inside the image the runner always runs in the process.
+    runner_in_container: ClassVar[bool] = False
 
     def parse_options(self, options: Mapping[str, Any]) -> Any:
         """``[cluster.options]`` validated by :attr:`options_model`.

@@ -203,9 +203,6 @@ def run_local_command(
     if not network:
         raise BadInput("--network is empty: pass host or a Docker network name")
     replays = run_local.plan_replay(run_local.load_roles(texts), network=network, have_certs=certs is not None)
-    tls = None
-    if certs is not None:
-        from flowrig.certs import TLSMaterial
+    from flowrig.run.prepared import given_certificates
 
-        tls = TLSMaterial.from_dir(certs)
-    raise typer.Exit(run_local.run(replays, tls, detach=detach))
+    raise typer.Exit(run_local.run(replays, given_certificates(certs), detach=detach))

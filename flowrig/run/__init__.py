@@ -2,8 +2,10 @@
 front end and the Prefect 1 style front end.
 
 Owns: :class:`RunConfig`, :class:`RunOutcome` and :class:`RunRecord`
-(:mod:`~flowrig.run.config`), :func:`execute` (:mod:`~flowrig.run.execute`: API,
-sizing, cluster, flow, teardown; the flow's call and final state in
+(:mod:`~flowrig.run.config`), a run's inputs each resolved once into a
+:class:`~flowrig.run.prepared.PreparedRun` (:mod:`~flowrig.run.prepared`: backend,
+certificates, API, flow, raw parameters), :func:`execute` (:mod:`~flowrig.run.execute`:
+parameters, sizing, cluster, flow, teardown; the flow's call and final state in
 :mod:`~flowrig.run.flow_call`), ``flowrig run``'s path from its inputs
 (:mod:`~flowrig.run.launch`), the runner in a container that a docker run on a host
 starts (:mod:`~flowrig.run.in_container`), a run's timings (:mod:`~flowrig.run.timings`), what is

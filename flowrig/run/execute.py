@@ -3,8 +3,9 @@
 :func:`execute` is the single code path behind ``flowrig run``, the in-image ``run``
 role and :class:`flowrig.DaskCloudProviderEnvironment`:
 
-1. start the run's Prefect API (unless ``PREFECT_API_URL`` names one), in the
-   background, since it is the slowest part of start-up;
+1. take a run whose inputs are resolved (:class:`~flowrig.run.prepared.PreparedRun`;
+   a :class:`RunConfig` is resolved first by :func:`~flowrig.run.prepared.prepare_config`,
+   which starts the run's Prefect API, the slowest part of start-up);
 2. validate the parameters against the flow, decide the cluster size;
 3. start the cluster with mutual TLS, hand every worker the API's URL;
 4. run the flow through prefect-dask;
@@ -26,6 +27,7 @@ from flowrig.errors import BadInput
 from flowrig.run.config import RunConfig, RunOutcome, RunRecord
 from flowrig.run.console import Console, base_worker_environment
 from flowrig.run.flow_call import result_of, run_flow
+from flowrig.run.prepared import PreparedRun, prepare_config
 from flowrig.run.progress import ProgressDisplay, TaskProgress
 from flowrig.run.reporter import NO_REPORTER
 from flowrig.run.timings import timeline_line
@@ -33,65 +35,28 @@ from flowrig.run.timings import timeline_line
 if TYPE_CHECKING:
     from flowrig.api import EmbeddedPrefectAPI
     from flowrig.backends import Backend, ClusterSpec
-    from flowrig.certs import TLSMaterial
 
 logger = logging.getLogger("flowrig")
 
 
-def run_certificates(
-    backend: "Backend", given: "TLSMaterial | None", options: Mapping[str, Any] | None = None
-) -> "TLSMaterial":
-    """The run's certificates (:meth:`TLSMaterial.for_run`): the image's baked ones only
-    when ``backend`` with these ``[cluster.options]`` has roles it does not start;
-    per-run ones also name the address its API is reached at, so that the API can
-    serve HTTPS with them."""
-    from flowrig.certs import TLSMaterial
-
-    image_roles = backend.roles_use_image_certificates(options or {})
-    return TLSMaterial.for_run(given, hosts=[backend.prefect_api_hosts()[1]], image_roles=image_roles)
-
-
-def start_prefect_api(backend: "Backend", tls: "TLSMaterial") -> "EmbeddedPrefectAPI | None":
-    """Start the run's embedded Prefect API, or return ``None`` when one is configured.
-
-    Call it as early as possible: the server's start-up then overlaps with loading
-    the flow and starting the cluster. :func:`execute` stops it.
-    """
-    from flowrig.api import EmbeddedPrefectAPI
-
-    # Only the environment is read here: Prefect's own settings (profiles, .env) need
-    # an import of prefect that takes seconds. execute() checks them once prefect is
-    # imported anyway, and stops this server if they name an API after all.
-    if os.environ.get("PREFECT_API_URL"):
-        return None
-    return EmbeddedPrefectAPI.for_run(backend.prefect_api_hosts(), tls).start()
-
-
-def _configured_api_url() -> str | None:
-    from prefect.settings import PREFECT_API_URL
-
-    return PREFECT_API_URL.value() or None
-
-
 def execute(
-    config: RunConfig,
+    config: "PreparedRun | RunConfig",
     *,
     announce: Callable[[str], None] | None = None,
-    api: "EmbeddedPrefectAPI | None" = None,
     console: Console | None = None,
     record: RunRecord | None = None,
 ) -> RunOutcome:
-    """Run ``config.flow`` once on a cluster of its own and tear the cluster down.
+    """Run the flow once on a cluster of its own and tear the cluster down.
 
     Parameters
     ----------
     config
-        The run.
+        The run: a :class:`~flowrig.run.prepared.PreparedRun`, whose inputs are
+        resolved, or a :class:`RunConfig`, resolved here first
+        (:func:`~flowrig.run.prepared.prepare_config`). The run's embedded API, when it
+        has one, is stopped here in every case.
     announce
         Called with one human line once the cluster is up (scheduler and dashboard).
-    api
-        An embedded API from :func:`start_prefect_api`; started here when ``None`` and
-        no ``PREFECT_API_URL`` is set. Stopped here in every case.
     console
         Where a person watches the run (``flowrig run``): flowrig's lines, the task
         progress display, the tasks' own log lines and the timeline go there. ``None``
@@ -117,7 +82,8 @@ def execute(
     timer = record.timer
     timer.begin_run()
     record.run_id = record.run_id or current_run_id()
-    run = _RunState(api=api)
+    run = config
+    state = _RunState(api=run.api if isinstance(run, PreparedRun) else None, on_exit=run.on_exit)
     stop_watching = threading.Event()
     progress = record.progress = TaskProgress(
         on_first_finished=lambda: timer.reached("first_task_finished"),
@@ -126,23 +92,27 @@ def execute(
     # Whatever the flow does with a SIGTERM, the run is torn down: by the finally block
     # below, or from outside the flow when that is not reached in time. The closure
     # sees the cluster and the API as they are when it is called.
-    teardown = _Once(lambda: _teardown(run.started, run.api))
+    teardown = _Once(lambda: _teardown(state.started, state.api))
     guard = stop_guard(teardown)
     failure: BaseException | None = None
     try:
-        prepared = _prepare(config, run, record, console, progress)
-        _start_cluster(config, run, prepared, record, stop_watching, announce, console)
-        outcome = _run_to_outcome(config, run, prepared, record, console, progress)
+        if not isinstance(run, PreparedRun):
+            run = prepare_config(run)
+            state.api = run.api
+        record.backend = run.backend.name
+        plan = _plan(run, state, record, console, progress)
+        _start_cluster(run, state, plan, record, stop_watching, announce, console)
+        outcome = _run_to_outcome(run, state, plan, record, console, progress)
     except BaseException as exc:
         failure = exc
         raise
     finally:
         guard.release()
         stop_watching.set()
-        run.reporter.stop_listening()
-        if run.display is not None:
-            run.display.stop()
-        _conclude(config, run, record, teardown, failure, console)
+        state.reporter.stop_listening()
+        if state.display is not None:
+            state.display.stop()
+        _conclude(state, record, teardown, failure, console)
     # The timings as they ended, teardown included.
     outcome.timings = timer.as_dict()
     return outcome
@@ -152,8 +122,10 @@ def execute(
 class _RunState:
     """What a run has made so far, as the teardown and the finally block find it."""
 
-    #: The embedded API, until it is stopped for one a Prefect profile names.
+    #: The run's embedded API, stopped with the cluster.
     api: "EmbeddedPrefectAPI | None"
+    #: Called once the run is torn down (RunConfig.on_exit).
+    on_exit: Callable[[], Any] | None = None
     #: The started cluster, once :meth:`Backend.start` returned.
     started: Any = None
     #: Tells a Prefect server of the user's the Dask side of the run (flowrig.run.reporter).
@@ -162,11 +134,10 @@ class _RunState:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Prepared:
-    """A run's inputs once resolved: what the cluster and the flow are started with."""
+class _Plan:
+    """What the cluster and the flow are started with: the parameters validated, the
+    size decided, the workers' environment."""
 
-    backend: "Backend"
-    tls: "TLSMaterial"
     parameters: dict[str, Any]
     decided: Any
     settings: Mapping[str, Any]
@@ -174,36 +145,26 @@ class _Prepared:
     spec: "ClusterSpec"
 
 
-def _prepare(
-    config: RunConfig, run: _RunState, record: RunRecord, console: Console | None, progress: TaskProgress
-) -> _Prepared:
-    """Backend, certificates, API, parameters, size and the workers' environment."""
-    from flowrig.backends import ClusterSpec, resolve_backend
-    from flowrig.internals import prefect_engine, worker_security
+def _plan(
+    run: "PreparedRun", state: _RunState, record: RunRecord, console: Console | None, progress: TaskProgress
+) -> _Plan:
+    """Parameters validated, size decided, the workers' environment: the cluster's spec."""
+    from flowrig.backends import ClusterSpec
+    from flowrig.internals import worker_security
     from flowrig.project import parameters as params_mod
 
-    backend = resolve_backend(config.backend)
-    record.backend = backend.name
-    tls = run_certificates(backend, config.tls, config.options)
-    if run.api is None:
-        run.api = start_prefect_api(backend, tls)
-    configured = _configured_api_url()
-    if run.api is not None and configured:
-        run.api.stop()  # a Prefect profile names an API: use it, not a server of our own
-        run.api = None
-    parameters = params_mod.validate(config.flow, config.parameters)
-    decided = _decide(config, backend, parameters)
-    prefect_engine.import_flow_engine()
-    api = run.api
-    settings = api.client_settings(tls) if api is not None else {}
+    backend, api = run.backend, run.api
+    parameters = params_mod.validate(run.flow, run.raw_parameters)
+    decided = _decide(run, backend, parameters)
+    settings = api.client_settings(run.tls) if api is not None else {}
     secrets = api.secret_settings() if api is not None else {}
     worker_env = {
         **base_worker_environment(record.run_id, console.verbosity if console is not None else None, api is None),
         **{name: str(value) for name, value in settings.items() if value is not None},
     }
     if api is None:
-        worker_env["PREFECT_API_URL"] = str(configured)
-        run.reporter = _reporter(config, parameters, record.run_id, backend.name, record.timer)
+        worker_env["PREFECT_API_URL"] = str(run.api_url)
+        state.reporter = _reporter(run, parameters, record.run_id, backend.name, record.timer)
         if console is not None:
             # A server of the user's gets every task run's lines; the console its own.
             progress.task_logs = console.task_logs(to_api=True)
@@ -212,20 +173,20 @@ def _prepare(
     spec = ClusterSpec(
         run_id=record.run_id,
         size=decided.size,
-        tls=tls,
-        image=config.image,
+        tls=run.tls,
+        image=run.image,
         worker_env=worker_env,
         options=decided.options,
-        worker_threads=config.worker_threads,
-        no_client_timeout=config.no_client_timeout,
-        min_workers=config.min_workers,
-        allowed_environment=frozenset(config.allow_environment),
-        on_news=run.reporter.on_news,
+        worker_threads=run.worker_threads,
+        no_client_timeout=run.no_client_timeout,
+        min_workers=run.min_workers,
+        allowed_environment=frozenset(run.allow_environment),
+        on_news=state.reporter.on_news,
     )
-    return _Prepared(backend, tls, parameters, decided, settings, secrets, spec)
+    return _Plan(parameters, decided, settings, secrets, spec)
 
 
-def _decide(config: RunConfig, backend: "Backend", parameters: dict[str, Any]) -> Any:
+def _decide(config: "PreparedRun", backend: "Backend", parameters: dict[str, Any]) -> Any:
     """The cluster's size and options (the sizing hook's say included)."""
     from flowrig.project import sizing
 
@@ -250,21 +211,21 @@ def _decide(config: RunConfig, backend: "Backend", parameters: dict[str, Any]) -
 
 
 def _start_cluster(
-    config: RunConfig,
+    config: "PreparedRun",
     run: _RunState,
-    prepared: _Prepared,
+    plan: _Plan,
     record: RunRecord,
     stop_watching: threading.Event,
     announce: Callable[[str], None] | None,
     console: Console | None,
 ) -> None:
     """Start the cluster and say where it is."""
-    timer, run_id, backend, size = record.timer, record.run_id, prepared.backend, prepared.decided.size
+    timer, run_id, backend, size = record.timer, record.run_id, config.backend, plan.decided.size
     record.n_workers = size.n_workers
     timer.phase("prepare")
     run.reporter.tell("cluster.asked", f"flowrig run {run_id}: asking the {backend.name} backend for "
                       f"{size.describe()}", n_workers=size.n_workers)
-    started = run.started = backend.start(prepared.spec)
+    started = run.started = backend.start(plan.spec)
     record.scheduler_address, record.dashboard_link = started.scheduler_address, started.dashboard_link
     if run.api is not None:
         run.api.watch()  # the cluster has started its threads anyway
@@ -287,9 +248,9 @@ def _start_cluster(
 
 
 def _run_to_outcome(
-    config: RunConfig,
+    config: "PreparedRun",
     run: _RunState,
-    prepared: _Prepared,
+    plan: _Plan,
     record: RunRecord,
     console: Console | None,
     progress: TaskProgress,
@@ -299,7 +260,7 @@ def _run_to_outcome(
 
     timer, api = record.timer, run.api
     # Built while the API may still be starting: the runner has nothing else to do.
-    flow_settings = settings_with({**prepared.settings, **prepared.secrets})
+    flow_settings = settings_with({**plan.settings, **plan.secrets})
     if api is not None:
         api.wait_ready()
         timer.reached("api_ready", api.ready_at)
@@ -316,9 +277,9 @@ def _run_to_outcome(
     if flow_run_id is not None:
         config = dataclasses.replace(config, flow_run_id=flow_run_id)
     run.reporter.flow_started()
-    size = prepared.decided.size
+    size = plan.decided.size
     state = run_flow(
-        config, prepared.parameters, run.started.scheduler_address, prepared.tls, flow_settings, progress, events,
+        config, plan.parameters, run.started.scheduler_address, config.tls, flow_settings, progress, events,
         senders=size.adapt[1] if size.adapt else size.n_workers,
     )
     timer.reached("flow_finished")
@@ -331,7 +292,6 @@ def _run_to_outcome(
 
 
 def _conclude(
-    config: RunConfig,
     run: _RunState,
     record: RunRecord,
     teardown: Callable[[], None],
@@ -346,8 +306,8 @@ def _conclude(
     # delivered once everything is down.
     with shielded():
         teardown()
-        if config.on_exit:
-            config.on_exit()
+        if run.on_exit:
+            run.on_exit()
         timer.phase("teardown")
         timer.reached("teardown_done")
         timer.finish()
@@ -356,7 +316,7 @@ def _conclude(
             console.line(timeline_line(record.run_id, timer.timeline))
 
 
-def _reporter(config: RunConfig, parameters: dict[str, Any], run_id: str, backend: str, timer: Any) -> Any:
+def _reporter(config: "PreparedRun", parameters: dict[str, Any], run_id: str, backend: str, timer: Any) -> Any:
     """The reporter of a run whose API is a server of the user's."""
     from flowrig.run.reporter import for_run
 

@@ -12,17 +12,17 @@ import inspect
 import threading
 from typing import TYPE_CHECKING, Any
 
-from flowrig.run.config import RunConfig
 from flowrig.run.progress import TaskProgress
 
 if TYPE_CHECKING:
     from prefect.settings import Settings
 
     from flowrig.certs import TLSMaterial
+    from flowrig.run.prepared import PreparedRun
 
 
 def run_flow(
-    config: RunConfig,
+    config: "PreparedRun",
     parameters: dict[str, Any],
     address: str,
     tls: "TLSMaterial",

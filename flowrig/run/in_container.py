@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from flowrig.backends.docker import control
 from flowrig.backends.docker.controller import (
@@ -50,7 +50,6 @@ from flowrig.containers.engine import (
     wait_for_exit,
 )
 from flowrig.errors import BadInput, InfrastructureError, Terminated
-from flowrig.project.defaults import PROJECT_FILE
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -59,6 +58,7 @@ if TYPE_CHECKING:
     from flowrig.common.deadline import RunDeadline
     from flowrig.containers.plans import ContainerPlan
     from flowrig.project import Project
+    from flowrig.run.launch import RunInputs
 
 logger = logging.getLogger("flowrig.docker")
 
@@ -66,26 +66,18 @@ logger = logging.getLogger("flowrig.docker")
 RUNNER_LAST_WORDS = 1.0
 
 
-def run_in_container(
-    directory: str | Path | None,
-    *,
-    project: "Project | None" = None,
-    image: str | None,
-    params: Iterable[str] = (),
-    params_file: str | Path | None = None,
-    output: str = "text",
-    verbosity: str = "normal",
-    timeout: float | None = None,
-    deadline: "RunDeadline | None" = None,
-) -> int:
+def run_in_container(inputs: "RunInputs", project: "Project | None", deadline: "RunDeadline | None" = None) -> int:
     """Run the image's flow once, with the runner in a container: ``flowrig run --backend docker``.
 
-    The image carries its project, so the host's project only supplies ``[cluster]
-    image`` when ``image`` is not given (``project``, when the caller read it already,
-    else read from ``directory``); rebuild the image after editing the project. The
-    limits every request of the runner is held to are those of the project in the
-    image, which the host reads before the runner starts. Parameters are read here (bad
-    JSON fails before anything starts) and validated by the runner.
+    A front end of the run path that takes the command line's inputs whole. The image
+    carries its project, so the host's ``project`` (read by the caller, ``None`` when
+    there is none) only supplies ``[cluster] image`` when ``inputs.image`` is not given
+    and the values of its ``[cluster.options] secrets``; rebuild the image after
+    editing the project. The limits every request of the runner is held to are those
+    of the project in the image, which the host reads before the runner starts.
+    Parameters are read here (bad JSON fails before anything starts) and validated by
+    the runner; ``--output``, the verbosity, ``--timeout`` and the strictness the host
+    decided reach the runner as its command line.
 
     The runner's stdout goes to stdout (with ``--output json`` its last line is the
     outcome) and its stderr to stderr. On every way out (success, failure, an
@@ -112,14 +104,16 @@ def run_in_container(
     """
     from flowrig.project import parameters as params_mod
 
-    parameters = params_mod.gather(params, params_file)
-    project = project or _host_project(Path(directory) if directory is not None else None)
-    image = _host_image(Path(directory) if directory is not None else None, project, image)
+    parameters = params_mod.gather(inputs.params, inputs.params_file)
+    image = _host_image(Path(inputs.project_dir), project, inputs.image)
     run_secrets = _project_secrets(project)
     client = connect()
     require_image(client, image)
     run_id = check_run_id(current_run_id())
-    plan = render_runner(run_id, image, output=output, verbosity=verbosity, environ=os.environ, timeout=timeout)
+    plan = render_runner(
+        run_id, image, output=inputs.output, verbosity=inputs.verbosity.name.lower(), environ=os.environ,
+        timeout=inputs.timeout, strict=inputs.strict,
+    )
     if is_loopback_url(os.environ.get("PREFECT_API_URL")):
         logger.warning("PREFECT_API_URL points at this machine's loopback, which containers cannot reach")
     secrets = {name: os.environ[name] for name in control.SECRET_PASSTHROUGH if os.environ.get(name)}
@@ -201,18 +195,6 @@ def _runner_lost(name: str, code: int, oom: bool) -> str:
     return f"the runner container {name} ended by {signame} (exit {code}; {cause}); everything of the run is removed"
 
 
-def _host_project(directory: Path | None) -> "Project | None":
-    """The host's project at ``directory``, when there is one (a bad one is bad input)."""
-    if directory is None or not directory.exists():
-        return None
-    from flowrig.project import load_project
-    from flowrig.project.defaults import PROJECT_FILE
-
-    if (directory / PROJECT_FILE).is_file() or directory.is_file():
-        return load_project(directory)
-    return None
-
-
 def _project_secrets(project: "Project | None") -> dict[str, str]:
     """The values of the host's project's ``[cluster.options] secrets``, from this
     process's environment: the runner container cannot ask for more (it could name
@@ -225,17 +207,12 @@ def _project_secrets(project: "Project | None") -> dict[str, str]:
     return secret_environment(options.secrets, os.environ)
 
 
-def _host_image(directory: Path | None, project: "Project | None", image: str | None) -> str:
+def _host_image(directory: Path, project: "Project | None", image: str | None) -> str:
     """The image to run: ``--image``, else ``[cluster] image`` of the host's project."""
     if image:
         return image
-    if project is None and directory is not None:
-        if not directory.exists():
-            raise BadInput(f"project directory {str(directory)!r} does not exist")
-        from flowrig.project import load_project
-
-        if (directory / PROJECT_FILE).is_file() or directory.is_file():
-            project = load_project(directory)
+    if project is None and not directory.exists():
+        raise BadInput(f"project directory {str(directory)!r} does not exist")
     if project is not None and project.cluster.image:
         return project.cluster.image
     raise BadInput(

@@ -1,8 +1,12 @@
 """From a command line to a finished run: ``flowrig run`` and the image's ``run`` role.
 
-The run's parameters travel one way: the command line (:class:`RunInputs`) ->
-:func:`run_command`, which reads ``flowrig.toml`` once and resolves the backend once ->
-:func:`config_from_project` -> :func:`flowrig.run.execute` -> the flow.
+A run's inputs travel one way: the command line (:class:`RunInputs`) ->
+:func:`run_command`, which reads ``flowrig.toml`` once, resolves the backend once and
+picks the front end: the run here (:func:`flowrig.run.prepared.prepare`, whose
+:class:`~flowrig.run.prepared.PreparedRun` :func:`flowrig.run.execute` runs), or the
+runner in a container of its own (:func:`flowrig.run.in_container.run_in_container`,
+which takes the inputs whole; in that container this module runs again, as the run
+here).
 """
 
 from __future__ import annotations
@@ -18,19 +22,14 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from flowrig import layout
 from flowrig.common.clock import STARTED_ENV, command_started
 from flowrig.common.runid import RUN_ID_ENV
-from flowrig.errors import exit_status
-from flowrig.run.config import RunConfig, RunRecord
+from flowrig.errors import BadInput, exit_status
+from flowrig.run.config import RunRecord
 from flowrig.run.console import Verbosity
 from flowrig.run.report import OutcomeReport
 from flowrig.run.timings import RunTimer
 
-#: Set (to ``1``) for a strict run (``--strict``): the docker backend's runner container
-#: gets it from its host.
-STRICT_ENV = "FLOWRIG_STRICT"
-
 if TYPE_CHECKING:
     from flowrig.backends import Backend
-    from flowrig.certs import TLSMaterial
     from flowrig.common.deadline import RunDeadline
     from flowrig.project import Project
 
@@ -86,63 +85,6 @@ def default_project_dir() -> Path:
     if layout.in_image() and layout.IMAGE_PROJECT_DIR.is_dir():
         return layout.IMAGE_PROJECT_DIR
     return Path.cwd()
-
-
-def config_from_project(
-    project: "Project", inputs: RunInputs, backend: "Backend", tls: "TLSMaterial | None" = None
-) -> RunConfig:
-    """Load the flow, hook, parameters and certificates of a run into a :class:`RunConfig`.
-
-    A container a Prefect worker started for a flow run (``PREFECT__FLOW_RUN_ID`` set)
-    reads that flow run's parameters from the API, and refuses (marking it Failed) a
-    flow run of another flow (:mod:`flowrig.run.flow_runs`).
-
-    Raises
-    ------
-    BadInput
-        For a missing or invalid flow, sizing hook, parameters or certificates, or a
-        flow run of another flow.
-    """
-    from flowrig.project import flow_loader
-    from flowrig.project import parameters as params_mod
-
-    flow_run_id = os.environ.get("PREFECT__FLOW_RUN_ID")
-    flow = flow_loader.load_flow(project.flow_path, project.flow_function)
-    raw = {**(inputs.given_parameters or {}), **params_mod.gather(inputs.params, inputs.params_file)}
-    if flow_run_id:
-        from flowrig.run import flow_runs
-
-        request = flow_runs.read_flow_run(flow_run_id)
-        flow_runs.refuse_other_flow(request, flow.name, project.flow)
-        raw = {**request.parameters, **raw}
-    cluster = project.cluster
-    hook = None
-    if cluster.sizing:
-        path, _, name = cluster.sizing.rpartition(":")
-        hook = flow_loader.load_function(project.root / path, name, "sizing hook")
-    if tls is None and inputs.certs is not None:
-        from flowrig.certs import TLSMaterial
-
-        tls = TLSMaterial.from_dir(inputs.certs)
-    options = {"address": inputs.scheduler_address} if inputs.scheduler_address else dict(cluster.options)
-    return RunConfig(
-        flow=flow,
-        parameters=raw,
-        backend=backend,
-        n_workers=cluster.n_workers,
-        adapt=(cluster.adapt.minimum, cluster.adapt.maximum) if cluster.adapt else None,
-        min_workers=cluster.min_workers,
-        max_workers=cluster.max_workers,
-        sizing_hook=hook,
-        sizing_hook_name=cluster.sizing or "sizing hook",
-        options=options,
-        tls=tls,
-        image=inputs.image or cluster.image or os.environ.get("FLOWRIG_IMAGE"),
-        worker_threads=cluster.worker_threads,
-        no_client_timeout=cluster.no_client_timeout,
-        flow_run_id=flow_run_id,
-        allow_environment=tuple(project.build.allow_environment),
-    )
 
 
 @contextmanager
@@ -213,13 +155,9 @@ def run_command(inputs: RunInputs, report: OutcomeReport | None = None) -> int:
 
 
 def _run_command(inputs: RunInputs, deadline: "RunDeadline", report: OutcomeReport) -> int:
-    from flowrig.backends import get_backend
-    from flowrig.common.startup_gc import collector_paused
-    from flowrig.internals.prefect_engine import import_flow_engine
-    from flowrig.project import load_project
-    from flowrig.project.defaults import BACKEND, PROJECT_FILE
-    from flowrig.run import console
-    from flowrig.run.execute import execute, run_certificates, start_prefect_api
+    """Pick the run's front end: the runner in a container of its own (a backend whose
+    ``runner_in_container`` says so, on a host), else the run here."""
+    from flowrig.run.prepared import backend_name, resolve_backend
 
     if layout.in_image():
         from flowrig.backends.docker import control
@@ -228,62 +166,65 @@ def _run_command(inputs: RunInputs, deadline: "RunDeadline", report: OutcomeRepo
             # A runner container of the docker backend: its host sends the parameters.
             inputs = dataclasses.replace(inputs, given_parameters=control.take_run_inputs())
     directory = Path(inputs.project_dir)
-    # The one read of flowrig.toml for this run.
-    project = load_project(directory) if (directory / PROJECT_FILE).is_file() or directory.is_file() else None
-    name = "address" if inputs.scheduler_address else (
-        inputs.backend or (project.cluster.backend if project else BACKEND)
-    )
-    report.record.backend = name
+    project, missing = _read_project(directory)
+    name = report.record.backend = backend_name(inputs, project)
     deadline.arm(inputs.timeout if inputs.timeout is not None else (project.run.timeout if project else None))
     strict = inputs.strict if inputs.strict is not None else bool(project and project.run.fail_on_task_failure)
-    if name == "docker" and not layout.in_image():
-        # On the host, the docker backend runs the runner itself in a container, which
-        # prints the outcome; the host prints one only when the runner could not.
+    backend = resolve_backend(name)
+    if backend.runner_in_container and not layout.in_image():
+        # The runner runs in a container of the image, which prints the outcome; the
+        # host prints one only when the runner could not.
         from flowrig.run.in_container import run_in_container
 
-        with report.watching_stdout(), _environment({STRICT_ENV: "1"} if strict else {}):
-            return run_in_container(
-                directory, project=project, image=inputs.image, params=inputs.params,
-                params_file=inputs.params_file, output=inputs.output, verbosity=inputs.verbosity.name.lower(),
-                timeout=inputs.timeout, deadline=deadline,
-            )
+        # The host's strictness reaches the runner only when it was decided here
+        # (--strict/--no-strict, or the host's project asks for it); otherwise the
+        # image's project decides.
+        passed = inputs.strict if inputs.strict is not None else (True if strict else None)
+        with report.watching_stdout():
+            return run_in_container(dataclasses.replace(inputs, strict=passed), project, deadline)
     if project is None:
-        load_project(directory)  # raises the one-line reason
-    assert project is not None
-    backend = get_backend(name)
-    given = None
-    if inputs.certs is not None:
-        from flowrig.certs import TLSMaterial
+        assert missing is not None
+        raise missing
+    return _run_here(inputs, project, backend, strict, report)
 
-        given = TLSMaterial.from_dir(inputs.certs)
-    options = {"address": inputs.scheduler_address} if inputs.scheduler_address else project.cluster.options
-    tls = run_certificates(backend, given, options)
-    api = start_prefect_api(backend, tls)
+
+def _read_project(directory: Path) -> "tuple[Project | None, BadInput | None]":
+    """The one read of ``flowrig.toml`` for this run; when there is none, the reason,
+    for a front end that needs one (a runner in a container brings the image's)."""
+    from flowrig.project import load_project
+    from flowrig.project.defaults import PROJECT_FILE
+
     try:
-        if name == "local" and not layout.in_image():
-            # Local workers are forked from this interpreter: a requirement it lacks would
-            # fail a task only once the cluster is up (an image installed them at build).
-            # Checked while the API starts, off its path; a refusal stops it below.
-            from flowrig.project.requirements import check_environment
+        return load_project(directory), None
+    except BadInput as exc:
+        if (directory / PROJECT_FILE).is_file() or directory.is_file():
+            raise
+        return None, exc
 
-            check_environment(project)
-        # Loading the flow imports Prefect: a start-up phase of a process flowrig owns.
-        with collector_paused():
-            config = config_from_project(project, inputs, backend, tls)
-            import_flow_engine()
+
+def _run_here(
+    inputs: RunInputs, project: "Project", backend: "Backend", strict: bool, report: OutcomeReport
+) -> int:
+    """The run in this process: its inputs prepared once, then executed."""
+    from flowrig.run import console
+    from flowrig.run.execute import execute
+    from flowrig.run.prepared import prepare
+
+    run = prepare(inputs, project, backend)
+    try:
         # After Prefect set up its logging, before any worker starts (they inherit it).
-        console.configure(inputs.verbosity, to_api=api is None)
+        console.configure(inputs.verbosity, to_api=run.api is None)
         # Still one thread: the local backend forks its fork server now, with all of
         # the flow's imports; only then may the API's readiness be watched in a thread.
         backend.prepare()
-        if api is not None:
-            api.watch()
+        if run.api is not None:
+            run.api.watch()
     except BaseException:
-        if api is not None:
-            api.stop()
+        if run.api is not None:
+            run.api.stop()
         raise
     watcher = console.Console(inputs.verbosity, sys.stderr, timeline=inputs.output != "json")
-    outcome = execute(config, api=api, console=watcher, record=report.record)
+    outcome = execute(run, console=watcher, record=report.record)
     failure = outcome.conclude(strict)
     report.outcome(outcome)
     if failure is not None:

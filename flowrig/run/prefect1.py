@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 from flowrig.project import defaults
 from flowrig.run.config import RunConfig, RunOutcome
 from flowrig.run.execute import execute
+from flowrig.run.prepared import given_certificates
 
 
 class DaskCloudProviderEnvironment:
@@ -74,7 +75,7 @@ class DaskCloudProviderEnvironment:
             else None
         )
         self.n_workers = provider_kwargs.pop("n_workers", None)
-        self.tls = _tls_of(security)
+        self.tls = given_certificates(security)
         self.on_execute = on_execute
         self.on_start = on_start
         self.on_exit = on_exit
@@ -108,6 +109,8 @@ class DaskCloudProviderEnvironment:
             on_start=self.on_start,
             on_exit=self.on_exit,
         )
+        # Resolved by prepare_config inside execute, under the run's stop guard: a
+        # failure or a signal while the API starts still ends in on_exit.
         return execute(config)
 
 
@@ -123,19 +126,3 @@ def _backend_of(provider_class: Any) -> str:
         path = f"{provider_class.__module__}.{provider_class.__qualname__}"
         return known.get(path, f"{provider_class.__module__}:{provider_class.__qualname__}")
     raise TypeError(f"provider_class must be a name or a cluster class, got {provider_class!r}")
-
-
-def _tls_of(security: Any) -> Any:
-    if security is None:
-        return None
-    from pathlib import Path
-
-    from flowrig.certs import TLSMaterial
-
-    if isinstance(security, TLSMaterial):
-        return security
-    if isinstance(security, (str, Path)):
-        return TLSMaterial.from_dir(Path(security))
-    raise TypeError(
-        "security must be a flowrig.certs.TLSMaterial or a directory with ca.crt, tls.crt, tls.key"
-    )

@@ -78,6 +78,9 @@ class DockerBackend(Backend):
 
     name = "docker"
     options_model = DockerOptions
+    # On a host, the runner runs in a container of the image with no Docker socket,
+    # and this process serves its requests for a cluster.
+    runner_in_container = True
 
     def prefect_api_hosts(self) -> tuple[str, str]:
         """In a runner container: listen on all interfaces, advertise the container's name.

@@ -32,8 +32,8 @@ WORKER_PRELOAD = ("prefect.task_engine", "prefect_dask")
 #: Host environment variables a runner container gets in its environment when they
 #: are set (nothing secret: credentials go over its stdin, :mod:`.control`).
 # FLOWRIG_STARTED_AT: the host command's start, from which the runner counts its
-# timings; FLOWRIG_STRICT: --strict.
-PASSTHROUGH_ENV = ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "FLOWRIG_DEBUG", "FLOWRIG_STARTED_AT", "FLOWRIG_STRICT")
+# timings.
+PASSTHROUGH_ENV = ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "FLOWRIG_DEBUG", "FLOWRIG_STARTED_AT")
 #: Seconds a runner container gets to stop when stopped from outside (``docker stop``).
 RUNNER_STOP_TIMEOUT = 20
 #: Seconds the host gives a runner container to end its flow run after Ctrl-C or
@@ -171,6 +171,7 @@ def render_runner(
     verbosity: str = "normal",
     environ: Mapping[str, str],
     timeout: float | None = None,
+    strict: bool | None = None,
 ) -> ContainerPlan:
     """The runner container ``run_in_container`` starts on the host.
 
@@ -179,7 +180,8 @@ def render_runner(
     parameters and any credentials arrive on its stdin, so neither they nor the run's
     API credentials are in what ``docker inspect`` shows. ``environ`` is the host's
     environment; only :data:`PASSTHROUGH_ENV` is taken from it. ``timeout`` is the
-    run's ``--timeout``, when one was given on the host.
+    run's ``--timeout``, when one was given on the host; ``strict`` its strictness,
+    when the host decided it (``None``: the image's project decides).
     """
     name = container_name(run_id, "runner")
     env = {k: environ[k] for k in PASSTHROUGH_ENV if environ.get(k)}
@@ -199,6 +201,7 @@ def render_runner(
             "run", "--backend", "docker", "--output", output,
             *({"verbose": ("--verbose",), "quiet": ("--quiet",)}.get(verbosity, ())),
             *(("--timeout", f"{timeout:g}") if timeout is not None else ()),
+            *(() if strict is None else ("--strict",) if strict else ("--no-strict",)),
         ),
         labels=labels(run_id, "runner"),
         environment=env,

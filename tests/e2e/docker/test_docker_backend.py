@@ -93,6 +93,21 @@ def test_runner_plan_holds_no_socket_no_parameters_and_no_credentials():
     assert "AWS_SECRET_ACCESS_KEY" not in env and "HOME" not in env
 
 
+def test_the_runner_gets_the_strictness_the_host_decided_on_its_command_line():
+    base = ("run", "--backend", "docker", "--output", "text")
+    assert dk.render_runner("r1", "img", output="text", environ={}, strict=True).command == (*base, "--strict")
+    assert dk.render_runner("r1", "img", output="text", environ={}, strict=False).command == (*base, "--no-strict")
+    # Not decided on the host: the image's project decides, whatever the host's environment says.
+    plan = dk.render_runner("r1", "img", output="text", environ={"FLOWRIG_STRICT": "1"}, strict=None)
+    assert plan.command == base and "FLOWRIG_STRICT" not in plan.environment
+
+
+def test_only_a_backend_that_asks_for_it_runs_its_runner_in_a_container():
+    from flowrig.backends import BACKENDS, get_backend
+
+    assert {name for name in BACKENDS if get_backend(name).runner_in_container} == {"docker"}
+
+
 def test_scheduler_and_worker_plans():
     sched = dk.render_scheduler("r2", "img", "net")
     assert sched.name == "flowrig-r2-scheduler"
@@ -206,12 +221,16 @@ def test_log_tail_folds_the_last_lines():
 
 def test_host_side_rejects_bad_input_before_touching_docker(tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")  # would fail as exit 3 if reached
+    from flowrig.project import load_project
+    from flowrig.run.launch import RunInputs
+
+    seed = load_project(SEED)
     with pytest.raises(BadInput, match="malformed JSON"):
-        in_container.run_in_container(SEED, image="img", params=["x=[1,2"])
+        in_container.run_in_container(RunInputs(SEED, image="img", params=("x=[1,2",)), seed)
     with pytest.raises(BadInput, match="needs an image"):
-        in_container.run_in_container(SEED, image=None, params=[TEN])
+        in_container.run_in_container(RunInputs(SEED, params=(TEN,)), seed)
     with pytest.raises(BadInput, match="does not exist"):
-        in_container.run_in_container(tmp_path / "missing", image=None)
+        in_container.run_in_container(RunInputs(tmp_path / "missing"), None)
 
 
 # --- real containers -----------------------------------------------------------------

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from flowrig import layout
 from flowrig.backends import get_backend
 from flowrig.certs import TLSMaterial
-from flowrig.run.execute import run_certificates
+from flowrig.run.prepared import run_certificates
 from tests.run_support import FLOWRIG
 from tests.tls_support import local_scheduler
 
