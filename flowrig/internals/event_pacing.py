@@ -18,10 +18,10 @@ whose final state it sent and the server has not recorded yet; beyond that it as
 server (one count per poll, public API) until the oldest are recorded. A worker's share
 of the run's window is :data:`RUN_WINDOW` over the workers the run may have, so a whole
 run keeps at most ``3 * RUN_WINDOW`` of its events in those queues. What it holds waits
-in Prefect's own events queue, and the run's end sends it all and waits until the server
-has recorded it (:func:`send_held`, bounded by :data:`SEND_TIMEOUT`). A server that
-records nothing for :data:`STALL_SECONDS` (its recorder switched off, say) is not waited
-for again.
+in Prefect's own events queue, and the run's end sends it all at that pace
+(:func:`send_held`): a worker's cluster may go once it holds nothing, since what it sent
+waits safely in the server's queues. A server that records nothing for
+:data:`STALL_SECONDS` (its recorder switched off, say) is not waited for again.
 
 Fenced here (checked by tests/e2e/local/test_internals.py on the locked versions):
 
@@ -192,12 +192,6 @@ class ServerPace:
                 return
             time.sleep(POLL_SECONDS)
 
-    def settle(self) -> None:
-        """Wait until the server has recorded every task run sent (or the stall rule)."""
-        with self._lock:
-            while self._in_flight and self._waits_for_server:
-                self._wait_for_server()
-
     def close(self) -> None:
         """Close the clients and the loop thread; a later ``put`` opens them again."""
 
@@ -284,13 +278,8 @@ OVERRIDE = EventsOverride()
 
 
 def send_held(timeout: float = SEND_TIMEOUT) -> None:
-    """Send what this process's events and log services hold and, paced, wait until the
-    server has recorded it (bounded by ``timeout`` and the stall rule)."""
+    """Send what this process's events and log services hold, at the pace of the server
+    (bounded by ``timeout`` and the stall rule)."""
     from flowrig.internals.prefect_engine import drain_reporting
 
     drain_reporting(timeout=timeout)
-    pace = OVERRIDE.pace()
-    if pace is not None:
-        done = threading.Thread(target=pace.settle, name="flowrig-event-settle", daemon=True)
-        done.start()
-        done.join(timeout)
