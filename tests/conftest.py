@@ -20,6 +20,7 @@ A test elsewhere that asks for a Docker or moto fixture gets that marker too.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,13 @@ pytest_plugins = ["tests.docker_support", "tests.aws_support", "tests.aws_faults
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+# A shell starts a background command with SIGINT ignored (so does `uv run` started in
+# the background), and every process the tests start inherits that: the tests that send
+# Ctrl-C would wait out their timeouts. A handler here is reset to the default in every
+# child at exec, so each gets Ctrl-C as a user's terminal gives it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 HERE = Path(__file__).resolve().parent
