@@ -163,10 +163,8 @@ class ServerPace:
 
     def _wait_for_server(self) -> None:
         STATS["waits"] += 1
-        # While sending, the oldest half (the server records in about the order it was
-        # sent); at the end (fewer than the window), all of them.
-        held = len(self._in_flight)
-        batch = list(islice(self._in_flight, held // 2 if held >= self.window > 1 else held))
+        # The oldest half: the server records in about the order it was sent.
+        batch = list(islice(self._in_flight, max(1, len(self._in_flight) // 2)))
         best, since = -1, time.monotonic()
         while True:
             try:
@@ -246,10 +244,6 @@ class EventsOverride:
     def active(self) -> bool:
         with self._lock:
             return bool(self._runs)
-
-    def pace(self) -> ServerPace | None:
-        """The process's pace, while a run paces its events."""
-        return self._pace
 
     def _apply(self) -> None:
         from prefect.events.clients import NullEventsClient
