@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from flowrig.errors import BadInput
 
 if TYPE_CHECKING:
-    from flowrig.backends.usage import Placement
+    from flowrig.backends.placement import Placement
 
 #: The shipped table, in this package.
 SHIPPED = "aws.toml"
@@ -88,7 +88,7 @@ class PriceTable(_Strict):
     def cost(self, placement: "Placement", seconds: float) -> tuple[float | None, str]:
         """The price of ``seconds`` on ``placement``; ``(None, why)`` when this table
         has none."""
-        from flowrig.backends.usage import LOCAL, SPOT
+        from flowrig.backends.placement import LOCAL, SPOT
 
         if placement.market == LOCAL:
             return None, LOCAL

@@ -46,6 +46,7 @@ def _project(tmp_path: Path, prices: str | None = None, text: str | None = None)
     if prices is not None:
         lines += ["[run]", f'prices = "{prices}"']
     (tmp_path / "flowrig.toml").write_text("\n".join(lines) + "\n")
+    (tmp_path / "flow.py").write_text("from prefect import flow\n\n@flow\ndef f() -> int:\n    return 1\n")
     if text is not None:
         (tmp_path / (prices or "prices.toml")).write_text(text)
     return tmp_path
