@@ -13,7 +13,6 @@ from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from flowrig import layout
 from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, Options, StartedCluster
-from flowrig.backends.local.lives import LocalLives
 from flowrig.common import runfolders
 from flowrig.errors import BadInput, InfrastructureError, one_line
 from flowrig.roles import PRIVATE_HTTP_PRELOAD
@@ -73,6 +72,7 @@ class LocalBackend(Backend):
         forkserver.prepare(WORKER_PRELOAD)
 
     def start(self, spec: ClusterSpec) -> StartedCluster:
+        from flowrig.backends.local.lives import LocalLives
         from flowrig.backends.local.scheduler import LocalClusterWithSchedulerProcess
         from flowrig.backends.watch import follow
         from flowrig.internals import forkserver, worker_security
