@@ -12,7 +12,7 @@ This prices the lifetimes of containers on this machine. On Fargate each task al
 waits for its image to be pulled (billed, 30 s or more) and is billed for a minute at
 least: read the figure as the floor of what the same run costs there.
 
-    python benchmarks/bench_cost.py [--image flowrig-seed:test] [--repeat 1] [--items 100,1000]
+    python benchmarks/bench_cost.py [--image flowrig-seed:test] [--repeat 1] [--items 10,100]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="flowrig-seed:test")
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--items", default="100,1000")
+    parser.add_argument("--items", default="10,100")
     args = parser.parse_args()
     if subprocess.run(["docker", "image", "inspect", args.image], capture_output=True).returncode:
         sys.exit(f"image {args.image} not found: flowrig build examples/seed --tag {args.image}")
