@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat,
 from flowrig.errors import BadInput
 
 if TYPE_CHECKING:
+    from flowrig.backends.usage import RoleLife
     from flowrig.backends.watch import ClusterNews
     from flowrig.certs import TLSMaterial
     from flowrig.project.sizing import ClusterSize
@@ -174,6 +175,10 @@ class StartedCluster:
         Where the dashboard link opens from when that is not this machine's browser
         ("reachable from inside the VPC only..."), or how to get a dashboard when there
         is none; ``None``: the link opens here.
+    lives
+        The lives of the cluster's roles so far
+        (:class:`~flowrig.backends.usage.RoleLife`), complete once ``close`` returned;
+        ``None`` for a backend that does not log them (nothing is reported).
     """
 
     scheduler_address: str
@@ -183,6 +188,7 @@ class StartedCluster:
     scheduler_up: float | None = None
     workers_joined: Callable[[], int] | None = None
     dashboard_reach: str | None = None
+    lives: "Callable[[], list[RoleLife]] | None" = None
 
 
 def dashboard_reach(served: bool, network: str) -> str:

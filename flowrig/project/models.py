@@ -175,6 +175,11 @@ class RunSettings:
         description="a flow that completed while some of its tasks failed fails the run: exit 1 "
         "(`--strict` / `--no-strict` override it)",
     )
+    prices: StrictStr | None = Field(
+        None,
+        description="a TOML price file in the project directory, merged over the price table flowrig ships "
+        "(estimated cost of what a run used; see the output reference)",
+    )
 
 
 @dataclass(config=_STRICT, frozen=True)

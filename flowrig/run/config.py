@@ -90,7 +90,9 @@ class RunOutcome:
     ``Crashed``...), or, when the run ended before its flow did, one of
     :data:`EARLY_STATES` or ``Terminated``. ``exit_code`` and ``error`` (the one line
     on stderr) are those of the command; ``failed_tasks`` counts the task runs that
-    ended failed, also in a flow that completed.
+    ended failed, also in a flow that completed; ``usage`` is what the run's roles used
+    (:class:`flowrig.backends.usage.Usage`) once its cluster is down: ``None`` when the
+    backend logs no roles or no cluster started.
     """
 
     state: str
@@ -105,6 +107,7 @@ class RunOutcome:
     exit_code: int = 0
     error: str | None = None
     failed_tasks: dict[str, Any] = field(default_factory=no_failed_tasks)
+    usage: Any = None
 
     @property
     def ok(self) -> bool:
@@ -154,6 +157,7 @@ class RunOutcome:
             "timings": {k: (None if v is None else round(v, 3)) for k, v in self.timings.items()},
             "run_id": self.run_id,
             "failed_tasks": self.failed_tasks,
+            "usage": self.usage.to_dict() if self.usage is not None else None,
         }
         try:
             json.dumps(self.result)
@@ -197,6 +201,8 @@ class RunRecord:
     dashboard_link: str | None = None
     #: The run's task counts (:class:`flowrig.run.progress.TaskProgress`), once it has them.
     progress: Any = None
+    #: What the run's roles used (:class:`flowrig.backends.usage.Usage`), once torn down.
+    usage: Any = None
 
     def outcome(self, state: str, result: Any = None, *, message: str | None = None) -> RunOutcome:
         """The outcome of the run as far as it got."""
@@ -211,6 +217,7 @@ class RunRecord:
             run_id=self.run_id,
             message=message,
             failed_tasks=self.progress.failed_tasks() if self.progress is not None else no_failed_tasks(),
+            usage=self.usage,
         )
 
     def ended_early(self, exit_code: int, error: str | None) -> RunOutcome:

@@ -19,8 +19,10 @@ import inspect
 import logging
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from flowrig.backends.usage import usage_line
 from flowrig.common.runid import current_run_id
 from flowrig.common.signals import shielded, stop_guard
 from flowrig.errors import BadInput
@@ -100,6 +102,7 @@ def execute(
             run = prepare_config(run)
             state.api = run.api
         record.backend = run.backend.name
+        state.prices = run.prices
         plan = _plan(run, state, record, console, progress)
         _start_cluster(run, state, plan, record, stop_watching, announce, console)
         outcome = _run_to_outcome(run, state, plan, record, console, progress)
@@ -115,6 +118,7 @@ def execute(
         _conclude(state, record, teardown, failure, console)
     # The timings as they ended, teardown included.
     outcome.timings = timer.as_dict()
+    outcome.usage = record.usage
     return outcome
 
 
@@ -131,6 +135,8 @@ class _RunState:
     #: Tells a Prefect server of the user's the Dask side of the run (flowrig.run.reporter).
     reporter: Any = NO_REPORTER
     display: ProgressDisplay | None = None
+    #: The price table of what the run used (``None``: the shipped one).
+    prices: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,9 +317,27 @@ def _conclude(
         timer.phase("teardown")
         timer.reached("teardown_done")
         timer.finish()
-        run.reporter.close(timer.timeline, failure)
+        record.usage = _usage(run)
+        run.reporter.close(timer.timeline, failure, record.usage)
         if console is not None and console.timeline and run.started is not None:
             console.line(timeline_line(record.run_id, timer.timeline))
+            if record.usage is not None:
+                console.line(usage_line(record.run_id, record.usage))
+
+
+def _usage(run: _RunState) -> Any:
+    """What the run's roles used, from the lives its backend logged (``None`` when it
+    logs none). Never fails the run: it is a report."""
+    from flowrig.backends.usage import summarize
+
+    lives = getattr(run.started, "lives", None)
+    if lives is None:
+        return None
+    try:
+        return summarize(lives(), time.time(), run.prices)
+    except Exception as exc:
+        logger.warning("what the run used could not be summed up: %s", exc)
+        return None
 
 
 def _reporter(config: "PreparedRun", parameters: dict[str, Any], run_id: str, backend: str, timer: Any) -> Any:

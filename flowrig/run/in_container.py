@@ -28,6 +28,7 @@ from flowrig.backends.docker.controller import (
     left_behind,
     leftovers_command,
 )
+from flowrig.backends.docker.lives import container_life
 from flowrig.backends.docker.naming import check_run_id, container_name, network_name
 from flowrig.backends.docker.plans import RUNNER_INTERRUPT_GRACE, render_runner
 from flowrig.certs import TLSMaterial, delivery
@@ -42,6 +43,7 @@ from flowrig.containers.engine import (
     connect,
     create_container,
     create_network,
+    engine_resources,
     oom_killed,
     remove_run,
     require_image,
@@ -169,7 +171,8 @@ def _serve(
     stdin.write(delivery.encode(tls))
     stdin.write(control.encode("parameters", parameters=parameters, environment=secrets, key=key.hex()))
     controller = teardown.controller = HostController(
-        client, run_id, image, tls, stdin, key=key, limits=limits, say=say, secrets=run_secrets
+        client, run_id, image, tls, stdin, key=key, limits=limits, say=say, secrets=run_secrets,
+        runner_life=container_life(runner, "runner", engine_resources(client)),
     )
     pump = teardown.pump = LogPump()
     pump.follow(runner, stdout_filter=controller.stdout_filter())

@@ -19,6 +19,7 @@ The project itself (``flowrig.toml``) is read by :mod:`flowrig.run.launch`, once
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,9 @@ class PreparedRun:
         As in :class:`~flowrig.run.config.RunConfig`.
     project
         The project the run came from; ``None`` for the Python API.
+    prices
+        The price table of what the run used (:mod:`flowrig.backends.prices`);
+        ``None``: the shipped one.
     """
 
     flow: Any
@@ -87,6 +91,7 @@ class PreparedRun:
     on_start: Callable[[], Any] | None = None
     on_exit: Callable[[], Any] | None = None
     project: "Project | None" = None
+    prices: Any = None
 
 
 # --- one function per input ----------------------------------------------------------------
@@ -234,7 +239,11 @@ def prepare(inputs: "RunInputs", project: "Project", backend: "Backend | None" =
         A missing or invalid flow, sizing hook, parameters or certificates, or a flow
         run of another flow.
     """
+    from flowrig.backends.prices import load_prices
+
     backend = backend or backend_of(inputs, project)
+    # A bad price file is bad input before anything starts.
+    prices = load_prices(project.root, project.run.prices)
     options = {"address": inputs.scheduler_address} if inputs.scheduler_address else dict(project.cluster.options)
     tls = run_certificates(backend, given_certificates(inputs.certs), options)
     api = start_prefect_api(backend, tls)
@@ -246,7 +255,7 @@ def prepare(inputs: "RunInputs", project: "Project", backend: "Backend | None" =
             from flowrig.project.requirements import check_environment
 
             check_environment(project)
-        return _from_project(inputs, project, backend, tls, api, options)
+        return dataclasses.replace(_from_project(inputs, project, backend, tls, api, options), prices=prices)
     except BaseException:
         if api is not None:
             api.stop()

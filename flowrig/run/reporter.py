@@ -159,8 +159,9 @@ class RunReporter:
         """From here on the flow run's state is Prefect's engine's."""
         self._phase = "flow"
 
-    def close(self, timeline: Mapping[str, float | None], failure: BaseException | None) -> None:
-        """Send what is left, the artifact, and (a flow that never ran) the flow run's final
+    def close(self, timeline: Mapping[str, float | None], failure: BaseException | None, usage: Any = None) -> None:
+        """Send what is left, what the run used (a :class:`~flowrig.backends.usage.Usage`,
+        when known), the artifact, and (a flow that never ran) the flow run's final
         state; waits at most :data:`CLOSE_TIMEOUT` seconds."""
         with self._lock:
             self._listening = False
@@ -169,7 +170,11 @@ class RunReporter:
             text = _failure_text(failure)
             if kind:
                 self.tell(kind, f"flowrig run {self.run_id}: the cluster did not start: {text}", error=text)
-        self._final = (dict(timeline), failure)
+        if usage is not None:
+            from flowrig.backends.usage import usage_line
+
+            self.tell("run.usage", usage_line(self.run_id, usage), usage=usage.to_dict())
+        self._final = (dict(timeline), failure, usage)
         self._wake.set()
         self._thread.join(CLOSE_TIMEOUT)
         if self._thread.is_alive():
@@ -255,7 +260,7 @@ class RunReporter:
             "payload": {"message": told.message, **told.payload},
         }
 
-    def _finish(self, timeline: Mapping[str, float | None], failure: BaseException | None) -> None:
+    def _finish(self, timeline: Mapping[str, float | None], failure: BaseException | None, usage: Any) -> None:
         from prefect.client.schemas.actions import ArtifactCreate
 
         flow_run = self.flow_run
@@ -265,8 +270,9 @@ class RunReporter:
             self._call("create_artifact", ArtifactCreate(
                 key=artifact_key(getattr(self._flow, "name", None) or str(getattr(flow_run, "name", "run"))),
                 type="markdown",
-                description=f"flowrig run {self.run_id} on {self.backend}: start-up timeline and cluster size",
-                data=render_artifact(self.run_id, self.backend, timeline, sizes, self.since),
+                description=f"flowrig run {self.run_id} on {self.backend}: start-up timeline, cluster size "
+                "and what the run used",
+                data=render_artifact(self.run_id, self.backend, timeline, sizes, self.since, usage),
                 flow_run_id=flow_run.id,
             ))
         except Exception as exc:
@@ -296,7 +302,7 @@ class _NoReporter:
     def stop_listening(self) -> None:
         pass
 
-    def close(self, timeline: Mapping[str, float | None], failure: BaseException | None) -> None:
+    def close(self, timeline: Mapping[str, float | None], failure: BaseException | None, usage: Any = None) -> None:
         pass
 
 

@@ -24,7 +24,7 @@ SIZE_ROWS = 100
 #: Event of each kind of line: ``flowrig.`` and the kind.
 KINDS = (
     "cluster.asked", "cluster.started", "cluster.start-failed",
-    "worker.started", "worker.joined", "worker.lost", "worker.replaced", "worker.retired",
+    "worker.started", "worker.joined", "worker.lost", "worker.replaced", "worker.retired", "run.usage",
 )
 _LEVELS = {"cluster.start-failed": logging.ERROR, "worker.lost": logging.WARNING}
 #: What a summary line says of the items of each kind it counts.
@@ -93,15 +93,16 @@ def _seconds(value: float | None) -> str:
 
 
 def render_artifact(run_id: str, backend: str, timeline: Mapping[str, float | None], sizes: list[Size],
-                    since: float) -> str:
-    """The artifact's markdown: the timeline's marks, then the cluster's size over time."""
+                    since: float, usage: Any = None) -> str:
+    """The artifact's markdown: the timeline's marks, the cluster's size over time, and
+    what the run used (a :class:`~flowrig.backends.usage.Usage`, when known)."""
     rows = [f"## flowrig run {run_id} on {backend}", "", "### Start-up timeline", "",
             "| mark | seconds since the run started |", "|---|---:|"]
     rows += [f"| {label} | {_seconds(timeline.get(key))} |" for key, label in TIMELINE]
     rows += ["", "### Workers joined over time", ""]
     if not sizes:
         rows.append("No worker news: this backend's cluster is not watched, or no worker joined.")
-        return "\n".join(rows) + "\n"
+        return "\n".join(rows + _usage_rows(usage)) + "\n"
     rows += ["| seconds since the run started | workers joined | what changed |", "|---:|---:|---|"]
     entries = [(s.at - since, s.joined, s.change.replace("|", "\\|")) for s in sizes]
     if len(entries) > SIZE_ROWS:
@@ -114,4 +115,20 @@ def render_artifact(run_id: str, backend: str, timeline: Mapping[str, float | No
                    for at, joined, changes in merged.values()]
         entries = entries[:SIZE_ROWS - 1] + ([entries[-1]] if len(entries) >= SIZE_ROWS else [])
     rows += [f"| {at:.2f} | {joined} | {change} |" for at, joined, change in entries]
-    return "\n".join(rows) + "\n"
+    return "\n".join(rows + _usage_rows(usage)) + "\n"
+
+
+def _usage_rows(usage: Any) -> list[str]:
+    """The artifact's table of what the run used, per role."""
+    if usage is None:
+        return []
+    from flowrig.backends.usage import cost_words
+
+    rows = ["", "### What the run used", "",
+            "| role | count | seconds | vCPU-s | GB-s | GPU-s | spot | est. cost |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, role in usage.roles.items():
+        cost = "no price" if role.estimated_cost is None else f"{role.estimated_cost:.4f} {usage.currency}"
+        rows.append(f"| {key} | {role.count} | {role.seconds:.1f} | {role.vcpu_seconds:.0f} | {role.gb_seconds:.0f} "
+                    f"| {role.gpu_seconds:.0f} | {role.spot_share:.0%} | {cost} |")
+    return [*rows, "", cost_words(usage)]

@@ -44,7 +44,7 @@ def test_every_timing_and_outcome_key_is_documented_in_the_manual():
 #: Every key of the JSON outcome (``message`` and ``result_repr`` only when they apply).
 OUTCOME_KEYS = {
     "state", "exit_code", "error", "result", "n_workers", "backend", "scheduler_address", "dashboard_link",
-    "timings", "run_id", "failed_tasks",
+    "timings", "run_id", "failed_tasks", "usage",
 }
 TIMING_KEYS = {*PHASES, "total", *(key for key, _ in TIMELINE)}
 

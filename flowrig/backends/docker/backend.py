@@ -23,6 +23,7 @@ from flowrig.backends.base import (
 from flowrig.backends.docker import control
 from flowrig.backends.docker.cluster import SCHEDULER_START_TIMEOUT, DockerCluster
 from flowrig.backends.docker.naming import ENV_IMAGE, ENV_NETWORK, ENV_RUNNER_HOST, check_run_id
+from flowrig.backends.usage import RoleLife
 from flowrig.backends.watch import follow
 from flowrig.common.environ import check_env_name
 from flowrig.common.net import is_loopback_url
@@ -141,6 +142,7 @@ class DockerBackend(Backend):
             close=close,
             cluster=cluster,
             scheduler_up=getattr(cluster.scheduler, "up_at", None),
+            lives=cluster.life_log.lives,
         )
 
 
@@ -162,18 +164,23 @@ class DockerBackend(Backend):
             news=spec.on_news is not None,
         )
 
+        told: list[RoleLife] = []
+
         def close() -> None:
             try:
-                channel.request("close", control.CLOSE_REPLY_TIMEOUT)
+                closed = channel.request("close", control.CLOSE_REPLY_TIMEOUT)
             except InfrastructureError as exc:
                 # The host removes everything of the run when this runner exits anyway.
                 logger.warning("the host did not confirm the cluster's teardown: %s", exc)
+                return
+            told.extend(control.lives_of(closed))
 
         return StartedCluster(
             scheduler_address=str(reply["scheduler_address"]),
             dashboard_link=reply.get("dashboard_link") or None,
             close=CloseOnce(close),
             workers_joined=lambda: channel.workers_joined,
+            lives=lambda: list(told),
         )
 
 

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from distributed.deploy.spec import ProcessInterface, SpecCluster
 from distributed.utils import LoopRunner
 
+from flowrig.backends.docker import lives
 from flowrig.backends.docker.naming import check_run_id, network_name, new_run_id, scheduler_address
 from flowrig.backends.docker.plans import WORKER_PRELOAD, render_scheduler, render_worker
 from flowrig.backends.lost_workers import keep_size
+from flowrig.backends.usage import LifeLog
 from flowrig.backends.watch import exit_text
 from flowrig.certs import TLSMaterial, delivery
 from flowrig.containers import ContainerPlan
@@ -28,6 +30,7 @@ from flowrig.containers.engine import (
     container_logs_tail,
     create_container,
     create_network,
+    engine_resources,
     exit_state,
     published_port,
     remove_named,
@@ -72,6 +75,10 @@ class _RunSettings:
     no_client_timeout: float | None = None
     #: The run's secrets by name: delivered to each worker with its certificates.
     secret_environment: Mapping[str, str] = field(default_factory=dict)
+    #: Where each container's life is logged (:mod:`flowrig.backends.docker.lives`).
+    lives: LifeLog = field(default_factory=LifeLog)
+    #: The engine's CPUs and memory bytes: the shape of a container without limits.
+    host: tuple[int, int] = (0, 0)
 
 
 async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -96,6 +103,9 @@ def deliver_certificates(
 class _ContainerProcess(ProcessInterface):
     """A Dask role living in one container; closing it removes the container."""
 
+    #: The role whose life the container is (:mod:`flowrig.backends.usage`).
+    role = "worker"
+
     def __init__(self, settings: _RunSettings) -> None:
         super().__init__()
         self.settings = settings
@@ -104,17 +114,21 @@ class _ContainerProcess(ProcessInterface):
     async def _launch(self, plan: ContainerPlan, secrets: Mapping[str, str] | None = None) -> "Container":
         self.container = await _in_thread(create_container, self.settings.client, plan)
         await _in_thread(start_container, self.container)
+        await _in_thread(lives.log_start, self.settings.lives, self.container, self.role, self.settings.host)
         await _in_thread(deliver_certificates, self.container, self.settings.tls, secrets)
         return self.container
 
     async def close(self) -> None:
         if self.container is not None:
-            await _in_thread(stop_and_remove, self.container)
+            log_end = functools.partial(lives.log_end, self.settings.lives)
+            await _in_thread(stop_and_remove, self.container, on_stopped=log_end)
         await super().close()
 
 
 class DockerScheduler(_ContainerProcess):
     """The scheduler container; ready once it logs that it listens."""
+
+    role = "scheduler"
 
     def __init__(self, settings: _RunSettings) -> None:
         super().__init__(settings)
@@ -264,8 +278,11 @@ class DockerCluster(SpecCluster):
             scheduler_start_timeout=scheduler_start_timeout,
             no_client_timeout=no_client_timeout,
             secret_environment=dict(secret_environment or {}),
+            host=engine_resources(client),
         )
         self.run_id = run_id
+        #: The lives of the cluster's containers (:mod:`flowrig.backends.usage`).
+        self.life_log = self.settings.lives
         worker = {"cls": DockerWorker, "options": {"settings": self.settings}}
         workers = {i: worker for i in range(n_workers)}
         # A loop of our own when none is given, so that a failed start can stop it:

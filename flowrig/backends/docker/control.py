@@ -14,7 +14,9 @@ host -> runner: the container's stdin, after the certificates line of
     {"op": "workers", "joined": 2}      whenever the number of joined workers changes
     {"op": "news", "items": [...]}      what the workers did (asked for with "news": true;
                                         items of :class:`~flowrig.backends.watch.ClusterNews`)
-    {"op": "closed", "re": 2}
+    {"op": "closed", "re": 2, "lives": [...]}   the lives of the run's containers (the
+                                        runner's still open; items of
+                                        :class:`~flowrig.backends.usage.RoleLife`)
 
 runner -> host: the container's stdout, which the runner claims before it imports
 anything of the flow's (:mod:`flowrig.common.claimed_stdout`). File descriptor 1 of the runner
@@ -59,13 +61,14 @@ import time
 from typing import Any, BinaryIO, Callable
 
 from flowrig import layout
+from flowrig.backends.usage import RoleLife
 from flowrig.backends.watch import ClusterNews
 from flowrig.common.claimed_stdout import SEPARATOR, ClaimedStdout, claim_stdout, escape
 from flowrig.errors import BadInput, InfrastructureError
 
 __all__ = [
     "CONTROL_ENV", "CONTROL_PROTOCOL", "PREFIX", "SEPARATOR", "ClaimedStdout", "Demux", "Refused",
-    "RunnerChannel", "claim_stdout", "controlled", "decode", "encode", "escape", "new_key", "open_message",
+    "RunnerChannel", "claim_stdout", "controlled", "decode", "encode", "escape", "lives_of", "new_key", "open_message",
     "runner_channel", "sign", "take_run_inputs",
 ]
 
@@ -162,6 +165,18 @@ def describe(payload: bytes, width: int = 160) -> str:
     text = (body or payload).decode("utf-8", "replace")
     text = "".join(c if c.isprintable() else "?" for c in text)
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def lives_of(message: dict[str, Any]) -> list[RoleLife]:
+    """The roles' lives a ``closed`` message carries; items that are not one are left out."""
+    items = message.get("lives")
+    lives = []
+    for item in items if isinstance(items, list) else []:
+        try:
+            lives.append(RoleLife.from_dict(item))
+        except ValueError:
+            continue  # not a life this runner knows
+    return lives
 
 
 def raise_failure(message: dict[str, Any]) -> None:

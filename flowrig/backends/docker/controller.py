@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
 
     from flowrig.backends.docker.cluster import DockerCluster
+    from flowrig.backends.usage import RoleLife
     from flowrig.backends.watch import ClusterNews
 
 logger = logging.getLogger("flowrig.docker")
@@ -82,8 +83,11 @@ class HostController:
         limits: RunnerLimits,
         say: Callable[[str], None],
         secrets: Mapping[str, str] | None = None,
+        runner_life: "RoleLife | None" = None,
     ) -> None:
         self.client, self.run_id, self.image, self.tls = client, run_id, image, tls
+        #: The runner container's life so far (its end is the runner's to see).
+        self.runner_life = runner_life
         self.limits = limits
         self.say = say
         # The host's own project says which secrets go to the workers: the runner
@@ -197,7 +201,7 @@ class HostController:
 
         def close() -> None:
             self.close()
-            self._reply("closed", re=seq)
+            self._reply("closed", re=seq, lives=[life.to_dict() for life in self.lives()])
 
         threading.Thread(target=close, name="flowrig-close", daemon=True).start()
 
@@ -302,6 +306,16 @@ class HostController:
             except Exception as exc:  # the run's sweep removes what is left
                 logger.warning("closing the cluster of run %s failed: %s", self.run_id, one_line(exc))
         self.memory.stop()
+
+    def lives(self) -> list["RoleLife"]:
+        """The lives of the run's containers: the runner's, and those of every cluster
+        started (complete once it is closed)."""
+        with self._lock:
+            clusters = list(self._clusters)
+        found = [self.runner_life] if self.runner_life is not None else []
+        for cluster in clusters:
+            found += cluster.life_log.lives()
+        return found
 
     def abort(self) -> None:
         """Remove the cluster's containers at once (an interrupted run); nothing of it

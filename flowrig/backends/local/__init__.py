@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from typing import Any, Mapping
 
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
@@ -71,6 +72,7 @@ class LocalBackend(Backend):
         forkserver.prepare(WORKER_PRELOAD)
 
     def start(self, spec: ClusterSpec) -> StartedCluster:
+        from flowrig.backends.local.lives import LocalLives
         from flowrig.backends.local.scheduler import LocalClusterWithSchedulerProcess
         from flowrig.backends.watch import follow
         from flowrig.internals import forkserver, worker_security
@@ -86,6 +88,7 @@ class LocalBackend(Backend):
         # folder, never the $TMPDIR/dask-scratch-space any user can make first; removed
         # with the cluster, and one left by a killed run is a leftover.
         scratch = runfolders.make("scratch", spec.run_id)
+        began = time.time()
         kwargs: dict[str, Any] = {
             "n_workers": spec.size.n_workers,
             "threads_per_worker": spec.worker_threads,
@@ -128,6 +131,7 @@ class LocalBackend(Backend):
             raise
         proxy = None
         try:
+            lives = LocalLives(cluster, began)
             follow(cluster, spec.on_news)
             if private_dashboard:
                 proxy = open_dashboard(cluster, spec.tls)
@@ -146,9 +150,10 @@ class LocalBackend(Backend):
         return StartedCluster(
             scheduler_address=cluster.scheduler_address,
             dashboard_link=link,
-            close=CloseOnce(functools.partial(_close, cluster, proxy, scratch)),
+            close=CloseOnce(functools.partial(_close, cluster, proxy, scratch, lives)),
             cluster=cluster,
             scheduler_up=cluster.scheduler_up_at,
+            lives=lives.log.lives,
         )
 
 
@@ -166,7 +171,7 @@ def open_dashboard(cluster: Any, tls: Any) -> Any:
     return proxy
 
 
-def _close(cluster: Any, proxy: Any, scratch: runfolders.RunFolder) -> None:
+def _close(cluster: Any, proxy: Any, scratch: runfolders.RunFolder, lives: Any = None) -> None:
     """Close the dashboard proxy and the cluster, then remove its scratch folder; a
     scheduler that already stopped on its own (its no-client rule) is not an error,
     though closing then cannot ask it to retire the workers."""
@@ -179,6 +184,8 @@ def _close(cluster: Any, proxy: Any, scratch: runfolders.RunFolder) -> None:
         if process is None or process.exitcode is None:
             raise
     finally:
+        if lives is not None:
+            lives.closed()
         scratch.remove()
 
 

@@ -174,6 +174,7 @@ class PoolBackend(Backend):
             close=CloseOnce(functools.partial(close_run, cluster, run)),
             cluster=cluster,
             scheduler_up=cluster.scheduler_up_at,
+            lives=cluster.life_log.lives,
             dashboard_reach=None if options.scheduler_address else dashboard_reach(
                 options.dashboard, run.network_description()
             ),

@@ -36,6 +36,7 @@ from distributed.utils import LoopRunner, NoOpAwaitable
 
 from flowrig.backends.lost_workers import Replacements
 from flowrig.backends.pool.launcher import Endpoint, Launcher, Observed, StartTimeout
+from flowrig.backends.usage import LifeLog, Placement
 from flowrig.errors import FlowrigError, InfrastructureError, one_line
 
 logger = logging.getLogger("flowrig.pool")
@@ -43,6 +44,8 @@ logger = logging.getLogger("flowrig.pool")
 #: Seconds between two observations of the roles, at first and at most.
 #: The maximum bounds how late a stopped role is noticed (the start fails within it).
 POLL_MIN = 1.0
+#: The scheduler's name among the roles' lives.
+SCHEDULER = "scheduler"
 POLL_MAX = 5.0
 
 
@@ -115,6 +118,9 @@ class PoolCluster(Cluster):
         self.start_error: FlowrigError | None = None
         # Why each worker that stopped stopped, by name.
         self._lost: dict[str, str] = {}
+        #: The roles' lives (:mod:`flowrig.backends.usage`), by this process's clock: from
+        #: the start asked to the stop asked or seen.
+        self.life_log = LifeLog()
         self._desired = n_workers
         self._existing = scheduler_address
         self._scheduler_handle: str | None = None
@@ -143,6 +149,7 @@ class PoolCluster(Cluster):
                 self._endpoint = Endpoint(self._existing)
             else:
                 self._scheduler_handle = await _in_thread(self.launcher.start_scheduler)
+                self._log_started(SCHEDULER, self._scheduler_handle, "scheduler")
                 await self._wait_running(self._scheduler_handle, "scheduler")
                 self._endpoint = await _in_thread(self.launcher.scheduler_endpoint, self._scheduler_handle)
             address = self._endpoint.client_address or self._endpoint.contact_address
@@ -207,6 +214,16 @@ class PoolCluster(Cluster):
         self._desired = max(self._desired - len(names), 0)
         handles = [self.workers.pop(name).handle for name in names]
         await _in_thread(self.launcher.stop, handles, "scaled down")
+        for name in names:
+            self.life_log.ended(name)
+
+    def _log_started(self, name: str, handle: str, role: str) -> None:
+        try:
+            placement = self.launcher.placement(handle, role) or Placement()
+        except Exception as exc:  # a report must not fail a start
+            logger.debug("no placement of %s: %s", name, exc)
+            placement = Placement()
+        self.life_log.started(name, role, placement)
 
     def __await__(self):  # Adaptive awaits its cluster before recommending
         async def _() -> "PoolCluster":
@@ -239,6 +256,7 @@ class PoolCluster(Cluster):
                 self.started += len(result.started)
                 for name, handle in result.started.items():
                     self.workers[name] = _Worker(handle=handle, since=now)
+                    self._log_started(name, handle, "worker")
                 for reason in result.refused:
                     self.replacements.failed(f"worker {self.launcher.kind} not started: {reason}")
                 if result.refused:
@@ -256,6 +274,8 @@ class PoolCluster(Cluster):
                     except Exception as exc:
                         logger.debug("retiring %s failed: %s", extra, exc)
                 await _in_thread(self.launcher.stop, handles, "scaled down")
+                for name in extra:
+                    self.life_log.ended(name)
 
     # --- watching -----------------------------------------------------------------------
     async def _watch(self) -> None:
@@ -286,6 +306,7 @@ class PoolCluster(Cluster):
             if state.status != "stopped" or self.workers.get(name) is not worker:
                 continue
             del self.workers[name]
+            self.life_log.ended(name)
             self._lost[name] = state.reason
             if worker.joined:
                 self.replacements.lost([name], f"stopped ({state.reason})" if state.reason else "stopped")
@@ -369,6 +390,9 @@ class PoolCluster(Cluster):
             if handles:
                 await _in_thread(self.launcher.stop, handles, reason)
         finally:
+            now = time.time()
+            for name in self.life_log.open_names():
+                self.life_log.ended(name, at=now)
             await _in_thread(self.launcher.close)
 
     async def _close(self) -> None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from flowrig.errors import InfrastructureError
+
+if TYPE_CHECKING:
+    from flowrig.backends.usage import Placement
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,11 @@ class Launcher(abc.ABC):
     @abc.abstractmethod
     def stop(self, handles: list[str], reason: str) -> None:
         """Stop roles; quiet about roles that are gone already."""
+
+    def placement(self, handle: str, role: str) -> "Placement | None":
+        """What role ``handle`` (``scheduler`` or ``worker``) got: its shape, market and
+        price key (:mod:`flowrig.backends.usage`); ``None``: not known (no price)."""
+        return None
 
     def close(self) -> None:
         """Release what the launcher itself holds (clients, a network); after :meth:`stop`."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from flowrig.containers.engine.client import logger
 from flowrig.containers.labels import LABEL_ROLE, LABEL_RUN_ID
@@ -19,12 +19,21 @@ if TYPE_CHECKING:
 REMOVE_THREADS = 8
 
 
-def stop_and_remove(container: "Container", timeout: int = STOP_TIMEOUT) -> None:
-    """Stop a container (SIGTERM, SIGKILL after ``timeout`` s) and remove it; quiet if gone."""
+def stop_and_remove(
+    container: "Container", timeout: int = STOP_TIMEOUT, on_stopped: "Callable[[Container], None] | None" = None
+) -> None:
+    """Stop a container (SIGTERM, SIGKILL after ``timeout`` s) and remove it; quiet if gone.
+    ``on_stopped`` is called in between, while the engine still knows the container
+    (to read its lifetime)."""
     import docker
 
     with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
         container.stop(timeout=timeout)
+    if on_stopped is not None:
+        try:
+            on_stopped(container)
+        except Exception as exc:  # a report must not keep a container
+            logger.debug("after stopping %s: %s", container.name, one_line(exc))
     remove_container(container)
 
 

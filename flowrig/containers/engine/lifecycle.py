@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import re
 import socket
 import threading
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Iterable
 
 from flowrig.containers.engine.client import image_not_found, log_tail
@@ -214,3 +216,52 @@ def first_exit(containers: Iterable["Container"]) -> "queue.Queue[tuple[str, int
             target=lambda c=container: results.put((c.name, wait_for_exit(c))), daemon=True
         ).start()
     return results
+
+
+#: The engine's time of something that has not happened (``FinishedAt`` of a running container).
+_ZERO_TIME = "0001-01-01"
+_ENGINE_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
+
+
+def engine_time(text: object) -> float | None:
+    """An engine timestamp (RFC 3339 with nanoseconds, ``2026-12-07T02:10:11.123456789Z``)
+    as wall-clock seconds; ``None`` for its zero time or anything else."""
+    match = _ENGINE_TIME.match(text) if isinstance(text, str) else None
+    if match is None or text.startswith(_ZERO_TIME):  # type: ignore[union-attr]
+        return None
+    whole, fraction, zone = match.groups()
+    stamp = datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    return stamp.timestamp() + (float(f"0.{fraction}") if fraction else 0.0)
+
+
+def lifetime(container: "Container") -> tuple[float | None, float | None]:
+    """When the container started and finished, by the engine's own clock
+    (``State.StartedAt``/``FinishedAt``); ``None`` for what has not happened, or for
+    both once it is gone. Read it before the container is removed."""
+    try:
+        container.reload()
+        state = container.attrs["State"]
+    except Exception:  # gone already: nothing more to learn
+        return None, None
+    return engine_time(state.get("StartedAt")), engine_time(state.get("FinishedAt"))
+
+
+def limits(container: "Container") -> tuple[float | None, int | None]:
+    """The container's CPU and memory limits (vCPUs, bytes); ``None`` where it has none."""
+    try:
+        host = container.attrs.get("HostConfig") or {}
+    except Exception:
+        return None, None
+    nano = host.get("NanoCpus") or 0
+    memory = host.get("Memory") or 0
+    return (nano / 1e9 if nano else None), (int(memory) if memory else None)
+
+
+def engine_resources(client: "DockerClient") -> tuple[int, int]:
+    """The engine's CPUs and memory in bytes (what a container without limits may use);
+    ``(0, 0)`` when the engine does not say."""
+    try:
+        info = client.info()
+        return int(info.get("NCPU") or 0), int(info.get("MemTotal") or 0)
+    except Exception:
+        return 0, 0

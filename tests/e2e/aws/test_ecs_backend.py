@@ -234,6 +234,16 @@ def test_fargate_run_creates_tagged_private_resources_and_removes_them(bootstrap
         assert running_tasks(cluster["clusterArn"]) == []
         # An existing scheduler is someone else's: it is still serving its own worker.
         assert list(scheduler.scheduler_info["workers"].values())[0]["name"] == "local-0"
+        # What the run used: its two worker tasks, shaped by flowrig's worker task
+        # definition and priced as Fargate tasks in the run's region; no scheduler task.
+        from flowrig.backends.usage import Placement, summarize
+
+        lives = started.lives()
+        assert [life.role for life in lives] == ["worker", "worker"]
+        assert {life.placement for life in lives} == {
+            Placement(vcpu=1.0, memory_gib=4.0, price_key="fargate:us-east-1:X86_64")}
+        assert all(life.ended is not None for life in lives)
+        assert summarize(lives, now=0.0).estimated_cost_total > 0
 
 
 @pytest.mark.aws

@@ -201,6 +201,9 @@ def test_a_run_leaves_its_dask_side_on_the_users_server(prefect_servers, project
     assert artifact.key == "flowrig-main" and artifact.type == "markdown"
     assert "### Start-up timeline" in artifact.data and "| first worker joined |" in artifact.data
     assert "killed by SIGKILL" in artifact.data
+    assert "### What the run used" in artifact.data and "no price: it ran on this machine" in artifact.data
+    assert any(line.startswith(f"flowrig run {outcome['run_id']}: used scheduler 1 x ") for line in
+               flowrig_lines(server.logs(flow_run.id))), flowrig_lines(server.logs(flow_run.id))
 
     events = server.wait_for(lambda: server.events(flow_run.id),
                              lambda found: {"flowrig.worker.lost", "flowrig.worker.joined"} <= {e["event"] for e in found})
@@ -595,6 +598,13 @@ def test_a_docker_run_leaves_its_dask_side_on_the_users_server(container_prefect
     assert len({log.task_run_id for log in finished}) == 8, [log.message for log in logs]
     [artifact] = server.artifacts(flow_run.id)
     assert f"flowrig run {run_id} on docker" in artifact.data and "killed by SIGKILL" in artifact.data
+    # What the run used counts the killed worker's container and the one started in its
+    # place: in the outcome, in a line to the server, and in the artifact.
+    usage = outcome["usage"]["roles"]
+    assert {key: role["count"] for key, role in usage.items()} == {"runner": 1, "scheduler": 1, "worker": 3}, usage
+    assert any(line.startswith(f"flowrig run {run_id}: used runner 1 x ") and ", worker 3 x " in line
+               for line in told), told
+    assert "### What the run used" in artifact.data and "| worker | 3 |" in artifact.data, artifact.data
     events = server.wait_for(lambda: server.events(flow_run.id),
                              lambda found: {"flowrig.worker.lost", "flowrig.worker.joined"} <= {e["event"] for e in found})
     [lost] = [e for e in events if e["event"] == "flowrig.worker.lost"]

@@ -7,11 +7,13 @@ tests/pool_support.py.
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
 from flowrig.backends.base import ClusterSpec
 from flowrig.backends.pool import Endpoint, Observed, WorkerStart
+from flowrig.backends.usage import Placement, summarize
 from flowrig.errors import InfrastructureError
 from flowrig.project.sizing import ClusterSize
 from tests.e2e.aws.test_ecs_backend import local_scheduler
@@ -47,6 +49,9 @@ class SchedulerLauncher(InProcessLauncher):
         self.closed = True
         super().close()
 
+    def placement(self, handle: str, role: str) -> Placement:
+        return Placement(vcpu=1.0 if role == "worker" else 0.5, memory_gib=2.0, price_key="fargate:us-east-1:X86_64")
+
 
 def spec(tls, workers: int = 2, **options) -> ClusterSpec:
     return ClusterSpec(run_id="tmpl2", size=ClusterSize(workers), tls=tls, image="registry.example/flows:1",
@@ -71,6 +76,13 @@ def test_a_started_cluster_serves_and_closes_the_run_once(tls):
         # The roles went first (the scheduler task among them), then the run's resources.
         assert launcher.stop_calls[-1] == (["scheduler-task", "task-0", "task-1"], "flowrig teardown")
         assert launcher.closed and launcher.workers == {}
+        # Every role's life, from the start asked to the stop, with the launcher's shape.
+        lives = started.lives()
+        assert sorted((life.role, life.name, life.placement.vcpu) for life in lives) == [
+            ("scheduler", "scheduler", 0.5), ("worker", "task-0", 1.0), ("worker", "task-1", 1.0)]
+        assert all(life.ended is not None and life.ended >= life.started for life in lives), lives
+        usage = summarize(lives, now=time.time())
+        assert usage.roles["worker"].count == 2 and usage.estimated_cost_total > 0
 
 
 def test_a_given_scheduler_has_no_dashboard_advice(tls):

@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from flowrig.run.console import TIMELINE
@@ -74,6 +75,10 @@ def test_default_output_is_short_with_progress_and_timeline():
     [timeline] = [line for line in lines if " timeline: " in line]
     for _, label in TIMELINE:
         assert label in timeline, timeline
+    # What the run used, after the timeline: the seed's ten items take two workers.
+    [used] = [line for line in lines if ": used " in line]
+    assert re.search(r": used scheduler 1 x [\d.]+ s, worker 2 x [\d.]+ s; [\d,]+ vCPU-s, ", used), used
+    assert used.endswith("no price: it ran on this machine"), used
     assert any("Beginning flow run" in line for line in lines)  # Prefect's flow-level lines stay
     assert done.stdout.strip().endswith("Completed, result 90")
     assert_nothing_left(done.marker)
@@ -207,6 +212,22 @@ def test_json_output_keeps_its_shape():
     assert (done.json["exit_code"], done.json["error"]) == (0, None)
     assert done.json["failed_tasks"] == {"count": 0, "by_task": {}, "names": []}
     assert json.loads(done.stdout.strip().splitlines()[-1])["result"] == 90
+    # What the run used: processes on this machine, measured, shaped like it, never priced.
+    usage = done.json["usage"]
+    roles = usage["roles"]
+    assert sorted(roles) == ["scheduler", "worker"] and usage["estimated_cost_total"] is None
+    assert (roles["scheduler"]["count"], roles["worker"]["count"]) == (1, 2)
+    total = done.json["timings"]["total"]
+    for role in roles.values():
+        assert role["placement"] == {"market": "local", "vcpu": float(psutil.cpu_count()), "gpus": 0, "price_key": "",
+                                     "memory_gib": round(psutil.virtual_memory().total / 1024**3, 3)}
+        assert 0 < role["seconds"] <= role["count"] * total
+        assert role["vcpu_seconds"] == pytest.approx(role["seconds"] * psutil.cpu_count(), rel=1e-3)
+        assert (role["no_price"], role["spot_share"], role["estimated_cost"]) == ("local", 0, None)
+    # The scheduler and both workers lived through the whole flow (looked at every 0.5 s).
+    flow_seconds = done.json["timings"]["flow"]
+    assert roles["scheduler"]["seconds"] >= flow_seconds
+    assert roles["worker"]["seconds"] / 2 >= flow_seconds - 0.6, (roles, flow_seconds)
 
 
 def test_timings_count_the_whole_wall_time_from_the_commands_start():

@@ -430,4 +430,8 @@ def _task_settings(
         log_group=infra.log_group if launch.own_definitions == {"scheduler", "worker"} else "",
         log_stream_prefix=infra.stream_prefix,
         role_propagation_until=resources.role_propagation_until,
+        shapes={role: shape for role, shape in (("scheduler", (options.scheduler_cpu, options.scheduler_mem)),
+                                                ("worker", (options.worker_cpu, options.worker_mem)))
+                if role in launch.own_definitions},
+        cpu_architecture=options.cpu_architecture.upper(),
     )

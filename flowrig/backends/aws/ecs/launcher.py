@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from flowrig.backends.aws.session import Session, aws_errors
 from flowrig.backends.pool import Endpoint, Launcher, Observed, WorkerStart
+from flowrig.backends.usage import ON_DEMAND, SPOT, Placement
 from flowrig.errors import InfrastructureError, one_line
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT, WORKER_DEATH_TIMEOUT
 from flowrig.roles.task_name import FROM_ECS_TASK, task_id
@@ -97,6 +98,10 @@ class TaskSettings:
     #: ``time.monotonic()`` until which the run's new execution role may be unknown to
     #: ECS: a RunTask refused because ECS cannot assume it yet is tried again until then.
     role_propagation_until: float = 0.0
+    #: CPU units and MiB of each role's task, by role, where flowrig registered its task
+    #: definition (a definition of the project's own is not read: no price).
+    shapes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    cpu_architecture: str = "X86_64"
 
 
 def worker_command(settings: TaskSettings, scheduler_address: str, name: str = FROM_ECS_TASK) -> list[str]:
@@ -349,6 +354,19 @@ class ECSLauncher(Launcher):
             logger.debug("no log lines of %s: %s", stream, one_line(exc))
             return []
         return [event["message"] for event in events if str(event.get("message", "")).strip()][-LOG_TAIL_LINES:]
+
+    def placement(self, handle: str, role: str) -> Placement | None:
+        """A Fargate task's shape from its task definition's size, on Fargate Spot for
+        workers when asked; tasks on the cluster's own capacity are not priced here."""
+        s = self.settings
+        fargate = s.fargate if role == "worker" else s.scheduler_fargate
+        cpu, memory = s.shapes.get(role, (0, 0))
+        if not fargate or not cpu:
+            return None
+        return Placement(
+            market=SPOT if role == "worker" and s.fargate_spot else ON_DEMAND, vcpu=cpu / 1024,
+            memory_gib=memory / 1024, price_key=f"fargate:{self.aws.region_name}:{s.cpu_architecture}",
+        )
 
     def stop(self, handles: list[str], reason: str) -> None:
         for handle in handles:
