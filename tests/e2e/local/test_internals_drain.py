@@ -143,7 +143,7 @@ def test_prefect_dask_futures_as_lost_task_runs_reads_them(tls):
 
     security = tls.to_security()
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tls", security=security,
-                      dashboard_address=None) as cluster, Client(cluster, security=security) as client, \
+                      dashboard_address=":0") as cluster, Client(cluster, security=security) as client, \
             temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api", PREFECT_CLIENT_MAX_RETRIES: 0}):
         done = client.submit(Completed, data=7, pure=False)
         future = LostAwareFuture(wrapped_future=done, task_run_id=uuid.uuid4())
