@@ -17,7 +17,10 @@ One image, many roles::
     anything else                    exec'd as is
 
 Dask roles replace this process (``exec``), so the init in front of it delivers
-SIGTERM straight to Dask, which then stops in well under a second.
+SIGTERM straight to Dask, which then stops in well under a second. A worker whose
+environment sets ``FLOWRIG_DRAIN_SECONDS`` or ``FLOWRIG_SPOT_NOTICE`` runs under the
+drain supervisor instead (:mod:`flowrig.roles.drain`), which hands its work over
+before it stops.
 
 May import: :mod:`flowrig.cli` (the ``run`` command is the same), :mod:`flowrig.roles`,
 :mod:`flowrig.api`, :mod:`flowrig.certs`, :mod:`flowrig.common`, :mod:`flowrig.layout`.
@@ -131,6 +134,9 @@ def dispatch(argv: list[str]) -> int | None:
 
                 args = task_name.resolve(args)
             command = roles.command_for(role, args, Path(directory) if directory else None)
+            if role == "worker":
+                # A worker that may be stopped with notice hands its work over first.
+                command = roles.drained(command, env)
             _exec(command, roles.secure_environment(env))
         os.environ.update(env)
     if head in ("run", "info", "prepare", "check-imports", "bake-tls", "--help", "-h"):

@@ -16,6 +16,10 @@ an upgrade of one of those projects, run that file first (CONTRIBUTING.md says h
 - :mod:`~flowrig.internals.prefect_prints`: the log records of ``log_prints`` told apart;
 - :mod:`~flowrig.internals.dask_events`: the scheduler's events of nannies that ended
   their worker for memory;
+- :mod:`~flowrig.internals.lost_task_runs`: task runs set Crashed when Dask gives up on
+  their task (the runner's futures);
+- :mod:`~flowrig.internals.drain_status`: where a draining worker stands, read from the
+  scheduler's worker states and the worker's executing tasks;
 - :mod:`~flowrig.internals.task_runner`: prefect-dask's task runner with per-run, not
   per-task, overhead, and its worker side (:mod:`~flowrig.internals.task_worker`).
 

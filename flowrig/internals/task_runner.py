@@ -49,6 +49,7 @@ from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
 
 from flowrig.internals import event_pacing, task_worker
+from flowrig.internals.lost_task_runs import LostAwareFuture
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -366,7 +367,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         future.task_run_id = task_run_id
         if self.progress is not None:
             self.progress.submitted(task.name)
-        return PrefectDaskFuture(wrapped_future=future, task_run_id=task_run_id)
+        return LostAwareFuture(wrapped_future=future, task_run_id=task_run_id)
 
     def map(self, task: Any, parameters: Any, wait_for: Any = None) -> Any:
         if not self._started:
@@ -399,7 +400,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         )
         for task_run_id, future in zip(task_run_ids, wrapped):
             future.task_run_id = task_run_id
-            futures.append(PrefectDaskFuture(wrapped_future=future, task_run_id=task_run_id))
+            futures.append(LostAwareFuture(wrapped_future=future, task_run_id=task_run_id))
         if self.progress is not None:
             self.progress.submitted(task.name, len(task_run_ids))
         return futures

@@ -7,12 +7,17 @@ May import: :mod:`flowrig.errors` and :mod:`flowrig.layout` (no Dask: the comman
 data, the entrypoint execs them). :mod:`flowrig.roles.lifetime` is the exception: code
 the scheduler itself runs, it imports distributed and :mod:`flowrig.internals`, and
 nothing imports it but the scheduler (and the local backend's scheduler process);
-so is :mod:`flowrig.roles.private_http`, a preload of schedulers and workers.
+so is :mod:`flowrig.roles.private_http`, a preload of schedulers and workers, and
+:mod:`flowrig.roles.drain`, the supervisor a worker that may be stopped with notice
+runs under (it imports distributed once a notice comes).
 """
 
 from flowrig.roles.commands import (
     DASHBOARD_PORT,
+    DRAIN_ENV,
+    DRAIN_MODULE,
     LIFETIME_PRELOAD,
+    NOTICE_ENV,
     PRIVATE_HTTP_PRELOAD,
     ROLE_ALIASES,
     SCHEDULER_MODULE,
@@ -20,6 +25,7 @@ from flowrig.roles.commands import (
     WORKER_DEATH_TIMEOUT,
     WORKER_MODULE,
     command_for,
+    drained,
     scheduler_command,
     secure_environment,
     tls_dir,
@@ -29,7 +35,10 @@ from flowrig.roles.commands import (
 
 __all__ = [
     "DASHBOARD_PORT",
+    "DRAIN_ENV",
+    "DRAIN_MODULE",
     "LIFETIME_PRELOAD",
+    "NOTICE_ENV",
     "PRIVATE_HTTP_PRELOAD",
     "ROLE_ALIASES",
     "SCHEDULER_MODULE",
@@ -37,6 +46,7 @@ __all__ = [
     "WORKER_DEATH_TIMEOUT",
     "WORKER_MODULE",
     "command_for",
+    "drained",
     "scheduler_command",
     "secure_environment",
     "tls_dir",

@@ -28,6 +28,15 @@ LIFETIME_PRELOAD = "flowrig.roles.lifetime"
 PRIVATE_HTTP_PRELOAD = "flowrig.roles.private_http"
 #: Seconds a worker keeps trying to reach a lost scheduler before it exits.
 WORKER_DEATH_TIMEOUT = 60
+#: The supervisor a worker runs under when it may be stopped with notice: it hands the
+#: worker's work over before it goes (:mod:`flowrig.roles.drain`).
+DRAIN_MODULE = "flowrig.roles.drain"
+#: Seconds a worker has, from SIGTERM, to hand over its work. Set: the worker runs
+#: under :data:`DRAIN_MODULE`; unset: it stops at once, as Dask does.
+DRAIN_ENV = "FLOWRIG_DRAIN_SECONDS"
+#: Where a worker reads an interruption notice: ``ecs``, ``ec2``, ``gcp`` or ``azure``
+#: (:mod:`flowrig.roles.metadata`); also runs the worker under :data:`DRAIN_MODULE`.
+NOTICE_ENV = "FLOWRIG_SPOT_NOTICE"
 
 #: argv[0] (or ``dask <sub>``) spellings -> role.
 ROLE_ALIASES = {
@@ -109,6 +118,15 @@ def command_for(role: str, args: list[str], directory: Path | None = None) -> li
     else:
         raise BadInput(f"unknown role {role!r}: use scheduler or worker")
     return [sys.executable, "-m", module, *args, *extra]
+
+
+def drained(command: list[str], environ: dict[str, str] | None = None) -> list[str]:
+    """A worker's ``command`` run under the drain supervisor when ``environ`` asks for
+    it (:data:`DRAIN_ENV` or :data:`NOTICE_ENV` set), else ``command`` as is."""
+    env = os.environ if environ is None else environ
+    if not (env.get(DRAIN_ENV) or env.get(NOTICE_ENV)):
+        return list(command)
+    return [sys.executable, "-m", DRAIN_MODULE, "--", *command]
 
 
 def scheduler_command(no_client_timeout: float | None = None, extra_args: list[str] | None = None) -> list[str]:

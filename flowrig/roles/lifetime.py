@@ -33,6 +33,7 @@ from typing import Any
 import click
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from flowrig.internals import drain_status
 from flowrig.internals.dask_clients import is_runner_client
 
 logger = logging.getLogger("flowrig.lifetime")
@@ -76,6 +77,9 @@ class NoClientTimeout(SchedulerPlugin):
         self.alone_since = time.monotonic()
         self._watch: asyncio.Task | None = None
         self._closing: asyncio.Task | None = None
+        #: Set by the cluster's teardown (:data:`drain_status.CLOSING_OP`): no worker
+        #: drains from then on, even while the runner is still connected.
+        self.closing = False
 
     # --- SchedulerPlugin ----------------------------------------------------------------
     async def start(self, scheduler: Any) -> None:
@@ -83,6 +87,28 @@ class NoClientTimeout(SchedulerPlugin):
         for client in scheduler.clients:
             self.add_client(scheduler, client)
         self._watch = asyncio.ensure_future(self._run(scheduler))
+        self._serve_drains(scheduler)
+
+    def _serve_drains(self, scheduler: Any) -> None:
+        """The handlers a draining worker (:mod:`flowrig.roles.drain`) and a cluster's
+        teardown call: a worker drains only while the run's runner is connected."""
+
+        async def flowrig_drain_status(name: str) -> dict[str, Any]:
+            return await drain_status.status(scheduler, name, runner=bool(self.connected) and not self.closing)
+
+        def flowrig_closing() -> None:
+            self.closing = True
+
+        def flowrig_drained(name: str, facts: dict[str, Any]) -> None:
+            drain_status.log_drain(scheduler, name, facts)
+
+        async def flowrig_drain_flush(name: str, timeout: float) -> bool:
+            return await drain_status.flush(scheduler, name, float(timeout))
+
+        drain_status.add_handler(scheduler, drain_status.STATUS_OP, flowrig_drain_status)
+        drain_status.add_handler(scheduler, drain_status.CLOSING_OP, flowrig_closing)
+        drain_status.add_handler(scheduler, drain_status.DRAINED_OP, flowrig_drained)
+        drain_status.add_handler(scheduler, drain_status.FLUSH_OP, flowrig_drain_flush)
 
     def add_client(self, scheduler: Any, client: str) -> None:
         if is_runner_client(client):

@@ -23,6 +23,7 @@ from flowrig.backends.base import (
 from flowrig.backends.docker import control
 from flowrig.backends.docker.cluster import SCHEDULER_START_TIMEOUT, DockerCluster
 from flowrig.backends.docker.naming import ENV_IMAGE, ENV_NETWORK, ENV_RUNNER_HOST, check_run_id
+from flowrig.backends.docker.plans import DRAIN_TIMEOUT
 from flowrig.backends.usage import RoleLife
 from flowrig.backends.watch import follow
 from flowrig.common.environ import check_env_name
@@ -58,6 +59,11 @@ class DockerOptions(Options):
     )
     start_timeout: Seconds = Field(
         CLUSTER_START_TIMEOUT, description="seconds the cluster may take to get its first worker"
+    )
+    drain_timeout: Seconds = Field(
+        DRAIN_TIMEOUT,
+        description="seconds a worker container stopped mid-run (docker stop, SIGTERM) has to hand its "
+        "work to the other workers before it is killed; a cluster's own teardown does not wait for it",
     )
 
 
@@ -124,6 +130,7 @@ class DockerBackend(Backend):
             worker_memory=None if options.worker_memory is None else str(options.worker_memory),
             scheduler_start_timeout=float(options.scheduler_start_timeout),
             no_client_timeout=spec.no_client_timeout,
+            drain_timeout=float(options.drain_timeout),
             client=client,
         )
         close = CloseOnce(functools.partial(_close_and_sweep, cluster))

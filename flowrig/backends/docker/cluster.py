@@ -18,7 +18,7 @@ from distributed.utils import LoopRunner
 
 from flowrig.backends.docker import lives
 from flowrig.backends.docker.naming import check_run_id, network_name, new_run_id, scheduler_address
-from flowrig.backends.docker.plans import WORKER_PRELOAD, render_scheduler, render_worker
+from flowrig.backends.docker.plans import DRAIN_TIMEOUT, WORKER_PRELOAD, render_scheduler, render_worker
 from flowrig.backends.lost_workers import keep_size
 from flowrig.backends.usage import LifeLog
 from flowrig.backends.watch import exit_text
@@ -54,6 +54,10 @@ SCHEDULER_READY = "Scheduler at:"
 #: Seconds a scheduler container may take to log that it listens; imports alone take
 #: about 5 s in the image, more on a busy machine.
 SCHEDULER_START_TIMEOUT = 60.0
+#: The signal a worker container gets first when its cluster stops it (a teardown, a
+#: scale-down): its drain supervisor then stops it at once (:mod:`flowrig.roles.drain`),
+#: where ``docker stop``'s SIGTERM from anyone else has it hand its work over first.
+STOP_NOW_SIGNAL = "SIGINT"
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class _RunSettings:
     worker_preload: tuple[str, ...]
     scheduler_start_timeout: float
     no_client_timeout: float | None = None
+    drain_timeout: float = DRAIN_TIMEOUT
     #: The run's secrets by name: delivered to each worker with its certificates.
     secret_environment: Mapping[str, str] = field(default_factory=dict)
     #: Where each container's life is logged (:mod:`flowrig.backends.docker.lives`).
@@ -105,6 +110,8 @@ class _ContainerProcess(ProcessInterface):
 
     #: The role whose life the container is (:mod:`flowrig.backends.usage`).
     role = "worker"
+    #: Sent before ``docker stop`` when the cluster stops this role (``None``: none).
+    stop_signal: str | None = None
 
     def __init__(self, settings: _RunSettings) -> None:
         super().__init__()
@@ -121,7 +128,7 @@ class _ContainerProcess(ProcessInterface):
     async def close(self) -> None:
         if self.container is not None:
             log_end = functools.partial(lives.log_end, self.settings.lives)
-            await _in_thread(stop_and_remove, self.container, on_stopped=log_end)
+            await _in_thread(stop_and_remove, self.container, on_stopped=log_end, first_signal=self.stop_signal)
         await super().close()
 
 
@@ -174,6 +181,9 @@ class DockerWorker(_ContainerProcess):
     reaches the scheduler by its container name on the run's network.
     """
 
+    # The cluster's own stop (a teardown, a scale-down) is no notice: no drain.
+    stop_signal = STOP_NOW_SIGNAL
+
     def __init__(self, scheduler: str, name: object = None, *, settings: _RunSettings) -> None:
         super().__init__(settings)
         self.name = name
@@ -183,7 +193,7 @@ class DockerWorker(_ContainerProcess):
         plan = render_worker(
             s.run_id, s.image, s.network, self.name,
             threads=s.worker_threads, environment=s.environment, memory=s.worker_memory,
-            preload=s.worker_preload,
+            preload=s.worker_preload, drain_timeout=s.drain_timeout,
         )
         # A worker started again takes its predecessor's name: that container, given
         # up by the cluster, may still be on its way out (a stop waits for it).
@@ -234,6 +244,9 @@ class DockerCluster(SpecCluster):
     no_client_timeout
         Seconds the scheduler stays up once no client is connected (default: the
         scheduler role's).
+    drain_timeout
+        Seconds a worker container stopped mid-run has to hand its work over
+        (:mod:`flowrig.roles.drain`); the cluster's own close does not wait for it.
     client
         A ``docker.DockerClient``; default: from the environment.
     asynchronous, loop
@@ -256,6 +269,7 @@ class DockerCluster(SpecCluster):
         worker_preload: Iterable[str] = WORKER_PRELOAD,
         scheduler_start_timeout: float = SCHEDULER_START_TIMEOUT,
         no_client_timeout: float | None = None,
+        drain_timeout: float = DRAIN_TIMEOUT,
         client: "DockerClient | None" = None,
         asynchronous: bool = False,
         loop: Any = None,
@@ -277,6 +291,7 @@ class DockerCluster(SpecCluster):
             worker_preload=tuple(worker_preload),
             scheduler_start_timeout=scheduler_start_timeout,
             no_client_timeout=no_client_timeout,
+            drain_timeout=drain_timeout,
             secret_environment=dict(secret_environment or {}),
             host=engine_resources(client),
         )

@@ -276,6 +276,7 @@ class HostController:
             worker_memory=self.memory.limit,
             scheduler_start_timeout=float(options.scheduler_start_timeout),
             no_client_timeout=request.no_client_timeout,
+            drain_timeout=float(options.drain_timeout),
             client=self.client,
         )
         with self._lock:

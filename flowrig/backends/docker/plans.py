@@ -7,6 +7,7 @@ is the one place that hands a plan to the Docker engine.
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Mapping
 
 from flowrig.backends.docker.control import CONTROL_ENV, CONTROL_PROTOCOL
@@ -23,7 +24,7 @@ from flowrig.backends.docker.naming import (
 from flowrig.certs.delivery import FROM_ENV
 from flowrig.containers import ContainerPlan
 from flowrig.project.defaults import WORKER_THREADS
-from flowrig.roles import DASHBOARD_PORT, PRIVATE_HTTP_PRELOAD, SCHEDULER_PORT
+from flowrig.roles import DASHBOARD_PORT, DRAIN_ENV, PRIVATE_HTTP_PRELOAD, SCHEDULER_PORT
 
 #: Modules a worker container imports before it joins the scheduler. The first Prefect
 #: task on a worker would import them anyway; importing them at start-up overlaps that
@@ -48,6 +49,11 @@ SCRATCH = {"/tmp": "rw,nosuid,nodev,noexec"}
 PREFECT_HOME = "/tmp/prefect"
 #: Where a worker's HTTP server listens: its container's own loopback.
 WORKER_HTTP_ADDRESS = "127.0.0.1:0"
+#: Seconds a worker container stopped mid-run has to hand its work over
+#: (:mod:`flowrig.roles.drain`); ``docker stop`` then waits :data:`DRAIN_GRACE` more
+#: before it kills the container.
+DRAIN_TIMEOUT = 30
+DRAIN_GRACE = 5
 #: The most processes and threads each role may run: a worker's thread pool and
 #: Prefect's own threads fit many times over; a fork bomb does not.
 PIDS_LIMIT = {"scheduler": 256, "worker": 1024, "runner": 1024}
@@ -133,16 +139,20 @@ def render_worker(
     environment: Mapping[str, str] | None = None,
     memory: str | None = None,
     preload: Iterable[str] = WORKER_PRELOAD,
+    drain_timeout: float = DRAIN_TIMEOUT,
 ) -> ContainerPlan:
     """A worker container: the image's ``worker`` role, connecting to the run's scheduler.
 
     It serves no dashboard, and the HTTP server every worker runs anyway (``/metrics``,
     ``/health``) listens on the container's own loopback: nothing on the run's network
     or the host reaches it. Its certificates arrive on stdin. With ``memory`` (the
-    container's limit), Dask's memory budget is the same.
+    container's limit), Dask's memory budget is the same. Stopped mid-run, it has
+    ``drain_timeout`` seconds to hand its work over (:mod:`flowrig.roles.drain`), and
+    ``docker stop`` waits that long and :data:`DRAIN_GRACE` more.
     """
     env = dict(environment or {})
     env.update(role_environment(run_id))
+    env[DRAIN_ENV] = f"{drain_timeout:g}"
     return ContainerPlan(
         name=container_name(run_id, "worker", worker),
         image=image,
@@ -159,6 +169,7 @@ def render_worker(
         environment=env,
         network=network,
         memory=memory,
+        stop_timeout=math.ceil(drain_timeout) + DRAIN_GRACE,
         **hardening("worker"),
     )
 

@@ -20,14 +20,21 @@ REMOVE_THREADS = 8
 
 
 def stop_and_remove(
-    container: "Container", timeout: int = STOP_TIMEOUT, on_stopped: "Callable[[Container], None] | None" = None
+    container: "Container",
+    timeout: int = STOP_TIMEOUT,
+    on_stopped: "Callable[[Container], None] | None" = None,
+    *,
+    first_signal: str | None = None,
 ) -> None:
     """Stop a container (SIGTERM, SIGKILL after ``timeout`` s) and remove it; quiet if gone.
     ``on_stopped`` is called in between, while the engine still knows the container
-    (to read its lifetime)."""
+    (to read its lifetime). ``first_signal`` is sent before the stop: a role that tells
+    "stop now" from SIGTERM gets it first (a worker's drain supervisor, for instance)."""
     import docker
 
     with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        if first_signal:
+            container.kill(signal=first_signal)
         container.stop(timeout=timeout)
     if on_stopped is not None:
         try:
