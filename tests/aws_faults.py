@@ -16,10 +16,18 @@ moto's answer:
   in all; every further one is a ``RESOURCE:FARGATE`` failure in the answer;
 - :meth:`FaultProxy.stop_role`: DescribeTasks reports every task of a role (container
   ``dask-scheduler`` / ``dask-worker``) STOPPED with a stop code, stopped reason and
-  container reason, as Fargate does when an image cannot be pulled.
+  container reason, as Fargate does when an image cannot be pulled;
+- :meth:`FaultProxy.rate_limit` and :meth:`FaultProxy.aws_limits`: token buckets, as AWS
+  throttles an account per Region (:data:`AWS_LIMITS`); a call that finds a bucket short
+  is answered ``ThrottlingException`` without reaching moto, and RunTask takes one token
+  per task from a launch bucket;
+- :meth:`FaultProxy.latency`: every answer delayed, as a Region's endpoint is far away;
+- :meth:`FaultProxy.on_run_task` and :meth:`FaultProxy.on_stop_task`: the harness is told
+  of each task moto started or stopped, so that stand-ins can play its container.
 
-It counts requests per operation (throttled ones included), so a benchmark can report
-AWS calls per worker. Point flowrig at it with ``AWS_ENDPOINT_URL`` (:meth:`endpoint`).
+It counts requests per operation (throttled ones included) and logs when each came
+(:attr:`FaultProxy.log`), so a benchmark can report AWS calls per worker and over time.
+Point flowrig at it with ``AWS_ENDPOINT_URL`` (:meth:`endpoint`).
 """
 
 from __future__ import annotations
@@ -37,7 +45,51 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from tests.token_bucket import TokenBucket
+
 _EC2_VERSION = "2016-11-15"
+
+FARGATE_THROTTLING_URL = "https://docs.aws.amazon.com/AmazonECS/latest/developerguide/throttling.html"
+ECS_THROTTLING_URL = "https://docs.aws.amazon.com/AmazonECS/latest/APIReference/request-throttling.html"
+
+
+@dataclass(frozen=True)
+class AwsLimit:
+    """One of AWS's token buckets: ``burst`` tokens at most, ``refill`` tokens a second.
+
+    ``per`` is what a call takes: one token (``"call"``) or one per task it asks for
+    (``"task"``, RunTask's ``count``).
+    """
+
+    name: str
+    operations: tuple[str, ...]
+    burst: float
+    refill: float
+    per: str
+    source: str
+
+
+#: AWS's rate limits on the calls a fargate run makes, per account and Region. Where AWS
+#: documents a figure the source is its page; where the page's table could not be read,
+#: the figure is an assumption, said as such.
+AWS_LIMITS: tuple[AwsLimit, ...] = (
+    # Fargate's launch bucket per account and Region: 100 tasks at once, refilled at 20
+    # tasks a second (On Demand and Spot alike).
+    AwsLimit("fargate-launches", ("RunTask",), 100, 20, "task", FARGATE_THROTTLING_URL),
+    # RunTask itself, on the same page: 20 calls a second, burst and sustained, at most 10
+    # tasks a call.
+    AwsLimit("run-task-calls", ("RunTask",), 20, 20, "call", FARGATE_THROTTLING_URL),
+    # ECS's request-throttling page names a bucket per group of actions, but its table
+    # could not be read here: the 20 a second is the figure others cite from it for
+    # DescribeTasks (https://github.com/aws-solutions/workload-discovery-on-aws/pull/355);
+    # the burst of 50 is the page's own example bucket (cluster reads). Assumed, both.
+    AwsLimit("task-reads", ("DescribeTasks", "ListTasks"), 50, 20, "call",
+             ECS_THROTTLING_URL + " (table not read; assumed)"),
+    # Not found at all: assumed as strict as RunTask's documented call rate.
+    AwsLimit("stop-task-calls", ("StopTask",), 20, 20, "call",
+             ECS_THROTTLING_URL + " (not found; assumed as RunTask's calls)"),
+)
+
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 
@@ -81,6 +133,15 @@ class FaultProxy:
         #: ``clientToken`` of each RunTask request (throttled ones included), in order.
         self.client_tokens: list[str] = []
         self.worker_tasks_started = 0
+        #: ``(name, operations, per, bucket)`` of each rate limit.
+        self._buckets: list[tuple[str, tuple[str, ...], str, TokenBucket]] = []
+        #: Calls answered throttled by each rate limit, by its name.
+        self.rate_throttled: Counter[str] = Counter()
+        #: ``(time.monotonic(), operation, throttled)`` of every call, in order of arrival.
+        self.log: list[tuple[float, str, bool]] = []
+        self._latency = 0.0
+        self._run_task_callbacks: list[Callable[[str, str], None]] = []
+        self._stop_task_callbacks: list[Callable[[str], None]] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -136,6 +197,57 @@ class FaultProxy:
         """Report every task of ``role_container`` STOPPED in DescribeTasks from now on."""
         self._stops.append(StopRule(role_container, stop_code, stopped_reason, container_reason, before))
 
+    def rate_limit(self, name: str, operations: tuple[str, ...] | set[str], burst: float, refill: float,
+                   per: str = "call", clock: Callable[[], float] = time.monotonic) -> TokenBucket:
+        """Throttle ``operations`` by a token bucket: a call takes one token (``per="call"``)
+        or one per task it asks for (``per="task"``, RunTask's ``count``). A call takes from
+        every bucket of its operation at once or, when one is short, from none and is
+        answered throttled."""
+        if per not in ("call", "task"):
+            raise ValueError(f"per must be 'call' or 'task', not {per!r}")
+        bucket = TokenBucket(burst, refill, clock)
+        self._buckets.append((name, tuple(operations), per, bucket))
+        return bucket
+
+    def aws_limits(self, scale: float = 1.0, only: set[str] | None = None) -> None:
+        """Throttle as AWS does (:data:`AWS_LIMITS`, ``only`` those named), every burst
+        and refill times ``scale`` (a short test shrinks them)."""
+        for limit in AWS_LIMITS:
+            if only is None or limit.name in only:
+                self.rate_limit(limit.name, limit.operations, limit.burst * scale, limit.refill * scale, limit.per)
+
+    def latency(self, seconds: float) -> None:
+        """Delay every answer by ``seconds`` (throttled ones too), as a Region's endpoint does."""
+        self._latency = max(float(seconds), 0.0)
+
+    def on_run_task(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(task_arn, container)`` for each task moto started (in the proxy's thread)."""
+        self._run_task_callbacks.append(callback)
+
+    def on_stop_task(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(task_arn)`` after each StopTask moto answered (in the proxy's thread)."""
+        self._stop_task_callbacks.append(callback)
+
+    def _rate_limited(self, operation: str, body: bytes) -> str | None:
+        """The name of the first rate limit a call finds short, after taking its tokens
+        from every bucket when none is (under the lock)."""
+        wanted = [(name, per, bucket) for name, ops, per, bucket in self._buckets if operation in ops]
+        if not wanted:
+            return None
+        count = 1
+        if any(per == "task" for _, per, _ in wanted):
+            try:
+                count = int(json.loads(body or b"{}").get("count", 1))
+            except (ValueError, AttributeError):
+                count = 1
+        needs = [(name, bucket, 1 if per == "call" else count) for name, per, bucket in wanted]
+        for name, bucket, tokens in needs:
+            if bucket.level() < tokens:
+                return name
+        for _, bucket, tokens in needs:
+            bucket.take(tokens)
+        return None
+
     # --- handling ---------------------------------------------------------------------
     @staticmethod
     def _operation(headers: Any, body: bytes) -> tuple[str, str]:
@@ -160,12 +272,20 @@ class FaultProxy:
             if self._first[operation] > 0:
                 self._first[operation] -= 1
                 throttled = True
-            if throttled:
-                self.throttled[operation] += 1
             refusal = self._refusals.get(operation)
             refused = bool(refusal and refusal[0] > 0)
             if refused:
                 refusal[0] -= 1
+            if not throttled and not refused:
+                limit = self._rate_limited(operation, body)
+                if limit is not None:
+                    self.rate_throttled[limit] += 1
+                    throttled = True
+            if throttled:
+                self.throttled[operation] += 1
+            self.log.append((time.monotonic(), operation, throttled))
+        if self._latency:
+            time.sleep(self._latency)
         if throttled:
             return self._answer(request, *self._throttling(protocol))
         if refused:
@@ -176,6 +296,10 @@ class FaultProxy:
         if operation == "DescribeTasks" and status == 200 and self._stops:
             payload = self._rewrite_described(payload)
         self._answer(request, status, headers, payload)
+        if operation == "StopTask" and status == 200:
+            arn = json.loads(payload).get("task", {}).get("taskArn", "")
+            for callback in self._stop_task_callbacks:
+                callback(arn)
 
     def _forward(self, request: BaseHTTPRequestHandler, body: bytes) -> tuple[int, dict[str, str], bytes]:
         connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
@@ -256,6 +380,10 @@ class FaultProxy:
             answer["failures"] = list(answer.get("failures") or []) + failures
             payload = json.dumps(answer).encode()
         self._answer(request, status, headers, payload)
+        if status == 200:
+            for task in answer.get("tasks", ()):
+                for callback in self._run_task_callbacks:
+                    callback(task["taskArn"], container)
 
     def _rewrite_described(self, payload: bytes) -> bytes:
         answer = json.loads(payload)

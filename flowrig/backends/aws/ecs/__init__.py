@@ -3,6 +3,7 @@
 - :mod:`~flowrig.backends.aws.ecs.backend`: the two backends;
 - :mod:`~flowrig.backends.aws.ecs.options`: their ``[cluster.options]``;
 - :mod:`~flowrig.backends.aws.ecs.launcher`: RunTask, DescribeTasks, StopTask of a run's roles;
+- :mod:`~flowrig.backends.aws.ecs.pacing`: those calls paced below AWS's throttling rates;
 - :mod:`~flowrig.backends.aws.ecs.register`: the project's task definitions, registered;
 - :mod:`~flowrig.backends.aws.ecs.taskdefs` and :mod:`~flowrig.backends.aws.ecs.validate`:
   task definitions as data, checked against botocore's model;

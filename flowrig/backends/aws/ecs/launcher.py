@@ -5,7 +5,9 @@
 definitions, with the role commands flowrig builds (:mod:`flowrig.roles`), observed
 all at once (DescribeTasks takes up to 100 tasks per call) and workers started ten per
 RunTask call, each call with a ``clientToken`` so that botocore's retry of a call whose
-answer was lost cannot start its tasks twice.
+answer was lost cannot start its tasks twice. RunTask and StopTask are paced below the
+rates AWS throttles them at (:mod:`~flowrig.backends.aws.ecs.pacing`), and a run's tasks
+are stopped from a few threads at once.
 
 A task that stops is explained in one line (:func:`stop_reason`): its stop code, stopped
 reason and containers' reasons, the last lines its container wrote to CloudWatch, and a
@@ -17,9 +19,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from flowrig.backends.aws.ecs import pacing
 from flowrig.backends.aws.session import Session, aws_errors
 from flowrig.backends.pool import Endpoint, Launcher, Observed, WorkerStart
 from flowrig.backends.usage import ON_DEMAND, SPOT, Placement
@@ -211,6 +215,9 @@ class ECSLauncher(Launcher):
         self._tasks: dict[str, dict[str, Any]] = {}
         #: One-line explanation of each task seen stopped (its log lines are read once).
         self._explained: dict[str, str] = {}
+        self._launches = pacing.Pacer(pacing.LAUNCHES)
+        self._run_calls = pacing.Pacer(pacing.RUN_TASK_CALLS)
+        self._stop_calls = pacing.Pacer(pacing.STOP_TASK_CALLS)
 
     @property
     def _ecs(self) -> Any:
@@ -264,6 +271,9 @@ class ECSLauncher(Launcher):
         from botocore.exceptions import ClientError
 
         while True:
+            # Fargate counts launched tasks, RunTask calls: wait for both rather than be throttled.
+            self._run_calls.wait()
+            self._launches.wait(int(kwargs.get("count", 1)))
             try:
                 return self._ecs.run_task(**kwargs)
             except ClientError as exc:
@@ -369,8 +379,20 @@ class ECSLauncher(Launcher):
         )
 
     def stop(self, handles: list[str], reason: str) -> None:
-        for handle in handles:
+        """StopTask for each task, from a few threads at the paced rate: one call after
+        another, 500 tasks took a round trip each; all at once, AWS throttles them."""
+        if not handles:
+            return
+        ecs = self._ecs  # made here: botocore does not make clients safely from two threads at once
+
+        def stop_one(handle: str) -> None:
+            self._stop_calls.wait()
             try:
-                self._ecs.stop_task(cluster=self.settings.cluster_arn, task=handle, reason=reason[:255])
+                ecs.stop_task(cluster=self.settings.cluster_arn, task=handle, reason=reason[:255])
             except Exception as exc:  # gone already, or teardown's sweep will try again
                 logger.debug("stopping task %s failed: %s", handle, one_line(exc))
+
+        if len(handles) == 1:
+            return stop_one(handles[0])
+        with ThreadPoolExecutor(min(pacing.STOP_THREADS, len(handles)), thread_name_prefix="flowrig-stop") as pool:
+            list(pool.map(stop_one, handles))
