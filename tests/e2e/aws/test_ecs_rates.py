@@ -23,9 +23,10 @@ pytestmark = [pytest.mark.aws, pytest.mark.filterwarnings("ignore:Scheduler alre
 
 def test_every_worker_stops_under_throttled_stop_task(aws, bootstrapped, fault_proxy, tls, monkeypatch):
     workers = 40
-    # StopTask's bucket at half size (10 at once, 10 a second), the launcher's pace below it.
+    # StopTask's bucket at half size (10 at once, 10 a second), the launcher's pace below it
+    # in burst and refill, as below AWS's own.
     fault_proxy.aws_limits(scale=0.5, only={"stop-task-calls"})
-    monkeypatch.setattr(pacing, "STOP_TASK_CALLS", pacing.Rate(10, 9))
+    monkeypatch.setattr(pacing, "STOP_TASK_CALLS", pacing.Rate(9, 9))
     with local_scheduler(tls, workers=1) as scheduler:
         started = FargateBackend().start(spec(tls, "stop1", size=ClusterSize(workers), provision_timeout=120,
                                               scheduler_address=scheduler.scheduler_address))
@@ -45,8 +46,8 @@ def test_a_start_under_the_launch_bucket_reaches_full_size_with_no_failed_batch(
     # AWS's buckets at half size (50 launches at once, 10 a second; 10 RunTask calls, 10 a
     # second), and the launcher's pacing below them as below AWS's own.
     fault_proxy.aws_limits(scale=0.5, only={"fargate-launches", "run-task-calls"})
-    monkeypatch.setattr(pacing, "LAUNCHES", pacing.Rate(50, 9))
-    monkeypatch.setattr(pacing, "RUN_TASK_CALLS", pacing.Rate(10, 9))
+    monkeypatch.setattr(pacing, "LAUNCHES", pacing.Rate(45, 9))
+    monkeypatch.setattr(pacing, "RUN_TASK_CALLS", pacing.Rate(9, 9))
     with local_scheduler(tls, workers=1) as scheduler:
         started = FargateBackend().start(spec(tls, "launch1", size=ClusterSize(workers), provision_timeout=120,
                                               scheduler_address=scheduler.scheduler_address))
