@@ -13,6 +13,7 @@ from flowrig.backends.aws.preflight.quotas import ec2_quota
 from flowrig.backends.aws.preflight.rights import context_entries
 from flowrig.backends.preflight import Check
 from flowrig.run.preflight import PreflightReport, maximum_workers, render_json, render_text
+from tests.run_support import invoke, write_project
 
 CHECKS = (
     Check("image", "seed:2", True, "in ECR"),
@@ -138,3 +139,14 @@ def test_preflight_false_and_passing_checks_let_the_start_go_on(tls):
             backend.start(spec)
         assert backend.runs[0].steps[0] == "prepare"
         assert len(backend.asked) == (0 if options else 1)
+
+
+def test_flowrig_preflight_of_a_local_project_says_it_has_nothing_to_check(tmp_path):
+    root = write_project(tmp_path / "p", "def main():\n    pass\n", 'flow = "flow.py:main"\n')
+    done = invoke("preflight", str(root))
+    assert done.returncode == 0
+    assert done.stdout.splitlines() == [
+        "not checked: backend local: the local backend runs on this machine and makes nothing elsewhere: "
+        "nothing to check",
+        "preflight local: 0 failed, 0 passed, 1 not checked; ready",
+    ]

@@ -245,3 +245,37 @@ def test_the_printed_policy_allows_every_preflight_read(tmp_path, account, aws, 
     used = statements_used(printed_policy(), iam_enforced, f"arn:aws:iam::{ACCOUNT}:user/runner")
     # Simulation and quotas are answered by the proxy (moto has neither); a user needs no role path.
     assert used["PreflightNetwork"] and used["PreflightImage"], used
+
+
+# --- ec2: the same checks ------------------------------------------------------------------------
+def test_ec2_checks_the_network_image_rights_and_quotas_of_its_instances(tmp_path, account):
+    from tests.unit.test_ec2_iam import printed_policy as printed
+
+    account.runner(printed("--backend", "ec2"))
+    account.proxy.answer("GetServiceQuota", quota_answer({"L-1216C47A": 64}))
+    network = make_network()
+
+    def ec2_project(instance_type: str) -> str:
+        root = write_project(tmp_path / instance_type, "def main():\n    pass\n", (
+            f'flow = "flow.py:main"\n[cluster]\nbackend = "ec2"\nn_workers = 2\nimage = "{IMAGE}"\n'
+            f'[cluster.options]\nvpc = "{network["vpc"]}"\nsubnet_id = "{network["subnet"]}"\n'
+            f'security_groups = ["{network["group"]}"]\ninstance_type = "{instance_type}"\n'))
+        return str(root)
+
+    done = preflight(account, ec2_project("t3.medium"), "--output", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    checks = json.loads(done.stdout)["checks"]
+    assert [(c["name"], c["ok"]) for c in checks] == [
+        ("image", True), ("image-arch", True), ("network", True),
+        ("security-group", True), ("security-group", True), ("security-group", True),
+        ("rights", True), ("quota", True)]
+    # 2 workers and the scheduler, t3.medium's 2 vCPUs each, against the standard family's quota.
+    assert "the run may use 6 vCPUs" in checks[-1]["line"] and checks[-1]["subject"] == "ec2/L-1216C47A"
+    asked = {a for c in account.calls for a in c["actions"]}
+    assert {"ec2:RunInstances", "iam:PassRole", "iam:CreateInstanceProfile"} <= asked
+    # A Graviton instance type for an amd64-only image: one line.
+    graviton = preflight(account, ec2_project("t4g.medium"))
+    assert graviton.returncode == 2, graviton.stdout
+    [line] = failed_lines(graviton)
+    assert line.startswith(f"failed: image-arch {IMAGE}: the image holds linux/amd64, the run needs linux/arm64 "
+                           "(instance type t4g.medium)"), line
