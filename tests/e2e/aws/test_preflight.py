@@ -279,3 +279,23 @@ def test_ec2_checks_the_network_image_rights_and_quotas_of_its_instances(tmp_pat
     [line] = failed_lines(graviton)
     assert line.startswith(f"failed: image-arch {IMAGE}: the image holds linux/amd64, the run needs linux/arm64 "
                            "(instance type t4g.medium)"), line
+
+
+def test_a_policy_from_before_preflight_gets_lines_not_checked_never_a_refusal(tmp_path, account, aws, iam_enforced):
+    """A runner whose policy predates the checks (no Preflight* statements) still starts:
+    what it may not read is "not checked", so turning preflight on broke no run."""
+    older = printed_policy()
+    older["Statement"] = [s for s in older["Statement"] if not s["Sid"].startswith("Preflight")]
+    account.runner(older)
+    root = project(tmp_path, make_network())
+    enforcement(aws.endpoint, "0")
+    try:
+        done = preflight(account, root, "--output", "json")
+    finally:
+        enforcement(aws.endpoint, "inf")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] is True
+    unchecked = {c["name"] for c in report["checks"] if c["ok"] is None}
+    assert {"image", "network"} <= unchecked, report["checks"]
+    assert not [c for c in report["checks"] if c["ok"] is False]

@@ -15,6 +15,7 @@ runs every check on it.
 
 from __future__ import annotations
 
+from flowrig.backends.aws.preflight.answers import Refused
 from flowrig.backends.aws.preflight.calls import Caller
 from flowrig.backends.aws.preflight.image import image_checks
 from flowrig.backends.aws.preflight.network import network_checks
@@ -39,11 +40,15 @@ def aws_checks(session: Session, target: AwsTarget) -> list[Check]:
     checks = image_checks(session, target) if target.image else []
     vpc_id = find_vpc(session, target.vpc, target.subnets)
     facts = read_facts(session, vpc_id, target.security_groups)
-    subnets = list(target.subnets or sorted(facts.subnets))
-    checks += network_checks(
-        facts, subnets, list(target.security_groups), public_ip=target.public_ip,
-        services=target.services, public_option=target.public_option,
-    )
+    if isinstance(facts, Refused):
+        checks.append(Check("network", vpc_id, None, f"the runner may not read the network ({facts.code}): "
+                            "not checked"))
+    else:
+        subnets = list(target.subnets or sorted(facts.subnets))
+        checks += network_checks(
+            facts, subnets, list(target.security_groups), public_ip=target.public_ip,
+            services=target.services, public_option=target.public_option,
+        )
     if target.calls is not None:
         who = session.caller()
         caller = Caller(who.account, who.user_id, session.region_name)
