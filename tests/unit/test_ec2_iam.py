@@ -197,9 +197,14 @@ def test_roles_and_profiles_are_the_runs_own_and_passed_to_ec2_only():
     assert not fnmatch.fnmatchcase(f"arn:aws:iam::{ACCOUNT}:role/flowrig/{iam.EXECUTION_ROLE_NAME}", role)
     assert not fnmatch.fnmatchcase(f"arn:aws:iam::{ACCOUNT}:role/flowrig-abc123-instance", role)
     iam_statements = [s for s in by_sid.values() if any(a.startswith("iam:") for a in s["Action"])]
+    # Besides, preflight's reads: simulating the runner's own rights, and a role's path.
     assert {s["Sid"] for s in iam_statements} == {
         "InstanceRoleCreate", "InstanceRolePolicy", "InstanceRoleTag", "InstanceRole", "FindInstanceBoundary",
-        "InstanceProfileCreate", "InstanceProfileTag", "InstanceProfile", "PassInstanceRoleToEC2"}
+        "InstanceProfileCreate", "InstanceProfileTag", "InstanceProfile", "PassInstanceRoleToEC2",
+        "PreflightOwnRights", "PreflightRolePath"}
+    assert {a for s in iam_statements if s["Sid"].startswith("Preflight") for a in s["Action"]} == {
+        "iam:SimulatePrincipalPolicy", "iam:GetRole"}
+    iam_statements = [s for s in iam_statements if not s["Sid"].startswith("Preflight")]
     # No managed policy is ever attached to an instance role.
     actions = iam.policy_actions({"Statement": iam_statements})
     assert "iam:AttachRolePolicy" not in actions and "iam:DetachRolePolicy" not in actions

@@ -111,7 +111,10 @@ def account(aws, fault_proxy, monkeypatch):
             aws.reset_recording()
 
         def created(self) -> list[str]:
-            return [op for op in aws.operations() if op.startswith(CREATING)]
+            operations = aws.operations()
+            # The recording holds preflight's own reads: its silence on creating calls means something.
+            assert "DescribeRouteTables" in operations, operations
+            return [op for op in operations if op.startswith(CREATING)]
 
     return Account()
 
