@@ -150,3 +150,15 @@ def test_flowrig_preflight_of_a_local_project_says_it_has_nothing_to_check(tmp_p
         "nothing to check",
         "preflight local: 0 failed, 0 passed, 1 not checked; ready",
     ]
+
+
+def test_an_answer_botocore_cannot_read_is_a_refusal_not_a_traceback():
+    from botocore.parsers import ResponseParserError
+
+    from flowrig.backends.aws.preflight.answers import Refused, ask
+
+    def unreadable():
+        raise ResponseParserError("Unable to parse response (syntax error), invalid XML received: <!doctype html>")
+
+    answer = ask(unreadable, "simulating the runner's rights")
+    assert isinstance(answer, Refused) and answer.code == "UnreadableAnswer"

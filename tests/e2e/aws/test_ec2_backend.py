@@ -361,7 +361,7 @@ def test_an_unknown_ami_is_exit_2_before_any_instance(aws, tls):
 @pytest.mark.usefixtures("ec2_bootstrapped")
 def test_without_ami_and_no_ubuntu_parameter_says_set_ami(aws, tls):
     values = spec(tls, "ec2u", size=ClusterSize(1))
-    values = ClusterSpec(**{**values.__dict__, "options": {}})
+    values = ClusterSpec(**{**values.__dict__, "options": {"preflight": False}})
     with pytest.raises(BadInput) as info:
         EC2Backend().start(values)
     message = str(info.value)

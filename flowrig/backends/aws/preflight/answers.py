@@ -22,7 +22,8 @@ class Refused:
 
 
 def ask(call: Callable[[], Any], action: str) -> Any:
-    """``call()``'s answer, or :class:`Refused` when AWS answered with an error.
+    """``call()``'s answer, or :class:`Refused` when AWS answered with an error, or with
+    something botocore cannot read (an emulator without the API answers HTML).
 
     Raises
     ------
@@ -32,10 +33,13 @@ def ask(call: Callable[[], Any], action: str) -> Any:
         No credentials or region.
     """
     from botocore import exceptions as bx
+    from botocore.parsers import ResponseParserError
 
     with aws_errors(action):
         try:
             return call()
+        except ResponseParserError as exc:
+            return Refused("UnreadableAnswer", one_line(str(exc), 120))
         except bx.ClientError as exc:
             error = exc.response.get("Error", {})
             return Refused(str(error.get("Code", "error")), one_line(str(error.get("Message", "")), 200))
