@@ -23,7 +23,10 @@ moto's answer:
   per task from a launch bucket;
 - :meth:`FaultProxy.latency`: every answer delayed, as a Region's endpoint is far away;
 - :meth:`FaultProxy.on_run_task` and :meth:`FaultProxy.on_stop_task`: the harness is told
-  of each task moto started or stopped, so that stand-ins can play its container.
+  of each task moto started or stopped, so that stand-ins can play its container;
+- :meth:`FaultProxy.answer`: every call of one operation answered by the test's function
+  without reaching moto (an API moto lacks, e.g. ``iam:SimulatePrincipalPolicy``, or a
+  Service Quotas value it does not hold).
 
 It counts requests per operation (throttled ones included) and logs when each came
 (:attr:`FaultProxy.log`), so a benchmark can report AWS calls per worker and over time.
@@ -126,6 +129,7 @@ class FaultProxy:
         self._capacity: int | None = None
         self._capacity_reason = ("RESOURCE:FARGATE", "Capacity is unavailable at this time. Please try again later.")
         self._stops: list[StopRule] = []
+        self._answers: dict[str, Callable[[bytes], tuple[int, dict[str, str], bytes]]] = {}
         #: Task ARN -> container name of every task moto started through the proxy.
         self.roles: dict[str, str] = {}
         #: Task ARN -> when its stop was first reported (``time.monotonic()``).
@@ -248,6 +252,11 @@ class FaultProxy:
             bucket.take(tokens)
         return None
 
+    def answer(self, operation: str, fn: Callable[[bytes], tuple[int, dict[str, str], bytes]]) -> None:
+        """Answer every call of ``operation`` with ``fn(request body) -> (status, headers,
+        payload)``, in the proxy's thread, instead of moto."""
+        self._answers[operation] = fn
+
     # --- handling ---------------------------------------------------------------------
     @staticmethod
     def _operation(headers: Any, body: bytes) -> tuple[str, str]:
@@ -290,6 +299,9 @@ class FaultProxy:
             return self._answer(request, *self._throttling(protocol))
         if refused:
             return self._answer(request, *self._error(protocol, refusal[1], refusal[2]))
+        answer = self._answers.get(operation)
+        if answer is not None:
+            return self._answer(request, *answer(body))
         if operation == "RunTask":
             return self._run_task(request, body)
         status, headers, payload = self._forward(request, body)

@@ -68,6 +68,11 @@ class MotoServer:
     def start_recording(self) -> None:
         self._call("recorder/start-recording", {})
 
+    def reset_recording(self) -> None:
+        """Forget the requests recorded so far (the resources stay), and record on."""
+        self._call("recorder/reset-recording", {})
+        self.start_recording()
+
     def requests(self, operation: str | None = None) -> list[dict[str, Any]]:
         """Recorded JSON requests to ECS, oldest first, optionally one operation only.
 

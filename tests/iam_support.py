@@ -462,6 +462,12 @@ def _ssm(state: State, operation: str, body: dict[str, Any]) -> list[Ask]:
     return [Ask(f"ssm:{operation}", arn("ssm", f"parameter{name}", account=account))]
 
 
+def _ecr(state: State, operation: str, body: dict[str, Any]) -> list[Ask]:
+    name = body.get("repositoryName")
+    resource = arn("ecr", f"repository/{name}", account=body.get("registryId") or ACCOUNT) if name else "*"
+    return [Ask(f"ecr:{operation}", resource)]
+
+
 def asks_of(state: State, service: str, operation: str, body: bytes | None, data: dict[str, list[str]]) -> list[Ask]:
     """Every authorization ``operation`` of ``service`` needs, with its context."""
     if service in ("ec2", "iam", "sts"):
@@ -474,7 +480,7 @@ def asks_of(state: State, service: str, operation: str, body: bytes | None, data
             return [Ask("sts:AssumeRole", form.get("RoleArn", "*"))]
         return [Ask(f"sts:{operation}", "*")]
     parsed = json.loads(body or b"{}") if body else {}
-    handler = {"ecs": _ecs, "secretsmanager": _secretsmanager, "logs": _logs, "ssm": _ssm}.get(service)
+    handler = {"ecs": _ecs, "secretsmanager": _secretsmanager, "logs": _logs, "ssm": _ssm, "ecr": _ecr}.get(service)
     return handler(state, operation, parsed) if handler else [Ask(f"{service}:{operation}", "*")]
 
 

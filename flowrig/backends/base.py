@@ -13,11 +13,22 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Mapping
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from flowrig.errors import BadInput
 
 if TYPE_CHECKING:
+    from flowrig.backends.preflight import Check, PreflightPlan
     from flowrig.backends.usage import RoleLife
     from flowrig.backends.watch import ClusterNews
     from flowrig.certs import TLSMaterial
@@ -58,6 +69,16 @@ class Options(BaseModel):
     def given(self) -> dict[str, Any]:
         """The options the project set (defaults left out), by key."""
         return {key: getattr(self, key) for key in self.model_fields_set}
+
+
+class CloudOptions(Options):
+    """Base of the options of every backend that makes resources in a cloud."""
+
+    preflight: StrictBool = Field(
+        True,
+        description="check the network, image, rights and quotas before anything is created (`flowrig preflight`); "
+        "false: start without checking",
+    )
 
 
 #: How option errors name what a key must be, by pydantic error type.
@@ -272,6 +293,21 @@ class Backend(abc.ABC):
             Loopback for in-process clusters; container backends override this.
         """
         return "127.0.0.1", "127.0.0.1"
+
+    def preflight(self, plan: "PreflightPlan") -> "list[Check]":
+        """What can be checked before a run of ``plan`` creates anything (read-only calls
+        only): the image, the network, the runner's rights, quotas.
+
+        Raises
+        ------
+        BadInput
+            Invalid options (as :meth:`start` would refuse them).
+        InfrastructureError
+            The backend's API did not answer.
+        """
+        from flowrig.backends.preflight import Check
+
+        return [Check("backend", self.name, None, f"the {self.name} backend has no preflight checks")]
 
     def prepare(self) -> None:
         """Get ready to start a cluster soon; called once the flow is imported, while

@@ -20,6 +20,7 @@ from flowrig.cli.deploy import deploy_command
 from flowrig.cli.docker import app as docker_app
 from flowrig.cli.ecs import app as ecs_app
 from flowrig.cli.local import app as local_app
+from flowrig.cli.preflight import preflight_command
 from flowrig.cli.run import run
 from flowrig.cli.vm import app as vm_app
 
@@ -30,6 +31,7 @@ app = command_group(
 app.command("run")(run)
 app.command("build")(build_command)
 app.command("deploy")(deploy_command)
+app.command("preflight")(preflight_command)
 app.add_typer(aws_app, name="aws")
 app.add_typer(certs_app, name="certs")
 app.add_typer(docker_app, name="docker")

@@ -24,6 +24,8 @@ from tests.unit.test_ecs_iam import ACCOUNT
 pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
 
 
+#: The statements of what the preflight checks read (free of the owner tag: nothing is changed).
+PREFLIGHT_SIDS = {"PreflightNetwork", "PreflightImage", "PreflightOwnRights", "PreflightRolePath", "PreflightQuotas"}
 #: Actions that change something (anything but reading).
 _READING = ("Describe", "Get", "List")
 #: The permissions boundary `flowrig aws bootstrap --backend ec2` makes.
@@ -53,7 +55,9 @@ def test_the_ec2_policy_scopes_every_mutating_action_to_flowrigs_names_and_the_c
             # GetCallerIdentity, which AWS answers for any principal anyway.
             if statement["Action"] == [ec2_iam.WHOAMI_ACTION]:
                 continue
-            assert set(statement["Action"]) <= set(ec2_iam.EC2_UNSCOPED_ACTIONS), statement
+            # The preflight checks' reads are Describe actions on "*" too.
+            unscoped = {*ec2_iam.EC2_UNSCOPED_ACTIONS, *ec2_iam.EC2_PREFLIGHT_DESCRIBE_ACTIONS}
+            assert set(statement["Action"]) <= unscoped, statement
             assert all(a.split(":")[1].startswith("Describe") for a in statement["Action"])
             continue
         for resource in resources:
@@ -69,8 +73,10 @@ def test_the_ec2_policy_scopes_every_mutating_action_to_flowrigs_names_and_the_c
     for statement in policy["Statement"]:
         if set(statement["Action"]) & set(mutating):
             assert "*" not in _resources(statement), statement
-    # The runner pulls no image itself: the VM's own role does. Of STS, it only asks who it is.
-    assert not [a for a in actions if a.startswith(("ecr:", "ecs:", "logs:", "kms:"))], actions
+    # The runner pulls no image itself: the VM's own role does. Preflight reads whether the
+    # image exists and its manifest's platforms (no layer). Of STS, it only asks who it is.
+    assert [a for a in actions if a.startswith("ecr:")] == ["ecr:BatchGetImage", "ecr:DescribeImages"], actions
+    assert not [a for a in actions if a.startswith(("ecr:GetDownloadUrlForLayer", "ecs:", "logs:", "kms:"))], actions
     assert [a for a in actions if a.startswith("sts:")] == ["sts:GetCallerIdentity"]
     assert not {"secretsmanager:GetSecretValue", "secretsmanager:DeleteResourcePolicy", "iam:UntagRole",
                 "iam:UntagInstanceProfile", "ec2:DeleteTags"} & set(actions)
@@ -79,8 +85,9 @@ def test_the_ec2_policy_scopes_every_mutating_action_to_flowrigs_names_and_the_c
 def test_every_statement_on_an_existing_resource_asks_for_the_callers_own_tag():
     creating = {"ec2:CreateSecurityGroup", "ec2:RunInstances", "iam:CreateRole", "iam:CreateInstanceProfile",
                 "secretsmanager:CreateSecret"}
+    # The preflight checks only read (the network, the image, the runner's own rights, quotas).
     free = {"Describe", "WhoAmI", "UbuntuImageParameter", "SecurityGroupInVpc", "InstancesUse", "TagOnCreate",
-            "FindInstanceBoundary"}
+            "FindInstanceBoundary", *PREFLIGHT_SIDS}
     for statement in printed_policy("--backend", "ec2")["Statement"]:
         if statement["Sid"] in free:
             continue
@@ -190,9 +197,14 @@ def test_roles_and_profiles_are_the_runs_own_and_passed_to_ec2_only():
     assert not fnmatch.fnmatchcase(f"arn:aws:iam::{ACCOUNT}:role/flowrig/{iam.EXECUTION_ROLE_NAME}", role)
     assert not fnmatch.fnmatchcase(f"arn:aws:iam::{ACCOUNT}:role/flowrig-abc123-instance", role)
     iam_statements = [s for s in by_sid.values() if any(a.startswith("iam:") for a in s["Action"])]
+    # Besides, preflight's reads: simulating the runner's own rights, and a role's path.
     assert {s["Sid"] for s in iam_statements} == {
         "InstanceRoleCreate", "InstanceRolePolicy", "InstanceRoleTag", "InstanceRole", "FindInstanceBoundary",
-        "InstanceProfileCreate", "InstanceProfileTag", "InstanceProfile", "PassInstanceRoleToEC2"}
+        "InstanceProfileCreate", "InstanceProfileTag", "InstanceProfile", "PassInstanceRoleToEC2",
+        "PreflightOwnRights", "PreflightRolePath"}
+    assert {a for s in iam_statements if s["Sid"].startswith("Preflight") for a in s["Action"]} == {
+        "iam:SimulatePrincipalPolicy", "iam:GetRole"}
+    iam_statements = [s for s in iam_statements if not s["Sid"].startswith("Preflight")]
     # No managed policy is ever attached to an instance role.
     actions = iam.policy_actions({"Statement": iam_statements})
     assert "iam:AttachRolePolicy" not in actions and "iam:DetachRolePolicy" not in actions

@@ -57,7 +57,11 @@ ECR_PULL_ACTIONS = ("ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr
 #: Actions that IAM authorizes only against ``"*"`` (no resource type, or none that
 #: exists before the call).
 UNSCOPED_ACTIONS = (
+    "ec2:DescribeNatGateways",
+    "ec2:DescribeRouteTables",
+    "ec2:DescribeSecurityGroups",
     "ec2:DescribeSubnets",
+    "ec2:DescribeVpcEndpoints",
     "ec2:DescribeVpcs",
     "sts:GetCallerIdentity",
 )

@@ -58,6 +58,16 @@ EC2_UNSCOPED_ACTIONS = (
     "ec2:DescribeSubnets",
     "ec2:DescribeVpcs",
 )
+#: What the preflight checks read besides (``flowrig preflight``, and every run's start
+#: unless ``preflight = false``): the network. Describe actions, on ``"*"`` only.
+PREFLIGHT_DESCRIBE_ACTIONS = (
+    "ec2:DescribeNatGateways",
+    "ec2:DescribeRouteTables",
+    "ec2:DescribeSecurityGroups",
+    "ec2:DescribeVpcEndpoints",
+)
+#: An ``ec2`` run's preflight also reads the vCPUs of its instance types (for the quotas).
+EC2_PREFLIGHT_DESCRIBE_ACTIONS = (*PREFLIGHT_DESCRIBE_ACTIONS, "ec2:DescribeInstanceTypes")
 #: Which account the credentials are (for the boundary's ARN): AWS answers it for every
 #: principal, whatever its policies, and it reveals nothing but the caller's own name.
 WHOAMI_ACTION = "sts:GetCallerIdentity"
@@ -112,6 +122,26 @@ def _document(statements: list[dict[str, Any]]) -> dict[str, Any]:
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+def _preflight_statements(account: Account, quota_service: str, describe: list[str]) -> list[dict[str, Any]]:
+    """What the preflight checks read, none of it changing anything: the network, the
+    run's image (whether it exists, and its manifest's platforms: no layer), the
+    runner's own rights (a user simulates itself only; a role, any role of the account,
+    as IAM has no variable for the role's own name, and reading its path), and the
+    vCPU quotas of ``quota_service``."""
+    return [
+        statement("PreflightNetwork", describe, "*"),
+        statement("PreflightImage", ["ecr:BatchGetImage", "ecr:DescribeImages"], account.arn("ecr", "repository/*")),
+        statement(
+            "PreflightOwnRights", ["iam:SimulatePrincipalPolicy"],
+            [account.arn("iam", "user/${aws:username}"), account.arn("iam", "role/*")],
+        ),
+        statement("PreflightRolePath", ["iam:GetRole"], account.arn("iam", "role/*")),
+        statement(
+            "PreflightQuotas", ["servicequotas:GetServiceQuota"], account.arn("servicequotas", f"{quota_service}/*")
+        ),
+    ]
+
+
 # --- ecs and fargate -------------------------------------------------------------------------
 
 
@@ -143,6 +173,7 @@ def ecs_runner_policy(account: Account, *, deregister: bool = False) -> dict[str
         *_log_group_statements(account),
         *secret_statements(account),
         *_run_role_statements(account),
+        *_preflight_statements(account, "fargate", list(PREFLIGHT_DESCRIBE_ACTIONS)),
     ]
     if deregister:
         families = account.arn("ecs", f"task-definition/{FAMILY_PREFIX}-*")
@@ -289,6 +320,7 @@ def ec2_runner_policy(account: Account) -> dict[str, Any]:
         *_instance_statements(account),
         *_instance_identity_statements(account),
         *secret_statements(account),
+        *_preflight_statements(account, "ec2", list(EC2_PREFLIGHT_DESCRIBE_ACTIONS)),
     ])
 
 

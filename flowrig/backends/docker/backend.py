@@ -24,6 +24,7 @@ from flowrig.backends.docker import control
 from flowrig.backends.docker.cluster import SCHEDULER_START_TIMEOUT, DockerCluster
 from flowrig.backends.docker.naming import ENV_IMAGE, ENV_NETWORK, ENV_RUNNER_HOST, check_run_id
 from flowrig.backends.docker.plans import DRAIN_TIMEOUT
+from flowrig.backends.preflight import Check, PreflightPlan
 from flowrig.backends.usage import RoleLife
 from flowrig.backends.watch import follow
 from flowrig.common.environ import check_env_name
@@ -97,6 +98,13 @@ class DockerBackend(Backend):
         if os.environ.get(ENV_NETWORK):
             return "0.0.0.0", os.environ.get(ENV_RUNNER_HOST) or socket.gethostname()
         return super().prefect_api_hosts()
+
+    def preflight(self, plan: PreflightPlan) -> list[Check]:
+        """The image on this machine's engine, of the engine's architecture."""
+        from flowrig.backends.docker.preflight import docker_checks
+
+        self.parse_options(plan.options)
+        return docker_checks(PreflightPlan(**{**plan.__dict__, "image": plan.image or os.environ.get(ENV_IMAGE)}))
 
     def start(self, spec: ClusterSpec) -> StartedCluster:
         if control.controlled():

@@ -13,6 +13,7 @@ from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from flowrig import layout
 from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, Options, StartedCluster
+from flowrig.backends.preflight import Check, PreflightPlan
 from flowrig.common import runfolders
 from flowrig.errors import BadInput, InfrastructureError, one_line
 from flowrig.roles import PRIVATE_HTTP_PRELOAD
@@ -65,6 +66,12 @@ class LocalBackend(Backend):
 
     name = "local"
     options_model = LocalOptions
+
+    def preflight(self, plan: PreflightPlan) -> list[Check]:
+        """Nothing to check: the cluster is processes of this machine, made by the run."""
+        self.parse_options(plan.options)
+        return [Check("backend", "local", None, "the local backend runs on this machine and makes nothing "
+                      "elsewhere: nothing to check")]
 
     def prepare(self) -> None:
         from flowrig.internals import forkserver

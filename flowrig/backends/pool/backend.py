@@ -2,8 +2,10 @@
 one seam a cloud fills in.
 
 :meth:`PoolBackend.start` is the template: the cloud's extra installed, an image named,
-the options checked (all before the first API call), the provisioning deadline set, the
-run opened (:meth:`PoolBackend.open_run`, which calls no creating API yet); then, in
+the options checked (all before the first API call), the preflight checks run when the
+options ask for them (read-only calls: :meth:`PoolBackend.preflight`; a failure is exit 2
+with nothing created), the provisioning deadline set, the run opened
+(:meth:`PoolBackend.open_run`, which calls no creating API yet); then, in
 order, the run's network and identity made (:meth:`CloudRun.prepare`), the run's
 certificates stored where its roles read them (:meth:`CloudRun.store_certificates`), the
 cloud's :class:`~flowrig.backends.pool.launcher.Launcher` made, and the
@@ -26,6 +28,7 @@ from typing import Any, ClassVar, Mapping
 from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster, dashboard_reach
 from flowrig.backends.pool.cluster import PoolCluster
 from flowrig.backends.pool.launcher import Launcher, StartTimeout
+from flowrig.backends.preflight import Check, PreflightPlan, failure_line, failures
 from flowrig.backends.watch import follow
 from flowrig.errors import BadInput, FlowrigError, InfrastructureError, one_line
 
@@ -127,6 +130,36 @@ class PoolBackend(Backend):
         ``allowed_environment``: ``[build] allow_environment``."""
         return self.parse_options(raw)
 
+    def preflight(self, plan: PreflightPlan) -> list[Check]:
+        """The options checked as :meth:`start` checks them, then the cloud's own
+        preflight checks (:meth:`cloud_preflight`)."""
+        self.require_extra()
+        options = self.options(plan.options, plan.allowed_environment)
+        return self.cloud_preflight(plan, options)
+
+    def cloud_preflight(self, plan: PreflightPlan, options: Any) -> list[Check]:
+        """Read-only checks of what a run of ``plan`` with ``options`` needs in the cloud;
+        by default none."""
+        return Backend.preflight(self, plan)
+
+    def _preflight_before_start(self, spec: ClusterSpec, options: Any) -> None:
+        """The preflight checks of a run about to start: each failure logged on its own
+        line, then exit 2 before anything is created."""
+        size = spec.size
+        plan = PreflightPlan(
+            image=spec.image, options=spec.options, allowed_environment=spec.allowed_environment,
+            max_workers=size.adapt[1] if size.adapt else size.n_workers, run_id=spec.run_id,
+        )
+        failed = failures(self.cloud_preflight(plan, options))
+        for check in failed:
+            logger.error("preflight: %s", failure_line(check))
+        if failed:
+            raise BadInput(
+                f"preflight: {len(failed)} check{'s' if len(failed) > 1 else ''} failed, nothing was created; "
+                f"first: {failure_line(failed[0])} (flowrig preflight lists them all; "
+                "[cluster.options] preflight = false skips them)"
+            )
+
     @abc.abstractmethod
     def open_run(self, spec: ClusterSpec, options: Any) -> CloudRun:
         """The run's view of the cloud; no call that creates anything yet."""
@@ -149,6 +182,8 @@ class PoolBackend(Backend):
         if not spec.image:
             raise BadInput(f"the {self.name} backend needs an image: pass --image or build one with flowrig build")
         options = self.options(spec.options, spec.allowed_environment)
+        if getattr(options, "preflight", False):
+            self._preflight_before_start(spec, options)
         timeout = float(options.provision_timeout)
         deadline = time.monotonic() + timeout
         run = self.open_run(spec, options)

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal, Mapping
 
 from pydantic import Field, StrictBool, StrictStr
 
-from flowrig.backends.base import N_WORKERS_FIX, Options, Seconds, StringMap
+from flowrig.backends.base import N_WORKERS_FIX, CloudOptions, Seconds, StringMap
 from flowrig.backends.vm.scheduler_reach import REACH_TIMEOUT
 from flowrig.errors import BadInput
 
@@ -23,7 +23,7 @@ PROVISION_TIMEOUT = 900.0
 CLEANUP_TIMEOUT = 300.0
 
 
-class VMOptions(Options):
+class VMOptions(CloudOptions):
     """What a project may set for the VMs of any cloud."""
 
     refused: ClassVar[Mapping[str, str]] = {

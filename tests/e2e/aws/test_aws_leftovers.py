@@ -49,7 +49,8 @@ def kill_mid_start(tmp_path, run_id: str, backend: str, options: str, asked, wha
     project = tmp_path / "seed"
     shutil.copytree(SEED, project)
     with open(project / "flowrig.toml", "a") as toml:
-        toml.write(f"\n[cluster.options]\n{options}\n")
+        # No preflight: see NO_PREFLIGHT in test_ecs_backend.py.
+        toml.write(f"\n[cluster.options]\n{options}\npreflight = false\n")
     env = {**os.environ, "FLOWRIG_RUN_ID": run_id, LEASE_SECONDS_ENV: "4"}
     env.pop("PREFECT_API_URL", None)
     runner = subprocess.Popen(

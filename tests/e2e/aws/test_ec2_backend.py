@@ -54,7 +54,8 @@ def spec(tls, run_id, size=ClusterSize(2), image=IMAGE, **options) -> ClusterSpe
     return ClusterSpec(
         run_id=run_id, size=size, tls=tls, image=image,
         worker_env={"PREFECT_API_URL": "https://10.0.0.5:4200/api", "FLOWRIG_RUN_ID": run_id},
-        options={"ami": AMI, **options}, worker_threads=2,
+        # No preflight: see NO_PREFLIGHT in test_ecs_backend.py.
+        options={"ami": AMI, "preflight": False, **options}, worker_threads=2,
     )
 
 
@@ -115,7 +116,7 @@ def test_flowrig_run_ec2_gives_90_and_removes_every_tagged_resource(aws, tls, tm
     with local_scheduler(tls, workers=1) as scheduler:
         with open(project / "flowrig.toml", "a") as toml:
             toml.write(f'\n[cluster.options]\nscheduler_address = "{scheduler.scheduler_address}"\n'
-                       f'ami = "{AMI}"\nprovision_timeout = 120\ninstance_tags = {{ team = "data" }}\n')
+                       f'ami = "{AMI}"\nprovision_timeout = 120\ninstance_tags = {{ team = "data" }}\npreflight = false\n')
         done = subprocess.run(
             [*FLOWRIG, "run", str(project), "--backend", "ec2", "--image", IMAGE, "--certs", str(certs),
              "--param", TEN, "--output", "json"],
@@ -360,7 +361,7 @@ def test_an_unknown_ami_is_exit_2_before_any_instance(aws, tls):
 @pytest.mark.usefixtures("ec2_bootstrapped")
 def test_without_ami_and_no_ubuntu_parameter_says_set_ami(aws, tls):
     values = spec(tls, "ec2u", size=ClusterSize(1))
-    values = ClusterSpec(**{**values.__dict__, "options": {}})
+    values = ClusterSpec(**{**values.__dict__, "options": {"preflight": False}})
     with pytest.raises(BadInput) as info:
         EC2Backend().start(values)
     message = str(info.value)

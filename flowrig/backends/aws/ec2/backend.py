@@ -17,6 +17,7 @@ from flowrig.backends.vm.cloudinit import RegistryLogin
 from flowrig.backends.vm.options import check_name
 
 if TYPE_CHECKING:
+    from flowrig.backends.preflight import Check, PreflightPlan
     from flowrig.backends.vm.cloud import Cloud
 
 #: An ECR registry host: ACCOUNT.dkr.ecr.REGION.amazonaws.com (.com.cn in China).
@@ -40,6 +41,15 @@ class EC2Backend(VMBackend):
     def check_options(self, options: EC2Options) -> None:
         check_name("region", options.region, REGION_PATTERN, "eu-west-1")
         check_name("availability_zone", options.availability_zone, REGION_PATTERN + r"[a-z]", "eu-west-1a")
+
+    def cloud_preflight(self, plan: "PreflightPlan", options: EC2Options) -> "list[Check]":
+        """The image, network, rights and EC2 vCPU quotas a run of ``plan`` needs (read-only)."""
+        from flowrig.backends.aws.ec2.preflight import ec2_target
+        from flowrig.backends.aws.preflight import aws_checks
+        from flowrig.backends.aws.session import Session
+
+        session = Session(options.region)
+        return aws_checks(session, ec2_target(session, plan, options))
 
     def make_cloud(self, run_id: str, options: Any) -> "Cloud":
         from flowrig.backends.aws.ec2.cloud import EC2Cloud

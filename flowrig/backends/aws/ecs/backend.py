@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from flowrig.backends.aws.lease import LeaseRenewer
     from flowrig.backends.aws.resources import RunResources
     from flowrig.backends.aws.session import Session
+    from flowrig.backends.preflight import Check, PreflightPlan
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,16 @@ class _ECSBase(PoolBackend):
         resources = aws_resources.RunResources(session, tags, float(options.cleanup_timeout))
         renewer = lease.LeaseRenewer(resources, lease_seconds)
         return ECSRun(self, spec, options, launch, session, tags, resources, renewer)
+
+    def cloud_preflight(self, plan: "PreflightPlan", options: ECSOptions) -> "list[Check]":
+        """The image, network, rights and Fargate quotas a run of ``plan`` needs (read-only)."""
+        from flowrig.backends.aws import session as aws_session
+        from flowrig.backends.aws.ecs.preflight import ecs_target
+        from flowrig.backends.aws.preflight import aws_checks
+
+        target = ecs_target(self.name, plan, options, self._launch(options, plan.allowed_environment))
+        return aws_checks(aws_session.session(options.region_name, access_key_id=options.aws_access_key_id,
+                                              secret_access_key=options.aws_secret_access_key), target)
 
     # --- steps of start -----------------------------------------------------------
     def _launch(self, options: ECSOptions, allowed: frozenset[str] = frozenset()) -> _Launch:

@@ -7,10 +7,10 @@ from typing import Any, ClassVar, Mapping
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 
 from flowrig.backends.aws.ecs import defaults
-from flowrig.backends.base import N_WORKERS_FIX, Options, Seconds, StringMap
+from flowrig.backends.base import N_WORKERS_FIX, CloudOptions, Seconds, StringMap
 
 
-class ECSOptions(Options):
+class ECSOptions(CloudOptions):
     """What a project may set for its ECS tasks; everything else is decided by flowrig.
 
     Resources named here are the project's and are left as they are; those left out

@@ -1,0 +1,73 @@
+"""An ``ecs``/``fargate`` run as the AWS preflight checks see it (:class:`AwsTarget`),
+from its options alone."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flowrig.backends.aws.preflight.calls import Caller, ecs_calls
+from flowrig.backends.aws.preflight.quotas import FARGATE_ON_DEMAND, FARGATE_SPOT
+from flowrig.backends.aws.preflight.target import AwsTarget, PlannedCall, VcpuNeed
+
+if TYPE_CHECKING:
+    from flowrig.backends.aws.ecs.options import ECSOptions
+    from flowrig.backends.preflight import PreflightPlan
+
+#: ``cpu_architecture`` -> the architecture as image platforms name it.
+ARCHITECTURES = {"X86_64": "amd64", "ARM64": "arm64"}
+
+
+def fargate_needs(options: "ECSOptions", launch: Any, max_workers: int) -> tuple[VcpuNeed, ...]:
+    """The Fargate vCPU quotas the run's largest size needs (none on EC2 capacity)."""
+    workers = scheduler = 0.0
+    workers_what = scheduler_what = ""
+    if launch.fargate_workers and not options.worker_task_definition_arn:
+        workers = max_workers * options.worker_cpu / 1024
+        workers_what = f"{max_workers} workers x {options.worker_cpu / 1024:g} vCPU"
+    if launch.fargate_scheduler and not options.scheduler_address and not options.scheduler_task_definition_arn:
+        scheduler = options.scheduler_cpu / 1024
+        scheduler_what = f"the scheduler's {scheduler:g}"
+    spot = workers if options.fargate_spot else 0.0
+    on_demand = scheduler + (0.0 if options.fargate_spot else workers)
+    needs = []
+    if on_demand:
+        what = " + ".join(p for p in ("" if options.fargate_spot else workers_what, scheduler_what) if p)
+        needs.append(VcpuNeed("fargate", *FARGATE_ON_DEMAND, on_demand, what))
+    if spot:
+        needs.append(VcpuNeed("fargate", *FARGATE_SPOT, spot, workers_what))
+    return tuple(needs)
+
+
+def ecs_target(backend: str, plan: "PreflightPlan", options: "ECSOptions", launch: Any) -> AwsTarget:
+    """What a run of ``plan`` with ``options`` (and its checked ``launch``) asks of AWS."""
+    arch_name = options.cpu_architecture.upper()
+    arch = ARCHITECTURES.get(arch_name, arch_name.lower())
+    other = next((name for name in ARCHITECTURES if name != arch_name), "X86_64")
+    own = bool(launch.own_definitions)
+    services = ["ecr.api", "ecr.dkr", "s3", "logs"]
+    if own or options.secrets:
+        services.append("secretsmanager")
+
+    def calls(caller: Caller, vpc_id: str) -> list[PlannedCall]:
+        return ecs_calls(
+            caller, plan.run_id, cluster_arn=options.cluster_arn, vpc_id=vpc_id, own_definitions=own,
+            make_group=not options.security_groups, make_log_group=not options.cloudwatch_logs_group,
+            execution_role_arn=options.execution_role_arn, task_role_arn=options.task_role_arn,
+        )
+
+    return AwsTarget(
+        backend=backend,
+        image=plan.image,
+        arch=arch,
+        arch_source=f"cpu_architecture = {arch_name}",
+        arch_fix=f"push an image for linux/{arch} (flowrig build), or set cpu_architecture = {other} "
+        "in [cluster.options] when the image is built for it",
+        vpc=options.vpc,
+        subnets=tuple(options.subnets) if options.subnets else None,
+        security_groups=tuple(options.security_groups or ()),
+        public_ip=not options.fargate_use_private_ip,
+        public_option="fargate_use_private_ip = false",
+        services=tuple(services),
+        needs=fargate_needs(options, launch, plan.max_workers),
+        calls=calls,
+    )
