@@ -82,7 +82,6 @@ class LocalBackend(Backend):
         from flowrig.backends.local.lives import LocalLives
         from flowrig.backends.local.scheduler import LocalClusterWithSchedulerProcess
         from flowrig.backends.watch import follow
-        from flowrig.internals import forkserver, worker_security
 
         options = self.parse_options(spec.options)
         given = options.given()
@@ -96,38 +95,7 @@ class LocalBackend(Backend):
         # with the cluster, and one left by a killed run is a leftover.
         scratch = runfolders.make("scratch", spec.run_id)
         began = time.time()
-        kwargs: dict[str, Any] = {
-            "n_workers": spec.size.n_workers,
-            "threads_per_worker": spec.worker_threads,
-            "processes": True,
-            "host": "127.0.0.1",
-            # A fixed dashboard port collides between parallel runs; any free port will do.
-            "dashboard_address": "127.0.0.1:0",
-            **given,
-        }
-        if "worker_dashboard_address" not in given:
-            # Workers serve HTTP (/metrics, /health) even without a dashboard: only to
-            # holders of the run's certificate, as their Dask ports.
-            # Given as an argument, a preload list replaces the workers' configured one:
-            # the user's preloads (distributed.worker.preload) come first, as before.
-            import dask
-
-            configured = dask.config.get("distributed.worker.preload", default=None) or []
-            kwargs["preload"] = [*([configured] if isinstance(configured, str) else configured), PRIVATE_HTTP_PRELOAD]
-        # Mutual TLS, the run's environment and its scratch folder are not options a
-        # project may drop.
-        kwargs.update(
-            protocol="tls://", security=spec.tls.to_security(), env=dict(spec.worker_env),
-            worker_class=forkserver.nanny_class(), local_directory=str(scratch.path),
-            scheduler_kwargs={"local_directory": str(scratch.path)},
-            # A worker process takes the runner's dask config over the environment it
-            # is given: settings that only workers have go here.
-            config={worker_security.LOADER_KEY: worker_security.LOADER},
-        )
-        # The scheduler removes it when this process is killed before it could.
-        kwargs["folder"] = str(scratch.path)
-        if spec.no_client_timeout is not None:
-            kwargs["no_client_timeout"] = spec.no_client_timeout
+        kwargs = _cluster_kwargs(spec, given, scratch)
         try:
             cluster = LocalClusterWithSchedulerProcess(private_http=private_dashboard, **kwargs)
         except Exception as exc:
@@ -162,6 +130,46 @@ class LocalBackend(Backend):
             scheduler_up=cluster.scheduler_up_at,
             lives=lives.log.lives,
         )
+
+
+def _cluster_kwargs(spec: ClusterSpec, given: dict[str, Any], scratch: Any) -> dict[str, Any]:
+    """LocalCluster's arguments for a run: the project's options, then what a project
+    may not drop (mutual TLS, the run's environment, its scratch folder)."""
+    from flowrig.internals import forkserver, worker_security
+
+    kwargs: dict[str, Any] = {
+        "n_workers": spec.size.n_workers,
+        "threads_per_worker": spec.worker_threads,
+        "processes": True,
+        "host": "127.0.0.1",
+        # A fixed dashboard port collides between parallel runs; any free port will do.
+        "dashboard_address": "127.0.0.1:0",
+        **given,
+    }
+    if "worker_dashboard_address" not in given:
+        # Workers serve HTTP (/metrics, /health) even without a dashboard: only to
+        # holders of the run's certificate, as their Dask ports.
+        # Given as an argument, a preload list replaces the workers' configured one:
+        # the user's preloads (distributed.worker.preload) come first, as before.
+        import dask
+
+        configured = dask.config.get("distributed.worker.preload", default=None) or []
+        kwargs["preload"] = [*([configured] if isinstance(configured, str) else configured), PRIVATE_HTTP_PRELOAD]
+    # Mutual TLS, the run's environment and its scratch folder are not options a
+    # project may drop.
+    kwargs.update(
+        protocol="tls://", security=spec.tls.to_security(), env=dict(spec.worker_env),
+        worker_class=forkserver.nanny_class(), local_directory=str(scratch.path),
+        scheduler_kwargs={"local_directory": str(scratch.path)},
+        # A worker process takes the runner's dask config over the environment it
+        # is given: settings that only workers have go here.
+        config={worker_security.LOADER_KEY: worker_security.LOADER},
+    )
+    # The scheduler removes it when this process is killed before it could.
+    kwargs["folder"] = str(scratch.path)
+    if spec.no_client_timeout is not None:
+        kwargs["no_client_timeout"] = spec.no_client_timeout
+    return kwargs
 
 
 def open_dashboard(cluster: Any, tls: Any) -> Any:
