@@ -185,8 +185,9 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, bootst
     with stand_in:
         started = FargateBackend().start(ClusterSpec(
             run_id=run_id, size=ClusterSize(2), tls=host_tls, image=seed_image, worker_env=worker_env,
+            # No preflight: the image is local, never pushed to (moto's) ECR, which it would refuse.
             options={"scheduler_address": stand_in.scheduler_address, "worker_cpu": 1024, "worker_mem": 2048,
-                     "create_roles": True},
+                     "create_roles": True, "preflight": False},
         ))
         ecs = boto3.client("ecs")
         described = {

@@ -214,7 +214,8 @@ def test_an_ecs_run_from_a_baked_image_uses_a_ca_made_for_that_run(
     monkeypatch.delenv(layout.TLS_DIR_ENV, raising=False)
     monkeypatch.setattr(layout, "IMAGE_TLS_DIR", baked_dir)
     # The project's options, as `flowrig run` reads them: roles all started by flowrig.
-    options = {"worker_cpu": 1024, "worker_mem": 2048, "create_roles": True}
+    # No preflight: the image is local, never pushed to (moto's) ECR, which it would refuse.
+    options = {"worker_cpu": 1024, "worker_mem": 2048, "create_roles": True, "preflight": False}
 
     def one_run() -> tuple[str, str, dict, dict]:
         """A fargate run against moto: (run id, its CA's fingerprint, task definitions, worker RunTask)."""
