@@ -23,7 +23,16 @@ flowrig from another checkout (see benchmarks/server_runs.py).
 ``--docker IMAGE`` adds n = 1000 on the docker backend beside the local one (the
 image of this benchmark's project, which ``--docker-build BASE`` builds).
 
+``--patterns [LIST]`` runs instead each common way a flow waits on many tasks
+(benchmarks/scale_patterns.py: ``map-result``, ``map-downstream``,
+``map-submit-downstream``, ``result-loop``, ``wait``, ``as-completed``, ``submit-loop``,
+``map-chain``; all of them, or a comma-separated list) beside its plain-Dask twin, at
+``--sizes`` (default 10,1000,5000), interleaved pairs; per pattern the ratio (target
+<= 2.2 at n = 1000, <= 2.0 at n = 5000), flowrig's own slope (target <= 1.0 ms/task) and
+the runner's RSS growth (KB/task, target ~10). ``--json FILE`` writes every figure.
+
     python benchmarks/bench_scale.py [--repeat 3] [--lists-repeat 1] [--big] [--server] [--docker IMAGE]
+    python benchmarks/bench_scale.py --patterns [map-result,result-loop] [--sizes 1000,5000] [--json FILE]
     python benchmarks/bench_scale.py --server-only [--database sqlite] [--profile-server FILE] [--baseline DIR]
 """
 
@@ -42,9 +51,21 @@ from pathlib import Path
 from typing import Callable
 
 from prefect_server import start_server
+from scale_patterns import FLOW as PATTERNS_FLOW
+from scale_patterns import PATTERNS, expected, plain_script, target
 from server_runs import ServerBench, measure_server
 
 WORKERS = 3
+
+#: Every figure measured, for ``--json`` (the benchmarks' common output contract).
+FIGURES: list[dict] = []
+
+
+def figure(name: str, value: float, unit: str, runs: list[float], floor: float | None = None,
+           target: str | None = None, note: str = "") -> None:
+    FIGURES.append({"figure": name, "value": round(value, 4), "unit": unit, "floor": floor,
+                    "ratio": round(value / floor, 4) if floor else None, "target": target,
+                    "runs": [round(r, 4) for r in runs], "note": note})
 
 FLOW = textwrap.dedent(
     """
@@ -134,27 +155,46 @@ class Bench:
     def flowrig(self, n: int, xs_file: Path | None = None, over_list: bool = False,
                 backend: str = "local") -> tuple[float, float]:
         """Wall seconds and the runner's peak RSS (MB) of one ``flowrig run``."""
-        rss = self.work / "rss.txt"
         params = {"n": n, "over_list": over_list}
         if xs_file is not None:
             params["xs"] = json.loads(xs_file.read_text())
+        expected = 2 * sum(params["xs"]) if over_list else n * (n - 1)
+        tasks = len(params["xs"]) if over_list else n
+        return self.flowrig_run(self.project, params, expected, tasks, backend)
+
+    def pattern(self, pattern: str, n: int, code: Path | None = None) -> tuple[float, float]:
+        """Wall seconds and the runner's peak RSS (MB) of one run of ``pattern``; with
+        ``code``, that checkout's flowrig first on the path."""
+        params = {"n": n, "pattern": pattern}
+        env = None
+        if code is not None:
+            env = dict(self.env, PYTHONPATH=os.pathsep.join(filter(None, [str(code), self.env.get("PYTHONPATH")])))
+        return self.flowrig_run(self.work / "patterns", params, expected(pattern, n), n, env=env)
+
+    def plain_pattern(self, pattern: str, n: int) -> float:
+        argv = [sys.executable, str(self.work / "plain_patterns.py"), str(self.certs), str(n), pattern]
+        wall, out = run(argv, self.env)
+        assert int(out.strip().splitlines()[-1]) == expected(pattern, n), (pattern, n, out)
+        return wall
+
+    def flowrig_run(self, project: Path, params: dict, expected: int, tasks: int,
+                    backend: str = "local", env: dict[str, str] | None = None) -> tuple[float, float]:
+        rss = self.work / "rss.txt"
         params_file = self.work / "params.json"
         params_file.write_text(json.dumps(params))
-        argv = [sys.executable, str(self.work / "runner.py"), str(rss), "run", str(self.project),
+        argv = [sys.executable, str(self.work / "runner.py"), str(rss), "run", str(project),
                 "--params-file", str(params_file), "--output", "json", "--quiet", "--backend", backend]
         if backend == "local":
             argv += ["--certs", str(self.certs)]
         else:
             argv += ["--image", self.docker_image]
         before = self.recorded() if self.recorded else 0
-        wall, out = run(argv, self.env)
+        wall, out = run(argv, env or self.env)
         if self.recorded:
             deadline = time.monotonic() + 600
-            tasks = len(params["xs"]) if over_list else n
             while self.recorded() - before < tasks and time.monotonic() < deadline:
                 time.sleep(1)
         result = json.loads(out.strip().splitlines()[-1])
-        expected = 2 * sum(json.loads(xs_file.read_text())) if over_list else n * (n - 1)
         assert result["state"] == "Completed" and result["result"] == expected, result
         return wall, int(rss.read_text().split()[1]) / 1024
 
@@ -168,34 +208,84 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def measure(bench: Bench, sizes: list[int], repeat: int, label: str) -> None:
+def measure(bench: Bench, sizes: list[int], repeat: int, label: str,
+            flowrig: "Callable[[int], tuple[float, float]] | None" = None,
+            plain: "Callable[[int], float] | None" = None) -> None:
+    """Interleaved (flowrig, plain Dask) pairs at each size; ratios, own slope, RSS growth."""
+    flowrig = flowrig or bench.flowrig
+    plain = plain or bench.plain
     walls: dict[int, tuple[list[float], list[float], list[float]]] = {}
     for n in sizes:
-        rows = ([], [], [])
+        rows: tuple[list[float], list[float], list[float]] = ([], [], [])
+        load = os.getloadavg()[0]
         for i in range(repeat):
             # Interleaved pairs, alternating which side goes first.
             if i % 2:
-                rows[1].append(bench.plain(n))
-                wall, rss = bench.flowrig(n)
+                rows[1].append(plain(n))
+                wall, rss = flowrig(n)
             else:
-                wall, rss = bench.flowrig(n)
-                rows[1].append(bench.plain(n))
+                wall, rss = flowrig(n)
+                rows[1].append(plain(n))
             rows[0].append(wall)
             rows[2].append(rss)
         walls[n] = rows
         a, b = median(rows[0]), median(rows[1])
-        print(f"[{label}] n={n:<6} flowrig {a:7.2f} s   plain Dask {b:6.2f} s   ratio {a / b:5.2f}   "
-              f"runner peak RSS {median(rows[2]):6.1f} MB   (flowrig runs {', '.join(f'{w:.2f}' for w in rows[0])})",
-              flush=True)
-    if 1000 in walls and 5000 in walls:
-        fa = (median(walls[5000][0]) - median(walls[1000][0])) / 4000 * 1000
-        pb = (median(walls[5000][1]) - median(walls[1000][1])) / 4000 * 1000
-        growth = (median(walls[5000][2]) - median(walls[1000][2])) * 1024 / 4000
-        print(f"[{label}] per-task slope 1000->5000: flowrig {fa:.2f} ms, plain Dask {pb:.2f} ms, "
-              f"flowrig's own {fa - pb:.2f} ms (target <= 6);  runner RSS growth {growth:.1f} KB/task (target ~10)")
-        for n in (1000, 5000):
-            print(f"[{label}] ratio at n={n}: {median(walls[n][0]) / median(walls[n][1]):.2f} "
-                  f"(target <= {3 if n == 1000 else 4})")
+        goal = target(n)
+        print(f"[{label}] n={n:<6} flowrig {a:7.2f} s   plain Dask {b:6.2f} s   ratio {a / b:5.2f}"
+              f"{f' (target <= {goal})' if goal else ''}   runner peak RSS {median(rows[2]):6.1f} MB   "
+              f"(flowrig runs {', '.join(f'{w:.2f}' for w in rows[0])}; plain {', '.join(f'{w:.2f}' for w in rows[1])};"
+              f" load {load:.2f} -> {os.getloadavg()[0]:.2f})", flush=True)
+        figure(f"{label} n={n} whole run", a, "s", rows[0], floor=b, target=f"<= {goal}" if goal else None,
+               note=f"plain Dask runs {[round(w, 3) for w in rows[1]]}; load average {load:.2f}")
+        figure(f"{label} n={n} runner peak RSS", median(rows[2]), "MB", rows[2])
+    low, high = (1000, 5000) if 1000 in walls and 5000 in walls else (min(walls), max(walls))
+    if high - low >= 900:
+        span = high - low
+        fa = (median(walls[high][0]) - median(walls[low][0])) / span * 1000
+        pb = (median(walls[high][1]) - median(walls[low][1])) / span * 1000
+        growth = (median(walls[high][2]) - median(walls[low][2])) * 1024 / span
+        print(f"[{label}] per-task slope {low}->{high}: flowrig {fa:.2f} ms, plain Dask {pb:.2f} ms, "
+              f"flowrig's own {fa - pb:.2f} ms (target <= 1.0);  runner RSS growth {growth:.1f} KB/task "
+              f"(target ~10)", flush=True)
+        figure(f"{label} own slope {low}->{high}", fa - pb, "ms/task", [], target="<= 1.0",
+               note=f"flowrig {fa:.3f} ms/task, plain Dask {pb:.3f} ms/task")
+        figure(f"{label} runner RSS growth {low}->{high}", growth, "KB/task", [], target="~10")
+
+
+def measure_patterns(bench: Bench, patterns: list[str], sizes: list[int], repeat: int,
+                     baseline: Path | None = None) -> None:
+    for pattern in patterns:
+        if baseline is None:
+            measure(bench, sizes, repeat, pattern, flowrig=lambda n, p=pattern: bench.pattern(p, n),
+                    plain=lambda n, p=pattern: bench.plain_pattern(p, n))
+        else:
+            for n in sizes:
+                measure_against(bench, pattern, n, repeat, baseline)
+
+
+def measure_against(bench: Bench, pattern: str, n: int, repeat: int, baseline: Path) -> None:
+    """This checkout, ``baseline`` and plain Dask in turn (each first in turn), one pattern at ``n``."""
+    sides = {
+        "this": lambda: bench.pattern(pattern, n)[0],
+        "baseline": lambda: bench.pattern(pattern, n, code=baseline)[0],
+        "plain": lambda: bench.plain_pattern(pattern, n),
+    }
+    names = list(sides)
+    walls: dict[str, list[float]] = {name: [] for name in names}
+    load = os.getloadavg()[0]
+    for i in range(repeat):
+        for name in names[i % 3:] + names[:i % 3]:
+            walls[name].append(sides[name]())
+    this, base, plain = (median(walls[name]) for name in names)
+    goal = target(n)
+    print(f"[{pattern}] n={n:<6} this {this:7.2f} s  baseline {base:7.2f} s  plain Dask {plain:6.2f} s   "
+          f"this/plain {this / plain:5.2f}  baseline/plain {base / plain:5.2f}  this/baseline {this / base:5.3f}"
+          f"{f'  (target <= {goal})' if goal else ''}   (load {load:.2f} -> {os.getloadavg()[0]:.2f}; runs "
+          + "; ".join(f"{name} {', '.join(f'{w:.2f}' for w in walls[name])}" for name in names) + ")", flush=True)
+    figure(f"{pattern} n={n} whole run", this, "s", walls["this"], floor=plain, target=f"<= {goal}" if goal else None,
+           note=f"plain Dask runs {walls['plain']}; load average {load:.2f}")
+    figure(f"{pattern} n={n} baseline whole run", base, "s", walls["baseline"], floor=plain,
+           note=f"baseline {baseline}")
 
 
 def measure_lists(bench: Bench, repeat: int, label: str) -> None:
@@ -211,6 +301,7 @@ def measure_lists(bench: Bench, repeat: int, label: str) -> None:
                 a.append(bench.flowrig(1000, path, over_list)[0])
                 b.append(bench.plain(1000, path, over_list))
             overhead[size] = median(a) - median(b)
+            figure(f"{label} {what} of {size} items", median(a), "s", a, floor=median(b))
             print(f"[{label}] {what} of {size} items: flowrig {median(a):6.2f} s, plain Dask {median(b):6.2f} s, "
                   f"overhead {overhead[size]:6.2f} s", flush=True)
         print(f"[{label}] {what}: doubling the list multiplies the overhead by "
@@ -233,13 +324,20 @@ def main() -> None:
                         help="sample the server with py-spy during the largest flowrig run (--server)")
     parser.add_argument("--py-spy", metavar="PATH", help="the py-spy to use (default: on PATH)")
     parser.add_argument("--baseline", metavar="DIR", type=Path,
-                        help="also flowrig from this checkout, first on PYTHONPATH (--server)")
+                        help="also flowrig from this checkout, first on PYTHONPATH (--server, --patterns)")
     parser.add_argument("--sizes", type=lambda text: [int(n) for n in text.split(",")],
                         help="comma-separated n instead of 10,100,1000,5000")
+    parser.add_argument("--patterns", nargs="?", const=",".join(PATTERNS), metavar="LIST",
+                        help=f"only the common patterns, each beside its plain-Dask twin (all, or some of "
+                             f"{','.join(PATTERNS)}); sizes default to 10,1000,5000")
+    parser.add_argument("--json", metavar="FILE", type=Path, help="also write every figure to FILE as JSON")
     parser.add_argument("--no-prefect-dask", action="store_true",
                         help="leave prefect-dask out of --server (at n = 5000 it takes ten minutes or more)")
     args = parser.parse_args()
     lists_repeat = args.lists_repeat or args.repeat
+    patterns = args.patterns.split(",") if args.patterns else []
+    if unknown := sorted(set(patterns) - set(PATTERNS)):
+        parser.error(f"unknown pattern(s) {', '.join(unknown)}: choose from {', '.join(PATTERNS)}")
 
     work = Path(tempfile.mkdtemp(prefix="flowrig-bench-scale-"))
     (work / "project").mkdir()
@@ -248,19 +346,33 @@ def main() -> None:
         f'flow = "flow.py:scale"\n\n[cluster]\nn_workers = {WORKERS}\nmax_workers = {WORKERS}\n'
     )
     (work / "plain.py").write_text(PLAIN)
+    (work / "patterns").mkdir()
+    (work / "patterns" / "flow.py").write_text(PATTERNS_FLOW)
+    (work / "patterns" / "flowrig.toml").write_text(
+        f'flow = "flow.py:patterns"\n\n[cluster]\nn_workers = {WORKERS}\nmax_workers = {WORKERS}\n'
+    )
+    (work / "plain_patterns.py").write_text(plain_script(WORKERS))
     (work / "runner.py").write_text(RUNNER)
     subprocess.run([sys.executable, "-m", "flowrig.cli", "certs", "generate", "--out", str(work / "certs")],
                    check=True, capture_output=True)
     if args.docker and args.docker_build:
         subprocess.run([sys.executable, "-m", "flowrig.cli", "build", str(work / "project"), "--tag", args.docker,
                         "--base-image", args.docker_build, "--quiet"], check=True)
-    sizes = args.sizes or [10, 100, 1000, 5000] + ([20000] if args.big else [])
+    default_sizes = [10, 1000, 5000] if patterns else [10, 100, 1000, 5000] + ([20000] if args.big else [])
+    sizes = args.sizes or default_sizes
     print(f"machine: {os.cpu_count()} cores; {WORKERS} workers, 1 thread each, mutual TLS; "
-          f"medians of {args.repeat} interleaved pairs", flush=True)
+          f"medians of {args.repeat} interleaved pairs; load average {os.getloadavg()[0]:.2f}", flush=True)
 
     embedded = Bench(work, base_env(), args.docker)
     embedded.flowrig(10)  # untimed: page cache, the Prefect database template
     embedded.plain(10)
+    if patterns:
+        if args.baseline and not (args.baseline / "flowrig" / "__init__.py").is_file():
+            sys.exit(f"{args.baseline} holds no flowrig checkout")
+        measure_patterns(embedded, patterns, sizes, args.repeat, args.baseline.resolve() if args.baseline else None)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        write_json(args.json)
+        return
     if not args.server_only:
         measure(embedded, sizes, args.repeat, "embedded API")
     if not args.no_lists and not args.server_only:
@@ -283,6 +395,13 @@ def main() -> None:
                            args.profile_server, args.py_spy, prefect_dask=not args.no_prefect_dask)
         finally:
             server.stop()
+    write_json(args.json)
+
+
+def write_json(path: Path | None) -> None:
+    if path is not None:
+        path.write_text(json.dumps(FIGURES, indent=1) + "\n")
+
 
 if __name__ == "__main__":
     main()
