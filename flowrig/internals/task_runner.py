@@ -13,7 +13,9 @@ Runner side
       object likewise once per run; every task run depends on both keys;
     * each submission has an explicit key and ``pure=False``: nothing is tokenised;
     * ``map`` lets Prefect expand the mapping, then submits it through one public
-      ``Client.map``, and its futures fetch finished states in batches.
+      ``Client.map``;
+    * the futures fetch finished states in batches however the flow waits on them
+      (:mod:`flowrig.internals.task_futures`).
 
 Worker side
     :mod:`flowrig.internals.task_worker`: what a worker keeps of a run, and the call
@@ -27,7 +29,7 @@ tests/e2e/local/test_internals.py on the locked versions:
    into ``._exit_stack`` (with ``._connect_to`` and ``performance_report_path``), which
    this runner does itself, without adopting ``distributed.get_client()``'s client;
 2. ``PrefectFuture._final_state``: a future whose final state is set is not waited on
-   again (the batched fetch of ``map``);
+   again (the batched fetches of :mod:`~flowrig.internals.task_futures`, fenced there);
 3. ``TaskRunner.map`` calling ``self.submit(task=, parameters=, wait_for=, dependencies=)``
    once per item, in order, and only collecting what it returns;
 4. the private context variables ``prefect.context._deployment_id`` and
@@ -46,10 +48,9 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable
 
 from prefect_dask import DaskTaskRunner
-from prefect_dask.task_runners import PrefectDaskFuture
 
 from flowrig.internals import event_pacing, task_worker
-from flowrig.internals.lost_task_runs import LostAwareFuture
+from flowrig.internals.task_futures import BatchedFutureList, FetchGroup, FlowrigFuture, SubmitGroups
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -79,48 +80,6 @@ class _Collected:
         self.dependencies = dependencies
 
 
-def _batched_future_list() -> type:
-    import distributed
-    from prefect.futures import PrefectFutureList
-    from prefect.states import State
-
-    class BatchedFutureList(PrefectFutureList):
-        """Prefect futures of one ``map``, whose finished states arrive in batches."""
-
-        def _prefetch(self, stop_on_failure: bool) -> None:
-            by_key: dict[Any, list[PrefectDaskFuture]] = {}
-            for future in self:
-                if isinstance(future, PrefectDaskFuture) and not future._final_state:
-                    by_key.setdefault(future.wrapped_future.key, []).append(future)
-            if not by_key:
-                return
-            first = [group[0].wrapped_future for group in by_key.values()]
-            client = first[0].client
-            for batch in distributed.as_completed(first, with_results=False, loop=client.loop).batches():
-                done = [f for f in batch if f.status == "finished"]
-                failed = len(done) != len(batch)
-                if done:
-                    for wrapped, state in zip(done, client.gather(done, errors="skip")):
-                        if isinstance(state, State):
-                            for future in by_key[wrapped.key]:
-                                future._final_state = state
-                            failed = failed or not state.is_completed()
-                if stop_on_failure and failed:
-                    return  # Prefect's own code raises it now, as it would without batches
-
-        def wait(self, timeout: float | None = None) -> None:
-            if timeout is None:
-                self._prefetch(stop_on_failure=False)
-            super().wait(timeout=timeout)
-
-        def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
-            if timeout is None:
-                self._prefetch(stop_on_failure=raise_on_failure)
-            return super().result(timeout=timeout, raise_on_failure=raise_on_failure)
-
-    return BatchedFutureList
-
-
 class FlowrigTaskRunner(DaskTaskRunner):
     """A ``DaskTaskRunner`` whose cost per task is close to plain Dask's.
 
@@ -143,7 +102,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
     _TASK_CACHE_SIZE = 256
     #: Attributes that belong to one run in this process and never travel.
     _RUNTIME = ("_lock", "_run_future", "_task_futures", "_pinned", "_collecting", "progress", "_subscribed",
-                "_root")
+                "_root", "_submitted")
 
     def __init__(self, *args: Any, events: str = "send", progress: "TaskProgress | None" = None,
                  senders: int = 1, **kwargs: Any):
@@ -165,6 +124,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         self._task_futures: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
         self._tokens: list[str] = []
         self._subscribed = False
+        self._submitted = SubmitGroups()
         #: On a worker, the token of the run whose tasks submit through this runner
         #: (``None`` in the runner's own process).
         self._root: str | None = None
@@ -367,7 +327,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         future.task_run_id = task_run_id
         if self.progress is not None:
             self.progress.submitted(task.name)
-        return LostAwareFuture(wrapped_future=future, task_run_id=task_run_id)
+        return FlowrigFuture(future, task_run_id, self._submitted.current())
 
     def map(self, task: Any, parameters: Any, wait_for: Any = None) -> Any:
         if not self._started:
@@ -380,7 +340,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
             super().map(task, parameters, wait_for)
         finally:
             self._collecting = None
-        futures = _batched_future_list()()
+        futures = BatchedFutureList()
         if not collected:
             return futures
         task_worker.leave_thread_pool()
@@ -398,9 +358,10 @@ class FlowrigTaskRunner(DaskTaskRunner):
             task_worker.run_task, task_run_ids, params, waits, inputs, extras,
             run=run, task=task_future, key=[self._key(task, t) for t in task_run_ids], pure=False,
         )
+        group = FetchGroup()
         for task_run_id, future in zip(task_run_ids, wrapped):
             future.task_run_id = task_run_id
-            futures.append(LostAwareFuture(wrapped_future=future, task_run_id=task_run_id))
+            futures.append(FlowrigFuture(future, task_run_id, group))
         if self.progress is not None:
             self.progress.submitted(task.name, len(task_run_ids))
         return futures

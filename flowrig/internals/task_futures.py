@@ -1,0 +1,186 @@
+"""The futures flowrig's task runner hands out: prefect-dask's, whose finished states
+arrive in batches whatever way the flow waits on them.
+
+prefect-dask's ``PrefectDaskFuture.wait()`` and ``.result()`` each fetch one State from
+the cluster, a round trip through the scheduler per future: ``[f.result() for f in
+futures]``, ``prefect.futures.wait(futures)``, ``as_completed`` and a direct call
+``total(futures)`` (Prefect resolves each future with ``wait()`` and reads ``.state``)
+all pay it once per task. Here every future belongs to a :class:`FetchGroup` (one per
+``map``; one per 4096 ``submit`` calls), and waiting on one future with no timeout
+fetches it together with every other member the client already knows to be finished, in
+one ``Client.gather``. Each fetched State becomes the member's ``_final_state``, which
+is what prefect-dask sets once a future has been waited on, so later waits cost nothing.
+
+Anything else takes prefect-dask's own path untouched, so that errors and timeouts
+behave exactly as there: a wait with a timeout, a future whose Dask task errored (a
+``KilledWorker``, say) or was cancelled, a result that is not a State, and any failure
+of the batched fetch itself.
+
+Fenced by tests/e2e/local/test_internals_patterns.py: ``PrefectDaskFuture.wait``/
+``.result`` and ``_final_state``; ``prefect.futures.wait`` and ``resolve_to_final_result``
+calling ``wait()`` then reading ``.state``; ``Client.gather`` of a dict with
+``errors="skip"``.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+import distributed
+from prefect.futures import PrefectFutureList
+from prefect.states import State
+from prefect_dask.task_runners import PrefectDaskFuture
+
+from flowrig.internals.lost_task_runs import LostAwareFuture
+
+
+class FetchGroup:
+    """Futures whose finished states are fetched together; holds them weakly, so that a
+    future the flow drops is released on the cluster as before."""
+
+    #: Most results one gather brings.
+    BATCH = 1024
+    #: Members are scanned in submission order (the order Dask mostly runs them in) for
+    #: finished ones; the scan stops after this many unfinished in a row, so that a wait
+    #: on each of n futures in turn costs O(n) in all, not O(n^2).
+    LOOKAHEAD = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._members: list[weakref.ref[FlowrigFuture]] = []
+        #: Members before this index are all settled (final, or gone).
+        self._start = 0
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def add(self, future: "FlowrigFuture") -> None:
+        self._members.append(weakref.ref(future))
+
+    def _batch(self, target: "FlowrigFuture") -> list["FlowrigFuture"]:
+        """``target`` and the members the client knows as finished and not yet fetched."""
+        batch = [target]
+        with self._lock:
+            members, i = self._members, self._start
+            while i < len(members) and ((f := members[i]()) is None or f._final_state):
+                i += 1
+            self._start = i
+            misses = 0
+            while i < len(members) and len(batch) < self.BATCH and misses < self.LOOKAHEAD:
+                f = members[i]()
+                i += 1
+                if f is None or f is target or f._final_state:
+                    continue
+                if f._wrapped_future.status == "finished":
+                    batch.append(f)
+                    misses = 0
+                else:
+                    misses += 1
+        return batch
+
+    def fetch(self, target: "FlowrigFuture") -> None:
+        """Wait for ``target`` (moving no data), then fetch its state with its finished
+        peers' in one gather. Leaves ``target`` unsettled where prefect-dask's path must
+        answer: it errored, was cancelled, or the fetch failed."""
+        wrapped = target._wrapped_future
+        try:
+            if wrapped.status == "pending":
+                for _ in distributed.as_completed([wrapped], with_results=False, loop=wrapped.client.loop):
+                    pass
+            if wrapped.status != "finished":
+                return
+            batch = self._batch(target)
+            values = wrapped.client.gather({f._wrapped_future.key: f._wrapped_future for f in batch},
+                                           errors="skip")
+        except Exception:
+            return
+        for future in batch:
+            value = values.get(future._wrapped_future.key)
+            if isinstance(value, State):
+                future._final_state = value
+
+
+class FlowrigFuture(LostAwareFuture):
+    """A ``PrefectDaskFuture`` (whose task run ends Crashed when Dask gives up on it) that, waited on with no timeout, fetches its state with
+    its group's (:class:`FetchGroup`)."""
+
+    def __init__(self, wrapped_future: Any, task_run_id: Any, group: FetchGroup | None = None) -> None:
+        super().__init__(wrapped_future=wrapped_future, task_run_id=task_run_id)
+        self._group = group
+        if group is not None:
+            group.add(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A future pickled into a task's arguments travels as prefect-dask's would: its
+        # group (a lock, weak references) belongs to this process.
+        return {**self.__dict__, "_group": None}
+
+    def _fetch(self, timeout: float | None) -> None:
+        if timeout is None and not self._final_state and self._group is not None:
+            self._group.fetch(self)
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._fetch(timeout)
+        if not self._final_state:
+            super().wait(timeout=timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        self._fetch(timeout)
+        return super().result(timeout=timeout, raise_on_failure=raise_on_failure)
+
+
+class BatchedFutureList(PrefectFutureList):
+    """Prefect futures of one ``map``, whose finished states arrive in batches as they
+    finish (``.result()`` and ``.wait()`` of the whole list)."""
+
+    def _prefetch(self, stop_on_failure: bool) -> None:
+        by_key: dict[Any, list[PrefectDaskFuture]] = {}
+        for future in self:
+            if isinstance(future, PrefectDaskFuture) and not future._final_state:
+                by_key.setdefault(future.wrapped_future.key, []).append(future)
+        if not by_key:
+            return
+        first = [group[0].wrapped_future for group in by_key.values()]
+        client = first[0].client
+        for batch in distributed.as_completed(first, with_results=False, loop=client.loop).batches():
+            done = [f for f in batch if f.status == "finished"]
+            failed = len(done) != len(batch)
+            if done:
+                # A dict, whose skipped keys come back as None: a list's would drop out,
+                # shifting every later state onto the wrong future.
+                states = client.gather({f.key: f for f in done}, errors="skip")
+                for key, state in states.items():
+                    if isinstance(state, State):
+                        for future in by_key[key]:
+                            future._final_state = state
+                        failed = failed or not state.is_completed()
+                    else:
+                        failed = True
+            if stop_on_failure and failed:
+                return  # Prefect's own code raises it now, as it would without batches
+
+    def wait(self, timeout: float | None = None) -> None:
+        if timeout is None:
+            self._prefetch(stop_on_failure=False)
+        super().wait(timeout=timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        if timeout is None:
+            self._prefetch(stop_on_failure=raise_on_failure)
+        return super().result(timeout=timeout, raise_on_failure=raise_on_failure)
+
+
+class SubmitGroups:
+    """The rolling group of a runner's ``submit`` calls: a new one every ``SIZE``."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._group = FetchGroup()
+
+    def current(self) -> FetchGroup:
+        if len(self._group) >= self.SIZE:
+            self._group = FetchGroup()
+        return self._group
