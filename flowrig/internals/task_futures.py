@@ -52,12 +52,16 @@ class FetchGroup:
         self._members: list[weakref.ref[FlowrigFuture]] = []
         #: Members before this index are all settled (final, or gone).
         self._start = 0
+        self._added = 0
 
     def __len__(self) -> int:
-        return len(self._members)
+        """Members ever added."""
+        return self._added
 
     def add(self, future: "FlowrigFuture") -> None:
-        self._members.append(weakref.ref(future))
+        with self._lock:
+            self._members.append(weakref.ref(future))
+            self._added += 1
 
     def _batch(self, target: "FlowrigFuture") -> list["FlowrigFuture"]:
         """``target`` and the members the client knows as finished and not yet fetched."""
@@ -67,17 +71,23 @@ class FetchGroup:
             while i < len(members) and ((f := members[i]()) is None or f._final_state):
                 i += 1
             self._start = i
-            misses = 0
+            misses = settled = 0
             while i < len(members) and len(batch) < self.BATCH and misses < self.LOOKAHEAD:
                 f = members[i]()
                 i += 1
-                if f is None or f is target or f._final_state:
-                    continue
-                if f._wrapped_future.status == "finished":
-                    batch.append(f)
-                    misses = 0
-                else:
-                    misses += 1
+                if f is None or f._final_state:
+                    settled += 1
+                elif f is not target:
+                    if f._wrapped_future.status == "finished":
+                        batch.append(f)
+                        misses = 0
+                    else:
+                        misses += 1
+            if settled > self.BATCH and settled > (len(members) - self._start) // 2:
+                # Settled members behind an unsettled one (a slow task early in the
+                # list) would be scanned again by every fetch: drop them, once.
+                self._members = [r for r in members[self._start:] if (f := r()) is not None and not f._final_state]
+                self._start = 0
         return batch
 
     def fetch(self, target: "FlowrigFuture") -> None:
