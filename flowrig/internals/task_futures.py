@@ -19,7 +19,7 @@ of the batched fetch itself.
 Fenced by tests/e2e/local/test_internals_patterns.py: ``PrefectDaskFuture.wait``/
 ``.result`` and ``_final_state``; ``prefect.futures.wait`` and ``resolve_to_final_result``
 calling ``wait()`` then reading ``.state``; ``Client.gather`` of a dict with
-``errors="skip"``.
+``errors="skip"``; ``Future.exception()`` waiting for any end without fetching data.
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ class FetchGroup:
         wrapped = target._wrapped_future
         try:
             if wrapped.status == "pending":
-                for _ in distributed.as_completed([wrapped], with_results=False, loop=wrapped.client.loop):
-                    pass
+                # Waits for the task's end, whatever it is, and moves no data (one
+                # call, without as_completed's polling of a condition).
+                wrapped.exception()
             if wrapped.status != "finished":
                 return
             batch = self._batch(target)

@@ -136,3 +136,37 @@ def test_gather_of_a_dict_skips_errors_as_none_and_as_completed_ends_on_errors(c
     assert held.status == "cancelled"
     assert [f.key for f in distributed.as_completed([held], with_results=False, loop=client.loop)] == [held.key]
     release.set()
+
+
+def test_future_exception_waits_for_any_end_without_fetching_data(client, monkeypatch):
+    """What a fetch waits with: ``Future.exception()`` returns once the task ends,
+    finished (None), errored (its error) or cancelled (None), and gathers nothing."""
+    import threading
+
+    import distributed
+
+    gathered = []
+    original = distributed.Client._gather
+
+    async def counting(self, futures, *args, **kwargs):
+        gathered.append(futures)
+        return await original(self, futures, *args, **kwargs)
+
+    monkeypatch.setattr(distributed.Client, "_gather", counting)
+
+    def fail(event):
+        event.wait(30)
+        raise ValueError("late")
+
+    go = threading.Event()
+    ok = client.submit(lambda event: event.wait(30), go, pure=False)
+    bad = client.submit(fail, go, pure=False)
+    threading.Timer(0.2, go.set).start()
+    assert ok.status == "pending" and ok.exception() is None and ok.status == "finished"
+    assert isinstance(bad.exception(), ValueError) and bad.status == "error"
+    hold = threading.Event()
+    stuck = client.submit(hold.wait, 30, pure=False)
+    threading.Timer(0.2, stuck.cancel).start()
+    assert stuck.exception() is None and stuck.status == "cancelled"
+    hold.set()
+    assert gathered == []
