@@ -33,7 +33,7 @@ class Wrapped:
 
 
 def _members(client: Client, statuses: list[str], group: FetchGroup | None = None):
-    group = group or FetchGroup()
+    group = group if group is not None else FetchGroup()
     futures = [FlowrigFuture(Wrapped(client, f"k{i}", s), uuid.uuid4(), group) for i, s in enumerate(statuses)]
     return group, futures
 

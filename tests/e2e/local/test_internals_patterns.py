@@ -3,6 +3,7 @@ distributed: each test fails when those versions stop behaving so."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -110,22 +111,21 @@ def client():
             yield connected
 
 
+def _fail(seconds: float) -> None:
+    time.sleep(seconds)
+    raise ValueError("no")
+
+
 def test_gather_of_a_dict_skips_errors_as_none_and_as_completed_ends_on_errors(client):
     """``Client.gather({key: future}, errors="skip")`` gives None for an errored key
     (a list would drop it, shifting the rest); ``as_completed(with_results=False,
     loop=)`` returns on an errored or cancelled future without raising; the statuses
     the fetch reads are these."""
-    import threading
-
     import distributed
 
-    def fail():
-        raise ValueError("no")
-
-    release = threading.Event()
     ok = client.submit(lambda: 1, pure=False)
-    bad = client.submit(fail, pure=False)
-    held = client.submit(release.wait, 30, pure=False)
+    bad = client.submit(_fail, 0, pure=False)
+    held = client.submit(time.sleep, 3, pure=False)
     for _ in distributed.as_completed([ok, bad], with_results=False, loop=client.loop):
         pass
     assert (ok.status, bad.status, held.status) == ("finished", "error", "pending")
@@ -135,7 +135,6 @@ def test_gather_of_a_dict_skips_errors_as_none_and_as_completed_ends_on_errors(c
     held.cancel()
     assert held.status == "cancelled"
     assert [f.key for f in distributed.as_completed([held], with_results=False, loop=client.loop)] == [held.key]
-    release.set()
 
 
 def test_future_exception_waits_for_any_end_without_fetching_data(client, monkeypatch):
@@ -153,20 +152,11 @@ def test_future_exception_waits_for_any_end_without_fetching_data(client, monkey
         return await original(self, futures, *args, **kwargs)
 
     monkeypatch.setattr(distributed.Client, "_gather", counting)
-
-    def fail(event):
-        event.wait(30)
-        raise ValueError("late")
-
-    go = threading.Event()
-    ok = client.submit(lambda event: event.wait(30), go, pure=False)
-    bad = client.submit(fail, go, pure=False)
-    threading.Timer(0.2, go.set).start()
+    ok = client.submit(time.sleep, 0.3, pure=False)
+    bad = client.submit(_fail, 0.3, pure=False)
     assert ok.status == "pending" and ok.exception() is None and ok.status == "finished"
     assert isinstance(bad.exception(), ValueError) and bad.status == "error"
-    hold = threading.Event()
-    stuck = client.submit(hold.wait, 30, pure=False)
+    stuck = client.submit(time.sleep, 2, pure=False)
     threading.Timer(0.2, stuck.cancel).start()
     assert stuck.exception() is None and stuck.status == "cancelled"
-    hold.set()
     assert gathered == []
