@@ -114,8 +114,9 @@ class FetchGroup:
 
 
 class FlowrigFuture(LostAwareFuture):
-    """A ``PrefectDaskFuture`` (whose task run ends Crashed when Dask gives up on it) that, waited on with no timeout, fetches its state with
-    its group's (:class:`FetchGroup`)."""
+    """A ``PrefectDaskFuture`` (whose task run ends Crashed when Dask gives up on it,
+    :mod:`~flowrig.internals.lost_task_runs`) that, waited on with no timeout, fetches
+    its state with its group's (:class:`FetchGroup`)."""
 
     def __init__(self, wrapped_future: Any, task_run_id: Any, group: FetchGroup | None = None) -> None:
         super().__init__(wrapped_future=wrapped_future, task_run_id=task_run_id)
