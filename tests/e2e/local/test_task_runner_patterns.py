@@ -1,5 +1,5 @@
 """Every common way a flow waits on many tasks, through flowrig's task runner on a real
-TLS LocalCluster (worker processes), at n <= 200: the same results and the same failures
+TLS LocalCluster (worker processes), at n = 80: the same results and the same failures
 as Prefect's own task runner or prefect-dask, with finished states fetched in batches
 instead of one round trip per future.
 
@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.local.test_task_runner import _api_free
 
-N = 200
+N = 80
 
 
 def _tasks() -> types.SimpleNamespace:
@@ -156,7 +156,7 @@ def test_each_pattern_gives_what_prefect_gives(runner, pattern):
 
 @pytest.mark.parametrize("how", ["result-loop", "wait", "as-completed", "direct-call", "submit-loop"])
 def test_waiting_on_finished_futures_fetches_them_in_one_gather(runner, gathers, how):
-    """prefect-dask fetches each future's state in a round trip of its own (200 here)."""
+    """prefect-dask fetches each future's state in a round trip of its own (80 here)."""
     from prefect import flow
     from prefect.futures import as_completed, wait
 
