@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 import uuid
 
@@ -20,7 +19,7 @@ import pytest
 from flowrig.containers import engine
 from tests.docker_support import derived_image, docker_run_env
 from tests.e2e.docker.test_run_told import Server
-from tests.run_support import FLOWRIG_SCRIPT, write_project
+from tests.run_support import FLOWRIG_SCRIPT, RunWatcher, write_project
 
 pytestmark = pytest.mark.docker
 
@@ -53,17 +52,13 @@ def test_a_worker_stopped_mid_map_drains_and_every_task_run_completes(
     run_id = "drain" + uuid.uuid4().hex[:6]
     with derived_image(docker_client, seed_image, project, "flowrig-drain") as image:
         env = {**docker_run_env(run_id), "PREFECT_API_URL": container_prefect_server}
-        process = subprocess.Popen(
+        run = RunWatcher(subprocess.Popen(
             [FLOWRIG_SCRIPT, "run", str(project), "--backend", "docker", "--image", image, "--output", "json",
              "--param", f"n={TASKS}", "--param", f"tag={run_id}"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        lines: list[str] = []
-        threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        process = run.process
         try:
-            deadline = time.monotonic() + 300
-            while not any("Beginning flow run" in line for line in lines):
-                assert process.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
-                time.sleep(0.25)
+            run.wait_for("Beginning flow run", 300)
             time.sleep(4)  # every worker is in the middle of a task
             victim = docker_client.containers.get(f"flowrig-{run_id}-worker-0")
             victim.kill(signal="SIGTERM")
@@ -77,7 +72,7 @@ def test_a_worker_stopped_mid_map_drains_and_every_task_run_completes(
                 process.kill()
                 process.wait()
             engine.remove_run(docker_client, run_id)
-    err = "".join(lines)
+    err = run.tail(10**6)
     assert process.returncode == 0, err[-3000:]
     assert json.loads(out.strip().splitlines()[-1])["result"] == 2 * sum(range(TASKS))
 
