@@ -14,6 +14,9 @@ moto's answer:
   propagated yet);
 - :meth:`FaultProxy.worker_capacity`: RunTask for workers starts at most N worker tasks
   in all; every further one is a ``RESOURCE:FARGATE`` failure in the answer;
+- :meth:`FaultProxy.spot_capacity`: Spot has room for at most N workers in all: RunTask
+  on ``FARGATE_SPOT`` answers the rest as failures, as Fargate words a Spot shortage, and
+  RunInstances of a further Spot instance is refused ``InsufficientInstanceCapacity``;
 - :meth:`FaultProxy.stop_role`: DescribeTasks reports every task of a role (container
   ``dask-scheduler`` / ``dask-worker``) STOPPED with a stop code, stopped reason and
   container reason, as Fargate does when an image cannot be pulled;
@@ -48,50 +51,12 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from tests.aws_limits import AWS_LIMITS, AwsLimit
 from tests.token_bucket import TokenBucket
 
+__all__ = ["AWS_LIMITS", "AwsLimit", "FaultProxy", "fault_proxy"]
+
 _EC2_VERSION = "2016-11-15"
-
-FARGATE_THROTTLING_URL = "https://docs.aws.amazon.com/AmazonECS/latest/developerguide/throttling.html"
-ECS_THROTTLING_URL = "https://docs.aws.amazon.com/AmazonECS/latest/APIReference/request-throttling.html"
-
-
-@dataclass(frozen=True)
-class AwsLimit:
-    """One of AWS's token buckets: ``burst`` tokens at most, ``refill`` tokens a second.
-
-    ``per`` is what a call takes: one token (``"call"``) or one per task it asks for
-    (``"task"``, RunTask's ``count``).
-    """
-
-    name: str
-    operations: tuple[str, ...]
-    burst: float
-    refill: float
-    per: str
-    source: str
-
-
-#: AWS's rate limits on the calls a fargate run makes, per account and Region. Where AWS
-#: documents a figure the source is its page; where the page's table could not be read,
-#: the figure is an assumption, said as such.
-AWS_LIMITS: tuple[AwsLimit, ...] = (
-    # Fargate's launch bucket per account and Region: 100 tasks at once, refilled at 20
-    # tasks a second (On Demand and Spot alike).
-    AwsLimit("fargate-launches", ("RunTask",), 100, 20, "task", FARGATE_THROTTLING_URL),
-    # RunTask itself, on the same page: 20 calls a second, burst and sustained, at most 10
-    # tasks a call.
-    AwsLimit("run-task-calls", ("RunTask",), 20, 20, "call", FARGATE_THROTTLING_URL),
-    # ECS's request-throttling page names a bucket per group of actions, but its table
-    # could not be read here: the 20 a second is the figure others cite from it for
-    # DescribeTasks (https://github.com/aws-solutions/workload-discovery-on-aws/pull/355);
-    # the burst of 50 is the page's own example bucket (cluster reads). Assumed, both.
-    AwsLimit("task-reads", ("DescribeTasks", "ListTasks"), 50, 20, "call",
-             ECS_THROTTLING_URL + " (table not read; assumed)"),
-    # Not found at all: assumed as strict as RunTask's documented call rate.
-    AwsLimit("stop-task-calls", ("StopTask",), 20, 20, "call",
-             ECS_THROTTLING_URL + " (not found; assumed as RunTask's calls)"),
-)
 
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
@@ -137,6 +102,13 @@ class FaultProxy:
         #: ``clientToken`` of each RunTask request (throttled ones included), in order.
         self.client_tokens: list[str] = []
         self.worker_tasks_started = 0
+        #: Spot workers (tasks or instances) let through, and at most how many (``None``: any).
+        self.spot_started = 0
+        self._spot_capacity: int | None = None
+        #: The parameters of each RunTask request that reached the rules, in order.
+        self.run_task_requests: list[dict[str, Any]] = []
+        #: ``(market, instance type)`` of each RunInstances request that reached the rules, in order.
+        self.run_instances_requests: list[tuple[str, str]] = []
         #: ``(name, operations, per, bucket)`` of each rate limit.
         self._buckets: list[tuple[str, tuple[str, ...], str, TokenBucket]] = []
         #: Calls answered throttled by each rate limit, by its name.
@@ -195,6 +167,24 @@ class FaultProxy:
         """Let at most ``tasks`` worker tasks start in all; RunTask reports the rest as failures."""
         self._capacity = tasks
         self._capacity_reason = (reason, detail)
+
+    def spot_capacity(self, workers: int) -> None:
+        """Let at most ``workers`` Spot workers start in all (Fargate Spot tasks, Spot instances)."""
+        self._spot_capacity = workers
+
+    def _spot_refusal(self, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        """RunInstances of a Spot instance beyond :meth:`spot_capacity`: EC2's refusal, else ``None``."""
+        form = urllib.parse.parse_qs(body.decode(errors="replace"))
+        market = (form.get("InstanceMarketOptions.MarketType") or ["on-demand"])[0]
+        with self.lock:
+            self.run_instances_requests.append((market, (form.get("InstanceType") or [""])[0]))
+            if market != "spot" or self._spot_capacity is None:
+                return None
+            if self.spot_started < self._spot_capacity:
+                self.spot_started += 1
+                return None
+        return self._error("ec2", "InsufficientInstanceCapacity",
+                           "There is no Spot capacity available that matches your request.")
 
     def stop_role(self, role_container: str, *, stop_code: str, stopped_reason: str, container_reason: str,
                   before: Callable[[str], None] | None = None) -> None:
@@ -304,6 +294,10 @@ class FaultProxy:
             return self._answer(request, *answer(body))
         if operation == "RunTask":
             return self._run_task(request, body)
+        if operation == "RunInstances":
+            refusal = self._spot_refusal(body)
+            if refusal is not None:
+                return self._answer(request, *refusal)
         status, headers, payload = self._forward(request, body)
         if operation == "DescribeTasks" and status == 200 and self._stops:
             payload = self._rewrite_described(payload)
@@ -368,13 +362,21 @@ class FaultProxy:
         container = overrides[0].get("name", "")
         count = int(params.get("count", 1))
         allowed = count
+        spot = any(p.get("capacityProvider") == "FARGATE_SPOT" for p in params.get("capacityProviderStrategy") or ())
+        reason = self._capacity_reason
         with self.lock:
+            self.run_task_requests.append(dict(params))
+            if spot and self._spot_capacity is not None:
+                allowed = max(min(count, self._spot_capacity - self.spot_started), 0)
+                self.spot_started += allowed
+                reason = ("Capacity is unavailable at this time. Please try again later or in a different "
+                          "availability zone", "")
             if container == "dask-worker" and self._capacity is not None:
-                allowed = max(min(count, self._capacity - self.worker_tasks_started), 0)
+                allowed = max(min(allowed, self._capacity - self.worker_tasks_started), 0)
                 self.worker_tasks_started += allowed
         failures = [
-            {"arn": f"arn:aws:ecs:us-east-1:123456789012:capacity/{i}", "reason": self._capacity_reason[0],
-             "detail": self._capacity_reason[1]}
+            {"arn": f"arn:aws:ecs:us-east-1:123456789012:capacity/{i}", "reason": reason[0],
+             **({"detail": reason[1]} if reason[1] else {})}
             for i in range(count - allowed)
         ]
         if allowed == 0:

@@ -105,10 +105,22 @@ def describe_option_error(exc: ValidationError, backend: str, model: type[Option
         return f"[cluster.options] {key} not known to the {backend} backend; it takes {known}"
     if error["type"] == "value_error":
         return f"[cluster.options] {key}: {error['ctx']['error']}"
-    what = _WHAT.get(error["type"])
-    if what is None:
+    # A key of a union type (``spot``: a boolean or "fallback") fails each alternative.
+    alternatives = [e for e in exc.errors(include_url=False) if e["loc"][:1] == error["loc"][:1]]
+    whats = [_what(e) for e in alternatives]
+    if None in whats:
         return f"[cluster.options] {key} = {value!r}: {error['msg'].lower()}"
-    return f"[cluster.options] {key} must be {what.format(**error.get('ctx', {}))}, got {value!r}"
+    whats = list(dict.fromkeys(whats))
+    what = ", ".join(w.replace(" or ", ", ") for w in whats[:-1]) + " or " + whats[-1] if len(whats) > 1 else whats[0]
+    return f"[cluster.options] {key} must be {what}, got {value!r}"
+
+
+def _what(error: Any) -> str | None:
+    """What one pydantic ``error`` says its value must be, in the words of a TOML file."""
+    if error["type"] == "literal_error":
+        return str(error["ctx"]["expected"]).replace("'", '"')
+    what = _WHAT.get(error["type"])
+    return what.format(**error.get("ctx", {})) if what is not None else None
 
 
 @dataclass(frozen=True)

@@ -187,7 +187,7 @@ def test_fargate_tasks_are_shaped_by_their_size_and_priced_by_architecture_and_m
 
     settings = TaskSettings(
         cluster_arn="arn:c", scheduler_task_definition="s:1", worker_task_definition="w:1", subnets=["subnet-1"],
-        security_groups=["sg-1"], started_by="flowrig-r1", scheduler_command=[], worker_args=[], fargate_spot=True,
+        security_groups=["sg-1"], started_by="flowrig-r1", scheduler_command=[], worker_args=[], spot=True,
         shapes={"scheduler": (1024, 2048), "worker": (2048, 8192)}, cpu_architecture="ARM64",
     )
     region = SimpleNamespace(region_name="us-east-1")

@@ -118,6 +118,9 @@ class PoolCluster(Cluster):
         self.start_error: FlowrigError | None = None
         # Why each worker that stopped stopped, by name.
         self._lost: dict[str, str] = {}
+        # Handles of stopped workers not replaced yet, oldest first: a replacement
+        # starts in its lost worker's market.
+        self._replacing: list[str] = []
         #: The roles' lives (:mod:`flowrig.backends.usage`), by this process's clock: from
         #: the start asked to the stop asked or seen.
         self.life_log = LifeLog()
@@ -246,8 +249,9 @@ class PoolCluster(Cluster):
             missing = self._desired - len(self.workers)
             if missing > 0:
                 contact = self._endpoint.contact_address if self._endpoint else ""
+                replacing, self._replacing = self._replacing[:missing], self._replacing[missing:]
                 try:
-                    result = await _in_thread(self.launcher.start_workers, contact, missing)
+                    result = await _in_thread(self.launcher.start_workers, contact, missing, replacing)
                 except FlowrigError as exc:
                     self.start_error = exc
                     return
@@ -265,6 +269,7 @@ class PoolCluster(Cluster):
                         missing, self.launcher.kind, len(result.started), _reasons(result.refused),
                     )
             elif missing < 0:
+                self._replacing.clear()
                 # Not yet joined first: they hold no data.
                 extra = sorted(self.workers, key=lambda n: (self.workers[n].joined, n))[: -missing]
                 handles = [self.workers.pop(name).handle for name in extra]
@@ -308,6 +313,7 @@ class PoolCluster(Cluster):
             del self.workers[name]
             self.life_log.ended(name)
             self._lost[name] = state.reason
+            self._replacing.append(worker.handle)
             if worker.joined:
                 self.replacements.lost([name], f"stopped ({state.reason})" if state.reason else "stopped")
             else:

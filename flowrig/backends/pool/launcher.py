@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from flowrig.errors import InfrastructureError
 
@@ -92,9 +92,12 @@ class Launcher(abc.ABC):
         """Where the running scheduler ``handle`` listens."""
 
     @abc.abstractmethod
-    def start_workers(self, scheduler_address: str, count: int) -> WorkerStart:
+    def start_workers(self, scheduler_address: str, count: int, replacing: Sequence[str] = ()) -> WorkerStart:
         """Ask for ``count`` workers connecting to ``scheduler_address``, in as few calls as
-        the API allows; raises only when the API refused the call itself."""
+        the API allows; raises only when the API refused the call itself.
+
+        ``replacing`` holds the handles of lost workers the first of them replace, so a
+        launcher may start each in its lost worker's market (:mod:`flowrig.backends.markets`)."""
 
     @abc.abstractmethod
     def observe(self, handles: list[str]) -> dict[str, Observed]:

@@ -36,6 +36,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from flowrig.backends.ledger import Ledger, retry, wait_until
+from flowrig.backends.placement import SPOT
 from flowrig.backends.pool import Observed
 from flowrig.backends.vm.azure_clients import (
     AUTHORIZATION_API,
@@ -66,7 +67,8 @@ ACR_PULL_ROLE = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 #: Seconds a new identity may take to be known to role assignments.
 IDENTITY_PROPAGATION = 120.0
 #: Errors creating a VM that mean "not this VM now" (quota, capacity), not a bad request.
-_CAPACITY_CODES = {"OperationNotAllowed", "SkuNotAvailable", "AllocationFailed", "ZonalAllocationFailed"}
+_CAPACITY_CODES = {"OperationNotAllowed", "SkuNotAvailable", "AllocationFailed", "ZonalAllocationFailed",
+                   "OverconstrainedAllocationRequest", "OverconstrainedZonalAllocationRequest"}
 _VAULT_URL = re.compile(r"^https://(?P<name>[0-9a-zA-Z-]{3,24})\.vault\.[a-z0-9.-]+/?$")
 
 
@@ -94,6 +96,7 @@ class AzureCloud(Cloud):
 
     name = "azure"
     kind = "VM"
+    market_words = {"spot": "Azure Spot", "on-demand": "pay-as-you-go Azure"}
 
     def __init__(self, run_id: str, options: Any, clients: AzureClients | None = None) -> None:
         for key, example in (("resource_group", "flowrig-runs"), ("location", "westeurope")):
@@ -287,18 +290,18 @@ class AzureCloud(Cloud):
     def create(self, requests: list[VMRequest]) -> Created:
         from azure.core.exceptions import HttpResponseError
 
-        started, refused = {}, []
+        created = Created()
         for request in requests:
             try:
                 with azure_errors(f"creating VM {request.name}"):
                     self._create_vm(request)
-                started[request.name] = request.name
+                created.started[request.name] = request.name
             except InfrastructureError as exc:
                 cause = exc.__context__
                 if not isinstance(cause, HttpResponseError) or error_code(cause) not in _CAPACITY_CODES:
                     raise
-                refused.append(one_line(exc, 300))
-        return Created(started, refused)
+                created.refuse(request.name, one_line(exc, 300))
+        return created
 
     def _create_vm(self, request: VMRequest) -> None:
         options, network, compute = self.options, self.clients.network, self.clients.compute
@@ -336,7 +339,7 @@ class AzureCloud(Cloud):
         size = (options.scheduler_vm_size if request.role == "scheduler" else options.worker_vm_size) or options.vm_size
         if not self._ssh_key:
             self._ssh_key = _throwaway_ssh_key()
-        return {
+        body: dict[str, Any] = {
             "location": options.location,
             "tags": {**self.tags, "flowrig-role": request.role},
             "identity": {"type": "UserAssigned", "userAssignedIdentities": {self.identity_id: {}}},
@@ -358,6 +361,10 @@ class AzureCloud(Cloud):
                     {"id": nic_id, "properties": {"primary": True, "deleteOption": "Delete"}}]},
             },
         }
+        if request.market == SPOT:
+            # Deleted when evicted (a deallocated VM keeps its disk), at up to the on-demand price (-1).
+            body["properties"].update(priority="Spot", evictionPolicy="Delete", billingProfile={"maxPrice": -1})
+        return body
 
     def observe(self, handles: list[str]) -> dict[str, Observed]:
         seen = {}

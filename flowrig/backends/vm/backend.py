@@ -161,6 +161,7 @@ class VMBackend(PoolBackend):
             dashboard=options.dashboard,
             scheduler_args=tuple(options.scheduler_extra_args),
             worker_args=tuple(options.worker_extra_args),
+            spot=options.spot,
         )
 
     def preview(

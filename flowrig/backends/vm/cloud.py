@@ -13,6 +13,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Mapping
 
+from flowrig.backends.placement import ON_DEMAND
 from flowrig.backends.pool import Observed
 
 if TYPE_CHECKING:
@@ -31,19 +32,34 @@ class VMRequest:
         ``scheduler`` or ``worker``: which size and rules apply.
     user_data
         Its rendered cloud-init (checked for key material already).
+    market
+        ``on-demand``, or ``spot``: the cloud's Spot or preemptible VMs (workers only).
     """
 
     name: str
     role: str
     user_data: str
+    market: str = ON_DEMAND
 
 
 @dataclass(frozen=True)
 class Created:
-    """What came of creating VMs: ``name -> handle`` of each, and a reason per VM not."""
+    """What came of creating VMs: ``name -> handle`` of each, and a reason per VM not.
+
+    ``short`` holds, by name, the reasons of the VMs refused for want of capacity in the
+    market they were asked in (their reasons are in ``refused`` too): another market may
+    have room for them.
+    """
 
     started: dict[str, str] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
+    short: dict[str, str] = field(default_factory=dict)
+
+    def refuse(self, name: str, reason: str, short: bool = True) -> None:
+        """VM ``name`` was not created, for ``reason`` (``short``: its market lacked room)."""
+        self.refused.append(reason)
+        if short:
+            self.short[name] = reason
 
 
 class Cloud(abc.ABC):
@@ -57,6 +73,8 @@ class Cloud(abc.ABC):
     name: ClassVar[str]
     #: What the cloud calls a VM, in messages ("instance", "VM").
     kind: ClassVar[str] = "instance"
+    #: The markets in the words of the cloud's users, for the line a fallback is told in.
+    market_words: ClassVar[Mapping[str, str]] = {"spot": "Spot", "on-demand": "on-demand"}
 
     @abc.abstractmethod
     def prepare(self, dashboard: bool) -> None:

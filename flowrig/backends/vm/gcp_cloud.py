@@ -24,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from flowrig.backends.ledger import Ledger, retry
+from flowrig.backends.placement import SPOT
 from flowrig.backends.pool import Observed
 from flowrig.backends.vm.cloud import Cloud, Created, VMRequest
 from flowrig.backends.vm.gcp_clients import (
@@ -128,6 +129,7 @@ class GCPCloud(Cloud):
     """
 
     name = "gcp"
+    market_words = {"spot": "Compute Engine Spot", "on-demand": "standard Compute Engine"}
 
     def __init__(self, run_id: str, options: Any, clients: GCPClients | None = None) -> None:
         if not options.zone:
@@ -290,7 +292,7 @@ class GCPCloud(Cloud):
 
     # --- instances -------------------------------------------------------------------------
     def create(self, requests: list[VMRequest]) -> Created:
-        started, refused = {}, []
+        created = Created()
         instances = self.clients.compute.instances()
         for request in requests:
             try:
@@ -301,12 +303,12 @@ class GCPCloud(Cloud):
             except InfrastructureError as exc:
                 if not any(code in str(exc) for code in _CAPACITY):
                     raise
-                refused.append(one_line(exc, 300))
+                created.refuse(request.name, one_line(exc, 300))
                 continue
             self.ledger.record("instance", request.name, lambda d, name=request.name: self._delete_instance(name, d))
             self._operations[request.name] = operation["name"]
-            started[request.name] = request.name
-        return Created(started, refused)
+            created.started[request.name] = request.name
+        return created
 
     def _instance_body(self, request: VMRequest) -> dict:
         options = self.options
@@ -315,7 +317,7 @@ class GCPCloud(Cloud):
         interface: dict[str, Any] = {"subnetwork": self.subnetwork}
         if not options.use_private_ip:
             interface["accessConfigs"] = [{"type": "ONE_TO_ONE_NAT", "name": "External NAT"}]
-        return {
+        body: dict[str, Any] = {
             "name": request.name,
             "machineType": f"zones/{self.zone}/machineTypes/{machine}",
             "labels": {**self.labels_, "flowrig-role": request.role},
@@ -327,6 +329,11 @@ class GCPCloud(Cloud):
             "networkInterfaces": [interface],
             "serviceAccounts": [{"email": self.account_email, "scopes": SCOPES}],
         }
+        if request.market == SPOT:
+            # Deleted, not stopped, when taken back: a stopped Spot VM would hold its disk.
+            body["scheduling"] = {"provisioningModel": "SPOT", "instanceTerminationAction": "DELETE",
+                                  "automaticRestart": False, "onHostMaintenance": "TERMINATE"}
+        return body
 
     def observe(self, handles: list[str]) -> dict[str, Observed]:
         instances = self.clients.compute.instances()

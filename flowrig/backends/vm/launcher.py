@@ -10,16 +10,21 @@ name, so the scheduler's workers and the cloud's VMs match by name.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
-from dataclasses import dataclass, field
-from typing import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
 
+from flowrig.backends.markets import SpotSetting, fallback_line, markets_to_try, worker_markets
+from flowrig.backends.placement import Placement
 from flowrig.backends.pool import Endpoint, Launcher, Observed, WorkerStart
 from flowrig.backends.vm import cloudinit, scheduler_reach
 from flowrig.backends.vm.cloud import Cloud, VMRequest
 from flowrig.backends.vm.cloudinit import RegistryLogin, TLSDelivery, VMRole
 from flowrig.errors import InfrastructureError
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
+
+logger = logging.getLogger("flowrig.vm")
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,8 @@ class RoleSettings:
     ----------
     scheduler_args, worker_args
         The image's arguments of each role, a worker's without its scheduler and name.
+    spot
+        The workers' market (:mod:`flowrig.backends.markets`); the scheduler is never on Spot.
     """
 
     run_id: str
@@ -43,6 +50,7 @@ class RoleSettings:
     dashboard: bool = False
     scheduler_args: tuple[str, ...] = ()
     worker_args: tuple[str, ...] = ()
+    spot: SpotSetting = False
 
 
 def vm_name(run_id: str, role: str, index: int | None = None) -> str:
@@ -120,6 +128,8 @@ class VMLauncher(Launcher):
         self.reach_timeout = reach_timeout
         self.public_address = public_address
         self._numbers = itertools.count(1)
+        #: The market each worker VM was created in, by handle.
+        self._markets: dict[str, str] = {}
 
     def start_scheduler(self) -> str:
         role = scheduler_role(self.settings)
@@ -146,14 +156,42 @@ class VMLauncher(Launcher):
             dashboard_link=f"http://{address}:{DASHBOARD_PORT}/status" if self.settings.dashboard else None,
         )
 
-    def start_workers(self, scheduler_address: str, count: int) -> WorkerStart:
+    def start_workers(self, scheduler_address: str, count: int, replacing: Sequence[str] = ()) -> WorkerStart:
+        """Create ``count`` worker VMs, each in its market (:mod:`flowrig.backends.markets`:
+        a replacement of a lost worker of ``replacing`` in that worker's); with
+        ``spot = "fallback"`` the ones the cloud had no capacity for are asked again in
+        the other market, said in one line."""
+        spot = self.settings.spot
         requests = []
-        for _ in range(count):
+        for market in worker_markets(spot, count, [self._markets.get(handle) for handle in replacing]):
             name = vm_name(self.settings.run_id, "worker", next(self._numbers))
             role = worker_role(self.settings, scheduler_address, name)
-            requests.append(VMRequest(role.name, "worker", user_data(role)))
+            requests.append(VMRequest(role.name, "worker", user_data(role), market=market))
         created = self.cloud.create(requests)
-        return WorkerStart(started=dict(created.started), refused=list(created.refused))
+        refused = list(created.refused)
+        again: dict[str, list[VMRequest]] = {}
+        for request in requests:
+            tries = markets_to_try(spot, request.market)
+            if request.name in created.short and len(tries) > 1:
+                refused.remove(created.short[request.name])
+                again.setdefault(request.market, []).append(replace(request, market=tries[1]))
+        words = self.cloud.market_words
+        for market, moved in again.items():
+            logger.warning(fallback_line(len(moved), f"worker {self.kind}", words[market], words[moved[0].market],
+                                         created.short[moved[0].name]))
+        if again:
+            retried = self.cloud.create([request for moved in again.values() for request in moved])
+            created.started.update(retried.started)
+            refused += retried.refused
+        for request in [*requests, *(request for moved in again.values() for request in moved)]:
+            if request.name in created.started:
+                self._markets[created.started[request.name]] = request.market
+        return WorkerStart(started=dict(created.started), refused=refused)
+
+    def placement(self, handle: str, role: str) -> Placement | None:
+        """A worker VM's market (its shape is not read: no price)."""
+        market = self._markets.get(handle) if role == "worker" else None
+        return Placement(market=market) if market else None
 
     def observe(self, handles: list[str]) -> dict[str, Observed]:
         return self.cloud.observe(handles)

@@ -57,6 +57,12 @@ class VMOptions(CloudOptions):
     registry_login: StrictBool = Field(
         True, description="log in to the cloud's private registry with the VM's identity when the image is there"
     )
+    spot: StrictBool | Literal["fallback"] = Field(
+        False,
+        description="start the workers as the cloud's Spot VMs (EC2 Spot, GCP Spot, Azure Spot: cheaper; one taken "
+        'back is replaced, on Spot first); `"fallback"`: on Spot, and on-demand when Spot has no capacity. '
+        "The scheduler is never on Spot",
+    )
     env_vars: StringMap = Field(default_factory=dict, description="the workers' environment (nothing secret)")
     tags: StringMap = Field(default_factory=dict, description="tags or labels on every resource of the run")
     scheduler_extra_args: list[StrictStr] = Field(

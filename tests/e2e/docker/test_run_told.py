@@ -638,7 +638,7 @@ class InProcessLauncher:
     def scheduler_endpoint(self, handle):
         raise AssertionError("the pool is given a running scheduler")
 
-    def start_workers(self, scheduler_address: str, count: int):
+    def start_workers(self, scheduler_address: str, count: int, replacing=()):
         from distributed import Worker
         from distributed.utils import sync
 

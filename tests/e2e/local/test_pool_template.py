@@ -117,7 +117,7 @@ def test_a_cluster_that_cannot_start_closes_its_launcher_and_the_run(tls):
 class NeverJoiningLauncher(SchedulerLauncher):
     """Workers the cloud accepts and never runs."""
 
-    def start_workers(self, scheduler_address: str, count: int) -> WorkerStart:
+    def start_workers(self, scheduler_address: str, count: int, replacing=()) -> WorkerStart:
         return WorkerStart({f"pending-{i}": f"pending-{i}" for i in range(count)})
 
     def observe(self, handles):

@@ -57,6 +57,17 @@ CAPACITY_CODES = frozenset({
     "VcpuLimitExceeded",
     "InsufficientCapacity",
     "Unsupported",
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
+})
+#: Of those, the codes that say the market asked in has no room (no Spot capacity, Spot
+#: limit or price): with ``spot = "fallback"`` the VM is asked for in the other market.
+MARKET_SHORT_CODES = frozenset({
+    "InsufficientInstanceCapacity",
+    "InsufficientCapacity",
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
+    "Unsupported",
 })
 #: RunInstances codes that say a parameter from ``[cluster.options]`` is wrong (exit 2).
 PARAMETER_CODES = re.compile(
@@ -80,6 +91,7 @@ class EC2Cloud(Cloud):
 
     name = "ec2"
     kind = "instance"
+    market_words = {"spot": "EC2 Spot", "on-demand": "on-demand EC2"}
 
     def __init__(self, run_id: str, options: "EC2Options") -> None:
         self.run_id = run_id
@@ -246,17 +258,18 @@ class EC2Cloud(Cloud):
                       **{k: self.tags[k] for k in (iam_docs.RUN_TAG, iam_docs.OWNER_TAG) if k in self.tags}},
                 public_ip=not self.options.use_private_ip,
                 key_name=self.options.key_name,
+                market=request.market,
             )
-            instance_id, refused = self._run_instance(request.name, params)
+            instance_id, code, refused = self._run_instance(request.name, params)
             if instance_id:
                 instances.add(instance_id)
                 created.started[request.name] = instance_id
             else:
-                created.refused.append(refused or f"{request.name}: no reason given")
+                created.refuse(request.name, refused or f"{request.name}: no reason given", code in MARKET_SHORT_CODES)
         return created
 
-    def _run_instance(self, name: str, params: dict[str, Any]) -> tuple[str | None, str | None]:
-        """Start one instance: ``(id, None)``, or ``(None, why)`` when EC2 had no room for it.
+    def _run_instance(self, name: str, params: dict[str, Any]) -> tuple[str | None, str, str | None]:
+        """Start one instance: ``(id, "", None)``, or ``(None, code, why)`` when EC2 had no room for it.
 
         Raises
         ------
@@ -275,7 +288,7 @@ class EC2Cloud(Cloud):
                 except ClientError as exc:
                     code, message = error_code(exc)
                     if code in CAPACITY_CODES:
-                        return None, f"{name}: {code}: {one_line(message)}"
+                        return None, code, f"{name}: {code}: {one_line(message)}"
                     # A new instance profile is unknown to EC2 for some seconds.
                     if (code == "InvalidParameterValue" and "profile" in message.lower()
                             and time.monotonic() < propagation):
@@ -287,7 +300,7 @@ class EC2Cloud(Cloud):
                             "ami, key_name, subnet_id and security_groups in [cluster.options]"
                         ) from None
                     raise
-            return instance["InstanceId"], None
+            return instance["InstanceId"], "", None
 
     def _describe(self, instance_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The described instances of ``instance_ids`` that EC2 knows (yet)."""

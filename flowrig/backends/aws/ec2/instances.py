@@ -59,13 +59,16 @@ def instance_parameters(
     tags: Mapping[str, str],
     public_ip: bool,
     key_name: str | None,
+    market: str = "on-demand",
 ) -> dict[str, Any]:
     """The RunInstances parameters of one VM (pure).
 
     IMDSv2 only (session tokens), with a hop limit of 2 so that the role's container
     (host networking, yet one hop more behind Docker's bridge when there is one) reaches
     it; an encrypted root volume deleted with the instance; a public address only when
-    asked for; the VM's name as its ``Name`` tag, on the instance and its volume.
+    asked for; the VM's name as its ``Name`` tag, on the instance and its volume. A
+    ``spot`` VM is a one-time Spot request at the on-demand price at most (no
+    ``MaxPrice``), terminated when EC2 takes it back.
     """
     labelled = tag_list({**tags, "Name": name})
     params: dict[str, Any] = {
@@ -98,6 +101,9 @@ def instance_parameters(
         params["IamInstanceProfile"] = dict(profile)
     if key_name:
         params["KeyName"] = key_name
+    if market == "spot":
+        params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
+            "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
     return params
 
 

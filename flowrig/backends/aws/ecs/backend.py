@@ -45,11 +45,12 @@ from flowrig.backends.pool.backend import CloudRun, PoolBackend
 from flowrig.errors import BadInput
 
 if TYPE_CHECKING:
-    from flowrig.backends.aws.ecs.launcher import ECSLauncher, TaskSettings
+    from flowrig.backends.aws.ecs.launcher import ECSLauncher
     from flowrig.backends.aws.ecs.taskdefs import RoleSize
     from flowrig.backends.aws.lease import LeaseRenewer
     from flowrig.backends.aws.resources import RunResources
     from flowrig.backends.aws.session import Session
+    from flowrig.backends.markets import SpotSetting
     from flowrig.backends.preflight import Check, PreflightPlan
 
 
@@ -65,6 +66,8 @@ class _Launch:
     #: Roles whose task definition flowrig registers for the run: their certificates
     #: arrive from the run's secret, and their environment is in the definition.
     own_definitions: frozenset[str]
+    #: The workers' market: on-demand (false), Fargate Spot (true), or Spot first ("fallback").
+    spot: "SpotSetting" = False
 
 
 @dataclass(frozen=True)
@@ -135,9 +138,11 @@ class ECSRun(CloudRun):
         started_by = f"{defaults.FAMILY_PREFIX}-{self.spec.run_id}"[:128]
         # Whatever happens to the cluster object, teardown finds the run's tasks by this.
         self.resources.track_tasks(self.infra.cluster_arn, started_by)
-        return ECSLauncher(self.session, _task_settings(
-            self.backend, self.spec, self.options, self.launch, self.infra, definitions,
-            self.tags, started_by, self.resources,
+        from flowrig.backends.aws.ecs.task_settings import task_settings
+
+        return ECSLauncher(self.session, task_settings(
+            self.spec, self.options, self.launch, self.infra, definitions, self.tags, started_by,
+            self.resources, self.backend._scheduler_command(self.spec, self.options, self.launch),
         ))
 
     def close(self) -> list[str]:
@@ -256,6 +261,7 @@ class _ECSBase(PoolBackend):
             validate.check_fargate_size("scheduler", sizes["scheduler"].cpu, sizes["scheduler"].memory)
         if fargate_workers:
             validate.check_fargate_size("worker", sizes["worker"].cpu, sizes["worker"].memory)
+        spot = validate.check_spot(options, fargate_workers)
         validate.check_user_environment(options.environment, options.secrets, allowed)
         if options.worker_task_definition_arn and (options.environment or options.secrets):
             raise BadInput(
@@ -278,6 +284,7 @@ class _ECSBase(PoolBackend):
             + taskdefs.scheduler_extra_args(delivered="scheduler" in own),
             worker_args=worker_args + taskdefs.worker_extra_args(delivered="worker" in own),
             own_definitions=own,
+            spot=spot,
         )
 
     @staticmethod
@@ -408,41 +415,3 @@ class FargateBackend(_ECSBase):
     name = "fargate"
     fargate = True
 
-
-def _task_settings(
-    backend: _ECSBase, spec: ClusterSpec, options: ECSOptions, launch: _Launch, infra: _Infrastructure,
-    definitions: Mapping[str, str], tags: Mapping[str, str], started_by: str, resources: "RunResources",
-) -> "TaskSettings":
-    """How the launcher starts the run's scheduler and worker tasks."""
-    from flowrig.backends.aws.ecs.launcher import TaskSettings
-
-    return TaskSettings(
-        cluster_arn=infra.cluster_arn,
-        scheduler_task_definition=definitions["scheduler"],
-        worker_task_definition=definitions["worker"],
-        subnets=infra.subnets,
-        security_groups=infra.security_groups,
-        started_by=started_by,
-        scheduler_command=backend._scheduler_command(spec, options, launch),
-        dashboard=options.dashboard,
-        worker_args=launch.worker_args,
-        worker_threads=spec.worker_threads,
-        fargate=launch.fargate_workers,
-        scheduler_fargate=launch.fargate_scheduler,
-        fargate_spot=options.fargate_spot,
-        public_ip=not options.fargate_use_private_ip,
-        tags={k: v for k, v in tags.items() if k != "createdBy"},
-        # In the worker task definition when flowrig registers it; RunTask
-        # overrides (visible to DescribeTasks) carry commands only.
-        environment={} if "worker" in launch.own_definitions else dict(spec.worker_env),
-        scheduler_task_kwargs=options.scheduler_task_kwargs,
-        worker_task_kwargs=options.worker_task_kwargs,
-        # Only flowrig's own definitions are known to log there (stop reasons quote them).
-        log_group=infra.log_group if launch.own_definitions == {"scheduler", "worker"} else "",
-        log_stream_prefix=infra.stream_prefix,
-        role_propagation_until=resources.role_propagation_until,
-        shapes={role: shape for role, shape in (("scheduler", (options.scheduler_cpu, options.scheduler_mem)),
-                                                ("worker", (options.worker_cpu, options.worker_mem)))
-                if role in launch.own_definitions},
-        cpu_architecture=options.cpu_architecture.upper(),
-    )

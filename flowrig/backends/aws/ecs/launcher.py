@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from flowrig.backends.aws.ecs import pacing
 from flowrig.backends.aws.session import Session, aws_errors
+from flowrig.backends.markets import SpotSetting, fallback_line, first_market, markets_to_try, worker_markets
 from flowrig.backends.pool import Endpoint, Launcher, Observed, WorkerStart
 from flowrig.backends.usage import ON_DEMAND, SPOT, Placement
 from flowrig.errors import InfrastructureError, one_line
@@ -58,9 +59,12 @@ class TaskSettings:
         Where the tasks run and from which task definitions.
     subnets, security_groups, public_ip
         Their ``awsvpc`` network; a public address only when asked for.
-    fargate, scheduler_fargate, fargate_spot
-        Launch type of the workers and of the scheduler: Fargate (workers on Spot
-        capacity when asked), else the cluster's own capacity.
+    fargate, scheduler_fargate
+        Launch type of the workers and of the scheduler: Fargate, else the cluster's
+        own capacity.
+    spot
+        The workers' market on Fargate (:mod:`flowrig.backends.markets`): on-demand,
+        Fargate Spot, or Spot falling back to on-demand; the scheduler is never on Spot.
     started_by, tags
         Name the run on every task (teardown finds tasks by ``startedBy``).
     scheduler_command
@@ -87,7 +91,7 @@ class TaskSettings:
     worker_threads: int = 1
     fargate: bool = True
     scheduler_fargate: bool = True
-    fargate_spot: bool = False
+    spot: SpotSetting = False
     public_ip: bool = False
     tags: Mapping[str, str] = field(default_factory=dict)
     environment: Mapping[str, str] = field(default_factory=dict)
@@ -166,8 +170,21 @@ _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
      "unset so the run makes its own"),
     (("RESOURCE:", "Capacity is unavailable", "capacity", "AGENT"),
      "no capacity for the task right now: run again later, in other subnets or availability zones, "
-     "with smaller worker_cpu/worker_mem, or without fargate_spot"),
+     'with smaller worker_cpu/worker_mem, or with spot = "fallback" (or without spot)'),
 )
+
+
+#: Words of a RunTask failure that say Fargate had no capacity for the task (Spot's answer
+#: when it has none: ``RESOURCE:FARGATE`` / "Capacity is unavailable at this time").
+_NO_CAPACITY = ("capacity is unavailable", "resource:fargate")
+#: The markets in the words a Fargate user knows.
+_MARKET_WORDS = {SPOT: "Fargate Spot", ON_DEMAND: "on-demand Fargate"}
+
+
+def no_capacity(reason: str) -> bool:
+    """Whether a RunTask failure ``reason`` says Fargate had no capacity (worth another market)."""
+    lowered = reason.lower()
+    return any(word in lowered for word in _NO_CAPACITY)
 
 
 def hint(reason: str) -> str:
@@ -213,6 +230,8 @@ class ECSLauncher(Launcher):
         self.aws = aws
         self.settings = settings
         self._tasks: dict[str, dict[str, Any]] = {}
+        #: The market each worker task was started in, by ARN.
+        self._markets: dict[str, str] = {}
         #: One-line explanation of each task seen stopped (its log lines are read once).
         self._explained: dict[str, str] = {}
         self._launches = pacing.Pacer(pacing.LAUNCHES)
@@ -225,8 +244,9 @@ class ECSLauncher(Launcher):
 
     def _run_task(self, role: str, definition: str, container: str, command: list[str],
                   environment: Mapping[str, str], extra: Mapping[str, Any], fargate: bool,
-                  count: int = 1) -> tuple[list[dict[str, Any]], list[str]]:
-        """Ask for ``count`` tasks in one call: the tasks started and a reason per task not."""
+                  count: int = 1, market: str = ON_DEMAND) -> tuple[list[dict[str, Any]], list[str]]:
+        """Ask for ``count`` tasks in one call (on Fargate: in ``market``): the tasks
+        started and ECS's reason per task not, as it gave it."""
         s = self.settings
         override: dict[str, Any] = {"name": container, "command": command}
         if environment:
@@ -251,7 +271,7 @@ class ECSLauncher(Launcher):
             "tags": [{"key": k, "value": v} for k, v in sorted(s.tags.items())],
         }
         if fargate:
-            if s.fargate_spot and role == "worker":
+            if market == SPOT and role == "worker":  # the scheduler is never on Spot
                 kwargs["capacityProviderStrategy"] = [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]
             else:
                 kwargs["launchType"] = "FARGATE"
@@ -260,7 +280,9 @@ class ECSLauncher(Launcher):
         tasks = list(response.get("tasks") or [])[:count]
         for task in tasks:
             self._tasks[task["taskArn"]] = task
-        refused = [explain(failure_reason(f)) for f in response.get("failures") or []]
+            if role == "worker":
+                self._markets[task["taskArn"]] = market if fargate else ON_DEMAND
+        refused = [failure_reason(f) for f in response.get("failures") or []]
         # A short answer with no failure listed still leaves tasks unstarted.
         refused += ["ECS started fewer tasks than asked, without a reason"] * max(count - len(tasks) - len(refused), 0)
         return tasks, refused[: count - len(tasks)]
@@ -291,7 +313,7 @@ class ECSLauncher(Launcher):
             {}, s.scheduler_task_kwargs, s.scheduler_fargate,
         )
         if not tasks:
-            raise InfrastructureError(f"ECS did not start the scheduler task: {refused[0]}")
+            raise InfrastructureError(f"ECS did not start the scheduler task: {explain(refused[0])}")
         return tasks[0]["taskArn"]
 
     def scheduler_endpoint(self, handle: str) -> Endpoint:
@@ -304,23 +326,46 @@ class ECSLauncher(Launcher):
             dashboard_link=f"http://{address}:{DASHBOARD_PORT}/status" if self.settings.dashboard else None,
         )
 
-    def start_workers(self, scheduler_address: str, count: int) -> WorkerStart:
+    def start_workers(self, scheduler_address: str, count: int, replacing: Sequence[str] = ()) -> WorkerStart:
         """Ask for ``count`` workers, :data:`RUN_BATCH` per RunTask call; each is named
-        after its task's id. A call AWS refuses outright raises; failures of single
-        tasks are returned with their reasons."""
+        after its task's id. Each is asked in its market (:mod:`flowrig.backends.markets`:
+        a replacement of a lost worker of ``replacing`` in that worker's), and with
+        ``spot = "fallback"`` the ones Fargate had no capacity for are asked again in the
+        other market, said in one line. A call AWS refuses outright raises; failures of
+        single tasks are returned with their reasons."""
         s = self.settings
+        command = worker_command(s, scheduler_address)
+        firsts = worker_markets(s.spot, count, [self._markets.get(handle) for handle in replacing])
         started: dict[str, str] = {}
         refused: list[str] = []
-        command = worker_command(s, scheduler_address)
+        for market in dict.fromkeys(firsts):
+            got, short = self._start_in(market, firsts.count(market), command, refused)
+            started.update(got)
+            tries = markets_to_try(s.spot, market)
+            if short and len(tries) > 1:
+                logger.warning(fallback_line(len(short), "worker task", _MARKET_WORDS[market],
+                                             _MARKET_WORDS[tries[1]], short[0]))
+                got, short = self._start_in(tries[1], len(short), command, refused)
+                started.update(got)
+            refused += short
+        return WorkerStart(started=started, refused=[explain(reason) for reason in refused])
+
+    def _start_in(self, market: str, count: int, command: list[str],
+                  refused: list[str]) -> tuple[dict[str, str], list[str]]:
+        """Ask for ``count`` workers in ``market``: ``name -> ARN`` of those started, and
+        the reasons of those Fargate had no capacity for; other reasons go to ``refused``."""
+        s = self.settings
+        started: dict[str, str] = {}
+        short: list[str] = []
         for start in range(0, count, RUN_BATCH):
-            batch = min(RUN_BATCH, count - start)
             tasks, failures = self._run_task(
                 "worker", s.worker_task_definition, s.worker_container, command,
-                s.environment, s.worker_task_kwargs, s.fargate, count=batch,
+                s.environment, s.worker_task_kwargs, s.fargate, count=min(RUN_BATCH, count - start), market=market,
             )
             started.update((task_id(task["taskArn"]), task["taskArn"]) for task in tasks)
-            refused += failures
-        return WorkerStart(started=started, refused=refused)
+            for reason in failures:
+                (short if no_capacity(reason) else refused).append(reason)
+        return started, short
 
     def observe(self, handles: list[str]) -> dict[str, Observed]:
         found: dict[str, Observed] = {}
@@ -366,15 +411,16 @@ class ECSLauncher(Launcher):
         return [event["message"] for event in events if str(event.get("message", "")).strip()][-LOG_TAIL_LINES:]
 
     def placement(self, handle: str, role: str) -> Placement | None:
-        """A Fargate task's shape from its task definition's size, on Fargate Spot for
-        workers when asked; tasks on the cluster's own capacity are not priced here."""
+        """A Fargate task's shape from its task definition's size, in the market it was
+        started in; tasks on the cluster's own capacity are not priced here."""
         s = self.settings
         fargate = s.fargate if role == "worker" else s.scheduler_fargate
         cpu, memory = s.shapes.get(role, (0, 0))
         if not fargate or not cpu:
             return None
+        market = self._markets.get(handle, first_market(s.spot)) if role == "worker" else ON_DEMAND
         return Placement(
-            market=SPOT if role == "worker" and s.fargate_spot else ON_DEMAND, vcpu=cpu / 1024,
+            market=market, vcpu=cpu / 1024,
             memory_gib=memory / 1024, price_key=f"fargate:{self.aws.region_name}:{s.cpu_architecture}",
         )
 

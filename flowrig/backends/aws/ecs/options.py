@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 
 from flowrig.backends.aws.ecs import defaults
 from flowrig.backends.base import N_WORKERS_FIX, CloudOptions, Seconds, StringMap
+from flowrig.errors import BadInput
 
 
 class ECSOptions(CloudOptions):
@@ -64,8 +65,13 @@ class ECSOptions(CloudOptions):
     fargate_workers: StrictBool | None = Field(
         None, description="run the workers on Fargate; default: true on `fargate`, false on `ecs`"
     )
+    spot: StrictBool | Literal["fallback"] = Field(
+        False,
+        description="start the workers on Fargate Spot (cheaper; an interrupted worker is replaced, on Spot first); "
+        '`"fallback"`: on Spot, and on on-demand Fargate when Spot has no capacity. The scheduler is never on Spot',
+    )
     fargate_spot: StrictBool = Field(
-        False, description="start the workers on Fargate Spot capacity (cheaper; an interrupted worker is replaced)"
+        False, description="the older name of `spot = true` (set one of the two)"
     )
     vpc: StrictStr | None = Field(None, description="VPC of the tasks; default: the region's default VPC")
     subnets: list[StrictStr] | None = Field(None, description="subnets of the tasks; default: every subnet of the VPC")
@@ -152,3 +158,17 @@ class ECSOptions(CloudOptions):
     worker_task_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="more RunTask parameters for the worker tasks"
     )
+
+    def worker_spot(self) -> "bool | Literal['fallback']":
+        """The workers' ``spot`` setting, from ``spot`` or its older name ``fargate_spot``.
+
+        Raises
+        ------
+        BadInput
+            When both keys are set.
+        """
+        if {"spot", "fargate_spot"} <= self.model_fields_set:
+            raise BadInput(
+                "[cluster.options] sets both spot and fargate_spot (its older name): keep spot and drop fargate_spot"
+            )
+        return self.spot if "spot" in self.model_fields_set else self.fargate_spot

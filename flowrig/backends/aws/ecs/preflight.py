@@ -27,11 +27,13 @@ def fargate_needs(options: "ECSOptions", launch: Any, max_workers: int) -> tuple
     if launch.fargate_scheduler and not options.scheduler_address and not options.scheduler_task_definition_arn:
         scheduler = options.scheduler_cpu / 1024
         scheduler_what = f"the scheduler's {scheduler:g}"
-    spot = workers if options.fargate_spot else 0.0
-    on_demand = scheduler + (0.0 if options.fargate_spot else workers)
+    # Workers are asked on Spot first (also with spot = "fallback"); the scheduler never is.
+    on_spot = bool(launch.spot)
+    spot = workers if on_spot else 0.0
+    on_demand = scheduler + (0.0 if on_spot else workers)
     needs = []
     if on_demand:
-        what = " + ".join(p for p in ("" if options.fargate_spot else workers_what, scheduler_what) if p)
+        what = " + ".join(p for p in ("" if on_spot else workers_what, scheduler_what) if p)
         needs.append(VcpuNeed("fargate", *FARGATE_ON_DEMAND, on_demand, what))
     if spot:
         needs.append(VcpuNeed("fargate", *FARGATE_SPOT, spot, workers_what))

@@ -8,11 +8,15 @@ against botocore's own service model, so a bad file is never written.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from flowrig.common.environ import check_env_name
 from flowrig.errors import BadInput
 from flowrig.project.secret_rules import secret_looking, value_secret
+
+if TYPE_CHECKING:
+    from flowrig.backends.aws.ecs.options import ECSOptions
+    from flowrig.backends.markets import SpotSetting
 
 #: The roles a task definition can be rendered for.
 ROLES = ("runner", "scheduler", "worker")
@@ -134,6 +138,42 @@ def check_user_environment(
                 f"secrets.{name} = {value_from!r} is not a Secrets Manager or SSM parameter ARN: "
                 "use arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME or arn:aws:ssm:REGION:ACCOUNT:parameter/NAME"
             )
+
+
+def check_spot(options: "ECSOptions", fargate_workers: bool) -> "SpotSetting":
+    """The workers' ``spot`` setting, checked with what it depends on; the scheduler is
+    never on Spot.
+
+    Raises
+    ------
+    BadInput
+        Both ``spot`` and ``fargate_spot`` set; Spot for workers not on Fargate; a
+        launch type or capacity provider strategy in ``worker_task_kwargs`` beside
+        ``spot``; Fargate Spot named in ``scheduler_task_kwargs``.
+    """
+    spot = options.worker_spot()
+    strategy = options.scheduler_task_kwargs.get("capacityProviderStrategy")
+    if "FARGATE_SPOT" in str(strategy) or options.scheduler_task_kwargs.get("launchType") == "FARGATE_SPOT":
+        raise BadInput(
+            "scheduler_task_kwargs puts the scheduler on Fargate Spot, and losing the scheduler ends the run: "
+            "drop capacityProviderStrategy from scheduler_task_kwargs (spot applies to workers only)"
+        )
+    if not spot:
+        return spot
+    if not fargate_workers:
+        key = "spot" if "spot" in options.model_fields_set else "fargate_spot"
+        value = "true" if spot is True else '"fallback"'
+        raise BadInput(
+            f"{key} = {value} asks Fargate Spot for the workers, which run on the cluster's own capacity here "
+            f"(fargate_workers = false): set fargate_workers = true in [cluster.options], or drop {key}"
+        )
+    given = sorted(set(options.worker_task_kwargs) & {"launchType", "capacityProviderStrategy"})
+    if given:
+        raise BadInput(
+            f"worker_task_kwargs sets {' and '.join(given)}, which spot decides: drop {' and '.join(given)} "
+            "from worker_task_kwargs, or drop spot"
+        )
+    return spot
 
 
 def parse_pairs(kind: str, pairs: list[str] | tuple[str, ...] | None) -> dict[str, str]:

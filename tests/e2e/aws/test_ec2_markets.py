@@ -1,0 +1,51 @@
+"""EC2 Spot workers, and ``spot = "fallback"``, against moto behind the fault proxy.
+
+moto starts a Spot instance whenever it is asked for one (marking it
+``InstanceLifecycle: spot``): the proxy refuses RunInstances of a Spot instance beyond
+the Spot capacity it is given with ``InsufficientInstanceCapacity``, as EC2 does, and
+forwards the rest. Workers "join" a real mutual-TLS scheduler on loopback
+(``scheduler_address``), as in test_ec2_backend.py.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from flowrig.backends.aws.ec2.backend import EC2Backend
+from flowrig.backends.usage import ON_DEMAND, SPOT
+from tests.e2e.aws.test_ec2_backend import assert_nothing_left, ec2_bootstrapped, instances, spec  # noqa: F401
+from tests.tls_support import local_scheduler
+
+pytestmark = [pytest.mark.aws, pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")]
+
+
+@pytest.mark.usefixtures("ec2_bootstrapped")
+def test_fallback_starts_an_on_demand_instance_when_spot_has_no_capacity(aws, fault_proxy, tls, caplog):
+    fault_proxy.spot_capacity(1)
+    with local_scheduler(tls, workers=1) as scheduler:
+        with caplog.at_level(logging.WARNING, logger="flowrig"):
+            started = EC2Backend().start(spec(tls, "ec2s", scheduler_address=scheduler.scheduler_address,
+                                              provision_timeout=120, spot="fallback"))
+        try:
+            # Both asked on Spot, one refused and asked again on-demand.
+            assert fault_proxy.run_instances_requests == [
+                ("spot", "t3.medium"), ("spot", "t3.medium"), ("on-demand", "t3.medium")]
+            lifecycles = {_name(i): i.get("InstanceLifecycle", ON_DEMAND) for i in instances("ec2s")}
+            assert lifecycles == {"flowrig-ec2s-worker-1": "spot", "flowrig-ec2s-worker-2": ON_DEMAND}
+            said = [r.getMessage() for r in caplog.records if "no capacity" in r.getMessage()]
+            assert said == [
+                "EC2 Spot had no capacity for 1 worker instance (flowrig-ec2s-worker-2: InsufficientInstanceCapacity: "
+                "There is no Spot capacity available that matches your request.): asked for it on on-demand EC2 "
+                'instead, as spot = "fallback" allows']
+            assert "not started" not in caplog.text
+            assert {life.name: life.placement.market for life in started.lives()} == {
+                "flowrig-ec2s-worker-1": SPOT, "flowrig-ec2s-worker-2": ON_DEMAND}
+        finally:
+            started.close()
+    assert_nothing_left("ec2s")
+
+
+def _name(instance: dict) -> str:
+    return next(t["Value"] for t in instance["Tags"] if t["Key"] == "Name")
