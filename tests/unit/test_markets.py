@@ -222,3 +222,15 @@ def test_spot_instances_are_one_time_spot_requests_that_botocore_accepts():
     assert "InstanceMarketOptions" not in demand
     assert {k: v for k, v in spot.items() if k not in ("InstanceMarketOptions", "ClientToken")} == {
         k: v for k, v in demand.items() if k != "ClientToken"}
+
+
+def test_a_spot_workers_task_definition_gives_it_fargates_longest_stop_timeout():
+    from flowrig.backends.aws.ecs import taskdefs, validate
+
+    settings = taskdefs.TaskDefinitionSettings(image=IMAGE, name="r1", region="us-east-1", log_group="/flowrig/r1",
+                                               execution_role_arn="arn:aws:iam::123456789012:role/e",
+                                               worker_stop_timeout=120)
+    worker = taskdefs.render_task_definition("worker", settings)
+    validate.check_task_definition(worker)
+    assert worker["containerDefinitions"][0]["stopTimeout"] == 120
+    assert "stopTimeout" not in taskdefs.render_task_definition("scheduler", settings)["containerDefinitions"][0]

@@ -65,7 +65,18 @@ def test_gcp_spot_workers_are_spot_vms_deleted_when_taken_back_and_the_scheduler
         assert body["scheduling"] == {"provisioningModel": "SPOT", "instanceTerminationAction": "DELETE",
                                       "automaticRestart": False, "onHostMaintenance": "TERMINATE"}
     assert {vms.placement(handle, "worker").market for handle in started.started.values()} == {SPOT}
+    # Each Spot worker watches for its preemption notice and hands its work over first.
+    assert [notice_of(body) for body in (scheduler, *workers)] == [None, "gcp", "gcp"]
     assert cloud.delete() == []
+
+
+def notice_of(body: dict) -> str | None:
+    """``FLOWRIG_SPOT_NOTICE`` of a GCP instance body's role, as its cloud-init holds it."""
+    from flowrig.backends.vm import cloudinit
+    from flowrig.roles import NOTICE_ENV
+
+    [user_data] = [item["value"] for item in body["metadata"]["items"] if item["key"] == "user-data"]
+    return cloudinit.parse(user_data).environment.get(NOTICE_ENV)
 
 
 def test_gcp_fallback_creates_a_standard_vm_when_spot_has_no_room(google, caplog):
@@ -79,6 +90,7 @@ def test_gcp_fallback_creates_a_standard_vm_when_spot_has_no_room(google, caplog
     first, again = inserted(google)
     assert first["name"] == again["name"] == "flowrig-gs2-worker-1"
     assert first["scheduling"]["provisioningModel"] == "SPOT" and "scheduling" not in again
+    assert (notice_of(first), notice_of(again)) == ("gcp", None)
     assert started.started == {"flowrig-gs2-worker-1": "flowrig-gs2-worker-1"} and started.refused == []
     [line] = [r.getMessage() for r in caplog.records]
     assert line.startswith("Compute Engine Spot had no capacity for 1 worker instance (Google Cloud refused creating "

@@ -181,7 +181,9 @@ class VMBackend(PoolBackend):
             tls = TLSDelivery(source=self.secret_source, ref=ref)
         settings = self.role_settings(spec, options, tls)
         address = scheduler_address or options.scheduler_address or "tls://<the scheduler VM's private address>:8786"
-        worker = worker_role(settings, address, vm_name(spec.run_id, "worker", PREVIEW_WORKER))
+        # The first worker is asked on Spot whenever spot is set: it watches for the notice.
+        worker = worker_role(settings, address, vm_name(spec.run_id, "worker", PREVIEW_WORKER),
+                             self.name if options.spot else None)
         return scheduler_role(settings), worker
 
     def open_run(self, spec: ClusterSpec, options: Any) -> VMRun:

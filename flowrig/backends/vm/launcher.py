@@ -12,17 +12,17 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from flowrig.backends.markets import SpotSetting, fallback_line, markets_to_try, worker_markets
-from flowrig.backends.placement import Placement
+from flowrig.backends.placement import SPOT, Placement
 from flowrig.backends.pool import Endpoint, Launcher, Observed, WorkerStart
 from flowrig.backends.vm import cloudinit, scheduler_reach
 from flowrig.backends.vm.cloud import Cloud, VMRequest
 from flowrig.backends.vm.cloudinit import RegistryLogin, TLSDelivery, VMRole
 from flowrig.errors import InfrastructureError
-from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
+from flowrig.roles import DASHBOARD_PORT, NOTICE_ENV, SCHEDULER_PORT
 
 logger = logging.getLogger("flowrig.vm")
 
@@ -73,15 +73,18 @@ def scheduler_role(settings: RoleSettings) -> VMRole:
     )
 
 
-def worker_role(settings: RoleSettings, scheduler_address: str, name: str) -> VMRole:
-    """A worker VM's role, joining ``scheduler_address`` as ``name``."""
+def worker_role(settings: RoleSettings, scheduler_address: str, name: str, notice: str | None = None) -> VMRole:
+    """A worker VM's role, joining ``scheduler_address`` as ``name``; a Spot VM's worker
+    watches its cloud's ``notice`` (``ec2``, ``gcp``, ``azure``: :mod:`flowrig.roles.metadata`)
+    and hands its work over before the VM is taken back."""
+    environment = {**settings.environment, **({NOTICE_ENV: notice} if notice else {})}
     return VMRole(
         run_id=settings.run_id,
         role="worker",
         name=name,
         image=settings.image,
         command=cloudinit.worker_arguments(scheduler_address, name, settings.worker_threads, settings.worker_args),
-        environment=dict(settings.environment),
+        environment=environment,
         tls=settings.tls,
         registry=settings.registry,
         install_docker=settings.install_docker,
@@ -162,11 +165,9 @@ class VMLauncher(Launcher):
         ``spot = "fallback"`` the ones the cloud had no capacity for are asked again in
         the other market, said in one line."""
         spot = self.settings.spot
-        requests = []
-        for market in worker_markets(spot, count, [self._markets.get(handle) for handle in replacing]):
-            name = vm_name(self.settings.run_id, "worker", next(self._numbers))
-            role = worker_role(self.settings, scheduler_address, name)
-            requests.append(VMRequest(role.name, "worker", user_data(role), market=market))
+        markets = worker_markets(spot, count, [self._markets.get(handle) for handle in replacing])
+        names = [vm_name(self.settings.run_id, "worker", next(self._numbers)) for _ in markets]
+        requests = [self._worker_request(scheduler_address, name, market) for name, market in zip(names, markets)]
         created = self.cloud.create(requests)
         refused = list(created.refused)
         again: dict[str, list[VMRequest]] = {}
@@ -174,7 +175,8 @@ class VMLauncher(Launcher):
             tries = markets_to_try(spot, request.market)
             if request.name in created.short and len(tries) > 1:
                 refused.remove(created.short[request.name])
-                again.setdefault(request.market, []).append(replace(request, market=tries[1]))
+                again.setdefault(request.market, []).append(
+                    self._worker_request(scheduler_address, request.name, tries[1]))
         words = self.cloud.market_words
         for market, moved in again.items():
             logger.warning(fallback_line(len(moved), f"worker {self.kind}", words[market], words[moved[0].market],
@@ -187,6 +189,10 @@ class VMLauncher(Launcher):
             if request.name in created.started:
                 self._markets[created.started[request.name]] = request.market
         return WorkerStart(started=dict(created.started), refused=refused)
+
+    def _worker_request(self, scheduler_address: str, name: str, market: str) -> VMRequest:
+        role = worker_role(self.settings, scheduler_address, name, self.cloud.name if market == SPOT else None)
+        return VMRequest(role.name, "worker", user_data(role), market=market)
 
     def placement(self, handle: str, role: str) -> Placement | None:
         """A worker VM's market (its shape is not read: no price)."""

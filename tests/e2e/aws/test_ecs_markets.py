@@ -64,6 +64,13 @@ def test_fallback_starts_on_demand_when_spot_has_no_capacity_and_replaces_in_the
                 'as spot = "fallback" allows']
             # Nothing was refused: the start is not a partial one.
             assert "not started" not in caplog.text
+            # Its workers hand their work over on Fargate Spot's two-minute notice.
+            [definition] = {r["taskDefinition"] for r in workers}
+            [container] = boto3.client("ecs").describe_task_definition(
+                taskDefinition=definition)["taskDefinition"]["containerDefinitions"]
+            assert container["stopTimeout"] == 120
+            assert {"name": "FLOWRIG_SPOT_NOTICE", "value": "ecs"} in container["environment"]
+            assert {"name": "FLOWRIG_DRAIN_SECONDS", "value": "110"} in container["environment"]
             markets = {life.name: life.placement.market for life in started.lives()}
             assert sorted(markets.values()) == [ON_DEMAND, ON_DEMAND, SPOT]
 

@@ -371,7 +371,8 @@ class _ECSBase(PoolBackend):
             environment = {delivery.FROM_ENV: "secret"}
             secrets = {delivery.SECRET_ENV: str(tls_secret)}
             if role == "worker":
-                environment = {**dict(spec.worker_env), **options.environment, **environment}
+                environment = {**dict(spec.worker_env), **options.environment, **environment,
+                               **_spot_notice(launch.spot)}
                 secrets = {**options.secrets, **secrets}
             settings = taskdefs.TaskDefinitionSettings(
                 image=spec.image or "",
@@ -395,6 +396,7 @@ class _ECSBase(PoolBackend):
                 mount_on_scheduler=options.mount_volumes_on_scheduler,
                 environment=environment,
                 secrets=secrets,
+                worker_stop_timeout=defaults.SPOT_STOP_TIMEOUT if launch.spot else None,
             )
             params = taskdefs.render_task_definition(role, settings)
             validate.check_task_definition(params)
@@ -415,3 +417,10 @@ class FargateBackend(_ECSBase):
     name = "fargate"
     fargate = True
 
+
+def _spot_notice(spot: "SpotSetting") -> dict[str, str]:
+    """A Spot worker's drain (:mod:`flowrig.roles.drain`): on Fargate Spot's notice it hands
+    its work over within the container's stop timeout."""
+    from flowrig.roles import DRAIN_ENV, NOTICE_ENV
+
+    return {NOTICE_ENV: "ecs", DRAIN_ENV: str(defaults.SPOT_DRAIN_SECONDS)} if spot else {}

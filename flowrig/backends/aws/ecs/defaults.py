@@ -45,3 +45,10 @@ PROVISION_TIMEOUT = 600.0
 #: none (``<prefix>-<run id>``, removed at its end), so two invocations never meet
 #: unless they name one network with ``--network``.
 RUN_LOCAL_NETWORK = "flowrig-ecs-local"
+
+#: ``stopTimeout`` of a Spot worker's container: Fargate's longest, the two minutes of
+#: Fargate Spot's notice (SIGTERM comes with it), so the worker can hand its work over.
+SPOT_STOP_TIMEOUT = 120
+#: Seconds a Spot worker's drain may take from SIGTERM (``FLOWRIG_DRAIN_SECONDS``): a
+#: little less than :data:`SPOT_STOP_TIMEOUT`, so its supervisor ends it before the kill.
+SPOT_DRAIN_SECONDS = 110

@@ -119,6 +119,9 @@ class TaskDefinitionSettings:
     create_log_group
         Let ECS create the log group on first use; the execution role then needs
         ``logs:CreateLogGroup``, which AWS's standard execution policy does not grant.
+    worker_stop_timeout
+        Seconds from SIGTERM to SIGKILL of the worker container (``stopTimeout``; at
+        most 120 on Fargate); ``None``: ECS's default (30 s on Fargate).
     """
 
     image: str
@@ -145,6 +148,7 @@ class TaskDefinitionSettings:
     mount_points: tuple[Mapping[str, Any], ...] = ()
     mount_on_scheduler: bool = False
     create_log_group: bool = False
+    worker_stop_timeout: int | None = None
 
 
 def scheduler_extra_args(delivered: bool = False) -> list[str]:
@@ -230,6 +234,8 @@ def container_definition(role: str, settings: TaskDefinitionSettings) -> dict[st
     else:
         container["command"] = worker_command(settings.worker_threads, _args(settings.worker_args))
         container["healthCheck"] = _health_check(WORKER_HEALTH_COMMAND)
+        if settings.worker_stop_timeout is not None:
+            container["stopTimeout"] = settings.worker_stop_timeout
     if role in ("scheduler", "worker"):
         limit = defaults.NOFILE_LIMIT
         container["ulimits"] = [{"name": "nofile", "softLimit": limit, "hardLimit": limit}]
