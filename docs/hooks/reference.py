@@ -88,6 +88,8 @@ def type_text(schema: dict[str, Any]) -> str:
         return text + _bounds(schema)
     if "enum" in schema:
         return " or ".join(f'`"{value}"`' for value in schema["enum"])
+    if isinstance(schema.get("const"), str):  # a Literal of one string
+        return f'`"{schema["const"]}"`'
     kind = schema.get("type")
     if kind == "array":
         return f"list of {_plural(type_text(schema.get('items', {})))}"

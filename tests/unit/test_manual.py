@@ -125,6 +125,7 @@ def test_the_reference_shows_types_and_defaults_as_toml_writes_them():
     }
     assert rows["`provision_timeout`"][0] == "number > 0"
     assert rows["`fargate_spot`"] == ["boolean", "`false`"]
+    assert rows["`spot`"] == ['boolean or `"fallback"`', "`false`"]
     assert rows["`subnets`"] == ["list of strings", "not set"]
     assert rows["`environment`"] == ["table of strings", "`{}`"]
     project = reference.project_reference()
