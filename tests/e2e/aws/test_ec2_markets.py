@@ -49,3 +49,26 @@ def test_fallback_starts_an_on_demand_instance_when_spot_has_no_capacity(aws, fa
 
 def _name(instance: dict) -> str:
     return next(t["Value"] for t in instance["Tags"] if t["Key"] == "Name")
+
+
+@pytest.mark.usefixtures("ec2_bootstrapped")
+def test_only_a_markets_shortage_may_fall_back_and_a_spot_request_is_what_moto_starts(aws, monkeypatch):
+    from flowrig.backends.vm.cloud import VMRequest
+    from tests.e2e.aws.test_ec2_backend import cloud, refuse_run_instances
+
+    ec2 = cloud("ec2m")
+    try:
+        ec2.prepare(dashboard=False)
+        [started] = ec2.create([VMRequest("flowrig-ec2m-worker-1", "worker", "#cloud-config\n", market=SPOT)]
+                               ).started.values()
+        [instance] = instances("ec2m")
+        assert (instance["InstanceId"], instance.get("InstanceLifecycle")) == (started, "spot")
+        for code, short in (("SpotMaxPriceTooLow", True), ("MaxSpotInstanceCountExceeded", True),
+                            ("InsufficientFreeAddressesInSubnet", False)):
+            refuse_run_instances(monkeypatch, code, "refused")
+            created = ec2.create([VMRequest("flowrig-ec2m-worker-2", "worker", "#cloud-config\n", market=SPOT)])
+            assert created.refused == [f"flowrig-ec2m-worker-2: {code}: refused"]
+            assert created.short == ({"flowrig-ec2m-worker-2": created.refused[0]} if short else {}), code
+    finally:
+        assert ec2.delete() == []
+    assert_nothing_left("ec2m")

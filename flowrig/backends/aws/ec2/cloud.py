@@ -60,15 +60,10 @@ CAPACITY_CODES = frozenset({
     "SpotMaxPriceTooLow",
     "MaxSpotInstanceCountExceeded",
 })
-#: Of those, the codes that say the market asked in has no room (no Spot capacity, Spot
-#: limit or price): with ``spot = "fallback"`` the VM is asked for in the other market.
-MARKET_SHORT_CODES = frozenset({
-    "InsufficientInstanceCapacity",
-    "InsufficientCapacity",
-    "SpotMaxPriceTooLow",
-    "MaxSpotInstanceCountExceeded",
-    "Unsupported",
-})
+#: Of those, the codes that say the market asked in has no room (capacity, its own limit,
+#: Spot's price): with ``spot = "fallback"`` the VM is asked for in the other market. A
+#: subnet out of addresses is no market's: the other would fare no better.
+MARKET_SHORT_CODES = CAPACITY_CODES - {"InsufficientFreeAddressesInSubnet"}
 #: RunInstances codes that say a parameter from ``[cluster.options]`` is wrong (exit 2).
 PARAMETER_CODES = re.compile(
     r"^(InvalidParameter\w*|InvalidInstanceType\S*|InvalidAMIID\S*|InvalidKeyPair\S*|InvalidSubnet\S*"
