@@ -234,3 +234,25 @@ def test_a_spot_workers_task_definition_gives_it_fargates_longest_stop_timeout()
     validate.check_task_definition(worker)
     assert worker["containerDefinitions"][0]["stopTimeout"] == 120
     assert "stopTimeout" not in taskdefs.render_task_definition("scheduler", settings)["containerDefinitions"][0]
+
+
+def test_the_task_definitions_a_spot_project_renders_drain_its_workers(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from flowrig.cli.ecs import app
+    from tests.unit.test_ecs_taskdefs import PROJECT_TOML
+    from tests.unit.test_ecs_taskdefs import write_project as write_ecs_project
+
+    for spot, expected in (('spot = "fallback"', 120), ("fargate_spot = false", None)):
+        (tmp_path / spot.split()[0]).mkdir()
+        project = write_ecs_project(tmp_path / spot.split()[0], PROJECT_TOML + spot + "\n")
+        result = CliRunner().invoke(app, ["task-definitions", str(project), "--image", "reg/etl:1"],
+                                    env={"AWS_REGION": ""})
+        assert result.exit_code == 0, result.output
+        [worker] = json.loads(result.stdout)["worker"]["containerDefinitions"]
+        assert worker.get("stopTimeout") == expected
+        environment = {e["name"]: e["value"] for e in worker["environment"]}
+        assert environment == ({"MODE": "prod", "FLOWRIG_SPOT_NOTICE": "ecs", "FLOWRIG_DRAIN_SECONDS": "110"}
+                               if expected else {"MODE": "prod"})

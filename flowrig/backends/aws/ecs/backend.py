@@ -372,7 +372,7 @@ class _ECSBase(PoolBackend):
             secrets = {delivery.SECRET_ENV: str(tls_secret)}
             if role == "worker":
                 environment = {**dict(spec.worker_env), **options.environment, **environment,
-                               **_spot_notice(launch.spot)}
+                               **taskdefs.spot_environment(launch.spot)}
                 secrets = {**options.secrets, **secrets}
             settings = taskdefs.TaskDefinitionSettings(
                 image=spec.image or "",
@@ -417,10 +417,3 @@ class FargateBackend(_ECSBase):
     name = "fargate"
     fargate = True
 
-
-def _spot_notice(spot: "SpotSetting") -> dict[str, str]:
-    """A Spot worker's drain (:mod:`flowrig.roles.drain`): on Fargate Spot's notice it hands
-    its work over within the container's stop timeout."""
-    from flowrig.roles import DRAIN_ENV, NOTICE_ENV
-
-    return {NOTICE_ENV: "ecs", DRAIN_ENV: str(defaults.SPOT_DRAIN_SECONDS)} if spot else {}

@@ -175,6 +175,9 @@ def task_definition_settings(
     worker_environment = dict(options.environment) if options else {}
     worker_secrets = dict(options.secrets) if options else {}
     validate.check_user_environment(worker_environment, worker_secrets)
+    # Workers on Fargate Spot hand their work over on its notice, as a run's own do.
+    spot = bool(options and options.worker_spot())
+    worker_environment.update(taskdefs.spot_environment(spot))
     threads, worker_args, no_client_timeout = _cluster_settings(request, project, options)
     settings = taskdefs.TaskDefinitionSettings(
         image=request.image,
@@ -203,6 +206,7 @@ def task_definition_settings(
         volumes=tuple(options.volumes) if options else (),
         mount_points=tuple(options.mount_points) if options else (),
         mount_on_scheduler=bool(options and options.mount_volumes_on_scheduler),
+        worker_stop_timeout=defaults.SPOT_STOP_TIMEOUT if spot else None,
     )
     if settings.cpu_architecture not in ("X86_64", "ARM64"):
         raise BadInput(f"cpu architecture {settings.cpu_architecture!r} is not one ECS runs: use X86_64 or ARM64")

@@ -151,6 +151,13 @@ class TaskDefinitionSettings:
     worker_stop_timeout: int | None = None
 
 
+def spot_environment(spot: Any) -> dict[str, str]:
+    """What a Spot worker's container adds to its environment: it runs under the drain
+    supervisor (:mod:`flowrig.roles.drain`) and, on Fargate Spot's notice, hands its work
+    over within :data:`~flowrig.backends.aws.ecs.defaults.SPOT_STOP_TIMEOUT`."""
+    return {roles.NOTICE_ENV: "ecs", roles.DRAIN_ENV: str(defaults.SPOT_DRAIN_SECONDS)} if spot else {}
+
+
 def scheduler_extra_args(delivered: bool = False) -> list[str]:
     """What follows ``dask-scheduler [--no-client-timeout S]``: listen on TLS only, with the
     baked files, or (``delivered``) with those the run delivers, which the role's
