@@ -256,3 +256,22 @@ def test_the_task_definitions_a_spot_project_renders_drain_its_workers(tmp_path)
         environment = {e["name"]: e["value"] for e in worker["environment"]}
         assert environment == ({"MODE": "prod", "FLOWRIG_SPOT_NOTICE": "ecs", "FLOWRIG_DRAIN_SECONDS": "110"}
                                if expected else {"MODE": "prod"})
+
+
+@pytest.mark.parametrize(("options", "spot_vcpus", "on_demand_vcpus"), [
+    ({}, None, 4.5),
+    ({"spot": True}, 4.0, 0.5),
+    ({"spot": "fallback"}, 4.0, 0.5),  # asked on Spot first: Spot's quota
+    ({"fargate_spot": True}, 4.0, 0.5),
+])
+def test_preflight_counts_spot_workers_against_the_spot_quota_and_the_scheduler_never(options, spot_vcpus,
+                                                                                         on_demand_vcpus):
+    from flowrig.backends import get_backend
+    from flowrig.backends.aws.ecs.preflight import fargate_needs
+
+    backend = get_backend("fargate")
+    parsed = backend.parse_options({"region_name": "us-east-1", "scheduler_cpu": 512, "scheduler_mem": 1024,
+                                    **options})
+    needs = {need.quota_name: need.vcpus for need in fargate_needs(parsed, backend._launch(parsed), 4)}
+    assert needs.get("Fargate Spot vCPU resource count") == spot_vcpus
+    assert needs.get("Fargate On-Demand vCPU resource count") == on_demand_vcpus
