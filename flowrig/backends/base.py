@@ -124,6 +124,33 @@ def _what(error: Any) -> str | None:
 
 
 @dataclass(frozen=True)
+class WorkerGroupSpec:
+    """One worker group of a run's cluster (``[[cluster.worker_groups]]``), sized.
+
+    Parameters
+    ----------
+    name
+        The group's name; its workers are named ``NAME-1``, ``NAME-2``...
+    n_workers
+        Workers of the group.
+    threads
+        Threads of each of its workers.
+    resources
+        The Dask resources each of its workers offers: ``flowrig-group-NAME`` (one per
+        thread, what the group's tasks ask for), then the group's own.
+    """
+
+    name: str
+    n_workers: int
+    threads: int
+    resources: Mapping[str, float] = field(default_factory=dict)
+
+    def worker_names(self) -> list[str]:
+        """The names of the group's workers, ``NAME-1`` to ``NAME-N``."""
+        return [f"{self.name}-{i}" for i in range(1, self.n_workers + 1)]
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     """Everything a backend needs to start one run's cluster.
 
@@ -157,6 +184,10 @@ class ClusterSpec:
         replaced; :mod:`flowrig.backends.watch`), from the cluster's own thread, from
         as soon as the cluster exists until it closes. ``None``: nobody listens, and
         nothing is watched.
+    groups
+        The worker groups, when the project has ``[[cluster.worker_groups]]``
+        (only for a backend whose :attr:`Backend.takes_worker_groups`): the cluster's
+        workers are theirs, and ``size`` is their sum.
     """
 
     run_id: str
@@ -170,6 +201,7 @@ class ClusterSpec:
     min_workers: int = 0
     allowed_environment: frozenset[str] = frozenset()
     on_news: "Callable[[ClusterNews], None] | None" = None
+    groups: tuple[WorkerGroupSpec, ...] = ()
 
     @property
     def start_minimum(self) -> int:
@@ -266,6 +298,9 @@ class Backend(abc.ABC):
     #: run's image (:mod:`flowrig.run.in_container`) rather than in its own process;
     #: inside the image the runner always runs in the process.
     runner_in_container: ClassVar[bool] = False
+    #: Whether the backend starts ``[[cluster.worker_groups]]`` (:attr:`ClusterSpec.groups`);
+    #: a run with groups on any other backend is refused before anything starts.
+    takes_worker_groups: ClassVar[bool] = False
 
     def parse_options(self, options: Mapping[str, Any]) -> Any:
         """``[cluster.options]`` validated by :attr:`options_model`.

@@ -45,10 +45,11 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from prefect_dask import DaskTaskRunner
 
+from flowrig.common.routes import resources_for
 from flowrig.internals import event_pacing, task_worker
 from flowrig.internals.task_futures import BatchedFutureList, FetchGroup, FlowrigFuture, SubmitGroups
 
@@ -95,6 +96,10 @@ class FlowrigTaskRunner(DaskTaskRunner):
     senders
         Worker processes the run may have (its maximum size): with ``"send"`` each paces
         its task events to its share of the run's window.
+    routes
+        Task tag -> worker group (:mod:`flowrig.common.routes`): a task with a group's
+        tag is submitted asking for that group's Dask resource, so only its workers
+        run it; ``None``: every task runs anywhere.
     **kwargs
         As for ``DaskTaskRunner`` (``address``, ``client_kwargs``...).
     """
@@ -105,13 +110,14 @@ class FlowrigTaskRunner(DaskTaskRunner):
                 "_root", "_submitted")
 
     def __init__(self, *args: Any, events: str = "send", progress: "TaskProgress | None" = None,
-                 senders: int = 1, **kwargs: Any):
+                 senders: int = 1, routes: "Mapping[str, str] | None" = None, **kwargs: Any):
         if events not in EVENTS:
             raise ValueError(f"events must be one of {EVENTS}, got {events!r}")
         super().__init__(*args, **kwargs)
         self.events = events
         self.progress = progress
         self.senders = senders
+        self.routes = dict(routes or {})
         self._reset()
 
     def _reset(self) -> None:
@@ -146,6 +152,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         twin.events = self.events
         twin.progress = self.progress
         twin.senders = self.senders
+        twin.routes = self.routes
         return twin
 
     def __eq__(self, other: object) -> bool:
@@ -301,6 +308,17 @@ class FlowrigTaskRunner(DaskTaskRunner):
             self._extra(task, task_run_id, inputs, need_assets),
         )
 
+    def _resources(self, task: Any) -> dict[str, float] | None:
+        """The worker group's resource a task asks for, by its tags and the tags of
+        its ``with tags(...)`` block, as its task run's tags are."""
+        if not self.routes:
+            return None
+        from prefect.context import TagsContext
+
+        context = TagsContext.get()
+        tags = set(task.tags or ()) | set(context.current_tags if context is not None else ())
+        return resources_for(task.name, tags, self.routes)
+
     @staticmethod
     def _key(task: Any, task_run_id: uuid.UUID) -> str:
         return f"{task.name}-{task_run_id.hex}"
@@ -313,6 +331,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
             collected = _Collected(parameters, wait_for, dependencies)
             self._collecting.append(collected)
             return collected
+        resources = self._resources(task)  # a task of two groups fails before anything is sent
         task_worker.leave_thread_pool()
         self._subscribe()
         token, run = self._run_payload()
@@ -322,7 +341,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         )
         future = self.client.submit(
             task_worker.run_task, task_run_id, params, waits, inputs, extra,
-            run=run, task=task_future, key=self._key(task, task_run_id), pure=False,
+            run=run, task=task_future, key=self._key(task, task_run_id), pure=False, resources=resources,
         )
         future.task_run_id = task_run_id
         if self.progress is not None:
@@ -343,6 +362,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         futures = BatchedFutureList()
         if not collected:
             return futures
+        resources = self._resources(task)
         task_worker.leave_thread_pool()
         self._subscribe()
         token, run = self._run_payload()
@@ -357,6 +377,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         wrapped = self.client.map(
             task_worker.run_task, task_run_ids, params, waits, inputs, extras,
             run=run, task=task_future, key=[self._key(task, t) for t in task_run_ids], pure=False,
+            resources=resources,
         )
         group = FetchGroup()
         for task_run_id, future in zip(task_run_ids, wrapped):

@@ -19,6 +19,7 @@ from pydantic.dataclasses import dataclass
 
 from flowrig.errors import BadInput
 from flowrig.project import defaults
+from flowrig.project.groups import WorkerGroup, check_groups
 
 #: Unknown keys are refused everywhere in the file; types are checked per field.
 _STRICT = ConfigDict(extra="forbid")
@@ -84,6 +85,11 @@ class ClusterConfig:
         description="seconds a scheduler outlives its runner: it stops once no client has been connected "
         "that long (default 60)",
     )
+    worker_groups: list[WorkerGroup] = Field(
+        default_factory=list,
+        description="`[[cluster.worker_groups]]`: workers of several kinds, each with its own size, threads, "
+        "resources and task tags (docker and local backends); see Worker groups above",
+    )
     #: Validated by the backend's own model when it starts.
     options: dict[str, Any] = Field(
         default_factory=dict,
@@ -100,6 +106,7 @@ class ClusterConfig:
                 f"{defaults.PROJECT_FILE}: 'cluster.min_workers' ({self.min_workers}) is larger than "
                 f"'cluster.max_workers' ({self.max_workers})"
             )
+        check_groups(self.worker_groups, n_workers=self.n_workers, adapt=self.adapt, max_workers=self.max_workers)
         if self.sizing is not None and not _REFERENCE.match(self.sizing):
             raise ValueError(
                 f"{defaults.PROJECT_FILE}: 'cluster.sizing' must look like \"flow.py:on_execute\", "
@@ -251,6 +258,7 @@ _FIELDS = {
     "": ProjectFile,
     "cluster": ClusterConfig,
     "cluster.adapt": Adapt,
+    "cluster.worker_groups": WorkerGroup,
     "build": BuildConfig,
     "run": RunSettings,
 }
@@ -267,6 +275,9 @@ def describe(exc: ValidationError, file: str = defaults.PROJECT_FILE) -> str:
     error = exc.errors(include_url=False)[0]
     parts = [str(part) for part in error["loc"]]
     kind, value = error["type"], error.get("input")
+    if kind == "string_pattern_mismatch" and parts[-1:] == ["name"]:
+        return f"{file}: '{'.'.join(parts)}' must be a lowercase letter, then up to 19 lowercase letters, digits " \
+            f"or dashes, got {value!r}"
     if len(parts) > 1 and parts[-1] in ("int", "float") and kind in ("int_type", "float_type"):
         # A member of the Seconds union: the key is the field, the fix a number.
         parts, kind = parts[:-1], "seconds"
@@ -274,7 +285,8 @@ def describe(exc: ValidationError, file: str = defaults.PROJECT_FILE) -> str:
         kind = "seconds"
     key = ".".join(parts)
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
-        table = key.rpartition(".")[0]
+        # A place in a list of tables ("cluster.worker_groups.0.x"): its table's keys.
+        table = ".".join(p for p in parts[:-1] if not p.isdigit())
         return f"{file}: unknown key '{key}'; allowed here: {_allowed(table)}"
     if kind == "missing" or (kind == "missing_argument"):
         if key == "flow":

@@ -41,9 +41,16 @@ class ClusterSize:
 
     n_workers: int
     adapt: tuple[int, int] | None = None
+    #: ``(group name, workers)`` of each worker group, in the project's order
+    #: (:mod:`flowrig.project.groups`); ``n_workers`` is then their sum.
+    groups: tuple[tuple[str, int], ...] = ()
 
     def describe(self) -> str:
-        """Short human form, e.g. ``3 workers`` or ``adaptive 0-5 workers``."""
+        """Short human form, e.g. ``3 workers``, ``adaptive 0-5 workers`` or
+        ``3 workers (gpu 1, cpu 2)``."""
+        if self.groups:
+            sizes = ", ".join(f"{name} {n}" for name, n in self.groups)
+            return f"{self.n_workers} worker{'s' if self.n_workers != 1 else ''} ({sizes})"
         if self.adapt:
             return f"adaptive {self.adapt[0]}-{self.adapt[1]} workers"
         return f"{self.n_workers} worker{'s' if self.n_workers != 1 else ''}"
@@ -103,6 +110,7 @@ def decide(
     hook: SizingHook | None = None,
     hook_name: str = "sizing hook",
     options: Mapping[str, Any] | None = None,
+    groups: Mapping[str, int] | None = None,
 ) -> SizingResult:
     """Decide the cluster size of one run.
 
@@ -118,6 +126,10 @@ def decide(
         Optional ``on_execute(parameters, provider_kwargs)``.
     options
         Backend options; the hook sees them in ``provider_kwargs`` and may change them.
+    groups
+        Worker groups by name, with the project's fixed size of each: the hook sees
+        ``provider_kwargs["worker_groups"] = {"gpu": {"n_workers": 2}, ...}`` and may
+        change each size (:func:`decide_groups`).
 
     Raises
     ------
@@ -127,6 +139,11 @@ def decide(
     """
     if min_workers > max_workers:
         raise BadInput(f"min_workers ({min_workers}) is larger than max_workers ({max_workers})")
+    if groups:
+        return decide_groups(
+            parameters, groups, min_workers=min_workers, max_workers=max_workers, hook=hook, hook_name=hook_name,
+            options=options,
+        )
     kwargs: dict[str, Any] = dict(options or {})
     if adapt is not None:
         kwargs[ADAPT_MIN], kwargs[ADAPT_MAX] = adapt
@@ -162,3 +179,72 @@ def decide(
             "raise min_workers or use adapt = { minimum = 0, maximum = N }"
         )
     return SizingResult(ClusterSize(n_workers=n), options_out)
+
+
+#: The key of ``provider_kwargs`` that holds the worker groups' sizes.
+GROUPS = "worker_groups"
+
+
+def decide_groups(
+    parameters: Mapping[str, Any],
+    groups: Mapping[str, int],
+    *,
+    min_workers: int = 0,
+    max_workers: int = 10,
+    hook: SizingHook | None = None,
+    hook_name: str = "sizing hook",
+    options: Mapping[str, Any] | None = None,
+) -> SizingResult:
+    """The size of each worker group of one run: the project's, or the hook's.
+
+    The hook sees ``provider_kwargs["worker_groups"] = {"gpu": {"n_workers": 2}, ...}``
+    and may change each group's ``n_workers``; it cannot add or drop a group, and the
+    sizes must add up to ``[min_workers, max_workers]`` (which group would give way is
+    not for flowrig to guess, so nothing is clamped).
+
+    Raises
+    ------
+    BadInput
+        When the hook raises, returns a count, sets a size outside ``worker_groups``, or
+        a group's size is not a whole number >= 1, or the total is out of bounds.
+    """
+    kwargs: dict[str, Any] = dict(options or {})
+    kwargs[GROUPS] = {name: {N_WORKERS: n} for name, n in groups.items()}
+    source = "the project" if hook is None else f"sizing hook {hook_name}"
+    if hook is not None:
+        try:
+            returned = hook(copy.deepcopy(dict(parameters)), kwargs)
+        except Exception as exc:
+            raise BadInput(f"sizing hook {hook_name} failed: {type(exc).__name__}: {exc}") from None
+        misplaced = [k for k in SIZE_KEYS if k in kwargs]
+        if returned is not None or misplaced:
+            what = "returned a count" if returned is not None else f"set {misplaced[0]}"
+            raise BadInput(
+                f"{source} {what}, but the project has worker groups: set "
+                f"provider_kwargs['{GROUPS}'][GROUP]['{N_WORKERS}'] instead"
+            )
+    asked = kwargs.pop(GROUPS, None)
+    if not isinstance(asked, Mapping) or set(asked) != set(groups):
+        now = sorted(asked) if isinstance(asked, Mapping) else asked
+        raise BadInput(
+            f"{source} changed which worker groups there are ({now!r} instead of {sorted(groups)}): change only "
+            f"each group's '{N_WORKERS}'"
+        )
+    sizes: list[tuple[str, int]] = []
+    for name in groups:
+        entry = asked[name]
+        if not isinstance(entry, Mapping) or set(entry) != {N_WORKERS}:
+            raise BadInput(f"{source} set worker group '{name}' to {entry!r}: give it {{'{N_WORKERS}': N}} only")
+        n = _count(entry[N_WORKERS], f"{GROUPS}['{name}']['{N_WORKERS}']", source)
+        if n == 0:
+            raise BadInput(f"{source} gives worker group '{name}' 0 workers, so its tasks would wait for ever: "
+                           "give it 1 or more")
+        sizes.append((name, n))
+    total = sum(n for _, n in sizes)
+    if not min_workers <= total <= max_workers:
+        listed = ", ".join(f"{name} {n}" for name, n in sizes)
+        raise BadInput(
+            f"{source} asks for {total} workers in worker groups ({listed}), outside min_workers = {min_workers} "
+            f"and max_workers = {max_workers}: change the groups' sizes or the bounds"
+        )
+    return SizingResult(ClusterSize(n_workers=total, groups=tuple(sizes)), kwargs)

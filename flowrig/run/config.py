@@ -49,6 +49,9 @@ class RunConfig:
         Run the flow as this existing Prefect flow run (a deployment's run).
     allow_environment
         ``[build] allow_environment``: variables whose values are no secret.
+    worker_groups
+        Worker groups (:class:`flowrig.project.groups.WorkerGroup`), as
+        ``[[cluster.worker_groups]]``; then ``n_workers`` and ``adapt`` stay unset.
     """
 
     flow: Any
@@ -69,6 +72,7 @@ class RunConfig:
     on_exit: Callable[[], Any] | None = None
     flow_run_id: str | None = None
     allow_environment: tuple[str, ...] = ()
+    worker_groups: tuple[Any, ...] = ()
 
 
 #: The ``state`` of a run that ended before its flow reached a final state, by exit code

@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from flowrig.backends.usage import usage_line
+from flowrig.common.routes import routes_of
 from flowrig.common.runid import current_run_id
 from flowrig.common.signals import shielded, stop_guard
 from flowrig.errors import BadInput
@@ -188,14 +189,40 @@ def _plan(
         min_workers=run.min_workers,
         allowed_environment=frozenset(run.allow_environment),
         on_news=state.reporter.on_news,
+        groups=_group_specs(run, decided.size),
     )
     return _Plan(parameters, decided, settings, secrets, spec)
+
+
+def _group_specs(run: "PreparedRun", size: Any) -> tuple[Any, ...]:
+    """The run's worker groups as its backend starts them: sized, with their resources."""
+    from flowrig.backends.base import WorkerGroupSpec
+    from flowrig.common.routes import worker_resources
+
+    shapes = {group.name: group for group in run.worker_groups}
+    specs = []
+    for name, n in size.groups:
+        threads = shapes[name].worker_threads or run.worker_threads
+        specs.append(WorkerGroupSpec(name, n, threads, worker_resources(name, threads, shapes[name].resources)))
+    return tuple(specs)
 
 
 def _decide(config: "PreparedRun", backend: "Backend", parameters: dict[str, Any]) -> Any:
     """The cluster's size and options (the sizing hook's say included)."""
     from flowrig.project import sizing
+    from flowrig.project.groups import check_groups
 
+    if config.worker_groups:
+        if not backend.takes_worker_groups:
+            raise BadInput(
+                f"[[cluster.worker_groups]] run on the docker and local backends only for now, not on "
+                f"{backend.name}: drop the groups, or run with --backend docker or --backend local"
+            )
+        try:
+            check_groups(config.worker_groups, n_workers=config.n_workers, adapt=config.adapt,
+                         max_workers=config.max_workers)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
     decided = sizing.decide(
         parameters,
         n_workers=config.n_workers,
@@ -205,6 +232,7 @@ def _decide(config: "PreparedRun", backend: "Backend", parameters: dict[str, Any
         hook=config.sizing_hook,
         hook_name=config.sizing_hook_name,
         options=config.options,
+        groups={group.name: group.size for group in config.worker_groups},
     )
     if backend.roles_use_image_certificates(decided.options) != backend.roles_use_image_certificates(
         config.options
@@ -287,6 +315,7 @@ def _run_to_outcome(
     state = run_flow(
         config, plan.parameters, run.started.scheduler_address, config.tls, flow_settings, progress, events,
         senders=size.adapt[1] if size.adapt else size.n_workers,
+        routes=routes_of((group.name, group.routed_tags) for group in config.worker_groups),
     )
     timer.reached("flow_finished")
     timer.phase("flow")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from flowrig.run.progress import TaskProgress
 
@@ -30,11 +30,13 @@ def run_flow(
     progress: TaskProgress,
     events: str,
     senders: int = 1,
+    routes: "Mapping[str, str] | None" = None,
 ) -> Any:
     """Run ``config.flow`` on the cluster at ``address``; its final state.
 
     ``events`` is ``"send"`` or ``"drop"``: what the workers do with task events;
-    ``senders``: the most workers the cluster may have (they share the pace of events).
+    ``senders``: the most workers the cluster may have (they share the pace of events);
+    ``routes``: task tag -> worker group (:mod:`flowrig.common.routes`).
     """
     from flowrig.internals import prefect_engine
     from flowrig.internals.prefect_settings import run_settings
@@ -42,7 +44,7 @@ def run_flow(
 
     runner = FlowrigTaskRunner(
         address=address, client_kwargs={"security": tls.to_security()}, events=events, progress=progress,
-        senders=senders,
+        senders=senders, routes=routes,
     )
     flow = config.flow.with_options(task_runner=runner)
     # prefect-dask ships the runner's settings (built by settings_with) to every task on

@@ -92,6 +92,8 @@ class PreparedRun:
     on_exit: Callable[[], Any] | None = None
     project: "Project | None" = None
     prices: Any = None
+    #: ``[[cluster.worker_groups]]`` (:class:`flowrig.project.groups.WorkerGroup`).
+    worker_groups: tuple[Any, ...] = ()
 
 
 # --- one function per input ----------------------------------------------------------------
@@ -301,6 +303,7 @@ def _from_project(
         flow_run_id=flow_run_id,
         allow_environment=tuple(project.build.allow_environment),
         project=project,
+        worker_groups=tuple(cluster.worker_groups),
     )
 
 
@@ -346,4 +349,5 @@ def prepare_config(config: "RunConfig") -> PreparedRun:
         allow_environment=tuple(config.allow_environment),
         on_start=config.on_start,
         on_exit=config.on_exit,
+        worker_groups=tuple(config.worker_groups),
     )

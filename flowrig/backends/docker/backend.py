@@ -89,6 +89,7 @@ class DockerBackend(Backend):
     # On a host, the runner runs in a container of the image with no Docker socket,
     # and this process serves its requests for a cluster.
     runner_in_container = True
+    takes_worker_groups = True
 
     def prefect_api_hosts(self) -> tuple[str, str]:
         """In a runner container: listen on all interfaces, advertise the container's name.
@@ -129,6 +130,7 @@ class DockerBackend(Backend):
         cluster = DockerCluster(
             image,
             n_workers=spec.size.n_workers,
+            groups=spec.groups,
             run_id=spec.run_id,
             network=network,
             tls=spec.tls,
@@ -177,6 +179,7 @@ class DockerBackend(Backend):
             worker_env=dict(spec.worker_env),
             no_client_timeout=spec.no_client_timeout,
             news=spec.on_news is not None,
+            **({"groups": control.groups_message(spec.groups)} if spec.groups else {}),
         )
 
         told: list[RoleLife] = []

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from docker import DockerClient
     from docker.models.containers import Container
 
+    from flowrig.backends.base import WorkerGroupSpec
+
 #: What a scheduler logs once it listens; the scheduler is ready from then on.
 SCHEDULER_READY = "Scheduler at:"
 #: Seconds a scheduler container may take to log that it listens; imports alone take
@@ -184,16 +186,22 @@ class DockerWorker(_ContainerProcess):
     # The cluster's own stop (a teardown, a scale-down) is no notice: no drain.
     stop_signal = STOP_NOW_SIGNAL
 
-    def __init__(self, scheduler: str, name: object = None, *, settings: _RunSettings) -> None:
+    def __init__(
+        self, scheduler: str, name: object = None, *, settings: _RunSettings, threads: int | None = None,
+        resources: Mapping[str, float] | None = None,
+    ) -> None:
         super().__init__(settings)
         self.name = name
+        #: A worker group's shape (:class:`~flowrig.backends.base.WorkerGroupSpec`); else the run's.
+        self.threads = settings.worker_threads if threads is None else threads
+        self.resources = dict(resources or {})
 
     async def start(self) -> None:
         s = self.settings
         plan = render_worker(
             s.run_id, s.image, s.network, self.name,
-            threads=s.worker_threads, environment=s.environment, memory=s.worker_memory,
-            preload=s.worker_preload, drain_timeout=s.drain_timeout,
+            threads=self.threads, environment=s.environment, memory=s.worker_memory,
+            preload=s.worker_preload, drain_timeout=s.drain_timeout, resources=self.resources,
         )
         # A worker started again takes its predecessor's name: that container, given
         # up by the cluster, may still be on its way out (a stop waits for it).
@@ -201,6 +209,15 @@ class DockerWorker(_ContainerProcess):
         # Only workers run the flow's tasks: the scheduler gets no secret.
         await self._launch(plan, s.secret_environment)
         await super().start()
+
+
+def _group_workers(template: dict[str, Any], groups: "Iterable[WorkerGroupSpec]") -> dict[str, Any]:
+    """The worker specs of each group, by worker name (empty without groups)."""
+    return {
+        name: {**template, "options": {**template["options"], "threads": group.threads,
+                                       "resources": dict(group.resources)}}
+        for group in groups for name in group.worker_names()
+    }
 
 
 class DockerCluster(SpecCluster):
@@ -216,6 +233,11 @@ class DockerCluster(SpecCluster):
         The image (built by ``flowrig build``); it must exist locally.
     n_workers
         Workers to start with; :meth:`adapt` and :meth:`scale` work as usual.
+    groups
+        Worker groups (:class:`~flowrig.backends.base.WorkerGroupSpec`) instead of
+        ``n_workers``: each worker of a group is named ``GROUP-N`` (its container
+        ``flowrig-RUN-worker-GROUP-N``) and has the group's threads and resources; a
+        lost one starts again from its own spec, in its group.
     run_id
         Names and labels of the containers; a new one when omitted.
     network
@@ -258,6 +280,7 @@ class DockerCluster(SpecCluster):
         image: str,
         *,
         n_workers: int = 1,
+        groups: "Iterable[WorkerGroupSpec]" = (),
         run_id: str | None = None,
         network: str | None = None,
         publish: bool | None = None,
@@ -299,7 +322,7 @@ class DockerCluster(SpecCluster):
         #: The lives of the cluster's containers (:mod:`flowrig.backends.usage`).
         self.life_log = self.settings.lives
         worker = {"cls": DockerWorker, "options": {"settings": self.settings}}
-        workers = {i: worker for i in range(n_workers)}
+        workers = _group_workers(worker, groups) or {i: worker for i in range(n_workers)}
         # A loop of our own when none is given, so that a failed start can stop it:
         # distributed's clusters leave theirs running when their start fails.
         self._own_loop = None

@@ -29,6 +29,8 @@ the HMAC-SHA256 of its body under the run's key, and the body::
     \\x1eflowrig-control <hex mac> {"op": "start", "seq": 1, "n_workers": 2, "adapt": null,
         "worker_threads": 1, "options": {...}, "worker_env": {...}, "no_client_timeout": 60,
         "news": false}
+    (with ``[[cluster.worker_groups]]``: "n_workers" is their sum, and "groups":
+    [{"name": "gpu", "n_workers": 1, "threads": 2, "resources": {"flowrig-group-gpu": 2}}, ...])
     \\x1eflowrig-control <hex mac> {"op": "close", "seq": 2}
 
 The key is made by the host for each run and arrives in the parameters message; the
@@ -68,7 +70,8 @@ from flowrig.errors import BadInput, InfrastructureError
 
 __all__ = [
     "CONTROL_ENV", "CONTROL_PROTOCOL", "PREFIX", "SEPARATOR", "ClaimedStdout", "Demux", "Refused",
-    "RunnerChannel", "claim_stdout", "controlled", "decode", "encode", "escape", "lives_of", "new_key", "open_message",
+    "RunnerChannel", "claim_stdout", "controlled", "decode", "encode", "escape", "groups_message", "lives_of",
+    "new_key", "open_message",
     "runner_channel", "sign", "take_run_inputs",
 ]
 
@@ -94,6 +97,14 @@ MAX_LINE = 1024 * 1024
 
 class Refused(Exception):
     """A control message the host does not act on; the text says why."""
+
+
+def groups_message(groups: Any) -> list[dict[str, Any]]:
+    """Worker groups (:class:`~flowrig.backends.base.WorkerGroupSpec`) as a start request carries them."""
+    return [
+        {"name": g.name, "n_workers": g.n_workers, "threads": g.threads, "resources": dict(g.resources)}
+        for g in groups
+    ]
 
 
 def new_key() -> bytes:

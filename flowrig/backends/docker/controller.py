@@ -266,6 +266,7 @@ class HostController:
         cluster = DockerCluster(
             self.image,
             n_workers=request.n_workers,
+            groups=request.groups,
             run_id=self.run_id,
             network=network_name(self.run_id),
             publish=True,

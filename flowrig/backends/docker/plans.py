@@ -22,6 +22,7 @@ from flowrig.backends.docker.naming import (
     scheduler_address,
 )
 from flowrig.certs.delivery import FROM_ENV
+from flowrig.common.routes import resources_flag
 from flowrig.containers import ContainerPlan
 from flowrig.project.defaults import WORKER_THREADS
 from flowrig.roles import DASHBOARD_PORT, DRAIN_ENV, PRIVATE_HTTP_PRELOAD, SCHEDULER_PORT
@@ -140,6 +141,7 @@ def render_worker(
     memory: str | None = None,
     preload: Iterable[str] = WORKER_PRELOAD,
     drain_timeout: float = DRAIN_TIMEOUT,
+    resources: Mapping[str, float] | None = None,
 ) -> ContainerPlan:
     """A worker container: the image's ``worker`` role, connecting to the run's scheduler.
 
@@ -148,7 +150,8 @@ def render_worker(
     or the host reaches it. Its certificates arrive on stdin. With ``memory`` (the
     container's limit), Dask's memory budget is the same. Stopped mid-run, it has
     ``drain_timeout`` seconds to hand its work over (:mod:`flowrig.roles.drain`), and
-    ``docker stop`` waits that long and :data:`DRAIN_GRACE` more.
+    ``docker stop`` waits that long and :data:`DRAIN_GRACE` more. ``resources`` are
+    the Dask resources it offers (a worker group's, :mod:`flowrig.common.routes`).
     """
     env = dict(environment or {})
     env.update(role_environment(run_id))
@@ -163,6 +166,7 @@ def render_worker(
             "--no-dashboard",
             "--dashboard-address", WORKER_HTTP_ADDRESS,
             *(("--memory-limit", dask_memory_limit(memory)) if memory else ()),
+            *(("--resources", resources_flag(resources)) if resources else ()),
             *(item for module in preload for item in ("--preload", module)),
         ),
         labels=labels(run_id, "worker"),

@@ -17,6 +17,9 @@ project the runner runs), read by the host before the runner starts:
   (:data:`WORKER_ENV_NAMES`, :data:`WORKER_ENV_PATTERNS`), the run id and
   :data:`WORKER_ENV_FIXED` unchanged;
 - ``news`` (the workers' news for a Prefect server of the user's): true or false;
+- worker groups: exactly the ``[[cluster.worker_groups]]`` of the project, in its
+  order, with its threads and resources; each group at least one worker, and their
+  sum the request's ``n_workers`` (so within the bounds above); none without them;
 - one start and one close per run (:class:`~flowrig.backends.docker.controller.HostController`).
 
 A request outside these is refused whole, and the run's log names it.
@@ -40,7 +43,8 @@ if TYPE_CHECKING:
 
 #: The fields of a start request; anything else in one is refused.
 START_FIELDS = frozenset(
-    {"op", "seq", "n_workers", "adapt", "worker_threads", "options", "worker_env", "no_client_timeout", "news"}
+    {"op", "seq", "n_workers", "adapt", "worker_threads", "options", "worker_env", "no_client_timeout", "news",
+     "groups"}
 )
 #: Worker environment variables flowrig itself sets for a run's workers (the run's
 #: id, its log levels, its Prefect API's client settings).
@@ -96,6 +100,8 @@ class StartRequest:
     #: Whether the runner wants the news of its workers (a Prefect server of the
     #: user's is told them).
     news: bool = False
+    #: The worker groups to start (:class:`~flowrig.backends.base.WorkerGroupSpec`).
+    groups: tuple[Any, ...] = ()
 
     @property
     def environment(self) -> dict[str, str]:
@@ -197,6 +203,7 @@ class RunnerLimits:
             raise Refusal(f"news {news!r} is not true or false")
         options = self._check_options(message.get("options") or {})
         worker_env = self._check_worker_env(message.get("worker_env") or {})
+        groups = self._check_groups(message.get("groups"), n, size)
         return StartRequest(
             n_workers=n,
             adapt=size,
@@ -205,7 +212,44 @@ class RunnerLimits:
             worker_env=worker_env,
             no_client_timeout=None if timeout is None else float(timeout),
             news=news,
+            groups=groups,
         )
+
+    def _check_groups(self, raw: Any, n: int, adapt: Any) -> tuple[Any, ...]:
+        """The worker groups of a start request: exactly the project's shapes, sized
+        within its bounds (``n`` is their sum, checked against the bounds already)."""
+        from flowrig.backends.base import WorkerGroupSpec
+        from flowrig.common.routes import worker_resources
+
+        cluster = self.cluster
+        if not cluster.worker_groups:
+            if raw is not None:
+                raise Refusal(f"worker groups, which {self.source} does not have")
+            return ()
+        if adapt is not None or not isinstance(raw, list):
+            raise Refusal(f"a cluster without the worker groups of {self.source}")
+        fields = {"name", "n_workers", "threads", "resources"}
+        if not all(isinstance(g, Mapping) and set(g) == fields for g in raw):
+            raise Refusal(f"worker groups that are not tables of {', '.join(sorted(fields))}")
+        names = [g["name"] for g in raw]
+        allowed = [g.name for g in cluster.worker_groups]
+        if names != allowed:
+            raise Refusal(f"worker groups {names!r}; {self.source} has {allowed!r}")
+        specs = []
+        for group, asked in zip(cluster.worker_groups, raw):
+            threads = group.worker_threads or cluster.worker_threads
+            resources = worker_resources(group.name, threads, group.resources)
+            if asked["threads"] != threads or not _is_count(asked["threads"]):
+                raise Refusal(f"worker group {group.name} of {asked['threads']!r} threads; {self.source} has {threads}")
+            if asked["resources"] != resources:
+                raise Refusal(f"worker group {group.name} offering {asked['resources']!r}; {self.source} has "
+                              f"{resources!r}")
+            if not _is_count(asked["n_workers"]) or asked["n_workers"] < 1:
+                raise Refusal(f"worker group {group.name} of {asked['n_workers']!r} workers (at least 1)")
+            specs.append(WorkerGroupSpec(group.name, asked["n_workers"], threads, resources))
+        if sum(g.n_workers for g in specs) != n:
+            raise Refusal(f"worker groups of {sum(g.n_workers for g in specs)} workers in a start of {n}")
+        return tuple(specs)
 
     def _check_options(self, raw: Any) -> "DockerOptions":
         asked = self._options(raw)

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from flowrig import layout
-from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, Options, StartedCluster
+from flowrig.backends.base import CLUSTER_START_TIMEOUT, Backend, CloseOnce, ClusterSpec, Options, StartedCluster
 from flowrig.backends.preflight import Check, PreflightPlan
 from flowrig.common import runfolders
 from flowrig.errors import BadInput, InfrastructureError, one_line
@@ -66,6 +66,7 @@ class LocalBackend(Backend):
 
     name = "local"
     options_model = LocalOptions
+    takes_worker_groups = True
 
     def preflight(self, plan: PreflightPlan) -> list[Check]:
         """Nothing to check: the cluster is processes of this machine, made by the run."""
@@ -119,6 +120,8 @@ class LocalBackend(Backend):
                 )
             if spec.size.adapt:
                 cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
+            if spec.groups:
+                _start_groups(cluster, spec, float(given.get("timeout") or CLUSTER_START_TIMEOUT))
         except BaseException:
             _close(cluster, proxy, scratch)
             raise
@@ -138,7 +141,8 @@ def _cluster_kwargs(spec: ClusterSpec, given: dict[str, Any], scratch: Any) -> d
     from flowrig.internals import forkserver, worker_security
 
     kwargs: dict[str, Any] = {
-        "n_workers": spec.size.n_workers,
+        # Worker groups are started once the cluster is up, each worker of its group's shape.
+        "n_workers": 0 if spec.groups else spec.size.n_workers,
         "threads_per_worker": spec.worker_threads,
         "processes": True,
         "host": "127.0.0.1",
@@ -170,6 +174,26 @@ def _cluster_kwargs(spec: ClusterSpec, given: dict[str, Any], scratch: Any) -> d
     if spec.no_client_timeout is not None:
         kwargs["no_client_timeout"] = spec.no_client_timeout
     return kwargs
+
+
+def _start_groups(cluster: Any, spec: ClusterSpec, timeout: float) -> None:
+    """Start the workers of each worker group, named ``GROUP-N``, with the group's
+    threads and resources over the cluster's own worker template; wait until they have
+    all joined. A lost one starts again from its own spec, so in its group."""
+    template = cluster.new_spec
+    for group in spec.groups:
+        options = template.get("options", {})
+        shape = {**options, "nthreads": group.threads,
+                 "resources": {**(options.get("resources") or {}), **group.resources}}
+        for name in group.worker_names():
+            cluster.worker_spec[name] = {"cls": template["cls"], "options": shape}
+    cluster.scale(len(cluster.worker_spec))
+    try:
+        cluster.wait_for_workers(spec.size.n_workers, timeout=timeout)
+    except TimeoutError:
+        raise InfrastructureError(
+            f"the local cluster's {spec.size.describe()} did not all join within {timeout:g} s"
+        ) from None
 
 
 def open_dashboard(cluster: Any, tls: Any) -> Any:

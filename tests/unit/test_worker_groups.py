@@ -1,0 +1,328 @@
+"""``[[cluster.worker_groups]]``: the model's rules, task routing by tag, sizing per group,
+the docker backend's plans and the host's policy for groups. Runs of groups on real
+clusters are in tests/e2e/local/test_worker_groups.py and tests/e2e/docker/test_worker_groups.py."""
+
+from __future__ import annotations
+
+import copy
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from flowrig.backends.base import WorkerGroupSpec
+from flowrig.common.routes import group_resource, resources_flag, resources_for, routes_of, worker_resources
+from flowrig.errors import BadInput
+from flowrig.project.models import parse_project
+from flowrig.project.sizing import ClusterSize, decide
+
+RUN = "g22test01"
+
+
+def _project(*groups: dict, **cluster) -> object:
+    return parse_project({"flow": "flow.py:main", "cluster": {**cluster, "worker_groups": list(groups)}}, Path("."))
+
+
+# --- the model -----------------------------------------------------------------------------
+
+
+def test_a_group_takes_its_name_as_tag_one_worker_and_the_clusters_threads_by_default():
+    project = _project({"name": "gpu", "worker_threads": 2, "resources": {"GPU": 1}}, {"name": "cpu"}, worker_threads=3)
+    gpu, cpu = project.cluster.worker_groups
+    assert (gpu.routed_tags, gpu.size, gpu.worker_threads, gpu.resources) == (("gpu",), 1, 2, {"GPU": 1})
+    assert (cpu.routed_tags, cpu.size, cpu.worker_threads) == (("cpu",), 1, None)
+    assert _project({"name": "io", "tags": ["fetch", "load"], "n_workers": 3}).cluster.worker_groups[0].routed_tags == (
+        "fetch", "load")
+
+
+@pytest.mark.parametrize(
+    ("groups", "cluster", "message"),
+    [
+        ([{"name": "gpu"}, {"name": "gpu"}], {}, "'cluster.worker_groups' names 'gpu' twice"),
+        ([{"name": "gpu", "tags": ["x"]}, {"name": "big", "tags": ["x"]}], {},
+         "tag 'x' goes to groups 'gpu' and 'big': give each tag one group"),
+        ([{"name": "gpu"}, {"name": "big", "tags": ["gpu"]}], {}, "tag 'gpu' goes to groups 'gpu' and 'big'"),
+        ([{"name": "gpu"}], {"n_workers": 2},
+         "'cluster.worker_groups' beside 'cluster.n_workers': set the size in each [[cluster.worker_groups]]"),
+        ([{"name": "gpu"}], {"adapt": {"maximum": 3}}, "beside 'cluster.adapt'"),
+        ([{"name": "gpu", "n_workers": 8}, {"name": "cpu", "n_workers": 3}], {},
+         "add up to 11 workers (gpu 8, cpu 3), above 'cluster.max_workers' (10)"),
+        ([{"name": "gpu", "adapt": {"minimum": 0, "maximum": 2}}], {},
+         "group 'gpu' sets adapt: worker groups have fixed sizes for now"),
+        ([{"name": "gpu", "n_workers": 0}], {}, "group 'gpu' has 0 workers"),
+        ([{"name": "gpu", "tags": []}], {}, "group 'gpu' has no tags"),
+        ([{"name": "gpu", "tags": [" "]}], {}, "group 'gpu' has an empty tag"),
+        ([{"name": "gpu", "resources": {"flowrig-group-cpu": 1}}], {}, "resource 'flowrig-group-cpu' is flowrig's own"),
+        ([{"name": "gpu", "resources": {"GPU": -1}}], {}, "resource 'GPU' is below 0"),
+        ([{"name": "GPU"}], {}, "'cluster.worker_groups.0.name' must be a lowercase letter"),
+        ([{"name": "gpu_1"}], {}, "'cluster.worker_groups.0.name' must be"),
+        ([{"name": "a" * 21}], {}, "'cluster.worker_groups.0.name' must be"),
+        ([{"n_workers": 1}], {}, "'cluster.worker_groups.0.name' is required"),
+        ([{"name": "gpu", "gpus": 1}], {},
+         "unknown key 'cluster.worker_groups.0.gpus'; allowed here: adapt, n_workers, name, resources, tags"),
+        ([{"name": "gpu", "n_workers": "2"}], {}, "'cluster.worker_groups.0.n_workers' must be a whole number"),
+        ([{"name": "gpu", "worker_threads": 0}], {}, "'cluster.worker_groups.0.worker_threads' must be >= 1"),
+    ],
+)
+def test_each_rule_is_one_line_of_bad_input(groups, cluster, message):
+    with pytest.raises(BadInput) as refused:
+        _project(*groups, **cluster)
+    assert message in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+# --- routing -------------------------------------------------------------------------------
+
+
+ROUTES = routes_of([("gpu", ("gpu",)), ("cpu", ("io", "big"))])
+
+
+def test_a_task_goes_to_the_group_its_tags_meet_and_an_untagged_one_anywhere():
+    assert resources_for("train", {"gpu", "nightly"}, ROUTES) == {"flowrig-group-gpu": 1}
+    assert resources_for("fetch", ["big"], ROUTES) == {"flowrig-group-cpu": 1}
+    assert resources_for("fetch", ["io", "big"], ROUTES) == {"flowrig-group-cpu": 1}
+    assert resources_for("plain", [], ROUTES) is None
+    assert resources_for("plain", ["nightly"], ROUTES) is None
+    assert resources_for("plain", ["gpu"], {}) is None
+
+
+def test_a_task_with_tags_of_two_groups_is_one_line_naming_both():
+    with pytest.raises(BadInput, match=r"^task 'train' has tags of worker groups 'cpu' and 'gpu': give it the tags "
+                                        r"of one group only$"):
+        resources_for("train", ["gpu", "io"], ROUTES)
+
+
+def test_a_groups_workers_offer_one_slot_per_thread_and_its_own_resources():
+    assert worker_resources("gpu", 2, {"GPU": 1}) == {"flowrig-group-gpu": 2, "GPU": 1}
+    assert resources_flag(worker_resources("gpu", 2, {"GPU": 1, "MEM": 2.5e9})) == "flowrig-group-gpu=2,GPU=1,MEM=2.5e+09"
+    assert group_resource("cpu") == "flowrig-group-cpu"
+
+
+def test_the_task_runner_routes_by_the_tasks_tags_and_the_tags_block_around_it():
+    from prefect import tags, task
+
+    from flowrig.internals.task_runner import FlowrigTaskRunner
+
+    @task(tags=["gpu"])
+    def train() -> None: ...
+
+    @task
+    def plain() -> None: ...
+
+    runner = FlowrigTaskRunner(address="tls://127.0.0.1:1", routes=ROUTES)
+    assert runner._resources(train) == {"flowrig-group-gpu": 1}
+    assert runner._resources(plain) is None
+    with tags("big"):
+        assert runner._resources(plain) == {"flowrig-group-cpu": 1}
+        with pytest.raises(BadInput, match="task 'train' has tags of worker groups 'cpu' and 'gpu'"):
+            runner._resources(train)
+    # The routes travel with the runner (nested submissions on workers) and its twins.
+    import cloudpickle
+
+    assert cloudpickle.loads(cloudpickle.dumps(runner)).routes == ROUTES
+    assert runner.duplicate().routes == ROUTES
+    assert FlowrigTaskRunner(address="tls://127.0.0.1:1")._resources(train) is None
+
+
+# --- sizing --------------------------------------------------------------------------------
+
+
+def test_groups_take_the_projects_sizes_without_a_hook():
+    decided = decide({}, groups={"gpu": 1, "cpu": 2}, options={"worker_memory": "2g"})
+    assert decided.size == ClusterSize(3, groups=(("gpu", 1), ("cpu", 2)))
+    assert decided.options == {"worker_memory": "2g"}
+    assert decided.size.describe() == "3 workers (gpu 1, cpu 2)"
+
+
+def test_the_hook_sees_and_sets_each_groups_size():
+    seen = {}
+
+    def hook(parameters, provider_kwargs):
+        seen.update(copy.deepcopy(provider_kwargs["worker_groups"]))
+        provider_kwargs["worker_groups"]["cpu"]["n_workers"] = parameters["n"]
+        provider_kwargs["worker_memory"] = "4g"
+
+    decided = decide({"n": 4}, groups={"gpu": 1, "cpu": 2}, hook=hook)
+    assert seen == {"gpu": {"n_workers": 1}, "cpu": {"n_workers": 2}}
+    assert decided.size.groups == (("gpu", 1), ("cpu", 4)) and decided.size.n_workers == 5
+    assert decided.options == {"worker_memory": "4g"}
+
+
+def _hook(change):
+    def hook(parameters, provider_kwargs):
+        change(provider_kwargs)
+    return hook
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda kw: kw.__setitem__("n_workers", 3), "set n_workers, but the project has worker groups"),
+        (lambda kw: kw["worker_groups"].pop("cpu"), "changed which worker groups there are (['gpu'] instead of"),
+        (lambda kw: kw["worker_groups"].__setitem__("tpu", {"n_workers": 1}), "changed which worker groups"),
+        (lambda kw: kw["worker_groups"]["cpu"].__setitem__("n_workers", 0), "gives worker group 'cpu' 0 workers"),
+        (lambda kw: kw["worker_groups"]["cpu"].__setitem__("n_workers", -1), "asked for -1 workers"),
+        (lambda kw: kw["worker_groups"]["cpu"].__setitem__("n_workers", "2"), "it must be a whole number"),
+        (lambda kw: kw["worker_groups"]["cpu"].__setitem__("adapt", (0, 2)), "set worker group 'cpu' to"),
+        (lambda kw: kw["worker_groups"]["cpu"].__setitem__("n_workers", 10),
+         "asks for 11 workers in worker groups (gpu 1, cpu 10), outside min_workers = 0 and max_workers = 10"),
+        (lambda kw: 1 / 0, "failed: ZeroDivisionError"),
+    ],
+)
+def test_a_hook_that_breaks_the_groups_is_one_line_of_bad_input(change, message):
+    with pytest.raises(BadInput) as refused:
+        decide({}, groups={"gpu": 1, "cpu": 2}, hook=_hook(change), hook_name="flow.py:size")
+    assert message in str(refused.value)
+
+
+def test_a_hook_that_returns_a_count_is_told_where_group_sizes_go():
+    with pytest.raises(BadInput, match=r"returned a count, but the project has worker groups: set "
+                                       r"provider_kwargs\['worker_groups'\]\[GROUP\]\['n_workers'\]"):
+        decide({}, groups={"gpu": 1}, hook=lambda p, kw: 3)
+
+
+def test_groups_below_min_workers_are_refused():
+    with pytest.raises(BadInput, match="asks for 1 workers in worker groups .gpu 1., outside min_workers = 2"):
+        decide({}, groups={"gpu": 1}, min_workers=2)
+
+
+# --- the backends --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ecs", "fargate", "address", "ec2"])
+def test_a_backend_other_than_docker_or_local_refuses_groups_before_anything_starts(name):
+    from flowrig.backends import get_backend
+    from flowrig.run.execute import _decide
+    from flowrig.run.prepared import PreparedRun
+
+    project = _project({"name": "gpu"})
+    run = PreparedRun(flow=None, backend=get_backend(name), tls=None, api=None, api_url=None,
+                      worker_groups=tuple(project.cluster.worker_groups))
+    with pytest.raises(BadInput, match=rf"^\[\[cluster.worker_groups\]\] run on the docker and local backends only "
+                                       rf"for now, not on {name}: drop the groups"):
+        _decide(run, run.backend, {})
+
+
+def test_the_plan_gives_each_group_its_shape_in_the_workers_order():
+    from flowrig.run.execute import _group_specs
+    from flowrig.run.prepared import PreparedRun
+
+    project = _project({"name": "gpu", "worker_threads": 2, "resources": {"GPU": 1}}, {"name": "cpu", "n_workers": 2})
+    run = PreparedRun(flow=None, backend=None, tls=None, api=None, api_url=None, worker_threads=3,
+                      worker_groups=tuple(project.cluster.worker_groups))
+    specs = _group_specs(run, ClusterSize(3, groups=(("gpu", 1), ("cpu", 2))))
+    assert specs == (
+        WorkerGroupSpec("gpu", 1, 2, {"flowrig-group-gpu": 2, "GPU": 1}),
+        WorkerGroupSpec("cpu", 2, 3, {"flowrig-group-cpu": 3}),
+    )
+    assert specs[1].worker_names() == ["cpu-1", "cpu-2"]
+
+
+def test_a_docker_workers_container_carries_its_group_in_its_name_and_offers_its_resources():
+    from flowrig.backends.docker.cluster import DockerWorker, _group_workers
+    from flowrig.backends.docker.plans import render_worker
+
+    template = {"cls": DockerWorker, "options": {"settings": "S"}}
+    groups = (WorkerGroupSpec("gpu", 1, 2, {"flowrig-group-gpu": 2, "GPU": 1}),
+              WorkerGroupSpec("cpu", 2, 1, {"flowrig-group-cpu": 1}))
+    workers = _group_workers(template, groups)
+    assert list(workers) == ["gpu-1", "cpu-1", "cpu-2"]
+    assert workers["gpu-1"]["options"] == {"settings": "S", "threads": 2, "resources": {"flowrig-group-gpu": 2,
+                                                                                          "GPU": 1}}
+    assert _group_workers(template, ()) == {}
+    plan = render_worker(RUN, "img", "net", "gpu-1", threads=2, resources=workers["gpu-1"]["options"]["resources"])
+    assert plan.name == f"flowrig-{RUN}-worker-gpu-1"
+    assert plan.command[plan.command.index("--resources") + 1] == "flowrig-group-gpu=2,GPU=1"
+    assert plan.command[plan.command.index("--nthreads") + 1] == "2"
+    assert "--resources" not in render_worker(RUN, "img", "net", 0).command
+
+
+# --- the docker host's policy --------------------------------------------------------------
+
+GROUPS_PROJECT = textwrap.dedent(
+    """
+    flow = "flow.py:main"
+    [cluster]
+    backend = "docker"
+    max_workers = 4
+    [[cluster.worker_groups]]
+    name = "gpu"
+    worker_threads = 2
+    resources = { GPU = 1 }
+    [[cluster.worker_groups]]
+    name = "cpu"
+    n_workers = 2
+    """
+)
+
+
+def _limits(toml: str = GROUPS_PROJECT):
+    from flowrig.backends.docker.policy import RunnerLimits
+
+    return RunnerLimits.from_toml(RUN, toml.encode(), "flowrig.toml")
+
+
+def _groups(**changes) -> list[dict]:
+    groups = [
+        {"name": "gpu", "n_workers": 1, "threads": 2, "resources": {"flowrig-group-gpu": 2, "GPU": 1}},
+        {"name": "cpu", "n_workers": 2, "threads": 1, "resources": {"flowrig-group-cpu": 1}},
+    ]
+    for key, value in changes.items():
+        name, _, field = key.partition("__")
+        next(g for g in groups if g["name"] == name)[field] = value
+    return groups
+
+
+def _start(**changes) -> dict:
+    request = {"op": "start", "seq": 1, "n_workers": 3, "adapt": None, "worker_threads": 1, "options": {},
+               "worker_env": {"FLOWRIG_RUN_ID": RUN}, "no_client_timeout": None, "groups": _groups()}
+    request.update(changes)
+    return request
+
+
+def test_the_host_starts_the_groups_the_images_project_names_sized_by_the_hook():
+    accepted = _limits().check_start(_start(n_workers=4, groups=_groups(cpu__n_workers=3)))
+    assert accepted.groups == (
+        WorkerGroupSpec("gpu", 1, 2, {"flowrig-group-gpu": 2, "GPU": 1}),
+        WorkerGroupSpec("cpu", 3, 1, {"flowrig-group-cpu": 1}),
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"groups": [_groups()[0], {**_groups()[1], "name": "tpu"}]}, "worker groups ['gpu', 'tpu']; flowrig.toml has"),
+        ({"groups": _groups()[:1], "n_workers": 1}, "worker groups ['gpu']; flowrig.toml has ['gpu', 'cpu']"),
+        ({"groups": _groups()[::-1]}, "worker groups ['cpu', 'gpu']"),
+        ({"groups": _groups(gpu__threads=64)}, "worker group gpu of 64 threads; flowrig.toml has 2"),
+        ({"groups": _groups(cpu__resources={"flowrig-group-cpu": 1, "flowrig-group-gpu": 1})},
+         "worker group cpu offering"),
+        ({"groups": _groups(cpu__resources={"flowrig-group-gpu": 1})}, "worker group cpu offering"),
+        ({"groups": _groups(cpu__n_workers=0), "n_workers": 1}, "worker group cpu of 0 workers (at least 1)"),
+        ({"groups": _groups(cpu__n_workers=True), "n_workers": 2}, "worker group cpu of True workers"),
+        ({"groups": _groups(cpu__n_workers=5), "n_workers": 3}, "worker groups of 6 workers in a start of 3"),
+        ({"groups": _groups(cpu__n_workers=9), "n_workers": 10}, "10 workers, outside min_workers = 0 and max_workers = 4"),
+        ({"groups": None}, "a cluster without the worker groups of flowrig.toml"),
+        ({"groups": [{**_groups()[0], "image": "x"}, _groups()[1]]}, "worker groups that are not tables of"),
+        ({"adapt": [3, 4]}, "a cluster without the worker groups"),
+    ],
+)
+def test_the_host_refuses_groups_the_images_project_does_not_have(changes, reason):
+    from flowrig.backends.docker.policy import Refusal
+
+    with pytest.raises(Refusal) as refused:
+        _limits().check_start(_start(**changes))
+    assert reason in str(refused.value)
+
+
+def test_the_host_refuses_groups_to_a_project_without_them():
+    from flowrig.backends.docker.policy import Refusal
+
+    plain = 'flow = "flow.py:main"\n[cluster]\nbackend = "docker"\nn_workers = 1\n'
+    with pytest.raises(Refusal, match="worker groups, which flowrig.toml does not have"):
+        _limits(plain).check_start(_start(n_workers=1, groups=_groups()[:1]))
+    assert _limits(plain).check_start(_start(n_workers=1, groups=None)).groups == ()
+
+
+def test_a_sized_cluster_line_names_each_group():
+    assert ClusterSize(1, groups=(("gpu", 1),)).describe() == "1 worker (gpu 1)"
