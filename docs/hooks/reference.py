@@ -59,6 +59,9 @@ def _fields(model: type) -> dict[str, Any]:
 def _is_table(annotation: Any) -> type | None:
     """The model class a field's annotation names (``X`` or ``X | None``), if any."""
     candidates = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if typing.get_origin(annotation) is list:
+        # A list of tables (``[[cluster.worker_groups]]``).
+        candidates = typing.get_args(annotation)
     for candidate in candidates:
         if isinstance(candidate, type) and (
             issubclass(candidate, BaseModel) or hasattr(candidate, "__pydantic_fields__")
@@ -149,14 +152,18 @@ def fields_table(model: type, where: str) -> tuple[list[str], list[tuple[str, ty
                 f"give the field one (Field(..., description=...))"
             )
         table = _is_table(info.annotation)
+        listed = typing.get_origin(info.annotation) is list
         if table is not None:
             nested.append((name, table))
-            kind = f"table (see `[{where}.{name}]`)" if where else f"table (see `[{name}]`)"
+            place = f"{where}.{name}" if where else name
+            kind = f"list of tables (see `[[{place}]]`)" if listed else f"table (see `[{place}]`)"
         else:
             annotation = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
             schema = TypeAdapter(annotation).json_schema()
             kind = type_text(schema)
-        if table is not None:
+        if table is not None and listed:
+            default = "none"
+        elif table is not None:
             default = "see its table"
         elif info.is_required():
             default = "required"
@@ -173,13 +180,17 @@ def project_reference() -> str:
 
     out: list[str] = []
     pending: list[tuple[str, type]] = [("", ProjectFile)]
+    #: Places that are lists of tables (``[[...]]``).
+    lists: set[str] = set()
     while pending:
         where, model = pending.pop(0)
-        title = "The top level" if not where else f"`[{where}]`"
+        title = "The top level" if not where else f"`[[{where}]]`" if where in lists else f"`[{where}]`"
         rows, nested = fields_table(model, where)
         out += [f"## {title}", "", _prose(model.__doc__), "", *rows, ""]
         # Depth first: a nested table follows the table that holds it.
         pending[:0] = [(f"{where}.{name}" if where else name, table) for name, table in nested]
+        lists.update(f"{where}.{name}" if where else name for name, info in _fields(model).items()
+                     if typing.get_origin(info.annotation) is list and _is_table(info.annotation))
     return "\n".join(out)
 
 

@@ -88,7 +88,7 @@ class ClusterConfig:
     worker_groups: list[WorkerGroup] = Field(
         default_factory=list,
         description="`[[cluster.worker_groups]]`: workers of several kinds, each with its own size, threads, "
-        "resources and task tags (docker and local backends); see Worker groups above",
+        "resources and task tags (docker and local backends; see Flow projects, Worker groups)",
     )
     #: Validated by the backend's own model when it starts.
     options: dict[str, Any] = Field(

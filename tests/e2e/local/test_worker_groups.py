@@ -4,6 +4,8 @@ TLS whose workers are named by group; each tagged task runs on its group's worke
 
 from __future__ import annotations
 
+import time
+
 from tests.groups_support import GROUPS_FLOW, check_routing, groups_toml
 from tests.run_support import assert_nothing_left, run_cli, write_project
 
@@ -17,3 +19,39 @@ def test_tagged_tasks_run_on_their_groups_workers_and_untagged_ones_anywhere(tmp
     assert "3 workers (gpu 1, cpu 2) on local" in done.stderr
     check_routing(outcome["result"])
     assert_nothing_left(done.marker, outcome["scheduler_address"])
+
+
+def test_a_lost_group_worker_starts_again_in_its_group(tls):
+    import dask
+    from distributed import Client
+
+    from flowrig.backends.base import ClusterSpec, WorkerGroupSpec
+    from flowrig.backends.local import LocalBackend
+    from flowrig.project.sizing import ClusterSize
+
+    groups = (WorkerGroupSpec("gpu", 1, 2, {"flowrig-group-gpu": 2, "GPU": 1}),
+              WorkerGroupSpec("cpu", 1, 1, {"flowrig-group-cpu": 1}))
+    spec = ClusterSpec(run_id="groupkeep1", size=ClusterSize(2, groups=(("gpu", 1), ("cpu", 1))), tls=tls,
+                       groups=groups)
+    started = LocalBackend().start(spec)
+    cluster = started.cluster
+
+    def shapes(client) -> dict:
+        return {w["name"]: (w["nthreads"], w["resources"]) for w in client.scheduler_info()["workers"].values()}
+
+    try:
+        with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}), \
+                Client(started.scheduler_address, security=tls.to_security()) as client:
+            expected = {"gpu-1": (2, {"flowrig-group-gpu": 2, "GPU": 1}), "cpu-1": (1, {"flowrig-group-cpu": 1})}
+            assert shapes(client) == expected  # all joined when start returned
+            gone = cluster.workers["gpu-1"]
+            cluster.sync(gone.close)  # a closed nanny does not restart its worker: lost for good
+            deadline = time.monotonic() + 30
+            while not (cluster.keeper.replaced == 1 and len(client.scheduler_info()["workers"]) == 2):
+                assert time.monotonic() < deadline, (cluster.keeper.replaced, cluster.workers)
+                time.sleep(0.2)
+            assert cluster.workers["gpu-1"] is not gone
+            assert shapes(client) == expected
+            assert client.submit(sum, [1, 2], resources={"flowrig-group-gpu": 1}).result(timeout=30) == 3
+    finally:
+        started.close()
