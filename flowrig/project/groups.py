@@ -10,6 +10,8 @@ The rules that relate a group to the others, or to ``[cluster]``, are checked by
 
 from __future__ import annotations
 
+import math
+import re
 from typing import TYPE_CHECKING, Annotated, Any, Sequence
 
 from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr
@@ -66,6 +68,21 @@ class WorkerGroup:
         return defaults.N_WORKERS if self.n_workers is None else self.n_workers
 
 
+#: A resource's name: it goes into each worker's ``--resources NAME=AMOUNT,...``.
+_RESOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
+
+
+def _check_resources(resources: dict[str, float], where: str) -> None:
+    file = defaults.PROJECT_FILE
+    for name, amount in resources.items():
+        if not _RESOURCE_NAME.match(name):
+            raise ValueError(
+                f"{file}: {where} resource {name!r} must be a letter or _, then letters, digits, _, . or -"
+            )
+        if not math.isfinite(amount) or amount < 0:
+            raise ValueError(f"{file}: {where} resource '{name}' is {amount!r}: give a finite amount >= 0")
+
+
 def check_groups(
     groups: Sequence[WorkerGroup], *, n_workers: int | None, adapt: "Adapt | None", max_workers: int
 ) -> None:
@@ -117,9 +134,7 @@ def check_groups(
                 f"{file}: {where} resource '{reserved[0]}' is flowrig's own name for a group's workers: "
                 "name it otherwise"
             )
-        negative = sorted(r for r, amount in group.resources.items() if amount < 0)
-        if negative:
-            raise ValueError(f"{file}: {where} resource '{negative[0]}' is below 0: give an amount >= 0")
+        _check_resources(group.resources, where)
     total = sum(group.size for group in groups)
     if total > max_workers:
         sizes = ", ".join(f"{g.name} {g.size}" for g in groups)
