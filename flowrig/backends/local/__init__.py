@@ -180,7 +180,9 @@ def _start_groups(cluster: Any, spec: ClusterSpec, timeout: float) -> None:
     """Start the workers of each worker group, named ``GROUP-N``, with the group's
     threads and resources over the cluster's own worker template; wait until they have
     all joined. A lost one starts again from its own spec, so in its group."""
-    template = cluster.new_spec
+    # SpecCluster's public template of a new worker (LocalCluster's options: TLS, the
+    # run's environment and folder...), which each group's shape then changes.
+    template = next(iter(cluster.new_worker_spec().values()))
     for group in spec.groups:
         options = template.get("options", {})
         shape = {**options, "nthreads": group.threads,
