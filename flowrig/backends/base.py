@@ -302,6 +302,20 @@ class Backend(abc.ABC):
     #: a run with groups on any other backend is refused before anything starts.
     takes_worker_groups: ClassVar[bool] = False
 
+    def refuse_foreign_groups(self, groups: Any) -> None:
+        """Refuse ``[[cluster.worker_groups]]`` on a backend that does not start them.
+
+        Raises
+        ------
+        BadInput
+            When there are groups and this backend does not take them.
+        """
+        if groups and not self.takes_worker_groups:
+            raise BadInput(
+                f"[[cluster.worker_groups]] run on the docker and local backends only for now, not on "
+                f"{self.name}: drop the groups, or run with --backend docker or --backend local"
+            )
+
     def parse_options(self, options: Mapping[str, Any]) -> Any:
         """``[cluster.options]`` validated by :attr:`options_model`.
 

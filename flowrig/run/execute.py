@@ -212,12 +212,8 @@ def _decide(config: "PreparedRun", backend: "Backend", parameters: dict[str, Any
     from flowrig.project import sizing
     from flowrig.project.groups import check_groups
 
+    backend.refuse_foreign_groups(config.worker_groups)
     if config.worker_groups:
-        if not backend.takes_worker_groups:
-            raise BadInput(
-                f"[[cluster.worker_groups]] run on the docker and local backends only for now, not on "
-                f"{backend.name}: drop the groups, or run with --backend docker or --backend local"
-            )
         try:
             check_groups(config.worker_groups, n_workers=config.n_workers, adapt=config.adapt,
                          max_workers=config.max_workers)

@@ -330,3 +330,16 @@ def test_the_host_refuses_groups_to_a_project_without_them():
 
 def test_a_sized_cluster_line_names_each_group():
     assert ClusterSize(1, groups=(("gpu", 1),)).describe() == "1 worker (gpu 1)"
+
+
+def test_preflight_counts_the_groups_workers_and_refuses_groups_on_a_cloud_backend(tmp_path):
+    from flowrig.run.preflight import maximum_workers, preflight
+
+    project = _project({"name": "gpu", "n_workers": 2}, {"name": "cpu", "n_workers": 3})
+    assert maximum_workers(project) == 5
+    (tmp_path / "flow.py").write_text("from prefect import flow\n@flow\ndef main(): ...\n")
+    (tmp_path / "flowrig.toml").write_text('flow = "flow.py:main"\n[cluster]\nbackend = "fargate"\n'
+                                           '[[cluster.worker_groups]]\nname = "gpu"\n')
+    with pytest.raises(BadInput, match=r"^\[\[cluster.worker_groups\]\] run on the docker and local backends only "
+                                       r"for now, not on fargate"):
+        preflight(tmp_path)
