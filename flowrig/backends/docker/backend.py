@@ -149,7 +149,9 @@ class DockerBackend(Backend):
             if spec.size.adapt:
                 cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
             if spec.size.n_workers > 0:
-                cluster.wait_for_first_workers(1, float(options.start_timeout))
+                # Every group's workers, or a group's tasks could wait for ever.
+                cluster.wait_for_first_workers(spec.size.n_workers if spec.groups else 1,
+                                               float(options.start_timeout))
         except BaseException:
             close()
             raise

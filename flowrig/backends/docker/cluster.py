@@ -440,5 +440,7 @@ class DockerCluster(SpecCluster):
                 )
             if time.monotonic() > deadline:
                 tail = container_logs_tail(containers[0]) if containers else "no worker container"
-                raise InfrastructureError(f"no worker joined the scheduler within {timeout:.0f} s: {tail}")
+                joined = len(self.scheduler_info.get("workers", {}))
+                which = f"{joined} of {n} workers" if n > 1 else "no worker"
+                raise InfrastructureError(f"{which} joined the scheduler within {timeout:.0f} s: {tail}")
             time.sleep(0.25)

@@ -294,7 +294,8 @@ class HostController:
         if request.adapt:
             cluster.adapt(minimum=request.adapt[0], maximum=request.adapt[1])
         if request.n_workers > 0:
-            cluster.wait_for_first_workers(1, float(options.start_timeout))
+            # Every group's workers, or a group's tasks could wait for ever.
+            cluster.wait_for_first_workers(request.n_workers if request.groups else 1, float(options.start_timeout))
         return cluster
 
     def close(self) -> None:
