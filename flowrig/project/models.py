@@ -279,8 +279,12 @@ def describe(exc: ValidationError, file: str = defaults.PROJECT_FILE) -> str:
         return f"{file}: '{'.'.join(parts)}' must be a lowercase letter, then up to 19 lowercase letters, digits " \
             f"or dashes, got {value!r}"
     if len(parts) > 1 and parts[-1] in ("int", "float") and kind in ("int_type", "float_type"):
-        # A member of the Seconds union: the key is the field, the fix a number.
-        parts, kind = parts[:-1], "seconds"
+        # A member of the Seconds union (or of a group's resource amounts): the key is the
+        # field, the fix a number.
+        parts, kind = parts[:-1], "float_type" if "resources" in parts else "seconds"
+    if parts == ["cluster", "worker_groups"] and kind == "list_type":
+        return (f"{file}: 'cluster.worker_groups' must be a list of tables: write [[cluster.worker_groups]] "
+                "(two brackets) above each group")
     if kind == "finite_number":
         kind = "seconds"
     key = ".".join(parts)

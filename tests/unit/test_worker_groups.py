@@ -75,6 +75,23 @@ def test_each_rule_is_one_line_of_bad_input(groups, cluster, message):
     assert "\n" not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[cluster.worker_groups]\nname = "gpu"\n', "must be a list of tables: write [[cluster.worker_groups]]"),
+        ('[[cluster.worker_groups]]\nname = "gpu"\nresources = { GPU = "1" }\n',
+         "'cluster.worker_groups.0.resources.GPU' must be a number, got '1'"),
+        ('[[cluster.worker_groups]]\nname = "gpu"\ntags = "gpu"\n', "'cluster.worker_groups.0.tags' must be a list"),
+    ],
+)
+def test_toml_slips_name_the_key_and_the_fix(text, message):
+    import tomllib
+
+    with pytest.raises(BadInput) as refused:
+        parse_project(tomllib.loads('flow = "flow.py:main"\n' + text), Path("."))
+    assert message in str(refused.value)
+
+
 # --- routing -------------------------------------------------------------------------------
 
 
