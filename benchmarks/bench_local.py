@@ -10,12 +10,17 @@
     ``prefect server start``, started once before the runs), which is what a run gets
     from a warm per-user API: the embedded API's start-up is the floor that (a) pays.
 
-Every variant runs as a fresh process, timed from launch to exit, so interpreter
-start-up and imports count the same for all three. Prints medians and the ratios
-a/b (target <= 3.0 on this cold path), w/b and c/a, plus the time of ``flowrig --help``
-(target < 0.5 s).
+(a0) with ``--baseline DIR``: (a) with another checkout's flowrig first on
+    ``PYTHONPATH`` (same environment), for a before/after measured side by side.
 
-    python benchmarks/bench_local.py [--repeat 3] [--repeat-c 1] [--warm]
+Every variant runs as a fresh process, timed from launch to exit, so interpreter
+start-up and imports count the same for all. The sides run in rounds (``--pairs``),
+each round in another order, so that load that comes and goes slows them alike; the
+load average is printed before and after. Prints medians and the ratios a/b (target
+<= 2.0, goal 1.5), w/b and c/a, plus the time of ``flowrig --help`` (target < 0.5 s).
+``--profile`` then profiles one run (:mod:`start_profile`): where its time goes.
+
+    python benchmarks/bench_local.py [--pairs 7] [--repeat-c 1] [--warm] [--baseline DIR] [--profile]
 """
 
 from __future__ import annotations
@@ -120,11 +125,52 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, st
     return elapsed, done.stdout
 
 
+def _side_runs(pairs: int, sides: dict[str, list[str]], envs: dict[str, dict[str, str]],
+               outcomes: dict[str, list[dict]]) -> dict[str, list[float]]:
+    """``pairs`` rounds of every side, each round in another order (a rotation), so
+    that a machine whose load changes slows every side alike."""
+    walls: dict[str, list[float]] = {name: [] for name in sides}
+    names = list(sides)
+    for i in range(pairs):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            seconds, out = timed(sides[name], envs.get(name))
+            walls[name].append(seconds)
+            if name in outcomes:
+                result = json.loads(out.strip().splitlines()[-1])
+                assert result["result"] == 90 and result["n_workers"] == N_WORKERS, result
+                outcomes[name].append(result["timings"])
+    return walls
+
+
+def _runs(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def _sides(args: argparse.Namespace, work: Path, certs: Path) -> tuple[dict[str, list[str]], dict[str, dict[str, str]]]:
+    """The command of each side, and the environment of those that need their own."""
+    flowrig_run = [sys.executable, "-m", "flowrig.cli", "run", str(SEED), "--certs", str(certs),
+                   "--param", f"x={json.dumps(X)}", "--output", "json"]
+    sides = {"a": flowrig_run, "b": [sys.executable, str(work / "plain_dask.py"), str(certs)]}
+    envs: dict[str, dict[str, str]] = {}
+    if args.baseline is not None:
+        baseline = args.baseline.resolve()
+        if not (baseline / "flowrig" / "__init__.py").is_file():
+            sys.exit(f"{baseline} holds no flowrig checkout")
+        sides["a0"] = flowrig_run
+        path = os.pathsep.join(filter(None, [str(baseline), _env().get("PYTHONPATH")]))
+        envs["a0"] = {**_env(), "PYTHONPATH": path}
+    return sides, envs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="runs of (a) and (b)")
-    parser.add_argument("--repeat-c", type=int, default=1, help="runs of (c), 0 to skip; each takes about a minute")
+    parser.add_argument("--pairs", "--repeat", type=int, default=7, help="interleaved rounds of (a) and (b)")
+    parser.add_argument("--repeat-c", type=int, default=0, help="runs of (c), 0 to skip; each takes about a minute")
     parser.add_argument("--warm", action="store_true", help="also (w): runs against an API that is already up")
+    parser.add_argument("--baseline", type=Path, help="also (a0): (a) with another checkout's flowrig first on "
+                        "PYTHONPATH (same dependencies), in the same rounds")
+    parser.add_argument("--profile", action="store_true", help="then profile one run (imports, py-spy per "
+                        "process, the run's own timeline): see start_profile.py")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="flowrig-bench-"))
@@ -133,55 +179,60 @@ def main() -> None:
                    check=True, capture_output=True)
     (work / "plain_dask.py").write_text(PLAIN_DASK)
     (work / "prefect_dask_defaults.py").write_text(PREFECT_DASK)
-    flowrig_run = [sys.executable, "-m", "flowrig.cli", "run", str(SEED), "--certs", str(certs),
-                   "--param", f"x={json.dumps(X)}", "--output", "json"]
+    sides, envs = _sides(args, work, certs)
 
     # One untimed run of each warms the OS page cache and flowrig's Prefect database template.
-    timed(flowrig_run)
-    timed([sys.executable, str(work / "plain_dask.py"), str(certs)])
-
-    server, warm_env = None, None
+    for name, argv in sides.items():
+        timed(argv, envs.get(name))
+    server = None
     if args.warm:
         server, url = start_server(work, _env())
-        warm_env = {**_env(), "PREFECT_API_URL": url}
-        timed(flowrig_run, warm_env)  # the server's own first requests, untimed
+        envs["w"] = {**_env(), "PREFECT_API_URL": url}
+        sides["w"] = sides["a"]
+        timed(sides["w"], envs["w"])  # the server's own first requests, untimed
 
-    a, b, c, w, phases = [], [], [], [], []
-    for _ in range(args.repeat):
-        seconds, out = timed(flowrig_run)
-        result = json.loads(out.strip().splitlines()[-1])
-        assert result["result"] == 90 and result["n_workers"] == N_WORKERS, result
-        a.append(seconds)
-        phases.append(result["timings"])
-        b.append(timed([sys.executable, str(work / "plain_dask.py"), str(certs)])[0])
-        if warm_env is not None:
-            w.append(timed(flowrig_run, warm_env)[0])
+    load_before = os.getloadavg()
+    outcomes: dict[str, list[dict]] = {name: [] for name in sides if name != "b"}
+    walls = _side_runs(args.pairs, sides, envs, outcomes)
+    load_after = os.getloadavg()
     if server is not None:
         server.stop()
     # Each of (c)'s processes starts its own temporary API; with several starting at once
     # on two cores, Prefect's default 20 s start-up timeout is too short to finish at all.
     c_env = {**_env(), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
-    for _ in range(args.repeat_c):
-        c.append(timed([sys.executable, str(work / "prefect_dask_defaults.py"), str(certs)], c_env)[0])
+    c = [timed([sys.executable, str(work / "prefect_dask_defaults.py"), str(certs)], c_env)[0]
+         for _ in range(args.repeat_c)]
     helps = [timed([sys.executable, "-m", "flowrig.cli", "--help"])[0] for _ in range(5)]
 
-    ma, mb = statistics.median(a), statistics.median(b)
-    mc = statistics.median(c) if c else float("nan")
+    medians = {name: statistics.median(values) for name, values in walls.items()}
+    ma, mb = medians["a"], medians["b"]
     print(f"machine: {os.cpu_count()} cores; seed flow, x of {len(X)} items, {N_WORKERS} workers, mutual TLS")
-    print(f"(a) flowrig run, local backend      median {ma:6.2f} s  runs {', '.join(f'{v:.2f}' for v in a)}")
+    print(f"load average (1, 5, 15 min) before {' '.join(f'{v:.2f}' for v in load_before)}, "
+          f"after {' '.join(f'{v:.2f}' for v in load_after)}")
+    print(f"(a) flowrig run, local backend      median {ma:6.2f} s  runs {_runs(walls['a'])}")
     # The run's own phases; they add up to its total, the whole wall time of the command.
     for key in ("startup", "load", "prepare", "cluster_start", "api_wait", "flow", "teardown", "total"):
-        print(f"      {key:<14} median {statistics.median(p.get(key) or 0.0 for p in phases):6.2f} s")
-    print(f"(b) plain Dask, same TLS            median {mb:6.2f} s  runs {', '.join(f'{v:.2f}' for v in b)}")
-    print(f"(c) prefect-dask, Prefect defaults  median {mc:6.2f} s  runs {', '.join(f'{v:.2f}' for v in c)}")
-    if w:
-        mw = statistics.median(w)
-        print(f"(w) flowrig run, API already up     median {mw:6.2f} s  runs {', '.join(f'{v:.2f}' for v in w)}")
-    print(f"a/b = {ma / mb:.2f}   (target <= 3.0, cold: the run starts its own API)")
-    if w:
-        print(f"w/b = {mw / mb:.2f}   (warm: what a run gives when an API is already up)")
-    print(f"c/a = {mc / ma:.2f}   (how much faster flowrig is than plain prefect-dask)")
+        print(f"      {key:<14} median {statistics.median(p.get(key) or 0.0 for p in outcomes['a']):6.2f} s")
+    print(f"(b) plain Dask, same TLS            median {mb:6.2f} s  runs {_runs(walls['b'])}")
+    if "a0" in walls:
+        print(f"(a0) the baseline's flowrig run     median {medians['a0']:6.2f} s  runs {_runs(walls['a0'])}")
+    if c:
+        print(f"(c) prefect-dask, Prefect defaults  median {statistics.median(c):6.2f} s  runs {_runs(c)}")
+    if "w" in walls:
+        print(f"(w) flowrig run, API already up     median {medians['w']:6.2f} s  runs {_runs(walls['w'])}")
+    own = statistics.median(x / y for x, y in zip(walls["a"], walls["b"]))
+    print(f"a/b = {ma / mb:.2f}   (target <= 2.0, goal 1.5; median of each round's own a/b: {own:.2f})")
+    if "a0" in walls:
+        print(f"a0/b = {medians['a0'] / mb:.2f}   a/a0 = {ma / medians['a0']:.2f}   (this checkout / the baseline)")
+    if "w" in walls:
+        print(f"w/b = {medians['w'] / mb:.2f}   (warm: what a run gives when an API is already up)")
+    if c:
+        print(f"c/a = {statistics.median(c) / ma:.2f}   (how much faster flowrig is than plain prefect-dask)")
     print(f"flowrig --help      median {statistics.median(helps):.3f} s   (target < 0.5 s)")
+    if args.profile:
+        from start_profile import profile
+
+        profile(sides["a"], _env(), outcomes["a"], medians)
 
 
 if __name__ == "__main__":
