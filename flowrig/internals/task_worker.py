@@ -52,6 +52,7 @@ from contextlib import ExitStack
 from typing import Any, Iterable
 
 from flowrig.internals import event_pacing
+from flowrig.internals.prefect_blocks import with_known_blocks
 
 
 def payload(value: Any) -> Any:
@@ -202,7 +203,9 @@ def _build_run_state(payload: dict[str, Any]) -> _RunState:
             stack.enter_context(SettingsContext(profile=state.profile, settings=state.settings))
         event_pacing.OVERRIDE.add(state.token, drop=payload["events"] == "drop", window=payload.get("event_window"))
         client = _client_for(state)
-        flow_run = payload["flow_run_context"]
+        # Its storage block built here when Prefect knows its type: validating the dict
+        # would import every installed Prefect collection first (prefect_blocks).
+        flow_run = with_known_blocks(payload["flow_run_context"])
         if flow_run:
             runner = flow_run["flow"].task_runner.duplicate()
             if hasattr(runner, "_root"):  # a FlowrigTaskRunner (this side imports no runner)
