@@ -10,8 +10,8 @@
     ``prefect server start``, started once before the runs), which is what a run gets
     from a warm per-user API: the embedded API's start-up is the floor that (a) pays.
 
-(a0) with ``--baseline DIR``: (a) with another checkout's flowrig first on
-    ``PYTHONPATH`` (same environment), for a before/after measured side by side.
+(a0) with ``--baseline DIR`` (a1... with more): (a) with another checkout's flowrig
+    first on ``PYTHONPATH`` (same environment), for a before/after measured side by side.
 
 Every variant runs as a fresh process, timed from launch to exit, so interpreter
 start-up and imports count the same for all. The sides run in rounds (``--pairs``),
@@ -152,13 +152,13 @@ def _sides(args: argparse.Namespace, work: Path, certs: Path) -> tuple[dict[str,
                    "--param", f"x={json.dumps(X)}", "--output", "json"]
     sides = {"a": flowrig_run, "b": [sys.executable, str(work / "plain_dask.py"), str(certs)]}
     envs: dict[str, dict[str, str]] = {}
-    if args.baseline is not None:
-        baseline = args.baseline.resolve()
+    for i, baseline in enumerate(args.baseline):
+        baseline = baseline.resolve()
         if not (baseline / "flowrig" / "__init__.py").is_file():
             sys.exit(f"{baseline} holds no flowrig checkout")
-        sides["a0"] = flowrig_run
+        sides[f"a{i}"] = flowrig_run
         path = os.pathsep.join(filter(None, [str(baseline), _env().get("PYTHONPATH")]))
-        envs["a0"] = {**_env(), "PYTHONPATH": path}
+        envs[f"a{i}"] = {**_env(), "PYTHONPATH": path}
     return sides, envs
 
 
@@ -167,8 +167,9 @@ def main() -> None:
     parser.add_argument("--pairs", "--repeat", type=int, default=7, help="interleaved rounds of (a) and (b)")
     parser.add_argument("--repeat-c", type=int, default=0, help="runs of (c), 0 to skip; each takes about a minute")
     parser.add_argument("--warm", action="store_true", help="also (w): runs against an API that is already up")
-    parser.add_argument("--baseline", type=Path, help="also (a0): (a) with another checkout's flowrig first on "
-                        "PYTHONPATH (same dependencies), in the same rounds")
+    parser.add_argument("--baseline", type=Path, action="append", default=[],
+                        help="also (a0), (a1)...: (a) with another checkout's flowrig first on PYTHONPATH "
+                        "(same dependencies), in the same rounds; may be given more than once")
     parser.add_argument("--profile", action="store_true", help="then profile one run (imports, py-spy per "
                         "process, the run's own timeline): see start_profile.py")
     args = parser.parse_args()
@@ -214,16 +215,18 @@ def main() -> None:
     for key in ("startup", "load", "prepare", "cluster_start", "api_wait", "flow", "teardown", "total"):
         print(f"      {key:<14} median {statistics.median(p.get(key) or 0.0 for p in outcomes['a']):6.2f} s")
     print(f"(b) plain Dask, same TLS            median {mb:6.2f} s  runs {_runs(walls['b'])}")
-    if "a0" in walls:
-        print(f"(a0) the baseline's flowrig run     median {medians['a0']:6.2f} s  runs {_runs(walls['a0'])}")
+    for i, baseline in enumerate(args.baseline):
+        print(f"(a{i}) {str(baseline)[-30:]:<30} median {medians[f'a{i}']:6.2f} s  runs {_runs(walls[f'a{i}'])}")
     if c:
         print(f"(c) prefect-dask, Prefect defaults  median {statistics.median(c):6.2f} s  runs {_runs(c)}")
     if "w" in walls:
         print(f"(w) flowrig run, API already up     median {medians['w']:6.2f} s  runs {_runs(walls['w'])}")
     own = statistics.median(x / y for x, y in zip(walls["a"], walls["b"]))
     print(f"a/b = {ma / mb:.2f}   (target <= 2.0, goal 1.5; median of each round's own a/b: {own:.2f})")
-    if "a0" in walls:
-        print(f"a0/b = {medians['a0'] / mb:.2f}   a/a0 = {ma / medians['a0']:.2f}   (this checkout / the baseline)")
+    for i, _ in enumerate(args.baseline):
+        mine = statistics.median(x / y for x, y in zip(walls["a"], walls[f"a{i}"]))
+        print(f"a{i}/b = {medians[f'a{i}'] / mb:.2f}   a/a{i} = {ma / medians[f'a{i}']:.2f}   (this checkout / "
+              f"baseline {i}; median of each round's own: {mine:.2f})")
     if "w" in walls:
         print(f"w/b = {medians['w'] / mb:.2f}   (warm: what a run gives when an API is already up)")
     if c:

@@ -10,9 +10,11 @@ JSON line from stdin, a pipe its parent keeps open for its whole life::
      "tls": {"cert": "...", "key": "..."} or null,   serve HTTPS with this leaf
      "workdir": "/tmp/..."}         removed when the parent goes away
 
-End of file on stdin means the parent is gone (even after ``kill -9``): the server
-exits at once; a watch of the parent's pid covers a parent whose forks still hold the
-pipe. A process flowrig owns, so start-up may pause and freeze the collector here.
+It imports Prefect's server before it reads that line, so that a run can spawn it as
+its first step. End of file on stdin means the parent is gone (even after ``kill -9``):
+the server exits at once (once its import is done, before it); a watch of the
+parent's pid covers a parent whose forks still hold the pipe. Either way it removes
+the run's folder (``--workdir``). A process flowrig owns, so start-up may pause and freeze the collector here.
 
 ``python -m flowrig.api.serve make-template`` migrates the database template (build
 time in the image, once per Prefect version on a host).
@@ -102,25 +104,30 @@ def serve(config: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m flowrig.api.serve [make-template]`` (internal)."""
+    """``python -m flowrig.api.serve [--workdir DIR | make-template]`` (internal)."""
     argv = sys.argv[1:] if argv is None else argv
     from flowrig.internals import prefect_server
 
     if argv[:1] == ["make-template"]:
         prefect_server.build_template_database()
         return
-    line = _read_line(0)
-    if not line:
-        os._exit(0)
-    config = json.loads(line)
-    threading.Thread(target=_watch_stdin, args=(config.get("workdir"),), daemon=True).start()
-    threading.Thread(target=_watch_parent, args=(os.getppid(), config.get("workdir")), daemon=True).start()
+    # The run's folder, removed when the runner goes away before it sent the config.
+    workdir = argv[1] if argv[:1] == ["--workdir"] and len(argv) > 1 else None
+    threading.Thread(target=_watch_parent, args=(os.getppid(), workdir), daemon=True).start()
     from flowrig.common.startup_gc import collector_paused
 
+    # Imported before the configuration is read: the runner spawns this process as the
+    # first thing a run does and sends the configuration once it has made the run's
+    # certificates, while this import (most of the API's start-up) goes on.
     with collector_paused():
         import uvicorn  # noqa: F401
 
         prefect_server.import_server()
+    line = _read_line(0)
+    if not line:
+        _gone(workdir)
+    config = json.loads(line)
+    threading.Thread(target=_watch_stdin, args=(config.get("workdir"),), daemon=True).start()
     serve(config)
 
 

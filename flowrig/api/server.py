@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flowrig import layout
 from flowrig.api.template import SERVER_ENV, clean_env, ensure_template, sqlite_url
@@ -127,12 +127,17 @@ class EmbeddedPrefectAPI:
         """The API of a run whose certificates are ``tls``: HTTPS when its leaf names the
         advertised host (per-run certificates are made to), else HTTP."""
         bind, advertised = hosts
-        serves_tls = advertised in tls.hosts
-        return cls(
-            bind, advertised,
-            server_tls=(tls.cert_pem, tls.key_pem) if serves_tls else None,
-            ca_pem=tls.ca_pem,
-        )
+        return cls(bind, advertised, **_serving(advertised, tls))
+
+    def adopt(self, advertised_host: str, tls: "TLSMaterial") -> "EmbeddedPrefectAPI":
+        """Make a server spawned ahead of its run's certificates (:meth:`spawn`) the API
+        of the run whose certificates are ``tls``, as :meth:`for_run` would, and hand it
+        its configuration (:meth:`configure`)."""
+        assert self._socket is not None and self._process is not None, "spawn() first, then adopt once"
+        self.advertised_host = advertised_host
+        for name, value in _serving(advertised_host, tls).items():
+            setattr(self, name, value)
+        return self.configure()
 
     @property
     def scheme(self) -> str:
@@ -201,7 +206,14 @@ class EmbeddedPrefectAPI:
 
     def start(self) -> "EmbeddedPrefectAPI":
         """Start the server without waiting for it (see :meth:`wait_ready`)."""
-        assert self._socket is not None, "an API starts once"
+        return self.spawn().configure()
+
+    def spawn(self) -> "EmbeddedPrefectAPI":
+        """Start the server's process, which imports Prefect's server at once and then
+        waits for its configuration (:meth:`configure`): what it needs before it can
+        import (its environment, its database, its socket) is all made here, so that
+        it can be spawned before the run knows its certificates."""
+        assert self._socket is not None and self._process is None, "an API starts once"
         template = ensure_template()
         # Held by this process (and the server removes it when this process is gone):
         # a folder that outlives both is for `flowrig local leftovers`.
@@ -217,15 +229,16 @@ class EmbeddedPrefectAPI:
             PREFECT_LOGGING_LEVEL=os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
         )
         errors = open(self._workdir / "server.log", "wb")
-        fd = self._socket.fileno()
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "flowrig.api.serve"],
+                # The folder is on the command line (it is no secret) so that a server
+                # whose runner is gone before it was configured still removes it.
+                [sys.executable, "-m", "flowrig.api.serve", "--workdir", str(self._workdir)],
                 env=env,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
-                pass_fds=(fd,),
+                pass_fds=(self._socket.fileno(),),
                 # Signals sent to the runner's process group stay with the runner: the
                 # API must outlive the flow's own handling of them (its final state is
                 # reported there), and stops with the runner's teardown or its death.
@@ -233,8 +246,14 @@ class EmbeddedPrefectAPI:
             )
         finally:
             errors.close()
+        return self
+
+    def configure(self) -> "EmbeddedPrefectAPI":
+        """Send the spawned server its auth string, its TLS leaf and its socket's
+        number: it serves once it has imported Prefect's server."""
+        assert self._socket is not None and self._process is not None, "spawn() first, then configure once"
         config = {
-            "fd": fd,
+            "fd": self._socket.fileno(),
             "auth": self.auth_string,
             "workdir": str(self._workdir),
             "tls": {"cert": self.server_tls[0].decode(), "key": self.server_tls[1].decode()}
@@ -242,8 +261,11 @@ class EmbeddedPrefectAPI:
             else None,
         }
         assert self._process.stdin is not None
-        self._process.stdin.write(json.dumps(config).encode() + b"\n")
-        self._process.stdin.flush()
+        try:
+            self._process.stdin.write(json.dumps(config).encode() + b"\n")
+            self._process.stdin.flush()
+        except OSError:
+            pass  # it exited while importing: the readiness watch says why (its log)
         # The server holds the socket now; connections wait in its backlog until it serves.
         self._socket.close()
         self._socket = None
@@ -361,6 +383,13 @@ class EmbeddedPrefectAPI:
             self._folder.remove()
             self._folder = None
             self._workdir = None
+
+
+def _serving(advertised_host: str, tls: "TLSMaterial") -> dict[str, Any]:
+    """How an API advertised as ``advertised_host`` serves a run whose certificates are
+    ``tls``: HTTPS when the leaf names that host, else HTTP; the run's CA either way."""
+    serves_tls = advertised_host in tls.hosts
+    return {"server_tls": (tls.cert_pem, tls.key_pem) if serves_tls else None, "ca_pem": tls.ca_pem}
 
 
 def _cause(stderr: str) -> str:

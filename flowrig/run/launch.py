@@ -23,12 +23,14 @@ from flowrig import layout
 from flowrig.common.clock import STARTED_ENV, command_started
 from flowrig.common.runid import RUN_ID_ENV
 from flowrig.errors import BadInput, exit_status
+from flowrig.project.defaults import BACKEND
 from flowrig.run.config import RunRecord
 from flowrig.run.console import Verbosity
 from flowrig.run.report import OutcomeReport
 from flowrig.run.timings import RunTimer
 
 if TYPE_CHECKING:
+    from flowrig.api import EmbeddedPrefectAPI
     from flowrig.backends import Backend
     from flowrig.common.deadline import RunDeadline
     from flowrig.project import Project
@@ -157,7 +159,7 @@ def run_command(inputs: RunInputs, report: OutcomeReport | None = None) -> int:
 def _run_command(inputs: RunInputs, deadline: "RunDeadline", report: OutcomeReport) -> int:
     """Pick the run's front end: the runner in a container of its own (a backend whose
     ``runner_in_container`` says so, on a host), else the run here."""
-    from flowrig.run.prepared import backend_name, resolve_backend
+    from flowrig.run.prepared import spawn_prefect_api
 
     if layout.in_image():
         from flowrig.backends.docker import control
@@ -166,6 +168,22 @@ def _run_command(inputs: RunInputs, deadline: "RunDeadline", report: OutcomeRepo
             # A runner container of the docker backend: its host sends the parameters.
             inputs = dataclasses.replace(inputs, given_parameters=control.take_run_inputs())
     directory = Path(inputs.project_dir)
+    # The run's API process first: its imports take longest and need nothing else.
+    spawned = spawn_prefect_api(_backend_hint(inputs, directory))
+    try:
+        return _front_end(inputs, directory, deadline, report, spawned)
+    except BaseException:
+        if spawned is not None:
+            spawned.stop()  # a no-op once the run has stopped it itself
+        raise
+
+
+def _front_end(
+    inputs: RunInputs, directory: Path, deadline: "RunDeadline", report: OutcomeReport,
+    spawned: "EmbeddedPrefectAPI | None",
+) -> int:
+    from flowrig.run.prepared import backend_name, resolve_backend
+
     project, missing = _read_project(directory)
     name = report.record.backend = backend_name(inputs, project)
     deadline.arm(inputs.timeout if inputs.timeout is not None else (project.run.timeout if project else None))
@@ -180,12 +198,35 @@ def _run_command(inputs: RunInputs, deadline: "RunDeadline", report: OutcomeRepo
         # (--strict/--no-strict, or the host's project asks for it); otherwise the
         # image's project decides.
         passed = inputs.strict if inputs.strict is not None else (True if strict else None)
+        if spawned is not None:
+            spawned.stop()
         with report.watching_stdout():
             return run_in_container(dataclasses.replace(inputs, strict=passed), project, deadline)
     if project is None:
         assert missing is not None
         raise missing
-    return _run_here(inputs, project, backend, strict, report)
+    return _run_here(inputs, project, backend, strict, report, spawned)
+
+
+def _backend_hint(inputs: RunInputs, directory: Path) -> str | None:
+    """The backend the run will most likely name, from the command line or a glance at
+    ``flowrig.toml`` (plain TOML, nothing validated: :func:`_read_project` reads it for
+    the run); ``None`` when it cannot tell."""
+    import tomllib
+
+    from flowrig.project.defaults import PROJECT_FILE
+
+    if inputs.scheduler_address:
+        return "address"
+    if inputs.backend:
+        return inputs.backend
+    file = directory if directory.is_file() else directory / PROJECT_FILE
+    try:
+        cluster = tomllib.loads(file.read_text(encoding="utf-8")).get("cluster", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    backend = cluster.get("backend", BACKEND) if isinstance(cluster, dict) else None
+    return backend if isinstance(backend, str) else None
 
 
 def _read_project(directory: Path) -> "tuple[Project | None, BadInput | None]":
@@ -203,14 +244,19 @@ def _read_project(directory: Path) -> "tuple[Project | None, BadInput | None]":
 
 
 def _run_here(
-    inputs: RunInputs, project: "Project", backend: "Backend", strict: bool, report: OutcomeReport
+    inputs: RunInputs,
+    project: "Project",
+    backend: "Backend",
+    strict: bool,
+    report: OutcomeReport,
+    spawned: "EmbeddedPrefectAPI | None",
 ) -> int:
     """The run in this process: its inputs prepared once, then executed."""
     from flowrig.run import console
     from flowrig.run.execute import execute
     from flowrig.run.prepared import prepare
 
-    run = prepare(inputs, project, backend)
+    run = prepare(inputs, project, backend, spawned)
     try:
         # After Prefect set up its logging, before any worker starts (they inherit it).
         console.configure(inputs.verbosity, to_api=run.api is None)

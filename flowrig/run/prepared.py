@@ -157,19 +157,47 @@ def run_certificates(
     return TLSMaterial.for_run(given, hosts=[backend.prefect_api_hosts()[1]], image_roles=image_roles)
 
 
-def start_prefect_api(backend: "Backend", tls: "TLSMaterial") -> "EmbeddedPrefectAPI | None":
+def start_prefect_api(
+    backend: "Backend", tls: "TLSMaterial", spawned: "EmbeddedPrefectAPI | None" = None
+) -> "EmbeddedPrefectAPI | None":
     """Start the run's embedded Prefect API, or return ``None`` when one is configured.
 
     Called as early as possible: the server's start-up then overlaps with loading the
-    flow and starting the cluster. Only the environment is read here: Prefect's own
-    settings (profiles, .env) need an import of prefect that takes seconds;
-    :func:`_configured_api` checks them once the flow imported it.
+    flow and starting the cluster. ``spawned``, a server the run spawned before it knew
+    its certificates (:func:`spawn_prefect_api`), is configured and used when it listens
+    where ``backend`` needs it, else stopped. Only the environment is read here:
+    Prefect's own settings (profiles, .env) need an import of prefect that takes
+    seconds; :func:`_configured_api` checks them once the flow imported it.
     """
     from flowrig.api import EmbeddedPrefectAPI
 
+    hosts = backend.prefect_api_hosts()
+    if spawned is not None:
+        if not os.environ.get("PREFECT_API_URL") and spawned.bind_host == hosts[0]:
+            return spawned.adopt(hosts[1], tls)
+        spawned.stop()
     if os.environ.get("PREFECT_API_URL"):
         return None
-    return EmbeddedPrefectAPI.for_run(backend.prefect_api_hosts(), tls).start()
+    return EmbeddedPrefectAPI.for_run(hosts, tls).start()
+
+
+def spawn_prefect_api(backend: str) -> "EmbeddedPrefectAPI | None":
+    """The run's embedded API process, spawned at the first step of a run on
+    ``backend`` (a name: nothing is imported for it), to be configured by
+    :func:`start_prefect_api` once the run's certificates exist; ``None`` when the run
+    will not need one here.
+
+    Its import of Prefect's server, most of the API's start-up, then overlaps with
+    everything the runner does before it has certificates (reading ``flowrig.toml``,
+    the backend, the certificates themselves). Only ``local`` is known without an
+    import to serve on loopback with its runner here; the other backends start their
+    API as before.
+    """
+    if backend != "local" or os.environ.get("PREFECT_API_URL"):
+        return None
+    from flowrig.api import EmbeddedPrefectAPI
+
+    return EmbeddedPrefectAPI().spawn()
 
 
 def _configured_api(api: "EmbeddedPrefectAPI | None") -> tuple["EmbeddedPrefectAPI | None", str | None]:
@@ -227,12 +255,18 @@ def _sizing_hook(project: "Project") -> Callable[..., Any] | None:
 # --- the two front ends ----------------------------------------------------------------------
 
 
-def prepare(inputs: "RunInputs", project: "Project", backend: "Backend | None" = None) -> PreparedRun:
+def prepare(
+    inputs: "RunInputs",
+    project: "Project",
+    backend: "Backend | None" = None,
+    spawned: "EmbeddedPrefectAPI | None" = None,
+) -> PreparedRun:
     """A command line's run of ``project``: backend (``backend`` when the caller
     resolved it already), certificates, API, flow and parameters.
 
-    The API starts first, so that its start-up overlaps with importing the flow; it is
-    stopped again when anything after it fails. A container a Prefect worker started
+    The API starts first (``spawned``, when the caller spawned it already:
+    :func:`start_prefect_api`), so that its start-up overlaps with importing the flow;
+    it is stopped again when anything after it fails, ``spawned`` included. A container a Prefect worker started
     for a flow run (``PREFECT__FLOW_RUN_ID`` set) reads that flow run's parameters.
 
     Raises
@@ -243,12 +277,17 @@ def prepare(inputs: "RunInputs", project: "Project", backend: "Backend | None" =
     """
     from flowrig.backends.prices import load_prices
 
-    backend = backend or backend_of(inputs, project)
-    # A bad price file is bad input before anything starts.
-    prices = load_prices(project.root, project.run.prices)
-    options = {"address": inputs.scheduler_address} if inputs.scheduler_address else dict(project.cluster.options)
-    tls = run_certificates(backend, given_certificates(inputs.certs), options)
-    api = start_prefect_api(backend, tls)
+    try:
+        backend = backend or backend_of(inputs, project)
+        # A bad price file is bad input before anything starts.
+        prices = load_prices(project.root, project.run.prices)
+        options = {"address": inputs.scheduler_address} if inputs.scheduler_address else dict(project.cluster.options)
+        tls = run_certificates(backend, given_certificates(inputs.certs), options)
+    except BaseException:
+        if spawned is not None:
+            spawned.stop()
+        raise
+    api = start_prefect_api(backend, tls, spawned)
     try:
         if backend.name == "local" and not layout.in_image():
             # Local workers are forked from this interpreter: a requirement it lacks would

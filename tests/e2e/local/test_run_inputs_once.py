@@ -52,7 +52,8 @@ DRIVER = textwrap.dedent(
     TLS = flowrig.certs.material.TLSMaterial
     TLS.for_run = classmethod(counted("for_run", TLS.for_run.__func__))
     TLS.from_dir = classmethod(counted("from_dir", TLS.from_dir.__func__))
-    patch(flowrig.api.EmbeddedPrefectAPI, "start", "api_start")
+    # Every start of the API process goes through spawn(), the early one of a local run too.
+    patch(flowrig.api.EmbeddedPrefectAPI, "spawn", "api_start")
     patch(flowrig.internals.prefect_engine, "import_flow_engine", "import_flow_engine")
     patch(flowrig.project.flow_loader, "load_flow", "load_flow")
     patch(flowrig.project.parameters, "gather", "gather")
