@@ -115,9 +115,9 @@ def _critical_path(timings: list[dict], medians: dict[str, float]) -> None:
 
     print("\n-- the run's critical path (medians of the timed runs of (a); seconds from the command's start)")
     at = 0.0
-    for key, says in (("startup", "interpreter start, CLI imports"),
-                      ("load", "flowrig.toml, backend, certificates, API spawned"),
-                      ("prepare", "flow import (Prefect, engine), sizing, fork server"),
+    for key, says in (("startup", "interpreter start, CLI imports and parsing"),
+                      ("load", "API spawned, flowrig.toml, certificates, flow and engine imports, fork server"),
+                      ("prepare", "parameters validated, size decided, workers' environment"),
                       ("cluster_start", "scheduler and workers (waits for the workers)"),
                       ("api_wait", "waiting for the API to answer"),
                       ("flow", "the flow on the cluster"),
