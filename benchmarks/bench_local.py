@@ -221,6 +221,11 @@ def main() -> None:
         print(f"(c) prefect-dask, Prefect defaults  median {statistics.median(c):6.2f} s  runs {_runs(c)}")
     if "w" in walls:
         print(f"(w) flowrig run, API already up     median {medians['w']:6.2f} s  runs {_runs(walls['w'])}")
+    marks = ("api_ready", "scheduler_up", "all_workers_joined", "first_task_finished", "flow_finished", "total")
+    for name, timings in outcomes.items():
+        found = {key: [t[key] for t in timings if t.get(key) is not None] for key in marks}
+        print(f"    ({name}) marks, medians: " + ", ".join(f"{key} {statistics.median(v):.2f}"
+                                                      for key, v in found.items() if v))
     own = statistics.median(x / y for x, y in zip(walls["a"], walls["b"]))
     print(f"a/b = {ma / mb:.2f}   (target <= 2.0, goal 1.5; median of each round's own a/b: {own:.2f})")
     for i, _ in enumerate(args.baseline):
