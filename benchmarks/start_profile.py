@@ -82,6 +82,11 @@ def _spy(argv: list[str], env: dict[str, str], top: int = 8) -> None:
     for line in lines:
         stacks[line.split(";", 1)[0]].append(line)
     names = _roles(stacks)
+    if len(stacks) < 2:
+        # Seen with py-spy 0.4.3 in a container: every sample under the first pid, so
+        # frames of the API and the runner would be told as one process's.
+        print(f"\n-- py-spy followed no subprocess ({len(lines)} stacks, one process): no split per process")
+        return
     samples: dict[str, int] = collections.Counter()
     busy: dict[str, int] = collections.Counter()
     frames: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
