@@ -40,7 +40,11 @@ def _imports(argv: list[str], env: dict[str, str], top: int = 25) -> None:
         if match:
             rows.append((int(match.group(2)), len(match.group(3)) // 2, match.group(4)))
     total = sum(cum for cum, depth, _ in rows if depth == 0)
-    print(f"\n-- the runner's imports (python -X importtime): {total / 1e6:.2f} s in top-level imports")
+    # The fork server and the roles it forks (scheduler, workers) write to the runner's
+    # stderr with the runner's flags: their imports are listed too (the scheduler's
+    # dashboard is one).
+    print(f"\n-- the imports of the runner and its forks (python -X importtime): {total / 1e6:.2f} s "
+          "in top-level imports")
     for cum, depth, name in sorted(rows, reverse=True)[:top]:
         print(f"   {cum / 1e6:6.3f} s  {'  ' * depth}{name}")
     code = "import time; t = time.perf_counter(); import uvicorn; from flowrig.internals import prefect_server; " \
@@ -82,7 +86,7 @@ def _spy(argv: list[str], env: dict[str, str], top: int = 8) -> None:
     for line in lines:
         stacks[line.split(";", 1)[0]].append(line)
     names = _roles(stacks)
-    if len(stacks) < 2:
+    if len({re.match(r"process (\d+)", header) and header.split(":", 1)[0] for header in stacks}) < 2:
         # Seen with py-spy 0.4.3 in a container: every sample under the first pid, so
         # frames of the API and the runner would be told as one process's.
         print(f"\n-- py-spy followed no subprocess ({len(lines)} stacks, one process): no split per process")
