@@ -2,7 +2,8 @@
 
 distributed 2026.6 removed the ``dask-scheduler``/``dask-worker`` console scripts, but
 dask-cloudprovider still sends exactly those commands; the modules behind them are
-still there, so every spelling maps onto ``python -m distributed.cli.dask_*``.
+still there, so every spelling maps onto ``python -m distributed.cli.dask_scheduler`` or
+distributed's worker command (through :mod:`flowrig.roles.forked_dask_worker`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from flowrig import layout
 from flowrig.errors import BadInput
 
 SCHEDULER_MODULE = "distributed.cli.dask_scheduler"
-WORKER_MODULE = "distributed.cli.dask_worker"
+#: distributed's worker command, run by a nanny whose worker process is a fork of it
+#: with Prefect's engine imported (:mod:`flowrig.roles.forked_dask_worker`).
+WORKER_MODULE = "flowrig.roles.forked_dask_worker"
 
 #: The scheduler's port and its dashboard's, inside a container or task.
 SCHEDULER_PORT = 8786
