@@ -149,9 +149,10 @@ class DockerBackend(Backend):
             if spec.size.adapt:
                 cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
             if spec.size.n_workers > 0:
-                # Every group's workers, or a group's tasks could wait for ever.
-                cluster.wait_for_first_workers(spec.size.n_workers if spec.groups else 1,
-                                               float(options.start_timeout))
+                # Every worker it starts with; every group's, or a group's tasks could wait for ever.
+                cluster.wait_for_first_workers(
+                    spec.size.n_workers, float(options.start_timeout), all_of_them=bool(spec.groups)
+                )
         except BaseException:
             close()
             raise

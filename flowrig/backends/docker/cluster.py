@@ -27,7 +27,6 @@ from flowrig.containers import ContainerPlan
 from flowrig.containers.engine import (
     attach_stdin,
     connect,
-    container_logs_tail,
     create_container,
     create_network,
     engine_resources,
@@ -41,7 +40,7 @@ from flowrig.containers.engine import (
     wait_for_log,
 )
 from flowrig.dashboard import DashboardProxy
-from flowrig.errors import InfrastructureError, flowrig_cause
+from flowrig.errors import flowrig_cause
 from flowrig.project.defaults import WORKER_THREADS
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT
 
@@ -418,29 +417,18 @@ class DockerCluster(SpecCluster):
         """This cluster's worker containers, running or not."""
         return run_containers(self.settings.client, self.run_id, roles=("worker",))
 
-    def wait_for_first_workers(self, n: int, timeout: float) -> None:
-        """Block until ``n`` workers have joined the scheduler.
+    def wait_for_first_workers(self, n: int, timeout: float, *, all_of_them: bool = False) -> int:
+        """Block until the ``n`` workers the cluster starts with have joined, or at least
+        one has and the rest are late or gone (:mod:`flowrig.backends.docker.joining`);
+        with ``all_of_them`` (worker groups, whose tasks only their own workers run),
+        until all ``n`` have.
 
         Raises
         ------
         InfrastructureError
-            When every worker container has exited, or after ``timeout`` seconds;
-            the message holds a worker's last log lines.
+            When every worker container has exited before one joined, or too few joined
+            within ``timeout`` seconds; the message holds a worker's last log lines.
         """
-        deadline = time.monotonic() + timeout
-        while len(self.scheduler_info.get("workers", {})) < n:
-            containers = self.worker_containers()
-            for c in containers:
-                c.reload()
-            if containers and all(c.status in ("exited", "dead") for c in containers):
-                c = containers[0]
-                raise InfrastructureError(
-                    f"worker container {c.name} exited (code {c.attrs['State'].get('ExitCode')}) "
-                    f"before joining the scheduler: {container_logs_tail(c)}"
-                )
-            if time.monotonic() > deadline:
-                tail = container_logs_tail(containers[0]) if containers else "no worker container"
-                joined = len(self.scheduler_info.get("workers", {}))
-                which = f"{joined} of {n} workers" if n > 1 else "no worker"
-                raise InfrastructureError(f"{which} joined the scheduler within {timeout:.0f} s: {tail}")
-            time.sleep(0.25)
+        from flowrig.backends.docker.joining import wait_for_workers
+
+        return wait_for_workers(self, n, timeout, all_of_them=all_of_them)

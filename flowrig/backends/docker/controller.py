@@ -294,8 +294,10 @@ class HostController:
         if request.adapt:
             cluster.adapt(minimum=request.adapt[0], maximum=request.adapt[1])
         if request.n_workers > 0:
-            # Every group's workers, or a group's tasks could wait for ever.
-            cluster.wait_for_first_workers(request.n_workers if request.groups else 1, float(options.start_timeout))
+            # Every worker it starts with; every group's, or a group's tasks could wait for ever.
+            cluster.wait_for_first_workers(
+                request.n_workers, float(options.start_timeout), all_of_them=bool(request.groups)
+            )
         return cluster
 
     def close(self) -> None:
