@@ -109,7 +109,7 @@ RUN python3 /opt/flowrig/build/buildsteps.py install \
 # image's commands import: it halves their start-up time, while compiling every module
 # would add about 90 MB. Those of a package the image does not install are skipped; one
 # that is installed and does not import fails the build.
-ARG COMPILE_MODULES="prefect prefect.flows prefect.tasks prefect.flow_engine prefect.task_engine prefect.server.api.server prefect_dask distributed distributed.cli.dask_scheduler distributed.cli.dask_worker dask_cloudprovider.aws typer"
+ARG COMPILE_MODULES="prefect prefect.flows prefect.tasks prefect.flow_engine prefect.task_engine prefect.server.api.server prefect_dask distributed distributed.cli.dask_scheduler distributed.cli.dask_worker distributed.dashboard.scheduler dask_cloudprovider.aws typer"
 RUN python3 /opt/flowrig/build/buildsteps.py prune /opt/flowrig/venv --strip "$STRIP" \
  && python3 /opt/flowrig/build/buildsteps.py add-path /opt/flowrig/venv /opt/flowrig/app \
  && for role in scheduler worker; do \
