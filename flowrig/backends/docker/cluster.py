@@ -85,6 +85,10 @@ class _RunSettings:
     lives: LifeLog = field(default_factory=LifeLog)
     #: The engine's CPUs and memory bytes: the shape of a container without limits.
     host: tuple[int, int] = (0, 0)
+    #: The workers the cluster starts with (name: options), launched beside the scheduler;
+    #: their launches under way by name, until each worker's own start takes its own.
+    first_workers: dict[Any, dict[str, Any]] = field(default_factory=dict)
+    early: dict[Any, "asyncio.Future[Any]"] = field(default_factory=dict)
 
 
 async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -154,7 +158,14 @@ class DockerScheduler(_ContainerProcess):
             await _in_thread(create_network, s.client, s.network, s.run_id)
         plan = render_scheduler(s.run_id, s.image, s.network, publish=s.publish, no_client_timeout=s.no_client_timeout)
         container = await self._launch(plan)
-        await _in_thread(wait_for_log, container, SCHEDULER_READY, s.scheduler_start_timeout, "scheduler")
+        # The first workers start and import beside it, and connect by name once it listens.
+        for name, options in s.first_workers.items():
+            s.early[name] = asyncio.ensure_future(DockerWorker(self.address, name, **options).launch())
+        try:
+            await _in_thread(wait_for_log, container, SCHEDULER_READY, s.scheduler_start_timeout, "scheduler")
+        except BaseException:  # what they made goes with the run's other containers
+            await asyncio.gather(*s.early.values(), return_exceptions=True)
+            raise
         self.up_at = time.perf_counter()
         if s.publish:
             port = await _in_thread(published_port, container, SCHEDULER_PORT)
@@ -196,6 +207,11 @@ class DockerWorker(_ContainerProcess):
         self.resources = dict(resources or {})
 
     async def start(self) -> None:
+        self.container = await (self.settings.early.pop(self.name, None) or self.launch())
+        await super().start()
+
+    async def launch(self) -> "Container":
+        """Create and start this worker's container and hand it its certificates."""
         s = self.settings
         plan = render_worker(
             s.run_id, s.image, s.network, self.name,
@@ -206,8 +222,7 @@ class DockerWorker(_ContainerProcess):
         # up by the cluster, may still be on its way out (a stop waits for it).
         await _in_thread(remove_named, s.client, plan.name)
         # Only workers run the flow's tasks: the scheduler gets no secret.
-        await self._launch(plan, s.secret_environment)
-        await super().start()
+        return await self._launch(plan, s.secret_environment)
 
 
 def _group_workers(template: dict[str, Any], groups: "Iterable[WorkerGroupSpec]") -> dict[str, Any]:
@@ -322,6 +337,7 @@ class DockerCluster(SpecCluster):
         self.life_log = self.settings.lives
         worker = {"cls": DockerWorker, "options": {"settings": self.settings}}
         workers = _group_workers(worker, groups) or {i: worker for i in range(n_workers)}
+        self.settings.first_workers.update({name: spec["options"] for name, spec in workers.items()})
         # A loop of our own when none is given, so that a failed start can stop it:
         # distributed's clusters leave theirs running when their start fails.
         self._own_loop = None
