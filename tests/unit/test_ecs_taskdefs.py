@@ -105,6 +105,14 @@ def test_roles_get_the_shape_the_backends_and_ecs_need():
     assert [m["containerPort"] for m in scheduler["portMappings"]] == [8786, 8787]
 
 
+def test_the_worker_health_check_finds_the_process_the_worker_role_runs():
+    # The image's worker role runs roles.WORKER_MODULE (the nanny, in exec form); the
+    # health check looks for its words in a command line.
+    marker = b"dask_worker"
+    assert marker.decode() in " ".join(taskdefs.WORKER_HEALTH_COMMAND)
+    assert marker.decode() in roles.WORKER_MODULE
+
+
 def test_a_schedulers_no_client_timeout_is_the_lifetime_preloads_option(tmp_path):
     from flowrig.certs import TLSMaterial
     from flowrig.roles import command_for, scheduler_command
