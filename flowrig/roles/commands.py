@@ -165,6 +165,22 @@ def worker_command(threads: int = 1, extra_args: list[str] | None = None) -> lis
     ]
 
 
+def with_resource(args: list[str], name: str, amount: int) -> list[str]:
+    """``args`` with the Dask worker resource ``name=amount`` added to its ``--resources``
+    (the project's other resources kept; its own ``name`` replaced), or a new one."""
+    out = list(args)
+    for index, arg in enumerate(out):
+        if arg == "--resources" and index + 1 < len(out):
+            pairs = [p for p in out[index + 1].replace(",", " ").split() if p.split("=", 1)[0] != name]
+            out[index + 1] = " ".join([*pairs, f"{name}={amount}"])
+            return out
+        if arg.startswith("--resources="):
+            pairs = [p for p in arg.split("=", 1)[1].replace(",", " ").split() if p.split("=", 1)[0] != name]
+            out[index] = "--resources=" + " ".join([*pairs, f"{name}={amount}"])
+            return out
+    return [*out, "--resources", f"{name}={amount}"]
+
+
 def secure_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a Dask role: any unencrypted connection is refused, and a
     client that a task opens to its own cluster without credentials gets the worker's

@@ -274,15 +274,21 @@ def test_the_boundary_allows_what_a_runs_role_is_given_and_nothing_else():
             assert statement["Action"] == ["ecr:GetAuthorizationToken"]
 
 
-def test_the_ubuntu_parameter_is_the_only_one_readable():
+def test_the_ubuntu_and_deep_learning_parameters_are_the_only_ones_readable():
+    from flowrig.backends.aws.ec2.cloud import GPU_PARAMETER
+
     [statement] = [s for s in printed_policy("--backend", "ec2")["Statement"] if s["Sid"] == "UbuntuImageParameter"]
     assert statement["Action"] == ["ssm:GetParameter"]
+
+    def readable(arn: str) -> bool:
+        return any(fnmatch.fnmatchcase(arn, pattern) for pattern in statement["Resource"])
+
     for arch in ("amd64", "arm64"):
         # Public parameters' ARNs have an empty account.
-        arn = f"arn:aws:ssm:eu-west-1::parameter{UBUNTU_PARAMETER.format(arch=arch)}"
-        assert fnmatch.fnmatchcase(arn, statement["Resource"]), arn
-    assert not fnmatch.fnmatchcase(f"arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/team/db-password",
-                                   statement["Resource"])
+        assert readable(f"arn:aws:ssm:eu-west-1::parameter{UBUNTU_PARAMETER.format(arch=arch)}"), arch
+    for arch in ("x86_64", "arm64"):
+        assert readable(f"arn:aws:ssm:eu-west-1::parameter{GPU_PARAMETER.format(arch=arch)}"), arch
+    assert not readable(f"arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/team/db-password")
 
 
 def test_flowrig_ecs_iam_policy_is_the_same_as_aws_iam_policy_for_ecs():

@@ -177,10 +177,11 @@ def test_every_statement_on_an_existing_resource_asks_for_the_callers_own_tag():
     what changes, uses or passes an existing resource needs it on the resource."""
     creating = {"ecs:CreateCluster", "ecs:RegisterTaskDefinition", "ec2:CreateSecurityGroup", "logs:CreateLogGroup",
                 "secretsmanager:CreateSecret", "iam:CreateRole"}
-    # The preflight checks only read (the network, the image, the runner's own rights, quotas).
+    # The preflight checks only read (the network, the image, the runner's own rights, quotas), and so
+    # do the checks of the workers' shape (capacity provider, instance types).
     free = {"Describe", "WhoAmI", "ListTasks", "TagOnCreate", "SecurityGroupInVpc", "SecurityGroupTagOnCreate",
             "FindRunSecretReader", "PreflightNetwork", "PreflightImage", "PreflightOwnRights", "PreflightRolePath",
-            "PreflightQuotas"}
+            "PreflightQuotas", "WorkerShape", "WorkerCapacity"}
     for statement in printed_policy()["Statement"]:
         if statement["Sid"] in free:
             continue

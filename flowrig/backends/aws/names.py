@@ -32,6 +32,8 @@ EXECUTION_ROLE_POLICY = "policy/service-role/AmazonECSTaskExecutionRolePolicy"
 CLEANUP_TIMEOUT = 300.0
 #: Where Canonical publishes its Ubuntu server AMIs as public SSM parameters.
 UBUNTU_PARAMETER_PATH = "/aws/service/canonical/ubuntu/server/"
+#: Where AWS publishes its Deep Learning AMIs' ids (GPU workers' default AMI).
+DEEP_LEARNING_PARAMETER_PATH = "/aws/service/deeplearning/ami/"
 
 #: Characters IAM, ECS, EC2, Secrets Manager and CloudWatch Logs all take in a tag value.
 _TAG_VALUE = re.compile(r"^[A-Za-z0-9 _.:/=+\-@]{1,256}$")

@@ -25,7 +25,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowrig.backends.aws.names import FAMILY_PREFIX, LEASE_TAG, OWNER_TAG, ROLE_PATH, UBUNTU_PARAMETER_PATH, Account
+from flowrig.backends.aws.names import (
+    DEEP_LEARNING_PARAMETER_PATH,
+    FAMILY_PREFIX,
+    LEASE_TAG,
+    OWNER_TAG,
+    ROLE_PATH,
+    UBUNTU_PARAMETER_PATH,
+    Account,
+)
 from flowrig.backends.aws.policies import (
     CALLER,
     DEREGISTER_ACTION,
@@ -54,6 +62,7 @@ INSTANCE_IDENTITY_PATTERN = "flowrig-*-instance"
 #: ``"*"`` only. They change nothing.
 EC2_UNSCOPED_ACTIONS = (
     "ec2:DescribeImages",
+    "ec2:DescribeInstanceTypes",
     "ec2:DescribeInstances",
     "ec2:DescribeSubnets",
     "ec2:DescribeVpcs",
@@ -66,8 +75,18 @@ PREFLIGHT_DESCRIBE_ACTIONS = (
     "ec2:DescribeSecurityGroups",
     "ec2:DescribeVpcEndpoints",
 )
-#: An ``ec2`` run's preflight also reads the vCPUs of its instance types (for the quotas).
-EC2_PREFLIGHT_DESCRIBE_ACTIONS = (*PREFLIGHT_DESCRIBE_ACTIONS, "ec2:DescribeInstanceTypes")
+#: An ``ec2`` run reads its instance types anyway (GPUs, architecture: the quotas' vCPUs too).
+EC2_PREFLIGHT_DESCRIBE_ACTIONS = PREFLIGHT_DESCRIBE_ACTIONS
+#: What an ``ecs`` run reads of the capacity provider its workers start on (GPUs and
+#: architecture of its instance types), before anything is created: on ``"*"`` (IAM
+#: has no resource type for them), and the account's clusters and capacity providers.
+ECS_SHAPE_ACTIONS = (
+    "autoscaling:DescribeAutoScalingGroups",
+    "autoscaling:DescribeLaunchConfigurations",
+    "ec2:DescribeInstanceTypes",
+    "ec2:DescribeLaunchTemplateVersions",
+)
+ECS_CAPACITY_ACTIONS = ("ecs:DescribeCapacityProviders", "ecs:DescribeClusters")
 #: Which account the credentials are (for the boundary's ARN): AWS answers it for every
 #: principal, whatever its policies, and it reveals nothing but the caller's own name.
 WHOAMI_ACTION = "sts:GetCallerIdentity"
@@ -174,6 +193,9 @@ def ecs_runner_policy(account: Account, *, deregister: bool = False) -> dict[str
         *secret_statements(account),
         *_run_role_statements(account),
         *_preflight_statements(account, "fargate", list(PREFLIGHT_DESCRIBE_ACTIONS)),
+        statement("WorkerShape", list(ECS_SHAPE_ACTIONS), "*"),
+        statement("WorkerCapacity", list(ECS_CAPACITY_ACTIONS),
+                  [account.arn("ecs", "cluster/*"), account.arn("ecs", "capacity-provider/*")]),
     ]
     if deregister:
         families = account.arn("ecs", f"task-definition/{FAMILY_PREFIX}-*")
@@ -315,7 +337,8 @@ def ec2_runner_policy(account: Account) -> dict[str, Any]:
         statement(
             "UbuntuImageParameter",
             ["ssm:GetParameter"],
-            f"arn:{account.partition}:ssm:*:*:parameter{UBUNTU_PARAMETER_PATH}*",
+            [f"arn:{account.partition}:ssm:*:*:parameter{UBUNTU_PARAMETER_PATH}*",
+             f"arn:{account.partition}:ssm:*:*:parameter{DEEP_LEARNING_PARAMETER_PATH}*"],
         ),
         *_instance_statements(account),
         *_instance_identity_statements(account),

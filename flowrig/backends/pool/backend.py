@@ -5,7 +5,8 @@ one seam a cloud fills in.
 the options checked (all before the first API call), the preflight checks run when the
 options ask for them (read-only calls: :meth:`PoolBackend.preflight`; a failure is exit 2
 with nothing created), the provisioning deadline set, the run opened
-(:meth:`PoolBackend.open_run`, which calls no creating API yet); then, in
+(:meth:`PoolBackend.open_run`, which calls no creating API yet) and its shape checked
+(:meth:`CloudRun.check`: GPUs and the image's architecture, read-only, always); then, in
 order, the run's network and identity made (:meth:`CloudRun.prepare`), the run's
 certificates stored where its roles read them (:meth:`CloudRun.store_certificates`), the
 cloud's :class:`~flowrig.backends.pool.launcher.Launcher` made, and the
@@ -52,6 +53,11 @@ class CloudRun(abc.ABC):
         """Whether the run's roles read the run's certificates from the cloud (else the
         image's baked files, or definitions of the project's own)."""
         return True
+
+    def check(self) -> None:
+        """Check the run's shape against the cloud (GPUs, the image's architecture),
+        with read-only calls only: a mismatch is :class:`~flowrig.errors.BadInput`
+        before anything is created, whether or not the preflight checks are on."""
 
     def prepare(self) -> None:
         """Make what the run's roles need before any is started: network rules, an
@@ -187,6 +193,7 @@ class PoolBackend(Backend):
         timeout = float(options.provision_timeout)
         deadline = time.monotonic() + timeout
         run = self.open_run(spec, options)
+        run.check()
         cluster: PoolCluster | None = None
         try:
             run.prepare()

@@ -27,6 +27,7 @@ from flowrig.backends.pool.backend import CloudRun, PoolBackend
 from flowrig.backends.vm.cloudinit import RegistryLogin, TLSDelivery, TLSSource, VMRole, check_environment
 from flowrig.backends.vm.launcher import RoleSettings, scheduler_role, vm_name, worker_role
 from flowrig.backends.vm.options import VMOptions
+from flowrig.roles.commands import with_resource
 
 if TYPE_CHECKING:
     from flowrig.backends.pool.launcher import Launcher
@@ -62,6 +63,9 @@ class VMRun(CloudRun):
     @property
     def needs_certificates(self) -> bool:
         return self.options.tls != "baked"
+
+    def check(self) -> None:
+        self.cloud.check(self.spec.image or "")
 
     def prepare(self) -> None:
         self.cloud.prepare(dashboard=self.options.dashboard)
@@ -149,6 +153,7 @@ class VMBackend(PoolBackend):
             # run's CA where its certificates were delivered or baked.
             environment[CA_FILE_SETTING] = str(role_ca_file(options.tls))
         no_client_timeout = float(options.scheduler_timeout) if options.scheduler_timeout else spec.no_client_timeout
+        gpus = int(getattr(options, "worker_gpu", 0))
         return RoleSettings(
             run_id=spec.run_id,
             image=image,
@@ -160,8 +165,10 @@ class VMBackend(PoolBackend):
             no_client_timeout=no_client_timeout,
             dashboard=options.dashboard,
             scheduler_args=tuple(options.scheduler_extra_args),
-            worker_args=tuple(options.worker_extra_args),
+            worker_args=tuple(with_resource(list(options.worker_extra_args), "GPU", gpus) if gpus
+                              else options.worker_extra_args),
             spot=options.spot,
+            worker_gpu=gpus,
         )
 
     def preview(

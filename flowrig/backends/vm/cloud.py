@@ -76,6 +76,11 @@ class Cloud(abc.ABC):
     #: The markets in the words of the cloud's users, for the line a fallback is told in.
     market_words: ClassVar[Mapping[str, str]] = {"spot": "Spot", "on-demand": "on-demand"}
 
+    def check(self, image: str) -> None:
+        """Check the run's VM types against ``image`` and the workers' GPUs, with
+        read-only calls: a mismatch is :class:`~flowrig.errors.BadInput` before anything
+        is created. Nothing is checked by default."""
+
     @abc.abstractmethod
     def prepare(self, dashboard: bool) -> None:
         """Create the network rules (the Dask ports open to the run's network only, the

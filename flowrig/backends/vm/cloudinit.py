@@ -106,6 +106,9 @@ class VMRole(BaseModel):
     install_docker
         Install Docker from the distribution's packages when the machine image has
         none; ``False`` when the machine image is known to have it.
+    gpus
+        Give the container every GPU of the VM (``docker run --gpus all``: the machine
+        image needs NVIDIA's driver and container toolkit).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -120,6 +123,7 @@ class VMRole(BaseModel):
     tls: TLSDelivery = TLSDelivery()
     registry: RegistryLogin | None = None
     install_docker: bool = True
+    gpus: bool = False
 
     @property
     def container_name(self) -> str:
@@ -177,6 +181,7 @@ def container_arguments(role: VMRole) -> list[str]:
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
         "--pids-limit", str(PIDS_LIMIT[role.role]),
         "--label", f"flowrig.run-id={role.run_id}", "--label", f"flowrig.role={role.role}",
+        *(["--gpus", "all"] if role.gpus else []),
     ]
     for key, value in sorted(env.items()):
         args += ["-e", f"{key}={value}"]

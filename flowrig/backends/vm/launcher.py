@@ -51,6 +51,8 @@ class RoleSettings:
     scheduler_args: tuple[str, ...] = ()
     worker_args: tuple[str, ...] = ()
     spot: SpotSetting = False
+    #: GPUs of each worker VM given to its container (and its Dask resource ``GPU``).
+    worker_gpu: int = 0
 
 
 def vm_name(run_id: str, role: str, index: int | None = None) -> str:
@@ -88,6 +90,7 @@ def worker_role(settings: RoleSettings, scheduler_address: str, name: str, notic
         tls=settings.tls,
         registry=settings.registry,
         install_docker=settings.install_docker,
+        gpus=settings.worker_gpu > 0,
     )
 
 

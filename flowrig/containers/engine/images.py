@@ -109,3 +109,25 @@ def image_file(client: "DockerClient", image: str, path: str) -> bytes | None:
         return container_file(container, path)
     finally:
         remove_container(container)
+
+
+def local_architecture(image: str) -> str | None:
+    """The architecture ``image`` was built for (``amd64``, ``arm64``), as this machine's
+    engine records it; ``None`` when there is no engine, no such image, or no record.
+
+    A cloud run's image is often the one just built and pushed from here: its local
+    copy tells its architecture when its registry does not.
+    """
+    from flowrig.containers.engine.client import connect
+    from flowrig.errors import FlowrigError
+
+    try:
+        client = connect(timeout=10)
+    except FlowrigError:
+        return None
+    try:
+        return str(image_attributes(client, image).get("Architecture") or "") or None
+    except FlowrigError:
+        return None
+    finally:
+        client.close()

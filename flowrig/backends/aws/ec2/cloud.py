@@ -32,7 +32,7 @@ from flowrig.backends.aws.ec2.instances import (
     terminate_quietly,
 )
 from flowrig.backends.aws.ec2.resources import EC2Resources
-from flowrig.backends.aws.names import UBUNTU_PARAMETER_PATH
+from flowrig.backends.aws.names import DEEP_LEARNING_PARAMETER_PATH, UBUNTU_PARAMETER_PATH
 from flowrig.backends.aws.session import Session, aws_errors
 from flowrig.backends.pool import Observed
 from flowrig.backends.vm.cloud import Cloud, Created, VMRequest
@@ -46,6 +46,9 @@ logger = logging.getLogger("flowrig.vm")
 
 #: Canonical's public SSM parameter of the current Ubuntu LTS AMI (architecture filled in).
 UBUNTU_PARAMETER = UBUNTU_PARAMETER_PATH + "24.04/stable/current/{arch}/hvm/ebs-gp3/ami-id"
+#: AWS's public SSM parameter of its Deep Learning Base AMI (NVIDIA driver, Docker and
+#: NVIDIA's container toolkit), the default for GPU workers (architecture filled in).
+GPU_PARAMETER = DEEP_LEARNING_PARAMETER_PATH + "{arch}/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
 #: Seconds RunInstances is retried while a new instance profile propagates through IAM.
 PROFILE_PROPAGATION = 60.0
 #: RunInstances codes that refuse one VM for want of capacity or quota: the pool goes on
@@ -105,6 +108,8 @@ class EC2Cloud(Cloud):
         self.boundary_arn = ""
         self.image_id = ""
         self.root_device = ""
+        #: The VMs' architecture (``amd64``, ``arm64``), from their instance types (:meth:`check`).
+        self.arch = ""
 
     def _client(self, service: str) -> Any:
         return self.session.client(service)
@@ -113,6 +118,41 @@ class EC2Cloud(Cloud):
     def role_name(self) -> str:
         """The run's instance role and instance profile (both named so)."""
         return f"flowrig-{self.run_id}-instance"
+
+    # --- check -------------------------------------------------------------------------
+    def check(self, image: str) -> None:
+        """The instance types exist, the workers' has ``worker_gpu`` GPUs, and both run
+        the image's architecture (read-only calls); the AMI's architecture follows them.
+
+        Raises
+        ------
+        BadInput
+            One line naming the option, the type, and the fix.
+        """
+        from flowrig.backends.aws.instance_types import check_arch, check_gpus, describe_types
+        from flowrig.backends.aws.preflight.image import image_architectures
+
+        options = self.options
+        named = {role: ("worker_instance_type" if options.worker_instance_type else "instance_type")
+                 if role == "worker" else ("scheduler_instance_type" if options.scheduler_instance_type
+                                           else "instance_type") for role in ("scheduler", "worker")}
+        kinds = {role: self.instance_type(role) for role in named}
+        shapes = describe_types(self.session, list(kinds.values()))
+        if set(kinds.values()) - set(shapes):
+            return  # not readable: the AMI's architecture comes from the type's name
+        worker = shapes[kinds["worker"]]
+        check_gpus(worker, options.worker_gpu, f"[cluster.options] {named['worker']} =")
+        held, _source = image_architectures(self.session, image) if image else ((), "")
+        for role in ("worker", "scheduler"):
+            check_arch(shapes[kinds[role]], held, f"[cluster.options] {named[role]} =", image)
+        common = [arch for arch in worker.archs if arch in shapes[kinds["scheduler"]].archs]
+        if worker.archs and not common:
+            raise BadInput(
+                f"[cluster.options] the scheduler's {kinds['scheduler']} and the workers' {kinds['worker']} run "
+                "different architectures, and the run's VMs share one AMI and image: choose types of one architecture"
+            )
+        fits = [arch for arch in common if not held or arch in held]
+        self.arch = (fits or common or ["amd64"])[0]
 
     # --- prepare ----------------------------------------------------------------------
     def prepare(self, dashboard: bool) -> None:
@@ -169,14 +209,15 @@ class EC2Cloud(Cloud):
 
         image_id = self.options.ami
         if not image_id:
-            arch = architecture(self.options.worker_instance_type or self.options.instance_type)
-            parameter = UBUNTU_PARAMETER.format(arch=arch)
+            arch = self.arch or architecture(self.options.worker_instance_type or self.options.instance_type)
+            parameter = (GPU_PARAMETER.format(arch={"amd64": "x86_64"}.get(arch, arch)) if self.options.worker_gpu
+                         else UBUNTU_PARAMETER.format(arch=arch))
             try:
                 image_id = self._client("ssm").get_parameter(Name=parameter)["Parameter"]["Value"]
             except Exception as exc:
                 why = f"{error_code(exc)[0] or type(exc).__name__}" if isinstance(exc, ClientError) else one_line(exc)
                 raise BadInput(
-                    f"cannot read Ubuntu's AMI from SSM parameter {parameter} in {self.session.region_name} "
+                    f"cannot read the default AMI from SSM parameter {parameter} in {self.session.region_name} "
                     f"({why}): set ami in [cluster.options]"
                 ) from None
         with aws_errors(f"describing AMI {image_id}"):

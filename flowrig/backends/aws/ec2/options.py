@@ -21,7 +21,8 @@ class EC2Options(VMOptions):
     )
     ami: StrictStr | None = Field(None, description="the machine image; default: Ubuntu's current LTS for the region")
     instance_type: StrictStr = Field(
-        "t3.medium", description="instance type of every VM (a Graviton type gets an arm64 AMI)"
+        "t3.medium",
+        description="instance type of every VM (its architecture, from EC2, picks the AMI's and must be the image's)",
     )
     scheduler_instance_type: StrictStr | None = Field(
         None, description="instance type of the scheduler VM; default: `instance_type`"
@@ -42,6 +43,11 @@ class EC2Options(VMOptions):
         "the run",
     )
     key_name: StrictStr | None = Field(None, description="an EC2 key pair for SSH into the VMs; default: none")
+    worker_gpu: StrictInt = Field(
+        0, ge=0,
+        description="GPUs each worker uses (`docker run --gpus all`, Dask resource `GPU`); the worker instance type "
+        "must have as many, and the AMI NVIDIA's driver and container toolkit",
+    )
     filesystem_size: StrictInt = Field(40, gt=0, description="GiB of the root volume")
     instance_tags: dict[StrictStr, StrictStr] = Field(
         default_factory=dict, description="more tags on the instances only"

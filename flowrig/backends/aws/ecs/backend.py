@@ -39,10 +39,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from flowrig.backends.aws.ecs import defaults
+from flowrig.backends.aws.ecs.infrastructure import Infrastructure, infrastructure
 from flowrig.backends.aws.ecs.options import ECSOptions
 from flowrig.backends.base import ClusterSpec
 from flowrig.backends.pool.backend import CloudRun, PoolBackend
 from flowrig.errors import BadInput
+from flowrig.roles.commands import with_resource
 
 if TYPE_CHECKING:
     from flowrig.backends.aws.ecs.launcher import ECSLauncher
@@ -68,22 +70,9 @@ class _Launch:
     own_definitions: frozenset[str]
     #: The workers' market: on-demand (false), Fargate Spot (true), or Spot first ("fallback").
     spot: "SpotSetting" = False
-
-
-@dataclass(frozen=True)
-class _Infrastructure:
-    """The AWS resources one run's tasks use (given by the project or created)."""
-
-    cluster_arn: str
-    execution_role_arn: str
-    #: Whether the run made the execution role (else the project named it).
-    own_execution_role: bool
-    task_role_arn: str
-    log_group: str
-    stream_prefix: str
-    vpc: str
-    subnets: list[str]
-    security_groups: list[str]
+    #: The task definitions' ``cpu_architecture``: the option's, else the image's
+    #: (decided by :meth:`ECSRun.check`).
+    cpu_architecture: str = "X86_64"
 
 
 class ECSRun(CloudRun):
@@ -103,7 +92,7 @@ class ECSRun(CloudRun):
         self.tags = tags
         self.resources = resources
         self.renewer = renewer
-        self.infra: _Infrastructure | None = None
+        self.infra: Infrastructure | None = None
 
     @property
     def needs_certificates(self) -> bool:
@@ -111,10 +100,22 @@ class ECSRun(CloudRun):
         use the image's baked files."""
         return bool(self.launch.own_definitions)
 
+    def check(self) -> None:
+        """The image's architecture, Fargate Spot and the capacity provider's instance
+        types checked against the workers' shape (read-only calls); the run's
+        ``cpu_architecture`` decided."""
+        from dataclasses import replace
+
+        from flowrig.backends.aws.ecs import shapes
+
+        arch = shapes.check_run(self.session, self.options, self.options.cluster_arn or "", self.spec.image or "",
+                                self.launch.fargate_workers)
+        self.launch = replace(self.launch, cpu_architecture=arch)
+
     def prepare(self) -> None:
         # While the run lives its lease is renewed, so `flowrig aws leftovers` leaves it alone.
         self.renewer.start()
-        self.infra = self.backend._infrastructure(self.spec.run_id, self.options, self.resources, self.launch)
+        self.infra = infrastructure(self.spec.run_id, self.options, self.resources, self.launch.own_definitions)
 
     def store_certificates(self, line: str) -> str | None:
         """The run's secret holding its certificates (only the execution role may read
@@ -232,7 +233,7 @@ class _ECSBase(PoolBackend):
     # --- steps of start -----------------------------------------------------------
     def _launch(self, options: ECSOptions, allowed: frozenset[str] = frozenset()) -> _Launch:
         """Launch types, task sizes and command flags, checked before anything is created."""
-        from flowrig.backends.aws.ecs import taskdefs, validate
+        from flowrig.backends.aws.ecs import shapes, taskdefs, validate
 
         if not options.create_roles:
             raise BadInput(
@@ -252,6 +253,7 @@ class _ECSBase(PoolBackend):
                 f"the {self.name} backend needs an existing cluster: set cluster_arn in "
                 "[cluster.options], or use the fargate backend to get one per run"
             )
+        shapes.check_options(self.name, options, fargate_workers)
         sizes = {
             "runner": taskdefs.default_sizes()["runner"],
             "scheduler": taskdefs.RoleSize(options.scheduler_cpu, options.scheduler_mem),
@@ -276,6 +278,8 @@ class _ECSBase(PoolBackend):
         if not any(arg.startswith(("--dashboard", "--no-dashboard")) for arg in worker_args):
             # Nothing would reach a worker's dashboard; it would only show its tasks to the VPC.
             worker_args.append("--no-dashboard")
+        if options.worker_gpu:
+            worker_args = with_resource(worker_args, "GPU", options.worker_gpu)
         return _Launch(
             fargate_scheduler=fargate_scheduler,
             fargate_workers=fargate_workers,
@@ -285,6 +289,7 @@ class _ECSBase(PoolBackend):
             worker_args=worker_args + taskdefs.worker_extra_args(delivered="worker" in own),
             own_definitions=own,
             spot=spot,
+            cpu_architecture=options.cpu_architecture or defaults.CPU_ARCHITECTURE,
         )
 
     @staticmethod
@@ -299,48 +304,6 @@ class _ECSBase(PoolBackend):
 
         return scheduler_command(self._no_client_timeout(spec, options), launch.scheduler_args)
 
-    def _infrastructure(
-        self, run_id: str, options: ECSOptions, resources: "RunResources", launch: _Launch
-    ) -> _Infrastructure:
-        """The cluster, roles, log group and network the tasks use: the project's, when
-        ``[cluster.options]`` names them, else created (tagged) for this run."""
-        from flowrig.backends.aws import bootstrap
-        from flowrig.backends.aws import policies as iam
-
-        name = f"{defaults.FAMILY_PREFIX}-{run_id}"
-        # The run's own execution role, the one reader of the run's secret (a role no
-        # other run can pass to a task). Made first: a missing bootstrap policy is bad
-        # input, found before anything is made, and the role has the rest of the set-up
-        # to propagate through IAM before a task needs it.
-        execution_role_arn = options.execution_role_arn or ""
-        if not execution_role_arn and launch.own_definitions:
-            reader = bootstrap.find_run_secret_reader(resources.aws)
-            execution_role_arn = resources.create_execution_role(iam.execution_role_name(run_id), reader)
-        # No task role unless the project names one: the containers get no AWS permissions.
-        task_role_arn = options.task_role_arn or ""
-        cluster_arn = options.cluster_arn or resources.create_cluster(name)
-        log_group = options.cloudwatch_logs_group or resources.create_log_group(
-            defaults.LOG_GROUP.format(name=run_id)
-        )
-        vpc = options.vpc
-        if not vpc or vpc == "default":
-            vpc = resources.default_vpc()
-        subnets = list(options.subnets or resources.vpc_subnets(vpc))
-        security_groups = list(options.security_groups or [
-            resources.create_security_group(name, vpc, resources.vpc_cidrs(vpc), dashboard=options.dashboard)
-        ])
-        return _Infrastructure(
-            cluster_arn=cluster_arn,
-            execution_role_arn=execution_role_arn,
-            own_execution_role=not options.execution_role_arn,
-            task_role_arn=task_role_arn,
-            log_group=log_group,
-            stream_prefix=options.cloudwatch_logs_stream_prefix or name,
-            vpc=vpc,
-            subnets=subnets,
-            security_groups=security_groups,
-        )
-
     def _task_definitions(
         self,
         spec: ClusterSpec,
@@ -348,7 +311,7 @@ class _ECSBase(PoolBackend):
         resources: "RunResources",
         region: str,
         launch: _Launch,
-        infra: _Infrastructure,
+        infra: Infrastructure,
         tls_secret: str | None,
     ) -> dict[str, str]:
         """Register the scheduler and worker task definitions the options do not name.
@@ -383,8 +346,9 @@ class _ECSBase(PoolBackend):
                 execution_role_arn=infra.execution_role_arn,
                 task_role_arn=infra.task_role_arn or None,
                 sizes=launch.sizes,
-                cpu_architecture=options.cpu_architecture.upper(),
+                cpu_architecture=launch.cpu_architecture,
                 compatibilities=("FARGATE",) if on_fargate else ("EC2",),
+                worker_gpu=options.worker_gpu,
                 tags=dict(resources.tags),
                 scheduler_no_client_timeout=self._no_client_timeout(spec, options),
                 worker_threads=spec.worker_threads,

@@ -110,6 +110,9 @@ class TaskSettings:
     #: definition (a definition of the project's own is not read: no price).
     shapes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     cpu_architecture: str = "X86_64"
+    #: The capacity provider (an Auto Scaling group of EC2 instances) worker tasks not on
+    #: Fargate start on; empty: the cluster's default strategy.
+    capacity_provider: str = ""
 
 
 def worker_command(settings: TaskSettings, scheduler_address: str, name: str = FROM_ECS_TASK) -> list[str]:
@@ -275,6 +278,8 @@ class ECSLauncher(Launcher):
                 kwargs["capacityProviderStrategy"] = [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]
             else:
                 kwargs["launchType"] = "FARGATE"
+        elif s.capacity_provider and role == "worker":
+            kwargs["capacityProviderStrategy"] = [{"capacityProvider": s.capacity_provider, "weight": 1}]
         with aws_errors(f"starting the {role} task{'s' if count > 1 else ''}"):
             response = self._run_task_call(kwargs)
         tasks = list(response.get("tasks") or [])[:count]

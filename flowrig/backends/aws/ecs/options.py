@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, Mapping
 
-from pydantic import Field, StrictBool, StrictInt, StrictStr
+from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from flowrig.backends.aws.ecs import defaults
 from flowrig.backends.base import N_WORKERS_FIX, CloudOptions, Seconds, StringMap
@@ -22,7 +22,6 @@ class ECSOptions(CloudOptions):
         "n_workers": N_WORKERS_FIX,
         "image": "pass the image with --image or build one with flowrig build",
         "security": "mutual TLS is always on and comes from the run's certificates",
-        "worker_gpu": "the flowrig image runs CPU workers only",
         "task_role_policies": (
             "flowrig attaches no policy a project names: create the task role with what the "
             "flow needs and set task_role_arn"
@@ -119,10 +118,29 @@ class ECSOptions(CloudOptions):
     scheduler_mem: StrictInt = Field(defaults.SCHEDULER_MEMORY, description="memory of the scheduler task, in MiB")
     worker_cpu: StrictInt = Field(defaults.WORKER_CPU, description="CPU units of each worker task (1024 = one vCPU)")
     worker_mem: StrictInt = Field(defaults.WORKER_MEMORY, description="memory of each worker task, in MiB")
-    cpu_architecture: StrictStr = Field(
-        defaults.CPU_ARCHITECTURE,
-        description="CPU architecture of the task definitions, the image's: `X86_64` or `ARM64`",
+    cpu_architecture: Literal["X86_64", "ARM64"] | None = Field(
+        None,
+        description="CPU architecture of the task definitions: `X86_64` or `ARM64`; default: the image's (read from "
+        "its manifest in ECR, else from the local engine), else `X86_64`. One the image does not hold is refused",
     )
+    worker_gpu: StrictInt = Field(
+        0, ge=0,
+        description="GPUs of each worker task (ECS places it on a GPU instance; its Dask resource `GPU`); needs the "
+        "`ecs` backend and `capacity_provider`",
+    )
+    capacity_provider: StrictStr | None = Field(
+        None,
+        description="a capacity provider of the cluster (an Auto Scaling group of EC2 instances) the worker tasks "
+        "start on; default: the cluster's default strategy",
+    )
+    @field_validator("cpu_architecture", mode="before")
+    @classmethod
+    def _architecture_upper(cls, value: Any) -> Any:
+        # ECS spells them in capitals; `arm64` or `amd64`, as images name them, mean the same.
+        if not isinstance(value, str):
+            return value
+        return {"AMD64": "X86_64", "AARCH64": "ARM64"}.get(value.upper(), value.upper())
+
     scheduler_task_definition_arn: StrictStr | None = Field(
         None, description="a scheduler task definition of yours, used as is (its roles use the image's baked TLS files)"
     )

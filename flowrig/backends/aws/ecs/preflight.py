@@ -42,7 +42,8 @@ def fargate_needs(options: "ECSOptions", launch: Any, max_workers: int) -> tuple
 
 def ecs_target(backend: str, plan: "PreflightPlan", options: "ECSOptions", launch: Any) -> AwsTarget:
     """What a run of ``plan`` with ``options`` (and its checked ``launch``) asks of AWS."""
-    arch_name = options.cpu_architecture.upper()
+    # Without cpu_architecture the run follows the image: any architecture it holds fits.
+    arch_name = options.cpu_architecture or ""
     arch = ARCHITECTURES.get(arch_name, arch_name.lower())
     other = next((name for name in ARCHITECTURES if name != arch_name), "X86_64")
     own = bool(launch.own_definitions)
@@ -62,8 +63,9 @@ def ecs_target(backend: str, plan: "PreflightPlan", options: "ECSOptions", launc
         image=plan.image,
         arch=arch,
         arch_source=f"cpu_architecture = {arch_name}",
-        arch_fix=f"push an image for linux/{arch} (flowrig build), or set cpu_architecture = {other} "
-        "in [cluster.options] when the image is built for it",
+        arch_fix=f"push an image for linux/{arch} (flowrig build --platform linux/{arch}), or set "
+        f"cpu_architecture = {other} in [cluster.options] when the image is built for it (or leave it out: "
+        "the run follows the image)",
         vpc=options.vpc,
         subnets=tuple(options.subnets) if options.subnets else None,
         security_groups=tuple(options.security_groups or ()),

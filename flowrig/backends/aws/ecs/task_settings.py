@@ -46,5 +46,6 @@ def task_settings(
         shapes={role: shape for role, shape in (("scheduler", (options.scheduler_cpu, options.scheduler_mem)),
                                                 ("worker", (options.worker_cpu, options.worker_mem)))
                 if role in launch.own_definitions},
-        cpu_architecture=options.cpu_architecture.upper(),
+        cpu_architecture=launch.cpu_architecture,
+        capacity_provider=options.capacity_provider or "",
     )

@@ -122,6 +122,9 @@ class TaskDefinitionSettings:
     worker_stop_timeout
         Seconds from SIGTERM to SIGKILL of the worker container (``stopTimeout``; at
         most 120 on Fargate); ``None``: ECS's default (30 s on Fargate).
+    worker_gpu
+        GPUs of the worker container (``resourceRequirements``; EC2 capacity only). The
+        ECS agent hands them to the container (``NVIDIA_VISIBLE_DEVICES``).
     """
 
     image: str
@@ -149,6 +152,7 @@ class TaskDefinitionSettings:
     mount_on_scheduler: bool = False
     create_log_group: bool = False
     worker_stop_timeout: int | None = None
+    worker_gpu: int = 0
 
 
 def spot_environment(spot: Any) -> dict[str, str]:
@@ -243,6 +247,8 @@ def container_definition(role: str, settings: TaskDefinitionSettings) -> dict[st
         container["healthCheck"] = _health_check(WORKER_HEALTH_COMMAND)
         if settings.worker_stop_timeout is not None:
             container["stopTimeout"] = settings.worker_stop_timeout
+        if settings.worker_gpu:
+            container["resourceRequirements"] = [{"type": "GPU", "value": str(settings.worker_gpu)}]
     if role in ("scheduler", "worker"):
         limit = defaults.NOFILE_LIMIT
         container["ulimits"] = [{"name": "nofile", "softLimit": limit, "hardLimit": limit}]

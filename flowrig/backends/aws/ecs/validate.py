@@ -233,3 +233,14 @@ def check_task_overrides(overrides: Mapping[str, Any]) -> None:
         With every mismatch on one line.
     """
     _check(overrides, _shape("RunTask", "overrides"), "the task overrides")
+
+
+def check_run_task(params: Mapping[str, Any]) -> None:
+    """Validate ``RunTask`` parameters against botocore's ECS model.
+
+    Raises
+    ------
+    BadInput
+        With every mismatch on one line.
+    """
+    _check(params, _shape("RunTask"), "the RunTask request")
