@@ -46,10 +46,13 @@ COPY flowrig/builder/buildsteps.py flowrig/builder/buildsteps_install.py flowrig
      /opt/flowrig/build/
 COPY pyproject.toml constraints.txt /opt/flowrig/build/
 COPY ${PROJECT}/ /opt/flowrig/build/project/
+# GPU (`flowrig build --gpu cuda12`): the CUDA runtime's wheels, installed with the project's.
+ARG GPU=""
 RUN python3 /opt/flowrig/build/buildsteps.py requirements \
         --pyproject /opt/flowrig/build/pyproject.toml \
         --constraints /opt/flowrig/build/constraints.txt \
         --project /opt/flowrig/build/project \
+        --gpu "$GPU" \
         --out /opt/flowrig/requirements
 
 # --- build: the runtime venv, made and filled by the target interpreter ----------------------
@@ -102,7 +105,7 @@ RUN python3 /opt/flowrig/build/buildsteps.py install \
         --wheels /opt/flowrig/wheels --pip-ca /opt/flowrig/build/pip-ca/pip-ca.crt \
         --pip-netrc /run/secrets/pip-netrc \
         --constraints /opt/flowrig/requirements/constraints.txt \
-        /opt/flowrig/requirements/project.txt
+        /opt/flowrig/requirements/project.txt /opt/flowrig/requirements/gpu.txt
 # Prune (tests, caches, pip & co.; strip as STRIP says), put flowrig's own directory on
 # the venv's path, add the dask-scheduler/dask-worker commands that dask-cloudprovider
 # runs (distributed no longer ships them), then compile bytecode only for the modules the
@@ -134,6 +137,7 @@ FROM app AS manifest
 ARG PROJECT
 ARG BASE_IMAGE
 ARG TLS_MODE
+ARG GPU=""
 COPY ${PROJECT}/flowrig.toml /opt/flowrig/build/project/flowrig.toml
 # manifest.json exists in contexts rendered by `flowrig build`; pyproject.toml keeps the
 # COPY valid when it does not.
@@ -141,7 +145,7 @@ COPY pyproject.toml manifest.jso[n] /opt/flowrig/build/context/
 RUN python3 /opt/flowrig/build/buildsteps.py manifest --python /opt/flowrig/venv/bin/python \
         --project /opt/flowrig/build/project --project-name "$(basename "$PROJECT")" \
         --context-manifest /opt/flowrig/build/context/manifest.json \
-        --base-image "$BASE_IMAGE" --tls-mode "$TLS_MODE" --out /opt/flowrig/out/manifest.json
+        --base-image "$BASE_IMAGE" --tls-mode "$TLS_MODE" --gpu "$GPU" --out /opt/flowrig/out/manifest.json
 
 # --- runtime-deps: the final image up to the flow project ------------------------------------
 FROM ${BASE_IMAGE} AS runtime-deps
@@ -213,7 +217,14 @@ ARG BASE_IMAGE
 ARG TLS_MODE
 ARG IMAGE_VERSION=""
 ARG IMAGE_REVISION=""
+# BuildKit sets TARGETARCH (the --platform's, else the engine's); a legacy build gets it from
+# flowrig build. PLATFORM is what --platform asked for, GPU the runtime installed.
+ARG TARGETARCH
+ARG PLATFORM=""
+ARG GPU=""
 LABEL flowrig.tls-mode="${TLS_MODE}" \
+      org.flowrig.architecture="${TARGETARCH}" \
+      org.flowrig.gpu="${GPU}" \
       org.opencontainers.image.title="flowrig" \
       org.opencontainers.image.description="Prefect flow runner, Dask scheduler and Dask worker with mutual TLS, for one flow project" \
       org.opencontainers.image.licenses="Apache-2.0" \

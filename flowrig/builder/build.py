@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +21,17 @@ from pathlib import Path
 
 from flowrig.builder import defaults
 from flowrig.builder.context import BuildContext, write_context
-from flowrig.builder.dockerfile import DOCKERFILE, PIP_CA, with_pip_netrc
+
+# What a written context may get besides, for a build: re-exported here, where builds are.
+from flowrig.builder.context_additions import add_pip_ca as add_pip_ca
+from flowrig.builder.context_additions import add_pip_netrc_mount as add_pip_netrc_mount
+from flowrig.builder.platforms import (
+    check_base_image,
+    check_builder,
+    containerd_store,
+    engine_architecture,
+    parse_platforms,
+)
 from flowrig.errors import BadInput, InfrastructureError
 
 # tempfile and buildsteps are imported where a build runs, so importing the package
@@ -132,6 +141,8 @@ def build_command(
     client: str = defaults.DOCKER_CLIENT,
     tls_nonce: str | None = None,
     pip_netrc: str | Path | None = None,
+    multi_platform: bool = False,
+    engine_arch: str = "",
 ) -> list[str]:
     """The ``docker build`` command line for a written context (pure).
 
@@ -141,19 +152,28 @@ def build_command(
     is not part of the context, so the context's hash stays the same. A CA bundle for
     pip travels in the context (:func:`add_pip_ca`), not on the command line. A
     ``.netrc`` (``pip_netrc``) is a BuildKit secret, for a context whose Dockerfile
-    mounts it (:func:`add_pip_netrc_mount`).
+    mounts it (:func:`add_pip_netrc_mount`). The context's ``PLATFORM`` becomes
+    ``--platform`` (BuildKit names the architecture in the image's label); a legacy build
+    names ``engine_arch`` instead, the only one it builds for.
 
     Raises
     ------
     BadInput
-        ``pip_netrc`` without BuildKit.
+        ``pip_netrc`` or a platform without BuildKit; several platforms without
+        ``multi_platform`` (an image store that holds them under one tag).
     """
+    platforms = parse_platforms(context.build_args.get("PLATFORM"))
+    check_builder(platforms, buildkit=buildkit, client=client, multi_platform=multi_platform)
     command = [client, "build", "--rm", "--force-rm", "--tag", tag]
     command += ["--label", f"{defaults.IMAGE_CONTEXT_LABEL}={context.digest}"]
     for name, value in context.build_args.items():
         command += ["--build-arg", f"{name}={value}"]
     if tls_nonce is not None:
         command += ["--build-arg", f"TLS_NONCE={tls_nonce}"]
+    if platforms:
+        command += ["--platform", ",".join(platforms)]
+    elif not buildkit and engine_arch:
+        command += ["--build-arg", f"TARGETARCH={engine_arch}"]
     if buildkit:
         command += ["--progress", "plain"]
         if pip_netrc is not None:
@@ -166,42 +186,6 @@ def build_command(
         command.append("--no-cache")
     command.append(str(directory))
     return command
-
-
-def add_pip_ca(directory: str | Path, pip_ca: str | Path) -> Path:
-    """Copy a CA bundle for pip into a written context, as :data:`~flowrig.builder.dockerfile.PIP_CA`.
-
-    Only the Dockerfile's ``build`` stage reads it; the image copies nothing else from
-    that stage, so the bundle reaches no layer of the image. Its time is the context's
-    fixed one, so the same bundle keeps the cache warm.
-
-    Raises
-    ------
-    BadInput
-        ``pip_ca`` is not a file.
-    """
-    source = Path(pip_ca)
-    if not source.is_file():
-        raise BadInput(f"pip CA bundle {source} is not a file: pass an existing PEM bundle")
-    target = Path(directory) / PIP_CA
-    shutil.copyfile(source, target)
-    os.chmod(target, 0o644)
-    os.utime(target, (defaults.CONTEXT_MTIME, defaults.CONTEXT_MTIME))
-    return target
-
-
-def add_pip_netrc_mount(directory: str | Path) -> Path:
-    """Rewrite a written context's Dockerfile to mount the ``.netrc`` build secret.
-
-    Only the install of the project's requirements gets the mount
-    (:func:`flowrig.builder.dockerfile.with_pip_netrc`); the file keeps the context's
-    fixed time. The context's hash (:attr:`BuildContext.digest`) stays that of the
-    context without it: the image the build makes is the same.
-    """
-    path = Path(directory) / DOCKERFILE
-    path.write_text(with_pip_netrc(path.read_text(encoding="utf-8")), encoding="utf-8")
-    os.utime(path, (defaults.CONTEXT_MTIME, defaults.CONTEXT_MTIME))
-    return path
 
 
 def build(
@@ -262,7 +246,11 @@ def build(
     if pip_netrc is not None and not client.buildkit:
         # Before anything is written or run (build_command refuses it as well).
         raise BadInput(_NETRC_NEEDS_BUILDKIT.format(client=client.path))
+    platforms = parse_platforms(context.build_args.get("PLATFORM"))
+    multi_platform = len(platforms) > 1 and containerd_store(client.path)
+    check_builder(platforms, buildkit=client.buildkit, client=client.path, multi_platform=multi_platform)
     _ensure_base_image(client.path, context.build_args["BASE_IMAGE"])
+    check_base_image(client.path, context.build_args["BASE_IMAGE"], platforms)
     old_id = _image_id(client.path, tag)
     dangling_before = _dangling(client.path)
     with tempfile.TemporaryDirectory(prefix="flowrig-context-") as scratch:
@@ -281,6 +269,8 @@ def build(
             # A new CA for every build: never one from the cache of an earlier build.
             tls_nonce=secrets.token_hex(16) if context.makes_its_own_ca else None,
             pip_netrc=Path(pip_netrc).resolve() if pip_netrc is not None else None,
+            multi_platform=multi_platform,
+            engine_arch="" if client.buildkit else engine_architecture(client.path),
         )
         env = {**os.environ, "DOCKER_BUILDKIT": "1" if client.buildkit else "0"}
         started = time.monotonic()

@@ -38,6 +38,11 @@ from pathlib import Path
 
 #: Installed next to flowrig's own dependencies: the image's PID 1 (see the ENTRYPOINT).
 RUNTIME_REQUIREMENTS = ("dumb-init>=1.2.5",)
+#: ``flowrig build --gpu RUNTIME`` -> the wheels installed with the project's requirements:
+#: the CUDA runtime, and NVML's bindings, which distributed's GPU diagnostics read.
+GPU_REQUIREMENTS = {"cuda12": ("nvidia-cuda-runtime-cu12", "nvidia-ml-py")}
+#: The kernel's name of an architecture -> the name image platforms use.
+ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64"}
 #: Distributions reported in the manifest, when installed.
 MANIFEST_DISTRIBUTIONS = (
     "flowrig",
@@ -153,6 +158,11 @@ def step_requirements(args: argparse.Namespace) -> None:
         # Named in the one line that reports a requirement pip cannot satisfy.
         lines.insert(0, f"{SOURCE_MARK}{path.resolve().relative_to(project.resolve()).as_posix()}")
     (out / "project.txt").write_text("\n".join(lines) + "\n" if lines else "")
+    gpu = getattr(args, "gpu", "") or ""
+    if gpu and gpu not in GPU_REQUIREMENTS:
+        raise StepError(f"GPU {gpu!r} is not a runtime flowrig installs: use {', '.join(GPU_REQUIREMENTS)}")
+    # Installed in the project's layer, by the same pip step (and so with its diagnosis).
+    (out / "gpu.txt").write_text("".join(f"{name}\n" for name in GPU_REQUIREMENTS.get(gpu, ())))
 
 
 #: How a build gives pip an index's credentials. The repository's Dockerfile has no RUN
@@ -228,6 +238,8 @@ def build_manifest(
     base_image: str,
     context: dict | None,
     tls_mode: str = "baked",
+    architecture: str = "",
+    gpu: str = "",
 ) -> dict:
     """The image manifest: what the image runs and with which versions.
 
@@ -249,6 +261,11 @@ def build_manifest(
     tls_mode
         The ``TLS_MODE`` build argument (``baked`` or ``per-run``): what the run side
         reads to know whether the image carries certificates.
+    architecture
+        What the build ran on (``platform.machine()``, emulated or not), as image
+        platforms name it: what the image's code runs on.
+    gpu
+        The ``GPU`` build argument: the runtime installed (``cuda12``), empty for none.
     """
     manifest = {
         "schema": 1,
@@ -257,7 +274,10 @@ def build_manifest(
         "versions": versions,
         "tls_mode": tls_mode,
         "tls": "per-run" if tls_mode == "per-run" else "image-local",
+        "architecture": ARCHITECTURES.get(architecture, architecture),
     }
+    if gpu:
+        manifest["gpu"] = {"runtime": gpu, "packages": list(GPU_REQUIREMENTS.get(gpu, ()))}
     if context:
         manifest["project"]["name"] = context.get("project", {}).get("name", project_name)
         for key in ("builder", "tls", "flow"):
@@ -280,7 +300,10 @@ def step_manifest(args: argparse.Namespace) -> None:
     )
     versions = json.loads(done.stdout)
     name = args.project_name or project.resolve().name
-    manifest = build_manifest(config, name, versions, args.base_image, context, args.tls_mode)
+    import platform
+
+    manifest = build_manifest(config, name, versions, args.base_image, context, args.tls_mode,
+                              architecture=platform.machine(), gpu=args.gpu)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
@@ -298,6 +321,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pyproject", required=True)
     p.add_argument("--project", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--gpu", default="", help="a GPU runtime whose wheels to install (cuda12)")
     p.add_argument("--constraints", help="flowrig's lock exported as a constraints file")
     p.set_defaults(func=step_requirements)
 
@@ -349,6 +373,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--context-manifest")
     p.add_argument("--base-image", default="")
     p.add_argument("--tls-mode", default="baked")
+    p.add_argument("--gpu", default="")
     p.add_argument("--out", required=True)
     p.set_defaults(func=step_manifest)
     return root

@@ -110,6 +110,8 @@ def render_context(
     tls_dir: str | Path | None = None,
     base_image: str | None = None,
     tls_mode: str = layout.TLS_BAKED,
+    platform: str | None = None,
+    gpu: str | None = None,
 ) -> BuildContext:
     """Render the build context of a flow project's image.
 
@@ -128,6 +130,10 @@ def render_context(
         The ``TLS_MODE`` build argument: ``baked`` (certificates in the image: those of
         ``tls_dir``, else a CA made by and for this build) or ``per-run`` (none; each
         run delivers its own to its roles).
+    platform, gpu
+        The ``PLATFORM`` (``linux/arm64``; ``docker build --platform`` too) and ``GPU``
+        (``cuda12``: its wheels installed) build arguments; left out when not given, so
+        the context and its hash stay those of a plain build.
 
     Returns
     -------
@@ -175,6 +181,8 @@ def render_context(
             "PROJECT": defaults.CONTEXT_PROJECT_DIR,
             "IMAGE_VERSION": _version("flowrig") or "",
             "TLS_MODE": tls_mode,
+            **({"PLATFORM": platform} if platform else {}),
+            **({"GPU": gpu} if gpu else {}),
         },
         skipped=tuple(f"{defaults.CONTEXT_PROJECT_DIR}/{name}" for name in skipped),
     )

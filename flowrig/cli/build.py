@@ -74,6 +74,23 @@ def build_command(
             "build command instead of building.",
         ),
     ] = None,
+    platform: Annotated[
+        Optional[str],
+        typer.Option(
+            "--platform",
+            help="Build for linux/amd64 or linux/arm64 (Graviton), or both, comma-separated (needs BuildKit; "
+            "another architecture than the engine's runs emulated, with qemu's binfmt handlers; both need the "
+            "containerd image store). Default: the engine's. The image's label org.flowrig.architecture names it.",
+        ),
+    ] = None,
+    gpu: Annotated[
+        Optional[str],
+        typer.Option(
+            "--gpu",
+            help="Install a GPU runtime's wheels into the image (cuda12: nvidia-cuda-runtime-cu12 and "
+            "nvidia-ml-py); the NVIDIA driver comes from the host. Label org.flowrig.gpu.",
+        ),
+    ] = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Build every step again.")
     ] = False,
@@ -82,7 +99,8 @@ def build_command(
     ] = False,
 ) -> None:
     """Build the image of a flow project: runner, scheduler and worker in one."""
-    _build(project, tag, base_image, tls, certs, pip_ca, context_only, no_cache, quiet, pip_netrc)
+    _build(project, tag, base_image, tls, certs, pip_ca, context_only, no_cache, quiet, pip_netrc,
+           platform=platform, gpu=gpu)
 
 
 def _build(
@@ -96,6 +114,9 @@ def _build(
     no_cache: bool,
     quiet: bool,
     pip_netrc: Path | None = None,
+    *,
+    platform: str | None = None,
+    gpu: str | None = None,
 ) -> None:
     from flowrig.builder.build import add_pip_ca, add_pip_netrc_mount, build, build_command
     from flowrig.builder.context import render_context, write_context
@@ -105,7 +126,12 @@ def _build(
         raise BadInput(f"pip CA bundle {pip_ca} is not a file: pass an existing PEM bundle")
     if pip_netrc is not None and not pip_netrc.is_file():
         raise BadInput(f"--pip-netrc {pip_netrc} is not a file: pass a .netrc with the index's credentials")
-    context = render_context(project, tls_dir=certs, base_image=base_image, tls_mode=tls)
+    from flowrig.builder.platforms import gpu_requirements, parse_platforms
+
+    platforms = parse_platforms(platform)
+    gpu_requirements(gpu)
+    context = render_context(project, tls_dir=certs, base_image=base_image, tls_mode=tls,
+                             platform=",".join(platforms) or None, gpu=gpu)
     for path in context.skipped:
         typer.echo(f"warning: {path} holds credentials and was not copied into the image", err=True)
     for path in context.unscanned:
@@ -119,19 +145,22 @@ def _build(
         if pip_ca is not None:
             add_pip_ca(directory, pip_ca)
         if pip_netrc is None:
-            # Without --progress: the command works with BuildKit and the legacy builder alike.
-            command = build_command(context, tag, directory, buildkit=False, no_cache=no_cache)
+            # Without --progress: the command works with BuildKit and the legacy builder alike
+            # (--platform is BuildKit's: the printed command needs it then).
+            command = build_command(context, tag, directory, buildkit=bool(platforms), no_cache=no_cache,
+                                    multi_platform=True)
         else:
             # A .netrc reaches the build only as a BuildKit secret the Dockerfile mounts.
             add_pip_netrc_mount(directory)
             command = build_command(
-                context, tag, directory, buildkit=True, no_cache=no_cache, pip_netrc=pip_netrc.resolve()
+                context, tag, directory, buildkit=True, no_cache=no_cache, pip_netrc=pip_netrc.resolve(),
+                multi_platform=True,
             )
         nonce = ""
         if context.makes_its_own_ca:
             # Left to the shell, so every run of the printed command gets a new CA.
             nonce = " --build-arg TLS_NONCE=\"$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')\""
-        switch = "" if pip_netrc is None else "DOCKER_BUILDKIT=1 "
+        switch = "" if pip_netrc is None and not platforms else "DOCKER_BUILDKIT=1 "
         typer.echo(f"{switch}{shlex.join(command[:-1])}{nonce} {shlex.quote(command[-1])}")
         return
     result = build(context, tag, pip_ca, quiet=quiet, no_cache=no_cache, pip_netrc=pip_netrc)

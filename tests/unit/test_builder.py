@@ -353,8 +353,8 @@ def test_dockerfile_labels_come_last_and_hold_no_secrets():
     all_instructions = instructions(dockerfile_text())
     assert all_instructions[-1][0] == "LABEL"
     labels = re.findall(r"([\w.-]+)=", all_instructions[-1][1])
-    assert labels and all(label.startswith("org.opencontainers.image.") or label == layout.IMAGE_TLS_MODE_LABEL
-                          for label in labels)
+    assert labels and all(label.startswith(("org.opencontainers.image.", "org.flowrig."))
+                          or label == layout.IMAGE_TLS_MODE_LABEL for label in labels)
     secretish = re.compile(r"(CERT|SECRET|TOKEN|PASSWORD|KEY|CA)\b", re.IGNORECASE)
     for word, rest in all_instructions:
         if word in ("ARG", "ENV", "LABEL"):
