@@ -12,6 +12,11 @@
 #           debootstrap (it is copied, never modified)
 #   MIRROR  Debian mirror (default http://deb.debian.org/debian)
 #   DOCKER  docker client (default: docker on PATH)
+#   ARCH    Debian architecture of the image (default: the host's); another one (arm64 on an
+#           amd64 host) is debootstrapped with --foreign and finished under qemu-user-static
+#           (binfmt handlers registered: apt-get install qemu-user-static binfmt-support),
+#           and imported through BuildKit FROM scratch, which records the platform
+#           (`docker import --platform` is ignored by some engines). About 15 minutes.
 #   FORCE=1 rebuild even when the image exists
 set -eu
 
@@ -42,9 +47,19 @@ if [ -n "${ROOTFS:-}" ]; then
     cp -a "$ROOTFS" "$DIR"
 else
     command -v debootstrap >/dev/null || { log "debootstrap is not installed (apt-get install debootstrap)"; exit 2; }
-    log "debootstrap $SUITE from $MIRROR (about a minute)"
-    debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$DIR" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
-        || { tail -20 "$WORK/debootstrap.log" >&2; exit 3; }
+    if [ -n "${ARCH:-}" ] && [ "$ARCH" != "$(dpkg --print-architecture)" ]; then
+        case $ARCH in arm64) QEMU=aarch64 ;; amd64) QEMU=x86_64 ;; *) QEMU=$ARCH ;; esac
+        [ -e "/proc/sys/fs/binfmt_misc/qemu-$QEMU" ] || {
+            log "no qemu binfmt handler for $ARCH: apt-get install qemu-user-static binfmt-support"; exit 2; }
+        log "debootstrap $SUITE for $ARCH from $MIRROR, second stage emulated (about 15 minutes)"
+        debootstrap --arch="$ARCH" --foreign --variant=minbase --include="$PACKAGES" "$SUITE" "$DIR" "$MIRROR" \
+            >"$WORK/debootstrap.log" 2>&1 && chroot "$DIR" /debootstrap/debootstrap --second-stage \
+            >>"$WORK/debootstrap.log" 2>&1 || { tail -20 "$WORK/debootstrap.log" >&2; exit 3; }
+    else
+        log "debootstrap $SUITE from $MIRROR (about a minute)"
+        debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$DIR" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
+            || { tail -20 "$WORK/debootstrap.log" >&2; exit 3; }
+    fi
 fi
 
 # What an image does not need: downloaded packages, package lists (run apt-get update
@@ -61,11 +76,21 @@ find "$DIR/usr/share/doc" -mindepth 1 -type d -empty -delete 2>/dev/null || true
 rm -f "$DIR/etc/hostname"
 
 log "importing as $IMAGE"
-tar --numeric-owner -C "$DIR" -c . | "$DOCKER" import \
-    --change 'ENV LANG=C.UTF-8' \
-    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    --change 'CMD ["/bin/bash"]' \
-    - "$IMAGE" >/dev/null
+if [ -n "${ARCH:-}" ]; then
+    # FROM scratch with --platform: the image records the architecture it holds.
+    mkdir "$WORK/import"
+    tar --numeric-owner -C "$DIR" -cf "$WORK/import/rootfs.tar" .
+    printf '%s\n' 'FROM scratch' 'ADD rootfs.tar /' 'ENV LANG=C.UTF-8' \
+        'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' 'CMD ["/bin/bash"]' \
+        >"$WORK/import/Dockerfile"
+    DOCKER_BUILDKIT=1 "$DOCKER" build -q --platform "linux/$ARCH" -t "$IMAGE" "$WORK/import" >/dev/null
+else
+    tar --numeric-owner -C "$DIR" -c . | "$DOCKER" import \
+        --change 'ENV LANG=C.UTF-8' \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'CMD ["/bin/bash"]' \
+        - "$IMAGE" >/dev/null
+fi
 
 "$DOCKER" run --rm --network none "$IMAGE" python3 -c "import venv, ensurepip, sys; print(sys.version.split()[0])" \
     | sed "s/^/make-base-image: $IMAGE python3 /" >&2
