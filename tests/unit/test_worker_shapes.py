@@ -235,3 +235,57 @@ def test_a_type_without_enough_gpus_or_of_another_architecture_is_refused():
     # An index of both fits either; an image of unknown architecture is not refused.
     instance_types.check_arch(instance_types.shape_of(DESCRIBED["m7g.large"]), ("amd64", "arm64"), where, IMAGE)
     instance_types.check_arch(instance_types.shape_of(DESCRIBED["m7g.large"]), (), where, IMAGE)
+
+
+# --- an ECR image's architectures -----------------------------------------------------------------
+class _ECR:
+    def __init__(self, manifest: dict, url: str) -> None:
+        self.manifest, self.url, self.asked = manifest, url, []
+
+    def batch_get_image(self, **kwargs: Any) -> dict[str, Any]:
+        import json
+
+        return {"images": [{"imageManifest": json.dumps(self.manifest)}]}
+
+    def get_download_url_for_layer(self, **kwargs: Any) -> dict[str, Any]:
+        self.asked.append(kwargs)
+        return {"downloadUrl": self.url, "layerDigest": kwargs["layerDigest"]}
+
+
+class _ECRSession:
+    region_name = "us-east-1"
+
+    def __init__(self, ecr: _ECR) -> None:
+        self.ecr = ecr
+
+    def client(self, service: str) -> Any:
+        return self.ecr
+
+
+SINGLE = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+          "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1000,
+                     "digest": "sha256:" + "c" * 64}, "layers": []}
+
+
+def test_a_single_manifest_is_read_from_its_config_blob_over_https_only(monkeypatch):
+    import io
+    import json
+    import urllib.request
+
+    from flowrig.backends.aws.preflight.image import ecr_architectures
+
+    opened: list[str] = []
+
+    def urlopen(url: str, timeout: float) -> Any:
+        opened.append(url)
+        return io.BytesIO(json.dumps({"architecture": "arm64", "os": "linux"}).encode())
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    ecr = _ECR(SINGLE, "https://prod-us-east-1-starport-layer-bucket.s3.amazonaws.com/blob")
+    found = ecr_architectures(_ECRSession(ecr), IMAGE)  # type: ignore[arg-type]
+    assert found.held == ("arm64",) and found.source == "its config in ECR"
+    assert ecr.asked == [{"registryId": "123456789012", "repositoryName": "seed", "layerDigest": "sha256:" + "c" * 64}]
+    # An address that is not https is never fetched: the architecture is then not known.
+    ecr = _ECR(SINGLE, "http://169.254.169.254/latest/meta-data/")
+    assert ecr_architectures(_ECRSession(ecr), IMAGE).held == ()  # type: ignore[arg-type]
+    assert opened == ["https://prod-us-east-1-starport-layer-bucket.s3.amazonaws.com/blob"]
