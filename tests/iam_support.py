@@ -291,6 +291,12 @@ def _ecs(state: State, operation: str, body: dict[str, Any]) -> list[Ask]:
                 **_tag_context(_pairs(task.tags) if task is not None else {}, "aws:ResourceTag"),
                 "ecs:cluster": cluster_arn}))
         return asks
+    if operation == "DescribeClusters":
+        return [Ask(action, c if c.startswith("arn:") else arn("ecs", f"cluster/{c}")) for c in body.get("clusters", [])]
+    if operation == "DescribeCapacityProviders":
+        # A name, or the ARN AWS gives a capacity provider (Fargate's own are AWS's, on "*").
+        return [Ask(action, p if p.startswith("arn:") else arn("ecs", f"capacity-provider/{p}"))
+                for p in body.get("capacityProviders", [])]
     if operation == "ListTasks":
         cluster = state.cluster(body.get("cluster"))
         name = cluster.name if cluster else body.get("cluster", "default")

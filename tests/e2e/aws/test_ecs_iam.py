@@ -374,3 +374,20 @@ def test_bootstrap_says_the_old_shared_role_is_no_longer_used(aws):
     result = CliRunner().invoke(app, ["bootstrap"])
     assert result.exit_code == 0, result.output
     assert f"role/flowrig/{iam.EXECUTION_ROLE_NAME}: made by an older bootstrap; runs no longer use it" in result.output
+
+
+@pytest.mark.aws
+def test_the_printed_policy_lets_the_runner_read_its_capacity_providers_instance_types(runners, tls):
+    from tests.e2e.aws.test_worker_shapes import capacity_provider, push
+
+    cluster, image = capacity_provider("t3.medium", "cpu-cp"), push("one", "amd64")
+    runners.as_runner("runner-a")
+    with pytest.raises(BadInput) as info:
+        ECSBackend().start(ClusterSpec(run_id="iamgpu", size=ClusterSize(1), tls=tls, image=image, options={
+            "cluster_arn": cluster, "capacity_provider": "cpu-cp", "worker_gpu": 1, "preflight": False}))
+    runners.as_admin()
+    # Read, not refused into a warning: the refusal names the instance type.
+    assert "runs t3.medium has no GPU but worker_gpu = 1" in str(info.value)
+    assert runners.enforcer.refused() == []
+    used = statements_used(printed_policy(), runners.enforcer, runners.user_arn("runner-a"))
+    assert used["WorkerShape"] and used["WorkerCapacity"], used
