@@ -197,7 +197,7 @@ def build(
     no_cache: bool = False,
     pip_netrc: str | Path | None = None,
 ) -> BuildResult:
-    # long: the public API's numpy-style docstring is 38 lines; the code is 42.
+    # long: the public API's numpy-style docstring is 38 lines; the code is 48.
     """Build a context into an image tagged ``tag``.
 
     Parameters
