@@ -88,20 +88,21 @@ def refused(aws, backend, spec: ClusterSpec) -> str:
     return message
 
 
-def test_fargate_runs_of_an_image_of_another_architecture_or_arm64_on_spot_are_refused(bootstrapped, tls):
+def test_fargate_runs_of_an_image_of_another_architecture_or_arm64_on_spot_are_refused(aws, tls):
     amd64, arm64 = push("amd64", "amd64"), push("arm64", "arm64")
-    message = refused(bootstrapped, FargateBackend, ecs_spec(tls, amd64, cpu_architecture="ARM64"))
+    message = refused(aws, FargateBackend, ecs_spec(tls, amd64, cpu_architecture="ARM64"))
     assert message == (
         f"the image {amd64} is linux/amd64 (its image index in ECR) but cpu_architecture = ARM64: drop "
         "cpu_architecture (the run follows the image) or build it with flowrig build --platform linux/arm64")
     # ARM64 comes from the image this time: Fargate Spot is X86_64 only.
-    message = refused(bootstrapped, FargateBackend, ecs_spec(tls, arm64, spot="fallback"))
+    message = refused(aws, FargateBackend, ecs_spec(tls, arm64, spot="fallback"))
     assert message.startswith("Fargate Spot runs X86_64 tasks only, and the workers are ARM64 (the image's "
                               "architecture, from its image index in ECR): drop spot")
 
 
 def test_an_ecs_capacity_provider_without_gpus_of_another_architecture_or_not_the_clusters_is_refused(
-        bootstrapped, tls):
+        aws, tls):
+    # No bootstrap: the refusal comes before the run's own execution role is looked for.
     capacity_provider("t3.medium", "cpu")
     cluster = capacity_provider("g5g.xlarge", "arm")
     image = push("one", "amd64")
@@ -115,7 +116,7 @@ def test_an_ecs_capacity_provider_without_gpus_of_another_architecture_or_not_th
                  "(it has cpu, arm): add it with aws ecs put-cluster-capacity-providers, or name one of those",
     }
     for provider, line in cases.items():
-        message = refused(bootstrapped, ECSBackend, ecs_spec(
+        message = refused(aws, ECSBackend, ecs_spec(
             tls, image, cluster_arn=cluster, capacity_provider=provider, worker_gpu=1, fargate_scheduler=True))
         assert message == line
 
