@@ -13,6 +13,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 #: What a runtime never needs. pip/setuptools/wheel only arrive as some dependency's
@@ -23,7 +24,19 @@ PRUNE_DIR_NAMES = ("tests", "test", "__pycache__")
 PRUNE_SUFFIXES = (".pyc", ".pyo", ".pyi", ".c", ".h", ".cpp", ".pyx", ".pxd")
 #: Prefect's web UI bundles (17 MB): the run's embedded API starts with the UI off,
 #: and the image sets PREFECT_UI_ENABLED=false for anything else that starts a server.
-PRUNE_SITE_PATHS = ("prefect/server/ui", "prefect/server/ui-v2")
+#: Bokeh's TypeScript compiler, its module sources and its typings (11.5 MB): they build
+#: custom extensions with node.js, which no role does (the image has no node).
+PRUNE_SITE_PATHS = (
+    "prefect/server/ui",
+    "prefect/server/ui-v2",
+    "bokeh/server/static/js/compiler.js",
+    "bokeh/server/static/js/lib",
+    "bokeh/server/static/lib",
+)
+#: Folders where ``NAME.js`` goes when ``NAME.min.js`` is beside it (8 MB of bokeh): the
+#: scheduler's dashboard serves only the minified bundles (bokeh's default,
+#: ``BOKEH_MINIFIED=true``), and nothing reads the readable twin.
+MINIFIED_TWIN_DIRS = ("bokeh/server/static/js",)
 #: Directories of libraries that auditwheel (and delvewheel) vendor into a wheel:
 #: ``numpy.libs/``, ``scipy.libs/``... Never stripped: they are rewritten by patchelf,
 #: and binutils' strip mangles such files (numpy's OpenBLAS then fails to load with
@@ -40,6 +53,7 @@ def prune_paths(site: Path) -> list[Path]:
         doomed.extend(site.glob(f"{name}.pth"))
     doomed.extend(site.glob("distutils-precedence.pth"))
     doomed.extend(site / p for p in PRUNE_SITE_PATHS if (site / p).exists())
+    doomed.extend(_minified_twins(site))
     skip = {str(p) for p in doomed}
     for directory, dirs, files in os.walk(site):
         here = Path(directory)
@@ -52,15 +66,26 @@ def prune_paths(site: Path) -> list[Path]:
     return sorted(set(doomed))
 
 
+def _minified_twins(site: Path) -> list[Path]:
+    """``NAME.js`` files of :data:`MINIFIED_TWIN_DIRS` that have a ``NAME.min.js``."""
+    twins = (p.with_name(p.name.removesuffix(".min.js") + ".js") for f in MINIFIED_TWIN_DIRS
+             for p in (site / f).glob("*.min.js"))
+    return [p for p in twins if p.is_file()]
+
+
 def _is_test_dir(path: Path) -> bool:
     """A ``tests``/``test`` directory holding Python code (not, say, a data folder)."""
     return any(p.suffix == ".py" for p in path.rglob("*.py"))
 
 
-def prune_venv(venv: Path, site: Path, strip_mode: str) -> None:
+def prune_venv(venv: Path, site: Path, strip_mode: str, keep: Collection[str] = ()) -> None:
     """Remove :func:`prune_paths` and pip's scripts from ``venv``, then strip its shared
-    objects unless ``strip_mode`` is ``off`` or the base has no ``strip``."""
-    doomed = prune_paths(site)
+    objects unless ``strip_mode`` is ``off`` or the base has no ``strip``.
+
+    ``keep`` holds paths relative to ``venv`` that stay as they are (neither removed nor
+    stripped): a lower layer's files, pruned already, whose bytecode is wanted.
+    """
+    doomed = [p for p in prune_paths(site) if p.relative_to(venv).as_posix() not in keep]
     for path in doomed:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
@@ -78,7 +103,7 @@ def prune_venv(venv: Path, site: Path, strip_mode: str) -> None:
         # PyPI are mostly stripped already, so this is a small loss.
         print("no strip on this base: shared objects left as they are")
         return
-    result = strip_shared_objects(site, strip)
+    result = strip_shared_objects(site, strip, {(venv / k).as_posix() for k in keep})
     print(
         f"stripped {result['stripped']} shared objects ({result['saved'] / 1e6:.1f} MB less); left as they were: "
         f"{result['vendored']} vendored by auditwheel (*.libs), {result['changed']} whose loaded segments "
@@ -193,12 +218,14 @@ def _vendored(path: Path, site: Path) -> bool:
     return any(part.endswith(VENDORED_LIBRARY_DIRS) for part in path.relative_to(site).parts[:-1])
 
 
-def strip_shared_objects(site: Path, strip: str) -> dict[str, int]:
+def strip_shared_objects(site: Path, strip: str, keep: Collection[str] = ()) -> dict[str, int]:
     """Strip the shared objects under ``site`` where that provably changes nothing the
-    loader maps (see :func:`loads_like`); returns counts and the bytes saved."""
+    loader maps (see :func:`loads_like`), but for the absolute paths in ``keep``;
+    returns counts and the bytes saved."""
     counts = {"stripped": 0, "vendored": 0, "changed": 0, "unstrippable": 0, "saved": 0}
     kept: list[str] = []
-    objects = sorted(p for p in site.rglob("*.so*") if p.is_file() and not p.is_symlink())
+    objects = sorted(p for p in site.rglob("*.so*")
+                     if p.is_file() and not p.is_symlink() and p.as_posix() not in keep)
     for path in objects:
         original = path.read_bytes()
         if program_headers(original) is None:
