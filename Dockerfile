@@ -42,7 +42,7 @@ ARG PROJECT
 # The build's steps and the project rules they share with the host: stdlib-only modules that
 # buildsteps.py loads by path, since flowrig is not installed yet.
 COPY flowrig/builder/buildsteps.py flowrig/builder/buildsteps_install.py flowrig/builder/buildsteps_prune.py \
-     flowrig/project/build_rules.py flowrig/project/secret_rules.py flowrig/project/secret_scan.py \
+     flowrig/builder/buildsteps_layers.py flowrig/project/build_rules.py flowrig/project/secret_rules.py flowrig/project/secret_scan.py \
      /opt/flowrig/build/
 COPY pyproject.toml constraints.txt /opt/flowrig/build/
 COPY ${PROJECT}/ /opt/flowrig/build/project/
@@ -53,10 +53,15 @@ RUN python3 /opt/flowrig/build/buildsteps.py requirements \
         --constraints /opt/flowrig/build/constraints.txt \
         --project /opt/flowrig/build/project \
         --gpu "$GPU" \
-        --out /opt/flowrig/requirements
+        --out /opt/flowrig/requirements \
+ && python3 /opt/flowrig/build/buildsteps.py imports --project /opt/flowrig/build/project \
+        --out /opt/flowrig/imports/modules.txt
 
-# --- build: the runtime venv, made and filled by the target interpreter ----------------------
-FROM ${BASE_IMAGE} AS build
+# --- deps: the runtime venv with flowrig's own dependencies, made by the target interpreter ---
+# No project file reaches this stage (only flowrig's requirements, which depend on the
+# project's backend alone), so every project on the same flowrig, base and backend gets
+# the very same venv layer: registries, hosts and the build cache keep it once.
+FROM ${BASE_IMAGE} AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1 \
     PIP_ROOT_USER_ACTION=ignore \
@@ -77,7 +82,7 @@ RUN if [ "$STRIP" = auto ] && ! command -v strip >/dev/null 2>&1 && command -v a
  && python3 -m venv /opt/flowrig/tools \
  && python3 -m venv --without-pip /opt/flowrig/venv
 COPY flowrig/builder/buildsteps.py flowrig/builder/buildsteps_install.py flowrig/builder/buildsteps_prune.py \
-     flowrig/project/build_rules.py /opt/flowrig/build/
+     flowrig/builder/buildsteps_layers.py flowrig/project/build_rules.py /opt/flowrig/build/
 # constraints.txt keeps the COPY valid when the context has no pip-ca.crt (and changes only
 # when layer 1 must be built again anyway).
 COPY constraints.txt pip-ca.cr[t] /opt/flowrig/build/pip-ca/
@@ -92,6 +97,27 @@ RUN python3 /opt/flowrig/build/buildsteps.py install \
         --constraints /opt/flowrig/requirements/constraints.txt \
         --build-requirements /opt/flowrig/requirements/build.txt \
         /opt/flowrig/requirements/flowrig.txt
+# Prune (tests, caches, pip & co., data no role reads; strip as STRIP says), put flowrig's
+# own directory on the venv's path, add the dask-scheduler/dask-worker commands that
+# dask-cloudprovider runs (distributed no longer ships them), then compile bytecode only
+# for the modules the image's commands import: it halves their start-up time, while
+# compiling every module would add about 90 MB. Those of a package the image does not
+# install are skipped; one that is installed and does not import fails the build. Last,
+# the snapshot that tells the project's layer from this one.
+ARG COMPILE_MODULES="prefect prefect.flows prefect.tasks prefect.flow_engine prefect.task_engine prefect.server.api.server prefect_dask distributed distributed.cli.dask_scheduler distributed.cli.dask_worker distributed.dashboard.scheduler dask_cloudprovider.aws typer"
+RUN python3 /opt/flowrig/build/buildsteps.py prune /opt/flowrig/venv --strip "$STRIP" \
+ && python3 /opt/flowrig/build/buildsteps.py add-path /opt/flowrig/venv /opt/flowrig/app \
+ && for role in scheduler worker; do \
+        printf '#!/bin/sh\nexec flowrig-entrypoint dask-%s "$@"\n' "$role" > "/opt/flowrig/venv/bin/dask-$role" \
+     && chmod 0755 "/opt/flowrig/venv/bin/dask-$role"; \
+    done \
+ && python3 /opt/flowrig/build/buildsteps.py compile --python /opt/flowrig/venv/bin/python \
+        --root /opt/flowrig/venv ${COMPILE_MODULES} \
+ && python3 /opt/flowrig/build/buildsteps.py snapshot /opt/flowrig/venv --out /opt/flowrig/build/deps.json
+
+# --- build: the project's requirements on top, and what they add as a layer of its own -----
+FROM deps AS build
+ARG STRIP=auto
 # Layer 2: the project's requirements (changing them leaves layer 1 cached). A requirement
 # pip cannot satisfy (a misspelt name, a version that does not exist or that conflicts
 # with the lock) fails here with one line naming it. A private index's credentials come
@@ -106,23 +132,13 @@ RUN python3 /opt/flowrig/build/buildsteps.py install \
         --pip-netrc /run/secrets/pip-netrc \
         --constraints /opt/flowrig/requirements/constraints.txt \
         /opt/flowrig/requirements/project.txt /opt/flowrig/requirements/gpu.txt
-# Prune (tests, caches, pip & co.; strip as STRIP says), put flowrig's own directory on
-# the venv's path, add the dask-scheduler/dask-worker commands that dask-cloudprovider
-# runs (distributed no longer ships them), then compile bytecode only for the modules the
-# image's commands import: it halves their start-up time, while compiling every module
-# would add about 90 MB. Those of a package the image does not install are skipped; one
-# that is installed and does not import fails the build.
-ARG COMPILE_MODULES="prefect prefect.flows prefect.tasks prefect.flow_engine prefect.task_engine prefect.server.api.server prefect_dask distributed distributed.cli.dask_scheduler distributed.cli.dask_worker distributed.dashboard.scheduler dask_cloudprovider.aws typer"
+# The same prune and strip for what layer 2 added (layer 1's files stay as they are, their
+# bytecode with them).
 RUN python3 /opt/flowrig/build/buildsteps.py prune /opt/flowrig/venv --strip "$STRIP" \
- && python3 /opt/flowrig/build/buildsteps.py add-path /opt/flowrig/venv /opt/flowrig/app \
- && for role in scheduler worker; do \
-        printf '#!/bin/sh\nexec flowrig-entrypoint dask-%s "$@"\n' "$role" > "/opt/flowrig/venv/bin/dask-$role" \
-     && chmod 0755 "/opt/flowrig/venv/bin/dask-$role"; \
-    done \
- && python3 /opt/flowrig/build/buildsteps.py compile --python /opt/flowrig/venv/bin/python \
-        --root /opt/flowrig/venv ${COMPILE_MODULES}
+        --keep /opt/flowrig/build/deps.json
 
-# --- app: flowrig itself, in its own directory so that changing it re-copies ~1 MB, not the venv
+# --- app: flowrig itself, in its own directory so that changing it re-copies ~4 MB and the
+# project's own dependencies, not flowrig's
 FROM build AS app
 COPY pyproject.toml README.m[d] Dockerfil[e] constraints.tx[t] /opt/flowrig/src/
 COPY flowrig/ /opt/flowrig/src/flowrig/
@@ -131,6 +147,20 @@ RUN python3 /opt/flowrig/build/buildsteps.py install-self \
         --target /opt/flowrig/app /opt/flowrig/src \
  && python3 /opt/flowrig/build/buildsteps.py compile --python /opt/flowrig/venv/bin/python \
         --root /opt/flowrig/app --all /opt/flowrig/app/flowrig
+
+# --- project-layer: the image's second layer ------------------------------------------------
+# Bytecode for the venv's modules that the project's code imports (a worker imports them
+# when its first task arrives: the scientific stack imports several times faster so),
+# then a copy of every file the project's requirements and that bytecode added, and of
+# flowrig itself: one layer, never an empty one. Editing a flow re-runs this only when
+# the set of modules it imports changes.
+FROM app AS project-layer
+COPY --from=requirements /opt/flowrig/imports/modules.txt /opt/flowrig/build/imports.txt
+RUN python3 /opt/flowrig/build/buildsteps.py compile --python /opt/flowrig/venv/bin/python \
+        --root /opt/flowrig/venv --soft --modules-from /opt/flowrig/build/imports.txt \
+ && python3 /opt/flowrig/build/buildsteps.py split /opt/flowrig/venv --since /opt/flowrig/build/deps.json \
+        --out /opt/flowrig/layers/project \
+ && cp -a /opt/flowrig/app /opt/flowrig/layers/project/opt/flowrig/app
 
 # --- manifest: project config and the versions actually installed ----------------------------
 FROM app AS manifest
@@ -169,8 +199,11 @@ RUN if command -v useradd >/dev/null 2>&1; then \
     fi \
  && mkdir -p /etc/flowrig/tls /opt/flowrig/project /home/flowrig/.prefect \
  && chown 10001:10001 /home/flowrig/.prefect
-COPY --from=build /opt/flowrig/venv /opt/flowrig/venv
-COPY --from=app /opt/flowrig/app /opt/flowrig/app
+# Two layers: flowrig's dependencies (shared by every project on the same flowrig, base
+# and backend), then what the project adds to the venv (its requirements, the bytecode
+# its code needs), with flowrig itself.
+COPY --from=deps /opt/flowrig/venv /opt/flowrig/venv
+COPY --from=project-layer /opt/flowrig/layers/project/ /
 # The migrated Prefect database template, made once here so that no run pays for migrations.
 USER flowrig
 RUN flowrig-entrypoint prepare

@@ -6,7 +6,8 @@ flowrig. It needs Python 3.11 or newer (``tomllib``), which is what the image re
 of its base anyway. The steps are in three files, which the Dockerfile copies side by
 side and this one loads by path: this one (the command line, ``requirements``,
 ``add-path``, ``manifest``), ``buildsteps_install.py`` (pip: ``install``,
-``install-self``, ``compile``) and ``buildsteps_prune.py`` (``prune``, with its strip).
+``install-self``, ``compile``), ``buildsteps_prune.py`` (``prune``, with its strip) and
+``buildsteps_layers.py`` (``snapshot``, ``split``).
 
 Steps
 -----
@@ -15,6 +16,9 @@ Steps
                   pinned by flowrig's lock (``constraints.txt``, exported from ``uv.lock``)
 ``install-self``  install flowrig itself, offline, into its own directory
 ``prune``         drop what a runtime never needs from the venv
+``snapshot``      record the venv once flowrig's dependencies are in (their layer)
+``split``         copy what the project's requirements added into a layer of its own
+``imports``       list the modules the project's code imports (the bytecode it needs)
 ``add-path``      put flowrig's own directory on the venv's path
 ``compile``       write bytecode for the modules the image's commands import
 ``manifest``      write the image manifest (project config and installed versions)
@@ -87,6 +91,7 @@ def _load_build_module(name: str):
 
 _install = _load_build_module("buildsteps_install")
 _prune = _load_build_module("buildsteps_prune")
+_layers = _load_build_module("buildsteps_layers")
 CONSTRAINTS_FILE = _install.CONSTRAINTS_FILE
 SOURCE_MARK = _install.SOURCE_MARK
 StepFailed = _install.StepFailed
@@ -206,7 +211,28 @@ def site_packages(venv: Path) -> Path:
 
 def step_prune(args: argparse.Namespace) -> None:
     venv = Path(args.venv)
-    _prune.prune_venv(venv, site_packages(venv), args.strip)
+    keep = _layers.read_snapshot(Path(args.keep)) if args.keep else {}
+    _prune.prune_venv(venv, site_packages(venv), args.strip, keep)
+
+
+def step_imports(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(f"{name}\n" for name in _layers.project_imports(Path(args.project))))
+
+
+def step_snapshot(args: argparse.Namespace) -> None:
+    _layers.write_snapshot(Path(args.root), Path(args.out))
+
+
+def step_split(args: argparse.Namespace) -> None:
+    files, size, gone = _layers.split(Path(args.root), _layers.read_snapshot(Path(args.since)), Path(args.out))
+    print(f"the project's own layer: {files} files, {size / 1e6:.1f} MB")
+    if gone:
+        # They stay in the image (the lower layer has them): only a project install that
+        # replaces one of flowrig's pinned dependencies could do this.
+        more = f" and {len(gone) - 5} more" if len(gone) > 5 else ""
+        print(f"removed by the project's install but kept in the image: {', '.join(gone[:5])}{more}")
 
 
 def step_add_path(args: argparse.Namespace) -> None:
@@ -352,7 +378,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("venv")
     p.add_argument("--strip", choices=("auto", "off"), default="auto",
                    help="strip shared objects where that changes nothing the loader maps (auto)")
+    p.add_argument("--keep", help="a snapshot whose paths stay as they are (a lower layer's)")
     p.set_defaults(func=step_prune)
+
+    p = steps.add_parser("imports", help="list the modules a project's code imports")
+    p.add_argument("--project", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=step_imports)
+
+    p = steps.add_parser("snapshot", help="record every path of a folder, for split")
+    p.add_argument("root")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=step_snapshot)
+
+    p = steps.add_parser("split", help="copy what changed since a snapshot into a tree for COPY onto /")
+    p.add_argument("root")
+    p.add_argument("--since", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=step_split)
 
     p = steps.add_parser("add-path", help="put a directory on a venv's sys.path")
     p.add_argument("venv")
@@ -363,6 +406,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--python", required=True)
     p.add_argument("--root", action="append", required=True, help="compile files under here")
     p.add_argument("--all", action="append", help="directory to compile completely")
+    p.add_argument("--modules-from", help="a file of more module names (whitespace-separated)")
+    p.add_argument("--soft", action="store_true",
+                   help="a module that does not import is reported, not an error (the project's)")
     p.add_argument("modules", nargs="*")
     p.set_defaults(func=_install.step_compile)
 

@@ -373,7 +373,8 @@ def test_dependencies_and_prepare_come_before_the_flow_code():
     assert {w for w, _ in after} <= {"USER", "WORKDIR", "ENTRYPOINT", "CMD", "ARG", "LABEL", "RUN"}
     assert [rest for w, rest in after if w == "RUN"] == ["flowrig-entrypoint check-imports"]
     assert ("RUN", "flowrig-entrypoint prepare") in parts["runtime-deps"]
-    installs = [rest for w, rest in parts["build"] if w == "RUN" and "buildsteps.py install" in rest]
+    installs = [rest for name in ("deps", "build") for w, rest in parts[name]
+                if w == "RUN" and "buildsteps.py install" in rest]
     assert len(installs) == 2 and all("--pip-ca /opt/flowrig/build/pip-ca/pip-ca.crt" in r for r in installs)
     assert any("bake-tls" in rest for w, rest in parts["tls"] if w == "RUN")
 
@@ -390,8 +391,11 @@ def test_final_image_takes_nothing_that_could_hold_the_pip_ca():
     parts = stages(dockerfile_text())
     sources = [rest for name in ("runtime-deps", "runtime") for w, rest in parts[name] if w == "COPY"]
     froms = {m.group(1): rest for rest in sources if (m := re.search(r"--from=(\S+)", rest))}
-    # From the build stage only the venv; pip's CA bundle lives under /opt/flowrig/build.
-    assert froms["build"].split()[-2] == "/opt/flowrig/venv"
+    # From the deps and project-layer stages only the venv's two layers (flowrig itself
+    # in the second); pip's CA bundle lives under /opt/flowrig/build.
+    assert "build" not in froms
+    assert froms["deps"].split()[-2] == "/opt/flowrig/venv"
+    assert froms["project-layer"].split()[-2] == "/opt/flowrig/layers/project/"
     assert not any("pip-ca" in rest or "/run/secrets" in rest for rest in sources)
     assert "PIP_CERT" not in dockerfile_text()
 
@@ -402,7 +406,22 @@ def test_dockerfile_builds_with_any_builder_and_copies_the_pip_ca_into_the_build
     assert not [rest for word, rest in instructions(text) if word == "RUN" and "--mount" in rest]
     copies = [(name, rest) for name, body in stages(text).items() for w, rest in body
               if w == "COPY" and "pip-ca" in rest]
-    assert copies == [("build", "constraints.txt pip-ca.cr[t] /opt/flowrig/build/pip-ca/")]
+    assert copies == [("deps", "constraints.txt pip-ca.cr[t] /opt/flowrig/build/pip-ca/")]
+
+
+def test_no_project_file_reaches_the_stage_of_flowrigs_dependency_layer():
+    """What makes that layer the same for every project on the same flowrig, base and
+    backend: the deps stage copies the build's own files and flowrig's requirement files
+    (which depend on the backend alone), and nothing of the project."""
+    deps = stages(dockerfile_text())["deps"]
+    copies = [rest for w, rest in deps if w == "COPY"]
+    assert not any("${PROJECT}" in rest or "/opt/flowrig/build/project" in rest for rest in copies), copies
+    from_requirements = [rest.split()[1:-1] for rest in copies if rest.startswith("--from=requirements")]
+    assert from_requirements == [[f"/opt/flowrig/requirements/{n}" for n in ("flowrig.txt", "build.txt",
+                                                                              "constraints.txt")]]
+    assert not any("ARG PROJECT" in f"{w} {rest}" for w, rest in deps)
+    runtime = [rest for w, rest in stages(dockerfile_text())["runtime-deps"] if w == "COPY"]
+    assert runtime[:2] == ["--from=deps /opt/flowrig/venv /opt/flowrig/venv", "--from=project-layer /opt/flowrig/layers/project/ /"]
 
 
 def test_pyproject_ships_the_dockerfile_as_package_data():
@@ -494,6 +513,7 @@ def test_cli_bad_project_raises_bad_input(tmp_path: Path):
 
 #: What the Dockerfile copies into the build and buildsteps.py loads by path.
 BUILD_MODULES = ("builder/buildsteps.py", "builder/buildsteps_install.py", "builder/buildsteps_prune.py",
+                 "builder/buildsteps_layers.py",
                  "project/build_rules.py", "project/secret_rules.py", "project/secret_scan.py")
 
 
@@ -523,6 +543,25 @@ def test_prune_removes_pip_tests_and_caches_but_keeps_runtime_files(tmp_path: Pa
         (site / name).write_text("x")
     doomed = {p.relative_to(site).as_posix() for p in buildsteps_prune.prune_paths(site)}
     assert not doomed & set(keep)
+    for name in drop:
+        assert name in doomed or any(name.startswith(d + "/") for d in doomed), name
+
+
+def test_prune_drops_bokehs_extension_toolchain_and_readable_twins_but_every_minified_bundle_stays(tmp_path: Path):
+    """The scheduler's dashboard serves bokeh's *.min.js only; what builds extensions with
+    node.js (compiler, module sources, typings) and the readable twins go."""
+    site = tmp_path / "venv" / "lib" / "python3.11" / "site-packages"
+    static = "bokeh/server/static"
+    keep = [f"{static}/js/bokeh.min.js", f"{static}/js/bokeh-gl.min.js", f"{static}/js/bokeh-mathjax.min.js",
+            f"{static}/js/only-readable.js", f"{static}/favicon.ico", "bokeh/core/_templates/file.html",
+            "other/static/js/app.js", "other/static/js/app.min.js"]
+    drop = [f"{static}/js/bokeh.js", f"{static}/js/bokeh-gl.js", f"{static}/js/bokeh-mathjax.js",
+            f"{static}/js/compiler.js", f"{static}/js/lib/api/index.js", f"{static}/lib/lib.dom.d.ts"]
+    for name in keep + drop:
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text("x")
+    doomed = {p.relative_to(site).as_posix() for p in buildsteps_prune.prune_paths(site)}
+    assert not {k for k in keep if any(k == d or k.startswith(d + "/") for d in doomed)}
     for name in drop:
         assert name in doomed or any(name.startswith(d + "/") for d in doomed), name
 

@@ -159,6 +159,42 @@ def test_every_shared_object_in_the_image_loads_as_its_user(scistack_image):
     assert report["loaded"] > 300 and report["lu"] and "openblas" in report["blas"]
 
 
+def layers(image: str) -> list[str]:
+    done = subprocess.run(["docker", "image", "inspect", "--format", "{{json .RootFS.Layers}}", image],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+STACK_BYTECODE = r"""
+import importlib.util, json, pathlib, sys
+sys.dont_write_bytecode = True
+import numpy, pandas, scipy.linalg, sklearn.linear_model
+venv = pathlib.Path(sys.prefix)
+loaded = [m.__file__ for m in list(sys.modules.values())
+          if (getattr(m, "__file__", None) or "").endswith(".py") and m.__file__.startswith(str(venv))]
+missing = [f for f in loaded if not pathlib.Path(importlib.util.cache_from_source(f)).is_file()]
+print(json.dumps({"loaded": len(loaded), "missing": missing}))
+"""
+
+
+def test_the_stack_image_shares_flowrigs_dependency_layer_and_carries_the_bytecode_its_flow_needs(
+    scistack_image, seed_image
+):
+    """The venv's first layer holds flowrig's dependencies alone, so the seed image and the
+    stack image (both on the local backend) share it, byte for byte; the stack's own
+    packages come in the layer after it, with bytecode for every module the flow's
+    imports load (a worker's first task imports them several times faster so)."""
+    seed, stack = layers(seed_image), layers(scistack_image)
+    # The base, the runtime user, then flowrig's dependencies.
+    assert stack[:3] == seed[:3]
+    assert len(stack) == len(seed)
+    done = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python", scistack_image,
+                           "-c", STACK_BYTECODE], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["loaded"] > 500 and report["missing"] == []
+
+
 # --- the plain docker build of a repository (examples/ci) ------------------------------------------
 
 
@@ -312,6 +348,7 @@ def test_the_repository_context_holds_every_project_folder_and_nothing_that_must
     for kept in (f"{PLAIN_PROJECT}/flow.py", f"{PLAIN_PROJECT}/requirements.txt", "examples/seed/flow.py",
                  "Dockerfile", "pyproject.toml", "constraints.txt", "flowrig/builder/buildsteps.py",
                  "flowrig/builder/buildsteps_install.py", "flowrig/builder/buildsteps_prune.py",
+                 "flowrig/builder/buildsteps_layers.py",
                  "flowrig/project/build_rules.py", "flowrig/project/secret_rules.py", "flowrig/project/secret_scan.py"):
         assert kept in files, kept
     for dropped in (".git/config", ".venv/pyvenv.cfg", f"{PLAIN_PROJECT}/.env", f"{PLAIN_PROJECT}/tests/test_flow.py",

@@ -265,9 +265,10 @@ def test_pip_netrc_is_a_build_secret_of_the_project_install_only(tmp_path: Path)
     assert command[command.index("--secret") + 1] == "id=pip-netrc,src=/x/netrc"
     # The repository's Dockerfile names the secret's path but mounts nothing (the legacy
     # builder reads it too); a build given a .netrc mounts it on that one step.
-    plain = stages(context.dockerfile)["build"]
+    plain = [i for name in ("deps", "build") for i in stages(context.dockerfile)[name]]
     assert not any("--mount" in rest for word, rest in plain if word == "RUN")
-    build_stage = stages(with_pip_netrc(context.dockerfile))["build"]
+    with_netrc = stages(with_pip_netrc(context.dockerfile))
+    build_stage = with_netrc["deps"] + with_netrc["build"]
     runs = [rest for word, rest in build_stage if word == "RUN" and "buildsteps.py install" in rest]
     assert len(runs) == 2
     # Only the project's requirements see it; flowrig's own come from the public index.

@@ -7,7 +7,9 @@ Cases that need none of these are in tests/unit/test_buildsteps.py.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
+import py_compile
 import shutil
 import subprocess
 import sys
@@ -166,3 +168,40 @@ def test_compile_fails_the_build_when_an_installed_module_does_not_import(tmp_pa
     assert done.returncode == 3
     assert done.stderr.startswith(buildsteps.FAILURE_PREFIX) and done.stderr.count("\n") == 1
     assert "broken: ImportError: second" in done.stderr
+
+
+def test_the_projects_imports_are_compiled_softly_and_a_lower_layers_bytecode_is_left_alone(tmp_path: Path):
+    """The project layer's compile: what the project's code imports gets bytecode; a name
+    `from package import name` took from a package and a module that does not import at
+    build time are passed over (the image's import check judges those); a module compiled
+    by an earlier step keeps its file, so no second copy reaches the project's layer."""
+    lib = tmp_path / "lib"
+    for name, text in {"stack/__init__.py": "from stack import core\n", "stack/core.py": "Y = 2\n",
+                       "lower/__init__.py": "Z = 3\n", "needs_gpu/__init__.py": "raise RuntimeError('no gpu')\n",
+                       "project/flow.py": "import stack.core\nfrom stack import Y, core\nimport needs_gpu\n"
+                                          "from lower import Z\nimport local_helpers\n"}.items():
+        (lib / name).parent.mkdir(parents=True, exist_ok=True)
+        (lib / name).write_text(text)
+    lower = importlib.util.cache_from_source(str(lib / "lower" / "__init__.py"))
+    py_compile.compile(str(lib / "lower" / "__init__.py"), cfile=lower)
+    before = Path(lower).stat().st_mtime_ns
+    modules = tmp_path / "imports.txt"
+    done = subprocess.run([sys.executable, str(SCRIPT), "imports", "--project", str(lib / "project"),
+                           "--out", str(modules)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert modules.read_text().split() == ["local_helpers", "lower", "lower.Z", "needs_gpu", "stack", "stack.Y",
+                                           "stack.core"]
+
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "compile", "--python", sys.executable, "--root", str(lib), "--soft",
+         "--modules-from", str(modules)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(lib)},
+    )
+
+    assert done.returncode == 0, done.stderr
+    (passed_over,) = [line for line in done.stdout.splitlines() if line.startswith("not compiled")]
+    assert passed_over == "not compiled, since they do not import here: needs_gpu: RuntimeError: no gpu"
+    for module in ("stack/__init__.py", "stack/core.py"):
+        assert Path(importlib.util.cache_from_source(str(lib / module))).is_file(), module
+    assert Path(lower).stat().st_mtime_ns == before
+    assert not Path(importlib.util.cache_from_source(str(lib / "needs_gpu" / "__init__.py"))).exists()
