@@ -12,7 +12,7 @@ rebuilds and re-pulls that layer alone.
 project's install, ``split`` copies each file or link that is new or changed since
 into a tree that the Dockerfile copies onto ``/``. ``imports`` lists the modules the
 project's code imports: the build compiles those (a worker imports them when its first
-task arrives, at twice the speed or better with bytecode) and no other module of that
+task arrives, in less than half the time with bytecode) and no other module of that
 layer. Run inside the image build by
 ``buildsteps.py`` (which loads this file by path): the standard library only.
 """
