@@ -64,8 +64,12 @@ def supported() -> bool:
     return parameters == _KNOWN_MAIN_PARAMETERS
 
 
-def start() -> bool:
+def start(own_session: bool = True) -> bool:
     """Start the fork server as a fork of this process, unless one runs already.
+
+    ``own_session`` puts the server, and the processes it forks, in a session of their
+    own (see :func:`_serve`); without it they stay in this process's group and get the
+    signals sent to it.
 
     Returns
     -------
@@ -109,7 +113,7 @@ def start() -> bool:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the forked server; its workers show it works
-            _serve(listener, alive_r, alive_w)
+            _serve(listener, alive_r, alive_w, own_session)
         os.close(alive_r)
         listener.close()
         server._forkserver_address = address
@@ -119,7 +123,7 @@ def start() -> bool:
     return True
 
 
-def _serve(listener: socket.socket, alive_r: int, alive_w: int) -> None:
+def _serve(listener: socket.socket, alive_r: int, alive_w: int, own_session: bool) -> None:
     from multiprocessing import forkserver
 
     code = 0
@@ -136,7 +140,8 @@ def _serve(listener: socket.socket, alive_r: int, alive_w: int) -> None:
         # forwarding `docker stop`) reaches only the runner, which tears the cluster down
         # in order. Roles that die with the runner's SIGTERM would leave it waiting
         # on them, and their nannies would start them again.
-        os.setsid()
+        if own_session:
+            os.setsid()
         forkserver.main(listener.fileno(), alive_r, [])
     except SystemExit as exc:  # the server's normal end: its last client has gone
         code = exc.code if isinstance(exc.code, int) else 0
@@ -147,11 +152,12 @@ def _serve(listener: socket.socket, alive_r: int, alive_w: int) -> None:
         os._exit(code)
 
 
-def prepare(preload: str) -> bool:
+def prepare(preload: str, own_session: bool = True) -> bool:
     """Make local workers fork from a server that imported ``preload`` (and distributed).
 
     The server is a fork of this process where :func:`start` can do it, else Python's
     standard one, started with the first worker, which imports ``preload`` first.
+    ``own_session`` is :func:`start`'s.
 
     Returns
     -------
@@ -168,7 +174,7 @@ def prepare(preload: str) -> bool:
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         get_mp_context()
     multiprocessing.get_context("forkserver").set_forkserver_preload([preload, "distributed"])
-    return start()
+    return start(own_session)
 
 
 def nanny_class() -> type:

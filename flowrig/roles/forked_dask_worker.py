@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from flowrig.internals import forkserver
 
-    forkserver.prepare(PRELOAD)
+    # In this process's group, unlike a runner's: a worker container is stopped by a
+    # signal to its whole group (dumb-init forwarding `docker stop`, the drain supervisor
+    # ending its child), and the worker process must get it at once, as a spawned one
+    # did, instead of waiting for the nanny to close it after its running tasks.
+    forkserver.prepare(PRELOAD, own_session=False)
     # Read whenever the nanny starts its worker process; this process is the nanny only.
     dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
     _cli(args)

@@ -43,7 +43,7 @@ def test_the_worker_process_is_a_fork_of_its_nanny_with_the_engine_imported(tls)
         proc = subprocess.Popen(
             [ENTRYPOINT, "worker", address, "--name", "forked", "--nthreads", "1", "--no-dashboard"],
             env=entrypoint_env(tls), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True,
         )
         try:
             with Client(address, security=material.to_security(), timeout=30) as client:
@@ -60,11 +60,19 @@ def test_the_worker_process_is_a_fork_of_its_nanny_with_the_engine_imported(tls)
                 server = psutil.Process(facts["ppid"])
                 assert server.ppid() == proc.pid and facts["pid"] != proc.pid
                 family = [proc.pid, server.pid, facts["pid"]]
+                # Stopped as a container is (dumb-init sends `docker stop`'s SIGTERM to the
+                # whole group) while a task naps: the worker process gets it too, and the
+                # role ends at once instead of waiting for the nanny to close it.
+                napping = client.submit(time.sleep, 120, pure=False)
+                while not client.processing()[next(iter(client.scheduler_info()["workers"]))]:
+                    time.sleep(0.1)
+                time.sleep(1)
 
-            started = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=20)
-            assert time.monotonic() - started < 10
+                started = time.monotonic()
+                os.killpg(proc.pid, signal.SIGTERM)
+                code = proc.wait(timeout=20)
+                assert time.monotonic() - started < 3
+                del napping
             assert code in (0, 143, -signal.SIGTERM), proc.stderr.read().decode()[-2000:]
             # Nothing of it is left: the worker process and the fork server went with it.
             deadline = time.monotonic() + 10
