@@ -100,9 +100,10 @@ def test_a_module_the_image_lacks_fails_the_build_with_exit_2_naming_it(docker_c
 
 def test_a_successful_build_prints_no_line_that_says_error(docker_client, seed_image, seed_copy):
     """Every step from the project's requirements on runs (they are new to Docker's
-    cache): downloading and installing a package the wheelhouse lacks, pruning,
-    stripping, bytecode for flowrig's modules when the project's backend brings no
-    dask_cloudprovider, the import check."""
+    cache; flowrig's dependency layer is the seed's, from the cache): downloading and
+    installing a package the wheelhouse lacks, pruning, stripping, bytecode for
+    flowrig's modules and for what the flow imports, the project's own layer split
+    off, the import check."""
     (seed_copy / "requirements.txt").write_text(f"tomli-w\n# {uuid.uuid4().hex}: a layer of its own\n")
     tag = test_image_tag(f"clean-log-{uuid.uuid4().hex[:6]}")
     try:
@@ -112,8 +113,8 @@ def test_a_successful_build_prints_no_line_that_says_error(docker_client, seed_i
         said = [line for line in log.splitlines() if re.search(r"\berror\b|\bfail", line, re.IGNORECASE)]
         assert said == []
         # The steps ran, and said so.
-        for evidence in ("Successfully installed tomli-w", "stripped ", "not in this image, so not compiled",
-                         "imports checked as uid 10001"):
+        for evidence in ("Successfully installed tomli-w", "stripped ", "compiled everything under /opt/flowrig/app",
+                         "modules imported by ", "the project's own layer: ", "imports checked as uid 10001"):
             assert evidence in log, evidence
     finally:
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
