@@ -129,6 +129,9 @@ def test_a_docker_run_holds_no_socket_shows_no_secret_and_lets_no_stranger_in(do
         scheduler = next(c for c in containers if c.labels["flowrig.role"] == "scheduler")
         port = engine.published_port(scheduler, 8786)
         address = f"tls://127.0.0.1:{port}"
+        # Workers start beside the scheduler: once they run, it may not listen yet, and a
+        # refusal must come from its TLS, not from a port nothing answers on.
+        engine.wait_for_log(scheduler, "Scheduler at:", 120, "scheduler")
         stranger_refused = _refused(address, TLSMaterial.ephemeral())
         baked_refused = _refused(address, _baked_material(docker_client, security_image))
         stdout, stderr = run.communicate(timeout=240)
