@@ -88,6 +88,9 @@ def test_fallback_starts_on_demand_when_spot_has_no_capacity_and_replaces_in_the
             assert [(market_of(r), r["count"]) for r in fault_proxy.run_task_requests[2:]] == [
                 ("FARGATE_SPOT", 1), ("FARGATE", 1), ("FARGATE", 1)]
             wait_for(lambda: len(live_tasks(aws, "spot1")) == 3)
+            # Both replacements are recorded as lives once their tasks are seen running,
+            # which may come after moto lists three live tasks again.
+            wait_for(lambda: len(started.lives()) == 5)
         finally:
             started.close()
     lives = started.lives()
