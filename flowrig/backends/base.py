@@ -125,29 +125,58 @@ def _what(error: Any) -> str | None:
 
 @dataclass(frozen=True)
 class WorkerGroupSpec:
-    """One worker group of a run's cluster (``[[cluster.worker_groups]]``), sized.
+    """One worker group of a run's cluster (``[[cluster.worker_groups]]``), sized and shaped.
 
     Parameters
     ----------
     name
         The group's name; its workers are named ``NAME-1``, ``NAME-2``...
     n_workers
-        Workers of the group.
+        Workers the group starts with (its adaptive minimum when it adapts).
     threads
         Threads of each of its workers.
     resources
         The Dask resources each of its workers offers: ``flowrig-group-NAME`` (one per
-        thread, what the group's tasks ask for), then the group's own.
+        thread, what the group's tasks ask for), ``GPU`` when it has GPUs, then the
+        group's own.
+    adapt
+        ``(minimum, maximum)`` when the group scales itself with its tasks' demand.
+    cpu
+        vCPUs of each worker; ``None``: the backend's default.
+    memory_mib
+        Memory of each worker in MiB; ``None``: the backend's default.
+    gpu
+        GPUs of each worker.
+    market
+        ``"on-demand"``, ``"spot"`` or ``"fallback"``; ``None``: the backend's ``spot``.
+    options
+        ``[cluster.options]`` keys the group's workers have otherwise (only keys its
+        backend's :attr:`Backend.group_options` names, checked before a start).
     """
 
     name: str
     n_workers: int
     threads: int
     resources: Mapping[str, float] = field(default_factory=dict)
+    adapt: tuple[int, int] | None = None
+    cpu: float | None = None
+    memory_mib: int | None = None
+    gpu: int = 0
+    market: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def most(self) -> int:
+        """The most workers the group may have."""
+        return self.adapt[1] if self.adapt else self.n_workers
+
+    def worker_name(self, number: int) -> str:
+        """The name of the group's worker ``number``, ``NAME-number``."""
+        return f"{self.name}-{number}"
 
     def worker_names(self) -> list[str]:
-        """The names of the group's workers, ``NAME-1`` to ``NAME-N``."""
-        return [f"{self.name}-{i}" for i in range(1, self.n_workers + 1)]
+        """The names of the workers the group starts with, ``NAME-1`` to ``NAME-N``."""
+        return [self.worker_name(i) for i in range(1, self.n_workers + 1)]
 
 
 @dataclass(frozen=True)
@@ -301,6 +330,11 @@ class Backend(abc.ABC):
     #: Whether the backend starts ``[[cluster.worker_groups]]`` (:attr:`ClusterSpec.groups`);
     #: a run with groups on any other backend is refused before anything starts.
     takes_worker_groups: ClassVar[bool] = False
+    #: The worker group fields (``cpu``, ``memory``, ``gpu``, ``market``, ``adapt``) this
+    #: backend cannot honour -> the fix; a group that sets one is refused before a start.
+    group_refusals: ClassVar[Mapping[str, str]] = {}
+    #: The ``[cluster.options]`` keys a worker group may set otherwise in its ``options``.
+    group_options: ClassVar[frozenset[str]] = frozenset()
 
     def refuse_foreign_groups(self, groups: Any) -> None:
         """Refuse ``[[cluster.worker_groups]]`` on a backend that does not start them.
@@ -315,6 +349,37 @@ class Backend(abc.ABC):
                 f"[[cluster.worker_groups]] run on the docker and local backends only for now, not on "
                 f"{self.name}: drop the groups, or run with --backend docker or --backend local"
             )
+
+    def check_worker_groups(self, groups: Any, options: Mapping[str, Any]) -> None:
+        """Refuse what this backend cannot do with ``[[cluster.worker_groups]]``
+        (:class:`~flowrig.project.groups.WorkerGroup`): groups at all, a field it cannot
+        honour (:attr:`group_refusals`), an ``options`` key it does not take per group
+        (:attr:`group_options`) or a value its options model refuses, merged over the
+        run's ``options``.
+
+        Raises
+        ------
+        BadInput
+            One line naming the group, the field and the fix.
+        """
+        self.refuse_foreign_groups(groups)
+        for group in groups:
+            where = f"[[cluster.worker_groups]] group '{group.name}'"
+            for key, fix in self.group_refusals.items():
+                if group.sets(key):
+                    raise BadInput(f"{where} sets {key}, which the {self.name} backend cannot honour: {fix}")
+            foreign = sorted(set(group.options) - self.group_options)
+            if foreign:
+                taken = ", ".join(sorted(self.group_options)) or "none"
+                raise BadInput(
+                    f"{where} options.{foreign[0]} is not taken per group by the {self.name} backend (it takes "
+                    f"{taken}): set it in [cluster.options] for every worker, or drop it"
+                )
+            if group.options and self.options_model is not None:
+                try:
+                    self.parse_options({**options, **group.options})
+                except BadInput as exc:
+                    raise BadInput(f"{where} options: {exc}") from None
 
     def parse_options(self, options: Mapping[str, Any]) -> Any:
         """``[cluster.options]`` validated by :attr:`options_model`.

@@ -48,10 +48,16 @@ def resources_for(task: str, tags: Collection[str], routes: Mapping[str, str]) -
     return {group_resource(groups[0]): 1}
 
 
-def worker_resources(group: str, threads: int, extra: Mapping[str, float] | None = None) -> dict[str, float]:
+#: The Dask resource a worker with GPUs offers, as many as it has.
+GPU_RESOURCE = "GPU"
+
+
+def worker_resources(
+    group: str, threads: int, extra: Mapping[str, float] | None = None, gpu: int = 0
+) -> dict[str, float]:
     """The Dask resources a worker of ``group`` with ``threads`` threads offers: one
-    group slot per thread, then the group's own resources."""
-    return {group_resource(group): threads, **dict(extra or {})}
+    group slot per thread, ``GPU`` when it has ``gpu`` GPUs, then the group's own."""
+    return {group_resource(group): threads, **({GPU_RESOURCE: gpu} if gpu else {}), **dict(extra or {})}
 
 
 def resources_flag(resources: Mapping[str, float]) -> str:

@@ -19,7 +19,7 @@ from pydantic.dataclasses import dataclass
 
 from flowrig.errors import BadInput
 from flowrig.project import defaults
-from flowrig.project.groups import WorkerGroup, check_groups
+from flowrig.project.groups import GroupAdapt, WorkerGroup, check_groups
 
 #: Unknown keys are refused everywhere in the file; types are checked per field.
 _STRICT = ConfigDict(extra="forbid")
@@ -254,11 +254,22 @@ _WHAT = {
     "list_type": "a list",
     "bool_type": "true or false",
 }
+#: What a worker group's shape fields take, in the words of a TOML file.
+_GROUP_WHAT = {
+    "cpu": "a number of vCPUs greater than 0",
+    "memory": 'MiB (4096) or text such as "8GiB"',
+    "gpu": "a whole number of GPUs >= 0",
+    "market": '"on-demand", "spot" or "fallback"',
+    "options": "a table of [cluster.options] keys",
+    "min_workers": "a whole number >= 0",
+    "max_workers": "a whole number >= 0",
+}
 _FIELDS = {
     "": ProjectFile,
     "cluster": ClusterConfig,
     "cluster.adapt": Adapt,
     "cluster.worker_groups": WorkerGroup,
+    "cluster.worker_groups.adapt": GroupAdapt,
     "build": BuildConfig,
     "run": RunSettings,
 }
@@ -278,6 +289,9 @@ def describe(exc: ValidationError, file: str = defaults.PROJECT_FILE) -> str:
     if kind == "string_pattern_mismatch" and parts[-1:] == ["name"]:
         return f"{file}: '{'.'.join(parts)}' must be a lowercase letter, then up to 19 lowercase letters, digits " \
             f"or dashes, got {value!r}"
+    if parts[:2] == ["cluster", "worker_groups"] and len(parts) > 3 and parts[3] in _GROUP_WHAT:
+        # A group's shape field: what it takes, whichever member of its union failed.
+        return f"{file}: '{'.'.join(parts[:4])}' must be {_GROUP_WHAT[parts[3]]}, got {value!r}"
     if len(parts) > 1 and parts[-1] in ("int", "float") and kind in ("int_type", "float_type"):
         # A member of the Seconds union (or of a group's resource amounts): the key is the
         # field, the fix a number.

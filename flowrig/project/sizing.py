@@ -28,6 +28,24 @@ SizingHook = Callable[[dict[str, Any], dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)
+class GroupSize:
+    """One worker group's size: the workers it starts with, and its adaptive range."""
+
+    name: str
+    n_workers: int
+    adapt: tuple[int, int] | None = None
+
+    @property
+    def most(self) -> int:
+        """The most workers the group may have."""
+        return self.adapt[1] if self.adapt else self.n_workers
+
+    def describe(self) -> str:
+        """``gpu 2`` or ``cpu 0-4``."""
+        return f"{self.name} {self.adapt[0]}-{self.adapt[1]}" if self.adapt else f"{self.name} {self.n_workers}"
+
+
+@dataclass(frozen=True)
 class ClusterSize:
     """How many workers a run gets.
 
@@ -41,16 +59,24 @@ class ClusterSize:
 
     n_workers: int
     adapt: tuple[int, int] | None = None
-    #: ``(group name, workers)`` of each worker group, in the project's order
-    #: (:mod:`flowrig.project.groups`); ``n_workers`` is then their sum.
-    groups: tuple[tuple[str, int], ...] = ()
+    #: The size of each worker group, in the project's order (:mod:`flowrig.project.groups`);
+    #: ``n_workers`` is then the sum of the workers they start with.
+    groups: tuple[GroupSize, ...] = ()
+
+    @property
+    def most(self) -> int:
+        """The most workers the cluster may have at once."""
+        if self.groups:
+            return sum(group.most for group in self.groups)
+        return self.adapt[1] if self.adapt else self.n_workers
 
     def describe(self) -> str:
-        """Short human form, e.g. ``3 workers``, ``adaptive 0-5 workers`` or
-        ``3 workers (gpu 1, cpu 2)``."""
+        """Short human form, e.g. ``3 workers``, ``adaptive 0-5 workers``,
+        ``3 workers (gpu 1, cpu 2)`` or ``1-5 workers (gpu 1, cpu 0-4)``."""
         if self.groups:
-            sizes = ", ".join(f"{name} {n}" for name, n in self.groups)
-            return f"{self.n_workers} worker{'s' if self.n_workers != 1 else ''} ({sizes})"
+            sizes = ", ".join(group.describe() for group in self.groups)
+            count = f"{self.n_workers}-{self.most}" if self.most != self.n_workers else f"{self.n_workers}"
+            return f"{count} worker{'s' if self.most != 1 else ''} ({sizes})"
         if self.adapt:
             return f"adaptive {self.adapt[0]}-{self.adapt[1]} workers"
         return f"{self.n_workers} worker{'s' if self.n_workers != 1 else ''}"
@@ -110,7 +136,8 @@ def decide(
     hook: SizingHook | None = None,
     hook_name: str = "sizing hook",
     options: Mapping[str, Any] | None = None,
-    groups: Mapping[str, int] | None = None,
+    groups: "Mapping[str, int | Mapping[str, int]] | None" = None,
+    group_bounds: Mapping[str, tuple[int, int]] | None = None,
 ) -> SizingResult:
     """Decide the cluster size of one run.
 
@@ -127,9 +154,12 @@ def decide(
     options
         Backend options; the hook sees them in ``provider_kwargs`` and may change them.
     groups
-        Worker groups by name, with the project's fixed size of each: the hook sees
+        Worker groups by name, with the project's size of each (a count, or
+        ``{"adaptive_min_workers": A, "adaptive_max_workers": B}``): the hook sees
         ``provider_kwargs["worker_groups"] = {"gpu": {"n_workers": 2}, ...}`` and may
         change each size (:func:`decide_groups`).
+    group_bounds
+        Each group's ``(min_workers, max_workers)``, which its size is clamped to.
 
     Raises
     ------
@@ -142,7 +172,7 @@ def decide(
     if groups:
         return decide_groups(
             parameters, groups, min_workers=min_workers, max_workers=max_workers, hook=hook, hook_name=hook_name,
-            options=options,
+            options=options, bounds=group_bounds,
         )
     kwargs: dict[str, Any] = dict(options or {})
     if adapt is not None:
@@ -187,29 +217,36 @@ GROUPS = "worker_groups"
 
 def decide_groups(
     parameters: Mapping[str, Any],
-    groups: Mapping[str, int],
+    groups: Mapping[str, "int | Mapping[str, int]"],
     *,
     min_workers: int = 0,
     max_workers: int = 10,
     hook: SizingHook | None = None,
     hook_name: str = "sizing hook",
     options: Mapping[str, Any] | None = None,
+    bounds: Mapping[str, tuple[int, int]] | None = None,
 ) -> SizingResult:
     """The size of each worker group of one run: the project's, or the hook's.
 
-    The hook sees ``provider_kwargs["worker_groups"] = {"gpu": {"n_workers": 2}, ...}``
-    and may change each group's ``n_workers``; it cannot add or drop a group, and the
-    sizes must add up to ``[min_workers, max_workers]`` (which group would give way is
-    not for flowrig to guess, so nothing is clamped).
+    The hook sees ``provider_kwargs["worker_groups"] = {"gpu": {"n_workers": 2}, "cpu":
+    {"adaptive_min_workers": 0, "adaptive_max_workers": 8}}`` and may change each group's
+    size, or make a fixed group adaptive and back (a fixed size it sets wins over the
+    group's range, as for ``[cluster]``); it cannot add or drop a group. Each value is
+    clamped to the group's ``bounds`` (default ``[0, max_workers]``) with a warning;
+    the sum of the groups' maxima must be within ``max_workers`` and the workers they
+    start with at least ``min_workers`` (which group would give way is not for flowrig
+    to guess).
 
     Raises
     ------
     BadInput
         When the hook raises, returns a count, sets a size outside ``worker_groups``, or
-        a group's size is not a whole number >= 1, or the total is out of bounds.
+        a group's size is not a whole number, a fixed group has 0 workers, or the totals
+        are out of bounds.
     """
+    asked_by_project = {name: ({N_WORKERS: ask} if isinstance(ask, int) else dict(ask)) for name, ask in groups.items()}
     kwargs: dict[str, Any] = dict(options or {})
-    kwargs[GROUPS] = {name: {N_WORKERS: n} for name, n in groups.items()}
+    kwargs[GROUPS] = copy.deepcopy(asked_by_project)
     source = "the project" if hook is None else f"sizing hook {hook_name}"
     if hook is not None:
         try:
@@ -228,23 +265,66 @@ def decide_groups(
         now = sorted(asked) if isinstance(asked, Mapping) else asked
         raise BadInput(
             f"{source} changed which worker groups there are ({now!r} instead of {sorted(groups)}): change only "
-            f"each group's '{N_WORKERS}'"
+            f"each group's '{N_WORKERS}' (or its adaptive range)"
         )
-    sizes: list[tuple[str, int]] = []
-    for name in groups:
-        entry = asked[name]
-        if not isinstance(entry, Mapping) or set(entry) != {N_WORKERS}:
-            raise BadInput(f"{source} set worker group '{name}' to {entry!r}: give it {{'{N_WORKERS}': N}} only")
-        n = _count(entry[N_WORKERS], f"{GROUPS}['{name}']['{N_WORKERS}']", source)
-        if n == 0:
-            raise BadInput(f"{source} gives worker group '{name}' 0 workers, so its tasks would wait for ever: "
-                           "give it 1 or more")
-        sizes.append((name, n))
-    total = sum(n for _, n in sizes)
-    if not min_workers <= total <= max_workers:
-        listed = ", ".join(f"{name} {n}" for name, n in sizes)
+    sizes = [
+        _group_size(name, asked[name], asked_by_project[name], (bounds or {}).get(name, (0, max_workers)), source)
+        for name in groups
+    ]
+    start, most = sum(g.n_workers for g in sizes), sum(g.most for g in sizes)
+    if start < min_workers or most > max_workers:
+        listed = ", ".join(g.describe() for g in sizes)
         raise BadInput(
-            f"{source} asks for {total} workers in worker groups ({listed}), outside min_workers = {min_workers} "
-            f"and max_workers = {max_workers}: change the groups' sizes or the bounds"
+            f"{source} asks for {start if start < min_workers else most} workers in worker groups ({listed}), "
+            f"outside min_workers = {min_workers} and max_workers = {max_workers}: change the groups' sizes or the "
+            "bounds"
         )
-    return SizingResult(ClusterSize(n_workers=total, groups=tuple(sizes)), kwargs)
+    return SizingResult(ClusterSize(n_workers=start, groups=tuple(sizes)), kwargs)
+
+
+def _group_size(
+    name: str, entry: Any, before: Mapping[str, int], bounds: tuple[int, int], source: str
+) -> GroupSize:
+    """One group's size from what the hook left in its entry, clamped to ``bounds``."""
+    if not isinstance(entry, Mapping) or not entry or not set(entry) <= set(SIZE_KEYS):
+        raise BadInput(
+            f"{source} set worker group '{name}' to {entry!r}: give it {{'{N_WORKERS}': N}} or "
+            f"{{'{ADAPT_MIN}': A, '{ADAPT_MAX}': B}}"
+        )
+    entry = dict(entry)
+    where = f"{GROUPS}['{name}']"
+    fixed_changed = N_WORKERS in entry and entry.get(N_WORKERS) != before.get(N_WORKERS)
+    if fixed_changed and (ADAPT_MIN in entry or ADAPT_MAX in entry):
+        if all(entry.get(k) == before.get(k) for k in (ADAPT_MIN, ADAPT_MAX)):
+            logger.warning("%s set %s['%s']=%r: the group has a fixed size instead of adapting %s-%s", source,
+                           where, N_WORKERS, entry[N_WORKERS], entry.get(ADAPT_MIN), entry.get(ADAPT_MAX))
+            entry.pop(ADAPT_MIN, None)
+            entry.pop(ADAPT_MAX, None)
+        else:
+            raise BadInput(f"{source} set both a fixed size and an adaptive range for worker group '{name}': "
+                           "give it one")
+    lo_bound, hi_bound = bounds
+
+    def clamp(value: Any, key: str) -> int:
+        count = _count(value, f"{where}['{key}']", source)
+        clamped = max(lo_bound, min(hi_bound, count))
+        if clamped != count:
+            logger.warning("%s asked for %s=%d; clamped to %d (bounds %d-%d)", source, f"{where}['{key}']", count,
+                           clamped, lo_bound, hi_bound)
+        return clamped
+
+    if ADAPT_MIN in entry or ADAPT_MAX in entry:
+        if ADAPT_MAX not in entry:
+            raise BadInput(f"{source} set {where}['{ADAPT_MIN}'] without '{ADAPT_MAX}'")
+        lo, hi = clamp(entry.get(ADAPT_MIN, 0), ADAPT_MIN), clamp(entry[ADAPT_MAX], ADAPT_MAX)
+        if lo > hi:
+            raise BadInput(f"{source} set {where}['{ADAPT_MIN}']={lo} above '{ADAPT_MAX}'={hi}")
+        if hi == 0:
+            raise BadInput(f"{source} gives worker group '{name}' at most 0 workers, so its tasks would wait for "
+                           "ever: give it 1 or more")
+        return GroupSize(name, lo, (lo, hi))
+    n = clamp(entry[N_WORKERS], N_WORKERS)
+    if n == 0:
+        raise BadInput(f"{source} gives worker group '{name}' 0 workers, so its tasks would wait for ever: "
+                       "give it 1 or more")
+    return GroupSize(name, n)

@@ -201,9 +201,14 @@ def _group_specs(run: "PreparedRun", size: Any) -> tuple[Any, ...]:
 
     shapes = {group.name: group for group in run.worker_groups}
     specs = []
-    for name, n in size.groups:
-        threads = shapes[name].worker_threads or run.worker_threads
-        specs.append(WorkerGroupSpec(name, n, threads, worker_resources(name, threads, shapes[name].resources)))
+    for sized in size.groups:
+        group = shapes[sized.name]
+        threads = group.worker_threads or run.worker_threads
+        specs.append(WorkerGroupSpec(
+            sized.name, sized.n_workers, threads, worker_resources(sized.name, threads, group.resources, group.gpu),
+            adapt=sized.adapt, cpu=None if group.cpu is None else float(group.cpu), memory_mib=group.memory_mib,
+            gpu=group.gpu, market=group.market, options=dict(group.options),
+        ))
     return tuple(specs)
 
 
@@ -212,7 +217,7 @@ def _decide(config: "PreparedRun", backend: "Backend", parameters: dict[str, Any
     from flowrig.project import sizing
     from flowrig.project.groups import check_groups
 
-    backend.refuse_foreign_groups(config.worker_groups)
+    backend.check_worker_groups(config.worker_groups, config.options)
     if config.worker_groups:
         try:
             check_groups(config.worker_groups, n_workers=config.n_workers, adapt=config.adapt,
@@ -228,7 +233,8 @@ def _decide(config: "PreparedRun", backend: "Backend", parameters: dict[str, Any
         hook=config.sizing_hook,
         hook_name=config.sizing_hook_name,
         options=config.options,
-        groups={group.name: group.size for group in config.worker_groups},
+        groups={group.name: group.sizing() for group in config.worker_groups},
+        group_bounds={group.name: group.bounds(config.max_workers) for group in config.worker_groups},
     )
     if backend.roles_use_image_certificates(decided.options) != backend.roles_use_image_certificates(
         config.options
@@ -310,7 +316,7 @@ def _run_to_outcome(
     size = plan.decided.size
     state = run_flow(
         config, plan.parameters, run.started.scheduler_address, config.tls, flow_settings, progress, events,
-        senders=size.adapt[1] if size.adapt else size.n_workers,
+        senders=size.most,
         routes=routes_of((group.name, group.routed_tags) for group in config.worker_groups),
     )
     timer.reached("flow_finished")

@@ -96,7 +96,7 @@ def maximum_workers(project: "Project") -> int:
     if cluster.sizing:
         return cluster.max_workers
     if cluster.worker_groups:
-        return sum(group.size for group in cluster.worker_groups)
+        return sum(group.most for group in cluster.worker_groups)
     wanted = cluster.adapt.maximum if cluster.adapt else cluster.n_workers
     value = N_WORKERS if wanted is None else wanted
     return max(cluster.min_workers, min(cluster.max_workers, value))
@@ -119,7 +119,7 @@ def preflight(project_dir: Path, backend: str | None = None, image: str | None =
 
     project = load_project(project_dir)
     chosen = resolve_backend(backend or project.cluster.backend)
-    chosen.refuse_foreign_groups(project.cluster.worker_groups)
+    chosen.check_worker_groups(project.cluster.worker_groups, project.cluster.options)
     plan = PreflightPlan(
         image=image or project.cluster.image or os.environ.get("FLOWRIG_IMAGE"),
         options=dict(project.cluster.options),

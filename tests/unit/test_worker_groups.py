@@ -14,7 +14,7 @@ from flowrig.backends.base import WorkerGroupSpec
 from flowrig.common.routes import group_resource, resources_flag, resources_for, routes_of, worker_resources
 from flowrig.errors import BadInput
 from flowrig.project.models import parse_project
-from flowrig.project.sizing import ClusterSize, decide
+from flowrig.project.sizing import ClusterSize, GroupSize, decide
 
 RUN = "g22test01"
 
@@ -46,9 +46,7 @@ def test_a_group_takes_its_name_as_tag_one_worker_and_the_clusters_threads_by_de
          "'cluster.worker_groups' beside 'cluster.n_workers': set the size in each [[cluster.worker_groups]]"),
         ([{"name": "gpu"}], {"adapt": {"maximum": 3}}, "beside 'cluster.adapt'"),
         ([{"name": "gpu", "n_workers": 8}, {"name": "cpu", "n_workers": 3}], {},
-         "add up to 11 workers (gpu 8, cpu 3), above 'cluster.max_workers' (10)"),
-        ([{"name": "gpu", "adapt": {"minimum": 0, "maximum": 2}}], {},
-         "group 'gpu' sets adapt: worker groups have fixed sizes for now"),
+         "add up to 11 workers at most (gpu 8, cpu 3), above 'cluster.max_workers' (10)"),
         ([{"name": "gpu", "n_workers": 0}], {}, "group 'gpu' has 0 workers"),
         ([{"name": "gpu", "tags": []}], {}, "group 'gpu' has no tags"),
         ([{"name": "gpu", "tags": [" "]}], {}, "group 'gpu' has an empty tag"),
@@ -63,7 +61,8 @@ def test_a_group_takes_its_name_as_tag_one_worker_and_the_clusters_threads_by_de
         ([{"name": "a" * 21}], {}, "'cluster.worker_groups.0.name' must be"),
         ([{"n_workers": 1}], {}, "'cluster.worker_groups.0.name' is required"),
         ([{"name": "gpu", "gpus": 1}], {},
-         "unknown key 'cluster.worker_groups.0.gpus'; allowed here: adapt, n_workers, name, resources, tags"),
+         "unknown key 'cluster.worker_groups.0.gpus'; allowed here: adapt, cpu, gpu, market, max_workers, memory, "
+         "min_workers, n_workers, name, options, resources, tags, worker_threads"),
         ([{"name": "gpu", "n_workers": "2"}], {}, "'cluster.worker_groups.0.n_workers' must be a whole number"),
         ([{"name": "gpu", "worker_threads": 0}], {}, "'cluster.worker_groups.0.worker_threads' must be >= 1"),
     ],
@@ -150,7 +149,7 @@ def test_the_task_runner_routes_by_the_tasks_tags_and_the_tags_block_around_it()
 
 def test_groups_take_the_projects_sizes_without_a_hook():
     decided = decide({}, groups={"gpu": 1, "cpu": 2}, options={"worker_memory": "2g"})
-    assert decided.size == ClusterSize(3, groups=(("gpu", 1), ("cpu", 2)))
+    assert decided.size == ClusterSize(3, groups=(GroupSize("gpu", 1), GroupSize("cpu", 2)))
     assert decided.options == {"worker_memory": "2g"}
     assert decided.size.describe() == "3 workers (gpu 1, cpu 2)"
 
@@ -165,7 +164,7 @@ def test_the_hook_sees_and_sets_each_groups_size():
 
     decided = decide({"n": 4}, groups={"gpu": 1, "cpu": 2}, hook=hook)
     assert seen == {"gpu": {"n_workers": 1}, "cpu": {"n_workers": 2}}
-    assert decided.size.groups == (("gpu", 1), ("cpu", 4)) and decided.size.n_workers == 5
+    assert decided.size.groups == (GroupSize("gpu", 1), GroupSize("cpu", 4)) and decided.size.n_workers == 5
     assert decided.options == {"worker_memory": "4g"}
 
 
@@ -187,6 +186,12 @@ def _hook(change):
         (lambda kw: kw["worker_groups"]["cpu"].__setitem__("adapt", (0, 2)), "set worker group 'cpu' to"),
         (lambda kw: kw["worker_groups"]["cpu"].__setitem__("n_workers", 10),
          "asks for 11 workers in worker groups (gpu 1, cpu 10), outside min_workers = 0 and max_workers = 10"),
+        (lambda kw: kw["worker_groups"]["cpu"].update(n_workers=5, adaptive_max_workers=3),
+         "set both a fixed size and an adaptive range for worker group 'cpu'"),
+        (lambda kw: kw["worker_groups"]["cpu"].update(adaptive_min_workers=0), "without 'adaptive_max_workers'"),
+        (lambda kw: kw["worker_groups"]["cpu"].update(adaptive_min_workers=3, adaptive_max_workers=2),
+         "set worker_groups['cpu']['adaptive_min_workers']=3 above 'adaptive_max_workers'=2"),
+        (lambda kw: kw["worker_groups"]["cpu"].update(adaptive_max_workers=0), "gives worker group 'cpu' at most 0"),
         (lambda kw: 1 / 0, "failed: ZeroDivisionError"),
     ],
 )
@@ -231,7 +236,7 @@ def test_the_plan_gives_each_group_its_shape_in_the_workers_order():
     project = _project({"name": "gpu", "worker_threads": 2, "resources": {"GPU": 1}}, {"name": "cpu", "n_workers": 2})
     run = PreparedRun(flow=None, backend=None, tls=None, api=None, api_url=None, worker_threads=3,
                       worker_groups=tuple(project.cluster.worker_groups))
-    specs = _group_specs(run, ClusterSize(3, groups=(("gpu", 1), ("cpu", 2))))
+    specs = _group_specs(run, ClusterSize(3, groups=(GroupSize("gpu", 1), GroupSize("cpu", 2))))
     assert specs == (
         WorkerGroupSpec("gpu", 1, 2, {"flowrig-group-gpu": 2, "GPU": 1}),
         WorkerGroupSpec("cpu", 2, 3, {"flowrig-group-cpu": 3}),
@@ -346,7 +351,7 @@ def test_the_host_refuses_groups_to_a_project_without_them():
 
 
 def test_a_sized_cluster_line_names_each_group():
-    assert ClusterSize(1, groups=(("gpu", 1),)).describe() == "1 worker (gpu 1)"
+    assert ClusterSize(1, groups=(GroupSize("gpu", 1),)).describe() == "1 worker (gpu 1)"
 
 
 def test_preflight_counts_the_groups_workers_and_refuses_groups_on_a_cloud_backend(tmp_path):

@@ -90,6 +90,11 @@ class DockerBackend(Backend):
     # and this process serves its requests for a cluster.
     runner_in_container = True
     takes_worker_groups = True
+    group_refusals = {
+        "market": "drop market: every worker of the docker backend runs on this machine's engine, which has no "
+        "Spot market (market is for the cloud backends)",
+    }
+    group_options = frozenset({"drain_timeout"})
 
     def prefect_api_hosts(self) -> tuple[str, str]:
         """In a runner container: listen on all interfaces, advertise the container's name.

@@ -67,6 +67,14 @@ class LocalBackend(Backend):
     name = "local"
     options_model = LocalOptions
     takes_worker_groups = True
+    group_refusals = {
+        "cpu": "drop cpu (a local worker is a process of this machine, whose CPUs it shares), or run with "
+        "--backend docker, which limits each container's CPUs",
+        "gpu": "drop gpu, or run with --backend docker on an engine with a GPU runtime (the local backend gives "
+        "no worker GPUs of its own)",
+        "market": "drop market: the local backend runs every worker on this machine (market is for the cloud "
+        "backends)",
+    }
 
     def preflight(self, plan: PreflightPlan) -> list[Check]:
         """Nothing to check: the cluster is processes of this machine, made by the run."""

@@ -27,11 +27,11 @@ def test_a_lost_group_worker_starts_again_in_its_group(tls):
 
     from flowrig.backends.base import ClusterSpec, WorkerGroupSpec
     from flowrig.backends.local import LocalBackend
-    from flowrig.project.sizing import ClusterSize
+    from flowrig.project.sizing import ClusterSize, GroupSize
 
     groups = (WorkerGroupSpec("gpu", 1, 2, {"flowrig-group-gpu": 2, "GPU": 1}),
               WorkerGroupSpec("cpu", 1, 1, {"flowrig-group-cpu": 1}))
-    spec = ClusterSpec(run_id="groupkeep1", size=ClusterSize(2, groups=(("gpu", 1), ("cpu", 1))), tls=tls,
+    spec = ClusterSpec(run_id="groupkeep1", size=ClusterSize(2, groups=(GroupSize("gpu", 1), GroupSize("cpu", 1))), tls=tls,
                        groups=groups)
     started = LocalBackend().start(spec)
     cluster = started.cluster
