@@ -33,7 +33,7 @@ from typing import Any
 import click
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from flowrig.internals import drain_status
+from flowrig.internals import drain_status, group_demand
 from flowrig.internals.dask_clients import is_runner_client
 
 logger = logging.getLogger("flowrig.lifetime")
@@ -109,6 +109,8 @@ class NoClientTimeout(SchedulerPlugin):
         drain_status.add_handler(scheduler, drain_status.CLOSING_OP, flowrig_closing)
         drain_status.add_handler(scheduler, drain_status.DRAINED_OP, flowrig_drained)
         drain_status.add_handler(scheduler, drain_status.FLUSH_OP, flowrig_drain_flush)
+        # What each adaptive worker group's tasks ask for (:mod:`flowrig.backends.group_scaling`).
+        drain_status.add_handler(scheduler, group_demand.DEMAND_OP, lambda: group_demand.demand(scheduler))
 
     def add_client(self, scheduler: Any, client: str) -> None:
         if is_runner_client(client):

@@ -113,7 +113,7 @@ class LocalBackend(Backend):
         except BaseException:
             scratch.remove()
             raise
-        proxy = None
+        proxy = scaling = None
         try:
             lives = LocalLives(cluster, began)
             follow(cluster, spec.on_news)
@@ -129,14 +129,14 @@ class LocalBackend(Backend):
             if spec.size.adapt:
                 cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
             if spec.groups:
-                _start_groups(cluster, spec, float(given.get("timeout") or CLUSTER_START_TIMEOUT))
+                scaling = _start_groups(cluster, spec, float(given.get("timeout") or CLUSTER_START_TIMEOUT))
         except BaseException:
-            _close(cluster, proxy, scratch)
+            _close(cluster, proxy, scratch, scaling=scaling)
             raise
         return StartedCluster(
             scheduler_address=cluster.scheduler_address,
             dashboard_link=link,
-            close=CloseOnce(functools.partial(_close, cluster, proxy, scratch, lives)),
+            close=CloseOnce(functools.partial(_close, cluster, proxy, scratch, lives, scaling=scaling)),
             cluster=cluster,
             scheduler_up=cluster.scheduler_up_at,
             lives=lives.log.lives,
@@ -184,19 +184,29 @@ def _cluster_kwargs(spec: ClusterSpec, given: dict[str, Any], scratch: Any) -> d
     return kwargs
 
 
-def _start_groups(cluster: Any, spec: ClusterSpec, timeout: float) -> None:
+def _start_groups(cluster: Any, spec: ClusterSpec, timeout: float) -> Any:
     """Start the workers of each worker group, named ``GROUP-N``, with the group's
-    threads and resources over the cluster's own worker template; wait until they have
-    all joined. A lost one starts again from its own spec, so in its group."""
+    threads, resources and memory over the cluster's own worker template; wait until
+    they have all joined; scale the adaptive groups with their demand
+    (:mod:`flowrig.backends.group_scaling`). A lost worker starts again from its own
+    spec, so in its group. Returns the groups' scaling."""
+    from flowrig.backends.group_scaling import adapt_groups
+
     # SpecCluster's public template of a new worker (LocalCluster's options: TLS, the
     # run's environment and folder...), which each group's shape then changes.
     template = next(iter(cluster.new_worker_spec().values()))
-    for group in spec.groups:
+
+    def worker_of(group: Any) -> dict[str, Any]:
         options = template.get("options", {})
         shape = {**options, "nthreads": group.threads,
                  "resources": {**(options.get("resources") or {}), **group.resources}}
+        if group.memory_mib is not None:
+            shape["memory_limit"] = f"{group.memory_mib}MiB"
+        return {"cls": template["cls"], "options": shape}
+
+    for group in spec.groups:
         for name in group.worker_names():
-            cluster.worker_spec[name] = {"cls": template["cls"], "options": shape}
+            cluster.worker_spec[name] = worker_of(group)
     cluster.scale(len(cluster.worker_spec))
     try:
         cluster.wait_for_workers(spec.size.n_workers, timeout=timeout)
@@ -204,6 +214,7 @@ def _start_groups(cluster: Any, spec: ClusterSpec, timeout: float) -> None:
         raise InfrastructureError(
             f"the local cluster's {spec.size.describe()} did not all join within {timeout:g} s"
         ) from None
+    return adapt_groups(cluster, spec.groups, worker_of)
 
 
 def open_dashboard(cluster: Any, tls: Any) -> Any:
@@ -220,11 +231,16 @@ def open_dashboard(cluster: Any, tls: Any) -> Any:
     return proxy
 
 
-def _close(cluster: Any, proxy: Any, scratch: runfolders.RunFolder, lives: Any = None) -> None:
-    """Close the dashboard proxy and the cluster, then remove its scratch folder; a
-    scheduler that already stopped on its own (its no-client rule) is not an error,
-    though closing then cannot ask it to retire the workers."""
+def _close(
+    cluster: Any, proxy: Any, scratch: runfolders.RunFolder, lives: Any = None, *, scaling: Any = None
+) -> None:
+    """Stop scaling the worker groups, close the dashboard proxy and the cluster, then
+    remove its scratch folder; a scheduler that already stopped on its own (its
+    no-client rule) is not an error, though closing then cannot ask it to retire the
+    workers."""
     try:
+        if scaling is not None:
+            scaling.stop()
         if proxy is not None:
             proxy.stop()
         cluster.close()
