@@ -44,6 +44,9 @@ class ContainerPlan:
         most processes and threads the container may run.
     memory
         Memory limit (Docker syntax, e.g. ``"2g"``), or ``None``.
+    cpus, gpus
+        CPU limit in CPUs (``None``: none), and GPUs the container is given (a device
+        request of that many, which needs an engine with a GPU runtime).
     stop_timeout
         Seconds between SIGTERM and SIGKILL on ``docker stop``.
     entrypoint, hostname, init, user, working_dir
@@ -68,6 +71,8 @@ class ContainerPlan:
     security_opt: tuple[str, ...] = ()
     pids_limit: int | None = None
     memory: str | None = None
+    cpus: float | None = None
+    gpus: int = 0
     stop_timeout: int = STOP_TIMEOUT
     entrypoint: tuple[str, ...] | None = None
     hostname: str | None = None

@@ -28,6 +28,7 @@ from flowrig.backends.docker.controller import (
     left_behind,
     leftovers_command,
 )
+from flowrig.backends.docker.group_workers import check_gpu_runtime
 from flowrig.backends.docker.lives import container_life
 from flowrig.backends.docker.naming import check_run_id, container_name, network_name
 from flowrig.backends.docker.plans import RUNNER_INTERRUPT_GRACE, render_runner
@@ -160,6 +161,8 @@ def _serve(
     create_network(client, network_name(run_id), run_id)
     runner = teardown.runner = create_container(client, plan)
     limits = image_limits(runner, run_id, image)
+    # Before the runner starts: worker groups with GPUs on an engine without them.
+    check_gpu_runtime(client, limits.cluster.worker_groups)
     print(
         f"flowrig run {run_id}: runner container {plan.name} of {image} on network {plan.network}",
         file=sys.stderr,

@@ -245,7 +245,8 @@ def test_the_plan_gives_each_group_its_shape_in_the_workers_order():
 
 
 def test_a_docker_workers_container_carries_its_group_in_its_name_and_offers_its_resources():
-    from flowrig.backends.docker.cluster import DockerWorker, _group_workers
+    from flowrig.backends.docker.cluster import DockerWorker
+    from flowrig.backends.docker.group_workers import group_workers as _group_workers
     from flowrig.backends.docker.plans import render_worker
 
     template = {"cls": DockerWorker, "options": {"settings": "S"}}
@@ -289,9 +290,10 @@ def _limits(toml: str = GROUPS_PROJECT):
 
 
 def _groups(**changes) -> list[dict]:
+    shape = {"adapt": None, "cpu": None, "memory_mib": None, "gpu": 0, "options": {}}
     groups = [
-        {"name": "gpu", "n_workers": 1, "threads": 2, "resources": {"flowrig-group-gpu": 2, "GPU": 1}},
-        {"name": "cpu", "n_workers": 2, "threads": 1, "resources": {"flowrig-group-cpu": 1}},
+        {"name": "gpu", "n_workers": 1, "threads": 2, "resources": {"flowrig-group-gpu": 2, "GPU": 1}, **shape},
+        {"name": "cpu", "n_workers": 2, "threads": 1, "resources": {"flowrig-group-cpu": 1}, **shape},
     ]
     for key, value in changes.items():
         name, _, field = key.partition("__")
@@ -320,14 +322,14 @@ def test_the_host_starts_the_groups_the_images_project_names_sized_by_the_hook()
         ({"groups": [_groups()[0], {**_groups()[1], "name": "tpu"}]}, "worker groups ['gpu', 'tpu']; flowrig.toml has"),
         ({"groups": _groups()[:1], "n_workers": 1}, "worker groups ['gpu']; flowrig.toml has ['gpu', 'cpu']"),
         ({"groups": _groups()[::-1]}, "worker groups ['cpu', 'gpu']"),
-        ({"groups": _groups(gpu__threads=64)}, "worker group gpu of 64 threads; flowrig.toml has 2"),
+        ({"groups": _groups(gpu__threads=64)}, "worker group gpu with threads 64; flowrig.toml has 2"),
         ({"groups": _groups(cpu__resources={"flowrig-group-cpu": 1, "flowrig-group-gpu": 1})},
-         "worker group cpu offering"),
-        ({"groups": _groups(cpu__resources={"flowrig-group-gpu": 1})}, "worker group cpu offering"),
-        ({"groups": _groups(cpu__n_workers=0), "n_workers": 1}, "worker group cpu of 0 workers (at least 1)"),
+         "worker group cpu with resources"),
+        ({"groups": _groups(cpu__resources={"flowrig-group-gpu": 1})}, "worker group cpu with resources"),
+        ({"groups": _groups(cpu__n_workers=0), "n_workers": 1}, "worker group cpu of 0 workers (its bounds: 1-4)"),
         ({"groups": _groups(cpu__n_workers=True), "n_workers": 2}, "worker group cpu of True workers"),
-        ({"groups": _groups(cpu__n_workers=5), "n_workers": 3}, "worker groups of 6 workers in a start of 3"),
-        ({"groups": _groups(cpu__n_workers=9), "n_workers": 10}, "10 workers, outside min_workers = 0 and max_workers = 4"),
+        ({"groups": _groups(cpu__n_workers=3), "n_workers": 3}, "worker groups starting with 4 workers in a start of 3"),
+        ({"groups": _groups(cpu__n_workers=9), "n_workers": 10}, "worker group cpu of 9 workers (its bounds: 1-4)"),
         ({"groups": None}, "a cluster without the worker groups of flowrig.toml"),
         ({"groups": [{**_groups()[0], "image": "x"}, _groups()[1]]}, "worker groups that are not tables of"),
         ({"adapt": [3, 4]}, "a cluster without the worker groups"),

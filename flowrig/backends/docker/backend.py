@@ -22,6 +22,7 @@ from flowrig.backends.base import (
 )
 from flowrig.backends.docker import control
 from flowrig.backends.docker.cluster import SCHEDULER_START_TIMEOUT, DockerCluster
+from flowrig.backends.docker.group_workers import check_gpu_runtime
 from flowrig.backends.docker.naming import ENV_IMAGE, ENV_NETWORK, ENV_RUNNER_HOST, check_run_id
 from flowrig.backends.docker.plans import DRAIN_TIMEOUT
 from flowrig.backends.preflight import Check, PreflightPlan
@@ -132,6 +133,7 @@ class DockerBackend(Backend):
         secrets = secret_environment(options.secrets, os.environ)
         client = connect()
         require_image(client, image)
+        check_gpu_runtime(client, spec.groups)
         cluster = DockerCluster(
             image,
             n_workers=spec.size.n_workers,

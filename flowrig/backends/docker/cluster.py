@@ -17,8 +17,10 @@ from distributed.deploy.spec import ProcessInterface, SpecCluster
 from distributed.utils import LoopRunner
 
 from flowrig.backends.docker import lives
+from flowrig.backends.docker.group_workers import group_worker, group_workers
 from flowrig.backends.docker.naming import check_run_id, network_name, new_run_id, scheduler_address
 from flowrig.backends.docker.plans import DRAIN_TIMEOUT, WORKER_PRELOAD, render_scheduler, render_worker
+from flowrig.backends.group_scaling import adapt_groups
 from flowrig.backends.lost_workers import keep_size
 from flowrig.backends.usage import LifeLog
 from flowrig.backends.watch import exit_text
@@ -198,13 +200,16 @@ class DockerWorker(_ContainerProcess):
 
     def __init__(
         self, scheduler: str, name: object = None, *, settings: _RunSettings, threads: int | None = None,
-        resources: Mapping[str, float] | None = None,
+        resources: Mapping[str, float] | None = None, memory: str | None = None, cpus: float | None = None,
+        gpus: int = 0, drain_timeout: float | None = None,
     ) -> None:
         super().__init__(settings)
         self.name = name
-        #: A worker group's shape (:class:`~flowrig.backends.base.WorkerGroupSpec`); else the run's.
+        #: A worker group's shape (:mod:`~flowrig.backends.docker.group_workers`); else the run's.
         self.threads = settings.worker_threads if threads is None else threads
         self.resources = dict(resources or {})
+        self.shape = {"memory": memory or settings.worker_memory, "cpus": cpus, "gpus": gpus,
+                      "drain_timeout": settings.drain_timeout if drain_timeout is None else drain_timeout}
 
     async def start(self) -> None:
         self.container = await (self.settings.early.pop(self.name, None) or self.launch())
@@ -215,23 +220,14 @@ class DockerWorker(_ContainerProcess):
         s = self.settings
         plan = render_worker(
             s.run_id, s.image, s.network, self.name,
-            threads=self.threads, environment=s.environment, memory=s.worker_memory,
-            preload=s.worker_preload, drain_timeout=s.drain_timeout, resources=self.resources,
+            threads=self.threads, environment=s.environment, preload=s.worker_preload, resources=self.resources,
+            **self.shape,
         )
         # A worker started again takes its predecessor's name: that container, given
         # up by the cluster, may still be on its way out (a stop waits for it).
         await _in_thread(remove_named, s.client, plan.name)
         # Only workers run the flow's tasks: the scheduler gets no secret.
         return await self._launch(plan, s.secret_environment)
-
-
-def _group_workers(template: dict[str, Any], groups: "Iterable[WorkerGroupSpec]") -> dict[str, Any]:
-    """The worker specs of each group, by worker name (empty without groups)."""
-    return {
-        name: {**template, "options": {**template["options"], "threads": group.threads,
-                                       "resources": dict(group.resources)}}
-        for group in groups for name in group.worker_names()
-    }
 
 
 class DockerCluster(SpecCluster):
@@ -249,9 +245,8 @@ class DockerCluster(SpecCluster):
         Workers to start with; :meth:`adapt` and :meth:`scale` work as usual.
     groups
         Worker groups (:class:`~flowrig.backends.base.WorkerGroupSpec`) instead of
-        ``n_workers``: each worker of a group is named ``GROUP-N`` (its container
-        ``flowrig-RUN-worker-GROUP-N``) and has the group's threads and resources; a
-        lost one starts again from its own spec, in its group.
+        ``n_workers``: a group's worker ``GROUP-N`` (container ``flowrig-RUN-worker-GROUP-N``)
+        has its shape; a lost one starts again in its group; adaptive groups scale.
     run_id
         Names and labels of the containers; a new one when omitted.
     network
@@ -336,7 +331,8 @@ class DockerCluster(SpecCluster):
         #: The lives of the cluster's containers (:mod:`flowrig.backends.usage`).
         self.life_log = self.settings.lives
         worker = {"cls": DockerWorker, "options": {"settings": self.settings}}
-        workers = _group_workers(worker, groups) or {i: worker for i in range(n_workers)}
+        groups = tuple(groups)
+        workers = group_workers(worker, groups) or {i: worker for i in range(n_workers)}
         self.settings.first_workers.update({name: spec["options"] for name, spec in workers.items()})
         # A loop of our own when none is given, so that a failed start can stop it:
         # distributed's clusters leave theirs running when their start fails.
@@ -365,6 +361,8 @@ class DockerCluster(SpecCluster):
             raise
         #: Starts lost worker containers again (:mod:`flowrig.backends.lost_workers`).
         self.keeper = keep_size(self)
+        #: Scales the adaptive worker groups (:mod:`flowrig.backends.group_scaling`).
+        self.group_scaling = adapt_groups(self, groups, functools.partial(group_worker, worker))
 
     def _stop_own_loop(self) -> None:
         if self._own_loop is not None:
@@ -372,6 +370,7 @@ class DockerCluster(SpecCluster):
 
     def close(self, timeout: float | None = None) -> Any:
         """Remove every container of the cluster (and its network, when its own)."""
+        self.group_scaling.stop()
         try:
             return super().close(timeout)
         finally:
@@ -394,6 +393,7 @@ class DockerCluster(SpecCluster):
         # distributed's exit hook would otherwise wait for a graceful close.
         self.shutdown_on_close = False
         self.keeper.stop()
+        self.group_scaling.stop()
         adaptive = getattr(self, "_adaptive", None)
         if adaptive is not None:
             self.loop.add_callback(adaptive.stop)
@@ -424,7 +424,7 @@ class DockerCluster(SpecCluster):
             return None
         code, oom = ended
         if oom:
-            limit = self.settings.worker_memory
+            limit = getattr(worker, "shape", {}).get("memory") or self.settings.worker_memory
             return (f"out of memory: the kernel killed its container ({exit_text(code)}"
                     + (f", memory limit {limit})" if limit else ")"))
         return f"its container ended: {exit_text(code)}"

@@ -30,7 +30,8 @@ the HMAC-SHA256 of its body under the run's key, and the body::
         "worker_threads": 1, "options": {...}, "worker_env": {...}, "no_client_timeout": 60,
         "news": false}
     (with ``[[cluster.worker_groups]]``: "n_workers" is their sum, and "groups":
-    [{"name": "gpu", "n_workers": 1, "threads": 2, "resources": {"flowrig-group-gpu": 2}}, ...])
+    [{"name": "gpu", "n_workers": 1, "adapt": [1, 3], "threads": 2, "resources": {"flowrig-group-gpu": 2},
+    "cpu": 2.0, "memory_mib": 4096, "gpu": 1, "options": {}}, ...])
     \\x1eflowrig-control <hex mac> {"op": "close", "seq": 2}
 
 The key is made by the host for each run and arrives in the parameters message; the
@@ -102,7 +103,9 @@ class Refused(Exception):
 def groups_message(groups: Any) -> list[dict[str, Any]]:
     """Worker groups (:class:`~flowrig.backends.base.WorkerGroupSpec`) as a start request carries them."""
     return [
-        {"name": g.name, "n_workers": g.n_workers, "threads": g.threads, "resources": dict(g.resources)}
+        {"name": g.name, "n_workers": g.n_workers, "adapt": list(g.adapt) if g.adapt else None, "threads": g.threads,
+         "resources": dict(g.resources), "cpu": g.cpu, "memory_mib": g.memory_mib, "gpu": g.gpu,
+         "options": dict(g.options)}
         for g in groups
     ]
 

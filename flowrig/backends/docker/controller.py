@@ -260,9 +260,11 @@ class HostController:
 
     def _start_cluster(self, request: StartRequest) -> "DockerCluster":
         from flowrig.backends.docker.cluster import DockerCluster
+        from flowrig.backends.docker.group_workers import check_gpu_runtime
 
         options = request.options
         self.memory.limit = None if options.worker_memory is None else str(options.worker_memory)
+        check_gpu_runtime(self.client, request.groups)
         cluster = DockerCluster(
             self.image,
             n_workers=request.n_workers,

@@ -142,6 +142,8 @@ def render_worker(
     preload: Iterable[str] = WORKER_PRELOAD,
     drain_timeout: float = DRAIN_TIMEOUT,
     resources: Mapping[str, float] | None = None,
+    cpus: float | None = None,
+    gpus: int = 0,
 ) -> ContainerPlan:
     """A worker container: the image's ``worker`` role, connecting to the run's scheduler.
 
@@ -151,7 +153,8 @@ def render_worker(
     container's limit), Dask's memory budget is the same. Stopped mid-run, it has
     ``drain_timeout`` seconds to hand its work over (:mod:`flowrig.roles.drain`), and
     ``docker stop`` waits that long and :data:`DRAIN_GRACE` more. ``resources`` are
-    the Dask resources it offers (a worker group's, :mod:`flowrig.common.routes`).
+    the Dask resources it offers (a worker group's, :mod:`flowrig.common.routes`);
+    ``cpus`` its CPU limit and ``gpus`` the GPUs it is given (a worker group's shape).
     """
     env = dict(environment or {})
     env.update(role_environment(run_id))
@@ -173,6 +176,8 @@ def render_worker(
         environment=env,
         network=network,
         memory=memory,
+        cpus=cpus,
+        gpus=gpus,
         stop_timeout=math.ceil(drain_timeout) + DRAIN_GRACE,
         **hardening("worker"),
     )

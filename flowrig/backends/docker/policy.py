@@ -18,8 +18,12 @@ project the runner runs), read by the host before the runner starts:
   :data:`WORKER_ENV_FIXED` unchanged;
 - ``news`` (the workers' news for a Prefect server of the user's): true or false;
 - worker groups: exactly the ``[[cluster.worker_groups]]`` of the project, in its
-  order, with its threads and resources; each group at least one worker, and their
-  sum the request's ``n_workers`` (so within the bounds above); none without them;
+  order, with its threads, resources and shape (``cpu``, ``memory``, ``gpu``,
+  ``options``); each group a fixed size or an adaptive range within its own
+  ``min_workers``/``max_workers`` (a fixed one at least one worker), the groups'
+  maxima within ``max_workers``, and the workers they start with the request's
+  ``n_workers``; none without them. An adaptive group grows only to its accepted
+  maximum (the host scales it), whatever the run's output says;
 - one start and one close per run (:class:`~flowrig.backends.docker.controller.HostController`).
 
 A request outside these is refused whole, and the run's log names it.
@@ -46,6 +50,8 @@ START_FIELDS = frozenset(
     {"op", "seq", "n_workers", "adapt", "worker_threads", "options", "worker_env", "no_client_timeout", "news",
      "groups"}
 )
+#: The fields of each worker group in a start request (:func:`.control.groups_message`).
+GROUP_FIELDS = frozenset({"name", "n_workers", "adapt", "threads", "resources", "cpu", "memory_mib", "gpu", "options"})
 #: Worker environment variables flowrig itself sets for a run's workers (the run's
 #: id, its log levels, its Prefect API's client settings).
 WORKER_ENV_NAMES = frozenset(
@@ -174,7 +180,9 @@ class RunnerLimits:
         lo_bound, hi_bound = cluster.min_workers, cluster.max_workers
         if not _is_count(n) or n < 0:
             raise Refusal(f"n_workers {n!r} is not a number of workers")
-        if adapt is None:
+        if adapt is None and message.get("groups") is not None and cluster.worker_groups:
+            size = None  # each group's size and the sum are checked with the groups
+        elif adapt is None:
             if not max(1, lo_bound) <= n <= hi_bound:
                 raise Refusal(
                     f"{n} workers, outside min_workers = {lo_bound} and max_workers = {hi_bound} of {self.source}"
@@ -216,11 +224,9 @@ class RunnerLimits:
         )
 
     def _check_groups(self, raw: Any, n: int, adapt: Any) -> tuple[Any, ...]:
-        """The worker groups of a start request: exactly the project's shapes, sized
-        within its bounds (``n`` is their sum, checked against the bounds already)."""
-        from flowrig.backends.base import WorkerGroupSpec
-        from flowrig.common.routes import worker_resources
-
+        """The worker groups of a start request: exactly the project's shapes, each
+        sized within its own bounds (a fixed size, or an adaptive range starting at its
+        minimum), the maxima within ``max_workers`` and ``n`` the workers they start with."""
         cluster = self.cluster
         if not cluster.worker_groups:
             if raw is not None:
@@ -228,28 +234,44 @@ class RunnerLimits:
             return ()
         if adapt is not None or not isinstance(raw, list):
             raise Refusal(f"a cluster without the worker groups of {self.source}")
-        fields = {"name", "n_workers", "threads", "resources"}
-        if not all(isinstance(g, Mapping) and set(g) == fields for g in raw):
-            raise Refusal(f"worker groups that are not tables of {', '.join(sorted(fields))}")
+        if not all(isinstance(g, Mapping) and set(g) == GROUP_FIELDS for g in raw):
+            raise Refusal(f"worker groups that are not tables of {', '.join(sorted(GROUP_FIELDS))}")
         names = [g["name"] for g in raw]
         allowed = [g.name for g in cluster.worker_groups]
         if names != allowed:
             raise Refusal(f"worker groups {names!r}; {self.source} has {allowed!r}")
-        specs = []
-        for group, asked in zip(cluster.worker_groups, raw):
-            threads = group.worker_threads or cluster.worker_threads
-            resources = worker_resources(group.name, threads, group.resources)
-            if asked["threads"] != threads or not _is_count(asked["threads"]):
-                raise Refusal(f"worker group {group.name} of {asked['threads']!r} threads; {self.source} has {threads}")
-            if asked["resources"] != resources:
-                raise Refusal(f"worker group {group.name} offering {asked['resources']!r}; {self.source} has "
-                              f"{resources!r}")
-            if not _is_count(asked["n_workers"]) or asked["n_workers"] < 1:
-                raise Refusal(f"worker group {group.name} of {asked['n_workers']!r} workers (at least 1)")
-            specs.append(WorkerGroupSpec(group.name, asked["n_workers"], threads, resources))
-        if sum(g.n_workers for g in specs) != n:
-            raise Refusal(f"worker groups of {sum(g.n_workers for g in specs)} workers in a start of {n}")
+        specs = [self._check_group(group, asked) for group, asked in zip(cluster.worker_groups, raw)]
+        start, most = sum(g.n_workers for g in specs), sum(g.most for g in specs)
+        if start != n:
+            raise Refusal(f"worker groups starting with {start} workers in a start of {n}")
+        if start < cluster.min_workers or most > cluster.max_workers:
+            raise Refusal(f"worker groups of {start} to {most} workers, outside min_workers = {cluster.min_workers} "
+                          f"and max_workers = {cluster.max_workers} of {self.source}")
         return tuple(specs)
+
+    def _check_group(self, group: Any, asked: Mapping[str, Any]) -> Any:
+        """One group of a start request: the project's shape, sized within its bounds."""
+        from flowrig.backends.base import WorkerGroupSpec
+        from flowrig.common.routes import worker_resources
+
+        threads = group.worker_threads or self.cluster.worker_threads
+        resources = worker_resources(group.name, threads, group.resources, group.gpu)
+        shape = {"threads": threads, "resources": resources, "cpu": None if group.cpu is None else float(group.cpu),
+                 "memory_mib": group.memory_mib, "gpu": group.gpu, "options": dict(group.options)}
+        for key, value in shape.items():
+            if asked[key] != value or type(asked[key]) is bool:
+                raise Refusal(f"worker group {group.name} with {key} {asked[key]!r}; {self.source} has {value!r}")
+        lo, hi = group.bounds(self.cluster.max_workers)
+        n, adapt = asked["n_workers"], asked["adapt"]
+        if adapt is None:
+            if not _is_count(n) or not max(1, lo) <= n <= hi:
+                raise Refusal(f"worker group {group.name} of {n!r} workers (its bounds: {max(1, lo)}-{hi})")
+        elif not (isinstance(adapt, (list, tuple)) and len(adapt) == 2 and all(map(_is_count, adapt))
+                  and lo <= adapt[0] <= adapt[1] <= hi and adapt[1] >= 1 and n == adapt[0]):
+            raise Refusal(f"worker group {group.name} adapting {adapt!r} from {n!r} workers (its bounds: {lo}-{hi})")
+        return WorkerGroupSpec(group.name, n, threads, resources, adapt=None if adapt is None else tuple(adapt),
+                               cpu=shape["cpu"], memory_mib=group.memory_mib, gpu=group.gpu,
+                               options=dict(group.options))
 
     def _check_options(self, raw: Any) -> "DockerOptions":
         asked = self._options(raw)

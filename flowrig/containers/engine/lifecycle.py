@@ -33,6 +33,9 @@ def create_container(client: "DockerClient", plan: ContainerPlan) -> "Container"
             binds={src: {"bind": dst, "mode": "rw"} for src, dst in plan.binds.items()} or None,
             group_add=list(plan.group_add) or None,
             mem_limit=plan.memory,
+            nano_cpus=round(plan.cpus * 1e9) if plan.cpus else None,
+            device_requests=[docker.types.DeviceRequest(count=plan.gpus, capabilities=[["gpu"]])]
+            if plan.gpus else None,
             init=plan.init or None,
             read_only=plan.read_only or None,
             tmpfs=dict(plan.tmpfs) or None,
@@ -255,6 +258,12 @@ def limits(container: "Container") -> tuple[float | None, int | None]:
     nano = host.get("NanoCpus") or 0
     memory = host.get("Memory") or 0
     return (nano / 1e9 if nano else None), (int(memory) if memory else None)
+
+
+def gpu_runtime(client: "DockerClient") -> bool:
+    """Whether the engine can give containers GPUs: it has NVIDIA's runtime (the NVIDIA
+    Container Toolkit), which serves ``--gpus`` device requests."""
+    return "nvidia" in (client.info().get("Runtimes") or {})
 
 
 def engine_resources(client: "DockerClient") -> tuple[int, int]:
