@@ -60,6 +60,9 @@ class PreflightPlan:
         ``[build] allow_environment``.
     run_id
         Stands for the run's id in the names checked (a real run's id at a run's start).
+    groups
+        The project's ``[[cluster.worker_groups]]``
+        (:class:`~flowrig.project.groups.WorkerGroup`): their shapes (GPUs...).
     """
 
     image: str | None
@@ -67,6 +70,7 @@ class PreflightPlan:
     max_workers: int = 1
     allowed_environment: frozenset[str] = frozenset()
     run_id: str = "preflight"
+    groups: tuple[Any, ...] = ()
 
 
 def failures(checks: list[Check]) -> list[Check]:

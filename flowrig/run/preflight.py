@@ -125,5 +125,6 @@ def preflight(project_dir: Path, backend: str | None = None, image: str | None =
         options=dict(project.cluster.options),
         max_workers=maximum_workers(project),
         allowed_environment=frozenset(project.build.allow_environment),
+        groups=tuple(project.cluster.worker_groups),
     )
     return PreflightReport(chosen.name, plan.image, plan.max_workers, tuple(chosen.preflight(plan)))

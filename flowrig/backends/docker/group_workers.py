@@ -39,6 +39,23 @@ def group_workers(template: dict[str, Any], groups: Iterable["WorkerGroupSpec"])
     return {name: group_worker(template, group) for group in groups for name in group.worker_names()}
 
 
+#: How to give a Docker engine a GPU runtime.
+GPU_RUNTIME_FIX = ("install the NVIDIA Container Toolkit and run `nvidia-ctk runtime configure --runtime=docker` "
+                   "(then restart Docker), or drop gpu")
+
+
+def missing_gpu_runtime(client: "DockerClient", groups: Iterable[Any]) -> str | None:
+    """What is wrong when a group asks for GPUs on an engine without a GPU runtime
+    (``None``: nothing, or no group asks)."""
+    from flowrig.containers.engine import gpu_runtime
+
+    wanting = next((group for group in groups if group.gpu), None)
+    if wanting is None or gpu_runtime(client):
+        return None
+    return (f"[[cluster.worker_groups]] group '{wanting.name}' asks for {wanting.gpu} GPU"
+            f"{'s' if wanting.gpu > 1 else ''} per worker, and this machine's Docker engine has no GPU runtime")
+
+
 def check_gpu_runtime(client: "DockerClient", groups: Iterable[Any]) -> None:
     """Refuse groups with GPUs on an engine that cannot give containers any.
 
@@ -47,13 +64,6 @@ def check_gpu_runtime(client: "DockerClient", groups: Iterable[Any]) -> None:
     BadInput
         Naming the first such group and the fix, before anything is created.
     """
-    from flowrig.containers.engine import gpu_runtime
-
-    wanting = next((group for group in groups if group.gpu), None)
-    if wanting is not None and not gpu_runtime(client):
-        raise BadInput(
-            f"[[cluster.worker_groups]] group '{wanting.name}' asks for {wanting.gpu} GPU"
-            f"{'s' if wanting.gpu > 1 else ''} per worker, and this machine's Docker engine has no GPU runtime: "
-            "install the NVIDIA Container Toolkit and run `nvidia-ctk runtime configure --runtime=docker` (then "
-            "restart Docker), or drop gpu"
-        )
+    problem = missing_gpu_runtime(client, groups)
+    if problem is not None:
+        raise BadInput(f"{problem}: {GPU_RUNTIME_FIX}")

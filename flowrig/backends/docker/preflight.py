@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flowrig.backends.preflight import Check, PreflightPlan
 from flowrig.errors import BadInput
 
@@ -34,7 +36,7 @@ def docker_checks(plan: PreflightPlan) -> list[Check]:
     engine = str(client.info().get("Architecture", ""))
     wanted = ENGINE_ARCHITECTURES.get(engine, engine)
     held = str(attributes.get("Architecture", ""))
-    checks = [Check("image", image, True, "on this machine's Docker engine")]
+    checks = [Check("image", image, True, "on this machine's Docker engine"), *_gpu_checks(client, plan)]
     if not held or not wanted:
         return checks + [Check("image-arch", image, None, "the image or the engine names no architecture: "
                                "not checked")]
@@ -42,3 +44,16 @@ def docker_checks(plan: PreflightPlan) -> list[Check]:
         return checks + [Check("image-arch", image, False, f"built for linux/{held}, the engine runs {engine} "
                                "(emulated, if at all: slow)", f"build it here for linux/{wanted} (flowrig build)")]
     return checks + [Check("image-arch", image, True, f"linux/{held}, as the engine")]
+
+
+def _gpu_checks(client: Any, plan: PreflightPlan) -> list[Check]:
+    """The engine's GPU runtime, when a worker group asks for GPUs."""
+    from flowrig.backends.docker.group_workers import GPU_RUNTIME_FIX, missing_gpu_runtime
+
+    wanting = [group for group in plan.groups if group.gpu]
+    if not wanting:
+        return []
+    problem = missing_gpu_runtime(client, wanting)
+    if problem is not None:
+        return [Check("gpu-runtime", wanting[0].name, False, problem, GPU_RUNTIME_FIX)]
+    return [Check("gpu-runtime", wanting[0].name, True, "the engine has NVIDIA's runtime")]
