@@ -141,12 +141,8 @@ class WorkerGroupSpec:
         group's own.
     adapt
         ``(minimum, maximum)`` when the group scales itself with its tasks' demand.
-    cpu
-        vCPUs of each worker; ``None``: the backend's default.
-    memory_mib
-        Memory of each worker in MiB; ``None``: the backend's default.
-    gpu
-        GPUs of each worker.
+    cpu, memory_mib, gpu
+        vCPUs, memory (MiB) and GPUs of each worker; ``None``: the backend's default.
     market
         ``"on-demand"``, ``"spot"`` or ``"fallback"``; ``None``: the backend's ``spot``.
     options
@@ -354,8 +350,7 @@ class Backend(abc.ABC):
         """Refuse what this backend cannot do with ``[[cluster.worker_groups]]``
         (:class:`~flowrig.project.groups.WorkerGroup`): groups at all, a field it cannot
         honour (:attr:`group_refusals`), an ``options`` key it does not take per group
-        (:attr:`group_options`) or a value its options model refuses, merged over the
-        run's ``options``.
+        (:attr:`group_options`) or a value its options model refuses.
 
         Raises
         ------

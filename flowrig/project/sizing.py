@@ -153,13 +153,10 @@ def decide(
         Optional ``on_execute(parameters, provider_kwargs)``.
     options
         Backend options; the hook sees them in ``provider_kwargs`` and may change them.
-    groups
+    groups, group_bounds
         Worker groups by name, with the project's size of each (a count, or
-        ``{"adaptive_min_workers": A, "adaptive_max_workers": B}``): the hook sees
-        ``provider_kwargs["worker_groups"] = {"gpu": {"n_workers": 2}, ...}`` and may
-        change each size (:func:`decide_groups`).
-    group_bounds
-        Each group's ``(min_workers, max_workers)``, which its size is clamped to.
+        ``{"adaptive_min_workers": A, "adaptive_max_workers": B}``) and its
+        ``(min_workers, max_workers)``: see :func:`decide_groups`.
 
     Raises
     ------
