@@ -20,6 +20,8 @@ an upgrade of one of those projects, run that file first (CONTRIBUTING.md says h
   their task (the runner's futures);
 - :mod:`~flowrig.internals.drain_status`: where a draining worker stands, read from the
   scheduler's worker states and the worker's executing tasks;
+- :mod:`~flowrig.internals.group_demand`: each worker group's demand and idle workers,
+  read from the scheduler's task and worker states (adaptive worker groups);
 - :mod:`~flowrig.internals.task_runner`: prefect-dask's task runner with per-run, not
   per-task, overhead, and its worker side (:mod:`~flowrig.internals.task_worker`).
 
