@@ -16,7 +16,12 @@ cluster of the locked distributed:
 - ``WorkerState.processing`` (the tasks sent to it, running or queued on it),
   ``.resources`` (what it offers, by name), ``.has_what`` (the keys it holds),
   ``.name`` and ``.status`` (a ``Status``, ``.name`` its spelling);
-- ``TaskState.resource_restrictions`` (``None`` or the resources it asked for).
+- ``TaskState.resource_restrictions`` (``None`` or the resources it asked for) and
+  ``.key`` (the key it was submitted with).
+
+flowrig's own payload tasks (:data:`PAYLOAD_PREFIXES`: the flow run's and each task's
+payload, :mod:`flowrig.internals.task_runner`) are data, done in a moment: they are
+not demand, or every submission would grow the first group for a second.
 
 May import: the standard library only (it runs in the scheduler, which has
 distributed imported).
@@ -28,6 +33,8 @@ from typing import Any
 
 #: The scheduler's handler that answers :func:`demand`.
 DEMAND_OP = "flowrig_group_demand"
+#: Keys of flowrig's payload tasks (:mod:`flowrig.internals.task_runner`).
+PAYLOAD_PREFIXES = ("flowrig-run-", "flowrig-task-")
 #: The resource a group's workers offer: this prefix, then the group's name
 #: (:data:`flowrig.common.routes.GROUP_RESOURCE_PREFIX`).
 _PREFIX = "flowrig-group-"
@@ -42,6 +49,10 @@ def _group_of_restrictions(restrictions: Any) -> str | None:
 
 def _group_of_worker(ws: Any) -> str | None:
     return _group_of_restrictions(getattr(ws, "resources", None))
+
+
+def _is_work(ts: Any) -> bool:
+    return not str(ts.key).startswith(PAYLOAD_PREFIXES)
 
 
 def demand(scheduler: Any) -> dict[str, Any]:
@@ -61,7 +72,7 @@ def demand(scheduler: Any) -> dict[str, Any]:
         return groups.setdefault(group, {"tasks": 0, "idle": []})
 
     waiting = 0
-    for ts in [*scheduler.unrunnable, *scheduler.queued]:
+    for ts in filter(_is_work, [*scheduler.unrunnable, *scheduler.queued]):
         group = _group_of_restrictions(ts.resource_restrictions)
         if group is None:
             waiting += 1
@@ -72,7 +83,7 @@ def demand(scheduler: Any) -> dict[str, Any]:
         if group is None:
             continue
         here = entry(group)
-        here["tasks"] += len(ws.processing)
+        here["tasks"] += sum(1 for ts in ws.processing if _is_work(ts))
         if not ws.processing and getattr(ws.status, "name", str(ws.status)) == "running":
             here["idle"].append([str(ws.name), bool(ws.has_what)])
     return {"groups": groups, "waiting": waiting}

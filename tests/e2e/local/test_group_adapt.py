@@ -1,7 +1,8 @@
-"""An adaptive worker group on the local backend, end to end: ``flowrig run`` of a flow
-whose group ``burst`` (``adapt = { minimum = 0, maximum = 3 }``) starts with no worker,
-grows for its tagged tasks, runs each on its own workers (what the task runs say of
-their worker), and retires them once idle, on a real LocalCluster over TLS."""
+"""Adaptive worker groups on the local backend, end to end: ``flowrig run`` of a flow
+whose first group ``base`` (1-2 workers) grows for untagged tasks that wait, and whose
+group ``burst`` (``adapt = { minimum = 0, maximum = 3 }``) starts with no worker, grows
+for its tagged tasks, runs each on its own workers (what the task runs say of their
+worker), and retires them once idle, on a real LocalCluster over TLS."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from tests.group_adapt_support import ADAPT_FLOW, adapt_toml, check_adapted
 from tests.run_support import assert_nothing_left, run_cli, write_project
 
 
-def test_an_adaptive_group_grows_for_its_tasks_runs_them_and_shrinks_after(tmp_path):
+def test_adaptive_groups_grow_for_their_tasks_run_them_and_shrink_after(tmp_path):
     project = write_project(tmp_path / "adapt", ADAPT_FLOW, adapt_toml("local"))
     done = run_cli("run", str(project), "--output", "json")
     assert done.returncode == 0, done.stderr[-3000:]
     outcome = done.json
     assert outcome["state"] == "Completed" and outcome["n_workers"] == 1, outcome
-    assert "1-4 workers (base 1, burst 0-3) on local" in done.stderr
+    assert "1-5 workers (base 1-2, burst 0-3) on local" in done.stderr
     check_adapted(outcome["result"], memory_bytes=2**30)
     assert_nothing_left(done.marker, outcome["scheduler_address"])

@@ -9,7 +9,9 @@ workers over mutual TLS, in this process.
 - unrestricted tasks beyond the threads wait in ``Scheduler.queued`` and count as
   waiting, not as a group's;
 - an idle worker is one with nothing in ``processing``, and ``has_what`` says it holds
-  the results it computed.
+  the results it computed;
+- ``TaskState.key`` is the key a task was submitted with: flowrig's payload tasks (keys
+  of :data:`~flowrig.internals.group_demand.PAYLOAD_PREFIXES`) are no demand.
 """
 
 from __future__ import annotations
@@ -54,11 +56,13 @@ async def _demand_walk(security) -> dict:
                 mine = [client.submit(blocked, i, resources={"flowrig-group-burst": 1}, pure=False) for i in range(3)]
                 await _until(lambda: sum(len(ws.processing) for ws in scheduler.workers.values()) == 3)
                 anywhere = client.map(blocked, range(100, 110), pure=False)
-                await _until(lambda: len(scheduler.queued) + len(scheduler.unrunnable) >= 9)
+                payloads = [client.submit(blocked, i, key=f"{prefix}{i}")
+                            for i, prefix in enumerate(group_demand.PAYLOAD_PREFIXES)]
+                await _until(lambda: len(scheduler.queued) + len(scheduler.unrunnable) >= 11)
                 seen["busy"] = await remote.flowrig_group_demand()
                 seen["queued"] = len(scheduler.queued)
                 RELEASE.set()
-                await client.gather([*mine, *anywhere])
+                await client.gather([*mine, *anywhere, *payloads])
                 await _until(lambda: not any(ws.processing for ws in scheduler.workers.values()))
                 seen["idle"] = await remote.flowrig_group_demand()
                 del orphan
