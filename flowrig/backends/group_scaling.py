@@ -30,17 +30,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from distributed.deploy import Adaptive
 
+from flowrig.common.routes import group_of_worker as group_of
 from flowrig.internals.group_demand import DEMAND_OP
 
 if TYPE_CHECKING:
     from flowrig.backends.base import WorkerGroupSpec
 
 logger = logging.getLogger("flowrig.groups")
-
-
-def group_of(worker_name: object) -> str:
-    """The group of a worker named ``GROUP-N``."""
-    return str(worker_name).rpartition("-")[0]
 
 
 def target_of(demand: Mapping[str, Any], group: str, threads: int, first: bool) -> int:

@@ -23,6 +23,12 @@ def group_resource(group: str) -> str:
     return f"{GROUP_RESOURCE_PREFIX}{group}"
 
 
+def group_of_worker(name: object) -> str:
+    """The worker group of a worker named ``GROUP-N`` (``""`` for a worker of no group,
+    whose name is a number)."""
+    return str(name).rpartition("-")[0]
+
+
 def routes_of(groups: Iterable[tuple[str, Iterable[str]]]) -> dict[str, str]:
     """Tag -> group name, from ``(group name, its tags)`` pairs."""
     return {tag: name for name, tags in groups for tag in tags}

@@ -24,7 +24,7 @@ BURST = WorkerGroupSpec("burst", 0, 2, {"flowrig-group-burst": 2, "GPU": 1}, ada
 
 
 def test_a_worker_belongs_to_the_group_before_its_number():
-    assert [group_of(n) for n in ("gpu-1", "gpu-big-12", "cpu-3")] == ["gpu", "gpu-big", "cpu"]
+    assert [group_of(n) for n in ("gpu-1", "gpu-big-12", "cpu-3", "0", 1)] == ["gpu", "gpu-big", "cpu", "", ""]
 
 
 def test_a_group_needs_its_tasks_over_its_threads_and_the_first_group_the_waiting_ones_too():
@@ -220,3 +220,29 @@ def test_preflight_says_when_the_engine_cannot_give_a_group_its_gpus():
     assert failed.fix.startswith("install the NVIDIA Container Toolkit")
     assert _gpu_checks(_Engine({"nvidia": {}}), plan)[0].ok is True
     assert _gpu_checks(_Engine({}), PreflightPlan(image="img")) == []
+
+
+class _Container:
+    """What the engine says of a started container (``attrs`` as docker-py holds them)."""
+
+    def __init__(self, name: str, host: dict) -> None:
+        self.name = name
+        self.attrs = {"State": {"StartedAt": "2026-12-07T09:00:00.5Z", "FinishedAt": "0001-01-01T00:00:00Z"},
+                      "HostConfig": host}
+
+    def reload(self) -> None:
+        pass
+
+
+def test_a_docker_workers_life_counts_in_its_group_with_its_containers_shape():
+    from flowrig.backends.docker.lives import log_start
+    from flowrig.backends.usage import LifeLog
+
+    log = LifeLog()
+    log_start(log, _Container(f"flowrig-{RUN}-worker-gpu-big-2", {"NanoCpus": 1_500_000_000, "Memory": 2**31}),
+              "worker", (8, 2**34))
+    log_start(log, _Container(f"flowrig-{RUN}-worker-0", {}), "worker", (8, 2**34))
+    log_start(log, _Container(f"flowrig-{RUN}-scheduler", {}), "scheduler", (8, 2**34))
+    grouped, plain, scheduler = log.lives()
+    assert (grouped.group, grouped.placement.vcpu, grouped.placement.memory_gib) == ("gpu-big", 1.5, 2.0)
+    assert (plain.group, plain.placement.vcpu, scheduler.group) == ("", 8.0, "")

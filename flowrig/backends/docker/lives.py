@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from flowrig.backends.usage import LOCAL, LifeLog, Placement, RoleLife
+from flowrig.common.routes import group_of_worker
 from flowrig.containers.engine import lifetime, limits
 
 if TYPE_CHECKING:
@@ -28,9 +29,11 @@ def placement(container: "Container", host: tuple[int, int]) -> Placement:
 
 
 def log_start(lives: LifeLog, container: "Container", role: str, host: tuple[int, int]) -> None:
-    """A started container's life begins, at its engine start time."""
+    """A started container's life begins, at its engine start time; a worker's in its
+    worker group (its name after ``-worker-``: ``GROUP-N``)."""
     started, _ = lifetime(container)
-    lives.started(container.name, role, placement(container, host), at=started)
+    group = group_of_worker(container.name.partition("-worker-")[2]) if role == "worker" else ""
+    lives.started(container.name, role, placement(container, host), group=group, at=started)
 
 
 def log_end(lives: LifeLog, container: "Container") -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from tornado.ioloop import PeriodicCallback
 
 from flowrig.backends.usage import LOCAL, LifeLog, Placement
+from flowrig.common.routes import group_of_worker
 
 logger = logging.getLogger("flowrig.local")
 
@@ -67,7 +68,7 @@ class LocalLives:
         scheduler_start = process_started(getattr(process, "pid", None)) or began
         self.log.started("scheduler", "scheduler", self.placement, at=scheduler_start)
         for name in self._names():
-            self.log.started(name, "worker", self.placement, at=began)
+            self.log.started(name, "worker", self.placement, group=group_of_worker(name), at=began)
             self._workers.add(name)
         cluster.loop.add_callback(self._install)
 
@@ -87,7 +88,7 @@ class LocalLives:
             logger.debug("looking at the cluster's workers failed: %s", exc)
             return
         for name in names - self._workers:
-            self.log.started(name, "worker", self.placement)
+            self.log.started(name, "worker", self.placement, group=group_of_worker(name))
         for name in self._workers - names:
             self.log.ended(name)
         self._workers = names
