@@ -239,10 +239,12 @@ def test_a_docker_workers_life_counts_in_its_group_with_its_containers_shape():
     from flowrig.backends.usage import LifeLog
 
     log = LifeLog()
-    log_start(log, _Container(f"flowrig-{RUN}-worker-gpu-big-2", {"NanoCpus": 1_500_000_000, "Memory": 2**31}),
-              "worker", (8, 2**34))
+    gpus = [{"Driver": "", "Count": 2, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]
+    log_start(log, _Container(f"flowrig-{RUN}-worker-gpu-big-2", {"NanoCpus": 1_500_000_000, "Memory": 2**31,
+                                                                 "DeviceRequests": gpus}), "worker", (8, 2**34))
     log_start(log, _Container(f"flowrig-{RUN}-worker-0", {}), "worker", (8, 2**34))
     log_start(log, _Container(f"flowrig-{RUN}-scheduler", {}), "scheduler", (8, 2**34))
     grouped, plain, scheduler = log.lives()
-    assert (grouped.group, grouped.placement.vcpu, grouped.placement.memory_gib) == ("gpu-big", 1.5, 2.0)
-    assert (plain.group, plain.placement.vcpu, scheduler.group) == ("", 8.0, "")
+    assert (grouped.group, grouped.placement.vcpu, grouped.placement.memory_gib, grouped.placement.gpus) == (
+        "gpu-big", 1.5, 2.0, 2)
+    assert (plain.group, plain.placement.vcpu, plain.placement.gpus, scheduler.group) == ("", 8.0, 0, "")

@@ -23,9 +23,18 @@ GIB = 1024**3
 
 def placement(container: "Container", host: tuple[int, int]) -> Placement:
     """The shape of a started container: its limits, else the engine's ``host``
-    (CPUs, memory bytes)."""
+    (CPUs, memory bytes), and the GPUs its device requests asked for (a worker group's)."""
     cpus, memory = limits(container)
-    return Placement(market=LOCAL, vcpu=float(cpus or host[0]), memory_gib=(memory or host[1]) / GIB)
+    return Placement(market=LOCAL, vcpu=float(cpus or host[0]), memory_gib=(memory or host[1]) / GIB,
+                     gpus=_gpus(container))
+
+
+def _gpus(container: "Container") -> int:
+    try:
+        requests = (container.attrs.get("HostConfig") or {}).get("DeviceRequests") or []
+    except Exception:
+        return 0
+    return sum(max(0, int(r.get("Count") or 0)) for r in requests if ["gpu"] in (r.get("Capabilities") or []))
 
 
 def log_start(lives: LifeLog, container: "Container", role: str, host: tuple[int, int]) -> None:
