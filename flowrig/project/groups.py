@@ -141,7 +141,7 @@ class WorkerGroup:
     @property
     def most(self) -> int:
         """The most workers the group may have: its fixed size, or its adaptive maximum."""
-        return self.adapt.maximum or 0 if self.adapt is not None else self.size
+        return (self.adapt.maximum or 0) if self.adapt is not None else self.size
 
     @property
     def memory_mib(self) -> int | None:
