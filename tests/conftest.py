@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.docker_support", "tests.aws_support", "tests.aws_faults", "tests.iam_support", "tests.run_support", "tests.tls_support", "tests.prefect_support", "tests.browser_support"]
+pytest_plugins = ["tests.docker_support", "tests.aws_support", "tests.aws_faults", "tests.iam_support", "tests.run_support", "tests.tls_support", "tests.prefect_support", "tests.browser_support", "tests.vm_fakes"]
 
 # Tests never talk to a Prefect server they did not start, nor send analytics.
 os.environ.pop("PREFECT_API_URL", None)

@@ -1,5 +1,5 @@
 """Spot VMs on Google Cloud and Azure, and ``spot = "fallback"``, at the SDK boundary of
-tests/unit/test_vm_azure_gcp.py: the fake SDK clients record each request flowrig's own
+tests/vm_fakes.py: the fake SDK clients record each request flowrig's own
 code builds and refuse the ones a test says, as the clouds word a shortage.
 """
 
@@ -14,26 +14,9 @@ from flowrig.backends.vm.azure import AzureOptions
 from flowrig.backends.vm.gcp import GCPOptions
 from flowrig.backends.vm.launcher import RoleSettings, VMLauncher
 from flowrig.errors import InfrastructureError
-from tests.unit.test_vm_azure_gcp import AZURE_OPTIONS, GCP_OPTIONS, AzureWorld, GoogleWorld, azure_error, http_error
+from tests.vm_fakes import AZURE_OPTIONS, GCP_OPTIONS, azure_error, http_error
 
 SCHEDULER = "tls://10.0.0.5:8786"
-
-
-@pytest.fixture
-def azure(monkeypatch):
-    return AzureWorld().install(monkeypatch)
-
-
-@pytest.fixture
-def google(monkeypatch):
-    return GoogleWorld().install(monkeypatch)
-
-
-@pytest.fixture(autouse=True)
-def quick_retries(monkeypatch):
-    from flowrig.backends import ledger
-
-    monkeypatch.setattr(ledger, "RETRY_SECONDS", 0.05)
 
 
 def launcher(cloud, run_id: str, spot) -> VMLauncher:

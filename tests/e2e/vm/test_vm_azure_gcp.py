@@ -10,7 +10,7 @@ fake reports RUNNING. What the tests check is what the cloud would hold: network
 the identity, tags or labels, user data, the secret and who may read it, and that
 nothing is left after the run, also when the start fails half-way.
 
-Cases that need none of these are in tests/unit/test_vm_azure_gcp.py.
+Cases that need none of these are in tests/unit/test_vm_azure_gcp.py; the fakes in tests/vm_fakes.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import pytest
 from azure.keyvault.secrets import SecretClient as REAL_SECRET_CLIENT  # before the fixtures replace them
 from googleapiclient.discovery import build as REAL_BUILD
 
-from flowrig.backends import ledger
 from flowrig.backends.base import ClusterSpec
 from flowrig.backends.vm import cloudinit
 from flowrig.backends.vm.azure import AzureBackend, AzureOptions
@@ -34,7 +33,7 @@ from flowrig.errors import BadInput, InfrastructureError
 from flowrig.project.sizing import ClusterSize
 from tests.net_support import silent_loopback_port
 from tests.tls_support import local_scheduler
-from tests.unit.test_vm_azure_gcp import (
+from tests.vm_fakes import (
     AZURE_OPTIONS,
     GCP_OPTIONS,
     GREPO,
@@ -44,8 +43,6 @@ from tests.unit.test_vm_azure_gcp import (
     REPOSITORY_POLICY,
     SUB,
     VAULT_ID,
-    AzureWorld,
-    GoogleWorld,
     assert_azure_empty,
     assert_google_empty,
     azure_error,
@@ -58,21 +55,6 @@ ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 PUBLIC_IMAGE = "ghcr.io/example/seed:run-image"
 pytestmark = pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin")
-
-
-@pytest.fixture
-def azure(monkeypatch):
-    return AzureWorld().install(monkeypatch)
-
-
-@pytest.fixture
-def google(monkeypatch):
-    return GoogleWorld().install(monkeypatch)
-
-
-@pytest.fixture(autouse=True)
-def quick_retries(monkeypatch):
-    monkeypatch.setattr(ledger, "RETRY_SECONDS", 0.05)
 
 
 def spec(tls, run_id, image=IMAGE, **options) -> ClusterSpec:
