@@ -69,6 +69,10 @@ class AzureWorld:
         self.power = "PowerState/running"
         self.private_ip = "10.1.0.4"
         self.secret_write = None
+        #: The location's VM sizes: ``name -> (CpuArchitectureType, GPUs, barred from the subscription)``.
+        self.sizes = {"Standard_DS1_v2": ("x64", 0, False), "Standard_D2s_v5": ("x64", 0, False),
+                      "Standard_D4s_v5": ("x64", 0, False), "Standard_D2ps_v5": ("Arm64", 0, False),
+                      "Standard_NC4as_T4_v3": ("x64", 1, False), "Standard_NC24ads_A100_v4": ("x64", 1, True)}
         # The subscription's registries, one a page (ARM pages a list with nextLink).
         self.registries = [
             {"id": REGISTRY_ID.replace("FlowrigRuns", "Other"), "name": "Other",
@@ -168,6 +172,20 @@ class FakeCompute:
         self.virtual_machines.begin_create_or_update = create_vm
         self.virtual_machines.begin_delete = delete_vm
         self.virtual_machines.instance_view = self.instance_view
+        self.resource_skus = SimpleNamespace(list=self.list_skus)
+
+    def list_skus(self, *, filter=None, include_extended_locations=None):
+        """The location's VM sizes, as the SDK's own models (``location eq '...'`` only)."""
+        from azure.mgmt.compute.models import ResourceSku
+
+        self.world.call("compute.resource_skus.list", filter=filter)
+        location = filter.split("'")[1]
+        return [ResourceSku({"name": name, "resourceType": "virtualMachines", "locations": [location],
+                             "capabilities": [{"name": "CpuArchitectureType", "value": arch},
+                                              {"name": "GPUs", "value": str(gpus)}],
+                             "restrictions": [{"type": "Location", "values": [location],
+                                               "reasonCode": "NotAvailableForSubscription"}] if barred else []})
+                for name, (arch, gpus, barred) in self.world.sizes.items()]
 
     def instance_view(self, group, name):
         from azure.mgmt.compute.models import VirtualMachineInstanceView
@@ -323,6 +341,16 @@ class GoogleWorld:
         self.project = "proj-1"
         self.status = "RUNNING"
         self.secret_write = None
+        #: The zone's machine types (``name -> machineTypes.get``) and accelerator types (``name -> max cards``).
+        self.machine_types = {
+            name: {"name": name, "architecture": arch, **({"accelerators": [
+                {"guestAcceleratorType": gpu, "guestAcceleratorCount": count}]} if gpu else {})}
+            for name, arch, gpu, count in (
+                ("n1-standard-1", "X86_64", "", 0), ("n1-standard-4", "X86_64", "", 0),
+                ("e2-standard-2", "X86_64", "", 0), ("t2a-standard-2", "ARM64", "", 0),
+                ("g2-standard-4", "X86_64", "nvidia-l4", 1), ("a2-highgpu-1g", "X86_64", "nvidia-tesla-a100", 1))
+        }
+        self.accelerator_types = {"nvidia-tesla-t4": 4, "nvidia-l4": 8}
         # The project's repository of the run's image; its policy names others already.
         self.repositories: dict[str, dict] = {GREPO: dict(REPOSITORY_POLICY)}
 
@@ -368,6 +396,17 @@ class GoogleWorld:
 
     def compute_zoneOperations_get(self, project, zone, operation):
         return self.operations[operation]
+
+    def compute_machineTypes_get(self, project, zone, machineType):
+        if machineType not in self.machine_types:
+            raise http_error(404, f"The resource 'projects/{project}/zones/{zone}/machineTypes/{machineType}' "
+                                  "was not found")
+        return self.machine_types[machineType]
+
+    def compute_acceleratorTypes_get(self, project, zone, acceleratorType):
+        if acceleratorType not in self.accelerator_types:
+            raise http_error(404, f"The resource 'acceleratorTypes/{acceleratorType}' was not found")
+        return {"name": acceleratorType, "maximumCardsPerInstance": self.accelerator_types[acceleratorType]}
 
     def compute_instances_insert(self, project, zone, body):
         self.instances[body["name"]] = {**body, "status": self.status,
@@ -455,3 +494,36 @@ def assert_google_empty(world: GoogleWorld) -> None:
     assert (world.firewalls, world.accounts, world.secrets, world.instances) == ({}, {}, {}, {})
     # The image's repository grants exactly what it did before the run.
     assert world.repositories[GREPO]["bindings"] == REPOSITORY_POLICY["bindings"]
+
+
+def discovery_errors(value, schema: str = "Instance", api: str = "compute") -> list[str]:
+    """Where ``value`` strays from ``schema`` of the discovery document googleapiclient ships
+    (``api`` v1): a key the schema does not have, a value outside its enum, a wrong JSON type."""
+    from pathlib import Path
+
+    import googleapiclient
+
+    document = json.loads((Path(googleapiclient.__file__).parent / "discovery_cache" / "documents"
+                           / f"{api}.v1.json").read_text())
+    schemas, errors = document["schemas"], []
+    kinds = {"string": str, "boolean": bool, "integer": (int, str), "array": list, "object": dict}
+
+    def walk(node, spec, where):
+        spec = schemas[spec["$ref"]] if "$ref" in spec else spec
+        kind = spec.get("type")
+        if kind and not isinstance(node, kinds.get(kind, object)):
+            errors.append(f"{where}: {type(node).__name__} where the schema has {kind}")
+        elif "enum" in spec and node not in spec["enum"]:
+            errors.append(f"{where}: {node!r} is none of {spec['enum']}")
+        elif kind == "array":
+            for i, item in enumerate(node):
+                walk(item, spec["items"], f"{where}[{i}]")
+        elif kind == "object" and "properties" in spec:
+            for key, item in node.items():
+                if key not in spec["properties"]:
+                    errors.append(f"{where}.{key}: not a field of the schema")
+                else:
+                    walk(item, spec["properties"][key], f"{where}.{key}")
+
+    walk(value, {"$ref": schema}, schema)
+    return errors

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import Field, StrictStr
+from pydantic import Field, StrictInt, StrictStr
 
 from flowrig.backends.vm.backend import VMBackend
 from flowrig.backends.vm.cloudinit import RegistryLogin
@@ -42,11 +42,16 @@ class AzureOptions(VMOptions):
     vm_size: StrictStr = Field("Standard_DS1_v2", description="VM size of every VM")
     scheduler_vm_size: StrictStr | None = Field(None, description="VM size of the scheduler; default: `vm_size`")
     worker_vm_size: StrictStr | None = Field(None, description="VM size of each worker; default: `vm_size`")
-    vm_image: dict[StrictStr, StrictStr] = Field(
-        default_factory=lambda: {
-            "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest",
-        },
-        description="image reference of the VMs (`publisher`, `offer`, `sku`, `version`)",
+    vm_image: dict[StrictStr, StrictStr] | None = Field(
+        None,
+        description="image reference of the VMs (`publisher`, `offer`, `sku`, `version`); default: Canonical's "
+        "Ubuntu 24.04 LTS of each size's architecture (sku `server` or `server-arm64`). GPU workers need one with "
+        "NVIDIA's driver, Docker and container toolkit",
+    )
+    worker_gpu: StrictInt = Field(
+        0, ge=0,
+        description="GPUs each worker uses (`docker run --gpus all`, Dask resource `GPU`); the worker VM size must "
+        "have as many (an N-series size)",
     )
     key_vault: StrictStr | None = Field(None, description="the Key Vault that holds each run's certificate secret")
     disk_size: int = Field(50, gt=0, description="GiB of the OS disk")
@@ -67,7 +72,10 @@ class AzureBackend(VMBackend):
         return RegistryLogin(kind="acr", host=host) if _ACR.match(host) else None
 
     def check_options(self, options: AzureOptions) -> None:
+        from flowrig.backends.vm.azure_shapes import check_gpu_options
+
         check_name("location", options.location, LOCATION_PATTERN, "westeurope")
+        check_gpu_options(options)
 
     def make_cloud(self, run_id: str, options: Any) -> "Cloud":
         from flowrig.backends.vm.azure_cloud import AzureCloud

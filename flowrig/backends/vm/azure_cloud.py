@@ -130,6 +130,8 @@ class AzureCloud(Cloud):
         self.subnet_id = ""
         self.nsg_id = ""
         self._ssh_key = ""
+        #: Each role's architecture (``amd64``, ``arm64``), from its VM size (:meth:`check`).
+        self.archs: dict[str, str] = {}
 
     # --- names -------------------------------------------------------------------------
     @property
@@ -142,6 +144,16 @@ class AzureCloud(Cloud):
 
     def network_description(self) -> str:
         return f"virtual network {self.options.vnet or self.subnet_id} of resource group {self.group}"
+
+    def check(self, image: str) -> None:
+        """VM sizes, GPUs and architectures, read-only (:mod:`.azure_shapes`)."""
+        from flowrig.backends.vm.azure_shapes import check_run
+        from flowrig.containers.engine.images import local_architecture
+
+        # The registry is not read here: the image's copy on this machine tells it, if any.
+        local = local_architecture(image) if image else None
+        self.archs = check_run(self.clients.compute, self.options.location, self.options,
+                               (local,) if local else (), image)
 
     # --- prepare -----------------------------------------------------------------------
     def prepare(self, dashboard: bool) -> None:
@@ -335,6 +347,8 @@ class AzureCloud(Cloud):
         return finish(creating, time.monotonic() + 300, f"creating public IP {name}").id
 
     def _vm_body(self, request: VMRequest, nic_id: str) -> dict:
+        from flowrig.backends.vm.azure_shapes import image_reference
+
         options = self.options
         size = (options.scheduler_vm_size if request.role == "scheduler" else options.worker_vm_size) or options.vm_size
         if not self._ssh_key:
@@ -346,7 +360,7 @@ class AzureCloud(Cloud):
             "properties": {
                 "hardwareProfile": {"vmSize": size},
                 "storageProfile": {
-                    "imageReference": dict(options.vm_image),
+                    "imageReference": image_reference(options.vm_image, self.archs.get(request.role, "")),
                     "osDisk": {"name": f"{request.name}-osdisk", "createOption": "FromImage",
                                "diskSizeGB": options.disk_size, "deleteOption": "Delete"},
                 },

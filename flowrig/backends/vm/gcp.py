@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import Field, StrictStr
+from pydantic import Field, StrictInt, StrictStr
 
 from flowrig.backends.vm.backend import VMBackend
 from flowrig.backends.vm.cloudinit import RegistryLogin
@@ -48,8 +48,21 @@ class GCPOptions(VMOptions):
     worker_machine_type: StrictStr | None = Field(
         None, description="machine type of each worker; default: `machine_type`"
     )
-    source_image: StrictStr = Field(
-        "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64", description="boot image of the VMs"
+    source_image: StrictStr | None = Field(
+        None,
+        description="boot image of the VMs; default: Ubuntu 24.04 LTS of each machine type's architecture "
+        "(`ubuntu-2404-lts-amd64` or `-arm64`). GPU workers need one with NVIDIA's driver, Docker and container "
+        "toolkit (a Deep Learning VM image)",
+    )
+    worker_gpu: StrictInt = Field(
+        0, ge=0,
+        description="GPUs each worker uses (`docker run --gpus all`, Dask resource `GPU`): the worker machine type's "
+        "own (g2, a2, a3) or `accelerator_type` cards on an N1 type",
+    )
+    accelerator_type: StrictStr | None = Field(
+        None,
+        description="GPU attached to each worker, `worker_gpu` of them (e.g. `nvidia-tesla-t4`, as `gcloud compute "
+        "accelerator-types list` names it); not for machine types that come with GPUs",
     )
     filesystem_size: int = Field(50, gt=0, description="GiB of the boot disk")
 
@@ -69,7 +82,10 @@ class GCPBackend(VMBackend):
         return RegistryLogin(kind="gar", host=host) if _GAR.match(host) else None
 
     def check_options(self, options: GCPOptions) -> None:
+        from flowrig.backends.vm.gcp_shapes import check_gpu_options
+
         check_name("zone", options.zone, REGION_PATTERN + r"-[a-z]", "europe-west1-b")
+        check_gpu_options(options)
 
     def make_cloud(self, run_id: str, options: Any) -> "Cloud":
         from flowrig.backends.vm.gcp_cloud import GCPCloud

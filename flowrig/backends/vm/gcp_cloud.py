@@ -149,6 +149,8 @@ class GCPCloud(Cloud):
         self.subnetwork = ""
         self.subnet_range = ""
         self._operations: dict[str, str] = {}
+        #: Each role's architecture (``amd64``, ``arm64``), from its machine type (:meth:`check`).
+        self.archs: dict[str, str] = {}
         account = gcp_label(f"flowrig-{run_id}").replace("_", "-")
         if len(account) > 30:
             account = "flowrig-" + hashlib.sha256(run_id.encode()).hexdigest()[:22]
@@ -179,6 +181,19 @@ class GCPCloud(Cloud):
         if errors:
             first = errors[0]
             raise InfrastructureError(f"Google Cloud refused {what}: {first.get('code')}: {first.get('message')}")
+
+    # --- check ---------------------------------------------------------------------------
+    def check(self, image: str) -> None:
+        """The machine types exist in the zone, the workers' have ``worker_gpu`` GPUs, and
+        each runs the image's architecture (read-only); each VM's default boot image follows
+        its machine type's architecture."""
+        from flowrig.backends.vm.gcp_shapes import check_run
+        from flowrig.containers.engine.images import local_architecture
+
+        # Artifact Registry is not read here: the image's copy on this machine tells it, if any.
+        local = local_architecture(image) if image else None
+        self.archs = check_run(self.clients.compute, self.project, self.zone, self.options,
+                               (local,) if local else (), image)
 
     # --- prepare -------------------------------------------------------------------------
     def prepare(self, dashboard: bool) -> None:
@@ -311,6 +326,8 @@ class GCPCloud(Cloud):
         return created
 
     def _instance_body(self, request: VMRequest) -> dict:
+        from flowrig.backends.vm.gcp_shapes import boot_image, gpu_fields
+
         options = self.options
         machine = (options.scheduler_machine_type if request.role == "scheduler" else
                    options.worker_machine_type) or options.machine_type
@@ -324,11 +341,16 @@ class GCPCloud(Cloud):
             "tags": {"items": [self.tag]},
             "metadata": {"items": [{"key": "user-data", "value": request.user_data}]},
             "disks": [{"boot": True, "autoDelete": True, "initializeParams": {
-                "sourceImage": options.source_image, "diskSizeGb": str(options.filesystem_size),
+                "sourceImage": boot_image(options.source_image, self.archs.get(request.role, "")),
+                "diskSizeGb": str(options.filesystem_size),
                 "labels": self.labels_}}],
             "networkInterfaces": [interface],
             "serviceAccounts": [{"email": self.account_email, "scopes": SCOPES}],
         }
+        if request.role == "worker":
+            gpus = gpu_fields(options, self.zone)
+            body["metadata"]["items"] += gpus.pop("metadata_items", [])
+            body.update(gpus)
         if request.market == SPOT:
             # Deleted, not stopped, when taken back: a stopped Spot VM would hold its disk.
             body["scheduling"] = {"provisioningModel": "SPOT", "instanceTerminationAction": "DELETE",

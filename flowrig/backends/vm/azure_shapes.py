@@ -1,0 +1,195 @@
+"""What an ``azure`` run's VMs are, checked before anything is created: VM sizes, the
+workers' GPUs, and the architecture against the image's.
+
+One read answers it all: the location's resource SKUs (``resource_skus.list``), whose VM
+sizes carry the capabilities ``GPUs`` and ``CpuArchitectureType`` (``x64``, ``Arm64``: the
+sizes with a ``p`` such as ``Standard_D2ps_v5`` are Arm) and the restrictions that keep a
+size from a subscription. GPU sizes are the N-series. Every refusal is one line naming
+the fix, exit 2, whether or not the preflight checks are on. Read-only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from flowrig.backends.vm.azure_clients import azure_errors, error_code
+from flowrig.errors import BadInput, InfrastructureError
+
+logger = logging.getLogger("flowrig.vm")
+
+#: Azure's ``CpuArchitectureType`` -> the names image platforms use.
+PLATFORM_ARCH = {"x64": "amd64", "arm64": "arm64"}
+#: Canonical's Ubuntu 24.04 LTS of each architecture: the image unless ``vm_image`` is set.
+DEFAULT_IMAGES = {
+    "amd64": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"},
+    "arm64": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server-arm64", "version": "latest"},
+}
+#: VM sizes to name in a fix, by architecture.
+EXAMPLES = {"amd64": "Standard_D2s_v5", "arm64": "Standard_D2ps_v5"}
+GPU_EXAMPLES = "Standard_NC4as_T4_v3, Standard_NC24ads_A100_v4"
+_DENIED = ("AuthorizationFailed", "Forbidden")
+
+
+@dataclass(frozen=True)
+class SizeShape:
+    """One VM size: its architecture (``amd64``, ``arm64``; empty: not said), its GPUs,
+    and why the subscription may not have it here (empty: it may)."""
+
+    name: str
+    arch: str
+    gpus: int
+    restricted: str = ""
+
+
+def shape_of(sku: Any, location: str) -> SizeShape:
+    """One resource SKU of the SDK as a :class:`SizeShape`."""
+    capabilities = {str(c.name): str(c.value) for c in sku.capabilities or []}
+    restricted = ""
+    for restriction in sku.restrictions or []:
+        # The SDK's model names the field ``values_property`` (``values`` is the mapping's method).
+        where = [str(v).lower() for v in getattr(restriction, "values_property", None) or []]
+        if str(restriction.type).lower().endswith("location") and location.lower() in where:
+            restricted = str(getattr(restriction.reason_code, "value", restriction.reason_code) or "restricted")
+    try:
+        gpus = int(capabilities.get("GPUs", "0"))
+    except ValueError:
+        gpus = 0
+    return SizeShape(
+        name=str(sku.name),
+        arch=PLATFORM_ARCH.get(capabilities.get("CpuArchitectureType", "").lower(), ""),
+        gpus=gpus,
+        restricted=restricted,
+    )
+
+
+def size_shapes(compute: Any, location: str, sizes: Iterable[str]) -> dict[str, SizeShape]:
+    """The shapes of ``sizes`` (lower-cased names as keys); empty when the SKUs are not readable."""
+    from azure.core.exceptions import HttpResponseError
+
+    wanted = {size.lower() for size in sizes}
+    found: dict[str, SizeShape] = {}
+    try:
+        with azure_errors(f"listing the VM sizes of {location}"):
+            for sku in compute.resource_skus.list(filter=f"location eq '{location}'"):
+                if str(sku.resource_type) == "virtualMachines" and str(sku.name).lower() in wanted:
+                    found[str(sku.name).lower()] = shape_of(sku, location)
+    except InfrastructureError as exc:
+        cause = exc.__context__
+        if isinstance(cause, HttpResponseError) and error_code(cause) in _DENIED:
+            logger.warning("the VM sizes are not checked: listing the resource SKUs was refused (%s)",
+                           error_code(cause))
+            return {}
+        raise
+    return found
+
+
+def check_gpu_options(options: Any) -> None:
+    """A GPU run names its image: Ubuntu's has no NVIDIA driver.
+
+    Raises
+    ------
+    BadInput
+        One line naming the option and the fix.
+    """
+    if options.worker_gpu and not options.vm_image:
+        raise BadInput(
+            f"[cluster.options] worker_gpu = {options.worker_gpu} needs an image with NVIDIA's driver, Docker and "
+            "NVIDIA's container toolkit (Ubuntu's has none): set vm_image to one, e.g. "
+            "{ publisher = 'microsoft-dsvm', offer = 'ubuntu-hpc', sku = '2204', version = 'latest' }"
+        )
+
+
+def check_size(shape: SizeShape | None, option: str, size: str, location: str) -> None:
+    """The size exists in ``location`` and the subscription may have it there.
+
+    Raises
+    ------
+    BadInput
+        Naming the option and how to list the sizes there are.
+    """
+    if shape is None:
+        raise BadInput(
+            f"[cluster.options] {option} = {size!r} is not a VM size of location {location}: name one "
+            f"`az vm list-sizes --location {location}` lists"
+        )
+    if shape.restricted:
+        raise BadInput(
+            f"[cluster.options] {option} = {size!r} is not available to the subscription in {location} "
+            f"({shape.restricted}): choose another size or location, or ask Azure support for access"
+        )
+
+
+def check_gpus(shape: SizeShape, option: str, gpus: int) -> None:
+    """Refuse a worker size with fewer GPUs than ``worker_gpu``.
+
+    Raises
+    ------
+    BadInput
+        Naming the size, its GPUs, and N-series sizes.
+    """
+    if gpus <= shape.gpus:
+        return
+    has = f"{shape.gpus} GPU{'s' if shape.gpus != 1 else ''}" if shape.gpus else "no GPU"
+    raise BadInput(
+        f"[cluster.options] {option} = {shape.name!r} has {has} but worker_gpu = {gpus}: use an N-series GPU size "
+        f"({GPU_EXAMPLES}), or lower worker_gpu"
+    )
+
+
+def check_arch(shape: SizeShape, option: str, held: tuple[str, ...], image: str) -> None:
+    """Refuse a size that runs none of the image's architectures ``held`` (empty: not known).
+
+    Raises
+    ------
+    BadInput
+        Naming the size, both architectures, and the fix.
+    """
+    if not shape.arch or not held or shape.arch in held:
+        return
+    raise BadInput(
+        f"[cluster.options] {option} = {shape.name!r} runs linux/{shape.arch} but the image {image} is "
+        f"linux/{', linux/'.join(held)}: use a VM size for {held[0]} (e.g. {EXAMPLES.get(held[0], '')}), or "
+        f"build the image with flowrig build --platform linux/{shape.arch}"
+    )
+
+
+def check_run(compute: Any, location: str, options: Any, held: tuple[str, ...], image: str) -> dict[str, str]:
+    """The architecture of each role's VMs (``amd64``, ``arm64``), after the sizes, the
+    workers' GPUs and the image's architectures ``held`` were checked (empty: nothing read).
+
+    Raises
+    ------
+    BadInput
+        Any mismatch, one line naming the fix.
+    """
+    options_of = {
+        "scheduler": "scheduler_vm_size" if options.scheduler_vm_size else "vm_size",
+        "worker": "worker_vm_size" if options.worker_vm_size else "vm_size",
+    }
+    if options.scheduler_address:
+        del options_of["scheduler"]
+    sizes = {role: getattr(options, option) for role, option in options_of.items()}
+    shapes = size_shapes(compute, location, sizes.values())
+    if not shapes:
+        return {}
+    for role, size in sizes.items():
+        check_size(shapes.get(size.lower()), options_of[role], size, location)
+    worker = shapes[sizes["worker"].lower()]
+    check_gpus(worker, options_of["worker"], options.worker_gpu)
+    for role, size in sizes.items():
+        check_arch(shapes[size.lower()], options_of[role], held, image)
+    archs = {role: shapes[size.lower()].arch for role, size in sizes.items()}
+    if options.vm_image and len({arch for arch in archs.values() if arch}) > 1:
+        raise BadInput(
+            f"[cluster.options] the scheduler's {sizes['scheduler']} and the workers' {sizes['worker']} run "
+            "different architectures, and vm_image is one image: choose sizes of one architecture, or leave "
+            "vm_image out (each VM then gets Ubuntu of its own)"
+        )
+    return archs
+
+
+def image_reference(vm_image: Mapping[str, str] | None, arch: str) -> dict[str, str]:
+    """The image a VM of ``arch`` boots: the project's, else Canonical's Ubuntu LTS of that architecture."""
+    return dict(vm_image) if vm_image else dict(DEFAULT_IMAGES.get(arch or "amd64", DEFAULT_IMAGES["amd64"]))

@@ -1,0 +1,247 @@
+"""What a ``gcp`` run's VMs are, checked before anything is created: machine types, the
+workers' GPUs, and the architecture against the image's.
+
+``machineTypes.get`` says a machine type's ``architecture`` (``X86_64``, ``ARM64``: t2a
+and c4a are Arm) and the GPUs it comes with (``accelerators``: a2, a3, g2); any other
+type gets GPUs as ``guestAccelerators`` of an ``accelerator_type`` the zone has
+(``acceleratorTypes.get``), and a VM with GPUs cannot live-migrate, so Compute Engine
+asks for ``onHostMaintenance = TERMINATE``. Every refusal is one line naming the fix,
+exit 2, whether or not the preflight checks are on. Read-only calls only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from flowrig.backends.vm.gcp_clients import gcp_errors, http_status
+from flowrig.errors import BadInput, InfrastructureError
+
+logger = logging.getLogger("flowrig.vm")
+
+#: Compute Engine's architecture names -> the names image platforms use.
+PLATFORM_ARCH = {"X86_64": "amd64", "ARM64": "arm64"}
+#: Ubuntu's current LTS of each architecture: the boot image unless ``source_image`` is set.
+DEFAULT_IMAGES = {"amd64": "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64",
+                  "arm64": "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-arm64"}
+#: Machine types to name in a fix, by architecture.
+EXAMPLES = {"amd64": "n2-standard-2, e2-standard-2", "arm64": "t2a-standard-2, c4a-standard-2"}
+GPU_IMAGE_EXAMPLE = "projects/deeplearning-platform-release/global/images/family/common-cu124-debian-11"
+GPU_EXAMPLES = "g2-standard-4 (1 nvidia-l4), or n1-standard-4 with accelerator_type = 'nvidia-tesla-t4'"
+
+
+@dataclass(frozen=True)
+class MachineShape:
+    """One machine type: its architecture (``amd64``, ``arm64``; empty: not said) and the
+    GPUs it comes with."""
+
+    name: str
+    arch: str
+    gpus: int
+    gpu_type: str
+
+
+def shape_of(answer: Mapping[str, Any]) -> MachineShape:
+    """One ``machineTypes.get`` answer as a :class:`MachineShape`."""
+    accelerators = answer.get("accelerators") or []
+    return MachineShape(
+        name=str(answer.get("name", "")),
+        arch=PLATFORM_ARCH.get(str(answer.get("architecture", "")), ""),
+        gpus=sum(int(a.get("guestAcceleratorCount", 0)) for a in accelerators),
+        gpu_type=", ".join(sorted({str(a.get("guestAcceleratorType", "")) for a in accelerators})),
+    )
+
+
+def _read(request: Any, what: str, missing: str) -> Mapping[str, Any] | None:
+    """``request``'s answer; ``None`` (with a warning) when the caller may not read it.
+
+    Raises
+    ------
+    BadInput
+        ``missing`` when the resource does not exist (404).
+    """
+    try:
+        with gcp_errors(what):
+            return request.execute()
+    except InfrastructureError as exc:
+        status = http_status(exc.__context__) if exc.__context__ is not None else 0
+        if status == 404:
+            raise BadInput(missing) from None
+        if status == 403:
+            logger.warning("the machine types are not checked: %s was refused (403)", what)
+            return None
+        raise
+
+
+def machine_shapes(compute: Any, project: str, zone: str, kinds: Mapping[str, str]) -> dict[str, MachineShape]:
+    """The shapes of ``kinds`` (``option -> machine type``); empty when not readable.
+
+    Raises
+    ------
+    BadInput
+        A machine type the zone does not have, naming its option.
+    """
+    found: dict[str, MachineShape] = {}
+    for option, kind in kinds.items():
+        if kind in found:
+            continue
+        answer = _read(
+            compute.machineTypes().get(project=project, zone=zone, machineType=kind),
+            f"reading machine type {kind}",
+            f"[cluster.options] {option} = {kind!r} is not a machine type of zone {zone}: name one "
+            f"`gcloud compute machine-types list --zones {zone}` lists",
+        )
+        if answer is None:
+            return {}
+        found[kind] = shape_of(answer)
+    return found
+
+
+def accelerator_cards(compute: Any, project: str, zone: str, accelerator: str) -> int | None:
+    """How many cards of ``accelerator`` one VM may have in ``zone``; ``None`` when not readable.
+
+    Raises
+    ------
+    BadInput
+        The zone has no such accelerator type.
+    """
+    answer = _read(
+        compute.acceleratorTypes().get(project=project, zone=zone, acceleratorType=accelerator),
+        f"reading accelerator type {accelerator}",
+        f"[cluster.options] accelerator_type = {accelerator!r} is not an accelerator type of zone {zone}: name "
+        f"one `gcloud compute accelerator-types list --filter zone:{zone}` lists, or another zone",
+    )
+    return None if answer is None else int(answer.get("maximumCardsPerInstance") or 0)
+
+
+def check_gpu_options(options: Any) -> None:
+    """The GPU options that need no API call: ``accelerator_type`` with ``worker_gpu``, and
+    a boot image with NVIDIA's driver (Ubuntu's has none).
+
+    Raises
+    ------
+    BadInput
+        One line naming the options and the fix.
+    """
+    if options.accelerator_type and not options.worker_gpu:
+        raise BadInput(
+            f"[cluster.options] accelerator_type = {options.accelerator_type!r} without worker_gpu: set worker_gpu "
+            "to the number of cards each worker gets, or drop accelerator_type"
+        )
+    if options.worker_gpu and not options.source_image:
+        raise BadInput(
+            f"[cluster.options] worker_gpu = {options.worker_gpu} needs a boot image with NVIDIA's driver, Docker and "
+            "NVIDIA's container toolkit (Ubuntu's has none): set source_image, e.g. to a Deep Learning VM image "
+            f"family of project deeplearning-platform-release ({GPU_IMAGE_EXAMPLE})"
+        )
+
+
+def check_gpus(shape: MachineShape, option: str, gpus: int, accelerator: str | None, cards: int | None) -> None:
+    """The workers' machine type gets ``gpus`` GPUs: built in, or ``accelerator`` cards.
+
+    Raises
+    ------
+    BadInput
+        One line naming the options and the fix.
+    """
+    if accelerator and shape.gpus:
+        raise BadInput(
+            f"[cluster.options] {option} = {shape.name!r} comes with {shape.gpus} {shape.gpu_type}: drop "
+            "accelerator_type (its GPUs are the machine type's)"
+        )
+    if not gpus:
+        return
+    if not accelerator and not shape.gpus:
+        raise BadInput(
+            f"[cluster.options] {option} = {shape.name!r} has no GPU but worker_gpu = {gpus}: use a machine type "
+            f"with GPUs or accelerator_type on an N1 type ({GPU_EXAMPLES}), or drop worker_gpu"
+        )
+    if shape.gpus and gpus > shape.gpus:
+        raise BadInput(
+            f"[cluster.options] {option} = {shape.name!r} comes with {shape.gpus} {shape.gpu_type} but worker_gpu "
+            f"= {gpus}: use a larger machine type of its series, or lower worker_gpu"
+        )
+    if accelerator and cards is not None and gpus > cards:
+        raise BadInput(
+            f"[cluster.options] worker_gpu = {gpus} but a VM takes at most {cards} {accelerator} in this zone: "
+            "lower worker_gpu"
+        )
+
+
+def check_arch(shape: MachineShape, option: str, held: tuple[str, ...], image: str) -> None:
+    """Refuse a machine type that runs none of the image's architectures ``held``
+    (empty: not known, nothing refused).
+
+    Raises
+    ------
+    BadInput
+        Naming the type, both architectures, and the fix.
+    """
+    if not shape.arch or not held or shape.arch in held:
+        return
+    raise BadInput(
+        f"[cluster.options] {option} = {shape.name!r} runs linux/{shape.arch} but the image {image} is "
+        f"linux/{', linux/'.join(held)}: use a machine type for {held[0]} ({EXAMPLES.get(held[0], '')}), or build "
+        f"the image with flowrig build --platform linux/{shape.arch}"
+    )
+
+
+def check_run(compute: Any, project: str, zone: str, options: Any, held: tuple[str, ...], image: str) -> dict[str, str]:
+    """The architecture of each role's VMs (``scheduler``, ``worker``: ``amd64``, ``arm64``),
+    after the machine types, the workers' GPUs and the image's architectures ``held``
+    were checked (empty: nothing read).
+
+    Raises
+    ------
+    BadInput
+        Any mismatch, one line naming the fix.
+    """
+    options_of = {
+        "scheduler": "scheduler_machine_type" if options.scheduler_machine_type else "machine_type",
+        "worker": "worker_machine_type" if options.worker_machine_type else "machine_type",
+    }
+    kinds = {role: getattr(options, option) for role, option in options_of.items()}
+    if options.scheduler_address:
+        del options_of["scheduler"], kinds["scheduler"]
+    shapes = machine_shapes(compute, project, zone, {options_of[role]: kinds[role] for role in kinds})
+    if not shapes:
+        return {}
+    worker = shapes[kinds["worker"]]
+    accelerator = options.accelerator_type
+    cards = accelerator_cards(compute, project, zone, accelerator) if accelerator and options.worker_gpu else None
+    check_gpus(worker, options_of["worker"], options.worker_gpu, accelerator, cards)
+    for role, kind in kinds.items():
+        check_arch(shapes[kind], options_of[role], held, image)
+    archs = {role: shapes[kind].arch for role, kind in kinds.items()}
+    if options.source_image and len({arch for arch in archs.values() if arch}) > 1:
+        raise BadInput(
+            f"[cluster.options] the scheduler's {kinds['scheduler']} and the workers' {kinds['worker']} run "
+            "different architectures, and source_image is one boot image: choose machine types of one "
+            "architecture, or leave source_image out (each VM then boots Ubuntu of its own)"
+        )
+    return archs
+
+
+def boot_image(source_image: str | None, arch: str) -> str:
+    """The boot image of a VM of ``arch``: the project's, else Ubuntu's LTS of that architecture."""
+    return source_image or DEFAULT_IMAGES.get(arch or "amd64", DEFAULT_IMAGES["amd64"])
+
+
+def gpu_fields(options: Any, zone: str) -> dict[str, Any]:
+    """What a worker VM's body gets for ``worker_gpu``: the accelerator cards (unless the
+    machine type brings its own), ``onHostMaintenance = TERMINATE`` (a VM with GPUs cannot
+    live-migrate), and (``metadata_items``, added to the body's metadata) the key that has
+    a Deep Learning VM image install NVIDIA's driver at its first boot."""
+    if not options.worker_gpu:
+        return {}
+    fields: dict[str, Any] = {
+        "scheduling": {"onHostMaintenance": "TERMINATE", "automaticRestart": False},
+        "metadata_items": [{"key": "install-nvidia-driver", "value": "True"}],
+    }
+    if options.accelerator_type:
+        fields["guestAccelerators"] = [{
+            "acceleratorType": f"zones/{zone}/acceleratorTypes/{options.accelerator_type}",
+            "acceleratorCount": options.worker_gpu,
+        }]
+    return fields
