@@ -69,6 +69,10 @@ class AzureWorld:
         self.power = "PowerState/running"
         self.private_ip = "10.1.0.4"
         self.secret_write = None
+        #: ``(code, message)`` of Spot VMs to fail after their create call returned, as
+        #: ARM's long-running operation does when it finds no capacity: one each.
+        self.allocation_failures: list[tuple[str, str]] = []
+        self.failed_vms: dict[str, tuple[str, str]] = {}
         #: The location's VM sizes: ``name -> (CpuArchitectureType, GPUs, barred from the subscription)``.
         self.sizes = {"Standard_DS1_v2": ("x64", 0, False), "Standard_D2s_v5": ("x64", 0, False),
                       "Standard_D4s_v5": ("x64", 0, False), "Standard_D2ps_v5": ("Arm64", 0, False),
@@ -157,6 +161,8 @@ class FakeCompute:
         def create_vm(group, name, body):
             world.call("compute.vm.create", name)
             done = create(group, name, body)
+            if world.allocation_failures and body["properties"].get("priority") == "Spot":
+                world.failed_vms[name] = world.allocation_failures.pop(0)
             disk = body["properties"]["storageProfile"]["osDisk"]["name"]
             world.held[("Microsoft.Compute/disks", disk)] = {"id": disk, "tags": body["tags"]}
             return done
@@ -193,6 +199,10 @@ class FakeCompute:
         self.world.call("compute.vm.instance_view", name)
         if ("Microsoft.Compute/virtualMachines", name) not in self.world.held:
             raise azure_error(404, "ResourceNotFound")
+        if name in self.world.failed_vms:
+            code, message = self.world.failed_vms[name]
+            return VirtualMachineInstanceView(
+                {"statuses": [{"code": f"ProvisioningState/failed/{code}", "message": message}]})
         return VirtualMachineInstanceView(
             {"statuses": [{"code": "ProvisioningState/succeeded"}, {"code": self.world.power}]})
 
@@ -351,6 +361,11 @@ class GoogleWorld:
                 ("g2-standard-4", "X86_64", "nvidia-l4", 1), ("a2-highgpu-1g", "X86_64", "nvidia-tesla-a100", 1))
         }
         self.accelerator_types = {"nvidia-tesla-t4": 4, "nvidia-l4": 8}
+        #: ``(code, message)`` of Spot instances whose insert operation is to end in that
+        #: error (no instance made), as Compute Engine's does when the zone has no room: one each.
+        self.exhausted: list[tuple[str, str]] = []
+        #: Called with each instance made (a test starts the worker a VM would run).
+        self.on_insert = None
         # The project's repository of the run's image; its policy names others already.
         self.repositories: dict[str, dict] = {GREPO: dict(REPOSITORY_POLICY)}
 
@@ -409,9 +424,16 @@ class GoogleWorld:
         return {"name": acceleratorType, "maximumCardsPerInstance": self.accelerator_types[acceleratorType]}
 
     def compute_instances_insert(self, project, zone, body):
+        if self.exhausted and (body.get("scheduling") or {}).get("provisioningModel") == "SPOT":
+            code, message = self.exhausted.pop(0)
+            operation = self._op("instance", zone)
+            self.operations[operation["name"]]["error"] = {"errors": [{"code": code, "message": message}]}
+            return operation
         self.instances[body["name"]] = {**body, "status": self.status,
                                         "networkInterfaces": [{**body["networkInterfaces"][0],
                                                                "networkIP": "10.132.0.7"}]}
+        if self.on_insert is not None:
+            self.on_insert(body)
         return self._op("instance", zone)
 
     def compute_instances_list(self, project, zone, filter):

@@ -145,3 +145,80 @@ def test_azure_fallback_creates_a_regular_vm_when_spot_has_no_room(azure, caplog
     assert line.endswith('asked for it on pay-as-you-go Azure instead, as spot = "fallback" allows')
     assert vms.placement("flowrig-as2-worker-1", "worker").market == ON_DEMAND
     assert cloud.delete() == []
+
+
+# --- a shortage told by the creation's long-running operation ---------------------------------
+EXHAUSTED = ("ZONE_RESOURCE_POOL_EXHAUSTED", "The zone 'projects/proj-1/zones/europe-west1-b' does not have enough "
+             "resources available to fulfill the request.")
+
+
+def test_gcp_fallback_when_the_insert_operation_finds_no_spot_capacity(google, caplog):
+    """The insert call returns; its operation ends in ZONE_RESOURCE_POOL_EXHAUSTED. With
+    fallback the VM is told as moved (no failure) and its replacement is a standard VM."""
+    cloud = gcp_cloud("gs4")
+    vms = launcher(cloud, "gs4", "fallback")
+    google.exhausted.append(EXHAUSTED)
+    started = vms.start_workers(SCHEDULER, 2)
+    assert set(started.started) == {"flowrig-gs4-worker-1", "flowrig-gs4-worker-2"} and started.refused == []
+    seen = vms.observe(list(started.started.values()))
+    lost = seen["flowrig-gs4-worker-1"]
+    assert (lost.status, lost.moved) == ("stopped", True) and lost.reason.startswith("ZONE_RESOURCE_POOL_EXHAUSTED: ")
+    assert (seen["flowrig-gs4-worker-2"].status, seen["flowrig-gs4-worker-2"].moved) == ("running", False)
+    with caplog.at_level(logging.WARNING, logger="flowrig.vm"):
+        again = vms.start_workers(SCHEDULER, 1, replacing=["flowrig-gs4-worker-1"])
+    [name] = again.started
+    body = {b["name"]: b for b in inserted(google)}[name]
+    assert "scheduling" not in body and notice_of(body) is None
+    assert vms.placement(again.started[name], "worker").market == ON_DEMAND
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line == (f"Compute Engine Spot had no capacity for 1 worker instance ({lost.reason}): asked for it on "
+                    'standard Compute Engine instead, as spot = "fallback" allows')
+    assert cloud.delete() == []
+
+
+def test_gcp_spot_only_or_a_standard_vm_short_of_room_is_a_failure_not_a_move(google):
+    for spot in (True, "fallback"):
+        cloud = gcp_cloud("gs5")
+        vms = launcher(cloud, "gs5", spot)
+        google.exhausted.append(EXHAUSTED)
+        started = vms.start_workers(SCHEDULER, 1)
+        [state] = vms.observe(list(started.started.values())).values()
+        assert (state.status, state.moved) == ("stopped", spot == "fallback")
+        assert cloud.delete() == []
+    # An on-demand VM of a fallback run whose operation finds no room moves nowhere.
+    cloud = gcp_cloud("gs6")
+    vms = launcher(cloud, "gs6", "fallback")
+    google.faults["compute.instances.insert"] = [http_error(503, "ZONE_RESOURCE_POOL_EXHAUSTED: no room")]
+    first = vms.start_workers(SCHEDULER, 1)  # refused on Spot at the call: asked on-demand
+    google.exhausted.append(EXHAUSTED)
+    google.instances.clear()
+    google.operations[cloud._operations["flowrig-gs6-worker-1"]]["error"] = {"errors": [
+        {"code": EXHAUSTED[0], "message": EXHAUSTED[1]}]}
+    [state] = vms.observe(list(first.started.values())).values()
+    assert (state.status, state.moved) == ("stopped", False)
+    assert cloud.delete() == []
+
+
+def test_azure_fallback_when_the_vm_creation_fails_for_want_of_spot_capacity(azure, caplog):
+    cloud = azure_cloud("as3")
+    vms = launcher(cloud, "as3", "fallback")
+    azure.allocation_failures.append(("AllocationFailed", "Allocation failed. We do not have sufficient capacity "
+                                                          "for the requested VM size in this region."))
+    started = vms.start_workers(SCHEDULER, 1)
+    [state] = vms.observe(list(started.started.values())).values()
+    assert (state.status, state.moved) == ("stopped", True)
+    assert state.reason.startswith("provisioning failed (AllocationFailed): Allocation failed.")
+    with caplog.at_level(logging.WARNING, logger="flowrig.vm"):
+        again = vms.start_workers(SCHEDULER, 1, replacing=list(started.started.values()))
+    [name] = again.started
+    assert "priority" not in vm_bodies(azure)[name]["properties"]
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("Azure Spot had no capacity for 1 worker VM (provisioning failed (AllocationFailed): ")
+    assert line.endswith('asked for it on pay-as-you-go Azure instead, as spot = "fallback" allows')
+    # A Spot VM whose creation failed for another reason is the failure it is.
+    azure.allocation_failures.append(("InternalExecutionError", "An internal execution error occurred."))
+    other = vms.start_workers(SCHEDULER, 1)
+    [state] = vms.observe(list(other.started.values())).values()
+    assert (state.status, state.moved) == ("stopped", False)
+    assert state.reason.startswith("provisioning failed (InternalExecutionError): ")
+    assert cloud.delete() == []

@@ -301,7 +301,7 @@ class PoolCluster(Cluster):
         if not records:
             return False
         states = await _in_thread(self.launcher.observe, [w.handle for w in records.values()])
-        changed = False
+        changed = moved = False
         for name, worker in records.items():
             state = states.get(worker.handle, worker.state)
             if state != worker.state:
@@ -316,10 +316,13 @@ class PoolCluster(Cluster):
             self._replacing.append(worker.handle)
             if worker.joined:
                 self.replacements.lost([name], f"stopped ({state.reason})" if state.reason else "stopped")
+            elif state.moved:
+                moved = True
             else:
                 self.replacements.failed(f"worker {self.launcher.kind} {name} stopped: {state.reason}")
         may_replace = self.replacements.may_replace()
-        if changed and self._desired > len(self.workers) and may_replace and not self._deciding:
+        # A worker moved to another market is replaced during the start's wait too: it is no failure.
+        if changed and self._desired > len(self.workers) and may_replace and (moved or not self._deciding):
             await self._reconcile()
         return changed
 

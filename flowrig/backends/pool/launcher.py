@@ -28,10 +28,15 @@ class Observed:
         ``pending`` (asked for, not running yet), ``running`` or ``stopped``.
     reason
         Why it stopped, one line (stop code, stopped reason, the container's reason).
+    moved
+        It stopped before it ever ran, for want of capacity in its market, and the launcher
+        asks its replacement in another (``spot = "fallback"``; said in the launcher's own
+        line): the pool replaces it at once, and counts no failure.
     """
 
     status: str
     reason: str = ""
+    moved: bool = False
 
 
 @dataclass(frozen=True)

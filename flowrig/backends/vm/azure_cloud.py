@@ -148,12 +148,8 @@ class AzureCloud(Cloud):
     def check(self, image: str) -> None:
         """VM sizes, GPUs and architectures, read-only (:mod:`.azure_shapes`)."""
         from flowrig.backends.vm.azure_shapes import check_run
-        from flowrig.containers.engine.images import local_architecture
 
-        # The registry is not read here: the image's copy on this machine tells it, if any.
-        local = local_architecture(image) if image else None
-        self.archs = check_run(self.clients.compute, self.options.location, self.options,
-                               (local,) if local else (), image)
+        self.archs = check_run(self.clients.compute, self.options.location, self.options, image)
 
     # --- prepare -----------------------------------------------------------------------
     def prepare(self, dashboard: bool) -> None:
@@ -394,6 +390,10 @@ class AzureCloud(Cloud):
             seen[handle] = _state(view.statuses or [])
         return seen
 
+    def short_of_capacity(self, reason: str) -> bool:
+        # A failed creation, as _state words it: "provisioning failed (CODE): message".
+        return reason.startswith("provisioning failed (") and reason[21:].split(")", 1)[0] in _CAPACITY_CODES
+
     def private_address(self, handle: str) -> str:
         with azure_errors(f"reading the address of VM {handle}"):
             nic = self.clients.network.network_interfaces.get(self.group, f"{handle}-nic")
@@ -437,7 +437,8 @@ def _state(statuses: list[Any]) -> Observed:
     codes = {str(s.code): s for s in statuses if s.code}
     for code, status in codes.items():
         if code.startswith("ProvisioningState/failed"):
-            return Observed("stopped", f"provisioning failed: {one_line(status.message or code, 300)}")
+            why = code.split("/")[2] if code.count("/") >= 2 else "failed"
+            return Observed("stopped", f"provisioning failed ({why}): {one_line(status.message or code, 300)}")
     power = next((c.split("/", 1)[1] for c in codes if c.startswith("PowerState/")), "")
     if power == "running":
         return Observed("running")

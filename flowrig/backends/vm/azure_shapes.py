@@ -155,15 +155,25 @@ def check_arch(shape: SizeShape, option: str, held: tuple[str, ...], image: str)
     )
 
 
-def check_run(compute: Any, location: str, options: Any, held: tuple[str, ...], image: str) -> dict[str, str]:
+def image_architectures(image: str) -> tuple[str, ...]:
+    """The architectures of the run's image, as far as known: the cloud's registry is not
+    read, the image's copy on this machine's engine tells it (empty: not known)."""
+    from flowrig.containers.engine.images import local_architecture
+
+    local = local_architecture(image) if image else None
+    return (local,) if local else ()
+
+
+def check_run(compute: Any, location: str, options: Any, image: str) -> dict[str, str]:
     """The architecture of each role's VMs (``amd64``, ``arm64``), after the sizes, the
-    workers' GPUs and the image's architectures ``held`` were checked (empty: nothing read).
+    workers' GPUs and the image's architectures (:func:`image_architectures`) were checked (empty: nothing read).
 
     Raises
     ------
     BadInput
         Any mismatch, one line naming the fix.
     """
+    held = image_architectures(image)
     options_of = {
         "scheduler": "scheduler_vm_size" if options.scheduler_vm_size else "vm_size",
         "worker": "worker_vm_size" if options.worker_vm_size else "vm_size",

@@ -104,6 +104,12 @@ class Cloud(abc.ABC):
     def observe(self, handles: list[str]) -> dict[str, Observed]:
         """The state of each VM: ``pending``, ``running`` or ``stopped`` (with the reason)."""
 
+    def short_of_capacity(self, reason: str) -> bool:
+        """Whether a stopped VM's ``reason`` (from :meth:`observe`) says its creation failed
+        for want of capacity or quota in its market, after the create call had returned;
+        never by default (the cloud refuses at the call)."""
+        return False
+
     @abc.abstractmethod
     def private_address(self, handle: str) -> str:
         """The VM's address in the run's network."""

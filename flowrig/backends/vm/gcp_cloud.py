@@ -188,12 +188,8 @@ class GCPCloud(Cloud):
         each runs the image's architecture (read-only); each VM's default boot image follows
         its machine type's architecture."""
         from flowrig.backends.vm.gcp_shapes import check_run
-        from flowrig.containers.engine.images import local_architecture
 
-        # Artifact Registry is not read here: the image's copy on this machine tells it, if any.
-        local = local_architecture(image) if image else None
-        self.archs = check_run(self.clients.compute, self.project, self.zone, self.options,
-                               (local,) if local else (), image)
+        self.archs = check_run(self.clients.compute, self.project, self.zone, self.options, image)
 
     # --- prepare -------------------------------------------------------------------------
     def prepare(self, dashboard: bool) -> None:
@@ -376,6 +372,10 @@ class GCPCloud(Cloud):
             else:
                 seen[handle] = Observed("stopped", self._why_missing(handle))
         return seen
+
+    def short_of_capacity(self, reason: str) -> bool:
+        # The insert operation's error, as _why_missing words it: "CODE: message".
+        return reason.split(":", 1)[0] in _CAPACITY
 
     def _why_missing(self, handle: str) -> str:
         """The insert operation's error, when the instance was never made (capacity, quota)."""

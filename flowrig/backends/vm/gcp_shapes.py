@@ -187,16 +187,26 @@ def check_arch(shape: MachineShape, option: str, held: tuple[str, ...], image: s
     )
 
 
-def check_run(compute: Any, project: str, zone: str, options: Any, held: tuple[str, ...], image: str) -> dict[str, str]:
+def image_architectures(image: str) -> tuple[str, ...]:
+    """The architectures of the run's image, as far as known: the cloud's registry is not
+    read, the image's copy on this machine's engine tells it (empty: not known)."""
+    from flowrig.containers.engine.images import local_architecture
+
+    local = local_architecture(image) if image else None
+    return (local,) if local else ()
+
+
+def check_run(compute: Any, project: str, zone: str, options: Any, image: str) -> dict[str, str]:
     """The architecture of each role's VMs (``scheduler``, ``worker``: ``amd64``, ``arm64``),
-    after the machine types, the workers' GPUs and the image's architectures ``held``
-    were checked (empty: nothing read).
+    after the machine types, the workers' GPUs and the image's architectures
+    (:func:`image_architectures`) were checked (empty: nothing read).
 
     Raises
     ------
     BadInput
         Any mismatch, one line naming the fix.
     """
+    held = image_architectures(image)
     options_of = {
         "scheduler": "scheduler_machine_type" if options.scheduler_machine_type else "machine_type",
         "worker": "worker_machine_type" if options.worker_machine_type else "machine_type",

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from flowrig.backends.markets import SpotSetting, fallback_line, markets_to_try, worker_markets
-from flowrig.backends.placement import SPOT, Placement
+from flowrig.backends.markets import FALLBACK, SpotSetting, fallback_line, markets_to_try, worker_markets
+from flowrig.backends.placement import ON_DEMAND, SPOT, Placement
 from flowrig.backends.pool import Endpoint, Launcher, Observed, WorkerStart
 from flowrig.backends.vm import cloudinit, scheduler_reach
 from flowrig.backends.vm.cloud import Cloud, VMRequest
@@ -136,6 +136,9 @@ class VMLauncher(Launcher):
         self._numbers = itertools.count(1)
         #: The market each worker VM was created in, by handle.
         self._markets: dict[str, str] = {}
+        #: Spot VMs whose creation failed for want of capacity after the create call had
+        #: returned (the cloud's long-running operation): handle -> the cloud's reason.
+        self._short: dict[str, str] = {}
 
     def start_scheduler(self) -> str:
         role = scheduler_role(self.settings)
@@ -168,9 +171,16 @@ class VMLauncher(Launcher):
         ``spot = "fallback"`` the ones the cloud had no capacity for are asked again in
         the other market, said in one line."""
         spot = self.settings.spot
-        markets = worker_markets(spot, count, [self._markets.get(handle) for handle in replacing])
+        short = {handle: self._short.pop(handle) for handle in replacing if handle in self._short}
+        # A replacement of a Spot VM that never ran for want of Spot capacity goes on-demand.
+        markets = worker_markets(spot, count, [ON_DEMAND if handle in short else self._markets.get(handle)
+                                               for handle in replacing])
         names = [vm_name(self.settings.run_id, "worker", next(self._numbers)) for _ in markets]
         requests = [self._worker_request(scheduler_address, name, market) for name, market in zip(names, markets)]
+        if short:
+            words = self.cloud.market_words
+            logger.warning(fallback_line(len(short), f"worker {self.kind}", words[SPOT], words[ON_DEMAND],
+                                         next(iter(short.values()))))
         created = self.cloud.create(requests)
         refused = list(created.refused)
         again: dict[str, list[VMRequest]] = {}
@@ -203,7 +213,19 @@ class VMLauncher(Launcher):
         return Placement(market=market) if market else None
 
     def observe(self, handles: list[str]) -> dict[str, Observed]:
-        return self.cloud.observe(handles)
+        """The cloud's view of each VM; with ``spot = "fallback"``, a Spot VM whose creation
+        failed for want of capacity after the create call returned (the clouds say so
+        through the creation's long-running operation) is ``moved``: its replacement is
+        asked on-demand, as a refusal of the create call itself would have been."""
+        seen = self.cloud.observe(handles)
+        if self.settings.spot != FALLBACK:
+            return seen
+        for handle, state in seen.items():
+            if (state.status == "stopped" and self._markets.get(handle) == SPOT and not state.moved
+                    and self.cloud.short_of_capacity(state.reason)):
+                self._short[handle] = state.reason
+                seen[handle] = Observed("stopped", state.reason, moved=True)
+        return seen
 
     def stop(self, handles: list[str], reason: str) -> None:
         self.cloud.terminate(handles)
