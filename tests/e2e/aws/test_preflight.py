@@ -271,9 +271,10 @@ def test_ec2_checks_the_network_image_rights_and_quotas_of_its_instances(tmp_pat
     assert [(c["name"], c["ok"]) for c in checks] == [
         ("image", True), ("image-arch", True), ("network", True),
         ("security-group", True), ("security-group", True), ("security-group", True),
-        ("rights", True), ("quota", True)]
+        ("rights", True), ("quota", True), ("instance-type", True)]
     # 2 workers and the scheduler, t3.medium's 2 vCPUs each, against the standard family's quota.
-    assert "the run may use 6 vCPUs" in checks[-1]["line"] and checks[-1]["subject"] == "ec2/L-1216C47A"
+    [quota] = [c for c in checks if c["name"] == "quota"]
+    assert "the run may use 6 vCPUs" in quota["line"] and quota["subject"] == "ec2/L-1216C47A"
     asked = {a for c in account.calls for a in c["actions"]}
     assert {"ec2:RunInstances", "iam:PassRole", "iam:CreateInstanceProfile"} <= asked
     # A Graviton instance type for an amd64-only image: one line.

@@ -43,13 +43,15 @@ class EC2Backend(VMBackend):
         check_name("availability_zone", options.availability_zone, REGION_PATTERN + r"[a-z]", "eu-west-1a")
 
     def cloud_preflight(self, plan: "PreflightPlan", options: EC2Options) -> "list[Check]":
-        """The image, network, rights and EC2 vCPU quotas a run of ``plan`` needs (read-only)."""
-        from flowrig.backends.aws.ec2.preflight import ec2_target
+        """The image, network, rights, EC2 vCPU quotas and instance types a run of ``plan``
+        needs (read-only)."""
+        from flowrig.backends.aws.ec2.preflight import ec2_target, instance_checks
         from flowrig.backends.aws.preflight import aws_checks
         from flowrig.backends.aws.session import Session
 
         session = Session(options.region)
-        return aws_checks(session, ec2_target(session, plan, options))
+        checks = aws_checks(session, ec2_target(session, plan, options))
+        return checks + instance_checks(session, plan, options, checks)
 
     def make_cloud(self, run_id: str, options: Any) -> "Cloud":
         from flowrig.backends.aws.ec2.cloud import EC2Cloud

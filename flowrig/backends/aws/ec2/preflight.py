@@ -11,6 +11,7 @@ from flowrig.backends.aws.preflight.calls import Caller, ec2_calls
 from flowrig.backends.aws.preflight.quotas import ec2_quota
 from flowrig.backends.aws.preflight.target import AwsTarget, PlannedCall, VcpuNeed
 from flowrig.backends.aws.session import Session
+from flowrig.backends.preflight import Check
 
 if TYPE_CHECKING:
     from flowrig.backends.aws.ec2.options import EC2Options
@@ -41,10 +42,43 @@ def ec2_needs(session: Session, options: "EC2Options", max_workers: int) -> tupl
                  for (code, name), parts in needs.items())
 
 
+def worker_arch(session: Session, worker: str) -> str:
+    """The workers' architecture: EC2's word on their instance type, else its name's."""
+    from flowrig.backends.aws.preflight.instances import describe
+
+    described = describe(session, [worker])
+    shape = None if isinstance(described, Refused) else described.get(worker)
+    return shape.archs[0] if shape is not None and shape.archs else architecture(worker)
+
+
+def instance_checks(session: Session, plan: "PreflightPlan", options: "EC2Options", done: list[Check]) -> list[Check]:
+    """The instance types' checks; against the image's architectures only where the
+    ``image-arch`` check of ``done`` did not compare them with the workers' already (an
+    image outside ECR of the region: its copy on this machine tells them), so that one
+    mismatch is one line. The scheduler's and the workers' share one AMI: one architecture."""
+    from flowrig.backends.aws.preflight.image import image_architectures
+    from flowrig.backends.aws.preflight.instances import ec2_type_checks
+
+    compared = any(check.name == "image-arch" and check.ok is not None for check in done)
+    held = () if compared or not plan.image else image_architectures(session, plan.image)[0]
+    checks = ec2_type_checks(session, options, held, plan.image or "")
+    worker = options.worker_instance_type or options.instance_type
+    scheduler = options.scheduler_instance_type or options.instance_type
+    if options.scheduler_address or scheduler == worker or any(c.ok is False for c in checks):
+        return checks
+    archs = {kind: worker_arch(session, kind) for kind in (worker, scheduler)}
+    if archs[worker] != archs[scheduler]:
+        checks.append(Check("instance-type", f"{scheduler}, {worker}", False,
+                            f"the scheduler's {scheduler} runs linux/{archs[scheduler]}, the workers' {worker} "
+                            f"linux/{archs[worker]}, and the run's VMs share one AMI and image",
+                            "choose instance types of one architecture"))
+    return checks
+
+
 def ec2_target(session: Session, plan: "PreflightPlan", options: "EC2Options") -> AwsTarget:
     """What a run of ``plan`` with ``options`` asks of AWS."""
     worker = options.worker_instance_type or options.instance_type
-    arch = architecture(worker)
+    arch = worker_arch(session, worker)
     services = ["ecr.api", "ecr.dkr", "s3"]
     if options.tls != "baked":
         services.append("secretsmanager")

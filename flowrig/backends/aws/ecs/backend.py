@@ -221,14 +221,17 @@ class _ECSBase(PoolBackend):
         return ECSRun(self, spec, options, launch, session, tags, resources, renewer)
 
     def cloud_preflight(self, plan: "PreflightPlan", options: ECSOptions) -> "list[Check]":
-        """The image, network, rights and Fargate quotas a run of ``plan`` needs (read-only)."""
+        """The image, network, rights, Fargate quotas and the workers' capacity provider a
+        run of ``plan`` needs (read-only)."""
         from flowrig.backends.aws import session as aws_session
-        from flowrig.backends.aws.ecs.preflight import ecs_target
+        from flowrig.backends.aws.ecs.preflight import capacity_preflight, ecs_target
         from flowrig.backends.aws.preflight import aws_checks
 
-        target = ecs_target(self.name, plan, options, self._launch(options, plan.allowed_environment))
-        return aws_checks(aws_session.session(options.region_name, access_key_id=options.aws_access_key_id,
-                                              secret_access_key=options.aws_secret_access_key), target)
+        launch = self._launch(options, plan.allowed_environment)
+        session = aws_session.session(options.region_name, access_key_id=options.aws_access_key_id,
+                                      secret_access_key=options.aws_secret_access_key)
+        return aws_checks(session, ecs_target(self.name, plan, options, launch)) + capacity_preflight(
+            session, plan, options, launch.fargate_workers)
 
     # --- steps of start -----------------------------------------------------------
     def _launch(self, options: ECSOptions, allowed: frozenset[str] = frozenset()) -> _Launch:

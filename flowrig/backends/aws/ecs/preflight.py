@@ -11,7 +11,8 @@ from flowrig.backends.aws.preflight.target import AwsTarget, PlannedCall, VcpuNe
 
 if TYPE_CHECKING:
     from flowrig.backends.aws.ecs.options import ECSOptions
-    from flowrig.backends.preflight import PreflightPlan
+    from flowrig.backends.aws.session import Session
+    from flowrig.backends.preflight import Check, PreflightPlan
 
 #: ``cpu_architecture`` -> the architecture as image platforms name it.
 ARCHITECTURES = {"X86_64": "amd64", "ARM64": "arm64"}
@@ -75,3 +76,16 @@ def ecs_target(backend: str, plan: "PreflightPlan", options: "ECSOptions", launc
         needs=fargate_needs(options, launch, plan.max_workers),
         calls=calls,
     )
+
+
+def capacity_preflight(session: "Session", plan: "PreflightPlan", options: "ECSOptions",
+                       fargate_workers: bool) -> "list[Check]":
+    """The workers' capacity provider and its instance types (none without one)."""
+    from flowrig.backends.aws.ecs.shapes import provider_instance_types
+    from flowrig.backends.aws.preflight.image import image_architectures
+    from flowrig.backends.aws.preflight.instances import capacity_checks
+
+    if not options.capacity_provider or fargate_workers:
+        return []
+    held = image_architectures(session, plan.image)[0] if plan.image and not options.cpu_architecture else ()
+    return capacity_checks(session, options, fargate_workers, held, plan.image or "", provider_instance_types)
