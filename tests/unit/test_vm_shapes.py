@@ -46,9 +46,10 @@ def spec(tls, run_id: str, **options) -> ClusterSpec:
 
 
 def refused(backend, world, tls, run_id: str, **options) -> str:
-    """The one-line BadInput of starting a run, after asserting nothing was created."""
+    """The one-line BadInput of starting a run (preflight off: these checks run always),
+    after asserting nothing was created."""
     with pytest.raises(BadInput) as info:
-        backend().start(spec(tls, run_id, **options))
+        backend().start(spec(tls, run_id, preflight=False, **options))
     assert info.value.exit_code == 2 and "\n" not in str(info.value)
     made = [call[0] for call in world.calls if call[0].endswith(CREATING)]
     assert made == [], made
@@ -284,3 +285,32 @@ def test_azure_sizes_the_runner_may_not_list_are_not_checked(azure, image_arch, 
     cloud = azure_launch("ag3")
     assert "the VM sizes are not checked" in caplog.text
     assert cloud.delete() == []
+
+
+def test_preflight_on_gcp_and_azure_lists_the_shape_check_and_makes_nothing(google, azure, image_arch):
+    from flowrig.backends.preflight import PreflightPlan
+
+    image_arch("amd64")
+    for backend, world, options, line in (
+        (GCPBackend, google, {**GCP_OPTIONS, "worker_machine_type": "t2a-standard-2"},
+         "[cluster.options] worker_machine_type = 't2a-standard-2' runs linux/arm64 but the image "
+         f"{IMAGE} is linux/amd64"),
+        (AzureBackend, azure, {**AZURE_OPTIONS, "worker_vm_size": "Standard_D2ps_v5"},
+         "[cluster.options] worker_vm_size = 'Standard_D2ps_v5' runs linux/arm64 but the image "
+         f"{IMAGE} is linux/amd64"),
+    ):
+        checks = backend().preflight(PreflightPlan(image=IMAGE, options=options))
+        assert [(c.name, c.ok) for c in checks] == [("machine-type", False), ("network", None)]
+        assert checks[0].line == line and checks[0].fix.startswith("use a ")
+        assert [c[0] for c in world.calls if c[0].endswith(CREATING)] == []
+        fits = backend().preflight(PreflightPlan(image=IMAGE, options={**options, **(
+            {"worker_machine_type": "e2-standard-2"} if backend is GCPBackend else {"worker_vm_size": "Standard_D2s_v5"})}))
+        assert [(c.name, c.ok) for c in fits] == [("machine-type", True), ("network", None)]
+
+
+def test_a_gcp_start_with_preflight_on_stops_at_the_shape_check(google, tls, image_arch):
+    with pytest.raises(BadInput) as info:
+        GCPBackend().start(spec(tls, "ggp", **GCP_OPTIONS, worker_gpu=1, source_image=DLVM))
+    assert str(info.value).startswith("preflight: 1 check failed, nothing was created; first: machine-type gcp: "
+                                      "[cluster.options] machine_type = 'n1-standard-1' has no GPU but worker_gpu = 1")
+    assert [c[0] for c in google.calls if c[0].endswith(CREATING)] == []

@@ -193,6 +193,23 @@ class VMBackend(PoolBackend):
                              self.name if options.spot else None)
         return scheduler_role(settings), worker
 
+    def cloud_preflight(self, plan: Any, options: Any) -> list[Any]:
+        """The run's machine types against its image and GPUs, as every start checks them
+        (:meth:`Cloud.check`, read-only); the network is not checked on this cloud."""
+        from flowrig.backends.preflight import Check
+        from flowrig.errors import BadInput
+
+        image = plan.image or ""
+        try:
+            self.make_cloud(plan.run_id, options).check(image)
+        except BadInput as exc:
+            line, _, fix = str(exc).rpartition(": ")
+            shape = Check("machine-type", self.name, False, line or fix, fix if line else "")
+        else:
+            shape = Check("machine-type", self.name, True, "the machine types exist, run the image's architecture "
+                          "as far as it is known here, and hold the workers' GPUs")
+        return [shape, Check("network", self.name, None, f"the network is not checked on {self.name}")]
+
     def open_run(self, spec: ClusterSpec, options: Any) -> VMRun:
         """The run's cloud (no API call yet)."""
         return VMRun(self, spec, options, self.make_cloud(spec.run_id, options))
