@@ -70,9 +70,10 @@ def check_builder(platforms: tuple[str, ...], *, buildkit: bool, client: str, mu
         )
     if len(platforms) > 1 and not multi_platform:
         raise BadInput(
-            "a multi-platform build needs the containerd image store (Docker's \"containerd-snapshotter\" "
-            "feature) or a buildx builder (docker buildx create --use), and this engine has neither: build one "
-            "platform per tag (flowrig build --platform linux/arm64 --tag NAME:TAG-arm64)"
+            "this engine keeps one platform per tag (it has no containerd image store): add --push with a tag "
+            "that names a registry (each platform is built and pushed, then an image index names them), enable "
+            "the containerd image store (Docker 24+'s \"containerd-snapshotter\" feature), or build one platform "
+            "per tag (flowrig build --platform linux/arm64 --tag NAME:TAG-arm64)"
         )
 
 

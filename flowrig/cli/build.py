@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from flowrig.builder.defaults import BASE_IMAGE
+
+if TYPE_CHECKING:
+    from flowrig.builder.build import BuildResult
 from flowrig.layout import TLS_BAKED
 
 
@@ -80,7 +83,8 @@ def build_command(
             "--platform",
             help="Build for linux/amd64 or linux/arm64 (Graviton), or both, comma-separated (needs BuildKit; "
             "another architecture than the engine's runs emulated, with qemu's binfmt handlers; both need the "
-            "containerd image store). Default: the engine's. The image's label org.flowrig.architecture names it.",
+            "containerd image store, or --push). Default: the engine's. The image's label "
+            "org.flowrig.architecture names it.",
         ),
     ] = None,
     gpu: Annotated[
@@ -91,6 +95,15 @@ def build_command(
             "nvidia-ml-py); the NVIDIA driver comes from the host. Label org.flowrig.gpu.",
         ),
     ] = None,
+    push: Annotated[
+        bool,
+        typer.Option(
+            "--push",
+            help="Push the image to the registry its --tag names. With several platforms and no containerd "
+            "image store, each platform is built and pushed as TAG-ARCH, then an image index TAG naming them "
+            "is made in the registry.",
+        ),
+    ] = False,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Build every step again.")
     ] = False,
@@ -100,7 +113,7 @@ def build_command(
 ) -> None:
     """Build the image of a flow project: runner, scheduler and worker in one."""
     _build(project, tag, base_image, tls, certs, pip_ca, context_only, no_cache, quiet, pip_netrc,
-           platform=platform, gpu=gpu)
+           platform=platform, gpu=gpu, push=push)
 
 
 def _build(
@@ -117,6 +130,7 @@ def _build(
     *,
     platform: str | None = None,
     gpu: str | None = None,
+    push: bool = False,
 ) -> None:
     from flowrig.builder.build import add_pip_ca, add_pip_netrc_mount, build, build_command
     from flowrig.builder.context import render_context, write_context
@@ -163,7 +177,44 @@ def _build(
         switch = "" if pip_netrc is None and not platforms else "DOCKER_BUILDKIT=1 "
         typer.echo(f"{switch}{shlex.join(command[:-1])}{nonce} {shlex.quote(command[-1])}")
         return
+    if push:
+        from flowrig.builder import publish
+
+        publish.reference(tag)  # a tag without a registry is refused before anything is built
+        if len(platforms) > 1 and not _holds_several_platforms():
+
+            def build_one(one: str, member: str) -> None:
+                part = render_context(project, tls_dir=certs, base_image=base_image, tls_mode=tls, platform=one,
+                                      gpu=gpu)
+                _report(build(part, member, pip_ca, quiet=quiet, no_cache=no_cache, pip_netrc=pip_netrc))
+
+            members = publish.build_each_and_index(_client(), tag, platforms, build_one)
+            typer.echo(f"pushed {tag}: an image index of {', '.join(members)}", err=True)
+            typer.echo(tag)
+            return
     result = build(context, tag, pip_ca, quiet=quiet, no_cache=no_cache, pip_netrc=pip_netrc)
+    _report(result)
+    if push:
+        from flowrig.builder import publish as published
+
+        published.push(_client(), tag)
+        typer.echo(f"pushed {tag}", err=True)
+    typer.echo(result.tag)
+
+
+def _client() -> str:
+    from flowrig.builder.build import detect_client
+
+    return detect_client().path
+
+
+def _holds_several_platforms() -> bool:
+    """Whether the engine keeps an image of several platforms under one tag (containerd store)."""
+    from flowrig.builder.platforms import containerd_store
+
+    return containerd_store(_client())
+
+
+def _report(result: "BuildResult") -> None:
     builder = "BuildKit" if result.buildkit else "legacy builder"
     typer.echo(f"built {result.tag} ({result.image_id[:19]}) in {result.seconds:.1f} s with {builder}", err=True)
-    typer.echo(result.tag)

@@ -45,7 +45,7 @@ def test_the_legacy_builder_is_refused_naming_buildx_and_labels_the_engines_arch
 
 def test_several_platforms_need_an_image_store_that_holds_them():
     both = render_context(SEED, platform="linux/amd64,linux/arm64")
-    with pytest.raises(BadInput, match="multi-platform build needs the containerd image store"):
+    with pytest.raises(BadInput, match="keeps one platform per tag.*add --push"):
         build_command(both, "t:1", "/ctx", buildkit=True)
     command = build_command(both, "t:1", "/ctx", buildkit=True, multi_platform=True)
     assert command[command.index("--platform") + 1] == "linux/amd64,linux/arm64"
@@ -110,3 +110,27 @@ def test_context_only_prints_a_buildkit_line_with_the_platform(tmp_path: Path):
                   str(tmp_path / "c"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("DOCKER_BUILDKIT=1 ") and "--platform linux/arm64" in done.stdout
+
+
+@pytest.mark.parametrize("tag, host, path, version, loopback", [
+    ("127.0.0.1:5000/seed:1", "127.0.0.1:5000", "seed", "1", True),
+    ("localhost:5000/team/seed", "localhost:5000", "team/seed", "latest", True),
+    ("123456789012.dkr.ecr.eu-west-1.amazonaws.com/seed:2", "123456789012.dkr.ecr.eu-west-1.amazonaws.com", "seed",
+     "2", False),
+    ("[::1]:5000/seed:3", "[::1]:5000", "seed", "3", True),
+    ("registry.example.com/a/b/seed:v1.2", "registry.example.com", "a/b/seed", "v1.2", False),
+])
+def test_a_push_tag_is_read_as_its_registry_reads_it(tag, host, path, version, loopback):
+    from flowrig.builder.publish import platform_tag, reference
+
+    ref = reference(tag)
+    assert (ref.host, ref.path, ref.tag, ref.loopback) == (host, path, version, loopback)
+    assert platform_tag(tag, "linux/arm64") == f"{host}/{path}:{version}-arm64"
+
+
+@pytest.mark.parametrize("tag", ["seed:1", "team/seed:1", "127.0.0.1:5000/seed@sha256:" + "0" * 64])
+def test_a_push_tag_without_a_registry_or_with_a_digest_is_bad_input(tag):
+    from flowrig.builder.publish import reference
+
+    with pytest.raises(BadInput, match="--push needs a tag that names its registry"):
+        reference(tag)
