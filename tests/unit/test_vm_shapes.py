@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+from googleapiclient.discovery import build as REAL_BUILD  # before the fixtures replace it
 
 from flowrig.backends.base import ClusterSpec
 from flowrig.backends.vm.azure import AzureBackend
@@ -118,6 +119,16 @@ def test_gcp_accelerator_cards_on_an_n1_worker_and_on_spot(google, image_arch):
     assert ("compute.acceleratorTypes.get", {"project": "proj-1", "zone": "europe-west1-b",
                                              "acceleratorType": "nvidia-tesla-t4"}) in google.calls
     assert cloud.delete() == []
+    # The reads are requests googleapiclient's real compute client builds from its discovery document.
+    from google.auth.credentials import AnonymousCredentials
+
+    compute = REAL_BUILD("compute", "v1", credentials=AnonymousCredentials(), cache_discovery=False)
+    reads = [(name, kwargs) for name, kwargs in google.calls if name in (
+        "compute.machineTypes.get", "compute.acceleratorTypes.get")]
+    assert {name for name, _ in reads} == {"compute.machineTypes.get", "compute.acceleratorTypes.get"}
+    for name, kwargs in reads:
+        request = getattr(compute, name.split(".")[1])().get(**kwargs)
+        assert request.uri.startswith("https://compute.googleapis.com/compute/v1/projects/proj-1/zones/"), name
 
 
 def test_gcp_each_vm_boots_ubuntu_of_its_machine_types_architecture(google, image_arch):
@@ -230,6 +241,12 @@ def test_azure_gpu_worker_on_an_n_series_size_and_arm_sizes_boot_arm_ubuntu(azur
     assert scheduler.hardware_profile.vm_size == "Standard_DS1_v2"
     assert ("compute.resource_skus.list", (), {"filter": "location eq 'westeurope'"}) in azure.calls
     assert cloud.delete() == []
+    # The call binds to the installed SDK's own method.
+    import inspect
+
+    from azure.mgmt.compute.operations import ResourceSkusOperations
+
+    inspect.signature(ResourceSkusOperations.list).bind(None, filter="location eq 'westeurope'")
 
     image_arch("arm64")
     cloud = azure_launch("ag2", vm_size="Standard_D2ps_v5")

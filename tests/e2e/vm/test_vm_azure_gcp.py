@@ -598,7 +598,7 @@ def test_every_google_call_is_one_the_shipped_discovery_documents_accept(google,
         checked.add(name)
     assert {"compute.instances.insert", "compute.firewalls.insert", "secretmanager.projects.secrets.setIamPolicy",
             "iam.projects.serviceAccounts.create", "compute.instances.list", "compute.zoneOperations.get",
-            "compute.zoneOperations.wait", "compute.globalOperations.wait",
+            "compute.zoneOperations.wait", "compute.globalOperations.wait", "compute.machineTypes.get",
             "artifactregistry.projects.locations.repositories.getIamPolicy",
             "artifactregistry.projects.locations.repositories.setIamPolicy"} <= checked
 
