@@ -45,19 +45,6 @@ def instance_lines(report: dict) -> list[tuple[str, str, bool | None]]:
         "instance-type", "capacity-provider")]
 
 
-def test_ec2_instance_types_that_fit_pass_and_json_lists_each(tmp_path, ec2_account):
-    image = push("both", "amd64", "arm64")
-    network = make_network()
-    done = preflight(ec2_account, ec2_project(tmp_path, network, image, instance_type="t3.medium",
-                                              worker_instance_type="g5.xlarge", worker_gpu=1), "--output", "json")
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(done.stdout)
-    assert report["ok"] is True
-    assert instance_lines(report) == [("instance-type", "g5.xlarge", True), ("instance-type", "t3.medium", True)]
-    [worker] = [c for c in report["checks"] if c["subject"] == "g5.xlarge"]
-    assert worker["line"] == "the worker's: linux/amd64, 1 GPU (NVIDIA A10G)"
-
-
 EC2_FAILURES = {
     "unknown type": ({"instance_type": "zz9.huge"}, ("amd64",),
                      "failed: instance-type zz9.huge: EC2 in us-east-1 knows no instance type among zz9.huge"),
@@ -73,8 +60,18 @@ EC2_FAILURES = {
 }
 
 
-def test_each_ec2_instance_type_failure_is_one_line_naming_the_fix(tmp_path, ec2_account):
+def test_ec2_instance_types_that_fit_pass_and_each_failure_is_one_line_naming_the_fix(tmp_path, ec2_account):
     network = make_network()
+    image = push("both", "amd64", "arm64")
+    done = preflight(ec2_account, ec2_project(tmp_path, network, image, instance_type="t3.medium",
+                                              worker_instance_type="g5.xlarge", worker_gpu=1), "--output", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] is True
+    assert instance_lines(report) == [("instance-type", "g5.xlarge", True), ("instance-type", "t3.medium", True)]
+    [worker] = [c for c in report["checks"] if c["subject"] == "g5.xlarge"]
+    assert worker["line"] == "the worker's: linux/amd64, 1 GPU (NVIDIA A10G)"
+
     images = {archs: push("-".join(archs), *archs) for archs in {archs for _, archs, _ in EC2_FAILURES.values()}}
     for case, (options, archs, words) in EC2_FAILURES.items():
         image = images[archs]
@@ -82,6 +79,12 @@ def test_each_ec2_instance_type_failure_is_one_line_naming_the_fix(tmp_path, ec2
         assert done.returncode == 2, (case, done.stdout + done.stderr)
         [line] = failed_lines(done)
         assert line.startswith(words), (case, line)
+    # In JSON: the one failed check, its line and its fix apart.
+    report = json.loads(preflight(ec2_account, ec2_project(tmp_path, network, images[("amd64",)], **EC2_FAILURES[
+        "no gpu"][0]), "--output", "json").stdout)
+    [failed] = [c for c in report["checks"] if c["ok"] is False]
+    assert report["ok"] is False and (failed["name"], failed["subject"]) == ("instance-type", "t3.large")
+    assert failed["fix"] == "use a GPU instance type (g5.xlarge, g6.xlarge for amd64), or lower worker_gpu"
 
 
 # --- ecs: the workers' capacity provider ------------------------------------------------------------
