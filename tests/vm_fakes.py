@@ -304,7 +304,8 @@ def http_error(status: int, message: str):
     return HttpError(httplib2.Response({"status": status}), json.dumps({"error": {"message": message}}).encode())
 
 
-_METHODS = {"get", "list", "insert", "delete", "create", "addVersion", "getIamPolicy", "setIamPolicy", "wait"}
+_METHODS = {"get", "list", "insert", "delete", "create", "addVersion", "getIamPolicy", "setIamPolicy", "wait",
+            "getFromFamily"}
 
 
 class _Request:
@@ -417,6 +418,15 @@ class GoogleWorld:
             raise http_error(404, f"The resource 'projects/{project}/zones/{zone}/machineTypes/{machineType}' "
                                   "was not found")
         return self.machine_types[machineType]
+
+    def compute_images_getFromFamily(self, project, family):
+        arch = {"arm64": "ARM64", "amd64": "X86_64"}.get(family.rsplit("-", 1)[-1], "X86_64")
+        if family.startswith("no-such"):
+            raise http_error(404, f"The resource 'projects/{project}/global/images/family/{family}' was not found")
+        return {"name": f"{family}-v1", "family": family, "architecture": arch}
+
+    def compute_images_get(self, project, image):
+        return {"name": image, "architecture": "ARM64" if "arm64" in image else "X86_64"}
 
     def compute_acceleratorTypes_get(self, project, zone, acceleratorType):
         if acceleratorType not in self.accelerator_types:

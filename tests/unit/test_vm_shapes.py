@@ -124,11 +124,13 @@ def test_gcp_accelerator_cards_on_an_n1_worker_and_on_spot(google, image_arch):
 
     compute = REAL_BUILD("compute", "v1", credentials=AnonymousCredentials(), cache_discovery=False)
     reads = [(name, kwargs) for name, kwargs in google.calls if name in (
-        "compute.machineTypes.get", "compute.acceleratorTypes.get")]
-    assert {name for name, _ in reads} == {"compute.machineTypes.get", "compute.acceleratorTypes.get"}
+        "compute.machineTypes.get", "compute.acceleratorTypes.get", "compute.images.getFromFamily")]
+    assert {name for name, _ in reads} == {"compute.machineTypes.get", "compute.acceleratorTypes.get",
+                                           "compute.images.getFromFamily"}
     for name, kwargs in reads:
-        request = getattr(compute, name.split(".")[1])().get(**kwargs)
-        assert request.uri.startswith("https://compute.googleapis.com/compute/v1/projects/proj-1/zones/"), name
+        _, resource, method = name.split(".")
+        request = getattr(getattr(compute, resource)(), method)(**kwargs)
+        assert request.uri.startswith("https://compute.googleapis.com/compute/v1/projects/"), name
 
 
 def test_gcp_each_vm_boots_ubuntu_of_its_machine_types_architecture(google, image_arch):
@@ -178,6 +180,14 @@ GCP_REFUSALS = {
                               f"image {IMAGE} is linux/amd64: use a machine type for amd64 (n2-standard-2, "
                               "e2-standard-2), or build the image with flowrig build --platform linux/arm64"),
     "amd64 type, arm image": ({}, "arm64", "[cluster.options] machine_type = 'n1-standard-1' runs linux/amd64 but"),
+    "arm boot image, amd64 types": ({"source_image": "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-arm64"},
+                                    None, "[cluster.options] source_image = 'projects/ubuntu-os-cloud/global/images/"
+                                    "family/ubuntu-2404-lts-arm64' is a linux/arm64 image but the scheduler's machine "
+                                    "type n1-standard-1 runs linux/amd64: use a boot image for amd64 (or leave "
+                                    "source_image out), or machine types for arm64 (t2a-standard-2, c4a-standard-2)"),
+    "no such boot image": ({"source_image": "projects/team/global/images/family/no-such-family"}, None,
+                           "[cluster.options] source_image = 'projects/team/global/images/family/no-such-family' does "
+                           "not exist (or is not shared with the project)"),
     "one boot image, two archs": ({"worker_machine_type": "t2a-standard-2", "source_image": DLVM}, None,
                                   "[cluster.options] the scheduler's n1-standard-1 and the workers' t2a-standard-2 "
                                   "run different architectures, and source_image is one boot image"),

@@ -12,6 +12,7 @@ exit 2, whether or not the preflight checks are on. Read-only calls only.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -27,6 +28,9 @@ DEFAULT_IMAGES = {"amd64": "projects/ubuntu-os-cloud/global/images/family/ubuntu
                   "arm64": "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-arm64"}
 #: Machine types to name in a fix, by architecture.
 EXAMPLES = {"amd64": "n2-standard-2, e2-standard-2", "arm64": "t2a-standard-2, c4a-standard-2"}
+#: ``[URL/]projects/P/global/images/[family/]NAME``: a boot image, or an image family's newest.
+_IMAGE = re.compile(r"^(?:https://[^/]+/compute/v1/)?projects/(?P<project>[^/]+)/global/images/"
+                    r"(?:family/(?P<family>[^/]+)|(?P<image>[^/]+))$")
 GPU_IMAGE_EXAMPLE = "projects/deeplearning-platform-release/global/images/family/common-cu124-debian-11"
 GPU_EXAMPLES = "g2-standard-4 (1 nvidia-l4), or n1-standard-4 with accelerator_type = 'nvidia-tesla-t4'"
 
@@ -230,7 +234,47 @@ def check_run(compute: Any, project: str, zone: str, options: Any, image: str) -
             "different architectures, and source_image is one boot image: choose machine types of one "
             "architecture, or leave source_image out (each VM then boots Ubuntu of its own)"
         )
+    check_boot_image(compute, options, archs, kinds)
     return archs
+
+
+def boot_image_arch(compute: Any, source_image: str) -> str:
+    """The architecture of ``source_image`` (``images.get`` or ``getFromFamily``); empty
+    when its name is of another form, it does not say, or it may not be read.
+
+    Raises
+    ------
+    BadInput
+        The image or family does not exist.
+    """
+    match = _IMAGE.match(source_image)
+    if not match:
+        return ""
+    images = compute.images()
+    request = (images.getFromFamily(project=match["project"], family=match["family"]) if match["family"]
+               else images.get(project=match["project"], image=match["image"]))
+    answer = _read(request, f"reading boot image {source_image}",
+                   f"[cluster.options] source_image = {source_image!r} does not exist (or is not shared with "
+                   "the project): name an image or image family of a project the run may use")
+    return PLATFORM_ARCH.get(str((answer or {}).get("architecture", "")), "")
+
+
+def check_boot_image(compute: Any, options: Any, archs: Mapping[str, str], kinds: Mapping[str, str]) -> None:
+    """Refuse a ``source_image`` of another architecture than the roles' machine types.
+
+    Raises
+    ------
+    BadInput
+        Naming the image's architecture, the machine type, and the fix.
+    """
+    held = boot_image_arch(compute, options.source_image) if options.source_image else ""
+    for role, arch in archs.items():
+        if held and arch and arch != held:
+            raise BadInput(
+                f"[cluster.options] source_image = {options.source_image!r} is a linux/{held} image but the "
+                f"{role}'s machine type {kinds[role]} runs linux/{arch}: use a boot image for {arch} (or leave "
+                f"source_image out), or machine types for {held} ({EXAMPLES.get(held, '')})"
+            )
 
 
 def boot_image(source_image: str | None, arch: str) -> str:
