@@ -73,6 +73,10 @@ class AzureWorld:
         #: ARM's long-running operation does when it finds no capacity: one each.
         self.allocation_failures: list[tuple[str, str]] = []
         self.failed_vms: dict[str, tuple[str, str]] = {}
+        #: The location's marketplace images: ``(publisher, offer, sku) -> architecture``.
+        self.images = {("Canonical", "ubuntu-24_04-lts", "server"): "x64",
+                       ("Canonical", "ubuntu-24_04-lts", "server-arm64"): "Arm64",
+                       ("microsoft-dsvm", "ubuntu-hpc", "2204"): "x64"}
         #: The location's VM sizes: ``name -> (CpuArchitectureType, GPUs, barred from the subscription)``.
         self.sizes = {"Standard_DS1_v2": ("x64", 0, False), "Standard_D2s_v5": ("x64", 0, False),
                       "Standard_D4s_v5": ("x64", 0, False), "Standard_D2ps_v5": ("Arm64", 0, False),
@@ -179,6 +183,24 @@ class FakeCompute:
         self.virtual_machines.begin_delete = delete_vm
         self.virtual_machines.instance_view = self.instance_view
         self.resource_skus = SimpleNamespace(list=self.list_skus)
+        self.virtual_machine_images = SimpleNamespace(list=self.list_images, get=self.get_image)
+
+    def list_images(self, location, publisher_name, offer, skus, *, expand=None, top=None, orderby=None):
+        from azure.mgmt.compute.models import VirtualMachineImageResource
+
+        self.world.call("compute.virtual_machine_images.list", location, publisher_name, offer, skus, top=top,
+                        orderby=orderby)
+        known = (publisher_name, offer, skus) in self.world.images
+        return [VirtualMachineImageResource({"name": "24.04.202611010", "location": location})] if known else []
+
+    def get_image(self, location, publisher_name, offer, skus, version):
+        from azure.mgmt.compute.models import VirtualMachineImage
+
+        self.world.call("compute.virtual_machine_images.get", location, publisher_name, offer, skus, version)
+        if (publisher_name, offer, skus) not in self.world.images:
+            raise azure_error(404, "ImageNotFound")
+        return VirtualMachineImage({"name": version, "location": location, "properties": {
+            "architecture": self.world.images[(publisher_name, offer, skus)]}})
 
     def list_skus(self, *, filter=None, include_extended_locations=None):
         """The location's VM sizes, as the SDK's own models (``location eq '...'`` only)."""

@@ -257,6 +257,13 @@ def test_azure_gpu_worker_on_an_n_series_size_and_arm_sizes_boot_arm_ubuntu(azur
     from azure.mgmt.compute.operations import ResourceSkusOperations
 
     inspect.signature(ResourceSkusOperations.list).bind(None, filter="location eq 'westeurope'")
+    from azure.mgmt.compute.operations import VirtualMachineImagesOperations as Images
+
+    for name, args, kwargs in azure.calls:
+        if name.startswith("compute.virtual_machine_images."):
+            inspect.signature(getattr(Images, name.rsplit(".", 1)[1])).bind(None, *args, **kwargs)
+    assert [c[1] for c in azure.calls if c[0] == "compute.virtual_machine_images.get"][0] == (
+        "westeurope", "microsoft-dsvm", "ubuntu-hpc", "2204", "24.04.202611010")
 
     image_arch("arm64")
     cloud = azure_launch("ag2", vm_size="Standard_D2ps_v5")
@@ -284,6 +291,14 @@ AZURE_REFUSALS = {
                               f"[cluster.options] worker_vm_size = 'Standard_D2ps_v5' runs linux/arm64 but the image "
                               f"{IMAGE} is linux/amd64: use a VM size for amd64 (e.g. Standard_D2s_v5), or build the "
                               "image with flowrig build --platform linux/arm64"),
+    "arm image, amd64 sizes": ({"vm_image": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts",
+                                             "sku": "server-arm64", "version": "latest"}}, None,
+                               "[cluster.options] vm_image is a linux/arm64 image but the scheduler's size "
+                               "Standard_DS1_v2 runs linux/amd64: use an image for amd64 (or leave vm_image out), or "
+                               "sizes for arm64 (e.g. Standard_D2ps_v5)"),
+    "no such image": ({"vm_image": {"publisher": "nobody", "offer": "nothing", "sku": "x", "version": "latest"}},
+                      None, "[cluster.options] vm_image = {'publisher': 'nobody', 'offer': 'nothing', 'sku': 'x', "
+                      "'version': 'latest'} is not an image of location westeurope"),
     "one image, two archs": ({"worker_vm_size": "Standard_D2ps_v5", "vm_image": GPU_IMAGE}, None,
                              "[cluster.options] the scheduler's Standard_DS1_v2 and the workers' Standard_D2ps_v5 run "
                              "different architectures, and vm_image is one image"),

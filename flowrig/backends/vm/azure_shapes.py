@@ -197,7 +197,68 @@ def check_run(compute: Any, location: str, options: Any, image: str) -> dict[str
             "different architectures, and vm_image is one image: choose sizes of one architecture, or leave "
             "vm_image out (each VM then gets Ubuntu of its own)"
         )
+    check_image(compute, options, archs, sizes)
     return archs
+
+
+def image_arch(compute: Any, location: str, vm_image: Mapping[str, str]) -> str:
+    """The architecture of a marketplace ``vm_image`` in ``location`` (its ``latest``
+    version's); empty for an image by ``id``, one that does not say, or one the runner
+    may not read.
+
+    Raises
+    ------
+    BadInput
+        No such image in the location.
+    """
+    from azure.core.exceptions import HttpResponseError
+
+    keys = ("publisher", "offer", "sku")
+    if not all(vm_image.get(key) for key in keys):
+        return ""
+    publisher, offer, sku = (vm_image[key] for key in keys)
+    version = vm_image.get("version") or "latest"
+    missing = BadInput(
+        f"[cluster.options] vm_image = {dict(vm_image)} is not an image of location {location}: name one "
+        f"`az vm image list --location {location} --publisher {publisher} --offer {offer} --sku {sku} --all` lists"
+    )
+    images = compute.virtual_machine_images
+    try:
+        with azure_errors(f"reading image {publisher}:{offer}:{sku}:{version}"):
+            if version == "latest":
+                newest = list(images.list(location, publisher, offer, sku, top=1, orderby="name desc"))
+                if not newest:
+                    raise missing
+                version = str(newest[0].name)
+            image = images.get(location, publisher, offer, sku, version)
+    except InfrastructureError as exc:
+        cause = exc.__context__
+        if isinstance(cause, HttpResponseError) and cause.status_code == 404:
+            raise missing from None
+        if isinstance(cause, HttpResponseError) and error_code(cause) in _DENIED:
+            logger.warning("the image's architecture is not checked: reading it was refused (%s)", error_code(cause))
+            return ""
+        raise
+    arch = getattr(image.properties, "architecture", None) if image.properties else None
+    return PLATFORM_ARCH.get(str(getattr(arch, "value", arch) or "").lower(), "")
+
+
+def check_image(compute: Any, options: Any, archs: Mapping[str, str], sizes: Mapping[str, str]) -> None:
+    """Refuse a ``vm_image`` of another architecture than the roles' sizes.
+
+    Raises
+    ------
+    BadInput
+        Naming the image's architecture, the size, and the fix.
+    """
+    held = image_arch(compute, options.location, options.vm_image) if options.vm_image else ""
+    for role, arch in archs.items():
+        if held and arch and arch != held:
+            raise BadInput(
+                f"[cluster.options] vm_image is a linux/{held} image but the {role}'s size {sizes[role]} runs "
+                f"linux/{arch}: use an image for {arch} (or leave vm_image out), or sizes for {held} "
+                f"(e.g. {EXAMPLES.get(held, '')})"
+            )
 
 
 def image_reference(vm_image: Mapping[str, str] | None, arch: str) -> dict[str, str]:
