@@ -22,7 +22,8 @@ class Check:
     ----------
     name
         What kind of check: ``image``, ``image-arch``, ``network``, ``endpoint``,
-        ``security-group``, ``rights``, ``quota``, ``engine``.
+        ``security-group``, ``rights``, ``quota``, ``instance-type``, ``capacity-provider``,
+        ``machine-type``, ``engine``.
     subject
         What was checked (``subnet-0a1b``, ``ecs:RunTask``, the image's name).
     ok

@@ -144,6 +144,8 @@ def _build(
 
     platforms = parse_platforms(platform)
     gpu_requirements(gpu)
+    if push and context_only is not None:
+        raise BadInput("--push builds and pushes, --context-only writes the context without building: use one")
     context = render_context(project, tls_dir=certs, base_image=base_image, tls_mode=tls,
                              platform=",".join(platforms) or None, gpu=gpu)
     for path in context.skipped:

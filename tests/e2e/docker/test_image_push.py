@@ -117,3 +117,5 @@ def test_several_platforms_without_push_or_a_registry_are_exit_2_before_anything
     [line] = done.stderr.strip().splitlines()
     assert line == ("flowrig: error: --push needs a tag that names its registry, e.g. 127.0.0.1:5000/seed:1 or "
                     "ACCOUNT.dkr.ecr.REGION.amazonaws.com/seed:1 (not 'seed:1')")
+    done = invoke("build", str(SEED), "--tag", "127.0.0.1:5000/seed:1", "--push", "--context-only", "/tmp/never")
+    assert done.returncode == 2 and "use one" in done.stderr
