@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from tests.docker_support import test_base_image as base_image
 from tests.e2e.aws.test_preflight import REGISTRY, account, failed_lines, make_network, preflight  # noqa: F401
 from tests.e2e.aws.test_worker_shapes import capacity_provider, push
 from tests.iam_simulate import quota_answer
@@ -79,6 +80,14 @@ def test_ec2_instance_types_that_fit_pass_and_each_failure_is_one_line_naming_th
         assert done.returncode == 2, (case, done.stdout + done.stderr)
         [line] = failed_lines(done)
         assert line.startswith(words), (case, line)
+    # An image outside ECR: its copy on this machine's engine (the base image, amd64) tells its architecture.
+    local = base_image()
+    done = preflight(ec2_account, ec2_project(tmp_path, network, local, instance_type="t4g.medium"))
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = failed_lines(done)
+    assert line == (f"failed: instance-type t4g.medium: [cluster.options] instance_type = t4g.medium runs linux/arm64 "
+                    f"but the image {local} is linux/amd64: use an instance type for amd64, or build the image with "
+                    "flowrig build --platform linux/arm64")
     # In JSON: the one failed check, its line and its fix apart.
     report = json.loads(preflight(ec2_account, ec2_project(tmp_path, network, images[("amd64",)], **EC2_FAILURES[
         "no gpu"][0]), "--output", "json").stdout)
