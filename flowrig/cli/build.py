@@ -14,10 +14,23 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from flowrig.builder.defaults import BASE_IMAGE
+from flowrig.layout import TLS_BAKED
 
 if TYPE_CHECKING:
+    from typing import Callable
+
     from flowrig.builder.build import BuildResult
-from flowrig.layout import TLS_BAKED
+
+#: ``--push``, declared apart: the command's signature is long enough.
+PushOption = Annotated[
+    bool,
+    typer.Option(
+        "--push",
+        help="Push the image to the registry its --tag names. With several platforms and no containerd "
+        "image store, each platform is built and pushed as TAG-ARCH, then an image index TAG naming them "
+        "is made in the registry.",
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -95,21 +108,9 @@ def build_command(
             "nvidia-ml-py); the NVIDIA driver comes from the host. Label org.flowrig.gpu.",
         ),
     ] = None,
-    push: Annotated[
-        bool,
-        typer.Option(
-            "--push",
-            help="Push the image to the registry its --tag names. With several platforms and no containerd "
-            "image store, each platform is built and pushed as TAG-ARCH, then an image index TAG naming them "
-            "is made in the registry.",
-        ),
-    ] = False,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Build every step again.")
-    ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Do not stream Docker's output.")
-    ] = False,
+    push: PushOption = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Build every step again.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not stream Docker's output.")] = False,
 ) -> None:
     """Build the image of a flow project: runner, scheduler and worker in one."""
     _build(project, tag, base_image, tls, certs, pip_ca, context_only, no_cache, quiet, pip_netrc,
@@ -179,29 +180,32 @@ def _build(
         switch = "" if pip_netrc is None and not platforms else "DOCKER_BUILDKIT=1 "
         typer.echo(f"{switch}{shlex.join(command[:-1])}{nonce} {shlex.quote(command[-1])}")
         return
+
+    def build_one(one: str | None, into: str) -> None:
+        part = context if one is None else render_context(
+            project, tls_dir=certs, base_image=base_image, tls_mode=tls, platform=one, gpu=gpu)
+        _report(build(part, into, pip_ca, quiet=quiet, no_cache=no_cache, pip_netrc=pip_netrc))
+
     if push:
-        from flowrig.builder import publish
+        _build_and_push(tag, platforms, build_one)
+    else:
+        build_one(None, tag)
+    typer.echo(tag)
 
-        publish.reference(tag)  # a tag without a registry is refused before anything is built
-        if len(platforms) > 1 and not _holds_several_platforms():
 
-            def build_one(one: str, member: str) -> None:
-                part = render_context(project, tls_dir=certs, base_image=base_image, tls_mode=tls, platform=one,
-                                      gpu=gpu)
-                _report(build(part, member, pip_ca, quiet=quiet, no_cache=no_cache, pip_netrc=pip_netrc))
+def _build_and_push(tag: str, platforms: tuple[str, ...], build_one: "Callable[[str | None, str], None]") -> None:
+    """Build and push ``tag``: with several platforms on an engine that keeps one per tag,
+    each as ``TAG-ARCH``, then the index ``tag`` of them in the registry."""
+    from flowrig.builder import publish
 
-            members = publish.build_each_and_index(_client(), tag, platforms, build_one)
-            typer.echo(f"pushed {tag}: an image index of {', '.join(members)}", err=True)
-            typer.echo(tag)
-            return
-    result = build(context, tag, pip_ca, quiet=quiet, no_cache=no_cache, pip_netrc=pip_netrc)
-    _report(result)
-    if push:
-        from flowrig.builder import publish as published
-
-        published.push(_client(), tag)
-        typer.echo(f"pushed {tag}", err=True)
-    typer.echo(result.tag)
+    publish.reference(tag)  # a tag without a registry is refused before anything is built
+    if len(platforms) > 1 and not _holds_several_platforms():
+        members = publish.build_each_and_index(_client(), tag, platforms, build_one)
+        typer.echo(f"pushed {tag}: an image index of {', '.join(members)}", err=True)
+        return
+    build_one(None, tag)
+    publish.push(_client(), tag)
+    typer.echo(f"pushed {tag}", err=True)
 
 
 def _client() -> str:
