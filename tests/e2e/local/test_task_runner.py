@@ -229,6 +229,12 @@ def _api_free():
             return self
 
         def __exit__(self, *exc):
+            from flowrig.internals.prefect_engine import drain_reporting
+
+            # As a run does before its API stops (flowrig.run.flow_call): the flow's last
+            # log lines, left for a closed port, would be retried for a minute by whatever
+            # drains Prefect's services in this process next.
+            drain_reporting()
             self.settings.__exit__(*exc)
             self.api.stop()
 
