@@ -209,6 +209,18 @@ def test_nothing_is_tokenised_and_a_map_is_one_submission(tls):
     assert tokenize_calls.call_count == 0
     # The run's payload, the task object, and the map itself.
     assert graph_calls.call_count == 3
+    _assert_nothing_held_for_a_stopped_api()
+
+
+def _assert_nothing_held_for_a_stopped_api() -> None:
+    """Prefect's log and event services of this process hold nothing more: what a flow
+    left for an API that has stopped would be retried for a minute by the next drain."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        _, pending = service.drain_all(timeout=5)
+        assert not pending, service.__name__
 
 
 def _api_free():
