@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from figures import Figures
+
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "examples" / "seed"
 PARAM = "x=[0,1,2,3,4,5,6,7,8,9]"
@@ -59,14 +61,9 @@ def double(x: int) -> int:
 def scale(n: int = 10) -> int:
     return sum(double.map(range(n)).result())
 """
-FIGURES: list[dict] = []
-
-
-def figure(name: str, value: float, unit: str, runs: list[float], floor: float | None = None,
-           target: str | None = None, note: str = "") -> None:
-    FIGURES.append({"figure": name, "value": round(value, 4), "unit": unit, "floor": floor,
-                    "ratio": round(value / floor, 4) if floor else None, "target": target,
-                    "runs": [round(r, 4) for r in runs], "note": note})
+#: Every figure measured, for ``--json`` (the benchmarks' common output contract).
+FIGURES = Figures()
+figure = FIGURES.add
 
 
 def environment(code: Path | None = None) -> dict[str, str]:
@@ -235,7 +232,7 @@ def main() -> None:
         require_image(args.image)
         seed_main(args)
     if args.json:
-        args.json.write_text(json.dumps(FIGURES, indent=1) + "\n")
+        FIGURES.write(args.json)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from plain_tls import install as install_plain_tls
 from prefect_server import start_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,23 +47,16 @@ N_WORKERS = 2  # what the seed's sizing hook gives for ten items
 PLAIN_DASK = textwrap.dedent(
     """
     import sys
-    from distributed import Client, LocalCluster
-    from distributed.security import Security
+    from distributed import Client
+    from plain_tls import security, tls_cluster
 
     def times_two(x):
         return x * 2
 
     if __name__ == "__main__":
         certs = sys.argv[1]
-        sec = Security(
-            tls_ca_file=f"{certs}/ca.crt", tls_client_cert=f"{certs}/tls.crt",
-            tls_client_key=f"{certs}/tls.key", tls_scheduler_cert=f"{certs}/tls.crt",
-            tls_scheduler_key=f"{certs}/tls.key", tls_worker_cert=f"{certs}/tls.crt",
-            tls_worker_key=f"{certs}/tls.key", require_encryption=True,
-        )
-        with LocalCluster(n_workers=%(n)d, threads_per_worker=1, protocol="tls://",
-                          security=sec, host="127.0.0.1", dashboard_address=":0") as cluster:
-            with Client(cluster, security=sec) as client:
+        with tls_cluster(certs, %(n)d) as cluster:
+            with Client(cluster, security=security(certs)) as client:
                 doubled = client.map(times_two, %(x)r)
                 total = client.submit(sum, doubled).result()
         assert total == 90, total
@@ -73,17 +67,11 @@ PREFECT_DASK = textwrap.dedent(
     """
     import sys
     from distributed import LocalCluster
-    from distributed.security import Security
+    from plain_tls import cluster_kwargs, security
     from prefect import flow, task
     from prefect_dask import DaskTaskRunner
 
-    certs = sys.argv[1]
-    sec = Security(
-        tls_ca_file=f"{certs}/ca.crt", tls_client_cert=f"{certs}/tls.crt",
-        tls_client_key=f"{certs}/tls.key", tls_scheduler_cert=f"{certs}/tls.crt",
-        tls_scheduler_key=f"{certs}/tls.key", tls_worker_cert=f"{certs}/tls.crt",
-        tls_worker_key=f"{certs}/tls.key", require_encryption=True,
-    )
+    sec = security(sys.argv[1])
 
     @task
     def times_two(x: int) -> int:
@@ -95,8 +83,7 @@ PREFECT_DASK = textwrap.dedent(
 
     @flow(task_runner=DaskTaskRunner(
         cluster_class=LocalCluster,
-        cluster_kwargs={"n_workers": %(n)d, "threads_per_worker": 1, "protocol": "tls://",
-                        "security": sec, "host": "127.0.0.1", "dashboard_address": ":0"},
+        cluster_kwargs=cluster_kwargs(sec, %(n)d),
         client_kwargs={"security": sec},
     ))
     def seed(x: list[int]) -> int:
@@ -180,6 +167,7 @@ def main() -> None:
                    check=True, capture_output=True)
     (work / "plain_dask.py").write_text(PLAIN_DASK)
     (work / "prefect_dask_defaults.py").write_text(PREFECT_DASK)
+    install_plain_tls(work)
     sides, envs = _sides(args, work, certs)
 
     # One untimed run of each warms the OS page cache and flowrig's Prefect database template.

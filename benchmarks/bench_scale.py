@@ -50,6 +50,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from figures import Figures
+from plain_tls import install as install_plain_tls
 from prefect_server import start_server
 from scale_patterns import FLOW as PATTERNS_FLOW
 from scale_patterns import PATTERNS, expected, plain_script, target
@@ -58,14 +60,8 @@ from server_runs import ServerBench, measure_server
 WORKERS = 3
 
 #: Every figure measured, for ``--json`` (the benchmarks' common output contract).
-FIGURES: list[dict] = []
-
-
-def figure(name: str, value: float, unit: str, runs: list[float], floor: float | None = None,
-           target: str | None = None, note: str = "") -> None:
-    FIGURES.append({"figure": name, "value": round(value, 4), "unit": unit, "floor": floor,
-                    "ratio": round(value / floor, 4) if floor else None, "target": target,
-                    "runs": [round(r, 4) for r in runs], "note": note})
+FIGURES = Figures()
+figure = FIGURES.add
 
 FLOW = textwrap.dedent(
     """
@@ -85,8 +81,8 @@ FLOW = textwrap.dedent(
 PLAIN = textwrap.dedent(
     """
     import json, sys
-    from distributed import Client, LocalCluster
-    from distributed.security import Security
+    from distributed import Client
+    from plain_tls import security, tls_cluster
 
     def double(x):
         return 2 * x
@@ -95,15 +91,8 @@ PLAIN = textwrap.dedent(
         certs, n, xs_file, over_list = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
         xs = json.load(open(xs_file)) if xs_file != "-" else None
         items = xs if over_list else range(n)
-        sec = Security(
-            tls_ca_file=f"{certs}/ca.crt", tls_client_cert=f"{certs}/tls.crt",
-            tls_client_key=f"{certs}/tls.key", tls_scheduler_cert=f"{certs}/tls.crt",
-            tls_scheduler_key=f"{certs}/tls.key", tls_worker_cert=f"{certs}/tls.crt",
-            tls_worker_key=f"{certs}/tls.key", require_encryption=True,
-        )
-        with LocalCluster(n_workers=%(workers)d, threads_per_worker=1, protocol="tls://", security=sec,
-                          host="127.0.0.1", dashboard_address=":0") as cluster:
-            with Client(cluster, security=sec) as client:
+        with tls_cluster(certs, %(workers)d) as cluster:
+            with Client(cluster, security=security(certs)) as client:
                 print(client.submit(sum, client.map(double, items)).result())
     """
 ) % {"workers": WORKERS}
@@ -346,6 +335,7 @@ def main() -> None:
         f'flow = "flow.py:scale"\n\n[cluster]\nn_workers = {WORKERS}\nmax_workers = {WORKERS}\n'
     )
     (work / "plain.py").write_text(PLAIN)
+    install_plain_tls(work)
     (work / "patterns").mkdir()
     (work / "patterns" / "flow.py").write_text(PATTERNS_FLOW)
     (work / "patterns" / "flowrig.toml").write_text(
@@ -400,7 +390,7 @@ def main() -> None:
 
 def write_json(path: Path | None) -> None:
     if path is not None:
-        path.write_text(json.dumps(FIGURES, indent=1) + "\n")
+        FIGURES.write(path)
 
 
 if __name__ == "__main__":

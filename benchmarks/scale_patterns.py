@@ -72,8 +72,8 @@ PLAIN = textwrap.dedent(
     """
     import sys
     import distributed
-    from distributed import Client, LocalCluster
-    from distributed.security import Security
+    from distributed import Client
+    from plain_tls import security, tls_cluster
 
     def double(x):
         return 2 * x
@@ -103,15 +103,8 @@ PLAIN = textwrap.dedent(
 
     if __name__ == "__main__":
         certs, n, pattern = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-        sec = Security(
-            tls_ca_file=f"{certs}/ca.crt", tls_client_cert=f"{certs}/tls.crt",
-            tls_client_key=f"{certs}/tls.key", tls_scheduler_cert=f"{certs}/tls.crt",
-            tls_scheduler_key=f"{certs}/tls.key", tls_worker_cert=f"{certs}/tls.crt",
-            tls_worker_key=f"{certs}/tls.key", require_encryption=True,
-        )
-        with LocalCluster(n_workers=%(workers)d, threads_per_worker=1, protocol="tls://", security=sec,
-                          host="127.0.0.1", dashboard_address=":0") as cluster:
-            with Client(cluster, security=sec) as client:
+        with tls_cluster(certs, %(workers)d) as cluster:
+            with Client(cluster, security=security(certs)) as client:
                 print(run(client, pattern, range(n)))
     """
 )

@@ -33,13 +33,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from plain_tls import install as install_plain_tls
+
 WORKERS = 3
 
 PREFECT_DASK = textwrap.dedent(
     """
     import sys
     from distributed import LocalCluster
-    from distributed.security import Security
+    from plain_tls import cluster_kwargs, security
     from prefect import flow, task
     from prefect_dask import DaskTaskRunner
 
@@ -49,17 +51,9 @@ PREFECT_DASK = textwrap.dedent(
 
     if __name__ == "__main__":
         certs, n = sys.argv[1], int(sys.argv[2])
-        sec = Security(
-            tls_ca_file=f"{certs}/ca.crt", tls_client_cert=f"{certs}/tls.crt",
-            tls_client_key=f"{certs}/tls.key", tls_scheduler_cert=f"{certs}/tls.crt",
-            tls_scheduler_key=f"{certs}/tls.key", tls_worker_cert=f"{certs}/tls.crt",
-            tls_worker_key=f"{certs}/tls.key", require_encryption=True,
-        )
-        runner = DaskTaskRunner(
-            cluster_class=LocalCluster, client_kwargs={"security": sec},
-            cluster_kwargs=dict(n_workers=%(workers)d, threads_per_worker=1, protocol="tls://", security=sec,
-                                host="127.0.0.1", dashboard_address=":0"),
-        )
+        sec = security(certs)
+        runner = DaskTaskRunner(cluster_class=LocalCluster, client_kwargs={"security": sec},
+                                cluster_kwargs=cluster_kwargs(sec, %(workers)d))
 
         @flow(name="scale-prefect-dask", task_runner=runner)
         def scale(n: int = 10) -> int:
@@ -123,6 +117,7 @@ class ServerBench:
         self.runner, self.plain_script, self.baseline = runner, plain, baseline
         self.prefect_dask_script = work / "prefect_dask_flow.py"
         self.prefect_dask_script.write_text(PREFECT_DASK)
+        install_plain_tls(work)
 
     def _timed(self, argv: list[str], env: dict[str, str], recorded: int | None) -> Timed:
         recording = Recording(self.url, recorded) if recorded else None

@@ -270,6 +270,11 @@ def test_without_the_boundary_the_run_exits_2_naming_the_bootstrap_and_makes_not
 @pytest.mark.parametrize("action", ["ec2:RunInstances", "iam:CreateInstanceProfile", "secretsmanager:CreateSecret",
                                     "ec2:CreateSecurityGroup", "iam:PassRole"])
 def test_without_one_action_the_run_exits_3_naming_it_and_leaves_nothing(aws, ec2_runner, tls, monkeypatch, action):
+    from flowrig.backends.aws import resources as aws_calls
+
+    # A refusal on the run's new role (iam:PassRole of it) is tried again while the role
+    # may still be propagating (60 s): a few seconds of that show the same end.
+    monkeypatch.setattr(aws_calls, "ROLE_PROPAGATION", 4.0)
     run_id = "ec2" + action.split(":")[1].lower()[:8]
     with local_scheduler(tls, workers=1) as scheduler:
         ec2_runner(without=(action,))

@@ -971,9 +971,11 @@ async def nodes(preload):
                 found[name] = {
                     "requires": requires_client_certificates(node.http_server),
                     "plain": await asyncio.to_thread(status, "http://" + url),
-                    "anyone": await asyncio.to_thread(status, "https://" + url, anyone),
-                    "own": await asyncio.to_thread(status, "https://" + url, own),
                 }
+                if preload:
+                    # (A TLS hello to a plain HTTP server only waits for the timeout.)
+                    found[name]["anyone"] = await asyncio.to_thread(status, "https://" + url, anyone)
+                    found[name]["own"] = await asyncio.to_thread(status, "https://" + url, own)
     return found
 
 

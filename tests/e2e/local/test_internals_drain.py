@@ -33,6 +33,16 @@ def counted(name: str, wait: bool) -> str:
     return name
 
 
+#: Set by the test: the task it cancels while it runs returns.
+UNSTUCK = threading.Event()
+
+
+def stuck_until_released() -> None:
+    # A task still running when cancelled, that lets its thread go when the test ends
+    # (a cluster of threads waits for its running tasks when it closes).
+    UNSTUCK.wait(60)
+
+
 async def _until(predicate, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -151,11 +161,15 @@ def test_prefect_dask_futures_as_lost_task_runs_reads_them(tls):
         assert future.result() == 7
         assert future._final_state.is_completed()
 
-        stuck = client.submit(time.sleep, 60, pure=False)
-        stuck.cancel()
-        with pytest.raises(FutureCancelledError):
-            PrefectDaskFuture(wrapped_future=stuck, task_run_id=uuid.uuid4()).result()
-        lost = LostAwareFuture(wrapped_future=stuck, task_run_id=uuid.uuid4())
-        with pytest.raises(FutureCancelledError):
-            lost.result()
-        assert lost._lost_reported and lost._final_state is None
+        UNSTUCK.clear()
+        stuck = client.submit(stuck_until_released, pure=False)
+        try:
+            stuck.cancel()
+            with pytest.raises(FutureCancelledError):
+                PrefectDaskFuture(wrapped_future=stuck, task_run_id=uuid.uuid4()).result()
+            lost = LostAwareFuture(wrapped_future=stuck, task_run_id=uuid.uuid4())
+            with pytest.raises(FutureCancelledError):
+                lost.result()
+            assert lost._lost_reported and lost._final_state is None
+        finally:
+            UNSTUCK.set()

@@ -209,6 +209,18 @@ def test_nothing_is_tokenised_and_a_map_is_one_submission(tls):
     assert tokenize_calls.call_count == 0
     # The run's payload, the task object, and the map itself.
     assert graph_calls.call_count == 3
+    _assert_nothing_held_for_a_stopped_api()
+
+
+def _assert_nothing_held_for_a_stopped_api() -> None:
+    """Prefect's log and event services of this process hold nothing more: what a flow
+    left for an API that has stopped would be retried for a minute by the next drain."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        _, pending = service.drain_all(timeout=5)
+        assert not pending, service.__name__
 
 
 def _api_free():
@@ -229,6 +241,12 @@ def _api_free():
             return self
 
         def __exit__(self, *exc):
+            from flowrig.internals.prefect_engine import drain_reporting
+
+            # As a run does before its API stops (flowrig.run.flow_call): the flow's last
+            # log lines, left for a closed port, would be retried for a minute by whatever
+            # drains Prefect's services in this process next.
+            drain_reporting()
             self.settings.__exit__(*exc)
             self.api.stop()
 
