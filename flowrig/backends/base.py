@@ -342,8 +342,8 @@ class Backend(abc.ABC):
         """
         if groups and not self.takes_worker_groups:
             raise BadInput(
-                f"[[cluster.worker_groups]] run on the docker and local backends only for now, not on "
-                f"{self.name}: drop the groups, or run with --backend docker or --backend local"
+                f"[[cluster.worker_groups]] do not run on the {self.name} backend: drop the groups, or run with "
+                "a backend that starts them (docker, local, fargate, ecs, ec2, gcp, azure)"
             )
 
     def check_worker_groups(self, groups: Any, options: Mapping[str, Any]) -> None:

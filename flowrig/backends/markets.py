@@ -22,8 +22,17 @@ FALLBACK = "fallback"
 #: What a ``spot`` option may hold.
 SpotSetting = Union[bool, Literal["fallback"]]
 
-__all__ = ["FALLBACK", "ON_DEMAND", "SPOT", "SpotSetting", "fallback_line", "first_market", "markets_to_try",
-           "worker_markets"]
+__all__ = ["FALLBACK", "GROUP_MARKETS", "ON_DEMAND", "SPOT", "SpotSetting", "fallback_line", "first_market",
+           "group_spot", "markets_to_try", "worker_markets"]
+
+
+#: A worker group's ``market`` as the ``spot`` setting of its workers.
+GROUP_MARKETS: dict[str, SpotSetting] = {"on-demand": False, "spot": True, "fallback": FALLBACK}
+
+
+def group_spot(market: str | None, spot: SpotSetting) -> SpotSetting:
+    """The ``spot`` setting of a worker group's workers: its ``market``, else the run's ``spot``."""
+    return spot if market is None else GROUP_MARKETS[market]
 
 
 def first_market(spot: SpotSetting) -> str:

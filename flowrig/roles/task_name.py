@@ -38,7 +38,7 @@ def resolve(args: list[str], environ: Mapping[str, str] | None = None, timeout: 
     InfrastructureError
         When the placeholder is there and the metadata endpoint is not set or does not answer.
     """
-    if FROM_ECS_TASK not in args:
+    if not any(FROM_ECS_TASK in arg for arg in args):
         return list(args)
     env = os.environ if environ is None else environ
     base = env.get(METADATA_ENV)
@@ -52,4 +52,5 @@ def resolve(args: list[str], environ: Mapping[str, str] | None = None, timeout: 
             arn = json.loads(response.read())["TaskARN"]
     except (OSError, ValueError, KeyError) as exc:
         raise InfrastructureError(f"cannot read the worker's ECS task id from {base}/task: {one_line(exc)}") from None
-    return [task_id(arn) if arg == FROM_ECS_TASK else arg for arg in args]
+    # A worker group's workers are named after their group, then their task (``gpu-ID``).
+    return [arg.replace(FROM_ECS_TASK, task_id(arn)) for arg in args]

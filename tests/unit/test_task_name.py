@@ -53,3 +53,14 @@ def test_no_metadata_endpoint_is_one_line(metadata):
     with pytest.raises(InfrastructureError) as info:
         task_name.resolve(["--name", task_name.FROM_ECS_TASK], {task_name.METADATA_ENV: metadata + "/nope"})
     assert "cannot read the worker's ECS task id" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_group_workers_name_is_its_group_then_its_task_id(metadata):
+    """A worker group's ECS workers join as GROUP-TASKID: the launcher names them so too."""
+    from flowrig.backends.aws.ecs.worker_kinds import WorkerKind
+
+    kind = WorkerKind("def", group="gpu")
+    args = ["tls://10.0.0.1:8786", "--name", kind.name_template, "--resources", "flowrig-group-gpu=1"]
+    resolved = task_name.resolve(args, {task_name.METADATA_ENV: metadata})
+    assert resolved[2] == "gpu-0f1e2d3c4b5a69788796a5b4c3d2e1f0" == kind.worker_name(ARN)
+    assert resolved[3:] == ["--resources", "flowrig-group-gpu=1"]

@@ -109,6 +109,9 @@ class PoolBackend(Backend):
     sdk_modules: ClassVar[tuple[str, ...]] = ()
     #: What the message asks for when a module is missing (default: the module's package).
     sdk_name: ClassVar[str | None] = None
+    # Each group's workers start through the cloud's launcher with the group's name
+    # (:meth:`~flowrig.backends.pool.launcher.Launcher.start_workers`).
+    takes_worker_groups = True
 
     def require_extra(self) -> None:
         """The cloud's SDK is installed.
@@ -246,6 +249,7 @@ def start_pool(
         The cluster did not start, or had too few workers, in time.
     """
     initial = spec.size.adapt[0] if spec.size.adapt else spec.size.n_workers
+    groups = {group.name: group.n_workers for group in getattr(spec, "groups", ())}
     try:
         cluster = PoolCluster(
             launcher,
@@ -262,9 +266,11 @@ def start_pool(
         ) from None
     try:
         follow(cluster, getattr(spec, "on_news", None))
-        if initial:
+        if groups:
+            cluster.scale_groups(groups)
+        elif initial:
             cluster.scale(initial)
-        if spec.size.adapt:
+        if spec.size.adapt and not groups:
             cluster.adapt(minimum=spec.size.adapt[0], maximum=spec.size.adapt[1])
         if initial:
             try:

@@ -35,7 +35,10 @@ from distributed.deploy import Cluster
 from distributed.utils import LoopRunner, NoOpAwaitable
 
 from flowrig.backends.lost_workers import Replacements
+from flowrig.backends.pool.groups import NO_GROUP, GroupBook, count_by_group
 from flowrig.backends.pool.launcher import Endpoint, Launcher, Observed, StartTimeout
+from flowrig.backends.pool.start_wait import reasons as _reasons
+from flowrig.backends.pool.start_wait import wait_for_workers
 from flowrig.backends.usage import LifeLog, Placement
 from flowrig.errors import FlowrigError, InfrastructureError, one_line
 
@@ -54,15 +57,9 @@ class _Worker:
     handle: str
     since: float
     joined: bool = False
+    #: The worker group it was started for (``""``: the cluster has none).
+    group: str = NO_GROUP
     state: Observed = field(default_factory=lambda: Observed("pending"))
-
-
-def _reasons(lines: list[str]) -> str:
-    """Distinct reasons with how often each came, most frequent first."""
-    counts: dict[str, int] = {}
-    for line in lines:
-        counts[line] = counts.get(line, 0) + 1
-    return "; ".join(f"{n} x {line}" if n > 1 else line for line, n in sorted(counts.items(), key=lambda i: -i[1]))
 
 
 async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -106,7 +103,7 @@ class PoolCluster(Cluster):
         self.workers: dict[str, _Worker] = {}
         #: Lost workers replaced, and one line per worker that stopped before it joined or
         #: was never started, oldest first; whether the pool may still replace.
-        self.replacements = Replacements(lambda: self._desired)
+        self.replacements = Replacements(lambda: self.book.total)
         #: Workers asked of the launcher, and how many of those it started.
         self.asked = 0
         self.started = 0
@@ -118,13 +115,13 @@ class PoolCluster(Cluster):
         self.start_error: FlowrigError | None = None
         # Why each worker that stopped stopped, by name.
         self._lost: dict[str, str] = {}
-        # Handles of stopped workers not replaced yet, oldest first: a replacement
-        # starts in its lost worker's market.
-        self._replacing: list[str] = []
+        #: Workers wanted, by group; lost ones are replaced in their own group, and (by
+        #: the launcher) in their own market.
+        self.book = GroupBook()
+        self.book.set_total(n_workers)
         #: The roles' lives (:mod:`flowrig.backends.usage`), by this process's clock: from
         #: the start asked to the stop asked or seen.
         self.life_log = LifeLog()
-        self._desired = n_workers
         self._existing = scheduler_address
         self._scheduler_handle: str | None = None
         self._endpoint: Endpoint | None = None
@@ -203,9 +200,26 @@ class PoolCluster(Cluster):
                 await asyncio.sleep(1)
 
     # --- scaling ---------------------------------------------------------------------
+    @property
+    def _desired(self) -> int:
+        return self.book.total
+
     def scale(self, n: int) -> Any:
-        """Scale to ``n`` workers (started in the background)."""
-        self._desired = max(int(n), 0)
+        """Scale to ``n`` workers (started in the background).
+
+        Raises
+        ------
+        ValueError
+            For a cluster of worker groups, which :meth:`scale_groups` sizes.
+        """
+        self.book.set_total(n)
+        self.loop.add_callback(self._reconcile)
+        return NoOpAwaitable()
+
+    def scale_groups(self, sizes: dict[str, int]) -> Any:
+        """Scale each worker group ``name`` to ``sizes[name]`` workers (in the background);
+        each group's workers are started through the launcher with the group's name."""
+        self.book.set_sizes(sizes)
         self.loop.add_callback(self._reconcile)
         return NoOpAwaitable()
 
@@ -214,19 +228,20 @@ class PoolCluster(Cluster):
         names = [name for name in workers if name in self.workers]
         if not names:
             return
-        self._desired = max(self._desired - len(names), 0)
+        for group, n in count_by_group(self.workers[name].group for name in names).items():
+            self.book.shrink(group, n)
         handles = [self.workers.pop(name).handle for name in names]
         await _in_thread(self.launcher.stop, handles, "scaled down")
         for name in names:
             self.life_log.ended(name)
 
-    def _log_started(self, name: str, handle: str, role: str) -> None:
+    def _log_started(self, name: str, handle: str, role: str, group: str = NO_GROUP) -> None:
         try:
             placement = self.launcher.placement(handle, role) or Placement()
         except Exception as exc:  # a report must not fail a start
             logger.debug("no placement of %s: %s", name, exc)
             placement = Placement()
-        self.life_log.started(name, role, placement)
+        self.life_log.started(name, role, placement, group)
 
     def __await__(self):  # Adaptive awaits its cluster before recommending
         async def _() -> "PoolCluster":
@@ -246,41 +261,55 @@ class PoolCluster(Cluster):
         if self.status != Status.running or self._lock is None:
             return
         async with self._lock:
-            missing = self._desired - len(self.workers)
-            if missing > 0:
-                contact = self._endpoint.contact_address if self._endpoint else ""
-                replacing, self._replacing = self._replacing[:missing], self._replacing[missing:]
-                try:
-                    result = await _in_thread(self.launcher.start_workers, contact, missing, replacing)
-                except FlowrigError as exc:
-                    self.start_error = exc
+            have = count_by_group(worker.group for worker in self.workers.values())
+            for group in self.book.groups():
+                missing = self.book.wanted(group) - have.get(group, 0)
+                if missing > 0 and not await self._start_missing(group, missing):
                     return
-                now = time.monotonic()
-                self.asked += missing
-                self.started += len(result.started)
-                for name, handle in result.started.items():
-                    self.workers[name] = _Worker(handle=handle, since=now)
-                    self._log_started(name, handle, "worker")
-                for reason in result.refused:
-                    self.replacements.failed(f"worker {self.launcher.kind} not started: {reason}")
-                if result.refused:
-                    logger.warning(
-                        "asked for %d worker %ss, %d started; not started: %s",
-                        missing, self.launcher.kind, len(result.started), _reasons(result.refused),
-                    )
-            elif missing < 0:
-                self._replacing.clear()
-                # Not yet joined first: they hold no data.
-                extra = sorted(self.workers, key=lambda n: (self.workers[n].joined, n))[: -missing]
-                handles = [self.workers.pop(name).handle for name in extra]
-                if self.scheduler_comm is not None:
-                    try:
-                        await self.scheduler_comm.retire_workers(names=extra, remove=True, close_workers=True)
-                    except Exception as exc:
-                        logger.debug("retiring %s failed: %s", extra, exc)
-                await _in_thread(self.launcher.stop, handles, "scaled down")
-                for name in extra:
-                    self.life_log.ended(name)
+                if missing < 0:
+                    await self._shrink(group, -missing)
+
+    async def _start_missing(self, group: str, missing: int) -> bool:
+        """Start ``missing`` workers of ``group``; false when the launcher refused the call."""
+        contact = self._endpoint.contact_address if self._endpoint else ""
+        replacing = self.book.take_lost(group, missing)
+        # A launcher of a cluster without groups is asked as it always was.
+        by_group = {"group": group} if group else {}
+        try:
+            result = await _in_thread(self.launcher.start_workers, contact, missing, replacing, **by_group)
+        except FlowrigError as exc:
+            self.start_error = exc
+            return False
+        now = time.monotonic()
+        self.asked += missing
+        self.started += len(result.started)
+        for name, handle in result.started.items():
+            self.workers[name] = _Worker(handle=handle, since=now, group=group)
+            self._log_started(name, handle, "worker", group)
+        what = f"worker {self.launcher.kind}" + (f" of group {group}" if group else "")
+        for reason in result.refused:
+            self.replacements.failed(f"{what} not started: {reason}")
+        if result.refused:
+            logger.warning(
+                "asked for %d %ss, %d started; not started: %s",
+                missing, what, len(result.started), _reasons(result.refused),
+            )
+        return True
+
+    async def _shrink(self, group: str, count: int) -> None:
+        """Stop ``count`` workers of ``group``, those not joined yet first (they hold no data)."""
+        self.book.forget_lost(group)
+        own = [name for name, worker in self.workers.items() if worker.group == group]
+        extra = sorted(own, key=lambda n: (self.workers[n].joined, n))[:count]
+        handles = [self.workers.pop(name).handle for name in extra]
+        if self.scheduler_comm is not None:
+            try:
+                await self.scheduler_comm.retire_workers(names=extra, remove=True, close_workers=True)
+            except Exception as exc:
+                logger.debug("retiring %s failed: %s", extra, exc)
+        await _in_thread(self.launcher.stop, handles, "scaled down")
+        for name in extra:
+            self.life_log.ended(name)
 
     # --- watching -----------------------------------------------------------------------
     async def _watch(self) -> None:
@@ -313,7 +342,7 @@ class PoolCluster(Cluster):
             del self.workers[name]
             self.life_log.ended(name)
             self._lost[name] = state.reason
-            self._replacing.append(worker.handle)
+            self.book.lost(worker.group, worker.handle)
             if worker.joined:
                 self.replacements.lost([name], f"stopped ({state.reason})" if state.reason else "stopped")
             elif state.moved:
@@ -351,42 +380,12 @@ class PoolCluster(Cluster):
         """
         self._deciding = True
         try:
-            joined = self._wait_for(minimum, time.monotonic() + timeout)
+            joined = wait_for_workers(self, minimum, time.monotonic() + timeout)
         finally:
             self._deciding = False
         # The workers that did not start are asked for again, while the pool may.
         self.loop.add_callback(self._reconcile)
         return joined
-
-    def _wait_for(self, minimum: int, deadline: float) -> int:
-        while True:
-            if self.start_error is not None:
-                raise self.start_error
-            joined = len(self.scheduler_info.get("workers", {}))
-            failures = self.replacements.failures
-            # Nothing counts before the wanted workers were asked for: the scale runs
-            # on the cluster's loop, and a scheduler of someone else's may have workers.
-            asked = self.asked >= min(self._desired, minimum)
-            if asked and joined >= minimum:
-                if failures:
-                    logger.warning(
-                        "the cluster goes on with %d of %d workers joined (%d asked for, %d started, "
-                        "at least %d needed); not started or stopped: %s",
-                        joined, self._desired, self.asked, self.started, minimum, _reasons(failures),
-                    )
-                return joined
-            # Workers of the pool's that are alive can still join; a scheduler of someone
-            # else's may hold more than that.
-            if asked and failures and max(joined, len(self.workers)) < minimum:
-                raise InfrastructureError(
-                    f"only {max(joined, len(self.workers))} of {self.asked} worker {self.launcher.kind}s "
-                    f"asked for can join, at least {minimum} needed: {failures[0]}"
-                )
-            if time.monotonic() > deadline:
-                states = sorted({w.state.status.upper() for w in self.workers.values() if not w.joined})
-                pending = f"worker {self.launcher.kind} {'/'.join(states)}" if states else "workers not joined"
-                raise StartTimeout(pending + (f"; {failures[0]}" if failures else ""))
-            time.sleep(0.25)
 
     # --- close -----------------------------------------------------------------------
     async def _stop_all(self, reason: str) -> None:

@@ -97,12 +97,17 @@ class Launcher(abc.ABC):
         """Where the running scheduler ``handle`` listens."""
 
     @abc.abstractmethod
-    def start_workers(self, scheduler_address: str, count: int, replacing: Sequence[str] = ()) -> WorkerStart:
+    def start_workers(
+        self, scheduler_address: str, count: int, replacing: Sequence[str] = (), group: str = ""
+    ) -> WorkerStart:
         """Ask for ``count`` workers connecting to ``scheduler_address``, in as few calls as
         the API allows; raises only when the API refused the call itself.
 
         ``replacing`` holds the handles of lost workers the first of them replace, so a
-        launcher may start each in its lost worker's market (:mod:`flowrig.backends.markets`)."""
+        launcher may start each in its lost worker's market (:mod:`flowrig.backends.markets`).
+        ``group`` names the worker group (``[[cluster.worker_groups]]``) they belong to:
+        they get its shape, market and Dask resources, and its name in theirs. The pool
+        passes it only for a cluster of groups (``""`` otherwise)."""
 
     @abc.abstractmethod
     def observe(self, handles: list[str]) -> dict[str, Observed]:

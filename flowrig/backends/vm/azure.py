@@ -61,6 +61,9 @@ class AzureBackend(VMBackend):
     """``azure``: Azure VMs, one per role."""
 
     name = "azure"
+    group_options = frozenset({"worker_vm_size"})
+    group_refusals = {**VMBackend.group_refusals,
+                      "gpu": "the azure backend starts no GPU workers in groups: use ec2, or ecs with GPU instances"}
     extra = "azure"
     sdk_modules = ("azure.identity", "azure.mgmt.compute", "azure.mgmt.network", "azure.keyvault.secrets")
     secret_source: ClassVar = "azure-keyvault"

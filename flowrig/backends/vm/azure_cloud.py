@@ -346,7 +346,8 @@ class AzureCloud(Cloud):
         from flowrig.backends.vm.azure_shapes import image_reference
 
         options = self.options
-        size = (options.scheduler_vm_size if request.role == "scheduler" else options.worker_vm_size) or options.vm_size
+        size = (options.scheduler_vm_size if request.role == "scheduler"
+                else request.options.get("worker_vm_size") or options.worker_vm_size) or options.vm_size
         if not self._ssh_key:
             self._ssh_key = _throwaway_ssh_key()
         body: dict[str, Any] = {

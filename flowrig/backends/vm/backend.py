@@ -27,11 +27,13 @@ from flowrig.backends.pool.backend import CloudRun, PoolBackend
 from flowrig.backends.vm.cloudinit import RegistryLogin, TLSDelivery, TLSSource, VMRole, check_environment
 from flowrig.backends.vm.launcher import RoleSettings, scheduler_role, vm_name, worker_role
 from flowrig.backends.vm.options import VMOptions
+from flowrig.errors import BadInput
 from flowrig.roles.commands import with_resource
 
 if TYPE_CHECKING:
     from flowrig.backends.pool.launcher import Launcher
     from flowrig.backends.vm.cloud import Cloud
+    from flowrig.backends.vm.groups import VMGroup
 
 #: The Prefect setting naming the CA file of the run's API.
 CA_FILE_SETTING = "PREFECT_API_SSL_CERT_FILE"
@@ -101,6 +103,13 @@ class VMBackend(PoolBackend):
     """What the VM backends share; a cloud adds its options, extra and :class:`Cloud`."""
 
     options_model: ClassVar[type[VMOptions]] = VMOptions
+    #: A worker group's fields a VM backend does not take, with the fix; and the one option
+    #: key (its VM type: :data:`~flowrig.backends.vm.groups.TYPE_OPTION`) a group may set.
+    group_refusals: ClassVar[Mapping[str, str]] = {
+        "adapt": "groups of cloud VMs have fixed sizes for now: set its n_workers",
+        "cpu": "a VM's CPUs come with its type: set the group's options VM type",
+        "memory": "a VM's memory comes with its type: set the group's options VM type",
+    }
     #: How a VM's container reads the run's certificates from this cloud's secret store.
     secret_source: ClassVar[TLSSource]
 
@@ -144,6 +153,22 @@ class VMBackend(PoolBackend):
         """``tls = "baked"``: the VMs' containers use the image's own files."""
         return options.get("tls") == "baked"
 
+    def worker_groups(self, spec: ClusterSpec, options: Any) -> "dict[str, VMGroup]":
+        """How each worker group's VMs start, checked before anything is created.
+
+        Raises
+        ------
+        BadInput
+            A group this backend cannot start as it asks, in one line.
+        """
+        from flowrig.backends.vm.groups import vm_groups
+
+        if spec.groups and getattr(options, "worker_gpu", 0):
+            raise BadInput("[cluster.options] worker_gpu beside [[cluster.worker_groups]]: set gpu on the groups "
+                           "whose workers need GPUs, and drop worker_gpu")
+        return vm_groups(self.name, spec.groups, options.worker_extra_args, options.spot,
+                         gpus_taken=hasattr(options, "worker_gpu"))
+
     def role_settings(self, spec: ClusterSpec, options: Any, tls: TLSDelivery) -> RoleSettings:
         """What every VM of the run is started with."""
         image = spec.image or ""
@@ -169,6 +194,7 @@ class VMBackend(PoolBackend):
                               else options.worker_extra_args),
             spot=options.spot,
             worker_gpu=gpus,
+            groups=self.worker_groups(spec, options),
         )
 
     def preview(
@@ -211,5 +237,8 @@ class VMBackend(PoolBackend):
         return [shape, Check("network", self.name, None, f"the network is not checked on {self.name}")]
 
     def open_run(self, spec: ClusterSpec, options: Any) -> VMRun:
-        """The run's cloud (no API call yet)."""
-        return VMRun(self, spec, options, self.make_cloud(spec.run_id, options))
+        """The run's cloud (no API call yet), its worker groups checked."""
+        self.worker_groups(spec, options)
+        cloud = self.make_cloud(spec.run_id, options)
+        cloud.worker_groups = tuple(spec.groups)
+        return VMRun(self, spec, options, cloud)

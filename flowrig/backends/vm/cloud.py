@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from flowrig.backends.placement import ON_DEMAND
 from flowrig.backends.pool import Observed
@@ -34,12 +34,16 @@ class VMRequest:
         Its rendered cloud-init (checked for key material already).
     market
         ``on-demand``, or ``spot``: the cloud's Spot or preemptible VMs (workers only).
+    options
+        The ``[cluster.options]`` its worker group sets otherwise (its VM type:
+        :data:`~flowrig.backends.vm.groups.TYPE_OPTION`); empty: the run's.
     """
 
     name: str
     role: str
     user_data: str
     market: str = ON_DEMAND
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,10 @@ class Cloud(abc.ABC):
     kind: ClassVar[str] = "instance"
     #: The markets in the words of the cloud's users, for the line a fallback is told in.
     market_words: ClassVar[Mapping[str, str]] = {"spot": "Spot", "on-demand": "on-demand"}
+
+    #: The run's worker groups (:class:`~flowrig.backends.base.WorkerGroupSpec`), set
+    #: before :meth:`check`: a cloud checks each group's VM type and GPUs too.
+    worker_groups: tuple[Any, ...] = ()
 
     def check(self, image: str) -> None:
         """Check the run's VM types against ``image`` and the workers' GPUs, with

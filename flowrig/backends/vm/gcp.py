@@ -71,6 +71,9 @@ class GCPBackend(VMBackend):
     """``gcp``: Compute Engine VMs, one per role."""
 
     name = "gcp"
+    group_options = frozenset({"worker_machine_type"})
+    group_refusals = {**VMBackend.group_refusals,
+                      "gpu": "the gcp backend starts no GPU workers in groups: use ec2, or ecs with GPU instances"}
     extra = "gcp"
     sdk_modules = ("googleapiclient", "google.auth")
     secret_source: ClassVar = "gcp-secret"

@@ -326,7 +326,7 @@ class GCPCloud(Cloud):
 
         options = self.options
         machine = (options.scheduler_machine_type if request.role == "scheduler" else
-                   options.worker_machine_type) or options.machine_type
+                   request.options.get("worker_machine_type") or options.worker_machine_type) or options.machine_type
         interface: dict[str, Any] = {"subnetwork": self.subnetwork}
         if not options.use_private_ip:
             interface["accessConfigs"] = [{"type": "ONE_TO_ONE_NAT", "name": "External NAT"}]

@@ -21,6 +21,7 @@ from flowrig.backends.pool import Endpoint, Launcher, Observed, WorkerStart
 from flowrig.backends.vm import cloudinit, scheduler_reach
 from flowrig.backends.vm.cloud import Cloud, VMRequest
 from flowrig.backends.vm.cloudinit import RegistryLogin, TLSDelivery, VMRole
+from flowrig.backends.vm.groups import VMGroup
 from flowrig.errors import InfrastructureError
 from flowrig.roles import DASHBOARD_PORT, NOTICE_ENV, SCHEDULER_PORT
 
@@ -53,6 +54,14 @@ class RoleSettings:
     spot: SpotSetting = False
     #: GPUs of each worker VM given to its container (and its Dask resource ``GPU``).
     worker_gpu: int = 0
+    #: How each worker group's VMs start, by group (``[[cluster.worker_groups]]``).
+    groups: Mapping[str, VMGroup] = field(default_factory=dict)
+
+    def group(self, name: str = "") -> VMGroup:
+        """How the workers of group ``name`` start (``""``: the run's workers, without groups)."""
+        if name:
+            return self.groups[name]
+        return VMGroup("", self.worker_threads, tuple(self.worker_args), self.spot, self.worker_gpu)
 
 
 def vm_name(run_id: str, role: str, index: int | None = None) -> str:
@@ -75,22 +84,24 @@ def scheduler_role(settings: RoleSettings) -> VMRole:
     )
 
 
-def worker_role(settings: RoleSettings, scheduler_address: str, name: str, notice: str | None = None) -> VMRole:
-    """A worker VM's role, joining ``scheduler_address`` as ``name``; a Spot VM's worker
-    watches its cloud's ``notice`` (``ec2``, ``gcp``, ``azure``: :mod:`flowrig.roles.metadata`)
-    and hands its work over before the VM is taken back."""
+def worker_role(settings: RoleSettings, scheduler_address: str, name: str, notice: str | None = None,
+                group: str = "") -> VMRole:
+    """A worker VM's role (of worker group ``group``), joining ``scheduler_address`` as
+    ``name``; a Spot VM's worker watches its cloud's ``notice`` (``ec2``, ``gcp``,
+    ``azure``: :mod:`flowrig.roles.metadata`) and hands its work over before the VM is taken back."""
+    kind = settings.group(group)
     environment = {**settings.environment, **({NOTICE_ENV: notice} if notice else {})}
     return VMRole(
         run_id=settings.run_id,
         role="worker",
         name=name,
         image=settings.image,
-        command=cloudinit.worker_arguments(scheduler_address, name, settings.worker_threads, settings.worker_args),
+        command=cloudinit.worker_arguments(scheduler_address, name, kind.threads, kind.args),
         environment=environment,
         tls=settings.tls,
         registry=settings.registry,
         install_docker=settings.install_docker,
-        gpus=settings.worker_gpu > 0,
+        gpus=kind.gpu > 0,
     )
 
 
@@ -133,9 +144,11 @@ class VMLauncher(Launcher):
         self.deadline = deadline
         self.reach_timeout = reach_timeout
         self.public_address = public_address
-        self._numbers = itertools.count(1)
-        #: The market each worker VM was created in, by handle.
+        #: Worker numbers, by group: ``flowrig-RUN-worker-N``, ``flowrig-RUN-worker-GROUP-N``.
+        self._numbers: dict[str, itertools.count] = {}
+        #: The market and the worker group each worker VM was created in, by handle.
         self._markets: dict[str, str] = {}
+        self._groups: dict[str, str] = {}
         #: Spot VMs whose creation failed for want of capacity after the create call had
         #: returned (the cloud's long-running operation): handle -> the cloud's reason.
         self._short: dict[str, str] = {}
@@ -165,18 +178,24 @@ class VMLauncher(Launcher):
             dashboard_link=f"http://{address}:{DASHBOARD_PORT}/status" if self.settings.dashboard else None,
         )
 
-    def start_workers(self, scheduler_address: str, count: int, replacing: Sequence[str] = ()) -> WorkerStart:
-        """Create ``count`` worker VMs, each in its market (:mod:`flowrig.backends.markets`:
-        a replacement of a lost worker of ``replacing`` in that worker's); with
+    def start_workers(
+        self, scheduler_address: str, count: int, replacing: Sequence[str] = (), group: str = ""
+    ) -> WorkerStart:
+        """Create ``count`` worker VMs (of worker group ``group``: its VM type, GPUs, market
+        and Dask resources), each in its market (:mod:`flowrig.backends.markets`: a
+        replacement of a lost worker of ``replacing`` in that worker's); with
         ``spot = "fallback"`` the ones the cloud had no capacity for are asked again in
         the other market, said in one line."""
-        spot = self.settings.spot
+        spot = self.settings.group(group).spot
         short = {handle: self._short.pop(handle) for handle in replacing if handle in self._short}
         # A replacement of a Spot VM that never ran for want of Spot capacity goes on-demand.
         markets = worker_markets(spot, count, [ON_DEMAND if handle in short else self._markets.get(handle)
                                                for handle in replacing])
-        names = [vm_name(self.settings.run_id, "worker", next(self._numbers)) for _ in markets]
-        requests = [self._worker_request(scheduler_address, name, market) for name, market in zip(names, markets)]
+        numbers = self._numbers.setdefault(group, itertools.count(1))
+        role = f"worker-{group}" if group else "worker"
+        names = [vm_name(self.settings.run_id, role, next(numbers)) for _ in markets]
+        requests = [self._worker_request(scheduler_address, name, market, group)
+                    for name, market in zip(names, markets)]
         if short:
             words = self.cloud.market_words
             logger.warning(fallback_line(len(short), f"worker {self.kind}", words[SPOT], words[ON_DEMAND],
@@ -189,7 +208,7 @@ class VMLauncher(Launcher):
             if request.name in created.short and len(tries) > 1:
                 refused.remove(created.short[request.name])
                 again.setdefault(request.market, []).append(
-                    self._worker_request(scheduler_address, request.name, tries[1]))
+                    self._worker_request(scheduler_address, request.name, tries[1], group))
         words = self.cloud.market_words
         for market, moved in again.items():
             logger.warning(fallback_line(len(moved), f"worker {self.kind}", words[market], words[moved[0].market],
@@ -201,11 +220,13 @@ class VMLauncher(Launcher):
         for request in [*requests, *(request for moved in again.values() for request in moved)]:
             if request.name in created.started:
                 self._markets[created.started[request.name]] = request.market
+                self._groups[created.started[request.name]] = group
         return WorkerStart(started=dict(created.started), refused=refused)
 
-    def _worker_request(self, scheduler_address: str, name: str, market: str) -> VMRequest:
-        role = worker_role(self.settings, scheduler_address, name, self.cloud.name if market == SPOT else None)
-        return VMRequest(role.name, "worker", user_data(role), market=market)
+    def _worker_request(self, scheduler_address: str, name: str, market: str, group: str = "") -> VMRequest:
+        role = worker_role(self.settings, scheduler_address, name, self.cloud.name if market == SPOT else None, group)
+        return VMRequest(role.name, "worker", user_data(role), market=market,
+                         options=self.settings.group(group).options)
 
     def placement(self, handle: str, role: str) -> Placement | None:
         """A worker VM's market (its shape is not read: no price)."""
@@ -218,9 +239,9 @@ class VMLauncher(Launcher):
         through the creation's long-running operation) is ``moved``: its replacement is
         asked on-demand, as a refusal of the create call itself would have been."""
         seen = self.cloud.observe(handles)
-        if self.settings.spot != FALLBACK:
-            return seen
         for handle, state in seen.items():
+            if self.settings.group(self._groups.get(handle, "")).spot != FALLBACK:
+                continue
             if (state.status == "stopped" and self._markets.get(handle) == SPOT and not state.moved
                     and self.cloud.short_of_capacity(state.reason)):
                 self._short[handle] = state.reason

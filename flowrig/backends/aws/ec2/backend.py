@@ -28,6 +28,7 @@ class EC2Backend(VMBackend):
     """``ec2``: EC2 instances, one per role."""
 
     name = "ec2"
+    group_options = frozenset({"worker_instance_type"})
     extra = "aws"
     sdk_modules = ("botocore",)
     secret_source: ClassVar = "aws-secret"

@@ -121,8 +121,9 @@ class EC2Cloud(Cloud):
 
     # --- check -------------------------------------------------------------------------
     def check(self, image: str) -> None:
-        """The instance types exist, the workers' has ``worker_gpu`` GPUs, and both run
-        the image's architecture (read-only calls); the AMI's architecture follows them.
+        """The instance types exist, the workers' (each worker group's) have their GPUs,
+        and all run the image's architecture (read-only calls); the AMI's architecture
+        follows them.
 
         Raises
         ------
@@ -132,27 +133,40 @@ class EC2Cloud(Cloud):
         from flowrig.backends.aws.instance_types import check_arch, check_gpus, describe_types
         from flowrig.backends.aws.preflight.image import image_architectures
 
-        options = self.options
-        named = {role: ("worker_instance_type" if options.worker_instance_type else "instance_type")
-                 if role == "worker" else ("scheduler_instance_type" if options.scheduler_instance_type
-                                           else "instance_type") for role in ("scheduler", "worker")}
-        kinds = {role: self.instance_type(role) for role in named}
-        shapes = describe_types(self.session, list(kinds.values()))
-        if set(kinds.values()) - set(shapes):
+        vms = self._vm_kinds()
+        shapes = describe_types(self.session, list(dict.fromkeys(kind for _where, kind, _gpu in vms)))
+        if {kind for _where, kind, _gpu in vms} - set(shapes):
             return  # not readable: the AMI's architecture comes from the type's name
-        worker = shapes[kinds["worker"]]
-        check_gpus(worker, options.worker_gpu, f"[cluster.options] {named['worker']} =")
         held, _source = image_architectures(self.session, image) if image else ((), "")
-        for role in ("worker", "scheduler"):
-            check_arch(shapes[kinds[role]], held, f"[cluster.options] {named[role]} =", image)
-        common = [arch for arch in worker.archs if arch in shapes[kinds["scheduler"]].archs]
-        if worker.archs and not common:
+        for where, kind, gpu in vms:
+            check_gpus(shapes[kind], gpu, where)
+            check_arch(shapes[kind], held, where, image)
+        common = [arch for arch in shapes[vms[0][1]].archs if all(arch in shapes[k].archs for _w, k, _g in vms)]
+        if shapes[vms[-1][1]].archs and not common:
             raise BadInput(
-                f"[cluster.options] the scheduler's {kinds['scheduler']} and the workers' {kinds['worker']} run "
+                f"[cluster.options] the run's instance types ({', '.join(sorted({k for _w, k, _g in vms}))}) run "
                 "different architectures, and the run's VMs share one AMI and image: choose types of one architecture"
             )
         fits = [arch for arch in common if not held or arch in held]
         self.arch = (fits or common or ["amd64"])[0]
+
+    def _vm_kinds(self) -> list[tuple[str, str, int]]:
+        """``(where it is set, instance type, GPUs)`` of the scheduler, then of the workers
+        or of each worker group's."""
+        options = self.options
+
+        def named(key: str) -> str:
+            return f"[cluster.options] {key if getattr(options, key) else 'instance_type'} ="
+
+        vms = [(named("scheduler_instance_type"), self.instance_type("scheduler"), 0)]
+        if not self.worker_groups:
+            return [*vms, (named("worker_instance_type"), self.instance_type("worker"), options.worker_gpu)]
+        for group in self.worker_groups:
+            own = (group.options or {}).get("worker_instance_type")
+            where = f"[[cluster.worker_groups]] {group.name} options.worker_instance_type =" if own else named(
+                "worker_instance_type")
+            vms.append((where, own or self.instance_type("worker"), int(group.gpu or 0)))
+        return vms
 
     # --- prepare ----------------------------------------------------------------------
     def prepare(self, dashboard: bool) -> None:
@@ -210,7 +224,9 @@ class EC2Cloud(Cloud):
         image_id = self.options.ami
         if not image_id:
             arch = self.arch or architecture(self.options.worker_instance_type or self.options.instance_type)
-            parameter = (GPU_PARAMETER.format(arch={"amd64": "x86_64"}.get(arch, arch)) if self.options.worker_gpu
+            # One AMI for the run's VMs: AWS's GPU one (which runs on any type) when a worker has GPUs.
+            gpus = self.options.worker_gpu or any(group.gpu for group in self.worker_groups)
+            parameter = (GPU_PARAMETER.format(arch={"amd64": "x86_64"}.get(arch, arch)) if gpus
                          else UBUNTU_PARAMETER.format(arch=arch))
             try:
                 image_id = self._client("ssm").get_parameter(Name=parameter)["Parameter"]["Value"]
@@ -282,7 +298,8 @@ class EC2Cloud(Cloud):
             params = instance_parameters(
                 name=request.name,
                 image_id=self.image_id,
-                instance_type=self.instance_type(request.role),
+                # A worker group's own instance type, else the run's.
+                instance_type=request.options.get("worker_instance_type") or self.instance_type(request.role),
                 user_data=request.user_data,
                 subnet_id=self.subnet_id,
                 security_groups=self.security_groups,

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from flowrig.backends.aws.ecs import defaults
+from flowrig.backends.aws.ecs.group_launch import GROUP_OPTIONS
 from flowrig.backends.aws.ecs.infrastructure import Infrastructure, infrastructure
 from flowrig.backends.aws.ecs.options import ECSOptions
 from flowrig.backends.base import ClusterSpec
@@ -47,6 +48,7 @@ from flowrig.errors import BadInput
 from flowrig.roles.commands import with_resource
 
 if TYPE_CHECKING:
+    from flowrig.backends.aws.ecs.group_launch import GroupLaunch
     from flowrig.backends.aws.ecs.launcher import ECSLauncher
     from flowrig.backends.aws.ecs.taskdefs import RoleSize
     from flowrig.backends.aws.lease import LeaseRenewer
@@ -73,6 +75,8 @@ class _Launch:
     #: The task definitions' ``cpu_architecture``: the option's, else the image's
     #: (decided by :meth:`ECSRun.check`).
     cpu_architecture: str = "X86_64"
+    #: Each worker group's launch (``[[cluster.worker_groups]]``), in the project's order.
+    groups: tuple["GroupLaunch", ...] = ()
 
 
 class ECSRun(CloudRun):
@@ -109,7 +113,7 @@ class ECSRun(CloudRun):
         from flowrig.backends.aws.ecs import shapes
 
         arch = shapes.check_run(self.session, self.options, self.options.cluster_arn or "", self.spec.image or "",
-                                self.launch.fargate_workers)
+                                self.launch.fargate_workers, self.launch.groups)
         self.launch = replace(self.launch, cpu_architecture=arch)
 
     def prepare(self) -> None:
@@ -164,6 +168,9 @@ class _ECSBase(PoolBackend):
     #: Whether scheduler and workers run on Fargate unless the options say otherwise.
     fargate: ClassVar[bool]
     options_model = ECSOptions
+    group_refusals: ClassVar[Mapping[str, str]] = {
+        "adapt": "groups of ECS tasks have fixed sizes for now: set its n_workers"}
+    group_options = GROUP_OPTIONS
     extra = "aws"
     # dask-cloudprovider's aws extra brings botocore.
     sdk_modules = ("botocore", "dask_cloudprovider.aws.helper")
@@ -204,7 +211,7 @@ class _ECSBase(PoolBackend):
         from flowrig.backends.aws import session as aws_session
 
         # Every option is checked before the first AWS call.
-        launch = self._launch(options, spec.allowed_environment)
+        launch = self._launch(options, spec.allowed_environment, spec.groups)
         session = aws_session.session(
             options.region_name,
             access_key_id=options.aws_access_key_id,
@@ -234,9 +241,11 @@ class _ECSBase(PoolBackend):
             session, plan, options, launch.fargate_workers)
 
     # --- steps of start -----------------------------------------------------------
-    def _launch(self, options: ECSOptions, allowed: frozenset[str] = frozenset()) -> _Launch:
-        """Launch types, task sizes and command flags, checked before anything is created."""
+    def _launch(self, options: ECSOptions, allowed: frozenset[str] = frozenset(), groups: tuple = ()) -> _Launch:
+        """Launch types, task sizes and command flags (each worker group's too), checked
+        before anything is created."""
         from flowrig.backends.aws.ecs import shapes, taskdefs, validate
+        from flowrig.backends.aws.ecs.group_launch import group_launches
 
         if not options.create_roles:
             raise BadInput(
@@ -256,7 +265,10 @@ class _ECSBase(PoolBackend):
                 f"the {self.name} backend needs an existing cluster: set cluster_arn in "
                 "[cluster.options], or use the fargate backend to get one per run"
             )
-        shapes.check_options(self.name, options, fargate_workers)
+        if groups and options.worker_gpu:
+            raise BadInput("[cluster.options] worker_gpu beside [[cluster.worker_groups]]: set gpu on the groups "
+                           "whose workers need GPUs, and drop worker_gpu")
+        shapes.check_options(self.name, options, fargate_workers, bool(groups))
         sizes = {
             "runner": taskdefs.default_sizes()["runner"],
             "scheduler": taskdefs.RoleSize(options.scheduler_cpu, options.scheduler_mem),
@@ -266,7 +278,8 @@ class _ECSBase(PoolBackend):
             validate.check_fargate_size("scheduler", sizes["scheduler"].cpu, sizes["scheduler"].memory)
         if fargate_workers:
             validate.check_fargate_size("worker", sizes["worker"].cpu, sizes["worker"].memory)
-        spot = validate.check_spot(options, fargate_workers)
+        # With groups, each group's market is checked against where it runs (group_launch).
+        spot = validate.check_spot(options, fargate_workers or bool(groups))
         validate.check_user_environment(options.environment, options.secrets, allowed)
         if options.worker_task_definition_arn and (options.environment or options.secrets):
             raise BadInput(
@@ -283,16 +296,20 @@ class _ECSBase(PoolBackend):
             worker_args.append("--no-dashboard")
         if options.worker_gpu:
             worker_args = with_resource(worker_args, "GPU", options.worker_gpu)
+        tls_args = taskdefs.worker_extra_args(delivered="worker" in own)
+        launches = group_launches(self.name, options, groups, fargate_workers=fargate_workers, spot=spot,
+                                  base_args=worker_args, tls_args=tls_args)
         return _Launch(
             fargate_scheduler=fargate_scheduler,
             fargate_workers=fargate_workers,
             sizes=sizes,
             scheduler_args=list(options.scheduler_extra_args)
             + taskdefs.scheduler_extra_args(delivered="scheduler" in own),
-            worker_args=worker_args + taskdefs.worker_extra_args(delivered="worker" in own),
+            worker_args=worker_args + tls_args,
             own_definitions=own,
             spot=spot,
             cpu_architecture=options.cpu_architecture or defaults.CPU_ARCHITECTURE,
+            groups=launches,
         )
 
     @staticmethod
@@ -323,7 +340,8 @@ class _ECSBase(PoolBackend):
         with the execution role); the workers' also get the run's environment and the
         project's ``environment`` and ``secrets``.
 
-        Returns ``{"scheduler": arn, "worker": arn}``.
+        Returns ``{"scheduler": arn, "worker": arn}``; with worker groups, ``worker:GROUP``
+        for each group's instead of ``worker`` (:mod:`~flowrig.backends.aws.ecs.group_launch`).
         """
         from flowrig.backends.aws.ecs import taskdefs, validate
         from flowrig.certs import delivery
@@ -337,8 +355,7 @@ class _ECSBase(PoolBackend):
             environment = {delivery.FROM_ENV: "secret"}
             secrets = {delivery.SECRET_ENV: str(tls_secret)}
             if role == "worker":
-                environment = {**dict(spec.worker_env), **options.environment, **environment,
-                               **taskdefs.spot_environment(launch.spot)}
+                environment = {**dict(spec.worker_env), **options.environment, **environment}
                 secrets = {**options.secrets, **secrets}
             settings = taskdefs.TaskDefinitionSettings(
                 image=spec.image or "",
@@ -361,14 +378,29 @@ class _ECSBase(PoolBackend):
                 volumes=tuple(options.volumes),
                 mount_points=tuple(options.mount_points),
                 mount_on_scheduler=options.mount_volumes_on_scheduler,
-                environment=environment,
+                environment={**environment, **(taskdefs.spot_environment(launch.spot) if role == "worker" else {})},
                 secrets=secrets,
-                worker_stop_timeout=defaults.SPOT_STOP_TIMEOUT if launch.spot else None,
+                worker_stop_timeout=defaults.SPOT_STOP_TIMEOUT if launch.spot and role == "worker" else None,
             )
-            params = taskdefs.render_task_definition(role, settings)
-            validate.check_task_definition(params)
-            arns[role] = resources.register_task_definition(params)
+            for key, params in self._render(role, settings, launch, environment, spec.run_id):
+                validate.check_task_definition(params)
+                arns[key] = resources.register_task_definition(params)
+        if given["worker"]:
+            arns.update({f"worker:{group.name}": arns["worker"] for group in launch.groups})
         return arns
+
+    @staticmethod
+    def _render(role: str, settings: Any, launch: _Launch, environment: Mapping[str, str],
+                run_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """``(key, RegisterTaskDefinition parameters)`` of ``role``: one worker definition
+        per worker group (``worker:GROUP``) when the run has groups."""
+        from flowrig.backends.aws.ecs import group_launch, taskdefs
+
+        if role != "worker" or not launch.groups:
+            return [(role, taskdefs.render_task_definition(role, settings))]
+        return [(f"worker:{group.name}", group_launch.group_task_definition(taskdefs.render_task_definition(
+            "worker", group_launch.group_settings(settings, group, environment)), run_id, group))
+            for group in launch.groups]
 
 
 class ECSBackend(_ECSBase):

@@ -24,13 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from flowrig.backends.aws.ecs import pacing
+from flowrig.backends.aws.ecs.reasons import explain, failure_reason, stop_reason
+from flowrig.backends.aws.ecs.worker_kinds import WorkerKind
 from flowrig.backends.aws.session import Session, aws_errors
 from flowrig.backends.markets import SpotSetting, fallback_line, first_market, markets_to_try, worker_markets
 from flowrig.backends.pool import Endpoint, Launcher, Observed, WorkerStart
 from flowrig.backends.usage import ON_DEMAND, SPOT, Placement
 from flowrig.errors import InfrastructureError, one_line
 from flowrig.roles import DASHBOARD_PORT, SCHEDULER_PORT, WORKER_DEATH_TIMEOUT
-from flowrig.roles.task_name import FROM_ECS_TASK, task_id
+from flowrig.roles.task_name import task_id
 
 logger = logging.getLogger("flowrig.ecs")
 
@@ -38,13 +40,13 @@ logger = logging.getLogger("flowrig.ecs")
 DESCRIBE_BATCH = 100
 #: RunTask starts at most this many tasks per call (``count``).
 RUN_BATCH = 10
-#: Lines of a stopped container's CloudWatch log put in its stop reason, and their width.
+#: Lines of a stopped container's CloudWatch log put in its stop reason.
 LOG_TAIL_LINES = 3
-LOG_LINE_WIDTH = 160
-#: Longest one-line explanation of a stopped task (reasons, log lines and hint).
-REASON_WIDTH = 1200
 #: Seconds between RunTask tries while a new role propagates.
 _ASSUME_POLL = 2.0
+#: The markets in the words the users of each capacity know.
+_MARKET_WORDS = {SPOT: "Fargate Spot", ON_DEMAND: "on-demand Fargate"}
+_EC2_MARKET_WORDS = {SPOT: "the Spot capacity provider", ON_DEMAND: "the on-demand capacity provider"}
 _PENDING = {"PROVISIONING", "PENDING", "ACTIVATING"}
 _STOPPED = {"DEACTIVATING", "STOPPING", "DEPROVISIONING", "STOPPED", "DELETED"}
 
@@ -113,21 +115,37 @@ class TaskSettings:
     #: The capacity provider (an Auto Scaling group of EC2 instances) worker tasks not on
     #: Fargate start on; empty: the cluster's default strategy.
     capacity_provider: str = ""
+    #: The Spot capacity provider of worker tasks not on Fargate (``spot`` on EC2 capacity).
+    spot_capacity_provider: str = ""
+    #: How each worker group's tasks start, by group (``[[cluster.worker_groups]]``).
+    groups: Mapping[str, WorkerKind] = field(default_factory=dict)
+
+    def kind(self, group: str = "") -> WorkerKind:
+        """How the workers of ``group`` start (``""``: the run's workers, without groups)."""
+        if group:
+            return self.groups[group]
+        return WorkerKind(
+            task_definition=self.worker_task_definition, args=tuple(self.worker_args), threads=self.worker_threads,
+            fargate=self.fargate, spot=self.spot, capacity_provider=self.capacity_provider,
+            spot_capacity_provider=self.spot_capacity_provider, shape=self.shapes.get("worker"),
+        )
 
 
-def worker_command(settings: TaskSettings, scheduler_address: str, name: str = FROM_ECS_TASK) -> list[str]:
-    """A worker's command: its scheduler, name and threads, then the project's flags and TLS.
+def worker_command(settings: "TaskSettings | WorkerKind", scheduler_address: str, name: str | None = None) -> list[str]:
+    """A worker's command: its scheduler, name and threads, then its flags (its group's
+    Dask resources among them) and TLS.
 
-    The name defaults to the task's own id, filled in by the image's entry point, since
-    all tasks of one RunTask call share one command.
+    The name defaults to the task's own id (after its group's name), filled in by the
+    image's entry point, since all tasks of one RunTask call share one command.
     """
+    kind = settings.kind() if isinstance(settings, TaskSettings) else settings
     return [
         "dask-worker", scheduler_address,
-        "--name", name,
-        "--nthreads", str(settings.worker_threads),
+        "--name", kind.name_template if name is None else name,
+        "--nthreads", str(kind.threads),
         "--memory-limit", "auto",
         "--death-timeout", str(WORKER_DEATH_TIMEOUT),
-        *settings.worker_args,
+        *kind.args,
     ]
 
 
@@ -148,74 +166,6 @@ def _private_ip(task: Mapping[str, Any]) -> str | None:
     return None
 
 
-def stop_reason(task: Mapping[str, Any]) -> str:
-    """One line: the stop code, the stopped reason and each container's own reason."""
-    parts = [task.get("stopCode"), task.get("stoppedReason")]
-    for container in task.get("containers", ()):
-        if container.get("reason"):
-            parts.append(f"{container.get('name', 'container')}: {container['reason']}")
-        elif container.get("exitCode") not in (None, 0):
-            parts.append(f"{container.get('name', 'container')} exited with code {container['exitCode']}")
-    return one_line("; ".join(p for p in parts if p) or "no reason given", REASON_WIDTH)
-
-
-#: (words any of which is in a reason, what to do), first match wins.
-_HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("CannotPullContainerError", "pull image", "pulling image"),
-     "the image could not be pulled: a task in a private subnet needs a NAT gateway or VPC endpoints "
-     "(ecr.api, ecr.dkr, s3), and the execution role ecr:GetAuthorizationToken and read access to the repository"),
-    (("secretsmanager", "secrets manager", "ssm", "unable to retrieve secret", "GetSecretValue"),
-     "ECS could not read the task's secrets: the execution role needs secretsmanager:GetSecretValue "
-     "(and kms:Decrypt for a key of yours) on them, and a private subnet a route to Secrets Manager "
-     "(NAT or VPC endpoint)"),
-    (("log group", "loggroup", "CreateLogStream", "awslogs"),
-     "the awslogs log group is missing or not writable: create it, or leave cloudwatch_logs_group "
-     "unset so the run makes its own"),
-    (("RESOURCE:", "Capacity is unavailable", "capacity", "AGENT"),
-     "no capacity for the task right now: run again later, in other subnets or availability zones, "
-     'with smaller worker_cpu/worker_mem, or with spot = "fallback" (or without spot)'),
-)
-
-
-#: Words of a RunTask failure that say Fargate had no capacity for the task (Spot's answer
-#: when it has none: ``RESOURCE:FARGATE`` / "Capacity is unavailable at this time").
-_NO_CAPACITY = ("capacity is unavailable", "resource:fargate")
-#: The markets in the words a Fargate user knows.
-_MARKET_WORDS = {SPOT: "Fargate Spot", ON_DEMAND: "on-demand Fargate"}
-
-
-def no_capacity(reason: str) -> bool:
-    """Whether a RunTask failure ``reason`` says Fargate had no capacity (worth another market)."""
-    lowered = reason.lower()
-    return any(word in lowered for word in _NO_CAPACITY)
-
-
-def hint(reason: str) -> str:
-    """What to check for a stop or RunTask failure ``reason``; empty when nothing fits."""
-    lowered = reason.lower()
-    for words, advice in _HINTS:
-        if any(word.lower() in lowered for word in words):
-            return advice
-    return ""
-
-
-def failure_reason(failure: Mapping[str, Any]) -> str:
-    """One RunTask or DescribeTasks failure as a line: its reason and detail."""
-    text = " ".join(str(failure.get(key) or "") for key in ("reason", "detail")).strip()
-    return one_line(text or "no reason given", REASON_WIDTH)
-
-
-def explain(reason: str, log_lines: Sequence[str] = ()) -> str:
-    """``reason``, the container's last log lines and a hint, in one line."""
-    parts = [reason]
-    if log_lines:
-        parts.append("last log lines: " + " | ".join(one_line(line, LOG_LINE_WIDTH) for line in log_lines))
-    advice = hint(reason)
-    if advice:
-        parts.append("hint: " + advice)
-    return one_line("; ".join(parts), REASON_WIDTH)
-
-
 class ECSLauncher(Launcher):
     """Starts, observes and stops a run's ECS tasks.
 
@@ -233,8 +183,9 @@ class ECSLauncher(Launcher):
         self.aws = aws
         self.settings = settings
         self._tasks: dict[str, dict[str, Any]] = {}
-        #: The market each worker task was started in, by ARN.
+        #: The market and the group each worker task was started in, by ARN.
         self._markets: dict[str, str] = {}
+        self._groups: dict[str, str] = {}
         #: One-line explanation of each task seen stopped (its log lines are read once).
         self._explained: dict[str, str] = {}
         self._launches = pacing.Pacer(pacing.LAUNCHES)
@@ -246,10 +197,11 @@ class ECSLauncher(Launcher):
         return self.aws.client("ecs")
 
     def _run_task(self, role: str, definition: str, container: str, command: list[str],
-                  environment: Mapping[str, str], extra: Mapping[str, Any], fargate: bool,
-                  count: int = 1, market: str = ON_DEMAND) -> tuple[list[dict[str, Any]], list[str]]:
-        """Ask for ``count`` tasks in one call (on Fargate: in ``market``): the tasks
-        started and ECS's reason per task not, as it gave it."""
+                  environment: Mapping[str, str], extra: Mapping[str, Any], placing: Mapping[str, Any],
+                  count: int = 1) -> tuple[list[dict[str, Any]], list[str]]:
+        """Ask for ``count`` tasks in one call, placed by ``placing`` (a launch type or a
+        capacity provider strategy): the tasks started and ECS's reason per task not, as
+        it gave it."""
         s = self.settings
         override: dict[str, Any] = {"name": container, "command": command}
         if environment:
@@ -273,20 +225,12 @@ class ECSLauncher(Launcher):
             },
             "tags": [{"key": k, "value": v} for k, v in sorted(s.tags.items())],
         }
-        if fargate:
-            if market == SPOT and role == "worker":  # the scheduler is never on Spot
-                kwargs["capacityProviderStrategy"] = [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]
-            else:
-                kwargs["launchType"] = "FARGATE"
-        elif s.capacity_provider and role == "worker":
-            kwargs["capacityProviderStrategy"] = [{"capacityProvider": s.capacity_provider, "weight": 1}]
+        kwargs.update(placing)
         with aws_errors(f"starting the {role} task{'s' if count > 1 else ''}"):
             response = self._run_task_call(kwargs)
         tasks = list(response.get("tasks") or [])[:count]
         for task in tasks:
             self._tasks[task["taskArn"]] = task
-            if role == "worker":
-                self._markets[task["taskArn"]] = market if fargate else ON_DEMAND
         refused = [failure_reason(f) for f in response.get("failures") or []]
         # A short answer with no failure listed still leaves tasks unstarted.
         refused += ["ECS started fewer tasks than asked, without a reason"] * max(count - len(tasks) - len(refused), 0)
@@ -315,7 +259,8 @@ class ECSLauncher(Launcher):
         s = self.settings
         tasks, refused = self._run_task(
             "scheduler", s.scheduler_task_definition, s.scheduler_container, list(s.scheduler_command),
-            {}, s.scheduler_task_kwargs, s.scheduler_fargate,
+            # The scheduler is never on Spot: losing it ends the run.
+            {}, s.scheduler_task_kwargs, {"launchType": "FARGATE"} if s.scheduler_fargate else {},
         )
         if not tasks:
             raise InfrastructureError(f"ECS did not start the scheduler task: {explain(refused[0])}")
@@ -331,45 +276,53 @@ class ECSLauncher(Launcher):
             dashboard_link=f"http://{address}:{DASHBOARD_PORT}/status" if self.settings.dashboard else None,
         )
 
-    def start_workers(self, scheduler_address: str, count: int, replacing: Sequence[str] = ()) -> WorkerStart:
-        """Ask for ``count`` workers, :data:`RUN_BATCH` per RunTask call; each is named
-        after its task's id. Each is asked in its market (:mod:`flowrig.backends.markets`:
-        a replacement of a lost worker of ``replacing`` in that worker's), and with
-        ``spot = "fallback"`` the ones Fargate had no capacity for are asked again in the
-        other market, said in one line. A call AWS refuses outright raises; failures of
-        single tasks are returned with their reasons."""
-        s = self.settings
-        command = worker_command(s, scheduler_address)
-        firsts = worker_markets(s.spot, count, [self._markets.get(handle) for handle in replacing])
+    def start_workers(
+        self, scheduler_address: str, count: int, replacing: Sequence[str] = (), group: str = ""
+    ) -> WorkerStart:
+        """Ask for ``count`` workers (of worker group ``group``, with its task definition,
+        Dask resources and market), :data:`RUN_BATCH` per RunTask call; each is named
+        after its task's id (after its group's name). Each is asked in its market
+        (:mod:`flowrig.backends.markets`: a replacement of a lost worker of ``replacing``
+        in that worker's), and with ``spot = "fallback"`` the ones that market had no room
+        for are asked again in the other market, said in one line. A call AWS refuses
+        outright raises; failures of single tasks are returned with their reasons."""
+        kind = self.settings.kind(group)
+        command = worker_command(kind, scheduler_address)
+        firsts = worker_markets(kind.spot, count, [self._markets.get(handle) for handle in replacing])
+        words = _MARKET_WORDS if kind.fargate else _EC2_MARKET_WORDS
+        what = "worker task" + (f" of group {group}" if group else "")
         started: dict[str, str] = {}
         refused: list[str] = []
         for market in dict.fromkeys(firsts):
-            got, short = self._start_in(market, firsts.count(market), command, refused)
+            got, short = self._start_in(kind, market, firsts.count(market), command, refused)
             started.update(got)
-            tries = markets_to_try(s.spot, market)
+            tries = markets_to_try(kind.spot, market)
             if short and len(tries) > 1:
-                logger.warning(fallback_line(len(short), "worker task", _MARKET_WORDS[market],
-                                             _MARKET_WORDS[tries[1]], short[0]))
-                got, short = self._start_in(tries[1], len(short), command, refused)
+                logger.warning(fallback_line(len(short), what, words[market], words[tries[1]], short[0]))
+                got, short = self._start_in(kind, tries[1], len(short), command, refused)
                 started.update(got)
             refused += short
         return WorkerStart(started=started, refused=[explain(reason) for reason in refused])
 
-    def _start_in(self, market: str, count: int, command: list[str],
+    def _start_in(self, kind: WorkerKind, market: str, count: int, command: list[str],
                   refused: list[str]) -> tuple[dict[str, str], list[str]]:
-        """Ask for ``count`` workers in ``market``: ``name -> ARN`` of those started, and
-        the reasons of those Fargate had no capacity for; other reasons go to ``refused``."""
+        """Ask for ``count`` workers of ``kind`` in ``market``: ``name -> ARN`` of those
+        started, and the reasons of those the market had no room for; other reasons go to
+        ``refused``."""
         s = self.settings
         started: dict[str, str] = {}
         short: list[str] = []
         for start in range(0, count, RUN_BATCH):
             tasks, failures = self._run_task(
-                "worker", s.worker_task_definition, s.worker_container, command,
-                s.environment, s.worker_task_kwargs, s.fargate, count=min(RUN_BATCH, count - start), market=market,
+                "worker", kind.task_definition, s.worker_container, command, s.environment, s.worker_task_kwargs,
+                kind.placement_kwargs(market), count=min(RUN_BATCH, count - start),
             )
-            started.update((task_id(task["taskArn"]), task["taskArn"]) for task in tasks)
+            for task in tasks:
+                started[kind.worker_name(task["taskArn"])] = task["taskArn"]
+                self._markets[task["taskArn"]] = market
+                self._groups[task["taskArn"]] = kind.group
             for reason in failures:
-                (short if no_capacity(reason) else refused).append(reason)
+                (short if kind.short_of_room(reason) else refused).append(reason)
         return started, short
 
     def observe(self, handles: list[str]) -> dict[str, Observed]:
@@ -416,14 +369,17 @@ class ECSLauncher(Launcher):
         return [event["message"] for event in events if str(event.get("message", "")).strip()][-LOG_TAIL_LINES:]
 
     def placement(self, handle: str, role: str) -> Placement | None:
-        """A Fargate task's shape from its task definition's size, in the market it was
-        started in; tasks on the cluster's own capacity are not priced here."""
+        """A Fargate task's shape from its task definition's size (its group's), in the
+        market it was started in; tasks on the cluster's own capacity are not priced here."""
         s = self.settings
-        fargate = s.fargate if role == "worker" else s.scheduler_fargate
-        cpu, memory = s.shapes.get(role, (0, 0))
+        if role == "worker":
+            kind = s.kind(self._groups.get(handle, ""))
+            fargate, (cpu, memory) = kind.fargate, kind.shape or (0, 0)
+            market = self._markets.get(handle, first_market(kind.spot))
+        else:
+            fargate, (cpu, memory), market = s.scheduler_fargate, s.shapes.get(role, (0, 0)), ON_DEMAND
         if not fargate or not cpu:
             return None
-        market = self._markets.get(handle, first_market(s.spot)) if role == "worker" else ON_DEMAND
         return Placement(
             market=market, vcpu=cpu / 1024,
             memory_gib=memory / 1024, price_key=f"fargate:{self.aws.region_name}:{s.cpu_architecture}",

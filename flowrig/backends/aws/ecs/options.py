@@ -133,6 +133,13 @@ class ECSOptions(CloudOptions):
         description="a capacity provider of the cluster (an Auto Scaling group of EC2 instances) the worker tasks "
         "start on; default: the cluster's default strategy",
     )
+    spot_capacity_provider: StrictStr | None = Field(
+        None,
+        description="a capacity provider of the cluster whose Auto Scaling group runs Spot instances: with `spot`, "
+        "worker tasks on EC2 capacity (fargate_workers = false) start there, and with `\"fallback\"` on "
+        "`capacity_provider` when it has no room",
+    )
+
     @field_validator("cpu_architecture", mode="before")
     @classmethod
     def _architecture_upper(cls, value: Any) -> Any:

@@ -31,8 +31,9 @@ ECS_ARCH = {platform: name for name, platform in PLATFORM.items()}
 FARGATE_PROVIDERS = ("FARGATE", "FARGATE_SPOT")
 
 
-def check_options(backend: str, options: "ECSOptions", fargate_workers: bool) -> None:
-    """The rules between ``worker_gpu``, ``capacity_provider``, the launch type and Spot.
+def check_options(backend: str, options: "ECSOptions", fargate_workers: bool, groups: bool = False) -> None:
+    """The rules between ``worker_gpu``, ``capacity_provider``, the launch type and Spot
+    (with worker ``groups``, a capacity provider may be for the groups on EC2 capacity).
 
     Raises
     ------
@@ -56,17 +57,18 @@ def check_options(backend: str, options: "ECSOptions", fargate_workers: bool) ->
             f"[cluster.options] worker_gpu = {gpu} needs capacity_provider: name the cluster's capacity provider "
             "whose Auto Scaling group runs GPU instances (g5.xlarge; g5g.xlarge for arm64)"
         )
-    provider = options.capacity_provider
-    if provider and provider.upper() in FARGATE_PROVIDERS:
-        raise BadInput(
-            f"[cluster.options] capacity_provider = {provider!r} is Fargate's: leave it out (spot = true "
-            "asks for Fargate Spot)"
-        )
-    if provider and fargate_workers:
-        raise BadInput(
-            f"[cluster.options] capacity_provider = {provider!r} starts workers on EC2 instances, but they run on "
-            "Fargate: use the ecs backend with fargate_workers = false, or leave capacity_provider out"
-        )
+    for key in ("capacity_provider", "spot_capacity_provider"):
+        provider = getattr(options, key)
+        if provider and provider.upper() in FARGATE_PROVIDERS:
+            raise BadInput(
+                f"[cluster.options] {key} = {provider!r} is Fargate's: leave it out (spot = true "
+                "asks for Fargate Spot)"
+            )
+        if provider and fargate_workers and not groups:
+            raise BadInput(
+                f"[cluster.options] {key} = {provider!r} starts workers on EC2 instances, but they run on "
+                f"Fargate: use the ecs backend with fargate_workers = false, or leave {key} out"
+            )
     if options.cpu_architecture:
         check_spot(options.cpu_architecture, "cpu_architecture = " + options.cpu_architecture, options,
                    fargate_workers)
@@ -194,9 +196,8 @@ def _group_instance_types(session: "Session", group_name: str) -> list[str] | No
     return None
 
 
-def _provider_shapes(session: "Session", options: "ECSOptions", cluster_arn: str) -> list[InstanceShape]:
-    """The shapes of the capacity provider's instance types; empty when not known."""
-    provider = options.capacity_provider or ""
+def _provider_shapes(session: "Session", provider: str, cluster_arn: str) -> list[InstanceShape]:
+    """The shapes of capacity provider ``provider``'s instance types; empty when not known."""
     kinds = provider_instance_types(session, cluster_arn, provider)
     if not kinds:
         logger.warning("the instance types of capacity provider %s are not known: GPUs and architecture are not "
@@ -206,11 +207,27 @@ def _provider_shapes(session: "Session", options: "ECSOptions", cluster_arn: str
     return [described[kind] for kind in kinds if kind in described]
 
 
+def _providers(options: "ECSOptions", fargate_workers: bool, groups: tuple[Any, ...]) -> list[tuple[str, str, int]]:
+    """``(where, capacity provider, GPUs)`` of every EC2 capacity provider the workers
+    start on: the run's, or each worker group's (on-demand and Spot)."""
+    if groups:
+        return [(f"[[cluster.worker_groups]] {g.name} {key} = {provider!r} runs", provider, g.gpu)
+                for g in groups if not g.fargate
+                for key, provider in (("capacity_provider", g.capacity_provider),
+                                      ("spot_capacity_provider", g.spot_capacity_provider)) if provider]
+    if fargate_workers:
+        return []
+    return [(f"[cluster.options] {key} = {provider!r} runs", provider, options.worker_gpu)
+            for key, provider in (("capacity_provider", options.capacity_provider),
+                                  ("spot_capacity_provider", options.spot_capacity_provider)) if provider]
+
+
 def check_run(session: "Session", options: "ECSOptions", cluster_arn: str, image: str,
-              fargate_workers: bool) -> str:
-    """The run's ``cpu_architecture``, after the image, Spot and the capacity provider's
-    instance types were checked against it (read-only calls). Without the option, the
-    run takes the image's architecture that the provider's instances run.
+              fargate_workers: bool, groups: tuple[Any, ...] = ()) -> str:
+    """The run's ``cpu_architecture``, after the image, Spot and the capacity providers'
+    instance types (the run's, or each worker group's) were checked against it
+    (read-only calls). Without the option, the run takes the image's architecture that
+    the providers' instances run.
 
     Raises
     ------
@@ -218,15 +235,26 @@ def check_run(session: "Session", options: "ECSOptions", cluster_arn: str, image
         Any mismatch, in one line naming the fix.
     """
     held, source = image_architectures(session, image)
-    provided = [] if fargate_workers or not options.capacity_provider else _provider_shapes(
-        session, options, cluster_arn)
+    shapes: dict[str, list[InstanceShape]] = {}
+    checks = []
+    for where, provider, gpu in _providers(options, fargate_workers, groups):
+        if provider not in shapes:
+            shapes[provider] = _provider_shapes(session, provider, cluster_arn)
+        checks.append((where, shapes[provider], gpu))
+    provided = [shape for found in shapes.values() for shape in found]
     runnable = [arch for arch in PLATFORM.values() if provided and all(arch in s.archs for s in provided)]
     fits = tuple(arch for arch in (held or runnable) if arch in runnable)
     arch = choose_architecture(options.cpu_architecture, fits or held, source, image)
-    if not options.cpu_architecture:
+    if not options.cpu_architecture and not groups:
         check_spot(arch, f"the image's architecture, from {source}", options, fargate_workers)
-    where = f"[cluster.options] capacity_provider = {options.capacity_provider!r} runs"
-    for shape in provided:
-        check_gpus(shape, options.worker_gpu, where)
-        check_arch(shape, (PLATFORM[arch],), where, image)
+    for group in groups:
+        if arch == "ARM64" and group.fargate and group.spot:
+            raise BadInput(
+                f"Fargate Spot runs X86_64 tasks only, and [[cluster.worker_groups]] {group.name} is on Spot with "
+                f"ARM64 workers: set its market = \"on-demand\", or build the image for linux/amd64"
+            )
+    for where, found, gpu in checks:
+        for shape in found:
+            check_gpus(shape, gpu, where)
+            check_arch(shape, (PLATFORM[arch],), where, image)
     return arch

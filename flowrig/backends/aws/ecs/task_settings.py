@@ -21,7 +21,8 @@ def task_settings(
     return TaskSettings(
         cluster_arn=infra.cluster_arn,
         scheduler_task_definition=definitions["scheduler"],
-        worker_task_definition=definitions["worker"],
+        # With worker groups, each group's (``worker:GROUP``) instead.
+        worker_task_definition=definitions.get("worker", ""),
         subnets=infra.subnets,
         security_groups=infra.security_groups,
         started_by=started_by,
@@ -48,4 +49,6 @@ def task_settings(
                 if role in launch.own_definitions},
         cpu_architecture=launch.cpu_architecture,
         capacity_provider=options.capacity_provider or "",
+        spot_capacity_provider=options.spot_capacity_provider or "",
+        groups={group.name: group.kind(definitions[f"worker:{group.name}"]) for group in launch.groups},
     )

@@ -147,7 +147,8 @@ def check_spot(options: "ECSOptions", fargate_workers: bool) -> "SpotSetting":
     Raises
     ------
     BadInput
-        Both ``spot`` and ``fargate_spot`` set; Spot for workers not on Fargate; a
+        Both ``spot`` and ``fargate_spot`` set; Spot for workers not on Fargate without
+        ``spot_capacity_provider``; a
         launch type or capacity provider strategy in ``worker_task_kwargs`` beside
         ``spot``; Fargate Spot named in ``scheduler_task_kwargs``.
     """
@@ -160,12 +161,13 @@ def check_spot(options: "ECSOptions", fargate_workers: bool) -> "SpotSetting":
         )
     if not spot:
         return spot
-    if not fargate_workers:
+    if not fargate_workers and not options.spot_capacity_provider:
         key = "spot" if "spot" in options.model_fields_set else "fargate_spot"
         value = "true" if spot is True else '"fallback"'
         raise BadInput(
-            f"{key} = {value} asks Fargate Spot for the workers, which run on the cluster's own capacity here "
-            f"(fargate_workers = false): set fargate_workers = true in [cluster.options], or drop {key}"
+            f"{key} = {value} asks for Spot workers, which run on the cluster's own capacity here "
+            f"(fargate_workers = false): set spot_capacity_provider to a capacity provider of Spot instances, "
+            f"set fargate_workers = true for Fargate Spot, or drop {key}"
         )
     given = sorted(set(options.worker_task_kwargs) & {"launchType", "capacityProviderStrategy"})
     if given:
