@@ -130,7 +130,7 @@ options = { drain_timeout = 10 }
          "group 'gpu' options.timeout is not taken per group by the local backend (it takes none)"),
         ("docker", {"name": "gpu", "options": {"drain_timeout": -1}},
          "group 'gpu' options: [cluster.options] drain_timeout must be greater than 0, got -1"),
-        ("ecs", {"name": "gpu"}, "[[cluster.worker_groups]] run on the docker and local backends only"),
+        ("address", {"name": "gpu"}, "[[cluster.worker_groups]] do not run on the address backend"),
     ],
 )
 def test_a_backend_refuses_what_it_cannot_honour_in_one_line(backend, group, message):

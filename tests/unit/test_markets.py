@@ -85,9 +85,33 @@ def test_spot_for_workers_on_the_clusters_own_capacity_is_refused_naming_the_key
     with pytest.raises(BadInput) as info:
         launch("ecs", cluster_arn=arn, fargate_spot=True)
     assert str(info.value) == (
-        "fargate_spot = true asks Fargate Spot for the workers, which run on the cluster's own capacity here "
-        "(fargate_workers = false): set fargate_workers = true in [cluster.options], or drop fargate_spot")
+        "fargate_spot = true asks for Spot workers, which run on the cluster's own capacity here "
+        "(fargate_workers = false): set spot_capacity_provider to a capacity provider of Spot instances, "
+        "set fargate_workers = true for Fargate Spot, or drop fargate_spot")
     assert launch("ecs", cluster_arn=arn, fargate_workers=True, spot="fallback").spot == "fallback"
+    # A capacity provider of Spot instances is where Spot workers on EC2 capacity go.
+    assert launch("ecs", cluster_arn=arn, spot=True, spot_capacity_provider="spot-cp").spot is True
+
+
+def test_spot_on_ec2_capacity_starts_on_the_spot_provider_and_falls_back_to_the_on_demand_one(caplog):
+    """Without Fargate, the markets are the cluster's capacity providers: Spot workers go
+    to ``spot_capacity_provider``, and those it had no instance for to ``capacity_provider``."""
+    from dataclasses import replace
+
+    ecs = StubbedECS()
+    launcher = ecs_launcher(ecs, "fallback")
+    launcher.settings = replace(launcher.settings, fargate=False, capacity_provider="od-cp",
+                                spot_capacity_provider="spot-cp")
+    ecs.answer(1, short=1, reason="RESOURCE:MEMORY")
+    ecs.answer(1)
+    with caplog.at_level(logging.WARNING, logger="flowrig.ecs"):
+        workers = launcher.start_workers("tls://10.0.0.1:8786", 2)
+    assert_valid_run_task(ecs.sent)
+    assert [(market(r), r["count"]) for r in ecs.sent] == [("spot-cp", 2), ("od-cp", 1)]
+    assert workers.refused == [] and len(workers.started) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "the Spot capacity provider had no capacity for 1 worker task (RESOURCE:MEMORY): asked for it on the "
+        'on-demand capacity provider instead, as spot = "fallback" allows']
 
 
 # --- RunTask, as botocore sends it ---------------------------------------------------------

@@ -215,8 +215,8 @@ def test_groups_below_min_workers_are_refused():
 # --- the backends --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["ecs", "fargate", "address", "ec2"])
-def test_a_backend_other_than_docker_or_local_refuses_groups_before_anything_starts(name):
+@pytest.mark.parametrize("name", ["address"])
+def test_a_backend_that_does_not_start_groups_refuses_them_before_anything_starts(name):
     from flowrig.backends import get_backend
     from flowrig.run.execute import _decide
     from flowrig.run.prepared import PreparedRun
@@ -224,9 +224,35 @@ def test_a_backend_other_than_docker_or_local_refuses_groups_before_anything_sta
     project = _project({"name": "gpu"})
     run = PreparedRun(flow=None, backend=get_backend(name), tls=None, api=None, api_url=None,
                       worker_groups=tuple(project.cluster.worker_groups))
-    with pytest.raises(BadInput, match=rf"^\[\[cluster.worker_groups\]\] run on the docker and local backends only "
-                                       rf"for now, not on {name}: drop the groups"):
+    with pytest.raises(BadInput, match=rf"^\[\[cluster.worker_groups\]\] do not run on the {name} backend: drop the "
+                                       r"groups, or run with a backend that starts them \(docker, local, fargate"):
         _decide(run, run.backend, {})
+
+
+@pytest.mark.parametrize(("name", "group", "words"), [
+    ("fargate", {"name": "gpu", "options": {"capacity_provider": "gpu-cp", "fargate_workers": False}}, None),
+    ("ecs", {"name": "gpu", "options": {"spot_capacity_provider": "spot-cp"}, "market": "spot"}, None),
+    ("ec2", {"name": "gpu", "gpu": 1, "options": {"worker_instance_type": "g5.xlarge"}}, None),
+    ("gcp", {"name": "big", "options": {"worker_machine_type": "n2-standard-8"}}, None),
+    ("azure", {"name": "big", "options": {"worker_vm_size": "Standard_D8s_v5"}}, None),
+    ("fargate", {"name": "cpu", "adapt": {"minimum": 0, "maximum": 2}}, "sets adapt, which the fargate backend"),
+    ("ec2", {"name": "cpu", "cpu": 4}, "sets cpu, which the ec2 backend cannot honour: a VM's CPUs come with its type"),
+    ("gcp", {"name": "gpu", "gpu": 1}, "sets gpu, which the gcp backend cannot honour"),
+    ("ec2", {"name": "cpu", "options": {"worker_mem": 2}}, "options.worker_mem is not taken per group by the ec2"),
+    ("fargate", {"name": "cpu", "options": {"worker_extra_args": ["--resources", "GPU=1"]}},
+     "options.worker_extra_args is not taken per group by the fargate backend"),
+])
+def test_the_cloud_backends_take_groups_and_refuse_in_one_line_what_they_cannot_honour(name, group, words):
+    from flowrig.backends import get_backend
+
+    project = _project(group)
+    backend = get_backend(name)
+    if words is None:
+        backend.check_worker_groups(project.cluster.worker_groups, {})
+        return
+    with pytest.raises(BadInput) as info:
+        backend.check_worker_groups(project.cluster.worker_groups, {})
+    assert words in str(info.value) and "\n" not in str(info.value)
 
 
 def test_the_plan_gives_each_group_its_shape_in_the_workers_order():
@@ -356,7 +382,7 @@ def test_a_sized_cluster_line_names_each_group():
     assert ClusterSize(1, groups=(GroupSize("gpu", 1),)).describe() == "1 worker (gpu 1)"
 
 
-def test_preflight_counts_the_groups_workers_and_refuses_groups_on_a_cloud_backend(tmp_path):
+def test_preflight_counts_the_groups_workers_and_refuses_groups_where_they_do_not_run(tmp_path):
     from flowrig.run.preflight import maximum_workers, preflight
 
     project = _project({"name": "gpu", "n_workers": 2}, {"name": "cpu", "n_workers": 3})
@@ -364,6 +390,5 @@ def test_preflight_counts_the_groups_workers_and_refuses_groups_on_a_cloud_backe
     (tmp_path / "flow.py").write_text("from prefect import flow\n@flow\ndef main(): ...\n")
     (tmp_path / "flowrig.toml").write_text('flow = "flow.py:main"\n[cluster]\nbackend = "fargate"\n'
                                            '[[cluster.worker_groups]]\nname = "gpu"\n')
-    with pytest.raises(BadInput, match=r"^\[\[cluster.worker_groups\]\] run on the docker and local backends only "
-                                       r"for now, not on fargate"):
-        preflight(tmp_path)
+    with pytest.raises(BadInput, match=r"^\[\[cluster.worker_groups\]\] do not run on the address backend"):
+        preflight(tmp_path, backend="address")

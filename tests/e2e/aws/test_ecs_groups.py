@@ -20,7 +20,7 @@ import pytest
 from flowrig.backends.aws.ecs import FargateBackend
 from flowrig.backends.base import ClusterSpec, WorkerGroupSpec
 from flowrig.common.routes import resources_for, routes_of, worker_resources
-from flowrig.project.sizing import ClusterSize
+from flowrig.project.sizing import ClusterSize, GroupSize
 from flowrig.roles.task_name import FROM_ECS_TASK, task_id
 from tests.e2e.aws.test_ecs_backend import IMAGE
 from tests.e2e.aws.test_ecs_faults import assert_nothing_left
@@ -30,7 +30,11 @@ pytestmark = [pytest.mark.aws, pytest.mark.filterwarnings("ignore:Scheduler alre
 
 
 def group(name: str, n: int, threads: int = 1, **shape) -> WorkerGroupSpec:
-    return WorkerGroupSpec(name, n, threads, worker_resources(name, threads), **shape)
+    return WorkerGroupSpec(name, n, threads, worker_resources(name, threads, gpu=shape.get("gpu", 0)), **shape)
+
+
+def sized(*groups: WorkerGroupSpec) -> ClusterSize:
+    return ClusterSize(sum(g.n_workers for g in groups), groups=tuple(GroupSize(g.name, g.n_workers) for g in groups))
 
 
 def flag(command: list[str], name: str) -> str:
@@ -83,7 +87,7 @@ def test_two_groups_run_from_their_own_task_definitions_markets_and_resources_an
     from distributed import Client, get_worker, wait
 
     groups = (group("cpu", 2, threads=2), group("spot", 1, market="spot"))
-    spec = ClusterSpec(run_id="grp1", size=ClusterSize(3, groups=(("cpu", 2), ("spot", 1))), tls=tls, image=IMAGE,
+    spec = ClusterSpec(run_id="grp1", size=sized(*groups), tls=tls, image=IMAGE,
                        worker_env={"FLOWRIG_RUN_ID": "grp1"}, options={"preflight": False, "create_roles": True},
                        groups=groups)
     with local_scheduler(tls, workers=0) as scheduler:
