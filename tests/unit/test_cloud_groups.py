@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from flowrig.backends.aws.ecs import ECSBackend, FargateBackend, group_launch, taskdefs, validate
+from flowrig.backends.aws.ecs import ECSBackend, FargateBackend, taskdefs, validate
 from flowrig.backends.aws.ecs.launcher import ECSLauncher, TaskSettings
 from flowrig.backends.aws.ecs.options import ECSOptions
 from flowrig.backends.base import WorkerGroupSpec
@@ -245,3 +245,81 @@ def test_ec2_checks_each_groups_instance_type_for_its_gpus_before_anything_is_ma
     cloud.worker_groups = (group("cpu"), group("arm", options={"worker_instance_type": "m7g.large"}))
     with pytest.raises(BadInput, match="run different architectures"):
         cloud.check("")
+
+
+GROUPS_TOML = '''
+flow = "flow.py:main"
+
+[cluster]
+backend = "ecs"
+worker_threads = 2
+
+[cluster.options]
+region_name = "eu-west-1"
+cluster_arn = "arn:aws:ecs:eu-west-1:123456789012:cluster/team"
+execution_role_arn = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole"
+fargate_workers = true
+environment = { MODE = "prod" }
+
+[[cluster.worker_groups]]
+name = "cpu"
+n_workers = 2
+cpu = 2
+memory = "8GiB"
+
+[[cluster.worker_groups]]
+name = "gpu"
+gpu = 1
+market = "spot"
+options = { fargate_workers = false, capacity_provider = "gpu-cp", spot_capacity_provider = "gpu-spot" }
+'''
+
+
+def test_task_definitions_of_a_project_show_each_groups_shape_and_the_gpus(tmp_path):
+    """``flowrig ecs task-definitions`` renders what a run registers: a worker task
+    definition per group, the GPU group's with its resourceRequirements on EC2."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from flowrig.cli.ecs import app
+    from tests.unit.test_ecs_taskdefs import write_project
+
+    project = write_project(tmp_path, GROUPS_TOML)
+    result = CliRunner().invoke(app, ["task-definitions", str(project), "--image", "reg/etl:1"], env={"AWS_REGION": ""})
+    assert result.exit_code == 0, result.output
+    docs = json.loads(result.stdout)
+    assert sorted(docs) == ["runner", "scheduler", "worker-cpu", "worker-gpu"]
+    cpu, gpu = docs["worker-cpu"], docs["worker-gpu"]
+    assert (cpu["family"], cpu["cpu"], cpu["memory"], cpu["requiresCompatibilities"]) == (
+        "flowrig-etl-worker-cpu", "2048", "8192", ["FARGATE"])
+    [container] = gpu["containerDefinitions"]
+    assert gpu["requiresCompatibilities"] == ["EC2"]
+    assert container["resourceRequirements"] == [{"type": "GPU", "value": "1"}]
+    command = container["command"]
+    assert command[command.index("--resources") + 1] == "flowrig-group-gpu=2,GPU=1"
+    env = {e["name"]: e["value"] for e in container["environment"]}
+    assert env["MODE"] == "prod" and env["FLOWRIG_SPOT_NOTICE"] == "ecs" and container["stopTimeout"] == 120
+    assert "FLOWRIG_SPOT_NOTICE" not in {e["name"] for e in cpu["containerDefinitions"][0]["environment"]}
+    for params in docs.values():
+        validate.check_task_definition(params)
+
+
+def test_task_definitions_of_a_gpu_worker_ask_ecs_for_the_gpus(tmp_path):
+    from typer.testing import CliRunner
+
+    from flowrig.cli.ecs import app
+    from tests.unit.test_ecs_taskdefs import write_project
+
+    toml = GROUPS_TOML.split("[[cluster.worker_groups]]")[0].replace(
+        "fargate_workers = true", 'fargate_workers = false\nworker_gpu = 2\ncapacity_provider = "gpu-cp"')
+    project = write_project(tmp_path, toml)
+    result = CliRunner().invoke(app, ["task-definitions", str(project), "--image", "reg/etl:1", "--role", "worker"],
+                                env={"AWS_REGION": ""})
+    assert result.exit_code == 0, result.output
+    import json
+
+    worker = json.loads(result.stdout)["worker"]
+    assert worker["requiresCompatibilities"] == ["EC2"]
+    assert worker["containerDefinitions"][0]["resourceRequirements"] == [{"type": "GPU", "value": "2"}]
+    validate.check_task_definition(worker)

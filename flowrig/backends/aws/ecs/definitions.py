@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Mapping
 
 from flowrig.backends.aws.ecs import defaults, taskdefs, validate
@@ -207,6 +207,9 @@ def task_definition_settings(
         mount_points=tuple(options.mount_points) if options else (),
         mount_on_scheduler=bool(options and options.mount_volumes_on_scheduler),
         worker_stop_timeout=defaults.SPOT_STOP_TIMEOUT if spot else None,
+        # GPU workers run on EC2 capacity (a capacity provider of GPU instances).
+        worker_gpu=options.worker_gpu if options else 0,
+        compatibilities=("EC2",) if options and options.worker_gpu else ("FARGATE",),
     )
     if settings.cpu_architecture not in ("X86_64", "ARM64"):
         raise BadInput(f"cpu architecture {settings.cpu_architecture!r} is not one ECS runs: use X86_64 or ARM64")
@@ -223,9 +226,45 @@ def render_project_task_definitions(
     API model."""
     settings, roles = task_definition_settings(request, project, environ)
     documents = taskdefs.render_task_definitions(settings, roles)
+    if "worker" in documents and project is not None and project.cluster.worker_groups:
+        del documents["worker"]
+        documents.update(_group_documents(settings, project))
     for params in documents.values():
         validate.check_task_definition(params)
     return settings, documents
+
+
+def _group_documents(settings: taskdefs.TaskDefinitionSettings, project: "Project") -> dict[str, dict[str, Any]]:
+    """``worker-GROUP`` -> the worker task definition of each of the project's worker
+    groups (its shape, market and Dask resources), as a run registers them."""
+    from flowrig.backends import get_backend
+    from flowrig.backends.aws.ecs.group_launch import group_launches, group_settings, group_task_definition
+    from flowrig.backends.base import WorkerGroupSpec
+    from flowrig.common.routes import worker_resources
+
+    options = project_options(project)
+    assert options is not None  # a project of groups here is an ecs/fargate one
+    backend = project.cluster.backend
+    fargate = backend == "fargate" if options.fargate_workers is None else options.fargate_workers
+    specs = []
+    for group in project.cluster.worker_groups:
+        threads = group.worker_threads or settings.worker_threads
+        specs.append(WorkerGroupSpec(
+            group.name, group.size, threads, worker_resources(group.name, threads, group.resources, group.gpu),
+            cpu=None if group.cpu is None else float(group.cpu), memory_mib=group.memory_mib, gpu=group.gpu,
+            market=group.market, options=dict(group.options)))
+    get_backend(backend).check_worker_groups(project.cluster.worker_groups, project.cluster.options)
+    tls = taskdefs.worker_extra_args()
+    args = list(settings.worker_args or ())
+    launches = group_launches(backend, options, specs, fargate_workers=fargate, spot=options.worker_spot(),
+                              base_args=args[: len(args) - len(tls)], tls_args=tls)
+    # The run's Spot settings are each group's to decide.
+    plain = {k: v for k, v in settings.worker_environment.items() if k not in taskdefs.spot_environment(True)}
+    return {
+        f"worker-{launch.name}": group_task_definition(taskdefs.render_task_definition("worker", replace(
+            group_settings(settings, launch, settings.environment), worker_environment=plain)), settings.name, launch)
+        for launch in launches
+    }
 
 
 def _required(
