@@ -135,3 +135,37 @@ def test_the_deadline_stops_the_start_and_everything_is_removed(tls, caplog):
     assert launcher.stop_calls == [(["pending-0", "scheduler-task"], "flowrig teardown")]
     assert backend.runs[0].steps[-1] == "close"
     assert "could not be deleted (they carry its tags): volume v-1" in caplog.text
+
+
+class GroupLauncher(SchedulerLauncher):
+    """Workers of group ``cpu`` join; the cloud has no room for any of group ``gpu``."""
+
+    def __init__(self, security, address: str) -> None:
+        super().__init__(security, address)
+        self.asked: list[tuple[str, int]] = []
+
+    def start_workers(self, scheduler_address: str, count: int, replacing=(), group: str = "") -> WorkerStart:
+        self.asked.append((group, count))
+        if group == "gpu":
+            return WorkerStart({}, ["RESOURCE:GPU"] * count)
+        return super().start_workers(scheduler_address, count, replacing)
+
+
+def test_a_group_whose_workers_cannot_start_fails_the_start_naming_it(tls):
+    """Enough workers joined for the run's minimum, but the gpu group's tasks run on its
+    workers only: the start fails at once, naming the group, instead of hanging."""
+    from flowrig.backends.base import WorkerGroupSpec
+    from flowrig.project.sizing import GroupSize
+
+    groups = (WorkerGroupSpec("cpu", 2, 1, {"flowrig-group-cpu": 1}), WorkerGroupSpec("gpu", 1, 1, {"GPU": 1}))
+    with local_scheduler(tls, workers=0) as scheduler:
+        launcher = GroupLauncher(tls.to_security(), scheduler.scheduler_address)
+        backend = FakeBackend(launcher)
+        run = ClusterSpec(run_id="tmplg", size=ClusterSize(3, groups=(GroupSize("cpu", 2), GroupSize("gpu", 1))),
+                          tls=tls, image="registry.example/flows:1", options={"provision_timeout": 60}, groups=groups)
+        with pytest.raises(InfrastructureError) as info:
+            backend.start(run)
+    assert str(info.value) == ("no worker task of group gpu can join, and its tasks run on its workers only: "
+                               "worker task of group gpu not started: RESOURCE:GPU")
+    assert sorted(launcher.asked) == [("cpu", 2), ("gpu", 1)]
+    assert backend.runs[0].steps[-1] == "close"
