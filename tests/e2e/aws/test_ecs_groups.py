@@ -19,6 +19,7 @@ import pytest
 from flowrig.backends.aws import policies as iam
 from flowrig.backends.aws.ecs import FargateBackend
 from flowrig.backends.base import ClusterSpec, WorkerGroupSpec
+from flowrig.backends.usage import summarize
 from flowrig.common.routes import resources_for, routes_of, worker_resources
 from flowrig.project.sizing import ClusterSize, GroupSize
 from flowrig.roles.task_name import FROM_ECS_TASK, task_id
@@ -158,6 +159,10 @@ def test_two_groups_run_under_the_printed_policy_each_from_its_definition_market
     assert spot_container["stopTimeout"] == 120 and "stopTimeout" not in cpu_container
     lives = sorted((life.group, life.placement.market) for life in started.lives() if life.role == "worker")
     assert lives == [("cpu", "on-demand"), ("cpu", "on-demand"), ("spot", "spot"), ("spot", "spot")]
+    # The run's usage is told per group.
+    usage = summarize(started.lives(), now=time.time())
+    assert (usage.roles["worker:cpu"].count, usage.roles["worker:spot"].count) == (2, 2)
+    assert usage.roles["worker:spot"].spot_share == 1.0 and usage.roles["worker:cpu"].spot_share == 0.0
     # Every call the run made was allowed by the printed policy, and the per-group families
     # needed no statement of their own. Two reads are refused, as on any run: deregistering
     # (the policy cannot grant it on the run's own alone) and, once a worker stopped, the
