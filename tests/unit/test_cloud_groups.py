@@ -237,7 +237,8 @@ def test_ec2_checks_each_groups_instance_type_for_its_gpus_before_anything_is_ma
     with pytest.raises(BadInput) as info:
         cloud.check("")
     assert str(info.value).startswith(
-        "[[cluster.worker_groups]] gpu options.worker_instance_type = t3.medium has no GPU but worker_gpu = 1")
+        "[[cluster.worker_groups]] gpu options.worker_instance_type = t3.medium has no GPU but gpu = 1: use a GPU "
+        "instance type (g5.xlarge, g6.xlarge for amd64), or lower gpu")
     cloud.worker_groups = (group("cpu"), group("gpu", gpu=1, options={"worker_instance_type": "g5.xlarge"}))
     cloud.check("")
     assert asked[-1] == ["t3.medium", "g5.xlarge"] and cloud.arch == "amd64"

@@ -86,8 +86,9 @@ def describe_types(session: Session, names: list[str]) -> dict[str, InstanceShap
     return found
 
 
-def check_gpus(shape: InstanceShape, gpus: int, where: str) -> None:
-    """Refuse ``shape`` when it has fewer than ``gpus`` GPUs (``where`` names the option).
+def check_gpus(shape: InstanceShape, gpus: int, where: str, key: str = "worker_gpu") -> None:
+    """Refuse ``shape`` when it has fewer than ``gpus`` GPUs (``where`` names the option,
+    ``key`` the one that asks for them: a worker group's is ``gpu``).
 
     Raises
     ------
@@ -99,8 +100,8 @@ def check_gpus(shape: InstanceShape, gpus: int, where: str) -> None:
     has = f"{shape.gpus} GPU{'s' if shape.gpus != 1 else ''} ({shape.gpu_name})" if shape.gpus else "no GPU"
     arch = shape.archs[0] if shape.archs else "amd64"
     raise BadInput(
-        f"{where} {shape.name} has {has} but worker_gpu = {gpus}: use a GPU instance type "
-        f"({GPU_EXAMPLES.get(arch, GPU_EXAMPLES['amd64'])} for {arch}), or lower worker_gpu"
+        f"{where} {shape.name} has {has} but {key} = {gpus}: use a GPU instance type "
+        f"({GPU_EXAMPLES.get(arch, GPU_EXAMPLES['amd64'])} for {arch}), or lower {key}"
     )
 
 

@@ -71,5 +71,5 @@ def test_a_group_whose_type_has_no_gpu_is_refused_before_anything_is_made(aws, t
     with pytest.raises(BadInput) as info:
         EC2Backend().start(spec)
     assert str(info.value).startswith(
-        "[[cluster.worker_groups]] gpu options.worker_instance_type = t3.large has no GPU but worker_gpu = 1")
+        "[[cluster.worker_groups]] gpu options.worker_instance_type = t3.large has no GPU but gpu = 1: use a GPU instance type")
     assert [op for op in aws.operations() if op.startswith(("Create", "Run", "Put"))] == []

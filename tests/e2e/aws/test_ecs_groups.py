@@ -176,3 +176,17 @@ def test_two_groups_run_under_the_printed_policy_each_from_its_definition_market
     # The groups' definitions stay too, tagged with the run for `flowrig aws leftovers --remove`.
     for family in by_family:
         assert ecs.list_task_definitions(familyPrefix=family, status="ACTIVE")["taskDefinitionArns"]
+
+
+def test_a_gpu_group_on_a_capacity_provider_without_gpus_is_refused_before_anything_is_made(aws, tls):
+    from flowrig.backends.aws.ecs import ECSBackend
+    from tests.e2e.aws.test_worker_shapes import capacity_provider, push, refused
+
+    cluster, image = capacity_provider("t3.medium", "cpu"), push("grp", "amd64")
+    groups = (group("cpu", 1), group("gpu", 1, gpu=1, options={"fargate_workers": False, "capacity_provider": "cpu"}))
+    spec = ClusterSpec(run_id="grp2", size=sized(*groups), tls=tls, image=image, groups=groups,
+                       options={"preflight": False, "cluster_arn": cluster, "fargate_workers": True,
+                                "fargate_scheduler": True})
+    assert refused(aws, ECSBackend, spec) == (
+        "[[cluster.worker_groups]] gpu capacity_provider = 'cpu' runs t3.medium has no GPU but gpu = 1: use a GPU "
+        "instance type (g5.xlarge, g6.xlarge for amd64), or lower gpu")

@@ -139,7 +139,7 @@ class EC2Cloud(Cloud):
             return  # not readable: the AMI's architecture comes from the type's name
         held, _source = image_architectures(self.session, image) if image else ((), "")
         for where, kind, gpu in vms:
-            check_gpus(shapes[kind], gpu, where)
+            check_gpus(shapes[kind], gpu, where, "gpu" if where.startswith("[[") else "worker_gpu")
             check_arch(shapes[kind], held, where, image)
         common = [arch for arch in shapes[vms[0][1]].archs if all(arch in shapes[k].archs for _w, k, _g in vms)]
         if shapes[vms[-1][1]].archs and not common:
@@ -163,8 +163,8 @@ class EC2Cloud(Cloud):
             return [*vms, (named("worker_instance_type"), self.instance_type("worker"), options.worker_gpu)]
         for group in self.worker_groups:
             own = (group.options or {}).get("worker_instance_type")
-            where = f"[[cluster.worker_groups]] {group.name} options.worker_instance_type =" if own else named(
-                "worker_instance_type")
+            where = (f"[[cluster.worker_groups]] {group.name} options.worker_instance_type =" if own
+                     else f"[[cluster.worker_groups]] {group.name}: {named('worker_instance_type')}")
             vms.append((where, own or self.instance_type("worker"), int(group.gpu or 0)))
         return vms
 

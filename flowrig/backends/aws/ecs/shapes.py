@@ -255,6 +255,6 @@ def check_run(session: "Session", options: "ECSOptions", cluster_arn: str, image
             )
     for where, found, gpu in checks:
         for shape in found:
-            check_gpus(shape, gpu, where)
+            check_gpus(shape, gpu, where, "gpu" if groups else "worker_gpu")
             check_arch(shape, (PLATFORM[arch],), where, image)
     return arch
