@@ -119,3 +119,15 @@ def group_shape(group: Any) -> tuple[float | None, int | None, int, str | None, 
     """A worker group's (:class:`~flowrig.backends.base.WorkerGroupSpec`) ``cpu`` (vCPUs),
     memory (MiB), ``gpu``, ``market`` and ``options``; the unset ones ``None``."""
     return (group.cpu, group.memory_mib, int(group.gpu or 0), group.market, group.options or {})
+
+
+def resources_args(group: Any) -> list[str]:
+    """The ``--resources`` flag of a worker group's workers: its own resources (its slots,
+    ``flowrig-group-NAME``, one per thread), and ``GPU`` as many as its workers have;
+    nothing else, so no worker offers another group's slots."""
+    from flowrig.common.routes import GPU_RESOURCE, resources_flag
+
+    resources = dict(group.resources)
+    if group.gpu:
+        resources[GPU_RESOURCE] = group.gpu
+    return ["--resources", resources_flag(resources)]

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from flowrig.backends.markets import SpotSetting, group_spot
-from flowrig.backends.pool.groups import group_shape, refuse_resource_flags
-from flowrig.common.routes import resources_flag
+from flowrig.backends.pool.groups import group_shape, refuse_resource_flags, resources_args
 from flowrig.errors import BadInput
 
 #: Per backend: the ``[cluster.options]`` key that sets a worker VM's type, the one key a
@@ -70,11 +69,8 @@ def vm_groups(backend: str, groups: Iterable[Any], base_args: Iterable[str], spo
         if gpu and not gpus_taken:
             raise BadInput(f"{where} gpu = {gpu}: the {backend} backend starts no GPU workers in groups: use the "
                            "ec2 backend, or the ecs backend with a capacity provider of GPU instances")
-        resources = dict(group.resources)
-        if gpu:
-            resources["GPU"] = gpu
         out[group.name] = VMGroup(
-            name=group.name, threads=group.threads, args=(*base_args, "--resources", resources_flag(resources)),
+            name=group.name, threads=group.threads, args=(*base_args, *resources_args(group)),
             spot=group_spot(market, spot), gpu=gpu, options=dict(own),
         )
     return out

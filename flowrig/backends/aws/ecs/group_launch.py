@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from flowrig.backends.aws.ecs import defaults, taskdefs, validate
 from flowrig.backends.aws.ecs.worker_kinds import WorkerKind
 from flowrig.backends.markets import SpotSetting, group_spot
-from flowrig.backends.pool.groups import group_shape, refuse_resource_flags
-from flowrig.common.routes import resources_flag
+from flowrig.backends.pool.groups import group_shape, refuse_resource_flags, resources_args
 from flowrig.errors import BadInput
 
 if TYPE_CHECKING:
@@ -106,10 +105,7 @@ def group_launches(
                            "only: use the ecs backend with cluster_arn")
         spot_setting = group_spot(market, spot)
         _check_group(where, merged, gpu, fargate, spot_setting, backend)
-        resources = dict(group.resources)
-        if gpu:
-            resources["GPU"] = gpu
-        args = [*base_args, "--resources", resources_flag(resources), *tls_args]
+        args = [*base_args, *resources_args(group), *tls_args]
         launches.append(GroupLaunch(
             name=group.name, threads=group.threads, args=tuple(args), size=_size(where, cpu, memory, options, fargate),
             gpu=gpu, fargate=fargate, spot=spot_setting,
