@@ -324,3 +324,54 @@ def test_task_definitions_of_a_gpu_worker_ask_ecs_for_the_gpus(tmp_path):
     assert worker["requiresCompatibilities"] == ["EC2"]
     assert worker["containerDefinitions"][0]["resourceRequirements"] == [{"type": "GPU", "value": "2"}]
     validate.check_task_definition(worker)
+
+
+# --- GCP and Azure, at the SDK boundary of tests/unit/test_vm_azure_gcp.py -----------------------
+@pytest.fixture
+def google(monkeypatch):
+    from tests.unit.test_vm_azure_gcp import GoogleWorld
+
+    return GoogleWorld().install(monkeypatch)
+
+
+@pytest.fixture
+def azure(monkeypatch):
+    from tests.unit.test_vm_azure_gcp import AzureWorld
+
+    return AzureWorld().install(monkeypatch)
+
+
+def group_launcher(cloud, run_id: str) -> VMLauncher:
+    from flowrig.backends.vm.groups import vm_groups
+
+    key = {"gcp": "worker_machine_type", "azure": "worker_vm_size"}[cloud.name]
+    big = {"gcp": "n2-standard-8", "azure": "Standard_D8s_v5"}[cloud.name]
+    groups = vm_groups(cloud.name, [group("cpu"), group("big", market="spot", options={key: big})], [], False,
+                       gpus_taken=False)
+    settings = RoleSettings(run_id=run_id, image="ghcr.io/example/seed:1", groups=groups)
+    return VMLauncher(cloud, settings, deadline=float("inf"))
+
+
+def test_gcp_each_groups_vms_are_of_its_machine_type_and_market(google):
+    from tests.unit.test_vm_markets import gcp_cloud, inserted
+
+    vms = group_launcher(gcp_cloud("gg1"), "gg1")
+    vms.start_workers("tls://10.0.0.5:8786", 1, group="cpu")
+    vms.start_workers("tls://10.0.0.5:8786", 1, group="big")
+    cpu, big = inserted(google)
+    assert (cpu["name"], big["name"]) == ("flowrig-gg1-worker-cpu-1", "flowrig-gg1-worker-big-1")
+    assert cpu["machineType"].endswith("/machineTypes/n1-standard-1") and "scheduling" not in cpu
+    assert big["machineType"].endswith("/machineTypes/n2-standard-8")
+    assert big["scheduling"]["provisioningModel"] == "SPOT"
+
+
+def test_azure_each_groups_vms_are_of_its_size_and_market(azure):
+    from tests.unit.test_vm_markets import azure_cloud, vm_bodies
+
+    vms = group_launcher(azure_cloud("ag1"), "ag1")
+    vms.start_workers("tls://10.0.0.5:8786", 1, group="cpu")
+    vms.start_workers("tls://10.0.0.5:8786", 1, group="big")
+    bodies = vm_bodies(azure)
+    cpu, big = bodies["flowrig-ag1-worker-cpu-1"]["properties"], bodies["flowrig-ag1-worker-big-1"]["properties"]
+    assert cpu["hardwareProfile"] == {"vmSize": "Standard_DS1_v2"} and "priority" not in cpu
+    assert (big["hardwareProfile"], big["priority"]) == ({"vmSize": "Standard_D8s_v5"}, "Spot")
