@@ -60,12 +60,13 @@ def worker_markets(spot: SpotSetting, count: int, replacing: Sequence[str | None
     return [markets_to_try(spot, replacing[i] if i < len(replacing) else None)[0] for i in range(count)]
 
 
-def fallback_line(count: int, what: str, asked: str, now: str, reason: str) -> str:
+def fallback_line(count: int, what: str, asked: str, now: str, reason: str, of: str = "") -> str:
     """The one line a run says when ``count`` workers are asked again in another market.
 
-    ``what`` names a worker (``worker task``, ``worker instance``); ``asked`` and ``now``
-    name the markets in the cloud's words (``Fargate Spot``, ``on-demand Fargate``).
+    ``what`` names a worker (``worker task``, ``worker instance``) and ``of`` its worker
+    group (`` of group gpu``, or nothing); ``asked`` and ``now`` name the markets in the
+    cloud's words (``Fargate Spot``, ``on-demand Fargate``).
     """
     plural = "s" if count != 1 else ""
-    return (f'{asked} had no capacity for {count} {what}{plural} ({reason}): asked for '
+    return (f'{asked} had no capacity for {count} {what}{plural}{of} ({reason}): asked for '
             f'{"them" if plural else "it"} on {now} instead, as spot = "fallback" allows')

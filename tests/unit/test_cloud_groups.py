@@ -4,6 +4,7 @@ book of groups, and the one-line refusals of a group that cannot run as it asks.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -105,7 +106,7 @@ def test_a_group_that_cannot_run_as_it_asks_is_one_line_before_any_call(backend,
     assert str(info.value) == line and info.value.exit_code == 2
 
 
-def test_each_groups_workers_start_with_its_definition_name_market_and_resources():
+def test_each_groups_workers_start_with_its_definition_name_market_and_resources(caplog):
     """RunTask per group, as botocore sends it: the group's task definition, its market,
     its workers named GROUP-TASKID; a lost worker's replacement in its group and market."""
     launch = ECSBackend()._launch(ECSOptions(cluster_arn=CLUSTER, fargate_workers=True), groups=(
@@ -122,7 +123,11 @@ def test_each_groups_workers_start_with_its_definition_name_market_and_resources
     cpu = launcher.start_workers("tls://10.0.0.1:8786", 2, group="cpu")
     ecs.answer(0, short=1, reason="RESOURCE:GPU")
     ecs.answer(1)
-    gpu = launcher.start_workers("tls://10.0.0.1:8786", 1, group="gpu")
+    with caplog.at_level(logging.WARNING, logger="flowrig.ecs"):
+        gpu = launcher.start_workers("tls://10.0.0.1:8786", 1, group="gpu")
+    assert [r.getMessage() for r in caplog.records] == [
+        "the Spot capacity provider had no capacity for 1 worker task of group gpu (RESOURCE:GPU): asked for it on "
+        'the on-demand capacity provider instead, as spot = "fallback" allows']
     assert_valid_run_task(ecs.sent)
     assert [(r["taskDefinition"], market(r), r["count"]) for r in ecs.sent] == [
         ("flowrig-r1-worker-cpu:1", "FARGATE", 2), ("flowrig-r1-worker-gpu:1", "spot-cp", 1),

@@ -286,13 +286,13 @@ class PoolCluster(Cluster):
         for name, handle in result.started.items():
             self.workers[name] = _Worker(handle=handle, since=now, group=group)
             self._log_started(name, handle, "worker", group)
-        what = f"worker {self.launcher.kind}" + (f" of group {group}" if group else "")
+        of_group = f" of group {group}" if group else ""
         for reason in result.refused:
-            self.replacements.failed(f"{what} not started: {reason}")
+            self.replacements.failed(f"worker {self.launcher.kind}{of_group} not started: {reason}")
         if result.refused:
             logger.warning(
-                "asked for %d %ss, %d started; not started: %s",
-                missing, what, len(result.started), _reasons(result.refused),
+                "asked for %d worker %ss%s, %d started; not started: %s",
+                missing, self.launcher.kind, of_group, len(result.started), _reasons(result.refused),
             )
         return True
 

@@ -212,7 +212,7 @@ class VMLauncher(Launcher):
         words = self.cloud.market_words
         for market, moved in again.items():
             logger.warning(fallback_line(len(moved), f"worker {self.kind}", words[market], words[moved[0].market],
-                                         created.short[moved[0].name]))
+                                         created.short[moved[0].name], f" of group {group}" if group else ""))
         if again:
             retried = self.cloud.create([request for moved in again.values() for request in moved])
             created.started.update(retried.started)

@@ -290,7 +290,7 @@ class ECSLauncher(Launcher):
         command = worker_command(kind, scheduler_address)
         firsts = worker_markets(kind.spot, count, [self._markets.get(handle) for handle in replacing])
         words = _MARKET_WORDS if kind.fargate else _EC2_MARKET_WORDS
-        what = "worker task" + (f" of group {group}" if group else "")
+        of_group = f" of group {group}" if group else ""
         started: dict[str, str] = {}
         refused: list[str] = []
         for market in dict.fromkeys(firsts):
@@ -298,7 +298,8 @@ class ECSLauncher(Launcher):
             started.update(got)
             tries = markets_to_try(kind.spot, market)
             if short and len(tries) > 1:
-                logger.warning(fallback_line(len(short), what, words[market], words[tries[1]], short[0]))
+                logger.warning(fallback_line(len(short), "worker task", words[market], words[tries[1]], short[0],
+                                             of_group))
                 got, short = self._start_in(kind, tries[1], len(short), command, refused)
                 started.update(got)
             refused += short
