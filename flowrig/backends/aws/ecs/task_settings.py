@@ -3,6 +3,7 @@ the run's checked options, launch plan and resources."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping
 
 from flowrig.backends.aws.ecs.launcher import TaskSettings
@@ -50,5 +51,9 @@ def task_settings(
         cpu_architecture=launch.cpu_architecture,
         capacity_provider=options.capacity_provider or "",
         spot_capacity_provider=options.spot_capacity_provider or "",
-        groups={group.name: group.kind(definitions[f"worker:{group.name}"]) for group in launch.groups},
+        # A worker task definition of the project's own is not read: its shape is not known.
+        groups={group.name: replace(group.kind(definitions[f"worker:{group.name}"]),
+                                    shape=None if "worker" not in launch.own_definitions else (
+                                        group.size.cpu, group.size.memory))
+                for group in launch.groups},
     )
