@@ -96,3 +96,29 @@ def test_fallback_starts_on_demand_when_spot_has_no_capacity_and_replaces_in_the
     lives = started.lives()
     assert [life.placement.market for life in lives].count(SPOT) == 1 and len(lives) == 5
     assert_nothing_left(aws, "spot1")
+
+
+def test_spot_workers_on_ec2_capacity_start_on_the_spot_capacity_provider(aws, bootstrapped, tls):
+    """``spot`` with ``fargate_workers = false``: the workers' RunTask names the cluster's
+    capacity provider of Spot instances, and moto places them there."""
+    import boto3
+
+    from flowrig.backends.aws.ecs import ECSBackend
+    from flowrig.backends.base import ClusterSpec
+    from tests.e2e.aws.test_worker_shapes import capacity_provider, push
+
+    cluster, image = capacity_provider("t3.medium", "spot-cp"), push("spot-ec2", "amd64")
+    with local_scheduler(tls, workers=1) as scheduler:
+        started = ECSBackend().start(ClusterSpec(
+            run_id="spotec2", size=ClusterSize(1), tls=tls, image=image,
+            options={"preflight": False, "cluster_arn": cluster, "fargate_scheduler": True, "fargate_workers": False,
+                     "spot": True, "spot_capacity_provider": "spot-cp", "scheduler_address": scheduler.scheduler_address}))
+        try:
+            [request] = [r["body"] for r in bootstrapped.requests("RunTask")]
+            assert request["capacityProviderStrategy"] == [{"capacityProvider": "spot-cp", "weight": 1}]
+            assert "launchType" not in request
+            ecs = boto3.client("ecs")
+            [task] = ecs.describe_tasks(cluster=cluster, tasks=ecs.list_tasks(cluster=cluster)["taskArns"])["tasks"]
+            assert task.get("capacityProviderName") == "spot-cp"
+        finally:
+            started.close()

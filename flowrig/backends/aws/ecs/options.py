@@ -66,7 +66,8 @@ class ECSOptions(CloudOptions):
     )
     spot: StrictBool | Literal["fallback"] = Field(
         False,
-        description="start the workers on Fargate Spot (cheaper; an interrupted worker is replaced, on Spot first); "
+        description="start the workers on Fargate Spot, or with fargate_workers = false on `spot_capacity_provider` "
+        "(cheaper; an interrupted worker is replaced, on Spot first); "
         '`"fallback"`: on Spot, and on on-demand Fargate when Spot has no capacity. The scheduler is never on Spot',
     )
     fargate_spot: StrictBool = Field(
