@@ -331,21 +331,7 @@ def test_task_definitions_of_a_gpu_worker_ask_ecs_for_the_gpus(tmp_path):
     validate.check_task_definition(worker)
 
 
-# --- GCP and Azure, at the SDK boundary of tests/unit/test_vm_azure_gcp.py -----------------------
-@pytest.fixture
-def google(monkeypatch):
-    from tests.unit.test_vm_azure_gcp import GoogleWorld
-
-    return GoogleWorld().install(monkeypatch)
-
-
-@pytest.fixture
-def azure(monkeypatch):
-    from tests.unit.test_vm_azure_gcp import AzureWorld
-
-    return AzureWorld().install(monkeypatch)
-
-
+# --- GCP and Azure, at the SDK boundary of tests/vm_fakes (its azure and google fixtures) ------------
 def group_launcher(cloud, run_id: str) -> VMLauncher:
     from flowrig.backends.vm.groups import vm_groups
 

@@ -166,8 +166,10 @@ class VMBackend(PoolBackend):
         if spec.groups and getattr(options, "worker_gpu", 0):
             raise BadInput("[cluster.options] worker_gpu beside [[cluster.worker_groups]]: set gpu on the groups "
                            "whose workers need GPUs, and drop worker_gpu")
+        # GPU groups on EC2 only: GCP's and Azure's VM bodies take their GPUs from the run's
+        # worker_gpu, not per VM yet.
         return vm_groups(self.name, spec.groups, options.worker_extra_args, options.spot,
-                         gpus_taken=hasattr(options, "worker_gpu"))
+                         gpus_taken=self.name == "ec2")
 
     def role_settings(self, spec: ClusterSpec, options: Any, tls: TLSDelivery) -> RoleSettings:
         """What every VM of the run is started with."""
