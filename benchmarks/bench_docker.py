@@ -20,6 +20,9 @@ goes first alternating, and prints
   ``docker run --rm --network none --entrypoint true IMAGE`` measured in the same
   run: ``ratio (target <= 1.5)``.
 
+The median of each phase of the run's own timings (startup, load, prepare, cluster start,
+API wait, flow, teardown) follows, for each side: where the seconds go.
+
 ``--image`` must then be the image of that project: ``--build`` builds it first (on
 ``--base-image``). ``--baseline DIR --baseline-image IMAGE`` adds a third side, the docker
 backend of another checkout (first on ``PYTHONPATH``) with its own image, interleaved
@@ -167,6 +170,7 @@ def tasks_main(args: argparse.Namespace) -> None:
     walls: dict[str, list[float]] = {side: [] for side in sides}
     starts: dict[str, list[float]] = {side: [] for side in sides}
     joined: dict[str, list[float]] = {side: [] for side in sides}
+    phases: dict[str, list[dict]] = {side: [] for side in sides}
     bare: list[float] = []
     names = list(sides)
     for round_ in range(args.repeat):
@@ -176,12 +180,14 @@ def tasks_main(args: argparse.Namespace) -> None:
             walls[side].append(wall)
             starts[side].append(cluster_start(timings))
             joined[side].append(timings["all_workers_joined"])
+            phases[side].append(timings)
             print(f"  round {round_ + 1} {side:<16} wall {wall:6.2f} s, cluster start {starts[side][-1]:5.2f} s, "
                   f"all workers joined at {joined[side][-1]:5.2f} s", flush=True)
         bare.append(bare_start(args.image))
     while len(bare) < 5:
         bare.append(bare_start(args.image))
     report(sides, walls, starts, joined, bare, n)
+    split(phases)
     load_after = os.getloadavg()
     print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f}")
 
@@ -211,6 +217,16 @@ def report(sides: dict, walls: dict, starts: dict, joined: dict, bare: list[floa
     if "docker-baseline" in sides:
         print(f"after/before: wall {med(walls['docker']) / med(walls['docker-baseline']):.2f}, cluster start "
               f"{med(starts['docker']) / med(starts['docker-baseline']):.2f}")
+
+
+def split(phases: dict[str, list[dict]]) -> None:
+    """Where each side's seconds go: the median of each phase of the run's own timings."""
+    names = ("startup", "load", "prepare", "cluster_start", "api_wait", "flow", "teardown", "total")
+    print("median seconds by phase (the run's own timings; docker's startup includes the runner container's start)")
+    print(f"{'side':<16}" + "".join(f"{name:>14}" for name in names))
+    for side, runs in phases.items():
+        cells = [statistics.median((t.get(name) or 0.0) for t in runs) for name in names]
+        print(f"{side:<16}" + "".join(f"{cell:14.2f}" for cell in cells))
 
 
 def main() -> None:

@@ -6,8 +6,9 @@ worker's preloads (Prefect's task engine). In a container that holds one worker,
 two interpreters import one after the other, on the cluster's start-up path, while
 the other workers' containers import the same on the same cores.
 
-Here the nanny process imports what a first Prefect task imports before the worker
-command starts, then starts multiprocessing's fork server as a fork of itself
+Here the nanny process imports what a first Prefect task imports (not what only a flow
+call does) before the worker command starts, then starts multiprocessing's fork server
+as a fork of itself
 (:mod:`flowrig.internals.forkserver`, as the local backend does for its runner), and
 runs distributed's worker command in this process with the ``forkserver`` method: the
 worker process, and any restart of it by the nanny, is a fork that has imported all of
@@ -35,12 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     if any(arg in ("--help", "--version") for arg in args):
         return _cli(args)
     from flowrig.common.startup_gc import collector_paused
-    from flowrig.internals.prefect_engine import import_flow_engine
+    from flowrig.internals.prefect_engine import import_task_engine
 
     with collector_paused():
         import distributed.cli.dask_worker  # noqa: F401  (what the nanny runs)
 
-        import_flow_engine()
+        import_task_engine()
     import dask
 
     from flowrig.internals import forkserver

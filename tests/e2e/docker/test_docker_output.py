@@ -100,6 +100,8 @@ def test_one_json_line_on_every_way_out_of_a_docker_run(docker_client, images):
         [outcome] = _outcomes(runner_bad.stdout)
         assert (outcome["state"], outcome["exit_code"], outcome["run_id"]) == ("BadInput", 2, run_id)
         assert "seconds" in outcome["error"]
+        # It never asked for a cluster: nothing of the run is left behind.
+        assert _leftovers(docker_client, run_id) == []
     finally:
         engine.remove_run(docker_client, run_id)
     # The run's timeout: the runner ends its run and says so, once.
