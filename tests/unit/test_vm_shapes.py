@@ -182,15 +182,15 @@ GCP_REFUSALS = {
     "amd64 type, arm image": ({}, "arm64", "[cluster.options] machine_type = 'n1-standard-1' runs linux/amd64 but"),
     "arm boot image, amd64 types": ({"source_image": "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-arm64"},
                                     None, "[cluster.options] source_image = 'projects/ubuntu-os-cloud/global/images/"
-                                    "family/ubuntu-2404-lts-arm64' is a linux/arm64 image but the scheduler's machine "
-                                    "type n1-standard-1 runs linux/amd64: use a boot image for amd64 (or leave "
+                                    "family/ubuntu-2404-lts-arm64' is a linux/arm64 image but [cluster.options] "
+                                    "machine_type = 'n1-standard-1' runs linux/amd64: use a boot image for amd64 (or leave "
                                     "source_image out), or machine types for arm64 (t2a-standard-2, c4a-standard-2)"),
     "no such boot image": ({"source_image": "projects/team/global/images/family/no-such-family"}, None,
                            "[cluster.options] source_image = 'projects/team/global/images/family/no-such-family' does "
                            "not exist (or is not shared with the project)"),
     "one boot image, two archs": ({"worker_machine_type": "t2a-standard-2", "source_image": DLVM}, None,
-                                  "[cluster.options] the scheduler's n1-standard-1 and the workers' t2a-standard-2 "
-                                  "run different architectures, and source_image is one boot image"),
+                                  "[cluster.options] the run's machine types (n1-standard-1, t2a-standard-2) run "
+                                  "different architectures, and source_image is one boot image"),
 }
 
 
@@ -293,14 +293,14 @@ AZURE_REFUSALS = {
                               "image with flowrig build --platform linux/arm64"),
     "arm image, amd64 sizes": ({"vm_image": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts",
                                              "sku": "server-arm64", "version": "latest"}}, None,
-                               "[cluster.options] vm_image is a linux/arm64 image but the scheduler's size "
-                               "Standard_DS1_v2 runs linux/amd64: use an image for amd64 (or leave vm_image out), or "
+                               "[cluster.options] vm_image is a linux/arm64 image but [cluster.options] vm_size = "
+                               "'Standard_DS1_v2' runs linux/amd64: use an image for amd64 (or leave vm_image out), or "
                                "sizes for arm64 (e.g. Standard_D2ps_v5)"),
     "no such image": ({"vm_image": {"publisher": "nobody", "offer": "nothing", "sku": "x", "version": "latest"}},
                       None, "[cluster.options] vm_image = {'publisher': 'nobody', 'offer': 'nothing', 'sku': 'x', "
                       "'version': 'latest'} is not an image of location westeurope"),
     "one image, two archs": ({"worker_vm_size": "Standard_D2ps_v5", "vm_image": GPU_IMAGE}, None,
-                             "[cluster.options] the scheduler's Standard_DS1_v2 and the workers' Standard_D2ps_v5 run "
+                             "[cluster.options] the run's VM sizes (Standard_DS1_v2, Standard_D2ps_v5) run "
                              "different architectures, and vm_image is one image"),
 }
 

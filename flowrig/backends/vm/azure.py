@@ -62,8 +62,6 @@ class AzureBackend(VMBackend):
 
     name = "azure"
     group_options = frozenset({"worker_vm_size"})
-    group_refusals = {**VMBackend.group_refusals,
-                      "gpu": "the azure backend starts no GPU workers in groups: use ec2, or ecs with GPU instances"}
     extra = "azure"
     sdk_modules = ("azure.identity", "azure.mgmt.compute", "azure.mgmt.network", "azure.keyvault.secrets")
     secret_source: ClassVar = "azure-keyvault"
@@ -79,6 +77,13 @@ class AzureBackend(VMBackend):
 
         check_name("location", options.location, LOCATION_PATTERN, "westeurope")
         check_gpu_options(options)
+
+    def gpu_image_missing(self, options: AzureOptions) -> str:
+        if options.vm_image:
+            return ""
+        return ("needs an image with NVIDIA's driver, Docker and NVIDIA's container toolkit (Ubuntu's has none): "
+                "set vm_image in [cluster.options], e.g. { publisher = 'microsoft-dsvm', offer = 'ubuntu-hpc', "
+                "sku = '2204', version = 'latest' }")
 
     def make_cloud(self, run_id: str, options: Any) -> "Cloud":
         from flowrig.backends.vm.azure_cloud import AzureCloud

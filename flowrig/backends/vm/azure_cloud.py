@@ -130,7 +130,7 @@ class AzureCloud(Cloud):
         self.subnet_id = ""
         self.nsg_id = ""
         self._ssh_key = ""
-        #: Each role's architecture (``amd64``, ``arm64``), from its VM size (:meth:`check`).
+        #: Each role's and each worker size's (lower-cased) architecture (``amd64``, ``arm64``) (:meth:`check`).
         self.archs: dict[str, str] = {}
 
     # --- names -------------------------------------------------------------------------
@@ -149,7 +149,7 @@ class AzureCloud(Cloud):
         """VM sizes, GPUs and architectures, read-only (:mod:`.azure_shapes`)."""
         from flowrig.backends.vm.azure_shapes import check_run
 
-        self.archs = check_run(self.clients.compute, self.options.location, self.options, image)
+        self.archs = check_run(self.clients.compute, self.options.location, self.options, image, self.worker_groups)
 
     # --- prepare -----------------------------------------------------------------------
     def prepare(self, dashboard: bool) -> None:
@@ -357,7 +357,8 @@ class AzureCloud(Cloud):
             "properties": {
                 "hardwareProfile": {"vmSize": size},
                 "storageProfile": {
-                    "imageReference": image_reference(options.vm_image, self.archs.get(request.role, "")),
+                    "imageReference": image_reference(
+                        options.vm_image, self.archs.get(size.lower()) or self.archs.get(request.role, "")),
                     "osDisk": {"name": f"{request.name}-osdisk", "createOption": "FromImage",
                                "diskSizeGB": options.disk_size, "deleteOption": "Delete"},
                 },

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from flowrig.backends.vm.azure_clients import azure_errors, error_code
 from flowrig.errors import BadInput, InfrastructureError
@@ -111,18 +111,19 @@ def check_size(shape: SizeShape | None, option: str, size: str, location: str) -
     """
     if shape is None:
         raise BadInput(
-            f"[cluster.options] {option} = {size!r} is not a VM size of location {location}: name one "
+            f"{option} = {size!r} is not a VM size of location {location}: name one "
             f"`az vm list-sizes --location {location}` lists"
         )
     if shape.restricted:
         raise BadInput(
-            f"[cluster.options] {option} = {size!r} is not available to the subscription in {location} "
+            f"{option} = {size!r} is not available to the subscription in {location} "
             f"({shape.restricted}): choose another size or location, or ask Azure support for access"
         )
 
 
-def check_gpus(shape: SizeShape, option: str, gpus: int) -> None:
-    """Refuse a worker size with fewer GPUs than ``worker_gpu``.
+def check_gpus(shape: SizeShape, option: str, gpus: int, gpu_key: str = "[cluster.options] worker_gpu") -> None:
+    """Refuse a worker size with fewer GPUs than ``worker_gpu`` (``gpu_key``: where the
+    GPUs were set, a worker group's ``[[cluster.worker_groups]] NAME gpu``).
 
     Raises
     ------
@@ -132,9 +133,10 @@ def check_gpus(shape: SizeShape, option: str, gpus: int) -> None:
     if gpus <= shape.gpus:
         return
     has = f"{shape.gpus} GPU{'s' if shape.gpus != 1 else ''}" if shape.gpus else "no GPU"
+    key = gpu_key.rsplit(" ", 1)[-1]
     raise BadInput(
-        f"[cluster.options] {option} = {shape.name!r} has {has} but worker_gpu = {gpus}: use an N-series GPU size "
-        f"({GPU_EXAMPLES}), or lower worker_gpu"
+        f"{option} = {shape.name!r} has {has} but {key} = {gpus}: use an N-series GPU size "
+        f"({GPU_EXAMPLES}), or lower {key}"
     )
 
 
@@ -149,7 +151,7 @@ def check_arch(shape: SizeShape, option: str, held: tuple[str, ...], image: str)
     if not shape.arch or not held or shape.arch in held:
         return
     raise BadInput(
-        f"[cluster.options] {option} = {shape.name!r} runs linux/{shape.arch} but the image {image} is "
+        f"{option} = {shape.name!r} runs linux/{shape.arch} but the image {image} is "
         f"linux/{', linux/'.join(held)}: use a VM size for {held[0]} (e.g. {EXAMPLES.get(held[0], '')}), or "
         f"build the image with flowrig build --platform linux/{shape.arch}"
     )
@@ -164,9 +166,27 @@ def image_architectures(image: str) -> tuple[str, ...]:
     return (local,) if local else ()
 
 
-def check_run(compute: Any, location: str, options: Any, image: str) -> dict[str, str]:
-    """The architecture of each role's VMs (``amd64``, ``arm64``), after the sizes, the
-    workers' GPUs and the image's architectures (:func:`image_architectures`) were checked (empty: nothing read).
+def worker_sizes(options: Any, groups: Sequence[Any]) -> list[tuple[str, str, int, str]]:
+    """``(where the size is set, VM size, GPUs, where the GPUs are set)`` of the run's
+    workers, or of each worker group's."""
+    run_option = "worker_vm_size" if options.worker_vm_size else "vm_size"
+    run_size = getattr(options, run_option)
+    if not groups:
+        return [(f"[cluster.options] {run_option}", run_size, options.worker_gpu, "[cluster.options] worker_gpu")]
+    sizes = []
+    for group in groups:
+        own = (group.options or {}).get("worker_vm_size")
+        where = f"[[cluster.worker_groups]] {group.name}"
+        sizes.append((f"{where} options.worker_vm_size" if own else f"{where}: [cluster.options] {run_option}",
+                      own or run_size, int(group.gpu or 0), f"{where} gpu"))
+    return sizes
+
+
+def check_run(compute: Any, location: str, options: Any, image: str, groups: Sequence[Any] = ()) -> dict[str, str]:
+    """The architecture of each role's VMs (``scheduler``, ``worker``) and of each worker
+    size (lower-cased) (``amd64``, ``arm64``), after the sizes, the workers' (each worker
+    group's) GPUs and the image's architectures (:func:`image_architectures`) were checked
+    (empty: nothing read).
 
     Raises
     ------
@@ -174,30 +194,31 @@ def check_run(compute: Any, location: str, options: Any, image: str) -> dict[str
         Any mismatch, one line naming the fix.
     """
     held = image_architectures(image)
-    options_of = {
-        "scheduler": "scheduler_vm_size" if options.scheduler_vm_size else "vm_size",
-        "worker": "worker_vm_size" if options.worker_vm_size else "vm_size",
-    }
-    if options.scheduler_address:
-        del options_of["scheduler"]
-    sizes = {role: getattr(options, option) for role, option in options_of.items()}
-    shapes = size_shapes(compute, location, sizes.values())
+    scheduler_option = "scheduler_vm_size" if options.scheduler_vm_size else "vm_size"
+    workers = worker_sizes(options, groups)
+    vms = [] if options.scheduler_address else [(f"[cluster.options] {scheduler_option}",
+                                                  getattr(options, scheduler_option))]
+    vms += [(where, size) for where, size, _gpus, _key in workers]
+    shapes = size_shapes(compute, location, [size for _where, size in vms])
     if not shapes:
         return {}
-    for role, size in sizes.items():
-        check_size(shapes.get(size.lower()), options_of[role], size, location)
-    worker = shapes[sizes["worker"].lower()]
-    check_gpus(worker, options_of["worker"], options.worker_gpu)
-    for role, size in sizes.items():
-        check_arch(shapes[size.lower()], options_of[role], held, image)
-    archs = {role: shapes[size.lower()].arch for role, size in sizes.items()}
+    for where, size in vms:
+        check_size(shapes.get(size.lower()), where, size, location)
+    for where, size, gpus, gpu_key in workers:
+        check_gpus(shapes[size.lower()], where, gpus, gpu_key)
+    for where, size in vms:
+        check_arch(shapes[size.lower()], where, held, image)
+    archs = {size.lower(): shapes[size.lower()].arch for _where, size in vms}
+    if not options.scheduler_address:
+        archs["scheduler"] = shapes[vms[0][1].lower()].arch
+    archs["worker"] = shapes[workers[0][1].lower()].arch
     if options.vm_image and len({arch for arch in archs.values() if arch}) > 1:
         raise BadInput(
-            f"[cluster.options] the scheduler's {sizes['scheduler']} and the workers' {sizes['worker']} run "
+            f"[cluster.options] the run's VM sizes ({', '.join(dict.fromkeys(size for _w, size in vms))}) run "
             "different architectures, and vm_image is one image: choose sizes of one architecture, or leave "
             "vm_image out (each VM then gets Ubuntu of its own)"
         )
-    check_image(compute, options, archs, sizes)
+    check_image(compute, options, {where: shapes[size.lower()].arch for where, size in vms}, dict(vms))
     return archs
 
 
@@ -255,7 +276,7 @@ def check_image(compute: Any, options: Any, archs: Mapping[str, str], sizes: Map
     for role, arch in archs.items():
         if held and arch and arch != held:
             raise BadInput(
-                f"[cluster.options] vm_image is a linux/{held} image but the {role}'s size {sizes[role]} runs "
+                f"[cluster.options] vm_image is a linux/{held} image but {role} = {sizes[role]!r} runs "
                 f"linux/{arch}: use an image for {arch} (or leave vm_image out), or sizes for {held} "
                 f"(e.g. {EXAMPLES.get(held, '')})"
             )

@@ -103,8 +103,8 @@ class VMBackend(PoolBackend):
     """What the VM backends share; a cloud adds its options, extra and :class:`Cloud`."""
 
     options_model: ClassVar[type[VMOptions]] = VMOptions
-    #: A worker group's fields a VM backend does not take, with the fix; and the one option
-    #: key (its VM type: :data:`~flowrig.backends.vm.groups.TYPE_OPTION`) a group may set.
+    #: A worker group's fields a VM backend does not take, with the fix; and the option
+    #: keys a group may set (its VM type: :data:`~flowrig.backends.vm.groups.GROUP_KEYS`).
     group_refusals: ClassVar[Mapping[str, str]] = {
         "adapt": "groups of cloud VMs have fixed sizes for now: set its n_workers",
         "cpu": "a VM's CPUs come with its type: set the group's options VM type",
@@ -166,10 +166,13 @@ class VMBackend(PoolBackend):
         if spec.groups and getattr(options, "worker_gpu", 0):
             raise BadInput("[cluster.options] worker_gpu beside [[cluster.worker_groups]]: set gpu on the groups "
                            "whose workers need GPUs, and drop worker_gpu")
-        # GPU groups on EC2 only: GCP's and Azure's VM bodies take their GPUs from the run's
-        # worker_gpu, not per VM yet.
         return vm_groups(self.name, spec.groups, options.worker_extra_args, options.spot,
-                         gpus_taken=self.name == "ec2")
+                         gpu_image=self.gpu_image_missing(options))
+
+    def gpu_image_missing(self, options: Any) -> str:
+        """Why a GPU worker cannot start on the run's boot image, and the option to set
+        (empty: it can)."""
+        return ""
 
     def role_settings(self, spec: ClusterSpec, options: Any, tls: TLSDelivery) -> RoleSettings:
         """What every VM of the run is started with."""
@@ -222,14 +225,17 @@ class VMBackend(PoolBackend):
         return scheduler_role(settings), worker
 
     def cloud_preflight(self, plan: Any, options: Any) -> list[Any]:
-        """The run's machine types against its image and GPUs, as every start checks them
+        """The run's (and each worker group's) machine types against its image and GPUs, as every start checks them
         (:meth:`Cloud.check`, read-only); the network is not checked on this cloud."""
         from flowrig.backends.preflight import Check
         from flowrig.errors import BadInput
 
         image = plan.image or ""
+        cloud = self.make_cloud(plan.run_id, options)
+        # The project's groups have the fields a cloud checks (name, gpu, options).
+        cloud.worker_groups = tuple(plan.groups)
         try:
-            self.make_cloud(plan.run_id, options).check(image)
+            cloud.check(image)
         except BadInput as exc:
             line, _, fix = str(exc).rpartition(": ")
             shape = Check("machine-type", self.name, False, line or fix, fix if line else "")

@@ -36,7 +36,9 @@ class VMRequest:
         ``on-demand``, or ``spot``: the cloud's Spot or preemptible VMs (workers only).
     options
         The ``[cluster.options]`` its worker group sets otherwise (its VM type:
-        :data:`~flowrig.backends.vm.groups.TYPE_OPTION`); empty: the run's.
+        :data:`~flowrig.backends.vm.groups.GROUP_KEYS`); empty: the run's.
+    gpu
+        The worker's GPUs: its group's ``gpu``, else the run's ``worker_gpu``.
     """
 
     name: str
@@ -44,6 +46,7 @@ class VMRequest:
     user_data: str
     market: str = ON_DEMAND
     options: Mapping[str, Any] = field(default_factory=dict)
+    gpu: int = 0
 
 
 @dataclass(frozen=True)

@@ -71,9 +71,7 @@ class GCPBackend(VMBackend):
     """``gcp``: Compute Engine VMs, one per role."""
 
     name = "gcp"
-    group_options = frozenset({"worker_machine_type"})
-    group_refusals = {**VMBackend.group_refusals,
-                      "gpu": "the gcp backend starts no GPU workers in groups: use ec2, or ecs with GPU instances"}
+    group_options = frozenset({"worker_machine_type", "accelerator_type"})
     extra = "gcp"
     sdk_modules = ("googleapiclient", "google.auth")
     secret_source: ClassVar = "gcp-secret"
@@ -89,6 +87,14 @@ class GCPBackend(VMBackend):
 
         check_name("zone", options.zone, REGION_PATTERN + r"-[a-z]", "europe-west1-b")
         check_gpu_options(options)
+
+    def gpu_image_missing(self, options: GCPOptions) -> str:
+        from flowrig.backends.vm.gcp_shapes import GPU_IMAGE_EXAMPLE
+
+        if options.source_image:
+            return ""
+        return ("needs a boot image with NVIDIA's driver, Docker and NVIDIA's container toolkit (Ubuntu's has "
+                f"none): set source_image in [cluster.options], e.g. to {GPU_IMAGE_EXAMPLE}")
 
     def make_cloud(self, run_id: str, options: Any) -> "Cloud":
         from flowrig.backends.vm.gcp_cloud import GCPCloud

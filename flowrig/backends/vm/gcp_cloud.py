@@ -149,7 +149,7 @@ class GCPCloud(Cloud):
         self.subnetwork = ""
         self.subnet_range = ""
         self._operations: dict[str, str] = {}
-        #: Each role's architecture (``amd64``, ``arm64``), from its machine type (:meth:`check`).
+        #: Each role's and each worker machine type's architecture (``amd64``, ``arm64``) (:meth:`check`).
         self.archs: dict[str, str] = {}
         account = gcp_label(f"flowrig-{run_id}").replace("_", "-")
         if len(account) > 30:
@@ -184,12 +184,12 @@ class GCPCloud(Cloud):
 
     # --- check ---------------------------------------------------------------------------
     def check(self, image: str) -> None:
-        """The machine types exist in the zone, the workers' have ``worker_gpu`` GPUs, and
+        """The machine types exist in the zone, the workers' (each worker group's) have their GPUs, and
         each runs the image's architecture (read-only); each VM's default boot image follows
         its machine type's architecture."""
         from flowrig.backends.vm.gcp_shapes import check_run
 
-        self.archs = check_run(self.clients.compute, self.project, self.zone, self.options, image)
+        self.archs = check_run(self.clients.compute, self.project, self.zone, self.options, image, self.worker_groups)
 
     # --- prepare -------------------------------------------------------------------------
     def prepare(self, dashboard: bool) -> None:
@@ -337,14 +337,16 @@ class GCPCloud(Cloud):
             "tags": {"items": [self.tag]},
             "metadata": {"items": [{"key": "user-data", "value": request.user_data}]},
             "disks": [{"boot": True, "autoDelete": True, "initializeParams": {
-                "sourceImage": boot_image(options.source_image, self.archs.get(request.role, "")),
+                "sourceImage": boot_image(options.source_image,
+                                          self.archs.get(machine) or self.archs.get(request.role, "")),
                 "diskSizeGb": str(options.filesystem_size),
                 "labels": self.labels_}}],
             "networkInterfaces": [interface],
             "serviceAccounts": [{"email": self.account_email, "scopes": SCOPES}],
         }
         if request.role == "worker":
-            gpus = gpu_fields(options, self.zone)
+            accelerator = request.options.get("accelerator_type") or options.accelerator_type
+            gpus = gpu_fields(request.gpu, accelerator, self.zone)
             body["metadata"]["items"] += gpus.pop("metadata_items", [])
             body.update(gpus)
         if request.market == SPOT:

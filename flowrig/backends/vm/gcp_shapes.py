@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from flowrig.backends.vm.gcp_clients import gcp_errors, http_status
 from flowrig.errors import BadInput, InfrastructureError
@@ -79,7 +79,7 @@ def _read(request: Any, what: str, missing: str) -> Mapping[str, Any] | None:
 
 
 def machine_shapes(compute: Any, project: str, zone: str, kinds: Mapping[str, str]) -> dict[str, MachineShape]:
-    """The shapes of ``kinds`` (``option -> machine type``); empty when not readable.
+    """The shapes of ``kinds`` (``where it is set -> machine type``); empty when not readable.
 
     Raises
     ------
@@ -93,7 +93,7 @@ def machine_shapes(compute: Any, project: str, zone: str, kinds: Mapping[str, st
         answer = _read(
             compute.machineTypes().get(project=project, zone=zone, machineType=kind),
             f"reading machine type {kind}",
-            f"[cluster.options] {option} = {kind!r} is not a machine type of zone {zone}: name one "
+            f"{option} = {kind!r} is not a machine type of zone {zone}: name one "
             f"`gcloud compute machine-types list --zones {zone}` lists",
         )
         if answer is None:
@@ -141,35 +141,39 @@ def check_gpu_options(options: Any) -> None:
         )
 
 
-def check_gpus(shape: MachineShape, option: str, gpus: int, accelerator: str | None, cards: int | None) -> None:
+def check_gpus(shape: MachineShape, option: str, gpus: int, accelerator: str | None, cards: int | None,
+               gpu_key: str = "[cluster.options] worker_gpu") -> None:
     """The workers' machine type gets ``gpus`` GPUs: built in, or ``accelerator`` cards.
+
+    ``option`` and ``gpu_key`` say where the type and the GPUs were set (a worker group's
+    ``[[cluster.worker_groups]] NAME gpu``).
 
     Raises
     ------
     BadInput
         One line naming the options and the fix.
     """
+    key = gpu_key.rsplit(" ", 1)[-1]
     if accelerator and shape.gpus:
         raise BadInput(
-            f"[cluster.options] {option} = {shape.name!r} comes with {shape.gpus} {shape.gpu_type}: drop "
+            f"{option} = {shape.name!r} comes with {shape.gpus} {shape.gpu_type}: drop "
             "accelerator_type (its GPUs are the machine type's)"
         )
     if not gpus:
         return
     if not accelerator and not shape.gpus:
         raise BadInput(
-            f"[cluster.options] {option} = {shape.name!r} has no GPU but worker_gpu = {gpus}: use a machine type "
-            f"with GPUs or accelerator_type on an N1 type ({GPU_EXAMPLES}), or drop worker_gpu"
+            f"{option} = {shape.name!r} has no GPU but {key} = {gpus}: use a machine type "
+            f"with GPUs or accelerator_type on an N1 type ({GPU_EXAMPLES}), or drop {key}"
         )
     if shape.gpus and gpus > shape.gpus:
         raise BadInput(
-            f"[cluster.options] {option} = {shape.name!r} comes with {shape.gpus} {shape.gpu_type} but worker_gpu "
-            f"= {gpus}: use a larger machine type of its series, or lower worker_gpu"
+            f"{option} = {shape.name!r} comes with {shape.gpus} {shape.gpu_type} but {key} "
+            f"= {gpus}: use a larger machine type of its series, or lower {key}"
         )
     if accelerator and cards is not None and gpus > cards:
         raise BadInput(
-            f"[cluster.options] worker_gpu = {gpus} but a VM takes at most {cards} {accelerator} in this zone: "
-            "lower worker_gpu"
+            f"{gpu_key} = {gpus} but a VM takes at most {cards} {accelerator} in this zone: lower {key}"
         )
 
 
@@ -185,7 +189,7 @@ def check_arch(shape: MachineShape, option: str, held: tuple[str, ...], image: s
     if not shape.arch or not held or shape.arch in held:
         return
     raise BadInput(
-        f"[cluster.options] {option} = {shape.name!r} runs linux/{shape.arch} but the image {image} is "
+        f"{option} = {shape.name!r} runs linux/{shape.arch} but the image {image} is "
         f"linux/{', linux/'.join(held)}: use a machine type for {held[0]} ({EXAMPLES.get(held[0], '')}), or build "
         f"the image with flowrig build --platform linux/{shape.arch}"
     )
@@ -200,10 +204,31 @@ def image_architectures(image: str) -> tuple[str, ...]:
     return (local,) if local else ()
 
 
-def check_run(compute: Any, project: str, zone: str, options: Any, image: str) -> dict[str, str]:
-    """The architecture of each role's VMs (``scheduler``, ``worker``: ``amd64``, ``arm64``),
-    after the machine types, the workers' GPUs and the image's architectures
-    (:func:`image_architectures`) were checked (empty: nothing read).
+def worker_types(options: Any, groups: Sequence[Any]) -> list[tuple[str, str, int, str | None, str]]:
+    """``(where the type is set, machine type, GPUs, accelerator type, where the GPUs are
+    set)`` of the run's workers, or of each worker group's."""
+    run_option = "worker_machine_type" if options.worker_machine_type else "machine_type"
+    run_kind = getattr(options, run_option)
+    if not groups:
+        return [(f"[cluster.options] {run_option}", run_kind, options.worker_gpu, options.accelerator_type,
+                 "[cluster.options] worker_gpu")]
+    vms = []
+    for group in groups:
+        own = group.options or {}
+        where = f"[[cluster.worker_groups]] {group.name}"
+        vms.append((f"{where} options.worker_machine_type" if own.get("worker_machine_type")
+                    else f"{where}: [cluster.options] {run_option}",
+                    own.get("worker_machine_type") or run_kind, int(group.gpu or 0), own.get("accelerator_type"),
+                    f"{where} gpu"))
+    return vms
+
+
+def check_run(compute: Any, project: str, zone: str, options: Any, image: str,
+              groups: Sequence[Any] = ()) -> dict[str, str]:
+    """The architecture of each role's VMs (``scheduler``, ``worker``) and of each worker
+    machine type (``amd64``, ``arm64``), after the machine types, the workers' (each worker
+    group's) GPUs and the image's architectures (:func:`image_architectures`) were checked
+    (empty: nothing read).
 
     Raises
     ------
@@ -211,30 +236,31 @@ def check_run(compute: Any, project: str, zone: str, options: Any, image: str) -
         Any mismatch, one line naming the fix.
     """
     held = image_architectures(image)
-    options_of = {
-        "scheduler": "scheduler_machine_type" if options.scheduler_machine_type else "machine_type",
-        "worker": "worker_machine_type" if options.worker_machine_type else "machine_type",
-    }
-    kinds = {role: getattr(options, option) for role, option in options_of.items()}
-    if options.scheduler_address:
-        del options_of["scheduler"], kinds["scheduler"]
-    shapes = machine_shapes(compute, project, zone, {options_of[role]: kinds[role] for role in kinds})
+    scheduler_option = "scheduler_machine_type" if options.scheduler_machine_type else "machine_type"
+    workers = worker_types(options, groups)
+    vms = [] if options.scheduler_address else [(f"[cluster.options] {scheduler_option}",
+                                                  getattr(options, scheduler_option))]
+    vms += [(where, kind) for where, kind, _gpus, _accelerator, _key in workers]
+    shapes = machine_shapes(compute, project, zone, dict(vms))
     if not shapes:
         return {}
-    worker = shapes[kinds["worker"]]
-    accelerator = options.accelerator_type
-    cards = accelerator_cards(compute, project, zone, accelerator) if accelerator and options.worker_gpu else None
-    check_gpus(worker, options_of["worker"], options.worker_gpu, accelerator, cards)
-    for role, kind in kinds.items():
-        check_arch(shapes[kind], options_of[role], held, image)
-    archs = {role: shapes[kind].arch for role, kind in kinds.items()}
+    for where, kind, gpus, accelerator, gpu_key in workers:
+        cards = accelerator_cards(compute, project, zone, accelerator) if accelerator and gpus else None
+        check_gpus(shapes[kind], where, gpus, accelerator, cards, gpu_key)
+    for where, kind in vms:
+        check_arch(shapes[kind], where, held, image)
+    archs = {kind: shapes[kind].arch for _where, kind in vms}
+    if not options.scheduler_address:
+        archs["scheduler"] = shapes[vms[0][1]].arch
+    archs["worker"] = shapes[workers[0][1]].arch
     if options.source_image and len({arch for arch in archs.values() if arch}) > 1:
         raise BadInput(
-            f"[cluster.options] the scheduler's {kinds['scheduler']} and the workers' {kinds['worker']} run "
+            f"[cluster.options] the run's machine types ({', '.join(dict.fromkeys(kind for _w, kind in vms))}) run "
             "different architectures, and source_image is one boot image: choose machine types of one "
             "architecture, or leave source_image out (each VM then boots Ubuntu of its own)"
         )
-    check_boot_image(compute, options, archs, kinds)
+    check_boot_image(compute, options, {where: shapes[kind].arch for where, kind in vms},
+                     {where: kind for where, kind in vms})
     return archs
 
 
@@ -271,8 +297,8 @@ def check_boot_image(compute: Any, options: Any, archs: Mapping[str, str], kinds
     for role, arch in archs.items():
         if held and arch and arch != held:
             raise BadInput(
-                f"[cluster.options] source_image = {options.source_image!r} is a linux/{held} image but the "
-                f"{role}'s machine type {kinds[role]} runs linux/{arch}: use a boot image for {arch} (or leave "
+                f"[cluster.options] source_image = {options.source_image!r} is a linux/{held} image but "
+                f"{role} = {kinds[role]!r} runs linux/{arch}: use a boot image for {arch} (or leave "
                 f"source_image out), or machine types for {held} ({EXAMPLES.get(held, '')})"
             )
 
@@ -282,20 +308,21 @@ def boot_image(source_image: str | None, arch: str) -> str:
     return source_image or DEFAULT_IMAGES.get(arch or "amd64", DEFAULT_IMAGES["amd64"])
 
 
-def gpu_fields(options: Any, zone: str) -> dict[str, Any]:
-    """What a worker VM's body gets for ``worker_gpu``: the accelerator cards (unless the
-    machine type brings its own), ``onHostMaintenance = TERMINATE`` (a VM with GPUs cannot
-    live-migrate), and (``metadata_items``, added to the body's metadata) the key that has
-    a Deep Learning VM image install NVIDIA's driver at its first boot."""
-    if not options.worker_gpu:
+def gpu_fields(gpus: int, accelerator: str | None, zone: str) -> dict[str, Any]:
+    """What a worker VM's body gets for its ``gpus`` (its group's ``gpu``, else
+    ``worker_gpu``): the ``accelerator`` cards (unless the machine type brings its own),
+    ``onHostMaintenance = TERMINATE`` (a VM with GPUs cannot live-migrate), and
+    (``metadata_items``, added to the body's metadata) the key that has a Deep Learning VM
+    image install NVIDIA's driver at its first boot."""
+    if not gpus:
         return {}
     fields: dict[str, Any] = {
         "scheduling": {"onHostMaintenance": "TERMINATE", "automaticRestart": False},
         "metadata_items": [{"key": "install-nvidia-driver", "value": "True"}],
     }
-    if options.accelerator_type:
+    if accelerator:
         fields["guestAccelerators"] = [{
-            "acceleratorType": f"zones/{zone}/acceleratorTypes/{options.accelerator_type}",
-            "acceleratorCount": options.worker_gpu,
+            "acceleratorType": f"zones/{zone}/acceleratorTypes/{accelerator}",
+            "acceleratorCount": gpus,
         }]
     return fields

@@ -2,7 +2,8 @@
 
 Each group's worker VMs get the group's VM type (its ``options``: ``worker_instance_type``
 on EC2, ``worker_machine_type`` on GCP, ``worker_vm_size`` on Azure; else the run's), its
-market, its GPUs (EC2: ``docker run --gpus all`` and the Dask resource ``GPU``), and a
+market, its GPUs (``docker run --gpus all`` and the Dask resource ``GPU``; on GCP the
+group may set its own ``accelerator_type`` cards of an N1 type), and a
 worker command whose ``--resources`` are the group's alone, rendered here; their names
 are ``flowrig-RUN-worker-GROUP-N``. A group's ``cpu`` and ``memory`` are the VM type's:
 a group that sets them is refused with the key to set instead. Pure: no API call.
@@ -17,9 +18,11 @@ from flowrig.backends.markets import SpotSetting, group_spot
 from flowrig.backends.pool.groups import group_shape, refuse_resource_flags, resources_args
 from flowrig.errors import BadInput
 
-#: Per backend: the ``[cluster.options]`` key that sets a worker VM's type, the one key a
-#: group may set otherwise.
+#: Per backend: the ``[cluster.options]`` key that sets a worker VM's type.
 TYPE_OPTION = {"ec2": "worker_instance_type", "gcp": "worker_machine_type", "azure": "worker_vm_size"}
+#: Per backend: the ``[cluster.options]`` keys a group may set otherwise.
+GROUP_KEYS = {"ec2": ("worker_instance_type",), "gcp": ("accelerator_type", "worker_machine_type"),
+              "azure": ("worker_vm_size",)}
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,11 @@ class VMGroup:
 
 
 def vm_groups(backend: str, groups: Iterable[Any], base_args: Iterable[str], spot: SpotSetting,
-              gpus_taken: bool) -> dict[str, VMGroup]:
+              gpu_image: str = "") -> dict[str, VMGroup]:
     """Each group's VMs, checked before anything is created.
 
-    ``gpus_taken``: whether the backend gives VMs GPUs (``ec2``).
+    ``gpu_image``: why a GPU group cannot start on the run's boot image and what to set
+    (empty: it can: EC2 picks AWS's GPU AMI itself).
 
     Raises
     ------
@@ -62,13 +66,15 @@ def vm_groups(backend: str, groups: Iterable[Any], base_args: Iterable[str], spo
                 f"{where} sets {'cpu' if cpu is not None else 'memory'}, which on {backend} come with the VM type: "
                 f"set options = {{ {key} = \"TYPE\" }} on the group instead"
             )
-        unknown = sorted(set(own) - {key})
+        unknown = sorted(set(own) - set(GROUP_KEYS[backend]))
         if unknown:
-            raise BadInput(f"{where} options.{unknown[0]} is not taken per group on {backend}: it takes {key}; "
-                           "set the rest in [cluster.options]")
-        if gpu and not gpus_taken:
-            raise BadInput(f"{where} gpu = {gpu}: the {backend} backend starts no GPU workers in groups: use the "
-                           "ec2 backend, or the ecs backend with a capacity provider of GPU instances")
+            raise BadInput(f"{where} options.{unknown[0]} is not taken per group on {backend}: it takes "
+                           f"{', '.join(GROUP_KEYS[backend])}; set the rest in [cluster.options]")
+        if own.get("accelerator_type") and not gpu:
+            raise BadInput(f"{where} options.accelerator_type = {own['accelerator_type']!r} without gpu: set gpu on "
+                           "the group to the number of cards each worker gets, or drop accelerator_type")
+        if gpu and gpu_image:
+            raise BadInput(f"{where} gpu = {gpu} {gpu_image}")
         out[group.name] = VMGroup(
             name=group.name, threads=group.threads, args=(*base_args, *resources_args(group)),
             spot=group_spot(market, spot), gpu=gpu, options=dict(own),

@@ -225,8 +225,8 @@ class VMLauncher(Launcher):
 
     def _worker_request(self, scheduler_address: str, name: str, market: str, group: str = "") -> VMRequest:
         role = worker_role(self.settings, scheduler_address, name, self.cloud.name if market == SPOT else None, group)
-        return VMRequest(role.name, "worker", user_data(role), market=market,
-                         options=self.settings.group(group).options)
+        kind = self.settings.group(group)
+        return VMRequest(role.name, "worker", user_data(role), market=market, options=kind.options, gpu=kind.gpu)
 
     def placement(self, handle: str, role: str) -> Placement | None:
         """A worker VM's market (its shape is not read: no price)."""
