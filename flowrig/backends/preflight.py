@@ -62,8 +62,9 @@ class PreflightPlan:
     run_id
         Stands for the run's id in the names checked (a real run's id at a run's start).
     groups
-        The project's ``[[cluster.worker_groups]]``
-        (:class:`~flowrig.project.groups.WorkerGroup`): their shapes (GPUs...).
+        The run's worker groups (:class:`~flowrig.backends.base.WorkerGroupSpec`), each
+        sized at its most workers (its fixed size, or its adaptive maximum as ``n_workers``
+        or ``adapt``): their shapes (GPUs, task sizes, markets) and counts.
     """
 
     image: str | None

@@ -102,6 +102,23 @@ def maximum_workers(project: "Project") -> int:
     return max(cluster.min_workers, min(cluster.max_workers, value))
 
 
+def sized_groups(project: "Project") -> tuple[Any, ...]:
+    """The project's worker groups as a run starts them, each at its most workers (its
+    fixed size or adaptive maximum): what the preflight's quotas count."""
+    from flowrig.backends.base import WorkerGroupSpec
+    from flowrig.common.routes import worker_resources
+
+    specs = []
+    for group in project.cluster.worker_groups:
+        threads = group.worker_threads or project.cluster.worker_threads
+        specs.append(WorkerGroupSpec(
+            group.name, group.most, threads, worker_resources(group.name, threads, group.resources, group.gpu),
+            cpu=None if group.cpu is None else float(group.cpu), memory_mib=group.memory_mib, gpu=group.gpu,
+            market=group.market, options=dict(group.options),
+        ))
+    return tuple(specs)
+
+
 def preflight(project_dir: Path, backend: str | None = None, image: str | None = None) -> PreflightReport:
     """Check what a run of the project at ``project_dir`` needs from ``backend``
     (default: its ``[cluster] backend``), with ``image`` (default: ``[cluster] image``,
@@ -125,6 +142,6 @@ def preflight(project_dir: Path, backend: str | None = None, image: str | None =
         options=dict(project.cluster.options),
         max_workers=maximum_workers(project),
         allowed_environment=frozenset(project.build.allow_environment),
-        groups=tuple(project.cluster.worker_groups),
+        groups=sized_groups(project),
     )
     return PreflightReport(chosen.name, plan.image, plan.max_workers, tuple(chosen.preflight(plan)))

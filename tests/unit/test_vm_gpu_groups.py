@@ -220,19 +220,17 @@ def test_azure_a_group_whose_size_cannot_hold_it_is_one_line_exit_2_before_anyth
 # --- preflight ---------------------------------------------------------------------------------
 def test_preflight_checks_each_groups_type_for_its_gpus_and_makes_nothing(google, azure, image_arch):
     from flowrig.backends.preflight import PreflightPlan
-    from flowrig.project.groups import WorkerGroup
 
     for backend, world, options, key, fits in (
         (GCPBackend, google, {**GCP_OPTIONS, "source_image": DLVM}, "worker_machine_type", "g2-standard-4"),
         (AzureBackend, azure, {**AZURE_OPTIONS, "vm_image": GPU_IMAGE}, "worker_vm_size", "Standard_NC4as_T4_v3"),
     ):
-        cpu = WorkerGroup(name="cpu", n_workers=1)
-        checks = backend().preflight(PreflightPlan(image=IMAGE, options=options,
-                                                   groups=(cpu, WorkerGroup(name="gpu", n_workers=1, gpu=1))))
+        cpu = group("cpu")
+        checks = backend().preflight(PreflightPlan(image=IMAGE, options=options, groups=(cpu, group("gpu", gpu=1))))
         assert [(c.name, c.ok) for c in checks] == [("machine-type", False), ("network", None)]
         assert checks[0].line.startswith("[[cluster.worker_groups]] gpu: [cluster.options] "), checks[0].line
         assert "has no GPU but gpu = 1" in checks[0].line
         assert [c[0] for c in world.calls if c[0].endswith(CREATING)] == []
-        good = WorkerGroup(name="gpu", n_workers=1, gpu=1, options={key: fits})
+        good = group("gpu", gpu=1, options={key: fits})
         checks = backend().preflight(PreflightPlan(image=IMAGE, options=options, groups=(cpu, good)))
         assert [(c.name, c.ok) for c in checks] == [("machine-type", True), ("network", None)]

@@ -158,6 +158,7 @@ class PoolBackend(Backend):
         plan = PreflightPlan(
             image=spec.image, options=spec.options, allowed_environment=spec.allowed_environment,
             max_workers=size.adapt[1] if size.adapt else size.n_workers, run_id=spec.run_id,
+            groups=tuple(spec.groups),
         )
         failed = failures(self.cloud_preflight(plan, options))
         for check in failed:

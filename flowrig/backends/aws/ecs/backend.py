@@ -234,7 +234,7 @@ class _ECSBase(PoolBackend):
         from flowrig.backends.aws.ecs.preflight import capacity_preflight, ecs_target
         from flowrig.backends.aws.preflight import aws_checks
 
-        launch = self._launch(options, plan.allowed_environment)
+        launch = self._launch(options, plan.allowed_environment, tuple(plan.groups))
         session = aws_session.session(options.region_name, access_key_id=options.aws_access_key_id,
                                       secret_access_key=options.aws_secret_access_key)
         return aws_checks(session, ecs_target(self.name, plan, options, launch)) + capacity_preflight(

@@ -3,7 +3,7 @@ from its options alone."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from flowrig.backends.aws.preflight.calls import Caller, ecs_calls
 from flowrig.backends.aws.preflight.quotas import FARGATE_ON_DEMAND, FARGATE_SPOT
@@ -18,26 +18,48 @@ if TYPE_CHECKING:
 ARCHITECTURES = {"X86_64": "amd64", "ARM64": "arm64"}
 
 
-def fargate_needs(options: "ECSOptions", launch: Any, max_workers: int) -> tuple[VcpuNeed, ...]:
-    """The Fargate vCPU quotas the run's largest size needs (none on EC2 capacity)."""
-    workers = scheduler = 0.0
-    workers_what = scheduler_what = ""
-    if launch.fargate_workers and not options.worker_task_definition_arn:
-        workers = max_workers * options.worker_cpu / 1024
-        workers_what = f"{max_workers} workers x {options.worker_cpu / 1024:g} vCPU"
+def worker_vcpus(options: "ECSOptions", launch: Any, max_workers: int,
+                 groups: Sequence[Any] = ()) -> tuple[list[str], list[str], float, float]:
+    """The workers' Fargate vCPUs at the run's largest size, ``(on-demand parts, Spot
+    parts, on-demand vCPUs, Spot vCPUs)``: each worker group at its own task size, market
+    and most workers (``groups``: the run's sized groups, their ``n_workers`` or adaptive
+    maximum), a group on EC2 capacity in no Fargate quota; without groups, every worker at
+    ``worker_cpu``. Workers are asked on Spot first (also with ``spot = "fallback"``)."""
+    if options.worker_task_definition_arn:
+        return [], [], 0.0, 0.0
+    if not launch.groups:
+        if not launch.fargate_workers:
+            return [], [], 0.0, 0.0
+        what = f"{max_workers} workers x {options.worker_cpu / 1024:g} vCPU"
+        vcpus = max_workers * options.worker_cpu / 1024
+        return ([], [what], 0.0, vcpus) if launch.spot else ([what], [], vcpus, 0.0)
+    most = {group.name: (group.adapt[1] if group.adapt else group.n_workers) for group in groups}
+    parts: tuple[list[str], list[str]] = ([], [])
+    vcpus = [0.0, 0.0]
+    for group in launch.groups:
+        count = most.get(group.name, 0)
+        if not group.fargate or not count:
+            continue
+        market = 1 if group.spot else 0
+        parts[market].append(f"group {group.name}: {count} x {group.size.cpu / 1024:g} vCPU")
+        vcpus[market] += count * group.size.cpu / 1024
+    return parts[0], parts[1], vcpus[0], vcpus[1]
+
+
+def fargate_needs(options: "ECSOptions", launch: Any, max_workers: int,
+                  groups: Sequence[Any] = ()) -> tuple[VcpuNeed, ...]:
+    """The Fargate vCPU quotas the run's largest size needs (none on EC2 capacity):
+    Fargate's on-demand quota for the scheduler and the on-demand workers, Fargate Spot's
+    for the Spot ones (:func:`worker_vcpus`)."""
+    on_demand_parts, spot_parts, on_demand, spot = worker_vcpus(options, launch, max_workers, groups)
     if launch.fargate_scheduler and not options.scheduler_address and not options.scheduler_task_definition_arn:
-        scheduler = options.scheduler_cpu / 1024
-        scheduler_what = f"the scheduler's {scheduler:g}"
-    # Workers are asked on Spot first (also with spot = "fallback"); the scheduler never is.
-    on_spot = bool(launch.spot)
-    spot = workers if on_spot else 0.0
-    on_demand = scheduler + (0.0 if on_spot else workers)
+        on_demand += options.scheduler_cpu / 1024
+        on_demand_parts.append(f"the scheduler's {options.scheduler_cpu / 1024:g}")
     needs = []
     if on_demand:
-        what = " + ".join(p for p in ("" if on_spot else workers_what, scheduler_what) if p)
-        needs.append(VcpuNeed("fargate", *FARGATE_ON_DEMAND, on_demand, what))
+        needs.append(VcpuNeed("fargate", *FARGATE_ON_DEMAND, on_demand, " + ".join(on_demand_parts)))
     if spot:
-        needs.append(VcpuNeed("fargate", *FARGATE_SPOT, spot, workers_what))
+        needs.append(VcpuNeed("fargate", *FARGATE_SPOT, spot, " + ".join(spot_parts)))
     return tuple(needs)
 
 
@@ -73,7 +95,7 @@ def ecs_target(backend: str, plan: "PreflightPlan", options: "ECSOptions", launc
         public_ip=not options.fargate_use_private_ip,
         public_option="fargate_use_private_ip = false",
         services=tuple(services),
-        needs=fargate_needs(options, launch, plan.max_workers),
+        needs=fargate_needs(options, launch, plan.max_workers, plan.groups),
         calls=calls,
     )
 
