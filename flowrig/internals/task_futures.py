@@ -25,6 +25,7 @@ calling ``wait()`` then reading ``.state``; ``Client.gather`` of a dict with
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -46,6 +47,13 @@ class FetchGroup:
     #: finished ones; the scan stops after this many unfinished in a row, so that a wait
     #: on each of n futures in turn costs O(n) in all, not O(n^2).
     LOOKAHEAD = 256
+    #: Seconds between two gathers of a group while more of its members are still
+    #: running: a flow that waits on each of many quick tasks in turn would otherwise
+    #: gather as often as tasks end (a round trip through the scheduler, and a send of
+    #: every worker, per task), where one gather can bring what ended meanwhile. A wait
+    #: on a group with nothing else running, and the first wait after a pause, are
+    #: never held back.
+    GATHER_INTERVAL = 0.05
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -53,6 +61,7 @@ class FetchGroup:
         #: Members before this index are all settled (final, or gone).
         self._start = 0
         self._added = 0
+        self._last_gather = -float("inf")
 
     def __len__(self) -> int:
         """Members ever added."""
@@ -90,6 +99,21 @@ class FetchGroup:
                 self._start = 0
         return batch
 
+    def _others_running(self, target: "FlowrigFuture") -> bool:
+        """Whether a member other than ``target`` is still unfinished (looks at a few)."""
+        with self._lock:
+            members = self._members[self._start:self._start + 64]
+        return any((f := ref()) is not None and f is not target and not f._final_state
+                   and f._wrapped_future.status == "pending" for ref in members)
+
+    def _pace(self, target: "FlowrigFuture") -> None:
+        """Hold a gather back until :data:`GATHER_INTERVAL` after the last one, when the
+        group still has members running (which the flow is likely to wait on next)."""
+        delay = self._last_gather + self.GATHER_INTERVAL - time.monotonic()
+        if delay > 0 and self._others_running(target):
+            time.sleep(delay)
+        self._last_gather = time.monotonic()
+
     def fetch(self, target: "FlowrigFuture") -> None:
         """Wait for ``target`` (moving no data), then fetch its state with its finished
         peers' in one gather. Leaves ``target`` unsettled where prefect-dask's path must
@@ -102,6 +126,7 @@ class FetchGroup:
                 wrapped.exception()
             if wrapped.status != "finished":
                 return
+            self._pace(target)
             batch = self._batch(target)
             values = wrapped.client.gather({f._wrapped_future.key: f._wrapped_future for f in batch},
                                            errors="skip")
@@ -156,7 +181,17 @@ class BatchedFutureList(PrefectFutureList):
             return
         first = [group[0].wrapped_future for group in by_key.values()]
         client = first[0].client
-        for batch in distributed.as_completed(first, with_results=False, loop=client.loop).batches():
+        ended = distributed.as_completed(first, with_results=False, loop=client.loop)
+        last = -float("inf")
+        while not ended.is_empty():
+            batch = ended.next_batch(block=True)
+            # At most one gather per FetchGroup.GATHER_INTERVAL: what ends meanwhile
+            # comes with it (one round trip instead of one per task).
+            delay = last + FetchGroup.GATHER_INTERVAL - time.monotonic()
+            if delay > 0 and not ended.is_empty():
+                time.sleep(delay)
+                batch += ended.next_batch(block=False)
+            last = time.monotonic()
             done = [f for f in batch if f.status == "finished"]
             failed = len(done) != len(batch)
             if done:

@@ -182,6 +182,38 @@ def test_waiting_on_finished_futures_fetches_them_in_one_gather(runner, gathers,
     assert gathers == [N], gathers
 
 
+@pytest.mark.parametrize("how", ["map-result", "result-loop"])
+def test_waiting_on_running_tasks_gathers_at_most_once_per_interval(runner, gathers, how, monkeypatch):
+    """A flow that waits on quick tasks while they still run fetches what ended meanwhile
+    together: at most one gather per ``GATHER_INTERVAL`` (plus the first and the last),
+    not one per task or per handful of tasks as they end. (The interval is made long
+    here, so that the bound holds only by the pacing, however loaded the machine.)"""
+    import time
+
+    from prefect import flow
+
+    from flowrig.internals.task_futures import FetchGroup
+
+    monkeypatch.setattr(FetchGroup, "GATHER_INTERVAL", 0.5, raising=False)
+    t = _tasks()
+    n = 400
+
+    @flow
+    def waits() -> dict:
+        futures = t.slow.map(range(n), seconds=0.004)
+        gathers.clear()
+        start = time.monotonic()
+        # The list's batched fetch, and each future's own (FetchGroup.fetch).
+        values = futures.result() if how == "map-result" else [f.result() for f in futures]
+        return {"sum": sum(values), "seconds": time.monotonic() - start, "gathers": list(gathers)}
+
+    outcome = waits.with_options(task_runner=runner())()
+    assert outcome["sum"] == n * (n - 1) // 2
+    bound = outcome["seconds"] / FetchGroup.GATHER_INTERVAL + 3
+    assert len(outcome["gathers"]) <= bound, outcome
+    assert sum(outcome["gathers"]) >= n, outcome
+
+
 def test_a_failing_task_in_the_middle_of_a_batch(runner, gathers):
     """Its future alone is Failed and raises the task's error; every other member of the
     batch it was fetched with is Completed; the batch was one fetch."""
