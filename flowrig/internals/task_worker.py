@@ -19,7 +19,8 @@ flowrig (one image), so the dotted paths always match.
     * a task that raises ``KeyboardInterrupt`` or ``SystemExit`` is Crashed, and its
       worker lives on;
     * ``events="drop"`` (the run's embedded API, which records none) replaces the
-      events client of the worker process with Prefect's ``NullEventsClient``;
+      events client of the worker process with Prefect's ``NullEventsClient``, and the
+      task engine's events are then not even built (:mod:`flowrig.internals.engine_events`);
       ``"send"`` (a user's own server) sends them at the pace the server records them
       (:mod:`flowrig.internals.event_pacing`), each worker within its share of the run's
       window;
@@ -51,7 +52,7 @@ from collections import OrderedDict
 from contextlib import ExitStack
 from typing import Any, Iterable
 
-from flowrig.internals import event_pacing
+from flowrig.internals import engine_events, event_pacing
 from flowrig.internals.prefect_blocks import with_known_blocks
 
 
@@ -188,6 +189,7 @@ def _build_run_state(payload: dict[str, Any]) -> _RunState:
             "run both from the same image or environment"
         )
     ensure_logging_setup()
+    engine_events.install()
     with hydrated_context(None):  # Prefect's own model_rebuild() of the run contexts
         pass
     state = _RunState()
