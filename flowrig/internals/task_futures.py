@@ -47,12 +47,12 @@ class FetchGroup:
     #: finished ones; the scan stops after this many unfinished in a row, so that a wait
     #: on each of n futures in turn costs O(n) in all, not O(n^2).
     LOOKAHEAD = 256
-    #: Seconds between two gathers of a group while more of its members are still
-    #: running: a flow that waits on each of many quick tasks in turn would otherwise
-    #: gather as often as tasks end (a round trip through the scheduler, and a send of
-    #: every worker, per task), where one gather can bring what ended meanwhile. A wait
-    #: on a group with nothing else running, and the first wait after a pause, are
-    #: never held back.
+    #: Seconds between two gathers of a whole list's ``.result()``/``.wait()`` while
+    #: more of it still runs (:class:`BatchedFutureList`): otherwise it gathers as
+    #: often as tasks end (a round trip through the scheduler, and a send of every
+    #: worker, per handful of tasks), where one gather can bring what ended meanwhile.
+    #: A single future's wait is never held back (measured: a flow waiting on each
+    #: future in turn got slower).
     GATHER_INTERVAL = 0.05
 
     def __init__(self) -> None:
@@ -61,7 +61,6 @@ class FetchGroup:
         #: Members before this index are all settled (final, or gone).
         self._start = 0
         self._added = 0
-        self._last_gather = -float("inf")
 
     def __len__(self) -> int:
         """Members ever added."""
@@ -99,21 +98,6 @@ class FetchGroup:
                 self._start = 0
         return batch
 
-    def _others_running(self, target: "FlowrigFuture") -> bool:
-        """Whether a member other than ``target`` is still unfinished (looks at a few)."""
-        with self._lock:
-            members = self._members[self._start:self._start + 64]
-        return any((f := ref()) is not None and f is not target and not f._final_state
-                   and f._wrapped_future.status == "pending" for ref in members)
-
-    def _pace(self, target: "FlowrigFuture") -> None:
-        """Hold a gather back until :data:`GATHER_INTERVAL` after the last one, when the
-        group still has members running (which the flow is likely to wait on next)."""
-        delay = self._last_gather + self.GATHER_INTERVAL - time.monotonic()
-        if delay > 0 and self._others_running(target):
-            time.sleep(delay)
-        self._last_gather = time.monotonic()
-
     def fetch(self, target: "FlowrigFuture") -> None:
         """Wait for ``target`` (moving no data), then fetch its state with its finished
         peers' in one gather. Leaves ``target`` unsettled where prefect-dask's path must
@@ -126,7 +110,6 @@ class FetchGroup:
                 wrapped.exception()
             if wrapped.status != "finished":
                 return
-            self._pace(target)
             batch = self._batch(target)
             values = wrapped.client.gather({f._wrapped_future.key: f._wrapped_future for f in batch},
                                            errors="skip")

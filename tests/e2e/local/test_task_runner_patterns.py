@@ -182,11 +182,11 @@ def test_waiting_on_finished_futures_fetches_them_in_one_gather(runner, gathers,
     assert gathers == [N], gathers
 
 
-@pytest.mark.parametrize("how", ["map-result", "result-loop"])
-def test_waiting_on_running_tasks_gathers_at_most_once_per_interval(runner, gathers, how, monkeypatch):
-    """A flow that waits on quick tasks while they still run fetches what ended meanwhile
-    together: at most one gather per ``GATHER_INTERVAL`` (plus the first and the last),
-    not one per task or per handful of tasks as they end. (The interval is made long
+@pytest.mark.parametrize("how", ["result", "wait"])
+def test_waiting_on_a_running_map_gathers_at_most_once_per_interval(runner, gathers, how, monkeypatch):
+    """A flow that waits on a whole map while its quick tasks still run fetches what
+    ended meanwhile together: at most one gather per ``GATHER_INTERVAL`` (plus the first
+    and the last), not one per handful of tasks as they end. (The interval is made long
     here, so that the bound holds only by the pacing, however loaded the machine.)"""
     import time
 
@@ -203,8 +203,11 @@ def test_waiting_on_running_tasks_gathers_at_most_once_per_interval(runner, gath
         futures = t.slow.map(range(n), seconds=0.004)
         gathers.clear()
         start = time.monotonic()
-        # The list's batched fetch, and each future's own (FetchGroup.fetch).
-        values = futures.result() if how == "map-result" else [f.result() for f in futures]
+        if how == "wait":
+            futures.wait()
+            values = [f.result() for f in futures]
+        else:
+            values = futures.result()
         return {"sum": sum(values), "seconds": time.monotonic() - start, "gathers": list(gathers)}
 
     outcome = waits.with_options(task_runner=runner())()
