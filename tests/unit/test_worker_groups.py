@@ -235,11 +235,11 @@ def test_a_backend_that_does_not_start_groups_refuses_them_before_anything_start
     ("ec2", {"name": "gpu", "gpu": 1, "options": {"worker_instance_type": "g5.xlarge"}}, None),
     ("gcp", {"name": "big", "options": {"worker_machine_type": "n2-standard-8"}}, None),
     ("azure", {"name": "big", "options": {"worker_vm_size": "Standard_D8s_v5"}}, None),
-    ("fargate", {"name": "cpu", "adapt": {"minimum": 0, "maximum": 2}}, "sets adapt, which the fargate backend"),
+    ("fargate", {"name": "cpu", "adapt": {"minimum": 0, "maximum": 2}}, None),  # the pool scales it
     ("ec2", {"name": "cpu", "cpu": 4}, "sets cpu, which the ec2 backend cannot honour: a VM's CPUs come with its type"),
     ("gcp", {"name": "gpu", "gpu": 1, "options": {"accelerator_type": "nvidia-tesla-t4"}}, None),
     ("azure", {"name": "gpu", "gpu": 1, "options": {"worker_vm_size": "Standard_NC4as_T4_v3"}}, None),
-    ("gcp", {"name": "cpu", "adapt": {"minimum": 0, "maximum": 2}}, "sets adapt, which the gcp backend"),
+    ("gcp", {"name": "cpu", "adapt": {"minimum": 0, "maximum": 2}}, None),  # the pool scales it
     ("ec2", {"name": "cpu", "options": {"worker_mem": 2}}, "options.worker_mem is not taken per group by the ec2"),
     ("fargate", {"name": "cpu", "options": {"worker_extra_args": ["--resources", "GPU=1"]}},
      "options.worker_extra_args is not taken per group by the fargate backend"),

@@ -27,6 +27,7 @@ import time
 from typing import Any, ClassVar, Mapping
 
 from flowrig.backends.base import Backend, CloseOnce, ClusterSpec, StartedCluster, dashboard_reach
+from flowrig.backends.pool.adaptive import adapt_pool_groups
 from flowrig.backends.pool.cluster import PoolCluster
 from flowrig.backends.pool.launcher import Launcher, StartTimeout
 from flowrig.backends.preflight import Check, PreflightPlan, failure_line, failures
@@ -241,8 +242,9 @@ def start_pool(
     The scheduler (unless ``scheduler_address`` names a running one) and at least
     ``spec.start_minimum`` workers come up by ``deadline`` (``time.monotonic()``);
     ``timeout`` is that budget in seconds, for the messages. An adaptive cluster starts
-    at its minimum. On failure the cluster is closed (its roles stopped) before the
-    error is raised; what the backend created besides is the caller's to remove.
+    at its minimum, and so does each adaptive worker group, which then follows its own
+    tasks' demand (:mod:`flowrig.backends.pool.adaptive`). On failure the cluster is
+    closed (its roles stopped) before the error is raised; what the backend created besides is the caller's to remove.
 
     Raises
     ------
@@ -281,6 +283,8 @@ def start_pool(
                     f"the {backend} cluster had no worker within {timeout:g} s ({exc}); "
                     "everything created for the run is being removed"
                 ) from None
+        # Each adaptive group now follows its own tasks' demand (it started at its minimum).
+        cluster.group_adaptives = adapt_pool_groups(cluster, getattr(spec, "groups", ()))
     except BaseException:
         try:
             cluster.close()

@@ -59,6 +59,8 @@ class _Worker:
     joined: bool = False
     #: The worker group it was started for (``""``: the cluster has none).
     group: str = NO_GROUP
+    #: Being retired by adaptive scaling: its stop is no loss to replace.
+    retiring: bool = False
     state: Observed = field(default_factory=lambda: Observed("pending"))
 
 
@@ -129,6 +131,8 @@ class PoolCluster(Cluster):
         #: When the scheduler answered (``time.perf_counter()``).
         self.scheduler_up_at: float | None = None
         self._lock: asyncio.Lock | None = None
+        #: The scaling of each adaptive worker group (:mod:`flowrig.backends.pool.adaptive`).
+        self.group_adaptives: list[Any] = []
         # A loop of our own, so that a failed start can stop it (distributed's clusters
         # leave theirs running when their start fails).
         self._own_loop = LoopRunner(asynchronous=False)
@@ -337,7 +341,7 @@ class PoolCluster(Cluster):
                 changed = True
             worker.state = state
             worker.joined = worker.joined or name in joined
-            if state.status != "stopped" or self.workers.get(name) is not worker:
+            if state.status != "stopped" or self.workers.get(name) is not worker or worker.retiring:
                 continue
             del self.workers[name]
             self.life_log.ended(name)
@@ -407,6 +411,8 @@ class PoolCluster(Cluster):
         if self.status == Status.closed:
             return
         self.status = Status.closing
+        for adaptive in self.group_adaptives:
+            adaptive.stop("cluster-closing")
         if self._watcher is not None:
             self._watcher.cancel()
         try:

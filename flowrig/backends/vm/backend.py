@@ -106,7 +106,6 @@ class VMBackend(PoolBackend):
     #: A worker group's fields a VM backend does not take, with the fix; and the option
     #: keys a group may set (its VM type: :data:`~flowrig.backends.vm.groups.GROUP_KEYS`).
     group_refusals: ClassVar[Mapping[str, str]] = {
-        "adapt": "groups of cloud VMs have fixed sizes for now: set its n_workers",
         "cpu": "a VM's CPUs come with its type: set the group's options VM type",
         "memory": "a VM's memory comes with its type: set the group's options VM type",
     }

@@ -169,3 +169,75 @@ def test_a_group_whose_workers_cannot_start_fails_the_start_naming_it(tls):
                                "worker task of group gpu not started: RESOURCE:GPU")
     assert sorted(launcher.asked) == [("cpu", 2), ("gpu", 1)]
     assert backend.runs[0].steps[-1] == "close"
+
+
+class AdaptiveGroupLauncher(SchedulerLauncher):
+    """Real workers offering their group's resource, named as a cloud names its tasks."""
+
+    def __init__(self, security, address: str, groups) -> None:
+        super().__init__(security, address)
+        self.groups = {group.name: group for group in groups}
+        self.asked: list[tuple[str, int]] = []
+
+    def start_workers(self, scheduler_address: str, count: int, replacing=(), group: str = "") -> WorkerStart:
+        from distributed import Worker
+        from distributed.utils import sync
+
+        self.asked.append((group, count))
+        shape = self.groups[group]
+        started = {}
+        for _ in range(count):
+            name = f"task-{self.count}"
+            self.count += 1
+
+            async def start(name=name):
+                return await Worker(scheduler_address, name=name, nthreads=shape.threads, security=self.security,
+                                    host="127.0.0.1", resources=dict(shape.resources))
+
+            self.workers[name] = sync(self.loop.loop, start)
+            started[name] = name
+        return WorkerStart(started)
+
+
+def test_an_adaptive_group_grows_for_its_tasks_and_shrinks_after(tls):
+    """A group adapting 0-2 starts empty (the start waits for the fixed group only), grows
+    through the launcher for the tasks that ask for its resource, then retires its idle
+    workers; each worker's life is counted in its own group."""
+    import distributed
+    from distributed import Client
+
+    from flowrig.backends.base import WorkerGroupSpec
+    from flowrig.internals import drain_status, group_demand
+    from flowrig.project.sizing import GroupSize
+
+    groups = (WorkerGroupSpec("cpu", 1, 1, {"flowrig-group-cpu": 1}),
+              WorkerGroupSpec("burst", 0, 1, {"flowrig-group-burst": 1}, adapt=(0, 2)))
+    with local_scheduler(tls, workers=0) as scheduler:
+        drain_status.add_handler(scheduler.scheduler, group_demand.DEMAND_OP,
+                                 lambda: group_demand.demand(scheduler.scheduler))
+        launcher = AdaptiveGroupLauncher(tls.to_security(), scheduler.scheduler_address, groups)
+        backend = FakeBackend(launcher)
+        run = ClusterSpec(run_id="tmpla", size=ClusterSize(1, groups=(GroupSize("cpu", 1), GroupSize("burst", 0, (0, 2)))),
+                          tls=tls, image="registry.example/flows:1", options={"provision_timeout": 60}, groups=groups)
+        started = backend.start(run)
+        try:
+            assert launcher.asked == [("cpu", 1)]
+            with Client(scheduler.scheduler_address, security=tls.to_security()) as client:
+                futures = client.map(time.sleep, [1.5] * 4, resources={"flowrig-group-burst": 1}, pure=False)
+                distributed.wait(futures, timeout=30)  # the group has no worker until it grows
+                burst = [name for name, w in started.cluster.workers.items() if w.group == "burst"]
+                assert ("burst", 2) in launcher.asked or launcher.asked.count(("burst", 1)) == 2, launcher.asked
+                del futures
+            deadline = time.monotonic() + 30
+            while any(w.group == "burst" for w in started.cluster.workers.values()):
+                assert time.monotonic() < deadline, started.cluster.workers
+                time.sleep(0.2)
+            retired = [call for call in launcher.stop_calls if call[1] == "scaled down"]
+            assert sorted(h for handles, _ in retired for h in handles) == sorted(burst)
+            assert started.cluster.book.wanted("burst") == 0 and started.cluster.book.wanted("cpu") == 1
+            lives = {life.name: life for life in started.lives()}
+            assert all(lives[name].group == "burst" and lives[name].ended is not None for name in burst)
+            assert lives["task-0"].group == "cpu" and lives["task-0"].ended is None
+        finally:
+            started.close()
+        assert launcher.workers == {}

@@ -168,8 +168,6 @@ class _ECSBase(PoolBackend):
     #: Whether scheduler and workers run on Fargate unless the options say otherwise.
     fargate: ClassVar[bool]
     options_model = ECSOptions
-    group_refusals: ClassVar[Mapping[str, str]] = {
-        "adapt": "groups of ECS tasks have fixed sizes for now: set its n_workers"}
     group_options = GROUP_OPTIONS
     extra = "aws"
     # dask-cloudprovider's aws extra brings botocore.
