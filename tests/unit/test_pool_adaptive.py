@@ -117,3 +117,14 @@ def test_a_failed_retirement_leaves_the_worker_a_worker_to_replace_when_lost():
     except OSError:
         pass
     assert seen == [("retire", ["task-2"], True)] and pool.workers["task-2"].retiring is False
+
+
+def test_a_worker_being_retired_is_no_longer_planned_but_still_requested():
+    """It leaves the scheduler before the pool stops it: the watch tells a planned
+    worker's going as a loss, so while it retires it is not planned."""
+    from flowrig.backends.pool.cluster import PoolCluster, _Worker
+
+    pool = SimpleNamespace(workers={"task-0": _Worker("task-0", 0.0, group="cpu"),
+                                    "task-2": _Worker("task-2", 0.0, group="burst", retiring=True)})
+    assert PoolCluster.plan.fget(pool) == {"task-0"}
+    assert PoolCluster.requested.fget(pool) == {"task-0", "task-2"}

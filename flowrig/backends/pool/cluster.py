@@ -255,7 +255,9 @@ class PoolCluster(Cluster):
 
     @property
     def plan(self) -> set[str]:
-        return set(self.workers)
+        # A worker being retired leaves the scheduler before the pool stops it: it is no
+        # longer planned, so its going is told as retired, not lost.
+        return {name for name, worker in self.workers.items() if not worker.retiring}
 
     @property
     def requested(self) -> set[str]:

@@ -212,13 +212,15 @@ def test_an_adaptive_group_grows_for_its_tasks_and_shrinks_after(tls):
 
     groups = (WorkerGroupSpec("cpu", 1, 1, {"flowrig-group-cpu": 1}),
               WorkerGroupSpec("burst", 0, 1, {"flowrig-group-burst": 1}, adapt=(0, 2)))
+    news: list = []
     with local_scheduler(tls, workers=0) as scheduler:
         drain_status.add_handler(scheduler.scheduler, group_demand.DEMAND_OP,
                                  lambda: group_demand.demand(scheduler.scheduler))
         launcher = AdaptiveGroupLauncher(tls.to_security(), scheduler.scheduler_address, groups)
         backend = FakeBackend(launcher)
         run = ClusterSpec(run_id="tmpla", size=ClusterSize(1, groups=(GroupSize("cpu", 1), GroupSize("burst", 0, (0, 2)))),
-                          tls=tls, image="registry.example/flows:1", options={"provision_timeout": 60}, groups=groups)
+                          tls=tls, image="registry.example/flows:1", options={"provision_timeout": 60}, groups=groups,
+                          on_news=news.append)
         started = backend.start(run)
         try:
             assert launcher.asked == [("cpu", 1)]
@@ -226,17 +228,28 @@ def test_an_adaptive_group_grows_for_its_tasks_and_shrinks_after(tls):
                 futures = client.map(time.sleep, [1.5] * 4, resources={"flowrig-group-burst": 1}, pure=False)
                 distributed.wait(futures, timeout=30)  # the group has no worker until it grows
                 burst = [name for name, w in started.cluster.workers.items() if w.group == "burst"]
+                assert burst, started.cluster.workers
                 assert ("burst", 2) in launcher.asked or launcher.asked.count(("burst", 1)) == 2, launcher.asked
                 del futures
+
+            def retired() -> list[str]:  # the pool forgets a worker first, then stops it, then ends its life
+                return sorted(h for handles, why in launcher.stop_calls if why == "scaled down" for h in handles)
+
             deadline = time.monotonic() + 30
-            while any(w.group == "burst" for w in started.cluster.workers.values()):
-                assert time.monotonic() < deadline, started.cluster.workers
+            while retired() != sorted(burst) or any(life.ended is None for life in started.lives()
+                                                    if life.name in burst):
+                assert time.monotonic() < deadline, (started.cluster.workers, launcher.stop_calls)
                 time.sleep(0.2)
-            retired = [call for call in launcher.stop_calls if call[1] == "scaled down"]
-            assert sorted(h for handles, _ in retired for h in handles) == sorted(burst)
+            assert not any(w.group == "burst" for w in started.cluster.workers.values())
             assert started.cluster.book.wanted("burst") == 0 and started.cluster.book.wanted("cpu") == 1
             lives = {life.name: life for life in started.lives()}
-            assert all(lives[name].group == "burst" and lives[name].ended is not None for name in burst)
+            assert all(lives[name].group == "burst" for name in burst)
+            # What the run tells: each retired as the cluster scaled down, none lost (so none replaced).
+            deadline = time.monotonic() + 15
+            while sorted(n.worker for n in news if n.kind == "worker.retired") != sorted(burst):
+                assert time.monotonic() < deadline, news
+                time.sleep(0.2)
+            assert not [n for n in news if n.kind in ("worker.lost", "worker.replaced")], news
             assert lives["task-0"].group == "cpu" and lives["task-0"].ended is None
         finally:
             started.close()
