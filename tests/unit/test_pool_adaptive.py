@@ -128,3 +128,20 @@ def test_a_worker_being_retired_is_no_longer_planned_but_still_requested():
                                     "task-2": _Worker("task-2", 0.0, group="burst", retiring=True)})
     assert PoolCluster.plan.fget(pool) == {"task-0"}
     assert PoolCluster.requested.fget(pool) == {"task-0", "task-2"}
+
+
+def test_plain_adapt_on_the_pool_marks_the_workers_it_retires_as_the_groups_do():
+    """``[cluster] adapt`` without groups: the pool's adapt is the retiring one, so its
+    retired workers are out of the plan (told retired) and never replaced."""
+    import inspect
+
+    from distributed.deploy import Adaptive
+
+    from flowrig.backends.pool.adaptive import PoolAdaptive
+    from flowrig.backends.pool.cluster import PoolCluster
+
+    assert inspect.signature(PoolCluster.adapt).parameters["Adaptive"].default is PoolAdaptive
+    assert issubclass(PoolAdaptive, Adaptive)
+    pool, seen = _retiring_pool(fail=False)
+    asyncio.run(PoolAdaptive(pool, minimum=1, maximum=2, interval=0).scale_down(["task-2"]))
+    assert seen == [("retire", ["task-2"], True), ("stop", ["task-2"])]

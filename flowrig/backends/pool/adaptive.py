@@ -1,5 +1,12 @@
-"""Adaptive worker groups of a :class:`~flowrig.backends.pool.cluster.PoolCluster` (ECS
-tasks, VMs).
+"""Adaptive scaling of a :class:`~flowrig.backends.pool.cluster.PoolCluster` (ECS tasks,
+VMs): of the whole cluster (``[cluster] adapt``), and of each adaptive worker group.
+
+Both shrink the same way (:class:`RetiringScaleDown`): the workers to go are marked
+``retiring`` before the scheduler retires them, so the stop of their task or VM, which
+follows their worker's exit and may be seen by the pool's poll before the pool stops
+them itself, is neither a loss to replace nor told as one: they are told retired.
+:class:`PoolAdaptive` is distributed's ``Adaptive`` with that scale-down, which
+:meth:`~flowrig.backends.pool.cluster.PoolCluster.adapt` uses.
 
 Each ``[[cluster.worker_groups]]`` group with an ``adapt`` range is scaled by one
 :class:`PoolGroupAdaptive`: the same decisions as on local and docker
@@ -37,7 +44,35 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flowrig.groups")
 
 
-class PoolGroupAdaptive(GroupAdaptive):
+class RetiringScaleDown:
+    """``Adaptive.scale_down`` on a pool: the workers are marked ``retiring`` while the
+    scheduler retires them (their data moves first) and the pool stops them."""
+
+    cluster: "PoolCluster"
+
+    async def scale_down(self, workers: Iterable[str]) -> None:
+        """Retire ``workers`` on the scheduler (their data moves first), then stop them.
+
+        They are marked as retiring first: the scheduler closes each worker before the
+        pool stops its task or VM, and a poll that sees it stop in between must not take
+        it for a lost worker to replace."""
+        workers = list(workers)
+        marked = [self.cluster.workers[name] for name in workers if name in self.cluster.workers]
+        for worker in marked:
+            worker.retiring = True
+        try:
+            await super().scale_down(workers)  # type: ignore[misc]  # the Adaptive it is mixed into
+        finally:
+            for worker in marked:  # still there only when the retirement failed
+                worker.retiring = False
+
+
+class PoolAdaptive(RetiringScaleDown, Adaptive):
+    """distributed's ``Adaptive`` for the whole of a pool cluster (``[cluster] adapt``),
+    shrinking as the groups do (:class:`RetiringScaleDown`)."""
+
+
+class PoolGroupAdaptive(RetiringScaleDown, GroupAdaptive):
     """Scales one adaptive worker group of a pool cluster (see the module's docstring).
 
     Parameters
@@ -71,21 +106,6 @@ class PoolGroupAdaptive(GroupAdaptive):
             logger.info("worker group %s grows to %d workers", self.group.name, n)
             self.cluster.scale_groups({self.group.name: n})
 
-    async def scale_down(self, workers: Iterable[str]) -> None:
-        """Retire ``workers`` on the scheduler (their data moves first), then stop them.
-
-        They are marked as retiring first: the scheduler closes each worker before the
-        pool stops its task or VM, and a poll that sees it stop in between must not take
-        it for a lost worker to replace."""
-        workers = list(workers)
-        marked = [self.cluster.workers[name] for name in workers if name in self.cluster.workers]
-        for worker in marked:
-            worker.retiring = True
-        try:
-            await super().scale_down(workers)
-        finally:
-            for worker in marked:  # still there only when the retirement failed
-                worker.retiring = False
 
 
 def adapt_pool_groups(

@@ -35,6 +35,7 @@ from distributed.deploy import Cluster
 from distributed.utils import LoopRunner, NoOpAwaitable
 
 from flowrig.backends.lost_workers import Replacements
+from flowrig.backends.pool.adaptive import PoolAdaptive
 from flowrig.backends.pool.groups import NO_GROUP, GroupBook, count_by_group
 from flowrig.backends.pool.launcher import Endpoint, Launcher, Observed, StartTimeout
 from flowrig.backends.pool.start_wait import reasons as _reasons
@@ -226,6 +227,12 @@ class PoolCluster(Cluster):
         self.book.set_sizes(sizes)
         self.loop.add_callback(self._reconcile)
         return NoOpAwaitable()
+
+    def adapt(self, Adaptive: type = PoolAdaptive, **kwargs: Any) -> Any:  # noqa: N803 (distributed's name)
+        """Scale with the scheduler's load (distributed's ``Adaptive`` arguments); the
+        workers it retires are told retired, not lost, and are not replaced
+        (:class:`~flowrig.backends.pool.adaptive.PoolAdaptive`)."""
+        return super().adapt(Adaptive=Adaptive, **kwargs)
 
     async def scale_down(self, workers: Iterable[str]) -> None:
         """Stop the named workers (``Adaptive`` retired them on the scheduler first)."""

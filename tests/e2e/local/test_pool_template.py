@@ -254,3 +254,82 @@ def test_an_adaptive_group_grows_for_its_tasks_and_shrinks_after(tls):
         finally:
             started.close()
         assert launcher.workers == {}
+
+
+class ExitingLauncher(SchedulerLauncher):
+    """A cloud's tasks: a worker's task stops when its worker process ends, whoever
+    ended it (the scheduler retiring it, too), as an ECS task or a VM does."""
+
+    def __init__(self, security, address: str) -> None:
+        super().__init__(security, address)
+        self.asked: list[int] = []
+
+    def start_workers(self, scheduler_address: str, count: int, replacing=()) -> WorkerStart:
+        self.asked.append(count)
+        return super().start_workers(scheduler_address, count, replacing)
+
+    def observe(self, handles):
+        seen = super().observe(handles)
+        for handle in handles:
+            worker = self.workers.get(handle)
+            if worker is not None and worker.status.name in ("closing", "closed", "failed"):
+                seen[handle] = Observed("stopped", "Essential container in task exited")
+        return seen
+
+
+def test_plain_adapt_retires_an_idle_worker_as_retired_never_lost_nor_replaced(tls):
+    """``[cluster] adapt`` without groups on the pool: the worker distributed's Adaptive
+    retires ends its task before the pool stops it; that stop is no loss: it is told
+    retired, and nothing starts in its place."""
+    import asyncio
+
+    import dask
+    import distributed
+    from distributed import Client
+
+    news: list = []
+    fast = {"distributed.adaptive.interval": "200ms", "distributed.adaptive.wait-count": 2,
+            "distributed.adaptive.target-duration": "1s"}
+    with local_scheduler(tls, workers=0) as scheduler, dask.config.set(fast):
+        retire = scheduler.scheduler.handlers["retire_workers"]
+
+        async def far_retire(*args, **kwargs):
+            # The scheduler's answer comes a while after the worker left (a scheduler far
+            # from the runner, or a second worker still handing its data over): the
+            # pool's polls see the retired worker's task stopped before the pool stops it.
+            answer = await retire(*args, **kwargs)
+            await asyncio.sleep(3)
+            return answer
+
+        scheduler.scheduler.handlers["retire_workers"] = far_retire
+        launcher = ExitingLauncher(tls.to_security(), scheduler.scheduler_address)
+        run = ClusterSpec(run_id="tmpad", size=ClusterSize(1, adapt=(1, 2)), tls=tls, image="registry.example/flows:1",
+                          options={"provision_timeout": 60}, on_news=news.append)
+        started = FakeBackend(launcher).start(run)
+        try:
+            with Client(scheduler.scheduler_address, security=tls.to_security()) as client:
+                futures = client.map(time.sleep, [0.3] * 30, pure=False)
+                deadline = time.monotonic() + 30
+                while len(started.cluster.workers) < 2:  # the load grows the cluster to its maximum
+                    assert time.monotonic() < deadline, (launcher.asked, news)
+                    time.sleep(0.1)
+                distributed.wait(futures, timeout=30)
+                del futures
+            deadline = time.monotonic() + 30
+            while not any(n.kind in ("worker.retired", "worker.lost") for n in news):  # idle now: one goes
+                assert time.monotonic() < deadline, news
+                time.sleep(0.2)
+            assert not [n for n in news if n.kind in ("worker.lost", "worker.replaced")], news
+            [retired] = [n.worker for n in news if n.kind == "worker.retired"]
+            while retired in started.cluster.workers:  # until the scheduler answers and the pool stops it
+                assert time.monotonic() < deadline, started.cluster.workers
+                time.sleep(0.2)
+            time.sleep(2)  # the pool's next polls, which would replace a worker it took for lost
+            assert not [n for n in news if n.kind in ("worker.lost", "worker.replaced")], news
+            assert launcher.asked == [1, 1], launcher.asked  # its start and the growth: no replacement
+            assert started.cluster.replacements.replaced == 0 and started.cluster.lost_reason(retired) is None
+            assert len(started.cluster.workers) == 1 and started.cluster.book.total == 1
+            assert [life.ended is not None for life in started.lives() if life.name == retired] == [True]
+        finally:
+            started.close()
+        assert launcher.workers == {}
