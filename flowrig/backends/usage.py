@@ -115,6 +115,18 @@ class LifeLog:
                     self._lives[index] = replace(life, started=begin, ended=max(end, begin))
                     return
 
+    def discard(self, name: str) -> None:
+        """``name``'s open life was none: the role never ran (a Spot VM the cloud found
+        no room for after it took the request, whose worker was asked again on-demand).
+        It is no life, so what the run used holds only the worker that ran, in the
+        market it ran in. Nothing when none is open."""
+        with self._lock:
+            for index in range(len(self._lives) - 1, -1, -1):
+                life = self._lives[index]
+                if life.name == name and life.ended is None:
+                    del self._lives[index]
+                    return
+
     def add(self, life: RoleLife) -> None:
         """A whole life known elsewhere (another process's)."""
         with self._lock:

@@ -198,3 +198,56 @@ def test_fargate_tasks_are_shaped_by_their_size_and_priced_by_architecture_and_m
     # A task definition of the project's own, or the cluster's own EC2 capacity: not shaped here.
     assert ECSLauncher(region, replace(settings, shapes={})).placement("arn:t/2", "worker") is None  # type: ignore[arg-type]
     assert ECSLauncher(region, replace(settings, fargate=False)).placement("arn:t/2", "worker") is None  # type: ignore[arg-type]
+
+
+# --- a Spot worker that fell back: the pool's log, then what the run says -------------------
+
+
+class _Markets:
+    """A launcher's view of two workers: ``vm-1`` asked on Spot, stopped before it ran for
+    want of Spot room (``moved``), ``vm-2`` asked again on-demand, running."""
+
+    kind = "instance"
+
+    def __init__(self) -> None:
+        from flowrig.backends.pool import Observed
+
+        self.seen = {"vm-1": Observed("stopped", "ZONE_RESOURCE_POOL_EXHAUSTED: no room", moved=True),
+                     "vm-2": Observed("running")}
+
+    def observe(self, handles):
+        return {handle: self.seen[handle] for handle in handles}
+
+
+def test_a_spot_worker_that_fell_back_counts_as_one_on_demand_worker_for_its_whole_life():
+    """The pool logs each worker at its start, in the market it was asked in; the Spot
+    VM the cloud then found no room for never ran: it is no life, and the run says one
+    on-demand worker, spot 0%, priced on-demand."""
+    import asyncio
+
+    from distributed.core import Status
+
+    from flowrig.backends.lost_workers import Replacements
+    from flowrig.backends.pool.cluster import PoolCluster, _Worker
+    from flowrig.backends.pool.groups import GroupBook
+
+    pool = object.__new__(PoolCluster)  # its observation alone: no loop, no scheduler
+    pool.status, pool.scheduler_info, pool.launcher = Status.closed, {"workers": {}}, _Markets()
+    pool.life_log, pool._lost, pool._deciding = LifeLog(clock=lambda: 1004.0), {}, False
+    pool.book = GroupBook()
+    pool.book.set_total(1)
+    pool.replacements = Replacements(lambda: pool.book.total)
+    pool.workers = {"vm-1": _Worker("vm-1", 0.0)}
+    pool.life_log.started("vm-1", "worker", SPOT_WORKER, at=1000.0)
+    asyncio.run(pool._observe_once())  # at 1004 the pool sees vm-1 moved
+    pool.workers["vm-2"] = _Worker("vm-2", 0.0)
+    pool.life_log.started("vm-2", "worker", FARGATE)  # at 1004, on-demand
+    asyncio.run(pool._observe_once())
+    pool.life_log.ended("vm-2", at=1010.0)
+    assert pool.replacements.failures == [] and pool.replacements.replaced == 0
+    usage = summarize(pool.life_log.lives(), now=1010.0, prices=TABLE)
+    worker = usage.roles["worker"]
+    assert (worker.count, worker.seconds, worker.spot_share) == (1, 6.0, 0.0)
+    assert worker.estimated_cost == pytest.approx(6 * 0.000012) and worker.placement == FARGATE
+    assert "worker 1 x 6.0 s" in usage_line("r1", usage) and ", spot 0%;" in usage_line("r1", usage)
+    assert "| worker | 1 | 6.0 | 6 | 12 | 0 | 0% |" in render_artifact("r1", "gcp", {}, [], 0.0, usage)

@@ -353,7 +353,10 @@ class PoolCluster(Cluster):
             if state.status != "stopped" or self.workers.get(name) is not worker or worker.retiring:
                 continue
             del self.workers[name]
-            self.life_log.ended(name)
+            if state.moved:  # it never ran: its worker's life is the one asked in the other market
+                self.life_log.discard(name)
+            else:
+                self.life_log.ended(name)
             self._lost[name] = state.reason
             self.book.lost(worker.group, worker.handle)
             if worker.joined:

@@ -10,11 +10,12 @@ forwards the rest. Workers "join" a real mutual-TLS scheduler on loopback
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
 from flowrig.backends.aws.ec2.backend import EC2Backend
-from flowrig.backends.usage import ON_DEMAND, SPOT
+from flowrig.backends.usage import ON_DEMAND, SPOT, summarize
 from tests.e2e.aws.test_ec2_backend import assert_nothing_left, ec2_bootstrapped, instances, spec  # noqa: F401
 from tests.tls_support import local_scheduler
 
@@ -42,6 +43,14 @@ def test_fallback_starts_an_on_demand_instance_when_spot_has_no_capacity(aws, fa
             assert "not started" not in caplog.text
             assert {life.name: life.placement.market for life in started.lives()} == {
                 "flowrig-ec2s-worker-1": SPOT, "flowrig-ec2s-worker-2": ON_DEMAND}
+            # The instance that fell back is on-demand for its whole life: the Spot share is
+            # the Spot instance's seconds alone.
+            now = time.time()
+            lives = started.lives()
+            worker = summarize(lives, now=now).roles["worker"]
+            [spot_life] = [life for life in lives if life.placement.market == SPOT]
+            assert worker.count == 2
+            assert worker.spot_share == pytest.approx(spot_life.seconds(now) / worker.seconds, abs=1e-4)
         finally:
             started.close()
     assert_nothing_left("ec2s")

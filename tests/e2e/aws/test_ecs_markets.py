@@ -14,7 +14,7 @@ import time
 import pytest
 
 from flowrig.backends.aws.ecs import FargateBackend
-from flowrig.backends.usage import ON_DEMAND, SPOT
+from flowrig.backends.usage import ON_DEMAND, SPOT, summarize
 from flowrig.project.sizing import ClusterSize
 from tests.e2e.aws.test_ecs_backend import spec
 from tests.e2e.aws.test_ecs_faults import assert_nothing_left, live_tasks
@@ -95,6 +95,13 @@ def test_fallback_starts_on_demand_when_spot_has_no_capacity_and_replaces_in_the
             started.close()
     lives = started.lives()
     assert [life.placement.market for life in lives].count(SPOT) == 1 and len(lives) == 5
+    # What the run used: the workers that fell back are on-demand for their whole lives,
+    # so the Spot share is the one Spot worker's seconds alone.
+    now = time.time()
+    worker = summarize(lives, now=now).roles["worker"]
+    spot_seconds = sum(life.seconds(now) for life in lives if life.placement.market == SPOT)
+    assert worker.count == 5 and worker.spot_share == pytest.approx(spot_seconds / worker.seconds, abs=1e-4)
+    assert 0 < worker.spot_share < 0.5
     assert_nothing_left(aws, "spot1")
 
 

@@ -6,9 +6,12 @@ a real worker, named as the VM, joins when the standard VM is made.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from flowrig.backends.base import ClusterSpec
+from flowrig.backends.usage import ON_DEMAND, summarize
 from flowrig.backends.vm.gcp import GCPBackend
 from flowrig.project.sizing import ClusterSize
 from tests.tls_support import local_scheduler
@@ -61,3 +64,9 @@ def test_gcp_start_falls_back_when_the_spot_insert_operation_finds_no_room(googl
     [line] = [r.getMessage() for r in caplog.records if "had no capacity" in r.getMessage()]
     assert line.startswith("Compute Engine Spot had no capacity for 1 worker instance (ZONE_RESOURCE_POOL_EXHAUSTED: ")
     assert_google_empty(google)
+    # What the run used: the one worker that ran, on-demand for its whole life; the Spot
+    # VM that never ran is no life of a few seconds on Spot.
+    worker = summarize(started.lives(), now=time.time()).roles["worker"]
+    assert (worker.count, worker.spot_share) == (1, 0.0), started.lives()
+    assert [(life.name, life.placement.market) for life in started.lives() if life.role == "worker"] == [
+        ("flowrig-gcf-worker-2", ON_DEMAND)]
