@@ -109,6 +109,10 @@ ATTACKS = [
            a("ec2:security-group/sg-0b"), owned(RUNNER_B)),
     Attack("delete another run's log group", "logs:DeleteLogGroup", a("logs:log-group:/flowrig/runb"),
            owned(RUNNER_B)),
+    Attack("read the log lines of a stream outside flowrig's log groups", "logs:GetLogEvents",
+           a("logs:log-group:/aws/lambda/payments:log-stream:2026/12/07/abc"), {}),
+    Attack("read a flowrig log group's stream of another writer's", "logs:GetLogEvents",
+           a("logs:log-group:/flowrig/runb:log-stream:payments/app/0123"), {}),
     Attack("retag another run's cluster's lease", "ecs:TagResource", a("ecs:cluster/flowrig-runb"),
            {**owned(RUNNER_B), "aws:TagKeys": ["flowrig-lease-until"]}),
     Attack("give its own run role another policy", "iam:AttachRolePolicy", a("iam:role/flowrig/flowrig-runa-execution"),
@@ -154,6 +158,8 @@ OWN = [
     ("iam:DeleteRole", a("iam:role/flowrig/flowrig-runa-execution"), owned(RUNNER_A)),
     ("ec2:DeleteSecurityGroup", a("ec2:security-group/sg-0a"), owned(RUNNER_A)),
     ("logs:DeleteLogGroup", a("logs:log-group:/flowrig/runa"), owned(RUNNER_A)),
+    # A stopped worker's last lines, for its stop's reason.
+    ("logs:GetLogEvents", a("logs:log-group:/flowrig/runa:log-stream:flowrig-runa/dask-worker/0123"), {}),
 ]
 
 
@@ -181,7 +187,7 @@ def test_every_statement_on_an_existing_resource_asks_for_the_callers_own_tag():
     # do the checks of the workers' shape (capacity provider, instance types).
     free = {"Describe", "WhoAmI", "ListTasks", "TagOnCreate", "SecurityGroupInVpc", "SecurityGroupTagOnCreate",
             "FindRunSecretReader", "PreflightNetwork", "PreflightImage", "PreflightOwnRights", "PreflightRolePath",
-            "PreflightQuotas", "WorkerShape", "WorkerCapacity"}
+            "PreflightQuotas", "WorkerShape", "WorkerCapacity", "RoleLogLines"}
     for statement in printed_policy()["Statement"]:
         if statement["Sid"] in free:
             continue
@@ -197,6 +203,9 @@ def test_every_statement_on_an_existing_resource_asks_for_the_callers_own_tag():
     assert by_sid["TagOnCreate"]["Condition"] == {"StringEquals": {"ecs:CreateAction": [
         "CreateCluster", "RegisterTaskDefinition", "RunTask"]}}
     assert by_sid["FindRunSecretReader"]["Resource"] == iam.run_secret_reader_arn(ACCT)
+    # IAM has no tag condition for log streams: the read of a role's last lines is scoped by name.
+    assert by_sid["RoleLogLines"]["Action"] == ["logs:GetLogEvents"]
+    assert by_sid["RoleLogLines"]["Resource"] == f"arn:aws:logs:*:{ACCOUNT}:log-group:/flowrig/*:log-stream:flowrig-*/*"
 
 
 def test_the_policy_scopes_every_resource_to_the_account_and_flowrigs_names():

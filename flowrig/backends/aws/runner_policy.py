@@ -264,13 +264,18 @@ def _ecs_security_group_statements(account: Account) -> list[dict[str, Any]]:
 
 
 def _log_group_statements(account: Account) -> list[dict[str, Any]]:
-    """The run's log group under ``/flowrig/``: made, tagged and deleted by its owner."""
+    """The run's log group under ``/flowrig/``: made, tagged and deleted by its owner; and
+    the last lines of a role that stopped, read from its stream (``flowrig-RUN/CONTAINER/
+    TASK``) for the stop's reason. IAM has no tag condition for log streams: that read is
+    scoped by name only, to flowrig's groups and streams."""
     log_groups = account.arn("logs", f"log-group:/{FAMILY_PREFIX}/*")
     made_mine = owned_by_caller("RequestTag")
     return [
         statement("LogGroupCreate", ["logs:CreateLogGroup"], log_groups, **made_mine),
         statement("LogGroupTag", ["logs:TagResource"], log_groups, **made_mine, **not_anothers()),
         statement("LogGroupDelete", ["logs:DeleteLogGroup"], log_groups, **owned_by_caller()),
+        statement("RoleLogLines", ["logs:GetLogEvents"],
+                  account.arn("logs", f"log-group:/{FAMILY_PREFIX}/*:log-stream:{FAMILY_PREFIX}-*/*")),
     ]
 
 

@@ -15,6 +15,7 @@ The policy documents alone, statement by statement, are checked in tests/unit/te
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -121,9 +122,11 @@ def test_a_fargate_run_completes_under_exactly_the_printed_policy(aws, runners, 
     # Least: every statement of the printed policy was needed by the run.
     used = statements_used(printed_policy(), runners.enforcer, runners.user_arn("runner-a"))
     # This run skips preflight; tests/e2e/aws/test_preflight.py shows its statements used. The
-    # worker-shape reads are of an ecs run's capacity provider, which a fargate run has not.
+    # worker-shape reads are of an ecs run's capacity provider, which a fargate run has not; no
+    # role of this run stops before its end, so no last log lines are read (the next test reads them).
     assert [sid for sid, was in used.items()
-            if not was and not sid.startswith(("Preflight", "WorkerShape", "WorkerCapacity"))] == [], used
+            if not was and not sid.startswith(("Preflight", "WorkerShape", "WorkerCapacity", "RoleLogLines"))
+            ] == [], used
     for operation in ("RunTask", "CreateSecret", "CreateRole", "AttachRolePolicy", "DeleteRole", "DeleteSecret"):
         assert operation in aws.operations()
 
@@ -144,6 +147,43 @@ def test_an_ecs_run_on_a_cluster_of_its_own_completes_under_exactly_the_printed_
     _only_deregistering_refused(runners.enforcer)
     _gone_but_task_definitions("iam2")
     assert boto3.client("ecs").describe_clusters(clusters=[cluster])["clusters"][0]["status"] == "ACTIVE"
+
+
+@pytest.mark.aws
+def test_a_stopped_workers_last_log_lines_are_read_under_exactly_the_printed_policy(aws, runners, tls):
+    """The runner reads the last lines a stopped worker wrote (its stop's reason quotes
+    them): every call of a run whose worker stopped, that read included, is allowed by
+    the printed policy, which grants it on flowrig's log streams."""
+    from moto.ecs.models import ecs_backends
+    from moto.logs.models import logs_backends
+
+    from tests.iam_support import REGION
+
+    with local_scheduler(tls, workers=1) as scheduler:
+        runners.as_runner("runner-l")
+        started = FargateBackend().start(_spec(tls, "iam4", scheduler.scheduler_address))
+        try:
+            [(name, worker)] = started.cluster.workers.items()
+            # What its container wrote, and its stop: in moto's own state (no call of the runner's).
+            stream = f"flowrig-iam4/dask-worker/{worker.handle.rsplit('/', 1)[-1]}"
+            logs = logs_backends[ACCOUNT][REGION]
+            logs.create_log_stream("/flowrig/iam4", stream)
+            logs.put_log_events("/flowrig/iam4", stream, [{"timestamp": int(time.time() * 1000),
+                                                           "message": "worker: out of memory in a task"}])
+            ecs_backends[ACCOUNT][REGION].stop_task("flowrig-iam4", worker.handle, "Essential container exited")
+            deadline = time.monotonic() + 30
+            while started.cluster.lost_reason(name) is None:
+                assert time.monotonic() < deadline, "the stop was not seen"
+                time.sleep(0.2)
+            reason = started.cluster.lost_reason(name)
+        finally:
+            started.close()
+            runners.as_admin()
+    assert "last log lines: worker: out of memory in a task" in reason, reason
+    assert "logs:GetLogEvents" in runners.enforcer.allowed_actions()
+    _only_deregistering_refused(runners.enforcer)
+    used = statements_used(printed_policy(), runners.enforcer, runners.user_arn("runner-l"))
+    assert used["RoleLogLines"], used
 
 
 @pytest.mark.aws
