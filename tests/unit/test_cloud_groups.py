@@ -204,16 +204,20 @@ def test_each_groups_vms_get_its_type_gpus_market_resources_and_names():
     assert vms.settings.group("cpu").threads == 4
 
 
-def no_gpu_image(backend: str) -> str:
-    """Why a GPU group cannot start on the run's default boot image of ``backend``."""
-    from types import SimpleNamespace
-
+def vm_backend(name: str):
     from flowrig.backends.aws.ec2.backend import EC2Backend
     from flowrig.backends.vm.azure import AzureBackend
     from flowrig.backends.vm.gcp import GCPBackend
 
-    kind = {"ec2": EC2Backend, "gcp": GCPBackend, "azure": AzureBackend}[backend]
-    return kind().gpu_image_missing(SimpleNamespace(source_image=None, vm_image=None))
+    return {"ec2": EC2Backend, "gcp": GCPBackend, "azure": AzureBackend}[name]()
+
+
+def no_gpu_image(backend: str):
+    """Why a GPU group (of its own options) cannot start on the run's default boot image of ``backend``."""
+    from types import SimpleNamespace
+
+    options = SimpleNamespace(source_image=None, vm_image=None, gpu_source_image=None, gpu_vm_image=None)
+    return lambda own: vm_backend(backend).gpu_image_missing(options, own)
 
 
 @pytest.mark.parametrize(("name", "group_", "line"), [
@@ -222,16 +226,16 @@ def no_gpu_image(backend: str) -> str:
     ("gcp", group("gpu", gpu=1), "[[cluster.worker_groups]] gpu gpu = 1 needs a boot image with NVIDIA's driver"),
     ("gcp", group("t4", options={"accelerator_type": "nvidia-tesla-t4"}),
      "[[cluster.worker_groups]] t4 options.accelerator_type = 'nvidia-tesla-t4' without gpu: set gpu on the group"),
-    ("azure", group("gpu", gpu=1), "[[cluster.worker_groups]] gpu gpu = 1 needs an image with NVIDIA's driver"),
+    ("azure", group("gpu", gpu=1), "[[cluster.worker_groups]] gpu gpu = 1 needs a boot image with NVIDIA's driver"),
     ("azure", group("big", options={"worker_instance_type": "m7i.large"}),
      "[[cluster.worker_groups]] big options.worker_instance_type is not taken per group on azure: it takes "
-     "worker_vm_size; set the rest in [cluster.options]"),
+     "vm_image, worker_vm_size; set the rest in [cluster.options]"),
 ])
 def test_a_vm_group_that_cannot_run_as_it_asks_is_one_line(name, group_, line):
     from flowrig.backends.vm.groups import vm_groups
 
     with pytest.raises(BadInput) as info:
-        vm_groups(name, [group_], [], False, gpu_image=no_gpu_image(name))
+        vm_groups(name, [group_], [], False, vm_backend(name).group_options, gpu_image=no_gpu_image(name))
     assert str(info.value).startswith(line), str(info.value)
 
 
@@ -350,7 +354,8 @@ def group_launcher(cloud, run_id: str) -> VMLauncher:
 
     key = {"gcp": "worker_machine_type", "azure": "worker_vm_size"}[cloud.name]
     big = {"gcp": "n2-standard-8", "azure": "Standard_D8s_v5"}[cloud.name]
-    groups = vm_groups(cloud.name, [group("cpu"), group("big", market="spot", options={key: big})], [], False)
+    groups = vm_groups(cloud.name, [group("cpu"), group("big", market="spot", options={key: big})], [], False,
+                       vm_backend(cloud.name).group_options)
     settings = RoleSettings(run_id=run_id, image="ghcr.io/example/seed:1", groups=groups)
     return VMLauncher(cloud, settings, deadline=float("inf"))
 

@@ -36,8 +36,10 @@ def groups_spec(run_id: str, groups: tuple[WorkerGroupSpec, ...], tls=None, **op
                        options={"tls": "baked", "registry_login": False, **options})
 
 
-def launch(backend, cloud_class, run_id: str, groups: tuple[WorkerGroupSpec, ...], **options):
-    """A cloud checked and prepared as a run does it, and one worker of each group made."""
+def launch(backend, cloud_class, run_id: str, groups: tuple[WorkerGroupSpec, ...], scheduler: bool = False,
+           **options):
+    """A cloud checked and prepared as a run does it, and one worker of each group made (of
+    the run, without groups), after the scheduler with ``scheduler``."""
     from flowrig.backends.vm.cloudinit import TLSDelivery
     from flowrig.backends.vm.launcher import VMLauncher
 
@@ -48,8 +50,10 @@ def launch(backend, cloud_class, run_id: str, groups: tuple[WorkerGroupSpec, ...
     cloud.check(IMAGE)
     cloud.prepare(dashboard=False)
     vms = VMLauncher(cloud, backend().role_settings(spec, parsed, TLSDelivery()), deadline=float("inf"))
-    for each in groups:
-        vms.start_workers("tls://10.0.0.5:8786", 1, group=each.name)
+    if scheduler:
+        vms.start_scheduler()
+    for name in [each.name for each in groups] or [""]:
+        vms.start_workers("tls://10.0.0.5:8786", 1, group=name)
     return cloud
 
 
@@ -132,7 +136,8 @@ GCP_GROUP_REFUSALS = {
     "gpu group without a driver image": (
         (group("gpu", gpu=1, options={"worker_machine_type": "g2-standard-4"}),), {}, None,
         "[[cluster.worker_groups]] gpu gpu = 1 needs a boot image with NVIDIA's driver, Docker and NVIDIA's "
-        "container toolkit (Ubuntu's has none): set source_image in [cluster.options]"),
+        "container toolkit (Ubuntu's has none): set gpu_source_image in [cluster.options] (the GPU workers' image; "
+        "the other VMs keep Ubuntu) or options.source_image on the group"),
     "cards without gpus": (
         (group("t4", options={"accelerator_type": "nvidia-tesla-t4"}),), {}, None,
         "[[cluster.worker_groups]] t4 options.accelerator_type = 'nvidia-tesla-t4' without gpu"),
@@ -143,7 +148,8 @@ GCP_GROUP_REFUSALS = {
     "one boot image, two archs": (
         (group("cpu"), group("arm", options={"worker_machine_type": "t2a-standard-2"})),
         {"source_image": DLVM}, None,
-        "[cluster.options] the run's machine types (n1-standard-1, t2a-standard-2) run different architectures"),
+        "[cluster.options] source_image is one boot image, for machine types of different architectures "
+        "(n1-standard-1, t2a-standard-2)"),
 }
 
 
@@ -205,7 +211,7 @@ AZURE_GROUP_REFUSALS = {
         "westeurope"),
     "gpu group without a driver image": (
         (group("gpu", gpu=1, options={"worker_vm_size": "Standard_NC4as_T4_v3"}),), {},
-        "[[cluster.worker_groups]] gpu gpu = 1 needs an image with NVIDIA's driver"),
+        "[[cluster.worker_groups]] gpu gpu = 1 needs a boot image with NVIDIA's driver"),
 }
 
 

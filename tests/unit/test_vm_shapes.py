@@ -5,7 +5,8 @@ following its machine type's architecture, and every mismatch refused in one lin
 before any call that creates anything.
 
 The image's architecture is what this machine's engine says of its copy
-(``local_architecture``); it is set here, as the engine read has tests of its own.
+(``local_architecture``); it is set here, and its registry is not read, as both reads
+have tests of their own.
 """
 
 from __future__ import annotations
@@ -177,20 +178,21 @@ GCP_REFUSALS = {
                            "[cluster.options] accelerator_type = 'nvidia-tesla-t4' without worker_gpu"),
     "arm type, amd64 image": ({"worker_machine_type": "t2a-standard-2"}, "amd64",
                               f"[cluster.options] worker_machine_type = 't2a-standard-2' runs linux/arm64 but the "
-                              f"image {IMAGE} is linux/amd64: use a machine type for amd64 (n2-standard-2, "
+                              f"image {IMAGE} is linux/amd64: use a machine type for amd64 (e.g. n2-standard-2, "
                               "e2-standard-2), or build the image with flowrig build --platform linux/arm64"),
     "amd64 type, arm image": ({}, "arm64", "[cluster.options] machine_type = 'n1-standard-1' runs linux/amd64 but"),
     "arm boot image, amd64 types": ({"source_image": "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-arm64"},
                                     None, "[cluster.options] source_image = 'projects/ubuntu-os-cloud/global/images/"
                                     "family/ubuntu-2404-lts-arm64' is a linux/arm64 image but [cluster.options] "
                                     "machine_type = 'n1-standard-1' runs linux/amd64: use a boot image for amd64 (or leave "
-                                    "source_image out), or machine types for arm64 (t2a-standard-2, c4a-standard-2)"),
+                                    "it out), or machine types for arm64 (e.g. t2a-standard-2, c4a-standard-2)"),
     "no such boot image": ({"source_image": "projects/team/global/images/family/no-such-family"}, None,
                            "[cluster.options] source_image = 'projects/team/global/images/family/no-such-family' does "
                            "not exist (or is not shared with the project)"),
     "one boot image, two archs": ({"worker_machine_type": "t2a-standard-2", "source_image": DLVM}, None,
-                                  "[cluster.options] the run's machine types (n1-standard-1, t2a-standard-2) run "
-                                  "different architectures, and source_image is one boot image"),
+                                  "[cluster.options] source_image is one boot image, for machine types of different "
+                                  "architectures (n1-standard-1, t2a-standard-2): choose machine types of one "
+                                  "architecture, set an image per group (its options), or leave it out"),
 }
 
 
@@ -293,15 +295,16 @@ AZURE_REFUSALS = {
                               "image with flowrig build --platform linux/arm64"),
     "arm image, amd64 sizes": ({"vm_image": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts",
                                              "sku": "server-arm64", "version": "latest"}}, None,
-                               "[cluster.options] vm_image is a linux/arm64 image but [cluster.options] vm_size = "
-                               "'Standard_DS1_v2' runs linux/amd64: use an image for amd64 (or leave vm_image out), or "
-                               "sizes for arm64 (e.g. Standard_D2ps_v5)"),
+                               "[cluster.options] vm_image = {'publisher': 'Canonical', 'offer': 'ubuntu-24_04-lts', "
+                               "'sku': 'server-arm64', 'version': 'latest'} is a linux/arm64 image but "
+                               "[cluster.options] vm_size = 'Standard_DS1_v2' runs linux/amd64: use a boot image for "
+                               "amd64 (or leave it out), or VM sizes for arm64 (e.g. Standard_D2ps_v5)"),
     "no such image": ({"vm_image": {"publisher": "nobody", "offer": "nothing", "sku": "x", "version": "latest"}},
                       None, "[cluster.options] vm_image = {'publisher': 'nobody', 'offer': 'nothing', 'sku': 'x', "
                       "'version': 'latest'} is not an image of location westeurope"),
     "one image, two archs": ({"worker_vm_size": "Standard_D2ps_v5", "vm_image": GPU_IMAGE}, None,
-                             "[cluster.options] the run's VM sizes (Standard_DS1_v2, Standard_D2ps_v5) run "
-                             "different architectures, and vm_image is one image"),
+                             "[cluster.options] vm_image is one boot image, for VM sizes of different architectures "
+                             "(Standard_DS1_v2, Standard_D2ps_v5)"),
 }
 
 

@@ -243,6 +243,13 @@ def test_a_backend_that_does_not_start_groups_refuses_them_before_anything_start
     ("ec2", {"name": "cpu", "options": {"worker_mem": 2}}, "options.worker_mem is not taken per group by the ec2"),
     ("fargate", {"name": "cpu", "options": {"worker_extra_args": ["--resources", "GPU=1"]}},
      "options.worker_extra_args is not taken per group by the fargate backend"),
+    # A group's own boot image on GCP and Azure, validated as the run's is; EC2 groups share the run's AMI.
+    ("gcp", {"name": "gpu", "gpu": 1, "options": {"source_image": "projects/p/global/images/family/f"}}, None),
+    ("azure", {"name": "gpu", "gpu": 1, "options": {"vm_image": {"publisher": "p", "offer": "o", "sku": "s"}}}, None),
+    ("gcp", {"name": "own", "options": {"source_image": 7}}, "group 'own' options: [cluster.options] source_image"),
+    ("azure", {"name": "own", "options": {"vm_image": "Canonical:ubuntu:server"}},
+     "group 'own' options: [cluster.options] vm_image"),
+    ("ec2", {"name": "own", "options": {"source_image": "x"}}, "options.source_image is not taken per group by the ec2"),
 ])
 def test_the_cloud_backends_take_groups_and_refuse_in_one_line_what_they_cannot_honour(name, group, words):
     from flowrig.backends import get_backend

@@ -6,7 +6,9 @@ The fakes stand in for the SDK's own clients (``ComputeManagementClient``,
 ``NetworkManagementClient``, ``SecretClient``, ``DefaultAzureCredential``; googleapiclient's
 ``build`` and ``google.auth.default``): :mod:`.fake_azure`, :mod:`.fake_google`. The
 ``azure`` and ``google`` fixtures install them (a pytest plugin of tests/conftest.py),
-with the ledger's retries made quick.
+with the ledger's retries made quick and the run's image's registry not read (its names
+are of registries these tests have none of; ``registry`` of tests/docker_support.py is a
+real one, for the tests that read it).
 """
 
 from __future__ import annotations
@@ -51,10 +53,18 @@ def quick_retries(monkeypatch):
 
 
 @pytest.fixture
-def azure(monkeypatch, quick_retries):
+def no_registry(monkeypatch):
+    """The run's image's registry is not read (``RegistryRead`` says why)."""
+    from flowrig.containers.engine import images
+
+    monkeypatch.setattr(images, "registry_platforms", lambda image: images.RegistryRead(why="no registry in a fake cloud"))
+
+
+@pytest.fixture
+def azure(monkeypatch, quick_retries, no_registry):
     return AzureWorld().install(monkeypatch)
 
 
 @pytest.fixture
-def google(monkeypatch, quick_retries):
+def google(monkeypatch, quick_retries, no_registry):
     return GoogleWorld().install(monkeypatch)

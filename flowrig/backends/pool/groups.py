@@ -9,7 +9,7 @@ back as a CPU worker. Pure bookkeeping; the pool calls the launcher.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from flowrig.errors import BadInput
 
@@ -115,10 +115,46 @@ def refuse_resource_flags(args: Iterable[str], key: str = "worker_extra_args") -
         )
 
 
-def group_shape(group: Any) -> tuple[float | None, int | None, int, str | None, Mapping[str, Any]]:
-    """A worker group's (:class:`~flowrig.backends.base.WorkerGroupSpec`) ``cpu`` (vCPUs),
-    memory (MiB), ``gpu``, ``market`` and ``options``; the unset ones ``None``."""
-    return (group.cpu, group.memory_mib, int(group.gpu or 0), group.market, group.options or {})
+class GroupShape(NamedTuple):
+    """A worker group (:class:`~flowrig.backends.base.WorkerGroupSpec`) as a backend
+    starts it: where it is named in a line, its ``cpu`` (vCPUs), memory (MiB), ``gpu``,
+    ``market`` and own ``options``; the unset ones ``None``."""
+
+    group: Any
+    where: str
+    cpu: float | None
+    memory: int | None
+    gpu: int
+    market: str | None
+    own: Mapping[str, Any]
+
+
+def group_shapes(backend: str, groups: Iterable[Any], base_args: Iterable[str],
+                 taken: Iterable[str]) -> list[GroupShape]:
+    """Each worker group's shape, after the checks every backend of groups makes: no
+    ``--resources`` in the project's worker flags (:func:`refuse_resource_flags`; only
+    when there are groups), and no group ``options`` key the backend does not take per
+    group (``taken``).
+
+    Raises
+    ------
+    BadInput
+        One line naming the group, the key and the fix.
+    """
+    groups = tuple(groups)
+    if groups:
+        refuse_resource_flags(base_args)
+    taken = sorted(taken)
+    shapes = []
+    for group in groups:
+        own = group.options or {}
+        where = f"[[cluster.worker_groups]] {group.name}"
+        unknown = sorted(set(own) - set(taken))
+        if unknown:
+            raise BadInput(f"{where} options.{unknown[0]} is not taken per group on {backend}: it takes "
+                           f"{', '.join(taken)}; set the rest in [cluster.options]")
+        shapes.append(GroupShape(group, where, group.cpu, group.memory_mib, int(group.gpu or 0), group.market, own))
+    return shapes
 
 
 def resources_args(group: Any) -> list[str]:

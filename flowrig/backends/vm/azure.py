@@ -9,7 +9,7 @@ the virtual network only. Every resource carries the run's tags and is removed a
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from pydantic import Field, StrictInt, StrictStr
 
@@ -46,7 +46,14 @@ class AzureOptions(VMOptions):
         None,
         description="image reference of the VMs (`publisher`, `offer`, `sku`, `version`); default: Canonical's "
         "Ubuntu 24.04 LTS of each size's architecture (sku `server` or `server-arm64`). GPU workers need one with "
-        "NVIDIA's driver, Docker and container toolkit",
+        "NVIDIA's driver, Docker and container toolkit: set `gpu_vm_image` for those, so the other VMs keep Ubuntu. "
+        "A worker group may set its own in its `options`",
+    )
+    gpu_vm_image: dict[StrictStr, StrictStr] | None = Field(
+        None,
+        description="image reference of the VMs of workers with GPUs (`worker_gpu`, or a worker group's `gpu`), "
+        "with NVIDIA's driver, Docker and container toolkit; the scheduler and CPU workers boot `vm_image` "
+        "(default: Ubuntu). A group's own `options.vm_image` wins for its VMs",
     )
     worker_gpu: StrictInt = Field(
         0, ge=0,
@@ -61,7 +68,7 @@ class AzureBackend(VMBackend):
     """``azure``: Azure VMs, one per role."""
 
     name = "azure"
-    group_options = frozenset({"worker_vm_size"})
+    group_options = frozenset({"worker_vm_size", "vm_image"})
     extra = "azure"
     sdk_modules = ("azure.identity", "azure.mgmt.compute", "azure.mgmt.network", "azure.keyvault.secrets")
     secret_source: ClassVar = "azure-keyvault"
@@ -78,12 +85,11 @@ class AzureBackend(VMBackend):
         check_name("location", options.location, LOCATION_PATTERN, "westeurope")
         check_gpu_options(options)
 
-    def gpu_image_missing(self, options: AzureOptions) -> str:
-        if options.vm_image:
-            return ""
-        return ("needs an image with NVIDIA's driver, Docker and NVIDIA's container toolkit (Ubuntu's has none): "
-                "set vm_image in [cluster.options], e.g. { publisher = 'microsoft-dsvm', offer = 'ubuntu-hpc', "
-                "sku = '2204', version = 'latest' }")
+    def gpu_image_missing(self, options: AzureOptions, own: Mapping[str, Any]) -> str:
+        from flowrig.backends.vm.azure_shapes import GPU_IMAGE_EXAMPLE
+        from flowrig.backends.vm.boot_images import gpu_image_missing
+
+        return gpu_image_missing(options, "vm_image", "gpu_vm_image", own, GPU_IMAGE_EXAMPLE)
 
     def make_cloud(self, run_id: str, options: Any) -> "Cloud":
         from flowrig.backends.vm.azure_cloud import AzureCloud

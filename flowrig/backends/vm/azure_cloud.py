@@ -343,7 +343,7 @@ class AzureCloud(Cloud):
         return finish(creating, time.monotonic() + 300, f"creating public IP {name}").id
 
     def _vm_body(self, request: VMRequest, nic_id: str) -> dict:
-        from flowrig.backends.vm.azure_shapes import image_reference
+        from flowrig.backends.vm.azure_shapes import image_reference, vm_boot_image
 
         options = self.options
         size = (options.scheduler_vm_size if request.role == "scheduler"
@@ -357,8 +357,10 @@ class AzureCloud(Cloud):
             "properties": {
                 "hardwareProfile": {"vmSize": size},
                 "storageProfile": {
+                    # Per VM: a GPU worker's image has NVIDIA's driver, the others keep theirs.
                     "imageReference": image_reference(
-                        options.vm_image, self.archs.get(size.lower()) or self.archs.get(request.role, "")),
+                        vm_boot_image(options, worker=request.role == "worker", gpus=request.gpu, own=request.options),
+                        self.archs.get(size.lower()) or self.archs.get(request.role, "")),
                     "osDisk": {"name": f"{request.name}-osdisk", "createOption": "FromImage",
                                "diskSizeGB": options.disk_size, "deleteOption": "Delete"},
                 },

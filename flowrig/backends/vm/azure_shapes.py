@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from flowrig.backends.vm.azure_clients import azure_errors, error_code
+from flowrig.backends.vm.boot_images import BootedVM, BootImage, boot_choice, check_boot_images
+from flowrig.backends.vm.image_arch import check_arch, image_architectures
 from flowrig.errors import BadInput, InfrastructureError
 
 logger = logging.getLogger("flowrig.vm")
@@ -29,6 +31,7 @@ DEFAULT_IMAGES = {
 #: VM sizes to name in a fix, by architecture.
 EXAMPLES = {"amd64": "Standard_D2s_v5", "arm64": "Standard_D2ps_v5"}
 GPU_EXAMPLES = "Standard_NC4as_T4_v3, Standard_NC24ads_A100_v4"
+GPU_IMAGE_EXAMPLE = "{ publisher = 'microsoft-dsvm', offer = 'ubuntu-hpc', sku = '2204', version = 'latest' }"
 _DENIED = ("AuthorizationFailed", "Forbidden")
 
 
@@ -93,11 +96,11 @@ def check_gpu_options(options: Any) -> None:
     BadInput
         One line naming the option and the fix.
     """
-    if options.worker_gpu and not options.vm_image:
+    if options.worker_gpu and not (options.gpu_vm_image or options.vm_image):
         raise BadInput(
             f"[cluster.options] worker_gpu = {options.worker_gpu} needs an image with NVIDIA's driver, Docker and "
-            "NVIDIA's container toolkit (Ubuntu's has none): set vm_image to one, e.g. "
-            "{ publisher = 'microsoft-dsvm', offer = 'ubuntu-hpc', sku = '2204', version = 'latest' }"
+            "NVIDIA's container toolkit (Ubuntu's has none): set gpu_vm_image to one (the workers' image; the "
+            f"scheduler keeps Ubuntu), e.g. {GPU_IMAGE_EXAMPLE}"
         )
 
 
@@ -140,92 +143,65 @@ def check_gpus(shape: SizeShape, option: str, gpus: int, gpu_key: str = "[cluste
     )
 
 
-def check_arch(shape: SizeShape, option: str, held: tuple[str, ...], image: str) -> None:
-    """Refuse a size that runs none of the image's architectures ``held`` (empty: not known).
-
-    Raises
-    ------
-    BadInput
-        Naming the size, both architectures, and the fix.
-    """
-    if not shape.arch or not held or shape.arch in held:
-        return
-    raise BadInput(
-        f"{option} = {shape.name!r} runs linux/{shape.arch} but the image {image} is "
-        f"linux/{', linux/'.join(held)}: use a VM size for {held[0]} (e.g. {EXAMPLES.get(held[0], '')}), or "
-        f"build the image with flowrig build --platform linux/{shape.arch}"
-    )
-
-
-def image_architectures(image: str) -> tuple[str, ...]:
-    """The architectures of the run's image, as far as known: the cloud's registry is not
-    read, the image's copy on this machine's engine tells it (empty: not known)."""
-    from flowrig.containers.engine.images import local_architecture
-
-    local = local_architecture(image) if image else None
-    return (local,) if local else ()
-
-
-def worker_sizes(options: Any, groups: Sequence[Any]) -> list[tuple[str, str, int, str]]:
-    """``(where the size is set, VM size, GPUs, where the GPUs are set)`` of the run's
-    workers, or of each worker group's."""
+def worker_sizes(options: Any, groups: Sequence[Any]) -> list[tuple[str, str, int, str, BootImage]]:
+    """``(where the size is set, VM size, GPUs, where the GPUs are set, boot image)`` of
+    the run's workers, or of each worker group's."""
     run_option = "worker_vm_size" if options.worker_vm_size else "vm_size"
     run_size = getattr(options, run_option)
     if not groups:
-        return [(f"[cluster.options] {run_option}", run_size, options.worker_gpu, "[cluster.options] worker_gpu")]
+        return [(f"[cluster.options] {run_option}", run_size, options.worker_gpu, "[cluster.options] worker_gpu",
+                 vm_boot_image(options, gpus=options.worker_gpu))]
     sizes = []
     for group in groups:
-        own = (group.options or {}).get("worker_vm_size")
+        own_options = group.options or {}
+        own = own_options.get("worker_vm_size")
         where = f"[[cluster.worker_groups]] {group.name}"
         sizes.append((f"{where} options.worker_vm_size" if own else f"{where}: [cluster.options] {run_option}",
-                      own or run_size, int(group.gpu or 0), f"{where} gpu"))
+                      own or run_size, int(group.gpu or 0), f"{where} gpu",
+                      vm_boot_image(options, gpus=int(group.gpu or 0), group=group.name, own=own_options)))
     return sizes
 
 
 def check_run(compute: Any, location: str, options: Any, image: str, groups: Sequence[Any] = ()) -> dict[str, str]:
     """The architecture of each role's VMs (``scheduler``, ``worker``) and of each worker
     size (lower-cased) (``amd64``, ``arm64``), after the sizes, the workers' (each worker
-    group's) GPUs and the image's architectures (:func:`image_architectures`) were checked
-    (empty: nothing read).
+    group's) GPUs, the image's architectures (:func:`~.image_arch.image_architectures`)
+    and each VM's image were checked (empty: nothing read).
 
     Raises
     ------
     BadInput
-        Any mismatch, one line naming the fix.
+        Any mismatch, or an image its registry does not have: one line naming the fix.
     """
     held = image_architectures(image)
     scheduler_option = "scheduler_vm_size" if options.scheduler_vm_size else "vm_size"
     workers = worker_sizes(options, groups)
     vms = [] if options.scheduler_address else [(f"[cluster.options] {scheduler_option}",
-                                                  getattr(options, scheduler_option))]
-    vms += [(where, size) for where, size, _gpus, _key in workers]
-    shapes = size_shapes(compute, location, [size for _where, size in vms])
+                                                  getattr(options, scheduler_option),
+                                                  vm_boot_image(options, worker=False))]
+    vms += [(where, size, boot) for where, size, _gpus, _key, boot in workers]
+    shapes = size_shapes(compute, location, [size for _where, size, _boot in vms])
     if not shapes:
         return {}
-    for where, size in vms:
+    for where, size, _boot in vms:
         check_size(shapes.get(size.lower()), where, size, location)
-    for where, size, gpus, gpu_key in workers:
+    for where, size, gpus, gpu_key, _boot in workers:
         check_gpus(shapes[size.lower()], where, gpus, gpu_key)
-    for where, size in vms:
-        check_arch(shapes[size.lower()], where, held, image)
-    archs = {size.lower(): shapes[size.lower()].arch for _where, size in vms}
+    for where, size, _boot in vms:
+        check_arch(shapes[size.lower()], where, held, image, "VM size", EXAMPLES)
+    archs = {size.lower(): shapes[size.lower()].arch for _where, size, _boot in vms}
     if not options.scheduler_address:
         archs["scheduler"] = shapes[vms[0][1].lower()].arch
     archs["worker"] = shapes[workers[0][1].lower()].arch
-    if options.vm_image and len({arch for arch in archs.values() if arch}) > 1:
-        raise BadInput(
-            f"[cluster.options] the run's VM sizes ({', '.join(dict.fromkeys(size for _w, size in vms))}) run "
-            "different architectures, and vm_image is one image: choose sizes of one architecture, or leave "
-            "vm_image out (each VM then gets Ubuntu of its own)"
-        )
-    check_image(compute, options, {where: shapes[size.lower()].arch for where, size in vms}, dict(vms))
+    check_boot_images([BootedVM(where, size, shapes[size.lower()].arch, boot) for where, size, boot in vms],
+                      lambda boot: image_arch(compute, location, boot), "VM size", EXAMPLES)
     return archs
 
 
-def image_arch(compute: Any, location: str, vm_image: Mapping[str, str]) -> str:
-    """The architecture of a marketplace ``vm_image`` in ``location`` (its ``latest``
-    version's); empty for an image by ``id``, one that does not say, or one the runner
-    may not read.
+def image_arch(compute: Any, location: str, boot: BootImage) -> str:
+    """The architecture of a marketplace image (``boot``: where it is set, its reference)
+    in ``location`` (its ``latest`` version's); empty for an image by ``id``, one that
+    does not say, or one the runner may not read.
 
     Raises
     ------
@@ -234,13 +210,14 @@ def image_arch(compute: Any, location: str, vm_image: Mapping[str, str]) -> str:
     """
     from azure.core.exceptions import HttpResponseError
 
+    vm_image: Mapping[str, str] = boot.value
     keys = ("publisher", "offer", "sku")
     if not all(vm_image.get(key) for key in keys):
         return ""
     publisher, offer, sku = (vm_image[key] for key in keys)
     version = vm_image.get("version") or "latest"
     missing = BadInput(
-        f"[cluster.options] vm_image = {dict(vm_image)} is not an image of location {location}: name one "
+        f"{boot.key} = {dict(vm_image)} is not an image of location {location}: name one "
         f"`az vm image list --location {location} --publisher {publisher} --offer {offer} --sku {sku} --all` lists"
     )
     images = compute.virtual_machine_images
@@ -264,24 +241,15 @@ def image_arch(compute: Any, location: str, vm_image: Mapping[str, str]) -> str:
     return PLATFORM_ARCH.get(str(getattr(arch, "value", arch) or "").lower(), "")
 
 
-def check_image(compute: Any, options: Any, archs: Mapping[str, str], sizes: Mapping[str, str]) -> None:
-    """Refuse a ``vm_image`` of another architecture than the roles' sizes.
-
-    Raises
-    ------
-    BadInput
-        Naming the image's architecture, the size, and the fix.
-    """
-    held = image_arch(compute, options.location, options.vm_image) if options.vm_image else ""
-    for role, arch in archs.items():
-        if held and arch and arch != held:
-            raise BadInput(
-                f"[cluster.options] vm_image is a linux/{held} image but {role} = {sizes[role]!r} runs "
-                f"linux/{arch}: use an image for {arch} (or leave vm_image out), or sizes for {held} "
-                f"(e.g. {EXAMPLES.get(held, '')})"
-            )
+def vm_boot_image(options: Any, *, worker: bool = True, gpus: int = 0, group: str = "",
+                  own: Mapping[str, Any] | None = None) -> BootImage:
+    """Where a VM's image is set and what it is (:func:`~.boot_images.boot_choice`)."""
+    return boot_choice(options, "vm_image", "gpu_vm_image", worker=worker, gpus=gpus, group=group, own=own)
 
 
-def image_reference(vm_image: Mapping[str, str] | None, arch: str) -> dict[str, str]:
-    """The image a VM of ``arch`` boots: the project's, else Canonical's Ubuntu LTS of that architecture."""
-    return dict(vm_image) if vm_image else dict(DEFAULT_IMAGES.get(arch or "amd64", DEFAULT_IMAGES["amd64"]))
+def image_reference(choice: BootImage, arch: str) -> dict[str, str]:
+    """The image a VM of ``arch`` boots: the project's (``choice``), else Canonical's Ubuntu LTS of that
+    architecture."""
+    if choice.value:
+        return dict(choice.value)
+    return dict(DEFAULT_IMAGES.get(arch or "amd64", DEFAULT_IMAGES["amd64"]))

@@ -103,8 +103,8 @@ class VMBackend(PoolBackend):
     """What the VM backends share; a cloud adds its options, extra and :class:`Cloud`."""
 
     options_model: ClassVar[type[VMOptions]] = VMOptions
-    #: A worker group's fields a VM backend does not take, with the fix; and the option
-    #: keys a group may set (its VM type: :data:`~flowrig.backends.vm.groups.GROUP_KEYS`).
+    #: A worker group's fields a VM backend does not take, with the fix (the option keys
+    #: a group may set are each cloud's :attr:`group_options`: its VM type, ...).
     group_refusals: ClassVar[Mapping[str, str]] = {
         "cpu": "a VM's CPUs come with its type: set the group's options VM type",
         "memory": "a VM's memory comes with its type: set the group's options VM type",
@@ -165,12 +165,12 @@ class VMBackend(PoolBackend):
         if spec.groups and getattr(options, "worker_gpu", 0):
             raise BadInput("[cluster.options] worker_gpu beside [[cluster.worker_groups]]: set gpu on the groups "
                            "whose workers need GPUs, and drop worker_gpu")
-        return vm_groups(self.name, spec.groups, options.worker_extra_args, options.spot,
-                         gpu_image=self.gpu_image_missing(options))
+        return vm_groups(self.name, spec.groups, options.worker_extra_args, options.spot, self.group_options,
+                         gpu_image=lambda own: self.gpu_image_missing(options, own))
 
-    def gpu_image_missing(self, options: Any) -> str:
-        """Why a GPU worker cannot start on the run's boot image, and the option to set
-        (empty: it can)."""
+    def gpu_image_missing(self, options: Any, own: Mapping[str, Any]) -> str:
+        """Why a GPU worker (of a group with ``own`` options) cannot start on the boot
+        image it would get, and the option to set (empty: it can)."""
         return ""
 
     def role_settings(self, spec: ClusterSpec, options: Any, tls: TLSDelivery) -> RoleSettings:

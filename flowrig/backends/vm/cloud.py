@@ -35,8 +35,8 @@ class VMRequest:
     market
         ``on-demand``, or ``spot``: the cloud's Spot or preemptible VMs (workers only).
     options
-        The ``[cluster.options]`` its worker group sets otherwise (its VM type:
-        :data:`~flowrig.backends.vm.groups.GROUP_KEYS`); empty: the run's.
+        The ``[cluster.options]`` its worker group sets otherwise (its VM type, boot
+        image: the backend's ``group_options``); empty: the run's.
     gpu
         The worker's GPUs: its group's ``gpu``, else the run's ``worker_gpu``.
     """

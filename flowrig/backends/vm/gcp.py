@@ -9,7 +9,7 @@ resource carries the run's labels and is removed after it.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from pydantic import Field, StrictInt, StrictStr
 
@@ -52,7 +52,14 @@ class GCPOptions(VMOptions):
         None,
         description="boot image of the VMs; default: Ubuntu 24.04 LTS of each machine type's architecture "
         "(`ubuntu-2404-lts-amd64` or `-arm64`). GPU workers need one with NVIDIA's driver, Docker and container "
-        "toolkit (a Deep Learning VM image)",
+        "toolkit (a Deep Learning VM image): set `gpu_source_image` for those, so the other VMs keep Ubuntu. A worker "
+        "group may set its own in its `options`",
+    )
+    gpu_source_image: StrictStr | None = Field(
+        None,
+        description="boot image of the VMs of workers with GPUs (`worker_gpu`, or a worker group's `gpu`), e.g. a "
+        "Deep Learning VM image family; the scheduler and CPU workers boot `source_image` (default: Ubuntu). A "
+        "group's own `options.source_image` wins for its VMs",
     )
     worker_gpu: StrictInt = Field(
         0, ge=0,
@@ -71,7 +78,7 @@ class GCPBackend(VMBackend):
     """``gcp``: Compute Engine VMs, one per role."""
 
     name = "gcp"
-    group_options = frozenset({"worker_machine_type", "accelerator_type"})
+    group_options = frozenset({"worker_machine_type", "accelerator_type", "source_image"})
     extra = "gcp"
     sdk_modules = ("googleapiclient", "google.auth")
     secret_source: ClassVar = "gcp-secret"
@@ -88,13 +95,11 @@ class GCPBackend(VMBackend):
         check_name("zone", options.zone, REGION_PATTERN + r"-[a-z]", "europe-west1-b")
         check_gpu_options(options)
 
-    def gpu_image_missing(self, options: GCPOptions) -> str:
+    def gpu_image_missing(self, options: GCPOptions, own: Mapping[str, Any]) -> str:
+        from flowrig.backends.vm.boot_images import gpu_image_missing
         from flowrig.backends.vm.gcp_shapes import GPU_IMAGE_EXAMPLE
 
-        if options.source_image:
-            return ""
-        return ("needs a boot image with NVIDIA's driver, Docker and NVIDIA's container toolkit (Ubuntu's has "
-                f"none): set source_image in [cluster.options], e.g. to {GPU_IMAGE_EXAMPLE}")
+        return gpu_image_missing(options, "source_image", "gpu_source_image", own, repr(GPU_IMAGE_EXAMPLE))
 
     def make_cloud(self, run_id: str, options: Any) -> "Cloud":
         from flowrig.backends.vm.gcp_cloud import GCPCloud

@@ -322,7 +322,7 @@ class GCPCloud(Cloud):
         return created
 
     def _instance_body(self, request: VMRequest) -> dict:
-        from flowrig.backends.vm.gcp_shapes import boot_image, gpu_fields
+        from flowrig.backends.vm.gcp_shapes import boot_image, gpu_fields, vm_boot_image
 
         options = self.options
         machine = (options.scheduler_machine_type if request.role == "scheduler" else
@@ -337,8 +337,10 @@ class GCPCloud(Cloud):
             "tags": {"items": [self.tag]},
             "metadata": {"items": [{"key": "user-data", "value": request.user_data}]},
             "disks": [{"boot": True, "autoDelete": True, "initializeParams": {
-                "sourceImage": boot_image(options.source_image,
-                                          self.archs.get(machine) or self.archs.get(request.role, "")),
+                # Per VM: a GPU worker's image has NVIDIA's driver, the others keep theirs.
+                "sourceImage": boot_image(
+                    vm_boot_image(options, worker=request.role == "worker", gpus=request.gpu, own=request.options),
+                    self.archs.get(machine) or self.archs.get(request.role, "")),
                 "diskSizeGb": str(options.filesystem_size),
                 "labels": self.labels_}}],
             "networkInterfaces": [interface],

@@ -16,7 +16,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from flowrig.backends.vm.boot_images import BootedVM, BootImage, boot_choice, check_boot_images
 from flowrig.backends.vm.gcp_clients import gcp_errors, http_status
+from flowrig.backends.vm.image_arch import check_arch, image_architectures
 from flowrig.errors import BadInput, InfrastructureError
 
 logger = logging.getLogger("flowrig.vm")
@@ -133,11 +135,12 @@ def check_gpu_options(options: Any) -> None:
             f"[cluster.options] accelerator_type = {options.accelerator_type!r} without worker_gpu: set worker_gpu "
             "to the number of cards each worker gets, or drop accelerator_type"
         )
-    if options.worker_gpu and not options.source_image:
+    if options.worker_gpu and not (options.gpu_source_image or options.source_image):
         raise BadInput(
             f"[cluster.options] worker_gpu = {options.worker_gpu} needs a boot image with NVIDIA's driver, Docker and "
-            "NVIDIA's container toolkit (Ubuntu's has none): set source_image, e.g. to a Deep Learning VM image "
-            f"family of project deeplearning-platform-release ({GPU_IMAGE_EXAMPLE})"
+            "NVIDIA's container toolkit (Ubuntu's has none): set gpu_source_image (the workers' image; the "
+            "scheduler keeps Ubuntu), e.g. to a Deep Learning VM image family of project "
+            f"deeplearning-platform-release ({GPU_IMAGE_EXAMPLE})"
         )
 
 
@@ -177,41 +180,14 @@ def check_gpus(shape: MachineShape, option: str, gpus: int, accelerator: str | N
         )
 
 
-def check_arch(shape: MachineShape, option: str, held: tuple[str, ...], image: str) -> None:
-    """Refuse a machine type that runs none of the image's architectures ``held``
-    (empty: not known, nothing refused).
-
-    Raises
-    ------
-    BadInput
-        Naming the type, both architectures, and the fix.
-    """
-    if not shape.arch or not held or shape.arch in held:
-        return
-    raise BadInput(
-        f"{option} = {shape.name!r} runs linux/{shape.arch} but the image {image} is "
-        f"linux/{', linux/'.join(held)}: use a machine type for {held[0]} ({EXAMPLES.get(held[0], '')}), or build "
-        f"the image with flowrig build --platform linux/{shape.arch}"
-    )
-
-
-def image_architectures(image: str) -> tuple[str, ...]:
-    """The architectures of the run's image, as far as known: the cloud's registry is not
-    read, the image's copy on this machine's engine tells it (empty: not known)."""
-    from flowrig.containers.engine.images import local_architecture
-
-    local = local_architecture(image) if image else None
-    return (local,) if local else ()
-
-
-def worker_types(options: Any, groups: Sequence[Any]) -> list[tuple[str, str, int, str | None, str]]:
+def worker_types(options: Any, groups: Sequence[Any]) -> list[tuple[str, str, int, str | None, str, BootImage]]:
     """``(where the type is set, machine type, GPUs, accelerator type, where the GPUs are
-    set)`` of the run's workers, or of each worker group's."""
+    set, boot image)`` of the run's workers, or of each worker group's."""
     run_option = "worker_machine_type" if options.worker_machine_type else "machine_type"
     run_kind = getattr(options, run_option)
     if not groups:
         return [(f"[cluster.options] {run_option}", run_kind, options.worker_gpu, options.accelerator_type,
-                 "[cluster.options] worker_gpu")]
+                 "[cluster.options] worker_gpu", vm_boot_image(options, gpus=options.worker_gpu))]
     vms = []
     for group in groups:
         own = group.options or {}
@@ -219,7 +195,7 @@ def worker_types(options: Any, groups: Sequence[Any]) -> list[tuple[str, str, in
         vms.append((f"{where} options.worker_machine_type" if own.get("worker_machine_type")
                     else f"{where}: [cluster.options] {run_option}",
                     own.get("worker_machine_type") or run_kind, int(group.gpu or 0), own.get("accelerator_type"),
-                    f"{where} gpu"))
+                    f"{where} gpu", vm_boot_image(options, gpus=int(group.gpu or 0), group=group.name, own=own)))
     return vms
 
 
@@ -227,45 +203,40 @@ def check_run(compute: Any, project: str, zone: str, options: Any, image: str,
               groups: Sequence[Any] = ()) -> dict[str, str]:
     """The architecture of each role's VMs (``scheduler``, ``worker``) and of each worker
     machine type (``amd64``, ``arm64``), after the machine types, the workers' (each worker
-    group's) GPUs and the image's architectures (:func:`image_architectures`) were checked
-    (empty: nothing read).
+    group's) GPUs, the image's architectures (:func:`~.image_arch.image_architectures`)
+    and each VM's boot image were checked (empty: nothing read).
 
     Raises
     ------
     BadInput
-        Any mismatch, one line naming the fix.
+        Any mismatch, or an image its registry does not have: one line naming the fix.
     """
     held = image_architectures(image)
     scheduler_option = "scheduler_machine_type" if options.scheduler_machine_type else "machine_type"
     workers = worker_types(options, groups)
     vms = [] if options.scheduler_address else [(f"[cluster.options] {scheduler_option}",
-                                                  getattr(options, scheduler_option))]
-    vms += [(where, kind) for where, kind, _gpus, _accelerator, _key in workers]
-    shapes = machine_shapes(compute, project, zone, dict(vms))
+                                                  getattr(options, scheduler_option),
+                                                  vm_boot_image(options, worker=False))]
+    vms += [(where, kind, boot) for where, kind, _gpus, _accelerator, _key, boot in workers]
+    shapes = machine_shapes(compute, project, zone, {where: kind for where, kind, _boot in vms})
     if not shapes:
         return {}
-    for where, kind, gpus, accelerator, gpu_key in workers:
+    for where, kind, gpus, accelerator, gpu_key, _boot in workers:
         cards = accelerator_cards(compute, project, zone, accelerator) if accelerator and gpus else None
         check_gpus(shapes[kind], where, gpus, accelerator, cards, gpu_key)
-    for where, kind in vms:
-        check_arch(shapes[kind], where, held, image)
-    archs = {kind: shapes[kind].arch for _where, kind in vms}
+    for where, kind, _boot in vms:
+        check_arch(shapes[kind], where, held, image, "machine type", EXAMPLES)
+    archs = {kind: shapes[kind].arch for _where, kind, _boot in vms}
     if not options.scheduler_address:
         archs["scheduler"] = shapes[vms[0][1]].arch
     archs["worker"] = shapes[workers[0][1]].arch
-    if options.source_image and len({arch for arch in archs.values() if arch}) > 1:
-        raise BadInput(
-            f"[cluster.options] the run's machine types ({', '.join(dict.fromkeys(kind for _w, kind in vms))}) run "
-            "different architectures, and source_image is one boot image: choose machine types of one "
-            "architecture, or leave source_image out (each VM then boots Ubuntu of its own)"
-        )
-    check_boot_image(compute, options, {where: shapes[kind].arch for where, kind in vms},
-                     {where: kind for where, kind in vms})
+    check_boot_images([BootedVM(where, kind, shapes[kind].arch, boot) for where, kind, boot in vms],
+                      lambda boot: boot_image_arch(compute, boot), "machine type", EXAMPLES)
     return archs
 
 
-def boot_image_arch(compute: Any, source_image: str) -> str:
-    """The architecture of ``source_image`` (``images.get`` or ``getFromFamily``); empty
+def boot_image_arch(compute: Any, boot: BootImage) -> str:
+    """The architecture of a boot image (``images.get`` or ``getFromFamily``); empty
     when its name is of another form, it does not say, or it may not be read.
 
     Raises
@@ -273,6 +244,7 @@ def boot_image_arch(compute: Any, source_image: str) -> str:
     BadInput
         The image or family does not exist.
     """
+    source_image = str(boot.value)
     match = _IMAGE.match(source_image)
     if not match:
         return ""
@@ -280,32 +252,20 @@ def boot_image_arch(compute: Any, source_image: str) -> str:
     request = (images.getFromFamily(project=match["project"], family=match["family"]) if match["family"]
                else images.get(project=match["project"], image=match["image"]))
     answer = _read(request, f"reading boot image {source_image}",
-                   f"[cluster.options] source_image = {source_image!r} does not exist (or is not shared with "
-                   "the project): name an image or image family of a project the run may use")
+                   f"{boot.key} = {source_image!r} does not exist (or is not shared with the project): name an "
+                   "image or image family of a project the run may use")
     return PLATFORM_ARCH.get(str((answer or {}).get("architecture", "")), "")
 
 
-def check_boot_image(compute: Any, options: Any, archs: Mapping[str, str], kinds: Mapping[str, str]) -> None:
-    """Refuse a ``source_image`` of another architecture than the roles' machine types.
-
-    Raises
-    ------
-    BadInput
-        Naming the image's architecture, the machine type, and the fix.
-    """
-    held = boot_image_arch(compute, options.source_image) if options.source_image else ""
-    for role, arch in archs.items():
-        if held and arch and arch != held:
-            raise BadInput(
-                f"[cluster.options] source_image = {options.source_image!r} is a linux/{held} image but "
-                f"{role} = {kinds[role]!r} runs linux/{arch}: use a boot image for {arch} (or leave "
-                f"source_image out), or machine types for {held} ({EXAMPLES.get(held, '')})"
-            )
+def vm_boot_image(options: Any, *, worker: bool = True, gpus: int = 0, group: str = "",
+                  own: Mapping[str, Any] | None = None) -> BootImage:
+    """Where a VM's boot image is set and what it is (:func:`~.boot_images.boot_choice`)."""
+    return boot_choice(options, "source_image", "gpu_source_image", worker=worker, gpus=gpus, group=group, own=own)
 
 
-def boot_image(source_image: str | None, arch: str) -> str:
-    """The boot image of a VM of ``arch``: the project's, else Ubuntu's LTS of that architecture."""
-    return source_image or DEFAULT_IMAGES.get(arch or "amd64", DEFAULT_IMAGES["amd64"])
+def boot_image(choice: BootImage, arch: str) -> str:
+    """The boot image of a VM of ``arch``: the project's (``choice``), else Ubuntu's LTS of that architecture."""
+    return choice.value or DEFAULT_IMAGES.get(arch or "amd64", DEFAULT_IMAGES["amd64"])
 
 
 def gpu_fields(gpus: int, accelerator: str | None, zone: str) -> dict[str, Any]:

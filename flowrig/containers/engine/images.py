@@ -1,7 +1,9 @@
-"""Local images and the files in them: nothing is ever pulled."""
+"""Local images and the files in them, and what a registry says of an image's platforms:
+nothing is ever pulled."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flowrig.containers.engine.cleanup import remove_container
@@ -131,3 +133,63 @@ def local_architecture(image: str) -> str | None:
         return None
     finally:
         client.close()
+
+
+@dataclass(frozen=True)
+class RegistryRead:
+    """What an image's registry says of its platforms, read by this machine's engine.
+
+    Attributes
+    ----------
+    archs
+        The architectures it holds (``amd64``, ``arm64``); empty: not known.
+    missing
+        The registry answered that it has no such image (or repository).
+    why
+        Why ``archs`` is empty, or what the registry answered, for a line.
+    """
+
+    archs: tuple[str, ...] = ()
+    missing: bool = False
+    why: str = ""
+
+
+def registry_platforms(image: str, timeout: int = 30) -> RegistryRead:
+    """The platforms of ``image`` in its registry: an index's (attestations left out), or
+    a single manifest's (from its config), as ``docker manifest inspect`` would show them.
+
+    The engine reads the registry (the Engine API's distribution inspect: the Docker SDK
+    sends the user's own ``docker login`` or credential helper for that host, as a pull
+    would); nothing is pulled. Not known (``archs`` empty) when there is no engine, the
+    registry refuses the login, or cannot be reached in ``timeout`` seconds.
+    """
+    import docker
+    import requests
+
+    from flowrig.containers.engine.client import connect
+    from flowrig.errors import FlowrigError
+
+    try:
+        client = connect(timeout=timeout)
+    except FlowrigError as exc:
+        return RegistryRead(why=f"no Docker engine here: {exc}")
+    try:
+        answer = client.api.inspect_distribution(image)
+    except docker.errors.NotFound as exc:
+        return RegistryRead(missing=True, why=_explanation(exc))
+    except docker.errors.APIError as exc:
+        if exc.status_code == 400:
+            raise BadInput(f"{image!r} is not an image name Docker accepts ({_explanation(exc)})") from None
+        return RegistryRead(why=f"the engine could not read it: {_explanation(exc)}")
+    except (requests.RequestException, docker.errors.DockerException) as exc:
+        return RegistryRead(why=f"the engine did not answer: {one_line(exc, 200)}")
+    finally:
+        client.close()
+    archs = [str(p.get("architecture") or "") for p in answer.get("Platforms") or [] if isinstance(p, dict)]
+    held = tuple(dict.fromkeys(arch for arch in archs if arch and arch != "unknown"))
+    return RegistryRead(archs=held, why="" if held else "its manifest names no platform")
+
+
+def _explanation(exc: Any) -> str:
+    """The engine's own words of an API error (``manifest unknown``, ``unauthorized``)."""
+    return one_line(getattr(exc, "explanation", None) or exc, 200)

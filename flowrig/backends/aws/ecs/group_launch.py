@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from flowrig.backends.aws.ecs import defaults, taskdefs, validate
 from flowrig.backends.aws.ecs.worker_kinds import WorkerKind
 from flowrig.backends.markets import SpotSetting, group_spot
-from flowrig.backends.pool.groups import group_shape, refuse_resource_flags, resources_args
+from flowrig.backends.pool.groups import group_shapes, resources_args
 from flowrig.errors import BadInput
 
 if TYPE_CHECKING:
@@ -79,20 +79,8 @@ def group_launches(
     BadInput
         One line naming the group, the key and the fix.
     """
-    groups = tuple(groups)
-    if not groups:
-        return ()
-    refuse_resource_flags(base_args)
     launches = []
-    for group in groups:
-        cpu, memory, gpu, market, own = group_shape(group)
-        where = f"[[cluster.worker_groups]] {group.name}"
-        unknown = sorted(set(own) - GROUP_OPTIONS)
-        if unknown:
-            raise BadInput(
-                f"{where} options.{unknown[0]} is not taken per group on {backend}: it takes "
-                f"{', '.join(sorted(GROUP_OPTIONS))}; set the rest in [cluster.options]"
-            )
+    for group, where, cpu, memory, gpu, market, own in group_shapes(backend, groups, base_args, GROUP_OPTIONS):
         if options.worker_task_definition_arn and (cpu is not None or memory is not None or gpu or own):
             raise BadInput(
                 f"{where} sets its own shape or options, which go into the task definition flowrig registers for "
