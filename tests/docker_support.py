@@ -12,12 +12,19 @@ start in seconds. Settings (environment):
 - ``FLOWRIG_PIP_CA``: CA bundle pip trusts during the build (default
   ``/etc/ssl/certs/ca-certificates.crt`` when it exists).
 - ``FLOWRIG_TEST_IMAGE``: tag to build (default ``flowrig-seed:test``).
+
+``registry`` is a real registry on loopback (Debian's ``docker-registry``) for one test.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -221,3 +228,39 @@ def copy_repository(destination: Path) -> Path:
         shutil.copyfile(test_pip_ca(), destination / "pip-ca.crt")
     return destination
 
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def registry(tmp_path, docker_client):
+    """A registry on loopback for this test alone; its ``host:port`` (the engine treats a
+    loopback registry as insecure by default: plain HTTP)."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.fail("no docker-registry (apt-get install docker-registry)", pytrace=False)
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(json.dumps({"version": 0.1, "storage": {"filesystem": {"rootdirectory": str(tmp_path / "r")}},
+                                  "http": {"addr": f"127.0.0.1:{port}"}, "log": {"level": "error"}}))
+    process = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)

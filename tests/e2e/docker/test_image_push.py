@@ -1,7 +1,8 @@
 """``flowrig build --platform linux/amd64,linux/arm64 --push`` on an engine that keeps one
 platform per tag (no containerd image store, as Debian's Docker 20.10 here): each platform
 built and pushed as ``TAG-ARCH``, then an image index ``TAG`` naming both, made in a real
-registry on loopback (Debian's ``docker-registry``), read back over the registry API.
+registry on loopback (Debian's ``docker-registry``: the ``registry`` fixture of
+tests/docker_support.py), read back over the registry API.
 
 Building the whole seed image for arm64 takes many minutes emulated
 (tests/e2e/docker/test_image_platforms.py does it when asked): here each platform's
@@ -13,9 +14,7 @@ platform, the pushes and the index. A single platform's push is the same ``docke
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import time
 import urllib.request
 
 import pytest
@@ -24,41 +23,6 @@ from tests.run_support import SEED, invoke
 
 pytestmark = pytest.mark.docker
 INDEX_TYPES = "application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.index.v1+json"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def registry(tmp_path, docker_client):
-    """A registry on loopback for this test alone; its ``host:port``."""
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        pytest.fail("no docker-registry (apt-get install docker-registry)", pytrace=False)
-    port = free_port()
-    config = tmp_path / "registry.yml"
-    config.write_text(json.dumps({"version": 0.1, "storage": {"filesystem": {"rootdirectory": str(tmp_path / "r")}},
-                                  "http": {"addr": f"127.0.0.1:{port}"}, "log": {"level": "error"}}))
-    process = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def manifest(host: str, path: str, ref: str, accept: str) -> dict:
