@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -19,6 +19,7 @@ from flowrig.cli.apps import command_group
 if TYPE_CHECKING:
     from flowrig.backends.vm.backend import VMBackend
     from flowrig.backends.vm.cloudinit import VMRole
+    from flowrig.backends.vm.preview import WorkerPreview
     from flowrig.certs import TLSMaterial
     from flowrig.project import Project
 
@@ -58,14 +59,15 @@ def preview_roles(
     image: str | None,
     scheduler_address: str | None,
     run_id: str,
-) -> tuple["VMRole", "VMRole"]:
-    """The scheduler's and first worker's roles a run of ``project`` on ``backend``
-    would give its VMs: its ``[cluster.options]``, image and workers' environment.
+) -> tuple["VMRole", "list[WorkerPreview]"]:
+    """The scheduler's role and the first worker of each worker group (of the run,
+    without groups) a run of ``project`` on ``backend`` would give its VMs: its
+    ``[cluster.options]``, ``[[cluster.worker_groups]]``, image and workers' environment.
 
     Raises
     ------
     BadInput
-        No image, a scheduler address that is not ``tls://``, bad options.
+        No image, a scheduler address that is not ``tls://``, bad options or groups.
     """
     from typing import cast
 
@@ -79,6 +81,8 @@ def preview_roles(
         raise BadInput("no image to render: pass --image, set [cluster] image or FLOWRIG_IMAGE")
     if scheduler_address is not None and not scheduler_address.startswith("tls://"):
         raise BadInput(f"--scheduler-address must be tls://HOST:PORT, got {scheduler_address!r}")
+    groups = tuple(project.cluster.worker_groups)
+    backend.check_worker_groups(groups, dict(project.cluster.options))
     worker_env = base_worker_environment(run_id, Verbosity.NORMAL)
     if os.environ.get("PREFECT_API_URL"):
         # A run hands its workers a Prefect server named in its environment.
@@ -95,8 +99,19 @@ def preview_roles(
         no_client_timeout=project.cluster.no_client_timeout,
         min_workers=project.cluster.min_workers,
         allowed_environment=frozenset(project.build.allow_environment),
+        groups=tuple(_group_spec(group, project.cluster.worker_threads) for group in groups),
     )
-    return backend.preview(spec, scheduler_address=scheduler_address)
+    return backend.preview_workers(spec, scheduler_address=scheduler_address)
+
+
+def _group_spec(group: Any, worker_threads: int) -> Any:
+    """A project's worker group as a run starts it (one worker shown)."""
+    from flowrig.backends.base import WorkerGroupSpec
+    from flowrig.common.routes import worker_resources
+
+    threads = group.worker_threads or worker_threads
+    return WorkerGroupSpec(group.name, 1, threads, worker_resources(group.name, threads, group.resources, group.gpu),
+                           gpu=group.gpu, market=group.market, options=dict(group.options))
 
 
 @app.command("cloud-init")
@@ -121,7 +136,11 @@ def cloud_init_command(
     ] = Path("."),
     output_dir: Annotated[
         Optional[Path],
-        typer.Option("--output-dir", help="Write scheduler.yaml and worker.yaml here instead of to stdout."),
+        typer.Option("--output-dir", help="Write scheduler.yaml, worker.yaml (worker-GROUP.yaml) here, not to stdout."),
+    ] = None,
+    group: Annotated[
+        Optional[str],
+        typer.Option("--group", help="Only the worker of this [[cluster.worker_groups]] group; default: each group's."),
     ] = None,
 ) -> None:
     """Print the cloud-init user data each role's VM gets, without credentials or API calls.
@@ -130,18 +149,22 @@ def cloud_init_command(
     image and the workers' environment, checked for key material. Per-run certificates
     appear only as the name of their secret. With --role both, stdout holds the
     scheduler's document, then the worker's, each beginning with its #cloud-config line.
+    With [[cluster.worker_groups]], the first worker of each group is shown (--group NAME:
+    that group's only), its document's second line a comment that says the group's VM
+    type, resources, GPUs, market and boot image (a run sends the document without it).
     """
-    from flowrig.backends.vm import launcher
     from flowrig.common.runid import current_run_id
     from flowrig.errors import BadInput
     from flowrig.project import load_project
 
     loaded = load_project(project)
     vm_backend = _vm_backend(backend, loaded)
-    scheduler, worker = preview_roles(
+    scheduler, workers = preview_roles(
         vm_backend, loaded, image=image, scheduler_address=scheduler_address, run_id=current_run_id()
     )
-    wanted = {"scheduler": [scheduler], "worker": [worker], "both": [scheduler, worker]}[role.value]
+    workers = _chosen_group(workers, group)
+    if role is RoleChoice.scheduler and group is not None:
+        raise BadInput("--group picks a worker group's worker: pass --role worker or both with it")
     if vm_backend.options(loaded.cluster.options, frozenset(loaded.build.allow_environment)).scheduler_address:
         # Runs of this project join that scheduler: they start no scheduler VM to show.
         if role is RoleChoice.scheduler:
@@ -149,9 +172,10 @@ def cloud_init_command(
                 "[cluster.options] scheduler_address is set, so runs of this project start no scheduler VM: "
                 "pass --role worker"
             )
-        wanted = [worker]
+        role = RoleChoice.worker
         typer.echo("[cluster.options] scheduler_address is set: no scheduler VM, the worker only", err=True)
-    documents = {each.role: launcher.user_data(each) for each in wanted}
+    documents = _documents(scheduler if role is not RoleChoice.worker else None,
+                           workers if role is not RoleChoice.scheduler else [])
     if output_dir is None:
         typer.echo("\n".join(documents.values()), nl=False)
         return
@@ -163,6 +187,40 @@ def cloud_init_command(
             typer.echo(f"wrote {path}", err=True)
     except OSError as exc:
         raise BadInput(f"cannot write to --output-dir {output_dir}: {exc.strerror or exc}") from None
+
+
+def _documents(scheduler: "VMRole | None", workers: "list[WorkerPreview]") -> dict[str, str]:
+    """Each role's user data by file name (``scheduler``, ``worker``, ``worker-GROUP``),
+    checked for key material; a group's worker with its line after ``#cloud-config``."""
+    from flowrig.backends.vm import launcher
+
+    documents = {} if scheduler is None else {"scheduler": launcher.user_data(scheduler)}
+    for each in workers:
+        text = launcher.user_data(each.role)
+        name = f"worker-{each.group}" if each.group else "worker"
+        # A comment after #cloud-config: the document stays one a VM takes (and run-local replays).
+        documents[name] = text if not each.group else text.replace("\n", f"\n# {each.line}\n", 1)
+    return documents
+
+
+def _chosen_group(workers: "list[WorkerPreview]", group: str | None) -> "list[WorkerPreview]":
+    """The worker of ``group`` alone (``None``: every worker).
+
+    Raises
+    ------
+    BadInput
+        No such group, naming the project's.
+    """
+    from flowrig.errors import BadInput
+
+    if group is None:
+        return workers
+    chosen = [each for each in workers if each.group == group]
+    if not chosen:
+        names = ", ".join(each.group for each in workers if each.group)
+        raise BadInput(f"--group {group!r} is not a [[cluster.worker_groups]] group of the project: "
+                       + (f"name one of {names}" if names else "it has no worker groups; drop --group"))
+    return chosen
 
 
 @app.command("run-local")

@@ -323,3 +323,94 @@ def test_the_role_file_is_plain_json_of_the_role():
     assert cloudinit.VMRole.model_validate(json.loads(entry["content"])) == worker
 
 
+
+
+# --- worker groups ---------------------------------------------------------------------
+GROUPS = """
+[[cluster.worker_groups]]
+name = "cpu"
+n_workers = 2
+
+[[cluster.worker_groups]]
+name = "gpu"
+gpu = 2
+market = "on-demand"
+options = { {gpu_options} }
+"""
+GROUP_OPTIONS = {
+    "gcp": ('spot = "fallback"\ngpu_source_image = "projects/p/global/images/family/cuda"',
+            'worker_machine_type = "n1-standard-4", accelerator_type = "nvidia-tesla-t4"'),
+    "azure": ('spot = "fallback"\ngpu_vm_image = { publisher = "microsoft-dsvm", offer = "ubuntu-hpc", sku = "2204" }',
+              'worker_vm_size = "Standard_NC12s_v3"'),
+    "ec2": ('spot = "fallback"', 'worker_instance_type = "g5.2xlarge"'),
+}
+GROUP_LINES = {
+    "gcp": ("worker group 'cpu': machine_type = 'n1-standard-1'; resources flowrig-group-cpu=1; GPUs none; market "
+            "fallback (Spot first, on-demand where Spot has no room); boot image Ubuntu 24.04 LTS of its type's "
+            "architecture",
+            "worker group 'gpu': options.worker_machine_type = 'n1-standard-4'; resources flowrig-group-gpu=1,GPU=2; "
+            "GPUs 2 (docker run --gpus all; accelerator_type = 'nvidia-tesla-t4'); market on-demand; boot image "
+            "[cluster.options] gpu_source_image = 'projects/p/global/images/family/cuda'"),
+    "azure": ("worker group 'cpu': vm_size = 'Standard_DS1_v2'; resources flowrig-group-cpu=1; GPUs none; market "
+              "fallback (Spot first, on-demand where Spot has no room); boot image Ubuntu 24.04 LTS of its type's "
+              "architecture",
+              "worker group 'gpu': options.worker_vm_size = 'Standard_NC12s_v3'; resources flowrig-group-gpu=1,GPU=2; "
+              "GPUs 2 (docker run --gpus all); market on-demand; boot image [cluster.options] gpu_vm_image = "
+              "{'publisher': 'microsoft-dsvm', 'offer': 'ubuntu-hpc', 'sku': '2204'}"),
+    "ec2": ("worker group 'cpu': instance_type = 't3.medium'; resources flowrig-group-cpu=1; GPUs none; market fallback "
+            "(Spot first, on-demand where Spot has no room); boot image the run's AMI",
+            "worker group 'gpu': options.worker_instance_type = 'g5.2xlarge'; resources flowrig-group-gpu=1,GPU=2; "
+            "GPUs 2 (docker run --gpus all); market on-demand; boot image the run's AMI"),
+}
+
+
+def group_project(root: Path, backend: str) -> Path:
+    options, gpu_options = GROUP_OPTIONS[backend]
+    return make_project(root, options=options,
+                        cluster=f'backend = "{backend}"\nimage = "seed:1"' + GROUPS.replace("{gpu_options}", gpu_options))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_groups_worker_is_shown_with_its_type_resources_gpus_market_and_boot_image(tmp_path, backend):
+    project = group_project(tmp_path / "p", backend)
+    run = {"FLOWRIG_RUN_ID": "grp1"}
+    documents = cloud_init(project, env=run)
+    scheduler, cpu, gpu = (cloudinit.parse(text) for text in documents)
+    assert scheduler.role == "scheduler" and (cpu.role, gpu.role) == ("worker", "worker")
+    assert cpu.name.endswith("-worker-cpu-1") and gpu.name.endswith("-worker-gpu-1")
+    # Each group's own resources and GPUs; a Spot-first group's worker watches for the notice.
+    assert cpu.command[-2:] == ("--resources", "flowrig-group-cpu=1") and not cpu.gpus
+    assert gpu.command[-2:] == ("--resources", "flowrig-group-gpu=1,GPU=2") and gpu.gpus
+    assert cpu.environment.get("FLOWRIG_SPOT_NOTICE") == backend and "FLOWRIG_SPOT_NOTICE" not in gpu.environment
+    # The line after #cloud-config says how each group's VMs start.
+    lines = [text.splitlines()[1] for text in documents[1:]]
+    expected = GROUP_LINES[backend]
+    assert lines[0].startswith(f"# {expected[0]}"), lines[0]
+    assert lines[1].startswith(f"# {expected[1]}"), lines[1]
+    # --group shows that group's worker alone; run-local reads the files --output-dir writes.
+    [only] = cloud_init(project, "--group", "gpu", "--role", "worker", env=run)
+    assert only == documents[2]
+    out = tmp_path / "out"
+    cloud_init(project, "--output-dir", str(out), env=run)
+    assert sorted(p.name for p in out.iterdir()) == ["scheduler.yaml", "worker-cpu.yaml", "worker-gpu.yaml"]
+    texts = {str(path): path.read_text() for path in sorted(out.iterdir())}
+    assert [role for _source, role in replay.load_roles(texts)] == [scheduler, cpu, gpu]
+
+
+@pytest.mark.parametrize(("cluster", "args", "line"), [
+    ("groups", ["--group", "nope"],
+     "--group 'nope' is not a [[cluster.worker_groups]] group of the project: name one of cpu, gpu"),
+    ("", ["--group", "gpu"], "--group 'gpu' is not a [[cluster.worker_groups]] group of the project: it has no "
+                             "worker groups; drop --group"),
+    ("groups", ["--group", "gpu", "--role", "scheduler"], "--group picks a worker group's worker: pass --role worker"),
+    ('[[cluster.worker_groups]]\nname = "big"\noptions = { disk_size = 90 }', [],
+     "[[cluster.worker_groups]] group 'big' options.disk_size is not taken per group by the azure backend"),
+])
+def test_a_bad_group_is_one_line_exit_2(tmp_path, cluster, args, line):
+    if cluster == "groups":
+        project = group_project(tmp_path / "p", "azure")
+    else:
+        project = make_project(tmp_path / "p", cluster='backend = "azure"\nimage = "seed:1"\n' + cluster)
+    code, lines = flowrig_exit(["vm", "cloud-init", "--project", str(project), *args], tmp_path)
+    assert code == 2, lines
+    assert lines == [f"flowrig: error: {line}"] or (len(lines) == 1 and line in lines[0]), lines

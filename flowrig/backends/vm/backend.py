@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from flowrig.backends.pool.launcher import Launcher
     from flowrig.backends.vm.cloud import Cloud
     from flowrig.backends.vm.groups import VMGroup
+    from flowrig.backends.vm.preview import WorkerPreview
 
 #: The Prefect setting naming the CA file of the run's API.
 CA_FILE_SETTING = "PREFECT_API_SSL_CERT_FILE"
@@ -210,6 +211,23 @@ class VMBackend(PoolBackend):
         ``secret_ref`` stands for the run's secret in per-run mode; the worker joins
         ``scheduler_address`` (default: a placeholder for the scheduler VM's address).
         """
+        scheduler, workers = self.preview_workers(spec, scheduler_address, secret_ref)
+        return scheduler, workers[0].role
+
+    def preview_workers(
+        self, spec: ClusterSpec, scheduler_address: str | None = None, secret_ref: str | None = None
+    ) -> "tuple[VMRole, list[WorkerPreview]]":
+        """The scheduler's role and the first worker of each worker group (of the run,
+        without groups) as a run of ``spec`` would give them, each with the line that
+        says its VM type, resources, GPUs, market and boot image; no API call.
+
+        Raises
+        ------
+        BadInput
+            Options or a group this backend cannot start, in one line.
+        """
+        from flowrig.backends.vm.preview import WorkerPreview, worker_line
+
         options = self.options(spec.options, spec.allowed_environment)
         if options.tls == "baked":
             tls = TLSDelivery()
@@ -218,10 +236,15 @@ class VMBackend(PoolBackend):
             tls = TLSDelivery(source=self.secret_source, ref=ref)
         settings = self.role_settings(spec, options, tls)
         address = scheduler_address or options.scheduler_address or "tls://<the scheduler VM's private address>:8786"
-        # The first worker is asked on Spot whenever spot is set: it watches for the notice.
-        worker = worker_role(settings, address, vm_name(spec.run_id, "worker", PREVIEW_WORKER),
-                             self.name if options.spot else None)
-        return scheduler_role(settings), worker
+        workers = []
+        for name in list(settings.groups) or [""]:
+            group = settings.group(name)
+            # A first worker is asked on Spot whenever its market has Spot: it watches for the notice.
+            role = worker_role(settings, address, vm_name(spec.run_id, f"worker-{name}" if name else "worker",
+                                                          PREVIEW_WORKER),
+                               self.name if group.spot else None, name)
+            workers.append(WorkerPreview(name, role, worker_line(self.name, options, group)))
+        return scheduler_role(settings), workers
 
     def cloud_preflight(self, plan: Any, options: Any) -> list[Any]:
         """The run's (and each worker group's) machine types against its image and GPUs, as every start checks them
