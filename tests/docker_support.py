@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -242,13 +243,28 @@ def free_port() -> int:
 def registry(tmp_path, docker_client):
     """A registry on loopback for this test alone; its ``host:port`` (the engine treats a
     loopback registry as insecure by default: plain HTTP)."""
+    yield from _serve_registry(tmp_path, {})
+
+
+@pytest.fixture
+def login_registry(tmp_path, docker_client):
+    """A registry on loopback that asks for a login (user ``flowrig``, password ``pw``);
+    its ``host:port``."""
+    import crypt  # bcrypt, which the registry's htpasswd asks for (through libxcrypt)
+
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("flowrig:" + crypt.crypt("pw", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)) + "\n")
+    yield from _serve_registry(tmp_path, {"auth": {"htpasswd": {"realm": "flowrig", "path": str(htpasswd)}}})
+
+
+def _serve_registry(tmp_path: Path, extra: dict) -> Iterator[str]:
     binary = shutil.which("docker-registry")
     if binary is None:
         pytest.fail("no docker-registry (apt-get install docker-registry)", pytrace=False)
     port = free_port()
     config = tmp_path / "registry.yml"
     config.write_text(json.dumps({"version": 0.1, "storage": {"filesystem": {"rootdirectory": str(tmp_path / "r")}},
-                                  "http": {"addr": f"127.0.0.1:{port}"}, "log": {"level": "error"}}))
+                                  "http": {"addr": f"127.0.0.1:{port}"}, "log": {"level": "error"}, **extra}))
     process = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
@@ -256,6 +272,8 @@ def registry(tmp_path, docker_client):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
                 break
+            except urllib.error.HTTPError:
+                break  # it answers: asking for a login
             except OSError:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise

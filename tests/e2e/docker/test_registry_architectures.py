@@ -2,7 +2,8 @@
 backends: a real registry on loopback (the ``registry`` fixture: Debian's
 ``docker-registry``) holds a single-platform arm64 image and an image index of amd64 and
 arm64, pushed by the real engine, with no copy left on the engine, so the registry is
-all there is to read. The clouds are tests/vm_fakes' (only the registry read is real).
+all there is to read; another asks for a login, which is the user's own ``docker login``
+(``DOCKER_CONFIG``). The clouds are tests/vm_fakes' (only the registry read is real).
 
 The images are ``FROM scratch`` with one file, built by the engine for each platform (as
 tests/e2e/docker/test_image_push.py does): what is read is their manifests and configs,
@@ -30,9 +31,18 @@ CREATING = ("insert", "create", "setIamPolicy", "addVersion", "arm.PUT", "set_se
 READ_REGISTRY = images.registry_platforms
 
 
-def _docker(*args: str) -> None:
+def _docker(*args: str, config: str | None = None) -> None:
     subprocess.run(["docker", *args], check=True, capture_output=True, timeout=300,
-                   env={"DOCKER_BUILDKIT": "1", "DOCKER_CLI_EXPERIMENTAL": "enabled", "PATH": "/usr/bin:/bin"})
+                   env={"DOCKER_BUILDKIT": "1", "DOCKER_CLI_EXPERIMENTAL": "enabled", "PATH": "/usr/bin:/bin",
+                        **({"DOCKER_CONFIG": config} if config else {})})
+
+
+def build_scratch(context, arch: str, tag: str, config: str | None = None) -> None:
+    """A ``FROM scratch`` image of one file, built by the engine for ``linux/ARCH``."""
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY arch /arch\n")
+    (context / "arch").write_text(arch)
+    _docker("build", "--platform", f"linux/{arch}", "--tag", tag, str(context), config=config)
 
 
 @pytest.fixture
@@ -45,11 +55,7 @@ def pushed(registry, tmp_path):
     members = []
     try:
         for arch in ("amd64", "arm64"):
-            context = tmp_path / arch
-            context.mkdir()
-            (context / "Dockerfile").write_text("FROM scratch\nCOPY arch /arch\n")
-            (context / "arch").write_text(arch)
-            _docker("build", "--platform", f"linux/{arch}", "--tag", f"{repo}:both-{arch}", str(context))
+            build_scratch(tmp_path / arch, arch, f"{repo}:both-{arch}")
             push("docker", f"{repo}:both-{arch}")
             members.append(f"{repo}:both-{arch}")
         push_index("docker", f"{repo}:both", members)
@@ -114,3 +120,31 @@ def test_a_missing_image_or_one_of_another_architecture_is_exit_2_before_anythin
     azure_cloud = AzureCloud("ra6", AzureBackend().options(AZURE_OPTIONS))
     azure_cloud.check(pushed["arm64"].replace(":arm64", ":both"))
     assert azure_cloud.archs["worker"] == "amd64"
+
+
+def test_a_registry_that_asks_for_a_login_is_read_with_the_users_docker_login_else_nothing_is_refused(
+        login_registry, google, tls, tmp_path, monkeypatch, caplog):
+    from flowrig.backends.vm.gcp_cloud import GCPCloud
+
+    monkeypatch.setattr(images, "registry_platforms", READ_REGISTRY)
+    image, logged_in, nobody = f"{login_registry}/flowrig/arch:arm64", tmp_path / "in", tmp_path / "out"
+    subprocess.run(["docker", "login", "--username", "flowrig", "--password-stdin", login_registry], input="pw",
+                   text=True, check=True, capture_output=True, env={"DOCKER_CONFIG": str(logged_in), "PATH": "/usr/bin:/bin"})
+    try:
+        build_scratch(tmp_path / "arm64", "arm64", image)
+        _docker("push", image, config=str(logged_in))
+    finally:
+        subprocess.run(["docker", "image", "rm", "-f", image], capture_output=True, check=False)
+    # With the user's login (the SDK reads DOCKER_CONFIG's config.json), the registry answers.
+    monkeypatch.setenv("DOCKER_CONFIG", str(logged_in))
+    assert images.registry_platforms(image).archs == ("arm64",)
+    # Without one it cannot be read: not known, and an amd64 run is not refused for it.
+    nobody.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(nobody))
+    read = images.registry_platforms(image)
+    assert (read.archs, read.missing) == ((), False) and "no basic auth credentials" in read.why
+    cloud = GCPCloud("ra7", GCPBackend().options(GCP_OPTIONS))
+    with caplog.at_level("WARNING", logger="flowrig.vm"):
+        cloud.check(image)
+    assert cloud.archs["worker"] == "amd64"
+    assert "the image's architecture is not checked: its registry was not read" in caplog.text
