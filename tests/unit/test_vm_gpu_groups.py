@@ -233,10 +233,10 @@ def test_preflight_checks_each_groups_type_for_its_gpus_and_makes_nothing(google
     ):
         cpu = group("cpu")
         checks = backend().preflight(PreflightPlan(image=IMAGE, options=options, groups=(cpu, group("gpu", gpu=1))))
-        assert [(c.name, c.ok) for c in checks] == [("machine-type", False), ("network", None)]
-        assert checks[0].line.startswith("[[cluster.worker_groups]] gpu: [cluster.options] "), checks[0].line
-        assert "has no GPU but gpu = 1" in checks[0].line
+        assert [(c.name, c.ok) for c in checks] == [("image", None), ("machine-type", False), ("network", None)]
+        assert checks[1].line.startswith("[[cluster.worker_groups]] gpu: [cluster.options] "), checks[1].line
+        assert "has no GPU but gpu = 1" in checks[1].line
         assert [c[0] for c in world.calls if c[0].endswith(CREATING)] == []
         good = group("gpu", gpu=1, options={key: fits})
         checks = backend().preflight(PreflightPlan(image=IMAGE, options=options, groups=(cpu, good)))
-        assert [(c.name, c.ok) for c in checks] == [("machine-type", True), ("network", None)]
+        assert [(c.name, c.ok) for c in checks] == [("image", None), ("machine-type", True), ("network", None)]

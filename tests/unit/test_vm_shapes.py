@@ -345,12 +345,13 @@ def test_preflight_on_gcp_and_azure_lists_the_shape_check_and_makes_nothing(goog
          f"{IMAGE} is linux/amd64"),
     ):
         checks = backend().preflight(PreflightPlan(image=IMAGE, options=options))
-        assert [(c.name, c.ok) for c in checks] == [("machine-type", False), ("network", None)]
-        assert checks[0].line == line and checks[0].fix.startswith("use a ")
+        assert [(c.name, c.ok) for c in checks] == [("image", True), ("machine-type", False), ("network", None)]
+        assert checks[0].line == "linux/amd64"  # the local copy's: the fake clouds' registry is not read
+        assert checks[1].line == line and checks[1].fix.startswith("use a ")
         assert [c[0] for c in world.calls if c[0].endswith(CREATING)] == []
         fits = backend().preflight(PreflightPlan(image=IMAGE, options={**options, **(
             {"worker_machine_type": "e2-standard-2"} if backend is GCPBackend else {"worker_vm_size": "Standard_D2s_v5"})}))
-        assert [(c.name, c.ok) for c in fits] == [("machine-type", True), ("network", None)]
+        assert [(c.name, c.ok) for c in fits] == [("image", True), ("machine-type", True), ("network", None)]
 
 
 def test_a_gcp_start_with_preflight_on_stops_at_the_shape_check(google, tls, image_arch):

@@ -247,12 +247,23 @@ class VMBackend(PoolBackend):
         return scheduler_role(settings), workers
 
     def cloud_preflight(self, plan: Any, options: Any) -> list[Any]:
-        """The run's (and each worker group's) machine types against its image and GPUs, as every start checks them
+        """The image in its registry (:mod:`.image_arch`), then the run's (and each worker
+        group's) machine types against its image and GPUs, as every start checks them
         (:meth:`Cloud.check`, read-only); the network is not checked on this cloud."""
         from flowrig.backends.preflight import Check
+        from flowrig.backends.vm.image_arch import image_architectures
         from flowrig.errors import BadInput
 
         image = plan.image or ""
+        network = Check("network", self.name, None, f"the network is not checked on {self.name}")
+        try:
+            held = image_architectures(image)
+        except BadInput as exc:
+            line, _, fix = str(exc).rpartition(": ")
+            return [Check("image", image, False, line, fix),
+                    Check("machine-type", self.name, None, "not checked: the image is not in its registry"), network]
+        found = (Check("image", image, True, f"linux/{', linux/'.join(held)}") if held else
+                 Check("image", image, None, "neither its registry nor this engine told its architecture: not checked"))
         cloud = self.make_cloud(plan.run_id, options)
         # The project's groups have the fields a cloud checks (name, gpu, options).
         cloud.worker_groups = tuple(plan.groups)
@@ -264,7 +275,7 @@ class VMBackend(PoolBackend):
         else:
             shape = Check("machine-type", self.name, True, "the machine types exist, run the image's architecture "
                           "as far as it is known here, and hold the workers' GPUs")
-        return [shape, Check("network", self.name, None, f"the network is not checked on {self.name}")]
+        return [found, shape, network]
 
     def open_run(self, spec: ClusterSpec, options: Any) -> VMRun:
         """The run's cloud (no API call yet), its worker groups checked."""

@@ -17,6 +17,7 @@ import subprocess
 import pytest
 
 from flowrig.backends.base import ClusterSpec
+from flowrig.backends.preflight import PreflightPlan
 from flowrig.backends.vm.azure import AzureBackend
 from flowrig.backends.vm.gcp import GCPBackend
 from flowrig.containers.engine import images
@@ -107,6 +108,14 @@ def test_a_missing_image_or_one_of_another_architecture_is_exit_2_before_anythin
                     f"it (flowrig build PROJECT --tag {pushed['missing']} --push, or docker push), or fix [cluster] image")
     line = refused(AzureBackend, azure, tls, "ra2", pushed["missing"], **AZURE_OPTIONS)
     assert line.startswith(f"the image {pushed['missing']} is not in its registry")
+    # flowrig preflight names it as the image's check, and reads the registry of a good one.
+    checks = GCPBackend().preflight(PreflightPlan(image=pushed["missing"], options=GCP_OPTIONS))
+    assert [(c.name, c.ok) for c in checks] == [("image", False), ("machine-type", None), ("network", None)]
+    assert checks[0].fix.startswith(f"push it (flowrig build PROJECT --tag {pushed['missing']} --push")
+    checks = GCPBackend().preflight(PreflightPlan(image=pushed["both"], options=GCP_OPTIONS))
+    assert [(c.name, c.ok, c.line) for c in checks][:2] == [("image", True, "linux/amd64, linux/arm64"),
+                                                             ("machine-type", True, checks[1].line)]
+    assert [call[0] for call in google.calls if call[0].endswith(CREATING)] == []
     # An arm64-only image on amd64 types; the index runs on either.
     line = refused(GCPBackend, google, tls, "ra3", pushed["arm64"], **GCP_OPTIONS)
     assert line.startswith(f"[cluster.options] machine_type = 'n1-standard-1' runs linux/amd64 but the image "
