@@ -357,8 +357,7 @@ class AzureCloud(Cloud):
             "properties": {
                 "hardwareProfile": {"vmSize": size},
                 "storageProfile": {
-                    # Per VM: a GPU worker's image has NVIDIA's driver, the others keep theirs.
-                    "imageReference": image_reference(
+                    "imageReference": image_reference(  # per VM: a GPU worker's has NVIDIA's driver
                         vm_boot_image(options, worker=request.role == "worker", gpus=request.gpu, own=request.options),
                         self.archs.get(size.lower()) or self.archs.get(request.role, "")),
                     "osDisk": {"name": f"{request.name}-osdisk", "createOption": "FromImage",
