@@ -24,6 +24,10 @@ flowrig (one image), so the dotted paths always match.
       ``"send"`` (a user's own server) sends them at the pace the server records them
       (:mod:`flowrig.internals.event_pacing`), each worker within its share of the run's
       window;
+    * the per-task costs that repeat the same work are paid once per worker process:
+      the settings context validated once and copied per task, result-storage paths
+      resolved against a base resolved once (:mod:`flowrig.internals.result_paths`),
+      a task's source hashed once for its cache key (:mod:`flowrig.internals.cache_keys`);
     * each task's final state is reported to the runner as a Dask worker event (the
       progress display and the timeline), and the progress's ``task_logs`` (when it has
       them) are installed on each worker for as long as it keeps the run: its tasks'
@@ -52,7 +56,7 @@ from collections import OrderedDict
 from contextlib import ExitStack
 from typing import Any, Iterable
 
-from flowrig.internals import engine_events, event_pacing
+from flowrig.internals import cache_keys, engine_events, event_pacing, result_paths
 from flowrig.internals.prefect_blocks import with_known_blocks
 
 
@@ -107,8 +111,8 @@ def _shared_client_context(client: Any) -> Any:
 class _RunState:
     """What one worker process keeps of one run."""
 
-    __slots__ = ("token", "root", "profile", "settings", "clients", "clients_lock", "task_runner",
-                 "flow_run_fields", "rest", "progress", "undo_task_logs")
+    __slots__ = ("token", "root", "profile", "settings", "settings_context", "clients", "clients_lock",
+                 "task_runner", "flow_run_fields", "rest", "progress", "undo_task_logs")
 
     def close(self) -> None:
         event_pacing.OVERRIDE.remove(self.token)
@@ -190,6 +194,8 @@ def _build_run_state(payload: dict[str, Any]) -> _RunState:
         )
     ensure_logging_setup()
     engine_events.install()
+    result_paths.install()
+    cache_keys.install()
     with hydrated_context(None):  # Prefect's own model_rebuild() of the run contexts
         pass
     state = _RunState()
@@ -197,12 +203,17 @@ def _build_run_state(payload: dict[str, Any]) -> _RunState:
     state.root = payload.get("root") or state.token
     state.profile, state.settings = payload["settings"] or (None, None)
     state.settings = local_ca_settings(state.settings)
+    # Validated once: each task enters a copy (Prefect's ContextModel.model_copy, which
+    # validates nothing), not a new context that validates all of Settings again.
+    state.settings_context = (
+        SettingsContext(profile=state.profile, settings=state.settings) if state.settings is not None else None
+    )
     state.progress = payload.get("progress")
     state.clients, state.clients_lock = {}, threading.Lock()
     state.task_runner, state.flow_run_fields = None, None
     with ExitStack() as stack:
-        if state.settings is not None:
-            stack.enter_context(SettingsContext(profile=state.profile, settings=state.settings))
+        if state.settings_context is not None:
+            stack.enter_context(state.settings_context.model_copy())
         event_pacing.OVERRIDE.add(state.token, drop=payload["events"] == "drop", window=payload.get("event_window"))
         client = _client_for(state)
         # Its storage block built here when Prefect knows its type: validating the dict
@@ -291,15 +302,15 @@ def run_task(task_run_id: Any, parameters: Any, wait_for: Any, dependencies: Any
              run: dict[str, Any], task: Any) -> Any:
     """Run one task of the run ``run`` (its payload) through Prefect's task engine; its
     final state, reported to the runner, is the result."""
-    from prefect.context import FlowRunContext, SettingsContext, hydrated_context
+    from prefect.context import FlowRunContext, hydrated_context
     from prefect.task_engine import run_task_async, run_task_sync
 
     state = _run_state_for(run)
     _IN_TASK.seceded = False
     with ExitStack() as stack:
         stack.callback(setattr, _IN_TASK, "seceded", None)
-        if state.settings is not None:
-            stack.enter_context(SettingsContext(profile=state.profile, settings=state.settings))
+        if state.settings_context is not None:
+            stack.enter_context(state.settings_context.model_copy())
         client = _client_for(state)
         if state.flow_run_fields is not None:
             # A fresh context object per task (fresh results and keys), from values
