@@ -30,9 +30,13 @@ image of this benchmark's project, which ``--docker-build BASE`` builds).
 ``--sizes`` (default 10,1000,5000), interleaved pairs; per pattern the ratio (target
 <= 2.2 at n = 1000, <= 2.0 at n = 5000), flowrig's own slope (target <= 1.0 ms/task) and
 the runner's RSS growth (KB/task, target ~10). ``--json FILE`` writes every figure.
+``--profile-roles`` adds the CPU seconds of each role of every run (runner, API,
+scheduler, workers; benchmarks/role_cpu.py) and the workers' CPU per task, the figure
+that the task engine's cost on the workers shows in.
 
     python benchmarks/bench_scale.py [--repeat 3] [--lists-repeat 1] [--big] [--server] [--docker IMAGE]
     python benchmarks/bench_scale.py --patterns [map-result,result-loop] [--sizes 1000,5000] [--json FILE]
+    python benchmarks/bench_scale.py --patterns map-result --sizes 5000 --baseline DIR --profile-roles
     python benchmarks/bench_scale.py --server-only [--database sqlite] [--profile-server FILE] [--baseline DIR]
 """
 
@@ -50,6 +54,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import role_cpu
 from figures import Figures
 from plain_tls import install as install_plain_tls
 from prefect_server import start_server
@@ -62,6 +67,14 @@ WORKERS = 3
 #: Every figure measured, for ``--json`` (the benchmarks' common output contract).
 FIGURES = Figures()
 figure = FIGURES.add
+
+
+class ROLES:
+    """With ``--profile-roles`` (``enabled``): the CPU seconds by role of the last run."""
+
+    enabled = False
+    last: dict[str, list[float]] = {}
+
 
 FLOW = textwrap.dedent(
     """
@@ -124,7 +137,10 @@ def base_env() -> dict[str, str]:
 
 def run(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
     start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if ROLES.enabled:
+        done, ROLES.last = role_cpu.run(argv, env)
+    else:
+        done = subprocess.run(argv, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"benchmark step failed ({' '.join(argv[:5])} ...):\n{done.stderr[-3000:]}")
@@ -261,10 +277,15 @@ def measure_against(bench: Bench, pattern: str, n: int, repeat: int, baseline: P
     }
     names = list(sides)
     walls: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     load = os.getloadavg()[0]
     for i in range(repeat):
         for name in names[i % 3:] + names[:i % 3]:
             walls[name].append(sides[name]())
+            if ROLES.enabled:
+                roles = ROLES.last
+                cpu[name].append(1000 * sum(roles.get("worker", [])) / n)
+                print(f"[{pattern}] n={n} {name}: {role_cpu.summary(roles, n)}", flush=True)
     this, base, plain = (median(walls[name]) for name in names)
     goal = target(n)
     print(f"[{pattern}] n={n:<6} this {this:7.2f} s  baseline {base:7.2f} s  plain Dask {plain:6.2f} s   "
@@ -275,6 +296,12 @@ def measure_against(bench: Bench, pattern: str, n: int, repeat: int, baseline: P
            note=f"plain Dask runs {walls['plain']}; load average {load:.2f}")
     figure(f"{pattern} n={n} baseline whole run", base, "s", walls["baseline"], floor=plain,
            note=f"baseline {baseline}")
+    if ROLES.enabled:
+        this, base, plain = (median(cpu[name]) for name in names)
+        print(f"[{pattern}] n={n} worker CPU per task: this {this:.2f} ms  baseline {base:.2f} ms  "
+              f"plain Dask {plain:.2f} ms   this/baseline {this / base:.3f}", flush=True)
+        for name in names:
+            figure(f"{pattern} n={n} {name} worker CPU per task", median(cpu[name]), "ms/task", cpu[name])
 
 
 def measure_lists(bench: Bench, repeat: int, label: str) -> None:
@@ -320,10 +347,14 @@ def main() -> None:
                         help=f"only the common patterns, each beside its plain-Dask twin (all, or some of "
                              f"{','.join(PATTERNS)}); sizes default to 10,1000,5000")
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write every figure to FILE as JSON")
+    parser.add_argument("--profile-roles", action="store_true",
+                        help="also the CPU seconds of each role of each run, and the workers' CPU per task "
+                             "(--patterns with --baseline)")
     parser.add_argument("--no-prefect-dask", action="store_true",
                         help="leave prefect-dask out of --server (at n = 5000 it takes ten minutes or more)")
     args = parser.parse_args()
     lists_repeat = args.lists_repeat or args.repeat
+    ROLES.enabled = args.profile_roles
     patterns = args.patterns.split(",") if args.patterns else []
     if unknown := sorted(set(patterns) - set(PATTERNS)):
         parser.error(f"unknown pattern(s) {', '.join(unknown)}: choose from {', '.join(PATTERNS)}")
