@@ -24,6 +24,9 @@ an upgrade of one of those projects, run that file first (CONTRIBUTING.md says h
   read from the scheduler's task and worker states (adaptive worker groups);
 - :mod:`~flowrig.internals.task_runner`: prefect-dask's task runner with per-run, not
   per-task, overhead, and its worker side (:mod:`~flowrig.internals.task_worker`).
+- :mod:`~flowrig.internals.result_paths` and :mod:`~flowrig.internals.cache_keys`: what
+  a worker's task runs repeat (result-storage paths, a task's source hash) done once
+  per worker process.
 
 May import: the standard library and the projects it fences; nothing of flowrig.
 """
