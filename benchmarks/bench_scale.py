@@ -227,12 +227,19 @@ def measure(bench: Bench, sizes: list[int], repeat: int, label: str,
             # Interleaved pairs, alternating which side goes first.
             if i % 2:
                 rows[1].append(plain(n))
+                plain_roles = ROLES.last
                 wall, rss = flowrig(n)
+                flowrig_roles = ROLES.last
             else:
                 wall, rss = flowrig(n)
+                flowrig_roles = ROLES.last
                 rows[1].append(plain(n))
+                plain_roles = ROLES.last
             rows[0].append(wall)
             rows[2].append(rss)
+            if ROLES.enabled:
+                print(f"[{label}] n={n} flowrig: {role_cpu.summary(flowrig_roles, n)}; "
+                      f"plain Dask: {role_cpu.summary(plain_roles, n)}", flush=True)
         walls[n] = rows
         a, b = median(rows[0]), median(rows[1])
         goal = target(n)
@@ -348,8 +355,7 @@ def main() -> None:
                              f"{','.join(PATTERNS)}); sizes default to 10,1000,5000")
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write every figure to FILE as JSON")
     parser.add_argument("--profile-roles", action="store_true",
-                        help="also the CPU seconds of each role of each run, and the workers' CPU per task "
-                             "(--patterns with --baseline)")
+                        help="also the CPU seconds of each role of each run, and the workers' CPU per task")
     parser.add_argument("--no-prefect-dask", action="store_true",
                         help="leave prefect-dask out of --server (at n = 5000 it takes ten minutes or more)")
     args = parser.parse_args()
