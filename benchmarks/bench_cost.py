@@ -12,7 +12,9 @@ This prices the lifetimes of containers on this machine. On Fargate each task al
 waits for its image to be pulled (billed, 30 s or more) and is billed for a minute at
 least: read the figure as the floor of what the same run costs there.
 
-    python benchmarks/bench_cost.py [--image flowrig-seed:test] [--repeat 1] [--items 10,100]
+    python benchmarks/bench_cost.py [--image flowrig-seed:test] [--repeat 1] [--items 10,100] [--json FILE]
+
+``--json FILE`` writes every figure (the benchmarks' common output contract).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from figures import Figures
 
 from flowrig.backends.aws.ecs import defaults
 from flowrig.backends.prices import shipped_table
@@ -71,7 +75,9 @@ def main() -> None:
     parser.add_argument("--image", default="flowrig-seed:test")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--items", default="10,100")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write every figure to FILE as JSON")
     args = parser.parse_args()
+    found = Figures()
     if subprocess.run(["docker", "image", "inspect", args.image], capture_output=True).returncode:
         sys.exit(f"image {args.image} not found: flowrig build examples/seed --tag {args.image}")
     table = shipped_table()
@@ -89,6 +95,12 @@ def main() -> None:
         worker = usage["roles"]["worker"]
         print(f"{items:>6} {tasks:>6} {worker['count']:>8} {worker['seconds']:>9.1f} {role_seconds:>11.1f} "
               f"{cost:>10.5f} {1000 * cost / tasks:>17.5f}")
+        found.add(f"$ per 1000 tasks, seed flow of {items} items", 1000 * cost / tasks, "USD",
+                  [1000 * c / tasks for c in costs],
+                  note=f"{worker['count']} workers, {role_seconds:.1f} role-seconds priced as Fargate "
+                       f"{REGION} tasks ({table.label}); docker backend on this machine")
+    if args.json:
+        found.write(args.json)
 
 
 if __name__ == "__main__":

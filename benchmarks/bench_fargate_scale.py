@@ -315,6 +315,9 @@ def main() -> None:
     print(f"\nwhat the simulation leaves out: {LEAVES_OUT}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    if failed := [f"{side.label} ({side.retry_mode}): {side.error}" for side in sides if side.error]:
+        # The figures are written either way; the exit status says they are incomplete.
+        sys.exit("simulation failed: " + "; ".join(failed))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python benchmarks/bench_image_pull.py [--before-rev main] [--pulls 3] [--imports 5]
                                           [--base-image flowrig-base:bookworm] [--pip-ca FILE]
                                           [--json FILE] [--keep] [--build-only] [--reuse]
-                                          [--tag-prefix flowrig-bench-pull]
+                                          [--tag-prefix flowrig-bench-pull] [--images seed,stack]
 
 Two projects, each built two ways in this one run: the seed (flowrig alone) and the seed
 with numpy, pandas and scipy in its requirements and its flow module's imports ("stack");
@@ -34,7 +34,8 @@ flowrig's worker-side modules, plus numpy, pandas and scipy.linalg in the stack 
 which its first task imports), median of ``--imports`` runs, interleaved. Then the
 after/before ratios, the load average before and after, and a last line of JSON
 (``--json FILE`` writes the figures in the bench output contract). ``--build-only
---keep`` then ``--reuse`` keep the builds out of a quiet window.
+--keep`` then ``--reuse`` keep the builds out of a quiet window. ``--images seed`` measures
+the seed's image only.
 """
 
 from __future__ import annotations
@@ -235,6 +236,8 @@ def build_images(args, scratch: Path) -> dict[tuple[str, str], str]:
     an earlier ``--keep`` run)."""
     tags = {}
     for name, project in projects(scratch).items():
+        if name not in args.images:
+            continue
         context = render_context(project, base_image=args.base_image)
         for side, side_context in (("before", at_revision(context, args.before_rev)), ("after", context)):
             tag = f"{args.tag_prefix}:{name}-{side}"
@@ -292,7 +295,7 @@ def measure(args, scratch: Path, tags: dict[tuple[str, str], str]) -> dict:
     try:
         references = {key: push(tag, registry) for key, tag in tags.items()}
         print(f"pushed {len(references)} images to {registry.host}", file=sys.stderr)
-        for name in ("seed", "stack"):
+        for name in args.images:
             for side in ("before", "after"):
                 manifest = registry.manifest(f"bench/{name}-{side}", "latest")
                 layers = manifest["layers"]
@@ -304,7 +307,7 @@ def measure(args, scratch: Path, tags: dict[tuple[str, str], str]) -> dict:
                                               tags[name, side]).stdout) / 1e6,
                 }
         print(f"load average before the pulls: {load()}", file=sys.stderr)
-        for name in ("seed", "stack"):
+        for name in args.images:
             pulls = interleaved(args.pulls, ("before", "after"),
                                 lambda side, name=name: cold_pull(references[name, side], scratch),
                                 f"{name} cold pull")
@@ -324,7 +327,7 @@ def measure(args, scratch: Path, tags: dict[tuple[str, str], str]) -> dict:
     return figures
 
 
-def report(figures: dict, load_before: str, load_after: str) -> list[dict]:
+def report(figures: dict, load_before: str, load_after: str, images: tuple[str, ...]) -> list[dict]:
     print(f"{'image':7}{'side':8}{'layers':>7}{'pulled MB':>10}{'largest':>9}{'unpacked':>9}{'pull s':>8}"
           f"{'pull CPU s':>11}{'+100MB/s':>9}{'import s':>9}{'import CPU s':>13}")
     for (name, side), f in figures.items():
@@ -333,7 +336,7 @@ def report(figures: dict, load_before: str, load_after: str) -> list[dict]:
               f"{f['import_s']:>9.2f}{f['import_cpu_s']:>13.2f}")
     out = []
     keys = ("pulled_mb", "pull_s", "pull_cpu_s", "import_s", "import_cpu_s")
-    for name in ("seed", "stack"):
+    for name in images:
         before, after = figures[name, "before"], figures[name, "after"]
         ratios = {k: after[k] / before[k] for k in keys}
         print(f"[{name}] after/before: bytes {ratios['pulled_mb']:.2f}, layers {after['layers']}/{before['layers']}, "
@@ -345,8 +348,9 @@ def report(figures: dict, load_before: str, load_after: str) -> list[dict]:
                      "floor": None, "ratio": None, "target": None,
                      "runs": f.get(key.removesuffix("_s") + "_runs", []),
                      "note": f"{f['layers']} layers; containerd, empty store, loopback registry"} for key in keys]
-        out += [{"figure": f"{name} image {key} after/before", "value": round(ratios[key], 3), "unit": "ratio",
-                 "floor": before[key], "ratio": round(ratios[key], 3),
+        # In the figures' contract: the value is after's, the floor before's, the ratio after/before.
+        out += [{"figure": f"{name} image {key} after/before", "value": round(after[key], 3),
+                 "unit": units.get(key, "s"), "floor": round(before[key], 3), "ratio": round(ratios[key], 3),
                  "target": "<= 1.0" if key.startswith("import") else None, "runs": [],
                  "note": f"load {load_before} -> {load_after}"} for key in keys]
     print(f"load average: {load_before} before, {load_after} after (2 cores)")
@@ -367,7 +371,11 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="take the images an earlier --keep run left")
     parser.add_argument("--build-only", action="store_true", help="build (and keep) the images, measure nothing")
     parser.add_argument("--tag-prefix", default="flowrig-bench-pull", help="repository of the images built")
+    parser.add_argument("--images", default="seed,stack", help="which images to measure, comma-separated")
     args = parser.parse_args()
+    args.images = tuple(dict.fromkeys(args.images.split(",")))
+    if unknown := sorted(set(args.images) - {"seed", "stack"}):
+        parser.error(f"unknown image(s) {', '.join(unknown)}: choose from seed, stack")
     # A stop (timeout, kill) still stops the registry and containerd and removes the folder.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for tool in ("containerd", "ctr"):
@@ -388,7 +396,7 @@ def main() -> None:
             if not (args.keep or args.build_only):
                 for tag in tags.values():
                     docker("rmi", tag, check=False)
-    out = report(figures, load_before, load_after)
+    out = report(figures, load_before, load_after, args.images)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({f"{n}/{s}": {k: v for k, v in f.items()} for (n, s), f in figures.items()}, sort_keys=True))

@@ -19,8 +19,9 @@ each round in another order, so that load that comes and goes slows them alike; 
 load average is printed before and after. Prints medians and the ratios a/b (target
 <= 2.0, goal 1.5), w/b and c/a, plus the time of ``flowrig --help`` (target < 0.5 s).
 ``--profile`` then profiles one run (:mod:`start_profile`): where its time goes.
+``--json FILE`` writes every figure (the benchmarks' common output contract).
 
-    python benchmarks/bench_local.py [--pairs 7] [--repeat-c 1] [--warm] [--baseline DIR] [--profile]
+    python benchmarks/bench_local.py [--pairs 7] [--repeat-c 1] [--warm] [--baseline DIR] [--profile] [--json FILE]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from figures import Figures
 from plain_tls import install as install_plain_tls
 from prefect_server import start_server
 
@@ -159,6 +161,7 @@ def main() -> None:
                         "(same dependencies), in the same rounds; may be given more than once")
     parser.add_argument("--profile", action="store_true", help="then profile one run (imports, py-spy per "
                         "process, the run's own timeline): see start_profile.py")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write every figure to FILE as JSON")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="flowrig-bench-"))
@@ -225,10 +228,33 @@ def main() -> None:
     if c:
         print(f"c/a = {statistics.median(c) / ma:.2f}   (how much faster flowrig is than plain prefect-dask)")
     print(f"flowrig --help      median {statistics.median(helps):.3f} s   (target < 0.5 s)")
+    if args.json:
+        figures(walls, c, helps, args, (load_before, load_after)).write(args.json)
     if args.profile:
         from start_profile import profile
 
         profile(sides["a"], _env(), outcomes["a"], medians)
+
+
+def figures(walls: dict[str, list[float]], c: list[float], helps: list[float], args: argparse.Namespace,
+            loads: tuple[tuple[float, ...], tuple[float, ...]]) -> Figures:
+    """The figures of :func:`main`'s printout, for ``--json``."""
+    found = Figures()
+    mb = statistics.median(walls["b"])
+    load = f"load average {loads[0][0]:.2f} -> {loads[1][0]:.2f}"
+    found.add("seed start a/b", statistics.median(walls["a"]), "s", walls["a"], floor=mb, target="<= 2.0",
+              note=f"flowrig run against plain Dask over the same TLS, median of {len(walls['a'])} interleaved "
+                   f"rounds (goal 1.5); plain Dask runs {[round(w, 3) for w in walls['b']]}; {load}")
+    for i, baseline in enumerate(args.baseline):
+        found.add(f"seed start a{i}/b", statistics.median(walls[f"a{i}"]), "s", walls[f"a{i}"], floor=mb,
+                  note=f"baseline {baseline}")
+    if "w" in walls:
+        found.add("seed start w/b (API already up)", statistics.median(walls["w"]), "s", walls["w"], floor=mb)
+    if c:
+        found.add("prefect-dask with Prefect's defaults c/a", statistics.median(c), "s", c,
+                  floor=statistics.median(walls["a"]))
+    found.add("flowrig --help", statistics.median(helps), "s", helps, target="< 0.5")
+    return found
 
 
 if __name__ == "__main__":
