@@ -265,7 +265,7 @@ def measure(bench: Bench, sizes: list[int], repeat: int, label: str,
 
 
 def measure_patterns(bench: Bench, patterns: list[str], sizes: list[int], repeat: int,
-                     baseline: Path | None = None) -> None:
+                     baseline: Path | None = None, json_path: Path | None = None) -> None:
     for pattern in patterns:
         if baseline is None:
             measure(bench, sizes, repeat, pattern, flowrig=lambda n, p=pattern: bench.pattern(p, n),
@@ -273,6 +273,8 @@ def measure_patterns(bench: Bench, patterns: list[str], sizes: list[int], repeat
         else:
             for n in sizes:
                 measure_against(bench, pattern, n, repeat, baseline)
+        # The figures so far, after each pattern: a run stopped part way keeps what it measured.
+        write_json(json_path)
 
 
 def measure_against(bench: Bench, pattern: str, n: int, repeat: int, baseline: Path) -> None:
@@ -396,7 +398,8 @@ def main() -> None:
     if patterns:
         if args.baseline and not (args.baseline / "flowrig" / "__init__.py").is_file():
             sys.exit(f"{args.baseline} holds no flowrig checkout")
-        measure_patterns(embedded, patterns, sizes, args.repeat, args.baseline.resolve() if args.baseline else None)
+        measure_patterns(embedded, patterns, sizes, args.repeat, args.baseline.resolve() if args.baseline else None,
+                         args.json)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         write_json(args.json)
         return
