@@ -181,6 +181,8 @@ def test_the_security_page_includes_security_md_rather_than_a_copy():
 
 def test_the_readme_is_short_and_keeps_its_two_commands():
     readme = (REPO / "README.md").read_text()
-    assert len(readme.splitlines()) <= 150
+    # The performance table is generated (benchmarks/readme_table.py); the prose around it counts.
+    prose = re.sub(r"(<!-- performance:begin -->\n).*?(<!-- performance:end -->)", r"\1\2", readme, flags=re.S)
+    assert len(prose.splitlines()) <= 150
     assert re.search(r"^    pip install uv==\S+ && uv run --locked flowrig run examples/seed ", readme, re.MULTILINE)
     assert re.search(r"<!-- test-command -->\n    uv run --locked --all-extras --group dev python -m pytest", readme)
