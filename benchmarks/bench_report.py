@@ -13,7 +13,8 @@ A benchmark that fails, times out or writes no figures is a ``failed`` row for e
 figure it owes, and the report exits 1; a target that does not hold is a ``NO``.
 
     python benchmarks/bench_report.py [--profile quick|full] [--only local,scale,docker,pull,fargate,cost]
-        [--seed-image flowrig-seed:report] [--pull-before REV] [--quiet-limit 0.1] [--wait] [--out FILE]
+        [--seed-image flowrig-seed:report] [--base-image flowrig-base:bookworm] [--pull-before REV]
+        [--quiet-limit 0.1] [--wait] [--out FILE]
 
 ``--profile full`` runs the acceptance sizes (about 45 minutes on 2 cores);
 ``--profile quick`` (the default) fewer pairs and sizes (under 15 minutes).
@@ -73,20 +74,20 @@ def _tail(path: Path, lines: int = 1) -> str:
     return " | ".join(text[-lines:])[-400:]
 
 
-def prepare(step: Step, work: Path) -> str | None:
-    """Builds the image ``step`` needs; the error, or None."""
+def prepare(step: Step, work: Path, base_image: str) -> str | None:
+    """Builds the image ``step`` needs (on ``base_image``); the error, or None."""
     if step.image is None:
         return None
     ca = os.environ.get("FLOWRIG_PIP_CA") or "/etc/ssl/certs/ca-certificates.crt"
     argv = [sys.executable, "-m", "flowrig.cli", "build", str(REPO / "examples" / "seed"), "--tag", step.image,
-            "--quiet", *(["--pip-ca", ca] if Path(ca).is_file() else [])]
+            "--base-image", base_image, "--quiet", *(["--pip-ca", ca] if Path(ca).is_file() else [])]
     log = work / f"{step.name}-build.log"
     with log.open("w") as out:
         done = subprocess.run(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     return f"image build {step.image} failed (exit {done.returncode}): {_tail(log)}" if done.returncode else None
 
 
-def run_step(step: Step, work: Path) -> dict:
+def run_step(step: Step, work: Path, base_image: str = "flowrig-base:bookworm") -> dict:
     """Runs one benchmark; its figures, exit status, seconds and error (None when it worked)."""
     figures_file, log = work / f"{step.name}.json", work / f"{step.name}.log"
     argv = [sys.executable, str(HERE / step.script), *step.args, "--json", str(figures_file)]
@@ -95,7 +96,7 @@ def run_step(step: Step, work: Path) -> dict:
               "expected": list(step.expected), "exit": None, "error": None, "figures": [], "log": str(log)}
     started = time.time()
     result["started"] = started
-    error = prepare(step, work)
+    error = prepare(step, work, base_image)
     result["measured_from"] = time.time()
     if error is None:
         with log.open("w") as out:
@@ -148,7 +149,7 @@ def report(args: argparse.Namespace, chosen: list[Step], work: Path) -> dict:
                 continue
             print(f"[{step.name}] {step.what} ...", flush=True)
             try:
-                result = run_step(step, work)
+                result = run_step(step, work, args.base_image)
             except (KeyboardInterrupt, SystemExit) as stop:
                 # Ctrl-C or SIGTERM/SIGHUP (which exit): the step was stopped on the way out
                 # of run_step; what ran so far is still written, the rest marked failed.
@@ -186,6 +187,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", choices=PROFILES, default="quick")
     parser.add_argument("--only", metavar="NAMES", help="only these steps, comma-separated")
     parser.add_argument("--seed-image", default="flowrig-seed:report", help="the seed image the cost step builds")
+    parser.add_argument("--base-image", default=os.environ.get("FLOWRIG_TEST_BASE_IMAGE", "flowrig-base:bookworm"),
+                        help="the base of the images the report builds")
     parser.add_argument("--pull-before", default=PULL_BEFORE, metavar="REV",
                         help="the revision whose image build the pull step measures as 'before'")
     parser.add_argument("--quiet-limit", type=float, default=0.1, metavar="CORES",
