@@ -105,16 +105,38 @@ def seed_image(docker_client) -> str:
             "or set FLOWRIG_TEST_BASE_IMAGE"
         )
     context = render_context(SEED_PROJECT, base_image=test_base_image())
-    if find_image(context, tag):
-        return tag
-    existing = find_image(context)
-    if existing:
-        # Same context, other tag: tagging is instant and the image is identical.
-        repository, _, version = tag.rpartition(":")
-        docker_client.images.get(existing).tag(repository, version)
-        return tag
-    build(context, tag, test_pip_ca(), quiet=True)
+    # Each pytest-xdist worker is a session of its own: the first builds, the others
+    # wait on the lock and then find the image it tagged.
+    with image_lock(tag):
+        if find_image(context, tag):
+            return tag
+        existing = find_image(context)
+        if existing:
+            # Same context, other tag: tagging is instant and the image is identical.
+            repository, _, version = tag.rpartition(":")
+            docker_client.images.get(existing).tag(repository, version)
+            return tag
+        build(context, tag, test_pip_ca(), quiet=True)
     return tag
+
+
+@contextlib.contextmanager
+def image_lock(tag: str) -> Iterator[None]:
+    """Hold an exclusive lock named by an image tag, across the processes of this
+    machine (the workers of a parallel test session, or sessions sharing a tag), while
+    one of them builds the image the others would build too."""
+    import fcntl
+    import hashlib
+    import tempfile
+
+    name = hashlib.sha256(tag.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"flowrig-test-image-{name}.lock"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def docker_run_env(run_id: str, **extra: str) -> dict[str, str]:

@@ -24,12 +24,20 @@ import yaml
 
 from flowrig import layout
 from flowrig.containers import engine
-from tests.docker_support import copy_repository, docker_run_env, test_base_image, test_image_tag, test_pip_ca
+from tests.docker_support import (
+    copy_repository,
+    docker_run_env,
+    image_lock,
+    test_base_image,
+    test_image_tag,
+    test_pip_ca,
+)
 from tests.run_support import FLOWRIG_SCRIPT
 
 # A cold build of the stack (every layer new to Docker's cache) takes minutes, and the
 # session fixture's time counts towards its first test's.
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
+# Shares a worker with test_image.py in a parallel session (see _leftovers() there).
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800), pytest.mark.xdist_group("image-builds")]
 
 REPO = Path(__file__).resolve().parents[3]
 SCISTACK = REPO / "examples" / "scistack"
@@ -100,8 +108,9 @@ def scistack_image(docker_client) -> str:
 
     tag = test_image_tag("scistack")
     context = render_context(SCISTACK, base_image=test_base_image())
-    if not find_image(context, tag):
-        build(context, tag, test_pip_ca(), quiet=True)
+    with image_lock(tag):
+        if not find_image(context, tag):
+            build(context, tag, test_pip_ca(), quiet=True)
     return tag
 
 
