@@ -19,7 +19,9 @@ from flowrig.project import defaults as project_defaults
 from tests.docker_support import SEED_PROJECT, private_keys_in_image, test_base_image
 from tests.run_support import FLOWRIG
 
-pytestmark = pytest.mark.docker
+# The image files share a worker in a parallel session: their plain builds start
+# unlabelled containers that _leftovers() below would take for a build's.
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("image-builds")]
 
 def run(image: str, *args: str, entrypoint: str | None = None) -> subprocess.CompletedProcess[str]:
     command = ["docker", "run", "--rm", "--network", "none"]
@@ -207,11 +209,24 @@ def test_a_per_run_image_has_no_private_key_and_takes_certificates_at_start(dock
 
 
 def _leftovers() -> tuple[set[str], set[str]]:
+    """Dangling images, and containers that carry no label.
+
+    A build's intermediate containers come from the Dockerfile's first stages, which set
+    no label; every container the other tests of a parallel session start does carry
+    labels (a run's, or its image's), except those of the plain builds of the
+    repository in test_scistack_image.py, which runs on the same worker as this file
+    (its xdist group) and so never at the same time."""
     images = subprocess.run(["docker", "images", "-q", "--no-trunc", "-f", "dangling=true"],
                             capture_output=True, text=True, check=True).stdout.split()
-    containers = subprocess.run(["docker", "ps", "-aq", "--no-trunc"],
-                                capture_output=True, text=True, check=True).stdout.split()
-    return set(images), set(containers)
+    ids = subprocess.run(["docker", "ps", "-aq", "--no-trunc"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    containers = set()
+    if ids:
+        listed = subprocess.run(["docker", "inspect", "--format", "{{.Id}} {{len .Config.Labels}}", *ids],
+                                capture_output=True, text=True).stdout.split("\n")
+        # A container gone between the two commands is not inspected: it was left by no one.
+        containers = {line.split()[0] for line in listed if line.strip() and line.split()[1] == "0"}
+    return set(images), containers
 
 
 def flowrig_build(*args: str) -> subprocess.CompletedProcess[str]:
