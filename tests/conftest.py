@@ -49,6 +49,9 @@ FOLDER_MARKERS = {
     ("e2e", "aws"): "aws",
     ("e2e", "vm"): "vm",
 }
+#: The order of the layers in a parallel session: the files that wait longest first, the
+#: unit layer's many short tests last, where they fill the workers' idle ends.
+PARALLEL_ORDER = ("docker", "local", "aws", "vm", "unit")
 #: Fixtures that make a test a Docker or an AWS test wherever it lives.
 FIXTURE_MARKERS = {
     "docker_client": "docker", "seed_image": "docker",
@@ -63,8 +66,15 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"tests/{unplaced[0]} is in no layer: move it to tests/unit/ or tests/e2e/<area>/")
 
 
+# Before pytest-xdist's own hook, which reads the xdist_group marks.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
+        # Under `--dist loadgroup` (the README's test command) a file runs on one worker,
+        # so its module fixtures (clusters, images, servers) are made once; a file with a
+        # group of its own shares that group's worker.
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
         try:
             parts = item.path.resolve().relative_to(HERE).parts
         except ValueError:
@@ -73,3 +83,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         wanted |= {mark for name, mark in FIXTURE_MARKERS.items() if name in getattr(item, "fixturenames", ())}
         for mark in sorted(wanted - {m.name for m in item.iter_markers()}):
             item.add_marker(getattr(pytest.mark, mark))
+    if hasattr(config, "workerinput"):
+        # A pytest-xdist worker: the controller hands out files in this order (the README's
+        # command keeps it with --no-loadscope-reorder). Serially the unit layer stays
+        # first, so a broken model fails in seconds.
+        items.sort(key=_parallel_rank)
+
+
+def _parallel_rank(item: pytest.Item) -> int:
+    names = {mark.name for mark in item.iter_markers()}
+    return next((rank for rank, name in enumerate(PARALLEL_ORDER) if name in names), len(PARALLEL_ORDER))
