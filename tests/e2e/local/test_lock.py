@@ -62,7 +62,7 @@ def test_constraints_that_drift_from_the_lock_fail(copy: Path):
 # --- an install for running, one for developing ---------------------------------------
 #: Tools that only tests, lint and the manual need: none may reach a run's install.
 DEVELOPMENT_TOOLS = {
-    "pytest", "pytest-timeout", "testcontainers", "moto", "trustme", "ruff", "import-linter", "mkdocs",
+    "pytest", "pytest-timeout", "pytest-xdist", "testcontainers", "moto", "trustme", "ruff", "import-linter", "mkdocs",
     "prefect-aws", "prefect-docker", "cfn-lint", "docker-compose", "python-on-whales",
 }
 #: What the cloud extras bring: a local run needs none of them.
@@ -124,7 +124,7 @@ def test_the_test_command_and_ci_install_the_development_tools():
     readme = (REPO / "README.md").read_text()
     test_command = re.search(r"<!-- test-command -->\n\s*(.+)", readme).group(1)
     installed = exported(*selection_of(shlex.split(test_command)))
-    wanted = {"pytest", "pytest-timeout", "testcontainers", "moto", "trustme", "ruff", "import-linter",
+    wanted = {"pytest", "pytest-timeout", "pytest-xdist", "testcontainers", "moto", "trustme", "ruff", "import-linter",
               "prefect-aws", "prefect-docker", "boto3", "dask-cloudprovider", "azure-keyvault-secrets"}
     assert wanted <= installed, sorted(wanted - installed)
     # CI's environment is the same selection (its sync line in .ci/run), and the docs
