@@ -66,15 +66,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"tests/{unplaced[0]} is in no layer: move it to tests/unit/ or tests/e2e/<area>/")
 
 
-# Before pytest-xdist's own hook, which reads the xdist_group marks.
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        # Under `--dist loadgroup` (the README's test command) a file runs on one worker,
-        # so its module fixtures (clusters, images, servers) are made once; a file with a
-        # group of its own shares that group's worker.
-        if not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
         try:
             parts = item.path.resolve().relative_to(HERE).parts
         except ValueError:
@@ -84,9 +77,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for mark in sorted(wanted - {m.name for m in item.iter_markers()}):
             item.add_marker(getattr(pytest.mark, mark))
     if hasattr(config, "workerinput"):
-        # A pytest-xdist worker: the controller hands out files in this order (the README's
-        # command keeps it with --no-loadscope-reorder). Serially the unit layer stays
-        # first, so a broken model fails in seconds.
+        # A pytest-xdist worker: under `--dist loadfile` (the README's command) the
+        # controller hands out whole files in this order (--no-loadscope-reorder keeps it).
+        # Serially the unit layer stays first, so a broken model fails in seconds.
         items.sort(key=_parallel_rank)
 
 

@@ -1,12 +1,10 @@
 """What lets the suite run on several pytest-xdist workers at once (tests/conftest.py,
-tests/docker_support.py): one build of a shared image, and files kept whole."""
+tests/docker_support.py): one build of a shared image, and the order files go out in."""
 
 from __future__ import annotations
 
 import threading
 import time
-
-import pytest
 
 from tests.conftest import PARALLEL_ORDER, _parallel_rank
 from tests.docker_support import image_lock
@@ -53,14 +51,6 @@ def test_builders_of_other_tags_do_not_wait(tmp_path, monkeypatch):
         holder.join(10)
 
 
-def test_every_test_has_its_files_group_and_parallel_order_puts_waiting_layers_first(request):
-    item = request.node
-    groups = [mark.args[0] for mark in item.iter_markers("xdist_group")]
-    assert groups == ["tests/unit/test_parallel_sessions.py"]
-    assert _parallel_rank(item) == PARALLEL_ORDER.index("unit") == len(PARALLEL_ORDER) - 1
-    assert PARALLEL_ORDER[0] == "docker"
-
-
-@pytest.mark.xdist_group("shared")
-def test_a_file_marked_with_a_group_keeps_that_group_only(request):
-    assert [mark.args[0] for mark in request.node.iter_markers("xdist_group")] == ["shared"]
+def test_in_parallel_the_layers_that_wait_longest_go_out_first(request):
+    assert PARALLEL_ORDER[0] == "docker" and PARALLEL_ORDER[-1] == "unit"
+    assert _parallel_rank(request.node) == PARALLEL_ORDER.index("unit")

@@ -19,9 +19,7 @@ from flowrig.project import defaults as project_defaults
 from tests.docker_support import SEED_PROJECT, private_keys_in_image, test_base_image
 from tests.run_support import FLOWRIG
 
-# The image files share a worker in a parallel session: their plain builds start
-# unlabelled containers that _leftovers() below would take for a build's.
-pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("image-builds")]
+pytestmark = pytest.mark.docker
 
 def run(image: str, *args: str, entrypoint: str | None = None) -> subprocess.CompletedProcess[str]:
     command = ["docker", "run", "--rm", "--network", "none"]
@@ -212,20 +210,21 @@ def _leftovers() -> tuple[set[str], set[str]]:
     """Dangling images, and containers that carry no label.
 
     A build's intermediate containers come from the Dockerfile's first stages, which set
-    no label; every container the other tests of a parallel session start does carry
-    labels (a run's, or its image's), except those of the plain builds of the
-    repository in test_scistack_image.py, which runs on the same worker as this file
-    (its xdist group) and so never at the same time."""
+    no label; the containers the other tests of a parallel session start carry labels (a
+    run's, or its image's), except those test_scistack_image.py runs from its plain
+    builds' images (``*-plain:*`` tags), left out here too."""
     images = subprocess.run(["docker", "images", "-q", "--no-trunc", "-f", "dangling=true"],
                             capture_output=True, text=True, check=True).stdout.split()
     ids = subprocess.run(["docker", "ps", "-aq", "--no-trunc"],
                          capture_output=True, text=True, check=True).stdout.split()
     containers = set()
     if ids:
-        listed = subprocess.run(["docker", "inspect", "--format", "{{.Id}} {{len .Config.Labels}}", *ids],
-                                capture_output=True, text=True).stdout.split("\n")
+        listed = subprocess.run(["docker", "inspect", "--format", "{{.Id}} {{len .Config.Labels}} {{.Config.Image}}",
+                                 *ids], capture_output=True, text=True).stdout.splitlines()
         # A container gone between the two commands is not inspected: it was left by no one.
-        containers = {line.split()[0] for line in listed if line.strip() and line.split()[1] == "0"}
+        for line in filter(None, (line.split() for line in listed)):
+            if line[1] == "0" and "-plain:" not in line[2]:
+                containers.add(line[0])
     return set(images), containers
 
 

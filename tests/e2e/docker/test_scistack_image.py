@@ -36,8 +36,7 @@ from tests.run_support import FLOWRIG_SCRIPT
 
 # A cold build of the stack (every layer new to Docker's cache) takes minutes, and the
 # session fixture's time counts towards its first test's.
-# Shares a worker with test_image.py in a parallel session (see _leftovers() there).
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800), pytest.mark.xdist_group("image-builds")]
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[3]
 SCISTACK = REPO / "examples" / "scistack"
