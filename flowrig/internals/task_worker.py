@@ -56,7 +56,7 @@ from collections import OrderedDict
 from contextlib import ExitStack
 from typing import Any, Iterable
 
-from flowrig.internals import cache_keys, engine_events, event_pacing, result_paths
+from flowrig.internals import cache_keys, engine_events, event_pacing, result_paths, upstream_states
 from flowrig.internals.prefect_blocks import with_known_blocks
 
 
@@ -324,7 +324,10 @@ def run_task(task_run_id: Any, parameters: Any, wait_for: Any, dependencies: Any
             stack.enter_context(hydrated_context(rest, client=client))  # task run, tags, assets
         stack.enter_context(_shared_client_context(client))
         kwargs = dict(
-            task=task, task_run_id=task_run_id, parameters=parameters, wait_for=wait_for,
+            # Completed upstream States as their values: Prefect's two walks of each cost
+            # about a millisecond (upstream_states); its inputs come from ``dependencies``.
+            task=task, task_run_id=task_run_id, parameters=upstream_states.resolve_completed(parameters),
+            wait_for=wait_for,
             return_type="state", dependencies=dependencies, context=None,
         )
         try:
