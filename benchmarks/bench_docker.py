@@ -21,7 +21,9 @@ goes first alternating, and prints
   run: ``ratio (target <= 1.5)``.
 
 The median of each phase of the run's own timings (startup, load, prepare, cluster start,
-API wait, flow, teardown) follows, for each side: where the seconds go.
+API wait, flow, teardown) follows, for each side: where the seconds go. Then the cluster
+start's own timeline: from the cluster request to the containers started (docker), the
+scheduler up, the first and the last worker joined.
 
 ``--image`` must then be the image of that project: ``--build`` builds it first (on
 ``--base-image``). ``--baseline DIR --baseline-image IMAGE`` adds a third side, the docker
@@ -188,6 +190,7 @@ def tasks_main(args: argparse.Namespace) -> None:
         bare.append(bare_start(args.image))
     report(sides, walls, starts, joined, bare, n)
     split(phases)
+    start_split(phases)
     load_after = os.getloadavg()
     print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f}")
 
@@ -227,6 +230,27 @@ def split(phases: dict[str, list[dict]]) -> None:
     for side, runs in phases.items():
         cells = [statistics.median((t.get(name) or 0.0) for t in runs) for name in names]
         print(f"{side:<16}" + "".join(f"{cell:14.2f}" for cell in cells))
+
+
+#: The cluster start's marks, in the order a start reaches them (``containers_started``:
+#: docker only, when the scheduler's and the first workers' containers had all started).
+START_MARKS = ("containers_started", "scheduler_up", "first_worker_joined", "all_workers_joined")
+
+
+def start_split(phases: dict[str, list[dict]]) -> None:
+    """The cluster start's timeline: each mark's median offset from the cluster request
+    (the end of ``prepare``), from the run's own timings; ``-`` where a backend has no such mark."""
+    print("cluster start timeline: median seconds from the cluster request (end of prepare) to each mark")
+    print(f"{'side':<16}" + "".join(f"{name:>20}" for name in START_MARKS))
+    for side, runs in phases.items():
+        cells = []
+        for name in START_MARKS:
+            offsets = [t[name] - sum(t.get(k) or 0.0 for k in ("startup", "load", "prepare"))
+                       for t in runs if t.get(name) is not None]
+            cells.append(f"{statistics.median(offsets):20.2f}" if offsets else f"{'-':>20}")
+            if offsets:
+                figure(f"{side} cluster request to {name}", statistics.median(offsets), "s", offsets)
+        print(f"{side:<16}" + "".join(cells))
 
 
 def main() -> None:

@@ -255,20 +255,19 @@ class StartedCluster:
         Tears the cluster down; safe to call more than once.
     cluster
         The underlying ``distributed`` cluster object, when there is one.
-    scheduler_up
-        When the scheduler started to listen (``time.perf_counter()``), when the backend
-        knows it apart from the whole start.
+    scheduler_up, marks
+        When the scheduler started to listen, and other marks of the start by timeline key
+        (``time.perf_counter()``), when the backend knows them apart from the whole start.
     workers_joined
-        How many workers have joined so far, for a backend whose ``cluster`` is not in
-        this process (its scheduler is counted elsewhere); ``None`` to read ``cluster``.
+        How many workers have joined so far, for a backend whose scheduler is counted
+        elsewhere (not in this process); ``None`` to read ``cluster``.
     dashboard_reach
         Where the dashboard link opens from when that is not this machine's browser
         ("reachable from inside the VPC only..."), or how to get a dashboard when there
         is none; ``None``: the link opens here.
     lives
-        The lives of the cluster's roles so far
-        (:class:`~flowrig.backends.usage.RoleLife`), complete once ``close`` returned;
-        ``None`` for a backend that does not log them (nothing is reported).
+        The lives of the cluster's roles so far (:class:`~flowrig.backends.usage.RoleLife`),
+        complete once ``close`` returned; ``None`` for a backend that does not log them.
     """
 
     scheduler_address: str
@@ -276,6 +275,7 @@ class StartedCluster:
     close: Callable[[], None]
     cluster: Any = None
     scheduler_up: float | None = None
+    marks: Mapping[str, float] = field(default_factory=dict)
     workers_joined: Callable[[], int] | None = None
     dashboard_reach: str | None = None
     lives: "Callable[[], list[RoleLife]] | None" = None

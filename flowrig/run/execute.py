@@ -265,6 +265,8 @@ def _start_cluster(
     record.scheduler_address, record.dashboard_link = started.scheduler_address, started.dashboard_link
     if run.api is not None:
         run.api.watch()  # the cluster has started its threads anyway
+    for key, at in started.marks.items():  # marks of the start only some backends know
+        timer.reached(key, at)
     timer.reached("scheduler_up", started.scheduler_up)
     timer.watch_workers(started, size.n_workers, stop_watching)
     line = (

@@ -73,3 +73,19 @@ def test_a_reused_process_id_or_another_machine_is_not_taken_for_the_owner():
     assert judge(RunLeftovers("r", containers=[("c", "worker", "running")]), owners.alive).live
     assert not judge(RunLeftovers("r", networks=["flowrig-r"]), owners.alive).live
     assert owners.parse("not json") is None and owners.parse(json.dumps({"pid": 1})) is None
+
+
+def test_a_started_answers_marks_come_on_this_processs_clock_and_nothing_else_passes():
+    import time
+
+    wall = time.time()
+    message = {"marks": {"containers_started": wall - 2.0, "scheduler_up": wall - 1.0, "flow_finished": wall,
+                         "first_worker_joined": "soon"}}
+    before = time.perf_counter()
+    marks = control.start_marks(message)
+    assert set(marks) == {"containers_started", "scheduler_up"}  # only the start's own marks
+    assert marks["containers_started"] == pytest.approx(before - 2.0, abs=0.05)
+    assert marks["scheduler_up"] - marks["containers_started"] == pytest.approx(1.0, abs=0.01)
+    for bad in ({"marks": {"scheduler_up": float("nan")}}, {"marks": {"scheduler_up": float("inf")}},
+                {"marks": {"scheduler_up": True}}, {"marks": {"scheduler_up": -1}}, {"marks": ["scheduler_up"]}, {}):
+        assert control.start_marks(bad) == {}, bad

@@ -169,6 +169,7 @@ class DockerBackend(Backend):
             close=close,
             cluster=cluster,
             scheduler_up=getattr(cluster.scheduler, "up_at", None),
+            marks={k: at for k, at in cluster.start_marks.items() if k != "scheduler_up"},
             lives=cluster.life_log.lives,
         )
 
@@ -203,9 +204,12 @@ class DockerBackend(Backend):
                 return
             told.extend(control.lives_of(closed))
 
+        marks = control.start_marks(reply)
         return StartedCluster(
             scheduler_address=str(reply["scheduler_address"]),
             dashboard_link=reply.get("dashboard_link") or None,
+            scheduler_up=marks.pop("scheduler_up", None),
+            marks=marks,
             close=CloseOnce(close),
             workers_joined=lambda: channel.workers_joined,
             lives=lambda: list(told),

@@ -10,19 +10,24 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from distributed.deploy.spec import ProcessInterface, SpecCluster
 from distributed.utils import LoopRunner
 
 from flowrig.backends.docker import lives
 from flowrig.backends.docker.group_workers import group_worker, group_workers
-from flowrig.backends.docker.naming import check_run_id, network_name, new_run_id, scheduler_address
+from flowrig.backends.docker.naming import (
+    check_run_id,
+    container_name,
+    network_name,
+    new_run_id,
+    scheduler_address,
+)
 from flowrig.backends.docker.plans import DRAIN_TIMEOUT, WORKER_PRELOAD, render_scheduler, render_worker
+from flowrig.backends.docker.settings import RunSettings, in_thread
 from flowrig.backends.group_scaling import adapt_groups
 from flowrig.backends.lost_workers import keep_size
-from flowrig.backends.usage import LifeLog
 from flowrig.backends.watch import exit_text
 from flowrig.certs import TLSMaterial, delivery
 from flowrig.containers import ContainerPlan
@@ -63,42 +68,6 @@ SCHEDULER_START_TIMEOUT = 60.0
 STOP_NOW_SIGNAL = "SIGINT"
 
 
-@dataclass(frozen=True)
-class _RunSettings:
-    """What the scheduler and every worker container of one cluster share."""
-
-    client: Any
-    run_id: str
-    image: str
-    network: str
-    tls: Any
-    own_network: bool
-    publish: bool
-    worker_threads: int
-    environment: Mapping[str, str]
-    worker_memory: str | None
-    worker_preload: tuple[str, ...]
-    scheduler_start_timeout: float
-    no_client_timeout: float | None = None
-    drain_timeout: float = DRAIN_TIMEOUT
-    #: The run's secrets by name: delivered to each worker with its certificates.
-    secret_environment: Mapping[str, str] = field(default_factory=dict)
-    #: Where each container's life is logged (:mod:`flowrig.backends.docker.lives`).
-    lives: LifeLog = field(default_factory=LifeLog)
-    #: The engine's CPUs and memory bytes: the shape of a container without limits.
-    host: tuple[int, int] = (0, 0)
-    #: The workers the cluster starts with (name: options), launched beside the scheduler;
-    #: their launches under way by name, until each worker's own start takes its own.
-    first_workers: dict[Any, dict[str, Any]] = field(default_factory=dict)
-    early: dict[Any, "asyncio.Future[Any]"] = field(default_factory=dict)
-
-
-async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    # docker-py blocks; the cluster's event loop must not.
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
-
-
 def deliver_certificates(
     container: "Container", tls: TLSMaterial, environment: Mapping[str, str] | None = None
 ) -> None:
@@ -120,22 +89,23 @@ class _ContainerProcess(ProcessInterface):
     #: Sent before ``docker stop`` when the cluster stops this role (``None``: none).
     stop_signal: str | None = None
 
-    def __init__(self, settings: _RunSettings) -> None:
+    def __init__(self, settings: RunSettings) -> None:
         super().__init__()
         self.settings = settings
         self.container: "Container | None" = None
 
     async def _launch(self, plan: ContainerPlan, secrets: Mapping[str, str] | None = None) -> "Container":
-        self.container = await _in_thread(create_container, self.settings.client, plan)
-        await _in_thread(start_container, self.container)
-        await _in_thread(lives.log_start, self.settings.lives, self.container, self.role, self.settings.host)
-        await _in_thread(deliver_certificates, self.container, self.settings.tls, secrets)
+        self.container = await in_thread(create_container, self.settings.client, plan)
+        await in_thread(start_container, self.container)
+        self.settings.started[plan.name] = time.perf_counter()
+        await in_thread(lives.log_start, self.settings.lives, self.container, self.role, self.settings.host)
+        await in_thread(deliver_certificates, self.container, self.settings.tls, secrets)
         return self.container
 
     async def close(self) -> None:
         if self.container is not None:
             log_end = functools.partial(lives.log_end, self.settings.lives)
-            await _in_thread(stop_and_remove, self.container, on_stopped=log_end, first_signal=self.stop_signal)
+            await in_thread(stop_and_remove, self.container, on_stopped=log_end, first_signal=self.stop_signal)
         await super().close()
 
 
@@ -144,7 +114,7 @@ class DockerScheduler(_ContainerProcess):
 
     role = "scheduler"
 
-    def __init__(self, settings: _RunSettings) -> None:
+    def __init__(self, settings: RunSettings) -> None:
         super().__init__(settings)
         self.address = scheduler_address(settings.run_id)
         self.contact_address = self.address
@@ -157,33 +127,33 @@ class DockerScheduler(_ContainerProcess):
     async def start(self) -> None:
         s = self.settings
         if s.own_network:
-            await _in_thread(create_network, s.client, s.network, s.run_id)
+            await in_thread(create_network, s.client, s.network, s.run_id)
         plan = render_scheduler(s.run_id, s.image, s.network, publish=s.publish, no_client_timeout=s.no_client_timeout)
         container = await self._launch(plan)
         # The first workers start and import beside it, and connect by name once it listens.
         for name, options in s.first_workers.items():
             s.early[name] = asyncio.ensure_future(DockerWorker(self.address, name, **options).launch())
         try:
-            await _in_thread(wait_for_log, container, SCHEDULER_READY, s.scheduler_start_timeout, "scheduler")
+            await in_thread(wait_for_log, container, SCHEDULER_READY, s.scheduler_start_timeout, "scheduler")
         except BaseException:  # what they made goes with the run's other containers
             await asyncio.gather(*s.early.values(), return_exceptions=True)
             raise
         self.up_at = time.perf_counter()
         if s.publish:
-            port = await _in_thread(published_port, container, SCHEDULER_PORT)
+            port = await in_thread(published_port, container, SCHEDULER_PORT)
             self.external_address = f"tls://127.0.0.1:{port}"
         # Published on the host's loopback, where it answers the run's certificate
         # only: the run's proxy opens it to a browser there (the link to print).
-        dashboard = await _in_thread(published_port, container, DASHBOARD_PORT)
+        dashboard = await in_thread(published_port, container, DASHBOARD_PORT)
         self.dashboard_proxy = DashboardProxy(
             f"https://127.0.0.1:{dashboard}", s.tls.to_security().get_connection_args("client")["ssl_context"]
         )
-        self.dashboard_address = await _in_thread(self.dashboard_proxy.start)
+        self.dashboard_address = await in_thread(self.dashboard_proxy.start)
         await super().start()
 
     async def close(self) -> None:
         if self.dashboard_proxy is not None:
-            await _in_thread(self.dashboard_proxy.stop)
+            await in_thread(self.dashboard_proxy.stop)
         await super().close()
 
 
@@ -199,7 +169,7 @@ class DockerWorker(_ContainerProcess):
     stop_signal = STOP_NOW_SIGNAL
 
     def __init__(
-        self, scheduler: str, name: object = None, *, settings: _RunSettings, threads: int | None = None,
+        self, scheduler: str, name: object = None, *, settings: RunSettings, threads: int | None = None,
         resources: Mapping[str, float] | None = None, memory: str | None = None, cpus: float | None = None,
         gpus: int = 0, drain_timeout: float | None = None,
     ) -> None:
@@ -225,7 +195,7 @@ class DockerWorker(_ContainerProcess):
         )
         # A worker started again takes its predecessor's name: that container, given
         # up by the cluster, may still be on its way out (a stop waits for it).
-        await _in_thread(remove_named, s.client, plan.name)
+        await in_thread(remove_named, s.client, plan.name)
         # Only workers run the flow's tasks: the scheduler gets no secret.
         return await self._launch(plan, s.secret_environment)
 
@@ -309,7 +279,7 @@ class DockerCluster(SpecCluster):
         run_id = check_run_id(run_id or new_run_id())
         client = client or connect()
         tls = TLSMaterial.for_run(tls)
-        self.settings = _RunSettings(
+        self.settings = RunSettings(
             client=client,
             run_id=run_id,
             image=image,
@@ -404,7 +374,23 @@ class DockerCluster(SpecCluster):
             await super()._close()
         finally:
             # Whatever the graceful close missed (a worker still starting, a failed start).
-            await _in_thread(self._sweep)
+            await in_thread(self._sweep)
+
+    @property
+    def start_marks(self) -> dict[str, float]:
+        """The start's timeline as far as it is known (``time.perf_counter()`` by mark):
+        ``containers_started``, when the scheduler's container and those of the workers
+        the cluster starts with had all started, and ``scheduler_up``, when it listened."""
+        s = self.settings
+        first = [container_name(s.run_id, "scheduler")]
+        first += [container_name(s.run_id, "worker", name) for name in s.first_workers]
+        marks = {}
+        if all(name in s.started for name in first):
+            marks["containers_started"] = max(s.started[name] for name in first)
+        up = getattr(self.scheduler, "up_at", None)
+        if up is not None:
+            marks["scheduler_up"] = up
+        return marks
 
     @property
     def dashboard_link(self) -> str:

@@ -9,7 +9,8 @@ host -> runner: the container's stdin, after the certificates line of
 :mod:`flowrig.certs.delivery`. Only the host holds that attach stream::
 
     {"op": "parameters", "parameters": {...}, "environment": {...}, "key": "<hex>"}   first, once
-    {"op": "started", "re": 1, "scheduler_address": "tls://...", "dashboard_link": "..."}
+    {"op": "started", "re": 1, "scheduler_address": "tls://...", "dashboard_link": "...",
+     "marks": {"containers_started": <wall clock>, "scheduler_up": <wall clock>}}
     {"op": "failed", "re": 1, "kind": "bad_input" | "infrastructure", "message": "..."}
     {"op": "workers", "joined": 2}      whenever the number of joined workers changes
     {"op": "news", "items": [...]}      what the workers did (asked for with "news": true;
@@ -191,6 +192,23 @@ def lives_of(message: dict[str, Any]) -> list[RoleLife]:
         except ValueError:
             continue  # not a life this runner knows
     return lives
+
+
+#: The marks of a cluster's start a ``started`` answer may carry (the run's timeline).
+START_MARKS = ("containers_started", "scheduler_up")
+
+
+def start_marks(message: dict[str, Any]) -> dict[str, float]:
+    """The marks of a ``started`` answer on this process's ``time.perf_counter()`` clock;
+    what is not a known mark with a time of the wall clock is left out."""
+    marks = message.get("marks")
+    if not isinstance(marks, dict):
+        return {}
+    now, wall = time.perf_counter(), time.time()
+    return {
+        key: now - (wall - float(at)) for key, at in marks.items()
+        if key in START_MARKS and isinstance(at, (int, float)) and not isinstance(at, bool) and 0 < at <= wall + 60
+    }
 
 
 def raise_failure(message: dict[str, Any]) -> None:

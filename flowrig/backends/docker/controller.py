@@ -225,8 +225,12 @@ class HostController:
                 "failed", re=seq, kind="infrastructure", message=f"the cluster could not start: {one_line(exc)}"
             )
             return
+        # The marks go on the wall clock, which the runner's container shares with this process.
+        now, wall = time.perf_counter(), time.time()
+        marks = {key: wall - (now - at) for key, at in cluster.start_marks.items()}
         self._reply(
-            "started", re=seq, scheduler_address=scheduler_address(self.run_id), dashboard_link=cluster.dashboard_link
+            "started", re=seq, scheduler_address=scheduler_address(self.run_id), dashboard_link=cluster.dashboard_link,
+            marks=marks,
         )
         threading.Thread(target=self._watch, args=(cluster,), name="flowrig-workers", daemon=True).start()
 

@@ -78,6 +78,11 @@ def test_task_lines_reach_the_hosts_console_and_timings_count_from_the_hosts_sta
         # From the host command's start: its own start and the runner container's are in.
         assert wall - 10 < timings["total"] <= wall, (wall, timings)
         assert timings["startup"] > 0.5, timings
+        # The host's marks of the cluster's start, on the runner's timeline, in order:
+        # after the request (the end of prepare), before the workers' joins.
+        asked = timings["startup"] + timings["load"] + timings["prepare"]
+        assert asked < timings["containers_started"] < timings["scheduler_up"], timings
+        assert timings["scheduler_up"] <= timings["first_worker_joined"] <= timings["all_workers_joined"], timings
         assert _leftovers(docker_client, run_id) == []
     finally:
         engine.remove_run(docker_client, run_id)
