@@ -71,6 +71,18 @@ FIGURES = Figures()
 figure = FIGURES.add
 
 
+#: Where the benchmark's commands run: ``python -m`` puts its working directory first on
+#: ``sys.path``, so a command run from inside a checkout imports that checkout's flowrig,
+#: whatever ``PYTHONPATH`` (``--baseline``) says.
+_CWD: list[str] = []
+
+
+def neutral_cwd() -> str:
+    if not _CWD:
+        _CWD.append(tempfile.mkdtemp(prefix="flowrig-bench-cwd-"))
+    return _CWD[0]
+
+
 def environment(code: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
@@ -87,7 +99,7 @@ def run(backend: str, image: str | None, project: Path = SEED, params: list[str]
     if image:
         argv += ["--image", image]
     start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, env=env or environment())
+    done = subprocess.run(argv, capture_output=True, text=True, env=env or environment(), cwd=neutral_cwd())
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{backend} run failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -151,7 +163,8 @@ def tasks_main(args: argparse.Namespace) -> None:
         sides = [(args.image, None)] + ([(args.baseline_image, args.baseline)] if args.baseline else [])
         for image, code in sides:
             subprocess.run([sys.executable, "-m", "flowrig.cli", "build", str(project), "--tag", image,
-                            "--base-image", args.base_image, "--quiet", *pip_ca], check=True, env=environment(code))
+                            "--base-image", args.base_image, "--quiet", *pip_ca], check=True, env=environment(code),
+                           cwd=neutral_cwd())
     require_image(args.image)
     sides = {"local": ("local", None, environment()), "docker": ("docker", args.image, environment())}
     if args.baseline:
