@@ -102,6 +102,9 @@ def _env() -> dict[str, str]:
     env.pop("PREFECT_API_URL", None)
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     env["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: run from a
+    # checkout, every side would import that checkout's flowrig, --baseline's included.
+    env["PYTHONSAFEPATH"] = "1"
     return env
 
 

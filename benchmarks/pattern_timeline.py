@@ -94,7 +94,8 @@ def expected(pattern: str, n: int) -> int:
 
 
 def run_once(work: Path, pattern: str, n: int, code: Path | None) -> dict[str, float | None]:
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    # PYTHONSAFEPATH: `python -m` would otherwise import the working directory's flowrig first.
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONSAFEPATH="1")
     env.pop("PREFECT_API_URL", None)
     if code is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
