@@ -59,7 +59,12 @@ def _resolved_base(basepath: str | None) -> Path | None:
     base = _BASES.get(key)
     if base is None:
         base = Path(basepath).expanduser().resolve() if basepath else Path(".").resolve()
-        if not base.is_dir():
+        try:
+            if not base.is_dir():
+                return None
+        except OSError:
+            # A base this process may not look into (a non-root worker given HOME=/root):
+            # Prefect's own resolving does not fail there, so neither may this.
             return None
         if len(_BASES) >= _MAX_BASES:
             _BASES.clear()

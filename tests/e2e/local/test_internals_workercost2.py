@@ -63,8 +63,10 @@ def test_the_wrapped_resolve_path_returns_what_prefects_does(tmp_path, installed
     paths = _paths_to_try(tmp_path)
     monkeypatch.chdir(tmp_path / "real")
     monkeypatch.setenv("HOME", str(tmp_path))
+    # A base that cannot be looked into (a name too long here; a folder the worker's user may
+    # not search in a container) is resolved by Prefect without an error: so it must be here.
     for basepath in (str(tmp_path / "link"), str(tmp_path / "real"), "~/link", "", None, "link-missing",
-                     str(tmp_path / "missing")):
+                     str(tmp_path / "missing"), str(tmp_path / ("x" * 300) / "storage")):
         storage = LocalFileSystem(basepath=basepath) if basepath is not None else LocalFileSystem()
         for path in paths:
             for _ in range(2):  # the second time from the cached base
