@@ -33,9 +33,11 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +64,23 @@ def supported() -> bool:
     except (TypeError, ValueError):
         return False
     return parameters == _KNOWN_MAIN_PARAMETERS
+
+
+#: The longest path a Unix socket may have on Linux (``sun_path``, less its closing NUL).
+_SUN_PATH_MAX = 107
+
+
+def _listener_address(connection: Any, util: Any) -> str:
+    """Where the fork server listens: multiprocessing's own choice, in its folder under
+    TMPDIR; when a deep TMPDIR makes that path longer than a Unix socket's may be (the
+    standard fork server fails there too), a private folder of its own under ``/tmp``,
+    mode 0700 like multiprocessing's, removed when the runner exits."""
+    address = connection.arbitrary_address("AF_UNIX")
+    if len(os.fsencode(address)) <= _SUN_PATH_MAX:
+        return address
+    folder = tempfile.mkdtemp(prefix="flowrig-fs-", dir="/tmp")
+    util.Finalize(None, shutil.rmtree, args=(folder, True), exitpriority=-100)
+    return os.path.join(folder, "listener")
 
 
 def start(own_session: bool = True) -> bool:
@@ -100,7 +119,7 @@ def start(own_session: bool = True) -> bool:
             return False
         resource_tracker.ensure_running()
         listener = socket.socket(socket.AF_UNIX)
-        address = connection.arbitrary_address("AF_UNIX")
+        address = _listener_address(connection, util)
         listener.bind(address)
         if not util.is_abstract_socket_namespace(address):
             os.chmod(address, 0o600)

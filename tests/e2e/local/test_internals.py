@@ -359,6 +359,26 @@ def test_fork_server_fast_path_is_taken_on_this_python():
     assert result == {"python": result["python"], "supported": True, "nanny_instantiate": True}
 
 
+def test_a_deep_tmpdir_still_gives_the_fork_server_a_socket_and_leaves_no_folder(tmp_path):
+    """A TMPDIR deep enough that multiprocessing's socket path passes Linux's 107 bytes
+    (``AF_UNIX path too long`` for the standard fork server too): the run completes, and
+    the short folder used instead is gone once it ends."""
+    import os
+    import uuid
+
+    from tests.run_support import FLOWRIG, SEED, marked_env
+
+    deep = tmp_path / ("d" * 60) / ("e" * 40)
+    deep.mkdir(parents=True)
+    before = set(Path("/tmp").glob("flowrig-fs-*"))
+    done = subprocess.run([*FLOWRIG, "run", str(SEED), "--param", "x=[1,2,3]", "--output", "json"], capture_output=True, text=True,
+                          env={**marked_env(uuid.uuid4().hex), "TMPDIR": str(deep)}, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["state"] == "Completed"
+    assert set(Path("/tmp").glob("flowrig-fs-*")) <= before
+    assert len(os.fsencode(str(deep))) > 107 - len("/pymp-xxxxxxxx/listener-xxxxxxxx")
+
+
 @pytest.mark.docker
 def test_fork_server_fast_path_is_taken_on_the_images_python(seed_image):
     from flowrig.containers import engine
