@@ -17,6 +17,7 @@ import os
 import sys
 from typing import TextIO
 
+from flowrig.run import heartbeat_lines
 from flowrig.run.tasklog import TaskLines, TaskLinesFilter, TaskLogForwarding
 from flowrig.run.timings import TIMELINE, timeline_line
 
@@ -98,6 +99,7 @@ def configure(verbosity: Verbosity, to_api: bool = False) -> None:
     else:
         task_runs.addFilter(TaskLinesFilter(lines))
     os.environ.update(worker_environment(verbosity, to_api))
+    heartbeat_lines.install()
     if not logging.getLogger("flowrig").handlers and not logging.getLogger().handlers:
         logging.basicConfig(stream=sys.stderr, format="%(message)s")
 
