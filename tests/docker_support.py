@@ -139,6 +139,16 @@ def image_lock(tag: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_legacy_build_file_at_a_time() -> Iterator[None]:
+    """Imported (autouse) by the files whose tests build with Docker's legacy builder and
+    check that a build leaves no dangling image or unlabelled container: such leftovers
+    carry no trace of the build that made them, so under a parallel session those files
+    run one at a time instead of reading each other's."""
+    with image_lock("legacy-builds"):
+        yield
+
+
 def docker_run_env(run_id: str, **extra: str) -> dict[str, str]:
     """The environment of a ``flowrig run --backend docker`` the tests start: this
     process's, with the run id fixed and no Prefect API of the caller's."""

@@ -16,10 +16,16 @@ from flowrig import layout
 from flowrig.builder import defaults as builder_defaults
 from flowrig.certs import defaults as cert_defaults
 from flowrig.project import defaults as project_defaults
-from tests.docker_support import SEED_PROJECT, private_keys_in_image, test_base_image
+from tests.docker_support import (  # noqa: F401 (one_legacy_build_file_at_a_time: autouse)
+    SEED_PROJECT,
+    one_legacy_build_file_at_a_time,
+    private_keys_in_image,
+    test_base_image,
+)
 from tests.run_support import FLOWRIG
 
 pytestmark = pytest.mark.docker
+
 
 def run(image: str, *args: str, entrypoint: str | None = None) -> subprocess.CompletedProcess[str]:
     command = ["docker", "run", "--rm", "--network", "none"]
@@ -213,8 +219,16 @@ def _leftovers() -> tuple[set[str], set[str]]:
     no label; the containers the other tests of a parallel session start carry labels (a
     run's, or its image's), except those test_scistack_image.py runs from its plain
     builds' images (``*-plain:*`` tags), left out here too."""
-    images = subprocess.run(["docker", "images", "-q", "--no-trunc", "-f", "dangling=true"],
-                            capture_output=True, text=True, check=True).stdout.split()
+    dangling = subprocess.run(["docker", "images", "-q", "--no-trunc", "-f", "dangling=true"],
+                              capture_output=True, text=True, check=True).stdout.split()
+    images = set()
+    if dangling:
+        # Likewise a build's intermediate images (its first stages: no label); an image
+        # that another test's rebuild untagged carries its labels.
+        listed = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}} {{json .Config.Labels}}",
+                                 *dangling], capture_output=True, text=True).stdout.splitlines()
+        images = {line[0] for line in filter(None, (line.split(" ", 1) for line in listed))
+                  if line[1:] in (["null"], ["{}"])}
     ids = subprocess.run(["docker", "ps", "-aq", "--no-trunc"],
                          capture_output=True, text=True, check=True).stdout.split()
     containers = set()
@@ -225,7 +239,7 @@ def _leftovers() -> tuple[set[str], set[str]]:
         for line in filter(None, (line.split() for line in listed)):
             if line[1] == "0" and "-plain:" not in line[2]:
                 containers.add(line[0])
-    return set(images), containers
+    return images, containers
 
 
 def flowrig_build(*args: str) -> subprocess.CompletedProcess[str]:

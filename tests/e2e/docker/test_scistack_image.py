@@ -24,10 +24,11 @@ import yaml
 
 from flowrig import layout
 from flowrig.containers import engine
-from tests.docker_support import (
+from tests.docker_support import (  # noqa: F401 (one_legacy_build_file_at_a_time: autouse)
     copy_repository,
     docker_run_env,
     image_lock,
+    one_legacy_build_file_at_a_time,
     test_base_image,
     test_image_tag,
     test_pip_ca,
