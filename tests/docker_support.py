@@ -139,12 +139,14 @@ def image_lock(tag: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@pytest.fixture(scope="module", autouse=True)
+@contextlib.contextmanager
 def one_legacy_build_file_at_a_time() -> Iterator[None]:
-    """Imported (autouse) by the files whose tests build with Docker's legacy builder and
-    check that a build leaves no dangling image or unlabelled container: such leftovers
-    carry no trace of the build that made them, so under a parallel session those files
-    run one at a time instead of reading each other's."""
+    """Held for a whole file by the files whose tests build with Docker's legacy builder
+    and check that a build leaves no dangling image or unlabelled container: such
+    leftovers carry no trace of the build that made them, so under a parallel session
+    those files run one at a time instead of reading each other's. (A module fixture of
+    each such file, not a fixture here: this module is a plugin, whose autouse fixtures
+    would hold it around every file of the session.)"""
     with image_lock("legacy-builds"):
         yield
 

@@ -16,7 +16,7 @@ from flowrig import layout
 from flowrig.builder import defaults as builder_defaults
 from flowrig.certs import defaults as cert_defaults
 from flowrig.project import defaults as project_defaults
-from tests.docker_support import (  # noqa: F401 (one_legacy_build_file_at_a_time: autouse)
+from tests.docker_support import (
     SEED_PROJECT,
     one_legacy_build_file_at_a_time,
     private_keys_in_image,
@@ -25,6 +25,12 @@ from tests.docker_support import (  # noqa: F401 (one_legacy_build_file_at_a_tim
 from tests.run_support import FLOWRIG
 
 pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _legacy_builds_alone():
+    with one_legacy_build_file_at_a_time():
+        yield
 
 
 def run(image: str, *args: str, entrypoint: str | None = None) -> subprocess.CompletedProcess[str]:

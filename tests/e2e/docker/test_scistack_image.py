@@ -24,7 +24,7 @@ import yaml
 
 from flowrig import layout
 from flowrig.containers import engine
-from tests.docker_support import (  # noqa: F401 (one_legacy_build_file_at_a_time: autouse)
+from tests.docker_support import (
     copy_repository,
     docker_run_env,
     image_lock,
@@ -38,6 +38,13 @@ from tests.run_support import FLOWRIG_SCRIPT
 # A cold build of the stack (every layer new to Docker's cache) takes minutes, and the
 # session fixture's time counts towards its first test's.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _legacy_builds_alone():
+    with one_legacy_build_file_at_a_time():
+        yield
+
 
 REPO = Path(__file__).resolve().parents[3]
 SCISTACK = REPO / "examples" / "scistack"
