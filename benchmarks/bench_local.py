@@ -102,15 +102,14 @@ def _env() -> dict[str, str]:
     env.pop("PREFECT_API_URL", None)
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     env["PREFECT_LOGGING_LEVEL"] = "WARNING"
-    # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: run from a
-    # checkout, every side would import that checkout's flowrig, --baseline's included.
-    env["PYTHONSAFEPATH"] = "1"
     return env
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
     start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, env=env or _env())
+    # From outside any checkout: `python -m` puts the working directory first on sys.path,
+    # ahead of PYTHONPATH, so run from a checkout every side would import its flowrig.
+    done = subprocess.run(argv, capture_output=True, text=True, env=env or _env(), cwd=tempfile.gettempdir())
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"benchmark step failed ({' '.join(argv[:4])} ...):\n{done.stderr[-3000:]}")

@@ -132,9 +132,6 @@ def base_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: run from a
-    # checkout, every side would import that checkout's flowrig, --baseline's included.
-    env["PYTHONSAFEPATH"] = "1"
     return env
 
 

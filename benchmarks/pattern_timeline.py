@@ -94,14 +94,14 @@ def expected(pattern: str, n: int) -> int:
 
 
 def run_once(work: Path, pattern: str, n: int, code: Path | None) -> dict[str, float | None]:
-    # PYTHONSAFEPATH: `python -m` would otherwise import the working directory's flowrig first.
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONSAFEPATH="1")
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
     env.pop("PREFECT_API_URL", None)
     if code is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
     argv = [sys.executable, "-m", "flowrig.cli", "run", str(work / "project"), "--param", f"n={n}",
             "--param", f"pattern={pattern}", "--output", "json", "--quiet", "--certs", str(work / "certs")]
-    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    # From the scratch folder: `python -m` would import a checkout's flowrig run from there.
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=work)
     if done.returncode != 0:
         sys.exit(f"flowrig run failed ({pattern}, n={n}):\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])["result"]
