@@ -98,32 +98,39 @@ def test_run_local_bad_input_exits_2_with_one_line(tmp_path, args, words):
 #: Run inside a runner container: every TCP port listening there (the run's API is
 #: the only one) asked without credentials; prints ``{port: status}`` once one answers.
 ANONYMOUS_PROBE = """
-import json, socket, ssl, urllib.error, urllib.request
-ports = set()
-for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-    try:
-        rows = open(table).read().splitlines()[1:]
-    except OSError:
-        continue
-    for row in rows:
-        fields = row.split()
-        if fields[3] == "0A":
-            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+import json, socket, ssl, time, urllib.error, urllib.request
+# One process that polls, rather than one exec per try: the embedded API lives only as
+# long as the flow run, and starting a Python per try can miss that window on a busy host.
 host = socket.gethostbyname(socket.gethostname())
 unverified = ssl._create_unverified_context()
 found = {}
-for port in sorted(ports):
-    for scheme in ("http", "https"):
-        request = urllib.request.Request(f"{scheme}://{host}:{port}/api/flow_runs/filter", data=b"{}",
-                                         headers={"Content-Type": "application/json"}, method="POST")
+deadline = time.monotonic() + 240
+while not found and time.monotonic() < deadline:
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            found[port] = urllib.request.urlopen(request, timeout=3, context=unverified).status
-            break
-        except urllib.error.HTTPError as exc:
-            found[port] = exc.code
-            break
-        except Exception:
+            rows = open(table).read().splitlines()[1:]
+        except OSError:
             continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A":
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    for port in sorted(ports):
+        for scheme in ("http", "https"):
+            request = urllib.request.Request(f"{scheme}://{host}:{port}/api/flow_runs/filter", data=b"{}",
+                                             headers={"Content-Type": "application/json"}, method="POST")
+            try:
+                status = urllib.request.urlopen(request, timeout=3, context=unverified).status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except Exception:
+                continue
+            # A 404 is some other listener, not a Prefect API.
+            if status != 404:
+                found[port] = status
+            break
+    time.sleep(0.05)
 if found:
     print(json.dumps(found))
 """
