@@ -51,8 +51,11 @@ class FetchGroup:
     #: more of it still runs (:class:`BatchedFutureList`): otherwise it gathers as
     #: often as tasks end (a round trip through the scheduler, and a send of every
     #: worker, per handful of tasks), where one gather can bring what ended meanwhile.
-    #: A single future's wait is never held back (measured: a flow waiting on each
-    #: future in turn got slower).
+    #: A single future's wait that had to wait for its task is held back the same way
+    #: after its group's last gather: a walk over a map's futures in turn gathered once
+    #: per task or two, and its runner took CPU from the workers (measured at n = 5000
+    #: on 3 workers: a direct call of a task on a mapped list 16% faster, a loop of
+    #: ``.result()`` 10%). A future already finished is fetched at once.
     GATHER_INTERVAL = 0.05
 
     def __init__(self) -> None:
@@ -61,6 +64,7 @@ class FetchGroup:
         #: Members before this index are all settled (final, or gone).
         self._start = 0
         self._added = 0
+        self._last_gather = -float("inf")
 
     def __len__(self) -> int:
         """Members ever added."""
@@ -104,13 +108,22 @@ class FetchGroup:
         answer: it errored, was cancelled, or the fetch failed."""
         wrapped = target._wrapped_future
         try:
-            if wrapped.status == "pending":
+            waited = wrapped.status == "pending"
+            if waited:
                 # Waits for the task's end, whatever it is, and moves no data (one
                 # call, without as_completed's polling of a condition).
                 wrapped.exception()
             if wrapped.status != "finished":
                 return
+            if waited:
+                # A walk over the group's futures in turn (Prefect resolving a direct
+                # call's list, a loop of ``.result()``) would otherwise gather once per
+                # handful of tasks as they end: at most one gather per interval.
+                delay = self._last_gather + self.GATHER_INTERVAL - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
             batch = self._batch(target)
+            self._last_gather = time.monotonic()
             values = wrapped.client.gather({f._wrapped_future.key: f._wrapped_future for f in batch},
                                            errors="skip")
         except Exception:
