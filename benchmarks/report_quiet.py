@@ -3,9 +3,10 @@ run, and a sampler of the load average and of every other process's CPU.
 
 The sampler reads every process's CPU time every ``interval`` seconds (psutil) and sorts
 the time used since the last sample into: this report and its descendants; processes in
-containers (under a ``containerd-shim``) and Docker's own daemons; kernel threads; and
-everything else ("others"). Containers and daemons count as the report's own while a step
-that runs containers is measured, as others otherwise. A process that starts and ends
+containers (under a ``containerd-shim``), image builds (BuildKit's steps, under ``dockerd``)
+and Docker's own daemons; kernel threads; and everything else ("others"). Containers and
+daemons count as the report's own while a step that runs containers is measured, as others
+otherwise. A process that starts and ends
 between two samples is not seen at all, so "others" is a lower bound; the machine's whole
 busy time is recorded beside it."""
 
@@ -142,12 +143,13 @@ def _kind(table: dict[int, dict], pid: int, mine: set[int]) -> str:
         return "ours"
     if pid == 2 or table[pid]["ppid"] == 2:
         return "kernel"
-    if table[pid]["name"] in DAEMONS:
-        return "containers"
     seen, current = set(), pid
     while current in table and current not in seen:
         seen.add(current)
-        if table[current]["name"].startswith("containerd-shim"):
+        # Under a shim: a container. Under dockerd itself (through runc): a BuildKit
+        # build step, such as the pip of an image a docker step builds.
+        name = table[current]["name"]
+        if name in DAEMONS or name.startswith("containerd-shim"):
             return "containers"
         current = table[current]["ppid"]
     return "others"

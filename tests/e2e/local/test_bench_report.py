@@ -84,6 +84,18 @@ def test_sampler_tells_our_load_from_others(quiet, tmp_path):
     assert quiet.summary(samples, docker=False, limit=100.0)["quiet"] is True
 
 
+def test_containers_and_image_builds_are_told_from_others(quiet):
+    # As ps shows them here: a container's process under its shim, a BuildKit RUN step
+    # under runc under dockerd, and a process that is neither.
+    rows = [(1, 0, "init"), (2, 0, "kthreadd"), (50, 2, "kworker/0:1"), (100, 1, "dockerd"),
+            (110, 100, "containerd"), (200, 1, "containerd-shim-runc-v2"), (210, 200, "python"),
+            (300, 100, "runc"), (310, 300, "sh"), (320, 310, "pip"), (400, 1, "python")]
+    table = {pid: {"pid": pid, "ppid": ppid, "name": name} for pid, ppid, name in rows}
+    found = {pid: quiet._kind(table, pid, mine={1}) for pid in table if pid != 1}
+    assert found == {2: "kernel", 50: "kernel", 100: "containers", 110: "containers", 200: "containers",
+                     210: "containers", 300: "containers", 310: "containers", 320: "containers", 400: "others"}
+
+
 def _step(bench, tmp_path, body: str, timeout: float = 30.0):
     script = tmp_path / "step.py"
     script.write_text(textwrap.dedent(body))
