@@ -6,9 +6,8 @@ the time used since the last sample into: this report and its descendants; proce
 containers (under a ``containerd-shim``), image builds (BuildKit's steps, under ``dockerd``)
 and Docker's own daemons; kernel threads; and everything else ("others"). Containers and
 daemons count as the report's own while a step that runs containers is measured, as others
-otherwise. A process that starts and ends
-between two samples is not seen at all, so "others" is a lower bound; the machine's whole
-busy time is recorded beside it."""
+otherwise. A process that starts and ends between two samples is not seen at all, so
+"others" is a lower bound; the machine's whole busy time is recorded beside it."""
 
 from __future__ import annotations
 
