@@ -178,9 +178,13 @@ def test_images_install_the_runtime_and_the_backends_extra_only(tmp_path: Path):
 def test_a_lock_that_lets_uv_run_install_a_group_fails(copy: Path):
     pyproject = copy / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace("default-groups = []", 'default-groups = ["dev"]'))
-    relocked = subprocess.run([uv(), "lock", "--offline", "--quiet"], cwd=copy, capture_output=True, text=True,
-                              timeout=120)
-    assert relocked.returncode == 0, relocked.stderr
+    # The lock as `uv lock` rewrites it for that (uv's default groups are left unwritten),
+    # edited rather than relocked: relocking resolves again, which offline needs every
+    # package's index page in uv's cache, and a clean machine's cache has none. The check
+    # below reaches its groups step only if uv finds this lock and the export consistent.
+    lock = copy / "uv.lock"
+    assert lock.read_text().count("\ndefault-groups = []\n") == 1
+    lock.write_text(lock.read_text().replace("\ndefault-groups = []\n", "\n", 1))
     done = check(copy)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
