@@ -154,8 +154,10 @@ def test_a_live_run_whose_lease_is_renewed_is_not_listed(aws, bootstrapped, tls,
     from flowrig.backends.aws.ecs import FargateBackend
     from flowrig.project.sizing import ClusterSize
 
-    # Resources are created with a 2 s lease; only renewals keep the run off the list.
-    monkeypatch.setenv(LEASE_SECONDS_ENV, "2")
+    # Resources are created with a 6 s lease; only renewals keep the run off the list.
+    # (Short, but not so short that a renewal held up on a loaded machine lets it lapse:
+    # at 2 s, one late round of tagging calls let `leftovers --remove` take a live run.)
+    monkeypatch.setenv(LEASE_SECONDS_ENV, "6")
     with local_scheduler(tls, workers=1) as scheduler:
         started = FargateBackend().start(
             spec(tls, "live1", size=ClusterSize(1), scheduler_address=scheduler.scheduler_address,
@@ -164,8 +166,8 @@ def test_a_live_run_whose_lease_is_renewed_is_not_listed(aws, bootstrapped, tls,
         try:
             [cluster] = snapshot("live1")["clusters"]
             created_lease = lease_until(tags(cluster["tags"]))
-            time.sleep(5)
-            assert datetime.now(timezone.utc) > created_lease + timedelta(seconds=2)
+            time.sleep(8)
+            assert datetime.now(timezone.utc) > created_lease + timedelta(seconds=1)
             assert listed("live1") is None
             assert leftovers("--older-than", "0", "--remove").returncode == 0
             [cluster] = boto3.client("ecs").describe_clusters(clusters=[cluster["clusterArn"]], include=["TAGS"])["clusters"]
