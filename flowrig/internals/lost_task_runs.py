@@ -49,19 +49,40 @@ def report_lost(task_run_id: Any, error: BaseException) -> bool:
 
 
 class LostAwareFuture(PrefectDaskFuture):
-    """A ``PrefectDaskFuture`` whose task run ends Crashed when Dask gives up on it."""
+    """A ``PrefectDaskFuture`` whose task run ends Crashed when Dask gives up on it.
+
+    Its Dask future may run several task runs (a chunk of a map): then ``_index`` is
+    this one's place in the list of States it gives, and when Dask gives up on the
+    chunk, ``_rebind()`` may give this future a Dask future of its own, which is then
+    waited on instead.
+    """
 
     _lost_reported = False
+    #: This task run's place in its Dask future's list of States (``None``: the Dask
+    #: future's result is this task run's own).
+    _index: int | None = None
 
     def _lost(self, error: BaseException) -> None:
         if not self._lost_reported:
             self._lost_reported = True
             report_lost(self.task_run_id, error)
 
+    def _rebind(self) -> bool:
+        """Whether this future now has another Dask future to wait on (after a loss)."""
+        return False
+
+    def _pick(self, value: Any) -> Any:
+        """This task run's outcome out of what its Dask future gave."""
+        if self._index is None or not isinstance(value, list):
+            return value
+        return value[self._index]
+
     def wait(self, timeout: float | None = None) -> None:
         try:
-            result = self._wrapped_future.result(timeout=timeout)
+            result = self._pick(self._wrapped_future.result(timeout=timeout))
         except LOST as error:
+            if self._rebind():
+                return self.wait(timeout)
             self._lost(error)
             return
         except Exception:
@@ -73,10 +94,12 @@ class LostAwareFuture(PrefectDaskFuture):
         # prefect-dask's own, with Dask giving up told to the API before it is raised.
         if not self._final_state:
             try:
-                future_result = self._wrapped_future.result(timeout=timeout)
+                future_result = self._pick(self._wrapped_future.result(timeout=timeout))
             except distributed.TimeoutError as exc:
                 raise TimeoutError(f"Task run {self.task_run_id} did not complete within {timeout} seconds") from exc
             except LOST as error:
+                if self._rebind():
+                    return self.result(timeout=timeout, raise_on_failure=raise_on_failure)
                 self._lost(error)
                 raise
             if not isinstance(future_result, State):

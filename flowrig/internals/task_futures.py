@@ -27,12 +27,11 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import distributed
 from prefect.futures import PrefectFutureList
 from prefect.states import State
-from prefect_dask.task_runners import PrefectDaskFuture
 
 from flowrig.internals.lost_task_runs import LostAwareFuture
 
@@ -129,26 +128,70 @@ class FetchGroup:
         except Exception:
             return
         for future in batch:
-            value = values.get(future._wrapped_future.key)
+            value = future._pick(values.get(future._wrapped_future.key))
             if isinstance(value, State):
                 future._final_state = value
+
+
+class Chunk:
+    """One Dask task that runs several task runs of a map, as the runner keeps it while
+    it runs: how to submit those task runs again, one Dask task each.
+
+    When Dask gives up on the chunk (a task run that takes its worker down, its memory
+    or the process, would otherwise take the chunk's other task runs with it), the
+    first of its futures to see it splits it; its task runs then run, and fail, each on
+    its own, as they would unchunked. A chunk that finished forgets how.
+    """
+
+    __slots__ = ("_lock", "_resubmit", "_split")
+
+    def __init__(self, wrapped_future: Any, resubmit: Callable[[], list[Any]]) -> None:
+        self._lock = threading.Lock()
+        self._resubmit: Callable[[], list[Any]] | None = resubmit
+        self._split: list[Any] | None = None
+        wrapped_future.add_done_callback(self._ended)
+
+    def _ended(self, future: Any) -> None:
+        if future.status == "finished":
+            self._resubmit = None  # what it holds (the task runs' arguments) goes
+
+    def split(self) -> list[Any] | None:
+        """A Dask future per task run, in order (submitted by the first call); ``None``
+        for a chunk that finished."""
+        with self._lock:
+            if self._split is None and self._resubmit is not None:
+                resubmit, self._resubmit = self._resubmit, None
+                self._split = resubmit()
+            return self._split
 
 
 class FlowrigFuture(LostAwareFuture):
     """A ``PrefectDaskFuture`` (whose task run ends Crashed when Dask gives up on it,
     :mod:`~flowrig.internals.lost_task_runs`) that, waited on with no timeout, fetches
-    its state with its group's (:class:`FetchGroup`)."""
+    its state with its group's (:class:`FetchGroup`). One of a :class:`Chunk`'s has
+    ``index``, its place in the chunk."""
 
-    def __init__(self, wrapped_future: Any, task_run_id: Any, group: FetchGroup | None = None) -> None:
+    def __init__(self, wrapped_future: Any, task_run_id: Any, group: FetchGroup | None = None,
+                 index: int | None = None, chunk: Chunk | None = None) -> None:
         super().__init__(wrapped_future=wrapped_future, task_run_id=task_run_id)
         self._group = group
+        self._index = index
+        self._chunk = chunk
         if group is not None:
             group.add(self)
 
     def __getstate__(self) -> dict[str, Any]:
         # A future pickled into a task's arguments travels as prefect-dask's would: its
-        # group (a lock, weak references) belongs to this process.
-        return {**self.__dict__, "_group": None}
+        # group (a lock, weak references) and chunk belong to this process.
+        return {**self.__dict__, "_group": None, "_chunk": None}
+
+    def _rebind(self) -> bool:
+        chunk = self._chunk
+        split = chunk.split() if chunk is not None and self._index is not None else None
+        if split is None:
+            return False
+        self._wrapped_future, self._index, self._chunk = split[self._index], None, None
+        return True
 
     def _fetch(self, timeout: float | None) -> None:
         if timeout is None and not self._final_state and self._group is not None:
@@ -169,9 +212,9 @@ class BatchedFutureList(PrefectFutureList):
     finish (``.result()`` and ``.wait()`` of the whole list)."""
 
     def _prefetch(self, stop_on_failure: bool) -> None:
-        by_key: dict[Any, list[PrefectDaskFuture]] = {}
+        by_key: dict[Any, list[LostAwareFuture]] = {}
         for future in self:
-            if isinstance(future, PrefectDaskFuture) and not future._final_state:
+            if isinstance(future, LostAwareFuture) and not future._final_state:
                 by_key.setdefault(future.wrapped_future.key, []).append(future)
         if not by_key:
             return
@@ -194,13 +237,14 @@ class BatchedFutureList(PrefectFutureList):
                 # A dict, whose skipped keys come back as None: a list's would drop out,
                 # shifting every later state onto the wrong future.
                 states = client.gather({f.key: f for f in done}, errors="skip")
-                for key, state in states.items():
-                    if isinstance(state, State):
-                        for future in by_key[key]:
+                for key, value in states.items():
+                    for future in by_key[key]:
+                        state = future._pick(value)  # a chunk's list holds each of its task runs'
+                        if isinstance(state, State):
                             future._final_state = state
-                        failed = failed or not state.is_completed()
-                    else:
-                        failed = True
+                            failed = failed or not state.is_completed()
+                        else:
+                            failed = True
             if stop_on_failure and failed:
                 return  # Prefect's own code raises it now, as it would without batches
 

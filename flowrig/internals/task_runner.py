@@ -42,16 +42,19 @@ tests/e2e/local/test_internals.py on the locked versions:
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from prefect_dask import DaskTaskRunner
+from prefect_dask.task_runners import PrefectDaskFuture
 
 from flowrig.common.routes import resources_for
+from flowrig.project.defaults import MAP_CHUNK
 from flowrig.internals import event_pacing, task_worker
-from flowrig.internals.task_futures import BatchedFutureList, FetchGroup, FlowrigFuture, SubmitGroups
+from flowrig.internals.task_futures import BatchedFutureList, Chunk, FetchGroup, FlowrigFuture, SubmitGroups
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -100,17 +103,33 @@ class FlowrigTaskRunner(DaskTaskRunner):
         Task tag -> worker group (:mod:`flowrig.common.routes`): a task with a group's
         tag is submitted asking for that group's Dask resource, so only its workers
         run it; ``None``: every task runs anywhere.
+    chunk
+        The most task runs of one ``map`` that one Dask task runs, in turn, on one
+        worker thread (default :attr:`CHUNK`; 1: one Dask task per task run, as
+        prefect-dask). Only a map big enough to leave :attr:`CHUNKS_PER_THREAD` Dask
+        tasks per thread of the cluster's largest size is chunked. Each task run keeps
+        its own future, state, retries and logs; a chunk that Dask gives up on (a task
+        run that took its worker down) is split, and its task runs run again one each.
     **kwargs
         As for ``DaskTaskRunner`` (``address``, ``client_kwargs``...).
     """
 
     _TASK_CACHE_SIZE = 256
+    #: A map runs its task runs several to a Dask task only while that leaves at least
+    #: this many Dask tasks per thread the cluster may have (work for every thread to
+    #: the end, and for workers that join late).
+    CHUNKS_PER_THREAD = 8
+    #: The most task runs of a map one Dask task runs (``chunk``): Dask's own cost per
+    #: task (the scheduler's, a worker's, the messages between them) is paid once per
+    #: chunk. Measured at n = 5000 on 3 workers: see benchmarks/bench_scale.py.
+    CHUNK = MAP_CHUNK
     #: Attributes that belong to one run in this process and never travel.
     _RUNTIME = ("_lock", "_run_future", "_task_futures", "_pinned", "_collecting", "progress", "_subscribed",
                 "_root", "_submitted")
 
     def __init__(self, *args: Any, events: str = "send", progress: "TaskProgress | None" = None,
-                 senders: int = 1, routes: "Mapping[str, str] | None" = None, **kwargs: Any):
+                 senders: int = 1, routes: "Mapping[str, str] | None" = None, chunk: int | None = None,
+                 **kwargs: Any):
         if events not in EVENTS:
             raise ValueError(f"events must be one of {EVENTS}, got {events!r}")
         super().__init__(*args, **kwargs)
@@ -118,6 +137,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         self.progress = progress
         self.senders = senders
         self.routes = dict(routes or {})
+        self.chunk = self.CHUNK if chunk is None else int(chunk)
         self._reset()
 
     def _reset(self) -> None:
@@ -153,6 +173,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         twin.progress = self.progress
         twin.senders = self.senders
         twin.routes = self.routes
+        twin.chunk = self.chunk
         return twin
 
     def __eq__(self, other: object) -> bool:
@@ -287,6 +308,41 @@ class FlowrigTaskRunner(DaskTaskRunner):
             ).serialize()
         return extra or None
 
+    def _optimize_futures(self, expr: Any, chunks: dict[str, Any] | None = None) -> Any:
+        """``expr`` with each Prefect future as its Dask future (prefect-dask's), or, for
+        a task run of a chunk, as a :class:`~flowrig.internals.task_worker.ChunkItem`
+        whose chunk goes into ``chunks`` (the worker picks the task run's State out)."""
+        from prefect.utilities.collections import visit_collection
+
+        def visit(value: Any) -> Any:
+            if isinstance(value, PrefectDaskFuture):
+                wrapped = value.wrapped_future
+                index = getattr(value, "_index", None)
+                if index is None or chunks is None:
+                    return wrapped
+                chunks[wrapped.key] = wrapped
+                if isinstance(chunks, _Chunks):
+                    chunks.seen += 1
+                return task_worker.ChunkItem(wrapped.key, index)
+            return value
+
+        return visit_collection(expr, visit_fn=visit, return_data=True)
+
+    def _with_chunks(self, parameters: Any, wait_for: Any) -> tuple[Any, Any, Any]:
+        """Parameters and ``wait_for`` as Dask takes them, and what the worker needs of
+        the chunks they name: ``None``, or ``(chunks, names, in_wait_for)``."""
+        chunks = _Chunks()
+        names = []
+        params = {}
+        for name, value in parameters.items():
+            seen = chunks.seen
+            params[name] = self._optimize_futures(value, chunks)
+            if chunks.seen != seen:
+                names.append(name)
+        seen = chunks.seen
+        waits = self._optimize_futures(wait_for, chunks) if wait_for else None
+        return params, waits, ((dict(chunks), tuple(names), chunks.seen != seen) if chunks else None)
+
     def _prepare(self, task: Any, parameters: Any, wait_for: Any, dependencies: Any, memo: dict, need_assets: bool):
         from prefect.utilities.engine import collect_task_run_inputs_sync
 
@@ -300,13 +356,8 @@ class FlowrigTaskRunner(DaskTaskRunner):
             inputs[name] = seen[1]
         if dependencies:
             inputs = {name: found.union(dependencies.get(name, set())) for name, found in inputs.items()}
-        return (
-            task_run_id,
-            self._optimize_futures(parameters),
-            self._optimize_futures(wait_for) if wait_for else None,
-            inputs,
-            self._extra(task, task_run_id, inputs, need_assets),
-        )
+        params, waits, upstream = self._with_chunks(parameters, wait_for)
+        return (task_run_id, params, waits, inputs, self._extra(task, task_run_id, inputs, need_assets), upstream)
 
     def _resources(self, task: Any) -> dict[str, float] | None:
         """The worker group's resource a task asks for, by its tags and the tags of
@@ -336,11 +387,11 @@ class FlowrigTaskRunner(DaskTaskRunner):
         self._subscribe()
         token, run = self._run_payload()
         task_future = self._task_payload(task, token)
-        task_run_id, params, waits, inputs, extra = self._prepare(
+        task_run_id, params, waits, inputs, extra, upstream = self._prepare(
             task, parameters, wait_for, dependencies, {}, self._needs_asset_context(task)
         )
         future = self.client.submit(
-            task_worker.run_task, task_run_id, params, waits, inputs, extra,
+            task_worker.run_task, task_run_id, params, waits, inputs, extra, upstream,
             run=run, task=task_future, key=self._key(task, task_run_id), pure=False, resources=resources,
         )
         future.task_run_id = task_run_id
@@ -373,19 +424,65 @@ class FlowrigTaskRunner(DaskTaskRunner):
             self._prepare(task, c.parameters, c.wait_for, c.dependencies, memo, need_assets) for c in collected
         ]
         del memo
-        task_run_ids, params, waits, inputs, extras = (list(column) for column in zip(*prepared))
+        group = FetchGroup()
+        size = self._chunk_size(len(prepared))
+        if size > 1:
+            self._submit_chunks(task, prepared, size, run, task_future, resources, group, futures)
+        else:
+            for item, future in zip(prepared, self._submit_each(task, prepared, run, task_future, resources)):
+                futures.append(FlowrigFuture(future, item[0], group))
+        if self.progress is not None:
+            self.progress.submitted(task.name, len(prepared))
+        return futures
+
+    def _submit_each(self, task: Any, prepared: list[tuple[Any, ...]], run: Any, task_future: Any,
+                     resources: Any) -> list[Any]:
+        """One Dask task per task run of ``prepared`` (as :meth:`_prepare` gives them)."""
+        task_run_ids, params, waits, inputs, extras, upstreams = (list(column) for column in zip(*prepared))
         wrapped = self.client.map(
-            task_worker.run_task, task_run_ids, params, waits, inputs, extras,
+            task_worker.run_task, task_run_ids, params, waits, inputs, extras, upstreams,
             run=run, task=task_future, key=[self._key(task, t) for t in task_run_ids], pure=False,
             resources=resources,
         )
-        group = FetchGroup()
         for task_run_id, future in zip(task_run_ids, wrapped):
             future.task_run_id = task_run_id
-            futures.append(FlowrigFuture(future, task_run_id, group))
-        if self.progress is not None:
-            self.progress.submitted(task.name, len(task_run_ids))
-        return futures
+        return wrapped
+
+    def _submit_chunks(self, task: Any, prepared: list[tuple[Any, ...]], size: int, run: Any, task_future: Any,
+                       resources: Any, group: FetchGroup, futures: list[Any]) -> None:
+        """``prepared`` in Dask tasks of ``size`` task runs each (:func:`task_worker.run_chunk`)."""
+        slices = [prepared[start:start + size] for start in range(0, len(prepared), size)]
+        items, upstreams = [], []
+        for piece in slices:
+            chunks: dict[str, Any] = {}
+            rows = []
+            for task_run_id, params, waits, inputs, extra, upstream in piece:
+                if upstream is not None:
+                    chunks.update(upstream[0])
+                rows.append((task_run_id, params, waits, inputs, extra, upstream[1:] if upstream else None))
+            items.append(rows)
+            upstreams.append(chunks or None)
+        wrapped = self.client.map(
+            task_worker.run_chunk, items, upstreams, run=run, task=task_future,
+            key=[f"{task.name}-chunk-{uuid.uuid4().hex}" for _ in slices], pure=False, resources=resources,
+        )
+        for piece, future in zip(slices, wrapped):
+            chunk = Chunk(future, functools.partial(self._submit_each, task, piece, run, task_future, resources))
+            for index, item in enumerate(piece):
+                futures.append(FlowrigFuture(future, item[0], group, index=index, chunk=chunk))
+
+    def _chunk_size(self, n: int) -> int:
+        """Task runs per Dask task for a map of ``n``: 1 (each its own) unless the map
+        leaves at least :attr:`CHUNKS_PER_THREAD` Dask tasks for every thread the
+        cluster may have, at most :attr:`chunk` task runs each."""
+        if self.chunk <= 1 or n < 2 * self.CHUNKS_PER_THREAD:
+            return 1
+        try:
+            per_worker = self.client.nthreads()
+        except Exception:
+            return 1
+        threads = max(sum(per_worker.values()), self.senders * max(per_worker.values(), default=1), 1)
+        return max(1, min(self.chunk, n // (self.CHUNKS_PER_THREAD * threads)))
 
     #: Seconds the runner waits for the workers to take its last message: they answer
     #: in milliseconds, unless the scheduler's event loop is busy (it imports Prefect
@@ -411,6 +508,12 @@ class FlowrigTaskRunner(DaskTaskRunner):
                     pass
             _forget_everywhere(self._client, tokens, self.FORGET_TIMEOUT)
         super().__exit__(*args)
+
+
+class _Chunks(dict):
+    """Chunks by their Dask key, and how many chunk items were made so far."""
+
+    seen = 0
 
 
 def _forget_everywhere(client: Any, tokens: list[str], timeout: float) -> None:

@@ -83,6 +83,61 @@ def leave_thread_pool() -> None:
 
         secede()
         _IN_TASK.seceded = True
+        # Until the thread rejoins: the next task run of a chunk (run_chunk) waits for
+        # a thread of the pool again, as a task of its own would.
+        _IN_TASK.outside_pool = True
+
+
+class ChunkItem:
+    """In a task's arguments, in place of a future of one task run of a chunk
+    (:func:`run_chunk`): the chunk's Dask key and the task run's place in it. The worker
+    puts the task run's State there (:func:`_with_upstream`)."""
+
+    __slots__ = ("key", "index")
+
+    def __init__(self, key: str, index: int) -> None:
+        self.key = key
+        self.index = index
+
+    def __reduce__(self) -> Any:
+        return (ChunkItem, (self.key, self.index))
+
+    def __repr__(self) -> str:
+        return f"ChunkItem({self.key!r}, {self.index})"
+
+
+def _swap(value: Any, chunks: dict[str, list[Any]]) -> Any:
+    """``value`` with each :class:`ChunkItem` in it replaced by its State."""
+    if isinstance(value, ChunkItem):
+        return chunks[value.key][value.index]
+    if type(value) is list and all(isinstance(item, ChunkItem) for item in value):
+        return [chunks[item.key][item.index] for item in value]  # a mapped list, as passed on
+    from prefect.utilities.collections import visit_collection
+
+    # The same walk as the runner's, which found the items (FlowrigTaskRunner._optimize).
+    return visit_collection(
+        value, visit_fn=lambda expr: chunks[expr.key][expr.index] if isinstance(expr, ChunkItem) else expr,
+        return_data=True,
+    )
+
+
+def _with_upstream(parameters: Any, wait_for: Any, upstream: Any) -> tuple[Any, Any]:
+    """``parameters`` and ``wait_for`` with their chunk items as States.
+
+    ``upstream`` is ``None`` or ``(chunks, names, in_wait_for)``: each chunk's States by
+    its key (Dask resolved the futures), the parameters that hold items, and whether
+    ``wait_for`` does. Only those are walked: the rest reaches Prefect as it came.
+    """
+    if upstream is None:
+        return parameters, wait_for
+    chunks, names, in_wait_for = upstream
+    if names:
+        parameters = dict(parameters)
+        for name in names:
+            parameters[name] = _swap(parameters[name], chunks)
+    if in_wait_for:
+        wait_for = _swap(wait_for, chunks)
+    return parameters, wait_for
 
 
 _SHARED_CONTEXT: type | None = None
@@ -298,13 +353,46 @@ def _report(state: _RunState, task: Any, task_run_id: uuid.UUID, final: Any) -> 
         pass
 
 
-def run_task(task_run_id: Any, parameters: Any, wait_for: Any, dependencies: Any, extra: Any, *,
-             run: dict[str, Any], task: Any) -> Any:
+def run_chunk(items: list[tuple[Any, ...]], chunks: dict[str, list[Any]] | None, *,
+              run: dict[str, Any], task: Any) -> list[Any]:
+    """Run the task runs ``items`` of one map in turn, each as :func:`run_task` runs one;
+    their final states, in order.
+
+    Each item is ``(task_run_id, parameters, wait_for, dependencies, extra, refs)``, with
+    ``refs`` ``None`` or ``(names, in_wait_for)`` into the chunks of ``chunks``. A task run
+    that left the worker's thread pool (it submitted tasks) has the next one wait for a
+    thread of the pool again. An error of flowrig's or Prefect's own around one task run
+    ends that one Crashed, not the others.
+    """
+    states = []
+    _IN_TASK.outside_pool = False
+    for i, (task_run_id, parameters, wait_for, dependencies, extra, refs) in enumerate(items):
+        if i and getattr(_IN_TASK, "outside_pool", False):
+            from distributed import rejoin
+
+            rejoin()
+            _IN_TASK.outside_pool = False
+        upstream = (chunks, *refs) if refs is not None else None
+        try:
+            states.append(run_task(task_run_id, parameters, wait_for, dependencies, extra, upstream,
+                                   run=run, task=task))
+        except Exception as exc:
+            from prefect.states import exception_to_crashed_state
+
+            states.append(asyncio.run(exception_to_crashed_state(exc)))
+    _IN_TASK.outside_pool = False
+    return states
+
+
+def run_task(task_run_id: Any, parameters: Any, wait_for: Any, dependencies: Any, extra: Any,
+             upstream: Any = None, *, run: dict[str, Any], task: Any) -> Any:
     """Run one task of the run ``run`` (its payload) through Prefect's task engine; its
-    final state, reported to the runner, is the result."""
+    final state, reported to the runner, is the result. ``upstream``: the States of
+    chunk items in its arguments (:func:`_with_upstream`)."""
     from prefect.context import FlowRunContext, hydrated_context
     from prefect.task_engine import run_task_async, run_task_sync
 
+    parameters, wait_for = _with_upstream(parameters, wait_for, upstream)
     state = _run_state_for(run)
     _IN_TASK.seceded = False
     with ExitStack() as stack:

@@ -15,3 +15,5 @@ MIN_WORKERS = 0
 MAX_WORKERS = 10
 #: Threads per worker process.
 WORKER_THREADS = 1
+#: The most task runs of one map a Dask task runs (``[cluster] map_chunk``).
+MAP_CHUNK = 16

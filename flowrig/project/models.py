@@ -76,6 +76,12 @@ class ClusterConfig:
     worker_threads: Annotated[StrictInt, Field(ge=1)] = Field(
         defaults.WORKER_THREADS, description="threads of each worker process"
     )
+    map_chunk: Annotated[StrictInt, Field(ge=1)] = Field(
+        defaults.MAP_CHUNK,
+        description="the most task runs of one `.map()` that one Dask task runs in turn (a big map only, "
+        "one that leaves 8 Dask tasks per thread of the largest cluster); 1: a Dask task per task run, "
+        "for maps of long tasks that must spread over workers joining late",
+    )
     image: StrictStr | None = Field(
         None, description="image of the container and cloud backends; `--image` and `FLOWRIG_IMAGE` override it"
     )

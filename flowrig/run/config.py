@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from flowrig.errors import SIGNAL_BASE, FlowRunFailed
-from flowrig.project.defaults import BACKEND, MAX_WORKERS, MIN_WORKERS, WORKER_THREADS
+from flowrig.project.defaults import BACKEND, MAP_CHUNK, MAX_WORKERS, MIN_WORKERS, WORKER_THREADS
 from flowrig.run.timings import RunTimer
 
 if TYPE_CHECKING:
@@ -40,6 +40,9 @@ class RunConfig:
         Image of the scheduler and workers (container backends).
     worker_threads
         Threads per worker.
+    map_chunk
+        The most task runs of one ``.map()`` that one Dask task runs (``[cluster]
+        map_chunk``; 1: one Dask task per task run).
     no_client_timeout
         Seconds the scheduler stays up once no client is connected (its runner was
         lost); ``None``: the scheduler's default.
@@ -67,6 +70,7 @@ class RunConfig:
     tls: "TLSMaterial | None" = None
     image: str | None = None
     worker_threads: int = WORKER_THREADS
+    map_chunk: int = MAP_CHUNK
     no_client_timeout: float | None = None
     on_start: Callable[[], Any] | None = None
     on_exit: Callable[[], Any] | None = None

@@ -318,7 +318,7 @@ def _run_to_outcome(
     size = plan.decided.size
     state = run_flow(
         config, plan.parameters, run.started.scheduler_address, config.tls, flow_settings, progress, events,
-        senders=size.most,
+        senders=size.most, chunk=config.map_chunk,
         routes=routes_of((group.name, group.routed_tags) for group in config.worker_groups),
     )
     timer.reached("flow_finished")

@@ -31,12 +31,14 @@ def run_flow(
     events: str,
     senders: int = 1,
     routes: "Mapping[str, str] | None" = None,
+    chunk: int | None = None,
 ) -> Any:
     """Run ``config.flow`` on the cluster at ``address``; its final state.
 
     ``events`` is ``"send"`` or ``"drop"``: what the workers do with task events;
     ``senders``: the most workers the cluster may have (they share the pace of events);
-    ``routes``: task tag -> worker group (:mod:`flowrig.common.routes`).
+    ``routes``: task tag -> worker group (:mod:`flowrig.common.routes`);
+    ``chunk``: the most task runs of a map per Dask task (``None``: the runner's default).
     """
     from flowrig.internals import prefect_engine
     from flowrig.internals.prefect_settings import run_settings
@@ -44,7 +46,7 @@ def run_flow(
 
     runner = FlowrigTaskRunner(
         address=address, client_kwargs={"security": tls.to_security()}, events=events, progress=progress,
-        senders=senders, routes=routes,
+        senders=senders, routes=routes, chunk=chunk,
     )
     flow = config.flow.with_options(task_runner=runner)
     # prefect-dask ships the runner's settings (built by settings_with) to every task on

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from flowrig import layout
-from flowrig.project.defaults import BACKEND, MAX_WORKERS, MIN_WORKERS, WORKER_THREADS
+from flowrig.project.defaults import BACKEND, MAP_CHUNK, MAX_WORKERS, MIN_WORKERS, WORKER_THREADS
 
 if TYPE_CHECKING:
     from flowrig.api import EmbeddedPrefectAPI
@@ -61,7 +61,7 @@ class PreparedRun:
         (:func:`flowrig.project.sizing.decide`).
     options
         ``[cluster.options]`` (or ``{"address": ...}``), before the sizing hook's say.
-    image, worker_threads, no_client_timeout, flow_run_id, allow_environment, on_start, on_exit
+    image, worker_threads, map_chunk, no_client_timeout, flow_run_id, allow_environment, on_start, on_exit
         As in :class:`~flowrig.run.config.RunConfig`.
     project
         The project the run came from; ``None`` for the Python API.
@@ -85,6 +85,7 @@ class PreparedRun:
     options: Mapping[str, Any] = field(default_factory=dict)
     image: str | None = None
     worker_threads: int = WORKER_THREADS
+    map_chunk: int = MAP_CHUNK
     no_client_timeout: float | None = None
     flow_run_id: str | None = None
     allow_environment: tuple[str, ...] = ()
@@ -338,6 +339,7 @@ def _from_project(
         options=options,
         image=inputs.image or cluster.image or os.environ.get("FLOWRIG_IMAGE"),
         worker_threads=cluster.worker_threads,
+        map_chunk=cluster.map_chunk,
         no_client_timeout=cluster.no_client_timeout,
         flow_run_id=flow_run_id,
         allow_environment=tuple(project.build.allow_environment),
@@ -383,6 +385,7 @@ def prepare_config(config: "RunConfig") -> PreparedRun:
         options=config.options,
         image=config.image,
         worker_threads=config.worker_threads,
+        map_chunk=config.map_chunk,
         no_client_timeout=config.no_client_timeout,
         flow_run_id=config.flow_run_id,
         allow_environment=tuple(config.allow_environment),

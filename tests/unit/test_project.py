@@ -49,6 +49,7 @@ def test_full_file_round_trips_into_typed_config(tmp_path):
         min_workers = 0
         max_workers = 6
         worker_threads = 2
+        map_chunk = 4
         image = "demo:1"
 
         [cluster.options]
@@ -71,6 +72,7 @@ def test_full_file_round_trips_into_typed_config(tmp_path):
         min_workers=0,
         max_workers=6,
         worker_threads=2,
+        map_chunk=4,
         image="demo:1",
         options={"memory_limit": "1GiB", "nested": {"a": 1}},
     )
@@ -86,6 +88,7 @@ def test_minimal_file_takes_the_defaults(tmp_path):
     assert cluster.n_workers is None and cluster.adapt is None and cluster.sizing is None
     assert (cluster.min_workers, cluster.max_workers) == (project_defaults.MIN_WORKERS, project_defaults.MAX_WORKERS)
     assert cluster.worker_threads == project_defaults.WORKER_THREADS
+    assert cluster.map_chunk == project_defaults.MAP_CHUNK
     assert cluster.image is None
     assert dict(cluster.options) == {}
 
@@ -170,6 +173,10 @@ def test_negative_count_names_the_key(tmp_path):
 
 def test_zero_worker_threads_rejected(tmp_path):
     assert "'cluster.worker_threads'" in bad({"flow": "flow.py:main", "cluster": {"worker_threads": 0}}, tmp_path)
+
+
+def test_zero_map_chunk_rejected(tmp_path):
+    assert "'cluster.map_chunk'" in bad({"flow": "flow.py:main", "cluster": {"map_chunk": 0}}, tmp_path)
 
 
 def test_adapt_minimum_above_maximum(tmp_path):

@@ -93,6 +93,31 @@ def test_tasks_on_workers_run_with_the_runners_settings(project_factory):
     assert_nothing_left(done.marker)
 
 
+CHUNKED_FLOW = """
+    from prefect import flow, task
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @flow
+    def main(n: int = 64) -> dict:
+        futures = double.map(range(n))
+        return {"sum": sum(futures.result()), "dask_tasks": len({f.wrapped_future.key for f in futures})}
+"""
+
+
+@pytest.mark.parametrize(("setting", "dask_tasks"), [("", 8), ("map_chunk = 1", 64), ("map_chunk = 4", 16)])
+def test_map_chunk_of_the_project_reaches_the_runs_task_runner(project_factory, setting, dask_tasks):
+    """One worker of one thread: a map of 64 runs 8 task runs to a Dask task by default
+    (8 Dask tasks per thread at least), ``map_chunk`` caps it, and 1 turns it off."""
+    toml = f'flow = "flow.py:main"\n[cluster]\n{setting}\n'
+    done = run_cli("run", str(project_factory(CHUNKED_FLOW, toml)), "--output", "json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.json["result"] == {"sum": 64 * 63, "dask_tasks": dask_tasks}
+    assert_nothing_left(done.marker)
+
+
 def test_failing_task_exits_1_and_leaves_nothing(project_factory):
     project = project_factory(FAILING_FLOW)
     done = run_cli("run", str(project), "--output", "json")
