@@ -13,7 +13,9 @@ Runner side
       object likewise once per run; every task run depends on both keys;
     * each submission has an explicit key and ``pure=False``: nothing is tokenised;
     * ``map`` lets Prefect expand the mapping, then submits it through one public
-      ``Client.map``;
+      ``Client.map``; a big map runs several task runs per Dask task (chunks of at
+      most ``chunk``; :func:`~flowrig.internals.task_worker.run_chunk`), each with
+      its own future, which picks its State out of the chunk's;
     * the futures fetch finished states in batches however the flow waits on them
       (:mod:`flowrig.internals.task_futures`).
 

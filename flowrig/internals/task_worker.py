@@ -2,7 +2,8 @@
 a worker process keeps of a run, and the call that runs one task there.
 
 Every name the runner ships to a worker by reference (:func:`payload`,
-:func:`run_task`, :func:`forget_runs`, :func:`send_reporting`) lives here, so a
+:func:`run_task`, :func:`run_chunk`, :class:`ChunkItem`, :func:`forget_runs`,
+:func:`send_reporting`) lives here, so a
 worker unpickles a task without the runner's module; runner and workers run the same
 flowrig (one image), so the dotted paths always match.
 
