@@ -54,7 +54,6 @@ from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
 
 from flowrig.common.routes import resources_for
-from flowrig.project.defaults import MAP_CHUNK
 from flowrig.internals import event_pacing, task_worker
 from flowrig.internals.task_futures import BatchedFutureList, Chunk, FetchGroup, FlowrigFuture, SubmitGroups
 
@@ -123,8 +122,9 @@ class FlowrigTaskRunner(DaskTaskRunner):
     CHUNKS_PER_THREAD = 8
     #: The most task runs of a map one Dask task runs (``chunk``): Dask's own cost per
     #: task (the scheduler's, a worker's, the messages between them) is paid once per
-    #: chunk. Measured at n = 5000 on 3 workers: see benchmarks/bench_scale.py.
-    CHUNK = MAP_CHUNK
+    #: chunk. Measured at n = 5000 on 3 workers: see benchmarks/bench_scale.py. The
+    #: same as ``[cluster] map_chunk``'s default (flowrig.project.defaults.MAP_CHUNK).
+    CHUNK = 16
     #: Attributes that belong to one run in this process and never travel.
     _RUNTIME = ("_lock", "_run_future", "_task_futures", "_pinned", "_collecting", "progress", "_subscribed",
                 "_root", "_submitted")

@@ -175,6 +175,12 @@ def test_zero_worker_threads_rejected(tmp_path):
     assert "'cluster.worker_threads'" in bad({"flow": "flow.py:main", "cluster": {"worker_threads": 0}}, tmp_path)
 
 
+def test_map_chunks_default_is_the_task_runners():
+    from flowrig.internals.task_runner import FlowrigTaskRunner
+
+    assert project_defaults.MAP_CHUNK == FlowrigTaskRunner.CHUNK
+
+
 def test_zero_map_chunk_rejected(tmp_path):
     assert "'cluster.map_chunk'" in bad({"flow": "flow.py:main", "cluster": {"map_chunk": 0}}, tmp_path)
 

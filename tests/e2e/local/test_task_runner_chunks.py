@@ -9,10 +9,15 @@ test_task_runner_patterns.py's: a map of 80 runs in chunks of 2 there.
 
 from __future__ import annotations
 
-
 import pytest
 
-from tests.e2e.local.test_task_runner_patterns import N, _all_finished, _tasks, cluster  # noqa: F401
+from tests.e2e.local.test_task_runner_patterns import N, _all_finished, _tasks, two_worker_cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tls):
+    with two_worker_cluster(tls) as made:
+        yield made
 
 
 def _chunked_runner(cluster, chunk):

@@ -10,6 +10,7 @@ the runner's fetches from the cluster can be counted (``Client._gather``, which 
 
 from __future__ import annotations
 
+import contextlib
 import types
 import uuid
 
@@ -60,10 +61,11 @@ def _tasks() -> types.SimpleNamespace:
     return types.SimpleNamespace(**{f.name: f for f in (double, inc, total, boom_at, slow, die)})
 
 
-@pytest.fixture(scope="module")
-def cluster(tls):
-    """Two worker processes over mutual TLS; a task whose worker dies is not retried
-    elsewhere (``allowed-failures`` 0), as a deterministic KilledWorker."""
+@contextlib.contextmanager
+def two_worker_cluster(tls):
+    """Two worker processes of two threads over mutual TLS, and the run's API; a task
+    whose worker dies is not retried elsewhere (``allowed-failures`` 0), as a
+    deterministic KilledWorker. Gives ``(cluster, security)``."""
     import dask
     from distributed import LocalCluster
 
@@ -73,6 +75,12 @@ def cluster(tls):
                              security=security, host="127.0.0.1", dashboard_address=None)
     with local, _api_free():
         yield local, security
+
+
+@pytest.fixture(scope="module")
+def cluster(tls):
+    with two_worker_cluster(tls) as made:
+        yield made
 
 
 @pytest.fixture
