@@ -104,6 +104,9 @@ class FlowrigTaskRunner(DaskTaskRunner):
         Task tag -> worker group (:mod:`flowrig.common.routes`): a task with a group's
         tag is submitted asking for that group's Dask resource, so only its workers
         run it; ``None``: every task runs anywhere.
+    worker_threads
+        Threads of the run's largest worker: with ``senders``, the threads the cluster
+        may have before its workers joined (what sizes chunks).
     chunk
         The most task runs of one ``map`` that one Dask task runs, in turn, on one
         worker thread (default :attr:`CHUNK`; 1: one Dask task per task run, as
@@ -131,7 +134,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
 
     def __init__(self, *args: Any, events: str = "send", progress: "TaskProgress | None" = None,
                  senders: int = 1, routes: "Mapping[str, str] | None" = None, chunk: int | None = None,
-                 **kwargs: Any):
+                 worker_threads: int = 1, **kwargs: Any):
         if events not in EVENTS:
             raise ValueError(f"events must be one of {EVENTS}, got {events!r}")
         super().__init__(*args, **kwargs)
@@ -140,6 +143,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         self.senders = senders
         self.routes = dict(routes or {})
         self.chunk = self.CHUNK if chunk is None else int(chunk)
+        self.worker_threads = max(1, int(worker_threads))
         self._reset()
 
     def _reset(self) -> None:
@@ -176,6 +180,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
         twin.senders = self.senders
         twin.routes = self.routes
         twin.chunk = self.chunk
+        twin.worker_threads = self.worker_threads
         return twin
 
     def __eq__(self, other: object) -> bool:
@@ -483,7 +488,9 @@ class FlowrigTaskRunner(DaskTaskRunner):
             per_worker = self.client.nthreads()
         except Exception:
             return 1
-        threads = max(sum(per_worker.values()), self.senders * max(per_worker.values(), default=1), 1)
+        # Workers that have not joined yet (an adaptive cluster's) count at the most.
+        most = self.senders * max(self.worker_threads, max(per_worker.values(), default=1))
+        threads = max(sum(per_worker.values()), most, 1)
         return max(1, min(self.chunk, n // (self.CHUNKS_PER_THREAD * threads)))
 
     #: Seconds the runner waits for the workers to take its last message: they answer

@@ -32,13 +32,15 @@ def run_flow(
     senders: int = 1,
     routes: "Mapping[str, str] | None" = None,
     chunk: int | None = None,
+    worker_threads: int = 1,
 ) -> Any:
     """Run ``config.flow`` on the cluster at ``address``; its final state.
 
     ``events`` is ``"send"`` or ``"drop"``: what the workers do with task events;
     ``senders``: the most workers the cluster may have (they share the pace of events);
     ``routes``: task tag -> worker group (:mod:`flowrig.common.routes`);
-    ``chunk``: the most task runs of a map per Dask task (``None``: the runner's default).
+    ``chunk``: the most task runs of a map per Dask task (``None``: the runner's default);
+    ``worker_threads``: threads of the run's largest worker.
     """
     from flowrig.internals import prefect_engine
     from flowrig.internals.prefect_settings import run_settings
@@ -46,7 +48,7 @@ def run_flow(
 
     runner = FlowrigTaskRunner(
         address=address, client_kwargs={"security": tls.to_security()}, events=events, progress=progress,
-        senders=senders, routes=routes, chunk=chunk,
+        senders=senders, routes=routes, chunk=chunk, worker_threads=worker_threads,
     )
     flow = config.flow.with_options(task_runner=runner)
     # prefect-dask ships the runner's settings (built by settings_with) to every task on
