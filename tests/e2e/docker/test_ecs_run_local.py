@@ -20,6 +20,7 @@ import subprocess
 import time
 import uuid
 
+import docker.errors
 import pytest
 from typer.testing import CliRunner
 
@@ -136,7 +137,14 @@ if found:
 """
 
 def containers_of(client, network=None):
-    found = client.containers.list(all=True, filters={"label": run_local.LABEL_RUN})
+    """The run's containers now; one removed between the listing and its inspection (a
+    runner that just ended) is left out, as it would have been a moment later."""
+    found = []
+    for listed in client.containers.list(all=True, sparse=True, filters={"label": run_local.LABEL_RUN}):
+        try:
+            found.append(client.containers.get(listed.id))
+        except docker.errors.NotFound:
+            continue
     if network:
         found = [c for c in found if network in c.attrs["NetworkSettings"]["Networks"]]
     return found
@@ -293,7 +301,10 @@ def test_replaying_a_fargate_run_locally_gives_a_working_tls_cluster(aws, bootst
             for container in containers_of(docker_client, network=network):
                 if container.labels.get(run_local.LABEL_CONTAINER) != "flowrig-runner":
                     continue
-                probe = container.exec_run(["python", "-c", ANONYMOUS_PROBE])
+                try:
+                    probe = container.exec_run(["python", "-c", ANONYMOUS_PROBE])
+                except docker.errors.APIError:  # it ended meanwhile: look again
+                    continue
                 if probe.exit_code == 0 and probe.output.strip():
                     statuses = json.loads(probe.output.decode().strip().splitlines()[-1])
             time.sleep(0.3)
