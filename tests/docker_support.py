@@ -45,6 +45,29 @@ def docker_missing(reason: str) -> None:
     pytest.skip(f"no Docker: {reason}")
 
 
+def listed(client, filters: dict, *, all: bool = True) -> dict[str, dict[str, str]]:
+    """Name -> labels of each container ``filters`` selects, from one listing.
+
+    docker-py's ``containers.list`` inspects every container it lists, so one removed in
+    between (a worker retired, a runner that just ended) fails it with a 404; a test that
+    watches a live run lists without inspecting."""
+    return {c["Names"][0].lstrip("/"): c.get("Labels") or {} for c in client.api.containers(all=all, filters=filters)}
+
+
+def inspected(client, filters: dict, *, all: bool = True) -> list:
+    """The containers ``filters`` selects, each inspected; one removed between the listing
+    and its inspection is left out, as it would have been a moment later."""
+    import docker
+
+    found = []
+    for name in listed(client, filters, all=all):
+        try:
+            found.append(client.containers.get(name))
+        except docker.errors.NotFound:
+            continue
+    return found
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     """A docker-py client of an engine that answers."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import multiprocessing
 import os
 import signal
@@ -35,6 +36,8 @@ from flowrig.backends.lost_workers import keep_size
 from flowrig.common import runfolders
 from flowrig.errors import InfrastructureError, one_line
 from flowrig.roles.lifetime import NO_CLIENT_TIMEOUT
+
+logger = logging.getLogger("flowrig.local")
 
 #: Seconds the scheduler process may take to listen.
 START_TIMEOUT = 60.0
@@ -266,6 +269,26 @@ class SeparateScheduler(SpecCluster):
 from distributed import LocalCluster  # noqa: E402 - after the base it builds on
 
 
+def _quiet_after_abandon(cluster: Any) -> None:
+    """Errors the abandoned start raises from now on go to the debug log, not stderr.
+
+    The killed workers fail their nannies' starts one by one; the loop stops before the
+    start gathers them all, so asyncio reports each failure nobody retrieved as
+    "Task exception was never retrieved" with its traceback when it is collected, after
+    the run's own one-line error. The loop is the cluster's own (its own thread): nothing
+    else reports through it.
+    """
+    loop = getattr(getattr(cluster, "loop", None), "asyncio_loop", None)
+    if loop is None:
+        return
+
+    def report(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message, error = context.get("message"), context.get("exception")
+        logger.debug("after the cluster's start was given up: %s (%r)", message, error)
+
+    loop.set_exception_handler(report)
+
+
 class LocalClusterWithSchedulerProcess(LocalCluster, SeparateScheduler):
     """``distributed.LocalCluster`` (same keywords) whose scheduler is its own process,
     and whose lost workers start again.
@@ -317,6 +340,7 @@ class LocalClusterWithSchedulerProcess(LocalCluster, SeparateScheduler):
         from flowrig.internals.spec_cluster import let_loop_go, workers_made
 
         self.abandoned.set()
+        _quiet_after_abandon(self)
         if isinstance(self.scheduler, SchedulerProcess):
             self.scheduler.kill()
         for nanny in workers_made(self):

@@ -17,7 +17,7 @@ import pytest
 from flowrig.containers import LABEL_RUN_ID, ContainerPlan, labels
 from flowrig.containers.group import Member, Network, run_group
 from flowrig.errors import BadInput
-from tests.docker_support import REPO
+from tests.docker_support import REPO, listed
 
 pytestmark = pytest.mark.docker
 
@@ -30,7 +30,7 @@ def plan(run_id: str, role: str, image: str, script: str, network: str, **extra)
 
 
 def leftovers(client, run_id: str) -> list[str]:
-    return [c.name for c in client.containers.list(all=True, filters={"label": f"{LABEL_RUN_ID}={run_id}"})]
+    return [*listed(client, {"label": f"{LABEL_RUN_ID}={run_id}"})]
 
 
 def networks_named(client, name: str) -> list:

@@ -29,7 +29,7 @@ from flowrig.containers import engine
 from flowrig.errors import BadInput
 from flowrig.project import defaults as project_defaults
 from flowrig.run import in_container
-from tests.docker_support import derived_image, docker_run_env
+from tests.docker_support import derived_image, docker_run_env, listed
 from tests.run_support import FLOWRIG_SCRIPT
 
 REPO = Path(__file__).resolve().parents[3]
@@ -260,7 +260,7 @@ def _plan(run_id: str, role: str, image: str, network: str, command, **kwargs) -
 
 def _leftovers(client, run_id: str) -> list[str]:
     label = {"label": f"flowrig.run-id={run_id}"}
-    return [c.name for c in client.containers.list(all=True, filters=label)] + [
+    return [*listed(client, label)] + [
         n.name for n in client.networks.list(filters=label)
     ]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from flowrig.containers import engine
-from tests.docker_support import derived_image, docker_run_env
+from tests.docker_support import derived_image, docker_run_env, listed
 from tests.run_support import FLOWRIG_SCRIPT, write_project
 
 #: The workers' memory limit in the fault project.
@@ -120,14 +120,14 @@ class _Run:
 
 def _leftovers(client, run_id: str) -> list[str]:
     label = {"label": f"flowrig.run-id={run_id}"}
-    return [c.name for c in client.containers.list(all=True, filters=label)] + [
+    return [*listed(client, label)] + [
         n.name for n in client.networks.list(filters=label)
     ]
 
 
 def _running_roles(client, run_id: str) -> set[str]:
     label = {"label": f"flowrig.run-id={run_id}"}
-    return {c.labels["flowrig.role"] for c in client.containers.list(filters=label)}
+    return {labels["flowrig.role"] for labels in listed(client, label, all=False).values()}
 
 
 # --- Ctrl-C -------------------------------------------------------------------------------

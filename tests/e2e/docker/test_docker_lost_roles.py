@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from flowrig.containers import engine
-from tests.docker_support import derived_image, docker_run_env
+from tests.docker_support import derived_image, docker_run_env, listed
 from tests.e2e.local.test_lost_roles import LOST_ROLES_FLOW, TOTAL
 from tests.run_support import FLOWRIG_SCRIPT, write_project
 
@@ -89,7 +89,7 @@ class _Run:
 
 def _containers(client, run_id: str, *, running: bool = True) -> dict[str, str]:
     label = {"label": f"flowrig.run-id={run_id}"}
-    return {c.name: c.labels["flowrig.role"] for c in client.containers.list(all=not running, filters=label)}
+    return {name: labels["flowrig.role"] for name, labels in listed(client, label, all=not running).items()}
 
 
 def _leftovers(client, run_id: str) -> list[str]:

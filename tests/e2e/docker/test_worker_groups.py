@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from flowrig.containers import engine
-from tests.docker_support import derived_image, docker_run_env
+from tests.docker_support import derived_image, docker_run_env, inspected, listed
 from tests.groups_support import GROUPS_FLOW, check_routing, groups_toml
 from tests.run_support import FLOWRIG_SCRIPT, write_project
 
@@ -36,7 +36,7 @@ def test_tagged_tasks_run_on_their_groups_containers(docker_client, seed_image, 
         # whatever the run ends with.
         label = {"label": f"flowrig.run-id={run_id}"}
         while not done_event.wait(0.5):
-            for c in docker_client.containers.list(all=True, filters=label):
+            for c in inspected(docker_client, label):
                 host = c.attrs.get("HostConfig") or {}
                 seen[c.name] = (host.get("NanoCpus") or 0, host.get("Memory") or 0)
 
@@ -135,7 +135,7 @@ def test_an_adaptive_group_grows_from_none_runs_its_tasks_and_retires_its_contai
     def watch() -> None:
         label = {"label": f"flowrig.run-id={run_id}"}
         while not done_event.wait(0.5):
-            seen.update(c.name for c in docker_client.containers.list(all=True, filters=label))
+            seen.update(listed(docker_client, label))
 
     with derived_image(docker_client, seed_image, project, "flowrig-adapt") as tag:
         watcher = threading.Thread(target=watch, daemon=True)
