@@ -18,7 +18,8 @@ of the batched fetch itself.
 
 Fenced by tests/e2e/local/test_internals_patterns.py: ``PrefectDaskFuture.wait``/
 ``.result`` and ``_final_state``; ``prefect.futures.wait`` and ``resolve_to_final_result``
-calling ``wait()`` then reading ``.state``; ``Client.gather`` of a dict with
+calling ``wait()`` then reading ``.state``; ``PrefectFutureList.result()``/``.wait()``
+asking each future with no timeout; ``Client.gather`` of a dict with
 ``errors="skip"``; ``Future.exception()`` waiting for any end without fetching data.
 """
 
@@ -29,8 +30,6 @@ import time
 import weakref
 from typing import Any, Callable
 
-import distributed
-from prefect.futures import PrefectFutureList
 from prefect.states import State
 
 from flowrig.internals.lost_task_runs import LostAwareFuture
@@ -46,15 +45,14 @@ class FetchGroup:
     #: finished ones; the scan stops after this many unfinished in a row, so that a wait
     #: on each of n futures in turn costs O(n) in all, not O(n^2).
     LOOKAHEAD = 256
-    #: Seconds between two gathers of a whole list's ``.result()``/``.wait()`` while
-    #: more of it still runs (:class:`BatchedFutureList`): otherwise it gathers as
-    #: often as tasks end (a round trip through the scheduler, and a send of every
-    #: worker, per handful of tasks), where one gather can bring what ended meanwhile.
-    #: A single future's wait that had to wait for its task is held back the same way
-    #: after its group's last gather: a walk over a map's futures in turn gathered once
-    #: per task or two, and its runner took CPU from the workers (measured at n = 5000
-    #: on 3 workers: a direct call of a task on a mapped list 16% faster, a loop of
-    #: ``.result()`` 10%). A future already finished is fetched at once.
+    #: Seconds between two gathers of a group: a walk over a map's futures in turn
+    #: (every way of waiting on a map is one: a list's ``.result()``/``.wait()``,
+    #: ``wait``, ``as_completed``, a loop of ``.result()``, a direct call) would
+    #: otherwise gather as often as tasks end (a round trip through the scheduler, and
+    #: a send of every worker, per handful of tasks), and its runner took CPU from the
+    #: workers, where one gather can bring what ended meanwhile (measured at n = 5000 on
+    #: 3 workers: a direct call of a task on a mapped list 16% faster, a loop of
+    #: ``.result()`` 10%).
     GATHER_INTERVAL = 0.05
 
     def __init__(self) -> None:
@@ -107,20 +105,20 @@ class FetchGroup:
         answer: it errored, was cancelled, or the fetch failed."""
         wrapped = target._wrapped_future
         try:
-            waited = wrapped.status == "pending"
-            if waited:
+            if wrapped.status == "pending":
                 # Waits for the task's end, whatever it is, and moves no data (one
                 # call, without as_completed's polling of a condition).
                 wrapped.exception()
             if wrapped.status != "finished":
                 return
-            if waited:
-                # A walk over the group's futures in turn (Prefect resolving a direct
-                # call's list, a loop of ``.result()``) would otherwise gather once per
-                # handful of tasks as they end: at most one gather per interval.
-                delay = self._last_gather + self.GATHER_INTERVAL - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+            # A walk over the group's futures in turn (a list's ``.result()``, Prefect
+            # resolving a direct call's list, a loop of ``.result()``, ``as_completed``)
+            # would otherwise gather once per handful of tasks as they end, whether it
+            # waited for this one or found it ended just after the last gather: at most
+            # one gather per interval, which brings what ended meanwhile.
+            delay = self._last_gather + self.GATHER_INTERVAL - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
             batch = self._batch(target)
             self._last_gather = time.monotonic()
             values = wrapped.client.gather({f._wrapped_future.key: f._wrapped_future for f in batch},
@@ -204,58 +202,6 @@ class FlowrigFuture(LostAwareFuture):
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
         self._fetch(timeout)
-        return super().result(timeout=timeout, raise_on_failure=raise_on_failure)
-
-
-class BatchedFutureList(PrefectFutureList):
-    """Prefect futures of one ``map``, whose finished states arrive in batches as they
-    finish (``.result()`` and ``.wait()`` of the whole list)."""
-
-    def _prefetch(self, stop_on_failure: bool) -> None:
-        by_key: dict[Any, list[LostAwareFuture]] = {}
-        for future in self:
-            if isinstance(future, LostAwareFuture) and not future._final_state:
-                by_key.setdefault(future.wrapped_future.key, []).append(future)
-        if not by_key:
-            return
-        first = [group[0].wrapped_future for group in by_key.values()]
-        client = first[0].client
-        ended = distributed.as_completed(first, with_results=False, loop=client.loop)
-        last = -float("inf")
-        while not ended.is_empty():
-            batch = ended.next_batch(block=True)
-            # At most one gather per FetchGroup.GATHER_INTERVAL: what ends meanwhile
-            # comes with it (one round trip instead of one per task).
-            delay = last + FetchGroup.GATHER_INTERVAL - time.monotonic()
-            if delay > 0 and not ended.is_empty():
-                time.sleep(delay)
-                batch += ended.next_batch(block=False)
-            last = time.monotonic()
-            done = [f for f in batch if f.status == "finished"]
-            failed = len(done) != len(batch)
-            if done:
-                # A dict, whose skipped keys come back as None: a list's would drop out,
-                # shifting every later state onto the wrong future.
-                states = client.gather({f.key: f for f in done}, errors="skip")
-                for key, value in states.items():
-                    for future in by_key[key]:
-                        state = future._pick(value)  # a chunk's list holds each of its task runs'
-                        if isinstance(state, State):
-                            future._final_state = state
-                            failed = failed or not state.is_completed()
-                        else:
-                            failed = True
-            if stop_on_failure and failed:
-                return  # Prefect's own code raises it now, as it would without batches
-
-    def wait(self, timeout: float | None = None) -> None:
-        if timeout is None:
-            self._prefetch(stop_on_failure=False)
-        super().wait(timeout=timeout)
-
-    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
-        if timeout is None:
-            self._prefetch(stop_on_failure=raise_on_failure)
         return super().result(timeout=timeout, raise_on_failure=raise_on_failure)
 
 

@@ -50,12 +50,13 @@ import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from prefect.futures import PrefectFutureList
 from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
 
 from flowrig.common.routes import resources_for
 from flowrig.internals import event_pacing, task_worker
-from flowrig.internals.task_futures import BatchedFutureList, Chunk, FetchGroup, FlowrigFuture, SubmitGroups
+from flowrig.internals.task_futures import Chunk, FetchGroup, FlowrigFuture, SubmitGroups
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -417,7 +418,7 @@ class FlowrigTaskRunner(DaskTaskRunner):
             super().map(task, parameters, wait_for)
         finally:
             self._collecting = None
-        futures = BatchedFutureList()
+        futures = PrefectFutureList()
         if not collected:
             return futures
         resources = self._resources(task)

@@ -102,6 +102,52 @@ def test_prefect_waits_by_calling_wait_then_reading_state():
     assert list(as_completed([settled])) == [settled]
 
 
+def test_a_future_lists_result_asks_each_future_for_its_result_without_a_timeout():
+    """``PrefectFutureList.result()`` and ``.wait()`` with no timeout ask each future for
+    its ``result()``/``wait()`` with no timeout, each once, in whatever order:
+    what a map's futures are waited on through, so that each such call is served by
+    its group's batched fetch (a timeout would take prefect-dask's path, one round trip
+    per future)."""
+    import threading
+
+    from prefect.futures import PrefectFuture, PrefectFutureList
+    from prefect.states import Completed
+
+    log: list[tuple[str, int, object]] = []
+
+    class Recording(PrefectFuture):
+        def __init__(self, value: int) -> None:
+            super().__init__(uuid.uuid4())
+            self.value = value
+            self._callbacks: list = []
+
+        def wait(self, timeout=None):
+            log.append(("wait", self.value, timeout))
+            self._final_state = Completed(data=self.value)
+
+        def result(self, timeout=None, raise_on_failure=True):
+            log.append(("result", self.value, timeout))
+            self._final_state = Completed(data=self.value)
+            return self.value
+
+        def add_done_callback(self, fn):
+            self._callbacks.append(fn)
+
+        def end(self) -> None:
+            for fn in self._callbacks:
+                fn(self)
+
+    futures = PrefectFutureList(Recording(i) for i in range(4))
+    # They end in reverse order, from another thread, once the list waits on them.
+    threading.Timer(0.2, lambda: [f.end() for f in reversed(futures)]).start()
+    assert futures.result() == [0, 1, 2, 3]
+    assert sorted(log) == [("result", i, None) for i in range(4)], log
+
+    log.clear()
+    PrefectFutureList(Recording(i) for i in range(2)).wait()
+    assert sorted(log) == [("wait", 0, None), ("wait", 1, None)]  # in no set order
+
+
 @pytest.fixture(scope="module")
 def client():
     from distributed import Client, LocalCluster
@@ -116,25 +162,21 @@ def _fail(seconds: float) -> None:
     raise ValueError("no")
 
 
-def test_gather_of_a_dict_skips_errors_as_none_and_as_completed_ends_on_errors(client):
+def test_gather_of_a_dict_skips_errors_as_none(client):
     """``Client.gather({key: future}, errors="skip")`` gives None for an errored key
-    (a list would drop it, shifting the rest); ``as_completed(with_results=False,
-    loop=)`` returns on an errored or cancelled future without raising; the statuses
-    the fetch reads are these."""
+    (a list would drop it, shifting the rest); the statuses the fetch reads are these."""
     import distributed
 
     ok = client.submit(lambda: 1, pure=False)
     bad = client.submit(_fail, 0, pure=False)
     held = client.submit(time.sleep, 3, pure=False)
-    for _ in distributed.as_completed([ok, bad], with_results=False, loop=client.loop):
-        pass
+    distributed.wait([ok, bad])
     assert (ok.status, bad.status, held.status) == ("finished", "error", "pending")
     assert client.gather({ok.key: ok, bad.key: bad}, errors="skip") == {ok.key: 1, bad.key: None}
     assert client.gather([bad, ok], errors="skip") == [1]
 
     held.cancel()
     assert held.status == "cancelled"
-    assert [f.key for f in distributed.as_completed([held], with_results=False, loop=client.loop)] == [held.key]
 
 
 def test_future_exception_waits_for_any_end_without_fetching_data(client, monkeypatch):
