@@ -319,7 +319,7 @@ def _run_to_outcome(
     state = run_flow(
         config, plan.parameters, run.started.scheduler_address, config.tls, flow_settings, progress, events,
         senders=size.most, chunk=config.map_chunk,
-        worker_threads=max([config.worker_threads, *(g.worker_threads or 0 for g in config.worker_groups)]),
+        worker_threads=max([config.worker_threads, *(group.threads for group in plan.spec.groups)]),
         routes=routes_of((group.name, group.routed_tags) for group in config.worker_groups),
     )
     timer.reached("flow_finished")

@@ -29,6 +29,7 @@ from flowrig.backends.aws.ecs import run_local, taskdefs, taskdoc
 from flowrig.cli.ecs import app
 from flowrig.errors import BadInput
 from flowrig.roles import task_name
+from tests.docker_support import inspected
 from tests.run_support import FLOWRIG
 from tests.tls_support import local_scheduler
 from tests.unit.test_ecs_run_local import SECRET_ARN, TRAVERSALS, _with, rendered
@@ -137,14 +138,8 @@ if found:
 """
 
 def containers_of(client, network=None):
-    """The run's containers now; one removed between the listing and its inspection (a
-    runner that just ended) is left out, as it would have been a moment later."""
-    found = []
-    for listed in client.containers.list(all=True, sparse=True, filters={"label": run_local.LABEL_RUN}):
-        try:
-            found.append(client.containers.get(listed.id))
-        except docker.errors.NotFound:
-            continue
+    """The run's containers now (a runner that just ended is left out)."""
+    found = inspected(client, {"label": run_local.LABEL_RUN})
     if network:
         found = [c for c in found if network in c.attrs["NetworkSettings"]["Networks"]]
     return found
